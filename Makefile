@@ -1,0 +1,34 @@
+# `make demo` and `make test` set everything up on a fresh machine.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench lab clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# Re-install when the project's requirements change.
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m nbbatch.demo
+
+test: $(STAMP)
+	$(PY) -m ruff check nbbatch tests benchmarks
+	$(PY) -m ruff format --check nbbatch tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check nbbatch tests benchmarks
+	$(PY) -m ruff format --check nbbatch tests benchmarks
+	$(PY) -m mypy nbbatch
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_io.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

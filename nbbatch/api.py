@@ -1,0 +1,250 @@
+"""The public entry points: submit, attach, jobs.
+
+Each is thin: validate everything a user can get wrong *before* anything is sent, then
+hand over to the plan, the provider and :class:`~nbbatch.job.BatchJob`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+import pandas as pd
+import pyarrow as pa
+
+from . import plan as _plan
+from . import prompt as _prompt
+from . import providers as _providers
+from ._errors import InputError, JobNotFoundError
+from .job import LOCAL_POLLING, REMOTE_POLLING, BatchJob, new_job_id
+from .ledger import Ledger
+from .ledger import default as _default_ledger
+from .providers.base import Provider, RequestSpec
+
+
+def submit(
+    data: pd.DataFrame | pd.Series,
+    prompt: str,
+    *,
+    model: str,
+    output: str = "response",
+    provider: str | None = None,
+    client: Any = None,
+    system: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    response_format: dict[str, Any] | None = None,
+    id_column: str | None = None,
+    endpoint: str | None = None,
+    missing: str = "skip",
+    wait: bool = False,
+    progress: bool | str = "auto",
+    **params: Any,
+) -> BatchJob:
+    """Send one request per row of ``data`` as a provider batch job; returns at once.
+
+    ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
+    (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
+    ``provider`` is ``"openai"``, ``"anthropic"`` or ``"local"`` (the embedded emulator,
+    no key needed); omitted, it follows ``client`` or the model name (``claude-*`` is
+    Anthropic). ``client`` is an official SDK client, for Azure, a proxy or an emulator.
+    Rows with a missing value in a used column are not sent (status ``skipped``) unless
+    ``missing="empty"``. Extra keyword arguments go into every request body as they are.
+    ``wait=True`` blocks until every row is terminal.
+
+    Everything is validated before anything is sent; a job, its rows and each provider
+    batch id are written to the ledger as soon as they exist.
+    """
+    frame, is_series = _plan.as_frame(data)
+    template = _prompt.parse(prompt)
+    _prompt.check_columns(
+        template, [c for c in frame.columns if isinstance(c, str)], series=is_series
+    )
+    if not isinstance(model, str) or not model:
+        raise InputError("model must be a non-empty string, e.g. model='gpt-4o-mini'.")
+    _check_output_name(output, frame, is_series)
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise InputError(f"max_tokens must be a positive integer, found {max_tokens!r}.")
+    name, local = _providers.infer(provider, client, model)
+    impl = _providers.build(name, client, local=local)
+    spec = RequestSpec(
+        model=model,
+        endpoint=endpoint or impl.default_endpoint,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        response_format=response_format,
+        params=params,
+    )
+    rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
+    custom_ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
+    # Encoding validates the endpoint and parameters before anything is sent.
+    impl.encode(custom_ids[:1], rows.prompts.slice(0, 1), spec)
+
+    ledger = _default_ledger()
+    record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
+    ledger.add_job(record, _manifest(rows))
+    job = BatchJob(
+        ledger.job(record["id"]) or record,
+        impl,
+        ledger,
+        data=data,
+        polling=LOCAL_POLLING if local or _is_loopback(impl.base_url) else REMOTE_POLLING,
+    )
+    if len(custom_ids):
+        job._send(custom_ids, rows.prompts, attempt=1)
+    if wait:
+        job.wait(progress=progress)
+    return job
+
+
+def _check_output_name(output: str, frame: pd.DataFrame, is_series: bool) -> None:
+    if not isinstance(output, str) or not output:
+        raise InputError("output must be a non-empty column name, e.g. output='sentiment'.")
+    if is_series:
+        return
+    clash = [n for n in (output, f"{output}_status", f"{output}_error") if n in frame.columns]
+    if clash:
+        raise InputError(
+            f"output={output!r} would overwrite column(s) {clash} when merging; choose "
+            "another output= name."
+        )
+
+
+def _new_record(
+    rows: _plan.Plan,
+    impl: Provider,
+    spec: RequestSpec,
+    *,
+    output: str,
+    template: str,
+    id_column: str | None,
+) -> dict[str, Any]:
+    import time
+
+    return {
+        "id": new_job_id(),
+        "created": time.time(),
+        "provider": impl.name,
+        "model": spec.model,
+        "endpoint": spec.endpoint,
+        "output": output,
+        "template": template,
+        "spec": spec.as_dict(),
+        "base_url": impl.base_url,
+        "n_rows": rows.n_rows,
+        "id_column": id_column,
+        "status": "running",
+    }
+
+
+def _manifest(rows: _plan.Plan) -> Any:
+    prompts: list[str | None] = [None] * rows.n_rows
+    for pos, text in zip(rows.send_positions.tolist(), rows.prompts.to_pylist(), strict=True):
+        prompts[pos] = text
+    skipped = dict(zip(rows.skip_positions.tolist(), rows.skip_reasons, strict=True))
+    keys = rows.keys.view("int64").tolist()  # SQLite integers are signed
+    custom_ids = rows.custom_ids.to_pylist()
+    labels = rows.labels.to_pylist()
+    for pos in range(rows.n_rows):
+        reason = skipped.get(pos)
+        yield (
+            custom_ids[pos],
+            pos,
+            keys[pos],
+            labels[pos],
+            prompts[pos],
+            "skipped" if reason else "pending",
+            reason,
+        )
+
+
+def attach(
+    job_id: str, *, client: Any = None, data: pd.DataFrame | pd.Series | None = None
+) -> BatchJob:
+    """Rebuild a job from the ledger (also in a new kernel) and carry on with it.
+
+    The job talks to the same provider endpoint as before, with ``client`` if given, else
+    a client built from the environment's API key. ``data`` (optional) is the DataFrame
+    the job was submitted with, so ``merge()`` works without arguments.
+    """
+    ledger = _default_ledger()
+    record = ledger.job(job_id)
+    if record is None:
+        raise JobNotFoundError(
+            f"No job {job_id!r} in the ledger at {ledger.path}. nb.jobs() lists the jobs "
+            "there; set NBBATCH_HOME if the job was submitted with another ledger."
+        )
+    name = record["provider"]
+    local = _is_loopback(record.get("base_url"))
+    if client is None:
+        client = _client_for(name, record.get("base_url"), local)
+    impl = _providers.build(name, client)
+    return BatchJob(
+        record, impl, ledger, data=data, polling=LOCAL_POLLING if local else REMOTE_POLLING
+    )
+
+
+def _is_loopback(url: str | None) -> bool:
+    host = urlparse(url or "").hostname or ""
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _client_for(name: str, base_url: str | None, local: bool) -> Any:
+    var = "OPENAI_API_KEY" if name == "openai" else "ANTHROPIC_API_KEY"
+    key = os.environ.get(var) or ("local-emulator" if local else None)
+    if key is None:
+        return _providers.default_client(name)  # raises with a helpful message
+    if name == "openai":
+        import openai
+
+        return openai.OpenAI(api_key=key, base_url=base_url)
+    import anthropic
+
+    return anthropic.Anthropic(api_key=key, base_url=base_url)
+
+
+def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
+    """Every job in the ledger, newest first: id, created, provider, model, rows, status
+    and the row counts per state."""
+    ledger = ledger or _default_ledger()
+    records = ledger.jobs()
+    counts = {
+        job_id: dict(pairs)
+        for job_id, pairs in _group(
+            ledger.query("SELECT job_id, status, COUNT(*) FROM rows GROUP BY job_id, status")
+        ).items()
+    }
+    table = []
+    for r in records:
+        c = counts.get(r["id"], {})
+        pending = c.get("pending", 0)
+        status = (
+            "running" if pending else ("cancelled" if r["status"] == "cancelled" else "completed")
+        )
+        table.append(
+            {
+                "id": r["id"],
+                "created": pd.Timestamp(r["created"], unit="s", tz="UTC"),
+                "provider": r["provider"],
+                "model": r["model"],
+                "rows": r["n_rows"],
+                "status": status,
+                **{
+                    s: c.get(s, 0)
+                    for s in ("succeeded", "failed", "expired", "cancelled", "skipped")
+                },
+                "pending": pending,
+            }
+        )
+    columns = ["id", "created", "provider", "model", "rows", "status", "succeeded", "failed",
+               "expired", "cancelled", "skipped", "pending"]  # fmt: skip
+    return pd.DataFrame(table, columns=columns)
+
+
+def _group(rows: list[tuple[Any, ...]]) -> dict[str, list[tuple[Any, Any]]]:
+    out: dict[str, list[tuple[Any, Any]]] = {}
+    for job_id, status, n in rows:
+        out.setdefault(job_id, []).append((status, n))
+    return out

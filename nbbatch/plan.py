@@ -1,0 +1,188 @@
+"""Rows to provider-neutral requests: custom_ids, row keys, skipped rows, chunks.
+
+A :class:`Plan` is everything a job needs to know about its rows before it talks to a
+provider: one ``custom_id`` per input row (stable, unique, valid for both providers,
+meaningful where the index allows), the rendered prompt of every row that will be sent,
+the rows that will not be sent and why, and a 64-bit key per row that lets ``merge``
+find the row again in a DataFrame.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import prompt as _prompt
+from ._errors import InputError
+
+#: Both providers accept custom_ids matching this pattern.
+CUSTOM_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass
+class Plan:
+    """The rows of a job, before anything is sent.
+
+    Attributes are aligned with the input rows (``n_rows`` long) except ``prompts``,
+    which holds only the rows to send (``send_positions``).
+    """
+
+    custom_ids: pa.Array  # str, one per input row
+    keys: np.ndarray  # uint64 hash of each row's index label (or id_column value)
+    labels: pa.Array  # a readable form of each row's label, for people
+    prompts: pa.Array  # rendered prompt of each row that is sent
+    send_positions: np.ndarray  # positions (into the input) of the rows sent
+    skip_positions: np.ndarray  # positions of rows not sent
+    skip_reasons: list[str]  # why each of those is not sent
+
+    @property
+    def n_rows(self) -> int:
+        """How many input rows the plan covers."""
+        return len(self.custom_ids)
+
+
+def as_frame(data: pd.DataFrame | pd.Series) -> tuple[pd.DataFrame, bool]:
+    """The data as a DataFrame, and whether it was a Series.
+
+    A Series becomes one column under :data:`prompt.SERIES_FIELD` (``{}``) and, when it
+    has a name, under that name too.
+    """
+    if isinstance(data, pd.Series):
+        cols = {_prompt.SERIES_FIELD: data}
+        if isinstance(data.name, str) and data.name:
+            cols[data.name] = data
+        return pd.DataFrame(cols, index=data.index), True
+    if isinstance(data, pd.DataFrame):
+        return data, False
+    raise InputError(
+        f"data must be a pandas DataFrame or Series, got {type(data).__name__}. "
+        "Wrap a list with pd.Series(...) or pd.DataFrame(...)."
+    )
+
+
+def row_keys(values: pd.Index | pd.Series) -> np.ndarray:
+    """A 64-bit key per row label; equal labels give equal keys, whatever their order."""
+    if isinstance(values, pd.MultiIndex):
+        return pd.util.hash_pandas_object(values.to_frame(index=False), index=False).to_numpy()
+    return pd.util.hash_pandas_object(pd.Series(values), index=False).to_numpy()
+
+
+def _label_text(values: pd.Index | pd.Series) -> pa.Array:
+    """A readable string per row label (tuples joined with ``-``)."""
+    if isinstance(values, pd.RangeIndex):  # the common case, up to millions of rows
+        return pc.cast(pa.array(np.asarray(values)), pa.string())
+    if isinstance(values, pd.MultiIndex):
+        return pa.array(["-".join(str(part) for part in tup) for tup in values], pa.string())
+    return pa.array([str(v) for v in values], pa.string())
+
+
+def make_custom_ids(labels: pa.Array) -> pa.Array:
+    """custom_ids from row labels: the labels themselves when they are already unique,
+    valid ids; otherwise ``{position}-{slug of the label}`` (unique because positions are)."""
+    n = len(labels)
+    valid = pc.all(pc.match_substring_regex(labels, CUSTOM_ID_PATTERN.pattern)).as_py()
+    if n and valid and pc.count_distinct(labels).as_py() == n:
+        return labels
+    ids = []
+    for pos, label in enumerate(labels.to_pylist()):
+        slug = _UNSAFE.sub("_", label).strip("_")
+        ids.append(f"{pos}-{slug}"[:64].rstrip("-_") if slug else str(pos))
+    return pa.array(ids, pa.string())
+
+
+def make_plan(
+    frame: pd.DataFrame,
+    template: _prompt.Template,
+    *,
+    id_column: str | None = None,
+    missing: str = "skip",
+) -> Plan:
+    """Build the plan for ``frame`` (validated template, see :func:`prompt.parse`).
+
+    ``missing="skip"`` leaves rows with a missing value in a used column unsent (status
+    ``skipped``); ``missing="empty"`` sends them with empty text in its place.
+    """
+    if missing not in ("skip", "empty"):
+        raise InputError(f"missing must be 'skip' or 'empty', found {missing!r}.")
+    if id_column is not None:
+        if id_column not in frame.columns:
+            raise InputError(
+                f"id_column {id_column!r} is not a column. Columns are: {list(frame.columns)}."
+            )
+        ids = frame[id_column]
+        if ids.isna().any():
+            raise InputError(
+                f"id_column {id_column!r} has missing values; every row needs an id. "
+                "Fill them or leave id_column unset to use the index."
+            )
+        dup = ids[ids.duplicated()]
+        if len(dup):
+            raise InputError(
+                f"id_column {id_column!r} has duplicated values (e.g. {dup.iloc[0]!r}); ids "
+                "must be unique. Leave id_column unset to use the index instead."
+            )
+        source: pd.Index | pd.Series = ids
+    else:
+        source = frame.index
+    labels = _label_text(source)
+    # A RangeIndex gives unique, valid ids as it is ("0", "1", ...): skip the checks.
+    custom_ids = labels if isinstance(source, pd.RangeIndex) else make_custom_ids(labels)
+    keys = row_keys(source)
+
+    columns = {name: frame[name] for name in template.columns}
+    if missing == "empty":
+        columns = {name: col.where(col.notna(), "") for name, col in columns.items()}
+    rendered = _prompt.render(template, columns) if len(frame) else pa.array([], pa.large_string())
+    valid = rendered.is_valid().to_numpy(zero_copy_only=False)
+    send = np.flatnonzero(valid)
+    skip = np.flatnonzero(~valid)
+    reasons = []
+    for pos in skip:
+        empty = [name for name, col in columns.items() if pd.isna(col.iloc[pos])]
+        reasons.append(
+            f"missing value in column(s) {empty}: not sent (submit with missing='empty' to "
+            "send empty text instead)"
+        )
+    return Plan(
+        custom_ids=custom_ids,
+        keys=keys,
+        labels=labels,
+        prompts=rendered.filter(pa.array(valid)) if len(skip) else rendered,
+        send_positions=send,
+        skip_positions=skip,
+        skip_reasons=reasons,
+    )
+
+
+def chunk_bounds(
+    line_ends: np.ndarray, *, max_count: int, max_bytes: int
+) -> Iterator[tuple[int, int]]:
+    """Split encoded lines into runs of at most ``max_count`` lines and ``max_bytes`` bytes.
+
+    ``line_ends[i]`` is the byte offset just after line ``i`` (its ``\\n``). Yields
+    ``(first, stop)`` line ranges. A single line larger than ``max_bytes`` is an error.
+    """
+    n = len(line_ends)
+    first = 0
+    start_byte = 0
+    while first < n:
+        limit = min(n, first + max_count)
+        # the last line whose end fits within start_byte + max_bytes
+        stop = int(np.searchsorted(line_ends[first:limit], start_byte + max_bytes, side="right"))
+        stop += first
+        if stop == first:
+            size = int(line_ends[first] - start_byte)
+            raise InputError(
+                f"One request is {size:,} bytes, over the provider's batch limit of "
+                f"{max_bytes:,} bytes. Shorten that row's text."
+            )
+        yield first, stop
+        start_byte = int(line_ends[stop - 1])
+        first = stop

@@ -1,0 +1,55 @@
+"""Fast JSONL encoding shared by the providers: one JSON line per row, vectorised.
+
+Every row's line is the same JSON text but for two strings, the custom_id and the
+prompt. So the shared part is serialised once (orjson) around two sentinels, and polars
+escapes the per-row strings and concatenates the pieces for all rows at once. This is
+several times faster, and far lighter, than building a dict per row.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import orjson
+import polars as pl
+import pyarrow as pa
+
+ID_SENTINEL = "\u0001nbbatch-custom-id\u0001"
+PROMPT_SENTINEL = "\u0001nbbatch-prompt\u0001"
+
+
+def _escaped(name: str) -> pl.Expr:
+    # json_encode of {"v": s} is '{"v":' + json(s) + '}'; strip the wrapper (byte-wise,
+    # much cheaper than a character slice).
+    wrapped = pl.struct(pl.col(name).alias("v")).struct.json_encode()
+    return wrapped.str.strip_prefix('{"v":').str.strip_suffix("}")
+
+
+def encode_lines(custom_ids: pa.Array, prompts: pa.Array, line: dict[str, Any]) -> bytes:
+    """Encode one JSON line per row from a template ``line``.
+
+    ``line`` is any JSON-ready dict in which the custom_id appears as :data:`ID_SENTINEL`
+    and the prompt as :data:`PROMPT_SENTINEL`, each exactly once. Returns the lines joined,
+    each ending in ``\\n``.
+    """
+    text = orjson.dumps(line).decode()
+    id_token = orjson.dumps(ID_SENTINEL).decode()
+    prompt_token = orjson.dumps(PROMPT_SENTINEL).decode()
+    if text.count(id_token) != 1 or text.count(prompt_token) != 1:
+        raise ValueError("the line template must hold each sentinel exactly once")
+    head, rest = text.split(id_token)
+    if prompt_token in head:
+        raise ValueError("the custom_id must come before the prompt in the line template")
+    middle, tail = rest.split(prompt_token)
+    ids = pl.Series("c", pl.from_arrow(custom_ids)).cast(pl.String)
+    texts = pl.Series("p", pl.from_arrow(prompts)).cast(pl.String)
+    frame = pl.DataFrame({"c": ids, "p": texts})
+    lines = frame.select(
+        pl.concat_str(
+            [pl.lit(head), _escaped("c"), pl.lit(middle), _escaped("p"), pl.lit(tail)]
+        ).alias("line")
+    )
+    buf = io.BytesIO()
+    lines.write_csv(buf, include_header=False, quote_style="never", line_terminator="\n")
+    return buf.getvalue()

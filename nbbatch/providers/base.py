@@ -1,0 +1,141 @@
+"""The provider seam: a small interface every batch provider implements.
+
+A provider knows one wire protocol and nothing of pandas. It turns prompts into the
+provider's request lines, creates batches, reports their state, and normalises result
+lines into the common row-result table (:data:`ROW_RESULT_SCHEMA`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+#: Terminal per-row states a provider can report for a request it was sent.
+ROW_STATES = ("succeeded", "failed", "expired", "cancelled")
+
+#: The common shape of normalised per-row results.
+ROW_RESULT_SCHEMA = pa.schema(
+    [
+        ("custom_id", pa.string()),
+        ("status", pa.string()),  # one of ROW_STATES
+        ("output", pa.large_string()),  # reply text; JSON array text for an embedding
+        ("error_type", pa.string()),  # e.g. rate_limit_error, invalid_request_error
+        ("error_message", pa.large_string()),
+        ("retryable", pa.bool_()),  # would sending the same request again likely work?
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("cached_tokens", pa.int64()),
+    ]
+)
+
+#: Error types that a retry of the unchanged request can fix, in either provider's words.
+TRANSIENT_ERRORS = frozenset(
+    {
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        "overloaded_error",
+        "api_error",
+        "server_error",
+        "internal_server_error",
+        "timeout_error",
+        "timeout",
+        "service_unavailable",
+        "batch_expired",
+        "expired",
+        "missing_result",
+    }
+)
+
+
+def is_transient(error_type: str | None, status_code: int | None = None) -> bool:
+    """Whether an error of this type (or HTTP status) is worth retrying unchanged."""
+    if status_code is not None and (status_code == 429 or status_code >= 500):
+        return True
+    return (error_type or "") in TRANSIENT_ERRORS
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """Everything about a request that is the same for every row of a job."""
+
+    model: str
+    endpoint: str
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    response_format: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form, for the ledger."""
+        return {
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "system": self.system,
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "response_format": self.response_format,
+            "params": self.params,
+        }
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A provider batch's state, in common terms plus the provider's own words."""
+
+    batch_id: str
+    status: str  # the provider's word: validating, in_progress, ended, ...
+    ended: bool  # no further change will come; results (if any) can be read
+    total: int
+    done: int  # requests finished so far (succeeded or not), as the provider reports
+    failed: int  # requests reported failed so far
+    failure: str | None = None  # why the whole batch failed (validation, capacity)
+    failure_code: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider(ABC):
+    """One batch API, spoken through its official SDK."""
+
+    name: ClassVar[str]
+    default_endpoint: ClassVar[str]
+    #: the provider's limits per batch, less a safety margin
+    max_requests: ClassVar[int]
+    max_bytes: ClassVar[int]
+
+    @property
+    @abstractmethod
+    def base_url(self) -> str:
+        """Where the client sends requests (recorded in the ledger; never a key)."""
+
+    @abstractmethod
+    def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
+        """The JSONL request lines for these rows, one per row, each ending in ``\\n``."""
+
+    @abstractmethod
+    def create(self, jsonl: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
+        """Create one batch from encoded lines; returns as soon as the provider has it."""
+
+    @abstractmethod
+    def retrieve(self, batch_id: str) -> BatchInfo:
+        """The batch's current state."""
+
+    @abstractmethod
+    def cancel(self, batch_id: str) -> BatchInfo:
+        """Ask the provider to cancel the batch."""
+
+    @abstractmethod
+    def fetch_results(self, info: BatchInfo) -> list[bytes]:
+        """The raw result files of an ended batch (possibly empty), as received."""
+
+    @abstractmethod
+    def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
+        """Normalise one raw result file into a :data:`ROW_RESULT_SCHEMA` table."""
+
+
+def empty_results() -> pa.Table:
+    """A row-result table with no rows."""
+    return ROW_RESULT_SCHEMA.empty_table()

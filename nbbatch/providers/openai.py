@@ -1,0 +1,386 @@
+"""OpenAI Batch API through the official ``openai`` SDK.
+
+Upload a JSONL file (``purpose="batch"``), create a batch on one endpoint, poll it, and
+download its output and error files. Result lines are normalised with pyarrow's JSON
+reader and an explicit reduced schema (fast for millions of lines); a file the reader
+cannot take falls back to orjson line by line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from .._errors import BatchFailedError, InputError, ProviderError
+from . import _jsonl
+from .base import ROW_RESULT_SCHEMA, BatchInfo, Provider, RequestSpec, empty_results, is_transient
+
+ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
+ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+
+_cached = pa.struct([("cached_tokens", pa.int64())])
+# Chat and embeddings count prompt/completion tokens; the Responses API input/output.
+_chat_tokens = [
+    ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()),
+    ("prompt_tokens_details", _cached),
+]
+_responses_tokens = [
+    ("input_tokens", pa.int64()),
+    ("output_tokens", pa.int64()),
+    ("input_tokens_details", _cached),
+]
+_error = pa.struct([("message", pa.large_string()), ("type", pa.string()), ("code", pa.string())])
+_chat_choices = pa.list_(
+    pa.struct(
+        [
+            ("message", pa.struct([("content", pa.large_string())])),
+            ("finish_reason", pa.string()),
+        ]
+    )
+)
+_responses_output = pa.list_(
+    pa.struct(
+        [
+            ("type", pa.string()),
+            ("content", pa.list_(pa.struct([("type", pa.string()), ("text", pa.large_string())]))),
+        ]
+    )
+)
+_embedding_data = pa.list_(pa.struct([("embedding", pa.list_(pa.float64()))]))
+
+
+def line_schema(endpoint: str) -> pa.Schema:
+    """The part of an output or error file line that nbbatch reads, for one endpoint.
+
+    Reading only these fields (the rest is skipped by the parser) is what makes a
+    million lines take about a second.
+    """
+    reply: list[tuple[str, pa.DataType]]
+    tokens = _chat_tokens
+    if endpoint == "/v1/embeddings":
+        reply = [("data", _embedding_data)]
+    elif endpoint == "/v1/responses":
+        reply = [("output", _responses_output), ("status", pa.string())]
+        tokens = _responses_tokens
+    else:
+        reply = [("choices", _chat_choices)]
+    body = pa.struct([*reply, ("usage", pa.struct(tokens)), ("error", _error)])
+    return pa.schema(
+        [
+            ("custom_id", pa.string()),
+            ("response", pa.struct([("status_code", pa.int64()), ("body", body)])),
+            ("error", pa.struct([("code", pa.string()), ("message", pa.large_string())])),
+        ]
+    )
+
+
+class OpenAIProvider(Provider):
+    """The OpenAI Batch API (also Azure OpenAI, proxies and the emulator, via the client)."""
+
+    name = "openai"
+    default_endpoint = "/v1/chat/completions"
+    # The service allows 50,000 requests and 200 MB per batch; keep a margin.
+    max_requests = 50_000
+    max_bytes = 190 * 1024 * 1024
+
+    def __init__(self, client: openai.OpenAI) -> None:
+        self.client = client
+
+    @property
+    def base_url(self) -> str:
+        return str(self.client.base_url)
+
+    # -- requests --------------------------------------------------------------------------
+    def body(self, spec: RequestSpec, prompt: Any) -> dict[str, Any]:
+        """The request body for one prompt (used with a sentinel for the whole job)."""
+        if spec.endpoint == "/v1/embeddings":
+            body: dict[str, Any] = {"model": spec.model, "input": prompt}
+        elif spec.endpoint == "/v1/responses":
+            body = {"model": spec.model, "input": prompt}
+            if spec.system is not None:
+                body["instructions"] = spec.system
+            if spec.max_tokens is not None:
+                body["max_output_tokens"] = spec.max_tokens
+            if spec.response_format is not None:
+                body["text"] = {"format": _responses_format(spec.response_format)}
+        else:
+            messages = [] if spec.system is None else [{"role": "system", "content": spec.system}]
+            messages.append({"role": "user", "content": prompt})
+            body = {"model": spec.model, "messages": messages}
+            if spec.max_tokens is not None:
+                body["max_completion_tokens"] = spec.max_tokens
+            if spec.response_format is not None:
+                body["response_format"] = spec.response_format
+        if spec.temperature is not None and spec.endpoint != "/v1/embeddings":
+            body["temperature"] = spec.temperature
+        body.update(spec.params)
+        return body
+
+    def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
+        if spec.endpoint not in ENDPOINTS:
+            raise InputError(
+                f"endpoint {spec.endpoint!r} is not supported; use one of {list(ENDPOINTS)}."
+            )
+        line = {
+            "custom_id": _jsonl.ID_SENTINEL,
+            "method": "POST",
+            "url": spec.endpoint,
+            "body": self.body(spec, _jsonl.PROMPT_SENTINEL),
+        }
+        return _jsonl.encode_lines(custom_ids, prompts, line)
+
+    # -- batches ---------------------------------------------------------------------------
+    def create(self, jsonl: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
+        name = f"nbbatch-{metadata.get('nbbatch_job', 'job')}.jsonl"
+        try:
+            uploaded = self.client.files.create(
+                file=(name, jsonl, "application/jsonl"), purpose="batch"
+            )
+            batch = self.client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint=spec.endpoint,  # type: ignore[arg-type]
+                completion_window="24h",
+                metadata=metadata,
+            )
+        except openai.OpenAIError as exc:
+            raise _provider_error(exc, "creating a batch") from exc
+        return _info(batch)
+
+    def retrieve(self, batch_id: str) -> BatchInfo:
+        try:
+            return _info(self.client.batches.retrieve(batch_id))
+        except openai.OpenAIError as exc:
+            raise _provider_error(exc, f"reading batch {batch_id}") from exc
+
+    def cancel(self, batch_id: str) -> BatchInfo:
+        try:
+            return _info(self.client.batches.cancel(batch_id))
+        except openai.ConflictError:  # already ended: nothing to cancel
+            return self.retrieve(batch_id)
+        except openai.OpenAIError as exc:
+            raise _provider_error(exc, f"cancelling batch {batch_id}") from exc
+
+    def fetch_results(self, info: BatchInfo) -> list[bytes]:
+        files = []
+        for key in ("output_file_id", "error_file_id"):
+            file_id = info.raw.get(key)
+            if file_id:
+                try:
+                    files.append(self.client.files.content(file_id).content)
+                except openai.OpenAIError as exc:
+                    raise _provider_error(exc, f"downloading file {file_id}") from exc
+        return files
+
+    def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
+        return parse_lines(raw, spec.endpoint)
+
+
+def _responses_format(response_format: dict[str, Any]) -> dict[str, Any]:
+    """Chat's ``response_format`` in the Responses API's ``text.format`` shape."""
+    if response_format.get("type") == "json_schema":
+        inner = dict(response_format.get("json_schema", {}))
+        return {"type": "json_schema", **inner}
+    return response_format
+
+
+def _info(batch: Any) -> BatchInfo:
+    counts = batch.request_counts
+    total = counts.total if counts else 0
+    completed = counts.completed if counts else 0
+    failed = counts.failed if counts else 0
+    failure = code = None
+    if batch.status == "failed":
+        errors = batch.errors.data if batch.errors and batch.errors.data else []
+        failure = (
+            "; ".join(
+                (f"line {e.line}: " if e.line else "") + (e.message or e.code or "unknown error")
+                for e in errors
+            )
+            or "the provider failed the batch without saying why"
+        )
+        code = errors[0].code if errors else None
+    return BatchInfo(
+        batch_id=batch.id,
+        status=batch.status,
+        ended=batch.status in ENDED,
+        total=total,
+        done=completed + failed,
+        failed=failed,
+        failure=failure,
+        failure_code=code,
+        raw=batch.model_dump(mode="json"),
+    )
+
+
+def _provider_error(exc: openai.OpenAIError, doing: str) -> ProviderError:
+    """Our error for an SDK error, marked transient when a later retry may work."""
+    status = getattr(exc, "status_code", None)
+    transient = isinstance(exc, openai.APIConnectionError) or (
+        status is not None and (status in (408, 409, 429) or status >= 500)
+    )
+    if isinstance(exc, openai.APIConnectionError):
+        message = f"could not reach OpenAI at {exc.request.url} while {doing}: {exc}"
+    elif isinstance(exc, openai.AuthenticationError):
+        message = f"OpenAI rejected the API key while {doing}; check OPENAI_API_KEY ({exc})"
+    else:
+        message = f"OpenAI refused the request while {doing}: {exc}"
+    cls = BatchFailedError if status in (400, 422) else ProviderError
+    return cls(message, provider="openai", transient=transient)
+
+
+# -- result lines --------------------------------------------------------------------------
+def parse_lines(raw: bytes, endpoint: str = "/v1/chat/completions") -> pa.Table:
+    """Normalise the lines of an output or error file into :data:`ROW_RESULT_SCHEMA`."""
+    if not raw or raw.isspace():
+        return empty_results()
+    schema = line_schema(endpoint)
+    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    table = None
+    # 4 MiB blocks parse fastest; a line longer than a block needs a bigger one.
+    for block in (1 << 22, 1 << 26):
+        try:
+            table = pajson.read_json(
+                pa.BufferReader(raw),
+                read_options=pajson.ReadOptions(block_size=block),
+                parse_options=options,
+            )
+            break
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    if table is None:  # a corrupt line: parse what can be parsed, line by line
+        table = pa.Table.from_pylist(_lines_by_hand(raw), schema=schema)
+    return _normalise(table, endpoint)
+
+
+def _lines_by_hand(raw: bytes) -> list[dict[str, Any]]:
+    """Slow path: orjson per line, keeping every line that parses as an object."""
+    rows = []
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # a corrupt line: its custom_id will be reconciled as missing
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return rows
+
+
+def _normalise(t: pa.Table, endpoint: str) -> pa.Table:
+    resp = t.column("response").combine_chunks()
+    err = t.column("error").combine_chunks()
+    status_code = pc.struct_field(resp, "status_code")
+    body = pc.struct_field(resp, "body")
+    usage = pc.struct_field(body, "usage")
+    # Whole-line errors (the request never ran): expired, cancelled, or other.
+    line_code = pc.struct_field(err, "code")
+    line_msg = pc.struct_field(err, "message")
+    body_err = pc.struct_field(body, "error")
+    ok = pc.and_kleene(
+        pc.is_null(line_code),
+        pc.and_(pc.greater_equal(status_code, 200), pc.less(status_code, 300)),
+    )
+    ok = pc.fill_null(ok, False)
+
+    status = pc.if_else(
+        ok,
+        "succeeded",
+        pc.if_else(
+            pc.fill_null(pc.equal(line_code, "batch_expired"), False),
+            "expired",
+            pc.if_else(
+                pc.fill_null(pc.equal(line_code, "batch_cancelled"), False), "cancelled", "failed"
+            ),
+        ),
+    )
+    error_type = pc.if_else(
+        ok,
+        pa.scalar(None, pa.string()),
+        pc.coalesce(
+            line_code,
+            pc.struct_field(body_err, "type"),
+            pc.struct_field(body_err, "code"),
+            pc.binary_join_element_wise("http_", pc.cast(status_code, pa.string()), ""),
+            pa.scalar("unknown_error"),
+        ),
+    )
+    error_message = pc.if_else(
+        ok,
+        pa.scalar(None, pa.large_string()),
+        pc.coalesce(
+            pc.cast(line_msg, pa.large_string()),
+            pc.cast(pc.struct_field(body_err, "message"), pa.large_string()),
+            pa.scalar("the provider gave no message", pa.large_string()),
+        ),
+    )
+    retryable = pa.array(
+        [
+            None if s == "succeeded" else is_transient(e, c)
+            for s, e, c in zip(
+                status.to_pylist(), error_type.to_pylist(), status_code.to_pylist(), strict=True
+            )
+        ]
+        if not pc.all(ok).as_py()
+        else [None] * len(t),
+        pa.bool_(),
+    )
+    output = pc.if_else(ok, _output_text(body, endpoint), pa.scalar(None, pa.large_string()))
+    prefix = "input" if endpoint == "/v1/responses" else "prompt"
+    input_tokens = pc.struct_field(usage, f"{prefix}_tokens")
+    output_tokens = (
+        pc.struct_field(usage, "output_tokens")
+        if endpoint == "/v1/responses"
+        else pc.struct_field(usage, "completion_tokens")
+    )
+    cached = pc.struct_field(usage, [f"{prefix}_tokens_details", "cached_tokens"])
+    return pa.table(
+        [
+            t.column("custom_id").combine_chunks(),
+            status,
+            output,
+            error_type,
+            error_message,
+            retryable,
+            input_tokens,
+            output_tokens,
+            cached,
+        ],
+        schema=ROW_RESULT_SCHEMA,
+    )
+
+
+def _output_text(body: pa.Array, endpoint: str) -> pa.Array:
+    """The reply of each body: chat message content, Responses output text, or the
+    embedding vector as JSON text."""
+    if endpoint == "/v1/embeddings":
+        data = pc.struct_field(body, "data").to_pylist()
+        return pa.array(
+            [None if not d else orjson.dumps(d[0]["embedding"]).decode() for d in data],
+            pa.large_string(),
+        )
+    if endpoint == "/v1/responses":
+        items = pc.struct_field(body, "output").to_pylist()
+        return pa.array([_responses_text(i) for i in items], pa.large_string())
+    choices = pc.struct_field(body, "choices")
+    first = pc.list_element(pc.fill_null(choices, pa.scalar([None], choices.type)), 0)
+    return pc.cast(pc.struct_field(first, ["message", "content"]), pa.large_string())
+
+
+def _responses_text(items: list[dict[str, Any]] | None) -> str | None:
+    if not items:
+        return None
+    texts = [
+        part.get("text") or ""
+        for item in items
+        if item.get("type") == "message"
+        for part in item.get("content") or []
+        if part.get("type") == "output_text"
+    ]
+    return "".join(texts) if texts else None

@@ -1,0 +1,138 @@
+"""Reconcile a batch's normalised result lines against the custom_ids it was sent.
+
+Every custom_id sent ends with exactly one result: its first line if it has one, or a
+``missing_result`` failure if the provider returned none. Lines whose custom_id was
+never sent, and repeated lines, are reported and never merged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .providers.base import ROW_RESULT_SCHEMA, empty_results, is_transient
+
+
+@dataclass
+class Reconciled:
+    """One result row per sent custom_id, plus what did not fit."""
+
+    table: pa.Table  # ROW_RESULT_SCHEMA, exactly one row per sent custom_id
+    missing: int = 0  # sent ids with no line
+    unknown: list[str] = field(default_factory=list)  # ids in lines that were never sent
+    duplicates: list[str] = field(default_factory=list)  # ids with more than one line
+
+    def note(self, batch_id: str) -> str:
+        """A one-line account for the job's history."""
+        counts = pc.value_counts(self.table.column("status")).to_pylist()
+        parts = [f"{c['counts']} {c['values']}" for c in counts]
+        extra = []
+        if self.missing:
+            extra.append(f"{self.missing} missing (no result line; marked failed)")
+        if self.unknown:
+            extra.append(
+                f"{len(self.unknown)} lines for ids never sent (ignored): {self.unknown[:5]}"
+            )
+        if self.duplicates:
+            extra.append(
+                f"{len(self.duplicates)} repeated lines (first kept): {self.duplicates[:5]}"
+            )
+        return f"batch {batch_id}: " + ", ".join(parts + extra)
+
+
+def _failures(ids: pa.Array, error_type: str, message: str, retryable: bool) -> pa.Table:
+    n = len(ids)
+    return pa.table(
+        {
+            "custom_id": ids,
+            "status": pa.array(["failed"] * n, pa.string()),
+            "output": pa.nulls(n, pa.large_string()),
+            "error_type": pa.array([error_type] * n, pa.string()),
+            "error_message": pa.array([message] * n, pa.large_string()),
+            "retryable": pa.array([retryable] * n, pa.bool_()),
+            "input_tokens": pa.nulls(n, pa.int64()),
+            "output_tokens": pa.nulls(n, pa.int64()),
+            "cached_tokens": pa.nulls(n, pa.int64()),
+        },
+        schema=ROW_RESULT_SCHEMA,
+    )
+
+
+def reconcile(
+    sent: Sequence[str] | pa.Array,
+    tables: Sequence[pa.Table],
+    *,
+    batch_failure: str | None = None,
+    failure_code: str | None = None,
+) -> Reconciled:
+    """Match result lines to the ids sent; see the module docstring for the rules.
+
+    ``batch_failure`` is set when the provider failed the whole batch: rows with no line
+    then carry that reason instead of ``missing_result``.
+    """
+    sent_ids = sent if isinstance(sent, pa.Array) else pa.array(list(sent), pa.string())
+    table = pa.concat_tables(tables) if tables else empty_results()
+    ids = table.column("custom_id").combine_chunks()
+    known = pc.fill_null(pc.is_in(ids, value_set=sent_ids), False).to_numpy(zero_copy_only=False)
+    if pc.count_distinct(ids).as_py() == len(ids):  # the usual case: no repeated line
+        repeated = np.zeros(len(ids), dtype=bool)
+    else:
+        repeated = pd.Series(ids.to_numpy(zero_copy_only=False)).duplicated().to_numpy()
+    keep = known & ~repeated
+    kept = table if keep.all() else table.filter(pa.array(keep))
+    result = Reconciled(
+        table=kept,
+        unknown=ids.filter(pa.array(~known)).to_pylist(),
+        duplicates=ids.filter(pa.array(known & repeated)).to_pylist(),
+    )
+    if kept.num_rows == len(sent_ids):  # one line for every id sent: nothing is absent
+        return result
+    got = kept.column("custom_id")
+    absent = sent_ids.filter(pc.invert(pc.is_in(sent_ids, value_set=got)))
+    if len(absent):
+        if batch_failure is not None:
+            code = failure_code or "batch_failed"
+            fill = _failures(
+                absent, code, batch_failure, is_transient(code) or code == "token_limit_exceeded"
+            )
+        else:
+            result.missing = len(absent)
+            fill = _failures(
+                absent,
+                "missing_result",
+                "the provider returned no result line for this request",
+                True,
+            )
+        result.table = pa.concat_tables([kept.cast(ROW_RESULT_SCHEMA), fill])
+    return result
+
+
+def ledger_rows(table: pa.Table) -> zip[tuple[object, ...]]:
+    """Rows for :meth:`Ledger.record_results`, in its column order."""
+    retry = table.column("retryable").to_pylist()
+    # What a person reads in {output}_error: "type: message".
+    message = pc.binary_join_element_wise(
+        pc.cast(table.column("error_type"), pa.large_string()),
+        table.column("error_message"),
+        pa.scalar(": ", pa.large_string()),
+    )
+    return zip(
+        table.column("status").to_pylist(),
+        table.column("output").to_pylist(),
+        table.column("error_type").to_pylist(),
+        message.to_pylist(),
+        [None if r is None else int(r) for r in retry],
+        table.column("input_tokens").to_pylist(),
+        table.column("output_tokens").to_pylist(),
+        table.column("cached_tokens").to_pylist(),
+        table.column("custom_id").to_pylist(),
+        strict=True,
+    )
+
+
+__all__ = ["Reconciled", "reconcile", "ledger_rows"]
