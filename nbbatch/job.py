@@ -24,6 +24,7 @@ from . import plan as _plan
 from . import results as _results
 from ._errors import InputError, MergeError, NbbatchError, ProviderError
 from .ledger import Ledger
+from .poller import Poller
 from .providers.base import BatchInfo, Provider, RequestSpec
 from .snapshot import RESUBMITTABLE, ROW_STATES, BatchView, JobSnapshot
 
@@ -87,6 +88,7 @@ class BatchJob:
         self._next_poll: float | None = None
         self._last_error: str | None = None
         self._infos: dict[str, BatchInfo] = {}
+        self._poller: Poller | None = None
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -275,6 +277,30 @@ class BatchJob:
             (folder / f"{info.batch_id}.{i}.jsonl").write_bytes(raw)
         done.touch()
         return raws
+
+    def start_polling(self) -> Poller:
+        """Poll in a background thread until every row is terminal (the kernel stays free).
+
+        Idempotent: a poller already running is returned as it is.
+        """
+        with self._lock:
+            if self._poller is None or not self._poller.running:
+                self._poller = Poller(self).start()
+            return self._poller
+
+    def stop_polling(self) -> None:
+        """Stop background polling; the batches go on at the provider."""
+        if self._poller is not None:
+            self._poller.stop()
+
+    @property
+    def polling_active(self) -> bool:
+        """True while a background poller is running."""
+        return self._poller is not None and self._poller.running
+
+    def _set_poll_error(self, exc: BaseException) -> None:
+        self._last_error = f"polling stopped: {exc}"
+        self._notify(self.snapshot())
 
     def wait(
         self,

@@ -1,0 +1,476 @@
+"""Anthropic Message Batches API (and real-time Messages) as the SDK sees them.
+
+Wire shapes follow ``batch-protocols.md`` §3: MessageBatch objects with RFC 3339
+timestamps, ``processing`` counts until the batch has ended, an absolute ``results_url``
+on this server, JSONL results with one ``\\n`` per line, and
+``{"type": "error", "error": {...}, "request_id"}`` error bodies.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from . import _responder
+from ._faults import (
+    FAIL_MARKER,
+    TRANSIENT_MARKER,
+    Fate,
+    RowInfo,
+    assign_fates,
+    int_hash,
+    processing_order,
+)
+from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, iter_lines
+from ._wire import NO_RETRY, ApiError, JSONResponse, new_id, rfc3339, text_of
+
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# Service limits (module constants so tests can lower them).
+MAX_REQUESTS = 100_000
+MAX_BODY_BYTES = 256 * 1024 * 1024
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+# =================================================================== messages
+
+
+def params_problem(params: Any) -> str | None:
+    """Why ``params`` would be rejected by the Messages API, or None when they are fine."""
+    if not isinstance(params, dict):
+        return "params: Input should be a valid dictionary"
+    for key in ("model", "max_tokens", "messages"):
+        if key not in params:
+            return f"{key}: Field required"
+    if not isinstance(params["model"], str):
+        return "model: Input should be a valid string"
+    max_tokens = params["max_tokens"]
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        return "max_tokens: Input should be greater than or equal to 1"
+    if not isinstance(params["messages"], list) or not params["messages"]:
+        return "messages: at least one message is required"
+    if params.get("stream"):
+        return "stream: the nbbatch emulator does not stream responses"
+    return None
+
+
+def _last_user(params: Mapping[str, Any]) -> str:
+    users = [
+        m for m in params.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"
+    ]
+    return text_of(users[-1].get("content")) if users else ""
+
+
+def _structured(params: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The schema the reply must follow and, for a forced tool call, the tool's name."""
+    choice = params.get("tool_choice") or {}
+    tools = [t for t in params.get("tools") or [] if isinstance(t, dict) and "input_schema" in t]
+    if isinstance(choice, dict) and choice.get("type") in ("tool", "any") and tools:
+        wanted = choice.get("name")
+        tool = next((t for t in tools if t.get("name") == wanted), None) if wanted else tools[0]
+        if tool is not None:
+            return tool["input_schema"], str(tool["name"])
+    fmt = (params.get("output_config") or {}).get("format") or {}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return fmt.get("schema") or {}, None
+    return None, None
+
+
+def _cached_prefix(system: Any) -> str:
+    """System text up to the last block marked with ``cache_control`` ("" if none)."""
+    if not isinstance(system, list):
+        return ""
+    last = max(
+        (i for i, b in enumerate(system) if isinstance(b, dict) and b.get("cache_control")),
+        default=-1,
+    )
+    return text_of(system[: last + 1]) if last >= 0 else ""
+
+
+def message(
+    params: Mapping[str, Any], fate: Fate, suffix: str, cache: set[str], tier: str
+) -> dict[str, Any]:
+    """A Message for ``params``. ``cache`` holds prompt-cache prefixes already written."""
+    system = params.get("system")
+    prompt_chars = len(system) if isinstance(system, str) else len(text_of(system))
+    prompt_chars += sum(
+        len(text_of(m.get("content"))) for m in params["messages"] if isinstance(m, dict)
+    )
+    cached = _cached_prefix(system)
+    cached_tokens = _responder.count_tokens(len(cached))
+    created = read = 0
+    if cached:
+        if cached in cache:
+            read = cached_tokens
+        else:
+            created = cached_tokens
+            cache.add(cached)
+    schema, tool = _structured(params)
+    stop = params.get("stop_sequences") or ()
+    reply = _responder.respond(
+        _last_user(params),
+        fate=fate,
+        schema=schema,
+        max_tokens=params["max_tokens"],
+        stop=[stop] if isinstance(stop, str) else list(stop),
+    )
+    content: list[dict[str, Any]]
+    if tool is not None:
+        value = reply.value if reply.value is not None else {}
+        if not isinstance(value, dict):
+            value = {"nbbatch_emulator_invalid": value}
+        content = [{"type": "tool_use", "id": f"toolu_{suffix}", "name": tool, "input": value}]
+        stop_reason = "max_tokens" if reply.finish == "length" else "tool_use"
+    else:
+        content = [{"type": "text", "text": reply.text, "citations": None}]
+        stop_reason = {"length": "max_tokens", "stop_sequence": "stop_sequence"}.get(
+            reply.finish, "end_turn"
+        )
+    return {
+        "id": f"msg_{suffix}",
+        "type": "message",
+        "role": "assistant",
+        "model": params["model"],
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": reply.stop_sequence if stop_reason == "stop_sequence" else None,
+        "usage": {
+            "input_tokens": max(0, _responder.count_tokens(prompt_chars) - cached_tokens),
+            "output_tokens": reply.output_tokens,
+            "cache_creation_input_tokens": created,
+            "cache_read_input_tokens": read,
+            "service_tier": tier,
+        },
+    }
+
+
+def _error(type: str, message: str, request_id: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": type, "message": message}, "request_id": request_id}
+
+
+# =================================================================== batches
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished Message Batch produced."""
+
+    results: Path
+    counts: dict[str, int]
+
+
+@dataclass(eq=False)
+class AnthropicBatch(BatchRecord):
+    store: Store | None = None
+    requests_path: Path | None = None
+
+    def generate(self, cut: int | None, reason: str) -> Outcome:
+        """Write the results JSONL (in processing order) and count the result types."""
+        assert self.store is not None and self.requests_path is not None
+        position = [0] * self.n
+        for p, i in enumerate(self.order):
+            position[i] = p
+        lines: list[bytes | None] = [None] * self.n
+        counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        cache: set[str] = set()  # prompt caching is per batch, in input order
+        for i, raw in enumerate(iter_lines(self.requests_path)):
+            fate = Fate(self.fates[i])
+            request = orjson.loads(raw)
+            suffix = f"{int_hash(self.id, i):016x}"
+            result: dict[str, Any]
+            if cut is not None and position[i] >= cut:
+                result = {"type": "canceled" if reason == "cancelled" else "expired"}
+            elif fate == Fate.EXPIRE:
+                result = {"type": "expired"}
+            elif fate == Fate.FAIL:
+                problem = params_problem(request["params"]) or (
+                    f"Request rejected by the nbbatch emulator ({FAIL_MARKER})."
+                )
+                err = _error("invalid_request_error", problem, f"req_{suffix}")
+                result = {"type": "errored", "error": err}
+            elif fate == Fate.TRANSIENT_ERROR:
+                kind = ("api_error", "overloaded_error")[int_hash(self.id, i, "kind") % 2]
+                text = f"Simulated {kind} (nbbatch emulator); retrying the request may succeed."
+                result = {"type": "errored", "error": _error(kind, text, f"req_{suffix}")}
+            else:
+                msg = message(request["params"], fate, suffix, cache, "batch")
+                result = {"type": "succeeded", "message": msg}
+            counts[result["type"]] += 1
+            if fate == Fate.MISSING and result["type"] == "succeeded":
+                continue  # the simulated provider bug: no line at all
+            lines[i] = orjson.dumps({"custom_id": request["custom_id"], "result": result}) + b"\n"
+        path = self.store.new_path("results-")
+        with path.open("wb") as out:
+            for start in range(0, self.n, 4096):
+                out.write(b"".join(lines[i] or b"" for i in self.order[start : start + 4096]))
+        return Outcome(path, counts)
+
+
+def _check_requests(body: Any) -> list[dict[str, Any]]:
+    """The synchronous checks of ``POST /v1/messages/batches``."""
+    if not isinstance(body, dict) or "requests" not in body:
+        raise ApiError(400, "requests: Field required")
+    requests = body["requests"]
+    if not isinstance(requests, list) or not requests:
+        raise ApiError(400, "requests: List should have at least 1 item")
+    if len(requests) > MAX_REQUESTS:
+        raise ApiError(
+            400, f"requests: a batch holds at most {MAX_REQUESTS} requests, got {len(requests)}"
+        )
+    seen: set[str] = set()
+    for i, req in enumerate(requests):
+        if not isinstance(req, dict) or "custom_id" not in req or "params" not in req:
+            raise ApiError(400, f"requests.{i}: custom_id and params are required")
+        cid = req["custom_id"]
+        if not isinstance(cid, str) or not CUSTOM_ID.match(cid):
+            raise ApiError(
+                400, f"requests.{i}.custom_id: String should match pattern '{CUSTOM_ID.pattern}'"
+            )
+        if cid in seen:
+            raise ApiError(400, f"requests.{i}.custom_id: duplicate custom_id '{cid}'")
+        seen.add(cid)
+    return requests
+
+
+def create_batch_sync(store: Store, body: Any, host: str) -> dict[str, Any]:
+    requests = _check_requests(body)
+    knobs = store.knobs
+    path = store.new_path("requests-")
+    rows: list[RowInfo] = []
+    with path.open("wb") as out:
+        for req in requests:
+            out.write(orjson.dumps({"custom_id": req["custom_id"], "params": req["params"]}))
+            out.write(b"\n")
+            params = req["params"]
+            ok = params_problem(params) is None
+            rows.append(
+                RowInfo(
+                    req["custom_id"],
+                    0,
+                    _last_user(params) if ok else "",
+                    ok and _structured(params)[0] is not None,
+                    invalid=not ok,
+                )
+            )
+    track = [
+        knobs.row_faults_active or FAIL_MARKER in r.text or TRANSIENT_MARKER in r.text for r in rows
+    ]
+    attempts = store.attempts("anthropic", [r.custom_id for r in rows], track)
+    rows = [
+        RowInfo(r.custom_id, a, r.text, r.has_schema, r.invalid)
+        for r, a in zip(rows, attempts, strict=True)
+    ]
+    t = store.now()
+    batch_id = new_id("msgbatch_")
+    started = t + knobs.validating_seconds
+    processed = started + knobs.processing_seconds
+    batch = AnthropicBatch(
+        id=batch_id,
+        seq=store.next_seq(),
+        knobs=knobs,
+        n=len(rows),
+        created=t,
+        started=started,
+        processed=processed,
+        finished=processed,  # no finalizing phase on this API
+        fates=assign_fates(rows, knobs),
+        order=processing_order(len(rows), knobs, batch_id),
+        store=store,
+        requests_path=path,
+    )
+    store.add_batch("anthropic", batch)
+    return batch_json(store, batch, t, host)
+
+
+def batch_json(store: Store, b: BatchRecord, t: float, host: str) -> dict[str, Any]:
+    """The MessageBatch object as seen at clock time ``t``."""
+    phase = b.phase(t)
+    ended = b.ended_at(t)
+    outcome: Outcome | None = store.outcome(b, t)
+    if outcome is not None:
+        counts = dict(outcome.counts)
+    else:
+        counts = {"processing": b.n, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+    status = {"cancelling": "canceling"}.get(phase, "in_progress" if ended is None else "ended")
+    return {
+        "id": b.id,
+        "type": "message_batch",
+        "processing_status": status,
+        "request_counts": counts,
+        "ended_at": rfc3339(store.clock.unix(ended)) if ended is not None else None,
+        "created_at": rfc3339(store.clock.unix(b.created)),
+        "expires_at": rfc3339(store.clock.unix(b.expires)),
+        "archived_at": None,
+        "cancel_initiated_at": rfc3339(store.clock.unix(b.cancel_at))
+        if b.cancel_at is not None
+        else None,
+        "results_url": f"http://{host}/v1/messages/batches/{b.id}/results"
+        if ended is not None
+        else None,
+    }
+
+
+def _host(request: Request) -> str:
+    return request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+
+
+async def _json_body(request: Request, limit: int | None = None) -> Any:
+    length = request.headers.get("content-length")
+    if limit is not None and length is not None and int(length) > limit:
+        raise ApiError(400, f"The request body is larger than {limit} bytes.", headers=NO_RETRY)
+    raw = await request.body()
+    if limit is not None and len(raw) > limit:
+        raise ApiError(400, f"The request body is larger than {limit} bytes.", headers=NO_RETRY)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "The request body is not valid JSON.") from None
+
+
+async def create_batch(request: Request) -> Response:
+    store = _store(request)
+    body = await _json_body(request, MAX_BODY_BYTES)
+    result = await run_in_threadpool(create_batch_sync, store, body, _host(request))
+    return JSONResponse(result)
+
+
+def _batch_or_404(store: Store, batch_id: str) -> BatchRecord:
+    b = store.get_batch("anthropic", batch_id)
+    if b is None:
+        raise ApiError(404, "Message batch not found", type="not_found_error")
+    return b
+
+
+async def retrieve_batch(request: Request) -> Response:
+    store = _store(request)
+    b = _batch_or_404(store, request.path_params["batch_id"])
+    return JSONResponse(await run_in_threadpool(batch_json, store, b, store.now(), _host(request)))
+
+
+async def list_batches(request: Request) -> Response:
+    store = _store(request)
+    raw_limit = request.query_params.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        raise ApiError(400, "limit: Input should be between 1 and 1000")
+    limit = int(raw_limit)
+    items = store.list_batches("anthropic")  # newest first
+    ids = [b.id for b in items]
+    after, before = request.query_params.get("after_id"), request.query_params.get("before_id")
+    if after is not None:
+        rest = items[ids.index(after) + 1 :] if after in ids else []
+        page, more = rest[:limit], len(rest) > limit
+    elif before is not None:
+        rest = items[: ids.index(before)] if before in ids else []
+        page, more = rest[-limit:], len(rest) > limit
+    else:
+        page, more = items[:limit], len(items) > limit
+    t = store.now()
+    host = _host(request)
+
+    def render() -> list[dict[str, Any]]:
+        return [batch_json(store, b, t, host) for b in page]
+
+    return JSONResponse(
+        {
+            "data": await run_in_threadpool(render),
+            "has_more": more,
+            "first_id": page[0].id if page else None,
+            "last_id": page[-1].id if page else None,
+        }
+    )
+
+
+def _cancel_sync(store: Store, batch_id: str, host: str) -> dict[str, Any]:
+    with store.lock:
+        b = _batch_or_404(store, batch_id)
+        t = store.now()
+        if b.ended_at(t) is not None:
+            raise ApiError(400, "Cannot cancel a batch that has already ended.", headers=NO_RETRY)
+        if b.cancel_at is None:
+            b.cancel_at = t
+            b.cancel_done = t + max(b.knobs.finalizing_seconds, MIN_CANCEL_SECONDS)
+    return batch_json(store, b, t, host)
+
+
+async def cancel_batch(request: Request) -> Response:
+    store = _store(request)
+    result = await run_in_threadpool(
+        _cancel_sync, store, request.path_params["batch_id"], _host(request)
+    )
+    return JSONResponse(result)
+
+
+async def delete_batch(request: Request) -> Response:
+    store = _store(request)
+    batch_id = request.path_params["batch_id"]
+    with store.lock:
+        b = _batch_or_404(store, batch_id)
+        if b.ended_at(store.now()) is None:
+            raise ApiError(
+                400,
+                "Batch is still processing; cancel it and wait for it to end before deleting.",
+                headers=NO_RETRY,
+            )
+        store.remove_batch("anthropic", batch_id)
+    assert isinstance(b, AnthropicBatch)
+    for path in (b.requests_path, b.outcome.results if b.outcome else None):
+        if path is not None:
+            path.unlink(missing_ok=True)
+    return JSONResponse({"id": batch_id, "type": "message_batch_deleted"})
+
+
+async def batch_results(request: Request) -> Response:
+    store = _store(request)
+    b = _batch_or_404(store, request.path_params["batch_id"])
+    outcome: Outcome | None = await run_in_threadpool(store.outcome, b, store.now())
+    if outcome is None:
+        raise ApiError(400, "Batch has not finished processing; results are not available yet.")
+    return FileResponse(outcome.results, media_type="application/x-jsonl")
+
+
+# =================================================================== real time
+
+
+async def create_message(request: Request) -> Response:
+    store = _store(request)
+    params = await _json_body(request)
+    problem = params_problem(params)
+    if problem is not None:
+        raise ApiError(400, problem)
+    text = _last_user(params)
+    if FAIL_MARKER in text:
+        raise ApiError(400, f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).")
+    if TRANSIENT_MARKER in text and store.attempts("anthropic-realtime", [text], [True])[0] == 1:
+        raise ApiError(
+            529,
+            "Simulated overload (nbbatch emulator); a retry will succeed.",
+            type="overloaded_error",
+            headers={"retry-after-ms": "10"},
+        )
+    suffix = new_id("", 8)
+    with store.lock:  # the real-time prompt cache is shared by all requests
+        result = message(params, Fate.OK, suffix, store.realtime_cache, "standard")
+    return JSONResponse(result)
+
+
+routes = [
+    Route("/v1/messages", create_message, methods=["POST"]),
+    Route("/v1/messages/batches", create_batch, methods=["POST"]),
+    Route("/v1/messages/batches", list_batches, methods=["GET"]),
+    Route("/v1/messages/batches/{batch_id}", retrieve_batch, methods=["GET"]),
+    Route("/v1/messages/batches/{batch_id}", delete_batch, methods=["DELETE"]),
+    Route("/v1/messages/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
+    Route("/v1/messages/batches/{batch_id}/results", batch_results, methods=["GET"]),
+]

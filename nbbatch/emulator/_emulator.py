@@ -1,0 +1,206 @@
+"""The public ``Emulator`` object, ``start()`` and the process-wide ``shared()`` one."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+from ._faults import HttpFaults, Knobs
+from ._server import Front, Server, build_app
+from ._state import Store
+
+
+class Emulator:
+    """A running emulator of the OpenAI Batch and Anthropic Message Batches APIs.
+
+    Point the official SDKs at it::
+
+        openai.OpenAI(base_url=emu.openai_base_url, api_key="any")
+        anthropic.Anthropic(base_url=emu.anthropic_base_url, api_key="any")
+
+    Use :func:`nbbatch.emulator.start` to create one; :meth:`stop` (or leaving a ``with``
+    block) shuts it down and deletes its files.
+    """
+
+    def __init__(
+        self, *, host: str, port: int, knobs: Knobs, clock: Callable[[], float] | None
+    ) -> None:
+        self._store = Store(knobs, clock)
+        self._http_faults = HttpFaults()
+        self._log: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._stopped = False
+        try:
+            self._server = Server(Front(build_app(self._store), self), host, port)
+            self._server.start()
+        except BaseException:
+            self._store.close()
+            raise
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{self._server.port}"
+        self.openai_base_url = self.url + "/v1"
+        self.anthropic_base_url = self.url
+
+    # ----------------------------------------------------------- public API
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def knobs(self) -> Knobs:
+        """The current timing and fault configuration."""
+        return self._store.knobs
+
+    def configure(self, **knobs: Any) -> None:
+        """Change timing/fault knobs (same names as :func:`start`).
+
+        Batches created afterwards use the new values; HTTP faults change at once.
+        """
+        with self._store.lock:
+            self._store.knobs = self._store.knobs.replace(**knobs)
+
+    @property
+    def request_log(self) -> list[tuple[str, str]]:
+        """``(method, path)`` of every HTTP request received, in order (a copy)."""
+        with self._lock:
+            return list(self._log)
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self._log.clear()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: batches created per provider, files uploaded, requests, real-time calls."""
+        with self._store.lock:
+            return dict(self._store.counters)
+
+    def stop(self) -> None:
+        """Stop serving and delete all stored files. Safe to call more than once."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._server.stop()
+        self._store.close()
+
+    @property
+    def running(self) -> bool:
+        return not self._stopped
+
+    def __enter__(self) -> Emulator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "running"
+        return f"<nbbatch Emulator {state} at {self.url}>"
+
+    # ----------------------------------------------------------- used by the server
+
+    def _record(self, method: str, path: str, *, realtime: bool) -> None:
+        with self._lock:
+            self._log.append((method, path))
+        self._store.count("requests")
+        if realtime:
+            self._store.count("realtime_requests")
+
+    def _http_fault(self, method: str, path: str) -> int | None:
+        with self._lock:
+            return self._http_faults.decide(self._store.knobs, method, path)
+
+
+def start(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    validating_seconds: float = 0.0,
+    processing_seconds: float = 0.2,
+    finalizing_seconds: float = 0.0,
+    error_rate: float = 0.0,
+    expire_rate: float = 0.0,
+    missing_rate: float = 0.0,
+    invalid_output_rate: float = 0.0,
+    truncate_rate: float = 0.0,
+    http_error_rate: float = 0.0,
+    http_error_methods: Sequence[str] = ("GET",),
+    http_error_statuses: Sequence[int] = (500, 429),
+    fault_attempts: int | None = 1,
+    shuffle: bool = True,
+    seed: int = 0,
+    enqueued_token_limit: int | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Emulator:
+    """Start an emulator on ``host``:``port`` (0 picks a free port) and return it.
+
+    Timing: a batch spends ``validating_seconds`` validating, ``processing_seconds`` in
+    progress (OpenAI counts grow linearly over it) and ``finalizing_seconds`` finalizing.
+    Row faults (exact fractions of each batch's rows, chosen by hash):
+
+    - ``error_rate``: transient per-row error (OpenAI 500 ``server_error``, Anthropic
+      ``api_error`` / ``overloaded_error``);
+    - ``expire_rate``: rows left unexecuted; the OpenAI batch ends ``expired`` (rows in the
+      error file as ``batch_expired``), the Anthropic rows are ``expired``;
+    - ``missing_rate``: rows executed and counted but with no output line at all;
+    - ``invalid_output_rate``: structured replies that violate their schema;
+    - ``truncate_rate``: replies cut short (``length`` / ``max_tokens``).
+
+    ``fault_attempts`` limits row faults to a custom_id's first N batches (None: always).
+    ``http_error_rate`` answers that fraction of ``http_error_methods`` requests with one
+    of ``http_error_statuses`` (never more than two in a row for the same request).
+    ``enqueued_token_limit`` fails OpenAI batches over the per-model in-flight token limit.
+    ``clock`` (a callable returning seconds) replaces ``time.monotonic`` to drive time.
+    """
+    knobs = Knobs().replace(
+        validating_seconds=validating_seconds,
+        processing_seconds=processing_seconds,
+        finalizing_seconds=finalizing_seconds,
+        error_rate=error_rate,
+        expire_rate=expire_rate,
+        missing_rate=missing_rate,
+        invalid_output_rate=invalid_output_rate,
+        truncate_rate=truncate_rate,
+        http_error_rate=http_error_rate,
+        http_error_methods=tuple(http_error_methods),
+        http_error_statuses=tuple(http_error_statuses),
+        fault_attempts=fault_attempts,
+        shuffle=shuffle,
+        seed=seed,
+        enqueued_token_limit=enqueued_token_limit,
+    )
+    return Emulator(host=host, port=port, knobs=knobs, clock=clock)
+
+
+#: Timings of the process-wide emulator: slow enough to watch, quick enough to wait for.
+SHARED_TIMINGS = {"validating_seconds": 0.5, "processing_seconds": 3.0, "finalizing_seconds": 0.5}
+
+_shared: Emulator | None = None
+_shared_lock = threading.Lock()
+
+
+def shared() -> Emulator:
+    """A process-wide emulator, started on first use and stopped at interpreter exit."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or not _shared.running:
+            first = _shared is None
+            _shared = start(**SHARED_TIMINGS)  # type: ignore[arg-type]
+            if first:
+                atexit.register(_stop_shared)
+        return _shared
+
+
+def _stop_shared() -> None:
+    with _shared_lock:
+        if _shared is not None:
+            _shared.stop()

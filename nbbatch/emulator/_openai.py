@@ -1,0 +1,977 @@
+"""OpenAI Files + Batches API (and the real-time endpoints) as the SDK sees them.
+
+Wire shapes follow ``batch-protocols.md`` §2 and the OpenAPI subset: file objects,
+batch objects with unix-second timestamps, cursor-paged lists, ``{"error": {...}}``
+bodies, and output / error JSONL lines ``{id, custom_id, response, error}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from . import _responder
+from ._faults import (
+    FAIL_MARKER,
+    TRANSIENT_MARKER,
+    Fate,
+    Knobs,
+    RowInfo,
+    assign_fates,
+    int_hash,
+    processing_order,
+)
+from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, StoredFile, iter_lines
+from ._wire import NO_RETRY, ApiError, JSONResponse, new_id, openai_error_body, text_of
+
+#: The ``endpoint`` values the SDK allows; the emulator serves the first three.
+ENDPOINTS = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
+SERVED_ENDPOINTS = ENDPOINTS[:3]
+UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+# Service limits (module constants so tests can lower them).
+MAX_REQUESTS = 50_000
+MAX_INPUT_BYTES = 200 * 1024 * 1024
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+MAX_EMBEDDING_INPUTS = 50_000
+MAX_REPORTED_ERRORS = 100
+DEFAULT_FILE_SECONDS = 30 * 24 * 3600
+
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+CANCELLED_MESSAGE = "This request was not executed because the batch was cancelled."
+SERVER_ERROR_MESSAGE = (
+    "The server had an error while processing your request. Sorry about that! "
+    "(simulated by the nbbatch emulator)"
+)
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+# =================================================================== request bodies
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What the emulator needs to know about one request body before running it."""
+
+    last_user: str
+    prompt_chars: int
+    schema: Mapping[str, Any] | None
+    json_mode: bool
+    embedding_inputs: list[str] = field(default_factory=list)
+
+
+def inspect(endpoint: str, body: Mapping[str, Any]) -> Inspection:
+    """Extract the prompt text and the requested output format from a request body."""
+    if endpoint == "/v1/embeddings":
+        raw = body.get("input")
+        if isinstance(raw, str):
+            inputs = [raw]
+        elif isinstance(raw, list) and raw and all(isinstance(x, int) for x in raw):
+            inputs = [" ".join(map(str, raw))]  # one pre-tokenised input
+        elif isinstance(raw, list):
+            inputs = [x if isinstance(x, str) else " ".join(map(str, x)) for x in raw]
+        else:
+            inputs = []
+        return Inspection(inputs[-1] if inputs else "", sum(map(len, inputs)), None, False, inputs)
+    if endpoint == "/v1/responses":
+        raw = body.get("input")
+        texts: list[tuple[str, str]] = []
+        if isinstance(raw, str):
+            texts.append(("user", raw))
+        elif isinstance(raw, list):
+            for item in raw:
+                if isinstance(item, dict) and "role" in item:
+                    texts.append((str(item["role"]), text_of(item.get("content"))))
+        instructions = body.get("instructions")
+        chars = len(instructions) if isinstance(instructions, str) else 0
+        fmt = (body.get("text") or {}).get("format") or {}
+        schema = fmt.get("schema") if fmt.get("type") == "json_schema" else None
+        json_mode = fmt.get("type") == "json_object"
+    else:
+        texts = [
+            (str(m.get("role")), text_of(m.get("content")))
+            for m in body.get("messages") or []
+            if isinstance(m, dict)
+        ]
+        chars = 0
+        fmt = body.get("response_format") or {}
+        schema = None
+        if fmt.get("type") == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema") or {}
+        json_mode = fmt.get("type") == "json_object"
+    users = [t for role, t in texts if role == "user"]
+    chars += sum(len(t) for _, t in texts)
+    return Inspection(users[-1] if users else "", chars, schema, json_mode)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An endpoint's HTTP status and JSON body for one request, with its token usage."""
+
+    status: int
+    body: dict[str, Any]
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def error_answer(status: int, message: str, type: str, param: str | None = None) -> Answer:
+    return Answer(status, openai_error_body(message, type, param, None))
+
+
+def answer(endpoint: str, body: Any, fate: Fate, created: int, seed_id: str) -> Answer:
+    """Run one request against the responder; ``seed_id`` makes the body's ids."""
+    if fate == Fate.FAIL:
+        return error_answer(
+            400,
+            f"Request rejected by the nbbatch emulator ({FAIL_MARKER} or invalid parameters).",
+            "invalid_request_error",
+        )
+    if fate == Fate.TRANSIENT_ERROR:
+        return error_answer(500, SERVER_ERROR_MESSAGE, "server_error")
+    if not isinstance(body, dict):
+        return error_answer(400, "The request body must be a JSON object.", "invalid_request_error")
+    if not isinstance(body.get("model"), str):
+        return error_answer(
+            400, "you must provide a model parameter", "invalid_request_error", "model"
+        )
+    if body.get("stream"):
+        return error_answer(
+            400,
+            "The nbbatch emulator does not stream responses.",
+            "invalid_request_error",
+            "stream",
+        )
+    info = inspect(endpoint, body)
+    suffix = f"{int_hash(seed_id):016x}"
+    if endpoint == "/v1/embeddings":
+        return _embeddings(body, info)
+    if endpoint == "/v1/responses":
+        if body.get("input") is None:
+            return error_answer(
+                400, "Missing required parameter: 'input'.", "invalid_request_error", "input"
+            )
+        return _responses(body, info, fate, created, suffix)
+    if not body.get("messages"):
+        return error_answer(
+            400, "Missing required parameter: 'messages'.", "invalid_request_error", "messages"
+        )
+    return _chat(body, info, fate, created, suffix)
+
+
+def _chat(body: dict, info: Inspection, fate: Fate, created: int, suffix: str) -> Answer:
+    stop = body.get("stop") or ()
+    reply = _responder.respond(
+        info.last_user,
+        fate=fate,
+        schema=info.schema,
+        json_mode=info.json_mode,
+        max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+        stop=[stop] if isinstance(stop, str) else list(stop),
+    )
+    prompt_tokens = _responder.count_tokens(info.prompt_chars)
+    result = {
+        "id": f"chatcmpl-{suffix}",
+        "object": "chat.completion",
+        "created": created,
+        "model": body["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": reply.text,
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": "length" if reply.finish == "length" else "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": reply.output_tokens,
+            "total_tokens": prompt_tokens + reply.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+    }
+    return Answer(200, result, prompt_tokens, reply.output_tokens)
+
+
+def _responses(body: dict, info: Inspection, fate: Fate, created: int, suffix: str) -> Answer:
+    reply = _responder.respond(
+        info.last_user,
+        fate=fate,
+        schema=info.schema,
+        json_mode=info.json_mode,
+        max_tokens=body.get("max_output_tokens"),
+    )
+    input_tokens = _responder.count_tokens(info.prompt_chars)
+    cut = reply.finish == "length"
+    fmt = (body.get("text") or {}).get("format") or {}
+    if fmt.get("type") == "json_schema" and "name" in fmt and "schema" in fmt:
+        fmt = {k: fmt[k] for k in ("type", "name", "schema", "strict", "description") if k in fmt}
+    elif fmt.get("type") != "json_object":
+        fmt = {"type": "text"}
+    result = {
+        "id": f"resp_{suffix}",
+        "object": "response",
+        "created_at": created,
+        "status": "incomplete" if cut else "completed",
+        "completed_at": None if cut else created,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+        "instructions": body.get("instructions")
+        if isinstance(body.get("instructions"), str)
+        else None,
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": body["model"],
+        "output": [
+            {
+                "id": f"msg_{suffix}",
+                "type": "message",
+                "role": "assistant",
+                "status": "incomplete" if cut else "completed",
+                "content": [
+                    {"type": "output_text", "text": reply.text, "annotations": [], "logprobs": []}
+                ],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "temperature": 1.0,
+        "text": {"format": fmt},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": reply.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + reply.output_tokens,
+        },
+        "metadata": body.get("metadata") or {},
+    }
+    return Answer(200, result, input_tokens, reply.output_tokens)
+
+
+def _embeddings(body: dict, info: Inspection) -> Answer:
+    if not info.embedding_inputs:
+        return error_answer(
+            400, "'input' must be a non-empty string or array.", "invalid_request_error", "input"
+        )
+    dims = body.get("dimensions") or _responder.DEFAULT_EMBEDDING_DIMENSIONS
+    if not isinstance(dims, int) or dims < 1:
+        return error_answer(
+            400, "dimensions must be a positive integer", "invalid_request_error", "dimensions"
+        )
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for i, text in enumerate(info.embedding_inputs):
+        vector: Any = _responder.embedding_vector(text, dims)
+        if as_base64:
+            vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vector})
+    tokens = sum(_responder.count_tokens(len(t)) for t in info.embedding_inputs)
+    result = {
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return Answer(200, result, tokens, 0)
+
+
+# =================================================================== files
+
+
+def file_json(f: StoredFile) -> dict[str, Any]:
+    return {
+        "id": f.id,
+        "object": "file",
+        "bytes": f.bytes,
+        "created_at": f.created_at,
+        "filename": f.filename,
+        "purpose": f.purpose,
+        "status": "processed",
+        "expires_at": f.expires_at,
+        "status_details": None,
+    }
+
+
+def _copy_limited(src: BinaryIO, dest: Path, limit: int) -> int:
+    with dest.open("wb") as out:
+        shutil.copyfileobj(src, out, 1024 * 1024)
+        size = out.tell()
+    if size > limit:
+        dest.unlink(missing_ok=True)
+        raise ApiError(
+            400, f"File is too large: {size} bytes; the limit is {limit} bytes.", param="file"
+        )
+    return size
+
+
+def _expiry(anchor: Any, seconds: Any, param: str) -> int:
+    """Validate an ``expires_after`` pair and return its seconds."""
+    if anchor != "created_at":
+        raise ApiError(400, "expires_after.anchor must be 'created_at'.", param=f"{param}.anchor")
+    try:
+        value = int(seconds)
+    except (TypeError, ValueError):
+        value = -1
+    if not 3600 <= value <= 2592000:
+        raise ApiError(
+            400, "expires_after.seconds must be between 3600 and 2592000.", param=f"{param}.seconds"
+        )
+    return value
+
+
+async def create_file(request: Request) -> Response:
+    store = _store(request)
+    async with request.form(max_part_size=1024 * 1024) as form:
+        purpose = form.get("purpose")
+        upload = form.get("file")
+        if not isinstance(purpose, str) or purpose not in UPLOAD_PURPOSES:
+            raise ApiError(
+                400,
+                f"purpose must be one of {list(UPLOAD_PURPOSES)}, got {purpose!r}.",
+                param="purpose",
+            )
+        if upload is None or isinstance(upload, str):
+            raise ApiError(400, "Missing required parameter: 'file'.", param="file")
+        lifetime: int | None = DEFAULT_FILE_SECONDS if purpose == "batch" else None
+        if "expires_after[anchor]" in form or "expires_after[seconds]" in form:
+            lifetime = _expiry(
+                form.get("expires_after[anchor]"),
+                form.get("expires_after[seconds]"),
+                "expires_after",
+            )
+        path = store.new_path("upload-")
+        size = await run_in_threadpool(_copy_limited, upload.file, path, MAX_UPLOAD_BYTES)
+        filename = upload.filename or "upload"
+    now = int(store.clock.unix(store.now()))
+    stored = StoredFile(
+        id=new_id("file-"),
+        filename=filename,
+        purpose=purpose,
+        bytes=size,
+        created_at=now,
+        expires_at=now + lifetime if lifetime else None,
+        path=path,
+        seq=store.next_seq(),
+    )
+    store.add_file(stored)
+    store.count("files_uploaded")
+    return JSONResponse(file_json(stored))
+
+
+def _file_or_404(store: Store, file_id: str) -> StoredFile:
+    f = store.get_file(file_id)
+    if f is None:
+        raise ApiError(404, f"No such File object: {file_id}", param="id")
+    return f
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be an integer between {low} and {high}.", param=name)
+    return value
+
+
+def _page(items: list[Any], after: str | None, limit: int) -> tuple[list[Any], bool]:
+    """The ``limit`` items after the one with id ``after`` and whether more follow."""
+    if after is not None:
+        ids = [x.id for x in items]
+        items = items[ids.index(after) + 1 :] if after in ids else []
+    return items[:limit], len(items) > limit
+
+
+async def list_files(request: Request) -> Response:
+    store = _store(request)
+    limit = _int_param(request, "limit", 10000, 1, 10000)
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "order must be 'asc' or 'desc'.", param="order")
+    files = sorted(store.list_files(), key=lambda f: f.seq, reverse=order == "desc")
+    purpose = request.query_params.get("purpose")
+    if purpose:
+        files = [f for f in files if f.purpose == purpose]
+    page, more = _page(files, request.query_params.get("after"), limit)
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [file_json(f) for f in page],
+            # The OpenAPI schema makes both ids required strings, even for an empty page.
+            "first_id": page[0].id if page else "",
+            "last_id": page[-1].id if page else "",
+            "has_more": more,
+        }
+    )
+
+
+async def retrieve_file(request: Request) -> Response:
+    return JSONResponse(file_json(_file_or_404(_store(request), request.path_params["file_id"])))
+
+
+async def delete_file(request: Request) -> Response:
+    store = _store(request)
+    file_id = request.path_params["file_id"]
+    if not store.delete_file(file_id):
+        raise ApiError(404, f"No such File object: {file_id}", param="id")
+    return JSONResponse({"id": file_id, "object": "file", "deleted": True})
+
+
+async def file_content(request: Request) -> Response:
+    f = _file_or_404(_store(request), request.path_params["file_id"])
+    return FileResponse(f.path, media_type="application/octet-stream")
+
+
+# =================================================================== batches
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished OpenAI batch produced."""
+
+    output: StoredFile | None
+    errors: StoredFile | None
+    completed: int
+    failed: int
+    usage: dict[str, Any]
+
+
+def _usage(input_tokens: int = 0, output_tokens: int = 0) -> dict[str, Any]:
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+@dataclass(eq=False)
+class OpenAIBatch(BatchRecord):
+    store: Store | None = None
+    endpoint: str = ""
+    input_file_id: str = ""
+    input_path: Path | None = None
+    completion_window: str = "24h"
+    metadata: dict[str, str] | None = None
+    model: str | None = None
+    errors: list[dict[str, Any]] | None = None
+    est_tokens: int = 0
+    output_seconds: int = DEFAULT_FILE_SECONDS
+
+    def generate(self, cut: int | None, reason: str) -> Outcome:
+        """Run every row through the responder and write the output and error files."""
+        assert self.store is not None and self.input_path is not None
+        store = self.store
+        position = [0] * self.n
+        for p, i in enumerate(self.order):
+            position[i] = p
+        lines: list[bytes | None] = [None] * self.n
+        is_error = bytearray(self.n)
+        created = int(store.clock.unix(self.started))
+        completed = input_tokens = output_tokens = 0
+        for i, raw in enumerate(iter_lines(self.input_path)):
+            if i >= self.n:
+                break
+            fate = Fate(self.fates[i])
+            row = orjson.loads(raw)
+            line_id = f"batch_req_{int_hash(self.id, i):016x}"
+            line: dict[str, Any] = {"id": line_id, "custom_id": row["custom_id"]}
+            if (cut is not None and position[i] >= cut) or fate == Fate.EXPIRE:
+                code = reason if cut is not None and position[i] >= cut else "expired"
+                message = CANCELLED_MESSAGE if code == "cancelled" else EXPIRED_MESSAGE
+                line["response"] = None
+                line["error"] = {"code": f"batch_{code}", "message": message}
+                is_error[i] = 1
+            else:
+                ans = answer(self.endpoint, row.get("body"), fate, created, line_id)
+                if ans.status < 400:
+                    completed += 1
+                    input_tokens += ans.input_tokens
+                    output_tokens += ans.output_tokens
+                if fate == Fate.MISSING:
+                    continue  # the simulated provider bug: executed, but no line at all
+                line["response"] = {
+                    "status_code": ans.status,
+                    "request_id": f"req_{int_hash(line_id, 'request'):016x}",
+                    "body": ans.body,
+                }
+                line["error"] = None
+                is_error[i] = ans.status >= 400
+            lines[i] = orjson.dumps(line) + b"\n"
+        store.release_input(self.input_path)
+        failed = sum(is_error)
+        output = self._write(
+            [i for i in self.order if lines[i] and not is_error[i]], lines, "output"
+        )
+        errors = self._write([i for i in self.order if lines[i] and is_error[i]], lines, "error")
+        return Outcome(output, errors, completed, failed, _usage(input_tokens, output_tokens))
+
+    def _write(self, rows: list[int], lines: list[bytes | None], kind: str) -> StoredFile | None:
+        if not rows:
+            return None
+        assert self.store is not None
+        path = self.store.new_path(f"{kind}-")
+        with path.open("wb") as out:
+            for start in range(0, len(rows), 4096):
+                out.write(b"".join(lines[i] or b"" for i in rows[start : start + 4096]))
+            size = out.tell()
+        now = int(self.store.clock.unix(self.processed))
+        return StoredFile(
+            id=new_id("file-"),
+            filename=f"{self.id}_{kind}.jsonl",
+            purpose="batch_output",
+            bytes=size,
+            created_at=now,
+            expires_at=now + self.output_seconds,
+            path=path,
+            seq=0,
+        )
+
+    def accept(self, outcome: Outcome) -> None:
+        assert self.store is not None
+        for f in (outcome.output, outcome.errors):
+            if f is not None:
+                f.seq = self.store.next_seq()
+                self.store.add_file(f)
+
+
+@dataclass
+class _Validation:
+    custom_ids: list[str] = field(default_factory=list)
+    rows: list[RowInfo] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    model: str | None = None
+    prompt_chars: int = 0
+    embedding_inputs: int = 0
+
+    def fail(self, code: str, message: str, line: int | None = None, param: str | None = None):
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append({"code": code, "message": message, "param": param, "line": line})
+
+
+def validate_input(path: Path, size: int, endpoint: str) -> _Validation:
+    """Check a batch input file the way the service does; collect per-row data."""
+    v = _Validation()
+    if size > MAX_INPUT_BYTES:
+        v.fail("file_too_large", f"The input file is {size} bytes; the limit is {MAX_INPUT_BYTES}.")
+        return v
+    seen: set[str] = set()
+    count = 0
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            count += 1
+            if count > MAX_REQUESTS:
+                continue  # counted below; no need to parse the rest
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                v.fail("invalid_json_line", "This line is not parseable as valid JSON.", lineno)
+                continue
+            if not isinstance(row, dict):
+                v.fail("invalid_json_line", "This line is not a JSON object.", lineno)
+                continue
+            missing = [k for k in ("custom_id", "method", "url", "body") if k not in row]
+            if missing:
+                v.fail(
+                    "missing_required_parameter",
+                    f"Missing required parameter: '{missing[0]}'.",
+                    lineno,
+                    missing[0],
+                )
+                continue
+            cid, body = row["custom_id"], row["body"]
+            if not isinstance(cid, str) or not cid:
+                v.fail(
+                    "invalid_custom_id",
+                    "custom_id must be a non-empty string.",
+                    lineno,
+                    "custom_id",
+                )
+                continue
+            if cid in seen:
+                v.fail(
+                    "duplicate_custom_id",
+                    f"The custom_id '{cid}' is used more than once in this file.",
+                    lineno,
+                    "custom_id",
+                )
+                continue
+            seen.add(cid)
+            if row["method"] != "POST":
+                v.fail("invalid_method", "Only POST is supported.", lineno, "method")
+            if row["url"] != endpoint:
+                v.fail(
+                    "invalid_url",
+                    f"The url '{row['url']}' does not match the batch endpoint '{endpoint}'.",
+                    lineno,
+                    "url",
+                )
+            if not isinstance(body, dict):
+                v.fail("invalid_body", "body must be a JSON object.", lineno, "body")
+                continue
+            model = body.get("model")
+            if not isinstance(model, str):
+                v.fail(
+                    "missing_required_parameter",
+                    "Missing required parameter: 'body.model'.",
+                    lineno,
+                    "body.model",
+                )
+                continue
+            if v.model is None:
+                v.model = model
+            elif model != v.model:
+                v.fail(
+                    "mismatched_model",
+                    f"All requests must use the same model; found '{model}' and '{v.model}'.",
+                    lineno,
+                    "body.model",
+                )
+            info = inspect(endpoint, body)
+            v.prompt_chars += info.prompt_chars
+            v.embedding_inputs += len(info.embedding_inputs)
+            v.custom_ids.append(cid)
+            v.rows.append(RowInfo(cid, 0, info.last_user, info.schema is not None))
+    if count == 0:
+        v.fail("empty_file", "The input file is empty.")
+    elif count > MAX_REQUESTS:
+        v.fail("too_many_tasks", f"The input has {count} requests; the limit is {MAX_REQUESTS}.")
+    elif endpoint == "/v1/embeddings" and v.embedding_inputs > MAX_EMBEDDING_INPUTS:
+        v.fail(
+            "too_many_tasks",
+            f"The input has {v.embedding_inputs} embedding inputs; "
+            f"the limit is {MAX_EMBEDDING_INPUTS}.",
+        )
+    return v
+
+
+def _check_create_body(store: Store, body: Any) -> StoredFile:
+    """Synchronous checks of ``POST /batches`` (400 like the service)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    for key in ("input_file_id", "endpoint", "completion_window"):
+        if key not in body:
+            raise ApiError(400, f"Missing required parameter: '{key}'.", param=key)
+    if body["endpoint"] not in ENDPOINTS:
+        raise ApiError(
+            400,
+            f"endpoint must be one of {list(ENDPOINTS)}, got {body['endpoint']!r}.",
+            param="endpoint",
+        )
+    if body["endpoint"] not in SERVED_ENDPOINTS:
+        raise ApiError(
+            400,
+            f"The nbbatch emulator does not implement {body['endpoint']}; "
+            f"it serves {list(SERVED_ENDPOINTS)}.",
+            param="endpoint",
+        )
+    if body["completion_window"] != "24h":
+        raise ApiError(400, "completion_window must be '24h'.", param="completion_window")
+    metadata = body.get("metadata")
+    if metadata is not None:
+        if not isinstance(metadata, dict) or len(metadata) > 16:
+            raise ApiError(
+                400, "metadata must be an object with at most 16 pairs.", param="metadata"
+            )
+        for k, val in metadata.items():
+            if not isinstance(val, str) or len(k) > 64 or len(val) > 512:
+                raise ApiError(
+                    400,
+                    "metadata keys must be at most 64 characters and values strings of at "
+                    "most 512 characters.",
+                    param="metadata",
+                )
+    f = store.get_file(str(body["input_file_id"]))
+    if f is None:
+        raise ApiError(
+            400,
+            f"Invalid input_file_id: no such file '{body['input_file_id']}'.",
+            param="input_file_id",
+        )
+    if f.purpose != "batch":
+        raise ApiError(
+            400,
+            f"The input file must have purpose 'batch', not '{f.purpose}'.",
+            param="input_file_id",
+        )
+    return f
+
+
+def _in_flight_tokens(store: Store, model: str | None, t: float) -> int:
+    total = 0
+    for b in store.list_batches("openai"):
+        assert isinstance(b, OpenAIBatch)
+        if b.model == model and not b.invalid:
+            if b.phase(t) in ("validating", "in_progress", "finalizing"):
+                total += b.est_tokens
+    return total
+
+
+def create_batch_sync(store: Store, body: Any) -> dict[str, Any]:
+    """``POST /batches``: check, validate the input file, and register the batch."""
+    f = _check_create_body(store, body)
+    endpoint = body["endpoint"]
+    v = validate_input(f.path, f.bytes, endpoint)
+    knobs: Knobs = store.knobs
+    t = store.now()
+    est_tokens = _responder.count_tokens(v.prompt_chars)
+    if not v.errors and knobs.enqueued_token_limit is not None:
+        enqueued = _in_flight_tokens(store, v.model, t)
+        if enqueued + est_tokens > knobs.enqueued_token_limit:
+            v.fail(
+                "token_limit_exceeded",
+                f"Enqueued token limit reached for {v.model} in organization org-emulator. "
+                f"Limit: {knobs.enqueued_token_limit:,} enqueued tokens. Please try again once "
+                "some in_progress batches have been completed.",
+            )
+    output_seconds = DEFAULT_FILE_SECONDS
+    if body.get("output_expires_after") is not None:
+        oea = body["output_expires_after"]
+        if not isinstance(oea, dict):
+            raise ApiError(
+                400, "output_expires_after must be an object.", param="output_expires_after"
+            )
+        output_seconds = _expiry(oea.get("anchor"), oea.get("seconds"), "output_expires_after")
+    invalid = bool(v.errors)
+    n = 0 if invalid else len(v.rows)
+    fates = bytearray()
+    if not invalid:
+        track = [
+            knobs.row_faults_active or FAIL_MARKER in r.text or TRANSIENT_MARKER in r.text
+            for r in v.rows
+        ]
+        attempts = store.attempts("openai", v.custom_ids, track)
+        rows = [
+            RowInfo(r.custom_id, a, r.text, r.has_schema)
+            for r, a in zip(v.rows, attempts, strict=True)
+        ]
+        fates = assign_fates(rows, knobs)
+    batch_id = new_id("batch_")
+    started = t + knobs.validating_seconds
+    processed = started + knobs.processing_seconds
+    batch = OpenAIBatch(
+        id=batch_id,
+        seq=store.next_seq(),
+        knobs=knobs,
+        n=n,
+        created=t,
+        started=started,
+        processed=processed,
+        finished=processed + knobs.finalizing_seconds,
+        fates=fates,
+        order=processing_order(n, knobs, batch_id),
+        invalid=invalid,
+        store=store,
+        endpoint=endpoint,
+        input_file_id=f.id,
+        input_path=f.path,
+        completion_window="24h",
+        metadata=body.get("metadata"),
+        model=v.model,
+        errors=v.errors or None,
+        est_tokens=0 if invalid else est_tokens,
+        output_seconds=output_seconds,
+    )
+    store.add_batch("openai", batch)
+    return batch_json(store, batch, t)
+
+
+def batch_json(store: Store, b: BatchRecord, t: float) -> dict[str, Any]:
+    """The Batch object as seen at clock time ``t``."""
+    assert isinstance(b, OpenAIBatch)
+    phase = b.phase(t)
+
+    def unix(x: float | None) -> int | None:
+        return None if x is None else int(store.clock.unix(x))
+
+    outcome: Outcome | None = store.outcome(b, t)
+    ran = not b.invalid and t >= b.started and (b.cancel_at is None or b.cancel_at >= b.started)
+    if b.invalid:
+        counts = {"total": 0, "completed": 0, "failed": 0}
+    elif outcome is not None:
+        counts = {"total": b.n, "completed": outcome.completed, "failed": outcome.failed}
+    else:
+        done, failed = b.progress_counts(b.cancel_at if b.cancel_at is not None else t)
+        counts = {"total": b.n, "completed": done, "failed": failed}
+    ended = b.ended_at(t)
+    return {
+        "id": b.id,
+        "object": "batch",
+        "endpoint": b.endpoint,
+        "model": b.model,
+        "errors": {"object": "list", "data": b.errors} if b.errors else None,
+        "input_file_id": b.input_file_id,
+        "completion_window": b.completion_window,
+        "status": phase,
+        "output_file_id": outcome.output.id if outcome and outcome.output else None,
+        "error_file_id": outcome.errors.id if outcome and outcome.errors else None,
+        "created_at": unix(b.created),
+        "in_progress_at": unix(b.started) if ran else None,
+        "expires_at": unix(b.expires),
+        "finalizing_at": unix(b.processed) if phase in ("finalizing", "completed") else None,
+        "completed_at": unix(ended) if phase == "completed" else None,
+        "failed_at": unix(ended) if phase == "failed" else None,
+        "expired_at": unix(ended) if phase == "expired" else None,
+        "cancelling_at": unix(b.cancel_at),
+        "cancelled_at": unix(ended) if phase == "cancelled" else None,
+        "request_counts": counts,
+        "usage": outcome.usage if outcome is not None else _usage(),
+        "metadata": b.metadata,
+    }
+
+
+async def create_batch(request: Request) -> Response:
+    store = _store(request)
+    body = await _json_body(request)
+    return JSONResponse(await run_in_threadpool(create_batch_sync, store, body))
+
+
+def _batch_or_404(store: Store, batch_id: str) -> OpenAIBatch:
+    b = store.get_batch("openai", batch_id)
+    if b is None:
+        raise ApiError(404, f"No batch found with id '{batch_id}'.", param="batch_id")
+    assert isinstance(b, OpenAIBatch)
+    return b
+
+
+async def retrieve_batch(request: Request) -> Response:
+    store = _store(request)
+    b = _batch_or_404(store, request.path_params["batch_id"])
+    return JSONResponse(await run_in_threadpool(batch_json, store, b, store.now()))
+
+
+def _cancel_sync(store: Store, batch_id: str) -> dict[str, Any]:
+    with store.lock:
+        b = _batch_or_404(store, batch_id)
+        t = store.now()
+        phase = b.phase(t)
+        if phase in ("validating", "in_progress"):
+            b.cancel_at = t
+            b.cancel_done = t + max(b.knobs.finalizing_seconds, MIN_CANCEL_SECONDS)
+        elif phase != "cancelling":
+            raise ApiError(
+                409,
+                f"Cannot cancel a batch with status '{phase}'.",
+                param="batch_id",
+                headers=NO_RETRY,
+            )
+    return batch_json(store, b, t)
+
+
+async def cancel_batch(request: Request) -> Response:
+    store = _store(request)
+    return JSONResponse(
+        await run_in_threadpool(_cancel_sync, store, request.path_params["batch_id"])
+    )
+
+
+def _list_sync(store: Store, after: str | None, limit: int) -> dict[str, Any]:
+    page, more = _page(store.list_batches("openai"), after, limit)
+    t = store.now()
+    return {
+        "object": "list",
+        "data": [batch_json(store, b, t) for b in page],
+        "first_id": page[0].id if page else None,
+        "last_id": page[-1].id if page else None,
+        "has_more": more,
+    }
+
+
+async def list_batches(request: Request) -> Response:
+    store = _store(request)
+    limit = _int_param(request, "limit", 20, 1, 100)
+    after = request.query_params.get("after")
+    return JSONResponse(await run_in_threadpool(_list_sync, store, after, limit))
+
+
+# =================================================================== real time
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "The request body is not valid JSON.") from None
+
+
+def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
+    async def handler(request: Request) -> Response:
+        store = _store(request)
+        body = await _json_body(request)
+        info = inspect(endpoint, body) if isinstance(body, dict) else None
+        fate = Fate.OK
+        if info is not None and FAIL_MARKER in info.last_user:
+            fate = Fate.FAIL
+        elif info is not None and TRANSIENT_MARKER in info.last_user:
+            # keyed by the text: the SDK's automatic retry of the 500 then succeeds
+            attempt = store.attempts("openai-realtime", [info.last_user], [True])[0]
+            fate = Fate.TRANSIENT_ERROR if attempt == 1 else Fate.OK
+        created = int(store.clock.unix(store.now()))
+        ans = await run_in_threadpool(answer, endpoint, body, fate, created, new_id("rt"))
+        headers = {"retry-after-ms": "10"} if ans.status >= 500 else {}
+        return JSONResponse(ans.body, status_code=ans.status, headers=headers)
+
+    return handler
+
+
+routes = [
+    Route("/v1/files", create_file, methods=["POST"]),
+    Route("/v1/files", list_files, methods=["GET"]),
+    Route("/v1/files/{file_id}", retrieve_file, methods=["GET"]),
+    Route("/v1/files/{file_id}", delete_file, methods=["DELETE"]),
+    Route("/v1/files/{file_id}/content", file_content, methods=["GET"]),
+    Route("/v1/batches", create_batch, methods=["POST"]),
+    Route("/v1/batches", list_batches, methods=["GET"]),
+    Route("/v1/batches/{batch_id}", retrieve_batch, methods=["GET"]),
+    Route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
+    Route("/v1/chat/completions", _realtime("/v1/chat/completions"), methods=["POST"]),
+    Route("/v1/responses", _realtime("/v1/responses"), methods=["POST"]),
+    Route("/v1/embeddings", _realtime("/v1/embeddings"), methods=["POST"]),
+]

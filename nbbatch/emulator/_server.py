@@ -1,0 +1,226 @@
+"""The HTTP side: a starlette app served by uvicorn on a loopback socket in a thread.
+
+A thin ASGI front layer does what every request needs before routing: record it in the
+request log, give it a request id (sent back as ``x-request-id`` and ``request-id``),
+inject HTTP faults, check that some API key was sent, and normalise the path (OpenAI
+routes are accepted with ``/v1``, without it, or with a doubled ``/v1/v1``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import _anthropic, _openai
+from ._state import Store
+from ._wire import ApiError, JSONResponse, anthropic_error_body, openai_error_body
+
+_OPENAI_PREFIXES = ("/files", "/batches", "/chat/", "/responses", "/embeddings", "/messages")
+_REALTIME = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/messages")
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def normalize_path(path: str) -> str:
+    """Map ``/v1/v1/x`` and ``/x`` onto ``/v1/x`` (see batch-protocols.md §1.1)."""
+    while path.startswith("/v1/v1/"):
+        path = path[3:]
+    if not path.startswith("/v1/") and path.startswith(_OPENAI_PREFIXES):
+        path = "/v1" + path
+    return path
+
+
+def is_anthropic(path: str) -> bool:
+    return path.startswith("/v1/messages")
+
+
+def error_response(
+    path: str,
+    status: int,
+    message: str,
+    request_id: str,
+    *,
+    type: str | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """An error in the wire shape of whichever API ``path`` belongs to."""
+    if is_anthropic(path):
+        kind = type if type and type in _ANTHROPIC_TYPES.values() or type == "api_error" else None
+        kind = kind or _ANTHROPIC_TYPES.get(status, "api_error")
+        body = anthropic_error_body(kind, message, request_id)
+    else:
+        kind = type or ("server_error" if status >= 500 else "invalid_request_error")
+        body = openai_error_body(message, kind, param, code)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class Front:
+    """ASGI middleware: log, request id, HTTP faults, auth, path normalisation."""
+
+    def __init__(self, app: ASGIApp, emulator: Any) -> None:
+        self.app = app
+        self.emulator = emulator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        emu = self.emulator
+        method: str = scope["method"]
+        path = normalize_path(scope["path"])
+        request_id = "req_" + secrets.token_hex(12)
+        emu._record(method, scope["path"], realtime=method == "POST" and path in _REALTIME)
+        id_headers = [(b"x-request-id", request_id.encode()), (b"request-id", request_id.encode())]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *id_headers]}
+            await send(message)
+
+        status = emu._http_fault(method, path)
+        if status is not None:
+            message = f"Simulated HTTP {status} (nbbatch emulator http_error_rate); retry."
+            kind = "rate_limit_error" if status == 429 else None
+            if not is_anthropic(path) and status == 429:
+                kind = "requests"
+            response = error_response(
+                path,
+                status,
+                message,
+                request_id,
+                type=kind,
+                code="rate_limit_exceeded" if status == 429 and not is_anthropic(path) else None,
+                headers={"retry-after-ms": "10"},
+            )
+            await response(scope, receive, send_with_id)
+            return
+        headers = dict(scope.get("headers") or [])
+        auth = headers.get(b"authorization", b"")
+        if not (auth.lower().startswith(b"bearer ") and auth[7:].strip()) and not headers.get(
+            b"x-api-key"
+        ):
+            response = error_response(
+                path,
+                401,
+                "No API key provided: send 'Authorization: Bearer <key>' or 'x-api-key' "
+                "(the nbbatch emulator accepts any key).",
+                request_id,
+                type="authentication_error" if is_anthropic(path) else "invalid_request_error",
+                code="invalid_api_key",
+            )
+            await response(scope, receive, send_with_id)
+            return
+        scope = {**scope, "path": path, "raw_path": path.encode(), "nbbatch_request_id": request_id}
+        await self.app(scope, receive, send_with_id)
+
+
+def _request_id(request: Request) -> str:
+    return str(request.scope.get("nbbatch_request_id", ""))
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(
+        request.url.path,
+        exc.status,
+        exc.message,
+        _request_id(request),
+        type=exc.type,
+        param=exc.param,
+        code=exc.code,
+        headers=exc.headers,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = (
+        f"Unknown route {request.method} {request.url.path} (nbbatch emulator). "
+        "OpenAI clients need base_url '.../v1', Anthropic clients the bare server URL."
+        if exc.status_code == 404
+        else str(exc.detail)
+    )
+    return error_response(request.url.path, exc.status_code, message, _request_id(request))
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    return error_response(
+        request.url.path,
+        500,
+        f"nbbatch emulator internal error: {type(exc).__name__}: {exc}",
+        _request_id(request),
+        headers={"x-should-retry": "false"},
+    )
+
+
+def build_app(store: Store) -> Starlette:
+    """The starlette application serving both APIs from ``store``."""
+    app = Starlette(
+        routes=[*_openai.routes, *_anthropic.routes],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash},
+    )
+    app.state.store = store
+    return app
+
+
+class Server:
+    """uvicorn serving an app on a pre-bound socket, in a daemon thread."""
+
+    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind((host, port))
+        self.port: int = self.socket.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            log_config=None,  # never reconfigure the host process's logging
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws="none",
+            http="h11",
+            timeout_keep_alive=30,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self.socket]},
+            name=f"nbbatch-emulator-{self.port}",
+            daemon=True,
+        )
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start serving; return once the server accepts connections."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.socket.close()
+                raise RuntimeError("the nbbatch emulator's HTTP server did not start")
+            time.sleep(0.005)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut down (closing idle keep-alive connections) and join the thread."""
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self.socket.close()

@@ -1,0 +1,333 @@
+"""The emulator's in-memory store: files, batches, attempt counters, and the clock.
+
+A batch's life cycle is not driven by a ticking thread: it is a pure function of the
+clock. When a batch is created its timeline is fixed (end of validating, end of
+processing, end of finalizing) together with the fate of every row and the order in
+which rows are processed, so its status, counts and timestamps can be computed for any
+instant. Only the output (files / results) needs work; it is generated in a background
+worker as soon as the batch is created, and regenerated with a cut-off when a cancel
+(or the 24-hour window) stops it part-way.
+
+File contents live on disk in a private temporary directory, so a million-row job does
+not hold gigabytes of JSON in memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._faults import Fate, Knobs
+
+WINDOW_SECONDS = 24 * 3600.0
+#: How long "cancelling" lasts when finalizing_seconds is 0, so a cancel is observable.
+MIN_CANCEL_SECONDS = 0.05
+
+# Fates that end as a succeeded response / an error when the row runs.
+_SUCCESS_FATES = (Fate.OK, Fate.MISSING, Fate.INVALID_OUTPUT, Fate.TRUNCATE)
+_ERROR_FATES = (Fate.TRANSIENT_ERROR, Fate.FAIL)
+
+
+class Clock:
+    """Reads the (injectable) clock and maps its readings to unix time."""
+
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self.now: Callable[[], float] = clock or time.monotonic
+        self._origin = self.now()
+        self._epoch = time.time()
+
+    def unix(self, t: float) -> float:
+        """Unix time (seconds) of clock reading ``t``."""
+        return self._epoch + (t - self._origin)
+
+
+@dataclass(eq=False)
+class StoredFile:
+    """An OpenAI file: metadata in memory, bytes on disk."""
+
+    id: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int
+    expires_at: int | None
+    path: Path
+    seq: int
+
+
+@dataclass(eq=False)
+class BatchRecord:
+    """Provider-neutral part of a batch: timeline, row fates, processing order, output.
+
+    Subclasses (in ``_openai.py`` / ``_anthropic.py``) add their fields and implement
+    :meth:`generate`.
+    """
+
+    id: str
+    seq: int
+    knobs: Knobs
+    n: int
+    created: float  # clock readings
+    started: float  # end of validating
+    processed: float  # end of in_progress
+    finished: float  # end of finalizing
+    fates: bytearray
+    order: list[int]  # row indices in processing (and output) order
+    invalid: bool = False  # failed validation: ends "failed" once validating is over
+    cancel_at: float | None = None
+    cancel_done: float | None = None
+    outcome: Any = None  # the provider's final outcome, once known
+    _futures: dict[tuple[int | None, str], Future[Any]] = field(default_factory=dict)
+    _ordered_fates: bytes = b""
+
+    @property
+    def expires(self) -> float:
+        return self.created + WINDOW_SECONDS
+
+    @property
+    def has_expire_rows(self) -> bool:
+        return Fate.EXPIRE in self.fates
+
+    def phase(self, t: float) -> str:
+        """OpenAI-style status at clock time ``t``."""
+        if self.cancel_at is not None:
+            assert self.cancel_done is not None
+            return "cancelling" if t < self.cancel_done else "cancelled"
+        if t < self.started:
+            return "validating"
+        if self.invalid:
+            return "failed"
+        if self.expires < self.processed and t >= self.expires:
+            return "expired"  # the 24 h window ran out while processing
+        if t < self.processed:
+            return "in_progress"
+        if self.has_expire_rows:
+            return "expired"
+        if t < self.finished:
+            return "finalizing"
+        return "completed"
+
+    def ended_at(self, t: float) -> float | None:
+        """Clock time at which the batch ended, or None if it has not ended at ``t``."""
+        phase = self.phase(t)
+        if phase == "cancelled":
+            return self.cancel_done
+        if phase == "failed":
+            return self.started
+        if phase == "expired":
+            return min(self.processed, self.expires)
+        if phase == "completed":
+            return self.finished
+        return None
+
+    def done_rows(self, t: float) -> int:
+        """How many rows (in processing order) have been executed by clock time ``t``."""
+        if self.invalid or t < self.started:
+            return 0
+        span = self.processed - self.started
+        if t >= self.processed or span <= 0:
+            return self.n
+        return min(self.n, int(self.n * (t - self.started) / span))
+
+    def cut(self) -> tuple[int | None, str]:
+        """Rows executed before the batch was stopped early, and why (for the output)."""
+        if self.cancel_at is not None:
+            return self.done_rows(self.cancel_at), "cancelled"
+        if self.expires < self.processed:
+            return self.done_rows(self.expires), "expired"
+        return None, ""
+
+    def progress_counts(self, t: float) -> tuple[int, int]:
+        """(completed, failed) among the rows executed by ``t``, before the batch ends."""
+        if not self._ordered_fates:
+            self._ordered_fates = bytes(self.fates[i] for i in self.order)
+        done = self._ordered_fates[: self.done_rows(t)]
+        completed = sum(done.count(f) for f in _SUCCESS_FATES)
+        failed = sum(done.count(f) for f in _ERROR_FATES)
+        return completed, failed
+
+    def generate(self, cut: int | None, reason: str) -> Any:
+        """Build the provider's outcome (files, counts). Implemented by subclasses."""
+        raise NotImplementedError
+
+    def accept(self, outcome: Any) -> None:
+        """Called once with the outcome that became final (e.g. to publish files)."""
+
+
+class Store:
+    """All emulator state. Every method is thread-safe."""
+
+    def __init__(self, knobs: Knobs, clock: Callable[[], float] | None = None) -> None:
+        self.lock = threading.RLock()
+        self.knobs = knobs
+        self.clock = Clock(clock)
+        self._dir = tempfile.TemporaryDirectory(prefix="nbbatch-emulator-")
+        self._seq = itertools.count(1)
+        self.files: dict[str, StoredFile] = {}
+        self.batches: dict[str, dict[str, BatchRecord]] = {"openai": {}, "anthropic": {}}
+        self._attempts: dict[str, dict[str, int]] = {"openai": {}, "anthropic": {}}
+        self._pending_unlink: set[Path] = set()
+        # Prompt-cache prefixes already "written" by real-time Anthropic requests.
+        self.realtime_cache: set[str] = set()
+        self.counters = {
+            "openai_batches_created": 0,
+            "anthropic_batches_created": 0,
+            "files_uploaded": 0,
+            "requests": 0,
+            "realtime_requests": 0,
+        }
+        # One worker: batches are generated one after another, which bounds memory.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="nbbatch-emulator-output")
+        self._closed = False
+
+    # ------------------------------------------------------------------ basics
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    def next_seq(self) -> int:
+        return next(self._seq)
+
+    def new_path(self, prefix: str) -> Path:
+        """A fresh path inside the emulator's private directory."""
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=self._dir.name)
+        os.close(fd)
+        return Path(name)
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.counters[name] += n
+
+    def close(self) -> None:
+        """Stop the output worker and delete every stored file. Idempotent."""
+        with self.lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._dir.cleanup()
+
+    # ------------------------------------------------------------------ files
+
+    def add_file(self, file: StoredFile) -> None:
+        with self.lock:
+            self.files[file.id] = file
+
+    def get_file(self, file_id: str) -> StoredFile | None:
+        with self.lock:
+            return self.files.get(file_id)
+
+    def list_files(self) -> list[StoredFile]:
+        with self.lock:
+            return list(self.files.values())
+
+    def delete_file(self, file_id: str) -> bool:
+        """Forget a file; its bytes go once no unfinished batch still has to read them."""
+        with self.lock:
+            file = self.files.pop(file_id, None)
+            if file is None:
+                return False
+            in_use = any(
+                getattr(b, "input_path", None) == file.path and b.outcome is None
+                for b in self.batches["openai"].values()
+            )
+            if in_use:
+                self._pending_unlink.add(file.path)
+            else:
+                file.path.unlink(missing_ok=True)
+            return True
+
+    def release_input(self, path: Path) -> None:
+        """Called when a batch no longer needs ``path``; unlinks it if it was deleted."""
+        with self.lock:
+            if path in self._pending_unlink:
+                self._pending_unlink.discard(path)
+                path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ batches
+
+    def add_batch(self, provider: str, batch: BatchRecord) -> None:
+        """Register a new batch and start generating its output in the background."""
+        with self.lock:
+            self.batches[provider][batch.id] = batch
+            self.counters[f"{provider}_batches_created"] += 1
+            if not batch.invalid:
+                self._submit(batch, None, "")
+
+    def get_batch(self, provider: str, batch_id: str) -> BatchRecord | None:
+        with self.lock:
+            return self.batches[provider].get(batch_id)
+
+    def list_batches(self, provider: str) -> list[BatchRecord]:
+        """Batches newest first."""
+        with self.lock:
+            return sorted(self.batches[provider].values(), key=lambda b: -b.seq)
+
+    def remove_batch(self, provider: str, batch_id: str) -> BatchRecord | None:
+        with self.lock:
+            return self.batches[provider].pop(batch_id, None)
+
+    def attempts(self, provider: str, custom_ids: list[str], track: list[bool]) -> list[int]:
+        """Attempt numbers (1 = first batch with this custom_id) and record this one.
+
+        Only rows with ``track`` set are counted (rows with a marker, or all rows while
+        row faults are active); counting every custom_id of a million-row job would cost
+        a lot of memory for nothing.
+        """
+        with self.lock:
+            seen = self._attempts.setdefault(provider, {})
+            out = []
+            for cid, tracked in zip(custom_ids, track, strict=True):
+                if tracked:
+                    n = seen.get(cid, 0) + 1
+                    seen[cid] = n
+                    out.append(n)
+                else:
+                    out.append(seen.get(cid, 0) + 1)
+            return out
+
+    def _submit(self, batch: BatchRecord, cut: int | None, reason: str) -> Future[Any]:
+        key = (cut, reason)
+        future = batch._futures.get(key)
+        if future is None:
+            future = self._executor.submit(batch.generate, cut, reason)
+            batch._futures[key] = future
+        return future
+
+    def outcome(self, batch: BatchRecord, t: float) -> Any:
+        """The batch's final outcome if it has ended at ``t`` (waits for generation)."""
+        if batch.invalid or batch.ended_at(t) is None:
+            return None
+        with self.lock:
+            if batch.outcome is not None:
+                return batch.outcome
+            cut, reason = batch.cut()
+            future = self._submit(batch, cut, reason)
+            for key, other in list(batch._futures.items()):
+                if other is not future:  # an output made before a cancel is not needed
+                    other.cancel()
+                    del batch._futures[key]
+        result = future.result()
+        with self.lock:
+            if batch.outcome is None:
+                batch.outcome = result
+                batch._futures.clear()
+                batch.accept(result)
+            return batch.outcome
+
+
+def iter_lines(path: Path) -> Iterator[bytes]:
+    """Non-blank lines of a JSONL file, without their line endings."""
+    with path.open("rb") as fh:
+        for raw in fh:
+            line = raw.strip()
+            if line:
+                yield line

@@ -1,0 +1,66 @@
+"""Plain helpers for the emulator tests (requests without an SDK, JSONL building)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import anthropic
+import openai
+
+from nbbatch import emulator
+
+
+def raw(
+    url: str,
+    method: str = "GET",
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], Any]:
+    """One HTTP request without an SDK: (status, headers, parsed JSON or raw bytes)."""
+    data = json.dumps(body).encode() if body is not None else None
+    hdrs = {"Authorization": "Bearer test", "Content-Type": "application/json"}
+    hdrs.update(headers or {})
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            status, got, payload = resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        status, got, payload = err.code, dict(err.headers), err.read()
+        err.close()
+    got = {k.lower(): v for k, v in got.items()}
+    if got.get("content-type", "").startswith("application/json"):
+        return status, got, json.loads(payload)
+    return status, got, payload
+
+
+def chat_line(custom_id: str, prompt: str, model: str = "gpt-4o-mini", **body: Any) -> dict:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": prompt}], **body},
+    }
+
+
+def jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def parse_jsonl(text: str) -> list[dict]:
+    assert text == "" or text.endswith("\n")
+    return [json.loads(line) for line in text.split("\n") if line]
+
+
+def openai_client(emu: emulator.Emulator, **kw: Any) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=emu.openai_base_url, api_key="test", _strict_response_validation=True, **kw
+    )
+
+
+def anthropic_client(emu: emulator.Emulator, **kw: Any) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        base_url=emu.anthropic_base_url, api_key="test", _strict_response_validation=True, **kw
+    )
