@@ -17,6 +17,7 @@ from . import plan as _plan
 from . import prompt as _prompt
 from . import providers as _providers
 from ._errors import InputError, JobNotFoundError
+from .console import in_notebook
 from .job import LOCAL_POLLING, REMOTE_POLLING, BatchJob, new_job_id
 from .ledger import Ledger
 from .ledger import default as _default_ledger
@@ -38,8 +39,10 @@ def submit(
     id_column: str | None = None,
     endpoint: str | None = None,
     missing: str = "skip",
+    cache_system: bool = False,
     wait: bool = False,
     progress: bool | str = "auto",
+    display: bool | str = "auto",
     **params: Any,
 ) -> BatchJob:
     """Send one request per row of ``data`` as a provider batch job; returns at once.
@@ -50,8 +53,12 @@ def submit(
     no key needed); omitted, it follows ``client`` or the model name (``claude-*`` is
     Anthropic). ``client`` is an official SDK client, for Azure, a proxy or an emulator.
     Rows with a missing value in a used column are not sent (status ``skipped``) unless
-    ``missing="empty"``. Extra keyword arguments go into every request body as they are.
-    ``wait=True`` blocks until every row is terminal.
+    ``missing="empty"``. ``cache_system=True`` marks the system prompt for Anthropic's
+    prompt cache (OpenAI caches long shared prefixes by itself). Extra keyword arguments
+    go into every request body as they are.
+    ``wait=True`` blocks until every row is terminal. In a notebook (``display="auto"``)
+    the live panel appears and polling runs in the background, so the kernel stays free;
+    ``progress`` prints text progress while waiting (``"auto"``: outside a notebook).
 
     Everything is validated before anything is sent; a job, its rows and each provider
     batch id are written to the ledger as soon as they exist.
@@ -75,6 +82,7 @@ def submit(
         max_tokens=max_tokens,
         temperature=temperature,
         response_format=response_format,
+        cache_system=cache_system,
         params=params,
     )
     rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
@@ -94,6 +102,11 @@ def submit(
     )
     if len(custom_ids):
         job._send(custom_ids, rows.prompts, attempt=1)
+    if display is True or (display == "auto" and in_notebook()):
+        from . import panel
+
+        job.start_polling()
+        panel.show(job)
     if wait:
         job.wait(progress=progress)
     return job
@@ -193,16 +206,9 @@ def _is_loopback(url: str | None) -> bool:
 
 def _client_for(name: str, base_url: str | None, local: bool) -> Any:
     var = "OPENAI_API_KEY" if name == "openai" else "ANTHROPIC_API_KEY"
-    key = os.environ.get(var) or ("local-emulator" if local else None)
-    if key is None:
-        return _providers.default_client(name)  # raises with a helpful message
-    if name == "openai":
-        import openai
-
-        return openai.OpenAI(api_key=key, base_url=base_url)
-    import anthropic
-
-    return anthropic.Anthropic(api_key=key, base_url=base_url)
+    if local and not os.environ.get(var):  # a loopback emulator takes any key
+        return _providers.default_client(name, base_url=base_url, key="local-emulator")
+    return _providers.default_client(name, base_url=base_url)
 
 
 def jobs(ledger: Ledger | None = None) -> pd.DataFrame:

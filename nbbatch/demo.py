@@ -22,6 +22,7 @@ def main() -> int:
     import openai
 
     import nbbatch as nb
+    from nbbatch.console import ConsoleReporter
     from nbbatch.datasets import reviews
 
     df = reviews(12)
@@ -42,11 +43,12 @@ def main() -> int:
             client=client,
         )
         job.polling = nb.PollPolicy(0.5, 1.0)
+        job.subscribe(ConsoleReporter(sys.stdout))  # one line per change, as a script shows it
         print(f"Submitted job {job.id} as batch(es) {job.batch_ids}\n")
-        job.wait(progress=True)
+        job.wait(progress=False)
         if job.counts["failed"]:
             print(f"\n{job.counts['failed']} row(s) failed; resubmitting only those:\n")
-            job.resubmit_failed().wait(progress=True)
+            job.resubmit_failed().wait(progress=False)
         out = job.merge()
 
     pd.set_option("display.width", 200)

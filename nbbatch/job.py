@@ -486,3 +486,9 @@ class BatchJob:
     # -- display ----------------------------------------------------------------------------
     def __repr__(self) -> str:
         return f"<BatchJob {self.snapshot().summary()}>"
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        """In a notebook: the live panel (and polling); always with a text/plain fallback."""
+        from . import panel
+
+        return panel.mimebundle(self)

@@ -36,7 +36,9 @@ _REALTIME: dict[str, tuple[float, float, float]] = {
 BATCH_DISCOUNT = 0.5
 
 
-def set_price(model: str, *, input: float, output: float, cached_input: float | None = None) -> None:
+def set_price(
+    model: str, *, input: float, output: float, cached_input: float | None = None
+) -> None:
     """Set (or override) a model's real-time price in dollars per million tokens."""
     _REALTIME[model] = (input, input if cached_input is None else cached_input, output)
 

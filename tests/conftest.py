@@ -28,18 +28,38 @@ def emu() -> Iterator[emulator.Emulator]:
         yield server
 
 
+# Clients live until the session ends and are closed then, so no pooled socket is left
+# for the garbage collector (a ResourceWarning, which the suite treats as an error).
+_CLIENTS: dict[tuple[str, str], openai.OpenAI | anthropic.Anthropic] = {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    for c in _CLIENTS.values():
+        c.close()
+
+
 def openai_client(server: emulator.Emulator) -> openai.OpenAI:
     """An OpenAI SDK client on the emulator that validates every response strictly."""
-    return openai.OpenAI(
-        base_url=server.openai_base_url, api_key="test-key", _strict_response_validation=True
-    )
+    key = ("openai", server.openai_base_url)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = openai.OpenAI(
+            base_url=server.openai_base_url, api_key="test-key", _strict_response_validation=True
+        )
+    return _CLIENTS[key]  # type: ignore[return-value]
 
 
 def anthropic_client(server: emulator.Emulator) -> anthropic.Anthropic:
     """An Anthropic SDK client on the emulator that validates every response strictly."""
-    return anthropic.Anthropic(
-        base_url=server.anthropic_base_url, api_key="test-key", _strict_response_validation=True
-    )
+    key = ("anthropic", server.anthropic_base_url)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = anthropic.Anthropic(
+            base_url=server.anthropic_base_url,
+            api_key="test-key",
+            _strict_response_validation=True,
+        )
+    return _CLIENTS[key]  # type: ignore[return-value]
 
 
 @pytest.fixture
@@ -47,13 +67,30 @@ def oai(emu) -> openai.OpenAI:
     return openai_client(emu)
 
 
-PROVIDERS = ["openai"]
+PROVIDERS = ["openai", "anthropic"]
 
 
 @pytest.fixture(params=PROVIDERS)
-def client(request, emu):
-    """An official SDK client on the emulator, once per provider."""
-    return openai_client(emu) if request.param == "openai" else anthropic_client(emu)
+def provider(request) -> str:
+    """Each provider name in turn."""
+    return request.param
+
+
+def client_for(provider: str, server: emulator.Emulator):
+    """The official SDK client of ``provider`` on ``server``."""
+    return openai_client(server) if provider == "openai" else anthropic_client(server)
+
+
+@pytest.fixture
+def client(provider, emu):
+    """An official SDK client on the session emulator, once per provider."""
+    return client_for(provider, emu)
+
+
+def batches_created(server: emulator.Emulator) -> int:
+    """How many batches the emulator has been asked to create, both providers."""
+    stats = server.stats()
+    return stats["openai_batches_created"] + stats["anthropic_batches_created"]
 
 
 def model_for(client) -> str:

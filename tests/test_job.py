@@ -2,43 +2,50 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import pytest
 
 import nbbatch as nb
 from nbbatch import emulator
 
-from .conftest import openai_client
+from .conftest import batches_created, client_for, model_for, openai_client
 
 
-def test_transient_failures_resubmit_only_failed_rows_and_end_all_succeeded():
+def test_transient_failures_resubmit_only_failed_rows_and_end_all_succeeded(provider):
     df = pd.DataFrame({"text": [f"row {i}" for i in range(60)]})
-    with emulator.start(processing_seconds=0.05, error_rate=0.2, seed=3) as emu:
-        client = openai_client(emu)
-        job = nb.submit(df, "{text}", model="gpt-4o-mini", client=client, output="out")
+    with emulator.start(processing_seconds=0.05, error_rate=0.2, expire_rate=0.1, seed=3) as emu:
+        client = client_for(provider, emu)
+        job = nb.submit(df, "{text}", model=model_for(client), client=client, output="out")
         job.wait(timeout=30, progress=False)
         first = job.counts
-        assert 0 < first["failed"] < 60
-        failed_ids = job.failed().index.tolist()
-        before = emu.stats()["openai_batches_created"]
+        assert first["failed"] == 12 and first["expired"] == 6 and first["succeeded"] == 42
+        retried = job.failed().index.tolist()
+        assert len(retried) == 18
+        errors = job.merge().loc[retried, "out_error"]
+        assert errors.str.len().gt(0).all()
+        before = batches_created(emu)
         job.resubmit_failed().wait(timeout=30, progress=False)
-        assert emu.stats()["openai_batches_created"] == before + 1
-        # Only the failed rows went out in the new batch.
-        new_batch = client.batches.retrieve(job.batch_ids[-1])
-        assert new_batch.request_counts.total == first["failed"]
+        assert batches_created(emu) == before + 1
+        # Only the failed and expired rows went out in the new batch.
+        assert job.snapshot().batches[-1].n_requests == 18
         out = job.merge()
         assert (out["out_status"] == "succeeded").all()
         assert out["out"].tolist() == [emulator.echo_text(t) for t in df["text"]]
-        assert job.results().loc[[str(i) for i in failed_ids], "attempt"].eq(2).all()
+        attempts = job.results().set_index("position")["attempt"]
+        assert attempts.loc[retried].eq(2).all()
+        assert attempts.drop(index=retried).eq(1).all()
         # Nothing left to resubmit: no new batch.
         job.resubmit_failed()
-        assert emu.stats()["openai_batches_created"] == before + 1
+        assert batches_created(emu) == before + 1
 
 
-def test_wait_times_out_with_advice_and_the_job_goes_on():
+def test_wait_times_out_with_advice_and_the_job_goes_on(provider):
     with emulator.start(processing_seconds=5.0) as emu:
+        client = client_for(provider, emu)
         job = nb.submit(
-            pd.DataFrame({"text": ["a"]}), "{text}", model="gpt-4o-mini", client=openai_client(emu)
+            pd.DataFrame({"text": ["a"]}), "{text}", model=model_for(client), client=client
         )
         with pytest.raises(TimeoutError, match="nb.attach"):
             job.wait(timeout=0.3, progress=False)
@@ -46,16 +53,24 @@ def test_wait_times_out_with_advice_and_the_job_goes_on():
         assert job.counts["pending"] == 1
 
 
-def test_cancel_mid_job_ends_every_row_terminal():
-    with emulator.start(processing_seconds=3.0) as emu:
+def test_cancel_mid_job_keeps_finished_rows_and_cancels_the_rest(provider):
+    with emulator.start(processing_seconds=2.0) as emu:
+        client = client_for(provider, emu)
         df = pd.DataFrame({"text": [f"r{i}" for i in range(10)]})
-        job = nb.submit(df, "{text}", model="gpt-4o-mini", client=openai_client(emu))
+        job = nb.submit(df, "{text}", model=model_for(client), client=client)
+        time.sleep(1.1)  # about half the rows are processed by now
         job.cancel()
         job.wait(timeout=30, progress=False)
         counts = job.counts
         assert counts["pending"] == 0
         assert counts["cancelled"] + counts["succeeded"] == 10
-        assert counts["cancelled"] > 0
+        assert 0 < counts["cancelled"] < 10
+        out = job.merge()
+        done = out["response_status"] == "succeeded"
+        assert out.loc[done, "response"].tolist() == [
+            emulator.echo_text(t) for t in df["text"][done]
+        ]
+        assert out.loc[~done, "response"].isna().all()
         assert job.status == "cancelled"
 
 

@@ -72,7 +72,7 @@ def test_missing_values_render_as_null_and_numbers_as_text():
         ({"id_column": "nope"}, "id_column 'nope' is not a column"),
         ({"id_column": "dup"}, "duplicated values"),
         ({"missing": "drop"}, "missing must be"),
-        ({"endpoint": "/v1/completions"}, "not supported"),
+        ({"endpoint": "/v1/completions"}, "not (supported|available)"),
         ({"provider": "acme"}, "Unknown provider"),
     ],
 )

@@ -61,15 +61,24 @@ def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     return cls(sync_client(client))  # type: ignore[call-arg]
 
 
-def default_client(name: str, *, local: bool = False, base_url: str | None = None) -> Any:
-    """A client for ``name``: the embedded emulator when ``local``, else from the environment."""
+_CLIENTS: dict[tuple[str, str | None, str | None], Any] = {}
+
+
+def default_client(
+    name: str, *, local: bool = False, base_url: str | None = None, key: str | None = None
+) -> Any:
+    """A client for ``name``: the embedded emulator when ``local``, else from the environment.
+
+    Clients are made once per provider, address and key and then reused, so jobs share
+    their connection pools.
+    """
     if local:
         from .. import emulator
 
         emu = emulator.shared()
         base_url = emu.openai_base_url if name == "openai" else emu.anthropic_base_url
-        key: str | None = "local-emulator"
-    else:
+        key = "local-emulator"
+    elif key is None:
         key = os.environ.get("OPENAI_API_KEY" if name == "openai" else "ANTHROPIC_API_KEY")
         if not key and not (name == "anthropic" and os.environ.get("ANTHROPIC_AUTH_TOKEN")):
             var = "OPENAI_API_KEY" if name == "openai" else "ANTHROPIC_API_KEY"
@@ -78,13 +87,17 @@ def default_client(name: str, *, local: bool = False, base_url: str | None = Non
                 "or use provider='local' to try it free on the embedded emulator.",
                 provider=name,
             )
-    if name == "openai":
-        import openai
+    cache_key = (name, base_url, key)
+    if cache_key not in _CLIENTS:
+        if name == "openai":
+            import openai
 
-        return openai.OpenAI(api_key=key, base_url=base_url)
-    import anthropic
+            _CLIENTS[cache_key] = openai.OpenAI(api_key=key, base_url=base_url)
+        else:
+            import anthropic
 
-    return anthropic.Anthropic(api_key=key, base_url=base_url)
+            _CLIENTS[cache_key] = anthropic.Anthropic(api_key=key, base_url=base_url)
+    return _CLIENTS[cache_key]
 
 
 def sync_client(client: Any) -> Any:
@@ -115,13 +128,10 @@ def sync_client(client: Any) -> Any:
 
 
 def _register_builtin() -> None:
+    from .anthropic import AnthropicProvider
     from .openai import OpenAIProvider
 
     register("openai", OpenAIProvider)
-    try:
-        from .anthropic import AnthropicProvider
-    except ImportError:  # not written yet
-        return
     register("anthropic", AnthropicProvider)
 
 

@@ -67,6 +67,7 @@ class RequestSpec:
     max_tokens: int | None = None
     temperature: float | None = None
     response_format: dict[str, Any] | None = None
+    cache_system: bool = False  # mark the system prompt cacheable where the provider asks
     params: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,6 +79,7 @@ class RequestSpec:
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "response_format": self.response_format,
+            "cache_system": self.cache_system,
             "params": self.params,
         }
 

@@ -1,0 +1,321 @@
+"""Anthropic Message Batches through the official ``anthropic`` SDK.
+
+Requests go out as ``messages.batches.create(requests=[{custom_id, params}])``; results
+are streamed from the batch's ``results_url`` (through ``messages.batches.results``) and
+kept as the raw bytes received, then normalised with pyarrow's JSON reader.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from .._errors import BatchFailedError, InputError, ProviderError
+from . import _jsonl
+from .base import ROW_RESULT_SCHEMA, BatchInfo, Provider, RequestSpec, empty_results, is_transient
+
+#: Anthropic requires max_tokens on every request; this is nbbatch's default when the
+#: caller does not set one (enough for a paragraph or a small JSON object).
+DEFAULT_MAX_TOKENS = 1024
+
+_content = pa.list_(pa.struct([("type", pa.string()), ("text", pa.large_string())]))
+_usage = pa.struct(
+    [
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("cache_creation_input_tokens", pa.int64()),
+        ("cache_read_input_tokens", pa.int64()),
+    ]
+)
+#: The part of a results line that nbbatch reads.
+LINE_SCHEMA = pa.schema(
+    [
+        ("custom_id", pa.string()),
+        (
+            "result",
+            pa.struct(
+                [
+                    ("type", pa.string()),
+                    (
+                        "message",
+                        pa.struct(
+                            [("content", _content), ("stop_reason", pa.string()), ("usage", _usage)]
+                        ),
+                    ),
+                    (
+                        "error",
+                        pa.struct(
+                            [
+                                (
+                                    "error",
+                                    pa.struct(
+                                        [("type", pa.string()), ("message", pa.large_string())]
+                                    ),
+                                )
+                            ]
+                        ),
+                    ),
+                ]
+            ),
+        ),
+    ]
+)
+
+
+class AnthropicProvider(Provider):
+    """The Anthropic Message Batches API."""
+
+    name = "anthropic"
+    default_endpoint = "/v1/messages"
+    # The service allows 100,000 requests and 256 MB per batch; keep a margin (the
+    # request body also wraps the lines in {"requests": [...]}).
+    max_requests = 100_000
+    max_bytes = 240 * 1024 * 1024
+
+    def __init__(self, client: anthropic.Anthropic) -> None:
+        self.client = client
+
+    @property
+    def base_url(self) -> str:
+        return str(self.client.base_url)
+
+    # -- requests --------------------------------------------------------------------------
+    def params(self, spec: RequestSpec, prompt: Any) -> dict[str, Any]:
+        """The Messages API parameters for one prompt."""
+        if spec.endpoint != self.default_endpoint:
+            raise InputError(
+                f"endpoint {spec.endpoint!r} is not available on Anthropic; leave endpoint "
+                "unset (Message Batches run /v1/messages)."
+            )
+        params: dict[str, Any] = {
+            "model": spec.model,
+            "max_tokens": spec.max_tokens or DEFAULT_MAX_TOKENS,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+        if spec.system is not None:
+            if spec.cache_system:
+                # Mark the shared instruction cacheable: later requests read it at the
+                # cache price instead of paying for it in full again.
+                params["system"] = [
+                    {"type": "text", "text": spec.system, "cache_control": {"type": "ephemeral"}}
+                ]
+            else:
+                params["system"] = spec.system
+        if spec.temperature is not None:
+            params["temperature"] = spec.temperature
+        if spec.response_format is not None:
+            params["output_config"] = {"format": _output_format(spec.response_format)}
+        params.update(spec.params)
+        return params
+
+    def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
+        line = {
+            "custom_id": _jsonl.ID_SENTINEL,
+            "params": self.params(spec, _jsonl.PROMPT_SENTINEL),
+        }
+        return _jsonl.encode_lines(custom_ids, prompts, line)
+
+    # -- batches ---------------------------------------------------------------------------
+    def create(self, jsonl: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
+        requests = [orjson.loads(line) for line in jsonl.splitlines() if line]
+        try:
+            batch = self.client.messages.batches.create(requests=requests)
+        except anthropic.AnthropicError as exc:
+            raise _provider_error(exc, "creating a batch") from exc
+        return _info(batch)
+
+    def retrieve(self, batch_id: str) -> BatchInfo:
+        try:
+            return _info(self.client.messages.batches.retrieve(batch_id))
+        except anthropic.AnthropicError as exc:
+            raise _provider_error(exc, f"reading batch {batch_id}") from exc
+
+    def cancel(self, batch_id: str) -> BatchInfo:
+        try:
+            return _info(self.client.messages.batches.cancel(batch_id))
+        except anthropic.BadRequestError:  # already ended: nothing to cancel
+            return self.retrieve(batch_id)
+        except anthropic.AnthropicError as exc:
+            raise _provider_error(exc, f"cancelling batch {batch_id}") from exc
+
+    def fetch_results(self, info: BatchInfo) -> list[bytes]:
+        if not info.raw.get("results_url"):
+            return []
+        try:
+            stream = self.client.messages.batches.results(info.batch_id)
+            try:
+                # The raw bytes as received (kept in the ledger folder), decoded once below.
+                raw = b"".join(stream.http_response.iter_bytes())
+            finally:
+                stream.close()
+        except anthropic.AnthropicError as exc:
+            raise _provider_error(exc, f"downloading results of {info.batch_id}") from exc
+        return [raw]
+
+    def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
+        return parse_lines(raw)
+
+
+def _output_format(response_format: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI-style ``response_format`` in Anthropic's ``output_config.format`` shape."""
+    if response_format.get("type") == "json_schema" and "json_schema" in response_format:
+        return {"type": "json_schema", "schema": response_format["json_schema"]["schema"]}
+    return response_format
+
+
+def _info(batch: Any) -> BatchInfo:
+    c = batch.request_counts
+    total = c.processing + c.succeeded + c.errored + c.canceled + c.expired
+    return BatchInfo(
+        batch_id=batch.id,
+        status=batch.processing_status,
+        ended=batch.processing_status == "ended",
+        total=total,
+        done=total - c.processing,
+        failed=c.errored + c.expired,
+        raw=batch.model_dump(mode="json"),
+    )
+
+
+def _provider_error(exc: anthropic.AnthropicError, doing: str) -> ProviderError:
+    """Our error for an SDK error, marked transient when a later retry may work."""
+    status = getattr(exc, "status_code", None)
+    transient = isinstance(exc, anthropic.APIConnectionError) or (
+        status is not None and (status in (408, 409, 429) or status >= 500)
+    )
+    if isinstance(exc, anthropic.APIConnectionError):
+        message = f"could not reach Anthropic at {exc.request.url} while {doing}: {exc}"
+    elif isinstance(exc, anthropic.AuthenticationError):
+        message = f"Anthropic rejected the API key while {doing}; check ANTHROPIC_API_KEY ({exc})"
+    else:
+        message = f"Anthropic refused the request while {doing}: {exc}"
+    cls = BatchFailedError if status in (400, 413, 422) else ProviderError
+    return cls(message, provider="anthropic", transient=transient)
+
+
+# -- result lines --------------------------------------------------------------------------
+def parse_lines(raw: bytes) -> pa.Table:
+    """Normalise a results file into :data:`ROW_RESULT_SCHEMA`."""
+    if not raw or raw.isspace():
+        return empty_results()
+    options = pajson.ParseOptions(explicit_schema=LINE_SCHEMA, unexpected_field_behavior="ignore")
+    table = None
+    for block in (1 << 22, 1 << 26):
+        try:
+            table = pajson.read_json(
+                pa.BufferReader(raw),
+                read_options=pajson.ReadOptions(block_size=block),
+                parse_options=options,
+            )
+            break
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    if table is None:
+        rows = []
+        for line in raw.splitlines():
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a corrupt line: its custom_id will be reconciled as missing
+            if isinstance(obj, dict):
+                rows.append(obj)
+        table = pa.Table.from_pylist(rows, schema=LINE_SCHEMA)
+    return _normalise(table)
+
+
+def _normalise(t: pa.Table) -> pa.Table:
+    result = t.column("result").combine_chunks()
+    kind = pc.struct_field(result, "type")
+    message = pc.struct_field(result, "message")
+    usage = pc.struct_field(message, "usage")
+    status = pc.fill_null(
+        pc.if_else(
+            pc.equal(kind, "succeeded"),
+            "succeeded",
+            pc.if_else(
+                pc.equal(kind, "errored"),
+                "failed",
+                pc.if_else(
+                    pc.equal(kind, "canceled"),
+                    "cancelled",
+                    pc.if_else(pc.equal(kind, "expired"), "expired", "failed"),
+                ),
+            ),
+        ),
+        "failed",
+    )
+    ok = pc.equal(status, "succeeded")
+    err = pc.struct_field(result, ["error", "error"])
+    error_type = pc.if_else(
+        ok,
+        pa.scalar(None, pa.string()),
+        pc.coalesce(
+            pc.struct_field(err, "type"),
+            pc.if_else(pc.equal(kind, "expired"), "expired", None),
+            pc.if_else(pc.equal(kind, "canceled"), "canceled", None),
+            pa.scalar("unknown_error"),
+        ),
+    )
+    error_message = pc.if_else(
+        ok,
+        pa.scalar(None, pa.large_string()),
+        pc.coalesce(
+            pc.struct_field(err, "message"),
+            pc.if_else(
+                pc.equal(kind, "expired"),
+                pa.scalar("the batch ended before this request ran", pa.large_string()),
+                None,
+            ),
+            pc.if_else(
+                pc.equal(kind, "canceled"),
+                pa.scalar("the batch was cancelled before this request ran", pa.large_string()),
+                None,
+            ),
+            pa.scalar("the provider gave no message", pa.large_string()),
+        ),
+    )
+    retryable = pa.array(
+        [
+            None if s == "succeeded" else is_transient(e)
+            for s, e in zip(status.to_pylist(), error_type.to_pylist(), strict=True)
+        ],
+        pa.bool_(),
+    )
+    read = pc.fill_null(pc.struct_field(usage, "cache_read_input_tokens"), 0)
+    created = pc.fill_null(pc.struct_field(usage, "cache_creation_input_tokens"), 0)
+    fresh = pc.struct_field(usage, "input_tokens")
+    # Anthropic counts cached input apart from input_tokens; nbbatch's input_tokens is
+    # every input token, with cached_tokens the part read from the cache.
+    input_tokens = pc.add(pc.add(fresh, read), created)
+    return pa.table(
+        [
+            t.column("custom_id").combine_chunks(),
+            status,
+            pc.if_else(ok, _text(pc.struct_field(message, "content")), None),
+            error_type,
+            error_message,
+            retryable,
+            input_tokens,
+            pc.struct_field(usage, "output_tokens"),
+            pc.if_else(pc.is_null(fresh), None, read),
+        ],
+        schema=ROW_RESULT_SCHEMA,
+    )
+
+
+def _text(content: pa.Array) -> pa.Array:
+    """The text blocks of each message, joined (vectorised over every row)."""
+    content = pc.fill_null(content, pa.scalar([], content.type))
+    blocks = content.flatten()
+    texts = pc.if_else(
+        pc.equal(pc.struct_field(blocks, "type"), "text"),
+        pc.fill_null(pc.struct_field(blocks, "text"), ""),
+        pa.scalar("", pa.large_string()),
+    )
+    per_row = pa.ListArray.from_arrays(content.offsets, texts)
+    return pc.binary_join(per_row, pa.scalar("", pa.large_string()))
