@@ -6,12 +6,13 @@ hand over to the plan, the provider and :class:`~nbbatch.job.BatchJob`.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from . import plan as _plan
 from . import prompt as _prompt
@@ -22,6 +23,8 @@ from .job import LOCAL_POLLING, REMOTE_POLLING, BatchJob, new_job_id
 from .ledger import Ledger
 from .ledger import default as _default_ledger
 from .providers.base import Provider, RequestSpec
+
+log = logging.getLogger("nbbatch")
 
 
 def submit(
@@ -40,6 +43,11 @@ def submit(
     endpoint: str | None = None,
     missing: str = "skip",
     cache_system: bool = False,
+    retries: int = 2,
+    fallback: str | None = None,
+    alert_threshold: float | None = 0.05,
+    reuse: bool = True,
+    force: bool = False,
     wait: bool = False,
     progress: bool | str = "auto",
     display: bool | str = "auto",
@@ -56,6 +64,16 @@ def submit(
     ``missing="empty"``. ``cache_system=True`` marks the system prompt for Anthropic's
     prompt cache (OpenAI caches long shared prefixes by itself). Extra keyword arguments
     go into every request body as they are.
+
+    Money is never spent twice: running the same ``submit`` again (same data, prompt,
+    model and parameters) attaches to the job already in the ledger (``force=True``
+    submits anew); rows whose exact request already succeeded in an earlier job take
+    that result (``reuse=False`` sends them again); identical requests within the job
+    are sent once and fanned out. Transient failures (rate limits, overloaded, server
+    errors, expiry, missing results) are resubmitted automatically up to ``retries``
+    times; ``fallback="realtime"`` then sends rows still failing through the real-time
+    API at full price. A failure rate above ``alert_threshold`` raises a warning.
+
     ``wait=True`` blocks until every row is terminal. In a notebook (``display="auto"``)
     the live panel appears and polling runs in the background, so the kernel stays free;
     ``progress`` prints text progress while waiting (``"auto"``: outside a notebook).
@@ -73,6 +91,10 @@ def submit(
     _check_output_name(output, frame, is_series)
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise InputError(f"max_tokens must be a positive integer, found {max_tokens!r}.")
+    if not isinstance(retries, int) or retries < 0:
+        raise InputError(f"retries must be a whole number >= 0, found {retries!r}.")
+    if fallback not in (None, "realtime"):
+        raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
     name, local = _providers.infer(provider, client, model)
     impl = _providers.build(name, client, local=local)
     spec = RequestSpec(
@@ -86,22 +108,33 @@ def submit(
         params=params,
     )
     rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
-    custom_ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
     # Encoding validates the endpoint and parameters before anything is sent.
-    impl.encode(custom_ids[:1], rows.prompts.slice(0, 1), spec)
+    impl.encode(rows.custom_ids[:1], rows.prompts.slice(0, 1), spec)
+    salt = _plan.spec_hash(spec.as_dict(), impl.name, impl.base_url)
+    hashes = _plan.request_hashes(rows, salt)
+    fingerprint = _plan.fingerprint(rows, hashes, salt, output, prompt, id_column)
 
     ledger = _default_ledger()
-    record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
-    ledger.add_job(record, _manifest(rows))
-    job = BatchJob(
-        ledger.job(record["id"]) or record,
-        impl,
-        ledger,
-        data=data,
-        polling=LOCAL_POLLING if local or _is_loopback(impl.base_url) else REMOTE_POLLING,
-    )
-    if len(custom_ids):
-        job._send(custom_ids, rows.prompts, attempt=1)
+    polling = LOCAL_POLLING if local or _is_loopback(impl.base_url) else REMOTE_POLLING
+    existing = None if force else ledger.find_job(fingerprint)
+    if existing is not None:
+        log.warning(
+            "nbbatch: this exact job was already submitted as %s; attaching to it instead of "
+            "paying again (submit with force=True to send it anew).",
+            existing,
+        )
+        record = ledger.job(existing)
+        assert record is not None
+        job = BatchJob(record, impl, ledger, data=data, polling=polling)
+    else:
+        policy = {"retries": retries, "fallback": fallback, "alert_threshold": alert_threshold}
+        record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
+        record.update(fingerprint=fingerprint, policy=policy)
+        leaders = _plan.leaders(rows, hashes)
+        ledger.add_job(record, _manifest(rows, hashes, leaders), reuse=reuse)
+        job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
+        log.info("nbbatch: job %s submitted: %d rows, %s %s", job.id, rows.n_rows, name, model)
+        job._send_unsent()
     if display is True or (display == "auto" and in_notebook()):
         from . import panel
 
@@ -152,12 +185,15 @@ def _new_record(
     }
 
 
-def _manifest(rows: _plan.Plan) -> Any:
+def _manifest(rows: _plan.Plan, hashes: np.ndarray, leaders: list[str | None]) -> Any:
+    """Ledger rows: ``(custom_id, position, key, label, prompt, status, error,
+    request_hash, source)``, one per input row."""
     prompts: list[str | None] = [None] * rows.n_rows
     for pos, text in zip(rows.send_positions.tolist(), rows.prompts.to_pylist(), strict=True):
         prompts[pos] = text
     skipped = dict(zip(rows.skip_positions.tolist(), rows.skip_reasons, strict=True))
     keys = rows.keys.view("int64").tolist()  # SQLite integers are signed
+    request_hashes = hashes.view("int64").tolist()
     custom_ids = rows.custom_ids.to_pylist()
     labels = rows.labels.to_pylist()
     for pos in range(rows.n_rows):
@@ -169,7 +205,9 @@ def _manifest(rows: _plan.Plan) -> Any:
             labels[pos],
             prompts[pos],
             "skipped" if reason else "pending",
-            reason,
+            f"skipped: {reason}" if reason else None,
+            None if reason else request_hashes[pos],
+            leaders[pos],
         )
 
 

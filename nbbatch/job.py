@@ -8,10 +8,13 @@ reporter) subscribe to its snapshots; the job knows nothing of them.
 
 from __future__ import annotations
 
+import logging
+import os
 import secrets
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,10 +28,39 @@ from . import results as _results
 from ._errors import InputError, MergeError, NbbatchError, ProviderError
 from .ledger import Ledger
 from .poller import Poller
+from .pricing import Cost
 from .providers.base import BatchInfo, Provider, RequestSpec
 from .snapshot import RESUBMITTABLE, ROW_STATES, BatchView, JobSnapshot
 
 Listener = Callable[[JobSnapshot], None]
+log = logging.getLogger("nbbatch")
+
+#: How many times one create call is tried while the provider answers 429/5xx.
+CREATE_TRIES = 4
+#: After this many seconds an unconfirmed create call is presumed dead even if the
+#: process that made it still runs (the SDKs time a call out after 600 s).
+INTENT_TIMEOUT = 660.0
+
+
+def _alive(owner: dict[str, Any]) -> bool:
+    """Whether the process recorded in an intent still runs (on this machine)."""
+    if owner.get("host") != socket.gethostname() or not owner.get("pid"):
+        return owner.get("host") is not None  # another machine: presume alive
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ids_prompts(rows: Sequence[tuple[Any, ...]]) -> tuple[pa.Array, pa.Array]:
+    """The (custom_id, prompt) columns of ledger rows as Arrow arrays."""
+    return (
+        pa.array([r[0] for r in rows], pa.string()),
+        pa.array([r[1] for r in rows], pa.large_string()),
+    )
 
 
 class PollPolicy:
@@ -89,6 +121,9 @@ class BatchJob:
         self._last_error: str | None = None
         self._infos: dict[str, BatchInfo] = {}
         self._poller: Poller | None = None
+        self._warnings: list[str] = []
+        self._logged_done = False
+        self._avg_prompt_tokens: float | None = None
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -128,8 +163,23 @@ class BatchJob:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Rows per state: ``total, succeeded, failed, expired, cancelled, skipped, pending``."""
-        return self.snapshot().counts
+        """Rows per state: ``total, succeeded, failed, expired, cancelled, skipped,
+        pending`` (these add up to ``total``), plus how many rows were ``reused`` from an
+        earlier job, ``deduplicated`` onto an identical request, or answered through the
+        ``realtime`` fallback."""
+        snap = self.snapshot()
+        return {
+            **snap.counts,
+            "reused": snap.reused,
+            "deduplicated": snap.deduplicated,
+            "realtime": snap.realtime,
+        }
+
+    @property
+    def cost(self) -> Cost:
+        """What the job costs: from the token usage the results report, and an estimate
+        for rows still pending (``cost.estimated`` says which)."""
+        return self.snapshot().cost
 
     @property
     def status(self) -> str:
@@ -155,11 +205,21 @@ class BatchJob:
         status = "completed" if counts["pending"] == 0 else "running"
         if self._record.get("status") == "cancelled" and counts["pending"] == 0:
             status = "cancelled"
-        tokens = self._ledger.query(
-            "SELECT COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
-            "COALESCE(SUM(cached_tokens), 0) FROM rows WHERE job_id = ?",
-            (self.id,),
-        )[0]
+        # What was paid for: rows sent themselves (not reused from an earlier job, not
+        # deduplicated onto another row), by route.
+        usage = {
+            origin: (int(i), int(o), int(c), int(n))
+            for origin, i, o, c, n in self._ledger.query(
+                "SELECT COALESCE(origin, 'batch'), COALESCE(SUM(input_tokens), 0), "
+                "COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cached_tokens), 0), COUNT(*) "
+                "FROM rows WHERE job_id = ? AND source IS NULL AND status != 'skipped' "
+                "AND input_tokens IS NOT NULL GROUP BY 1",
+                (self.id,),
+            )
+        }
+        batch = usage.get("batch", (0, 0, 0, 0))
+        realtime = usage.get("realtime", (0, 0, 0, 0))
+        pending_in, pending_out = self._pending_estimate(counts["pending"])
         return JobSnapshot(
             job_id=self.id,
             provider=self.provider,
@@ -170,7 +230,9 @@ class BatchJob:
             counts=counts,
             status=status,
             batches=tuple(
-                BatchView(b["batch_id"], b["status"], b["n_requests"], b["attempt"])
+                BatchView(
+                    b["batch_id"], b["status"], b["n_requests"], b["attempt"], int(b["done"] or 0)
+                )
                 for b in batches
             ),
             created=float(self._record["created"]),
@@ -178,62 +240,163 @@ class BatchJob:
             last_poll=self._last_poll,
             next_poll=self._next_poll,
             last_error=self._last_error,
-            input_tokens=int(tokens[0]),
-            output_tokens=int(tokens[1]),
-            cached_tokens=int(tokens[2]),
+            warnings=tuple(self._warnings),
+            input_tokens=batch[0],
+            output_tokens=batch[1],
+            cached_tokens=batch[2],
+            realtime_input_tokens=realtime[0],
+            realtime_output_tokens=realtime[1],
+            pending_input_tokens=pending_in,
+            pending_output_tokens=pending_out,
+            reused=int(raw.get("reused", 0)),
+            deduplicated=int(raw.get("deduplicated", 0)),
+            realtime=int(raw.get("realtime", 0)),
         )
 
+    def _pending_estimate(self, pending: int) -> tuple[int, int]:
+        """Estimated (input, output) tokens of the rows still pending: 4 characters per
+        token for the prompt, ``max_tokens`` (or 100) for the reply. Computed once."""
+        if self._avg_prompt_tokens is None:
+            n, chars = self.prompt_chars()
+            system = len(self.spec.system or "")
+            self._avg_prompt_tokens = (chars / max(n, 1) + system) / 4 + 4
+        out = 0 if self.endpoint.endswith("embeddings") else (self.spec.max_tokens or 100)
+        return int(pending * self._avg_prompt_tokens), pending * out
+
     # -- sending ----------------------------------------------------------------------------
-    def _send(self, custom_ids: pa.Array, prompts: pa.Array, attempt: int) -> None:
-        """Encode, split into provider-sized batches and create them, recording each one
-        the moment the provider returns it. Rows that could not be sent end ``failed``
-        (``not_sent``) so nothing stays pending for ever."""
+    def _send(
+        self,
+        custom_ids: pa.Array,
+        prompts: pa.Array,
+        attempt: int,
+        *,
+        max_requests: int | None = None,
+    ) -> None:
+        """Encode, split into provider-sized batches and create them.
+
+        Each chunk is written to the ledger as an *intent* before its create call and
+        confirmed with the provider's batch id the moment the call returns, so a process
+        that dies in between leaves a trace that :meth:`refresh` resolves without paying
+        twice. A create refused for capacity (429) is retried with backoff; rows that
+        could not be sent end ``failed`` (``not_sent``, retryable).
+        """
+        if not len(custom_ids):
+            return
+        with self._lock:  # a poller must never see a half-made intent as abandoned
+            self.__send(custom_ids, prompts, attempt, max_requests)
+
+    def __send(
+        self, custom_ids: pa.Array, prompts: pa.Array, attempt: int, max_requests: int | None
+    ) -> None:
         spec = self.spec
         jsonl = self._provider.encode(custom_ids, prompts, spec)
         ends = np.flatnonzero(np.frombuffer(jsonl, dtype=np.uint8) == 0x0A) + 1
         if len(ends) != len(custom_ids):
             raise NbbatchError("internal error: one request line per row was not produced")
+        limit = min(self._provider.max_requests, max_requests or self._provider.max_requests)
         bounds = list(
-            _plan.chunk_bounds(
-                ends, max_count=self._provider.max_requests, max_bytes=self._provider.max_bytes
-            )
+            _plan.chunk_bounds(ends, max_count=max(1, limit), max_bytes=self._provider.max_bytes)
         )
         for k, (first, stop) in enumerate(bounds):
             start = int(ends[first - 1]) if first else 0
             chunk = jsonl[start : int(ends[stop - 1])]
             ids = custom_ids[first:stop].to_pylist()
-            metadata = {"nbbatch_job": self.id, "nbbatch_part": f"{k + 1}/{len(bounds)}"}
+            part = f"{attempt}:{k + 1}/{len(bounds)}"
+            intent = self._ledger.add_intent(self.id, part, attempt, ids)
+            metadata = {"nbbatch_job": self.id, "nbbatch_part": part}
             try:
-                info = self._provider.create(chunk, spec, metadata)
+                info = self._create(chunk, spec, metadata)
             except ProviderError as exc:
-                unsent = custom_ids[first:].to_pylist()
-                self._ledger.record_unsent(self.id, unsent, f"{exc}")
+                self._ledger.drop_intent(intent, str(exc))
+                for later in bounds[k + 1 :]:
+                    rest = custom_ids[later[0] : later[1]].to_pylist()
+                    self._ledger.drop_intent(
+                        self._ledger.add_intent(self.id, part, attempt, rest), str(exc)
+                    )
                 exc.job_id = self.id
                 raise
-            self._ledger.add_batch(self.id, info.batch_id, attempt, ids, info.status, info.raw)
+            self._ledger.confirm_batch(intent, info.batch_id, info.status, info.raw)
             self._infos[info.batch_id] = info
+            log.info("job %s: batch %s created with %d requests", self.id, info.batch_id, len(ids))
+
+    def _create(self, chunk: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
+        """One create call, retried with backoff while the provider says it is busy."""
+        delay = 1.0
+        for tries in range(1, CREATE_TRIES + 1):
+            try:
+                return self._provider.create(chunk, spec, metadata)
+            except ProviderError as exc:
+                if not exc.transient or tries == CREATE_TRIES:
+                    raise
+                note = f"the provider is busy ({exc}); trying again in {delay:.0f} s"
+                self._warn(note)
+                self.sleep(delay)
+                delay = min(60.0, delay * 2)
+        raise AssertionError("unreachable")
+
+    def _warn(self, message: str) -> None:
+        self._warnings.append(message)
+        self._ledger.event(self.id, "warning", message)
+        log.warning("nbbatch job %s: %s", self.id, message)
+
+    def _send_unsent(self) -> None:
+        """Send rows that are pending but in no batch: a process died before sending them."""
+        rows = self._ledger.query(
+            "SELECT custom_id, prompt, attempt FROM rows WHERE job_id = ? AND status = "
+            "'pending' AND batch_id IS NULL AND source IS NULL ORDER BY position",
+            (self.id,),
+        )
+        if rows:
+            self._ledger.event(self.id, "resume", f"sending {len(rows)} rows not sent before")
+            self._send(
+                pa.array([r[0] for r in rows], pa.string()),
+                pa.array([r[1] for r in rows], pa.large_string()),
+                max(1, max(r[2] for r in rows)),
+            )
+
+    def _resolve_intent(self, batch: dict[str, Any]) -> None:
+        """A create call whose outcome was never recorded (its process died): find the
+        batch at the provider (it may exist, and be paid for) or, if there is none, put
+        its rows back to be sent."""
+        owner = orjson.loads(batch["raw"] or "{}")
+        if _alive(owner) and self.clock() - batch["created"] < INTENT_TIMEOUT:
+            return  # another live process is still in that create call
+        meta = {"nbbatch_job": self.id, "nbbatch_part": batch["part"]}
+        known = set(self.batch_ids)
+        info = self._provider.find_batch(meta, batch["n_requests"], batch["created"], known)
+        if info is not None:
+            self._ledger.confirm_batch(batch["batch_id"], info.batch_id, info.status, info.raw)
+            self._ledger.event(self.id, "resume", f"found batch {info.batch_id} at the provider")
+        else:
+            self._ledger.release_intent(batch["batch_id"])
 
     # -- polling ----------------------------------------------------------------------------
     def refresh(self) -> JobSnapshot:
-        """Poll every open batch once, collect the ones that ended, and return a snapshot.
+        """Poll every open batch once, collect the ones that ended, retry what the job's
+        policy says to retry, and return a snapshot.
 
         A transient error (connection refused, 429, 5xx) is kept in the snapshot's
         ``last_error`` and tried again on the next refresh; other errors raise.
         """
         with self._lock:
             self._last_error = None
-            for batch in self._ledger.batches(self.id):
-                if batch["collected"]:
-                    continue
-                try:
-                    self._poll_batch(batch)
-                except ProviderError as exc:
-                    if not exc.transient:
-                        exc.job_id = self.id
-                        raise
-                    self._last_error = str(exc)
+            try:
+                for batch in self._ledger.batches(self.id):
+                    if batch["batch_id"].startswith("intent-"):
+                        self._resolve_intent(batch)
+                self._send_unsent()
+                for batch in self._ledger.batches(self.id):
+                    if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
+                        self._poll_batch(batch)
+                self._after_collect()
+            except ProviderError as exc:
+                if not exc.transient:
+                    exc.job_id = self.id
+                    raise
+                self._last_error = str(exc)
             self._last_poll = self.clock()
             snap = self.snapshot()
+        self._log_progress(snap)
         self._notify(snap)
         return snap
 
@@ -243,7 +406,10 @@ class BatchJob:
             info = self._provider.retrieve(batch_id)
             if info.status != batch["status"]:
                 self._ledger.event(self.id, "status", f"batch {batch_id}: {info.status}")
-            self._ledger.update_batch(batch_id, info.status, info.ended, info.failure, info.raw)
+                log.info("job %s: batch %s is %s", self.id, batch_id, info.status)
+            self._ledger.update_batch(
+                batch_id, info.status, info.ended, info.failure, info.raw, info.done
+            )
             self._infos[batch_id] = info
             if not info.ended:
                 return
@@ -262,9 +428,93 @@ class BatchJob:
             batch_failure=info.failure,
             failure_code=info.failure_code,
         )
-        self._ledger.record_results(
-            self.id, info.batch_id, _results.ledger_rows(rec.table), rec.note(info.batch_id)
+        note = rec.note(info.batch_id)
+        self._ledger.record_results(self.id, info.batch_id, _results.ledger_rows(rec.table), note)
+        if rec.unknown or rec.duplicates or rec.missing:
+            self._warn(note)
+        if info.failure:
+            self._warn(f"batch {info.batch_id} failed as a whole: {info.failure}")
+
+    def _after_collect(self) -> None:
+        """Apply the job's failure policy once no batch is open: automatic retries of
+        transient failures, then the real-time fallback, then the failure-rate alert."""
+        if any(not b["collected"] for b in self._ledger.batches(self.id)):
+            return
+        if self._record.get("status") == "cancelled":
+            return
+        policy = self.policy
+        retries = int(policy.get("retries", 0))
+        rows = self._ledger.query(
+            "SELECT r.custom_id, r.prompt, r.attempt, r.error_type, b.n_requests FROM rows r "
+            "JOIN batches b ON b.batch_id = r.batch_id WHERE r.job_id = ? AND r.source IS NULL "
+            "AND r.status IN ('failed', 'expired') AND r.retryable = 1 AND r.attempt <= ? "
+            "ORDER BY r.position",
+            (self.id, retries),
         )
+        if rows:
+            attempt = max(r[2] for r in rows) + 1
+            capacity = [r for r in rows if r[3] == "token_limit_exceeded"]
+            other = [r for r in rows if r[3] != "token_limit_exceeded"]
+            if other:
+                self._warn_once(
+                    f"retrying {len(other)} rows that failed transiently (attempt {attempt})"
+                )
+                self._send(*_ids_prompts(other), attempt)
+            if capacity:
+                smaller = max(1, min(r[4] for r in capacity) // 2)
+                self._warn(
+                    f"{len(capacity)} rows refused for capacity (token_limit_exceeded): "
+                    f"resending them in batches of at most {smaller} requests"
+                )
+                self._send(*_ids_prompts(capacity), attempt, max_requests=smaller)
+            return
+        if policy.get("fallback") == "realtime":
+            self._fallback_realtime()
+        self._check_alert()
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warnings:
+            self._warn(message)
+
+    def _fallback_realtime(self) -> None:
+        """Send rows still failing for transient reasons through the real-time API, at
+        full price, marked ``realtime`` in the ledger."""
+        from . import realtime
+
+        rows = self._ledger.query(
+            "SELECT custom_id, prompt, attempt FROM rows WHERE job_id = ? AND source IS NULL "
+            "AND status IN ('failed', 'expired') AND retryable = 1 ORDER BY position",
+            (self.id,),
+        )
+        if not rows:
+            return
+        self._warn(f"sending {len(rows)} still-failing rows through the real-time API (full price)")
+        ids, prompts = _ids_prompts(rows)
+        table = realtime.run(self._provider, ids, prompts, self.spec)
+        self._ledger.record_realtime(self.id, _results.ledger_rows(table))
+
+    def _check_alert(self) -> None:
+        threshold = self.policy.get("alert_threshold")
+        if threshold is None:
+            return
+        c = self._ledger.counts(self.id)
+        sent = sum(c.get(s, 0) for s in ("succeeded", "failed", "expired", "cancelled"))
+        bad = c.get("failed", 0) + c.get("expired", 0)
+        if sent and bad / sent > threshold:
+            self._warn_once(
+                f"{bad} of {sent} rows failed ({bad / sent:.0%}, above the alert threshold of "
+                f"{threshold:.0%}); see job.failed()"
+            )
+
+    def _log_progress(self, snap: JobSnapshot) -> None:
+        if snap.finished and not self._logged_done:
+            self._logged_done = True
+            log.info("job %s finished: %s; cost %s", self.id, snap.summary(), snap.cost)
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        """The job's failure policy: ``retries``, ``fallback``, ``alert_threshold``."""
+        return dict(self._record.get("policy") or {})
 
     def _read_result_files(self, info: BatchInfo) -> list[bytes]:
         folder = self._ledger.files / self.id
@@ -341,7 +591,7 @@ class BatchJob:
         results; the rest end ``cancelled`` once the provider confirms."""
         with self._lock:
             for batch in self._ledger.batches(self.id):
-                if not batch["ended"]:
+                if not batch["ended"] and not batch["batch_id"].startswith("intent-"):
                     info = self._provider.cancel(batch["batch_id"])
                     self._ledger.update_batch(
                         info.batch_id, info.status, info.ended, info.failure, info.raw
@@ -369,6 +619,12 @@ class BatchJob:
         if self.endpoint.endswith("/embeddings"):
             return values.map(lambda v: None if v is None else orjson.loads(v)).astype(object)
         return values
+
+    def prompt_chars(self) -> tuple[int, int]:
+        """(rows with a prompt, total prompt characters): for cost estimates before usage."""
+        sql = "SELECT COUNT(prompt), COALESCE(SUM(LENGTH(prompt)), 0) FROM rows WHERE job_id = ?"
+        n, chars = self._ledger.query(sql, (self.id,))[0]
+        return int(n), int(chars)
 
     def merge(self, df: pd.DataFrame | pd.Series | None = None) -> pd.DataFrame:
         """``df`` plus ``{output}``, ``{output}_status`` and ``{output}_error`` columns.
@@ -456,7 +712,7 @@ class BatchJob:
         with self._lock:
             marks = ",".join("?" * len(RESUBMITTABLE))
             rows = self._ledger.query(
-                "SELECT custom_id, prompt, attempt FROM rows WHERE job_id = ? "
+                "SELECT custom_id, prompt, attempt FROM rows WHERE job_id = ? AND source IS NULL "
                 f"AND status IN ({marks}) ORDER BY position",
                 (self.id, *RESUBMITTABLE),
             )

@@ -13,6 +13,8 @@ recorded in the ``migrations`` table.
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import sqlite3
 import threading
 import time
@@ -96,6 +98,25 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m002_reuse_dedupe_intents(db: sqlite3.Connection) -> None:
+    _script(
+        db,
+        """
+        ALTER TABLE jobs ADD COLUMN fingerprint TEXT;   -- same data + request: same job
+        ALTER TABLE jobs ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';  -- JSON: retries, ...
+        CREATE INDEX jobs_fingerprint ON jobs(fingerprint);
+        ALTER TABLE rows ADD COLUMN request_hash INTEGER; -- the exact request, 64-bit
+        ALTER TABLE rows ADD COLUMN source TEXT;          -- leader custom_id if deduplicated
+        ALTER TABLE rows ADD COLUMN origin TEXT;          -- batch, reused or realtime
+        CREATE INDEX rows_succeeded_request ON rows(request_hash) WHERE status = 'succeeded';
+        CREATE INDEX rows_source ON rows(job_id, source) WHERE source IS NOT NULL;
+        ALTER TABLE batches ADD COLUMN done INTEGER NOT NULL DEFAULT 0; -- provider's progress
+        ALTER TABLE batches ADD COLUMN part TEXT;  -- which chunk of which attempt
+        """,
+    )
+
+
 def _script(db: sqlite3.Connection, sql: str) -> None:
     # executescript() would commit the migration's transaction half-way; run each
     # statement inside it instead.
@@ -162,25 +183,44 @@ class Ledger:
             self._db.close()
 
     # -- jobs ----------------------------------------------------------------------------
-    def add_job(self, job: dict[str, Any], rows: Iterable[tuple[Any, ...]]) -> None:
+    def add_job(
+        self, job: dict[str, Any], rows: Iterable[tuple[Any, ...]], *, reuse: bool = True
+    ) -> None:
         """Record a new job and its row manifest in one transaction.
 
-        ``rows`` yields ``(custom_id, position, key, label, prompt, status, error)``.
+        ``rows`` yields ``(custom_id, position, key, label, prompt, status, error,
+        request_hash, source)``. With ``reuse``, pending rows whose exact request already
+        succeeded in an earlier job take that result instead of being sent.
         """
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
-                "spec, base_url, n_rows, id_column, status) VALUES (:id, :created, :provider, "
-                ":model, :endpoint, :output, :template, :spec, :base_url, :n_rows, :id_column, "
-                ":status)",
-                {**job, "spec": orjson.dumps(job["spec"]).decode()},
+                "spec, base_url, n_rows, id_column, status, fingerprint, policy) VALUES (:id, "
+                ":created, :provider, :model, :endpoint, :output, :template, :spec, :base_url, "
+                ":n_rows, :id_column, :status, :fingerprint, :policy)",
+                {
+                    **job,
+                    "spec": orjson.dumps(job["spec"]).decode(),
+                    "policy": orjson.dumps(job["policy"]).decode(),
+                },
             )
             db.executemany(
-                "INSERT INTO rows (job_id, custom_id, position, key, label, prompt, status, error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO rows (job_id, custom_id, position, key, label, prompt, status, "
+                "error, request_hash, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ((job["id"], *r) for r in rows),
             )
             self._event(db, job["id"], "submit", f"job created with {job['n_rows']} rows")
+            if reuse:
+                db.execute(
+                    "UPDATE rows SET status = 'succeeded', origin = 'reused', output = prev.output,"
+                    " input_tokens = prev.i, output_tokens = prev.o, cached_tokens = prev.c, "
+                    "error = NULL, error_type = NULL FROM (SELECT request_hash AS h, output, "
+                    "input_tokens AS i, output_tokens AS o, cached_tokens AS c FROM rows "
+                    "WHERE status = 'succeeded' AND job_id != :job GROUP BY request_hash) AS prev"
+                    " WHERE rows.job_id = :job AND rows.status = 'pending' "
+                    "AND rows.request_hash = prev.h",
+                    {"job": job["id"]},
+                )
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         """The job's record, or None."""
@@ -191,7 +231,16 @@ class Ledger:
                 return None
             record = dict(zip([d[0] for d in cur.description], row, strict=True))
         record["spec"] = orjson.loads(record["spec"])
+        record["policy"] = orjson.loads(record["policy"] or "{}")
         return record
+
+    def find_job(self, fingerprint: str) -> str | None:
+        """The newest job with this fingerprint (same data and request), if any."""
+        rows = self.query(
+            "SELECT id FROM jobs WHERE fingerprint = ? ORDER BY created DESC LIMIT 1",
+            (fingerprint,),
+        )
+        return rows[0][0] if rows else None
 
     def set_job_status(self, job_id: str, status: str) -> None:
         """Record the job's overall status."""
@@ -217,60 +266,120 @@ class Ledger:
         db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (job_id, time.time(), kind, message))
 
     # -- batches -------------------------------------------------------------------------
-    def add_batch(
-        self,
-        job_id: str,
-        batch_id: str,
-        attempt: int,
-        custom_ids: Sequence[str],
-        status: str,
-        raw: dict[str, Any],
+    def add_intent(self, job_id: str, part: str, attempt: int, custom_ids: Sequence[str]) -> str:
+        """Record, before a create call, that these rows are about to be sent.
+
+        Returns a provisional batch id (``intent-...``) the rows point at until
+        :meth:`confirm_batch` swaps in the provider's id. An intent left behind by a
+        process that died mid-call is how a resumed job knows to look for that batch at
+        the provider instead of paying for it twice.
+        """
+        intent = f"intent-{secrets.token_hex(8)}"
+        with self.transaction() as db:
+            owner = {"pid": os.getpid(), "host": socket.gethostname()}
+            db.execute(
+                "INSERT INTO batches (batch_id, job_id, attempt, created, n_requests, status, "
+                "part, raw) VALUES (?, ?, ?, ?, ?, 'sending', ?, ?)",
+                (intent, job_id, attempt, time.time(), len(custom_ids), part,
+                 orjson.dumps(owner).decode()),
+            )  # fmt: skip
+            self._point_rows(db, job_id, intent, attempt, custom_ids)
+        return intent
+
+    @staticmethod
+    def _point_rows(
+        db: sqlite3.Connection, job_id: str, batch_id: str, attempt: int, custom_ids: Sequence[str]
     ) -> None:
-        """Record a batch the provider just created, and point its rows at it."""
+        db.executemany(
+            "UPDATE rows SET batch_id = ?, attempt = ?, status = 'pending', output = NULL, "
+            "error_type = NULL, error = NULL, retryable = NULL, origin = 'batch' "
+            "WHERE job_id = ? AND (custom_id = ? OR source = ?)",
+            ((batch_id, attempt, job_id, cid, cid) for cid in custom_ids),
+        )
+
+    def confirm_batch(self, intent: str, batch_id: str, status: str, raw: dict[str, Any]) -> None:
+        """Swap a provisional id for the provider's batch id, the moment create returns."""
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO batches (batch_id, job_id, attempt, created, n_requests, status, raw)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    batch_id,
-                    job_id,
-                    attempt,
-                    time.time(),
-                    len(custom_ids),
-                    status,
-                    orjson.dumps(raw).decode(),
-                ),
+                "UPDATE batches SET batch_id = ?, status = ?, raw = ? WHERE batch_id = ?",
+                (batch_id, status, orjson.dumps(raw).decode(), intent),
             )
-            db.executemany(
-                "UPDATE rows SET batch_id = ?, attempt = ?, status = 'pending', output = NULL, "
-                "error_type = NULL, error = NULL, retryable = NULL WHERE job_id = ? "
-                "AND custom_id = ?",
-                ((batch_id, attempt, job_id, cid) for cid in custom_ids),
+            db.execute("UPDATE rows SET batch_id = ? WHERE batch_id = ?", (batch_id, intent))
+            job_id, n = db.execute(
+                "SELECT job_id, n_requests FROM batches WHERE batch_id = ?", (batch_id,)
+            ).fetchone()
+            self._event(db, job_id, "batch", f"batch {batch_id} created with {n} requests")
+
+    def release_intent(self, intent: str) -> None:
+        """No batch came of that create call: its rows go back to pending and unsent."""
+        with self.transaction() as db:
+            row = db.execute("SELECT job_id FROM batches WHERE batch_id = ?", (intent,)).fetchone()
+            db.execute("UPDATE rows SET batch_id = NULL WHERE batch_id = ?", (intent,))
+            db.execute("DELETE FROM batches WHERE batch_id = ?", (intent,))
+            if row:
+                self._event(db, row[0], "resume", f"{intent}: no batch at the provider")
+
+    def drop_intent(self, intent: str, reason: str) -> None:
+        """The create call failed for sure: its rows end failed (``not_sent``, retryable)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT job_id FROM batches WHERE batch_id = ?", (intent,)).fetchone()
+            db.execute(
+                "UPDATE rows SET status = 'failed', error_type = 'not_sent', error = ?, "
+                "retryable = 1, batch_id = NULL WHERE batch_id = ?",
+                (f"not_sent: {reason}", intent),
             )
-            self._event(
-                db, job_id, "batch", f"batch {batch_id} created with {len(custom_ids)} requests"
-            )
+            db.execute("DELETE FROM batches WHERE batch_id = ?", (intent,))
+            if row:
+                self._event(db, row[0], "error", f"rows not sent: {reason}")
 
     def update_batch(
-        self, batch_id: str, status: str, ended: bool, failure: str | None, raw: dict[str, Any]
+        self,
+        batch_id: str,
+        status: str,
+        ended: bool,
+        failure: str | None,
+        raw: dict[str, Any],
+        done: int = 0,
     ) -> None:
         """Record a batch's latest state from the provider."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE batches SET status = ?, ended = ?, failure = ?, raw = ? WHERE batch_id = ?",
-                (status, int(ended), failure, orjson.dumps(raw).decode(), batch_id),
+                "UPDATE batches SET status = ?, ended = ?, failure = ?, raw = ?, done = ? "
+                "WHERE batch_id = ?",
+                (status, int(ended), failure, orjson.dumps(raw).decode(), done, batch_id),
             )
 
     def batches(self, job_id: str) -> list[dict[str, Any]]:
         """The job's batches, oldest first."""
         with self._lock:
             cur = self._db.execute(
-                "SELECT batch_id, attempt, created, n_requests, status, ended, collected, failure "
-                "FROM batches WHERE job_id = ? ORDER BY created, batch_id",
+                "SELECT batch_id, attempt, created, n_requests, status, ended, collected, failure,"
+                " done, part, raw FROM batches WHERE job_id = ? ORDER BY created, batch_id",
                 (job_id,),
             )
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def record_realtime(self, job_id: str, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Store results obtained through the real-time API (the fallback), marked so.
+
+        ``rows`` as for :meth:`record_results`.
+        """
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE rows SET status = ?, output = ?, error_type = ?, error = ?, retryable = ?, "
+                "input_tokens = ?, output_tokens = ?, cached_tokens = ?, origin = 'realtime' "
+                "WHERE custom_id = ? AND job_id = ?",
+                ((*r, job_id) for r in rows),
+            )
+            db.execute(
+                "UPDATE rows SET status = l.status, output = l.output, error_type = l.error_type, "
+                "error = l.error, retryable = l.retryable, origin = 'realtime' FROM rows AS l "
+                "WHERE rows.job_id = :job AND rows.source IS NOT NULL AND l.job_id = :job "
+                "AND l.custom_id = rows.source AND l.origin = 'realtime'",
+                {"job": job_id},
+            )
+            self._event(db, job_id, "realtime", "results from the real-time fallback recorded")
 
     def sent_ids(self, batch_id: str) -> list[str]:
         """The custom_ids whose latest attempt went out in this batch."""
@@ -294,27 +403,34 @@ class Ledger:
                 "WHERE custom_id = ? AND job_id = ? AND batch_id = ?",
                 ((*r, job_id, batch_id) for r in rows),
             )
+            # Rows deduplicated onto a leader in this batch get the leader's result.
+            db.execute(
+                "UPDATE rows SET status = l.status, output = l.output, error_type = l.error_type, "
+                "error = l.error, retryable = l.retryable, input_tokens = l.input_tokens, "
+                "output_tokens = l.output_tokens, cached_tokens = l.cached_tokens "
+                "FROM rows AS l WHERE rows.job_id = :job AND rows.batch_id = :batch "
+                "AND rows.source IS NOT NULL AND l.job_id = :job AND l.custom_id = rows.source",
+                {"job": job_id, "batch": batch_id},
+            )
             db.execute("UPDATE batches SET collected = 1 WHERE batch_id = ?", (batch_id,))
             self._event(db, job_id, "results", note)
 
-    def record_unsent(self, job_id: str, custom_ids: Sequence[str], reason: str) -> None:
-        """Mark rows that could not be sent as failed (``not_sent``, retryable)."""
-        with self.transaction() as db:
-            db.executemany(
-                "UPDATE rows SET status = 'failed', error_type = 'not_sent', error = ?, "
-                "retryable = 1 WHERE job_id = ? AND custom_id = ?",
-                ((reason, job_id, cid) for cid in custom_ids),
-            )
-            self._event(db, job_id, "error", f"{len(custom_ids)} rows not sent: {reason}")
-
     # -- rows ----------------------------------------------------------------------------
     def counts(self, job_id: str) -> dict[str, int]:
-        """How many rows are in each state."""
-        return dict(
+        """How many rows are in each state, and how many were reused from earlier jobs,
+        deduplicated onto an identical request, or answered through the real-time API."""
+        counts = dict(
             self.query(
                 "SELECT status, COUNT(*) FROM rows WHERE job_id = ? GROUP BY status", (job_id,)
             )
         )
+        reused, dedup, realtime = self.query(
+            "SELECT COALESCE(SUM(origin = 'reused'), 0), COALESCE(SUM(source IS NOT NULL), 0), "
+            "COALESCE(SUM(origin = 'realtime'), 0) FROM rows WHERE job_id = ?",
+            (job_id,),
+        )[0]
+        counts.update(reused=reused, deduplicated=dedup, realtime=realtime)
+        return counts
 
     def rows(self, job_id: str, where: str = "", args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The job's rows by position: (custom_id, position, key, label, status, batch_id,

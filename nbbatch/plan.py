@@ -9,11 +9,14 @@ find the row again in a DataFrame.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -186,3 +189,52 @@ def chunk_bounds(
         yield first, stop
         start_byte = int(line_ends[stop - 1])
         first = stop
+
+
+def spec_hash(spec: dict[str, Any], provider: str, base_url: str) -> str:
+    """A 16-character key for everything a request shares (provider, address, model,
+    parameters): two rows' requests are identical when this and their prompts are."""
+    blob = orjson.dumps([provider, base_url, spec], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+def request_hashes(plan: Plan, salt: str) -> np.ndarray:
+    """A 64-bit hash of each row's exact request (0 for rows not sent)."""
+    out = np.zeros(plan.n_rows, dtype=np.uint64)
+    if len(plan.send_positions):
+        texts = plan.prompts.to_numpy(zero_copy_only=False).astype(object)
+        out[plan.send_positions] = pd.util.hash_array(texts, hash_key=salt)
+    return out
+
+
+def leaders(plan: Plan, hashes: np.ndarray) -> list[str | None]:
+    """For each row, the custom_id of the first row with the identical request when that
+    is another row (it is sent once, for both), else None."""
+    out: list[str | None] = [None] * plan.n_rows
+    if not len(plan.send_positions):
+        return out
+    sent = pd.Series(plan.custom_ids.take(pa.array(plan.send_positions)).to_pylist())
+    keys = pd.Series(hashes[plan.send_positions])
+    first = sent.groupby(keys.to_numpy()).transform("first")
+    for pos, cid, lead in zip(plan.send_positions.tolist(), sent, first, strict=True):
+        if cid != lead:
+            out[pos] = lead
+    return out
+
+
+def fingerprint(
+    plan: Plan,
+    hashes: np.ndarray,
+    salt: str,
+    output: str,
+    template: str,
+    id_column: str | None,
+) -> str:
+    """Identifies a submit call: same data, template, request and output give the same
+    fingerprint, so running the same cell twice finds the first job."""
+    h = hashlib.sha256()
+    h.update(orjson.dumps([salt, output, template, id_column, plan.n_rows]))
+    h.update(plan.keys.tobytes())
+    h.update(hashes.tobytes())
+    h.update("\x00".join(plan.custom_ids.to_pylist()).encode())
+    return h.hexdigest()

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import pricing
+from .pricing import Cost
+
 #: Row states, in display order. ``pending`` is the only non-terminal one.
 ROW_STATES = ("succeeded", "failed", "expired", "cancelled", "skipped", "pending")
 #: Rows in these states can be sent again with ``resubmit_failed``.
@@ -23,6 +26,7 @@ class BatchView:
     status: str
     n_requests: int
     attempt: int
+    done: int = 0  # requests the provider reports finished (OpenAI reports it as it goes)
 
 
 @dataclass(frozen=True)
@@ -44,9 +48,40 @@ class JobSnapshot:
     next_poll: float | None = None
     last_error: str | None = None  # a transient polling error, shown and retried
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # Tokens paid for at batch price, as reported by results (cached part of the input).
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
+    # Tokens paid at full price through the real-time fallback.
+    realtime_input_tokens: int = 0
+    realtime_output_tokens: int = 0
+    # Estimated tokens of the rows still pending.
+    pending_input_tokens: int = 0
+    pending_output_tokens: int = 0
+    reused: int = 0  # rows answered from an earlier job's identical request, not paid again
+    deduplicated: int = 0  # rows sharing an identical request with another row of this job
+    realtime: int = 0  # rows answered through the real-time fallback
+
+    @property
+    def cost(self) -> Cost:
+        """Batch cost vs what real time would cost: actual usage so far plus an estimate
+        for pending rows; ``estimated`` until every row is terminal."""
+        actual = pricing.cost(
+            self.model,
+            self.input_tokens + self.pending_input_tokens,
+            self.output_tokens + self.pending_output_tokens,
+            self.cached_tokens,
+            estimated=not self.finished,
+        )
+        if actual.batch is None or actual.realtime is None or not self.realtime:
+            return actual
+        extra = pricing.cost(
+            self.model, self.realtime_input_tokens, self.realtime_output_tokens, estimated=False
+        )
+        assert extra.realtime is not None
+        # Fallback rows were paid at the real-time price in both columns.
+        batch, realtime = actual.batch + extra.realtime, actual.realtime + extra.realtime
+        return Cost(batch, realtime, actual.estimated)
 
     @property
     def done(self) -> int:

@@ -17,7 +17,9 @@ def test_transient_failures_resubmit_only_failed_rows_and_end_all_succeeded(prov
     df = pd.DataFrame({"text": [f"row {i}" for i in range(60)]})
     with emulator.start(processing_seconds=0.05, error_rate=0.2, expire_rate=0.1, seed=3) as emu:
         client = client_for(provider, emu)
-        job = nb.submit(df, "{text}", model=model_for(client), client=client, output="out")
+        job = nb.submit(
+            df, "{text}", model=model_for(client), client=client, output="out", retries=0
+        )
         job.wait(timeout=30, progress=False)
         first = job.counts
         assert first["failed"] == 12 and first["expired"] == 6 and first["succeeded"] == 42

@@ -40,7 +40,7 @@ def test_dataframe_round_trip_keeps_index_columns_and_order(client):
     assert out["label_error"].isna().all()
     assert job.counts == {
         "succeeded": 25, "failed": 0, "expired": 0, "cancelled": 0, "skipped": 0,
-        "pending": 0, "total": 25,
+        "pending": 0, "total": 25, "reused": 0, "deduplicated": 0, "realtime": 0,
     }  # fmt: skip
     assert job.status == "completed"
     # merge() without arguments uses the submitted data

@@ -53,3 +53,32 @@ def encode_lines(custom_ids: pa.Array, prompts: pa.Array, line: dict[str, Any]) 
     buf = io.BytesIO()
     lines.write_csv(buf, include_header=False, quote_style="never", line_terminator="\n")
     return buf.getvalue()
+
+
+def read_lines(raw: bytes, schema: pa.Schema) -> pa.Table:
+    """Read JSON lines into ``schema`` (other fields skipped) with pyarrow's reader,
+    falling back to orjson line by line for a file the reader rejects (corrupt lines
+    are dropped; their custom_ids are reconciled as missing elsewhere)."""
+    import pyarrow.json as pajson
+
+    if not raw or raw.isspace():
+        return schema.empty_table()
+    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    for block in (1 << 22, 1 << 26):  # a line longer than a block needs a bigger one
+        try:
+            return pajson.read_json(
+                pa.BufferReader(raw),
+                read_options=pajson.ReadOptions(block_size=block),
+                parse_options=options,
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+    rows = []
+    for line in raw.splitlines():
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return pa.Table.from_pylist(rows, schema=schema)

@@ -17,7 +17,15 @@ import pyarrow.json as pajson
 
 from .._errors import BatchFailedError, InputError, ProviderError
 from . import _jsonl
-from .base import ROW_RESULT_SCHEMA, BatchInfo, Provider, RequestSpec, empty_results, is_transient
+from .base import (
+    ROW_RESULT_SCHEMA,
+    BatchInfo,
+    Provider,
+    RequestSpec,
+    empty_results,
+    is_transient,
+    sdk_kwargs,
+)
 
 #: Anthropic requires max_tokens on every request; this is nbbatch's default when the
 #: caller does not set one (enough for a paragraph or a small JSON object).
@@ -143,6 +151,23 @@ class AnthropicProvider(Provider):
         except anthropic.AnthropicError as exc:
             raise _provider_error(exc, f"cancelling batch {batch_id}") from exc
 
+    def find_batch(
+        self, metadata: dict[str, str], n_requests: int, since: float, known: set[str]
+    ) -> BatchInfo | None:
+        # Message batches carry no metadata: match on creation time and size instead,
+        # taking the oldest unknown batch of that size created after the attempt began.
+        try:
+            found = None
+            for batch in self.client.messages.batches.list(limit=100):
+                if batch.created_at.timestamp() < since - 60:
+                    break
+                info = _info(batch)
+                if batch.id not in known and info.total == n_requests:
+                    found = info
+            return found
+        except anthropic.AnthropicError as exc:
+            raise _provider_error(exc, "looking for an unrecorded batch") from exc
+
     def fetch_results(self, info: BatchInfo) -> list[bytes]:
         if not info.raw.get("results_url"):
             return []
@@ -160,12 +185,77 @@ class AnthropicProvider(Provider):
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
         return parse_lines(raw)
 
+    # -- real time ---------------------------------------------------------------------------
+    def realtime(self, custom_id: str, prompt: str, spec: RequestSpec) -> dict[str, Any]:
+        """One Messages API call with the params a batch request would carry, normalised
+        like :func:`parse_lines` normalises a results line."""
+        params = self.params(spec, prompt)
+        create = self.client.messages.create
+        try:
+            reply = create(**sdk_kwargs(create, params))
+        except anthropic.APIStatusError as exc:
+            kind = str(exc.type or f"http_{exc.status_code}")
+            return _realtime_row(
+                custom_id,
+                error=(kind, exc.api_message or exc.message, is_transient(kind, exc.status_code)),
+            )
+        except anthropic.APIConnectionError as exc:
+            kind = (
+                "timeout_error"
+                if isinstance(exc, anthropic.APITimeoutError)
+                else "api_connection_error"
+            )
+            return _realtime_row(custom_id, error=(kind, f"could not reach Anthropic: {exc}", True))
+        usage = reply.usage
+        read = usage.cache_read_input_tokens or 0
+        created = usage.cache_creation_input_tokens or 0
+        return _realtime_row(
+            custom_id,
+            # Text blocks joined, as _text does for batch results.
+            output="".join(b.text for b in reply.content if b.type == "text"),
+            # Every input token, cached ones included, as in _normalise.
+            input_tokens=usage.input_tokens + read + created,
+            output_tokens=usage.output_tokens,
+            cached_tokens=read,
+            truncated=reply.stop_reason == "max_tokens",
+        )
+
+    def truncated(self, raw: bytes, spec: RequestSpec) -> pa.Table:
+        """Which results lines hold a reply cut off at ``max_tokens``."""
+        t = _jsonl.read_lines(raw, LINE_SCHEMA)
+        message = pc.struct_field(t.column("result").combine_chunks(), "message")
+        cut = pc.equal(pc.struct_field(message, "stop_reason"), "max_tokens")
+        return pa.table(
+            {
+                "custom_id": t.column("custom_id").combine_chunks(),
+                "truncated": pc.fill_null(cut, False),
+            }
+        )
+
 
 def _output_format(response_format: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI-style ``response_format`` in Anthropic's ``output_config.format`` shape."""
-    if response_format.get("type") == "json_schema" and "json_schema" in response_format:
-        return {"type": "json_schema", "schema": response_format["json_schema"]["schema"]}
-    return response_format
+    """OpenAI-style ``response_format`` in Anthropic's ``output_config.format`` shape.
+
+    Anthropic's structured outputs accept a subset of JSON Schema and reject the rest
+    with a 400 (``minimum``, ``maxLength``, ... "is not supported"), so the schema goes
+    through the SDK's own ``transform_schema``, as ``messages.parse`` does: unsupported
+    keywords move into the description. Replies are still validated against the full
+    schema afterwards (:mod:`nbbatch.structured`).
+    """
+    if response_format.get("type") == "json_schema":
+        inner = response_format.get("json_schema")
+        schema = inner.get("schema") if isinstance(inner, dict) else response_format.get("schema")
+        if isinstance(schema, dict):
+            try:
+                return {"type": "json_schema", "schema": anthropic.transform_schema(schema)}
+            except (TypeError, ValueError) as exc:
+                raise InputError(
+                    f"response_format's schema cannot be sent to Anthropic: {exc}"
+                ) from exc
+    raise InputError(
+        f"Anthropic's structured output takes a JSON schema only (response_format type "
+        f"{response_format.get('type')!r} given); pass a pydantic model or a JSON schema."
+    )
 
 
 def _info(batch: Any) -> BatchInfo:
@@ -319,3 +409,30 @@ def _text(content: pa.Array) -> pa.Array:
     )
     per_row = pa.ListArray.from_arrays(content.offsets, texts)
     return pc.binary_join(per_row, pa.scalar("", pa.large_string()))
+
+
+# -- real time -----------------------------------------------------------------------------
+def _realtime_row(
+    custom_id: str,
+    *,
+    output: str | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+    cached_tokens: int | None = None,
+    truncated: bool = False,
+    error: tuple[str, str, bool] | None = None,
+) -> dict[str, Any]:
+    """One real-time result with the ROW_RESULT_SCHEMA keys (plus ``truncated``);
+    ``error`` is (type, message, retryable) for a failed request."""
+    return {
+        "custom_id": custom_id,
+        "status": "failed" if error else "succeeded",
+        "output": None if error else output,
+        "error_type": error[0] if error else None,
+        "error_message": error[1] if error else None,
+        "retryable": error[2] if error else None,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cached_tokens": cached_tokens,
+        "truncated": truncated,
+    }

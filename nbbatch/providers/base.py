@@ -130,6 +130,14 @@ class Provider(ABC):
         """Ask the provider to cancel the batch."""
 
     @abstractmethod
+    def find_batch(
+        self, metadata: dict[str, str], n_requests: int, since: float, known: set[str]
+    ) -> BatchInfo | None:
+        """A batch created at or after ``since`` (seconds since the epoch) for this job
+        part, not among ``known`` ids, or None: used to recover a create call whose
+        outcome was never recorded."""
+
+    @abstractmethod
     def fetch_results(self, info: BatchInfo) -> list[bytes]:
         """The raw result files of an ended batch (possibly empty), as received."""
 
@@ -137,7 +145,42 @@ class Provider(ABC):
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
         """Normalise one raw result file into a :data:`ROW_RESULT_SCHEMA` table."""
 
+    def realtime(self, custom_id: str, prompt: str, spec: RequestSpec) -> dict[str, Any]:
+        """Send one row's request through the provider's real-time API, now.
+
+        Returns one row with the :data:`ROW_RESULT_SCHEMA` keys, normalised like a batch
+        result line, plus ``truncated`` (the reply was cut off at the token limit). A
+        refusal of that one request (4xx, 5xx, connection) is a ``failed`` row with its
+        error, never an exception. Providers without a real-time API need not have it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no real-time API")
+
+    def truncated(self, raw: bytes, spec: RequestSpec) -> pa.Table:
+        """``custom_id`` and ``truncated`` (bool) for each line of one raw result file:
+        whether the reply was cut off at the token limit (not in ROW_RESULT_SCHEMA)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tell truncated replies")
+
 
 def empty_results() -> pa.Table:
     """A row-result table with no rows."""
     return ROW_RESULT_SCHEMA.empty_table()
+
+
+def sdk_kwargs(method: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` as keyword arguments for an SDK ``create`` method.
+
+    A request body can hold keys the installed SDK has no argument for (``**params``
+    passed through, or a field newer than the SDK); those go in ``extra_body`` so the
+    real-time request carries exactly the body a batch line would.
+    """
+    import inspect
+
+    try:
+        names = set(inspect.signature(method).parameters)
+    except (TypeError, ValueError):  # pragma: no cover - no signature: send all as extra
+        names = set()
+    known = {k: v for k, v in body.items() if k in names}
+    extra = {k: v for k, v in body.items() if k not in names}
+    if extra:
+        known["extra_body"] = extra
+    return known

@@ -18,7 +18,15 @@ import pyarrow.json as pajson
 
 from .._errors import BatchFailedError, InputError, ProviderError
 from . import _jsonl
-from .base import ROW_RESULT_SCHEMA, BatchInfo, Provider, RequestSpec, empty_results, is_transient
+from .base import (
+    ROW_RESULT_SCHEMA,
+    BatchInfo,
+    Provider,
+    RequestSpec,
+    empty_results,
+    is_transient,
+    sdk_kwargs,
+)
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -166,6 +174,21 @@ class OpenAIProvider(Provider):
         except openai.OpenAIError as exc:
             raise _provider_error(exc, f"cancelling batch {batch_id}") from exc
 
+    def find_batch(
+        self, metadata: dict[str, str], n_requests: int, since: float, known: set[str]
+    ) -> BatchInfo | None:
+        # Newest first; nbbatch tags every batch with its job and part in metadata.
+        try:
+            for batch in self.client.batches.list(limit=100):
+                if batch.created_at < since - 60:
+                    return None
+                meta = batch.metadata or {}
+                if batch.id not in known and all(meta.get(k) == v for k, v in metadata.items()):
+                    return _info(batch)
+        except openai.OpenAIError as exc:
+            raise _provider_error(exc, "looking for an unrecorded batch") from exc
+        return None
+
     def fetch_results(self, info: BatchInfo) -> list[bytes]:
         files = []
         for key in ("output_file_id", "error_file_id"):
@@ -179,6 +202,67 @@ class OpenAIProvider(Provider):
 
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
         return parse_lines(raw, spec.endpoint)
+
+    # -- real time ---------------------------------------------------------------------------
+    def realtime(self, custom_id: str, prompt: str, spec: RequestSpec) -> dict[str, Any]:
+        """One request through the real-time endpoint ``spec.endpoint``, with the body a
+        batch line would carry, normalised like :func:`parse_lines` normalises a line."""
+        body = self.body(spec, prompt)
+        try:
+            if spec.endpoint == "/v1/embeddings":
+                # Ask for floats: the SDK's default (base64) is not what a batch returns.
+                create: Any = self.client.embeddings.create
+                body = {**body, "encoding_format": "float"}
+            elif spec.endpoint == "/v1/responses":
+                create = self.client.responses.create
+            elif spec.endpoint == "/v1/chat/completions":
+                create = self.client.chat.completions.create
+            else:
+                raise InputError(
+                    f"endpoint {spec.endpoint!r} is not supported; use one of {list(ENDPOINTS)}."
+                )
+            reply = create(**sdk_kwargs(create, body))
+        except openai.APIStatusError as exc:
+            data = exc.body if isinstance(exc.body, dict) else {}
+            kind = exc.type or exc.code or data.get("type") or f"http_{exc.status_code}"
+            return _realtime_failure(
+                custom_id,
+                kind,
+                str(data.get("message") or exc.message),
+                is_transient(kind, exc.status_code),
+            )
+        except openai.APIConnectionError as exc:
+            kind = (
+                "timeout_error"
+                if isinstance(exc, openai.APITimeoutError)
+                else "api_connection_error"
+            )
+            return _realtime_failure(custom_id, kind, f"could not reach OpenAI: {exc}", True)
+        return _realtime_row(custom_id, reply, spec.endpoint)
+
+    def truncated(self, raw: bytes, spec: RequestSpec) -> pa.Table:
+        """Which lines of an output file hold a reply cut off at the token limit
+        (chat ``finish_reason: "length"``, Responses ``status: "incomplete"`` for
+        ``max_output_tokens``)."""
+        t = _jsonl.read_lines(raw, _TRUNCATION_SCHEMA)
+        body = pc.struct_field(t.column("response").combine_chunks(), "body")
+        if spec.endpoint == "/v1/responses":
+            cut = pc.and_(
+                pc.equal(pc.struct_field(body, "status"), "incomplete"),
+                pc.equal(
+                    pc.struct_field(body, ["incomplete_details", "reason"]), "max_output_tokens"
+                ),
+            )
+        else:
+            choices = pc.struct_field(body, "choices")
+            first = pc.list_element(pc.fill_null(choices, pa.scalar([None], choices.type)), 0)
+            cut = pc.equal(pc.struct_field(first, "finish_reason"), "length")
+        return pa.table(
+            {
+                "custom_id": t.column("custom_id").combine_chunks(),
+                "truncated": pc.fill_null(cut, False),
+            }
+        )
 
 
 def _responses_format(response_format: dict[str, Any]) -> dict[str, Any]:
@@ -384,3 +468,86 @@ def _responses_text(items: list[dict[str, Any]] | None) -> str | None:
         if part.get("type") == "output_text"
     ]
     return "".join(texts) if texts else None
+
+
+# -- real time -----------------------------------------------------------------------------
+#: The part of an output line that tells whether the reply was cut off.
+_TRUNCATION_SCHEMA = pa.schema(
+    [
+        ("custom_id", pa.string()),
+        (
+            "response",
+            pa.struct(
+                [
+                    (
+                        "body",
+                        pa.struct(
+                            [
+                                ("choices", pa.list_(pa.struct([("finish_reason", pa.string())]))),
+                                ("status", pa.string()),
+                                ("incomplete_details", pa.struct([("reason", pa.string())])),
+                            ]
+                        ),
+                    )
+                ]
+            ),
+        ),
+    ]
+)
+
+
+def _realtime_failure(custom_id: str, kind: str, message: str, retryable: bool) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "status": "failed",
+        "output": None,
+        "error_type": kind,
+        "error_message": message,
+        "retryable": retryable,
+        "input_tokens": None,
+        "output_tokens": None,
+        "cached_tokens": None,
+        "truncated": False,
+    }
+
+
+def _realtime_row(custom_id: str, reply: Any, endpoint: str) -> dict[str, Any]:
+    """A real-time reply in the terms :func:`parse_lines` gives a batch line."""
+    usage = reply.usage
+    truncated = False
+    cached = None
+    if endpoint == "/v1/embeddings":
+        # Like a batch line: the first vector as JSON text, no completion tokens.
+        text = orjson.dumps(reply.data[0].embedding).decode() if reply.data else None
+        input_tokens = usage.prompt_tokens if usage else None
+        output_tokens = None
+    elif endpoint == "/v1/responses":
+        text = _responses_text(reply.model_dump(mode="json").get("output"))
+        details = reply.incomplete_details
+        truncated = reply.status == "incomplete" and getattr(details, "reason", None) == (
+            "max_output_tokens"
+        )
+        input_tokens = usage.input_tokens if usage else None
+        output_tokens = usage.output_tokens if usage else None
+        if usage and usage.input_tokens_details:
+            cached = usage.input_tokens_details.cached_tokens
+    else:
+        choice = reply.choices[0] if reply.choices else None
+        text = choice.message.content if choice else None
+        truncated = choice is not None and choice.finish_reason == "length"
+        input_tokens = usage.prompt_tokens if usage else None
+        output_tokens = usage.completion_tokens if usage else None
+        if usage and usage.prompt_tokens_details:
+            cached = usage.prompt_tokens_details.cached_tokens
+    return {
+        "custom_id": custom_id,
+        "status": "succeeded",
+        "output": text,
+        "error_type": None,
+        "error_message": None,
+        "retryable": None,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cached_tokens": cached,
+        "truncated": truncated,
+    }
