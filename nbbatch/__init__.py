@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from . import emulator
+from . import emulator, pricing
 from ._errors import (
     BatchFailedError,
     ConfigError,
@@ -19,9 +19,10 @@ from ._errors import (
     ProviderError,
     TemplateError,
 )
-from .api import attach, jobs, submit
+from .api import Preview, attach, jobs, preview, submit, try_now
 from .job import BatchJob, PollPolicy
 from .snapshot import JobSnapshot
+from .styling import highlight
 
 __version__ = "0.1.0"
 
@@ -35,10 +36,15 @@ __all__ = [
     "MergeError",
     "NbbatchError",
     "PollPolicy",
+    "Preview",
     "ProviderError",
     "TemplateError",
     "attach",
     "emulator",
+    "highlight",
     "jobs",
+    "preview",
+    "pricing",
     "submit",
+    "try_now",
 ]

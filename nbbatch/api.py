@@ -12,16 +12,21 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+import orjson
 import pandas as pd
+import pyarrow as pa
 
+from . import estimate as _estimate_mod
 from . import plan as _plan
 from . import prompt as _prompt
 from . import providers as _providers
+from . import structured as _structured
 from ._errors import InputError, JobNotFoundError
 from .console import in_notebook
-from .job import LOCAL_POLLING, REMOTE_POLLING, BatchJob, new_job_id
+from .job import LOCAL_POLLING, REMOTE_POLLING, BatchJob, new_job_id, output_columns
 from .ledger import Ledger
 from .ledger import default as _default_ledger
+from .pricing import money
 from .providers.base import Provider, RequestSpec
 
 log = logging.getLogger("nbbatch")
@@ -38,11 +43,12 @@ def submit(
     system: str | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
-    response_format: dict[str, Any] | None = None,
+    response_format: Any = None,
     id_column: str | None = None,
     endpoint: str | None = None,
     missing: str = "skip",
     cache_system: bool = False,
+    max_cost: float | None = None,
     retries: int = 2,
     fallback: str | None = None,
     alert_threshold: float | None = 0.05,
@@ -61,7 +67,11 @@ def submit(
     no key needed); omitted, it follows ``client`` or the model name (``claude-*`` is
     Anthropic). ``client`` is an official SDK client, for Azure, a proxy or an emulator.
     Rows with a missing value in a used column are not sent (status ``skipped``) unless
-    ``missing="empty"``. ``cache_system=True`` marks the system prompt for Anthropic's
+    ``missing="empty"``. ``response_format`` (a pydantic model or a JSON schema) asks
+    for structured output: ``merge`` then adds one column per field, and a reply that
+    does not match the schema fails ``invalid_output``, keeping the raw text.
+    ``max_cost`` (dollars) refuses, before sending anything, a job whose estimated batch
+    cost is above it. ``cache_system=True`` marks the system prompt for Anthropic's
     prompt cache (OpenAI caches long shared prefixes by itself). Extra keyword arguments
     go into every request body as they are.
 
@@ -88,7 +98,8 @@ def submit(
     )
     if not isinstance(model, str) or not model:
         raise InputError("model must be a non-empty string, e.g. model='gpt-4o-mini'.")
-    _check_output_name(output, frame, is_series)
+    rf = None if response_format is None else _structured.response_format(response_format)
+    _check_output_name(output, rf, frame, is_series)
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise InputError(f"max_tokens must be a positive integer, found {max_tokens!r}.")
     if not isinstance(retries, int) or retries < 0:
@@ -103,13 +114,15 @@ def submit(
         system=system,
         max_tokens=max_tokens,
         temperature=temperature,
-        response_format=response_format,
+        response_format=rf,
         cache_system=cache_system,
         params=params,
     )
     rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
     # Encoding validates the endpoint and parameters before anything is sent.
     impl.encode(rows.custom_ids[:1], rows.prompts.slice(0, 1), spec)
+    if max_cost is not None:
+        _check_budget(rows, spec, max_cost)
     salt = _plan.spec_hash(spec.as_dict(), impl.name, impl.base_url)
     hashes = _plan.request_hashes(rows, salt)
     fingerprint = _plan.fingerprint(rows, hashes, salt, output, prompt, id_column)
@@ -145,16 +158,45 @@ def submit(
     return job
 
 
-def _check_output_name(output: str, frame: pd.DataFrame, is_series: bool) -> None:
+def _check_output_name(
+    output: str, response_format: dict[str, Any] | None, frame: pd.DataFrame, is_series: bool
+) -> None:
     if not isinstance(output, str) or not output:
         raise InputError("output must be a non-empty column name, e.g. output='sentiment'.")
     if is_series:
         return
-    clash = [n for n in (output, f"{output}_status", f"{output}_error") if n in frame.columns]
+    clash = [n for n in output_columns(output, response_format) if n in frame.columns]
     if clash:
         raise InputError(
             f"output={output!r} would overwrite column(s) {clash} when merging; choose "
-            "another output= name."
+            "another output= name (or rename the schema's fields)."
+        )
+
+
+def _estimate(rows: _plan.Plan, spec: RequestSpec, **kwargs: Any) -> _estimate_mod.Estimate:
+    return _estimate_mod.estimate(
+        rows.prompts,
+        model=spec.model,
+        system=spec.system,
+        max_tokens=spec.max_tokens,
+        endpoint=spec.endpoint,
+        **kwargs,
+    )
+
+
+def _check_budget(rows: _plan.Plan, spec: RequestSpec, max_cost: float) -> None:
+    est = _estimate(rows, spec)
+    if est.cost.batch is None:
+        raise InputError(
+            f"max_cost={max_cost} cannot be checked: nbbatch has no price for model "
+            f"{spec.model!r}. Set one with nb.pricing.set({spec.model!r}, input=..., "
+            "output=...) or drop max_cost."
+        )
+    if est.cost.batch > max_cost:
+        raise InputError(
+            f"The estimated batch cost, {money(est.cost.batch)}, is above max_cost="
+            f"{money(max_cost)}; nothing was sent. {est.summary()} Lower max_tokens, "
+            "send fewer rows, or raise max_cost."
         )
 
 
@@ -291,4 +333,156 @@ def _group(rows: list[tuple[Any, ...]]) -> dict[str, list[tuple[Any, Any]]]:
     out: dict[str, list[tuple[Any, Any]]] = {}
     for job_id, status, n in rows:
         out.setdefault(job_id, []).append((status, n))
+    return out
+
+
+def preview(
+    data: pd.DataFrame | pd.Series,
+    prompt: str,
+    *,
+    model: str,
+    n: int = 5,
+    provider: str | None = None,
+    system: str | None = None,
+    max_tokens: int | None = None,
+    expected_output_tokens: int | None = None,
+    id_column: str | None = None,
+    endpoint: str | None = None,
+    missing: str = "skip",
+) -> Preview:
+    """The first ``n`` rendered requests and, for the whole job, the estimated tokens and
+    cost at batch and at real-time prices. Sends nothing and needs no key.
+
+    Input tokens are exact with tiktoken when its encoding is cached locally, else
+    approximated (4 characters per token; always for Claude models); output tokens are
+    ``expected_output_tokens``, else ``max_tokens`` as an upper bound, else a guess of
+    100 per row. The returned DataFrame shows the estimate above the rows; it is also
+    ``.estimate``.
+    """
+    frame, is_series = _plan.as_frame(data)
+    template = _prompt.parse(prompt)
+    _prompt.check_columns(
+        template, [c for c in frame.columns if isinstance(c, str)], series=is_series
+    )
+    name, _ = _providers.infer(provider, None, model)
+    endpoint = endpoint or _providers.default_endpoint(name)
+    spec = RequestSpec(model=model, endpoint=endpoint, system=system, max_tokens=max_tokens)
+    rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
+    est = _estimate(rows, spec, expected_output_tokens=expected_output_tokens)
+    ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
+    table = _estimate_mod.preview_table(ids, rows.prompts, est.per_row_input, n)
+    out = Preview(table, columns=["custom_id", "prompt", "input_tokens"])
+    out.estimate = est
+    return out
+
+
+class Preview(pd.DataFrame):
+    """The first rendered requests, with the whole job's estimate (``.estimate``) shown
+    above them."""
+
+    _metadata = ["estimate"]
+    estimate: _estimate_mod.Estimate
+
+    @property
+    def _constructor(self) -> type[pd.DataFrame]:
+        return pd.DataFrame  # slices are plain frames
+
+    def __repr__(self) -> str:
+        return f"{self.estimate.summary()}\n\n{super().__repr__()}"
+
+    def _repr_html_(self) -> str | None:
+        from html import escape
+
+        head = f"<p><b>{escape(self.estimate.summary())}</b></p>"
+        return head + (super()._repr_html_() or "")
+
+
+def try_now(
+    data: pd.DataFrame | pd.Series,
+    prompt: str,
+    *,
+    model: str,
+    output: str = "response",
+    provider: str | None = None,
+    client: Any = None,
+    system: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    response_format: Any = None,
+    endpoint: str | None = None,
+    missing: str = "skip",
+    concurrency: int = 8,
+    **params: Any,
+) -> pd.DataFrame:
+    """Send the same requests as :func:`submit` through the real-time API, concurrently,
+    and return the merged DataFrame within seconds: for tuning a prompt on a few rows
+    (``df.head(5)``) before paying for all of them at batch price. Real-time calls cost
+    the full price; nothing is written to the ledger.
+    """
+    from . import realtime
+    from .job import realtime_checked
+
+    frame, is_series = _plan.as_frame(data)
+    template = _prompt.parse(prompt)
+    _prompt.check_columns(
+        template, [c for c in frame.columns if isinstance(c, str)], series=is_series
+    )
+    rf = None if response_format is None else _structured.response_format(response_format)
+    _check_output_name(output, rf, frame, is_series)
+    name, local = _providers.infer(provider, client, model)
+    impl = _providers.build(name, client, local=local)
+    spec = RequestSpec(
+        model=model,
+        endpoint=endpoint or impl.default_endpoint,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        response_format=rf,
+        params=params,
+    )
+    rows = _plan.make_plan(frame, template, missing=missing)
+    ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
+    table = realtime.run(
+        impl, ids, rows.prompts, spec, concurrency=concurrency, with_truncated=True
+    )
+    table = realtime_checked(table, spec)
+    return _merge_table(frame if not is_series else data.to_frame(), rows, table, output, spec)
+
+
+def _merge_table(
+    frame: pd.DataFrame, rows: _plan.Plan, table: pa.Table, output: str, spec: RequestSpec
+) -> pd.DataFrame:
+    """A result table merged into ``frame`` by position, like ``BatchJob.merge``."""
+    n = rows.n_rows
+    status = np.full(n, "skipped", dtype=object)
+    text = np.full(n, None, dtype=object)
+    error = np.full(n, None, dtype=object)
+    for pos, reason in zip(rows.skip_positions, rows.skip_reasons, strict=True):
+        error[pos] = f"skipped: {reason}"
+    sent = rows.send_positions
+    status[sent] = table.column("status").to_pylist()
+    text[sent] = table.column("output").to_pylist()
+    kinds = table.column("error_type").to_pylist()
+    messages = table.column("error_message").to_pylist()
+    error[sent] = [None if k is None else f"{k}: {m}" for k, m in zip(kinds, messages, strict=True)]
+    out = frame.copy()
+    if spec.response_format is None:
+        if spec.endpoint.endswith("embeddings"):
+            vectors = np.empty(n, dtype=object)  # a list per cell, not a 2-D array
+            vectors[:] = [None if t is None else orjson.loads(t) for t in text]
+            text = vectors
+        out[output] = text
+    else:
+        schema = _structured.schema_of(spec.response_format)
+        good = status == "succeeded"
+        parsed = _structured.parse_outputs(list(text[good]), schema)
+        values: list[Any] = [None] * n
+        for i, v in zip(np.flatnonzero(good), parsed.values, strict=True):
+            values[i] = v
+        for name, column in _structured.to_columns(values, schema).items():
+            out[name] = column
+    out[f"{output}_status"] = status
+    out[f"{output}_error"] = error
+    if spec.response_format is not None:
+        out[f"{output}_raw"] = text
     return out

@@ -85,6 +85,29 @@ REMOTE_POLLING = PollPolicy(2.0, 60.0)
 LOCAL_POLLING = PollPolicy(0.25, 2.0)
 
 
+def output_columns(output: str, response_format: dict[str, Any] | None) -> list[str]:
+    """The columns ``merge`` adds for this output name and response_format."""
+    if response_format is None:
+        return [output, f"{output}_status", f"{output}_error"]
+    from . import structured
+
+    fields = structured.columns_of(structured.schema_of(response_format))
+    return [*fields, f"{output}_status", f"{output}_error", f"{output}_raw"]
+
+
+def realtime_checked(table: pa.Table, spec: RequestSpec) -> pa.Table:
+    """A real-time result table (with its ``truncated`` column) in the row-result shape,
+    with replies checked against the schema when one was asked for."""
+    from . import structured
+    from .providers.base import ROW_RESULT_SCHEMA
+
+    cut = set(table.filter(table.column("truncated")).column("custom_id").to_pylist())
+    table = table.select(ROW_RESULT_SCHEMA.names)
+    if spec.response_format is None:
+        return table
+    return _results.check_structured(table, structured.schema_of(spec.response_format), cut)
+
+
 def new_job_id() -> str:
     """A readable, unique job id: ``nbb-YYYYMMDD-HHMMSS-xxxxxx``."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -428,12 +451,27 @@ class BatchJob:
             batch_failure=info.failure,
             failure_code=info.failure_code,
         )
+        table = rec.table
+        if spec.response_format is not None:
+            table = self._check_structured(table, raws)
         note = rec.note(info.batch_id)
-        self._ledger.record_results(self.id, info.batch_id, _results.ledger_rows(rec.table), note)
+        self._ledger.record_results(self.id, info.batch_id, _results.ledger_rows(table), note)
         if rec.unknown or rec.duplicates or rec.missing:
             self._warn(note)
         if info.failure:
             self._warn(f"batch {info.batch_id} failed as a whole: {info.failure}")
+
+    def _check_structured(self, table: pa.Table, raws: list[bytes]) -> pa.Table:
+        """Replies that do not match the schema, or were cut off, fail ``invalid_output``."""
+        from . import structured
+
+        spec = self.spec
+        assert spec.response_format is not None
+        cut: set[str] = set()
+        for raw in raws:
+            t = self._provider.truncated(raw, spec)
+            cut.update(t.filter(t.column("truncated")).column("custom_id").to_pylist())
+        return _results.check_structured(table, structured.schema_of(spec.response_format), cut)
 
     def _after_collect(self) -> None:
         """Apply the job's failure policy once no batch is open: automatic retries of
@@ -490,7 +528,8 @@ class BatchJob:
             return
         self._warn(f"sending {len(rows)} still-failing rows through the real-time API (full price)")
         ids, prompts = _ids_prompts(rows)
-        table = realtime.run(self._provider, ids, prompts, self.spec)
+        table = realtime.run(self._provider, ids, prompts, self.spec, with_truncated=True)
+        table = realtime_checked(table, self.spec)
         self._ledger.record_realtime(self.id, _results.ledger_rows(table))
 
     def _check_alert(self) -> None:
@@ -582,6 +621,7 @@ class BatchJob:
                     )
                 self._next_poll = self.clock() + delay
                 self.sleep(delay)
+                self._next_poll = None
             raise AssertionError("unreachable")
         finally:
             unsubscribe()
@@ -643,7 +683,7 @@ class BatchJob:
                 )
             df = self._data
         frame = df.to_frame() if isinstance(df, pd.Series) else df
-        names = [self.output, f"{self.output}_status", f"{self.output}_error"]
+        names = self.output_columns()
         clash = [n for n in names if n in frame.columns]
         if clash:
             raise MergeError(
@@ -667,10 +707,32 @@ class BatchJob:
         )
         take = self._align(stored, keys)
         out = frame.copy()
-        out[names[0]] = rows["output"].to_numpy()[take]
-        out[names[1]] = rows["status"].to_numpy()[take]
-        out[names[2]] = rows["error"].to_numpy()[take]
+        status = rows["status"].to_numpy()[take]
+        output = rows["output"].to_numpy()[take]
+        if self.spec.response_format is None:
+            out[self.output] = output
+        else:
+            from . import structured
+
+            schema = structured.schema_of(self.spec.response_format)
+            good = status == "succeeded"
+            parsed = structured.parse_outputs(list(output[good]), schema)
+            values: list[dict[str, Any] | None] = [None] * len(out)
+            for i, v in zip(np.flatnonzero(good), parsed.values, strict=True):
+                values[i] = v
+            for name, column in structured.to_columns(values, schema).items():
+                out[name] = column
+        out[f"{self.output}_status"] = status
+        out[f"{self.output}_error"] = rows["error"].to_numpy()[take]
+        if self.spec.response_format is not None:
+            out[f"{self.output}_raw"] = output
         return out
+
+    def output_columns(self) -> list[str]:
+        """The columns ``merge`` adds: ``{output}`` (or one per field of a structured
+        response_format), ``{output}_status``, ``{output}_error`` (and ``{output}_raw``,
+        the reply as received, with a response_format)."""
+        return output_columns(self.output, self.spec.response_format)
 
     def _align(self, wanted: np.ndarray, keys: np.ndarray) -> np.ndarray:
         """Positions into the job's rows for each row of the DataFrame being merged."""

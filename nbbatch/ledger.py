@@ -290,12 +290,18 @@ class Ledger:
     def _point_rows(
         db: sqlite3.Connection, job_id: str, batch_id: str, attempt: int, custom_ids: Sequence[str]
     ) -> None:
-        db.executemany(
-            "UPDATE rows SET batch_id = ?, attempt = ?, status = 'pending', output = NULL, "
-            "error_type = NULL, error = NULL, retryable = NULL, origin = 'batch' "
-            "WHERE job_id = ? AND (custom_id = ? OR source = ?)",
-            ((batch_id, attempt, job_id, cid, cid) for cid in custom_ids),
+        sets = (
+            "SET batch_id = ?, attempt = ?, status = 'pending', output = NULL, error_type = NULL, "
+            "error = NULL, retryable = NULL, origin = 'batch' WHERE job_id = ?"
         )
+        args = [(batch_id, attempt, job_id, cid) for cid in custom_ids]
+        db.executemany(f"UPDATE rows {sets} AND custom_id = ?", args)
+        # Rows deduplicated onto these leaders follow them (two statements: an OR of
+        # the two conditions would defeat both indexes).
+        if db.execute(
+            "SELECT 1 FROM rows WHERE job_id = ? AND source IS NOT NULL LIMIT 1", (job_id,)
+        ).fetchone():
+            db.executemany(f"UPDATE rows {sets} AND source = ?", args)
 
     def confirm_batch(self, intent: str, batch_id: str, status: str, raw: dict[str, Any]) -> None:
         """Swap a provisional id for the provider's batch id, the moment create returns."""
@@ -382,10 +388,10 @@ class Ledger:
             self._event(db, job_id, "realtime", "results from the real-time fallback recorded")
 
     def sent_ids(self, batch_id: str) -> list[str]:
-        """The custom_ids whose latest attempt went out in this batch."""
-        return [
-            r[0] for r in self.query("SELECT custom_id FROM rows WHERE batch_id = ?", (batch_id,))
-        ]
+        """The custom_ids whose latest attempt went out in this batch (leaders only:
+        deduplicated rows were not sent themselves)."""
+        sql = "SELECT custom_id FROM rows WHERE batch_id = ? AND source IS NULL"
+        return [r[0] for r in self.query(sql, (batch_id,))]
 
     def record_results(
         self, job_id: str, batch_id: str, rows: Iterable[tuple[Any, ...]], note: str

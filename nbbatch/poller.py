@@ -29,6 +29,7 @@ class Poller:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.error: BaseException | None = None  # a non-transient error that ended polling
+        self.exiting = False  # set the moment the loop decides to end
         self._thread = threading.Thread(
             target=self._run, name=f"nbbatch-poll-{job.id}", daemon=True
         )
@@ -40,8 +41,8 @@ class Poller:
 
     @property
     def running(self) -> bool:
-        """True while the thread is polling."""
-        return self._thread.is_alive()
+        """True while the thread is polling (and not about to stop)."""
+        return self._thread.is_alive() and not self.exiting
 
     def poke(self) -> None:
         """Poll now instead of at the next scheduled time."""
@@ -57,6 +58,12 @@ class Poller:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.exiting = True
+
+    def _loop(self) -> None:
         job = self._job()
         delays = job.polling.delays() if job else iter(())
         del job
@@ -66,16 +73,20 @@ class Poller:
             job = self._job()
             if job is None:  # nobody holds the job any more
                 return
+            # Known before the refresh, so the snapshot it publishes can say when next.
+            job._next_poll = job.clock() + delay
             try:
                 snap = job.refresh()
             except NbbatchError as exc:  # not transient: show it and stop
                 self.error = exc
                 log.warning("nbbatch: polling job %s stopped: %s", job.id, exc)
+                job._next_poll = None
                 job._set_poll_error(exc)
                 return
             if snap.finished:
+                job._next_poll = None
+                self.exiting = True
                 return
-            job._next_poll = job.clock() + delay
             del job, snap
             if self._wake.wait(delay):
                 self._wake.clear()

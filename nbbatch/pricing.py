@@ -1,38 +1,31 @@
 """Prices per million tokens, and what a job costs at batch and real-time prices.
 
-The table is a snapshot (see :data:`PRICES_DATE`); providers change prices, so treat
-every figure as an estimate and override with :func:`set_price`. A model that is not in
+The table is a dated data file, ``prices.json`` (see :data:`PRICES_DATE`); providers
+change prices, so treat every figure as an estimate and override with :func:`set_price`
+(``nb.pricing.set``). A model that is not in
 the table has an unknown price: nbbatch says so rather than show a wrong number.
 Batch prices are half the real-time prices at both OpenAI and Anthropic.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from importlib import resources
 
-PRICES_DATE = "2026-11-01"
+
+def _load() -> tuple[str, dict[str, tuple[float, float, float]]]:
+    raw = json.loads(resources.files(__package__).joinpath("prices.json").read_text())
+    models = {
+        name: (p["input"], p["cached_input"], p["output"]) for name, p in raw["models"].items()
+    }
+    return raw["date"], models
+
 
 #: model prefix -> (input, cached input, output) in US dollars per million tokens,
-#: real-time. The longest matching prefix wins, so dated snapshots match their family.
-_REALTIME: dict[str, tuple[float, float, float]] = {
-    "gpt-4o-mini": (0.15, 0.075, 0.60),
-    "gpt-4o": (2.50, 1.25, 10.00),
-    "gpt-4.1-nano": (0.10, 0.025, 0.40),
-    "gpt-4.1-mini": (0.40, 0.10, 1.60),
-    "gpt-4.1": (2.00, 0.50, 8.00),
-    "gpt-5-nano": (0.05, 0.005, 0.40),
-    "gpt-5-mini": (0.25, 0.025, 2.00),
-    "gpt-5": (1.25, 0.125, 10.00),
-    "o4-mini": (1.10, 0.275, 4.40),
-    "text-embedding-3-small": (0.02, 0.02, 0.0),
-    "text-embedding-3-large": (0.13, 0.13, 0.0),
-    "claude-haiku-4-5": (1.00, 0.10, 5.00),
-    "claude-sonnet-4-5": (3.00, 0.30, 15.00),
-    "claude-sonnet-4": (3.00, 0.30, 15.00),
-    "claude-opus-4-1": (15.00, 1.50, 75.00),
-    "claude-opus-4-5": (5.00, 0.50, 25.00),
-    "claude-3-5-haiku": (0.80, 0.08, 4.00),
-}
+#: real-time, from ``prices.json``. The longest matching prefix wins, so dated
+#: snapshots (``gpt-4o-mini-2024-07-18``) match their family.
+PRICES_DATE, _REALTIME = _load()
 BATCH_DISCOUNT = 0.5
 
 
@@ -41,6 +34,10 @@ def set_price(
 ) -> None:
     """Set (or override) a model's real-time price in dollars per million tokens."""
     _REALTIME[model] = (input, input if cached_input is None else cached_input, output)
+
+
+#: ``nb.pricing.set("my-model", input=1.0, output=2.0)``
+set = set_price  # noqa: A001 - the name users reach for, inside this module only
 
 
 def price_of(model: str) -> tuple[float, float, float] | None:
@@ -65,10 +62,15 @@ class Cost:
         return self.realtime - self.batch
 
     def __str__(self) -> str:
-        if self.batch is None:
+        if self.batch is None or self.realtime is None:
             return "unknown price"
         label = "estimate " if self.estimated else ""
-        return f"{label}${self.batch:,.4f} batch vs ${self.realtime:,.4f} real time"
+        return f"{label}{money(self.batch)} batch vs {money(self.realtime)} real time"
+
+
+def money(dollars: float) -> str:
+    """Dollars for people: cents above a dollar, three significant digits below."""
+    return f"${dollars:,.2f}" if dollars >= 1 else f"${dollars:.3g}"
 
 
 def cost(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -136,3 +137,39 @@ def ledger_rows(table: pa.Table) -> zip[tuple[object, ...]]:
 
 
 __all__ = ["Reconciled", "reconcile", "ledger_rows"]
+
+
+def check_structured(table: pa.Table, schema: dict[str, Any], truncated: set[str]) -> pa.Table:
+    """Turn succeeded rows whose reply is not valid against ``schema`` (or was cut off at
+    the token limit, ``truncated`` custom_ids) into ``invalid_output`` failures.
+
+    The raw reply stays in ``output`` (merge shows it as ``{output}_raw``); such rows are
+    retryable, since another try, or a larger ``max_tokens``, can succeed.
+    """
+    from . import structured
+
+    status = table.column("status").to_pylist()
+    ids = table.column("custom_id").to_pylist()
+    outputs = table.column("output").to_pylist()
+    ok = [i for i, s in enumerate(status) if s == "succeeded"]
+    if not ok:
+        return table
+    parsed = structured.parse_outputs(
+        [outputs[i] for i in ok], schema, truncated=[ids[i] in truncated for i in ok]
+    )
+    if parsed.n_invalid == 0:
+        return table
+    error_type = table.column("error_type").to_pylist()
+    message = table.column("error_message").to_pylist()
+    retryable = table.column("retryable").to_pylist()
+    prefix = f"{structured.INVALID_OUTPUT}: "
+    for i, good, why in zip(ok, parsed.ok, parsed.errors, strict=True):
+        if not good:
+            status[i], error_type[i], retryable[i] = "failed", structured.INVALID_OUTPUT, True
+            message[i] = (why or "").removeprefix(prefix)
+    return (
+        table.set_column(1, "status", pa.array(status, pa.string()))
+        .set_column(3, "error_type", pa.array(error_type, pa.string()))
+        .set_column(4, "error_message", pa.array(message, pa.large_string()))
+        .set_column(5, "retryable", pa.array(retryable, pa.bool_()))
+    )

@@ -172,6 +172,7 @@ def test_identical_requests_in_one_job_are_sent_once_and_fanned_out(client):
     assert job.snapshot().batches[0].n_requests == 3
     job.wait(timeout=30, progress=False)
     assert job.counts["deduplicated"] == 3 and job.counts["succeeded"] == 6
+    assert len(job.batch_ids) == 1 and job.snapshot().warnings == ()
     assert job.merge()["response"].tolist() == [emulator.echo_text(t) for t in df["text"]]
     # Every row's own custom_id is kept, and the cost counts each request once.
     assert job.results()["status"].eq("succeeded").all()
@@ -291,3 +292,21 @@ def test_command_line_lists_reports_collects_and_cancels(
     assert "No job" in capsys.readouterr().err
     slow = nb.submit(frame(4, "slow"), "{text}", model=model_for(client), client=client)
     assert cli(["cancel", slow.id]) == 0
+
+
+@pytest.mark.slow
+def test_a_job_larger_than_one_batch_is_split_and_merged(provider):
+    with emulator.start(processing_seconds=0.2) as emu:
+        client = client_for(provider, emu)
+        n = 120_000
+        df = pd.DataFrame({"text": [f"r{i}" for i in range(n)]})
+        job = nb.submit(df, "{text}", model=model_for(client), client=client, max_tokens=20)
+        sizes = [b.n_requests for b in job.snapshot().batches]
+        limit = 50_000 if provider == "openai" else 100_000
+        assert sum(sizes) == n and max(sizes) <= limit and len(sizes) == -(-n // limit)
+        job.wait(timeout=300, progress=False)
+        assert_every_row_terminal_once(job, n)
+        out = job.merge()
+        assert (out["response_status"] == "succeeded").all()
+        sample = out.sample(500, random_state=0)
+        assert sample["response"].tolist() == [emulator.echo_text(t) for t in sample["text"]]

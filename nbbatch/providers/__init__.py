@@ -53,6 +53,11 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
     return by_model, False
 
 
+def default_endpoint(name: str) -> str:
+    """The endpoint a provider's requests go to unless ``endpoint=`` says otherwise."""
+    return _REGISTRY[name].default_endpoint
+
+
 def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     """Build the provider ``name`` around ``client`` (or a default client)."""
     cls = _REGISTRY[name]

@@ -1,0 +1,375 @@
+"""Tokens and cost of a job before it is sent.
+
+Token counting (:func:`count_tokens`) is exact when it can be and labelled when not:
+
+- **exact** with ``tiktoken`` for OpenAI models whose encoding (``o200k_base``,
+  ``cl100k_base``, ...) is already on this machine: loaded in this process, or its BPE
+  file present in tiktoken's cache (``TIKTOKEN_CACHE_DIR``, else ``DATA_GYM_CACHE_DIR``,
+  else ``<tmp>/data-gym-cache``) with the checksum tiktoken expects. tiktoken would
+  download a missing or damaged file on first use; nbbatch checks the cache itself
+  first and never lets it, so counting makes no network call, ever (a notebook on a
+  plane, a locked-down cluster or CI must not hang or leak). To get exact counts, load
+  the encoding once where there is internet (``tiktoken.get_encoding("o200k_base")``)
+  or copy the cache folder over.
+- **approximate** otherwise: ``ceil(characters / 4)`` per text, OpenAI's rule of thumb
+  for English. Claude models always use it, because Anthropic's tokenizer is not
+  public (its counts for the same text are usually somewhat higher).
+
+:func:`estimate` adds what every request carries besides the prompt - the system
+prompt, once per row, and :data:`MESSAGE_OVERHEAD` tokens per message plus
+:data:`REPLY_OVERHEAD` per request for the chat format (OpenAI's published accounting
+for chat models; used for Claude as the same kind of rough figure) - guesses the
+output, and prices both with :mod:`nbbatch.pricing` at batch and real-time rates. No
+cache hits are assumed, so the estimate errs high.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import os
+import tempfile
+import textwrap
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import pricing
+from .pricing import Cost
+
+#: Characters per token of the approximation.
+CHARS_PER_TOKEN = 4
+APPROXIMATE = "approximate (4 characters per token)"
+APPROXIMATE_CLAUDE = "approximate (4 characters per token; Anthropic's tokenizer is not public)"
+#: Tokens the chat format adds per message (role and separators) and per request (the
+#: primed assistant reply), per OpenAI's accounting for chat models.
+MESSAGE_OVERHEAD = 3
+REPLY_OVERHEAD = 3
+#: Output tokens assumed per row when neither expected_output_tokens nor max_tokens is
+#: given: a label, a sentence or a small JSON object.
+DEFAULT_OUTPUT_TOKENS = 100
+EMBEDDINGS = "/v1/embeddings"
+
+
+# ----------------------------------------------------------------------- counting tokens
+
+
+def count_tokens(texts: Sequence[str | None] | pa.Array, model: str) -> tuple[np.ndarray, str]:
+    """Tokens of each text for ``model`` and how they were counted.
+
+    Returns an ``int64`` array (0 for a missing text) and the method label: ``"exact
+    (tiktoken <encoding>)"`` or an ``"approximate (...)"`` label; see the module
+    docstring. Never makes a network call.
+    """
+    arr = (
+        texts
+        if isinstance(texts, pa.Array | pa.ChunkedArray)
+        else pa.array(texts, pa.large_string())
+    )
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    encoding = local_encoding(model)
+    if encoding is None:
+        return approximate_tokens(arr), APPROXIMATE_CLAUDE if is_claude(model) else APPROXIMATE
+    values = [t or "" for t in arr.to_pylist()]
+    # encode_ordinary: a prompt that happens to contain "<|endoftext|>" is text here,
+    # not a special token (plain encode() would raise on it).
+    counts = np.fromiter(
+        (len(ids) for ids in encoding.encode_ordinary_batch(values)),
+        dtype=np.int64,
+        count=len(values),
+    )
+    return counts, f"exact (tiktoken {encoding.name})"
+
+
+def approximate_tokens(texts: pa.Array) -> np.ndarray:
+    """``ceil(characters / 4)`` per text, vectorised; 0 for a missing text."""
+    if len(texts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    chars = pc.fill_null(pc.utf8_length(pc.cast(texts, pa.large_string())), 0)
+    n = chars.to_numpy(zero_copy_only=False).astype(np.int64)
+    return -(-n // CHARS_PER_TOKEN)
+
+
+def is_claude(model: str) -> bool:
+    """Whether ``model`` names an Anthropic model."""
+    return model.lower().startswith(("claude", "anthropic."))
+
+
+_ENCODINGS: dict[tuple[str, str | None], Any] = {}
+_LOCK = threading.Lock()
+
+
+def local_encoding(model: str) -> Any | None:
+    """The tiktoken ``Encoding`` for ``model`` if it can be had without the network.
+
+    None for Claude models, models tiktoken does not know, when tiktoken is not
+    installed, and when the encoding's files are not (intact) in the local cache.
+    """
+    if is_claude(model):
+        return None
+    try:
+        import tiktoken
+        import tiktoken.model
+        import tiktoken.registry
+    except ImportError:
+        return None
+    try:
+        name = tiktoken.model.encoding_name_for_model(model)
+    except KeyError:
+        return None
+    loaded = tiktoken.registry.ENCODINGS.get(name)
+    if loaded is not None:  # already built in this process: no files needed
+        return loaded
+    key = (name, _cache_dir())
+    with _LOCK:
+        if key in _ENCODINGS:
+            return _ENCODINGS[key]
+        encoding = None
+        if _files_cached(name):
+            try:
+                encoding = tiktoken.get_encoding(name)
+            except Exception:  # a damaged plugin or file: fall back, never fail
+                encoding = None
+        _ENCODINGS[key] = encoding
+        return encoding
+
+
+def _cache_dir() -> str | None:
+    """tiktoken's cache folder, by its own rules; None when caching is switched off."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        folder = os.environ["TIKTOKEN_CACHE_DIR"]
+    elif "DATA_GYM_CACHE_DIR" in os.environ:
+        folder = os.environ["DATA_GYM_CACHE_DIR"]
+    else:
+        folder = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    return folder or None
+
+
+def _files_cached(name: str) -> bool:
+    """Whether every file encoding ``name`` loads is local and has the expected hash.
+
+    The file names and hashes are read from the source of tiktoken's own constructor
+    for the encoding (calling it would download); anything unexpected there means
+    "not cached", so a future tiktoken costs exactness, never a network call.
+    """
+    import tiktoken
+    import tiktoken.registry
+
+    tiktoken.list_encoding_names()  # imports the plugins' constructors; no network
+    constructor = (tiktoken.registry.ENCODING_CONSTRUCTORS or {}).get(name)
+    files = _constructor_files(constructor) if constructor is not None else None
+    if not files:
+        return False
+    folder = _cache_dir()
+    for location, expected in files:
+        if "://" not in location:  # a local file: tiktoken reads it directly
+            path = location
+        elif folder is None:  # caching switched off: tiktoken would always download
+            return False
+        else:
+            path = os.path.join(folder, hashlib.sha1(location.encode()).hexdigest())
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return False
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            return False  # tiktoken would delete it and download again
+    return True
+
+
+# The loader calls in tiktoken's constructors, and which of their arguments name a file
+# and its sha256.
+_LOADERS = {
+    "load_tiktoken_bpe": [("tiktoken_bpe_file", 0, "expected_hash")],
+    "data_gym_to_mergeable_bpe_ranks": [
+        ("vocab_bpe_file", 0, "vocab_bpe_hash"),
+        ("encoder_json_file", 1, "encoder_json_hash"),
+    ],
+}
+
+
+def _constructor_files(constructor: Any) -> list[tuple[str, str | None]] | None:
+    """[(file location, sha256 or None)] that ``constructor`` loads, or None if unsure."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(constructor)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    files: list[tuple[str, str | None]] = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        fname = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+        if fname not in _LOADERS:
+            continue
+        keywords = {k.arg: k.value for k in node.keywords if k.arg}
+        for arg_name, position, hash_name in _LOADERS[fname]:
+            arg = keywords.get(arg_name)
+            if arg is None and position < len(node.args):
+                arg = node.args[position]
+            digest = keywords.get(hash_name)
+            if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                return None  # a computed location: cannot check it without running it
+            expected: str | None = None
+            if digest is not None:
+                if not (isinstance(digest, ast.Constant) and isinstance(digest.value, str)):
+                    return None
+                expected = digest.value
+            files.append((arg.value, expected))
+    return files or None
+
+
+# ---------------------------------------------------------------------------- estimating
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a job should use and cost, before it is sent (see :func:`estimate`)."""
+
+    model: str
+    rows: int
+    input_tokens: int
+    output_tokens: int
+    cost: Cost  # batch and real time, estimated=True
+    method: str  # how input tokens were counted
+    output_basis: str  # where the output figure comes from
+    per_row_input: np.ndarray = field(repr=False, compare=False)  # input tokens per row
+
+    @property
+    def saving(self) -> float | None:
+        """Dollars the batch price saves over real time (None when the price is unknown)."""
+        return self.cost.saving
+
+    def summary(self) -> str:
+        """A few lines for a notebook or a log."""
+        batch, live = self.cost.batch, self.cost.realtime
+        if batch is None or live is None:
+            money = (
+                f"unknown price for {self.model!r}; set one with "
+                "nbbatch.pricing.set_price(model, input=..., output=...)"
+            )
+        else:
+            saving = live - batch
+            pct = f" ({saving / live:.0%})" if live else ""
+            money = f"${batch:,.4f} batch vs ${live:,.4f} real time (saves ${saving:,.4f}{pct})"
+        return "\n".join(
+            [
+                f"Estimate for {self.rows:,} rows on {self.model}",
+                f"  input tokens   {self.input_tokens:>12,}  {self.method}",
+                f"  output tokens  {self.output_tokens:>12,}  {self.output_basis}",
+                f"  cost           {money}",
+            ]
+        )
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready figures (for the ledger, the panel, an error message)."""
+        return {
+            "model": self.model,
+            "rows": self.rows,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "batch_cost": self.cost.batch,
+            "realtime_cost": self.cost.realtime,
+            "method": self.method,
+            "output_basis": self.output_basis,
+        }
+
+
+def estimate(
+    prompts: Sequence[str | None] | pa.Array,
+    *,
+    model: str,
+    system: str | None = None,
+    max_tokens: int | None = None,
+    expected_output_tokens: int | None = None,
+    endpoint: str | None = None,
+) -> Estimate:
+    """Estimate the tokens and cost of sending one request per prompt to ``model``.
+
+    Input per row: the prompt's tokens, the system prompt's (it is sent with every
+    row), and the chat format's overhead (:data:`MESSAGE_OVERHEAD` per message plus
+    :data:`REPLY_OVERHEAD`); embeddings (``endpoint="/v1/embeddings"`` or a
+    ``text-embedding-*`` model) count the text alone. Output per row: the
+    ``expected_output_tokens`` given, else ``max_tokens`` (an upper bound), else
+    :data:`DEFAULT_OUTPUT_TOKENS` (0 for embeddings).
+    """
+    arr = (
+        prompts
+        if isinstance(prompts, pa.Array | pa.ChunkedArray)
+        else pa.array(prompts, pa.large_string())
+    )
+    rows = len(arr)
+    embeddings = endpoint == EMBEDDINGS or model.startswith("text-embedding")
+    per_row, method = count_tokens(arr, model)
+    if not embeddings:
+        messages = 1
+        if system:
+            system_tokens, _ = count_tokens([system], model)
+            per_row = per_row + int(system_tokens[0])
+            messages += 1
+        per_row = per_row + (MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD)
+        method += (
+            f"; incl. the system prompt and {MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD} "
+            "tokens of message overhead per row"
+            if system
+            else f"; incl. {MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD} tokens of message "
+            "overhead per row"
+        )
+    if embeddings:
+        out_per_row, basis = 0, "none (embeddings)"
+    elif expected_output_tokens is not None:
+        out_per_row, basis = (
+            int(expected_output_tokens),
+            f"{expected_output_tokens} per row, as given",
+        )
+    elif max_tokens is not None:
+        out_per_row, basis = (
+            int(max_tokens),
+            f"at most {max_tokens} per row (max_tokens; an upper bound)",
+        )
+    else:
+        out_per_row = DEFAULT_OUTPUT_TOKENS
+        basis = (
+            f"a guess of {DEFAULT_OUTPUT_TOKENS} per row "
+            "(pass expected_output_tokens= or max_tokens= for a better one)"
+        )
+    input_tokens = int(per_row.sum())
+    output_tokens = out_per_row * rows
+    return Estimate(
+        model=model,
+        rows=rows,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost=pricing.cost(model, input_tokens, output_tokens, estimated=True),
+        method=method,
+        output_basis=basis,
+        per_row_input=per_row,
+    )
+
+
+def preview_table(
+    custom_ids: Sequence[str] | pa.Array,
+    prompts: Sequence[str | None] | pa.Array,
+    token_counts: Sequence[int] | np.ndarray,
+    n: int = 5,
+) -> list[dict[str, Any]]:
+    """The first ``n`` requests as records: custom_id, the rendered prompt and its
+    estimated input tokens (ready for ``pandas.DataFrame``)."""
+    ids = custom_ids[:n].to_pylist() if isinstance(custom_ids, pa.Array) else list(custom_ids[:n])
+    texts = prompts[:n].to_pylist() if isinstance(prompts, pa.Array) else list(prompts[:n])
+    counts = [int(c) for c in list(token_counts[:n])]
+    return [
+        {"custom_id": i, "prompt": p, "input_tokens": c}
+        for i, p, c in zip(ids, texts, counts, strict=False)
+    ]
