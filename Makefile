@@ -20,6 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check nbbatch tests benchmarks
 	$(PY) -m ruff format --check nbbatch tests benchmarks
+	$(PY) -m mypy nbbatch
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -29,6 +30,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_io.py
+	$(PY) benchmarks/bench_e2e.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -70,101 +70,116 @@ def make_output(n: int, path: Path) -> None:
             f.write(json.dumps(line) + "\n")
 
 
-# -- the measured steps --------------------------------------------------------------------
-def build_fast(n: int, out: str) -> int:
+# -- the measured steps: each a setup (not measured) and a timed run ------------------------
+def build_fast(n: int, out: str):
     from nbbatch import plan, prompt
     from nbbatch.providers.base import RequestSpec
     from nbbatch.providers.openai import OpenAIProvider
 
     df = make_frame(n)
-    t0 = time.perf_counter()
-    template = prompt.parse(PROMPT)
-    p = plan.make_plan(df, template)
     spec = RequestSpec(model="gpt-4o-mini", endpoint="/v1/chat/completions", max_tokens=20)
-    data = OpenAIProvider(None).encode(p.custom_ids, p.prompts, spec)  # type: ignore[arg-type]
-    elapsed = time.perf_counter() - t0
-    Path(out).write_bytes(data)
-    return int(elapsed * 1e6)
+
+    def run() -> None:
+        template = prompt.parse(PROMPT)
+        p = plan.make_plan(df, template)
+        data = OpenAIProvider(None).encode(p.custom_ids, p.prompts, spec)  # type: ignore[arg-type]
+        Path(out).write_bytes(data)
+
+    return run
 
 
-def build_baseline(n: int, out: str) -> int:
+def build_baseline(n: int, out: str):
     df = make_frame(n)
-    t0 = time.perf_counter()
 
     def line(row):
+        text = PROMPT.format(product=row["product"], review=row["review"])
         body = {
             "model": "gpt-4o-mini",
-            "messages": [
-                {
-                    "role": "user",
-                    "content": PROMPT.format(product=row["product"], review=row["review"]),
-                }
-            ],
+            "messages": [{"role": "user", "content": text}],
             "max_completion_tokens": 20,
         }
-        return json.dumps(
-            {
-                "custom_id": str(row.name),
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": body,
-            }
-        )
+        request = {"custom_id": str(row.name), "method": "POST", "url": "/v1/chat/completions"}
+        return json.dumps({**request, "body": body})
 
-    text = "\n".join(df.apply(line, axis=1)) + "\n"
-    elapsed = time.perf_counter() - t0
-    Path(out).write_text(text)
-    return int(elapsed * 1e6)
+    def run() -> None:
+        Path(out).write_text("\n".join(df.apply(line, axis=1)) + "\n")
+
+    return run
 
 
-def parse_fast(n: int, src: str) -> int:
+def parse_fast(n: int, src: str):
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
 
     from nbbatch import results
     from nbbatch.providers.openai import parse_lines
 
     df = pd.DataFrame({"x": np.arange(n)})
-    raw = Path(src).read_bytes()
-    t0 = time.perf_counter()
-    table = parse_lines(raw)
-    rec = results.reconcile([str(i) for i in range(n)], [table])
-    # scatter into a column by custom_id
-    pos = pd.Index(rec.table.column("custom_id").to_numpy(zero_copy_only=False)).astype(int)
-    col = np.empty(n, dtype=object)
-    col[pos] = rec.table.column("output").to_numpy(zero_copy_only=False)
-    df["answer"] = col
-    elapsed = time.perf_counter() - t0
-    assert df["answer"].iloc[7] == 'answer "7" é' and rec.missing == 0
-    return int(elapsed * 1e6)
+    sent = pa.array([str(i) for i in range(n)])  # the ids the job sent, from its ledger
+    path = Path(src)
+
+    def run() -> None:
+        table = parse_lines(path.read_bytes())
+        rec = results.reconcile(sent, [table])
+        # scatter into a column by custom_id (position = the id here)
+        pos = np.asarray(
+            pd.to_numeric(rec.table.column("custom_id").to_numpy(zero_copy_only=False))
+        )
+        col = np.empty(n, dtype=object)
+        col[pos] = rec.table.column("output").to_numpy(zero_copy_only=False)
+        df["answer"] = col
+        assert df["answer"].iloc[7] == 'answer "7" é' and rec.missing == 0
+
+    return run
 
 
-def parse_baseline(n: int, src: str) -> int:
+def parse_baseline(n: int, src: str):
     import numpy as np
     import pandas as pd
 
     df = pd.DataFrame({"x": np.arange(n)})
-    text = Path(src).read_text()
-    t0 = time.perf_counter()
-    answers = {}
-    for raw in text.splitlines():
-        obj = json.loads(raw)
-        answers[obj["custom_id"]] = obj["response"]["body"]["choices"][0]["message"]["content"]
-    df["answer"] = df.index.astype(str).map(answers)
-    elapsed = time.perf_counter() - t0
-    assert df["answer"].iloc[7] == 'answer "7" é'
-    return int(elapsed * 1e6)
+    path = Path(src)
+
+    def run() -> None:
+        answers = {}
+        for raw in path.read_text().splitlines():
+            obj = json.loads(raw)
+            answers[obj["custom_id"]] = obj["response"]["body"]["choices"][0]["message"]["content"]
+        df["answer"] = df.index.astype(str).map(answers)
+        assert df["answer"].iloc[7] == 'answer "7" é'
+
+    return run
+
+
+def _peak_rss() -> int:
+    """The process's resident-set high-water mark, in bytes (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def _child(fn, args, q) -> None:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    micros = fn(*args)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    q.put((micros / 1e6, (after - before) * 1024))
+    run = fn(*args)  # setup: imports and input data, not measured
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
+    before = _rss()
+    t0 = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - t0
+    q.put((seconds, max(0, _peak_rss() - before)))
 
 
 def measure(fn, *args) -> tuple[float, int]:
-    """(seconds, extra peak bytes) of ``fn(*args)`` in a fresh process."""
+    """(seconds, peak bytes above the memory held before the timed part) of one step,
+    in a fresh process."""
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     p = ctx.Process(target=_child, args=(fn, args, q))

@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import logging
+
+from . import accessor as _accessor  # noqa: F401 - registers df.nbbatch
 from . import emulator, pricing
 from ._errors import (
     BatchFailedError,
@@ -25,6 +28,10 @@ from .snapshot import JobSnapshot
 from .styling import highlight
 
 __version__ = "0.1.0"
+
+# A library logs, the application decides where it goes: silent unless configured
+# (``logging.basicConfig(level="INFO")`` shows submit, status changes and completion).
+logging.getLogger("nbbatch").addHandler(logging.NullHandler())
 
 __all__ = [
     "BatchFailedError",

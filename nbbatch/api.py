@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 from urllib.parse import urlparse
 
@@ -131,11 +132,12 @@ def submit(
     polling = LOCAL_POLLING if local or _is_loopback(impl.base_url) else REMOTE_POLLING
     existing = None if force else ledger.find_job(fingerprint)
     if existing is not None:
-        log.warning(
-            "nbbatch: this exact job was already submitted as %s; attaching to it instead of "
-            "paying again (submit with force=True to send it anew).",
-            existing,
+        note = (
+            f"nbbatch: this exact job was already submitted as {existing}; attaching to it "
+            "instead of paying again (submit with force=True to send it anew)."
         )
+        log.warning(note)
+        print(note, file=sys.stderr)
         record = ledger.job(existing)
         assert record is not None
         job = BatchJob(record, impl, ledger, data=data, polling=polling)
@@ -394,7 +396,7 @@ class Preview(pd.DataFrame):
         from html import escape
 
         head = f"<p><b>{escape(self.estimate.summary())}</b></p>"
-        return head + (super()._repr_html_() or "")
+        return head + pd.DataFrame(self).to_html()
 
 
 def try_now(
@@ -446,7 +448,14 @@ def try_now(
         impl, ids, rows.prompts, spec, concurrency=concurrency, with_truncated=True
     )
     table = realtime_checked(table, spec)
-    return _merge_table(frame if not is_series else data.to_frame(), rows, table, output, spec)
+    return _merge_table(_as_user_frame(data, frame, is_series), rows, table, output, spec)
+
+
+def _as_user_frame(
+    data: pd.DataFrame | pd.Series, frame: pd.DataFrame, is_series: bool
+) -> pd.DataFrame:
+    """The user's data as a frame: a Series becomes its one column."""
+    return data.to_frame() if isinstance(data, pd.Series) else frame
 
 
 def _merge_table(

@@ -22,6 +22,7 @@ class ConsoleReporter:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream
         self._last: tuple[object, ...] | None = None
+        self._warned = 0
 
     def __call__(self, snap: JobSnapshot) -> None:
         state = (
@@ -30,7 +31,7 @@ class ConsoleReporter:
             tuple(sorted(snap.counts.items())),
             snap.last_error,
         )
-        if state == self._last:
+        if state == self._last and len(snap.warnings) == self._warned:
             return
         self._last = state
         line = f"[{format_seconds(snap.elapsed):>7}] {snap.summary()}"
@@ -38,6 +39,9 @@ class ConsoleReporter:
             line += f" (retrying after: {snap.last_error})"
         stream = self.stream or sys.stderr
         print(line, file=stream, flush=True)
+        for warning in snap.warnings[self._warned :]:
+            print(f"          note: {warning}", file=stream, flush=True)
+        self._warned = len(snap.warnings)
 
 
 def in_notebook() -> bool:
@@ -45,7 +49,7 @@ def in_notebook() -> bool:
     ipython = sys.modules.get("IPython")
     if ipython is None:
         return False
-    shell = ipython.get_ipython()  # type: ignore[attr-defined]
+    shell = ipython.get_ipython()
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 

@@ -121,8 +121,8 @@ class BatchJob:
     """
 
     # Injected so tests can run a 24-hour batch in milliseconds.
-    clock: Callable[[], float] = staticmethod(time.time)  # type: ignore[assignment]
-    sleep: Callable[[float], None] = staticmethod(time.sleep)  # type: ignore[assignment]
+    clock: Callable[[], float] = staticmethod(time.time)
+    sleep: Callable[[float], None] = staticmethod(time.sleep)
 
     def __init__(
         self,

@@ -121,7 +121,8 @@ def _as_text(values: pd.Series) -> pa.Array:
         arr = pa.array(values, type=pa.large_string(), from_pandas=True)
     else:
         # Objects or numbers: str() of each present value; mixed objects stay honest.
-        text = np.where(missing, None, values.astype(object).map(_to_str, na_action="ignore"))
+        text = values.astype(object).map(_to_str, na_action="ignore").to_numpy(dtype=object)
+        text[missing] = None
         arr = pa.array(text, type=pa.large_string(), from_pandas=True)
     return arr
 
@@ -148,6 +149,6 @@ def render(template: Template, columns: dict[str, pd.Series]) -> pa.Array:
     if template.pieces[-1]:
         parts.append(pa.scalar(template.pieces[-1], type=pa.large_string()))
     if len(parts) == 1:
-        return parts[0]  # type: ignore[return-value]
+        return parts[0]
     joined = pc.binary_join_element_wise(*parts, pa.scalar("", type=pa.large_string()))
     return joined  # nulls propagate: a missing value makes the whole row null

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -79,22 +78,30 @@ def reconcile(
     sent_ids = sent if isinstance(sent, pa.Array) else pa.array(list(sent), pa.string())
     table = pa.concat_tables(tables) if tables else empty_results()
     ids = table.column("custom_id").combine_chunks()
-    known = pc.fill_null(pc.is_in(ids, value_set=sent_ids), False).to_numpy(zero_copy_only=False)
-    if pc.count_distinct(ids).as_py() == len(ids):  # the usual case: no repeated line
-        repeated = np.zeros(len(ids), dtype=bool)
-    else:
-        repeated = pd.Series(ids.to_numpy(zero_copy_only=False)).duplicated().to_numpy()
+    # One hash pass: each line's position among the ids sent (null: never sent). The
+    # rest is integer work: a position seen twice is a repeated line.
+    where = pc.index_in(ids, value_set=sent_ids)
+    known = where.is_valid().to_numpy(zero_copy_only=False)
+    pos = pc.fill_null(where, -1).to_numpy(zero_copy_only=False)
+    seen = np.zeros(len(sent_ids), dtype=bool)
+    repeated = np.zeros(len(ids), dtype=bool)
+    if known.any():
+        first = np.zeros(len(ids), dtype=bool)
+        order = np.flatnonzero(known)
+        _, first_at = np.unique(pos[order], return_index=True)
+        first[order[first_at]] = True
+        repeated = known & ~first
+        seen[pos[first]] = True
     keep = known & ~repeated
     kept = table if keep.all() else table.filter(pa.array(keep))
     result = Reconciled(
         table=kept,
         unknown=ids.filter(pa.array(~known)).to_pylist(),
-        duplicates=ids.filter(pa.array(known & repeated)).to_pylist(),
+        duplicates=ids.filter(pa.array(repeated)).to_pylist(),
     )
     if kept.num_rows == len(sent_ids):  # one line for every id sent: nothing is absent
         return result
-    got = kept.column("custom_id")
-    absent = sent_ids.filter(pc.invert(pc.is_in(sent_ids, value_set=got)))
+    absent = sent_ids.filter(pa.array(~seen))
     if len(absent):
         if batch_failure is not None:
             code = failure_code or "batch_failed"

@@ -30,7 +30,12 @@ def emu() -> Iterator[emulator.Emulator]:
 
 # Clients live until the session ends and are closed then, so no pooled socket is left
 # for the garbage collector (a ResourceWarning, which the suite treats as an error).
-_CLIENTS: dict[tuple[str, str], openai.OpenAI | anthropic.Anthropic] = {}
+# They are kept per emulator *object*, not per URL: a later emulator may get the port of
+# a stopped one, and a pooled connection to the old server must never be reused.
+# A short timeout turns a server that never answers into a failure, not a hang.
+_CLIENTS: dict[tuple[str, int, str], openai.OpenAI | anthropic.Anthropic] = {}
+_SERVERS: list[object] = []  # held, so that no later emulator can reuse an id() above
+TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,21 +47,27 @@ def _close_clients() -> Iterator[None]:
 
 def openai_client(server: emulator.Emulator) -> openai.OpenAI:
     """An OpenAI SDK client on the emulator that validates every response strictly."""
-    key = ("openai", server.openai_base_url)
+    key = ("openai", id(server), server.openai_base_url)
     if key not in _CLIENTS:
+        _SERVERS.append(server)
         _CLIENTS[key] = openai.OpenAI(
-            base_url=server.openai_base_url, api_key="test-key", _strict_response_validation=True
+            base_url=server.openai_base_url,
+            api_key="test-key",
+            timeout=TIMEOUT,
+            _strict_response_validation=True,
         )
     return _CLIENTS[key]  # type: ignore[return-value]
 
 
 def anthropic_client(server: emulator.Emulator) -> anthropic.Anthropic:
     """An Anthropic SDK client on the emulator that validates every response strictly."""
-    key = ("anthropic", server.anthropic_base_url)
+    key = ("anthropic", id(server), server.anthropic_base_url)
     if key not in _CLIENTS:
+        _SERVERS.append(server)
         _CLIENTS[key] = anthropic.Anthropic(
             base_url=server.anthropic_base_url,
             api_key="test-key",
+            timeout=TIMEOUT,
             _strict_response_validation=True,
         )
     return _CLIENTS[key]  # type: ignore[return-value]

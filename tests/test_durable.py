@@ -310,3 +310,29 @@ def test_a_job_larger_than_one_batch_is_split_and_merged(provider):
         assert (out["response_status"] == "succeeded").all()
         sample = out.sample(500, random_state=0)
         assert sample["response"].tolist() == [emulator.echo_text(t) for t in sample["text"]]
+
+
+CONCURRENT = """
+    import os, sys, openai, pandas as pd, nbbatch as nb
+    url, tag = os.environ["ARGS"].split()
+    client = openai.OpenAI(base_url=url + "/v1", api_key="k")
+    df = pd.DataFrame({"text": [f"{tag} {i}" for i in range(300)]})
+    job = nb.submit(df, "{text}", model="gpt-4o-mini", client=client, display=False)
+    job.wait(progress=False)
+    print(job.id, job.counts["succeeded"], flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_ledger_safely(emu_process, nbbatch_home):
+    procs = [
+        spawn(CONCURRENT, {"ARGS": f"{emu_process} {tag}", "NBBATCH_HOME": str(nbbatch_home)})
+        for tag in ("left", "right")
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    ids = {out.split()[0] for out, _ in outs}
+    assert [out.split()[1] for out, _ in outs] == ["300", "300"]
+    listed = nb.jobs()
+    assert set(listed["id"]) == ids
+    assert listed["succeeded"].tolist() == [300, 300]

@@ -107,3 +107,12 @@ def test_wait_prints_one_line_per_change(emu, capsys):
     err = capsys.readouterr().err
     assert job.id in err and "1 succeeded" in err
     assert len(err.strip().splitlines()) == len(set(err.strip().splitlines()))
+
+
+def test_the_pandas_accessor_is_a_thin_submit(client):
+    df = pd.DataFrame({"text": ["via accessor"]})
+    job = df.nbbatch.submit("{text}", model=model_for(client), client=client)
+    assert job.wait(timeout=30, progress=False).merge()["response"].tolist() == [
+        emulator.echo_text("via accessor")
+    ]
+    assert len(df["text"].nbbatch.preview("{}", model="gpt-4o-mini")) == 1

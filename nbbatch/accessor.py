@@ -1,0 +1,43 @@
+"""``df.nbbatch``: the library's entry points as a pandas accessor.
+
+A thin layer: it holds the DataFrame (or Series) and hands it to :func:`nbbatch.submit`,
+:func:`nbbatch.preview` and :func:`nbbatch.try_now`; jobs live in the ledger, not on the
+frame.
+
+>>> job = df.nbbatch.submit("Classify: {review}", model="gpt-4o-mini")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from . import api
+
+
+class _Accessor:
+    def __init__(self, data: pd.DataFrame | pd.Series) -> None:
+        self._data = data
+
+    def submit(self, prompt: str, **kwargs: Any) -> Any:
+        """``nb.submit(this, prompt, **kwargs)``; see :func:`nbbatch.submit`."""
+        return api.submit(self._data, prompt, **kwargs)
+
+    def preview(self, prompt: str, **kwargs: Any) -> Any:
+        """``nb.preview(this, prompt, **kwargs)``; see :func:`nbbatch.preview`."""
+        return api.preview(self._data, prompt, **kwargs)
+
+    def try_now(self, prompt: str, **kwargs: Any) -> Any:
+        """``nb.try_now(this, prompt, **kwargs)``; see :func:`nbbatch.try_now`."""
+        return api.try_now(self._data, prompt, **kwargs)
+
+
+@pd.api.extensions.register_dataframe_accessor("nbbatch")
+class DataFrameAccessor(_Accessor):
+    """``df.nbbatch.submit(prompt, ...)``, ``.preview(...)``, ``.try_now(...)``."""
+
+
+@pd.api.extensions.register_series_accessor("nbbatch")
+class SeriesAccessor(_Accessor):
+    """``series.nbbatch.submit(prompt, ...)``, ``.preview(...)``, ``.try_now(...)``."""
