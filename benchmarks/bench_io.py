@@ -111,6 +111,7 @@ def parse_fast(n: int, src: str):
     import numpy as np
     import pandas as pd
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from nbbatch import results
     from nbbatch.providers.openai import parse_lines
@@ -122,13 +123,12 @@ def parse_fast(n: int, src: str):
     def run() -> None:
         table = parse_lines(path.read_bytes())
         rec = results.reconcile(sent, [table])
-        # scatter into a column by custom_id (position = the id here)
-        pos = np.asarray(
-            pd.to_numeric(rec.table.column("custom_id").to_numpy(zero_copy_only=False))
-        )
-        col = np.empty(n, dtype=object)
-        col[pos] = rec.table.column("output").to_numpy(zero_copy_only=False)
-        df["answer"] = col
+        # scatter into a column by custom_id (the row position here), staying in Arrow
+        pos = pc.cast(rec.table.column("custom_id"), pa.int64()).to_numpy()
+        order = np.empty(n, dtype=np.int64)
+        order[pos] = np.arange(len(pos))
+        answers = rec.table.column("output").take(pa.array(order))
+        df["answer"] = pd.Series(pd.arrays.ArrowExtensionArray(answers), index=df.index)
         assert df["answer"].iloc[7] == 'answer "7" é' and rec.missing == 0
 
     return run

@@ -53,6 +53,8 @@ FAILED_ROWS_SHOWN = 200
 PREVIEW_TEXT_CHARS = 120
 #: Batches listed in the header (the newest ones); the rest are counted.
 BATCHES_SHOWN = 6
+#: How many of the job's notes (retries, capacity splits, alerts) the panel lists.
+MAX_NOTES = 4
 #: Prefix the job puts on ``last_error`` when an error ended background polling.
 POLLING_STOPPED = "polling stopped"
 
@@ -454,6 +456,13 @@ class JobPanel:
         return f'<div class="nbbatch-cost-line" style="{_TEXT}{_FONT}">{label}{text}</div>'
 
     def _error_html(self, snap: JobSnapshot) -> str:
+        # What the job did on its own (retries, capacity splits, alerts): the last few.
+        notes = "".join(self._note(w, "info") for w in snap.warnings[-MAX_NOTES:])
+        if len(snap.warnings) > MAX_NOTES:
+            notes = self._note(f"{len(snap.warnings) - MAX_NOTES} earlier notes", "info") + notes
+        return notes + self._problem_html(snap)
+
+    def _problem_html(self, snap: JobSnapshot) -> str:
         if not snap.last_error:
             return ""
         if snap.last_error.startswith(POLLING_STOPPED):

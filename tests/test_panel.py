@@ -326,3 +326,14 @@ def test_to_html_without_jinja2_keeps_the_highlighting(monkeypatch):
     html = styling.to_html(frame, "out")
     assert html.count(styling.ROW_COLOURS["failed"]) == 3  # the label cell and both cells
     assert "x&lt;y" in html
+
+
+def test_the_jobs_own_notes_show_in_the_panel():
+    with emulator.start(processing_seconds=0.05, error_rate=0.25) as emu:
+        job = submit(openai_client(emu), [f"row {i}" for i in range(8)], retries=1)
+        p = JobPanel(job)
+        job.wait(timeout=30, progress=False)
+        p.render(job.snapshot())
+        html = p.error.value
+        assert "retrying 2 rows that failed transiently" in html, html
+        assert job.counts["succeeded"] == 8
