@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from ._errors import InputError
-from .providers.base import ROW_RESULT_SCHEMA, Provider, RequestSpec
+from .providers.base import ROW_RESULT_SCHEMA, Provider, RequestSpec, failure_row
 
 #: The row-result schema plus ``truncated``: the reply was cut off at the token limit.
 REALTIME_SCHEMA = ROW_RESULT_SCHEMA.append(pa.field("truncated", pa.bool_()))
@@ -102,31 +102,16 @@ def _send(
 ) -> dict[str, Any]:
     """One row: the request, retried while the failure is transient and tries remain."""
     if prompt is None:
-        return _failure(custom_id, "invalid_request_error", "the row has no prompt", False)
+        return failure_row(custom_id, "invalid_request_error", "the row has no prompt", False)
     attempt = 0
     while True:
         attempt += 1
         try:
             row = provider.realtime(custom_id, prompt, spec)
         except Exception as exc:  # a client-side bug or an unexpected SDK error
-            row = _failure(custom_id, "client_error", f"{type(exc).__name__}: {exc}", False)
+            row = failure_row(custom_id, "client_error", f"{type(exc).__name__}: {exc}", False)
         if row.get("status") != "failed" or not row.get("retryable") or attempt > retries:
             return row
         delay = min(MAX_BACKOFF, BACKOFF * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
         if stop.wait(delay):
             return row
-
-
-def _failure(custom_id: str, kind: str, message: str, retryable: bool) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "status": "failed",
-        "output": None,
-        "error_type": kind,
-        "error_message": message,
-        "retryable": retryable,
-        "input_tokens": None,
-        "output_tokens": None,
-        "cached_tokens": None,
-        "truncated": False,
-    }

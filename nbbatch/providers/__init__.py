@@ -63,7 +63,7 @@ def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     cls = _REGISTRY[name]
     if client is None:
         client = default_client(name, local=local)
-    return cls(sync_client(client))  # type: ignore[call-arg]
+    return cls(sync_client(client))
 
 
 _CLIENTS: dict[tuple[str, str | None, str | None], Any] = {}

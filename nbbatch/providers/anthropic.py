@@ -13,7 +13,6 @@ import anthropic
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pajson
 
 from .._errors import BatchFailedError, InputError, ProviderError
 from . import _jsonl
@@ -85,12 +84,7 @@ class AnthropicProvider(Provider):
     max_requests = 100_000
     max_bytes = 240 * 1024 * 1024
 
-    def __init__(self, client: anthropic.Anthropic) -> None:
-        self.client = client
-
-    @property
-    def base_url(self) -> str:
-        return str(self.client.base_url)
+    client: anthropic.Anthropic
 
     # -- requests --------------------------------------------------------------------------
     def params(self, spec: RequestSpec, prompt: Any) -> dict[str, Any]:
@@ -293,29 +287,7 @@ def parse_lines(raw: bytes) -> pa.Table:
     """Normalise a results file into :data:`ROW_RESULT_SCHEMA`."""
     if not raw or raw.isspace():
         return empty_results()
-    options = pajson.ParseOptions(explicit_schema=LINE_SCHEMA, unexpected_field_behavior="ignore")
-    table = None
-    for block in (1 << 22, 1 << 26):
-        try:
-            table = pajson.read_json(
-                pa.BufferReader(raw),
-                read_options=pajson.ReadOptions(block_size=block),
-                parse_options=options,
-            )
-            break
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            continue
-    if table is None:
-        rows = []
-        for line in raw.splitlines():
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue  # a corrupt line: its custom_id will be reconciled as missing
-            if isinstance(obj, dict):
-                rows.append(obj)
-        table = pa.Table.from_pylist(rows, schema=LINE_SCHEMA)
-    return _normalise(table)
+    return _normalise(_jsonl.read_lines(raw, LINE_SCHEMA))
 
 
 def _normalise(t: pa.Table) -> pa.Table:

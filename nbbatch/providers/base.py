@@ -108,10 +108,13 @@ class Provider(ABC):
     max_requests: ClassVar[int]
     max_bytes: ClassVar[int]
 
+    def __init__(self, client: Any) -> None:
+        self.client = client  # the official SDK client every call goes through
+
     @property
-    @abstractmethod
     def base_url(self) -> str:
         """Where the client sends requests (recorded in the ledger; never a key)."""
+        return str(self.client.base_url)
 
     @abstractmethod
     def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
@@ -184,3 +187,20 @@ def sdk_kwargs(method: Any, body: dict[str, Any]) -> dict[str, Any]:
     if extra:
         known["extra_body"] = extra
     return known
+
+
+def failure_row(custom_id: str, kind: str, message: str, retryable: bool) -> dict[str, Any]:
+    """One failed row in :data:`ROW_RESULT_SCHEMA` terms (plus ``truncated``), for a
+    request that got no usable reply."""
+    return {
+        "custom_id": custom_id,
+        "status": "failed",
+        "output": None,
+        "error_type": kind,
+        "error_message": message,
+        "retryable": retryable,
+        "input_tokens": None,
+        "output_tokens": None,
+        "cached_tokens": None,
+        "truncated": False,
+    }

@@ -15,7 +15,6 @@ import openai
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.json as pajson
 
 from .._errors import BatchFailedError, InputError, ProviderError
 from . import _jsonl
@@ -25,6 +24,7 @@ from .base import (
     Provider,
     RequestSpec,
     empty_results,
+    failure_row,
     is_transient,
     sdk_kwargs,
 )
@@ -107,12 +107,7 @@ class OpenAIProvider(Provider):
     max_requests = 50_000
     max_bytes = 190 * 1024 * 1024
 
-    def __init__(self, client: openai.OpenAI) -> None:
-        self.client = client
-
-    @property
-    def base_url(self) -> str:
-        return str(self.client.base_url)
+    client: openai.OpenAI
 
     # -- requests --------------------------------------------------------------------------
     def body(self, spec: RequestSpec, prompt: Any) -> dict[str, Any]:
@@ -235,7 +230,7 @@ class OpenAIProvider(Provider):
         except openai.APIStatusError as exc:
             data = exc.body if isinstance(exc.body, dict) else {}
             kind = exc.type or exc.code or data.get("type") or f"http_{exc.status_code}"
-            return _realtime_failure(
+            return failure_row(
                 custom_id,
                 kind,
                 str(data.get("message") or exc.message),
@@ -247,7 +242,7 @@ class OpenAIProvider(Provider):
                 if isinstance(exc, openai.APITimeoutError)
                 else "api_connection_error"
             )
-            return _realtime_failure(custom_id, kind, f"could not reach OpenAI: {exc}", True)
+            return failure_row(custom_id, kind, f"could not reach OpenAI: {exc}", True)
         return _realtime_row(custom_id, reply, spec.endpoint)
 
     def truncated(self, raw: bytes, spec: RequestSpec) -> pa.Table:
@@ -335,31 +330,10 @@ def parse_lines(raw: bytes, endpoint: str = "/v1/chat/completions") -> pa.Table:
         return empty_results()
     # An output file holds only successes: read it without the error fields first, and
     # only if some line is not a success read it again in full.
-    lean = _read(raw, line_schema(endpoint, errors=False))
+    lean = _jsonl.read_fast(raw, line_schema(endpoint, errors=False))
     if lean is not None and lean.num_rows and _all_succeeded(lean):
         return _succeeded(lean, endpoint)
-    schema = line_schema(endpoint)
-    table = _read(raw, schema)
-    if table is None:  # a corrupt line: parse what can be parsed, line by line
-        table = pa.Table.from_pylist(_lines_by_hand(raw), schema=schema)
-    return _normalise(table, endpoint)
-
-
-def _read(raw: bytes, schema: pa.Schema) -> pa.Table | None:
-    """pyarrow's multi-threaded JSON reader with an explicit schema, or None if a line
-    is not valid JSON."""
-    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-    # 4 MiB blocks parse fastest; a line longer than a block needs a bigger one.
-    for block in (1 << 22, 1 << 26):
-        try:
-            return pajson.read_json(
-                pa.BufferReader(raw),
-                read_options=pajson.ReadOptions(block_size=block),
-                parse_options=options,
-            )
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            continue
-    return None
+    return _normalise(_jsonl.read_lines(raw, line_schema(endpoint)), endpoint)
 
 
 def _all_succeeded(t: pa.Table) -> bool:
@@ -403,21 +377,6 @@ def _tokens(usage: pa.Array, endpoint: str) -> tuple[pa.Array, pa.Array, pa.Arra
         else pa.nulls(len(usage), pa.int64()),
         pc.struct_field(usage, [f"{prefix}_tokens_details", "cached_tokens"]),
     )
-
-
-def _lines_by_hand(raw: bytes) -> list[dict[str, Any]]:
-    """Slow path: orjson per line, keeping every line that parses as an object."""
-    rows = []
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue  # a corrupt line: its custom_id will be reconciled as missing
-        if isinstance(obj, dict):
-            rows.append(obj)
-    return rows
 
 
 def _normalise(t: pa.Table, endpoint: str) -> pa.Table:
@@ -550,21 +509,6 @@ _TRUNCATION_SCHEMA = pa.schema(
         ),
     ]
 )
-
-
-def _realtime_failure(custom_id: str, kind: str, message: str, retryable: bool) -> dict[str, Any]:
-    return {
-        "custom_id": custom_id,
-        "status": "failed",
-        "output": None,
-        "error_type": kind,
-        "error_message": message,
-        "retryable": retryable,
-        "input_tokens": None,
-        "output_tokens": None,
-        "cached_tokens": None,
-        "truncated": False,
-    }
 
 
 def _realtime_row(custom_id: str, reply: Any, endpoint: str) -> dict[str, Any]:
