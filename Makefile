@@ -32,5 +32,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_io.py
 	$(PY) benchmarks/bench_e2e.py
 
+# The example notebooks start their own embedded emulator: no API key needed.
+# (--allow-root only when run as root, as in containers.)
+lab: $(STAMP)
+	@echo "Opening JupyterLab on notebooks/: each notebook starts nbbatch's embedded emulator, no API key needed (set OPENAI_API_KEY / ANTHROPIC_API_KEY to use the real services)."
+	$(PY) -m jupyter lab --ServerApp.root_dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

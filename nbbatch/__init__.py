@@ -22,7 +22,7 @@ from ._errors import (
     ProviderError,
     TemplateError,
 )
-from .api import Preview, attach, jobs, preview, submit, try_now
+from .api import Preview, attach, jobs, ledger_path, preview, submit, try_now
 from .job import BatchJob, PollPolicy
 from .snapshot import JobSnapshot
 from .styling import highlight
@@ -50,6 +50,7 @@ __all__ = [
     "emulator",
     "highlight",
     "jobs",
+    "ledger_path",
     "preview",
     "pricing",
     "submit",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -27,6 +28,7 @@ from .console import in_notebook
 from .job import LOCAL_POLLING, REMOTE_POLLING, BatchJob, new_job_id, output_columns
 from .ledger import Ledger
 from .ledger import default as _default_ledger
+from .ledger import home as _ledger_home
 from .pricing import money
 from .providers.base import Provider, RequestSpec
 
@@ -83,7 +85,8 @@ def submit(
     are sent once and fanned out. Transient failures (rate limits, overloaded, server
     errors, expiry, missing results) are resubmitted automatically up to ``retries``
     times; ``fallback="realtime"`` then sends rows still failing through the real-time
-    API at full price. A failure rate above ``alert_threshold`` raises a warning.
+    API at full price. A failure rate above ``alert_threshold`` adds a note to the job
+    (shown by the panel and the console, and logged as a warning on logger ``nbbatch``).
 
     ``wait=True`` blocks until every row is terminal. In a notebook (``display="auto"``)
     the live panel appears and polling runs in the background, so the kernel stays free;
@@ -291,6 +294,12 @@ def _client_for(name: str, base_url: str | None, local: bool) -> Any:
     if local and not os.environ.get(var):  # a loopback emulator takes any key
         return _providers.default_client(name, base_url=base_url, key="local-emulator")
     return _providers.default_client(name, base_url=base_url)
+
+
+def ledger_path() -> Path:
+    """The ledger file this process uses: ``$NBBATCH_HOME/ledger.sqlite3``, else in the
+    user data directory (``~/.local/share/nbbatch`` on Linux)."""
+    return _ledger_home() / "ledger.sqlite3"
 
 
 def jobs(ledger: Ledger | None = None) -> pd.DataFrame:

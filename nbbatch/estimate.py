@@ -252,20 +252,23 @@ class Estimate:
         """A few lines for a notebook or a log."""
         batch, live = self.cost.batch, self.cost.realtime
         if batch is None or live is None:
-            money = (
+            cost = (
                 f"unknown price for {self.model!r}; set one with "
-                "nbbatch.pricing.set_price(model, input=..., output=...)"
+                "nb.pricing.set(model, input=..., output=...)"
             )
         else:
             saving = live - batch
             pct = f" ({saving / live:.0%})" if live else ""
-            money = f"${batch:,.4f} batch vs ${live:,.4f} real time (saves ${saving:,.4f}{pct})"
+            cost = (
+                f"{pricing.money(batch)} batch vs {pricing.money(live)} real time "
+                f"(saves {pricing.money(saving)}{pct})"
+            )
         return "\n".join(
             [
                 f"Estimate for {self.rows:,} rows on {self.model}",
                 f"  input tokens   {self.input_tokens:>12,}  {self.method}",
                 f"  output tokens  {self.output_tokens:>12,}  {self.output_basis}",
-                f"  cost           {money}",
+                f"  cost           {cost}",
             ]
         )
 

@@ -651,7 +651,11 @@ class BatchJob:
             "cached_tokens",
         ]  # fmt: skip
         frame = pd.DataFrame(self._ledger.rows(self.id), columns=cols)
-        frame["retryable"] = frame["retryable"].map({1: True, 0: False}).astype(object)
+        frame["retryable"] = pd.Series(
+            [None if v is None else bool(v) for v in frame["retryable"].astype(object)],
+            index=frame.index,
+            dtype=object,
+        )
         frame["output"] = self._decode_outputs(frame["output"])
         return frame.drop(columns=["key"]).set_index("custom_id")
 
@@ -767,8 +771,11 @@ class BatchJob:
     def resubmit_failed(self, **overrides: Any) -> BatchJob:
         """Send again only the rows that ended ``failed`` or ``expired``, as new batches.
 
-        Rows that succeeded keep their results and are not paid for again. ``overrides``
-        change request parameters for the new batches (e.g. ``max_tokens=500``).
+        Rows that succeeded keep their results and are not paid for again. Transient
+        failures were already retried automatically (``retries``), so what is left is
+        usually a failure the request itself causes (``invalid_request_error``, a reply
+        cut off at ``max_tokens``): pass ``overrides`` to change request parameters for the
+        new batches (e.g. ``max_tokens=500``), or the same request may fail the same way.
         Returns this job, which now also follows the new batches.
         """
         with self._lock:

@@ -10,6 +10,7 @@ Batch prices are half the real-time prices at both OpenAI and Anthropic.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from importlib import resources
 
@@ -69,8 +70,12 @@ class Cost:
 
 
 def money(dollars: float) -> str:
-    """Dollars for people: cents above a dollar, three significant digits below."""
-    return f"${dollars:,.2f}" if dollars >= 1 else f"${dollars:.3g}"
+    """Dollars for people: cents from one cent up, else enough decimals to show three
+    significant digits (never scientific notation)."""
+    if dollars == 0 or abs(dollars) >= 0.01:
+        return f"${dollars:,.2f}"
+    decimals = 2 - math.floor(math.log10(abs(dollars)))
+    return f"${dollars:.{decimals}f}"
 
 
 def cost(
