@@ -83,15 +83,15 @@ def reconcile(
     where = pc.index_in(ids, value_set=sent_ids)
     known = where.is_valid().to_numpy(zero_copy_only=False)
     pos = pc.fill_null(where, -1).to_numpy(zero_copy_only=False)
-    seen = np.zeros(len(sent_ids), dtype=bool)
+    hits = np.bincount(pos[known], minlength=len(sent_ids))
+    seen = hits > 0
     repeated = np.zeros(len(ids), dtype=bool)
-    if known.any():
+    if hits.size and hits.max() > 1:  # rare: keep each id's first line only
         first = np.zeros(len(ids), dtype=bool)
         order = np.flatnonzero(known)
         _, first_at = np.unique(pos[order], return_index=True)
         first[order[first_at]] = True
         repeated = known & ~first
-        seen[pos[first]] = True
     keep = known & ~repeated
     kept = table if keep.all() else table.filter(pa.array(keep))
     result = Reconciled(

