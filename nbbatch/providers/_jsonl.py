@@ -15,6 +15,9 @@ import orjson
 import polars as pl
 import pyarrow as pa
 
+#: Rows encoded per step: large enough to keep polars' threads busy, small enough that
+#: its intermediates stay a fraction of the output.
+ENCODE_SLICE = 200_000
 ID_SENTINEL = "\u0001nbbatch-custom-id\u0001"
 PROMPT_SENTINEL = "\u0001nbbatch-prompt\u0001"
 
@@ -42,17 +45,22 @@ def encode_lines(custom_ids: pa.Array, prompts: pa.Array, line: dict[str, Any]) 
     if prompt_token in head:
         raise ValueError("the custom_id must come before the prompt in the line template")
     middle, tail = rest.split(prompt_token)
-    ids = pl.Series("c", pl.from_arrow(custom_ids)).cast(pl.String)
-    texts = pl.Series("p", pl.from_arrow(prompts)).cast(pl.String)
-    frame = pl.DataFrame({"c": ids, "p": texts})
-    lines = frame.select(
-        pl.concat_str(
-            [pl.lit(head), _escaped("c"), pl.lit(middle), _escaped("p"), pl.lit(tail)]
-        ).alias("line")
-    )
+    line_expr = pl.concat_str(
+        [pl.lit(head), _escaped("c"), pl.lit(middle), _escaped("p"), pl.lit(tail)]
+    ).alias("line")
     buf = io.BytesIO()
-    lines.write_csv(buf, include_header=False, quote_style="never", line_terminator="\n")
-    del lines, frame  # free the lines before the bytes are copied out: a third less peak
+    # Slice by slice, so polars' intermediate copies (escaped ids, escaped prompts, the
+    # lines) exist for one slice at a time, not for a million rows at once.
+    for start in range(0, len(custom_ids), ENCODE_SLICE):
+        frame = pl.DataFrame(
+            {
+                "c": pl.from_arrow(custom_ids.slice(start, ENCODE_SLICE)),
+                "p": pl.from_arrow(prompts.slice(start, ENCODE_SLICE)),
+            }
+        ).cast(pl.String)
+        frame.select(line_expr).write_csv(
+            buf, include_header=False, quote_style="never", line_terminator="\n"
+        )
     return buf.getvalue()
 
 
