@@ -95,33 +95,17 @@ def submit(
     Everything is validated before anything is sent; a job, its rows and each provider
     batch id are written to the ledger as soon as they exist.
     """
-    frame, is_series = _plan.as_frame(data)
-    template = _prompt.parse(prompt)
-    _prompt.check_columns(
-        template, [c for c in frame.columns if isinstance(c, str)], series=is_series
-    )
-    if not isinstance(model, str) or not model:
-        raise InputError("model must be a non-empty string, e.g. model='gpt-4o-mini'.")
-    rf = None if response_format is None else _structured.response_format(response_format)
-    _check_output_name(output, rf, frame, is_series)
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise InputError(f"max_tokens must be a positive integer, found {max_tokens!r}.")
     if not isinstance(retries, int) or retries < 0:
         raise InputError(f"retries must be a whole number >= 0, found {retries!r}.")
     if fallback not in (None, "realtime"):
         raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
-    name, local = _providers.infer(provider, client, model)
-    impl = _providers.build(name, client, local=local)
-    spec = RequestSpec(
-        model=model,
-        endpoint=endpoint or impl.default_endpoint,
-        system=system,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        response_format=rf,
-        cache_system=cache_system,
+    frame, is_series, template, impl, spec, local = _prepare(
+        data, prompt, model=model, output=output, provider=provider, client=client,
+        system=system, max_tokens=max_tokens, temperature=temperature,
+        response_format=response_format, endpoint=endpoint, cache_system=cache_system,
         params=params,
-    )
+    )  # fmt: skip
+    name = impl.name
     rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
     # Encoding validates the endpoint and parameters before anything is sent.
     impl.encode(rows.custom_ids[:1], rows.prompts.slice(0, 1), spec)
@@ -161,6 +145,58 @@ def submit(
     if wait:
         job.wait(progress=progress)
     return job
+
+
+def _parse(
+    data: pd.DataFrame | pd.Series, prompt: str
+) -> tuple[pd.DataFrame, bool, _prompt.Template]:
+    """The data as a frame, whether it was a Series, and the checked template."""
+    frame, is_series = _plan.as_frame(data)
+    template = _prompt.parse(prompt)
+    _prompt.check_columns(
+        template, [c for c in frame.columns if isinstance(c, str)], series=is_series
+    )
+    return frame, is_series, template
+
+
+def _prepare(
+    data: pd.DataFrame | pd.Series,
+    prompt: str,
+    *,
+    model: str,
+    output: str,
+    provider: str | None,
+    client: Any,
+    system: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    response_format: Any,
+    endpoint: str | None,
+    cache_system: bool,
+    params: dict[str, Any],
+) -> tuple[pd.DataFrame, bool, _prompt.Template, Provider, RequestSpec, bool]:
+    """Everything ``submit`` and ``try_now`` check before sending, and what they build:
+    (frame, is_series, template, provider, request spec, runs on the local emulator)."""
+    frame, is_series, template = _parse(data, prompt)
+    if not isinstance(model, str) or not model:
+        raise InputError("model must be a non-empty string, e.g. model='gpt-4o-mini'.")
+    rf = None if response_format is None else _structured.response_format(response_format)
+    _check_output_name(output, rf, frame, is_series)
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise InputError(f"max_tokens must be a positive integer, found {max_tokens!r}.")
+    name, local = _providers.infer(provider, client, model)
+    impl = _providers.build(name, client, local=local)
+    spec = RequestSpec(
+        model=model,
+        endpoint=endpoint or impl.default_endpoint,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        response_format=rf,
+        cache_system=cache_system,
+        params=params,
+    )
+    return frame, is_series, template, impl, spec, local
 
 
 def _check_output_name(
@@ -370,11 +406,7 @@ def preview(
     100 per row. The returned DataFrame shows the estimate above the rows; it is also
     ``.estimate``.
     """
-    frame, is_series = _plan.as_frame(data)
-    template = _prompt.parse(prompt)
-    _prompt.check_columns(
-        template, [c for c in frame.columns if isinstance(c, str)], series=is_series
-    )
+    frame, _, template = _parse(data, prompt)
     name, _ = _providers.infer(provider, None, model)
     endpoint = endpoint or _providers.default_endpoint(name)
     spec = RequestSpec(model=model, endpoint=endpoint, system=system, max_tokens=max_tokens)
@@ -433,24 +465,12 @@ def try_now(
     from . import realtime
     from .job import realtime_checked
 
-    frame, is_series = _plan.as_frame(data)
-    template = _prompt.parse(prompt)
-    _prompt.check_columns(
-        template, [c for c in frame.columns if isinstance(c, str)], series=is_series
-    )
-    rf = None if response_format is None else _structured.response_format(response_format)
-    _check_output_name(output, rf, frame, is_series)
-    name, local = _providers.infer(provider, client, model)
-    impl = _providers.build(name, client, local=local)
-    spec = RequestSpec(
-        model=model,
-        endpoint=endpoint or impl.default_endpoint,
-        system=system,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        response_format=rf,
+    frame, is_series, template, impl, spec, _ = _prepare(
+        data, prompt, model=model, output=output, provider=provider, client=client,
+        system=system, max_tokens=max_tokens, temperature=temperature,
+        response_format=response_format, endpoint=endpoint, cache_system=False,
         params=params,
-    )
+    )  # fmt: skip
     rows = _plan.make_plan(frame, template, missing=missing)
     ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
     table = realtime.run(

@@ -14,7 +14,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .._errors import BatchFailedError, InputError, ProviderError
+from .._errors import InputError, ProviderError
 from . import _jsonl
 from .base import (
     ROW_RESULT_SCHEMA,
@@ -23,6 +23,7 @@ from .base import (
     RequestSpec,
     empty_results,
     is_transient,
+    sdk_error,
     sdk_kwargs,
 )
 
@@ -267,19 +268,15 @@ def _info(batch: Any) -> BatchInfo:
 
 
 def _provider_error(exc: anthropic.AnthropicError, doing: str) -> ProviderError:
-    """Our error for an SDK error, marked transient when a later retry may work."""
-    status = getattr(exc, "status_code", None)
-    transient = isinstance(exc, anthropic.APIConnectionError) or (
-        status is not None and (status in (408, 409, 429) or status >= 500)
+    return sdk_error(
+        exc,
+        doing,
+        provider="anthropic",
+        label="Anthropic",
+        key_variable="ANTHROPIC_API_KEY",
+        unreachable=isinstance(exc, anthropic.APIConnectionError),
+        bad_key=isinstance(exc, anthropic.AuthenticationError),
     )
-    if isinstance(exc, anthropic.APIConnectionError):
-        message = f"could not reach Anthropic at {exc.request.url} while {doing}: {exc}"
-    elif isinstance(exc, anthropic.AuthenticationError):
-        message = f"Anthropic rejected the API key while {doing}; check ANTHROPIC_API_KEY ({exc})"
-    else:
-        message = f"Anthropic refused the request while {doing}: {exc}"
-    cls = BatchFailedError if status in (400, 413, 422) else ProviderError
-    return cls(message, provider="anthropic", transient=transient)
 
 
 # -- result lines --------------------------------------------------------------------------

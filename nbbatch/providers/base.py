@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from .._errors import BatchFailedError, ProviderError
+
 #: Terminal per-row states a provider can report for a request it was sent.
 ROW_STATES = ("succeeded", "failed", "expired", "cancelled")
 
@@ -204,3 +206,33 @@ def failure_row(custom_id: str, kind: str, message: str, retryable: bool) -> dic
         "cached_tokens": None,
         "truncated": False,
     }
+
+
+def sdk_error(
+    exc: Exception,
+    doing: str,
+    *,
+    provider: str,
+    label: str,
+    key_variable: str,
+    unreachable: bool,
+    bad_key: bool,
+) -> ProviderError:
+    """Our error for an SDK error: says what we were doing and what to check, and is
+    marked transient when the same call may work later (no answer, 408/409/429/5xx).
+
+    ``unreachable`` / ``bad_key`` say whether ``exc`` is the SDK's connection error or
+    authentication error (each SDK has its own classes).
+    """
+    status = getattr(exc, "status_code", None)
+    transient = unreachable or (status is not None and (status in (408, 409, 429) or status >= 500))
+    if unreachable:
+        url = getattr(getattr(exc, "request", None), "url", "the provider")
+        message = f"could not reach {label} at {url} while {doing}: {exc}"
+    elif bad_key:
+        message = f"{label} rejected the API key while {doing}; check {key_variable} ({exc})"
+    else:
+        message = f"{label} refused the request while {doing}: {exc}"
+    # A request refused as malformed or too large will not pass on a retry either.
+    cls = BatchFailedError if status in (400, 413, 422) else ProviderError
+    return cls(message, provider=provider, transient=transient)

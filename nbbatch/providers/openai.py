@@ -16,7 +16,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .._errors import BatchFailedError, InputError, ProviderError
+from .._errors import InputError, ProviderError
 from . import _jsonl
 from .base import (
     ROW_RESULT_SCHEMA,
@@ -26,6 +26,7 @@ from .base import (
     empty_results,
     failure_row,
     is_transient,
+    sdk_error,
     sdk_kwargs,
 )
 
@@ -308,19 +309,15 @@ def _info(batch: Any) -> BatchInfo:
 
 
 def _provider_error(exc: openai.OpenAIError, doing: str) -> ProviderError:
-    """Our error for an SDK error, marked transient when a later retry may work."""
-    status = getattr(exc, "status_code", None)
-    transient = isinstance(exc, openai.APIConnectionError) or (
-        status is not None and (status in (408, 409, 429) or status >= 500)
+    return sdk_error(
+        exc,
+        doing,
+        provider="openai",
+        label="OpenAI",
+        key_variable="OPENAI_API_KEY",
+        unreachable=isinstance(exc, openai.APIConnectionError),
+        bad_key=isinstance(exc, openai.AuthenticationError),
     )
-    if isinstance(exc, openai.APIConnectionError):
-        message = f"could not reach OpenAI at {exc.request.url} while {doing}: {exc}"
-    elif isinstance(exc, openai.AuthenticationError):
-        message = f"OpenAI rejected the API key while {doing}; check OPENAI_API_KEY ({exc})"
-    else:
-        message = f"OpenAI refused the request while {doing}: {exc}"
-    cls = BatchFailedError if status in (400, 422) else ProviderError
-    return cls(message, provider="openai", transient=transient)
 
 
 # -- result lines --------------------------------------------------------------------------
