@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from . import estimate as _estimate_mod
 from . import plan as _plan
+from . import pricing
 from . import prompt as _prompt
 from . import providers as _providers
 from . import structured as _structured
@@ -339,10 +340,19 @@ def ledger_path() -> Path:
 
 
 def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
-    """Every job in the ledger, newest first: id, created, provider, model, rows, status
-    and the row counts per state."""
+    """Every job in the ledger, newest first: id, created, provider, model, rows, status,
+    the row counts per state, and ``cost``: dollars paid so far at the batch price, from
+    the token usage the results reported (NaN for a model with no known price)."""
     ledger = ledger or _default_ledger()
     records = ledger.jobs()
+    usage = {
+        job_id: (int(i), int(o), int(c))
+        for job_id, i, o, c in ledger.query(
+            "SELECT job_id, COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
+            "COALESCE(SUM(cached_tokens), 0) FROM rows WHERE source IS NULL "
+            "AND COALESCE(origin, 'batch') = 'batch' GROUP BY job_id"
+        )
+    }
     counts = {
         job_id: dict(pairs)
         for job_id, pairs in _group(
@@ -369,11 +379,17 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
                     for s in ("succeeded", "failed", "expired", "cancelled", "skipped")
                 },
                 "pending": pending,
+                "cost": _paid(r["model"], usage.get(r["id"], (0, 0, 0))),
             }
         )
     columns = ["id", "created", "provider", "model", "rows", "status", "succeeded", "failed",
-               "expired", "cancelled", "skipped", "pending"]  # fmt: skip
+               "expired", "cancelled", "skipped", "pending", "cost"]  # fmt: skip
     return pd.DataFrame(table, columns=columns)
+
+
+def _paid(model: str, usage: tuple[int, int, int]) -> float:
+    batch = pricing.cost(model, usage[0], usage[1], usage[2], estimated=False).batch
+    return float("nan") if batch is None else batch
 
 
 def _group(rows: list[tuple[Any, ...]]) -> dict[str, list[tuple[Any, Any]]]:

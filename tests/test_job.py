@@ -87,6 +87,7 @@ def test_attach_rebuilds_the_job_from_the_ledger(emu):
         again.merge()
     listed = nb.jobs()
     assert listed.loc[listed["id"] == job.id, "succeeded"].item() == 2
+    assert listed.loc[listed["id"] == job.id, "cost"].item() == pytest.approx(again.cost.batch)
     with pytest.raises(nb.JobNotFoundError, match="nb.jobs"):
         nb.attach("nbb-nope")
 
