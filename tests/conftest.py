@@ -45,32 +45,25 @@ def _close_clients() -> Iterator[None]:
         c.close()
 
 
-def openai_client(server: emulator.Emulator) -> openai.OpenAI:
-    """An OpenAI SDK client on the emulator that validates every response strictly."""
-    key = ("openai", id(server), server.openai_base_url)
+def _client(sdk: type, name: str, server: emulator.Emulator, base_url: str):
+    """One strict SDK client per (SDK, emulator object), made on first use."""
+    key = (name, id(server), base_url)
     if key not in _CLIENTS:
         _SERVERS.append(server)
-        _CLIENTS[key] = openai.OpenAI(
-            base_url=server.openai_base_url,
-            api_key="test-key",
-            timeout=TIMEOUT,
-            _strict_response_validation=True,
+        _CLIENTS[key] = sdk(
+            base_url=base_url, api_key="test-key", timeout=TIMEOUT, _strict_response_validation=True
         )
-    return _CLIENTS[key]  # type: ignore[return-value]
+    return _CLIENTS[key]
+
+
+def openai_client(server: emulator.Emulator) -> openai.OpenAI:
+    """An OpenAI SDK client on the emulator that validates every response strictly."""
+    return _client(openai.OpenAI, "openai", server, server.openai_base_url)
 
 
 def anthropic_client(server: emulator.Emulator) -> anthropic.Anthropic:
     """An Anthropic SDK client on the emulator that validates every response strictly."""
-    key = ("anthropic", id(server), server.anthropic_base_url)
-    if key not in _CLIENTS:
-        _SERVERS.append(server)
-        _CLIENTS[key] = anthropic.Anthropic(
-            base_url=server.anthropic_base_url,
-            api_key="test-key",
-            timeout=TIMEOUT,
-            _strict_response_validation=True,
-        )
-    return _CLIENTS[key]  # type: ignore[return-value]
+    return _client(anthropic.Anthropic, "anthropic", server, server.anthropic_base_url)
 
 
 @pytest.fixture
