@@ -14,19 +14,49 @@ failure on the other.
 The text reply to a last user message ``prompt`` is exactly :func:`echo_text` of it:
 ``"[nbbatch emulator] echo: " + prompt``. Embeddings have 256 dimensions unless the
 request sets ``dimensions``.
+
+``provider="local"`` runs on :func:`background`, one detached emulator process per
+ledger home that keeps its batches on disk, so jobs survive a kernel restart;
+:func:`stop_background` stops it.
 """
 
-from ._emulator import SHARED_TIMINGS, Emulator, shared, start
+from typing import TYPE_CHECKING, Any
+
 from ._faults import FAIL_MARKER, TRANSIENT_MARKER
 from ._responder import DEFAULT_EMBEDDING_DIMENSIONS, echo_text
 
+if TYPE_CHECKING:
+    from ._background import Background, background, stop_background
+    from ._emulator import SHARED_TIMINGS, Emulator, shared, start
+
+# The server (uvicorn, starlette) is imported when first used, not by ``import nbbatch``.
+_LAZY = ("SHARED_TIMINGS", "Emulator", "shared", "start")
+# Finding or starting the background emulator needs no server code in this process.
+_BACKGROUND = ("Background", "background", "stop_background")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import _emulator
+
+        return getattr(_emulator, name)
+    if name in _BACKGROUND:
+        from . import _background
+
+        return getattr(_background, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DEFAULT_EMBEDDING_DIMENSIONS",
+    "Background",
     "FAIL_MARKER",
     "SHARED_TIMINGS",
     "TRANSIENT_MARKER",
     "Emulator",
+    "background",
     "echo_text",
     "shared",
     "start",
+    "stop_background",
 ]

@@ -1,10 +1,16 @@
-"""``python -m nbbatch.emulator``: serve the emulator in the foreground until Ctrl-C."""
+"""``python -m nbbatch.emulator``: serve the emulator in the foreground until Ctrl-C.
+
+With ``--background --state-dir DIR`` it is instead the detached background emulator
+behind ``provider="local"`` (see :mod:`._background`); nbbatch starts it itself.
+"""
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
+from . import _background
 from ._emulator import start
 
 
@@ -31,7 +37,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-shuffle", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--enqueued-token-limit", type=int, default=None)
+    parser.add_argument(
+        "--background",
+        action="store_true",
+        help="run detached as the background emulator of provider='local' (needs --state-dir; "
+        "uses the shared timings and no faults)",
+    )
+    parser.add_argument("--state-dir", type=Path, help="keep files and batches in this folder")
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=None,
+        help=f"with --background: exit after this long without a request "
+        f"(default: ${_background.IDLE_ENV} or {_background.DEFAULT_IDLE_SECONDS:.0f})",
+    )
     args = parser.parse_args(argv)
+    if args.background:
+        if args.state_dir is None:
+            parser.error("--background needs --state-dir")
+        idle = args.idle_seconds or _background.idle_seconds()
+        _background.detach()
+        _background.serve(args.state_dir, args.port, idle)
+        return
     emu = start(
         host=args.host,
         port=args.port,
@@ -48,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         shuffle=not args.no_shuffle,
         seed=args.seed,
         enqueued_token_limit=args.enqueued_token_limit,
+        state_dir=args.state_dir,
     )
     print(f"nbbatch emulator serving on {emu.url}", flush=True)
     print(f"  OpenAI:    OpenAI(base_url={emu.openai_base_url!r}, api_key='any')", flush=True)

@@ -20,13 +20,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from . import _responder
+from . import _models, _responder
 from ._faults import (
     FAIL_MARKER,
     TRANSIENT_MARKER,
     Fate,
     RowInfo,
     assign_fates,
+    faulted,
     int_hash,
     processing_order,
 )
@@ -264,14 +265,14 @@ def create_batch_sync(store: Store, body: Any, host: str) -> dict[str, Any]:
                     invalid=not ok,
                 )
             )
-    track = [
-        knobs.row_faults_active or FAIL_MARKER in r.text or TRANSIENT_MARKER in r.text for r in rows
-    ]
-    attempts = store.attempts("anthropic", [r.custom_id for r in rows], track)
+    custom_ids = [r.custom_id for r in rows]
+    attempts = store.attempts("anthropic", custom_ids)
     rows = [
         RowInfo(r.custom_id, a, r.text, r.has_schema, r.invalid)
         for r, a in zip(rows, attempts, strict=True)
     ]
+    fates = assign_fates(rows, knobs)
+    store.record_faults("anthropic", custom_ids, attempts, faulted(fates))
     t = store.now()
     batch_id = new_id("msgbatch_")
     started = t + knobs.validating_seconds
@@ -285,7 +286,7 @@ def create_batch_sync(store: Store, body: Any, host: str) -> dict[str, Any]:
         started=started,
         processed=processed,
         finished=processed,  # no finalizing phase on this API
-        fates=assign_fates(rows, knobs),
+        fates=fates,
         order=processing_order(len(rows), knobs, batch_id),
         store=store,
         requests_path=path,
@@ -452,7 +453,10 @@ async def create_message(request: Request) -> Response:
     text = _last_user(params)
     if FAIL_MARKER in text:
         raise ApiError(400, f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).")
-    if TRANSIENT_MARKER in text and store.attempts("anthropic-realtime", [text], [True])[0] == 1:
+    attempt = store.attempts("anthropic-realtime", [text])[0] if TRANSIENT_MARKER in text else 0
+    if attempt:
+        store.record_faults("anthropic-realtime", [text], [attempt], [attempt == 1])
+    if attempt == 1:
         raise ApiError(
             529,
             "Simulated overload (nbbatch emulator); a retry will succeed.",
@@ -463,6 +467,65 @@ async def create_message(request: Request) -> Response:
     with store.lock:  # the real-time prompt cache is shared by all requests
         result = message(params, Fate.OK, suffix, store.realtime_cache, "standard")
     return JSONResponse(result)
+
+
+# =================================================================== models
+
+
+def model_json(entry: _models.ModelEntry) -> dict[str, Any]:
+    """A ModelInfo object."""
+    return {
+        "type": "model",
+        "id": entry.id,
+        "display_name": entry.display_name,
+        "created_at": rfc3339(entry.created),
+        "lifecycle": "active",
+    }
+
+
+async def list_models(request: Request) -> Response:
+    """``GET /v1/models``: newest first, paged like the batch list."""
+    store = _store(request)
+    items = _models.catalogue("anthropic", store.knobs.models)
+    raw_limit = request.query_params.get("limit", "20")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        return _not_ok(request, 400, "invalid_request_error", "limit: between 1 and 1000")
+    limit = int(raw_limit)
+    ids = [m.id for m in items]
+    after, before = request.query_params.get("after_id"), request.query_params.get("before_id")
+    if after is not None:
+        rest = items[ids.index(after) + 1 :] if after in ids else []
+        page, more = rest[:limit], len(rest) > limit
+    elif before is not None:
+        rest = items[: ids.index(before)] if before in ids else []
+        page, more = rest[-limit:], len(rest) > limit
+    else:
+        page, more = items[:limit], len(items) > limit
+    return JSONResponse(
+        {
+            "data": [model_json(m) for m in page],
+            "has_more": more,
+            "first_id": page[0].id if page else None,
+            "last_id": page[-1].id if page else None,
+        }
+    )
+
+
+async def retrieve_model(request: Request) -> Response:
+    """``GET /v1/models/{model_id}``; an unknown model is a 404 ``not_found_error``."""
+    store = _store(request)
+    model = request.path_params["model"]
+    entry = _models.find("anthropic", model, store.knobs.models)
+    if entry is None:
+        return _not_ok(request, 404, "not_found_error", f"model: {model}")
+    return JSONResponse(model_json(entry))
+
+
+def _not_ok(request: Request, status: int, kind: str, text: str) -> Response:
+    # /v1/models is no /v1/messages path, so the server's error handler would answer in
+    # OpenAI's shape: answer in Anthropic's here.
+    request_id = str(request.scope.get("nbbatch_request_id", ""))
+    return JSONResponse(_error(kind, text, request_id), status_code=status)
 
 
 routes = [

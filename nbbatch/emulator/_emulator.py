@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import atexit
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ._faults import HttpFaults, Knobs
+from ._persist import Persister, SyncAfterRequest
 from ._server import Front, Server, build_app
 from ._state import Store
 
@@ -22,19 +26,39 @@ class Emulator:
         anthropic.Anthropic(base_url=emu.anthropic_base_url, api_key="any")
 
     Use :func:`nbbatch.emulator.start` to create one; :meth:`stop` (or leaving a ``with``
-    block) shuts it down and deletes its files.
+    block) shuts it down and deletes its files, unless it keeps them in a ``state_dir``.
     """
 
     def __init__(
-        self, *, host: str, port: int, knobs: Knobs, clock: Callable[[], float] | None
+        self,
+        *,
+        host: str,
+        port: int,
+        knobs: Knobs,
+        clock: Callable[[], float] | None,
+        state_dir: Path | None = None,
     ) -> None:
-        self._store = Store(knobs, clock)
         self._http_faults = HttpFaults()
-        self._log: list[tuple[str, str]] = []
+        # A long-lived emulator (one with a state_dir) keeps only the latest requests.
+        self._log: deque[tuple[str, str]] = deque(maxlen=None if state_dir is None else 10_000)
         self._lock = threading.Lock()
         self._stopped = False
+        self._last_request = time.monotonic()
+        self._persister: Persister | None = None
+        if state_dir is None:
+            self._store = Store(knobs, clock)
+        else:
+            if clock is not None:
+                raise ValueError("an emulator with a state_dir runs on wall-clock time")
+            self._store = Store(knobs, directory=state_dir / "data")
+            self._persister = Persister(self._store, state_dir)
         try:
-            self._server = Server(Front(build_app(self._store), self), host, port)
+            if self._persister is not None:
+                self._persister.load()
+            app: Any = Front(build_app(self._store), self)
+            if self._persister is not None:
+                app = SyncAfterRequest(app, self._persister)
+            self._server = Server(app, host, port)
             self._server.start()
         except BaseException:
             self._store.close()
@@ -69,6 +93,12 @@ class Emulator:
         with self._lock:
             return list(self._log)
 
+    @property
+    def idle_seconds(self) -> float:
+        """Seconds since the last HTTP request (or since the start)."""
+        with self._lock:
+            return time.monotonic() - self._last_request
+
     def clear_log(self) -> None:
         with self._lock:
             self._log.clear()
@@ -79,12 +109,15 @@ class Emulator:
             return dict(self._store.counters)
 
     def stop(self) -> None:
-        """Stop serving and delete all stored files. Safe to call more than once."""
+        """Stop serving and delete all stored files (with a ``state_dir``: save them
+        there instead). Safe to call more than once."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
         self._server.stop()
+        if self._persister is not None:
+            self._persister.sync()
         self._store.close()
 
     @property
@@ -111,6 +144,7 @@ class Emulator:
     def _record(self, method: str, path: str, *, realtime: bool) -> None:
         with self._lock:
             self._log.append((method, path))
+            self._last_request = time.monotonic()
         self._store.count("requests")
         if realtime:
             self._store.count("realtime_requests")
@@ -139,7 +173,9 @@ def start(
     shuffle: bool = True,
     seed: int = 0,
     enqueued_token_limit: int | None = None,
+    models: Sequence[str] = (),
     clock: Callable[[], float] | None = None,
+    state_dir: str | Path | None = None,
 ) -> Emulator:
     """Start an emulator on ``host``:``port`` (0 picks a free port) and return it.
 
@@ -155,11 +191,20 @@ def start(
     - ``invalid_output_rate``: structured replies that violate their schema;
     - ``truncate_rate``: replies cut short (``length`` / ``max_tokens``).
 
-    ``fault_attempts`` limits row faults to a custom_id's first N batches (None: always).
+    Faults apply per job: a row's attempt is 1 + the number of batches in a row, up to
+    its last, in which it got a fault, and a row that went well starts again at 1 (a new
+    job, a re-run). ``fault_attempts`` limits row faults to a row's first N attempts
+    (None: always), so with the default 1 a faulted row succeeds when it is retried.
     ``http_error_rate`` answers that fraction of ``http_error_methods`` requests with one
     of ``http_error_statuses`` (never more than two in a row for the same request).
     ``enqueued_token_limit`` fails OpenAI batches over the per-model in-flight token limit.
     ``clock`` (a callable returning seconds) replaces ``time.monotonic`` to drive time.
+    The models endpoints (``GET /v1/models``, ``GET /v1/models/{id}``, both APIs) know
+    the real models of each provider and their dated snapshots; ``models`` adds names
+    of one's own (served by both). The batch and real-time endpoints take any model.
+    ``state_dir`` keeps files and batches in that folder, on wall-clock time, so another
+    emulator started on the same folder serves them again (what the background emulator
+    behind ``provider="local"`` does).
     """
     knobs = Knobs().replace(
         validating_seconds=validating_seconds,
@@ -177,8 +222,10 @@ def start(
         shuffle=shuffle,
         seed=seed,
         enqueued_token_limit=enqueued_token_limit,
+        models=tuple(models),
     )
-    return Emulator(host=host, port=port, knobs=knobs, clock=clock)
+    folder = None if state_dir is None else Path(state_dir)
+    return Emulator(host=host, port=port, knobs=knobs, clock=clock, state_dir=folder)
 
 
 #: Timings of the process-wide emulator: slow enough to watch, quick enough to wait for.

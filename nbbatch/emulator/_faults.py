@@ -8,6 +8,11 @@ Row faults are assigned *exactly*: a rate ``r`` over ``n`` eligible rows hits
 ``round(r * n)`` of them, namely those whose hash for that fault is smallest. That keeps
 tests simple ("error_rate=0.1 on 200 rows gives 20 errors") while each row's fate still
 comes from its own hash.
+
+Faults apply per job: a row's attempt is 1 + the number of consecutive batches, up to
+its last, in which it got a fault; once a row went well, its next appearance (a new job,
+a re-run) is attempt 1 again. So ``fault_attempts=1`` means "a row fails at most once in
+a row, and its retry succeeds", for every job sent to the emulator.
 """
 
 from __future__ import annotations
@@ -36,13 +41,19 @@ class Fate(IntEnum):
     TRUNCATE = 6  # succeeded, but cut short (finish_reason "length" / "max_tokens")
 
 
+#: Fates after which the row is retried as its next attempt (a FAIL is permanent).
+FAULTS = frozenset(
+    {Fate.TRANSIENT_ERROR, Fate.EXPIRE, Fate.MISSING, Fate.INVALID_OUTPUT, Fate.TRUNCATE}
+)
+
 #: Knobs that decide per-row fates (the ones ``fault_attempts`` limits).
 ROW_FAULTS = ("expire_rate", "missing_rate", "error_rate", "invalid_output_rate", "truncate_rate")
 
 
 @dataclass(frozen=True)
 class Knobs:
-    """Timing and fault configuration. Batches snapshot it when they are created."""
+    """Timing and fault configuration (and the extra model names the models endpoints
+    serve). Batches snapshot it when they are created."""
 
     validating_seconds: float = 0.0
     processing_seconds: float = 0.2
@@ -59,6 +70,7 @@ class Knobs:
     shuffle: bool = True
     seed: int = 0
     enqueued_token_limit: int | None = None
+    models: tuple[str, ...] = ()  # model names served besides the real ones (_models.py)
 
     def replace(self, **changes: object) -> Knobs:
         """Return a copy with ``changes`` applied, checking names and ranges."""
@@ -74,6 +86,11 @@ class Knobs:
         if "http_error_statuses" in changes:
             statuses = changes["http_error_statuses"]
             changes["http_error_statuses"] = tuple(int(s) for s in statuses)  # type: ignore[attr-defined]
+        if "models" in changes:
+            models = changes["models"]
+            if isinstance(models, str):
+                models = (models,)
+            changes["models"] = tuple(models)  # type: ignore[arg-type]
         new = dataclasses.replace(self, **changes)  # type: ignore[arg-type]
         new.check()
         return new
@@ -91,6 +108,8 @@ class Knobs:
             raise ValueError("http_error_statuses must not be empty")
         if self.fault_attempts is not None and self.fault_attempts < 0:
             raise ValueError("fault_attempts must be >= 0 or None")
+        if not all(isinstance(m, str) and m for m in self.models):
+            raise ValueError(f"models must be non-empty strings, got {list(self.models)!r}")
 
     @property
     def row_faults_active(self) -> bool:
@@ -117,7 +136,7 @@ class RowInfo:
     """What fault assignment needs to know about one request."""
 
     custom_id: str
-    attempt: int  # 1 for the first batch this custom_id appears in, 2 for the next, ...
+    attempt: int  # 1 + consecutive earlier batches in which this custom_id got a fault
     text: str  # the last user message (markers are looked for here)
     has_schema: bool  # a structured reply was requested (invalid_output can apply)
     invalid: bool = False  # already known to fail (e.g. Anthropic params validation)
@@ -173,6 +192,11 @@ def assign_fates(rows: Sequence[RowInfo], knobs: Knobs) -> bytearray:
     if knobs.truncate_rate > 0 and remaining:
         pick(remaining, knobs.truncate_rate, "truncate", Fate.TRUNCATE)
     return fates
+
+
+def faulted(fates: bytearray) -> list[bool]:
+    """Per row, whether its fate is a fault that makes its next appearance a retry."""
+    return [f in FAULTS for f in fates]
 
 
 def _round_half_up(x: float) -> int:

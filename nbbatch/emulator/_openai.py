@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from . import _responder
+from . import _models, _responder
 from ._faults import (
     FAIL_MARKER,
     TRANSIENT_MARKER,
@@ -29,6 +29,7 @@ from ._faults import (
     Knobs,
     RowInfo,
     assign_fates,
+    faulted,
     int_hash,
     processing_order,
 )
@@ -782,16 +783,13 @@ def create_batch_sync(store: Store, body: Any) -> dict[str, Any]:
     n = 0 if invalid else len(v.rows)
     fates = bytearray()
     if not invalid:
-        track = [
-            knobs.row_faults_active or FAIL_MARKER in r.text or TRANSIENT_MARKER in r.text
-            for r in v.rows
-        ]
-        attempts = store.attempts("openai", v.custom_ids, track)
+        attempts = store.attempts("openai", v.custom_ids)
         rows = [
             RowInfo(r.custom_id, a, r.text, r.has_schema)
             for r, a in zip(v.rows, attempts, strict=True)
         ]
         fates = assign_fates(rows, knobs)
+        store.record_faults("openai", v.custom_ids, attempts, faulted(fates))
     batch_id = new_id("batch_")
     started = t + knobs.validating_seconds
     processed = started + knobs.processing_seconds
@@ -951,14 +949,45 @@ def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
             fate = Fate.FAIL
         elif info is not None and TRANSIENT_MARKER in info.last_user:
             # keyed by the text: the SDK's automatic retry of the 500 then succeeds
-            attempt = store.attempts("openai-realtime", [info.last_user], [True])[0]
+            attempt = store.attempts("openai-realtime", [info.last_user])[0]
             fate = Fate.TRANSIENT_ERROR if attempt == 1 else Fate.OK
+            store.record_faults("openai-realtime", [info.last_user], [attempt], [attempt == 1])
         created = int(store.clock.unix(store.now()))
         ans = await run_in_threadpool(answer, endpoint, body, fate, created, new_id("rt"))
         headers = {"retry-after-ms": "10"} if ans.status >= 500 else {}
         return JSONResponse(ans.body, status_code=ans.status, headers=headers)
 
     return handler
+
+
+# =================================================================== models
+
+
+def model_json(entry: _models.ModelEntry) -> dict[str, Any]:
+    """A Model object."""
+    return {"id": entry.id, "object": "model", "created": entry.created, "owned_by": "system"}
+
+
+async def list_models(request: Request) -> Response:
+    """``GET /v1/models``: every model, in one page."""
+    store = _store(request)
+    data = [model_json(m) for m in _models.catalogue("openai", store.knobs.models)]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request) -> Response:
+    """``GET /v1/models/{model}``; an unknown model is a 404 ``model_not_found``."""
+    store = _store(request)
+    model = request.path_params["model"]
+    entry = _models.find("openai", model, store.knobs.models)
+    if entry is None:
+        raise ApiError(
+            404,
+            f"The model '{model}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+    return JSONResponse(model_json(entry))
 
 
 routes = [

@@ -12,6 +12,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -19,13 +20,22 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import _anthropic, _openai
 from ._state import Store
 from ._wire import ApiError, JSONResponse, anthropic_error_body, openai_error_body
 
-_OPENAI_PREFIXES = ("/files", "/batches", "/chat/", "/responses", "/embeddings", "/messages")
+_OPENAI_PREFIXES = (
+    "/files",
+    "/batches",
+    "/chat/",
+    "/responses",
+    "/embeddings",
+    "/messages",
+    "/models",
+)
 _REALTIME = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/messages")
 _ANTHROPIC_TYPES = {
     400: "invalid_request_error",
@@ -171,10 +181,33 @@ async def _crash(request: Request, exc: Exception) -> Response:
     )
 
 
+def _by_api(
+    openai_handler: Callable[[Request], Awaitable[Response]],
+    anthropic_handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """One handler for a path both APIs have: the Anthropic SDK (and Anthropic's
+    documented curl form) always sends ``anthropic-version``, OpenAI's never does."""
+
+    async def handler(request: Request) -> Response:
+        if "anthropic-version" in request.headers:
+            return await anthropic_handler(request)
+        return await openai_handler(request)
+
+    return handler
+
+
 def build_app(store: Store) -> Starlette:
     """The starlette application serving both APIs from ``store``."""
+    shared = [
+        Route("/v1/models", _by_api(_openai.list_models, _anthropic.list_models), methods=["GET"]),
+        Route(
+            "/v1/models/{model}",
+            _by_api(_openai.retrieve_model, _anthropic.retrieve_model),
+            methods=["GET"],
+        ),
+    ]
     app = Starlette(
-        routes=[*_openai.routes, *_anthropic.routes],
+        routes=[*_openai.routes, *_anthropic.routes, *shared],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash},
     )
     app.state.store = store

@@ -39,10 +39,12 @@ _ERROR_FATES = (Fate.TRANSIENT_ERROR, Fate.FAIL)
 class Clock:
     """Reads the (injectable) clock and maps its readings to unix time."""
 
-    def __init__(self, clock: Callable[[], float] | None = None) -> None:
-        self.now: Callable[[], float] = clock or time.monotonic
-        self._origin = self.now()
-        self._epoch = time.time()
+    def __init__(self, clock: Callable[[], float] | None = None, *, wall: bool = False) -> None:
+        # ``wall``: readings are unix time itself, so timelines saved by one process mean
+        # the same in the next (the background emulator, see _persist.py).
+        self.now: Callable[[], float] = time.time if wall else clock or time.monotonic
+        self._origin = 0.0 if wall else self.now()
+        self._epoch = 0.0 if wall else time.time()
 
     def unix(self, t: float) -> float:
         """Unix time (seconds) of clock reading ``t``."""
@@ -163,13 +165,28 @@ class BatchRecord:
 
 
 class Store:
-    """All emulator state. Every method is thread-safe."""
+    """All emulator state. Every method is thread-safe.
 
-    def __init__(self, knobs: Knobs, clock: Callable[[], float] | None = None) -> None:
+    With ``directory`` the store keeps file bytes there (not in a temporary directory
+    deleted on close) and reads wall-clock time, so :mod:`._persist` can bring its
+    batches back in another process.
+    """
+
+    def __init__(
+        self,
+        knobs: Knobs,
+        clock: Callable[[], float] | None = None,
+        *,
+        directory: Path | None = None,
+    ) -> None:
         self.lock = threading.RLock()
         self.knobs = knobs
-        self.clock = Clock(clock)
-        self._dir = tempfile.TemporaryDirectory(prefix="nbbatch-emulator-")
+        self.clock = Clock(clock, wall=directory is not None)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="nbbatch-emulator-")
+            directory = Path(self._tmp.name)
+        self.directory = directory
         self._seq = itertools.count(1)
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, dict[str, BatchRecord]] = {"openai": {}, "anthropic": {}}
@@ -198,22 +215,28 @@ class Store:
 
     def new_path(self, prefix: str) -> Path:
         """A fresh path inside the emulator's private directory."""
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=self._dir.name)
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=self.directory)
         os.close(fd)
         return Path(name)
+
+    def resume_seq(self, last: int) -> None:
+        """Continue numbering after ``last`` (a restored store's highest sequence number)."""
+        self._seq = itertools.count(last + 1)
 
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
             self.counters[name] += n
 
     def close(self) -> None:
-        """Stop the output worker and delete every stored file. Idempotent."""
+        """Stop the output worker and delete every stored file (unless the store keeps
+        them in its own ``directory``). Idempotent."""
         with self.lock:
             if self._closed:
                 return
             self._closed = True
         self._executor.shutdown(wait=True, cancel_futures=True)
-        self._dir.cleanup()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     # ------------------------------------------------------------------ files
 
@@ -262,6 +285,14 @@ class Store:
             if not batch.invalid:
                 self._submit(batch, None, "")
 
+    def restore_batch(self, provider: str, batch: BatchRecord) -> None:
+        """Register a batch saved by an earlier process; output is made again only if
+        that process had not finished it."""
+        with self.lock:
+            self.batches[provider][batch.id] = batch
+            if batch.outcome is None and not batch.invalid:
+                self._submit(batch, None, "")
+
     def get_batch(self, provider: str, batch_id: str) -> BatchRecord | None:
         with self.lock:
             return self.batches[provider].get(batch_id)
@@ -275,24 +306,34 @@ class Store:
         with self.lock:
             return self.batches[provider].pop(batch_id, None)
 
-    def attempts(self, provider: str, custom_ids: list[str], track: list[bool]) -> list[int]:
-        """Attempt numbers (1 = first batch with this custom_id) and record this one.
+    def attempts(self, provider: str, custom_ids: list[str]) -> list[int]:
+        """Each custom_id's attempt number: 1 + the number of consecutive batches, up to
+        the last one it was in, in which it got a fault (see :meth:`record_faults`).
 
-        Only rows with ``track`` set are counted (rows with a marker, or all rows while
-        row faults are active); counting every custom_id of a million-row job would cost
-        a lot of memory for nothing.
+        A custom_id whose last appearance went well starts again at 1, so a new job (or
+        a re-run) with the same ids meets the fault knobs afresh, while the automatic
+        retry of a faulted row is attempt 2, 3, ...
         """
         with self.lock:
             seen = self._attempts.setdefault(provider, {})
-            out = []
-            for cid, tracked in zip(custom_ids, track, strict=True):
-                if tracked:
-                    n = seen.get(cid, 0) + 1
-                    seen[cid] = n
-                    out.append(n)
-                else:
-                    out.append(seen.get(cid, 0) + 1)
-            return out
+            if not seen:
+                return [1] * len(custom_ids)
+            return [seen.get(cid, 0) + 1 for cid in custom_ids]
+
+    def record_faults(
+        self, provider: str, custom_ids: list[str], attempts: list[int], faulted: list[bool]
+    ) -> None:
+        """Remember the custom_ids that got a fault at these attempts; forget the rest.
+
+        Only faulted ids are kept, so memory is bounded by the faults, not by the rows.
+        """
+        with self.lock:
+            seen = self._attempts.setdefault(provider, {})
+            for cid, attempt, hit in zip(custom_ids, attempts, faulted, strict=True):
+                if hit:
+                    seen[cid] = attempt
+                elif seen:
+                    seen.pop(cid, None)
 
     def _submit(self, batch: BatchRecord, cut: int | None, reason: str) -> Future[Any]:
         key = (cut, reason)

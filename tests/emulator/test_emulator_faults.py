@@ -1,4 +1,5 @@
-"""Fault knobs: exact counts, determinism, fault_attempts, markers, HTTP faults, shuffle."""
+"""Fault knobs: exact counts, per job, determinism, fault_attempts, markers, HTTP faults,
+shuffle."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from typing import Any
 import anthropic
 import jsonschema
 import openai
+import pandas as pd
 import pytest
 from emu_helpers import anthropic_client, chat_line, jsonl, openai_client, parse_jsonl, raw
 from emu_openapi import check
 
+import nbbatch as nb
 from nbbatch import emulator
 
 SCHEMA = {
@@ -65,6 +68,57 @@ def test_error_rate_exact_and_resubmission_succeeds() -> None:
             again = [r for r in rows(200) if r["custom_id"] in failed_ids]
             b2, out2, err2 = run_openai(client, again)
             assert len(out2) == 20 and not err2 and b2.error_file_id is None
+
+
+def test_faults_apply_to_every_job_not_only_the_first() -> None:
+    with emulator.start(processing_seconds=0.01, error_rate=0.1) as emu:
+        with openai_client(emu) as client:
+            for _ in range(2):  # the same custom_ids again: a new job, faults again
+                _, out, err = run_openai(client, rows(100))
+                assert len(err) == 10 and len(out) == 90
+                failed_ids = {e["custom_id"] for e in err}
+                # ... and the retry of the faulted rows succeeds
+                _, out2, err2 = run_openai(
+                    client, [r for r in rows(100) if r["custom_id"] in failed_ids]
+                )
+                assert len(out2) == 10 and not err2
+        with anthropic_client(emu) as client:
+            requests = [
+                {
+                    "custom_id": f"r{i}",
+                    "params": {
+                        "model": "claude-haiku-4-5",
+                        "max_tokens": 20,
+                        "messages": [{"role": "user", "content": f"p{i}"}],
+                    },
+                }
+                for i in range(50)
+            ]
+            for _ in range(2):
+                got = run_anthropic(client, requests)
+                errored = [r for r in requests if got[r["custom_id"]].type == "errored"]
+                assert len(errored) == 5
+                again = run_anthropic(client, errored)
+                assert {r.type for r in again.values()} == {"succeeded"}
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_two_jobs_in_a_row_both_meet_the_faults_and_both_recover(provider: str) -> None:
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(40)]})
+    with emulator.start(processing_seconds=0.02, error_rate=0.1) as emu:
+        sdk = openai_client if provider == "openai" else anthropic_client
+        model = "gpt-4o-mini" if provider == "openai" else "claude-haiku-4-5"
+        with sdk(emu) as client:
+            for _ in range(2):
+                job = nb.submit(
+                    df, "{text}", model=model, client=client, force=True, reuse=False,
+                    display=False,
+                )  # fmt: skip
+                job.wait(timeout=30, progress=False)
+                assert job.counts["succeeded"] == 40
+                attempts = job.results()["attempt"]
+                # 10 % failed transiently at first and succeeded on the automatic retry.
+                assert (attempts == 2).sum() == 4 and (attempts == 1).sum() == 36
 
 
 def test_faults_are_deterministic() -> None:

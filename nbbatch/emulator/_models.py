@@ -1,0 +1,75 @@
+"""The models the emulator says it has, per provider, for the models endpoints.
+
+Real model ids of both providers (their aliases and dated snapshots), so that a client
+asking ``models.retrieve("gtp-4o-mini")`` hears what the provider would say: no such
+model. ``start(models=[...])`` adds names of one's own; those are served by both APIs.
+The batch and real-time endpoints do not check models: these lists only answer the
+models endpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model as the models endpoints describe it."""
+
+    id: str
+    created: int  # unix seconds
+    display_name: str
+
+
+def _family(alias: str, snapshots: Iterable[str], created: int, display: str) -> list[ModelEntry]:
+    return [ModelEntry(alias, created, display)] + [
+        ModelEntry(s, created, display) for s in snapshots
+    ]
+
+
+OPENAI: tuple[ModelEntry, ...] = tuple(
+    _family("gpt-4o-mini", ["gpt-4o-mini-2024-07-18"], 1721172741, "GPT-4o mini")
+    + _family(
+        "gpt-4o",
+        ["gpt-4o-2024-05-13", "gpt-4o-2024-08-06", "gpt-4o-2024-11-20"],
+        1715367049,
+        "GPT-4o",
+    )
+    + _family("gpt-4.1", ["gpt-4.1-2025-04-14"], 1744316542, "GPT-4.1")
+    + _family("gpt-4.1-mini", ["gpt-4.1-mini-2025-04-14"], 1744318173, "GPT-4.1 mini")
+    + _family("gpt-4.1-nano", ["gpt-4.1-nano-2025-04-14"], 1744321025, "GPT-4.1 nano")
+    + _family("gpt-5", ["gpt-5-2025-08-07"], 1754425777, "GPT-5")
+    + _family("gpt-5-mini", ["gpt-5-mini-2025-08-07"], 1754425867, "GPT-5 mini")
+    + _family("gpt-5-nano", ["gpt-5-nano-2025-08-07"], 1754426384, "GPT-5 nano")
+    + _family("o4-mini", ["o4-mini-2025-04-16"], 1744225351, "o4-mini")
+    + _family("text-embedding-3-small", [], 1705948997, "text-embedding-3-small")
+    + _family("text-embedding-3-large", [], 1705953180, "text-embedding-3-large")
+)
+
+ANTHROPIC: tuple[ModelEntry, ...] = tuple(
+    _family("claude-haiku-4-5", ["claude-haiku-4-5-20251001"], 1759276800, "Claude Haiku 4.5")
+    + _family("claude-sonnet-4-5", ["claude-sonnet-4-5-20250929"], 1759104000, "Claude Sonnet 4.5")
+    + _family("claude-sonnet-4", ["claude-sonnet-4-20250514"], 1747180800, "Claude Sonnet 4")
+    + _family("claude-opus-4-5", ["claude-opus-4-5-20251101"], 1761955200, "Claude Opus 4.5")
+    + _family("claude-opus-4-1", ["claude-opus-4-1-20250805"], 1754352000, "Claude Opus 4.1")
+    + _family(
+        "claude-3-5-haiku-latest", ["claude-3-5-haiku-20241022"], 1729555200, "Claude Haiku 3.5"
+    )
+)
+
+#: When models added with ``start(models=...)`` say they were created (2025-01-01).
+ADDED_CREATED = 1735689600
+
+
+def catalogue(provider: str, extra: Iterable[str] = ()) -> list[ModelEntry]:
+    """The models of ``provider`` ("openai" or "anthropic"), newest first, then ``extra``."""
+    known = sorted(OPENAI if provider == "openai" else ANTHROPIC, key=lambda m: -m.created)
+    have = {m.id for m in known}
+    added = [ModelEntry(name, ADDED_CREATED, name) for name in extra if name not in have]
+    return known + added
+
+
+def find(provider: str, model: str, extra: Iterable[str] = ()) -> ModelEntry | None:
+    """The entry for ``model``, or None when the provider has no such model."""
+    return next((m for m in catalogue(provider, extra) if m.id == model), None)
