@@ -2,8 +2,8 @@
 
 The table is a dated data file, ``prices.json`` (see :data:`PRICES_DATE`); providers
 change prices, so treat every figure as an estimate and override with :func:`set_price`
-(``nb.pricing.set``). A model that is not in
-the table has an unknown price: nbbatch says so rather than show a wrong number.
+(``nb.pricing.set``). A model that is not in the table, nor a dated snapshot of one,
+has an unknown price: nbbatch says so rather than show a wrong number.
 Batch prices are half the real-time prices at both OpenAI and Anthropic.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -23,10 +24,13 @@ def _load() -> tuple[str, dict[str, tuple[float, float, float]]]:
     return raw["date"], models
 
 
-#: model prefix -> (input, cached input, output) in US dollars per million tokens,
-#: real-time, from ``prices.json``. The longest matching prefix wins, so dated
-#: snapshots (``gpt-4o-mini-2024-07-18``) match their family.
+#: model -> (input, cached input, output) in US dollars per million tokens, real-time,
+#: from ``prices.json``. A dated snapshot (``gpt-4o-mini-2024-07-18``,
+#: ``claude-haiku-4-5-20251001``) has its model's price; any other name has none.
 PRICES_DATE, _REALTIME = _load()
+
+#: ``-YYYY-MM-DD`` or ``-YYYYMMDD`` at the end of a model name: a dated snapshot.
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 BATCH_DISCOUNT = 0.5
 
 
@@ -42,9 +46,14 @@ set = set_price  # noqa: A001 - the name users reach for, inside this module onl
 
 
 def price_of(model: str) -> tuple[float, float, float] | None:
-    """(input, cached input, output) real-time dollars per million tokens, or None."""
-    matches = [p for p in _REALTIME if model == p or model.startswith(p + "-")]
-    return _REALTIME[max(matches, key=len)] if matches else None
+    """(input, cached input, output) real-time dollars per million tokens, or None.
+
+    Only a model in the table, or a dated snapshot of one, has a price: a name that
+    merely starts like a known model (``gpt-4o-mni``) is unknown, not ``gpt-4o``.
+    """
+    if model in _REALTIME:
+        return _REALTIME[model]
+    return _REALTIME.get(_SNAPSHOT.sub("", model))
 
 
 @dataclass(frozen=True)

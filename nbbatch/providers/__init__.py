@@ -3,22 +3,51 @@
 Each provider is a :class:`~nbbatch.providers.base.Provider` subclass registered under a
 name. ``"local"`` is not a provider of its own: it is the OpenAI or Anthropic provider
 pointed at the embedded emulator.
+
+The built-in providers are registered by module path and imported on first use: their
+SDKs take seconds to import, and ``import nbbatch`` (and the ``nbbatch`` command) should
+not wait for an SDK it may never use.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from typing import Any
 
 from .._errors import ConfigError
 from .base import Provider
 
-_REGISTRY: dict[str, type[Provider]] = {}
+#: name -> the provider class, or its ``"module:Class"`` path until first used
+_REGISTRY: dict[str, type[Provider] | str] = {}
+#: name -> default endpoint, known without importing a class registered by path
+_ENDPOINTS: dict[str, str] = {}
 
 
-def register(name: str, cls: type[Provider]) -> None:
-    """Make a provider class available under ``name``."""
+def register(name: str, cls: type[Provider] | str, *, default_endpoint: str | None = None) -> None:
+    """Make a provider class available under ``name``.
+
+    ``cls`` is the class, or its ``"module:Class"`` path to import on first use; a path
+    needs ``default_endpoint`` (the class's own), so choosing an endpoint imports nothing.
+    """
+    if isinstance(cls, str):
+        if default_endpoint is None:
+            raise ValueError("a provider registered by path needs its default_endpoint")
+        _ENDPOINTS[name] = default_endpoint
+    else:
+        _ENDPOINTS[name] = default_endpoint or cls.default_endpoint
     _REGISTRY[name] = cls
+
+
+def provider_class(name: str) -> type[Provider]:
+    """The provider class registered under ``name``, imported now if registered by path."""
+    entry = _REGISTRY[name]
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+        _REGISTRY[name] = entry
+    return entry
 
 
 def names() -> list[str]:
@@ -45,6 +74,7 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
     if client is not None:
         module = type(client).__module__.split(".")[0]
         if module in _REGISTRY:
+            _check_family(module, client, model)
             return module, False
         raise ConfigError(
             f"client must be an official SDK client (openai.OpenAI or anthropic.Anthropic), "
@@ -53,14 +83,34 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
     return by_model, False
 
 
+#: Model name prefixes that belong to one provider only.
+_FAMILIES = {
+    "anthropic": ("claude",),
+    "openai": ("gpt-", "chatgpt-", "text-embedding-", "o1", "o3", "o4", "davinci", "babbage"),
+}
+
+
+def _check_family(name: str, client: Any, model: str) -> None:
+    """A model of one provider with the other provider's client is a mistake."""
+    for owner, prefixes in _FAMILIES.items():
+        if owner != name and model.startswith(prefixes):
+            raise ConfigError(
+                f"model {model!r} is a model of {owner}, but the client is "
+                f"{name}.{type(client).__name__}. Pass a client of {owner} (or no client) "
+                f"for this model, or choose a model of {name}; with a proxy that serves "
+                f"{model!r} through the {name} API, say provider={name!r} explicitly.",
+                provider=name,
+            )
+
+
 def default_endpoint(name: str) -> str:
     """The endpoint a provider's requests go to unless ``endpoint=`` says otherwise."""
-    return _REGISTRY[name].default_endpoint
+    return _ENDPOINTS[name]
 
 
 def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     """Build the provider ``name`` around ``client`` (or a default client)."""
-    cls = _REGISTRY[name]
+    cls = provider_class(name)
     if client is None:
         client = default_client(name, local=local)
     return cls(sync_client(client))
@@ -79,8 +129,11 @@ def default_client(
     """
     if local:
         from .. import emulator
+        from ..ledger import home
 
-        emu = emulator.shared()
+        # The background emulator of this ledger home, a process of its own, so local
+        # jobs outlive the kernel like real ones (started now if it does not run).
+        emu = emulator.background(home())
         base_url = emu.openai_base_url if name == "openai" else emu.anthropic_base_url
         key = "local-emulator"
     elif key is None:
@@ -107,10 +160,10 @@ def default_client(
 
 def sync_client(client: Any) -> Any:
     """A synchronous client equivalent to ``client`` (nbbatch polls from a thread)."""
-    import anthropic
-    import openai
-
-    if isinstance(client, openai.AsyncOpenAI):
+    # An SDK client exists only once its SDK is imported: never import one just to check.
+    openai = sys.modules.get("openai")
+    anthropic = sys.modules.get("anthropic")
+    if openai is not None and isinstance(client, openai.AsyncOpenAI):
         return openai.OpenAI(
             api_key=client.api_key,
             organization=client.organization,
@@ -120,7 +173,7 @@ def sync_client(client: Any) -> Any:
             max_retries=client.max_retries,
             default_headers=client._custom_headers,
         )
-    if isinstance(client, anthropic.AsyncAnthropic):
+    if anthropic is not None and isinstance(client, anthropic.AsyncAnthropic):
         return anthropic.Anthropic(
             api_key=client.api_key,
             auth_token=client.auth_token,
@@ -133,11 +186,10 @@ def sync_client(client: Any) -> Any:
 
 
 def _register_builtin() -> None:
-    from .anthropic import AnthropicProvider
-    from .openai import OpenAIProvider
-
-    register("openai", OpenAIProvider)
-    register("anthropic", AnthropicProvider)
+    # The endpoints repeat the classes' own; a test checks that they agree.
+    here = __name__
+    register("openai", f"{here}.openai:OpenAIProvider", default_endpoint="/v1/chat/completions")
+    register("anthropic", f"{here}.anthropic:AnthropicProvider", default_endpoint="/v1/messages")
 
 
 _register_builtin()

@@ -13,9 +13,10 @@ import anthropic
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from anthropic.types import message_create_params
 
 from .._errors import InputError, ProviderError
-from . import _jsonl
+from . import _jsonl, _params
 from .base import (
     ROW_RESULT_SCHEMA,
     BatchInfo,
@@ -30,6 +31,21 @@ from .base import (
 #: Anthropic requires max_tokens on every request; this is nbbatch's default when the
 #: caller does not set one (enough for a paragraph or a small JSON object).
 DEFAULT_MAX_TOKENS = 1024
+
+#: What a Message Batches request accepts: the SDK's own params type, plus the sampling
+#: parameters the API still takes although the SDK's types no longer declare them.
+PARAMS = _params.Endpoint(
+    "/v1/messages",
+    message_create_params.MessageCreateParamsNonStreaming,
+    owned={
+        "model": "model=",
+        "messages": "the prompt template",
+        "system": "system=",
+        "max_tokens": "max_tokens=",
+    },
+    ranges={"temperature": (0.0, 1.0), "top_p": (0.0, 1.0), "top_k": (1, None)},
+    extra={"temperature": float, "top_p": float, "top_k": int},
+)
 
 _content = pa.list_(pa.struct([("type", pa.string()), ("text", pa.large_string())]))
 _usage = pa.struct(
@@ -115,6 +131,38 @@ class AnthropicProvider(Provider):
             params["output_config"] = {"format": _output_format(spec.response_format)}
         params.update(spec.params)
         return params
+
+    def validate(self, spec: RequestSpec) -> None:
+        """Check ``spec`` against the SDK's Messages params type."""
+        if spec.endpoint != self.default_endpoint:
+            self.params(spec, "")  # raises the endpoint's error
+        _params.check_max_tokens(spec.max_tokens)
+        # With a response_format, nbbatch fills ``output_config.format``.
+        owned = {}
+        if spec.response_format is not None:
+            owned = {"output_config": "response_format= (it fills output_config.format)"}
+        _params.check(PARAMS, spec.params, {"temperature": spec.temperature}, owned)
+
+    def find_model(self, model: str) -> bool | list[str] | None:
+        """``models.retrieve``, and on a 404 ``models.list`` for the ids there are."""
+        try:
+            self.client.models.retrieve(model)
+            return True
+        except anthropic.APIStatusError as exc:
+            if exc.status_code not in (404, 405):
+                raise _provider_error(exc, f"looking up model {model!r}") from exc
+        except anthropic.AnthropicError as exc:
+            raise _provider_error(exc, f"looking up model {model!r}") from exc
+        # A 404 can mean "no such model" or "no such route" (a proxy): the list tells.
+        try:
+            ids = [m.id for m in self.client.models.list(limit=1000)]
+        except anthropic.APIStatusError as exc:
+            if exc.status_code in (404, 405):
+                return None
+            raise _provider_error(exc, "listing models") from exc
+        except anthropic.AnthropicError as exc:
+            raise _provider_error(exc, "listing models") from exc
+        return True if model in ids else ids
 
     def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
         line = {

@@ -7,13 +7,20 @@ lines into the common row-result table (:data:`ROW_RESULT_SCHEMA`).
 
 from __future__ import annotations
 
+import difflib
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from .._errors import BatchFailedError, ProviderError
+from .._errors import BatchFailedError, InputError, ProviderError
+
+log = logging.getLogger("nbbatch")
+
+#: (base_url, model) pairs a provider confirmed, so repeated submits skip the round trip.
+_KNOWN_MODELS: set[tuple[str, str]] = set()
 
 #: Terminal per-row states a provider can report for a request it was sent.
 ROW_STATES = ("succeeded", "failed", "expired", "cancelled")
@@ -117,6 +124,54 @@ class Provider(ABC):
     def base_url(self) -> str:
         """Where the client sends requests (recorded in the ledger; never a key)."""
         return str(self.client.base_url)
+
+    def validate(self, spec: RequestSpec) -> None:
+        """Raise :class:`~nbbatch.InputError` when the provider would refuse ``spec``'s
+        parameters for every row (unknown keyword, wrong type, out of range). Sends
+        nothing. Providers without checks accept everything here."""
+        return None
+
+    def check_model(self, model: str) -> None:
+        """Raise :class:`~nbbatch.InputError` when the provider says it has no ``model``.
+
+        Asks the provider's models endpoint through the SDK (one round trip, then
+        remembered per address and model in this process). When the endpoint is missing
+        (some proxies) or cannot be asked, the check is skipped and logged at INFO on
+        logger ``nbbatch``: the batch itself will still report a bad model.
+        """
+        key = (self.base_url, model)
+        if key in _KNOWN_MODELS:
+            return
+        try:
+            found = self.find_model(model)
+        except ProviderError as exc:
+            # Only the kind of failure: a refusal's text can quote part of the key.
+            cause = exc.__cause__
+            status = getattr(cause, "status_code", None)
+            why = f"HTTP {status}" if status else type(cause or exc).__name__
+            log.info("nbbatch: model %r not checked: asking %s failed (%s)", model, self.name, why)
+            return
+        if found is None:
+            log.info(
+                "nbbatch: model %r not checked: %s has no models endpoint", model, self.base_url
+            )
+            return
+        if isinstance(found, list):
+            close = difflib.get_close_matches(model, found, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            raise InputError(
+                f"unknown model {model!r}{hint} {self.name} at {self.base_url} does not have "
+                f"it; nothing was created. Its models include: {', '.join(sorted(found)[:12])}"
+                f"{', ...' if len(found) > 12 else ''}.",
+                provider=self.name,
+            )
+        _KNOWN_MODELS.add(key)
+
+    def find_model(self, model: str) -> bool | list[str] | None:
+        """Ask the provider about ``model``: True when it has it, else the ids it has,
+        or None when it has no models endpoint. Raises ProviderError when it cannot be
+        asked. Providers without a models endpoint return None."""
+        return None
 
     @abstractmethod
     def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:

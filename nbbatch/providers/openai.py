@@ -15,9 +15,12 @@ import openai
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from openai.types import embedding_create_params
+from openai.types.chat import completion_create_params
+from openai.types.responses import response_create_params
 
 from .._errors import InputError, ProviderError
-from . import _jsonl
+from . import _jsonl, _params
 from .base import (
     ROW_RESULT_SCHEMA,
     BatchInfo,
@@ -32,6 +35,44 @@ from .base import (
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+
+_SAMPLING: dict[str, tuple[float | None, float | None]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "frequency_penalty": (-2.0, 2.0),
+    "presence_penalty": (-2.0, 2.0),
+}
+#: What each endpoint accepts: the SDK's own params type, and the keys nbbatch fills.
+PARAMS = {
+    "/v1/chat/completions": _params.Endpoint(
+        "/v1/chat/completions",
+        completion_create_params.CompletionCreateParamsBase,
+        owned={
+            "model": "model=",
+            "messages": "the prompt template (and system= for a system message)",
+            "max_completion_tokens": "max_tokens=",
+            "response_format": "response_format=",
+        },
+        ranges=_SAMPLING,
+    ),
+    "/v1/responses": _params.Endpoint(
+        "/v1/responses",
+        response_create_params.ResponseCreateParamsBase,
+        owned={
+            "model": "model=",
+            "input": "the prompt template",
+            "instructions": "system=",
+            "max_output_tokens": "max_tokens=",
+        },
+        ranges=_SAMPLING,
+    ),
+    "/v1/embeddings": _params.Endpoint(
+        "/v1/embeddings",
+        embedding_create_params.EmbeddingCreateParams,
+        owned={"model": "model=", "input": "the prompt template"},
+        ranges={},
+    ),
+}
 
 _cached = pa.struct([("cached_tokens", pa.int64())])
 # Chat and embeddings count prompt/completion tokens; the Responses API input/output.
@@ -135,6 +176,63 @@ class OpenAIProvider(Provider):
             body["temperature"] = spec.temperature
         body.update(spec.params)
         return body
+
+    def validate(self, spec: RequestSpec) -> None:
+        """Check ``spec`` against the SDK's params type of its endpoint."""
+        endpoint = PARAMS.get(spec.endpoint)
+        if endpoint is None:
+            raise InputError(
+                f"endpoint {spec.endpoint!r} is not supported; use one of {list(ENDPOINTS)}."
+            )
+        _params.check_max_tokens(spec.max_tokens)
+        if spec.endpoint == "/v1/embeddings":
+            # body() leaves these out of an embeddings request: say so, not drop them.
+            ignored = [
+                name
+                for name, value in (
+                    ("system", spec.system),
+                    ("max_tokens", spec.max_tokens),
+                    ("temperature", spec.temperature),
+                    ("response_format", spec.response_format),
+                )
+                if value is not None
+            ]
+            if ignored:
+                raise InputError(
+                    f"{', '.join(ignored)} cannot be used with /v1/embeddings (an embedding "
+                    "has no reply to shape); leave them unset."
+                )
+        # With a response_format, nbbatch fills the Responses API's ``text.format``.
+        owned = {}
+        if spec.endpoint == "/v1/responses" and spec.response_format is not None:
+            owned = {"text": "response_format= (it fills text.format)"}
+        _params.check(endpoint, spec.params, {"temperature": spec.temperature}, owned)
+
+    def find_model(self, model: str) -> bool | list[str] | None:
+        """``models.retrieve``, and on a 404 ``models.list`` for the ids there are.
+
+        An Azure OpenAI client names deployments, not models: not checked.
+        """
+        if isinstance(self.client, openai.AzureOpenAI):
+            return None
+        try:
+            self.client.models.retrieve(model)
+            return True
+        except openai.APIStatusError as exc:
+            if exc.status_code not in (404, 405):
+                raise _provider_error(exc, f"looking up model {model!r}") from exc
+        except openai.OpenAIError as exc:
+            raise _provider_error(exc, f"looking up model {model!r}") from exc
+        # A 404 can mean "no such model" or "no such route" (a proxy): the list tells.
+        try:
+            ids = [m.id for m in self.client.models.list()]
+        except openai.APIStatusError as exc:
+            if exc.status_code in (404, 405):
+                return None
+            raise _provider_error(exc, "listing models") from exc
+        except openai.OpenAIError as exc:
+            raise _provider_error(exc, "listing models") from exc
+        return True if model in ids else ids
 
     def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
         if spec.endpoint not in ENDPOINTS:
