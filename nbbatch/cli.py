@@ -1,92 +1,289 @@
-"""``nbbatch``: the command line for cron jobs and servers.
+"""The ``nbbatch`` command: follow and collect batch jobs from a terminal, cron or a server.
 
-    nbbatch jobs                          list the jobs in the ledger
-    nbbatch status JOB                    poll once and print the job's state
-    nbbatch collect JOB [--out F] [--wait]  write the results (parquet, csv or jsonl)
-    nbbatch cancel JOB                    cancel the job's open batches
-
-API keys come from the environment (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``), as
-for :func:`nbbatch.attach`; ``NBBATCH_HOME`` chooses the ledger.
+A thin layer over the library (:func:`nbbatch.attach`, :func:`nbbatch.jobs`); the help
+texts below are what ``nbbatch --help`` prints, so they are plain text.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from . import api
-from ._errors import NbbatchError
+from . import __version__, api
+from . import merge as _merge
+from ._errors import InputError, NbbatchError
+from .job import BatchJob
+from .ledger import default as _default_ledger
+from .pricing import money
+
+#: Exit codes, as ``nbbatch --help`` lists them.
+OK, ERROR, USAGE, RUNNING, UNREACHABLE = 0, 1, 2, 3, 4
+
+DESCRIPTION = """\
+List, check, collect and cancel nbbatch jobs outside a notebook: in a terminal, a cron
+job or a server. Jobs are the ones submitted with nbbatch.submit(...), read from the
+local ledger."""
+
+EPILOG = """\
+exit codes:
+  0    success
+  1    error: unknown job, unusable file name, the provider refused a call, ...
+  2    wrong usage of the command
+  3    the job still has pending rows (collect without --wait, or --timeout passed)
+  4    the provider could not be reached or answered with a temporary error
+  130  interrupted (Ctrl-C); the job goes on at the provider
+
+environment:
+  NBBATCH_HOME                        the folder of the ledger
+  OPENAI_API_KEY, ANTHROPIC_API_KEY   API keys for jobs on those providers
+                                      (jobs on the local emulator need none)"""
+
+JOB_HELP = "a job id, as `nbbatch jobs` lists it"
 
 
 def _jobs(args: argparse.Namespace) -> int:
     table = api.jobs()
     if table.empty:
         print("no jobs in the ledger")
-    else:
-        print(table.to_string(index=False))
-    return 0
+        return OK
+    table["created"] = table["created"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    table = table.rename(columns={"created": "created (UTC)"})
+    for column in ("rows", "succeeded", "failed", "expired", "cancelled", "skipped", "pending"):
+        table[column] = table[column].map("{:,}".format)
+    table["cost"] = table["cost"].map(lambda c: "unknown" if pd.isna(c) else money(c))
+    print(table.to_string(index=False))
+    return OK
 
 
 def _status(args: argparse.Namespace) -> int:
     job = api.attach(args.job)
     snap = job.refresh()
+    if snap.last_error:
+        # Polling retries these quietly in a notebook; a command must say so and fail.
+        print(f"nbbatch: {snap.last_error}", file=sys.stderr)
+        return UNREACHABLE
     print(snap.summary())
     for b in snap.batches:
-        print(f"  batch {b.batch_id}: {b.status} ({b.n_requests} requests, attempt {b.attempt})")
+        print(
+            f"  batch {b.batch_id}: {b.status}, {b.done:,}/{b.n_requests:,} requests done "
+            f"(attempt {b.attempt})"
+        )
     print(f"  cost: {snap.cost}")
     for w in snap.warnings:
-        print(f"  warning: {w}")
-    return 0
+        print(f"  note: {w}")
+    return OK
+
+
+#: Result file formats by suffix, as ``collect --out`` accepts them.
+WRITERS: dict[str, Callable[[pd.DataFrame, Path], Any]] = {
+    ".parquet": lambda f, p: f.to_parquet(p, index=False),
+    ".csv": lambda f, p: f.to_csv(p, index=False),
+    ".jsonl": lambda f, p: f.to_json(p, orient="records", lines=True, force_ascii=False),
+    ".ndjson": lambda f, p: f.to_json(p, orient="records", lines=True, force_ascii=False),
+    ".json": lambda f, p: f.to_json(p, orient="records", force_ascii=False),
+    ".xlsx": lambda f, p: f.to_excel(p, index=False),
+}
+FORMATS = ".parquet, .csv, .jsonl (or .ndjson), .json or .xlsx"
+
+
+def _check_out(out: Path) -> None:
+    """Refuse a results file that cannot be written, before waiting for anything."""
+    suffix = out.suffix.lower()
+    if suffix not in WRITERS:
+        raise InputError(
+            f"cannot write {str(out)!r}: the file name must end in {FORMATS}, "
+            f"which chooses the format."
+        )
+    if suffix == ".xlsx" and importlib.util.find_spec("openpyxl") is None:
+        raise InputError(
+            "writing .xlsx needs the openpyxl package, which is not installed: "
+            "`pip install openpyxl`, or write .parquet, .csv, .jsonl or .json instead."
+        )
+    if not out.parent.is_dir():
+        raise InputError(
+            f"cannot write {str(out)!r}: the folder {str(out.parent)!r} does not exist. "
+            "Create it first, or choose another --out."
+        )
+
+
+def results_table(job: BatchJob) -> pd.DataFrame:
+    """What ``collect`` writes, one line per input row in input order: the row's id (the
+    job's ``id_column``, else ``id`` for the index label), then the columns ``merge``
+    adds (see :meth:`BatchJob.output_columns`)."""
+    rows = job.results()
+    record = _default_ledger().job(job.id) or {}
+    id_name = record.get("id_column") or "id"
+    out = pd.DataFrame({id_name: _ids(rows["label"])})
+    columns = _merge.result_columns(
+        job.output,
+        job.spec.response_format,
+        rows["status"].to_numpy(),
+        rows["output"].to_numpy(),
+        rows["error"].to_numpy(),
+    )
+    for name, column in columns.items():
+        out[name] = column
+    return out
+
+
+def _ids(labels: pd.Series) -> pd.Series:
+    """The ledger keeps each row's label as text: give integer labels back as integers
+    (only when the text is exactly the integer's, so ``"007"`` stays text)."""
+    labels = labels.reset_index(drop=True)
+    numbers = pd.to_numeric(labels, errors="coerce")  # int64 only when every label parses
+    if numbers.dtype.kind == "i" and (numbers.astype(str) == labels).all():
+        return numbers
+    return labels
 
 
 def _collect(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.wait:
+        raise InputError("--timeout needs --wait (it says how long to wait).")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_out(out)  # before anything else: a bad name should not cost a long wait
     job = api.attach(args.job)
-    snap = job.wait(progress=True).snapshot() if args.wait else job.refresh()
-    frame = job.results()
-    out = Path(args.out or f"{job.id}.parquet")
-    if out.suffix == ".csv":
-        frame.to_csv(out)
-    elif out.suffix in (".jsonl", ".ndjson"):
-        frame.reset_index().to_json(out, orient="records", lines=True, force_ascii=False)
+    out = out or Path(f"{job.id}.parquet")
+    code = OK
+    if args.wait:
+        try:
+            job.wait(args.timeout, progress=True)
+        except TimeoutError:
+            pending = job.snapshot().counts["pending"]
+            print(
+                f"nbbatch: job {job.id} still has {pending:,} pending rows after "
+                f"{args.timeout:g} s; {job.whereabouts()}: run "
+                f"`nbbatch collect {job.id} --wait` again later.",
+                file=sys.stderr,
+            )
+            code = RUNNING
+        snap = job.snapshot()
     else:
-        frame.to_parquet(out)
-    print(f"{len(frame)} rows written to {out}: {snap.summary()}")
-    return 0 if snap.finished else 3
+        snap = job.refresh()
+        if snap.last_error:
+            print(f"nbbatch: {snap.last_error}", file=sys.stderr)
+            code = UNREACHABLE
+    frame = results_table(job)
+    try:
+        WRITERS[out.suffix.lower()](frame, out)
+    except (ValueError, TypeError) as exc:  # e.g. a value the format cannot hold
+        raise InputError(
+            f"cannot write the results as {out.suffix}: {exc}. Try .parquet or .jsonl."
+        ) from exc
+    print(f"{len(frame):,} rows written to {out}: {snap.summary()}")
+    if code == OK and not snap.finished:
+        code = RUNNING
+    return code
 
 
 def _cancel(args: argparse.Namespace) -> int:
     snap = api.attach(args.job).cancel()
     print(snap.summary())
-    return 0
+    return OK
+
+
+def _forget(args: argparse.Namespace) -> int:
+    api.attach(args.job).forget(force=args.force)
+    print(f"job {args.job} removed from the ledger")
+    return OK
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line's argument parser."""
+    top = argparse.ArgumentParser(
+        prog="nbbatch",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("--version", action="version", version=f"nbbatch {__version__}")
+    sub = top.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="what to do; `nbbatch COMMAND --help` describes each",
+    )
+    p = sub.add_parser(
+        "jobs", help="list the jobs in the ledger", description="List the jobs in the ledger."
+    )
+    p.set_defaults(run=_jobs)
+    p = sub.add_parser(
+        "status",
+        help="poll a job once and print its state",
+        description="Poll a job's open batches once and print its state.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("job", metavar="JOB", help=JOB_HELP)
+    p.set_defaults(run=_status)
+    p = sub.add_parser(
+        "collect",
+        help="write a job's results to a file",
+        description="Write a job's results to a file: one line per input row with its id,\n"
+        "its output column(s), status and error.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("job", metavar="JOB", help=JOB_HELP)
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help=f"the results file; its suffix chooses the format: {FORMATS} "
+        "(default: JOB.parquet in the current folder)",
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="wait until every row is done, printing progress"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --wait: stop waiting after this many seconds, write what is done and "
+        "exit with 3",
+    )
+    p.set_defaults(run=_collect)
+    p = sub.add_parser(
+        "cancel",
+        help="cancel a job's open batches",
+        description="Cancel a job's open batches; rows already done keep their results.",
+    )
+    p.add_argument("job", metavar="JOB", help=JOB_HELP)
+    p.set_defaults(run=_cancel)
+    p = sub.add_parser(
+        "forget",
+        help="remove a job from the ledger",
+        description="Remove a job from the ledger: its rows, batches, events and result files.\n"
+        "A job with batches that can still run is refused: cancel it first, or --force.",
+    )
+    p.add_argument("job", metavar="JOB", help=JOB_HELP)
+    p.add_argument(
+        "--force", action="store_true", help="forget it even if some of its batches can still run"
+    )
+    p.set_defaults(run=_forget)
+    return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit code (1 on an nbbatch error, 3 when
-    ``collect`` finds the job still running)."""
-    parser = argparse.ArgumentParser(prog="nbbatch", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("jobs", help="list the jobs in the ledger").set_defaults(run=_jobs)
-    p = sub.add_parser("status", help="poll a job once and print its state")
-    p.add_argument("job")
-    p.set_defaults(run=_status)
-    p = sub.add_parser("collect", help="write a job's results to a file")
-    p.add_argument("job")
-    p.add_argument("--out", help="results file: .parquet (default), .csv or .jsonl")
-    p.add_argument("--wait", action="store_true", help="wait until every row is terminal")
-    p.set_defaults(run=_collect)
-    p = sub.add_parser("cancel", help="cancel a job's open batches")
-    p.add_argument("job")
-    p.set_defaults(run=_cancel)
-    args = parser.parse_args(argv)
+    """Run the command line; returns the exit code (listed in ``nbbatch --help``)."""
+    args = parser().parse_args(argv)
     pd.set_option("display.width", 200)
     try:
         return int(args.run(args))
     except NbbatchError as exc:
         print(f"nbbatch: {exc}", file=sys.stderr)
-        return 1
+        return ERROR
+    except OSError as exc:  # a file that cannot be written: a message, not a traceback
+        print(f"nbbatch: {exc}", file=sys.stderr)
+        return ERROR
+    except KeyboardInterrupt:
+        print("nbbatch: interrupted; the job goes on at the provider.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""The text view of a job: one line per change, for scripts, terminals and logs.
+"""The text view of a job, for scripts, terminals and logs.
 
-Like the notebook panel it only renders snapshots. :func:`attach` chooses whether to
-show it, the way ``tqdm.auto`` chooses a front end.
+Like the notebook panel it only renders snapshots: one line whenever the job's state
+changes, and while rows are pending a heartbeat line with the provider's own progress at
+least every :data:`HEARTBEAT` seconds (when polls come that often; else at every poll),
+so a log never goes quiet during a long batch.
+:func:`attach` chooses whether to show it, the way ``tqdm.auto`` chooses a front end.
 """
 
 from __future__ import annotations
@@ -15,14 +18,53 @@ from .snapshot import JobSnapshot, format_seconds
 if TYPE_CHECKING:
     from .job import BatchJob
 
+#: Seconds of job time (the job's clock) between lines while rows are pending.
+HEARTBEAT = 30.0
+
+
+def progress_line(snap: JobSnapshot) -> str:
+    """One line saying where the job is, in rows (collected into the ledger) and, while
+    batches are open, in requests (as the provider counts them), e.g.
+    ``[ 1m 05s] nbb-... running (in_progress): 640/1,000 requests done at the provider;
+    0/1,000 rows collected``.
+    """
+    c = snap.counts
+    head = f"[{format_seconds(snap.elapsed):>7}] {snap.job_id} {snap.status}"
+    parts = []
+    if not snap.finished:
+        head += f" ({snap.provider_status})"
+        sent = [b for b in snap.batches if not b.batch_id.startswith("intent-")]
+        if sent:
+            done = sum(b.done for b in sent)
+            total = sum(b.n_requests for b in sent)
+            parts.append(f"{done:,}/{total:,} requests done at the provider")
+    states = [
+        f"{c[s]:,} {s}" for s in ("succeeded", "failed", "expired", "cancelled", "skipped") if c[s]
+    ]
+    rows = f"{snap.done:,}/{c['total']:,} rows collected"
+    parts.append(rows + (f" ({', '.join(states)})" if states else ""))
+    if not snap.finished and snap.eta is not None:
+        parts.append(f"about {format_seconds(snap.eta)} left")
+    return f"{head}: " + "; ".join(parts)
+
 
 class ConsoleReporter:
-    """Writes a line whenever the status, provider status or counts change."""
+    """Writes a line whenever the status or row counts change, and at least every
+    ``every`` seconds while rows are pending.
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    Time is the snapshots' own (``snap.now``, from the job's clock), so the heartbeat
+    follows a test's fake clock. Lines come with the snapshots, that is with the polls,
+    so a heartbeat is written early when the next poll (expected as far off as the last
+    one) would come more than ``every`` seconds after the last line.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, every: float = HEARTBEAT) -> None:
         self.stream = stream
+        self.every = every
         self._last: tuple[object, ...] | None = None
         self._warned = 0
+        self._printed_at: float | None = None
+        self._seen_at: float | None = None
 
     def __call__(self, snap: JobSnapshot) -> None:
         state = (
@@ -31,10 +73,19 @@ class ConsoleReporter:
             tuple(sorted(snap.counts.items())),
             snap.last_error,
         )
-        if state == self._last and len(snap.warnings) == self._warned:
+        gap = 0.0 if self._seen_at is None else max(0.0, snap.now - self._seen_at)
+        self._seen_at = snap.now
+        changed = state != self._last or len(snap.warnings) != self._warned
+        due = (
+            not snap.finished
+            and self._printed_at is not None
+            and snap.now - self._printed_at + gap >= self.every
+        )
+        if not changed and not due:
             return
         self._last = state
-        line = f"[{format_seconds(snap.elapsed):>7}] {snap.summary()}"
+        self._printed_at = snap.now
+        line = progress_line(snap)
         if snap.last_error:
             line += f" (retrying after: {snap.last_error})"
         stream = self.stream or sys.stderr
