@@ -5,6 +5,7 @@ A thin layer: it holds the DataFrame (or Series) and hands it to :func:`nbbatch.
 frame.
 
 >>> job = df.nbbatch.submit("Classify: {review}", model="gpt-4o-mini")   # doctest: +SKIP
+>>> job.merge(df).nbbatch.highlight()                                   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -35,7 +36,16 @@ class _Accessor:
 
 @pd.api.extensions.register_dataframe_accessor("nbbatch")
 class DataFrameAccessor(_Accessor):
-    """``df.nbbatch.submit(prompt, ...)``, ``.preview(...)``, ``.try_now(...)``."""
+    """``df.nbbatch.submit(prompt, ...)``, ``.preview(...)``, ``.try_now(...)``, and
+    ``out.nbbatch.highlight()`` on a merged frame."""
+
+    def highlight(self, output: str | None = None, **kwargs: Any) -> Any:
+        """``nb.highlight(this, output, **kwargs)``: the merged frame with the rows that did
+        not succeed tinted; see :func:`nbbatch.highlight`."""
+        from .styling import highlight
+
+        assert isinstance(self._data, pd.DataFrame)  # registered on DataFrames only
+        return highlight(self._data, output, **kwargs)
 
 
 @pd.api.extensions.register_series_accessor("nbbatch")

@@ -6,10 +6,19 @@ job's public methods (``refresh``, ``cancel``, ``resubmit_failed``, ``failed``, 
 Snapshots arrive on the background poller's thread; ipywidgets sends trait changes from
 any thread, and JupyterLab shows them live while the kernel stays free for other cells.
 
-- :func:`show` displays a new panel (and starts background polling);
+- :func:`show` displays a new panel (and starts background polling) as an output with a
+  display id; :func:`display_job` is how IPython shows a ``BatchJob``;
 - :func:`mimebundle` is what ``BatchJob._repr_mimebundle_`` returns: the panel plus a
-  ``text/plain`` summary in a notebook, only the text elsewhere, and the text with one
-  warning if the widgets cannot be built (the way ``tqdm.autonotebook`` falls back).
+  ``text/plain`` summary and a small static ``text/html`` one (:func:`static_html`) in a
+  notebook, only the text elsewhere, and the text with one warning if the widgets cannot
+  be built (the way ``tqdm.autonotebook`` falls back).
+
+The saved notebook reads right without widgets (on GitHub, in ``nbconvert --to html``):
+the panel's output carries the text and the static summary beside the widget, and the
+panel replaces that output's data (``update_display``) when the job's state changes, so
+what is saved is the last state, not the state at submit. ipykernel sends such updates
+from the poller's thread like the widgets' own; they are throttled while the job runs
+(:data:`SAVED_EVERY`) and always sent when it ends.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import html
 import logging
 import threading
 import time
+import uuid
 import warnings
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -43,23 +53,39 @@ log = logging.getLogger("nbbatch")
 OUTPUT_TOKENS_GUESS = 100
 #: Characters per token assumed for the cost estimate before usage is reported.
 CHARS_PER_TOKEN = 4
-#: Rows of the merged DataFrame the end-of-job preview shows, plus up to this many rows
-#: that did not succeed (wherever they are).
-PREVIEW_ROWS = 20
-PREVIEW_FAILED_ROWS = 50
-#: Rows the "Show failed rows" table shows at most.
-FAILED_ROWS_SHOWN = 200
+#: Rows the end-of-job preview shows: up to PREVIEW_FAILED_ROWS that did not succeed,
+#: then the first others. A panel stays a panel: ``job.merge()`` has every row.
+PREVIEW_ROWS = 5
+PREVIEW_FAILED_ROWS = 3
+#: The user's columns the preview shows after the result columns (the rest on demand).
+PREVIEW_USER_COLUMNS = 2
+#: Rows the "Show failed rows" table shows at most (in a box that scrolls).
+FAILED_ROWS_SHOWN = 50
 #: Longer cell texts are cut in the previews (the full text is in ``job.merge()``).
-PREVIEW_TEXT_CHARS = 120
+PREVIEW_TEXT_CHARS = 80
+#: Widest table cell in the panel, so the result columns fit a 640 px notebook.
+CELL_WIDTH = "18em"
 #: Batches listed in the header (the newest ones); the rest are counted.
-BATCHES_SHOWN = 6
-#: How many of the job's notes (retries, capacity splits, alerts) the panel lists.
-MAX_NOTES = 4
+BATCHES_SHOWN = 4
+#: Past notes listed (the newest, with their time); the rest are counted.
+MAX_HISTORY = 3
+#: While the job runs, the saved output's text is replaced at most this often (seconds);
+#: a change of status, of the current notes, or the end is saved at once.
+SAVED_EVERY = 30.0
 #: Prefix the job puts on ``last_error`` when an error ended background polling.
 POLLING_STOPPED = "polling stopped"
+#: Button feedback that only lasts while what it started runs.
+_TRANSIENT_MESSAGES = ("Cancelling", "Resubmitting")
 
+_BAR_COLOURS = {  # the bar's collected part, by state; its "ready" part is lighter
+    "info": "var(--jp-brand-color1, #1976d2)",
+    "success": "var(--jp-success-color1, #388e3c)",
+    "warning": "var(--jp-warn-color1, #f57c00)",
+    "danger": "var(--jp-error-color1, #d32f2f)",
+}
 _COUNT_COLOURS = {
     "total": "rgba(128, 128, 128, 0.18)",
+    "ready": "rgba(33, 150, 243, 0.10)",
     "succeeded": "rgba(67, 160, 71, 0.25)",
     "failed": styling.ROW_COLOURS["failed"],
     "expired": styling.ROW_COLOURS["expired"],
@@ -101,19 +127,16 @@ class JobPanel:
         self._final_key: tuple[Any, ...] | None = None  # the finished state last previewed
         self._closed = False
         self.message_text = ""  # feedback from the last button press
+        self.bar_state = "info"  # the bar's colour: info | success | warning | danger
+        self.display_id: str | None = None  # the output this panel keeps up to date
+        self._saved: tuple[Any, ...] | None = None  # the state that output last got
+        self._saved_at = 0.0
         self.estimate = self._estimate_cost()  # once per panel, not per poll
 
         full = Layout(width="100%")
         self.header = widgets.HTML(layout=full)
         self.batches = widgets.HTML(layout=full)
-        self.progress = widgets.IntProgress(
-            min=0,
-            max=1,
-            value=0,
-            bar_style="info",
-            layout=Layout(flex="1 1 auto", width="auto", min_width="100px"),
-        )
-        self.percent = widgets.HTML(layout=Layout(flex="0 0 auto", width="auto"))
+        self.progress = widgets.HTML(layout=full)  # a two-part bar: collected, ready
         self.counts = widgets.HTML(layout=full)
         self.timing = widgets.HTML(layout=full)
         self.cost = widgets.HTML(layout=full)
@@ -157,18 +180,15 @@ class JobPanel:
         )
         self.summary = widgets.HTML(layout=full)
         self.preview = widgets.Output(layout=Layout(width="100%", overflow="auto"))
-        self.failed_rows = widgets.Output(layout=Layout(width="100%", overflow="auto"))
-
-        bar = widgets.HBox(
-            [self.progress, self.percent],
-            layout=Layout(width="100%", flex_flow="row wrap", align_items="center"),
+        self.failed_rows = widgets.Output(
+            layout=Layout(width="100%", max_height="420px", overflow="auto")
         )
         self.widget = widgets.VBox(
             [
                 self.header,
-                self.batches,
-                bar,
+                self.progress,
                 self.counts,
+                self.batches,
                 self.timing,
                 self.cost,
                 self.error,
@@ -192,7 +212,6 @@ class JobPanel:
             self.header: "nbbatch-header",
             self.batches: "nbbatch-batches",
             self.progress: "nbbatch-progress",
-            self.percent: "nbbatch-percent",
             self.counts: "nbbatch-counts",
             self.timing: "nbbatch-timing",
             self.cost: "nbbatch-cost",
@@ -223,9 +242,42 @@ class JobPanel:
 
     # -- display ----------------------------------------------------------------------------
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
-        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
-        bundle["text/plain"] = self.job.snapshot().summary()
+        return self.bundle(self.job.snapshot())
+
+    def bundle(self, snap: JobSnapshot) -> dict[str, Any]:
+        """The output's data for ``snap``: the widget, and for viewers without widgets
+        the text and the static HTML summary."""
+        bundle = dict(self.widget._repr_mimebundle_() or {})
+        bundle["text/plain"] = plain_text(snap)
+        bundle["text/html"] = static_html(snap)
         return bundle
+
+    @staticmethod
+    def _state(snap: JobSnapshot) -> tuple[Any, ...]:
+        """(what changes the saved output at once, what changes it at most every
+        :data:`SAVED_EVERY` seconds while running)."""
+        key = (snap.status, snap.provider_status, snap.current_notes, snap.last_error)
+        return key, (tuple(snap.counts.values()), snap.ready, len(snap.batches))
+
+    def _save(self, snap: JobSnapshot) -> None:
+        """Replace the displayed output's data when the job's state changed (see the
+        module docstring), so the saved notebook shows the last state."""
+        if self.display_id is None:
+            return
+        key, counts = self._state(snap)
+        if (key, counts) == self._saved:
+            return
+        if (
+            self._saved is not None
+            and key == self._saved[0]
+            and not snap.finished
+            and time.monotonic() - self._saved_at < SAVED_EVERY
+        ):
+            return  # only counts moved: saved on a later poll
+        from IPython.display import update_display
+
+        self._saved, self._saved_at = (key, counts), time.monotonic()
+        update_display(self.bundle(snap), raw=True, display_id=self.display_id)
 
     def close(self) -> None:
         """Stop following the job and close the widgets (polling goes on)."""
@@ -270,10 +322,6 @@ class JobPanel:
                 preview = _text_output(f"No preview: {exc}")
         self.header.value = self._header_html(snap)
         self.batches.value = self._batches_html(snap)
-        self.percent.value = (
-            f'<span style="{_TEXT}{_FONT} white-space: nowrap;">'
-            f"<b>{snap.fraction:.0%}</b> &middot; {snap.done:,}/{c['total']:,} rows</span>"
-        )
         self.counts.value = self._counts_html(snap)
         self.timing.value = self._timing_html(snap)
         self.cost.value = self._cost_html(snap)
@@ -283,6 +331,8 @@ class JobPanel:
         self.cancel_button.disabled = snap.finished or self._confirming
         if snap.finished and self._confirming:
             self._set_confirming(False)
+        if snap.finished and self.message_text.startswith(_TRANSIENT_MESSAGES):
+            self._say("")  # what a button started is over: the notes and summary say how
         self.resubmit_button.disabled = snap.resubmittable == 0
         self.resubmit_button.description = (
             f"Resubmit failed ({snap.resubmittable:,})" if snap.resubmittable else "Resubmit failed"
@@ -307,10 +357,9 @@ class JobPanel:
             self.summary.value = ""
             self.preview.outputs = ()
         # The bar last: once it changes, everything else already shows the same state.
-        self.progress.max = max(1, c["total"])
-        # fraction, not done: a snapshot may count provider-reported progress in it.
-        self.progress.value = round(snap.fraction * self.progress.max)
-        self.progress.bar_style = self.bar_style(snap)
+        self.bar_state = self.bar_style(snap)
+        self.progress.value = bar_html(snap, self.bar_state)
+        self._save(snap)
 
     @staticmethod
     def bar_style(snap: JobSnapshot) -> str:
@@ -335,7 +384,9 @@ class JobPanel:
             f"{snap.n_rows:,} rows{via}</span></div>"
         )
 
-    def _batches_html(self, snap: JobSnapshot) -> str:
+    @staticmethod
+    def _batches_html(snap: JobSnapshot) -> str:
+        # The provider's unit: requests (identical rows share one), never rows.
         if not snap.batches:
             return f'<div style="{_MUTED}{_FONT}">no provider batch yet</div>'
         shown = snap.batches[-BATCHES_SHOWN:]
@@ -343,28 +394,33 @@ class JobPanel:
             f'<span class="nbbatch-batch" style="margin-right: 12px; overflow-wrap: anywhere;">'
             f'<code style="word-break: break-all;">{_esc(b.batch_id)}</code> '
             f"{_esc(b.status.replace('_', ' '))} "
-            f'<span style="{_MUTED}">({_batch_rows(b)}, attempt {b.attempt})</span></span>'
+            f'<span style="{_MUTED}">({_batch_requests(b)}, attempt {b.attempt})</span></span>'
             for b in shown
         ]
         more = len(snap.batches) - len(shown)
         if more:
-            items.insert(0, f'<span style="{_MUTED}">{more} older batches &middot; </span>')
+            items.insert(0, f'<span style="{_MUTED}">{more:,} older batches &middot; </span>')
         return (
             f'<div style="{_TEXT}{_FONT} display: flex; flex-wrap: wrap; row-gap: 2px;">'
             f'<span style="{_MUTED} margin-right: 6px;">Batches:</span>{"".join(items)}</div>'
         )
 
-    def _counts_html(self, snap: JobSnapshot) -> str:
+    @staticmethod
+    def _counts_html(snap: JobSnapshot) -> str:
+        # Rows only (the user's unit); "ready" is the part of "pending" the provider has
+        # already done, to be collected at the batch's end.
         chips = []
         for state in ("total", "succeeded", "failed", "expired", "cancelled", "skipped", "pending"):
             n = snap.counts[state]
             dim = " opacity: 0.55;" if n == 0 and state != "total" else ""
-            chips.append(
-                f'<span class="nbbatch-count nbbatch-count-{state}" style="display: inline-block;'
-                f" padding: 1px 8px; margin: 2px 6px 2px 0; border-radius: 10px;"
-                f' background: {_COUNT_COLOURS[state]}; white-space: nowrap;{dim}">'
-                f"{state} <b>{n:,}</b></span>"
-            )
+            chips.append(_chip(state, state, f"{n:,}", dim))
+            if state == "pending" and snap.ready:
+                chips.append(
+                    _chip(
+                        "ready", "done at provider", f"~{snap.ready:,}", "",
+                        "rows the provider has done; collected when their batch ends",
+                    )
+                )  # fmt: skip
         extras = [
             f"{n:,} {words}"
             for name, words in (
@@ -395,8 +451,10 @@ class JobPanel:
                 parts.append("polling in the background")
             else:
                 parts.append("not polling (press Refresh now)")
+            # Only with a rate measured from the provider's own progress; none is better
+            # than a wrong one.
             if snap.eta is not None:
-                parts.append(f"ETA ~{format_seconds(snap.eta)}")
+                parts.append(f"ETA ~{format_seconds(snap.eta)} at the provider's pace")
         return f'<div style="{_MUTED}{_FONT}">{" &middot; ".join(parts)}</div>'
 
     def _estimate_cost(self) -> tuple[pricing.Cost, int, int]:
@@ -455,23 +513,27 @@ class JobPanel:
             )
         return f'<div class="nbbatch-cost-line" style="{_TEXT}{_FONT}">{label}{text}</div>'
 
-    def _error_html(self, snap: JobSnapshot) -> str:
-        # What the job did on its own (retries, capacity splits, alerts): the last few.
-        notes = "".join(self._note(w, "info") for w in snap.warnings[-MAX_NOTES:])
-        if len(snap.warnings) > MAX_NOTES:
-            notes = self._note(f"{len(snap.warnings) - MAX_NOTES} earlier notes", "info") + notes
-        return notes + self._problem_html(snap)
+    @classmethod
+    def _error_html(cls, snap: JobSnapshot) -> str:
+        # What holds now (open retries, an alert on today's counts, a pending cancel),
+        # then what is over, as history with its time.
+        notes = "".join(
+            cls._note(n.text, "warning" if n.kind == "alert" else "info")
+            for n in snap.current_notes
+        )
+        return notes + _history_html(snap) + cls._problem_html(snap)
 
-    def _problem_html(self, snap: JobSnapshot) -> str:
+    @classmethod
+    def _problem_html(cls, snap: JobSnapshot) -> str:
         if not snap.last_error:
             return ""
         if snap.last_error.startswith(POLLING_STOPPED):
-            return self._note(
+            return cls._note(
                 f"{snap.last_error}. The batches go on at the provider; press Refresh now to "
                 "poll again.",
                 "danger",
             )
-        return self._note(f"Polling error, retrying: {snap.last_error}", "warning")
+        return cls._note(f"Polling error, retrying: {snap.last_error}", "warning")
 
     @staticmethod
     def _note(text: str, kind: str) -> str:
@@ -486,7 +548,8 @@ class JobPanel:
             f' overflow-wrap: anywhere;">{_esc(text)}</div>'
         )
 
-    def _summary_html(self, snap: JobSnapshot) -> str:
+    @staticmethod
+    def _summary_html(snap: JobSnapshot) -> str:
         c = snap.counts
         took = format_seconds(snap.elapsed)
         if snap.status == "cancelled":
@@ -510,40 +573,59 @@ class JobPanel:
 
     # -- tables -----------------------------------------------------------------------------
     def _preview_output(self) -> dict[str, Any]:
-        """The end-of-job preview: the first rows of the merged DataFrame plus the rows that
-        did not succeed, highlighted, with their errors."""
-        try:
-            frame = self.job.merge()
-            status = f"{self.job.output}_status"
-            where = "job.merge()"
-        except MergeError:  # attached without its data: show the results instead
-            frame = self.job.results()[["label", "status", "output", "error"]]
-            status = "status"
-            where = "job.results()"
-        bad = np.flatnonzero(frame[status].isin(styling.NOT_SUCCEEDED).to_numpy())
-        head = np.arange(min(PREVIEW_ROWS, len(frame)))
-        take = np.union1d(head, bad[:PREVIEW_FAILED_ROWS])
-        extra = len(take) - len(head)
-        if len(head) == len(frame):
-            note = f"{where}: all {len(frame):,} rows"
+        """The end-of-job preview: a few rows (those that did not succeed first) of the
+        merged DataFrame, the result columns first, highlighted."""
+        frame, status, where = self._merged()
+        bad = frame[status].isin(styling.NOT_SUCCEEDED).to_numpy()
+        n_bad = int(bad.sum())
+        first_bad = np.flatnonzero(bad)[:PREVIEW_FAILED_ROWS]
+        others = np.flatnonzero(~bad)[: PREVIEW_ROWS - len(first_bad)]
+        take = np.union1d(first_bad, others)
+        result, user = self._result_columns(frame, status)
+        note = f"{where}: {len(take):,} of {len(frame):,} rows"
+        if n_bad == len(first_bad):
+            note += f", the {n_bad:,} that did not succeed first" if n_bad else ""
         else:
-            note = f"{where}: the first {len(head):,} of {len(frame):,} rows"
-        if extra:
-            note += f" and {extra:,} more that did not succeed"
-        if len(bad) > PREVIEW_FAILED_ROWS:
-            note += f" (of {len(bad):,}: see job.failed())"
-        return _html_output(_shorten(frame.iloc[take]), status, note, "nbbatch-preview-table")
+            note += f", {len(first_bad):,} of the {n_bad:,} that did not succeed first"
+        hidden = len(user) - PREVIEW_USER_COLUMNS
+        if hidden > 0:
+            note += f", {hidden:,} more column{'s' if hidden > 1 else ''}"
+        note += f". Every row: {where}" + ("; failed ones: Show failed rows." if n_bad else ".")
+        shown = frame.iloc[take][result + user[:PREVIEW_USER_COLUMNS]]
+        return _html_output(_shorten(shown), status, note, "nbbatch-preview-table")
 
     def _failed_output(self) -> dict[str, Any]:
-        frame = self.job.failed()
-        status = styling.status_column(frame, self.job.output)
+        frame, status, where = self._merged()
+        frame = frame[frame[status].isin(styling.NOT_SUCCEEDED)]
+        result, user = self._result_columns(frame, status)
         note = f"{len(frame):,} rows did not succeed"
         if len(frame) > FAILED_ROWS_SHOWN:
             note += f"; the first {FAILED_ROWS_SHOWN} are shown"
         note += ". All of them: job.failed(); send failed/expired ones again: Resubmit failed."
-        return _html_output(
-            _shorten(frame.head(FAILED_ROWS_SHOWN)), status, note, "nbbatch-failed-table"
-        )
+        shown = frame.head(FAILED_ROWS_SHOWN)[result + user]
+        return _html_output(_shorten(shown), status, note, "nbbatch-failed-table")
+
+    def _merged(self) -> tuple[pd.DataFrame, str, str]:
+        """(frame, its status column, how to get it): ``job.merge()``, or the results
+        for a job attached without its data."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "still running" warnings are for users
+            try:
+                return self.job.merge(), f"{self.job.output}_status", "job.merge()"
+            except MergeError:
+                frame = self.job.results()[["status", "output", "error", "label"]]
+                return frame, "status", "job.results()"
+
+    def _result_columns(self, frame: pd.DataFrame, status: str) -> tuple[list[str], list[str]]:
+        """(result columns, the user's columns): results first, beside the index; the
+        raw structured reply is left to ``job.merge()``."""
+        if status == "status":
+            return ["status", "output", "error"], [c for c in frame.columns if c == "label"]
+        added = [c for c in self.job.output_columns() if c in frame.columns]
+        result = [c for c in added if not str(c).endswith("_raw")]
+        values = [c for c in result if c not in (status, styling.error_column(frame, status))]
+        ordered = values + [status] + [c for c in result if c not in values and c != status]
+        return ordered, [c for c in frame.columns if c not in added]
 
     # -- buttons ----------------------------------------------------------------------------
     def _guard(self, name: str, handler: Any) -> Any:
@@ -582,12 +664,13 @@ class JobPanel:
         self._say("")
 
     def on_confirm_cancel(self) -> None:
-        """Second step, confirmed: cancel at the provider and follow until it ends."""
+        """Second step, confirmed: cancel at the provider and follow until it ends (the
+        job's own note says so while it lasts, the summary says how it ended)."""
         self._set_confirming(False)
         self._say("Cancelling...", "info")
         self.job.cancel()
         self._ensure_polling()
-        self._say("Cancel requested; open batches end as the provider confirms.", "info")
+        self._say("")
 
     def on_resubmit(self) -> None:
         """Send the failed and expired rows again and follow the new attempt."""
@@ -598,7 +681,7 @@ class JobPanel:
         if new is not self.job:  # follow the job that carries the new attempt
             self._follow(new)
         self._ensure_polling()
-        self._say(f"Resubmitted {n:,} rows; only those are sent (and paid for) again.", "info")
+        self._say("")  # the job's note says what was resent, while it is out
         self.render(self.job.snapshot())
 
     def on_show_failed(self) -> None:
@@ -627,11 +710,111 @@ class JobPanel:
         self.job.start_polling().poke()
 
 
-def _batch_rows(batch: Any) -> str:
-    done = int(getattr(batch, "done", 0) or 0)  # provider-reported, where it reports one
-    if 0 < done < batch.n_requests:
-        return f"{done:,}/{batch.n_requests:,} rows done"
-    return f"{batch.n_requests:,} rows"
+def _batch_requests(batch: Any) -> str:
+    """A batch's progress in the provider's unit, requests."""
+    n = batch.n_requests
+    done = min(int(getattr(batch, "done", 0) or 0), n)
+    ok = int(getattr(batch, "succeeded", 0) or 0)
+    if batch.status in ("expired", "cancelled", "failed", "ended") and ok:
+        # An "expired" batch may have answered most of its requests: say how many.
+        return f"{ok:,}/{n:,} requests succeeded"
+    if 0 < done < n:
+        return f"{done:,}/{n:,} requests done"
+    return f"{n:,} request{'s' if n != 1 else ''}"
+
+
+def _chip(state: str, label: str, value: str, extra: str = "", title: str = "") -> str:
+    tip = f' title="{_esc(title)}"' if title else ""
+    return (
+        f'<span class="nbbatch-count nbbatch-count-{state}"{tip} style="display: inline-block;'
+        f" padding: 1px 8px; margin: 2px 6px 2px 0; border-radius: 10px;"
+        f' background: {_COUNT_COLOURS[state]}; white-space: nowrap;{extra}">'
+        f"{_esc(label)} <b>{value}</b></span>"
+    )
+
+
+def _history_html(snap: JobSnapshot) -> str:
+    """Notes that are no longer current, the newest few, each with its time."""
+    past = snap.history
+    if not past:
+        return ""
+    lines = [
+        f'<div class="nbbatch-past"><span style="font-variant-numeric: tabular-nums;">'
+        f"{_clock(n.time)}</span> {_esc(n.text)}</div>"
+        for n in past[-MAX_HISTORY:]
+    ]
+    if len(past) > MAX_HISTORY:
+        lines.insert(0, f"<div>{len(past) - MAX_HISTORY:,} earlier notes</div>")
+    return (
+        f'<div class="nbbatch-history" style="{_MUTED}{_FONT} margin: 2px 0;'
+        f' overflow-wrap: anywhere;">Earlier:{"".join(lines)}</div>'
+    )
+
+
+def _percent(share: float) -> str:
+    """0..1 as a whole percentage that says 100% only when it is (floor, not round)."""
+    return "100%" if share >= 1 else f"{int(share * 100)}%"
+
+
+def bar_html(snap: JobSnapshot, state: str) -> str:
+    """The progress bar: rows collected in the state's colour, rows done at the provider
+    but not yet collected lighter beside them, and the same in words (rows only)."""
+    total = max(1, snap.counts["total"])
+    done, ready = snap.done, snap.ready
+    colour = _BAR_COLOURS[state]
+    if ready:
+        words = (
+            f"<b>{_percent(snap.progress)}</b> &middot; {done:,} collected + ~{ready:,} done "
+            f"at the provider, of {snap.counts['total']:,} rows"
+        )
+    else:
+        words = f"<b>{_percent(snap.fraction)}</b> &middot; {done:,}/{snap.counts['total']:,} rows"
+    return (
+        f'<div class="nbbatch-bar" role="progressbar" aria-valuemin="0" aria-valuemax="100"'
+        f' aria-valuenow="{int(snap.progress * 100)}" data-state="{state}" data-done="{done}"'
+        f' data-ready="{ready}" data-total="{snap.counts["total"]}" style="display: flex;'
+        f' flex-wrap: wrap; align-items: center; column-gap: 8px; margin: 4px 0;">'
+        f'<div style="flex: 1 1 160px; min-width: 100px; height: 12px; border-radius: 3px;'
+        f' overflow: hidden; display: flex; background: rgba(128, 128, 128, 0.22);">'
+        f'<div class="nbbatch-bar-done" style="width: {100 * done / total:.2f}%;'
+        f' background: {colour};"></div>'
+        f'<div class="nbbatch-bar-ready" title="done at the provider, not yet collected"'
+        f' style="width: {100 * ready / total:.2f}%; background: {colour}; opacity: 0.4;">'
+        f'</div></div><span class="nbbatch-percent" style="{_TEXT}{_FONT}'
+        f' white-space: nowrap;">{words}</span></div>'
+    )
+
+
+def plain_text(snap: JobSnapshot) -> str:
+    """The job as text, as saved in the notebook: the summary line and current notes."""
+    lines = [snap.summary()]
+    lines += [f"note: {n.text}" for n in snap.current_notes]
+    if snap.last_error:
+        lines.append(f"polling error: {snap.last_error}")
+    return "\n".join(lines)
+
+
+def static_html(snap: JobSnapshot) -> str:
+    """A small, self-contained HTML summary of ``snap`` (no script, inline styles): what
+    viewers without widgets show, e.g. GitHub and ``nbconvert --to html``."""
+    state = JobPanel.bar_style(snap)
+    if snap.finished:
+        where = JobPanel._summary_html(snap)
+    else:
+        where = (
+            f'<div style="{_TEXT}{_FONT}">Running ({_esc(snap.provider_status)}) as of '
+            f"{_clock(snap.now)}</div>"
+        )
+    return (
+        f'<div class="nbbatch-static" style="{_TEXT} border: 1px solid'
+        f" var(--jp-border-color2, rgba(128, 128, 128, 0.4)); padding: 6px 10px;"
+        f' max-width: 100%; box-sizing: border-box;">'
+        f'<div style="{_FONT}"><b>nbbatch job {_esc(snap.job_id)}</b>'
+        f' <span style="{_MUTED}">&middot; {_esc(snap.provider)} &middot;'
+        f" {_esc(snap.model)} &middot; {snap.n_rows:,} rows</span></div>"
+        f"{bar_html(snap, state)}{JobPanel._counts_html(snap)}{where}"
+        f"{JobPanel._error_html(snap)}</div>"
+    )
 
 
 def _shorten(frame: pd.DataFrame) -> pd.DataFrame:
@@ -656,7 +839,8 @@ def _text_output(text: str) -> dict[str, Any]:
 def _html_output(frame: pd.DataFrame, status: str, note: str, css_class: str) -> dict[str, Any]:
     """An output for an ``Output`` widget, built directly (no display hook), so it works
     from the poller's thread and without a kernel."""
-    table = styling.to_html(frame, status[: -len("_status")] if status != "status" else None)
+    output = status[: -len("_status")] if status != "status" else None
+    table = styling.to_html(frame, output, cell_width=CELL_WIDTH)
     body = (
         f'<div class="{css_class}" style="{_TEXT} overflow-x: auto; max-width: 100%;">'
         f'<div style="{_MUTED}{_FONT} margin: 4px 0;">{_esc(note)}</div>{table}</div>'
@@ -684,22 +868,64 @@ def _cell_run() -> Any:
 
 
 def show(job: BatchJob) -> JobPanel:
-    """Display a new live panel for ``job``, polling in the background until it ends."""
+    """Display a new live panel for ``job``, polling in the background until it ends.
+
+    The output has a display id: the panel replaces its text and static summary as the
+    job changes, so a saved notebook shows the last state."""
     from IPython.display import display
 
     if not job.snapshot().finished:
         job.start_polling()
     panel = JobPanel(job)
-    display(panel)
+    snap = job.snapshot()
+    data = panel.bundle(snap)
+    if not in_notebook():  # no output to keep up to date (a script with display=True)
+        display({"text/plain": data["text/plain"]}, raw=True)
+        _shown[job.id] = _cell_run()
+        return panel
+    with panel._lock:  # a render from the poller saves only once the output exists
+        panel.display_id = f"nbbatch-{job.id}-{uuid.uuid4().hex[:8]}"
+        panel._saved = panel._state(snap)
+        panel._saved_at = time.monotonic()
+    display(data, raw=True, display_id=panel.display_id)
     _shown[job.id] = _cell_run()
     return panel
 
 
+def display_job(job: BatchJob) -> None:
+    """How IPython shows a job (``job`` as a cell's last line, ``display(job)``): a live
+    panel with a display id in a notebook, nothing more if this very cell run already
+    showed one (``nb.submit`` does), the text elsewhere. Never raises for a widget
+    problem: it falls back to the text with one warning saying why."""
+    from IPython.display import display
+
+    snap = job.snapshot()
+    if not in_notebook():
+        display({"text/plain": plain_text(snap)}, raw=True)
+        return
+    run = _cell_run()
+    if run is not None and _shown.get(job.id) == run:
+        return  # a second panel (or a stale line of text) under the first adds nothing
+    try:
+        show(job)
+    except Exception as exc:
+        warnings.warn(
+            f"nbbatch: the live panel could not be shown ({type(exc).__name__}: {exc}); "
+            "showing text instead. Check that ipywidgets is installed in the kernel and "
+            "jupyterlab_widgets in JupyterLab.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        display({"text/plain": plain_text(snap)}, raw=True)
+
+
 def mimebundle(job: BatchJob) -> dict[str, Any]:
-    """What ``job`` displays as: a live panel plus ``text/plain`` in a notebook, just the
-    text elsewhere. Never raises for a widget problem: it falls back to the text with one
-    warning saying why."""
-    text = job.snapshot().summary()
+    """What ``job`` displays as for front ends that ask for a bundle: a live panel plus
+    ``text/plain`` and a static ``text/html`` summary in a notebook, just the text
+    elsewhere. (IPython itself shows a job through :func:`display_job`, which can keep
+    the output up to date.) Never raises for a widget problem: it falls back to the text
+    with one warning saying why."""
+    text = plain_text(job.snapshot())
     if not in_notebook():
         return {"text/plain": text}
     # nb.submit(...) as a cell's last line already showed a panel in this very cell run;

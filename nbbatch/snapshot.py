@@ -3,6 +3,11 @@
 The job produces snapshots; the notebook panel and the console reporter only turn them
 into widgets or text, so all the arithmetic (counts, progress, ETA) lives here and is
 testable without Jupyter.
+
+Two units are kept apart: *rows* (the user's unit: every count, the bar, the ETA) and
+*requests* (the provider's unit: identical rows are sent as one request). Provider
+progress is converted to rows per batch (:attr:`JobSnapshot.ready`); batch lines say
+"requests".
 """
 
 from __future__ import annotations
@@ -27,6 +32,33 @@ class BatchView:
     n_requests: int
     attempt: int
     done: int = 0  # requests the provider reports finished (OpenAI reports it as it goes)
+    rows: int = 0  # rows still pending on this batch (deduplicated rows included)
+    succeeded: int = 0  # its requests that succeeded (once collected)
+
+    @property
+    def ready(self) -> int:
+        """Rows of this batch done at the provider but not yet collected: the provider's
+        request count scaled to this batch's pending rows (exact without duplicates)."""
+        if self.n_requests <= 0 or self.rows <= 0:
+            return 0
+        return self.rows * min(self.done, self.n_requests) // self.n_requests
+
+
+#: Kinds of notes. ``alert``, ``retry``, ``resubmit``, ``cancel`` describe a state and are
+#: current while it lasts; every other kind records an event and is history at once.
+NOTE_KINDS = ("alert", "retry", "resubmit", "cancel", "fallback", "event")
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the job did or noticed: when (seconds since the epoch), what kind (one of
+    :data:`NOTE_KINDS`), the words, and whether it is still true (``current``) or history."""
+
+    time: float
+    kind: str
+    text: str
+    current: bool = False
+    attempt: int | None = None  # the attempt a retry or resubmission sent
 
 
 @dataclass(frozen=True)
@@ -47,7 +79,10 @@ class JobSnapshot:
     last_poll: float | None = None
     next_poll: float | None = None
     last_error: str | None = None  # a transient polling error, shown and retried
-    warnings: tuple[str, ...] = field(default_factory=tuple)
+    notes: tuple[Note, ...] = field(default_factory=tuple)  # oldest first
+    # (time, rows done or ready) whenever that changed, since progress last went back
+    # (a retry puts rows back to pending): what the ETA's rate is measured from.
+    progress_samples: tuple[tuple[float, int], ...] = field(default_factory=tuple)
     # Tokens paid for at batch price, as reported by results (cached part of the input).
     input_tokens: int = 0
     output_tokens: int = 0
@@ -105,14 +140,54 @@ class JobSnapshot:
         return max(0.0, self.now - self.created)
 
     @property
+    def ready(self) -> int:
+        """Rows done at the provider but not yet collected (an estimate where identical
+        rows share a request)."""
+        return min(self.counts["pending"], sum(b.ready for b in self.batches))
+
+    @property
+    def progress(self) -> float:
+        """Share of rows collected or done at the provider, 0..1 (1 for an empty job)."""
+        total = self.counts["total"]
+        return 1.0 if total == 0 else (self.done + self.ready) / total
+
+    #: Samples of progress needed before an ETA is shown: two increases, not one.
+    ETA_MIN_SAMPLES = 3
+
+    @property
     def eta(self) -> float | None:
-        """Seconds until every row is terminal at the rate so far, once a rate is known."""
+        """Seconds until every row is done at the provider, at the rate its own progress
+        counts moved so far; None when there is no trustworthy rate (too few samples, no
+        progress, progress overdue, or only collection left)."""
         if self.finished:
             return 0.0
-        sent_done = self.done - self.counts["skipped"]
-        if sent_done <= 0 or self.elapsed <= 0:
+        samples = self.progress_samples
+        if len(samples) < self.ETA_MIN_SAMPLES:
             return None
-        return self.counts["pending"] * self.elapsed / sent_done
+        (t0, p0), (t1, p1) = samples[0], samples[-1]
+        if t1 <= t0 or p1 <= p0:
+            return None
+        remaining = self.counts["total"] - self.done - self.ready
+        if remaining <= 0:
+            return None  # only collecting (or finalizing) is left: no rate for that
+        left = remaining * (t1 - t0) / (p1 - p0) - (self.now - t1)
+        return left if left > 0 else None  # overdue: say nothing rather than "0 s"
+
+    @property
+    def current_notes(self) -> tuple[Note, ...]:
+        """Notes that are true now (retries still open, an alert on the current counts,
+        a cancel not yet confirmed)."""
+        return tuple(n for n in self.notes if n.current)
+
+    @property
+    def history(self) -> tuple[Note, ...]:
+        """Notes that are no longer current, oldest first."""
+        return tuple(n for n in self.notes if not n.current)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The words of every note, current or history, oldest first."""
+        return tuple(n.text for n in self.notes)
 
     @property
     def provider_status(self) -> str:
@@ -129,14 +204,16 @@ class JobSnapshot:
     def summary(self) -> str:
         """One line saying where the job is."""
         c = self.counts
-        parts = [f"{c['succeeded']} succeeded"]
-        parts += [f"{c[s]} {s}" for s in ("failed", "expired", "cancelled", "skipped") if c[s]]
+        parts = [f"{c['succeeded']:,} succeeded"]
+        parts += [f"{c[s]:,} {s}" for s in ("failed", "expired", "cancelled", "skipped") if c[s]]
         if c["pending"]:
-            parts.append(f"{c['pending']} pending")
+            parts.append(f"{c['pending']:,} pending")
+        if self.ready:
+            parts.append(f"~{self.ready:,} of them done at the provider")
         head = f"{self.job_id} [{self.provider} {self.model}] {self.status}"
         if self.status == "running":
             head += f" ({self.provider_status})"
-        return f"{head}: {self.done}/{c['total']} rows done - " + ", ".join(parts)
+        return f"{head}: {self.done:,}/{c['total']:,} rows done - " + ", ".join(parts)
 
 
 _ENDED_WORDS = frozenset({"completed", "failed", "expired", "cancelled", "ended"})

@@ -4,12 +4,17 @@
 ``job.results()`` into a pandas ``Styler`` whose failed, expired and cancelled rows are
 tinted and whose error messages stand out::
 
-    from nbbatch.styling import highlight
-    highlight(job.failed(), job.output)
+    import nbbatch as nb
+    nb.highlight(job.merge())     # or job.failed(), job.results()
 
-The tints are semi-transparent, so they sit on top of whatever background the theme
-has and read well in JupyterLab's light *and* dark themes; text keeps the theme's own
-colour. Cell values are HTML-escaped: model output is data, never markup.
+A large frame is shown as its rows that did not succeed plus a sample of the others
+(``max_rows``), so 100,000 rows do not become megabytes of HTML in the notebook.
+
+The tints are semi-transparent over the theme's own page colour (so a table's zebra
+stripes never mix with them) and read in JupyterLab's light *and* dark themes; text,
+error messages included, keeps the theme's text colour, which meets WCAG AA (4.5:1) on
+every tint in both (:func:`contrast` checks it). Cell values are HTML-escaped: model
+output is data, never markup.
 
 ``Styler`` needs ``jinja2``. Where it is missing, :func:`to_html` still renders the same
 highlighting with inline styles, so the notebook panel never depends on it.
@@ -34,9 +39,22 @@ ROW_COLOURS: dict[str, str] = {
     "cancelled": "rgba(128, 128, 128, 0.25)",
     "pending": "rgba(33, 150, 243, 0.12)",
 }
-#: Colour of status words and error messages: the theme's error colour, with a fallback
-#: that is readable on white and on near-black, for renderers without JupyterLab's CSS.
-ERROR_TEXT = "var(--jp-error-color1, #e53935)"
+#: Colour of status words and error messages: the theme's text colour (bold), not its red,
+#: which reads below 4.5:1 on a red tint; the tint and the weight make them stand out.
+ERROR_TEXT = "var(--jp-content-font-color1, inherit)"
+#: The page colour under a tint: opaque, so a table's zebra stripes do not show through.
+PAGE = "var(--jp-layout-color0, Canvas)"
+#: What those variables are in JupyterLab's two themes: (page, text) as CSS colours.
+THEMES: dict[str, tuple[str, str]] = {
+    "light": ("#ffffff", "rgba(0, 0, 0, 0.87)"),
+    "dark": ("#111111", "#ffffff"),
+}
+#: A frame longer than this is shown as its rows that did not succeed plus a sample.
+MAX_ROWS = 60
+#: Rows that succeeded shown with the failures of a long frame.
+SAMPLE_ROWS = 10
+#: Rows that did not succeed shown at most (``job.failed()`` has them all).
+MAX_FAILED_ROWS = 1000
 #: Statuses that count as "did not succeed".
 NOT_SUCCEEDED = ("failed", "expired", "cancelled")
 
@@ -67,8 +85,45 @@ def row_styles(statuses: pd.Series) -> np.ndarray:
     values = statuses.astype(object).to_numpy()
     out = np.full(len(values), "", dtype=object)
     for state, colour in ROW_COLOURS.items():
-        out[values == state] = f"background-color: {colour};"
+        out[values == state] = tint(colour)
     return out
+
+
+def tint(colour: str) -> str:
+    """CSS for a cell tinted with ``colour`` over the opaque page colour."""
+    return f"background: linear-gradient({colour}, {colour}), {PAGE};"
+
+
+def _rgba(colour: str) -> tuple[float, float, float, float]:
+    colour = colour.strip()
+    if colour.startswith("#"):
+        h = colour[1:]
+        return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16), 1.0
+    parts = [float(p) for p in colour[colour.index("(") + 1 : colour.rindex(")")].split(",")]
+    return parts[0], parts[1], parts[2], parts[3] if len(parts) > 3 else 1.0
+
+
+def _over(top: str | tuple[float, ...], under: tuple[float, ...]) -> tuple[float, ...]:
+    r, g, b, a = _rgba(top) if isinstance(top, str) else top
+    return tuple(a * c + (1 - a) * u for c, u in zip((r, g, b), under[:3], strict=True)) + (1.0,)
+
+
+def _luminance(rgb: tuple[float, ...]) -> float:
+    def channel(c: float) -> float:
+        c /= 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * channel(rgb[0]) + 0.7152 * channel(rgb[1]) + 0.0722 * channel(rgb[2])
+
+
+def contrast(text: str, background: str, *under: str) -> float:
+    """WCAG contrast ratio of ``text`` on ``background``, semi-transparent colours laid
+    over ``under`` (top first, the last one opaque), e.g. ``contrast(text, tint, page)``."""
+    base: tuple[float, ...] = _rgba(under[-1] if under else background)
+    for layer in (*reversed(under[:-1]), background) if under else ():
+        base = _over(layer, base)
+    lighter, darker = sorted((_luminance(_over(text, base)), _luminance(base)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
 
 
 def _error_cells(frame: pd.DataFrame, status: str) -> tuple[np.ndarray, list[int]]:
@@ -82,44 +137,76 @@ def _error_cells(frame: pd.DataFrame, status: str) -> tuple[np.ndarray, list[int
     return bad, cols
 
 
+def shown_rows(frame: pd.DataFrame, status: str, max_rows: int | None = MAX_ROWS) -> np.ndarray:
+    """Positions of the rows to show: all of them up to ``max_rows``, else the rows that did
+    not succeed (up to :data:`MAX_FAILED_ROWS`) and the first :data:`SAMPLE_ROWS` others."""
+    if max_rows is None or len(frame) <= max_rows:
+        return np.arange(len(frame))
+    bad = frame[status].isin(NOT_SUCCEEDED).to_numpy()
+    return np.union1d(np.flatnonzero(bad)[:MAX_FAILED_ROWS], np.flatnonzero(~bad)[:SAMPLE_ROWS])
+
+
 ERROR_CELL = f"color: {ERROR_TEXT}; font-weight: 600;"
 #: Every cell: text reads from the left and from the top (notebooks right-align tables,
 #: which suits numbers, not sentences), and long texts wrap instead of stretching.
 CELL = "text-align: left; vertical-align: top; max-width: 32em;"
+#: The widest a cell gets by default (the notebook panel asks for narrower ones).
+CELL_WIDTH = "32em"
 
 
-def highlight(frame: pd.DataFrame, output: str | None = None) -> Styler:
+def highlight(
+    frame: pd.DataFrame,
+    output: str | None = None,
+    *,
+    max_rows: int | None = MAX_ROWS,
+    cell_width: str = CELL_WIDTH,
+) -> Styler:
     """A ``Styler`` of ``frame`` with rows that did not succeed highlighted.
 
     ``frame`` is ``job.merge()``, ``job.failed()`` or ``job.results()``; ``output`` is the
     job's output name (``job.output``), found from the columns when omitted. Failed rows
     are tinted red, expired amber, cancelled grey, pending blue; their status and error
-    cells use the theme's error colour. Values, index and column labels are HTML-escaped.
-    Works with a non-unique index.
+    cells are bold. A frame longer than ``max_rows`` shows every row that did not succeed
+    (up to :data:`MAX_FAILED_ROWS`) and the first :data:`SAMPLE_ROWS` others, in their
+    order, with a caption saying so (``max_rows=None`` shows all). Values, index and
+    column labels are HTML-escaped. Works with a non-unique index. ``cell_width`` is the
+    widest a cell gets before its text wraps.
     """
     status = status_column(frame, output)
+    whole = len(frame)
+    take = shown_rows(frame, status, max_rows)
+    if len(take) < whole:
+        frame = frame.iloc[take]
     tints = row_styles(frame[status])
     bad, cols = _error_cells(frame, status)
     # Rules by row/column *position* (Styler's rowI/colJ classes, scoped to this table's
     # id), because Styler.apply refuses frames whose index labels repeat.
-    rules: list[CSSDict] = [{"selector": sel, "props": CELL} for sel in ("td", "th")]
+    cell = CELL.replace(CELL_WIDTH, cell_width)
+    rules: list[CSSDict] = [{"selector": sel, "props": cell} for sel in ("td", "th")]
     rules += [{"selector": f".row{i}", "props": tints[i]} for i in np.flatnonzero(tints != "")]
     rules += [{"selector": f"td.row{i}.col{j}", "props": ERROR_CELL} for i in bad for j in cols]
     styler = frame.style  # raises ImportError without jinja2
     styler = styler.set_table_styles(rules, overwrite=False)
+    if len(frame) < whole:
+        n_bad = len(bad)
+        styler = styler.set_caption(
+            f"{len(frame):,} of {whole:,} rows: the {n_bad:,} that did not succeed"
+            f"{'' if n_bad == len(frame) else ' and a sample of the others'} "
+            "(highlight(df, max_rows=None) shows every row)"
+        )
     styler = styler.format(escape="html", na_rep="")
     styler = styler.format_index(escape="html", axis=0).format_index(escape="html", axis=1)
     return styler
 
 
-def to_html(frame: pd.DataFrame, output: str | None = None) -> str:
-    """``frame`` as an HTML table with :func:`highlight`'s colours.
+def to_html(frame: pd.DataFrame, output: str | None = None, cell_width: str = CELL_WIDTH) -> str:
+    """``frame`` (every row of it) as an HTML table with :func:`highlight`'s colours.
 
     Uses the ``Styler`` when ``jinja2`` is installed, else an equivalent table with inline
     styles (so the notebook panel works in a kernel without ``jinja2``).
     """
     try:
-        return highlight(frame, output).to_html()
+        return highlight(frame, output, max_rows=None, cell_width=cell_width).to_html()
     except ImportError:
         pass
     status = status_column(frame, output)
@@ -127,14 +214,15 @@ def to_html(frame: pd.DataFrame, output: str | None = None) -> str:
     bad, cols = _error_cells(frame, status)
     is_bad = np.zeros(len(frame), dtype=bool)
     is_bad[bad] = True
+    cell = CELL.replace(CELL_WIDTH, cell_width)
     head = "".join(f"<th>{_esc(c)}</th>" for c in frame.columns)
     body = []
     for i, (label, row) in enumerate(zip(frame.index, frame.itertuples(index=False), strict=True)):
         error = [ERROR_CELL if is_bad[i] and j in cols else "" for j in range(len(row))]
         tds = "".join(
-            f'<td style="{CELL} {tints[i]} {error[j]}">{_esc(v)}</td>' for j, v in enumerate(row)
+            f'<td style="{cell} {tints[i]} {error[j]}">{_esc(v)}</td>' for j, v in enumerate(row)
         )
-        body.append(f'<tr><th style="{CELL} {tints[i]}">{_esc(label)}</th>{tds}</tr>')
+        body.append(f'<tr><th style="{cell} {tints[i]}">{_esc(label)}</th>{tds}</tr>')
     return f"<table><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 

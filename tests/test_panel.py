@@ -40,6 +40,14 @@ def count(p: JobPanel, state: str) -> int:
     return int(found.group(1).replace(",", ""))
 
 
+def bar(p: JobPanel) -> dict[str, int | str]:
+    """What the panel's bar shows: rows collected, rows ready at the provider, total, and
+    its colour state."""
+    found = dict(re.findall(r'data-(state|done|ready|total)="(\w+)"', p.progress.value))
+    assert len(found) == 4, p.progress.value
+    return {k: v if k == "state" else int(v) for k, v in found.items()}
+
+
 def preview_html(p: JobPanel) -> str:
     assert len(p.preview.outputs) == 1
     return p.preview.outputs[0]["data"]["text/html"]
@@ -59,7 +67,7 @@ def submit(client: openai.OpenAI, texts: list[str], **kwargs) -> BatchJob:
 def test_panel_follows_a_job_to_success(emu):
     job = submit(openai_client(emu), [f"row {i}" for i in range(12)])
     p = JobPanel(job)
-    assert p.progress.bar_style == "info"
+    assert p.bar_state == "info"
     assert count(p, "pending") == 12 and count(p, "total") == 12
     assert "estimate" in p.cost.value  # no usage reported yet
     assert not p.cancel_button.disabled
@@ -71,8 +79,8 @@ def test_panel_follows_a_job_to_success(emu):
 
     job.wait(timeout=30, progress=False)
 
-    assert (p.progress.value, p.progress.max, p.progress.bar_style) == (12, 12, "success")
-    assert "100%" in p.percent.value
+    assert bar(p) == {"state": "success", "done": 12, "ready": 0, "total": 12}
+    assert "<b>100%</b>" in p.progress.value
     assert count(p, "succeeded") == 12 and count(p, "pending") == 0
     assert "completed" in p.batches.value
     assert p.cancel_button.disabled and p.resubmit_button.disabled
@@ -80,8 +88,9 @@ def test_panel_follows_a_job_to_success(emu):
     assert "all 12 rows succeeded" in p.summary.value
     assert "estimate" not in p.cost.value and "reported usage" in p.cost.value
     html = preview_html(p)
-    assert "job.merge(): all 12 rows" in html
-    assert emulator.echo_text("row 3") in html
+    assert "job.merge(): 5 of 12 rows" in html  # a panel stays a panel
+    assert emulator.echo_text("row 3") in job.merge()["out"].tolist()
+    assert emulator.echo_text("row 0") in html and emulator.echo_text("row 5") not in html
     assert styling.ROW_COLOURS["failed"] not in html
     assert p.error.value == ""
 
@@ -94,8 +103,8 @@ def test_failed_rows_are_highlighted_and_resubmit_ends_all_succeeded():
         job.wait(timeout=30, progress=False)
 
         assert count(p, "failed") == 4 and count(p, "succeeded") == 16  # round(0.2 * 20)
-        assert p.progress.bar_style == "warning"
-        assert p.progress.value == p.progress.max == 20
+        assert p.bar_state == "warning"
+        assert bar(p)["done"] == bar(p)["total"] == 20
         assert not p.resubmit_button.disabled
         assert p.resubmit_button.description == "Resubmit failed (4)"
         assert "16 of 20 rows succeeded (4 failed)" in p.summary.value
@@ -103,7 +112,8 @@ def test_failed_rows_are_highlighted_and_resubmit_ends_all_succeeded():
         assert styling.ROW_COLOURS["failed"] in html
         failed = job.failed()
         assert len(failed) == 4
-        assert html.count("failed</td>") == 4  # every failed row, with its error message
+        # A few rows only, the failed ones first: 3 of the 4, with their error messages.
+        assert html.count("failed</td>") == 3 and "3 of the 4 that did not succeed first" in html
         assert failed["out_error"].iloc[0].split(" (")[0][:30] in html
 
         assert not p.show_failed_button.disabled
@@ -115,11 +125,12 @@ def test_failed_rows_are_highlighted_and_resubmit_ends_all_succeeded():
         assert p.failed_rows.outputs == ()
 
         p.resubmit_button.click()
-        assert "Resubmitted 4 rows" in p.message_text
+        assert p.message_text == ""  # the job's own note says it, while it is out
+        assert "resubmitted 4 failed or expired rows" in p.error.value or job.snapshot().finished
         assert job.polling_active or job.snapshot().finished  # the panel restarted polling
         wait_for(lambda: "all 20 rows succeeded" in p.summary.value and bool(p.preview.outputs))
 
-        assert p.progress.bar_style == "success"
+        assert p.bar_state == "success"
         assert count(p, "succeeded") == 20 and count(p, "failed") == 0
         assert p.resubmit_button.disabled and p.show_failed_button.disabled
         assert "all 20 rows succeeded" in p.summary.value
@@ -155,7 +166,7 @@ def test_cancel_needs_confirmation():
         wait_for(lambda: job.snapshot().finished)
         wait_for(lambda: "Cancelled" in p.summary.value)
         assert count(p, "cancelled") > 0
-        assert p.progress.bar_style == "warning"
+        assert p.bar_state == "warning"
         assert p.cancel_button.disabled
 
 
@@ -169,9 +180,9 @@ def test_a_transient_polling_error_shows_in_the_panel_and_clears():
         assert snap.last_error
         assert "nbbatch-note-warning" in p.error.value
         assert "Polling error, retrying" in p.error.value
-        assert p.progress.bar_style == "info"
+        assert p.bar_state == "info"
         job.wait(timeout=30, progress=False)
-        assert p.error.value == "" and p.progress.bar_style == "success"
+        assert p.error.value == "" and p.bar_state == "success"
 
 
 def test_an_error_that_stopped_polling_turns_the_bar_red(emu):
@@ -179,7 +190,7 @@ def test_an_error_that_stopped_polling_turns_the_bar_red(emu):
     p = JobPanel(job)
     stopped = dataclasses.replace(job.snapshot(), last_error="polling stopped: 401 bad key")
     p.render(stopped)
-    assert p.progress.bar_style == "danger"
+    assert p.bar_state == "danger"
     assert "nbbatch-note-danger" in p.error.value and "401 bad key" in p.error.value
     assert "press Refresh now" in p.error.value
 
@@ -198,8 +209,8 @@ def test_background_polling_keeps_the_caller_free_and_the_panel_follows():
         poller.join(timeout=20)
         assert not poller.running
         assert job.counts["succeeded"] == 5
-        wait_for(lambda: q.progress.bar_style == "success")
-        assert p.progress.bar_style == "success" and count(p, "succeeded") == 5
+        wait_for(lambda: q.bar_state == "success")
+        assert p.bar_state == "success" and count(p, "succeeded") == 5
         assert count(q, "succeeded") == 2  # each panel shows its own job
 
 
@@ -208,7 +219,7 @@ def test_refresh_button_polls(emu):
     p = JobPanel(job)
     assert "not polling" in p.timing.value
     p.refresh_button.click()
-    wait_for(lambda: p.progress.bar_style == "success")
+    wait_for(lambda: p.bar_state == "success")
     assert "last poll -" not in p.timing.value
     p.refresh_button.click()  # on a finished job: a plain refresh, nothing breaks
     assert p.message_text == ""
@@ -238,9 +249,13 @@ def test_attached_job_without_its_data_previews_the_results(emu):
     assert "job.results()" in html and emulator.echo_text("b") in html
 
 
-def test_unknown_model_shows_unknown_price(emu):
+def test_unknown_model_shows_unknown_price(emu, monkeypatch):
+    # Every model the emulator serves has a price: take this one's away.
+    from nbbatch import pricing
+
+    monkeypatch.delitem(pricing._REALTIME, "gpt-4o-mini")
     df = pd.DataFrame({"text": ["a"]})
-    job = nb.submit(df, "{text}", model="acme-1", client=openai_client(emu), display=False)
+    job = nb.submit(df, "{text}", model="gpt-4o-mini", client=openai_client(emu), display=False)
     p = JobPanel(job)
     assert "unknown price" in p.cost.value and "$" not in p.cost.value
 
@@ -318,13 +333,14 @@ def test_highlight_tints_bad_rows_escapes_and_handles_repeated_labels():
 
 
 def test_to_html_without_jinja2_keeps_the_highlighting(monkeypatch):
-    def no_jinja(frame: pd.DataFrame, output: str | None = None) -> None:
+    def no_jinja(frame: pd.DataFrame, output: str | None = None, **options: object) -> None:
         raise ImportError("Missing optional dependency 'Jinja2'")
 
     monkeypatch.setattr(styling, "highlight", no_jinja)
     frame = pd.DataFrame({"out_status": ["succeeded", "failed"], "out_error": [None, "x<y"]})
     html = styling.to_html(frame, "out")
-    assert html.count(styling.ROW_COLOURS["failed"]) == 3  # the label cell and both cells
+    # The label cell and both cells, tinted over the opaque page colour.
+    assert html.count(styling.tint(styling.ROW_COLOURS["failed"])) == 3
     assert "x&lt;y" in html
 
 
@@ -337,3 +353,240 @@ def test_the_jobs_own_notes_show_in_the_panel():
         html = p.error.value
         assert "retrying 2 rows that failed transiently" in html, html
         assert job.counts["succeeded"] == 8
+
+
+# -- progress that moves with the job -------------------------------------------------------
+@pytest.mark.slow
+def test_progress_shows_what_the_provider_has_done_before_collection():
+    with emulator.start(validating_seconds=0.2, processing_seconds=4.0) as emu:
+        job = submit(openai_client(emu), [f"row {i}" for i in range(200)])
+        p = JobPanel(job)
+        seen: list[tuple[float, float | None, int]] = []  # (time, eta, rows done or ready)
+        provider_done_at = None
+        while not job.snapshot().finished:
+            snap = job.refresh()
+            now = time.monotonic()
+            seen.append((now, snap.eta, snap.done + snap.ready))
+            if provider_done_at is None and snap.done + snap.ready == 200:
+                provider_done_at = now
+            if 0 < snap.ready < 200 and snap.done == 0:
+                # Before any row is collected, the bar and the words already move, in rows.
+                b = bar(p)
+                assert b["done"] == 0 and b["ready"] == snap.ready and b["state"] == "info"
+                assert f"~{snap.ready:,} done at the provider, of 200 rows" in p.progress.value
+                assert f"done at provider <b>~{snap.ready:,}</b>" in p.counts.value
+                assert re.search(r"\d+/200 requests done", p.batches.value), p.batches.value
+            time.sleep(0.25)
+        assert provider_done_at is not None
+        moving = [s for s in seen if 0 < s[2] < 200]
+        assert len(moving) >= 4, seen  # the bar moved during processing, several times
+        # No ETA until a rate is measured; then an honest one: when it was given, the
+        # provider finished within a second or 40% of what it said.
+        assert seen[0][1] is None
+        etas = [(t, eta) for t, eta, _ in seen if eta is not None and t < provider_done_at]
+        assert etas, seen
+        for t, eta in etas:
+            assert abs(t + eta - provider_done_at) <= max(1.0, 0.4 * (provider_done_at - t)), (
+                t, eta, provider_done_at
+            )  # fmt: skip
+        assert bar(p) == {"state": "success", "done": 200, "ready": 0, "total": 200}
+
+
+def test_no_eta_without_a_measured_rate():
+    base = dict(
+        job_id="j", provider="openai", model="gpt-4o-mini", endpoint="/v1/chat/completions",
+        base_url="", n_rows=100, status="running", batches=(), created=0.0,
+    )  # fmt: skip
+    counts = {s: 0 for s in ("succeeded", "failed", "expired", "cancelled", "skipped")}
+    running = {**counts, "succeeded": 30, "pending": 70, "total": 100}
+    snap = nb.JobSnapshot(counts=running, now=50.0, **base)  # type: ignore[arg-type]
+    assert snap.eta is None  # nothing measured: no guess from elapsed time
+    two = dataclasses.replace(snap, progress_samples=((10.0, 10), (20.0, 20)))
+    assert two.eta is None  # one step is not yet a rate
+    three = dataclasses.replace(two, progress_samples=((10.0, 10), (20.0, 20), (30.0, 30)))
+    # 20 rows in 20 s since the first step: 70 left take 70 s from t=30, 50 s from now.
+    assert three.eta == pytest.approx(70 - 20)
+    late = dataclasses.replace(three, now=200.0)
+    assert late.eta is None  # overdue: no "0 s", no negative time
+
+
+# -- nothing stale ---------------------------------------------------------------------------
+def test_notes_are_current_only_while_true_then_history_with_their_time():
+    with emulator.start(processing_seconds=0.05, error_rate=0.25, seed=3) as emu:
+        job = submit(openai_client(emu), [f"row {i}" for i in range(20)], alert_threshold=0.1)
+        p = JobPanel(job)
+        job.wait(timeout=30, progress=False)
+        [alert] = job.snapshot().current_notes
+        assert alert.kind == "alert" and alert.text.startswith("5 of 20 rows failed")
+        assert "nbbatch-note-warning" in p.error.value and "5 of 20 rows" in p.error.value
+
+        job.resubmit_failed()
+        snap = job.snapshot()
+        assert [n.kind for n in snap.current_notes] == ["resubmit"]  # the alert is over
+        assert "resubmitted 5 failed or expired rows (attempt 2)" in snap.current_notes[0].text
+        job.wait(timeout=30, progress=False)
+        snap = job.snapshot()
+        assert snap.counts["succeeded"] == 20 and snap.current_notes == ()
+        assert {n.kind for n in snap.history} == {"alert", "resubmit"}
+        html = p.error.value
+        assert "nbbatch-note" not in html  # nothing shown as if it were true now
+        assert "Earlier:" in html and time.strftime("%H:%M", time.localtime()) in html
+        assert "5 of 20 rows" in html  # the alert as it was, as history
+
+
+def test_automatic_retries_are_current_while_open_and_count_rows():
+    texts = [f"row {i % 10}" for i in range(30)]  # 10 requests, 30 rows
+    with emulator.start(processing_seconds=0.3, error_rate=0.3, seed=2) as emu:
+        job = submit(openai_client(emu), texts, retries=1)
+        assert job.snapshot().batches[0].n_requests == 10
+        p = JobPanel(job)
+        retrying = None
+        while not job.snapshot().finished:
+            snap = job.refresh()
+            if snap.current_notes:
+                retrying = snap
+                assert "retrying" in p.error.value and "nbbatch-note-info" in p.error.value
+            time.sleep(0.05)
+        assert retrying is not None
+        [note] = retrying.current_notes
+        failed_requests = len(job.batch_ids) and retrying.batches[-1].n_requests
+        # Counted in rows, like the chips: each of those requests stands for 3 rows.
+        assert note.text.startswith(f"retrying {3 * failed_requests} rows"), note.text
+        assert job.snapshot().current_notes == () and "retrying" in p.error.value  # history
+        assert "requests" in p.batches.value and " rows" not in p.batches.value
+
+
+def test_a_confirmed_cancel_is_replaced_by_its_outcome():
+    with emulator.start(processing_seconds=2.0) as emu:
+        job = submit(openai_client(emu), [f"r{i}" for i in range(6)])
+        p = JobPanel(job)
+        p.cancel_button.click()
+        p.confirm_button.click()
+        assert p.message_text == ""
+        assert "cancel requested" in p.error.value and "nbbatch-note-info" in p.error.value
+        wait_for(lambda: "Cancelled" in p.summary.value)
+        assert job.snapshot().current_notes == ()
+        assert "nbbatch-note" not in p.error.value and "cancel requested" in p.error.value
+
+
+def test_an_expired_batch_says_how_much_was_done():
+    with emulator.start(processing_seconds=0.05, expire_rate=0.2, seed=4) as emu:
+        job = submit(openai_client(emu), [f"row {i}" for i in range(20)])
+        p = JobPanel(job)
+        job.wait(timeout=30, progress=False)
+        batch = job.snapshot().batches[0]
+        assert batch.status == "expired" and job.counts["succeeded"] == batch.succeeded == 16
+        # Not just "expired": how much of it succeeded, in its own unit (requests).
+        assert "expired <span" in p.batches.value
+        assert "16/20 requests succeeded" in p.batches.value
+
+
+# -- saved text and static summary -----------------------------------------------------------
+def test_the_saved_text_and_static_summary_tell_the_final_state(emu):
+    job = submit(openai_client(emu), [f"row {i}" for i in range(1200)])
+    running = panel.plain_text(job.snapshot())
+    assert "running" in running and "1,200 pending" in running
+    job.wait(timeout=60, progress=False)
+    snap = job.snapshot()
+    text = panel.plain_text(snap)
+    assert "completed: 1,200/1,200 rows done - 1,200 succeeded" in text
+    html = panel.static_html(snap)
+    assert "Done: all 1,200 rows succeeded" in html and 'data-done="1200"' in html
+    assert "<script" not in html and len(html) < 6000
+
+
+# -- a panel that stays a panel ----------------------------------------------------------------
+def test_the_preview_is_short_with_the_result_columns_first():
+    df = pd.DataFrame({f"col{i}": [f"value {i}"] * 40 for i in range(8)})
+    df["text"] = [f"row {i}" for i in range(40)]
+    with emulator.start(processing_seconds=0.05, error_rate=0.25, seed=3) as emu:
+        job = nb.submit(
+            df, "{text}", model="gpt-4o-mini", client=openai_client(emu), output="out",
+            display=False, retries=0, alert_threshold=None,
+        )  # fmt: skip
+        p = JobPanel(job)
+        job.wait(timeout=30, progress=False)
+        html = preview_html(p)
+        headers = re.findall(r'class="col_heading[^"]*" >([^<]*)</th>', html)
+        assert headers == ["out", "out_status", "out_error", "col0", "col1"], headers
+        assert html.count('class="row_heading') == 5  # a few rows, not 20 + 50
+        assert "7 more columns" in html and "3 of the 10 that did not succeed first" in html
+        p.show_failed_button.click()
+        table = p.failed_rows.outputs[0]["data"]["text/html"]
+        headers = re.findall(r'class="col_heading[^"]*" >([^<]*)</th>', table)
+        assert headers[:3] == ["out", "out_status", "out_error"] and len(headers) == 12
+        assert table.count("failed</td>") == 10
+
+
+# -- highlighting -----------------------------------------------------------------------------
+def test_highlighting_2000_rows_shows_every_failure_and_a_sample_in_little_html():
+    df = pd.DataFrame({"text": [f"review number {i} " * 8 for i in range(2000)]})
+    with emulator.start(processing_seconds=0.05, error_rate=0.1, expire_rate=0.05) as emu:
+        job = nb.submit(
+            df, "{text}", model="gpt-4o-mini", client=openai_client(emu), output="out",
+            display=False, retries=0, alert_threshold=None,
+        )  # fmt: skip
+        job.wait(timeout=60, progress=False)
+    out = job.merge(df)
+    bad = out["out_status"].isin(["failed", "expired"])
+    assert 200 < bad.sum() < 400
+    html = nb.highlight(out).to_html()
+    assert len(html) < 350_000, len(html)  # all 2,000 rows: several MB
+    rows = re.findall(r'<th id="T_\w+_level0_row(\d+)"', html)
+    assert len(rows) == bad.sum() + styling.SAMPLE_ROWS
+    assert html.count("failed</td>") + html.count("expired</td>") == bad.sum()
+    assert f"of 2,000 rows: the {bad.sum():,} that did not succeed" in html
+    assert len(nb.highlight(out, max_rows=None).to_html()) > 5 * len(html)
+
+
+# -- contrast -----------------------------------------------------------------------------------
+def _theme_variables() -> dict[str, dict[str, str]]:
+    """JupyterLab's own values of the variables the highlighting uses, from its theme CSS."""
+    from pathlib import Path
+
+    from jupyter_core.paths import jupyter_path
+
+    [themes] = [
+        Path(p) / "lab/themes/@jupyterlab"
+        for p in jupyter_path()
+        if (Path(p) / "lab/themes/@jupyterlab/theme-light-extension").is_dir()
+    ][:1]
+    found = {}
+    for name in ("light", "dark"):
+        css = (themes / f"theme-{name}-extension/index.css").read_text()
+        found[name] = {
+            var: re.search(rf"--jp-{var}:([^;}}]+)", css).group(1).strip()  # type: ignore[union-attr]
+            for var in ("layout-color0", "content-font-color1")
+        }
+    return found
+
+
+def _css_colour(value: str) -> str:
+    named = {"white": "#ffffff", "#111": "#111111", "#fff": "#ffffff"}
+    value = named.get(value, value)
+    if value.startswith("rgba(") and value.count(",") == 3:
+        r, g, b, a = value[5:-1].split(",")
+        return f"rgba({r}, {g}, {b}, {float(a)})"
+    return value
+
+
+def test_error_text_on_every_tint_meets_wcag_aa_in_light_and_dark():
+    assert "--jp-content-font-color1" in styling.ERROR_TEXT
+    assert "--jp-layout-color0" in styling.PAGE
+    lab = _theme_variables()
+    for theme, (page, text) in styling.THEMES.items():
+        assert _css_colour(lab[theme]["layout-color0"]) == page
+        assert _css_colour(lab[theme]["content-font-color1"]) == text
+        for state, colour in styling.ROW_COLOURS.items():
+            ratio = styling.contrast(text, colour, page)
+            assert ratio >= 4.5, (theme, state, ratio)
+    # The measure itself: black on white is 21:1, the old red on the red tint was not AA.
+    assert styling.contrast("#000000", "#ffffff") == pytest.approx(21.0)
+    assert styling.contrast("#d32f2f", styling.ROW_COLOURS["failed"], "#ffffff") < 4.5
+
+
+def test_tints_are_laid_over_the_page_colour_so_stripes_do_not_show_through():
+    frame = pd.DataFrame({"out_status": ["failed", "succeeded"], "out_error": ["x", None]})
+    html = styling.highlight(frame, "out").to_html()
+    assert styling.tint(styling.ROW_COLOURS["failed"]) in html
+    assert styling.PAGE in styling.tint(styling.ROW_COLOURS["failed"])

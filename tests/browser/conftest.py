@@ -40,8 +40,8 @@ ARGS = [
     "--disable-dev-shm-usage",
 ]
 HERE = Path(__file__).parent
-#: Where screenshots go (kept by CI as artifacts when it collects this folder).
-ARTIFACTS = Path(os.environ.get("NBBATCH_ARTIFACTS", "/tmp/nbbatch-artifacts"))
+#: Where screenshots go: the git-ignored artifacts/ folder (NBBATCH_ARTIFACTS elsewhere).
+ARTIFACTS = Path(os.environ.get("NBBATCH_ARTIFACTS", HERE.parents[1] / "artifacts"))
 
 
 def require(what: str, ok: bool) -> None:

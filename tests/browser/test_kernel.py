@@ -56,10 +56,17 @@ def test_wait_works_inside_a_running_kernel(tmp_path: Path) -> None:
 
     submit_outputs = notebook.cells[1].outputs
     panels = [o for o in submit_outputs if WIDGET in o.get("data", {})]
-    assert len(panels) == 1, submit_outputs  # shown by submit; the result repr adds none
-    result = [o for o in submit_outputs if o.output_type == "execute_result"]
-    assert len(result) == 1 and WIDGET not in result[0]["data"]
-    assert "[openai gpt-4o-mini]" in result[0]["data"]["text/plain"]
+    assert len(panels) == 1, submit_outputs  # shown by submit; the result adds nothing
+    assert not [o for o in submit_outputs if o.output_type == "execute_result"], submit_outputs
 
     printed = "".join(o.get("text", "") for o in notebook.cells[2].outputs)
     assert "COUNTS 6 2 0 completed" in printed  # round(0.25 * 8) rows failed, none pending
+
+    # What the notebook saves is the job's last state, not the state at submit: the
+    # panel's output was updated (by display id) while later cells ran.
+    [saved] = panels
+    text, html = saved["data"]["text/plain"], saved["data"]["text/html"]
+    assert "[openai gpt-4o-mini] completed: 8/8 rows done - 6 succeeded, 2 failed" in text
+    assert "running" not in text and "validating" not in text
+    assert "Done: 6 of 8 rows succeeded (2 failed)" in html and 'data-done="8"' in html
+    assert "<script" not in html

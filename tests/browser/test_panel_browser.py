@@ -1,21 +1,36 @@
 """The live panel in a real JupyterLab, in headless Chromium.
 
 Runs ``notebooks/panel_demo.ipynb`` (an emulator with a quarter of the rows failing
-once, a submit that shows the panel, and a cell that only prints a marker) and checks,
-in the rendered page: the kernel stays free while the job polls, the panel renders, the
-bar fills, the counts match the emulator's faults, failed rows are highlighted, and
-"Resubmit failed" ends with every row succeeded. Screenshots go to ``ARTIFACTS``; the
-finished panel (with its highlighted failures) is copied to ``docs/panel.png`` when
-``NBBATCH_UPDATE_DOCS=1`` is set, so an ordinary test run leaves the work tree clean.
+once, a submit cell that ends with ``job``, and a cell that only prints a marker) and
+checks, in the rendered page:
+
+1. progress moves with the job: the bar shows rows done at the provider before any is
+   collected, in rows, with thousands separators and no ETA without a measured rate;
+2. nothing stale: no text line under the panel, the failure alert gone and kept as
+   history after a successful "Resubmit failed";
+3. the notebook JupyterLab saves holds the final state (the panel's output was updated
+   from the background poller), and its ``nbconvert --to html`` export shows the static
+   summary with no widget manager to download;
+4. the finished panel stays compact and reads at 640 px: result columns first, nothing
+   sticking out;
+6. error text on the failed-row tint meets WCAG AA in light and dark, from computed styles,
+   and the tint does not mix with the table's stripes.
+
+Screenshots go to ``ARTIFACTS``; the finished panel (with its highlighted failures) is
+copied to ``docs/panel.png`` when ``NBBATCH_UPDATE_DOCS=1`` is set, so an ordinary test
+run leaves the work tree clean.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+from nbbatch import styling
 
 from .conftest import ARTIFACTS, Lab
 
@@ -30,18 +45,31 @@ KERNEL_IDLE = """() => {
   const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
   return k && k.status === 'idle';
 }"""
-BAR_WIDTH = """() => {
-  const b = document.querySelector('.nbbatch-progress .progress-bar');
-  return b ? b.style.width : null;
+BAR = """() => {
+  const b = document.querySelector('.nbbatch-panel .nbbatch-bar');
+  return b ? {done: +b.dataset.done, ready: +b.dataset.ready, total: +b.dataset.total,
+              state: b.dataset.state} : null;
 }"""
 RED_ROWS = """(red) => {
   const rows = new Set();
   for (const td of document.querySelectorAll('.nbbatch-preview td')) {
-    if (getComputedStyle(td).backgroundColor === red) rows.add(td.parentElement);
+    if (getComputedStyle(td).backgroundImage.includes(red)) rows.add(td.parentElement);
   }
   return rows.size;
 }"""
-
+# The computed colours of the first failed row's error cell: text, tint, and page under it.
+ERROR_CELL_COLOURS = """() => {
+  for (const td of document.querySelectorAll('.nbbatch-preview td')) {
+    if (td.textContent.trim() === 'failed') {
+      const err = td.nextElementSibling, s = getComputedStyle(err);
+      const tint = s.backgroundImage.match(/rgba?\\([^)]*\\)/)[0];
+      const stripe = getComputedStyle(err.parentElement).backgroundColor;
+      return {text: s.color, tint: tint, page: s.backgroundColor, stripe: stripe,
+              weight: s.fontWeight};
+    }
+  }
+  return null;
+}"""
 # Elements reaching past the panel's right edge, except inside the tables' own
 # scrolling boxes (a wide DataFrame scrolls sideways; the panel itself must not).
 WIDER_THAN_PANEL = """() => {
@@ -57,6 +85,32 @@ WIDER_THAN_PANEL = """() => {
   }
   return out.slice(0, 10);
 }"""
+# Whether the preview's result columns (status and error included) are in view.
+RESULT_COLUMNS_VISIBLE = """() => {
+  const panel = document.querySelector('.nbbatch-panel').getBoundingClientRect();
+  const heads = [...document.querySelectorAll('.nbbatch-preview-table th.col_heading')];
+  return heads.slice(0, 3).map(
+    th => [th.textContent, th.getBoundingClientRect().right <= panel.right]);
+}"""
+
+
+def _change_theme(page, theme: str, light: bool) -> None:
+    page.evaluate(
+        f"window.jupyterapp.commands.execute('apputils:change-theme', {{theme: '{theme}'}})"
+    )
+    flag = "true" if light else "false"
+    page.wait_for_selector(f"body[data-jp-theme-light='{flag}']", state="attached", timeout=20_000)
+    page.wait_for_timeout(500)  # let the theme's CSS settle before measuring
+
+
+def _check_contrast(page, theme: str) -> None:
+    colours = page.evaluate(ERROR_CELL_COLOURS)
+    assert colours, "no failed row in the preview"
+    ratio = styling.contrast(colours["text"], colours["tint"], colours["page"])
+    assert ratio >= 4.5, (theme, ratio, colours)
+    assert int(colours["weight"]) >= 600
+    # The page colour under the tint is opaque: the row's stripe cannot show through.
+    assert styling._rgba(colours["page"])[3] == 1.0, colours
 
 
 def test_panel_runs_live_in_jupyterlab(lab: Lab, browser) -> None:
@@ -75,62 +129,111 @@ def test_panel_runs_live_in_jupyterlab(lab: Lab, browser) -> None:
         marker = page.locator(".jp-OutputArea-output", has_text="KERNEL-FREE")
         expect(marker).to_be_visible(timeout=20_000)
         assert f"KERNEL-FREE running {ROWS} pending" in marker.inner_text()
-        assert page.evaluate(BAR_WIDTH) != "100%"
         expect(panel.locator(".nbbatch-count-pending b")).to_have_text(str(ROWS))
         expect(panel.locator(".nbbatch-cost")).to_contain_text("estimate")
+        # The submit cell ends with `job`: one output (the panel), no stale line under it.
+        submit_cell = page.locator(".jp-CodeCell", has=panel)
+        expect(submit_cell.locator(".jp-Cell-outputArea > .jp-OutputArea-child")).to_have_count(1)
+        assert "rows done" not in submit_cell.locator(".jp-Cell-outputArea").inner_text()
+
+        # 1. Progress moves during processing, before any row is collected.
+        page.wait_for_function(
+            f"() => {{ const b = ({BAR})(); return b && b.ready > 0 && b.done === 0; }}",
+            timeout=30_000,
+        )
+        expect(panel.locator(".nbbatch-percent")).to_contain_text("done at the provider")
+        expect(panel.locator(".nbbatch-count-ready")).to_be_visible()
+        assert "ETA" not in panel.locator(".nbbatch-timing").inner_text() or (
+            "at the provider's pace" in panel.locator(".nbbatch-timing").inner_text()
+        )
+        panel.screenshot(path=str(ARTIFACTS / "panel-processing.png"))
 
         # The job ends with the emulator's failures, counted and highlighted.
-        page.wait_for_function(f"() => ({BAR_WIDTH})() === '100%'", timeout=40_000)
+        page.wait_for_function(f"() => ({BAR})().done === {ROWS}", timeout=40_000)
         expect(panel.locator(".nbbatch-summary")).to_contain_text("Done:", timeout=10_000)
         expect(panel.locator(".nbbatch-count-failed b")).to_have_text(str(FAILING))
         expect(panel.locator(".nbbatch-count-succeeded b")).to_have_text(str(ROWS - FAILING))
-        expect(panel.locator(".nbbatch-progress .progress-bar-warning")).to_have_count(1)
+        assert page.evaluate(BAR)["state"] == "warning"
         expect(panel.locator(".nbbatch-preview-table")).to_be_visible()
         assert page.evaluate(RED_ROWS, RED) == FAILING
+        # The failure rate is above the alert threshold: a current note says so.
+        expect(panel.locator(".nbbatch-note-warning")).to_contain_text("above the alert")
         expect(panel.locator("button.nbbatch-resubmit")).to_be_enabled()
         assert page.locator("text=Error displaying widget").count() == 0
+        # 4. A panel, not a page: a few rows, compact at 1200 px.
+        height = panel.bounding_box()["height"]
+        assert height < 1100, height
+        _check_contrast(page, "light")
         panel.screenshot(path=str(ARTIFACTS / "panel-failures.png"))
         page.screenshot(path=str(ARTIFACTS / "lab-failures.png"))
         if os.environ.get("NBBATCH_UPDATE_DOCS"):  # refresh the README's screenshot on demand
             DOCS.mkdir(exist_ok=True)
             shutil.copy(ARTIFACTS / "panel-failures.png", DOCS / "panel.png")
 
-        # The same panel in JupyterLab's dark theme.
-        page.evaluate(
-            "window.jupyterapp.commands.execute('apputils:change-theme', "
-            "{theme: 'JupyterLab Dark'})"
-        )
-        page.wait_for_selector(
-            "body[data-jp-theme-light='false']", state="attached", timeout=20_000
-        )
-        page.wait_for_timeout(500)  # let the theme's CSS settle before the picture
+        # 6. The same panel in JupyterLab's dark theme.
+        _change_theme(page, "JupyterLab Dark", light=False)
         assert page.evaluate(RED_ROWS, RED) == FAILING
+        _check_contrast(page, "dark")
         panel.screenshot(path=str(ARTIFACTS / "panel-dark.png"))
 
-        # Resubmit failed: only those rows go again, and they succeed.
+        # Resubmit failed: only those rows go again, and they succeed; the job then ends
+        # in the background, with no cell running.
         panel.locator("button.nbbatch-resubmit").click()
         expect(panel.locator(".nbbatch-count-succeeded b")).to_have_text(str(ROWS), timeout=40_000)
         expect(panel.locator(".nbbatch-count-failed b")).to_have_text("0")
-        expect(panel.locator(".nbbatch-progress .progress-bar-success")).to_have_count(1)
+        page.wait_for_function(f"() => ({BAR})().state === 'success'", timeout=10_000)
         expect(panel.locator(".nbbatch-summary")).to_contain_text(f"all {ROWS} rows succeeded")
         expect(panel.locator(".nbbatch-batches")).to_contain_text("attempt 2")
         expect(panel.locator("button.nbbatch-resubmit")).to_be_disabled()
         assert page.evaluate(RED_ROWS, RED) == 0
+        # 2. Nothing stale: the alert is no longer shown as current, only as history.
+        expect(panel.locator(".nbbatch-note")).to_have_count(0)
+        expect(panel.locator(".nbbatch-history")).to_contain_text("above the alert")
+        expect(panel.locator(".nbbatch-message")).to_have_text("")
         assert page.locator("text=Error displaying widget").count() == 0
+        expect(page.locator(".nbbatch-panel")).to_have_count(1)
         panel.screenshot(path=str(ARTIFACTS / "panel-dark-succeeded.png"))
 
-        # A narrow column: everything wraps, nothing is cut off.
-        page.evaluate(
-            "window.jupyterapp.commands.execute('apputils:change-theme', "
-            "{theme: 'JupyterLab Light'})"
+        # 3. What JupyterLab saves is the final state, and its HTML export shows it.
+        page.evaluate("window.jupyterapp.commands.execute('docmanager:save')")
+        saved_path = lab.root / "panel_demo.ipynb"
+        page.wait_for_function(
+            "() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=20_000
         )
-        page.wait_for_selector("body[data-jp-theme-light='true']", state="attached", timeout=20_000)
+        saved = json.loads(saved_path.read_text())
+        outputs = [
+            o for c in saved["cells"] if "nb.submit(" in "".join(c["source"]) for o in c["outputs"]
+        ]
+        assert len(outputs) == 1, outputs
+        text = "".join(outputs[0]["data"]["text/plain"])
+        assert f"completed: {ROWS}/{ROWS} rows done - {ROWS} succeeded" in text, text
+        html_out = "".join(outputs[0]["data"]["text/html"])
+        assert f"Done: all {ROWS} rows succeeded" in html_out
+        _check_export(saved_path)
+
+        # 4. A narrow notebook (640 px): everything wraps, the result columns are in view.
+        _change_theme(page, "JupyterLab Light", light=True)
         page.evaluate("window.jupyterapp.shell.collapseLeft()")
-        page.set_viewport_size({"width": 520, "height": 2000})
+        page.set_viewport_size({"width": 640, "height": 2000})
         page.wait_for_timeout(500)
         sticking_out = page.evaluate(WIDER_THAN_PANEL)
         assert sticking_out == [], f"in a narrow column these stick out: {sticking_out}"
+        visible = page.evaluate(RESULT_COLUMNS_VISIBLE)
+        assert [name for name, _ in visible] == ["sentiment", "sentiment_status", "sentiment_error"]
+        assert all(ok for _, ok in visible), visible
         panel.screenshot(path=str(ARTIFACTS / "panel-narrow.png"))
     finally:
         page.screenshot(path=str(ARTIFACTS / "lab-last.png"))
         page.close()
+
+
+def _check_export(notebook: Path) -> None:
+    """``nbconvert --to html`` of the saved notebook shows the static summary (JupyterLab
+    saves no widget state by default, so no widget manager is downloaded for it)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    html, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    (ARTIFACTS / "panel_demo.html").write_text(html)
+    assert "nbbatch-static" in html and f"Done: all {ROWS} rows succeeded" in html
+    assert 'type="application/vnd.jupyter.widget-view+json"' not in html
