@@ -13,6 +13,9 @@ and also subclass :class:`ValueError`, so generic handlers keep working::
     └── ProviderError        the provider refused or could not be reached
         └── BatchFailedError a whole provider batch failed (validation, capacity)
 
+Warnings: :class:`JobRunningWarning` (a ``UserWarning``) when ``merge()`` or
+``failed()`` is called on a job that is still running.
+
 Messages say what happened, the likely cause and what to do. Errors about a job carry
 ``.job_id``; errors from a provider carry ``.provider``.
 """
@@ -75,3 +78,8 @@ class ProviderError(NbbatchError):
 
 class BatchFailedError(ProviderError):
     """A whole provider batch failed, for example in validation or for capacity."""
+
+
+class JobRunningWarning(UserWarning):
+    """``merge()`` or ``failed()`` was called while rows are still pending: what they
+    return is not final yet."""

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import estimate as _estimate_mod
+from . import merge as _merge
 from . import plan as _plan
 from . import pricing
 from . import prompt as _prompt
@@ -77,7 +78,8 @@ def submit(
     ``max_cost`` (dollars) refuses, before sending anything, a job whose estimated batch
     cost is above it. ``cache_system=True`` marks the system prompt for Anthropic's
     prompt cache (OpenAI caches long shared prefixes by itself). Extra keyword arguments
-    go into every request body as they are.
+    go into every request body, once checked against the SDK's request type for the
+    endpoint; the model is checked with the provider's models endpoint before sending.
 
     Money is never spent twice: running the same ``submit`` again (same data, prompt,
     model and parameters) attaches to the job already in the ledger (``force=True``
@@ -108,15 +110,19 @@ def submit(
     )  # fmt: skip
     name = impl.name
     rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
+    _check_sendable(rows)
     # Encoding validates the endpoint and parameters before anything is sent.
-    impl.encode(rows.custom_ids[:1], rows.prompts.slice(0, 1), spec)
-    if max_cost is not None:
-        _check_budget(rows, spec, max_cost)
-    salt = _plan.spec_hash(spec.as_dict(), impl.name, impl.base_url)
+    first = rows.custom_ids.take(pa.array(rows.send_positions[:1], pa.int64()))
+    impl.encode(first, rows.prompts.slice(0, 1), spec)
+    impl.check_model(spec.model)
+    # The local emulator's address can change between its runs; its jobs are one place.
+    salt = _plan.spec_hash(spec.as_dict(), impl.name, "local" if local else impl.base_url)
     hashes = _plan.request_hashes(rows, salt)
     fingerprint = _plan.fingerprint(rows, hashes, salt, output, prompt, id_column)
 
     ledger = _default_ledger()
+    if max_cost is not None:
+        _check_budget(rows, spec, max_cost, hashes, ledger if reuse else None)
     polling = LOCAL_POLLING if local or _is_loopback(impl.base_url) else REMOTE_POLLING
     existing = None if force else ledger.find_job(fingerprint)
     if existing is not None:
@@ -130,9 +136,16 @@ def submit(
         assert record is not None
         job = BatchJob(record, impl, ledger, data=data, polling=polling)
     else:
-        policy = {"retries": retries, "fallback": fallback, "alert_threshold": alert_threshold}
+        policy = {
+            "retries": retries,
+            "fallback": fallback,
+            "alert_threshold": alert_threshold,
+            "missing": missing,  # merge re-renders rows the same way to check them
+        }
         record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
-        record.update(fingerprint=fingerprint, policy=policy)
+        record.update(
+            fingerprint=fingerprint, policy=policy, salt=salt, backend="local" if local else None
+        )
         leaders = _plan.leaders(rows, hashes)
         ledger.add_job(record, _manifest(rows, hashes, leaders), reuse=reuse)
         job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
@@ -146,6 +159,15 @@ def submit(
     if wait:
         job.wait(progress=progress)
     return job
+
+
+def _check_sendable(rows: _plan.Plan) -> None:
+    """Refuse a job in which no row would be sent: it would only record a ledger entry."""
+    if len(rows.send_positions) == 0:
+        raise InputError(
+            f"none of the {rows.n_rows:,} rows would be sent: {rows.skip_reasons[0]}. "
+            "Nothing was recorded."
+        )
 
 
 def _parse(
@@ -197,6 +219,7 @@ def _prepare(
         cache_system=cache_system,
         params=params,
     )
+    impl.validate(spec)
     return frame, is_series, template, impl, spec, local
 
 
@@ -215,19 +238,49 @@ def _check_output_name(
         )
 
 
-def _estimate(rows: _plan.Plan, spec: RequestSpec, **kwargs: Any) -> _estimate_mod.Estimate:
+def _estimate(
+    rows: _plan.Plan, spec: RequestSpec, hashes: np.ndarray, ledger: Ledger | None, **kwargs: Any
+) -> _estimate_mod.Estimate:
+    """The estimate of what will actually be sent: each distinct request once, and (with
+    a ``ledger``) none whose identical request already succeeded in an earlier job."""
+    sent = hashes[rows.send_positions]
+    _, first = np.unique(sent, return_index=True)
+    keep = np.zeros(len(sent), dtype=bool)
+    keep[first] = True
+    duplicates = len(sent) - len(first)
+    reused = 0
+    if ledger is not None:
+        done = ledger.succeeded_hashes(sent[first])
+        reused = int(done.sum())
+        keep[first[done]] = False
+    prompts = rows.prompts.filter(pa.array(keep)) if not keep.all() else rows.prompts
+    parts = []
+    if duplicates:
+        parts.append(f"{duplicates:,} duplicate rows are sent once")
+    if reused:
+        parts.append(f"{reused:,} requests already answered in earlier jobs are reused")
+    if len(rows.skip_positions):
+        parts.append(f"{len(rows.skip_positions):,} rows are skipped")
+    note = ""
+    if parts:
+        note = f"from {rows.n_rows:,} rows: " + "; ".join(parts)
     return _estimate_mod.estimate(
-        rows.prompts,
+        prompts,
         model=spec.model,
         system=spec.system,
         max_tokens=spec.max_tokens,
         endpoint=spec.endpoint,
+        note=note,
         **kwargs,
     )
 
 
-def _check_budget(rows: _plan.Plan, spec: RequestSpec, max_cost: float) -> None:
-    est = _estimate(rows, spec)
+def _check_budget(
+    rows: _plan.Plan, spec: RequestSpec, max_cost: float, hashes: np.ndarray, ledger: Ledger | None
+) -> None:
+    est = _estimate(rows, spec, hashes, ledger)
+    if est.rows == 0:
+        return  # everything is reused: nothing will be paid for
     if est.cost.batch is None:
         raise InputError(
             f"max_cost={max_cost} cannot be checked: nbbatch has no price for model "
@@ -301,20 +354,24 @@ def attach(
     """Rebuild a job from the ledger (also in a new kernel) and carry on with it.
 
     The job talks to the same provider endpoint as before, with ``client`` if given, else
-    a client built from the environment's API key. ``data`` (optional) is the DataFrame
-    the job was submitted with, so ``merge()`` works without arguments.
+    a client built from the environment's API key. A ``provider="local"`` job talks to
+    nbbatch's background emulator wherever it answers now (started if it does not run).
+    ``data`` (optional) is the DataFrame the job was submitted with, so ``merge()`` works
+    without arguments.
     """
     ledger = _default_ledger()
     record = ledger.job(job_id)
     if record is None:
         raise JobNotFoundError(
-            f"No job {job_id!r} in the ledger at {ledger.path}. nb.jobs() lists the jobs "
-            "there; set NBBATCH_HOME if the job was submitted with another ledger."
+            f"No job {job_id!r} in the ledger at {ledger.path}. List the jobs there with "
+            "`nbbatch jobs` (or nb.jobs()); set NBBATCH_HOME if the job was submitted with "
+            "another ledger."
         )
     name = record["provider"]
-    local = _is_loopback(record.get("base_url"))
+    background = record.get("backend") == "local"
+    local = background or _is_loopback(record.get("base_url"))
     if client is None:
-        client = _client_for(name, record.get("base_url"), local)
+        client = _client_for(name, None if background else record.get("base_url"), local)
     impl = _providers.build(name, client)
     return BatchJob(
         record, impl, ledger, data=data, polling=LOCAL_POLLING if local else REMOTE_POLLING
@@ -327,6 +384,10 @@ def _is_loopback(url: str | None) -> bool:
 
 
 def _client_for(name: str, base_url: str | None, local: bool) -> Any:
+    """A client for ``base_url``; with ``local`` and no ``base_url``, for the background
+    emulator at its current address (the recorded one may be stale)."""
+    if local and base_url is None:
+        return _providers.default_client(name, local=True)
     var = "OPENAI_API_KEY" if name == "openai" else "ANTHROPIC_API_KEY"
     if local and not os.environ.get(var):  # a loopback emulator takes any key
         return _providers.default_client(name, base_url=base_url, key="local-emulator")
@@ -427,9 +488,16 @@ def preview(
     endpoint = endpoint or _providers.default_endpoint(name)
     spec = RequestSpec(model=model, endpoint=endpoint, system=system, max_tokens=max_tokens)
     rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
-    est = _estimate(rows, spec, expected_output_tokens=expected_output_tokens)
+    # Duplicates are counted once; reuse of earlier jobs' answers (which needs the
+    # provider's address) is decided at submit and can only lower the figure.
+    hashes = _plan.request_hashes(rows, _plan.spec_hash(spec.as_dict(), name, ""))
+    est = _estimate(rows, spec, hashes, None, expected_output_tokens=expected_output_tokens)
     ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
-    table = _estimate_mod.preview_table(ids, rows.prompts, est.per_row_input, n)
+    # Tokens per shown row (the estimate above counts distinct requests, not rows).
+    shown = _estimate_mod.estimate(
+        rows.prompts.slice(0, n), model=model, system=system, endpoint=endpoint
+    )
+    table = _estimate_mod.preview_table(ids, rows.prompts, shown.per_row_input, n)
     out = Preview(table, columns=["custom_id", "prompt", "input_tokens"])
     out.estimate = est
     return out
@@ -519,24 +587,13 @@ def _merge_table(
     kinds = table.column("error_type").to_pylist()
     messages = table.column("error_message").to_pylist()
     error[sent] = [None if k is None else f"{k}: {m}" for k, m in zip(kinds, messages, strict=True)]
+    if spec.response_format is None and spec.endpoint.endswith("embeddings"):
+        vectors = np.empty(n, dtype=object)  # a list per cell, not a 2-D array
+        vectors[:] = [None if t is None else orjson.loads(t) for t in text]
+        text = vectors
     out = frame.copy()
-    if spec.response_format is None:
-        if spec.endpoint.endswith("embeddings"):
-            vectors = np.empty(n, dtype=object)  # a list per cell, not a 2-D array
-            vectors[:] = [None if t is None else orjson.loads(t) for t in text]
-            text = vectors
-        out[output] = text
-    else:
-        schema = _structured.schema_of(spec.response_format)
-        good = status == "succeeded"
-        parsed = _structured.parse_outputs(list(text[good]), schema)
-        values: list[Any] = [None] * n
-        for i, v in zip(np.flatnonzero(good), parsed.values, strict=True):
-            values[i] = v
-        for name, column in _structured.to_columns(values, schema).items():
-            out[name] = column
-    out[f"{output}_status"] = status
-    out[f"{output}_error"] = error
-    if spec.response_format is not None:
-        out[f"{output}_raw"] = text
+    for name, column in _merge.result_columns(
+        output, spec.response_format, status, text, error
+    ).items():
+        out[name] = column
     return out

@@ -242,6 +242,7 @@ class Estimate:
     method: str  # how input tokens were counted
     output_basis: str  # where the output figure comes from
     per_row_input: np.ndarray = field(repr=False, compare=False)  # input tokens per row
+    note: str = ""  # how the rows became requests (duplicates, reuse, skipped), if not 1:1
 
     @property
     def saving(self) -> float | None:
@@ -263,9 +264,12 @@ class Estimate:
                 f"{pricing.money(batch)} batch vs {pricing.money(live)} real time "
                 f"(saves {pricing.money(saving)}{pct})"
             )
+        counted = f"Estimate for {self.rows:,} rows on {self.model}"
+        if self.note:
+            counted = f"Estimate for {self.rows:,} requests on {self.model} ({self.note})"
         return "\n".join(
             [
-                f"Estimate for {self.rows:,} rows on {self.model}",
+                counted,
                 f"  input tokens   {self.input_tokens:>12,}  {self.method}",
                 f"  output tokens  {self.output_tokens:>12,}  {self.output_basis}",
                 f"  cost           {cost}",
@@ -297,8 +301,11 @@ def estimate(
     max_tokens: int | None = None,
     expected_output_tokens: int | None = None,
     endpoint: str | None = None,
+    note: str = "",
 ) -> Estimate:
     """Estimate the tokens and cost of sending one request per prompt to ``model``.
+
+    ``note`` says how the job's rows became these prompts (shown in the summary).
 
     Input per row: the prompt's tokens, the system prompt's (it is sent with every
     row), and the chat format's overhead (:data:`MESSAGE_OVERHEAD` per message plus
@@ -324,10 +331,10 @@ def estimate(
         per_row = per_row + (MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD)
         method += (
             f"; incl. the system prompt and {MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD} "
-            "tokens of message overhead per row"
+            "tokens of message overhead per request"
             if system
             else f"; incl. {MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD} tokens of message "
-            "overhead per row"
+            "overhead per request"
         )
     if embeddings:
         out_per_row, basis = 0, "none (embeddings)"
@@ -358,6 +365,7 @@ def estimate(
         method=method,
         output_basis=basis,
         per_row_input=per_row,
+        note=note,
     )
 
 

@@ -8,29 +8,33 @@ reporter) subscribe to its snapshots; the job knows nothing of them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
 
+from . import merge as _merge
 from . import plan as _plan
 from . import results as _results
-from ._errors import InputError, MergeError, NbbatchError, ProviderError
+from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, ProviderError
 from .ledger import Ledger
 from .poller import Poller
 from .pricing import Cost
 from .providers.base import BatchInfo, Provider, RequestSpec
-from .snapshot import RESUBMITTABLE, ROW_STATES, BatchView, JobSnapshot
+from .snapshot import RESUBMITTABLE, ROW_STATES, BatchView, JobSnapshot, Note
 
 Listener = Callable[[JobSnapshot], None]
 log = logging.getLogger("nbbatch")
@@ -53,6 +57,11 @@ def _alive(owner: dict[str, Any]) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _loopback(url: str | None) -> bool:
+    """Whether ``url`` points at this machine (where only an emulator answers)."""
+    return (urlparse(url or "").hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
 def _ids_prompts(rows: Sequence[tuple[Any, ...]]) -> tuple[pa.Array, pa.Array]:
@@ -79,9 +88,10 @@ class PollPolicy:
             delay = min(self.most, delay * self.factor)
 
 
-#: Polling for real providers starts at 2 s and backs off to a minute; the local
-#: emulator finishes in seconds, so it is polled faster.
-REMOTE_POLLING = PollPolicy(2.0, 60.0)
+#: Polling for real providers starts at 2 s and backs off to 30 s (so text progress has
+#: fresh provider counts for its line every 30 s); the local emulator finishes in
+#: seconds, so it is polled faster.
+REMOTE_POLLING = PollPolicy(2.0, 30.0)
 LOCAL_POLLING = PollPolicy(0.25, 2.0)
 
 
@@ -123,6 +133,8 @@ class BatchJob:
     # Injected so tests can run a 24-hour batch in milliseconds.
     clock: Callable[[], float] = staticmethod(time.time)
     sleep: Callable[[float], None] = staticmethod(time.sleep)
+    #: Set by a poll that found the job's private emulator gone (see _transient_note).
+    _backend_dead = False
 
     def __init__(
         self,
@@ -144,7 +156,11 @@ class BatchJob:
         self._last_error: str | None = None
         self._infos: dict[str, BatchInfo] = {}
         self._poller: Poller | None = None
-        self._warnings: list[str] = []
+        self._notes: list[Note] = []  # what the job did or noticed, oldest first
+        self._alert_raised = False  # the failure-rate alert fired in this session
+        # Progress (rows done or ready at the provider) each time it changed: the ETA's rate.
+        self._progress_base: int | None = None
+        self._samples: list[tuple[float, int]] = []
         self._logged_done = False
         self._avg_prompt_tokens: float | None = None
 
@@ -243,6 +259,29 @@ class BatchJob:
         batch = usage.get("batch", (0, 0, 0, 0))
         realtime = usage.get("realtime", (0, 0, 0, 0))
         pending_in, pending_out = self._pending_estimate(counts["pending"])
+        # Per batch: rows still pending on it, and its requests (leader rows) that succeeded.
+        per_batch = {
+            batch_id: (int(waiting), int(ok))
+            for batch_id, waiting, ok in self._ledger.query(
+                "SELECT batch_id, SUM(status = 'pending'), SUM(status = 'succeeded' AND "
+                "source IS NULL) FROM rows WHERE job_id = ? AND batch_id IS NOT NULL "
+                "GROUP BY batch_id",
+                (self.id,),
+            )
+        }
+        views = tuple(
+            BatchView(
+                b["batch_id"],
+                b["status"],
+                b["n_requests"],
+                b["attempt"],
+                done=int(b["done"] or 0),
+                rows=per_batch.get(b["batch_id"], (0, 0))[0],
+                succeeded=per_batch.get(b["batch_id"], (0, 0))[1],
+            )
+            for b in batches
+        )
+        now = self.clock()
         return JobSnapshot(
             job_id=self.id,
             provider=self.provider,
@@ -252,18 +291,14 @@ class BatchJob:
             n_rows=counts["total"],
             counts=counts,
             status=status,
-            batches=tuple(
-                BatchView(
-                    b["batch_id"], b["status"], b["n_requests"], b["attempt"], int(b["done"] or 0)
-                )
-                for b in batches
-            ),
+            batches=views,
             created=float(self._record["created"]),
-            now=self.clock(),
+            now=now,
             last_poll=self._last_poll,
             next_poll=self._next_poll,
             last_error=self._last_error,
-            warnings=tuple(self._warnings),
+            notes=self._current_notes(counts, batches),
+            progress_samples=self._sample_progress(counts, views, now),
             input_tokens=batch[0],
             output_tokens=batch[1],
             cached_tokens=batch[2],
@@ -275,6 +310,45 @@ class BatchJob:
             deduplicated=int(raw.get("deduplicated", 0)),
             realtime=int(raw.get("realtime", 0)),
         )
+
+    def _current_notes(
+        self, counts: dict[str, int], batches: list[dict[str, Any]]
+    ) -> tuple[Note, ...]:
+        """The job's notes, each marked current while what it says still holds: a retry
+        or resubmission while its attempt has a batch not yet collected, a cancel until
+        every row has ended, the failure-rate alert while the counts now are above the
+        threshold (with today's numbers); everything else is history."""
+        open_attempts = {b["attempt"] for b in batches if not b["collected"]}
+        finished = counts["pending"] == 0
+        alert = self._alert_text(counts) if (self._alert_raised or finished) else None
+        last_alert = max((i for i, n in enumerate(self._notes) if n.kind == "alert"), default=-1)
+        notes = []
+        for i, n in enumerate(self._notes):
+            if n.kind in ("retry", "resubmit"):
+                n = dataclasses.replace(n, current=n.attempt in open_attempts)
+            elif n.kind == "cancel":
+                n = dataclasses.replace(n, current=not finished)
+            elif i == last_alert and alert is not None:
+                n = dataclasses.replace(n, text=alert, current=True)
+            notes.append(n)
+        if alert is not None and last_alert < 0:  # e.g. attached to a finished job
+            notes.append(Note(self.clock(), "alert", alert, current=True))
+        return tuple(notes)
+
+    def _sample_progress(
+        self, counts: dict[str, int], views: tuple[BatchView, ...], now: float
+    ) -> tuple[tuple[float, int], ...]:
+        """Record rows done or ready at the provider when that changed (starting over
+        when it went back: a retry put rows back to pending), for the ETA's rate."""
+        ready = min(counts["pending"], sum(v.ready for v in views))
+        progress = counts["total"] - counts["pending"] + ready
+        samples = self._samples
+        last = samples[-1][1] if samples else self._progress_base
+        if last is None or progress < last:
+            self._progress_base, self._samples = progress, []
+        elif progress != last:
+            self._samples = [*samples[-29:], (now, progress)]
+        return tuple(self._samples)
 
     def _pending_estimate(self, pending: int) -> tuple[int, int]:
         """Estimated (input, output) tokens of the rows still pending: 4 characters per
@@ -357,8 +431,10 @@ class BatchJob:
                 delay = min(60.0, delay * 2)
         raise AssertionError("unreachable")
 
-    def _warn(self, message: str) -> None:
-        self._warnings.append(message)
+    def _warn(self, message: str, kind: str = "event", attempt: int | None = None) -> None:
+        """Note ``message`` (with its time and kind, see ``snapshot.NOTE_KINDS``) for the
+        views, the ledger's history and the log."""
+        self._notes.append(Note(self.clock(), kind, message, attempt=attempt))
         self._ledger.event(self.id, "warning", message)
         log.warning("nbbatch job %s: %s", self.id, message)
 
@@ -403,6 +479,7 @@ class BatchJob:
         """
         with self._lock:
             self._last_error = None
+            self._backend_dead = False
             try:
                 for batch in self._ledger.batches(self.id):
                     if batch["batch_id"].startswith("intent-"):
@@ -416,28 +493,89 @@ class BatchJob:
                 if not exc.transient:
                     exc.job_id = self.id
                     raise
-                self._last_error = str(exc)
+                self._last_error = self._transient_note(exc)
             self._last_poll = self.clock()
             snap = self.snapshot()
         self._log_progress(snap)
         self._notify(snap)
         return snap
 
+    def _transient_note(self, exc: ProviderError) -> str:
+        """What a transient error means for this job, in ``last_error``.
+
+        No answer at all from a loopback address is not a passing hiccup: a stopped
+        background emulator (``provider="local"``) is started again; a private emulator
+        (``nb.emulator.start()``) kept its batches in memory, so they are gone for good.
+        """
+        self._backend_dead = False
+        if getattr(exc.__cause__, "status_code", None) is not None:
+            return str(exc)  # the backend answered (429, 5xx): it is there
+        if self._record.get("backend") == "local":
+            from . import providers
+
+            try:
+                self._provider = providers.build(self.provider, local=True)
+            except Exception as error:  # shown, and tried again on the next poll
+                return f"{exc}; nbbatch's background emulator could not be started: {error}"
+            return f"{exc}; nbbatch's background emulator had stopped and was started again"
+        url = urlparse(self._provider.base_url)
+        if _loopback(url.geturl()):
+            self._backend_dead = True
+            return (
+                f"the emulator at {url.scheme}://{url.netloc} is not running (an emulator "
+                "started with nb.emulator.start() keeps its batches in memory, so they ended "
+                "with it): "
+                "the pending rows can never finish there; close the job with job.forget()."
+            )
+        return str(exc)
+
     def _poll_batch(self, batch: dict[str, Any]) -> None:
         batch_id = batch["batch_id"]
-        if not batch["ended"]:
-            info = self._provider.retrieve(batch_id)
-            if info.status != batch["status"]:
-                self._ledger.event(self.id, "status", f"batch {batch_id}: {info.status}")
-                log.info("job %s: batch %s is %s", self.id, batch_id, info.status)
-            self._ledger.update_batch(
-                batch_id, info.status, info.ended, info.failure, info.raw, info.done
-            )
-            self._infos[batch_id] = info
-            if not info.ended:
-                return
-        info = self._infos.get(batch_id) or self._provider.retrieve(batch_id)
-        self._collect(info)
+        try:
+            if not batch["ended"]:
+                info = self._provider.retrieve(batch_id)
+                if info.status != batch["status"]:
+                    self._ledger.event(self.id, "status", f"batch {batch_id}: {info.status}")
+                    log.info("job %s: batch %s is %s", self.id, batch_id, info.status)
+                self._ledger.update_batch(
+                    batch_id, info.status, info.ended, info.failure, info.raw, info.done
+                )
+                self._infos[batch_id] = info
+                if not info.ended:
+                    return
+            info = self._infos.get(batch_id) or self._provider.retrieve(batch_id)
+            self._collect(info)
+        except ProviderError as exc:
+            if not self._local_batch_gone(exc):
+                raise
+            self._end_backend_gone(batch_id)
+
+    def _local_batch_gone(self, exc: ProviderError) -> bool:
+        """Whether ``exc`` says the background emulator no longer knows a batch."""
+        gone = getattr(exc.__cause__, "status_code", None) == 404
+        return gone and self._record.get("backend") == "local"
+
+    def _end_backend_gone(self, batch_id: str) -> None:
+        """The background emulator does not know this batch (its saved state was removed):
+        its rows will never finish, so they end ``failed`` (``backend_gone``).
+
+        Not ``retryable``: automatic retries are for a request's passing failure; losing
+        the backend is something to see and decide on, with ``job.resubmit_failed()``.
+        """
+        message = (
+            f"nbbatch's background emulator no longer knows batch {batch_id} (its saved "
+            "state under the ledger home was removed, or the batch is over 30 days old), so "
+            "these rows will never finish there; job.resubmit_failed() sends them again."
+        )
+        ids = self._ledger.sent_ids(batch_id)
+        rows = (
+            ("failed", None, "backend_gone", f"backend_gone: {message}", 0, None, None, None, c)
+            for c in ids
+        )
+        self._ledger.update_batch(batch_id, "gone", True, message, {})
+        self._ledger.record_results(self.id, batch_id, rows, f"batch {batch_id}: backend gone")
+        self._infos.pop(batch_id, None)
+        self._warn(message)
 
     def _collect(self, info: BatchInfo) -> None:
         """Read an ended batch's result files (once: they are kept on disk) and record
@@ -493,26 +631,39 @@ class BatchJob:
             attempt = max(r[2] for r in rows) + 1
             capacity = [r for r in rows if r[3] == "token_limit_exceeded"]
             other = [r for r in rows if r[3] != "token_limit_exceeded"]
+            # Counted in rows (identical rows share a request): what the chips count too.
+            sent = 0
             if other:
-                self._warn_once(
-                    f"retrying {len(other)} rows that failed transiently (attempt {attempt})"
-                )
                 self._send(*_ids_prompts(other), attempt)
+                sent = self._rows_in_attempt(attempt)
+                self._warn_once(
+                    f"retrying {sent:,} rows that failed transiently (attempt {attempt})",
+                    "retry",
+                    attempt,
+                )
             if capacity:
                 smaller = max(1, min(r[4] for r in capacity) // 2)
-                self._warn(
-                    f"{len(capacity)} rows refused for capacity (token_limit_exceeded): "
-                    f"resending them in batches of at most {smaller} requests"
-                )
                 self._send(*_ids_prompts(capacity), attempt, max_requests=smaller)
+                self._warn(
+                    f"{self._rows_in_attempt(attempt) - sent:,} rows refused for capacity "
+                    f"(token_limit_exceeded): resending them in batches of at most {smaller} "
+                    "requests",
+                    "retry",
+                    attempt,
+                )
             return
         if policy.get("fallback") == "realtime":
             self._fallback_realtime()
         self._check_alert()
 
-    def _warn_once(self, message: str) -> None:
-        if message not in self._warnings:
-            self._warn(message)
+    def _rows_in_attempt(self, attempt: int) -> int:
+        """Rows pending in ``attempt`` (leaders and the rows deduplicated onto them)."""
+        sql = "SELECT COUNT(*) FROM rows WHERE job_id = ? AND attempt = ? AND status = 'pending'"
+        return int(self._ledger.query(sql, (self.id, attempt))[0][0])
+
+    def _warn_once(self, message: str, kind: str = "event", attempt: int | None = None) -> None:
+        if all(n.text != message for n in self._notes):
+            self._warn(message, kind, attempt)
 
     def _fallback_realtime(self) -> None:
         """Send rows still failing for transient reasons through the real-time API, at
@@ -533,17 +684,24 @@ class BatchJob:
         self._ledger.record_realtime(self.id, _results.ledger_rows(table))
 
     def _check_alert(self) -> None:
+        alert = self._alert_text(self._ledger.counts(self.id))
+        if alert is not None and not self._alert_raised:
+            self._alert_raised = True
+            self._warn(alert, "alert")
+
+    def _alert_text(self, counts: dict[str, int]) -> str | None:
+        """The failure-rate alert for these counts, or None below the threshold."""
         threshold = self.policy.get("alert_threshold")
         if threshold is None:
-            return
-        c = self._ledger.counts(self.id)
-        sent = sum(c.get(s, 0) for s in ("succeeded", "failed", "expired", "cancelled"))
-        bad = c.get("failed", 0) + c.get("expired", 0)
-        if sent and bad / sent > threshold:
-            self._warn_once(
-                f"{bad} of {sent} rows failed ({bad / sent:.0%}, above the alert threshold of "
-                f"{threshold:.0%}); see job.failed()"
-            )
+            return None
+        sent = sum(counts.get(s, 0) for s in ("succeeded", "failed", "expired", "cancelled"))
+        bad = counts.get("failed", 0) + counts.get("expired", 0)
+        if not sent or bad / sent <= threshold:
+            return None
+        return (
+            f"{bad:,} of {sent:,} rows failed or expired ({bad / sent:.0%}, above the alert "
+            f"threshold of {threshold:.0%}); see job.failed()"
+        )
 
     def _log_progress(self, snap: JobSnapshot) -> None:
         if snap.finished and not self._logged_done:
@@ -561,10 +719,9 @@ class BatchJob:
         if done.exists():
             return [p.read_bytes() for p in sorted(folder.glob(f"{info.batch_id}.*.jsonl"))]
         raws = self._provider.fetch_results(info)
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         for i, raw in enumerate(raws):
-            (folder / f"{info.batch_id}.{i}.jsonl").write_bytes(raw)
-        done.touch()
+            self._ledger.write_file(self.id, f"{info.batch_id}.{i}.jsonl", raw)
+        self._ledger.write_file(self.id, f"{info.batch_id}.complete", b"")
         return raws
 
     def start_polling(self) -> Poller:
@@ -600,9 +757,9 @@ class BatchJob:
         """Block until every row is terminal (or ``timeout`` seconds pass) and return the job.
 
         Works in a notebook, a script and under papermill: it polls in this thread and
-        sleeps between polls, backing off as set by ``job.polling``. ``progress`` prints one
-        line per change to stderr (``"auto"``: only outside a notebook, where the panel shows
-        progress instead).
+        sleeps between polls, backing off as set by ``job.polling``. ``progress`` prints a
+        line to stderr on each change and at least every 30 s while rows are pending
+        (``"auto"``: only outside a notebook, where the panel shows progress instead).
         """
         from . import console
 
@@ -614,11 +771,7 @@ class BatchJob:
                 if snap.finished:
                     return self
                 if timeout is not None and self.clock() - start + delay > timeout:
-                    raise TimeoutError(
-                        f"job {self.id} still has {snap.counts['pending']} pending rows after "
-                        f"{timeout} s; it goes on at the provider: call wait() again later, or "
-                        f"nb.attach({self.id!r}) from another session."
-                    )
+                    raise TimeoutError(self._timeout_message(snap, timeout))
                 self._next_poll = self.clock() + delay
                 self.sleep(delay)
                 self._next_poll = None
@@ -632,14 +785,78 @@ class BatchJob:
         with self._lock:
             for batch in self._ledger.batches(self.id):
                 if not batch["ended"] and not batch["batch_id"].startswith("intent-"):
-                    info = self._provider.cancel(batch["batch_id"])
+                    try:
+                        info = self._provider.cancel(batch["batch_id"])
+                    except ProviderError as exc:
+                        if not self._local_batch_gone(exc):
+                            raise
+                        self._end_backend_gone(batch["batch_id"])
+                        continue
                     self._ledger.update_batch(
                         info.batch_id, info.status, info.ended, info.failure, info.raw
                     )
             self._ledger.set_job_status(self.id, "cancelled")
             self._record["status"] = "cancelled"
             self._ledger.event(self.id, "cancel", "cancel requested")
+            self._notes.append(
+                Note(self.clock(), "cancel", "cancel requested; open batches end as the "
+                     "provider confirms (rows already finished keep their results)")
+            )  # fmt: skip
         return self.refresh()
+
+    def _timeout_message(self, snap: JobSnapshot, timeout: float) -> str:
+        """Why wait() stopped, and where the job's batches are meanwhile (truthfully)."""
+        head = f"job {self.id} still has {snap.counts['pending']:,} pending rows after {timeout} s"
+        if self._backend_dead:
+            return f"{head}; {self.whereabouts()}"
+        return (
+            f"{head}; {self.whereabouts()}: call wait() again later, or "
+            f"nb.attach({self.id!r}) from another session."
+        )
+
+    def whereabouts(self) -> str:
+        """Where the job's pending rows are being worked on, in a few words: at the
+        provider, in nbbatch's background emulator, or (an emulator that stopped) nowhere."""
+        if self._backend_dead and self._last_error:
+            return self._last_error
+        if self._record.get("backend") == "local":
+            return "it goes on in nbbatch's background emulator"
+        return "it goes on at the provider"
+
+    def forget(self, *, force: bool = False) -> None:
+        """Remove the job from the ledger: its rows, batches, events and result files.
+
+        Afterwards ``nb.attach(job.id)`` raises :class:`JobNotFoundError`, ``nb.jobs()``
+        no longer lists it, and this object should not be used. A job whose backend can
+        still run some of its batches is refused (they would go on, unwatched, and at a
+        real provider be billed): ``job.cancel()`` first, or pass ``force=True``. A job
+        whose backend is gone (a stopped ``nb.emulator.start()`` emulator) is forgotten
+        without ``force``.
+        """
+        with self._lock:
+            if not force:
+                try:
+                    self.refresh()  # learn which batches are still open, and where
+                except NbbatchError:
+                    pass  # what is open is judged from the ledger below
+                open_batches = [b for b in self._ledger.batches(self.id) if not b["ended"]]
+                if open_batches and not self._backend_dead:
+                    pending = self._ledger.counts(self.id).get("pending", 0)
+                    fix = (
+                        "its cancel is not confirmed yet: job.wait() until it is"
+                        if self._record.get("status") == "cancelled"
+                        else "call job.cancel() first (or `nbbatch cancel JOB`)"
+                    )
+                    raise NbbatchError(
+                        f"job {self.id} still has {pending} pending rows in "
+                        f"{len(open_batches)} open batches that can still run: {fix}, or "
+                        "forget(force=True) to drop it anyway (the batches then go on "
+                        "unwatched).",
+                        job_id=self.id,
+                        provider=self.provider,
+                    )
+            self.stop_polling()
+            self._ledger.forget_job(self.id)
 
     # -- results ----------------------------------------------------------------------------
     def results(self) -> pd.DataFrame:
@@ -670,13 +887,20 @@ class BatchJob:
         n, chars = self._ledger.query(sql, (self.id,))[0]
         return int(n), int(chars)
 
-    def merge(self, df: pd.DataFrame | pd.Series | None = None) -> pd.DataFrame:
+    def merge(
+        self, df: pd.DataFrame | pd.Series | None = None, *, verify: bool = True
+    ) -> pd.DataFrame:
         """``df`` plus ``{output}``, ``{output}_status`` and ``{output}_error`` columns.
 
         ``df`` defaults to the data submitted in this session. Its index, columns and order
         are kept; each row gets the result of its own request, found by position when
         ``df`` is the submitted data, else by index label (or ``id_column``), so a sorted
-        or filtered copy works too.
+        or filtered copy works too. Every row is then checked to still render the request
+        that was sent for it: a frame whose rows changed under the same labels (another
+        frame, a sort and re-index, an edited column) raises :class:`MergeError` rather
+        than put answers on the wrong rows; ``verify=False`` skips that check, for a
+        column changed on purpose. While the job runs, a warning says that pending rows
+        are not finished yet.
         """
         if df is None:
             if self._data is None:
@@ -699,38 +923,87 @@ class BatchJob:
         stored = _plan.row_keys(
             frame[self._record["id_column"]] if self._record.get("id_column") else frame.index
         )
-        keys = (
+        keys, sent = (
             np.asarray(
                 self._ledger.query(
-                    "SELECT key FROM rows WHERE job_id = ? ORDER BY position", (self.id,)
+                    "SELECT key, COALESCE(request_hash, 0) FROM rows WHERE job_id = ? "
+                    "ORDER BY position",
+                    (self.id,),
                 ),
                 dtype=np.int64,
             )
-            .ravel()
+            .reshape(-1, 2)
             .view(np.uint64)
+            .T
         )
-        take = self._align(stored, keys)
+        take = _merge.align(stored, keys, self.id)
+        if verify:
+            self._verify(df, take, sent[take])
+        self._warn_if_running("merge()")
         out = frame.copy()
-        status = rows["status"].to_numpy()[take]
-        output = rows["output"].to_numpy()[take]
-        if self.spec.response_format is None:
-            out[self.output] = output
-        else:
-            from . import structured
-
-            schema = structured.schema_of(self.spec.response_format)
-            good = status == "succeeded"
-            parsed = structured.parse_outputs(list(output[good]), schema)
-            values: list[dict[str, Any] | None] = [None] * len(out)
-            for i, v in zip(np.flatnonzero(good), parsed.values, strict=True):
-                values[i] = v
-            for name, column in structured.to_columns(values, schema).items():
-                out[name] = column
-        out[f"{self.output}_status"] = status
-        out[f"{self.output}_error"] = rows["error"].to_numpy()[take]
-        if self.spec.response_format is not None:
-            out[f"{self.output}_raw"] = output
+        columns = _merge.result_columns(
+            self.output,
+            self.spec.response_format,
+            rows["status"].to_numpy()[take],
+            rows["output"].to_numpy()[take],
+            rows["error"].to_numpy()[take],
+        )
+        for name, column in columns.items():
+            out[name] = column
         return out
+
+    def _verify(self, df: pd.DataFrame | pd.Series, take: np.ndarray, sent: np.ndarray) -> None:
+        """Check that each row of ``df`` renders the request sent for it (see merge)."""
+        from . import prompt as _prompt
+
+        frame, _ = _plan.as_frame(df)
+        salt = self._record.get("salt")
+        if salt is None:
+            # A job from before the salt was recorded: compare with the stored prompts.
+            salt = "nbbatch-verify01"
+            prompts = pa.array(
+                [r[0] for r in self._ledger.query(
+                    "SELECT prompt FROM rows WHERE job_id = ? ORDER BY position", (self.id,)
+                )],
+                pa.large_string(),
+            )  # fmt: skip
+            sent = np.zeros(len(prompts), dtype=np.uint64)
+            valid = prompts.is_valid().to_numpy(zero_copy_only=False)
+            if valid.any():
+                sent[valid] = _plan.prompt_hashes(prompts.filter(valid), salt)
+            sent = sent[take]
+
+        def sent_prompts(positions: list[int]) -> list[str | None]:
+            return [
+                self._ledger.query(
+                    "SELECT prompt FROM rows WHERE job_id = ? AND position = ?",
+                    (self.id, int(take[p])),
+                )[0][0]
+                for p in positions
+            ]
+
+        _merge.verify_rows(
+            frame,
+            _prompt.parse(self._record["template"]),
+            missing=str(self.policy.get("missing", "skip")),
+            salt=str(salt),
+            sent=sent,
+            sent_prompts=sent_prompts,
+            job_id=self.id,
+        )
+
+    def _warn_if_running(self, what: str) -> None:
+        """Warn that a job's answers are not all in yet, so an empty or partial result is
+        not read as final."""
+        pending = int(self._ledger.counts(self.id).get("pending", 0))
+        if pending:
+            warnings.warn(
+                f"job {self.id} is still running: {pending:,} of {self._record['n_rows']:,} "
+                f"rows are pending, so {what} shows only what has finished so far. "
+                "job.wait() blocks until every row is done.",
+                JobRunningWarning,
+                stacklevel=3,
+            )
 
     def output_columns(self) -> list[str]:
         """The columns ``merge`` adds: ``{output}`` (or one per field of a structured
@@ -738,33 +1011,13 @@ class BatchJob:
         the reply as received, with a response_format)."""
         return output_columns(self.output, self.spec.response_format)
 
-    def _align(self, wanted: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """Positions into the job's rows for each row of the DataFrame being merged."""
-        if len(wanted) == len(keys) and np.array_equal(wanted, keys):
-            return np.arange(len(keys))
-        index = pd.Index(keys)
-        if not index.is_unique:
-            raise MergeError(
-                f"job {self.id} was built from rows with duplicated labels, so rows can only "
-                "be matched by position: pass the same DataFrame, in the same order.",
-                job_id=self.id,
-            )
-        take = index.get_indexer(wanted)
-        unknown = int((take < 0).sum())
-        if unknown:
-            raise MergeError(
-                f"{unknown} of the {len(wanted)} rows given to merge() are not rows of job "
-                f"{self.id} (matched by index label). Pass the DataFrame you submitted, or a "
-                "subset of it with the same index.",
-                job_id=self.id,
-            )
-        if not pd.Index(wanted).is_unique:
-            raise MergeError("the DataFrame given to merge() has duplicated index labels.")
-        return take
-
     def failed(self) -> pd.DataFrame:
-        """The merged rows that did not succeed (failed, expired or cancelled)."""
-        merged = self.merge() if self._data is not None else self.results()
+        """The merged rows that did not succeed (failed, expired or cancelled); while the
+        job runs, a warning says these are only the failures so far."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", JobRunningWarning)  # warned once, below
+            merged = self.merge() if self._data is not None else self.results()
+        self._warn_if_running("failed()")
         col = f"{self.output}_status" if self._data is not None else "status"
         return merged[merged[col].isin(["failed", "expired", "cancelled"])]
 
@@ -795,16 +1048,28 @@ class BatchJob:
             self._record["status"] = "running"
             ids = pa.array([r[0] for r in rows], pa.string())
             self._send(ids, pa.array([r[1] for r in rows], pa.large_string()), attempt)
+            n = self._rows_in_attempt(attempt)
+            self._notes.append(
+                Note(self.clock(), "resubmit", f"resubmitted {n:,} failed or expired rows "
+                     f"(attempt {attempt}); only those are sent and paid for again",
+                     attempt=attempt)
+            )  # fmt: skip
         self._notify(self.snapshot())
         return self
 
     def _apply_overrides(self, overrides: dict[str, Any]) -> None:
+        """Change request parameters for the batches sent from now on; checked as
+        ``submit`` checks them, before anything is sent."""
         spec = dict(self._record["spec"])
         for key, value in overrides.items():
             if key in spec and key != "params":
                 spec[key] = value
             else:
                 spec["params"] = {**spec["params"], key: value}
+        checked = RequestSpec(**spec)
+        self._provider.validate(checked)
+        if checked.model != self.model:
+            self._provider.check_model(checked.model)
         self._record["spec"] = spec
         self._ledger.set_job_spec(self.id, spec)
 
@@ -813,7 +1078,15 @@ class BatchJob:
         return f"<BatchJob {self.snapshot().summary()}>"
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        """In a notebook: the live panel (and polling); always with a text/plain fallback."""
+        """In a notebook: the live panel (and polling) with a ``text/plain`` and a static
+        ``text/html`` summary for viewers without widgets; elsewhere the text."""
         from . import panel
 
         return panel.mimebundle(self)
+
+    def _ipython_display_(self) -> None:
+        """IPython shows the job through :func:`nbbatch.panel.display_job`: an output
+        whose saved text and summary follow the job to its end (a display handle)."""
+        from . import panel
+
+        panel.display_job(self)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import sqlite3
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,12 +119,39 @@ def m002_reuse_dedupe_intents(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m003_salt_backend(db: sqlite3.Connection) -> None:
+    _script(
+        db,
+        """
+        ALTER TABLE jobs ADD COLUMN salt TEXT;     -- the request-hash salt at submit time
+        ALTER TABLE jobs ADD COLUMN backend TEXT;  -- 'local': the background emulator
+        """,
+    )
+
+
 def _script(db: sqlite3.Connection, sql: str) -> None:
     # executescript() would commit the migration's transaction half-way; run each
     # statement inside it instead.
     for statement in sql.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+def _owner_only(path: Path, mode: int) -> None:
+    """Tighten ``path`` to ``mode`` when others can read it (a folder made by hand, or by
+    an older release); warn instead when it belongs to someone else."""
+    st = path.stat()
+    if st.st_mode & 0o077 == 0:
+        return
+    if st.st_uid == os.getuid():
+        path.chmod(mode)
+        return
+    warnings.warn(
+        f"{path} can be read by other users and is not yours to tighten; the ledger holds "
+        "prompts and results. Ask its owner to run: chmod go-rwx " + str(path),
+        stacklevel=3,
+    )
 
 
 def home() -> Path:
@@ -140,9 +169,13 @@ class Ledger:
         self.path = path or folder / "ledger.sqlite3"
         self.files = folder / "files"
         self.files.mkdir(exist_ok=True, mode=0o700)
-        # Owner-only before SQLite writes a byte into it.
+        for place in (folder, self.files):
+            _owner_only(place, 0o700)
+        # Owner-only before SQLite writes a byte into it (its -wal and -shm files take
+        # the same mode from it).
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
+        _owner_only(self.path, 0o600)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             self.path, timeout=30, check_same_thread=False, isolation_level=None
@@ -172,6 +205,25 @@ class Ledger:
                 raise
             self._db.execute("COMMIT")
 
+    def write_file(self, job_id: str, name: str, data: bytes) -> Path:
+        """Write ``data`` to ``files/<job_id>/<name>``, owner-only, atomically: to a
+        temporary name first, then renamed, so a reader never sees half a file."""
+        folder = self.files / job_id
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = folder / name
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
+
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query and return all its rows."""
         with self._lock:
@@ -195,10 +247,12 @@ class Ledger:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
-                "spec, base_url, n_rows, id_column, status, fingerprint, policy) VALUES (:id, "
-                ":created, :provider, :model, :endpoint, :output, :template, :spec, :base_url, "
-                ":n_rows, :id_column, :status, :fingerprint, :policy)",
+                "spec, base_url, n_rows, id_column, status, fingerprint, policy, salt, backend) "
+                "VALUES (:id, :created, :provider, :model, :endpoint, :output, :template, :spec, "
+                ":base_url, :n_rows, :id_column, :status, :fingerprint, :policy, :salt, :backend)",
                 {
+                    "salt": None,
+                    "backend": None,
                     **job,
                     "spec": orjson.dumps(job["spec"]).decode(),
                     "policy": orjson.dumps(job["policy"]).decode(),
@@ -387,6 +441,17 @@ class Ledger:
             )
             self._event(db, job_id, "realtime", "results from the real-time fallback recorded")
 
+    def succeeded_hashes(self, hashes: Any) -> Any:
+        """For each request hash (a uint64 numpy array), whether an identical request
+        already succeeded in some job (so a new job would reuse its answer)."""
+        import numpy as np
+
+        done = np.asarray(
+            self.query("SELECT DISTINCT request_hash FROM rows WHERE status = 'succeeded'"),
+            dtype=np.int64,
+        ).ravel()
+        return np.isin(np.asarray(hashes, dtype=np.uint64).view(np.int64), done)
+
     def sent_ids(self, batch_id: str) -> list[str]:
         """The custom_ids whose latest attempt went out in this batch (leaders only:
         deduplicated rows were not sent themselves)."""
@@ -455,6 +520,17 @@ class Ledger:
             cur = self._db.execute("SELECT * FROM jobs ORDER BY created DESC")
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def forget_job(self, job_id: str) -> bool:
+        """Remove a job and everything recorded about it (rows, batches, events, result
+        files). Returns False if there was no such job. Rows other jobs reused from it
+        keep their copies."""
+        with self.transaction() as db:
+            for table in ("rows", "batches", "events"):
+                db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+            found = db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
+        shutil.rmtree(self.files / job_id, ignore_errors=True)
+        return bool(found)
 
 
 _default: Ledger | None = None

@@ -55,26 +55,56 @@ def as_frame(data: pd.DataFrame | pd.Series) -> tuple[pd.DataFrame, bool]:
     """The data as a DataFrame, and whether it was a Series.
 
     A Series becomes one column under :data:`prompt.SERIES_FIELD` (``{}``) and, when it
-    has a name, under that name too.
+    has a name, under that name too. Data with no rows is refused: there is nothing to
+    send, and a job of zero rows would only clutter the ledger.
     """
     if isinstance(data, pd.Series):
         cols = {_prompt.SERIES_FIELD: data}
         if isinstance(data.name, str) and data.name:
             cols[data.name] = data
-        return pd.DataFrame(cols, index=data.index), True
-    if isinstance(data, pd.DataFrame):
-        return data, False
-    raise InputError(
-        f"data must be a pandas DataFrame or Series, got {type(data).__name__}. "
-        "Wrap a list with pd.Series(...) or pd.DataFrame(...)."
-    )
+        frame, is_series = pd.DataFrame(cols, index=data.index), True
+    elif isinstance(data, pd.DataFrame):
+        frame, is_series = data, False
+    else:
+        raise InputError(
+            f"data must be a pandas DataFrame or Series, got {type(data).__name__}. "
+            + _HINTS.get(type(data), "Build a pandas DataFrame from it first.")
+        )
+    if len(frame) == 0:
+        raise InputError(
+            "data has no rows, so there is nothing to send; nothing was recorded. Check the "
+            "filter that produced it."
+        )
+    return frame, is_series
+
+
+_HINTS = {
+    dict: "For a dict of columns pass pd.DataFrame(your_dict); for texts keyed by id, "
+    "pd.Series(your_dict) (the keys become the row ids).",
+    list: "Wrap a list with pd.Series(your_list) or pd.DataFrame(your_list).",
+    tuple: "Wrap a tuple with pd.Series(list(your_tuple)).",
+    str: "data is the table; the prompt template comes second: nb.submit(df, 'prompt {col}').",
+}
 
 
 def row_keys(values: pd.Index | pd.Series) -> np.ndarray:
-    """A 64-bit key per row label; equal labels give equal keys, whatever their order."""
+    """A 64-bit key per row label; equal labels give equal keys, whatever their order and
+    whatever other labels stand beside them (so a subset of a frame finds its rows)."""
     if isinstance(values, pd.MultiIndex):
-        return pd.util.hash_pandas_object(values.to_frame(index=False), index=False).to_numpy()
-    return pd.util.hash_pandas_object(pd.Series(values), index=False).to_numpy()
+        # Level by level, so each level can take its own path below.
+        keys = np.zeros(len(values), dtype=np.uint64)
+        for level in range(values.nlevels):
+            with np.errstate(over="ignore"):
+                keys = keys * np.uint64(0x100000001B3) ^ row_keys(values.get_level_values(level))
+        return keys
+    series = pd.Series(values)
+    if series.dtype == object:
+        # Mixed objects (a tuple beside a string, a lone surrogate) defeat pandas'
+        # hashing, and how it falls back depends on the other labels. Hash a typed,
+        # escaped text of each label instead: repr() escapes lone surrogates.
+        texts = np.array([f"{type(v).__name__}:{v!r}" for v in series], dtype=object)
+        return pd.util.hash_array(texts)
+    return pd.util.hash_pandas_object(series, index=False).to_numpy()
 
 
 def _label_text(values: pd.Index | pd.Series) -> pa.Array:
@@ -82,8 +112,18 @@ def _label_text(values: pd.Index | pd.Series) -> pa.Array:
     if isinstance(values, pd.RangeIndex):  # the common case, up to millions of rows
         return pc.cast(pa.array(np.asarray(values)), pa.string())
     if isinstance(values, pd.MultiIndex):
-        return pa.array(["-".join(str(part) for part in tup) for tup in values], pa.string())
-    return pa.array([str(v) for v in values], pa.string())
+        return pa.array(["-".join(_readable(part) for part in tup) for tup in values], pa.string())
+    return pa.array([_readable(v) for v in values], pa.string())
+
+
+def _readable(value: object) -> str:
+    """``str(value)``, with lone surrogates (not valid Unicode) escaped as ``\\udxxx``."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def make_custom_ids(labels: pa.Array) -> pa.Array:
@@ -139,18 +179,22 @@ def make_plan(
     custom_ids = labels if isinstance(source, pd.RangeIndex) else make_custom_ids(labels)
     keys = row_keys(source)
 
-    columns = {name: frame[name] for name in template.columns}
-    if missing == "empty":
-        columns = {name: col.where(col.notna(), "") for name, col in columns.items()}
-    rendered = _prompt.render(template, columns) if len(frame) else pa.array([], pa.large_string())
-    valid = rendered.is_valid().to_numpy(zero_copy_only=False)
+    rendered, columns = render_rows(frame, template, missing=missing)
+    empty = blank(rendered)
+    valid = rendered.is_valid().to_numpy(zero_copy_only=False) & ~empty
     send = np.flatnonzero(valid)
     skip = np.flatnonzero(~valid)
     reasons = []
     for pos in skip:
-        empty = [name for name, col in columns.items() if pd.isna(col.iloc[pos])]
+        if empty[pos]:
+            reasons.append(
+                "the prompt renders to empty text: not sent (the providers refuse empty "
+                "messages); fill the column(s) or drop the row"
+            )
+            continue
+        absent = [name for name, col in columns.items() if pd.isna(col.iloc[pos])]
         reasons.append(
-            f"missing value in column(s) {empty}: not sent (submit with missing='empty' to "
+            f"missing value in column(s) {absent}: not sent (submit with missing='empty' to "
             "send empty text instead)"
         )
     return Plan(
@@ -162,6 +206,59 @@ def make_plan(
         skip_positions=skip,
         skip_reasons=reasons,
     )
+
+
+def render_rows(
+    frame: pd.DataFrame, template: _prompt.Template, *, missing: str = "skip"
+) -> tuple[pa.Array, dict[str, pd.Series]]:
+    """Every row's rendered prompt (null where a used column is missing and ``missing``
+    is ``"skip"``), and the used columns. Text that cannot be sent (a lone surrogate,
+    which is not valid Unicode) is refused here, naming the column and the row."""
+    dup = [name for name in template.columns if list(frame.columns).count(name) > 1]
+    if dup:
+        raise InputError(
+            f"column {dup[0]!r} appears more than once in the data, so {{{dup[0]}}} is "
+            "ambiguous; rename or drop the duplicate."
+        )
+    columns = {name: frame[name] for name in template.columns}
+    if missing == "empty":
+        columns = {name: col.where(col.notna(), "") for name, col in columns.items()}
+    try:
+        rendered = _prompt.render(template, columns)
+    except UnicodeEncodeError:
+        _refuse_surrogates(columns)
+        raise
+    return rendered, columns
+
+
+def _refuse_surrogates(columns: dict[str, pd.Series]) -> None:
+    """Raise an InputError naming the first cell that holds a lone surrogate."""
+    for name, col in columns.items():
+        for label, value in col.items():
+            try:
+                str(value).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                bad = str(value)[exc.start : exc.end].encode("utf-8", "backslashreplace")
+                shown = "{}" if name == _prompt.SERIES_FIELD else repr(name)
+                raise InputError(
+                    f"column {shown} at row {_readable(label)!r} holds {bad.decode()}, a lone "
+                    "surrogate: not valid Unicode, so it cannot be sent (common in scraped "
+                    "text). Replace such characters first, e.g. df[col] = df[col].map(lambda "
+                    "s: s.encode('utf-8', 'replace').decode('utf-8') if isinstance(s, str) "
+                    "else s)."
+                ) from None
+
+
+def blank(rendered: pa.Array) -> np.ndarray:
+    """True where a rendered prompt is empty or only whitespace."""
+    trimmed = pc.utf8_trim_whitespace(rendered)
+    return pc.fill_null(pc.equal(pc.utf8_length(trimmed), 0), False).to_numpy(zero_copy_only=False)
+
+
+def prompt_hashes(prompts: pa.Array, salt: str) -> np.ndarray:
+    """A 64-bit hash of each prompt under ``salt`` (what a request shares with others)."""
+    texts = prompts.to_numpy(zero_copy_only=False).astype(object)
+    return pd.util.hash_array(texts, hash_key=salt)
 
 
 def chunk_bounds(
@@ -202,8 +299,7 @@ def request_hashes(plan: Plan, salt: str) -> np.ndarray:
     """A 64-bit hash of each row's exact request (0 for rows not sent)."""
     out = np.zeros(plan.n_rows, dtype=np.uint64)
     if len(plan.send_positions):
-        texts = plan.prompts.to_numpy(zero_copy_only=False).astype(object)
-        out[plan.send_positions] = pd.util.hash_array(texts, hash_key=salt)
+        out[plan.send_positions] = prompt_hashes(plan.prompts, salt)
     return out
 
 

@@ -121,7 +121,9 @@ def _as_text(values: pd.Series) -> pa.Array:
         arr = pa.array(values, type=pa.large_string(), from_pandas=True)
     else:
         # Objects or numbers: str() of each present value; mixed objects stay honest.
-        text = values.astype(object).map(_to_str, na_action="ignore").to_numpy(dtype=object)
+        text = (
+            values.astype(object).map(_to_str, na_action="ignore").to_numpy(dtype=object, copy=True)
+        )
         text[missing] = None
         arr = pa.array(text, type=pa.large_string(), from_pandas=True)
     return arr

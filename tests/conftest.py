@@ -13,12 +13,13 @@ from nbbatch import emulator
 
 @pytest.fixture(autouse=True)
 def nbbatch_home(tmp_path, monkeypatch):
-    """Every test gets its own ledger folder."""
+    """Every test gets its own ledger folder, and leaves no background emulator behind."""
     home = tmp_path / "nbbatch-home"
     monkeypatch.setenv("NBBATCH_HOME", str(home))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    return home
+    yield home
+    emulator.stop_background(home)
 
 
 @pytest.fixture(scope="session")

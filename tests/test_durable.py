@@ -285,7 +285,7 @@ def test_command_line_lists_reports_collects_and_cancels(
     out_file = tmp_path / "r.parquet"
     assert cli(["collect", job.id, "--out", str(out_file), "--wait"]) == 0
     collected = pd.read_parquet(out_file)
-    assert len(collected) == 4 and (collected["status"] == "succeeded").all()
+    assert len(collected) == 4 and (collected["response_status"] == "succeeded").all()
     assert cli(["status", job.id]) == 0
     assert "4 succeeded" in capsys.readouterr().out
     assert cli(["status", "nbb-missing"]) == 1

@@ -146,6 +146,11 @@ def claims_quickstart(nb: NotebookNode, s: dict[str, Any]) -> None:
     }
     submit = cell_with(nb, "job = nb.submit(")
     assert sum(WIDGET in o.get("data", {}) for o in submit.outputs) == 1  # one panel
+    # Saved as it ended, not as it was at submit: on GitHub and in nbconvert (no widgets)
+    # the panel's output reads as the finished job.
+    [panel] = [o for o in submit.outputs if WIDGET in o.get("data", {})]
+    assert "completed: 40/40 rows done - 40 succeeded" in panel.data["text/plain"]
+    assert "Done: all 40 rows succeeded" in panel.data["text/html"]
     assert "running" in printed(cell_with(nb, "rows pending"))  # the kernel was free at once
     cost = printed(cell_with(nb, "print(job.cost)"))
     assert " batch vs " in cost and "real time" in cost and "saved: $" in cost
@@ -247,7 +252,7 @@ def claims_budget(nb: NotebookNode, s: dict[str, Any]) -> None:
     refusal = printed(cell_with(nb, "max_cost=0.50, client=client)\n"))
     assert "above max_cost" in refusal and "nothing was sent" in refusal
     preview = html_of(cell_with(nb, "preview = nb.preview("))
-    assert "Estimate for 2,000 rows on gpt-4o-mini" in preview
+    assert "Estimate for 621 requests on gpt-4o-mini (from 2,000 rows: 1,379 duplicate" in preview
 
 
 CLAIMS: dict[str, Callable[[NotebookNode, dict[str, Any]], None]] = {

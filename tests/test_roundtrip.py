@@ -174,7 +174,7 @@ def test_system_max_tokens_temperature_and_extra_params_reach_the_body(emu):
     df = pd.DataFrame({"text": ["hello"]})
     job = nb.submit(
         df, PROMPT, model="gpt-4o-mini", client=client, system="Be brief.", max_tokens=500,
-        temperature=0.2, seed=42, metadata_tag=None,
+        temperature=0.2, seed=42, metadata={"tag": "x"},
     )  # fmt: skip
     job.wait(timeout=30, progress=False)
     batch = client.batches.retrieve(job.batch_ids[0])
@@ -202,7 +202,7 @@ def test_other_openai_endpoints(emu, endpoint):
         assert out["response"].tolist() == expected(["one", "two"])
 
 
-def test_empty_frame_is_a_completed_job_with_no_batch(client):
-    job = nb.submit(pd.DataFrame({"text": []}), PROMPT, model=model_for(client), client=client)
-    assert job.batch_ids == [] and job.status == "completed"
-    assert len(job.merge()) == 0
+def test_an_empty_frame_is_refused_and_nothing_recorded(client):
+    with pytest.raises(nb.InputError, match="no rows"):
+        nb.submit(pd.DataFrame({"text": []}), PROMPT, model=model_for(client), client=client)
+    assert nb.jobs().empty

@@ -1,0 +1,125 @@
+"""Find a job's rows again in a DataFrame, and check they are the rows that were sent.
+
+``merge`` must never put an answer on the wrong row. Finding rows by label is not
+enough: two frames with a default RangeIndex share every label, and a frame sorted and
+re-indexed since submit keeps the labels but not the rows. So each row found is also
+re-rendered with the job's template and compared, by request hash, with what was sent
+for it (vectorised: one render and one hash pass over the frame).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import plan as _plan
+from . import prompt as _prompt
+from ._errors import MergeError
+
+#: How many differing rows a MergeError shows.
+SHOWN = 2
+
+
+def align(wanted: np.ndarray, keys: np.ndarray, job_id: str) -> np.ndarray:
+    """Positions into the job's rows (row keys ``keys``) for each row key in ``wanted``."""
+    if len(wanted) == len(keys) and np.array_equal(wanted, keys):
+        return np.arange(len(keys))
+    index = pd.Index(keys)
+    if not index.is_unique:
+        raise MergeError(
+            f"job {job_id} was built from rows with duplicated labels, so rows can only be "
+            "matched by position: pass the same DataFrame, in the same order.",
+            job_id=job_id,
+        )
+    take = index.get_indexer(wanted)
+    unknown = int((take < 0).sum())
+    if unknown:
+        raise MergeError(
+            f"{unknown} of the {len(wanted)} rows given to merge() are not rows of job "
+            f"{job_id} (matched by index label). Pass the DataFrame you submitted, or a "
+            "subset of it with the same index.",
+            job_id=job_id,
+        )
+    if not pd.Index(wanted).is_unique:
+        raise MergeError("the DataFrame given to merge() has duplicated index labels.")
+    return take
+
+
+def verify_rows(
+    frame: pd.DataFrame,
+    template: _prompt.Template,
+    *,
+    missing: str,
+    salt: str,
+    sent: np.ndarray,
+    sent_prompts: Callable[[list[int]], list[str | None]],
+    job_id: str,
+) -> None:
+    """Raise a MergeError unless every row of ``frame`` renders the request that was sent
+    for it: ``sent`` holds, aligned with ``frame``, the request hash recorded at submit
+    (0 for a row not sent). ``sent_prompts(positions)`` gives the prompts sent for some
+    rows of ``frame``, for the message."""
+    rendered, _ = _plan.render_rows(frame, template, missing=missing)
+    send = rendered.is_valid().to_numpy(zero_copy_only=False) & ~_plan.blank(rendered)
+    now = np.zeros(len(frame), dtype=np.uint64)
+    if send.any():
+        now[send] = _plan.prompt_hashes(rendered.filter(send), salt)
+    differ = np.flatnonzero(now != sent)
+    if not len(differ):
+        return
+    shown = differ[:SHOWN].tolist()
+    before = sent_prompts(shown)
+    lines = [
+        f"  row {frame.index[pos]!r}: sent {_short(old)}, now "
+        f"{_short(rendered[pos].as_py() if send[pos] else None)}"
+        for pos, old in zip(shown, before, strict=True)
+    ]
+    raise MergeError(
+        f"{len(differ):,} of the {len(frame):,} rows given to merge() do not hold the data "
+        f"job {job_id} sent for them, so their answers would land on the wrong rows:\n"
+        + "\n".join(lines)
+        + "\nThe frame was probably sorted, re-indexed or edited since submit. Pass the "
+        "DataFrame you submitted (or a subset of it with the same index); if you changed a "
+        "column on purpose, call merge(df, verify=False).",
+        job_id=job_id,
+    )
+
+
+def result_columns(
+    output: str,
+    response_format: dict[str, Any] | None,
+    status: np.ndarray,
+    replies: np.ndarray,
+    errors: np.ndarray,
+) -> dict[str, Any]:
+    """The columns ``merge`` adds, in order, from aligned per-row arrays: ``{output}``
+    (or one column per field of a structured ``response_format``, the reply parsed),
+    ``{output}_status``, ``{output}_error`` (and ``{output}_raw``, the reply as received,
+    with a ``response_format``)."""
+    columns: dict[str, Any] = {}
+    if response_format is None:
+        columns[output] = replies
+    else:
+        from . import structured
+
+        schema = structured.schema_of(response_format)
+        good = status == "succeeded"
+        parsed = structured.parse_outputs(list(replies[good]), schema)
+        values: list[dict[str, Any] | None] = [None] * len(status)
+        for i, v in zip(np.flatnonzero(good), parsed.values, strict=True):
+            values[i] = v
+        columns.update(structured.to_columns(values, schema))
+    columns[f"{output}_status"] = status
+    columns[f"{output}_error"] = errors
+    if response_format is not None:
+        columns[f"{output}_raw"] = replies
+    return columns
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    if text is None:
+        return "nothing (row not sent)"
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
