@@ -6,6 +6,7 @@ hand over to the plan, the provider and :class:`~nbbatch.job.BatchJob`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -25,7 +26,7 @@ from . import pricing
 from . import prompt as _prompt
 from . import providers as _providers
 from . import structured as _structured
-from ._errors import InputError, JobNotFoundError
+from ._errors import ConfigError, InputError, JobNotFoundError
 from .console import in_notebook
 from .job import LOCAL_POLLING, REMOTE_POLLING, BatchJob, new_job_id, output_columns
 from .ledger import Ledger
@@ -467,15 +468,25 @@ def preview(
     model: str,
     n: int = 5,
     provider: str | None = None,
+    client: Any = None,
     system: str | None = None,
     max_tokens: int | None = None,
+    temperature: float | None = None,
     expected_output_tokens: int | None = None,
     id_column: str | None = None,
     endpoint: str | None = None,
     missing: str = "skip",
+    **params: Any,
 ) -> Preview:
     """The first ``n`` rendered requests and, for the whole job, the estimated tokens and
     cost at batch and at real-time prices. Sends nothing and needs no key.
+
+    The estimate counts what ``submit`` would send: identical requests once, and none
+    whose identical request already succeeded in an earlier job in the ledger (those are
+    reused). Reuse is recognised when the request would go to the same place with the
+    same parameters as then: pass the ``provider``/``client`` and parameters you will
+    submit with (without a key or client for a real provider it is not checked, and the
+    summary says so).
 
     Input tokens are exact with tiktoken when its encoding is cached locally, else
     approximated (4 characters per token; always for Claude models); output tokens are
@@ -484,14 +495,27 @@ def preview(
     ``.estimate``.
     """
     frame, _, template = _parse(data, prompt)
-    name, _ = _providers.infer(provider, None, model)
+    name, local = _providers.infer(provider, client, model)
     endpoint = endpoint or _providers.default_endpoint(name)
-    spec = RequestSpec(model=model, endpoint=endpoint, system=system, max_tokens=max_tokens)
+    spec = RequestSpec(
+        model=model,
+        endpoint=endpoint,
+        system=system,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        params=params,
+    )
     rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
-    # Duplicates are counted once; reuse of earlier jobs' answers (which needs the
-    # provider's address) is decided at submit and can only lower the figure.
-    hashes = _plan.request_hashes(rows, _plan.spec_hash(spec.as_dict(), name, ""))
-    est = _estimate(rows, spec, hashes, None, expected_output_tokens=expected_output_tokens)
+    address = _address(name, client, local)
+    hashes = _plan.request_hashes(rows, _plan.spec_hash(spec.as_dict(), name, address or ""))
+    ledger = _default_ledger() if address is not None and ledger_path().exists() else None
+    est = _estimate(rows, spec, hashes, ledger, expected_output_tokens=expected_output_tokens)
+    if address is None:
+        est = dataclasses.replace(
+            est,
+            note=(est.note + "; " if est.note else "")
+            + "answers reusable from earlier jobs not checked (no client or key)",
+        )
     ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
     # Tokens per shown row (the estimate above counts distinct requests, not rows).
     shown = _estimate_mod.estimate(
@@ -501,6 +525,18 @@ def preview(
     out = Preview(table, columns=["custom_id", "prompt", "input_tokens"])
     out.estimate = est
     return out
+
+
+def _address(name: str, client: Any, local: bool) -> str | None:
+    """Where ``submit`` would send, as its request hashes name it (None: unknown here)."""
+    if local:
+        return "local"
+    if client is not None:
+        return str(client.base_url)
+    try:
+        return str(_providers.default_client(name).base_url)
+    except ConfigError:
+        return None
 
 
 class Preview(pd.DataFrame):

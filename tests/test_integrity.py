@@ -189,6 +189,14 @@ def test_estimates_count_distinct_requests_and_reuse(emu):
         df, PROMPT, model="gpt-4o-mini", max_tokens=10, max_cost=1e-9, client=client, force=True
     )
     assert again.wait(timeout=30, progress=False).counts["reused"] == 100
+    # preview sees the reuse too when told where the job would go; without a client or
+    # key it cannot, and says so.
+    more = pd.concat([df, pd.DataFrame({"text": ["new one"]})], ignore_index=True)
+    seen = nb.preview(more, PROMPT, model="gpt-4o-mini", max_tokens=10, client=client)
+    assert seen.estimate.rows == 1
+    assert "11 requests already answered in earlier jobs are reused" in seen.estimate.note
+    blind = nb.preview(more, PROMPT, model="gpt-4o-mini", max_tokens=10).estimate
+    assert blind.rows == 12 and "not checked" in blind.note
 
 
 # -- the ledger is owner-only ---------------------------------------------------------------
