@@ -4,14 +4,19 @@
 >>> job = nb.submit(df, "Classify the sentiment of: {review}", model="gpt-4o-mini",
 ...                 output="sentiment")                        # doctest: +SKIP
 >>> job.wait().merge(df)                                       # doctest: +SKIP
+
+The names below are loaded on first use (``nb.submit`` imports pandas, pyarrow and the
+rest then), so ``import nbbatch`` and the ``nbbatch`` command start at once. The
+``df.nbbatch`` accessor is registered as soon as pandas is imported, before or after
+nbbatch.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from . import accessor as _accessor  # noqa: F401 - registers df.nbbatch
-from . import emulator, pricing
 from ._errors import (
     BatchFailedError,
     ConfigError,
@@ -23,16 +28,55 @@ from ._errors import (
     ProviderError,
     TemplateError,
 )
-from .api import Preview, attach, jobs, ledger_path, preview, submit, try_now
-from .job import BatchJob, PollPolicy
-from .snapshot import JobSnapshot
-from .styling import highlight
+from ._imports import when_imported
+
+if TYPE_CHECKING:
+    from . import emulator, pricing
+    from .api import Preview, attach, jobs, ledger_path, preview, submit, try_now
+    from .job import BatchJob, PollPolicy
+    from .snapshot import JobSnapshot
+    from .styling import highlight
 
 __version__ = "0.1.0"
 
 # A library logs, the application decides where it goes: silent unless configured
 # (``logging.basicConfig(level="INFO")`` shows submit, status changes and completion).
 logging.getLogger("nbbatch").addHandler(logging.NullHandler())
+
+#: Public name -> the module that defines it (a module itself when the name is one).
+_LAZY = {
+    "Preview": "api",
+    "attach": "api",
+    "jobs": "api",
+    "ledger_path": "api",
+    "preview": "api",
+    "submit": "api",
+    "try_now": "api",
+    "BatchJob": "job",
+    "PollPolicy": "job",
+    "JobSnapshot": "snapshot",
+    "highlight": "styling",
+    "emulator": "emulator",
+    "pricing": "pricing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nbbatch' has no attribute {name!r}")
+    loaded = importlib.import_module(f"{__name__}.{module}")
+    value = loaded if module == name else getattr(loaded, name)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+# df.nbbatch: pandas is imported by whoever has a DataFrame; register the accessor then.
+when_imported("pandas", lambda: importlib.import_module(f"{__name__}.accessor"))
 
 __all__ = [
     "BatchFailedError",

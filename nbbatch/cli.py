@@ -11,16 +11,17 @@ import importlib.util
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from . import __version__, api
-from . import merge as _merge
+from . import __version__
 from ._errors import InputError, NbbatchError
-from .job import BatchJob
-from .ledger import default as _default_ledger
-from .pricing import money
+
+# The library (pandas, pyarrow, the SDKs) is imported by the commands that need it, so
+# `nbbatch --help` and `--version` answer at once.
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .job import BatchJob
 
 #: Exit codes, as ``nbbatch --help`` lists them.
 OK, ERROR, USAGE, RUNNING, UNREACHABLE = 0, 1, 2, 3, 4
@@ -48,6 +49,12 @@ JOB_HELP = "a job id, as `nbbatch jobs` lists it"
 
 
 def _jobs(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from . import api
+    from .pricing import money
+
+    pd.set_option("display.width", 200)
     table = api.jobs()
     if table.empty:
         print("no jobs in the ledger")
@@ -62,6 +69,8 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from . import api
+
     job = api.attach(args.job)
     snap = job.refresh()
     if snap.last_error:
@@ -116,6 +125,11 @@ def results_table(job: BatchJob) -> pd.DataFrame:
     """What ``collect`` writes, one line per input row in input order: the row's id (the
     job's ``id_column``, else ``id`` for the index label), then the columns ``merge``
     adds (see :meth:`BatchJob.output_columns`)."""
+    import pandas as pd
+
+    from . import merge as _merge
+    from .ledger import default as _default_ledger
+
     rows = job.results()
     record = _default_ledger().job(job.id) or {}
     id_name = record.get("id_column") or "id"
@@ -135,6 +149,8 @@ def results_table(job: BatchJob) -> pd.DataFrame:
 def _ids(labels: pd.Series) -> pd.Series:
     """The ledger keeps each row's label as text: give integer labels back as integers
     (only when the text is exactly the integer's, so ``"007"`` stays text)."""
+    import pandas as pd
+
     labels = labels.reset_index(drop=True)
     numbers = pd.to_numeric(labels, errors="coerce")  # int64 only when every label parses
     if numbers.dtype.kind == "i" and (numbers.astype(str) == labels).all():
@@ -148,6 +164,8 @@ def _collect(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_out(out)  # before anything else: a bad name should not cost a long wait
+    from . import api
+
     job = api.attach(args.job)
     out = out or Path(f"{job.id}.parquet")
     code = OK
@@ -183,12 +201,16 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
+    from . import api
+
     snap = api.attach(args.job).cancel()
     print(snap.summary())
     return OK
 
 
 def _forget(args: argparse.Namespace) -> int:
+    from . import api
+
     api.attach(args.job).forget(force=args.force)
     print(f"job {args.job} removed from the ledger")
     return OK
@@ -272,7 +294,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (listed in ``nbbatch --help``)."""
     args = parser().parse_args(argv)
-    pd.set_option("display.width", 200)
     try:
         return int(args.run(args))
     except NbbatchError as exc:

@@ -68,6 +68,21 @@ def test_import_loads_no_sdk_server_or_widgets():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("first", ["pandas", "nbbatch"])
+def test_the_accessor_is_there_whichever_is_imported_first(first):
+    second = "nbbatch" if first == "pandas" else "pandas"
+    code = (
+        f"import sys, {first}, {second}; import pandas as pd; "
+        "print('pandas' in sys.modules, hasattr(pd.DataFrame({'a': [1]}), 'nbbatch'))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
+    alone = "import sys, nbbatch, nbbatch.cli; print('pandas' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", alone], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr  # `nbbatch --help` starts at once
+
+
 def test_lazily_registered_providers_name_their_own_endpoints():
     from nbbatch import providers
 
