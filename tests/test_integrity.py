@@ -238,3 +238,15 @@ def test_the_accessor_highlights_a_merged_frame(client):
     assert "invalid_request_error" in html
     tint = "rgba(229, 57, 53"  # the failed-row tint
     assert tint in html and html.count(tint) == nb.highlight(out).to_html().count(tint)
+
+
+def test_a_job_recorded_before_salts_were_kept_is_checked_by_its_prompts(client):
+    sent = pd.DataFrame({"text": ["cats are great", "the stock fell"]})
+    job = run(sent, client)
+    # As a ledger from the previous release has it: no salt for the job.
+    with job._ledger.transaction() as db:
+        db.execute("UPDATE jobs SET salt = NULL WHERE id = ?", (job.id,))
+    old = nb.attach(job.id, client=client)
+    assert old.merge(sent)["response"].tolist() == [answer(t) for t in sent["text"]]
+    with pytest.raises(nb.MergeError, match="2 of the 2 rows"):
+        old.merge(sent.iloc[::-1].reset_index(drop=True))
