@@ -12,7 +12,6 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import orjson
@@ -28,7 +27,14 @@ from . import providers as _providers
 from . import structured as _structured
 from ._errors import ConfigError, InputError, JobNotFoundError
 from .console import in_notebook
-from .job import LOCAL_POLLING, REMOTE_POLLING, BatchJob, new_job_id, output_columns
+from .job import (
+    LOCAL_POLLING,
+    REMOTE_POLLING,
+    BatchJob,
+    is_loopback,
+    new_job_id,
+    output_columns,
+)
 from .ledger import Ledger
 from .ledger import default as _default_ledger
 from .ledger import home as _ledger_home
@@ -124,7 +130,7 @@ def submit(
     ledger = _default_ledger()
     if max_cost is not None:
         _check_budget(rows, spec, max_cost, hashes, ledger if reuse else None)
-    polling = LOCAL_POLLING if local or _is_loopback(impl.base_url) else REMOTE_POLLING
+    polling = LOCAL_POLLING if local or is_loopback(impl.base_url) else REMOTE_POLLING
     existing = None if force else ledger.find_job(fingerprint)
     if existing is not None:
         note = (
@@ -370,18 +376,13 @@ def attach(
         )
     name = record["provider"]
     background = record.get("backend") == "local"
-    local = background or _is_loopback(record.get("base_url"))
+    local = background or is_loopback(record.get("base_url"))
     if client is None:
         client = _client_for(name, None if background else record.get("base_url"), local)
     impl = _providers.build(name, client)
     return BatchJob(
         record, impl, ledger, data=data, polling=LOCAL_POLLING if local else REMOTE_POLLING
     )
-
-
-def _is_loopback(url: str | None) -> bool:
-    host = urlparse(url or "").hostname or ""
-    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def _client_for(name: str, base_url: str | None, local: bool) -> Any:

@@ -59,7 +59,7 @@ def _alive(owner: dict[str, Any]) -> bool:
     return True
 
 
-def _loopback(url: str | None) -> bool:
+def is_loopback(url: str | None) -> bool:
     """Whether ``url`` points at this machine (where only an emulator answers)."""
     return (urlparse(url or "").hostname or "") in ("127.0.0.1", "localhost", "::1")
 
@@ -519,7 +519,7 @@ class BatchJob:
                 return f"{exc}; nbbatch's background emulator could not be started: {error}"
             return f"{exc}; nbbatch's background emulator had stopped and was started again"
         url = urlparse(self._provider.base_url)
-        if _loopback(url.geturl()):
+        if is_loopback(url.geturl()):
             self._backend_dead = True
             return (
                 f"the emulator at {url.scheme}://{url.netloc} is not running (an emulator "

@@ -368,15 +368,7 @@ async def list_batches(request: Request) -> Response:
     limit = int(raw_limit)
     items = store.list_batches("anthropic")  # newest first
     ids = [b.id for b in items]
-    after, before = request.query_params.get("after_id"), request.query_params.get("before_id")
-    if after is not None:
-        rest = items[ids.index(after) + 1 :] if after in ids else []
-        page, more = rest[:limit], len(rest) > limit
-    elif before is not None:
-        rest = items[: ids.index(before)] if before in ids else []
-        page, more = rest[-limit:], len(rest) > limit
-    else:
-        page, more = items[:limit], len(items) > limit
+    page, more = _page(items, ids, request, limit)
     t = store.now()
     host = _host(request)
 
@@ -492,15 +484,7 @@ async def list_models(request: Request) -> Response:
         return _not_ok(request, 400, "invalid_request_error", "limit: between 1 and 1000")
     limit = int(raw_limit)
     ids = [m.id for m in items]
-    after, before = request.query_params.get("after_id"), request.query_params.get("before_id")
-    if after is not None:
-        rest = items[ids.index(after) + 1 :] if after in ids else []
-        page, more = rest[:limit], len(rest) > limit
-    elif before is not None:
-        rest = items[: ids.index(before)] if before in ids else []
-        page, more = rest[-limit:], len(rest) > limit
-    else:
-        page, more = items[:limit], len(items) > limit
+    page, more = _page(items, ids, request, limit)
     return JSONResponse(
         {
             "data": [model_json(m) for m in page],
@@ -537,3 +521,16 @@ routes = [
     Route("/v1/messages/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
     Route("/v1/messages/batches/{batch_id}/results", batch_results, methods=["GET"]),
 ]
+
+
+def _page(items: list[Any], ids: list[str], request: Request, limit: int) -> tuple[list[Any], bool]:
+    """One page of ``items`` (whose ids are ``ids``) after ``after_id`` or before
+    ``before_id``, at most ``limit`` long, and whether there are more."""
+    after, before = request.query_params.get("after_id"), request.query_params.get("before_id")
+    if after is not None:
+        rest = items[ids.index(after) + 1 :] if after in ids else []
+        return rest[:limit], len(rest) > limit
+    if before is not None:
+        rest = items[: ids.index(before)] if before in ids else []
+        return rest[-limit:], len(rest) > limit
+    return items[:limit], len(items) > limit
