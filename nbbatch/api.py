@@ -21,7 +21,7 @@ import pyarrow as pa
 from . import estimate as _estimate_mod
 from . import merge as _merge
 from . import plan as _plan
-from . import pricing
+from . import pricing, rowstore
 from . import prompt as _prompt
 from . import providers as _providers
 from . import structured as _structured
@@ -72,6 +72,12 @@ def submit(
     **params: Any,
 ) -> BatchJob:
     """Send one request per row of ``data`` as a provider batch job; returns at once.
+
+    Everything a user can get wrong is checked first, and the job and its row manifest
+    are recorded; building, uploading and creating the batches then go on in a
+    background thread (the panel and the console show "uploading k/n batches"), and an
+    error there is the job's error, raised by :meth:`BatchJob.wait`. ``job.wait_sent()``
+    blocks until every row is in a batch at the provider.
 
     ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
     (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
@@ -153,19 +159,34 @@ def submit(
         record.update(
             fingerprint=fingerprint, policy=policy, salt=salt, backend="local" if local else None
         )
-        leaders = _plan.leaders(rows, hashes)
-        ledger.add_job(record, _manifest(rows, hashes, leaders), reuse=reuse)
+        manifest = rowstore.manifest(
+            rows.custom_ids, rows.keys, rows.labels, rows.prompts, rows.send_positions,
+            rows.skip_positions, rows.skip_reasons, hashes,
+        )  # fmt: skip
+        ledger.add_job(record, manifest, reuse=reuse)
         job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
         log.info("nbbatch: job %s submitted: %d rows, %s %s", job.id, rows.n_rows, name, model)
-        job._send_unsent()
-    if display is True or (display == "auto" and in_notebook()):
-        from . import panel
-
-        job.start_polling()
-        panel.show(job)
+    shown = display is True or (display == "auto" and in_notebook())
     if wait:
+        # Sent in this thread by wait()'s first refresh, with text progress outside a
+        # notebook, as a script expects.
+        if shown:
+            _show(job)
         job.wait(progress=progress)
+        return job
+    # Building and uploading go on in the background: control comes back at once.
+    job.start_sending(daemon=in_notebook())
+    if shown:
+        _show(job)
     return job
+
+
+def _show(job: BatchJob) -> None:
+    """The live panel, polled in the background."""
+    from . import panel
+
+    job.start_polling()
+    panel.show(job)
 
 
 def _check_sendable(rows: _plan.Plan) -> None:
@@ -329,32 +350,6 @@ def _new_record(
     }
 
 
-def _manifest(rows: _plan.Plan, hashes: np.ndarray, leaders: list[str | None]) -> Any:
-    """Ledger rows: ``(custom_id, position, key, label, prompt, status, error,
-    request_hash, source)``, one per input row."""
-    prompts: list[str | None] = [None] * rows.n_rows
-    for pos, text in zip(rows.send_positions.tolist(), rows.prompts.to_pylist(), strict=True):
-        prompts[pos] = text
-    skipped = dict(zip(rows.skip_positions.tolist(), rows.skip_reasons, strict=True))
-    keys = rows.keys.view("int64").tolist()  # SQLite integers are signed
-    request_hashes = hashes.view("int64").tolist()
-    custom_ids = rows.custom_ids.to_pylist()
-    labels = rows.labels.to_pylist()
-    for pos in range(rows.n_rows):
-        reason = skipped.get(pos)
-        yield (
-            custom_ids[pos],
-            pos,
-            keys[pos],
-            labels[pos],
-            prompts[pos],
-            "skipped" if reason else "pending",
-            f"skipped: {reason}" if reason else None,
-            None if reason else request_hashes[pos],
-            leaders[pos],
-        )
-
-
 def attach(
     job_id: str, *, client: Any = None, data: pd.DataFrame | pd.Series | None = None
 ) -> BatchJob:
@@ -408,23 +403,10 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
     the token usage the results reported (NaN for a model with no known price)."""
     ledger = ledger or _default_ledger()
     records = ledger.jobs()
-    usage = {
-        job_id: (int(i), int(o), int(c))
-        for job_id, i, o, c in ledger.query(
-            "SELECT job_id, COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
-            "COALESCE(SUM(cached_tokens), 0) FROM rows WHERE source IS NULL "
-            "AND COALESCE(origin, 'batch') = 'batch' GROUP BY job_id"
-        )
-    }
-    counts = {
-        job_id: dict(pairs)
-        for job_id, pairs in _group(
-            ledger.query("SELECT job_id, status, COUNT(*) FROM rows GROUP BY job_id, status")
-        ).items()
-    }
     table = []
     for r in records:
-        c = counts.get(r["id"], {})
+        c = r["summary"].get("counts", {})
+        paid = r["summary"].get("usage", {}).get("batch", (0, 0, 0, 0))
         pending = c.get("pending", 0)
         status = (
             "running" if pending else ("cancelled" if r["status"] == "cancelled" else "completed")
@@ -442,7 +424,7 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
                     for s in ("succeeded", "failed", "expired", "cancelled", "skipped")
                 },
                 "pending": pending,
-                "cost": _paid(r["model"], usage.get(r["id"], (0, 0, 0))),
+                "cost": _paid(r["model"], tuple(paid[:3])),
             }
         )
     columns = ["id", "created", "provider", "model", "rows", "status", "succeeded", "failed",
@@ -450,16 +432,9 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
     return pd.DataFrame(table, columns=columns)
 
 
-def _paid(model: str, usage: tuple[int, int, int]) -> float:
+def _paid(model: str, usage: tuple[int, ...]) -> float:
     batch = pricing.cost(model, usage[0], usage[1], usage[2], estimated=False).batch
     return float("nan") if batch is None else batch
-
-
-def _group(rows: list[tuple[Any, ...]]) -> dict[str, list[tuple[Any, Any]]]:
-    out: dict[str, list[tuple[Any, Any]]] = {}
-    for job_id, status, n in rows:
-        out.setdefault(job_id, []).append((status, n))
-    return out
 
 
 def preview(
@@ -584,7 +559,7 @@ def try_now(
     the full price; nothing is written to the ledger.
     """
     from . import realtime
-    from .job import realtime_checked
+    from .collect import realtime_checked
 
     frame, is_series, template, impl, spec, _ = _prepare(
         data, prompt, model=model, output=output, provider=provider, client=client,

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import secrets
-import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
@@ -26,50 +24,29 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from . import collect as _collect
 from . import merge as _merge
 from . import plan as _plan
-from . import results as _results
+from . import rowstore
+from . import send as _send
 from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, ProviderError
-from .ledger import Ledger
+from .ledger import Ledger, alive
 from .poller import Poller
 from .pricing import Cost
 from .providers.base import BatchInfo, Provider, RequestSpec
-from .snapshot import RESUBMITTABLE, ROW_STATES, BatchView, JobSnapshot, Note
+from .snapshot import ROW_STATES, BatchView, JobSnapshot, Note
 
 Listener = Callable[[JobSnapshot], None]
 log = logging.getLogger("nbbatch")
 
-#: How many times one create call is tried while the provider answers 429/5xx.
-CREATE_TRIES = 4
 #: After this many seconds an unconfirmed create call is presumed dead even if the
 #: process that made it still runs (the SDKs time a call out after 600 s).
 INTENT_TIMEOUT = 660.0
 
 
-def _alive(owner: dict[str, Any]) -> bool:
-    """Whether the process recorded in an intent still runs (on this machine)."""
-    if owner.get("host") != socket.gethostname() or not owner.get("pid"):
-        return owner.get("host") is not None  # another machine: presume alive
-    try:
-        os.kill(int(owner["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_loopback(url: str | None) -> bool:
     """Whether ``url`` points at this machine (where only an emulator answers)."""
     return (urlparse(url or "").hostname or "") in ("127.0.0.1", "localhost", "::1")
-
-
-def _ids_prompts(rows: Sequence[tuple[Any, ...]]) -> tuple[pa.Array, pa.Array]:
-    """The (custom_id, prompt) columns of ledger rows as Arrow arrays."""
-    return (
-        pa.array([r[0] for r in rows], pa.string()),
-        pa.array([r[1] for r in rows], pa.large_string()),
-    )
 
 
 class PollPolicy:
@@ -103,19 +80,6 @@ def output_columns(output: str, response_format: dict[str, Any] | None) -> list[
 
     fields = structured.columns_of(structured.schema_of(response_format))
     return [*fields, f"{output}_status", f"{output}_error", f"{output}_raw"]
-
-
-def realtime_checked(table: pa.Table, spec: RequestSpec) -> pa.Table:
-    """A real-time result table (with its ``truncated`` column) in the row-result shape,
-    with replies checked against the schema when one was asked for."""
-    from . import structured
-    from .providers.base import ROW_RESULT_SCHEMA
-
-    cut = set(table.filter(table.column("truncated")).column("custom_id").to_pylist())
-    table = table.select(ROW_RESULT_SCHEMA.names)
-    if spec.response_format is None:
-        return table
-    return _results.check_structured(table, structured.schema_of(spec.response_format), cut)
 
 
 def new_job_id() -> str:
@@ -163,6 +127,11 @@ class BatchJob:
         self._samples: list[tuple[float, int]] = []
         self._logged_done = False
         self._avg_prompt_tokens: float | None = None
+        # The background sender (see start_sending), its progress, and the error that
+        # stopped it: raised by the next wait(), which then tries again.
+        self._sender: threading.Thread | None = None
+        self._sending: _send.Progress | None = None
+        self._send_error: BaseException | None = None
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -237,8 +206,9 @@ class BatchJob:
 
     def snapshot(self) -> JobSnapshot:
         """The job as the ledger has it now (no network call)."""
-        raw = self._ledger.counts(self.id)
-        counts = {state: int(raw.get(state, 0)) for state in ROW_STATES}
+        state = self._ledger.row_state(self.id)
+        raw = state.counts()
+        counts = {state_: int(raw.get(state_, 0)) for state_ in ROW_STATES}
         counts["total"] = int(self._record["n_rows"])
         batches = self._ledger.batches(self.id)
         status = "completed" if counts["pending"] == 0 else "running"
@@ -246,29 +216,11 @@ class BatchJob:
             status = "cancelled"
         # What was paid for: rows sent themselves (not reused from an earlier job, not
         # deduplicated onto another row), by route.
-        usage = {
-            origin: (int(i), int(o), int(c), int(n))
-            for origin, i, o, c, n in self._ledger.query(
-                "SELECT COALESCE(origin, 'batch'), COALESCE(SUM(input_tokens), 0), "
-                "COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cached_tokens), 0), COUNT(*) "
-                "FROM rows WHERE job_id = ? AND source IS NULL AND status != 'skipped' "
-                "AND input_tokens IS NOT NULL GROUP BY 1",
-                (self.id,),
-            )
-        }
-        batch = usage.get("batch", (0, 0, 0, 0))
-        realtime = usage.get("realtime", (0, 0, 0, 0))
+        usage = state.usage()
+        batch, realtime = usage["batch"], usage["realtime"]
         pending_in, pending_out = self._pending_estimate(counts["pending"])
-        # Per batch: rows still pending on it, and its requests (leader rows) that succeeded.
-        per_batch = {
-            batch_id: (int(waiting), int(ok))
-            for batch_id, waiting, ok in self._ledger.query(
-                "SELECT batch_id, SUM(status = 'pending'), SUM(status = 'succeeded' AND "
-                "source IS NULL) FROM rows WHERE job_id = ? AND batch_id IS NOT NULL "
-                "GROUP BY batch_id",
-                (self.id,),
-            )
-        }
+        # Per batch: rows still pending on it, and its requests (leaders) that succeeded.
+        per_batch = state.per_batch()
         views = tuple(
             BatchView(
                 b["batch_id"],
@@ -276,12 +228,13 @@ class BatchJob:
                 b["n_requests"],
                 b["attempt"],
                 done=int(b["done"] or 0),
-                rows=per_batch.get(b["batch_id"], (0, 0))[0],
-                succeeded=per_batch.get(b["batch_id"], (0, 0))[1],
+                rows=per_batch.get(b["intent"], (0, 0))[0],
+                succeeded=per_batch.get(b["intent"], (0, 0))[1],
             )
             for b in batches
         )
         now = self.clock()
+        sending = self._sending
         return JobSnapshot(
             job_id=self.id,
             provider=self.provider,
@@ -309,6 +262,7 @@ class BatchJob:
             reused=int(raw.get("reused", 0)),
             deduplicated=int(raw.get("deduplicated", 0)),
             realtime=int(raw.get("realtime", 0)),
+            sending=sending.text() if sending is not None and sending.active else None,
         )
 
     def _current_notes(
@@ -318,7 +272,9 @@ class BatchJob:
         or resubmission while its attempt has a batch not yet collected, a cancel until
         every row has ended, the failure-rate alert while the counts now are above the
         threshold (with today's numbers); everything else is history."""
-        open_attempts = {b["attempt"] for b in batches if not b["collected"]}
+        # Attempts with rows still pending (in a batch not collected, or not sent yet).
+        state = self._ledger.row_state(self.id)
+        open_attempts = set(np.unique(state.attempt[state.status == rowstore.PENDING]).tolist())
         finished = counts["pending"] == 0
         alert = self._alert_text(counts) if (self._alert_raised or finished) else None
         last_alert = max((i for i, n in enumerate(self._notes) if n.kind == "alert"), default=-1)
@@ -361,75 +317,72 @@ class BatchJob:
         return int(pending * self._avg_prompt_tokens), pending * out
 
     # -- sending ----------------------------------------------------------------------------
-    def _send(
-        self,
-        custom_ids: pa.Array,
-        prompts: pa.Array,
-        attempt: int,
-        *,
-        max_requests: int | None = None,
-    ) -> None:
-        """Encode, split into provider-sized batches and create them.
+    def start_sending(self, *, daemon: bool = False) -> None:
+        """Build and upload the rows not sent yet in a background thread, chunk by chunk
+        (see :mod:`nbbatch.send`), so the caller gets control back at once. The views
+        show "uploading k/n batches"; an error that stops it is the job's ``last_error``
+        and is raised by the next :meth:`wait`. Idempotent while it runs.
 
-        Each chunk is written to the ledger as an *intent* before its create call and
-        confirmed with the provider's batch id the moment the call returns, so a process
-        that dies in between leaves a trace that :meth:`refresh` resolves without paying
-        twice. A create refused for capacity (429) is retried with backoff; rows that
-        could not be sent end ``failed`` (``not_sent``, retryable).
+        The thread is not a daemon outside a notebook, so a script that submits and
+        ends still sends everything before the interpreter exits.
         """
-        if not len(custom_ids):
-            return
-        with self._lock:  # a poller must never see a half-made intent as abandoned
-            self.__send(custom_ids, prompts, attempt, max_requests)
+        with self._lock:
+            if self.sending:
+                return
+            self._send_error = None
+            self._sender = threading.Thread(
+                target=self._send_in_background, name=f"nbbatch-send-{self.id}", daemon=daemon
+            )
+            self._sending = _send.Progress()
+            self._sender.start()
 
-    def __send(
-        self, custom_ids: pa.Array, prompts: pa.Array, attempt: int, max_requests: int | None
-    ) -> None:
-        spec = self.spec
-        jsonl = self._provider.encode(custom_ids, prompts, spec)
-        ends = np.flatnonzero(np.frombuffer(jsonl, dtype=np.uint8) == 0x0A) + 1
-        if len(ends) != len(custom_ids):
-            raise NbbatchError("internal error: one request line per row was not produced")
-        limit = min(self._provider.max_requests, max_requests or self._provider.max_requests)
-        bounds = list(
-            _plan.chunk_bounds(ends, max_count=max(1, limit), max_bytes=self._provider.max_bytes)
-        )
-        for k, (first, stop) in enumerate(bounds):
-            start = int(ends[first - 1]) if first else 0
-            chunk = jsonl[start : int(ends[stop - 1])]
-            ids = custom_ids[first:stop].to_pylist()
-            part = f"{attempt}:{k + 1}/{len(bounds)}"
-            intent = self._ledger.add_intent(self.id, part, attempt, ids)
-            metadata = {"nbbatch_job": self.id, "nbbatch_part": part}
-            try:
-                info = self._create(chunk, spec, metadata)
-            except ProviderError as exc:
-                self._ledger.drop_intent(intent, str(exc))
-                for later in bounds[k + 1 :]:
-                    rest = custom_ids[later[0] : later[1]].to_pylist()
-                    self._ledger.drop_intent(
-                        self._ledger.add_intent(self.id, part, attempt, rest), str(exc)
-                    )
-                exc.job_id = self.id
-                raise
-            self._ledger.confirm_batch(intent, info.batch_id, info.status, info.raw)
-            self._infos[info.batch_id] = info
-            log.info("job %s: batch %s created with %d requests", self.id, info.batch_id, len(ids))
+    def wait_sent(self, timeout: float | None = None) -> BatchJob:
+        """Block until every row is in a batch at the provider (or answered), not until
+        the batches end: after this, ``job.batch_ids`` lists every batch. Raises what
+        stopped the sending, or :class:`TimeoutError` after ``timeout`` seconds (the
+        sending goes on)."""
+        sender = self._sender
+        if sender is not None:
+            sender.join(timeout)
+            if sender.is_alive():
+                raise TimeoutError(f"job {self.id} is still uploading after {timeout} s")
+        error, self._send_error = self._send_error, None
+        if error is not None:
+            raise error
+        with self._lock:
+            self._send_unsent()  # what no sender took (a new session, or put back)
+        return self
 
-    def _create(self, chunk: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
-        """One create call, retried with backoff while the provider says it is busy."""
-        delay = 1.0
-        for tries in range(1, CREATE_TRIES + 1):
-            try:
-                return self._provider.create(chunk, spec, metadata)
-            except ProviderError as exc:
-                if not exc.transient or tries == CREATE_TRIES:
-                    raise
-                note = f"the provider is busy ({exc}); trying again in {delay:.0f} s"
-                self._warn(note)
-                self.sleep(delay)
-                delay = min(60.0, delay * 2)
-        raise AssertionError("unreachable")
+    @property
+    def sending(self) -> bool:
+        """True while the background sender runs."""
+        return self._sender is not None and self._sender.is_alive()
+
+    def _send_in_background(self) -> None:
+        try:
+            self._send_unsent(self._sending)
+        except ProviderError as exc:
+            if not exc.transient:
+                self._keep_send_error(exc)
+            else:  # no answer, or busy: the next refresh finds or resends the chunk
+                self._last_error = self._transient_note(exc)
+                log.warning("nbbatch job %s: sending paused: %s", self.id, exc)
+        except BaseException as exc:
+            self._keep_send_error(exc)
+        finally:
+            if self._sending is not None:
+                self._sending.active = False
+            self._progress_changed()
+
+    def _keep_send_error(self, exc: BaseException) -> None:
+        """Keep what stopped the sender, for wait() to raise and the views to show."""
+        self._send_error = exc
+        self._last_error = f"sending stopped: {exc}"
+        log.warning("nbbatch job %s: sending stopped: %s", self.id, exc)
+
+    def _progress_changed(self) -> None:
+        """A chunk was sent (or sending ended): tell the views."""
+        self._notify(self.snapshot())
 
     def _warn(self, message: str, kind: str = "event", attempt: int | None = None) -> None:
         """Note ``message`` (with its time and kind, see ``snapshot.NOTE_KINDS``) for the
@@ -438,36 +391,32 @@ class BatchJob:
         self._ledger.event(self.id, "warning", message)
         log.warning("nbbatch job %s: %s", self.id, message)
 
-    def _send_unsent(self) -> None:
-        """Send rows that are pending but in no batch: a process died before sending them."""
-        rows = self._ledger.query(
-            "SELECT custom_id, prompt, attempt FROM rows WHERE job_id = ? AND status = "
-            "'pending' AND batch_id IS NULL AND source IS NULL ORDER BY position",
-            (self.id,),
-        )
-        if rows:
-            self._ledger.event(self.id, "resume", f"sending {len(rows)} rows not sent before")
-            self._send(
-                pa.array([r[0] for r in rows], pa.string()),
-                pa.array([r[1] for r in rows], pa.large_string()),
-                max(1, max(r[2] for r in rows)),
-            )
+    def _send_unsent(self, progress: _send.Progress | None = None) -> None:
+        """Send the rows pending in no batch: not sent yet (a new job, a process that
+        died before sending them) or put back by ``resubmit_failed``."""
+        state = self._ledger.row_state(self.id)
+        positions = _collect.unsent(state)
+        if not len(positions):
+            return
+        for attempt in np.unique(state.attempt[positions]):
+            chosen = positions[state.attempt[positions] == attempt]
+            _send.send_rows(self, chosen, max(1, int(attempt)), progress=progress, lock=self._lock)
 
     def _resolve_intent(self, batch: dict[str, Any]) -> None:
         """A create call whose outcome was never recorded (its process died): find the
         batch at the provider (it may exist, and be paid for) or, if there is none, put
         its rows back to be sent."""
         owner = orjson.loads(batch["raw"] or "{}")
-        if _alive(owner) and self.clock() - batch["created"] < INTENT_TIMEOUT:
+        if alive(owner) and self.clock() - batch["created"] < INTENT_TIMEOUT:
             return  # another live process is still in that create call
         meta = {"nbbatch_job": self.id, "nbbatch_part": batch["part"]}
         known = set(self.batch_ids)
         info = self._provider.find_batch(meta, batch["n_requests"], batch["created"], known)
         if info is not None:
-            self._ledger.confirm_batch(batch["batch_id"], info.batch_id, info.status, info.raw)
+            self._ledger.confirm_batch(batch["intent"], info.batch_id, info.status, info.raw)
             self._ledger.event(self.id, "resume", f"found batch {info.batch_id} at the provider")
         else:
-            self._ledger.release_intent(batch["batch_id"])
+            self._ledger.release_intent(batch["intent"])
 
     # -- polling ----------------------------------------------------------------------------
     def refresh(self) -> JobSnapshot:
@@ -484,16 +433,19 @@ class BatchJob:
                 for batch in self._ledger.batches(self.id):
                     if batch["batch_id"].startswith("intent-"):
                         self._resolve_intent(batch)
-                self._send_unsent()
+                if not self.sending and self._send_error is None:
+                    self._send_unsent()
                 for batch in self._ledger.batches(self.id):
                     if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
-                        self._poll_batch(batch)
-                self._after_collect()
+                        _collect.poll_batch(self, batch)
+                _collect.after_collect(self)
             except ProviderError as exc:
                 if not exc.transient:
                     exc.job_id = self.id
                     raise
                 self._last_error = self._transient_note(exc)
+            if self._send_error is not None:
+                self._last_error = self._send_error_note()
             self._last_poll = self.clock()
             snap = self.snapshot()
         self._log_progress(snap)
@@ -529,159 +481,24 @@ class BatchJob:
             )
         return str(exc)
 
-    def _poll_batch(self, batch: dict[str, Any]) -> None:
-        batch_id = batch["batch_id"]
-        try:
-            if not batch["ended"]:
-                info = self._provider.retrieve(batch_id)
-                if info.status != batch["status"]:
-                    self._ledger.event(self.id, "status", f"batch {batch_id}: {info.status}")
-                    log.info("job %s: batch %s is %s", self.id, batch_id, info.status)
-                self._ledger.update_batch(
-                    batch_id, info.status, info.ended, info.failure, info.raw, info.done
-                )
-                self._infos[batch_id] = info
-                if not info.ended:
-                    return
-            info = self._infos.get(batch_id) or self._provider.retrieve(batch_id)
-            self._collect(info)
-        except ProviderError as exc:
-            if not self._local_batch_gone(exc):
-                raise
-            self._end_backend_gone(batch_id)
-
-    def _local_batch_gone(self, exc: ProviderError) -> bool:
-        """Whether ``exc`` says the background emulator no longer knows a batch."""
-        gone = getattr(exc.__cause__, "status_code", None) == 404
-        return gone and self._record.get("backend") == "local"
-
-    def _end_backend_gone(self, batch_id: str) -> None:
-        """The background emulator does not know this batch (its saved state was removed):
-        its rows will never finish, so they end ``failed`` (``backend_gone``).
-
-        Not ``retryable``: automatic retries are for a request's passing failure; losing
-        the backend is something to see and decide on, with ``job.resubmit_failed()``.
-        """
-        message = (
-            f"nbbatch's background emulator no longer knows batch {batch_id} (its saved "
-            "state under the ledger home was removed, or the batch is over 30 days old), so "
-            "these rows will never finish there; job.resubmit_failed() sends them again."
-        )
-        ids = self._ledger.sent_ids(batch_id)
-        rows = (
-            ("failed", None, "backend_gone", f"backend_gone: {message}", 0, None, None, None, c)
-            for c in ids
-        )
-        self._ledger.update_batch(batch_id, "gone", True, message, {})
-        self._ledger.record_results(self.id, batch_id, rows, f"batch {batch_id}: backend gone")
-        self._infos.pop(batch_id, None)
-        self._warn(message)
-
-    def _collect(self, info: BatchInfo) -> None:
-        """Read an ended batch's result files (once: they are kept on disk) and record
-        one reconciled result per row it was sent."""
-        raws = self._read_result_files(info)
-        spec = self.spec
-        tables = [self._provider.parse_results(raw, spec) for raw in raws]
-        rec = _results.reconcile(
-            self._ledger.sent_ids(info.batch_id),
-            tables,
-            batch_failure=info.failure,
-            failure_code=info.failure_code,
-        )
-        table = rec.table
-        if spec.response_format is not None:
-            table = self._check_structured(table, raws)
-        note = rec.note(info.batch_id)
-        self._ledger.record_results(self.id, info.batch_id, _results.ledger_rows(table), note)
-        if rec.unknown or rec.duplicates or rec.missing:
-            self._warn(note)
-        if info.failure:
-            self._warn(f"batch {info.batch_id} failed as a whole: {info.failure}")
-
-    def _check_structured(self, table: pa.Table, raws: list[bytes]) -> pa.Table:
-        """Replies that do not match the schema, or were cut off, fail ``invalid_output``."""
-        from . import structured
-
-        spec = self.spec
-        assert spec.response_format is not None
-        cut: set[str] = set()
-        for raw in raws:
-            t = self._provider.truncated(raw, spec)
-            cut.update(t.filter(t.column("truncated")).column("custom_id").to_pylist())
-        return _results.check_structured(table, structured.schema_of(spec.response_format), cut)
-
-    def _after_collect(self) -> None:
-        """Apply the job's failure policy once no batch is open: automatic retries of
-        transient failures, then the real-time fallback, then the failure-rate alert."""
-        if any(not b["collected"] for b in self._ledger.batches(self.id)):
-            return
-        if self._record.get("status") == "cancelled":
-            return
-        policy = self.policy
-        retries = int(policy.get("retries", 0))
-        rows = self._ledger.query(
-            "SELECT r.custom_id, r.prompt, r.attempt, r.error_type, b.n_requests FROM rows r "
-            "JOIN batches b ON b.batch_id = r.batch_id WHERE r.job_id = ? AND r.source IS NULL "
-            "AND r.status IN ('failed', 'expired') AND r.retryable = 1 AND r.attempt <= ? "
-            "ORDER BY r.position",
-            (self.id, retries),
-        )
-        if rows:
-            attempt = max(r[2] for r in rows) + 1
-            capacity = [r for r in rows if r[3] == "token_limit_exceeded"]
-            other = [r for r in rows if r[3] != "token_limit_exceeded"]
-            # Counted in rows (identical rows share a request): what the chips count too.
-            sent = 0
-            if other:
-                self._send(*_ids_prompts(other), attempt)
-                sent = self._rows_in_attempt(attempt)
-                self._warn_once(
-                    f"retrying {sent:,} rows that failed transiently (attempt {attempt})",
-                    "retry",
-                    attempt,
-                )
-            if capacity:
-                smaller = max(1, min(r[4] for r in capacity) // 2)
-                self._send(*_ids_prompts(capacity), attempt, max_requests=smaller)
-                self._warn(
-                    f"{self._rows_in_attempt(attempt) - sent:,} rows refused for capacity "
-                    f"(token_limit_exceeded): resending them in batches of at most {smaller} "
-                    "requests",
-                    "retry",
-                    attempt,
-                )
-            return
-        if policy.get("fallback") == "realtime":
-            self._fallback_realtime()
-        self._check_alert()
-
     def _rows_in_attempt(self, attempt: int) -> int:
         """Rows pending in ``attempt`` (leaders and the rows deduplicated onto them)."""
-        sql = "SELECT COUNT(*) FROM rows WHERE job_id = ? AND attempt = ? AND status = 'pending'"
-        return int(self._ledger.query(sql, (self.id, attempt))[0][0])
+        state = self._ledger.row_state(self.id)
+        pending = state.statuses() == rowstore.PENDING
+        return int((pending & (state.follow(state.attempt) == attempt)).sum())
+
+    def _send_error_note(self) -> str:
+        """What stopped sending, and what sends the rest."""
+        state = self._ledger.row_state(self.id)
+        waiting = int(np.isin(state._follow, _collect.unsent(state)).sum())
+        return (
+            f"sending stopped: {self._send_error}; {waiting:,} rows are not sent yet: "
+            f"job.wait() (or nb.attach({self.id!r}) in a new session) sends them"
+        )
 
     def _warn_once(self, message: str, kind: str = "event", attempt: int | None = None) -> None:
         if all(n.text != message for n in self._notes):
             self._warn(message, kind, attempt)
-
-    def _fallback_realtime(self) -> None:
-        """Send rows still failing for transient reasons through the real-time API, at
-        full price, marked ``realtime`` in the ledger."""
-        from . import realtime
-
-        rows = self._ledger.query(
-            "SELECT custom_id, prompt, attempt FROM rows WHERE job_id = ? AND source IS NULL "
-            "AND status IN ('failed', 'expired') AND retryable = 1 ORDER BY position",
-            (self.id,),
-        )
-        if not rows:
-            return
-        self._warn(f"sending {len(rows)} still-failing rows through the real-time API (full price)")
-        ids, prompts = _ids_prompts(rows)
-        table = realtime.run(self._provider, ids, prompts, self.spec, with_truncated=True)
-        table = realtime_checked(table, self.spec)
-        self._ledger.record_realtime(self.id, _results.ledger_rows(table))
 
     def _check_alert(self) -> None:
         alert = self._alert_text(self._ledger.counts(self.id))
@@ -712,17 +529,6 @@ class BatchJob:
     def policy(self) -> dict[str, Any]:
         """The job's failure policy: ``retries``, ``fallback``, ``alert_threshold``."""
         return dict(self._record.get("policy") or {})
-
-    def _read_result_files(self, info: BatchInfo) -> list[bytes]:
-        folder = self._ledger.files / self.id
-        done = folder / f"{info.batch_id}.complete"
-        if done.exists():
-            return [p.read_bytes() for p in sorted(folder.glob(f"{info.batch_id}.*.jsonl"))]
-        raws = self._provider.fetch_results(info)
-        for i, raw in enumerate(raws):
-            self._ledger.write_file(self.id, f"{info.batch_id}.{i}.jsonl", raw)
-        self._ledger.write_file(self.id, f"{info.batch_id}.complete", b"")
-        return raws
 
     def start_polling(self) -> Poller:
         """Poll in a background thread until every row is terminal (the kernel stays free).
@@ -766,8 +572,19 @@ class BatchJob:
         unsubscribe = console.attach(self, progress)
         try:
             start = self.clock()
+            while self._sender is not None and self.sending:
+                # Uploading in the background: let it work (it reports each chunk).
+                self._sender.join(0.5)
+                if timeout is not None and self.clock() - start > timeout:
+                    raise TimeoutError(self._timeout_message(self.snapshot(), timeout))
             for delay in self.polling.delays():
                 snap = self.refresh()
+                error = self._send_error
+                if error is not None and not self.sending:
+                    self._send_error = None  # raised once; the next wait() sends again
+                    if isinstance(error, NbbatchError):
+                        error.job_id = self.id
+                    raise error
                 if snap.finished:
                     return self
                 if timeout is not None and self.clock() - start + delay > timeout:
@@ -781,16 +598,20 @@ class BatchJob:
 
     def cancel(self) -> JobSnapshot:
         """Ask the provider to cancel every open batch. Rows already finished keep their
-        results; the rest end ``cancelled`` once the provider confirms."""
+        results; the rest end ``cancelled`` once the provider confirms. Rows not sent
+        yet (the background sender stops after the chunk it is on) end ``cancelled``
+        at once."""
+        self._stop_sending()
         with self._lock:
+            self._cancel_unsent()
             for batch in self._ledger.batches(self.id):
                 if not batch["ended"] and not batch["batch_id"].startswith("intent-"):
                     try:
                         info = self._provider.cancel(batch["batch_id"])
                     except ProviderError as exc:
-                        if not self._local_batch_gone(exc):
+                        if not _collect.local_batch_gone(self, exc):
                             raise
-                        self._end_backend_gone(batch["batch_id"])
+                        _collect.end_backend_gone(self, batch)
                         continue
                     self._ledger.update_batch(
                         info.batch_id, info.status, info.ended, info.failure, info.raw
@@ -803,6 +624,32 @@ class BatchJob:
                      "provider confirms (rows already finished keep their results)")
             )  # fmt: skip
         return self.refresh()
+
+    def _stop_sending(self) -> None:
+        """Stop the background sender after the chunk it is on, and wait for it."""
+        if self._sending is not None:
+            self._sending.cancelled = True
+        if self._sender is not None:
+            self._sender.join()
+
+    def _cancel_unsent(self) -> None:
+        """Rows that were never sent end ``cancelled``."""
+        positions = _collect.unsent(self._ledger.row_state(self.id))
+        if len(positions):
+            table = rowstore.failure_table(
+                positions, "cancelled", "cancelled", "cancelled before it was sent", False
+            )
+            self._ledger.record_results(
+                self.id, None, table, f"{len(positions):,} unsent requests cancelled"
+            )
+
+    @staticmethod
+    def _daemon_sender() -> bool:
+        """In a notebook the sender thread is a daemon (a kernel restart must not wait
+        for it: the intents make a kill safe); elsewhere a script's exit waits for it."""
+        from .console import in_notebook
+
+        return in_notebook()
 
     def _timeout_message(self, snap: JobSnapshot, timeout: float) -> str:
         """Why wait() stopped, and where the job's batches are meanwhile (truthfully)."""
@@ -833,6 +680,7 @@ class BatchJob:
         whose backend is gone (a stopped ``nb.emulator.start()`` emulator) is forgotten
         without ``force``.
         """
+        self._stop_sending()
         with self._lock:
             if not force:
                 try:
@@ -860,21 +708,19 @@ class BatchJob:
 
     # -- results ----------------------------------------------------------------------------
     def results(self) -> pd.DataFrame:
-        """One row per input row, by position: custom_id, label, status, output, error,
-        error_type, retryable, batch_id, attempt and token counts."""
-        cols = [
-            "custom_id", "position", "key", "label", "status", "batch_id", "attempt",
-            "output", "error_type", "error", "retryable", "input_tokens", "output_tokens",
-            "cached_tokens",
-        ]  # fmt: skip
-        frame = pd.DataFrame(self._ledger.rows(self.id), columns=cols)
-        frame["retryable"] = pd.Series(
-            [None if v is None else bool(v) for v in frame["retryable"].astype(object)],
-            index=frame.index,
-            dtype=object,
-        )
+        """One row per input row, by position, indexed by custom_id: label, status,
+        output, error, error_type, retryable, batch_id, attempt and token counts."""
+        state = self._ledger.row_state(self.id)
+        table = _merge.results_table(state, self._batch_names(state))
+        frame = table.to_pandas()
+        frame["retryable"] = pd.Series(table.column("retryable").to_pylist(), dtype=object)
         frame["output"] = self._decode_outputs(frame["output"])
-        return frame.drop(columns=["key"]).set_index("custom_id")
+        return frame.set_index("custom_id")
+
+    def _batch_names(self, state: rowstore.RowState) -> list[str | None]:
+        """The provider's batch id for each of the state's batch keys (intents)."""
+        names = {b["intent"]: b["batch_id"] for b in self._ledger.batches(self.id)}
+        return [names.get(key) for key in state.batch_keys]
 
     def _decode_outputs(self, values: pd.Series) -> pd.Series:
         if self.endpoint.endswith("/embeddings"):
@@ -883,9 +729,11 @@ class BatchJob:
 
     def prompt_chars(self) -> tuple[int, int]:
         """(rows with a prompt, total prompt characters): for cost estimates before usage."""
-        sql = "SELECT COUNT(prompt), COALESCE(SUM(LENGTH(prompt)), 0) FROM rows WHERE job_id = ?"
-        n, chars = self._ledger.query(sql, (self.id,))[0]
-        return int(n), int(chars)
+        import pyarrow.compute as pc
+
+        prompts = self._ledger.row_state(self.id).manifest.column("prompt")
+        lengths = pc.utf8_length(prompts)
+        return int(pc.count(lengths).as_py()), int(pc.sum(lengths).as_py() or 0)
 
     def merge(
         self, df: pd.DataFrame | pd.Series | None = None, *, verify: bool = True
@@ -910,8 +758,8 @@ class BatchJob:
                     job_id=self.id,
                 )
             df = self._data
-        frame = df.to_frame() if isinstance(df, pd.Series) else df
         names = self.output_columns()
+        frame = df.to_frame() if isinstance(df, pd.Series) else df
         clash = [n for n in names if n in frame.columns]
         if clash:
             raise MergeError(
@@ -919,75 +767,50 @@ class BatchJob:
                 "another output= name.",
                 job_id=self.id,
             )
-        rows = self.results()
-        stored = _plan.row_keys(
-            frame[self._record["id_column"]] if self._record.get("id_column") else frame.index
+        state = self._ledger.row_state(self.id)
+        id_column = self._record.get("id_column")
+        take = _merge.align(
+            _plan.row_keys(frame[id_column] if id_column else frame.index),
+            state.manifest.column("key").to_numpy(),
+            self.id,
         )
-        keys, sent = (
-            np.asarray(
-                self._ledger.query(
-                    "SELECT key, COALESCE(request_hash, 0) FROM rows WHERE job_id = ? "
-                    "ORDER BY position",
-                    (self.id,),
-                ),
-                dtype=np.int64,
-            )
-            .reshape(-1, 2)
-            .view(np.uint64)
-            .T
-        )
-        take = _merge.align(stored, keys, self.id)
         if verify:
-            self._verify(df, take, sent[take])
+            self._verify(df, state, take)
         self._warn_if_running("merge()")
-        out = frame.copy()
-        columns = _merge.result_columns(
+        return _merge.merged(
+            frame,
+            state,
+            take,
             self.output,
             self.spec.response_format,
-            rows["status"].to_numpy()[take],
-            rows["output"].to_numpy()[take],
-            rows["error"].to_numpy()[take],
+            embeddings=self.endpoint.endswith("/embeddings"),
         )
-        for name, column in columns.items():
-            out[name] = column
-        return out
 
-    def _verify(self, df: pd.DataFrame | pd.Series, take: np.ndarray, sent: np.ndarray) -> None:
+    def _verify(self, df: pd.DataFrame | pd.Series, state: rowstore.RowState, take: Any) -> None:
         """Check that each row of ``df`` renders the request sent for it (see merge)."""
         from . import prompt as _prompt
 
         frame, _ = _plan.as_frame(df)
         salt = self._record.get("salt")
+        sent = state.manifest.column("request_hash").to_numpy()
+        prompts = state.manifest.column("prompt")
         if salt is None:
             # A job from before the salt was recorded: compare with the stored prompts.
             salt = "nbbatch-verify01"
-            prompts = pa.array(
-                [r[0] for r in self._ledger.query(
-                    "SELECT prompt FROM rows WHERE job_id = ? ORDER BY position", (self.id,)
-                )],
-                pa.large_string(),
-            )  # fmt: skip
             sent = np.zeros(len(prompts), dtype=np.uint64)
             valid = prompts.is_valid().to_numpy(zero_copy_only=False)
             if valid.any():
                 sent[valid] = _plan.prompt_hashes(prompts.filter(valid), salt)
-            sent = sent[take]
 
         def sent_prompts(positions: list[int]) -> list[str | None]:
-            return [
-                self._ledger.query(
-                    "SELECT prompt FROM rows WHERE job_id = ? AND position = ?",
-                    (self.id, int(take[p])),
-                )[0][0]
-                for p in positions
-            ]
+            return prompts.take(pa.array(take[positions])).to_pylist()
 
         _merge.verify_rows(
             frame,
             _prompt.parse(self._record["template"]),
             missing=str(self.policy.get("missing", "skip")),
             salt=str(salt),
-            sent=sent,
+            sent=sent[take],
             sent_prompts=sent_prompts,
             job_id=self.id,
         )
@@ -1032,28 +855,29 @@ class BatchJob:
         Returns this job, which now also follows the new batches.
         """
         with self._lock:
-            marks = ",".join("?" * len(RESUBMITTABLE))
-            rows = self._ledger.query(
-                "SELECT custom_id, prompt, attempt FROM rows WHERE job_id = ? AND source IS NULL "
-                f"AND status IN ({marks}) ORDER BY position",
-                (self.id, *RESUBMITTABLE),
-            )
-            if not rows:
+            state = self._ledger.row_state(self.id)
+            leaders = state.leader == np.arange(state.n)
+            bad = (state.status == rowstore.FAILED) | (state.status == rowstore.EXPIRED)
+            positions = np.flatnonzero(leaders & bad)
+            if not len(positions):
                 return self
             if overrides:
                 self._apply_overrides(overrides)
-            attempt = max(r[2] for r in rows) + 1
-            self._ledger.event(self.id, "resubmit", f"resubmitting {len(rows)} rows")
+            attempt = int(state.attempt[positions].max()) + 1
+            self._ledger.event(self.id, "resubmit", f"resubmitting {len(positions)} rows")
             self._ledger.set_job_status(self.id, "running")
             self._record["status"] = "running"
-            ids = pa.array([r[0] for r in rows], pa.string())
-            self._send(ids, pa.array([r[1] for r in rows], pa.large_string()), attempt)
+            # Put back to be sent, then sent by the background sender (or the next
+            # refresh): the kernel stays free however many rows failed.
+            self._ledger.requeue(self.id, positions, attempt)
+            self._send_error = None
             n = self._rows_in_attempt(attempt)
             self._notes.append(
                 Note(self.clock(), "resubmit", f"resubmitted {n:,} failed or expired rows "
                      f"(attempt {attempt}); only those are sent and paid for again",
                      attempt=attempt)
             )  # fmt: skip
+        self.start_sending(daemon=self._daemon_sender())
         self._notify(self.snapshot())
         return self
 

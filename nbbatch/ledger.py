@@ -1,8 +1,11 @@
-"""The ledger: a SQLite file that records every job, its rows and its batches.
+"""The ledger: a SQLite file for jobs, batches, intents and events, and Arrow files
+beside it for each job's rows and results.
 
 Nothing about a job lives only in memory. A provider batch id is written the moment
-``create`` returns, each row's latest state is kept beside its ``custom_id`` and row key,
-and raw result files are kept next to the database, so a new kernel can attach to a job
+``create`` returns; each job's row manifest, the rows of every chunk sent and the results
+of every batch collected are Arrow files (see :mod:`nbbatch.rowstore`), each written
+atomically before SQLite refers to it, so a process killed at any point leaves the old
+state or the new one. Raw result files are kept too, so a new kernel can attach to a job
 and merge again without downloading anything twice. API keys are never written.
 
 The file lives in ``$NBBATCH_HOME`` if set, else the user data directory (platformdirs),
@@ -20,25 +23,30 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import platformdirs
+import pyarrow as pa
+import pyarrow.compute as pc
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = []
+Migration = Callable[[sqlite3.Connection, Path], None]
+MIGRATIONS: list[Migration] = []
 
 
-def migration(fn: Callable[[sqlite3.Connection], None]) -> Callable[[sqlite3.Connection], None]:
-    """Register a schema migration; they run once each, in the order defined."""
+def migration(fn: Migration) -> Migration:
+    """Register a schema migration; they run once each, in the order defined, with the
+    database (inside one transaction) and the folder of the job files."""
     MIGRATIONS.append(fn)
     return fn
 
 
 @migration
-def m001_initial(db: sqlite3.Connection) -> None:
+def m001_initial(db: sqlite3.Connection, files: Path) -> None:
     _script(
         db,
         """
@@ -101,7 +109,7 @@ def m001_initial(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m002_reuse_dedupe_intents(db: sqlite3.Connection) -> None:
+def m002_reuse_dedupe_intents(db: sqlite3.Connection, files: Path) -> None:
     _script(
         db,
         """
@@ -120,7 +128,7 @@ def m002_reuse_dedupe_intents(db: sqlite3.Connection) -> None:
 
 
 @migration
-def m003_salt_backend(db: sqlite3.Connection) -> None:
+def m003_salt_backend(db: sqlite3.Connection, files: Path) -> None:
     _script(
         db,
         """
@@ -128,6 +136,173 @@ def m003_salt_backend(db: sqlite3.Connection) -> None:
         ALTER TABLE jobs ADD COLUMN backend TEXT;  -- 'local': the background emulator
         """,
     )
+
+
+@migration
+def m004_rows_to_arrow(db: sqlite3.Connection, files: Path) -> None:
+    """Per-row records leave SQLite for Arrow files (see :mod:`nbbatch.rowstore`):
+    each job's rows become its manifest plus send and result files, listed in order in
+    ``changes``; the ``rows`` table goes."""
+    _script(
+        db,
+        """
+        CREATE TABLE changes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL,
+            kind TEXT NOT NULL,          -- send | result
+            batch TEXT,                  -- the batch's intent id (NULL: see rowstore)
+            attempt INTEGER NOT NULL DEFAULT 0,
+            origin TEXT NOT NULL DEFAULT 'batch',  -- of a result: batch|reused|realtime
+            file TEXT NOT NULL,          -- an Arrow IPC file in files/<job_id>/
+            n INTEGER NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE INDEX changes_job ON changes(job_id, seq);
+        ALTER TABLE jobs ADD COLUMN summary TEXT;     -- JSON: counts and usage, kept current
+        ALTER TABLE jobs ADD COLUMN sender TEXT;      -- JSON: the process sending its rows
+        ALTER TABLE batches ADD COLUMN intent TEXT;   -- the id its rows were recorded under
+        UPDATE batches SET intent = batch_id;
+        CREATE INDEX batches_intent ON batches(intent);
+        """,
+    )
+    for (job_id,) in db.execute("SELECT id FROM jobs").fetchall():
+        _convert_rows(db, files, job_id)
+    db.execute("DROP TABLE rows")
+
+
+def _convert_rows(db: sqlite3.Connection, files: Path, job_id: str) -> None:
+    """One job of a ledger from before m004: its ``rows`` as Arrow files and changes."""
+    import numpy as np
+    import pyarrow as pa
+
+    from . import rowstore
+
+    rows = db.execute(
+        "SELECT custom_id, key, label, prompt, status, batch_id, attempt, output, error_type, "
+        "error, retryable, input_tokens, output_tokens, cached_tokens, request_hash, source, "
+        "origin FROM rows WHERE job_id = ? ORDER BY position",
+        (job_id,),
+    ).fetchall()
+    folder = files / job_id
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (cid, key, label, prompt, status, batch, attempt, output, etype, error, retry, i_tok,
+     o_tok, c_tok, rhash, source, origin) = (list(c) for c in zip(*rows, strict=True)) if rows \
+        else [[] for _ in range(17)]  # fmt: skip
+    at = {c: p for p, c in enumerate(cid)}
+    leader = [
+        -1 if s == "skipped" else (at[src] if src is not None else p)
+        for p, (s, src) in enumerate(zip(status, source, strict=True))
+    ]
+    hashes = np.array([h or 0 for h in rhash], dtype=np.int64).view(np.uint64)
+    manifest = pa.table(
+        {
+            "custom_id": pa.array(cid, pa.string()),
+            "key": pa.array(np.array(key, dtype=np.int64).view(np.uint64)),
+            "label": pa.array(label, pa.string()),
+            "prompt": pa.array(prompt, pa.large_string()),
+            "request_hash": pa.array(hashes),
+            "leader": pa.array(leader, pa.int64()),
+            "skip_error": pa.array(
+                [e if s == "skipped" else None for s, e in zip(status, error, strict=True)],
+                pa.string(),
+            ),
+        },
+        schema=rowstore.MANIFEST_SCHEMA,
+    )
+    rowstore.write_table(folder / MANIFEST, manifest)
+    leaders = [p for p in range(len(cid)) if leader[p] == p]
+
+    def result(positions: list[int], name: str, batch_key: str | None, kind: str) -> None:
+        if not positions:
+            return
+        table = pa.table(
+            {
+                "position": pa.array(positions, pa.int64()),
+                "status": pa.array([status[p] for p in positions], pa.string()),
+                "output": pa.array([output[p] for p in positions], pa.large_string()),
+                "error_type": pa.array([etype[p] for p in positions], pa.string()),
+                "error": pa.array([error[p] for p in positions], pa.large_string()),
+                "retryable": pa.array(
+                    [None if retry[p] is None else bool(retry[p]) for p in positions], pa.bool_()
+                ),
+                "input_tokens": pa.array([i_tok[p] for p in positions], pa.int64()),
+                "output_tokens": pa.array([o_tok[p] for p in positions], pa.int64()),
+                "cached_tokens": pa.array([c_tok[p] for p in positions], pa.int64()),
+                "request_hash": pa.array(hashes[positions]),
+            },
+            schema=rowstore.RESULT_SCHEMA,
+        )
+        rowstore.write_table(folder / name, table)
+        _insert_change(db, job_id, "result", batch_key, 0, kind, name, len(positions))
+
+    done = [p for p in leaders if status[p] not in ("pending", "skipped")]
+    result([p for p in done if origin[p] == "reused"], "reused.arrow", None, "reused")
+    order = [b for (b,) in db.execute(
+        "SELECT batch_id FROM batches WHERE job_id = ? ORDER BY created, batch_id", (job_id,)
+    )]  # fmt: skip
+    for b in order:
+        sent = [p for p in leaders if batch[p] == b]
+        if not sent:
+            continue
+        name = f"send-{b}.arrow"
+        rowstore.write_table(folder / name, pa.table({"position": pa.array(sent, pa.int64())}))
+        _insert_change(db, job_id, "send", b, max(attempt[p] for p in sent), "batch", name,
+                       len(sent))  # fmt: skip
+        answered = [p for p in sent if p in set(done) and origin[p] in (None, "batch")]
+        result(answered, f"results-{b}.arrow", b, "batch")
+    unsent = [p for p in done if batch[p] is None and origin[p] in (None, "batch")]
+    result(unsent, "results-not-sent.arrow", None, "batch")
+    result([p for p in done if origin[p] == "realtime"], "realtime-0.arrow", None, "realtime")
+    state = _replay(db, files, job_id)
+    db.execute(
+        "UPDATE jobs SET summary = ? WHERE id = ?",
+        (orjson.dumps(state.summary()).decode(), job_id),
+    )
+
+
+def _insert_change(
+    db: sqlite3.Connection,
+    job_id: str,
+    kind: str,
+    batch: str | None,
+    attempt: int,
+    origin: str,
+    file: str,
+    n: int,
+) -> None:
+    db.execute(
+        "INSERT INTO changes (job_id, kind, batch, attempt, origin, file, n, at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (job_id, kind, batch, attempt, origin, file, n, time.time()),
+    )
+
+
+def _replay(
+    db: sqlite3.Connection, files: Path, job_id: str, state: Any = None
+) -> Any:  # -> rowstore.RowState
+    """The job's row state: ``state`` (or a new one from the manifest) brought up to the
+    latest change."""
+    from . import rowstore
+
+    folder = files / job_id
+    if state is None:
+        state = rowstore.RowState(rowstore.read_table(folder / MANIFEST))
+    for seq, kind, batch, attempt, origin, file in db.execute(
+        "SELECT seq, kind, batch, attempt, origin, file FROM changes "
+        "WHERE job_id = ? AND seq > ? ORDER BY seq",
+        (job_id, state.seq),
+    ).fetchall():
+        table = rowstore.read_table(folder / file)
+        if kind == "send":
+            state.apply_send(batch, attempt, table.column("position").to_numpy())
+        else:
+            state.apply_result(batch, origin, table)
+        state.seq = seq
+    return state
+
+
+#: The name of a job's manifest file.
+MANIFEST = "manifest.arrow"
 
 
 def _script(db: sqlite3.Connection, sql: str) -> None:
@@ -154,6 +329,25 @@ def _owner_only(path: Path, mode: int) -> None:
     )
 
 
+def owner() -> dict[str, Any]:
+    """This thread, as recorded in an intent or a sending lease."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "thread": threading.get_ident()}
+
+
+def alive(record: dict[str, Any]) -> bool:
+    """Whether the process recorded by :func:`owner` still runs (on this machine; one on
+    another machine is presumed alive)."""
+    if record.get("host") != socket.gethostname() or not record.get("pid"):
+        return record.get("host") is not None
+    try:
+        os.kill(int(record["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def home() -> Path:
     """The folder holding the ledger: ``$NBBATCH_HOME`` or the user data directory."""
     env = os.environ.get("NBBATCH_HOME")
@@ -161,7 +355,8 @@ def home() -> Path:
 
 
 class Ledger:
-    """One SQLite ledger file; safe to share between threads and between processes."""
+    """One ledger: a SQLite file plus the job files beside it; safe to share between
+    threads and between processes."""
 
     def __init__(self, path: Path | None = None) -> None:
         folder = (path.parent if path else home()).expanduser()
@@ -177,6 +372,7 @@ class Ledger:
         os.close(fd)
         _owner_only(self.path, 0o600)
         self._lock = threading.RLock()
+        self._states: dict[str, Any] = {}  # job id -> rowstore.RowState, kept current
         self._db = sqlite3.connect(
             self.path, timeout=30, check_same_thread=False, isolation_level=None
         )
@@ -190,7 +386,7 @@ class Ledger:
             done = {r[0] for r in db.execute("SELECT name FROM migrations")}
             for fn in MIGRATIONS:
                 if fn.__name__ not in done:
-                    fn(db)
+                    fn(db, self.files)
                     db.execute("INSERT INTO migrations VALUES (?, ?)", (fn.__name__, time.time()))
 
     @contextmanager
@@ -205,11 +401,16 @@ class Ledger:
                 raise
             self._db.execute("COMMIT")
 
+    def folder(self, job_id: str) -> Path:
+        """The folder of a job's files (made if missing)."""
+        folder = self.files / job_id
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return folder
+
     def write_file(self, job_id: str, name: str, data: bytes) -> Path:
         """Write ``data`` to ``files/<job_id>/<name>``, owner-only, atomically: to a
         temporary name first, then renamed, so a reader never sees half a file."""
-        folder = self.files / job_id
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = self.folder(job_id)
         target = folder / name
         tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -224,6 +425,12 @@ class Ledger:
             raise
         return target
 
+    def _write_table(self, job_id: str, name: str, table: pa.Table) -> str:
+        from . import rowstore
+
+        rowstore.write_table(self.folder(job_id) / name, table)
+        return name
+
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read query and return all its rows."""
         with self._lock:
@@ -235,15 +442,19 @@ class Ledger:
             self._db.close()
 
     # -- jobs ----------------------------------------------------------------------------
-    def add_job(
-        self, job: dict[str, Any], rows: Iterable[tuple[Any, ...]], *, reuse: bool = True
-    ) -> None:
-        """Record a new job and its row manifest in one transaction.
+    def add_job(self, job: dict[str, Any], manifest: pa.Table, *, reuse: bool = True) -> None:
+        """Record a new job with its row manifest (see :mod:`nbbatch.rowstore`).
 
-        ``rows`` yields ``(custom_id, position, key, label, prompt, status, error,
-        request_hash, source)``. With ``reuse``, pending rows whose exact request already
-        succeeded in an earlier job take that result instead of being sent.
+        The manifest file is written first, then the job is recorded in one transaction.
+        With ``reuse``, rows whose exact request already succeeded in an earlier job take
+        that result instead of being sent.
         """
+        from . import rowstore
+
+        self._write_table(job["id"], MANIFEST, manifest)
+        reused = self._reused(manifest) if reuse else None
+        if reused is not None:
+            self._write_table(job["id"], "reused.arrow", reused)
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
@@ -258,23 +469,60 @@ class Ledger:
                     "policy": orjson.dumps(job["policy"]).decode(),
                 },
             )
-            db.executemany(
-                "INSERT INTO rows (job_id, custom_id, position, key, label, prompt, status, "
-                "error, request_hash, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                ((job["id"], *r) for r in rows),
-            )
+            if reused is not None:
+                _insert_change(db, job["id"], "result", None, 0, "reused", "reused.arrow",
+                               reused.num_rows)  # fmt: skip
             self._event(db, job["id"], "submit", f"job created with {job['n_rows']} rows")
-            if reuse:
-                db.execute(
-                    "UPDATE rows SET status = 'succeeded', origin = 'reused', output = prev.output,"
-                    " input_tokens = prev.i, output_tokens = prev.o, cached_tokens = prev.c, "
-                    "error = NULL, error_type = NULL FROM (SELECT request_hash AS h, output, "
-                    "input_tokens AS i, output_tokens AS o, cached_tokens AS c FROM rows "
-                    "WHERE status = 'succeeded' AND job_id != :job GROUP BY request_hash) AS prev"
-                    " WHERE rows.job_id = :job AND rows.status = 'pending' "
-                    "AND rows.request_hash = prev.h",
-                    {"job": job["id"]},
-                )
+            self._summarise(db, job["id"])
+        assert rowstore  # imported for the manifest's schema in type checkers
+
+    def _reused(self, manifest: pa.Table) -> pa.Table | None:
+        """Results of earlier jobs for this manifest's leaders' exact requests."""
+        import numpy as np
+
+        leader = manifest.column("leader").to_numpy()
+        leaders = np.flatnonzero(leader == np.arange(len(leader)))
+        hashes = manifest.column("request_hash").to_numpy()[leaders]
+        answers = self.answers(hashes)
+        if answers.num_rows == 0:
+            return None
+        where = pc.index_in(pa.array(hashes), value_set=answers.column("request_hash"))
+        found = where.is_valid().to_numpy(zero_copy_only=False)
+        table = answers.take(where.filter(pa.array(found)))
+        return table.set_column(0, "position", pa.array(leaders[found], pa.int64()))
+
+    def answers(self, hashes: Any) -> pa.Table:
+        """Succeeded results (``rowstore.RESULT_SCHEMA``) in any job for these request
+        hashes (uint64), one per hash."""
+        from . import rowstore
+
+        wanted = pa.array(hashes, pa.uint64())
+        found = []
+        for job_id, file in self.query(
+            "SELECT job_id, file FROM changes WHERE kind = 'result' ORDER BY seq"
+        ):
+            try:
+                table = rowstore.read_table(self.files / job_id / file)
+            except (OSError, pa.ArrowInvalid):
+                continue  # a file removed by hand: nothing to reuse from it
+            keep = pc.and_(
+                pc.equal(table.column("status"), "succeeded"),
+                pc.is_in(table.column("request_hash"), value_set=wanted),
+            )
+            found.append(table.filter(keep))
+        if not found:
+            return rowstore.RESULT_SCHEMA.empty_table()
+        table = pa.concat_tables(found)
+        _, first = np.unique(table.column("request_hash").to_numpy(), return_index=True)
+        return table.take(pa.array(np.sort(first)))
+
+    def succeeded_hashes(self, hashes: Any) -> Any:
+        """For each request hash (a uint64 numpy array), whether an identical request
+        already succeeded in some job (so a new job would reuse its answer)."""
+        known = self.answers(hashes).column("request_hash")
+        return pc.is_in(pa.array(hashes, pa.uint64()), value_set=known).to_numpy(
+            zero_copy_only=False
+        )
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         """The job's record, or None."""
@@ -319,52 +567,74 @@ class Ledger:
     def _event(db: sqlite3.Connection, job_id: str, kind: str, message: str) -> None:
         db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (job_id, time.time(), kind, message))
 
-    # -- batches -------------------------------------------------------------------------
-    def add_intent(self, job_id: str, part: str, attempt: int, custom_ids: Sequence[str]) -> str:
-        """Record, before a create call, that these rows are about to be sent.
+    # -- row state -----------------------------------------------------------------------
+    def row_state(self, job_id: str) -> Any:  # -> rowstore.RowState
+        """The job's rows as the latest change left them (kept in memory, brought up to
+        date from the files of changes recorded since, by any process)."""
+        with self._lock:
+            state = _replay(self._db, self.files, job_id, self._states.get(job_id))
+            self._states[job_id] = state
+            return state
 
-        Returns a provisional batch id (``intent-...``) the rows point at until
-        :meth:`confirm_batch` swaps in the provider's id. An intent left behind by a
-        process that died mid-call is how a resumed job knows to look for that batch at
-        the provider instead of paying for it twice.
+    def _summarise(self, db: sqlite3.Connection, job_id: str) -> None:
+        """Keep the job's counts and usage in SQLite, for listing jobs without files."""
+        state = _replay(db, self.files, job_id, self._states.get(job_id))
+        self._states[job_id] = state
+        db.execute(
+            "UPDATE jobs SET summary = ? WHERE id = ?",
+            (orjson.dumps(state.summary()).decode(), job_id),
+        )
+
+    def counts(self, job_id: str) -> dict[str, int]:
+        """How many rows are in each state, and how many were reused from earlier jobs,
+        deduplicated onto an identical request, or answered through the real-time API."""
+        return dict(self.row_state(job_id).counts())
+
+    def sent_positions(self, job_id: str, intent: str) -> Any:
+        """The positions of the leaders sent in the batch recorded as ``intent``."""
+        from . import rowstore
+
+        rows = self.query(
+            "SELECT file FROM changes WHERE job_id = ? AND kind = 'send' AND batch = ? "
+            "ORDER BY seq DESC LIMIT 1",
+            (job_id, intent),
+        )
+        if not rows:
+            return np.zeros(0, dtype=np.int64)
+        return rowstore.read_table(self.files / job_id / rows[0][0]).column("position").to_numpy()
+
+    # -- batches -------------------------------------------------------------------------
+    def add_intent(self, job_id: str, part: str, attempt: int, positions: Any) -> str:
+        """Record, before a create call, that the leaders at ``positions`` are about to
+        be sent.
+
+        Returns a provisional batch id (``intent-...``), which stays the batch's
+        ``intent`` when :meth:`confirm_batch` swaps in the provider's id. An intent left
+        behind by a process that died mid-call is how a resumed job knows to look for
+        that batch at the provider instead of paying for it twice.
         """
         intent = f"intent-{secrets.token_hex(8)}"
+        name = self._write_table(
+            job_id, f"send-{intent}.arrow", pa.table({"position": pa.array(positions, pa.int64())})
+        )
         with self.transaction() as db:
-            owner = {"pid": os.getpid(), "host": socket.gethostname()}
             db.execute(
-                "INSERT INTO batches (batch_id, job_id, attempt, created, n_requests, status, "
-                "part, raw) VALUES (?, ?, ?, ?, ?, 'sending', ?, ?)",
-                (intent, job_id, attempt, time.time(), len(custom_ids), part,
-                 orjson.dumps(owner).decode()),
+                "INSERT INTO batches (batch_id, intent, job_id, attempt, created, n_requests, "
+                "status, part, raw) VALUES (?, ?, ?, ?, ?, ?, 'sending', ?, ?)",
+                (intent, intent, job_id, attempt, time.time(), len(positions), part,
+                 orjson.dumps(owner()).decode()),
             )  # fmt: skip
-            self._point_rows(db, job_id, intent, attempt, custom_ids)
+            _insert_change(db, job_id, "send", intent, attempt, "batch", name, len(positions))
+            self._summarise(db, job_id)
         return intent
 
-    @staticmethod
-    def _point_rows(
-        db: sqlite3.Connection, job_id: str, batch_id: str, attempt: int, custom_ids: Sequence[str]
-    ) -> None:
-        sets = (
-            "SET batch_id = ?, attempt = ?, status = 'pending', output = NULL, error_type = NULL, "
-            "error = NULL, retryable = NULL, origin = 'batch' WHERE job_id = ?"
-        )
-        args = [(batch_id, attempt, job_id, cid) for cid in custom_ids]
-        db.executemany(f"UPDATE rows {sets} AND custom_id = ?", args)
-        # Rows deduplicated onto these leaders follow them (two statements: an OR of
-        # the two conditions would defeat both indexes).
-        if db.execute(
-            "SELECT 1 FROM rows WHERE job_id = ? AND source IS NOT NULL LIMIT 1", (job_id,)
-        ).fetchone():
-            db.executemany(f"UPDATE rows {sets} AND source = ?", args)
-
     def confirm_batch(self, intent: str, batch_id: str, status: str, raw: dict[str, Any]) -> None:
-        """Swap a provisional id for the provider's batch id, the moment create returns."""
+        """Record the provider's batch id for an intent, the moment create returns."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE batches SET batch_id = ?, status = ?, raw = ? WHERE batch_id = ?",
+                "UPDATE batches SET batch_id = ?, status = ?, raw = ? WHERE intent = ?",
                 (batch_id, status, orjson.dumps(raw).decode(), intent),
             )
-            db.execute("UPDATE rows SET batch_id = ? WHERE batch_id = ?", (batch_id, intent))
             job_id, n = db.execute(
                 "SELECT job_id, n_requests FROM batches WHERE batch_id = ?", (batch_id,)
             ).fetchone()
@@ -373,24 +643,70 @@ class Ledger:
     def release_intent(self, intent: str) -> None:
         """No batch came of that create call: its rows go back to pending and unsent."""
         with self.transaction() as db:
-            row = db.execute("SELECT job_id FROM batches WHERE batch_id = ?", (intent,)).fetchone()
-            db.execute("UPDATE rows SET batch_id = NULL WHERE batch_id = ?", (intent,))
-            db.execute("DELETE FROM batches WHERE batch_id = ?", (intent,))
+            row = db.execute(
+                "SELECT c.job_id, c.attempt, c.file, c.n FROM changes c WHERE c.batch = ? "
+                "AND c.kind = 'send' ORDER BY seq DESC LIMIT 1",
+                (intent,),
+            ).fetchone()
+            db.execute("DELETE FROM batches WHERE intent = ?", (intent,))
             if row:
-                self._event(db, row[0], "resume", f"{intent}: no batch at the provider")
+                job_id, attempt, file, n = row
+                _insert_change(db, job_id, "send", None, attempt, "batch", file, n)
+                self._event(db, job_id, "resume", f"{intent}: no batch at the provider")
+                self._summarise(db, job_id)
 
-    def drop_intent(self, intent: str, reason: str) -> None:
-        """The create call failed for sure: its rows end failed (``not_sent``, retryable)."""
+    def take_sending(self, job_id: str) -> bool:
+        """Become the job's one sender, unless a live one holds it (False then). The
+        holder is recorded with :func:`owner`; a dead process's hold lapses."""
+        me = owner()
         with self.transaction() as db:
-            row = db.execute("SELECT job_id FROM batches WHERE batch_id = ?", (intent,)).fetchone()
+            row = db.execute("SELECT sender FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            holder = orjson.loads(row[0]) if row and row[0] else None
+            if holder is not None and holder != me and alive(holder):
+                if holder.get("pid") != me["pid"] or holder.get("thread") in _live_threads():
+                    return False
             db.execute(
-                "UPDATE rows SET status = 'failed', error_type = 'not_sent', error = ?, "
-                "retryable = 1, batch_id = NULL WHERE batch_id = ?",
-                (f"not_sent: {reason}", intent),
+                "UPDATE jobs SET sender = ? WHERE id = ?", (orjson.dumps(me).decode(), job_id)
             )
-            db.execute("DELETE FROM batches WHERE batch_id = ?", (intent,))
-            if row:
-                self._event(db, row[0], "error", f"rows not sent: {reason}")
+        return True
+
+    def release_sending(self, job_id: str) -> None:
+        """Give up being the job's sender (see :meth:`take_sending`)."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET sender = NULL WHERE id = ?", (job_id,))
+
+    def requeue(self, job_id: str, positions: Any, attempt: int) -> None:
+        """Put the leaders at ``positions`` back to pending, in no batch, to be sent as
+        ``attempt`` (``resubmit_failed``)."""
+        name = self._write_table(
+            job_id,
+            f"requeue-{attempt}-{secrets.token_hex(4)}.arrow",
+            pa.table({"position": pa.array(positions, pa.int64())}),
+        )
+        with self.transaction() as db:
+            _insert_change(db, job_id, "send", None, attempt, "batch", name, len(positions))
+            self._summarise(db, job_id)
+
+    def abandon_intent(self, intent: str) -> None:
+        """This process gives up waiting on a create call whose outcome it does not know:
+        the next refresh (here or in any process) looks for the batch at the provider."""
+        with self.transaction() as db:
+            db.execute("UPDATE batches SET raw = '{}' WHERE intent = ?", (intent,))
+
+    def drop_intent(self, job_id: str, intent: str, reason: str) -> None:
+        """The create call was refused for sure: its rows end failed (``not_sent``,
+        retryable)."""
+        from . import rowstore
+
+        positions = self.sent_positions(job_id, intent)
+        n = len(positions)
+        failed = rowstore.failure_table(positions, "failed", "not_sent", reason, True)
+        name = self._write_table(job_id, f"results-{intent}.arrow", failed)
+        with self.transaction() as db:
+            db.execute("DELETE FROM batches WHERE intent = ?", (intent,))
+            _insert_change(db, job_id, "result", intent, 0, "batch", name, n)
+            self._event(db, job_id, "error", f"rows not sent: {reason}")
+            self._summarise(db, job_id)
 
     def update_batch(
         self,
@@ -413,124 +729,56 @@ class Ledger:
         """The job's batches, oldest first."""
         with self._lock:
             cur = self._db.execute(
-                "SELECT batch_id, attempt, created, n_requests, status, ended, collected, failure,"
-                " done, part, raw FROM batches WHERE job_id = ? ORDER BY created, batch_id",
+                "SELECT batch_id, intent, attempt, created, n_requests, status, ended, collected,"
+                " failure, done, part, raw FROM batches WHERE job_id = ? "
+                "ORDER BY created, batch_id",
                 (job_id,),
             )
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
-    def record_realtime(self, job_id: str, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Store results obtained through the real-time API (the fallback), marked so.
-
-        ``rows`` as for :meth:`record_results`.
-        """
-        with self.transaction() as db:
-            db.executemany(
-                "UPDATE rows SET status = ?, output = ?, error_type = ?, error = ?, retryable = ?, "
-                "input_tokens = ?, output_tokens = ?, cached_tokens = ?, origin = 'realtime' "
-                "WHERE custom_id = ? AND job_id = ?",
-                ((*r, job_id) for r in rows),
-            )
-            db.execute(
-                "UPDATE rows SET status = l.status, output = l.output, error_type = l.error_type, "
-                "error = l.error, retryable = l.retryable, origin = 'realtime' FROM rows AS l "
-                "WHERE rows.job_id = :job AND rows.source IS NOT NULL AND l.job_id = :job "
-                "AND l.custom_id = rows.source AND l.origin = 'realtime'",
-                {"job": job_id},
-            )
-            self._event(db, job_id, "realtime", "results from the real-time fallback recorded")
-
-    def succeeded_hashes(self, hashes: Any) -> Any:
-        """For each request hash (a uint64 numpy array), whether an identical request
-        already succeeded in some job (so a new job would reuse its answer)."""
-        import numpy as np
-
-        done = np.asarray(
-            self.query("SELECT DISTINCT request_hash FROM rows WHERE status = 'succeeded'"),
-            dtype=np.int64,
-        ).ravel()
-        return np.isin(np.asarray(hashes, dtype=np.uint64).view(np.int64), done)
-
-    def sent_ids(self, batch_id: str) -> list[str]:
-        """The custom_ids whose latest attempt went out in this batch (leaders only:
-        deduplicated rows were not sent themselves)."""
-        sql = "SELECT custom_id FROM rows WHERE batch_id = ? AND source IS NULL"
-        return [r[0] for r in self.query(sql, (batch_id,))]
-
     def record_results(
-        self, job_id: str, batch_id: str, rows: Iterable[tuple[Any, ...]], note: str
+        self, job_id: str, intent: str | None, table: pa.Table, note: str, origin: str = "batch"
     ) -> None:
-        """Store a batch's reconciled results and mark it collected, in one transaction.
-
-        ``rows`` yields ``(status, output, error_type, error, retryable, input_tokens,
-        output_tokens, cached_tokens, custom_id)``. Only rows still pointing at this batch
-        are touched, so a late batch can never overwrite a newer attempt.
-        """
+        """Store results (``rowstore.RESULT_SCHEMA``) and, for a batch (its ``intent``),
+        mark it collected, in one transaction once the file is written. Results of a
+        batch apply only to rows whose latest attempt went in it, so a late batch never
+        overwrites a newer attempt; ``intent=None`` applies to the rows as they are (the
+        real-time fallback, ``origin="realtime"``)."""
+        name = f"results-{intent}.arrow" if intent else f"{origin}-{secrets.token_hex(4)}.arrow"
+        self._write_table(job_id, name, table)
         with self.transaction() as db:
-            db.executemany(
-                "UPDATE rows SET status = ?, output = ?, error_type = ?, error = ?, retryable = ?, "
-                "input_tokens = ?, output_tokens = ?, cached_tokens = ? "
-                "WHERE custom_id = ? AND job_id = ? AND batch_id = ?",
-                ((*r, job_id, batch_id) for r in rows),
-            )
-            # Rows deduplicated onto a leader in this batch get the leader's result.
-            db.execute(
-                "UPDATE rows SET status = l.status, output = l.output, error_type = l.error_type, "
-                "error = l.error, retryable = l.retryable, input_tokens = l.input_tokens, "
-                "output_tokens = l.output_tokens, cached_tokens = l.cached_tokens "
-                "FROM rows AS l WHERE rows.job_id = :job AND rows.batch_id = :batch "
-                "AND rows.source IS NOT NULL AND l.job_id = :job AND l.custom_id = rows.source",
-                {"job": job_id, "batch": batch_id},
-            )
-            db.execute("UPDATE batches SET collected = 1 WHERE batch_id = ?", (batch_id,))
+            _insert_change(db, job_id, "result", intent, 0, origin, name, table.num_rows)
+            if intent is not None:
+                db.execute("UPDATE batches SET collected = 1 WHERE intent = ?", (intent,))
             self._event(db, job_id, "results", note)
-
-    # -- rows ----------------------------------------------------------------------------
-    def counts(self, job_id: str) -> dict[str, int]:
-        """How many rows are in each state, and how many were reused from earlier jobs,
-        deduplicated onto an identical request, or answered through the real-time API."""
-        counts = dict(
-            self.query(
-                "SELECT status, COUNT(*) FROM rows WHERE job_id = ? GROUP BY status", (job_id,)
-            )
-        )
-        reused, dedup, realtime = self.query(
-            "SELECT COALESCE(SUM(origin = 'reused'), 0), COALESCE(SUM(source IS NOT NULL), 0), "
-            "COALESCE(SUM(origin = 'realtime'), 0) FROM rows WHERE job_id = ?",
-            (job_id,),
-        )[0]
-        counts.update(reused=reused, deduplicated=dedup, realtime=realtime)
-        return counts
-
-    def rows(self, job_id: str, where: str = "", args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """The job's rows by position: (custom_id, position, key, label, status, batch_id,
-        attempt, output, error_type, error, retryable, input_tokens, output_tokens,
-        cached_tokens)."""
-        return self.query(
-            "SELECT custom_id, position, key, label, status, batch_id, attempt, output, "
-            "error_type, error, retryable, input_tokens, output_tokens, cached_tokens "
-            f"FROM rows WHERE job_id = ? {where} ORDER BY position",
-            (job_id, *args),
-        )
+            self._summarise(db, job_id)
 
     def jobs(self) -> list[dict[str, Any]]:
-        """Every job, newest first."""
+        """Every job, newest first (``summary``: its counts and usage, see rowstore)."""
         with self._lock:
             cur = self._db.execute("SELECT * FROM jobs ORDER BY created DESC")
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+            records = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        for r in records:
+            r["summary"] = orjson.loads(r["summary"] or "{}")
+        return records
 
     def forget_job(self, job_id: str) -> bool:
-        """Remove a job and everything recorded about it (rows, batches, events, result
-        files). Returns False if there was no such job. Rows other jobs reused from it
-        keep their copies."""
+        """Remove a job and everything recorded about it (batches, events, changes and
+        its files). Returns False if there was no such job. Rows other jobs reused from
+        it keep their copies."""
         with self.transaction() as db:
-            for table in ("rows", "batches", "events"):
+            for table in ("changes", "batches", "events"):
                 db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
             found = db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
+            self._states.pop(job_id, None)
         shutil.rmtree(self.files / job_id, ignore_errors=True)
         return bool(found)
+
+
+def _live_threads() -> set[int]:
+    return {t.ident for t in threading.enumerate() if t.ident is not None}
 
 
 _default: Ledger | None = None

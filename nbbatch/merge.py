@@ -13,10 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
+import pyarrow as pa
 
 from . import plan as _plan
 from . import prompt as _prompt
+from . import rowstore
 from ._errors import MergeError
 
 #: How many differing rows a MergeError shows.
@@ -117,6 +120,52 @@ def result_columns(
     if response_format is not None:
         columns[f"{output}_raw"] = replies
     return columns
+
+
+def merged(
+    frame: pd.DataFrame,
+    state: rowstore.RowState,
+    take: np.ndarray,
+    output: str,
+    response_format: dict[str, Any] | None,
+    *,
+    embeddings: bool = False,
+) -> pd.DataFrame:
+    """A copy of ``frame`` with the result columns of the job's rows at ``take`` (one
+    position per row of ``frame``, from :func:`align`)."""
+    status = np.asarray(rowstore.STATES, dtype=object)[state.statuses()[take]]
+    replies = state.column("output", take).to_numpy(zero_copy_only=False)
+    if embeddings:
+        vectors = np.empty(len(replies), dtype=object)  # one list per row, not a 2-D array
+        for i, v in enumerate(replies):
+            vectors[i] = None if v is None else orjson.loads(v)
+        replies = vectors
+    errors = state.column("error", take).to_numpy(zero_copy_only=False)
+    out = frame.copy()
+    for name, column in result_columns(output, response_format, status, replies, errors).items():
+        out[name] = column
+    return out
+
+
+def results_table(state: rowstore.RowState, batch_names: list[str | None]) -> pa.Table:
+    """Every row's result, by position: custom_id, position, label, status, batch_id,
+    attempt, output, error_type, error, retryable and token counts."""
+    n = state.n
+    batch = state.follow(state.batch)
+    names = pa.array([*batch_names, None], pa.string())
+    columns: dict[str, Any] = {
+        "custom_id": state.manifest_column("custom_id"),
+        "position": pa.array(np.arange(n)),
+        "label": state.manifest_column("label"),
+        "status": pa.array(np.asarray(rowstore.STATES, dtype=object)[state.statuses()]),
+        "batch_id": names.take(pa.array(np.where(batch < 0, len(batch_names), batch))),
+        "attempt": pa.array(state.follow(state.attempt)),
+    }
+    for name in ("output", "error_type", "error", "retryable"):
+        columns[name] = state.column(name)
+    for name in ("input_tokens", "output_tokens", "cached_tokens"):
+        columns[name] = state.column(name)
+    return pa.table(columns)
 
 
 def _short(text: str | None, width: int = 60) -> str:

@@ -74,6 +74,8 @@ MAX_HISTORY = 3
 SAVED_EVERY = 30.0
 #: Prefix the job puts on ``last_error`` when an error ended background polling.
 POLLING_STOPPED = "polling stopped"
+#: Prefix the job puts on ``last_error`` when an error stopped background sending.
+SENDING_STOPPED = "sending stopped"
 #: Button feedback that only lasts while what it started runs.
 _TRANSIENT_MESSAGES = ("Cancelling", "Resubmitting")
 
@@ -533,6 +535,8 @@ class JobPanel:
                 "poll again.",
                 "danger",
             )
+        if snap.last_error.startswith(SENDING_STOPPED):
+            return cls._note(snap.last_error[0].upper() + snap.last_error[1:], "danger")
         return cls._note(f"Polling error, retrying: {snap.last_error}", "warning")
 
     @staticmethod
@@ -790,7 +794,8 @@ def plain_text(snap: JobSnapshot) -> str:
     lines = [snap.summary()]
     lines += [f"note: {n.text}" for n in snap.current_notes]
     if snap.last_error:
-        lines.append(f"polling error: {snap.last_error}")
+        problem = "" if snap.last_error.startswith(SENDING_STOPPED) else "polling error: "
+        lines.append(problem + snap.last_error)
     return "\n".join(lines)
 
 

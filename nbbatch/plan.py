@@ -303,21 +303,6 @@ def request_hashes(plan: Plan, salt: str) -> np.ndarray:
     return out
 
 
-def leaders(plan: Plan, hashes: np.ndarray) -> list[str | None]:
-    """For each row, the custom_id of the first row with the identical request when that
-    is another row (it is sent once, for both), else None."""
-    out: list[str | None] = [None] * plan.n_rows
-    if not len(plan.send_positions):
-        return out
-    sent = pd.Series(plan.custom_ids.take(pa.array(plan.send_positions)).to_pylist())
-    keys = pd.Series(hashes[plan.send_positions])
-    first = sent.groupby(keys.to_numpy()).transform("first")
-    for pos, cid, lead in zip(plan.send_positions.tolist(), sent, first, strict=True):
-        if cid != lead:
-            out[pos] = lead
-    return out
-
-
 def fingerprint(
     plan: Plan,
     hashes: np.ndarray,

@@ -96,6 +96,7 @@ class JobSnapshot:
     reused: int = 0  # rows answered from an earlier job's identical request, not paid again
     deduplicated: int = 0  # rows sharing an identical request with another row of this job
     realtime: int = 0  # rows answered through the real-time fallback
+    sending: str | None = None  # while batches are built and uploaded: how far
 
     @property
     def cost(self) -> Cost:
@@ -194,6 +195,8 @@ class JobSnapshot:
         """The provider's words for the batches still open (or the last one), joined."""
         open_ = [b.status for b in self.batches if b.status not in _ENDED_WORDS]
         words = open_ or [b.status for b in self.batches[-1:]]
+        if self.sending:
+            words = [self.sending, *words]
         return ", ".join(dict.fromkeys(words)) or "not sent"
 
     @property

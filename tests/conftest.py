@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import anthropic
@@ -13,12 +14,16 @@ from nbbatch import emulator
 
 @pytest.fixture(autouse=True)
 def nbbatch_home(tmp_path, monkeypatch):
-    """Every test gets its own ledger folder, and leaves no background emulator behind."""
+    """Every test gets its own ledger folder, and leaves no background emulator and no
+    background sender behind (a sender still uploading would send into the next test)."""
     home = tmp_path / "nbbatch-home"
     monkeypatch.setenv("NBBATCH_HOME", str(home))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     yield home
+    for thread in threading.enumerate():
+        if thread.name.startswith("nbbatch-send-"):
+            thread.join(60)
     emulator.stop_background(home)
 
 

@@ -133,7 +133,7 @@ class _Url:
 # -- idempotence, reuse, dedupe ------------------------------------------------------------
 def test_running_the_same_submit_again_attaches_instead_of_paying(client, emu, caplog):
     df = frame(8)
-    first = nb.submit(df, "{text}", model=model_for(client), client=client)
+    first = nb.submit(df, "{text}", model=model_for(client), client=client).wait_sent()
     before = batches_created(emu)
     with caplog.at_level(logging.WARNING, logger="nbbatch"):
         again = nb.submit(df, "{text}", model=model_for(client), client=client)
@@ -142,7 +142,7 @@ def test_running_the_same_submit_again_attaches_instead_of_paying(client, emu, c
     assert "already submitted" in caplog.text and "force=True" in caplog.text
     forced = nb.submit(
         df, "{text}", model=model_for(client), client=client, force=True, reuse=False
-    )
+    ).wait_sent()
     assert forced.id != first.id
     assert batches_created(emu) == before + 1
     # A different prompt is a different job.
@@ -155,20 +155,20 @@ def test_rows_that_already_succeeded_are_reused_not_resent(client, emu):
         timeout=30, progress=False
     )
     bigger = frame(15)  # rows 0-9 were answered already
-    job = nb.submit(bigger, "{text}", model=model_for(client), client=client)
+    job = nb.submit(bigger, "{text}", model=model_for(client), client=client).wait_sent()
     assert job.snapshot().batches[0].n_requests == 5
     job.wait(timeout=30, progress=False)
     assert job.counts["reused"] == 10 and job.counts["succeeded"] == 15
     assert job.merge()["response"].tolist() == [emulator.echo_text(t) for t in bigger["text"]]
     fresh = nb.submit(
         bigger, "{text}", model=model_for(client), client=client, reuse=False, force=True
-    )
+    ).wait_sent()
     assert fresh.snapshot().batches[0].n_requests == 15
 
 
 def test_identical_requests_in_one_job_are_sent_once_and_fanned_out(client):
     df = pd.DataFrame({"text": ["same", "other", "same", "same", "other", "unique"]})
-    job = nb.submit(df, "{text}", model=model_for(client), client=client)
+    job = nb.submit(df, "{text}", model=model_for(client), client=client).wait_sent()
     assert job.snapshot().batches[0].n_requests == 3
     job.wait(timeout=30, progress=False)
     assert job.counts["deduplicated"] == 3 and job.counts["succeeded"] == 6
@@ -244,8 +244,10 @@ def test_a_create_refused_as_a_whole_fails_its_rows_as_not_sent(emu, monkeypatch
     # ids reach Anthropic, which refuses the whole create call (a 400).
     monkeypatch.setattr(nb.plan, "make_custom_ids", lambda labels: labels)
     df = frame(3).set_axis(["x" * 70 + str(i) for i in range(3)])
+    submitted = nb.submit(df, "{text}", model="claude-haiku-4-5", client=client, retries=0)
+    # Sending runs in the background: the refusal is the job's error, raised by wait().
     with pytest.raises(nb.BatchFailedError, match="refused"):
-        nb.submit(df, "{text}", model="claude-haiku-4-5", client=client, retries=0)
+        submitted.wait(timeout=30, progress=False)
     (job_id,) = nb.jobs()["id"]
     job = nb.attach(job_id, client=client)
     assert_every_row_terminal_once(job, 3)
@@ -301,6 +303,7 @@ def test_a_job_larger_than_one_batch_is_split_and_merged(provider):
         n = 120_000
         df = pd.DataFrame({"text": [f"r{i}" for i in range(n)]})
         job = nb.submit(df, "{text}", model=model_for(client), client=client, max_tokens=20)
+        job.wait_sent()
         sizes = [b.n_requests for b in job.snapshot().batches]
         limit = 50_000 if provider == "openai" else 100_000
         assert sum(sizes) == n and max(sizes) <= limit and len(sizes) == -(-n // limit)

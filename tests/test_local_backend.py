@@ -223,7 +223,7 @@ def test_wait_timeout_says_the_job_goes_on_in_the_background_emulator(monkeypatc
 def test_a_kernel_whose_background_emulator_was_killed_starts_it_again(nbbatch_home, monkeypatch):
     monkeypatch.setenv("NBBATCH_EMULATOR_PROCESSING_SECONDS", "6")
     df = pd.DataFrame({"text": TEXTS})
-    job = nb.submit(df, PROMPT, model="claude-3-5-haiku-latest", provider="local")
+    job = nb.submit(df, PROMPT, model="claude-3-5-haiku-latest", provider="local").wait_sent()
     first = _background.find(nbbatch_home)
     assert first is not None
     os.kill(first.pid, signal.SIGKILL)
@@ -253,7 +253,7 @@ def test_state_files_are_owner_only(nbbatch_home):
 def _private_job(emu: emulator.Emulator) -> nb.BatchJob:
     client = openai.OpenAI(base_url=emu.openai_base_url, api_key="any", max_retries=0)
     df = pd.DataFrame({"text": TEXTS})
-    return nb.submit(df, PROMPT, model="gpt-4o-mini", client=client)
+    return nb.submit(df, PROMPT, model="gpt-4o-mini", client=client).wait_sent()
 
 
 def test_a_job_on_a_stopped_private_emulator_says_so_and_can_be_forgotten(nbbatch_home):

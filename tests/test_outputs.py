@@ -154,7 +154,7 @@ def test_max_cost_refuses_an_expensive_job_and_sends_nothing(client, emu):
     assert emu.request_log == []
     assert nb.jobs().empty
     job = nb.submit(df.head(2), "{text}", model=model_for(client), client=client, max_cost=10.0)
-    assert job.batch_ids
+    assert job.wait_sent().batch_ids
 
 
 def test_try_now_answers_in_real_time_with_no_batch(client, emu):

@@ -61,7 +61,7 @@ def submit(client: openai.OpenAI, texts: list[str], **kwargs) -> BatchJob:
     df = pd.DataFrame({"text": texts})
     return nb.submit(
         df, "{text}", model="gpt-4o-mini", client=client, output="out", display=False, **kwargs
-    )
+    ).wait_sent()
 
 
 def test_panel_follows_a_job_to_success(emu):

@@ -1,0 +1,238 @@
+"""Collecting: poll a job's open batches, read the ended ones, and apply its failure policy.
+
+A batch that ended is downloaded once (its raw files are kept beside the ledger), parsed
+into Arrow by the provider, reconciled against the leaders it was sent (every one gets
+exactly one result; unknown and repeated lines are reported, never merged), checked
+against the schema when one was asked for, and recorded as one result file. Once no
+batch is open, transient failures are sent again (``retries``), then through the
+real-time API (``fallback="realtime"``), then the failure-rate alert is raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import results as _results
+from . import rowstore
+from . import send as _send
+from ._errors import ProviderError
+from .providers.base import BatchInfo, RequestSpec
+
+if TYPE_CHECKING:
+    from .job import BatchJob
+
+log = logging.getLogger("nbbatch")
+
+
+def realtime_checked(table: pa.Table, spec: RequestSpec) -> pa.Table:
+    """A real-time result table (with its ``truncated`` column) in the row-result shape,
+    with replies checked against the schema when one was asked for."""
+    from . import structured
+    from .providers.base import ROW_RESULT_SCHEMA
+
+    cut = set(table.filter(table.column("truncated")).column("custom_id").to_pylist())
+    table = table.select(ROW_RESULT_SCHEMA.names)
+    if spec.response_format is None:
+        return table
+    return _results.check_structured(table, structured.schema_of(spec.response_format), cut)
+
+
+def poll_batch(job: BatchJob, batch: dict[str, Any]) -> None:
+    """Poll one batch not yet collected; collect it if it has ended."""
+    batch_id = batch["batch_id"]
+    ledger, provider = job._ledger, job._provider
+    try:
+        if not batch["ended"]:
+            info = provider.retrieve(batch_id)
+            if info.status != batch["status"]:
+                ledger.event(job.id, "status", f"batch {batch_id}: {info.status}")
+                log.info("job %s: batch %s is %s", job.id, batch_id, info.status)
+            ledger.update_batch(
+                batch_id, info.status, info.ended, info.failure, info.raw, info.done
+            )
+            job._infos[batch_id] = info
+            if not info.ended:
+                return
+        info = job._infos.get(batch_id) or provider.retrieve(batch_id)
+        collect(job, info, batch["intent"])
+    except ProviderError as exc:
+        if not local_batch_gone(job, exc):
+            raise
+        end_backend_gone(job, batch)
+
+
+def local_batch_gone(job: BatchJob, exc: ProviderError) -> bool:
+    """Whether ``exc`` says the background emulator no longer knows a batch."""
+    gone = getattr(exc.__cause__, "status_code", None) == 404
+    return gone and job._record.get("backend") == "local"
+
+
+def end_backend_gone(job: BatchJob, batch: dict[str, Any]) -> None:
+    """The background emulator does not know this batch (its saved state was removed):
+    its rows will never finish, so they end ``failed`` (``backend_gone``).
+
+    Not ``retryable``: automatic retries are for a request's passing failure; losing
+    the backend is something to see and decide on, with ``job.resubmit_failed()``.
+    """
+    batch_id = batch["batch_id"]
+    message = (
+        f"nbbatch's background emulator no longer knows batch {batch_id} (its saved "
+        "state under the ledger home was removed, or the batch is over 30 days old), so "
+        "these rows will never finish there; job.resubmit_failed() sends them again."
+    )
+    positions = job._ledger.sent_positions(job.id, batch["intent"])
+    failed = rowstore.failure_table(positions, "failed", "backend_gone", message, False)
+    job._ledger.update_batch(batch_id, "gone", True, message, {})
+    job._ledger.record_results(job.id, batch["intent"], failed, f"batch {batch_id}: backend gone")
+    job._infos.pop(batch_id, None)
+    job._warn(message)
+
+
+def _hashes(job: BatchJob) -> np.ndarray:
+    state = job._ledger.row_state(job.id)
+    return state.manifest.column("request_hash").to_numpy()
+
+
+def collect(job: BatchJob, info: BatchInfo, intent: str) -> None:
+    """Read an ended batch's result files (once: they are kept on disk) and record
+    one reconciled result per leader it was sent."""
+    raws = read_result_files(job, info)
+    spec = job.spec
+    provider = job._provider
+    tables = [provider.parse_results(raw, spec) for raw in raws]
+    positions = job._ledger.sent_positions(job.id, intent)
+    state = job._ledger.row_state(job.id)
+    sent_ids = state.manifest_column("custom_id", positions)
+    rec = _results.reconcile(
+        sent_ids, tables, batch_failure=info.failure, failure_code=info.failure_code
+    )
+    table = rec.table
+    if spec.response_format is not None:
+        table = _check_structured(job, table, raws)
+    where = pc.index_in(table.column("custom_id"), value_set=sent_ids).to_numpy(
+        zero_copy_only=False
+    )
+    note = rec.note(info.batch_id)
+    results = rowstore.result_table(positions[where], table, _hashes(job))
+    job._ledger.record_results(job.id, intent, results, note)
+    if rec.unknown or rec.duplicates or rec.missing:
+        job._warn(note)
+    if info.failure:
+        job._warn(f"batch {info.batch_id} failed as a whole: {info.failure}")
+
+
+def _check_structured(job: BatchJob, table: pa.Table, raws: list[bytes]) -> pa.Table:
+    """Replies that do not match the schema, or were cut off, fail ``invalid_output``."""
+    from . import structured
+
+    spec = job.spec
+    assert spec.response_format is not None
+    cut: set[str] = set()
+    for raw in raws:
+        t = job._provider.truncated(raw, spec)
+        cut.update(t.filter(t.column("truncated")).column("custom_id").to_pylist())
+    return _results.check_structured(table, structured.schema_of(spec.response_format), cut)
+
+
+def read_result_files(job: BatchJob, info: BatchInfo) -> list[bytes]:
+    """The batch's raw result files: from disk if downloaded before, else downloaded
+    and kept (each written atomically, then a ``.complete`` mark)."""
+    folder = job._ledger.files / job.id
+    done = folder / f"{info.batch_id}.complete"
+    if done.exists():
+        return [p.read_bytes() for p in sorted(folder.glob(f"{info.batch_id}.*.jsonl"))]
+    raws = job._provider.fetch_results(info)
+    for i, raw in enumerate(raws):
+        job._ledger.write_file(job.id, f"{info.batch_id}.{i}.jsonl", raw)
+    job._ledger.write_file(job.id, f"{info.batch_id}.complete", b"")
+    return raws
+
+
+def after_collect(job: BatchJob) -> None:
+    """Apply the job's failure policy once no batch is open and nothing waits to be
+    sent: automatic retries of transient failures, then the real-time fallback, then the
+    failure-rate alert."""
+    batches = job._ledger.batches(job.id)
+    if any(not b["collected"] for b in batches) or job.sending:
+        return
+    if job._record.get("status") == "cancelled":
+        return
+    state = job._ledger.row_state(job.id)
+    if len(unsent(state)):
+        return
+    policy = job.policy
+    retries = int(policy.get("retries", 0))
+    failing = retryable_failures(state)
+    failing = failing[state.attempt[failing] <= retries]
+    if len(failing):
+        kinds = state.column("error_type", failing).to_numpy(zero_copy_only=False)
+        failing = failing[kinds != "not_sent"]  # refused as sent: retrying would repeat it
+        kinds = kinds[kinds != "not_sent"]
+    if len(failing):
+        attempt = int(state.attempt[failing].max()) + 1
+        capacity = kinds == "token_limit_exceeded"
+        sent = 0
+        other = failing[~capacity]
+        if len(other):
+            _send.send_rows(job, other, attempt)
+            sent = job._rows_in_attempt(attempt)
+            job._warn_once(
+                f"retrying {sent:,} rows that failed transiently (attempt {attempt})",
+                "retry",
+                attempt,
+            )
+        if capacity.any():
+            sizes = {b["intent"]: b["n_requests"] for b in batches}
+            keys = [state.batch_keys[i] for i in np.unique(state.batch[failing[capacity]])]
+            smaller = max(1, min(sizes.get(k, job._provider.max_requests) for k in keys) // 2)
+            _send.send_rows(job, failing[capacity], attempt, max_requests=smaller)
+            job._warn(
+                f"{job._rows_in_attempt(attempt) - sent:,} rows refused for capacity "
+                f"(token_limit_exceeded): resending them in batches of at most {smaller} "
+                "requests",
+                "retry",
+                attempt,
+            )
+        return
+    if policy.get("fallback") == "realtime":
+        fallback_realtime(job)
+    job._check_alert()
+
+
+def unsent(state: rowstore.RowState) -> np.ndarray:
+    """Leaders pending in no batch: not sent yet, or put back to be sent."""
+    leaders = state.leader == np.arange(state.n)
+    return np.flatnonzero(leaders & (state.status == rowstore.PENDING) & (state.batch < 0))
+
+
+def retryable_failures(state: rowstore.RowState) -> np.ndarray:
+    """Leaders that failed or expired for a reason another try can fix."""
+    leaders = state.leader == np.arange(state.n)
+    bad = (state.status == rowstore.FAILED) | (state.status == rowstore.EXPIRED)
+    return np.flatnonzero(leaders & bad & (state.retryable == 1))
+
+
+def fallback_realtime(job: BatchJob) -> None:
+    """Send leaders still failing for transient reasons through the real-time API, at
+    full price, recorded with origin ``realtime``."""
+    from . import realtime
+
+    state = job._ledger.row_state(job.id)
+    positions = retryable_failures(state)
+    if not len(positions):
+        return
+    job._warn(f"sending {len(positions)} still-failing rows through the real-time API (full price)")
+    ids = state.manifest_column("custom_id", positions)
+    prompts = state.manifest_column("prompt", positions)
+    table = realtime.run(job._provider, ids, prompts, job.spec, with_truncated=True)
+    table = realtime_checked(table, job.spec)
+    where = pc.index_in(table.column("custom_id"), value_set=ids).to_numpy(zero_copy_only=False)
+    results = rowstore.result_table(positions[where], table, _hashes(job))
+    job._ledger.record_results(
+        job.id, None, results, "results from the real-time fallback recorded", origin="realtime"
+    )

@@ -1,0 +1,345 @@
+"""A job's per-row records as Arrow files, and the row states they add up to.
+
+SQLite keeps what is small and transactional (jobs, batches, intents, events); what is
+per row and bulky lives in Arrow IPC files beside it, each written once to a temporary
+name, flushed and renamed before SQLite names it:
+
+- the **manifest** (one per job, never changed): each input row's custom_id, key, label,
+  rendered prompt, request hash, and the position of the row whose request it shares
+  (its *leader*; -1 for a row not sent);
+- **send** files (one per chunk sent, or put back): the leader positions of that chunk;
+- **result** files (one per collected batch, real-time pass or reuse): one row per
+  leader with its status, output, error and token counts.
+
+SQLite's ``changes`` table lists the send and result files of a job in order. A row's
+state is what the changes say, applied in that order (:class:`RowState`): a send puts
+its rows in a batch, pending; a result for a batch applies only to rows still in that
+batch (so a late batch never overwrites a newer attempt). Rows deduplicated onto a
+leader show the leader's state. Everything is vectorised: no Python object per row.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+#: Row states and their codes in :class:`RowState` arrays.
+STATES = ("pending", "succeeded", "failed", "expired", "cancelled", "skipped")
+PENDING, SUCCEEDED, FAILED, EXPIRED, CANCELLED, SKIPPED = range(len(STATES))
+#: Where a row's current result came from.
+ORIGINS = ("batch", "reused", "realtime")
+BATCH, REUSED, REALTIME = range(len(ORIGINS))
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("custom_id", pa.string()),
+        ("key", pa.uint64()),  # hash of the row's label, to find it in a DataFrame
+        ("label", pa.string()),  # the label as people read it
+        ("prompt", pa.large_string()),  # null for a row not sent
+        ("request_hash", pa.uint64()),  # the exact request (0 for a row not sent)
+        ("leader", pa.int64()),  # position of the row sent for this one; -1: not sent
+        ("skip_error", pa.string()),  # why a row is not sent
+    ]
+)
+
+SEND_SCHEMA = pa.schema([("position", pa.int64())])
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("position", pa.int64()),  # a leader's position in the manifest
+        ("status", pa.string()),  # succeeded | failed | expired | cancelled
+        ("output", pa.large_string()),
+        ("error_type", pa.string()),
+        ("error", pa.large_string()),  # "type: message", as merge shows it
+        ("retryable", pa.bool_()),
+        ("input_tokens", pa.int64()),
+        ("output_tokens", pa.int64()),
+        ("cached_tokens", pa.int64()),
+        ("request_hash", pa.uint64()),  # so a later job can reuse a success
+    ]
+)
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """Write ``table`` as an Arrow IPC file at ``path``, owner-only and atomically: to a
+    temporary name, flushed to disk, then renamed, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with pa.ipc.new_file(fh, table.schema) as writer:
+                writer.write_table(table, max_chunksize=1 << 16)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_table(path: Path) -> pa.Table:
+    """An Arrow IPC file, memory-mapped (its columns are not copied into memory)."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
+
+
+def manifest(
+    custom_ids: pa.Array,
+    keys: np.ndarray,
+    labels: pa.Array,
+    prompts: pa.Array,
+    send_positions: np.ndarray,
+    skip_positions: np.ndarray,
+    skip_reasons: list[str],
+    hashes: np.ndarray,
+) -> pa.Table:
+    """The manifest of a plan's rows (see the module docstring)."""
+    n = len(custom_ids)
+    full_prompts = _scatter(prompts, send_positions, n)
+    leader = np.full(n, -1, dtype=np.int64)
+    if len(send_positions):
+        sent_hashes = hashes[send_positions]
+        # The first row with each request hash is sent; the others follow it.
+        _, first, inverse = np.unique(sent_hashes, return_index=True, return_inverse=True)
+        leader[send_positions] = send_positions[first[inverse.ravel()]]
+    errors = np.full(n, None, dtype=object)
+    if len(skip_positions):
+        errors[skip_positions] = [f"skipped: {reason}" for reason in skip_reasons]
+    return pa.table(
+        {
+            "custom_id": custom_ids,
+            "key": pa.array(keys, pa.uint64()),
+            "label": labels,
+            "prompt": full_prompts,
+            "request_hash": pa.array(hashes, pa.uint64()),
+            "leader": pa.array(leader),
+            "skip_error": pa.array(errors, pa.string()),
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+
+
+def _scatter(values: pa.Array, positions: np.ndarray, n: int) -> pa.Array:
+    """An array of length ``n`` holding ``values`` at ``positions`` and null elsewhere."""
+    if len(positions) == n:
+        return values
+    index = np.full(n, -1, dtype=np.int64)
+    index[positions] = np.arange(len(positions))
+    return values.take(pa.array(np.maximum(index, 0), mask=index < 0))
+
+
+def result_table(positions: np.ndarray, table: pa.Table, hashes: np.ndarray) -> pa.Table:
+    """A :data:`RESULT_SCHEMA` table from provider-normalised rows (``ROW_RESULT_SCHEMA``:
+    ``error_message`` becomes ``error``, "type: message") for leaders at ``positions``."""
+    message = pc.binary_join_element_wise(
+        pc.cast(table.column("error_type"), pa.large_string()),
+        pc.cast(table.column("error_message"), pa.large_string()),
+        pa.scalar(": ", pa.large_string()),
+    )
+    columns = {
+        "position": pa.array(positions, pa.int64()),
+        "status": table.column("status"),
+        "output": table.column("output"),
+        "error_type": table.column("error_type"),
+        "error": message,
+        "retryable": table.column("retryable"),
+        "input_tokens": table.column("input_tokens"),
+        "output_tokens": table.column("output_tokens"),
+        "cached_tokens": table.column("cached_tokens"),
+        "request_hash": pa.array(hashes[positions], pa.uint64()),
+    }
+    return pa.table(columns).cast(RESULT_SCHEMA)
+
+
+def failure_table(
+    positions: np.ndarray, status: str, error_type: str, message: str, retryable: bool
+) -> pa.Table:
+    """The same ending for every leader at ``positions`` (no output, no usage)."""
+    n = len(positions)
+    return pa.table(
+        {
+            "position": pa.array(positions, pa.int64()),
+            "status": pa.array([status] * n, pa.string()),
+            "output": pa.nulls(n, pa.large_string()),
+            "error_type": pa.array([error_type] * n, pa.string()),
+            "error": pa.array([f"{error_type}: {message}"] * n, pa.large_string()),
+            "retryable": pa.array([retryable] * n, pa.bool_()),
+            "input_tokens": pa.nulls(n, pa.int64()),
+            "output_tokens": pa.nulls(n, pa.int64()),
+            "cached_tokens": pa.nulls(n, pa.int64()),
+            "request_hash": pa.array(np.zeros(n, dtype=np.uint64)),
+        },
+        schema=RESULT_SCHEMA,
+    )
+
+
+def _codes(values: pa.ChunkedArray | pa.Array, words: tuple[str, ...]) -> np.ndarray:
+    """Each string's index in ``words`` as int8 (-1 for null or unknown)."""
+    index = pc.index_in(values, value_set=pa.array(words, pa.string()))
+    return pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int8)
+
+
+class RowState:
+    """Every row's latest state, from the manifest and the changes applied in order.
+
+    Arrays are indexed by position. ``batch`` is an index into :attr:`batch_keys` (the
+    intent id each chunk was recorded under; -1: in no batch); ``ref_file``/``ref_row``
+    say where a row's result is (an index into :attr:`results`, and a row in it).
+    Only leaders carry state; :meth:`follow` gives every row its leader's.
+    """
+
+    def __init__(self, manifest: pa.Table) -> None:
+        self.manifest = manifest
+        n = manifest.num_rows
+        self.n = n
+        self.leader = manifest.column("leader").to_numpy()
+        sent = self.leader >= 0
+        self.status = np.where(sent, PENDING, SKIPPED).astype(np.int8)
+        self.batch = np.full(n, -1, dtype=np.int32)
+        self.attempt = np.zeros(n, dtype=np.int32)
+        self.origin = np.zeros(n, dtype=np.int8)
+        self.retryable = np.full(n, -1, dtype=np.int8)
+        self.ref_file = np.full(n, -1, dtype=np.int32)
+        self.ref_row = np.zeros(n, dtype=np.int64)
+        self.batch_keys: list[str] = []
+        self._batch_index: dict[str, int] = {}
+        self.results: list[pa.Table] = []
+        self._tokens: list[np.ndarray] = []  # per result file: (rows, 3) int64
+        self.seq = 0  # the last change applied
+        # Follower index: each row's leader, or itself (a skipped row).
+        self._follow = np.where(sent, self.leader, np.arange(n))
+
+    # -- applying changes ---------------------------------------------------------------
+    def batch_index(self, key: str) -> int:
+        """The index of a batch key, added if new."""
+        if key not in self._batch_index:
+            self._batch_index[key] = len(self.batch_keys)
+            self.batch_keys.append(key)
+        return self._batch_index[key]
+
+    def apply_send(self, key: str | None, attempt: int, positions: np.ndarray) -> None:
+        """Rows sent in batch ``key`` (pending there), or put back unsent (``key`` None)."""
+        self.status[positions] = PENDING
+        self.batch[positions] = -1 if key is None else self.batch_index(key)
+        self.attempt[positions] = attempt
+        self.origin[positions] = BATCH
+        self.retryable[positions] = -1
+        self.ref_file[positions] = -1
+
+    def apply_result(self, key: str | None, origin: str, table: pa.Table) -> None:
+        """Results; for batch ``key``, only to rows whose latest attempt went in it."""
+        positions = table.column("position").to_numpy()
+        rows = np.arange(len(positions), dtype=np.int64)
+        if key is not None:
+            mine = self.batch[positions] == self.batch_index(key)
+            positions, rows = positions[mine], rows[mine]
+        status = _codes(table.column("status"), STATES)[rows]
+        retry = table.column("retryable")
+        retryable = pc.fill_null(pc.cast(retry, pa.int8()), -1).to_numpy(zero_copy_only=False)
+        k = len(self.results)
+        self.results.append(table)
+        self._tokens.append(
+            np.column_stack(
+                [
+                    pc.fill_null(table.column(c), 0).to_numpy(zero_copy_only=False)
+                    for c in ("input_tokens", "output_tokens", "cached_tokens")
+                ]
+            ).reshape(-1, 3)
+        )
+        self.status[positions] = status
+        self.retryable[positions] = retryable[rows]
+        self.origin[positions] = ORIGINS.index(origin)
+        self.ref_file[positions] = k
+        self.ref_row[positions] = rows
+
+    # -- reading ----------------------------------------------------------------------------
+    def follow(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (one per position, meaningful for leaders) for every row: a
+        deduplicated row gets its leader's."""
+        return values[self._follow]
+
+    def statuses(self) -> np.ndarray:
+        """Every row's state code (see :data:`STATES`)."""
+        return self.follow(self.status)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per state, plus ``reused``, ``deduplicated`` and ``realtime`` counts."""
+        status = self.statuses()
+        per = np.bincount(status, minlength=len(STATES))
+        counts = {state: int(per[i]) for i, state in enumerate(STATES)}
+        origin = self.follow(self.origin)
+        answered = status != PENDING
+        counts["reused"] = int(((origin == REUSED) & answered).sum())
+        counts["realtime"] = int(((origin == REALTIME) & answered).sum())
+        positions = np.arange(self.n)
+        counts["deduplicated"] = int(((self.leader >= 0) & (self.leader != positions)).sum())
+        return counts
+
+    def usage(self) -> dict[str, tuple[int, int, int, int]]:
+        """Tokens paid for, per origin (``batch``, ``realtime``): (input, output, cached,
+        requests with usage). Leaders only: a deduplicated row was not sent itself."""
+        out = {}
+        for code, origin in ((BATCH, "batch"), (REALTIME, "realtime")):
+            totals = np.zeros(3, dtype=np.int64)
+            n = 0
+            for k, tokens in enumerate(self._tokens):
+                mine = self.ref_row[(self.ref_file == k) & (self.origin == code)]
+                if len(mine):
+                    totals += tokens[mine].sum(axis=0)
+                    n += len(mine)
+            out[origin] = (int(totals[0]), int(totals[1]), int(totals[2]), n)
+        return out
+
+    def per_batch(self) -> dict[str, tuple[int, int]]:
+        """Per batch key: (rows still pending in it, its requests that succeeded)."""
+        rows_batch = self.follow(self.batch)
+        status = self.statuses()
+        n = len(self.batch_keys)
+        if not n:
+            return {}
+        inb = rows_batch >= 0
+        pending = np.bincount(rows_batch[inb & (status == PENDING)], minlength=n)
+        leaders = self.batch >= 0
+        ok = np.bincount(self.batch[leaders & (self.status == SUCCEEDED)], minlength=n)
+        return {key: (int(pending[i]), int(ok[i])) for i, key in enumerate(self.batch_keys)}
+
+    def column(self, name: str, positions: np.ndarray | None = None) -> pa.Array:
+        """A result column (``output``, ``error``, ``error_type``...) for every row (or the
+        rows at ``positions``), followers included; null where there is no result. A
+        skipped row's ``error`` says why it was skipped."""
+        where = self._follow if positions is None else self._follow[positions]
+        files = self.ref_file[where]
+        rows = self.ref_row[where]
+        typ = RESULT_SCHEMA.field(name).type
+        if not self.results:
+            values = pa.nulls(len(where), typ)
+        else:
+            offsets = np.cumsum([0] + [t.num_rows for t in self.results])
+            index = offsets[np.maximum(files, 0)] + rows
+            chunks = [c for t in self.results for c in t.column(name).chunks]
+            source = pa.chunked_array(chunks, typ)
+            values = source.take(pa.array(index, mask=files < 0))
+            values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        if name == "error":
+            skipped = self.manifest.column("skip_error")
+            if positions is not None:
+                skipped = skipped.take(pa.array(positions))
+            values = pc.coalesce(values, pc.cast(skipped, typ))
+        return values
+
+    def manifest_column(self, name: str, positions: np.ndarray | None = None) -> pa.Array:
+        """A manifest column (``custom_id``, ``prompt``, ...), whole or at ``positions``."""
+        column = self.manifest.column(name)
+        if positions is not None:
+            column = column.take(pa.array(positions, pa.int64()))
+        return column.combine_chunks()
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and usage, as the ledger keeps them for listing jobs."""
+        return {"counts": self.counts(), "usage": self.usage()}

@@ -1,0 +1,153 @@
+"""Sending: rows to provider-sized batches, one chunk at a time.
+
+For each chunk: take its custom_ids and prompts from the manifest, encode the request
+lines, record an *intent* in the ledger (the chunk's rows and a provisional id), upload
+and create the batch, and confirm the provider's batch id the moment ``create`` returns.
+A process that dies in between leaves the intent, which the job resolves on its next
+refresh (see :meth:`BatchJob._resolve_intent`) without paying twice. Memory is bounded
+by the chunk: the lines of one batch exist at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import plan as _plan
+from ._errors import BatchFailedError, NbbatchError, ProviderError
+from .providers.base import BatchInfo, RequestSpec
+
+if TYPE_CHECKING:
+    from .job import BatchJob
+
+log = logging.getLogger("nbbatch")
+
+#: How many times one create call is tried while the provider answers 429/5xx.
+CREATE_TRIES = 4
+
+
+@dataclass
+class Progress:
+    """How far sending has gone, for the views: batches created of those expected, and
+    bytes uploaded (the expected total is known once every chunk is encoded)."""
+
+    created: int = 0
+    expected: int = 0
+    bytes_sent: int = 0
+    rows: int = 0  # requests in this sending pass
+    active: bool = True
+    cancelled: bool = False  # set by job.cancel(): send no further chunk
+
+    def text(self) -> str:
+        """E.g. ``uploading 7/20 batches (140 MB)``."""
+        return (
+            f"uploading {self.created}/{self.expected} batches "
+            f"({self.bytes_sent / 1e6:,.0f} MB sent)"
+        )
+
+
+def send_rows(
+    job: BatchJob,
+    positions: np.ndarray,
+    attempt: int,
+    *,
+    max_requests: int | None = None,
+    progress: Progress | None = None,
+    lock: threading.RLock | None = None,
+) -> None:
+    """Send the leaders at ``positions`` as new batches of ``attempt``.
+
+    ``lock`` is held around each chunk (intent, create, confirm), so a poll between
+    chunks never sees a half-made intent. A create refused as a whole (400) ends that
+    chunk's rows and the rest of this pass ``failed`` (``not_sent``, retryable) and
+    raises; any other error leaves the rows of this chunk and the rest unsent (pending,
+    in no batch) for the next pass, and raises.
+    """
+    if not len(positions):
+        return
+    provider = job._provider
+    limit = max(1, min(provider.max_requests, max_requests or provider.max_requests))
+    progress = progress or Progress()
+    progress.rows += len(positions)
+    progress.expected += math.ceil(len(positions) / limit)
+    state = job._ledger.row_state(job.id)
+    spec = job.spec
+    for start in range(0, len(positions), limit):
+        block = positions[start : start + limit]
+        ids = state.manifest_column("custom_id", block)
+        jsonl = provider.encode(ids, state.manifest_column("prompt", block), spec)
+        ends = np.flatnonzero(np.frombuffer(jsonl, dtype=np.uint8) == 0x0A) + 1
+        if len(ends) != len(block):
+            raise NbbatchError("internal error: one request line per row was not produced")
+        pieces = list(_plan.chunk_bounds(ends, max_count=limit, max_bytes=provider.max_bytes))
+        progress.expected += len(pieces) - 1
+        for first, stop in pieces:
+            if progress.cancelled:
+                return
+            begin = int(ends[first - 1]) if first else 0
+            chunk = jsonl[begin : int(ends[stop - 1])]
+            k = progress.created + 1
+            try:
+                with lock or threading.RLock():
+                    _send_chunk(job, block[first:stop], chunk, attempt, f"{attempt}:{k}", spec)
+            except ProviderError:
+                progress.active = False
+                raise
+            progress.created += 1
+            progress.bytes_sent += len(chunk)
+            job._progress_changed()
+        del jsonl
+    progress.active = False
+
+
+def _send_chunk(
+    job: BatchJob, positions: np.ndarray, chunk: bytes, attempt: int, part: str, spec: RequestSpec
+) -> None:
+    """One chunk: intent, create (with retries while the provider is busy), confirm."""
+    ledger = job._ledger
+    intent = ledger.add_intent(job.id, part, attempt, positions)
+    metadata = {"nbbatch_job": job.id, "nbbatch_part": part}
+    try:
+        info = create(job, chunk, spec, metadata)
+    except BatchFailedError as exc:
+        # The provider refused this batch's content: sending it again as it is would be
+        # refused again, so its rows end failed (retryable once something changes).
+        ledger.drop_intent(job.id, intent, str(exc))
+        exc.job_id = job.id
+        raise
+    except ProviderError as exc:
+        if getattr(exc.__cause__, "status_code", None) is None:
+            # No answer (the connection failed): the batch may exist all the same, so
+            # the next refresh looks for it at the provider before sending again.
+            ledger.abandon_intent(intent)
+        else:
+            # The provider answered with an error (a 401, a 5xx after retries): no
+            # batch, so the rows go back unsent for the next pass or nb.attach.
+            ledger.release_intent(intent)
+        raise
+    except BaseException:
+        ledger.abandon_intent(intent)  # an interrupt mid-call: as for no answer
+        raise
+    ledger.confirm_batch(intent, info.batch_id, info.status, info.raw)
+    job._infos[info.batch_id] = info
+    log.info("job %s: batch %s created with %d requests", job.id, info.batch_id, len(positions))
+
+
+def create(job: BatchJob, chunk: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
+    """One create call, retried with backoff while the provider says it is busy."""
+    delay = 1.0
+    for tries in range(1, CREATE_TRIES + 1):
+        try:
+            return job._provider.create(chunk, spec, metadata)
+        except ProviderError as exc:
+            if not exc.transient or tries == CREATE_TRIES:
+                raise
+            job._warn(f"the provider is busy ({exc}); trying again in {delay:.0f} s")
+            job.sleep(delay)
+            delay = min(60.0, delay * 2)
+    raise AssertionError("unreachable")

@@ -1,0 +1,92 @@
+"""A ledger written by the previous release (rows in SQLite) opens, migrates and attaches.
+
+The fixture in ``tests/data/ledger-m003`` was recorded by the release before migration
+m004 with ``tests/data/make_ledger_m003.py``: four finished jobs (deduplicated, skipped,
+failed, reused and structured rows), with what each one merged to at the time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pandas as pd
+import pytest
+
+import nbbatch as nb
+from nbbatch import emulator
+
+FIXTURE = Path(__file__).parent / "data" / "ledger-m003"
+
+
+@pytest.fixture
+def old_home(nbbatch_home: Path) -> Path:
+    shutil.copytree(FIXTURE / "home", nbbatch_home)
+    return nbbatch_home
+
+
+def _records(expected: dict) -> pd.DataFrame | pd.Series:
+    frame = pd.DataFrame(expected["data"]).set_index("index")
+    frame.index.name = expected["index_name"]
+    # Job b was a Series named "text" sent with the "{}" placeholder.
+    return frame["text"] if expected["name"] == "b" else frame
+
+
+def _plain(column: pd.Series) -> list:
+    return [None if v is None or (isinstance(v, float) and v != v) else v for v in column]
+
+
+def test_a_ledger_from_the_previous_release_migrates_and_every_job_attaches(old_home):
+    expected = json.loads((FIXTURE / "expected.json").read_text())["jobs"]
+    jobs = nb.jobs()  # opening the ledger runs the migration
+    assert sorted(jobs["id"]) == sorted(j["id"] for j in expected)
+    db = sqlite3.connect(old_home / "ledger.sqlite3")
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    migrations = [r[0] for r in db.execute("SELECT name FROM migrations ORDER BY at")]
+    db.close()
+    assert "rows" not in tables and "changes" in tables
+    assert migrations[-1] == "m004_rows_to_arrow"
+    for exp in expected:
+        listed = jobs.set_index("id").loc[exp["id"]]
+        assert listed["status"] == "completed"
+        assert listed["succeeded"] == exp["counts"]["succeeded"]
+        job = nb.attach(exp["id"])
+        assert job.counts == exp["counts"]
+        data = _records(exp)
+        with pytest.raises(nb.MergeError):
+            job.merge(data.iloc[::-1].set_axis(data.index))  # rows moved under labels
+        merged = job.merge(data).reset_index(names="index")
+        want = pd.DataFrame(exp["merged"])
+        assert list(merged.columns) == list(want.columns)
+        for column in want.columns:
+            assert _plain(merged[column]) == _plain(want[column]), (exp["name"], column)
+
+
+def test_a_migrated_job_still_feeds_reuse_and_resubmission(old_home):
+    expected = {j["name"]: j for j in json.loads((FIXTURE / "expected.json").read_text())["jobs"]}
+    first = expected["a"]
+    # The same address as when it was recorded: requests are identical only there.
+    port = urlparse(nb.attach(first["id"])._record["base_url"]).port
+    with emulator.start(processing_seconds=0.05, port=port) as emu:
+        import openai
+
+        client = openai.OpenAI(base_url=emu.openai_base_url, api_key="k", max_retries=0)
+        old = nb.attach(first["id"], client=client)
+        assert old.counts["failed"] == 1
+        old.resubmit_failed()  # the row failed by the emulator fails again: still one row
+        old.wait(timeout=30, progress=False)
+        assert old.counts["failed"] == 1 and old.counts["succeeded"] == 10
+        # A new job over the same rows reuses the migrated answers instead of paying.
+        data = _records(first)
+        again = nb.submit(
+            data, "Answer briefly: {text}", model="gpt-4o-mini", client=client, output="answer",
+            retries=0, force=True,
+        )  # fmt: skip
+        again.wait(timeout=30, progress=False)
+        client.close()
+    assert again.counts["reused"] == 10
+    merged = again.merge(data)
+    assert merged["answer"].tolist()[:3] == [r["answer"] for r in first["merged"][:3]]
