@@ -157,7 +157,11 @@ def submit(
         }
         record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
         record.update(
-            fingerprint=fingerprint, policy=policy, salt=salt, backend="local" if local else None
+            fingerprint=fingerprint,
+            policy=policy,
+            salt=salt,
+            backend="local" if local else None,
+            hash_scheme=_plan.HASH_SCHEME,
         )
         manifest = rowstore.manifest(
             rows.custom_ids, rows.keys, rows.labels, rows.prompts, rows.send_positions,

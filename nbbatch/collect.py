@@ -148,7 +148,8 @@ def read_result_files(job: BatchJob, info: BatchInfo) -> list[bytes]:
         return [p.read_bytes() for p in sorted(folder.glob(f"{info.batch_id}.*.jsonl"))]
     raws = job._provider.fetch_results(info)
     for i, raw in enumerate(raws):
-        job._ledger.write_file(job.id, f"{info.batch_id}.{i}.jsonl", raw)
+        # A cache (the parsed results are the record, flushed to disk): not synced.
+        job._ledger.write_file(job.id, f"{info.batch_id}.{i}.jsonl", raw, sync=False)
     job._ledger.write_file(job.id, f"{info.batch_id}.complete", b"")
     return raws
 

@@ -794,8 +794,9 @@ class BatchJob:
         salt = self._record.get("salt")
         sent = state.manifest.column("request_hash").to_numpy()
         prompts = state.manifest.column("prompt")
-        if salt is None:
-            # A job from before the salt was recorded: compare with the stored prompts.
+        if salt is None or self._record.get("hash_scheme") != _plan.HASH_SCHEME:
+            # A job from before the salt was recorded, or hashed another way (another
+            # polars version): compare with the stored prompts, hashed as now.
             salt = "nbbatch-verify01"
             sent = np.zeros(len(prompts), dtype=np.uint64)
             valid = prompts.is_valid().to_numpy(zero_copy_only=False)

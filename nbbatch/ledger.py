@@ -160,6 +160,7 @@ def m004_rows_to_arrow(db: sqlite3.Connection, files: Path) -> None:
         CREATE INDEX changes_job ON changes(job_id, seq);
         ALTER TABLE jobs ADD COLUMN summary TEXT;     -- JSON: counts and usage, kept current
         ALTER TABLE jobs ADD COLUMN sender TEXT;      -- JSON: the process sending its rows
+        ALTER TABLE jobs ADD COLUMN hash_scheme TEXT; -- how its request hashes were made
         ALTER TABLE batches ADD COLUMN intent TEXT;   -- the id its rows were recorded under
         UPDATE batches SET intent = batch_id;
         CREATE INDEX batches_intent ON batches(intent);
@@ -194,6 +195,18 @@ def _convert_rows(db: sqlite3.Connection, files: Path, job_id: str) -> None:
         for p, (s, src) in enumerate(zip(status, source, strict=True))
     ]
     hashes = np.array([h or 0 for h in rhash], dtype=np.int64).view(np.uint64)
+    (salt,) = db.execute("SELECT salt FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if salt is not None and rows:
+        # Hashed again the way new jobs hash, so later jobs can reuse these answers.
+        from . import plan
+
+        has = np.array([p is not None and s != "skipped" for p, s in zip(prompt, status,
+                        strict=True)])  # fmt: skip
+        hashes = np.zeros(len(rows), dtype=np.uint64)
+        if has.any():
+            texts = pa.array(prompt, pa.large_string()).filter(pa.array(has))
+            hashes[has] = plan.prompt_hashes(texts, salt)
+        db.execute("UPDATE jobs SET hash_scheme = ? WHERE id = ?", (plan.HASH_SCHEME, job_id))
     manifest = pa.table(
         {
             "custom_id": pa.array(cid, pa.string()),
@@ -407,9 +420,10 @@ class Ledger:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         return folder
 
-    def write_file(self, job_id: str, name: str, data: bytes) -> Path:
+    def write_file(self, job_id: str, name: str, data: bytes, *, sync: bool = True) -> Path:
         """Write ``data`` to ``files/<job_id>/<name>``, owner-only, atomically: to a
-        temporary name first, then renamed, so a reader never sees half a file."""
+        temporary name first, then renamed, so a reader never sees half a file.
+        ``sync=False`` skips flushing to disk, for a cache that can be fetched again."""
         folder = self.folder(job_id)
         target = folder / name
         tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
@@ -418,7 +432,8 @@ class Ledger:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
-                os.fsync(fh.fileno())
+                if sync:
+                    os.fsync(fh.fileno())
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -458,12 +473,14 @@ class Ledger:
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
-                "spec, base_url, n_rows, id_column, status, fingerprint, policy, salt, backend) "
-                "VALUES (:id, :created, :provider, :model, :endpoint, :output, :template, :spec, "
-                ":base_url, :n_rows, :id_column, :status, :fingerprint, :policy, :salt, :backend)",
+                "spec, base_url, n_rows, id_column, status, fingerprint, policy, salt, backend, "
+                "hash_scheme) VALUES (:id, :created, :provider, :model, :endpoint, :output, "
+                ":template, :spec, :base_url, :n_rows, :id_column, :status, :fingerprint, "
+                ":policy, :salt, :backend, :hash_scheme)",
                 {
                     "salt": None,
                     "backend": None,
+                    "hash_scheme": None,
                     **job,
                     "spec": orjson.dumps(job["spec"]).decode(),
                     "policy": orjson.dumps(job["policy"]).decode(),
@@ -495,11 +512,14 @@ class Ledger:
         """Succeeded results (``rowstore.RESULT_SCHEMA``) in any job for these request
         hashes (uint64), one per hash."""
         from . import rowstore
+        from .plan import HASH_SCHEME
 
         wanted = pa.array(hashes, pa.uint64())
         found = []
         for job_id, file in self.query(
-            "SELECT job_id, file FROM changes WHERE kind = 'result' ORDER BY seq"
+            "SELECT c.job_id, c.file FROM changes c JOIN jobs j ON j.id = c.job_id "
+            "WHERE c.kind = 'result' AND j.hash_scheme = ? ORDER BY c.seq",
+            (HASH_SCHEME,),
         ):
             try:
                 table = rowstore.read_table(self.files / job_id / file)

@@ -66,7 +66,7 @@ def verify_rows(
     (0 for a row not sent). ``sent_prompts(positions)`` gives the prompts sent for some
     rows of ``frame``, for the message."""
     rendered, _ = _plan.render_rows(frame, template, missing=missing)
-    send = rendered.is_valid().to_numpy(zero_copy_only=False) & ~_plan.blank(rendered)
+    send = rendered.is_valid().to_numpy(zero_copy_only=False) & ~_plan.blank(rendered, template)
     now = np.zeros(len(frame), dtype=np.uint64)
     if send.any():
         now[send] = _plan.prompt_hashes(rendered.filter(send), salt)
@@ -133,18 +133,29 @@ def merged(
 ) -> pd.DataFrame:
     """A copy of ``frame`` with the result columns of the job's rows at ``take`` (one
     position per row of ``frame``, from :func:`align`)."""
-    status = np.asarray(rowstore.STATES, dtype=object)[state.statuses()[take]]
-    replies = state.column("output", take).to_numpy(zero_copy_only=False)
+    words = pa.array(rowstore.STATES, pa.string())
+    status: Any = words.take(pa.array(state.statuses()[take]))
+    replies: Any = state.column("output", take)
+    errors: Any = state.column("error", take)
     if embeddings:
         vectors = np.empty(len(replies), dtype=object)  # one list per row, not a 2-D array
-        for i, v in enumerate(replies):
+        for i, v in enumerate(replies.to_pylist()):
             vectors[i] = None if v is None else orjson.loads(v)
         replies = vectors
-    errors = state.column("error", take).to_numpy(zero_copy_only=False)
+    if response_format is not None:  # parsed field by field: plain arrays
+        status, replies = status.to_numpy(zero_copy_only=False), _plain(replies)
+    else:  # pandas' own string columns straight from Arrow, no Python object per row
+        status, replies = status.to_pandas().array, _plain(replies)
+    errors = errors.to_pandas().array
     out = frame.copy()
     for name, column in result_columns(output, response_format, status, replies, errors).items():
         out[name] = column
     return out
+
+
+def _plain(values: Any) -> Any:
+    """An Arrow array as pandas takes it (numpy object arrays pass through)."""
+    return values.to_pandas().array if isinstance(values, pa.Array) else values
 
 
 def results_table(state: rowstore.RowState, batch_names: list[str | None]) -> pa.Table:

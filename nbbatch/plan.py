@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -180,7 +181,7 @@ def make_plan(
     keys = row_keys(source)
 
     rendered, columns = render_rows(frame, template, missing=missing)
-    empty = blank(rendered)
+    empty = blank(rendered, template)
     valid = rendered.is_valid().to_numpy(zero_copy_only=False) & ~empty
     send = np.flatnonzero(valid)
     skip = np.flatnonzero(~valid)
@@ -249,16 +250,26 @@ def _refuse_surrogates(columns: dict[str, pd.Series]) -> None:
                 ) from None
 
 
-def blank(rendered: pa.Array) -> np.ndarray:
-    """True where a rendered prompt is empty or only whitespace."""
+def blank(rendered: pa.Array, template: _prompt.Template | None = None) -> np.ndarray:
+    """True where a rendered prompt is empty or only whitespace (never, without looking,
+    when the ``template``'s own text has a visible character)."""
+    if template is not None and "".join(template.pieces).strip():
+        return np.zeros(len(rendered), dtype=bool)
     trimmed = pc.utf8_trim_whitespace(rendered)
     return pc.fill_null(pc.equal(pc.utf8_length(trimmed), 0), False).to_numpy(zero_copy_only=False)
 
 
-def prompt_hashes(prompts: pa.Array, salt: str) -> np.ndarray:
+#: How request hashes are made: polars' 64-bit string hash, vectorised on the Arrow
+#: data (a hundred times faster than hashing Python strings). It is stable within a
+#: polars version only, so each job records the scheme its hashes were made with; a
+#: job made under another one is checked by its stored prompts instead (see merge).
+HASH_SCHEME = f"polars-{pl.__version__}"
+
+
+def prompt_hashes(prompts: pa.Array | pa.ChunkedArray, salt: str) -> np.ndarray:
     """A 64-bit hash of each prompt under ``salt`` (what a request shares with others)."""
-    texts = prompts.to_numpy(zero_copy_only=False).astype(object)
-    return pd.util.hash_array(texts, hash_key=salt)
+    seed = int.from_bytes(hashlib.blake2b(salt.encode(), digest_size=8).digest(), "little")
+    return pl.Series(prompts).hash(seed=seed).to_numpy()
 
 
 def chunk_bounds(

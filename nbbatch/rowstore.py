@@ -211,6 +211,7 @@ class RowState:
         self._batch_index: dict[str, int] = {}
         self.results: list[pa.Table] = []
         self._tokens: list[np.ndarray] = []  # per result file: (rows, 3) int64
+        self._all_tokens: np.ndarray | None = None  # the same, concatenated (cached)
         self.seq = 0  # the last change applied
         # Follower index: each row's leader, or itself (a skipped row).
         self._follow = np.where(sent, self.leader, np.arange(n))
@@ -252,6 +253,7 @@ class RowState:
                 ]
             ).reshape(-1, 3)
         )
+        self._all_tokens = None
         self.status[positions] = status
         self.retryable[positions] = retryable[rows]
         self.origin[positions] = ORIGINS.index(origin)
@@ -284,16 +286,19 @@ class RowState:
     def usage(self) -> dict[str, tuple[int, int, int, int]]:
         """Tokens paid for, per origin (``batch``, ``realtime``): (input, output, cached,
         requests with usage). Leaders only: a deduplicated row was not sent itself."""
-        out = {}
-        for code, origin in ((BATCH, "batch"), (REALTIME, "realtime")):
-            totals = np.zeros(3, dtype=np.int64)
-            n = 0
-            for k, tokens in enumerate(self._tokens):
-                mine = self.ref_row[(self.ref_file == k) & (self.origin == code)]
-                if len(mine):
-                    totals += tokens[mine].sum(axis=0)
-                    n += len(mine)
-            out[origin] = (int(totals[0]), int(totals[1]), int(totals[2]), n)
+        out = {"batch": (0, 0, 0, 0), "realtime": (0, 0, 0, 0)}
+        answered = np.flatnonzero(self.ref_file >= 0)
+        if not len(answered):
+            return out
+        if self._all_tokens is None:
+            self._all_tokens = np.concatenate(self._tokens)
+        offsets = np.cumsum([0] + [len(t) for t in self._tokens])
+        tokens = self._all_tokens[offsets[self.ref_file[answered]] + self.ref_row[answered]]
+        origin = self.origin[answered]
+        for code, name in ((BATCH, "batch"), (REALTIME, "realtime")):
+            mine = origin == code
+            totals = tokens[mine].sum(axis=0)
+            out[name] = (int(totals[0]), int(totals[1]), int(totals[2]), int(mine.sum()))
         return out
 
     def per_batch(self) -> dict[str, tuple[int, int]]:

@@ -1,0 +1,108 @@
+"""A process killed while its batches upload in the background, or while it collects
+results, resumes in a new one: every row ends once, exactly the batches that were needed
+exist at the provider, and no result is lost.
+
+The client runs as a real subprocess against an emulator in its own process, and kills
+itself (``os._exit``) at the chosen moment, as a crash or ``kill -9`` would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import nbbatch as nb
+from nbbatch import emulator
+
+from .conftest import client_for
+from .test_durable import _Url, assert_every_row_terminal_once, emu_process, frame  # noqa: F401
+
+ROWS = 50
+
+CHILD = """
+    import os, sys, openai, anthropic, pandas as pd, nbbatch as nb
+    from nbbatch import ledger
+    from nbbatch.providers.anthropic import AnthropicProvider
+    from nbbatch.providers.openai import OpenAIProvider
+
+    url, provider, mode = os.environ["ARGS"].split()
+    # Small chunks, so 50 rows are 5 batches (the real limits are 50,000 and 100,000).
+    OpenAIProvider.max_requests = AnthropicProvider.max_requests = 10
+    if provider == "openai":
+        client, model = openai.OpenAI(base_url=url + "/v1", api_key="k"), "gpt-4o-mini"
+    else:
+        client, model = anthropic.Anthropic(base_url=url, api_key="k"), "claude-haiku-4-5"
+
+    def die_on(name, call, before):
+        original = getattr(ledger.Ledger, name)
+        calls = []
+
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == call and before:
+                os._exit(9)
+            result = original(*args, **kwargs)
+            if len(calls) == call:
+                os._exit(9)
+            return result
+
+        setattr(ledger.Ledger, name, wrapper)
+
+    if mode == "between-chunks":  # two batches created and recorded, three not sent
+        die_on("confirm_batch", 2, before=False)
+    elif mode == "inside-create":  # the third batch exists at the provider, unrecorded
+        die_on("confirm_batch", 3, before=True)
+    elif mode == "collecting":  # the second batch downloaded, its results not recorded
+        die_on("record_results", 2, before=True)
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(50)]})
+    job = nb.submit(df, "{text}", model=model, client=client, display=False)
+    print(job.id, flush=True)
+    job.wait(progress=False)
+    print("finished", flush=True)
+"""
+
+
+def _at_provider(client) -> list[str]:
+    if hasattr(client, "messages"):
+        return [b.id for b in client.messages.batches.list()]
+    return [b.id for b in client.batches.list()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["between-chunks", "inside-create", "collecting"])
+def test_a_process_killed_mid_upload_or_mid_collection_resumes_exactly(
+    emu_process,  # noqa: F811
+    provider,
+    nbbatch_home,
+    mode,
+):
+    env = {**os.environ, "ARGS": f"{emu_process} {provider} {mode}",
+           "NBBATCH_HOME": str(nbbatch_home)}  # fmt: skip
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CHILD)],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert child.returncode == 9, child.stderr
+    assert "finished" not in child.stdout
+    job_id = child.stdout.split()[0]
+
+    client = client_for(provider, _Url(emu_process))
+    before = len(_at_provider(client))
+    assert before == {"between-chunks": 2, "inside-create": 3, "collecting": 5}[mode]
+
+    job = nb.attach(job_id, client=client)
+    job.wait(timeout=120, progress=False)
+    assert_every_row_terminal_once(job, ROWS)
+    assert job.counts["succeeded"] == ROWS
+    # Exactly the batches needed: the rows not sent go in one more batch (this process
+    # has the real limits), the batch created inside the dead process is found instead
+    # of sent again, and none is re-created while collecting.
+    at_provider = _at_provider(client)
+    assert len(at_provider) == {"between-chunks": 3, "inside-create": 4, "collecting": 5}[mode]
+    assert sorted(job.batch_ids) == sorted(at_provider)
+    merged = job.merge(frame(ROWS))
+    assert merged["response"].tolist() == [emulator.echo_text(f"row {i}") for i in range(ROWS)]
