@@ -8,7 +8,6 @@ reporter) subscribe to its snapshots; the job knows nothing of them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 import threading
@@ -26,11 +25,12 @@ import pyarrow as pa
 
 from . import collect as _collect
 from . import merge as _merge
+from . import notes as _notes
 from . import plan as _plan
 from . import rowstore
 from . import send as _send
 from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, ProviderError
-from .ledger import Ledger, alive
+from .ledger import Ledger
 from .poller import Poller
 from .pricing import Cost
 from .providers.base import BatchInfo, Provider, RequestSpec
@@ -38,10 +38,6 @@ from .snapshot import ROW_STATES, BatchView, JobSnapshot, Note
 
 Listener = Callable[[JobSnapshot], None]
 log = logging.getLogger("nbbatch")
-
-#: After this many seconds an unconfirmed create call is presumed dead even if the
-#: process that made it still runs (the SDKs time a call out after 600 s).
-INTENT_TIMEOUT = 660.0
 
 
 def is_loopback(url: str | None) -> bool:
@@ -268,28 +264,14 @@ class BatchJob:
     def _current_notes(
         self, counts: dict[str, int], batches: list[dict[str, Any]]
     ) -> tuple[Note, ...]:
-        """The job's notes, each marked current while what it says still holds: a retry
-        or resubmission while its attempt has a batch not yet collected, a cancel until
-        every row has ended, the failure-rate alert while the counts now are above the
-        threshold (with today's numbers); everything else is history."""
+        """The job's notes, each marked current while what it says still holds (see
+        :func:`nbbatch.notes.mark_current`)."""
         # Attempts with rows still pending (in a batch not collected, or not sent yet).
         state = self._ledger.row_state(self.id)
         open_attempts = set(np.unique(state.attempt[state.status == rowstore.PENDING]).tolist())
         finished = counts["pending"] == 0
         alert = self._alert_text(counts) if (self._alert_raised or finished) else None
-        last_alert = max((i for i, n in enumerate(self._notes) if n.kind == "alert"), default=-1)
-        notes = []
-        for i, n in enumerate(self._notes):
-            if n.kind in ("retry", "resubmit"):
-                n = dataclasses.replace(n, current=n.attempt in open_attempts)
-            elif n.kind == "cancel":
-                n = dataclasses.replace(n, current=not finished)
-            elif i == last_alert and alert is not None:
-                n = dataclasses.replace(n, text=alert, current=True)
-            notes.append(n)
-        if alert is not None and last_alert < 0:  # e.g. attached to a finished job
-            notes.append(Note(self.clock(), "alert", alert, current=True))
-        return tuple(notes)
+        return _notes.mark_current(self._notes, open_attempts, finished, alert, self.clock())
 
     def _sample_progress(
         self, counts: dict[str, int], views: tuple[BatchView, ...], now: float
@@ -402,22 +384,6 @@ class BatchJob:
             chosen = positions[state.attempt[positions] == attempt]
             _send.send_rows(self, chosen, max(1, int(attempt)), progress=progress, lock=self._lock)
 
-    def _resolve_intent(self, batch: dict[str, Any]) -> None:
-        """A create call whose outcome was never recorded (its process died): find the
-        batch at the provider (it may exist, and be paid for) or, if there is none, put
-        its rows back to be sent."""
-        owner = orjson.loads(batch["raw"] or "{}")
-        if alive(owner) and self.clock() - batch["created"] < INTENT_TIMEOUT:
-            return  # another live process is still in that create call
-        meta = {"nbbatch_job": self.id, "nbbatch_part": batch["part"]}
-        known = set(self.batch_ids)
-        info = self._provider.find_batch(meta, batch["n_requests"], batch["created"], known)
-        if info is not None:
-            self._ledger.confirm_batch(batch["intent"], info.batch_id, info.status, info.raw)
-            self._ledger.event(self.id, "resume", f"found batch {info.batch_id} at the provider")
-        else:
-            self._ledger.release_intent(batch["intent"])
-
     # -- polling ----------------------------------------------------------------------------
     def refresh(self) -> JobSnapshot:
         """Poll every open batch once, collect the ones that ended, retry what the job's
@@ -432,7 +398,7 @@ class BatchJob:
             try:
                 for batch in self._ledger.batches(self.id):
                     if batch["batch_id"].startswith("intent-"):
-                        self._resolve_intent(batch)
+                        _send.resolve_intent(self, batch)
                 if not self.sending and self._send_error is None:
                     self._send_unsent()
                 for batch in self._ledger.batches(self.id):
@@ -508,17 +474,7 @@ class BatchJob:
 
     def _alert_text(self, counts: dict[str, int]) -> str | None:
         """The failure-rate alert for these counts, or None below the threshold."""
-        threshold = self.policy.get("alert_threshold")
-        if threshold is None:
-            return None
-        sent = sum(counts.get(s, 0) for s in ("succeeded", "failed", "expired", "cancelled"))
-        bad = counts.get("failed", 0) + counts.get("expired", 0)
-        if not sent or bad / sent <= threshold:
-            return None
-        return (
-            f"{bad:,} of {sent:,} rows failed or expired ({bad / sent:.0%}, above the alert "
-            f"threshold of {threshold:.0%}); see job.failed()"
-        )
+        return _notes.alert_text(counts, self.policy.get("alert_threshold"))
 
     def _log_progress(self, snap: JobSnapshot) -> None:
         if snap.finished and not self._logged_done:
@@ -572,11 +528,6 @@ class BatchJob:
         unsubscribe = console.attach(self, progress)
         try:
             start = self.clock()
-            while self._sender is not None and self.sending:
-                # Uploading in the background: let it work (it reports each chunk).
-                self._sender.join(0.5)
-                if timeout is not None and self.clock() - start > timeout:
-                    raise TimeoutError(self._timeout_message(self.snapshot(), timeout))
             for delay in self.polling.delays():
                 snap = self.refresh()
                 error = self._send_error
@@ -590,7 +541,13 @@ class BatchJob:
                 if timeout is not None and self.clock() - start + delay > timeout:
                     raise TimeoutError(self._timeout_message(snap, timeout))
                 self._next_poll = self.clock() + delay
-                self.sleep(delay)
+                sender = self._sender
+                if sender is not None and sender.is_alive():
+                    # Batches already created are collected while later ones upload;
+                    # between polls, wait on the sender itself (it reports each chunk).
+                    sender.join(delay)
+                else:
+                    self.sleep(delay)
                 self._next_poll = None
             raise AssertionError("unreachable")
         finally:

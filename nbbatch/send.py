@@ -14,12 +14,14 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 
 from . import plan as _plan
 from ._errors import BatchFailedError, NbbatchError, ProviderError
+from .ledger import alive
 from .providers.base import BatchInfo, RequestSpec
 
 if TYPE_CHECKING:
@@ -29,6 +31,9 @@ log = logging.getLogger("nbbatch")
 
 #: How many times one create call is tried while the provider answers 429/5xx.
 CREATE_TRIES = 4
+#: After this many seconds an unconfirmed create call is presumed dead even if the
+#: process that made it still runs (the SDKs time a call out after 600 s).
+INTENT_TIMEOUT = 660.0
 
 
 @dataclass
@@ -151,3 +156,20 @@ def create(job: BatchJob, chunk: bytes, spec: RequestSpec, metadata: dict[str, s
             job.sleep(delay)
             delay = min(60.0, delay * 2)
     raise AssertionError("unreachable")
+
+
+def resolve_intent(job: BatchJob, batch: dict[str, Any]) -> None:
+    """A create call whose outcome was never recorded (its process died, or gave up on
+    it): find the batch at the provider (it may exist, and be paid for) or, if there is
+    none, put its rows back to be sent."""
+    owner = orjson.loads(batch["raw"] or "{}")
+    if alive(owner) and job.clock() - batch["created"] < INTENT_TIMEOUT:
+        return  # another live process is still in that create call
+    meta = {"nbbatch_job": job.id, "nbbatch_part": batch["part"]}
+    known = set(job.batch_ids)
+    info = job._provider.find_batch(meta, batch["n_requests"], batch["created"], known)
+    if info is not None:
+        job._ledger.confirm_batch(batch["intent"], info.batch_id, info.status, info.raw)
+        job._ledger.event(job.id, "resume", f"found batch {info.batch_id} at the provider")
+    else:
+        job._ledger.release_intent(batch["intent"])

@@ -37,6 +37,7 @@ def _frame(n: int) -> pd.DataFrame:
 
 def _job_on(server: emulator.Emulator, n: int, fake: FakeTime) -> nb.BatchJob:
     job = nb.submit(_frame(n), "Say {text}", model="gpt-4o-mini", client=openai_client(server))
+    job.wait_sent()  # these tests follow the provider's progress, once uploaded
     job.clock = fake.now
     job.sleep = fake.sleep
     job.polling = nb.PollPolicy(first=5.0, most=5.0)

@@ -173,7 +173,8 @@ class AnthropicProvider(Provider):
 
     # -- batches ---------------------------------------------------------------------------
     def create(self, jsonl: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
-        requests = [orjson.loads(line) for line in jsonl.splitlines() if line]
+        # One parse of the lines as a JSON array: faster than a call per line.
+        requests = orjson.loads(b"[" + jsonl.strip().replace(b"\n", b",") + b"]")
         try:
             batch = self.client.messages.batches.create(requests=requests)
         except anthropic.AnthropicError as exc:
