@@ -27,27 +27,35 @@ def when_imported(name: str, callback: Callable[[], object]) -> None:
 
 class _AfterImport(importlib.abc.MetaPathFinder):
     """Finds nothing itself: it asks the other finders for ``name``'s spec and makes
-    its loader call the callback after the module has run."""
+    its loader call the callback after the module has run. It stays in place until
+    then: a library that only asks whether pandas exists (``find_spec``) without
+    importing it must not use it up."""
 
     def __init__(self, name: str, callback: Callable[[], object]) -> None:
         self.name = name
         self.callback = callback
+        self._asking = False  # inside our own find_spec: let the other finders answer
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> Any:
-        if fullname != self.name:
+        if fullname != self.name or self._asking:
             return None
-        sys.meta_path.remove(self)  # once, and so that the lookup below finds the real one
-        spec = importlib.util.find_spec(fullname)
+        self._asking = True
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            self._asking = False
         if spec is None or spec.loader is None:
             return spec
         run = spec.loader.exec_module
-        callback = self.callback
+        finder = self
 
         def exec_module(module: ModuleType) -> None:
             run(module)
-            callback()
+            if finder in sys.meta_path:  # once: the module is imported now
+                sys.meta_path.remove(finder)
+                finder.callback()
 
         spec.loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec

@@ -2,8 +2,11 @@
 
 A job is a view over its record in the ledger plus a provider to talk to. Everything it
 learns (batch ids, statuses, results) is written to the ledger first, so any process can
-rebuild the same job with :func:`nbbatch.attach`. Views (the notebook panel, the console
-reporter) subscribe to its snapshots; the job knows nothing of them.
+rebuild the same job with :func:`nbbatch.attach`. The job drives the stages and holds
+none of their logic: :mod:`nbbatch.send` (chunks, intents, create), :mod:`nbbatch.collect`
+(poll, download, reconcile, retries, fallback) and :mod:`nbbatch.merge`, over the rows
+as :mod:`nbbatch.rowstore` keeps them. Views (the notebook panel, the console reporter)
+subscribe to its snapshots; the job knows nothing of them.
 """
 
 from __future__ import annotations

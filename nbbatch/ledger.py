@@ -299,7 +299,7 @@ def _replay(
 
     folder = files / job_id
     if state is None:
-        state = rowstore.RowState(rowstore.read_table(folder / MANIFEST))
+        state = rowstore.RowState(rowstore.read_table(folder / MANIFEST), folder / MANIFEST)
     for seq, kind, batch, attempt, origin, file in db.execute(
         "SELECT seq, kind, batch, attempt, origin, file FROM changes "
         "WHERE job_id = ? AND seq > ? ORDER BY seq",

@@ -68,7 +68,9 @@ def verify_rows(
     rendered, _ = _plan.render_rows(frame, template, missing=missing)
     send = rendered.is_valid().to_numpy(zero_copy_only=False) & ~_plan.blank(rendered, template)
     now = np.zeros(len(frame), dtype=np.uint64)
-    if send.any():
+    if send.all():
+        now = _plan.prompt_hashes(rendered, salt)
+    elif send.any():
         now[send] = _plan.prompt_hashes(rendered.filter(send), salt)
     differ = np.flatnonzero(now != sent)
     if not len(differ):
@@ -147,7 +149,9 @@ def merged(
     else:  # pandas' own string columns straight from Arrow, no Python object per row
         status, replies = status.to_pandas().array, _plain(replies)
     errors = errors.to_pandas().array
-    out = frame.copy()
+    # A shallow copy: pandas copies on write, so the caller's frame stays untouched and
+    # its columns are not duplicated in memory.
+    out = frame.copy(deep=False)
     for name, column in result_columns(output, response_format, status, replies, errors).items():
         out[name] = column
     return out

@@ -120,30 +120,7 @@ def reconcile(
     return result
 
 
-def ledger_rows(table: pa.Table) -> zip[tuple[object, ...]]:
-    """Rows for :meth:`Ledger.record_results`, in its column order."""
-    retry = table.column("retryable").to_pylist()
-    # What a person reads in {output}_error: "type: message".
-    message = pc.binary_join_element_wise(
-        pc.cast(table.column("error_type"), pa.large_string()),
-        table.column("error_message"),
-        pa.scalar(": ", pa.large_string()),
-    )
-    return zip(
-        table.column("status").to_pylist(),
-        table.column("output").to_pylist(),
-        table.column("error_type").to_pylist(),
-        message.to_pylist(),
-        [None if r is None else int(r) for r in retry],
-        table.column("input_tokens").to_pylist(),
-        table.column("output_tokens").to_pylist(),
-        table.column("cached_tokens").to_pylist(),
-        table.column("custom_id").to_pylist(),
-        strict=True,
-    )
-
-
-__all__ = ["Reconciled", "reconcile", "ledger_rows"]
+__all__ = ["Reconciled", "reconcile", "check_structured"]
 
 
 def check_structured(table: pa.Table, schema: dict[str, Any], truncated: set[str]) -> pa.Table:

@@ -194,8 +194,9 @@ class RowState:
     Only leaders carry state; :meth:`follow` gives every row its leader's.
     """
 
-    def __init__(self, manifest: pa.Table) -> None:
+    def __init__(self, manifest: pa.Table, path: Path | None = None) -> None:
         self.manifest = manifest
+        self.path = path  # the manifest's file, when it has one
         n = manifest.num_rows
         self.n = n
         self.leader = manifest.column("leader").to_numpy()
@@ -322,7 +323,8 @@ class RowState:
         files = self.ref_file[where]
         rows = self.ref_row[where]
         typ = RESULT_SCHEMA.field(name).type
-        if not self.results:
+        present = sum(len(t) - t.column(name).null_count for t in self.results)
+        if not present:  # e.g. no errors at all: nothing to gather
             values = pa.nulls(len(where), typ)
         else:
             offsets = np.cumsum([0] + [t.num_rows for t in self.results])
@@ -339,7 +341,16 @@ class RowState:
         return values
 
     def manifest_column(self, name: str, positions: np.ndarray | None = None) -> pa.Array:
-        """A manifest column (``custom_id``, ``prompt``, ...), whole or at ``positions``."""
+        """A manifest column (``custom_id``, ``prompt``, ...), whole or at ``positions``.
+
+        Read through a mapping of its own, closed on return: the pages read (a chunk's
+        prompts) do not stay in this process's memory for the job's lifetime."""
+        if positions is not None and self.path is not None:
+            table = read_table(self.path)
+            try:
+                return table.column(name).take(pa.array(positions, pa.int64())).combine_chunks()
+            finally:
+                del table
         column = self.manifest.column(name)
         if positions is not None:
             column = column.take(pa.array(positions, pa.int64()))

@@ -94,8 +94,9 @@ def send_rows(
         for first, stop in pieces:
             if progress.cancelled:
                 return
-            begin = int(ends[first - 1]) if first else 0
-            chunk = jsonl[begin : int(ends[stop - 1])]
+            begin, end = (int(ends[first - 1]) if first else 0), int(ends[stop - 1])
+            # The whole block fits in one batch (the usual case): no copy of its bytes.
+            chunk = jsonl if (begin, end) == (0, len(jsonl)) else jsonl[begin:end]
             k = progress.created + 1
             try:
                 with lock or threading.RLock():

@@ -78,6 +78,13 @@ def test_the_accessor_is_there_whichever_is_imported_first(first):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True"]
+    # A library that only asks whether pandas is installed does not use the hook up.
+    asked = (
+        "import importlib.util, nbbatch; importlib.util.find_spec('pandas'); "
+        "import pandas as pd; print(hasattr(pd.DataFrame({'a': [1]}), 'nbbatch'))"
+    )
+    done = subprocess.run([sys.executable, "-c", asked], capture_output=True, text=True)
+    assert done.stdout.strip() == "True", done.stderr
     alone = "import sys, nbbatch, nbbatch.cli; print('pandas' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", alone], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr  # `nbbatch --help` starts at once
