@@ -19,9 +19,9 @@ import pandas as pd
 import pyarrow as pa
 
 from . import estimate as _estimate_mod
+from . import frames, pricing, rowstore
 from . import merge as _merge
 from . import plan as _plan
-from . import pricing, rowstore
 from . import prompt as _prompt
 from . import providers as _providers
 from . import structured as _structured
@@ -45,7 +45,7 @@ log = logging.getLogger("nbbatch")
 
 
 def submit(
-    data: pd.DataFrame | pd.Series,
+    data: Any,
     prompt: str,
     *,
     model: str,
@@ -79,6 +79,10 @@ def submit(
     error there is the job's error, raised by :meth:`BatchJob.wait`. ``job.wait_sent()``
     blocks until every row is in a batch at the provider.
 
+    ``data`` is a pandas DataFrame or Series, a polars DataFrame or LazyFrame, or a
+    pyarrow Table or Dataset (all checked and planned the same way; ``job.merge`` gives
+    back the same kind; rows of the non-pandas kinds are named by position or by
+    ``id_column``).
     ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
     (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
     ``provider`` is ``"openai"``, ``"anthropic"`` or ``"local"`` (the embedded emulator,
@@ -206,7 +210,7 @@ def _parse(
     data: pd.DataFrame | pd.Series, prompt: str
 ) -> tuple[pd.DataFrame, bool, _prompt.Template]:
     """The data as a frame, whether it was a Series, and the checked template."""
-    frame, is_series = _plan.as_frame(data)
+    frame, is_series = _plan.as_frame(frames.to_pandas(data))
     template = _prompt.parse(prompt)
     _prompt.check_columns(
         template, [c for c in frame.columns if isinstance(c, str)], series=is_series
@@ -442,7 +446,7 @@ def _paid(model: str, usage: tuple[int, ...]) -> float:
 
 
 def preview(
-    data: pd.DataFrame | pd.Series,
+    data: Any,
     prompt: str,
     *,
     model: str,
@@ -541,7 +545,7 @@ class Preview(pd.DataFrame):
 
 
 def try_now(
-    data: pd.DataFrame | pd.Series,
+    data: Any,
     prompt: str,
     *,
     model: str,
@@ -577,7 +581,8 @@ def try_now(
         impl, ids, rows.prompts, spec, concurrency=concurrency, with_truncated=True
     )
     table = realtime_checked(table, spec)
-    return _merge_table(_as_user_frame(data, frame, is_series), rows, table, output, spec)
+    out = _merge_table(_as_user_frame(data, frame, is_series), rows, table, output, spec)
+    return frames.like(data, out, output_columns(output, spec.response_format))
 
 
 def _as_user_frame(

@@ -12,24 +12,24 @@ subscribe to its snapshots; the job knows nothing of them.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 import orjson
 import pandas as pd
-import pyarrow as pa
 
 from . import collect as _collect
 from . import merge as _merge
 from . import notes as _notes
-from . import plan as _plan
 from . import rowstore
 from . import send as _send
 from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, ProviderError
@@ -695,10 +695,9 @@ class BatchJob:
         lengths = pc.utf8_length(prompts)
         return int(pc.count(lengths).as_py()), int(pc.sum(lengths).as_py() or 0)
 
-    def merge(
-        self, df: pd.DataFrame | pd.Series | None = None, *, verify: bool = True
-    ) -> pd.DataFrame:
-        """``df`` plus ``{output}``, ``{output}_status`` and ``{output}_error`` columns.
+    def merge(self, df: Any = None, *, verify: bool = True) -> Any:
+        """``df`` plus ``{output}``, ``{output}_status`` and ``{output}_error`` columns,
+        as the same kind of table it is (pandas, a polars DataFrame, a pyarrow Table).
 
         ``df`` defaults to the data submitted in this session. Its index, columns and order
         are kept; each row gets the result of its own request, found by position when
@@ -718,63 +717,31 @@ class BatchJob:
                     job_id=self.id,
                 )
             df = self._data
-        names = self.output_columns()
-        frame = df.to_frame() if isinstance(df, pd.Series) else df
-        clash = [n for n in names if n in frame.columns]
-        if clash:
-            raise MergeError(
-                f"the DataFrame already has column(s) {clash}; drop them first or submit with "
-                "another output= name.",
-                job_id=self.id,
-            )
-        state = self._ledger.row_state(self.id)
-        id_column = self._record.get("id_column")
-        take = _merge.align(
-            _plan.row_keys(frame[id_column] if id_column else frame.index),
-            state.manifest.column("key").to_numpy(),
-            self.id,
-        )
-        if verify:
-            self._verify(df, state, take)
-        self._warn_if_running("merge()")
-        return _merge.merged(
-            frame,
-            state,
-            take,
-            self.output,
-            self.spec.response_format,
-            embeddings=self.endpoint.endswith("/embeddings"),
-        )
+        return _merge.merge_job(self, df, verify=verify)
 
-    def _verify(self, df: pd.DataFrame | pd.Series, state: rowstore.RowState, take: Any) -> None:
-        """Check that each row of ``df`` renders the request sent for it (see merge)."""
-        from . import prompt as _prompt
+    def to_parquet(
+        self, path: str | os.PathLike[str], data: Any = None, *, columns: list[str] | None = None
+    ) -> Path:
+        """Write the merged rows to a Parquet file at ``path`` and return it: the input
+        columns named in ``columns`` (all of them by default) and the columns ``merge``
+        adds. ``data`` is what was submitted (a path of Parquet files, a table), by
+        default the data of this session. Written to a temporary name, then renamed."""
+        import pyarrow.parquet as pq
 
-        frame, _ = _plan.as_frame(df)
-        salt = self._record.get("salt")
-        sent = state.manifest.column("request_hash").to_numpy()
-        prompts = state.manifest.column("prompt")
-        if salt is None or self._record.get("hash_scheme") != _plan.HASH_SCHEME:
-            # A job from before the salt was recorded, or hashed another way (another
-            # polars version): compare with the stored prompts, hashed as now.
-            salt = "nbbatch-verify01"
-            sent = np.zeros(len(prompts), dtype=np.uint64)
-            valid = prompts.is_valid().to_numpy(zero_copy_only=False)
-            if valid.any():
-                sent[valid] = _plan.prompt_hashes(prompts.filter(valid), salt)
+        from . import frames
 
-        def sent_prompts(positions: list[int]) -> list[str | None]:
-            return prompts.take(pa.array(take[positions])).to_pylist()
-
-        _merge.verify_rows(
-            frame,
-            _prompt.parse(self._record["template"]),
-            missing=str(self.policy.get("missing", "skip")),
-            salt=str(salt),
-            sent=sent[take],
-            sent_prompts=sent_prompts,
-            job_id=self.id,
-        )
+        merged = self.merge(data if data is not None else self._data)
+        table = frames.as_arrow(merged)
+        if columns is not None:
+            table = table.select([*columns, *self.output_columns()])
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
 
     def _warn_if_running(self, what: str) -> None:
         """Warn that a job's answers are not all in yet, so an empty or partial result is
@@ -798,12 +765,19 @@ class BatchJob:
     def failed(self) -> pd.DataFrame:
         """The merged rows that did not succeed (failed, expired or cancelled); while the
         job runs, a warning says these are only the failures so far."""
+        from . import frames
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", JobRunningWarning)  # warned once, below
-            merged = self.merge() if self._data is not None else self.results()
+            if self._data is None:
+                merged = self.results()
+                bad = merged["status"].isin(["failed", "expired", "cancelled"])
+                self._warn_if_running("failed()")
+                return merged[bad]
+            merged = _merge.merge_job(self, self._data, verify=True, native=False)
         self._warn_if_running("failed()")
-        col = f"{self.output}_status" if self._data is not None else "status"
-        return merged[merged[col].isin(["failed", "expired", "cancelled"])]
+        bad = merged[f"{self.output}_status"].isin(["failed", "expired", "cancelled"])
+        return frames.rows(self._data, merged, self.output_columns(), bad.to_numpy())
 
     def resubmit_failed(self, **overrides: Any) -> BatchJob:
         """Send again only the rows that ended ``failed`` or ``expired``, as new batches.

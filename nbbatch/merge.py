@@ -10,7 +10,7 @@ for it (vectorised: one render and one hash pass over the frame).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -22,8 +22,79 @@ from . import prompt as _prompt
 from . import rowstore
 from ._errors import MergeError
 
+if TYPE_CHECKING:
+    from .job import BatchJob
+
 #: How many differing rows a MergeError shows.
 SHOWN = 2
+
+
+def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) -> Any:
+    """``data`` plus the job's result columns: find each row's position in the job (by
+    position, or by label), check it still renders the request sent for it, warn while
+    the job runs, and add the columns (see :meth:`BatchJob.merge`). The result is of
+    ``data``'s own kind (polars for polars...), or pandas with ``native=False``."""
+    from . import frames
+
+    df = frames.to_pandas(data)
+    frame = df.to_frame() if isinstance(df, pd.Series) else df
+    clash = [n for n in job.output_columns() if n in frame.columns]
+    if clash:
+        raise MergeError(
+            f"the DataFrame already has column(s) {clash}; drop them first or submit with "
+            "another output= name.",
+            job_id=job.id,
+        )
+    state = job._ledger.row_state(job.id)
+    id_column = job._record.get("id_column")
+    take = align(
+        _plan.row_keys(frame[id_column] if id_column else frame.index),
+        state.manifest.column("key").to_numpy(),
+        job.id,
+    )
+    if verify:
+        _verify(job, df, state, take)
+    job._warn_if_running("merge()")
+    out = merged(
+        frame,
+        state,
+        take,
+        job.output,
+        job.spec.response_format,
+        embeddings=job.endpoint.endswith("/embeddings"),
+    )
+    return frames.like(data, out, job.output_columns()) if native else out
+
+
+def _verify(
+    job: BatchJob, df: pd.DataFrame | pd.Series, state: rowstore.RowState, take: np.ndarray
+) -> None:
+    """Check that each row of ``df`` renders the request sent for it (see verify_rows),
+    with the job's salt and hash scheme, or by its stored prompts for a job hashed
+    before salts were kept or under another scheme (another polars version)."""
+    frame, _ = _plan.as_frame(df)
+    salt = job._record.get("salt")
+    sent = state.manifest.column("request_hash").to_numpy()
+    prompts = state.manifest.column("prompt")
+    if salt is None or job._record.get("hash_scheme") != _plan.HASH_SCHEME:
+        salt = "nbbatch-verify01"
+        sent = np.zeros(len(prompts), dtype=np.uint64)
+        valid = prompts.is_valid().to_numpy(zero_copy_only=False)
+        if valid.any():
+            sent[valid] = _plan.prompt_hashes(prompts.filter(valid), salt)
+
+    def sent_prompts(positions: list[int]) -> list[str | None]:
+        return prompts.take(pa.array(take[positions])).to_pylist()
+
+    verify_rows(
+        frame,
+        _prompt.parse(job._record["template"]),
+        missing=str(job.policy.get("missing", "skip")),
+        salt=str(salt),
+        sent=sent[take],
+        sent_prompts=sent_prompts,
+        job_id=job.id,
+    )
 
 
 def align(wanted: np.ndarray, keys: np.ndarray, job_id: str) -> np.ndarray:

@@ -51,6 +51,7 @@ EXPECTED = [
     "06-failures-and-resubmit.ipynb",
     "07-resume-after-restart.ipynb",
     "08-cost-preview-and-budget.ipynb",
+    "09-polars-and-parquet.ipynb",
 ]
 
 
@@ -201,6 +202,22 @@ def claims_embeddings(nb: NotebookNode, s: dict[str, Any]) -> None:
     assert "vector length: 256" in printed(cell_with(nb, "out = job.merge(df)"))
 
 
+def claims_polars(nb: NotebookNode, s: dict[str, Any]) -> None:
+    assert s == {
+        "polars rows": 30,
+        "merged kind": "DataFrame",
+        "succeeded": 30,
+        "parquet rows written": 30,
+        "parquet columns": ["review_id", "summary", "summary_status", "summary_error"],
+        "every file row answered": True,
+    }
+    assert "DataFrame (30, 6)" in printed(cell_with(nb, "out = job.merge(tickets)"))
+    files = text_of(cell_with(nb, "part.write_parquet").outputs[0])
+    assert "part-0.parquet" in files and "part-2.parquet" in files
+    written = html_of(cell_with(nb, "file_job.to_parquet("))
+    assert "&quot;[nbbatch emulator] echo: Summa" in written  # polars shortens cells
+
+
 def claims_failures(nb: NotebookNode, s: dict[str, Any]) -> None:
     first = s["first attempt"]
     assert first["failed"] > 0 and first["expired"] > 0
@@ -264,6 +281,7 @@ CLAIMS: dict[str, Callable[[NotebookNode, dict[str, Any]], None]] = {
     "06-failures-and-resubmit.ipynb": claims_failures,
     "07-resume-after-restart.ipynb": claims_resume,
     "08-cost-preview-and-budget.ipynb": claims_budget,
+    "09-polars-and-parquet.ipynb": claims_polars,
 }
 
 
