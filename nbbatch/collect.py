@@ -175,7 +175,9 @@ def after_collect(job: BatchJob) -> None:
         failing = failing[kinds != "not_sent"]  # refused as sent: retrying would repeat it
         kinds = kinds[kinds != "not_sent"]
     if len(failing):
+        # Read before anything is sent: the state is live, and sending changes it.
         attempt = int(state.attempt[failing].max()) + 1
+        batch_of = state.batch[failing].copy()
         capacity = kinds == "token_limit_exceeded"
         sent = 0
         other = failing[~capacity]
@@ -189,7 +191,7 @@ def after_collect(job: BatchJob) -> None:
             )
         if capacity.any():
             sizes = {b["intent"]: b["n_requests"] for b in batches}
-            keys = [state.batch_keys[i] for i in np.unique(state.batch[failing[capacity]])]
+            keys = [state.batch_keys[i] for i in np.unique(batch_of[capacity])]
             smaller = max(1, min(sizes.get(k, job._provider.max_requests) for k in keys) // 2)
             _send.send_rows(job, failing[capacity], attempt, max_requests=smaller)
             job._warn(

@@ -379,13 +379,25 @@ class BatchJob:
     def _send_unsent(self, progress: _send.Progress | None = None) -> None:
         """Send the rows pending in no batch: not sent yet (a new job, a process that
         died before sending them) or put back by ``resubmit_failed``."""
-        state = self._ledger.row_state(self.id)
-        positions = _collect.unsent(state)
-        if not len(positions):
+        if not len(_collect.unsent(self._ledger.row_state(self.id))):
             return
-        for attempt in np.unique(state.attempt[positions]):
-            chosen = positions[state.attempt[positions] == attempt]
-            _send.send_rows(self, chosen, max(1, int(attempt)), progress=progress, lock=self._lock)
+        # One sender per job, across processes and job objects: rows another live one
+        # is sending are left to it (so a second session never sends them again).
+        if not self._ledger.take_sending(self.id):
+            return
+        try:
+            state = self._ledger.row_state(self.id)  # as any sender before us left it
+            positions = _collect.unsent(state)
+            # A copy: the state is live, and sending the first group changes the
+            # attempts of its rows (read afterwards, they would be sent twice).
+            attempts = state.attempt[positions].copy()
+            for attempt in np.unique(attempts):
+                chosen = positions[attempts == attempt]
+                _send.send_rows(
+                    self, chosen, max(1, int(attempt)), progress=progress, lock=self._lock
+                )
+        finally:
+            self._ledger.release_sending(self.id)
 
     # -- polling ----------------------------------------------------------------------------
     def refresh(self) -> JobSnapshot:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -106,3 +107,79 @@ def test_a_process_killed_mid_upload_or_mid_collection_resumes_exactly(
     assert sorted(job.batch_ids) == sorted(at_provider)
     merged = job.merge(frame(ROWS))
     assert merged["response"].tolist() == [emulator.echo_text(f"row {i}") for i in range(ROWS)]
+
+
+def test_an_upload_refused_mid_job_is_the_jobs_error_and_the_rest_is_sent_later(emu, monkeypatch):
+    """A key revoked between two chunks (a 401 the emulator cannot be asked for, so the
+    SDK's own upload call raises it): the panel and wait() say why, nothing is lost, and
+    the job resumed with a working client sends only what was not sent."""
+    import httpx
+    import openai
+
+    from nbbatch import panel
+    from nbbatch.providers.openai import OpenAIProvider
+
+    from .test_panel import wait_for
+
+    monkeypatch.setattr(OpenAIProvider, "max_requests", 10)  # 30 rows: 3 chunks
+    client = openai.OpenAI(base_url=emu.openai_base_url, api_key="k", max_retries=0)
+    upload = client.files.create
+    calls = []
+
+    def revoked_after_one(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            request = httpx.Request("POST", emu.openai_base_url + "files")
+            raise openai.AuthenticationError(
+                "Incorrect API key provided", response=httpx.Response(401, request=request),
+                body=None,
+            )  # fmt: skip
+        return upload(*args, **kwargs)
+
+    monkeypatch.setattr(client.files, "create", revoked_after_one)
+    job = nb.submit(frame(30), "{text}", model="gpt-4o-mini", client=client, display=False)
+    wait_for(lambda: not job.sending)
+    snap = job.refresh()
+    assert snap.last_error.startswith("sending stopped:")
+    assert "20 rows are not sent yet" in snap.last_error and "nb.attach(" in snap.last_error
+    assert "sending stopped" in panel.plain_text(snap)
+    with pytest.raises(nb.ProviderError) as raised:
+        job.wait(timeout=30, progress=False)
+    assert raised.value.job_id == job.id
+    assert job.counts["pending"] == 20 and len(job.batch_ids) == 1
+
+    client.close()
+    resumed = nb.attach(job.id, client=client_for("openai", emu))
+    resumed.wait(timeout=60, progress=False)
+    assert_every_row_terminal_once(resumed, 30)
+    assert resumed.counts["succeeded"] == 30
+    print([(b.n_requests, b.attempt) for b in resumed.snapshot().batches])
+    assert len(resumed.batch_ids) == 3  # the first chunk once, the other two sent now
+    merged = resumed.merge(frame(30))
+    assert merged["response"].tolist() == [emulator.echo_text(f"row {i}") for i in range(30)]
+
+
+def test_a_second_session_never_sends_what_a_live_sender_is_sending(emu, monkeypatch):
+    import openai
+
+    from nbbatch.providers.openai import OpenAIProvider
+
+    monkeypatch.setattr(OpenAIProvider, "max_requests", 10)  # 50 rows: 5 chunks
+    client = openai.OpenAI(base_url=emu.openai_base_url, api_key="k", max_retries=0)
+    upload = client.files.create
+
+    def slow_upload(*args, **kwargs):
+        time.sleep(0.3)  # a slow link: the second session looks in mid-upload
+        return upload(*args, **kwargs)
+
+    monkeypatch.setattr(client.files, "create", slow_upload)
+    job = nb.submit(frame(ROWS), "{text}", model="gpt-4o-mini", client=client, display=False)
+    other = nb.attach(job.id, client=client_for("openai", emu))
+    while job.sending:
+        other.refresh()  # would send the unsent chunks again without the sending lease
+        time.sleep(0.05)
+    other.wait(timeout=60, progress=False)
+    assert_every_row_terminal_once(other, ROWS)
+    assert len(other.batch_ids) == ROWS // 10
+    assert sum(b.n_requests for b in other.snapshot().batches) == ROWS
+    client.close()
