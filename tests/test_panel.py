@@ -457,7 +457,9 @@ def test_automatic_retries_are_current_while_open_and_count_rows():
 
 
 def test_a_confirmed_cancel_is_replaced_by_its_outcome():
-    with emulator.start(processing_seconds=2.0) as emu:
+    # "cancelling" lasts a second (finalizing_seconds), so the note is seen while it is
+    # true even on a loaded machine, before the provider confirms.
+    with emulator.start(processing_seconds=2.0, finalizing_seconds=1.0) as emu:
         job = submit(openai_client(emu), [f"r{i}" for i in range(6)])
         p = JobPanel(job)
         p.cancel_button.click()
