@@ -10,6 +10,8 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from . import merge as _merge
 from . import plan as _plan
 from . import prompt as _prompt
 from . import providers as _providers
+from . import stream as _stream
 from . import structured as _structured
 from ._errors import ConfigError, InputError, JobNotFoundError
 from .console import in_notebook
@@ -119,30 +122,36 @@ def submit(
         raise InputError(f"retries must be a whole number >= 0, found {retries!r}.")
     if fallback not in (None, "realtime"):
         raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
+    source = _stream.Source.of(data) if frames.streamed(data) else None
     frame, is_series, template, impl, spec, local = _prepare(
-        data, prompt, model=model, output=output, provider=provider, client=client,
-        system=system, max_tokens=max_tokens, temperature=temperature,
-        response_format=response_format, endpoint=endpoint, cache_system=cache_system,
-        params=params,
+        data if source is None else source.head(), prompt, model=model, output=output,
+        provider=provider, client=client, system=system, max_tokens=max_tokens,
+        temperature=temperature, response_format=response_format, endpoint=endpoint,
+        cache_system=cache_system, params=params,
     )  # fmt: skip
     name = impl.name
-    rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
-    _check_sendable(rows)
-    # Encoding validates the endpoint and parameters before anything is sent.
-    first = rows.custom_ids.take(pa.array(rows.send_positions[:1], pa.int64()))
-    impl.encode(first, rows.prompts.slice(0, 1), spec)
-    impl.check_model(spec.model)
     # The local emulator's address can change between its runs; its jobs are one place.
     salt = _plan.spec_hash(spec.as_dict(), impl.name, "local" if local else impl.base_url)
-    hashes = _plan.request_hashes(rows, salt)
-    fingerprint = _plan.fingerprint(rows, hashes, salt, output, prompt, id_column)
-
     ledger = _default_ledger()
-    if max_cost is not None:
-        _check_budget(rows, spec, max_cost, hashes, ledger if reuse else None)
+    if source is None:
+        rows = _in_memory(frame, template, id_column, missing, salt, (output, prompt))
+    else:
+        rows = _streamed(source, template, id_column, missing, salt, (output, prompt), ledger.files)
+    try:
+        _check_sendable(rows)
+        # Encoding validates the endpoint and parameters before anything is sent.
+        impl.encode(*rows.head(1), spec)
+        impl.check_model(spec.model)
+        if max_cost is not None:
+            _check_budget(rows, spec, max_cost, ledger if reuse else None)
+    except BaseException:
+        rows.discard()
+        raise
+    fingerprint = rows.fingerprint
     polling = LOCAL_POLLING if local or is_loopback(impl.base_url) else REMOTE_POLLING
     existing = None if force else ledger.find_job(fingerprint)
     if existing is not None:
+        rows.discard()
         note = (
             f"nbbatch: this exact job was already submitted as {existing}; attaching to it "
             "instead of paying again (submit with force=True to send it anew)."
@@ -167,11 +176,7 @@ def submit(
             backend="local" if local else None,
             hash_scheme=_plan.HASH_SCHEME,
         )
-        manifest = rowstore.manifest(
-            rows.custom_ids, rows.keys, rows.labels, rows.prompts, rows.send_positions,
-            rows.skip_positions, rows.skip_reasons, hashes,
-        )  # fmt: skip
-        ledger.add_job(record, manifest, reuse=reuse)
+        ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
         job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
         log.info("nbbatch: job %s submitted: %d rows, %s %s", job.id, rows.n_rows, name, model)
     shown = display is True or (display == "auto" and in_notebook())
@@ -197,11 +202,100 @@ def _show(job: BatchJob) -> None:
     panel.show(job)
 
 
-def _check_sendable(rows: _plan.Plan) -> None:
+@dataclasses.dataclass
+class _Rows:
+    """A submit call's planned rows, whether held in memory (a :class:`plan.Plan`) or
+    written batch by batch to a manifest file (:mod:`nbbatch.stream`): what ``submit``
+    and ``preview`` need of them, the same for both."""
+
+    n_rows: int
+    hashes: np.ndarray  # request hash per row (0: not sent)
+    send_positions: np.ndarray
+    first_skip: str | None  # why the first row not sent is not
+    head: Callable[[int], tuple[pa.Array, pa.Array]]  # custom_ids, prompts: first rows sent
+    fingerprint: str
+    # The prompts of the sent rows where a mask (over the sent rows) holds, in parts.
+    prompts: Callable[[np.ndarray], Iterator[pa.Array]]
+    manifest: Callable[[], pa.Table | Path]  # the manifest, or its finished file
+    discard: Callable[[], None] = lambda: None  # drop what was written for a job not made
+    source: dict[str, Any] | None = None  # where the rows came from (files), if recorded
+
+
+def _in_memory(
+    frame: pd.DataFrame,
+    template: _prompt.Template,
+    id_column: str | None,
+    missing: str,
+    salt: str,
+    identity: tuple[str, str],
+) -> _Rows:
+    """Plan a table held in memory."""
+    rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
+    hashes = _plan.request_hashes(rows, salt)
+    return _Rows(
+        n_rows=rows.n_rows,
+        hashes=hashes,
+        send_positions=rows.send_positions,
+        first_skip=rows.skip_reasons[0] if rows.skip_reasons else None,
+        head=lambda n: (
+            rows.custom_ids.take(pa.array(rows.send_positions[:n], pa.int64())),
+            rows.prompts.slice(0, n),
+        ),
+        fingerprint=_plan.fingerprint(rows, hashes, salt, *identity, id_column),
+        prompts=lambda keep: iter([rows.prompts.filter(pa.array(keep))]),
+        manifest=lambda: rowstore.manifest(
+            rows.custom_ids,
+            rows.keys,
+            rows.labels,
+            rows.prompts,
+            rows.send_positions,
+            rows.skip_positions,
+            rows.skip_reasons,
+            hashes,
+        ),  # fmt: skip
+    )
+
+
+def _streamed(
+    source: _stream.Source,
+    template: _prompt.Template,
+    id_column: str | None,
+    missing: str,
+    salt: str,
+    identity: tuple[str, str],
+    folder: Path,
+) -> _Rows:
+    """Plan a table read in record batches (Parquet files, an Arrow dataset) into a
+    manifest file in ``folder`` (beside the ledger), never holding the whole table."""
+    planned = _stream.plan_to_file(
+        source, template, folder, id_column=id_column, missing=missing, salt=salt,
+        fingerprint_of=[salt, *identity],
+    )  # fmt: skip
+
+    def manifest() -> Path:
+        target = folder / f".manifest-{planned.path.stem}.arrow"
+        _stream.finish_manifest(planned, target)
+        return target
+
+    return _Rows(
+        n_rows=planned.n_rows,
+        hashes=planned.hashes,
+        send_positions=planned.send_positions,
+        first_skip=planned.first_skip,
+        head=planned.head,
+        fingerprint=planned.fingerprint,
+        prompts=lambda keep: _stream.sent_prompts(planned, keep),
+        manifest=manifest,
+        discard=planned.discard,
+        source=source.describe(),
+    )
+
+
+def _check_sendable(rows: _Rows) -> None:
     """Refuse a job in which no row would be sent: it would only record a ledger entry."""
     if len(rows.send_positions) == 0:
         raise InputError(
-            f"none of the {rows.n_rows:,} rows would be sent: {rows.skip_reasons[0]}. "
+            f"none of the {rows.n_rows:,} rows would be sent: {rows.first_skip}. "
             "Nothing was recorded."
         )
 
@@ -275,11 +369,11 @@ def _check_output_name(
 
 
 def _estimate(
-    rows: _plan.Plan, spec: RequestSpec, hashes: np.ndarray, ledger: Ledger | None, **kwargs: Any
+    rows: _Rows, spec: RequestSpec, ledger: Ledger | None, **kwargs: Any
 ) -> _estimate_mod.Estimate:
     """The estimate of what will actually be sent: each distinct request once, and (with
     a ``ledger``) none whose identical request already succeeded in an earlier job."""
-    sent = hashes[rows.send_positions]
+    sent = rows.hashes[rows.send_positions]
     _, first = np.unique(sent, return_index=True)
     keep = np.zeros(len(sent), dtype=bool)
     keep[first] = True
@@ -289,32 +383,33 @@ def _estimate(
         done = ledger.succeeded_hashes(sent[first])
         reused = int(done.sum())
         keep[first[done]] = False
-    prompts = rows.prompts.filter(pa.array(keep)) if not keep.all() else rows.prompts
     parts = []
     if duplicates:
         parts.append(f"{duplicates:,} duplicate rows are sent once")
     if reused:
         parts.append(f"{reused:,} requests already answered in earlier jobs are reused")
-    if len(rows.skip_positions):
-        parts.append(f"{len(rows.skip_positions):,} rows are skipped")
+    skipped = rows.n_rows - len(rows.send_positions)
+    if skipped:
+        parts.append(f"{skipped:,} rows are skipped")
     note = ""
     if parts:
         note = f"from {rows.n_rows:,} rows: " + "; ".join(parts)
-    return _estimate_mod.estimate(
-        prompts,
-        model=spec.model,
-        system=spec.system,
-        max_tokens=spec.max_tokens,
-        endpoint=spec.endpoint,
-        note=note,
-        **kwargs,
-    )
+    estimates = [
+        _estimate_mod.estimate(
+            prompts,
+            model=spec.model,
+            system=spec.system,
+            max_tokens=spec.max_tokens,
+            endpoint=spec.endpoint,
+            **kwargs,
+        )
+        for prompts in rows.prompts(keep)
+    ]
+    return _estimate_mod.combine(estimates, note)
 
 
-def _check_budget(
-    rows: _plan.Plan, spec: RequestSpec, max_cost: float, hashes: np.ndarray, ledger: Ledger | None
-) -> None:
-    est = _estimate(rows, spec, hashes, ledger)
+def _check_budget(rows: _Rows, spec: RequestSpec, max_cost: float, ledger: Ledger | None) -> None:
+    est = _estimate(rows, spec, ledger)
     if est.rows == 0:
         return  # everything is reused: nothing will be paid for
     if est.cost.batch is None:
@@ -332,7 +427,7 @@ def _check_budget(
 
 
 def _new_record(
-    rows: _plan.Plan,
+    rows: _Rows,
     impl: Provider,
     spec: RequestSpec,
     *,
@@ -478,7 +573,8 @@ def preview(
     100 per row. The returned DataFrame shows the estimate above the rows; it is also
     ``.estimate``.
     """
-    frame, _, template = _parse(data, prompt)
+    source = _stream.Source.of(data) if frames.streamed(data) else None
+    frame, _, template = _parse(data if source is None else source.head(), prompt)
     name, local = _providers.infer(provider, client, model)
     endpoint = endpoint or _providers.default_endpoint(name)
     spec = RequestSpec(
@@ -489,23 +585,25 @@ def preview(
         temperature=temperature,
         params=params,
     )
-    rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
     address = _address(name, client, local)
-    hashes = _plan.request_hashes(rows, _plan.spec_hash(spec.as_dict(), name, address or ""))
+    salt = _plan.spec_hash(spec.as_dict(), name, address or "")
     ledger = _default_ledger() if address is not None and ledger_path().exists() else None
-    est = _estimate(rows, spec, hashes, ledger, expected_output_tokens=expected_output_tokens)
+    with tempfile.TemporaryDirectory(prefix="nbbatch-preview-") as folder:
+        if source is None:
+            rows = _in_memory(frame, template, id_column, missing, salt, ("", ""))
+        else:
+            rows = _streamed(source, template, id_column, missing, salt, ("", ""), Path(folder))
+        est = _estimate(rows, spec, ledger, expected_output_tokens=expected_output_tokens)
+        ids, prompts = rows.head(n)
     if address is None:
         est = dataclasses.replace(
             est,
             note=(est.note + "; " if est.note else "")
             + "answers reusable from earlier jobs not checked (no client or key)",
         )
-    ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
     # Tokens per shown row (the estimate above counts distinct requests, not rows).
-    shown = _estimate_mod.estimate(
-        rows.prompts.slice(0, n), model=model, system=system, endpoint=endpoint
-    )
-    table = _estimate_mod.preview_table(ids, rows.prompts, shown.per_row_input, n)
+    shown = _estimate_mod.estimate(prompts, model=model, system=system, endpoint=endpoint)
+    table = _estimate_mod.preview_table(ids, prompts, shown.per_row_input, n)
     out = Preview(table, columns=["custom_id", "prompt", "input_tokens"])
     out.estimate = est
     return out

@@ -369,6 +369,25 @@ def estimate(
     )
 
 
+def combine(parts: list[Estimate], note: str = "") -> Estimate:
+    """One estimate for the requests of several (the batches of a table read in parts):
+    rows and tokens added up, the cost of the sum."""
+    first = parts[0]
+    input_tokens = sum(p.input_tokens for p in parts)
+    output_tokens = sum(p.output_tokens for p in parts)
+    return Estimate(
+        model=first.model,
+        rows=sum(p.rows for p in parts),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost=pricing.cost(first.model, input_tokens, output_tokens, estimated=True),
+        method=first.method,
+        output_basis=first.output_basis,
+        per_row_input=np.concatenate([p.per_row_input for p in parts]),
+        note=note,
+    )
+
+
 def preview_table(
     custom_ids: Sequence[str] | pa.Array,
     prompts: Sequence[str | None] | pa.Array,

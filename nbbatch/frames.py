@@ -60,6 +60,12 @@ def kind_of(data: Any) -> str | None:
     return None
 
 
+def streamed(data: Any) -> bool:
+    """Whether ``data`` is read in record batches, never whole (see :mod:`nbbatch.stream`):
+    Parquet files and Arrow datasets, which may be larger than memory."""
+    return kind_of(data) in (PARQUET, ARROW_DATASET)
+
+
 def to_pandas(data: Any) -> pd.DataFrame | pd.Series:
     """``data`` as pandas (pandas itself is returned as it is)."""
     kind = kind_of(data)
@@ -67,7 +73,7 @@ def to_pandas(data: Any) -> pd.DataFrame | pd.Series:
         return data
     if kind is None:
         return data  # plan.as_frame explains what it takes
-    return _from_arrow(_arrow_table(data, kind))
+    return from_arrow(_arrow_table(data, kind))
 
 
 def _arrow_table(data: Any, kind: str) -> pa.Table:
@@ -82,9 +88,17 @@ def _arrow_table(data: Any, kind: str) -> pa.Table:
     return data
 
 
-def parquet_files(path: str | os.PathLike[str]) -> list[str]:
+def parquet_files(path: str | os.PathLike[str] | list[str]) -> list[str]:
     """The Parquet files a path names: a file, a folder of ``*.parquet`` files, or a
-    glob; a clear error when there are none."""
+    glob (or a list of files, taken as they are); a clear error when there are none."""
+    if isinstance(path, list):
+        missing = [f for f in path if not Path(f).exists()]
+        if missing:
+            raise InputError(
+                f"{len(missing)} of the job's Parquet files are gone (e.g. {missing[0]!r}); "
+                "pass the data to read instead."
+            )
+        return path
     text = os.fspath(path)
     if any(c in text for c in "*?["):
         files = sorted(glob.glob(text, recursive=True))
@@ -104,9 +118,18 @@ def parquet_files(path: str | os.PathLike[str]) -> list[str]:
 
 
 def read_parquet(path: str | os.PathLike[str]) -> pa.Table:
-    """Every file a path names, as one table, once their schemas agree: a column missing
-    from some files, or of another type in some, is an error naming them (a dataset
-    would fill the gaps with nulls and send prompts without their text)."""
+    """Every file a path names, as one table (see :func:`parquet_schema`)."""
+    import pyarrow.parquet as pq
+
+    files, schema = parquet_schema(path)
+    return pa.concat_tables(pq.read_table(f, schema=schema) for f in files)
+
+
+def parquet_schema(path: str | os.PathLike[str] | list[str]) -> tuple[list[str], pa.Schema]:
+    """The Parquet files a path names and their one schema, read from the files' footers
+    alone. A column missing from some files, or of another type in some, is an error
+    naming them (a dataset would fill the gaps with nulls and send prompts without their
+    text)."""
     import pyarrow.parquet as pq
 
     files = parquet_files(path)
@@ -132,7 +155,7 @@ def read_parquet(path: str | os.PathLike[str]) -> pa.Table:
                     f"column {field.name!r} is {field.type} in {f} but {other} in "
                     f"{first_file}; the files must agree on each column's type."
                 )
-    return pa.concat_tables(pq.read_table(f, schema=first) for f in files)
+    return files, first
 
 
 _NULLABLE = {
@@ -148,7 +171,8 @@ _NULLABLE = {
 }
 
 
-def _from_arrow(table: pa.Table) -> pd.DataFrame:
+def from_arrow(table: pa.Table) -> pd.DataFrame:
+    """An Arrow table as pandas: nullable integers and booleans stay what they are."""
     # Views of strings (polars' own layout) are read as plain strings.
     fields = [
         pa.field(f.name, pa.large_string()) if f.type == pa.string_view() else f

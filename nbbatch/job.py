@@ -732,24 +732,43 @@ class BatchJob:
         return _merge.merge_job(self, df, verify=verify)
 
     def to_parquet(
-        self, path: str | os.PathLike[str], data: Any = None, *, columns: list[str] | None = None
+        self,
+        path: str | os.PathLike[str],
+        data: Any = None,
+        *,
+        columns: list[str] | None = None,
+        verify: bool = True,
     ) -> Path:
         """Write the merged rows to a Parquet file at ``path`` and return it: the input
         columns named in ``columns`` (all of them by default) and the columns ``merge``
         adds. ``data`` is what was submitted (a path of Parquet files, a table), by
-        default the data of this session. Written to a temporary name, then renamed."""
+        default the data of this session, or, for a job submitted from Parquet files,
+        those files again (read where they were). Data from files or an Arrow dataset is
+        written record batch by record batch, never held whole, so a table larger than
+        memory can be written. Every row is checked as :meth:`merge` checks it (pass
+        ``verify=False`` to skip that). Written to a temporary name, then renamed."""
         import pyarrow.parquet as pq
 
         from . import frames
+        from . import stream as _stream
 
-        merged = self.merge(data if data is not None else self._data)
-        table = frames.as_arrow(merged)
-        if columns is not None:
-            table = table.select([*columns, *self.output_columns()])
+        data = data if data is not None else self._data
+        source = None
+        if data is not None and frames.streamed(data):
+            source = _stream.Source.of(data)
+        elif data is None and (recorded := self._ledger.source(self.id)) is not None:
+            source = _stream.Source.recorded(recorded)
         target = Path(path)
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
         try:
-            pq.write_table(table, tmp)
+            if source is not None:
+                self._warn_if_running("to_parquet()")
+                _merge.write_parquet(self, source, tmp, columns=columns, verify=verify)
+            else:
+                table = frames.as_arrow(self.merge(data, verify=verify))
+                if columns is not None:
+                    table = table.select([*columns, *self.output_columns()])
+                pq.write_table(table, tmp)
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)

@@ -316,6 +316,8 @@ def _replay(
 
 #: The name of a job's manifest file.
 MANIFEST = "manifest.arrow"
+#: Where a job's rows came from, for tables read from files (see :mod:`nbbatch.stream`).
+SOURCE = "source.json"
 
 
 def _script(db: sqlite3.Connection, sql: str) -> None:
@@ -420,6 +422,13 @@ class Ledger:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         return folder
 
+    def source(self, job_id: str) -> dict[str, Any] | None:
+        """Where a job's rows came from (:data:`SOURCE`), or None for an in-memory table."""
+        try:
+            return dict(orjson.loads((self.files / job_id / SOURCE).read_bytes()))
+        except FileNotFoundError:
+            return None
+
     def write_file(self, job_id: str, name: str, data: bytes, *, sync: bool = True) -> Path:
         """Write ``data`` to ``files/<job_id>/<name>``, owner-only, atomically: to a
         temporary name first, then renamed, so a reader never sees half a file.
@@ -457,8 +466,18 @@ class Ledger:
             self._db.close()
 
     # -- jobs ----------------------------------------------------------------------------
-    def add_job(self, job: dict[str, Any], manifest: pa.Table, *, reuse: bool = True) -> None:
-        """Record a new job with its row manifest (see :mod:`nbbatch.rowstore`).
+    def add_job(
+        self,
+        job: dict[str, Any],
+        manifest: pa.Table | Path,
+        *,
+        reuse: bool = True,
+        source: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a new job with its row manifest (see :mod:`nbbatch.rowstore`): a table,
+        or a finished manifest file (a table planned batch by batch), moved into place.
+        ``source`` says where the rows came from (Parquet files and their row counts),
+        kept as ``source.json`` to check them when merging back.
 
         The manifest file is written first, then the job is recorded in one transaction.
         With ``reuse``, rows whose exact request already succeeded in an earlier job take
@@ -466,7 +485,13 @@ class Ledger:
         """
         from . import rowstore
 
-        self._write_table(job["id"], MANIFEST, manifest)
+        if isinstance(manifest, Path):
+            os.replace(manifest, self.folder(job["id"]) / MANIFEST)
+            manifest = rowstore.read_table(self.folder(job["id"]) / MANIFEST)
+        else:
+            self._write_table(job["id"], MANIFEST, manifest)
+        if source is not None:
+            self.write_file(job["id"], SOURCE, orjson.dumps(source))
         reused = self._reused(manifest) if reuse else None
         if reused is not None:
             self._write_table(job["id"], "reused.arrow", reused)

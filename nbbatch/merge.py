@@ -10,6 +10,7 @@ for it (vectorised: one render and one hash pass over the frame).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -258,3 +259,88 @@ def _short(text: str | None, width: int = 60) -> str:
     if text is None:
         return "nothing (row not sent)"
     return repr(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def write_parquet(
+    job: BatchJob,
+    source: Any,
+    target: Path,
+    *,
+    columns: list[str] | None,
+    verify: bool,
+) -> int:
+    """Write ``source``'s rows (a :class:`stream.Source`: the files the job was planned
+    from) with the job's result columns to the Parquet file ``target``, record batch by
+    record batch, never holding the whole table; return the rows written.
+
+    Each batch is checked as ``merge`` checks a frame: same row keys (``id_column``),
+    and, with ``verify``, every row still renders the request sent for it."""
+    import pyarrow.parquet as pq
+
+    from . import frames
+
+    state = job._ledger.row_state(job.id)
+    if source.n_rows != state.n:
+        raise MergeError(
+            f"the data has {source.n_rows:,} rows but job {job.id} was planned from "
+            f"{state.n:,}: the files changed since submit. Pass the files you submitted.",
+            job_id=job.id,
+        )
+    added = job.output_columns()
+    keep = list(source.columns if columns is None else columns)
+    unknown = [c for c in keep if c not in source.columns]
+    if unknown:
+        raise MergeError(f"no column(s) {unknown} in the data; columns are {source.columns}.")
+    clash = [c for c in keep if c in added]
+    if clash:
+        raise MergeError(f"the data already has column(s) {clash}; leave them out of columns=.")
+    id_column = job._record.get("id_column")
+    template = _prompt.parse(job._record["template"])
+    checked = list(dict.fromkeys([*template.columns, *([id_column] if id_column else [])]))
+    read = list(dict.fromkeys([*keep, *checked]))
+    keys = state.manifest.column("key")
+    schema = _result_schema(job, state, added)
+    offset = 0
+    with pq.ParquetWriter(target, pa.schema([*source.schema_of(keep), *schema])) as writer:
+        for batch in source.batches(read):
+            take = np.arange(offset, offset + batch.num_rows)
+            offset += batch.num_rows
+            frame = frames.from_arrow(pa.Table.from_batches([batch]).select(checked))
+            frame.index = pd.RangeIndex(take[0], take[-1] + 1) if len(take) else frame.index
+            if id_column and not np.array_equal(
+                _plan.row_keys(frame[id_column]), keys.take(pa.array(take)).to_numpy()
+            ):
+                raise MergeError(
+                    f"the rows of the data are not those of job {job.id} (by {id_column!r}, "
+                    f"around row {take[0]:,}): the files changed since submit.",
+                    job_id=job.id,
+                )
+            if verify:
+                _verify(job, frame, state, take)
+            out = merged(
+                frame.iloc[:, :0], state, take, job.output, job.spec.response_format,
+                embeddings=job.endpoint.endswith("/embeddings"),
+            )  # fmt: skip
+            results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
+            table = pa.Table.from_batches([batch]).select(keep)
+            for name in added:
+                table = table.append_column(schema.field(name), results.column(name))
+            writer.write_table(table)
+    return offset
+
+
+def _result_schema(job: BatchJob, state: rowstore.RowState, added: list[str]) -> pa.Schema:
+    """The Arrow types of the result columns, from a sample of rows that succeeded and
+    some that did not (a column with no value in the sample is text)."""
+    status = state.statuses()
+    good = np.flatnonzero(status == rowstore.SUCCEEDED)[:1000]
+    other = np.flatnonzero(status != rowstore.SUCCEEDED)[:10]
+    sample = np.concatenate([good, other])
+    out = merged(
+        pd.DataFrame(index=pd.RangeIndex(len(sample))), state, sample, job.output,
+        job.spec.response_format, embeddings=job.endpoint.endswith("/embeddings"),
+    )  # fmt: skip
+    table = pa.Table.from_pandas(out[added], preserve_index=False)
+    return pa.schema(
+        pa.field(f.name, pa.large_string()) if pa.types.is_null(f.type) else f for f in table.schema
+    )

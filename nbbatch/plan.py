@@ -108,7 +108,7 @@ def row_keys(values: pd.Index | pd.Series) -> np.ndarray:
     return pd.util.hash_pandas_object(series, index=False).to_numpy()
 
 
-def _label_text(values: pd.Index | pd.Series) -> pa.Array:
+def label_text(values: pd.Index | pd.Series) -> pa.Array:
     """A readable string per row label (tuples joined with ``-``)."""
     if isinstance(values, pd.RangeIndex):  # the common case, up to millions of rows
         return pc.cast(pa.array(np.asarray(values)), pa.string())
@@ -127,15 +127,22 @@ def _readable(value: object) -> str:
     return text
 
 
-def make_custom_ids(labels: pa.Array) -> pa.Array:
+def make_custom_ids(
+    labels: pa.Array, offset: int = 0, *, as_labels: bool | None = None
+) -> pa.Array:
     """custom_ids from row labels: the labels themselves when they are already unique,
-    valid ids; otherwise ``{position}-{slug of the label}`` (unique because positions are)."""
+    valid ids; otherwise ``{position}-{slug of the label}`` (unique because positions are).
+
+    ``offset`` is the position of the first label (a batch of a larger table), and
+    ``as_labels`` the choice already made for the whole table, when it is known."""
     n = len(labels)
-    valid = pc.all(pc.match_substring_regex(labels, CUSTOM_ID_PATTERN.pattern)).as_py()
-    if n and valid and pc.count_distinct(labels).as_py() == n:
+    if as_labels is None:
+        valid = pc.all(pc.match_substring_regex(labels, CUSTOM_ID_PATTERN.pattern)).as_py()
+        as_labels = bool(n and valid and pc.count_distinct(labels).as_py() == n)
+    if as_labels:
         return labels
     ids = []
-    for pos, label in enumerate(labels.to_pylist()):
+    for pos, label in enumerate(labels.to_pylist(), start=offset):
         slug = _UNSAFE.sub("_", label).strip("_")
         ids.append(f"{pos}-{slug}"[:64].rstrip("-_") if slug else str(pos))
     return pa.array(ids, pa.string())
@@ -175,7 +182,7 @@ def make_plan(
         source: pd.Index | pd.Series = ids
     else:
         source = frame.index
-    labels = _label_text(source)
+    labels = label_text(source)
     # A RangeIndex gives unique, valid ids as it is ("0", "1", ...): skip the checks.
     custom_ids = labels if isinstance(source, pd.RangeIndex) else make_custom_ids(labels)
     keys = row_keys(source)
