@@ -103,6 +103,8 @@ FORMATS = ".parquet, .csv, .jsonl (or .ndjson), .json or .xlsx"
 
 def _check_out(out: Path) -> None:
     """Refuse a results file that cannot be written, before waiting for anything."""
+    if out.is_dir():
+        return  # JOB.parquet in that folder
     suffix = out.suffix.lower()
     if suffix not in WRITERS:
         raise InputError(
@@ -165,9 +167,12 @@ def _collect(args: argparse.Namespace) -> int:
     if out is not None:
         _check_out(out)  # before anything else: a bad name should not cost a long wait
     from . import api
+    from .ledger import default as _default_ledger
 
     job = api.attach(args.job)
     out = out or Path(f"{job.id}.parquet")
+    if out.is_dir():
+        out = out / f"{job.id}.parquet"
     code = OK
     if args.wait:
         try:
@@ -187,14 +192,21 @@ def _collect(args: argparse.Namespace) -> int:
         if snap.last_error:
             print(f"nbbatch: {snap.last_error}", file=sys.stderr)
             code = UNREACHABLE
-    frame = results_table(job)
-    try:
-        WRITERS[out.suffix.lower()](frame, out)
-    except (ValueError, TypeError) as exc:  # e.g. a value the format cannot hold
-        raise InputError(
-            f"cannot write the results as {out.suffix}: {exc}. Try .parquet or .jsonl."
-        ) from exc
-    print(f"{len(frame):,} rows written to {out}: {snap.summary()}")
+    if out.suffix.lower() == ".parquet" and _default_ledger().source(job.id) is not None:
+        # A job planned from Parquet files: their columns and the results, written
+        # batch by batch from the files, as large as they are.
+        job.to_parquet(out)
+        rows = job.counts["total"]
+    else:
+        frame = results_table(job)
+        rows = len(frame)
+        try:
+            WRITERS[out.suffix.lower()](frame, out)
+        except (ValueError, TypeError) as exc:  # e.g. a value the format cannot hold
+            raise InputError(
+                f"cannot write the results as {out.suffix}: {exc}. Try .parquet or .jsonl."
+            ) from exc
+    print(f"{rows:,} rows written to {out}: {snap.summary()}")
     if code == OK and not snap.finished:
         code = RUNNING
     return code
@@ -248,7 +260,8 @@ def parser() -> argparse.ArgumentParser:
         "collect",
         help="write a job's results to a file",
         description="Write a job's results to a file: one line per input row with its id,\n"
-        "its output column(s), status and error.",
+        "its output column(s), status and error (for a job submitted from Parquet files,\n"
+        "every column of the files and the results).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -257,7 +270,9 @@ def parser() -> argparse.ArgumentParser:
         "--out",
         metavar="FILE",
         help=f"the results file; its suffix chooses the format: {FORMATS} "
-        "(default: JOB.parquet in the current folder)",
+        "(default: JOB.parquet in the current folder; a folder: JOB.parquet in it). For a "
+        "job submitted from Parquet files, a .parquet file holds their columns too, "
+        "written a batch at a time from the files",
     )
     p.add_argument(
         "--wait", action="store_true", help="wait until every row is done, printing progress"

@@ -30,7 +30,7 @@ CHILD = """
     from nbbatch.providers.anthropic import AnthropicProvider
     from nbbatch.providers.openai import OpenAIProvider
 
-    url, provider, mode = os.environ["ARGS"].split()
+    url, provider, mode, data = os.environ["ARGS"].split()
     # Small chunks, so 50 rows are 5 batches (the real limits are 50,000 and 100,000).
     OpenAIProvider.max_requests = AnthropicProvider.max_requests = 10
     if provider == "openai":
@@ -59,8 +59,9 @@ CHILD = """
         die_on("confirm_batch", 3, before=True)
     elif mode == "collecting":  # the second batch downloaded, its results not recorded
         die_on("record_results", 2, before=True)
-    df = pd.DataFrame({"text": [f"row {i}" for i in range(50)]})
-    job = nb.submit(df, "{text}", model=model, client=client, display=False)
+    if data == "frame":
+        data = pd.DataFrame({"text": [f"row {i}" for i in range(50)]})
+    job = nb.submit(data, "{text}", model=model, client=client, display=False)
     print(job.id, flush=True)
     job.wait(progress=False)
     print("finished", flush=True)
@@ -81,7 +82,7 @@ def test_a_process_killed_mid_upload_or_mid_collection_resumes_exactly(
     nbbatch_home,
     mode,
 ):
-    env = {**os.environ, "ARGS": f"{emu_process} {provider} {mode}",
+    env = {**os.environ, "ARGS": f"{emu_process} {provider} {mode} frame",
            "NBBATCH_HOME": str(nbbatch_home)}  # fmt: skip
     child = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(CHILD)],
@@ -107,6 +108,45 @@ def test_a_process_killed_mid_upload_or_mid_collection_resumes_exactly(
     assert sorted(job.batch_ids) == sorted(at_provider)
     merged = job.merge(frame(ROWS))
     assert merged["response"].tolist() == [emulator.echo_text(f"row {i}") for i in range(ROWS)]
+
+
+@pytest.mark.slow
+def test_a_job_from_parquet_files_killed_mid_upload_resumes_and_writes_back(
+    emu_process,  # noqa: F811
+    provider,
+    nbbatch_home,
+    tmp_path,
+):
+    """Three Parquet files, five batches of ten: killed with two batches sent, the job
+    resumes from its manifest in a new process (without the files' help) and writes
+    every row back to Parquet from the files it recorded."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    texts = [f"row {i}" for i in range(ROWS)]
+    for i, (a, b) in enumerate([(0, 20), (20, 35), (35, ROWS)]):
+        pq.write_table(pa.table({"text": texts[a:b]}), folder / f"part-{i}.parquet")
+    glob = str(folder / "*.parquet")
+    env = {**os.environ, "ARGS": f"{emu_process} {provider} between-chunks {glob}",
+           "NBBATCH_HOME": str(nbbatch_home)}  # fmt: skip
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CHILD)],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert child.returncode == 9, child.stderr
+    job_id = child.stdout.split()[0]
+    client = client_for(provider, _Url(emu_process))
+    assert len(_at_provider(client)) == 2
+
+    job = nb.attach(job_id, client=client)
+    job.wait(timeout=120, progress=False)
+    assert_every_row_terminal_once(job, ROWS)
+    assert len(job.batch_ids) == 3  # the 30 rows not sent go in one batch, once
+    out = pq.read_table(job.to_parquet(tmp_path / "out.parquet"))
+    assert out.column("text").to_pylist() == texts
+    assert out.column("response").to_pylist() == [emulator.echo_text(t) for t in texts]
 
 
 def test_an_upload_refused_mid_job_is_the_jobs_error_and_the_rest_is_sent_later(emu, monkeypatch):

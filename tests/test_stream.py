@@ -151,3 +151,19 @@ def test_preview_of_files_counts_every_row_and_shows_the_first(tmp_path, small_b
     assert shown["prompt"].tolist() == ["Summarise: plain", 'Summarise: emoji 😀 and "quotes"',
                                         "Summarise: two\nlines"]  # fmt: skip
     assert "from 60 rows" in shown.estimate.note
+
+
+def test_collect_to_a_folder_writes_the_files_columns_and_the_results(client, tmp_path):
+    from .test_cli import nbbatch
+
+    glob = _write(tmp_path / "in", _parts(2, 6))
+    job = nb.submit(glob, PROMPT, model=model_for(client), client=client, id_column="ticket")
+    job.wait(timeout=60, progress=False)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    done = nbbatch("collect", job.id, "--out", str(out_dir))
+    assert done.returncode == 0, done.stderr
+    written = pq.read_table(out_dir / f"{job.id}.parquet")
+    assert written.column_names == ["ticket", "body", "n", *job.output_columns()]
+    assert written.column("ticket").to_pylist() == [f"t{f}-{i}" for f in range(2) for i in range(6)]
+    assert f"12 rows written to {out_dir / job.id}.parquet" in done.stdout

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import anthropic
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from anthropic.types import message_create_params
@@ -173,10 +172,18 @@ class AnthropicProvider(Provider):
 
     # -- batches ---------------------------------------------------------------------------
     def create(self, jsonl: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
-        # One parse of the lines as a JSON array: faster than a call per line.
-        requests = orjson.loads(b"[" + jsonl.strip().replace(b"\n", b",") + b"]")
+        # The lines are already the JSON of each request: they are sent as the body as
+        # they are, through the SDK's own request path (auth, retries, the response
+        # parsed as a MessageBatch). Handing the SDK a list of request dicts instead costs
+        # some 8 KB of Python objects a request, 800 MB for a full batch of 100,000.
+        body = b'{"requests":[' + jsonl.rstrip(b"\n").replace(b"\n", b",") + b"]}"
         try:
-            batch = self.client.messages.batches.create(requests=requests)
+            batch = self.client.post(
+                "/v1/messages/batches",
+                cast_to=anthropic.types.messages.MessageBatch,
+                content=body,
+                options={"headers": {"Content-Type": "application/json"}},
+            )
         except anthropic.AnthropicError as exc:
             raise _provider_error(exc, "creating a batch") from exc
         return _info(batch)
