@@ -168,8 +168,9 @@ def report(files: dict[str, Any], memory: dict[str, Any], text_bytes: int, n_fil
     def per_row(f: dict[str, Any]) -> float:
         return (f["total"] - f["emulator_busy"]) / f["rows"] * 1e6
 
-    print(f"\n{files['rows']:,} rows in {n_files} Parquet files ({text_bytes / 1e9:.1f} GB of "
-          f"text) beside {memory['rows']:,} rows in a polars DataFrame; {os.cpu_count()} cores")  # fmt: skip
+    gb = text_bytes / 1e9
+    print(f"\n{files['rows']:,} rows in {n_files} Parquet files ({gb:.1f} GB of text) beside "
+          f"{memory['rows']:,} rows in a polars DataFrame; {os.cpu_count()} cores")  # fmt: skip
     rows = [
         ("batches", files["batches"], memory["batches"], ""),
         ("submit returns control (s)", files["submit_returns"], memory["submit_returns"], ""),
