@@ -701,11 +701,7 @@ class BatchJob:
 
     def prompt_chars(self) -> tuple[int, int]:
         """(rows with a prompt, total prompt characters): for cost estimates before usage."""
-        import pyarrow.compute as pc
-
-        prompts = self._ledger.row_state(self.id).manifest.column("prompt")
-        lengths = pc.utf8_length(prompts)
-        return int(pc.count(lengths).as_py()), int(pc.sum(lengths).as_py() or 0)
+        return rowstore.prompt_chars(self._ledger.row_state(self.id))
 
     def merge(self, df: Any = None, *, verify: bool = True) -> Any:
         """``df`` plus ``{output}``, ``{output}_status`` and ``{output}_error`` columns,

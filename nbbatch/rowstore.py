@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,30 @@ def read_table(path: Path) -> pa.Table:
     """An Arrow IPC file, memory-mapped (its columns are not copied into memory)."""
     with pa.memory_map(str(path)) as source:
         return pa.ipc.open_file(source).read_all()
+
+
+def read_batches(path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """The record batches of an Arrow IPC file, one at a time, read rather than mapped:
+    a mapping kept open would keep every page read in this process's memory."""
+    with pa.OSFile(str(path)) as source:
+        reader = pa.ipc.open_file(source)
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            yield batch if columns is None else batch.select(columns)
+
+
+def prompt_chars(state: RowState) -> tuple[int, int]:
+    """(rows with a prompt, total prompt characters) of a job's manifest, read batch by
+    batch (the prompts of millions of rows are never all in memory)."""
+    rows = chars = 0
+    batches: Any = (
+        read_batches(state.path, ["prompt"]) if state.path else state.manifest.to_batches()
+    )
+    for batch in batches:
+        lengths = pc.utf8_length(batch.column("prompt"))
+        rows += int(pc.count(lengths).as_py())
+        chars += int(pc.sum(lengths).as_py() or 0)
+    return rows, chars
 
 
 def manifest(
@@ -327,12 +352,7 @@ class RowState:
         if not present:  # e.g. no errors at all: nothing to gather
             values = pa.nulls(len(where), typ)
         else:
-            offsets = np.cumsum([0] + [t.num_rows for t in self.results])
-            index = offsets[np.maximum(files, 0)] + rows
-            chunks = [c for t in self.results for c in t.column(name).chunks]
-            source = pa.chunked_array(chunks, typ)
-            values = source.take(pa.array(index, mask=files < 0))
-            values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+            values = _gather(self.results, name, typ, files, rows)
         if name == "error":
             skipped = self.manifest.column("skip_error")
             if positions is not None:
@@ -348,14 +368,43 @@ class RowState:
         if positions is not None and self.path is not None:
             table = read_table(self.path)
             try:
-                return table.column(name).take(pa.array(positions, pa.int64())).combine_chunks()
+                return _take(table.column(name), positions)
             finally:
                 del table
         column = self.manifest.column(name)
         if positions is not None:
-            column = column.take(pa.array(positions, pa.int64()))
+            return _take(column, positions)
         return column.combine_chunks()
 
     def summary(self) -> dict[str, Any]:
         """Counts and usage, as the ledger keeps them for listing jobs."""
         return {"counts": self.counts(), "usage": self.usage()}
+
+
+def _take(column: pa.ChunkedArray, positions: np.ndarray) -> pa.Array:
+    """``column`` at ``positions``, touching only the chunks between the first and the
+    last position: Arrow's take on a chunked column joins all its chunks first, which for
+    the prompts of millions of rows is gigabytes copied to take a hundred thousand."""
+    if not len(positions):
+        return column.slice(0, 0).combine_chunks()
+    low, high = int(positions.min()), int(positions.max())
+    part = column.slice(low, high - low + 1)
+    taken = part.take(pa.array(positions - low, pa.int64()))
+    return taken.combine_chunks() if isinstance(taken, pa.ChunkedArray) else taken
+
+
+def _gather(
+    results: list[pa.Table], name: str, typ: pa.DataType, files: np.ndarray, rows: np.ndarray
+) -> pa.Array:
+    """Column ``name`` of the result files at (``files``, ``rows``), null where ``files``
+    is -1: taken file by file (each file's own column only), then put in order."""
+    parts = [pa.nulls(1, typ)]  # position 0: the null for rows without a result
+    index = np.zeros(len(files), dtype=np.int64)
+    start = 1
+    for f in np.unique(files[files >= 0]):
+        where = np.flatnonzero(files == f)
+        parts.append(_take(results[f].column(name), rows[where]))
+        index[where] = np.arange(start, start + len(where))
+        start += len(where)
+    joined = pa.concat_arrays([p.cast(typ) for p in parts])
+    return joined.take(pa.array(index))

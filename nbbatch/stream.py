@@ -152,7 +152,7 @@ class StreamPlan:
     def head(self, n: int) -> tuple[pa.Array, pa.Array]:
         """The custom_ids and prompts of the first ``n`` rows sent."""
         ids, prompts = [], []
-        for batch in _read_batches(self.path):
+        for batch in rowstore.read_batches(self.path):
             keep = pc.is_valid(batch.column("prompt"))  # rows not sent have none
             part = batch.filter(keep)
             ids.append(part.column("custom_id"))
@@ -303,7 +303,7 @@ def finish_manifest(plan: StreamPlan, target: Path) -> None:
             with pa.ipc.new_file(fh, rowstore.MANIFEST_SCHEMA) as writer:
                 offset = 0
                 index = rowstore.MANIFEST_SCHEMA.get_field_index("leader")
-                for batch in _read_batches(plan.path):
+                for batch in rowstore.read_batches(plan.path):
                     stop = offset + batch.num_rows
                     batch = batch.set_column(index, "leader", pa.array(leader[offset:stop]))
                     writer.write_batch(batch)
@@ -316,22 +316,13 @@ def finish_manifest(plan: StreamPlan, target: Path) -> None:
     plan.discard()
 
 
-def _read_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    """The record batches of an Arrow IPC file, read one at a time (not mapped: a
-    mapping would keep every page read in this process)."""
-    with pa.OSFile(str(path)) as source:
-        reader = pa.ipc.open_file(source)
-        for i in range(reader.num_record_batches):
-            yield reader.get_batch(i)
-
-
 def sent_prompts(plan: StreamPlan, keep: np.ndarray) -> Iterator[pa.Array]:
     """The prompts of the rows sent where ``keep`` (one flag per row sent) holds, a
     record batch at a time."""
     flags = np.zeros(plan.n_rows, dtype=bool)
     flags[plan.send_positions[keep]] = True
     offset = 0
-    for batch in _read_batches(plan.path):
+    for batch in rowstore.read_batches(plan.path):
         stop = offset + batch.num_rows
         yield batch.column("prompt").filter(pa.array(flags[offset:stop]))
         offset = stop

@@ -90,6 +90,10 @@ LINE_SCHEMA = pa.schema(
 )
 
 
+#: Turns the newline ending each request line into the comma of a JSON array.
+_COMMAS = bytes.maketrans(b"\n", b",")
+
+
 class AnthropicProvider(Provider):
     """The Anthropic Message Batches API."""
 
@@ -176,7 +180,9 @@ class AnthropicProvider(Provider):
         # they are, through the SDK's own request path (auth, retries, the response
         # parsed as a MessageBatch). Handing the SDK a list of request dicts instead costs
         # some 8 KB of Python objects a request, 800 MB for a full batch of 100,000.
-        body = b'{"requests":[' + jsonl.rstrip(b"\n").replace(b"\n", b",") + b"]}"
+        lines = jsonl.translate(_COMMAS)  # one copy: each line's end becomes a comma
+        body = b"".join((b'{"requests":[', memoryview(lines)[:-1], b"]}"))
+        del lines
         try:
             batch = self.client.post(
                 "/v1/messages/batches",
