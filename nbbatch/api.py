@@ -307,6 +307,7 @@ def _estimate(
         max_tokens=spec.max_tokens,
         endpoint=spec.endpoint,
         note=note,
+        cache_system=spec.cache_system,
         **kwargs,
     )
 
@@ -460,6 +461,7 @@ def preview(
     id_column: str | None = None,
     endpoint: str | None = None,
     missing: str = "skip",
+    cache_system: bool = False,
     **params: Any,
 ) -> Preview:
     """The first ``n`` rendered requests and, for the whole job, the estimated tokens and
@@ -475,8 +477,11 @@ def preview(
     Input tokens are exact with tiktoken when its encoding is cached locally, else
     approximated (4 characters per token; always for Claude models); output tokens are
     ``expected_output_tokens``, else ``max_tokens`` as an upper bound, else a guess of
-    100 per row. The returned DataFrame shows the estimate above the rows; it is also
-    ``.estimate``.
+    100 per row. A system prompt long enough for the provider's prompt cache (OpenAI's
+    automatic one; Anthropic's with ``cache_system=True``) is counted as read from the
+    cache after the first request. Prices come from genai-prices' bundled data, whose
+    date the summary states. The returned DataFrame shows the estimate above the rows;
+    it is also ``.estimate``.
     """
     frame, _, template = _parse(data, prompt)
     name, local = _providers.infer(provider, client, model)
@@ -487,6 +492,7 @@ def preview(
         system=system,
         max_tokens=max_tokens,
         temperature=temperature,
+        cache_system=cache_system,
         params=params,
     )
     rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)

@@ -495,11 +495,13 @@ class JobPanel:
     def _cost_html(self, snap: JobSnapshot) -> str:
         cost, tokens_in, tokens_out = self.cost_figures(snap)
         label = f'<span style="{_MUTED}">Cost:</span> '
+        prices = f' <span style="{_MUTED}">&middot; prices: {_esc(pricing.source())}</span>'
         if cost.batch is None:
             text = (
                 f"unknown price for <code>{_esc(snap.model)}</code> "
                 f'<span style="{_MUTED}">(nbbatch.pricing.set_price sets one)</span>'
             )
+            prices = f' <span style="{_MUTED}">&middot; not in {_esc(pricing.source())}</span>'
         elif cost.estimated:
             at_most = "" if self.job.spec.max_tokens is None else " at most"
             text = (
@@ -513,7 +515,7 @@ class JobPanel:
                 f'<span style="{_MUTED}">(reported usage: {tokens_in:,} input, '
                 f"{tokens_out:,} output tokens)</span>"
             )
-        return f'<div class="nbbatch-cost-line" style="{_TEXT}{_FONT}">{label}{text}</div>'
+        return f'<div class="nbbatch-cost-line" style="{_TEXT}{_FONT}">{label}{text}{prices}</div>'
 
     @classmethod
     def _error_html(cls, snap: JobSnapshot) -> str:
