@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from . import estimate as _estimate_mod
 from . import frames, pricing, rowstore
+from . import health as _health
 from . import merge as _merge
 from . import plan as _plan
 from . import prompt as _prompt
@@ -64,6 +65,7 @@ def submit(
     retries: int = 2,
     fallback: str | None = None,
     alert_threshold: float | None = 0.05,
+    deadline: Any = None,
     reuse: bool = True,
     force: bool = False,
     wait: bool = False,
@@ -107,6 +109,11 @@ def submit(
     times; ``fallback="realtime"`` then sends rows still failing through the real-time
     API at full price. A failure rate above ``alert_threshold`` adds a note to the job
     (shown by the panel and the console, and logged as a warning on logger ``nbbatch``).
+    ``deadline`` (a ``datetime.timedelta``, a duration such as ``"6h"`` or ``"1h30m"``,
+    or a ``datetime``) is when every row should be done: a job still running then is
+    flagged overdue in the panel, the log and ``nbbatch jobs`` / ``nbbatch check``.
+    The job's start (rows, estimated cost) and end (counts, cost, duration) are logged
+    at INFO on logger ``nbbatch``, and an end with rows that got no result at WARNING.
 
     ``wait=True`` blocks until every row is terminal. In a notebook (``display="auto"``)
     the live panel appears and polling runs in the background, so the kernel stays free;
@@ -119,6 +126,7 @@ def submit(
         raise InputError(f"retries must be a whole number >= 0, found {retries!r}.")
     if fallback not in (None, "realtime"):
         raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
+    _health.deadline_at(deadline, 0.0)  # a wrong deadline is refused before anything else
     frame, is_series, template, impl, spec, local = _prepare(
         data, prompt, model=model, output=output, provider=provider, client=client,
         system=system, max_tokens=max_tokens, temperature=temperature,
@@ -166,6 +174,7 @@ def submit(
             salt=salt,
             backend="local" if local else None,
             hash_scheme=_plan.HASH_SCHEME,
+            deadline=_health.deadline_at(deadline, record["created"]),
         )
         manifest = rowstore.manifest(
             rows.custom_ids, rows.keys, rows.labels, rows.prompts, rows.send_positions,
@@ -173,7 +182,12 @@ def submit(
         )  # fmt: skip
         ledger.add_job(record, manifest, reuse=reuse)
         job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
-        log.info("nbbatch: job %s submitted: %d rows, %s %s", job.id, rows.n_rows, name, model)
+        due = job._record.get("deadline")
+        log.info(
+            "nbbatch job %s started: %d rows expected on %s %s, cost %s%s",
+            job.id, rows.n_rows, name, model, job.cost,
+            f", deadline {_health.when(due)}" if due else "",
+        )  # fmt: skip
     shown = display is True or (display == "auto" and in_notebook())
     if wait:
         # Sent in this thread by wait()'s first refresh, with text progress outside a
@@ -408,10 +422,15 @@ def ledger_path() -> Path:
 
 def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
     """Every job in the ledger, newest first: id, created, provider, model, rows, status,
-    the row counts per state, and ``cost``: dollars paid so far at the batch price, from
-    the token usage the results reported (NaN for a model with no known price)."""
+    the row counts per state, ``cost``: dollars paid so far at the batch price, from
+    the token usage the results reported (NaN for a model with no known price), the
+    ``deadline`` given to submit (NaT for none) and whether the job is ``overdue``
+    (rows still pending after it)."""
+    import time
+
     ledger = ledger or _default_ledger()
     records = ledger.jobs()
+    now = time.time()
     table = []
     for r in records:
         c = r["summary"].get("counts", {})
@@ -434,10 +453,15 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
                 },
                 "pending": pending,
                 "cost": _paid(r["model"], tuple(paid[:3])),
+                "deadline": pd.Timestamp(r["deadline"], unit="s", tz="UTC")
+                if r.get("deadline") is not None
+                else pd.NaT,
+                "overdue": _health.overdue_text(r.get("deadline"), pending, now) is not None,
             }
         )
     columns = ["id", "created", "provider", "model", "rows", "status", "succeeded", "failed",
-               "expired", "cancelled", "skipped", "pending", "cost"]  # fmt: skip
+               "expired", "cancelled", "skipped", "pending", "cost", "deadline",
+               "overdue"]  # fmt: skip
     return pd.DataFrame(table, columns=columns)
 
 

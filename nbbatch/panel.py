@@ -525,6 +525,9 @@ class JobPanel:
             cls._note(n.text, "warning" if n.kind == "alert" else "info")
             for n in snap.current_notes
         )
+        late = getattr(snap, "overdue", None)
+        if late:
+            notes = cls._note(late, "warning") + notes
         return notes + _history_html(snap) + cls._problem_html(snap)
 
     @classmethod
@@ -794,6 +797,8 @@ def bar_html(snap: JobSnapshot, state: str) -> str:
 def plain_text(snap: JobSnapshot) -> str:
     """The job as text, as saved in the notebook: the summary line and current notes."""
     lines = [snap.summary()]
+    if snap.overdue:
+        lines.append(f"note: {snap.overdue}")
     lines += [f"note: {n.text}" for n in snap.current_notes]
     if snap.last_error:
         problem = "" if snap.last_error.startswith(SENDING_STOPPED) else "polling error: "
