@@ -840,7 +840,9 @@ class BatchJob:
             attempt = int(state.attempt[positions].max()) + 1
             self._ledger.event(self.id, "resubmit", f"resubmitting {len(positions)} rows")
             self._ledger.set_job_status(self.id, "running")
-            self._ledger.set_job_time(self.id, "ended_at", None)  # it ends again, and says so
+            # It ends again, and says so; collect --finished writes its new results.
+            self._ledger.set_job_time(self.id, "ended_at", None)
+            self._ledger.set_job_time(self.id, "collected_at", None)
             self._logged_done = False
             self._record["status"] = "running"
             # Put back to be sent, then sent by the background sender (or the next

@@ -60,6 +60,9 @@ def test_a_job_past_its_deadline_is_overdue_everywhere(capsys, caplog):
         snap = job.refresh()
         assert snap.overdue and snap.overdue.startswith("overdue: 4 rows still pending")
         assert "overdue" in panel.plain_text(snap)
+        view = panel.JobPanel(job)
+        view.render(snap)
+        assert "overdue: 4 rows still pending" in view.error.value
         assert any(
             r.levelno == logging.WARNING and "overdue" in r.getMessage() for r in caplog.records
         )
