@@ -299,9 +299,18 @@ class Estimate:
         lines += [
             f"  output tokens  {self.output_tokens:>12,}  {self.output_basis}",
             f"  cost           {cost}",
-            f"  prices         {pricing.source()}",
+            f"  prices         {self._prices()}",
         ]
         return "\n".join(lines)
+
+    def _prices(self) -> str:
+        """Where the prices come from, and whether the batch price is the 50% rule."""
+        rates = pricing.rates(self.model)
+        if rates is None:
+            return f"{pricing.source()}, which does not know {self.model!r}"
+        if rates.batch_rule:
+            return f"{rates.source}; no batch rate there: half the real-time price"
+        return rates.source
 
     def __str__(self) -> str:
         return self.summary()

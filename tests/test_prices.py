@@ -27,6 +27,9 @@ def test_models_the_old_table_lacked_have_batch_and_cache_prices():
                            estimated=False)  # fmt: skip
     assert written.realtime == pytest.approx(haiku.cache_write)
     assert re.fullmatch(r"genai-prices [\d.]+ \(data to \d{4}-\d\d-\d\d\)", pricing.source())
+    embed = nb.preview(pd.DataFrame({"t": ["a"]}), "{t}", model="text-embedding-3-small",
+                       endpoint="/v1/embeddings").estimate  # fmt: skip
+    assert "no batch rate there: half the real-time price" in embed.summary()
 
 
 def test_overrides_win_and_unknown_models_stay_unknown(monkeypatch):
