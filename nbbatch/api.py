@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from . import estimate as _estimate_mod
 from . import frames, pricing, rowstore
+from . import health as _health
 from . import merge as _merge
 from . import plan as _plan
 from . import prompt as _prompt
@@ -67,6 +68,7 @@ def submit(
     retries: int = 2,
     fallback: str | None = None,
     alert_threshold: float | None = 0.05,
+    deadline: Any = None,
     reuse: bool = True,
     force: bool = False,
     wait: bool = False,
@@ -110,6 +112,11 @@ def submit(
     times; ``fallback="realtime"`` then sends rows still failing through the real-time
     API at full price. A failure rate above ``alert_threshold`` adds a note to the job
     (shown by the panel and the console, and logged as a warning on logger ``nbbatch``).
+    ``deadline`` (a ``datetime.timedelta``, a duration such as ``"6h"`` or ``"1h30m"``,
+    or a ``datetime``) is when every row should be done: a job still running then is
+    flagged overdue in the panel, the log and ``nbbatch jobs`` / ``nbbatch check``.
+    The job's start (rows, estimated cost) and end (counts, cost, duration) are logged
+    at INFO on logger ``nbbatch``, and an end with rows that got no result at WARNING.
 
     ``wait=True`` blocks until every row is terminal. In a notebook (``display="auto"``)
     the live panel appears and polling runs in the background, so the kernel stays free;
@@ -122,6 +129,7 @@ def submit(
         raise InputError(f"retries must be a whole number >= 0, found {retries!r}.")
     if fallback not in (None, "realtime"):
         raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
+    _health.deadline_at(deadline, 0.0)  # a wrong deadline is refused before anything else
     source = _stream.Source.of(data) if frames.streamed(data) else None
     frame, is_series, template, impl, spec, local = _prepare(
         data if source is None else source.head(), prompt, model=model, output=output,
@@ -175,10 +183,16 @@ def submit(
             salt=salt,
             backend="local" if local else None,
             hash_scheme=_plan.HASH_SCHEME,
+            deadline=_health.deadline_at(deadline, record["created"]),
         )
         ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
         job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
-        log.info("nbbatch: job %s submitted: %d rows, %s %s", job.id, rows.n_rows, name, model)
+        due = job._record.get("deadline")
+        log.info(
+            "nbbatch job %s started: %d rows expected on %s %s, cost %s%s",
+            job.id, rows.n_rows, name, model, job.cost,
+            f", deadline {_health.when(due)}" if due else "",
+        )  # fmt: skip
     shown = display is True or (display == "auto" and in_notebook())
     if wait:
         # Sent in this thread by wait()'s first refresh, with text progress outside a
@@ -401,6 +415,7 @@ def _estimate(
             system=spec.system,
             max_tokens=spec.max_tokens,
             endpoint=spec.endpoint,
+            cache_system=spec.cache_system,
             **kwargs,
         )
         for prompts in rows.prompts(keep)
@@ -502,10 +517,15 @@ def ledger_path() -> Path:
 
 def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
     """Every job in the ledger, newest first: id, created, provider, model, rows, status,
-    the row counts per state, and ``cost``: dollars paid so far at the batch price, from
-    the token usage the results reported (NaN for a model with no known price)."""
+    the row counts per state, ``cost``: dollars paid so far at the batch price, from
+    the token usage the results reported (NaN for a model with no known price), the
+    ``deadline`` given to submit (NaT for none) and whether the job is ``overdue``
+    (rows still pending after it)."""
+    import time
+
     ledger = ledger or _default_ledger()
     records = ledger.jobs()
+    now = time.time()
     table = []
     for r in records:
         c = r["summary"].get("counts", {})
@@ -528,10 +548,15 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
                 },
                 "pending": pending,
                 "cost": _paid(r["model"], tuple(paid[:3])),
+                "deadline": pd.Timestamp(r["deadline"], unit="s", tz="UTC")
+                if r.get("deadline") is not None
+                else pd.NaT,
+                "overdue": _health.overdue_text(r.get("deadline"), pending, now) is not None,
             }
         )
     columns = ["id", "created", "provider", "model", "rows", "status", "succeeded", "failed",
-               "expired", "cancelled", "skipped", "pending", "cost"]  # fmt: skip
+               "expired", "cancelled", "skipped", "pending", "cost", "deadline",
+               "overdue"]  # fmt: skip
     return pd.DataFrame(table, columns=columns)
 
 
@@ -555,6 +580,7 @@ def preview(
     id_column: str | None = None,
     endpoint: str | None = None,
     missing: str = "skip",
+    cache_system: bool = False,
     **params: Any,
 ) -> Preview:
     """The first ``n`` rendered requests and, for the whole job, the estimated tokens and
@@ -570,8 +596,11 @@ def preview(
     Input tokens are exact with tiktoken when its encoding is cached locally, else
     approximated (4 characters per token; always for Claude models); output tokens are
     ``expected_output_tokens``, else ``max_tokens`` as an upper bound, else a guess of
-    100 per row. The returned DataFrame shows the estimate above the rows; it is also
-    ``.estimate``.
+    100 per row. A system prompt long enough for the provider's prompt cache (OpenAI's
+    automatic one; Anthropic's with ``cache_system=True``) is counted as read from the
+    cache after the first request. Prices come from genai-prices' bundled data, whose
+    date the summary states. The returned DataFrame shows the estimate above the rows;
+    it is also ``.estimate``.
     """
     source = _stream.Source.of(data) if frames.streamed(data) else None
     frame, _, template = _parse(data if source is None else source.head(), prompt)
@@ -583,6 +612,7 @@ def preview(
         system=system,
         max_tokens=max_tokens,
         temperature=temperature,
+        cache_system=cache_system,
         params=params,
     )
     address = _address(name, client, local)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .job import BatchJob
 
 #: Exit codes, as ``nbbatch --help`` lists them.
-OK, ERROR, USAGE, RUNNING, UNREACHABLE = 0, 1, 2, 3, 4
+OK, ERROR, USAGE, RUNNING, UNREACHABLE, ATTENTION = 0, 1, 2, 3, 4, 5
 
 DESCRIPTION = """\
 List, check, collect and cancel nbbatch jobs outside a notebook: in a terminal, a cron
@@ -38,6 +38,7 @@ exit codes:
   2    wrong usage of the command
   3    the job still has pending rows (collect without --wait, or --timeout passed)
   4    the provider could not be reached or answered with a temporary error
+  5    check: at least one job needs attention (one line each on stdout)
   130  interrupted (Ctrl-C); the job goes on at the provider
 
 environment:
@@ -64,6 +65,13 @@ def _jobs(args: argparse.Namespace) -> int:
     for column in ("rows", "succeeded", "failed", "expired", "cancelled", "skipped", "pending"):
         table[column] = table[column].map("{:,}".format)
     table["cost"] = table["cost"].map(lambda c: "unknown" if pd.isna(c) else money(c))
+    if table["deadline"].isna().all():
+        table = table.drop(columns=["deadline", "overdue"])  # nobody set one: say nothing
+    else:
+        table["deadline"] = table["deadline"].map(
+            lambda d: "-" if pd.isna(d) else d.strftime("%Y-%m-%d %H:%M")
+        )
+        table["overdue"] = table["overdue"].map({True: "OVERDUE", False: ""})
     print(table.to_string(index=False))
     return OK
 
@@ -160,7 +168,89 @@ def _ids(labels: pd.Series) -> pd.Series:
     return labels
 
 
+def _refreshed(job_id: str) -> tuple[BatchJob | None, str | None]:
+    """The job, polled once if it has rows pending, or the reason it could not be."""
+    from . import api
+
+    try:
+        job = api.attach(job_id)
+        if job.snapshot().finished:
+            return job, None
+        snap = job.refresh()
+    except NbbatchError as exc:
+        return None, str(exc)
+    return job, snap.last_error
+
+
+def _collect_finished(args: argparse.Namespace) -> int:
+    """``collect --finished --out-dir DIR``: every finished job not collected yet, once."""
+    import time
+
+    from .ledger import default as _default_ledger
+
+    if args.job or args.out or args.wait or args.timeout is not None:
+        raise InputError("--finished collects every finished job: give no JOB, --out or --wait.")
+    if not args.out_dir:
+        raise InputError("--finished needs --out-dir DIR: the folder to write the files in.")
+    folder = Path(args.out_dir)
+    suffix = args.format if args.format.startswith(".") else f".{args.format}"
+    _check_out(folder / f"job{suffix}")
+    ledger = _default_ledger()
+    written = 0
+    for record in ledger.jobs():
+        if record.get("collected_at") is not None:
+            continue
+        job, problem = _refreshed(record["id"])
+        if job is None or not job.snapshot().finished:
+            if problem:  # said, not fatal: the next run tries again
+                print(f"nbbatch: {record['id']} not collected: {problem}", file=sys.stderr)
+            continue
+        out = folder / f"{job.id}{suffix}"
+        frame = results_table(job)
+        WRITERS[suffix](frame, out)
+        ledger.set_job_time(job.id, "collected_at", time.time())
+        written += 1
+        print(f"{len(frame):,} rows written to {out}: {job.snapshot().summary()}")
+    if not written:
+        print("no finished jobs left to collect")
+    return OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    """One line per job that needs attention; exit 5 if any does."""
+    import time
+
+    from . import health
+    from .ledger import default as _default_ledger
+
+    ledger = _default_ledger()
+    found: list[health.Problem] = []
+    for record in ledger.jobs():
+        job_id = record["id"]
+        if not args.no_poll and record["summary"].get("counts", {}).get("pending"):
+            _, problem = _refreshed(job_id)
+            if problem:
+                found.append(health.Problem(job_id, "unreachable", problem))
+        record = ledger.job(job_id) or record
+        counts = ledger.counts(job_id)
+        missing = 0
+        if not counts.get("pending") and counts.get("failed"):
+            missing = health.missing_results(ledger.row_state(job_id))
+        found += health.problems(
+            record, counts, ledger.batches(job_id), missing=missing, now=time.time()
+        )
+    for p in found:
+        print(p.line())
+    return ATTENTION if found else OK
+
+
 def _collect(args: argparse.Namespace) -> int:
+    if args.finished:
+        return _collect_finished(args)
+    if not args.job:
+        raise InputError("collect needs a JOB, or --finished --out-dir DIR for every finished job.")
+    if args.out_dir:
+        raise InputError("--out-dir goes with --finished; for one job use --out FILE.")
     if args.timeout is not None and not args.wait:
         raise InputError("--timeout needs --wait (it says how long to wait).")
     out = Path(args.out) if args.out else None
@@ -265,7 +355,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("job", metavar="JOB", help=JOB_HELP)
+    p.add_argument("job", metavar="JOB", nargs="?", help=JOB_HELP)
     p.add_argument(
         "--out",
         metavar="FILE",
@@ -284,7 +374,36 @@ def parser() -> argparse.ArgumentParser:
         help="with --wait: stop waiting after this many seconds, write what is done and "
         "exit with 3",
     )
+    p.add_argument(
+        "--finished",
+        action="store_true",
+        help="instead of one JOB: poll every job not collected yet once, and write each "
+        "finished one to --out-dir as JOB.parquet (each job once: the ledger records it); "
+        "for cron",
+    )
+    p.add_argument("--out-dir", metavar="DIR", help="with --finished: the folder to write to")
+    p.add_argument(
+        "--format",
+        default=".parquet",
+        choices=sorted(WRITERS),
+        help="with --finished: the files' format (default .parquet)",
+    )
     p.set_defaults(run=_collect)
+    p = sub.add_parser(
+        "check",
+        help="print the jobs that need attention; exit 5 if any does",
+        description="Poll every running job once, then print one line per job that needs\n"
+        "attention: overdue (rows pending after its deadline), failure rate above its\n"
+        "alert threshold, incomplete (rows sent that got no result), errored (a batch\n"
+        "failed as a whole), or unreachable. Prints nothing and exits 0 when all is well,\n"
+        "so cron mails only trouble; exits 5 when a job needs attention.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--no-poll", action="store_true", help="judge from the ledger alone, without polling"
+    )
+    p.set_defaults(run=_check)
     p = sub.add_parser(
         "cancel",
         help="cancel a job's open batches",

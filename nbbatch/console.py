@@ -45,6 +45,8 @@ def progress_line(snap: JobSnapshot) -> str:
     parts.append(rows + (f" ({', '.join(states)})" if states else ""))
     if not snap.finished and snap.eta is not None:
         parts.append(f"about {format_seconds(snap.eta)} left")
+    if snap.overdue:
+        parts.append(snap.overdue)
     return f"{head}: " + "; ".join(parts)
 
 

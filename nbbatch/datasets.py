@@ -6,6 +6,7 @@ Generated from a seed, so every run gets the same rows and nothing is downloaded
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pandas as pd
 
@@ -46,6 +47,28 @@ _DETAILS = {
         "it is a bit heavy",
     ],
 }
+
+
+#: Words that give a review's sentiment away, for :func:`sentiment_responder`.
+SENTIMENT_KEYWORDS = {
+    "positive": ["love", "great", "exceeded", "sturdy", "fast", "worth"],
+    "negative": ["broke", "disappointed", "avoid", "apart", "never", "scratched", "loud"],
+}
+
+
+def sentiment_responder() -> Any:
+    """A stand-in for a sentiment model on :func:`reviews`, for the demo and the example
+    notebooks on the emulator: ``nb.emulator.start(responder=sentiment_responder())``.
+
+    It is not a model: it labels a review ``positive`` or ``negative`` when the review
+    uses one of :data:`SENTIMENT_KEYWORDS`, else ``neutral`` (a plain-text request gets
+    the label, a structured one the label in its enum field and a ``confidence``), so
+    what a notebook shows looks like a real run. See
+    :func:`nbbatch.emulator.keyword_responder`.
+    """
+    from .emulator import keyword_responder
+
+    return keyword_responder(SENTIMENT_KEYWORDS, default="neutral")
 
 
 def reviews(n: int = 12, *, seed: int = 7) -> pd.DataFrame:

@@ -1,8 +1,11 @@
 """``make demo``: a DataFrame enriched through a batch on the embedded emulator.
 
 Builds synthetic product reviews, submits them to the emulator's OpenAI Batch API (the
-same code path as the real service), prints each status change, then the merged frame.
-Run it with ``python -m nbbatch.demo``.
+same code path as the real service), prints each status change, the merged frame, the
+rows that failed, their resubmission and what the batch price saved. The labels come
+from a keyword responder standing in for the model
+(:func:`nbbatch.datasets.sentiment_responder`): the emulator is not a model. Run it with
+``python -m nbbatch.demo``.
 """
 
 from __future__ import annotations
@@ -23,16 +26,21 @@ def main() -> int:
 
     import nbbatch as nb
     from nbbatch.console import ConsoleReporter
-    from nbbatch.datasets import reviews
+    from nbbatch.datasets import reviews, sentiment_responder
 
     df = reviews(12)
     print(f"{len(df)} synthetic product reviews:\n")
     print(df[["product", "stars", "review"]].to_string(max_colwidth=60), "\n")
 
-    # A few seconds per stage so the life cycle is visible; one row in ten fails
-    # transiently on its first attempt: nbbatch retries it by itself (retries=2).
+    # A few seconds per stage so the life cycle is visible. One row in six fails with a
+    # server error on its first attempt; retries=0 leaves them failed, to show
+    # resubmission. The answers come from a keyword responder standing in for the model.
     with nb.emulator.start(
-        validating_seconds=1.0, processing_seconds=4.0, finalizing_seconds=1.0, error_rate=0.1
+        validating_seconds=1.0,
+        processing_seconds=4.0,
+        finalizing_seconds=1.0,
+        error_rate=1 / 6,
+        responder=sentiment_responder(),
     ) as emu:
         client = openai.OpenAI(base_url=emu.openai_base_url, api_key="local-emulator")
         job = nb.submit(
@@ -41,21 +49,30 @@ def main() -> int:
             model="gpt-4o-mini",
             output="sentiment",
             client=client,
+            retries=0,
         )
         job.polling = nb.PollPolicy(0.5, 1.0)
         job.subscribe(ConsoleReporter(sys.stdout))  # one line per change, as a script shows it
         print(f"Submitted job {job.id} as batch(es) {job.batch_ids}\n")
         job.wait(progress=False)
+        failed = job.failed()
+        pd.set_option("display.width", 200)
+        print(f"\n{len(failed)} rows failed:\n")
+        print(failed[["product", "sentiment_status", "sentiment_error"]].to_string(max_colwidth=70))
+        print("\nResubmitting only those rows (the others are not sent or paid for again):\n")
+        job.resubmit_failed().wait(progress=False)
         out = job.merge()
 
-    pd.set_option("display.width", 200)
-    print("\nMerged DataFrame (the emulator echoes each prompt; it is not a model):\n")
-    print(
-        out[["product", "sentiment", "sentiment_status", "sentiment_error"]].to_string(
-            max_colwidth=70
-        )
-    )
+    print("\nMerged DataFrame (labels from a keyword responder standing in for the model):\n")
+    print(out[["product", "true_sentiment", "sentiment", "sentiment_status"]].to_string())
     print(f"\nCounts: {job.counts}")
+    cost = job.cost
+    if cost.batch is not None and cost.saving is not None:
+        print(
+            f"Cost: {nb.pricing.money(cost.batch)} at the batch price, "
+            f"{nb.pricing.money(cost.realtime or 0)} in real time: saved "
+            f"{nb.pricing.money(cost.saving)} (prices: {nb.pricing.source()})"
+        )
     return 0 if job.counts["succeeded"] == len(df) else 1
 
 

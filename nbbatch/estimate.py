@@ -19,8 +19,14 @@ Token counting (:func:`count_tokens`) is exact when it can be and labelled when 
 prompt, once per row, and :data:`MESSAGE_OVERHEAD` tokens per message plus
 :data:`REPLY_OVERHEAD` per request for the chat format (OpenAI's published accounting
 for chat models; used for Claude as the same kind of rough figure) - guesses the
-output, and prices both with :mod:`nbbatch.pricing` at batch and real-time rates. No
-cache hits are assumed, so the estimate errs high.
+output, and prices both with :mod:`nbbatch.pricing` at batch and real-time rates.
+
+Prompt caching is counted where the providers apply it to a prompt shared by every
+row, the system prompt: OpenAI caches a prompt's prefix of :data:`CACHE_MIN_TOKENS` or
+more by itself, in steps of :data:`CACHE_INCREMENT` tokens, so every request after the
+first reads that much from the cache; with ``cache_system=True`` a Claude model writes
+the system prompt once and every later request reads it. Other cache hits (a shared
+start of the user message) are not assumed, so the estimate errs high.
 """
 
 from __future__ import annotations
@@ -55,6 +61,23 @@ REPLY_OVERHEAD = 3
 #: given: a label, a sentence or a small JSON object.
 DEFAULT_OUTPUT_TOKENS = 100
 EMBEDDINGS = "/v1/embeddings"
+#: OpenAI's automatic prompt caching: a prefix of at least this many tokens, cached in
+#: steps of CACHE_INCREMENT tokens. Anthropic's minimum is the same order (1,024 tokens
+#: for most models).
+CACHE_MIN_TOKENS = 1024
+CACHE_INCREMENT = 128
+
+
+def cacheable_prefix(shared_tokens: int, *, claude: bool) -> int:
+    """Tokens of a prefix of ``shared_tokens`` shared by every request that the cache
+    serves: OpenAI's in steps of :data:`CACHE_INCREMENT`; 0 below the minimum."""
+    if shared_tokens < CACHE_MIN_TOKENS:
+        return 0
+    if claude:
+        return shared_tokens
+    return (
+        CACHE_MIN_TOKENS + (shared_tokens - CACHE_MIN_TOKENS) // CACHE_INCREMENT * CACHE_INCREMENT
+    )
 
 
 # ----------------------------------------------------------------------- counting tokens
@@ -243,6 +266,9 @@ class Estimate:
     output_basis: str  # where the output figure comes from
     per_row_input: np.ndarray = field(repr=False, compare=False)  # input tokens per row
     note: str = ""  # how the rows became requests (duplicates, reuse, skipped), if not 1:1
+    cached_tokens: int = 0  # of input_tokens, read from the prompt cache
+    cache_write_tokens: int = 0  # of input_tokens, written to the prompt cache
+    cache_basis: str = ""  # why those are expected
 
     @property
     def saving(self) -> float | None:
@@ -267,14 +293,24 @@ class Estimate:
         counted = f"Estimate for {self.rows:,} rows on {self.model}"
         if self.note:
             counted = f"Estimate for {self.rows:,} requests on {self.model} ({self.note})"
-        return "\n".join(
-            [
-                counted,
-                f"  input tokens   {self.input_tokens:>12,}  {self.method}",
-                f"  output tokens  {self.output_tokens:>12,}  {self.output_basis}",
-                f"  cost           {cost}",
-            ]
-        )
+        lines = [counted, f"  input tokens   {self.input_tokens:>12,}  {self.method}"]
+        if self.cached_tokens or self.cache_write_tokens:
+            lines.append(f"    from cache   {self.cached_tokens:>12,}  {self.cache_basis}")
+        lines += [
+            f"  output tokens  {self.output_tokens:>12,}  {self.output_basis}",
+            f"  cost           {cost}",
+            f"  prices         {self._prices()}",
+        ]
+        return "\n".join(lines)
+
+    def _prices(self) -> str:
+        """Where the prices come from, and whether the batch price is the 50% rule."""
+        rates = pricing.rates(self.model)
+        if rates is None:
+            return f"{pricing.source()}, which does not know {self.model!r}"
+        if rates.batch_rule:
+            return f"{rates.source}; no batch rate there: half the real-time price"
+        return rates.source
 
     def __str__(self) -> str:
         return self.summary()
@@ -290,6 +326,9 @@ class Estimate:
             "realtime_cost": self.cost.realtime,
             "method": self.method,
             "output_basis": self.output_basis,
+            "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "prices": pricing.source(),
         }
 
 
@@ -302,6 +341,7 @@ def estimate(
     expected_output_tokens: int | None = None,
     endpoint: str | None = None,
     note: str = "",
+    cache_system: bool = False,
 ) -> Estimate:
     """Estimate the tokens and cost of sending one request per prompt to ``model``.
 
@@ -312,7 +352,8 @@ def estimate(
     :data:`REPLY_OVERHEAD`); embeddings (``endpoint="/v1/embeddings"`` or a
     ``text-embedding-*`` model) count the text alone. Output per row: the
     ``expected_output_tokens`` given, else ``max_tokens`` (an upper bound), else
-    :data:`DEFAULT_OUTPUT_TOKENS` (0 for embeddings).
+    :data:`DEFAULT_OUTPUT_TOKENS` (0 for embeddings). Cache reads and writes of the
+    system prompt as the module docstring says (``cache_system``: Claude's opt-in).
     """
     arr = (
         prompts
@@ -322,10 +363,12 @@ def estimate(
     rows = len(arr)
     embeddings = endpoint == EMBEDDINGS or model.startswith("text-embedding")
     per_row, method = count_tokens(arr, model)
+    shared = 0  # tokens every request starts with: the system prompt
     if not embeddings:
         messages = 1
         if system:
             system_tokens, _ = count_tokens([system], model)
+            shared = int(system_tokens[0]) + MESSAGE_OVERHEAD
             per_row = per_row + int(system_tokens[0])
             messages += 1
         per_row = per_row + (MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD)
@@ -356,35 +399,72 @@ def estimate(
         )
     input_tokens = int(per_row.sum())
     output_tokens = out_per_row * rows
+    claude = is_claude(model)
+    prefix = cacheable_prefix(shared, claude=claude) if (cache_system or not claude) else 0
+    cached = written = 0
+    cache_basis = ""
+    if prefix and rows > 1:
+        cached = prefix * (rows - 1)
+        if claude:
+            written = prefix
+            cache_basis = "the cached system prompt: written by the first request, read by the rest"
+        else:
+            cache_basis = (
+                f"the system prompt: OpenAI caches a shared prefix of {CACHE_MIN_TOKENS:,}+ "
+                "tokens by itself; the first request writes it"
+            )
     return Estimate(
         model=model,
         rows=rows,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        cost=pricing.cost(model, input_tokens, output_tokens, estimated=True),
+        cost=pricing.cost(
+            model,
+            input_tokens,
+            output_tokens,
+            cached,
+            cache_write_tokens=written,
+            estimated=True,
+        ),
         method=method,
         output_basis=basis,
         per_row_input=per_row,
         note=note,
+        cached_tokens=cached,
+        cache_write_tokens=written,
+        cache_basis=cache_basis,
     )
 
 
 def combine(parts: list[Estimate], note: str = "") -> Estimate:
     """One estimate for the requests of several (the batches of a table read in parts):
-    rows and tokens added up, the cost of the sum."""
+    rows and tokens added up, the cost of the sum. (Each part expects its own first
+    write to a prompt cache: a few writes too many, an estimate on the safe side.)"""
     first = parts[0]
     input_tokens = sum(p.input_tokens for p in parts)
     output_tokens = sum(p.output_tokens for p in parts)
+    cached = sum(p.cached_tokens for p in parts)
+    written = sum(p.cache_write_tokens for p in parts)
     return Estimate(
         model=first.model,
         rows=sum(p.rows for p in parts),
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        cost=pricing.cost(first.model, input_tokens, output_tokens, estimated=True),
+        cost=pricing.cost(
+            first.model,
+            input_tokens,
+            output_tokens,
+            cached,
+            cache_write_tokens=written,
+            estimated=True,
+        ),  # fmt: skip
         method=first.method,
         output_basis=first.output_basis,
         per_row_input=np.concatenate([p.per_row_input for p in parts]),
         note=note,
+        cached_tokens=cached,
+        cache_write_tokens=written,
+        cache_basis=first.cache_basis,
     )
 
 

@@ -28,6 +28,7 @@ import orjson
 import pandas as pd
 
 from . import collect as _collect
+from . import health as _health
 from . import merge as _merge
 from . import notes as _notes
 from . import rowstore
@@ -37,7 +38,7 @@ from .ledger import Ledger
 from .poller import Poller
 from .pricing import Cost
 from .providers.base import BatchInfo, Provider, RequestSpec
-from .snapshot import ROW_STATES, BatchView, JobSnapshot, Note
+from .snapshot import ROW_STATES, BatchView, JobSnapshot, Note, format_seconds
 
 Listener = Callable[[JobSnapshot], None]
 log = logging.getLogger("nbbatch")
@@ -125,6 +126,7 @@ class BatchJob:
         self._progress_base: int | None = None
         self._samples: list[tuple[float, int]] = []
         self._logged_done = False
+        self._logged_overdue = False
         self._avg_prompt_tokens: float | None = None
         # The background sender (see start_sending), its progress, and the error that
         # stopped it: raised by the next wait(), which then tries again.
@@ -262,6 +264,7 @@ class BatchJob:
             deduplicated=int(raw.get("deduplicated", 0)),
             realtime=int(raw.get("realtime", 0)),
             sending=sending.text() if sending is not None and sending.active else None,
+            deadline=self._record.get("deadline"),
         )
 
     def _current_notes(
@@ -492,9 +495,33 @@ class BatchJob:
         return _notes.alert_text(counts, self.policy.get("alert_threshold"))
 
     def _log_progress(self, snap: JobSnapshot) -> None:
-        if snap.finished and not self._logged_done:
-            self._logged_done = True
-            log.info("job %s finished: %s; cost %s", self.id, snap.summary(), snap.cost)
+        """Health signals on logger ``nbbatch`` and in the ledger: the end of the job
+        (INFO, once, by the first process to see it end), a job left with rows that got
+        no result (WARNING), and a job past its deadline (WARNING, once per session)."""
+        if snap.overdue and not self._logged_overdue:
+            self._logged_overdue = True
+            self._ledger.event(self.id, "overdue", snap.overdue)
+            log.warning("nbbatch job %s: %s", self.id, snap.overdue)
+        if not snap.finished or self._logged_done:
+            return
+        self._logged_done = True
+        record = self._ledger.job(self.id) or {}
+        if record.get("ended_at") is not None:
+            return  # its end was reported when it happened
+        self._ledger.set_job_time(self.id, "ended_at", snap.now)
+        c = snap.counts
+        log.info(
+            "nbbatch job %s ended after %s: %d of %d rows succeeded, %d failed, %d expired, "
+            "%d cancelled, %d skipped; cost %s",
+            self.id, format_seconds(snap.elapsed), c["succeeded"], c["total"], c["failed"],
+            c["expired"], c["cancelled"], c["skipped"], snap.cost,
+        )  # fmt: skip
+        sent = sum(c[s] for s in ("succeeded", "failed", "expired", "cancelled"))
+        gap = _health.incomplete_text(
+            _health.missing_results(self._ledger.row_state(self.id)), sent
+        )
+        if gap:
+            self._warn(gap)
 
     @property
     def policy(self) -> dict[str, Any]:
@@ -828,6 +855,10 @@ class BatchJob:
             attempt = int(state.attempt[positions].max()) + 1
             self._ledger.event(self.id, "resubmit", f"resubmitting {len(positions)} rows")
             self._ledger.set_job_status(self.id, "running")
+            # It ends again, and says so; collect --finished writes its new results.
+            self._ledger.set_job_time(self.id, "ended_at", None)
+            self._ledger.set_job_time(self.id, "collected_at", None)
+            self._logged_done = False
             self._record["status"] = "running"
             # Put back to be sent, then sent by the background sender (or the next
             # refresh): the kernel stays free however many rows failed.

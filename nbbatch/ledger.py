@@ -171,6 +171,19 @@ def m004_rows_to_arrow(db: sqlite3.Connection, files: Path) -> None:
     db.execute("DROP TABLE rows")
 
 
+@migration
+def m005_health(db: sqlite3.Connection, files: Path) -> None:
+    """What monitoring needs: a job's deadline, when it ended, when cron collected it."""
+    _script(
+        db,
+        """
+        ALTER TABLE jobs ADD COLUMN deadline REAL;      -- seconds since the epoch, or NULL
+        ALTER TABLE jobs ADD COLUMN ended_at REAL;      -- when every row was terminal
+        ALTER TABLE jobs ADD COLUMN collected_at REAL;  -- written by collect --finished
+        """,
+    )
+
+
 def _convert_rows(db: sqlite3.Connection, files: Path, job_id: str) -> None:
     """One job of a ledger from before m004: its ``rows`` as Arrow files and changes."""
     import numpy as np
@@ -499,13 +512,14 @@ class Ledger:
             db.execute(
                 "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
                 "spec, base_url, n_rows, id_column, status, fingerprint, policy, salt, backend, "
-                "hash_scheme) VALUES (:id, :created, :provider, :model, :endpoint, :output, "
-                ":template, :spec, :base_url, :n_rows, :id_column, :status, :fingerprint, "
-                ":policy, :salt, :backend, :hash_scheme)",
+                "hash_scheme, deadline) VALUES (:id, :created, :provider, :model, :endpoint, "
+                ":output, :template, :spec, :base_url, :n_rows, :id_column, :status, "
+                ":fingerprint, :policy, :salt, :backend, :hash_scheme, :deadline)",
                 {
                     "salt": None,
                     "backend": None,
                     "hash_scheme": None,
+                    "deadline": None,
                     **job,
                     "spec": orjson.dumps(job["spec"]).decode(),
                     "policy": orjson.dumps(job["policy"]).decode(),
@@ -593,6 +607,13 @@ class Ledger:
         """Record the job's overall status."""
         with self.transaction() as db:
             db.execute("UPDATE jobs SET status = ? WHERE id = ?", (status, job_id))
+
+    def set_job_time(self, job_id: str, name: str, at: float | None) -> None:
+        """Record when the job ended (``ended_at``) or was collected (``collected_at``)."""
+        if name not in ("ended_at", "collected_at"):
+            raise ValueError(f"not a time of a job: {name!r}")
+        with self.transaction() as db:
+            db.execute(f"UPDATE jobs SET {name} = ? WHERE id = ?", (at, job_id))
 
     def set_job_spec(self, job_id: str, spec: dict[str, Any]) -> None:
         """Record changed request parameters (from ``resubmit_failed(**overrides)``)."""

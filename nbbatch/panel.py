@@ -495,11 +495,13 @@ class JobPanel:
     def _cost_html(self, snap: JobSnapshot) -> str:
         cost, tokens_in, tokens_out = self.cost_figures(snap)
         label = f'<span style="{_MUTED}">Cost:</span> '
+        prices = f' <span style="{_MUTED}">&middot; prices: {_esc(pricing.source())}</span>'
         if cost.batch is None:
             text = (
                 f"unknown price for <code>{_esc(snap.model)}</code> "
                 f'<span style="{_MUTED}">(nbbatch.pricing.set_price sets one)</span>'
             )
+            prices = f' <span style="{_MUTED}">&middot; not in {_esc(pricing.source())}</span>'
         elif cost.estimated:
             at_most = "" if self.job.spec.max_tokens is None else " at most"
             text = (
@@ -513,7 +515,7 @@ class JobPanel:
                 f'<span style="{_MUTED}">(reported usage: {tokens_in:,} input, '
                 f"{tokens_out:,} output tokens)</span>"
             )
-        return f'<div class="nbbatch-cost-line" style="{_TEXT}{_FONT}">{label}{text}</div>'
+        return f'<div class="nbbatch-cost-line" style="{_TEXT}{_FONT}">{label}{text}{prices}</div>'
 
     @classmethod
     def _error_html(cls, snap: JobSnapshot) -> str:
@@ -523,6 +525,9 @@ class JobPanel:
             cls._note(n.text, "warning" if n.kind == "alert" else "info")
             for n in snap.current_notes
         )
+        late = getattr(snap, "overdue", None)
+        if late:
+            notes = cls._note(late, "warning") + notes
         return notes + _history_html(snap) + cls._problem_html(snap)
 
     @classmethod
@@ -792,6 +797,8 @@ def bar_html(snap: JobSnapshot, state: str) -> str:
 def plain_text(snap: JobSnapshot) -> str:
     """The job as text, as saved in the notebook: the summary line and current notes."""
     lines = [snap.summary()]
+    if snap.overdue:
+        lines.append(f"note: {snap.overdue}")
     lines += [f"note: {n.text}" for n in snap.current_notes]
     if snap.last_error:
         problem = "" if snap.last_error.startswith(SENDING_STOPPED) else "polling error: "

@@ -1,59 +1,133 @@
 """Prices per million tokens, and what a job costs at batch and real-time prices.
 
-The table is a dated data file, ``prices.json`` (see :data:`PRICES_DATE`); providers
-change prices, so treat every figure as an estimate and override with :func:`set_price`
-(``nb.pricing.set``). A model that is not in the table, nor a dated snapshot of one,
-has an unknown price: nbbatch says so rather than show a wrong number.
-Batch prices are half the real-time prices at both OpenAI and Anthropic.
+Prices come from `genai-prices <https://github.com/pydantic/genai-prices>`_, the price
+data the Pydantic team keeps for thousands of models, with each provider's batch rates
+and prompt-cache read and write prices. nbbatch reads the snapshot bundled with the
+installed package and never starts its updater, so pricing makes no network call
+(:func:`source` says which data and of when: the newest price change it records).
+Upgrading ``genai-prices`` updates the prices.
+
+On top of it, :func:`set_price` (``nb.pricing.set``) sets or overrides a model's
+price; the batch price of a price set that way is half of it, the rule at OpenAI and
+Anthropic. A model neither knows has an unknown price: nbbatch says so rather than show
+a wrong number. Where the data has no batch rate for a model it knows, the batch
+price is half its real-time price (the providers' published rule), and
+:attr:`Rates.batch_rule` says so.
+
+Prices with tiers by prompt length (a higher rate above 200,000 input tokens, say) are
+taken at their base rate: batch requests are priced one by one, and a request that
+long is rare; treat every figure as an estimate.
 """
 
 from __future__ import annotations
 
-import json
+import datetime as _dt
 import math
 import re
+import threading
 from dataclasses import dataclass
-from importlib import resources
+from functools import cache
+from typing import Any
 
-
-def _load() -> tuple[str, dict[str, tuple[float, float, float]]]:
-    raw = json.loads(resources.files(__package__).joinpath("prices.json").read_text())
-    models = {
-        name: (p["input"], p["cached_input"], p["output"]) for name, p in raw["models"].items()
-    }
-    return raw["date"], models
-
-
-#: model -> (input, cached input, output) in US dollars per million tokens, real-time,
-#: from ``prices.json``. A dated snapshot (``gpt-4o-mini-2024-07-18``,
-#: ``claude-haiku-4-5-20251001``) has its model's price; any other name has none.
-PRICES_DATE, _REALTIME = _load()
-
+BATCH_DISCOUNT = 0.5
 #: ``-YYYY-MM-DD`` or ``-YYYYMMDD`` at the end of a model name: a dated snapshot.
 _SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
-BATCH_DISCOUNT = 0.5
+
+
+@dataclass(frozen=True)
+class Rates:
+    """A model's prices in US dollars per million tokens, real time and batch."""
+
+    input: float
+    cached_input: float  # a prompt-cache read
+    cache_write: float  # a prompt-cache write (Anthropic; OpenAI's caching is free)
+    output: float
+    batch_input: float
+    batch_cached_input: float
+    batch_cache_write: float
+    batch_output: float
+    source: str  # "genai-prices 0.2.3 (data to 2026-12-01)" or "set with nb.pricing.set"
+    batch_rule: bool = False  # batch rates are half the real-time ones by the rule, not data
+
+    def realtime_cost(self, fresh: int, cached: int, written: int, output: int) -> float:
+        """Dollars for these tokens at real-time prices."""
+        return (
+            fresh * self.input
+            + cached * self.cached_input
+            + written * self.cache_write
+            + output * self.output
+        ) / 1e6
+
+    def batch_cost(self, fresh: int, cached: int, written: int, output: int) -> float:
+        """Dollars for these tokens at batch prices."""
+        return (
+            fresh * self.batch_input
+            + cached * self.batch_cached_input
+            + written * self.batch_cache_write
+            + output * self.batch_output
+        ) / 1e6
+
+
+_OVERRIDES: dict[str, Rates] = {}
+_LOCK = threading.Lock()
 
 
 def set_price(
-    model: str, *, input: float, output: float, cached_input: float | None = None
+    model: str,
+    *,
+    input: float,
+    output: float,
+    cached_input: float | None = None,
+    cache_write: float | None = None,
 ) -> None:
-    """Set (or override) a model's real-time price in dollars per million tokens."""
-    _REALTIME[model] = (input, input if cached_input is None else cached_input, output)
+    """Set (or override) a model's real-time price in dollars per million tokens; its
+    batch price is half of it. ``cached_input`` (a cache read) and ``cache_write``
+    default to ``input``."""
+    cached = input if cached_input is None else cached_input
+    written = input if cache_write is None else cache_write
+    _OVERRIDES[model] = Rates(
+        input,
+        cached,
+        written,
+        output,
+        input * BATCH_DISCOUNT,
+        cached * BATCH_DISCOUNT,
+        written * BATCH_DISCOUNT,
+        output * BATCH_DISCOUNT,
+        source="set with nb.pricing.set",
+    )
 
 
 #: ``nb.pricing.set("my-model", input=1.0, output=2.0)``
 set = set_price  # noqa: A001 - the name users reach for, inside this module only
 
 
-def price_of(model: str) -> tuple[float, float, float] | None:
-    """(input, cached input, output) real-time dollars per million tokens, or None.
+def rates(model: str) -> Rates | None:
+    """``model``'s prices (yours from :func:`set_price` first), or None when unknown.
 
-    Only a model in the table, or a dated snapshot of one, has a price: a name that
-    merely starts like a known model (``gpt-4o-mni``) is unknown, not ``gpt-4o``.
+    A dated snapshot (``gpt-4o-mini-2024-07-18``) has its model's price when the data
+    does not list it by itself; a name that merely starts like a known model
+    (``gpt-4o-mni``) is unknown.
     """
-    if model in _REALTIME:
-        return _REALTIME[model]
-    return _REALTIME.get(_SNAPSHOT.sub("", model))
+    for name in (model, _SNAPSHOT.sub("", model)):
+        if name in _OVERRIDES:
+            return _OVERRIDES[name]
+    found = _from_data(model)
+    if found is None and _SNAPSHOT.search(model):
+        found = _from_data(_SNAPSHOT.sub("", model))
+    return found
+
+
+def price_of(model: str) -> tuple[float, float, float] | None:
+    """(input, cached input, output) real-time dollars per million tokens, or None."""
+    r = rates(model)
+    return None if r is None else (r.input, r.cached_input, r.output)
+
+
+def source() -> str:
+    """Where the prices come from and of when, for the panel and ``nb.preview``:
+    ``"genai-prices 0.2.3 (data to 2026-12-01)"``."""
+    return _data_source()
 
 
 @dataclass(frozen=True)
@@ -88,13 +162,121 @@ def money(dollars: float) -> str:
 
 
 def cost(
-    model: str, input_tokens: int, output_tokens: int, cached_tokens: int = 0, *, estimated: bool
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cached_tokens: int = 0,
+    *,
+    cache_write_tokens: int = 0,
+    estimated: bool,
 ) -> Cost:
-    """The cost of this many tokens on ``model`` (cached tokens are part of the input)."""
-    price = price_of(model)
-    if price is None:
+    """The cost of this many tokens on ``model``: ``input_tokens`` counts every input
+    token, of which ``cached_tokens`` were read from the prompt cache and
+    ``cache_write_tokens`` written to it."""
+    r = rates(model)
+    if r is None:
         return Cost(None, None, estimated)
-    p_in, p_cached, p_out = price
-    fresh = max(0, input_tokens - cached_tokens)
-    realtime = (fresh * p_in + cached_tokens * p_cached + output_tokens * p_out) / 1e6
-    return Cost(realtime * BATCH_DISCOUNT, realtime, estimated)
+    fresh = max(0, input_tokens - cached_tokens - cache_write_tokens)
+    args = (fresh, cached_tokens, cache_write_tokens, output_tokens)
+    return Cost(r.batch_cost(*args), r.realtime_cost(*args), estimated)
+
+
+# ------------------------------------------------------------------ the genai-prices data
+
+
+def _provider_id(model: str) -> str | None:
+    """The genai-prices provider of a model name, for an unambiguous look-up."""
+    name = model.lower()
+    if name.startswith(("claude", "anthropic.")):
+        return "anthropic"
+    if name.startswith("gemini"):
+        return "google"
+    if name.startswith(("gpt-", "o1", "o3", "o4", "text-embedding", "chatgpt", "davinci")):
+        return "openai"
+    return None  # let genai-prices find the provider from the model name
+
+
+def _snapshot() -> Any:
+    """genai-prices' price data: the snapshot bundled with the package (nbbatch never
+    starts its updater, so no network call; a user who starts it gets fresh prices)."""
+    from genai_prices import data_snapshot
+
+    return data_snapshot.get_snapshot()
+
+
+@cache
+def _from_data_cached(model: str, snapshot_id: int) -> Rates | None:
+    snapshot = _snapshot()
+    try:
+        _, info = snapshot.find_provider_model(model, None, _provider_id(model), None)
+    except LookupError:
+        return None
+    now = _dt.datetime.now(_dt.UTC)
+    standard = info.get_prices(now)
+    batch = info.get_prices(now, {"processing": "batch"})
+    p_in = _rate(standard, "input_mtok")
+    p_out = _rate(standard, "output_mtok")
+    if p_in is None:
+        return None  # priced in other units (images, seconds): not a token model here
+    p_out = p_out or 0.0
+    p_read = _rate(standard, "cache_read_mtok")
+    p_write = _rate(standard, "cache_write_mtok")
+    p_read = p_in if p_read is None else p_read
+    p_write = p_in if p_write is None else p_write
+    rule = batch.__dict__ == standard.__dict__  # no batch rate in the data
+    if rule:
+        b_in, b_read, b_write, b_out = (p * BATCH_DISCOUNT for p in (p_in, p_read, p_write, p_out))
+    else:
+        b_in = _rate(batch, "input_mtok") or p_in
+        b_out = _rate(batch, "output_mtok") or p_out
+        read = _rate(batch, "cache_read_mtok")
+        write = _rate(batch, "cache_write_mtok")
+        # A cache read the batch rate does not restate stays as the data has it (never
+        # above a fresh batch token); a write keeps its ratio to the input price.
+        b_read = min(b_in, p_read if read is None else read)
+        b_write = write if write is not None else (p_write * b_in / p_in if p_in else b_in)
+    return Rates(p_in, p_read, p_write, p_out, b_in, b_read, b_write, b_out, _data_source(), rule)
+
+
+def _from_data(model: str) -> Rates | None:
+    with _LOCK:
+        return _from_data_cached(model, id(_snapshot()))
+
+
+def _rate(prices: Any, key: str) -> float | None:
+    """A price in dollars per million tokens (a tiered one at its base rate)."""
+    value = getattr(prices, key, None)
+    if value is None:
+        return None
+    value = getattr(value, "base", value)
+    return float(value)
+
+
+@cache
+def _source_of(snapshot_id: int) -> str:
+    from importlib.metadata import version
+
+    snapshot = _snapshot()
+    where = "" if not snapshot.from_auto_update else ", updated by its updater"
+    return f"genai-prices {version('genai-prices')} (data to {_data_date(snapshot)}{where})"
+
+
+def _data_source() -> str:
+    return _source_of(id(_snapshot()))
+
+
+def _data_date(snapshot: Any) -> str:
+    """The newest price change the data records that is already in force: how fresh it
+    is (later dates are announced changes)."""
+    today = _dt.date.today()
+    newest = _dt.date.min
+    for provider in snapshot.providers:
+        for model in provider.models:
+            prices = model.prices if isinstance(model.prices, list) else []
+            constraints = [p.constraint for p in prices]
+            constraints += [v.constraint for v in model.price_variants or ()]
+            for c in constraints:
+                start = getattr(c, "start_date", None)
+                if start is not None and newest < start <= today:
+                    newest = start
+    return newest.isoformat() if newest > _dt.date.min else "unknown"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import pricing
+from . import health, pricing
 from .pricing import Cost
 
 #: Row states, in display order. ``pending`` is the only non-terminal one.
@@ -97,6 +97,12 @@ class JobSnapshot:
     deduplicated: int = 0  # rows sharing an identical request with another row of this job
     realtime: int = 0  # rows answered through the real-time fallback
     sending: str | None = None  # while batches are built and uploaded: how far
+    deadline: float | None = None  # when every row should be done (seconds since the epoch)
+
+    @property
+    def overdue(self) -> str | None:
+        """ "overdue: ..." when rows are still pending after the job's deadline, else None."""
+        return health.overdue_text(self.deadline, self.counts["pending"], self.now)
 
     @property
     def cost(self) -> Cost:

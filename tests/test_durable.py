@@ -269,9 +269,9 @@ def test_logging_says_submit_status_and_completion_and_never_the_key(client, cap
         job = nb.submit(frame(3), "{text}", model=model_for(client), client=client)
         job.wait(timeout=30, progress=False)
     text = caplog.text
-    assert f"job {job.id} submitted" in text
+    assert f"job {job.id} started: 3 rows expected" in text
     assert "is ended" in text or "is completed" in text
-    assert "finished" in text and "3 succeeded" in text
+    assert f"job {job.id} ended after" in text and "3 of 3 rows succeeded" in text
     assert "test-key" not in text
 
 

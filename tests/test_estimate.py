@@ -113,9 +113,14 @@ def test_import_and_count_make_no_network_call_in_a_fresh_interpreter(tmp_path):
         import nbbatch
         from nbbatch import estimate, pricing
 
-        for model in list(pricing._REALTIME) + ["gpt-3.5-turbo", "o3-mini"]:
+        models = ["gpt-4o-mini", "gpt-4o", "gpt-5-mini", "text-embedding-3-small",
+                  "claude-haiku-4-5", "gpt-3.5-turbo", "o3-mini"]
+        for model in models:
             counts, method = estimate.count_tokens(["hello there"], model)
             assert method.startswith("approximate"), (model, method)
+            # Prices come from genai-prices' bundled data: no network either.
+            assert pricing.cost(model, 1000, 10, estimated=True).batch is not None, model
+        assert pricing.source().startswith("genai-prices ")
         print("ok")
         """
     )

@@ -126,7 +126,7 @@ def test_cached_system_prompt_reads_are_counted_at_the_cache_price(emu):
 
 
 def test_unknown_models_have_an_unknown_price_and_prices_can_be_set(monkeypatch):
-    monkeypatch.setattr(nb.pricing, "_REALTIME", dict(nb.pricing._REALTIME))
+    monkeypatch.setattr(nb.pricing, "_OVERRIDES", {})
     assert str(nb.pricing.cost("my-own-model", 1000, 10, estimated=True)) == "unknown price"
     nb.pricing.set("my-own-model", input=2.0, output=4.0)
     assert nb.pricing.cost("my-own-model", 1_000_000, 0, estimated=False).realtime == 2.0

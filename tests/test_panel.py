@@ -253,7 +253,7 @@ def test_unknown_model_shows_unknown_price(emu, monkeypatch):
     # Every model the emulator serves has a price: take this one's away.
     from nbbatch import pricing
 
-    monkeypatch.delitem(pricing._REALTIME, "gpt-4o-mini")
+    monkeypatch.setattr(pricing, "rates", lambda model: None)
     df = pd.DataFrame({"text": ["a"]})
     job = nb.submit(df, "{text}", model="gpt-4o-mini", client=openai_client(emu), display=False)
     p = JobPanel(job)

@@ -218,10 +218,10 @@ def test_only_known_models_and_their_snapshots_have_a_price(monkeypatch):
     assert price("gpt-4o-mni") is None and price("gpt-4o-mini") != price("gpt-4o")
     assert price("gpt-4o-mini-2024-07-18") == price("gpt-4o-mini")
     assert price("claude-haiku-4-5-20251001") == price("claude-haiku-4-5")
-    assert price("gpt-4o-audio-preview") is None and price("claude-sonnet-4-7") is None
+    assert price("gpt-4o-turbo-max") is None and price("claude-verse-9") is None
     preview = nb.preview(DF, "{text}", model="gpt-4o-mni")
     assert str(preview.estimate.cost) == "unknown price"
-    monkeypatch.setattr(nb.pricing, "_REALTIME", dict(nb.pricing._REALTIME))
+    monkeypatch.setattr(nb.pricing, "_OVERRIDES", {})
     nb.pricing.set("gpt-4o-mni", input=1.0, output=1.0)
     assert price("gpt-4o-mni") == (1.0, 1.0, 1.0)
 

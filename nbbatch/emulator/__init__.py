@@ -12,8 +12,14 @@ failure on the other.
 ...     client = openai.OpenAI(base_url=emu.openai_base_url, api_key="any")
 
 The text reply to a last user message ``prompt`` is exactly :func:`echo_text` of it:
-``"[nbbatch emulator] echo: " + prompt``. Embeddings have 256 dimensions unless the
-request sets ``dimensions``.
+``"[nbbatch emulator] echo: " + prompt``; structured replies are valid against their
+schema, with numbers spread over their range and every enum value in use over a few
+dozen rows. ``start(responder=fn)`` answers with ``fn(request) -> str | dict`` instead,
+a test double of one's own (:func:`keyword_responder` is a small one for labels).
+Embeddings have 256 dimensions unless the request sets ``dimensions``.
+
+The background emulator takes no responder: it is one process shared by every kernel,
+and a function cannot cross into it; test against answers of your own with ``start()``.
 
 ``provider="local"`` runs on :func:`background`, one detached emulator process per
 ledger home that keeps its batches on disk, so jobs survive a kernel restart;
@@ -23,7 +29,14 @@ ledger home that keeps its batches on disk, so jobs survive a kernel restart;
 from typing import TYPE_CHECKING, Any
 
 from ._faults import FAIL_MARKER, TRANSIENT_MARKER
-from ._responder import DEFAULT_EMBEDDING_DIMENSIONS, echo_text
+from ._responder import (
+    DEFAULT_EMBEDDING_DIMENSIONS,
+    Request,
+    Responder,
+    default_responder,
+    echo_text,
+    keyword_responder,
+)
 
 if TYPE_CHECKING:
     from ._background import Background, background, stop_background
@@ -51,11 +64,15 @@ __all__ = [
     "DEFAULT_EMBEDDING_DIMENSIONS",
     "Background",
     "FAIL_MARKER",
+    "Request",
+    "Responder",
     "SHARED_TIMINGS",
     "TRANSIENT_MARKER",
     "Emulator",
     "background",
+    "default_responder",
     "echo_text",
+    "keyword_responder",
     "shared",
     "start",
     "stop_background",

@@ -101,9 +101,16 @@ def _cached_prefix(system: Any) -> str:
 
 
 def message(
-    params: Mapping[str, Any], fate: Fate, suffix: str, cache: set[str], tier: str
+    params: Mapping[str, Any],
+    fate: Fate,
+    suffix: str,
+    cache: set[str],
+    tier: str,
+    responder: _responder.Responder | None = None,
 ) -> dict[str, Any]:
-    """A Message for ``params``. ``cache`` holds prompt-cache prefixes already written."""
+    """A Message for ``params``. ``cache`` holds prompt-cache prefixes already written;
+    ``responder`` is the user's own (None: the built-in one; it raises
+    :class:`~._responder.ResponderError` when it fails)."""
     system = params.get("system")
     prompt_chars = len(system) if isinstance(system, str) else len(text_of(system))
     prompt_chars += sum(
@@ -120,12 +127,23 @@ def message(
             cache.add(cached)
     schema, tool = _structured(params)
     stop = params.get("stop_sequences") or ()
+    request = _responder.Request(
+        "anthropic",
+        "/v1/messages",
+        str(params["model"]),
+        _last_user(params),
+        system if isinstance(system, str) else (text_of(system) if system else None),
+        schema,
+        params,
+    )
     reply = _responder.respond(
         _last_user(params),
         fate=fate,
         schema=schema,
         max_tokens=params["max_tokens"],
         stop=[stop] if isinstance(stop, str) else list(stop),
+        responder=responder,
+        request=request,
     )
     content: list[dict[str, Any]]
     if tool is not None:
@@ -206,8 +224,14 @@ class AnthropicBatch(BatchRecord):
                 text = f"Simulated {kind} (nbbatch emulator); retrying the request may succeed."
                 result = {"type": "errored", "error": _error(kind, text, f"req_{suffix}")}
             else:
-                msg = message(request["params"], fate, suffix, cache, "batch")
-                result = {"type": "succeeded", "message": msg}
+                try:
+                    msg = message(
+                        request["params"], fate, suffix, cache, "batch", self.store.responder
+                    )
+                    result = {"type": "succeeded", "message": msg}
+                except _responder.ResponderError as exc:
+                    err = _error("invalid_request_error", str(exc), f"req_{suffix}")
+                    result = {"type": "errored", "error": err}
             counts[result["type"]] += 1
             if fate == Fate.MISSING and result["type"] == "succeeded":
                 continue  # the simulated provider bug: no line at all
@@ -457,7 +481,12 @@ async def create_message(request: Request) -> Response:
         )
     suffix = new_id("", 8)
     with store.lock:  # the real-time prompt cache is shared by all requests
-        result = message(params, Fate.OK, suffix, store.realtime_cache, "standard")
+        try:
+            result = message(
+                params, Fate.OK, suffix, store.realtime_cache, "standard", store.responder
+            )
+        except _responder.ResponderError as exc:
+            raise ApiError(400, str(exc)) from exc
     return JSONResponse(result)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ._faults import HttpFaults, Knobs
 from ._persist import Persister, SyncAfterRequest
+from ._responder import Responder
 from ._server import Front, Server, build_app
 from ._state import Store
 
@@ -37,6 +38,7 @@ class Emulator:
         knobs: Knobs,
         clock: Callable[[], float] | None,
         state_dir: Path | None = None,
+        responder: Responder | None = None,
     ) -> None:
         self._http_faults = HttpFaults()
         # A long-lived emulator (one with a state_dir) keeps only the latest requests.
@@ -52,6 +54,7 @@ class Emulator:
                 raise ValueError("an emulator with a state_dir runs on wall-clock time")
             self._store = Store(knobs, directory=state_dir / "data")
             self._persister = Persister(self._store, state_dir)
+        self._store.responder = responder
         try:
             if self._persister is not None:
                 self._persister.load()
@@ -78,6 +81,16 @@ class Emulator:
     def knobs(self) -> Knobs:
         """The current timing and fault configuration."""
         return self._store.knobs
+
+    @property
+    def responder(self) -> Responder | None:
+        """The user's responder (None: the built-in echo); set it to change the answers of
+        batches generated from then on."""
+        return self._store.responder
+
+    @responder.setter
+    def responder(self, fn: Responder | None) -> None:
+        self._store.responder = fn
 
     def configure(self, **knobs: Any) -> None:
         """Change timing/fault knobs (same names as :func:`start`).
@@ -176,6 +189,7 @@ def start(
     models: Sequence[str] = (),
     clock: Callable[[], float] | None = None,
     state_dir: str | Path | None = None,
+    responder: Responder | None = None,
 ) -> Emulator:
     """Start an emulator on ``host``:``port`` (0 picks a free port) and return it.
 
@@ -205,6 +219,11 @@ def start(
     ``state_dir`` keeps files and batches in that folder, on wall-clock time, so another
     emulator started on the same folder serves them again (what the background emulator
     behind ``provider="local"`` does).
+    ``responder`` answers text and structured requests instead of the built-in echo:
+    ``fn(request) -> str | dict``, called with a :class:`~nbbatch.emulator.Request`
+    (provider, endpoint, model, prompt, system, schema, body) for each row of a batch and
+    each real-time call, so a pipeline can be tested offline against answers of one's
+    own; faults apply on top (see :mod:`nbbatch.emulator._responder`).
     """
     knobs = Knobs().replace(
         validating_seconds=validating_seconds,
@@ -225,7 +244,9 @@ def start(
         models=tuple(models),
     )
     folder = None if state_dir is None else Path(state_dir)
-    return Emulator(host=host, port=port, knobs=knobs, clock=clock, state_dir=folder)
+    return Emulator(
+        host=host, port=port, knobs=knobs, clock=clock, state_dir=folder, responder=responder
+    )
 
 
 #: Timings of the process-wide emulator: slow enough to watch, quick enough to wait for.

@@ -82,6 +82,8 @@ class Inspection:
     schema: Mapping[str, Any] | None
     json_mode: bool
     embedding_inputs: list[str] = field(default_factory=list)
+    system: str | None = None  # system/developer messages or instructions, as text
+    prompt_text: str = ""  # every message in order: what a prefix cache matches on
 
 
 def inspect(endpoint: str, body: Mapping[str, Any]) -> Inspection:
@@ -108,6 +110,9 @@ def inspect(endpoint: str, body: Mapping[str, Any]) -> Inspection:
                     texts.append((str(item["role"]), text_of(item.get("content"))))
         instructions = body.get("instructions")
         chars = len(instructions) if isinstance(instructions, str) else 0
+        if isinstance(instructions, str):
+            texts.insert(0, ("instructions", instructions))
+            chars = 0  # counted with the messages below
         fmt = (body.get("text") or {}).get("format") or {}
         schema = fmt.get("schema") if fmt.get("type") == "json_schema" else None
         json_mode = fmt.get("type") == "json_object"
@@ -125,7 +130,15 @@ def inspect(endpoint: str, body: Mapping[str, Any]) -> Inspection:
         json_mode = fmt.get("type") == "json_object"
     users = [t for role, t in texts if role == "user"]
     chars += sum(len(t) for _, t in texts)
-    return Inspection(users[-1] if users else "", chars, schema, json_mode)
+    system = [t for role, t in texts if role in ("system", "developer", "instructions")]
+    return Inspection(
+        users[-1] if users else "",
+        chars,
+        schema,
+        json_mode,
+        system="\n".join(system) if system else None,
+        prompt_text="".join(f"\x00{role}\x01{t}" for role, t in texts),
+    )
 
 
 @dataclass(frozen=True)
@@ -142,8 +155,21 @@ def error_answer(status: int, message: str, type: str, param: str | None = None)
     return Answer(status, openai_error_body(message, type, param, None))
 
 
-def answer(endpoint: str, body: Any, fate: Fate, created: int, seed_id: str) -> Answer:
-    """Run one request against the responder; ``seed_id`` makes the body's ids."""
+def answer(
+    endpoint: str,
+    body: Any,
+    fate: Fate,
+    created: int,
+    seed_id: str,
+    *,
+    responder: _responder.Responder | None = None,
+    prefix_cache: set[int] | None = None,
+) -> Answer:
+    """Run one request against the responder; ``seed_id`` makes the body's ids.
+
+    ``responder`` is the user's own (None: the built-in one). ``prefix_cache`` holds the
+    prompt prefixes already seen (see :func:`cached_prefix_tokens`); None: no caching.
+    """
     if fate == Fate.FAIL:
         return error_answer(
             400,
@@ -169,20 +195,61 @@ def answer(endpoint: str, body: Any, fate: Fate, created: int, seed_id: str) -> 
     suffix = f"{int_hash(seed_id):016x}"
     if endpoint == "/v1/embeddings":
         return _embeddings(body, info)
-    if endpoint == "/v1/responses":
-        if body.get("input") is None:
-            return error_answer(
-                400, "Missing required parameter: 'input'.", "invalid_request_error", "input"
-            )
-        return _responses(body, info, fate, created, suffix)
-    if not body.get("messages"):
+    if endpoint == "/v1/responses" and body.get("input") is None:
+        return error_answer(
+            400, "Missing required parameter: 'input'.", "invalid_request_error", "input"
+        )
+    if endpoint != "/v1/responses" and not body.get("messages"):
         return error_answer(
             400, "Missing required parameter: 'messages'.", "invalid_request_error", "messages"
         )
-    return _chat(body, info, fate, created, suffix)
+    request = _responder.Request(
+        "openai", endpoint, str(body["model"]), info.last_user, info.system, info.schema, body
+    )
+    try:
+        if endpoint == "/v1/responses":
+            return _responses(body, info, fate, created, suffix, responder, request, prefix_cache)
+        return _chat(body, info, fate, created, suffix, responder, request, prefix_cache)
+    except _responder.ResponderError as exc:
+        return error_answer(400, str(exc), "invalid_request_error")
 
 
-def _chat(body: dict, info: Inspection, fate: Fate, created: int, suffix: str) -> Answer:
+#: OpenAI caches a prompt's prefix by itself from this many tokens on, in steps of
+#: CACHE_INCREMENT tokens (its prompt-caching guide), and reports the cached part as
+#: ``cached_tokens``.
+CACHE_MIN_TOKENS = 1024
+CACHE_INCREMENT = 128
+
+
+def cached_prefix_tokens(text: str, prompt_tokens: int, seen: set[int] | None) -> int:
+    """Tokens of ``text``'s longest prefix already sent (``seen``), as OpenAI reports them:
+    0 below :data:`CACHE_MIN_TOKENS`, else a multiple of :data:`CACHE_INCREMENT` from it.
+    Records this prompt's prefixes in ``seen`` for the requests after it."""
+    if seen is None or prompt_tokens < CACHE_MIN_TOKENS:
+        return 0
+    hit = 0
+    tokens = CACHE_MIN_TOKENS
+    limit = min(prompt_tokens, len(text) // 4)  # 4 characters per token, as counted
+    while tokens <= limit:
+        key = int_hash(text[: tokens * 4])
+        if key in seen:
+            hit = tokens
+        else:
+            seen.add(key)
+        tokens += CACHE_INCREMENT
+    return hit
+
+
+def _chat(
+    body: dict,
+    info: Inspection,
+    fate: Fate,
+    created: int,
+    suffix: str,
+    responder: _responder.Responder | None,
+    request: _responder.Request,
+    prefix_cache: set[int] | None,
+) -> Answer:
     stop = body.get("stop") or ()
     reply = _responder.respond(
         info.last_user,
@@ -191,8 +258,11 @@ def _chat(body: dict, info: Inspection, fate: Fate, created: int, suffix: str) -
         json_mode=info.json_mode,
         max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
         stop=[stop] if isinstance(stop, str) else list(stop),
+        responder=responder,
+        request=request,
     )
     prompt_tokens = _responder.count_tokens(info.prompt_chars)
+    cached = cached_prefix_tokens(info.prompt_text, prompt_tokens, prefix_cache)
     result = {
         "id": f"chatcmpl-{suffix}",
         "object": "chat.completion",
@@ -215,7 +285,7 @@ def _chat(body: dict, info: Inspection, fate: Fate, created: int, suffix: str) -
             "prompt_tokens": prompt_tokens,
             "completion_tokens": reply.output_tokens,
             "total_tokens": prompt_tokens + reply.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
             "completion_tokens_details": {
                 "reasoning_tokens": 0,
                 "audio_tokens": 0,
@@ -228,15 +298,27 @@ def _chat(body: dict, info: Inspection, fate: Fate, created: int, suffix: str) -
     return Answer(200, result, prompt_tokens, reply.output_tokens)
 
 
-def _responses(body: dict, info: Inspection, fate: Fate, created: int, suffix: str) -> Answer:
+def _responses(
+    body: dict,
+    info: Inspection,
+    fate: Fate,
+    created: int,
+    suffix: str,
+    responder: _responder.Responder | None,
+    request: _responder.Request,
+    prefix_cache: set[int] | None,
+) -> Answer:
     reply = _responder.respond(
         info.last_user,
         fate=fate,
         schema=info.schema,
         json_mode=info.json_mode,
         max_tokens=body.get("max_output_tokens"),
+        responder=responder,
+        request=request,
     )
     input_tokens = _responder.count_tokens(info.prompt_chars)
+    cached = cached_prefix_tokens(info.prompt_text, input_tokens, prefix_cache)
     cut = reply.finish == "length"
     fmt = (body.get("text") or {}).get("format") or {}
     if fmt.get("type") == "json_schema" and "name" in fmt and "schema" in fmt:
@@ -277,7 +359,7 @@ def _responses(body: dict, info: Inspection, fate: Fate, created: int, suffix: s
         "truncation": "disabled",
         "usage": {
             "input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens": reply.output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": input_tokens + reply.output_tokens,
@@ -513,6 +595,7 @@ class OpenAIBatch(BatchRecord):
         is_error = bytearray(self.n)
         created = int(store.clock.unix(self.started))
         completed = input_tokens = output_tokens = 0
+        prefixes: set[int] = set()  # prompt caching is per batch, in input order
         for i, raw in enumerate(iter_lines(self.input_path)):
             if i >= self.n:
                 break
@@ -527,7 +610,15 @@ class OpenAIBatch(BatchRecord):
                 line["error"] = {"code": f"batch_{code}", "message": message}
                 is_error[i] = 1
             else:
-                ans = answer(self.endpoint, row.get("body"), fate, created, line_id)
+                ans = answer(
+                    self.endpoint,
+                    row.get("body"),
+                    fate,
+                    created,
+                    line_id,
+                    responder=store.responder,
+                    prefix_cache=prefixes,
+                )
                 if ans.status < 400:
                     completed += 1
                     input_tokens += ans.input_tokens
@@ -953,7 +1044,20 @@ def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
             fate = Fate.TRANSIENT_ERROR if attempt == 1 else Fate.OK
             store.record_faults("openai-realtime", [info.last_user], [attempt], [attempt == 1])
         created = int(store.clock.unix(store.now()))
-        ans = await run_in_threadpool(answer, endpoint, body, fate, created, new_id("rt"))
+
+        def run() -> Answer:
+            with store.lock:  # the real-time prefix cache is shared by all requests
+                return answer(
+                    endpoint,
+                    body,
+                    fate,
+                    created,
+                    new_id("rt"),
+                    responder=store.responder,
+                    prefix_cache=store.openai_prefixes,
+                )
+
+        ans = await run_in_threadpool(run)
         headers = {"retry-after-ms": "10"} if ans.status >= 500 else {}
         return JSONResponse(ans.body, status_code=ans.status, headers=headers)
 

@@ -12,6 +12,18 @@ picked from a hash of that message, arrays have 1 or 2 items, ``$ref``/``$defs``
 ``anyOf``/``oneOf`` (first non-null branch), ``allOf``, ``const``, ``required`` and
 ``additionalProperties: false`` are honoured. ``pattern`` is not.
 
+Numbers are spread over their whole range (``minimum`` to ``maximum``) and enum values
+picked by a hash of the message and the field's path, so over a few dozen rows every enum
+value appears and a filter such as ``confidence < 0.7`` keeps some rows and not others.
+
+A *responder* of one's own replaces all this for text and structured replies
+(``nb.emulator.start(responder=fn)``): ``fn(request)`` gets a :class:`Request` and returns
+the reply text (``str``) or the structured value (``dict``, sent as JSON). Faults still
+apply on top of it (an ``error_rate`` row never reaches it; ``truncate_rate`` cuts its
+reply). An exception in ``fn`` fails that row with a 400 ``invalid_request_error`` whose
+message names it, so a bug in a test double is seen, not retried.
+:func:`keyword_responder` builds a small one for labels.
+
 Token counts are ``ceil(characters / 4)``: input over all prompt text, output over the
 reply text. Embeddings are unit vectors drawn from a SHAKE-256 hash of the input text.
 """
@@ -20,10 +32,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import struct
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -48,6 +61,80 @@ def count_tokens(chars: int) -> int:
 
 
 @dataclass(frozen=True)
+class Request:
+    """One request as a responder sees it."""
+
+    provider: str  # "openai" or "anthropic"
+    endpoint: str  # "/v1/chat/completions", "/v1/responses" or "/v1/messages"
+    model: str
+    prompt: str  # the text of the last user message
+    system: str | None = None  # the system prompt (or instructions) as text, if any
+    schema: Mapping[str, Any] | None = None  # the JSON schema asked for, if any
+    body: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the request as sent
+
+
+#: ``fn(request) -> str | dict``: what a responder of one's own is.
+Responder = Callable[[Request], "str | dict[str, Any]"]
+
+
+class ResponderError(Exception):
+    """A user's responder raised; the row fails with this message."""
+
+
+def default_responder(request: Request) -> str | dict[str, Any]:
+    """What the emulator answers without a responder of one's own: the echo, or a value
+    valid against the schema (see the module docstring)."""
+    if request.schema is not None:
+        value = schema_instance(request.schema, request.prompt)
+        return value if isinstance(value, dict) else orjson.dumps(value).decode()
+    return echo_text(request.prompt)
+
+
+def keyword_responder(
+    labels: Mapping[str, Sequence[str]], *, default: str, field: str | None = None
+) -> Responder:
+    """A small stand-in for a classifier: the label whose keywords the prompt mentions
+    most (whole words, any case; ties go to the label listed first), else ``default``.
+
+    A plain-text request gets the label as its reply. A structured one gets the default
+    responder's value with the label in ``field`` (default: every string property whose
+    ``enum`` holds the label), and a ``confidence`` number property, when the schema has
+    one, set from how many keywords matched (none: 0.35 to 0.6, spread by a hash of the
+    prompt; one: 0.75; more: 0.9 and up), so low-confidence rows are the ambiguous ones.
+    """
+    patterns = {
+        label: [re.compile(rf"\b{re.escape(w)}\b", re.IGNORECASE) for w in words]
+        for label, words in labels.items()
+    }
+
+    def respond_with_keywords(request: Request) -> str | dict[str, Any]:
+        hits = {
+            label: sum(bool(p.search(request.prompt)) for p in ps) for label, ps in patterns.items()
+        }
+        best = max(hits, key=lambda k: hits[k]) if hits else default
+        n = hits.get(best, 0)
+        label = best if n else default
+        if request.schema is None:
+            return label
+        value = schema_instance(request.schema, request.prompt)
+        if not isinstance(value, dict):
+            return orjson.dumps(value).decode()
+        props = _Generator(request.schema, request.prompt).resolve(request.schema)
+        for name, sub in (props.get("properties") or {}).items():
+            sub = _Generator(request.schema, request.prompt).resolve(sub)
+            if name == field or (field is None and label in (sub.get("enum") or ())):
+                value[name] = label
+            elif name == "confidence" and sub.get("type") in ("number", "integer"):
+                spread = int_hash(request.prompt, "confidence") % 26 / 100
+                value[name] = (
+                    0.35 + spread if n == 0 else (0.75 if n == 1 else min(0.99, 0.85 + 0.05 * n))
+                )
+        return value
+
+    return respond_with_keywords
+
+
+@dataclass(frozen=True)
 class Reply:
     """A reply before it is wrapped in a provider's wire shape."""
 
@@ -66,15 +153,41 @@ def respond(
     json_mode: bool = False,
     max_tokens: int | None = None,
     stop: Sequence[str] = (),
+    responder: Responder | None = None,
+    request: Request | None = None,
 ) -> Reply:
     """Answer the last user message ``prompt``.
 
     ``schema`` asks for a JSON value valid against it (or deliberately invalid when
     ``fate`` is ``INVALID_OUTPUT``); ``json_mode`` for some JSON object; ``fate`` ``TRUNCATE``
     cuts the reply in half; ``max_tokens`` cuts it to ``4 * max_tokens`` characters.
+    ``responder`` (with the ``request`` it is given) replaces the built-in answers;
+    it raises :class:`ResponderError` when it fails.
     """
     value: Any = None
-    if schema is not None:
+    if responder is not None and request is not None and fate != Fate.INVALID_OUTPUT:
+        try:
+            answer = responder(request)
+        except Exception as exc:
+            raise ResponderError(
+                f"the emulator's responder raised {type(exc).__name__}: {exc}"
+            ) from exc
+        if isinstance(answer, str):
+            text = answer
+            if schema is not None or json_mode:
+                try:
+                    value = orjson.loads(text)
+                except orjson.JSONDecodeError:
+                    value = None
+        elif isinstance(answer, dict):
+            value = answer
+            text = orjson.dumps(value).decode()
+        else:
+            raise ResponderError(
+                f"the emulator's responder returned {type(answer).__name__}; "
+                "it must return a str (the reply) or a dict (a structured value)"
+            )
+    elif schema is not None:
         if fate == Fate.INVALID_OUTPUT:
             value = invalid_instance(schema, prompt)
         else:

@@ -192,8 +192,12 @@ class Store:
         self.batches: dict[str, dict[str, BatchRecord]] = {"openai": {}, "anthropic": {}}
         self._attempts: dict[str, dict[str, int]] = {"openai": {}, "anthropic": {}}
         self._pending_unlink: set[Path] = set()
-        # Prompt-cache prefixes already "written" by real-time Anthropic requests.
+        # Prompt-cache prefixes already "written" by real-time Anthropic requests, and
+        # the prefixes real-time OpenAI requests sent (its cache is automatic).
         self.realtime_cache: set[str] = set()
+        self.openai_prefixes: set[int] = set()
+        # The user's own responder (nb.emulator.start(responder=...)); None: built in.
+        self.responder: Any = None
         self.counters = {
             "openai_batches_created": 0,
             "anthropic_batches_created": 0,

@@ -1,0 +1,138 @@
+"""Whether a job needs attention: deadlines, the failure rate, completeness, errors.
+
+What a monitor asks without watching a notebook: did the nightly job finish in time,
+did it fail too often, did every row it sent come back, did the provider refuse a batch.
+The answers come from the ledger alone (a job's record, row counts and batches), so
+``nbbatch check`` can give them from cron; the job, the panel and ``nbbatch jobs`` use
+the same functions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import InputError
+
+#: A duration as ``deadline=`` takes it: ``"6h"``, ``"90m"``, ``"1d12h"``, ``"45s"``.
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.IGNORECASE)
+_SECONDS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def deadline_at(deadline: Any, created: float) -> float | None:
+    """``deadline`` (a :class:`datetime.timedelta`, a duration string like ``"6h"`` or
+    ``"1h30m"``, or a :class:`datetime.datetime`; naive means local time) as seconds
+    since the epoch, counted from ``created``; None for None."""
+    if deadline is None:
+        return None
+    if isinstance(deadline, dt.timedelta):
+        seconds = deadline.total_seconds()
+    elif isinstance(deadline, dt.datetime):
+        return deadline.timestamp()
+    elif isinstance(deadline, str):
+        text = deadline.strip()
+        parts = _DURATION.findall(text)
+        if not parts or _DURATION.sub("", text).strip():
+            raise InputError(
+                f"deadline={deadline!r} is not a duration: use a timedelta, a datetime, or "
+                "a string like '6h', '90m', '1d' or '1h30m'."
+            )
+        seconds = sum(float(n) * _SECONDS[u.lower()] for n, u in parts)
+    else:
+        raise InputError(
+            f"deadline must be a timedelta, a duration like '6h' or a datetime, "
+            f"found {type(deadline).__name__}."
+        )
+    if seconds <= 0:
+        raise InputError(f"deadline={deadline!r} must lie in the future.")
+    return created + seconds
+
+
+def when(timestamp: float) -> str:
+    """Seconds since the epoch as ``2026-12-01 22:30 UTC``."""
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def overdue_text(deadline: float | None, pending: int, now: float) -> str | None:
+    """The overdue note for a job with ``pending`` rows at ``now``, or None."""
+    if deadline is None or pending == 0 or now <= deadline:
+        return None
+    return f"overdue: {pending:,} rows still pending after the deadline of {when(deadline)}"
+
+
+def incomplete_text(missing: int, sent: int) -> str | None:
+    """The completeness warning for a finished job, or None when every row came back."""
+    if not missing:
+        return None
+    return (
+        f"incomplete: {missing:,} of {sent:,} rows sent got no result from the provider "
+        "(missing_result); job.resubmit_failed() sends them again"
+    )
+
+
+def missing_results(state: Any) -> int:
+    """Rows of a job's row state (:class:`nbbatch.rowstore.RowState`) that ended failed
+    because the provider returned no result for them."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from . import rowstore
+
+    failed = state.statuses() == rowstore.STATES.index("failed")
+    if not failed.any():
+        return 0
+    kinds = state.column("error_type")
+    missing = pc.fill_null(pc.equal(kinds, "missing_result"), False).to_numpy(zero_copy_only=False)
+    return int(np.count_nonzero(failed & missing))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a job needs attention: ``kind`` is ``overdue``, ``failure_rate``,
+    ``incomplete``, ``errored`` or ``unreachable``."""
+
+    job_id: str
+    kind: str
+    text: str
+
+    def line(self) -> str:
+        """The line ``nbbatch check`` prints."""
+        return f"{self.job_id} {self.kind}: {self.text.removeprefix(self.kind + ': ')}"
+
+
+def problems(
+    record: Mapping[str, Any],
+    counts: Mapping[str, int],
+    batches: Sequence[Mapping[str, Any]],
+    *,
+    missing: int,
+    now: float,
+) -> list[Problem]:
+    """What needs attention in one job, from its ledger record, row counts, batches and
+    its number of rows without a result (:func:`missing_results`)."""
+    from .notes import alert_text
+
+    job_id = str(record["id"])
+    found: list[Problem] = []
+    late = overdue_text(record.get("deadline"), int(counts.get("pending", 0)), now)
+    if late:
+        found.append(Problem(job_id, "overdue", late))
+    threshold = (record.get("policy") or {}).get("alert_threshold")
+    alert = alert_text(dict(counts), threshold)
+    if alert:
+        found.append(Problem(job_id, "failure_rate", alert))
+    sent = sum(int(counts.get(s, 0)) for s in ("succeeded", "failed", "expired", "cancelled"))
+    if not counts.get("pending"):
+        gap = incomplete_text(missing, sent)
+        if gap:
+            found.append(Problem(job_id, "incomplete", gap))
+    unresolved = int(counts.get("failed", 0)) + int(counts.get("expired", 0))
+    for b in batches if unresolved else ():  # a batch's failure its retries made good is over
+        if b.get("failure"):
+            found.append(
+                Problem(job_id, "errored", f"batch {b['batch_id']} failed: {b['failure']}")
+            )
+    return found
