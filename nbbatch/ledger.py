@@ -171,6 +171,13 @@ def m004_rows_to_arrow(db: sqlite3.Connection, files: Path) -> None:
     db.execute("DROP TABLE rows")
 
 
+@migration
+def m005_origin(db: sqlite3.Connection, files: Path) -> None:
+    """Where a job was submitted from, for the JupyterLab sidebar: the notebook's path
+    (the kernel's ``JPY_SESSION_NAME``) or the script's; NULL when unknown (older jobs)."""
+    _script(db, "ALTER TABLE jobs ADD COLUMN origin TEXT;")
+
+
 def _convert_rows(db: sqlite3.Connection, files: Path, job_id: str) -> None:
     """One job of a ledger from before m004: its ``rows`` as Arrow files and changes."""
     import numpy as np
@@ -474,13 +481,14 @@ class Ledger:
             db.execute(
                 "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
                 "spec, base_url, n_rows, id_column, status, fingerprint, policy, salt, backend, "
-                "hash_scheme) VALUES (:id, :created, :provider, :model, :endpoint, :output, "
-                ":template, :spec, :base_url, :n_rows, :id_column, :status, :fingerprint, "
-                ":policy, :salt, :backend, :hash_scheme)",
+                "hash_scheme, origin) VALUES (:id, :created, :provider, :model, :endpoint, "
+                ":output, :template, :spec, :base_url, :n_rows, :id_column, :status, :fingerprint, "
+                ":policy, :salt, :backend, :hash_scheme, :origin)",
                 {
                     "salt": None,
                     "backend": None,
                     "hash_scheme": None,
+                    "origin": None,
                     **job,
                     "spec": orjson.dumps(job["spec"]).decode(),
                     "policy": orjson.dumps(job["policy"]).decode(),
