@@ -275,7 +275,8 @@ function renderErrors(data: IFailedResponse): HTMLElement {
   table.append(head);
   for (const row of data.rows) {
     const tr = el('tr', `nbbatch-error-${row.status}`);
-    const error = [row.error_type, row.error].filter(Boolean).join(': ');
+    // The error text usually starts with its type already; the type alone otherwise.
+    const error = row.error ?? row.error_type ?? '';
     tr.append(el('td', '', row.id), el('td', '', row.status), el('td', '', error));
     table.append(tr);
   }

@@ -11,7 +11,8 @@ POST     ``/nbbatch/api/jobs/ID/collect``  results to ``FOLDER/ID.parquet`` (bod
 =======  ================================  ===========================================
 
 Errors are ``{"error": "..."}`` with 400 (bad request), 404 (no such job), 409 (the
-library refused: e.g. a job with no key for its provider) or 502 (the provider
+action does not apply now, e.g. cancelling a finished job, or the library refused it,
+e.g. no key for the job's provider) or 502 (the provider
 refused or could not be reached). Actions run in the server process, with the server's
 environment (its API keys), in a worker thread so the server stays responsive; no
 key ever goes into a response (error texts are scrubbed of the keys in the server's
@@ -61,6 +62,7 @@ class _Handler(APIHandler):
 
     async def _run(self, fn: Callable[[], Any]) -> None:
         from .._errors import InputError, JobNotFoundError, NbbatchError, ProviderError
+        from .views import Conflict
 
         try:
             result = await asyncio.to_thread(fn)
@@ -70,7 +72,7 @@ class _Handler(APIHandler):
             return self._error(400, exc)
         except ProviderError as exc:
             return self._error(502, exc)
-        except NbbatchError as exc:
+        except (NbbatchError, Conflict) as exc:
             return self._error(409, exc)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")

@@ -34,6 +34,10 @@ COMPLETION_WINDOW = 24 * 3600.0
 COUNTED = ("succeeded", "failed", "expired", "cancelled", "skipped", "pending")
 
 
+class Conflict(Exception):
+    """The action does not apply to the job as it is now (HTTP 409)."""
+
+
 def jobs_view(ledger: Ledger, root_dir: str | None = None, now: float | None = None) -> dict:
     """Every job in ``ledger``, newest first, as the module docstring's schema."""
     from .. import api
@@ -207,5 +211,8 @@ def cancel(ledger: Ledger, job_id: str, root_dir: str | None = None) -> dict[str
     their results): ``{"warning", "job"}``."""
     from .. import api
 
-    snap = api.attach(job_id).cancel()
+    job = api.attach(job_id)
+    if job.snapshot().finished:
+        raise Conflict(f"job {job_id} has finished: there is nothing left to cancel")
+    snap = job.cancel()
     return {"warning": snap.last_error, "job": job_view(ledger, job_id, root_dir)}
