@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 1
 #: The providers' completion window: a batch still open after it is overdue.
 COMPLETION_WINDOW = 24 * 3600.0
+#: Seconds a cancel waits for the provider to confirm before answering.
+CANCEL_SETTLE = 3.0
 #: Row counts in the view, in display order.
 COUNTED = ("succeeded", "failed", "expired", "cancelled", "skipped", "pending")
 
@@ -215,4 +217,11 @@ def cancel(ledger: Ledger, job_id: str, root_dir: str | None = None) -> dict[str
     if job.snapshot().finished:
         raise Conflict(f"job {job_id} has finished: there is nothing left to cancel")
     snap = job.cancel()
+    # A provider confirms a cancel a moment later (the emulator in 50 ms, a real one in
+    # seconds to minutes): look again briefly, so the answer shows the outcome when it
+    # is quick; otherwise whoever polls the job (its kernel, "check now") records it.
+    deadline = time.monotonic() + CANCEL_SETTLE
+    while not snap.finished and not snap.last_error and time.monotonic() < deadline:
+        time.sleep(0.25)
+        snap = job.refresh()
     return {"warning": snap.last_error, "job": job_view(ledger, job_id, root_dir)}

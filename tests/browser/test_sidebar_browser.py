@@ -150,6 +150,10 @@ def test_sidebar_lists_follows_and_acts_on_jobs(lab: Lab, browser) -> None:
         )
         page.wait_for_function(KERNEL_IDLE, timeout=60_000)
         assert page.evaluate(KERNEL_ID) == before  # restarted, not replaced
+        # Shown again, the sidebar asks the server at once (with every job ended it
+        # would otherwise ask again within 15 s).
+        page.evaluate("window.jupyterapp.shell.collapseLeft()")
+        page.evaluate("window.jupyterapp.commands.execute('nbbatch:show-jobs')")
         page.wait_for_function(FRESH_LIST, timeout=30_000)
         expect(sidebar.locator(".nbbatch-job")).to_have_count(2)
         expect(quick).to_have_attribute("data-status", "completed")
