@@ -30,13 +30,19 @@ def notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
+def test_listing_creates_no_ledger(nbbatch_home: Path) -> None:
+    view = views.listing()
+    assert view["jobs"] == [] and view["ledger"] == str(nbbatch_home / "ledger.sqlite3")
+    assert not nbbatch_home.exists()
+
+
 def test_a_finished_job_is_listed_with_its_origin_counts_cost_and_alert(
     tmp_path: Path, notebook: Path
 ) -> None:
     with emulator.start(processing_seconds=0.05, error_rate=0.25, seed=1) as server:
         job = nb.submit(REVIEWS, PROMPT, model="gpt-4o-mini", client=openai_client(server),
                         output="label", retries=0, wait=True)  # fmt: skip
-    view = views.jobs_view(ledger(), root_dir=str(tmp_path))
+    view = views.listing(root_dir=str(tmp_path))
     assert view["version"] == views.SCHEMA_VERSION and view["ledger"].endswith("ledger.sqlite3")
     (listed,) = view["jobs"]
     assert listed["id"] == job.id and listed["attach"] == f'nb.attach("{job.id}")'

@@ -95,9 +95,9 @@ class JobsHandler(_Handler):
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        from .views import jobs_view
+        from .views import listing
 
-        await self._run(lambda: jobs_view(self._ledger(), self.root_dir))
+        await self._run(lambda: listing(self.root_dir))
 
 
 class FailedHandler(_Handler):

@@ -64,6 +64,17 @@ def jobs_view(ledger: Ledger, root_dir: str | None = None, now: float | None = N
     }
 
 
+def listing(root_dir: str | None = None) -> dict[str, Any]:
+    """:func:`jobs_view` of this process's ledger (``NBBATCH_HOME``, as the kernels the
+    server starts use); an empty list, creating nothing, when there is no ledger yet."""
+    from ..ledger import default, home
+
+    path = home() / "ledger.sqlite3"
+    if not path.exists():
+        return {"version": SCHEMA_VERSION, "now": time.time(), "ledger": str(path), "jobs": []}
+    return jobs_view(default(), root_dir)
+
+
 def job_view(ledger: Ledger, job_id: str, root_dir: str | None = None) -> dict | None:
     """One job as in :func:`jobs_view`, or None if the ledger has no such job."""
     for job in jobs_view(ledger, root_dir)["jobs"]:
