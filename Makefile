@@ -2,28 +2,42 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The sidebar's TypeScript tools, exactly as labextension/package-lock.json pins them.
+NODE_STAMP := labextension/node_modules/.package-lock.json
 
-.PHONY: demo test lint bench lab clean
+.PHONY: demo test lint lint-ts test-ts bench lab clean
 
 $(PY):
 	python3 -m venv $(VENV)
 
-# Re-install when the project's requirements change.
+# Re-install when the project's requirements change. The editable install also builds the
+# JupyterLab sidebar (labextension/, TypeScript) with npm and installs it where JupyterLab
+# looks; after editing the TypeScript, run `pip install -e .` again.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+$(NODE_STAMP): labextension/package.json labextension/package-lock.json
+	cd labextension && npm ci --no-audit --no-fund
+
+# The sidebar's own lint (eslint + type check) and unit tests (node:test).
+lint-ts: $(NODE_STAMP)
+	cd labextension && npm run lint
+
+test-ts: $(NODE_STAMP)
+	cd labextension && npm test
+
 demo: $(STAMP)
 	$(PY) -m nbbatch.demo
 
-test: $(STAMP)
+test: $(STAMP) lint-ts test-ts
 	$(PY) -m ruff check nbbatch tests benchmarks
 	$(PY) -m ruff format --check nbbatch tests benchmarks
 	$(PY) -m mypy nbbatch
 	$(PY) -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP) lint-ts
 	$(PY) -m ruff check nbbatch tests benchmarks
 	$(PY) -m ruff format --check nbbatch tests benchmarks
 	$(PY) -m mypy nbbatch
@@ -40,3 +54,4 @@ lab: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf labextension/node_modules labextension/lib labextension/lib-test nbbatch/labextension

@@ -465,7 +465,21 @@ def _new_record(
         "n_rows": rows.n_rows,
         "id_column": id_column,
         "status": "running",
+        "origin": _origin(),
     }
+
+
+def _origin() -> str | None:
+    """The notebook or script submitting, as the ledger records it for the JupyterLab
+    sidebar: Jupyter Server gives each notebook's kernel the notebook's path in
+    ``JPY_SESSION_NAME``; a script is ``sys.argv[0]``; None when neither says."""
+    session = os.environ.get("JPY_SESSION_NAME")
+    if session:
+        return session
+    script = sys.argv[0] if sys.argv else ""
+    if script.endswith(".py") and os.path.isfile(script):
+        return os.path.abspath(script)
+    return None
 
 
 def attach(

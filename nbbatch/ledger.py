@@ -184,6 +184,13 @@ def m005_health(db: sqlite3.Connection, files: Path) -> None:
     )
 
 
+@migration
+def m006_origin(db: sqlite3.Connection, files: Path) -> None:
+    """Where a job was submitted from, for the JupyterLab sidebar: the notebook's path
+    (the kernel's ``JPY_SESSION_NAME``) or the script's; NULL when unknown (older jobs)."""
+    _script(db, "ALTER TABLE jobs ADD COLUMN origin TEXT;")
+
+
 def _convert_rows(db: sqlite3.Connection, files: Path, job_id: str) -> None:
     """One job of a ledger from before m004: its ``rows`` as Arrow files and changes."""
     import numpy as np
@@ -512,14 +519,15 @@ class Ledger:
             db.execute(
                 "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
                 "spec, base_url, n_rows, id_column, status, fingerprint, policy, salt, backend, "
-                "hash_scheme, deadline) VALUES (:id, :created, :provider, :model, :endpoint, "
-                ":output, :template, :spec, :base_url, :n_rows, :id_column, :status, "
-                ":fingerprint, :policy, :salt, :backend, :hash_scheme, :deadline)",
+                "hash_scheme, deadline, origin) VALUES (:id, :created, :provider, :model, "
+                ":endpoint, :output, :template, :spec, :base_url, :n_rows, :id_column, :status, "
+                ":fingerprint, :policy, :salt, :backend, :hash_scheme, :deadline, :origin)",
                 {
                     "salt": None,
                     "backend": None,
                     "hash_scheme": None,
                     "deadline": None,
+                    "origin": None,
                     **job,
                     "spec": orjson.dumps(job["spec"]).decode(),
                     "policy": orjson.dumps(job["policy"]).decode(),

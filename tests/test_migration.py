@@ -48,7 +48,7 @@ def test_a_ledger_from_the_previous_release_migrates_and_every_job_attaches(old_
     migrations = [r[0] for r in db.execute("SELECT name FROM migrations ORDER BY at")]
     db.close()
     assert "rows" not in tables and "changes" in tables
-    assert migrations[-2:] == ["m004_rows_to_arrow", "m005_health"]
+    assert migrations[-3:] == ["m004_rows_to_arrow", "m005_health", "m006_origin"]
     assert not jobs["overdue"].any()  # jobs from before deadlines have none
     for exp in expected:
         listed = jobs.set_index("id").loc[exp["id"]]

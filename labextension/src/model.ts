@@ -1,0 +1,154 @@
+/**
+ * What the sidebar shows, as plain data and pure functions: the JSON schema the server
+ * returns (nbbatch/labext/views.py) and how a job's numbers become text. No DOM and no
+ * JupyterLab here, so the unit tests run in plain Node.
+ */
+
+/** Row states, in the order the bar and the counts show them. */
+export const STATES = [
+  'succeeded',
+  'failed',
+  'expired',
+  'cancelled',
+  'skipped',
+  'pending'
+] as const;
+export type RowState = (typeof STATES)[number];
+
+export interface IJob {
+  id: string;
+  origin: string | null;
+  provider: string;
+  model: string;
+  endpoint: string;
+  rows: number;
+  counts: Record<RowState, number>;
+  status: 'running' | 'completed' | 'cancelled';
+  created: number;
+  age: number;
+  cost: number | null;
+  cost_estimated: boolean;
+  overdue: boolean;
+  alert: string | null;
+  attach: string;
+}
+
+export interface IJobsResponse {
+  version: number;
+  now: number;
+  ledger: string;
+  jobs: IJob[];
+}
+
+export interface IFailedRow {
+  id: string;
+  status: string;
+  error_type: string | null;
+  error: string | null;
+}
+
+export interface IFailedResponse {
+  job_id: string;
+  total: number;
+  rows: IFailedRow[];
+}
+
+/** One segment of the progress bar: a state and its share of the rows, in percent. */
+export interface ISegment {
+  state: RowState;
+  count: number;
+  percent: number;
+}
+
+/** The bar's segments for every state with rows, pending last; shares add up to 100. */
+export function segments(job: IJob): ISegment[] {
+  const total = Math.max(job.rows, 1);
+  return STATES.filter(s => job.counts[s] > 0).map(s => ({
+    state: s,
+    count: job.counts[s],
+    percent: (100 * job.counts[s]) / total
+  }));
+}
+
+/** Rows in a terminal state. */
+export function done(job: IJob): number {
+  return job.rows - job.counts.pending;
+}
+
+/** `1234567` -> `1,234,567`, the way the panel and the command line write counts. */
+export function count(n: number): string {
+  return Math.round(n)
+    .toString()
+    .replace(/\B(?=(\d{3})+(?!\d))/g, ',');
+}
+
+/** `"12 succeeded · 3 failed · 5 pending"`: the non-zero counts. */
+export function countsText(job: IJob): string {
+  const parts = STATES.filter(s => job.counts[s] > 0).map(
+    s => `${count(job.counts[s])} ${s}`
+  );
+  return parts.length ? parts.join(' · ') : 'no rows';
+}
+
+/** A job's age in a few characters: `45s`, `12m`, `3h 05m`, `2d 4h`. */
+export function age(seconds: number): string {
+  const s = Math.max(0, Math.floor(seconds));
+  if (s < 60) {
+    return `${s}s`;
+  }
+  if (s < 3600) {
+    return `${Math.floor(s / 60)}m`;
+  }
+  if (s < 86400) {
+    const m = Math.floor((s % 3600) / 60);
+    return `${Math.floor(s / 3600)}h ${m.toString().padStart(2, '0')}m`;
+  }
+  return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+}
+
+/** Dollars as the panel writes them; `unknown price` for a model with no price. */
+export function money(dollars: number | null, estimated: boolean): string {
+  if (dollars === null) {
+    return 'unknown price';
+  }
+  const digits = dollars !== 0 && Math.abs(dollars) < 0.01 ? 4 : 2;
+  const text = `$${dollars.toFixed(digits)}`;
+  return estimated ? `${text} so far` : text;
+}
+
+/** The notebook or script a job came from, short: its file name. */
+export function originName(origin: string | null): string {
+  if (!origin) {
+    return '';
+  }
+  const parts = origin.split(/[\\/]/);
+  return parts[parts.length - 1] || origin;
+}
+
+/** Whether a job can still change (so the list keeps refreshing). */
+export function isActive(job: IJob): boolean {
+  return job.status === 'running';
+}
+
+/** Milliseconds until the next refresh: soon while a job runs, rarely otherwise
+ * (a new job from any kernel still shows up within `idle`). */
+export function nextDelay(jobs: IJob[], busy = 2000, idle = 15000): number {
+  return jobs.some(isActive) ? busy : idle;
+}
+
+/** The code that re-attaches to a job in a notebook cell. */
+export function attachCode(job: IJob): string {
+  return `import nbbatch as nb\n\njob = ${job.attach}\njob`;
+}
+
+/** Short marks beside the status: overdue, alert, cancelled. */
+export function marks(job: IJob): string[] {
+  const out: string[] = [];
+  if (job.overdue) {
+    out.push('overdue');
+  }
+  if (job.alert) {
+    out.push('alert');
+  }
+  return out;
+}

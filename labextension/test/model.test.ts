@@ -1,0 +1,89 @@
+// Unit tests of the sidebar's pure logic, on Node's own test runner.
+import { strict as assert } from 'node:assert';
+import { test } from 'node:test';
+
+import {
+  age,
+  attachCode,
+  count,
+  countsText,
+  IJob,
+  marks,
+  money,
+  nextDelay,
+  originName,
+  segments
+} from '../src/model';
+
+function job(over: Partial<IJob> = {}): IJob {
+  return {
+    id: 'nbb-20260101-120000-abcdef',
+    origin: '/home/me/work/reviews.ipynb',
+    provider: 'openai',
+    model: 'gpt-4o-mini',
+    endpoint: '/v1/chat/completions',
+    rows: 12,
+    counts: { succeeded: 6, failed: 2, expired: 0, cancelled: 0, skipped: 0, pending: 4 },
+    status: 'running',
+    created: 0,
+    age: 90,
+    cost: 0.0012,
+    cost_estimated: true,
+    overdue: false,
+    alert: null,
+    attach: 'nb.attach("nbb-20260101-120000-abcdef")',
+    ...over
+  };
+}
+
+test('the bar has one segment per state with rows, adding up to 100%', () => {
+  const parts = segments(job());
+  assert.deepEqual(
+    parts.map(p => p.state),
+    ['succeeded', 'failed', 'pending']
+  );
+  const sum = parts.reduce((a, p) => a + p.percent, 0);
+  assert.ok(Math.abs(sum - 100) < 1e-9);
+  assert.equal(parts[0].percent, 50);
+});
+
+test('an empty job draws no segment and does not divide by zero', () => {
+  const empty = job({
+    rows: 0,
+    counts: { succeeded: 0, failed: 0, expired: 0, cancelled: 0, skipped: 0, pending: 0 }
+  });
+  assert.deepEqual(segments(empty), []);
+  assert.equal(countsText(empty), 'no rows');
+});
+
+test('counts and money read like the panel', () => {
+  assert.equal(count(1234567), '1,234,567');
+  assert.equal(countsText(job()), '6 succeeded · 2 failed · 4 pending');
+  assert.equal(money(0.0012, true), '$0.0012 so far');
+  assert.equal(money(12.5, false), '$12.50');
+  assert.equal(money(null, false), 'unknown price');
+});
+
+test('ages are short', () => {
+  assert.equal(age(45), '45s');
+  assert.equal(age(12 * 60 + 5), '12m');
+  assert.equal(age(3 * 3600 + 5 * 60), '3h 05m');
+  assert.equal(age(2 * 86400 + 4 * 3600), '2d 4h');
+});
+
+test('the list refreshes often only while a job runs', () => {
+  assert.equal(nextDelay([job()]), 2000);
+  assert.equal(nextDelay([job({ status: 'completed' })]), 15000);
+  assert.equal(nextDelay([]), 15000);
+});
+
+test('marks, origin and the attach snippet', () => {
+  assert.deepEqual(marks(job()), []);
+  assert.deepEqual(marks(job({ overdue: true, alert: '3 of 9 rows failed' })), [
+    'overdue',
+    'alert'
+  ]);
+  assert.equal(originName(job().origin), 'reviews.ipynb');
+  assert.equal(originName(null), '');
+  assert.ok(attachCode(job()).includes('job = nb.attach("nbb-20260101-120000-abcdef")'));
+});

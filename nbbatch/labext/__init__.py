@@ -1,0 +1,35 @@
+"""nbbatch inside JupyterLab: the server side of the "Batch jobs" sidebar.
+
+Installing nbbatch installs two things that Jupyter finds on its own:
+
+- a prebuilt JupyterLab extension (``share/jupyter/labextensions/nbbatch``, built from
+  ``labextension/`` in the repository), the sidebar itself;
+- this Jupyter Server extension (enabled by ``etc/jupyter/jupyter_server_config.d/
+  nbbatch.json``), which serves a small JSON view of the ledger and runs the sidebar's
+  actions (cancel, collect) in the server process, where the provider keys are.
+
+The sidebar is a view: listing jobs reads the ledger and never polls a provider; only
+an explicit action (cancel, collect, check now) talks to one. See :mod:`.handlers` for
+the routes and :mod:`.views` for the JSON they return.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The URL prefix of every route, under the server's base_url.
+NAMESPACE = "nbbatch"
+
+
+def _jupyter_server_extension_points() -> list[dict[str, str]]:
+    """The server extension Jupyter Server loads (enabled by the installed config)."""
+    return [{"module": "nbbatch.labext"}]
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    """Add the sidebar's routes to a running Jupyter Server."""
+    from .handlers import routes
+
+    app = serverapp.web_app
+    app.add_handlers(".*$", routes(app.settings["base_url"], serverapp.root_dir))
+    serverapp.log.info("nbbatch: the Batch jobs sidebar's API is at /%s/api", NAMESPACE)

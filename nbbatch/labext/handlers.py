@@ -1,0 +1,162 @@
+"""The sidebar's HTTP routes, behind Jupyter Server's own authentication and
+authorisation (every handler is an ``APIHandler``, so also XSRF-checked on POST).
+
+=======  ================================  ===========================================
+GET      ``/nbbatch/api/jobs``             every job (see :mod:`.views` for the schema)
+GET      ``/nbbatch/api/jobs/ID/failed``   the rows that did not succeed, with errors
+POST     ``/nbbatch/api/jobs/ID/refresh``  poll the provider once ("check now")
+POST     ``/nbbatch/api/jobs/ID/cancel``   cancel at the provider
+POST     ``/nbbatch/api/jobs/ID/collect``  results to ``FOLDER/ID.parquet`` (body
+                                           ``{"folder": "path/under/root"}``)
+=======  ================================  ===========================================
+
+Errors are ``{"error": "..."}`` with 400 (bad request), 404 (no such job), 409 (the
+action does not apply now, e.g. cancelling a finished job, or the library refused it,
+e.g. no key for the job's provider) or 502 (the provider
+refused or could not be reached). Actions run in the server process, with the server's
+environment (its API keys), in a worker thread so the server stays responsive; no
+key ever goes into a response (error texts are scrubbed of the keys in the server's
+environment and of anything shaped like one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import tornado.web
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.utils import url_path_join
+
+from . import NAMESPACE
+
+#: What a provider key looks like (OpenAI ``sk-...``, Anthropic ``sk-ant-...``), masked
+#: or not, in case an SDK quotes one in an error.
+_KEYISH = re.compile(r"sk-[A-Za-z0-9_\-*]{6,}")
+_KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
+JOB_ID = r"(?P<job_id>[A-Za-z0-9_.\-]+)"
+
+
+def scrub(text: str) -> str:
+    """``text`` without any API key from the environment or anything shaped like one."""
+    for var in _KEY_VARS:
+        value = os.environ.get(var)
+        if value and len(value) >= 8:
+            text = text.replace(value, "***")
+    return _KEYISH.sub("sk-***", text)
+
+
+class _Handler(APIHandler):
+    """Common ground: JSON out, errors as ``{"error": ...}``, work in a thread."""
+
+    #: The resource name Jupyter Server's authorizer is asked about.
+    auth_resource = NAMESPACE
+
+    def initialize(self, root_dir: str) -> None:
+        self.root_dir = root_dir
+
+    async def _run(self, fn: Callable[[], Any]) -> None:
+        from .._errors import InputError, JobNotFoundError, NbbatchError, ProviderError
+        from .views import Conflict
+
+        try:
+            result = await asyncio.to_thread(fn)
+        except JobNotFoundError as exc:
+            return self._error(404, exc)
+        except (ValueError, InputError) as exc:
+            return self._error(400, exc)
+        except ProviderError as exc:
+            return self._error(502, exc)
+        except (NbbatchError, Conflict) as exc:
+            return self._error(409, exc)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(result))
+
+    def _error(self, status: int, exc: BaseException) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": scrub(str(exc))}))
+
+    def _ledger(self) -> Any:
+        from ..ledger import default
+
+        return default()
+
+
+class JobsHandler(_Handler):
+    """``GET``: the whole list (reads the ledger; never polls a provider)."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self) -> None:
+        from .views import listing
+
+        await self._run(lambda: listing(self.root_dir))
+
+
+class FailedHandler(_Handler):
+    """``GET``: the job's failed, expired and cancelled rows with their errors."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        from .views import failed_view
+
+        limit = int(self.get_query_argument("limit", "100"))
+        await self._run(lambda: failed_view(self._ledger(), job_id, max(1, min(limit, 1000))))
+
+
+class RefreshHandler(_Handler):
+    """``POST``: poll the job's provider once, as ``nbbatch status`` does."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        from .views import refresh
+
+        await self._run(lambda: refresh(self._ledger(), job_id, self.root_dir))
+
+
+class CancelHandler(_Handler):
+    """``POST``: cancel the job at its provider (the sidebar asked the user first)."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        from .views import cancel
+
+        await self._run(lambda: cancel(self._ledger(), job_id, self.root_dir))
+
+
+class CollectHandler(_Handler):
+    """``POST``: write the job's results as Parquet under the server's root."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        from .views import collect
+
+        body = self.get_json_body() or {}
+        folder = body.get("folder", "") if isinstance(body, dict) else ""
+        if not isinstance(folder, str):
+            return self._error(400, ValueError("folder must be a string"))
+        await self._run(lambda: collect(self._ledger(), job_id, self.root_dir, folder))
+
+
+def routes(base_url: str, root_dir: str) -> list[tuple[str, type, dict[str, Any]]]:
+    """The URL patterns, under ``base_url``, each with its handler."""
+    api = url_path_join(base_url, NAMESPACE, "api")
+    kwargs = {"root_dir": root_dir}
+    return [
+        (url_path_join(api, "jobs"), JobsHandler, kwargs),
+        (url_path_join(api, "jobs", JOB_ID, "failed"), FailedHandler, kwargs),
+        (url_path_join(api, "jobs", JOB_ID, "refresh"), RefreshHandler, kwargs),
+        (url_path_join(api, "jobs", JOB_ID, "cancel"), CancelHandler, kwargs),
+        (url_path_join(api, "jobs", JOB_ID, "collect"), CollectHandler, kwargs),
+    ]

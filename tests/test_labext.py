@@ -1,0 +1,109 @@
+"""The JupyterLab sidebar's server side, without a browser: the JSON view of the ledger
+(``nbbatch.labext.views``) and the actions, on the emulator. The routes themselves, their
+authentication and the sidebar are tested in ``tests/browser/test_sidebar_browser.py``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import nbbatch as nb
+from nbbatch import emulator
+from nbbatch.labext import handlers, views
+from nbbatch.ledger import default as ledger
+
+from .conftest import openai_client
+
+REVIEWS = pd.DataFrame({"review": [f"review {i}" for i in range(12)]})
+PROMPT = "Classify: {review}"
+
+
+@pytest.fixture
+def notebook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A notebook under the server's root (``tmp_path``), as its kernel sees itself."""
+    path = tmp_path / "work" / "reviews.ipynb"
+    path.parent.mkdir()
+    monkeypatch.setenv("JPY_SESSION_NAME", str(path))
+    return path
+
+
+def test_listing_creates_no_ledger(nbbatch_home: Path) -> None:
+    view = views.listing()
+    assert view["jobs"] == [] and view["ledger"] == str(nbbatch_home / "ledger.sqlite3")
+    assert not nbbatch_home.exists()
+
+
+def test_a_finished_job_is_listed_with_its_origin_counts_cost_and_alert(
+    tmp_path: Path, notebook: Path
+) -> None:
+    with emulator.start(processing_seconds=0.05, error_rate=0.25, seed=1) as server:
+        job = nb.submit(REVIEWS, PROMPT, model="gpt-4o-mini", client=openai_client(server),
+                        output="label", retries=0, wait=True)  # fmt: skip
+    view = views.listing(root_dir=str(tmp_path))
+    assert view["version"] == views.SCHEMA_VERSION and view["ledger"].endswith("ledger.sqlite3")
+    (listed,) = view["jobs"]
+    assert listed["id"] == job.id and listed["attach"] == f'nb.attach("{job.id}")'
+    assert listed["origin"] == "work/reviews.ipynb"  # relative to the server's root
+    assert (listed["provider"], listed["model"], listed["rows"]) == ("openai", "gpt-4o-mini", 12)
+    assert listed["status"] == "completed" and not listed["cost_estimated"]
+    assert listed["counts"] == {"succeeded": 9, "failed": 3, "expired": 0, "cancelled": 0,
+                                "skipped": 0, "pending": 0}  # fmt: skip
+    assert listed["cost"] is not None and listed["cost"] > 0
+    assert "above the alert threshold" in listed["alert"]
+    assert listed["overdue"] is False
+
+    failed = views.failed_view(ledger(), job.id, limit=2)
+    assert failed["total"] == 3 and len(failed["rows"]) == 2
+    assert all(r["status"] == "failed" and r["error"] for r in failed["rows"])
+
+    with pytest.raises(views.Conflict):
+        views.cancel(ledger(), job.id)  # nothing left to cancel: refused, status kept
+    assert views.job_view(ledger(), job.id)["status"] == "completed"
+
+
+def test_collect_writes_parquet_under_the_root_and_nowhere_else(
+    tmp_path: Path, notebook: Path
+) -> None:
+    with emulator.start(processing_seconds=0.05) as server:
+        job = nb.submit(REVIEWS, PROMPT, model="gpt-4o-mini", client=openai_client(server),
+                        output="label", wait=True)  # fmt: skip
+        out = views.collect(ledger(), job.id, str(tmp_path), "work")
+    assert out["path"] == f"work/{job.id}.parquet" and out["rows"] == 12 and out["pending"] == 0
+    written = pd.read_parquet(tmp_path / out["path"])
+    assert written["label_status"].tolist() == ["succeeded"] * 12
+    for outside in ("..", "../..", "/etc", "work/../.."):
+        with pytest.raises(ValueError, match="outside the server's root"):
+            views.collect(ledger(), job.id, str(tmp_path), outside)
+    with pytest.raises(ValueError, match="does not exist"):
+        views.collect(ledger(), job.id, str(tmp_path), "missing")
+
+
+def test_a_slow_job_is_overdue_after_a_day_and_cancels_from_the_server(tmp_path: Path) -> None:
+    with emulator.start(processing_seconds=600.0) as server:
+        job = nb.submit(REVIEWS.head(3), PROMPT, model="gpt-4o-mini",
+                        client=openai_client(server))  # fmt: skip
+        job.wait_sent()
+        (listed,) = views.jobs_view(ledger())["jobs"]
+        assert listed["status"] == "running" and not listed["overdue"]
+        assert listed["cost_estimated"]
+        later = views.jobs_view(ledger(), now=time.time() + 25 * 3600)["jobs"][0]
+        assert later["overdue"]
+        out = views.cancel(ledger(), job.id)
+        assert out["job"]["id"] == job.id
+        deadline = time.monotonic() + 20
+        while views.job_view(ledger(), job.id)["status"] != "cancelled":
+            assert time.monotonic() < deadline, views.job_view(ledger(), job.id)
+            views.refresh(ledger(), job.id)
+            time.sleep(0.2)
+    assert views.job_view(ledger(), job.id)["counts"]["cancelled"] == 3
+
+
+def test_no_key_reaches_a_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "a-key-of-ours-1234567890")
+    text = "401: bad key a-key-of-ours-1234567890 (sk-proj-abc***wxyz, sk-ant-api03-XYZXYZXYZ)"
+    scrubbed = handlers.scrub(text)
+    assert "a-key-of-ours" not in scrubbed and "abc" not in scrubbed and "XYZ" not in scrubbed
+    assert scrubbed.startswith("401: bad key ***")
