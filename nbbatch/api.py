@@ -84,10 +84,12 @@ def submit(
     error there is the job's error, raised by :meth:`BatchJob.wait`. ``job.wait_sent()``
     blocks until every row is in a batch at the provider.
 
-    ``data`` is a pandas DataFrame or Series, a polars DataFrame or LazyFrame, or a
-    pyarrow Table or Dataset (all checked and planned the same way; ``job.merge`` gives
-    back the same kind; rows of the non-pandas kinds are named by position or by
-    ``id_column``).
+    ``data`` is a pandas DataFrame or Series, a polars DataFrame or LazyFrame, a
+    pyarrow Table or Dataset, or the path, folder or glob of Parquet files (all checked
+    and planned the same way; ``job.merge`` gives back the same kind; rows of the
+    non-pandas kinds are named by position or by ``id_column``). Parquet files and
+    Arrow datasets are read a record batch at a time, never whole, so they may be larger
+    than memory; ``job.to_parquet`` writes their results back the same way.
     ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
     (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
     ``provider`` is ``"openai"``, ``"anthropic"`` or ``"local"`` (the embedded emulator,

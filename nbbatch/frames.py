@@ -5,10 +5,10 @@ DataFrame or LazyFrame, a pyarrow Table or Dataset go through exactly the same
 validation, planning and merge as pandas does: they are converted once through Arrow
 (integers stay integers: ``1``, not ``1.0``), with a RangeIndex, so rows are named by
 position or by ``id_column``. ``merge`` then hands the result back as the kind it was
-given. A path or glob of Parquet files is read as one table, once every file's schema
-has been checked against the others; ``merge`` gives a pyarrow Table back for it, and
-``job.to_parquet`` writes one. (The whole table is read into memory: streaming files
-larger than memory is not done yet.)
+given. A path or glob of Parquet files and an Arrow dataset are *streamed* (see
+:mod:`nbbatch.stream`): ``submit`` plans them a record batch at a time and
+``job.to_parquet`` writes them back the same way; ``merge`` still reads them whole (for
+what fits in memory) and gives a pyarrow Table back.
 """
 
 from __future__ import annotations
