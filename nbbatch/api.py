@@ -393,8 +393,8 @@ def _client_for(name: str, base_url: str | None, local: bool) -> Any:
     emulator at its current address (the recorded one may be stale)."""
     if local and base_url is None:
         return _providers.default_client(name, local=True)
-    var = "OPENAI_API_KEY" if name == "openai" else "ANTHROPIC_API_KEY"
-    if local and not os.environ.get(var):  # a loopback emulator takes any key
+    variables = _providers.KEY_VARIABLES[name]
+    if local and not any(os.environ.get(v) for v in variables):  # an emulator takes any key
         return _providers.default_client(name, base_url=base_url, key="local-emulator")
     return _providers.default_client(name, base_url=base_url)
 
@@ -516,9 +516,9 @@ def _address(name: str, client: Any, local: bool) -> str | None:
     if local:
         return "local"
     if client is not None:
-        return str(client.base_url)
+        return _providers.base_url_of(client)
     try:
-        return str(_providers.default_client(name).base_url)
+        return _providers.base_url_of(_providers.default_client(name))
     except ConfigError:
         return None
 

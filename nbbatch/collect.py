@@ -109,7 +109,11 @@ def collect(job: BatchJob, info: BatchInfo, intent: str) -> None:
     state = job._ledger.row_state(job.id)
     sent_ids = state.manifest_column("custom_id", positions)
     rec = _results.reconcile(
-        sent_ids, tables, batch_failure=info.failure, failure_code=info.failure_code
+        sent_ids,
+        tables,
+        batch_failure=info.failure,
+        failure_code=info.failure_code,
+        unfinished=info.unfinished,
     )
     table = rec.table
     if spec.response_format is not None:

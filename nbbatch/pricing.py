@@ -4,7 +4,7 @@ The table is a dated data file, ``prices.json`` (see :data:`PRICES_DATE`); provi
 change prices, so treat every figure as an estimate and override with :func:`set_price`
 (``nb.pricing.set``). A model that is not in the table, nor a dated snapshot of one,
 has an unknown price: nbbatch says so rather than show a wrong number.
-Batch prices are half the real-time prices at both OpenAI and Anthropic.
+Batch prices are half the real-time prices at OpenAI, Anthropic and Gemini alike.
 """
 
 from __future__ import annotations

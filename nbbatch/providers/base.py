@@ -105,6 +105,9 @@ class BatchInfo:
     failed: int  # requests reported failed so far
     failure: str | None = None  # why the whole batch failed (validation, capacity)
     failure_code: str | None = None
+    #: "cancelled" or "expired" when the batch stopped early and its results list only
+    #: the requests that ran (Gemini): requests without a line end in that state.
+    unfinished: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
 
