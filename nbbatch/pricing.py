@@ -29,8 +29,9 @@ def _load() -> tuple[str, dict[str, tuple[float, float, float]]]:
 #: ``claude-haiku-4-5-20251001``) has its model's price; any other name has none.
 PRICES_DATE, _REALTIME = _load()
 
-#: ``-YYYY-MM-DD`` or ``-YYYYMMDD`` at the end of a model name: a dated snapshot.
-_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+#: ``-YYYY-MM-DD`` or ``-YYYYMMDD`` at the end of a model name: a dated snapshot; Gemini
+#: numbers its stable versions instead (``gemini-2.0-flash-001``).
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{3})$")
 BATCH_DISCOUNT = 0.5
 
 
@@ -51,6 +52,7 @@ def price_of(model: str) -> tuple[float, float, float] | None:
     Only a model in the table, or a dated snapshot of one, has a price: a name that
     merely starts like a known model (``gpt-4o-mni``) is unknown, not ``gpt-4o``.
     """
+    model = model.removeprefix("models/")  # Gemini's resource name of a model
     if model in _REALTIME:
         return _REALTIME[model]
     return _REALTIME.get(_SNAPSHOT.sub("", model))

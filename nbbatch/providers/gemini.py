@@ -53,6 +53,24 @@ OWNED = {
     "response_json_schema": "response_format=",
     "system_instruction": "system=",
     "contents": "the prompt template",
+    # The other providers' names for the same things, so a ported call hears what to use.
+    "messages": "the prompt template",
+    "system": "system=",
+    "max_tokens": "max_tokens=",
+    "max_completion_tokens": "max_tokens=",
+    "generation_config": "max_tokens=, temperature= and the GenerationConfig keywords",
+}
+
+#: Bounds of numeric generationConfig fields (None: unbounded), from the API reference;
+#: the SDK's types check only that they are numbers.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "top_k": (1, None),
+    "candidate_count": (1, None),
+    "max_output_tokens": (1, None),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
 }
 
 _error = pa.struct([("code", pa.int64()), ("message", pa.large_string()), ("status", pa.string())])
@@ -154,41 +172,50 @@ class GeminiProvider(Provider):
         return req
 
     def validate(self, spec: RequestSpec) -> None:
-        """Check ``spec`` against the SDK's ``GenerationConfig`` type, sending nothing."""
+        """Check ``spec`` against the SDK's ``GenerationConfig`` type and the API's ranges,
+        sending nothing; every problem found is named in one :class:`InputError`."""
         if spec.endpoint != ENDPOINT:
             self.request(spec, "")  # raises the endpoint's error
-        if spec.max_tokens is not None and (
-            not isinstance(spec.max_tokens, int) or spec.max_tokens < 1
-        ):
-            raise InputError(f"max_tokens must be a positive integer, got {spec.max_tokens!r}.")
-        if spec.temperature is not None and not 0 <= spec.temperature <= 2:
-            raise InputError(
-                f"temperature must be between 0 and 2 on Gemini, got {spec.temperature!r}."
-            )
+        problems = []
         for key in spec.params:
-            if key in OWNED:
-                raise InputError(
-                    f"{key}= is set by nbbatch from {OWNED[key]}; pass that instead.",
-                    provider="gemini",
-                )
-            if key not in _GEN_FIELDS and key not in REQUEST_FIELDS:
-                known = sorted((_GEN_FIELDS | set(REQUEST_FIELDS)) - set(OWNED))
+            if key == "stream":
+                problems.append("stream is not available in a batch: results are never streamed.")
+            elif key in OWNED:
+                problems.append(f"{key!r} is set by nbbatch; use {OWNED[key]} instead.")
+            elif key not in _GEN_FIELDS and key not in REQUEST_FIELDS:
+                known = sorted(_GEN_FIELDS | set(REQUEST_FIELDS))
                 close = difflib.get_close_matches(key, known, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise InputError(
-                    f"unknown Gemini parameter {key!r}.{hint} Gemini takes the fields of "
-                    f"google.genai.types.GenerationConfig and {sorted(REQUEST_FIELDS)}.",
-                    provider="gemini",
+                hint = ""
+                if close:
+                    via = f" ({OWNED[close[0]]} sets it)" if close[0] in OWNED else ""
+                    hint = f" Did you mean {close[0]!r}?{via}"
+                accepted = ", ".join(k for k in known if k not in OWNED)
+                problems.append(
+                    f"unknown parameter {key!r} for Gemini.{hint} Accepted: {accepted} (the "
+                    "fields of google.genai.types.GenerationConfig, and two request fields)."
                 )
-        try:
-            types.GenerationConfig(**self.generation_config(spec))
-        except pydantic.ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
+        if not problems:
+            config = self.generation_config(spec)
+            try:
+                types.GenerationConfig(**config)
+            except pydantic.ValidationError as exc:
+                for error in exc.errors():
+                    where = ".".join(str(p) for p in error["loc"])
+                    problems.append(
+                        f"{where}={error.get('input')!r} is not accepted: {error['msg']}."
+                    )
+            for key, value in config.items():
+                low, high = RANGES.get(key, (None, None))
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    continue
+                if (low is not None and value < low) or (high is not None and value > high):
+                    bound = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+                    problems.append(f"{key}={value!r} is out of range: it must be {bound}.")
+        if problems:
             raise InputError(
-                f"Gemini would refuse {where}={first.get('input')!r}: {first['msg']}.",
+                "Gemini would refuse these parameters; nothing was sent: " + " ".join(problems),
                 provider="gemini",
-            ) from None
+            )
 
     def find_model(self, model: str) -> bool | list[str] | None:
         """``models.get``; on a 404, ``models.list`` for the names there are."""
