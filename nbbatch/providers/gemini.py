@@ -320,10 +320,13 @@ class GeminiProvider(Provider):
             return failure_row(
                 custom_id, kind, str(exc.message or exc), is_transient(kind, exc.code)
             )
-        except Exception as exc:  # no answer: the same request may work later
-            return failure_row(
-                custom_id, "api_connection_error", f"could not reach Gemini: {exc}", True
-            )
+        except Exception as exc:
+            if _unreachable(exc):  # no answer: the same request may work later
+                return failure_row(
+                    custom_id, "api_connection_error", f"could not reach Gemini: {exc}", True
+                )
+            # The SDK refused the request or the reply locally (its own checks).
+            return failure_row(custom_id, "sdk_error", f"{type(exc).__name__}: {exc}", False)
         body = reply.model_dump(mode="json", exclude_none=True, by_alias=True)
         row = parse_lines(_line(custom_id, body)).to_pylist()[0]
         cands = body.get("candidates") or [{}]
@@ -398,17 +401,20 @@ def _info(job: types.BatchJob) -> BatchInfo:
     )
 
 
-def _provider_error(exc: Exception, doing: str) -> ProviderError:
-    import httpx
+def _unreachable(exc: Exception) -> bool:
+    """A transport failure (no answer): httpx's or httpx2's ``TransportError``, whichever
+    the installed SDK runs on; the SDK wraps neither in a class of its own."""
+    return any(cls.__name__ == "TransportError" for cls in type(exc).__mro__)
 
+
+def _provider_error(exc: Exception, doing: str) -> ProviderError:
     return sdk_error(
         exc,
         doing,
         provider="gemini",
         label="Gemini",
         key_variable="GEMINI_API_KEY (or GOOGLE_API_KEY)",
-        unreachable=isinstance(exc, httpx.TransportError)
-        or type(exc).__name__ in ("ConnectError", "ReadTimeout", "ConnectTimeout"),
+        unreachable=_unreachable(exc),
         bad_key=isinstance(exc, genai_errors.APIError) and exc.code in (401, 403),
     )
 
