@@ -140,7 +140,7 @@ class BatchJob:
 
     @property
     def provider(self) -> str:
-        """``"openai"`` or ``"anthropic"``."""
+        """``"openai"``, ``"anthropic"`` or ``"gemini"``."""
         return str(self._record["provider"])
 
     @property
