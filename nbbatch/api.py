@@ -85,9 +85,11 @@ def submit(
     ``id_column``).
     ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
     (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
-    ``provider`` is ``"openai"``, ``"anthropic"`` or ``"local"`` (the embedded emulator,
-    no key needed); omitted, it follows ``client`` or the model name (``claude-*`` is
-    Anthropic). ``client`` is an official SDK client, for Azure, a proxy or an emulator.
+    ``provider`` is ``"openai"``, ``"anthropic"``, ``"gemini"`` or ``"local"`` (the
+    embedded emulator, no key needed); omitted, it follows ``client`` or the model name
+    (``claude-*`` is Anthropic, ``gemini-*`` Gemini). ``client`` is an official SDK client
+    (``openai.OpenAI``, ``anthropic.Anthropic``, ``google.genai.Client``), for Azure, a
+    proxy or an emulator.
     Rows with a missing value in a used column are not sent (status ``skipped``) unless
     ``missing="empty"``. ``response_format`` (a pydantic model or a JSON schema) asks
     for structured output: ``merge`` then adds one column per field, and a reply that
