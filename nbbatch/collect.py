@@ -21,7 +21,7 @@ from . import results as _results
 from . import rowstore
 from . import send as _send
 from ._errors import ProviderError
-from .providers.base import BatchInfo, RequestSpec
+from .providers.base import BatchInfo, RequestSpec, http_status
 
 if TYPE_CHECKING:
     from .job import BatchJob
@@ -68,7 +68,7 @@ def poll_batch(job: BatchJob, batch: dict[str, Any]) -> None:
 
 def local_batch_gone(job: BatchJob, exc: ProviderError) -> bool:
     """Whether ``exc`` says the background emulator no longer knows a batch."""
-    gone = getattr(exc.__cause__, "status_code", None) == 404
+    gone = http_status(exc.__cause__) == 404
     return gone and job._record.get("backend") == "local"
 
 

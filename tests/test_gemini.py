@@ -111,3 +111,20 @@ def test_an_upload_in_several_chunks_arrives_whole(emu, monkeypatch):
     assert job.counts["succeeded"] == 5
     out = job.merge(df)
     assert out["response"].tolist() == [emulator.echo_text(t) for t in df["text"]]
+
+
+def test_sdk_errors_are_classified_by_their_http_code():
+    from google.genai import errors
+
+    from nbbatch import BatchFailedError, ProviderError
+    from nbbatch.providers.gemini import _provider_error
+
+    def err(cls, code, status):
+        return cls(code, {"error": {"code": code, "message": "m", "status": status}})
+
+    busy = _provider_error(err(errors.ServerError, 503, "UNAVAILABLE"), "creating a batch")
+    assert isinstance(busy, ProviderError) and busy.transient
+    bad = _provider_error(err(errors.ClientError, 400, "INVALID_ARGUMENT"), "creating a batch")
+    assert isinstance(bad, BatchFailedError) and not bad.transient
+    key = _provider_error(err(errors.ClientError, 401, "UNAUTHENTICATED"), "reading a batch")
+    assert "GEMINI_API_KEY" in str(key) and not key.transient
