@@ -128,3 +128,20 @@ def test_sdk_errors_are_classified_by_their_http_code():
     assert isinstance(bad, BatchFailedError) and not bad.transient
     key = _provider_error(err(errors.ClientError, 401, "UNAUTHENTICATED"), "reading a batch")
     assert "GEMINI_API_KEY" in str(key) and not key.transient
+
+
+def test_downloads_are_retried_although_the_sdk_does_not_retry_them():
+    # Every GET fails twice in a row before it is served: batches.get gets through on the
+    # client's own retries, files.download only on the provider's (one call here, not the
+    # poll loop, which would also try again on its next round).
+    with emulator.start(processing_seconds=0.05, http_error_rate=1.0) as emu:
+        provider = build("gemini", gemini_client(emu))
+        spec = RequestSpec(model="gemini-2.5-flash", endpoint=provider.default_endpoint)
+        lines = provider.encode(pa.array(["a", "b"]), pa.array(["x", "y"]), spec)
+        info = provider.create(lines, spec, {"nbbatch_job": "t"})
+        while not info.ended:
+            info = provider.retrieve(info.batch_id)
+        (raw,) = provider.fetch_results(info)
+        assert sorted(r["custom_id"] for r in parse_lines(raw).to_pylist()) == ["a", "b"]
+        downloads = [p for m, p in emu.request_log if m == "GET" and p.endswith(":download")]
+        assert len(downloads) == 3  # two simulated 500s, then the file

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -38,6 +39,8 @@ from .base import (
 #: The one endpoint Gemini Batch Mode runs for nbbatch (``embedContent`` batches go
 #: through a different call, ``batches.create_embeddings``, not supported yet).
 ENDPOINT = "generateContent"
+#: Tries of a responses-file download (the SDK does not retry downloads itself).
+DOWNLOAD_ATTEMPTS = 3
 #: Batch states after which nothing changes (the SDK's ``JobState`` names).
 ENDED = frozenset(
     {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
@@ -295,10 +298,17 @@ class GeminiProvider(Provider):
         file_name = (info.raw.get("dest") or {}).get("file_name")
         if not file_name:
             return []
-        try:
-            return [self.client.files.download(file=file_name)]
-        except Exception as exc:
-            raise _provider_error(exc, f"downloading {file_name}") from exc
+        # files.download goes around the SDK's retry_options (it retries nothing), so a
+        # passing 429/5xx or dropped connection is retried here, as the other SDKs would.
+        for attempt in range(DOWNLOAD_ATTEMPTS):
+            try:
+                return [self.client.files.download(file=file_name)]
+            except Exception as exc:
+                error = _provider_error(exc, f"downloading {file_name}")
+                if not error.transient or attempt == DOWNLOAD_ATTEMPTS - 1:
+                    raise error from exc
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
         return parse_lines(raw)
