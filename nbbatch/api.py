@@ -92,9 +92,11 @@ def submit(
     than memory; ``job.to_parquet`` writes their results back the same way.
     ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
     (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
-    ``provider`` is ``"openai"``, ``"anthropic"`` or ``"local"`` (the embedded emulator,
-    no key needed); omitted, it follows ``client`` or the model name (``claude-*`` is
-    Anthropic). ``client`` is an official SDK client, for Azure, a proxy or an emulator.
+    ``provider`` is ``"openai"``, ``"anthropic"``, ``"gemini"`` or ``"local"`` (the
+    embedded emulator, no key needed); omitted, it follows ``client`` or the model name
+    (``claude-*`` is Anthropic, ``gemini-*`` Gemini). ``client`` is an official SDK client
+    (``openai.OpenAI``, ``anthropic.Anthropic``, ``google.genai.Client``), for Azure, a
+    proxy or an emulator.
     Rows with a missing value in a used column are not sent (status ``skipped``) unless
     ``missing="empty"``. ``response_format`` (a pydantic model or a JSON schema) asks
     for structured output: ``merge`` then adds one column per field, and a reply that
@@ -519,8 +521,8 @@ def _client_for(name: str, base_url: str | None, local: bool) -> Any:
     emulator at its current address (the recorded one may be stale)."""
     if local and base_url is None:
         return _providers.default_client(name, local=True)
-    var = "OPENAI_API_KEY" if name == "openai" else "ANTHROPIC_API_KEY"
-    if local and not os.environ.get(var):  # a loopback emulator takes any key
+    variables = _providers.KEY_VARIABLES[name]
+    if local and not any(os.environ.get(v) for v in variables):  # an emulator takes any key
         return _providers.default_client(name, base_url=base_url, key="local-emulator")
     return _providers.default_client(name, base_url=base_url)
 
@@ -660,9 +662,9 @@ def _address(name: str, client: Any, local: bool) -> str | None:
     if local:
         return "local"
     if client is not None:
-        return str(client.base_url)
+        return _providers.base_url_of(client)
     try:
-        return str(_providers.default_client(name).base_url)
+        return _providers.base_url_of(_providers.default_client(name))
     except ConfigError:
         return None
 

@@ -44,7 +44,7 @@ exit codes:
 environment:
   NBBATCH_HOME                        the folder of the ledger
   OPENAI_API_KEY, ANTHROPIC_API_KEY   API keys for jobs on those providers
-                                      (jobs on the local emulator need none)"""
+  GEMINI_API_KEY (or GOOGLE_API_KEY)  (jobs on the local emulator need none)"""
 
 JOB_HELP = "a job id, as `nbbatch jobs` lists it"
 

@@ -21,7 +21,7 @@ from . import results as _results
 from . import rowstore
 from . import send as _send
 from ._errors import ProviderError
-from .providers.base import BatchInfo, RequestSpec
+from .providers.base import BatchInfo, RequestSpec, http_status
 
 if TYPE_CHECKING:
     from .job import BatchJob
@@ -68,7 +68,7 @@ def poll_batch(job: BatchJob, batch: dict[str, Any]) -> None:
 
 def local_batch_gone(job: BatchJob, exc: ProviderError) -> bool:
     """Whether ``exc`` says the background emulator no longer knows a batch."""
-    gone = getattr(exc.__cause__, "status_code", None) == 404
+    gone = http_status(exc.__cause__) == 404
     return gone and job._record.get("backend") == "local"
 
 
@@ -109,7 +109,11 @@ def collect(job: BatchJob, info: BatchInfo, intent: str) -> None:
     state = job._ledger.row_state(job.id)
     sent_ids = state.manifest_column("custom_id", positions)
     rec = _results.reconcile(
-        sent_ids, tables, batch_failure=info.failure, failure_code=info.failure_code
+        sent_ids,
+        tables,
+        batch_failure=info.failure,
+        failure_code=info.failure_code,
+        unfinished=info.unfinished,
     )
     table = rec.table
     if spec.response_format is not None:

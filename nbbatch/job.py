@@ -37,7 +37,7 @@ from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, Pr
 from .ledger import Ledger
 from .poller import Poller
 from .pricing import Cost
-from .providers.base import BatchInfo, Provider, RequestSpec
+from .providers.base import BatchInfo, Provider, RequestSpec, http_status
 from .snapshot import ROW_STATES, BatchView, JobSnapshot, Note, format_seconds
 
 Listener = Callable[[JobSnapshot], None]
@@ -142,7 +142,7 @@ class BatchJob:
 
     @property
     def provider(self) -> str:
-        """``"openai"`` or ``"anthropic"``."""
+        """``"openai"``, ``"anthropic"`` or ``"gemini"``."""
         return str(self._record["provider"])
 
     @property
@@ -444,7 +444,7 @@ class BatchJob:
         (``nb.emulator.start()``) kept its batches in memory, so they are gone for good.
         """
         self._backend_dead = False
-        if getattr(exc.__cause__, "status_code", None) is not None:
+        if http_status(exc.__cause__) is not None:
             return str(exc)  # the backend answered (429, 5xx): it is there
         if self._record.get("backend") == "local":
             from . import providers

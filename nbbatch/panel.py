@@ -376,7 +376,9 @@ class JobPanel:
 
     def _header_html(self, snap: JobSnapshot) -> str:
         host = urlparse(snap.base_url).hostname or ""
-        via = f" &middot; via {_esc(host)}" if host and not host.endswith("api.openai.com") else ""
+        # A provider's own address goes unsaid; any other (a proxy, an emulator) is shown.
+        own = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com")
+        via = f" &middot; via {_esc(host)}" if host and not host.endswith(own) else ""
         return (
             f'<div style="{_TEXT} line-height: 1.4;">'
             f'<span style="font-size: var(--jp-ui-font-size2, 14px); font-weight: 600;">'

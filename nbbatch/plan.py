@@ -1,7 +1,7 @@
 """Rows to provider-neutral requests: custom_ids, row keys, skipped rows, chunks.
 
 A :class:`Plan` is everything a job needs to know about its rows before it talks to a
-provider: one ``custom_id`` per input row (stable, unique, valid for both providers,
+provider: one ``custom_id`` per input row (stable, unique, valid for every provider,
 meaningful where the index allows), the rendered prompt of every row that will be sent,
 the rows that will not be sent and why, and a 64-bit key per row that lets ``merge``
 find the row again in a DataFrame.

@@ -15,7 +15,8 @@ price is half its real-time price (the providers' published rule), and
 :attr:`Rates.batch_rule` says so.
 
 Prices with tiers by prompt length (a higher rate above 200,000 input tokens, say) are
-taken at their base rate: batch requests are priced one by one, and a request that
+taken at their base rate (Gemini Pro's higher rate above 200,000 prompt tokens
+included): batch requests are priced one by one, and a request that
 long is rare; treat every figure as an estimate.
 """
 
@@ -31,7 +32,8 @@ from typing import Any
 
 BATCH_DISCOUNT = 0.5
 #: ``-YYYY-MM-DD`` or ``-YYYYMMDD`` at the end of a model name: a dated snapshot.
-_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+#: Gemini numbers its stable versions instead (``gemini-2.0-flash-001``).
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{3})$")
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ def rates(model: str) -> Rates | None:
     does not list it by itself; a name that merely starts like a known model
     (``gpt-4o-mni``) is unknown.
     """
+    model = model.removeprefix("models/")  # Gemini's resource name of a model
     for name in (model, _SNAPSHOT.sub("", model)):
         if name in _OVERRIDES:
             return _OVERRIDES[name]

@@ -45,12 +45,14 @@ class Reconciled:
         return f"batch {batch_id}: " + ", ".join(parts + extra)
 
 
-def _failures(ids: pa.Array, error_type: str, message: str, retryable: bool) -> pa.Table:
+def _failures(
+    ids: pa.Array, error_type: str, message: str, retryable: bool, status: str = "failed"
+) -> pa.Table:
     n = len(ids)
     return pa.table(
         {
             "custom_id": ids,
-            "status": pa.array(["failed"] * n, pa.string()),
+            "status": pa.array([status] * n, pa.string()),
             "output": pa.nulls(n, pa.large_string()),
             "error_type": pa.array([error_type] * n, pa.string()),
             "error_message": pa.array([message] * n, pa.large_string()),
@@ -69,11 +71,14 @@ def reconcile(
     *,
     batch_failure: str | None = None,
     failure_code: str | None = None,
+    unfinished: str | None = None,
 ) -> Reconciled:
     """Match result lines to the ids sent; see the module docstring for the rules.
 
     ``batch_failure`` is set when the provider failed the whole batch: rows with no line
-    then carry that reason instead of ``missing_result``.
+    then carry that reason instead of ``missing_result``. ``unfinished`` ("cancelled" or
+    "expired") is set when the batch stopped early and lists only the requests that ran
+    (Gemini): rows with no line end in that state, as other providers' lines say.
     """
     sent_ids = sent if isinstance(sent, pa.Array) else pa.array(list(sent), pa.string())
     table = pa.concat_tables(tables) if tables else empty_results()
@@ -103,7 +108,15 @@ def reconcile(
         return result
     absent = sent_ids.filter(pa.array(~seen))
     if len(absent):
-        if batch_failure is not None:
+        if unfinished is not None:
+            fill = _failures(
+                absent,
+                unfinished,
+                f"the batch was {unfinished} before this request ran",
+                is_transient(unfinished),
+                status=unfinished,
+            )
+        elif batch_failure is not None:
             code = failure_code or "batch_failed"
             fill = _failures(
                 absent, code, batch_failure, is_transient(code) or code == "token_limit_exceeded"

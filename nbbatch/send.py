@@ -22,7 +22,7 @@ import orjson
 from . import plan as _plan
 from ._errors import BatchFailedError, NbbatchError, ProviderError
 from .ledger import alive
-from .providers.base import BatchInfo, RequestSpec
+from .providers.base import BatchInfo, RequestSpec, http_status
 
 if TYPE_CHECKING:
     from .job import BatchJob
@@ -127,7 +127,7 @@ def _send_chunk(
         exc.job_id = job.id
         raise
     except ProviderError as exc:
-        if getattr(exc.__cause__, "status_code", None) is None:
+        if http_status(exc.__cause__) is None:
             # No answer (the connection failed): the batch may exist all the same, so
             # the next refresh looks for it at the provider before sending again.
             ledger.abandon_intent(intent)

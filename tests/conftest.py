@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import anthropic
 import openai
 import pytest
+from google import genai
+from google.genai import types as genai_types
 
 from nbbatch import emulator
 
@@ -20,6 +22,8 @@ def nbbatch_home(tmp_path, monkeypatch):
     monkeypatch.setenv("NBBATCH_HOME", str(home))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     yield home
     for thread in threading.enumerate():
         if thread.name.startswith("nbbatch-send-"):
@@ -39,7 +43,7 @@ def emu() -> Iterator[emulator.Emulator]:
 # They are kept per emulator *object*, not per URL: a later emulator may get the port of
 # a stopped one, and a pooled connection to the old server must never be reused.
 # A short timeout turns a server that never answers into a failure, not a hang.
-_CLIENTS: dict[tuple[str, int, str], openai.OpenAI | anthropic.Anthropic] = {}
+_CLIENTS: dict[tuple[str, int, str], openai.OpenAI | anthropic.Anthropic | genai.Client] = {}
 _SERVERS: list[object] = []  # held, so that no later emulator can reuse an id() above
 TIMEOUT = 60.0
 
@@ -56,9 +60,21 @@ def _client(sdk: type, name: str, server: emulator.Emulator, base_url: str):
     key = (name, id(server), base_url)
     if key not in _CLIENTS:
         _SERVERS.append(server)
-        _CLIENTS[key] = sdk(
-            base_url=base_url, api_key="test-key", timeout=TIMEOUT, _strict_response_validation=True
-        )
+        if sdk is genai.Client:
+            # google-genai validates every response with its pydantic types already; it
+            # retries nothing unless told, so retry as the other SDKs do by default.
+            retry = genai_types.HttpRetryOptions(attempts=3, initial_delay=0.01, max_delay=0.05)
+            options = genai_types.HttpOptions(
+                base_url=base_url, timeout=int(TIMEOUT * 1000), retry_options=retry
+            )
+            _CLIENTS[key] = genai.Client(api_key="test-key", http_options=options)
+        else:
+            _CLIENTS[key] = sdk(
+                base_url=base_url,
+                api_key="test-key",
+                timeout=TIMEOUT,
+                _strict_response_validation=True,
+            )
     return _CLIENTS[key]
 
 
@@ -72,12 +88,17 @@ def anthropic_client(server: emulator.Emulator) -> anthropic.Anthropic:
     return _client(anthropic.Anthropic, "anthropic", server, server.anthropic_base_url)
 
 
+def gemini_client(server: emulator.Emulator) -> genai.Client:
+    """A google-genai client on the emulator's Gemini routes."""
+    return _client(genai.Client, "gemini", server, server.gemini_base_url)
+
+
 @pytest.fixture
 def oai(emu) -> openai.OpenAI:
     return openai_client(emu)
 
 
-PROVIDERS = ["openai", "anthropic"]
+PROVIDERS = ["openai", "anthropic", "gemini"]
 
 
 @pytest.fixture(params=PROVIDERS)
@@ -88,6 +109,8 @@ def provider(request) -> str:
 
 def client_for(provider: str, server: emulator.Emulator):
     """The official SDK client of ``provider`` on ``server``."""
+    if provider == "gemini":
+        return gemini_client(server)
     return openai_client(server) if provider == "openai" else anthropic_client(server)
 
 
@@ -98,11 +121,27 @@ def client(provider, emu):
 
 
 def batches_created(server: emulator.Emulator) -> int:
-    """How many batches the emulator has been asked to create, both providers."""
+    """How many batches the emulator has been asked to create, all providers."""
     stats = server.stats()
-    return stats["openai_batches_created"] + stats["anthropic_batches_created"]
+    return (
+        stats["openai_batches_created"]
+        + stats["anthropic_batches_created"]
+        + stats["gemini_batches_created"]
+    )
+
+
+def batch_ids_at(client) -> list[str]:
+    """The ids of every batch the client's provider holds, newest first, as nbbatch
+    names them (a Gemini batch ``batches/x`` is ``x``)."""
+    if isinstance(client, genai.Client):
+        return [str(b.name).removeprefix("batches/") for b in client.batches.list()]
+    if isinstance(client, anthropic.Anthropic):
+        return [b.id for b in client.messages.batches.list()]
+    return [b.id for b in client.batches.list()]
 
 
 def model_for(client) -> str:
     """A model name of the client's provider."""
+    if isinstance(client, genai.Client):
+        return "gemini-2.5-flash"
     return "claude-haiku-4-5" if isinstance(client, anthropic.Anthropic) else "gpt-4o-mini"

@@ -19,7 +19,7 @@ import pytest
 import nbbatch as nb
 from nbbatch import emulator
 
-from .conftest import client_for
+from .conftest import batch_ids_at, client_for
 from .test_durable import _Url, assert_every_row_terminal_once, emu_process, frame  # noqa: F401
 
 ROWS = 50
@@ -28,13 +28,19 @@ CHILD = """
     import os, sys, openai, anthropic, pandas as pd, nbbatch as nb
     from nbbatch import ledger
     from nbbatch.providers.anthropic import AnthropicProvider
+    from nbbatch.providers.gemini import GeminiProvider
     from nbbatch.providers.openai import OpenAIProvider
 
     url, provider, mode, data = os.environ["ARGS"].split()
     # Small chunks, so 50 rows are 5 batches (the real limits are 50,000 and 100,000).
     OpenAIProvider.max_requests = AnthropicProvider.max_requests = 10
+    GeminiProvider.max_requests = 10
     if provider == "openai":
         client, model = openai.OpenAI(base_url=url + "/v1", api_key="k"), "gpt-4o-mini"
+    elif provider == "gemini":
+        from google import genai
+        client = genai.Client(api_key="k", http_options={"base_url": url + "/gemini"})
+        model = "gemini-2.5-flash"
     else:
         client, model = anthropic.Anthropic(base_url=url, api_key="k"), "claude-haiku-4-5"
 
@@ -69,9 +75,7 @@ CHILD = """
 
 
 def _at_provider(client) -> list[str]:
-    if hasattr(client, "messages"):
-        return [b.id for b in client.messages.batches.list()]
-    return [b.id for b in client.batches.list()]
+    return batch_ids_at(client)
 
 
 @pytest.mark.slow

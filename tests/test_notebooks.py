@@ -52,6 +52,7 @@ EXPECTED = [
     "07-resume-after-restart.ipynb",
     "08-cost-preview-and-budget.ipynb",
     "09-polars-and-parquet.ipynb",
+    "11-gemini.ipynb",
 ]
 
 
@@ -197,6 +198,18 @@ def claims_claude(nb: NotebookNode, s: dict[str, Any]) -> None:
     assert "ANTHROPIC_API_KEY" in printed(nb.cells[2])
 
 
+def claims_gemini(nb: NotebookNode, s: dict[str, Any]) -> None:
+    assert s == {
+        "provider": "gemini",
+        "rows": 20,
+        "succeeded": 20,
+        "sentiments allowed": True,
+        "batch is half": 0.5,
+    }
+    assert "GEMINI_API_KEY" in printed(nb.cells[2])
+    assert "cost:" in printed(cell_with(nb, "results = job.results()"))
+
+
 def claims_embeddings(nb: NotebookNode, s: dict[str, Any]) -> None:
     assert s == {
         "rows": 30,
@@ -290,6 +303,7 @@ CLAIMS: dict[str, Callable[[NotebookNode, dict[str, Any]], None]] = {
     "07-resume-after-restart.ipynb": claims_resume,
     "08-cost-preview-and-budget.ipynb": claims_budget,
     "09-polars-and-parquet.ipynb": claims_polars,
+    "11-gemini.ipynb": claims_gemini,
 }
 
 

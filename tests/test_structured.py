@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from nbbatch import InputError, emulator, realtime
 from nbbatch import structured as st
-from nbbatch.providers import build
+from nbbatch.providers import build, infer
 from nbbatch.providers.base import RequestSpec
 
 from .conftest import client_for, model_for
@@ -317,7 +317,7 @@ def test_remote_refs_are_never_fetched(monkeypatch):
 
 
 def _provider(client):
-    name = "anthropic" if isinstance(client, anthropic.Anthropic) else "openai"
+    name, _ = infer(None, client, model_for(client))
     return build(name, client)
 
 

@@ -42,14 +42,14 @@ def test_sampling_parameters_out_of_range_are_refused(client, emu):
     assert "at least 1" in refused(
         anthropic_client(emu), emu, "top_k=0", model="claude-haiku-4-5", top_k=0
     )
-    # Anthropic's temperature ends at 1, OpenAI's at 2.
+    # Anthropic's temperature ends at 1, OpenAI's and Gemini's at 2.
     if isinstance(client, anthropic.Anthropic):
         assert "between 0 and 1" in refused(client, emu, "temperature=1.5", temperature=1.5)
     else:
         assert "between -2 and 2" in refused(
             client, emu, "frequency_penalty=3", frequency_penalty=3
         )
-        job = nb.submit(DF, "{text}", model="gpt-4o-mini", client=client, temperature=1.5)
+        job = nb.submit(DF, "{text}", model=model_for(client), client=client, temperature=1.5)
         job.wait(timeout=30, progress=False)
         assert job.counts["succeeded"] == 3
 
@@ -96,6 +96,9 @@ def test_keywords_nbbatch_sets_name_the_argument_to_use(client, emu):
     assert "prompt template" in message
     if isinstance(client, openai.OpenAI):
         refused(client, emu, "use max_tokens=", max_completion_tokens=5)
+    elif model_for(client).startswith("gemini"):
+        schema = {"type": "object", "properties": {"x": {"type": "string"}}}
+        refused(client, emu, "use response_format=", response_json_schema=schema)
     else:
         schema = {"type": "object", "properties": {"x": {"type": "string"}}}
         refused(
@@ -167,7 +170,11 @@ def test_a_typo_sharing_a_prefix_is_not_a_known_model(emu):
 
 
 def test_a_dated_snapshot_and_an_added_model_are_accepted(client, emu):
-    snapshot = model_for(client) + ("-20251001" if "claude" in model_for(client) else "-2024-07-18")
+    model = model_for(client)
+    if model.startswith("gemini"):
+        snapshot = "gemini-2.0-flash-001"  # Gemini numbers its stable versions
+    else:
+        snapshot = model + ("-20251001" if "claude" in model else "-2024-07-18")
     job = nb.submit(DF, "{text}", model=snapshot, client=client, display=False)
     job.wait(timeout=30, progress=False)
     assert job.counts["succeeded"] == 3

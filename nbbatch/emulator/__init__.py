@@ -1,11 +1,12 @@
-"""Embedded emulator of the OpenAI Batch API and the Anthropic Message Batches API.
+"""Embedded emulator of the OpenAI Batch API, the Anthropic Message Batches API and Gemini
+Batch Mode.
 
-A real HTTP server on loopback that the official ``openai`` and ``anthropic`` SDKs talk
-to through ``base_url``, with the full batch life cycle, output/error files and results
-streams, deterministic fault injection, and a deterministic responder that is honest
-about being a simulator. It shares no code with the rest of nbbatch on purpose: it is an
-independent reading of both wire protocols, so a misreading on one side shows up as a
-failure on the other.
+A real HTTP server on loopback that the official ``openai``, ``anthropic`` and
+``google-genai`` SDKs talk to through their base URL (Gemini's under ``/gemini``), with
+the full batch life cycle, output/error files and results streams, deterministic fault
+injection, and a deterministic responder that is honest about being a simulator. It
+shares no code with the rest of nbbatch on purpose: it is an independent reading of the
+wire protocols, so a misreading on one side shows up as a failure on the other.
 
 >>> from nbbatch import emulator
 >>> with emulator.start(processing_seconds=0.1) as emu:       # doctest: +SKIP

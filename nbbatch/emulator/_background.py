@@ -65,6 +65,10 @@ class Background:
     def anthropic_base_url(self) -> str:
         return self.url
 
+    @property
+    def gemini_base_url(self) -> str:
+        return self.url + "/gemini"
+
 
 def state_dir(home: str | Path) -> Path:
     """The background emulator's folder under a ledger home."""

@@ -19,12 +19,14 @@ from ._state import Store
 
 
 class Emulator:
-    """A running emulator of the OpenAI Batch and Anthropic Message Batches APIs.
+    """A running emulator of the OpenAI Batch, Anthropic Message Batches and Gemini Batch
+    Mode APIs.
 
     Point the official SDKs at it::
 
         openai.OpenAI(base_url=emu.openai_base_url, api_key="any")
         anthropic.Anthropic(base_url=emu.anthropic_base_url, api_key="any")
+        genai.Client(api_key="any", http_options={"base_url": emu.gemini_base_url})
 
     Use :func:`nbbatch.emulator.start` to create one; :meth:`stop` (or leaving a ``with``
     block) shuts it down and deletes its files, unless it keeps them in a ``state_dir``.
@@ -70,6 +72,9 @@ class Emulator:
         self.url = f"http://{shown}:{self._server.port}"
         self.openai_base_url = self.url + "/v1"
         self.anthropic_base_url = self.url
+        # Gemini lives under its own prefix: its /v1/files and /v1/models paths would
+        # otherwise collide with OpenAI's.
+        self.gemini_base_url = self.url + "/gemini"
 
     # ----------------------------------------------------------- public API
 

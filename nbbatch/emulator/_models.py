@@ -58,13 +58,22 @@ ANTHROPIC: tuple[ModelEntry, ...] = tuple(
     )
 )
 
+GEMINI: tuple[ModelEntry, ...] = tuple(
+    _family("gemini-2.5-flash", [], 1750118400, "Gemini 2.5 Flash")
+    + _family("gemini-2.5-flash-lite", [], 1753142400, "Gemini 2.5 Flash-Lite")
+    + _family("gemini-2.5-pro", [], 1750118400, "Gemini 2.5 Pro")
+    + _family("gemini-2.0-flash", ["gemini-2.0-flash-001"], 1738713600, "Gemini 2.0 Flash")
+)
+
 #: When models added with ``start(models=...)`` say they were created (2025-01-01).
 ADDED_CREATED = 1735689600
 
 
 def catalogue(provider: str, extra: Iterable[str] = ()) -> list[ModelEntry]:
-    """The models of ``provider`` ("openai" or "anthropic"), newest first, then ``extra``."""
-    known = sorted(OPENAI if provider == "openai" else ANTHROPIC, key=lambda m: -m.created)
+    """The models of ``provider`` ("openai", "anthropic" or "gemini"), newest first, then
+    ``extra``."""
+    table = {"openai": OPENAI, "anthropic": ANTHROPIC, "gemini": GEMINI}[provider]
+    known = sorted(table, key=lambda m: -m.created)
     have = {m.id for m in known}
     added = [ModelEntry(name, ADDED_CREATED, name) for name in extra if name not in have]
     return known + added

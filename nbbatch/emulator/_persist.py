@@ -35,7 +35,7 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import _anthropic, _openai
+from . import _anthropic, _gemini, _openai
 from ._background import write_atomic
 from ._faults import Knobs
 from ._state import BatchRecord, Store, StoredFile
@@ -44,6 +44,7 @@ from ._state import BatchRecord, Store, StoredFile
 _KINDS: dict[str, tuple[Any, Any]] = {
     "openai": (_openai.OpenAIBatch, _openai.Outcome),
     "anthropic": (_anthropic.AnthropicBatch, _anthropic.Outcome),
+    "gemini": (_gemini.GeminiBatch, _gemini.Outcome),
 }
 #: Batches and files older than this are not loaded again (and their bytes deleted).
 RETENTION_SECONDS = 30 * 24 * 3600.0

@@ -64,8 +64,8 @@ def count_tokens(chars: int) -> int:
 class Request:
     """One request as a responder sees it."""
 
-    provider: str  # "openai" or "anthropic"
-    endpoint: str  # "/v1/chat/completions", "/v1/responses" or "/v1/messages"
+    provider: str  # "openai", "anthropic" or "gemini"
+    endpoint: str  # "/v1/chat/completions", "/v1/responses", "/v1/messages", ":generateContent"
     model: str
     prompt: str  # the text of the last user message
     system: str | None = None  # the system prompt (or instructions) as text, if any

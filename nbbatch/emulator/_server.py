@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import _anthropic, _openai
+from . import _anthropic, _gemini, _openai
 from ._state import Store
 from ._wire import ApiError, JSONResponse, anthropic_error_body, openai_error_body
 
@@ -56,6 +56,16 @@ def normalize_path(path: str) -> str:
     return path
 
 
+def is_gemini(path: str) -> bool:
+    return path.startswith(_gemini.PREFIX + "/")
+
+
+def _is_realtime(method: str, path: str) -> bool:
+    if method != "POST":
+        return False
+    return path in _REALTIME or (is_gemini(path) and path.endswith(":generateContent"))
+
+
 def is_anthropic(path: str) -> bool:
     return path.startswith("/v1/messages")
 
@@ -72,6 +82,10 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """An error in the wire shape of whichever API ``path`` belongs to."""
+    if is_gemini(path):
+        return JSONResponse(
+            _gemini.error_body(status, message), status_code=status, headers=headers
+        )
     if is_anthropic(path):
         kind = type if type and type in _ANTHROPIC_TYPES.values() or type == "api_error" else None
         kind = kind or _ANTHROPIC_TYPES.get(status, "api_error")
@@ -97,7 +111,7 @@ class Front:
         method: str = scope["method"]
         path = normalize_path(scope["path"])
         request_id = "req_" + secrets.token_hex(12)
-        emu._record(method, scope["path"], realtime=method == "POST" and path in _REALTIME)
+        emu._record(method, scope["path"], realtime=_is_realtime(method, path))
         id_headers = [(b"x-request-id", request_id.encode()), (b"request-id", request_id.encode())]
 
         async def send_with_id(message: Message) -> None:
@@ -124,13 +138,17 @@ class Front:
             return
         headers = dict(scope.get("headers") or [])
         auth = headers.get(b"authorization", b"")
-        if not (auth.lower().startswith(b"bearer ") and auth[7:].strip()) and not headers.get(
-            b"x-api-key"
-        ):
+        has_key = headers.get(b"x-api-key") or headers.get(b"x-goog-api-key")
+        # The upload URL the service hands out carries its own authority: Gemini's SDK
+        # sends the file's bytes there without the key.
+        if is_gemini(path) and "upload_id=" in scope.get("query_string", b"").decode():
+            has_key = b"upload-url"
+        if not (auth.lower().startswith(b"bearer ") and auth[7:].strip()) and not has_key:
             response = error_response(
                 path,
                 401,
-                "No API key provided: send 'Authorization: Bearer <key>' or 'x-api-key' "
+                "No API key provided: send 'Authorization: Bearer <key>', 'x-api-key' or "
+                "'x-goog-api-key' "
                 "(the nbbatch emulator accepts any key).",
                 request_id,
                 type="authentication_error" if is_anthropic(path) else "invalid_request_error",
@@ -207,7 +225,7 @@ def build_app(store: Store) -> Starlette:
         ),
     ]
     app = Starlette(
-        routes=[*_openai.routes, *_anthropic.routes, *shared],
+        routes=[*_openai.routes, *_anthropic.routes, *_gemini.routes, *shared],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash},
     )
     app.state.store = store

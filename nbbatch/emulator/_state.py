@@ -189,8 +189,14 @@ class Store:
         self.directory = directory
         self._seq = itertools.count(1)
         self.files: dict[str, StoredFile] = {}
-        self.batches: dict[str, dict[str, BatchRecord]] = {"openai": {}, "anthropic": {}}
-        self._attempts: dict[str, dict[str, int]] = {"openai": {}, "anthropic": {}}
+        self.batches: dict[str, dict[str, BatchRecord]] = {
+            "openai": {},
+            "anthropic": {},
+            "gemini": {},
+        }
+        self._attempts: dict[str, dict[str, int]] = {"openai": {}, "anthropic": {}, "gemini": {}}
+        # Gemini resumable uploads between their start and their finalize.
+        self.uploads: dict[str, Any] = {}
         self._pending_unlink: set[Path] = set()
         # Prompt-cache prefixes already "written" by real-time Anthropic requests, and
         # the prefixes real-time OpenAI requests sent (its cache is automatic).
@@ -201,6 +207,7 @@ class Store:
         self.counters = {
             "openai_batches_created": 0,
             "anthropic_batches_created": 0,
+            "gemini_batches_created": 0,
             "files_uploaded": 0,
             "requests": 0,
             "realtime_requests": 0,
@@ -264,7 +271,8 @@ class Store:
                 return False
             in_use = any(
                 getattr(b, "input_path", None) == file.path and b.outcome is None
-                for b in self.batches["openai"].values()
+                for provider in ("openai", "gemini")
+                for b in self.batches[provider].values()
             )
             if in_use:
                 self._pending_unlink.add(file.path)

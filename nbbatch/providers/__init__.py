@@ -1,8 +1,8 @@
 """The provider registry: pick a provider by name, client or model, and build it.
 
 Each provider is a :class:`~nbbatch.providers.base.Provider` subclass registered under a
-name. ``"local"`` is not a provider of its own: it is the OpenAI or Anthropic provider
-pointed at the embedded emulator.
+name. ``"local"`` is not a provider of its own: it is the OpenAI, Anthropic or Gemini
+provider pointed at the embedded emulator.
 
 The built-in providers are registered by module path and imported on first use: their
 SDKs take seconds to import, and ``import nbbatch`` (and the ``nbbatch`` command) should
@@ -59,9 +59,9 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
     """The provider name to use, and whether it runs on the embedded emulator.
 
     An explicit ``provider`` wins; else the client's SDK decides; else the model name
-    (``claude-*`` is Anthropic, anything else OpenAI).
+    (``claude-*`` is Anthropic, ``gemini-*`` Gemini, anything else OpenAI).
     """
-    by_model = "anthropic" if model.startswith("claude") else "openai"
+    by_model = by_model_name(model)
     if provider == "local":
         return by_model, True
     if provider is not None:
@@ -72,20 +72,55 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
             )
         return provider, False
     if client is not None:
-        module = type(client).__module__.split(".")[0]
-        if module in _REGISTRY:
-            _check_family(module, client, model)
-            return module, False
+        module = type(client).__module__
+        name = _SDK_MODULES.get(module.split(".")[0]) or _SDK_MODULES.get(
+            ".".join(module.split(".")[:2])
+        )
+        if name in _REGISTRY:
+            _check_family(name, client, model)
+            return name, False
         raise ConfigError(
-            f"client must be an official SDK client (openai.OpenAI or anthropic.Anthropic), "
-            f"got {type(client).__name__}."
+            f"client must be an official SDK client (openai.OpenAI, anthropic.Anthropic or "
+            f"google.genai.Client), got {type(client).__name__}."
         )
     return by_model, False
+
+
+#: The top module of each official SDK's client classes -> the provider it speaks to.
+_SDK_MODULES = {"openai": "openai", "anthropic": "anthropic", "google.genai": "gemini"}
+
+#: The environment variables a provider's API key is read from, first found wins (the
+#: google-genai SDK itself prefers GOOGLE_API_KEY when both are set).
+KEY_VARIABLES = {
+    "openai": ("OPENAI_API_KEY",),
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "gemini": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
+}
+
+
+def by_model_name(model: str) -> str:
+    """The provider a model name belongs to: ``claude-*`` Anthropic, ``gemini-*`` (or
+    ``models/gemini-*``) Gemini, anything else OpenAI."""
+    if model.startswith("claude"):
+        return "anthropic"
+    if model.removeprefix("models/").startswith("gemini"):
+        return "gemini"
+    return "openai"
+
+
+def base_url_of(client: Any) -> str:
+    """Where an SDK client sends requests (recorded in the ledger; never a key)."""
+    if hasattr(client, "base_url"):
+        return str(client.base_url)
+    options = getattr(getattr(client, "_api_client", None), "_http_options", None)
+    url = getattr(options, "base_url", None)  # google.genai.Client keeps it there
+    return str(url or "https://generativelanguage.googleapis.com/")
 
 
 #: Model name prefixes that belong to one provider only.
 _FAMILIES = {
     "anthropic": ("claude",),
+    "gemini": ("gemini-", "models/gemini-"),
     "openai": ("gpt-", "chatgpt-", "text-embedding-", "o1", "o3", "o4", "davinci", "babbage"),
 }
 
@@ -134,12 +169,17 @@ def default_client(
         # The background emulator of this ledger home, a process of its own, so local
         # jobs outlive the kernel like real ones (started now if it does not run).
         emu = emulator.background(home())
-        base_url = emu.openai_base_url if name == "openai" else emu.anthropic_base_url
+        base_url = {
+            "openai": emu.openai_base_url,
+            "anthropic": emu.anthropic_base_url,
+            "gemini": emu.gemini_base_url,
+        }[name]
         key = "local-emulator"
     elif key is None:
-        key = os.environ.get("OPENAI_API_KEY" if name == "openai" else "ANTHROPIC_API_KEY")
+        variables = KEY_VARIABLES[name]
+        key = next((os.environ[v] for v in variables if os.environ.get(v)), None)
         if not key and not (name == "anthropic" and os.environ.get("ANTHROPIC_AUTH_TOKEN")):
-            var = "OPENAI_API_KEY" if name == "openai" else "ANTHROPIC_API_KEY"
+            var = " or ".join(variables)
             raise ConfigError(
                 f"No {name} API key: set {var}, or pass client=... (an official SDK client), "
                 "or use provider='local' to try it free on the embedded emulator.",
@@ -151,6 +191,8 @@ def default_client(
             import openai
 
             _CLIENTS[cache_key] = openai.OpenAI(api_key=key, base_url=base_url)
+        elif name == "gemini":
+            _CLIENTS[cache_key] = _gemini_client(key, base_url)
         else:
             import anthropic
 
@@ -158,11 +200,29 @@ def default_client(
     return _CLIENTS[cache_key]
 
 
+def _gemini_client(key: str | None, base_url: str | None) -> Any:
+    from google import genai
+    from google.genai import types
+
+    # Unlike the other SDKs, google-genai retries nothing unless asked: retry what the
+    # others retry (429, 5xx, no answer), three attempts in all.
+    retry = types.HttpRetryOptions(attempts=3, initial_delay=0.5, max_delay=8.0)
+    options = types.HttpOptions(base_url=base_url, retry_options=retry)
+    return genai.Client(api_key=key, http_options=options)
+
+
 def sync_client(client: Any) -> Any:
     """A synchronous client equivalent to ``client`` (nbbatch polls from a thread)."""
     # An SDK client exists only once its SDK is imported: never import one just to check.
     openai = sys.modules.get("openai")
     anthropic = sys.modules.get("anthropic")
+    genai_client = sys.modules.get("google.genai.client")
+    if genai_client is not None and isinstance(client, genai_client.AsyncClient):
+        raise ConfigError(
+            "pass the google.genai.Client itself, not its .aio client: nbbatch polls from a "
+            "thread and uses the synchronous calls.",
+            provider="gemini",
+        )
     if openai is not None and isinstance(client, openai.AsyncOpenAI):
         return openai.OpenAI(
             api_key=client.api_key,
@@ -190,6 +250,7 @@ def _register_builtin() -> None:
     here = __name__
     register("openai", f"{here}.openai:OpenAIProvider", default_endpoint="/v1/chat/completions")
     register("anthropic", f"{here}.anthropic:AnthropicProvider", default_endpoint="/v1/messages")
+    register("gemini", f"{here}.gemini:GeminiProvider", default_endpoint="generateContent")
 
 
 _register_builtin()

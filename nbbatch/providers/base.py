@@ -59,6 +59,19 @@ TRANSIENT_ERRORS = frozenset(
 )
 
 
+def http_status(exc: BaseException | None) -> int | None:
+    """The HTTP status an SDK error carries, or None (no answer, or not an SDK error).
+
+    openai and anthropic call it ``status_code``; google-genai calls it ``code``.
+    """
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        code = getattr(exc, "code", None)
+        # Only an int is an HTTP status: OpenAI-style errors have a string ``code``.
+        status = code if isinstance(code, int) and not isinstance(code, bool) else None
+    return status
+
+
 def is_transient(error_type: str | None, status_code: int | None = None) -> bool:
     """Whether an error of this type (or HTTP status) is worth retrying unchanged."""
     if status_code is not None and (status_code == 429 or status_code >= 500):
@@ -105,6 +118,9 @@ class BatchInfo:
     failed: int  # requests reported failed so far
     failure: str | None = None  # why the whole batch failed (validation, capacity)
     failure_code: str | None = None
+    #: "cancelled" or "expired" when the batch stopped early and its results list only
+    #: the requests that ran (Gemini): requests without a line end in that state.
+    unfinished: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,7 +163,7 @@ class Provider(ABC):
         except ProviderError as exc:
             # Only the kind of failure: a refusal's text can quote part of the key.
             cause = exc.__cause__
-            status = getattr(cause, "status_code", None)
+            status = http_status(cause)
             why = f"HTTP {status}" if status else type(cause or exc).__name__
             log.info("nbbatch: model %r not checked: asking %s failed (%s)", model, self.name, why)
             return
@@ -279,7 +295,7 @@ def sdk_error(
     ``unreachable`` / ``bad_key`` say whether ``exc`` is the SDK's connection error or
     authentication error (each SDK has its own classes).
     """
-    status = getattr(exc, "status_code", None)
+    status = http_status(exc)
     transient = unreachable or (status is not None and (status in (408, 409, 429) or status >= 500))
     if unreachable:
         url = getattr(getattr(exc, "request", None), "url", "the provider")

@@ -1,0 +1,735 @@
+"""Gemini Batch Mode (and the Files API, real-time generateContent) as the SDK sees them.
+
+Served under ``/gemini`` on the emulator's port, so ``google.genai.Client(http_options=
+HttpOptions(base_url=emu.gemini_base_url))`` reaches it and nothing collides with the
+OpenAI routes (both APIs have a ``/v1/files`` and a ``/v1/models``). Any API version
+segment (``v1``, ``v1beta``, ...) is accepted; the SDK sends ``v1`` unless told otherwise.
+
+Wire shapes follow ``docs/protocols/gemini.md``: the resumable upload protocol for
+files (a ``start`` request answered with an ``x-goog-upload-url`` header, then
+``upload, finalize`` chunks), batches as long-running operations
+``{"name": "batches/…", "metadata": {…, "state": "BATCH_STATE_…", "output":
+{"responsesFile": "files/…"}}}``, one output line per request that ran
+(``{"key", "response"}`` or ``{"key", "error"}``), and Google's error body
+``{"error": {"code", "message", "status"}}``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from . import _models, _responder
+from ._faults import (
+    FAIL_MARKER,
+    TRANSIENT_MARKER,
+    Fate,
+    RowInfo,
+    assign_fates,
+    faulted,
+    int_hash,
+    processing_order,
+)
+from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, StoredFile, iter_lines
+from ._wire import ApiError, JSONResponse, new_id, rfc3339, text_of
+
+PREFIX = "/gemini"
+# Service limits (module constants so tests can lower them): 2 GB per file; the batch
+# input file limit the docs give.
+MAX_FILE_BYTES = 2 * 1024**3
+MAX_REQUESTS = 100_000
+#: Google's canonical status name for each HTTP status the emulator sends.
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+FILE_PURPOSE = "gemini"  # how Gemini files are told apart from OpenAI's in the store
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """``{"error": {code, message, status}}`` as Google APIs send it."""
+    return {
+        "error": {
+            "code": status,
+            "message": message,
+            "status": STATUS_NAMES.get(status, "INTERNAL" if status >= 500 else "UNKNOWN"),
+        }
+    }
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def _base(request: Request) -> str:
+    host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
+    return f"http://{host}{PREFIX}"
+
+
+# =================================================================== requests
+
+
+def request_problem(req: Any) -> str | None:
+    """Why a GenerateContentRequest would be refused, or None when it is fine."""
+    if not isinstance(req, dict):
+        return "request: must be a GenerateContentRequest object"
+    contents = req.get("contents")
+    if not isinstance(contents, list) or not contents:
+        return "* GenerateContentRequest.contents: contents is not specified"
+    config = req.get("generationConfig") or req.get("generation_config") or {}
+    if not isinstance(config, dict):
+        return "generationConfig: must be an object"
+    max_tokens = config.get("maxOutputTokens", config.get("max_output_tokens"))
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        return "generationConfig.maxOutputTokens: must be a positive integer"
+    temperature = config.get("temperature")
+    if temperature is not None and not (
+        isinstance(temperature, int | float) and 0 <= temperature <= 2
+    ):
+        return "generationConfig.temperature: must be between 0 and 2"
+    return None
+
+
+def _text(content: Any) -> str:
+    """The text parts of one Content object, joined."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, dict):
+        return ""
+    return "".join(
+        p.get("text", "") for p in content.get("parts") or [] if isinstance(p, dict)
+    ) or text_of(content.get("parts"))
+
+
+def last_user(req: Any) -> str:
+    """The text of the last user turn of a request."""
+    if not isinstance(req, dict):
+        return ""
+    turns = [
+        c
+        for c in req.get("contents") or []
+        if isinstance(c, dict) and c.get("role", "user") == "user"
+    ]
+    return _text(turns[-1]) if turns else ""
+
+
+def _config(req: dict[str, Any]) -> dict[str, Any]:
+    config = req.get("generationConfig") or req.get("generation_config") or {}
+    return config if isinstance(config, dict) else {}
+
+
+def _schema(req: Any) -> dict[str, Any] | None:
+    """The schema a structured reply must follow (JSON Schema or the OpenAPI subset)."""
+    if not isinstance(req, dict):
+        return None
+    config = _config(req)
+    for key in ("responseJsonSchema", "response_json_schema", "responseSchema", "response_schema"):
+        schema = config.get(key)
+        if isinstance(schema, dict):
+            return _lower_types(schema)
+    return None
+
+
+def _lower_types(schema: Any) -> Any:
+    """The OpenAPI subset spells types in capitals (``STRING``); JSON Schema does not."""
+    if isinstance(schema, dict):
+        out = {k: _lower_types(v) for k, v in schema.items()}
+        if isinstance(out.get("type"), str):
+            out["type"] = out["type"].lower()
+        return out
+    if isinstance(schema, list):
+        return [_lower_types(v) for v in schema]
+    return schema
+
+
+def generate(
+    req: dict[str, Any],
+    fate: Fate,
+    model: str,
+    suffix: str,
+    responder: _responder.Responder | None = None,
+) -> dict[str, Any]:
+    """A GenerateContentResponse (REST JSON) for one request. ``responder`` is the
+    user's own (None: the built-in one; it raises :class:`~._responder.ResponderError`
+    when it fails)."""
+    config = _config(req)
+    system = req.get("systemInstruction") or req.get("system_instruction")
+    prompt_chars = len(_text(system)) + sum(len(_text(c)) for c in req.get("contents") or [])
+    schema = _schema(req)
+    stop = config.get("stopSequences") or config.get("stop_sequences") or ()
+    request = _responder.Request(
+        "gemini",
+        ":generateContent",
+        model.removeprefix("models/"),
+        last_user(req),
+        _text(system) if system else None,
+        schema,
+        req,
+    )
+    reply = _responder.respond(
+        last_user(req),
+        fate=fate,
+        schema=schema,
+        json_mode=schema is None and config.get("responseMimeType") == "application/json",
+        max_tokens=config.get("maxOutputTokens") or config.get("max_output_tokens"),
+        stop=[stop] if isinstance(stop, str) else list(stop),
+        responder=responder,
+        request=request,
+    )
+    prompt_tokens = _responder.count_tokens(prompt_chars)
+    return {
+        "candidates": [
+            {
+                "content": {"parts": [{"text": reply.text}], "role": "model"},
+                "finishReason": "MAX_TOKENS" if reply.finish == "length" else "STOP",
+                "index": 0,
+            }
+        ],
+        "usageMetadata": {
+            "promptTokenCount": prompt_tokens,
+            "candidatesTokenCount": reply.output_tokens,
+            "totalTokenCount": prompt_tokens + reply.output_tokens,
+        },
+        "modelVersion": model.removeprefix("models/"),
+        "responseId": suffix,
+    }
+
+
+# =================================================================== batches
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished batch produced: its responses file (None when no row ran)."""
+
+    output: StoredFile | None
+    succeeded: int
+    failed: int
+
+
+@dataclass(eq=False)
+class GeminiBatch(BatchRecord):
+    store: Store | None = None
+    model: str = ""
+    display_name: str = ""
+    input_file: str = ""
+    input_path: Path | None = None
+
+    def generate(self, cut: int | None, reason: str) -> Outcome:
+        """Run the rows that got to run; write one line per row that ran."""
+        assert self.store is not None and self.input_path is not None
+        position = [0] * self.n
+        for p, i in enumerate(self.order):
+            position[i] = p
+        lines: list[bytes | None] = [None] * self.n
+        succeeded = failed = 0
+        for i, raw in enumerate(iter_lines(self.input_path)):
+            if i >= self.n:
+                break
+            fate = Fate(self.fates[i])
+            if (cut is not None and position[i] >= cut) or fate == Fate.EXPIRE:
+                continue  # never ran: a stopped batch lists only the rows it ran
+            row = orjson.loads(raw)
+            suffix = f"{int_hash(self.id, i):016x}"
+            req = row.get("request")
+            line: dict[str, Any] = {"key": row.get("key")}
+            problem = request_problem(req)
+            if fate == Fate.FAIL or problem:
+                line["error"] = error_body(
+                    400, problem or f"Request rejected by the nbbatch emulator ({FAIL_MARKER})."
+                )["error"]
+                failed += 1
+            elif fate == Fate.TRANSIENT_ERROR:
+                status = (500, 503)[int_hash(self.id, i, "kind") % 2]
+                text = "Simulated server error (nbbatch emulator); retrying may succeed."
+                line["error"] = error_body(status, text)["error"]
+                failed += 1
+            else:
+                assert isinstance(req, dict)
+                try:
+                    line["response"] = generate(req, fate, self.model, suffix, self.store.responder)
+                    succeeded += 1
+                except _responder.ResponderError as exc:
+                    line["error"] = error_body(400, str(exc))["error"]
+                    failed += 1
+                if fate == Fate.MISSING and "response" in line:
+                    continue  # the simulated provider bug: executed, but no line at all
+            lines[i] = orjson.dumps(line) + b"\n"
+        self.store.release_input(self.input_path)
+        ran = [i for i in self.order if lines[i]]
+        if not ran:
+            return Outcome(None, succeeded, failed)
+        path = self.store.new_path("gemini-output-")
+        with path.open("wb") as out:
+            for start in range(0, len(ran), 4096):
+                out.write(b"".join(lines[i] or b"" for i in ran[start : start + 4096]))
+            size = out.tell()
+        now = int(self.store.clock.unix(self.processed))
+        output = StoredFile(
+            id=new_id("gemout"),
+            filename=f"{self.id}-responses.jsonl",
+            purpose=FILE_PURPOSE,
+            bytes=size,
+            created_at=now,
+            expires_at=now + 48 * 3600,
+            path=path,
+            seq=0,
+        )
+        return Outcome(output, succeeded, failed)
+
+    def accept(self, outcome: Outcome) -> None:
+        assert self.store is not None
+        if outcome.output is not None:
+            outcome.output.seq = self.store.next_seq()
+            self.store.add_file(outcome.output)
+
+
+_STATES = {
+    "validating": "BATCH_STATE_PENDING",
+    "in_progress": "BATCH_STATE_RUNNING",
+    "finalizing": "BATCH_STATE_RUNNING",
+    "cancelling": "BATCH_STATE_RUNNING",  # Gemini has no "cancelling": it runs until it ends
+    "completed": "BATCH_STATE_SUCCEEDED",
+    "failed": "BATCH_STATE_FAILED",
+    "cancelled": "BATCH_STATE_CANCELLED",
+    "expired": "BATCH_STATE_EXPIRED",
+}
+
+
+def batch_json(store: Store, b: GeminiBatch, t: float) -> dict[str, Any]:
+    """The batch as the long-running operation the API returns for it."""
+    phase = b.phase(t)
+    ended = b.ended_at(t)
+    outcome: Outcome | None = store.outcome(b, t)
+    name = f"batches/{b.id}"
+    total = b.n
+    if outcome is not None:
+        ok, bad = outcome.succeeded, outcome.failed
+    else:
+        ok, bad = b.progress_counts(t)
+    meta: dict[str, Any] = {
+        "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+        "name": name,
+        "model": b.model,
+        "displayName": b.display_name,
+        "inputConfig": {"fileName": b.input_file},
+        "createTime": rfc3339(store.clock.unix(b.created)),
+        "updateTime": rfc3339(store.clock.unix(ended if ended is not None else t)),
+        "batchStats": {
+            "requestCount": str(total),
+            "successfulRequestCount": str(ok),
+            "failedRequestCount": str(bad),
+            "pendingRequestCount": str(0 if ended is not None else total - ok - bad),
+        },
+        "state": _STATES[phase],
+    }
+    op: dict[str, Any] = {"name": name, "metadata": meta}
+    if ended is not None:
+        meta["endTime"] = rfc3339(store.clock.unix(ended))
+        op["done"] = True
+        if outcome is not None and outcome.output is not None:
+            meta["output"] = {"responsesFile": f"files/{outcome.output.id}"}
+            op["response"] = {
+                "@type": "type.googleapis.com/google.ai.generativelanguage.v1main."
+                "GenerateContentBatchOutput",
+                "responsesFile": f"files/{outcome.output.id}",
+            }
+        if phase == "failed":
+            op["error"] = {"code": 400, "message": "The batch input could not be read."}
+    return op
+
+
+def _input_rows(store: Store, body: Any) -> tuple[Path, str, int]:
+    """The batch's requests as a JSONL file of ``{"key", "request"}`` lines."""
+    batch = body.get("batch") if isinstance(body, dict) else None
+    config = batch.get("inputConfig") if isinstance(batch, dict) else None
+    if not isinstance(config, dict):
+        raise ApiError(400, "batch.inputConfig: required")
+    if "fileName" in config:
+        name = str(config["fileName"]).removeprefix("files/")
+        file = store.get_file(name)
+        if file is None or file.purpose != FILE_PURPOSE:
+            raise ApiError(404, f"File files/{name} not found.")
+        return file.path, f"files/{name}", file.bytes
+    inlined = (config.get("requests") or {}).get("requests")
+    if not isinstance(inlined, list) or not inlined:
+        raise ApiError(400, "batch.inputConfig: one of fileName or requests is required")
+    path = store.new_path("gemini-inline-")
+    with path.open("wb") as out:
+        for i, item in enumerate(inlined):
+            key = ((item or {}).get("metadata") or {}).get("key", str(i))
+            out.write(orjson.dumps({"key": key, "request": (item or {}).get("request")}) + b"\n")
+    return path, "", path.stat().st_size
+
+
+def create_batch_sync(store: Store, model: str, body: Any) -> dict[str, Any]:
+    path, file_name, _size = _input_rows(store, body)
+    rows: list[RowInfo] = []
+    keys: list[str] = []
+    seen: set[str] = set()
+    for lineno, raw in enumerate(iter_lines(path), 1):
+        try:
+            row = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ApiError(400, f"Line {lineno} of the input file is not valid JSON.") from None
+        if not isinstance(row, dict) or "request" not in row:
+            raise ApiError(400, f"Line {lineno}: each line needs a 'key' and a 'request'.")
+        key = row.get("key")
+        if not isinstance(key, str) or not key:
+            raise ApiError(400, f"Line {lineno}: 'key' must be a non-empty string.")
+        if key in seen:
+            raise ApiError(400, f"Line {lineno}: duplicate key '{key}'.")
+        seen.add(key)
+        keys.append(key)
+        req = row["request"]
+        ok = request_problem(req) is None
+        rows.append(RowInfo(key, 0, last_user(req) if ok else "", ok and _schema(req) is not None))
+        if len(rows) > MAX_REQUESTS:
+            raise ApiError(400, f"A batch holds at most {MAX_REQUESTS} requests.")
+    if not rows:
+        raise ApiError(400, "The batch input holds no requests.")
+    attempts = store.attempts("gemini", keys)
+    rows = [
+        RowInfo(r.custom_id, a, r.text, r.has_schema, r.invalid)
+        for r, a in zip(rows, attempts, strict=True)
+    ]
+    knobs = store.knobs
+    fates = assign_fates(rows, knobs)
+    store.record_faults("gemini", keys, attempts, faulted(fates))
+    t = store.now()
+    batch_id = new_id("", 10)
+    started = t + knobs.validating_seconds
+    processed = started + knobs.processing_seconds
+    display = ((body or {}).get("batch") or {}).get("displayName") or batch_id
+    batch = GeminiBatch(
+        id=batch_id,
+        seq=store.next_seq(),
+        knobs=knobs,
+        n=len(rows),
+        created=t,
+        started=started,
+        processed=processed,
+        finished=processed + knobs.finalizing_seconds,
+        fates=fates,
+        order=processing_order(len(rows), knobs, batch_id),
+        store=store,
+        model=model,
+        display_name=str(display),
+        input_file=file_name,
+        input_path=path,
+    )
+    store.add_batch("gemini", batch)
+    return batch_json(store, batch, t)
+
+
+def _batch_or_404(store: Store, batch_id: str) -> GeminiBatch:
+    b = store.get_batch("gemini", batch_id)
+    if not isinstance(b, GeminiBatch):
+        raise ApiError(404, f"Batch batches/{batch_id} not found.")
+    return b
+
+
+def _cancel_sync(store: Store, batch_id: str) -> dict[str, Any]:
+    with store.lock:
+        b = _batch_or_404(store, batch_id)
+        t = store.now()
+        if b.ended_at(t) is not None:
+            raise ApiError(400, f"Batch batches/{batch_id} has already ended.")
+        if b.cancel_at is None:
+            b.cancel_at = t
+            b.cancel_done = t + max(b.knobs.finalizing_seconds, MIN_CANCEL_SECONDS)
+    return {}
+
+
+# =================================================================== files
+
+
+@dataclass
+class _Upload:
+    """A resumable upload between its ``start`` and its ``finalize``."""
+
+    path: Path
+    size: int
+    mime_type: str
+    display_name: str
+    received: int = 0
+
+
+def file_json(f: StoredFile, base: str) -> dict[str, Any]:
+    """A File object (REST JSON; int64 sizes are strings)."""
+    name = f"files/{f.id}"
+    return {
+        "name": name,
+        "displayName": f.filename,
+        "mimeType": "application/jsonl",
+        "sizeBytes": str(f.bytes),
+        "createTime": rfc3339(f.created_at),
+        "updateTime": rfc3339(f.created_at),
+        "expirationTime": rfc3339(f.expires_at or f.created_at + 48 * 3600),
+        "uri": f"{base}/v1beta/{name}",
+        "downloadUri": f"{base}/v1beta/{name}:download?alt=media",
+        "state": "ACTIVE",
+        "source": "GENERATED" if f.filename.endswith("-responses.jsonl") else "UPLOADED",
+    }
+
+
+async def _upload(request: Request, version: str) -> Response:
+    store = _store(request)
+    command = request.headers.get("x-goog-upload-command", "").replace(" ", "")
+    upload_id = request.query_params.get("upload_id")
+    if upload_id is None:
+        if command != "start" or request.headers.get("x-goog-upload-protocol") != "resumable":
+            raise ApiError(400, "Only the resumable upload protocol is served here.")
+        body = await _json_body(request)
+        meta = (body or {}).get("file") or {}
+        size = int(request.headers.get("x-goog-upload-header-content-length") or 0)
+        if size > MAX_FILE_BYTES:
+            raise ApiError(400, f"The file is {size} bytes; the limit is {MAX_FILE_BYTES}.")
+        upload_id = new_id("up", 12)
+        store.uploads[upload_id] = _Upload(
+            store.new_path("gemini-upload-"),
+            size,
+            str(meta.get("mimeType") or meta.get("mime_type") or ""),
+            str(meta.get("displayName") or meta.get("display_name") or ""),
+        )
+        url = f"{_base(request)}/upload/{version}/files?upload_id={upload_id}"
+        return JSONResponse(
+            {}, headers={"x-goog-upload-url": url, "x-goog-upload-status": "active"}
+        )
+    up = store.uploads.get(upload_id)
+    if up is None:
+        raise ApiError(404, "Unknown upload id.")
+    offset = int(request.headers.get("x-goog-upload-offset") or -1)
+    if offset != up.received:
+        raise ApiError(400, f"Upload offset {offset} given; {up.received} bytes received.")
+    chunk = await request.body()
+    with up.path.open("ab") as out:
+        out.write(chunk)
+    up.received += len(chunk)
+    if "finalize" not in command.split(","):
+        return JSONResponse({}, headers={"x-goog-upload-status": "active"})
+    del store.uploads[upload_id]
+    now = int(store.clock.unix(store.now()))
+    stored = StoredFile(
+        id=new_id("file", 10),
+        filename=up.display_name or "upload.jsonl",
+        purpose=FILE_PURPOSE,
+        bytes=up.received,
+        created_at=now,
+        expires_at=now + 48 * 3600,
+        path=up.path,
+        seq=store.next_seq(),
+    )
+    store.add_file(stored)
+    store.count("files_uploaded")
+    return JSONResponse(
+        {"file": file_json(stored, _base(request))}, headers={"x-goog-upload-status": "final"}
+    )
+
+
+def _file_or_404(store: Store, name: str) -> StoredFile:
+    f = store.get_file(name)
+    if f is None or f.purpose != FILE_PURPOSE:
+        raise ApiError(404, f"File files/{name} not found.")
+    return f
+
+
+# =================================================================== models
+
+
+def model_json(entry: _models.ModelEntry) -> dict[str, Any]:
+    """A Model object."""
+    return {
+        "name": f"models/{entry.id}",
+        "displayName": entry.display_name,
+        "version": "001",
+        "inputTokenLimit": 1048576,
+        "outputTokenLimit": 65536,
+        "supportedGenerationMethods": ["generateContent", "batchGenerateContent"],
+    }
+
+
+def _model_or_404(store: Store, model: str) -> str:
+    name = model.removeprefix("models/")
+    if _models.find("gemini", name, store.knobs.models) is None:
+        raise ApiError(404, f"models/{name} is not found for API version v1, or is not supported.")
+    return f"models/{name}"
+
+
+# =================================================================== routing
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "Invalid JSON payload received.") from None
+
+
+_VERSION = r"(?P<v>v\d+(?:alpha|beta)?\d*)"
+_PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
+    (m, re.compile(p), h)
+    for m, p, h in [
+        ("POST", rf"^upload/{_VERSION}/files$", "upload"),
+        ("GET", rf"^{_VERSION}/files$", "list_files"),
+        ("GET", rf"^{_VERSION}/files/(?P<id>[^/:]+):download$", "download"),
+        ("GET", rf"^{_VERSION}/files/(?P<id>[^/:]+)$", "get_file"),
+        ("DELETE", rf"^{_VERSION}/files/(?P<id>[^/:]+)$", "delete_file"),
+        ("POST", rf"^{_VERSION}/models/(?P<model>[^/:]+):batchGenerateContent$", "create"),
+        ("POST", rf"^{_VERSION}/models/(?P<model>[^/:]+):generateContent$", "realtime"),
+        ("GET", rf"^{_VERSION}/models/(?P<model>[^/:]+)$", "get_model"),
+        ("GET", rf"^{_VERSION}/models$", "list_models"),
+        ("GET", rf"^{_VERSION}/batches$", "list_batches"),
+        ("GET", rf"^{_VERSION}/batches/(?P<id>[^/:]+)$", "get_batch"),
+        ("POST", rf"^{_VERSION}/batches/(?P<id>[^/:]+):cancel$", "cancel"),
+        ("DELETE", rf"^{_VERSION}/batches/(?P<id>[^/:]+)$", "delete_batch"),
+    ]
+]
+
+
+async def dispatch(request: Request) -> Response:
+    """Route ``/gemini/...``: Google's ``name:verb`` paths do not fit starlette's router."""
+    rest = request.path_params["rest"]
+    for method, pattern, handler in _PATTERNS:
+        match = pattern.match(rest)
+        if match and request.method == method:
+            return await _HANDLERS[handler](request, **match.groupdict())
+    raise ApiError(404, f"Unknown route {request.method} {request.url.path} (nbbatch emulator).")
+
+
+async def _h_upload(request: Request, v: str) -> Response:
+    return await _upload(request, v)
+
+
+async def _h_get_file(request: Request, v: str, id: str) -> Response:
+    return JSONResponse(file_json(_file_or_404(_store(request), id), _base(request)))
+
+
+async def _h_list_files(request: Request, v: str) -> Response:
+    store = _store(request)
+    files = [f for f in store.list_files() if f.purpose == FILE_PURPOSE]
+    return JSONResponse({"files": [file_json(f, _base(request)) for f in files]})
+
+
+async def _h_download(request: Request, v: str, id: str) -> Response:
+    f = _file_or_404(_store(request), id)
+    if not f.filename.endswith("-responses.jsonl"):
+        # As the service: uploaded files cannot be downloaded, only generated ones.
+        raise ApiError(400, "Only generated files can be downloaded.")
+    return FileResponse(f.path, media_type="application/octet-stream")
+
+
+async def _h_delete_file(request: Request, v: str, id: str) -> Response:
+    store = _store(request)
+    _file_or_404(store, id)
+    store.delete_file(id)
+    return JSONResponse({})
+
+
+async def _h_create(request: Request, v: str, model: str) -> Response:
+    store = _store(request)
+    name = "models/" + model.removeprefix("models/")  # like the others: models unchecked
+    body = await _json_body(request)
+    return JSONResponse(await run_in_threadpool(create_batch_sync, store, name, body))
+
+
+async def _h_get_batch(request: Request, v: str, id: str) -> Response:
+    store = _store(request)
+    b = _batch_or_404(store, id)
+    return JSONResponse(await run_in_threadpool(batch_json, store, b, store.now()))
+
+
+async def _h_list_batches(request: Request, v: str) -> Response:
+    store = _store(request)
+    size = int(request.query_params.get("pageSize") or 50)
+    token = request.query_params.get("pageToken")
+    items = [b for b in store.list_batches("gemini") if isinstance(b, GeminiBatch)]
+    start = next((i + 1 for i, b in enumerate(items) if b.id == token), 0) if token else 0
+    page = items[start : start + size]
+    t = store.now()
+
+    def render() -> list[dict[str, Any]]:
+        return [batch_json(store, b, t) for b in page]
+
+    body: dict[str, Any] = {"operations": await run_in_threadpool(render)}
+    if start + size < len(items) and page:
+        body["nextPageToken"] = page[-1].id
+    return JSONResponse(body)
+
+
+async def _h_cancel(request: Request, v: str, id: str) -> Response:
+    store = _store(request)
+    return JSONResponse(await run_in_threadpool(_cancel_sync, store, id))
+
+
+async def _h_delete_batch(request: Request, v: str, id: str) -> Response:
+    store = _store(request)
+    with store.lock:
+        b = _batch_or_404(store, id)
+        store.remove_batch("gemini", id)
+    if b.input_file == "" and b.input_path is not None:
+        b.input_path.unlink(missing_ok=True)
+    return JSONResponse({})
+
+
+async def _h_realtime(request: Request, v: str, model: str) -> Response:
+    store = _store(request)
+    name = "models/" + model.removeprefix("models/")
+    req = await _json_body(request)
+    problem = request_problem(req)
+    if problem is not None:
+        raise ApiError(400, problem)
+    text = last_user(req)
+    if FAIL_MARKER in text:
+        raise ApiError(400, f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).")
+    attempt = store.attempts("gemini-realtime", [text])[0] if TRANSIENT_MARKER in text else 0
+    if attempt:
+        store.record_faults("gemini-realtime", [text], [attempt], [attempt == 1])
+    if attempt == 1:
+        raise ApiError(503, "Simulated overload (nbbatch emulator); a retry will succeed.")
+    try:
+        return JSONResponse(generate(req, Fate.OK, name, new_id("", 8), store.responder))
+    except _responder.ResponderError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+async def _h_get_model(request: Request, v: str, model: str) -> Response:
+    store = _store(request)
+    name = _model_or_404(store, model).removeprefix("models/")
+    entry = _models.find("gemini", name, store.knobs.models)
+    assert entry is not None
+    return JSONResponse(model_json(entry))
+
+
+async def _h_list_models(request: Request, v: str) -> Response:
+    store = _store(request)
+    return JSONResponse(
+        {"models": [model_json(m) for m in _models.catalogue("gemini", store.knobs.models)]}
+    )
+
+
+_HANDLERS: dict[str, Any] = {
+    name.removeprefix("_h_"): fn for name, fn in globals().items() if name.startswith("_h_")
+}
+
+routes = [Route(PREFIX + "/{rest:path}", dispatch, methods=["GET", "POST", "DELETE"])]

@@ -1,0 +1,533 @@
+"""Gemini Batch Mode through the official ``google-genai`` SDK.
+
+Requests go out as a JSONL file of ``{"key": custom_id, "request": GenerateContentRequest}``
+lines, uploaded with ``files.upload`` (the SDK's resumable upload); the batch is made with
+``batches.create(model=..., src="files/...")``, polled with ``batches.get`` and its
+responses file (``dest.file_name``) read with ``files.download``. The request lines are
+REST JSON (camelCase, as the service's protobuf JSON parser reads them), made by the SDK's
+own pydantic types so a parameter the SDK does not know is refused before anything is
+sent. See ``docs/protocols/gemini.md`` for the protocol and its gotchas.
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pydantic
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from .._errors import ConfigError, InputError, ProviderError
+from . import _jsonl
+from .base import (
+    ROW_RESULT_SCHEMA,
+    BatchInfo,
+    Provider,
+    RequestSpec,
+    empty_results,
+    failure_row,
+    is_transient,
+    sdk_error,
+)
+
+#: The one endpoint Gemini Batch Mode runs for nbbatch (``embedContent`` batches go
+#: through a different call, ``batches.create_embeddings``, not supported yet).
+ENDPOINT = "generateContent"
+#: Tries of a responses-file download (the SDK does not retry downloads itself).
+DOWNLOAD_ATTEMPTS = 3
+#: Batch states after which nothing changes (the SDK's ``JobState`` names).
+ENDED = frozenset(
+    {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
+)
+#: Request-level fields a ``submit(**params)`` keyword may set besides generationConfig.
+REQUEST_FIELDS = {"safety_settings": "safetySettings", "cached_content": "cachedContent"}
+#: Keywords nbbatch fills itself, and the submit argument that sets each.
+OWNED = {
+    "max_output_tokens": "max_tokens=",
+    "temperature": "temperature=",
+    "response_mime_type": "response_format=",
+    "response_schema": "response_format=",
+    "response_json_schema": "response_format=",
+    "system_instruction": "system=",
+    "contents": "the prompt template",
+    # The other providers' names for the same things, so a ported call hears what to use.
+    "messages": "the prompt template",
+    "system": "system=",
+    "max_tokens": "max_tokens=",
+    "max_completion_tokens": "max_tokens=",
+    "generation_config": "max_tokens=, temperature= and the GenerationConfig keywords",
+}
+
+#: Bounds of numeric generationConfig fields (None: unbounded), from the API reference;
+#: the SDK's types check only that they are numbers.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "top_k": (1, None),
+    "candidate_count": (1, None),
+    "max_output_tokens": (1, None),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+}
+
+_error = pa.struct([("code", pa.int64()), ("message", pa.large_string()), ("status", pa.string())])
+_part = pa.struct([("text", pa.large_string()), ("thought", pa.bool_())])
+_candidate = pa.struct(
+    [("content", pa.struct([("parts", pa.list_(_part))])), ("finishReason", pa.string())]
+)
+_usage = pa.struct(
+    [
+        ("promptTokenCount", pa.int64()),
+        ("candidatesTokenCount", pa.int64()),
+        ("thoughtsTokenCount", pa.int64()),
+        ("cachedContentTokenCount", pa.int64()),
+    ]
+)
+#: The part of a responses line that nbbatch reads.
+LINE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        (
+            "response",
+            pa.struct(
+                [
+                    ("candidates", pa.list_(_candidate)),
+                    ("usageMetadata", _usage),
+                    ("promptFeedback", pa.struct([("blockReason", pa.string())])),
+                ]
+            ),
+        ),
+        ("error", _error),
+        ("status", _error),  # some write-ups name the per-line error "status"
+    ]
+)
+
+
+class GeminiProvider(Provider):
+    """Gemini Batch Mode (the Gemini Developer API, not Vertex AI)."""
+
+    name = "gemini"
+    default_endpoint = ENDPOINT
+    # A batch input file may be up to 2 GB; keep a margin. The docs give no request-count
+    # limit (only enqueued tokens per model): 100,000 keeps a chunk's memory bounded.
+    max_requests = 100_000
+    max_bytes = 1_900 * 1024 * 1024
+
+    client: genai.Client
+
+    def __init__(self, client: Any) -> None:
+        if getattr(client, "vertexai", False):
+            raise ConfigError(
+                "this google.genai.Client is set up for Vertex AI, whose batch jobs read "
+                "from Cloud Storage or BigQuery; nbbatch runs the Gemini Developer API's "
+                "Batch Mode. Make the client with api_key=... (GEMINI_API_KEY).",
+                provider="gemini",
+            )
+        super().__init__(client)
+
+    @property
+    def base_url(self) -> str:
+        """Where the client sends requests (never a key)."""
+        from . import base_url_of
+
+        return base_url_of(self.client)
+
+    # -- requests --------------------------------------------------------------------------
+    def generation_config(self, spec: RequestSpec) -> dict[str, Any]:
+        """The generationConfig fields (snake_case, as the SDK's types name them)."""
+        config: dict[str, Any] = {
+            k: v for k, v in spec.params.items() if k not in REQUEST_FIELDS and k in _GEN_FIELDS
+        }
+        if spec.max_tokens is not None:
+            config["max_output_tokens"] = spec.max_tokens
+        if spec.temperature is not None:
+            config["temperature"] = spec.temperature
+        if spec.response_format is not None:
+            config["response_mime_type"] = "application/json"
+            config["response_json_schema"] = _schema(spec.response_format)
+        return config
+
+    def request(self, spec: RequestSpec, prompt: Any) -> dict[str, Any]:
+        """One GenerateContentRequest in REST JSON (what a batch line carries)."""
+        if spec.endpoint != ENDPOINT:
+            raise InputError(
+                f"endpoint {spec.endpoint!r} is not available on Gemini; leave endpoint unset "
+                "(Gemini batches run generateContent; batch embeddings are not supported "
+                "by nbbatch yet).",
+                provider="gemini",
+            )
+        req: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
+        if spec.system is not None:
+            req["systemInstruction"] = {"parts": [{"text": spec.system}]}
+        config = types.GenerationConfig(**self.generation_config(spec))
+        dumped = config.model_dump(mode="json", exclude_none=True, by_alias=True)
+        if dumped:
+            req["generationConfig"] = dumped
+        for key, wire in REQUEST_FIELDS.items():
+            if key in spec.params:
+                req[wire] = spec.params[key]
+        return req
+
+    def validate(self, spec: RequestSpec) -> None:
+        """Check ``spec`` against the SDK's ``GenerationConfig`` type and the API's ranges,
+        sending nothing; every problem found is named in one :class:`InputError`."""
+        if spec.endpoint != ENDPOINT:
+            self.request(spec, "")  # raises the endpoint's error
+        problems = []
+        for key in spec.params:
+            if key == "stream":
+                problems.append("stream is not available in a batch: results are never streamed.")
+            elif key in OWNED:
+                problems.append(f"{key!r} is set by nbbatch; use {OWNED[key]} instead.")
+            elif key not in _GEN_FIELDS and key not in REQUEST_FIELDS:
+                known = sorted(_GEN_FIELDS | set(REQUEST_FIELDS))
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = ""
+                if close:
+                    via = f" ({OWNED[close[0]]} sets it)" if close[0] in OWNED else ""
+                    hint = f" Did you mean {close[0]!r}?{via}"
+                accepted = ", ".join(k for k in known if k not in OWNED)
+                problems.append(
+                    f"unknown parameter {key!r} for Gemini.{hint} Accepted: {accepted} (the "
+                    "fields of google.genai.types.GenerationConfig, and two request fields)."
+                )
+        if not problems:
+            config = self.generation_config(spec)
+            try:
+                types.GenerationConfig(**config)
+            except pydantic.ValidationError as exc:
+                for error in exc.errors():
+                    where = ".".join(str(p) for p in error["loc"])
+                    problems.append(
+                        f"{where}={error.get('input')!r} is not accepted: {error['msg']}."
+                    )
+            for key, value in config.items():
+                low, high = RANGES.get(key, (None, None))
+                if not isinstance(value, int | float) or isinstance(value, bool):
+                    continue
+                if (low is not None and value < low) or (high is not None and value > high):
+                    bound = f"at least {low:g}" if high is None else f"between {low:g} and {high:g}"
+                    problems.append(f"{key}={value!r} is out of range: it must be {bound}.")
+        if problems:
+            raise InputError(
+                "Gemini would refuse these parameters; nothing was sent: " + " ".join(problems),
+                provider="gemini",
+            )
+
+    def find_model(self, model: str) -> bool | list[str] | None:
+        """``models.get``; on a 404, ``models.list`` for the names there are."""
+        try:
+            self.client.models.get(model=model)
+            return True
+        except genai_errors.APIError as exc:
+            if exc.code not in (404, 405):
+                raise _provider_error(exc, f"looking up model {model!r}") from exc
+        except Exception as exc:  # transport errors are httpx's, not the SDK's
+            raise _provider_error(exc, f"looking up model {model!r}") from exc
+        try:
+            names = [str(m.name).removeprefix("models/") for m in self.client.models.list()]
+        except genai_errors.APIError as exc:
+            if exc.code in (404, 405):
+                return None
+            raise _provider_error(exc, "listing models") from exc
+        except Exception as exc:
+            raise _provider_error(exc, "listing models") from exc
+        return True if model.removeprefix("models/") in names else names
+
+    def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
+        line = {"key": _jsonl.ID_SENTINEL, "request": self.request(spec, _jsonl.PROMPT_SENTINEL)}
+        return _jsonl.encode_lines(custom_ids, prompts, line)
+
+    # -- batches ---------------------------------------------------------------------------
+    def create(self, jsonl: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
+        name = _display_name(metadata)
+        try:
+            uploaded = self.client.files.upload(
+                file=io.BytesIO(jsonl),
+                config=types.UploadFileConfig(display_name=name, mime_type="jsonl"),
+            )
+            job = self.client.batches.create(
+                model=spec.model,
+                src=str(uploaded.name),
+                config=types.CreateBatchJobConfig(display_name=name),
+            )
+        except Exception as exc:
+            raise _provider_error(exc, "creating a batch") from exc
+        return _info(job)
+
+    def retrieve(self, batch_id: str) -> BatchInfo:
+        try:
+            return _info(self.client.batches.get(name=_name(batch_id)))
+        except Exception as exc:
+            raise _provider_error(exc, f"reading batch {batch_id}") from exc
+
+    def cancel(self, batch_id: str) -> BatchInfo:
+        try:
+            self.client.batches.cancel(name=_name(batch_id))  # answers an empty object
+        except genai_errors.ClientError as exc:
+            if exc.code not in (400, 409):  # already ended: nothing to cancel
+                raise _provider_error(exc, f"cancelling batch {batch_id}") from exc
+        except Exception as exc:
+            raise _provider_error(exc, f"cancelling batch {batch_id}") from exc
+        return self.retrieve(batch_id)
+
+    def find_batch(
+        self, metadata: dict[str, str], n_requests: int, since: float, known: set[str]
+    ) -> BatchInfo | None:
+        # Gemini batches carry no metadata, only a display name: nbbatch writes the job
+        # and part there. Newest first.
+        wanted = _display_name(metadata)
+        try:
+            for job in self.client.batches.list(config=types.ListBatchJobsConfig(page_size=100)):
+                created = job.create_time.timestamp() if job.create_time else since
+                if created < since - 60:
+                    return None
+                if _id(job) not in known and job.display_name == wanted:
+                    return _info(job)
+        except Exception as exc:
+            raise _provider_error(exc, "looking for an unrecorded batch") from exc
+        return None
+
+    def fetch_results(self, info: BatchInfo) -> list[bytes]:
+        file_name = (info.raw.get("dest") or {}).get("file_name")
+        if not file_name:
+            return []
+        # files.download goes around the SDK's retry_options (it retries nothing), so a
+        # passing 429/5xx or dropped connection is retried here, as the other SDKs would.
+        for attempt in range(DOWNLOAD_ATTEMPTS):
+            try:
+                return [self.client.files.download(file=file_name)]
+            except Exception as exc:
+                error = _provider_error(exc, f"downloading {file_name}")
+                if not error.transient or attempt == DOWNLOAD_ATTEMPTS - 1:
+                    raise error from exc
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
+        return parse_lines(raw)
+
+    # -- real time ---------------------------------------------------------------------------
+    def realtime(self, custom_id: str, prompt: str, spec: RequestSpec) -> dict[str, Any]:
+        """One ``models.generate_content`` call with what a batch line would carry."""
+        self.request(spec, prompt)  # the same endpoint check as a batch
+        fields = {**self.generation_config(spec)}
+        if spec.system is not None:
+            fields["system_instruction"] = spec.system
+        fields.update({k: v for k, v in spec.params.items() if k in REQUEST_FIELDS})
+        try:
+            reply = self.client.models.generate_content(
+                model=spec.model, contents=prompt, config=types.GenerateContentConfig(**fields)
+            )
+        except genai_errors.APIError as exc:
+            kind = str(exc.status or f"http_{exc.code}").lower()
+            return failure_row(
+                custom_id, kind, str(exc.message or exc), is_transient(kind, exc.code)
+            )
+        except Exception as exc:
+            if _unreachable(exc):  # no answer: the same request may work later
+                return failure_row(
+                    custom_id, "api_connection_error", f"could not reach Gemini: {exc}", True
+                )
+            # The SDK refused the request or the reply locally (its own checks).
+            return failure_row(custom_id, "sdk_error", f"{type(exc).__name__}: {exc}", False)
+        body = reply.model_dump(mode="json", exclude_none=True, by_alias=True)
+        row = parse_lines(_line(custom_id, body)).to_pylist()[0]
+        cands = body.get("candidates") or [{}]
+        row["truncated"] = cands[0].get("finishReason") == "MAX_TOKENS"
+        return row
+
+    def truncated(self, raw: bytes, spec: RequestSpec) -> pa.Table:
+        """Which responses lines hold a reply cut off at ``max_output_tokens``."""
+        t = _jsonl.read_lines(raw, LINE_SCHEMA)
+        first = _first_candidates(t)
+        cut = pc.equal(pc.struct_field(first, "finishReason"), "MAX_TOKENS")
+        return pa.table(
+            {"custom_id": t.column("key").combine_chunks(), "truncated": pc.fill_null(cut, False)}
+        )
+
+
+_GEN_FIELDS = frozenset(types.GenerationConfig.model_fields)
+
+
+def _name(batch_id: str) -> str:
+    """The SDK's name for a batch: it refuses a bare id (``Invalid batch job name``)."""
+    return batch_id if batch_id.startswith("batches/") else f"batches/{batch_id}"
+
+
+def _id(job: types.BatchJob) -> str:
+    """nbbatch's id for a batch: its name without ``batches/`` (ids name files on disk)."""
+    return str(job.name).removeprefix("batches/")
+
+
+def _display_name(metadata: dict[str, str]) -> str:
+    return "nbbatch-" + "-".join(metadata[k] for k in sorted(metadata))
+
+
+def _line(key: str, body: dict[str, Any]) -> bytes:
+    import orjson
+
+    return orjson.dumps({"key": key, "response": body}) + b"\n"
+
+
+def _schema(response_format: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of an OpenAI-style ``response_format`` (what nbbatch keeps)."""
+    if response_format.get("type") == "json_schema":
+        inner = response_format.get("json_schema")
+        schema = inner.get("schema") if isinstance(inner, dict) else response_format.get("schema")
+        if isinstance(schema, dict):
+            return schema
+    raise InputError(
+        f"Gemini's structured output takes a JSON schema only (response_format type "
+        f"{response_format.get('type')!r} given); pass a pydantic model or a JSON schema.",
+        provider="gemini",
+    )
+
+
+def _info(job: types.BatchJob) -> BatchInfo:
+    state = job.state.value if job.state is not None else "JOB_STATE_UNSPECIFIED"
+    failure = code = None
+    if state == "JOB_STATE_FAILED":
+        message = job.error.message if job.error is not None else None
+        failure, code = message or "Gemini reported the batch JOB_STATE_FAILED", "batch_failed"
+    return BatchInfo(
+        batch_id=_id(job),
+        status=state.removeprefix("JOB_STATE_").lower(),
+        ended=state in ENDED,
+        # The SDK drops the service's batchStats, so progress is unknown until the end.
+        total=0,
+        done=0,
+        failed=0,
+        failure=failure,
+        failure_code=code,
+        unfinished={"JOB_STATE_CANCELLED": "cancelled", "JOB_STATE_EXPIRED": "expired"}.get(state),
+        raw=job.model_dump(mode="json", exclude_none=True),
+    )
+
+
+def _unreachable(exc: Exception) -> bool:
+    """A transport failure (no answer): httpx's or httpx2's ``TransportError``, whichever
+    the installed SDK runs on; the SDK wraps neither in a class of its own."""
+    return any(cls.__name__ == "TransportError" for cls in type(exc).__mro__)
+
+
+def _provider_error(exc: Exception, doing: str) -> ProviderError:
+    return sdk_error(
+        exc,
+        doing,
+        provider="gemini",
+        label="Gemini",
+        key_variable="GEMINI_API_KEY (or GOOGLE_API_KEY)",
+        unreachable=_unreachable(exc),
+        bad_key=isinstance(exc, genai_errors.APIError) and exc.code in (401, 403),
+    )
+
+
+# -- result lines --------------------------------------------------------------------------
+def parse_lines(raw: bytes) -> pa.Table:
+    """Normalise a responses file into :data:`ROW_RESULT_SCHEMA`."""
+    if not raw or raw.isspace():
+        return empty_results()
+    return _normalise(_jsonl.read_lines(raw, LINE_SCHEMA))
+
+
+def _first_candidates(t: pa.Table) -> pa.Array:
+    """Each line's first candidate (null when it has none), vectorised."""
+    response = t.column("response").combine_chunks()
+    cands = pc.struct_field(response, "candidates")
+    cands = pc.fill_null(cands, pa.scalar([], cands.type))
+    has = pc.greater(pc.list_value_length(cands), 0)
+    first = pc.list_slice(cands, 0, 1)
+    flat = pc.list_flatten(first)
+    # Scatter the first candidates back to their rows; rows without one stay null.
+    index = pc.if_else(has, pc.cumulative_sum(pc.cast(has, pa.int64())), None)
+    return pc.take(flat, pc.subtract(index, 1))
+
+
+def _normalise(t: pa.Table) -> pa.Table:
+    response = t.column("response").combine_chunks()
+    err = pc.coalesce(t.column("error").combine_chunks(), t.column("status").combine_chunks())
+    first = _first_candidates(t)
+    blocked = pc.struct_field(pc.struct_field(response, "promptFeedback"), "blockReason")
+    answered = pc.and_(pc.is_valid(response), pc.is_valid(first))
+    ok = pc.fill_null(pc.and_(answered, pc.is_null(err)), False)
+    status = pc.if_else(ok, "succeeded", "failed")
+    code = pc.struct_field(err, "code")
+    error_type = pc.if_else(
+        ok,
+        pa.scalar(None, pa.string()),
+        pc.coalesce(
+            pc.utf8_lower(pc.struct_field(err, "status")),
+            pc.if_else(pc.is_valid(blocked), "prompt_blocked", None),
+            pa.scalar("unknown_error"),
+        ),
+    )
+    error_message = pc.if_else(
+        ok,
+        pa.scalar(None, pa.large_string()),
+        pc.coalesce(
+            pc.struct_field(err, "message"),
+            pc.cast(
+                pc.binary_join_element_wise("Gemini blocked the prompt: ", blocked, ""),
+                pa.large_string(),
+            ),
+            pa.scalar("the provider gave no message", pa.large_string()),
+        ),
+    )
+    retryable = pa.array(
+        [
+            None if s == "succeeded" else is_transient(e, c)
+            for s, e, c in zip(
+                status.to_pylist(), error_type.to_pylist(), code.to_pylist(), strict=True
+            )
+        ],
+        pa.bool_(),
+    )
+    usage = pc.struct_field(response, "usageMetadata")
+    thoughts = pc.fill_null(pc.struct_field(usage, "thoughtsTokenCount"), 0)
+    candidates = pc.struct_field(usage, "candidatesTokenCount")
+    prompt = pc.struct_field(usage, "promptTokenCount")
+    # Thinking tokens are billed as output; promptTokenCount already holds cached ones.
+    output_tokens = pc.if_else(
+        pc.is_valid(usage), pc.add(pc.fill_null(candidates, 0), thoughts), None
+    )
+    cached = pc.if_else(
+        pc.is_valid(prompt),
+        pc.fill_null(pc.struct_field(usage, "cachedContentTokenCount"), 0),
+        None,
+    )
+    return pa.table(
+        [
+            t.column("key").combine_chunks(),
+            status,
+            pc.if_else(ok, _text(first), None),
+            error_type,
+            error_message,
+            retryable,
+            prompt,
+            output_tokens,
+            cached,
+        ],
+        schema=ROW_RESULT_SCHEMA,
+    )
+
+
+def _text(first: pa.Array) -> pa.Array:
+    """The text parts (thoughts left out) of each first candidate, joined."""
+    parts = pc.struct_field(pc.struct_field(first, "content"), "parts")
+    parts = pc.fill_null(parts, pa.scalar([], parts.type))
+    flat = pc.list_flatten(parts)
+    thought = pc.fill_null(pc.struct_field(flat, "thought"), False)
+    texts = pc.if_else(
+        thought, pa.scalar("", pa.large_string()), pc.fill_null(pc.struct_field(flat, "text"), "")
+    )
+    # Offsets rebased to 0: flatten starts at the first offset of a sliced array.
+    offsets = pc.subtract(parts.offsets, parts.offsets[0])
+    per_row = pa.ListArray.from_arrays(offsets, texts)
+    return pc.binary_join(per_row, pa.scalar("", pa.large_string()))
