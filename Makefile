@@ -35,7 +35,7 @@ test: $(STAMP) lint-ts test-ts
 	$(PY) -m ruff check nbbatch tests benchmarks
 	$(PY) -m ruff format --check nbbatch tests benchmarks
 	$(PY) -m mypy nbbatch
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3
 
 lint: $(STAMP) lint-ts
 	$(PY) -m ruff check nbbatch tests benchmarks

@@ -329,7 +329,8 @@ def _replay(
         if kind == "send":
             state.apply_send(batch, attempt, table.column("position").to_numpy())
         else:
-            state.apply_result(batch, origin, table)
+            state.apply_result(batch, origin, table, folder / file)
+        del table  # unmapped: the pages read to apply it leave this process's memory
         state.seq = seq
     return state
 

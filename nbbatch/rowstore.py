@@ -235,7 +235,7 @@ class RowState:
         self.ref_row = np.zeros(n, dtype=np.int64)
         self.batch_keys: list[str] = []
         self._batch_index: dict[str, int] = {}
-        self.results: list[pa.Table] = []
+        self.results: list[_Results] = []
         self._tokens: list[np.ndarray] = []  # per result file: (rows, 3) int64
         self._all_tokens: np.ndarray | None = None  # the same, concatenated (cached)
         self.seq = 0  # the last change applied
@@ -259,8 +259,14 @@ class RowState:
         self.retryable[positions] = -1
         self.ref_file[positions] = -1
 
-    def apply_result(self, key: str | None, origin: str, table: pa.Table) -> None:
-        """Results; for batch ``key``, only to rows whose latest attempt went in it."""
+    def apply_result(
+        self, key: str | None, origin: str, table: pa.Table, path: Path | None = None
+    ) -> None:
+        """Results; for batch ``key``, only to rows whose latest attempt went in it.
+
+        With the ``path`` of the table's file, only that path is kept: the file is mapped
+        again when its outputs are read, so the pages read now (and later) do not stay
+        in this process for the job's lifetime (for millions of rows, gigabytes)."""
         positions = table.column("position").to_numpy()
         rows = np.arange(len(positions), dtype=np.int64)
         if key is not None:
@@ -270,7 +276,7 @@ class RowState:
         retry = table.column("retryable")
         retryable = pc.fill_null(pc.cast(retry, pa.int8()), -1).to_numpy(zero_copy_only=False)
         k = len(self.results)
-        self.results.append(table)
+        self.results.append(_Results(table, path))
         self._tokens.append(
             np.column_stack(
                 [
@@ -348,7 +354,7 @@ class RowState:
         files = self.ref_file[where]
         rows = self.ref_row[where]
         typ = RESULT_SCHEMA.field(name).type
-        present = sum(len(t) - t.column(name).null_count for t in self.results)
+        present = sum(r.present[name] for r in self.results)
         if not present:  # e.g. no errors at all: nothing to gather
             values = pa.nulls(len(where), typ)
         else:
@@ -393,8 +399,26 @@ def _take(column: pa.ChunkedArray, positions: np.ndarray) -> pa.Array:
     return taken.combine_chunks() if isinstance(taken, pa.ChunkedArray) else taken
 
 
+class _Results:
+    """One result file as a row state keeps it: the table itself, or (when it came from
+    a file) only its path, mapped again each time it is read."""
+
+    def __init__(self, table: pa.Table, path: Path | None) -> None:
+        self._table = None if path is not None else table
+        self.path = path
+        # Nulls per column are in the file's metadata: no page of the data is read.
+        self.present = {n: len(table) - table.column(n).null_count for n in table.schema.names}
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        """Column ``name`` (mapped afresh when the table is kept by path)."""
+        if self._table is not None:
+            return self._table.column(name)
+        assert self.path is not None
+        return read_table(self.path).column(name)
+
+
 def _gather(
-    results: list[pa.Table], name: str, typ: pa.DataType, files: np.ndarray, rows: np.ndarray
+    results: list[_Results], name: str, typ: pa.DataType, files: np.ndarray, rows: np.ndarray
 ) -> pa.Array:
     """Column ``name`` of the result files at (``files``, ``rows``), null where ``files``
     is -1: taken file by file (each file's own column only), then put in order."""
