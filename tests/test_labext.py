@@ -101,6 +101,17 @@ def test_a_slow_job_is_overdue_after_a_day_and_cancels_from_the_server(tmp_path:
     assert views.job_view(ledger(), job.id)["counts"]["cancelled"] == 3
 
 
+def test_a_job_past_its_deadline_is_overdue_in_the_sidebar(tmp_path: Path) -> None:
+    with emulator.start(processing_seconds=600.0) as server:
+        job = nb.submit(REVIEWS.head(3), PROMPT, model="gpt-4o-mini",
+                        client=openai_client(server), deadline="1s")  # fmt: skip
+        job.wait_sent()
+        time.sleep(1.2)
+        (listed,) = views.jobs_view(ledger())["jobs"]
+        assert listed["status"] == "running" and listed["overdue"]  # as nbbatch check says
+        job.cancel()
+
+
 def test_no_key_reaches_a_response(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "a-key-of-ours-1234567890")
     text = "401: bad key a-key-of-ours-1234567890 (sk-proj-abc***wxyz, sk-ant-api03-XYZXYZXYZ)"

@@ -111,7 +111,10 @@ def _job(
         # Dollars paid so far (from reported usage); null for a model with no known price.
         "cost": None if math.isnan(cost) else round(cost, 6),
         "cost_estimated": running,
-        "overdue": running and oldest_open is not None and now - oldest_open > COMPLETION_WINDOW,
+        # Past the deadline given to submit (as nb.jobs() and nbbatch check say), or, with
+        # none, a batch still open after the providers' 24-hour completion window.
+        "overdue": bool(row.get("overdue"))
+        or (running and oldest_open is not None and now - oldest_open > COMPLETION_WINDOW),
         "alert": alert_text(counts, policy.get("alert_threshold")),
         "attach": f'nb.attach("{row["id"]}")',
     }
