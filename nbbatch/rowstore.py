@@ -236,7 +236,7 @@ class RowState:
         self.batch_keys: list[str] = []
         self._batch_index: dict[str, int] = {}
         self.results: list[_Results] = []
-        self._tokens: list[np.ndarray] = []  # per result file: (rows, 3) int64
+        self._tokens: list[np.ndarray] = []  # (rows, 3) int64 per result file, in order
         self._all_tokens: np.ndarray | None = None  # the same, concatenated (cached)
         self.seq = 0  # the last change applied
         # Follower index: each row's leader, or itself (a skipped row).
@@ -323,8 +323,11 @@ class RowState:
         if not len(answered):
             return out
         if self._all_tokens is None:
+            # Kept once: the per-file arrays become this one (for millions of rows, two
+            # copies would be hundreds of MB).
             self._all_tokens = np.concatenate(self._tokens)
-        offsets = np.cumsum([0] + [len(t) for t in self._tokens])
+            self._tokens = [self._all_tokens]
+        offsets = np.cumsum([0] + [r.rows for r in self.results])
         tokens = self._all_tokens[offsets[self.ref_file[answered]] + self.ref_row[answered]]
         origin = self.origin[answered]
         for code, name in ((BATCH, "batch"), (REALTIME, "realtime")):
@@ -406,6 +409,7 @@ class _Results:
     def __init__(self, table: pa.Table, path: Path | None) -> None:
         self._table = None if path is not None else table
         self.path = path
+        self.rows = len(table)
         # Nulls per column are in the file's metadata: no page of the data is read.
         self.present = {n: len(table) - table.column(n).null_count for n in table.schema.names}
 
