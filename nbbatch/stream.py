@@ -133,7 +133,6 @@ class StreamPlan:
 
     path: Path  # the manifest file (leaders not yet set: see finish_manifest)
     n_rows: int
-    keys: np.ndarray
     hashes: np.ndarray  # request hash per row (0: not sent)
     sent: np.ndarray  # bool per row: sent (not skipped)
     first_skip: str | None  # why the first skipped row is not sent
@@ -194,7 +193,6 @@ def plan_to_file(
         )
     columns = list(dict.fromkeys([*template.columns, *([id_column] if id_column else [])]))
     as_labels = _check_ids(source, id_column) if id_column else True
-    keys = np.empty(n, dtype=np.uint64)
     hashes = np.zeros(n, dtype=np.uint64)
     sent = np.zeros(n, dtype=bool)
     first_skip = None
@@ -215,7 +213,6 @@ def plan_to_file(
                     if stop > n:
                         raise InputError("the data changed while it was read; submit again.")
                     batch_hashes = _plan.request_hashes(rows, salt)
-                    keys[offset:stop] = rows.keys
                     hashes[offset:stop] = batch_hashes
                     sent[offset + rows.send_positions] = True
                     if first_skip is None and rows.skip_reasons:
@@ -238,7 +235,6 @@ def plan_to_file(
     return StreamPlan(
         path=path,
         n_rows=n,
-        keys=keys,
         hashes=hashes,
         sent=sent,
         first_skip=first_skip,
