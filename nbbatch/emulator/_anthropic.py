@@ -23,7 +23,6 @@ from starlette.routing import Route
 from . import _models, _responder
 from ._faults import (
     FAIL_MARKER,
-    TRANSIENT_MARKER,
     Fate,
     RowInfo,
     assign_fates,
@@ -469,10 +468,7 @@ async def create_message(request: Request) -> Response:
     text = _last_user(params)
     if FAIL_MARKER in text:
         raise ApiError(400, f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).")
-    attempt = store.attempts("anthropic-realtime", [text])[0] if TRANSIENT_MARKER in text else 0
-    if attempt:
-        store.record_faults("anthropic-realtime", [text], [attempt], [attempt == 1])
-    if attempt == 1:
+    if store.realtime_overloaded("anthropic-realtime", text):
         raise ApiError(
             529,
             "Simulated overload (nbbatch emulator); a retry will succeed.",

@@ -30,7 +30,6 @@ from starlette.routing import Route
 from . import _models, _responder
 from ._faults import (
     FAIL_MARKER,
-    TRANSIENT_MARKER,
     Fate,
     RowInfo,
     assign_fates,
@@ -702,10 +701,7 @@ async def _h_realtime(request: Request, v: str, model: str) -> Response:
     text = last_user(req)
     if FAIL_MARKER in text:
         raise ApiError(400, f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).")
-    attempt = store.attempts("gemini-realtime", [text])[0] if TRANSIENT_MARKER in text else 0
-    if attempt:
-        store.record_faults("gemini-realtime", [text], [attempt], [attempt == 1])
-    if attempt == 1:
+    if store.realtime_overloaded("gemini-realtime", text):
         raise ApiError(503, "Simulated overload (nbbatch emulator); a retry will succeed.")
     try:
         return JSONResponse(generate(req, Fate.OK, name, new_id("", 8), store.responder))

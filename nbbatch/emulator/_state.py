@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._faults import Fate, Knobs
+from ._faults import TRANSIENT_MARKER, Fate, Knobs
 
 WINDOW_SECONDS = 24 * 3600.0
 #: How long "cancelling" lasts when finalizing_seconds is 0, so a cancel is observable.
@@ -331,6 +331,16 @@ class Store:
             if not seen:
                 return [1] * len(custom_ids)
             return [seen.get(cid, 0) + 1 for cid in custom_ids]
+
+    def realtime_overloaded(self, kind: str, text: str) -> bool:
+        """Whether a real-time request answers "overloaded" this time: the first attempt
+        of a prompt carrying the transient marker does, the next one does not (recorded
+        under ``kind``, e.g. ``"anthropic-realtime"``)."""
+        if TRANSIENT_MARKER not in text:
+            return False
+        attempt = self.attempts(kind, [text])[0]
+        self.record_faults(kind, [text], [attempt], [attempt == 1])
+        return attempt == 1
 
     def record_faults(
         self, provider: str, custom_ids: list[str], attempts: list[int], faulted: list[bool]
