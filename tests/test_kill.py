@@ -74,6 +74,18 @@ CHILD = """
 """
 
 
+def _killed_child(url: str, provider: str, mode: str, data: str, home) -> str:
+    """Run CHILD in a new process until it kills itself at ``mode``; the job's id."""
+    env = {**os.environ, "ARGS": f"{url} {provider} {mode} {data}", "NBBATCH_HOME": str(home)}
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(CHILD)],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert child.returncode == 9, child.stderr
+    assert "finished" not in child.stdout
+    return child.stdout.split()[0]
+
+
 def _at_provider(client) -> list[str]:
     return batch_ids_at(client)
 
@@ -86,15 +98,7 @@ def test_a_process_killed_mid_upload_or_mid_collection_resumes_exactly(
     nbbatch_home,
     mode,
 ):
-    env = {**os.environ, "ARGS": f"{emu_process} {provider} {mode} frame",
-           "NBBATCH_HOME": str(nbbatch_home)}  # fmt: skip
-    child = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(CHILD)],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
-    assert child.returncode == 9, child.stderr
-    assert "finished" not in child.stdout
-    job_id = child.stdout.split()[0]
+    job_id = _killed_child(emu_process, provider, mode, "frame", nbbatch_home)
 
     client = client_for(provider, _Url(emu_process))
     before = len(_at_provider(client))
@@ -133,14 +137,7 @@ def test_a_job_from_parquet_files_killed_mid_upload_resumes_and_writes_back(
     for i, (a, b) in enumerate([(0, 20), (20, 35), (35, ROWS)]):
         pq.write_table(pa.table({"text": texts[a:b]}), folder / f"part-{i}.parquet")
     glob = str(folder / "*.parquet")
-    env = {**os.environ, "ARGS": f"{emu_process} {provider} between-chunks {glob}",
-           "NBBATCH_HOME": str(nbbatch_home)}  # fmt: skip
-    child = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(CHILD)],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
-    assert child.returncode == 9, child.stderr
-    job_id = child.stdout.split()[0]
+    job_id = _killed_child(emu_process, provider, "between-chunks", glob, nbbatch_home)
     client = client_for(provider, _Url(emu_process))
     assert len(_at_provider(client)) == 2
 
