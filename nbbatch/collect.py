@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from . import results as _results
 from . import rowstore
 from . import send as _send
-from ._errors import ProviderError
+from ._errors import NbbatchError, ProviderError
 from .providers.base import BatchInfo, RequestSpec, http_status
 
 if TYPE_CHECKING:
@@ -58,8 +58,13 @@ def poll_batch(job: BatchJob, batch: dict[str, Any]) -> None:
             job._infos[batch_id] = info
             if not info.ended:
                 return
-        info = job._infos.get(batch_id) or provider.retrieve(batch_id)
-        collect(job, info, batch["intent"])
+        seen = job._infos.get(batch_id)
+        if seen is None or not seen.ended:
+            # What this handle saw last may be older than the ledger: another process
+            # (the Lab server, while a kernel polls) recorded the end, then stopped short
+            # of collecting. Collect the ended batch, never the running one remembered.
+            seen = provider.retrieve(batch_id)
+        collect(job, seen, batch["intent"])
     except ProviderError as exc:
         if not local_batch_gone(job, exc):
             raise
@@ -146,6 +151,8 @@ def _check_structured(job: BatchJob, table: pa.Table, raws: list[bytes]) -> pa.T
 def read_result_files(job: BatchJob, info: BatchInfo) -> list[bytes]:
     """The batch's raw result files: from disk if downloaded before, else downloaded
     and kept (each written atomically, then a ``.complete`` mark)."""
+    if not info.ended:
+        raise NbbatchError(f"internal error: batch {info.batch_id} read before it ended")
     folder = job._ledger.files / job.id
     done = folder / f"{info.batch_id}.complete"
     if done.exists():

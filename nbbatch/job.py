@@ -384,6 +384,11 @@ class BatchJob:
         died before sending them) or put back by ``resubmit_failed``."""
         if not len(_collect.unsent(self._ledger.row_state(self.id))):
             return
+        if self._record.get("status") == "cancelled":
+            # Rows put back after a cancel (a create call refused while it was made):
+            # they end cancelled, never sent.
+            self._cancel_unsent()
+            return
         # One sender per job, across processes and job objects: rows another live one
         # is sending are left to it (so a second session never sends them again).
         if not self._ledger.take_sending(self.id):
@@ -413,6 +418,8 @@ class BatchJob:
         with self._lock:
             self._last_error = None
             self._backend_dead = False
+            # Another process (the Lab sidebar, `nbbatch cancel`) may have cancelled it.
+            self._record["status"] = self._ledger.job_status(self.id) or self._record["status"]
             try:
                 for batch in self._ledger.batches(self.id):
                     if batch["batch_id"].startswith("intent-"):
@@ -602,6 +609,11 @@ class BatchJob:
         at once."""
         self._stop_sending()
         with self._lock:
+            # Recorded first: a sender in another process (a kernel, while the Lab
+            # sidebar cancels) then either sees it before its next chunk and stops, or
+            # has recorded that chunk's intent already, and cancels the batch it makes.
+            self._ledger.set_job_status(self.id, "cancelled")
+            self._record["status"] = "cancelled"
             self._cancel_unsent()
             for batch in self._ledger.batches(self.id):
                 if not batch["ended"] and not batch["batch_id"].startswith("intent-"):
@@ -615,8 +627,6 @@ class BatchJob:
                     self._ledger.update_batch(
                         info.batch_id, info.status, info.ended, info.failure, info.raw
                     )
-            self._ledger.set_job_status(self.id, "cancelled")
-            self._record["status"] = "cancelled"
             self._ledger.event(self.id, "cancel", "cancel requested")
             self._notes.append(
                 Note(self.clock(), "cancel", "cancel requested; open batches end as the "

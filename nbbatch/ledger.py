@@ -612,6 +612,12 @@ class Ledger:
         )
         return rows[0][0] if rows else None
 
+    def job_status(self, job_id: str) -> str | None:
+        """The job's recorded status (``running``, ``cancelled``, ...), as any process
+        last set it."""
+        rows = self.query("SELECT status FROM jobs WHERE id = ?", (job_id,))
+        return rows[0][0] if rows else None
+
     def set_job_status(self, job_id: str, status: str) -> None:
         """Record the job's overall status."""
         with self.transaction() as db:
@@ -679,7 +685,7 @@ class Ledger:
         return rowstore.read_table(self.files / job_id / rows[0][0]).column("position").to_numpy()
 
     # -- batches -------------------------------------------------------------------------
-    def add_intent(self, job_id: str, part: str, attempt: int, positions: Any) -> str:
+    def add_intent(self, job_id: str, part: str, attempt: int, positions: Any) -> str | None:
         """Record, before a create call, that the leaders at ``positions`` are about to
         be sent.
 
@@ -687,12 +693,20 @@ class Ledger:
         ``intent`` when :meth:`confirm_batch` swaps in the provider's id. An intent left
         behind by a process that died mid-call is how a resumed job knows to look for
         that batch at the provider instead of paying for it twice.
+
+        Returns None, recording nothing, if the job was cancelled (by any process): the
+        check and the record are one transaction, so a cancel elsewhere either comes
+        first and stops this send, or comes after and finds the intent.
         """
         intent = f"intent-{secrets.token_hex(8)}"
         name = self._write_table(
             job_id, f"send-{intent}.arrow", pa.table({"position": pa.array(positions, pa.int64())})
         )
         with self.transaction() as db:
+            (status,) = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if status == "cancelled":
+                (self.files / job_id / name).unlink(missing_ok=True)
+                return None
             db.execute(
                 "INSERT INTO batches (batch_id, intent, job_id, attempt, created, n_requests, "
                 "status, part, raw) VALUES (?, ?, ?, ?, ?, ?, 'sending', ?, ?)",

@@ -100,10 +100,16 @@ def send_rows(
             k = progress.created + 1
             try:
                 with lock or threading.RLock():
-                    _send_chunk(job, block[first:stop], chunk, attempt, f"{attempt}:{k}", spec)
+                    sent = _send_chunk(
+                        job, block[first:stop], chunk, attempt, f"{attempt}:{k}", spec
+                    )
             except ProviderError:
                 progress.active = False
                 raise
+            if not sent:  # the job was cancelled from another process
+                progress.cancelled = True
+                progress.active = False
+                return
             progress.created += 1
             progress.bytes_sent += len(chunk)
             job._progress_changed()
@@ -113,10 +119,17 @@ def send_rows(
 
 def _send_chunk(
     job: BatchJob, positions: np.ndarray, chunk: bytes, attempt: int, part: str, spec: RequestSpec
-) -> None:
-    """One chunk: intent, create (with retries while the provider is busy), confirm."""
+) -> bool:
+    """One chunk: intent, create (with retries while the provider is busy), confirm.
+
+    False if the job was cancelled before the intent was recorded (nothing is sent). A
+    cancel recorded while the create call was out finds only the intent, so the batch
+    it made is cancelled here, the moment it is confirmed.
+    """
     ledger = job._ledger
     intent = ledger.add_intent(job.id, part, attempt, positions)
+    if intent is None:
+        return False
     metadata = {"nbbatch_job": job.id, "nbbatch_part": part}
     try:
         info = create(job, chunk, spec, metadata)
@@ -142,6 +155,18 @@ def _send_chunk(
     ledger.confirm_batch(intent, info.batch_id, info.status, info.raw)
     job._infos[info.batch_id] = info
     log.info("job %s: batch %s created with %d requests", job.id, info.batch_id, len(positions))
+    cancel_if_job_cancelled(job, info)
+    return True
+
+
+def cancel_if_job_cancelled(job: BatchJob, info: BatchInfo) -> None:
+    """A batch confirmed after its job was cancelled (elsewhere) is cancelled now."""
+    if job._ledger.job_status(job.id) != "cancelled" or info.ended:
+        return
+    info = job._provider.cancel(info.batch_id)
+    job._ledger.update_batch(info.batch_id, info.status, info.ended, info.failure, info.raw)
+    job._infos[info.batch_id] = info
+    log.info("job %s: batch %s cancelled as it was confirmed", job.id, info.batch_id)
 
 
 def create(job: BatchJob, chunk: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
@@ -172,5 +197,6 @@ def resolve_intent(job: BatchJob, batch: dict[str, Any]) -> None:
     if info is not None:
         job._ledger.confirm_batch(batch["intent"], info.batch_id, info.status, info.raw)
         job._ledger.event(job.id, "resume", f"found batch {info.batch_id} at the provider")
+        cancel_if_job_cancelled(job, info)
     else:
         job._ledger.release_intent(batch["intent"])

@@ -76,6 +76,49 @@ def test_cancel_mid_job_keeps_finished_rows_and_cancels_the_rest(provider):
         assert job.status == "cancelled"
 
 
+def test_a_second_handle_collects_a_cancel_with_fresh_batch_state(provider, monkeypatch):
+    """Two handles on one job (a kernel and the Lab server): one cancels and records the
+    batch as ended, but its download fails; the other, which last saw the batch running,
+    must read the ended batch afresh, not collect the running one it remembers (which
+    has no result files, and would fail every row ``missing_result``)."""
+    with emulator.start(processing_seconds=30.0) as emu:
+        client = client_for(provider, emu)
+        df = pd.DataFrame({"text": [f"r{i}" for i in range(5)]})
+        kernel = nb.submit(df, "{text}", model=model_for(client), client=client)
+        while kernel.refresh().sending is not None or not kernel.batch_ids:
+            time.sleep(0.05)  # until it has seen the batch running
+        server = nb.attach(kernel.id, client=client)
+
+        def lost(info):  # the emulator cannot drop one download on demand
+            raise nb.ProviderError("connection reset while downloading", transient=True)
+
+        monkeypatch.setattr(server._provider, "fetch_results", lost)
+        server.cancel()
+        deadline = time.monotonic() + 30
+        while not server._ledger.batches(server.id)[0]["ended"]:
+            assert time.monotonic() < deadline, "the cancel was never confirmed"
+            server.refresh()
+            time.sleep(0.1)
+        assert not server._ledger.batches(server.id)[0]["collected"]
+        kernel.wait(timeout=30, progress=False)
+        assert kernel.counts["cancelled"] == 5, kernel.counts
+        assert kernel.merge()["response_status"].eq("cancelled").all()
+
+
+def test_a_cancel_from_another_handle_stops_the_kernels_sender(provider):
+    """The Lab sidebar cancels a job whose kernel is still sending it: whichever comes
+    first, no row runs, every row ends cancelled, and the job says cancelled."""
+    with emulator.start(processing_seconds=30.0) as emu:
+        client = client_for(provider, emu)
+        df = pd.DataFrame({"text": [f"r{i}" for i in range(5)]})
+        kernel = nb.submit(df, "{text}", model=model_for(client), client=client)
+        nb.attach(kernel.id, client=client).cancel()
+        kernel.wait(timeout=30, progress=False)
+        assert kernel.counts["cancelled"] == 5, kernel.counts
+        assert kernel.status == "cancelled"
+        assert kernel.merge()["response_status"].eq("cancelled").all()
+
+
 def test_attach_rebuilds_the_job_from_the_ledger(emu):
     df = pd.DataFrame({"text": ["x", "y"]}, index=["a", "b"])
     job = nb.submit(df, "{text}", model="gpt-4o-mini", client=openai_client(emu))
