@@ -130,9 +130,13 @@ export function isActive(job: IJob): boolean {
   return job.status === 'running';
 }
 
+/** Milliseconds between refreshes while no job runs: a job submitted from any kernel
+ * shows up within this (one small ledger read each time). */
+export const IDLE_MS = 5000;
+
 /** Milliseconds until the next refresh: soon while a job runs, rarely otherwise
  * (a new job from any kernel still shows up within `idle`). */
-export function nextDelay(jobs: IJob[], busy = 2000, idle = 15000): number {
+export function nextDelay(jobs: IJob[], busy = 2000, idle = IDLE_MS): number {
   return jobs.some(isActive) ? busy : idle;
 }
 

@@ -1,6 +1,6 @@
 /**
  * The "Batch jobs" sidebar: a view of the ledger. It lists what the server's JSON
- * says, refreshes itself (every 2 s while a job runs, every 15 s otherwise, at once
+ * says, refreshes itself (every 2 s while a job runs, every 5 s otherwise, at once
  * when shown), and changes a job only through the buttons the user presses.
  */
 import { Clipboard, Dialog, Notification, showDialog } from '@jupyterlab/apputils';
@@ -17,6 +17,7 @@ import {
   isActive,
   marks,
   money,
+  IDLE_MS,
   nextDelay,
   originName,
   segments
@@ -47,7 +48,7 @@ export class JobsPanel extends Widget {
   /** Fetch the list now and schedule the next fetch. */
   async refresh(): Promise<void> {
     window.clearTimeout(this.timer);
-    let delay = 15000;
+    let delay = IDLE_MS;
     try {
       const data = await api.listJobs();
       this.jobs = data.jobs;
@@ -76,7 +77,7 @@ export class JobsPanel extends Widget {
     if (this.isVisible) {
       void this.refresh();
     } else {
-      this.timer = window.setTimeout(() => this.tick(), 15000);
+      this.timer = window.setTimeout(() => this.tick(), IDLE_MS);
     }
   }
 

@@ -73,8 +73,8 @@ test('ages are short', () => {
 
 test('the list refreshes often only while a job runs', () => {
   assert.equal(nextDelay([job()]), 2000);
-  assert.equal(nextDelay([job({ status: 'completed' })]), 15000);
-  assert.equal(nextDelay([]), 15000);
+  assert.equal(nextDelay([job({ status: 'completed' })]), 5000);
+  assert.equal(nextDelay([]), 5000);
 });
 
 test('marks, origin and the attach snippet', () => {
