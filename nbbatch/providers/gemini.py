@@ -191,8 +191,9 @@ class GeminiProvider(Provider):
         return req
 
     def validate(self, spec: RequestSpec) -> None:
-        """Check ``spec`` against the SDK's ``GenerationConfig`` type and the API's ranges,
-        sending nothing; every problem found is named in one :class:`InputError`."""
+        """Check ``spec`` against the SDK's ``GenerationConfig`` type (``EmbedContentConfig``
+        for embeddings) and the API's ranges, sending nothing; every problem found is named
+        in one :class:`InputError`."""
         _check_endpoint(spec.endpoint)
         problems = _embed_problems(spec) if spec.endpoint == EMBED else []
         if spec.endpoint == ENDPOINT and "embedding" in spec.model:
