@@ -43,7 +43,7 @@ from .ledger import Ledger
 from .ledger import default as _default_ledger
 from .ledger import home as _ledger_home
 from .pricing import money
-from .providers.base import Provider, RequestSpec
+from .providers.base import Provider, RequestSpec, is_embeddings
 
 log = logging.getLogger("nbbatch")
 
@@ -754,7 +754,7 @@ def _merge_table(
     kinds = table.column("error_type").to_pylist()
     messages = table.column("error_message").to_pylist()
     error[sent] = [None if k is None else f"{k}: {m}" for k, m in zip(kinds, messages, strict=True)]
-    if spec.response_format is None and spec.endpoint.endswith("embeddings"):
+    if spec.response_format is None and is_embeddings(spec.endpoint):
         vectors = np.empty(n, dtype=object)  # a list per cell, not a 2-D array
         vectors[:] = [None if t is None else orjson.loads(t) for t in text]
         text = vectors

@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 
 from . import pricing
 from .pricing import Cost
+from .providers.base import is_embeddings
 
 #: Characters per token of the approximation.
 CHARS_PER_TOKEN = 4
@@ -60,7 +61,6 @@ REPLY_OVERHEAD = 3
 #: Output tokens assumed per row when neither expected_output_tokens nor max_tokens is
 #: given: a label, a sentence or a small JSON object.
 DEFAULT_OUTPUT_TOKENS = 100
-EMBEDDINGS = "/v1/embeddings"
 #: OpenAI's automatic prompt caching: a prefix of at least this many tokens, cached in
 #: steps of CACHE_INCREMENT tokens. Anthropic's minimum is the same order (1,024 tokens
 #: for most models).
@@ -349,8 +349,8 @@ def estimate(
 
     Input per row: the prompt's tokens, the system prompt's (it is sent with every
     row), and the chat format's overhead (:data:`MESSAGE_OVERHEAD` per message plus
-    :data:`REPLY_OVERHEAD`); embeddings (``endpoint="/v1/embeddings"`` or a
-    ``text-embedding-*`` model) count the text alone. Output per row: the
+    :data:`REPLY_OVERHEAD`); embeddings (``endpoint="/v1/embeddings"``, Gemini's
+    ``"embedContent"`` or a ``text-embedding-*`` model) count the text alone. Output per row: the
     ``expected_output_tokens`` given, else ``max_tokens`` (an upper bound), else
     :data:`DEFAULT_OUTPUT_TOKENS` (0 for embeddings). Cache reads and writes of the
     system prompt as the module docstring says (``cache_system``: Claude's opt-in).
@@ -361,7 +361,7 @@ def estimate(
         else pa.array(prompts, pa.large_string())
     )
     rows = len(arr)
-    embeddings = endpoint == EMBEDDINGS or model.startswith("text-embedding")
+    embeddings = is_embeddings(endpoint or "") or model.startswith("text-embedding")
     per_row, method = count_tokens(arr, model)
     shared = 0  # tokens every request starts with: the system prompt
     if not embeddings:

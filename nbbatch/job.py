@@ -37,7 +37,7 @@ from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, Pr
 from .ledger import Ledger
 from .poller import Poller
 from .pricing import Cost
-from .providers.base import BatchInfo, Provider, RequestSpec, http_status
+from .providers.base import BatchInfo, Provider, RequestSpec, http_status, is_embeddings
 from .snapshot import ROW_STATES, BatchView, JobSnapshot, Note, format_seconds
 
 Listener = Callable[[JobSnapshot], None]
@@ -301,7 +301,7 @@ class BatchJob:
             n, chars = self.prompt_chars()
             system = len(self.spec.system or "")
             self._avg_prompt_tokens = (chars / max(n, 1) + system) / 4 + 4
-        out = 0 if self.endpoint.endswith("embeddings") else (self.spec.max_tokens or 100)
+        out = 0 if is_embeddings(self.endpoint) else (self.spec.max_tokens or 100)
         return int(pending * self._avg_prompt_tokens), pending * out
 
     # -- sending ----------------------------------------------------------------------------
@@ -732,8 +732,11 @@ class BatchJob:
         return [names.get(key) for key in state.batch_keys]
 
     def _decode_outputs(self, values: pd.Series) -> pd.Series:
-        if self.endpoint.endswith("/embeddings"):
-            return values.map(lambda v: None if v is None else orjson.loads(v)).astype(object)
+        if is_embeddings(self.endpoint):
+            # A row without a vector (failed, pending) reads back as None or NaN.
+            return values.map(lambda v: orjson.loads(v) if isinstance(v, str) else None).astype(
+                object
+            )
         return values
 
     def prompt_chars(self) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from . import plan as _plan
 from . import prompt as _prompt
 from . import rowstore
 from ._errors import MergeError
+from .providers.base import is_embeddings
 
 if TYPE_CHECKING:
     from .job import BatchJob
@@ -62,7 +63,7 @@ def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) ->
         take,
         job.output,
         job.spec.response_format,
-        embeddings=job.endpoint.endswith("/embeddings"),
+        embeddings=is_embeddings(job.endpoint),
     )
     return frames.like(data, out, job.output_columns()) if native else out
 
@@ -319,7 +320,7 @@ def write_parquet(
                 _verify(job, frame, state, take)
             out = merged(
                 frame.iloc[:, :0], state, take, job.output, job.spec.response_format,
-                embeddings=job.endpoint.endswith("/embeddings"),
+                embeddings=is_embeddings(job.endpoint),
             )  # fmt: skip
             results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
             table = pa.Table.from_batches([batch]).select(keep)
@@ -338,7 +339,7 @@ def _result_schema(job: BatchJob, state: rowstore.RowState, added: list[str]) ->
     sample = np.concatenate([good, other])
     out = merged(
         pd.DataFrame(index=pd.RangeIndex(len(sample))), state, sample, job.output,
-        job.spec.response_format, embeddings=job.endpoint.endswith("/embeddings"),
+        job.spec.response_format, embeddings=is_embeddings(job.endpoint),
     )  # fmt: skip
     table = pa.Table.from_pandas(out[added], preserve_index=False)
     return pa.schema(

@@ -39,6 +39,7 @@ from . import pricing, styling
 from ._errors import MergeError
 from .console import in_notebook
 from .pricing import money
+from .providers.base import is_embeddings
 from .snapshot import JobSnapshot, format_seconds
 
 if TYPE_CHECKING:
@@ -469,7 +470,7 @@ class JobPanel:
         n, chars = self.job.prompt_chars()
         chars += n * len(spec.system or "")
         tokens_in = -(-chars // CHARS_PER_TOKEN)
-        per_row = 0 if spec.endpoint.endswith("/embeddings") else spec.max_tokens
+        per_row = 0 if is_embeddings(spec.endpoint) else spec.max_tokens
         tokens_out = n * (OUTPUT_TOKENS_GUESS if per_row is None else per_row)
         est = pricing.cost(spec.model, tokens_in, tokens_out, estimated=True)
         return est, tokens_in, tokens_out

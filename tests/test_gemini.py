@@ -145,3 +145,189 @@ def test_downloads_are_retried_although_the_sdk_does_not_retry_them():
         assert sorted(r["custom_id"] for r in parse_lines(raw).to_pylist()) == ["a", "b"]
         downloads = [p for m, p in emu.request_log if m == "GET" and p.endswith(":download")]
         assert len(downloads) == 3  # two simulated 500s, then the file
+
+
+# -- batch embeddings -----------------------------------------------------------------------
+AWKWARD = [
+    'a "quoted" word, a back\\slash',
+    "two\nlines\tand a tab",
+    "ünïcödé 🙂 and 日本語",
+    "same text twice",
+    "  leading and trailing spaces  ",
+    "same text twice",
+]
+
+
+def _vector(text: str, dims: int) -> list[float]:
+    from nbbatch.emulator._responder import embedding_vector
+
+    return embedding_vector(text, dims)
+
+
+def test_embeddings_merge_one_vector_per_row_in_the_frames_order(emu):
+    client = gemini_client(emu)
+    df = pd.DataFrame({"text": AWKWARD}, index=pd.Index(["f", "b", "z", "a", "a2", "c"], name="k"))
+    emu.clear_log()
+    job = nb.submit(df, "{text}", model="gemini-embedding-001", client=client,
+                    endpoint="embedContent", output="vec", output_dimensionality=16)  # fmt: skip
+    out = job.wait(timeout=30, progress=False).merge(df)
+    # Sent as an embeddings batch, not a generateContent one.
+    creates = [p for m, p in emu.request_log if m == "POST" and ":async" in p]
+    assert creates == ["/gemini/v1/models/gemini-embedding-001:asyncBatchEmbedContent"]
+    assert out.index.equals(df.index) and out["text"].tolist() == AWKWARD
+    assert (out["vec_status"] == "succeeded").all() and out["vec_error"].isna().all()
+    assert out["vec"].tolist() == [_vector(t, 16) for t in AWKWARD]
+    assert job.counts["deduplicated"] == 1  # the repeated text was embedded once
+    # Usage is read from each line's tokenCount; gemini-embedding-001 has a price, and
+    # the repeated text (the last row) is paid once.
+    tokens = job.results()["input_tokens"]
+    assert (tokens > 0).all()
+    assert job.cost.batch == pytest.approx(tokens.iloc[:-1].sum() * 0.075 / 1e6)
+    quick = nb.try_now(df, "{text}", model="gemini-embedding-001", client=client,
+                       endpoint="embedContent", output="vec", output_dimensionality=16)  # fmt: skip
+    assert quick["vec"].tolist() == out["vec"].tolist()
+
+
+def test_embedding_failures_are_kept_per_row_and_resubmitted():
+    texts = [f"document {i}" for i in range(8)] + [f"bad {emulator.FAIL_MARKER}"]
+    df = pd.DataFrame({"text": texts})
+    with emulator.start(processing_seconds=0.05, error_rate=0.25, seed=3) as server:
+        client = gemini_client(server)
+        job = nb.submit(df, "{text}", model="gemini-embedding-001", client=client,
+                        endpoint="embedContent", output="vec", retries=0)  # fmt: skip
+        job.wait(timeout=30, progress=False)
+        res = job.results()
+        transient = res[res["error_type"].isin(["internal", "unavailable"])]
+        assert job.counts["failed"] == 1 + 2 and len(transient) == 2  # 25% of 8, + the marker
+        assert transient["retryable"].tolist() == [True, True]
+        bad = res.loc[res["status"] == "failed"].drop(transient.index)
+        assert bad["error_type"].tolist() == ["invalid_argument"]
+        assert bad["retryable"].tolist() == [False]
+        kept = job.merge(df)
+        ok = kept["vec_status"] == "succeeded"
+        assert kept.loc[ok, "vec"].tolist() == [
+            _vector(t, emulator.DEFAULT_EMBEDDING_DIMENSIONS) for t in df.loc[ok, "text"]
+        ]
+        before = batches_created(server)
+        job.resubmit_failed().wait(timeout=30, progress=False)
+        assert batches_created(server) == before + 1
+        out = job.merge(df)
+        assert out["vec_status"].tolist() == ["succeeded"] * 8 + ["failed"]
+        assert out["vec"].tolist()[:8] == [
+            _vector(t, emulator.DEFAULT_EMBEDDING_DIMENSIONS) for t in texts[:8]
+        ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"endpoint": "embedContent", "max_tokens": 5}, "max_tokens cannot be used with"),
+        ({"endpoint": "embedContent", "dimensions": 8}, "Did you mean 'output_dimensionality'"),
+        ({"endpoint": "embedContent", "output_dimensionality": 0}, "must be >= 1"),
+        ({"endpoint": "/v1/embeddings"}, "pass endpoint='embedContent'"),
+        ({}, "is an embedding model: pass endpoint='embedContent'"),
+    ],
+)
+def test_embedding_requests_gemini_would_refuse_are_refused_before_sending(emu, kwargs, words):
+    before = batches_created(emu)
+    with pytest.raises(nb.InputError, match=words):
+        nb.submit(DF, "{text}", model="gemini-embedding-001", client=gemini_client(emu), **kwargs)
+    assert batches_created(emu) == before
+
+
+def test_an_embedding_model_without_a_price_says_so(emu):
+    # Google's older embedding model: genai-prices has no price for it.
+    job = nb.submit(DF, "{text}", model="text-embedding-004", client=gemini_client(emu),
+                    endpoint="embedContent", output="vec")  # fmt: skip
+    job.wait(timeout=30, progress=False)
+    assert job.counts["succeeded"] == 3
+    assert str(job.cost) == "unknown price"
+
+
+def test_embedding_lines_of_either_token_count_spelling_and_errors_are_normalised():
+    lines = [
+        {"key": "a", "response": {"embedding": {"values": [0.5, -0.25]}, "tokenCount": "7"}},
+        {"key": "b", "response": {"embedding": {"values": [1.0]}, "tokenCount": 3}},
+        {"key": "c", "error": {"code": 503, "message": "busy", "status": "UNAVAILABLE"}},
+        {"key": "d", "response": {}},
+    ]
+    raw = b"".join(json.dumps(x).encode() + b"\n" for x in lines) + b"{not json\n"
+    provider = build("gemini", gemini_client_stub())
+    spec = RequestSpec(model="gemini-embedding-001", endpoint="embedContent")
+    rows = {r["custom_id"]: r for r in provider.parse_results(raw, spec).to_pylist()}
+    assert set(rows) == {"a", "b", "c", "d"}  # the corrupt line is left to reconciliation
+    assert json.loads(rows["a"]["output"]) == [0.5, -0.25] and rows["a"]["input_tokens"] == 7
+    assert rows["b"]["input_tokens"] == 3 and rows["b"]["status"] == "succeeded"
+    assert rows["c"]["error_type"] == "unavailable" and rows["c"]["retryable"] is True
+    assert rows["d"]["status"] == "failed" and "no embedding" in rows["d"]["error_message"]
+
+
+def gemini_client_stub():
+    """A client that is never called (parsing needs no network)."""
+    from google import genai
+
+    return genai.Client(api_key="unused")
+
+
+# -- progress and failure, as the batch operation reports them ------------------------------
+class FakeTime:
+    """A clock that only moves when told (the emulator and the job share it)."""
+
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def test_batch_stats_feed_the_done_and_failed_counts_while_the_batch_runs():
+    fake = FakeTime()
+    with emulator.start(processing_seconds=100.0, error_rate=0.2, clock=fake.now) as server:
+        df = pd.DataFrame({"text": [f"row {i}" for i in range(40)]})
+        job = nb.submit(df, "{text}", model="gemini-2.5-flash", client=gemini_client(server),
+                        retries=0)  # fmt: skip
+        job.wait_sent()
+        job.clock = fake.now
+        (batch_id,) = job.batch_ids
+        info = job._provider.retrieve(batch_id)
+        assert (info.status, info.total, info.done, info.failed) == ("running", 40, 0, 0)
+        fake.t += 50.0  # half way through processing: 20 requests done
+        info = job._provider.retrieve(batch_id)
+        assert (info.total, info.done) == (40, 20) and 0 <= info.failed <= 8
+        snap = job.refresh()
+        assert [b.done for b in snap.batches] == [20] and snap.ready == 20
+        fake.t += 60.0
+        info = job._provider.retrieve(batch_id)
+        assert (info.status, info.total, info.done, info.failed) == ("succeeded", 40, 40, 8)
+
+
+def test_a_failed_batch_gives_its_reason_to_every_row(emu, monkeypatch):
+    from nbbatch.providers.gemini import GeminiProvider
+
+    encode = GeminiProvider.encode
+
+    def with_a_bad_line(self, custom_ids, prompts, spec):
+        # The last line loses its request: the service cannot read the file, and the
+        # whole batch fails once it is validated.
+        *lines, last = encode(self, custom_ids, prompts, spec).splitlines()
+        broken = {"key": json.loads(last)["key"]}
+        return b"".join(line + b"\n" for line in [*lines, json.dumps(broken).encode()])
+
+    monkeypatch.setattr(GeminiProvider, "encode", with_a_bad_line)
+    job = nb.submit(DF, "{text}", model="gemini-2.5-flash", client=gemini_client(emu))
+    job.wait(timeout=30, progress=False)
+    (batch_id,) = job.batch_ids
+    info = job._provider.retrieve(batch_id)
+    assert info.status == "failed" and info.failure == (
+        "Line 3: each line needs a 'key' and a 'request'."
+    )
+    res = job.results()
+    assert res["status"].tolist() == ["failed"] * 3
+    assert set(res["error_type"]) == {"batch_failed"} and not res["retryable"].any()
+    assert set(job.merge(DF)["response_error"]) == {
+        "batch_failed: Line 3: each line needs a 'key' and a 'request'."
+    }
+    assert any("failed as a whole" in w for w in job.snapshot().warnings)

@@ -205,9 +205,14 @@ def claims_gemini(nb: NotebookNode, s: dict[str, Any]) -> None:
         "succeeded": 20,
         "sentiments allowed": True,
         "batch is half": 0.5,
+        "embeddings": 20,
+        "vector length": 256,
     }
     assert "GEMINI_API_KEY" in printed(nb.cells[2])
     assert "cost:" in printed(cell_with(nb, "results = job.results()"))
+    # gemini-embedding-001 is priced: the embeddings batch has a cost, not "unknown".
+    embedded = printed(cell_with(nb, "emb.wait()"))
+    assert "vector length: 256" in embedded and "batch vs" in embedded
 
 
 def claims_embeddings(nb: NotebookNode, s: dict[str, Any]) -> None:

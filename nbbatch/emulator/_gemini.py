@@ -1,4 +1,5 @@
-"""Gemini Batch Mode (and the Files API, real-time generateContent) as the SDK sees them.
+"""Gemini Batch Mode (and the Files API, real-time generateContent and embedContent) as
+the SDK sees them.
 
 Served under ``/gemini`` on the emulator's port, so ``google.genai.Client(http_options=
 HttpOptions(base_url=emu.gemini_base_url))`` reaches it and nothing collides with the
@@ -11,7 +12,15 @@ files (a ``start`` request answered with an ``x-goog-upload-url`` header, then
 ``{"name": "batches/…", "metadata": {…, "state": "BATCH_STATE_…", "output":
 {"responsesFile": "files/…"}}}``, one output line per request that ran
 (``{"key", "response"}`` or ``{"key", "error"}``), and Google's error body
-``{"error": {"code", "message", "status"}}``.
+``{"error": {"code", "message", "status"}}``. Batches of embeddings
+(``models/M:asyncBatchEmbedContent``) run the same life cycle with EmbedContentRequest
+lines, answered ``{"key", "response": {"embedding": {"values"}, "tokenCount"}}``.
+
+The input file is read after ``create`` answers, as a service reading a 2 GB file would:
+a file that cannot be read (a line that is not JSON, a line without a key or request, a
+repeated key, too many requests) makes a batch that ends ``BATCH_STATE_FAILED`` with the
+reason in the operation's ``error``. A create request that names no file, or a file that
+is not there, is refused at once.
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ STATUS_NAMES = {
     504: "DEADLINE_EXCEEDED",
 }
 FILE_PURPOSE = "gemini"  # how Gemini files are told apart from OpenAI's in the store
+#: The two kinds of batch: generateContent requests, or embedContent requests.
+GENERATE, EMBED = "generate", "embed"
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
@@ -106,6 +117,34 @@ def request_problem(req: Any) -> str | None:
     return None
 
 
+def embed_problem(req: Any) -> str | None:
+    """Why an EmbedContentRequest would be refused, or None when it is fine."""
+    if not isinstance(req, dict):
+        return "request: must be an EmbedContentRequest object"
+    content = req.get("content")
+    if not isinstance(content, dict) or not _text(content):
+        return "* EmbedContentRequest.content: content is not specified"
+    dims = req.get("outputDimensionality", req.get("output_dimensionality"))
+    if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims < 1):
+        return "outputDimensionality: must be a positive integer"
+    return None
+
+
+def problem_of(kind: str, req: Any) -> str | None:
+    """Why a request of a ``kind`` batch (``generate`` or ``embed``) would be refused."""
+    return embed_problem(req) if kind == EMBED else request_problem(req)
+
+
+def embed(req: dict[str, Any]) -> dict[str, Any]:
+    """The response to one EmbedContentRequest: a deterministic unit vector of the
+    content's text (the same vectors as the OpenAI routes), and its token count."""
+    text = _text(req.get("content"))
+    dims = req.get("outputDimensionality") or req.get("output_dimensionality")
+    vector = _responder.embedding_vector(text, dims or _responder.DEFAULT_EMBEDDING_DIMENSIONS)
+    # tokenCount is an int64, which Google's JSON writes as a string.
+    return {"embedding": {"values": vector}, "tokenCount": str(_responder.count_tokens(len(text)))}
+
+
 def _text(content: Any) -> str:
     """The text parts of one Content object, joined."""
     if isinstance(content, str):
@@ -115,6 +154,13 @@ def _text(content: Any) -> str:
     return "".join(
         p.get("text", "") for p in content.get("parts") or [] if isinstance(p, dict)
     ) or text_of(content.get("parts"))
+
+
+def row_text(kind: str, req: Any) -> str:
+    """The text a request carries for the model (where the fault markers are read)."""
+    if kind == EMBED:
+        return _text(req.get("content")) if isinstance(req, dict) else ""
+    return last_user(req)
 
 
 def last_user(req: Any) -> str:
@@ -230,6 +276,8 @@ class GeminiBatch(BatchRecord):
     display_name: str = ""
     input_file: str = ""
     input_path: Path | None = None
+    kind: str = GENERATE  # or EMBED
+    failure: str = ""  # why the input could not be read (an invalid batch ends FAILED)
 
     def generate(self, cut: int | None, reason: str) -> Outcome:
         """Run the rows that got to run; write one line per row that ran."""
@@ -249,7 +297,7 @@ class GeminiBatch(BatchRecord):
             suffix = f"{int_hash(self.id, i):016x}"
             req = row.get("request")
             line: dict[str, Any] = {"key": row.get("key")}
-            problem = request_problem(req)
+            problem = problem_of(self.kind, req)
             if fate == Fate.FAIL or problem:
                 line["error"] = error_body(
                     400, problem or f"Request rejected by the nbbatch emulator ({FAIL_MARKER})."
@@ -260,6 +308,10 @@ class GeminiBatch(BatchRecord):
                 text = "Simulated server error (nbbatch emulator); retrying may succeed."
                 line["error"] = error_body(status, text)["error"]
                 failed += 1
+            elif self.kind == EMBED:
+                assert isinstance(req, dict)
+                line["response"] = embed(req)
+                succeeded += 1
             else:
                 assert isinstance(req, dict)
                 try:
@@ -268,8 +320,8 @@ class GeminiBatch(BatchRecord):
                 except _responder.ResponderError as exc:
                     line["error"] = error_body(400, str(exc))["error"]
                     failed += 1
-                if fate == Fate.MISSING and "response" in line:
-                    continue  # the simulated provider bug: executed, but no line at all
+            if fate == Fate.MISSING and "response" in line:
+                continue  # the simulated provider bug: executed, but no line at all
             lines[i] = orjson.dumps(line) + b"\n"
         self.store.release_input(self.input_path)
         ran = [i for i in self.order if lines[i]]
@@ -323,8 +375,9 @@ def batch_json(store: Store, b: GeminiBatch, t: float) -> dict[str, Any]:
         ok, bad = outcome.succeeded, outcome.failed
     else:
         ok, bad = b.progress_counts(t)
+    kind = "EmbedContentBatch" if b.kind == EMBED else "GenerateContentBatch"
     meta: dict[str, Any] = {
-        "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+        "@type": f"type.googleapis.com/google.ai.generativelanguage.v1main.{kind}",
         "name": name,
         "model": b.model,
         "displayName": b.display_name,
@@ -346,12 +399,15 @@ def batch_json(store: Store, b: GeminiBatch, t: float) -> dict[str, Any]:
         if outcome is not None and outcome.output is not None:
             meta["output"] = {"responsesFile": f"files/{outcome.output.id}"}
             op["response"] = {
-                "@type": "type.googleapis.com/google.ai.generativelanguage.v1main."
-                "GenerateContentBatchOutput",
+                "@type": f"type.googleapis.com/google.ai.generativelanguage.v1main.{kind}Output",
                 "responsesFile": f"files/{outcome.output.id}",
             }
         if phase == "failed":
-            op["error"] = {"code": 400, "message": "The batch input could not be read."}
+            # A google.rpc.Status, as every long-running operation reports its failure.
+            op["error"] = {
+                "code": 400,
+                "message": b.failure or "The batch input could not be read.",
+            }
     return op
 
 
@@ -361,8 +417,11 @@ def _input_rows(store: Store, body: Any) -> tuple[Path, str, int]:
     config = batch.get("inputConfig") if isinstance(batch, dict) else None
     if not isinstance(config, dict):
         raise ApiError(400, "batch.inputConfig: required")
-    if "fileName" in config:
-        name = str(config["fileName"]).removeprefix("files/")
+    # The SDK sends batches.create's source as fileName and create_embeddings' as
+    # file_name; the service's JSON parser takes either spelling.
+    file_name = config.get("fileName") or config.get("file_name")
+    if file_name:
+        name = str(file_name).removeprefix("files/")
         file = store.get_file(name)
         if file is None or file.purpose != FILE_PURPOSE:
             raise ApiError(404, f"File files/{name} not found.")
@@ -378,8 +437,12 @@ def _input_rows(store: Store, body: Any) -> tuple[Path, str, int]:
     return path, "", path.stat().st_size
 
 
-def create_batch_sync(store: Store, model: str, body: Any) -> dict[str, Any]:
-    path, file_name, _size = _input_rows(store, body)
+class _Unreadable(Exception):
+    """Why a batch's input file cannot be read: the batch will end FAILED."""
+
+
+def read_input(path: Path, kind: str) -> tuple[list[RowInfo], list[str]]:
+    """The rows of an input file, or :class:`_Unreadable` with the first reason."""
     rows: list[RowInfo] = []
     keys: list[str] = []
     seen: set[str] = set()
@@ -387,29 +450,43 @@ def create_batch_sync(store: Store, model: str, body: Any) -> dict[str, Any]:
         try:
             row = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise ApiError(400, f"Line {lineno} of the input file is not valid JSON.") from None
+            raise _Unreadable(f"Line {lineno} of the input file is not valid JSON.") from None
         if not isinstance(row, dict) or "request" not in row:
-            raise ApiError(400, f"Line {lineno}: each line needs a 'key' and a 'request'.")
+            raise _Unreadable(f"Line {lineno}: each line needs a 'key' and a 'request'.")
         key = row.get("key")
         if not isinstance(key, str) or not key:
-            raise ApiError(400, f"Line {lineno}: 'key' must be a non-empty string.")
+            raise _Unreadable(f"Line {lineno}: 'key' must be a non-empty string.")
         if key in seen:
-            raise ApiError(400, f"Line {lineno}: duplicate key '{key}'.")
+            raise _Unreadable(f"Line {lineno}: duplicate key '{key}'.")
         seen.add(key)
         keys.append(key)
         req = row["request"]
-        ok = request_problem(req) is None
-        rows.append(RowInfo(key, 0, last_user(req) if ok else "", ok and _schema(req) is not None))
+        ok = problem_of(kind, req) is None
+        text = row_text(kind, req) if ok else ""
+        rows.append(RowInfo(key, 0, text, ok and kind == GENERATE and _schema(req) is not None))
         if len(rows) > MAX_REQUESTS:
-            raise ApiError(400, f"A batch holds at most {MAX_REQUESTS} requests.")
+            raise _Unreadable(f"A batch holds at most {MAX_REQUESTS} requests.")
     if not rows:
-        raise ApiError(400, "The batch input holds no requests.")
+        raise _Unreadable("The batch input holds no requests.")
+    return rows, keys
+
+
+def create_batch_sync(store: Store, model: str, body: Any, kind: str = GENERATE) -> dict[str, Any]:
+    """``batchGenerateContent`` (``kind`` generate) or ``asyncBatchEmbedContent``
+    (embed): a request naming no input is refused; an input that cannot be read makes
+    a batch that fails once validated, with the reason."""
+    path, file_name, _size = _input_rows(store, body)
+    knobs = store.knobs
+    try:
+        rows, keys = read_input(path, kind)
+        failure = ""
+    except _Unreadable as exc:
+        rows, keys, failure = [], [], str(exc)
     attempts = store.attempts("gemini", keys)
     rows = [
         RowInfo(r.custom_id, a, r.text, r.has_schema, r.invalid)
         for r, a in zip(rows, attempts, strict=True)
     ]
-    knobs = store.knobs
     fates = assign_fates(rows, knobs)
     store.record_faults("gemini", keys, attempts, faulted(fates))
     t = store.now()
@@ -433,6 +510,9 @@ def create_batch_sync(store: Store, model: str, body: Any) -> dict[str, Any]:
         display_name=str(display),
         input_file=file_name,
         input_path=path,
+        kind=kind,
+        failure=failure,
+        invalid=bool(failure),
     )
     store.add_batch("gemini", batch)
     return batch_json(store, batch, t)
@@ -561,7 +641,11 @@ def model_json(entry: _models.ModelEntry) -> dict[str, Any]:
         "version": "001",
         "inputTokenLimit": 1048576,
         "outputTokenLimit": 65536,
-        "supportedGenerationMethods": ["generateContent", "batchGenerateContent"],
+        "supportedGenerationMethods": (
+            ["embedContent", "batchEmbedContents", "asyncBatchEmbedContent"]
+            if "embedding" in entry.id
+            else ["generateContent", "batchGenerateContent"]
+        ),
     }
 
 
@@ -595,6 +679,12 @@ _PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", rf"^{_VERSION}/files/(?P<id>[^/:]+)$", "get_file"),
         ("DELETE", rf"^{_VERSION}/files/(?P<id>[^/:]+)$", "delete_file"),
         ("POST", rf"^{_VERSION}/models/(?P<model>[^/:]+):batchGenerateContent$", "create"),
+        (
+            "POST",
+            rf"^{_VERSION}/models/(?P<model>[^/:]+):asyncBatchEmbedContent$",
+            "create_embeddings",
+        ),
+        ("POST", rf"^{_VERSION}/models/(?P<model>[^/:]+):batchEmbedContents$", "embed_now"),
         ("POST", rf"^{_VERSION}/models/(?P<model>[^/:]+):generateContent$", "realtime"),
         ("GET", rf"^{_VERSION}/models/(?P<model>[^/:]+)$", "get_model"),
         ("GET", rf"^{_VERSION}/models$", "list_models"),
@@ -652,6 +742,13 @@ async def _h_create(request: Request, v: str, model: str) -> Response:
     return JSONResponse(await run_in_threadpool(create_batch_sync, store, name, body))
 
 
+async def _h_create_embeddings(request: Request, v: str, model: str) -> Response:
+    store = _store(request)
+    name = "models/" + model.removeprefix("models/")
+    body = await _json_body(request)
+    return JSONResponse(await run_in_threadpool(create_batch_sync, store, name, body, EMBED))
+
+
 async def _h_get_batch(request: Request, v: str, id: str) -> Response:
     store = _store(request)
     b = _batch_or_404(store, id)
@@ -707,6 +804,31 @@ async def _h_realtime(request: Request, v: str, model: str) -> Response:
         return JSONResponse(generate(req, Fate.OK, name, new_id("", 8), store.responder))
     except _responder.ResponderError as exc:
         raise ApiError(400, str(exc)) from None
+
+
+async def _h_embed_now(request: Request, v: str, model: str) -> Response:
+    """Real-time ``models.embed_content``: ``{"requests": [EmbedContentRequest]}`` answered
+    ``{"embeddings": [{"values"}]}`` in order, with the usage of them all."""
+    store = _store(request)
+    body = await _json_body(request)
+    requests = body.get("requests") if isinstance(body, dict) else None
+    if not isinstance(requests, list) or not requests:
+        raise ApiError(400, "* BatchEmbedContentsRequest.requests: requests is not specified")
+    embeddings, tokens = [], 0
+    for req in requests:
+        problem = embed_problem(req)
+        if problem is not None:
+            raise ApiError(400, problem)
+        text = row_text(EMBED, req)
+        if FAIL_MARKER in text:
+            raise ApiError(400, f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).")
+        if store.realtime_overloaded("gemini-realtime", text):
+            raise ApiError(503, "Simulated overload (nbbatch emulator); a retry will succeed.")
+        answer = embed(req)
+        embeddings.append(answer["embedding"])
+        tokens += int(answer["tokenCount"])
+    usage = {"promptTokenCount": tokens, "totalTokenCount": tokens}
+    return JSONResponse({"embeddings": embeddings, "usageMetadata": usage})
 
 
 async def _h_get_model(request: Request, v: str, model: str) -> Response:

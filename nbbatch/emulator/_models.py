@@ -63,6 +63,8 @@ GEMINI: tuple[ModelEntry, ...] = tuple(
     + _family("gemini-2.5-flash-lite", [], 1753142400, "Gemini 2.5 Flash-Lite")
     + _family("gemini-2.5-pro", [], 1750118400, "Gemini 2.5 Pro")
     + _family("gemini-2.0-flash", ["gemini-2.0-flash-001"], 1738713600, "Gemini 2.0 Flash")
+    + _family("gemini-embedding-001", [], 1752624000, "Gemini Embedding 001")
+    + _family("text-embedding-004", [], 1715644800, "Text Embedding 004")
 )
 
 #: When models added with ``start(models=...)`` say they were created (2025-01-01).

@@ -98,12 +98,16 @@ KEY_VARIABLES = {
 }
 
 
+#: Google's embedding models whose names do not start with ``gemini``.
+_GEMINI_EMBEDDING_MODELS = ("text-embedding-004", "embedding-001")
+
+
 def by_model_name(model: str) -> str:
     """The provider a model name belongs to: ``claude-*`` Anthropic, ``gemini-*`` (or
-    ``models/gemini-*``) Gemini, anything else OpenAI."""
+    ``models/gemini-*``, or Google's ``text-embedding-004``) Gemini, anything else OpenAI."""
     if model.startswith("claude"):
         return "anthropic"
-    if model.removeprefix("models/").startswith("gemini"):
+    if model.removeprefix("models/").startswith(("gemini", *_GEMINI_EMBEDDING_MODELS)):
         return "gemini"
     return "openai"
 
@@ -120,8 +124,11 @@ def base_url_of(client: Any) -> str:
 #: Model name prefixes that belong to one provider only.
 _FAMILIES = {
     "anthropic": ("claude",),
-    "gemini": ("gemini-", "models/gemini-"),
-    "openai": ("gpt-", "chatgpt-", "text-embedding-", "o1", "o3", "o4", "davinci", "babbage"),
+    "gemini": ("gemini-", "models/gemini-", *_GEMINI_EMBEDDING_MODELS),
+    "openai": (
+        *("gpt-", "chatgpt-", "text-embedding-3", "text-embedding-ada"),
+        *("o1", "o3", "o4", "davinci", "babbage"),
+    ),
 }
 
 

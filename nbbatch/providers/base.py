@@ -59,6 +59,12 @@ TRANSIENT_ERRORS = frozenset(
 )
 
 
+def is_embeddings(endpoint: str) -> bool:
+    """Whether requests to ``endpoint`` return embedding vectors (kept as JSON array
+    text) rather than text: OpenAI's ``/v1/embeddings`` path, Gemini's ``embedContent``."""
+    return endpoint.endswith("/embeddings") or endpoint == "embedContent"
+
+
 def http_status(exc: BaseException | None) -> int | None:
     """The HTTP status an SDK error carries, or None (no answer, or not an SDK error).
 

@@ -6,7 +6,13 @@ lines, uploaded with ``files.upload`` (the SDK's resumable upload); the batch is
 responses file (``dest.file_name``) read with ``files.download``. The request lines are
 REST JSON (camelCase, as the service's protobuf JSON parser reads them), made by the SDK's
 own pydantic types so a parameter the SDK does not know is refused before anything is
-sent. See ``docs/protocols/gemini.md`` for the protocol and its gotchas.
+sent. Embeddings (``endpoint="embedContent"``) take the same path with
+``{"key", "request": EmbedContentRequest}`` lines and ``batches.create_embeddings``.
+
+Batches are read as the long-running operation the API returns
+(``operations.get``), not ``batches.get``: the SDK's ``BatchJob`` drops the
+operation's ``batchStats`` (progress) and its ``error`` (why a batch failed). See
+``docs/protocols/gemini.md`` for the protocol and its gotchas.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import difflib
 import io
 import time
+import warnings
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic
@@ -36,9 +44,18 @@ from .base import (
     sdk_error,
 )
 
-#: The one endpoint Gemini Batch Mode runs for nbbatch (``embedContent`` batches go
-#: through a different call, ``batches.create_embeddings``, not supported yet).
+#: The default endpoint: text replies (``batches.create``, ``models/M:batchGenerateContent``).
 ENDPOINT = "generateContent"
+#: Embedding vectors (``batches.create_embeddings``, ``models/M:asyncBatchEmbedContent``).
+EMBED = "embedContent"
+ENDPOINTS = (ENDPOINT, EMBED)
+#: Keywords an embedding request takes (EmbedContentConfig's Gemini API fields), by their
+#: REST names; the SDK's other fields (mime_type, auto_truncate, ...) are Vertex AI only.
+EMBED_FIELDS = {
+    "task_type": "taskType",
+    "title": "title",
+    "output_dimensionality": "outputDimensionality",
+}
 #: Tries of a responses-file download (the SDK does not retry downloads itself).
 DOWNLOAD_ATTEMPTS = 3
 #: Batch states after which nothing changes (the SDK's ``JobState`` names).
@@ -154,14 +171,13 @@ class GeminiProvider(Provider):
         return config
 
     def request(self, spec: RequestSpec, prompt: Any) -> dict[str, Any]:
-        """One GenerateContentRequest in REST JSON (what a batch line carries)."""
-        if spec.endpoint != ENDPOINT:
-            raise InputError(
-                f"endpoint {spec.endpoint!r} is not available on Gemini; leave endpoint unset "
-                "(Gemini batches run generateContent; batch embeddings are not supported "
-                "by nbbatch yet).",
-                provider="gemini",
-            )
+        """One request in REST JSON (what a batch line carries): a GenerateContentRequest,
+        or for ``embedContent`` an EmbedContentRequest."""
+        _check_endpoint(spec.endpoint)
+        if spec.endpoint == EMBED:
+            embed: dict[str, Any] = {"content": {"parts": [{"text": prompt}]}}
+            embed.update({EMBED_FIELDS[k]: v for k, v in _embed_params(spec).items()})
+            return embed
         req: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
         if spec.system is not None:
             req["systemInstruction"] = {"parts": [{"text": spec.system}]}
@@ -175,12 +191,17 @@ class GeminiProvider(Provider):
         return req
 
     def validate(self, spec: RequestSpec) -> None:
-        """Check ``spec`` against the SDK's ``GenerationConfig`` type and the API's ranges,
-        sending nothing; every problem found is named in one :class:`InputError`."""
-        if spec.endpoint != ENDPOINT:
-            self.request(spec, "")  # raises the endpoint's error
-        problems = []
-        for key in spec.params:
+        """Check ``spec`` against the SDK's ``GenerationConfig`` type (``EmbedContentConfig``
+        for embeddings) and the API's ranges, sending nothing; every problem found is named
+        in one :class:`InputError`."""
+        _check_endpoint(spec.endpoint)
+        problems = _embed_problems(spec) if spec.endpoint == EMBED else []
+        if spec.endpoint == ENDPOINT and "embedding" in spec.model:
+            problems.append(
+                f"{spec.model!r} is an embedding model: pass endpoint='embedContent' to "
+                "embed each row (generateContent is for text replies)."
+            )
+        for key in spec.params if spec.endpoint == ENDPOINT else ():
             if key == "stream":
                 problems.append("stream is not available in a batch: results are never streamed.")
             elif key in OWNED:
@@ -197,7 +218,7 @@ class GeminiProvider(Provider):
                     f"unknown parameter {key!r} for Gemini.{hint} Accepted: {accepted} (the "
                     "fields of google.genai.types.GenerationConfig, and two request fields)."
                 )
-        if not problems:
+        if not problems and spec.endpoint == ENDPOINT:
             config = self.generation_config(spec)
             try:
                 types.GenerationConfig(**config)
@@ -252,20 +273,36 @@ class GeminiProvider(Provider):
                 file=io.BytesIO(jsonl),
                 config=types.UploadFileConfig(display_name=name, mime_type="jsonl"),
             )
-            job = self.client.batches.create(
-                model=spec.model,
-                src=str(uploaded.name),
-                config=types.CreateBatchJobConfig(display_name=name),
-            )
+            if spec.endpoint == EMBED:
+                with warnings.catch_warnings():
+                    # The SDK warns on every call that create_embeddings is experimental;
+                    # docs/protocols/gemini.md says so once, rather than every batch.
+                    warnings.simplefilter("ignore", genai_errors.ExperimentalWarning)
+                    job = self.client.batches.create_embeddings(
+                        model=spec.model,
+                        src=types.EmbeddingsBatchJobSource(file_name=str(uploaded.name)),
+                        config=types.CreateEmbeddingsBatchJobConfig(display_name=name),
+                    )
+            else:
+                job = self.client.batches.create(
+                    model=spec.model,
+                    src=str(uploaded.name),
+                    config=types.CreateBatchJobConfig(display_name=name),
+                )
         except Exception as exc:
             raise _provider_error(exc, "creating a batch") from exc
         return _info(job)
 
     def retrieve(self, batch_id: str) -> BatchInfo:
+        # operations.get rather than batches.get: the same GET batches/<id>, read whole
+        # (the SDK's BatchJob leaves out batchStats and the error of a failed batch).
         try:
-            return _info(self.client.batches.get(name=_name(batch_id)))
+            op = self.client.operations.get(
+                BatchOperation.model_validate({"name": _name(batch_id)})
+            )
         except Exception as exc:
             raise _provider_error(exc, f"reading batch {batch_id}") from exc
+        return op.info()
 
     def cancel(self, batch_id: str) -> BatchInfo:
         try:
@@ -311,20 +348,28 @@ class GeminiProvider(Provider):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
-        return parse_lines(raw)
+        return parse_embedding_lines(raw) if spec.endpoint == EMBED else parse_lines(raw)
 
     # -- real time ---------------------------------------------------------------------------
     def realtime(self, custom_id: str, prompt: str, spec: RequestSpec) -> dict[str, Any]:
-        """One ``models.generate_content`` call with what a batch line would carry."""
+        """One ``models.generate_content`` call with what a batch line would carry
+        (``models.embed_content`` for ``embedContent``)."""
         self.request(spec, prompt)  # the same endpoint check as a batch
         fields = {**self.generation_config(spec)}
         if spec.system is not None:
             fields["system_instruction"] = spec.system
         fields.update({k: v for k, v in spec.params.items() if k in REQUEST_FIELDS})
         try:
-            reply = self.client.models.generate_content(
-                model=spec.model, contents=prompt, config=types.GenerateContentConfig(**fields)
-            )
+            if spec.endpoint == EMBED:
+                embedded = self.client.models.embed_content(
+                    model=spec.model,
+                    contents=prompt,
+                    config=types.EmbedContentConfig(**_embed_params(spec)),
+                )
+            else:
+                reply = self.client.models.generate_content(
+                    model=spec.model, contents=prompt, config=types.GenerateContentConfig(**fields)
+                )
         except genai_errors.APIError as exc:
             kind = str(exc.status or f"http_{exc.code}").lower()
             return failure_row(
@@ -337,6 +382,8 @@ class GeminiProvider(Provider):
                 )
             # The SDK refused the request or the reply locally (its own checks).
             return failure_row(custom_id, "sdk_error", f"{type(exc).__name__}: {exc}", False)
+        if spec.endpoint == EMBED:
+            return _embedding_row(custom_id, embedded)
         body = reply.model_dump(mode="json", exclude_none=True, by_alias=True)
         row = parse_lines(_line(custom_id, body)).to_pylist()[0]
         cands = body.get("candidates") or [{}]
@@ -345,6 +392,9 @@ class GeminiProvider(Provider):
 
     def truncated(self, raw: bytes, spec: RequestSpec) -> pa.Table:
         """Which responses lines hold a reply cut off at ``max_output_tokens``."""
+        if spec.endpoint == EMBED:  # an embedding is never cut short
+            ids = parse_embedding_lines(raw).column("custom_id").combine_chunks()
+            return pa.table({"custom_id": ids, "truncated": pa.array([False] * len(ids))})
         t = _jsonl.read_lines(raw, LINE_SCHEMA)
         first = _first_candidates(t)
         cut = pc.equal(pc.struct_field(first, "finishReason"), "MAX_TOKENS")
@@ -354,6 +404,64 @@ class GeminiProvider(Provider):
 
 
 _GEN_FIELDS = frozenset(types.GenerationConfig.model_fields)
+#: Other providers' names for an embedding keyword, and Gemini's.
+_EMBED_ALIASES = {"dimensions": "output_dimensionality", "input_type": "task_type"}
+
+
+def _check_endpoint(endpoint: str) -> None:
+    if endpoint not in ENDPOINTS:
+        hint = " (OpenAI's name)" if endpoint.endswith("/embeddings") else ""
+        raise InputError(
+            f"endpoint {endpoint!r}{hint} is not available on Gemini: leave endpoint unset for "
+            f"text replies ({ENDPOINT!r}), or pass endpoint={EMBED!r} for embeddings.",
+            provider="gemini",
+        )
+
+
+def _embed_params(spec: RequestSpec) -> dict[str, Any]:
+    """The embedding keywords of ``spec`` (snake_case, as EmbedContentConfig names them)."""
+    return {k: v for k, v in spec.params.items() if k in EMBED_FIELDS}
+
+
+def _embed_problems(spec: RequestSpec) -> list[str]:
+    """What Gemini would refuse in an embedding request (an empty list: nothing)."""
+    problems = []
+    unused = [
+        name
+        for name, value in (
+            ("system", spec.system),
+            ("max_tokens", spec.max_tokens),
+            ("temperature", spec.temperature),
+            ("response_format", spec.response_format),
+        )
+        if value is not None
+    ]
+    if unused:
+        problems.append(
+            f"{', '.join(unused)} cannot be used with {EMBED} (an embedding has no reply to "
+            "shape); leave them unset."
+        )
+    for key in spec.params:
+        if key not in EMBED_FIELDS:
+            close = _EMBED_ALIASES.get(key) or next(
+                iter(difflib.get_close_matches(key, list(EMBED_FIELDS), n=1)), None
+            )
+            hint = f" Did you mean {close!r}?" if close else ""
+            problems.append(
+                f"unknown parameter {key!r} for a Gemini embedding.{hint} Accepted: "
+                f"{', '.join(EMBED_FIELDS)}."
+            )
+    if not problems:
+        try:
+            types.EmbedContentConfig(**_embed_params(spec))
+        except pydantic.ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(p) for p in error["loc"])
+                problems.append(f"{where}={error.get('input')!r} is not accepted: {error['msg']}.")
+        dims = spec.params.get("output_dimensionality")
+        if isinstance(dims, int) and dims < 1:
+            problems.append(f"output_dimensionality={dims!r} is out of range: it must be >= 1.")
+    return problems
 
 
 def _name(batch_id: str) -> str:
@@ -371,8 +479,6 @@ def _display_name(metadata: dict[str, str]) -> str:
 
 
 def _line(key: str, body: dict[str, Any]) -> bytes:
-    import orjson
-
     return orjson.dumps({"key": key, "response": body}) + b"\n"
 
 
@@ -390,24 +496,82 @@ def _schema(response_format: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def _info(job: types.BatchJob) -> BatchInfo:
+class BatchOperation(pydantic.BaseModel, types.Operation):
+    """A batch as the API answers ``GET batches/<id>``: a long-running operation, kept
+    whole. Read through the SDK's public ``client.operations.get(operation)``, which
+    fetches ``GET {operation.name}`` and hands the JSON to :meth:`from_api_response`, so
+    that what ``batches.get`` drops survives: ``metadata.batchStats`` (progress while
+    the batch runs) and the operation's ``error`` (why a batch failed)."""
+
+    # name, metadata, done and error are the fields types.Operation declares.
+    response: dict[str, Any] | None = None
+
+    @classmethod
+    def from_api_response(cls, api_response: Any, is_vertex_ai: bool = False) -> Any:
+        """The operation as received (REST JSON, camelCase)."""
+        return cls.model_validate(api_response)
+
+    def job(self) -> types.BatchJob:
+        """The SDK's ``BatchJob`` for this operation, mapped as ``batches.get`` maps it
+        (``BATCH_STATE_*`` becomes ``JOB_STATE_*``, ``output.responsesFile`` the
+        ``dest.file_name``), plus the operation's error."""
+        meta = self.metadata or {}
+        output = meta.get("output") or {}
+        error = self.error or meta.get("error")
+        state = str(meta.get("state") or "BATCH_STATE_UNSPECIFIED")
+        return types.BatchJob(
+            name=self.name or meta.get("name"),
+            display_name=meta.get("displayName"),
+            state=state.replace("BATCH_STATE_", "JOB_STATE_", 1),  # type: ignore[arg-type]
+            create_time=meta.get("createTime"),
+            update_time=meta.get("updateTime"),
+            end_time=meta.get("endTime"),
+            model=meta.get("model"),
+            dest=types.BatchJobDestination(file_name=output["responsesFile"])
+            if output.get("responsesFile")
+            else None,
+            error=types.JobError(code=error.get("code"), message=error.get("message"))
+            if isinstance(error, dict)
+            else None,
+        )
+
+    def info(self) -> BatchInfo:
+        """nbbatch's picture of the batch, with the service's request counts."""
+        return _info(self.job(), (self.metadata or {}).get("batchStats"))
+
+
+def _count(stats: dict[str, Any], key: str) -> int:
+    """An int64 count of ``batchStats`` (JSON sends int64 as a string)."""
+    try:
+        return int(stats.get(key) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _info(job: types.BatchJob, stats: dict[str, Any] | None = None) -> BatchInfo:
+    """``stats`` is the operation's ``batchStats``; without it (``batches.create`` and
+    ``batches.list`` answers, parsed by the SDK) progress counts are 0."""
     state = job.state.value if job.state is not None else "JOB_STATE_UNSPECIFIED"
     failure = code = None
     if state == "JOB_STATE_FAILED":
         message = job.error.message if job.error is not None else None
         failure, code = message or "Gemini reported the batch JOB_STATE_FAILED", "batch_failed"
+    stats = stats if isinstance(stats, dict) else {}
+    failed = _count(stats, "failedRequestCount")
+    raw = job.model_dump(mode="json", exclude_none=True)
+    if stats:
+        raw["batch_stats"] = stats
     return BatchInfo(
         batch_id=_id(job),
         status=state.removeprefix("JOB_STATE_").lower(),
         ended=state in ENDED,
-        # The SDK drops the service's batchStats, so progress is unknown until the end.
-        total=0,
-        done=0,
-        failed=0,
+        total=_count(stats, "requestCount"),
+        done=_count(stats, "successfulRequestCount") + failed,
+        failed=failed,
         failure=failure,
         failure_code=code,
         unfinished={"JOB_STATE_CANCELLED": "cancelled", "JOB_STATE_EXPIRED": "expired"}.get(state),
-        raw=job.model_dump(mode="json", exclude_none=True),
+        raw=raw,
     )
 
 
@@ -435,6 +599,60 @@ def parse_lines(raw: bytes) -> pa.Table:
     if not raw or raw.isspace():
         return empty_results()
     return _normalise(_jsonl.read_lines(raw, LINE_SCHEMA))
+
+
+def parse_embedding_lines(raw: bytes) -> pa.Table:
+    """Normalise an embeddings responses file into :data:`ROW_RESULT_SCHEMA`: each
+    ``{"key", "response": {"embedding": {"values": [...]}, "tokenCount"}}`` line a
+    succeeded row whose output is the vector as JSON array text (as OpenAI's), each
+    ``{"key", "error"}`` line a failed one. Read line by line: ``tokenCount`` is an
+    int64, which JSON may carry as a string or a number."""
+    rows = []
+    for line in raw.splitlines():
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue  # a corrupt line: its key is reconciled as missing
+        if isinstance(obj, dict) and isinstance(obj.get("key"), str):
+            rows.append(_embedding_result(obj))
+    return pa.Table.from_pylist(rows, schema=ROW_RESULT_SCHEMA)
+
+
+def _embedding_result(line: dict[str, Any]) -> dict[str, Any]:
+    got = line.get("response")
+    response: dict[str, Any] = got if isinstance(got, dict) else {}
+    values = (response.get("embedding") or {}).get("values")
+    error = line.get("error") or line.get("status")
+    if isinstance(error, dict) or not values:
+        error = error if isinstance(error, dict) else {}
+        kind = str(error.get("status") or "unknown_error").lower()
+        message = error.get("message") or "Gemini returned no embedding for this request"
+        code = error.get("code") if isinstance(error.get("code"), int) else None
+        return failure_row(line["key"], kind, str(message), is_transient(kind, code))
+    try:
+        tokens: int | None = int(response["tokenCount"])
+    except (KeyError, TypeError, ValueError):
+        tokens = None
+    return {
+        "custom_id": line["key"],
+        "status": "succeeded",
+        "output": orjson.dumps(values).decode(),
+        "error_type": None,
+        "error_message": None,
+        "retryable": None,
+        "input_tokens": tokens,
+        "output_tokens": None if tokens is None else 0,
+        "cached_tokens": None if tokens is None else 0,
+    }
+
+
+def _embedding_row(custom_id: str, reply: types.EmbedContentResponse) -> dict[str, Any]:
+    """A real-time ``embed_content`` answer as one result row (plus ``truncated``)."""
+    values = reply.embeddings[0].values if reply.embeddings else None
+    usage = reply.usage_metadata
+    tokens = usage.prompt_token_count if usage is not None else None
+    line = {"key": custom_id, "response": {"embedding": {"values": values}, "tokenCount": tokens}}
+    return {**_embedding_result(line), "truncated": False}
 
 
 def _first_candidates(t: pa.Table) -> pa.Array:
