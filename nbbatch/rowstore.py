@@ -224,23 +224,25 @@ class RowState:
         self.path = path  # the manifest's file, when it has one
         n = manifest.num_rows
         self.n = n
-        self.leader = manifest.column("leader").to_numpy()
+        # The narrowest types that hold any job (positions and rows fit in 31 bits):
+        # for ten million rows these arrays are what a job keeps, ~30 bytes a row.
+        self.leader = manifest.column("leader").to_numpy().astype(np.int32)
         sent = self.leader >= 0
         self.status = np.where(sent, PENDING, SKIPPED).astype(np.int8)
         self.batch = np.full(n, -1, dtype=np.int32)
-        self.attempt = np.zeros(n, dtype=np.int32)
+        self.attempt = np.zeros(n, dtype=np.int16)
         self.origin = np.zeros(n, dtype=np.int8)
         self.retryable = np.full(n, -1, dtype=np.int8)
         self.ref_file = np.full(n, -1, dtype=np.int32)
-        self.ref_row = np.zeros(n, dtype=np.int64)
+        self.ref_row = np.zeros(n, dtype=np.int32)
         self.batch_keys: list[str] = []
         self._batch_index: dict[str, int] = {}
         self.results: list[_Results] = []
-        self._tokens: list[np.ndarray] = []  # (rows, 3) int64 per result file, in order
+        self._tokens: list[np.ndarray] = []  # (rows, 3) int32 per result file, in order
         self._all_tokens: np.ndarray | None = None  # the same, concatenated (cached)
         self.seq = 0  # the last change applied
         # Follower index: each row's leader, or itself (a skipped row).
-        self._follow = np.where(sent, self.leader, np.arange(n))
+        self._follow = np.where(sent, self.leader, np.arange(n, dtype=np.int32))
 
     # -- applying changes ---------------------------------------------------------------
     def batch_index(self, key: str) -> int:
@@ -283,7 +285,9 @@ class RowState:
                     pc.fill_null(table.column(c), 0).to_numpy(zero_copy_only=False)
                     for c in ("input_tokens", "output_tokens", "cached_tokens")
                 ]
-            ).reshape(-1, 3)
+            )
+            .reshape(-1, 3)
+            .astype(np.int32)  # one request's tokens fit; sums are taken in int64
         )
         self._all_tokens = None
         self.status[positions] = status
@@ -332,7 +336,7 @@ class RowState:
         origin = self.origin[answered]
         for code, name in ((BATCH, "batch"), (REALTIME, "realtime")):
             mine = origin == code
-            totals = tokens[mine].sum(axis=0)
+            totals = tokens[mine].sum(axis=0, dtype=np.int64)
             out[name] = (int(totals[0]), int(totals[1]), int(totals[2]), int(mine.sum()))
         return out
 
