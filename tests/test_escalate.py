@@ -104,7 +104,7 @@ def test_a_cascade_escalates_failed_rows_by_itself_and_prices_each_model(provide
     df = texts(20, hard_every=4)  # rows 0, 4, 8...: the small model fails them
     hard = df["text"].str.contains("hard")
     job = nb.submit(df, "{text}", model=[small, large], client=client, display=False)
-    assert job.merge().columns[-1] == "response_model"  # named from the start
+    assert job.output_columns()[-1] == "response_model"  # named from the start
     job.wait(timeout=120, progress=False)
     assert_every_row_terminal_once(job, 20)
     out = job.merge()
@@ -120,6 +120,13 @@ def test_a_cascade_escalates_failed_rows_by_itself_and_prices_each_model(provide
     assert cost.batch == pytest.approx(sum(d for _, d in cost.per_model))
     assert 0 < cost.batch < cost.realtime
     assert f"all on {large} in real time" in str(cost)
+    # The views say it too: the text the notebook saves and the panel's cost line.
+    from nbbatch import panel
+
+    text = panel.plain_text(snap)
+    assert f"stage 1 of 2: 20 rows on {small}" in text
+    assert f"stage 2 of 2: {int(hard.sum())} rows on {large}" in text
+    assert f"stage 2 of 2: {int(hard.sum())} rows on {large}" in panel.static_html(snap)
 
 
 def test_a_cascade_on_structured_confidence_escalates_the_uncertain_rows(emu):
