@@ -64,9 +64,10 @@ def reviews(n: int, duplicates: float, vague: float, seed: int = 0) -> pd.DataFr
     rng = np.random.default_rng(seed)
     distinct = n - int(round(n * duplicates))
     words = [w for ws in LABELS.values() for w in ws]
+    unsure = set(rng.choice(distinct, size=int(round(distinct * vague)), replace=False).tolist())
     texts = []
     for i in range(distinct):
-        if rng.random() < vague:
+        if i in unsure:
             texts.append(f"Review {i}: it arrived on a weekday in a box, model {i % 97}.")
         else:
             texts.append(f"Review {i}: {rng.choice(words)} product, would say so again.")
@@ -110,19 +111,18 @@ def main() -> None:
     cost = job.cost
     assert cost.batch is not None and not cost.estimated
 
-    # Every row on the large model in real time: each row's own request (duplicates
-    # included), with the tokens the small model's pass reported per request.
+    # Every row on the large model in real time (job.cost's comparison): each row's own
+    # request, duplicates included, with the tokens the small model's pass reported per
+    # request, prompt caching included (OpenAI applies it in real time too); and the same
+    # without caching, for comparison.
+    baseline = cost.realtime
     first = snap.stages[0]
-    requests = max(first.requests, 1)
-    per_in = first.input_tokens / requests
-    per_cached = first.cached_tokens / requests
-    per_out = first.output_tokens / requests
     n = len(df)
-    cached = pricing.cost(
-        LARGE, int(per_in * n), int(per_out * n), int(per_cached * n), estimated=False
+    per = n / max(first.requests, 1)
+    uncached = pricing.cost(
+        LARGE, int(first.input_tokens * per), int(first.output_tokens * per), 0, estimated=False
     ).realtime
-    uncached = pricing.cost(LARGE, int(per_in * n), int(per_out * n), 0, estimated=False).realtime
-    assert cached is not None and uncached is not None
+    assert baseline is not None and uncached is not None
 
     print(f"cascade {SMALL} -> {LARGE} on the emulator: {n:,} rows, "
           f"{snap.deduplicated:,} duplicates sent once, a {args.instruction_tokens:,}-token "
@@ -136,13 +136,13 @@ def main() -> None:
         )
     print(f"  escalated: {escalated:,} rows ({escalated / n:.1%})")
     print(f"  billed, the cascade:                           {pricing.money(cost.batch)}")
-    print(f"  every row on {LARGE} in real time, with caching: {pricing.money(cached)}")
+    print(f"  every row on {LARGE} in real time, with caching: {pricing.money(baseline)}")
     print(f"  every row on {LARGE} in real time, no caching:   {pricing.money(uncached)}")
-    print(f"  fraction: {cost.batch / cached:.1%} of every row on {LARGE} in real time "
+    print(f"  fraction: {cost.batch / baseline:.1%} of every row on {LARGE} in real time "
           f"({cost.batch / uncached:.1%} of it without prompt caching); goal <= 10%")  # fmt: skip
     print(f"  job.cost: {cost}")
     print(f"  prices: {pricing.source()}")
-    sys.exit(0 if cost.batch / cached <= 0.10 else 1)
+    sys.exit(0 if cost.batch / baseline <= 0.10 else 1)
 
 
 if __name__ == "__main__":

@@ -662,7 +662,9 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
                     for s in ("succeeded", "failed", "expired", "cancelled", "skipped")
                 },
                 "pending": pending,
-                "cost": _paid(r["model"], tuple(paid[:3])),
+                "cost": _paid(r["model"], tuple(paid[:3]))
+                if "stages" not in r["summary"]
+                else _paid_stages(ledger, r),
                 "deadline": pd.Timestamp(r["deadline"], unit="s", tz="UTC")
                 if r.get("deadline") is not None
                 else pd.NaT,
@@ -673,6 +675,16 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
                "expired", "cancelled", "skipped", "pending", "cost", "deadline",
                "overdue"]  # fmt: skip
     return pd.DataFrame(table, columns=columns)
+
+
+def _paid_stages(ledger: Ledger, record: dict[str, Any]) -> float:
+    """Dollars paid at batch price by a job that escalates: each stage on its model."""
+    models = {0: record["model"]}
+    models.update({s["stage"]: s["spec"]["model"] for s in ledger.stages(record["id"])})
+    return sum(
+        _paid(models.get(int(stage), record["model"]), tuple(usage["batch"][:3]))
+        for stage, usage in record["summary"]["stages"].items()
+    )
 
 
 def _paid(model: str, usage: tuple[int, ...]) -> float:

@@ -435,8 +435,12 @@ class RowState:
         return column.combine_chunks()
 
     def summary(self) -> dict[str, Any]:
-        """Counts and usage, as the ledger keeps them for listing jobs."""
-        return {"counts": self.counts(), "usage": self.usage()}
+        """Counts and usage, as the ledger keeps them for listing jobs (and, for a job
+        that escalates, usage per stage, each priced on its own model)."""
+        out: dict[str, Any] = {"counts": self.counts(), "usage": self.usage()}
+        if self.stage.any() or self._superseded:
+            out["stages"] = {str(k): v for k, v in self.usage_by_stage().items()}
+        return out
 
 
 def _take(column: pa.ChunkedArray, positions: np.ndarray) -> pa.Array:

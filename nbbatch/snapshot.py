@@ -185,18 +185,18 @@ class JobSnapshot:
         return Cost(batch, realtime, actual.estimated)
 
     def staged_cost(self) -> Cost:
-        """Each stage priced on its own model and added up, against every request on
-        the last model in real time: stage 0's tokens per request (every sent row went
-        through it) for all its requests, at the last model's real-time price."""
+        """Each stage priced on its own model and added up, against every row on the last
+        model in real time, as a loop without nbbatch would send them (duplicates and
+        rows answered in earlier jobs paid again): stage 0's tokens per request (every
+        sent row went through it), cached share included, for every row it sent."""
         finished = self.finished
         per = [(s.model, s.cost(finished)) for s in self.stages]
         batch = None if any(c.batch is None for _, c in per) else sum(c.batch or 0 for _, c in per)
         first = self.stages[0]
         last = self.last_model
-        requests = max(first.requests, 1)
-        # Requests sent in stage 0 (leaders): rows less deduplicated and reused ones.
-        sent = max(first.rows - self.deduplicated - self.reused, first.requests)
-        scale = sent / requests if first.requests else 0.0
+        # Rows answered so far, from the requests that reported usage (the pending ones
+        # are in the pending estimate).
+        scale = (first.rows - first.pending) / first.requests if first.requests else 0.0
         baseline = pricing.cost(
             last,
             int((first.input_tokens + first.realtime_input_tokens) * scale)

@@ -118,6 +118,8 @@ def test_a_cascade_escalates_failed_rows_by_itself_and_prices_each_model(provide
     assert [m for m, _ in cost.per_model] == [small, large]
     assert cost.baseline == large and not cost.estimated
     assert cost.batch == pytest.approx(sum(d for _, d in cost.per_model))
+    # nb.jobs() (and the Lab sidebar, and nbbatch jobs) price each stage on its model too.
+    assert nb.jobs().set_index("id").loc[job.id, "cost"] == pytest.approx(cost.batch)
     assert 0 < cost.batch < cost.realtime
     assert f"all on {large} in real time" in str(cost)
     # The views say it too: the text the notebook saves and the panel's cost line.
