@@ -100,9 +100,11 @@ def stage_spec(job: BatchJob, model: str, overrides: dict[str, Any]) -> dict[str
             f"an escalation keeps the job's {', '.join(fixed)}: the result columns must "
             "stay the same (pass model= for the model). Submit a new job to change them."
         )
-    owner = providers.by_model_name(model)
-    family = providers.by_model_name(job.model)
-    if owner != family and owner != "openai":
+    owner = next(
+        (name for name, prefixes in providers._FAMILIES.items() if model.startswith(prefixes)),
+        job.provider,  # a name of no known family: the provider's models endpoint decides
+    )
+    if owner != job.provider:
         raise InputError(
             f"model {model!r} is a model of {owner}, but job {job.id} runs on "
             f"{job.provider}: an escalation stays with the job's provider. Choose a model "
@@ -149,6 +151,16 @@ def mask_of(job: BatchJob, where: Where) -> np.ndarray:
             ) from exc
     else:
         result = where
+    if isinstance(result, pd.Series) and isinstance(job._data, pd.DataFrame | pd.Series):
+        # A Series is taken by position; one indexed otherwise than the data (another
+        # frame, a sorted copy) would choose the wrong rows.
+        if not result.index.equals(job._data.index):
+            raise InputError(
+                "where is a Series whose index is not the submitted data's: its values would "
+                "land on other rows. Build it from job.merge(), or pass .to_numpy() for a "
+                "mask by position.",
+                job_id=job.id,
+            )
     if isinstance(result, pd.Series | pd.Index):
         values = result.to_numpy(dtype=object, na_value=False)
     else:

@@ -95,6 +95,13 @@ def test_escalate_sends_only_the_chosen_rows_on_the_new_model_once(provider, fau
     assert [s.requests for s in stages] == [24, int(chosen.sum())]
     results = job.results()
     assert results["model"].tolist() == out["response_model"].tolist()
+    # The large model's answers are recorded under its own request: a new job asking the
+    # large model the same reuses them; one asking the small model reuses the small's.
+    for model, rows in ((large, df[chosen]), (small, df)):
+        again = nb.submit(rows, "{text}", model=model, client=client, display=False, force=True)
+        again.wait(timeout=60, progress=False)
+        assert again.counts["reused"] == len(rows)
+        assert again.merge(rows)["response"].str.startswith(f"{model}: ").all()
 
 
 def test_a_cascade_escalates_failed_rows_by_itself_and_prices_each_model(provider, faulty):
@@ -411,3 +418,33 @@ def test_any_mask_escalates_exactly_its_rows_and_their_identical_twins(emu, grou
     assert out["response_status"].eq("succeeded").all()
     assert job.stages[0]["n_rows"] == sum(t in hit for t in df["text"])
     assert job.snapshot().stages[1].requests == len(hit)
+
+
+def test_rows_the_last_model_fails_stay_on_it_and_resubmit_there(emu):
+    """A row the large model fails too ends failed there (and says so);
+    resubmit_failed sends it on the model of the stage it failed in, not the first."""
+    client = client_for("openai", emu)
+    df = pd.DataFrame({"text": ["fine", f"broken {emulator.FAIL_MARKER}", "also fine"]})
+    job = nb.submit(df, "{text}", model=["gpt-4o-mini", "gpt-4o"], client=client,
+                    display=False)  # fmt: skip
+    job.wait(timeout=60, progress=False)
+    out = job.merge()
+    assert out["response_status"].tolist() == ["succeeded", "failed", "succeeded"]
+    assert out["response_model"].tolist() == ["gpt-4o-mini", "gpt-4o", "gpt-4o-mini"]
+    with pytest.raises(nb.InputError, match="escalation stage"):
+        job.resubmit_failed(max_tokens=20)
+    before = len(job.batch_ids)
+    job.resubmit_failed()
+    job.wait(timeout=60, progress=False)
+    batches = job._ledger.batches(job.id)
+    assert len(batches) == before + 1 and batches[-1]["stage"] == 1
+    assert batches[-1]["n_requests"] == 1
+    assert job.merge()["response_model"].tolist()[1] == "gpt-4o"
+
+
+def test_a_series_mask_indexed_otherwise_than_the_data_is_refused(finished, emu):
+    before = batches_created(emu)
+    shuffled = pd.Series([True, False] * 3, index=[5, 4, 3, 2, 1, 0])
+    with pytest.raises(nb.InputError, match="index is not the submitted data"):
+        finished.escalate(model="gpt-4o", where=shuffled)
+    assert batches_created(emu) == before
