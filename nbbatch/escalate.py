@@ -32,7 +32,6 @@ together, as they were sent.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -59,8 +58,9 @@ def check_where(where: Where) -> None:
     """Refuse, before anything is sent, a ``where`` of no kind above."""
     if isinstance(where, str):
         if not where.strip():
-            raise InputError("where must not be empty: 'failed', an expression, a function "
-                             "or a boolean mask.")  # fmt: skip
+            raise InputError(
+                "where must not be empty: 'failed', an expression, a function or a mask."
+            )
         return
     if callable(where) or isinstance(where, (pd.Series, np.ndarray, list, tuple, pd.Index)):
         return
@@ -272,16 +272,18 @@ def start_stage(
             "the job was cancelled): job.refresh() shows it; nothing was sent here.",
             job_id=job.id,
         )
-    stage_text = f"stage {number + 1} of {max(total, number + 1)}"
+    head = f"stage {number + 1} of {max(total, number + 1)}"
     if rows:
-        text = f"{stage_text}: {rows:,} rows on {model} ({describe(where)})"
-        job._notes.append(Note(time.time(), "resubmit", text, attempt=attempt))
+        # Current while the stage's first attempt has rows pending (see nbbatch.notes).
+        text = f"{head}: {rows:,} rows on {model} ({describe(where)})"
+        job._notes.append(Note(job.clock(), "resubmit", text, attempt=attempt))
         job._record["status"] = "running"
         job._logged_done = False
+        job._send_error = None
         job.start_sending(daemon=job._daemon_sender())
     else:
-        job._notes.append(Note(time.time(), "event", f"{stage_text}: no row to send on "
-                                                     f"{model} ({describe(where)})"))  # fmt: skip
+        text = f"{head}: no row to send on {model} ({describe(where)})"
+        job._notes.append(Note(job.clock(), "event", text))
     job._notify(job.snapshot())
     return rows
 

@@ -279,6 +279,10 @@ class BatchJob:
         # deduplicated onto another row), by route.
         usage = state.usage()
         batch, realtime = usage["batch"], usage["realtime"]
+        if self.staged:  # answers a later stage replaced were paid too: all stages' tokens
+            stages = list(state.usage_by_stage().values())
+            batch = tuple(sum(p["batch"][i] for p in stages) for i in range(4))
+            realtime = tuple(sum(p["realtime"][i] for p in stages) for i in range(4))
         pending_in, pending_out = self._pending_estimate(counts["pending"])
         # Per batch: rows still pending on it, and its requests (leaders) that succeeded.
         per_batch = state.per_batch()

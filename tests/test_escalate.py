@@ -93,6 +93,9 @@ def test_escalate_sends_only_the_chosen_rows_on_the_new_model_once(provider, fau
     stages = job.snapshot().stages
     assert [(s.model, s.rows) for s in stages] == [(small, 24), (large, int(chosen.sum()))]
     assert [s.requests for s in stages] == [24, int(chosen.sum())]
+    # The job's token totals count both answers of an escalated row: both were paid.
+    snap = job.snapshot()
+    assert snap.input_tokens == sum(s.input_tokens for s in stages) > stages[0].input_tokens
     results = job.results()
     assert results["model"].tolist() == out["response_model"].tolist()
     # The large model's answers are recorded under its own request: a new job asking the
@@ -177,7 +180,7 @@ EMULATOR = """
     from nbbatch import emulator
 
     def responder(request):
-        if "hard" in request.prompt and request.model == "gpt-4o-mini":
+        if "hard" in request.prompt and request.model in ("gpt-4o-mini", "claude-haiku-4-5"):
             raise ValueError("too hard")
         return f"{request.model}: {request.prompt}"
 
@@ -188,11 +191,15 @@ EMULATOR = """
 """
 
 CHILD = """
-    import os, openai, pandas as pd, nbbatch as nb
+    import os, anthropic, openai, pandas as pd, nbbatch as nb
     from nbbatch import ledger
 
-    url, mode = os.environ["ARGS"].split()
-    client = openai.OpenAI(base_url=url + "/v1", api_key="k")
+    url, provider, mode = os.environ["ARGS"].split()
+    if provider == "openai":
+        client, models = openai.OpenAI(base_url=url + "/v1", api_key="k"), ["gpt-4o-mini", "gpt-4o"]
+    else:
+        client = anthropic.Anthropic(base_url=url, api_key="k")
+        models = ["claude-haiku-4-5", "claude-sonnet-4-5"]
     name, before = {"before-stage": ("add_stage", True), "after-stage": ("add_stage", False),
                     "stage-sent": ("confirm_batch", False)}[mode]
     original = getattr(ledger.Ledger, name)
@@ -209,8 +216,8 @@ CHILD = """
 
     setattr(ledger.Ledger, name, die)
     df = pd.DataFrame({"text": [f"row {i}" + (" hard" if i % 5 == 0 else "") for i in range(30)]})
-    job = nb.submit(df, "{text}", model=["gpt-4o-mini", "gpt-4o"], client=client,
-                    escalate_when="failed", display=False)
+    job = nb.submit(df, "{text}", model=models, client=client, escalate_when="failed",
+                    display=False)
     print(job.id, flush=True)
     job.wait(progress=False)
     print("finished", flush=True)
@@ -235,18 +242,21 @@ def emu_with_responder():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["before-stage", "after-stage", "stage-sent"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_a_cascade_killed_between_its_stages_resumes_after_attach(
-    emu_with_responder, nbbatch_home, mode
+    emu_with_responder, nbbatch_home, mode, provider
 ):
     url = emu_with_responder
-    env = {**os.environ, "ARGS": f"{url} {mode}", "NBBATCH_HOME": str(nbbatch_home)}
+    small, large = {"openai": ("gpt-4o-mini", "gpt-4o"),
+                    "anthropic": ("claude-haiku-4-5", "claude-sonnet-4-5")}[provider]  # fmt: skip
+    env = {**os.environ, "ARGS": f"{url} {provider} {mode}", "NBBATCH_HOME": str(nbbatch_home)}
     child = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(CHILD)],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )  # fmt: skip
     assert child.returncode == 9, child.stderr
     job_id = child.stdout.split()[0]
-    client = client_for("openai", _Url(url))
+    client = client_for(provider, _Url(url))
     at_provider = len(batch_ids_at(client))
 
     job = nb.attach(job_id, client=client)
@@ -260,7 +270,7 @@ def test_a_cascade_killed_between_its_stages_resumes_after_attach(
     hard = df["text"].str.contains("hard")
     assert out["response_status"].eq("succeeded").all()
     assert out["response"].tolist() == [
-        f"{'gpt-4o' if h else 'gpt-4o-mini'}: {t}" for t, h in zip(df["text"], hard, strict=True)
+        f"{large if h else small}: {t}" for t, h in zip(df["text"], hard, strict=True)
     ]
     assert [s["n_rows"] for s in job.stages] == [int(hard.sum())]
     # Stage 2 went out in exactly one batch (plus a retry batch for its faulted rows),
