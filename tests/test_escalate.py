@@ -458,3 +458,15 @@ def test_a_series_mask_indexed_otherwise_than_the_data_is_refused(finished, emu)
     with pytest.raises(nb.InputError, match="index is not the submitted data"):
         finished.escalate(model="gpt-4o", where=shuffled)
     assert batches_created(emu) == before
+
+
+def test_a_cancelled_job_is_not_escalated(emu):
+    client = client_for("openai", emu)
+    job = nb.submit(texts(6), "{text}", model="gpt-4o-mini", client=client, display=False)
+    job.wait_sent()
+    job.cancel()
+    job.wait(timeout=60, progress=False)
+    before = batches_created(emu)
+    with pytest.raises(nb.InputError, match="was cancelled"):
+        job.escalate(model="gpt-4o", where=[True] * 6)
+    assert batches_created(emu) == before and job.stages == []
