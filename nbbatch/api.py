@@ -52,7 +52,7 @@ def submit(
     data: Any,
     prompt: str,
     *,
-    model: str,
+    model: str | list[str],
     output: str = "response",
     provider: str | None = None,
     client: Any = None,
@@ -69,6 +69,7 @@ def submit(
     fallback: str | None = None,
     alert_threshold: float | None = 0.05,
     deadline: Any = None,
+    escalate_when: Any = None,
     reuse: bool = True,
     force: bool = False,
     wait: bool = False,
@@ -122,6 +123,16 @@ def submit(
     The job's start (rows, estimated cost) and end (counts, cost, duration) are logged
     at INFO on logger ``nbbatch``, and an end with rows that got no result at WARNING.
 
+    A list of models is a cascade: ``model=["gpt-4o-mini", "gpt-4o"]`` runs every row on
+    the first, and when that pass has ended (retries included) sends the rows
+    ``escalate_when`` chooses to the next, and so on, as stages of this one job (see
+    :meth:`BatchJob.escalate`): ``"failed"`` (the default: rows that failed or expired),
+    an expression on the merged DataFrame (``"confidence < 0.7"``) or a function of it
+    (``lambda out: out["confidence"] < 0.7``; a function lives in this session only,
+    so give it again to ``nb.attach`` after a restart). ``merge`` adds
+    ``{output}_model``; ``max_cost`` checks the first stage in full plus every later
+    stage as if it took every row (an upper bound).
+
     ``wait=True`` blocks until every row is terminal. In a notebook (``display="auto"``)
     the live panel appears and polling runs in the background, so the kernel stays free;
     ``progress`` prints text progress while waiting (``"auto"``: outside a notebook).
@@ -134,6 +145,8 @@ def submit(
     if fallback not in (None, "realtime"):
         raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
     _health.deadline_at(deadline, 0.0)  # a wrong deadline is refused before anything else
+    models, when, when_fn = _cascade(model, escalate_when)
+    model = models[0]
     source = _stream.Source.of(data) if frames.streamed(data) else None
     frame, is_series, template, impl, spec, local = _prepare(
         data if source is None else source.head(), prompt, model=model, output=output,
@@ -145,17 +158,20 @@ def submit(
     # The local emulator's address can change between its runs; its jobs are one place.
     salt = _plan.spec_hash(spec.as_dict(), impl.name, "local" if local else impl.base_url)
     ledger = _default_ledger()
+    # A cascade is another job than the same rows on its first model alone.
+    identity = (output, prompt if len(models) == 1 else f"{prompt}\x00{models}\x00{when}")
     if source is None:
-        rows = _in_memory(frame, template, id_column, missing, salt, (output, prompt))
+        rows = _in_memory(frame, template, id_column, missing, salt, identity)
     else:
-        rows = _streamed(source, template, id_column, missing, salt, (output, prompt), ledger.files)
+        rows = _streamed(source, template, id_column, missing, salt, identity, ledger.files)
     try:
         _check_sendable(rows)
         # Encoding validates the endpoint and parameters before anything is sent.
         impl.encode(*rows.head(1), spec)
-        impl.check_model(spec.model)
+        for name_ in models:
+            impl.check_model(name_)
         if max_cost is not None:
-            _check_budget(rows, spec, max_cost, ledger if reuse else None)
+            _check_budget(rows, spec, max_cost, ledger if reuse else None, models[1:])
     except BaseException:
         rows.discard()
         raise
@@ -173,13 +189,16 @@ def submit(
         record = ledger.job(existing)
         assert record is not None
         job = BatchJob(record, impl, ledger, data=data, polling=polling)
+        job._escalate_when = when_fn
     else:
-        policy = {
+        policy: dict[str, Any] = {
             "retries": retries,
             "fallback": fallback,
             "alert_threshold": alert_threshold,
             "missing": missing,  # merge re-renders rows the same way to check them
         }
+        if len(models) > 1:
+            policy["cascade"] = {"models": models, "when": when}
         record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
         record.update(
             fingerprint=fingerprint,
@@ -191,6 +210,7 @@ def submit(
         )
         ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
         job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
+        job._escalate_when = when_fn
         due = job._record.get("deadline")
         log.info(
             "nbbatch job %s started: %d rows expected on %s %s, cost %s%s",
@@ -210,6 +230,35 @@ def submit(
     if shown:
         _show(job)
     return job
+
+
+def _cascade(model: Any, escalate_when: Any) -> tuple[list[str], str | None, Any]:
+    """The models of a submit (one, or a cascade's), and its ``escalate_when`` as the
+    ledger keeps it (a string) and as this session keeps it (a function)."""
+    from . import escalate as _escalate
+
+    if isinstance(model, list | tuple):
+        models = list(model)
+        if len(models) < 2 or not all(isinstance(m, str) and m for m in models):
+            raise InputError(
+                "a cascade is a list of two or more model names, cheapest first, e.g. "
+                f"model=['gpt-4o-mini', 'gpt-4o']; found {model!r}."
+            )
+        if len(set(models)) != len(models):
+            raise InputError(f"a cascade names each model once; found {models}.")
+        owners = {_providers.by_model_name(m) for m in models}
+        if len(owners) > 1:  # one job talks to one provider
+            raise InputError(
+                f"the models of a cascade must all be of one provider; found {models}."
+            )
+        when, fn = _escalate.escalate_when_of("failed" if escalate_when is None else escalate_when)
+        return models, when, fn
+    if escalate_when is not None:
+        raise InputError(
+            "escalate_when chooses the rows a cascade sends to its next model: give model= "
+            "a list of models, e.g. model=['gpt-4o-mini', 'gpt-4o'], or leave it out."
+        )
+    return [model], None, None
 
 
 def _show(job: BatchJob) -> None:
@@ -427,21 +476,48 @@ def _estimate(
     return _estimate_mod.combine(estimates, note)
 
 
-def _check_budget(rows: _Rows, spec: RequestSpec, max_cost: float, ledger: Ledger | None) -> None:
-    est = _estimate(rows, spec, ledger)
-    if est.rows == 0:
+def _with_later(
+    est: _estimate_mod.Estimate, rows: _Rows, spec: RequestSpec, later: list[str], **kwargs: Any
+) -> _estimate_mod.Estimate:
+    """``est`` (a cascade's first stage) with each later model's stage estimated as if
+    every row went on to it: an upper bound (nothing is reused on another model)."""
+    if not later:
+        return est
+    stages = tuple(
+        _estimate(rows, dataclasses.replace(spec, model=m), None, **kwargs) for m in later
+    )
+    return dataclasses.replace(est, later=stages)
+
+
+def _check_budget(
+    rows: _Rows,
+    spec: RequestSpec,
+    max_cost: float,
+    ledger: Ledger | None,
+    later: list[str] | None = None,
+) -> None:
+    est = _with_later(_estimate(rows, spec, ledger), rows, spec, later or [])
+    if est.rows == 0 and not est.later:
         return  # everything is reused: nothing will be paid for
-    if est.cost.batch is None:
+    unknown = [e.model for e in (est, *est.later) if e.cost.batch is None]
+    if unknown:
         raise InputError(
             f"max_cost={max_cost} cannot be checked: nbbatch has no price for model "
-            f"{spec.model!r}. Set one with nb.pricing.set({spec.model!r}, input=..., "
+            f"{unknown[0]!r}. Set one with nb.pricing.set({unknown[0]!r}, input=..., "
             "output=...) or drop max_cost."
         )
-    if est.cost.batch > max_cost:
+    total = est.upper_bound
+    assert total is not None
+    if total > max_cost:
+        what = (
+            f"The estimated batch cost, {money(total)},"
+            if not est.later
+            else f"The cascade's batch cost, at most {money(total)} (the first stage in full, "
+            "the later ones as if every row were escalated: an upper bound),"
+        )
         raise InputError(
-            f"The estimated batch cost, {money(est.cost.batch)}, is above max_cost="
-            f"{money(max_cost)}; nothing was sent. {est.summary()} Lower max_tokens, "
-            "send fewer rows, or raise max_cost."
+            f"{what} is above max_cost={money(max_cost)}; nothing was sent. {est.summary()} "
+            "Lower max_tokens, send fewer rows, or raise max_cost."
         )
 
 
@@ -487,7 +563,11 @@ def _origin() -> str | None:
 
 
 def attach(
-    job_id: str, *, client: Any = None, data: pd.DataFrame | pd.Series | None = None
+    job_id: str,
+    *,
+    client: Any = None,
+    data: pd.DataFrame | pd.Series | None = None,
+    escalate_when: Any = None,
 ) -> BatchJob:
     """Rebuild a job from the ledger (also in a new kernel) and carry on with it.
 
@@ -495,7 +575,9 @@ def attach(
     a client built from the environment's API key. A ``provider="local"`` job talks to
     nbbatch's background emulator wherever it answers now (started if it does not run).
     ``data`` (optional) is the DataFrame the job was submitted with, so ``merge()`` works
-    without arguments.
+    without arguments. A cascade goes on by itself where it was left (its next stage
+    starts when the current one ends); one whose ``escalate_when`` was a function needs
+    it again here, ``escalate_when=fn`` (a function is not kept in the ledger).
     """
     ledger = _default_ledger()
     record = ledger.job(job_id)
@@ -511,9 +593,24 @@ def attach(
     if client is None:
         client = _client_for(name, None if background else record.get("base_url"), local)
     impl = _providers.build(name, client)
-    return BatchJob(
+    job = BatchJob(
         record, impl, ledger, data=data, polling=LOCAL_POLLING if local else REMOTE_POLLING
     )
+    if escalate_when is not None:
+        from . import escalate as _escalate
+
+        if not record["policy"].get("cascade"):
+            raise InputError(
+                f"job {job_id} is not a cascade: escalate_when has nothing to do; use "
+                "job.escalate(model=..., where=...) to send rows on another model."
+            )
+        _, job._escalate_when = _escalate.escalate_when_of(escalate_when)
+        if job._escalate_when is None:
+            raise InputError(
+                "escalate_when given to nb.attach must be a function (a string one is "
+                "kept in the ledger already)."
+            )
+    return job
 
 
 def _client_for(name: str, base_url: str | None, local: bool) -> Any:
@@ -565,7 +662,9 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
                     for s in ("succeeded", "failed", "expired", "cancelled", "skipped")
                 },
                 "pending": pending,
-                "cost": _paid(r["model"], tuple(paid[:3])),
+                "cost": _paid(r["model"], tuple(paid[:3]))
+                if "stages" not in r["summary"]
+                else _paid_stages(ledger, r),
                 "deadline": pd.Timestamp(r["deadline"], unit="s", tz="UTC")
                 if r.get("deadline") is not None
                 else pd.NaT,
@@ -578,6 +677,16 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
     return pd.DataFrame(table, columns=columns)
 
 
+def _paid_stages(ledger: Ledger, record: dict[str, Any]) -> float:
+    """Dollars paid at batch price by a job that escalates: each stage on its model."""
+    models = {0: record["model"]}
+    models.update({s["stage"]: s["spec"]["model"] for s in ledger.stages(record["id"])})
+    return sum(
+        _paid(models.get(int(stage), record["model"]), tuple(usage["batch"][:3]))
+        for stage, usage in record["summary"]["stages"].items()
+    )
+
+
 def _paid(model: str, usage: tuple[int, ...]) -> float:
     batch = pricing.cost(model, usage[0], usage[1], usage[2], estimated=False).batch
     return float("nan") if batch is None else batch
@@ -587,7 +696,7 @@ def preview(
     data: Any,
     prompt: str,
     *,
-    model: str,
+    model: str | list[str],
     n: int = 5,
     provider: str | None = None,
     client: Any = None,
@@ -595,6 +704,7 @@ def preview(
     max_tokens: int | None = None,
     temperature: float | None = None,
     expected_output_tokens: int | None = None,
+    escalate_when: Any = None,
     id_column: str | None = None,
     endpoint: str | None = None,
     missing: str = "skip",
@@ -619,7 +729,13 @@ def preview(
     cache after the first request. Prices come from genai-prices' bundled data, whose
     date the summary states. The returned DataFrame shows the estimate above the rows;
     it is also ``.estimate``.
+
+    For a cascade (``model=[...]``, as ``submit`` takes it) the first stage is
+    estimated in full and each later stage as if every row went on to it, an upper
+    bound the summary states as such (``.estimate.later``, ``.estimate.upper_bound``).
     """
+    models, _, _ = _cascade(model, escalate_when)
+    model = models[0]
     source = _stream.Source.of(data) if frames.streamed(data) else None
     frame, _, template = _parse(data if source is None else source.head(), prompt)
     name, local = _providers.infer(provider, client, model)
@@ -642,6 +758,9 @@ def preview(
         else:
             rows = _streamed(source, template, id_column, missing, salt, ("", ""), Path(folder))
         est = _estimate(rows, spec, ledger, expected_output_tokens=expected_output_tokens)
+        est = _with_later(
+            est, rows, spec, models[1:], expected_output_tokens=expected_output_tokens
+        )
         ids, prompts = rows.head(n)
     if address is None:
         est = dataclasses.replace(

@@ -64,7 +64,7 @@ def poll_batch(job: BatchJob, batch: dict[str, Any]) -> None:
             # (the Lab server, while a kernel polls) recorded the end, then stopped short
             # of collecting. Collect the ended batch, never the running one remembered.
             seen = provider.retrieve(batch_id)
-        collect(job, seen, batch["intent"])
+        collect(job, seen, batch["intent"], int(batch.get("stage") or 0))
     except ProviderError as exc:
         if not local_batch_gone(job, exc):
             raise
@@ -98,16 +98,28 @@ def end_backend_gone(job: BatchJob, batch: dict[str, Any]) -> None:
     job._warn(message)
 
 
-def _hashes(job: BatchJob) -> np.ndarray:
+def _hashes(job: BatchJob, positions: np.ndarray | None = None, stage: int = 0) -> np.ndarray:
+    """Request hashes, by position, to record with results (a later job reuses an answer
+    whose exact request it would send): the manifest's for stage 0; for an escalation
+    stage, the same prompts hashed under that stage's parameters, at ``positions``."""
     state = job._ledger.row_state(job.id)
-    return state.manifest.column("request_hash").to_numpy()
+    manifest = state.manifest.column("request_hash").to_numpy()
+    if stage == 0:
+        return manifest
+    from . import plan
+
+    out = np.zeros(len(manifest), dtype=np.uint64)
+    salt = job.stage_salt(stage)
+    if salt is not None and positions is not None and len(positions):
+        out[positions] = plan.prompt_hashes(state.manifest_column("prompt", positions), salt)
+    return out
 
 
-def collect(job: BatchJob, info: BatchInfo, intent: str) -> None:
+def collect(job: BatchJob, info: BatchInfo, intent: str, stage: int = 0) -> None:
     """Read an ended batch's result files (once: they are kept on disk) and record
-    one reconciled result per leader it was sent."""
+    one reconciled result per leader it was sent (in escalation ``stage``)."""
     raws = read_result_files(job, info)
-    spec = job.spec
+    spec = job.stage_spec(stage)
     provider = job._provider
     tables = [provider.parse_results(raw, spec) for raw in raws]
     positions = job._ledger.sent_positions(job.id, intent)
@@ -122,12 +134,12 @@ def collect(job: BatchJob, info: BatchInfo, intent: str) -> None:
     )
     table = rec.table
     if spec.response_format is not None:
-        table = _check_structured(job, table, raws)
+        table = _check_structured(job, table, raws, spec)
     where = pc.index_in(table.column("custom_id"), value_set=sent_ids).to_numpy(
         zero_copy_only=False
     )
     note = rec.note(info.batch_id)
-    results = rowstore.result_table(positions[where], table, _hashes(job))
+    results = rowstore.result_table(positions[where], table, _hashes(job, positions, stage))
     job._ledger.record_results(job.id, intent, results, note)
     if rec.unknown or rec.duplicates or rec.missing:
         job._warn(note)
@@ -135,11 +147,12 @@ def collect(job: BatchJob, info: BatchInfo, intent: str) -> None:
         job._warn(f"batch {info.batch_id} failed as a whole: {info.failure}")
 
 
-def _check_structured(job: BatchJob, table: pa.Table, raws: list[bytes]) -> pa.Table:
+def _check_structured(
+    job: BatchJob, table: pa.Table, raws: list[bytes], spec: RequestSpec
+) -> pa.Table:
     """Replies that do not match the schema, or were cut off, fail ``invalid_output``."""
     from . import structured
 
-    spec = job.spec
     assert spec.response_format is not None
     cut: set[str] = set()
     for raw in raws:
@@ -167,8 +180,9 @@ def read_result_files(job: BatchJob, info: BatchInfo) -> list[bytes]:
 
 def after_collect(job: BatchJob) -> None:
     """Apply the job's failure policy once no batch is open and nothing waits to be
-    sent: automatic retries of transient failures, then the real-time fallback, then the
-    failure-rate alert."""
+    sent: automatic retries of transient failures (counted within each escalation
+    stage), then the real-time fallback, then the failure-rate alert, then the next
+    stage of a cascade (``submit(model=[...])``)."""
     batches = job._ledger.batches(job.id)
     if any(not b["collected"] for b in batches) or job.sending:
         return
@@ -180,42 +194,61 @@ def after_collect(job: BatchJob) -> None:
     policy = job.policy
     retries = int(policy.get("retries", 0))
     failing = retryable_failures(state)
-    failing = failing[state.attempt[failing] <= retries]
+    failing = failing[job.tries(state, failing) <= retries]
     if len(failing):
         kinds = state.column("error_type", failing).to_numpy(zero_copy_only=False)
         failing = failing[kinds != "not_sent"]  # refused as sent: retrying would repeat it
         kinds = kinds[kinds != "not_sent"]
     if len(failing):
         # Read before anything is sent: the state is live, and sending changes it.
-        attempt = int(state.attempt[failing].max()) + 1
-        batch_of = state.batch[failing].copy()
-        capacity = kinds == "token_limit_exceeded"
-        sent = 0
-        other = failing[~capacity]
-        if len(other):
-            _send.send_rows(job, other, attempt)
-            sent = job._rows_in_attempt(attempt)
-            job._warn_once(
-                f"retrying {sent:,} rows that failed transiently (attempt {attempt})",
-                "retry",
-                attempt,
-            )
-        if capacity.any():
-            sizes = {b["intent"]: b["n_requests"] for b in batches}
-            keys = [state.batch_keys[i] for i in np.unique(batch_of[capacity])]
-            smaller = max(1, min(sizes.get(k, job._provider.max_requests) for k in keys) // 2)
-            _send.send_rows(job, failing[capacity], attempt, max_requests=smaller)
-            job._warn(
-                f"{job._rows_in_attempt(attempt) - sent:,} rows refused for capacity "
-                f"(token_limit_exceeded): resending them in batches of at most {smaller} "
-                "requests",
-                "retry",
-                attempt,
-            )
+        stages = state.stage[failing].copy()
+        for stage in np.unique(stages):
+            mine = stages == stage
+            _retry(job, state, failing[mine], kinds[mine], batches, int(stage))
         return
     if policy.get("fallback") == "realtime":
         fallback_realtime(job)
     job._check_alert()
+    from . import escalate
+
+    escalate.cascade_next(job)
+
+
+def _retry(
+    job: BatchJob,
+    state: rowstore.RowState,
+    failing: np.ndarray,
+    kinds: np.ndarray,
+    batches: list[dict[str, Any]],
+    stage: int,
+) -> None:
+    """Send again the leaders at ``failing`` (all of one ``stage``), which failed
+    transiently: those refused for capacity in smaller batches."""
+    attempt = int(state.attempt[failing].max()) + 1
+    batch_of = state.batch[failing].copy()
+    capacity = kinds == "token_limit_exceeded"
+    sent = 0
+    other = failing[~capacity]
+    if len(other):
+        _send.send_rows(job, other, attempt, stage=stage)
+        sent = job._rows_in_attempt(attempt)
+        job._warn_once(
+            f"retrying {sent:,} rows that failed transiently (attempt {attempt})",
+            "retry",
+            attempt,
+        )
+    if capacity.any():
+        sizes = {b["intent"]: b["n_requests"] for b in batches}
+        keys = [state.batch_keys[i] for i in np.unique(batch_of[capacity])]
+        smaller = max(1, min(sizes.get(k, job._provider.max_requests) for k in keys) // 2)
+        _send.send_rows(job, failing[capacity], attempt, max_requests=smaller, stage=stage)
+        job._warn(
+            f"{job._rows_in_attempt(attempt) - sent:,} rows refused for capacity "
+            f"(token_limit_exceeded): resending them in batches of at most {smaller} "
+            "requests",
+            "retry",
+            attempt,
+        )
 
 
 def unsent(state: rowstore.RowState) -> np.ndarray:
@@ -241,12 +274,19 @@ def fallback_realtime(job: BatchJob) -> None:
     if not len(positions):
         return
     job._warn(f"sending {len(positions)} still-failing rows through the real-time API (full price)")
-    ids = state.manifest_column("custom_id", positions)
-    prompts = state.manifest_column("prompt", positions)
-    table = realtime.run(job._provider, ids, prompts, job.spec, with_truncated=True)
-    table = realtime_checked(table, job.spec)
-    where = pc.index_in(table.column("custom_id"), value_set=ids).to_numpy(zero_copy_only=False)
-    results = rowstore.result_table(positions[where], table, _hashes(job))
-    job._ledger.record_results(
-        job.id, None, results, "results from the real-time fallback recorded", origin="realtime"
-    )
+    stages = state.stage[positions].copy()
+    for stage in np.unique(stages):
+        # Each row on the model (and parameters) of the stage it failed in.
+        mine = positions[stages == stage]
+        spec = job.stage_spec(int(stage))
+        ids = state.manifest_column("custom_id", mine)
+        prompts = state.manifest_column("prompt", mine)
+        table = realtime.run(job._provider, ids, prompts, spec, with_truncated=True)
+        table = realtime_checked(table, spec)
+        where = pc.index_in(table.column("custom_id"), value_set=ids).to_numpy(zero_copy_only=False)
+        hashes = _hashes(job, mine, int(stage))
+        results = rowstore.result_table(mine[where], table, hashes)
+        job._ledger.record_results(
+            job.id, None, results, "results from the real-time fallback recorded",
+            origin="realtime",
+        )  # fmt: skip

@@ -33,6 +33,8 @@ def progress_line(snap: JobSnapshot) -> str:
     parts = []
     if not snap.finished:
         head += f" ({snap.provider_status})"
+        if snap.stages:  # a job that escalates: which stage runs
+            head += f" [{snap.stage_lines[len(snap.stages) - 1].split(' (')[0]}]"
         sent = [b for b in snap.batches if not b.batch_id.startswith("intent-")]
         if sent:
             done = sum(b.done for b in sent)

@@ -269,11 +269,22 @@ class Estimate:
     cached_tokens: int = 0  # of input_tokens, read from the prompt cache
     cache_write_tokens: int = 0  # of input_tokens, written to the prompt cache
     cache_basis: str = ""  # why those are expected
+    # A cascade's later stages, each as if every row went on to it: upper bounds (only
+    # the rows escalate_when chooses will go).
+    later: tuple[Estimate, ...] = ()
 
     @property
     def saving(self) -> float | None:
         """Dollars the batch price saves over real time (None when the price is unknown)."""
         return self.cost.saving
+
+    @property
+    def upper_bound(self) -> float | None:
+        """The batch cost of every stage: the first in full, each later one as if every
+        row went on to it (what ``max_cost`` checks for a cascade; None if a price is
+        unknown). Without later stages, the first stage's estimate."""
+        parts = [self.cost.batch, *(e.cost.batch for e in self.later)]
+        return None if any(p is None for p in parts) else sum(p or 0.0 for p in parts)
 
     def summary(self) -> str:
         """A few lines for a notebook or a log."""
@@ -301,6 +312,20 @@ class Estimate:
             f"  cost           {cost}",
             f"  prices         {self._prices()}",
         ]
+        for i, stage in enumerate(self.later, start=2):
+            batch = stage.cost.batch
+            at_most = "unknown price" if batch is None else f"at most {pricing.money(batch)} batch"
+            lines.append(
+                f"  stage {i} of {len(self.later) + 1}: {stage.model}, {at_most} (an upper "
+                "bound: as if every row were escalated; only the rows escalate_when "
+                "chooses go)"
+            )
+        if self.later:
+            bound = self.upper_bound
+            lines.append(
+                "  cascade        "
+                + ("unknown price" if bound is None else f"at most {pricing.money(bound)} batch")
+            )
         return "\n".join(lines)
 
     def _prices(self) -> str:

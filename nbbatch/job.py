@@ -38,7 +38,7 @@ from .ledger import Ledger
 from .poller import Poller
 from .pricing import Cost
 from .providers.base import BatchInfo, Provider, RequestSpec, http_status, is_embeddings
-from .snapshot import ROW_STATES, BatchView, JobSnapshot, Note, format_seconds
+from .snapshot import ROW_STATES, BatchView, JobSnapshot, Note, StageView, format_seconds
 
 Listener = Callable[[JobSnapshot], None]
 log = logging.getLogger("nbbatch")
@@ -72,14 +72,18 @@ REMOTE_POLLING = PollPolicy(2.0, 30.0)
 LOCAL_POLLING = PollPolicy(0.25, 2.0)
 
 
-def output_columns(output: str, response_format: dict[str, Any] | None) -> list[str]:
-    """The columns ``merge`` adds for this output name and response_format."""
+def output_columns(
+    output: str, response_format: dict[str, Any] | None, *, staged: bool = False
+) -> list[str]:
+    """The columns ``merge`` adds for this output name and response_format (and
+    ``{output}_model`` for a job with escalation stages or a cascade)."""
+    model = [f"{output}_model"] if staged else []
     if response_format is None:
-        return [output, f"{output}_status", f"{output}_error"]
+        return [output, f"{output}_status", f"{output}_error", *model]
     from . import structured
 
     fields = structured.columns_of(structured.schema_of(response_format))
-    return [*fields, f"{output}_status", f"{output}_error", f"{output}_raw"]
+    return [*fields, f"{output}_status", f"{output}_error", *model, f"{output}_raw"]
 
 
 def new_job_id() -> str:
@@ -133,6 +137,9 @@ class BatchJob:
         self._sender: threading.Thread | None = None
         self._sending: _send.Progress | None = None
         self._send_error: BaseException | None = None
+        # A cascade's escalate_when when it is a function: it lives in this session only
+        # (see nbbatch.escalate); a string one is in the job's policy.
+        self._escalate_when: Callable[..., Any] | None = None
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -147,8 +154,61 @@ class BatchJob:
 
     @property
     def model(self) -> str:
-        """The model every request asks for."""
+        """The model the job's requests ask for first (stage 0; see :attr:`models`)."""
         return str(self._record["model"])
+
+    @property
+    def models(self) -> list[str]:
+        """The model of each stage started so far, stage 0 (the job's own) first; a
+        cascade's later models follow as its stages start."""
+        return [self.stage_spec_dict(s)["model"] for s in range(len(self.stages) + 1)]
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        """The escalation stages started (1, 2, ...), as the ledger records them: their
+        request ``spec``, ``n_rows`` sent, ``reason`` (what chose them) and more."""
+        return self._ledger.stages(self.id)
+
+    @property
+    def planned_stages(self) -> int:
+        """How many stages the job has or will have: a cascade's models, or the stages
+        started so far (1 for a job never escalated)."""
+        cascade = self.policy.get("cascade") or {}
+        return max(len(cascade.get("models") or ()), len(self.stages) + 1)
+
+    @property
+    def staged(self) -> bool:
+        """Whether the job escalates (a cascade, or a stage started): then ``merge``
+        says in ``{output}_model`` which model answered each row."""
+        return bool(self.policy.get("cascade")) or bool(self.stages)
+
+    def stage_spec_dict(self, stage: int) -> dict[str, Any]:
+        """The request parameters of ``stage`` as recorded (0: the job's own)."""
+        if stage == 0:
+            return dict(self._record["spec"])
+        for s in self.stages:
+            if s["stage"] == stage:
+                return dict(s["spec"])
+        raise NbbatchError(f"internal error: job {self.id} has no stage {stage}", job_id=self.id)
+
+    def stage_spec(self, stage: int) -> RequestSpec:
+        """The request parameters of ``stage`` (0: the job's own, :attr:`spec`)."""
+        return self.spec if stage == 0 else RequestSpec(**self.stage_spec_dict(stage))
+
+    def stage_salt(self, stage: int) -> str | None:
+        """The request-hash salt of ``stage``'s parameters (None when not recorded)."""
+        if stage == 0:
+            return self._record.get("salt")
+        return next((s["salt"] for s in self.stages if s["stage"] == stage), None)
+
+    def tries(self, state: rowstore.RowState, positions: np.ndarray) -> np.ndarray:
+        """How many times each leader at ``positions`` was sent in its current stage
+        (its attempt counted from the stage's first): what ``retries`` limits."""
+        first = np.ones(len(self.stages) + 1, dtype=np.int64)
+        for s in self.stages:
+            first[s["stage"]] = s["first_attempt"]
+        stage = state.stage[positions]
+        return np.asarray(state.attempt[positions] - first[stage] + 1)
 
     @property
     def endpoint(self) -> str:
@@ -219,6 +279,10 @@ class BatchJob:
         # deduplicated onto another row), by route.
         usage = state.usage()
         batch, realtime = usage["batch"], usage["realtime"]
+        if self.staged:  # answers a later stage replaced were paid too: all stages' tokens
+            stages = list(state.usage_by_stage().values())
+            batch = tuple(sum(p["batch"][i] for p in stages) for i in range(4))
+            realtime = tuple(sum(p["realtime"][i] for p in stages) for i in range(4))
         pending_in, pending_out = self._pending_estimate(counts["pending"])
         # Per batch: rows still pending on it, and its requests (leaders) that succeeded.
         per_batch = state.per_batch()
@@ -265,7 +329,45 @@ class BatchJob:
             realtime=int(raw.get("realtime", 0)),
             sending=sending.text() if sending is not None and sending.active else None,
             deadline=self._record.get("deadline"),
+            stages=self._stage_views(state, counts) if self.staged else (),
+            cascade=tuple((self.policy.get("cascade") or {}).get("models") or ()),
         )
+
+    def _stage_views(
+        self, state: rowstore.RowState, counts: dict[str, int]
+    ) -> tuple[StageView, ...]:
+        """Each stage started so far: its model, rows, pending rows and tokens paid."""
+        stages = [{"stage": 0, "spec": self._record["spec"], "reason": "",
+                   "n_rows": counts["total"] - counts["skipped"]}, *self.stages]  # fmt: skip
+        usage = state.usage_by_stage()
+        rows_stage = state.follow(state.stage)
+        pending = np.bincount(
+            rows_stage[state.statuses() == rowstore.PENDING], minlength=len(stages)
+        )
+        views = []
+        for s in stages:
+            number = int(s["stage"])
+            paid = usage.get(number, {})
+            batch, live = paid.get("batch", (0, 0, 0, 0)), paid.get("realtime", (0, 0, 0, 0))
+            pending_in, pending_out = self._pending_estimate(int(pending[number]), s["spec"])
+            views.append(
+                StageView(
+                    number,
+                    str(s["spec"]["model"]),
+                    int(s["n_rows"]),
+                    int(pending[number]),
+                    s["reason"],
+                    batch[0],
+                    batch[1],
+                    batch[2],
+                    batch[3] + live[3],
+                    live[0],
+                    live[1],
+                    pending_in,
+                    pending_out,
+                )  # fmt: skip
+            )
+        return tuple(views)
 
     def _current_notes(
         self, counts: dict[str, int], batches: list[dict[str, Any]]
@@ -294,14 +396,18 @@ class BatchJob:
             self._samples = [*samples[-29:], (now, progress)]
         return tuple(self._samples)
 
-    def _pending_estimate(self, pending: int) -> tuple[int, int]:
+    def _pending_estimate(
+        self, pending: int, spec: dict[str, Any] | None = None
+    ) -> tuple[int, int]:
         """Estimated (input, output) tokens of the rows still pending: 4 characters per
-        token for the prompt, ``max_tokens`` (or 100) for the reply. Computed once."""
+        token for the prompt, ``max_tokens`` (or 100) for the reply (of ``spec``, a
+        stage's parameters, else the job's). The prompt average is computed once."""
         if self._avg_prompt_tokens is None:
             n, chars = self.prompt_chars()
             system = len(self.spec.system or "")
             self._avg_prompt_tokens = (chars / max(n, 1) + system) / 4 + 4
-        out = 0 if is_embeddings(self.endpoint) else (self.spec.max_tokens or 100)
+        max_tokens = (spec or self._record["spec"]).get("max_tokens")
+        out = 0 if is_embeddings(self.endpoint) else (max_tokens or 100)
         return int(pending * self._avg_prompt_tokens), pending * out
 
     # -- sending ----------------------------------------------------------------------------
@@ -399,11 +505,13 @@ class BatchJob:
             # A copy: the state is live, and sending the first group changes the
             # attempts of its rows (read afterwards, they would be sent twice).
             attempts = state.attempt[positions].copy()
-            for attempt in np.unique(attempts):
-                chosen = positions[attempts == attempt]
+            stages = state.stage[positions].copy()
+            for stage, attempt in sorted(set(zip(stages.tolist(), attempts.tolist(), strict=True))):
+                chosen = positions[(attempts == attempt) & (stages == stage)]
                 _send.send_rows(
-                    self, chosen, max(1, int(attempt)), progress=progress, lock=self._lock
-                )
+                    self, chosen, max(1, int(attempt)), progress=progress, lock=self._lock,
+                    stage=int(stage),
+                )  # fmt: skip
         finally:
             self._ledger.release_sending(self.id)
 
@@ -724,6 +832,10 @@ class BatchJob:
         frame = table.to_pandas()
         frame["retryable"] = pd.Series(table.column("retryable").to_pylist(), dtype=object)
         frame["output"] = self._decode_outputs(frame["output"])
+        # Which stage (and model) each row's result comes from.
+        stage = state.follow(state.stage)
+        frame["stage"] = stage
+        frame["model"] = np.array(self.models, dtype=object)[stage]
         return frame.set_index("custom_id")
 
     def _batch_names(self, state: rowstore.RowState) -> list[str | None]:
@@ -826,8 +938,9 @@ class BatchJob:
     def output_columns(self) -> list[str]:
         """The columns ``merge`` adds: ``{output}`` (or one per field of a structured
         response_format), ``{output}_status``, ``{output}_error`` (and ``{output}_raw``,
-        the reply as received, with a response_format)."""
-        return output_columns(self.output, self.spec.response_format)
+        the reply as received, with a response_format), and ``{output}_model`` for a job
+        that escalates (a cascade, or after :meth:`escalate`)."""
+        return output_columns(self.output, self.spec.response_format, staged=self.staged)
 
     def failed(self) -> pd.DataFrame:
         """The merged rows that did not succeed (failed, expired or cancelled); while the
@@ -854,7 +967,9 @@ class BatchJob:
         usually a failure the request itself causes (``invalid_request_error``, a reply
         cut off at ``max_tokens``): pass ``overrides`` to change request parameters for the
         new batches (e.g. ``max_tokens=500``), or the same request may fail the same way.
-        Returns this job, which now also follows the new batches.
+        In a job with escalation stages each row goes again on the model of the stage it
+        failed in (to change a later stage's parameters, use :meth:`escalate` with
+        ``where="failed"``). Returns this job, which now also follows the new batches.
         """
         with self._lock:
             state = self._ledger.row_state(self.id)
@@ -863,6 +978,14 @@ class BatchJob:
             positions = np.flatnonzero(leaders & bad)
             if not len(positions):
                 return self
+            if overrides and (state.stage[positions] > 0).any():
+                raise InputError(
+                    f"some failed rows of job {self.id} failed in an escalation stage, "
+                    "whose parameters resubmit_failed(**overrides) does not change: "
+                    "job.escalate(model=..., where='failed', **overrides) sends them with "
+                    "other parameters. Nothing was sent.",
+                    job_id=self.id,
+                )
             if overrides:
                 self._apply_overrides(overrides)
             attempt = int(state.attempt[positions].max()) + 1
@@ -875,7 +998,9 @@ class BatchJob:
             self._record["status"] = "running"
             # Put back to be sent, then sent by the background sender (or the next
             # refresh): the kernel stays free however many rows failed.
-            self._ledger.requeue(self.id, positions, attempt)
+            stages = state.stage[positions].copy()
+            for stage in np.unique(stages):  # each row again in the stage it failed in
+                self._ledger.requeue(self.id, positions[stages == stage], attempt, int(stage))
             self._send_error = None
             n = self._rows_in_attempt(attempt)
             self._notes.append(
@@ -886,6 +1011,50 @@ class BatchJob:
         self.start_sending(daemon=self._daemon_sender())
         self._notify(self.snapshot())
         return self
+
+    def escalate(self, model: str, where: Any = "failed", **overrides: Any) -> BatchJob:
+        """Send some of the job's rows again on another ``model`` (and optionally other
+        request parameters, ``overrides``), at batch price, as the next stage of this
+        job; returns this job, which now also follows the new batches.
+
+        ``where`` chooses the rows: ``"failed"`` (rows that ended failed or expired), a
+        function of the merged DataFrame giving a boolean mask (``lambda out:
+        out["confidence"] < 0.7``), an expression ``DataFrame.eval`` evaluates on it
+        (``"confidence < 0.7"``), or a boolean mask with one value per row, in the
+        merged order. ``merge`` then holds, per row, the answer of the last model that
+        answered it, and ``{output}_model`` says which; ``job.cost`` prices each stage on
+        its own model. Succeeded rows not chosen are never sent again, nor rows already
+        answered with exactly these parameters.
+
+        Everything is checked before anything is sent: the model (at the provider, and
+        of the job's provider), the parameters, ``where`` (its length, its values), and
+        that the job has ended (escalate after ``job.wait()``) and chose at least one
+        row. See :mod:`nbbatch.escalate`.
+        """
+        from . import escalate as _escalate
+
+        with self._lock:
+            self._check_can_escalate()
+            _escalate.start_stage(self, model, where, overrides, automatic=False)
+        return self
+
+    def _check_can_escalate(self) -> None:
+        """An escalation starts from a job that has ended, not cancelled: rows still
+        pending would otherwise be chosen (or not) on answers that are not in yet."""
+        self.refresh()
+        if self._record.get("status") == "cancelled":
+            raise InputError(
+                f"job {self.id} was cancelled; submit a new job instead of escalating it.",
+                job_id=self.id,
+            )
+        pending = int(self._ledger.counts(self.id).get("pending", 0))
+        if pending or self.sending:
+            raise InputError(
+                f"job {self.id} is still running ({pending:,} rows pending): escalate once it "
+                "has ended (job.wait()), so the rows are chosen on their final answers. "
+                "Nothing was sent.",
+                job_id=self.id,
+            )
 
     def _apply_overrides(self, overrides: dict[str, Any]) -> None:
         """Change request parameters for the batches sent from now on; checked as

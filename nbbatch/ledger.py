@@ -191,6 +191,32 @@ def m006_origin(db: sqlite3.Connection, files: Path) -> None:
     _script(db, "ALTER TABLE jobs ADD COLUMN origin TEXT;")
 
 
+@migration
+def m007_stages(db: sqlite3.Connection, files: Path) -> None:
+    """Escalation (``job.escalate``, cascades): a job's rows can be sent again on another
+    model. Each such *stage* has its own request parameters, recorded once; each send
+    change and each batch says which stage its rows went in. Stage 0 is the job's own
+    spec and has no row here."""
+    _script(
+        db,
+        """
+        CREATE TABLE stages (
+            job_id TEXT NOT NULL,
+            stage INTEGER NOT NULL,      -- 1, 2, ...: the order they were started in
+            spec TEXT NOT NULL,          -- JSON: the request parameters (never a key)
+            salt TEXT,                   -- the request-hash salt of those parameters
+            first_attempt INTEGER NOT NULL,  -- retries are counted from it
+            n_rows INTEGER NOT NULL,     -- rows sent again (deduplicated ones included)
+            reason TEXT NOT NULL,        -- what chose the rows, in words
+            created REAL NOT NULL,
+            PRIMARY KEY (job_id, stage)
+        );
+        ALTER TABLE changes ADD COLUMN stage INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE batches ADD COLUMN stage INTEGER NOT NULL DEFAULT 0;
+        """,
+    )
+
+
 def _convert_rows(db: sqlite3.Connection, files: Path, job_id: str) -> None:
     """One job of a ledger from before m004: its ``rows`` as Arrow files and changes."""
     import numpy as np
@@ -286,7 +312,7 @@ def _convert_rows(db: sqlite3.Connection, files: Path, job_id: str) -> None:
     unsent = [p for p in done if batch[p] is None and origin[p] in (None, "batch")]
     result(unsent, "results-not-sent.arrow", None, "batch")
     result([p for p in done if origin[p] == "realtime"], "realtime-0.arrow", None, "realtime")
-    state = _replay(db, files, job_id)
+    state = _replay(db, files, job_id, staged=False)
     db.execute(
         "UPDATE jobs SET summary = ? WHERE id = ?",
         (orjson.dumps(state.summary()).decode(), job_id),
@@ -302,7 +328,16 @@ def _insert_change(
     origin: str,
     file: str,
     n: int,
+    stage: int = 0,
 ) -> None:
+    if stage:
+        db.execute(
+            "INSERT INTO changes (job_id, kind, batch, attempt, origin, file, n, at, stage) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, kind, batch, attempt, origin, file, n, time.time(), stage),
+        )
+        return
+    # Stage 0 leaves the column to its default: m004 writes changes before m007 made it.
     db.execute(
         "INSERT INTO changes (job_id, kind, batch, attempt, origin, file, n, at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -311,23 +346,26 @@ def _insert_change(
 
 
 def _replay(
-    db: sqlite3.Connection, files: Path, job_id: str, state: Any = None
+    db: sqlite3.Connection, files: Path, job_id: str, state: Any = None, *, staged: bool = True
 ) -> Any:  # -> rowstore.RowState
     """The job's row state: ``state`` (or a new one from the manifest) brought up to the
-    latest change."""
+    latest change. ``staged=False`` reads a ``changes`` table from before m007 (while
+    m004 converts a ledger), which has no ``stage`` column yet."""
     from . import rowstore
 
     folder = files / job_id
     if state is None:
         state = rowstore.RowState(rowstore.read_table(folder / MANIFEST), folder / MANIFEST)
-    for seq, kind, batch, attempt, origin, file in db.execute(
-        "SELECT seq, kind, batch, attempt, origin, file FROM changes "
+    for seq, kind, batch, attempt, origin, file, stage in db.execute(
+        "SELECT seq, kind, batch, attempt, origin, file, "
+        + ("stage" if staged else "0")
+        + " FROM changes "
         "WHERE job_id = ? AND seq > ? ORDER BY seq",
         (job_id, state.seq),
     ).fetchall():
         table = rowstore.read_table(folder / file)
         if kind == "send":
-            state.apply_send(batch, attempt, table.column("position").to_numpy())
+            state.apply_send(batch, attempt, table.column("position").to_numpy(), stage)
         else:
             state.apply_result(batch, origin, table, folder / file)
         del table  # unmapped: the pages read to apply it leave this process's memory
@@ -685,14 +723,17 @@ class Ledger:
         return rowstore.read_table(self.files / job_id / rows[0][0]).column("position").to_numpy()
 
     # -- batches -------------------------------------------------------------------------
-    def add_intent(self, job_id: str, part: str, attempt: int, positions: Any) -> str | None:
+    def add_intent(
+        self, job_id: str, part: str, attempt: int, positions: Any, stage: int = 0
+    ) -> str | None:
         """Record, before a create call, that the leaders at ``positions`` are about to
         be sent.
 
         Returns a provisional batch id (``intent-...``), which stays the batch's
         ``intent`` when :meth:`confirm_batch` swaps in the provider's id. An intent left
         behind by a process that died mid-call is how a resumed job knows to look for
-        that batch at the provider instead of paying for it twice.
+        that batch at the provider instead of paying for it twice. ``stage`` is the
+        escalation stage the rows go in (0: the job's own request parameters).
 
         Returns None, recording nothing, if the job was cancelled (by any process): the
         check and the record are one transaction, so a cancel elsewhere either comes
@@ -709,11 +750,13 @@ class Ledger:
                 return None
             db.execute(
                 "INSERT INTO batches (batch_id, intent, job_id, attempt, created, n_requests, "
-                "status, part, raw) VALUES (?, ?, ?, ?, ?, ?, 'sending', ?, ?)",
+                "status, part, raw, stage) VALUES (?, ?, ?, ?, ?, ?, 'sending', ?, ?, ?)",
                 (intent, intent, job_id, attempt, time.time(), len(positions), part,
-                 orjson.dumps(owner()).decode()),
+                 orjson.dumps(owner()).decode(), stage),
             )  # fmt: skip
-            _insert_change(db, job_id, "send", intent, attempt, "batch", name, len(positions))
+            _insert_change(
+                db, job_id, "send", intent, attempt, "batch", name, len(positions), stage
+            )
             self._summarise(db, job_id)
         return intent
 
@@ -733,14 +776,14 @@ class Ledger:
         """No batch came of that create call: its rows go back to pending and unsent."""
         with self.transaction() as db:
             row = db.execute(
-                "SELECT c.job_id, c.attempt, c.file, c.n FROM changes c WHERE c.batch = ? "
-                "AND c.kind = 'send' ORDER BY seq DESC LIMIT 1",
+                "SELECT c.job_id, c.attempt, c.file, c.n, c.stage FROM changes c "
+                "WHERE c.batch = ? AND c.kind = 'send' ORDER BY seq DESC LIMIT 1",
                 (intent,),
             ).fetchone()
             db.execute("DELETE FROM batches WHERE intent = ?", (intent,))
             if row:
-                job_id, attempt, file, n = row
-                _insert_change(db, job_id, "send", None, attempt, "batch", file, n)
+                job_id, attempt, file, n, stage = row
+                _insert_change(db, job_id, "send", None, attempt, "batch", file, n, stage)
                 self._event(db, job_id, "resume", f"{intent}: no batch at the provider")
                 self._summarise(db, job_id)
 
@@ -764,17 +807,78 @@ class Ledger:
         with self.transaction() as db:
             db.execute("UPDATE jobs SET sender = NULL WHERE id = ?", (job_id,))
 
-    def requeue(self, job_id: str, positions: Any, attempt: int) -> None:
+    def requeue(self, job_id: str, positions: Any, attempt: int, stage: int = 0) -> None:
         """Put the leaders at ``positions`` back to pending, in no batch, to be sent as
-        ``attempt`` (``resubmit_failed``)."""
+        ``attempt`` of ``stage`` (``resubmit_failed``)."""
         name = self._write_table(
             job_id,
             f"requeue-{attempt}-{secrets.token_hex(4)}.arrow",
             pa.table({"position": pa.array(positions, pa.int64())}),
         )
         with self.transaction() as db:
-            _insert_change(db, job_id, "send", None, attempt, "batch", name, len(positions))
+            _insert_change(db, job_id, "send", None, attempt, "batch", name, len(positions), stage)
             self._summarise(db, job_id)
+
+    # -- escalation stages -----------------------------------------------------------------
+    def stages(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's escalation stages (1, 2, ...), oldest first, ``spec`` decoded."""
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT stage, spec, salt, first_attempt, n_rows, reason, created FROM stages "
+                "WHERE job_id = ? ORDER BY stage",
+                (job_id,),
+            )
+            names = [d[0] for d in cur.description]
+            rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        for r in rows:
+            r["spec"] = orjson.loads(r["spec"])
+        return rows
+
+    def add_stage(self, job_id: str, stage: dict[str, Any], positions: Any) -> bool:
+        """Start escalation stage ``stage["stage"]``: record its request parameters and
+        put the leaders at ``positions`` back to pending in it, unsent, in one
+        transaction, so no process ever sees a stage without its rows (or rows without
+        their stage). False, recording nothing, when that stage exists already (another
+        process started it first) or the job was cancelled."""
+        number, attempt = int(stage["stage"]), int(stage["first_attempt"])
+        name = self._write_table(
+            job_id,
+            f"stage-{number}-{secrets.token_hex(4)}.arrow",
+            pa.table({"position": pa.array(positions, pa.int64())}),
+        )
+        with self.transaction() as db:
+            (status,) = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            taken = db.execute(
+                "SELECT 1 FROM stages WHERE job_id = ? AND stage = ?", (job_id, number)
+            ).fetchone()
+            if status == "cancelled" or taken:
+                (self.files / job_id / name).unlink(missing_ok=True)
+                return False
+            db.execute(
+                "INSERT INTO stages (job_id, stage, spec, salt, first_attempt, n_rows, reason, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, number, orjson.dumps(stage["spec"]).decode(), stage.get("salt"),
+                 attempt, int(stage["n_rows"]), stage["reason"], time.time()),
+            )  # fmt: skip
+            if len(positions):
+                _insert_change(
+                    db, job_id, "send", None, attempt, "batch", name, len(positions), number
+                )
+                # It runs again, so it ends again and is collected again.
+                db.execute(
+                    "UPDATE jobs SET status = 'running', ended_at = NULL, collected_at = NULL "
+                    "WHERE id = ?",
+                    (job_id,),
+                )
+            self._event(
+                db, job_id, "escalate",
+                f"stage {number}: {stage['n_rows']} rows on {stage['spec']['model']} "
+                f"({stage['reason']})",
+            )  # fmt: skip
+            self._summarise(db, job_id)
+        if not len(positions):
+            (self.files / job_id / name).unlink(missing_ok=True)
+        return True
 
     def abandon_intent(self, intent: str) -> None:
         """This process gives up waiting on a create call whose outcome it does not know:
@@ -819,7 +923,7 @@ class Ledger:
         with self._lock:
             cur = self._db.execute(
                 "SELECT batch_id, intent, attempt, created, n_requests, status, ended, collected,"
-                " failure, done, part, raw FROM batches WHERE job_id = ? "
+                " failure, done, part, raw, stage FROM batches WHERE job_id = ? "
                 "ORDER BY created, batch_id",
                 (job_id,),
             )
@@ -858,7 +962,7 @@ class Ledger:
         its files). Returns False if there was no such job. Rows other jobs reused from
         it keep their copies."""
         with self.transaction() as db:
-            for table in ("changes", "batches", "events"):
+            for table in ("changes", "batches", "events", "stages"):
                 db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
             found = db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
             self._states.pop(job_id, None)

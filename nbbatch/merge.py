@@ -65,7 +65,29 @@ def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) ->
         job.spec.response_format,
         embeddings=is_embeddings(job.endpoint),
     )
+    out = with_models(job, out, take)
     return frames.like(data, out, job.output_columns()) if native else out
+
+
+def with_models(job: BatchJob, out: pd.DataFrame, take: np.ndarray) -> pd.DataFrame:
+    """``out`` with ``{output}_model`` after ``{output}_error``, for a job with
+    escalation stages (or a cascade): the model whose answer (or failure) each row
+    holds, None for a row pending or never sent. Other jobs' merges are left as they
+    were."""
+    if not job.staged:
+        return out
+    state = job._ledger.row_state(job.id)
+    models = np.array(
+        [job.stage_spec_dict(s)["model"] for s in range(len(job.stages) + 1)], dtype=object
+    )
+    rows = state.follow(state.stage)[take]
+    status = state.statuses()[take]
+    values = models[rows]
+    values[(status == rowstore.PENDING) | (status == rowstore.SKIPPED)] = None
+    name = f"{job.output}_model"
+    at = list(out.columns).index(f"{job.output}_error") + 1
+    out.insert(at, name, pd.array(values, dtype="string"))
+    return out
 
 
 def _verify(
@@ -322,6 +344,7 @@ def write_parquet(
                 frame.iloc[:, :0], state, take, job.output, job.spec.response_format,
                 embeddings=is_embeddings(job.endpoint),
             )  # fmt: skip
+            out = with_models(job, out, take)
             results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
             table = pa.Table.from_batches([batch]).select(keep)
             for name in added:
@@ -341,6 +364,7 @@ def _result_schema(job: BatchJob, state: rowstore.RowState, added: list[str]) ->
         pd.DataFrame(index=pd.RangeIndex(len(sample))), state, sample, job.output,
         job.spec.response_format, embeddings=is_embeddings(job.endpoint),
     )  # fmt: skip
+    out = with_models(job, out, sample)
     table = pa.Table.from_pandas(out[added], preserve_index=False)
     return pa.schema(
         pa.field(f.name, pa.large_string()) if pa.types.is_null(f.type) else f for f in table.schema

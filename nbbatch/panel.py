@@ -518,7 +518,8 @@ class JobPanel:
                 f'<span style="{_MUTED}">(reported usage: {tokens_in:,} input, '
                 f"{tokens_out:,} output tokens)</span>"
             )
-        return f'<div class="nbbatch-cost-line" style="{_TEXT}{_FONT}">{label}{text}{prices}</div>'
+        line = f'<div class="nbbatch-cost-line" style="{_TEXT}{_FONT}">{label}{text}{prices}</div>'
+        return line + _stages_html(snap)
 
     @classmethod
     def _error_html(cls, snap: JobSnapshot) -> str:
@@ -797,9 +798,20 @@ def bar_html(snap: JobSnapshot, state: str) -> str:
     )
 
 
+def _stages_html(snap: JobSnapshot) -> str:
+    """A job that escalates: one line per stage (``stage 2 of 2: 312 rows on gpt-4o``)
+    with its cost on its own model; nothing for other jobs."""
+    lines = getattr(snap, "stage_lines", ())
+    if not lines:
+        return ""
+    items = "".join(f"<div>{_esc(line)}</div>" for line in lines)
+    return f'<div class="nbbatch-stages" style="{_MUTED}{_FONT}">{items}</div>'
+
+
 def plain_text(snap: JobSnapshot) -> str:
-    """The job as text, as saved in the notebook: the summary line and current notes."""
-    lines = [snap.summary()]
+    """The job as text, as saved in the notebook: the summary line, its stages (a job
+    that escalates), and current notes."""
+    lines = [snap.summary(), *snap.stage_lines]
     if snap.overdue:
         lines.append(f"note: {snap.overdue}")
     lines += [f"note: {n.text}" for n in snap.current_notes]
@@ -828,7 +840,7 @@ def static_html(snap: JobSnapshot) -> str:
         f' <span style="{_MUTED}">&middot; {_esc(snap.provider)} &middot;'
         f" {_esc(snap.model)} &middot; {snap.n_rows:,} rows</span></div>"
         f"{bar_html(snap, state)}{JobPanel._counts_html(snap)}{where}"
-        f"{JobPanel._error_html(snap)}</div>"
+        f"{_stages_html(snap)}{JobPanel._error_html(snap)}</div>"
     )
 
 

@@ -135,11 +135,17 @@ def source() -> str:
 
 @dataclass(frozen=True)
 class Cost:
-    """A cost in US dollars at batch and at real-time prices (None when unknown)."""
+    """A cost in US dollars at batch and at real-time prices (None when unknown).
+
+    For a job that escalates, ``batch`` adds up each stage on its own model
+    (``per_model``) and ``realtime`` is what every row would have cost on the last
+    model in real time (``baseline`` names that model)."""
 
     batch: float | None
     realtime: float | None
     estimated: bool  # True until every row's real token usage is known
+    per_model: tuple[tuple[str, float | None], ...] = ()  # (model, batch dollars) by stage
+    baseline: str | None = None  # the model of the real-time comparison, for a cascade
 
     @property
     def saving(self) -> float | None:
@@ -152,6 +158,14 @@ class Cost:
         if self.batch is None or self.realtime is None:
             return "unknown price"
         label = "estimate " if self.estimated else ""
+        if self.baseline is not None:
+            parts = ", ".join(
+                f"{m} {'unknown' if d is None else money(d)}" for m, d in self.per_model
+            )
+            return (
+                f"{label}{money(self.batch)} batch ({parts}) vs {money(self.realtime)} "
+                f"all on {self.baseline} in real time"
+            )
         return f"{label}{money(self.batch)} batch vs {money(self.realtime)} real time"
 
 

@@ -216,7 +216,8 @@ class RowState:
     Arrays are indexed by position. ``batch`` is an index into :attr:`batch_keys` (the
     intent id each chunk was recorded under; -1: in no batch); ``ref_file``/``ref_row``
     say where a row's result is (an index into :attr:`results`, and a row in it).
-    Only leaders carry state; :meth:`follow` gives every row its leader's.
+    Only leaders carry state; :meth:`follow` gives every row its leader's. ``stage`` is
+    the escalation stage of a row's latest attempt (0: the job's own request).
     """
 
     def __init__(self, manifest: pa.Table, path: Path | None = None) -> None:
@@ -241,6 +242,10 @@ class RowState:
         self._tokens: list[np.ndarray] = []  # (rows, 3) int32 per result file, in order
         self._all_tokens: np.ndarray | None = None  # the same, concatenated (cached)
         self.seq = 0  # the last change applied
+        self.stage = np.zeros(n, dtype=np.int16)
+        # Tokens of answers a later stage superseded (they were paid all the same):
+        # (stage, origin code) -> [input, output, cached, requests].
+        self._superseded: dict[tuple[int, int], np.ndarray] = {}
         # Follower index: each row's leader, or itself (a skipped row).
         self._follow = np.where(sent, self.leader, np.arange(n, dtype=np.int32))
 
@@ -252,8 +257,23 @@ class RowState:
             self.batch_keys.append(key)
         return self._batch_index[key]
 
-    def apply_send(self, key: str | None, attempt: int, positions: np.ndarray) -> None:
-        """Rows sent in batch ``key`` (pending there), or put back unsent (``key`` None)."""
+    def apply_send(
+        self, key: str | None, attempt: int, positions: np.ndarray, stage: int = 0
+    ) -> None:
+        """Rows sent in batch ``key`` (pending there), or put back unsent (``key`` None),
+        in escalation ``stage``. A row moving to another stage keeps the tokens of the
+        answer it had in the stage it leaves (see :meth:`usage_by_stage`)."""
+        moved = positions[(self.stage[positions] != stage) & (self.ref_file[positions] >= 0)]
+        if len(moved):
+            tokens = self._tokens_at(moved)
+            for old in np.unique(self.stage[moved]):
+                for code in (BATCH, REALTIME):
+                    mine = (self.stage[moved] == old) & (self.origin[moved] == code)
+                    if mine.any():
+                        add = np.append(tokens[mine].sum(axis=0), int(mine.sum()))
+                        key_ = (int(old), int(code))
+                        self._superseded[key_] = self._superseded.get(key_, 0) + add
+        self.stage[positions] = stage
         self.status[positions] = PENDING
         self.batch[positions] = -1 if key is None else self.batch_index(key)
         self.attempt[positions] = attempt
@@ -326,18 +346,47 @@ class RowState:
         answered = np.flatnonzero(self.ref_file >= 0)
         if not len(answered):
             return out
-        if self._all_tokens is None:
-            # Kept once: the per-file arrays become this one (for millions of rows, two
-            # copies would be hundreds of MB).
-            self._all_tokens = np.concatenate(self._tokens)
-            self._tokens = [self._all_tokens]
-        offsets = np.cumsum([0] + [r.rows for r in self.results])
-        tokens = self._all_tokens[offsets[self.ref_file[answered]] + self.ref_row[answered]]
+        tokens = self._tokens_at(answered)
         origin = self.origin[answered]
         for code, name in ((BATCH, "batch"), (REALTIME, "realtime")):
             mine = origin == code
             totals = tokens[mine].sum(axis=0, dtype=np.int64)
             out[name] = (int(totals[0]), int(totals[1]), int(totals[2]), int(mine.sum()))
+        return out
+
+    def _tokens_at(self, positions: np.ndarray) -> np.ndarray:
+        """(input, output, cached) tokens of the current answers of leaders at
+        ``positions`` (each must have one: ``ref_file >= 0``), one row each."""
+        if self._all_tokens is None:
+            # Kept once: the per-file arrays become this one (for millions of rows, two
+            # copies would be hundreds of MB).
+            self._all_tokens = np.concatenate(self._tokens) if self._tokens else None
+            self._tokens = [] if self._all_tokens is None else [self._all_tokens]
+        if self._all_tokens is None or not len(positions):
+            return np.zeros((0, 3), dtype=np.int64)
+        offsets = np.cumsum([0] + [r.rows for r in self.results])
+        return self._all_tokens[offsets[self.ref_file[positions]] + self.ref_row[positions]]
+
+    def usage_by_stage(self) -> dict[int, dict[str, tuple[int, int, int, int]]]:
+        """Tokens paid for per escalation stage, as :meth:`usage` counts them, plus the
+        answers a later stage superseded (a row escalated from stage 0 to stage 1 was paid
+        for on both). Stages with nothing paid are left out."""
+        out: dict[int, dict[str, Any]] = {}
+
+        def add(stage: int, name: str, values: Any) -> None:
+            per = out.setdefault(stage, {"batch": (0, 0, 0, 0), "realtime": (0, 0, 0, 0)})
+            per[name] = tuple(int(a + b) for a, b in zip(per[name], values, strict=True))
+
+        answered = np.flatnonzero(self.ref_file >= 0)
+        tokens = self._tokens_at(answered)
+        for code, name in ((BATCH, "batch"), (REALTIME, "realtime")):
+            for stage in np.unique(self.stage[answered]):
+                mine = (self.origin[answered] == code) & (self.stage[answered] == stage)
+                if mine.any():
+                    add(int(stage), name, (*tokens[mine].sum(axis=0), int(mine.sum())))
+            for (stage, origin), values in self._superseded.items():
+                if origin == code:
+                    add(stage, name, values)
         return out
 
     def per_batch(self) -> dict[str, tuple[int, int]]:
@@ -390,8 +439,12 @@ class RowState:
         return column.combine_chunks()
 
     def summary(self) -> dict[str, Any]:
-        """Counts and usage, as the ledger keeps them for listing jobs."""
-        return {"counts": self.counts(), "usage": self.usage()}
+        """Counts and usage, as the ledger keeps them for listing jobs (and, for a job
+        that escalates, usage per stage, each priced on its own model)."""
+        out: dict[str, Any] = {"counts": self.counts(), "usage": self.usage()}
+        if self.stage.any() or self._superseded:
+            out["stages"] = {str(k): v for k, v in self.usage_by_stage().items()}
+        return out
 
 
 def _take(column: pa.ChunkedArray, positions: np.ndarray) -> pa.Array:

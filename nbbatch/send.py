@@ -64,8 +64,10 @@ def send_rows(
     max_requests: int | None = None,
     progress: Progress | None = None,
     lock: threading.RLock | None = None,
+    stage: int = 0,
 ) -> None:
-    """Send the leaders at ``positions`` as new batches of ``attempt``.
+    """Send the leaders at ``positions`` as new batches of ``attempt``, with the request
+    parameters of escalation ``stage`` (0: the job's own).
 
     ``lock`` is held around each chunk (intent, create, confirm), so a poll between
     chunks never sees a half-made intent. A create refused as a whole (400) ends that
@@ -81,7 +83,10 @@ def send_rows(
     progress.rows += len(positions)
     progress.expected += math.ceil(len(positions) / limit)
     state = job._ledger.row_state(job.id)
-    spec = job.spec
+    spec = job.stage_spec(stage)
+    # Part names tell chunks apart at the provider (resolve_intent looks them up):
+    # an escalation stage's own, so its attempt numbers never meet stage 0's.
+    prefix = f"{attempt}" if stage == 0 else f"s{stage}.{attempt}"
     for start in range(0, len(positions), limit):
         block = positions[start : start + limit]
         ids = state.manifest_column("custom_id", block)
@@ -101,7 +106,7 @@ def send_rows(
             try:
                 with lock or threading.RLock():
                     sent = _send_chunk(
-                        job, block[first:stop], chunk, attempt, f"{attempt}:{k}", spec
+                        job, block[first:stop], chunk, attempt, f"{prefix}:{k}", spec, stage
                     )
             except ProviderError:
                 progress.active = False
@@ -118,7 +123,13 @@ def send_rows(
 
 
 def _send_chunk(
-    job: BatchJob, positions: np.ndarray, chunk: bytes, attempt: int, part: str, spec: RequestSpec
+    job: BatchJob,
+    positions: np.ndarray,
+    chunk: bytes,
+    attempt: int,
+    part: str,
+    spec: RequestSpec,
+    stage: int = 0,
 ) -> bool:
     """One chunk: intent, create (with retries while the provider is busy), confirm.
 
@@ -127,7 +138,7 @@ def _send_chunk(
     it made is cancelled here, the moment it is confirmed.
     """
     ledger = job._ledger
-    intent = ledger.add_intent(job.id, part, attempt, positions)
+    intent = ledger.add_intent(job.id, part, attempt, positions, stage)
     if intent is None:
         return False
     metadata = {"nbbatch_job": job.id, "nbbatch_part": part}

@@ -44,6 +44,52 @@ class BatchView:
         return self.rows * min(self.done, self.n_requests) // self.n_requests
 
 
+@dataclass(frozen=True)
+class StageView:
+    """One stage of a job that escalates (stage 0: the job's own model), as the views
+    show it: its model, the rows sent in it, those still pending there, and the tokens
+    paid on it (answers a later stage replaced included: they were paid)."""
+
+    stage: int
+    model: str
+    rows: int
+    pending: int = 0
+    reason: str = ""  # what chose its rows (later stages)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    requests: int = 0  # requests with reported usage, at batch price
+    realtime_input_tokens: int = 0
+    realtime_output_tokens: int = 0
+    pending_input_tokens: int = 0
+    pending_output_tokens: int = 0
+
+    def cost(self, finished: bool) -> Cost:
+        """This stage on its model: batch usage plus pending estimate, and what the
+        real-time fallback paid at full price."""
+        actual = pricing.cost(
+            self.model,
+            self.input_tokens + self.pending_input_tokens,
+            self.output_tokens + self.pending_output_tokens,
+            self.cached_tokens,
+            estimated=not finished,
+        )
+        if actual.batch is None or actual.realtime is None or not self.realtime_input_tokens:
+            return actual
+        extra = pricing.cost(
+            self.model, self.realtime_input_tokens, self.realtime_output_tokens, estimated=False
+        )
+        assert extra.realtime is not None
+        return Cost(actual.batch + extra.realtime, actual.realtime + extra.realtime, not finished)
+
+    def line(self, of: int) -> str:
+        """``stage 2 of 2: 312 rows on gpt-4o`` (and how many are pending)."""
+        text = f"stage {self.stage + 1} of {of}: {self.rows:,} rows on {self.model}"
+        if self.pending:
+            text += f", {self.pending:,} pending"
+        return text
+
+
 #: Kinds of notes. ``alert``, ``retry``, ``resubmit``, ``cancel`` describe a state and are
 #: current while it lasts; every other kind records an event and is history at once.
 NOTE_KINDS = ("alert", "retry", "resubmit", "cancel", "fallback", "event")
@@ -98,6 +144,16 @@ class JobSnapshot:
     realtime: int = 0  # rows answered through the real-time fallback
     sending: str | None = None  # while batches are built and uploaded: how far
     deadline: float | None = None  # when every row should be done (seconds since the epoch)
+    # A job that escalates: its stages so far, and a cascade's models (all of them).
+    stages: tuple[StageView, ...] = ()
+    cascade: tuple[str, ...] = ()
+
+    @property
+    def last_model(self) -> str:
+        """The model of a cascade's last stage, else of the last stage started."""
+        if self.cascade and len(self.cascade) >= len(self.stages):
+            return self.cascade[-1]
+        return self.stages[-1].model if self.stages else self.model
 
     @property
     def overdue(self) -> str | None:
@@ -107,7 +163,10 @@ class JobSnapshot:
     @property
     def cost(self) -> Cost:
         """Batch cost vs what real time would cost: actual usage so far plus an estimate
-        for pending rows; ``estimated`` until every row is terminal."""
+        for pending rows; ``estimated`` until every row is terminal. For a job that
+        escalates, see :meth:`staged_cost`."""
+        if self.stages:
+            return self.staged_cost()
         actual = pricing.cost(
             self.model,
             self.input_tokens + self.pending_input_tokens,
@@ -124,6 +183,54 @@ class JobSnapshot:
         # Fallback rows were paid at the real-time price in both columns.
         batch, realtime = actual.batch + extra.realtime, actual.realtime + extra.realtime
         return Cost(batch, realtime, actual.estimated)
+
+    def staged_cost(self) -> Cost:
+        """Each stage priced on its own model and added up, against every row on the last
+        model in real time, as a loop without nbbatch would send them (duplicates and
+        rows answered in earlier jobs paid again): stage 0's tokens per request (every
+        sent row went through it), cached share included, for every row it sent."""
+        finished = self.finished
+        per = [(s.model, s.cost(finished)) for s in self.stages]
+        batch = None if any(c.batch is None for _, c in per) else sum(c.batch or 0 for _, c in per)
+        first = self.stages[0]
+        last = self.last_model
+        # Rows answered so far, from the requests that reported usage (the pending ones
+        # are in the pending estimate).
+        scale = (first.rows - first.pending) / first.requests if first.requests else 0.0
+        baseline = pricing.cost(
+            last,
+            int((first.input_tokens + first.realtime_input_tokens) * scale)
+            + first.pending_input_tokens,
+            int((first.output_tokens + first.realtime_output_tokens) * scale)
+            + first.pending_output_tokens,
+            int(first.cached_tokens * scale),
+            estimated=not finished,
+        )
+        return Cost(
+            batch,
+            baseline.realtime,
+            not finished,
+            per_model=tuple((m, c.batch) for m, c in per),
+            baseline=last,
+        )
+
+    @property
+    def stage_lines(self) -> tuple[str, ...]:
+        """One line per stage of a job that escalates (``stage 2 of 2: 312 rows on
+        gpt-4o``) with its cost, and the cascade's stages still to come."""
+        finished = self.finished
+        of = max(len(self.cascade), len(self.stages))
+        lines = []
+        for s in self.stages:
+            cost = s.cost(finished).batch
+            price = "unknown price" if cost is None else pricing.money(cost)
+            lines.append(f"{s.line(of)} ({price})")
+        if len(self.cascade) > len(self.stages):
+            lines.append(
+                f"stage {len(self.stages) + 1} of {of}: on {self.cascade[len(self.stages)]} "
+                f"once stage {len(self.stages)} ends, for the rows escalate_when chooses"
+            )
+        return tuple(lines)
 
     @property
     def done(self) -> int:

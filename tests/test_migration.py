@@ -48,7 +48,8 @@ def test_a_ledger_from_the_previous_release_migrates_and_every_job_attaches(old_
     migrations = [r[0] for r in db.execute("SELECT name FROM migrations ORDER BY at")]
     db.close()
     assert "rows" not in tables and "changes" in tables
-    assert migrations[-3:] == ["m004_rows_to_arrow", "m005_health", "m006_origin"]
+    assert migrations[-4:] == ["m004_rows_to_arrow", "m005_health", "m006_origin", "m007_stages"]
+    assert "stages" in tables
     assert not jobs["overdue"].any()  # jobs from before deadlines have none
     for exp in expected:
         listed = jobs.set_index("id").loc[exp["id"]]
@@ -91,3 +92,27 @@ def test_a_migrated_job_still_feeds_reuse_and_resubmission(old_home):
     assert again.counts["reused"] == 10
     merged = again.merge(data)
     assert merged["answer"].tolist()[:3] == [r["answer"] for r in first["merged"][:3]]
+
+
+def test_a_migrated_job_can_be_escalated_and_its_old_rows_keep_their_model(old_home):
+    """m007 gives every change and batch of an old job stage 0: the job escalates like a
+    new one, and merge names each row's model."""
+    expected = {j["name"]: j for j in json.loads((FIXTURE / "expected.json").read_text())["jobs"]}
+    first = expected["a"]
+    port = urlparse(nb.attach(first["id"])._record["base_url"]).port
+    with emulator.start(processing_seconds=0.05, port=port) as emu:
+        import openai
+
+        client = openai.OpenAI(base_url=emu.openai_base_url, api_key="k", max_retries=0)
+        old = nb.attach(first["id"], client=client)
+        n = old.counts["total"]
+        chosen = [i < 3 for i in range(n)]
+        old.escalate(model="gpt-4o", where=chosen)
+        old.wait(timeout=30, progress=False)
+        client.close()
+    merged = old.merge(_records(first))
+    models = merged["answer_model"].tolist()
+    succeeded = merged["answer_status"].eq("succeeded").tolist()
+    assert models[:3] == ["gpt-4o"] * 3
+    assert all(m == "gpt-4o-mini" for m, ok in zip(models[3:], succeeded[3:], strict=True) if ok)
+    assert [s["n_rows"] for s in old.stages] == [3]

@@ -52,6 +52,7 @@ EXPECTED = [
     "07-resume-after-restart.ipynb",
     "08-cost-preview-and-budget.ipynb",
     "09-polars-and-parquet.ipynb",
+    "10-cheap-model-first.ipynb",
     "11-gemini.ipynb",
 ]
 
@@ -298,6 +299,36 @@ def claims_budget(nb: NotebookNode, s: dict[str, Any]) -> None:
     assert "Estimate for 621 requests on gpt-4o-mini (from 2,000 rows: 1,379 duplicate" in preview
 
 
+def claims_cascade(nb: NotebookNode, s: dict[str, Any]) -> None:
+    assert s == {
+        "rows": 200,
+        "succeeded": 200,
+        "stages": ["gpt-4o-mini", "gpt-4o"],
+        # The stand-in is unsure of the 54 reviews with no telling word, and (as the
+        # small model) fails on one in ten: those and only those went to the large one.
+        "rows escalated by the cascade": 67,
+        "rows on the large model": 67,
+        "escalated as uncertain": 54,
+        "escalated as failed": 13,
+        "small-model rows all confident": True,
+        "cascade cheaper than all on the large model": True,
+        "cascade / all on the large model in real time": s[
+            "cascade / all on the large model in real time"
+        ],
+        "preview states an upper bound": True,
+    }
+    assert s["cascade / all on the large model in real time"] < 0.3
+    stages = printed(cell_with(nb, "job.wait()"))
+    assert "stage 1 of 2: 200 rows on gpt-4o-mini" in stages
+    assert "stage 2 of 2: 67 rows on gpt-4o" in stages
+    bars = printed(cell_with(nb, "print(job.cost)"))
+    assert "all on gpt-4o in real time" in bars and "\u2588" in bars
+    assert "cascade (batch)" in bars and "all on gpt-4o (real time)" in bars
+    assert "upper bound" in printed(cell_with(nb, "preview = nb.preview("))
+    merged = html_of(cell_with(nb, "out = job.merge(df)"))
+    assert "answer_model" in merged and "gpt-4o-mini" in merged
+
+
 CLAIMS: dict[str, Callable[[NotebookNode, dict[str, Any]], None]] = {
     "01-quickstart.ipynb": claims_quickstart,
     "02-classify-a-column.ipynb": claims_classify,
@@ -308,6 +339,7 @@ CLAIMS: dict[str, Callable[[NotebookNode, dict[str, Any]], None]] = {
     "07-resume-after-restart.ipynb": claims_resume,
     "08-cost-preview-and-budget.ipynb": claims_budget,
     "09-polars-and-parquet.ipynb": claims_polars,
+    "10-cheap-model-first.ipynb": claims_cascade,
     "11-gemini.ipynb": claims_gemini,
 }
 
