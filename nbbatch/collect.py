@@ -253,13 +253,13 @@ def _retry(
 
 def unsent(state: rowstore.RowState) -> np.ndarray:
     """Leaders pending in no batch: not sent yet, or put back to be sent."""
-    leaders = state.leader == np.arange(state.n)
+    leaders = state.is_leader
     return np.flatnonzero(leaders & (state.status == rowstore.PENDING) & (state.batch < 0))
 
 
 def retryable_failures(state: rowstore.RowState) -> np.ndarray:
     """Leaders that failed or expired for a reason another try can fix."""
-    leaders = state.leader == np.arange(state.n)
+    leaders = state.is_leader
     bad = (state.status == rowstore.FAILED) | (state.status == rowstore.EXPIRED)
     return np.flatnonzero(leaders & bad & (state.retryable == 1))
 

@@ -40,6 +40,7 @@ import pandas as pd
 
 from . import rowstore
 from ._errors import InputError, NbbatchError
+from .providers.base import is_embeddings
 from .snapshot import Note
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def stage_spec(job: BatchJob, model: str, overrides: dict[str, Any]) -> dict[str
     provider.validate(checked)
     provider.check_model(model)
     state = job._ledger.row_state(job.id)
-    first = np.flatnonzero(state.leader == np.arange(state.n))[:1]
+    first = np.flatnonzero(state.is_leader)[:1]
     provider.encode(
         state.manifest_column("custom_id", first), state.manifest_column("prompt", first), checked
     )
@@ -205,7 +206,7 @@ def selection_frame(job: BatchJob) -> pd.DataFrame:
                 np.arange(state.n),
                 job.output,
                 job.spec.response_format,
-                embeddings=job.endpoint.endswith("/embeddings"),
+                embeddings=is_embeddings(job.endpoint),
             ),
             np.arange(state.n),
         )

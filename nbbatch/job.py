@@ -589,7 +589,9 @@ class BatchJob:
     def _send_error_note(self) -> str:
         """What stopped sending, and what sends the rest."""
         state = self._ledger.row_state(self.id)
-        waiting = int(np.isin(state._follow, _collect.unsent(state)).sum())
+        unsent = np.zeros(state.n, dtype=bool)
+        unsent[_collect.unsent(state)] = True
+        waiting = int(state.follow(unsent).sum())
         return (
             f"sending stopped: {self._send_error}; {waiting:,} rows are not sent yet: "
             f"job.wait() (or nb.attach({self.id!r}) in a new session) sends them"
@@ -973,7 +975,7 @@ class BatchJob:
         """
         with self._lock:
             state = self._ledger.row_state(self.id)
-            leaders = state.leader == np.arange(state.n)
+            leaders = state.is_leader
             bad = (state.status == rowstore.FAILED) | (state.status == rowstore.EXPIRED)
             positions = np.flatnonzero(leaders & bad)
             if not len(positions):

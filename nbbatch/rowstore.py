@@ -248,6 +248,10 @@ class RowState:
         self._superseded: dict[tuple[int, int], np.ndarray] = {}
         # Follower index: each row's leader, or itself (a skipped row).
         self._follow = np.where(sent, self.leader, np.arange(n, dtype=np.int32))
+        # Rows sent themselves (a skipped row's leader is -1): fixed by the plan, so
+        # worked out once, not in every count (an int64 range per call, at 10M rows).
+        self.is_leader = self.leader == np.arange(n, dtype=np.int32)
+        self.deduplicated = int(sent.sum() - self.is_leader.sum())
 
     # -- applying changes ---------------------------------------------------------------
     def batch_index(self, key: str) -> int:
@@ -335,8 +339,7 @@ class RowState:
         answered = status != PENDING
         counts["reused"] = int(((origin == REUSED) & answered).sum())
         counts["realtime"] = int(((origin == REALTIME) & answered).sum())
-        positions = np.arange(self.n)
-        counts["deduplicated"] = int(((self.leader >= 0) & (self.leader != positions)).sum())
+        counts["deduplicated"] = self.deduplicated
         return counts
 
     def usage(self) -> dict[str, tuple[int, int, int, int]]:
