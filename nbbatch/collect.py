@@ -98,21 +98,21 @@ def end_backend_gone(job: BatchJob, batch: dict[str, Any]) -> None:
     job._warn(message)
 
 
-def _hashes(job: BatchJob, positions: np.ndarray | None = None, stage: int = 0) -> np.ndarray:
-    """Request hashes, by position, to record with results (a later job reuses an answer
-    whose exact request it would send): the manifest's for stage 0; for an escalation
-    stage, the same prompts hashed under that stage's parameters, at ``positions``."""
+def _hashes(job: BatchJob, positions: np.ndarray, stage: int = 0) -> np.ndarray:
+    """The request hashes of the rows at ``positions``, to record with their results (a
+    later job reuses an answer whose exact request it would send): the manifest's for
+    stage 0; for an escalation stage, the same prompts hashed under its parameters.
+
+    Only those rows are read: the whole column is 8 bytes a row, for every batch."""
     state = job._ledger.row_state(job.id)
-    manifest = state.manifest.column("request_hash").to_numpy()
     if stage == 0:
-        return manifest
+        return state.manifest_column("request_hash", positions).to_numpy()
     from . import plan
 
-    out = np.zeros(len(manifest), dtype=np.uint64)
     salt = job.stage_salt(stage)
-    if salt is not None and positions is not None and len(positions):
-        out[positions] = plan.prompt_hashes(state.manifest_column("prompt", positions), salt)
-    return out
+    if salt is None or not len(positions):
+        return np.zeros(len(positions), dtype=np.uint64)
+    return plan.prompt_hashes(state.manifest_column("prompt", positions), salt)
 
 
 def collect(job: BatchJob, info: BatchInfo, intent: str, stage: int = 0) -> None:
@@ -139,7 +139,7 @@ def collect(job: BatchJob, info: BatchInfo, intent: str, stage: int = 0) -> None
         zero_copy_only=False
     )
     note = rec.note(info.batch_id)
-    results = rowstore.result_table(positions[where], table, _hashes(job, positions, stage))
+    results = rowstore.result_table(positions[where], table, _hashes(job, positions, stage)[where])
     job._ledger.record_results(job.id, intent, results, note)
     if rec.unknown or rec.duplicates or rec.missing:
         job._warn(note)
@@ -285,7 +285,7 @@ def fallback_realtime(job: BatchJob) -> None:
         table = realtime_checked(table, spec)
         where = pc.index_in(table.column("custom_id"), value_set=ids).to_numpy(zero_copy_only=False)
         hashes = _hashes(job, mine, int(stage))
-        results = rowstore.result_table(mine[where], table, hashes)
+        results = rowstore.result_table(mine[where], table, hashes[where])
         job._ledger.record_results(
             job.id, None, results, "results from the real-time fallback recorded",
             origin="realtime",

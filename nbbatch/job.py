@@ -501,16 +501,18 @@ class BatchJob:
             return
         try:
             state = self._ledger.row_state(self.id)  # as any sender before us left it
-            positions = _collect.unsent(state)
-            # A copy: the state is live, and sending the first group changes the
-            # attempts of its rows (read afterwards, they would be sent twice).
-            attempts = state.attempt[positions].copy()
-            stages = state.stage[positions].copy()
-            for stage, attempt in sorted(set(zip(stages.tolist(), attempts.tolist(), strict=True))):
-                chosen = positions[(attempts == attempt) & (stages == stage)]
+            positions = _collect.unsent(state).astype(np.int32)
+            # Rows go in groups of one (stage, attempt), as one key each. Read now, into
+            # arrays of their own: the state is live, and sending the first group changes
+            # the attempts of its rows (read afterwards, they would be sent twice).
+            keys = (state.stage[positions].astype(np.int64) << 16) | state.attempt[positions]
+            # Usually one group: then no sort, and no copy of millions of positions.
+            single = bool(len(keys)) and bool((keys == keys[0]).all())
+            for key in keys[:1] if single else np.unique(keys):
+                chosen = positions if single else positions[keys == key]
                 _send.send_rows(
-                    self, chosen, max(1, int(attempt)), progress=progress, lock=self._lock,
-                    stage=int(stage),
+                    self, chosen, max(1, int(key) & 0xFFFF), progress=progress,
+                    lock=self._lock, stage=int(key) >> 16,
                 )  # fmt: skip
         finally:
             self._ledger.release_sending(self.id)

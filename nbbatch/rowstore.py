@@ -161,7 +161,8 @@ def _scatter(values: pa.Array, positions: np.ndarray, n: int) -> pa.Array:
 
 def result_table(positions: np.ndarray, table: pa.Table, hashes: np.ndarray) -> pa.Table:
     """A :data:`RESULT_SCHEMA` table from provider-normalised rows (``ROW_RESULT_SCHEMA``:
-    ``error_message`` becomes ``error``, "type: message") for leaders at ``positions``."""
+    ``error_message`` becomes ``error``, "type: message") for leaders at ``positions``,
+    whose request hashes are ``hashes`` (one each, in the same order)."""
     message = pc.binary_join_element_wise(
         pc.cast(table.column("error_type"), pa.large_string()),
         pc.cast(table.column("error_message"), pa.large_string()),
@@ -177,7 +178,7 @@ def result_table(positions: np.ndarray, table: pa.Table, hashes: np.ndarray) -> 
         "input_tokens": table.column("input_tokens"),
         "output_tokens": table.column("output_tokens"),
         "cached_tokens": table.column("cached_tokens"),
-        "request_hash": pa.array(hashes[positions], pa.uint64()),
+        "request_hash": pa.array(hashes, pa.uint64()),
     }
     return pa.table(columns).cast(RESULT_SCHEMA)
 
