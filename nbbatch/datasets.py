@@ -71,6 +71,44 @@ def sentiment_responder() -> Any:
     return keyword_responder(SENTIMENT_KEYWORDS, default="neutral")
 
 
+#: Number words a summarising prompt may ask for ("in five words").
+_COUNTS = {"three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "ten": 10}
+
+
+def demo_responder() -> Any:
+    """A stand-in for a model on the example notebooks' prompts, on the emulator:
+    ``nb.emulator.start(responder=demo_responder())``.
+
+    It is not a model. A prompt that asks to classify gets :func:`sentiment_responder`'s
+    label; one that asks to summarise gets the first words of the text after its
+    instruction (as many as "in five words" asks, else the first sentence, at most 30
+    words); anything else gets the emulator's usual answer. So a notebook's summary
+    column reads like summaries, not like an echo of the prompt.
+    """
+    from .emulator import default_responder
+
+    classify = sentiment_responder()
+
+    def respond(request: Any) -> str | dict[str, Any]:
+        head, _, body = request.prompt.partition("\n")
+        words = head.lower().replace(":", " ").split()
+        if "classify" in words:
+            return classify(request)
+        if not any(w.startswith(("summar", "summir")) for w in words):
+            return default_responder(request)
+        if not body.strip():  # the text on the instruction's line: "Summarise: {text}"
+            body = head.partition(":")[2]
+        limit = next((_COUNTS[w] for w in words if w in _COUNTS), 30)
+        lines = [line.strip() for line in body.splitlines() if line.strip()]
+        titles = [line.lstrip("# ") for line in lines if line.startswith("#")]
+        text = " ".join(line for line in lines if not line.startswith("#"))
+        first = text.split(". ")[0].rstrip(".").split()
+        summary = " ".join(first[:limit]) + ("…" if len(first) > limit else ".")
+        return f"{titles[0]}: {summary}" if titles and limit == 30 else summary
+
+    return respond
+
+
 def reviews(n: int = 12, *, seed: int = 7) -> pd.DataFrame:
     """``n`` synthetic product reviews: ``product``, ``category``, ``stars``, ``review``,
     and the ``true_sentiment`` they were written with (to check a classifier against)."""
