@@ -25,8 +25,6 @@ from ._faults import (
     FAIL_MARKER,
     Fate,
     RowInfo,
-    assign_fates,
-    faulted,
     int_hash,
     processing_order,
 )
@@ -288,14 +286,7 @@ def create_batch_sync(store: Store, body: Any, host: str) -> dict[str, Any]:
                     invalid=not ok,
                 )
             )
-    custom_ids = [r.custom_id for r in rows]
-    attempts = store.attempts("anthropic", custom_ids)
-    rows = [
-        RowInfo(r.custom_id, a, r.text, r.has_schema, r.invalid)
-        for r, a in zip(rows, attempts, strict=True)
-    ]
-    fates = assign_fates(rows, knobs)
-    store.record_faults("anthropic", custom_ids, attempts, faulted(fates))
+    fates = store.fates("anthropic", rows, knobs)
     t = store.now()
     batch_id = new_id("msgbatch_")
     started = t + knobs.validating_seconds

@@ -41,8 +41,6 @@ from ._faults import (
     FAIL_MARKER,
     Fate,
     RowInfo,
-    assign_fates,
-    faulted,
     int_hash,
     processing_order,
 )
@@ -441,10 +439,10 @@ class _Unreadable(Exception):
     """Why a batch's input file cannot be read: the batch will end FAILED."""
 
 
-def read_input(path: Path, kind: str) -> tuple[list[RowInfo], list[str]]:
-    """The rows of an input file, or :class:`_Unreadable` with the first reason."""
+def read_input(path: Path, kind: str) -> list[RowInfo]:
+    """The rows of an input file (named by their keys), or :class:`_Unreadable` with
+    the first reason."""
     rows: list[RowInfo] = []
-    keys: list[str] = []
     seen: set[str] = set()
     for lineno, raw in enumerate(iter_lines(path), 1):
         try:
@@ -459,7 +457,6 @@ def read_input(path: Path, kind: str) -> tuple[list[RowInfo], list[str]]:
         if key in seen:
             raise _Unreadable(f"Line {lineno}: duplicate key '{key}'.")
         seen.add(key)
-        keys.append(key)
         req = row["request"]
         ok = problem_of(kind, req) is None
         text = row_text(kind, req) if ok else ""
@@ -468,7 +465,7 @@ def read_input(path: Path, kind: str) -> tuple[list[RowInfo], list[str]]:
             raise _Unreadable(f"A batch holds at most {MAX_REQUESTS} requests.")
     if not rows:
         raise _Unreadable("The batch input holds no requests.")
-    return rows, keys
+    return rows
 
 
 def create_batch_sync(store: Store, model: str, body: Any, kind: str = GENERATE) -> dict[str, Any]:
@@ -478,17 +475,11 @@ def create_batch_sync(store: Store, model: str, body: Any, kind: str = GENERATE)
     path, file_name, _size = _input_rows(store, body)
     knobs = store.knobs
     try:
-        rows, keys = read_input(path, kind)
+        rows = read_input(path, kind)
         failure = ""
     except _Unreadable as exc:
-        rows, keys, failure = [], [], str(exc)
-    attempts = store.attempts("gemini", keys)
-    rows = [
-        RowInfo(r.custom_id, a, r.text, r.has_schema, r.invalid)
-        for r, a in zip(rows, attempts, strict=True)
-    ]
-    fates = assign_fates(rows, knobs)
-    store.record_faults("gemini", keys, attempts, faulted(fates))
+        rows, failure = [], str(exc)
+    fates = store.fates("gemini", rows, knobs)
     t = store.now()
     batch_id = new_id("", 10)
     started = t + knobs.validating_seconds

@@ -28,8 +28,6 @@ from ._faults import (
     Fate,
     Knobs,
     RowInfo,
-    assign_fates,
-    faulted,
     int_hash,
     processing_order,
 )
@@ -672,7 +670,6 @@ class OpenAIBatch(BatchRecord):
 
 @dataclass
 class _Validation:
-    custom_ids: list[str] = field(default_factory=list)
     rows: list[RowInfo] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     model: str | None = None
@@ -768,7 +765,6 @@ def validate_input(path: Path, size: int, endpoint: str) -> _Validation:
             info = inspect(endpoint, body)
             v.prompt_chars += info.prompt_chars
             v.embedding_inputs += len(info.embedding_inputs)
-            v.custom_ids.append(cid)
             v.rows.append(RowInfo(cid, 0, info.last_user, info.schema is not None))
     if count == 0:
         v.fail("empty_file", "The input file is empty.")
@@ -874,13 +870,7 @@ def create_batch_sync(store: Store, body: Any) -> dict[str, Any]:
     n = 0 if invalid else len(v.rows)
     fates = bytearray()
     if not invalid:
-        attempts = store.attempts("openai", v.custom_ids)
-        rows = [
-            RowInfo(r.custom_id, a, r.text, r.has_schema)
-            for r, a in zip(v.rows, attempts, strict=True)
-        ]
-        fates = assign_fates(rows, knobs)
-        store.record_faults("openai", v.custom_ids, attempts, faulted(fates))
+        fates = store.fates("openai", v.rows, knobs)
     batch_id = new_id("batch_")
     started = t + knobs.validating_seconds
     processed = started + knobs.processing_seconds

@@ -14,6 +14,7 @@ not hold gigabytes of JSON in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import tempfile
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._faults import TRANSIENT_MARKER, Fate, Knobs
+from ._faults import TRANSIENT_MARKER, Fate, Knobs, RowInfo, assign_fates, faulted
 
 WINDOW_SECONDS = 24 * 3600.0
 #: How long "cancelling" lasts when finalizing_seconds is 0, so a cancel is observable.
@@ -341,6 +342,18 @@ class Store:
         attempt = self.attempts(kind, [text])[0]
         self.record_faults(kind, [text], [attempt], [attempt == 1])
         return attempt == 1
+
+    def fates(self, provider: str, rows: list[RowInfo], knobs: Knobs) -> bytearray:
+        """Each request's fate in a new batch: its attempt (how many batches in a row
+        faulted its custom_id) looked up, the fates drawn, and the faults remembered."""
+        ids = [r.custom_id for r in rows]
+        attempts = self.attempts(provider, ids)
+        fates = assign_fates(
+            [dataclasses.replace(r, attempt=a) for r, a in zip(rows, attempts, strict=True)],
+            knobs,
+        )
+        self.record_faults(provider, ids, attempts, faulted(fates))
+        return fates
 
     def record_faults(
         self, provider: str, custom_ids: list[str], attempts: list[int], faulted: list[bool]

@@ -65,6 +65,18 @@ def is_embeddings(endpoint: str) -> bool:
     return endpoint.endswith("/embeddings") or endpoint == "embedContent"
 
 
+def reply_settings_set(spec: RequestSpec) -> list[str]:
+    """The settings of ``spec`` that shape a reply (``system``, ``max_tokens``, ...), by
+    name, that are set: an embedding request has no reply, so providers refuse them."""
+    shaping = (
+        ("system", spec.system),
+        ("max_tokens", spec.max_tokens),
+        ("temperature", spec.temperature),
+        ("response_format", spec.response_format),
+    )
+    return [name for name, value in shaping if value is not None]
+
+
 def http_status(exc: BaseException | None) -> int | None:
     """The HTTP status an SDK error carries, or None (no answer, or not an SDK error).
 

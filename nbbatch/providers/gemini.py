@@ -41,6 +41,7 @@ from .base import (
     empty_results,
     failure_row,
     is_transient,
+    reply_settings_set,
     sdk_error,
 )
 
@@ -426,16 +427,7 @@ def _embed_params(spec: RequestSpec) -> dict[str, Any]:
 def _embed_problems(spec: RequestSpec) -> list[str]:
     """What Gemini would refuse in an embedding request (an empty list: nothing)."""
     problems = []
-    unused = [
-        name
-        for name, value in (
-            ("system", spec.system),
-            ("max_tokens", spec.max_tokens),
-            ("temperature", spec.temperature),
-            ("response_format", spec.response_format),
-        )
-        if value is not None
-    ]
+    unused = reply_settings_set(spec)
     if unused:
         problems.append(
             f"{', '.join(unused)} cannot be used with {EMBED} (an embedding has no reply to "

@@ -29,6 +29,7 @@ from .base import (
     empty_results,
     failure_row,
     is_transient,
+    reply_settings_set,
     sdk_error,
     sdk_kwargs,
 )
@@ -187,16 +188,7 @@ class OpenAIProvider(Provider):
         _params.check_max_tokens(spec.max_tokens)
         if spec.endpoint == "/v1/embeddings":
             # body() leaves these out of an embeddings request: say so, not drop them.
-            ignored = [
-                name
-                for name, value in (
-                    ("system", spec.system),
-                    ("max_tokens", spec.max_tokens),
-                    ("temperature", spec.temperature),
-                    ("response_format", spec.response_format),
-                )
-                if value is not None
-            ]
+            ignored = reply_settings_set(spec)
             if ignored:
                 raise InputError(
                     f"{', '.join(ignored)} cannot be used with /v1/embeddings (an embedding "
