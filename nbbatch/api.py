@@ -188,8 +188,7 @@ def submit(
         print(note, file=sys.stderr)
         record = ledger.job(existing)
         assert record is not None
-        job = BatchJob(record, impl, ledger, data=data, polling=polling)
-        job._escalate_when = when_fn
+        job = BatchJob(record, impl, ledger, data=data, polling=polling, escalate_when=when_fn)
     else:
         policy: dict[str, Any] = {
             "retries": retries,
@@ -209,9 +208,15 @@ def submit(
             deadline=_health.deadline_at(deadline, record["created"]),
         )
         ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
-        job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
-        job._escalate_when = when_fn
-        due = job._record.get("deadline")
+        job = BatchJob(
+            ledger.job(record["id"]) or record,
+            impl,
+            ledger,
+            data=data,
+            polling=polling,
+            escalate_when=when_fn,
+        )
+        due = record.get("deadline")
         log.info(
             "nbbatch job %s started: %d rows expected on %s %s, cost %s%s",
             job.id, rows.n_rows, name, model, job.cost,
@@ -593,9 +598,7 @@ def attach(
     if client is None:
         client = _client_for(name, None if background else record.get("base_url"), local)
     impl = _providers.build(name, client)
-    job = BatchJob(
-        record, impl, ledger, data=data, polling=LOCAL_POLLING if local else REMOTE_POLLING
-    )
+    when_fn = None
     if escalate_when is not None:
         from . import escalate as _escalate
 
@@ -604,13 +607,14 @@ def attach(
                 f"job {job_id} is not a cascade: escalate_when has nothing to do; use "
                 "job.escalate(model=..., where=...) to send rows on another model."
             )
-        _, job._escalate_when = _escalate.escalate_when_of(escalate_when)
-        if job._escalate_when is None:
+        _, when_fn = _escalate.escalate_when_of(escalate_when)
+        if when_fn is None:
             raise InputError(
                 "escalate_when given to nb.attach must be a function (a string one is "
                 "kept in the ledger already)."
             )
-    return job
+    polling = LOCAL_POLLING if local else REMOTE_POLLING
+    return BatchJob(record, impl, ledger, data=data, polling=polling, escalate_when=when_fn)
 
 
 def _client_for(name: str, base_url: str | None, local: bool) -> Any:

@@ -41,10 +41,9 @@ import pandas as pd
 from . import rowstore
 from ._errors import InputError, NbbatchError
 from .providers.base import is_embeddings
-from .snapshot import Note
 
 if TYPE_CHECKING:
-    from .job import BatchJob
+    from .context import JobContext
 
 #: The ``where`` that chooses the rows that ended failed or expired.
 FAILED = "failed"
@@ -86,7 +85,7 @@ def storable(where: Where) -> str | None:
     return where if isinstance(where, str) else None
 
 
-def stage_spec(job: BatchJob, model: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def stage_spec(ctx: JobContext, model: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The request parameters of a new stage: the job's own, with ``model`` and
     ``overrides``, checked as ``submit`` checks them (parameters, model at the provider,
     one request encoded) before anything is sent."""
@@ -101,18 +100,16 @@ def stage_spec(job: BatchJob, model: str, overrides: dict[str, Any]) -> dict[str
             f"an escalation keeps the job's {', '.join(fixed)}: the result columns must "
             "stay the same (pass model= for the model). Submit a new job to change them."
         )
-    owner = next(
-        (name for name, prefixes in providers._FAMILIES.items() if model.startswith(prefixes)),
-        job.provider,  # a name of no known family: the provider's models endpoint decides
-    )
-    if owner != job.provider:
+    # A name of no known family: the provider's models endpoint decides.
+    owner = providers.family_of(model) or ctx.provider_name
+    if owner != ctx.provider_name:
         raise InputError(
-            f"model {model!r} is a model of {owner}, but job {job.id} runs on "
-            f"{job.provider}: an escalation stays with the job's provider. Choose a model "
-            f"of {job.provider}.",
-            job_id=job.id,
+            f"model {model!r} is a model of {owner}, but job {ctx.id} runs on "
+            f"{ctx.provider_name}: an escalation stays with the job's provider. Choose a model "
+            f"of {ctx.provider_name}.",
+            job_id=ctx.id,
         )
-    spec = dict(job._record["spec"])
+    spec = dict(ctx.record["spec"])
     spec["model"] = model
     params = dict(spec.get("params") or {})
     for key, value in overrides.items():
@@ -122,10 +119,10 @@ def stage_spec(job: BatchJob, model: str, overrides: dict[str, Any]) -> dict[str
             params[key] = value
     spec["params"] = params
     checked = RequestSpec(**spec)
-    provider = job._provider
+    provider = ctx.provider
     provider.validate(checked)
     provider.check_model(model)
-    state = job._ledger.row_state(job.id)
+    state = ctx.ledger.row_state(ctx.id)
     first = np.flatnonzero(state.is_leader)[:1]
     provider.encode(
         state.manifest_column("custom_id", first), state.manifest_column("prompt", first), checked
@@ -133,34 +130,34 @@ def stage_spec(job: BatchJob, model: str, overrides: dict[str, Any]) -> dict[str
     return checked.as_dict()
 
 
-def mask_of(job: BatchJob, where: Where) -> np.ndarray:
-    """``where`` evaluated: one bool per row of the job, in the merged order."""
-    state = job._ledger.row_state(job.id)
+def mask_of(ctx: JobContext, where: Where) -> np.ndarray:
+    """``where`` evaluated: one bool per row of the ctx, in the merged order."""
+    state = ctx.ledger.row_state(ctx.id)
     n = state.n
     if isinstance(where, str) and where == FAILED:
         status = state.statuses()
         return (status == rowstore.FAILED) | (status == rowstore.EXPIRED)
     if isinstance(where, str) or callable(where):
-        frame = selection_frame(job)
+        frame = selection_frame(ctx)
         try:
             result = frame.eval(where) if isinstance(where, str) else where(frame)
         except Exception as exc:
             raise InputError(
                 f"where={describe(where)!r} could not be evaluated on the merged DataFrame "
                 f"(columns {list(frame.columns)}): {type(exc).__name__}: {exc}",
-                job_id=job.id,
+                job_id=ctx.id,
             ) from exc
     else:
         result = where
-    if isinstance(result, pd.Series) and isinstance(job._data, pd.DataFrame | pd.Series):
+    if isinstance(result, pd.Series) and isinstance(ctx.data, pd.DataFrame | pd.Series):
         # A Series is taken by position; one indexed otherwise than the data (another
         # frame, a sorted copy) would choose the wrong rows.
-        if not result.index.equals(job._data.index):
+        if not result.index.equals(ctx.data.index):
             raise InputError(
                 "where is a Series whose index is not the submitted data's: its values would "
                 "land on other rows. Build it from job.merge(), or pass .to_numpy() for a "
                 "mask by position.",
-                job_id=job.id,
+                job_id=ctx.id,
             )
     if isinstance(result, pd.Series | pd.Index):
         values = result.to_numpy(dtype=object, na_value=False)
@@ -169,20 +166,20 @@ def mask_of(job: BatchJob, where: Where) -> np.ndarray:
     if values.ndim != 1 or len(values) != n:
         raise InputError(
             f"where gave {values.size if values.ndim != 1 else len(values):,} values, but "
-            f"job {job.id} has {n:,} rows: a mask needs one value per row of the merged "
+            f"job {ctx.id} has {n:,} rows: a mask needs one value per row of the merged "
             "DataFrame, in its order.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
     if not all(isinstance(v, bool | np.bool_) for v in values):
         kinds = sorted({type(v).__name__ for v in values if not isinstance(v, bool | np.bool_)})
         raise InputError(
             f"where must give True or False for each row, found values of type {kinds}.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
     return values.astype(bool)
 
 
-def selection_frame(job: BatchJob) -> pd.DataFrame:
+def selection_frame(ctx: JobContext) -> pd.DataFrame:
     """The merged DataFrame a ``where`` chooses rows by (pandas, whatever was
     submitted): the data of this session with the result columns, or, for a job
     attached without its data, the result columns alone (by position)."""
@@ -193,36 +190,36 @@ def selection_frame(job: BatchJob) -> pd.DataFrame:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", JobRunningWarning)
-        if job._data is not None:
-            out: pd.DataFrame = merge.merge_job(job, job._data, verify=True, native=False)
+        if ctx.data is not None:
+            out: pd.DataFrame = merge.merge_job(ctx, ctx.data, verify=True, native=False)
             return out
-        state = job._ledger.row_state(job.id)
+        state = ctx.ledger.row_state(ctx.id)
         empty = pd.DataFrame(index=pd.RangeIndex(state.n))
         return merge.with_models(
-            job,
+            ctx,
             merge.merged(
                 empty,
                 state,
                 np.arange(state.n),
-                job.output,
-                job.spec.response_format,
-                embeddings=is_embeddings(job.endpoint),
+                ctx.output,
+                ctx.spec.response_format,
+                embeddings=is_embeddings(ctx.endpoint),
             ),
             np.arange(state.n),
         )
 
 
-def choose(job: BatchJob, where: Where, spec: dict[str, Any]) -> tuple[np.ndarray, int]:
+def choose(ctx: JobContext, where: Where, spec: dict[str, Any]) -> tuple[np.ndarray, int]:
     """The leaders to send in a new stage with parameters ``spec``, and how many rows
     they stand for: the rows ``where`` chooses that ended (succeeded, failed or
     expired), less those already answered with exactly these parameters."""
-    mask = mask_of(job, where)
-    state = job._ledger.row_state(job.id)
+    mask = mask_of(ctx, where)
+    state = ctx.ledger.row_state(ctx.id)
     status = state.statuses()
     ended = (status == rowstore.SUCCEEDED) | (status == rowstore.FAILED)
     ended |= status == rowstore.EXPIRED
     leaders = np.unique(state.leader[mask & ended])
-    specs = [job.stage_spec_dict(s) for s in range(len(job.stages) + 1)]
+    specs = [ctx.stage_spec_dict(s) for s in range(len(ctx.stages) + 1)]
     same = np.array([s == spec for s in specs])
     again = same[state.stage[leaders]] & (state.status[leaders] == rowstore.SUCCEEDED)
     leaders = leaders[~again]
@@ -231,31 +228,34 @@ def choose(job: BatchJob, where: Where, spec: dict[str, Any]) -> tuple[np.ndarra
 
 
 def start_stage(
-    job: BatchJob, model: str, where: Where, overrides: dict[str, Any], *, automatic: bool
+    ctx: JobContext, model: str, where: Where, overrides: dict[str, Any], *, automatic: bool
 ) -> int:
     """Start the next stage: check everything, choose the rows, record the stage with
-    them (one transaction), then send them in the background; returns the rows sent.
+    them (one transaction) and put them back to be sent; returns how many rows wait to
+    be sent (the job then sends them in the background, and tells its views).
 
     A stage started by hand with no row to send is refused (``InputError``); a cascade's
     stage is recorded all the same (with no row), so the cascade knows it is done.
     """
     check_where(where)
-    spec = stage_spec(job, model, overrides)
-    leaders, rows = choose(job, where, spec)
-    number = len(job.stages) + 1
-    total = job.planned_stages
+    spec = stage_spec(ctx, model, overrides)
+    leaders, rows = choose(ctx, where, spec)
+    number = len(ctx.stages) + 1
+    total = ctx.planned_stages
     if not len(leaders) and not automatic:
         raise InputError(
-            f"no row to escalate: none of the {describe(where)} of job {job.id} ended in a "
+            f"no row to escalate: none of the {describe(where)} of job {ctx.id} ended in a "
             f"way that can be sent again (pending, skipped and cancelled rows cannot), or "
             f"they were already answered by {model} with these parameters. Nothing was sent.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
     from . import plan as _plan
 
-    state = job._ledger.row_state(job.id)
-    local = job._record.get("backend") == "local"
-    salt = _plan.spec_hash(spec, job.provider, "local" if local else str(job._record["base_url"]))
+    state = ctx.ledger.row_state(ctx.id)
+    local = ctx.record.get("backend") == "local"
+    salt = _plan.spec_hash(
+        spec, ctx.provider_name, "local" if local else str(ctx.record["base_url"])
+    )
     attempt = int(state.attempt.max()) + 1
     record = {
         "stage": number,
@@ -265,52 +265,49 @@ def start_stage(
         "n_rows": rows,
         "reason": describe(where),
     }
-    if not job._ledger.add_stage(job.id, record, leaders):
+    if not ctx.ledger.add_stage(ctx.id, record, leaders):
         if automatic:
             return 0  # another session started it first: it sends it
         raise NbbatchError(
-            f"stage {number} of job {job.id} was started meanwhile by another session (or "
+            f"stage {number} of job {ctx.id} was started meanwhile by another session (or "
             "the job was cancelled): job.refresh() shows it; nothing was sent here.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
     head = f"stage {number + 1} of {max(total, number + 1)}"
     if rows:
         # Current while the stage's first attempt has rows pending (see nbbatch.notes).
         text = f"{head}: {rows:,} rows on {model} ({describe(where)})"
-        job._notes.append(Note(job.clock(), "resubmit", text, attempt=attempt))
-        job._record["status"] = "running"
-        job._logged_done = False
-        job._send_error = None
-        job.start_sending(daemon=job._daemon_sender())
+        ctx.note("resubmit", text, attempt)
+        ctx.record["status"] = "running"
     else:
-        text = f"{head}: no row to send on {model} ({describe(where)})"
-        job._notes.append(Note(job.clock(), "event", text))
-    job._notify(job.snapshot())
+        ctx.note("event", f"{head}: no row to send on {model} ({describe(where)})")
     return rows
 
 
-def cascade_next(job: BatchJob) -> None:
+def cascade_next(ctx: JobContext) -> int:
     """Start the cascade's next stage if the job has one left (see the module
-    docstring); called when a stage has ended and its failure policy is done."""
-    cascade = job.policy.get("cascade")
+    docstring); called when a stage has ended and its failure policy is done. Returns
+    the rows the new stage put back to be sent (0: none, or no stage started)."""
+    cascade = ctx.policy.get("cascade")
     if not cascade:
-        return
+        return 0
     models = list(cascade["models"])
-    done = len(job.stages)
+    done = len(ctx.stages)
     if done + 1 >= len(models):
-        return
-    when: Where = job._escalate_when if job._escalate_when is not None else cascade.get("when")
+        return 0
+    when: Where = ctx.escalate_when if ctx.escalate_when is not None else cascade.get("when")
     if when is None:
-        job._warn_once(
+        ctx.warn_once(
             f"the cascade's stage {done + 2} on {models[done + 1]} waits for its "
             "escalate_when function, which lives only in the session that submitted: "
-            f"nb.attach({job.id!r}, escalate_when=fn) goes on with it",
+            f"nb.attach({ctx.id!r}, escalate_when=fn) goes on with it",
         )
-        return
+        return 0
     try:
-        start_stage(job, models[done + 1], when, {}, automatic=True)
+        return start_stage(ctx, models[done + 1], when, {}, automatic=True)
     except InputError as exc:
-        job._warn_once(f"the cascade stopped before stage {done + 2}: {exc}")
+        ctx.warn_once(f"the cascade stopped before stage {done + 2}: {exc}")
+        return 0
 
 
 def escalate_when_of(value: Any) -> tuple[str | None, Callable[..., Any] | None]:

@@ -1,12 +1,17 @@
 """BatchJob: one DataFrame's rows going through a provider's batch API.
 
-A job is a view over its record in the ledger plus a provider to talk to. Everything it
-learns (batch ids, statuses, results) is written to the ledger first, so any process can
-rebuild the same job with :func:`nbbatch.attach`. The job drives the stages and holds
-none of their logic: :mod:`nbbatch.send` (chunks, intents, create), :mod:`nbbatch.collect`
-(poll, download, reconcile, retries, fallback) and :mod:`nbbatch.merge`, over the rows
-as :mod:`nbbatch.rowstore` keeps them. Views (the notebook panel, the console reporter)
-subscribe to its snapshots; the job knows nothing of them.
+A job is the face a user holds: a view over its record in the ledger plus a provider to
+talk to. Everything it learns (batch ids, statuses, results) is written to the ledger
+first, so any process can rebuild the same job with :func:`nbbatch.attach`. The job owns
+the background threads (the sender, the poller), calls the stages in order and tells its
+views what happened; it holds none of the stages' logic. Each stage is a function of a
+:class:`~nbbatch.context.JobContext` (the record, ledger, provider and session notes):
+:mod:`nbbatch.send` (chunks, intents, create), :mod:`nbbatch.collect` (poll, download,
+reconcile, retries, fallback), :mod:`nbbatch.escalate` (stages, cascades) and
+:mod:`nbbatch.merge`, over the rows as :mod:`nbbatch.rowstore` keeps them; snapshots are
+built by :func:`nbbatch.snapshot.build`. Views (the notebook panel, the console
+reporter) subscribe to its snapshots; the job knows nothing of them. See
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ import logging
 import os
 import secrets
 import threading
-import time
 import warnings
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,15 +35,26 @@ import pandas as pd
 from . import collect as _collect
 from . import health as _health
 from . import merge as _merge
-from . import notes as _notes
 from . import rowstore
 from . import send as _send
+from . import snapshot as _snapshot
 from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, ProviderError
+from .context import JobContext, output_columns
 from .ledger import Ledger
 from .poller import Poller
 from .pricing import Cost
-from .providers.base import BatchInfo, Provider, RequestSpec, http_status, is_embeddings
-from .snapshot import ROW_STATES, BatchView, JobSnapshot, Note, StageView, format_seconds
+from .providers.base import Provider, RequestSpec, http_status, is_embeddings
+from .snapshot import JobSnapshot, format_seconds
+
+__all__ = [
+    "LOCAL_POLLING",
+    "REMOTE_POLLING",
+    "BatchJob",
+    "PollPolicy",
+    "is_loopback",
+    "new_job_id",
+    "output_columns",
+]
 
 Listener = Callable[[JobSnapshot], None]
 log = logging.getLogger("nbbatch")
@@ -72,18 +88,17 @@ REMOTE_POLLING = PollPolicy(2.0, 30.0)
 LOCAL_POLLING = PollPolicy(0.25, 2.0)
 
 
-def output_columns(
-    output: str, response_format: dict[str, Any] | None, *, staged: bool = False
-) -> list[str]:
-    """The columns ``merge`` adds for this output name and response_format (and
-    ``{output}_model`` for a job with escalation stages or a cascade)."""
-    model = [f"{output}_model"] if staged else []
-    if response_format is None:
-        return [output, f"{output}_status", f"{output}_error", *model]
-    from . import structured
+def _weakly(method: Callable[..., None]) -> Callable[..., None]:
+    """``method`` (bound to a job) called through a weak reference: what the job gives
+    its context and threads, so they never keep a job nobody holds alive."""
+    ref = weakref.WeakMethod(method)
 
-    fields = structured.columns_of(structured.schema_of(response_format))
-    return [*fields, f"{output}_status", f"{output}_error", *model, f"{output}_raw"]
+    def call(*args: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args)
+
+    return call
 
 
 def new_job_id() -> str:
@@ -98,9 +113,6 @@ class BatchJob:
     Build one with :func:`nbbatch.submit` or :func:`nbbatch.attach`, not directly.
     """
 
-    # Injected so tests can run a 24-hour batch in milliseconds.
-    clock: Callable[[], float] = staticmethod(time.time)
-    sleep: Callable[[float], None] = staticmethod(time.sleep)
     #: Set by a poll that found the job's private emulator gone (see _transient_note).
     _backend_dead = False
 
@@ -111,35 +123,57 @@ class BatchJob:
         ledger: Ledger,
         data: pd.DataFrame | pd.Series | None = None,
         polling: PollPolicy | None = None,
+        *,
+        escalate_when: Callable[..., Any] | None = None,
     ) -> None:
+        # What the stages work on (see nbbatch.context); a cascade's escalate_when, when
+        # it is a function, lives there for this session only.
+        self._ctx = JobContext(record, provider, ledger, data, escalate_when=escalate_when)
+        self._ctx.on_progress = _weakly(self._progress_changed)
         self._record = record
-        self._provider = provider
-        self._ledger = ledger
-        self._data = data
         self._lock = threading.RLock()
         self._listeners: list[Listener] = []
         self.polling = polling or REMOTE_POLLING
         self._last_poll: float | None = None
-        self._next_poll: float | None = None
+        self._next_poll: float | None = None  # while wait() sleeps: when it polls next
         self._last_error: str | None = None
-        self._infos: dict[str, BatchInfo] = {}
         self._poller: Poller | None = None
-        self._notes: list[Note] = []  # what the job did or noticed, oldest first
-        self._alert_raised = False  # the failure-rate alert fired in this session
-        # Progress (rows done or ready at the provider) each time it changed: the ETA's rate.
-        self._progress_base: int | None = None
-        self._samples: list[tuple[float, int]] = []
+        self._trail = _snapshot.ProgressTrail()  # the ETA's rate
         self._logged_done = False
         self._logged_overdue = False
-        self._avg_prompt_tokens: float | None = None
         # The background sender (see start_sending), its progress, and the error that
         # stopped it: raised by the next wait(), which then tries again.
         self._sender: threading.Thread | None = None
         self._sending: _send.Progress | None = None
         self._send_error: BaseException | None = None
-        # A cascade's escalate_when when it is a function: it lives in this session only
-        # (see nbbatch.escalate); a string one is in the job's policy.
-        self._escalate_when: Callable[..., Any] | None = None
+
+    # Injected so tests can run a 24-hour batch in milliseconds.
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The job's clock (seconds since the epoch); tests set a fake one."""
+        return self._ctx.clock
+
+    @clock.setter
+    def clock(self, value: Callable[[], float]) -> None:
+        self._ctx.clock = value
+
+    @property
+    def sleep(self) -> Callable[[float], None]:
+        """How the job sleeps between polls; tests set a fake one."""
+        return self._ctx.sleep
+
+    @sleep.setter
+    def sleep(self, value: Callable[[float], None]) -> None:
+        self._ctx.sleep = value
+
+    # The ledger and the provider, for a test that checks what they hold.
+    @property
+    def _ledger(self) -> Ledger:
+        return self._ctx.ledger
+
+    @property
+    def _provider(self) -> Provider:
+        return self._ctx.provider
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -161,54 +195,42 @@ class BatchJob:
     def models(self) -> list[str]:
         """The model of each stage started so far, stage 0 (the job's own) first; a
         cascade's later models follow as its stages start."""
-        return [self.stage_spec_dict(s)["model"] for s in range(len(self.stages) + 1)]
+        return self._ctx.models
 
     @property
     def stages(self) -> list[dict[str, Any]]:
         """The escalation stages started (1, 2, ...), as the ledger records them: their
         request ``spec``, ``n_rows`` sent, ``reason`` (what chose them) and more."""
-        return self._ledger.stages(self.id)
+        return self._ctx.stages
 
     @property
     def planned_stages(self) -> int:
         """How many stages the job has or will have: a cascade's models, or the stages
         started so far (1 for a job never escalated)."""
-        cascade = self.policy.get("cascade") or {}
-        return max(len(cascade.get("models") or ()), len(self.stages) + 1)
+        return self._ctx.planned_stages
 
     @property
     def staged(self) -> bool:
         """Whether the job escalates (a cascade, or a stage started): then ``merge``
         says in ``{output}_model`` which model answered each row."""
-        return bool(self.policy.get("cascade")) or bool(self.stages)
+        return self._ctx.staged
 
     def stage_spec_dict(self, stage: int) -> dict[str, Any]:
         """The request parameters of ``stage`` as recorded (0: the job's own)."""
-        if stage == 0:
-            return dict(self._record["spec"])
-        for s in self.stages:
-            if s["stage"] == stage:
-                return dict(s["spec"])
-        raise NbbatchError(f"internal error: job {self.id} has no stage {stage}", job_id=self.id)
+        return self._ctx.stage_spec_dict(stage)
 
     def stage_spec(self, stage: int) -> RequestSpec:
         """The request parameters of ``stage`` (0: the job's own, :attr:`spec`)."""
-        return self.spec if stage == 0 else RequestSpec(**self.stage_spec_dict(stage))
+        return self._ctx.stage_spec(stage)
 
     def stage_salt(self, stage: int) -> str | None:
         """The request-hash salt of ``stage``'s parameters (None when not recorded)."""
-        if stage == 0:
-            return self._record.get("salt")
-        return next((s["salt"] for s in self.stages if s["stage"] == stage), None)
+        return self._ctx.stage_salt(stage)
 
     def tries(self, state: rowstore.RowState, positions: np.ndarray) -> np.ndarray:
         """How many times each leader at ``positions`` was sent in its current stage
         (its attempt counted from the stage's first): what ``retries`` limits."""
-        first = np.ones(len(self.stages) + 1, dtype=np.int64)
-        for s in self.stages:
-            first[s["stage"]] = s["first_attempt"]
-        stage = state.stage[positions]
-        return np.asarray(state.attempt[positions] - first[stage] + 1)
+        return self._ctx.tries(state, positions)
 
     @property
     def endpoint(self) -> str:
@@ -267,148 +289,18 @@ class BatchJob:
 
     def snapshot(self) -> JobSnapshot:
         """The job as the ledger has it now (no network call)."""
-        state = self._ledger.row_state(self.id)
-        raw = state.counts()
-        counts = {state_: int(raw.get(state_, 0)) for state_ in ROW_STATES}
-        counts["total"] = int(self._record["n_rows"])
-        batches = self._ledger.batches(self.id)
-        status = "completed" if counts["pending"] == 0 else "running"
-        if self._record.get("status") == "cancelled" and counts["pending"] == 0:
-            status = "cancelled"
-        # What was paid for: rows sent themselves (not reused from an earlier job, not
-        # deduplicated onto another row), by route.
-        usage = state.usage()
-        batch, realtime = usage["batch"], usage["realtime"]
-        if self.staged:  # answers a later stage replaced were paid too: all stages' tokens
-            stages = list(state.usage_by_stage().values())
-            batch = tuple(sum(p["batch"][i] for p in stages) for i in range(4))
-            realtime = tuple(sum(p["realtime"][i] for p in stages) for i in range(4))
-        pending_in, pending_out = self._pending_estimate(counts["pending"])
-        # Per batch: rows still pending on it, and its requests (leaders) that succeeded.
-        per_batch = state.per_batch()
-        views = tuple(
-            BatchView(
-                b["batch_id"],
-                b["status"],
-                b["n_requests"],
-                b["attempt"],
-                done=int(b["done"] or 0),
-                rows=per_batch.get(b["intent"], (0, 0))[0],
-                succeeded=per_batch.get(b["intent"], (0, 0))[1],
-            )
-            for b in batches
-        )
-        now = self.clock()
         sending = self._sending
-        return JobSnapshot(
-            job_id=self.id,
-            provider=self.provider,
-            model=self.model,
-            endpoint=self.endpoint,
-            base_url=str(self._record.get("base_url") or ""),
-            n_rows=counts["total"],
-            counts=counts,
-            status=status,
-            batches=views,
-            created=float(self._record["created"]),
-            now=now,
+        next_poll = self._next_poll
+        if next_poll is None and self._poller is not None:
+            next_poll = self._poller.next_poll
+        session = _snapshot.Session(
+            self._trail,
             last_poll=self._last_poll,
-            next_poll=self._next_poll,
+            next_poll=next_poll,
             last_error=self._last_error,
-            notes=self._current_notes(counts, batches),
-            progress_samples=self._sample_progress(counts, views, now),
-            input_tokens=batch[0],
-            output_tokens=batch[1],
-            cached_tokens=batch[2],
-            realtime_input_tokens=realtime[0],
-            realtime_output_tokens=realtime[1],
-            pending_input_tokens=pending_in,
-            pending_output_tokens=pending_out,
-            reused=int(raw.get("reused", 0)),
-            deduplicated=int(raw.get("deduplicated", 0)),
-            realtime=int(raw.get("realtime", 0)),
             sending=sending.text() if sending is not None and sending.active else None,
-            deadline=self._record.get("deadline"),
-            stages=self._stage_views(state, counts) if self.staged else (),
-            cascade=tuple((self.policy.get("cascade") or {}).get("models") or ()),
         )
-
-    def _stage_views(
-        self, state: rowstore.RowState, counts: dict[str, int]
-    ) -> tuple[StageView, ...]:
-        """Each stage started so far: its model, rows, pending rows and tokens paid."""
-        stages = [{"stage": 0, "spec": self._record["spec"], "reason": "",
-                   "n_rows": counts["total"] - counts["skipped"]}, *self.stages]  # fmt: skip
-        usage = state.usage_by_stage()
-        rows_stage = state.follow(state.stage)
-        pending = np.bincount(
-            rows_stage[state.statuses() == rowstore.PENDING], minlength=len(stages)
-        )
-        views = []
-        for s in stages:
-            number = int(s["stage"])
-            paid = usage.get(number, {})
-            batch, live = paid.get("batch", (0, 0, 0, 0)), paid.get("realtime", (0, 0, 0, 0))
-            pending_in, pending_out = self._pending_estimate(int(pending[number]), s["spec"])
-            views.append(
-                StageView(
-                    number,
-                    str(s["spec"]["model"]),
-                    int(s["n_rows"]),
-                    int(pending[number]),
-                    s["reason"],
-                    batch[0],
-                    batch[1],
-                    batch[2],
-                    batch[3] + live[3],
-                    live[0],
-                    live[1],
-                    pending_in,
-                    pending_out,
-                )  # fmt: skip
-            )
-        return tuple(views)
-
-    def _current_notes(
-        self, counts: dict[str, int], batches: list[dict[str, Any]]
-    ) -> tuple[Note, ...]:
-        """The job's notes, each marked current while what it says still holds (see
-        :func:`nbbatch.notes.mark_current`)."""
-        # Attempts with rows still pending (in a batch not collected, or not sent yet).
-        state = self._ledger.row_state(self.id)
-        open_attempts = set(np.unique(state.attempt[state.status == rowstore.PENDING]).tolist())
-        finished = counts["pending"] == 0
-        alert = self._alert_text(counts) if (self._alert_raised or finished) else None
-        return _notes.mark_current(self._notes, open_attempts, finished, alert, self.clock())
-
-    def _sample_progress(
-        self, counts: dict[str, int], views: tuple[BatchView, ...], now: float
-    ) -> tuple[tuple[float, int], ...]:
-        """Record rows done or ready at the provider when that changed (starting over
-        when it went back: a retry put rows back to pending), for the ETA's rate."""
-        ready = min(counts["pending"], sum(v.ready for v in views))
-        progress = counts["total"] - counts["pending"] + ready
-        samples = self._samples
-        last = samples[-1][1] if samples else self._progress_base
-        if last is None or progress < last:
-            self._progress_base, self._samples = progress, []
-        elif progress != last:
-            self._samples = [*samples[-29:], (now, progress)]
-        return tuple(self._samples)
-
-    def _pending_estimate(
-        self, pending: int, spec: dict[str, Any] | None = None
-    ) -> tuple[int, int]:
-        """Estimated (input, output) tokens of the rows still pending: 4 characters per
-        token for the prompt, ``max_tokens`` (or 100) for the reply (of ``spec``, a
-        stage's parameters, else the job's). The prompt average is computed once."""
-        if self._avg_prompt_tokens is None:
-            n, chars = self.prompt_chars()
-            system = len(self.spec.system or "")
-            self._avg_prompt_tokens = (chars / max(n, 1) + system) / 4 + 4
-        max_tokens = (spec or self._record["spec"]).get("max_tokens")
-        out = 0 if is_embeddings(self.endpoint) else (max_tokens or 100)
-        return int(pending * self._avg_prompt_tokens), pending * out
+        return _snapshot.build(self._ctx, session)
 
     # -- sending ----------------------------------------------------------------------------
     def start_sending(self, *, daemon: bool = False) -> None:
@@ -478,13 +370,6 @@ class BatchJob:
         """A chunk was sent (or sending ended): tell the views."""
         self._notify(self.snapshot())
 
-    def _warn(self, message: str, kind: str = "event", attempt: int | None = None) -> None:
-        """Note ``message`` (with its time and kind, see ``snapshot.NOTE_KINDS``) for the
-        views, the ledger's history and the log."""
-        self._notes.append(Note(self.clock(), kind, message, attempt=attempt))
-        self._ledger.event(self.id, "warning", message)
-        log.warning("nbbatch job %s: %s", self.id, message)
-
     def _send_unsent(self, progress: _send.Progress | None = None) -> None:
         """Send the rows pending in no batch: not sent yet (a new job, a process that
         died before sending them) or put back by ``resubmit_failed``."""
@@ -511,7 +396,7 @@ class BatchJob:
             for key in keys[:1] if single else np.unique(keys):
                 chosen = positions if single else positions[keys == key]
                 _send.send_rows(
-                    self, chosen, max(1, int(key) & 0xFFFF), progress=progress,
+                    self._ctx, chosen, max(1, int(key) & 0xFFFF), progress=progress,
                     lock=self._lock, stage=int(key) >> 16,
                 )  # fmt: skip
         finally:
@@ -533,13 +418,14 @@ class BatchJob:
             try:
                 for batch in self._ledger.batches(self.id):
                     if batch["batch_id"].startswith("intent-"):
-                        _send.resolve_intent(self, batch)
+                        _send.resolve_intent(self._ctx, batch)
                 if not self.sending and self._send_error is None:
                     self._send_unsent()
                 for batch in self._ledger.batches(self.id):
                     if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
-                        _collect.poll_batch(self, batch)
-                _collect.after_collect(self)
+                        _collect.poll_batch(self._ctx, batch)
+                if _collect.after_collect(self._ctx, sending=self.sending):
+                    self._send_stage()  # a cascade's next stage put rows back to send
             except ProviderError as exc:
                 if not exc.transient:
                     exc.job_id = self.id
@@ -567,7 +453,7 @@ class BatchJob:
             from . import providers
 
             try:
-                self._provider = providers.build(self.provider, local=True)
+                self._ctx.provider = providers.build(self.provider, local=True)
             except Exception as error:  # shown, and tried again on the next poll
                 return f"{exc}; nbbatch's background emulator could not be started: {error}"
             return f"{exc}; nbbatch's background emulator had stopped and was started again"
@@ -582,12 +468,6 @@ class BatchJob:
             )
         return str(exc)
 
-    def _rows_in_attempt(self, attempt: int) -> int:
-        """Rows pending in ``attempt`` (leaders and the rows deduplicated onto them)."""
-        state = self._ledger.row_state(self.id)
-        pending = state.statuses() == rowstore.PENDING
-        return int((pending & (state.follow(state.attempt) == attempt)).sum())
-
     def _send_error_note(self) -> str:
         """What stopped sending, and what sends the rest."""
         state = self._ledger.row_state(self.id)
@@ -598,20 +478,6 @@ class BatchJob:
             f"sending stopped: {self._send_error}; {waiting:,} rows are not sent yet: "
             f"job.wait() (or nb.attach({self.id!r}) in a new session) sends them"
         )
-
-    def _warn_once(self, message: str, kind: str = "event", attempt: int | None = None) -> None:
-        if all(n.text != message for n in self._notes):
-            self._warn(message, kind, attempt)
-
-    def _check_alert(self) -> None:
-        alert = self._alert_text(self._ledger.counts(self.id))
-        if alert is not None and not self._alert_raised:
-            self._alert_raised = True
-            self._warn(alert, "alert")
-
-    def _alert_text(self, counts: dict[str, int]) -> str | None:
-        """The failure-rate alert for these counts, or None below the threshold."""
-        return _notes.alert_text(counts, self.policy.get("alert_threshold"))
 
     def _log_progress(self, snap: JobSnapshot) -> None:
         """Health signals on logger ``nbbatch`` and in the ledger: the end of the job
@@ -640,12 +506,12 @@ class BatchJob:
             _health.missing_results(self._ledger.row_state(self.id)), sent
         )
         if gap:
-            self._warn(gap)
+            self._ctx.warn(gap)
 
     @property
     def policy(self) -> dict[str, Any]:
         """The job's failure policy: ``retries``, ``fallback``, ``alert_threshold``."""
-        return dict(self._record.get("policy") or {})
+        return self._ctx.policy
 
     def start_polling(self) -> Poller:
         """Poll in a background thread until every row is terminal (the kernel stays free).
@@ -654,7 +520,14 @@ class BatchJob:
         """
         with self._lock:
             if self._poller is None or not self._poller.running:
-                self._poller = Poller(self).start()
+                ctx = self._ctx  # the poller's clock: the context, never the job itself
+                self._poller = Poller(
+                    self.id,
+                    self.refresh,
+                    self._set_poll_error,
+                    delays=self.polling.delays(),
+                    clock=lambda: ctx.clock(),
+                ).start()
             return self._poller
 
     def stop_polling(self) -> None:
@@ -732,18 +605,16 @@ class BatchJob:
                     try:
                         info = self._provider.cancel(batch["batch_id"])
                     except ProviderError as exc:
-                        if not _collect.local_batch_gone(self, exc):
+                        if not _collect.local_batch_gone(self._ctx, exc):
                             raise
-                        _collect.end_backend_gone(self, batch)
+                        _collect.end_backend_gone(self._ctx, batch)
                         continue
                     self._ledger.update_batch(
                         info.batch_id, info.status, info.ended, info.failure, info.raw
                     )
             self._ledger.event(self.id, "cancel", "cancel requested")
-            self._notes.append(
-                Note(self.clock(), "cancel", "cancel requested; open batches end as the "
-                     "provider confirms (rows already finished keep their results)")
-            )  # fmt: skip
+            self._ctx.note("cancel", "cancel requested; open batches end as the provider "
+                           "confirms (rows already finished keep their results)")  # fmt: skip
         return self.refresh()
 
     def _stop_sending(self) -> None:
@@ -874,14 +745,14 @@ class BatchJob:
         are not finished yet.
         """
         if df is None:
-            if self._data is None:
+            if self._ctx.data is None:
                 raise MergeError(
                     f"job {self.id} was attached without its data; call job.merge(df) with "
                     "the DataFrame you submitted.",
                     job_id=self.id,
                 )
-            df = self._data
-        return _merge.merge_job(self, df, verify=verify)
+            df = self._ctx.data
+        return _merge.merge_job(self._ctx, df, verify=verify)
 
     def to_parquet(
         self,
@@ -904,7 +775,7 @@ class BatchJob:
         from . import frames
         from . import stream as _stream
 
-        data = data if data is not None else self._data
+        data = data if data is not None else self._ctx.data
         source = None
         if data is not None and frames.streamed(data):
             source = _stream.Source.of(data)
@@ -914,8 +785,8 @@ class BatchJob:
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
         try:
             if source is not None:
-                self._warn_if_running("to_parquet()")
-                _merge.write_parquet(self, source, tmp, columns=columns, verify=verify)
+                self._ctx.warn_if_running("to_parquet()")
+                _merge.write_parquet(self._ctx, source, tmp, columns=columns, verify=verify)
             else:
                 table = frames.as_arrow(self.merge(data, verify=verify))
                 if columns is not None:
@@ -926,25 +797,12 @@ class BatchJob:
             tmp.unlink(missing_ok=True)
         return target
 
-    def _warn_if_running(self, what: str) -> None:
-        """Warn that a job's answers are not all in yet, so an empty or partial result is
-        not read as final."""
-        pending = int(self._ledger.counts(self.id).get("pending", 0))
-        if pending:
-            warnings.warn(
-                f"job {self.id} is still running: {pending:,} of {self._record['n_rows']:,} "
-                f"rows are pending, so {what} shows only what has finished so far. "
-                "job.wait() blocks until every row is done.",
-                JobRunningWarning,
-                stacklevel=3,
-            )
-
     def output_columns(self) -> list[str]:
         """The columns ``merge`` adds: ``{output}`` (or one per field of a structured
         response_format), ``{output}_status``, ``{output}_error`` (and ``{output}_raw``,
         the reply as received, with a response_format), and ``{output}_model`` for a job
         that escalates (a cascade, or after :meth:`escalate`)."""
-        return output_columns(self.output, self.spec.response_format, staged=self.staged)
+        return self._ctx.output_columns()
 
     def failed(self) -> pd.DataFrame:
         """The merged rows that did not succeed (failed, expired or cancelled); while the
@@ -953,15 +811,15 @@ class BatchJob:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", JobRunningWarning)  # warned once, below
-            if self._data is None:
+            if self._ctx.data is None:
                 merged = self.results()
                 bad = merged["status"].isin(["failed", "expired", "cancelled"])
-                self._warn_if_running("failed()")
+                self._ctx.warn_if_running("failed()")
                 return merged[bad]
-            merged = _merge.merge_job(self, self._data, verify=True, native=False)
-        self._warn_if_running("failed()")
+            merged = _merge.merge_job(self._ctx, self._ctx.data, verify=True, native=False)
+        self._ctx.warn_if_running("failed()")
         bad = merged[f"{self.output}_status"].isin(["failed", "expired", "cancelled"])
-        return frames.rows(self._data, merged, self.output_columns(), bad.to_numpy())
+        return frames.rows(self._ctx.data, merged, self.output_columns(), bad.to_numpy())
 
     def resubmit_failed(self, **overrides: Any) -> BatchJob:
         """Send again only the rows that ended ``failed`` or ``expired``, as new batches.
@@ -1006,12 +864,13 @@ class BatchJob:
             for stage in np.unique(stages):  # each row again in the stage it failed in
                 self._ledger.requeue(self.id, positions[stages == stage], attempt, int(stage))
             self._send_error = None
-            n = self._rows_in_attempt(attempt)
-            self._notes.append(
-                Note(self.clock(), "resubmit", f"resubmitted {n:,} failed or expired rows "
-                     f"(attempt {attempt}); only those are sent and paid for again",
-                     attempt=attempt)
-            )  # fmt: skip
+            n = self._ctx.rows_in_attempt(attempt)
+            self._ctx.note(
+                "resubmit",
+                f"resubmitted {n:,} failed or expired rows (attempt {attempt}); only those "
+                "are sent and paid for again",
+                attempt,
+            )
         self.start_sending(daemon=self._daemon_sender())
         self._notify(self.snapshot())
         return self
@@ -1039,8 +898,17 @@ class BatchJob:
 
         with self._lock:
             self._check_can_escalate()
-            _escalate.start_stage(self, model, where, overrides, automatic=False)
+            if _escalate.start_stage(self._ctx, model, where, overrides, automatic=False):
+                self._send_stage()
+        self._notify(self.snapshot())
         return self
+
+    def _send_stage(self) -> None:
+        """A stage started (by hand or by a cascade) with rows put back to be sent: the
+        job runs again, and the background sender sends them."""
+        self._logged_done = False
+        self._send_error = None
+        self.start_sending(daemon=self._daemon_sender())
 
     def _check_can_escalate(self) -> None:
         """An escalation starts from a job that has ended, not cancelled: rows still
@@ -1070,9 +938,9 @@ class BatchJob:
             else:
                 spec["params"] = {**spec["params"], key: value}
         checked = RequestSpec(**spec)
-        self._provider.validate(checked)
+        self._ctx.provider.validate(checked)
         if checked.model != self.model:
-            self._provider.check_model(checked.model)
+            self._ctx.provider.check_model(checked.model)
         self._record["spec"] = spec
         self._ledger.set_job_spec(self.id, spec)
 

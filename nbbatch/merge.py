@@ -25,13 +25,13 @@ from ._errors import MergeError
 from .providers.base import is_embeddings
 
 if TYPE_CHECKING:
-    from .job import BatchJob
+    from .context import JobContext
 
 #: How many differing rows a MergeError shows.
 SHOWN = 2
 
 
-def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) -> Any:
+def merge_job(ctx: JobContext, data: Any, *, verify: bool, native: bool = True) -> Any:
     """``data`` plus the job's result columns: find each row's position in the job (by
     position, or by label), check it still renders the request sent for it, warn while
     the job runs, and add the columns (see :meth:`BatchJob.merge`). The result is of
@@ -40,67 +40,67 @@ def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) ->
 
     df = frames.to_pandas(data)
     frame = df.to_frame() if isinstance(df, pd.Series) else df
-    clash = [n for n in job.output_columns() if n in frame.columns]
+    clash = [n for n in ctx.output_columns() if n in frame.columns]
     if clash:
         raise MergeError(
             f"the DataFrame already has column(s) {clash}; drop them first or submit with "
             "another output= name.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
-    state = job._ledger.row_state(job.id)
-    id_column = job._record.get("id_column")
+    state = ctx.ledger.row_state(ctx.id)
+    id_column = ctx.record.get("id_column")
     take = align(
         _plan.row_keys(frame[id_column] if id_column else frame.index),
         state.manifest.column("key").to_numpy(),
-        job.id,
+        ctx.id,
     )
     if verify:
-        _verify(job, df, state, take)
-    job._warn_if_running("merge()")
+        _verify(ctx, df, state, take)
+    ctx.warn_if_running("merge()")
     out = merged(
         frame,
         state,
         take,
-        job.output,
-        job.spec.response_format,
-        embeddings=is_embeddings(job.endpoint),
+        ctx.output,
+        ctx.spec.response_format,
+        embeddings=is_embeddings(ctx.endpoint),
     )
-    out = with_models(job, out, take)
-    return frames.like(data, out, job.output_columns()) if native else out
+    out = with_models(ctx, out, take)
+    return frames.like(data, out, ctx.output_columns()) if native else out
 
 
-def with_models(job: BatchJob, out: pd.DataFrame, take: np.ndarray) -> pd.DataFrame:
+def with_models(ctx: JobContext, out: pd.DataFrame, take: np.ndarray) -> pd.DataFrame:
     """``out`` with ``{output}_model`` after ``{output}_error``, for a job with
     escalation stages (or a cascade): the model whose answer (or failure) each row
     holds, None for a row pending or never sent. Other jobs' merges are left as they
     were."""
-    if not job.staged:
+    if not ctx.staged:
         return out
-    state = job._ledger.row_state(job.id)
+    state = ctx.ledger.row_state(ctx.id)
     models = np.array(
-        [job.stage_spec_dict(s)["model"] for s in range(len(job.stages) + 1)], dtype=object
+        [ctx.stage_spec_dict(s)["model"] for s in range(len(ctx.stages) + 1)], dtype=object
     )
     rows = state.follow(state.stage)[take]
     status = state.statuses()[take]
     values = models[rows]
     values[(status == rowstore.PENDING) | (status == rowstore.SKIPPED)] = None
-    name = f"{job.output}_model"
-    at = list(out.columns).index(f"{job.output}_error") + 1
+    name = f"{ctx.output}_model"
+    at = list(out.columns).index(f"{ctx.output}_error") + 1
     out.insert(at, name, pd.array(values, dtype="string"))
     return out
 
 
 def _verify(
-    job: BatchJob, df: pd.DataFrame | pd.Series, state: rowstore.RowState, take: np.ndarray
+    ctx: JobContext, df: pd.DataFrame | pd.Series, state: rowstore.RowState, take: np.ndarray
 ) -> None:
     """Check that each row of ``df`` renders the request sent for it (see verify_rows),
     with the job's salt and hash scheme, or by its stored prompts for a job hashed
     before salts were kept or under another scheme (another polars version)."""
     frame, _ = _plan.as_frame(df)
-    salt = job._record.get("salt")
+    salt = ctx.record.get("salt")
     sent = state.manifest.column("request_hash").to_numpy()
     prompts = state.manifest.column("prompt")
-    if salt is None or job._record.get("hash_scheme") != _plan.HASH_SCHEME:
+    if salt is None or ctx.record.get("hash_scheme") != _plan.HASH_SCHEME:
         salt = "nbbatch-verify01"
         sent = np.zeros(len(prompts), dtype=np.uint64)
         valid = prompts.is_valid().to_numpy(zero_copy_only=False)
@@ -112,12 +112,12 @@ def _verify(
 
     verify_rows(
         frame,
-        _prompt.parse(job._record["template"]),
-        missing=str(job.policy.get("missing", "skip")),
+        _prompt.parse(ctx.record["template"]),
+        missing=str(ctx.policy.get("missing", "skip")),
         salt=str(salt),
         sent=sent[take],
         sent_prompts=sent_prompts,
-        job_id=job.id,
+        job_id=ctx.id,
     )
 
 
@@ -285,7 +285,7 @@ def _short(text: str | None, width: int = 60) -> str:
 
 
 def write_parquet(
-    job: BatchJob,
+    ctx: JobContext,
     source: Any,
     target: Path,
     *,
@@ -302,14 +302,14 @@ def write_parquet(
 
     from . import frames
 
-    state = job._ledger.row_state(job.id)
+    state = ctx.ledger.row_state(ctx.id)
     if source.n_rows != state.n:
         raise MergeError(
-            f"the data has {source.n_rows:,} rows but job {job.id} was planned from "
+            f"the data has {source.n_rows:,} rows but job {ctx.id} was planned from "
             f"{state.n:,}: the files changed since submit. Pass the files you submitted.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
-    added = job.output_columns()
+    added = ctx.output_columns()
     keep = list(source.columns if columns is None else columns)
     unknown = [c for c in keep if c not in source.columns]
     if unknown:
@@ -317,12 +317,12 @@ def write_parquet(
     clash = [c for c in keep if c in added]
     if clash:
         raise MergeError(f"the data already has column(s) {clash}; leave them out of columns=.")
-    id_column = job._record.get("id_column")
-    template = _prompt.parse(job._record["template"])
+    id_column = ctx.record.get("id_column")
+    template = _prompt.parse(ctx.record["template"])
     checked = list(dict.fromkeys([*template.columns, *([id_column] if id_column else [])]))
     read = list(dict.fromkeys([*keep, *checked]))
     keys = state.manifest.column("key")
-    schema = _result_schema(job, state, added)
+    schema = _result_schema(ctx, state, added)
     offset = 0
     with pq.ParquetWriter(target, pa.schema([*source.schema_of(keep), *schema])) as writer:
         for batch in source.batches(read):
@@ -334,17 +334,17 @@ def write_parquet(
                 _plan.row_keys(frame[id_column]), keys.take(pa.array(take)).to_numpy()
             ):
                 raise MergeError(
-                    f"the rows of the data are not those of job {job.id} (by {id_column!r}, "
+                    f"the rows of the data are not those of job {ctx.id} (by {id_column!r}, "
                     f"around row {take[0]:,}): the files changed since submit.",
-                    job_id=job.id,
+                    job_id=ctx.id,
                 )
             if verify:
-                _verify(job, frame, state, take)
+                _verify(ctx, frame, state, take)
             out = merged(
-                frame.iloc[:, :0], state, take, job.output, job.spec.response_format,
-                embeddings=is_embeddings(job.endpoint),
+                frame.iloc[:, :0], state, take, ctx.output, ctx.spec.response_format,
+                embeddings=is_embeddings(ctx.endpoint),
             )  # fmt: skip
-            out = with_models(job, out, take)
+            out = with_models(ctx, out, take)
             results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
             table = pa.Table.from_batches([batch]).select(keep)
             for name in added:
@@ -353,7 +353,7 @@ def write_parquet(
     return offset
 
 
-def _result_schema(job: BatchJob, state: rowstore.RowState, added: list[str]) -> pa.Schema:
+def _result_schema(ctx: JobContext, state: rowstore.RowState, added: list[str]) -> pa.Schema:
     """The Arrow types of the result columns, from a sample of rows that succeeded and
     some that did not (a column with no value in the sample is text)."""
     status = state.statuses()
@@ -361,10 +361,10 @@ def _result_schema(job: BatchJob, state: rowstore.RowState, added: list[str]) ->
     other = np.flatnonzero(status != rowstore.SUCCEEDED)[:10]
     sample = np.concatenate([good, other])
     out = merged(
-        pd.DataFrame(index=pd.RangeIndex(len(sample))), state, sample, job.output,
-        job.spec.response_format, embeddings=is_embeddings(job.endpoint),
+        pd.DataFrame(index=pd.RangeIndex(len(sample))), state, sample, ctx.output,
+        ctx.spec.response_format, embeddings=is_embeddings(ctx.endpoint),
     )  # fmt: skip
-    out = with_models(job, out, sample)
+    out = with_models(ctx, out, sample)
     table = pa.Table.from_pandas(out[added], preserve_index=False)
     return pa.schema(
         pa.field(f.name, pa.large_string()) if pa.types.is_null(f.type) else f for f in table.schema

@@ -4,7 +4,7 @@ For each chunk: take its custom_ids and prompts from the manifest, encode the re
 lines, record an *intent* in the ledger (the chunk's rows and a provisional id), upload
 and create the batch, and confirm the provider's batch id the moment ``create`` returns.
 A process that dies in between leaves the intent, which the job resolves on its next
-refresh (see :meth:`BatchJob._resolve_intent`) without paying twice. Memory is bounded
+refresh (see :func:`resolve_intent`) without paying twice. Memory is bounded
 by the chunk: the lines of one batch exist at a time.
 """
 
@@ -25,7 +25,7 @@ from .ledger import alive
 from .providers.base import BatchInfo, RequestSpec, http_status
 
 if TYPE_CHECKING:
-    from .job import BatchJob
+    from .context import JobContext
 
 log = logging.getLogger("nbbatch")
 
@@ -57,7 +57,7 @@ class Progress:
 
 
 def send_rows(
-    job: BatchJob,
+    ctx: JobContext,
     positions: np.ndarray,
     attempt: int,
     *,
@@ -77,13 +77,13 @@ def send_rows(
     """
     if not len(positions):
         return
-    provider = job._provider
+    provider = ctx.provider
     limit = max(1, min(provider.max_requests, max_requests or provider.max_requests))
     progress = progress or Progress()
     progress.rows += len(positions)
     progress.expected += math.ceil(len(positions) / limit)
-    state = job._ledger.row_state(job.id)
-    spec = job.stage_spec(stage)
+    state = ctx.ledger.row_state(ctx.id)
+    spec = ctx.stage_spec(stage)
     # Part names tell chunks apart at the provider (resolve_intent looks them up):
     # an escalation stage's own, so its attempt numbers never meet stage 0's.
     prefix = f"{attempt}" if stage == 0 else f"s{stage}.{attempt}"
@@ -106,7 +106,7 @@ def send_rows(
             try:
                 with lock or threading.RLock():
                     sent = _send_chunk(
-                        job, block[first:stop], chunk, attempt, f"{prefix}:{k}", spec, stage
+                        ctx, block[first:stop], chunk, attempt, f"{prefix}:{k}", spec, stage
                     )
             except ProviderError:
                 progress.active = False
@@ -117,13 +117,13 @@ def send_rows(
                 return
             progress.created += 1
             progress.bytes_sent += len(chunk)
-            job._progress_changed()
+            ctx.on_progress()
         del jsonl
     progress.active = False
 
 
 def _send_chunk(
-    job: BatchJob,
+    ctx: JobContext,
     positions: np.ndarray,
     chunk: bytes,
     attempt: int,
@@ -137,18 +137,18 @@ def _send_chunk(
     cancel recorded while the create call was out finds only the intent, so the batch
     it made is cancelled here, the moment it is confirmed.
     """
-    ledger = job._ledger
-    intent = ledger.add_intent(job.id, part, attempt, positions, stage)
+    ledger = ctx.ledger
+    intent = ledger.add_intent(ctx.id, part, attempt, positions, stage)
     if intent is None:
         return False
-    metadata = {"nbbatch_job": job.id, "nbbatch_part": part}
+    metadata = {"nbbatch_job": ctx.id, "nbbatch_part": part}
     try:
-        info = create(job, chunk, spec, metadata)
+        info = create(ctx, chunk, spec, metadata)
     except BatchFailedError as exc:
         # The provider refused this batch's content: sending it again as it is would be
         # refused again, so its rows end failed (retryable once something changes).
-        ledger.drop_intent(job.id, intent, str(exc))
-        exc.job_id = job.id
+        ledger.drop_intent(ctx.id, intent, str(exc))
+        exc.job_id = ctx.id
         raise
     except ProviderError as exc:
         if http_status(exc.__cause__) is None:
@@ -164,50 +164,50 @@ def _send_chunk(
         ledger.abandon_intent(intent)  # an interrupt mid-call: as for no answer
         raise
     ledger.confirm_batch(intent, info.batch_id, info.status, info.raw)
-    job._infos[info.batch_id] = info
-    log.info("job %s: batch %s created with %d requests", job.id, info.batch_id, len(positions))
-    cancel_if_job_cancelled(job, info)
+    ctx.infos[info.batch_id] = info
+    log.info("job %s: batch %s created with %d requests", ctx.id, info.batch_id, len(positions))
+    cancel_if_job_cancelled(ctx, info)
     return True
 
 
-def cancel_if_job_cancelled(job: BatchJob, info: BatchInfo) -> None:
+def cancel_if_job_cancelled(ctx: JobContext, info: BatchInfo) -> None:
     """A batch confirmed after its job was cancelled (elsewhere) is cancelled now."""
-    if job._ledger.job_status(job.id) != "cancelled" or info.ended:
+    if ctx.ledger.job_status(ctx.id) != "cancelled" or info.ended:
         return
-    info = job._provider.cancel(info.batch_id)
-    job._ledger.update_batch(info.batch_id, info.status, info.ended, info.failure, info.raw)
-    job._infos[info.batch_id] = info
-    log.info("job %s: batch %s cancelled as it was confirmed", job.id, info.batch_id)
+    info = ctx.provider.cancel(info.batch_id)
+    ctx.ledger.update_batch(info.batch_id, info.status, info.ended, info.failure, info.raw)
+    ctx.infos[info.batch_id] = info
+    log.info("job %s: batch %s cancelled as it was confirmed", ctx.id, info.batch_id)
 
 
-def create(job: BatchJob, chunk: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
+def create(ctx: JobContext, chunk: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
     """One create call, retried with backoff while the provider says it is busy."""
     delay = 1.0
     for tries in range(1, CREATE_TRIES + 1):
         try:
-            return job._provider.create(chunk, spec, metadata)
+            return ctx.provider.create(chunk, spec, metadata)
         except ProviderError as exc:
             if not exc.transient or tries == CREATE_TRIES:
                 raise
-            job._warn(f"the provider is busy ({exc}); trying again in {delay:.0f} s")
-            job.sleep(delay)
+            ctx.warn(f"the provider is busy ({exc}); trying again in {delay:.0f} s")
+            ctx.sleep(delay)
             delay = min(60.0, delay * 2)
     raise AssertionError("unreachable")
 
 
-def resolve_intent(job: BatchJob, batch: dict[str, Any]) -> None:
+def resolve_intent(ctx: JobContext, batch: dict[str, Any]) -> None:
     """A create call whose outcome was never recorded (its process died, or gave up on
     it): find the batch at the provider (it may exist, and be paid for) or, if there is
     none, put its rows back to be sent."""
     owner = orjson.loads(batch["raw"] or "{}")
-    if alive(owner) and job.clock() - batch["created"] < INTENT_TIMEOUT:
+    if alive(owner) and ctx.clock() - batch["created"] < INTENT_TIMEOUT:
         return  # another live process is still in that create call
-    meta = {"nbbatch_job": job.id, "nbbatch_part": batch["part"]}
-    known = set(job.batch_ids)
-    info = job._provider.find_batch(meta, batch["n_requests"], batch["created"], known)
+    meta = {"nbbatch_job": ctx.id, "nbbatch_part": batch["part"]}
+    known = {b["batch_id"] for b in ctx.ledger.batches(ctx.id)}
+    info = ctx.provider.find_batch(meta, batch["n_requests"], batch["created"], known)
     if info is not None:
-        job._ledger.confirm_batch(batch["intent"], info.batch_id, info.status, info.raw)
-        job._ledger.event(job.id, "resume", f"found batch {info.batch_id} at the provider")
-        cancel_if_job_cancelled(job, info)
+        ctx.ledger.confirm_batch(batch["intent"], info.batch_id, info.status, info.raw)
+        ctx.ledger.event(ctx.id, "resume", f"found batch {info.batch_id} at the provider")
+        cancel_if_job_cancelled(ctx, info)
     else:
-        job._ledger.release_intent(batch["intent"])
+        ctx.ledger.release_intent(batch["intent"])

@@ -13,9 +13,18 @@ progress is converted to rows per batch (:attr:`JobSnapshot.ready`); batch lines
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from . import health, pricing
+from .health import NOTE_KINDS as NOTE_KINDS  # kept with the job's health, named here too
+from .health import Note as Note
 from .pricing import Cost
+
+if TYPE_CHECKING:
+    from .context import JobContext
+    from .rowstore import RowState
 
 #: Row states, in display order. ``pending`` is the only non-terminal one.
 ROW_STATES = ("succeeded", "failed", "expired", "cancelled", "skipped", "pending")
@@ -88,23 +97,6 @@ class StageView:
         if self.pending:
             text += f", {self.pending:,} pending"
         return text
-
-
-#: Kinds of notes. ``alert``, ``retry``, ``resubmit``, ``cancel`` describe a state and are
-#: current while it lasts; every other kind records an event and is history at once.
-NOTE_KINDS = ("alert", "retry", "resubmit", "cancel", "fallback", "event")
-
-
-@dataclass(frozen=True)
-class Note:
-    """Something the job did or noticed: when (seconds since the epoch), what kind (one of
-    :data:`NOTE_KINDS`), the words, and whether it is still true (``current``) or history."""
-
-    time: float
-    kind: str
-    text: str
-    current: bool = False
-    attempt: int | None = None  # the attempt a retry or resubmission sent
 
 
 @dataclass(frozen=True)
@@ -345,3 +337,173 @@ def format_seconds(seconds: float | None) -> str:
     if s < 3600:
         return f"{s // 60}m {s % 60:02d}s"
     return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+class ProgressTrail:
+    """Rows done or ready at the provider each time that changed: the ETA's rate. It
+    starts over when progress goes back (a retry put rows back to pending)."""
+
+    def __init__(self) -> None:
+        self.base: int | None = None
+        self.samples: list[tuple[float, int]] = []
+
+    def add(
+        self, counts: dict[str, int], views: tuple[BatchView, ...], now: float
+    ) -> tuple[tuple[float, int], ...]:
+        """Record the progress these counts and batches show at ``now``; the trail."""
+        ready = min(counts["pending"], sum(v.ready for v in views))
+        progress = counts["total"] - counts["pending"] + ready
+        samples = self.samples
+        last = samples[-1][1] if samples else self.base
+        if last is None or progress < last:
+            self.base, self.samples = progress, []
+        elif progress != last:
+            self.samples = [*samples[-29:], (now, progress)]
+        return tuple(self.samples)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What this session knows of a job beyond its ledger: polling times, the last
+    error, how far the background sender is, and the progress trail."""
+
+    trail: ProgressTrail
+    last_poll: float | None = None
+    next_poll: float | None = None
+    last_error: str | None = None
+    sending: str | None = None
+
+
+def build(ctx: JobContext, session: Session) -> JobSnapshot:
+    """The job as its ledger (and this session) has it now: no network call."""
+    from . import rowstore
+
+    state = ctx.row_state()
+    raw = state.counts()
+    counts = {state_: int(raw.get(state_, 0)) for state_ in ROW_STATES}
+    counts["total"] = int(ctx.record["n_rows"])
+    batches = ctx.ledger.batches(ctx.id)
+    status = "completed" if counts["pending"] == 0 else "running"
+    if ctx.cancelled and counts["pending"] == 0:
+        status = "cancelled"
+    # What was paid for: rows sent themselves (not reused from an earlier job, not
+    # deduplicated onto another row), by route.
+    usage = state.usage()
+    batch: tuple[int, ...] = usage["batch"]
+    realtime: tuple[int, ...] = usage["realtime"]
+    staged = ctx.staged
+    if staged:  # answers a later stage replaced were paid too: all stages' tokens
+        stages = list(state.usage_by_stage().values())
+        batch = tuple(sum(p["batch"][i] for p in stages) for i in range(4))
+        realtime = tuple(sum(p["realtime"][i] for p in stages) for i in range(4))
+    pending_in, pending_out = pending_estimate(ctx, counts["pending"])
+    views = batch_views(batches, state.per_batch())
+    now = ctx.clock()
+    # Attempts with rows still pending (in a batch not collected, or not sent yet).
+    open_attempts = set(np.unique(state.attempt[state.status == rowstore.PENDING]).tolist())
+    finished = counts["pending"] == 0
+    alert = ctx.alert_text(counts) if (ctx.alert_raised or finished) else None
+    return JobSnapshot(
+        job_id=ctx.id,
+        provider=ctx.provider_name,
+        model=ctx.model,
+        endpoint=ctx.endpoint,
+        base_url=str(ctx.record.get("base_url") or ""),
+        n_rows=counts["total"],
+        counts=counts,
+        status=status,
+        batches=views,
+        created=float(ctx.record["created"]),
+        now=now,
+        last_poll=session.last_poll,
+        next_poll=session.next_poll,
+        last_error=session.last_error,
+        notes=health.mark_current(ctx.notes, open_attempts, finished, alert, now),
+        progress_samples=session.trail.add(counts, views, now),
+        input_tokens=batch[0],
+        output_tokens=batch[1],
+        cached_tokens=batch[2],
+        realtime_input_tokens=realtime[0],
+        realtime_output_tokens=realtime[1],
+        pending_input_tokens=pending_in,
+        pending_output_tokens=pending_out,
+        reused=int(raw.get("reused", 0)),
+        deduplicated=int(raw.get("deduplicated", 0)),
+        realtime=int(raw.get("realtime", 0)),
+        sending=session.sending,
+        deadline=ctx.record.get("deadline"),
+        stages=stage_views(ctx, state, counts) if staged else (),
+        cascade=tuple((ctx.policy.get("cascade") or {}).get("models") or ()),
+    )
+
+
+def batch_views(
+    batches: list[dict[str, Any]], per_batch: dict[str, tuple[int, int]]
+) -> tuple[BatchView, ...]:
+    """Each batch as the views show it: its rows still pending and its requests
+    (leaders) that succeeded, from the row store's ``per_batch``."""
+    return tuple(
+        BatchView(
+            b["batch_id"],
+            b["status"],
+            b["n_requests"],
+            b["attempt"],
+            done=int(b["done"] or 0),
+            rows=per_batch.get(b["intent"], (0, 0))[0],
+            succeeded=per_batch.get(b["intent"], (0, 0))[1],
+        )
+        for b in batches
+    )
+
+
+def stage_views(ctx: JobContext, state: RowState, counts: dict[str, int]) -> tuple[StageView, ...]:
+    """Each stage started so far: its model, rows, pending rows and tokens paid."""
+    from . import rowstore
+
+    stages = [{"stage": 0, "spec": ctx.record["spec"], "reason": "",
+               "n_rows": counts["total"] - counts["skipped"]}, *ctx.stages]  # fmt: skip
+    usage = state.usage_by_stage()
+    rows_stage = state.follow(state.stage)
+    pending = np.bincount(rows_stage[state.statuses() == rowstore.PENDING], minlength=len(stages))
+    views = []
+    for s in stages:
+        number = int(s["stage"])
+        paid = usage.get(number, {})
+        batch, live = paid.get("batch", (0, 0, 0, 0)), paid.get("realtime", (0, 0, 0, 0))
+        pending_in, pending_out = pending_estimate(ctx, int(pending[number]), s["spec"])
+        views.append(
+            StageView(
+                number,
+                str(s["spec"]["model"]),
+                int(s["n_rows"]),
+                int(pending[number]),
+                s["reason"],
+                batch[0],
+                batch[1],
+                batch[2],
+                batch[3] + live[3],
+                live[0],
+                live[1],
+                pending_in,
+                pending_out,
+            )  # fmt: skip
+        )
+    return tuple(views)
+
+
+def pending_estimate(
+    ctx: JobContext, pending: int, spec: dict[str, Any] | None = None
+) -> tuple[int, int]:
+    """Estimated (input, output) tokens of the rows still pending: 4 characters per
+    token for the prompt, ``max_tokens`` (or 100) for the reply (of ``spec``, a stage's
+    parameters, else the job's). The prompt average is computed once per session."""
+    from . import rowstore
+    from .providers.base import is_embeddings
+
+    if ctx.prompt_tokens is None:
+        n, chars = rowstore.prompt_chars(ctx.row_state())
+        system = len(ctx.spec.system or "")
+        ctx.prompt_tokens = (chars / max(n, 1) + system) / 4 + 4
+    max_tokens = (spec or ctx.record["spec"]).get("max_tokens")
+    out = 0 if is_embeddings(ctx.endpoint) else (max_tokens or 100)
+    return int(pending * ctx.prompt_tokens), pending * out

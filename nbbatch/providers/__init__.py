@@ -132,6 +132,12 @@ _FAMILIES = {
 }
 
 
+def family_of(model: str) -> str | None:
+    """The provider whose model names ``model`` looks like (by prefix), or None for a
+    name of no known family."""
+    return next((o for o, prefixes in _FAMILIES.items() if model.startswith(prefixes)), None)
+
+
 def _check_family(name: str, client: Any, model: str) -> None:
     """A model of one provider with the other provider's client is a mistake."""
     for owner, prefixes in _FAMILIES.items():
