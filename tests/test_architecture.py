@@ -37,6 +37,9 @@ PRIVATE_READS_ALLOWED = {
     # IPython's display protocol: calling it on the job is what the notebook does.
     ("*", "._repr_mimebundle_"),
     ("*", "._ipython_display_"),
+    # The SDKs keep the headers a client was made with only here; an async client's
+    # sync twin must send the same ones (default_headers adds the SDK's own).
+    ("nbbatch.providers", "client._custom_headers"),
 }
 
 
@@ -240,8 +243,13 @@ def private_reads(name: str, path: Path) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     own = _module_level_names(tree)
     classes = _own_classes(tree)
-    # Parameters typed as a class of this module are this module's objects too.
+    # Parameters typed as a class of this module, and names bound to a new instance of
+    # one, are this module's objects too.
     for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            made = node.value.func
+            if isinstance(made, ast.Name) and made.id in classes:
+                own.update(t.id for t in node.targets if isinstance(t, ast.Name))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             for arg in [*node.args.args, *node.args.kwonlyargs, *node.args.posonlyargs]:
                 note = ast.unparse(arg.annotation) if arg.annotation else ""
@@ -262,28 +270,8 @@ def private_reads(name: str, path: Path) -> list[str]:
             continue
         if (name, text) in PRIVATE_READS_ALLOWED:
             continue
-        if isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name):
-            # self._x._y: the module's own object's own object (e.g. a lock it made)
-            # counts only when the outer name is the module's own.
-            if base.value.id == "self" and base.attr.startswith("_") and _own_attr(tree, attr):
-                continue
         found.append(f"{name}:{node.lineno}: {text}")
     return found
-
-
-def _own_attr(tree: ast.Module, attr: str) -> bool:
-    """Whether this module itself assigns ``something.attr`` (its own state, held in a
-    helper object of its own)."""
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr == attr:
-            parent_store = isinstance(node.ctx, ast.Store)
-            if parent_store:
-                return True
-        if isinstance(node, ast.ClassDef):
-            for item in ast.walk(node):
-                if isinstance(item, ast.FunctionDef) and item.name == attr:
-                    return True
-    return False
 
 
 def test_no_module_reads_anothers_privates() -> None:
@@ -292,3 +280,16 @@ def test_no_module_reads_anothers_privates() -> None:
         "reads of another module's private names (make it public, or pass what is "
         "needed):\n  " + "\n  ".join(found)
     )
+
+
+def test_the_private_check_sees_a_read(tmp_path: Path) -> None:
+    """The heuristic itself: a stage reading a job's private is found; a module reading
+    its own objects' privates is not."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "class Own:\n    _x = 1\n"
+        "def stage(job):\n    return job._ledger\n"
+        "def mine(o: Own):\n    made = Own()\n    return o._x + made._x + Own._x\n",
+        encoding="utf-8",
+    )
+    assert private_reads("probe", probe) == ["probe:4: job._ledger"]

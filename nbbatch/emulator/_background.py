@@ -30,7 +30,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -38,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+
+from ._files import write_atomic
 
 IDLE_ENV = "NBBATCH_EMULATOR_IDLE_SECONDS"
 #: How long each batch spends in progress (default: the shared timings' 3 s).
@@ -184,19 +185,6 @@ def detach() -> None:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (owner-only) through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _spawn(folder: Path) -> Background:

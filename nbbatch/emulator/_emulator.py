@@ -159,7 +159,8 @@ class Emulator:
 
     # ----------------------------------------------------------- used by the server
 
-    def _record(self, method: str, path: str, *, realtime: bool) -> None:
+    def record_request(self, method: str, path: str, *, realtime: bool) -> None:
+        """Count a request the server received (the request log, idle time, stats)."""
         with self._lock:
             self._log.append((method, path))
             self._last_request = time.monotonic()
@@ -167,7 +168,8 @@ class Emulator:
         if realtime:
             self._store.count("realtime_requests")
 
-    def _http_fault(self, method: str, path: str) -> int | None:
+    def http_fault(self, method: str, path: str) -> int | None:
+        """The HTTP error status to simulate for this request, or None (the fault knobs)."""
         with self._lock:
             return self._http_faults.decide(self._store.knobs, method, path)
 

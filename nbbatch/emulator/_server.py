@@ -111,7 +111,7 @@ class Front:
         method: str = scope["method"]
         path = normalize_path(scope["path"])
         request_id = "req_" + secrets.token_hex(12)
-        emu._record(method, scope["path"], realtime=_is_realtime(method, path))
+        emu.record_request(method, scope["path"], realtime=_is_realtime(method, path))
         id_headers = [(b"x-request-id", request_id.encode()), (b"request-id", request_id.encode())]
 
         async def send_with_id(message: Message) -> None:
@@ -119,7 +119,7 @@ class Front:
                 message = {**message, "headers": [*message.get("headers", []), *id_headers]}
             await send(message)
 
-        status = emu._http_fault(method, path)
+        status = emu.http_fault(method, path)
         if status is not None:
             message = f"Simulated HTTP {status} (nbbatch emulator http_error_rate); retry."
             kind = "rate_limit_error" if status == 429 else None

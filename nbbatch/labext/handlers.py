@@ -33,7 +33,7 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
-from . import NAMESPACE
+from .namespace import NAMESPACE
 
 #: What a provider key looks like (OpenAI ``sk-...``, Anthropic ``sk-ant-...``), masked
 #: or not, in case an SDK quotes one in an error.
