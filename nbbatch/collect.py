@@ -21,7 +21,9 @@ from . import results as _results
 from . import rowstore
 from . import send as _send
 from ._errors import NbbatchError, ProviderError
+from .context import is_loopback
 from .providers.base import BatchInfo, RequestSpec, http_status
+from .send import unsent as unsent  # where the job and the stages look for it
 
 if TYPE_CHECKING:
     from .context import JobContext
@@ -69,6 +71,38 @@ def poll_batch(ctx: JobContext, batch: dict[str, Any]) -> None:
         if not local_batch_gone(ctx, exc):
             raise
         end_backend_gone(ctx, batch)
+
+
+def transient_note(ctx: JobContext, exc: ProviderError) -> tuple[str, bool]:
+    """What a transient error means for this job, for its ``last_error``; and whether
+    its backend is gone for good.
+
+    No answer at all from a loopback address is not a passing hiccup: a stopped
+    background emulator (``provider="local"``) is started again (the context gets the
+    new provider); a private emulator (``nb.emulator.start()``) kept its batches in
+    memory, so they are gone for good.
+    """
+    from urllib.parse import urlparse
+
+    if http_status(exc.__cause__) is not None:
+        return str(exc), False  # the backend answered (429, 5xx): it is there
+    if ctx.local:
+        from . import providers
+
+        try:
+            ctx.provider = providers.build(ctx.provider_name, local=True)
+        except Exception as error:  # shown, and tried again on the next poll
+            return f"{exc}; nbbatch's background emulator could not be started: {error}", False
+        return f"{exc}; nbbatch's background emulator had stopped and was started again", False
+    url = urlparse(ctx.provider.base_url)
+    if is_loopback(url.geturl()):
+        return (
+            f"the emulator at {url.scheme}://{url.netloc} is not running (an emulator "
+            "started with nb.emulator.start() keeps its batches in memory, so they ended "
+            "with it): "
+            "the pending rows can never finish there; close the job with job.forget()."
+        ), True
+    return str(exc), False
 
 
 def local_batch_gone(ctx: JobContext, exc: ProviderError) -> bool:
@@ -251,12 +285,6 @@ def _retry(
             "retry",
             attempt,
         )
-
-
-def unsent(state: rowstore.RowState) -> np.ndarray:
-    """Leaders pending in no batch: not sent yet, or put back to be sent."""
-    leaders = state.is_leader
-    return np.flatnonzero(leaders & (state.status == rowstore.PENDING) & (state.batch < 0))
 
 
 def retryable_failures(state: rowstore.RowState) -> np.ndarray:

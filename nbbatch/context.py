@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -29,6 +30,11 @@ from .ledger import Ledger
 from .providers.base import BatchInfo, Provider, RequestSpec
 
 log = logging.getLogger("nbbatch")
+
+
+def is_loopback(url: str | None) -> bool:
+    """Whether ``url`` points at this machine (where only an emulator answers)."""
+    return (urlparse(url or "").hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
 def output_columns(

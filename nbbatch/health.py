@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import InputError
+
+if TYPE_CHECKING:
+    from .context import JobContext
+    from .snapshot import JobSnapshot
+
+log = logging.getLogger("nbbatch")
 
 #: A duration as ``deadline=`` takes it: ``"6h"``, ``"90m"``, ``"1d12h"``, ``"45s"``.
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.IGNORECASE)
@@ -56,6 +63,18 @@ def deadline_at(deadline: Any, created: float) -> float | None:
     if seconds <= 0:
         raise InputError(f"deadline={deadline!r} must lie in the future.")
     return created + seconds
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``75`` -> ``'1m 15s'``; None -> ``'-'``."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
 def when(timestamp: float) -> str:
@@ -192,3 +211,34 @@ def alert_text(counts: dict[str, int], threshold: float | None) -> str | None:
         f"{bad:,} of {sent:,} rows failed or expired ({bad / sent:.0%}, above the alert "
         f"threshold of {threshold:.0%}); see job.failed()"
     )
+
+
+def log_progress(
+    ctx: JobContext, snap: JobSnapshot, *, overdue_logged: bool, done_logged: bool
+) -> tuple[bool, bool]:
+    """Health signals on logger ``nbbatch`` and in the ledger: the end of the job (INFO,
+    once, by the first process to see it end), a job left with rows that got no result
+    (WARNING), and a job past its deadline (WARNING, once per session). Returns
+    whether the overdue and the end were logged, for the next call."""
+    if snap.overdue and not overdue_logged:
+        overdue_logged = True
+        ctx.ledger.event(ctx.id, "overdue", snap.overdue)
+        log.warning("nbbatch job %s: %s", ctx.id, snap.overdue)
+    if not snap.finished or done_logged:
+        return overdue_logged, done_logged
+    record = ctx.ledger.job(ctx.id) or {}
+    if record.get("ended_at") is not None:
+        return overdue_logged, True  # its end was reported when it happened
+    ctx.ledger.set_job_time(ctx.id, "ended_at", snap.now)
+    c = snap.counts
+    log.info(
+        "nbbatch job %s ended after %s: %d of %d rows succeeded, %d failed, %d expired, "
+        "%d cancelled, %d skipped; cost %s",
+        ctx.id, format_seconds(snap.elapsed), c["succeeded"], c["total"], c["failed"],
+        c["expired"], c["cancelled"], c["skipped"], snap.cost,
+    )  # fmt: skip
+    sent = sum(c[s] for s in ("succeeded", "failed", "expired", "cancelled"))
+    gap = incomplete_text(missing_results(ctx.row_state()), sent)
+    if gap:
+        ctx.warn(gap)
+    return overdue_logged, True

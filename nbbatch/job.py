@@ -26,25 +26,24 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
-import orjson
 import pandas as pd
 
 from . import collect as _collect
+from . import control as _control
 from . import health as _health
 from . import merge as _merge
 from . import rowstore
 from . import send as _send
 from . import snapshot as _snapshot
 from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, ProviderError
-from .context import JobContext, output_columns
+from .context import JobContext, is_loopback, output_columns
 from .ledger import Ledger
 from .poller import Poller
 from .pricing import Cost
-from .providers.base import Provider, RequestSpec, http_status, is_embeddings
-from .snapshot import JobSnapshot, format_seconds
+from .providers.base import Provider, RequestSpec
+from .snapshot import JobSnapshot
 
 __all__ = [
     "LOCAL_POLLING",
@@ -58,11 +57,6 @@ __all__ = [
 
 Listener = Callable[[JobSnapshot], None]
 log = logging.getLogger("nbbatch")
-
-
-def is_loopback(url: str | None) -> bool:
-    """Whether ``url`` points at this machine (where only an emulator answers)."""
-    return (urlparse(url or "").hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
 class PollPolicy:
@@ -371,36 +365,9 @@ class BatchJob:
         self._notify(self.snapshot())
 
     def _send_unsent(self, progress: _send.Progress | None = None) -> None:
-        """Send the rows pending in no batch: not sent yet (a new job, a process that
-        died before sending them) or put back by ``resubmit_failed``."""
-        if not len(_collect.unsent(self._ledger.row_state(self.id))):
-            return
-        if self._record.get("status") == "cancelled":
-            # Rows put back after a cancel (a create call refused while it was made):
-            # they end cancelled, never sent.
-            self._cancel_unsent()
-            return
-        # One sender per job, across processes and job objects: rows another live one
-        # is sending are left to it (so a second session never sends them again).
-        if not self._ledger.take_sending(self.id):
-            return
-        try:
-            state = self._ledger.row_state(self.id)  # as any sender before us left it
-            positions = _collect.unsent(state).astype(np.int32)
-            # Rows go in groups of one (stage, attempt), as one key each. Read now, into
-            # arrays of their own: the state is live, and sending the first group changes
-            # the attempts of its rows (read afterwards, they would be sent twice).
-            keys = (state.stage[positions].astype(np.int64) << 16) | state.attempt[positions]
-            # Usually one group: then no sort, and no copy of millions of positions.
-            single = bool(len(keys)) and bool((keys == keys[0]).all())
-            for key in keys[:1] if single else np.unique(keys):
-                chosen = positions if single else positions[keys == key]
-                _send.send_rows(
-                    self._ctx, chosen, max(1, int(key) & 0xFFFF), progress=progress,
-                    lock=self._lock, stage=int(key) >> 16,
-                )  # fmt: skip
-        finally:
-            self._ledger.release_sending(self.id)
+        """Send the rows pending in no batch (see :func:`nbbatch.send.send_unsent`),
+        holding the job's lock around each chunk."""
+        _send.send_unsent(self._ctx, progress, self._lock)
 
     # -- polling ----------------------------------------------------------------------------
     def refresh(self) -> JobSnapshot:
@@ -440,73 +407,21 @@ class BatchJob:
         return snap
 
     def _transient_note(self, exc: ProviderError) -> str:
-        """What a transient error means for this job, in ``last_error``.
-
-        No answer at all from a loopback address is not a passing hiccup: a stopped
-        background emulator (``provider="local"``) is started again; a private emulator
-        (``nb.emulator.start()``) kept its batches in memory, so they are gone for good.
-        """
-        self._backend_dead = False
-        if http_status(exc.__cause__) is not None:
-            return str(exc)  # the backend answered (429, 5xx): it is there
-        if self._record.get("backend") == "local":
-            from . import providers
-
-            try:
-                self._ctx.provider = providers.build(self.provider, local=True)
-            except Exception as error:  # shown, and tried again on the next poll
-                return f"{exc}; nbbatch's background emulator could not be started: {error}"
-            return f"{exc}; nbbatch's background emulator had stopped and was started again"
-        url = urlparse(self._provider.base_url)
-        if is_loopback(url.geturl()):
-            self._backend_dead = True
-            return (
-                f"the emulator at {url.scheme}://{url.netloc} is not running (an emulator "
-                "started with nb.emulator.start() keeps its batches in memory, so they ended "
-                "with it): "
-                "the pending rows can never finish there; close the job with job.forget()."
-            )
-        return str(exc)
+        """What a transient error means for this job, in ``last_error`` (see
+        :func:`nbbatch.collect.transient_note`)."""
+        note, self._backend_dead = _collect.transient_note(self._ctx, exc)
+        return note
 
     def _send_error_note(self) -> str:
         """What stopped sending, and what sends the rest."""
-        state = self._ledger.row_state(self.id)
-        unsent = np.zeros(state.n, dtype=bool)
-        unsent[_collect.unsent(state)] = True
-        waiting = int(state.follow(unsent).sum())
-        return (
-            f"sending stopped: {self._send_error}; {waiting:,} rows are not sent yet: "
-            f"job.wait() (or nb.attach({self.id!r}) in a new session) sends them"
-        )
+        return _send.stopped_note(self._ctx, self._send_error)
 
     def _log_progress(self, snap: JobSnapshot) -> None:
-        """Health signals on logger ``nbbatch`` and in the ledger: the end of the job
-        (INFO, once, by the first process to see it end), a job left with rows that got
-        no result (WARNING), and a job past its deadline (WARNING, once per session)."""
-        if snap.overdue and not self._logged_overdue:
-            self._logged_overdue = True
-            self._ledger.event(self.id, "overdue", snap.overdue)
-            log.warning("nbbatch job %s: %s", self.id, snap.overdue)
-        if not snap.finished or self._logged_done:
-            return
-        self._logged_done = True
-        record = self._ledger.job(self.id) or {}
-        if record.get("ended_at") is not None:
-            return  # its end was reported when it happened
-        self._ledger.set_job_time(self.id, "ended_at", snap.now)
-        c = snap.counts
-        log.info(
-            "nbbatch job %s ended after %s: %d of %d rows succeeded, %d failed, %d expired, "
-            "%d cancelled, %d skipped; cost %s",
-            self.id, format_seconds(snap.elapsed), c["succeeded"], c["total"], c["failed"],
-            c["expired"], c["cancelled"], c["skipped"], snap.cost,
-        )  # fmt: skip
-        sent = sum(c[s] for s in ("succeeded", "failed", "expired", "cancelled"))
-        gap = _health.incomplete_text(
-            _health.missing_results(self._ledger.row_state(self.id)), sent
+        """Health signals on logger ``nbbatch`` and in the ledger (see
+        :func:`nbbatch.health.log_progress`): the end once, the deadline once a session."""
+        self._logged_overdue, self._logged_done = _health.log_progress(
+            self._ctx, snap, overdue_logged=self._logged_overdue, done_logged=self._logged_done
         )
-        if gap:
-            self._ctx.warn(gap)
 
     @property
     def policy(self) -> dict[str, Any]:
@@ -594,27 +509,7 @@ class BatchJob:
         at once."""
         self._stop_sending()
         with self._lock:
-            # Recorded first: a sender in another process (a kernel, while the Lab
-            # sidebar cancels) then either sees it before its next chunk and stops, or
-            # has recorded that chunk's intent already, and cancels the batch it makes.
-            self._ledger.set_job_status(self.id, "cancelled")
-            self._record["status"] = "cancelled"
-            self._cancel_unsent()
-            for batch in self._ledger.batches(self.id):
-                if not batch["ended"] and not batch["batch_id"].startswith("intent-"):
-                    try:
-                        info = self._provider.cancel(batch["batch_id"])
-                    except ProviderError as exc:
-                        if not _collect.local_batch_gone(self._ctx, exc):
-                            raise
-                        _collect.end_backend_gone(self._ctx, batch)
-                        continue
-                    self._ledger.update_batch(
-                        info.batch_id, info.status, info.ended, info.failure, info.raw
-                    )
-            self._ledger.event(self.id, "cancel", "cancel requested")
-            self._ctx.note("cancel", "cancel requested; open batches end as the provider "
-                           "confirms (rows already finished keep their results)")  # fmt: skip
+            _control.cancel(self._ctx)
         return self.refresh()
 
     def _stop_sending(self) -> None:
@@ -623,17 +518,6 @@ class BatchJob:
             self._sending.cancelled = True
         if self._sender is not None:
             self._sender.join()
-
-    def _cancel_unsent(self) -> None:
-        """Rows that were never sent end ``cancelled``."""
-        positions = _collect.unsent(self._ledger.row_state(self.id))
-        if len(positions):
-            table = rowstore.failure_table(
-                positions, "cancelled", "cancelled", "cancelled before it was sent", False
-            )
-            self._ledger.record_results(
-                self.id, None, table, f"{len(positions):,} unsent requests cancelled"
-            )
 
     @staticmethod
     def _daemon_sender() -> bool:
@@ -679,22 +563,7 @@ class BatchJob:
                     self.refresh()  # learn which batches are still open, and where
                 except NbbatchError:
                     pass  # what is open is judged from the ledger below
-                open_batches = [b for b in self._ledger.batches(self.id) if not b["ended"]]
-                if open_batches and not self._backend_dead:
-                    pending = self._ledger.counts(self.id).get("pending", 0)
-                    fix = (
-                        "its cancel is not confirmed yet: job.wait() until it is"
-                        if self._record.get("status") == "cancelled"
-                        else "call job.cancel() first (or `nbbatch cancel JOB`)"
-                    )
-                    raise NbbatchError(
-                        f"job {self.id} still has {pending} pending rows in "
-                        f"{len(open_batches)} open batches that can still run: {fix}, or "
-                        "forget(force=True) to drop it anyway (the batches then go on "
-                        "unwatched).",
-                        job_id=self.id,
-                        provider=self.provider,
-                    )
+                _control.check_forgettable(self._ctx, backend_dead=self._backend_dead)
             self.stop_polling()
             self._ledger.forget_job(self.id)
 
@@ -702,29 +571,7 @@ class BatchJob:
     def results(self) -> pd.DataFrame:
         """One row per input row, by position, indexed by custom_id: label, status,
         output, error, error_type, retryable, batch_id, attempt and token counts."""
-        state = self._ledger.row_state(self.id)
-        table = _merge.results_table(state, self._batch_names(state))
-        frame = table.to_pandas()
-        frame["retryable"] = pd.Series(table.column("retryable").to_pylist(), dtype=object)
-        frame["output"] = self._decode_outputs(frame["output"])
-        # Which stage (and model) each row's result comes from.
-        stage = state.follow(state.stage)
-        frame["stage"] = stage
-        frame["model"] = np.array(self.models, dtype=object)[stage]
-        return frame.set_index("custom_id")
-
-    def _batch_names(self, state: rowstore.RowState) -> list[str | None]:
-        """The provider's batch id for each of the state's batch keys (intents)."""
-        names = {b["intent"]: b["batch_id"] for b in self._ledger.batches(self.id)}
-        return [names.get(key) for key in state.batch_keys]
-
-    def _decode_outputs(self, values: pd.Series) -> pd.Series:
-        if is_embeddings(self.endpoint):
-            # A row without a vector (failed, pending) reads back as None or NaN.
-            return values.map(lambda v: orjson.loads(v) if isinstance(v, str) else None).astype(
-                object
-            )
-        return values
+        return _merge.results_frame(self._ctx)
 
     def prompt_chars(self) -> tuple[int, int]:
         """(rows with a prompt, total prompt characters): for cost estimates before usage."""
@@ -834,43 +681,10 @@ class BatchJob:
         ``where="failed"``). Returns this job, which now also follows the new batches.
         """
         with self._lock:
-            state = self._ledger.row_state(self.id)
-            leaders = state.is_leader
-            bad = (state.status == rowstore.FAILED) | (state.status == rowstore.EXPIRED)
-            positions = np.flatnonzero(leaders & bad)
-            if not len(positions):
+            if not _control.requeue_failed(self._ctx, overrides):
                 return self
-            if overrides and (state.stage[positions] > 0).any():
-                raise InputError(
-                    f"some failed rows of job {self.id} failed in an escalation stage, "
-                    "whose parameters resubmit_failed(**overrides) does not change: "
-                    "job.escalate(model=..., where='failed', **overrides) sends them with "
-                    "other parameters. Nothing was sent.",
-                    job_id=self.id,
-                )
-            if overrides:
-                self._apply_overrides(overrides)
-            attempt = int(state.attempt[positions].max()) + 1
-            self._ledger.event(self.id, "resubmit", f"resubmitting {len(positions)} rows")
-            self._ledger.set_job_status(self.id, "running")
-            # It ends again, and says so; collect --finished writes its new results.
-            self._ledger.set_job_time(self.id, "ended_at", None)
-            self._ledger.set_job_time(self.id, "collected_at", None)
             self._logged_done = False
-            self._record["status"] = "running"
-            # Put back to be sent, then sent by the background sender (or the next
-            # refresh): the kernel stays free however many rows failed.
-            stages = state.stage[positions].copy()
-            for stage in np.unique(stages):  # each row again in the stage it failed in
-                self._ledger.requeue(self.id, positions[stages == stage], attempt, int(stage))
             self._send_error = None
-            n = self._ctx.rows_in_attempt(attempt)
-            self._ctx.note(
-                "resubmit",
-                f"resubmitted {n:,} failed or expired rows (attempt {attempt}); only those "
-                "are sent and paid for again",
-                attempt,
-            )
         self.start_sending(daemon=self._daemon_sender())
         self._notify(self.snapshot())
         return self
@@ -927,22 +741,6 @@ class BatchJob:
                 "Nothing was sent.",
                 job_id=self.id,
             )
-
-    def _apply_overrides(self, overrides: dict[str, Any]) -> None:
-        """Change request parameters for the batches sent from now on; checked as
-        ``submit`` checks them, before anything is sent."""
-        spec = dict(self._record["spec"])
-        for key, value in overrides.items():
-            if key in spec and key != "params":
-                spec[key] = value
-            else:
-                spec["params"] = {**spec["params"], key: value}
-        checked = RequestSpec(**spec)
-        self._ctx.provider.validate(checked)
-        if checked.model != self.model:
-            self._ctx.provider.check_model(checked.model)
-        self._record["spec"] = spec
-        self._ledger.set_job_spec(self.id, spec)
 
     # -- display ----------------------------------------------------------------------------
     def __repr__(self) -> str:

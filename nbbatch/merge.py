@@ -369,3 +369,23 @@ def _result_schema(ctx: JobContext, state: rowstore.RowState, added: list[str]) 
     return pa.schema(
         pa.field(f.name, pa.large_string()) if pa.types.is_null(f.type) else f for f in table.schema
     )
+
+
+def results_frame(ctx: JobContext) -> pd.DataFrame:
+    """One row per input row of the job, by position, indexed by custom_id: label,
+    status, output, error, error_type, retryable, batch_id, attempt, token counts, and
+    the stage (and model) each row's result comes from (see ``BatchJob.results``)."""
+    state = ctx.row_state()
+    names = {b["intent"]: b["batch_id"] for b in ctx.ledger.batches(ctx.id)}
+    table = results_table(state, [names.get(key) for key in state.batch_keys])
+    frame = table.to_pandas()
+    frame["retryable"] = pd.Series(table.column("retryable").to_pylist(), dtype=object)
+    if is_embeddings(ctx.endpoint):
+        # A row without a vector (failed, pending) reads back as None or NaN.
+        frame["output"] = (
+            frame["output"].map(lambda v: orjson.loads(v) if isinstance(v, str) else None)
+        ).astype(object)
+    stage = state.follow(state.stage)
+    frame["stage"] = stage
+    frame["model"] = np.array(ctx.models, dtype=object)[stage]
+    return frame.set_index("custom_id")

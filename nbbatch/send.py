@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 from . import plan as _plan
+from . import rowstore
 from ._errors import BatchFailedError, NbbatchError, ProviderError
 from .ledger import alive
 from .providers.base import BatchInfo, RequestSpec, http_status
@@ -211,3 +212,69 @@ def resolve_intent(ctx: JobContext, batch: dict[str, Any]) -> None:
         cancel_if_job_cancelled(ctx, info)
     else:
         ctx.ledger.release_intent(batch["intent"])
+
+
+def unsent(state: rowstore.RowState) -> np.ndarray:
+    """Leaders pending in no batch: not sent yet, or put back to be sent."""
+    leaders = state.is_leader
+    return np.flatnonzero(leaders & (state.status == rowstore.PENDING) & (state.batch < 0))
+
+
+def send_unsent(
+    ctx: JobContext, progress: Progress | None = None, lock: threading.RLock | None = None
+) -> None:
+    """Send the rows pending in no batch: not sent yet (a new job, a process that died
+    before sending them) or put back by ``resubmit_failed`` or a new stage; ``lock``
+    is held around each chunk (see :func:`send_rows`)."""
+    if not len(unsent(ctx.row_state())):
+        return
+    if ctx.cancelled:
+        # Rows put back after a cancel (a create call refused while it was made): they
+        # end cancelled, never sent.
+        cancel_unsent(ctx)
+        return
+    # One sender per job, across processes and job objects: rows another live one is
+    # sending are left to it (so a second session never sends them again).
+    if not ctx.ledger.take_sending(ctx.id):
+        return
+    try:
+        state = ctx.row_state()  # as any sender before us left it
+        positions = unsent(state).astype(np.int32)
+        # Rows go in groups of one (stage, attempt), as one key each. Read now, into
+        # arrays of their own: the state is live, and sending the first group changes
+        # the attempts of its rows (read afterwards, they would be sent twice).
+        keys = (state.stage[positions].astype(np.int64) << 16) | state.attempt[positions]
+        # Usually one group: then no sort, and no copy of millions of positions.
+        single = bool(len(keys)) and bool((keys == keys[0]).all())
+        for key in keys[:1] if single else np.unique(keys):
+            chosen = positions if single else positions[keys == key]
+            send_rows(
+                ctx, chosen, max(1, int(key) & 0xFFFF), progress=progress, lock=lock,
+                stage=int(key) >> 16,
+            )  # fmt: skip
+    finally:
+        ctx.ledger.release_sending(ctx.id)
+
+
+def cancel_unsent(ctx: JobContext) -> None:
+    """Rows that were never sent end ``cancelled``."""
+    positions = unsent(ctx.row_state())
+    if len(positions):
+        table = rowstore.failure_table(
+            positions, "cancelled", "cancelled", "cancelled before it was sent", False
+        )
+        ctx.ledger.record_results(
+            ctx.id, None, table, f"{len(positions):,} unsent requests cancelled"
+        )
+
+
+def stopped_note(ctx: JobContext, error: BaseException | None) -> str:
+    """What stopped sending (``error``), and what sends the rest."""
+    state = ctx.row_state()
+    waiting_rows = np.zeros(state.n, dtype=bool)
+    waiting_rows[unsent(state)] = True
+    waiting = int(state.follow(waiting_rows).sum())
+    return (
+        f"sending stopped: {error}; {waiting:,} rows are not sent yet: "
+        f"job.wait() (or nb.attach({ctx.id!r}) in a new session) sends them"
+    )

@@ -20,6 +20,7 @@ import numpy as np
 from . import health, pricing
 from .health import NOTE_KINDS as NOTE_KINDS  # kept with the job's health, named here too
 from .health import Note as Note
+from .health import format_seconds as format_seconds  # where the views look for it
 from .pricing import Cost
 
 if TYPE_CHECKING:
@@ -325,18 +326,6 @@ class JobSnapshot:
 
 
 _ENDED_WORDS = frozenset({"completed", "failed", "expired", "cancelled", "ended"})
-
-
-def format_seconds(seconds: float | None) -> str:
-    """``75`` -> ``'1m 15s'``; None -> ``'-'``."""
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
 class ProgressTrail:
