@@ -227,6 +227,24 @@ def choose(ctx: JobContext, where: Where, spec: dict[str, Any]) -> tuple[np.ndar
     return leaders, rows
 
 
+def check_can_escalate(ctx: JobContext, *, sending: bool) -> None:
+    """An escalation starts from a job that has ended, not cancelled: rows still
+    pending would otherwise be chosen (or not) on answers that are not in yet."""
+    if ctx.cancelled:
+        raise InputError(
+            f"job {ctx.id} was cancelled; submit a new job instead of escalating it.",
+            job_id=ctx.id,
+        )
+    pending = int(ctx.ledger.counts(ctx.id).get("pending", 0))
+    if pending or sending:
+        raise InputError(
+            f"job {ctx.id} is still running ({pending:,} rows pending): escalate once it "
+            "has ended (job.wait()), so the rows are chosen on their final answers. "
+            "Nothing was sent.",
+            job_id=ctx.id,
+        )
+
+
 def start_stage(
     ctx: JobContext, model: str, where: Where, overrides: dict[str, Any], *, automatic: bool
 ) -> int:

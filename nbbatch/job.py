@@ -20,7 +20,6 @@ import logging
 import os
 import secrets
 import threading
-import warnings
 import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,7 +36,7 @@ from . import merge as _merge
 from . import rowstore
 from . import send as _send
 from . import snapshot as _snapshot
-from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, ProviderError
+from ._errors import InputError, MergeError, NbbatchError, ProviderError
 from .context import JobContext, is_loopback, output_columns
 from .ledger import Ledger
 from .poller import Poller
@@ -617,32 +616,9 @@ class BatchJob:
         written record batch by record batch, never held whole, so a table larger than
         memory can be written. Every row is checked as :meth:`merge` checks it (pass
         ``verify=False`` to skip that). Written to a temporary name, then renamed."""
-        import pyarrow.parquet as pq
-
-        from . import frames
-        from . import stream as _stream
-
-        data = data if data is not None else self._ctx.data
-        source = None
-        if data is not None and frames.streamed(data):
-            source = _stream.Source.of(data)
-        elif data is None and (recorded := self._ledger.source(self.id)) is not None:
-            source = _stream.Source.recorded(recorded)
-        target = Path(path)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            if source is not None:
-                self._ctx.warn_if_running("to_parquet()")
-                _merge.write_parquet(self._ctx, source, tmp, columns=columns, verify=verify)
-            else:
-                table = frames.as_arrow(self.merge(data, verify=verify))
-                if columns is not None:
-                    table = table.select([*columns, *self.output_columns()])
-                pq.write_table(table, tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return target
+        return _merge.to_parquet(
+            self._ctx, Path(path), data, columns=columns, verify=verify, merge=self.merge
+        )
 
     def output_columns(self) -> list[str]:
         """The columns ``merge`` adds: ``{output}`` (or one per field of a structured
@@ -654,19 +630,7 @@ class BatchJob:
     def failed(self) -> pd.DataFrame:
         """The merged rows that did not succeed (failed, expired or cancelled); while the
         job runs, a warning says these are only the failures so far."""
-        from . import frames
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", JobRunningWarning)  # warned once, below
-            if self._ctx.data is None:
-                merged = self.results()
-                bad = merged["status"].isin(["failed", "expired", "cancelled"])
-                self._ctx.warn_if_running("failed()")
-                return merged[bad]
-            merged = _merge.merge_job(self._ctx, self._ctx.data, verify=True, native=False)
-        self._ctx.warn_if_running("failed()")
-        bad = merged[f"{self.output}_status"].isin(["failed", "expired", "cancelled"])
-        return frames.rows(self._ctx.data, merged, self.output_columns(), bad.to_numpy())
+        return _merge.failed_rows(self._ctx)
 
     def resubmit_failed(self, **overrides: Any) -> BatchJob:
         """Send again only the rows that ended ``failed`` or ``expired``, as new batches.
@@ -711,7 +675,8 @@ class BatchJob:
         from . import escalate as _escalate
 
         with self._lock:
-            self._check_can_escalate()
+            self.refresh()  # an escalation starts from the job's final answers
+            _escalate.check_can_escalate(self._ctx, sending=self.sending)
             if _escalate.start_stage(self._ctx, model, where, overrides, automatic=False):
                 self._send_stage()
         self._notify(self.snapshot())
@@ -723,24 +688,6 @@ class BatchJob:
         self._logged_done = False
         self._send_error = None
         self.start_sending(daemon=self._daemon_sender())
-
-    def _check_can_escalate(self) -> None:
-        """An escalation starts from a job that has ended, not cancelled: rows still
-        pending would otherwise be chosen (or not) on answers that are not in yet."""
-        self.refresh()
-        if self._record.get("status") == "cancelled":
-            raise InputError(
-                f"job {self.id} was cancelled; submit a new job instead of escalating it.",
-                job_id=self.id,
-            )
-        pending = int(self._ledger.counts(self.id).get("pending", 0))
-        if pending or self.sending:
-            raise InputError(
-                f"job {self.id} is still running ({pending:,} rows pending): escalate once it "
-                "has ended (job.wait()), so the rows are chosen on their final answers. "
-                "Nothing was sent.",
-                job_id=self.id,
-            )
 
     # -- display ----------------------------------------------------------------------------
     def __repr__(self) -> str:

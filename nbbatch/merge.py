@@ -389,3 +389,67 @@ def results_frame(ctx: JobContext) -> pd.DataFrame:
     frame["stage"] = stage
     frame["model"] = np.array(ctx.models, dtype=object)[stage]
     return frame.set_index("custom_id")
+
+
+def to_parquet(
+    ctx: JobContext,
+    target: Path,
+    data: Any,
+    *,
+    columns: list[str] | None,
+    verify: bool,
+    merge: Callable[..., Any],
+) -> Path:
+    """Write the merged rows to ``target`` (see ``BatchJob.to_parquet``): data from
+    files or an Arrow dataset record batch by record batch, a table in memory through
+    ``merge`` (the job's). Written to a temporary name, then renamed."""
+    import os
+    import secrets
+
+    import pyarrow.parquet as pq
+
+    from . import frames
+    from . import stream as _stream
+
+    data = data if data is not None else ctx.data
+    source = None
+    if data is not None and frames.streamed(data):
+        source = _stream.Source.of(data)
+    elif data is None and (recorded := ctx.ledger.source(ctx.id)) is not None:
+        source = _stream.Source.recorded(recorded)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        if source is not None:
+            ctx.warn_if_running("to_parquet()")
+            write_parquet(ctx, source, tmp, columns=columns, verify=verify)
+        else:
+            table = frames.as_arrow(merge(data, verify=verify))
+            if columns is not None:
+                table = table.select([*columns, *ctx.output_columns()])
+            pq.write_table(table, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def failed_rows(ctx: JobContext) -> pd.DataFrame:
+    """The merged rows that did not succeed (see ``BatchJob.failed``): of the data
+    submitted in this session, else of the results; while the job runs, one warning
+    says these are only the failures so far."""
+    import warnings
+
+    from . import frames
+    from ._errors import JobRunningWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JobRunningWarning)  # warned once, below
+        if ctx.data is None:
+            merged = results_frame(ctx)
+            bad = merged["status"].isin(["failed", "expired", "cancelled"])
+            ctx.warn_if_running("failed()")
+            return merged[bad]
+        merged = merge_job(ctx, ctx.data, verify=True, native=False)
+    ctx.warn_if_running("failed()")
+    bad = merged[f"{ctx.output}_status"].isin(["failed", "expired", "cancelled"])
+    return frames.rows(ctx.data, merged, ctx.output_columns(), bad.to_numpy())
