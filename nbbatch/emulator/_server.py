@@ -18,6 +18,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
+import re
 import secrets
 import socket
 import threading
@@ -133,7 +134,7 @@ class Front:
         headers = dict(scope.get("headers") or [])
         # Refused before anything else (and not counted as activity: a stranger's
         # requests must not keep an idle background emulator alive).
-        refusal = _refusal(emu, method, path, headers)
+        refusal = _refusal(emu, method, path, headers, scope.get("query_string", b""))
         if refusal is not None:
             status, message = refusal
             response = error_response(
@@ -170,9 +171,10 @@ class Front:
             )
             await response(scope, receive, send_with_id)
             return
-        # Any key will do here (an emulator with a token was checked above). Gemini's
-        # SDK sends its key on resumable uploads too, so the upload URL needs it as well.
-        if not _presented_keys(headers):
+        # Any key will do here (an emulator with a token was checked above).
+        if not _presented_keys(headers) and not _upload_chunk(
+            emu, method, path, scope.get("query_string", b"")
+        ):
             response = error_response(
                 path,
                 401,
@@ -202,6 +204,23 @@ def _presented_keys(headers: dict[bytes, bytes]) -> list[bytes]:
     return keys
 
 
+_UPLOAD_CHUNK = re.compile(rf"^{_gemini.PREFIX}/upload/v\d+(?:alpha|beta)?\d*/files$")
+
+
+def _upload_chunk(emu: Any, method: str, path: str, query: bytes) -> bool:
+    """Whether the request sends bytes to a Gemini upload URL this emulator handed out.
+
+    google-genai sends the chunks of a resumable upload without its key (the real upload
+    URL carries its own authority), so the URL's ``upload_id`` is the credential: 96
+    random bits, given only in answer to a start request that carried the key, and valid
+    only until that upload is finalized. Any other id needs the key like every route.
+    """
+    if method != "POST" or not _UPLOAD_CHUNK.match(path):
+        return False
+    upload_id = QueryParams(query).get("upload_id")
+    return bool(upload_id) and upload_id in emu._store.uploads
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -212,7 +231,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _refusal(
-    emu: Any, method: str, path: str, headers: dict[bytes, bytes]
+    emu: Any, method: str, path: str, headers: dict[bytes, bytes], query: bytes
 ) -> tuple[int, str] | None:
     """Why a request is refused before routing (status, message), or None."""
     host: str = emu._host
@@ -233,6 +252,8 @@ def _refusal(
     expected = token.encode()
     # compare_digest: the time taken says nothing about how much of a guess was right.
     if any(hmac.compare_digest(key, expected) for key in _presented_keys(headers)):
+        return None
+    if _upload_chunk(emu, method, path, query):
         return None
     return 401, (
         "This nbbatch background emulator answers only its owner: send the key kept in "
