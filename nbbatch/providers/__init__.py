@@ -181,7 +181,8 @@ def default_client(
             "anthropic": emu.anthropic_base_url,
             "gemini": emu.gemini_base_url,
         }[name]
-        key = "local-emulator"
+        # Its home's key: it answers no one else (find() checked it is ours first).
+        key = emu.token
     elif key is None:
         variables = KEY_VARIABLES[name]
         key = next((os.environ[v] for v in variables if os.environ.get(v)), None)
