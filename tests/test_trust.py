@@ -31,7 +31,7 @@ from nbbatch import emulator
 from nbbatch.labext import handlers, views
 from nbbatch.ledger import default as ledger
 
-from .conftest import openai_client
+from .conftest import model_for, openai_client
 
 ENV_KEY = "sk-proj-environment0secret0key0123456789"
 CLIENT_KEY = "sk-proj-client0given0key0abcdefghijkl"
@@ -43,14 +43,15 @@ def reviews(n: int = 3) -> pd.DataFrame:
 
 class Listener:
     """Whoever binds an address after nbbatch's emulator there stopped: records the
-    headers of every request and answers ``status`` with ``body(headers)``."""
+    headers of every request and answers ``status`` with ``body(headers)`` (or
+    ``body(headers, path)`` when it takes two arguments)."""
 
     def __init__(
         self,
         host: str,
         port: int,
         status: int = 503,
-        body: Callable[[dict[str, str]], dict[str, Any]] | None = None,
+        body: Callable[..., Any] | None = None,
     ) -> None:
         self.seen: list[dict[str, str]] = []
         outer = self
@@ -62,7 +63,9 @@ class Listener:
                     self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 outer.seen.append(headers)
-                reply = (body or (lambda h: {"error": {"message": "no"}}))(headers)
+                answer = body or (lambda h: {"error": {"message": "no"}})
+                takes_path = answer.__code__.co_argcount == 2
+                reply = answer(headers, self.path) if takes_path else answer(headers)
                 payload = json.dumps(reply).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -316,3 +319,114 @@ def test_collect_out_is_private_and_replaces_a_planted_link(
     finally:
         os.umask(old)
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------- hostile or broken result files
+
+
+def _submitted(client: Any, **kwargs: Any) -> nb.BatchJob:
+    job = nb.submit(reviews(), "{text}", model=model_for(client), client=client, **kwargs)
+    job.wait_sent()
+    return job
+
+
+def test_one_wrong_typed_line_fails_only_its_row(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _submitted(client, retries=0)
+    fetch = job._provider.fetch_results
+
+    def hostile(info: Any, **kwargs: Any) -> list[bytes]:
+        # The emulator writes only well-formed lines: one is swapped for a bad one here.
+        files = fetch(info, **kwargs)
+        first, _, rest = files[0].partition(b"\n")
+        return [b'{"custom_id": 5, "key": 5}\n' + rest, *files[1:]]
+
+    monkeypatch.setattr(job._provider, "fetch_results", hostile)
+    snap = job.wait(timeout=60, progress=False).snapshot()
+    assert snap.counts["succeeded"] == 2 and snap.counts["failed"] == 1
+    (bad,) = views.failed_view(ledger(), job.id)["rows"]
+    assert bad["error_type"] == "missing_result"
+    assert views.job_view(ledger(), job.id)["counts"]["succeeded"] == 2  # the sidebar reads it
+
+
+def test_a_result_file_that_cannot_be_read_is_downloaded_again(
+    emu: emulator.Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _submitted(openai_client(emu))
+    provider = job._provider
+    fetch, parse = provider.fetch_results, provider.parse_results
+    downloads: list[int] = []
+
+    def truncated_once(info: Any, **kwargs: Any) -> list[bytes]:
+        files = fetch(info, **kwargs)
+        downloads.append(1)
+        return [files[0][: len(files[0]) // 2]] if len(downloads) == 1 else files
+
+    def parse_whole_files_only(raw: bytes, spec: Any) -> Any:
+        # A parser that cannot make sense of half a file (as a provider's might not).
+        if not raw.endswith(b"\n"):
+            raise ValueError("the file ends in the middle of a line")
+        return parse(raw, spec)
+
+    monkeypatch.setattr(provider, "fetch_results", truncated_once)
+    monkeypatch.setattr(provider, "parse_results", parse_whole_files_only)
+    while not job._ledger.batches(job.id)[0]["ended"]:
+        snap = job.refresh()
+    snap = job.refresh()
+    if snap.counts["pending"]:  # the broken copy was not kept: this poll fetches it again
+        assert "could not be read" in (snap.last_error or "")
+        snap = job.refresh()
+    assert len(downloads) == 2
+    assert snap.counts["succeeded"] == 3 and snap.last_error is None
+
+
+def test_results_larger_than_any_reply_are_refused_before_they_are_kept(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbbatch import collect
+
+    job = _submitted(client)
+    # 3 requests of a few bytes each: far less than any of the emulator's replies.
+    monkeypatch.setattr(collect, "RESULT_BYTES_BASE", 0)
+    monkeypatch.setattr(collect, "RESULT_BYTES_PER_REQUEST", 20)
+    with pytest.raises(nb.ProviderError, match="larger than 60 bytes"):
+        job.wait(timeout=60, progress=False)
+    folder = job._ledger.files / job.id
+    assert not list(folder.glob("*.complete")) and not list(folder.glob("*.jsonl"))
+    assert job.snapshot().counts["pending"] == 3
+
+
+def test_a_batch_id_from_the_provider_never_becomes_a_path(nbbatch_home: Path) -> None:
+    with emulator.start() as server:
+        url = urlparse(server.openai_base_url)
+    assert url.hostname is not None and url.port is not None
+    line = {
+        "custom_id": "x",
+        "response": {"status_code": 200, "body": {"choices": [{"message": {"content": "x"}}]}},
+    }
+
+    def fake_openai(headers: dict[str, str], path: str) -> Any:
+        """Just enough of OpenAI's batch API to hand out a hostile batch id."""
+        if path.startswith("/v1/models/"):
+            return {"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "x"}
+        if path == "/v1/files":
+            return {"id": "file-in", "object": "file", "bytes": 1, "created_at": 0,
+                    "filename": "in.jsonl", "purpose": "batch", "status": "processed"}  # fmt: skip
+        if path.endswith("/content"):
+            return line
+        return {"id": "../../../escaped", "object": "batch", "status": "completed",
+                "endpoint": "/v1/chat/completions", "input_file_id": "file-in",
+                "completion_window": "24h", "created_at": 0, "output_file_id": "file-out",
+                "request_counts": {"total": 3, "completed": 3, "failed": 0}}  # fmt: skip
+
+    listener = Listener(url.hostname, url.port, status=200, body=fake_openai)
+    client = openai.OpenAI(base_url=url.geturl(), api_key="k", max_retries=0)
+    try:
+        job = nb.submit(reviews(), "{text}", model="gpt-4o-mini", client=client)
+        with pytest.raises(nb.ProviderError, match="batch id nbbatch cannot use"):
+            job.wait(timeout=60, progress=False)
+    finally:
+        client.close()
+        listener.close()
+    assert not [p for p in nbbatch_home.parent.rglob("*escaped*")]
