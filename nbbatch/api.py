@@ -43,6 +43,7 @@ from .ledger import Ledger
 from .ledger import default as _default_ledger
 from .ledger import home as _ledger_home
 from .pricing import money
+from .providers import credentials as _credentials
 from .providers.base import Provider, RequestSpec, is_embeddings
 
 log = logging.getLogger("nbbatch")
@@ -546,6 +547,10 @@ def _new_record(
         "id_column": id_column,
         "status": "running",
         "origin": _origin(),
+        # Where the key came from (never the key): later polls send only a key meant
+        # for base_url.
+        "credential": impl.credential,
+        "key_hash": _credentials.key_hash(impl, _ledger_home()),
     }
 
 
@@ -572,8 +577,12 @@ def attach(
     """Rebuild a job from the ledger (also in a new kernel) and carry on with it.
 
     The job talks to the same provider endpoint as before, with ``client`` if given, else
-    a client built from the environment's API key. A ``provider="local"`` job talks to
-    nbbatch's background emulator wherever it answers now (started if it does not run).
+    with a key meant for that endpoint only: the environment variable its key came from
+    at submit, or, for a job whose key was given on ``client=``, the environment's key
+    when it is that same key (a private emulator on a loopback address gets a placeholder
+    key); otherwise :class:`ConfigError` asks for ``client=``. A ``provider="local"`` job
+    talks to nbbatch's background emulator wherever it answers now (started if it does
+    not run).
     ``data`` (optional) is the DataFrame the job was submitted with, so ``merge()`` works
     without arguments. A cascade goes on by itself where it was left (its next stage
     starts when the current one ends); one whose ``escalate_when`` was a function needs
@@ -591,7 +600,8 @@ def attach(
     background = record.get("backend") == "local"
     local = background or is_loopback(record.get("base_url"))
     if client is None:
-        client = _client_for(name, None if background else record.get("base_url"), local)
+        # Only a key meant for the recorded address (or the emulator's placeholder).
+        client = _credentials.rebuild(record, _ledger_home())
     impl = _providers.build(name, client)
     job = BatchJob(
         record, impl, ledger, data=data, polling=LOCAL_POLLING if local else REMOTE_POLLING
@@ -611,17 +621,6 @@ def attach(
                 "kept in the ledger already)."
             )
     return job
-
-
-def _client_for(name: str, base_url: str | None, local: bool) -> Any:
-    """A client for ``base_url``; with ``local`` and no ``base_url``, for the background
-    emulator at its current address (the recorded one may be stale)."""
-    if local and base_url is None:
-        return _providers.default_client(name, local=True)
-    variables = _providers.KEY_VARIABLES[name]
-    if local and not any(os.environ.get(v) for v in variables):  # an emulator takes any key
-        return _providers.default_client(name, base_url=base_url, key="local-emulator")
-    return _providers.default_client(name, base_url=base_url)
 
 
 def ledger_path() -> Path:

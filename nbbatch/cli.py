@@ -109,6 +109,15 @@ WRITERS: dict[str, Callable[[pd.DataFrame, Path], Any]] = {
 FORMATS = ".parquet, .csv, .jsonl (or .ndjson), .json or .xlsx"
 
 
+def write_results(frame: pd.DataFrame, out: Path) -> None:
+    """Write ``frame`` to ``out`` in the format its suffix names, owner-only (0600, or
+    less with a stricter umask), through a fresh temporary file renamed into place."""
+    from ._files import private_output
+
+    with private_output(out) as tmp:
+        WRITERS[out.suffix.lower()](frame, tmp)
+
+
 def _check_out(out: Path) -> None:
     """Refuse a results file that cannot be written, before waiting for anything."""
     if out.is_dir():
@@ -207,7 +216,7 @@ def _collect_finished(args: argparse.Namespace) -> int:
             continue
         out = folder / f"{job.id}{suffix}"
         frame = results_table(job)
-        WRITERS[suffix](frame, out)
+        write_results(frame, out)
         ledger.set_job_time(job.id, "collected_at", time.time())
         written += 1
         print(f"{len(frame):,} rows written to {out}: {job.snapshot().summary()}")
@@ -291,7 +300,7 @@ def _collect(args: argparse.Namespace) -> int:
         frame = results_table(job)
         rows = len(frame)
         try:
-            WRITERS[out.suffix.lower()](frame, out)
+            write_results(frame, out)
         except (ValueError, TypeError) as exc:  # e.g. a value the format cannot hold
             raise InputError(
                 f"cannot write the results as {out.suffix}: {exc}. Try .parquet or .jsonl."

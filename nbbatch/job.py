@@ -27,13 +27,14 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from . import _scrub, rowstore
 from . import collect as _collect
 from . import health as _health
 from . import merge as _merge
 from . import notes as _notes
-from . import rowstore
 from . import send as _send
 from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, ProviderError
+from ._files import private_output
 from .ledger import Ledger
 from .poller import Poller
 from .pricing import Cost
@@ -314,7 +315,8 @@ class BatchJob:
             now=now,
             last_poll=self._last_poll,
             next_poll=self._next_poll,
-            last_error=self._last_error,
+            # Shown by the panel, the console, the CLI and the sidebar: never with a key.
+            last_error=None if self._last_error is None else _scrub.scrub(self._last_error),
             notes=self._current_notes(counts, batches),
             progress_samples=self._sample_progress(counts, views, now),
             input_tokens=batch[0],
@@ -911,8 +913,8 @@ class BatchJob:
         elif data is None and (recorded := self._ledger.source(self.id)) is not None:
             source = _stream.Source.recorded(recorded)
         target = Path(path)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        try:
+        # A fresh private file, renamed into place (see nbbatch._files).
+        with private_output(target) as tmp:
             if source is not None:
                 self._warn_if_running("to_parquet()")
                 _merge.write_parquet(self, source, tmp, columns=columns, verify=verify)
@@ -921,9 +923,6 @@ class BatchJob:
                 if columns is not None:
                     table = table.select([*columns, *self.output_columns()])
                 pq.write_table(table, tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
         return target
 
     def _warn_if_running(self, what: str) -> None:
