@@ -154,6 +154,11 @@ def submit(
         temperature=temperature, response_format=response_format, endpoint=endpoint,
         cache_system=cache_system, params=params,
     )  # fmt: skip
+    from . import escalate as _escalate
+
+    # Refused now, not after the first stage is paid for (a Series merges as one column).
+    shown_columns = [data.name if data.name is not None else 0] if is_series else frame.columns
+    _escalate.check_when_columns(when, list(shown_columns), output, spec.response_format)
     name = impl.name
     # The local emulator's address can change between its runs; its jobs are one place.
     salt = _plan.spec_hash(spec.as_dict(), impl.name, "local" if local else impl.base_url)
@@ -646,9 +651,8 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
         c = r["summary"].get("counts", {})
         paid = r["summary"].get("usage", {}).get("batch", (0, 0, 0, 0))
         pending = c.get("pending", 0)
-        status = (
-            "running" if pending else ("cancelled" if r["status"] == "cancelled" else "completed")
-        )
+        ended = r["status"] if r["status"] in ("cancelled", "failed") else "completed"
+        status = "running" if pending else ended
         table.append(
             {
                 "id": r["id"],

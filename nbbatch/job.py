@@ -28,6 +28,7 @@ import orjson
 import pandas as pd
 
 from . import collect as _collect
+from . import escalate as _escalate
 from . import health as _health
 from . import merge as _merge
 from . import notes as _notes
@@ -252,7 +253,9 @@ class BatchJob:
 
     @property
     def status(self) -> str:
-        """``running`` until every row is terminal, then ``completed`` (or ``cancelled``)."""
+        """``running`` until every row is terminal (and a cascade's stages have all
+        started), then ``completed``, ``cancelled``, or ``failed`` when a cascade could
+        not choose the rows of its next stage (``wait()`` raises why)."""
         return self.snapshot().status
 
     # -- views ------------------------------------------------------------------------------
@@ -272,9 +275,10 @@ class BatchJob:
         counts = {state_: int(raw.get(state_, 0)) for state_ in ROW_STATES}
         counts["total"] = int(self._record["n_rows"])
         batches = self._ledger.batches(self.id)
-        status = "completed" if counts["pending"] == 0 else "running"
-        if self._record.get("status") == "cancelled" and counts["pending"] == 0:
-            status = "cancelled"
+        stage_due = counts["pending"] == 0 and _escalate.stage_due(self)
+        status = "completed" if counts["pending"] == 0 and not stage_due else "running"
+        if self._record.get("status") in ("cancelled", "failed") and counts["pending"] == 0:
+            status = self._record["status"]
         # What was paid for: rows sent themselves (not reused from an earlier job, not
         # deduplicated onto another row), by route.
         usage = state.usage()
@@ -331,6 +335,7 @@ class BatchJob:
             deadline=self._record.get("deadline"),
             stages=self._stage_views(state, counts) if self.staged else (),
             cascade=tuple((self.policy.get("cascade") or {}).get("models") or ()),
+            stage_due=stage_due,
         )
 
     def _stage_views(
@@ -698,6 +703,7 @@ class BatchJob:
                         error.job_id = self.id
                     raise error
                 if snap.finished:
+                    _escalate.raise_if_failed(self, snap)
                     return self
                 if timeout is not None and self.clock() - start + delay > timeout:
                     raise TimeoutError(self._timeout_message(snap, timeout))

@@ -118,7 +118,7 @@ class JobSnapshot:
     base_url: str
     n_rows: int
     counts: dict[str, int]  # every state in ROW_STATES plus "total"
-    status: str  # running | completed | cancelled
+    status: str  # running | completed | cancelled | failed (a cascade that could not go on)
     batches: tuple[BatchView, ...]
     created: float
     now: float
@@ -147,6 +147,9 @@ class JobSnapshot:
     # A job that escalates: its stages so far, and a cascade's models (all of them).
     stages: tuple[StageView, ...] = ()
     cascade: tuple[str, ...] = ()
+    # A cascade whose next stage this session will start (every row of the current one
+    # may be terminal already): the job is not finished.
+    stage_due: bool = False
 
     @property
     def last_model(self) -> str:
@@ -245,8 +248,8 @@ class JobSnapshot:
 
     @property
     def finished(self) -> bool:
-        """True once every row is terminal."""
-        return self.counts["pending"] == 0
+        """True once every row is terminal and no cascade stage is still to start."""
+        return self.counts["pending"] == 0 and not self.stage_due
 
     @property
     def elapsed(self) -> float:
