@@ -103,9 +103,17 @@ class Expression:
         value compares false, as in pandas)."""
         self.check_columns(frame.columns)
         by_name = {str(c): c for c in frame.columns}
-        value = _Evaluator(frame, by_name, self._column, self.text).visit(self.tree.body)
-        if isinstance(value, pd.Series):
+        try:
+            value = _Evaluator(frame, by_name, self._column, self.text).visit(self.tree.body)
+        except RecursionError:
+            raise InputError(f"the expression {self.text!r} is too deeply nested.") from None
+        if isinstance(value, pd.Series) and _is_boolean(value):
             return _truth(value)
+        if isinstance(value, pd.Series):
+            raise InputError(
+                f"the expression {self.text!r} gives values of type {value.dtype}, not True "
+                "or False for each row: compare them, e.g. 'confidence < 0.7'."
+            )
         if isinstance(value, bool | np.bool_):
             # A constant (``"True"``): every row or none.
             return np.full(len(frame), bool(value))
@@ -197,7 +205,7 @@ def _check_node(node: ast.AST, text: str, backticked: dict[str, str]) -> None:
             )
         return
     if isinstance(node, ast.List | ast.Tuple):
-        if not all(isinstance(e, ast.Constant) for e in node.elts):
+        if not all(_constant(e) is not _NOT_CONSTANT for e in node.elts):
             raise InputError(
                 f"the expression {text!r} has a list or tuple of other things than "
                 f"constants: only e.g. label in ['spam', 'ham'] is allowed. {_HINT}"
@@ -209,6 +217,26 @@ def _check_node(node: ast.AST, text: str, backticked: dict[str, str]) -> None:
                 raise InputError(_refused(node.op, text))
         return
     raise InputError(_refused(node, text))
+
+
+_NOT_CONSTANT = object()
+
+
+def _constant(node: ast.AST) -> Any:
+    """The value of a constant, a signed number included (``-1`` is ``-`` applied to
+    ``1`` in the tree); ``_NOT_CONSTANT`` for anything else."""
+    if isinstance(node, ast.Constant):
+        return node.value
+    if (
+        isinstance(node, ast.UnaryOp)
+        and isinstance(node.op, ast.USub | ast.UAdd)
+        and isinstance(node.operand, ast.Constant)
+        and isinstance(node.operand.value, int | float)
+        and not isinstance(node.operand.value, bool)
+    ):
+        value = node.operand.value
+        return -value if isinstance(node.op, ast.USub) else value
+    return _NOT_CONSTANT
 
 
 def _refused(node: ast.AST, text: str) -> str:
@@ -223,6 +251,15 @@ def _refused(node: ast.AST, text: str) -> str:
         ast.MatMult: "'@'",
     }.get(type(node), type(node).__name__)
     return f"the expression {text!r} uses {kind}, which is not allowed. {_HINT}"
+
+
+def _is_boolean(value: pd.Series) -> bool:
+    """Whether a column holds only True, False or missing values (a flag column)."""
+    if pd.api.types.is_bool_dtype(value.dtype):
+        return True
+    return value.dtype == object and all(
+        isinstance(v, bool | np.bool_) or _missing(v) for v in value
+    )
 
 
 def _truth(value: Any) -> Any:
@@ -281,7 +318,7 @@ class _Evaluator:
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.List | ast.Tuple):
-            return [e.value for e in node.elts if isinstance(e, ast.Constant)]
+            return [_constant(e) for e in node.elts]
         if isinstance(node, ast.BoolOp):
             values = [_as_mask(self.visit(v), len(self.frame)) for v in node.values]
             combine = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
