@@ -640,8 +640,13 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
     the row counts per state, ``cost``: dollars paid so far at the batch price, from
     the token usage the results reported (NaN for a model with no known price), the
     ``deadline`` given to submit (NaT for none) and whether the job is ``overdue``
-    (rows still pending after it)."""
+    (rows still pending after it). ``model`` names each stage's model in order for a
+    job that escalates (``gpt-4o-mini -> gpt-4o``); ``status`` is ``failed`` for a
+    cascade that could not choose the rows of its next stage."""
     import time
+
+    from . import escalate as _escalate
+    from .snapshot import models_text as _models_text
 
     ledger = ledger or _default_ledger()
     records = ledger.jobs()
@@ -652,13 +657,16 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
         paid = r["summary"].get("usage", {}).get("batch", (0, 0, 0, 0))
         pending = c.get("pending", 0)
         ended = r["status"] if r["status"] in ("cancelled", "failed") else "completed"
+        staged = "stages" in r["summary"] or "cascade" in (r.get("policy") or "")
+        stages = ledger.stages(r["id"]) if staged else []
         status = "running" if pending else ended
         table.append(
             {
                 "id": r["id"],
                 "created": pd.Timestamp(r["created"], unit="s", tz="UTC"),
                 "provider": r["provider"],
-                "model": r["model"],
+                # A job that escalates: each stage's model in order (gpt-4o-mini -> gpt-4o).
+                "model": _models_text(_escalate.job_models(r, stages)) if staged else r["model"],
                 "rows": r["n_rows"],
                 "status": status,
                 **{

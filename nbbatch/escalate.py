@@ -390,6 +390,47 @@ def raise_if_failed(job: BatchJob, snap: Any) -> None:
         raise NbbatchError(f"job {job.id}: {failure(job)}", job_id=job.id)
 
 
+def batch_stages(
+    job: BatchJob, batches: list[dict[str, Any]]
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """For the views: a function giving a batch's stage, that stage's model and how
+    many times its rows were sent before in that stage (its retry number)."""
+    if not any(int(b.get("stage") or 0) for b in batches):
+        return lambda b: {}  # no escalation: the batches are attempts of the job
+    info = {int(s["stage"]): (s["spec"]["model"], int(s["first_attempt"])) for s in job.stages}
+
+    def of(batch: dict[str, Any]) -> dict[str, Any]:
+        stage = int(batch.get("stage") or 0)
+        if stage == 0:
+            return {}
+        model, first = info.get(stage, ("", int(batch["attempt"])))
+        return {"stage": stage, "model": model, "retry": int(batch["attempt"]) - first}
+
+    return of
+
+
+def result_models(results: pd.DataFrame) -> pd.Series:
+    """``{output}_model`` from :meth:`~nbbatch.BatchJob.results`: the model whose
+    answer (or failure) each row holds; missing for a row pending or never sent."""
+    unsent = results["status"].isin(["pending", "skipped"]).to_numpy()
+    values = results["model"].to_numpy(dtype=object).copy()
+    values[unsent] = None
+    return pd.Series(pd.array(values, dtype="string"))
+
+
+def job_models(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+    """Each stage's model in order, for a job of the ledger: a cascade's models (those
+    to come included), and the models of stages started by hand after them."""
+    policy = record.get("policy") or {}
+    if isinstance(policy, str):
+        import orjson
+
+        policy = orjson.loads(policy)
+    started = [record["model"], *(s["spec"]["model"] for s in stages)]
+    cascade = list((policy.get("cascade") or {}).get("models") or ())
+    return [*cascade, *started[len(cascade) :]] if cascade else started
+
+
 def check_when_columns(
     when: str | None,
     columns: list[Any],

@@ -290,6 +290,8 @@ class BatchJob:
         pending_in, pending_out = self._pending_estimate(counts["pending"])
         # Per batch: rows still pending on it, and its requests (leaders) that succeeded.
         per_batch = state.per_batch()
+        # An escalation's batches are named by their stage and model, not as retries.
+        stage_of = _escalate.batch_stages(self, batches)
         views = tuple(
             BatchView(
                 b["batch_id"],
@@ -299,6 +301,7 @@ class BatchJob:
                 done=int(b["done"] or 0),
                 rows=per_batch.get(b["intent"], (0, 0))[0],
                 succeeded=per_batch.get(b["intent"], (0, 0))[1],
+                **stage_of(b),
             )
             for b in batches
         )

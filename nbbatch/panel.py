@@ -385,7 +385,7 @@ class JobPanel:
             f'<span style="font-size: var(--jp-ui-font-size2, 14px); font-weight: 600;">'
             f"nbbatch job {_esc(snap.job_id)}</span><br>"
             f'<span style="{_MUTED}{_FONT}">{_esc(snap.provider)} &middot; '
-            f"<code>{_esc(snap.model)}</code> &middot; {_esc(snap.endpoint)} &middot; "
+            f"<code>{_esc(snap.models_text)}</code> &middot; {_esc(snap.endpoint)} &middot; "
             f"{snap.n_rows:,} rows{via}</span></div>"
         )
 
@@ -399,7 +399,7 @@ class JobPanel:
             f'<span class="nbbatch-batch" style="margin-right: 12px; overflow-wrap: anywhere;">'
             f'<code style="word-break: break-all;">{_esc(b.batch_id)}</code> '
             f"{_esc(b.status.replace('_', ' '))} "
-            f'<span style="{_MUTED}">({_batch_requests(b)}, attempt {b.attempt})</span></span>'
+            f'<span style="{_MUTED}">({_batch_requests(b)}, {_esc(b.label)})</span></span>'
             for b in shown
         ]
         more = len(snap.batches) - len(shown)
@@ -838,7 +838,7 @@ def static_html(snap: JobSnapshot) -> str:
         f' max-width: 100%; box-sizing: border-box;">'
         f'<div style="{_FONT}"><b>nbbatch job {_esc(snap.job_id)}</b>'
         f' <span style="{_MUTED}">&middot; {_esc(snap.provider)} &middot;'
-        f" {_esc(snap.model)} &middot; {snap.n_rows:,} rows</span></div>"
+        f" {_esc(snap.models_text)} &middot; {snap.n_rows:,} rows</span></div>"
         f"{bar_html(snap, state)}{JobPanel._counts_html(snap)}{where}"
         f"{_stages_html(snap)}{JobPanel._error_html(snap)}</div>"
     )

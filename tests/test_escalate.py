@@ -638,3 +638,50 @@ def test_a_stored_escalate_when_is_checked_again_by_the_session_that_polls(emu, 
         assert "uses '@'" in str(exc)
     assert not marker.exists(), "the stored expression ran a shell command"
     assert other.status == "failed"
+
+
+# -- the views name each stage's model; collect writes {output}_model ---------------------------
+def test_a_cascade_is_named_by_its_stages_everywhere_and_collect_writes_its_models(emu, tmp_path):
+    from nbbatch import panel
+
+    from .test_cli import nbbatch as run_cli
+
+    client = client_for("openai", emu)
+    df = texts(4)
+    job = nb.submit(
+        df, "{text}", model=["gpt-4o-mini", "gpt-4o"], client=client, display=False,
+        escalate_when="text == 'row 1' or text == 'row 3'",
+    )  # fmt: skip
+    job.wait(timeout=60, progress=False)
+    merged = job.merge()
+    assert merged["response_model"].tolist() == ["gpt-4o-mini", "gpt-4o"] * 2
+
+    out = tmp_path / "r.csv"
+    result = run_cli("collect", job.id, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == [
+        "id", "response", "response_status", "response_error", "response_model",
+    ]  # fmt: skip
+    assert frame["response_model"].tolist() == merged["response_model"].tolist()
+
+    # The escalation's batch is stage 2 on its model, not a retry of the first.
+    snap = job.snapshot()
+    assert [b.label for b in snap.batches] == ["attempt 1", "stage 2 (gpt-4o)"]
+    batches = panel.JobPanel._batches_html(snap)
+    assert "stage 2 (gpt-4o))" in batches and "attempt 2" not in batches
+    # Every view names both models, in order.
+    both = "gpt-4o-mini -> gpt-4o"
+    assert f"[openai {both}] completed" in panel.plain_text(snap)
+    assert "gpt-4o-mini -&gt; gpt-4o" in panel.static_html(snap)
+    assert nb.jobs().set_index("id").loc[job.id, "model"] == both
+    from nbbatch.labext import views
+
+    sidebar = {j["id"]: j for j in views.jobs_view(job._ledger)["jobs"]}
+    assert sidebar[job.id]["model"] == both
+    status = run_cli("status", job.id)
+    assert status.returncode == 0, status.stderr
+    assert both in status.stdout and "(stage 2 (gpt-4o))" in status.stdout
+    assert "attempt 2" not in status.stdout
+    listed = run_cli("jobs")
+    assert both in listed.stdout
