@@ -1032,12 +1032,12 @@ class BatchJob:
 
         ``where`` chooses the rows: ``"failed"`` (rows that ended failed or expired), a
         function of the merged DataFrame giving a boolean mask (``lambda out:
-        out["confidence"] < 0.7``), an expression ``DataFrame.eval`` evaluates on it
-        (``"confidence < 0.7"``), or a boolean mask with one value per row, in the
-        merged order. ``merge`` then holds, per row, the answer of the last model that
-        answered it, and ``{output}_model`` says which; ``job.cost`` prices each stage on
-        its own model. Succeeded rows not chosen are never sent again, nor rows already
-        answered with exactly these parameters.
+        out["confidence"] < 0.7``), an expression on its columns (``"confidence <
+        0.7"``; parsed by :mod:`nbbatch.expr`, never run as code), or a boolean mask
+        with one value per row, in the merged order. ``merge`` then holds, per row, the
+        answer of the last model that answered it, and ``{output}_model`` says which;
+        ``job.cost`` prices each stage on its own model. Succeeded rows not chosen are
+        never sent again, nor rows already answered with exactly these parameters.
 
         Everything is checked before anything is sent: the model (at the provider, and
         of the job's provider), the parameters, ``where`` (its length, its values), and
