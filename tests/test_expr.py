@@ -240,3 +240,21 @@ def test_any_text_is_either_a_checked_expression_or_an_input_error(text):
     except InputError:
         return
     assert mask.dtype == bool and len(mask) == 2
+
+
+def test_nullable_columns_compare_missing_values_as_false():
+    """What merge gives: string and nullable columns (``{output}_model`` is a string
+    column, a structured field may be missing on a failed row)."""
+    frame = pd.DataFrame(
+        {
+            "response_model": pd.array(["gpt-4o-mini", None, "gpt-4o"], dtype="string"),
+            "stars": pd.array([1, None, 5], dtype="Int64"),
+            "flag": pd.array([True, None, False], dtype="boolean"),
+        }
+    )
+    assert choose("response_model == 'gpt-4o'", frame) == [False, False, True]
+    assert choose("response_model in ['gpt-4o-mini']", frame) == [True, False, False]
+    assert choose("stars * 2 > 4", frame) == [False, False, True]
+    assert choose("stars is None", frame) == [False, True, False]
+    assert choose("flag", frame) == [True, False, False]
+    assert choose("flag or stars > 4", frame) == [True, False, True]
