@@ -92,6 +92,8 @@ def _status(args: argparse.Namespace) -> int:
             f"({b.label})"
         )
     print(f"  cost: {snap.cost}")
+    if snap.failure:
+        print(f"  error: {snap.failure}")
     for w in snap.warnings:
         print(f"  note: {w}")
     return OK

@@ -339,6 +339,7 @@ class BatchJob:
             stages=self._stage_views(state, counts) if self.staged else (),
             cascade=tuple((self.policy.get("cascade") or {}).get("models") or ()),
             stage_due=stage_due,
+            failure=_escalate.failure(self) if status == "failed" else None,
         )
 
     def _stage_views(

@@ -370,6 +370,8 @@ class JobPanel:
         when every row succeeded (or was skipped), else ``warning``."""
         if snap.last_error and snap.last_error.startswith(POLLING_STOPPED):
             return "danger"
+        if snap.failure:
+            return "danger"
         if not snap.finished:
             return "info"
         bad = sum(snap.counts[s] for s in styling.NOT_SUCCEEDED)
@@ -532,6 +534,8 @@ class JobPanel:
         late = getattr(snap, "overdue", None)
         if late:
             notes = cls._note(late, "warning") + notes
+        if snap.failure:  # a cascade that could not go on: what and how to go on
+            notes = cls._note(snap.failure, "danger") + notes
         return notes + _history_html(snap) + cls._problem_html(snap)
 
     @classmethod
@@ -567,6 +571,8 @@ class JobPanel:
         took = format_seconds(snap.elapsed)
         if snap.status == "cancelled":
             head = f"Cancelled: {c['succeeded']:,} of {c['total']:,} rows succeeded"
+        elif snap.failure:
+            head = f"Stopped in error: {c['succeeded']:,} of {c['total']:,} rows succeeded"
         elif c["succeeded"] + c["skipped"] == c["total"]:
             head = f"Done: all {c['succeeded']:,} rows succeeded"
             if c["skipped"]:
@@ -812,6 +818,8 @@ def plain_text(snap: JobSnapshot) -> str:
     """The job as text, as saved in the notebook: the summary line, its stages (a job
     that escalates), and current notes."""
     lines = [snap.summary(), *snap.stage_lines]
+    if snap.failure:
+        lines.append(f"error: {snap.failure}")
     if snap.overdue:
         lines.append(f"note: {snap.overdue}")
     lines += [f"note: {n.text}" for n in snap.current_notes]

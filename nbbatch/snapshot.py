@@ -164,6 +164,8 @@ class JobSnapshot:
     # A cascade whose next stage this session will start (every row of the current one
     # may be terminal already): the job is not finished.
     stage_due: bool = False
+    # Why the job ended ``failed`` (a cascade that could not choose its next rows).
+    failure: str | None = None
 
     @property
     def last_model(self) -> str:

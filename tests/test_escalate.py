@@ -564,6 +564,13 @@ def test_an_escalate_when_failing_after_stage_1_ends_the_job_failed(emu, when, w
     message = str(raised.value)
     assert words in message and "job.escalate('gpt-4o', where=" in message
     assert job.status == "failed" and job.stages == []
+    from nbbatch import panel
+
+    snap = job.snapshot()
+    assert snap.finished and words in (snap.failure or "")
+    assert panel.JobPanel.bar_style(snap) == "danger"
+    assert f"error: {snap.failure}" in panel.plain_text(snap)
+    assert "Stopped in error" in panel.static_html(snap)
     # Every session sees it: the ledger says failed, and wait() raises there too.
     assert nb.jobs().set_index("id").loc[job.id, "status"] == "failed"
     other = nb.attach(job.id, client=client, escalate_when=when)
@@ -591,6 +598,13 @@ def test_an_expression_naming_an_input_column_fails_cleanly_when_attached_withou
     with pytest.raises(nb.NbbatchError, match="names column 'text'"):
         other.wait(timeout=60, progress=False)
     assert other.status == "failed"
+    from .test_cli import nbbatch as run_cli
+
+    status = run_cli("status", job.id)
+    assert "failed" in status.stdout and "error: the cascade stopped" in status.stdout
+    assert "names column 'text'" in status.stdout
+    listed = run_cli("jobs")
+    assert "failed" in listed.stdout
 
 
 # -- where= strings are never run as code --------------------------------------------------------
