@@ -657,7 +657,7 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
         paid = r["summary"].get("usage", {}).get("batch", (0, 0, 0, 0))
         pending = c.get("pending", 0)
         ended = r["status"] if r["status"] in ("cancelled", "failed") else "completed"
-        staged = "stages" in r["summary"] or "cascade" in (r.get("policy") or "")
+        staged = "stages" in r["summary"] or "cascade" in orjson.loads(r.get("policy") or "{}")
         stages = ledger.stages(r["id"]) if staged else []
         status = "running" if pending else ended
         table.append(

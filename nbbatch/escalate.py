@@ -357,15 +357,14 @@ _FAILED_EVENT = "cascade_failed"
 
 
 def _fail(job: BatchJob, number: int, model: str, when: Where, exc: InputError) -> None:
-    """End the job in error: its cascade could not choose the rows of stage ``number``.
+    """End the job in error: its cascade could not start stage ``number`` (its rows
+    could not be chosen, or the model was refused meanwhile).
     Recorded in the ledger (status and the reason in its history) so every session and
     ``nbbatch jobs`` see it; the rows keep the results they have."""
     text = (
-        f"the cascade stopped before stage {number} on {model}: escalate_when "
-        f"({describe(when)}) failed on the results of stage {number - 1}: "
+        f"the cascade stopped before stage {number} on {model} ({describe(when)}): "
         f"{str(exc).rstrip('. ')}. The results so far are kept; to go on, choose the rows "
-        "yourself: "
-        f"job.escalate({model!r}, where=...)."
+        f"yourself: job.escalate({model!r}, where=...)."
     )
     job._record["status"] = FAILED_JOB
     job._ledger.set_job_status(job.id, FAILED_JOB)
