@@ -234,7 +234,8 @@ def test_any_text_is_either_a_checked_expression_or_an_input_error(text):
         parsed = expr.parse(text)
     except InputError:
         return
-    frame = pd.DataFrame({c: [1, 2] for c in parsed.columns})
+    # two rows even when the expression names no column (a constant such as 'False')
+    frame = pd.DataFrame({c: [1, 2] for c in parsed.columns}, index=[0, 1])
     try:
         mask = parsed.evaluate(frame)
     except InputError:
