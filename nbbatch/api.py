@@ -155,6 +155,11 @@ def submit(
         temperature=temperature, response_format=response_format, endpoint=endpoint,
         cache_system=cache_system, params=params,
     )  # fmt: skip
+    from . import escalate as _escalate
+
+    # Refused now, not after the first stage is paid for (a Series merges as one column).
+    shown_columns = [data.name if data.name is not None else 0] if is_series else frame.columns
+    _escalate.check_when_columns(when, list(shown_columns), output, spec.response_format)
     name = impl.name
     # The local emulator's address can change between its runs; its jobs are one place.
     salt = _plan.spec_hash(spec.as_dict(), impl.name, "local" if local else impl.base_url)
@@ -634,8 +639,13 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
     the row counts per state, ``cost``: dollars paid so far at the batch price, from
     the token usage the results reported (NaN for a model with no known price), the
     ``deadline`` given to submit (NaT for none) and whether the job is ``overdue``
-    (rows still pending after it)."""
+    (rows still pending after it). ``model`` names each stage's model in order for a
+    job that escalates (``gpt-4o-mini -> gpt-4o``); ``status`` is ``failed`` for a
+    cascade that could not choose the rows of its next stage."""
     import time
+
+    from . import escalate as _escalate
+    from .snapshot import models_text as _models_text
 
     ledger = ledger or _default_ledger()
     records = ledger.jobs()
@@ -645,15 +655,17 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
         c = r["summary"].get("counts", {})
         paid = r["summary"].get("usage", {}).get("batch", (0, 0, 0, 0))
         pending = c.get("pending", 0)
-        status = (
-            "running" if pending else ("cancelled" if r["status"] == "cancelled" else "completed")
-        )
+        ended = r["status"] if r["status"] in ("cancelled", "failed") else "completed"
+        staged = "stages" in r["summary"] or "cascade" in orjson.loads(r.get("policy") or "{}")
+        stages = ledger.stages(r["id"]) if staged else []
+        status = "running" if pending else ended
         table.append(
             {
                 "id": r["id"],
                 "created": pd.Timestamp(r["created"], unit="s", tz="UTC"),
                 "provider": r["provider"],
-                "model": r["model"],
+                # A job that escalates: each stage's model in order (gpt-4o-mini -> gpt-4o).
+                "model": _models_text(_escalate.job_models(r, stages)) if staged else r["model"],
                 "rows": r["n_rows"],
                 "status": status,
                 **{

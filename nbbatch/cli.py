@@ -89,9 +89,11 @@ def _status(args: argparse.Namespace) -> int:
     for b in snap.batches:
         print(
             f"  batch {b.batch_id}: {b.status}, {b.done:,}/{b.n_requests:,} requests done "
-            f"(attempt {b.attempt})"
+            f"({b.label})"
         )
     print(f"  cost: {snap.cost}")
+    if snap.failure:
+        print(f"  error: {snap.failure}")
     for w in snap.warnings:
         print(f"  note: {w}")
     return OK
@@ -162,6 +164,13 @@ def results_table(job: BatchJob) -> pd.DataFrame:
     )
     for name, column in columns.items():
         out[name] = column
+    if job.staged:
+        # A job that escalates: the model that gave each row's result, as merge() says.
+        from . import escalate as _escalate
+
+        name = f"{job.output}_model"
+        out.insert(list(out.columns).index(f"{job.output}_error") + 1, name,
+                   _escalate.result_models(rows))  # fmt: skip
     return out
 
 

@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import _scrub, rowstore
 from . import collect as _collect
+from . import escalate as _escalate
 from . import health as _health
 from . import merge as _merge
 from . import notes as _notes
@@ -253,7 +254,9 @@ class BatchJob:
 
     @property
     def status(self) -> str:
-        """``running`` until every row is terminal, then ``completed`` (or ``cancelled``)."""
+        """``running`` until every row is terminal (and a cascade's stages have all
+        started), then ``completed``, ``cancelled``, or ``failed`` when a cascade could
+        not choose the rows of its next stage (``wait()`` raises why)."""
         return self.snapshot().status
 
     # -- views ------------------------------------------------------------------------------
@@ -273,9 +276,10 @@ class BatchJob:
         counts = {state_: int(raw.get(state_, 0)) for state_ in ROW_STATES}
         counts["total"] = int(self._record["n_rows"])
         batches = self._ledger.batches(self.id)
-        status = "completed" if counts["pending"] == 0 else "running"
-        if self._record.get("status") == "cancelled" and counts["pending"] == 0:
-            status = "cancelled"
+        stage_due = counts["pending"] == 0 and _escalate.stage_due(self)
+        status = "completed" if counts["pending"] == 0 and not stage_due else "running"
+        if self._record.get("status") in ("cancelled", "failed") and counts["pending"] == 0:
+            status = self._record["status"]
         # What was paid for: rows sent themselves (not reused from an earlier job, not
         # deduplicated onto another row), by route.
         usage = state.usage()
@@ -287,6 +291,8 @@ class BatchJob:
         pending_in, pending_out = self._pending_estimate(counts["pending"])
         # Per batch: rows still pending on it, and its requests (leaders) that succeeded.
         per_batch = state.per_batch()
+        # An escalation's batches are named by their stage and model, not as retries.
+        stage_of = _escalate.batch_stages(self, batches)
         views = tuple(
             BatchView(
                 b["batch_id"],
@@ -296,6 +302,7 @@ class BatchJob:
                 done=int(b["done"] or 0),
                 rows=per_batch.get(b["intent"], (0, 0))[0],
                 succeeded=per_batch.get(b["intent"], (0, 0))[1],
+                **stage_of(b),
             )
             for b in batches
         )
@@ -333,6 +340,8 @@ class BatchJob:
             deadline=self._record.get("deadline"),
             stages=self._stage_views(state, counts) if self.staged else (),
             cascade=tuple((self.policy.get("cascade") or {}).get("models") or ()),
+            stage_due=stage_due,
+            failure=_escalate.failure(self) if status == "failed" else None,
         )
 
     def _stage_views(
@@ -700,6 +709,7 @@ class BatchJob:
                         error.job_id = self.id
                     raise error
                 if snap.finished:
+                    _escalate.raise_if_failed(self, snap)
                     return self
                 if timeout is not None and self.clock() - start + delay > timeout:
                     raise TimeoutError(self._timeout_message(snap, timeout))
@@ -1022,12 +1032,12 @@ class BatchJob:
 
         ``where`` chooses the rows: ``"failed"`` (rows that ended failed or expired), a
         function of the merged DataFrame giving a boolean mask (``lambda out:
-        out["confidence"] < 0.7``), an expression ``DataFrame.eval`` evaluates on it
-        (``"confidence < 0.7"``), or a boolean mask with one value per row, in the
-        merged order. ``merge`` then holds, per row, the answer of the last model that
-        answered it, and ``{output}_model`` says which; ``job.cost`` prices each stage on
-        its own model. Succeeded rows not chosen are never sent again, nor rows already
-        answered with exactly these parameters.
+        out["confidence"] < 0.7``), an expression on its columns (``"confidence <
+        0.7"``; parsed by :mod:`nbbatch.expr`, never run as code), or a boolean mask
+        with one value per row, in the merged order. ``merge`` then holds, per row, the
+        answer of the last model that answered it, and ``{output}_model`` says which;
+        ``job.cost`` prices each stage on its own model. Succeeded rows not chosen are
+        never sent again, nor rows already answered with exactly these parameters.
 
         Everything is checked before anything is sent: the model (at the provider, and
         of the job's provider), the parameters, ``where`` (its length, its values), and

@@ -9,7 +9,7 @@ Schema (``SCHEMA_VERSION``; fields are only ever added)::
     {"version": 1, "now": <epoch s>, "ledger": <path>, "jobs": [<job>, ...]}
     <job> = {"id", "origin" (str|null), "provider", "model", "endpoint", "rows",
              "counts": {"succeeded", "failed", "expired", "cancelled", "skipped", "pending"},
-             "status": "running"|"completed"|"cancelled", "created": <epoch s>,
+             "status": "running"|"completed"|"cancelled"|"failed", "created": <epoch s>,
              "age": <s>, "cost": <dollars|null>, "cost_estimated": bool,
              "overdue": bool, "alert": str|null, "attach": 'nb.attach("...")'}
 """
