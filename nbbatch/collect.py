@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import pack as _pack
 from . import results as _results
 from . import rowstore
 from . import send as _send
@@ -121,8 +122,12 @@ def collect(job: BatchJob, info: BatchInfo, intent: str, stage: int = 0) -> None
     raws = read_result_files(job, info)
     spec = job.stage_spec(stage)
     provider = job._provider
-    tables = [provider.parse_results(raw, spec) for raw in raws]
     positions = job._ledger.sent_positions(job.id, intent)
+    size = _pack.batch_size(job, intent, stage)
+    if size > 1:  # a batch of packs (submit(pack=N)): each row's answer from its pack's
+        _pack.collect(job, info, raws, intent, spec, positions, size)
+        return
+    tables = [provider.parse_results(raw, spec) for raw in raws]
     state = job._ledger.row_state(job.id)
     sent_ids = state.manifest_column("custom_id", positions)
     rec = _results.reconcile(
