@@ -79,8 +79,9 @@ def test_every_row_gets_its_own_answer_out_of_its_pack(emu, provider):
     assert out["response"].tolist() == expected(df)
     assert (out["response_status"] == "succeeded").all()
     assert job.counts["deduplicated"] == 5 and job.counts["succeeded"] == 50
-    # 45 distinct rows in packs of 20: one batch of three requests.
+    # 45 distinct rows in packs of 20: one batch of three requests, as the panel says.
     assert len(job.batch_ids) == 1
+    assert [b.n_requests for b in job.snapshot().batches] == [3]
     if provider != "gemini":
         assert requests_in(client, job.batch_ids[0]) == 3
 
@@ -161,6 +162,20 @@ def test_packing_bills_a_third_or_less_and_the_estimate_says_so(emu):
     assert not packed.cost.estimated and not alone.cost.estimated
     assert packed.cost.batch <= alone.cost.batch / 3
     assert packed.merge(df)["response"].tolist() == alone.merge(df)["response"].tolist()
+
+
+def test_max_cost_counts_packed_requests(emu):
+    client = client_for("openai", emu)
+    system = "Summarise the text in one short sentence, keeping names and numbers. " * 90
+    df = rows(40)
+    kwargs = {"model": "gpt-4o-mini", "system": system, "max_tokens": 30}
+    alone = nb.preview(df, TEMPLATE, client=client, **kwargs).estimate.cost.batch
+    packed = nb.preview(df, TEMPLATE, client=client, pack=20, **kwargs).estimate.cost.batch
+    budget = (alone + packed) / 2
+    with pytest.raises(nb.InputError, match="above max_cost"):
+        nb.submit(df, TEMPLATE, client=client, display=False, max_cost=budget, **kwargs)
+    job = submit(df, client, pack=20, max_cost=budget, **kwargs)
+    assert job.counts["succeeded"] == 40
 
 
 def test_preview_shows_the_packed_request(emu):
