@@ -132,6 +132,22 @@ def test_rows_left_out_or_answered_wrongly_are_sent_again_on_their_own(emu):
     assert ok["response"].tolist() == expected(df.drop(index=[3, 17]))
 
 
+def test_a_responder_failing_on_one_row_fails_that_row_only():
+    def responder(request):
+        if "row 4" in request.prompt:
+            raise ValueError("no answer for row 4")
+        return request.prompt.upper()
+
+    df = rows(10)
+    with emulator.start(processing_seconds=0.05, responder=responder) as server:
+        job = submit(df, client_for("anthropic", server), pack=5)
+    out = job.merge(df)
+    assert out.loc[4, "response_status"] == "failed"
+    assert "no answer for row 4" in out.loc[4, "response_error"]
+    ok = out.drop(index=4)
+    assert (ok["response"] == [TEMPLATE.format(text=t).upper() for t in ok["text"]]).all()
+
+
 def test_a_pack_that_fails_as_a_whole_is_retried_row_by_row():
     df = rows(12)  # packs of 5, 5 and 2 rows; the emulator fails two of the three
     with emulator.start(processing_seconds=0.05, error_rate=0.5) as server:

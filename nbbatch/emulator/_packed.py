@@ -8,6 +8,8 @@ The emulator answers each item as it would answer that item sent alone (the inst
 with the item in place of ``<ITEM>``, through the same responder, the user's own
 included), so a packed job gets the answers an unpacked one would.
 
+An item whose answer the responder fails to give (it raises) is left out of the
+answers, so only that row fails, once sent alone, as it would unpacked.
 An item whose text holds :data:`DROP_MARKER` is left out of the answers, and one holding
 :data:`WRONG_MARKER` is answered with a value of the wrong type: the stand-ins for a
 model that skips or garbles an item, so a client's retry path can be tested. (Sent on
@@ -92,7 +94,12 @@ def answer(
     for item in items:
         if DROP_MARKER in item["text"]:
             continue
-        value = respond_one(prefix + item["text"] + suffix, None if text_only else inner)
+        try:
+            value = respond_one(prefix + item["text"] + suffix, None if text_only else inner)
+        except Exception:  # the item alone will say why (see below)
+            # Left out, as a model may leave one out: the client sends the row again
+            # alone, where the error fails that row only, as it would unpacked.
+            continue
         if WRONG_MARKER in item["text"]:
             value = ["nbbatch emulator: deliberately wrong answer"]
         answers.append({"id": item["id"], "answer": value})
