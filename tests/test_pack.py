@@ -9,14 +9,17 @@ does so, which must send just those rows again, on their own.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 
 import anthropic
+import numpy as np
 import openai
 import pandas as pd
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -158,6 +161,45 @@ def test_a_pack_that_fails_as_a_whole_is_retried_row_by_row():
         assert requests_in(client, first) == 3
         assert retried in (7, 10) and requests_in(client, second) == retried
     assert job.merge(df)["response"].tolist() == expected(df)
+
+
+def test_a_pack_answer_that_breaks_the_schema_sends_its_rows_again():
+    df = pd.DataFrame({"text": [f"I love it, {i}" for i in range(8)]})
+    # Every reply breaks its schema on a request's first try (the pack, then each row).
+    with emulator.start(processing_seconds=0.05, invalid_output_rate=1.0) as server:
+        job = submit(df, client_for("openai", server), template="{text}",
+                     response_format=SCHEMA, pack=4)  # fmt: skip
+    assert job.counts["succeeded"] == 8
+    assert (job.results()["attempt"] == 3).all()
+    assert len(job.batch_ids) == 3
+
+
+def test_answers_with_wrong_ids_or_twice_the_same_id_fail_just_those_rows():
+    # What the emulator never produces: a reply naming rows wrongly. In process.
+    from nbbatch import pack
+    from nbbatch.providers.base import ROW_RESULT_SCHEMA
+
+    reply = {"answers": [
+        {"id": "1", "answer": "one"}, {"id": 2, "answer": "two"}, {"id": "3", "answer": "x"},
+        {"id": "3", "answer": "y"}, {"id": "9", "answer": "nine"}, {"id": "4", "answer": 4},
+        {"answer": "no id"}, "not an entry",
+    ]}  # fmt: skip
+    line = {name: [None] for name in ROW_RESULT_SCHEMA.names}
+    line.update(custom_id=["pack-0"], status=["succeeded"], output=[json.dumps(reply)],
+                input_tokens=[10], output_tokens=[7], cached_tokens=[0])  # fmt: skip
+    packs = pa.table(line, schema=ROW_RESULT_SCHEMA)
+    ids = pa.array(["a", "b", "c", "d", "e"])
+    table, wrong = pack.unpack(packs, np.arange(5), ids, 5, structured=False)
+    rows = table.to_pylist()
+    assert [r["status"] for r in rows] == ["succeeded", "succeeded"] + ["failed"] * 3
+    assert [r["output"] for r in rows[:2]] == ["one", "two"]
+    assert wrong == 3 and all(r["retryable"] for r in rows[2:])
+    assert "two entries" in rows[2]["error_message"]
+    assert "not text" in rows[3]["error_message"]
+    assert "no entry" in rows[4]["error_message"]
+    # The pack's tokens go to the rows it answered, whole, summing to what was billed.
+    assert [r["input_tokens"] for r in rows] == [5, 5, None, None, None]
+    assert [r["output_tokens"] for r in rows] == [4, 3, None, None, None]
 
 
 # -- cost, estimate, preview ----------------------------------------------------------------
