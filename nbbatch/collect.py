@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import pack as _pack
 from . import results as _results
 from . import rowstore
 from . import send as _send
@@ -122,6 +123,10 @@ def collect(job: BatchJob, info: BatchInfo, intent: str, stage: int = 0) -> None
     raws = read_result_files(job, info, len(positions))
     spec = job.stage_spec(stage)
     provider = job._provider
+    size = _pack.batch_size(job, intent, stage)
+    if size > 1:  # a batch of packs (submit(pack=N)): each row's answer from its pack's
+        _pack.collect(job, info, raws, intent, spec, positions, size)
+        return
     try:
         tables = [provider.parse_results(raw, spec) for raw in raws]
     except Exception as exc:

@@ -33,6 +33,7 @@ from . import escalate as _escalate
 from . import health as _health
 from . import merge as _merge
 from . import notes as _notes
+from . import pack as _pack
 from . import send as _send
 from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, ProviderError
 from ._files import private_output
@@ -297,7 +298,11 @@ class BatchJob:
             BatchView(
                 b["batch_id"],
                 b["status"],
-                b["n_requests"],
+                # The provider's requests: a batch of packs (pack=N) has fewer than rows.
+                _pack.n_requests(
+                    b["n_requests"],
+                    _pack.size_for(self.policy, int(b.get("stage") or 0), int(b["attempt"])),
+                ),
                 b["attempt"],
                 done=int(b["done"] or 0),
                 rows=per_batch.get(b["intent"], (0, 0))[0],
@@ -415,7 +420,8 @@ class BatchJob:
         stage's parameters, else the job's). The prompt average is computed once."""
         if self._avg_prompt_tokens is None:
             n, chars = self.prompt_chars()
-            system = len(self.spec.system or "")
+            # Packed rows (pack=N) share the system prompt N ways on their first try.
+            system = len(self.spec.system or "") / (self.policy.get("pack") or 1)
             self._avg_prompt_tokens = (chars / max(n, 1) + system) / 4 + 4
         max_tokens = (spec or self._record["spec"]).get("max_tokens")
         out = 0 if is_embeddings(self.endpoint) else (max_tokens or 100)
