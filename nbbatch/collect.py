@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import pack as _pack
 from . import results as _results
 from . import rowstore
 from . import send as _send
@@ -132,7 +133,7 @@ def end_backend_gone(ctx: JobContext, batch: dict[str, Any]) -> None:
     ctx.warn(message)
 
 
-def _hashes(ctx: JobContext, positions: np.ndarray, stage: int = 0) -> np.ndarray:
+def hashes(ctx: JobContext, positions: np.ndarray, stage: int = 0) -> np.ndarray:
     """The request hashes of the rows at ``positions``, to record with their results (a
     later job reuses an answer whose exact request it would send): the manifest's for
     stage 0; for an escalation stage, the same prompts hashed under its parameters.
@@ -152,11 +153,18 @@ def _hashes(ctx: JobContext, positions: np.ndarray, stage: int = 0) -> np.ndarra
 def collect(ctx: JobContext, info: BatchInfo, intent: str, stage: int = 0) -> None:
     """Read an ended batch's result files (once: they are kept on disk) and record
     one reconciled result per leader it was sent (in escalation ``stage``)."""
-    raws = read_result_files(ctx, info)
+    positions = ctx.ledger.sent_positions(ctx.id, intent)
+    raws = read_result_files(ctx, info, len(positions))
     spec = ctx.stage_spec(stage)
     provider = ctx.provider
-    tables = [provider.parse_results(raw, spec) for raw in raws]
-    positions = ctx.ledger.sent_positions(ctx.id, intent)
+    size = _pack.batch_size(ctx, intent, stage)
+    if size > 1:  # a batch of packs (submit(pack=N)): each row's answer from its pack's
+        collect_packs(ctx, info, raws, intent, spec, positions, size)
+        return
+    try:
+        tables = [provider.parse_results(raw, spec) for raw in raws]
+    except Exception as exc:
+        raise unreadable(ctx, info, exc) from exc
     state = ctx.ledger.row_state(ctx.id)
     sent_ids = state.manifest_column("custom_id", positions)
     rec = _results.reconcile(
@@ -168,14 +176,47 @@ def collect(ctx: JobContext, info: BatchInfo, intent: str, stage: int = 0) -> No
     )
     table = rec.table
     if spec.response_format is not None:
-        table = _check_structured(ctx, table, raws, spec)
+        try:
+            table = _check_structured(ctx, table, raws, spec)
+        except Exception as exc:
+            raise unreadable(ctx, info, exc) from exc
     where = pc.index_in(table.column("custom_id"), value_set=sent_ids).to_numpy(
         zero_copy_only=False
     )
     note = rec.note(info.batch_id)
-    results = rowstore.result_table(positions[where], table, _hashes(ctx, positions, stage)[where])
+    results = rowstore.result_table(positions[where], table, hashes(ctx, positions, stage)[where])
     ctx.ledger.record_results(ctx.id, intent, results, note)
+    # Only now is the download known to be readable: until then a new poll fetches it
+    # again rather than reusing a broken copy forever.
+    ctx.ledger.write_file(ctx.id, f"{info.batch_id}.complete", b"")
     if rec.unknown or rec.duplicates or rec.missing:
+        ctx.warn(note)
+    if info.failure:
+        ctx.warn(f"batch {info.batch_id} failed as a whole: {info.failure}")
+
+
+def collect_packs(
+    ctx: JobContext,
+    info: BatchInfo,
+    raws: list[bytes],
+    intent: str,
+    spec: RequestSpec,
+    positions: np.ndarray,
+    size: int,
+) -> None:
+    """Record one result per row of an ended batch of packs (``submit(pack=N)``;
+    ``positions``: its rows, in the order they were packed), each row's answer taken
+    from its pack's (see :func:`nbbatch.pack.packed_results`)."""
+    packed = _pack.packed_spec(spec, size)
+    try:
+        tables = [ctx.provider.parse_results(raw, packed) for raw in raws]
+    except Exception as exc:  # as for unpacked batches: fetched again, nothing recorded
+        raise unreadable(ctx, info, exc) from exc
+    row_ids = ctx.row_state().manifest_column("custom_id", positions)
+    table, note, warn = _pack.packed_results(info, tables, spec, positions, row_ids, size)
+    results = rowstore.result_table(positions, table, hashes(ctx, positions, 0))
+    ctx.ledger.record_results(ctx.id, intent, results, note)
+    if warn:
         ctx.warn(note)
     if info.failure:
         ctx.warn(f"batch {info.batch_id} failed as a whole: {info.failure}")
@@ -195,21 +236,67 @@ def _check_structured(
     return _results.check_structured(table, structured.schema_of(spec.response_format), cut)
 
 
-def read_result_files(ctx: JobContext, info: BatchInfo) -> list[bytes]:
-    """The batch's raw result files: from disk if downloaded before, else downloaded
-    and kept (each written atomically, then a ``.complete`` mark)."""
+#: Result bytes allowed per request sent, plus a fixed allowance: a reply is at most
+#: the model's output limit (a few hundred KB as JSON); more is a broken or hostile
+#: endpoint, refused before it fills the memory or the disk.
+RESULT_BYTES_PER_REQUEST = 4 << 20
+RESULT_BYTES_BASE = 64 << 20
+
+
+def read_result_files(ctx: JobContext, info: BatchInfo, n_requests: int = 0) -> list[bytes]:
+    """The batch's raw result files: from disk if downloaded and read before, else
+    downloaded (at most :data:`RESULT_BYTES_PER_REQUEST` per request sent, plus
+    :data:`RESULT_BYTES_BASE`) and kept, each written atomically. The ``.complete`` mark
+    is written by :func:`collect` once they were parsed."""
     if not info.ended:
         raise NbbatchError(f"internal error: batch {info.batch_id} read before it ended")
     folder = ctx.ledger.files / ctx.id
     done = folder / f"{info.batch_id}.complete"
     if done.exists():
         return [p.read_bytes() for p in sorted(folder.glob(f"{info.batch_id}.*.jsonl"))]
-    raws = ctx.provider.fetch_results(info)
+    forget_result_files(ctx, info)  # a broken earlier download, not to be mixed in
+    # Sized by what was sent, not by what the provider says the batch holds.
+    cap = RESULT_BYTES_BASE + RESULT_BYTES_PER_REQUEST * max(n_requests or info.total, 1)
+    raws = ctx.provider.fetch_results(info, max_bytes=cap)
+    if sum(len(raw) for raw in raws) > cap:  # a provider that could not stream it
+        raise too_large(ctx, info, cap)
     for i, raw in enumerate(raws):
         # A cache (the parsed results are the record, flushed to disk): not synced.
         ctx.ledger.write_file(ctx.id, f"{info.batch_id}.{i}.jsonl", raw, sync=False)
-    ctx.ledger.write_file(ctx.id, f"{info.batch_id}.complete", b"")
     return raws
+
+
+def forget_result_files(ctx: JobContext, info: BatchInfo) -> None:
+    """Remove the batch's downloaded files and mark (to be downloaded again)."""
+    folder = ctx.ledger.files / ctx.id
+    (folder / f"{info.batch_id}.complete").unlink(missing_ok=True)
+    for path in folder.glob(f"{info.batch_id}.*.jsonl"):
+        path.unlink(missing_ok=True)
+
+
+def too_large(ctx: JobContext, info: BatchInfo, cap: int) -> ProviderError:
+    """The error for results larger than any reply to what was sent could be."""
+    return ProviderError(
+        f"the results of batch {info.batch_id} are larger than {cap:,} bytes, more than "
+        "any reply to the requests sent could be; nothing was recorded from them. The "
+        "endpoint is broken or not the provider: check the job's address.",
+        job_id=ctx.id,
+        provider=ctx.provider_name,
+    )
+
+
+def unreadable(ctx: JobContext, info: BatchInfo, exc: Exception) -> ProviderError:
+    """The error for result files that could not be parsed at all: forgotten, so the
+    next poll downloads them again instead of failing on the same copy for ever."""
+    forget_result_files(ctx, info)
+    return ProviderError(
+        f"the results of batch {info.batch_id} could not be read "
+        f"({type(exc).__name__}: {exc}); nothing was recorded from them, and they are "
+        "downloaded again on the next poll.",
+        job_id=ctx.id,
+        provider=ctx.provider_name,
+        transient=True,
+    )
 
 
 def after_collect(ctx: JobContext, *, sending: bool = False) -> int:
@@ -314,8 +401,8 @@ def fallback_realtime(ctx: JobContext) -> None:
         table = realtime.run(ctx.provider, ids, prompts, spec, with_truncated=True)
         table = realtime_checked(table, spec)
         where = pc.index_in(table.column("custom_id"), value_set=ids).to_numpy(zero_copy_only=False)
-        hashes = _hashes(ctx, mine, int(stage))
-        results = rowstore.result_table(mine[where], table, hashes[where])
+        sent_hashes = hashes(ctx, mine, int(stage))
+        results = rowstore.result_table(mine[where], table, sent_hashes[where])
         ctx.ledger.record_results(
             ctx.id, None, results, "results from the real-time fallback recorded",
             origin="realtime",

@@ -31,6 +31,7 @@ import pandas as pd
 
 from . import collect as _collect
 from . import control as _control
+from . import escalate as _escalate
 from . import health as _health
 from . import merge as _merge
 from . import rowstore
@@ -267,7 +268,9 @@ class BatchJob:
 
     @property
     def status(self) -> str:
-        """``running`` until every row is terminal, then ``completed`` (or ``cancelled``)."""
+        """``running`` until every row is terminal (and a cascade's stages have all
+        started), then ``completed``, ``cancelled``, or ``failed`` when a cascade could
+        not choose the rows of its next stage (``wait()`` raises why)."""
         return self.snapshot().status
 
     # -- views ------------------------------------------------------------------------------
@@ -485,6 +488,7 @@ class BatchJob:
                         error.job_id = self.id
                     raise error
                 if snap.finished:
+                    _escalate.raise_if_failed(self._ctx, snap)
                     return self
                 if timeout is not None and self.clock() - start + delay > timeout:
                     raise TimeoutError(self._timeout_message(snap, timeout))
@@ -660,20 +664,18 @@ class BatchJob:
 
         ``where`` chooses the rows: ``"failed"`` (rows that ended failed or expired), a
         function of the merged DataFrame giving a boolean mask (``lambda out:
-        out["confidence"] < 0.7``), an expression ``DataFrame.eval`` evaluates on it
-        (``"confidence < 0.7"``), or a boolean mask with one value per row, in the
-        merged order. ``merge`` then holds, per row, the answer of the last model that
-        answered it, and ``{output}_model`` says which; ``job.cost`` prices each stage on
-        its own model. Succeeded rows not chosen are never sent again, nor rows already
-        answered with exactly these parameters.
+        out["confidence"] < 0.7``), an expression on its columns (``"confidence <
+        0.7"``; parsed by :mod:`nbbatch.expr`, never run as code), or a boolean mask
+        with one value per row, in the merged order. ``merge`` then holds, per row, the
+        answer of the last model that answered it, and ``{output}_model`` says which;
+        ``job.cost`` prices each stage on its own model. Succeeded rows not chosen are
+        never sent again, nor rows already answered with exactly these parameters.
 
         Everything is checked before anything is sent: the model (at the provider, and
         of the job's provider), the parameters, ``where`` (its length, its values), and
         that the job has ended (escalate after ``job.wait()``) and chose at least one
         row. See :mod:`nbbatch.escalate`.
         """
-        from . import escalate as _escalate
-
         with self._lock:
             self.refresh()  # an escalation starts from the job's final answers
             _escalate.check_can_escalate(self._ctx, sending=self.sending)

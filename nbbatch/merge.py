@@ -403,13 +403,11 @@ def to_parquet(
     """Write the merged rows to ``target`` (see ``BatchJob.to_parquet``): data from
     files or an Arrow dataset record batch by record batch, a table in memory through
     ``merge`` (the job's). Written to a temporary name, then renamed."""
-    import os
-    import secrets
-
     import pyarrow.parquet as pq
 
     from . import frames
     from . import stream as _stream
+    from ._files import private_output
 
     data = data if data is not None else ctx.data
     source = None
@@ -417,8 +415,8 @@ def to_parquet(
         source = _stream.Source.of(data)
     elif data is None and (recorded := ctx.ledger.source(ctx.id)) is not None:
         source = _stream.Source.recorded(recorded)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
+    # A fresh private file, renamed into place (see nbbatch._files).
+    with private_output(target) as tmp:
         if source is not None:
             ctx.warn_if_running("to_parquet()")
             write_parquet(ctx, source, tmp, columns=columns, verify=verify)
@@ -427,9 +425,6 @@ def to_parquet(
             if columns is not None:
                 table = table.select([*columns, *ctx.output_columns()])
             pq.write_table(table, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

@@ -68,6 +68,8 @@ def bar_style(snap: JobSnapshot) -> str:
     when every row succeeded (or was skipped), else ``warning``."""
     if snap.last_error and snap.last_error.startswith(POLLING_STOPPED):
         return "danger"
+    if snap.failure:
+        return "danger"
     if not snap.finished:
         return "info"
     bad = sum(snap.counts[s] for s in styling.NOT_SUCCEEDED)
@@ -84,7 +86,7 @@ def header_html(snap: JobSnapshot) -> str:
         f'<span style="font-size: var(--jp-ui-font-size2, 14px); font-weight: 600;">'
         f"nbbatch job {esc(snap.job_id)}</span><br>"
         f'<span style="{MUTED}{FONT}">{esc(snap.provider)} &middot; '
-        f"<code>{esc(snap.model)}</code> &middot; {esc(snap.endpoint)} &middot; "
+        f"<code>{esc(snap.models_text)}</code> &middot; {esc(snap.endpoint)} &middot; "
         f"{snap.n_rows:,} rows{via}</span></div>"
     )
 
@@ -98,7 +100,7 @@ def batches_html(snap: JobSnapshot) -> str:
         f'<span class="nbbatch-batch" style="margin-right: 12px; overflow-wrap: anywhere;">'
         f'<code style="word-break: break-all;">{esc(b.batch_id)}</code> '
         f"{esc(b.status.replace('_', ' '))} "
-        f'<span style="{MUTED}">({batch_requests(b)}, attempt {b.attempt})</span></span>'
+        f'<span style="{MUTED}">({batch_requests(b)}, {esc(b.label)})</span></span>'
         for b in shown
     ]
     more = len(snap.batches) - len(shown)
@@ -220,6 +222,8 @@ def error_html(snap: JobSnapshot) -> str:
     late = getattr(snap, "overdue", None)
     if late:
         notes = note_html(late, "warning") + notes
+    if snap.failure:  # a cascade that could not go on: what and how to go on
+        notes = note_html(snap.failure, "danger") + notes
     return notes + history_html(snap) + problem_html(snap)
 
 
@@ -255,6 +259,8 @@ def summary_html(snap: JobSnapshot) -> str:
     took = format_seconds(snap.elapsed)
     if snap.status == "cancelled":
         head = f"Cancelled: {c['succeeded']:,} of {c['total']:,} rows succeeded"
+    elif snap.failure:
+        head = f"Stopped in error: {c['succeeded']:,} of {c['total']:,} rows succeeded"
     elif c["succeeded"] + c["skipped"] == c["total"]:
         head = f"Done: all {c['succeeded']:,} rows succeeded"
         if c["skipped"]:
@@ -362,6 +368,8 @@ def plain_text(snap: JobSnapshot) -> str:
     """The job as text, as saved in the notebook: the summary line, its stages (a job
     that escalates), and current notes."""
     lines = [snap.summary(), *snap.stage_lines]
+    if snap.failure:
+        lines.append(f"error: {snap.failure}")
     if snap.overdue:
         lines.append(f"note: {snap.overdue}")
     lines += [f"note: {n.text}" for n in snap.current_notes]
@@ -388,7 +396,7 @@ def static_html(snap: JobSnapshot) -> str:
         f' max-width: 100%; box-sizing: border-box;">'
         f'<div style="{FONT}"><b>nbbatch job {esc(snap.job_id)}</b>'
         f' <span style="{MUTED}">&middot; {esc(snap.provider)} &middot;'
-        f" {esc(snap.model)} &middot; {snap.n_rows:,} rows</span></div>"
+        f" {esc(snap.models_text)} &middot; {snap.n_rows:,} rows</span></div>"
         f"{bar_html(snap, state)}{counts_html(snap)}{where}"
         f"{stages_html(snap)}{error_html(snap)}</div>"
     )

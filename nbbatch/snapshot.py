@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import health, pricing
+from . import _scrub, escalate, health, pack, pricing
 from .health import NOTE_KINDS as NOTE_KINDS  # kept with the job's health, named here too
 from .health import Note as Note
 from .health import format_seconds as format_seconds  # where the views look for it
@@ -44,6 +44,20 @@ class BatchView:
     done: int = 0  # requests the provider reports finished (OpenAI reports it as it goes)
     rows: int = 0  # rows still pending on this batch (deduplicated rows included)
     succeeded: int = 0  # its requests that succeeded (once collected)
+    # The escalation stage its rows went in (0: the job's own model), that stage's
+    # model, and how many times these rows had been sent in that stage before (retries).
+    stage: int = 0
+    model: str = ""
+    retry: int = 0
+
+    @property
+    def label(self) -> str:
+        """What this batch is to the job: ``attempt 2`` (a retry of the first stage), or
+        ``stage 2 (gpt-4o)`` (an escalation, not a retry), ``stage 2 (gpt-4o), retry 1``."""
+        if self.stage == 0:
+            return f"attempt {self.attempt}"
+        text = f"stage {self.stage + 1} ({self.model})" if self.model else f"stage {self.stage + 1}"
+        return f"{text}, retry {self.retry}" if self.retry > 0 else text
 
     @property
     def ready(self) -> int:
@@ -111,7 +125,7 @@ class JobSnapshot:
     base_url: str
     n_rows: int
     counts: dict[str, int]  # every state in ROW_STATES plus "total"
-    status: str  # running | completed | cancelled
+    status: str  # running | completed | cancelled | failed (a cascade that could not go on)
     batches: tuple[BatchView, ...]
     created: float
     now: float
@@ -140,6 +154,11 @@ class JobSnapshot:
     # A job that escalates: its stages so far, and a cascade's models (all of them).
     stages: tuple[StageView, ...] = ()
     cascade: tuple[str, ...] = ()
+    # A cascade whose next stage this session will start (every row of the current one
+    # may be terminal already): the job is not finished.
+    stage_due: bool = False
+    # Why the job ended ``failed`` (a cascade that could not choose its next rows).
+    failure: str | None = None
 
     @property
     def last_model(self) -> str:
@@ -147,6 +166,15 @@ class JobSnapshot:
         if self.cascade and len(self.cascade) >= len(self.stages):
             return self.cascade[-1]
         return self.stages[-1].model if self.stages else self.model
+
+    @property
+    def models_text(self) -> str:
+        """The model, or for a job that escalates each stage's model in order
+        (``gpt-4o-mini -> gpt-4o``; a cascade's stages to come included)."""
+        models = [s.model for s in self.stages] or [self.model]
+        if self.cascade:
+            models = [*self.cascade, *models[len(self.cascade) :]]
+        return models_text(models)
 
     @property
     def overdue(self) -> str | None:
@@ -238,8 +266,8 @@ class JobSnapshot:
 
     @property
     def finished(self) -> bool:
-        """True once every row is terminal."""
-        return self.counts["pending"] == 0
+        """True once every row is terminal and no cascade stage is still to start."""
+        return self.counts["pending"] == 0 and not self.stage_due
 
     @property
     def elapsed(self) -> float:
@@ -319,10 +347,17 @@ class JobSnapshot:
             parts.append(f"{c['pending']:,} pending")
         if self.ready:
             parts.append(f"~{self.ready:,} of them done at the provider")
-        head = f"{self.job_id} [{self.provider} {self.model}] {self.status}"
+        head = f"{self.job_id} [{self.provider} {self.models_text}] {self.status}"
         if self.status == "running":
             head += f" ({self.provider_status})"
         return f"{head}: {self.done:,}/{c['total']:,} rows done - " + ", ".join(parts)
+
+
+def models_text(models: list[str]) -> str:
+    """``gpt-4o-mini -> gpt-4o``: models in stage order, a model repeated by the next
+    stage (other parameters) named once."""
+    shown = [m for i, m in enumerate(models) if i == 0 or m != models[i - 1]]
+    return " -> ".join(shown)
 
 
 _ENDED_WORDS = frozenset({"completed", "failed", "expired", "cancelled", "ended"})
@@ -372,9 +407,11 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
     counts = {state_: int(raw.get(state_, 0)) for state_ in ROW_STATES}
     counts["total"] = int(ctx.record["n_rows"])
     batches = ctx.ledger.batches(ctx.id)
-    status = "completed" if counts["pending"] == 0 else "running"
-    if ctx.cancelled and counts["pending"] == 0:
-        status = "cancelled"
+    # A cascade stage this session still starts keeps the job running.
+    stage_due = counts["pending"] == 0 and escalate.stage_due(ctx)
+    status = "completed" if counts["pending"] == 0 and not stage_due else "running"
+    if ctx.record.get("status") in ("cancelled", "failed") and counts["pending"] == 0:
+        status = ctx.record["status"]
     # What was paid for: rows sent themselves (not reused from an earlier job, not
     # deduplicated onto another row), by route.
     usage = state.usage()
@@ -386,7 +423,7 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
         batch = tuple(sum(p["batch"][i] for p in stages) for i in range(4))
         realtime = tuple(sum(p["realtime"][i] for p in stages) for i in range(4))
     pending_in, pending_out = pending_estimate(ctx, counts["pending"])
-    views = batch_views(batches, state.per_batch())
+    views = batch_views(ctx, batches, state.per_batch())
     now = ctx.clock()
     # Attempts with rows still pending (in a batch not collected, or not sent yet).
     open_attempts = set(np.unique(state.attempt[state.status == rowstore.PENDING]).tolist())
@@ -406,7 +443,8 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
         now=now,
         last_poll=session.last_poll,
         next_poll=session.next_poll,
-        last_error=session.last_error,
+        # Shown by the panel, the console, the CLI and the sidebar: never with a key.
+        last_error=None if session.last_error is None else _scrub.scrub(session.last_error),
         notes=health.mark_current(ctx.notes, open_attempts, finished, alert, now),
         progress_samples=session.trail.add(counts, views, now),
         input_tokens=batch[0],
@@ -423,23 +461,32 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
         deadline=ctx.record.get("deadline"),
         stages=stage_views(ctx, state, counts) if staged else (),
         cascade=tuple((ctx.policy.get("cascade") or {}).get("models") or ()),
+        stage_due=stage_due,
+        failure=escalate.failure(ctx) if status == "failed" else None,
     )
 
 
 def batch_views(
-    batches: list[dict[str, Any]], per_batch: dict[str, tuple[int, int]]
+    ctx: JobContext, batches: list[dict[str, Any]], per_batch: dict[str, tuple[int, int]]
 ) -> tuple[BatchView, ...]:
-    """Each batch as the views show it: its rows still pending and its requests
-    (leaders) that succeeded, from the row store's ``per_batch``."""
+    """Each batch as the views show it: its provider requests, its rows still pending
+    and its requests (leaders) that succeeded (from the row store's ``per_batch``), and
+    an escalation's stage and model (named so, not as a retry)."""
+    stage_of = escalate.batch_stages(ctx, batches)
     return tuple(
         BatchView(
             b["batch_id"],
             b["status"],
-            b["n_requests"],
+            # The provider's requests: a batch of packs (pack=N) has fewer than rows.
+            pack.n_requests(
+                b["n_requests"],
+                pack.size_for(ctx.policy, int(b.get("stage") or 0), int(b["attempt"])),
+            ),
             b["attempt"],
             done=int(b["done"] or 0),
             rows=per_batch.get(b["intent"], (0, 0))[0],
             succeeded=per_batch.get(b["intent"], (0, 0))[1],
+            **stage_of(b),
         )
         for b in batches
     )
@@ -491,7 +538,8 @@ def pending_estimate(
 
     if ctx.prompt_tokens is None:
         n, chars = rowstore.prompt_chars(ctx.row_state())
-        system = len(ctx.spec.system or "")
+        # Packed rows (pack=N) share the system prompt N ways on their first try.
+        system = len(ctx.spec.system or "") / (ctx.policy.get("pack") or 1)
         ctx.prompt_tokens = (chars / max(n, 1) + system) / 4 + 4
     max_tokens = (spec or ctx.record["spec"]).get("max_tokens")
     out = 0 if is_embeddings(ctx.endpoint) else (max_tokens or 100)

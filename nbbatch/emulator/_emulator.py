@@ -41,8 +41,12 @@ class Emulator:
         clock: Callable[[], float] | None,
         state_dir: Path | None = None,
         responder: Responder | None = None,
+        token: str | None = None,
     ) -> None:
         self._http_faults = HttpFaults()
+        # With a token, every request must present it (see _server.Front).
+        self._token = token
+        self._host = host
         # A long-lived emulator (one with a state_dir) keeps only the latest requests.
         self._log: deque[tuple[str, str]] = deque(maxlen=None if state_dir is None else 10_000)
         self._lock = threading.Lock()
@@ -81,6 +85,21 @@ class Emulator:
     @property
     def port(self) -> int:
         return self._server.port
+
+    @property
+    def host(self) -> str:
+        """The address it listens on (requests naming another Host are refused)."""
+        return self._host
+
+    @property
+    def token(self) -> str | None:
+        """The key every request must carry (a background emulator's), else None."""
+        return self._token
+
+    @property
+    def store(self) -> Store:
+        """Its batches, files and uploads (what the routes serve)."""
+        return self._store
 
     @property
     def knobs(self) -> Knobs:
@@ -197,6 +216,7 @@ def start(
     clock: Callable[[], float] | None = None,
     state_dir: str | Path | None = None,
     responder: Responder | None = None,
+    token: str | None = None,
 ) -> Emulator:
     """Start an emulator on ``host``:``port`` (0 picks a free port) and return it.
 
@@ -252,7 +272,13 @@ def start(
     )
     folder = None if state_dir is None else Path(state_dir)
     return Emulator(
-        host=host, port=port, knobs=knobs, clock=clock, state_dir=folder, responder=responder
+        host=host,
+        port=port,
+        knobs=knobs,
+        clock=clock,
+        state_dir=folder,
+        responder=responder,
+        token=token,
     )
 
 

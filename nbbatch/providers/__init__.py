@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigError
@@ -89,14 +90,9 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
 #: The top module of each official SDK's client classes -> the provider it speaks to.
 _SDK_MODULES = {"openai": "openai", "anthropic": "anthropic", "google.genai": "gemini"}
 
-#: The environment variables a provider's API key is read from, first found wins (the
-#: google-genai SDK itself prefers GOOGLE_API_KEY when both are set).
-KEY_VARIABLES = {
-    "openai": ("OPENAI_API_KEY",),
-    "anthropic": ("ANTHROPIC_API_KEY",),
-    "gemini": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
-}
-
+#: The environment variables a provider's API key is read from (kept with the rest of
+#: what decides which key a job may use, in .credentials).
+from .credentials import KEY_VARIABLES as KEY_VARIABLES  # noqa: E402
 
 #: Google's embedding models whose names do not start with ``gemini``.
 _GEMINI_EMBEDDING_MODELS = ("text-embedding-004", "embedding-001")
@@ -158,22 +154,49 @@ def default_endpoint(name: str) -> str:
 
 def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     """Build the provider ``name`` around ``client`` (or a default client)."""
+    from .._scrub import remember
+    from . import credentials
+
     cls = provider_class(name)
+    given = client
     if client is None:
         client = default_client(name, local=local)
-    return cls(sync_client(client))
+    else:
+        remember(credentials.key_of(client))  # never quoted in a message of ours
+    impl = cls(sync_client(client))
+    # Where the key came from, for the ledger: later polls use only a key meant for
+    # this address (see .credentials).
+    if local:
+        impl.credential = "local"
+    elif given is not None:
+        impl.credential = "client"
+    else:
+        impl.credential = credentials.env_origin(name)
+    return impl
 
 
+#: The environment variable each SDK reads its address from when given none.
+_BASE_URL_VARIABLES = {
+    "openai": "OPENAI_BASE_URL",
+    "anthropic": "ANTHROPIC_BASE_URL",
+    "gemini": "GOOGLE_GEMINI_BASE_URL",
+}
 _CLIENTS: dict[tuple[str, str | None, str | None], Any] = {}
 
 
 def default_client(
-    name: str, *, local: bool = False, base_url: str | None = None, key: str | None = None
+    name: str,
+    *,
+    local: bool = False,
+    base_url: str | None = None,
+    key: str | None = None,
+    token: str | None = None,
 ) -> Any:
     """A client for ``name``: the embedded emulator when ``local``, else from the environment.
 
-    Clients are made once per provider, address and key and then reused, so jobs share
-    their connection pools.
+    ``key`` (or, for Anthropic, a bearer ``token``) is the credential to send, when the
+    caller chose it (see :mod:`.credentials`). Clients are made once per provider,
+    address and key and then reused, so jobs share their connection pools.
     """
     if local:
         from .. import emulator
@@ -187,7 +210,10 @@ def default_client(
             "anthropic": emu.anthropic_base_url,
             "gemini": emu.gemini_base_url,
         }[name]
-        key = "local-emulator"
+        # Its home's key: it answers no one else (find() checked it is ours first).
+        key = emu.token
+    elif token is not None:
+        key = None
     elif key is None:
         variables = KEY_VARIABLES[name]
         key = next((os.environ[v] for v in variables if os.environ.get(v)), None)
@@ -198,7 +224,10 @@ def default_client(
                 "or use provider='local' to try it free on the embedded emulator.",
                 provider=name,
             )
-    cache_key = (name, base_url, key)
+    # Without base_url the SDK reads its address from the environment: a client made
+    # for one address is never reused for another.
+    where = base_url or os.environ.get(_BASE_URL_VARIABLES[name]) or None
+    cache_key = (name, where, key or (token and f"token:{token}"))
     if cache_key not in _CLIENTS:
         if name == "openai":
             import openai
@@ -209,7 +238,9 @@ def default_client(
         else:
             import anthropic
 
-            _CLIENTS[cache_key] = anthropic.Anthropic(api_key=key, base_url=base_url)
+            _CLIENTS[cache_key] = anthropic.Anthropic(
+                api_key=key, auth_token=token, base_url=base_url
+            )
     return _CLIENTS[cache_key]
 
 
@@ -267,3 +298,53 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
+
+
+def rebuild_client(record: dict[str, Any], home: Path) -> Any:
+    """A client for a recorded job, with only a key meant for its recorded address (see
+    :mod:`.credentials`); raises :class:`ConfigError` saying what to pass when there is
+    none."""
+    from .._errors import ConfigError
+    from . import credentials
+
+    name = record["provider"]
+    if record.get("backend") == "local":
+        return default_client(name, local=True)
+    base_url = record.get("base_url")
+    credential = record.get("credential")
+    if credential and credential.startswith("env:"):
+        var = credential.removeprefix("env:")
+        value = os.environ.get(var)
+        if not value:
+            raise ConfigError(
+                f"job {record['id']} was submitted with the key in {var}, which is not set "
+                f"now: set {var} again, or pass client= to nb.attach({record['id']!r}, "
+                "client=...).",
+                job_id=record["id"],
+                provider=name,
+            )
+        return _client(name, base_url, var, value)
+    if credential == "client":
+        same = credentials.env_key_matching(name, record.get("key_hash"), home)
+        if same is not None:
+            return _client(name, base_url, *same)
+    elif credential is None and not credentials.is_loopback(base_url):
+        # Recorded before credentials were: the environment's key, at its own address only.
+        origin = credentials.env_origin(name)
+        if origin is not None:
+            var = origin.removeprefix("env:")
+            client = _client(name, None, var, os.environ[var])
+            if base_url_of(client) == base_url:
+                return client
+    if credentials.is_loopback(base_url):
+        return default_client(name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
+    raise ConfigError(credentials.needs_client(record), job_id=record["id"], provider=name)
+
+
+def _client(name: str, base_url: str | None, var: str, value: str) -> Any:
+    """A client sending ``value`` (read from ``var``) to ``base_url``."""
+    from . import credentials
+
+    if var == credentials.ANTHROPIC_TOKEN:
+        return default_client(name, base_url=base_url, token=value)
+    return default_client(name, base_url=base_url, key=value)
