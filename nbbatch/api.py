@@ -36,6 +36,7 @@ from .job import (
     LOCAL_POLLING,
     REMOTE_POLLING,
     BatchJob,
+    PollPolicy,
     is_loopback,
     new_job_id,
     output_columns,
@@ -149,106 +150,195 @@ def submit(
     Everything is validated before anything is sent; a job, its rows and each provider
     batch id are written to the ledger as soon as they exist.
     """
-    if not isinstance(retries, int) or retries < 0:
-        raise InputError(f"retries must be a whole number >= 0, found {retries!r}.")
-    if fallback not in (None, "realtime"):
-        raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
-    _health.deadline_at(deadline, 0.0)  # a wrong deadline is refused before anything else
+    # input: the arguments, the data and the provider, checked
+    _check_policy(retries, fallback, deadline)
     models, when, when_fn = _cascade(model, escalate_when)
-    model = models[0]
     source = _stream.Source.of(data) if frames.streamed(data) else None
     frame, is_series, template, impl, spec, local = _prepare(
-        data if source is None else source.head(), prompt, model=model, output=output,
+        data if source is None else source.head(), prompt, model=models[0], output=output,
         provider=provider, client=client, system=system, max_tokens=max_tokens,
         temperature=temperature, response_format=response_format, endpoint=endpoint,
         cache_system=cache_system, params=params,
     )  # fmt: skip
-    from . import escalate as _escalate
-
-    # Refused now, not after the first stage is paid for (a Series merges as one column).
-    shown_columns = [data.name if data.name is not None else 0] if is_series else frame.columns
-    _escalate.check_when_columns(when, list(shown_columns), output, spec.response_format)
+    _check_cascade_columns(data, frame, is_series, when, output, spec)
     pack = _pack.check(pack, spec)
-    name = impl.name
+    # plan: render, hash and deduplicate the rows (into a manifest file for files)
+    ledger = _default_ledger()
     # The local emulator's address can change between its runs; its jobs are one place.
     salt = _salt(spec, impl.name, "local" if local else impl.base_url, pack)
-    ledger = _default_ledger()
-    # A cascade is another job than the same rows on its first model alone.
-    identity = (output, prompt if len(models) == 1 else f"{prompt}\x00{models}\x00{when}")
-    if pack:  # and packed rows another job than the same rows one by one
-        identity = (output, f"{identity[1]}\x00pack={pack}")
+    identity = _identity(output, prompt, models, when, pack)
     if source is None:
         rows = _in_memory(frame, template, id_column, missing, salt, identity)
     else:
         rows = _streamed(source, template, id_column, missing, salt, identity, ledger.files)
+    # checks: what the provider would refuse, and the budget, before anything is sent
+    _check_before_sending(
+        rows, impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
+    )
+    # record: the job and its manifest in the ledger first (or the same job, found again)
+    polling = LOCAL_POLLING if local or is_loopback(impl.base_url) else REMOTE_POLLING
+    existing = None if force else ledger.find_job(rows.fingerprint)
+    if existing is not None:
+        job = _same_job(existing, rows, impl, ledger, data, polling, when_fn)
+    else:
+        policy = _policy(retries, fallback, alert_threshold, missing, models, when, pack)
+        record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
+        record.update(
+            policy=policy, salt=salt, backend="local" if local else None,
+            deadline=_health.deadline_at(deadline, record["created"]),
+        )  # fmt: skip
+        job = _record_job(record, rows, impl, ledger, data, polling, when_fn, reuse=reuse)
+    # start: send in the background (or wait here), and show the panel in a notebook
+    return _start(job, wait=wait, progress=progress, display=display)
+
+
+def _check_policy(retries: Any, fallback: Any, deadline: Any) -> None:
+    """The failure policy's arguments, refused before anything else is looked at."""
+    if not isinstance(retries, int) or retries < 0:
+        raise InputError(f"retries must be a whole number >= 0, found {retries!r}.")
+    if fallback not in (None, "realtime"):
+        raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
+    _health.deadline_at(deadline, 0.0)  # a wrong deadline is refused now
+
+
+def _check_cascade_columns(
+    data: Any,
+    frame: pd.DataFrame,
+    is_series: bool,
+    when: str | None,
+    output: str,
+    spec: RequestSpec,
+) -> None:
+    """A cascade's ``escalate_when`` expression refused now, not after the first stage is
+    paid for, when it names a column the merged DataFrame will not have."""
+    from . import escalate as _escalate
+
+    # A Series merges as one column.
+    shown_columns = [data.name if data.name is not None else 0] if is_series else frame.columns
+    _escalate.check_when_columns(when, list(shown_columns), output, spec.response_format)
+
+
+def _identity(
+    output: str, prompt: str, models: list[str], when: str | None, pack: int | None
+) -> tuple[str, str]:
+    """What, beside the rows and the request parameters, makes a job this job: its
+    output name and template, and for a cascade its models and rule, for a packed job
+    its pack size (the same rows on the first model alone, or one by one, are another)."""
+    identity = (output, prompt if len(models) == 1 else f"{prompt}\x00{models}\x00{when}")
+    if pack:
+        identity = (output, f"{identity[1]}\x00pack={pack}")
+    return identity
+
+
+def _check_before_sending(
+    rows: _Rows,
+    impl: Provider,
+    spec: RequestSpec,
+    models: list[str],
+    max_cost: float | None,
+    ledger: Ledger | None,
+    *,
+    pack: int | None,
+    template: str,
+) -> None:
+    """Everything the provider or the budget would refuse, before anything is recorded
+    or sent: a row to send, the request (encoding one checks the endpoint and the
+    parameters), every model, and ``max_cost`` (with reuse from ``ledger``). What was
+    planned into a file is removed when it fails."""
     try:
         _check_sendable(rows)
-        # Encoding validates the endpoint and parameters before anything is sent.
         impl.encode(*rows.head(1), spec)
-        for name_ in models:
-            impl.check_model(name_)
+        for name in models:
+            impl.check_model(name)
         if max_cost is not None:
-            _check_budget(
-                rows,
-                spec,
-                max_cost,
-                ledger if reuse else None,
-                models[1:],
-                pack=pack,
-                template=prompt,
-            )
+            _check_budget(rows, spec, max_cost, ledger, models[1:], pack=pack, template=template)
     except BaseException:
         rows.discard()
         raise
-    fingerprint = rows.fingerprint
-    polling = LOCAL_POLLING if local or is_loopback(impl.base_url) else REMOTE_POLLING
-    existing = None if force else ledger.find_job(fingerprint)
-    if existing is not None:
-        rows.discard()
-        note = (
-            f"nbbatch: this exact job was already submitted as {existing}; attaching to it "
-            "instead of paying again (submit with force=True to send it anew)."
-        )
-        log.warning(note)
-        print(note, file=sys.stderr)
-        record = ledger.job(existing)
-        assert record is not None
-        job = BatchJob(record, impl, ledger, data=data, polling=polling, escalate_when=when_fn)
-    else:
-        policy: dict[str, Any] = {
-            "retries": retries,
-            "fallback": fallback,
-            "alert_threshold": alert_threshold,
-            "missing": missing,  # merge re-renders rows the same way to check them
-        }
-        if len(models) > 1:
-            policy["cascade"] = {"models": models, "when": when}
-        if pack:
-            policy["pack"] = pack
-        record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
-        record.update(
-            fingerprint=fingerprint,
-            policy=policy,
-            salt=salt,
-            backend="local" if local else None,
-            hash_scheme=_plan.HASH_SCHEME,
-            deadline=_health.deadline_at(deadline, record["created"]),
-        )
-        ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
-        job = BatchJob(
-            ledger.job(record["id"]) or record,
-            impl,
-            ledger,
-            data=data,
-            polling=polling,
-            escalate_when=when_fn,
-        )
-        due = record.get("deadline")
-        log.info(
-            "nbbatch job %s started: %d rows expected on %s %s, cost %s%s",
-            job.id, rows.n_rows, name, model, job.cost,
-            f", deadline {_health.when(due)}" if due else "",
-        )  # fmt: skip
+
+
+def _same_job(
+    existing: str,
+    rows: _Rows,
+    impl: Provider,
+    ledger: Ledger,
+    data: Any,
+    polling: PollPolicy,
+    when_fn: Any,
+) -> BatchJob:
+    """The job already submitted with these very rows and parameters, attached instead
+    of paid for again (said on stderr and logged)."""
+    rows.discard()
+    note = (
+        f"nbbatch: this exact job was already submitted as {existing}; attaching to it "
+        "instead of paying again (submit with force=True to send it anew)."
+    )
+    log.warning(note)
+    print(note, file=sys.stderr)
+    record = ledger.job(existing)
+    assert record is not None
+    return BatchJob(record, impl, ledger, data=data, polling=polling, escalate_when=when_fn)
+
+
+def _policy(
+    retries: int,
+    fallback: str | None,
+    alert_threshold: float | None,
+    missing: str,
+    models: list[str],
+    when: str | None,
+    pack: int | None,
+) -> dict[str, Any]:
+    """The job's failure policy as the ledger keeps it (with its cascade and packing)."""
+    policy: dict[str, Any] = {
+        "retries": retries,
+        "fallback": fallback,
+        "alert_threshold": alert_threshold,
+        "missing": missing,  # merge re-renders rows the same way to check them
+    }
+    if len(models) > 1:
+        policy["cascade"] = {"models": models, "when": when}
+    if pack:
+        policy["pack"] = pack
+    return policy
+
+
+def _record_job(
+    record: dict[str, Any],
+    rows: _Rows,
+    impl: Provider,
+    ledger: Ledger,
+    data: Any,
+    polling: PollPolicy,
+    when_fn: Any,
+    *,
+    reuse: bool,
+) -> BatchJob:
+    """Write the new job and its manifest to the ledger (rows answered in earlier jobs
+    take their results when ``reuse``), and log its start."""
+    record.update(fingerprint=rows.fingerprint, hash_scheme=_plan.HASH_SCHEME)
+    ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
+    job = BatchJob(
+        ledger.job(record["id"]) or record,
+        impl,
+        ledger,
+        data=data,
+        polling=polling,
+        escalate_when=when_fn,
+    )
+    due = record.get("deadline")
+    log.info(
+        "nbbatch job %s started: %d rows expected on %s %s, cost %s%s",
+        job.id, rows.n_rows, impl.name, job.model, job.cost,
+        f", deadline {_health.when(due)}" if due else "",
+    )  # fmt: skip
+    return job
+
+
+def _start(job: BatchJob, *, wait: bool, progress: bool | str, display: bool | str) -> BatchJob:
+    """Start the job: building and uploading in a background thread (control comes back
+    at once), or with ``wait`` in this thread until every row is terminal; the panel
+    shows it in a notebook."""
     shown = display is True or (display == "auto" and in_notebook())
     if wait:
         # Sent in this thread by wait()'s first refresh, with text progress outside a
@@ -257,7 +347,6 @@ def submit(
             _show(job)
         job.wait(progress=progress)
         return job
-    # Building and uploading go on in the background: control comes back at once.
     job.start_sending(daemon=in_notebook())
     if shown:
         _show(job)
