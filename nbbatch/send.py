@@ -92,14 +92,7 @@ def send_rows(
     prefix = f"{attempt}" if stage == 0 else f"s{stage}.{attempt}"
     for start in range(0, len(positions), limit * size):
         block = positions[start : start + limit * size]
-        if size > 1:
-            jsonl, ids = _pack.encode(ctx, block, spec, size)
-        else:
-            ids = state.manifest_column("custom_id", block)
-            jsonl = provider.encode(ids, state.manifest_column("prompt", block), spec)
-        ends = np.flatnonzero(np.frombuffer(jsonl, dtype=np.uint8) == 0x0A) + 1
-        if len(ends) != len(ids):
-            raise NbbatchError("internal error: one request line per row was not produced")
+        jsonl, ends = _encode_block(ctx, state, block, spec, size)
         pieces = list(_plan.chunk_bounds(ends, max_count=limit, max_bytes=provider.max_bytes))
         progress.expected += len(pieces) - 1
         for first, stop in pieces:
@@ -108,25 +101,57 @@ def send_rows(
             begin, end = (int(ends[first - 1]) if first else 0), int(ends[stop - 1])
             # The whole block fits in one batch (the usual case): no copy of its bytes.
             chunk = jsonl if (begin, end) == (0, len(jsonl)) else jsonl[begin:end]
-            k = progress.created + 1
-            try:
-                with lock or threading.RLock():
-                    sent = _send_chunk(
-                        ctx, block[first * size : stop * size], chunk, attempt,
-                        f"{prefix}:{k}", spec, stage,
-                    )  # fmt: skip
-            except ProviderError:
-                progress.active = False
-                raise
-            if not sent:  # the job was cancelled from another process
-                progress.cancelled = True
-                progress.active = False
-                return
-            progress.created += 1
-            progress.bytes_sent += len(chunk)
-            ctx.on_progress()
+            part = f"{prefix}:{progress.created + 1}"
+            rows = block[first * size : stop * size]
+            if not _send_piece(ctx, rows, chunk, attempt, part, spec, stage, progress, lock):
+                return  # the job was cancelled from another process
         del jsonl
     progress.active = False
+
+
+def _encode_block(
+    ctx: JobContext, state: Any, block: np.ndarray, spec: RequestSpec, size: int
+) -> tuple[bytes, np.ndarray]:
+    """The request lines of the leaders at ``block`` (in packs of ``size`` rows when it
+    is more than 1), and where each line ends."""
+    if size > 1:
+        jsonl, ids = _pack.encode(ctx, block, spec, size)
+    else:
+        ids = state.manifest_column("custom_id", block)
+        jsonl = ctx.provider.encode(ids, state.manifest_column("prompt", block), spec)
+    ends = np.flatnonzero(np.frombuffer(jsonl, dtype=np.uint8) == 0x0A) + 1
+    if len(ends) != len(ids):
+        raise NbbatchError("internal error: one request line per row was not produced")
+    return jsonl, ends
+
+
+def _send_piece(
+    ctx: JobContext,
+    rows: np.ndarray,
+    chunk: bytes,
+    attempt: int,
+    part: str,
+    spec: RequestSpec,
+    stage: int,
+    progress: Progress,
+    lock: threading.RLock | None,
+) -> bool:
+    """Send one chunk as a batch, holding ``lock``, and count it in ``progress``;
+    False when the job was cancelled meanwhile (nothing sent)."""
+    try:
+        with lock or threading.RLock():
+            sent = _send_chunk(ctx, rows, chunk, attempt, part, spec, stage)
+    except ProviderError:
+        progress.active = False
+        raise
+    if not sent:
+        progress.cancelled = True
+        progress.active = False
+        return False
+    progress.created += 1
+    progress.bytes_sent += len(chunk)
+    ctx.on_progress()
+    return True
 
 
 def _send_chunk(

@@ -409,19 +409,9 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
     batches = ctx.ledger.batches(ctx.id)
     # A cascade stage this session still starts keeps the job running.
     stage_due = counts["pending"] == 0 and escalate.stage_due(ctx)
-    status = "completed" if counts["pending"] == 0 and not stage_due else "running"
-    if ctx.record.get("status") in ("cancelled", "failed") and counts["pending"] == 0:
-        status = ctx.record["status"]
-    # What was paid for: rows sent themselves (not reused from an earlier job, not
-    # deduplicated onto another row), by route.
-    usage = state.usage()
-    batch: tuple[int, ...] = usage["batch"]
-    realtime: tuple[int, ...] = usage["realtime"]
+    status = job_status(ctx, counts, stage_due)
     staged = ctx.staged
-    if staged:  # answers a later stage replaced were paid too: all stages' tokens
-        stages = list(state.usage_by_stage().values())
-        batch = tuple(sum(p["batch"][i] for p in stages) for i in range(4))
-        realtime = tuple(sum(p["realtime"][i] for p in stages) for i in range(4))
+    batch, realtime = paid_tokens(state, staged=staged)
     pending_in, pending_out = pending_estimate(ctx, counts["pending"])
     views = batch_views(ctx, batches, state.per_batch())
     now = ctx.clock()
@@ -464,6 +454,28 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
         stage_due=stage_due,
         failure=escalate.failure(ctx) if status == "failed" else None,
     )
+
+
+def job_status(ctx: JobContext, counts: dict[str, int], stage_due: bool) -> str:
+    """``running`` while rows are pending or a cascade stage is still to start; then
+    ``completed``, or ``cancelled`` / ``failed`` as the job's record says."""
+    if counts["pending"] or stage_due:
+        return "running"
+    recorded = ctx.record.get("status")
+    return str(recorded) if recorded in ("cancelled", "failed") else "completed"
+
+
+def paid_tokens(state: RowState, *, staged: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(batch, real-time) token usage that was paid for: rows sent themselves (not
+    reused from an earlier job, not deduplicated onto another row); in a job that
+    escalates, every stage's (answers a later stage replaced were paid too)."""
+    if staged:
+        stages = list(state.usage_by_stage().values())
+        batch = tuple(sum(p["batch"][i] for p in stages) for i in range(4))
+        realtime = tuple(sum(p["realtime"][i] for p in stages) for i in range(4))
+        return batch, realtime
+    usage = state.usage()
+    return tuple(usage["batch"]), tuple(usage["realtime"])
 
 
 def batch_views(
