@@ -42,11 +42,11 @@ from typing import Any
 import orjson
 
 from ._faults import Fate, int_hash
+from ._models import DEFAULT_EMBEDDING_DIMENSIONS
 
 ECHO_PREFIX = "[nbbatch emulator] echo: "
 JSON_MODE_KEY = "reply"  # json_object mode (no schema) answers {"reply": echo_text(...)}
 SNIPPET_CHARS = 40
-DEFAULT_EMBEDDING_DIMENSIONS = 256
 _MAX_DEPTH = 6  # below this depth optional properties and array items are left out
 
 
