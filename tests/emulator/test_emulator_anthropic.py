@@ -222,10 +222,14 @@ def test_realtime_messages_strict(emu: emulator.Emulator, ant: anthropic.Anthrop
     assert msg.content[0].text == emulator.echo_text("block one")
     assert msg.usage.service_tier == "standard" and msg.usage.input_tokens == 3
     with pytest.raises(anthropic.BadRequestError):
-        ant.messages.create(model="claude-haiku-4-5", max_tokens=0, messages=[{"role": "user", "content": "x"}])
+        ant.messages.create(
+            model="claude-haiku-4-5", max_tokens=0, messages=[{"role": "user", "content": "x"}]
+        )
     with pytest.raises(anthropic.BadRequestError):
         ant.messages.create(
-            model="claude-haiku-4-5", max_tokens=5, messages=[{"role": "user", "content": emulator.FAIL_MARKER}]
+            model="claude-haiku-4-5",
+            max_tokens=5,
+            messages=[{"role": "user", "content": emulator.FAIL_MARKER}],
         )
     emu.clear_log()
     prompt = f"{emulator.TRANSIENT_MARKER} {time.time()}"

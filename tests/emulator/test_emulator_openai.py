@@ -206,7 +206,9 @@ def test_responses_and_embeddings_endpoints_in_a_batch(oai: openai.OpenAI) -> No
     e1 = lines["e1"]["response"]["body"]["data"]
     e2 = lines["e2"]["response"]["body"]["data"]
     assert [len(d["embedding"]) for d in e1] == [16, 16]
-    assert len(e2[0]["embedding"]) == emulator.embedding_dimensions("text-embedding-3-small") == 1536
+    assert (
+        len(e2[0]["embedding"]) == emulator.embedding_dimensions("text-embedding-3-small") == 1536
+    )
     assert abs(sum(v * v for v in e2[0]["embedding"]) - 1) < 1e-9
     assert lines["e2"]["response"]["body"]["usage"] == {"prompt_tokens": 1, "total_tokens": 1}
 
@@ -412,13 +414,17 @@ def test_realtime_endpoints_strict(emu: emulator.Emulator, oai: openai.OpenAI) -
     assert chat.choices[0].message.content == emulator.echo_text("block prompt")
     assert chat.usage and chat.usage.prompt_tokens == 5  # ceil(len("be nice" + ...)/4)
     cut = oai.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "x" * 100}], max_completion_tokens=3
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "x" * 100}],
+        max_completion_tokens=3,
     )
     assert cut.choices[0].finish_reason == "length"
     assert cut.choices[0].message.content == emulator.echo_text("x" * 100)[:12]
     resp = oai.responses.create(model="gpt-4o-mini", input="hello", max_output_tokens=200)
     assert resp.output_text == emulator.echo_text("hello") and resp.status == "completed"
-    emb = oai.embeddings.create(model="text-embedding-3-small", input=["a", "b"], encoding_format="float")
+    emb = oai.embeddings.create(
+        model="text-embedding-3-small", input=["a", "b"], encoding_format="float"
+    )
     assert len(emb.data) == 2 and emb.usage.prompt_tokens == 2
     assert emu.stats()["realtime_requests"] == before + 4
     status, _, body = raw(
@@ -449,7 +455,9 @@ def test_realtime_markers(emu: emulator.Emulator, oai: openai.OpenAI) -> None:
         )
     emu.clear_log()
     prompt = f"once {emulator.TRANSIENT_MARKER} {time.time()}"
-    ok = oai.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+    ok = oai.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+    )
     assert ok.choices[0].message.content == emulator.echo_text(prompt)
     assert len(emu.request_log) == 2  # the SDK retried the 500 once
 
