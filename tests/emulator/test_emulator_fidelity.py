@@ -18,8 +18,10 @@ import jsonschema
 import openai
 import pytest
 from emu_helpers import anthropic_client, chat_line, jsonl, parse_jsonl
+from emu_openapi import check
 from google import genai
 from google.genai import types as genai_types
+from pydantic import BaseModel, Field
 
 from nbbatch import emulator
 
@@ -91,7 +93,9 @@ def test_openai_lines_the_service_refuses_fail_alone_with_its_errors(
     assert b.status == "completed"
     assert set(out) == {"ok"} and b.request_counts.completed == 1
     assert b.request_counts.failed == len(rows) - 1
+    check("Batch", oai.batches.with_raw_response.retrieve(b.id).http_response.json())
     for cid, line in err.items():
+        check("ErrorResponse", line["response"]["body"])
         assert line["error"] is None and line["response"]["body"]["error"]["type"] == (
             "invalid_request_error"
         ), cid
@@ -120,6 +124,7 @@ def test_openai_lines_naming_an_unknown_model_fail_with_model_not_found(
     b, out, err = openai_batch(oai, [chat_line(f"r{i}", "x", model="gpt-4o-mni") for i in range(3)])
     assert b.status == "completed" and not out and len(err) == 3
     for line in err.values():
+        check("ErrorResponse", line["response"]["body"])
         assert line["response"]["status_code"] == 404
         body = line["response"]["body"]["error"]
         assert body["code"] == "model_not_found" and "`gpt-4o-mni`" in body["message"]
@@ -158,6 +163,11 @@ def test_embeddings_have_each_models_real_size(emu: emulator.Emulator, oai: open
     short = embed("text-embedding-3-small", dimensions=64)
     assert [len(small.data[0].embedding), len(large.data[0].embedding)] == [1536, 3072]
     assert len(short.data[0].embedding) == 64
+    raw = oai.embeddings.with_raw_response.create(
+        model="text-embedding-3-large", input=["a", "b"], dimensions=256, encoding_format="float"
+    ).http_response.json()
+    check("CreateEmbeddingResponse", raw)
+    assert [len(d["embedding"]) for d in raw["data"]] == [256, 256]
     with pytest.raises(openai.BadRequestError) as too_many:
         embed("text-embedding-3-small", dimensions=2000)
     assert too_many.value.param == "dimensions"
@@ -249,6 +259,53 @@ def test_anthropic_replies_keep_to_bounds_the_sdk_moved_into_descriptions(
     for result in got.values():
         assert result.type == "succeeded"
         jsonschema.validate(json.loads(result.message.content[0].text), schema)
+
+
+class Review(BaseModel):
+    """A model a user writes: bounds on a number, an integer and a string."""
+
+    score: float = Field(ge=0, le=1)
+    stars: int = Field(ge=3, le=5)
+    tag: str = Field(max_length=4)
+
+
+def test_every_provider_keeps_to_the_bounds_of_a_pydantic_model(
+    emu: emulator.Emulator, oai: openai.OpenAI, ant: anthropic.Anthropic
+) -> None:
+    """``score: float = Field(ge=0, le=1)``: every row of every provider parses, with the
+    schema sent the way each service takes it (Claude: bounds moved into descriptions)."""
+    prompts = [f"review number {i}, quite long text" for i in range(25)]
+    schema = {**Review.model_json_schema(), "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "review", "schema": schema}}
+    b, out, err = openai_batch(
+        oai, [chat_line(f"r{i}", p, response_format=fmt) for i, p in enumerate(prompts)]
+    )
+    assert not err and len(out) == len(prompts)
+    replies = [
+        line["response"]["body"]["choices"][0]["message"]["content"] for line in out.values()
+    ]
+
+    sent = anthropic.transform_schema(Review)
+    assert "maximum" not in sent["properties"]["score"]  # the SDK moved it
+    claude = {"format": {"type": "json_schema", "schema": sent}}
+    got = anthropic_batch(
+        ant, [msg(f"r{i}", p, output_config=claude) for i, p in enumerate(prompts)]
+    )
+    assert all(r.type == "succeeded" for r in got.values()) and len(got) == len(prompts)
+    replies += [r.message.content[0].text for r in got.values()]  # type: ignore[union-attr]
+
+    g = gemini(emu)
+    config = {"response_mime_type": "application/json", "response_json_schema": schema}
+    src: list[Any] = [
+        {"contents": [{"parts": [{"text": p}], "role": "user"}], "config": config} for p in prompts
+    ]
+    job = _wait(g, str(g.batches.create(model="gemini-2.5-flash", src=src).name))
+    assert job.dest is not None and job.dest.inlined_responses
+    replies += [str(r.response.text) for r in job.dest.inlined_responses if r.response]
+
+    assert len(replies) == 3 * len(prompts)
+    for text in replies:
+        Review.model_validate_json(text)  # raises on any value out of bounds
 
 
 def test_anthropic_count_tokens_matches_the_usage_of_the_reply(ant: anthropic.Anthropic) -> None:
@@ -360,6 +417,8 @@ def test_an_expiring_batch_runs_to_its_window_with_some_requests_done(clock) -> 
             mid = client.batches.retrieve(ob.id)
             assert mid.status == "in_progress" and 0 < mid.request_counts.completed < 15
             clock.advance(5.1)  # past the window
+            raw = client.batches.with_raw_response.retrieve(ob.id).http_response.json()
+            check("Batch", raw)
             end = client.batches.retrieve(ob.id)
             assert end.status == "expired" and end.expired_at == end.expires_at
             assert end.request_counts.completed == 15 and end.request_counts.failed == 5
