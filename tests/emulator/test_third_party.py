@@ -13,14 +13,16 @@ from collections.abc import Iterator
 import anthropic
 import openai
 import pytest
+
+# A dev dependency (pyproject.toml): imported plainly so a missing install fails loudly
+# instead of skipping the only check made by code nbbatch did not write.
+import steadybatch
 from google import genai
 from google.genai import types as genai_types
-
-steadybatch = pytest.importorskip("steadybatch")
-from steadybatch import Outcome, Request, Runner  # noqa: E402
-from steadybatch.providers.anthropic_batch import AnthropicBatch  # noqa: E402
-from steadybatch.providers.gemini_batch import GeminiBatch  # noqa: E402
-from steadybatch.providers.openai_batch import OpenAIBatch  # noqa: E402
+from steadybatch import Outcome, Request, Runner
+from steadybatch.providers.anthropic_batch import AnthropicBatch
+from steadybatch.providers.gemini_batch import GeminiBatch
+from steadybatch.providers.openai_batch import OpenAIBatch
 
 SCHEMA = {
     "type": "object",
