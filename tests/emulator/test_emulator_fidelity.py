@@ -400,6 +400,9 @@ def test_an_expiring_batch_runs_to_its_window_with_some_requests_done(clock) -> 
         expire_rate=0.25,
         shuffle=False,
     ) as emu:
+        g = gemini(emu)
+        src: list[Any] = [{"contents": [{"parts": [{"text": f"p{i}"}]}]} for i in range(20)]
+        job = g.batches.create(model="gemini-2.5-flash", src=src)
         with anthropic_client(emu) as ant:
             b = ant.messages.batches.create(
                 requests=[msg(f"r{i}", f"p{i}") for i in range(20)]  # type: ignore[misc]
@@ -429,6 +432,12 @@ def test_an_expiring_batch_runs_to_its_window_with_some_requests_done(clock) -> 
             ended = ant.messages.batches.retrieve(b.id)
             assert ended.processing_status == "ended" and ended.ended_at == ended.expires_at
             assert ended.request_counts.succeeded == 15 and ended.request_counts.expired == 5
+        gj = g.batches.get(name=str(job.name))
+        assert gj.state is not None and gj.state.name == "JOB_STATE_EXPIRED"
+        answers = gj.dest.inlined_responses if gj.dest else None
+        assert answers is not None and len(answers) == 20
+        assert sum(a.response is not None for a in answers) == 15
+        assert all(a.error is not None for a in answers if a.response is None)
 
 
 # -- startup message -------------------------------------------------------------------------
