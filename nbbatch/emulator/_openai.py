@@ -375,80 +375,8 @@ def validate_input(path: Path, size: int, endpoint: str, models: Iterable[str] =
             if not line:
                 continue
             count += 1
-            if count > MAX_REQUESTS:
-                continue  # counted below; no need to parse the rest
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                v.fail("invalid_json_line", "This line is not parseable as valid JSON.", lineno)
-                continue
-            if not isinstance(row, dict):
-                v.fail("invalid_json_line", "This line is not a JSON object.", lineno)
-                continue
-            missing = [k for k in ("custom_id", "method", "url", "body") if k not in row]
-            if missing:
-                v.fail(
-                    "missing_required_parameter",
-                    f"Missing required parameter: '{missing[0]}'.",
-                    lineno,
-                    missing[0],
-                )
-                continue
-            cid, body = row["custom_id"], row["body"]
-            if not isinstance(cid, str) or not cid:
-                v.fail(
-                    "invalid_custom_id",
-                    "custom_id must be a non-empty string.",
-                    lineno,
-                    "custom_id",
-                )
-                continue
-            if cid in seen:
-                v.fail(
-                    "duplicate_custom_id",
-                    f"The custom_id '{cid}' is used more than once in this file.",
-                    lineno,
-                    "custom_id",
-                )
-                continue
-            seen.add(cid)
-            if row["method"] != "POST":
-                v.fail("invalid_method", "Only POST is supported.", lineno, "method")
-            if row["url"] != endpoint:
-                v.fail(
-                    "invalid_url",
-                    f"The url '{row['url']}' does not match the batch endpoint '{endpoint}'.",
-                    lineno,
-                    "url",
-                )
-            if not isinstance(body, dict):
-                v.fail("invalid_body", "body must be a JSON object.", lineno, "body")
-                continue
-            model = body.get("model")
-            if not isinstance(model, str):
-                v.fail(
-                    "missing_required_parameter",
-                    "Missing required parameter: 'body.model'.",
-                    lineno,
-                    "body.model",
-                )
-                continue
-            if v.model is None:
-                v.model = model
-            elif model != v.model:
-                v.fail(
-                    "mismatched_model",
-                    f"All requests must use the same model; found '{model}' and '{v.model}'.",
-                    lineno,
-                    "body.model",
-                )
-            if _validate_openai.problem(endpoint, body, models) is not None:
-                v.rows.append(RowInfo(cid, 0, "", False, invalid=True))
-                continue
-            info = inspect(endpoint, body)
-            v.prompt_chars += info.prompt_chars
-            v.embedding_inputs += len(info.embedding_inputs)
-            v.rows.append(RowInfo(cid, 0, info.last_user, info.schema is not None))
+            if count <= MAX_REQUESTS:  # past it, counted only: no need to parse the rest
+                _check_line(v, line, lineno, seen, endpoint, models)
     if count == 0:
         v.fail("empty_file", "The input file is empty.")
     elif count > MAX_REQUESTS:
@@ -460,6 +388,89 @@ def validate_input(path: Path, size: int, endpoint: str, models: Iterable[str] =
             f"the limit is {MAX_EMBEDDING_INPUTS}.",
         )
     return v
+
+
+def _check_line(
+    v: Validation,
+    line: bytes,
+    lineno: int,
+    seen: set[str],
+    endpoint: str,
+    models: Iterable[str],
+) -> None:
+    """Check one line of a batch input file into ``v`` (``seen``: the custom ids so far)."""
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        v.fail("invalid_json_line", "This line is not parseable as valid JSON.", lineno)
+        return
+    if not isinstance(row, dict):
+        v.fail("invalid_json_line", "This line is not a JSON object.", lineno)
+        return
+    missing = [k for k in ("custom_id", "method", "url", "body") if k not in row]
+    if missing:
+        v.fail(
+            "missing_required_parameter",
+            f"Missing required parameter: '{missing[0]}'.",
+            lineno,
+            missing[0],
+        )
+        return
+    cid, body = row["custom_id"], row["body"]
+    if not isinstance(cid, str) or not cid:
+        v.fail(
+            "invalid_custom_id",
+            "custom_id must be a non-empty string.",
+            lineno,
+            "custom_id",
+        )
+        return
+    if cid in seen:
+        v.fail(
+            "duplicate_custom_id",
+            f"The custom_id '{cid}' is used more than once in this file.",
+            lineno,
+            "custom_id",
+        )
+        return
+    seen.add(cid)
+    if row["method"] != "POST":
+        v.fail("invalid_method", "Only POST is supported.", lineno, "method")
+    if row["url"] != endpoint:
+        v.fail(
+            "invalid_url",
+            f"The url '{row['url']}' does not match the batch endpoint '{endpoint}'.",
+            lineno,
+            "url",
+        )
+    if not isinstance(body, dict):
+        v.fail("invalid_body", "body must be a JSON object.", lineno, "body")
+        return
+    model = body.get("model")
+    if not isinstance(model, str):
+        v.fail(
+            "missing_required_parameter",
+            "Missing required parameter: 'body.model'.",
+            lineno,
+            "body.model",
+        )
+        return
+    if v.model is None:
+        v.model = model
+    elif model != v.model:
+        v.fail(
+            "mismatched_model",
+            f"All requests must use the same model; found '{model}' and '{v.model}'.",
+            lineno,
+            "body.model",
+        )
+    if _validate_openai.problem(endpoint, body, models) is not None:
+        v.rows.append(RowInfo(cid, 0, "", False, invalid=True))
+        return
+    info = inspect(endpoint, body)
+    v.prompt_chars += info.prompt_chars
+    v.embedding_inputs += len(info.embedding_inputs)
+    v.rows.append(RowInfo(cid, 0, info.last_user, info.schema is not None))
 
 
 def _check_create_body(store: Store, body: Any) -> StoredFile:
