@@ -20,6 +20,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from . import checks as _checks
 from . import estimate as _estimate_mod
 from . import frames, pricing, rowstore
 from . import health as _health
@@ -140,8 +141,13 @@ def submit(
     Everything is validated before anything is sent; a job, its rows and each provider
     batch id are written to the ledger as soon as they exist.
     """
-    if not isinstance(retries, int) or retries < 0:
-        raise InputError(f"retries must be a whole number >= 0, found {retries!r}.")
+    _checks.arguments(
+        prompt=prompt, output=output, system=system, max_tokens=max_tokens,
+        id_column=id_column, endpoint=endpoint, provider=provider, missing=missing,
+        cache_system=cache_system, max_cost=max_cost, retries=retries,
+        alert_threshold=alert_threshold, reuse=reuse, force=force, wait=wait,
+        progress=progress, display=display,
+    )  # fmt: skip
     if fallback not in (None, "realtime"):
         raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
     _health.deadline_at(deadline, 0.0)  # a wrong deadline is refused before anything else
@@ -643,38 +649,79 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
     now = time.time()
     table = []
     for r in records:
-        c = r["summary"].get("counts", {})
-        paid = r["summary"].get("usage", {}).get("batch", (0, 0, 0, 0))
-        pending = c.get("pending", 0)
-        status = (
-            "running" if pending else ("cancelled" if r["status"] == "cancelled" else "completed")
-        )
-        table.append(
-            {
-                "id": r["id"],
-                "created": pd.Timestamp(r["created"], unit="s", tz="UTC"),
-                "provider": r["provider"],
-                "model": r["model"],
-                "rows": r["n_rows"],
-                "status": status,
-                **{
-                    s: c.get(s, 0)
-                    for s in ("succeeded", "failed", "expired", "cancelled", "skipped")
-                },
-                "pending": pending,
-                "cost": _paid(r["model"], tuple(paid[:3]))
-                if "stages" not in r["summary"]
-                else _paid_stages(ledger, r),
-                "deadline": pd.Timestamp(r["deadline"], unit="s", tz="UTC")
-                if r.get("deadline") is not None
-                else pd.NaT,
-                "overdue": _health.overdue_text(r.get("deadline"), pending, now) is not None,
-            }
-        )
+        try:
+            table.append(_listed(ledger, r, now))
+        except Exception as exc:  # one broken record must not hide the others
+            table.append(_unreadable(r, exc))
     columns = ["id", "created", "provider", "model", "rows", "status", "succeeded", "failed",
                "expired", "cancelled", "skipped", "pending", "cost", "deadline",
                "overdue"]  # fmt: skip
     return pd.DataFrame(table, columns=columns)
+
+
+#: The status ``nb.jobs()``, ``nbbatch jobs`` and the sidebar give a job whose ledger
+#: record cannot be read (a damaged file, or a value an older version let through).
+UNREADABLE = "unreadable"
+
+
+def unreadable_text(job_id: str, exc: BaseException) -> str:
+    """Why a job cannot be handled, and what to do, for the CLI and the sidebar."""
+    return (
+        f"the ledger's record of job {job_id} cannot be read ({type(exc).__name__}: {exc}); "
+        f"the other jobs are not affected. Remove it with `nbbatch forget {job_id} --force`."
+    )
+
+
+def _unreadable(record: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """A listing row for a job whose record is broken: what can be read of it."""
+    log.warning("nbbatch: %s", unreadable_text(str(record.get("id")), exc))
+    created = record.get("created")
+    return {
+        "id": record.get("id"),
+        "created": pd.Timestamp(created, unit="s", tz="UTC")
+        if isinstance(created, int | float)
+        else pd.NaT,
+        "provider": _shown_provider(record) if isinstance(record.get("provider"), str) else None,
+        "model": record.get("model"),
+        "rows": record.get("n_rows") if isinstance(record.get("n_rows"), int) else 0,
+        "status": UNREADABLE,
+        **dict.fromkeys(("succeeded", "failed", "expired", "cancelled", "skipped", "pending"), 0),
+        "cost": float("nan"),
+        "deadline": pd.NaT,
+        "overdue": False,
+    }
+
+
+def _listed(ledger: Ledger, r: dict[str, Any], now: float) -> dict[str, Any]:
+    """One job's row of :func:`jobs`."""
+    c = r["summary"].get("counts", {})
+    paid = r["summary"].get("usage", {}).get("batch", (0, 0, 0, 0))
+    pending = c.get("pending", 0)
+    status = "running" if pending else ("cancelled" if r["status"] == "cancelled" else "completed")
+    return {
+        "id": r["id"],
+        "created": pd.Timestamp(r["created"], unit="s", tz="UTC"),
+        "provider": _shown_provider(r),
+        "model": r["model"],
+        "rows": r["n_rows"],
+        "status": status,
+        **{s: c.get(s, 0) for s in ("succeeded", "failed", "expired", "cancelled", "skipped")},
+        "pending": pending,
+        "cost": _paid(r["model"], tuple(paid[:3]))
+        if "stages" not in r["summary"]
+        else _paid_stages(ledger, r),
+        "deadline": pd.Timestamp(r["deadline"], unit="s", tz="UTC")
+        if r.get("deadline") is not None
+        else pd.NaT,
+        "overdue": _health.overdue_text(r.get("deadline"), pending, now) is not None,
+    }
+
+
+def _shown_provider(record: dict[str, Any]) -> str:
+    """The provider as people should read it: ``local`` for a job run on nbbatch's
+    emulator (its wire format is still the named provider's), so emulator runs are never
+    taken for real spending."""
+    return "local" if record.get("backend") == "local" else str(record["provider"])
 
 
 def _paid_stages(ledger: Ledger, record: dict[str, Any]) -> float:
@@ -734,6 +781,11 @@ def preview(
     estimated in full and each later stage as if every row went on to it, an upper
     bound the summary states as such (``.estimate.later``, ``.estimate.upper_bound``).
     """
+    _checks.arguments(
+        prompt=prompt, n=n, system=system, max_tokens=max_tokens, id_column=id_column,
+        endpoint=endpoint, provider=provider, missing=missing, cache_system=cache_system,
+        expected_output_tokens=expected_output_tokens,
+    )  # fmt: skip
     models, _, _ = _cascade(model, escalate_when)
     model = models[0]
     source = _stream.Source.of(data) if frames.streamed(data) else None
@@ -834,6 +886,10 @@ def try_now(
     from . import realtime
     from .collect import realtime_checked
 
+    _checks.arguments(
+        prompt=prompt, output=output, system=system, max_tokens=max_tokens,
+        endpoint=endpoint, provider=provider, missing=missing,
+    )  # fmt: skip
     frame, is_series, template, impl, spec, _ = _prepare(
         data, prompt, model=model, output=output, provider=provider, client=client,
         system=system, max_tokens=max_tokens, temperature=temperature,

@@ -21,7 +21,9 @@ from ._errors import InputError, NbbatchError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .health import Problem
     from .job import BatchJob
+    from .ledger import Ledger
 
 #: Exit codes, as ``nbbatch --help`` lists them.
 OK, ERROR, USAGE, RUNNING, UNREACHABLE, ATTENTION = 0, 1, 2, 3, 4, 5
@@ -200,17 +202,24 @@ def _collect_finished(args: argparse.Namespace) -> int:
     for record in ledger.jobs():
         if record.get("collected_at") is not None:
             continue
-        job, problem = _refreshed(record["id"])
-        if job is None or not job.snapshot().finished:
-            if problem:  # said, not fatal: the next run tries again
-                print(f"nbbatch: {record['id']} not collected: {problem}", file=sys.stderr)
+        try:
+            job, problem = _refreshed(record["id"])
+            if job is None or not job.snapshot().finished:
+                if problem:  # said, not fatal: the next run tries again
+                    print(f"nbbatch: {record['id']} not collected: {problem}", file=sys.stderr)
+                continue
+            out = folder / f"{job.id}{suffix}"
+            frame = results_table(job)
+            WRITERS[suffix](frame, out)
+        except OSError:
+            raise  # the folder cannot be written: no job can be, stop here
+        except Exception as exc:  # one broken job must not stop the others' collection
+            print(f"nbbatch: {record['id']} not collected: {_unreadable(record, exc)}",
+                  file=sys.stderr)  # fmt: skip
             continue
-        out = folder / f"{job.id}{suffix}"
-        frame = results_table(job)
-        WRITERS[suffix](frame, out)
         ledger.set_job_time(job.id, "collected_at", time.time())
         written += 1
-        print(f"{len(frame):,} rows written to {out}: {job.snapshot().summary()}")
+        print(f"{len(frame):,} {_rows(len(frame))} written to {out}: {job.snapshot().summary()}")
     if not written:
         print("no finished jobs left to collect")
     return OK
@@ -218,8 +227,6 @@ def _collect_finished(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """One line per job that needs attention; exit 5 if any does."""
-    import time
-
     from . import health
     from .ledger import default as _default_ledger
 
@@ -227,21 +234,46 @@ def _check(args: argparse.Namespace) -> int:
     found: list[health.Problem] = []
     for record in ledger.jobs():
         job_id = record["id"]
-        if not args.no_poll and record["summary"].get("counts", {}).get("pending"):
-            _, problem = _refreshed(job_id)
-            if problem:
-                found.append(health.Problem(job_id, "unreachable", problem))
-        record = ledger.job(job_id) or record
-        counts = ledger.counts(job_id)
-        missing = 0
-        if not counts.get("pending") and counts.get("failed"):
-            missing = health.missing_results(ledger.row_state(job_id))
-        found += health.problems(
-            record, counts, ledger.batches(job_id), missing=missing, now=time.time()
-        )
+        try:
+            found += _job_problems(ledger, record, poll=not args.no_poll)
+        except Exception as exc:  # one broken job must not hide the others' problems
+            found.append(health.Problem(job_id, "unreadable", _unreadable(record, exc)))
     for p in found:
         print(p.line())
     return ATTENTION if found else OK
+
+
+def _job_problems(ledger: Ledger, record: dict[str, Any], *, poll: bool) -> list[Problem]:
+    """What needs attention in one job, polled first if it has rows pending and
+    ``poll``."""
+    import time
+
+    from . import health
+
+    job_id = record["id"]
+    found = []
+    if poll and record["summary"].get("counts", {}).get("pending"):
+        _, problem = _refreshed(job_id)
+        if problem:
+            found.append(health.Problem(job_id, "unreachable", problem))
+    record = ledger.job(job_id) or record
+    counts = ledger.counts(job_id)
+    missing = 0
+    if not counts.get("pending") and counts.get("failed"):
+        missing = health.missing_results(ledger.row_state(job_id))
+    return found + health.problems(
+        record, counts, ledger.batches(job_id), missing=missing, now=time.time()
+    )
+
+
+def _unreadable(record: dict[str, Any], exc: BaseException) -> str:
+    from .api import unreadable_text
+
+    return unreadable_text(str(record.get("id")), exc)
+
+
+def _rows(n: int) -> str:
+    return "row" if n == 1 else "rows"
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -296,7 +328,7 @@ def _collect(args: argparse.Namespace) -> int:
             raise InputError(
                 f"cannot write the results as {out.suffix}: {exc}. Try .parquet or .jsonl."
             ) from exc
-    print(f"{rows:,} rows written to {out}: {snap.summary()}")
+    print(f"{rows:,} {_rows(rows)} written to {out}: {snap.summary()}")
     if code == OK and not snap.finished:
         code = RUNNING
     return code
@@ -305,17 +337,49 @@ def _collect(args: argparse.Namespace) -> int:
 def _cancel(args: argparse.Namespace) -> int:
     from . import api
 
-    snap = api.attach(args.job).cancel()
+    try:
+        snap = api.attach(args.job).cancel()
+    except NbbatchError as exc:
+        raise NbbatchError(_for_shell(str(exc), args.job)) from exc
     print(snap.summary())
     return OK
 
 
 def _forget(args: argparse.Namespace) -> int:
     from . import api
+    from ._errors import JobNotFoundError
+    from .ledger import default as _default_ledger
 
-    api.attach(args.job).forget(force=args.force)
+    try:
+        api.attach(args.job).forget(force=args.force)
+    except NbbatchError as exc:
+        raise NbbatchError(_for_shell(str(exc), args.job)) from exc
+    except Exception:
+        # A record too broken to attach to: --force removes it from the ledger as it is.
+        if not args.force:
+            raise
+        if not _default_ledger().forget_job(args.job):
+            raise JobNotFoundError(f"No job {args.job!r} in the ledger.") from None
     print(f"job {args.job} removed from the ledger")
     return OK
+
+
+#: The library's advice in Python, as a shell user does it (``nbbatch forget`` and
+#: ``nbbatch cancel`` carry the library's messages).
+_SHELL_ADVICE = (
+    ("job.wait() until it is", "`nbbatch collect {job} --wait` until it is"),
+    ("call job.cancel() first (or `nbbatch cancel JOB`)", "run `nbbatch cancel {job}` first"),
+    ("forget(force=True)", "`nbbatch forget {job} --force`"),
+    ("job.cancel()", "`nbbatch cancel {job}`"),
+    ("job.forget()", "`nbbatch forget {job}`"),
+)
+
+
+def _for_shell(message: str, job_id: str) -> str:
+    """``message`` with its Python advice put as the commands that do the same."""
+    for python, shell in _SHELL_ADVICE:
+        message = message.replace(python, shell.format(job=job_id))
+    return message
 
 
 def parser() -> argparse.ArgumentParser:
@@ -395,7 +459,8 @@ def parser() -> argparse.ArgumentParser:
         description="Poll every running job once, then print one line per job that needs\n"
         "attention: overdue (rows pending after its deadline), failure rate above its\n"
         "alert threshold, incomplete (rows sent that got no result), errored (a batch\n"
-        "failed as a whole), or unreachable. Prints nothing and exits 0 when all is well,\n"
+        "failed as a whole), unreachable, or unreadable (a broken ledger record). Prints\n"
+        "nothing and exits 0 when all is well,\n"
         "so cron mails only trouble; exits 5 when a job needs attention.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -439,6 +504,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nbbatch: interrupted; the job goes on at the provider.", file=sys.stderr)
         return 130
+    except Exception as exc:
+        job_id = getattr(args, "job", None)
+        if not job_id:
+            raise
+        # One job's record that cannot be handled (damaged, or written by a version that
+        # let a bad value through): a message with the way out, not a traceback.
+        from .api import unreadable_text
+
+        print(f"nbbatch: {unreadable_text(job_id, exc)}", file=sys.stderr)
+        return ERROR
 
 
 if __name__ == "__main__":

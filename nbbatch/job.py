@@ -302,7 +302,8 @@ class BatchJob:
         sending = self._sending
         return JobSnapshot(
             job_id=self.id,
-            provider=self.provider,
+            # "local": an emulator run must never read as spending at the provider.
+            provider="local" if self._record.get("backend") == "local" else self.provider,
             model=self.model,
             endpoint=self.endpoint,
             base_url=str(self._record.get("base_url") or ""),
