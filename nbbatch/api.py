@@ -751,6 +751,7 @@ def preview(
     max_tokens: int | None = None,
     temperature: float | None = None,
     expected_output_tokens: int | None = None,
+    response_format: Any = None,
     escalate_when: Any = None,
     id_column: str | None = None,
     endpoint: str | None = None,
@@ -780,6 +781,9 @@ def preview(
     For a cascade (``model=[...]``, as ``submit`` takes it) the first stage is
     estimated in full and each later stage as if every row went on to it, an upper
     bound the summary states as such (``.estimate.later``, ``.estimate.upper_bound``).
+
+    ``response_format`` is taken as ``submit`` takes it (a pydantic model or a JSON
+    schema), so that answers reusable from a structured job are recognised.
     """
     _checks.arguments(
         prompt=prompt, n=n, system=system, max_tokens=max_tokens, id_column=id_column,
@@ -798,6 +802,10 @@ def preview(
         system=system,
         max_tokens=max_tokens,
         temperature=temperature,
+        # As submit records it (a JSON schema), so reuse is recognised the same way.
+        response_format=None
+        if response_format is None
+        else _structured.response_format(response_format),
         cache_system=cache_system,
         params=params,
     )

@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pandas as pd
+import pydantic
 import pytest
 
 import nbbatch as nb
@@ -121,3 +122,24 @@ def _handles_broken_jobs(tmp_path: Path, good: str, broken: list[str]) -> None:
         gone = nbbatch("forget", job_id, "--force")
         assert gone.returncode == 0, gone.stderr
     assert nbbatch("check").returncode == 0
+
+
+class Verdict(pydantic.BaseModel):
+    label: str
+    confidence: float
+
+
+def test_preview_takes_a_pydantic_response_format_as_submit_does():
+    schema = Verdict.model_json_schema()
+    shown = nb.preview(DF, "{text}", model="gpt-4o-mini", provider="local", response_format=Verdict)
+    as_dict = nb.preview(DF, "{text}", model="gpt-4o-mini", provider="local",
+                         response_format=schema)  # fmt: skip
+    assert shown.estimate.rows == as_dict.estimate.rows == 3
+    assert list(shown["prompt"]) == ["a", "b", "c"]
+    job = nb.submit(DF, "{text}", model="gpt-4o-mini", provider="local", response_format=Verdict,
+                    wait=True, progress=False, display=False)  # fmt: skip
+    assert job.counts["succeeded"] == 3
+    # The same request: its answers are recognised as reusable, so nothing is to pay.
+    again = nb.preview(DF, "{text}", model="gpt-4o-mini", provider="local",
+                       response_format=Verdict)  # fmt: skip
+    assert again.estimate.rows == 0 and "3 requests already answered" in again.estimate.note
