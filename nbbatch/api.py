@@ -166,10 +166,12 @@ def submit(
     ledger = _default_ledger()
     # A cascade is another job than the same rows on its first model alone.
     identity = (output, prompt if len(models) == 1 else f"{prompt}\x00{models}\x00{when}")
+    # Rows beyond the first model's context window are skipped, not paid for and refused.
+    limit = _checks.ContextLimit.of(model, system)
     if source is None:
-        rows = _in_memory(frame, template, id_column, missing, salt, identity)
+        rows = _in_memory(frame, template, id_column, missing, salt, identity, limit)
     else:
-        rows = _streamed(source, template, id_column, missing, salt, identity, ledger.files)
+        rows = _streamed(source, template, id_column, missing, salt, identity, ledger.files, limit)
     try:
         _check_sendable(rows)
         # Encoding validates the endpoint and parameters before anything is sent.
@@ -203,6 +205,8 @@ def submit(
             "alert_threshold": alert_threshold,
             "missing": missing,  # merge re-renders rows the same way to check them
         }
+        if limit is not None:  # and skips the same rows as too long
+            policy["context"] = limit.as_dict()
         if len(models) > 1:
             policy["cascade"] = {"models": models, "when": when}
         record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
@@ -292,6 +296,7 @@ class _Rows:
     manifest: Callable[[], pa.Table | Path]  # the manifest, or its finished file
     discard: Callable[[], None] = lambda: None  # drop what was written for a job not made
     source: dict[str, Any] | None = None  # where the rows came from (files), if recorded
+    too_long: int = 0  # rows not sent: over the model's context window
 
 
 def _in_memory(
@@ -301,15 +306,17 @@ def _in_memory(
     missing: str,
     salt: str,
     identity: tuple[str, str],
+    limit: _checks.ContextLimit | None = None,
 ) -> _Rows:
     """Plan a table held in memory."""
-    rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
+    rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing, limit=limit)
     hashes = _plan.request_hashes(rows, salt)
     return _Rows(
         n_rows=rows.n_rows,
         hashes=hashes,
         send_positions=rows.send_positions,
         first_skip=rows.skip_reasons[0] if rows.skip_reasons else None,
+        too_long=rows.too_long,
         head=lambda n: (
             rows.custom_ids.take(pa.array(rows.send_positions[:n], pa.int64())),
             rows.prompts.slice(0, n),
@@ -337,12 +344,13 @@ def _streamed(
     salt: str,
     identity: tuple[str, str],
     folder: Path,
+    limit: _checks.ContextLimit | None = None,
 ) -> _Rows:
     """Plan a table read in record batches (Parquet files, an Arrow dataset) into a
     manifest file in ``folder`` (beside the ledger), never holding the whole table."""
     planned = _stream.plan_to_file(
         source, template, folder, id_column=id_column, missing=missing, salt=salt,
-        fingerprint_of=[salt, *identity],
+        fingerprint_of=[salt, *identity], limit=limit,
     )  # fmt: skip
 
     def manifest() -> Path:
@@ -361,6 +369,7 @@ def _streamed(
         manifest=manifest,
         discard=planned.discard,
         source=source.describe(),
+        too_long=planned.too_long,
     )
 
 
@@ -463,7 +472,8 @@ def _estimate(
         parts.append(f"{reused:,} requests already answered in earlier jobs are reused")
     skipped = rows.n_rows - len(rows.send_positions)
     if skipped:
-        parts.append(f"{skipped:,} rows are skipped")
+        over = f" ({rows.too_long:,} over {spec.model}'s context window)" if rows.too_long else ""
+        parts.append(f"{skipped:,} {'row is' if skipped == 1 else 'rows are'} skipped{over}")
     note = ""
     if parts:
         note = f"from {rows.n_rows:,} rows: " + "; ".join(parts)
@@ -812,11 +822,14 @@ def preview(
     address = _address(name, client, local)
     salt = _plan.spec_hash(spec.as_dict(), name, address or "")
     ledger = _default_ledger() if address is not None and ledger_path().exists() else None
+    limit = _checks.ContextLimit.of(model, system)
     with tempfile.TemporaryDirectory(prefix="nbbatch-preview-") as folder:
         if source is None:
-            rows = _in_memory(frame, template, id_column, missing, salt, ("", ""))
+            rows = _in_memory(frame, template, id_column, missing, salt, ("", ""), limit)
         else:
-            rows = _streamed(source, template, id_column, missing, salt, ("", ""), Path(folder))
+            rows = _streamed(
+                source, template, id_column, missing, salt, ("", ""), Path(folder), limit
+            )
         est = _estimate(rows, spec, ledger, expected_output_tokens=expected_output_tokens)
         est = _with_later(
             est, rows, spec, models[1:], expected_output_tokens=expected_output_tokens
@@ -904,7 +917,9 @@ def try_now(
         response_format=response_format, endpoint=endpoint, cache_system=False,
         params=params,
     )  # fmt: skip
-    rows = _plan.make_plan(frame, template, missing=missing)
+    rows = _plan.make_plan(
+        frame, template, missing=missing, limit=_checks.ContextLimit.of(model, system)
+    )
     ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
     table = realtime.run(
         impl, ids, rows.prompts, spec, concurrency=concurrency, with_truncated=True

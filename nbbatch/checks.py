@@ -9,7 +9,12 @@ whole ledger. Each check here names the argument, what it found and what it take
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ._errors import InputError
 
@@ -116,8 +121,11 @@ def arguments(
         )
     if "system" in given:
         _text("system", system, optional=True, example="'You are a careful annotator.'")
-    if "max_tokens" in given:
-        _count("max_tokens", max_tokens, low=1, optional=True)
+    if "max_tokens" in given and max_tokens is not None:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            raise InputError(
+                f"max_tokens must be a positive integer (or None), found {_kind(max_tokens)}."
+            )
     for name in ("id_column", "endpoint", "provider"):
         if name in given:
             value = given[name]
@@ -141,3 +149,63 @@ def arguments(
         _count("n", n, low=0, optional=False)
     if "expected_output_tokens" in given:
         _count("expected_output_tokens", expected_output_tokens, low=0, optional=True)
+
+
+# ---------------------------------------------------------------- the context window
+
+#: The approximation the estimate makes too: a token is about four characters.
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True)
+class ContextLimit:
+    """The longest prompt a model takes, in tokens (its context window), and the
+    characters of the system prompt every request carries besides the row's text."""
+
+    model: str
+    tokens: int
+    system_chars: int = 0
+
+    @classmethod
+    def of(cls, model: str, system: str | None) -> ContextLimit | None:
+        """The limit of ``model`` (None when nbbatch does not know its window)."""
+        from . import pricing
+
+        window = pricing.context_window(model)
+        return None if window is None else cls(model, window, len(system or ""))
+
+    def tokens_of(self, prompts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """The approximate tokens of each request (0 for a missing prompt), vectorised
+        from the prompts' lengths: no tokenizer runs, so a million rows stay fast."""
+        chars = pc.fill_null(pc.utf8_length(prompts), 0).to_numpy(zero_copy_only=False)
+        total = chars.astype(np.int64) + self.system_chars
+        return -(-total // CHARS_PER_TOKEN)
+
+    def too_long(self, prompts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """True where a request would not fit in the model's context window."""
+        return self.tokens_of(prompts) > self.tokens
+
+    def reason(self, tokens: int) -> str:
+        """Why a row of ``tokens`` tokens is not sent, as its skip reason says it."""
+        return (
+            f"prompt of ~{short(tokens)} tokens exceeds {self.model}'s {short(self.tokens)} "
+            "context window: not sent (the provider would refuse it); shorten the text or "
+            "choose a model with a larger context window"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """As the job's policy keeps it, so merge checks rows with the same limit."""
+        return {"model": self.model, "tokens": self.tokens, "system_chars": self.system_chars}
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any] | None) -> ContextLimit | None:
+        return None if not value else cls(**value)
+
+
+def short(n: int) -> str:
+    """A count for people: 2.5M, 128K, 950."""
+    for size, unit in ((1_000_000, "M"), (1_000, "K")):
+        if n >= size:
+            text = f"{n / size:.1f}".removesuffix(".0")
+            return f"{text}{unit}"
+    return str(n)

@@ -22,6 +22,7 @@ from . import plan as _plan
 from . import prompt as _prompt
 from . import rowstore
 from ._errors import MergeError
+from .checks import ContextLimit
 from .providers.base import is_embeddings
 
 if TYPE_CHECKING:
@@ -114,6 +115,7 @@ def _verify(
         frame,
         _prompt.parse(job._record["template"]),
         missing=str(job.policy.get("missing", "skip")),
+        limit=ContextLimit.from_dict(job.policy.get("context")),
         salt=str(salt),
         sent=sent[take],
         sent_prompts=sent_prompts,
@@ -153,15 +155,19 @@ def verify_rows(
     missing: str,
     salt: str,
     sent: np.ndarray,
+    limit: ContextLimit | None = None,
     sent_prompts: Callable[[list[int]], list[str | None]],
     job_id: str,
 ) -> None:
     """Raise a MergeError unless every row of ``frame`` renders the request that was sent
     for it: ``sent`` holds, aligned with ``frame``, the request hash recorded at submit
     (0 for a row not sent). ``sent_prompts(positions)`` gives the prompts sent for some
-    rows of ``frame``, for the message."""
+    rows of ``frame``, for the message. ``limit``: the context window submit skipped
+    longer rows by."""
     rendered, _ = _plan.render_rows(frame, template, missing=missing)
     send = rendered.is_valid().to_numpy(zero_copy_only=False) & ~_plan.blank(rendered, template)
+    if limit is not None:
+        send &= ~limit.too_long(rendered)
     now = np.zeros(len(frame), dtype=np.uint64)
     if send.all():
         now = _plan.prompt_hashes(rendered, salt)

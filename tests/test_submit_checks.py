@@ -31,7 +31,7 @@ DF = pd.DataFrame({"text": ["a", "b", "c"]})
         ("alert_threshold", 5, "between 0 and 1"),
         ("reuse", "no", "reuse must be True or False"),
         ("id_column", 3, "id_column must be None or a string"),
-        ("max_tokens", True, "max_tokens must be None or a whole number"),
+        ("max_tokens", True, "max_tokens must be a positive integer"),
         ("retries", 1.5, "retries must be a whole number"),
         ("progress", "yes", "progress must be True, False or 'auto'"),
     ],
@@ -143,3 +143,34 @@ def test_preview_takes_a_pydantic_response_format_as_submit_does():
     again = nb.preview(DF, "{text}", model="gpt-4o-mini", provider="local",
                        response_format=Verdict)  # fmt: skip
     assert again.estimate.rows == 0 and "3 requests already answered" in again.estimate.note
+
+
+# ---------------------------------------------------------------- the context window
+HUGE = pd.DataFrame({"text": ["short", "x" * 3_000_000, "fine"]}, index=[5, 6, 7])
+TOO_LONG = "prompt of ~750K tokens exceeds gpt-4o-mini's 128K context window"
+
+
+def test_a_cell_beyond_the_context_window_is_skipped_with_its_reason_before_paying():
+    shown = nb.preview(HUGE, "{text}", model="gpt-4o-mini")
+    assert shown.estimate.rows == 2
+    assert "1 row is skipped (1 over gpt-4o-mini's context window)" in shown.estimate.summary()
+    job = nb.submit(HUGE, "{text}", model="gpt-4o-mini", provider="local", wait=True,
+                    progress=False, display=False)  # fmt: skip
+    assert job.counts["succeeded"] == 2 and job.counts["skipped"] == 1
+    out = job.merge(HUGE)  # the rows are checked against the same limit
+    assert out.loc[6, "response_status"] == "skipped"
+    assert TOO_LONG in out.loc[6, "response_error"]
+    # A model with a larger window takes it.
+    wide = nb.preview(HUGE, "{text}", model="gemini-2.5-flash")
+    assert wide.estimate.rows == 3
+
+
+def test_a_streamed_table_skips_rows_beyond_the_context_window_too(tmp_path):
+    path = tmp_path / "huge.parquet"
+    HUGE.reset_index(drop=True).to_parquet(path)
+    shown = nb.preview(str(path), "{text}", model="gpt-4o-mini")
+    assert shown.estimate.rows == 2 and "over gpt-4o-mini's context window" in shown.estimate.note
+    with pytest.raises(nb.InputError, match="none of the 1 rows would be sent: prompt of ~150"):
+        nb.submit(pd.DataFrame({"text": ["y" * 600_000]}), "{text}", model="gpt-4o-mini",
+                  provider="local")  # fmt: skip
+    assert nb.jobs().empty
