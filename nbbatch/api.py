@@ -387,10 +387,16 @@ def _parse(
 ) -> tuple[pd.DataFrame, bool, _prompt.Template]:
     """The data as a frame, whether it was a Series, and the checked template."""
     frame, is_series = _plan.as_frame(frames.to_pandas(data))
-    template = _prompt.parse(prompt)
+    template = _prompt.parse(prompt, frame.columns)
     _prompt.check_columns(
         template, [c for c in frame.columns if isinstance(c, str)], series=is_series
     )
+    if not template.columns:
+        raise InputError(
+            f"the prompt {_prompt.shown(prompt)} names no column, so every row would send the "
+            "same request. Put the row's value in it with a placeholder, e.g. "
+            "'Classify: {review}' (a Series' values are {}); write literal braces as {{ }}."
+        )
     return frame, is_series, template
 
 
@@ -732,6 +738,19 @@ def _shown_provider(record: dict[str, Any]) -> str:
     emulator (its wire format is still the named provider's), so emulator runs are never
     taken for real spending."""
     return "local" if record.get("backend") == "local" else str(record["provider"])
+
+
+def estimated_cost(ledger: Ledger, job_id: str) -> float | None:
+    """A running job's batch cost as its panel shows it: what its finished rows paid plus
+    an estimate for the rows still pending. Reads the ledger only (no provider call);
+    None when the price or the job is unknown."""
+    from typing import cast
+
+    record = ledger.job(job_id)
+    if record is None:
+        return None
+    # No client: the snapshot reads the ledger alone.
+    return BatchJob(record, cast("Provider", None), ledger).snapshot().cost.batch
 
 
 def _paid_stages(ledger: Ledger, record: dict[str, Any]) -> float:

@@ -55,6 +55,7 @@ def _jobs(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from . import api
+    from .ledger import default as _default_ledger
     from .pricing import money
 
     pd.set_option("display.width", 200)
@@ -66,7 +67,19 @@ def _jobs(args: argparse.Namespace) -> int:
     table = table.rename(columns={"created": "created (UTC)"})
     for column in ("rows", "succeeded", "failed", "expired", "cancelled", "skipped", "pending"):
         table[column] = table[column].map("{:,}".format)
-    table["cost"] = table["cost"].map(lambda c: "unknown" if pd.isna(c) else money(c))
+    ledger = _default_ledger()
+    estimates = {}
+    for job_id in table.loc[table["status"] == "running", "id"]:
+        try:  # the money a running job will cost, not the $0.00 it has paid so far
+            estimates[job_id] = api.estimated_cost(ledger, job_id)
+        except Exception:  # noqa: BLE001 - a job that cannot be estimated shows what it paid
+            continue
+    table["cost"] = [
+        f"~{money(e)} (est.)"
+        if (e := estimates.get(i)) is not None
+        else ("unknown" if pd.isna(c) else money(c))
+        for i, c in zip(table["id"], table["cost"], strict=True)
+    ]
     if table["deadline"].isna().all():
         table = table.drop(columns=["deadline", "overdue"])  # nobody set one: say nothing
     else:
@@ -135,8 +148,10 @@ def _check_out(out: Path) -> None:
 
 def results_table(job: BatchJob) -> pd.DataFrame:
     """What ``collect`` writes, one line per input row in input order: the row's id (the
-    job's ``id_column``, else ``id`` for the index label), then the columns ``merge``
-    adds (see :meth:`BatchJob.output_columns`)."""
+    job's ``id_column``, else ``id`` for the index label), ``row``, its position in the
+    submitted data (0-based: index labels may repeat, positions do not), then the
+    columns ``merge`` adds (see :meth:`BatchJob.output_columns`)."""
+    import numpy as np
     import pandas as pd
 
     from . import merge as _merge
@@ -146,6 +161,8 @@ def results_table(job: BatchJob) -> pd.DataFrame:
     record = _default_ledger().job(job.id) or {}
     id_name = record.get("id_column") or "id"
     out = pd.DataFrame({id_name: _ids(rows["label"])})
+    if _merge.ROW_COLUMN != id_name:
+        out[_merge.ROW_COLUMN] = np.arange(len(out), dtype=np.int64)
     columns = _merge.result_columns(
         job.output,
         job.spec.response_format,
@@ -338,10 +355,22 @@ def _cancel(args: argparse.Namespace) -> int:
     from . import api
 
     try:
-        snap = api.attach(args.job).cancel()
+        job = api.attach(args.job)
+        # Batches that ended at the provider are collected first: a job with nothing
+        # left to run is not "cancelled" (its answers are all in), it is done.
+        before = job.refresh()
+        if before.finished and not before.last_error:
+            print(f"job {job.id} has already finished; nothing to cancel. {before.summary()}")
+            return OK
+        snap = job.cancel()
     except NbbatchError as exc:
         raise NbbatchError(_for_shell(str(exc), args.job)) from exc
     print(snap.summary())
+    if not snap.finished:
+        print(
+            f"  the provider ends the open batches shortly; `nbbatch status {job.id}` shows "
+            "when it has (rows already done keep their results)."
+        )
     return OK
 
 

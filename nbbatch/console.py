@@ -43,7 +43,7 @@ def progress_line(snap: JobSnapshot) -> str:
     states = [
         f"{c[s]:,} {s}" for s in ("succeeded", "failed", "expired", "cancelled", "skipped") if c[s]
     ]
-    rows = f"{snap.done:,}/{c['total']:,} rows collected"
+    rows = f"{snap.done:,}/{c['total']:,} {'row' if c['total'] == 1 else 'rows'} collected"
     parts.append(rows + (f" ({', '.join(states)})" if states else ""))
     if not snap.finished and snap.eta is not None:
         parts.append(f"about {format_seconds(snap.eta)} left")

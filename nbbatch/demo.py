@@ -53,7 +53,8 @@ def main() -> int:
         )
         job.polling = nb.PollPolicy(0.5, 1.0)
         job.subscribe(ConsoleReporter(sys.stdout))  # one line per change, as a script shows it
-        print(f"Submitted job {job.id} as batch(es) {job.batch_ids}\n")
+        job.wait_sent()  # the batches are created in the background: name them once made
+        print(f"Submitted job {job.id} as {len(job.batch_ids)} batch(es): {job.batch_ids}\n")
         job.wait(progress=False)
         failed = job.failed()
         pd.set_option("display.width", 200)

@@ -899,7 +899,10 @@ class BatchJob:
         those files again (read where they were). Data from files or an Arrow dataset is
         written record batch by record batch, never held whole, so a table larger than
         memory can be written. Every row is checked as :meth:`merge` checks it (pass
-        ``verify=False`` to skip that). Written to a temporary name, then renamed."""
+        ``verify=False`` to skip that). Written to a temporary name, then renamed.
+        ``path`` may be a folder: the file is then ``<job id>.parquet`` in it. Rows from
+        a table in memory start with a ``row`` column, their position in the data
+        (0-based), which tells apart rows whose index labels repeat."""
         import pyarrow.parquet as pq
 
         from . import frames
@@ -911,7 +914,7 @@ class BatchJob:
             source = _stream.Source.of(data)
         elif data is None and (recorded := self._ledger.source(self.id)) is not None:
             source = _stream.Source.recorded(recorded)
-        target = Path(path)
+        target = _merge.parquet_target(Path(path), self.id)
         tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
         try:
             if source is not None:
@@ -921,6 +924,7 @@ class BatchJob:
                 table = frames.as_arrow(self.merge(data, verify=verify))
                 if columns is not None:
                     table = table.select([*columns, *self.output_columns()])
+                table = _merge.with_row_position(table)
                 pq.write_table(table, tmp)
             os.replace(tmp, target)
         finally:

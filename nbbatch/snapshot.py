@@ -329,7 +329,8 @@ class JobSnapshot:
         head = f"{self.job_id} [{self.provider} {self.model}] {self.status}"
         if self.status == "running":
             head += f" ({self.provider_status})"
-        return f"{head}: {self.done:,}/{c['total']:,} rows done - " + ", ".join(parts)
+        noun = "row" if c["total"] == 1 else "rows"
+        return f"{head}: {self.done:,}/{c['total']:,} {noun} done - " + ", ".join(parts)
 
 
 _ENDED_WORDS = frozenset({"completed", "failed", "expired", "cancelled", "ended"})
