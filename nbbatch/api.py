@@ -605,9 +605,9 @@ def attach(
     record = ledger.job(job_id)
     if record is None:
         raise JobNotFoundError(
-            f"No job {job_id!r} in the ledger at {ledger.path}. List the jobs there with "
-            "`nbbatch jobs` (or nb.jobs()); set NBBATCH_HOME if the job was submitted with "
-            "another ledger."
+            f"No job {job_id!r} in the ledger ({ledger.path}): `nbbatch jobs` (or nb.jobs()) "
+            "lists the jobs it holds; set NBBATCH_HOME if the job was submitted with another "
+            "ledger."
         )
     name = record["provider"]
     background = record.get("backend") == "local"

@@ -98,7 +98,7 @@ def _status(args: argparse.Namespace) -> int:
     snap = job.refresh()
     if snap.last_error:
         # Polling retries these quietly in a notebook; a command must say so and fail.
-        print(f"nbbatch: {snap.last_error}", file=sys.stderr)
+        _say(snap.last_error, job.id)
         return UNREACHABLE
     print(snap.summary())
     for b in snap.batches:
@@ -108,7 +108,7 @@ def _status(args: argparse.Namespace) -> int:
         )
     print(f"  cost: {snap.cost}")
     for w in snap.warnings:
-        print(f"  note: {w}")
+        print(f"  note: {_for_shell(w, job.id)}")
     return OK
 
 
@@ -223,7 +223,7 @@ def _collect_finished(args: argparse.Namespace) -> int:
             job, problem = _refreshed(record["id"])
             if job is None or not job.snapshot().finished:
                 if problem:  # said, not fatal: the next run tries again
-                    print(f"nbbatch: {record['id']} not collected: {problem}", file=sys.stderr)
+                    _say(f"{record['id']} not collected: {problem}", record["id"])
                 continue
             out = folder / f"{job.id}{suffix}"
             frame = results_table(job)
@@ -256,7 +256,7 @@ def _check(args: argparse.Namespace) -> int:
         except Exception as exc:  # one broken job must not hide the others' problems
             found.append(health.Problem(job_id, "unreadable", _unreadable(record, exc)))
     for p in found:
-        print(p.line())
+        print(_for_shell(p.line(), p.job_id))
     return ATTENTION if found else OK
 
 
@@ -329,7 +329,7 @@ def _collect(args: argparse.Namespace) -> int:
     else:
         snap = job.refresh()
         if snap.last_error:
-            print(f"nbbatch: {snap.last_error}", file=sys.stderr)
+            _say(snap.last_error, job.id)
             code = UNREACHABLE
     if out.suffix.lower() == ".parquet" and _default_ledger().source(job.id) is not None:
         # A job planned from Parquet files: their columns and the results, written
@@ -354,17 +354,14 @@ def _collect(args: argparse.Namespace) -> int:
 def _cancel(args: argparse.Namespace) -> int:
     from . import api
 
-    try:
-        job = api.attach(args.job)
-        # Batches that ended at the provider are collected first: a job with nothing
-        # left to run is not "cancelled" (its answers are all in), it is done.
-        before = job.refresh()
-        if before.finished and not before.last_error:
-            print(f"job {job.id} has already finished; nothing to cancel. {before.summary()}")
-            return OK
-        snap = job.cancel()
-    except NbbatchError as exc:
-        raise NbbatchError(_for_shell(str(exc), args.job)) from exc
+    job = api.attach(args.job)
+    # Batches that ended at the provider are collected first: a job with nothing left to
+    # run is not "cancelled" (its answers are all in), it is done.
+    before = job.refresh()
+    if before.finished and not before.last_error:
+        print(f"job {job.id} has already finished; nothing to cancel. {before.summary()}")
+        return OK
+    snap = job.cancel()
     print(snap.summary())
     if not snap.finished:
         print(
@@ -381,8 +378,8 @@ def _forget(args: argparse.Namespace) -> int:
 
     try:
         api.attach(args.job).forget(force=args.force)
-    except NbbatchError as exc:
-        raise NbbatchError(_for_shell(str(exc), args.job)) from exc
+    except NbbatchError:
+        raise  # main() gives its message, advice put as commands
     except Exception:
         # A record too broken to attach to: --force removes it from the ledger as it is.
         if not args.force:
@@ -393,22 +390,34 @@ def _forget(args: argparse.Namespace) -> int:
     return OK
 
 
-#: The library's advice in Python, as a shell user does it (``nbbatch forget`` and
-#: ``nbbatch cancel`` carry the library's messages).
+#: The library's advice in Python, as a shell user does it: the commands that do the same,
+#: else the Python to run (``{job}`` is the job's id). Longest phrases first.
 _SHELL_ADVICE = (
+    ("job.wait() (or nb.attach({q}) in a new session) sends them",
+     "`nbbatch collect {job} --wait` sends them"),
     ("job.wait() until it is", "`nbbatch collect {job} --wait` until it is"),
     ("call job.cancel() first (or `nbbatch cancel JOB`)", "run `nbbatch cancel {job}` first"),
     ("forget(force=True)", "`nbbatch forget {job} --force`"),
     ("job.cancel()", "`nbbatch cancel {job}`"),
     ("job.forget()", "`nbbatch forget {job}`"),
-)
+    ("job.resubmit_failed()", "nb.attach({q}).resubmit_failed() in Python"),
+    ("job.failed()", "`nbbatch collect {job}` (or nb.attach({q}).failed() in Python)"),
+    (" (or nb.jobs())", ""),
+)  # fmt: skip
 
 
-def _for_shell(message: str, job_id: str) -> str:
+def _for_shell(message: str, job_id: str | None) -> str:
     """``message`` with its Python advice put as the commands that do the same."""
+    job = job_id or "JOB"
     for python, shell in _SHELL_ADVICE:
-        message = message.replace(python, shell.format(job=job_id))
+        python = python.format(q=repr(job))
+        message = message.replace(python, shell.format(job=job, q=repr(job)))
     return message
+
+
+def _say(message: str, job_id: str | None = None) -> None:
+    """Print an error or a warning for a shell user, on stderr."""
+    print(f"nbbatch: {_for_shell(message, job_id)}", file=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -525,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except NbbatchError as exc:
-        print(f"nbbatch: {exc}", file=sys.stderr)
+        _say(str(exc), getattr(args, "job", None) or exc.job_id)
         return ERROR
     except OSError as exc:  # a file that cannot be written: a message, not a traceback
         print(f"nbbatch: {exc}", file=sys.stderr)

@@ -84,7 +84,7 @@ class StageView:
 
     def line(self, of: int) -> str:
         """``stage 2 of 2: 312 rows on gpt-4o`` (and how many are pending)."""
-        text = f"stage {self.stage + 1} of {of}: {self.rows:,} rows on {self.model}"
+        text = f"stage {self.stage + 1} of {of}: {rows(self.rows)} on {self.model}"
         if self.pending:
             text += f", {self.pending:,} pending"
         return text
@@ -329,8 +329,12 @@ class JobSnapshot:
         head = f"{self.job_id} [{self.provider} {self.model}] {self.status}"
         if self.status == "running":
             head += f" ({self.provider_status})"
-        noun = "row" if c["total"] == 1 else "rows"
-        return f"{head}: {self.done:,}/{c['total']:,} {noun} done - " + ", ".join(parts)
+        return f"{head}: {self.done:,}/{rows(c['total'])} done - " + ", ".join(parts)
+
+
+def rows(n: int) -> str:
+    """``n`` with its noun: ``1 row``, ``1,200 rows``."""
+    return f"{n:,} row" if n == 1 else f"{n:,} rows"
 
 
 _ENDED_WORDS = frozenset({"completed", "failed", "expired", "cancelled", "ended"})
