@@ -862,7 +862,8 @@ class BatchJob:
 
     def merge(self, df: Any = None, *, verify: bool = True) -> Any:
         """``df`` plus ``{output}``, ``{output}_status`` and ``{output}_error`` columns,
-        as the same kind of table it is (pandas, a polars DataFrame, a pyarrow Table).
+        as the same kind of table it is (pandas, a polars DataFrame or LazyFrame, a pyarrow
+        Table).
 
         ``df`` defaults to the data submitted in this session. Its index, columns and order
         are kept; each row gets the result of its own request, found by position when
