@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -744,8 +744,6 @@ def estimated_cost(ledger: Ledger, job_id: str) -> float | None:
     """A running job's batch cost as its panel shows it: what its finished rows paid plus
     an estimate for the rows still pending. Reads the ledger only (no provider call);
     None when the price or the job is unknown."""
-    from typing import cast
-
     record = ledger.job(job_id)
     if record is None:
         return None

@@ -546,11 +546,16 @@ def main(argv: list[str] | None = None) -> int:
         job_id = getattr(args, "job", None)
         if not job_id:
             raise
-        # One job's record that cannot be handled (damaged, or written by a version that
-        # let a bad value through): a message with the way out, not a traceback.
-        from .api import unreadable_text
-
-        print(f"nbbatch: {unreadable_text(job_id, exc)}", file=sys.stderr)
+        # A job that cannot be handled, most often because its ledger record is damaged
+        # (or was written by a version that let a bad value through): a message with the
+        # way out, not a traceback. Not every such error is the record's, so it is not
+        # called unreadable outright: forgetting a good job would lose its results.
+        print(
+            f"nbbatch: job {job_id} could not be handled ({type(exc).__name__}: {exc}). "
+            f"If its record in the ledger is damaged, `nbbatch forget {job_id} --force` "
+            "removes it; the other jobs are not affected.",
+            file=sys.stderr,
+        )
         return ERROR
 
 
