@@ -156,6 +156,13 @@ def arguments(
 #: The approximation the estimate makes too: a token is about four characters.
 CHARS_PER_TOKEN = 4
 
+#: How far over the window the approximate count must be for a row to be skipped. Four
+#: characters a token overcounts plain English by about a tenth, and a request the
+#: provider refuses for its length costs nothing, whereas a row skipped in error loses
+#: its answer: only rows clearly too long are skipped (the 2.5 M tokens of a whole
+#: document pasted in a cell), and a borderline one is left to the provider to judge.
+WINDOW_MARGIN = 1.25
+
 
 @dataclass(frozen=True)
 class ContextLimit:
@@ -182,8 +189,13 @@ class ContextLimit:
         return -(-total // CHARS_PER_TOKEN)
 
     def too_long(self, prompts: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """True where a request would not fit in the model's context window."""
-        return self.tokens_of(prompts) > self.tokens
+        """True where a request would clearly not fit in the model's context window."""
+        return self.over(self.tokens_of(prompts))
+
+    def over(self, tokens: np.ndarray) -> np.ndarray:
+        """True where ``tokens`` (from :meth:`tokens_of`) are clearly over the window
+        (by :data:`WINDOW_MARGIN`: the count is an approximation)."""
+        return tokens > self.tokens * WINDOW_MARGIN
 
     def reason(self, tokens: int) -> str:
         """Why a row of ``tokens`` tokens is not sent, as its skip reason says it."""

@@ -199,7 +199,7 @@ def make_plan(
     over = np.zeros(len(rendered), dtype=bool)
     if limit is not None:  # vectorised on the lengths: a million rows stay fast
         tokens = limit.tokens_of(rendered)
-        over = tokens > limit.tokens
+        over = limit.over(tokens)
         valid &= ~over
     send = np.flatnonzero(valid)
     skip = np.flatnonzero(~valid)

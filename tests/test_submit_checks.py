@@ -165,12 +165,20 @@ def test_a_cell_beyond_the_context_window_is_skipped_with_its_reason_before_payi
     assert wide.estimate.rows == 3
 
 
+def test_a_row_near_the_window_is_left_to_the_provider():
+    # ~135K tokens by the four-characters estimate against a 128K window: the estimate
+    # may overcount, and a refused request costs nothing, so the row is not skipped.
+    near = pd.DataFrame({"text": ["short", "w " * 270_000]})
+    shown = nb.preview(near, "{text}", model="gpt-4o-mini")
+    assert shown.estimate.rows == 2 and "skipped" not in shown.estimate.summary()
+
+
 def test_a_streamed_table_skips_rows_beyond_the_context_window_too(tmp_path):
     path = tmp_path / "huge.parquet"
     HUGE.reset_index(drop=True).to_parquet(path)
     shown = nb.preview(str(path), "{text}", model="gpt-4o-mini")
     assert shown.estimate.rows == 2 and "over gpt-4o-mini's context window" in shown.estimate.note
-    with pytest.raises(nb.InputError, match="none of the 1 rows would be sent: prompt of ~150"):
-        nb.submit(pd.DataFrame({"text": ["y" * 600_000]}), "{text}", model="gpt-4o-mini",
+    with pytest.raises(nb.InputError, match="none of the 1 rows would be sent: prompt of ~200"):
+        nb.submit(pd.DataFrame({"text": ["y" * 800_000]}), "{text}", model="gpt-4o-mini",
                   provider="local")  # fmt: skip
     assert nb.jobs().empty
