@@ -315,7 +315,8 @@ class BatchJob:
         sending = self._sending
         return JobSnapshot(
             job_id=self.id,
-            provider=self.provider,
+            # "local": an emulator run must never read as spending at the provider.
+            provider="local" if self._record.get("backend") == "local" else self.provider,
             model=self.model,
             endpoint=self.endpoint,
             base_url=str(self._record.get("base_url") or ""),
@@ -879,7 +880,8 @@ class BatchJob:
 
     def merge(self, df: Any = None, *, verify: bool = True) -> Any:
         """``df`` plus ``{output}``, ``{output}_status`` and ``{output}_error`` columns,
-        as the same kind of table it is (pandas, a polars DataFrame, a pyarrow Table).
+        as the same kind of table it is (pandas, a polars DataFrame or LazyFrame, a pyarrow
+        Table).
 
         ``df`` defaults to the data submitted in this session. Its index, columns and order
         are kept; each row gets the result of its own request, found by position when
@@ -916,7 +918,10 @@ class BatchJob:
         those files again (read where they were). Data from files or an Arrow dataset is
         written record batch by record batch, never held whole, so a table larger than
         memory can be written. Every row is checked as :meth:`merge` checks it (pass
-        ``verify=False`` to skip that). Written to a temporary name, then renamed."""
+        ``verify=False`` to skip that). Written to a temporary name, then renamed.
+        ``path`` may be a folder: the file is then ``<job id>.parquet`` in it. Rows from
+        a table in memory start with a ``row`` column, their position in the data
+        (0-based), which tells apart rows whose index labels repeat."""
         import pyarrow.parquet as pq
 
         from . import frames
@@ -928,7 +933,7 @@ class BatchJob:
             source = _stream.Source.of(data)
         elif data is None and (recorded := self._ledger.source(self.id)) is not None:
             source = _stream.Source.recorded(recorded)
-        target = Path(path)
+        target = _merge.parquet_target(Path(path), self.id)
         # A fresh private file, renamed into place (see nbbatch._files).
         with private_output(target) as tmp:
             if source is not None:
@@ -938,6 +943,7 @@ class BatchJob:
                 table = frames.as_arrow(self.merge(data, verify=verify))
                 if columns is not None:
                     table = table.select([*columns, *self.output_columns()])
+                table = _merge.with_row_position(table)
                 pq.write_table(table, tmp)
         return target
 

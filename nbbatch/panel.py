@@ -41,6 +41,7 @@ from .console import in_notebook
 from .pricing import money
 from .providers.base import is_embeddings
 from .snapshot import JobSnapshot, format_seconds
+from .snapshot import rows as _rows
 
 if TYPE_CHECKING:
     import ipywidgets as widgets
@@ -388,7 +389,7 @@ class JobPanel:
             f"nbbatch job {_esc(snap.job_id)}</span><br>"
             f'<span style="{_MUTED}{_FONT}">{_esc(snap.provider)} &middot; '
             f"<code>{_esc(snap.models_text)}</code> &middot; {_esc(snap.endpoint)} &middot; "
-            f"{snap.n_rows:,} rows{via}</span></div>"
+            f"{_rows(snap.n_rows)}{via}</span></div>"
         )
 
     @staticmethod
@@ -570,15 +571,19 @@ class JobPanel:
         c = snap.counts
         took = format_seconds(snap.elapsed)
         if snap.status == "cancelled":
-            head = f"Cancelled: {c['succeeded']:,} of {c['total']:,} rows succeeded"
+            head = f"Cancelled: {c['succeeded']:,} of {_rows(c['total'])} succeeded"
         elif snap.failure:
-            head = f"Stopped in error: {c['succeeded']:,} of {c['total']:,} rows succeeded"
+            head = f"Stopped in error: {c['succeeded']:,} of {_rows(c['total'])} succeeded"
         elif c["succeeded"] + c["skipped"] == c["total"]:
-            head = f"Done: all {c['succeeded']:,} rows succeeded"
+            head = (
+                "Done: the row succeeded"
+                if c["succeeded"] == 1
+                else f"Done: all {c['succeeded']:,} rows succeeded"
+            )
             if c["skipped"]:
-                head = f"Done: {c['succeeded']:,} rows succeeded, {c['skipped']:,} skipped"
+                head = f"Done: {_rows(c['succeeded'])} succeeded, {c['skipped']:,} skipped"
         else:
-            head = f"Done: {c['succeeded']:,} of {c['total']:,} rows succeeded"
+            head = f"Done: {c['succeeded']:,} of {_rows(c['total'])} succeeded"
         bad = [f"{c[s]:,} {s}" for s in (*styling.NOT_SUCCEEDED, "skipped") if c[s]]
         tail = f" ({', '.join(bad)})" if bad and not head.endswith("skipped") else ""
         hint = ""
@@ -787,7 +792,7 @@ def bar_html(snap: JobSnapshot, state: str) -> str:
             f"at the provider, of {snap.counts['total']:,} rows"
         )
     else:
-        words = f"<b>{_percent(snap.fraction)}</b> &middot; {done:,}/{snap.counts['total']:,} rows"
+        words = f"<b>{_percent(snap.fraction)}</b> &middot; {done:,}/{_rows(snap.counts['total'])}"
     return (
         f'<div class="nbbatch-bar" role="progressbar" aria-valuemin="0" aria-valuemax="100"'
         f' aria-valuenow="{int(snap.progress * 100)}" data-state="{state}" data-done="{done}"'
@@ -846,7 +851,7 @@ def static_html(snap: JobSnapshot) -> str:
         f' max-width: 100%; box-sizing: border-box;">'
         f'<div style="{_FONT}"><b>nbbatch job {_esc(snap.job_id)}</b>'
         f' <span style="{_MUTED}">&middot; {_esc(snap.provider)} &middot;'
-        f" {_esc(snap.models_text)} &middot; {snap.n_rows:,} rows</span></div>"
+        f" {_esc(snap.models_text)} &middot; {_rows(snap.n_rows)}</span></div>"
         f"{bar_html(snap, state)}{JobPanel._counts_html(snap)}{where}"
         f"{_stages_html(snap)}{JobPanel._error_html(snap)}</div>"
     )

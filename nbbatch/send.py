@@ -50,11 +50,18 @@ class Progress:
     cancelled: bool = False  # set by job.cancel(): send no further chunk
 
     def text(self) -> str:
-        """E.g. ``uploading 7/20 batches (140 MB)``."""
-        return (
-            f"uploading {self.created}/{self.expected} batches "
-            f"({self.bytes_sent / 1e6:,.0f} MB sent)"
-        )
+        """E.g. ``uploading 7/20 batches (140 MB sent)``; ``building the batches`` before
+        the first is encoded (how many there will be is not known yet)."""
+        if not self.expected:
+            return "building the batches"
+        noun = "batch" if self.expected == 1 else "batches"
+        sent = f" ({_size(self.bytes_sent)} sent)" if self.bytes_sent else ""
+        return f"uploading {self.created}/{self.expected} {noun}{sent}"
+
+
+def _size(n: int) -> str:
+    """Bytes for people: 140 MB, 12 KB."""
+    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3)):,} KB"
 
 
 def send_rows(
