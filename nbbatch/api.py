@@ -20,6 +20,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from . import engines as _engines
 from . import estimate as _estimate_mod
 from . import frames, pricing, rowstore
 from . import health as _health
@@ -147,9 +148,11 @@ def submit(
     _health.deadline_at(deadline, 0.0)  # a wrong deadline is refused before anything else
     models, when, when_fn = _cascade(model, escalate_when)
     model = models[0]
-    source = _stream.Source.of(data) if frames.streamed(data) else None
+    engine = _engines.kind_of(data)  # a Dask or Spark frame: planned on its workers
+    source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
+    head = _engines.head(data) if engine else data if source is None else source.head()
     frame, is_series, template, impl, spec, local = _prepare(
-        data if source is None else source.head(), prompt, model=model, output=output,
+        head, prompt, model=model, output=output,
         provider=provider, client=client, system=system, max_tokens=max_tokens,
         temperature=temperature, response_format=response_format, endpoint=endpoint,
         cache_system=cache_system, params=params,
@@ -160,7 +163,9 @@ def submit(
     ledger = _default_ledger()
     # A cascade is another job than the same rows on its first model alone.
     identity = (output, prompt if len(models) == 1 else f"{prompt}\x00{models}\x00{when}")
-    if source is None:
+    if engine:
+        rows = _distributed(data, prompt, id_column, missing, salt, impl.name, spec, identity)
+    elif source is None:
         rows = _in_memory(frame, template, id_column, missing, salt, identity)
     else:
         rows = _streamed(source, template, id_column, missing, salt, identity, ledger.files)
@@ -209,6 +214,7 @@ def submit(
             deadline=_health.deadline_at(deadline, record["created"]),
         )
         ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
+        rows.recorded(ledger.folder(record["id"]))
         job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
         job._escalate_when = when_fn
         due = job._record.get("deadline")
@@ -286,6 +292,7 @@ class _Rows:
     manifest: Callable[[], pa.Table | Path]  # the manifest, or its finished file
     discard: Callable[[], None] = lambda: None  # drop what was written for a job not made
     source: dict[str, Any] | None = None  # where the rows came from (files), if recorded
+    recorded: Callable[[Path], None] = lambda folder: None  # the job's folder, once recorded
 
 
 def _in_memory(
@@ -338,6 +345,32 @@ def _streamed(
         source, template, folder, id_column=id_column, missing=missing, salt=salt,
         fingerprint_of=[salt, *identity],
     )  # fmt: skip
+    return _file_rows(planned, folder, source.describe())
+
+
+def _distributed(
+    data: Any,
+    prompt: str,
+    id_column: str | None,
+    missing: str,
+    salt: str,
+    provider: str,
+    spec: RequestSpec,
+    identity: tuple[str, str],
+) -> _Rows:
+    """Plan a Dask or Spark frame on its workers (:mod:`nbbatch.engines`), which also
+    encode the request lines that sending then uploads."""
+    folder = _default_ledger().files
+    done = _engines.plan(
+        data, prompt, id_column=id_column, missing=missing, salt=salt, provider=provider,
+        spec=spec, folder=folder, fingerprint_of=[salt, *identity],
+    )  # fmt: skip
+    rows = _file_rows(done.plan, folder, done.source)
+    return dataclasses.replace(rows, discard=done.discard, recorded=done.move_requests)
+
+
+def _file_rows(planned: _stream.StreamPlan, folder: Path, source: dict[str, Any]) -> _Rows:
+    """The rows of a plan written to a file (see :func:`_streamed`)."""
 
     def manifest() -> Path:
         target = folder / f".manifest-{planned.path.stem}.arrow"
@@ -354,7 +387,7 @@ def _streamed(
         prompts=lambda keep: _stream.sent_prompts(planned, keep),
         manifest=manifest,
         discard=planned.discard,
-        source=source.describe(),
+        source=source,
     )
 
 

@@ -881,6 +881,10 @@ class BatchJob:
                     job_id=self.id,
                 )
             df = self._data
+        from . import engines
+
+        if engines.kind_of(df):  # Dask or Spark: merged lazily, partition by partition
+            return engines.merge(self, df, verify=verify)
         return _merge.merge_job(self, df, verify=verify)
 
     def to_parquet(
@@ -905,6 +909,10 @@ class BatchJob:
         from . import stream as _stream
 
         data = data if data is not None else self._data
+        from . import engines
+
+        if engines.kind_of(data):  # a folder of files, written by the workers
+            return engines.to_parquet(self, data, path, columns=columns, verify=verify)
         source = None
         if data is not None and frames.streamed(data):
             source = _stream.Source.of(data)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from . import engines
 from . import plan as _plan
 from ._errors import BatchFailedError, NbbatchError, ProviderError
 from .ledger import alive
@@ -87,10 +88,15 @@ def send_rows(
     # Part names tell chunks apart at the provider (resolve_intent looks them up):
     # an escalation stage's own, so its attempt numbers never meet stage 0's.
     prefix = f"{attempt}" if stage == 0 else f"s{stage}.{attempt}"
+    # A frame planned on a cluster's workers (Dask, Spark) comes with its request lines
+    # encoded there: they are taken as they are, not encoded again here.
+    built = engines.prebuilt(job, spec, stage)
     for start in range(0, len(positions), limit):
         block = positions[start : start + limit]
-        ids = state.manifest_column("custom_id", block)
-        jsonl = provider.encode(ids, state.manifest_column("prompt", block), spec)
+        jsonl = built.lines(block) if built is not None else None
+        if jsonl is None:
+            ids = state.manifest_column("custom_id", block)
+            jsonl = provider.encode(ids, state.manifest_column("prompt", block), spec)
         ends = np.flatnonzero(np.frombuffer(jsonl, dtype=np.uint8) == 0x0A) + 1
         if len(ends) != len(block):
             raise NbbatchError("internal error: one request line per row was not produced")

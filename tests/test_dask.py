@@ -1,0 +1,152 @@
+"""Dask DataFrames: planned and encoded on the cluster's workers, merged back lazily,
+partition by partition, through the real SDK over HTTP to the emulator."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import nbbatch as nb
+from nbbatch import emulator
+from nbbatch.providers.openai import OpenAIProvider
+
+from .conftest import model_for, openai_client
+
+dd = pytest.importorskip(
+    "dask.dataframe", reason="dask is not installed (pip install nbbatch[dask])"
+)
+distributed = pytest.importorskip(
+    "distributed", reason="dask.distributed is not installed (pip install nbbatch[dask])"
+)
+
+PROMPT = "Classify: {text}"
+
+pytestmark = pytest.mark.filterwarnings(
+    # the cluster's own shutdown and port choices are not ours to fix
+    "ignore::DeprecationWarning",
+    "ignore::ResourceWarning",
+    "ignore:Port .* is already in use:UserWarning",
+)
+
+
+def expected(texts) -> list[str]:
+    return [emulator.echo_text(PROMPT.format(text=t)) for t in texts]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[distributed.Client]:
+    """Two worker processes, so what runs on the workers is visibly not the driver."""
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as c:
+        with distributed.Client(c) as client:
+            yield client
+
+
+def frame(n: int, parts: int) -> tuple[pd.DataFrame, dd.DataFrame]:
+    texts = [f"review {i} " + "x" * (i % 7) for i in range(n)]
+    texts[5] = texts[3]  # a duplicate request, sent once
+    df = pd.DataFrame({"text": texts, "stars": np.arange(n) % 5})
+    return df, dd.from_pandas(df, npartitions=parts)
+
+
+def test_dask_frame_is_planned_on_the_workers_and_merged_back_lazily(
+    cluster, emu, monkeypatch, nbbatch_home
+):
+    df, ddf = frame(300, 4)
+    client = openai_client(emu)
+
+    # The driver encodes no row's request beyond the one that checks the parameters
+    # before anything is planned: the workers' lines are uploaded as they are.
+    encoded: list[int] = []
+    real = OpenAIProvider.encode
+
+    def counted(self, ids, prompts, spec):
+        encoded.append(len(ids))
+        return real(self, ids, prompts, spec)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(OpenAIProvider, "encode", counted)
+        job = nb.submit(ddf, PROMPT, model=model_for(client), client=client, output="label")
+        job.wait(timeout=60, progress=False)
+    assert encoded == [1]
+
+    counts = job.counts
+    assert counts["succeeded"] == 300 and counts["deduplicated"] == 1
+
+    source = job._ledger.source(job.id)
+    assert source["kind"] == "dask"
+    assert source["partitions"] == [len(p) for p in np.array_split(np.arange(300), 4)]
+    # Planned in the worker processes, not in this one.
+    pids = {int(w.split(":")[1]) for w in source["workers"]}
+    assert os.getpid() not in pids and pids
+
+    out = job.merge(ddf)
+    assert isinstance(out, dd.DataFrame)
+    assert out.npartitions == ddf.npartitions
+    got = out.compute()
+    assert list(got.columns) == ["text", "stars", "label", "label_status", "label_error"]
+    pd.testing.assert_frame_equal(got[["text", "stars"]], ddf.compute())
+    assert got["label"].tolist() == expected(df["text"])
+    assert (got["label_status"] == "succeeded").all()
+
+    # Custom ids: the global position, unique and stable across partitions.
+    results = job.results()
+    assert results.index.tolist() == [str(i) for i in range(300)]
+
+    # A second session: attach and merge partition-wise again.
+    again = nb.attach(job.id).merge(ddf).compute()
+    assert again["label"].tolist() == got["label"].tolist()
+
+
+def test_same_dask_submit_twice_pays_once_and_id_column_names_rows(cluster, emu, capsys):
+    df, ddf = frame(60, 3)
+    df["rid"] = [f"r{i}" for i in range(60)]
+    ddf = dd.from_pandas(df, npartitions=3)
+    client = openai_client(emu)
+    kwargs = dict(model=model_for(client), client=client, id_column="rid")
+    job = nb.submit(ddf, PROMPT, **kwargs).wait(timeout=60, progress=False)
+    assert job.results().index.tolist() == df["rid"].tolist()
+    same = nb.submit(ddf, PROMPT, **kwargs)
+    assert same.id == job.id  # attached, not sent again
+    assert "attaching to it instead of paying again" in capsys.readouterr().err
+    out = job.merge(ddf).compute()
+    assert out["response"].tolist() == expected(df["text"])
+
+
+def test_dask_merge_refuses_changed_rows(cluster, emu):
+    df, ddf = frame(40, 2)
+    client = openai_client(emu)
+    job = nb.submit(ddf, PROMPT, model=model_for(client), client=client)
+    job.wait(timeout=60, progress=False)
+    edited = df.copy()
+    edited.loc[30, "text"] = "something else"
+    bad = job.merge(dd.from_pandas(edited, npartitions=2))
+    with pytest.raises(nb.MergeError, match="do not hold the data"):
+        bad.compute()
+    with pytest.raises(nb.MergeError, match="partitions"):
+        job.merge(dd.from_pandas(df, npartitions=3))
+
+
+def test_dask_duplicate_ids_across_partitions_are_refused(cluster, emu):
+    df = pd.DataFrame({"text": ["a", "b", "c", "d"], "rid": ["x", "y", "x", "z"]})
+    ddf = dd.from_pandas(df, npartitions=2)
+    client = openai_client(emu)
+    with pytest.raises(nb.InputError, match="duplicated values across the partitions"):
+        nb.submit(ddf, PROMPT, model=model_for(client), client=client, id_column="rid")
+    assert nb.jobs().empty
+
+
+def test_dask_to_parquet_writes_a_folder_from_the_workers(cluster, emu, tmp_path):
+    df, ddf = frame(50, 2)
+    client = openai_client(emu)
+    job = nb.submit(ddf, PROMPT, model=model_for(client), client=client)
+    job.wait(timeout=60, progress=False)
+    target = job.to_parquet(tmp_path / "out", columns=["text"])
+    back = pd.read_parquet(target)
+    assert back["response"].tolist() == expected(df["text"])
+    assert list(back.columns) == ["text", "response", "response_status", "response_error"]
