@@ -693,6 +693,17 @@ def _plain_strings_table(table: pa.Table) -> pa.Table:
     return table.cast(_plain_strings(table.schema))
 
 
+def failed(job: BatchJob, data: Any) -> Any:
+    """The merged rows of ``data`` that did not succeed (failed, expired or cancelled),
+    as a lazy frame of the same kind (see :meth:`BatchJob.failed`)."""
+    out = merge(job, data)
+    column = f"{job.output}_status"
+    bad = ["failed", "expired", "cancelled"]
+    if kind_of(data) == DASK:
+        return out[out[column].isin(bad)]
+    return out.filter(out[column].isin(bad))
+
+
 def to_parquet(
     job: BatchJob, data: Any, path: str | os.PathLike[str], *, columns: list[str] | None,
     verify: bool,

@@ -957,8 +957,10 @@ class BatchJob:
     def failed(self) -> pd.DataFrame:
         """The merged rows that did not succeed (failed, expired or cancelled); while the
         job runs, a warning says these are only the failures so far."""
-        from . import frames
+        from . import engines, frames
 
+        if engines.kind_of(self._data):  # Dask or Spark: filtered lazily, on the workers
+            return engines.failed(self, self._data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", JobRunningWarning)  # warned once, below
             if self._data is None:

@@ -150,3 +150,35 @@ def test_dask_to_parquet_writes_a_folder_from_the_workers(cluster, emu, tmp_path
     back = pd.read_parquet(target)
     assert back["response"].tolist() == expected(df["text"])
     assert list(back.columns) == ["text", "response", "response_status", "response_error"]
+
+
+def test_dask_retries_send_the_workers_lines_again_and_failed_stays_lazy(cluster, monkeypatch):
+    df, _ = frame(90, 3)
+    df.loc[[4, 40, 80], "text"] = [f"{emulator.TRANSIENT_MARKER} once {i}" for i in (4, 40, 80)]
+    df.loc[[10, 70], "text"] = [f"{emulator.FAIL_MARKER} never {i}" for i in (10, 70)]
+    ddf = dd.from_pandas(df, npartitions=3)
+    encoded: list[int] = []
+    real = OpenAIProvider.encode
+
+    def counted(self, ids, prompts, spec):
+        encoded.append(len(ids))
+        return real(self, ids, prompts, spec)
+
+    # An emulator of its own: the transient marker fails a custom_id's first attempt.
+    with emulator.start(processing_seconds=0.05) as server, monkeypatch.context() as patch:
+        patch.setattr(OpenAIProvider, "encode", counted)
+        client = openai_client(server)
+        job = nb.submit(ddf, PROMPT, model=model_for(client), client=client)
+        job.wait(timeout=60, progress=False)
+        assert encoded == [1]  # the retry of 3 rows took the workers' lines too
+        assert job.counts["succeeded"] == 88 and job.counts["failed"] == 2
+        assert len(job.batch_ids) == 2  # the first pass, and the retry
+
+        bad = job.failed()
+        assert isinstance(bad, dd.DataFrame)
+        got = bad.compute()
+        assert got.index.tolist() == [10, 70]
+        assert (got["response_status"] == "failed").all()
+        out = job.merge(ddf).compute()
+        good = out["response_status"] == "succeeded"
+        assert out.loc[good, "response"].tolist() == expected(df.loc[good, "text"])
