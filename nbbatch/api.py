@@ -91,7 +91,10 @@ def submit(
     and planned the same way; ``job.merge`` gives back the same kind; rows of the
     non-pandas kinds are named by position or by ``id_column``). Parquet files and
     Arrow datasets are read a record batch at a time, never whole, so they may be larger
-    than memory; ``job.to_parquet`` writes their results back the same way.
+    than memory; ``job.to_parquet`` writes their results back the same way. A Dask or
+    PySpark DataFrame is planned partition by partition on its cluster's workers, which
+    also build the request lines; ``job.merge`` gives back a lazy frame of that kind,
+    merged partition by partition (see :mod:`nbbatch.engines`).
     ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
     (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
     ``provider`` is ``"openai"``, ``"anthropic"``, ``"gemini"`` or ``"local"`` (the
@@ -357,10 +360,12 @@ def _distributed(
     provider: str,
     spec: RequestSpec,
     identity: tuple[str, str],
+    folder: Path | None = None,
 ) -> _Rows:
     """Plan a Dask or Spark frame on its workers (:mod:`nbbatch.engines`), which also
-    encode the request lines that sending then uploads."""
-    folder = _default_ledger().files
+    encode the request lines that sending then uploads; the plan file goes to
+    ``folder`` (by default beside the ledger)."""
+    folder = folder or _default_ledger().files
     done = _engines.plan(
         data, prompt, id_column=id_column, missing=missing, salt=salt, provider=provider,
         spec=spec, folder=folder, fingerprint_of=[salt, *identity],
@@ -769,8 +774,10 @@ def preview(
     """
     models, _, _ = _cascade(model, escalate_when)
     model = models[0]
-    source = _stream.Source.of(data) if frames.streamed(data) else None
-    frame, _, template = _parse(data if source is None else source.head(), prompt)
+    engine = _engines.kind_of(data)
+    source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
+    head = _engines.head(data) if engine else data if source is None else source.head()
+    frame, _, template = _parse(head, prompt)
     name, local = _providers.infer(provider, client, model)
     endpoint = endpoint or _providers.default_endpoint(name)
     spec = RequestSpec(
@@ -786,7 +793,11 @@ def preview(
     salt = _plan.spec_hash(spec.as_dict(), name, address or "")
     ledger = _default_ledger() if address is not None and ledger_path().exists() else None
     with tempfile.TemporaryDirectory(prefix="nbbatch-preview-") as folder:
-        if source is None:
+        if engine:
+            rows = _distributed(
+                data, prompt, id_column, missing, salt, name, spec, ("", ""), Path(folder)
+            )
+        elif source is None:
             rows = _in_memory(frame, template, id_column, missing, salt, ("", ""))
         else:
             rows = _streamed(source, template, id_column, missing, salt, ("", ""), Path(folder))
@@ -795,6 +806,7 @@ def preview(
             est, rows, spec, models[1:], expected_output_tokens=expected_output_tokens
         )
         ids, prompts = rows.head(n)
+        rows.discard()
     if address is None:
         est = dataclasses.replace(
             est,

@@ -182,3 +182,42 @@ def test_dask_retries_send_the_workers_lines_again_and_failed_stays_lazy(cluster
         out = job.merge(ddf).compute()
         good = out["response_status"] == "succeeded"
         assert out.loc[good, "response"].tolist() == expected(df.loc[good, "text"])
+
+
+def test_dask_preview_plans_on_the_workers_and_records_nothing(cluster):
+    df, ddf = frame(120, 3)
+    shown = nb.preview(ddf, PROMPT, model="gpt-4o-mini", n=3)
+    assert shown["custom_id"].tolist() == ["0", "1", "2"]
+    assert shown["prompt"].tolist() == [PROMPT.format(text=t) for t in df["text"][:3]]
+    assert shown.estimate.rows == 119  # the duplicate is sent once
+    assert nb.jobs().empty
+
+
+def test_a_dask_job_recorded_but_not_sent_is_sent_by_a_new_session_from_the_ledger(
+    cluster, emu, monkeypatch, nbbatch_home
+):
+    """A kernel that dies after submit recorded the job, before anything was sent: the
+    next session finds the workers' request lines through the ledger alone."""
+    df, ddf = frame(80, 4)
+    client = openai_client(emu)
+    encoded: list[int] = []
+    real = OpenAIProvider.encode
+
+    def counted(self, ids, prompts, spec):
+        encoded.append(len(ids))
+        return real(self, ids, prompts, spec)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(OpenAIProvider, "encode", counted)
+        patch.setattr(nb.BatchJob, "start_sending", lambda self, **kw: None)  # "dies" here
+        job_id = nb.submit(ddf, PROMPT, model=model_for(client), client=client).id
+        assert nb.attach(job_id, client=client).batch_ids == []
+        assert not list(nbbatch_home.rglob(".staging-*"))  # nothing left to clean up
+        assert len(list(nbbatch_home.rglob("requests-*.arrow"))) == 4
+
+        resumed = nb.attach(job_id, client=client)  # no data, no memory of the submit
+        resumed.wait(timeout=60, progress=False)
+    assert encoded == [1]  # the check at submit; the new session encoded nothing
+    assert resumed.counts["succeeded"] == 80
+    out = resumed.merge(ddf).compute()
+    assert out["response"].tolist() == expected(df["text"])

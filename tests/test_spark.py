@@ -118,9 +118,7 @@ def test_spark_frame_is_planned_on_the_executors_and_merged_back(spark, emu, mon
     assert job.results().index.tolist() == [str(i) for i in range(400)]
 
 
-def test_spark_merge_refuses_changed_rows_and_to_parquet_writes_a_folder(
-    spark, emu, tmp_path
-):
+def test_spark_merge_refuses_changed_rows_and_to_parquet_writes_a_folder(spark, emu, tmp_path):
     df, sdf = frame(spark, 60, 2)
     sdf = sdf.cache()
     client = openai_client(emu)
