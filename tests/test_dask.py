@@ -221,3 +221,17 @@ def test_a_dask_job_recorded_but_not_sent_is_sent_by_a_new_session_from_the_ledg
     assert resumed.counts["succeeded"] == 80
     out = resumed.merge(ddf).compute()
     assert out["response"].tolist() == expected(df["text"])
+
+
+def test_rows_answered_by_an_earlier_pandas_job_are_reused_not_paid_again(cluster, emu):
+    df, ddf = frame(45, 3)
+    client = openai_client(emu)
+    kwargs = dict(model=model_for(client), client=client)
+    first = nb.submit(df.iloc[:30], PROMPT, **kwargs).wait(timeout=60, progress=False)
+    job = nb.submit(ddf, PROMPT, **kwargs).wait(timeout=60, progress=False)
+    assert job.id != first.id
+    # The 30 rows answered before take those answers: only the other 15 are sent.
+    assert job.counts["reused"] == 30
+    assert sum(b["n_requests"] for b in job._ledger.batches(job.id)) == 15
+    out = job.merge(ddf).compute()
+    assert out["response"].tolist() == expected(df["text"])
