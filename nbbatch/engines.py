@@ -100,8 +100,7 @@ def head(data: Any, n: int = 5) -> pd.DataFrame:
     if kind_of(data) == DASK:
         # npartitions=-1: a first partition may be empty (after a filter).
         return data.head(n, npartitions=-1, compute=True).reset_index(drop=True)
-    table = data.limit(n).toArrow()
-    return frames.from_arrow(table)
+    return frames.from_arrow(data.limit(n).toArrow())
 
 
 def staging_root(default: Path) -> Path:
@@ -163,7 +162,9 @@ def count_rows(frame: pd.DataFrame, id_column: str | None) -> tuple[int, bool]:
     return len(frame), bool(valid)
 
 
-def plan_partition(work: Work, part: int, offset: int, parts: Iterable[pd.DataFrame]) -> dict:
+def plan_partition(
+    work: Work, part: int, offset: int, parts: Iterable[pd.DataFrame]
+) -> dict[str, Any]:
     """Plan and encode one partition (its rows in ``parts``, in order, starting at
     position ``offset`` of the whole frame) into two files in ``work.folder``: its
     manifest rows and its request lines (null for a row not sent). Returns what the
@@ -366,11 +367,11 @@ def _assemble(
                         offset = stop
                     piece.unlink()
         if keys is not None:
-            unique, first, seen = np.unique(keys, return_index=True, return_counts=True)
+            unique, seen = np.unique(keys, return_counts=True)
             if len(unique) < n:
                 raise InputError(
                     f"id_column {id_column!r} has duplicated values across the partitions "
-                    f"({int((seen > 1).sum()):,} values occur more than once); ids must be "
+                    f"(e.g. {_label_of(path, keys, unique[seen > 1][0])!r}); ids must be "
                     "unique over the whole frame. Leave id_column unset to name rows by "
                     "their position."
                 )
@@ -385,6 +386,18 @@ def _assemble(
         first_skip=next((s["first_skip"] for s in summaries if s["first_skip"]), None),
         fingerprint=digest.hexdigest(),
     )
+
+
+def _label_of(path: Path, keys: np.ndarray, key: np.uint64) -> str:
+    """The label of the first row with ``key`` in the plan file at ``path`` (for an
+    error message: read only when there is one)."""
+    position = int(np.flatnonzero(keys == key)[0])
+    offset = 0
+    for batch in rowstore.read_batches(path, ["label"]):
+        if position < offset + batch.num_rows:
+            return str(batch.column("label")[position - offset].as_py())
+        offset += batch.num_rows
+    return "?"
 
 
 class _Dask:
@@ -477,7 +490,9 @@ class Prebuilt:
         self._columns: dict[int, pa.Array] = {}
 
     @classmethod
-    def of(cls, job_folder: Path, source: dict[str, Any] | None, provider: str, spec: RequestSpec):
+    def of(
+        cls, job_folder: Path, source: dict[str, Any] | None, provider: str, spec: RequestSpec
+    ) -> Prebuilt | None:
         """The job's prebuilt lines when they are for these request parameters (the
         job's own, not an escalation stage's or after overrides), else None."""
         if not source or source.get("kind") not in (DASK, SPARK) or "requests" not in source:
@@ -652,7 +667,10 @@ def merge_partition(work: MergeWork, part: int, frame: pd.DataFrame) -> pa.Table
 
 
 def _dask_merge(frame: pd.DataFrame, work: MergeWork, partition_info: Any = None) -> pd.DataFrame:
-    part = 0 if partition_info is None else int(partition_info["number"])
+    if partition_info is None:
+        # Without its number a partition cannot be found in the results: never guess.
+        raise MergeError("internal error: Dask did not say which partition this is.")
+    part = int(partition_info["number"])
     added = frames.from_arrow(merge_partition(work, part, frame))
     out = frame.copy(deep=False)
     for name in work.added:
