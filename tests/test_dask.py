@@ -14,7 +14,7 @@ import nbbatch as nb
 from nbbatch import emulator
 from nbbatch.providers.openai import OpenAIProvider
 
-from .conftest import model_for, openai_client
+from .conftest import client_for, model_for, openai_client
 
 dd = pytest.importorskip(
     "dask.dataframe", reason="dask is not installed (pip install nbbatch[dask])"
@@ -233,5 +233,30 @@ def test_rows_answered_by_an_earlier_pandas_job_are_reused_not_paid_again(cluste
     # The 30 rows answered before take those answers: only the other 15 are sent.
     assert job.counts["reused"] == 30
     assert sum(b["n_requests"] for b in job._ledger.batches(job.id)) == 15
+    out = job.merge(ddf).compute()
+    assert out["response"].tolist() == expected(df["text"])
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini"])
+def test_dask_workers_encode_for_every_provider(cluster, emu, provider):
+    df, ddf = frame(70, 3)
+    client = client_for(provider, emu)
+    job = nb.submit(ddf, PROMPT, model=model_for(client), client=client, max_tokens=2000)
+    job.wait(timeout=60, progress=False)
+    assert job.counts["succeeded"] == 70
+    assert (nb.attach(job.id, client=client).merge(ddf).compute()["response"]).tolist() == (
+        expected(df["text"])
+    )
+
+
+def test_a_packed_dask_job_maps_every_answer_to_its_own_row(cluster, emu):
+    """Packs are built by the driver from the workers' manifest (several rows to one
+    request), and every row still gets its own answer."""
+    df, ddf = frame(64, 4)
+    client = openai_client(emu)
+    job = nb.submit(ddf, PROMPT, model=model_for(client), client=client, pack=10)
+    job.wait(timeout=60, progress=False)
+    assert job.counts["succeeded"] == 64
+    assert sum(b["n_requests"] for b in job._ledger.batches(job.id)) == 63  # rows, packed
     out = job.merge(ddf).compute()
     assert out["response"].tolist() == expected(df["text"])

@@ -24,7 +24,9 @@ and a function cannot cross into it; test against answers of your own with ``sta
 
 ``provider="local"`` runs on :func:`background`, one detached emulator process per
 ledger home that keeps its batches on disk, so jobs survive a kernel restart;
-:func:`stop_background` stops it.
+:func:`stop_background` stops it. It answers only requests carrying its home's key
+(``Background.token``, kept owner-only in the home), so other users of the machine
+cannot reach it.
 """
 
 from typing import TYPE_CHECKING, Any

@@ -41,8 +41,12 @@ class Emulator:
         clock: Callable[[], float] | None,
         state_dir: Path | None = None,
         responder: Responder | None = None,
+        token: str | None = None,
     ) -> None:
         self._http_faults = HttpFaults()
+        # With a token, every request must present it (see _server.Front).
+        self._token = token
+        self._host = host
         # A long-lived emulator (one with a state_dir) keeps only the latest requests.
         self._log: deque[tuple[str, str]] = deque(maxlen=None if state_dir is None else 10_000)
         self._lock = threading.Lock()
@@ -195,6 +199,7 @@ def start(
     clock: Callable[[], float] | None = None,
     state_dir: str | Path | None = None,
     responder: Responder | None = None,
+    token: str | None = None,
 ) -> Emulator:
     """Start an emulator on ``host``:``port`` (0 picks a free port) and return it.
 
@@ -250,7 +255,13 @@ def start(
     )
     folder = None if state_dir is None else Path(state_dir)
     return Emulator(
-        host=host, port=port, knobs=knobs, clock=clock, state_dir=folder, responder=responder
+        host=host,
+        port=port,
+        knobs=knobs,
+        clock=clock,
+        state_dir=folder,
+        responder=responder,
+        token=token,
     )
 
 

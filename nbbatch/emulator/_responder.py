@@ -41,6 +41,7 @@ from typing import Any
 
 import orjson
 
+from . import _packed
 from ._faults import Fate, int_hash
 
 ECHO_PREFIX = "[nbbatch emulator] echo: "
@@ -165,7 +166,14 @@ def respond(
     it raises :class:`ResponderError` when it fails.
     """
     value: Any = None
-    if responder is not None and request is not None and fate != Fate.INVALID_OUTPUT:
+    packed = None  # several rows in one request: each answered as if sent alone
+    if schema is not None and fate != Fate.INVALID_OUTPUT:
+        packed = _packed.answer(
+            prompt, schema, lambda p, s: _packed.respond_item(p, s, responder, request)
+        )
+    if packed is not None:
+        value, text = packed, orjson.dumps(packed).decode()
+    elif responder is not None and request is not None and fate != Fate.INVALID_OUTPUT:
         try:
             answer = responder(request)
         except Exception as exc:
