@@ -260,3 +260,19 @@ def test_a_packed_dask_job_maps_every_answer_to_its_own_row(cluster, emu):
     assert sum(b["n_requests"] for b in job._ledger.batches(job.id)) == 63  # rows, packed
     out = job.merge(ddf).compute()
     assert out["response"].tolist() == expected(df["text"])
+
+
+def test_nbbatch_collect_writes_a_dask_jobs_results_without_its_frame(
+    cluster, emu, tmp_path, monkeypatch
+):
+    from nbbatch import cli
+
+    df, ddf = frame(30, 3)
+    client = openai_client(emu)
+    job = nb.submit(ddf, PROMPT, model=model_for(client), client=client)
+    job.wait(timeout=60, progress=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")  # the command line's own client
+    out = tmp_path / "out.parquet"
+    assert cli.main(["collect", job.id, "--out", str(out)]) == 0
+    back = pd.read_parquet(out)
+    assert back["response"].tolist() == expected(df["text"])
