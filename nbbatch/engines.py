@@ -149,6 +149,14 @@ class Planned:
 # -- on the workers -------------------------------------------------------------------------
 
 
+def _unshared(what: str, path: Path) -> str:
+    return (
+        f"the worker {socket.gethostname()} cannot see the {what} {path}, which the driver "
+        f"wrote: set {STAGING_ENV} to a folder that the driver and every worker share (a "
+        "shared mount)."
+    )
+
+
 def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
 
@@ -175,6 +183,8 @@ def plan_partition(
     template = _prompt.parse(work.template)
     encoder = providers.provider_class(work.provider)(None)
     folder = Path(work.folder)
+    if not folder.is_dir():
+        raise InputError(_unshared("staging folder", folder))
     names = (f"plan-{part:06d}.arrow", f"requests-{part:06d}.arrow")
     tmp = [folder / f".{name}.{secrets.token_hex(4)}.tmp" for name in names]
     n = 0
@@ -627,6 +637,8 @@ def merge_partition(work: MergeWork, part: int, frame: pd.DataFrame) -> pa.Table
     from . import merge as _merge
 
     lo, hi = work.offsets[part], work.offsets[part + 1]
+    if not Path(work.results).exists():
+        raise MergeError(_unshared("results file", Path(work.results)), job_id=work.job_id)
     if len(frame) != hi - lo:
         raise MergeError(
             f"partition {part} has {len(frame):,} rows but had {hi - lo:,} when job "

@@ -3,6 +3,7 @@ partition by partition, through the real SDK over HTTP to the emulator."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 
@@ -276,3 +277,40 @@ def test_nbbatch_collect_writes_a_dask_jobs_results_without_its_frame(
     assert cli.main(["collect", job.id, "--out", str(out)]) == 0
     back = pd.read_parquet(out)
     assert back["response"].tolist() == expected(df["text"])
+
+
+def test_workers_that_cannot_see_the_staging_folder_are_told_how_to_share_it(
+    cluster, emu, monkeypatch, tmp_path
+):
+    """Workers on other machines do not see the driver's disk: simulated by moving the
+    staging folder away from them, the error names the setting that fixes it."""
+    from nbbatch import engines
+
+    real = engines.Work
+
+    def elsewhere(*args):
+        work = real(*args)
+        return dataclasses.replace(work, folder=str(tmp_path / "not-on-this-worker"))
+
+    monkeypatch.setattr(engines, "Work", elsewhere)
+    df, ddf = frame(20, 2)
+    client = openai_client(emu)
+    with pytest.raises(nb.InputError, match="NBBATCH_STAGING"):
+        nb.submit(ddf, PROMPT, model=model_for(client), client=client)
+    assert nb.jobs().empty
+
+
+def test_nbbatch_staging_names_the_folder_workers_and_driver_share(
+    cluster, emu, monkeypatch, tmp_path
+):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    monkeypatch.setenv("NBBATCH_STAGING", str(shared))
+    df, ddf = frame(24, 2)
+    client = openai_client(emu)
+    job = nb.submit(ddf, PROMPT, model=model_for(client), client=client)
+    job.wait(timeout=60, progress=False)
+    assert not list(shared.glob(".staging-*"))  # moved into the job's folder once recorded
+    out = job.merge(ddf)
+    assert [p.name.startswith(f"results-{job.id}") for p in shared.iterdir()] == [True]
+    assert out.compute()["response"].tolist() == expected(df["text"])
