@@ -889,7 +889,9 @@ class BatchJob:
         frame, a sort and re-index, an edited column) raises :class:`MergeError` rather
         than put answers on the wrong rows; ``verify=False`` skips that check, for a
         column changed on purpose. While the job runs, a warning says that pending rows
-        are not finished yet.
+        are not finished yet. A Dask or Spark frame comes back as a lazy frame of its
+        kind, its partitions as submitted, each finding its rows by position and checked
+        when it is computed (see :mod:`nbbatch.engines`).
         """
         if df is None:
             if self._data is None:
@@ -920,7 +922,9 @@ class BatchJob:
         those files again (read where they were). Data from files or an Arrow dataset is
         written record batch by record batch, never held whole, so a table larger than
         memory can be written. Every row is checked as :meth:`merge` checks it (pass
-        ``verify=False`` to skip that). Written to a temporary name, then renamed."""
+        ``verify=False`` to skip that). Written to a temporary name, then renamed. For
+        a Dask or Spark frame, ``path`` is a folder of Parquet files written by the
+        workers, partition by partition."""
         import pyarrow.parquet as pq
 
         from . import frames
