@@ -289,6 +289,7 @@ def plan(
     used = list(
         dict.fromkeys([*_prompt.parse(template).columns, *([id_column] if id_column else [])])
     )
+    _sweep(staging_root(folder))
     staging = staging_root(folder) / f".staging-{secrets.token_hex(6)}"
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
     planned = None
@@ -320,6 +321,24 @@ def plan(
             planned.discard()
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+#: A staging folder older than this was left by a process that died while planning.
+STALE_SECONDS = 24 * 3600
+
+
+def _sweep(root: Path) -> None:
+    """Remove staging folders left behind by submits that died while planning."""
+    import time
+
+    if not root.is_dir():
+        return
+    for old in root.glob(".staging-*"):
+        try:
+            if time.time() - old.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue  # another process removed it meanwhile
 
 
 def _assemble(

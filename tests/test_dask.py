@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -314,3 +315,18 @@ def test_nbbatch_staging_names_the_folder_workers_and_driver_share(
     out = job.merge(ddf)
     assert [p.name.startswith(f"results-{job.id}") for p in shared.iterdir()] == [True]
     assert out.compute()["response"].tolist() == expected(df["text"])
+
+
+def test_staging_left_by_a_submit_that_died_is_swept_by_the_next(cluster, emu, nbbatch_home):
+    client = openai_client(emu)
+    df, ddf = frame(12, 2)
+    nb.submit(ddf, PROMPT, model=model_for(client), client=client).wait(timeout=60)
+    files = next(p.parent for p in nbbatch_home.rglob("requests"))
+    root = files.parent  # where staging folders are made, beside the ledger's job folders
+    old, recent = root / ".staging-dead", root / ".staging-busy"
+    for folder in (old, recent):
+        folder.mkdir()
+        (folder / "plan-000000.arrow").write_bytes(b"x")
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    nb.submit(ddf, "Again: {text}", model=model_for(client), client=client).wait(timeout=60)
+    assert not old.exists() and recent.exists()  # one still being planned is left alone
