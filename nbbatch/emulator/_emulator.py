@@ -209,8 +209,10 @@ def start(
 
     - ``error_rate``: transient per-row error (OpenAI 500 ``server_error``, Anthropic
       ``api_error`` / ``overloaded_error``);
-    - ``expire_rate``: rows left unexecuted; the OpenAI batch ends ``expired`` (rows in the
-      error file as ``batch_expired``), the Anthropic rows are ``expired``;
+    - ``expire_rate``: rows the batch's window closes on: the batch runs its other rows
+      through ``processing_seconds`` (which stands for its 24 h window), then ends
+      ``expired`` with those done; the rest are in the OpenAI error file as
+      ``batch_expired`` and ``expired`` in Anthropic results;
     - ``missing_rate``: rows executed and counted but with no output line at all;
     - ``invalid_output_rate``: structured replies that violate their schema;
     - ``truncate_rate``: replies cut short (``length`` / ``max_tokens``).

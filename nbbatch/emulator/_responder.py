@@ -43,11 +43,11 @@ import orjson
 
 from . import _packed
 from ._faults import Fate, int_hash
+from ._models import DEFAULT_EMBEDDING_DIMENSIONS
 
 ECHO_PREFIX = "[nbbatch emulator] echo: "
 JSON_MODE_KEY = "reply"  # json_object mode (no schema) answers {"reply": echo_text(...)}
 SNIPPET_CHARS = 40
-DEFAULT_EMBEDDING_DIMENSIONS = 256
 _MAX_DEPTH = 6  # below this depth optional properties and array items are left out
 
 

@@ -189,7 +189,7 @@ class Provider(ABC):
         """Raise :class:`~nbbatch.InputError` when the provider says it has no ``model``.
 
         Asks the provider's models endpoint through the SDK (one round trip, then
-        remembered per address and model in this process). A rejected key (401, 403)
+        remembered per address and model in this process). A rejected key (401)
         or no answer at all raises :class:`~nbbatch.ProviderError` naming where the key
         came from: a job recorded then would never move. When the endpoint is missing
         (some proxies) or answers 429/5xx, the check is skipped and logged at INFO on
@@ -204,7 +204,9 @@ class Provider(ABC):
             # Only the kind of failure: a refusal's text can quote part of the key.
             cause = exc.__cause__
             status = http_status(cause)
-            if status in (401, 403) or (status is None and exc.transient):
+            # Not 403: a restricted key may lack the models scope (api.model.read)
+            # and still be allowed to create batches; that check is skipped below.
+            if status == 401 or (status is None and exc.transient):
                 # A rejected key or no answer at all: a job recorded now would never
                 # move, so say so before anything is recorded.
                 raise self._unusable(model, status) from exc
@@ -255,7 +257,7 @@ class Provider(ABC):
             fix = "give the client a valid api_key (the environment's keys were not used)"
         else:
             fix = "check the key"
-        verb = "rejected" if status == 401 else "refused (HTTP 403)"
+        verb = "rejected"
         return ProviderError(
             f"{self.name} at {self.base_url} {verb} {self.key_source()} while checking model "
             f"{model!r}; nothing was created: {fix}.",
