@@ -120,17 +120,20 @@ def test_spark_frame_is_planned_on_the_executors_and_merged_back(spark, emu, mon
 
 def test_spark_merge_refuses_changed_rows_and_to_parquet_writes_a_folder(spark, emu, tmp_path):
     df, sdf = frame(spark, 60, 2)
-    sdf = sdf.cache()
+    from pyspark.sql import functions as F
+
+    # Cached, so the ids are made once.
+    sdf = sdf.withColumn("rid", F.concat(F.lit("t-"), F.monotonically_increasing_id())).cache()
     client = openai_client(emu)
-    job = nb.submit(sdf, PROMPT, model=model_for(client), client=client)
+    job = nb.submit(sdf, PROMPT, model=model_for(client), client=client, id_column="rid")
     job.wait(timeout=120, progress=False)
+    rids = [r["rid"] for r in sdf.select("rid").collect()]
+    assert sorted(job.results().index) == sorted(rids)  # named by id_column
 
     target = job.to_parquet(tmp_path / "out", columns=["text"])
     back = pd.read_parquet(target)
     assert sorted(back["response"]) == sorted(expected(df["text"]))
     assert back["response"].tolist() == expected(back["text"])
-
-    from pyspark.sql import functions as F
 
     edited = sdf.withColumn("text", F.concat(F.col("text"), F.lit("!")))
     with pytest.raises(Exception, match="do not hold the data"):
