@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import checks as _checks
+from . import engines as _engines
 from . import estimate as _estimate_mod
 from . import frames, pricing, rowstore
 from . import health as _health
@@ -94,7 +95,10 @@ def submit(
     and planned the same way; ``job.merge`` gives back the same kind; rows of the
     non-pandas kinds are named by position or by ``id_column``). Parquet files and
     Arrow datasets are read a record batch at a time, never whole, so they may be larger
-    than memory; ``job.to_parquet`` writes their results back the same way.
+    than memory; ``job.to_parquet`` writes their results back the same way. A Dask or
+    PySpark DataFrame is planned partition by partition on its cluster's workers, which
+    also build the request lines; ``job.merge`` gives back a lazy frame of that kind,
+    merged partition by partition (see :mod:`nbbatch.engines`).
     ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
     (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
     ``provider`` is ``"openai"``, ``"anthropic"``, ``"gemini"`` or ``"local"`` (the
@@ -162,9 +166,11 @@ def submit(
     _health.deadline_at(deadline, 0.0)  # a wrong deadline is refused before anything else
     models, when, when_fn = _cascade(model, escalate_when)
     model = models[0]
-    source = _stream.Source.of(data) if frames.streamed(data) else None
+    engine = _engines.kind_of(data)  # a Dask or Spark frame: planned on its workers
+    source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
+    head = _engines.head(data) if engine else data if source is None else source.head()
     frame, is_series, template, impl, spec, local = _prepare(
-        data if source is None else source.head(), prompt, model=model, output=output,
+        head, prompt, model=model, output=output,
         provider=provider, client=client, system=system, max_tokens=max_tokens,
         temperature=temperature, response_format=response_format, endpoint=endpoint,
         cache_system=cache_system, params=params,
@@ -185,7 +191,9 @@ def submit(
         identity = (output, f"{identity[1]}\x00pack={pack}")
     # Rows beyond the first model's context window are skipped, not paid for and refused.
     limit = _checks.ContextLimit.of(model, system)
-    if source is None:
+    if engine:
+        rows = _distributed(data, prompt, id_column, missing, salt, impl.name, spec, identity)
+    elif source is None:
         rows = _in_memory(frame, template, id_column, missing, salt, identity, limit)
     else:
         rows = _streamed(source, template, id_column, missing, salt, identity, ledger.files, limit)
@@ -246,6 +254,7 @@ def submit(
             deadline=_health.deadline_at(deadline, record["created"]),
         )
         ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
+        rows.recorded(ledger.folder(record["id"]))
         job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
         job._escalate_when = when_fn
         due = job._record.get("deadline")
@@ -324,6 +333,7 @@ class _Rows:
     discard: Callable[[], None] = lambda: None  # drop what was written for a job not made
     source: dict[str, Any] | None = None  # where the rows came from (files), if recorded
     too_long: int = 0  # rows not sent: over the model's context window
+    recorded: Callable[[Path], None] = lambda folder: None  # the job's folder, once recorded
 
 
 def _in_memory(
@@ -379,6 +389,34 @@ def _streamed(
         source, template, folder, id_column=id_column, missing=missing, salt=salt,
         fingerprint_of=[salt, *identity], limit=limit,
     )  # fmt: skip
+    return _file_rows(planned, folder, source.describe())
+
+
+def _distributed(
+    data: Any,
+    prompt: str,
+    id_column: str | None,
+    missing: str,
+    salt: str,
+    provider: str,
+    spec: RequestSpec,
+    identity: tuple[str, str],
+    folder: Path | None = None,
+) -> _Rows:
+    """Plan a Dask or Spark frame on its workers (:mod:`nbbatch.engines`), which also
+    encode the request lines that sending then uploads; the plan file goes to
+    ``folder`` (by default beside the ledger)."""
+    folder = folder or _default_ledger().files
+    done = _engines.plan(
+        data, prompt, id_column=id_column, missing=missing, salt=salt, provider=provider,
+        spec=spec, folder=folder, fingerprint_of=[salt, *identity],
+    )  # fmt: skip
+    rows = _file_rows(done.plan, folder, done.source)
+    return dataclasses.replace(rows, discard=done.discard, recorded=done.move_requests)
+
+
+def _file_rows(planned: _stream.StreamPlan, folder: Path, source: dict[str, Any]) -> _Rows:
+    """The rows of a plan written to a file (see :func:`_streamed`)."""
 
     def manifest() -> Path:
         target = folder / f".manifest-{planned.path.stem}.arrow"
@@ -395,7 +433,7 @@ def _streamed(
         prompts=lambda keep: _stream.sent_prompts(planned, keep),
         manifest=manifest,
         discard=planned.discard,
-        source=source.describe(),
+        source=source,
         too_long=planned.too_long,
     )
 
@@ -919,8 +957,10 @@ def preview(
     )  # fmt: skip
     models, _, _ = _cascade(model, escalate_when)
     model = models[0]
-    source = _stream.Source.of(data) if frames.streamed(data) else None
-    frame, _, template = _parse(data if source is None else source.head(), prompt)
+    engine = _engines.kind_of(data)
+    source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
+    head = _engines.head(data) if engine else data if source is None else source.head()
+    frame, _, template = _parse(head, prompt)
     name, local = _providers.infer(provider, client, model)
     endpoint = endpoint or _providers.default_endpoint(name)
     spec = RequestSpec(
@@ -942,7 +982,11 @@ def preview(
     ledger = _default_ledger() if address is not None and ledger_path().exists() else None
     limit = _checks.ContextLimit.of(model, system)
     with tempfile.TemporaryDirectory(prefix="nbbatch-preview-") as folder:
-        if source is None:
+        if engine:
+            rows = _distributed(
+                data, prompt, id_column, missing, salt, name, spec, ("", ""), Path(folder)
+            )
+        elif source is None:
             rows = _in_memory(frame, template, id_column, missing, salt, ("", ""), limit)
         else:
             rows = _streamed(
@@ -956,6 +1000,7 @@ def preview(
             est, rows, spec, models[1:], expected_output_tokens=expected_output_tokens
         )
         ids, prompts = rows.head(n * (pack or 1))
+        rows.discard()
     if pack:  # the first packed requests, as they will be sent
         prefix, suffix = _pack.split_template(prompt)
         texts = _pack.pack_prompts(prompts.to_pylist(), pack, prefix, suffix)

@@ -349,7 +349,8 @@ def _collect(args: argparse.Namespace) -> int:
         if snap.last_error:
             _say(snap.last_error, job.id)
             code = UNREACHABLE
-    if out.suffix.lower() == ".parquet" and _default_ledger().source(job.id) is not None:
+    source = _default_ledger().source(job.id) or {}
+    if out.suffix.lower() == ".parquet" and source.get("kind") == "parquet":
         # A job planned from Parquet files: their columns and the results, written
         # batch by batch from the files, as large as they are.
         job.to_parquet(out)

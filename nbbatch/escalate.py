@@ -206,12 +206,14 @@ def selection_frame(job: BatchJob) -> pd.DataFrame:
     attached without its data, the result columns alone (by position)."""
     import warnings
 
-    from . import merge
+    from . import engines, merge
     from ._errors import JobRunningWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", JobRunningWarning)
-        if job._data is not None:
+        # A Dask or Spark frame is not brought to the driver: its rows are chosen by
+        # their result columns alone, as for a job attached without its data.
+        if job._data is not None and engines.kind_of(job._data) is None:
             out: pd.DataFrame = merge.merge_job(job, job._data, verify=True, native=False)
             return out
         state = job._ledger.row_state(job.id)

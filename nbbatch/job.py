@@ -891,7 +891,9 @@ class BatchJob:
         frame, a sort and re-index, an edited column) raises :class:`MergeError` rather
         than put answers on the wrong rows; ``verify=False`` skips that check, for a
         column changed on purpose. While the job runs, a warning says that pending rows
-        are not finished yet.
+        are not finished yet. A Dask or Spark frame comes back as a lazy frame of its
+        kind, its partitions as submitted, each finding its rows by position and checked
+        when it is computed (see :mod:`nbbatch.engines`).
         """
         if df is None:
             if self._data is None:
@@ -901,6 +903,10 @@ class BatchJob:
                     job_id=self.id,
                 )
             df = self._data
+        from . import engines
+
+        if engines.kind_of(df):  # Dask or Spark: merged lazily, partition by partition
+            return engines.merge(self, df, verify=verify)
         return _merge.merge_job(self, df, verify=verify)
 
     def to_parquet(
@@ -921,13 +927,19 @@ class BatchJob:
         ``verify=False`` to skip that). Written to a temporary name, then renamed.
         ``path`` may be a folder: the file is then ``<job id>.parquet`` in it. Rows from
         a table in memory start with a ``row`` column, their position in the data
-        (0-based), which tells apart rows whose index labels repeat."""
+        (0-based), which tells apart rows whose index labels repeat. For a Dask or Spark
+        frame, ``path`` is a folder of Parquet files written by the workers, partition
+        by partition."""
         import pyarrow.parquet as pq
 
         from . import frames
         from . import stream as _stream
 
         data = data if data is not None else self._data
+        from . import engines
+
+        if engines.kind_of(data):  # a folder of files, written by the workers
+            return engines.to_parquet(self, data, path, columns=columns, verify=verify)
         source = None
         if data is not None and frames.streamed(data):
             source = _stream.Source.of(data)
@@ -970,8 +982,10 @@ class BatchJob:
     def failed(self) -> pd.DataFrame:
         """The merged rows that did not succeed (failed, expired or cancelled); while the
         job runs, a warning says these are only the failures so far."""
-        from . import frames
+        from . import engines, frames
 
+        if engines.kind_of(self._data):  # Dask or Spark: filtered lazily, on the workers
+            return engines.failed(self, self._data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", JobRunningWarning)  # warned once, below
             if self._data is None:

@@ -401,3 +401,36 @@ def parquet_target(path: Path, job_id: str) -> Path:
             "Create it first, or give another path."
         )
     return path
+
+
+def write_results(job: BatchJob, target: Path, *, rows_per_group: int) -> pa.Schema:
+    """Write every row's result columns (those ``merge`` adds), by position, to the
+    Parquet file ``target``, with ``position``, ``key`` and ``request_hash`` beside them,
+    in row groups of ``rows_per_group`` rows, so that a partition of a distributed frame
+    reads only its own slice (see :mod:`nbbatch.engines`). Returns the file's schema."""
+    import pyarrow.parquet as pq
+
+    state = job._ledger.row_state(job.id)
+    added = job.output_columns()
+    schema = _result_schema(job, state, added)
+    full = pa.schema(
+        [("position", pa.int64()), ("key", pa.uint64()), ("request_hash", pa.uint64()), *schema]
+    )
+    keys = state.manifest.column("key")
+    hashes = state.manifest.column("request_hash")
+    with pq.ParquetWriter(target, full) as writer:
+        for start in range(0, state.n, rows_per_group):
+            take = np.arange(start, min(state.n, start + rows_per_group))
+            out = merged(
+                pd.DataFrame(index=pd.RangeIndex(len(take))), state, take, job.output,
+                job.spec.response_format, embeddings=is_embeddings(job.endpoint),
+            )  # fmt: skip
+            out = with_models(job, out, take)
+            results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
+            at = pa.array(take)
+            table = pa.table(
+                [at, keys.take(at), hashes.take(at), *(results.column(n) for n in added)],
+                schema=full,
+            )
+            writer.write_table(table, row_group_size=rows_per_group)
+    return full

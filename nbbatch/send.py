@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from . import engines
 from . import pack as _pack
 from . import plan as _plan
 from ._errors import BatchFailedError, NbbatchError, ProviderError
@@ -96,9 +97,15 @@ def send_rows(
     # Part names tell chunks apart at the provider (resolve_intent looks them up):
     # an escalation stage's own, so its attempt numbers never meet stage 0's.
     prefix = f"{attempt}" if stage == 0 else f"s{stage}.{attempt}"
+    # A frame planned on a cluster's workers (Dask, Spark) comes with its request lines
+    # encoded there, one per row: they are taken as they are, not encoded again here.
+    built = engines.prebuilt(job, spec, stage) if size == 1 else None
     for start in range(0, len(positions), limit * size):
         block = positions[start : start + limit * size]
-        if size > 1:
+        jsonl = built.lines(block) if built is not None else None
+        if jsonl is not None:
+            ids = block  # one line per row
+        elif size > 1:
             jsonl, ids = _pack.encode(job, block, spec, size)
         else:
             ids = state.manifest_column("custom_id", block)
