@@ -13,13 +13,15 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
 
+from . import checks as _checks
+from . import engines as _engines
 from . import estimate as _estimate_mod
 from . import frames, pricing, rowstore
 from . import health as _health
@@ -94,7 +96,10 @@ def submit(
     and planned the same way; ``job.merge`` gives back the same kind; rows of the
     non-pandas kinds are named by position or by ``id_column``). Parquet files and
     Arrow datasets are read a record batch at a time, never whole, so they may be larger
-    than memory; ``job.to_parquet`` writes their results back the same way.
+    than memory; ``job.to_parquet`` writes their results back the same way. A Dask or
+    PySpark DataFrame is planned partition by partition on its cluster's workers, which
+    also build the request lines; ``job.merge`` gives back a lazy frame of that kind,
+    merged partition by partition (see :mod:`nbbatch.engines`).
     ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
     (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
     ``provider`` is ``"openai"``, ``"anthropic"``, ``"gemini"`` or ``"local"`` (the
@@ -151,11 +156,20 @@ def submit(
     batch id are written to the ledger as soon as they exist.
     """
     # input: the arguments, the data and the provider, checked
-    _check_policy(retries, fallback, deadline)
+    _checks.arguments(
+        prompt=prompt, output=output, system=system, max_tokens=max_tokens,
+        id_column=id_column, endpoint=endpoint, provider=provider, missing=missing,
+        cache_system=cache_system, max_cost=max_cost, retries=retries,
+        alert_threshold=alert_threshold, reuse=reuse, force=force, wait=wait,
+        progress=progress, display=display,
+    )  # fmt: skip
+    _check_policy(fallback, deadline)
     models, when, when_fn = _cascade(model, escalate_when)
-    source = _stream.Source.of(data) if frames.streamed(data) else None
+    engine = _engines.kind_of(data)  # a Dask or Spark frame: planned on its workers
+    source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
+    head = _engines.head(data) if engine else data if source is None else source.head()
     frame, is_series, template, impl, spec, local = _prepare(
-        data if source is None else source.head(), prompt, model=models[0], output=output,
+        head, prompt, model=models[0], output=output,
         provider=provider, client=client, system=system, max_tokens=max_tokens,
         temperature=temperature, response_format=response_format, endpoint=endpoint,
         cache_system=cache_system, params=params,
@@ -167,10 +181,14 @@ def submit(
     # The local emulator's address can change between its runs; its jobs are one place.
     salt = _salt(spec, impl.name, "local" if local else impl.base_url, pack)
     identity = _identity(output, prompt, models, when, pack)
-    if source is None:
-        rows = _in_memory(frame, template, id_column, missing, salt, identity)
+    # Rows beyond the first model's context window are skipped, not paid for and refused.
+    limit = _checks.ContextLimit.of(models[0], system)
+    if engine:
+        rows = _distributed(data, prompt, id_column, missing, salt, impl.name, spec, identity)
+    elif source is None:
+        rows = _in_memory(frame, template, id_column, missing, salt, identity, limit)
     else:
-        rows = _streamed(source, template, id_column, missing, salt, identity, ledger.files)
+        rows = _streamed(source, template, id_column, missing, salt, identity, ledger.files, limit)
     # checks: what the provider would refuse, and the budget, before anything is sent
     _check_before_sending(
         rows, impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
@@ -181,7 +199,7 @@ def submit(
     if existing is not None:
         job = _same_job(existing, rows, impl, ledger, data, polling, when_fn)
     else:
-        policy = _policy(retries, fallback, alert_threshold, missing, models, when, pack)
+        policy = _policy(retries, fallback, alert_threshold, missing, models, when, pack, limit)
         record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
         record.update(
             policy=policy, salt=salt, backend="local" if local else None,
@@ -192,10 +210,9 @@ def submit(
     return _start(job, wait=wait, progress=progress, display=display)
 
 
-def _check_policy(retries: Any, fallback: Any, deadline: Any) -> None:
-    """The failure policy's arguments, refused before anything else is looked at."""
-    if not isinstance(retries, int) or retries < 0:
-        raise InputError(f"retries must be a whole number >= 0, found {retries!r}.")
+def _check_policy(fallback: Any, deadline: Any) -> None:
+    """The failure policy's arguments :func:`nbbatch.checks.arguments` leaves, refused
+    before anything else is looked at."""
     if fallback not in (None, "realtime"):
         raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
     _health.deadline_at(deadline, 0.0)  # a wrong deadline is refused now
@@ -288,14 +305,18 @@ def _policy(
     models: list[str],
     when: str | None,
     pack: int | None,
+    limit: _checks.ContextLimit | None,
 ) -> dict[str, Any]:
-    """The job's failure policy as the ledger keeps it (with its cascade and packing)."""
+    """The job's failure policy as the ledger keeps it (with its cascade, packing and
+    context window)."""
     policy: dict[str, Any] = {
         "retries": retries,
         "fallback": fallback,
         "alert_threshold": alert_threshold,
         "missing": missing,  # merge re-renders rows the same way to check them
     }
+    if limit is not None:  # and skips the same rows as too long
+        policy["context"] = limit.as_dict()
     if len(models) > 1:
         policy["cascade"] = {"models": models, "when": when}
     if pack:
@@ -318,6 +339,7 @@ def _record_job(
     take their results when ``reuse``), and log its start."""
     record.update(fingerprint=rows.fingerprint, hash_scheme=_plan.HASH_SCHEME)
     ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
+    rows.recorded(ledger.folder(record["id"]))
     job = BatchJob(
         ledger.job(record["id"]) or record,
         impl,
@@ -407,6 +429,8 @@ class _Rows:
     manifest: Callable[[], pa.Table | Path]  # the manifest, or its finished file
     discard: Callable[[], None] = lambda: None  # drop what was written for a job not made
     source: dict[str, Any] | None = None  # where the rows came from (files), if recorded
+    too_long: int = 0  # rows not sent: over the model's context window
+    recorded: Callable[[Path], None] = lambda folder: None  # the job's folder, once recorded
 
 
 def _in_memory(
@@ -416,15 +440,17 @@ def _in_memory(
     missing: str,
     salt: str,
     identity: tuple[str, str],
+    limit: _checks.ContextLimit | None = None,
 ) -> _Rows:
     """Plan a table held in memory."""
-    rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
+    rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing, limit=limit)
     hashes = _plan.request_hashes(rows, salt)
     return _Rows(
         n_rows=rows.n_rows,
         hashes=hashes,
         send_positions=rows.send_positions,
         first_skip=rows.skip_reasons[0] if rows.skip_reasons else None,
+        too_long=rows.too_long,
         head=lambda n: (
             rows.custom_ids.take(pa.array(rows.send_positions[:n], pa.int64())),
             rows.prompts.slice(0, n),
@@ -452,13 +478,42 @@ def _streamed(
     salt: str,
     identity: tuple[str, str],
     folder: Path,
+    limit: _checks.ContextLimit | None = None,
 ) -> _Rows:
     """Plan a table read in record batches (Parquet files, an Arrow dataset) into a
     manifest file in ``folder`` (beside the ledger), never holding the whole table."""
     planned = _stream.plan_to_file(
         source, template, folder, id_column=id_column, missing=missing, salt=salt,
-        fingerprint_of=[salt, *identity],
+        fingerprint_of=[salt, *identity], limit=limit,
     )  # fmt: skip
+    return _file_rows(planned, folder, source.describe())
+
+
+def _distributed(
+    data: Any,
+    prompt: str,
+    id_column: str | None,
+    missing: str,
+    salt: str,
+    provider: str,
+    spec: RequestSpec,
+    identity: tuple[str, str],
+    folder: Path | None = None,
+) -> _Rows:
+    """Plan a Dask or Spark frame on its workers (:mod:`nbbatch.engines`), which also
+    encode the request lines that sending then uploads; the plan file goes to
+    ``folder`` (by default beside the ledger)."""
+    folder = folder or _default_ledger().files
+    done = _engines.plan(
+        data, prompt, id_column=id_column, missing=missing, salt=salt, provider=provider,
+        spec=spec, folder=folder, fingerprint_of=[salt, *identity],
+    )  # fmt: skip
+    rows = _file_rows(done.plan, folder, done.source)
+    return dataclasses.replace(rows, discard=done.discard, recorded=done.move_requests)
+
+
+def _file_rows(planned: _stream.StreamPlan, folder: Path, source: dict[str, Any]) -> _Rows:
+    """The rows of a plan written to a file (see :func:`_streamed`)."""
 
     def manifest() -> Path:
         target = folder / f".manifest-{planned.path.stem}.arrow"
@@ -475,7 +530,8 @@ def _streamed(
         prompts=lambda keep: _stream.sent_prompts(planned, keep),
         manifest=manifest,
         discard=planned.discard,
-        source=source.describe(),
+        source=source,
+        too_long=planned.too_long,
     )
 
 
@@ -493,10 +549,16 @@ def _parse(
 ) -> tuple[pd.DataFrame, bool, _prompt.Template]:
     """The data as a frame, whether it was a Series, and the checked template."""
     frame, is_series = _plan.as_frame(frames.to_pandas(data))
-    template = _prompt.parse(prompt)
+    template = _prompt.parse(prompt, frame.columns)
     _prompt.check_columns(
         template, [c for c in frame.columns if isinstance(c, str)], series=is_series
     )
+    if not template.columns:
+        raise InputError(
+            f"the prompt {_prompt.shown(prompt)} names no column, so every row would send the "
+            "same request. Put the row's value in it with a placeholder, e.g. "
+            "'Classify: {review}' (a Series' values are {}); write literal braces as {{ }}."
+        )
     return frame, is_series, template
 
 
@@ -592,7 +654,8 @@ def _estimate(
         parts.append(f"{reused:,} requests already answered in earlier jobs are reused")
     skipped = rows.n_rows - len(rows.send_positions)
     if skipped:
-        parts.append(f"{skipped:,} rows are skipped")
+        over = f" ({rows.too_long:,} over {spec.model}'s context window)" if rows.too_long else ""
+        parts.append(f"{skipped:,} {'row is' if skipped == 1 else 'rows are'} skipped{over}")
     note = ""
     if parts:
         note = f"from {rows.n_rows:,} rows: " + "; ".join(parts)
@@ -774,9 +837,9 @@ def attach(
     record = ledger.job(job_id)
     if record is None:
         raise JobNotFoundError(
-            f"No job {job_id!r} in the ledger at {ledger.path}. List the jobs there with "
-            "`nbbatch jobs` (or nb.jobs()); set NBBATCH_HOME if the job was submitted with "
-            "another ledger."
+            f"No job {job_id!r} in the ledger ({ledger.path}): `nbbatch jobs` (or nb.jobs()) "
+            "lists the jobs it holds; set NBBATCH_HOME if the job was submitted with another "
+            "ledger."
         )
     name = record["provider"]
     background = record.get("backend") == "local"
@@ -820,48 +883,102 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
     cascade that could not choose the rows of its next stage."""
     import time
 
-    from . import escalate as _escalate
-    from .snapshot import models_text as _models_text
-
     ledger = ledger or _default_ledger()
     records = ledger.jobs()
     now = time.time()
     table = []
     for r in records:
-        c = r["summary"].get("counts", {})
-        paid = r["summary"].get("usage", {}).get("batch", (0, 0, 0, 0))
-        pending = c.get("pending", 0)
-        ended = r["status"] if r["status"] in ("cancelled", "failed") else "completed"
-        staged = "stages" in r["summary"] or "cascade" in orjson.loads(r.get("policy") or "{}")
-        stages = ledger.stages(r["id"]) if staged else []
-        status = "running" if pending else ended
-        table.append(
-            {
-                "id": r["id"],
-                "created": pd.Timestamp(r["created"], unit="s", tz="UTC"),
-                "provider": r["provider"],
-                # A job that escalates: each stage's model in order (gpt-4o-mini -> gpt-4o).
-                "model": _models_text(_escalate.job_models(r, stages)) if staged else r["model"],
-                "rows": r["n_rows"],
-                "status": status,
-                **{
-                    s: c.get(s, 0)
-                    for s in ("succeeded", "failed", "expired", "cancelled", "skipped")
-                },
-                "pending": pending,
-                "cost": _paid(r["model"], tuple(paid[:3]))
-                if "stages" not in r["summary"]
-                else _paid_stages(ledger, r),
-                "deadline": pd.Timestamp(r["deadline"], unit="s", tz="UTC")
-                if r.get("deadline") is not None
-                else pd.NaT,
-                "overdue": _health.overdue_text(r.get("deadline"), pending, now) is not None,
-            }
-        )
+        try:
+            table.append(_listed(ledger, r, now))
+        except Exception as exc:  # one broken record must not hide the others
+            table.append(_unreadable(r, exc))
     columns = ["id", "created", "provider", "model", "rows", "status", "succeeded", "failed",
                "expired", "cancelled", "skipped", "pending", "cost", "deadline",
                "overdue"]  # fmt: skip
     return pd.DataFrame(table, columns=columns)
+
+
+#: The status ``nb.jobs()``, ``nbbatch jobs`` and the sidebar give a job whose ledger
+#: record cannot be read (a damaged file, or a value an older version let through).
+UNREADABLE = "unreadable"
+
+
+def unreadable_text(job_id: str, exc: BaseException) -> str:
+    """Why a job cannot be handled, and what to do, for the CLI and the sidebar."""
+    return (
+        f"the ledger's record of job {job_id} cannot be read ({type(exc).__name__}: {exc}); "
+        f"the other jobs are not affected. Remove it with `nbbatch forget {job_id} --force`."
+    )
+
+
+def _unreadable(record: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """A listing row for a job whose record is broken: what can be read of it."""
+    log.warning("nbbatch: %s", unreadable_text(str(record.get("id")), exc))
+    created = record.get("created")
+    return {
+        "id": record.get("id"),
+        "created": pd.Timestamp(created, unit="s", tz="UTC")
+        if isinstance(created, int | float)
+        else pd.NaT,
+        "provider": _shown_provider(record) if isinstance(record.get("provider"), str) else None,
+        "model": record.get("model"),
+        "rows": record.get("n_rows") if isinstance(record.get("n_rows"), int) else 0,
+        "status": UNREADABLE,
+        **dict.fromkeys(("succeeded", "failed", "expired", "cancelled", "skipped", "pending"), 0),
+        "cost": float("nan"),
+        "deadline": pd.NaT,
+        "overdue": False,
+    }
+
+
+def _listed(ledger: Ledger, r: dict[str, Any], now: float) -> dict[str, Any]:
+    """One job's row of :func:`jobs`."""
+    c = r["summary"].get("counts", {})
+    paid = r["summary"].get("usage", {}).get("batch", (0, 0, 0, 0))
+    pending = c.get("pending", 0)
+    ended = r["status"] if r["status"] in ("cancelled", "failed") else "completed"
+    status = "running" if pending else ended
+    from . import escalate as _escalate
+    from .snapshot import models_text as _models_text
+
+    staged = "stages" in r["summary"] or "cascade" in orjson.loads(r.get("policy") or "{}")
+    stages = ledger.stages(r["id"]) if staged else []
+    return {
+        "id": r["id"],
+        "created": pd.Timestamp(r["created"], unit="s", tz="UTC"),
+        "provider": _shown_provider(r),
+        # A job that escalates: each stage's model in order (gpt-4o-mini -> gpt-4o).
+        "model": _models_text(_escalate.job_models(r, stages)) if staged else r["model"],
+        "rows": r["n_rows"],
+        "status": status,
+        **{s: c.get(s, 0) for s in ("succeeded", "failed", "expired", "cancelled", "skipped")},
+        "pending": pending,
+        "cost": _paid(r["model"], tuple(paid[:3]))
+        if "stages" not in r["summary"]
+        else _paid_stages(ledger, r),
+        "deadline": pd.Timestamp(r["deadline"], unit="s", tz="UTC")
+        if r.get("deadline") is not None
+        else pd.NaT,
+        "overdue": _health.overdue_text(r.get("deadline"), pending, now) is not None,
+    }
+
+
+def _shown_provider(record: dict[str, Any]) -> str:
+    """The provider as people should read it: ``local`` for a job run on nbbatch's
+    emulator (its wire format is still the named provider's), so emulator runs are never
+    taken for real spending."""
+    return "local" if record.get("backend") == "local" else str(record["provider"])
+
+
+def estimated_cost(ledger: Ledger, job_id: str) -> float | None:
+    """A running job's batch cost as its panel shows it: what its finished rows paid plus
+    an estimate for the rows still pending. Reads the ledger only (no provider call);
+    None when the price or the job is unknown."""
+    record = ledger.job(job_id)
+    if record is None:
+        return None
+    # No client: the snapshot reads the ledger alone.
+    return BatchJob(record, cast("Provider", None), ledger).snapshot().cost.batch
 
 
 def _paid_stages(ledger: Ledger, record: dict[str, Any]) -> float:
@@ -891,6 +1008,7 @@ def preview(
     max_tokens: int | None = None,
     temperature: float | None = None,
     expected_output_tokens: int | None = None,
+    response_format: Any = None,
     escalate_when: Any = None,
     id_column: str | None = None,
     endpoint: str | None = None,
@@ -924,11 +1042,21 @@ def preview(
 
     With ``pack=N`` (as ``submit`` takes it) the rows shown are the first packed
     requests, and the estimate counts requests of N rows, beside the cost unpacked.
+
+    ``response_format`` is taken as ``submit`` takes it (a pydantic model or a JSON
+    schema), so that answers reusable from a structured job are recognised.
     """
+    _checks.arguments(
+        prompt=prompt, n=n, system=system, max_tokens=max_tokens, id_column=id_column,
+        endpoint=endpoint, provider=provider, missing=missing, cache_system=cache_system,
+        expected_output_tokens=expected_output_tokens,
+    )  # fmt: skip
     models, _, _ = _cascade(model, escalate_when)
     model = models[0]
-    source = _stream.Source.of(data) if frames.streamed(data) else None
-    frame, _, template = _parse(data if source is None else source.head(), prompt)
+    engine = _engines.kind_of(data)
+    source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
+    head = _engines.head(data) if engine else data if source is None else source.head()
+    frame, _, template = _parse(head, prompt)
     name, local = _providers.infer(provider, client, model)
     endpoint = endpoint or _providers.default_endpoint(name)
     spec = RequestSpec(
@@ -937,6 +1065,10 @@ def preview(
         system=system,
         max_tokens=max_tokens,
         temperature=temperature,
+        # As submit records it (a JSON schema), so reuse is recognised the same way.
+        response_format=None
+        if response_format is None
+        else _structured.response_format(response_format),
         cache_system=cache_system,
         params=params,
     )
@@ -944,11 +1076,18 @@ def preview(
     address = _address(name, client, local)
     salt = _salt(spec, name, address or "", pack)
     ledger = _default_ledger() if address is not None and ledger_path().exists() else None
+    limit = _checks.ContextLimit.of(model, system)
     with tempfile.TemporaryDirectory(prefix="nbbatch-preview-") as folder:
-        if source is None:
-            rows = _in_memory(frame, template, id_column, missing, salt, ("", ""))
+        if engine:
+            rows = _distributed(
+                data, prompt, id_column, missing, salt, name, spec, ("", ""), Path(folder)
+            )
+        elif source is None:
+            rows = _in_memory(frame, template, id_column, missing, salt, ("", ""), limit)
         else:
-            rows = _streamed(source, template, id_column, missing, salt, ("", ""), Path(folder))
+            rows = _streamed(
+                source, template, id_column, missing, salt, ("", ""), Path(folder), limit
+            )
         est = _estimate(
             rows, spec, ledger, expected_output_tokens=expected_output_tokens, pack=pack,
             template=prompt,
@@ -957,6 +1096,7 @@ def preview(
             est, rows, spec, models[1:], expected_output_tokens=expected_output_tokens
         )
         ids, prompts = rows.head(n * (pack or 1))
+        rows.discard()
     if pack:  # the first packed requests, as they will be sent
         prefix, suffix = _pack.split_template(prompt)
         texts = _pack.pack_prompts(prompts.to_pylist(), pack, prefix, suffix)
@@ -1035,13 +1175,19 @@ def try_now(
     from . import realtime
     from .collect import realtime_checked
 
+    _checks.arguments(
+        prompt=prompt, output=output, system=system, max_tokens=max_tokens,
+        endpoint=endpoint, provider=provider, missing=missing,
+    )  # fmt: skip
     frame, is_series, template, impl, spec, _ = _prepare(
         data, prompt, model=model, output=output, provider=provider, client=client,
         system=system, max_tokens=max_tokens, temperature=temperature,
         response_format=response_format, endpoint=endpoint, cache_system=False,
         params=params,
     )  # fmt: skip
-    rows = _plan.make_plan(frame, template, missing=missing)
+    rows = _plan.make_plan(
+        frame, template, missing=missing, limit=_checks.ContextLimit.of(model, system)
+    )
     ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
     table = realtime.run(
         impl, ids, rows.prompts, spec, concurrency=concurrency, with_truncated=True

@@ -21,7 +21,9 @@ from ._errors import InputError, NbbatchError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .health import Problem
     from .job import BatchJob
+    from .ledger import Ledger
 
 #: Exit codes, as ``nbbatch --help`` lists them.
 OK, ERROR, USAGE, RUNNING, UNREACHABLE, ATTENTION = 0, 1, 2, 3, 4, 5
@@ -53,6 +55,7 @@ def _jobs(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from . import api
+    from .ledger import default as _default_ledger
     from .pricing import money
 
     pd.set_option("display.width", 200)
@@ -64,7 +67,19 @@ def _jobs(args: argparse.Namespace) -> int:
     table = table.rename(columns={"created": "created (UTC)"})
     for column in ("rows", "succeeded", "failed", "expired", "cancelled", "skipped", "pending"):
         table[column] = table[column].map("{:,}".format)
-    table["cost"] = table["cost"].map(lambda c: "unknown" if pd.isna(c) else money(c))
+    ledger = _default_ledger()
+    estimates = {}
+    for job_id in table.loc[table["status"] == "running", "id"]:
+        try:  # the money a running job will cost, not the $0.00 it has paid so far
+            estimates[job_id] = api.estimated_cost(ledger, job_id)
+        except Exception:  # noqa: BLE001 - a job that cannot be estimated shows what it paid
+            continue
+    table["cost"] = [
+        f"~{money(e)} (est.)"
+        if (e := estimates.get(i)) is not None
+        else ("unknown" if pd.isna(c) else money(c))
+        for i, c in zip(table["id"], table["cost"], strict=True)
+    ]
     if table["deadline"].isna().all():
         table = table.drop(columns=["deadline", "overdue"])  # nobody set one: say nothing
     else:
@@ -83,7 +98,7 @@ def _status(args: argparse.Namespace) -> int:
     snap = job.refresh()
     if snap.last_error:
         # Polling retries these quietly in a notebook; a command must say so and fail.
-        print(f"nbbatch: {snap.last_error}", file=sys.stderr)
+        _say(snap.last_error, job.id)
         return UNREACHABLE
     print(snap.summary())
     for b in snap.batches:
@@ -95,7 +110,7 @@ def _status(args: argparse.Namespace) -> int:
     if snap.failure:
         print(f"  error: {snap.failure}")
     for w in snap.warnings:
-        print(f"  note: {w}")
+        print(f"  note: {_for_shell(w, job.id)}")
     return OK
 
 
@@ -144,8 +159,10 @@ def _check_out(out: Path) -> None:
 
 def results_table(job: BatchJob) -> pd.DataFrame:
     """What ``collect`` writes, one line per input row in input order: the row's id (the
-    job's ``id_column``, else ``id`` for the index label), then the columns ``merge``
-    adds (see :meth:`BatchJob.output_columns`)."""
+    job's ``id_column``, else ``id`` for the index label), ``row``, its position in the
+    submitted data (0-based: index labels may repeat, positions do not), then the
+    columns ``merge`` adds (see :meth:`BatchJob.output_columns`)."""
+    import numpy as np
     import pandas as pd
 
     from . import merge as _merge
@@ -155,6 +172,8 @@ def results_table(job: BatchJob) -> pd.DataFrame:
     record = _default_ledger().job(job.id) or {}
     id_name = record.get("id_column") or "id"
     out = pd.DataFrame({id_name: _ids(rows["label"])})
+    if _merge.ROW_COLUMN != id_name:
+        out[_merge.ROW_COLUMN] = np.arange(len(out), dtype=np.int64)
     columns = _merge.result_columns(
         job.output,
         job.spec.response_format,
@@ -218,17 +237,24 @@ def _collect_finished(args: argparse.Namespace) -> int:
     for record in ledger.jobs():
         if record.get("collected_at") is not None:
             continue
-        job, problem = _refreshed(record["id"])
-        if job is None or not job.snapshot().finished:
-            if problem:  # said, not fatal: the next run tries again
-                print(f"nbbatch: {record['id']} not collected: {problem}", file=sys.stderr)
+        try:
+            job, problem = _refreshed(record["id"])
+            if job is None or not job.snapshot().finished:
+                if problem:  # said, not fatal: the next run tries again
+                    _say(f"{record['id']} not collected: {problem}", record["id"])
+                continue
+            out = folder / f"{job.id}{suffix}"
+            frame = results_table(job)
+            write_results(frame, out)
+        except OSError:
+            raise  # the folder cannot be written: no job can be, stop here
+        except Exception as exc:  # one broken job must not stop the others' collection
+            print(f"nbbatch: {record['id']} not collected: {_unreadable(record, exc)}",
+                  file=sys.stderr)  # fmt: skip
             continue
-        out = folder / f"{job.id}{suffix}"
-        frame = results_table(job)
-        write_results(frame, out)
         ledger.set_job_time(job.id, "collected_at", time.time())
         written += 1
-        print(f"{len(frame):,} rows written to {out}: {job.snapshot().summary()}")
+        print(f"{len(frame):,} {_rows(len(frame))} written to {out}: {job.snapshot().summary()}")
     if not written:
         print("no finished jobs left to collect")
     return OK
@@ -236,8 +262,6 @@ def _collect_finished(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """One line per job that needs attention; exit 5 if any does."""
-    import time
-
     from . import health
     from .ledger import default as _default_ledger
 
@@ -245,21 +269,46 @@ def _check(args: argparse.Namespace) -> int:
     found: list[health.Problem] = []
     for record in ledger.jobs():
         job_id = record["id"]
-        if not args.no_poll and record["summary"].get("counts", {}).get("pending"):
-            _, problem = _refreshed(job_id)
-            if problem:
-                found.append(health.Problem(job_id, "unreachable", problem))
-        record = ledger.job(job_id) or record
-        counts = ledger.counts(job_id)
-        missing = 0
-        if not counts.get("pending") and counts.get("failed"):
-            missing = health.missing_results(ledger.row_state(job_id))
-        found += health.problems(
-            record, counts, ledger.batches(job_id), missing=missing, now=time.time()
-        )
+        try:
+            found += _job_problems(ledger, record, poll=not args.no_poll)
+        except Exception as exc:  # one broken job must not hide the others' problems
+            found.append(health.Problem(job_id, "unreadable", _unreadable(record, exc)))
     for p in found:
-        print(p.line())
+        print(_for_shell(p.line(), p.job_id))
     return ATTENTION if found else OK
+
+
+def _job_problems(ledger: Ledger, record: dict[str, Any], *, poll: bool) -> list[Problem]:
+    """What needs attention in one job, polled first if it has rows pending and
+    ``poll``."""
+    import time
+
+    from . import health
+
+    job_id = record["id"]
+    found = []
+    if poll and record["summary"].get("counts", {}).get("pending"):
+        _, problem = _refreshed(job_id)
+        if problem:
+            found.append(health.Problem(job_id, "unreachable", problem))
+    record = ledger.job(job_id) or record
+    counts = ledger.counts(job_id)
+    missing = 0
+    if not counts.get("pending") and counts.get("failed"):
+        missing = health.missing_results(ledger.row_state(job_id))
+    return found + health.problems(
+        record, counts, ledger.batches(job_id), missing=missing, now=time.time()
+    )
+
+
+def _unreadable(record: dict[str, Any], exc: BaseException) -> str:
+    from .api import unreadable_text
+
+    return unreadable_text(str(record.get("id")), exc)
+
+
+def _rows(n: int) -> str:
+    return "row" if n == 1 else "rows"
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -298,9 +347,10 @@ def _collect(args: argparse.Namespace) -> int:
     else:
         snap = job.refresh()
         if snap.last_error:
-            print(f"nbbatch: {snap.last_error}", file=sys.stderr)
+            _say(snap.last_error, job.id)
             code = UNREACHABLE
-    if out.suffix.lower() == ".parquet" and _default_ledger().source(job.id) is not None:
+    source = _default_ledger().source(job.id) or {}
+    if out.suffix.lower() == ".parquet" and source.get("kind") == "parquet":
         # A job planned from Parquet files: their columns and the results, written
         # batch by batch from the files, as large as they are.
         job.to_parquet(out)
@@ -314,7 +364,7 @@ def _collect(args: argparse.Namespace) -> int:
             raise InputError(
                 f"cannot write the results as {out.suffix}: {exc}. Try .parquet or .jsonl."
             ) from exc
-    print(f"{rows:,} rows written to {out}: {snap.summary()}")
+    print(f"{rows:,} {_rows(rows)} written to {out}: {snap.summary()}")
     if code == OK and not snap.finished:
         code = RUNNING
     return code
@@ -323,17 +373,70 @@ def _collect(args: argparse.Namespace) -> int:
 def _cancel(args: argparse.Namespace) -> int:
     from . import api
 
-    snap = api.attach(args.job).cancel()
+    job = api.attach(args.job)
+    # Batches that ended at the provider are collected first: a job with nothing left to
+    # run is not "cancelled" (its answers are all in), it is done.
+    before = job.refresh()
+    if before.finished and not before.last_error:
+        print(f"job {job.id} has already finished; nothing to cancel. {before.summary()}")
+        return OK
+    snap = job.cancel()
     print(snap.summary())
+    if not snap.finished:
+        print(
+            f"  the provider ends the open batches shortly; `nbbatch status {job.id}` shows "
+            "when it has (rows already done keep their results)."
+        )
     return OK
 
 
 def _forget(args: argparse.Namespace) -> int:
     from . import api
+    from ._errors import JobNotFoundError
+    from .ledger import default as _default_ledger
 
-    api.attach(args.job).forget(force=args.force)
+    try:
+        api.attach(args.job).forget(force=args.force)
+    except NbbatchError:
+        raise  # main() gives its message, advice put as commands
+    except Exception:
+        # A record too broken to attach to: --force removes it from the ledger as it is.
+        if not args.force:
+            raise
+        if not _default_ledger().forget_job(args.job):
+            raise JobNotFoundError(f"No job {args.job!r} in the ledger.") from None
     print(f"job {args.job} removed from the ledger")
     return OK
+
+
+#: The library's advice in Python, as a shell user does it: the commands that do the same,
+#: else the Python to run (``{job}`` is the job's id). Longest phrases first.
+_SHELL_ADVICE = (
+    ("job.wait() (or nb.attach({q}) in a new session) sends them",
+     "`nbbatch collect {job} --wait` sends them"),
+    ("job.wait() until it is", "`nbbatch collect {job} --wait` until it is"),
+    ("call job.cancel() first (or `nbbatch cancel JOB`)", "run `nbbatch cancel {job}` first"),
+    ("forget(force=True)", "`nbbatch forget {job} --force`"),
+    ("job.cancel()", "`nbbatch cancel {job}`"),
+    ("job.forget()", "`nbbatch forget {job}`"),
+    ("job.resubmit_failed()", "nb.attach({q}).resubmit_failed() in Python"),
+    ("job.failed()", "`nbbatch collect {job}` (or nb.attach({q}).failed() in Python)"),
+    (" (or nb.jobs())", ""),
+)  # fmt: skip
+
+
+def _for_shell(message: str, job_id: str | None) -> str:
+    """``message`` with its Python advice put as the commands that do the same."""
+    job = job_id or "JOB"
+    for python, shell in _SHELL_ADVICE:
+        python = python.format(q=repr(job))
+        message = message.replace(python, shell.format(job=job, q=repr(job)))
+    return message
+
+
+def _say(message: str, job_id: str | None = None) -> None:
+    """Print an error or a warning for a shell user, on stderr."""
+    print(f"nbbatch: {_for_shell(message, job_id)}", file=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -413,7 +516,8 @@ def parser() -> argparse.ArgumentParser:
         description="Poll every running job once, then print one line per job that needs\n"
         "attention: overdue (rows pending after its deadline), failure rate above its\n"
         "alert threshold, incomplete (rows sent that got no result), errored (a batch\n"
-        "failed as a whole), or unreachable. Prints nothing and exits 0 when all is well,\n"
+        "failed as a whole), unreachable, or unreadable (a broken ledger record). Prints\n"
+        "nothing and exits 0 when all is well,\n"
         "so cron mails only trouble; exits 5 when a job needs attention.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -449,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except NbbatchError as exc:
-        print(f"nbbatch: {exc}", file=sys.stderr)
+        _say(str(exc), getattr(args, "job", None) or exc.job_id)
         return ERROR
     except OSError as exc:  # a file that cannot be written: a message, not a traceback
         print(f"nbbatch: {exc}", file=sys.stderr)
@@ -457,6 +561,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nbbatch: interrupted; the job goes on at the provider.", file=sys.stderr)
         return 130
+    except Exception as exc:
+        job_id = getattr(args, "job", None)
+        if not job_id:
+            raise
+        # A job that cannot be handled, most often because its ledger record is damaged
+        # (or was written by a version that let a bad value through): a message with the
+        # way out, not a traceback. Not every such error is the record's, so it is not
+        # called unreadable outright: forgetting a good job would lose its results.
+        print(
+            f"nbbatch: job {job_id} could not be handled ({type(exc).__name__}: {exc}). "
+            f"If its record in the ledger is damaged, `nbbatch forget {job_id} --force` "
+            "removes it; the other jobs are not affected.",
+            file=sys.stderr,
+        )
+        return ERROR
 
 
 if __name__ == "__main__":

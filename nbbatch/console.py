@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from .snapshot import JobSnapshot, format_seconds
+from .snapshot import rows as _rows
 
 if TYPE_CHECKING:
     from .job import BatchJob
@@ -43,7 +44,7 @@ def progress_line(snap: JobSnapshot) -> str:
     states = [
         f"{c[s]:,} {s}" for s in ("succeeded", "failed", "expired", "cancelled", "skipped") if c[s]
     ]
-    rows = f"{snap.done:,}/{c['total']:,} rows collected"
+    rows = f"{snap.done:,}/{_rows(c['total'])} collected"
     parts.append(rows + (f" ({', '.join(states)})" if states else ""))
     if not snap.finished and snap.eta is not None:
         parts.append(f"about {format_seconds(snap.eta)} left")

@@ -27,6 +27,7 @@ def main() -> int:
     import nbbatch as nb
     from nbbatch.console import ConsoleReporter
     from nbbatch.datasets import reviews, sentiment_responder
+    from nbbatch.snapshot import rows
 
     df = reviews(12)
     print(f"{len(df)} synthetic product reviews:\n")
@@ -53,11 +54,14 @@ def main() -> int:
         )
         job.polling = nb.PollPolicy(0.5, 1.0)
         job.subscribe(ConsoleReporter(sys.stdout))  # one line per change, as a script shows it
-        print(f"Submitted job {job.id} as batch(es) {job.batch_ids}\n")
+        job.wait_sent()  # the batches are created in the background: name them once made
+        ids = job.batch_ids
+        print(f"Submitted job {job.id} as {len(ids)} {'batch' if len(ids) == 1 else 'batches'}: "
+              f"{', '.join(ids)}\n")  # fmt: skip
         job.wait(progress=False)
         failed = job.failed()
         pd.set_option("display.width", 200)
-        print(f"\n{len(failed)} rows failed:\n")
+        print(f"\n{rows(len(failed))} failed:\n")
         print(failed[["product", "sentiment_status", "sentiment_error"]].to_string(max_colwidth=70))
         print("\nResubmitting only those rows (the others are not sent or paid for again):\n")
         job.resubmit_failed().wait(progress=False)

@@ -203,12 +203,14 @@ def selection_frame(ctx: JobContext) -> pd.DataFrame:
     attached without its data, the result columns alone (by position)."""
     import warnings
 
-    from . import merge
+    from . import engines, merge
     from ._errors import JobRunningWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", JobRunningWarning)
-        if ctx.data is not None:
+        # A Dask or Spark frame is not brought to the driver: its rows are chosen by
+        # their result columns alone, as for a job attached without its data.
+        if ctx.data is not None and engines.kind_of(ctx.data) is None:
             out: pd.DataFrame = merge.merge_job(ctx, ctx.data, verify=True, native=False)
             return out
         state = ctx.ledger.row_state(ctx.id)

@@ -183,8 +183,8 @@ def from_arrow(table: pa.Table) -> pd.DataFrame:
 
 def like(data: Any, merged: pd.DataFrame, added: list[str]) -> Any:
     """The ``added`` columns of ``merged`` (a pandas frame built from ``data``) joined to
-    ``data`` in ``data``'s own kind: a polars DataFrame for polars, a pyarrow Table for
-    Arrow, pandas for pandas."""
+    ``data`` in ``data``'s own kind: a polars DataFrame for polars (a LazyFrame for a
+    LazyFrame), a pyarrow Table for Arrow, pandas for pandas."""
     kind = kind_of(data)
     if kind in (PANDAS, None):
         return merged
@@ -195,7 +195,9 @@ def like(data: Any, merged: pd.DataFrame, added: list[str]) -> Any:
         base = data.collect() if kind == POLARS_LAZY else data
         added_frame = pl.from_arrow(columns)
         assert isinstance(added_frame, pl.DataFrame)
-        return base.hstack(added_frame.get_columns())
+        out = base.hstack(added_frame.get_columns())
+        # A LazyFrame in, a LazyFrame out: the caller's pipeline stays lazy after merge.
+        return out.lazy() if kind == POLARS_LAZY else out
     table = _arrow_table(data, kind)
     for name in added:
         table = table.append_column(name, columns.column(name))
@@ -207,6 +209,8 @@ def rows(data: Any, merged: pd.DataFrame, added: list[str], mask: Any) -> Any:
     if kind_of(data) in (PANDAS, None):
         return merged[mask]
     whole = like(data, merged, added)
+    if kind_of(data) == POLARS_LAZY:
+        whole = whole.collect()  # the rows picked, shown: a frame, not a plan
     if isinstance(whole, pa.Table):
         return whole.filter(pa.array(mask))
     import polars as pl
@@ -221,4 +225,6 @@ def as_arrow(table: Any) -> pa.Table:
         return table
     if isinstance(table, pd.DataFrame):
         return pa.Table.from_pandas(table)
+    if kind_of(table) == POLARS_LAZY:
+        table = table.collect()
     return table.to_arrow()

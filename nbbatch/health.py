@@ -118,7 +118,7 @@ def missing_results(state: Any) -> int:
 @dataclass(frozen=True)
 class Problem:
     """One reason a job needs attention: ``kind`` is ``overdue``, ``failure_rate``,
-    ``incomplete``, ``errored`` or ``unreachable``."""
+    ``incomplete``, ``errored``, ``unreachable`` or ``unreadable`` (its ledger record is broken)."""
 
     job_id: str
     kind: str

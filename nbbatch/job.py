@@ -31,10 +31,10 @@ import pandas as pd
 
 from . import collect as _collect
 from . import control as _control
+from . import engines, rowstore
 from . import escalate as _escalate
 from . import health as _health
 from . import merge as _merge
-from . import rowstore
 from . import send as _send
 from . import snapshot as _snapshot
 from ._errors import InputError, MergeError, NbbatchError, ProviderError
@@ -582,7 +582,8 @@ class BatchJob:
 
     def merge(self, df: Any = None, *, verify: bool = True) -> Any:
         """``df`` plus ``{output}``, ``{output}_status`` and ``{output}_error`` columns,
-        as the same kind of table it is (pandas, a polars DataFrame, a pyarrow Table).
+        as the same kind of table it is (pandas, a polars DataFrame or LazyFrame, a pyarrow
+        Table).
 
         ``df`` defaults to the data submitted in this session. Its index, columns and order
         are kept; each row gets the result of its own request, found by position when
@@ -592,7 +593,9 @@ class BatchJob:
         frame, a sort and re-index, an edited column) raises :class:`MergeError` rather
         than put answers on the wrong rows; ``verify=False`` skips that check, for a
         column changed on purpose. While the job runs, a warning says that pending rows
-        are not finished yet.
+        are not finished yet. A Dask or Spark frame comes back as a lazy frame of its
+        kind, its partitions as submitted, each finding its rows by position and checked
+        when it is computed (see :mod:`nbbatch.engines`).
         """
         if df is None:
             if self._ctx.data is None:
@@ -602,6 +605,8 @@ class BatchJob:
                     job_id=self.id,
                 )
             df = self._ctx.data
+        if engines.kind_of(df):  # Dask or Spark: merged lazily, partition by partition
+            return engines.merge(self._ctx, df, verify=verify)
         return _merge.merge_job(self._ctx, df, verify=verify)
 
     def to_parquet(
@@ -619,9 +624,18 @@ class BatchJob:
         those files again (read where they were). Data from files or an Arrow dataset is
         written record batch by record batch, never held whole, so a table larger than
         memory can be written. Every row is checked as :meth:`merge` checks it (pass
-        ``verify=False`` to skip that). Written to a temporary name, then renamed."""
+        ``verify=False`` to skip that). Written to a temporary name, then renamed.
+        ``path`` may be a folder: the file is then ``<job id>.parquet`` in it. Rows from
+        a table in memory start with a ``row`` column, their position in the data
+        (0-based), which tells apart rows whose index labels repeat. For a Dask or Spark
+        frame, ``path`` is a folder of Parquet files written by the workers, partition
+        by partition."""
+        data = data if data is not None else self._ctx.data
+        if engines.kind_of(data):  # a folder of files, written by the workers
+            return engines.to_parquet(self._ctx, data, path, columns=columns, verify=verify)
+        target = _merge.parquet_target(Path(path), self.id)
         return _merge.to_parquet(
-            self._ctx, Path(path), data, columns=columns, verify=verify, merge=self.merge
+            self._ctx, target, data, columns=columns, verify=verify, merge=self.merge
         )
 
     def output_columns(self) -> list[str]:
@@ -634,6 +648,8 @@ class BatchJob:
     def failed(self) -> pd.DataFrame:
         """The merged rows that did not succeed (failed, expired or cancelled); while the
         job runs, a warning says these are only the failures so far."""
+        if engines.kind_of(self._ctx.data):  # Dask or Spark: filtered lazily, on the workers
+            return engines.failed(self._ctx, self._ctx.data)
         return _merge.failed_rows(self._ctx)
 
     def resubmit_failed(self, **overrides: Any) -> BatchJob:

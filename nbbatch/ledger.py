@@ -976,7 +976,10 @@ class Ledger:
             names = [d[0] for d in cur.description]
             records = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         for r in records:
-            r["summary"] = orjson.loads(r["summary"] or "{}")
+            try:
+                r["summary"] = orjson.loads(r["summary"] or "{}")
+            except orjson.JSONDecodeError:  # a damaged cache of counts: the listing goes on
+                r["summary"] = {}
         return records
 
     def forget_job(self, job_id: str) -> bool:

@@ -21,7 +21,8 @@ import pyarrow as pa
 from . import plan as _plan
 from . import prompt as _prompt
 from . import rowstore
-from ._errors import MergeError
+from ._errors import InputError, MergeError
+from .checks import ContextLimit
 from .providers.base import is_embeddings
 
 if TYPE_CHECKING:
@@ -112,8 +113,9 @@ def _verify(
 
     verify_rows(
         frame,
-        _prompt.parse(ctx.record["template"]),
+        _prompt.parse(ctx.record["template"], frame.columns),
         missing=str(ctx.policy.get("missing", "skip")),
+        limit=ContextLimit.from_dict(ctx.policy.get("context")),
         salt=str(salt),
         sent=sent[take],
         sent_prompts=sent_prompts,
@@ -153,15 +155,19 @@ def verify_rows(
     missing: str,
     salt: str,
     sent: np.ndarray,
+    limit: ContextLimit | None = None,
     sent_prompts: Callable[[list[int]], list[str | None]],
     job_id: str,
 ) -> None:
     """Raise a MergeError unless every row of ``frame`` renders the request that was sent
     for it: ``sent`` holds, aligned with ``frame``, the request hash recorded at submit
     (0 for a row not sent). ``sent_prompts(positions)`` gives the prompts sent for some
-    rows of ``frame``, for the message."""
+    rows of ``frame``, for the message. ``limit``: the context window submit skipped
+    longer rows by."""
     rendered, _ = _plan.render_rows(frame, template, missing=missing)
     send = rendered.is_valid().to_numpy(zero_copy_only=False) & ~_plan.blank(rendered, template)
+    if limit is not None:
+        send &= ~limit.too_long(rendered)
     now = np.zeros(len(frame), dtype=np.uint64)
     if send.all():
         now = _plan.prompt_hashes(rendered, salt)
@@ -318,7 +324,7 @@ def write_parquet(
     if clash:
         raise MergeError(f"the data already has column(s) {clash}; leave them out of columns=.")
     id_column = ctx.record.get("id_column")
-    template = _prompt.parse(ctx.record["template"])
+    template = _prompt.parse(ctx.record["template"], source.columns)
     checked = list(dict.fromkeys([*template.columns, *([id_column] if id_column else [])]))
     read = list(dict.fromkeys([*keep, *checked]))
     keys = state.manifest.column("key")
@@ -424,7 +430,7 @@ def to_parquet(
             table = frames.as_arrow(merge(data, verify=verify))
             if columns is not None:
                 table = table.select([*columns, *ctx.output_columns()])
-            pq.write_table(table, tmp)
+            pq.write_table(with_row_position(table), tmp)
     return target
 
 
@@ -448,3 +454,62 @@ def failed_rows(ctx: JobContext) -> pd.DataFrame:
     ctx.warn_if_running("failed()")
     bad = merged[f"{ctx.output}_status"].isin(["failed", "expired", "cancelled"])
     return frames.rows(ctx.data, merged, ctx.output_columns(), bad.to_numpy())
+
+
+#: The column a written result file gives each row's position in the submitted data.
+ROW_COLUMN = "row"
+
+
+def with_row_position(table: pa.Table) -> pa.Table:
+    """``table`` with a first column ``row``: each row's position (0-based) in the data,
+    so rows whose labels repeat can be told apart in the file. Left as it is when the
+    table has a ``row`` column of its own already."""
+    if ROW_COLUMN in table.column_names:
+        return table
+    return table.add_column(0, ROW_COLUMN, pa.array(np.arange(table.num_rows), pa.int64()))
+
+
+def parquet_target(path: Path, job_id: str) -> Path:
+    """Where ``to_parquet(path)`` writes: ``<job id>.parquet`` inside a folder, else
+    ``path``; a folder that does not exist is refused before anything is written."""
+    if path.is_dir():
+        return path / f"{job_id}.parquet"
+    if not path.parent.is_dir():
+        raise InputError(
+            f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist. "
+            "Create it first, or give another path."
+        )
+    return path
+
+
+def write_results(ctx: JobContext, target: Path, *, rows_per_group: int) -> pa.Schema:
+    """Write every row's result columns (those ``merge`` adds), by position, to the
+    Parquet file ``target``, with ``position``, ``key`` and ``request_hash`` beside them,
+    in row groups of ``rows_per_group`` rows, so that a partition of a distributed frame
+    reads only its own slice (see :mod:`nbbatch.engines`). Returns the file's schema."""
+    import pyarrow.parquet as pq
+
+    state = ctx.ledger.row_state(ctx.id)
+    added = ctx.output_columns()
+    schema = _result_schema(ctx, state, added)
+    full = pa.schema(
+        [("position", pa.int64()), ("key", pa.uint64()), ("request_hash", pa.uint64()), *schema]
+    )
+    keys = state.manifest.column("key")
+    hashes = state.manifest.column("request_hash")
+    with pq.ParquetWriter(target, full) as writer:
+        for start in range(0, state.n, rows_per_group):
+            take = np.arange(start, min(state.n, start + rows_per_group))
+            out = merged(
+                pd.DataFrame(index=pd.RangeIndex(len(take))), state, take, ctx.output,
+                ctx.spec.response_format, embeddings=is_embeddings(ctx.endpoint),
+            )  # fmt: skip
+            out = with_models(ctx, out, take)
+            results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
+            at = pa.array(take)
+            table = pa.table(
+                [at, keys.take(at), hashes.take(at), *(results.column(n) for n in added)],
+                schema=full,
+            )
+            writer.write_table(table, row_group_size=rows_per_group)
+    return full

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 from . import pricing, styling
 from .pricing import money
 from .snapshot import JobSnapshot, format_seconds
+from .snapshot import rows as count_rows
 
 #: Batches listed by name (the newest); older ones are counted.
 BATCHES_SHOWN = 4
@@ -87,7 +88,7 @@ def header_html(snap: JobSnapshot) -> str:
         f"nbbatch job {esc(snap.job_id)}</span><br>"
         f'<span style="{MUTED}{FONT}">{esc(snap.provider)} &middot; '
         f"<code>{esc(snap.models_text)}</code> &middot; {esc(snap.endpoint)} &middot; "
-        f"{snap.n_rows:,} rows{via}</span></div>"
+        f"{count_rows(snap.n_rows)}{via}</span></div>"
     )
 
 
@@ -258,15 +259,19 @@ def summary_html(snap: JobSnapshot) -> str:
     c = snap.counts
     took = format_seconds(snap.elapsed)
     if snap.status == "cancelled":
-        head = f"Cancelled: {c['succeeded']:,} of {c['total']:,} rows succeeded"
+        head = f"Cancelled: {c['succeeded']:,} of {count_rows(c['total'])} succeeded"
     elif snap.failure:
-        head = f"Stopped in error: {c['succeeded']:,} of {c['total']:,} rows succeeded"
+        head = f"Stopped in error: {c['succeeded']:,} of {count_rows(c['total'])} succeeded"
     elif c["succeeded"] + c["skipped"] == c["total"]:
-        head = f"Done: all {c['succeeded']:,} rows succeeded"
+        head = (
+            "Done: the row succeeded"
+            if c["succeeded"] == 1
+            else f"Done: all {c['succeeded']:,} rows succeeded"
+        )
         if c["skipped"]:
-            head = f"Done: {c['succeeded']:,} rows succeeded, {c['skipped']:,} skipped"
+            head = f"Done: {count_rows(c['succeeded'])} succeeded, {c['skipped']:,} skipped"
     else:
-        head = f"Done: {c['succeeded']:,} of {c['total']:,} rows succeeded"
+        head = f"Done: {c['succeeded']:,} of {count_rows(c['total'])} succeeded"
     bad = [f"{c[s]:,} {s}" for s in (*styling.NOT_SUCCEEDED, "skipped") if c[s]]
     tail = f" ({', '.join(bad)})" if bad and not head.endswith("skipped") else ""
     hint = ""
@@ -337,7 +342,8 @@ def bar_html(snap: JobSnapshot, state: str) -> str:
             f"at the provider, of {snap.counts['total']:,} rows"
         )
     else:
-        words = f"<b>{percent(snap.fraction)}</b> &middot; {done:,}/{snap.counts['total']:,} rows"
+        of_rows = count_rows(snap.counts["total"])
+        words = f"<b>{percent(snap.fraction)}</b> &middot; {done:,}/{of_rows}"
     return (
         f'<div class="nbbatch-bar" role="progressbar" aria-valuemin="0" aria-valuemax="100"'
         f' aria-valuenow="{int(snap.progress * 100)}" data-state="{state}" data-done="{done}"'
@@ -396,7 +402,7 @@ def static_html(snap: JobSnapshot) -> str:
         f' max-width: 100%; box-sizing: border-box;">'
         f'<div style="{FONT}"><b>nbbatch job {esc(snap.job_id)}</b>'
         f' <span style="{MUTED}">&middot; {esc(snap.provider)} &middot;'
-        f" {esc(snap.models_text)} &middot; {snap.n_rows:,} rows</span></div>"
+        f" {esc(snap.models_text)} &middot; {count_rows(snap.n_rows)}</span></div>"
         f"{bar_html(snap, state)}{counts_html(snap)}{where}"
         f"{stages_html(snap)}{error_html(snap)}</div>"
     )

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from . import prompt as _prompt
 from ._errors import InputError
+from .checks import ContextLimit
 
 #: Both providers accept custom_ids matching this pattern.
 CUSTOM_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -45,6 +46,7 @@ class Plan:
     send_positions: np.ndarray  # positions (into the input) of the rows sent
     skip_positions: np.ndarray  # positions of rows not sent
     skip_reasons: list[str]  # why each of those is not sent
+    too_long: int = 0  # of those, rows over the model's context window
 
     @property
     def n_rows(self) -> int:
@@ -154,11 +156,14 @@ def make_plan(
     *,
     id_column: str | None = None,
     missing: str = "skip",
+    limit: ContextLimit | None = None,
 ) -> Plan:
     """Build the plan for ``frame`` (validated template, see :func:`prompt.parse`).
 
     ``missing="skip"`` leaves rows with a missing value in a used column unsent (status
-    ``skipped``); ``missing="empty"`` sends them with empty text in its place.
+    ``skipped``); ``missing="empty"`` sends them with empty text in its place. With a
+    ``limit``, rows whose request would not fit in the model's context window are not
+    sent either (status ``skipped``, the reason says by how much).
     """
     if missing not in ("skip", "empty"):
         raise InputError(f"missing must be 'skip' or 'empty', found {missing!r}.")
@@ -190,10 +195,19 @@ def make_plan(
     rendered, columns = render_rows(frame, template, missing=missing)
     empty = blank(rendered, template)
     valid = rendered.is_valid().to_numpy(zero_copy_only=False) & ~empty
+    tokens = np.zeros(len(rendered), dtype=np.int64)
+    over = np.zeros(len(rendered), dtype=bool)
+    if limit is not None:  # vectorised on the lengths: a million rows stay fast
+        tokens = limit.tokens_of(rendered)
+        over = limit.over(tokens)
+        valid &= ~over
     send = np.flatnonzero(valid)
     skip = np.flatnonzero(~valid)
     reasons = []
     for pos in skip:
+        if over[pos] and limit is not None:
+            reasons.append(limit.reason(int(tokens[pos])))
+            continue
         if empty[pos]:
             reasons.append(
                 "the prompt renders to empty text: not sent (the providers refuse empty "
@@ -213,6 +227,7 @@ def make_plan(
         send_positions=send,
         skip_positions=skip,
         skip_reasons=reasons,
+        too_long=int(over.sum()),
     )
 
 

@@ -133,6 +133,41 @@ def source() -> str:
     return _data_source()
 
 
+#: Input limits, in tokens, of embedding models, which genai-prices gives no context
+#: window for (the providers' model pages state them).
+_EMBEDDING_WINDOWS = {
+    "text-embedding-3-small": 8191,
+    "text-embedding-3-large": 8191,
+    "text-embedding-ada-002": 8191,
+    "gemini-embedding-001": 2048,
+    "text-embedding-004": 2048,
+}
+
+
+def context_window(model: str) -> int | None:
+    """The most tokens a request to ``model`` may hold (its context window), from
+    genai-prices' data (a dated snapshot as its model), or None when unknown."""
+    model = model.removeprefix("models/")
+    for name in (model, _SNAPSHOT.sub("", model)):
+        if name in _EMBEDDING_WINDOWS:
+            return _EMBEDDING_WINDOWS[name]
+        with _LOCK:
+            window = _window_cached(name, id(_snapshot()))
+        if window is not None:
+            return window
+    return None
+
+
+@cache
+def _window_cached(model: str, snapshot_id: int) -> int | None:
+    try:
+        _, info = _snapshot().find_provider_model(model, None, _provider_id(model), None)
+    except LookupError:
+        return None
+    window = getattr(info, "context_window", None)
+    return window if isinstance(window, int) and window > 0 else None
+
+
 @dataclass(frozen=True)
 class Cost:
     """A cost in US dollars at batch and at real-time prices (None when unknown).

@@ -10,8 +10,9 @@ the data is never interpreted: rendering concatenates strings column-wise with p
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,12 +42,16 @@ class Template:
         return tuple(dict.fromkeys(self.fields))
 
 
-def parse(text: str) -> Template:
-    """Parse ``text`` into a :class:`Template`, rejecting anything but ``{name}``."""
+def parse(text: str, columns: Iterable[Any] = ()) -> Template:
+    """Parse ``text`` into a :class:`Template`, rejecting anything but ``{name}``.
+
+    A name in ``columns`` (the data's) is a placeholder even when it holds a space or a
+    quote (``{product name}``); other such braces are taken for literal text."""
     if not isinstance(text, str):
         raise TemplateError(f"The prompt must be a string, got {type(text).__name__}.")
     pieces: list[str] = [""]
     fields: list[str] = []
+    known = {c for c in columns if isinstance(c, str)}
     try:
         parsed = list(string.Formatter().parse(text))
     except ValueError as exc:  # unbalanced braces
@@ -65,6 +70,10 @@ def parse(text: str) -> Template:
             + (f":{spec}" if spec else "")
             + "}"
         )
+        if field in known and not spec and not conversion:
+            fields.append(field)  # a real column, whatever its name holds
+            pieces.append("")
+            continue
         if any(ch in field for ch in "\"' \n\t") or (spec or "").startswith(" "):
             raise TemplateError(
                 f"{shown} looks like literal text in braces (a JSON example?), not a "
@@ -94,6 +103,11 @@ def parse(text: str) -> Template:
         fields.append(field)
         pieces.append("")
     return Template(text=text, pieces=tuple(pieces), fields=tuple(fields))
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """A prompt for a message: quoted, and cut to ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def check_columns(template: Template, available: Sequence[str], *, series: bool = False) -> None:

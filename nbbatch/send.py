@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from . import engines, rowstore
 from . import pack as _pack
 from . import plan as _plan
-from . import rowstore
 from ._errors import BatchFailedError, NbbatchError, ProviderError
 from .ledger import alive
 from .providers.base import BatchInfo, RequestSpec, http_status
@@ -51,11 +51,18 @@ class Progress:
     cancelled: bool = False  # set by job.cancel(): send no further chunk
 
     def text(self) -> str:
-        """E.g. ``uploading 7/20 batches (140 MB)``."""
-        return (
-            f"uploading {self.created}/{self.expected} batches "
-            f"({self.bytes_sent / 1e6:,.0f} MB sent)"
-        )
+        """E.g. ``uploading 7/20 batches (140 MB sent)``; ``building the batches`` before
+        the first is encoded (how many there will be is not known yet)."""
+        if not self.expected:
+            return "building the batches"
+        noun = "batch" if self.expected == 1 else "batches"
+        sent = f" ({_size(self.bytes_sent)} sent)" if self.bytes_sent else ""
+        return f"uploading {self.created}/{self.expected} {noun}{sent}"
+
+
+def _size(n: int) -> str:
+    """Bytes for people: 140 MB, 12 KB."""
+    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3)):,} KB"
 
 
 def send_rows(
@@ -90,9 +97,12 @@ def send_rows(
     # Part names tell chunks apart at the provider (resolve_intent looks them up):
     # an escalation stage's own, so its attempt numbers never meet stage 0's.
     prefix = f"{attempt}" if stage == 0 else f"s{stage}.{attempt}"
+    # A frame planned on a cluster's workers (Dask, Spark) comes with its request lines
+    # encoded there, one per row: they are taken as they are, not encoded again here.
+    built = engines.prebuilt(ctx, spec, stage) if size == 1 else None
     for start in range(0, len(positions), limit * size):
         block = positions[start : start + limit * size]
-        jsonl, ends = _encode_block(ctx, state, block, spec, size)
+        jsonl, ends = _encode_block(ctx, state, block, spec, size, built)
         pieces = list(_plan.chunk_bounds(ends, max_count=limit, max_bytes=provider.max_bytes))
         progress.expected += len(pieces) - 1
         for first, stop in pieces:
@@ -110,11 +120,20 @@ def send_rows(
 
 
 def _encode_block(
-    ctx: JobContext, state: Any, block: np.ndarray, spec: RequestSpec, size: int
+    ctx: JobContext,
+    state: Any,
+    block: np.ndarray,
+    spec: RequestSpec,
+    size: int,
+    built: engines.Prebuilt | None,
 ) -> tuple[bytes, np.ndarray]:
     """The request lines of the leaders at ``block`` (in packs of ``size`` rows when it
-    is more than 1), and where each line ends."""
-    if size > 1:
+    is more than 1; as ``built`` on a cluster's workers, when they were), and where each
+    line ends."""
+    jsonl = built.lines(block) if built is not None else None
+    if jsonl is not None:
+        ids = block  # one line per row
+    elif size > 1:
         jsonl, ids = _pack.encode(ctx, block, spec, size)
     else:
         ids = state.manifest_column("custom_id", block)

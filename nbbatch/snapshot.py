@@ -108,7 +108,7 @@ class StageView:
 
     def line(self, of: int) -> str:
         """``stage 2 of 2: 312 rows on gpt-4o`` (and how many are pending)."""
-        text = f"stage {self.stage + 1} of {of}: {self.rows:,} rows on {self.model}"
+        text = f"stage {self.stage + 1} of {of}: {rows(self.rows)} on {self.model}"
         if self.pending:
             text += f", {self.pending:,} pending"
         return text
@@ -350,7 +350,12 @@ class JobSnapshot:
         head = f"{self.job_id} [{self.provider} {self.models_text}] {self.status}"
         if self.status == "running":
             head += f" ({self.provider_status})"
-        return f"{head}: {self.done:,}/{c['total']:,} rows done - " + ", ".join(parts)
+        return f"{head}: {self.done:,}/{rows(c['total'])} done - " + ", ".join(parts)
+
+
+def rows(n: int) -> str:
+    """``n`` with its noun: ``1 row``, ``1,200 rows``."""
+    return f"{n:,} row" if n == 1 else f"{n:,} rows"
 
 
 def models_text(models: list[str]) -> str:
@@ -421,7 +426,8 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
     alert = ctx.alert_text(counts) if (ctx.alert_raised or finished) else None
     return JobSnapshot(
         job_id=ctx.id,
-        provider=ctx.provider_name,
+        # "local": an emulator run must never read as spending at the provider.
+        provider="local" if ctx.local else ctx.provider_name,
         model=ctx.model,
         endpoint=ctx.endpoint,
         base_url=str(ctx.record.get("base_url") or ""),

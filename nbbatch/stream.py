@@ -34,6 +34,7 @@ from . import frames, rowstore
 from . import plan as _plan
 from . import prompt as _prompt
 from ._errors import InputError
+from .checks import ContextLimit
 
 #: Rows per record batch: large enough for vectorised work, small enough (tens of MB of
 #: text) that a batch never matters to memory.
@@ -137,6 +138,7 @@ class StreamPlan:
     sent: np.ndarray  # bool per row: sent (not skipped)
     first_skip: str | None  # why the first skipped row is not sent
     fingerprint: str
+    too_long: int = 0  # rows not sent because they exceed the model's context window
 
     @property
     def send_positions(self) -> np.ndarray:
@@ -177,6 +179,7 @@ def plan_to_file(
     missing: str,
     salt: str,
     fingerprint_of: list[Any],
+    limit: ContextLimit | None = None,
 ) -> StreamPlan:
     """Plan every row of ``source`` batch by batch into a manifest file in ``folder``.
 
@@ -196,6 +199,7 @@ def plan_to_file(
     hashes = np.zeros(n, dtype=np.uint64)
     sent = np.zeros(n, dtype=bool)
     first_skip = None
+    too_long = 0
     digest = hashlib.sha256(orjson.dumps(["stream", *fingerprint_of, id_column, n]))
     path = folder / f".plan-{secrets.token_hex(6)}.arrow"
     folder.mkdir(parents=True, exist_ok=True)
@@ -204,7 +208,9 @@ def plan_to_file(
         with pa.OSFile(str(path), "wb") as sink:
             with pa.ipc.new_file(sink, rowstore.MANIFEST_SCHEMA) as writer:
                 for frame in source.frames(columns):
-                    rows = _plan.make_plan(frame, template, id_column=id_column, missing=missing)
+                    rows = _plan.make_plan(
+                        frame, template, id_column=id_column, missing=missing, limit=limit
+                    )
                     if not as_labels:
                         rows.custom_ids = _plan.make_custom_ids(
                             rows.labels, offset, as_labels=False
@@ -215,6 +221,7 @@ def plan_to_file(
                     batch_hashes = _plan.request_hashes(rows, salt)
                     hashes[offset:stop] = batch_hashes
                     sent[offset + rows.send_positions] = True
+                    too_long += rows.too_long
                     if first_skip is None and rows.skip_reasons:
                         first_skip = rows.skip_reasons[0]
                     table = rowstore.manifest(
@@ -239,6 +246,7 @@ def plan_to_file(
         sent=sent,
         first_skip=first_skip,
         fingerprint=digest.hexdigest(),
+        too_long=too_long,
     )
 
 

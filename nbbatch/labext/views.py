@@ -9,7 +9,8 @@ Schema (``SCHEMA_VERSION``; fields are only ever added)::
     {"version": 1, "now": <epoch s>, "ledger": <path>, "jobs": [<job>, ...]}
     <job> = {"id", "origin" (str|null), "provider", "model", "endpoint", "rows",
              "counts": {"succeeded", "failed", "expired", "cancelled", "skipped", "pending"},
-             "status": "running"|"completed"|"cancelled"|"failed", "created": <epoch s>,
+             "status": "running"|"completed"|"cancelled"|"failed"|"unreadable" (a broken
+             ledger record: the alert says what to do), "created": <epoch s>,
              "age": <s>, "cost": <dollars|null>, "cost_estimated": bool,
              "overdue": bool, "alert": str|null, "attach": 'nb.attach("...")'}
 """
@@ -54,7 +55,10 @@ def jobs_view(ledger: Ledger, root_dir: str | None = None, now: float | None = N
         record = records.get(row["id"])
         if record is None:  # forgotten between the two reads
             continue
-        out.append(_job(row, record, oldest_open.get(row["id"]), root_dir, now))
+        try:
+            out.append(_job(row, record, oldest_open.get(row["id"]), root_dir, now))
+        except Exception as exc:  # one broken record must not empty the sidebar
+            out.append(_unreadable(row, record, exc, now))
     return {
         "version": SCHEMA_VERSION,
         "now": now,
@@ -115,6 +119,34 @@ def _job(
         "overdue": bool(row.get("overdue"))
         or (running and oldest_open is not None and now - oldest_open > COMPLETION_WINDOW),
         "alert": alert_text(counts, policy.get("alert_threshold")),
+        "attach": f'nb.attach("{row["id"]}")',
+    }
+
+
+def _unreadable(
+    row: dict[Any, Any], record: dict[str, Any], exc: BaseException, now: float
+) -> dict[str, Any]:
+    """A job whose ledger record cannot be read, as much of it as can be shown, with
+    what to do about it as its alert."""
+    from ..api import UNREADABLE, unreadable_text
+
+    created = record.get("created")
+    created = float(created) if isinstance(created, int | float) else now
+    return {
+        "id": str(row["id"]),
+        "origin": None,
+        "provider": str(row.get("provider")),
+        "model": str(row.get("model")),
+        "endpoint": str(record.get("endpoint")),
+        "rows": row["rows"] if isinstance(row.get("rows"), int) else 0,
+        "counts": dict.fromkeys(COUNTED, 0),
+        "status": UNREADABLE,
+        "created": created,
+        "age": max(0.0, now - created),
+        "cost": None,
+        "cost_estimated": False,
+        "overdue": False,
+        "alert": unreadable_text(str(row["id"]), exc),
         "attach": f'nb.attach("{row["id"]}")',
     }
 

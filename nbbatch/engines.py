@@ -1,0 +1,771 @@
+"""Tables on a cluster: Dask and PySpark DataFrames, planned and encoded on the workers.
+
+A Dask DataFrame (``nb.submit(ddf, ...)``) or a PySpark DataFrame is never brought to
+the driver. Each partition is planned on a worker with the same :func:`plan.make_plan`
+as an in-memory table (so every check and skip rule is the same) and its request lines
+are encoded there too, with the provider's own encoder (a pure function of the request
+parameters: no client, no key goes to the workers). A worker writes two Arrow files
+per partition to a staging folder: the partition's manifest rows and its request lines.
+
+The driver then only *records and sends*: it appends the manifest pieces into the
+job's manifest (what must hold across partitions, unique ids and which rows share a
+request, is worked out from 16 bytes a row), moves the request files into the job's
+folder, and :mod:`nbbatch.send` uploads the lines the workers built (taking only the
+rows it sends: duplicates and reused answers are left out, as for pandas).
+
+Rows are named by their position in the frame (partition by partition, row by row),
+or by ``id_column``. Each partition's row count is recorded with the job, so merging
+back can find each partition's rows by position without a pass over the data, and
+tell when the partitions changed. ``job.merge(ddf)`` returns a Dask DataFrame built
+lazily, partition by partition: each partition reads its slice of a results file and
+checks that its rows still render the requests sent for them. A Spark DataFrame is
+merged the same way (``mapInArrow``), keeping its partitions and order.
+
+The staging folder and the results files are beside the ledger, which suits a
+``LocalCluster``, Spark's local mode, or workers that share the driver's disk. Workers
+on other machines need a folder all of them and the driver can read and write: set
+``NBBATCH_STAGING`` to it (a shared mount).
+
+Neither library is imported by this module: they are imported only to handle a frame
+they made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import socket
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import frames, rowstore
+from . import plan as _plan
+from . import prompt as _prompt
+from . import stream as _stream
+from ._errors import InputError, MergeError
+from .providers.base import RequestSpec
+
+if TYPE_CHECKING:
+    from .context import JobContext
+
+DASK, SPARK = "dask", "spark"
+#: Where workers and the driver exchange files, when not beside the ledger.
+STAGING_ENV = "NBBATCH_STAGING"
+#: Rows per row group of a results file (a partition reads only its groups).
+RESULT_ROWS = 65_536
+REQUEST_SCHEMA = pa.schema([("request", pa.large_binary())])
+
+
+def kind_of(data: Any) -> str | None:
+    """``"dask"`` for a Dask DataFrame, ``"spark"`` for a PySpark DataFrame, else None.
+    A library not imported cannot have made ``data``, so it is not imported to ask."""
+    if "dask.dataframe" in sys.modules:
+        import dask.dataframe as dd
+
+        if isinstance(data, dd.DataFrame):
+            return DASK
+        if isinstance(data, dd.Series):
+            raise InputError(
+                "data is a Dask Series; pass a Dask DataFrame (series.to_frame()) and name "
+                "its column in the prompt."
+            )
+    if "pyspark.sql" in sys.modules:
+        from pyspark.sql import DataFrame
+
+        if isinstance(data, DataFrame):
+            return SPARK
+    return None
+
+
+def columns_of(data: Any) -> list[str]:
+    """The column names of a Dask or Spark frame (nothing computed)."""
+    return [str(c) for c in data.columns]
+
+
+def head(data: Any, n: int = 5) -> pd.DataFrame:
+    """The first rows of a Dask or Spark frame as pandas, for the checks made before
+    planning (placeholders, output names, request parameters)."""
+    if kind_of(data) == DASK:
+        # npartitions=-1: a first partition may be empty (after a filter).
+        return data.head(n, npartitions=-1, compute=True).reset_index(drop=True)
+    return frames.from_arrow(data.limit(n).toArrow())
+
+
+def staging_root(default: Path) -> Path:
+    """The folder where workers write their files: ``NBBATCH_STAGING`` or ``default``."""
+    root = os.environ.get(STAGING_ENV)
+    return Path(root) if root else default
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a worker needs to plan and encode its partitions (picklable: no client)."""
+
+    template: str
+    id_column: str | None
+    missing: str
+    salt: str
+    as_labels: bool
+    provider: str
+    spec: RequestSpec
+    folder: str
+
+
+@dataclass
+class Planned:
+    """A frame planned on its workers: the job's plan file and what to record."""
+
+    plan: _stream.StreamPlan
+    source: dict[str, Any]  # recorded as the job's source.json
+    staging: Path  # the request files, until moved into the job's folder
+
+    def move_requests(self, job_folder: Path) -> None:
+        """Move the workers' request files into the job's folder (they are sent from
+        there, also after a restart), then drop the staging folder."""
+        target = job_folder / "requests"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in self.source["requests"]:
+            shutil.move(str(self.staging / name), str(target / name))
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Drop everything planned (a job not recorded after all)."""
+        self.plan.discard()
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+# -- on the workers -------------------------------------------------------------------------
+
+
+def _unshared(what: str, path: Path) -> str:
+    return (
+        f"the worker {socket.gethostname()} cannot see the {what} {path}, which the driver "
+        f"wrote: set {STAGING_ENV} to a folder that the driver and every worker share (a "
+        "shared mount)."
+    )
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+
+
+def count_rows(frame: pd.DataFrame, id_column: str | None) -> tuple[int, bool]:
+    """A partition's row count and whether its ``id_column`` values are valid custom_ids."""
+    if not id_column or not len(frame):
+        return len(frame), True
+    labels = _plan.label_text(frame[id_column])
+    valid = pc.all(pc.match_substring_regex(labels, _plan.CUSTOM_ID_PATTERN.pattern)).as_py()
+    return len(frame), bool(valid)
+
+
+def plan_partition(
+    work: Work, part: int, offset: int, parts: Iterable[pd.DataFrame]
+) -> dict[str, Any]:
+    """Plan and encode one partition (its rows in ``parts``, in order, starting at
+    position ``offset`` of the whole frame) into two files in ``work.folder``: its
+    manifest rows and its request lines (null for a row not sent). Returns what the
+    driver needs: the rows, why the first skipped row is not sent, the hash scheme and
+    where it ran."""
+    from . import providers
+
+    template = _prompt.parse(work.template)
+    encoder = providers.provider_class(work.provider)(None)
+    folder = Path(work.folder)
+    if not folder.is_dir():
+        raise InputError(_unshared("staging folder", folder))
+    names = (f"plan-{part:06d}.arrow", f"requests-{part:06d}.arrow")
+    tmp = [folder / f".{name}.{secrets.token_hex(4)}.tmp" for name in names]
+    n = 0
+    first_skip = None
+    try:
+        with (
+            pa.OSFile(str(tmp[0]), "wb") as msink,
+            pa.ipc.new_file(msink, rowstore.MANIFEST_SCHEMA) as manifest,
+            pa.OSFile(str(tmp[1]), "wb") as rsink,
+            pa.ipc.new_file(rsink, REQUEST_SCHEMA) as requests,
+        ):
+            for frame in parts:
+                if not len(frame):
+                    continue
+                start = offset + n
+                if not work.id_column:
+                    frame = frame.set_axis(pd.RangeIndex(start, start + len(frame)))
+                rows = _plan.make_plan(
+                    frame, template, id_column=work.id_column, missing=work.missing
+                )
+                if not work.as_labels:
+                    rows.custom_ids = _plan.make_custom_ids(rows.labels, start, as_labels=False)
+                hashes = _plan.request_hashes(rows, work.salt)
+                if first_skip is None and rows.skip_reasons:
+                    first_skip = rows.skip_reasons[0]
+                manifest.write_table(
+                    rowstore.manifest(
+                        rows.custom_ids,
+                        rows.keys,
+                        rows.labels,
+                        rows.prompts,
+                        rows.send_positions,
+                        rows.skip_positions,
+                        rows.skip_reasons,
+                        hashes,
+                    )  # fmt: skip
+                )
+                lines = b""
+                if len(rows.send_positions):
+                    ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
+                    lines = encoder.encode(ids, rows.prompts, work.spec)
+                requests.write_table(
+                    pa.table([_per_row(lines, rows.send_positions, rows.n_rows)], REQUEST_SCHEMA)
+                )
+                n += rows.n_rows
+        for t, name in zip(tmp, names, strict=True):
+            os.replace(t, folder / name)
+    finally:
+        for t in tmp:
+            t.unlink(missing_ok=True)
+    return {
+        "part": part,
+        "rows": n,
+        "first_skip": first_skip,
+        "scheme": _plan.HASH_SCHEME,
+        "worker": _worker_name(),
+    }
+
+
+def _per_row(lines: bytes, positions: np.ndarray, n: int) -> pa.Array:
+    """The encoded ``lines`` (one per row at ``positions``) as one binary value per row
+    of ``n``, null where no request is sent: the line bytes are not copied."""
+    ends = np.flatnonzero(np.frombuffer(lines, dtype=np.uint8) == 0x0A) + 1
+    if len(ends) != len(positions):
+        raise AssertionError("one request line per row was not produced")
+    offsets = np.concatenate([[0], ends]).astype(np.int64)
+    sent = pa.Array.from_buffers(
+        pa.large_binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(lines)]
+    )
+    if len(positions) == n:
+        return sent
+    index = np.full(n, -1, dtype=np.int64)
+    index[positions] = np.arange(len(positions))
+    return sent.take(pa.array(np.maximum(index, 0), mask=index < 0))
+
+
+# -- on the driver: planning ----------------------------------------------------------------
+
+
+def plan(
+    data: Any,
+    template: str,
+    *,
+    id_column: str | None,
+    missing: str,
+    salt: str,
+    provider: str,
+    spec: RequestSpec,
+    folder: Path,
+    fingerprint_of: list[Any],
+) -> Planned:
+    """Plan a Dask or Spark frame on its workers (see the module docstring); the plan
+    file goes to ``folder`` (beside the ledger), the workers' files to a staging folder.
+    Nothing is recorded in the ledger here."""
+    if missing not in ("skip", "empty"):
+        raise InputError(f"missing must be 'skip' or 'empty', found {missing!r}.")
+    if id_column is not None and id_column not in columns_of(data):
+        raise InputError(
+            f"id_column {id_column!r} is not a column. Columns are: {columns_of(data)}."
+        )
+    kind = kind_of(data)
+    used = list(
+        dict.fromkeys([*_prompt.parse(template).columns, *([id_column] if id_column else [])])
+    )
+    _sweep(staging_root(folder))
+    staging = staging_root(folder) / f".staging-{secrets.token_hex(6)}"
+    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    planned = None
+    try:
+        engine = _Dask(data, used) if kind == DASK else _Spark(data, used)
+        counts = engine.counts(id_column)
+        total = sum(rows for rows, _ in counts)
+        if total == 0:
+            raise InputError(
+                "data has no rows, so there is nothing to send; nothing was recorded. Check "
+                "the filter that produced it."
+            )
+        as_labels = all(valid for _, valid in counts)  # positions always are
+        work = Work(template, id_column, missing, salt, as_labels, provider, spec, str(staging))
+        offsets = np.concatenate([[0], np.cumsum([rows for rows, _ in counts])]).tolist()
+        summaries = sorted(engine.plan(work, offsets), key=lambda s: s["part"])
+        planned = _assemble(summaries, counts, staging, folder, id_column, fingerprint_of)
+        source = {
+            "kind": kind,
+            "partitions": [rows for rows, _ in counts],
+            "workers": sorted({s["worker"] for s in summaries}),
+            "requests": [f"requests-{s['part']:06d}.arrow" for s in summaries],
+            "provider": provider,
+            "spec": orjson.loads(orjson.dumps(spec.as_dict())),
+        }
+        return Planned(plan=planned, source=source, staging=staging)
+    except BaseException:
+        if planned is not None:
+            planned.discard()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+#: A staging folder older than this was left by a process that died while planning.
+STALE_SECONDS = 24 * 3600
+
+
+def _sweep(root: Path) -> None:
+    """Remove staging folders left behind by submits that died while planning."""
+    import time
+
+    if not root.is_dir():
+        return
+    for old in root.glob(".staging-*"):
+        try:
+            if time.time() - old.stat().st_mtime > STALE_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            continue  # another process removed it meanwhile
+
+
+def _assemble(
+    summaries: list[dict],
+    counts: list[tuple[int, bool]],
+    staging: Path,
+    folder: Path,
+    id_column: str | None,
+    fingerprint_of: list[Any],
+) -> _stream.StreamPlan:
+    """Append the workers' manifest pieces, in partition order, into one plan file."""
+    if [s["part"] for s in summaries] != list(range(len(counts))):
+        raise InputError("some partitions were not planned; submit again.")
+    changed = [
+        s["part"] for s, (rows, _) in zip(summaries, counts, strict=True) if s["rows"] != rows
+    ]
+    if changed:
+        raise InputError(
+            f"partition {changed[0]} gave a different number of rows on a second reading: "
+            "the frame is not deterministic (e.g. a random sample). persist() or checkpoint "
+            "it first, then submit again."
+        )
+    schemes = {s["scheme"] for s in summaries}
+    if schemes != {_plan.HASH_SCHEME}:
+        raise InputError(
+            f"the workers hash requests with {sorted(schemes)} but this process with "
+            f"{_plan.HASH_SCHEME}: install the same polars version on the workers."
+        )
+    n = sum(s["rows"] for s in summaries)
+    hashes = np.zeros(n, dtype=np.uint64)
+    sent = np.zeros(n, dtype=bool)
+    keys = np.zeros(n, dtype=np.uint64) if id_column else None
+    digest = hashlib.sha256(orjson.dumps(["engine", *fingerprint_of, id_column, n]))
+    path = folder / f".plan-{secrets.token_hex(6)}.arrow"
+    folder.mkdir(parents=True, exist_ok=True)
+    offset = 0
+    try:
+        with pa.OSFile(str(path), "wb") as sink:
+            with pa.ipc.new_file(sink, rowstore.MANIFEST_SCHEMA) as writer:
+                for s in summaries:
+                    piece = staging / f"plan-{s['part']:06d}.arrow"
+                    for batch in rowstore.read_batches(piece):
+                        stop = offset + batch.num_rows
+                        hashes[offset:stop] = batch.column("request_hash").to_numpy()
+                        sent[offset:stop] = (
+                            batch.column("prompt").is_valid().to_numpy(zero_copy_only=False)
+                        )
+                        if keys is not None:
+                            keys[offset:stop] = batch.column("key").to_numpy()
+                        digest.update(batch.column("key").to_numpy().tobytes())
+                        digest.update(hashes[offset:stop].tobytes())
+                        for buf in batch.column("custom_id").buffers()[1:]:
+                            digest.update(buf or b"")
+                        writer.write_batch(batch)
+                        offset = stop
+                    piece.unlink()
+        if keys is not None:
+            unique, seen = np.unique(keys, return_counts=True)
+            if len(unique) < n:
+                raise InputError(
+                    f"id_column {id_column!r} has duplicated values across the partitions "
+                    f"(e.g. {_label_of(path, keys, unique[seen > 1][0])!r}); ids must be "
+                    "unique over the whole frame. Leave id_column unset to name rows by "
+                    "their position."
+                )
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return _stream.StreamPlan(
+        path=path,
+        n_rows=n,
+        hashes=hashes,
+        sent=sent,
+        first_skip=next((s["first_skip"] for s in summaries if s["first_skip"]), None),
+        fingerprint=digest.hexdigest(),
+    )
+
+
+def _label_of(path: Path, keys: np.ndarray, key: np.uint64) -> str:
+    """The label of the first row with ``key`` in the plan file at ``path`` (for an
+    error message: read only when there is one)."""
+    position = int(np.flatnonzero(keys == key)[0])
+    offset = 0
+    for batch in rowstore.read_batches(path, ["label"]):
+        if position < offset + batch.num_rows:
+            return str(batch.column("label")[position - offset].as_py())
+        offset += batch.num_rows
+    return "?"
+
+
+class _Dask:
+    """Planning passes over a Dask DataFrame (``map_partitions``)."""
+
+    def __init__(self, data: Any, used: list[str]) -> None:
+        self.frame = data[used]
+
+    def counts(self, id_column: str | None) -> list[tuple[int, bool]]:
+        meta = pd.DataFrame(
+            {"rows": pd.Series([], dtype="int64"), "valid": pd.Series([], dtype=bool)}
+        )
+        out = self.frame.map_partitions(_dask_count, id_column, meta=meta).compute()
+        return [(int(r), bool(v)) for r, v in zip(out["rows"], out["valid"], strict=True)]
+
+    def plan(self, work: Work, offsets: list[int]) -> list[dict]:
+        meta = pd.DataFrame({"summary": pd.Series([], dtype=object)})
+        out = self.frame.map_partitions(
+            _dask_plan, work, offsets, meta=meta, enforce_metadata=False
+        ).compute()
+        return [orjson.loads(s) for s in out["summary"]]
+
+
+def _dask_count(frame: pd.DataFrame, id_column: str | None) -> pd.DataFrame:
+    rows, valid = count_rows(frame, id_column)
+    return pd.DataFrame({"rows": [rows], "valid": [valid]})
+
+
+def _dask_plan(
+    frame: pd.DataFrame, work: Work, offsets: list[int], partition_info: Any = None
+) -> pd.DataFrame:
+    if partition_info is None:  # Dask's meta inference: nothing to plan
+        return pd.DataFrame({"summary": pd.Series([], dtype=object)})
+    part = int(partition_info["number"])
+    summary = plan_partition(work, part, offsets[part], [frame])
+    return pd.DataFrame({"summary": [orjson.dumps(summary).decode()]})
+
+
+class _Spark:
+    """Planning passes over a PySpark DataFrame (``mapInArrow``)."""
+
+    def __init__(self, data: Any, used: list[str]) -> None:
+        self.frame = data.select(*used)
+
+    def counts(self, id_column: str | None) -> list[tuple[int, bool]]:
+        def count(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            part = _spark_partition()
+            rows, valid = 0, True
+            for frame in _spark_frames(batches):
+                n, ok = count_rows(frame, id_column)
+                rows, valid = rows + n, valid and ok
+            yield pa.RecordBatch.from_pydict({"part": [part], "rows": [rows], "valid": [valid]})
+
+        got = self.frame.mapInArrow(count, "part long, rows long, valid boolean").collect()
+        by_part = {int(r["part"]): (int(r["rows"]), bool(r["valid"])) for r in got}
+        return [by_part[p] for p in range(len(by_part))]
+
+    def plan(self, work: Work, offsets: list[int]) -> list[dict]:
+        def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            part = _spark_partition()
+            summary = plan_partition(work, part, offsets[part], _spark_frames(batches))
+            yield pa.RecordBatch.from_pydict({"summary": [orjson.dumps(summary).decode()]})
+
+        got = self.frame.mapInArrow(run, "summary string").collect()
+        return [orjson.loads(r["summary"]) for r in got]
+
+
+def _spark_partition() -> int:
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    assert context is not None, "not in a Spark task"
+    return int(context.partitionId())
+
+
+def _spark_frames(batches: Iterable[pa.RecordBatch]) -> Iterator[pd.DataFrame]:
+    for batch in batches:
+        yield frames.from_arrow(pa.Table.from_batches([batch]))
+
+
+# -- on the driver: sending -----------------------------------------------------------------
+
+
+class Prebuilt:
+    """The request lines the workers encoded for a job, read by row position."""
+
+    def __init__(self, folder: Path, names: list[str], counts: list[int]) -> None:
+        self.paths = [folder / name for name in names]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._columns: dict[int, pa.Array] = {}
+
+    @classmethod
+    def of(
+        cls, job_folder: Path, source: dict[str, Any] | None, provider: str, spec: RequestSpec
+    ) -> Prebuilt | None:
+        """The job's prebuilt lines when they are for these request parameters (the
+        job's own, not an escalation stage's or after overrides), else None."""
+        if not source or source.get("kind") not in (DASK, SPARK) or "requests" not in source:
+            return None
+        same = orjson.loads(orjson.dumps(spec.as_dict())) == source.get("spec")
+        if not same or source.get("provider") != provider:
+            return None
+        folder = job_folder / "requests"
+        if not all((folder / name).exists() for name in source["requests"]):
+            return None  # not moved in (the process died while recording): encode here
+        return cls(folder, source["requests"], source["partitions"])
+
+    def _column(self, part: int) -> pa.Array:
+        if part not in self._columns:
+            table = rowstore.read_table(self.paths[part])
+            self._columns[part] = table.column("request").combine_chunks()
+        return self._columns[part]
+
+    def lines(self, positions: np.ndarray) -> bytes | None:
+        """The request lines of the rows at ``positions`` (ascending), in that order,
+        joined; None when they cannot all be taken from the workers' files."""
+        if not len(positions) or (len(positions) > 1 and not (np.diff(positions) > 0).all()):
+            return None
+        pieces: list[memoryview] = []
+        first = int(np.searchsorted(self.starts, positions[0], side="right")) - 1
+        last = int(np.searchsorted(self.starts, positions[-1], side="right")) - 1
+        for part in range(first, last + 1):
+            lo, hi = self.starts[part], self.starts[part + 1]
+            a, b = np.searchsorted(positions, [lo, hi])
+            if a == b:
+                continue
+            taken = self._column(part).take(pa.array(positions[a:b] - lo))
+            if taken.null_count:
+                return None
+            offsets = np.frombuffer(taken.buffers()[1], dtype=np.int64)
+            offsets = offsets[taken.offset : taken.offset + len(taken) + 1]
+            pieces.append(memoryview(taken.buffers()[2])[offsets[0] : offsets[-1]])
+        return b"".join(pieces)
+
+
+def prebuilt(ctx: JobContext, spec: RequestSpec, stage: int) -> Prebuilt | None:
+    """The prebuilt lines :func:`send.send_rows` takes for ``job``'s rows, if any."""
+    if stage != 0:
+        return None
+    ledger = ctx.ledger
+    source = ledger.source(ctx.id)
+    if not source or source.get("kind") not in (DASK, SPARK):
+        return None
+    return Prebuilt.of(ledger.files / ctx.id, source, ctx.provider_name, spec)
+
+
+# -- merging back ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MergeWork:
+    """What a worker needs to merge its partition (picklable)."""
+
+    job_id: str
+    results: str  # the results Parquet file
+    offsets: list[int]
+    added: list[str]
+    template: str
+    missing: str
+    salt: str | None
+    scheme: str | None
+    id_column: str | None
+    verify: bool
+
+
+def merge(ctx: JobContext, data: Any, *, verify: bool = True) -> Any:
+    """``data`` (the Dask or Spark frame submitted) plus the job's result columns, of the
+    same kind, built lazily partition by partition (see :meth:`BatchJob.merge`)."""
+    from . import merge as _merge
+
+    kind = kind_of(data)
+    source = ctx.ledger.source(ctx.id) or {}
+    if source.get("kind") not in (DASK, SPARK):
+        raise MergeError(
+            f"job {ctx.id} was not submitted from a Dask or Spark frame; pass the data you "
+            "submitted.",
+            job_id=ctx.id,
+        )
+    counts = list(source["partitions"])
+    parts = data.npartitions if kind == DASK else data.rdd.getNumPartitions()
+    if parts != len(counts):
+        raise MergeError(
+            f"the frame has {parts} partitions but job {ctx.id} was planned from "
+            f"{len(counts)}: pass the frame you submitted, partitioned as it was.",
+            job_id=ctx.id,
+        )
+    clash = [c for c in ctx.output_columns() if c in columns_of(data)]
+    if clash:
+        raise MergeError(
+            f"the DataFrame already has column(s) {clash}; drop them first or submit with "
+            "another output= name.",
+            job_id=ctx.id,
+        )
+    ctx.warn_if_running("merge()")
+    folder = staging_root(ctx.ledger.folder(ctx.id))
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"results-{ctx.id}-{secrets.token_hex(4)}.parquet"
+    schema = _merge.write_results(ctx, target, rows_per_group=RESULT_ROWS)
+    work = MergeWork(
+        job_id=ctx.id,
+        results=str(target),
+        offsets=np.concatenate([[0], np.cumsum(counts)]).tolist(),
+        added=ctx.output_columns(),
+        template=ctx.record["template"],
+        missing=str(ctx.policy.get("missing", "skip")),
+        salt=ctx.record.get("salt"),
+        scheme=ctx.record.get("hash_scheme"),
+        id_column=ctx.record.get("id_column"),
+        verify=verify,
+    )
+    added = pa.schema([schema.field(name) for name in work.added])
+    if kind == DASK:
+        meta = data._meta.copy()
+        empty = frames.from_arrow(_plain_strings(added).empty_table())
+        for name in work.added:
+            meta[name] = empty[name].array
+        return data.map_partitions(_dask_merge, work, meta=meta)
+    return _spark_merge(data, work, added)
+
+
+def merge_partition(work: MergeWork, part: int, frame: pd.DataFrame) -> pa.Table:
+    """The result columns (``work.added``, an Arrow table) for partition ``part``
+    (``frame``, whole), read from its slice of the results file and checked against
+    its rows."""
+    import pyarrow.parquet as pq
+
+    from . import merge as _merge
+
+    lo, hi = work.offsets[part], work.offsets[part + 1]
+    if not Path(work.results).exists():
+        raise MergeError(_unshared("results file", Path(work.results)), job_id=work.job_id)
+    if len(frame) != hi - lo:
+        raise MergeError(
+            f"partition {part} has {len(frame):,} rows but had {hi - lo:,} when job "
+            f"{work.job_id} was submitted: pass the frame you submitted.",
+            job_id=work.job_id,
+        )
+    table = pq.read_table(work.results, filters=[("position", ">=", lo), ("position", "<", hi)])
+    table = table.sort_by("position")
+    if table.num_rows != hi - lo:
+        raise MergeError(f"the results of job {work.job_id} are incomplete.", job_id=work.job_id)
+    if work.id_column and not np.array_equal(
+        _plan.row_keys(frame[work.id_column]), table.column("key").to_numpy()
+    ):
+        raise MergeError(
+            f"the rows of partition {part} are not those of job {work.job_id} (by "
+            f"{work.id_column!r}): pass the frame you submitted.",
+            job_id=work.job_id,
+        )
+    if work.verify:
+        if work.salt is None or work.scheme != _plan.HASH_SCHEME:
+            raise MergeError(
+                f"job {work.job_id}'s requests were hashed with {work.scheme}, the workers "
+                f"hash with {_plan.HASH_SCHEME}: install the same polars version, or merge "
+                "with verify=False.",
+                job_id=work.job_id,
+            )
+        checked = frame if work.id_column else frame.set_axis(pd.RangeIndex(lo, hi))
+        _merge.verify_rows(
+            checked,
+            _prompt.parse(work.template),
+            missing=work.missing,
+            salt=work.salt,
+            sent=table.column("request_hash").to_numpy(),
+            sent_prompts=lambda positions: [None] * len(positions),
+            job_id=work.job_id,
+        )
+    return _plain_strings_table(table.select(work.added))
+
+
+def _dask_merge(frame: pd.DataFrame, work: MergeWork, partition_info: Any = None) -> pd.DataFrame:
+    if partition_info is None:
+        # Without its number a partition cannot be found in the results: never guess.
+        raise MergeError("internal error: Dask did not say which partition this is.")
+    part = int(partition_info["number"])
+    added = frames.from_arrow(merge_partition(work, part, frame))
+    out = frame.copy(deep=False)
+    for name in work.added:
+        out[name] = added[name].array
+    return out
+
+
+def _spark_merge(data: Any, work: MergeWork, added: pa.Schema) -> Any:
+    from pyspark.sql.pandas.types import from_arrow_schema
+    from pyspark.sql.types import StructType
+
+    out_schema = StructType([*data.schema.fields, *from_arrow_schema(_plain_strings(added)).fields])
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        part = _spark_partition()
+        got = list(batches)
+        if not got and work.offsets[part + 1] == work.offsets[part]:
+            return  # an empty partition, as at submit
+        whole = pa.Table.from_batches(got)
+        results = merge_partition(work, part, frames.from_arrow(whole))
+        table = whole
+        for name in work.added:
+            table = table.append_column(name, results.column(name))
+        yield from table.to_batches()
+
+    return data.mapInArrow(run, out_schema)
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    return pa.string() if t in (pa.large_string(), pa.string_view()) else t
+
+
+def _plain_strings(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_type(_plain(f.type)) for f in schema])
+
+
+def _plain_strings_table(table: pa.Table) -> pa.Table:
+    return table.cast(_plain_strings(table.schema))
+
+
+def failed(ctx: JobContext, data: Any) -> Any:
+    """The merged rows of ``data`` that did not succeed (failed, expired or cancelled),
+    as a lazy frame of the same kind (see :meth:`BatchJob.failed`)."""
+    out = merge(ctx, data)
+    column = f"{ctx.output}_status"
+    bad = ["failed", "expired", "cancelled"]
+    if kind_of(data) == DASK:
+        return out[out[column].isin(bad)]
+    return out.filter(out[column].isin(bad))
+
+
+def to_parquet(
+    ctx: JobContext, data: Any, path: str | os.PathLike[str], *, columns: list[str] | None,
+    verify: bool,
+) -> Path:  # fmt: skip
+    """Write the merged frame as a folder of Parquet files, one per partition, from the
+    workers (Dask's ``to_parquet``, Spark's ``write.parquet``); return the folder."""
+    out = merge(ctx, data, verify=verify)
+    if columns is not None:
+        keep = [*columns, *ctx.output_columns()]
+        out = out[keep] if kind_of(data) == DASK else out.select(*keep)
+    target = Path(path)
+    if kind_of(data) == DASK:
+        out.to_parquet(str(target), write_index=False)
+    else:
+        out.write.mode("overwrite").parquet(str(target))
+    return target
