@@ -544,14 +544,19 @@ class Ledger:
         """
         from . import rowstore
 
+        leader = None
         if isinstance(manifest, Path):
-            os.replace(manifest, self.folder(job["id"]) / MANIFEST)
-            manifest = rowstore.read_table(self.folder(job["id"]) / MANIFEST)
+            target = self.folder(job["id"]) / MANIFEST
+            if rowstore.leaders_path(manifest).exists():
+                os.replace(rowstore.leaders_path(manifest), rowstore.leaders_path(target))
+                leader = rowstore.read_table(rowstore.leaders_path(target)).column(0).to_numpy()
+            os.replace(manifest, target)
+            manifest = rowstore.read_table(target)
         else:
             self._write_table(job["id"], MANIFEST, manifest)
         if source is not None:
             self.write_file(job["id"], SOURCE, orjson.dumps(source))
-        reused = self._reused(manifest) if reuse else None
+        reused = self._reused(manifest, leader) if reuse else None
         if reused is not None:
             self._write_table(job["id"], "reused.arrow", reused)
         with self.transaction() as db:
@@ -579,11 +584,13 @@ class Ledger:
             self._summarise(db, job["id"])
         assert rowstore  # imported for the manifest's schema in type checkers
 
-    def _reused(self, manifest: pa.Table) -> pa.Table | None:
-        """Results of earlier jobs for this manifest's leaders' exact requests."""
+    def _reused(self, manifest: pa.Table, leader: Any = None) -> pa.Table | None:
+        """Results of earlier jobs for this manifest's leaders' exact requests (``leader``:
+        each row's, when not the manifest's own column)."""
         import numpy as np
 
-        leader = manifest.column("leader").to_numpy()
+        if leader is None:
+            leader = manifest.column("leader").to_numpy()
         leaders = np.flatnonzero(leader == np.arange(len(leader)))
         hashes = manifest.column("request_hash").to_numpy()[leaders]
         answers = self.answers(hashes)
