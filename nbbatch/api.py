@@ -25,6 +25,7 @@ from . import frames, pricing, rowstore
 from . import health as _health
 from . import merge as _merge
 from . import plan as _plan
+from . import planning as _planning
 from . import prompt as _prompt
 from . import providers as _providers
 from . import stream as _stream
@@ -160,26 +161,40 @@ def submit(
     ledger = _default_ledger()
     # A cascade is another job than the same rows on its first model alone.
     identity = (output, prompt if len(models) == 1 else f"{prompt}\x00{models}\x00{when}")
-    if source is None:
-        rows = _in_memory(frame, template, id_column, missing, salt, identity)
-    else:
-        rows = _streamed(source, template, id_column, missing, salt, identity, ledger.files)
-    try:
-        _check_sendable(rows)
-        # Encoding validates the endpoint and parameters before anything is sent.
-        impl.encode(*rows.head(1), spec)
+    # A large table from files is planned in the background (see nbbatch.planning):
+    # what its first rows show is checked now, the rest before anything is sent.
+    later = None
+    if source is not None and _planning.in_background(source):
+        later = _planning.fingerprint(source, [salt, *identity, id_column, missing])
+    rows: _Rows | None = None
+    if later is not None:
+        assert source is not None
+        _check_head(source.head(), template, id_column, missing, impl, spec)
         for name_ in models:
             impl.check_model(name_)
-        if max_cost is not None:
-            _check_budget(rows, spec, max_cost, ledger if reuse else None, models[1:])
-    except BaseException:
-        rows.discard()
-        raise
-    fingerprint = rows.fingerprint
+        fingerprint = later
+    else:
+        if source is None:
+            rows = _in_memory(frame, template, id_column, missing, salt, identity)
+        else:
+            rows = _streamed(source, template, id_column, missing, salt, identity, ledger.files)
+        try:
+            _check_sendable(rows)
+            # Encoding validates the endpoint and parameters before anything is sent.
+            impl.encode(*rows.head(1), spec)
+            for name_ in models:
+                impl.check_model(name_)
+            if max_cost is not None:
+                _check_budget(rows, spec, max_cost, ledger if reuse else None, models[1:])
+        except BaseException:
+            rows.discard()
+            raise
+        fingerprint = rows.fingerprint
     polling = LOCAL_POLLING if local or is_loopback(impl.base_url) else REMOTE_POLLING
     existing = None if force else ledger.find_job(fingerprint)
     if existing is not None:
-        rows.discard()
+        if rows is not None:
+            rows.discard()
         note = (
             f"nbbatch: this exact job was already submitted as {existing}; attaching to it "
             "instead of paying again (submit with force=True to send it anew)."
@@ -190,6 +205,7 @@ def submit(
         assert record is not None
         job = BatchJob(record, impl, ledger, data=data, polling=polling)
         job._escalate_when = when_fn
+        job._plan_checks = _plan_checks(impl, spec, models, max_cost, ledger if reuse else None)
     else:
         policy: dict[str, Any] = {
             "retries": retries,
@@ -199,7 +215,10 @@ def submit(
         }
         if len(models) > 1:
             policy["cascade"] = {"models": models, "when": when}
-        record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
+        n_rows = rows.n_rows if rows is not None else source.n_rows if source else 0
+        record = _new_record(
+            n_rows, impl, spec, output=output, template=prompt, id_column=id_column
+        )
         record.update(
             fingerprint=fingerprint,
             policy=policy,
@@ -208,13 +227,19 @@ def submit(
             hash_scheme=_plan.HASH_SCHEME,
             deadline=_health.deadline_at(deadline, record["created"]),
         )
-        ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
+        if rows is not None:
+            ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
+        else:
+            assert source is not None
+            policy.update(reuse=reuse, max_cost=max_cost)  # checked once planned
+            ledger.add_planning_job(record, source.describe())
         job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
         job._escalate_when = when_fn
+        job._plan_checks = _plan_checks(impl, spec, models, max_cost, ledger if reuse else None)
         due = job._record.get("deadline")
         log.info(
             "nbbatch job %s started: %d rows expected on %s %s, cost %s%s",
-            job.id, rows.n_rows, name, model, job.cost,
+            job.id, n_rows, name, model, job.cost,
             f", deadline {_health.when(due)}" if due else "",
         )  # fmt: skip
     shown = display is True or (display == "auto" and in_notebook())
@@ -356,6 +381,60 @@ def _streamed(
         discard=planned.discard,
         source=source.describe(),
     )
+
+
+def _rows_of(planned: _stream.StreamPlan, source: _stream.Source | None) -> _Rows:
+    """A plan written to a manifest file, as submit and preview use it."""
+    return _Rows(
+        n_rows=planned.n_rows,
+        hashes=planned.hashes,
+        send_positions=planned.send_positions,
+        first_skip=planned.first_skip,
+        head=planned.head,
+        fingerprint=planned.fingerprint,
+        prompts=lambda keep: _stream.sent_prompts(planned, keep),
+        manifest=lambda: planned.path,
+        discard=planned.discard,
+        source=source.describe() if source is not None else None,
+    )
+
+
+def _check_head(
+    head: pd.DataFrame,
+    template: _prompt.Template,
+    id_column: str | None,
+    missing: str,
+    impl: Provider,
+    spec: RequestSpec,
+) -> None:
+    """What the first rows of a table planned in the background show: they plan, and
+    (the first one sent) encode, so the endpoint and parameters are checked now."""
+    rows = _plan.make_plan(head, template, id_column=id_column, missing=missing)
+    if len(rows.send_positions):
+        ids = rows.custom_ids.take(pa.array(rows.send_positions[:1], pa.int64()))
+        impl.encode(ids, rows.prompts.slice(0, 1), spec)
+
+
+def _plan_checks(
+    impl: Provider,
+    spec: RequestSpec,
+    models: list[str],
+    max_cost: float | None,
+    ledger: Ledger | None,
+) -> _planning.Checks:
+    """The checks submit makes once a table planned in the background is planned:
+    rows to send, the first request encodes, none is over the provider's size limit,
+    and the budget."""
+
+    def checks(planned: _stream.StreamPlan, source: _stream.Source) -> None:
+        rows = _rows_of(planned, source)
+        _check_sendable(rows)
+        impl.encode(*rows.head(1), spec)
+        _planning.longest_fits(planned, lambda i, p: impl.encode(i, p, spec), impl.max_bytes)
+        if max_cost is not None:
+            _check_budget(rows, spec, max_cost, ledger, models[1:])
+
+    return checks
 
 
 def _check_sendable(rows: _Rows) -> None:
@@ -522,7 +601,7 @@ def _check_budget(
 
 
 def _new_record(
-    rows: _Rows,
+    n_rows: int,
     impl: Provider,
     spec: RequestSpec,
     *,
@@ -542,7 +621,7 @@ def _new_record(
         "template": template,
         "spec": spec.as_dict(),
         "base_url": impl.base_url,
-        "n_rows": rows.n_rows,
+        "n_rows": n_rows,
         "id_column": id_column,
         "status": "running",
         "origin": _origin(),
@@ -596,6 +675,13 @@ def attach(
     job = BatchJob(
         record, impl, ledger, data=data, polling=LOCAL_POLLING if local else REMOTE_POLLING
     )
+    if record["status"] == _planning.PLANNING:  # planned again here if its planner died
+        policy = record["policy"]
+        job._plan_checks = _plan_checks(
+            impl, RequestSpec(**record["spec"]), (policy.get("cascade") or {}).get("models")
+            or [record["model"]], policy.get("max_cost"),
+            ledger if policy.get("reuse", True) else None,
+        )  # fmt: skip
     if escalate_when is not None:
         from . import escalate as _escalate
 
@@ -649,6 +735,8 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
         status = (
             "running" if pending else ("cancelled" if r["status"] == "cancelled" else "completed")
         )
+        if r["status"] == "failed":  # its rows could not be planned: nothing was sent
+            status = "failed"
         table.append(
             {
                 "id": r["id"],

@@ -137,6 +137,7 @@ class StreamPlan:
     sent: np.ndarray  # bool per row: sent (not skipped)
     first_skip: str | None  # why the first skipped row is not sent
     fingerprint: str
+    longest: int = -1  # the position of the row with the longest prompt (-1: none sent)
 
     @property
     def send_positions(self) -> np.ndarray:
@@ -162,6 +163,16 @@ class StreamPlan:
             pa.concat_arrays(ids).slice(0, n) if ids else pa.array([], pa.string()),
             pa.concat_arrays(prompts).slice(0, n) if prompts else pa.array([], pa.large_string()),
         )
+
+    def row(self, position: int) -> tuple[pa.Array, pa.Array]:
+        """The custom_id and prompt of the row at ``position``, as one-row arrays."""
+        offset = 0
+        for batch in rowstore.read_batches(self.path, ["custom_id", "prompt"]):
+            if position < offset + batch.num_rows:
+                at = position - offset
+                return batch.column(0).slice(at, 1), batch.column(1).slice(at, 1)
+            offset += batch.num_rows
+        raise IndexError(position)
 
     def discard(self) -> None:
         """Remove the manifest file (a job not recorded after all)."""
@@ -199,6 +210,7 @@ def plan_to_file(
     hashes = np.zeros(n, dtype=np.uint64)
     sent = np.zeros(n, dtype=bool)
     first_skip = None
+    longest, longest_bytes = -1, -1
     digest = hashlib.sha256(orjson.dumps(["stream", *fingerprint_of, id_column, n]))
     path = folder / f".plan-{secrets.token_hex(6)}.arrow"
     folder.mkdir(parents=True, exist_ok=True)
@@ -218,6 +230,12 @@ def plan_to_file(
                     batch_hashes = _plan.request_hashes(rows, salt)
                     hashes[offset:stop] = batch_hashes
                     sent[offset + rows.send_positions] = True
+                    if len(rows.prompts):
+                        sizes = pc.binary_length(rows.prompts).to_numpy(zero_copy_only=False)
+                        at = int(np.argmax(sizes))
+                        if sizes[at] > longest_bytes:
+                            longest_bytes = int(sizes[at])
+                            longest = offset + int(rows.send_positions[at])
                     if first_skip is None and rows.skip_reasons:
                         first_skip = rows.skip_reasons[0]
                     table = rowstore.manifest(
@@ -244,6 +262,7 @@ def plan_to_file(
         sent=sent,
         first_skip=first_skip,
         fingerprint=digest.hexdigest(),
+        longest=longest,
     )
 
 
