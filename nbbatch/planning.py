@@ -46,7 +46,7 @@ PLANNING, FAILED = "planning", "failed"
 
 #: What ``submit`` checks on a planned table before recording it (given the plan and
 #: its source): rows to send, the request encodes, the size limit, the budget.
-Checks = Callable[[_stream.StreamPlan, _stream.Source], None]
+Checks = Callable[["_stream.StreamPlan", "_stream.Source"], None]
 
 
 class _Stopped(Exception):
