@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 #: How many differing rows a MergeError shows.
 SHOWN = 2
+#: Rows rendered at a time when merge checks a frame (in two threads).
+VERIFY_ROWS = 131_072
 
 
 def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) -> Any:
@@ -39,9 +41,14 @@ def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) ->
     ``data``'s own kind (polars for polars...), or pandas with ``native=False``."""
     from . import frames
 
-    df = frames.to_pandas(data)
+    names = frames.column_names(data)
+    # Only the columns the check reads become pandas: the result columns are joined to
+    # ``data`` itself (frames.like), so its other columns, often most of its bytes
+    # (a million reviews), are never converted.
+    used = _prompt.parse(job._record["template"]).columns
+    df = frames.to_pandas(frames.select(data, [*used, job._record.get("id_column")]))
     frame = df.to_frame() if isinstance(df, pd.Series) else df
-    clash = [n for n in job.output_columns() if n in frame.columns]
+    clash = [n for n in job.output_columns() if n in (frame.columns if names is None else names)]
     if clash:
         raise MergeError(
             f"the DataFrame already has column(s) {clash}; drop them first or submit with "
@@ -55,17 +62,20 @@ def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) ->
         state.manifest.column("key").to_numpy(),
         job.id,
     )
-    if verify:
-        _verify(job, df, state, take)
     job._warn_if_running("merge()")
-    out = merged(
-        frame,
-        state,
-        take,
-        job.output,
-        job.spec.response_format,
-        embeddings=is_embeddings(job.endpoint),
-    )
+    # The rows are checked in other threads while the result columns are gathered here.
+    with ThreadPoolExecutor(1, thread_name_prefix="nbbatch-merge") as pool:
+        check = pool.submit(_verify, job, df, state, take) if verify else None
+        out = merged(
+            frame,
+            state,
+            take,
+            job.output,
+            job.spec.response_format,
+            embeddings=is_embeddings(job.endpoint),
+        )
+        if check is not None:
+            check.result()
     out = with_models(job, out, take)
     return frames.like(data, out, job.output_columns()) if native else out
 
@@ -173,22 +183,28 @@ def verify_rows(
     for it: ``sent`` holds, aligned with ``frame``, the request hash recorded at submit
     (0 for a row not sent). ``sent_prompts(positions)`` gives the prompts sent for some
     rows of ``frame``, for the message."""
-    rendered, _ = _plan.render_rows(frame, template, missing=missing)
-    send = rendered.is_valid().to_numpy(zero_copy_only=False) & ~_plan.blank(rendered, template)
-    now = np.zeros(len(frame), dtype=np.uint64)
-    if send.all():
-        now = _plan.prompt_hashes(rendered, salt)
-    elif send.any():
-        now[send] = _plan.prompt_hashes(rendered.filter(send), salt)
+
+    def part(start: int) -> np.ndarray:
+        return _hashes_now(frame.iloc[start : start + VERIFY_ROWS], template, missing, salt)[0]
+
+    if len(frame) > VERIFY_ROWS:
+        # In parts, two at a time: rendering and hashing run in Arrow and polars outside
+        # the GIL, so both cores work, and only a part's rendered text is held at once.
+        with ThreadPoolExecutor(2, thread_name_prefix="nbbatch-verify") as pool:
+            now = np.concatenate(list(pool.map(part, range(0, len(frame), VERIFY_ROWS))))
+    else:
+        now = part(0)
     differ = np.flatnonzero(now != sent)
     if not len(differ):
         return
     shown = differ[:SHOWN].tolist()
     before = sent_prompts(shown)
+    rendered, _ = _plan.render_rows(frame.iloc[shown], template, missing=missing)
+    _, send = _hashes_now(frame.iloc[shown], template, missing, salt)
     lines = [
         f"  row {frame.index[pos]!r}: sent {_short(old)}, now "
-        f"{_short(rendered[pos].as_py() if send[pos] else None)}"
-        for pos, old in zip(shown, before, strict=True)
+        f"{_short(rendered[i].as_py() if send[i] else None)}"
+        for i, (pos, old) in enumerate(zip(shown, before, strict=True))
     ]
     raise MergeError(
         f"{len(differ):,} of the {len(frame):,} rows given to merge() do not hold the data "
@@ -199,6 +215,21 @@ def verify_rows(
         "column on purpose, call merge(df, verify=False).",
         job_id=job_id,
     )
+
+
+def _hashes_now(
+    frame: pd.DataFrame, template: _prompt.Template, missing: str, salt: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(request hash of each row as it renders now, 0 where it would not be sent;
+    whether it would be sent)."""
+    rendered, _ = _plan.render_rows(frame, template, missing=missing)
+    send = rendered.is_valid().to_numpy(zero_copy_only=False) & ~_plan.blank(rendered, template)
+    now = np.zeros(len(frame), dtype=np.uint64)
+    if send.all():
+        now = _plan.prompt_hashes(rendered, salt)
+    elif send.any():
+        now[send] = _plan.prompt_hashes(rendered.filter(send), salt)
+    return now, send
 
 
 def result_columns(
