@@ -91,7 +91,10 @@ def submit(
     and planned the same way; ``job.merge`` gives back the same kind; rows of the
     non-pandas kinds are named by position or by ``id_column``). Parquet files and
     Arrow datasets are read a record batch at a time, never whole, so they may be larger
-    than memory; ``job.to_parquet`` writes their results back the same way.
+    than memory; ``job.to_parquet`` writes their results back the same way. Files of
+    ``planning.BACKGROUND_ROWS`` rows or more are planned in the background (see
+    :mod:`nbbatch.planning`): a problem only later rows show ends the job ``failed``,
+    nothing sent, and ``job.wait()`` raises it.
     ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
     (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
     ``provider`` is ``"openai"``, ``"anthropic"``, ``"gemini"`` or ``"local"`` (the
