@@ -205,6 +205,11 @@ def _collect_finished(args: argparse.Namespace) -> int:
             if problem:  # said, not fatal: the next run tries again
                 print(f"nbbatch: {record['id']} not collected: {problem}", file=sys.stderr)
             continue
+        if record["status"] == "failed":  # it could not be planned: it has no rows
+            print(f"nbbatch: {job.id} not collected: it ended failed, nothing sent: "
+                  f"{job.snapshot().last_error}", file=sys.stderr)  # fmt: skip
+            ledger.set_job_time(job.id, "collected_at", time.time())
+            continue
         out = folder / f"{job.id}{suffix}"
         frame = results_table(job)
         WRITERS[suffix](frame, out)
@@ -234,7 +239,7 @@ def _check(args: argparse.Namespace) -> int:
         record = ledger.job(job_id) or record
         counts = ledger.counts(job_id)
         missing = 0
-        if not counts.get("pending") and counts.get("failed"):
+        if not counts.get("pending") and counts.get("failed") and record["status"] != "failed":
             missing = health.missing_results(ledger.row_state(job_id))
         found += health.problems(
             record, counts, ledger.batches(job_id), missing=missing, now=time.time()

@@ -817,7 +817,12 @@ class Ledger:
 
     def counts(self, job_id: str) -> dict[str, int]:
         """How many rows are in each state, and how many were reused from earlier jobs,
-        deduplicated onto an identical request, or answered through the real-time API."""
+        deduplicated onto an identical request, or answered through the real-time API.
+        A job with no rows yet (still planning, or it ended so) has its recorded ones."""
+        if not (self.files / job_id / MANIFEST).exists():
+            recorded = orjson.loads(self.jobs_summary(job_id) or "{}").get("counts")
+            if recorded is not None:
+                return {"pending": 0, **recorded}
         return dict(self.row_state(job_id).counts())
 
     def sent_positions(self, job_id: str, intent: str) -> Any:

@@ -109,6 +109,16 @@ def test_a_problem_found_late_in_planning_ends_the_job_failed_with_nothing_sent(
     later = nb.attach(job.id, client=client)  # and in any other session
     with pytest.raises(nb.InputError, match="duplicated values"):
         later.wait(timeout=60, progress=False)
+    with pytest.raises(nb.InputError, match="duplicated values"):
+        later.merge(glob)
+    # The command line lists it as needing attention, and collects nothing from it.
+    from .test_cli import nbbatch
+
+    check = nbbatch("check", "--no-poll")
+    assert check.returncode == 5 and job.id in check.stdout, check.stderr
+    done = nbbatch("collect", "--finished", "--out-dir", str(tmp_path))
+    assert f"{job.id} not collected" in done.stderr and "duplicated values" in done.stderr
+    assert not list(tmp_path.glob("nbb-*"))
 
 
 def test_a_budget_checked_once_planned_and_a_cancel_while_planning_send_nothing(
