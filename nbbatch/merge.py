@@ -46,7 +46,13 @@ def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) ->
     # ``data`` itself (frames.like), so its other columns, often most of its bytes
     # (a million reviews), are never converted.
     used = _prompt.parse(job._record["template"]).columns
-    df = frames.to_pandas(frames.select(data, [*used, job._record.get("id_column")]))
+    id_column = job._record.get("id_column")
+    narrow = frames.select(data, [*used, id_column])
+    df: pd.DataFrame | pd.Series
+    if names is not None:  # polars or Arrow: its text checked straight from Arrow
+        df = frames.for_checking(frames.as_arrow(_collected(narrow)), [id_column])
+    else:
+        df = frames.to_pandas(narrow)
     frame = df.to_frame() if isinstance(df, pd.Series) else df
     clash = [n for n in job.output_columns() if n in (frame.columns if names is None else names)]
     if clash:
@@ -56,7 +62,6 @@ def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) ->
             job_id=job.id,
         )
     state = job._ledger.row_state(job.id)
-    id_column = job._record.get("id_column")
     take = align(
         _plan.row_keys(frame[id_column] if id_column else frame.index),
         state.manifest.column("key").to_numpy(),
@@ -78,6 +83,11 @@ def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) ->
             check.result()
     out = with_models(job, out, take)
     return frames.like(data, out, job.output_columns()) if native else out
+
+
+def _collected(data: Any) -> Any:
+    """A polars LazyFrame collected (other tables as they are)."""
+    return data.collect() if hasattr(data, "collect") and hasattr(data, "explain") else data
 
 
 def with_models(job: BatchJob, out: pd.DataFrame, take: np.ndarray) -> pd.DataFrame:
@@ -378,7 +388,7 @@ def write_parquet(
     def prepared(batch: pa.RecordBatch, offset: int) -> pa.Table:
         """One record batch of the data, checked, with its result columns."""
         take = np.arange(offset, offset + batch.num_rows)
-        frame = frames.from_arrow(pa.Table.from_batches([batch]).select(checked))
+        frame = frames.for_checking(pa.Table.from_batches([batch]).select(checked), [id_column])
         frame.index = pd.RangeIndex(take[0], take[-1] + 1) if len(take) else frame.index
         if keys is not None and not np.array_equal(_plan.row_keys(frame[id_column]), keys[take]):
             raise MergeError(
