@@ -141,3 +141,21 @@ def test_a_budget_checked_once_planned_and_a_cancel_while_planning_send_nothing(
     assert snap.status == "cancelled" and snap.counts["cancelled"] == 20
     assert other.wait(timeout=10, progress=False).status == "cancelled"
     assert [r for r in emu.request_log if r[0] != "GET"] == []
+
+
+def test_a_job_whose_planning_never_ran_is_planned_by_the_next_session(
+    client, emu, tmp_path, background, monkeypatch
+):
+    gate, _ = background
+    gate.set()
+    glob = _write(tmp_path / "in", 2, 10)
+    # The submitting process ends before its sender starts (a kernel restarted).
+    with monkeypatch.context() as patched:
+        patched.setattr(nb.BatchJob, "start_sending", lambda self, daemon=False: None)
+        job = nb.submit(glob, PROMPT, model=model_for(client), client=client)
+    assert nb.jobs()["status"].tolist() == ["running"] and job.snapshot().sending == "planning"
+    later = nb.attach(job.id, client=client)  # no data given: the recorded files are read
+    later.wait(timeout=60, progress=False)
+    assert later.counts["succeeded"] == 20
+    out = pq.read_table(later.to_parquet(tmp_path / "out.parquet"))
+    assert out.column("response_status").to_pylist() == ["succeeded"] * 20
