@@ -738,7 +738,7 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
         status = (
             "running" if pending else ("cancelled" if r["status"] == "cancelled" else "completed")
         )
-        if r["status"] == "failed":  # its rows could not be planned: nothing was sent
+        if r["status"] == "failed":  # e.g. its rows could not be planned: nothing was sent
             status = "failed"
         table.append(
             {

@@ -205,7 +205,7 @@ def _collect_finished(args: argparse.Namespace) -> int:
             if problem:  # said, not fatal: the next run tries again
                 print(f"nbbatch: {record['id']} not collected: {problem}", file=sys.stderr)
             continue
-        if record["status"] == "failed":  # it could not be planned: it has no rows
+        if not ledger.has_rows(job.id):  # it could not be planned: nothing to write
             print(f"nbbatch: {job.id} not collected: it ended failed, nothing sent: "
                   f"{job.snapshot().last_error}", file=sys.stderr)  # fmt: skip
             ledger.set_job_time(job.id, "collected_at", time.time())
@@ -239,7 +239,7 @@ def _check(args: argparse.Namespace) -> int:
         record = ledger.job(job_id) or record
         counts = ledger.counts(job_id)
         missing = 0
-        if not counts.get("pending") and counts.get("failed") and record["status"] != "failed":
+        if not counts.get("pending") and counts.get("failed") and ledger.has_rows(job_id):
             missing = health.missing_results(ledger.row_state(job_id))
         found += health.problems(
             record, counts, ledger.batches(job_id), missing=missing, now=time.time()

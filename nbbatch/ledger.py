@@ -774,7 +774,7 @@ class Ledger:
         """The job's rows as the latest change left them (kept in memory, brought up to
         date from the files of changes recorded since, by any process)."""
         with self._lock:
-            if job_id not in self._states and not (self.files / job_id / MANIFEST).exists():
+            if job_id not in self._states and not self.has_rows(job_id):
                 self._not_planned(job_id)
             state = _replay(self._db, self.files, job_id, self._states.get(job_id))
             self._states[job_id] = state
@@ -801,6 +801,11 @@ class Ledger:
             job_id=job_id,
         )
 
+    def has_rows(self, job_id: str) -> bool:
+        """Whether the job has its rows (a manifest): not one still planning, or whose
+        planning failed or was cancelled (see :mod:`nbbatch.planning`)."""
+        return (self.files / job_id / MANIFEST).exists()
+
     def jobs_summary(self, job_id: str) -> str | None:
         """The job's summary as SQLite keeps it (JSON text), or None."""
         rows = self.query("SELECT summary FROM jobs WHERE id = ?", (job_id,))
@@ -819,7 +824,7 @@ class Ledger:
         """How many rows are in each state, and how many were reused from earlier jobs,
         deduplicated onto an identical request, or answered through the real-time API.
         A job with no rows yet (still planning, or it ended so) has its recorded ones."""
-        if not (self.files / job_id / MANIFEST).exists():
+        if not self.has_rows(job_id):
             recorded = orjson.loads(self.jobs_summary(job_id) or "{}").get("counts")
             if recorded is not None:
                 return {"pending": 0, **recorded}

@@ -77,9 +77,7 @@ def fingerprint(source: _stream.Source, parts: list[Any]) -> str | None:
 def planning(job: BatchJob) -> bool:
     """Whether the job has no rows yet: still planning, or it ended while planned
     (failed or cancelled). Its manifest is what says so, for any process."""
-    from .ledger import MANIFEST
-
-    return not (job._ledger.files / job.id / MANIFEST).exists()
+    return not job._ledger.has_rows(job.id)
 
 
 def snapshot(job: BatchJob) -> JobSnapshot:
