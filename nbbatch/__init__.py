@@ -17,6 +17,7 @@ import importlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from . import _scrub
 from ._errors import (
     BatchFailedError,
     ConfigError,
@@ -42,6 +43,8 @@ __version__ = "0.1.0"
 # A library logs, the application decides where it goes: silent unless configured
 # (``logging.basicConfig(level="INFO")`` shows submit, status changes and completion).
 logging.getLogger("nbbatch").addHandler(logging.NullHandler())
+# No API key reaches a log line, whatever an SDK's error text quotes.
+_scrub.install_log_filter(logging.getLogger("nbbatch"))
 
 #: Public name -> the module that defines it (a module itself when the name is one).
 _LAZY = {

@@ -29,7 +29,10 @@ class NbbatchError(Exception):
     def __init__(
         self, message: str, *, job_id: str | None = None, provider: str | None = None
     ) -> None:
-        super().__init__(message)
+        from ._scrub import scrub
+
+        # An SDK's error text, quoted in ours, can carry the key it was given.
+        super().__init__(scrub(message))
         self.job_id = job_id
         self.provider = provider
 

@@ -24,6 +24,7 @@ from . import estimate as _estimate_mod
 from . import frames, pricing, rowstore
 from . import health as _health
 from . import merge as _merge
+from . import pack as _pack
 from . import plan as _plan
 from . import planning as _planning
 from . import prompt as _prompt
@@ -44,6 +45,7 @@ from .ledger import Ledger
 from .ledger import default as _default_ledger
 from .ledger import home as _ledger_home
 from .pricing import money
+from .providers import credentials as _credentials
 from .providers.base import Provider, RequestSpec, is_embeddings
 
 log = logging.getLogger("nbbatch")
@@ -71,6 +73,7 @@ def submit(
     alert_threshold: float | None = 0.05,
     deadline: Any = None,
     escalate_when: Any = None,
+    pack: int | None = None,
     reuse: bool = True,
     force: bool = False,
     wait: bool = False,
@@ -141,6 +144,12 @@ def submit(
     the live panel appears and polling runs in the background, so the kernel stays free;
     ``progress`` prints text progress while waiting (``"auto"``: outside a notebook).
 
+    ``pack=N`` puts up to N rows in one request (see :mod:`nbbatch.pack`): the system
+    prompt and the template's text around its placeholders are sent once per request,
+    each row's own part as an item of a JSON list, and the reply, a structured list of
+    answers keyed by item, is mapped back to the rows. A row the reply leaves out or
+    gets wrong is sent again on its own (retries are never packed). Not for embeddings.
+
     Everything is validated before anything is sent; a job, its rows and each provider
     batch id are written to the ledger as soon as they exist.
     """
@@ -158,12 +167,20 @@ def submit(
         temperature=temperature, response_format=response_format, endpoint=endpoint,
         cache_system=cache_system, params=params,
     )  # fmt: skip
+    from . import escalate as _escalate
+
+    # Refused now, not after the first stage is paid for (a Series merges as one column).
+    shown_columns = [data.name if data.name is not None else 0] if is_series else frame.columns
+    _escalate.check_when_columns(when, list(shown_columns), output, spec.response_format)
+    pack = _pack.check(pack, spec)
     name = impl.name
     # The local emulator's address can change between its runs; its jobs are one place.
-    salt = _plan.spec_hash(spec.as_dict(), impl.name, "local" if local else impl.base_url)
+    salt = _salt(spec, impl.name, "local" if local else impl.base_url, pack)
     ledger = _default_ledger()
     # A cascade is another job than the same rows on its first model alone.
     identity = (output, prompt if len(models) == 1 else f"{prompt}\x00{models}\x00{when}")
+    if pack:  # and packed rows another job than the same rows one by one
+        identity = (output, f"{identity[1]}\x00pack={pack}")
     # A large table from files is planned in the background (see nbbatch.planning):
     # what its first rows show is checked now, the rest before anything is sent.
     later = None
@@ -188,7 +205,15 @@ def submit(
             for name_ in models:
                 impl.check_model(name_)
             if max_cost is not None:
-                _check_budget(rows, spec, max_cost, ledger if reuse else None, models[1:])
+                _check_budget(
+                    rows,
+                    spec,
+                    max_cost,
+                    ledger if reuse else None,
+                    models[1:],
+                    pack=pack,
+                    template=prompt,
+                )
         except BaseException:
             rows.discard()
             raise
@@ -208,7 +233,9 @@ def submit(
         assert record is not None
         job = BatchJob(record, impl, ledger, data=data, polling=polling)
         job._escalate_when = when_fn
-        job._plan_checks = _plan_checks(impl, spec, models, max_cost, ledger if reuse else None)
+        job._plan_checks = _plan_checks(
+            impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
+        )
     else:
         policy: dict[str, Any] = {
             "retries": retries,
@@ -218,6 +245,8 @@ def submit(
         }
         if len(models) > 1:
             policy["cascade"] = {"models": models, "when": when}
+        if pack:
+            policy["pack"] = pack
         n_rows = rows.n_rows if rows is not None else source.n_rows if source else 0
         record = _new_record(
             n_rows, impl, spec, output=output, template=prompt, id_column=id_column
@@ -238,7 +267,9 @@ def submit(
             ledger.add_planning_job(record, source.describe())
         job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
         job._escalate_when = when_fn
-        job._plan_checks = _plan_checks(impl, spec, models, max_cost, ledger if reuse else None)
+        job._plan_checks = _plan_checks(
+            impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
+        )
         due = job._record.get("deadline")
         log.info(
             "nbbatch job %s started: %d rows expected on %s %s, cost %s%s",
@@ -424,10 +455,13 @@ def _plan_checks(
     models: list[str],
     max_cost: float | None,
     ledger: Ledger | None,
+    *,
+    pack: int | None = None,
+    template: str = "",
 ) -> _planning.Checks:
     """The checks submit makes once a table planned in the background is planned:
     rows to send, the first request encodes, none is over the provider's size limit,
-    and the budget."""
+    and the budget (of ``pack`` rows a request, see :mod:`nbbatch.pack`)."""
 
     def checks(planned: _stream.StreamPlan, source: _stream.Source) -> None:
         rows = _rows_of(planned, source)
@@ -435,7 +469,7 @@ def _plan_checks(
         impl.encode(*rows.head(1), spec)
         _planning.longest_fits(planned, lambda i, p: impl.encode(i, p, spec), impl.max_bytes)
         if max_cost is not None:
-            _check_budget(rows, spec, max_cost, ledger, models[1:])
+            _check_budget(rows, spec, max_cost, ledger, models[1:], pack=pack, template=template)
 
     return checks
 
@@ -517,11 +551,25 @@ def _check_output_name(
         )
 
 
+def _salt(spec: RequestSpec, provider: str, address: str, pack: int | None) -> str:
+    """The request-hash salt: what every request of the job shares. A packed answer is
+    its own kind (it was given beside other rows), reused only by jobs packed alike."""
+    shared = spec.as_dict() if not pack else {**spec.as_dict(), "pack": pack}
+    return _plan.spec_hash(shared, provider, address)
+
+
 def _estimate(
-    rows: _Rows, spec: RequestSpec, ledger: Ledger | None, **kwargs: Any
+    rows: _Rows,
+    spec: RequestSpec,
+    ledger: Ledger | None,
+    *,
+    pack: int | None = None,
+    template: str = "",
+    **kwargs: Any,
 ) -> _estimate_mod.Estimate:
     """The estimate of what will actually be sent: each distinct request once, and (with
-    a ``ledger``) none whose identical request already succeeded in an earlier job."""
+    a ``ledger``) none whose identical request already succeeded in an earlier job; with
+    ``pack``, in requests of ``pack`` rows, beside what the rows would cost unpacked."""
     sent = rows.hashes[rows.send_positions]
     _, first = np.unique(sent, return_index=True)
     keep = np.zeros(len(sent), dtype=bool)
@@ -555,7 +603,51 @@ def _estimate(
         )
         for prompts in rows.prompts(keep)
     ]
-    return _estimate_mod.combine(estimates, note)
+    unpacked = _estimate_mod.combine(estimates, note)
+    if pack:
+        return _packed_estimate(rows, spec, keep, unpacked, pack, template, **kwargs)
+    return unpacked
+
+
+def _packed_estimate(
+    rows: _Rows,
+    spec: RequestSpec,
+    keep: np.ndarray,
+    unpacked: _estimate_mod.Estimate,
+    pack: int,
+    template: str,
+    **kwargs: Any,
+) -> _estimate_mod.Estimate:
+    """:func:`_estimate` for a job sent in packs of ``pack`` rows (its first try), with
+    what the same requests cost ``unpacked`` in its note."""
+    packed = _pack.packed_spec(spec, pack)
+    prefix, suffix = _pack.split_template(template)
+    expected = kwargs.pop("expected_output_tokens", None)
+    per_pack = None if expected is None else expected * pack
+    estimates, n_rows = [], 0
+    for prompts in rows.prompts(keep):
+        n_rows += len(prompts)
+        texts = _pack.pack_prompts(prompts.to_pylist(), pack, prefix, suffix)
+        estimates.append(
+            _estimate_mod.estimate(
+                pa.array(texts, pa.large_string()),
+                model=spec.model,
+                system=spec.system,
+                max_tokens=packed.max_tokens,
+                endpoint=spec.endpoint,
+                cache_system=spec.cache_system,
+                expected_output_tokens=per_pack,
+                **kwargs,
+            )
+        )
+    if not n_rows:
+        return unpacked
+    was = unpacked.cost.batch
+    told = f"packed {pack} rows a request: {n_rows:,} rows in "
+    told += f"{sum(e.rows for e in estimates):,} requests"
+    told += "" if was is None else f", vs {money(was)} batch unpacked"
+    note = unpacked.note
+    return _estimate_mod.combine(estimates, f"{note}; {told}" if note else told)
 
 
 def _with_later(
@@ -577,8 +669,12 @@ def _check_budget(
     max_cost: float,
     ledger: Ledger | None,
     later: list[str] | None = None,
+    *,
+    pack: int | None = None,
+    template: str = "",
 ) -> None:
-    est = _with_later(_estimate(rows, spec, ledger), rows, spec, later or [])
+    est = _estimate(rows, spec, ledger, pack=pack, template=template)
+    est = _with_later(est, rows, spec, later or [])
     if est.rows == 0 and not est.later:
         return  # everything is reused: nothing will be paid for
     unknown = [e.model for e in (est, *est.later) if e.cost.batch is None]
@@ -628,6 +724,10 @@ def _new_record(
         "id_column": id_column,
         "status": "running",
         "origin": _origin(),
+        # Where the key came from (never the key): later polls send only a key meant
+        # for base_url.
+        "credential": impl.credential,
+        "key_hash": _credentials.key_hash(impl, _ledger_home()),
     }
 
 
@@ -654,8 +754,12 @@ def attach(
     """Rebuild a job from the ledger (also in a new kernel) and carry on with it.
 
     The job talks to the same provider endpoint as before, with ``client`` if given, else
-    a client built from the environment's API key. A ``provider="local"`` job talks to
-    nbbatch's background emulator wherever it answers now (started if it does not run).
+    with a key meant for that endpoint only: the environment variable its key came from
+    at submit, or, for a job whose key was given on ``client=``, the environment's key
+    when it is that same key (a private emulator on a loopback address gets a placeholder
+    key); otherwise :class:`ConfigError` asks for ``client=``. A ``provider="local"`` job
+    talks to nbbatch's background emulator wherever it answers now (started if it does
+    not run).
     ``data`` (optional) is the DataFrame the job was submitted with, so ``merge()`` works
     without arguments. A cascade goes on by itself where it was left (its next stage
     starts when the current one ends); one whose ``escalate_when`` was a function needs
@@ -673,7 +777,8 @@ def attach(
     background = record.get("backend") == "local"
     local = background or is_loopback(record.get("base_url"))
     if client is None:
-        client = _client_for(name, None if background else record.get("base_url"), local)
+        # Only a key meant for the recorded address (or the emulator's placeholder).
+        client = _credentials.rebuild(record, _ledger_home())
     impl = _providers.build(name, client)
     job = BatchJob(
         record, impl, ledger, data=data, polling=LOCAL_POLLING if local else REMOTE_POLLING
@@ -683,7 +788,8 @@ def attach(
         job._plan_checks = _plan_checks(
             impl, RequestSpec(**record["spec"]), (policy.get("cascade") or {}).get("models")
             or [record["model"]], policy.get("max_cost"),
-            ledger if policy.get("reuse", True) else None,
+            ledger if policy.get("reuse", True) else None, pack=policy.get("pack"),
+            template=record["template"],
         )  # fmt: skip
     if escalate_when is not None:
         from . import escalate as _escalate
@@ -702,17 +808,6 @@ def attach(
     return job
 
 
-def _client_for(name: str, base_url: str | None, local: bool) -> Any:
-    """A client for ``base_url``; with ``local`` and no ``base_url``, for the background
-    emulator at its current address (the recorded one may be stale)."""
-    if local and base_url is None:
-        return _providers.default_client(name, local=True)
-    variables = _providers.KEY_VARIABLES[name]
-    if local and not any(os.environ.get(v) for v in variables):  # an emulator takes any key
-        return _providers.default_client(name, base_url=base_url, key="local-emulator")
-    return _providers.default_client(name, base_url=base_url)
-
-
 def ledger_path() -> Path:
     """The ledger file this process uses: ``$NBBATCH_HOME/ledger.sqlite3``, else in the
     user data directory (``~/.local/share/nbbatch`` on Linux)."""
@@ -724,8 +819,13 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
     the row counts per state, ``cost``: dollars paid so far at the batch price, from
     the token usage the results reported (NaN for a model with no known price), the
     ``deadline`` given to submit (NaT for none) and whether the job is ``overdue``
-    (rows still pending after it)."""
+    (rows still pending after it). ``model`` names each stage's model in order for a
+    job that escalates (``gpt-4o-mini -> gpt-4o``); ``status`` is ``failed`` for a
+    cascade that could not choose the rows of its next stage."""
     import time
+
+    from . import escalate as _escalate
+    from .snapshot import models_text as _models_text
 
     ledger = ledger or _default_ledger()
     records = ledger.jobs()
@@ -735,17 +835,17 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
         c = r["summary"].get("counts", {})
         paid = r["summary"].get("usage", {}).get("batch", (0, 0, 0, 0))
         pending = c.get("pending", 0)
-        status = (
-            "running" if pending else ("cancelled" if r["status"] == "cancelled" else "completed")
-        )
-        if r["status"] == "failed":  # e.g. its rows could not be planned: nothing was sent
-            status = "failed"
+        ended = r["status"] if r["status"] in ("cancelled", "failed") else "completed"
+        staged = "stages" in r["summary"] or "cascade" in orjson.loads(r.get("policy") or "{}")
+        stages = ledger.stages(r["id"]) if staged else []
+        status = "running" if pending else ended
         table.append(
             {
                 "id": r["id"],
                 "created": pd.Timestamp(r["created"], unit="s", tz="UTC"),
                 "provider": r["provider"],
-                "model": r["model"],
+                # A job that escalates: each stage's model in order (gpt-4o-mini -> gpt-4o).
+                "model": _models_text(_escalate.job_models(r, stages)) if staged else r["model"],
                 "rows": r["n_rows"],
                 "status": status,
                 **{
@@ -800,6 +900,7 @@ def preview(
     endpoint: str | None = None,
     missing: str = "skip",
     cache_system: bool = False,
+    pack: int | None = None,
     **params: Any,
 ) -> Preview:
     """The first ``n`` rendered requests and, for the whole job, the estimated tokens and
@@ -824,6 +925,9 @@ def preview(
     For a cascade (``model=[...]``, as ``submit`` takes it) the first stage is
     estimated in full and each later stage as if every row went on to it, an upper
     bound the summary states as such (``.estimate.later``, ``.estimate.upper_bound``).
+
+    With ``pack=N`` (as ``submit`` takes it) the rows shown are the first packed
+    requests, and the estimate counts requests of N rows, beside the cost unpacked.
     """
     models, _, _ = _cascade(model, escalate_when)
     model = models[0]
@@ -840,19 +944,29 @@ def preview(
         cache_system=cache_system,
         params=params,
     )
+    pack = _pack.check(pack, spec)
     address = _address(name, client, local)
-    salt = _plan.spec_hash(spec.as_dict(), name, address or "")
+    salt = _salt(spec, name, address or "", pack)
     ledger = _default_ledger() if address is not None and ledger_path().exists() else None
     with tempfile.TemporaryDirectory(prefix="nbbatch-preview-") as folder:
         if source is None:
             rows = _in_memory(frame, template, id_column, missing, salt, ("", ""))
         else:
             rows = _streamed(source, template, id_column, missing, salt, ("", ""), Path(folder))
-        est = _estimate(rows, spec, ledger, expected_output_tokens=expected_output_tokens)
+        est = _estimate(
+            rows, spec, ledger, expected_output_tokens=expected_output_tokens, pack=pack,
+            template=prompt,
+        )  # fmt: skip
         est = _with_later(
             est, rows, spec, models[1:], expected_output_tokens=expected_output_tokens
         )
-        ids, prompts = rows.head(n)
+        ids, prompts = rows.head(n * (pack or 1))
+    if pack:  # the first packed requests, as they will be sent
+        prefix, suffix = _pack.split_template(prompt)
+        texts = _pack.pack_prompts(prompts.to_pylist(), pack, prefix, suffix)
+        ids = pa.array([f"pack of {len(prompts[i : i + pack])} from row {ids[i]}"
+                        for i in range(0, len(prompts), pack)], pa.string())  # fmt: skip
+        prompts = pa.array(texts, pa.large_string())
     if address is None:
         est = dataclasses.replace(
             est,

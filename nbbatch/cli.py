@@ -89,9 +89,11 @@ def _status(args: argparse.Namespace) -> int:
     for b in snap.batches:
         print(
             f"  batch {b.batch_id}: {b.status}, {b.done:,}/{b.n_requests:,} requests done "
-            f"(attempt {b.attempt})"
+            f"({b.label})"
         )
     print(f"  cost: {snap.cost}")
+    if snap.failure:
+        print(f"  error: {snap.failure}")
     for w in snap.warnings:
         print(f"  note: {w}")
     return OK
@@ -107,6 +109,15 @@ WRITERS: dict[str, Callable[[pd.DataFrame, Path], Any]] = {
     ".xlsx": lambda f, p: f.to_excel(p, index=False),
 }
 FORMATS = ".parquet, .csv, .jsonl (or .ndjson), .json or .xlsx"
+
+
+def write_results(frame: pd.DataFrame, out: Path) -> None:
+    """Write ``frame`` to ``out`` in the format its suffix names, owner-only (0600, or
+    less with a stricter umask), through a fresh temporary file renamed into place."""
+    from ._files import private_output
+
+    with private_output(out) as tmp:
+        WRITERS[out.suffix.lower()](frame, tmp)
 
 
 def _check_out(out: Path) -> None:
@@ -153,6 +164,13 @@ def results_table(job: BatchJob) -> pd.DataFrame:
     )
     for name, column in columns.items():
         out[name] = column
+    if job.staged:
+        # A job that escalates: the model that gave each row's result, as merge() says.
+        from . import escalate as _escalate
+
+        name = f"{job.output}_model"
+        out.insert(list(out.columns).index(f"{job.output}_error") + 1, name,
+                   _escalate.result_models(rows))  # fmt: skip
     return out
 
 
@@ -212,7 +230,7 @@ def _collect_finished(args: argparse.Namespace) -> int:
             continue
         out = folder / f"{job.id}{suffix}"
         frame = results_table(job)
-        WRITERS[suffix](frame, out)
+        write_results(frame, out)
         ledger.set_job_time(job.id, "collected_at", time.time())
         written += 1
         print(f"{len(frame):,} rows written to {out}: {job.snapshot().summary()}")
@@ -296,7 +314,7 @@ def _collect(args: argparse.Namespace) -> int:
         frame = results_table(job)
         rows = len(frame)
         try:
-            WRITERS[out.suffix.lower()](frame, out)
+            write_results(frame, out)
         except (ValueError, TypeError) as exc:  # e.g. a value the format cannot hold
             raise InputError(
                 f"cannot write the results as {out.suffix}: {exc}. Try .parquet or .jsonl."

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import pack as _pack
 from . import results as _results
 from . import rowstore
 from . import send as _send
@@ -118,11 +119,18 @@ def _hashes(job: BatchJob, positions: np.ndarray, stage: int = 0) -> np.ndarray:
 def collect(job: BatchJob, info: BatchInfo, intent: str, stage: int = 0) -> None:
     """Read an ended batch's result files (once: they are kept on disk) and record
     one reconciled result per leader it was sent (in escalation ``stage``)."""
-    raws = read_result_files(job, info)
+    positions = job._ledger.sent_positions(job.id, intent)
+    raws = read_result_files(job, info, len(positions))
     spec = job.stage_spec(stage)
     provider = job._provider
-    tables = [provider.parse_results(raw, spec) for raw in raws]
-    positions = job._ledger.sent_positions(job.id, intent)
+    size = _pack.batch_size(job, intent, stage)
+    if size > 1:  # a batch of packs (submit(pack=N)): each row's answer from its pack's
+        _pack.collect(job, info, raws, intent, spec, positions, size)
+        return
+    try:
+        tables = [provider.parse_results(raw, spec) for raw in raws]
+    except Exception as exc:
+        raise unreadable(job, info, exc) from exc
     state = job._ledger.row_state(job.id)
     sent_ids = state.manifest_column("custom_id", positions)
     rec = _results.reconcile(
@@ -134,13 +142,19 @@ def collect(job: BatchJob, info: BatchInfo, intent: str, stage: int = 0) -> None
     )
     table = rec.table
     if spec.response_format is not None:
-        table = _check_structured(job, table, raws, spec)
+        try:
+            table = _check_structured(job, table, raws, spec)
+        except Exception as exc:
+            raise unreadable(job, info, exc) from exc
     where = pc.index_in(table.column("custom_id"), value_set=sent_ids).to_numpy(
         zero_copy_only=False
     )
     note = rec.note(info.batch_id)
     results = rowstore.result_table(positions[where], table, _hashes(job, positions, stage)[where])
     job._ledger.record_results(job.id, intent, results, note)
+    # Only now is the download known to be readable: until then a new poll fetches it
+    # again rather than reusing a broken copy forever.
+    job._ledger.write_file(job.id, f"{info.batch_id}.complete", b"")
     if rec.unknown or rec.duplicates or rec.missing:
         job._warn(note)
     if info.failure:
@@ -161,21 +175,67 @@ def _check_structured(
     return _results.check_structured(table, structured.schema_of(spec.response_format), cut)
 
 
-def read_result_files(job: BatchJob, info: BatchInfo) -> list[bytes]:
-    """The batch's raw result files: from disk if downloaded before, else downloaded
-    and kept (each written atomically, then a ``.complete`` mark)."""
+#: Result bytes allowed per request sent, plus a fixed allowance: a reply is at most
+#: the model's output limit (a few hundred KB as JSON); more is a broken or hostile
+#: endpoint, refused before it fills the memory or the disk.
+RESULT_BYTES_PER_REQUEST = 4 << 20
+RESULT_BYTES_BASE = 64 << 20
+
+
+def read_result_files(job: BatchJob, info: BatchInfo, n_requests: int = 0) -> list[bytes]:
+    """The batch's raw result files: from disk if downloaded and read before, else
+    downloaded (at most :data:`RESULT_BYTES_PER_REQUEST` per request sent, plus
+    :data:`RESULT_BYTES_BASE`) and kept, each written atomically. The ``.complete`` mark
+    is written by :func:`collect` once they were parsed."""
     if not info.ended:
         raise NbbatchError(f"internal error: batch {info.batch_id} read before it ended")
     folder = job._ledger.files / job.id
     done = folder / f"{info.batch_id}.complete"
     if done.exists():
         return [p.read_bytes() for p in sorted(folder.glob(f"{info.batch_id}.*.jsonl"))]
-    raws = job._provider.fetch_results(info)
+    forget_result_files(job, info)  # a broken earlier download, not to be mixed in
+    # Sized by what was sent, not by what the provider says the batch holds.
+    cap = RESULT_BYTES_BASE + RESULT_BYTES_PER_REQUEST * max(n_requests or info.total, 1)
+    raws = job._provider.fetch_results(info, max_bytes=cap)
+    if sum(len(raw) for raw in raws) > cap:  # a provider that could not stream it
+        raise too_large(job, info, cap)
     for i, raw in enumerate(raws):
         # A cache (the parsed results are the record, flushed to disk): not synced.
         job._ledger.write_file(job.id, f"{info.batch_id}.{i}.jsonl", raw, sync=False)
-    job._ledger.write_file(job.id, f"{info.batch_id}.complete", b"")
     return raws
+
+
+def forget_result_files(job: BatchJob, info: BatchInfo) -> None:
+    """Remove the batch's downloaded files and mark (to be downloaded again)."""
+    folder = job._ledger.files / job.id
+    (folder / f"{info.batch_id}.complete").unlink(missing_ok=True)
+    for path in folder.glob(f"{info.batch_id}.*.jsonl"):
+        path.unlink(missing_ok=True)
+
+
+def too_large(job: BatchJob, info: BatchInfo, cap: int) -> ProviderError:
+    """The error for results larger than any reply to what was sent could be."""
+    return ProviderError(
+        f"the results of batch {info.batch_id} are larger than {cap:,} bytes, more than "
+        "any reply to the requests sent could be; nothing was recorded from them. The "
+        "endpoint is broken or not the provider: check the job's address.",
+        job_id=job.id,
+        provider=job.provider,
+    )
+
+
+def unreadable(job: BatchJob, info: BatchInfo, exc: Exception) -> ProviderError:
+    """The error for result files that could not be parsed at all: forgotten, so the
+    next poll downloads them again instead of failing on the same copy for ever."""
+    forget_result_files(job, info)
+    return ProviderError(
+        f"the results of batch {info.batch_id} could not be read "
+        f"({type(exc).__name__}: {exc}); nothing was recorded from them, and they are "
+        "downloaded again on the next poll.",
+        job_id=job.id,
+        provider=job.provider,
+        transient=True,
+    )
 
 
 def after_collect(job: BatchJob) -> None:

@@ -21,7 +21,9 @@ result columns, or only the result columns when the job was attached without its
 
 - ``"failed"``: rows that ended ``failed`` or ``expired``;
 - a function ``fn(merged) -> mask``, e.g. ``lambda out: out["confidence"] < 0.7``;
-- any other string: an expression ``merged.eval`` evaluates, e.g. ``"confidence < 0.7"``;
+- any other string: an expression on its columns, e.g. ``"confidence < 0.7"``, parsed and
+  evaluated by :mod:`nbbatch.expr` (never run as code: only column names, constants,
+  comparisons, boolean operators and arithmetic), and checked when it is given;
 - a boolean mask (array, list or Series) with one value per row, in the merged order.
 
 Only rows that ended can be chosen (not pending, skipped or cancelled ones), and a row
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from . import expr as _expr
 from . import rowstore
 from ._errors import InputError, NbbatchError
 from .providers.base import is_embeddings
@@ -62,6 +65,8 @@ def check_where(where: Where) -> None:
             raise InputError(
                 "where must not be empty: 'failed', an expression, a function or a mask."
             )
+        if where != FAILED:
+            _expr.parse(where)  # refuses anything but a plain expression, before use
         return
     if callable(where) or isinstance(where, (pd.Series, np.ndarray, list, tuple, pd.Index)):
         return
@@ -140,10 +145,23 @@ def mask_of(job: BatchJob, where: Where) -> np.ndarray:
     if isinstance(where, str) and where == FAILED:
         status = state.statuses()
         return (status == rowstore.FAILED) | (status == rowstore.EXPIRED)
-    if isinstance(where, str) or callable(where):
+    if isinstance(where, str):
         frame = selection_frame(job)
         try:
-            result = frame.eval(where) if isinstance(where, str) else where(frame)
+            result = _expr.parse(where).evaluate(frame)
+        except InputError as exc:
+            exc.job_id = job.id
+            raise
+        except Exception as exc:  # a value pandas cannot compare, say
+            raise InputError(
+                f"where={where!r} could not be evaluated on the merged DataFrame: "
+                f"{type(exc).__name__}: {exc}",
+                job_id=job.id,
+            ) from exc
+    elif callable(where):
+        frame = selection_frame(job)
+        try:
+            result = where(frame)
         except Exception as exc:
             raise InputError(
                 f"where={describe(where)!r} could not be evaluated on the merged DataFrame "
@@ -289,17 +307,37 @@ def start_stage(
     return rows
 
 
+def _cascade_when(job: BatchJob) -> Where | None:
+    """What chooses the rows of the cascade's next stage in this session: the function
+    given to this session, else what the ledger keeps (None: a function not given)."""
+    cascade = job.policy.get("cascade") or {}
+    return job._escalate_when if job._escalate_when is not None else cascade.get("when")
+
+
+def stage_due(job: BatchJob) -> bool:
+    """Whether this session has a cascade stage still to start: a model is left, the job
+    was neither cancelled nor stopped in error, and this session knows what chooses the
+    rows. While it is due the job is not finished (``wait()`` goes on), even when every
+    row of the current stage is terminal already (all reused from earlier jobs, say)."""
+    cascade = job.policy.get("cascade")
+    if not cascade or job._record.get("status") in ("cancelled", FAILED_JOB):
+        return False
+    return len(job.stages) + 1 < len(cascade["models"]) and _cascade_when(job) is not None
+
+
 def cascade_next(job: BatchJob) -> None:
     """Start the cascade's next stage if the job has one left (see the module
-    docstring); called when a stage has ended and its failure policy is done."""
+    docstring); called when a stage has ended and its failure policy is done. When the
+    rows cannot be chosen (an expression or function that fails on the results), the job
+    ends ``failed``, in the ledger too, and ``wait()`` raises why."""
     cascade = job.policy.get("cascade")
-    if not cascade:
+    if not cascade or job._record.get("status") in ("cancelled", FAILED_JOB):
         return
     models = list(cascade["models"])
     done = len(job.stages)
     if done + 1 >= len(models):
         return
-    when: Where = job._escalate_when if job._escalate_when is not None else cascade.get("when")
+    when = _cascade_when(job)
     if when is None:
         job._warn_once(
             f"the cascade's stage {done + 2} on {models[done + 1]} waits for its "
@@ -310,7 +348,106 @@ def cascade_next(job: BatchJob) -> None:
     try:
         start_stage(job, models[done + 1], when, {}, automatic=True)
     except InputError as exc:
-        job._warn_once(f"the cascade stopped before stage {done + 2}: {exc}")
+        _fail(job, done + 2, models[done + 1], when, exc)
+
+
+#: The ledger's status of a job whose cascade stopped in error, and its event kind.
+FAILED_JOB = "failed"
+_FAILED_EVENT = "cascade_failed"
+
+
+def _fail(job: BatchJob, number: int, model: str, when: Where, exc: InputError) -> None:
+    """End the job in error: its cascade could not start stage ``number`` (its rows
+    could not be chosen, or the model was refused meanwhile).
+    Recorded in the ledger (status and the reason in its history) so every session and
+    ``nbbatch jobs`` see it; the rows keep the results they have."""
+    text = (
+        f"the cascade stopped before stage {number} on {model} ({describe(when)}): "
+        f"{str(exc).rstrip('. ')}. The results so far are kept; to go on, choose the rows "
+        f"yourself: job.escalate({model!r}, where=...)."
+    )
+    job._record["status"] = FAILED_JOB
+    job._ledger.set_job_status(job.id, FAILED_JOB)
+    job._ledger.event(job.id, _FAILED_EVENT, text)
+    job._warn_once(text, "alert")
+
+
+def failure(job: BatchJob) -> str | None:
+    """Why the job ended ``failed`` (as any session recorded it), or None."""
+    if job._record.get("status") != FAILED_JOB:
+        return None
+    rows = job._ledger.query(
+        "SELECT message FROM events WHERE job_id = ? AND kind = ? ORDER BY at DESC LIMIT 1",
+        (job.id, _FAILED_EVENT),
+    )
+    return str(rows[0][0]) if rows else f"job {job.id} ended failed"
+
+
+def raise_if_failed(job: BatchJob, snap: Any) -> None:
+    """Raise :class:`~nbbatch.NbbatchError` for a job that ended ``failed``."""
+    if snap.status == FAILED_JOB:
+        raise NbbatchError(f"job {job.id}: {failure(job)}", job_id=job.id)
+
+
+def batch_stages(
+    job: BatchJob, batches: list[dict[str, Any]]
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """For the views: a function giving a batch's stage, that stage's model and how
+    many times its rows were sent before in that stage (its retry number)."""
+    if not any(int(b.get("stage") or 0) for b in batches):
+        return lambda b: {}  # no escalation: the batches are attempts of the job
+    info = {int(s["stage"]): (s["spec"]["model"], int(s["first_attempt"])) for s in job.stages}
+
+    def of(batch: dict[str, Any]) -> dict[str, Any]:
+        stage = int(batch.get("stage") or 0)
+        if stage == 0:
+            return {}
+        model, first = info.get(stage, ("", int(batch["attempt"])))
+        return {"stage": stage, "model": model, "retry": int(batch["attempt"]) - first}
+
+    return of
+
+
+def result_models(results: pd.DataFrame) -> pd.Series:
+    """``{output}_model`` from :meth:`~nbbatch.BatchJob.results`: the model whose
+    answer (or failure) each row holds; missing for a row pending or never sent."""
+    unsent = results["status"].isin(["pending", "skipped"]).to_numpy()
+    values = results["model"].to_numpy(dtype=object).copy()
+    values[unsent] = None
+    return pd.Series(pd.array(values, dtype="string"))
+
+
+def job_models(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+    """Each stage's model in order, for a job of the ledger: a cascade's models (those
+    to come included), and the models of stages started by hand after them."""
+    policy = record.get("policy") or {}
+    if isinstance(policy, str):
+        import orjson
+
+        policy = orjson.loads(policy)
+    started = [record["model"], *(s["spec"]["model"] for s in stages)]
+    cascade = list((policy.get("cascade") or {}).get("models") or ())
+    return [*cascade, *started[len(cascade) :]] if cascade else started
+
+
+def check_when_columns(
+    when: str | None,
+    columns: list[Any],
+    output: str,
+    response_format: dict[str, Any] | None,
+) -> None:
+    """Refuse at submit a cascade's ``escalate_when`` expression that names a column the
+    merged DataFrame of its first stage will not have: the data's ``columns`` plus the
+    result columns (structured output's fields, ``{output}_status``...). Found now, it
+    costs nothing; found after stage 1, that stage would be paid for nothing."""
+    if when is None or when == FAILED:
+        return
+    from .job import output_columns
+
+    have = [*columns, *output_columns(output, response_format, staged=True)]
+    _expr.parse(when).check_columns(
+        have, "the merged DataFrame (the data's columns and the result columns)"
+    )
 
 
 def escalate_when_of(value: Any) -> tuple[str | None, Callable[..., Any] | None]:

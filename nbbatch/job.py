@@ -27,14 +27,17 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from . import _scrub, rowstore
 from . import collect as _collect
+from . import escalate as _escalate
 from . import health as _health
 from . import merge as _merge
 from . import notes as _notes
+from . import pack as _pack
 from . import planning as _planning
-from . import rowstore
 from . import send as _send
 from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, ProviderError
+from ._files import private_output
 from .ledger import Ledger
 from .poller import Poller
 from .pricing import Cost
@@ -256,7 +259,9 @@ class BatchJob:
 
     @property
     def status(self) -> str:
-        """``running`` until every row is terminal, then ``completed`` (or ``cancelled``)."""
+        """``running`` until every row is terminal (and a cascade's stages have all
+        started), then ``completed``, ``cancelled``, or ``failed`` when a cascade could
+        not choose the rows of its next stage (``wait()`` raises why)."""
         return self.snapshot().status
 
     # -- views ------------------------------------------------------------------------------
@@ -278,9 +283,10 @@ class BatchJob:
         counts = {state_: int(raw.get(state_, 0)) for state_ in ROW_STATES}
         counts["total"] = int(self._record["n_rows"])
         batches = self._ledger.batches(self.id)
-        status = "completed" if counts["pending"] == 0 else "running"
-        if self._record.get("status") == "cancelled" and counts["pending"] == 0:
-            status = "cancelled"
+        stage_due = counts["pending"] == 0 and _escalate.stage_due(self)
+        status = "completed" if counts["pending"] == 0 and not stage_due else "running"
+        if self._record.get("status") in ("cancelled", "failed") and counts["pending"] == 0:
+            status = self._record["status"]
         # What was paid for: rows sent themselves (not reused from an earlier job, not
         # deduplicated onto another row), by route.
         usage = state.usage()
@@ -292,15 +298,22 @@ class BatchJob:
         pending_in, pending_out = self._pending_estimate(counts["pending"])
         # Per batch: rows still pending on it, and its requests (leaders) that succeeded.
         per_batch = state.per_batch()
+        # An escalation's batches are named by their stage and model, not as retries.
+        stage_of = _escalate.batch_stages(self, batches)
         views = tuple(
             BatchView(
                 b["batch_id"],
                 b["status"],
-                b["n_requests"],
+                # The provider's requests: a batch of packs (pack=N) has fewer than rows.
+                _pack.n_requests(
+                    b["n_requests"],
+                    _pack.size_for(self.policy, int(b.get("stage") or 0), int(b["attempt"])),
+                ),
                 b["attempt"],
                 done=int(b["done"] or 0),
                 rows=per_batch.get(b["intent"], (0, 0))[0],
                 succeeded=per_batch.get(b["intent"], (0, 0))[1],
+                **stage_of(b),
             )
             for b in batches
         )
@@ -320,7 +333,8 @@ class BatchJob:
             now=now,
             last_poll=self._last_poll,
             next_poll=self._next_poll,
-            last_error=self._last_error,
+            # Shown by the panel, the console, the CLI and the sidebar: never with a key.
+            last_error=None if self._last_error is None else _scrub.scrub(self._last_error),
             notes=self._current_notes(counts, batches),
             progress_samples=self._sample_progress(counts, views, now),
             input_tokens=batch[0],
@@ -337,6 +351,8 @@ class BatchJob:
             deadline=self._record.get("deadline"),
             stages=self._stage_views(state, counts) if self.staged else (),
             cascade=tuple((self.policy.get("cascade") or {}).get("models") or ()),
+            stage_due=stage_due,
+            failure=_escalate.failure(self) if status == "failed" else None,
         )
 
     def _stage_views(
@@ -410,7 +426,8 @@ class BatchJob:
         stage's parameters, else the job's). The prompt average is computed once."""
         if self._avg_prompt_tokens is None:
             n, chars = self.prompt_chars()
-            system = len(self.spec.system or "")
+            # Packed rows (pack=N) share the system prompt N ways on their first try.
+            system = len(self.spec.system or "") / (self.policy.get("pack") or 1)
             self._avg_prompt_tokens = (chars / max(n, 1) + system) / 4 + 4
         max_tokens = (spec or self._record["spec"]).get("max_tokens")
         out = 0 if is_embeddings(self.endpoint) else (max_tokens or 100)
@@ -710,6 +727,7 @@ class BatchJob:
                         error.job_id = self.id
                     raise error
                 if snap.finished:
+                    _escalate.raise_if_failed(self, snap)
                     return self
                 if timeout is not None and self.clock() - start + delay > timeout:
                     raise TimeoutError(self._timeout_message(snap, timeout))
@@ -928,8 +946,8 @@ class BatchJob:
         elif data is None and (recorded := self._ledger.source(self.id)) is not None:
             source = _stream.Source.recorded(recorded)
         target = Path(path)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        try:
+        # A fresh private file, renamed into place (see nbbatch._files).
+        with private_output(target) as tmp:
             if source is not None:
                 self._warn_if_running("to_parquet()")
                 _merge.write_parquet(self, source, tmp, columns=columns, verify=verify)
@@ -938,9 +956,6 @@ class BatchJob:
                 if columns is not None:
                     table = table.select([*columns, *self.output_columns()])
                 pq.write_table(table, tmp)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
         return target
 
     def _warn_if_running(self, what: str) -> None:
@@ -1040,12 +1055,12 @@ class BatchJob:
 
         ``where`` chooses the rows: ``"failed"`` (rows that ended failed or expired), a
         function of the merged DataFrame giving a boolean mask (``lambda out:
-        out["confidence"] < 0.7``), an expression ``DataFrame.eval`` evaluates on it
-        (``"confidence < 0.7"``), or a boolean mask with one value per row, in the
-        merged order. ``merge`` then holds, per row, the answer of the last model that
-        answered it, and ``{output}_model`` says which; ``job.cost`` prices each stage on
-        its own model. Succeeded rows not chosen are never sent again, nor rows already
-        answered with exactly these parameters.
+        out["confidence"] < 0.7``), an expression on its columns (``"confidence <
+        0.7"``; parsed by :mod:`nbbatch.expr`, never run as code), or a boolean mask
+        with one value per row, in the merged order. ``merge`` then holds, per row, the
+        answer of the last model that answered it, and ``{output}_model`` says which;
+        ``job.cost`` prices each stage on its own model. Succeeded rows not chosen are
+        never sent again, nor rows already answered with exactly these parameters.
 
         Everything is checked before anything is sent: the model (at the provider, and
         of the job's provider), the parameters, ``where`` (its length, its values), and

@@ -217,6 +217,20 @@ def m007_stages(db: sqlite3.Connection, files: Path) -> None:
     )
 
 
+@migration
+def m008_credential_origin(db: sqlite3.Connection, files: Path) -> None:
+    """Where a job's key came from (``env:VAR``, ``client``, ``local``) and, for a key
+    given on ``client=``, its keyed hash (never the key): later polls send only a key
+    meant for the job's address (see :mod:`nbbatch.providers.credentials`)."""
+    _script(
+        db,
+        """
+        ALTER TABLE jobs ADD COLUMN credential TEXT;
+        ALTER TABLE jobs ADD COLUMN key_hash TEXT;
+        """,
+    )
+
+
 def _convert_rows(db: sqlite3.Connection, files: Path, job_id: str) -> None:
     """One job of a ledger from before m004: its ``rows`` as Arrow files and changes."""
     import numpy as np
@@ -563,15 +577,18 @@ class Ledger:
             db.execute(
                 "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
                 "spec, base_url, n_rows, id_column, status, fingerprint, policy, salt, backend, "
-                "hash_scheme, deadline, origin) VALUES (:id, :created, :provider, :model, "
-                ":endpoint, :output, :template, :spec, :base_url, :n_rows, :id_column, :status, "
-                ":fingerprint, :policy, :salt, :backend, :hash_scheme, :deadline, :origin)",
+                "hash_scheme, deadline, origin, credential, key_hash) VALUES (:id, :created, "
+                ":provider, :model, :endpoint, :output, :template, :spec, :base_url, :n_rows, "
+                ":id_column, :status, :fingerprint, :policy, :salt, :backend, :hash_scheme, "
+                ":deadline, :origin, :credential, :key_hash)",
                 {
                     "salt": None,
                     "backend": None,
                     "hash_scheme": None,
                     "deadline": None,
                     "origin": None,
+                    "credential": None,
+                    "key_hash": None,
                     **job,
                     "spec": orjson.dumps(job["spec"]).decode(),
                     "policy": orjson.dumps(job["policy"]).decode(),
@@ -767,7 +784,12 @@ class Ledger:
 
     @staticmethod
     def _event(db: sqlite3.Connection, job_id: str, kind: str, message: str) -> None:
-        db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (job_id, time.time(), kind, message))
+        from ._scrub import scrub
+
+        # Events are shown by the sidebar and kept on disk: never with a key in them.
+        db.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?)", (job_id, time.time(), kind, scrub(message))
+        )
 
     # -- row state -----------------------------------------------------------------------
     def row_state(self, job_id: str) -> Any:  # -> rowstore.RowState

@@ -370,6 +370,8 @@ class JobPanel:
         when every row succeeded (or was skipped), else ``warning``."""
         if snap.last_error and snap.last_error.startswith(POLLING_STOPPED):
             return "danger"
+        if snap.failure:
+            return "danger"
         if not snap.finished:
             return "info"
         bad = sum(snap.counts[s] for s in styling.NOT_SUCCEEDED)
@@ -385,7 +387,7 @@ class JobPanel:
             f'<span style="font-size: var(--jp-ui-font-size2, 14px); font-weight: 600;">'
             f"nbbatch job {_esc(snap.job_id)}</span><br>"
             f'<span style="{_MUTED}{_FONT}">{_esc(snap.provider)} &middot; '
-            f"<code>{_esc(snap.model)}</code> &middot; {_esc(snap.endpoint)} &middot; "
+            f"<code>{_esc(snap.models_text)}</code> &middot; {_esc(snap.endpoint)} &middot; "
             f"{snap.n_rows:,} rows{via}</span></div>"
         )
 
@@ -399,7 +401,7 @@ class JobPanel:
             f'<span class="nbbatch-batch" style="margin-right: 12px; overflow-wrap: anywhere;">'
             f'<code style="word-break: break-all;">{_esc(b.batch_id)}</code> '
             f"{_esc(b.status.replace('_', ' '))} "
-            f'<span style="{_MUTED}">({_batch_requests(b)}, attempt {b.attempt})</span></span>'
+            f'<span style="{_MUTED}">({_batch_requests(b)}, {_esc(b.label)})</span></span>'
             for b in shown
         ]
         more = len(snap.batches) - len(shown)
@@ -532,6 +534,8 @@ class JobPanel:
         late = getattr(snap, "overdue", None)
         if late:
             notes = cls._note(late, "warning") + notes
+        if snap.failure:  # a cascade that could not go on: what and how to go on
+            notes = cls._note(snap.failure, "danger") + notes
         return notes + _history_html(snap) + cls._problem_html(snap)
 
     @classmethod
@@ -567,6 +571,8 @@ class JobPanel:
         took = format_seconds(snap.elapsed)
         if snap.status == "cancelled":
             head = f"Cancelled: {c['succeeded']:,} of {c['total']:,} rows succeeded"
+        elif snap.failure:
+            head = f"Stopped in error: {c['succeeded']:,} of {c['total']:,} rows succeeded"
         elif c["succeeded"] + c["skipped"] == c["total"]:
             head = f"Done: all {c['succeeded']:,} rows succeeded"
             if c["skipped"]:
@@ -812,6 +818,8 @@ def plain_text(snap: JobSnapshot) -> str:
     """The job as text, as saved in the notebook: the summary line, its stages (a job
     that escalates), and current notes."""
     lines = [snap.summary(), *snap.stage_lines]
+    if snap.failure:
+        lines.append(f"error: {snap.failure}")
     if snap.overdue:
         lines.append(f"note: {snap.overdue}")
     lines += [f"note: {n.text}" for n in snap.current_notes]
@@ -838,7 +846,7 @@ def static_html(snap: JobSnapshot) -> str:
         f' max-width: 100%; box-sizing: border-box;">'
         f'<div style="{_FONT}"><b>nbbatch job {_esc(snap.job_id)}</b>'
         f' <span style="{_MUTED}">&middot; {_esc(snap.provider)} &middot;'
-        f" {_esc(snap.model)} &middot; {snap.n_rows:,} rows</span></div>"
+        f" {_esc(snap.models_text)} &middot; {snap.n_rows:,} rows</span></div>"
         f"{bar_html(snap, state)}{JobPanel._counts_html(snap)}{where}"
         f"{_stages_html(snap)}{JobPanel._error_html(snap)}</div>"
     )

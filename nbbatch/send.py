@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from . import pack as _pack
 from . import plan as _plan
 from ._errors import BatchFailedError, NbbatchError, ProviderError
 from .ledger import alive
@@ -94,20 +95,24 @@ def send_rows(
         return
     provider = job._provider
     limit = max(1, min(provider.max_requests, max_requests or provider.max_requests))
+    size = _pack.size_for(job.policy, stage, attempt)  # rows per request (pack=)
     progress = progress or Progress()
     progress.rows += len(positions)
-    progress.expected += math.ceil(len(positions) / limit)
+    progress.expected += math.ceil(len(positions) / (limit * size))
     state = job._ledger.row_state(job.id)
     spec = job.stage_spec(stage)
     # Part names tell chunks apart at the provider (resolve_intent looks them up):
     # an escalation stage's own, so its attempt numbers never meet stage 0's.
     prefix = f"{attempt}" if stage == 0 else f"s{stage}.{attempt}"
-    for start in range(0, len(positions), limit):
-        block = positions[start : start + limit]
-        ids = state.manifest_column("custom_id", block)
-        jsonl = provider.encode(ids, state.manifest_column("prompt", block), spec)
+    for start in range(0, len(positions), limit * size):
+        block = positions[start : start + limit * size]
+        if size > 1:
+            jsonl, ids = _pack.encode(job, block, spec, size)
+        else:
+            ids = state.manifest_column("custom_id", block)
+            jsonl = provider.encode(ids, state.manifest_column("prompt", block), spec)
         ends = np.flatnonzero(np.frombuffer(jsonl, dtype=np.uint8) == 0x0A) + 1
-        if len(ends) != len(block):
+        if len(ends) != len(ids):
             raise NbbatchError("internal error: one request line per row was not produced")
         pieces = list(_plan.chunk_bounds(ends, max_count=limit, max_bytes=provider.max_bytes))
         progress.expected += len(pieces) - 1
@@ -121,8 +126,9 @@ def send_rows(
             try:
                 with lock or threading.RLock():
                     sent = _send_chunk(
-                        job, block[first:stop], chunk, attempt, f"{prefix}:{k}", spec, stage
-                    )
+                        job, block[first * size : stop * size], chunk, attempt,
+                        f"{prefix}:{k}", spec, stage,
+                    )  # fmt: skip
             except ProviderError:
                 progress.active = False
                 raise
@@ -219,7 +225,10 @@ def resolve_intent(job: BatchJob, batch: dict[str, Any]) -> None:
         return  # another live process is still in that create call
     meta = {"nbbatch_job": job.id, "nbbatch_part": batch["part"]}
     known = set(job.batch_ids)
-    info = job._provider.find_batch(meta, batch["n_requests"], batch["created"], known)
+    # A batch of packs holds fewer requests than rows.
+    size = _pack.size_for(job.policy, int(batch.get("stage") or 0), int(batch["attempt"]))
+    requests = _pack.n_requests(batch["n_requests"], size)
+    info = job._provider.find_batch(meta, requests, batch["created"], known)
     if info is not None:
         job._ledger.confirm_batch(batch["intent"], info.batch_id, info.status, info.raw)
         job._ledger.event(job.id, "resume", f"found batch {info.batch_id} at the provider")

@@ -34,6 +34,20 @@ class BatchView:
     done: int = 0  # requests the provider reports finished (OpenAI reports it as it goes)
     rows: int = 0  # rows still pending on this batch (deduplicated rows included)
     succeeded: int = 0  # its requests that succeeded (once collected)
+    # The escalation stage its rows went in (0: the job's own model), that stage's
+    # model, and how many times these rows had been sent in that stage before (retries).
+    stage: int = 0
+    model: str = ""
+    retry: int = 0
+
+    @property
+    def label(self) -> str:
+        """What this batch is to the job: ``attempt 2`` (a retry of the first stage), or
+        ``stage 2 (gpt-4o)`` (an escalation, not a retry), ``stage 2 (gpt-4o), retry 1``."""
+        if self.stage == 0:
+            return f"attempt {self.attempt}"
+        text = f"stage {self.stage + 1} ({self.model})" if self.model else f"stage {self.stage + 1}"
+        return f"{text}, retry {self.retry}" if self.retry > 0 else text
 
     @property
     def ready(self) -> int:
@@ -118,7 +132,7 @@ class JobSnapshot:
     base_url: str
     n_rows: int
     counts: dict[str, int]  # every state in ROW_STATES plus "total"
-    status: str  # running | completed | cancelled
+    status: str  # running | completed | cancelled | failed (a cascade that could not go on)
     batches: tuple[BatchView, ...]
     created: float
     now: float
@@ -147,6 +161,11 @@ class JobSnapshot:
     # A job that escalates: its stages so far, and a cascade's models (all of them).
     stages: tuple[StageView, ...] = ()
     cascade: tuple[str, ...] = ()
+    # A cascade whose next stage this session will start (every row of the current one
+    # may be terminal already): the job is not finished.
+    stage_due: bool = False
+    # Why the job ended ``failed`` (a cascade that could not choose its next rows).
+    failure: str | None = None
 
     @property
     def last_model(self) -> str:
@@ -154,6 +173,15 @@ class JobSnapshot:
         if self.cascade and len(self.cascade) >= len(self.stages):
             return self.cascade[-1]
         return self.stages[-1].model if self.stages else self.model
+
+    @property
+    def models_text(self) -> str:
+        """The model, or for a job that escalates each stage's model in order
+        (``gpt-4o-mini -> gpt-4o``; a cascade's stages to come included)."""
+        models = [s.model for s in self.stages] or [self.model]
+        if self.cascade:
+            models = [*self.cascade, *models[len(self.cascade) :]]
+        return models_text(models)
 
     @property
     def overdue(self) -> str | None:
@@ -245,8 +273,8 @@ class JobSnapshot:
 
     @property
     def finished(self) -> bool:
-        """True once every row is terminal."""
-        return self.counts["pending"] == 0
+        """True once every row is terminal and no cascade stage is still to start."""
+        return self.counts["pending"] == 0 and not self.stage_due
 
     @property
     def elapsed(self) -> float:
@@ -326,10 +354,17 @@ class JobSnapshot:
             parts.append(f"{c['pending']:,} pending")
         if self.ready:
             parts.append(f"~{self.ready:,} of them done at the provider")
-        head = f"{self.job_id} [{self.provider} {self.model}] {self.status}"
+        head = f"{self.job_id} [{self.provider} {self.models_text}] {self.status}"
         if self.status == "running":
             head += f" ({self.provider_status})"
         return f"{head}: {self.done:,}/{c['total']:,} rows done - " + ", ".join(parts)
+
+
+def models_text(models: list[str]) -> str:
+    """``gpt-4o-mini -> gpt-4o``: models in stage order, a model repeated by the next
+    stage (other parameters) named once."""
+    shown = [m for i, m in enumerate(models) if i == 0 or m != models[i - 1]]
+    return " -> ".join(shown)
 
 
 _ENDED_WORDS = frozenset({"completed", "failed", "expired", "cancelled", "ended"})

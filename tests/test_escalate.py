@@ -9,6 +9,7 @@ the request), which is what "paid" means on a real provider: an answer given.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -300,7 +301,7 @@ def finished(emu):
         ({"model": "gpt-4o", "where": np.ones(7, dtype=bool)}, "7 values"),
         ({"model": "gpt-4o", "where": [1, 0, 1, 0, 1, 0]}, "True or False"),
         ({"model": "gpt-4o", "where": lambda out: out["nope"] > 1}, "could not be evaluated"),
-        ({"model": "gpt-4o", "where": "nope > 1"}, "could not be evaluated"),
+        ({"model": "gpt-4o", "where": "nope > 1"}, "names column 'nope'"),
         ({"model": "gpt-4o", "where": 3}, "where must be"),
         ({"model": "gpt-4o", "where": "failed"}, "no row to escalate"),  # none failed
         ({"model": "gpt-4o", "where": [False] * 6}, "no row to escalate"),
@@ -470,3 +471,231 @@ def test_a_cancelled_job_is_not_escalated(emu):
     with pytest.raises(nb.InputError, match="was cancelled"):
         job.escalate(model="gpt-4o", where=[True] * 6)
     assert batches_created(emu) == before and job.stages == []
+
+
+# -- a first stage answered entirely from earlier jobs -----------------------------------------
+def test_a_cascade_whose_first_stage_is_all_reused_still_runs_stage_2(emu):
+    """Every row of stage 1 is reused from an earlier job, so no batch is sent for it:
+    wait() still starts stage 2 on the large model and returns once it has ended."""
+    client = client_for("openai", emu)
+    df = texts(6)
+    nb.submit(df, "{text}", model="gpt-4o-mini", client=client, display=False).wait(
+        timeout=60, progress=False
+    )
+    before = batches_created(emu)
+    job = nb.submit(
+        df, "{text}", model=["gpt-4o-mini", "gpt-4o"], client=client, display=False,
+        escalate_when=lambda out: out.index % 2 == 0,
+    )  # fmt: skip
+    job.wait(timeout=60, progress=False)
+    assert job.counts["reused"] == 3  # the rows stage 2 did not take keep the reused answers
+    assert [s["n_rows"] for s in job.stages] == [3]
+    out = job.merge()
+    assert out["response_model"].tolist() == ["gpt-4o", "gpt-4o-mini"] * 3
+    assert out["response_status"].eq("succeeded").all()
+    assert batches_created(emu) == before + 1  # stage 2 alone, once
+    assert job.status == "completed" and job.snapshot().finished
+    row = nb.jobs().set_index("id").loc[job.id]
+    assert row["status"] == "completed" and row["pending"] == 0
+
+
+# -- escalate_when: checked at submit, and a failure later ends the job in error --------------
+SCHEMA = {
+    "type": "object",
+    "properties": {"label": {"type": "string"}, "score": {"type": "number"}},
+    "required": ["label", "score"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("when", "words"),
+    [
+        ("scor < 0.3", "Did you mean 'score'?"),
+        ("nope > 1", "names column 'nope'"),
+        ("score <", "not valid"),
+        ("@pd.io.common.os.system('id')", "'@'"),
+        ("score.__class__ == 1", "an attribute"),
+        ("len(text) > 3", "a call"),
+    ],
+)
+def test_a_bad_escalate_when_is_refused_at_submit_before_anything_is_sent(emu, when, words):
+    client = client_for("openai", emu)
+    before = batches_created(emu)
+    with pytest.raises(nb.InputError) as raised:
+        nb.submit(
+            texts(4), "{text}", model=["gpt-4o-mini", "gpt-4o"], client=client,
+            response_format=SCHEMA, escalate_when=when, display=False,
+        )  # fmt: skip
+    assert words in str(raised.value)
+    assert nb.jobs().empty and batches_created(emu) == before
+
+
+def test_an_escalate_when_on_input_and_structured_columns_is_accepted(emu):
+    """The columns the merged frame will have: the data's, the structured fields and
+    the status columns, so an expression on them is not refused."""
+    client = client_for("openai", emu)
+    job = nb.submit(
+        texts(4), "{text}", model=["gpt-4o-mini", "gpt-4o"], client=client,
+        response_format=SCHEMA, display=False,
+        escalate_when="score < 0.3 or response_status != 'succeeded' or text == 'row 1'",
+    )  # fmt: skip
+    job.wait(timeout=60, progress=False)
+    assert job.status == "completed"
+    assert job.merge()["response_model"].tolist()[1] == "gpt-4o"
+
+
+@pytest.mark.parametrize(
+    ("when", "words"),
+    [
+        (lambda out: 1 / 0, "ZeroDivisionError"),
+        (lambda out: [True, False], "2 values, but job"),
+        (lambda out: out["text"], "True or False"),
+    ],
+)
+def test_an_escalate_when_failing_after_stage_1_ends_the_job_failed(emu, when, words):
+    client = client_for("openai", emu)
+    job = nb.submit(
+        texts(4), "{text}", model=["gpt-4o-mini", "gpt-4o"], client=client,
+        escalate_when=when, display=False,
+    )  # fmt: skip
+    with pytest.raises(nb.NbbatchError) as raised:
+        job.wait(timeout=60, progress=False)
+    message = str(raised.value)
+    assert words in message and "job.escalate('gpt-4o', where=" in message
+    assert job.status == "failed" and job.stages == []
+    from nbbatch import panel
+
+    snap = job.snapshot()
+    assert snap.finished and words in (snap.failure or "")
+    assert panel.JobPanel.bar_style(snap) == "danger"
+    assert f"error: {snap.failure}" in panel.plain_text(snap)
+    assert "Stopped in error" in panel.static_html(snap)
+    # Every session sees it: the ledger says failed, and wait() raises there too.
+    assert nb.jobs().set_index("id").loc[job.id, "status"] == "failed"
+    other = nb.attach(job.id, client=client, escalate_when=when)
+    assert other.status == "failed"
+    with pytest.raises(nb.NbbatchError, match="cascade stopped before stage 2"):
+        other.wait(timeout=60, progress=False)
+    # The rows keep stage 1's answers, and the user can go on by hand.
+    assert job.merge()["response_model"].tolist() == ["gpt-4o-mini"] * 4
+    job.escalate("gpt-4o", where=[True, False, False, False])
+    job.wait(timeout=60, progress=False)
+    assert job.status == "completed"
+    assert job.merge()["response_model"].tolist()[0] == "gpt-4o"
+
+
+def test_an_expression_naming_an_input_column_fails_cleanly_when_attached_without_data(emu):
+    """A new session attaches without the data: the expression's input column is not
+    there, and the job ends failed (not completed, not a crash of the poller)."""
+    client = client_for("openai", emu)
+    job = nb.submit(
+        texts(4), "{text}", model=["gpt-4o-mini", "gpt-4o"], client=client,
+        escalate_when="text == 'row 1'", display=False,
+    )  # fmt: skip
+    job.wait_sent()
+    other = nb.attach(job.id, client=client)
+    with pytest.raises(nb.NbbatchError, match="names column 'text'"):
+        other.wait(timeout=60, progress=False)
+    assert other.status == "failed"
+    from .test_cli import nbbatch as run_cli
+
+    status = run_cli("status", job.id)
+    assert "failed" in status.stdout and "error: the cascade stopped" in status.stdout
+    assert "names column 'text'" in status.stdout
+    listed = run_cli("jobs")
+    assert "failed" in listed.stdout
+
+
+# -- where= strings are never run as code --------------------------------------------------------
+@pytest.mark.parametrize(
+    "where",
+    [
+        "@pd.io.common.os.system('touch {marker}')",
+        "text.str.contains('x') | @__import__('os').system('touch {marker}')",
+        "__import__('os').system('touch {marker}')",
+        "response.__class__.__init__.__globals__",
+    ],
+)
+def test_a_where_expression_never_runs_code(finished, emu, tmp_path, where):
+    marker = tmp_path / "pwned"
+    before = batches_created(emu)
+    with pytest.raises(nb.InputError) as raised:
+        finished.escalate(model="gpt-4o", where=where.format(marker=marker))
+    assert not marker.exists(), "the expression ran a shell command"
+    assert re.search("is not allowed|uses '@'", str(raised.value))
+    assert batches_created(emu) == before and finished.stages == []
+
+
+def test_a_stored_escalate_when_is_checked_again_by_the_session_that_polls(emu, tmp_path):
+    """An expression written into the ledger by hand (or by an older version) is parsed
+    by the polling session, never evaluated as code: the job ends failed."""
+    client = client_for("openai", emu)
+    job = nb.submit(
+        texts(4), "{text}", model=["gpt-4o-mini", "gpt-4o"], client=client,
+        escalate_when="response_status == 'failed'", display=False,
+    )  # fmt: skip
+    job.wait_sent()
+    marker = tmp_path / "pwned"
+    policy = dict(job.policy)
+    policy["cascade"] = {**policy["cascade"], "when": f"@pd.io.common.os.system('touch {marker}')"}
+    import orjson
+
+    with job._ledger.transaction() as db:
+        db.execute(
+            "UPDATE jobs SET policy = ? WHERE id = ?", (orjson.dumps(policy).decode(), job.id)
+        )
+    other = nb.attach(job.id, client=client)
+    try:
+        other.wait(timeout=60, progress=False)
+    except nb.NbbatchError as exc:
+        assert "uses '@'" in str(exc)
+    assert not marker.exists(), "the stored expression ran a shell command"
+    assert other.status == "failed"
+
+
+# -- the views name each stage's model; collect writes {output}_model ---------------------------
+def test_a_cascade_is_named_by_its_stages_everywhere_and_collect_writes_its_models(emu, tmp_path):
+    from nbbatch import panel
+
+    from .test_cli import nbbatch as run_cli
+
+    client = client_for("openai", emu)
+    df = texts(4)
+    job = nb.submit(
+        df, "{text}", model=["gpt-4o-mini", "gpt-4o"], client=client, display=False,
+        escalate_when="text == 'row 1' or text == 'row 3'",
+    )  # fmt: skip
+    job.wait(timeout=60, progress=False)
+    merged = job.merge()
+    assert merged["response_model"].tolist() == ["gpt-4o-mini", "gpt-4o"] * 2
+
+    out = tmp_path / "r.csv"
+    result = run_cli("collect", job.id, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == [
+        "id", "response", "response_status", "response_error", "response_model",
+    ]  # fmt: skip
+    assert frame["response_model"].tolist() == merged["response_model"].tolist()
+
+    # The escalation's batch is stage 2 on its model, not a retry of the first.
+    snap = job.snapshot()
+    assert [b.label for b in snap.batches] == ["attempt 1", "stage 2 (gpt-4o)"]
+    batches = panel.JobPanel._batches_html(snap)
+    assert "stage 2 (gpt-4o))" in batches and "attempt 2" not in batches
+    # Every view names both models, in order.
+    both = "gpt-4o-mini -> gpt-4o"
+    assert f"[openai {both}] completed" in panel.plain_text(snap)
+    assert "gpt-4o-mini -&gt; gpt-4o" in panel.static_html(snap)
+    assert nb.jobs().set_index("id").loc[job.id, "model"] == both
+    from nbbatch.labext import views
+
+    sidebar = {j["id"]: j for j in views.jobs_view(job._ledger)["jobs"]}
+    assert sidebar[job.id]["model"] == both
+    status = run_cli("status", job.id)
+    assert status.returncode == 0, status.stderr
+    assert both in status.stdout and "(stage 2 (gpt-4o))" in status.stdout
+    assert "attempt 2" not in status.stdout
+    listed = run_cli("jobs")
+    assert both in listed.stdout

@@ -206,7 +206,8 @@ def test_embedding_failures_are_kept_per_row_and_resubmitted():
         kept = job.merge(df)
         ok = kept["vec_status"] == "succeeded"
         assert kept.loc[ok, "vec"].tolist() == [
-            _vector(t, emulator.DEFAULT_EMBEDDING_DIMENSIONS) for t in df.loc[ok, "text"]
+            _vector(t, emulator.embedding_dimensions("gemini-embedding-001"))
+            for t in df.loc[ok, "text"]
         ]
         before = batches_created(server)
         job.resubmit_failed().wait(timeout=30, progress=False)
@@ -214,7 +215,7 @@ def test_embedding_failures_are_kept_per_row_and_resubmitted():
         out = job.merge(df)
         assert out["vec_status"].tolist() == ["succeeded"] * 8 + ["failed"]
         assert out["vec"].tolist()[:8] == [
-            _vector(t, emulator.DEFAULT_EMBEDDING_DIMENSIONS) for t in texts[:8]
+            _vector(t, emulator.embedding_dimensions("gemini-embedding-001")) for t in texts[:8]
         ]
 
 

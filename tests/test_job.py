@@ -89,7 +89,7 @@ def test_a_second_handle_collects_a_cancel_with_fresh_batch_state(provider, monk
             time.sleep(0.05)  # until it has seen the batch running
         server = nb.attach(kernel.id, client=client)
 
-        def lost(info):  # the emulator cannot drop one download on demand
+        def lost(info, **_):  # the emulator cannot drop one download on demand
             raise nb.ProviderError("connection reset while downloading", transient=True)
 
         monkeypatch.setattr(server._provider, "fetch_results", lost)

@@ -91,7 +91,7 @@ def test_embeddings_via_real_time_match_the_batch(oai):
     texts = pa.array(["a sentence", "another one"])
     live = realtime.run(provider, ids, texts, spec)
     vectors = [orjson.loads(t) for t in live.column("output").to_pylist()]
-    assert [len(v) for v in vectors] == [emulator.DEFAULT_EMBEDDING_DIMENSIONS] * 2
+    assert [len(v) for v in vectors] == [1536] * 2  # text-embedding-3-small's size
     assert all(isinstance(x, float) for x in vectors[0])
     assert live.column("input_tokens").to_pylist() == [3, 3]
     batch = _batch(provider, ids, texts, spec)
@@ -104,13 +104,21 @@ def test_extra_params_reach_the_request(oai):
     spec = RequestSpec(
         model="gpt-4o-mini",
         endpoint="/v1/chat/completions",
-        params={"nbbatch_unknown_field": 1, "stop": ["Classify"]},
+        params={"stop": ["Classify"]},
     )
     table = realtime.run(provider, pa.array(["x"]), pa.array(["Classify: a"]), spec)
     row = table.to_pylist()[0]
     assert row["status"] == "succeeded"
     # The stop sequence was honoured: the echo is cut where "Classify" begins.
     assert row["output"] == emulator.echo_text("")
+    # A key the SDK has no argument for reaches the service too, which refuses an
+    # unknown one, as OpenAI does: the row fails naming it.
+    spec = RequestSpec(
+        model="gpt-4o-mini", endpoint="/v1/chat/completions", params={"nbbatch_unknown_field": 1}
+    )
+    row = realtime.run(provider, pa.array(["x"]), pa.array(["a"]), spec).to_pylist()[0]
+    assert row["status"] == "failed"
+    assert "Unrecognized request argument supplied: nbbatch_unknown_field" in row["error_message"]
 
 
 def test_bad_parameters_raise_before_anything_is_sent(client, emu):

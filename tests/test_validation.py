@@ -209,8 +209,13 @@ class _NoModelsRoute(httpx.BaseTransport):
 @pytest.mark.parametrize(
     ("status", "logged"), [(404, "has no models endpoint"), (403, "failed (HTTP 403)")]
 )
-def test_a_proxy_without_a_models_endpoint_skips_the_check_and_logs_it(emu, caplog, status, logged):
-    with httpx.Client(transport=_NoModelsRoute(status), timeout=TIMEOUT) as http:
+def test_a_proxy_without_a_models_endpoint_skips_the_check_and_logs_it(caplog, status, logged):
+    # The proxy serves a model of its own (the emulator, like the service, refuses a
+    # model it does not know), and hides the list nbbatch would check the name against.
+    with (
+        emulator.start(processing_seconds=0.05, models=["house-model-7"]) as emu,
+        httpx.Client(transport=_NoModelsRoute(status), timeout=TIMEOUT) as http,
+    ):
         client = openai.OpenAI(base_url=emu.openai_base_url, api_key="k", http_client=http)
         with caplog.at_level(logging.INFO, logger="nbbatch"):
             job = nb.submit(DF, "{text}", model="house-model-7", client=client, display=False)

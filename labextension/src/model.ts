@@ -23,7 +23,7 @@ export interface IJob {
   endpoint: string;
   rows: number;
   counts: Record<RowState, number>;
-  status: 'running' | 'completed' | 'cancelled';
+  status: 'running' | 'completed' | 'cancelled' | 'failed';
   created: number;
   age: number;
   cost: number | null;

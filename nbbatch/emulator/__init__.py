@@ -17,21 +17,26 @@ The text reply to a last user message ``prompt`` is exactly :func:`echo_text` of
 schema, with numbers spread over their range and every enum value in use over a few
 dozen rows. ``start(responder=fn)`` answers with ``fn(request) -> str | dict`` instead,
 a test double of one's own (:func:`keyword_responder` is a small one for labels).
-Embeddings have 256 dimensions unless the request sets ``dimensions``.
+Embeddings have each model's real size (:func:`embedding_dimensions`: 1536 for
+``text-embedding-3-small``, 3072 for ``text-embedding-3-large`` and
+``gemini-embedding-001``) unless the request sets ``dimensions`` /
+``output_dimensionality``.
 
 The background emulator takes no responder: it is one process shared by every kernel,
 and a function cannot cross into it; test against answers of your own with ``start()``.
 
 ``provider="local"`` runs on :func:`background`, one detached emulator process per
 ledger home that keeps its batches on disk, so jobs survive a kernel restart;
-:func:`stop_background` stops it.
+:func:`stop_background` stops it. It answers only requests carrying its home's key
+(``Background.token``, kept owner-only in the home), so other users of the machine
+cannot reach it.
 """
 
 from typing import TYPE_CHECKING, Any
 
 from ._faults import FAIL_MARKER, TRANSIENT_MARKER
+from ._models import DEFAULT_EMBEDDING_DIMENSIONS, embedding_dimensions
 from ._responder import (
-    DEFAULT_EMBEDDING_DIMENSIONS,
     Request,
     Responder,
     default_responder,
@@ -73,6 +78,7 @@ __all__ = [
     "background",
     "default_responder",
     "echo_text",
+    "embedding_dimensions",
     "keyword_responder",
     "shared",
     "start",

@@ -17,7 +17,7 @@ from ._emulator import start
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m nbbatch.emulator",
-        description="Serve the nbbatch emulator of the OpenAI and Anthropic batch APIs.",
+        description="Serve the nbbatch emulator of the OpenAI, Anthropic and Gemini batch APIs.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"nbbatch emulator serving on {emu.url}", flush=True)
     print(f"  OpenAI:    OpenAI(base_url={emu.openai_base_url!r}, api_key='any')", flush=True)
     print(f"  Anthropic: Anthropic(base_url={emu.anthropic_base_url!r}, api_key='any')", flush=True)
+    print(
+        f"  Gemini:    genai.Client(api_key='any', "
+        f"http_options={{'base_url': {emu.gemini_base_url!r}}})",
+        flush=True,
+    )
     print("Press Ctrl-C to stop.", flush=True)
     try:
         while True:  # time.sleep, unlike a bare Event.wait(), is interrupted by Ctrl-C

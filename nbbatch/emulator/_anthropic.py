@@ -9,7 +9,7 @@ on this server, JSONL results with one ``\\n`` per line, and
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from . import _models, _responder
+from . import _models, _responder, _validate_anthropic
 from ._faults import (
     FAIL_MARKER,
     Fate,
@@ -45,23 +45,10 @@ def _store(request: Request) -> Store:
 # =================================================================== messages
 
 
-def params_problem(params: Any) -> str | None:
-    """Why ``params`` would be rejected by the Messages API, or None when they are fine."""
-    if not isinstance(params, dict):
-        return "params: Input should be a valid dictionary"
-    for key in ("model", "max_tokens", "messages"):
-        if key not in params:
-            return f"{key}: Field required"
-    if not isinstance(params["model"], str):
-        return "model: Input should be a valid string"
-    max_tokens = params["max_tokens"]
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        return "max_tokens: Input should be greater than or equal to 1"
-    if not isinstance(params["messages"], list) or not params["messages"]:
-        return "messages: at least one message is required"
-    if params.get("stream"):
-        return "stream: the nbbatch emulator does not stream responses"
-    return None
+def params_problem(params: Any, models: Iterable[str] = ()) -> _validate_anthropic.Problem | None:
+    """Why ``params`` would be refused by the Messages API, or None when they are fine
+    (``models``: names served besides the real ones)."""
+    return _validate_anthropic.problem(params, models)
 
 
 def _last_user(params: Mapping[str, Any]) -> str:
@@ -79,10 +66,10 @@ def _structured(params: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, st
         wanted = choice.get("name")
         tool = next((t for t in tools if t.get("name") == wanted), None) if wanted else tools[0]
         if tool is not None:
-            return tool["input_schema"], str(tool["name"])
+            return _validate_anthropic.honoured_schema(tool["input_schema"]), str(tool["name"])
     fmt = (params.get("output_config") or {}).get("format") or {}
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        return fmt.get("schema") or {}, None
+        return _validate_anthropic.honoured_schema(fmt.get("schema") or {}), None
     return None, None
 
 
@@ -97,6 +84,15 @@ def _cached_prefix(system: Any) -> str:
     return text_of(system[: last + 1]) if last >= 0 else ""
 
 
+def _prompt_chars(params: Mapping[str, Any]) -> int:
+    """Characters of prompt text: the system prompt and every message."""
+    system = params.get("system")
+    chars = len(system) if isinstance(system, str) else len(text_of(system))
+    return chars + sum(
+        len(text_of(m.get("content"))) for m in params["messages"] if isinstance(m, dict)
+    )
+
+
 def message(
     params: Mapping[str, Any],
     fate: Fate,
@@ -109,10 +105,7 @@ def message(
     ``responder`` is the user's own (None: the built-in one; it raises
     :class:`~._responder.ResponderError` when it fails)."""
     system = params.get("system")
-    prompt_chars = len(system) if isinstance(system, str) else len(text_of(system))
-    prompt_chars += sum(
-        len(text_of(m.get("content"))) for m in params["messages"] if isinstance(m, dict)
-    )
+    prompt_chars = _prompt_chars(params)
     cached = _cached_prefix(system)
     cached_tokens = _responder.count_tokens(len(cached))
     created = read = 0
@@ -211,11 +204,16 @@ class AnthropicBatch(BatchRecord):
             elif fate == Fate.EXPIRE:
                 result = {"type": "expired"}
             elif fate == Fate.FAIL:
-                problem = params_problem(request["params"]) or (
-                    f"Request rejected by the nbbatch emulator ({FAIL_MARKER})."
+                problem = params_problem(request["params"], self.knobs.models)
+                kind, text = (
+                    (problem.type, problem.message)
+                    if problem
+                    else (
+                        "invalid_request_error",
+                        f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).",
+                    )
                 )
-                err = _error("invalid_request_error", problem, f"req_{suffix}")
-                result = {"type": "errored", "error": err}
+                result = {"type": "errored", "error": _error(kind, text, f"req_{suffix}")}
             elif fate == Fate.TRANSIENT_ERROR:
                 kind = ("api_error", "overloaded_error")[int_hash(self.id, i, "kind") % 2]
                 text = f"Simulated {kind} (nbbatch emulator); retrying the request may succeed."
@@ -276,7 +274,7 @@ def create_batch_sync(store: Store, body: Any, host: str) -> dict[str, Any]:
             out.write(orjson.dumps({"custom_id": req["custom_id"], "params": req["params"]}))
             out.write(b"\n")
             params = req["params"]
-            ok = params_problem(params) is None
+            ok = params_problem(params, knobs.models) is None
             rows.append(
                 RowInfo(
                     req["custom_id"],
@@ -453,9 +451,9 @@ async def batch_results(request: Request) -> Response:
 async def create_message(request: Request) -> Response:
     store = _store(request)
     params = await _json_body(request)
-    problem = params_problem(params)
+    problem = params_problem(params, store.knobs.models)
     if problem is not None:
-        raise ApiError(400, problem)
+        raise ApiError(problem.status, problem.message, type=problem.type)
     text = _last_user(params)
     if FAIL_MARKER in text:
         raise ApiError(400, f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).")
@@ -475,6 +473,17 @@ async def create_message(request: Request) -> Response:
         except _responder.ResponderError as exc:
             raise ApiError(400, str(exc)) from exc
     return JSONResponse(result)
+
+
+async def count_tokens(request: Request) -> Response:
+    """``POST /v1/messages/count_tokens``: the input tokens a Messages request would use,
+    the same number its reply's usage reports (input plus cache reads and writes)."""
+    store = _store(request)
+    params = await _json_body(request)
+    problem = _validate_anthropic.problem(params, store.knobs.models, count_tokens=True)
+    if problem is not None:
+        raise ApiError(problem.status, problem.message, type=problem.type)
+    return JSONResponse({"input_tokens": _responder.count_tokens(_prompt_chars(params))})
 
 
 # =================================================================== models
@@ -530,6 +539,7 @@ def _not_ok(request: Request, status: int, kind: str, text: str) -> Response:
 
 routes = [
     Route("/v1/messages", create_message, methods=["POST"]),
+    Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
     Route("/v1/messages/batches", create_batch, methods=["POST"]),
     Route("/v1/messages/batches", list_batches, methods=["GET"]),
     Route("/v1/messages/batches/{batch_id}", retrieve_batch, methods=["GET"]),

@@ -11,13 +11,23 @@ timings (about 4 s); ``NBBATCH_EMULATOR_SPEED`` divides all of them (tests run i
 fast) and ``NBBATCH_EMULATOR_PROCESSING_SECONDS`` then sets the processing time itself.
 Both variables are read when the process starts.
 
-Files under ``HOME/emulator/``::
+Files under ``HOME/emulator/`` (a folder only its owner can enter: made 0700, tightened
+to 0700 when found looser, refused when it belongs to another user)::
 
     server.json    pid, port and url of the running (or last) process, written by it
-                   atomically; liveness = that pid alive and an answer at that url
+                   atomically; liveness = that pid alive, ours, and a correct answer to
+                   the identity challenge at that url
+    secret         the home's random key (0600): the emulator answers only requests that
+                   carry it, so other users of the machine cannot reach its files and
+                   batches; kept across restarts, so clients made earlier stay valid
     lock           taken while a process is being started, so two kernels start one
     emulator.log   the process's output (errors only)
     data/ files/ batches/   its saved state
+
+Before a client sends the key it checks that the listener is its own emulator: it asks
+``GET /nbbatch/identify?nonce=N`` and expects an HMAC of the nonce, pid and port under the
+key, so a stranger listening on a recorded port learns nothing. The process exits soon
+after its ``server.json`` disappears (the home was removed) or names another process.
 
 The caller passes the home folder: the emulator knows nothing of the ledger.
 """
@@ -25,16 +35,21 @@ The caller passes the home folder: the emulator knows nothing of the ledger.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import hashlib
+import hmac
 import os
+import secrets
 import signal
+import stat
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -47,6 +62,10 @@ SPEED_ENV = "NBBATCH_EMULATOR_SPEED"
 DEFAULT_IDLE_SECONDS = 4 * 3600.0
 #: How long a starting process may take before we give up on it (the machine may be busy).
 START_TIMEOUT = 60.0
+#: The route that proves an emulator holds its home's key without the key being sent.
+IDENTIFY_PATH = "/nbbatch/identify"
+#: How often the running process checks that its home still exists and names it.
+HOME_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,8 @@ class Background:
     pid: int
     port: int
     url: str
+    #: The key every request must carry (never shown in a repr).
+    token: str = field(default="", repr=False, compare=False)
 
     @property
     def openai_base_url(self) -> str:
@@ -93,26 +114,33 @@ def _seconds(variable: str, default: float) -> float:
     return value
 
 
+def identity_proof(token: str, pid: int, port: int, nonce: str) -> str:
+    """What an emulator holding ``token`` answers to the identity challenge ``nonce``:
+    an HMAC bound to its pid and port, so an answer relayed from another port is wrong."""
+    message = f"nbbatch-emulator|{pid}|{port}|{nonce}".encode()
+    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
+
+
 def find(home: str | Path) -> Background | None:
-    """The home's background emulator if it runs and answers, else None."""
-    info = _read_info(state_dir(home))
-    if info is None or not _pid_alive(info.pid) or not _answers(info.url):
-        return None
-    return info
+    """The home's background emulator if it runs, is this user's and proves it holds the
+    home's key, else None."""
+    return _find_in(state_dir(home))
 
 
 def background(home: str | Path) -> Background:
     """The home's background emulator, started now (detached) if it does not run.
 
     Safe to call from several processes at once: a file lock lets only one start it,
-    and the others find the one it started.
+    and the others find the one it started. Raises PermissionError when the home's
+    ``emulator/`` folder belongs to another user.
     """
-    found = find(home)
+    folder = state_dir(home)
+    own_folder(folder)
+    found = _find_in(folder)
     if found is not None:
         return found
-    folder = state_dir(home)
     with _locked(folder):
-        found = find(home)  # another process may have started it while we waited
+        found = _find_in(folder)  # another process may have started it while we waited
         if found is not None:
             return found
         return _spawn(folder)
@@ -125,7 +153,8 @@ def stop_background(home: str | Path, timeout: float = 10.0) -> bool:
     """
     folder = state_dir(home)
     info = _read_info(folder)
-    if info is None or not _pid_alive(info.pid):
+    # Only a process that is ours and is an emulator: a recorded pid may have been reused.
+    if info is None or not _pid_ours(info.pid) or not _is_emulator(folder, info):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(info.pid, signal.SIGTERM)
@@ -149,14 +178,15 @@ def serve(folder: Path, port: int, idle: float) -> None:
     """
     from ._emulator import SHARED_TIMINGS, start
 
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    own_folder(folder)
+    token = read_secret(folder, create=True)
     speed = _seconds(SPEED_ENV, 1.0)  # a positive number, as seconds are
     timings = {name: value / speed for name, value in SHARED_TIMINGS.items()}
     timings["processing_seconds"] = _seconds(PROCESSING_ENV, timings["processing_seconds"])
     try:  # the port it had before, so base_urls recorded by jobs stay valid
-        emu = start(port=port, state_dir=folder, **timings)  # type: ignore[arg-type]
+        emu = start(port=port, state_dir=folder, token=token, **timings)  # type: ignore[arg-type]
     except OSError:
-        emu = start(port=0, state_dir=folder, **timings)  # type: ignore[arg-type]
+        emu = start(port=0, state_dir=folder, token=token, **timings)  # type: ignore[arg-type]
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -167,13 +197,27 @@ def serve(folder: Path, port: int, idle: float) -> None:
     signal.signal(signal.SIGINT, on_signal)
     info = {"pid": os.getpid(), "port": emu.port, "url": emu.url, "started": time.time()}
     write_atomic(folder / "server.json", orjson.dumps(info))
+    homeless = False
+    checked = time.monotonic()
     try:
         while not stopping and emu.idle_seconds < idle:
             time.sleep(0.2)  # a signal cuts the sleep short; the flag is seen at once
+            if time.monotonic() - checked >= HOME_CHECK_SECONDS:
+                checked = time.monotonic()
+                # The home was removed (rm -rf), or another process took it over: no
+                # client can find us any more, so serving on would only hold the port.
+                recorded = _read_info(folder)
+                homeless = recorded is None or recorded.pid != os.getpid()
+                if homeless:
+                    break
     finally:
         # server.json stays: a dead pid marks it stale, and the next process reads from
         # it the port to ask for again.
-        emu.stop()
+        if homeless:
+            with contextlib.suppress(OSError):  # its state folder may be gone
+                emu.stop()
+        else:
+            emu.stop()
 
 
 def detach() -> None:
@@ -199,7 +243,63 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def own_folder(folder: Path) -> None:
+    """Make ``folder`` (owner-only), tighten it to 0700 if it is looser (made by hand or
+    by an older release), and refuse it when it belongs to another user: its files would
+    be theirs to read or replace."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = folder.stat()
+    if st.st_uid != os.getuid():
+        raise PermissionError(
+            f"{folder} belongs to another user (uid {st.st_uid}); nbbatch's background "
+            "emulator keeps prompts, results and its key there. Set NBBATCH_HOME to a "
+            "folder of your own."
+        )
+    if st.st_mode & 0o077:
+        folder.chmod(0o700)
+
+
+def read_secret(folder: Path, *, create: bool = False) -> str | None:
+    """The home's key from ``folder/secret`` (made now, random, 0600, when ``create``);
+    None if there is none, or if the file is not this user's alone."""
+    path = folder / "secret"
+    if create:
+        with contextlib.suppress(FileExistsError):
+            # O_EXCL: two processes creating it at once agree on the one written first.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32))
+    raw = _read_own(path)
+    token = raw.decode("ascii", errors="replace").strip() if raw is not None else ""
+    return token or None
+
+
+def _read_own(path: Path) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file of this user that others cannot
+    read or write (never through a symlink), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        st = os.fstat(file.fileno())
+        if st.st_uid != os.getuid() or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+            return None
+        return file.read()
+
+
+def _find_in(folder: Path) -> Background | None:
+    info = _read_info(folder)
+    if info is None or not _pid_ours(info.pid):
+        return None
+    token = read_secret(folder)
+    if token is None or not _proves(info, token):
+        return None
+    return dataclasses.replace(info, token=token)
+
+
 def _spawn(folder: Path) -> Background:
+    read_secret(folder, create=True)  # before the process starts: it serves with this key
     old = _read_info(folder)
     _remove_info(folder, old.pid if old else None)
     port = old.port if old is not None else 0
@@ -230,9 +330,9 @@ def _spawn(folder: Path) -> Background:
     starter.wait()  # it forks the server and exits at once
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        info = _read_info(folder)
-        if info is not None and _pid_alive(info.pid) and _answers(info.url):
-            return info
+        found = _find_in(folder)
+        if found is not None:
+            return found
         time.sleep(0.05)
     tail = log.read_text(errors="replace")[-2000:]
     raise RuntimeError(
@@ -253,10 +353,15 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def _read_info(folder: Path) -> Background | None:
+    """What server.json says, if it is this user's own file (one planted by another user,
+    or readable by others, is not trusted)."""
+    data = _read_own(folder / "server.json")
+    if data is None:
+        return None
     try:
-        raw = orjson.loads((folder / "server.json").read_bytes())
+        raw = orjson.loads(data)
         return Background(pid=int(raw["pid"]), port=int(raw["port"]), url=str(raw["url"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -281,15 +386,48 @@ def _pid_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
-def _answers(url: str) -> bool:
-    """Whether an nbbatch emulator answers at ``url`` (a quick, authenticated GET)."""
-    request = urllib.request.Request(
-        url + "/v1/batches?limit=1", headers={"Authorization": "Bearer local-emulator"}
-    )
+def _pid_ours(pid: int) -> bool:
+    """Whether ``pid`` runs (not a zombie) as this user: a pid of another user's process
+    (a recycled pid, or a planted server.json) is never taken for our emulator."""
+    if not _pid_alive(pid):
+        return False
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == os.getuid()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: signal 0 succeeded, so (unless we are root) it is ours
+        with contextlib.suppress(PermissionError):
+            os.kill(pid, 0)
+            return True
+        return False
+
+
+def _is_emulator(folder: Path, info: Background) -> bool:
+    """Whether process ``info.pid`` is the background emulator: it proves the key, or (a
+    hung one) its command line is the one ``_spawn`` runs."""
+    token = read_secret(folder)
+    if token is not None and _proves(info, token):
+        return True
+    try:
+        command = Path(f"/proc/{info.pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc to tell: as before, trust the pid
+    return b"nbbatch.emulator" in command and b"--background" in command
+
+
+def _proves(info: Background, token: str) -> bool:
+    """Whether the listener at ``info.url`` proves it holds ``token`` as process
+    ``info.pid`` on ``info.port``, without the token being sent."""
+    nonce = secrets.token_hex(16)
+    request = urllib.request.Request(f"{info.url}{IDENTIFY_PATH}?nonce={nonce}")
     # Loopback only: never through a proxy from the environment.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=5) as response:
-            return response.status == 200 and orjson.loads(response.read()).get("object") == "list"
+            answer = orjson.loads(response.read())
     except (OSError, ValueError):
         return False
+    if not isinstance(answer, dict) or not isinstance(answer.get("proof"), str):
+        return False
+    expected = identity_proof(token, info.pid, info.port, nonce)
+    return answer.get("pid") == info.pid and hmac.compare_digest(answer["proof"], expected)

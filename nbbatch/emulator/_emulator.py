@@ -41,8 +41,12 @@ class Emulator:
         clock: Callable[[], float] | None,
         state_dir: Path | None = None,
         responder: Responder | None = None,
+        token: str | None = None,
     ) -> None:
         self._http_faults = HttpFaults()
+        # With a token, every request must present it (see _server.Front).
+        self._token = token
+        self._host = host
         # A long-lived emulator (one with a state_dir) keeps only the latest requests.
         self._log: deque[tuple[str, str]] = deque(maxlen=None if state_dir is None else 10_000)
         self._lock = threading.Lock()
@@ -195,6 +199,7 @@ def start(
     clock: Callable[[], float] | None = None,
     state_dir: str | Path | None = None,
     responder: Responder | None = None,
+    token: str | None = None,
 ) -> Emulator:
     """Start an emulator on ``host``:``port`` (0 picks a free port) and return it.
 
@@ -204,8 +209,10 @@ def start(
 
     - ``error_rate``: transient per-row error (OpenAI 500 ``server_error``, Anthropic
       ``api_error`` / ``overloaded_error``);
-    - ``expire_rate``: rows left unexecuted; the OpenAI batch ends ``expired`` (rows in the
-      error file as ``batch_expired``), the Anthropic rows are ``expired``;
+    - ``expire_rate``: rows the batch's window closes on: the batch runs its other rows
+      through ``processing_seconds`` (which stands for its 24 h window), then ends
+      ``expired`` with those done; the rest are in the OpenAI error file as
+      ``batch_expired`` and ``expired`` in Anthropic results;
     - ``missing_rate``: rows executed and counted but with no output line at all;
     - ``invalid_output_rate``: structured replies that violate their schema;
     - ``truncate_rate``: replies cut short (``length`` / ``max_tokens``).
@@ -250,7 +257,13 @@ def start(
     )
     folder = None if state_dir is None else Path(state_dir)
     return Emulator(
-        host=host, port=port, knobs=knobs, clock=clock, state_dir=folder, responder=responder
+        host=host,
+        port=port,
+        knobs=knobs,
+        clock=clock,
+        state_dir=folder,
+        responder=responder,
+        token=token,
     )
 
 

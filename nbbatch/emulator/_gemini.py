@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from . import _models, _responder
+from . import _models, _responder, _validate_gemini
 from ._faults import (
     FAIL_MARKER,
     Fate,
@@ -96,49 +96,26 @@ def _base(request: Request) -> str:
 
 def request_problem(req: Any) -> str | None:
     """Why a GenerateContentRequest would be refused, or None when it is fine."""
-    if not isinstance(req, dict):
-        return "request: must be a GenerateContentRequest object"
-    contents = req.get("contents")
-    if not isinstance(contents, list) or not contents:
-        return "* GenerateContentRequest.contents: contents is not specified"
-    config = req.get("generationConfig") or req.get("generation_config") or {}
-    if not isinstance(config, dict):
-        return "generationConfig: must be an object"
-    max_tokens = config.get("maxOutputTokens", config.get("max_output_tokens"))
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        return "generationConfig.maxOutputTokens: must be a positive integer"
-    temperature = config.get("temperature")
-    if temperature is not None and not (
-        isinstance(temperature, int | float) and 0 <= temperature <= 2
-    ):
-        return "generationConfig.temperature: must be between 0 and 2"
-    return None
+    return _validate_gemini.request_problem(req)
 
 
-def embed_problem(req: Any) -> str | None:
-    """Why an EmbedContentRequest would be refused, or None when it is fine."""
-    if not isinstance(req, dict):
-        return "request: must be an EmbedContentRequest object"
-    content = req.get("content")
-    if not isinstance(content, dict) or not _text(content):
-        return "* EmbedContentRequest.content: content is not specified"
-    dims = req.get("outputDimensionality", req.get("output_dimensionality"))
-    if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool) or dims < 1):
-        return "outputDimensionality: must be a positive integer"
-    return None
+def embed_problem(req: Any, model: str = "") -> str | None:
+    """Why an EmbedContentRequest to ``model`` would be refused, or None when it is fine."""
+    return _validate_gemini.embed_problem(req, model)
 
 
-def problem_of(kind: str, req: Any) -> str | None:
+def problem_of(kind: str, req: Any, model: str = "") -> str | None:
     """Why a request of a ``kind`` batch (``generate`` or ``embed``) would be refused."""
-    return embed_problem(req) if kind == EMBED else request_problem(req)
+    return embed_problem(req, model) if kind == EMBED else request_problem(req)
 
 
-def embed(req: dict[str, Any]) -> dict[str, Any]:
+def embed(req: dict[str, Any], model: str = "") -> dict[str, Any]:
     """The response to one EmbedContentRequest: a deterministic unit vector of the
-    content's text (the same vectors as the OpenAI routes), and its token count."""
+    content's text (the same vectors as the OpenAI routes) of the model's full size unless
+    ``outputDimensionality`` shortens it, and its token count."""
     text = _text(req.get("content"))
     dims = req.get("outputDimensionality") or req.get("output_dimensionality")
-    vector = _responder.embedding_vector(text, dims or _responder.DEFAULT_EMBEDDING_DIMENSIONS)
+    vector = _responder.embedding_vector(text, dims or _models.embedding_dimensions(model))
     # tokenCount is an int64, which Google's JSON writes as a string.
     return {"embedding": {"values": vector}, "tokenCount": str(_responder.count_tokens(len(text)))}
 
@@ -265,6 +242,8 @@ class Outcome:
     output: StoredFile | None
     succeeded: int
     failed: int
+    # An inline batch's answers, one per request in request order (None: a file batch).
+    inlined: list[dict[str, Any]] | None = None
 
 
 @dataclass(eq=False)
@@ -276,6 +255,7 @@ class GeminiBatch(BatchRecord):
     input_path: Path | None = None
     kind: str = GENERATE  # or EMBED
     failure: str = ""  # why the input could not be read (an invalid batch ends FAILED)
+    inline: bool = False  # requests sent in the create call: answers come back inline
 
     def generate(self, cut: int | None, reason: str) -> Outcome:
         """Run the rows that got to run; write one line per row that ran."""
@@ -284,18 +264,22 @@ class GeminiBatch(BatchRecord):
         for p, i in enumerate(self.order):
             position[i] = p
         lines: list[bytes | None] = [None] * self.n
+        inlined: list[dict[str, Any]] = []
         succeeded = failed = 0
         for i, raw in enumerate(iter_lines(self.input_path)):
             if i >= self.n:
                 break
             fate = Fate(self.fates[i])
-            if (cut is not None and position[i] >= cut) or fate == Fate.EXPIRE:
-                continue  # never ran: a stopped batch lists only the rows it ran
             row = orjson.loads(raw)
+            if (cut is not None and position[i] >= cut) or fate == Fate.EXPIRE:
+                if self.inline:  # inline answers are matched by position: keep the slot
+                    why = "cancelled" if reason == "cancelled" else "expired"
+                    inlined.append(_inline_entry(row, {"error": _never_ran(why)}))
+                continue  # never ran: a stopped batch lists only the rows it ran
             suffix = f"{int_hash(self.id, i):016x}"
             req = row.get("request")
             line: dict[str, Any] = {"key": row.get("key")}
-            problem = problem_of(self.kind, req)
+            problem = problem_of(self.kind, req, self.model)
             if fate == Fate.FAIL or problem:
                 line["error"] = error_body(
                     400, problem or f"Request rejected by the nbbatch emulator ({FAIL_MARKER})."
@@ -308,7 +292,7 @@ class GeminiBatch(BatchRecord):
                 failed += 1
             elif self.kind == EMBED:
                 assert isinstance(req, dict)
-                line["response"] = embed(req)
+                line["response"] = embed(req, self.model)
                 succeeded += 1
             else:
                 assert isinstance(req, dict)
@@ -318,10 +302,16 @@ class GeminiBatch(BatchRecord):
                 except _responder.ResponderError as exc:
                     line["error"] = error_body(400, str(exc))["error"]
                     failed += 1
+            if self.inline:
+                # No keys to match by, so the simulated lost line does not apply here.
+                inlined.append(_inline_entry(row, line))
+                continue
             if fate == Fate.MISSING and "response" in line:
                 continue  # the simulated provider bug: executed, but no line at all
             lines[i] = orjson.dumps(line) + b"\n"
         self.store.release_input(self.input_path)
+        if self.inline:
+            return Outcome(None, succeeded, failed, inlined)
         ran = [i for i in self.order if lines[i]]
         if not ran:
             return Outcome(None, succeeded, failed)
@@ -348,6 +338,23 @@ class GeminiBatch(BatchRecord):
         if outcome.output is not None:
             outcome.output.seq = self.store.next_seq()
             self.store.add_file(outcome.output)
+
+
+def _inline_entry(row: dict[str, Any], line: dict[str, Any]) -> dict[str, Any]:
+    """One InlinedResponse: the answer (or error) and the request's own metadata."""
+    entry = {k: v for k, v in line.items() if k in ("response", "error")}
+    if "error" in entry:  # a google.rpc.Status: the service's JobError has no status name
+        entry["error"] = {k: v for k, v in entry["error"].items() if k != "status"}
+    if row.get("metadata") is not None:
+        entry["metadata"] = row["metadata"]
+    return entry
+
+
+def _never_ran(why: str) -> dict[str, Any]:
+    return {
+        "code": 504 if why == "expired" else 499,
+        "message": f"The batch {why} before this request ran.",
+    }
 
 
 _STATES = {
@@ -394,7 +401,15 @@ def batch_json(store: Store, b: GeminiBatch, t: float) -> dict[str, Any]:
     if ended is not None:
         meta["endTime"] = rfc3339(store.clock.unix(ended))
         op["done"] = True
-        if outcome is not None and outcome.output is not None:
+        if outcome is not None and outcome.inlined is not None:
+            field = "inlinedEmbedContentResponses" if b.kind == EMBED else "inlinedResponses"
+            output = {field: {"inlinedResponses": outcome.inlined}}
+            meta["output"] = output
+            op["response"] = {
+                "@type": f"type.googleapis.com/google.ai.generativelanguage.v1main.{kind}Output",
+                **output,
+            }
+        elif outcome is not None and outcome.output is not None:
             meta["output"] = {"responsesFile": f"files/{outcome.output.id}"}
             op["response"] = {
                 "@type": f"type.googleapis.com/google.ai.generativelanguage.v1main.{kind}Output",
@@ -430,8 +445,10 @@ def _input_rows(store: Store, body: Any) -> tuple[Path, str, int]:
     path = store.new_path("gemini-inline-")
     with path.open("wb") as out:
         for i, item in enumerate(inlined):
-            key = ((item or {}).get("metadata") or {}).get("key", str(i))
-            out.write(orjson.dumps({"key": key, "request": (item or {}).get("request")}) + b"\n")
+            # Inline answers are matched by position; the key is only the row's name here.
+            item = item if isinstance(item, dict) else {}
+            line = {"key": str(i), "request": item.get("request"), "metadata": item.get("metadata")}
+            out.write(orjson.dumps(line) + b"\n")
     return path, "", path.stat().st_size
 
 
@@ -439,7 +456,7 @@ class _Unreadable(Exception):
     """Why a batch's input file cannot be read: the batch will end FAILED."""
 
 
-def read_input(path: Path, kind: str) -> list[RowInfo]:
+def read_input(path: Path, kind: str, model: str = "") -> list[RowInfo]:
     """The rows of an input file (named by their keys), or :class:`_Unreadable` with
     the first reason."""
     rows: list[RowInfo] = []
@@ -458,7 +475,7 @@ def read_input(path: Path, kind: str) -> list[RowInfo]:
             raise _Unreadable(f"Line {lineno}: duplicate key '{key}'.")
         seen.add(key)
         req = row["request"]
-        ok = problem_of(kind, req) is None
+        ok = problem_of(kind, req, model) is None
         text = row_text(kind, req) if ok else ""
         rows.append(RowInfo(key, 0, text, ok and kind == GENERATE and _schema(req) is not None))
         if len(rows) > MAX_REQUESTS:
@@ -475,7 +492,7 @@ def create_batch_sync(store: Store, model: str, body: Any, kind: str = GENERATE)
     path, file_name, _size = _input_rows(store, body)
     knobs = store.knobs
     try:
-        rows = read_input(path, kind)
+        rows = read_input(path, kind, model)
         failure = ""
     except _Unreadable as exc:
         rows, failure = [], str(exc)
@@ -504,6 +521,7 @@ def create_batch_sync(store: Store, model: str, body: Any, kind: str = GENERATE)
         kind=kind,
         failure=failure,
         invalid=bool(failure),
+        inline=not file_name,
     )
     store.add_batch("gemini", batch)
     return batch_json(store, batch, t)
@@ -642,8 +660,9 @@ def model_json(entry: _models.ModelEntry) -> dict[str, Any]:
 
 def _model_or_404(store: Store, model: str) -> str:
     name = model.removeprefix("models/")
-    if _models.find("gemini", name, store.knobs.models) is None:
-        raise ApiError(404, f"models/{name} is not found for API version v1, or is not supported.")
+    problem = _validate_gemini.model_problem(name, store.knobs.models)
+    if problem is not None:
+        raise ApiError(404, problem)
     return f"models/{name}"
 
 
@@ -728,14 +747,14 @@ async def _h_delete_file(request: Request, v: str, id: str) -> Response:
 
 async def _h_create(request: Request, v: str, model: str) -> Response:
     store = _store(request)
-    name = "models/" + model.removeprefix("models/")  # like the others: models unchecked
+    name = _model_or_404(store, model)  # a batch runs one model: refused at once
     body = await _json_body(request)
     return JSONResponse(await run_in_threadpool(create_batch_sync, store, name, body))
 
 
 async def _h_create_embeddings(request: Request, v: str, model: str) -> Response:
     store = _store(request)
-    name = "models/" + model.removeprefix("models/")
+    name = _model_or_404(store, model)
     body = await _json_body(request)
     return JSONResponse(await run_in_threadpool(create_batch_sync, store, name, body, EMBED))
 
@@ -781,7 +800,7 @@ async def _h_delete_batch(request: Request, v: str, id: str) -> Response:
 
 async def _h_realtime(request: Request, v: str, model: str) -> Response:
     store = _store(request)
-    name = "models/" + model.removeprefix("models/")
+    name = _model_or_404(store, model)
     req = await _json_body(request)
     problem = request_problem(req)
     if problem is not None:
@@ -801,13 +820,14 @@ async def _h_embed_now(request: Request, v: str, model: str) -> Response:
     """Real-time ``models.embed_content``: ``{"requests": [EmbedContentRequest]}`` answered
     ``{"embeddings": [{"values"}]}`` in order, with the usage of them all."""
     store = _store(request)
+    name = _model_or_404(store, model)
     body = await _json_body(request)
     requests = body.get("requests") if isinstance(body, dict) else None
     if not isinstance(requests, list) or not requests:
         raise ApiError(400, "* BatchEmbedContentsRequest.requests: requests is not specified")
     embeddings, tokens = [], 0
     for req in requests:
-        problem = embed_problem(req)
+        problem = embed_problem(req, name)
         if problem is not None:
             raise ApiError(400, problem)
         text = row_text(EMBED, req)
@@ -815,7 +835,7 @@ async def _h_embed_now(request: Request, v: str, model: str) -> Response:
             raise ApiError(400, f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).")
         if store.realtime_overloaded("gemini-realtime", text):
             raise ApiError(503, "Simulated overload (nbbatch emulator); a retry will succeed.")
-        answer = embed(req)
+        answer = embed(req, name)
         embeddings.append(answer["embedding"])
         tokens += int(answer["tokenCount"])
     usage = {"promptTokenCount": tokens, "totalTokenCount": tokens}

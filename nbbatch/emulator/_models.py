@@ -3,8 +3,8 @@
 Real model ids of both providers (their aliases and dated snapshots), so that a client
 asking ``models.retrieve("gtp-4o-mini")`` hears what the provider would say: no such
 model. ``start(models=[...])`` adds names of one's own; those are served by both APIs.
-The batch and real-time endpoints do not check models: these lists only answer the
-models endpoints.
+The batch and real-time endpoints refuse a model that is not listed here, as the
+services do (OpenAI and Anthropic per request, Gemini when the batch is created).
 """
 
 from __future__ import annotations
@@ -84,3 +84,19 @@ def catalogue(provider: str, extra: Iterable[str] = ()) -> list[ModelEntry]:
 def find(provider: str, model: str, extra: Iterable[str] = ()) -> ModelEntry | None:
     """The entry for ``model``, or None when the provider has no such model."""
     return next((m for m in catalogue(provider, extra) if m.id == model), None)
+
+
+#: How many numbers each embedding model returns when the request does not shorten it.
+EMBEDDING_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "gemini-embedding-001": 3072,
+    "text-embedding-004": 768,
+}
+#: The size for embedding models added with ``start(models=...)``.
+DEFAULT_EMBEDDING_DIMENSIONS = 1536
+
+
+def embedding_dimensions(model: str) -> int:
+    """The full size of an embedding of ``model`` (also the most ``dimensions`` may ask)."""
+    return EMBEDDING_DIMENSIONS.get(model.removeprefix("models/"), DEFAULT_EMBEDDING_DIMENSIONS)

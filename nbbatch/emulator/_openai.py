@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import shutil
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from . import _models, _responder
+from . import _models, _responder, _validate_openai
 from ._faults import (
     FAIL_MARKER,
     TRANSIENT_MARKER,
@@ -162,45 +162,35 @@ def answer(
     *,
     responder: _responder.Responder | None = None,
     prefix_cache: set[int] | None = None,
+    models: Iterable[str] = (),
+    checked: bool = False,
 ) -> Answer:
     """Run one request against the responder; ``seed_id`` makes the body's ids.
 
     ``responder`` is the user's own (None: the built-in one). ``prefix_cache`` holds the
     prompt prefixes already seen (see :func:`cached_prefix_tokens`); None: no caching.
+    The body is checked as the service checks it (``models``: names served besides the
+    real ones) unless ``checked`` says that was done when its batch was created.
     """
+    if fate == Fate.FAIL or not checked:
+        problem = _validate_openai.problem(endpoint, body, models)
+        if problem is not None:
+            return Answer(
+                problem.status,
+                openai_error_body(problem.message, problem.type, problem.param, problem.code),
+            )
     if fate == Fate.FAIL:
         return error_answer(
             400,
-            f"Request rejected by the nbbatch emulator ({FAIL_MARKER} or invalid parameters).",
+            f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).",
             "invalid_request_error",
         )
     if fate == Fate.TRANSIENT_ERROR:
         return error_answer(500, SERVER_ERROR_MESSAGE, "server_error")
-    if not isinstance(body, dict):
-        return error_answer(400, "The request body must be a JSON object.", "invalid_request_error")
-    if not isinstance(body.get("model"), str):
-        return error_answer(
-            400, "you must provide a model parameter", "invalid_request_error", "model"
-        )
-    if body.get("stream"):
-        return error_answer(
-            400,
-            "The nbbatch emulator does not stream responses.",
-            "invalid_request_error",
-            "stream",
-        )
     info = inspect(endpoint, body)
     suffix = f"{int_hash(seed_id):016x}"
     if endpoint == "/v1/embeddings":
         return _embeddings(body, info)
-    if endpoint == "/v1/responses" and body.get("input") is None:
-        return error_answer(
-            400, "Missing required parameter: 'input'.", "invalid_request_error", "input"
-        )
-    if endpoint != "/v1/responses" and not body.get("messages"):
-        return error_answer(
-            400, "Missing required parameter: 'messages'.", "invalid_request_error", "messages"
-        )
     request = _responder.Request(
         "openai", endpoint, str(body["model"]), info.last_user, info.system, info.schema, body
     )
@@ -372,7 +362,8 @@ def _embeddings(body: dict, info: Inspection) -> Answer:
         return error_answer(
             400, "'input' must be a non-empty string or array.", "invalid_request_error", "input"
         )
-    dims = body.get("dimensions") or _responder.DEFAULT_EMBEDDING_DIMENSIONS
+    # Each model's full size unless ``dimensions`` shortens it (checked with the body).
+    dims = body.get("dimensions") or _models.embedding_dimensions(str(body["model"]))
     if not isinstance(dims, int) or dims < 1:
         return error_answer(
             400, "dimensions must be a positive integer", "invalid_request_error", "dimensions"
@@ -616,6 +607,8 @@ class OpenAIBatch(BatchRecord):
                     line_id,
                     responder=store.responder,
                     prefix_cache=prefixes,
+                    models=self.knobs.models,
+                    checked=True,
                 )
                 if ans.status < 400:
                     completed += 1
@@ -681,8 +674,13 @@ class _Validation:
             self.errors.append({"code": code, "message": message, "param": param, "line": line})
 
 
-def validate_input(path: Path, size: int, endpoint: str) -> _Validation:
-    """Check a batch input file the way the service does; collect per-row data."""
+def validate_input(path: Path, size: int, endpoint: str, models: Iterable[str] = ()) -> _Validation:
+    """Check a batch input file the way the service does; collect per-row data.
+
+    A line whose body the service would refuse (a parameter out of range, an unknown
+    model, ...) does not fail the file: it is marked, and fails on its own with the
+    service's error when the batch runs. ``models``: names served besides the real ones.
+    """
     v = _Validation()
     if size > MAX_INPUT_BYTES:
         v.fail("file_too_large", f"The input file is {size} bytes; the limit is {MAX_INPUT_BYTES}.")
@@ -762,6 +760,9 @@ def validate_input(path: Path, size: int, endpoint: str) -> _Validation:
                     lineno,
                     "body.model",
                 )
+            if _validate_openai.problem(endpoint, body, models) is not None:
+                v.rows.append(RowInfo(cid, 0, "", False, invalid=True))
+                continue
             info = inspect(endpoint, body)
             v.prompt_chars += info.prompt_chars
             v.embedding_inputs += len(info.embedding_inputs)
@@ -845,7 +846,7 @@ def create_batch_sync(store: Store, body: Any) -> dict[str, Any]:
     """``POST /batches``: check, validate the input file, and register the batch."""
     f = _check_create_body(store, body)
     endpoint = body["endpoint"]
-    v = validate_input(f.path, f.bytes, endpoint)
+    v = validate_input(f.path, f.bytes, endpoint, store.knobs.models)
     knobs: Knobs = store.knobs
     t = store.now()
     est_tokens = _responder.count_tokens(v.prompt_chars)
@@ -1024,7 +1025,8 @@ def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
     async def handler(request: Request) -> Response:
         store = _store(request)
         body = await _json_body(request)
-        info = inspect(endpoint, body) if isinstance(body, dict) else None
+        valid = _validate_openai.problem(endpoint, body, store.knobs.models) is None
+        info = inspect(endpoint, body) if valid else None
         fate = Fate.OK
         if info is not None and FAIL_MARKER in info.last_user:
             fate = Fate.FAIL
@@ -1045,6 +1047,7 @@ def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
                     new_id("rt"),
                     responder=store.responder,
                     prefix_cache=store.openai_prefixes,
+                    models=store.knobs.models,
                 )
 
         ans = await run_in_threadpool(run)

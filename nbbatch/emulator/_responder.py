@@ -41,12 +41,13 @@ from typing import Any
 
 import orjson
 
+from . import _packed
 from ._faults import Fate, int_hash
+from ._models import DEFAULT_EMBEDDING_DIMENSIONS
 
 ECHO_PREFIX = "[nbbatch emulator] echo: "
 JSON_MODE_KEY = "reply"  # json_object mode (no schema) answers {"reply": echo_text(...)}
 SNIPPET_CHARS = 40
-DEFAULT_EMBEDDING_DIMENSIONS = 256
 _MAX_DEPTH = 6  # below this depth optional properties and array items are left out
 
 
@@ -165,7 +166,14 @@ def respond(
     it raises :class:`ResponderError` when it fails.
     """
     value: Any = None
-    if responder is not None and request is not None and fate != Fate.INVALID_OUTPUT:
+    packed = None  # several rows in one request: each answered as if sent alone
+    if schema is not None and fate != Fate.INVALID_OUTPUT:
+        packed = _packed.answer(
+            prompt, schema, lambda p, s: _packed.respond_item(p, s, responder, request)
+        )
+    if packed is not None:
+        value, text = packed, orjson.dumps(packed).decode()
+    elif responder is not None and request is not None and fate != Fate.INVALID_OUTPUT:
         try:
             answer = responder(request)
         except Exception as exc:

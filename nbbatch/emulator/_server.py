@@ -4,10 +4,21 @@ A thin ASGI front layer does what every request needs before routing: record it 
 request log, give it a request id (sent back as ``x-request-id`` and ``request-id``),
 inject HTTP faults, check that some API key was sent, and normalise the path (OpenAI
 routes are accepted with ``/v1``, without it, or with a doubled ``/v1/v1``).
+
+An emulator with a token (the background one behind ``provider="local"``) answers only
+requests that carry it, on every route, and answers ``GET /nbbatch/identify?nonce=N``
+without it so that a client can check the listener is its own before sending the token.
+An emulator on a loopback address answers only requests whose ``Host`` names a loopback
+address and its port, so a web page cannot reach it through a renamed address (DNS
+rebinding).
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import os
+import re
 import secrets
 import socket
 import threading
@@ -17,6 +28,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,6 +36,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import _anthropic, _gemini, _openai
+from ._background import IDENTIFY_PATH, identity_proof
 from ._state import Store
 from ._wire import ApiError, JSONResponse, anthropic_error_body, openai_error_body
 
@@ -111,13 +124,35 @@ class Front:
         method: str = scope["method"]
         path = normalize_path(scope["path"])
         request_id = "req_" + secrets.token_hex(12)
-        emu._record(method, scope["path"], realtime=_is_realtime(method, path))
         id_headers = [(b"x-request-id", request_id.encode()), (b"request-id", request_id.encode())]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message = {**message, "headers": [*message.get("headers", []), *id_headers]}
             await send(message)
+
+        headers = dict(scope.get("headers") or [])
+        # Refused before anything else (and not counted as activity: a stranger's
+        # requests must not keep an idle background emulator alive).
+        refusal = _refusal(emu, method, path, headers, scope.get("query_string", b""))
+        if refusal is not None:
+            status, message = refusal
+            response = error_response(
+                path,
+                status,
+                message,
+                request_id,
+                type=("authentication_error" if status == 401 else "permission_error")
+                if is_anthropic(path)
+                else "invalid_request_error",
+                code="invalid_api_key" if status == 401 else None,
+            )
+            await response(scope, receive, send_with_id)
+            return
+        if emu._token is not None and path == IDENTIFY_PATH:
+            await _identify(emu, scope)(scope, receive, send_with_id)
+            return
+        emu._record(method, scope["path"], realtime=_is_realtime(method, path))
 
         status = emu._http_fault(method, path)
         if status is not None:
@@ -136,14 +171,10 @@ class Front:
             )
             await response(scope, receive, send_with_id)
             return
-        headers = dict(scope.get("headers") or [])
-        auth = headers.get(b"authorization", b"")
-        has_key = headers.get(b"x-api-key") or headers.get(b"x-goog-api-key")
-        # The upload URL the service hands out carries its own authority: Gemini's SDK
-        # sends the file's bytes there without the key.
-        if is_gemini(path) and "upload_id=" in scope.get("query_string", b"").decode():
-            has_key = b"upload-url"
-        if not (auth.lower().startswith(b"bearer ") and auth[7:].strip()) and not has_key:
+        # Any key will do here (an emulator with a token was checked above).
+        if not _presented_keys(headers) and not _upload_chunk(
+            emu, method, path, scope.get("query_string", b"")
+        ):
             response = error_response(
                 path,
                 401,
@@ -158,6 +189,94 @@ class Front:
             return
         scope = {**scope, "path": path, "raw_path": path.encode(), "nbbatch_request_id": request_id}
         await self.app(scope, receive, send_with_id)
+
+
+def _presented_keys(headers: dict[bytes, bytes]) -> list[bytes]:
+    """The API keys a request carries, in any of the three APIs' headers."""
+    keys = []
+    auth = headers.get(b"authorization", b"")
+    if auth[:7].lower() == b"bearer " and auth[7:].strip():
+        keys.append(auth[7:].strip())
+    for name in (b"x-api-key", b"x-goog-api-key"):
+        value = headers.get(name, b"").strip()
+        if value:
+            keys.append(value)
+    return keys
+
+
+_UPLOAD_CHUNK = re.compile(rf"^{_gemini.PREFIX}/upload/v\d+(?:alpha|beta)?\d*/files$")
+
+
+def _upload_chunk(emu: Any, method: str, path: str, query: bytes) -> bool:
+    """Whether the request sends bytes to a Gemini upload URL this emulator handed out.
+
+    google-genai sends the chunks of a resumable upload without its key (the real upload
+    URL carries its own authority), so the URL's ``upload_id`` is the credential: 96
+    random bits, given only in answer to a start request that carried the key, and valid
+    only until that upload is finalized. Any other id needs the key like every route.
+    """
+    if method != "POST" or not _UPLOAD_CHUNK.match(path):
+        return False
+    upload_id = QueryParams(query).get("upload_id")
+    return bool(upload_id) and upload_id in emu._store.uploads
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _refusal(
+    emu: Any, method: str, path: str, headers: dict[bytes, bytes], query: bytes
+) -> tuple[int, str] | None:
+    """Why a request is refused before routing (status, message), or None."""
+    host: str = emu._host
+    if _is_loopback(host):
+        port = emu.port
+        shown = f"[{host}]" if ":" in host else host
+        allowed = {f"{name}:{port}" for name in (shown, "127.0.0.1", "localhost", "[::1]")}
+        sent = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        if sent not in allowed:
+            return 403, (
+                f"Host {sent!r} is not this emulator's address ({shown}:{port}); the nbbatch "
+                "emulator answers only requests addressed to its loopback address (a web page "
+                "reaching it under another name is refused). Use its url as the base_url."
+            )
+    token: str | None = emu._token
+    if token is None or (method == "GET" and path == IDENTIFY_PATH):
+        return None
+    expected = token.encode()
+    # compare_digest: the time taken says nothing about how much of a guess was right.
+    if any(hmac.compare_digest(key, expected) for key in _presented_keys(headers)):
+        return None
+    if _upload_chunk(emu, method, path, query):
+        return None
+    return 401, (
+        "This nbbatch background emulator answers only its owner: send the key kept in "
+        "its home's emulator/secret file (nbbatch does so by itself for provider='local'; "
+        "the file is readable by the home's owner only)."
+    )
+
+
+def _identify(emu: Any, scope: Scope) -> Response:
+    """The answer to ``GET /nbbatch/identify?nonce=N``: proof that this emulator holds the
+    token, bound to its pid and port, so a client learns whether the listener is its own
+    emulator without sending the token to a stranger on a reused port."""
+    nonce = QueryParams(scope.get("query_string", b"")).get("nonce", "")
+    if not 16 <= len(nonce) <= 128 or not (nonce.isascii() and nonce.isalnum()):
+        return JSONResponse(
+            openai_error_body(
+                "nonce must be 16 to 128 letters or digits", "invalid_request_error", "nonce", None
+            ),
+            status_code=400,
+        )
+    pid = os.getpid()
+    proof = identity_proof(emu._token, pid, emu.port, nonce)
+    return JSONResponse({"object": "nbbatch.identity", "pid": pid, "proof": proof})
 
 
 def _request_id(request: Request) -> str:

@@ -90,14 +90,33 @@ class BatchRecord:
     outcome: Any = None  # the provider's final outcome, once known
     _futures: dict[tuple[int | None, str], Future[Any]] = field(default_factory=dict)
     _ordered_fates: bytes = b""
+    _expiring: int = -1  # how many rows the window leaves undone (-1: not counted yet)
+
+    def __post_init__(self) -> None:
+        # A batch that expires is one its window closed on: the rows it never reached
+        # are the last ones in processing order, the rows before them ran as usual.
+        if self.has_expire_rows:
+            stays = [i for i in self.order if self.fates[i] != Fate.EXPIRE]
+            self.order = stays + [i for i in self.order if self.fates[i] == Fate.EXPIRE]
+
+    @property
+    def expiring(self) -> int:
+        """How many rows the batch's window closes on before they run (expire_rate)."""
+        if self._expiring < 0:
+            self._expiring = self.fates.count(Fate.EXPIRE)
+        return self._expiring
 
     @property
     def expires(self) -> float:
+        """When the completion window closes: 24 h after creation, or, for a batch that
+        expires, the end of its (scaled) processing time, which its window cuts short."""
+        if self.has_expire_rows:
+            return self.processed
         return self.created + WINDOW_SECONDS
 
     @property
     def has_expire_rows(self) -> bool:
-        return Fate.EXPIRE in self.fates
+        return self.expiring > 0
 
     def phase(self, t: float) -> str:
         """OpenAI-style status at clock time ``t``."""
@@ -136,9 +155,10 @@ class BatchRecord:
         if self.invalid or t < self.started:
             return 0
         span = self.processed - self.started
+        reach = self.n - self.expiring  # an expiring batch never gets past these
         if t >= self.processed or span <= 0:
-            return self.n
-        return min(self.n, int(self.n * (t - self.started) / span))
+            return reach
+        return min(reach, int(reach * (t - self.started) / span))
 
     def cut(self) -> tuple[int | None, str]:
         """Rows executed before the batch was stopped early, and why (for the output)."""

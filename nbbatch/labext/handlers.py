@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -33,22 +31,17 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
+from .._scrub import scrub_json as _scrub_json
 from . import NAMESPACE
 
-#: What a provider key looks like (OpenAI ``sk-...``, Anthropic ``sk-ant-...``), masked
-#: or not, in case an SDK quotes one in an error.
-_KEYISH = re.compile(r"sk-[A-Za-z0-9_\-*]{6,}")
-_KEY_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 JOB_ID = r"(?P<job_id>[A-Za-z0-9_.\-]+)"
 
 
 def scrub(text: str) -> str:
     """``text`` without any API key from the environment or anything shaped like one."""
-    for var in _KEY_VARS:
-        value = os.environ.get(var)
-        if value and len(value) >= 8:
-            text = text.replace(value, "***")
-    return _KEYISH.sub("sk-***", text)
+    from .._scrub import scrub as _scrub_text
+
+    return _scrub_text(text)
 
 
 class _Handler(APIHandler):
@@ -76,7 +69,8 @@ class _Handler(APIHandler):
             return self._error(409, exc)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(result))
+        # Every text of the answer (warnings, errors of rows) is scrubbed of keys.
+        self.finish(json.dumps(_scrub_json(result)))
 
     def _error(self, status: int, exc: BaseException) -> None:
         self.set_status(status)

@@ -9,7 +9,7 @@ Schema (``SCHEMA_VERSION``; fields are only ever added)::
     {"version": 1, "now": <epoch s>, "ledger": <path>, "jobs": [<job>, ...]}
     <job> = {"id", "origin" (str|null), "provider", "model", "endpoint", "rows",
              "counts": {"succeeded", "failed", "expired", "cancelled", "skipped", "pending"},
-             "status": "running"|"completed"|"cancelled", "created": <epoch s>,
+             "status": "running"|"completed"|"cancelled"|"failed", "created": <epoch s>,
              "age": <s>, "cost": <dollars|null>, "cost_estimated": bool,
              "overdue": bool, "alert": str|null, "attach": 'nb.attach("...")'}
 """
@@ -17,7 +17,6 @@ Schema (``SCHEMA_VERSION``; fields are only ever added)::
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -187,6 +186,7 @@ def collect(ledger: Ledger, job_id: str, root_dir: str, folder: str = "") -> dic
     to ``root_dir`` and may not leave it. Returns ``{"path", "rows", "warning", "job"}``;
     ``warning`` is a transient polling error (the file then holds what the ledger had)."""
     from .. import api, cli
+    from .._files import private_output
 
     root = Path(root_dir).resolve()
     target_dir = (root / folder).resolve()
@@ -198,12 +198,9 @@ def collect(ledger: Ledger, job_id: str, root_dir: str, folder: str = "") -> dic
     snap = job.refresh()
     frame = cli.results_table(job)
     target = target_dir / f"{job_id}.parquet"
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
+    # A fresh private file (never a guessable name a link could be planted at).
+    with private_output(target) as tmp:
         frame.to_parquet(tmp, index=False)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {
         "path": target.relative_to(root).as_posix(),
         "rows": int(len(frame)),

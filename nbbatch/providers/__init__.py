@@ -152,22 +152,49 @@ def default_endpoint(name: str) -> str:
 
 def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     """Build the provider ``name`` around ``client`` (or a default client)."""
+    from .._scrub import remember
+    from . import credentials
+
     cls = provider_class(name)
+    given = client
     if client is None:
         client = default_client(name, local=local)
-    return cls(sync_client(client))
+    else:
+        remember(credentials.key_of(client))  # never quoted in a message of ours
+    impl = cls(sync_client(client))
+    # Where the key came from, for the ledger: later polls use only a key meant for
+    # this address (see .credentials).
+    if local:
+        impl.credential = "local"
+    elif given is not None:
+        impl.credential = "client"
+    else:
+        impl.credential = credentials.env_origin(name)
+    return impl
 
 
+#: The environment variable each SDK reads its address from when given none.
+_BASE_URL_VARIABLES = {
+    "openai": "OPENAI_BASE_URL",
+    "anthropic": "ANTHROPIC_BASE_URL",
+    "gemini": "GOOGLE_GEMINI_BASE_URL",
+}
 _CLIENTS: dict[tuple[str, str | None, str | None], Any] = {}
 
 
 def default_client(
-    name: str, *, local: bool = False, base_url: str | None = None, key: str | None = None
+    name: str,
+    *,
+    local: bool = False,
+    base_url: str | None = None,
+    key: str | None = None,
+    token: str | None = None,
 ) -> Any:
     """A client for ``name``: the embedded emulator when ``local``, else from the environment.
 
-    Clients are made once per provider, address and key and then reused, so jobs share
-    their connection pools.
+    ``key`` (or, for Anthropic, a bearer ``token``) is the credential to send, when the
+    caller chose it (see :mod:`.credentials`). Clients are made once per provider,
+    address and key and then reused, so jobs share their connection pools.
     """
     if local:
         from .. import emulator
@@ -181,7 +208,10 @@ def default_client(
             "anthropic": emu.anthropic_base_url,
             "gemini": emu.gemini_base_url,
         }[name]
-        key = "local-emulator"
+        # Its home's key: it answers no one else (find() checked it is ours first).
+        key = emu.token
+    elif token is not None:
+        key = None
     elif key is None:
         variables = KEY_VARIABLES[name]
         key = next((os.environ[v] for v in variables if os.environ.get(v)), None)
@@ -192,7 +222,10 @@ def default_client(
                 "or use provider='local' to try it free on the embedded emulator.",
                 provider=name,
             )
-    cache_key = (name, base_url, key)
+    # Without base_url the SDK reads its address from the environment: a client made
+    # for one address is never reused for another.
+    where = base_url or os.environ.get(_BASE_URL_VARIABLES[name]) or None
+    cache_key = (name, where, key or (token and f"token:{token}"))
     if cache_key not in _CLIENTS:
         if name == "openai":
             import openai
@@ -203,7 +236,9 @@ def default_client(
         else:
             import anthropic
 
-            _CLIENTS[cache_key] = anthropic.Anthropic(api_key=key, base_url=base_url)
+            _CLIENTS[cache_key] = anthropic.Anthropic(
+                api_key=key, auth_token=token, base_url=base_url
+            )
     return _CLIENTS[cache_key]
 
 

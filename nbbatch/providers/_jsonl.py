@@ -85,9 +85,15 @@ def read_fast(raw: bytes, schema: pa.Schema) -> pa.Table | None:
     return None
 
 
+#: What Arrow raises for a value of the wrong type for the schema.
+_WRONG_TYPE = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
+
+
 def read_lines(raw: bytes, schema: pa.Schema) -> pa.Table:
     """:func:`read_fast`, falling back to orjson line by line for a file the fast reader
-    rejects (corrupt lines are dropped; their custom_ids are reconciled as missing)."""
+    rejects. Corrupt lines, and lines with a value of the wrong type for ``schema``
+    (``{"custom_id": 5}``), are dropped: each fails only its own row, whose custom_id
+    is then reconciled as missing."""
     table = read_fast(raw, schema)
     if table is not None:
         return table
@@ -99,4 +105,17 @@ def read_lines(raw: bytes, schema: pa.Schema) -> pa.Table:
             continue
         if isinstance(obj, dict):
             rows.append(obj)
-    return pa.Table.from_pylist(rows, schema=schema)
+    try:
+        return pa.Table.from_pylist(rows, schema=schema)
+    except _WRONG_TYPE:
+        pass
+    # Some line does not fit the schema: keep the ones that do (slow, but only for a
+    # file that is broken already).
+    good = []
+    for row in rows:
+        try:
+            pa.Table.from_pylist([row], schema=schema)
+        except _WRONG_TYPE:
+            continue
+        good.append(row)
+    return pa.Table.from_pylist(good, schema=schema)

@@ -23,6 +23,7 @@ from .base import (
     RequestSpec,
     empty_results,
     is_transient,
+    read_capped,
     sdk_error,
     sdk_kwargs,
 )
@@ -225,14 +226,16 @@ class AnthropicProvider(Provider):
         except anthropic.AnthropicError as exc:
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
 
-    def fetch_results(self, info: BatchInfo) -> list[bytes]:
+    def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
         if not info.raw.get("results_url"):
             return []
         try:
             stream = self.client.messages.batches.results(info.batch_id)
             try:
                 # The raw bytes as received (kept in the ledger folder), decoded once below.
-                raw = b"".join(stream.http_response.iter_bytes())
+                raw = read_capped(
+                    stream.http_response.iter_bytes(), max_bytes, f"the results of {info.batch_id}"
+                )
             finally:
                 stream.close()
         except anthropic.AnthropicError as exc:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -141,6 +143,20 @@ class BatchInfo:
     unfinished: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # The id names files beside the ledger (results, marks): one the provider made
+        # up with a path or glob character in it must never get that far.
+        if not isinstance(self.batch_id, str) or not _BATCH_ID.fullmatch(self.batch_id):
+            raise ProviderError(
+                f"the provider returned a batch id nbbatch cannot use, {self.batch_id!r}: "
+                "expected letters, digits, '_', '-', '.' or ':' (at most 200, not starting "
+                "with '.'). The endpoint is broken or not the provider: check its address."
+            )
+
+
+#: What a provider's batch id may look like (every real one does).
+_BATCH_ID = re.compile(r"[A-Za-z0-9_\-:][A-Za-z0-9_.\-:]{0,199}")
+
 
 class Provider(ABC):
     """One batch API, spoken through its official SDK."""
@@ -150,6 +166,10 @@ class Provider(ABC):
     #: the provider's limits per batch, less a safety margin
     max_requests: ClassVar[int]
     max_bytes: ClassVar[int]
+
+    #: Where the client's key came from: ``env:VAR``, ``client`` (given on client=) or
+    #: ``local`` (the background emulator); None when unknown. Recorded with a job.
+    credential: str | None = None
 
     def __init__(self, client: Any) -> None:
         self.client = client  # the official SDK client every call goes through
@@ -169,8 +189,10 @@ class Provider(ABC):
         """Raise :class:`~nbbatch.InputError` when the provider says it has no ``model``.
 
         Asks the provider's models endpoint through the SDK (one round trip, then
-        remembered per address and model in this process). When the endpoint is missing
-        (some proxies) or cannot be asked, the check is skipped and logged at INFO on
+        remembered per address and model in this process). A rejected key (401)
+        or no answer at all raises :class:`~nbbatch.ProviderError` naming where the key
+        came from: a job recorded then would never move. When the endpoint is missing
+        (some proxies) or answers 429/5xx, the check is skipped and logged at INFO on
         logger ``nbbatch``: the batch itself will still report a bad model.
         """
         key = (self.base_url, model)
@@ -182,6 +204,12 @@ class Provider(ABC):
             # Only the kind of failure: a refusal's text can quote part of the key.
             cause = exc.__cause__
             status = http_status(cause)
+            # Not 403: a restricted key may lack the models scope (api.model.read)
+            # and still be allowed to create batches; that check is skipped below.
+            if status == 401 or (status is None and exc.transient):
+                # A rejected key or no answer at all: a job recorded now would never
+                # move, so say so before anything is recorded.
+                raise self._unusable(model, status) from exc
             why = f"HTTP {status}" if status else type(cause or exc).__name__
             log.info("nbbatch: model %r not checked: asking %s failed (%s)", model, self.name, why)
             return
@@ -200,6 +228,41 @@ class Provider(ABC):
                 provider=self.name,
             )
         _KNOWN_MODELS.add(key)
+
+    def key_source(self) -> str:
+        """Where this provider's key came from, in words, for an error message."""
+        credential = self.credential or ""
+        if credential.startswith("env:"):
+            return f"the key in {credential.removeprefix('env:')}"
+        if credential == "client":
+            return f"the key given on client= ({type(self.client).__name__}(api_key=...))"
+        if credential == "local":
+            return "the emulator's placeholder key"
+        return "the API key"
+
+    def _unusable(self, model: str, status: int | None) -> ProviderError:
+        """The error for a models check that found the key rejected or no one there."""
+        if status is None:
+            return ProviderError(
+                f"could not reach {self.name} at {self.base_url} while checking model "
+                f"{model!r}; nothing was created. Check the address (the client's base_url) "
+                "and the network, then submit again.",
+                provider=self.name,
+                transient=True,
+            )
+        credential = self.credential or ""
+        if credential.startswith("env:"):
+            fix = f"set {credential.removeprefix('env:')} to a valid key, or pass client=..."
+        elif credential == "client":
+            fix = "give the client a valid api_key (the environment's keys were not used)"
+        else:
+            fix = "check the key"
+        verb = "rejected"
+        return ProviderError(
+            f"{self.name} at {self.base_url} {verb} {self.key_source()} while checking model "
+            f"{model!r}; nothing was created: {fix}.",
+            provider=self.name,
+        )
 
     def find_model(self, model: str) -> bool | list[str] | None:
         """Ask the provider about ``model``: True when it has it, else the ids it has,
@@ -232,8 +295,11 @@ class Provider(ABC):
         outcome was never recorded."""
 
     @abstractmethod
-    def fetch_results(self, info: BatchInfo) -> list[bytes]:
-        """The raw result files of an ended batch (possibly empty), as received."""
+    def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
+        """The raw result files of an ended batch (possibly empty), as received.
+
+        With ``max_bytes``, a download is stopped as soon as the files together pass
+        it (:func:`read_capped`) rather than read whole into memory."""
 
     @abstractmethod
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
@@ -253,6 +319,24 @@ class Provider(ABC):
         """``custom_id`` and ``truncated`` (bool) for each line of one raw result file:
         whether the reply was cut off at the token limit (not in ROW_RESULT_SCHEMA)."""
         raise NotImplementedError(f"{type(self).__name__} cannot tell truncated replies")
+
+
+def read_capped(chunks: Iterable[bytes], max_bytes: int | None, what: str) -> bytes:
+    """The bytes of a download, refused with :class:`BatchFailedError` as soon as they
+    pass ``max_bytes``: a result larger than any reply to what was sent comes from a
+    broken or hostile endpoint, and must not fill the memory first."""
+    parts: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise BatchFailedError(
+                f"{what} is larger than {max_bytes:,} bytes, more than any reply to the "
+                "requests sent could be; nothing was recorded from it. The endpoint is "
+                "broken or not the provider: check the job's address."
+            )
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def empty_results() -> pa.Table:
@@ -319,7 +403,11 @@ def sdk_error(
         url = getattr(getattr(exc, "request", None), "url", "the provider")
         message = f"could not reach {label} at {url} while {doing}: {exc}"
     elif bad_key:
-        message = f"{label} rejected the API key while {doing}; check {key_variable} ({exc})"
+        # The key may have come from client= rather than the environment: name both.
+        message = (
+            f"{label} rejected the API key while {doing}; check {key_variable}, or the "
+            f"api_key of the client= given ({exc})"
+        )
     else:
         message = f"{label} refused the request while {doing}: {exc}"
     # A request refused as malformed or too large will not pass on a retry either.

@@ -41,6 +41,7 @@ from .base import (
     empty_results,
     failure_row,
     is_transient,
+    read_capped,
     reply_settings_set,
     sdk_error,
 )
@@ -332,7 +333,7 @@ class GeminiProvider(Provider):
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
         return None
 
-    def fetch_results(self, info: BatchInfo) -> list[bytes]:
+    def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
         file_name = (info.raw.get("dest") or {}).get("file_name")
         if not file_name:
             return []
@@ -340,12 +341,15 @@ class GeminiProvider(Provider):
         # passing 429/5xx or dropped connection is retried here, as the other SDKs would.
         for attempt in range(DOWNLOAD_ATTEMPTS):
             try:
-                return [self.client.files.download(file=file_name)]
+                raw = self.client.files.download(file=file_name)
             except Exception as exc:
                 error = _provider_error(exc, f"downloading {file_name}")
                 if not error.transient or attempt == DOWNLOAD_ATTEMPTS - 1:
                     raise error from exc
                 time.sleep(0.5 * 2**attempt)
+                continue
+            # google-genai reads a download whole: the cap is checked after.
+            return [read_capped([raw], max_bytes, file_name)]
         raise AssertionError("unreachable")  # pragma: no cover
 
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:

@@ -29,6 +29,7 @@ from .base import (
     empty_results,
     failure_row,
     is_transient,
+    read_capped,
     reply_settings_set,
     sdk_error,
     sdk_kwargs,
@@ -285,13 +286,16 @@ class OpenAIProvider(Provider):
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
         return None
 
-    def fetch_results(self, info: BatchInfo) -> list[bytes]:
-        files = []
+    def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
+        files: list[bytes] = []
         for key in ("output_file_id", "error_file_id"):
             file_id = info.raw.get(key)
             if file_id:
+                left = None if max_bytes is None else max_bytes - sum(map(len, files))
                 try:
-                    files.append(self.client.files.content(file_id).content)
+                    # Streamed, so a file past the cap is refused before it is all read.
+                    with self.client.files.with_streaming_response.content(file_id) as resp:
+                        files.append(read_capped(resp.iter_bytes(), left, f"file {file_id}"))
                 except openai.OpenAIError as exc:
                     raise _provider_error(exc, f"downloading file {file_id}") from exc
         return files

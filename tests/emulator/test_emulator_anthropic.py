@@ -16,7 +16,7 @@ from nbbatch.emulator import _anthropic
 
 
 def req(custom_id: str, prompt: str, **params: Any) -> dict:
-    base = {"model": "claude-emulated-1", "max_tokens": 1024}
+    base = {"model": "claude-haiku-4-5", "max_tokens": 1024}
     base.update(params)
     base.setdefault("messages", [{"role": "user", "content": prompt}])
     return {"custom_id": custom_id, "params": base}
@@ -182,7 +182,15 @@ def test_structured_outputs(ant: anthropic.Anthropic) -> None:
     tool = {"name": "classify", "description": "d", "input_schema": schema}
     requests = [
         req("tool", "great film", tools=[tool], tool_choice={"type": "tool", "name": "classify"}),
-        req("fmt", "bad film", output_config={"format": {"type": "json_schema", "schema": schema}}),
+        # Structured outputs refuse minimum/maximum: the SDK moves them into descriptions,
+        # and the reply still keeps to them, as Claude's does.
+        req(
+            "fmt",
+            "bad film",
+            output_config={
+                "format": {"type": "json_schema", "schema": anthropic.transform_schema(schema)}
+            },
+        ),
         req("stop", "alpha beta gamma", stop_sequences=["gamma"]),
         req("long", "y" * 200, max_tokens=5),
     ]
@@ -204,7 +212,7 @@ def test_structured_outputs(ant: anthropic.Anthropic) -> None:
 
 def test_realtime_messages_strict(emu: emulator.Emulator, ant: anthropic.Anthropic) -> None:
     msg = ant.messages.create(
-        model="claude-emulated-1",
+        model="claude-haiku-4-5",
         max_tokens=100,
         system="sys",
         messages=[
@@ -214,15 +222,19 @@ def test_realtime_messages_strict(emu: emulator.Emulator, ant: anthropic.Anthrop
     assert msg.content[0].text == emulator.echo_text("block one")
     assert msg.usage.service_tier == "standard" and msg.usage.input_tokens == 3
     with pytest.raises(anthropic.BadRequestError):
-        ant.messages.create(model="m", max_tokens=0, messages=[{"role": "user", "content": "x"}])
+        ant.messages.create(
+            model="claude-haiku-4-5", max_tokens=0, messages=[{"role": "user", "content": "x"}]
+        )
     with pytest.raises(anthropic.BadRequestError):
         ant.messages.create(
-            model="m", max_tokens=5, messages=[{"role": "user", "content": emulator.FAIL_MARKER}]
+            model="claude-haiku-4-5",
+            max_tokens=5,
+            messages=[{"role": "user", "content": emulator.FAIL_MARKER}],
         )
     emu.clear_log()
     prompt = f"{emulator.TRANSIENT_MARKER} {time.time()}"
     ok = ant.messages.create(
-        model="m", max_tokens=50, messages=[{"role": "user", "content": prompt}]
+        model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": prompt}]
     )
     assert ok.content[0].text == emulator.echo_text(prompt)
     assert len(emu.request_log) == 2  # one 529, retried by the SDK

@@ -180,7 +180,7 @@ def test_anthropic_faults_and_markers() -> None:
                 {
                     "custom_id": f"r{i}",
                     "params": {
-                        "model": "m",
+                        "model": "claude-haiku-4-5",
                         "max_tokens": 50,
                         "messages": [{"role": "user", "content": f"p{i}"}],
                     },
@@ -191,7 +191,7 @@ def test_anthropic_faults_and_markers() -> None:
                 {
                     "custom_id": "t",
                     "params": {
-                        "model": "m",
+                        "model": "claude-haiku-4-5",
                         "max_tokens": 50,
                         "messages": [{"role": "user", "content": f"x {emulator.TRANSIENT_MARKER}"}],
                     },
@@ -201,7 +201,7 @@ def test_anthropic_faults_and_markers() -> None:
                 {
                     "custom_id": "f",
                     "params": {
-                        "model": "m",
+                        "model": "claude-haiku-4-5",
                         "max_tokens": 50,
                         "messages": [{"role": "user", "content": f"x {emulator.FAIL_MARKER}"}],
                     },
@@ -243,7 +243,7 @@ def test_http_error_rate_is_absorbed_by_sdk_retries() -> None:
                     {
                         "custom_id": "a",
                         "params": {
-                            "model": "m",
+                            "model": "claude-haiku-4-5",
                             "max_tokens": 9,
                             "messages": [{"role": "user", "content": "x"}],
                         },

@@ -206,7 +206,9 @@ def test_responses_and_embeddings_endpoints_in_a_batch(oai: openai.OpenAI) -> No
     e1 = lines["e1"]["response"]["body"]["data"]
     e2 = lines["e2"]["response"]["body"]["data"]
     assert [len(d["embedding"]) for d in e1] == [16, 16]
-    assert len(e2[0]["embedding"]) == emulator.DEFAULT_EMBEDDING_DIMENSIONS == 256
+    assert (
+        len(e2[0]["embedding"]) == emulator.embedding_dimensions("text-embedding-3-small") == 1536
+    )
     assert abs(sum(v * v for v in e2[0]["embedding"]) - 1) < 1e-9
     assert lines["e2"]["response"]["body"]["usage"] == {"prompt_tokens": 1, "total_tokens": 1}
 
@@ -336,7 +338,7 @@ def test_too_many_requests_and_too_large(oai: openai.OpenAI, monkeypatch) -> Non
 def test_fifty_thousand_and_one_lines(oai: openai.OpenAI) -> None:
     line = (
         b'{"custom_id":"r%d","method":"POST","url":"/v1/embeddings",'
-        b'"body":{"model":"m","input":"x"}}\n'
+        b'"body":{"model":"gpt-4o-mini","input":"x"}}\n'
     )
     content = b"".join(line % i for i in range(50_001))
     b = _fail(oai, content, "/v1/embeddings")
@@ -412,23 +414,27 @@ def test_realtime_endpoints_strict(emu: emulator.Emulator, oai: openai.OpenAI) -
     assert chat.choices[0].message.content == emulator.echo_text("block prompt")
     assert chat.usage and chat.usage.prompt_tokens == 5  # ceil(len("be nice" + ...)/4)
     cut = oai.chat.completions.create(
-        model="m", messages=[{"role": "user", "content": "x" * 100}], max_completion_tokens=3
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "x" * 100}],
+        max_completion_tokens=3,
     )
     assert cut.choices[0].finish_reason == "length"
     assert cut.choices[0].message.content == emulator.echo_text("x" * 100)[:12]
     resp = oai.responses.create(model="gpt-4o-mini", input="hello", max_output_tokens=200)
     assert resp.output_text == emulator.echo_text("hello") and resp.status == "completed"
-    emb = oai.embeddings.create(model="e", input=["a", "b"], encoding_format="float")
+    emb = oai.embeddings.create(
+        model="text-embedding-3-small", input=["a", "b"], encoding_format="float"
+    )
     assert len(emb.data) == 2 and emb.usage.prompt_tokens == 2
     assert emu.stats()["realtime_requests"] == before + 4
     status, _, body = raw(
         f"{emu.openai_base_url}/chat/completions",
         "POST",
-        {"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
     )
     check("CreateChatCompletionResponse", body)
     status, _, body = raw(
-        f"{emu.openai_base_url}/embeddings", "POST", {"model": "m", "input": "hi"}
+        f"{emu.openai_base_url}/embeddings", "POST", {"model": "gpt-4o-mini", "input": "hi"}
     )
     check("CreateEmbeddingResponse", body)
 
@@ -437,7 +443,7 @@ def test_realtime_default_base64_embeddings(emu: emulator.Emulator) -> None:
     # The SDK asks for base64 by default and decodes it; strict validation would reject
     # the base64 string (as with the real service), so use a lenient client here.
     with openai.OpenAI(base_url=emu.openai_base_url, api_key="k") as client:
-        emb = client.embeddings.create(model="e", input="abc", dimensions=8)
+        emb = client.embeddings.create(model="text-embedding-3-small", input="abc", dimensions=8)
     expected = emulator._responder.embedding_vector("abc", 8)
     assert emb.data[0].embedding == pytest.approx(expected, rel=1e-6)
 
@@ -445,11 +451,13 @@ def test_realtime_default_base64_embeddings(emu: emulator.Emulator) -> None:
 def test_realtime_markers(emu: emulator.Emulator, oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
         oai.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": emulator.FAIL_MARKER}]
+            model="gpt-4o-mini", messages=[{"role": "user", "content": emulator.FAIL_MARKER}]
         )
     emu.clear_log()
     prompt = f"once {emulator.TRANSIENT_MARKER} {time.time()}"
-    ok = oai.chat.completions.create(model="m", messages=[{"role": "user", "content": prompt}])
+    ok = oai.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+    )
     assert ok.choices[0].message.content == emulator.echo_text(prompt)
     assert len(emu.request_log) == 2  # the SDK retried the 500 once
 

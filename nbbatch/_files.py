@@ -1,0 +1,62 @@
+"""Writing result files a user asked for, safely: private, atomic, never through a link.
+
+Results are often private (customer texts, model answers). A file nbbatch writes for the
+user (``nbbatch collect --out``, the sidebar's Parquet, ``job.to_parquet``) is written to
+a fresh temporary name beside it, created exclusively by :func:`tempfile.mkstemp` (so a
+link planted at a guessable name is never followed), then given mode ``0600`` (or less,
+when the user's umask asks for less) and renamed over the target, which replaces a
+link there rather than writing through it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+#: The most a result file is opened to: its owner only.
+PRIVATE = 0o600
+_umask_lock = threading.Lock()
+
+
+def umask() -> int:
+    """This process's umask (read from /proc where it can be, else set and put back)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def result_mode() -> int:
+    """The mode of a result file: ``0600``, less what the umask takes away."""
+    return PRIVATE & ~umask()
+
+
+@contextmanager
+def private_output(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A new, empty temporary file beside ``target`` for the caller to write (by name);
+    once the block ends without error it gets :func:`result_mode` and replaces
+    ``target`` atomically; otherwise it is removed and ``target`` is left as it was."""
+    target = Path(target)
+    # The target's suffix last: writers choose the format (and compression) by it.
+    fd, name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, result_mode())
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

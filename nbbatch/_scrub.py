@@ -1,0 +1,95 @@
+"""Keep API keys out of every text nbbatch shows or keeps.
+
+An SDK error can quote the key it was given (masked or not), and a hostile or broken
+endpoint can echo it back in an error body. Every message that reaches a user-visible
+place (errors, the job's ``last_error``, the ledger's events, the log, the JupyterLab
+sidebar's JSON) goes through :func:`scrub` first.
+
+Three kinds of secret are removed: the values of the environment variables a provider
+key is read from, keys this process was handed on a ``client=`` (remembered in memory
+only, see :func:`remember`), and anything shaped like a provider key (OpenAI ``sk-...``,
+Anthropic ``sk-ant-...``, Google ``AIza...``), masked or not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from typing import Any
+
+#: Environment variables that hold a provider credential (never written anywhere).
+KEY_VARIABLES = (
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "AZURE_OPENAI_API_KEY",
+)
+
+#: What a provider key looks like, masked (``sk-proj-abc***xyz``) or not.
+_KEYISH = (
+    (re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*.]{6,}"), "sk-***"),
+    (re.compile(r"(?<![A-Za-z0-9])AIza[A-Za-z0-9_\-*.]{8,}"), "AIza***"),
+)
+#: Shorter values are not replaced: a placeholder such as "k" would mangle every text.
+_MIN_SECRET = 8
+
+_lock = threading.Lock()
+_remembered: set[str] = set()
+
+
+def remember(key: str | None) -> None:
+    """Scrub ``key`` (a key given on a ``client=``) from every later message of this
+    process. Kept in memory only."""
+    if key and len(key) >= _MIN_SECRET:
+        with _lock:
+            _remembered.add(key)
+
+
+def scrub(text: str) -> str:
+    """``text`` without any API key known to this process or shaped like one."""
+    if not text:
+        return text
+    with _lock:
+        secrets = set(_remembered)
+    secrets.update(os.environ.get(v) or "" for v in KEY_VARIABLES)
+    # Longest first, so a key that contains another is removed whole.
+    for value in sorted((s for s in secrets if len(s) >= _MIN_SECRET), key=len, reverse=True):
+        text = text.replace(value, "***")
+    for pattern, mask in _KEYISH:
+        text = pattern.sub(mask, text)
+    return text
+
+
+def scrub_json(value: Any) -> Any:
+    """Every string in a JSON-ready value (dicts, lists) scrubbed."""
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {k: scrub_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_json(v) for v in value]
+    return value
+
+
+class ScrubFilter(logging.Filter):
+    """A logging filter that scrubs each record's message (installed on ``nbbatch``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to logging's own handling
+            return True
+        clean = scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def install_log_filter(logger: logging.Logger) -> None:
+    """Scrub every record logged on ``logger`` (once; repeated calls do nothing)."""
+    if not any(isinstance(f, ScrubFilter) for f in logger.filters):
+        logger.addFilter(ScrubFilter())

@@ -1,0 +1,337 @@
+"""Row packing: up to N rows in one request, each row's answer mapped back to its row.
+
+With ``nb.submit(..., pack=N)`` the first try of a job's rows goes out as *packs*: one
+request per N leaders (duplicates are still sent once), whose custom_id names the pack
+by the manifest position of its first row (``pack-<position>``). The shared part is
+sent once per pack: the system prompt, and the template's literal text before its
+first placeholder and after its last one, shown with :data:`ITEM` where the per-row
+part goes. The per-row part (the rendered prompt without that prefix and suffix) is an
+*item*, and the items go as a JSON list (so no row's text can pass for another item or
+for the instructions), each with a short id ("1", "2", ...). The reply is asked for
+through the provider's structured outputs: ``{"answers": [{"id": ..., "answer": ...}]}``,
+the answer being text or, with ``response_format``, one object of the user's schema.
+
+Which rows a pack holds is not stored: a batch's rows are its intent's positions, in
+order, cut into runs of N, so collecting recomputes the packs exactly. Each row's
+answer becomes its own result line; a row the answer leaves out, repeats or gets wrong
+fails retryably and goes again *unpacked* (retries, ``resubmit_failed`` and escalation
+stages are never packed), so a row the model cannot answer inside a pack is answered
+on its own. A pack's tokens are shared out over the rows it answered (exactly: the sums
+are the pack's), so ``job.cost`` is what was billed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from . import prompt as _prompt
+from ._errors import InputError
+from .providers.base import ROW_RESULT_SCHEMA, RequestSpec, is_embeddings
+
+if TYPE_CHECKING:
+    from .job import BatchJob
+
+#: Stands for the item in the instruction shown once per pack.
+ITEM = "<ITEM>"
+#: The line that starts a pack's own part (after the instruction, if any).
+MARK = "=== nbbatch pack ===\n"
+#: What a pack asks of the model, before the items.
+GUIDE = (
+    "Each item below is a separate request: answer each one exactly as you would if it "
+    f"had been sent alone (with {ITEM} in the instruction above, if any, replaced by the "
+    'item\'s text). Reply with a JSON object {"answers": [{"id": "<the item\'s id>", '
+    '"answer": <your answer to that item>}, ...]}: one entry per item, every id exactly '
+    "once.\nItems (JSON):\n"
+)
+#: The error type of a row the pack's answer left out or got wrong (retried unpacked).
+PACK_MISSING = "missing_from_pack"
+#: Largest pack: beyond it one reply would be too long to be reliable.
+MAX_PACK = 500
+#: Output tokens a pack's request may use per item, beyond the row's ``max_tokens``:
+#: the item's id and the JSON around its answer.
+ITEM_OVERHEAD_TOKENS = 16
+
+
+def check(pack: Any, spec: RequestSpec) -> int | None:
+    """``pack`` as a submit takes it (None or 1: no packing), refused clearly when it
+    cannot be used, before anything is sent."""
+    if pack is None:
+        return None
+    if isinstance(pack, bool) or not isinstance(pack, int) or not 1 <= pack <= MAX_PACK:
+        raise InputError(
+            f"pack must be a whole number of rows per request between 1 and {MAX_PACK} "
+            f"(e.g. pack=20), found {pack!r}."
+        )
+    if is_embeddings(spec.endpoint):
+        raise InputError(
+            "pack= cannot be used with embeddings: each row needs its own vector, which "
+            "one request per row gives already. Drop pack=."
+        )
+    return None if pack == 1 else pack
+
+
+def size_for(policy: dict[str, Any], stage: int, attempt: int) -> int:
+    """Rows per request for a send of ``attempt`` in ``stage``: the job's ``pack`` for
+    the first try of its own rows, else 1 (retries go unpacked)."""
+    pack = policy.get("pack")
+    return int(pack) if pack and stage == 0 and attempt <= 1 else 1
+
+
+def split_template(template: str) -> tuple[str, str]:
+    """The literal text before the template's first placeholder and after its last:
+    what every row's prompt shares, sent once per pack."""
+    parsed = _prompt.parse(template)
+    if not parsed.fields:
+        return "", ""
+    return parsed.pieces[0], parsed.pieces[-1]
+
+
+def packed_spec(spec: RequestSpec, size: int) -> RequestSpec:
+    """The request parameters of a pack of ``size`` rows: the answers' schema as its
+    structured output, and room for ``size`` answers when ``max_tokens`` is set."""
+    from . import structured
+
+    answer: dict[str, Any] = {"type": "string"}
+    defs: dict[str, Any] = {}
+    if spec.response_format is not None:
+        schema = dict(structured.schema_of(spec.response_format))
+        # References (#/$defs/...) stay valid with the definitions at the root.
+        defs = schema.pop("$defs", None) or {}
+        answer = schema
+    item = {
+        "type": "object",
+        "properties": {"id": {"type": "string"}, "answer": answer},
+        "required": ["id", "answer"],
+        "additionalProperties": False,
+    }
+    root: dict[str, Any] = {
+        "type": "object",
+        "properties": {"answers": {"type": "array", "items": item}},
+        "required": ["answers"],
+        "additionalProperties": False,
+    }
+    if defs:
+        root["$defs"] = defs
+    fmt = {"type": "json_schema", "json_schema": {"name": "nbbatch_pack", "schema": root,
+                                                  "strict": True}}  # fmt: skip
+    max_tokens = spec.max_tokens
+    if max_tokens is not None:
+        max_tokens = size * (max_tokens + ITEM_OVERHEAD_TOKENS)
+    return dataclasses.replace(spec, response_format=fmt, max_tokens=max_tokens)
+
+
+def pack_prompts(prompts: list[str], size: int, prefix: str, suffix: str) -> list[str]:
+    """The prompt of each pack of ``size`` rows, in order (the last may be shorter)."""
+    cut = len(suffix)
+    items = [p[len(prefix) : len(p) - cut if cut else None] for p in prompts]
+    head = f"{prefix}{ITEM}{suffix}\n" if prefix or suffix else ""
+    out = []
+    for start in range(0, len(items), size):
+        listed = [{"id": str(i + 1), "text": t} for i, t in enumerate(items[start : start + size])]
+        out.append(head + MARK + GUIDE + orjson.dumps(listed).decode())
+    return out
+
+
+def pack_ids(positions: np.ndarray, size: int) -> pa.Array:
+    """Each pack's custom_id: ``pack-`` and the manifest position of its first row
+    (unique within a job, and found again from the batch's positions alone)."""
+    return pa.array([f"pack-{int(p)}" for p in positions[::size]], pa.string())
+
+
+def encode(
+    job: BatchJob, positions: np.ndarray, spec: RequestSpec, size: int
+) -> tuple[bytes, pa.Array]:
+    """The request lines of the packs of the leaders at ``positions``, and their ids."""
+    state = job._ledger.row_state(job.id)
+    prompts = state.manifest_column("prompt", positions).to_pylist()
+    prefix, suffix = split_template(str(job._record["template"]))
+    ids = pack_ids(positions, size)
+    texts = pa.array(pack_prompts(prompts, size, prefix, suffix), pa.large_string())
+    return job._provider.encode(ids, texts, packed_spec(spec, size)), ids
+
+
+def n_requests(n_rows: int, size: int) -> int:
+    """How many requests ``n_rows`` rows make in packs of ``size``."""
+    return math.ceil(n_rows / max(size, 1))
+
+
+# -- collecting ---------------------------------------------------------------------------
+
+
+def unpack(
+    packs: pa.Table, positions: np.ndarray, row_ids: pa.Array, size: int, *, structured: bool
+) -> tuple[pa.Table, int]:
+    """Per-row results from one result line per pack (``packs``: a line for every pack
+    id, in any order, as :func:`results.reconcile` gives them; ``positions`` and
+    ``row_ids``: the rows' positions and custom_ids in the order they were packed).
+
+    Returns the rows' results (ROW_RESULT_SCHEMA) and how many rows the answers left
+    out or got wrong. A failed pack fails each of its rows the same way."""
+    by_id = {cid: i for i, cid in enumerate(packs.column("custom_id").to_pylist())}
+    cols = {name: packs.column(name).to_pylist() for name in ROW_RESULT_SCHEMA.names}
+    names = pack_ids(positions, size).to_pylist()
+    n = len(row_ids)
+    status: list[str] = [""] * n
+    output: list[str | None] = [None] * n
+    etype: list[str | None] = [None] * n
+    message: list[str | None] = [None] * n
+    retry: list[bool | None] = [None] * n
+    tokens = np.zeros((n, 3), dtype=np.int64)
+    has_tokens = np.zeros(n, dtype=bool)
+    wrong = 0
+    for k, start in enumerate(range(0, n, size)):
+        rows = range(start, min(n, start + size))
+        i = by_id.get(names[k])
+        if i is None:  # reconcile gives every pack a line: cannot happen
+            raise InputError("internal error: a pack has no result line")
+        if cols["status"][i] != "succeeded":
+            for r in rows:
+                status[r], etype[r] = cols["status"][i], cols["error_type"][i]
+                message[r], retry[r] = cols["error_message"][i], cols["retryable"][i]
+            continue
+        answers, why = _answers(cols["output"][i], len(rows), structured)
+        answered = []
+        for j, r in enumerate(rows):
+            value = answers.get(j)
+            if isinstance(value, str):
+                status[r], output[r] = "succeeded", value
+                answered.append(r)
+                continue
+            wrong += 1
+            status[r], etype[r], retry[r] = "failed", PACK_MISSING, True
+            message[r] = value[1] if isinstance(value, tuple) else why
+        paid = [cols[c][i] for c in ("input_tokens", "output_tokens", "cached_tokens")]
+        if any(v is not None for v in paid):
+            share = answered or list(rows)
+            tokens[share] = _split([v or 0 for v in paid], len(share))
+            has_tokens[share] = True
+    table = pa.table(
+        {
+            "custom_id": row_ids.cast(pa.string()),
+            "status": pa.array(status, pa.string()),
+            "output": pa.array(output, pa.large_string()),
+            "error_type": pa.array(etype, pa.string()),
+            "error_message": pa.array(message, pa.large_string()),
+            "retryable": pa.array(retry, pa.bool_()),
+            **{
+                name: pa.array(tokens[:, c], pa.int64(), mask=~has_tokens)
+                for c, name in enumerate(("input_tokens", "output_tokens", "cached_tokens"))
+            },
+        },
+        schema=ROW_RESULT_SCHEMA,
+    )
+    return table, wrong
+
+
+def _answers(
+    text: str | None, n: int, structured: bool
+) -> tuple[dict[int, str | tuple[None, str]], str]:
+    """Each item's answer (index -> the answer as a row's output text, or (None, why) for
+    an answer that is there but wrong), and why the items without one have none."""
+    missing = "the pack's answer has no entry for this row; it is sent again on its own"
+    try:
+        value = orjson.loads(text or "")
+    except orjson.JSONDecodeError:
+        return {}, "the pack's answer is not valid JSON (cut off?); the row is sent again"
+    entries = value.get("answers") if isinstance(value, dict) else None
+    if not isinstance(entries, list):
+        return {}, 'the pack\'s answer has no "answers" list; the row is sent again'
+    out: dict[int, str | tuple[None, str]] = {}
+    seen: set[int] = set()
+    for entry in entries:
+        if not isinstance(entry, dict) or "answer" not in entry:
+            continue
+        key = entry.get("id")
+        try:
+            j = int(key) - 1 if isinstance(key, str | int) and not isinstance(key, bool) else -1
+        except ValueError:
+            continue
+        if not 0 <= j < n:
+            continue
+        if j in seen:  # answered twice: which one is meant is unknown
+            out[j] = (None, "the pack's answer has two entries for this row; sent again")
+            continue
+        seen.add(j)
+        answer = entry["answer"]
+        if structured and isinstance(answer, dict):
+            out[j] = orjson.dumps(answer).decode()
+        elif not structured and isinstance(answer, str):
+            out[j] = answer
+        else:
+            kind = "an object" if structured else "text"
+            out[j] = (None, f"the pack's answer for this row is not {kind}; sent again")
+    return out, missing
+
+
+def _split(values: list[int], n: int) -> np.ndarray:
+    """``values`` shared out over ``n`` rows in whole tokens, the sums unchanged."""
+    out = np.zeros((n, len(values)), dtype=np.int64)
+    for c, v in enumerate(values):
+        base, extra = divmod(int(v), n)
+        out[:, c] = base
+        out[:extra, c] += 1
+    return out
+
+
+def collect(
+    job: BatchJob,
+    info: Any,
+    raws: list[bytes],
+    intent: str,
+    spec: RequestSpec,
+    positions: np.ndarray,
+    size: int,
+) -> None:
+    """Record one result per row of an ended batch of packs (``positions``: its rows,
+    in the order they were packed), each row's answer taken from its pack's."""
+    from . import collect as _collect
+    from . import results as _results
+    from . import rowstore, structured
+
+    packed = packed_spec(spec, size)
+    try:
+        tables = [job._provider.parse_results(raw, packed) for raw in raws]
+    except Exception as exc:  # as for unpacked batches: fetched again, nothing recorded
+        raise _collect.unreadable(job, info, exc) from exc
+    ids = pack_ids(positions, size)
+    rec = _results.reconcile(
+        ids,
+        tables,
+        batch_failure=info.failure,
+        failure_code=info.failure_code,
+        unfinished=info.unfinished,
+    )
+    state = job._ledger.row_state(job.id)
+    row_ids = state.manifest_column("custom_id", positions)
+    is_structured = spec.response_format is not None
+    table, wrong = unpack(rec.table, positions, row_ids, size, structured=is_structured)
+    if spec.response_format is not None:
+        schema = structured.schema_of(spec.response_format)
+        table = _results.check_structured(table, schema, set())
+    results = rowstore.result_table(positions, table, _collect._hashes(job, positions, 0))
+    note = f"{rec.note(info.batch_id)} (packs of {size}: {len(positions):,} rows)"
+    if wrong:
+        note += (
+            f"; {wrong:,} rows left out or answered wrongly in their pack's answer (sent "
+            "again on their own)"
+        )
+    job._ledger.record_results(job.id, intent, results, note)
+    if rec.unknown or rec.duplicates or rec.missing or wrong:
+        job._warn(note)
+    if info.failure:
+        job._warn(f"batch {info.batch_id} failed as a whole: {info.failure}")
+
+
+def batch_size(job: BatchJob, intent: str, stage: int) -> int:
+    """Rows per request in the batch recorded as ``intent`` (1: not packed)."""
+    if not job.policy.get("pack"):
+        return 1
+    rows = job._ledger.query("SELECT attempt FROM batches WHERE intent = ?", (intent,))
+    attempt = int(rows[0][0]) if rows else 1
+    return size_for(job.policy, stage, attempt)

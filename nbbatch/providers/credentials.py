@@ -1,0 +1,172 @@
+"""Which key a job may be polled with: only one meant for the address it was sent to.
+
+A job records where its requests went (``base_url``) and where the key came from
+(``credential``), never the key:
+
+``env:VAR``
+    submitted without ``client=``: the key in the environment variable ``VAR``. Later
+    polls use ``VAR`` again, at the recorded address only.
+``client``
+    the key was given on a ``client=``. It is not kept; its keyed hash is
+    (``key_hash``, HMAC-SHA256 under a random secret kept owner-only beside the
+    ledger), so a later poll may use an environment key only when it is that same key.
+    Otherwise the job needs ``client=`` again (``nb.attach(job_id, client=...)``). A job
+    on a loopback address (a private emulator, ``nb.emulator.start()``) is polled with a
+    placeholder key that is no secret: the emulator takes any key, and whatever now
+    listens on that port learns nothing.
+``local``
+    nbbatch's background emulator (``provider="local"``), which needs no key.
+
+Jobs recorded before this existed (no ``credential``) are polled with the environment
+key only at the provider's default address; on a loopback address, with the
+placeholder; elsewhere they need ``client=``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .._errors import ConfigError
+
+#: The key sent to a loopback address when no real key is meant for it: not a secret.
+PLACEHOLDER_KEY = "local-emulator"
+#: The file, beside the ledger, holding the secret that keys the hashes of keys.
+SECRET_FILE = "credential.secret"
+#: Anthropic's SDK also authenticates with a bearer token from this variable.
+ANTHROPIC_TOKEN = "ANTHROPIC_AUTH_TOKEN"
+
+
+def is_loopback(url: str | None) -> bool:
+    """Whether ``url`` names this machine's loopback interface."""
+    return (urlparse(url or "").hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def key_of(client: Any) -> str | None:
+    """The key an official SDK client sends (None when it has none, e.g. Azure AD)."""
+    key = getattr(client, "api_key", None) or getattr(client, "auth_token", None)
+    if key is None:  # google.genai.Client keeps it on its inner API client
+        key = getattr(getattr(client, "_api_client", None), "api_key", None)
+    return key if isinstance(key, str) and key else None
+
+
+def env_origin(name: str) -> str | None:
+    """``env:VAR`` for the variable a client built from the environment takes its key
+    from (the first set of the provider's variables), or None when none is set."""
+    from . import KEY_VARIABLES
+
+    variables = KEY_VARIABLES[name] + ((ANTHROPIC_TOKEN,) if name == "anthropic" else ())
+    var = next((v for v in variables if os.environ.get(v)), None)
+    return None if var is None else f"env:{var}"
+
+
+def _secret(home: Path) -> bytes:
+    """The random secret keying the hashes of keys, made on first use (owner-only)."""
+    path = home / SECRET_FILE
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    value = secrets.token_bytes(32)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(value)
+    return value
+
+
+def fingerprint(key: str, home: Path) -> str:
+    """A keyed hash of ``key``: tells whether a later key is the same one, reveals
+    nothing about it without the secret beside the ledger."""
+    return hmac.new(_secret(home), key.encode(), hashlib.sha256).hexdigest()
+
+
+def key_hash(provider: Any, home: Path) -> str | None:
+    """The keyed hash to record for a job whose key was given on ``client=`` (else
+    None: an environment key is named by its variable, the emulator needs none)."""
+    if getattr(provider, "credential", None) != "client":
+        return None
+    key = key_of(provider.client)
+    return None if key is None else fingerprint(key, home)
+
+
+def rebuild(record: dict[str, Any], home: Path) -> Any:
+    """A client for a recorded job, with only a key meant for its recorded address;
+    raises :class:`ConfigError` saying what to pass when there is none."""
+    from . import base_url_of, default_client
+
+    name = record["provider"]
+    if record.get("backend") == "local":
+        return default_client(name, local=True)
+    base_url = record.get("base_url")
+    credential = record.get("credential")
+    if credential and credential.startswith("env:"):
+        var = credential.removeprefix("env:")
+        value = os.environ.get(var)
+        if not value:
+            raise ConfigError(
+                f"job {record['id']} was submitted with the key in {var}, which is not set "
+                f"now: set {var} again, or pass client= to nb.attach({record['id']!r}, "
+                "client=...).",
+                job_id=record["id"],
+                provider=name,
+            )
+        return _client(name, base_url, var, value)
+    if credential == "client":
+        same = _env_key_matching(name, record.get("key_hash"), home)
+        if same is not None:
+            return _client(name, base_url, *same)
+    elif credential is None and not is_loopback(base_url):
+        # Recorded before credentials were: the environment's key, at its own address only.
+        origin = env_origin(name)
+        if origin is not None:
+            var = origin.removeprefix("env:")
+            client = _client(name, None, var, os.environ[var])
+            if base_url_of(client) == base_url:
+                return client
+    if is_loopback(base_url):
+        return default_client(name, base_url=base_url, key=PLACEHOLDER_KEY)
+    raise ConfigError(needs_client(record), job_id=record["id"], provider=name)
+
+
+def needs_client(record: dict[str, Any]) -> str:
+    """What to do about a job whose key was given on ``client=`` and is not known here."""
+    job_id = record["id"]
+    return (
+        f"job {job_id} was submitted through {record.get('base_url')} with a key given on "
+        f"client=; pass client= to nb.attach({job_id!r}, client=...) to poll it (nbbatch "
+        "never sends a key from the environment to an address it was not submitted to; "
+        "the command line and the JupyterLab sidebar poll it only when the environment "
+        "holds that same key)."
+    )
+
+
+def _env_key_matching(name: str, key_hash: str | None, home: Path) -> tuple[str, str] | None:
+    """(variable, key) of an environment key whose keyed hash is ``key_hash``."""
+    from . import KEY_VARIABLES
+
+    if not key_hash:
+        return None
+    variables = KEY_VARIABLES[name] + ((ANTHROPIC_TOKEN,) if name == "anthropic" else ())
+    for var in variables:
+        value = os.environ.get(var)
+        if value and hmac.compare_digest(fingerprint(value, home), key_hash):
+            return var, value
+    return None
+
+
+def _client(name: str, base_url: str | None, var: str, value: str) -> Any:
+    """A client sending ``value`` (read from ``var``) to ``base_url``."""
+    from . import default_client
+
+    if var == ANTHROPIC_TOKEN:
+        return default_client(name, base_url=base_url, token=value)
+    return default_client(name, base_url=base_url, key=value)

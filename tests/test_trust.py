@@ -1,0 +1,432 @@
+"""Trust at the edges: keys go only where they were meant to, result files nbbatch
+writes are private and never written through a planted link, and a broken or hostile
+result file spoils at most its own rows.
+
+Where the emulator cannot play the attacker, a small HTTP listener does: it binds the
+address a job was sent to (after the emulator there stopped), records every request's
+headers and answers what the test says. Everything else runs through the public API,
+the official SDKs and the ``nbbatch`` command, as a user runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import openai
+import pandas as pd
+import pytest
+
+import nbbatch as nb
+from nbbatch import emulator
+from nbbatch.labext import handlers, views
+from nbbatch.ledger import default as ledger
+
+from .conftest import model_for, openai_client
+
+ENV_KEY = "sk-proj-environment0secret0key0123456789"
+CLIENT_KEY = "sk-proj-client0given0key0abcdefghijkl"
+
+
+def reviews(n: int = 3) -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"review {i}" for i in range(n)]})
+
+
+class Listener:
+    """Whoever binds an address after nbbatch's emulator there stopped: records the
+    headers of every request and answers ``status`` with ``body(headers)`` (or
+    ``body(headers, path)`` when it takes two arguments)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        status: int = 503,
+        body: Callable[..., Any] | None = None,
+    ) -> None:
+        self.seen: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                outer.seen.append(headers)
+                answer = body or (lambda h: {"error": {"message": "no"}})
+                takes_path = answer.__code__.co_argcount == 2
+                reply = answer(headers, self.path) if takes_path else answer(headers)
+                payload = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("retry-after-ms", "1")  # the SDKs' retries, quickly
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def sent(self, secret: str) -> bool:
+        """Whether any request carried ``secret`` in a header."""
+        return any(secret in value for h in self.seen for value in h.values())
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _pending_job(host: str, key: str) -> tuple[nb.BatchJob, str, int]:
+    """A job left pending on an emulator at ``host`` that has stopped since, with the
+    address it was sent to."""
+    with emulator.start(host=host, processing_seconds=600.0) as server:
+        client = openai.OpenAI(base_url=server.openai_base_url, api_key=key, max_retries=0)
+        job = nb.submit(reviews(), "{text}", model="gpt-4o-mini", client=client)
+        job.wait_sent()
+        url = urlparse(server.openai_base_url)
+        client.close()
+    assert url.hostname is not None and url.port is not None
+    return job, url.hostname, url.port
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nbbatch.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
+
+
+# ------------------------------------------------------------ keys and where they go
+
+
+@pytest.mark.slow
+def test_the_env_key_never_reaches_whoever_binds_a_dead_private_emulators_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job, host, port = _pending_job("127.0.0.1", "private-emulator-key")
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    listener = Listener(host, port)
+    try:
+        _cli("status", job.id)  # cron's poll
+        views.refresh(ledger(), job.id)  # the sidebar's "check now"
+        nb.attach(job.id).refresh()
+        assert listener.seen, "the polls never reached the address"
+        assert not listener.sent(ENV_KEY)
+        assert not listener.sent("private-emulator-key")
+    finally:
+        listener.close()
+
+
+@pytest.mark.slow
+def test_a_proxy_job_is_polled_only_with_a_key_meant_for_the_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 127.0.0.2 is this machine too, but nbbatch takes it for a remote address.
+    job, host, port = _pending_job("127.0.0.2", CLIENT_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    listener = Listener(host, port)
+    try:
+        with pytest.raises(nb.ConfigError, match=r"with a key given on client=; pass client="):
+            nb.attach(job.id)
+        result = _cli("status", job.id)
+        assert result.returncode != 0
+        assert f"nb.attach('{job.id}', client=...)" in result.stderr
+        with pytest.raises(nb.ConfigError, match="pass client="):
+            views.refresh(ledger(), job.id)
+        assert listener.seen == []  # nothing at all went to the proxy
+        # With the client given again, the job polls (and only that key is sent).
+        client = openai.OpenAI(base_url=f"http://{host}:{port}/v1", api_key=CLIENT_KEY)
+        snap = nb.attach(job.id, client=client).refresh()
+        client.close()
+        assert snap.counts["pending"] == 3
+        assert listener.sent(CLIENT_KEY) and not listener.sent(ENV_KEY)
+    finally:
+        listener.close()
+
+
+def test_a_proxy_job_submitted_with_the_env_key_polls_with_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    with emulator.start(host="127.0.0.2", processing_seconds=0.05) as server:
+        client = openai.OpenAI(base_url=server.openai_base_url, api_key=ENV_KEY)
+        job = nb.submit(reviews(), "{text}", model="gpt-4o-mini", client=client)
+        job.wait_sent()
+        client.close()
+        record = ledger().job(job.id)
+        assert record is not None and record["credential"] == "client"
+        assert record["key_hash"] and ENV_KEY not in str(record)  # a keyed hash, not the key
+        result = _cli(
+            "collect", job.id, "--wait", "--timeout", "60", "--out", str(tmp_path / "r.csv")
+        )
+        assert "pass client=" not in result.stderr
+        assert nb.attach(job.id).wait(timeout=60, progress=False).counts["succeeded"] == 3
+
+
+def test_a_job_submitted_with_the_env_key_records_its_variable(
+    emu: emulator.Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", emu.openai_base_url)
+    job = nb.submit(reviews(), "{text}", model="gpt-4o-mini").wait(timeout=60, progress=False)
+    record = ledger().job(job.id)
+    assert record is not None
+    assert (record["credential"], record["key_hash"]) == ("env:OPENAI_API_KEY", None)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with pytest.raises(nb.ConfigError, match="submitted with the key in OPENAI_API_KEY"):
+        nb.attach(job.id)
+
+
+@pytest.mark.slow
+def test_the_sidebars_warning_never_shows_a_key_an_endpoint_echoes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job, host, port = _pending_job("127.0.0.2", ENV_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)  # the same key: polls may use it
+
+    def echo(headers: dict[str, str]) -> dict[str, Any]:
+        return {"error": {"message": f"overloaded; you sent {headers.get('authorization')}"}}
+
+    listener = Listener(host, port, status=503, body=echo)
+    try:
+        out = views.refresh(ledger(), job.id)
+        assert listener.sent(ENV_KEY)  # the key meant for this address was used...
+        assert out["warning"] and "503" in out["warning"]
+        assert ENV_KEY not in json.dumps(out)  # ...and is never shown
+        assert ENV_KEY not in str(ledger().query("SELECT * FROM events"))
+    finally:
+        listener.close()
+
+
+def test_the_scrubber_knows_every_key_shape_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "bearer-token-of-ours-123456")
+    text = (
+        "refused: AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW, token bearer-token-of-ours-123456, "
+        "sk-ant-api03-abcdefghij; a task-manager is no key"
+    )
+    clean = handlers.scrub(text)
+    assert "SyA1b2" not in clean and "bearer-token-of-ours" not in clean
+    assert "abcdefghij" not in clean and "task-manager" in clean
+    from nbbatch import _scrub
+
+    _scrub.remember("a-key-given-on-a-client-object")
+    assert "given-on" not in str(nb.ProviderError("bad key a-key-given-on-a-client-object"))
+
+
+# ------------------------------------------------------------------- submit checks
+
+
+def test_submit_to_an_unreachable_provider_raises_before_recording() -> None:
+    with emulator.start() as server:
+        url = server.openai_base_url  # a port nothing listens on once it stopped
+    client = openai.OpenAI(base_url=url, api_key="k", max_retries=0)
+    with pytest.raises(nb.ProviderError, match="could not reach openai .* nothing was created"):
+        nb.submit(reviews(), "{text}", model="gpt-4o-mini", client=client)
+    client.close()
+    assert nb.jobs().empty
+
+
+@pytest.mark.parametrize("given", ["client", "env"])
+def test_a_rejected_key_at_submit_names_where_it_came_from(
+    given: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with emulator.start() as server:
+        url = urlparse(server.openai_base_url)
+    assert url.hostname is not None and url.port is not None
+    refuse = {"error": {"message": "Incorrect API key", "type": "invalid_request_error"}}
+    listener = Listener(url.hostname, url.port, status=401, body=lambda h: refuse)
+    try:
+        if given == "client":
+            client = openai.OpenAI(base_url=url.geturl(), api_key=CLIENT_KEY, max_retries=0)
+            where = r"the key given on client= \(OpenAI\(api_key=...\)\)"
+        else:
+            monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+            monkeypatch.setenv("OPENAI_BASE_URL", url.geturl())
+            client = None
+            where = "the key in OPENAI_API_KEY"
+        with pytest.raises(nb.ProviderError, match=f"rejected {where}.*nothing was created"):
+            nb.submit(reviews(), "{text}", model="gpt-4o-mini", client=client)
+        assert nb.jobs().empty
+        assert listener.seen[0]["authorization"].endswith(CLIENT_KEY if client else ENV_KEY)
+    finally:
+        listener.close()
+
+
+# ------------------------------------------------------------------- files written
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_the_sidebars_parquet_is_private_and_never_written_through_a_planted_link(
+    emu: emulator.Emulator, tmp_path: Path
+) -> None:
+    job = nb.submit(reviews(), "{text}", model="gpt-4o-mini", client=openai_client(emu))
+    job.wait(timeout=60, progress=False)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    # The name the old writer used: guessable from the job id and the server's pid.
+    (tmp_path / f".{job.id}.parquet.{os.getpid()}.tmp").symlink_to(victim)
+    old = os.umask(0o022)
+    try:
+        out = views.collect(ledger(), job.id, str(tmp_path))
+    finally:
+        os.umask(old)
+    assert victim.read_text() == "precious"
+    written = tmp_path / out["path"]
+    assert not written.is_symlink() and _mode(written) == 0o600
+    assert len(pd.read_parquet(written)) == 3
+
+
+def test_collect_out_is_private_and_replaces_a_planted_link(
+    emu: emulator.Emulator, tmp_path: Path
+) -> None:
+    job = nb.submit(reviews(), "{text}", model="gpt-4o-mini", client=openai_client(emu))
+    job.wait(timeout=60, progress=False)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "results.csv"
+    out.symlink_to(victim)
+    old = os.umask(0o022)  # the usual umask: 0644 files unless nbbatch says otherwise
+    try:
+        result = _cli("collect", job.id, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        assert victim.read_text() == "precious"
+        assert not out.is_symlink() and _mode(out) == 0o600
+        assert len(pd.read_csv(out)) == 3
+        os.umask(0o277)  # a user asking for less gets less
+        assert _mode(job.to_parquet(tmp_path / "mine.parquet")) == 0o400
+    finally:
+        os.umask(old)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------- hostile or broken result files
+
+
+def _submitted(client: Any, **kwargs: Any) -> nb.BatchJob:
+    job = nb.submit(reviews(), "{text}", model=model_for(client), client=client, **kwargs)
+    job.wait_sent()
+    return job
+
+
+def test_one_wrong_typed_line_fails_only_its_row(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _submitted(client, retries=0)
+    fetch = job._provider.fetch_results
+
+    def hostile(info: Any, **kwargs: Any) -> list[bytes]:
+        # The emulator writes only well-formed lines: one is swapped for a bad one here.
+        files = fetch(info, **kwargs)
+        first, _, rest = files[0].partition(b"\n")
+        return [b'{"custom_id": 5, "key": 5}\n' + rest, *files[1:]]
+
+    monkeypatch.setattr(job._provider, "fetch_results", hostile)
+    snap = job.wait(timeout=60, progress=False).snapshot()
+    assert snap.counts["succeeded"] == 2 and snap.counts["failed"] == 1
+    (bad,) = views.failed_view(ledger(), job.id)["rows"]
+    assert bad["error_type"] == "missing_result"
+    assert views.job_view(ledger(), job.id)["counts"]["succeeded"] == 2  # the sidebar reads it
+
+
+def test_a_result_file_that_cannot_be_read_is_downloaded_again(
+    emu: emulator.Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = _submitted(openai_client(emu))
+    provider = job._provider
+    fetch, parse = provider.fetch_results, provider.parse_results
+    downloads: list[int] = []
+
+    def truncated_once(info: Any, **kwargs: Any) -> list[bytes]:
+        files = fetch(info, **kwargs)
+        downloads.append(1)
+        return [files[0][: len(files[0]) // 2]] if len(downloads) == 1 else files
+
+    def parse_whole_files_only(raw: bytes, spec: Any) -> Any:
+        # A parser that cannot make sense of half a file (as a provider's might not).
+        if not raw.endswith(b"\n"):
+            raise ValueError("the file ends in the middle of a line")
+        return parse(raw, spec)
+
+    monkeypatch.setattr(provider, "fetch_results", truncated_once)
+    monkeypatch.setattr(provider, "parse_results", parse_whole_files_only)
+    while not job._ledger.batches(job.id)[0]["ended"]:
+        snap = job.refresh()
+    snap = job.refresh()
+    if snap.counts["pending"]:  # the broken copy was not kept: this poll fetches it again
+        assert "could not be read" in (snap.last_error or "")
+        snap = job.refresh()
+    assert len(downloads) == 2
+    assert snap.counts["succeeded"] == 3 and snap.last_error is None
+
+
+def test_results_larger_than_any_reply_are_refused_before_they_are_kept(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbbatch import collect
+
+    job = _submitted(client)
+    # 3 requests of a few bytes each: far less than any of the emulator's replies.
+    monkeypatch.setattr(collect, "RESULT_BYTES_BASE", 0)
+    monkeypatch.setattr(collect, "RESULT_BYTES_PER_REQUEST", 20)
+    with pytest.raises(nb.ProviderError, match="larger than 60 bytes"):
+        job.wait(timeout=60, progress=False)
+    folder = job._ledger.files / job.id
+    assert not list(folder.glob("*.complete")) and not list(folder.glob("*.jsonl"))
+    assert job.snapshot().counts["pending"] == 3
+
+
+def test_a_batch_id_from_the_provider_never_becomes_a_path(nbbatch_home: Path) -> None:
+    with emulator.start() as server:
+        url = urlparse(server.openai_base_url)
+    assert url.hostname is not None and url.port is not None
+    line = {
+        "custom_id": "x",
+        "response": {"status_code": 200, "body": {"choices": [{"message": {"content": "x"}}]}},
+    }
+
+    def fake_openai(headers: dict[str, str], path: str) -> Any:
+        """Just enough of OpenAI's batch API to hand out a hostile batch id."""
+        if path.startswith("/v1/models/"):
+            return {"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "x"}
+        if path == "/v1/files":
+            return {"id": "file-in", "object": "file", "bytes": 1, "created_at": 0,
+                    "filename": "in.jsonl", "purpose": "batch", "status": "processed"}  # fmt: skip
+        if path.endswith("/content"):
+            return line
+        return {"id": "../../../escaped", "object": "batch", "status": "completed",
+                "endpoint": "/v1/chat/completions", "input_file_id": "file-in",
+                "completion_window": "24h", "created_at": 0, "output_file_id": "file-out",
+                "request_counts": {"total": 3, "completed": 3, "failed": 0}}  # fmt: skip
+
+    listener = Listener(url.hostname, url.port, status=200, body=fake_openai)
+    client = openai.OpenAI(base_url=url.geturl(), api_key="k", max_retries=0)
+    try:
+        job = nb.submit(reviews(), "{text}", model="gpt-4o-mini", client=client)
+        with pytest.raises(nb.ProviderError, match="batch id nbbatch cannot use"):
+            job.wait(timeout=60, progress=False)
+    finally:
+        client.close()
+        listener.close()
+    assert not [p for p in nbbatch_home.parent.rglob("*escaped*")]
