@@ -178,7 +178,7 @@ def run(job: BatchJob, progress: Progress | None, checks: Checks | None) -> bool
             ledger.end_planning(job.id, "cancelled", "cancelled while its rows were planned")
             job._record["status"] = "cancelled"
             return False
-        except BaseException as exc:
+        except Exception as exc:  # an interrupt leaves it planning, for the next wait()
             message = (
                 f"job {job.id} could not be planned, so nothing was sent: {exc} "
                 "(the job has ended failed; fix the data and submit again)"
