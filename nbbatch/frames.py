@@ -203,29 +203,6 @@ def from_arrow(table: pa.Table) -> pd.DataFrame:
     return table.cast(pa.schema(fields)).to_pandas(types_mapper=_NULLABLE.get)
 
 
-def for_checking(table: pa.Table, keep_typed: list[str | None]) -> pd.DataFrame:
-    """``table`` as pandas for rendering its rows again: text columns as Arrow-backed
-    pandas strings (no Python string per row, for millions of rows), except the columns
-    in ``keep_typed``, converted as :func:`from_arrow` converts them (a row's key depends
-    on its column's pandas type, and must be the one submit made)."""
-    text = [
-        f.name
-        for f in table.schema
-        if f.name not in keep_typed
-        and (
-            pa.types.is_string(f.type)
-            or pa.types.is_large_string(f.type)
-            or f.type == pa.string_view()
-        )
-    ]
-    out = from_arrow(table.drop_columns(text)) if len(text) < table.num_columns else None
-    frame = pd.DataFrame(index=pd.RangeIndex(table.num_rows)) if out is None else out
-    for name in text:
-        values = table.column(name).cast(pa.large_string()).combine_chunks()
-        frame[name] = pd.Series(pd.arrays.ArrowExtensionArray(values), index=frame.index)
-    return frame[list(table.column_names)]
-
-
 def like(data: Any, merged: pd.DataFrame, added: list[str]) -> Any:
     """The ``added`` columns of ``merged`` (a pandas frame built from ``data``) joined to
     ``data`` in ``data``'s own kind: a polars DataFrame for polars, a pyarrow Table for

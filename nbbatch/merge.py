@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 #: How many differing rows a MergeError shows.
 SHOWN = 2
-#: Rows rendered at a time when merge checks a frame (in two threads).
+#: Rows rendered at a time when merge checks a frame.
 VERIFY_ROWS = 131_072
 
 
@@ -47,12 +47,7 @@ def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) ->
     # (a million reviews), are never converted.
     used = _prompt.parse(job._record["template"]).columns
     id_column = job._record.get("id_column")
-    narrow = frames.select(data, [*used, id_column])
-    df: pd.DataFrame | pd.Series
-    if names is not None:  # polars or Arrow: its text checked straight from Arrow
-        df = frames.for_checking(frames.as_arrow(_collected(narrow)), [id_column])
-    else:
-        df = frames.to_pandas(narrow)
+    df = frames.to_pandas(frames.select(data, [*used, id_column]))
     frame = df.to_frame() if isinstance(df, pd.Series) else df
     clash = [n for n in job.output_columns() if n in (frame.columns if names is None else names)]
     if clash:
@@ -67,27 +62,19 @@ def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) ->
         state.manifest.column("key").to_numpy(),
         job.id,
     )
+    if verify:
+        _verify(job, df, state, take)
     job._warn_if_running("merge()")
-    # The rows are checked in other threads while the result columns are gathered here.
-    with ThreadPoolExecutor(1, thread_name_prefix="nbbatch-merge") as pool:
-        check = pool.submit(_verify, job, df, state, take) if verify else None
-        out = merged(
-            frame,
-            state,
-            take,
-            job.output,
-            job.spec.response_format,
-            embeddings=is_embeddings(job.endpoint),
-        )
-        if check is not None:
-            check.result()
+    out = merged(
+        frame,
+        state,
+        take,
+        job.output,
+        job.spec.response_format,
+        embeddings=is_embeddings(job.endpoint),
+    )
     out = with_models(job, out, take)
     return frames.like(data, out, job.output_columns()) if native else out
-
-
-def _collected(data: Any) -> Any:
-    """A polars LazyFrame collected (other tables as they are)."""
-    return data.collect() if hasattr(data, "collect") and hasattr(data, "explain") else data
 
 
 def with_models(job: BatchJob, out: pd.DataFrame, take: np.ndarray) -> pd.DataFrame:
@@ -194,16 +181,14 @@ def verify_rows(
     (0 for a row not sent). ``sent_prompts(positions)`` gives the prompts sent for some
     rows of ``frame``, for the message."""
 
-    def part(start: int) -> np.ndarray:
-        return _hashes_now(frame.iloc[start : start + VERIFY_ROWS], template, missing, salt)[0]
-
-    if len(frame) > VERIFY_ROWS:
-        # In parts, two at a time: rendering and hashing run in Arrow and polars outside
-        # the GIL, so both cores work, and only a part's rendered text is held at once.
-        with ThreadPoolExecutor(2, thread_name_prefix="nbbatch-verify") as pool:
-            now = np.concatenate(list(pool.map(part, range(0, len(frame), VERIFY_ROWS))))
-    else:
-        now = part(0)
+    # In parts: only a part's rendered text is held at once (for a million rows of
+    # reviews, tens of MB instead of half a GB).
+    now = np.concatenate(
+        [
+            _hashes_now(frame.iloc[start : start + VERIFY_ROWS], template, missing, salt)[0]
+            for start in range(0, max(len(frame), 1), VERIFY_ROWS)
+        ]
+    )
     differ = np.flatnonzero(now != sent)
     if not len(differ):
         return
@@ -388,7 +373,7 @@ def write_parquet(
     def prepared(batch: pa.RecordBatch, offset: int) -> pa.Table:
         """One record batch of the data, checked, with its result columns."""
         take = np.arange(offset, offset + batch.num_rows)
-        frame = frames.for_checking(pa.Table.from_batches([batch]).select(checked), [id_column])
+        frame = frames.from_arrow(pa.Table.from_batches([batch]).select(checked))
         frame.index = pd.RangeIndex(take[0], take[-1] + 1) if len(take) else frame.index
         if keys is not None and not np.array_equal(_plan.row_keys(frame[id_column]), keys[take]):
             raise MergeError(
