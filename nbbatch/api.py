@@ -28,6 +28,7 @@ from . import health as _health
 from . import merge as _merge
 from . import pack as _pack
 from . import plan as _plan
+from . import planning as _planning
 from . import prompt as _prompt
 from . import providers as _providers
 from . import stream as _stream
@@ -99,6 +100,9 @@ def submit(
     PySpark DataFrame is planned partition by partition on its cluster's workers, which
     also build the request lines; ``job.merge`` gives back a lazy frame of that kind,
     merged partition by partition (see :mod:`nbbatch.engines`).
+    Files of ``planning.BACKGROUND_ROWS`` rows or more are planned in the background
+    (see :mod:`nbbatch.planning`): a problem only later rows show ends the job
+    ``failed``, nothing sent, and ``job.wait()`` raises it.
     ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
     (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
     ``provider`` is ``"openai"``, ``"anthropic"``, ``"gemini"`` or ``"local"`` (the
@@ -191,36 +195,52 @@ def submit(
         identity = (output, f"{identity[1]}\x00pack={pack}")
     # Rows beyond the first model's context window are skipped, not paid for and refused.
     limit = _checks.ContextLimit.of(model, system)
-    if engine:
-        rows = _distributed(data, prompt, id_column, missing, salt, impl.name, spec, identity)
-    elif source is None:
-        rows = _in_memory(frame, template, id_column, missing, salt, identity, limit)
-    else:
-        rows = _streamed(source, template, id_column, missing, salt, identity, ledger.files, limit)
-    try:
-        _check_sendable(rows)
-        # Encoding validates the endpoint and parameters before anything is sent.
-        impl.encode(*rows.head(1), spec)
+    # A large table from files is planned in the background (see nbbatch.planning):
+    # what its first rows show is checked now, the rest before anything is sent.
+    later = None
+    if not engine and source is not None and _planning.in_background(source):
+        later = _planning.fingerprint(source, [salt, *identity, id_column, missing])
+    rows: _Rows | None = None
+    if later is not None:
+        assert source is not None
+        _check_head(source.head(), template, id_column, missing, impl, spec)
         for name_ in models:
             impl.check_model(name_)
-        if max_cost is not None:
-            _check_budget(
-                rows,
-                spec,
-                max_cost,
-                ledger if reuse else None,
-                models[1:],
-                pack=pack,
-                template=prompt,
+        fingerprint = later
+    else:
+        if engine:
+            rows = _distributed(data, prompt, id_column, missing, salt, impl.name, spec, identity)
+        elif source is None:
+            rows = _in_memory(frame, template, id_column, missing, salt, identity, limit)
+        else:
+            rows = _streamed(
+                source, template, id_column, missing, salt, identity, ledger.files, limit
             )
-    except BaseException:
-        rows.discard()
-        raise
-    fingerprint = rows.fingerprint
+        try:
+            _check_sendable(rows)
+            # Encoding validates the endpoint and parameters before anything is sent.
+            impl.encode(*rows.head(1), spec)
+            for name_ in models:
+                impl.check_model(name_)
+            if max_cost is not None:
+                _check_budget(
+                    rows,
+                    spec,
+                    max_cost,
+                    ledger if reuse else None,
+                    models[1:],
+                    pack=pack,
+                    template=prompt,
+                )
+        except BaseException:
+            rows.discard()
+            raise
+        fingerprint = rows.fingerprint
     polling = LOCAL_POLLING if local or is_loopback(impl.base_url) else REMOTE_POLLING
     existing = None if force else ledger.find_job(fingerprint)
     if existing is not None:
-        rows.discard()
+        if rows is not None:
+            rows.discard()
         note = (
             f"nbbatch: this exact job was already submitted as {existing}; attaching to it "
             "instead of paying again (submit with force=True to send it anew)."
@@ -231,6 +251,9 @@ def submit(
         assert record is not None
         job = BatchJob(record, impl, ledger, data=data, polling=polling)
         job._escalate_when = when_fn
+        job._plan_checks = _plan_checks(
+            impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
+        )
     else:
         policy: dict[str, Any] = {
             "retries": retries,
@@ -244,7 +267,10 @@ def submit(
             policy["cascade"] = {"models": models, "when": when}
         if pack:
             policy["pack"] = pack
-        record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
+        n_rows = rows.n_rows if rows is not None else source.n_rows if source else 0
+        record = _new_record(
+            n_rows, impl, spec, output=output, template=prompt, id_column=id_column
+        )
         record.update(
             fingerprint=fingerprint,
             policy=policy,
@@ -253,14 +279,22 @@ def submit(
             hash_scheme=_plan.HASH_SCHEME,
             deadline=_health.deadline_at(deadline, record["created"]),
         )
-        ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
-        rows.recorded(ledger.folder(record["id"]))
+        if rows is not None:
+            ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
+            rows.recorded(ledger.folder(record["id"]))
+        else:
+            assert source is not None
+            policy.update(reuse=reuse, max_cost=max_cost)  # checked once planned
+            ledger.add_planning_job(record, source.describe())
         job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
         job._escalate_when = when_fn
+        job._plan_checks = _plan_checks(
+            impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
+        )
         due = job._record.get("deadline")
         log.info(
             "nbbatch job %s started: %d rows expected on %s %s, cost %s%s",
-            job.id, rows.n_rows, name, model, job.cost,
+            job.id, n_rows, name, model, job.cost,
             f", deadline {_health.when(due)}" if due else "",
         )  # fmt: skip
     shown = display is True or (display == "auto" and in_notebook())
@@ -436,6 +470,63 @@ def _file_rows(planned: _stream.StreamPlan, folder: Path, source: dict[str, Any]
         source=source,
         too_long=planned.too_long,
     )
+
+
+def _rows_of(planned: _stream.StreamPlan, source: _stream.Source | None) -> _Rows:
+    """A plan written to a manifest file, as submit and preview use it."""
+    return _Rows(
+        n_rows=planned.n_rows,
+        hashes=planned.hashes,
+        send_positions=planned.send_positions,
+        first_skip=planned.first_skip,
+        head=planned.head,
+        fingerprint=planned.fingerprint,
+        prompts=lambda keep: _stream.sent_prompts(planned, keep),
+        manifest=lambda: planned.path,
+        discard=planned.discard,
+        source=source.describe() if source is not None else None,
+    )
+
+
+def _check_head(
+    head: pd.DataFrame,
+    template: _prompt.Template,
+    id_column: str | None,
+    missing: str,
+    impl: Provider,
+    spec: RequestSpec,
+) -> None:
+    """What the first rows of a table planned in the background show: they plan, and
+    (the first one sent) encode, so the endpoint and parameters are checked now."""
+    rows = _plan.make_plan(head, template, id_column=id_column, missing=missing)
+    if len(rows.send_positions):
+        ids = rows.custom_ids.take(pa.array(rows.send_positions[:1], pa.int64()))
+        impl.encode(ids, rows.prompts.slice(0, 1), spec)
+
+
+def _plan_checks(
+    impl: Provider,
+    spec: RequestSpec,
+    models: list[str],
+    max_cost: float | None,
+    ledger: Ledger | None,
+    *,
+    pack: int | None = None,
+    template: str = "",
+) -> _planning.Checks:
+    """The checks submit makes once a table planned in the background is planned:
+    rows to send, the first request encodes, none is over the provider's size limit,
+    and the budget (of ``pack`` rows a request, see :mod:`nbbatch.pack`)."""
+
+    def checks(planned: _stream.StreamPlan, source: _stream.Source) -> None:
+        rows = _rows_of(planned, source)
+        _check_sendable(rows)
+        impl.encode(*rows.head(1), spec)
+        _planning.longest_fits(planned, lambda i, p: impl.encode(i, p, spec), impl.max_bytes)
+        if max_cost is not None:
+            _check_budget(rows, spec, max_cost, ledger, models[1:], pack=pack, template=template)
+
+    return checks
 
 
 def _check_sendable(rows: _Rows) -> None:
@@ -671,7 +762,7 @@ def _check_budget(
 
 
 def _new_record(
-    rows: _Rows,
+    n_rows: int,
     impl: Provider,
     spec: RequestSpec,
     *,
@@ -691,7 +782,7 @@ def _new_record(
         "template": template,
         "spec": spec.as_dict(),
         "base_url": impl.base_url,
-        "n_rows": rows.n_rows,
+        "n_rows": n_rows,
         "id_column": id_column,
         "status": "running",
         "origin": _origin(),
@@ -754,6 +845,14 @@ def attach(
     job = BatchJob(
         record, impl, ledger, data=data, polling=LOCAL_POLLING if local else REMOTE_POLLING
     )
+    if record["status"] == _planning.PLANNING:  # planned again here if its planner died
+        policy = record["policy"]
+        job._plan_checks = _plan_checks(
+            impl, RequestSpec(**record["spec"]), (policy.get("cascade") or {}).get("models")
+            or [record["model"]], policy.get("max_cost"),
+            ledger if policy.get("reuse", True) else None, pack=policy.get("pack"),
+            template=record["template"],
+        )  # fmt: skip
     if escalate_when is not None:
         from . import escalate as _escalate
 

@@ -34,6 +34,7 @@ from . import health as _health
 from . import merge as _merge
 from . import notes as _notes
 from . import pack as _pack
+from . import planning as _planning
 from . import send as _send
 from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, ProviderError
 from ._files import private_output
@@ -143,6 +144,9 @@ class BatchJob:
         # A cascade's escalate_when when it is a function: it lives in this session only
         # (see nbbatch.escalate); a string one is in the job's policy.
         self._escalate_when: Callable[..., Any] | None = None
+        # What submit checks once a large table is planned in the background (its
+        # budget...): see nbbatch.planning.
+        self._plan_checks: _planning.Checks | None = None
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -272,6 +276,8 @@ class BatchJob:
 
     def snapshot(self) -> JobSnapshot:
         """The job as the ledger has it now (no network call)."""
+        if _planning.planning(self):
+            return _planning.snapshot(self)
         state = self._ledger.row_state(self.id)
         raw = state.counts()
         counts = {state_: int(raw.get(state_, 0)) for state_ in ROW_STATES}
@@ -505,7 +511,10 @@ class BatchJob:
 
     def _send_unsent(self, progress: _send.Progress | None = None) -> None:
         """Send the rows pending in no batch: not sent yet (a new job, a process that
-        died before sending them) or put back by ``resubmit_failed``."""
+        died before sending them) or put back by ``resubmit_failed``. A job whose rows
+        are not planned yet is planned first (see :mod:`nbbatch.planning`)."""
+        if _planning.planning(self) and not _planning.run(self, progress, self._plan_checks):
+            return  # planned by another sender, or cancelled while planned
         if not len(_collect.unsent(self._ledger.row_state(self.id))):
             return
         if self._record.get("status") == "cancelled":
@@ -557,7 +566,8 @@ class BatchJob:
                 for batch in self._ledger.batches(self.id):
                     if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
                         _collect.poll_batch(self, batch)
-                _collect.after_collect(self)
+                if not _planning.planning(self):
+                    _collect.after_collect(self)
             except ProviderError as exc:
                 if not exc.transient:
                     exc.job_id = self.id
@@ -608,6 +618,8 @@ class BatchJob:
 
     def _send_error_note(self) -> str:
         """What stopped sending, and what sends the rest."""
+        if _planning.planning(self):
+            return f"sending stopped: {self._send_error}"
         state = self._ledger.row_state(self.id)
         unsent = np.zeros(state.n, dtype=bool)
         unsent[_collect.unsent(state)] = True
@@ -739,6 +751,9 @@ class BatchJob:
         yet (the background sender stops after the chunk it is on) end ``cancelled``
         at once."""
         self._stop_sending()
+        if _planning.cancel(self):  # nothing was sent: its rows end cancelled
+            self._notify(self.snapshot())
+            return self.snapshot()
         with self._lock:
             # Recorded first: a sender in another process (a kernel, while the Lab
             # sidebar cancels) then either sees it before its next chunk and stops, or
@@ -876,6 +891,8 @@ class BatchJob:
 
     def prompt_chars(self) -> tuple[int, int]:
         """(rows with a prompt, total prompt characters): for cost estimates before usage."""
+        if _planning.planning(self):
+            return 0, 0  # no rows planned yet
         return rowstore.prompt_chars(self._ledger.row_state(self.id))
 
     def merge(self, df: Any = None, *, verify: bool = True) -> Any:
