@@ -28,6 +28,7 @@ from . import health as _health
 from . import merge as _merge
 from . import pack as _pack
 from . import plan as _plan
+from . import planning as _planning
 from . import prompt as _prompt
 from . import providers as _providers
 from . import stream as _stream
@@ -100,6 +101,9 @@ def submit(
     PySpark DataFrame is planned partition by partition on its cluster's workers, which
     also build the request lines; ``job.merge`` gives back a lazy frame of that kind,
     merged partition by partition (see :mod:`nbbatch.engines`).
+    Files of ``planning.BACKGROUND_ROWS`` rows or more are planned in the background
+    (see :mod:`nbbatch.planning`): a problem only later rows show ends the job
+    ``failed``, nothing sent, and ``job.wait()`` raises it.
     ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
     (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
     ``provider`` is ``"openai"``, ``"anthropic"``, ``"gemini"`` or ``"local"`` (the
@@ -183,29 +187,53 @@ def submit(
     identity = _identity(output, prompt, models, when, pack)
     # Rows beyond the first model's context window are skipped, not paid for and refused.
     limit = _checks.ContextLimit.of(models[0], system)
-    if engine:
-        rows = _distributed(data, prompt, id_column, missing, salt, impl.name, spec, identity)
-    elif source is None:
-        rows = _in_memory(frame, template, id_column, missing, salt, identity, limit)
-    else:
-        rows = _streamed(source, template, id_column, missing, salt, identity, ledger.files, limit)
-    # checks: what the provider would refuse, and the budget, before anything is sent
-    _check_before_sending(
-        rows, impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
+    checks = _plan_checks(
+        impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
     )
-    # record: the job and its manifest in the ledger first (or the same job, found again)
+    # A large table from files is planned in the background (see nbbatch.planning): its
+    # first rows are checked now, the rest (with the checks below) before anything is sent.
+    later = _later(engine, source, [salt, *identity, id_column, missing])
+    rows: _Rows | None = None
+    if later is not None:
+        assert source is not None
+        _check_head(source.head(), template, id_column, missing, impl, spec)
+        _check_models(impl, models)
+    else:
+        if engine:
+            rows = _distributed(data, prompt, id_column, missing, salt, impl.name, spec, identity)
+        elif source is None:
+            rows = _in_memory(frame, template, id_column, missing, salt, identity, limit)
+        else:
+            rows = _streamed(
+                source, template, id_column, missing, salt, identity, ledger.files, limit
+            )
+        # checks: what the provider would refuse, and the budget, before anything is sent
+        _check_before_sending(
+            rows, impl, spec, models, max_cost, ledger if reuse else None, pack=pack,
+            template=prompt,
+        )  # fmt: skip
+    # record: the job (and its manifest) in the ledger first, or the same job found again
     polling = LOCAL_POLLING if local or is_loopback(impl.base_url) else REMOTE_POLLING
-    existing = None if force else ledger.find_job(rows.fingerprint)
+    fingerprint = rows.fingerprint if rows is not None else later
+    assert fingerprint is not None  # planned now, or in the background under `later`
+    existing = None if force else ledger.find_job(fingerprint)
     if existing is not None:
-        job = _same_job(existing, rows, impl, ledger, data, polling, when_fn)
+        job = _same_job(existing, rows, impl, ledger, data, polling, when_fn, checks)
     else:
         policy = _policy(retries, fallback, alert_threshold, missing, models, when, pack, limit)
-        record = _new_record(rows, impl, spec, output=output, template=prompt, id_column=id_column)
+        n_rows = rows.n_rows if rows is not None else source.n_rows if source else 0
+        record = _new_record(
+            n_rows, impl, spec, output=output, template=prompt, id_column=id_column
+        )
         record.update(
-            policy=policy, salt=salt, backend="local" if local else None,
+            fingerprint=fingerprint, policy=policy, salt=salt,
+            backend="local" if local else None,
             deadline=_health.deadline_at(deadline, record["created"]),
         )  # fmt: skip
-        job = _record_job(record, rows, impl, ledger, data, polling, when_fn, reuse=reuse)
+        job = _record_job(
+            record, rows, source, impl, ledger, data, polling, when_fn, checks,
+            reuse=reuse, max_cost=max_cost,
+        )  # fmt: skip
     # start: send in the background (or wait here), and show the panel in a notebook
     return _start(job, wait=wait, progress=progress, display=display)
 
@@ -265,8 +293,7 @@ def _check_before_sending(
     try:
         _check_sendable(rows)
         impl.encode(*rows.head(1), spec)
-        for name in models:
-            impl.check_model(name)
+        _check_models(impl, models)
         if max_cost is not None:
             _check_budget(rows, spec, max_cost, ledger, models[1:], pack=pack, template=template)
     except BaseException:
@@ -274,18 +301,34 @@ def _check_before_sending(
         raise
 
 
+def _check_models(impl: Provider, models: list[str]) -> None:
+    """Every model of the job, checked at the provider."""
+    for name in models:
+        impl.check_model(name)
+
+
+def _later(engine: str | None, source: _stream.Source | None, parts: list[Any]) -> str | None:
+    """The fingerprint of a table planned in the background (files large enough, see
+    :mod:`nbbatch.planning`), or None: planned now."""
+    if engine or source is None or not _planning.in_background(source):
+        return None
+    return _planning.fingerprint(source, parts)
+
+
 def _same_job(
     existing: str,
-    rows: _Rows,
+    rows: _Rows | None,
     impl: Provider,
     ledger: Ledger,
     data: Any,
     polling: PollPolicy,
     when_fn: Any,
+    checks: _planning.Checks,
 ) -> BatchJob:
     """The job already submitted with these very rows and parameters, attached instead
     of paid for again (said on stderr and logged)."""
-    rows.discard()
+    if rows is not None:
+        rows.discard()
     note = (
         f"nbbatch: this exact job was already submitted as {existing}; attaching to it "
         "instead of paying again (submit with force=True to send it anew)."
@@ -294,7 +337,10 @@ def _same_job(
     print(note, file=sys.stderr)
     record = ledger.job(existing)
     assert record is not None
-    return BatchJob(record, impl, ledger, data=data, polling=polling, escalate_when=when_fn)
+    return BatchJob(
+        record, impl, ledger, data=data, polling=polling, escalate_when=when_fn,
+        plan_checks=checks,
+    )  # fmt: skip
 
 
 def _policy(
@@ -326,20 +372,29 @@ def _policy(
 
 def _record_job(
     record: dict[str, Any],
-    rows: _Rows,
+    rows: _Rows | None,
+    source: _stream.Source | None,
     impl: Provider,
     ledger: Ledger,
     data: Any,
     polling: PollPolicy,
     when_fn: Any,
+    checks: _planning.Checks,
     *,
     reuse: bool,
+    max_cost: float | None,
 ) -> BatchJob:
     """Write the new job and its manifest to the ledger (rows answered in earlier jobs
-    take their results when ``reuse``), and log its start."""
-    record.update(fingerprint=rows.fingerprint, hash_scheme=_plan.HASH_SCHEME)
-    ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
-    rows.recorded(ledger.folder(record["id"]))
+    take their results when ``reuse``), or, for a table planned in the background, the
+    job alone (its rows, reuse and budget come once planned); log its start."""
+    record.update(hash_scheme=_plan.HASH_SCHEME)
+    if rows is not None:
+        ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
+        rows.recorded(ledger.folder(record["id"]))
+    else:
+        assert source is not None
+        record["policy"].update(reuse=reuse, max_cost=max_cost)  # checked once planned
+        ledger.add_planning_job(record, source.describe())
     job = BatchJob(
         ledger.job(record["id"]) or record,
         impl,
@@ -347,11 +402,12 @@ def _record_job(
         data=data,
         polling=polling,
         escalate_when=when_fn,
+        plan_checks=checks,
     )
     due = record.get("deadline")
     log.info(
         "nbbatch job %s started: %d rows expected on %s %s, cost %s%s",
-        job.id, rows.n_rows, impl.name, job.model, job.cost,
+        job.id, record["n_rows"], impl.name, job.model, job.cost,
         f", deadline {_health.when(due)}" if due else "",
     )  # fmt: skip
     return job
@@ -533,6 +589,63 @@ def _file_rows(planned: _stream.StreamPlan, folder: Path, source: dict[str, Any]
         source=source,
         too_long=planned.too_long,
     )
+
+
+def _rows_of(planned: _stream.StreamPlan, source: _stream.Source | None) -> _Rows:
+    """A plan written to a manifest file, as submit and preview use it."""
+    return _Rows(
+        n_rows=planned.n_rows,
+        hashes=planned.hashes,
+        send_positions=planned.send_positions,
+        first_skip=planned.first_skip,
+        head=planned.head,
+        fingerprint=planned.fingerprint,
+        prompts=lambda keep: _stream.sent_prompts(planned, keep),
+        manifest=lambda: planned.path,
+        discard=planned.discard,
+        source=source.describe() if source is not None else None,
+    )
+
+
+def _check_head(
+    head: pd.DataFrame,
+    template: _prompt.Template,
+    id_column: str | None,
+    missing: str,
+    impl: Provider,
+    spec: RequestSpec,
+) -> None:
+    """What the first rows of a table planned in the background show: they plan, and
+    (the first one sent) encode, so the endpoint and parameters are checked now."""
+    rows = _plan.make_plan(head, template, id_column=id_column, missing=missing)
+    if len(rows.send_positions):
+        ids = rows.custom_ids.take(pa.array(rows.send_positions[:1], pa.int64()))
+        impl.encode(ids, rows.prompts.slice(0, 1), spec)
+
+
+def _plan_checks(
+    impl: Provider,
+    spec: RequestSpec,
+    models: list[str],
+    max_cost: float | None,
+    ledger: Ledger | None,
+    *,
+    pack: int | None = None,
+    template: str = "",
+) -> _planning.Checks:
+    """The checks submit makes once a table planned in the background is planned:
+    rows to send, the first request encodes, none is over the provider's size limit,
+    and the budget (of ``pack`` rows a request, see :mod:`nbbatch.pack`)."""
+
+    def checks(planned: _stream.StreamPlan, source: _stream.Source) -> None:
+        rows = _rows_of(planned, source)
+        _check_sendable(rows)
+        impl.encode(*rows.head(1), spec)
+        _planning.longest_fits(planned, lambda i, p: impl.encode(i, p, spec), impl.max_bytes)
+        if max_cost is not None:
+            _check_budget(rows, spec, max_cost, ledger, models[1:], pack=pack, template=template)
+
+    return checks
 
 
 def _check_sendable(rows: _Rows) -> None:
@@ -768,7 +881,7 @@ def _check_budget(
 
 
 def _new_record(
-    rows: _Rows,
+    n_rows: int,
     impl: Provider,
     spec: RequestSpec,
     *,
@@ -788,7 +901,7 @@ def _new_record(
         "template": template,
         "spec": spec.as_dict(),
         "base_url": impl.base_url,
-        "n_rows": rows.n_rows,
+        "n_rows": n_rows,
         "id_column": id_column,
         "status": "running",
         "origin": _origin(),
@@ -849,6 +962,15 @@ def attach(
         client = _providers.rebuild_client(record, _ledger_home())
     impl = _providers.build(name, client)
     when_fn = None
+    plan_checks = None
+    if record["status"] == _planning.PLANNING:  # planned again here if its planner died
+        policy = record["policy"]
+        plan_checks = _plan_checks(
+            impl, RequestSpec(**record["spec"]), (policy.get("cascade") or {}).get("models")
+            or [record["model"]], policy.get("max_cost"),
+            ledger if policy.get("reuse", True) else None, pack=policy.get("pack"),
+            template=record["template"],
+        )  # fmt: skip
     if escalate_when is not None:
         from . import escalate as _escalate
 
@@ -864,7 +986,10 @@ def attach(
                 "kept in the ledger already)."
             )
     polling = LOCAL_POLLING if local else REMOTE_POLLING
-    return BatchJob(record, impl, ledger, data=data, polling=polling, escalate_when=when_fn)
+    return BatchJob(
+        record, impl, ledger, data=data, polling=polling, escalate_when=when_fn,
+        plan_checks=plan_checks,
+    )  # fmt: skip
 
 
 def ledger_path() -> Path:

@@ -243,6 +243,11 @@ def _collect_finished(args: argparse.Namespace) -> int:
                 if problem:  # said, not fatal: the next run tries again
                     _say(f"{record['id']} not collected: {problem}", record["id"])
                 continue
+            if not ledger.has_rows(job.id):  # it could not be planned: nothing to write
+                _say(f"{job.id} not collected: it ended failed, nothing sent: "
+                     f"{job.snapshot().last_error}", job.id)  # fmt: skip
+                ledger.set_job_time(job.id, "collected_at", time.time())
+                continue
             out = folder / f"{job.id}{suffix}"
             frame = results_table(job)
             write_results(frame, out)
@@ -294,7 +299,7 @@ def _job_problems(ledger: Ledger, record: dict[str, Any], *, poll: bool) -> list
     record = ledger.job(job_id) or record
     counts = ledger.counts(job_id)
     missing = 0
-    if not counts.get("pending") and counts.get("failed"):
+    if not counts.get("pending") and counts.get("failed") and ledger.has_rows(job_id):
         missing = health.missing_results(ledger.row_state(job_id))
     return found + health.problems(
         record, counts, ledger.batches(job_id), missing=missing, now=time.time()

@@ -76,6 +76,9 @@ class JobContext:
     #: A cascade's escalate_when when it is a function: it lives in this session only
     #: (see nbbatch.escalate); a string one is in the job's policy.
     escalate_when: Callable[..., Any] | None = None
+    #: What submit checks once a table planned in the background is planned (its
+    #: budget...): see nbbatch.planning. Set by submit and attach, for this session.
+    plan_checks: Callable[..., None] | None = None
     #: Called after each chunk is sent, so the views can show the upload's progress.
     on_progress: Callable[[], None] = _nothing
     #: Average prompt tokens per row, for pending estimates (computed once).

@@ -76,6 +76,28 @@ def to_pandas(data: Any) -> pd.DataFrame | pd.Series:
     return from_arrow(_arrow_table(data, kind))
 
 
+def column_names(data: Any) -> list[str] | None:
+    """The column names of a polars or Arrow table (None for other kinds)."""
+    kind = kind_of(data)
+    if kind == POLARS:
+        return list(data.columns)
+    if kind == POLARS_LAZY:
+        return list(data.collect_schema().names())
+    if kind == ARROW:
+        return list(data.column_names)
+    return None
+
+
+def select(data: Any, columns: list[str | None]) -> Any:
+    """A polars or Arrow table with only ``columns`` (those it has; None entries are
+    ignored), in its own kind; other kinds as they are."""
+    names = column_names(data)
+    if names is None:
+        return data
+    keep = [c for c in dict.fromkeys(columns) if c is not None and c in names]
+    return data.select(keep) if keep else data  # no columns would mean no rows, in polars
+
+
 def _arrow_table(data: Any, kind: str) -> pa.Table:
     if kind == POLARS:
         return data.to_arrow()

@@ -35,6 +35,7 @@ from . import engines, rowstore
 from . import escalate as _escalate
 from . import health as _health
 from . import merge as _merge
+from . import planning as _planning
 from . import send as _send
 from . import snapshot as _snapshot
 from ._errors import InputError, MergeError, NbbatchError, ProviderError
@@ -119,10 +120,14 @@ class BatchJob:
         polling: PollPolicy | None = None,
         *,
         escalate_when: Callable[..., Any] | None = None,
+        plan_checks: Callable[..., None] | None = None,
     ) -> None:
         # What the stages work on (see nbbatch.context); a cascade's escalate_when, when
-        # it is a function, lives there for this session only.
-        self._ctx = JobContext(record, provider, ledger, data, escalate_when=escalate_when)
+        # it is a function, and the checks of a table planned in the background live
+        # there for this session only.
+        self._ctx = JobContext(
+            record, provider, ledger, data, escalate_when=escalate_when, plan_checks=plan_checks
+        )
         self._ctx.on_progress = _weakly(self._progress_changed)
         self._record = record
         self._lock = threading.RLock()
@@ -368,7 +373,10 @@ class BatchJob:
 
     def _send_unsent(self, progress: _send.Progress | None = None) -> None:
         """Send the rows pending in no batch (see :func:`nbbatch.send.send_unsent`),
-        holding the job's lock around each chunk."""
+        holding the job's lock around each chunk. A job whose rows are not planned yet
+        is planned first (see :mod:`nbbatch.planning`)."""
+        if _planning.planning(self._ctx) and not _planning.run(self._ctx, progress):
+            return  # planned by another sender, or cancelled while planned
         _send.send_unsent(self._ctx, progress, self._lock)
 
     # -- polling ----------------------------------------------------------------------------
@@ -393,7 +401,9 @@ class BatchJob:
                 for batch in self._ledger.batches(self.id):
                     if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
                         _collect.poll_batch(self._ctx, batch)
-                if _collect.after_collect(self._ctx, sending=self.sending):
+                if not _planning.planning(self._ctx) and _collect.after_collect(
+                    self._ctx, sending=self.sending
+                ):
                     self._send_stage()  # a cascade's next stage put rows back to send
             except ProviderError as exc:
                 if not exc.transient:
@@ -416,6 +426,8 @@ class BatchJob:
 
     def _send_error_note(self) -> str:
         """What stopped sending, and what sends the rest."""
+        if _planning.planning(self._ctx):
+            return f"sending stopped: {self._send_error}"
         return _send.stopped_note(self._ctx, self._send_error)
 
     def _log_progress(self, snap: JobSnapshot) -> None:
@@ -511,6 +523,9 @@ class BatchJob:
         yet (the background sender stops after the chunk it is on) end ``cancelled``
         at once."""
         self._stop_sending()
+        if _planning.cancel(self._ctx):  # nothing was sent: its rows end cancelled
+            self._notify(self.snapshot())
+            return self.snapshot()
         with self._lock:
             _control.cancel(self._ctx)
         return self.refresh()
@@ -578,6 +593,8 @@ class BatchJob:
 
     def prompt_chars(self) -> tuple[int, int]:
         """(rows with a prompt, total prompt characters): for cost estimates before usage."""
+        if _planning.planning(self._ctx):
+            return 0, 0  # no rows planned yet
         return rowstore.prompt_chars(self._ledger.row_state(self.id))
 
     def merge(self, df: Any = None, *, verify: bool = True) -> Any:

@@ -558,14 +558,19 @@ class Ledger:
         """
         from . import rowstore
 
+        leader = None
         if isinstance(manifest, Path):
-            os.replace(manifest, self.folder(job["id"]) / MANIFEST)
-            manifest = rowstore.read_table(self.folder(job["id"]) / MANIFEST)
+            target = self.folder(job["id"]) / MANIFEST
+            if rowstore.leaders_path(manifest).exists():
+                os.replace(rowstore.leaders_path(manifest), rowstore.leaders_path(target))
+                leader = rowstore.read_table(rowstore.leaders_path(target)).column(0).to_numpy()
+            os.replace(manifest, target)
+            manifest = rowstore.read_table(target)
         else:
             self._write_table(job["id"], MANIFEST, manifest)
         if source is not None:
             self.write_file(job["id"], SOURCE, orjson.dumps(source))
-        reused = self._reused(manifest) if reuse else None
+        reused = self._reused(manifest, leader) if reuse else None
         if reused is not None:
             self._write_table(job["id"], "reused.arrow", reused)
         with self.transaction() as db:
@@ -596,11 +601,89 @@ class Ledger:
             self._summarise(db, job["id"])
         assert rowstore  # imported for the manifest's schema in type checkers
 
-    def _reused(self, manifest: pa.Table) -> pa.Table | None:
-        """Results of earlier jobs for this manifest's leaders' exact requests."""
+    def add_planning_job(self, job: dict[str, Any], source: dict[str, Any]) -> None:
+        """Record a job whose rows are planned in the background (status ``planning``,
+        see :mod:`nbbatch.planning`): no manifest yet; ``source`` (its files) is kept
+        so any session can plan them. :meth:`add_manifest` adds the rows."""
+        self.write_file(job["id"], SOURCE, orjson.dumps(source))
+        n = int(job["n_rows"])
+        summary = {"counts": {"pending": n}, "planning": True}
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
+                "spec, base_url, n_rows, id_column, status, fingerprint, policy, salt, backend, "
+                "hash_scheme, deadline, origin, summary) VALUES (:id, :created, :provider, "
+                ":model, :endpoint, :output, :template, :spec, :base_url, :n_rows, :id_column, "
+                "'planning', :fingerprint, :policy, :salt, :backend, :hash_scheme, :deadline, "
+                ":origin, :summary)",
+                {
+                    "salt": None,
+                    "backend": None,
+                    "hash_scheme": None,
+                    "deadline": None,
+                    "origin": None,
+                    **job,
+                    "spec": orjson.dumps(job["spec"]).decode(),
+                    "policy": orjson.dumps(job["policy"]).decode(),
+                    "summary": orjson.dumps(summary).decode(),
+                },
+            )
+            self._event(db, job["id"], "submit", f"job created with {n} rows, planning them")
+
+    def add_manifest(self, job_id: str, manifest: Path, *, reuse: bool = True) -> bool:
+        """Give a job recorded with :meth:`add_planning_job` its planned manifest file
+        (moved into place) and make it ``running``, in one transaction with the results
+        it reuses from earlier jobs. False, keeping nothing, if it was cancelled
+        meanwhile."""
+        from . import rowstore
+
+        target = self.folder(job_id) / MANIFEST
+        leaders = rowstore.leaders_path(manifest)
+        leader = None
+        if leaders.exists():
+            os.replace(leaders, rowstore.leaders_path(target))
+            leader = rowstore.read_table(rowstore.leaders_path(target)).column(0).to_numpy()
+        os.replace(manifest, target)
+        table = rowstore.read_table(target)
+        reused = self._reused(table, leader) if reuse else None
+        del table
+        if reused is not None:
+            self._write_table(job_id, "reused.arrow", reused)
+        with self.transaction() as db:
+            (status,) = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if status == "planning":
+                db.execute("UPDATE jobs SET status = 'running' WHERE id = ?", (job_id,))
+                if reused is not None:
+                    _insert_change(db, job_id, "result", None, 0, "reused", "reused.arrow",
+                                   reused.num_rows)  # fmt: skip
+                self._event(db, job_id, "planned", "every row planned")
+                self._summarise(db, job_id)
+                return True
+        for name in (MANIFEST, MANIFEST + ".leaders", "reused.arrow"):
+            (self.folder(job_id) / name).unlink(missing_ok=True)
+        return False
+
+    def end_planning(self, job_id: str, status: str, message: str) -> None:
+        """A job whose planning failed (or was cancelled) ends with nothing sent: every
+        row counted ``failed`` (``cancelled``), ``message`` kept as its error."""
+        with self.transaction() as db:
+            row = db.execute("SELECT n_rows FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            n = int(row[0]) if row else 0
+            state = "failed" if status == "failed" else "cancelled"
+            summary = {"counts": {state: n, "pending": 0}, "error": message}
+            db.execute(
+                "UPDATE jobs SET status = ?, summary = ?, ended_at = ? WHERE id = ?",
+                (status, orjson.dumps(summary).decode(), time.time(), job_id),
+            )
+            self._event(db, job_id, "error" if status == "failed" else "cancel", message)
+
+    def _reused(self, manifest: pa.Table, leader: Any = None) -> pa.Table | None:
+        """Results of earlier jobs for this manifest's leaders' exact requests (``leader``:
+        each row's, when not the manifest's own column)."""
         import numpy as np
 
-        leader = manifest.column("leader").to_numpy()
+        if leader is None:
+            leader = manifest.column("leader").to_numpy()
         leaders = np.flatnonzero(leader == np.arange(len(leader)))
         hashes = manifest.column("request_hash").to_numpy()[leaders]
         answers = self.answers(hashes)
@@ -713,9 +796,42 @@ class Ledger:
         """The job's rows as the latest change left them (kept in memory, brought up to
         date from the files of changes recorded since, by any process)."""
         with self._lock:
+            if job_id not in self._states and not self.has_rows(job_id):
+                self._not_planned(job_id)
             state = _replay(self._db, self.files, job_id, self._states.get(job_id))
             self._states[job_id] = state
             return state
+
+    def _not_planned(self, job_id: str) -> None:
+        """Raise the error for a job that has no rows yet (see :mod:`nbbatch.planning`)."""
+        from ._errors import InputError, NbbatchError
+
+        record = self.job(job_id)
+        if record is None:
+            return  # no such job: reading its manifest says so
+        status = record.get("status")
+        if status == "planning":
+            raise NbbatchError(
+                f"job {job_id} is still planning its {record.get('n_rows', 0):,} rows in the "
+                "background, so it has no rows or results yet: job.wait_sent() (or "
+                "job.wait()) blocks until they are planned.",
+                job_id=job_id,
+            )
+        summary = orjson.loads((self.jobs_summary(job_id)) or "{}")
+        raise InputError(
+            str(summary.get("error") or f"job {job_id} has no rows: it ended {status}"),
+            job_id=job_id,
+        )
+
+    def has_rows(self, job_id: str) -> bool:
+        """Whether the job has its rows (a manifest): not one still planning, or whose
+        planning failed or was cancelled (see :mod:`nbbatch.planning`)."""
+        return (self.files / job_id / MANIFEST).exists()
+
+    def jobs_summary(self, job_id: str) -> str | None:
+        """The job's summary as SQLite keeps it (JSON text), or None."""
+        rows = self.query("SELECT summary FROM jobs WHERE id = ?", (job_id,))
+        return rows[0][0] if rows else None
 
     def _summarise(self, db: sqlite3.Connection, job_id: str) -> None:
         """Keep the job's counts and usage in SQLite, for listing jobs without files."""
@@ -728,7 +844,12 @@ class Ledger:
 
     def counts(self, job_id: str) -> dict[str, int]:
         """How many rows are in each state, and how many were reused from earlier jobs,
-        deduplicated onto an identical request, or answered through the real-time API."""
+        deduplicated onto an identical request, or answered through the real-time API.
+        A job with no rows yet (still planning, or it ended so) has its recorded ones."""
+        if not self.has_rows(job_id):
+            recorded = orjson.loads(self.jobs_summary(job_id) or "{}").get("counts")
+            if recorded is not None:
+                return {"pending": 0, **recorded}
         return dict(self.row_state(job_id).counts())
 
     def sent_positions(self, job_id: str, intent: str) -> Any:

@@ -10,6 +10,7 @@ for it (vectorised: one render and one hash pass over the frame).
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 #: How many differing rows a MergeError shows.
 SHOWN = 2
+#: Rows rendered at a time when merge checks a frame.
+VERIFY_ROWS = 131_072
 
 
 def merge_job(ctx: JobContext, data: Any, *, verify: bool, native: bool = True) -> Any:
@@ -39,9 +42,15 @@ def merge_job(ctx: JobContext, data: Any, *, verify: bool, native: bool = True) 
     ``data``'s own kind (polars for polars...), or pandas with ``native=False``."""
     from . import frames
 
-    df = frames.to_pandas(data)
+    names = frames.column_names(data)
+    # Only the columns the check reads become pandas: the result columns are joined to
+    # ``data`` itself (frames.like), so its other columns, often most of its bytes
+    # (a million reviews), are never converted.
+    used = _prompt.parse(ctx.record["template"]).columns
+    id_column = ctx.record.get("id_column")
+    df = frames.to_pandas(frames.select(data, [*used, id_column]))
     frame = df.to_frame() if isinstance(df, pd.Series) else df
-    clash = [n for n in ctx.output_columns() if n in frame.columns]
+    clash = [n for n in ctx.output_columns() if n in (frame.columns if names is None else names)]
     if clash:
         raise MergeError(
             f"the DataFrame already has column(s) {clash}; drop them first or submit with "
@@ -49,7 +58,6 @@ def merge_job(ctx: JobContext, data: Any, *, verify: bool, native: bool = True) 
             job_id=ctx.id,
         )
     state = ctx.ledger.row_state(ctx.id)
-    id_column = ctx.record.get("id_column")
     take = align(
         _plan.row_keys(frame[id_column] if id_column else frame.index),
         state.manifest.column("key").to_numpy(),
@@ -91,22 +99,34 @@ def with_models(ctx: JobContext, out: pd.DataFrame, take: np.ndarray) -> pd.Data
     return out
 
 
-def _verify(
-    ctx: JobContext, df: pd.DataFrame | pd.Series, state: rowstore.RowState, take: np.ndarray
-) -> None:
-    """Check that each row of ``df`` renders the request sent for it (see verify_rows),
-    with the job's salt and hash scheme, or by its stored prompts for a job hashed
-    before salts were kept or under another scheme (another polars version)."""
-    frame, _ = _plan.as_frame(df)
+def sent_hashes(ctx: JobContext, state: rowstore.RowState) -> tuple[str, np.ndarray]:
+    """(salt, request hash of every row) to verify rows against: the job's own, or, for
+    a job hashed before salts were kept or under another scheme (another polars
+    version), its stored prompts hashed again."""
     salt = ctx.record.get("salt")
     sent = state.manifest.column("request_hash").to_numpy()
-    prompts = state.manifest.column("prompt")
     if salt is None or ctx.record.get("hash_scheme") != _plan.HASH_SCHEME:
+        prompts = state.manifest.column("prompt")
         salt = "nbbatch-verify01"
         sent = np.zeros(len(prompts), dtype=np.uint64)
         valid = prompts.is_valid().to_numpy(zero_copy_only=False)
         if valid.any():
             sent[valid] = _plan.prompt_hashes(prompts.filter(valid), salt)
+    return str(salt), sent
+
+
+def _verify(
+    ctx: JobContext,
+    df: pd.DataFrame | pd.Series,
+    state: rowstore.RowState,
+    take: np.ndarray,
+    hashes: tuple[str, np.ndarray] | None = None,
+) -> None:
+    """Check that each row of ``df`` renders the request sent for it (see verify_rows),
+    against ``hashes`` (from :func:`sent_hashes`, worked out here when not given)."""
+    frame, _ = _plan.as_frame(df)
+    salt, sent = hashes if hashes is not None else sent_hashes(ctx, state)
+    prompts = state.manifest.column("prompt")
 
     def sent_prompts(positions: list[int]) -> list[str | None]:
         return prompts.take(pa.array(take[positions])).to_pylist()
@@ -164,24 +184,26 @@ def verify_rows(
     (0 for a row not sent). ``sent_prompts(positions)`` gives the prompts sent for some
     rows of ``frame``, for the message. ``limit``: the context window submit skipped
     longer rows by."""
-    rendered, _ = _plan.render_rows(frame, template, missing=missing)
-    send = rendered.is_valid().to_numpy(zero_copy_only=False) & ~_plan.blank(rendered, template)
-    if limit is not None:
-        send &= ~limit.too_long(rendered)
-    now = np.zeros(len(frame), dtype=np.uint64)
-    if send.all():
-        now = _plan.prompt_hashes(rendered, salt)
-    elif send.any():
-        now[send] = _plan.prompt_hashes(rendered.filter(send), salt)
+
+    # In parts: only a part's rendered text is held at once (for a million rows of
+    # reviews, tens of MB instead of half a GB).
+    now = np.concatenate(
+        [
+            _hashes_now(frame.iloc[start : start + VERIFY_ROWS], template, missing, salt, limit)[0]
+            for start in range(0, max(len(frame), 1), VERIFY_ROWS)
+        ]
+    )
     differ = np.flatnonzero(now != sent)
     if not len(differ):
         return
     shown = differ[:SHOWN].tolist()
     before = sent_prompts(shown)
+    rendered, _ = _plan.render_rows(frame.iloc[shown], template, missing=missing)
+    _, send = _hashes_now(frame.iloc[shown], template, missing, salt, limit)
     lines = [
         f"  row {frame.index[pos]!r}: sent {_short(old)}, now "
-        f"{_short(rendered[pos].as_py() if send[pos] else None)}"
-        for pos, old in zip(shown, before, strict=True)
+        f"{_short(rendered[i].as_py() if send[i] else None)}"
+        for i, (pos, old) in enumerate(zip(shown, before, strict=True))
     ]
     raise MergeError(
         f"{len(differ):,} of the {len(frame):,} rows given to merge() do not hold the data "
@@ -192,6 +214,27 @@ def verify_rows(
         "column on purpose, call merge(df, verify=False).",
         job_id=job_id,
     )
+
+
+def _hashes_now(
+    frame: pd.DataFrame,
+    template: _prompt.Template,
+    missing: str,
+    salt: str,
+    limit: ContextLimit | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(request hash of each row as it renders now, 0 where it would not be sent;
+    whether it would be sent)."""
+    rendered, _ = _plan.render_rows(frame, template, missing=missing)
+    send = rendered.is_valid().to_numpy(zero_copy_only=False) & ~_plan.blank(rendered, template)
+    if limit is not None:
+        send &= ~limit.too_long(rendered)
+    now = np.zeros(len(frame), dtype=np.uint64)
+    if send.all():
+        now = _plan.prompt_hashes(rendered, salt)
+    elif send.any():
+        now[send] = _plan.prompt_hashes(rendered.filter(send), salt)
+    return now, send
 
 
 def result_columns(
@@ -233,11 +276,14 @@ def merged(
     response_format: dict[str, Any] | None,
     *,
     embeddings: bool = False,
+    statuses: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """A copy of ``frame`` with the result columns of the job's rows at ``take`` (one
-    position per row of ``frame``, from :func:`align`)."""
+    position per row of ``frame``, from :func:`align`); ``statuses``: every row's state
+    code, when the caller has them (``state.statuses()``)."""
     words = pa.array(rowstore.STATES, pa.string())
-    status: Any = words.take(pa.array(state.statuses()[take]))
+    codes = state.statuses() if statuses is None else statuses
+    status: Any = words.take(pa.array(codes[take]))
     replies: Any = state.column("output", take)
     errors: Any = state.column("error", take)
     if embeddings:
@@ -327,35 +373,51 @@ def write_parquet(
     template = _prompt.parse(ctx.record["template"], source.columns)
     checked = list(dict.fromkeys([*template.columns, *([id_column] if id_column else [])]))
     read = list(dict.fromkeys([*keep, *checked]))
-    keys = state.manifest.column("key")
+    # Worked out once for the whole job, not per record batch: for ten million rows,
+    # each is a pass over every row, which per batch made the write quadratic.
+    keys = state.manifest.column("key").to_numpy() if id_column else None
+    hashes = sent_hashes(ctx, state) if verify else None
+    statuses = state.statuses()
     schema = _result_schema(ctx, state, added)
+
+    def prepared(batch: pa.RecordBatch, offset: int) -> pa.Table:
+        """One record batch of the data, checked, with its result columns."""
+        take = np.arange(offset, offset + batch.num_rows)
+        frame = frames.from_arrow(pa.Table.from_batches([batch]).select(checked))
+        frame.index = pd.RangeIndex(take[0], take[-1] + 1) if len(take) else frame.index
+        if keys is not None and not np.array_equal(_plan.row_keys(frame[id_column]), keys[take]):
+            raise MergeError(
+                f"the rows of the data are not those of job {ctx.id} (by {id_column!r}, "
+                f"around row {take[0]:,}): the files changed since submit.",
+                job_id=ctx.id,
+            )
+        if hashes is not None:
+            _verify(ctx, frame, state, take, hashes)
+        out = merged(
+            frame.iloc[:, :0], state, take, ctx.output, ctx.spec.response_format,
+            embeddings=is_embeddings(ctx.endpoint), statuses=statuses,
+        )  # fmt: skip
+        out = with_models(ctx, out, take)
+        results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
+        table = pa.Table.from_batches([batch]).select(keep)
+        for name in added:
+            table = table.append_column(schema.field(name), results.column(name))
+        return table
+
     offset = 0
     with pq.ParquetWriter(target, pa.schema([*source.schema_of(keep), *schema])) as writer:
-        for batch in source.batches(read):
-            take = np.arange(offset, offset + batch.num_rows)
-            offset += batch.num_rows
-            frame = frames.from_arrow(pa.Table.from_batches([batch]).select(checked))
-            frame.index = pd.RangeIndex(take[0], take[-1] + 1) if len(take) else frame.index
-            if id_column and not np.array_equal(
-                _plan.row_keys(frame[id_column]), keys.take(pa.array(take)).to_numpy()
-            ):
-                raise MergeError(
-                    f"the rows of the data are not those of job {ctx.id} (by {id_column!r}, "
-                    f"around row {take[0]:,}): the files changed since submit.",
-                    job_id=ctx.id,
-                )
-            if verify:
-                _verify(ctx, frame, state, take)
-            out = merged(
-                frame.iloc[:, :0], state, take, ctx.output, ctx.spec.response_format,
-                embeddings=is_embeddings(ctx.endpoint),
-            )  # fmt: skip
-            out = with_models(ctx, out, take)
-            results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
-            table = pa.Table.from_batches([batch]).select(keep)
-            for name in added:
-                table = table.append_column(schema.field(name), results.column(name))
-            writer.write_table(table)
+        # The next batch is read, checked and merged in a thread while this one is
+        # written: both mostly run in Arrow, outside the GIL, so two cores share them.
+        with ThreadPoolExecutor(1, thread_name_prefix="nbbatch-write") as pool:
+            pending = None
+            for batch in source.batches(read):
+                ahead = pool.submit(prepared, batch, offset)
+                offset += batch.num_rows
+                if pending is not None:
+                    writer.write_table(pending.result())
+                pending = ahead
+            if pending is not None:
+                writer.write_table(pending.result())
     return offset
 
 

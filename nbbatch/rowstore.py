@@ -84,6 +84,12 @@ def write_table(path: Path, table: pa.Table) -> None:
         raise
 
 
+def leaders_path(manifest: Path) -> Path:
+    """Where the leaders of a manifest planned batch by batch are kept (see
+    :func:`nbbatch.stream.finish_manifest`): beside it, ``<name>.leaders``."""
+    return manifest.with_name(manifest.name + ".leaders")
+
+
 def read_table(path: Path) -> pa.Table:
     """An Arrow IPC file, memory-mapped (its columns are not copied into memory)."""
     with pa.memory_map(str(path)) as source:
@@ -228,7 +234,12 @@ class RowState:
         self.n = n
         # The narrowest types that hold any job (positions and rows fit in 31 bits):
         # for ten million rows these arrays are what a job keeps, ~30 bytes a row.
-        self.leader = manifest.column("leader").to_numpy().astype(np.int32)
+        # A manifest planned batch by batch has its leaders across batches beside it.
+        leaders = leaders_path(path) if path is not None else None
+        if leaders is not None and leaders.exists():
+            self.leader = read_table(leaders).column(0).to_numpy().astype(np.int32)
+        else:
+            self.leader = manifest.column("leader").to_numpy().astype(np.int32)
         sent = self.leader >= 0
         self.status = np.where(sent, PENDING, SKIPPED).astype(np.int8)
         self.batch = np.full(n, -1, dtype=np.int32)

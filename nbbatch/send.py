@@ -49,10 +49,16 @@ class Progress:
     rows: int = 0  # requests in this sending pass
     active: bool = True
     cancelled: bool = False  # set by job.cancel(): send no further chunk
+    # While a large table is planned first (see nbbatch.planning): rows planned of all.
+    planned: int = 0
+    to_plan: int = 0
 
     def text(self) -> str:
         """E.g. ``uploading 7/20 batches (140 MB sent)``; ``building the batches`` before
-        the first is encoded (how many there will be is not known yet)."""
+        the first is encoded (how many there will be is not known yet); ``planning
+        3.2M/10M rows`` while the rows are still planned."""
+        if self.to_plan:
+            return f"planning {_rows(self.planned)}/{_rows(self.to_plan)} rows"
         if not self.expected:
             return "building the batches"
         noun = "batch" if self.expected == 1 else "batches"
@@ -63,6 +69,15 @@ class Progress:
 def _size(n: int) -> str:
     """Bytes for people: 140 MB, 12 KB."""
     return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{max(1, round(n / 1e3)):,} KB"
+
+
+def _rows(n: int) -> str:
+    """``3.2M``, ``250k``, ``900``: a row count at a glance."""
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f}".removesuffix(".0") + "M"
+    if n >= 10_000:
+        return f"{n / 1e3:.0f}k"
+    return f"{n:,}"
 
 
 def send_rows(

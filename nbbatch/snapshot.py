@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _scrub, escalate, health, pack, pricing
+from . import _scrub, health, pricing
 from .health import NOTE_KINDS as NOTE_KINDS  # kept with the job's health, named here too
 from .health import Note as Note
 from .health import format_seconds as format_seconds  # where the views look for it
@@ -405,8 +405,12 @@ class Session:
 
 def build(ctx: JobContext, session: Session) -> JobSnapshot:
     """The job as its ledger (and this session) has it now: no network call."""
-    from . import rowstore
+    # Imported here: escalate brings pandas, whose import hook loads the accessor and
+    # with it the views, which import this module.
+    from . import escalate, planning, rowstore
 
+    if planning.planning(ctx):
+        return planning_snapshot(ctx, session)
     state = ctx.row_state()
     raw = state.counts()
     counts = {state_: int(raw.get(state_, 0)) for state_ in ROW_STATES}
@@ -462,6 +466,41 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
     )
 
 
+def planning_snapshot(ctx: JobContext, session: Session) -> JobSnapshot:
+    """The snapshot of a job with no rows yet (see :mod:`nbbatch.planning`): all pending
+    while planned ("planning 3.2M/10M rows" as its sending text), all failed or cancelled
+    if it ended so."""
+    from .planning import FAILED, PLANNING, failure
+
+    status = str(ctx.record.get("status"))
+    n = int(ctx.record["n_rows"])
+    counts = {state: 0 for state in ROW_STATES}
+    counts[{PLANNING: "pending", FAILED: "failed"}.get(status, "cancelled")] = n
+    counts["total"] = n
+    text = None
+    if status == PLANNING:
+        live = session.sending is not None and session.sending.startswith("planning")
+        text = session.sending if live else "planning"
+    return JobSnapshot(
+        job_id=ctx.id,
+        provider=ctx.provider_name,
+        model=ctx.model,
+        endpoint=ctx.endpoint,
+        base_url=str(ctx.record.get("base_url") or ""),
+        n_rows=n,
+        counts=counts,
+        status={PLANNING: "running", FAILED: "failed"}.get(status, "cancelled"),
+        batches=(),
+        created=float(ctx.record["created"]),
+        now=ctx.clock(),
+        last_poll=session.last_poll,
+        last_error=f"sending stopped: {failure(ctx)}" if status == FAILED else session.last_error,
+        notes=tuple(ctx.notes),
+        sending=text,
+        deadline=ctx.record.get("deadline"),
+    )
+
+
 def job_status(ctx: JobContext, counts: dict[str, int], stage_due: bool) -> str:
     """``running`` while rows are pending or a cascade stage is still to start; then
     ``completed``, or ``cancelled`` / ``failed`` as the job's record says."""
@@ -490,6 +529,8 @@ def batch_views(
     """Each batch as the views show it: its provider requests, its rows still pending
     and its requests (leaders) that succeeded (from the row store's ``per_batch``), and
     an escalation's stage and model (named so, not as a retry)."""
+    from . import escalate, pack  # not at the top: see build
+
     stage_of = escalate.batch_stages(ctx, batches)
     return tuple(
         BatchView(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,7 @@ class StreamPlan:
     first_skip: str | None  # why the first skipped row is not sent
     fingerprint: str
     too_long: int = 0  # rows not sent because they exceed the model's context window
+    longest: int = -1  # the position of the row with the longest prompt (-1: none sent)
 
     @property
     def send_positions(self) -> np.ndarray:
@@ -165,6 +166,16 @@ class StreamPlan:
             pa.concat_arrays(prompts).slice(0, n) if prompts else pa.array([], pa.large_string()),
         )
 
+    def row(self, position: int) -> tuple[pa.Array, pa.Array]:
+        """The custom_id and prompt of the row at ``position``, as one-row arrays."""
+        offset = 0
+        for batch in rowstore.read_batches(self.path, ["custom_id", "prompt"]):
+            if position < offset + batch.num_rows:
+                at = position - offset
+                return batch.column(0).slice(at, 1), batch.column(1).slice(at, 1)
+            offset += batch.num_rows
+        raise IndexError(position)
+
     def discard(self) -> None:
         """Remove the manifest file (a job not recorded after all)."""
         self.path.unlink(missing_ok=True)
@@ -180,11 +191,14 @@ def plan_to_file(
     salt: str,
     fingerprint_of: list[Any],
     limit: ContextLimit | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> StreamPlan:
     """Plan every row of ``source`` batch by batch into a manifest file in ``folder``.
 
     ``fingerprint_of`` is what else identifies the submit call (salt, output, template):
     the fingerprint covers it and every row's key, custom_id and request hash.
+    ``progress(rows)`` is called with the rows planned so far after each batch (what
+    it raises stops the planning, the file removed).
     """
     if missing not in ("skip", "empty"):
         raise InputError(f"missing must be 'skip' or 'empty', found {missing!r}.")
@@ -200,6 +214,7 @@ def plan_to_file(
     sent = np.zeros(n, dtype=bool)
     first_skip = None
     too_long = 0
+    longest, longest_bytes = -1, -1
     digest = hashlib.sha256(orjson.dumps(["stream", *fingerprint_of, id_column, n]))
     path = folder / f".plan-{secrets.token_hex(6)}.arrow"
     folder.mkdir(parents=True, exist_ok=True)
@@ -222,6 +237,12 @@ def plan_to_file(
                     hashes[offset:stop] = batch_hashes
                     sent[offset + rows.send_positions] = True
                     too_long += rows.too_long
+                    if len(rows.prompts):
+                        sizes = pc.binary_length(rows.prompts).to_numpy(zero_copy_only=False)
+                        at = int(np.argmax(sizes))
+                        if sizes[at] > longest_bytes:
+                            longest_bytes = int(sizes[at])
+                            longest = offset + int(rows.send_positions[at])
                     if first_skip is None and rows.skip_reasons:
                         first_skip = rows.skip_reasons[0]
                     table = rowstore.manifest(
@@ -232,8 +253,10 @@ def plan_to_file(
                     writer.write_table(table)
                     digest.update(rows.keys.tobytes())
                     digest.update(batch_hashes.tobytes())
-                    digest.update("\x00".join(rows.custom_ids.to_pylist()).encode())
+                    digest.update(_joined(rows.custom_ids))
                     offset = stop
+                    if progress is not None:
+                        progress(offset)
         if offset != n:
             raise InputError("the data changed while it was read; submit again.")
     except BaseException:
@@ -247,7 +270,18 @@ def plan_to_file(
         first_skip=first_skip,
         fingerprint=digest.hexdigest(),
         too_long=too_long,
+        longest=longest,
     )
+
+
+def _joined(values: pa.Array) -> bytes:
+    """The strings of ``values`` joined with NULs, as bytes, without a Python object
+    per row: what the fingerprint covers of the custom_ids."""
+    as_list = pa.LargeListArray.from_arrays(
+        pa.array([0, len(values)], pa.int64()), values.cast(pa.large_string())
+    )
+    sep = pa.scalar("\x00", pa.large_string())
+    return pc.binary_join(as_list, sep)[0].as_buffer().to_pybytes()
 
 
 def _check_ids(source: Source, id_column: str) -> bool:
@@ -292,32 +326,27 @@ def _check_ids(source: Source, id_column: str) -> bool:
 
 
 def finish_manifest(plan: StreamPlan, target: Path) -> None:
-    """Write the final manifest to ``target``: the planned rows with each one's leader
-    (the first row sent with the same request) set across all batches. Batch by batch,
-    through a mapping of the planned file, written to a temporary name and renamed."""
+    """Make the planned file the final manifest at ``target``, with each row's leader
+    (the first row sent with the same request, across all batches) in a small file
+    beside it (:func:`rowstore.leaders_path`), which a row state reads instead of the
+    manifest's own column (whose leaders are only those within each record batch).
+
+    The planned file is flushed to disk and renamed, never copied: for ten million rows
+    it holds gigabytes of prompts, and writing them twice doubled what a job wrote."""
     leader = np.full(plan.n_rows, -1, dtype=np.int64)
     send = plan.send_positions
     if len(send):
         _, first, inverse = np.unique(plan.hashes[send], return_index=True, return_inverse=True)
         leader[send] = send[first[inverse.ravel()]]
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    rowstore.write_table(
+        rowstore.leaders_path(target), pa.table({"leader": pa.array(leader, pa.int64())})
+    )
+    fd = os.open(plan.path, os.O_RDONLY)
     try:
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            with pa.ipc.new_file(fh, rowstore.MANIFEST_SCHEMA) as writer:
-                offset = 0
-                index = rowstore.MANIFEST_SCHEMA.get_field_index("leader")
-                for batch in rowstore.read_batches(plan.path):
-                    stop = offset + batch.num_rows
-                    batch = batch.set_column(index, "leader", pa.array(leader[offset:stop]))
-                    writer.write_batch(batch)
-                    offset = stop
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        os.fsync(fd)
     finally:
-        tmp.unlink(missing_ok=True)
-    plan.discard()
+        os.close(fd)
+    os.replace(plan.path, target)
 
 
 def sent_prompts(plan: StreamPlan, keep: np.ndarray) -> Iterator[pa.Array]:

@@ -296,3 +296,29 @@ def test_the_private_check_sees_a_read(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert private_reads("probe", probe) == ["probe:4: job._ledger"]
+
+
+def test_every_module_imports_first() -> None:
+    """Any module can be the first of the package a program imports: an import that
+    only works in some orders (pandas' import hook loads the accessor, which imports
+    the API, which imports the views...) fails here, not in a user's notebook."""
+    import subprocess
+    import sys
+
+    names = sorted(
+        name
+        for name in _modules()
+        if name != "nbbatch" and not name.startswith(("nbbatch.labext", "nbbatch.emulator.__"))
+    )
+    # One interpreter per module, several modules at a time.
+    script = "import importlib, sys; importlib.import_module(sys.argv[1])"
+    procs = [
+        (name, subprocess.Popen([sys.executable, "-c", script, name], stderr=subprocess.PIPE))
+        for name in names
+    ]
+    failed = []
+    for name, proc in procs:
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode:
+            failed.append(f"{name}: {err.decode(errors='replace').strip().splitlines()[-1]}")
+    assert not failed, "modules that fail when imported first:\n  " + "\n  ".join(failed)

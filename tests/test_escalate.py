@@ -675,7 +675,7 @@ def test_a_cascade_is_named_by_its_stages_everywhere_and_collect_writes_its_mode
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(out)
     assert list(frame.columns) == [
-        "id", "response", "response_status", "response_error", "response_model",
+        "id", "row", "response", "response_status", "response_error", "response_model",
     ]  # fmt: skip
     assert frame["response_model"].tolist() == merged["response_model"].tolist()
 

@@ -90,7 +90,10 @@ def test_a_job_that_ends_with_rows_missing_is_incomplete(capsys, caplog):
     capsys.readouterr()
     assert cli.main(["check", "--no-poll"]) == cli.ATTENTION
     out = capsys.readouterr().out.splitlines()
-    assert out == [f"{job.id} incomplete: " + health.incomplete_text(2, 4).split(": ", 1)[1]]
+    # said to a shell user: the Python advice put as what to run
+    said = health.incomplete_text(2, 4).split(": ", 1)[1]
+    assert out == [cli._for_shell(f"{job.id} incomplete: {said}", job.id)]
+    assert "job.resubmit_failed()" not in out[0] and "resubmit_failed()" in out[0]
 
 
 def test_collect_finished_writes_each_finished_job_once(emu, tmp_path, capsys):

@@ -171,7 +171,7 @@ def test_c_a_wiped_state_ends_the_job_plainly_and_forget_removes_it(nbbatch_home
     status = cli("status", job_id)
     assert status.returncode == 0, status.stderr
     assert "no longer knows batch" in status.stdout
-    assert "job.resubmit_failed()" in status.stdout
+    assert "resubmit_failed() in Python" in status.stdout  # advice for a shell user
     assert "3 failed" in status.stdout and "pending" not in status.stdout
 
     jobs = cli("jobs").stdout
