@@ -14,7 +14,14 @@ from typing import Any
 
 import pandas as pd
 
-from . import api
+
+def _api() -> Any:
+    # Imported when used, not with this module: pandas' import hook loads this module
+    # while any other module of the package may still be importing pandas itself, so
+    # importing the API here would make the package's import order matter.
+    from . import api
+
+    return api
 
 
 class _Accessor:
@@ -23,15 +30,15 @@ class _Accessor:
 
     def submit(self, prompt: str, **kwargs: Any) -> Any:
         """``nb.submit(this, prompt, **kwargs)``; see :func:`nbbatch.submit`."""
-        return api.submit(self._data, prompt, **kwargs)
+        return _api().submit(self._data, prompt, **kwargs)
 
     def preview(self, prompt: str, **kwargs: Any) -> Any:
         """``nb.preview(this, prompt, **kwargs)``; see :func:`nbbatch.preview`."""
-        return api.preview(self._data, prompt, **kwargs)
+        return _api().preview(self._data, prompt, **kwargs)
 
     def try_now(self, prompt: str, **kwargs: Any) -> Any:
         """``nb.try_now(this, prompt, **kwargs)``; see :func:`nbbatch.try_now`."""
-        return api.try_now(self._data, prompt, **kwargs)
+        return _api().try_now(self._data, prompt, **kwargs)
 
 
 @pd.api.extensions.register_dataframe_accessor("nbbatch")

@@ -39,6 +39,7 @@ from .job import (
     LOCAL_POLLING,
     REMOTE_POLLING,
     BatchJob,
+    PollPolicy,
     is_loopback,
     new_job_id,
     output_columns,
@@ -158,6 +159,7 @@ def submit(
     Everything is validated before anything is sent; a job, its rows and each provider
     batch id are written to the ledger as soon as they exist.
     """
+    # input: the arguments, the data and the provider, checked
     _checks.arguments(
         prompt=prompt, output=output, system=system, max_tokens=max_tokens,
         id_column=id_column, endpoint=endpoint, provider=provider, missing=missing,
@@ -165,48 +167,37 @@ def submit(
         alert_threshold=alert_threshold, reuse=reuse, force=force, wait=wait,
         progress=progress, display=display,
     )  # fmt: skip
-    if fallback not in (None, "realtime"):
-        raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
-    _health.deadline_at(deadline, 0.0)  # a wrong deadline is refused before anything else
+    _check_policy(fallback, deadline)
     models, when, when_fn = _cascade(model, escalate_when)
-    model = models[0]
     engine = _engines.kind_of(data)  # a Dask or Spark frame: planned on its workers
     source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
     head = _engines.head(data) if engine else data if source is None else source.head()
     frame, is_series, template, impl, spec, local = _prepare(
-        head, prompt, model=model, output=output,
+        head, prompt, model=models[0], output=output,
         provider=provider, client=client, system=system, max_tokens=max_tokens,
         temperature=temperature, response_format=response_format, endpoint=endpoint,
         cache_system=cache_system, params=params,
     )  # fmt: skip
-    from . import escalate as _escalate
-
-    # Refused now, not after the first stage is paid for (a Series merges as one column).
-    shown_columns = [data.name if data.name is not None else 0] if is_series else frame.columns
-    _escalate.check_when_columns(when, list(shown_columns), output, spec.response_format)
+    _check_cascade_columns(data, frame, is_series, when, output, spec)
     pack = _pack.check(pack, spec)
-    name = impl.name
+    # plan: render, hash and deduplicate the rows (into a manifest file for files)
+    ledger = _default_ledger()
     # The local emulator's address can change between its runs; its jobs are one place.
     salt = _salt(spec, impl.name, "local" if local else impl.base_url, pack)
-    ledger = _default_ledger()
-    # A cascade is another job than the same rows on its first model alone.
-    identity = (output, prompt if len(models) == 1 else f"{prompt}\x00{models}\x00{when}")
-    if pack:  # and packed rows another job than the same rows one by one
-        identity = (output, f"{identity[1]}\x00pack={pack}")
+    identity = _identity(output, prompt, models, when, pack)
     # Rows beyond the first model's context window are skipped, not paid for and refused.
-    limit = _checks.ContextLimit.of(model, system)
-    # A large table from files is planned in the background (see nbbatch.planning):
-    # what its first rows show is checked now, the rest before anything is sent.
-    later = None
-    if not engine and source is not None and _planning.in_background(source):
-        later = _planning.fingerprint(source, [salt, *identity, id_column, missing])
+    limit = _checks.ContextLimit.of(models[0], system)
+    checks = _plan_checks(
+        impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
+    )
+    # A large table from files is planned in the background (see nbbatch.planning): its
+    # first rows are checked now, the rest (with the checks below) before anything is sent.
+    later = _later(engine, source, [salt, *identity, id_column, missing])
     rows: _Rows | None = None
     if later is not None:
         assert source is not None
         _check_head(source.head(), template, id_column, missing, impl, spec)
-        for name_ in models:
-            impl.check_model(name_)
-        fingerprint = later
+        _check_models(impl, models)
     else:
         if engine:
             rows = _distributed(data, prompt, id_column, missing, salt, impl.name, spec, identity)
@@ -216,87 +207,216 @@ def submit(
             rows = _streamed(
                 source, template, id_column, missing, salt, identity, ledger.files, limit
             )
-        try:
-            _check_sendable(rows)
-            # Encoding validates the endpoint and parameters before anything is sent.
-            impl.encode(*rows.head(1), spec)
-            for name_ in models:
-                impl.check_model(name_)
-            if max_cost is not None:
-                _check_budget(
-                    rows,
-                    spec,
-                    max_cost,
-                    ledger if reuse else None,
-                    models[1:],
-                    pack=pack,
-                    template=prompt,
-                )
-        except BaseException:
-            rows.discard()
-            raise
-        fingerprint = rows.fingerprint
+        # checks: what the provider would refuse, and the budget, before anything is sent
+        _check_before_sending(
+            rows, impl, spec, models, max_cost, ledger if reuse else None, pack=pack,
+            template=prompt,
+        )  # fmt: skip
+    # record: the job (and its manifest) in the ledger first, or the same job found again
     polling = LOCAL_POLLING if local or is_loopback(impl.base_url) else REMOTE_POLLING
+    fingerprint = rows.fingerprint if rows is not None else later
+    assert fingerprint is not None  # planned now, or in the background under `later`
     existing = None if force else ledger.find_job(fingerprint)
     if existing is not None:
-        if rows is not None:
-            rows.discard()
-        note = (
-            f"nbbatch: this exact job was already submitted as {existing}; attaching to it "
-            "instead of paying again (submit with force=True to send it anew)."
-        )
-        log.warning(note)
-        print(note, file=sys.stderr)
-        record = ledger.job(existing)
-        assert record is not None
-        job = BatchJob(record, impl, ledger, data=data, polling=polling)
-        job._escalate_when = when_fn
-        job._plan_checks = _plan_checks(
-            impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
-        )
+        job = _same_job(existing, rows, impl, ledger, data, polling, when_fn, checks)
     else:
-        policy: dict[str, Any] = {
-            "retries": retries,
-            "fallback": fallback,
-            "alert_threshold": alert_threshold,
-            "missing": missing,  # merge re-renders rows the same way to check them
-        }
-        if limit is not None:  # and skips the same rows as too long
-            policy["context"] = limit.as_dict()
-        if len(models) > 1:
-            policy["cascade"] = {"models": models, "when": when}
-        if pack:
-            policy["pack"] = pack
+        policy = _policy(retries, fallback, alert_threshold, missing, models, when, pack, limit)
         n_rows = rows.n_rows if rows is not None else source.n_rows if source else 0
         record = _new_record(
             n_rows, impl, spec, output=output, template=prompt, id_column=id_column
         )
         record.update(
-            fingerprint=fingerprint,
-            policy=policy,
-            salt=salt,
+            fingerprint=fingerprint, policy=policy, salt=salt,
             backend="local" if local else None,
-            hash_scheme=_plan.HASH_SCHEME,
             deadline=_health.deadline_at(deadline, record["created"]),
-        )
-        if rows is not None:
-            ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
-            rows.recorded(ledger.folder(record["id"]))
-        else:
-            assert source is not None
-            policy.update(reuse=reuse, max_cost=max_cost)  # checked once planned
-            ledger.add_planning_job(record, source.describe())
-        job = BatchJob(ledger.job(record["id"]) or record, impl, ledger, data=data, polling=polling)
-        job._escalate_when = when_fn
-        job._plan_checks = _plan_checks(
-            impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
-        )
-        due = job._record.get("deadline")
-        log.info(
-            "nbbatch job %s started: %d rows expected on %s %s, cost %s%s",
-            job.id, n_rows, name, model, job.cost,
-            f", deadline {_health.when(due)}" if due else "",
         )  # fmt: skip
+        job = _record_job(
+            record, rows, source, impl, ledger, data, polling, when_fn, checks,
+            reuse=reuse, max_cost=max_cost,
+        )  # fmt: skip
+    # start: send in the background (or wait here), and show the panel in a notebook
+    return _start(job, wait=wait, progress=progress, display=display)
+
+
+def _check_policy(fallback: Any, deadline: Any) -> None:
+    """The failure policy's arguments :func:`nbbatch.checks.arguments` leaves, refused
+    before anything else is looked at."""
+    if fallback not in (None, "realtime"):
+        raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
+    _health.deadline_at(deadline, 0.0)  # a wrong deadline is refused now
+
+
+def _check_cascade_columns(
+    data: Any,
+    frame: pd.DataFrame,
+    is_series: bool,
+    when: str | None,
+    output: str,
+    spec: RequestSpec,
+) -> None:
+    """A cascade's ``escalate_when`` expression refused now, not after the first stage is
+    paid for, when it names a column the merged DataFrame will not have."""
+    from . import escalate as _escalate
+
+    # A Series merges as one column.
+    shown_columns = [data.name if data.name is not None else 0] if is_series else frame.columns
+    _escalate.check_when_columns(when, list(shown_columns), output, spec.response_format)
+
+
+def _identity(
+    output: str, prompt: str, models: list[str], when: str | None, pack: int | None
+) -> tuple[str, str]:
+    """What, beside the rows and the request parameters, makes a job this job: its
+    output name and template, and for a cascade its models and rule, for a packed job
+    its pack size (the same rows on the first model alone, or one by one, are another)."""
+    identity = (output, prompt if len(models) == 1 else f"{prompt}\x00{models}\x00{when}")
+    if pack:
+        identity = (output, f"{identity[1]}\x00pack={pack}")
+    return identity
+
+
+def _check_before_sending(
+    rows: _Rows,
+    impl: Provider,
+    spec: RequestSpec,
+    models: list[str],
+    max_cost: float | None,
+    ledger: Ledger | None,
+    *,
+    pack: int | None,
+    template: str,
+) -> None:
+    """Everything the provider or the budget would refuse, before anything is recorded
+    or sent: a row to send, the request (encoding one checks the endpoint and the
+    parameters), every model, and ``max_cost`` (with reuse from ``ledger``). What was
+    planned into a file is removed when it fails."""
+    try:
+        _check_sendable(rows)
+        impl.encode(*rows.head(1), spec)
+        _check_models(impl, models)
+        if max_cost is not None:
+            _check_budget(rows, spec, max_cost, ledger, models[1:], pack=pack, template=template)
+    except BaseException:
+        rows.discard()
+        raise
+
+
+def _check_models(impl: Provider, models: list[str]) -> None:
+    """Every model of the job, checked at the provider."""
+    for name in models:
+        impl.check_model(name)
+
+
+def _later(engine: str | None, source: _stream.Source | None, parts: list[Any]) -> str | None:
+    """The fingerprint of a table planned in the background (files large enough, see
+    :mod:`nbbatch.planning`), or None: planned now."""
+    if engine or source is None or not _planning.in_background(source):
+        return None
+    return _planning.fingerprint(source, parts)
+
+
+def _same_job(
+    existing: str,
+    rows: _Rows | None,
+    impl: Provider,
+    ledger: Ledger,
+    data: Any,
+    polling: PollPolicy,
+    when_fn: Any,
+    checks: _planning.Checks,
+) -> BatchJob:
+    """The job already submitted with these very rows and parameters, attached instead
+    of paid for again (said on stderr and logged)."""
+    if rows is not None:
+        rows.discard()
+    note = (
+        f"nbbatch: this exact job was already submitted as {existing}; attaching to it "
+        "instead of paying again (submit with force=True to send it anew)."
+    )
+    log.warning(note)
+    print(note, file=sys.stderr)
+    record = ledger.job(existing)
+    assert record is not None
+    return BatchJob(
+        record, impl, ledger, data=data, polling=polling, escalate_when=when_fn,
+        plan_checks=checks,
+    )  # fmt: skip
+
+
+def _policy(
+    retries: int,
+    fallback: str | None,
+    alert_threshold: float | None,
+    missing: str,
+    models: list[str],
+    when: str | None,
+    pack: int | None,
+    limit: _checks.ContextLimit | None,
+) -> dict[str, Any]:
+    """The job's failure policy as the ledger keeps it (with its cascade, packing and
+    context window)."""
+    policy: dict[str, Any] = {
+        "retries": retries,
+        "fallback": fallback,
+        "alert_threshold": alert_threshold,
+        "missing": missing,  # merge re-renders rows the same way to check them
+    }
+    if limit is not None:  # and skips the same rows as too long
+        policy["context"] = limit.as_dict()
+    if len(models) > 1:
+        policy["cascade"] = {"models": models, "when": when}
+    if pack:
+        policy["pack"] = pack
+    return policy
+
+
+def _record_job(
+    record: dict[str, Any],
+    rows: _Rows | None,
+    source: _stream.Source | None,
+    impl: Provider,
+    ledger: Ledger,
+    data: Any,
+    polling: PollPolicy,
+    when_fn: Any,
+    checks: _planning.Checks,
+    *,
+    reuse: bool,
+    max_cost: float | None,
+) -> BatchJob:
+    """Write the new job and its manifest to the ledger (rows answered in earlier jobs
+    take their results when ``reuse``), or, for a table planned in the background, the
+    job alone (its rows, reuse and budget come once planned); log its start."""
+    record.update(hash_scheme=_plan.HASH_SCHEME)
+    if rows is not None:
+        ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
+        rows.recorded(ledger.folder(record["id"]))
+    else:
+        assert source is not None
+        record["policy"].update(reuse=reuse, max_cost=max_cost)  # checked once planned
+        ledger.add_planning_job(record, source.describe())
+    job = BatchJob(
+        ledger.job(record["id"]) or record,
+        impl,
+        ledger,
+        data=data,
+        polling=polling,
+        escalate_when=when_fn,
+        plan_checks=checks,
+    )
+    due = record.get("deadline")
+    log.info(
+        "nbbatch job %s started: %d rows expected on %s %s, cost %s%s",
+        job.id, record["n_rows"], impl.name, job.model, job.cost,
+        f", deadline {_health.when(due)}" if due else "",
+    )  # fmt: skip
+    return job
+
+
+def _start(job: BatchJob, *, wait: bool, progress: bool | str, display: bool | str) -> BatchJob:
+    """Start the job: building and uploading in a background thread (control comes back
+    at once), or with ``wait`` in this thread until every row is terminal; the panel
+    shows it in a notebook."""
     shown = display is True or (display == "auto" and in_notebook())
     if wait:
         # Sent in this thread by wait()'s first refresh, with text progress outside a
@@ -305,7 +425,6 @@ def submit(
             _show(job)
         job.wait(progress=progress)
         return job
-    # Building and uploading go on in the background: control comes back at once.
     job.start_sending(daemon=in_notebook())
     if shown:
         _show(job)
@@ -840,14 +959,13 @@ def attach(
     local = background or is_loopback(record.get("base_url"))
     if client is None:
         # Only a key meant for the recorded address (or the emulator's placeholder).
-        client = _credentials.rebuild(record, _ledger_home())
+        client = _providers.rebuild_client(record, _ledger_home())
     impl = _providers.build(name, client)
-    job = BatchJob(
-        record, impl, ledger, data=data, polling=LOCAL_POLLING if local else REMOTE_POLLING
-    )
+    when_fn = None
+    plan_checks = None
     if record["status"] == _planning.PLANNING:  # planned again here if its planner died
         policy = record["policy"]
-        job._plan_checks = _plan_checks(
+        plan_checks = _plan_checks(
             impl, RequestSpec(**record["spec"]), (policy.get("cascade") or {}).get("models")
             or [record["model"]], policy.get("max_cost"),
             ledger if policy.get("reuse", True) else None, pack=policy.get("pack"),
@@ -861,13 +979,17 @@ def attach(
                 f"job {job_id} is not a cascade: escalate_when has nothing to do; use "
                 "job.escalate(model=..., where=...) to send rows on another model."
             )
-        _, job._escalate_when = _escalate.escalate_when_of(escalate_when)
-        if job._escalate_when is None:
+        _, when_fn = _escalate.escalate_when_of(escalate_when)
+        if when_fn is None:
             raise InputError(
                 "escalate_when given to nb.attach must be a function (a string one is "
                 "kept in the ledger already)."
             )
-    return job
+    polling = LOCAL_POLLING if local else REMOTE_POLLING
+    return BatchJob(
+        record, impl, ledger, data=data, polling=polling, escalate_when=when_fn,
+        plan_checks=plan_checks,
+    )  # fmt: skip
 
 
 def ledger_path() -> Path:

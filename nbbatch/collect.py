@@ -22,10 +22,12 @@ from . import results as _results
 from . import rowstore
 from . import send as _send
 from ._errors import NbbatchError, ProviderError
+from .context import is_loopback
 from .providers.base import BatchInfo, RequestSpec, http_status
+from .send import unsent as unsent  # where the job and the stages look for it
 
 if TYPE_CHECKING:
-    from .job import BatchJob
+    from .context import JobContext
 
 log = logging.getLogger("nbbatch")
 
@@ -43,42 +45,74 @@ def realtime_checked(table: pa.Table, spec: RequestSpec) -> pa.Table:
     return _results.check_structured(table, structured.schema_of(spec.response_format), cut)
 
 
-def poll_batch(job: BatchJob, batch: dict[str, Any]) -> None:
+def poll_batch(ctx: JobContext, batch: dict[str, Any]) -> None:
     """Poll one batch not yet collected; collect it if it has ended."""
     batch_id = batch["batch_id"]
-    ledger, provider = job._ledger, job._provider
+    ledger, provider = ctx.ledger, ctx.provider
     try:
         if not batch["ended"]:
             info = provider.retrieve(batch_id)
             if info.status != batch["status"]:
-                ledger.event(job.id, "status", f"batch {batch_id}: {info.status}")
-                log.info("job %s: batch %s is %s", job.id, batch_id, info.status)
+                ledger.event(ctx.id, "status", f"batch {batch_id}: {info.status}")
+                log.info("job %s: batch %s is %s", ctx.id, batch_id, info.status)
             ledger.update_batch(
                 batch_id, info.status, info.ended, info.failure, info.raw, info.done
             )
-            job._infos[batch_id] = info
+            ctx.infos[batch_id] = info
             if not info.ended:
                 return
-        seen = job._infos.get(batch_id)
+        seen = ctx.infos.get(batch_id)
         if seen is None or not seen.ended:
             # What this handle saw last may be older than the ledger: another process
             # (the Lab server, while a kernel polls) recorded the end, then stopped short
             # of collecting. Collect the ended batch, never the running one remembered.
             seen = provider.retrieve(batch_id)
-        collect(job, seen, batch["intent"], int(batch.get("stage") or 0))
+        collect(ctx, seen, batch["intent"], int(batch.get("stage") or 0))
     except ProviderError as exc:
-        if not local_batch_gone(job, exc):
+        if not local_batch_gone(ctx, exc):
             raise
-        end_backend_gone(job, batch)
+        end_backend_gone(ctx, batch)
 
 
-def local_batch_gone(job: BatchJob, exc: ProviderError) -> bool:
+def transient_note(ctx: JobContext, exc: ProviderError) -> tuple[str, bool]:
+    """What a transient error means for this job, for its ``last_error``; and whether
+    its backend is gone for good.
+
+    No answer at all from a loopback address is not a passing hiccup: a stopped
+    background emulator (``provider="local"``) is started again (the context gets the
+    new provider); a private emulator (``nb.emulator.start()``) kept its batches in
+    memory, so they are gone for good.
+    """
+    from urllib.parse import urlparse
+
+    if http_status(exc.__cause__) is not None:
+        return str(exc), False  # the backend answered (429, 5xx): it is there
+    if ctx.local:
+        from . import providers
+
+        try:
+            ctx.provider = providers.build(ctx.provider_name, local=True)
+        except Exception as error:  # shown, and tried again on the next poll
+            return f"{exc}; nbbatch's background emulator could not be started: {error}", False
+        return f"{exc}; nbbatch's background emulator had stopped and was started again", False
+    url = urlparse(ctx.provider.base_url)
+    if is_loopback(url.geturl()):
+        return (
+            f"the emulator at {url.scheme}://{url.netloc} is not running (an emulator "
+            "started with nb.emulator.start() keeps its batches in memory, so they ended "
+            "with it): "
+            "the pending rows can never finish there; close the job with job.forget()."
+        ), True
+    return str(exc), False
+
+
+def local_batch_gone(ctx: JobContext, exc: ProviderError) -> bool:
     """Whether ``exc`` says the background emulator no longer knows a batch."""
     gone = http_status(exc.__cause__) == 404
-    return gone and job._record.get("backend") == "local"
+    return gone and ctx.record.get("backend") == "local"
 
 
-def end_backend_gone(job: BatchJob, batch: dict[str, Any]) -> None:
+def end_backend_gone(ctx: JobContext, batch: dict[str, Any]) -> None:
     """The background emulator does not know this batch (its saved state was removed):
     its rows will never finish, so they end ``failed`` (``backend_gone``).
 
@@ -91,47 +125,47 @@ def end_backend_gone(job: BatchJob, batch: dict[str, Any]) -> None:
         "state under the ledger home was removed, or the batch is over 30 days old), so "
         "these rows will never finish there; job.resubmit_failed() sends them again."
     )
-    positions = job._ledger.sent_positions(job.id, batch["intent"])
+    positions = ctx.ledger.sent_positions(ctx.id, batch["intent"])
     failed = rowstore.failure_table(positions, "failed", "backend_gone", message, False)
-    job._ledger.update_batch(batch_id, "gone", True, message, {})
-    job._ledger.record_results(job.id, batch["intent"], failed, f"batch {batch_id}: backend gone")
-    job._infos.pop(batch_id, None)
-    job._warn(message)
+    ctx.ledger.update_batch(batch_id, "gone", True, message, {})
+    ctx.ledger.record_results(ctx.id, batch["intent"], failed, f"batch {batch_id}: backend gone")
+    ctx.infos.pop(batch_id, None)
+    ctx.warn(message)
 
 
-def _hashes(job: BatchJob, positions: np.ndarray, stage: int = 0) -> np.ndarray:
+def hashes(ctx: JobContext, positions: np.ndarray, stage: int = 0) -> np.ndarray:
     """The request hashes of the rows at ``positions``, to record with their results (a
     later job reuses an answer whose exact request it would send): the manifest's for
     stage 0; for an escalation stage, the same prompts hashed under its parameters.
 
     Only those rows are read: the whole column is 8 bytes a row, for every batch."""
-    state = job._ledger.row_state(job.id)
+    state = ctx.ledger.row_state(ctx.id)
     if stage == 0:
         return state.manifest_column("request_hash", positions).to_numpy()
     from . import plan
 
-    salt = job.stage_salt(stage)
+    salt = ctx.stage_salt(stage)
     if salt is None or not len(positions):
         return np.zeros(len(positions), dtype=np.uint64)
     return plan.prompt_hashes(state.manifest_column("prompt", positions), salt)
 
 
-def collect(job: BatchJob, info: BatchInfo, intent: str, stage: int = 0) -> None:
+def collect(ctx: JobContext, info: BatchInfo, intent: str, stage: int = 0) -> None:
     """Read an ended batch's result files (once: they are kept on disk) and record
     one reconciled result per leader it was sent (in escalation ``stage``)."""
-    positions = job._ledger.sent_positions(job.id, intent)
-    raws = read_result_files(job, info, len(positions))
-    spec = job.stage_spec(stage)
-    provider = job._provider
-    size = _pack.batch_size(job, intent, stage)
+    positions = ctx.ledger.sent_positions(ctx.id, intent)
+    raws = read_result_files(ctx, info, len(positions))
+    spec = ctx.stage_spec(stage)
+    provider = ctx.provider
+    size = _pack.batch_size(ctx, intent, stage)
     if size > 1:  # a batch of packs (submit(pack=N)): each row's answer from its pack's
-        _pack.collect(job, info, raws, intent, spec, positions, size)
+        collect_packs(ctx, info, raws, intent, spec, positions, size)
         return
     try:
         tables = [provider.parse_results(raw, spec) for raw in raws]
     except Exception as exc:
-        raise unreadable(job, info, exc) from exc
-    state = job._ledger.row_state(job.id)
+        raise unreadable(ctx, info, exc) from exc
+    state = ctx.ledger.row_state(ctx.id)
     sent_ids = state.manifest_column("custom_id", positions)
     rec = _results.reconcile(
         sent_ids,
@@ -143,26 +177,53 @@ def collect(job: BatchJob, info: BatchInfo, intent: str, stage: int = 0) -> None
     table = rec.table
     if spec.response_format is not None:
         try:
-            table = _check_structured(job, table, raws, spec)
+            table = _check_structured(ctx, table, raws, spec)
         except Exception as exc:
-            raise unreadable(job, info, exc) from exc
+            raise unreadable(ctx, info, exc) from exc
     where = pc.index_in(table.column("custom_id"), value_set=sent_ids).to_numpy(
         zero_copy_only=False
     )
     note = rec.note(info.batch_id)
-    results = rowstore.result_table(positions[where], table, _hashes(job, positions, stage)[where])
-    job._ledger.record_results(job.id, intent, results, note)
+    results = rowstore.result_table(positions[where], table, hashes(ctx, positions, stage)[where])
+    ctx.ledger.record_results(ctx.id, intent, results, note)
     # Only now is the download known to be readable: until then a new poll fetches it
     # again rather than reusing a broken copy forever.
-    job._ledger.write_file(job.id, f"{info.batch_id}.complete", b"")
+    ctx.ledger.write_file(ctx.id, f"{info.batch_id}.complete", b"")
     if rec.unknown or rec.duplicates or rec.missing:
-        job._warn(note)
+        ctx.warn(note)
     if info.failure:
-        job._warn(f"batch {info.batch_id} failed as a whole: {info.failure}")
+        ctx.warn(f"batch {info.batch_id} failed as a whole: {info.failure}")
+
+
+def collect_packs(
+    ctx: JobContext,
+    info: BatchInfo,
+    raws: list[bytes],
+    intent: str,
+    spec: RequestSpec,
+    positions: np.ndarray,
+    size: int,
+) -> None:
+    """Record one result per row of an ended batch of packs (``submit(pack=N)``;
+    ``positions``: its rows, in the order they were packed), each row's answer taken
+    from its pack's (see :func:`nbbatch.pack.packed_results`)."""
+    packed = _pack.packed_spec(spec, size)
+    try:
+        tables = [ctx.provider.parse_results(raw, packed) for raw in raws]
+    except Exception as exc:  # as for unpacked batches: fetched again, nothing recorded
+        raise unreadable(ctx, info, exc) from exc
+    row_ids = ctx.row_state().manifest_column("custom_id", positions)
+    table, note, warn = _pack.packed_results(info, tables, spec, positions, row_ids, size)
+    results = rowstore.result_table(positions, table, hashes(ctx, positions, 0))
+    ctx.ledger.record_results(ctx.id, intent, results, note)
+    if warn:
+        ctx.warn(note)
+    if info.failure:
+        ctx.warn(f"batch {info.batch_id} failed as a whole: {info.failure}")
 
 
 def _check_structured(
-    job: BatchJob, table: pa.Table, raws: list[bytes], spec: RequestSpec
+    ctx: JobContext, table: pa.Table, raws: list[bytes], spec: RequestSpec
 ) -> pa.Table:
     """Replies that do not match the schema, or were cut off, fail ``invalid_output``."""
     from . import structured
@@ -170,7 +231,7 @@ def _check_structured(
     assert spec.response_format is not None
     cut: set[str] = set()
     for raw in raws:
-        t = job._provider.truncated(raw, spec)
+        t = ctx.provider.truncated(raw, spec)
         cut.update(t.filter(t.column("truncated")).column("custom_id").to_pylist())
     return _results.check_structured(table, structured.schema_of(spec.response_format), cut)
 
@@ -182,79 +243,81 @@ RESULT_BYTES_PER_REQUEST = 4 << 20
 RESULT_BYTES_BASE = 64 << 20
 
 
-def read_result_files(job: BatchJob, info: BatchInfo, n_requests: int = 0) -> list[bytes]:
+def read_result_files(ctx: JobContext, info: BatchInfo, n_requests: int = 0) -> list[bytes]:
     """The batch's raw result files: from disk if downloaded and read before, else
     downloaded (at most :data:`RESULT_BYTES_PER_REQUEST` per request sent, plus
     :data:`RESULT_BYTES_BASE`) and kept, each written atomically. The ``.complete`` mark
     is written by :func:`collect` once they were parsed."""
     if not info.ended:
         raise NbbatchError(f"internal error: batch {info.batch_id} read before it ended")
-    folder = job._ledger.files / job.id
+    folder = ctx.ledger.files / ctx.id
     done = folder / f"{info.batch_id}.complete"
     if done.exists():
         return [p.read_bytes() for p in sorted(folder.glob(f"{info.batch_id}.*.jsonl"))]
-    forget_result_files(job, info)  # a broken earlier download, not to be mixed in
+    forget_result_files(ctx, info)  # a broken earlier download, not to be mixed in
     # Sized by what was sent, not by what the provider says the batch holds.
     cap = RESULT_BYTES_BASE + RESULT_BYTES_PER_REQUEST * max(n_requests or info.total, 1)
-    raws = job._provider.fetch_results(info, max_bytes=cap)
+    raws = ctx.provider.fetch_results(info, max_bytes=cap)
     if sum(len(raw) for raw in raws) > cap:  # a provider that could not stream it
-        raise too_large(job, info, cap)
+        raise too_large(ctx, info, cap)
     for i, raw in enumerate(raws):
         # A cache (the parsed results are the record, flushed to disk): not synced.
-        job._ledger.write_file(job.id, f"{info.batch_id}.{i}.jsonl", raw, sync=False)
+        ctx.ledger.write_file(ctx.id, f"{info.batch_id}.{i}.jsonl", raw, sync=False)
     return raws
 
 
-def forget_result_files(job: BatchJob, info: BatchInfo) -> None:
+def forget_result_files(ctx: JobContext, info: BatchInfo) -> None:
     """Remove the batch's downloaded files and mark (to be downloaded again)."""
-    folder = job._ledger.files / job.id
+    folder = ctx.ledger.files / ctx.id
     (folder / f"{info.batch_id}.complete").unlink(missing_ok=True)
     for path in folder.glob(f"{info.batch_id}.*.jsonl"):
         path.unlink(missing_ok=True)
 
 
-def too_large(job: BatchJob, info: BatchInfo, cap: int) -> ProviderError:
+def too_large(ctx: JobContext, info: BatchInfo, cap: int) -> ProviderError:
     """The error for results larger than any reply to what was sent could be."""
     return ProviderError(
         f"the results of batch {info.batch_id} are larger than {cap:,} bytes, more than "
         "any reply to the requests sent could be; nothing was recorded from them. The "
         "endpoint is broken or not the provider: check the job's address.",
-        job_id=job.id,
-        provider=job.provider,
+        job_id=ctx.id,
+        provider=ctx.provider_name,
     )
 
 
-def unreadable(job: BatchJob, info: BatchInfo, exc: Exception) -> ProviderError:
+def unreadable(ctx: JobContext, info: BatchInfo, exc: Exception) -> ProviderError:
     """The error for result files that could not be parsed at all: forgotten, so the
     next poll downloads them again instead of failing on the same copy for ever."""
-    forget_result_files(job, info)
+    forget_result_files(ctx, info)
     return ProviderError(
         f"the results of batch {info.batch_id} could not be read "
         f"({type(exc).__name__}: {exc}); nothing was recorded from them, and they are "
         "downloaded again on the next poll.",
-        job_id=job.id,
-        provider=job.provider,
+        job_id=ctx.id,
+        provider=ctx.provider_name,
         transient=True,
     )
 
 
-def after_collect(job: BatchJob) -> None:
+def after_collect(ctx: JobContext, *, sending: bool = False) -> int:
     """Apply the job's failure policy once no batch is open and nothing waits to be
-    sent: automatic retries of transient failures (counted within each escalation
-    stage), then the real-time fallback, then the failure-rate alert, then the next
-    stage of a cascade (``submit(model=[...])``)."""
-    batches = job._ledger.batches(job.id)
-    if any(not b["collected"] for b in batches) or job.sending:
-        return
-    if job._record.get("status") == "cancelled":
-        return
-    state = job._ledger.row_state(job.id)
+    sent (``sending``: the job's sender is still at work): automatic retries of
+    transient failures (counted within each escalation stage), then the real-time
+    fallback, then the failure-rate alert, then the next stage of a cascade
+    (``submit(model=[...])``). Returns the rows a new cascade stage put back to be
+    sent, which the job's background sender then sends."""
+    batches = ctx.ledger.batches(ctx.id)
+    if any(not b["collected"] for b in batches) or sending:
+        return 0
+    if ctx.record.get("status") == "cancelled":
+        return 0
+    state = ctx.ledger.row_state(ctx.id)
     if len(unsent(state)):
-        return
-    policy = job.policy
+        return 0
+    policy = ctx.policy
     retries = int(policy.get("retries", 0))
     failing = retryable_failures(state)
-    failing = failing[job.tries(state, failing) <= retries]
+    failing = failing[ctx.tries(state, failing) <= retries]
     if len(failing):
         kinds = state.column("error_type", failing).to_numpy(zero_copy_only=False)
         failing = failing[kinds != "not_sent"]  # refused as sent: retrying would repeat it
@@ -264,18 +327,18 @@ def after_collect(job: BatchJob) -> None:
         stages = state.stage[failing].copy()
         for stage in np.unique(stages):
             mine = stages == stage
-            _retry(job, state, failing[mine], kinds[mine], batches, int(stage))
-        return
+            _retry(ctx, state, failing[mine], kinds[mine], batches, int(stage))
+        return 0
     if policy.get("fallback") == "realtime":
-        fallback_realtime(job)
-    job._check_alert()
+        fallback_realtime(ctx)
+    ctx.check_alert()
     from . import escalate
 
-    escalate.cascade_next(job)
+    return escalate.cascade_next(ctx)
 
 
 def _retry(
-    job: BatchJob,
+    ctx: JobContext,
     state: rowstore.RowState,
     failing: np.ndarray,
     kinds: np.ndarray,
@@ -290,9 +353,9 @@ def _retry(
     sent = 0
     other = failing[~capacity]
     if len(other):
-        _send.send_rows(job, other, attempt, stage=stage)
-        sent = job._rows_in_attempt(attempt)
-        job._warn_once(
+        _send.send_rows(ctx, other, attempt, stage=stage)
+        sent = ctx.rows_in_attempt(attempt)
+        ctx.warn_once(
             f"retrying {sent:,} rows that failed transiently (attempt {attempt})",
             "retry",
             attempt,
@@ -300,21 +363,15 @@ def _retry(
     if capacity.any():
         sizes = {b["intent"]: b["n_requests"] for b in batches}
         keys = [state.batch_keys[i] for i in np.unique(batch_of[capacity])]
-        smaller = max(1, min(sizes.get(k, job._provider.max_requests) for k in keys) // 2)
-        _send.send_rows(job, failing[capacity], attempt, max_requests=smaller, stage=stage)
-        job._warn(
-            f"{job._rows_in_attempt(attempt) - sent:,} rows refused for capacity "
+        smaller = max(1, min(sizes.get(k, ctx.provider.max_requests) for k in keys) // 2)
+        _send.send_rows(ctx, failing[capacity], attempt, max_requests=smaller, stage=stage)
+        ctx.warn(
+            f"{ctx.rows_in_attempt(attempt) - sent:,} rows refused for capacity "
             f"(token_limit_exceeded): resending them in batches of at most {smaller} "
             "requests",
             "retry",
             attempt,
         )
-
-
-def unsent(state: rowstore.RowState) -> np.ndarray:
-    """Leaders pending in no batch: not sent yet, or put back to be sent."""
-    leaders = state.is_leader
-    return np.flatnonzero(leaders & (state.status == rowstore.PENDING) & (state.batch < 0))
 
 
 def retryable_failures(state: rowstore.RowState) -> np.ndarray:
@@ -324,29 +381,29 @@ def retryable_failures(state: rowstore.RowState) -> np.ndarray:
     return np.flatnonzero(leaders & bad & (state.retryable == 1))
 
 
-def fallback_realtime(job: BatchJob) -> None:
+def fallback_realtime(ctx: JobContext) -> None:
     """Send leaders still failing for transient reasons through the real-time API, at
     full price, recorded with origin ``realtime``."""
     from . import realtime
 
-    state = job._ledger.row_state(job.id)
+    state = ctx.ledger.row_state(ctx.id)
     positions = retryable_failures(state)
     if not len(positions):
         return
-    job._warn(f"sending {len(positions)} still-failing rows through the real-time API (full price)")
+    ctx.warn(f"sending {len(positions)} still-failing rows through the real-time API (full price)")
     stages = state.stage[positions].copy()
     for stage in np.unique(stages):
         # Each row on the model (and parameters) of the stage it failed in.
         mine = positions[stages == stage]
-        spec = job.stage_spec(int(stage))
+        spec = ctx.stage_spec(int(stage))
         ids = state.manifest_column("custom_id", mine)
         prompts = state.manifest_column("prompt", mine)
-        table = realtime.run(job._provider, ids, prompts, spec, with_truncated=True)
+        table = realtime.run(ctx.provider, ids, prompts, spec, with_truncated=True)
         table = realtime_checked(table, spec)
         where = pc.index_in(table.column("custom_id"), value_set=ids).to_numpy(zero_copy_only=False)
-        hashes = _hashes(job, mine, int(stage))
-        results = rowstore.result_table(mine[where], table, hashes[where])
-        job._ledger.record_results(
-            job.id, None, results, "results from the real-time fallback recorded",
+        sent_hashes = hashes(ctx, mine, int(stage))
+        results = rowstore.result_table(mine[where], table, sent_hashes[where])
+        ctx.ledger.record_results(
+            ctx.id, None, results, "results from the real-time fallback recorded",
             origin="realtime",
         )  # fmt: skip

@@ -58,7 +58,7 @@ from ._errors import InputError, MergeError
 from .providers.base import RequestSpec
 
 if TYPE_CHECKING:
-    from .job import BatchJob
+    from .context import JobContext
 
 DASK, SPARK = "dask", "spark"
 #: Where workers and the driver exchange files, when not beside the ledger.
@@ -562,15 +562,15 @@ class Prebuilt:
         return b"".join(pieces)
 
 
-def prebuilt(job: BatchJob, spec: RequestSpec, stage: int) -> Prebuilt | None:
+def prebuilt(ctx: JobContext, spec: RequestSpec, stage: int) -> Prebuilt | None:
     """The prebuilt lines :func:`send.send_rows` takes for ``job``'s rows, if any."""
     if stage != 0:
         return None
-    ledger = job._ledger
-    source = ledger.source(job.id)
+    ledger = ctx.ledger
+    source = ledger.source(ctx.id)
     if not source or source.get("kind") not in (DASK, SPARK):
         return None
-    return Prebuilt.of(ledger.files / job.id, source, job.provider, spec)
+    return Prebuilt.of(ledger.files / ctx.id, source, ctx.provider_name, spec)
 
 
 # -- merging back ---------------------------------------------------------------------------
@@ -592,49 +592,49 @@ class MergeWork:
     verify: bool
 
 
-def merge(job: BatchJob, data: Any, *, verify: bool = True) -> Any:
+def merge(ctx: JobContext, data: Any, *, verify: bool = True) -> Any:
     """``data`` (the Dask or Spark frame submitted) plus the job's result columns, of the
     same kind, built lazily partition by partition (see :meth:`BatchJob.merge`)."""
     from . import merge as _merge
 
     kind = kind_of(data)
-    source = job._ledger.source(job.id) or {}
+    source = ctx.ledger.source(ctx.id) or {}
     if source.get("kind") not in (DASK, SPARK):
         raise MergeError(
-            f"job {job.id} was not submitted from a Dask or Spark frame; pass the data you "
+            f"job {ctx.id} was not submitted from a Dask or Spark frame; pass the data you "
             "submitted.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
     counts = list(source["partitions"])
     parts = data.npartitions if kind == DASK else data.rdd.getNumPartitions()
     if parts != len(counts):
         raise MergeError(
-            f"the frame has {parts} partitions but job {job.id} was planned from "
+            f"the frame has {parts} partitions but job {ctx.id} was planned from "
             f"{len(counts)}: pass the frame you submitted, partitioned as it was.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
-    clash = [c for c in job.output_columns() if c in columns_of(data)]
+    clash = [c for c in ctx.output_columns() if c in columns_of(data)]
     if clash:
         raise MergeError(
             f"the DataFrame already has column(s) {clash}; drop them first or submit with "
             "another output= name.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
-    job._warn_if_running("merge()")
-    folder = staging_root(job._ledger.folder(job.id))
+    ctx.warn_if_running("merge()")
+    folder = staging_root(ctx.ledger.folder(ctx.id))
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"results-{job.id}-{secrets.token_hex(4)}.parquet"
-    schema = _merge.write_results(job, target, rows_per_group=RESULT_ROWS)
+    target = folder / f"results-{ctx.id}-{secrets.token_hex(4)}.parquet"
+    schema = _merge.write_results(ctx, target, rows_per_group=RESULT_ROWS)
     work = MergeWork(
-        job_id=job.id,
+        job_id=ctx.id,
         results=str(target),
         offsets=np.concatenate([[0], np.cumsum(counts)]).tolist(),
-        added=job.output_columns(),
-        template=job._record["template"],
-        missing=str(job.policy.get("missing", "skip")),
-        salt=job._record.get("salt"),
-        scheme=job._record.get("hash_scheme"),
-        id_column=job._record.get("id_column"),
+        added=ctx.output_columns(),
+        template=ctx.record["template"],
+        missing=str(ctx.policy.get("missing", "skip")),
+        salt=ctx.record.get("salt"),
+        scheme=ctx.record.get("hash_scheme"),
+        id_column=ctx.record.get("id_column"),
         verify=verify,
     )
     added = pa.schema([schema.field(name) for name in work.added])
@@ -742,11 +742,11 @@ def _plain_strings_table(table: pa.Table) -> pa.Table:
     return table.cast(_plain_strings(table.schema))
 
 
-def failed(job: BatchJob, data: Any) -> Any:
+def failed(ctx: JobContext, data: Any) -> Any:
     """The merged rows of ``data`` that did not succeed (failed, expired or cancelled),
     as a lazy frame of the same kind (see :meth:`BatchJob.failed`)."""
-    out = merge(job, data)
-    column = f"{job.output}_status"
+    out = merge(ctx, data)
+    column = f"{ctx.output}_status"
     bad = ["failed", "expired", "cancelled"]
     if kind_of(data) == DASK:
         return out[out[column].isin(bad)]
@@ -754,14 +754,14 @@ def failed(job: BatchJob, data: Any) -> Any:
 
 
 def to_parquet(
-    job: BatchJob, data: Any, path: str | os.PathLike[str], *, columns: list[str] | None,
+    ctx: JobContext, data: Any, path: str | os.PathLike[str], *, columns: list[str] | None,
     verify: bool,
 ) -> Path:  # fmt: skip
     """Write the merged frame as a folder of Parquet files, one per partition, from the
     workers (Dask's ``to_parquet``, Spark's ``write.parquet``); return the folder."""
-    out = merge(job, data, verify=verify)
+    out = merge(ctx, data, verify=verify)
     if columns is not None:
-        keep = [*columns, *job.output_columns()]
+        keep = [*columns, *ctx.output_columns()]
         out = out[keep] if kind_of(data) == DASK else out.select(*keep)
     target = Path(path)
     if kind_of(data) == DASK:

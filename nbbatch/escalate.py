@@ -44,10 +44,9 @@ from . import expr as _expr
 from . import rowstore
 from ._errors import InputError, NbbatchError
 from .providers.base import is_embeddings
-from .snapshot import Note
 
 if TYPE_CHECKING:
-    from .job import BatchJob
+    from .context import JobContext
 
 #: The ``where`` that chooses the rows that ended failed or expired.
 FAILED = "failed"
@@ -91,7 +90,7 @@ def storable(where: Where) -> str | None:
     return where if isinstance(where, str) else None
 
 
-def stage_spec(job: BatchJob, model: str, overrides: dict[str, Any]) -> dict[str, Any]:
+def stage_spec(ctx: JobContext, model: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """The request parameters of a new stage: the job's own, with ``model`` and
     ``overrides``, checked as ``submit`` checks them (parameters, model at the provider,
     one request encoded) before anything is sent."""
@@ -106,18 +105,16 @@ def stage_spec(job: BatchJob, model: str, overrides: dict[str, Any]) -> dict[str
             f"an escalation keeps the job's {', '.join(fixed)}: the result columns must "
             "stay the same (pass model= for the model). Submit a new job to change them."
         )
-    owner = next(
-        (name for name, prefixes in providers._FAMILIES.items() if model.startswith(prefixes)),
-        job.provider,  # a name of no known family: the provider's models endpoint decides
-    )
-    if owner != job.provider:
+    # A name of no known family: the provider's models endpoint decides.
+    owner = providers.family_of(model) or ctx.provider_name
+    if owner != ctx.provider_name:
         raise InputError(
-            f"model {model!r} is a model of {owner}, but job {job.id} runs on "
-            f"{job.provider}: an escalation stays with the job's provider. Choose a model "
-            f"of {job.provider}.",
-            job_id=job.id,
+            f"model {model!r} is a model of {owner}, but job {ctx.id} runs on "
+            f"{ctx.provider_name}: an escalation stays with the job's provider. Choose a model "
+            f"of {ctx.provider_name}.",
+            job_id=ctx.id,
         )
-    spec = dict(job._record["spec"])
+    spec = dict(ctx.record["spec"])
     spec["model"] = model
     params = dict(spec.get("params") or {})
     for key, value in overrides.items():
@@ -127,10 +124,10 @@ def stage_spec(job: BatchJob, model: str, overrides: dict[str, Any]) -> dict[str
             params[key] = value
     spec["params"] = params
     checked = RequestSpec(**spec)
-    provider = job._provider
+    provider = ctx.provider
     provider.validate(checked)
     provider.check_model(model)
-    state = job._ledger.row_state(job.id)
+    state = ctx.ledger.row_state(ctx.id)
     first = np.flatnonzero(state.is_leader)[:1]
     provider.encode(
         state.manifest_column("custom_id", first), state.manifest_column("prompt", first), checked
@@ -138,47 +135,47 @@ def stage_spec(job: BatchJob, model: str, overrides: dict[str, Any]) -> dict[str
     return checked.as_dict()
 
 
-def mask_of(job: BatchJob, where: Where) -> np.ndarray:
-    """``where`` evaluated: one bool per row of the job, in the merged order."""
-    state = job._ledger.row_state(job.id)
+def mask_of(ctx: JobContext, where: Where) -> np.ndarray:
+    """``where`` evaluated: one bool per row of the ctx, in the merged order."""
+    state = ctx.ledger.row_state(ctx.id)
     n = state.n
     if isinstance(where, str) and where == FAILED:
         status = state.statuses()
         return (status == rowstore.FAILED) | (status == rowstore.EXPIRED)
     if isinstance(where, str):
-        frame = selection_frame(job)
+        frame = selection_frame(ctx)
         try:
             result = _expr.parse(where).evaluate(frame)
         except InputError as exc:
-            exc.job_id = job.id
+            exc.job_id = ctx.id
             raise
         except Exception as exc:  # a value pandas cannot compare, say
             raise InputError(
                 f"where={where!r} could not be evaluated on the merged DataFrame: "
                 f"{type(exc).__name__}: {exc}",
-                job_id=job.id,
+                job_id=ctx.id,
             ) from exc
     elif callable(where):
-        frame = selection_frame(job)
+        frame = selection_frame(ctx)
         try:
             result = where(frame)
         except Exception as exc:
             raise InputError(
                 f"where={describe(where)!r} could not be evaluated on the merged DataFrame "
                 f"(columns {list(frame.columns)}): {type(exc).__name__}: {exc}",
-                job_id=job.id,
+                job_id=ctx.id,
             ) from exc
     else:
         result = where
-    if isinstance(result, pd.Series) and isinstance(job._data, pd.DataFrame | pd.Series):
+    if isinstance(result, pd.Series) and isinstance(ctx.data, pd.DataFrame | pd.Series):
         # A Series is taken by position; one indexed otherwise than the data (another
         # frame, a sorted copy) would choose the wrong rows.
-        if not result.index.equals(job._data.index):
+        if not result.index.equals(ctx.data.index):
             raise InputError(
                 "where is a Series whose index is not the submitted data's: its values would "
                 "land on other rows. Build it from job.merge(), or pass .to_numpy() for a "
                 "mask by position.",
-                job_id=job.id,
+                job_id=ctx.id,
             )
     if isinstance(result, pd.Series | pd.Index):
         values = result.to_numpy(dtype=object, na_value=False)
@@ -187,20 +184,20 @@ def mask_of(job: BatchJob, where: Where) -> np.ndarray:
     if values.ndim != 1 or len(values) != n:
         raise InputError(
             f"where gave {values.size if values.ndim != 1 else len(values):,} values, but "
-            f"job {job.id} has {n:,} rows: a mask needs one value per row of the merged "
+            f"job {ctx.id} has {n:,} rows: a mask needs one value per row of the merged "
             "DataFrame, in its order.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
     if not all(isinstance(v, bool | np.bool_) for v in values):
         kinds = sorted({type(v).__name__ for v in values if not isinstance(v, bool | np.bool_)})
         raise InputError(
             f"where must give True or False for each row, found values of type {kinds}.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
     return values.astype(bool)
 
 
-def selection_frame(job: BatchJob) -> pd.DataFrame:
+def selection_frame(ctx: JobContext) -> pd.DataFrame:
     """The merged DataFrame a ``where`` chooses rows by (pandas, whatever was
     submitted): the data of this session with the result columns, or, for a job
     attached without its data, the result columns alone (by position)."""
@@ -213,36 +210,36 @@ def selection_frame(job: BatchJob) -> pd.DataFrame:
         warnings.simplefilter("ignore", JobRunningWarning)
         # A Dask or Spark frame is not brought to the driver: its rows are chosen by
         # their result columns alone, as for a job attached without its data.
-        if job._data is not None and engines.kind_of(job._data) is None:
-            out: pd.DataFrame = merge.merge_job(job, job._data, verify=True, native=False)
+        if ctx.data is not None and engines.kind_of(ctx.data) is None:
+            out: pd.DataFrame = merge.merge_job(ctx, ctx.data, verify=True, native=False)
             return out
-        state = job._ledger.row_state(job.id)
+        state = ctx.ledger.row_state(ctx.id)
         empty = pd.DataFrame(index=pd.RangeIndex(state.n))
         return merge.with_models(
-            job,
+            ctx,
             merge.merged(
                 empty,
                 state,
                 np.arange(state.n),
-                job.output,
-                job.spec.response_format,
-                embeddings=is_embeddings(job.endpoint),
+                ctx.output,
+                ctx.spec.response_format,
+                embeddings=is_embeddings(ctx.endpoint),
             ),
             np.arange(state.n),
         )
 
 
-def choose(job: BatchJob, where: Where, spec: dict[str, Any]) -> tuple[np.ndarray, int]:
+def choose(ctx: JobContext, where: Where, spec: dict[str, Any]) -> tuple[np.ndarray, int]:
     """The leaders to send in a new stage with parameters ``spec``, and how many rows
     they stand for: the rows ``where`` chooses that ended (succeeded, failed or
     expired), less those already answered with exactly these parameters."""
-    mask = mask_of(job, where)
-    state = job._ledger.row_state(job.id)
+    mask = mask_of(ctx, where)
+    state = ctx.ledger.row_state(ctx.id)
     status = state.statuses()
     ended = (status == rowstore.SUCCEEDED) | (status == rowstore.FAILED)
     ended |= status == rowstore.EXPIRED
     leaders = np.unique(state.leader[mask & ended])
-    specs = [job.stage_spec_dict(s) for s in range(len(job.stages) + 1)]
+    specs = [ctx.stage_spec_dict(s) for s in range(len(ctx.stages) + 1)]
     same = np.array([s == spec for s in specs])
     again = same[state.stage[leaders]] & (state.status[leaders] == rowstore.SUCCEEDED)
     leaders = leaders[~again]
@@ -250,32 +247,53 @@ def choose(job: BatchJob, where: Where, spec: dict[str, Any]) -> tuple[np.ndarra
     return leaders, rows
 
 
+def check_can_escalate(ctx: JobContext, *, sending: bool) -> None:
+    """An escalation starts from a job that has ended, not cancelled: rows still
+    pending would otherwise be chosen (or not) on answers that are not in yet."""
+    if ctx.cancelled:
+        raise InputError(
+            f"job {ctx.id} was cancelled; submit a new job instead of escalating it.",
+            job_id=ctx.id,
+        )
+    pending = int(ctx.ledger.counts(ctx.id).get("pending", 0))
+    if pending or sending:
+        raise InputError(
+            f"job {ctx.id} is still running ({pending:,} rows pending): escalate once it "
+            "has ended (job.wait()), so the rows are chosen on their final answers. "
+            "Nothing was sent.",
+            job_id=ctx.id,
+        )
+
+
 def start_stage(
-    job: BatchJob, model: str, where: Where, overrides: dict[str, Any], *, automatic: bool
+    ctx: JobContext, model: str, where: Where, overrides: dict[str, Any], *, automatic: bool
 ) -> int:
     """Start the next stage: check everything, choose the rows, record the stage with
-    them (one transaction), then send them in the background; returns the rows sent.
+    them (one transaction) and put them back to be sent; returns how many rows wait to
+    be sent (the job then sends them in the background, and tells its views).
 
     A stage started by hand with no row to send is refused (``InputError``); a cascade's
     stage is recorded all the same (with no row), so the cascade knows it is done.
     """
     check_where(where)
-    spec = stage_spec(job, model, overrides)
-    leaders, rows = choose(job, where, spec)
-    number = len(job.stages) + 1
-    total = job.planned_stages
+    spec = stage_spec(ctx, model, overrides)
+    leaders, rows = choose(ctx, where, spec)
+    number = len(ctx.stages) + 1
+    total = ctx.planned_stages
     if not len(leaders) and not automatic:
         raise InputError(
-            f"no row to escalate: none of the {describe(where)} of job {job.id} ended in a "
+            f"no row to escalate: none of the {describe(where)} of job {ctx.id} ended in a "
             f"way that can be sent again (pending, skipped and cancelled rows cannot), or "
             f"they were already answered by {model} with these parameters. Nothing was sent.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
     from . import plan as _plan
 
-    state = job._ledger.row_state(job.id)
-    local = job._record.get("backend") == "local"
-    salt = _plan.spec_hash(spec, job.provider, "local" if local else str(job._record["base_url"]))
+    state = ctx.ledger.row_state(ctx.id)
+    local = ctx.record.get("backend") == "local"
+    salt = _plan.spec_hash(
+        spec, ctx.provider_name, "local" if local else str(ctx.record["base_url"])
+    )
     attempt = int(state.attempt.max()) + 1
     record = {
         "stage": number,
@@ -285,72 +303,69 @@ def start_stage(
         "n_rows": rows,
         "reason": describe(where),
     }
-    if not job._ledger.add_stage(job.id, record, leaders):
+    if not ctx.ledger.add_stage(ctx.id, record, leaders):
         if automatic:
             return 0  # another session started it first: it sends it
         raise NbbatchError(
-            f"stage {number} of job {job.id} was started meanwhile by another session (or "
+            f"stage {number} of job {ctx.id} was started meanwhile by another session (or "
             "the job was cancelled): job.refresh() shows it; nothing was sent here.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
     head = f"stage {number + 1} of {max(total, number + 1)}"
     if rows:
         # Current while the stage's first attempt has rows pending (see nbbatch.notes).
         text = f"{head}: {rows:,} rows on {model} ({describe(where)})"
-        job._notes.append(Note(job.clock(), "resubmit", text, attempt=attempt))
-        job._record["status"] = "running"
-        job._logged_done = False
-        job._send_error = None
-        job.start_sending(daemon=job._daemon_sender())
+        ctx.note("resubmit", text, attempt)
+        ctx.record["status"] = "running"
     else:
-        text = f"{head}: no row to send on {model} ({describe(where)})"
-        job._notes.append(Note(job.clock(), "event", text))
-    job._notify(job.snapshot())
+        ctx.note("event", f"{head}: no row to send on {model} ({describe(where)})")
     return rows
 
 
-def _cascade_when(job: BatchJob) -> Where | None:
+def _cascade_when(ctx: JobContext) -> Where | None:
     """What chooses the rows of the cascade's next stage in this session: the function
     given to this session, else what the ledger keeps (None: a function not given)."""
-    cascade = job.policy.get("cascade") or {}
-    return job._escalate_when if job._escalate_when is not None else cascade.get("when")
+    cascade = ctx.policy.get("cascade") or {}
+    return ctx.escalate_when if ctx.escalate_when is not None else cascade.get("when")
 
 
-def stage_due(job: BatchJob) -> bool:
+def stage_due(ctx: JobContext) -> bool:
     """Whether this session has a cascade stage still to start: a model is left, the job
     was neither cancelled nor stopped in error, and this session knows what chooses the
     rows. While it is due the job is not finished (``wait()`` goes on), even when every
     row of the current stage is terminal already (all reused from earlier jobs, say)."""
-    cascade = job.policy.get("cascade")
-    if not cascade or job._record.get("status") in ("cancelled", FAILED_JOB):
+    cascade = ctx.policy.get("cascade")
+    if not cascade or ctx.record.get("status") in ("cancelled", FAILED_JOB):
         return False
-    return len(job.stages) + 1 < len(cascade["models"]) and _cascade_when(job) is not None
+    return len(ctx.stages) + 1 < len(cascade["models"]) and _cascade_when(ctx) is not None
 
 
-def cascade_next(job: BatchJob) -> None:
+def cascade_next(ctx: JobContext) -> int:
     """Start the cascade's next stage if the job has one left (see the module
-    docstring); called when a stage has ended and its failure policy is done. When the
+    docstring); called when a stage has ended and its failure policy is done. Returns
+    the rows the new stage put back to be sent (0: none, or no stage started). When the
     rows cannot be chosen (an expression or function that fails on the results), the job
     ends ``failed``, in the ledger too, and ``wait()`` raises why."""
-    cascade = job.policy.get("cascade")
-    if not cascade or job._record.get("status") in ("cancelled", FAILED_JOB):
-        return
+    cascade = ctx.policy.get("cascade")
+    if not cascade or ctx.record.get("status") in ("cancelled", FAILED_JOB):
+        return 0
     models = list(cascade["models"])
-    done = len(job.stages)
+    done = len(ctx.stages)
     if done + 1 >= len(models):
-        return
-    when = _cascade_when(job)
+        return 0
+    when = _cascade_when(ctx)
     if when is None:
-        job._warn_once(
+        ctx.warn_once(
             f"the cascade's stage {done + 2} on {models[done + 1]} waits for its "
             "escalate_when function, which lives only in the session that submitted: "
-            f"nb.attach({job.id!r}, escalate_when=fn) goes on with it",
+            f"nb.attach({ctx.id!r}, escalate_when=fn) goes on with it",
         )
-        return
+        return 0
     try:
-        start_stage(job, models[done + 1], when, {}, automatic=True)
+        return start_stage(ctx, models[done + 1], when, {}, automatic=True)
     except InputError as exc:
-        _fail(job, done + 2, models[done + 1], when, exc)
+        _fail(ctx, done + 2, models[done + 1], when, exc)
+        return 0
 
 
 #: The ledger's status of a job whose cascade stopped in error, and its event kind.
@@ -358,7 +373,7 @@ FAILED_JOB = "failed"
 _FAILED_EVENT = "cascade_failed"
 
 
-def _fail(job: BatchJob, number: int, model: str, when: Where, exc: InputError) -> None:
+def _fail(ctx: JobContext, number: int, model: str, when: Where, exc: InputError) -> None:
     """End the job in error: its cascade could not start stage ``number`` (its rows
     could not be chosen, or the model was refused meanwhile).
     Recorded in the ledger (status and the reason in its history) so every session and
@@ -368,37 +383,37 @@ def _fail(job: BatchJob, number: int, model: str, when: Where, exc: InputError) 
         f"{str(exc).rstrip('. ')}. The results so far are kept; to go on, choose the rows "
         f"yourself: job.escalate({model!r}, where=...)."
     )
-    job._record["status"] = FAILED_JOB
-    job._ledger.set_job_status(job.id, FAILED_JOB)
-    job._ledger.event(job.id, _FAILED_EVENT, text)
-    job._warn_once(text, "alert")
+    ctx.record["status"] = FAILED_JOB
+    ctx.ledger.set_job_status(ctx.id, FAILED_JOB)
+    ctx.ledger.event(ctx.id, _FAILED_EVENT, text)
+    ctx.warn_once(text, "alert")
 
 
-def failure(job: BatchJob) -> str | None:
+def failure(ctx: JobContext) -> str | None:
     """Why the job ended ``failed`` (as any session recorded it), or None."""
-    if job._record.get("status") != FAILED_JOB:
+    if ctx.record.get("status") != FAILED_JOB:
         return None
-    rows = job._ledger.query(
+    rows = ctx.ledger.query(
         "SELECT message FROM events WHERE job_id = ? AND kind = ? ORDER BY at DESC LIMIT 1",
-        (job.id, _FAILED_EVENT),
+        (ctx.id, _FAILED_EVENT),
     )
-    return str(rows[0][0]) if rows else f"job {job.id} ended failed"
+    return str(rows[0][0]) if rows else f"job {ctx.id} ended failed"
 
 
-def raise_if_failed(job: BatchJob, snap: Any) -> None:
+def raise_if_failed(ctx: JobContext, snap: Any) -> None:
     """Raise :class:`~nbbatch.NbbatchError` for a job that ended ``failed``."""
     if snap.status == FAILED_JOB:
-        raise NbbatchError(f"job {job.id}: {failure(job)}", job_id=job.id)
+        raise NbbatchError(f"job {ctx.id}: {failure(ctx)}", job_id=ctx.id)
 
 
 def batch_stages(
-    job: BatchJob, batches: list[dict[str, Any]]
+    ctx: JobContext, batches: list[dict[str, Any]]
 ) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """For the views: a function giving a batch's stage, that stage's model and how
     many times its rows were sent before in that stage (its retry number)."""
     if not any(int(b.get("stage") or 0) for b in batches):
         return lambda b: {}  # no escalation: the batches are attempts of the job
-    info = {int(s["stage"]): (s["spec"]["model"], int(s["first_attempt"])) for s in job.stages}
+    info = {int(s["stage"]): (s["spec"]["model"], int(s["first_attempt"])) for s in ctx.stages}
 
     def of(batch: dict[str, Any]) -> dict[str, Any]:
         stage = int(batch.get("stage") or 0)
@@ -444,7 +459,7 @@ def check_when_columns(
     costs nothing; found after stage 1, that stage would be paid for nothing."""
     if when is None or when == FAILED:
         return
-    from .job import output_columns
+    from .context import output_columns
 
     have = [*columns, *output_columns(output, response_format, staged=True)]
     _expr.parse(when).check_columns(

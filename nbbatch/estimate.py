@@ -390,54 +390,11 @@ def estimate(
     per_row, method = count_tokens(arr, model)
     shared = 0  # tokens every request starts with: the system prompt
     if not embeddings:
-        messages = 1
-        if system:
-            system_tokens, _ = count_tokens([system], model)
-            shared = int(system_tokens[0]) + MESSAGE_OVERHEAD
-            per_row = per_row + int(system_tokens[0])
-            messages += 1
-        per_row = per_row + (MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD)
-        method += (
-            f"; incl. the system prompt and {MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD} "
-            "tokens of message overhead per request"
-            if system
-            else f"; incl. {MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD} tokens of message "
-            "overhead per request"
-        )
-    if embeddings:
-        out_per_row, basis = 0, "none (embeddings)"
-    elif expected_output_tokens is not None:
-        out_per_row, basis = (
-            int(expected_output_tokens),
-            f"{expected_output_tokens} per row, as given",
-        )
-    elif max_tokens is not None:
-        out_per_row, basis = (
-            int(max_tokens),
-            f"at most {max_tokens} per row (max_tokens; an upper bound)",
-        )
-    else:
-        out_per_row = DEFAULT_OUTPUT_TOKENS
-        basis = (
-            f"a guess of {DEFAULT_OUTPUT_TOKENS} per row "
-            "(pass expected_output_tokens= or max_tokens= for a better one)"
-        )
+        per_row, shared, method = _with_chat_overhead(per_row, method, system, model)
+    out_per_row, basis = _output_per_row(embeddings, expected_output_tokens, max_tokens)
     input_tokens = int(per_row.sum())
     output_tokens = out_per_row * rows
-    claude = is_claude(model)
-    prefix = cacheable_prefix(shared, claude=claude) if (cache_system or not claude) else 0
-    cached = written = 0
-    cache_basis = ""
-    if prefix and rows > 1:
-        cached = prefix * (rows - 1)
-        if claude:
-            written = prefix
-            cache_basis = "the cached system prompt: written by the first request, read by the rest"
-        else:
-            cache_basis = (
-                f"the system prompt: OpenAI caches a shared prefix of {CACHE_MIN_TOKENS:,}+ "
-                "tokens by itself; the first request writes it"
-            )
+    cached, written, cache_basis = _cache(shared, rows, model, cache_system)
     return Estimate(
         model=model,
         rows=rows,
@@ -458,6 +415,66 @@ def estimate(
         cached_tokens=cached,
         cache_write_tokens=written,
         cache_basis=cache_basis,
+    )
+
+
+def _with_chat_overhead(
+    per_row: np.ndarray, method: str, system: str | None, model: str
+) -> tuple[np.ndarray, int, str]:
+    """A chat request's input per row: the prompt, the system prompt (sent with every
+    row) and the messages' overhead. Returns it, the tokens every request starts with
+    (the system prompt, 0 without one), and how it was counted."""
+    messages = 1
+    shared = 0
+    if system:
+        system_tokens, _ = count_tokens([system], model)
+        shared = int(system_tokens[0]) + MESSAGE_OVERHEAD
+        per_row = per_row + int(system_tokens[0])
+        messages += 1
+    overhead = MESSAGE_OVERHEAD * messages + REPLY_OVERHEAD
+    per_row = per_row + overhead
+    if system:
+        method += f"; incl. the system prompt and {overhead} tokens of message overhead per request"
+    else:
+        method += f"; incl. {overhead} tokens of message overhead per request"
+    return per_row, shared, method
+
+
+def _output_per_row(
+    embeddings: bool, expected: int | None, max_tokens: int | None
+) -> tuple[int, str]:
+    """Output tokens per row, and what that figure rests on."""
+    if embeddings:
+        return 0, "none (embeddings)"
+    if expected is not None:
+        return int(expected), f"{expected} per row, as given"
+    if max_tokens is not None:
+        return int(max_tokens), f"at most {max_tokens} per row (max_tokens; an upper bound)"
+    return DEFAULT_OUTPUT_TOKENS, (
+        f"a guess of {DEFAULT_OUTPUT_TOKENS} per row "
+        "(pass expected_output_tokens= or max_tokens= for a better one)"
+    )
+
+
+def _cache(shared: int, rows: int, model: str, cache_system: bool) -> tuple[int, int, str]:
+    """(cache-read tokens, cache-write tokens, why) for ``rows`` requests that all start
+    with the same ``shared`` tokens: Claude caches them when asked (``cache_system``),
+    OpenAI by itself above :data:`CACHE_MIN_TOKENS`."""
+    claude = is_claude(model)
+    prefix = cacheable_prefix(shared, claude=claude) if (cache_system or not claude) else 0
+    if not prefix or rows <= 1:
+        return 0, 0, ""
+    if claude:
+        return (
+            prefix * (rows - 1),
+            prefix,
+            "the cached system prompt: written by the first request, read by the rest",
+        )
+    return (
+        prefix * (rows - 1),
+        0,
+        f"the system prompt: OpenAI caches a shared prefix of {CACHE_MIN_TOKENS:,}+ "
+        "tokens by itself; the first request writes it",
     )
 
 

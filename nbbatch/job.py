@@ -1,12 +1,17 @@
 """BatchJob: one DataFrame's rows going through a provider's batch API.
 
-A job is a view over its record in the ledger plus a provider to talk to. Everything it
-learns (batch ids, statuses, results) is written to the ledger first, so any process can
-rebuild the same job with :func:`nbbatch.attach`. The job drives the stages and holds
-none of their logic: :mod:`nbbatch.send` (chunks, intents, create), :mod:`nbbatch.collect`
-(poll, download, reconcile, retries, fallback) and :mod:`nbbatch.merge`, over the rows
-as :mod:`nbbatch.rowstore` keeps them. Views (the notebook panel, the console reporter)
-subscribe to its snapshots; the job knows nothing of them.
+A job is the face a user holds: a view over its record in the ledger plus a provider to
+talk to. Everything it learns (batch ids, statuses, results) is written to the ledger
+first, so any process can rebuild the same job with :func:`nbbatch.attach`. The job owns
+the background threads (the sender, the poller), calls the stages in order and tells its
+views what happened; it holds none of the stages' logic. Each stage is a function of a
+:class:`~nbbatch.context.JobContext` (the record, ledger, provider and session notes):
+:mod:`nbbatch.send` (chunks, intents, create), :mod:`nbbatch.collect` (poll, download,
+reconcile, retries, fallback), :mod:`nbbatch.escalate` (stages, cascades) and
+:mod:`nbbatch.merge`, over the rows as :mod:`nbbatch.rowstore` keeps them; snapshots are
+built by :func:`nbbatch.snapshot.build`. Views (the notebook panel, the console
+reporter) subscribe to its snapshots; the job knows nothing of them. See
+docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -15,42 +20,44 @@ import logging
 import os
 import secrets
 import threading
-import time
-import warnings
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
-import orjson
 import pandas as pd
 
-from . import _scrub, rowstore
 from . import collect as _collect
+from . import control as _control
+from . import engines, rowstore
 from . import escalate as _escalate
 from . import health as _health
 from . import merge as _merge
-from . import notes as _notes
-from . import pack as _pack
 from . import planning as _planning
 from . import send as _send
-from ._errors import InputError, JobRunningWarning, MergeError, NbbatchError, ProviderError
-from ._files import private_output
+from . import snapshot as _snapshot
+from ._errors import InputError, MergeError, NbbatchError, ProviderError
+from .context import JobContext, is_loopback, output_columns
 from .ledger import Ledger
 from .poller import Poller
 from .pricing import Cost
-from .providers.base import BatchInfo, Provider, RequestSpec, http_status, is_embeddings
-from .snapshot import ROW_STATES, BatchView, JobSnapshot, Note, StageView, format_seconds
+from .providers.base import Provider, RequestSpec
+from .snapshot import JobSnapshot
+
+__all__ = [
+    "LOCAL_POLLING",
+    "REMOTE_POLLING",
+    "BatchJob",
+    "PollPolicy",
+    "is_loopback",
+    "new_job_id",
+    "output_columns",
+]
 
 Listener = Callable[[JobSnapshot], None]
 log = logging.getLogger("nbbatch")
-
-
-def is_loopback(url: str | None) -> bool:
-    """Whether ``url`` points at this machine (where only an emulator answers)."""
-    return (urlparse(url or "").hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
 class PollPolicy:
@@ -76,18 +83,17 @@ REMOTE_POLLING = PollPolicy(2.0, 30.0)
 LOCAL_POLLING = PollPolicy(0.25, 2.0)
 
 
-def output_columns(
-    output: str, response_format: dict[str, Any] | None, *, staged: bool = False
-) -> list[str]:
-    """The columns ``merge`` adds for this output name and response_format (and
-    ``{output}_model`` for a job with escalation stages or a cascade)."""
-    model = [f"{output}_model"] if staged else []
-    if response_format is None:
-        return [output, f"{output}_status", f"{output}_error", *model]
-    from . import structured
+def _weakly(method: Callable[..., None]) -> Callable[..., None]:
+    """``method`` (bound to a job) called through a weak reference: what the job gives
+    its context and threads, so they never keep a job nobody holds alive."""
+    ref = weakref.WeakMethod(method)
 
-    fields = structured.columns_of(structured.schema_of(response_format))
-    return [*fields, f"{output}_status", f"{output}_error", *model, f"{output}_raw"]
+    def call(*args: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args)
+
+    return call
 
 
 def new_job_id() -> str:
@@ -102,9 +108,6 @@ class BatchJob:
     Build one with :func:`nbbatch.submit` or :func:`nbbatch.attach`, not directly.
     """
 
-    # Injected so tests can run a 24-hour batch in milliseconds.
-    clock: Callable[[], float] = staticmethod(time.time)
-    sleep: Callable[[float], None] = staticmethod(time.sleep)
     #: Set by a poll that found the job's private emulator gone (see _transient_note).
     _backend_dead = False
 
@@ -115,38 +118,61 @@ class BatchJob:
         ledger: Ledger,
         data: pd.DataFrame | pd.Series | None = None,
         polling: PollPolicy | None = None,
+        *,
+        escalate_when: Callable[..., Any] | None = None,
+        plan_checks: Callable[..., None] | None = None,
     ) -> None:
+        # What the stages work on (see nbbatch.context); a cascade's escalate_when, when
+        # it is a function, and the checks of a table planned in the background live
+        # there for this session only.
+        self._ctx = JobContext(
+            record, provider, ledger, data, escalate_when=escalate_when, plan_checks=plan_checks
+        )
+        self._ctx.on_progress = _weakly(self._progress_changed)
         self._record = record
-        self._provider = provider
-        self._ledger = ledger
-        self._data = data
         self._lock = threading.RLock()
         self._listeners: list[Listener] = []
         self.polling = polling or REMOTE_POLLING
         self._last_poll: float | None = None
-        self._next_poll: float | None = None
+        self._next_poll: float | None = None  # while wait() sleeps: when it polls next
         self._last_error: str | None = None
-        self._infos: dict[str, BatchInfo] = {}
         self._poller: Poller | None = None
-        self._notes: list[Note] = []  # what the job did or noticed, oldest first
-        self._alert_raised = False  # the failure-rate alert fired in this session
-        # Progress (rows done or ready at the provider) each time it changed: the ETA's rate.
-        self._progress_base: int | None = None
-        self._samples: list[tuple[float, int]] = []
+        self._trail = _snapshot.ProgressTrail()  # the ETA's rate
         self._logged_done = False
         self._logged_overdue = False
-        self._avg_prompt_tokens: float | None = None
         # The background sender (see start_sending), its progress, and the error that
         # stopped it: raised by the next wait(), which then tries again.
         self._sender: threading.Thread | None = None
         self._sending: _send.Progress | None = None
         self._send_error: BaseException | None = None
-        # A cascade's escalate_when when it is a function: it lives in this session only
-        # (see nbbatch.escalate); a string one is in the job's policy.
-        self._escalate_when: Callable[..., Any] | None = None
-        # What submit checks once a large table is planned in the background (its
-        # budget...): see nbbatch.planning.
-        self._plan_checks: _planning.Checks | None = None
+
+    # Injected so tests can run a 24-hour batch in milliseconds.
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The job's clock (seconds since the epoch); tests set a fake one."""
+        return self._ctx.clock
+
+    @clock.setter
+    def clock(self, value: Callable[[], float]) -> None:
+        self._ctx.clock = value
+
+    @property
+    def sleep(self) -> Callable[[float], None]:
+        """How the job sleeps between polls; tests set a fake one."""
+        return self._ctx.sleep
+
+    @sleep.setter
+    def sleep(self, value: Callable[[float], None]) -> None:
+        self._ctx.sleep = value
+
+    # The ledger and the provider, for a test that checks what they hold.
+    @property
+    def _ledger(self) -> Ledger:
+        return self._ctx.ledger
+
+    @property
+    def _provider(self) -> Provider:
+        return self._ctx.provider
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -168,54 +194,42 @@ class BatchJob:
     def models(self) -> list[str]:
         """The model of each stage started so far, stage 0 (the job's own) first; a
         cascade's later models follow as its stages start."""
-        return [self.stage_spec_dict(s)["model"] for s in range(len(self.stages) + 1)]
+        return self._ctx.models
 
     @property
     def stages(self) -> list[dict[str, Any]]:
         """The escalation stages started (1, 2, ...), as the ledger records them: their
         request ``spec``, ``n_rows`` sent, ``reason`` (what chose them) and more."""
-        return self._ledger.stages(self.id)
+        return self._ctx.stages
 
     @property
     def planned_stages(self) -> int:
         """How many stages the job has or will have: a cascade's models, or the stages
         started so far (1 for a job never escalated)."""
-        cascade = self.policy.get("cascade") or {}
-        return max(len(cascade.get("models") or ()), len(self.stages) + 1)
+        return self._ctx.planned_stages
 
     @property
     def staged(self) -> bool:
         """Whether the job escalates (a cascade, or a stage started): then ``merge``
         says in ``{output}_model`` which model answered each row."""
-        return bool(self.policy.get("cascade")) or bool(self.stages)
+        return self._ctx.staged
 
     def stage_spec_dict(self, stage: int) -> dict[str, Any]:
         """The request parameters of ``stage`` as recorded (0: the job's own)."""
-        if stage == 0:
-            return dict(self._record["spec"])
-        for s in self.stages:
-            if s["stage"] == stage:
-                return dict(s["spec"])
-        raise NbbatchError(f"internal error: job {self.id} has no stage {stage}", job_id=self.id)
+        return self._ctx.stage_spec_dict(stage)
 
     def stage_spec(self, stage: int) -> RequestSpec:
         """The request parameters of ``stage`` (0: the job's own, :attr:`spec`)."""
-        return self.spec if stage == 0 else RequestSpec(**self.stage_spec_dict(stage))
+        return self._ctx.stage_spec(stage)
 
     def stage_salt(self, stage: int) -> str | None:
         """The request-hash salt of ``stage``'s parameters (None when not recorded)."""
-        if stage == 0:
-            return self._record.get("salt")
-        return next((s["salt"] for s in self.stages if s["stage"] == stage), None)
+        return self._ctx.stage_salt(stage)
 
     def tries(self, state: rowstore.RowState, positions: np.ndarray) -> np.ndarray:
         """How many times each leader at ``positions`` was sent in its current stage
         (its attempt counted from the stage's first): what ``retries`` limits."""
-        first = np.ones(len(self.stages) + 1, dtype=np.int64)
-        for s in self.stages:
-            first[s["stage"]] = s["first_attempt"]
-        stage = state.stage[positions]
-        return np.asarray(state.attempt[positions] - first[stage] + 1)
+        return self._ctx.tries(state, positions)
 
     @property
     def endpoint(self) -> str:
@@ -276,163 +290,18 @@ class BatchJob:
 
     def snapshot(self) -> JobSnapshot:
         """The job as the ledger has it now (no network call)."""
-        if _planning.planning(self):
-            return _planning.snapshot(self)
-        state = self._ledger.row_state(self.id)
-        raw = state.counts()
-        counts = {state_: int(raw.get(state_, 0)) for state_ in ROW_STATES}
-        counts["total"] = int(self._record["n_rows"])
-        batches = self._ledger.batches(self.id)
-        stage_due = counts["pending"] == 0 and _escalate.stage_due(self)
-        status = "completed" if counts["pending"] == 0 and not stage_due else "running"
-        if self._record.get("status") in ("cancelled", "failed") and counts["pending"] == 0:
-            status = self._record["status"]
-        # What was paid for: rows sent themselves (not reused from an earlier job, not
-        # deduplicated onto another row), by route.
-        usage = state.usage()
-        batch, realtime = usage["batch"], usage["realtime"]
-        if self.staged:  # answers a later stage replaced were paid too: all stages' tokens
-            stages = list(state.usage_by_stage().values())
-            batch = tuple(sum(p["batch"][i] for p in stages) for i in range(4))
-            realtime = tuple(sum(p["realtime"][i] for p in stages) for i in range(4))
-        pending_in, pending_out = self._pending_estimate(counts["pending"])
-        # Per batch: rows still pending on it, and its requests (leaders) that succeeded.
-        per_batch = state.per_batch()
-        # An escalation's batches are named by their stage and model, not as retries.
-        stage_of = _escalate.batch_stages(self, batches)
-        views = tuple(
-            BatchView(
-                b["batch_id"],
-                b["status"],
-                # The provider's requests: a batch of packs (pack=N) has fewer than rows.
-                _pack.n_requests(
-                    b["n_requests"],
-                    _pack.size_for(self.policy, int(b.get("stage") or 0), int(b["attempt"])),
-                ),
-                b["attempt"],
-                done=int(b["done"] or 0),
-                rows=per_batch.get(b["intent"], (0, 0))[0],
-                succeeded=per_batch.get(b["intent"], (0, 0))[1],
-                **stage_of(b),
-            )
-            for b in batches
-        )
-        now = self.clock()
         sending = self._sending
-        return JobSnapshot(
-            job_id=self.id,
-            # "local": an emulator run must never read as spending at the provider.
-            provider="local" if self._record.get("backend") == "local" else self.provider,
-            model=self.model,
-            endpoint=self.endpoint,
-            base_url=str(self._record.get("base_url") or ""),
-            n_rows=counts["total"],
-            counts=counts,
-            status=status,
-            batches=views,
-            created=float(self._record["created"]),
-            now=now,
+        next_poll = self._next_poll
+        if next_poll is None and self._poller is not None:
+            next_poll = self._poller.next_poll
+        session = _snapshot.Session(
+            self._trail,
             last_poll=self._last_poll,
-            next_poll=self._next_poll,
-            # Shown by the panel, the console, the CLI and the sidebar: never with a key.
-            last_error=None if self._last_error is None else _scrub.scrub(self._last_error),
-            notes=self._current_notes(counts, batches),
-            progress_samples=self._sample_progress(counts, views, now),
-            input_tokens=batch[0],
-            output_tokens=batch[1],
-            cached_tokens=batch[2],
-            realtime_input_tokens=realtime[0],
-            realtime_output_tokens=realtime[1],
-            pending_input_tokens=pending_in,
-            pending_output_tokens=pending_out,
-            reused=int(raw.get("reused", 0)),
-            deduplicated=int(raw.get("deduplicated", 0)),
-            realtime=int(raw.get("realtime", 0)),
+            next_poll=next_poll,
+            last_error=self._last_error,
             sending=sending.text() if sending is not None and sending.active else None,
-            deadline=self._record.get("deadline"),
-            stages=self._stage_views(state, counts) if self.staged else (),
-            cascade=tuple((self.policy.get("cascade") or {}).get("models") or ()),
-            stage_due=stage_due,
-            failure=_escalate.failure(self) if status == "failed" else None,
         )
-
-    def _stage_views(
-        self, state: rowstore.RowState, counts: dict[str, int]
-    ) -> tuple[StageView, ...]:
-        """Each stage started so far: its model, rows, pending rows and tokens paid."""
-        stages = [{"stage": 0, "spec": self._record["spec"], "reason": "",
-                   "n_rows": counts["total"] - counts["skipped"]}, *self.stages]  # fmt: skip
-        usage = state.usage_by_stage()
-        rows_stage = state.follow(state.stage)
-        pending = np.bincount(
-            rows_stage[state.statuses() == rowstore.PENDING], minlength=len(stages)
-        )
-        views = []
-        for s in stages:
-            number = int(s["stage"])
-            paid = usage.get(number, {})
-            batch, live = paid.get("batch", (0, 0, 0, 0)), paid.get("realtime", (0, 0, 0, 0))
-            pending_in, pending_out = self._pending_estimate(int(pending[number]), s["spec"])
-            views.append(
-                StageView(
-                    number,
-                    str(s["spec"]["model"]),
-                    int(s["n_rows"]),
-                    int(pending[number]),
-                    s["reason"],
-                    batch[0],
-                    batch[1],
-                    batch[2],
-                    batch[3] + live[3],
-                    live[0],
-                    live[1],
-                    pending_in,
-                    pending_out,
-                )  # fmt: skip
-            )
-        return tuple(views)
-
-    def _current_notes(
-        self, counts: dict[str, int], batches: list[dict[str, Any]]
-    ) -> tuple[Note, ...]:
-        """The job's notes, each marked current while what it says still holds (see
-        :func:`nbbatch.notes.mark_current`)."""
-        # Attempts with rows still pending (in a batch not collected, or not sent yet).
-        state = self._ledger.row_state(self.id)
-        open_attempts = set(np.unique(state.attempt[state.status == rowstore.PENDING]).tolist())
-        finished = counts["pending"] == 0
-        alert = self._alert_text(counts) if (self._alert_raised or finished) else None
-        return _notes.mark_current(self._notes, open_attempts, finished, alert, self.clock())
-
-    def _sample_progress(
-        self, counts: dict[str, int], views: tuple[BatchView, ...], now: float
-    ) -> tuple[tuple[float, int], ...]:
-        """Record rows done or ready at the provider when that changed (starting over
-        when it went back: a retry put rows back to pending), for the ETA's rate."""
-        ready = min(counts["pending"], sum(v.ready for v in views))
-        progress = counts["total"] - counts["pending"] + ready
-        samples = self._samples
-        last = samples[-1][1] if samples else self._progress_base
-        if last is None or progress < last:
-            self._progress_base, self._samples = progress, []
-        elif progress != last:
-            self._samples = [*samples[-29:], (now, progress)]
-        return tuple(self._samples)
-
-    def _pending_estimate(
-        self, pending: int, spec: dict[str, Any] | None = None
-    ) -> tuple[int, int]:
-        """Estimated (input, output) tokens of the rows still pending: 4 characters per
-        token for the prompt, ``max_tokens`` (or 100) for the reply (of ``spec``, a
-        stage's parameters, else the job's). The prompt average is computed once."""
-        if self._avg_prompt_tokens is None:
-            n, chars = self.prompt_chars()
-            # Packed rows (pack=N) share the system prompt N ways on their first try.
-            system = len(self.spec.system or "") / (self.policy.get("pack") or 1)
-            self._avg_prompt_tokens = (chars / max(n, 1) + system) / 4 + 4
-        max_tokens = (spec or self._record["spec"]).get("max_tokens")
-        out = 0 if is_embeddings(self.endpoint) else (max_tokens or 100)
-        return int(pending * self._avg_prompt_tokens), pending * out
+        return _snapshot.build(self._ctx, session)
 
     # -- sending ----------------------------------------------------------------------------
     def start_sending(self, *, daemon: bool = False) -> None:
@@ -502,47 +371,13 @@ class BatchJob:
         """A chunk was sent (or sending ended): tell the views."""
         self._notify(self.snapshot())
 
-    def _warn(self, message: str, kind: str = "event", attempt: int | None = None) -> None:
-        """Note ``message`` (with its time and kind, see ``snapshot.NOTE_KINDS``) for the
-        views, the ledger's history and the log."""
-        self._notes.append(Note(self.clock(), kind, message, attempt=attempt))
-        self._ledger.event(self.id, "warning", message)
-        log.warning("nbbatch job %s: %s", self.id, message)
-
     def _send_unsent(self, progress: _send.Progress | None = None) -> None:
-        """Send the rows pending in no batch: not sent yet (a new job, a process that
-        died before sending them) or put back by ``resubmit_failed``. A job whose rows
-        are not planned yet is planned first (see :mod:`nbbatch.planning`)."""
-        if _planning.planning(self) and not _planning.run(self, progress, self._plan_checks):
+        """Send the rows pending in no batch (see :func:`nbbatch.send.send_unsent`),
+        holding the job's lock around each chunk. A job whose rows are not planned yet
+        is planned first (see :mod:`nbbatch.planning`)."""
+        if _planning.planning(self._ctx) and not _planning.run(self._ctx, progress):
             return  # planned by another sender, or cancelled while planned
-        if not len(_collect.unsent(self._ledger.row_state(self.id))):
-            return
-        if self._record.get("status") == "cancelled":
-            # Rows put back after a cancel (a create call refused while it was made):
-            # they end cancelled, never sent.
-            self._cancel_unsent()
-            return
-        # One sender per job, across processes and job objects: rows another live one
-        # is sending are left to it (so a second session never sends them again).
-        if not self._ledger.take_sending(self.id):
-            return
-        try:
-            state = self._ledger.row_state(self.id)  # as any sender before us left it
-            positions = _collect.unsent(state).astype(np.int32)
-            # Rows go in groups of one (stage, attempt), as one key each. Read now, into
-            # arrays of their own: the state is live, and sending the first group changes
-            # the attempts of its rows (read afterwards, they would be sent twice).
-            keys = (state.stage[positions].astype(np.int64) << 16) | state.attempt[positions]
-            # Usually one group: then no sort, and no copy of millions of positions.
-            single = bool(len(keys)) and bool((keys == keys[0]).all())
-            for key in keys[:1] if single else np.unique(keys):
-                chosen = positions if single else positions[keys == key]
-                _send.send_rows(
-                    self, chosen, max(1, int(key) & 0xFFFF), progress=progress,
-                    lock=self._lock, stage=int(key) >> 16,
-                )  # fmt: skip
-        finally:
-            self._ledger.release_sending(self.id)
+        _send.send_unsent(self._ctx, progress, self._lock)
 
     # -- polling ----------------------------------------------------------------------------
     def refresh(self) -> JobSnapshot:
@@ -560,14 +395,16 @@ class BatchJob:
             try:
                 for batch in self._ledger.batches(self.id):
                     if batch["batch_id"].startswith("intent-"):
-                        _send.resolve_intent(self, batch)
+                        _send.resolve_intent(self._ctx, batch)
                 if not self.sending and self._send_error is None:
                     self._send_unsent()
                 for batch in self._ledger.batches(self.id):
                     if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
-                        _collect.poll_batch(self, batch)
-                if not _planning.planning(self):
-                    _collect.after_collect(self)
+                        _collect.poll_batch(self._ctx, batch)
+                if not _planning.planning(self._ctx) and _collect.after_collect(
+                    self._ctx, sending=self.sending
+                ):
+                    self._send_stage()  # a cascade's next stage put rows back to send
             except ProviderError as exc:
                 if not exc.transient:
                     exc.job_id = self.id
@@ -582,100 +419,28 @@ class BatchJob:
         return snap
 
     def _transient_note(self, exc: ProviderError) -> str:
-        """What a transient error means for this job, in ``last_error``.
-
-        No answer at all from a loopback address is not a passing hiccup: a stopped
-        background emulator (``provider="local"``) is started again; a private emulator
-        (``nb.emulator.start()``) kept its batches in memory, so they are gone for good.
-        """
-        self._backend_dead = False
-        if http_status(exc.__cause__) is not None:
-            return str(exc)  # the backend answered (429, 5xx): it is there
-        if self._record.get("backend") == "local":
-            from . import providers
-
-            try:
-                self._provider = providers.build(self.provider, local=True)
-            except Exception as error:  # shown, and tried again on the next poll
-                return f"{exc}; nbbatch's background emulator could not be started: {error}"
-            return f"{exc}; nbbatch's background emulator had stopped and was started again"
-        url = urlparse(self._provider.base_url)
-        if is_loopback(url.geturl()):
-            self._backend_dead = True
-            return (
-                f"the emulator at {url.scheme}://{url.netloc} is not running (an emulator "
-                "started with nb.emulator.start() keeps its batches in memory, so they ended "
-                "with it): "
-                "the pending rows can never finish there; close the job with job.forget()."
-            )
-        return str(exc)
-
-    def _rows_in_attempt(self, attempt: int) -> int:
-        """Rows pending in ``attempt`` (leaders and the rows deduplicated onto them)."""
-        state = self._ledger.row_state(self.id)
-        pending = state.statuses() == rowstore.PENDING
-        return int((pending & (state.follow(state.attempt) == attempt)).sum())
+        """What a transient error means for this job, in ``last_error`` (see
+        :func:`nbbatch.collect.transient_note`)."""
+        note, self._backend_dead = _collect.transient_note(self._ctx, exc)
+        return note
 
     def _send_error_note(self) -> str:
         """What stopped sending, and what sends the rest."""
-        if _planning.planning(self):
+        if _planning.planning(self._ctx):
             return f"sending stopped: {self._send_error}"
-        state = self._ledger.row_state(self.id)
-        unsent = np.zeros(state.n, dtype=bool)
-        unsent[_collect.unsent(state)] = True
-        waiting = int(state.follow(unsent).sum())
-        return (
-            f"sending stopped: {self._send_error}; {waiting:,} rows are not sent yet: "
-            f"job.wait() (or nb.attach({self.id!r}) in a new session) sends them"
-        )
-
-    def _warn_once(self, message: str, kind: str = "event", attempt: int | None = None) -> None:
-        if all(n.text != message for n in self._notes):
-            self._warn(message, kind, attempt)
-
-    def _check_alert(self) -> None:
-        alert = self._alert_text(self._ledger.counts(self.id))
-        if alert is not None and not self._alert_raised:
-            self._alert_raised = True
-            self._warn(alert, "alert")
-
-    def _alert_text(self, counts: dict[str, int]) -> str | None:
-        """The failure-rate alert for these counts, or None below the threshold."""
-        return _notes.alert_text(counts, self.policy.get("alert_threshold"))
+        return _send.stopped_note(self._ctx, self._send_error)
 
     def _log_progress(self, snap: JobSnapshot) -> None:
-        """Health signals on logger ``nbbatch`` and in the ledger: the end of the job
-        (INFO, once, by the first process to see it end), a job left with rows that got
-        no result (WARNING), and a job past its deadline (WARNING, once per session)."""
-        if snap.overdue and not self._logged_overdue:
-            self._logged_overdue = True
-            self._ledger.event(self.id, "overdue", snap.overdue)
-            log.warning("nbbatch job %s: %s", self.id, snap.overdue)
-        if not snap.finished or self._logged_done:
-            return
-        self._logged_done = True
-        record = self._ledger.job(self.id) or {}
-        if record.get("ended_at") is not None:
-            return  # its end was reported when it happened
-        self._ledger.set_job_time(self.id, "ended_at", snap.now)
-        c = snap.counts
-        log.info(
-            "nbbatch job %s ended after %s: %d of %d rows succeeded, %d failed, %d expired, "
-            "%d cancelled, %d skipped; cost %s",
-            self.id, format_seconds(snap.elapsed), c["succeeded"], c["total"], c["failed"],
-            c["expired"], c["cancelled"], c["skipped"], snap.cost,
-        )  # fmt: skip
-        sent = sum(c[s] for s in ("succeeded", "failed", "expired", "cancelled"))
-        gap = _health.incomplete_text(
-            _health.missing_results(self._ledger.row_state(self.id)), sent
+        """Health signals on logger ``nbbatch`` and in the ledger (see
+        :func:`nbbatch.health.log_progress`): the end once, the deadline once a session."""
+        self._logged_overdue, self._logged_done = _health.log_progress(
+            self._ctx, snap, overdue_logged=self._logged_overdue, done_logged=self._logged_done
         )
-        if gap:
-            self._warn(gap)
 
     @property
     def policy(self) -> dict[str, Any]:
         """The job's failure policy: ``retries``, ``fallback``, ``alert_threshold``."""
-        return dict(self._record.get("policy") or {})
+        return self._ctx.policy
 
     def start_polling(self) -> Poller:
         """Poll in a background thread until every row is terminal (the kernel stays free).
@@ -684,7 +449,14 @@ class BatchJob:
         """
         with self._lock:
             if self._poller is None or not self._poller.running:
-                self._poller = Poller(self).start()
+                ctx = self._ctx  # the poller's clock: the context, never the job itself
+                self._poller = Poller(
+                    self.id,
+                    self.refresh,
+                    self._set_poll_error,
+                    delays=self.polling.delays(),
+                    clock=lambda: ctx.clock(),
+                ).start()
             return self._poller
 
     def stop_polling(self) -> None:
@@ -728,7 +500,7 @@ class BatchJob:
                         error.job_id = self.id
                     raise error
                 if snap.finished:
-                    _escalate.raise_if_failed(self, snap)
+                    _escalate.raise_if_failed(self._ctx, snap)
                     return self
                 if timeout is not None and self.clock() - start + delay > timeout:
                     raise TimeoutError(self._timeout_message(snap, timeout))
@@ -751,33 +523,11 @@ class BatchJob:
         yet (the background sender stops after the chunk it is on) end ``cancelled``
         at once."""
         self._stop_sending()
-        if _planning.cancel(self):  # nothing was sent: its rows end cancelled
+        if _planning.cancel(self._ctx):  # nothing was sent: its rows end cancelled
             self._notify(self.snapshot())
             return self.snapshot()
         with self._lock:
-            # Recorded first: a sender in another process (a kernel, while the Lab
-            # sidebar cancels) then either sees it before its next chunk and stops, or
-            # has recorded that chunk's intent already, and cancels the batch it makes.
-            self._ledger.set_job_status(self.id, "cancelled")
-            self._record["status"] = "cancelled"
-            self._cancel_unsent()
-            for batch in self._ledger.batches(self.id):
-                if not batch["ended"] and not batch["batch_id"].startswith("intent-"):
-                    try:
-                        info = self._provider.cancel(batch["batch_id"])
-                    except ProviderError as exc:
-                        if not _collect.local_batch_gone(self, exc):
-                            raise
-                        _collect.end_backend_gone(self, batch)
-                        continue
-                    self._ledger.update_batch(
-                        info.batch_id, info.status, info.ended, info.failure, info.raw
-                    )
-            self._ledger.event(self.id, "cancel", "cancel requested")
-            self._notes.append(
-                Note(self.clock(), "cancel", "cancel requested; open batches end as the "
-                     "provider confirms (rows already finished keep their results)")
-            )  # fmt: skip
+            _control.cancel(self._ctx)
         return self.refresh()
 
     def _stop_sending(self) -> None:
@@ -786,17 +536,6 @@ class BatchJob:
             self._sending.cancelled = True
         if self._sender is not None:
             self._sender.join()
-
-    def _cancel_unsent(self) -> None:
-        """Rows that were never sent end ``cancelled``."""
-        positions = _collect.unsent(self._ledger.row_state(self.id))
-        if len(positions):
-            table = rowstore.failure_table(
-                positions, "cancelled", "cancelled", "cancelled before it was sent", False
-            )
-            self._ledger.record_results(
-                self.id, None, table, f"{len(positions):,} unsent requests cancelled"
-            )
 
     @staticmethod
     def _daemon_sender() -> bool:
@@ -842,22 +581,7 @@ class BatchJob:
                     self.refresh()  # learn which batches are still open, and where
                 except NbbatchError:
                     pass  # what is open is judged from the ledger below
-                open_batches = [b for b in self._ledger.batches(self.id) if not b["ended"]]
-                if open_batches and not self._backend_dead:
-                    pending = self._ledger.counts(self.id).get("pending", 0)
-                    fix = (
-                        "its cancel is not confirmed yet: job.wait() until it is"
-                        if self._record.get("status") == "cancelled"
-                        else "call job.cancel() first (or `nbbatch cancel JOB`)"
-                    )
-                    raise NbbatchError(
-                        f"job {self.id} still has {pending} pending rows in "
-                        f"{len(open_batches)} open batches that can still run: {fix}, or "
-                        "forget(force=True) to drop it anyway (the batches then go on "
-                        "unwatched).",
-                        job_id=self.id,
-                        provider=self.provider,
-                    )
+                _control.check_forgettable(self._ctx, backend_dead=self._backend_dead)
             self.stop_polling()
             self._ledger.forget_job(self.id)
 
@@ -865,33 +589,11 @@ class BatchJob:
     def results(self) -> pd.DataFrame:
         """One row per input row, by position, indexed by custom_id: label, status,
         output, error, error_type, retryable, batch_id, attempt and token counts."""
-        state = self._ledger.row_state(self.id)
-        table = _merge.results_table(state, self._batch_names(state))
-        frame = table.to_pandas()
-        frame["retryable"] = pd.Series(table.column("retryable").to_pylist(), dtype=object)
-        frame["output"] = self._decode_outputs(frame["output"])
-        # Which stage (and model) each row's result comes from.
-        stage = state.follow(state.stage)
-        frame["stage"] = stage
-        frame["model"] = np.array(self.models, dtype=object)[stage]
-        return frame.set_index("custom_id")
-
-    def _batch_names(self, state: rowstore.RowState) -> list[str | None]:
-        """The provider's batch id for each of the state's batch keys (intents)."""
-        names = {b["intent"]: b["batch_id"] for b in self._ledger.batches(self.id)}
-        return [names.get(key) for key in state.batch_keys]
-
-    def _decode_outputs(self, values: pd.Series) -> pd.Series:
-        if is_embeddings(self.endpoint):
-            # A row without a vector (failed, pending) reads back as None or NaN.
-            return values.map(lambda v: orjson.loads(v) if isinstance(v, str) else None).astype(
-                object
-            )
-        return values
+        return _merge.results_frame(self._ctx)
 
     def prompt_chars(self) -> tuple[int, int]:
         """(rows with a prompt, total prompt characters): for cost estimates before usage."""
-        if _planning.planning(self):
+        if _planning.planning(self._ctx):
             return 0, 0  # no rows planned yet
         return rowstore.prompt_chars(self._ledger.row_state(self.id))
 
@@ -913,18 +615,16 @@ class BatchJob:
         when it is computed (see :mod:`nbbatch.engines`).
         """
         if df is None:
-            if self._data is None:
+            if self._ctx.data is None:
                 raise MergeError(
                     f"job {self.id} was attached without its data; call job.merge(df) with "
                     "the DataFrame you submitted.",
                     job_id=self.id,
                 )
-            df = self._data
-        from . import engines
-
+            df = self._ctx.data
         if engines.kind_of(df):  # Dask or Spark: merged lazily, partition by partition
-            return engines.merge(self, df, verify=verify)
-        return _merge.merge_job(self, df, verify=verify)
+            return engines.merge(self._ctx, df, verify=verify)
+        return _merge.merge_job(self._ctx, df, verify=verify)
 
     def to_parquet(
         self,
@@ -947,73 +647,27 @@ class BatchJob:
         (0-based), which tells apart rows whose index labels repeat. For a Dask or Spark
         frame, ``path`` is a folder of Parquet files written by the workers, partition
         by partition."""
-        import pyarrow.parquet as pq
-
-        from . import frames
-        from . import stream as _stream
-
-        data = data if data is not None else self._data
-        from . import engines
-
+        data = data if data is not None else self._ctx.data
         if engines.kind_of(data):  # a folder of files, written by the workers
-            return engines.to_parquet(self, data, path, columns=columns, verify=verify)
-        source = None
-        if data is not None and frames.streamed(data):
-            source = _stream.Source.of(data)
-        elif data is None and (recorded := self._ledger.source(self.id)) is not None:
-            source = _stream.Source.recorded(recorded)
+            return engines.to_parquet(self._ctx, data, path, columns=columns, verify=verify)
         target = _merge.parquet_target(Path(path), self.id)
-        # A fresh private file, renamed into place (see nbbatch._files).
-        with private_output(target) as tmp:
-            if source is not None:
-                self._warn_if_running("to_parquet()")
-                _merge.write_parquet(self, source, tmp, columns=columns, verify=verify)
-            else:
-                table = frames.as_arrow(self.merge(data, verify=verify))
-                if columns is not None:
-                    table = table.select([*columns, *self.output_columns()])
-                table = _merge.with_row_position(table)
-                pq.write_table(table, tmp)
-        return target
-
-    def _warn_if_running(self, what: str) -> None:
-        """Warn that a job's answers are not all in yet, so an empty or partial result is
-        not read as final."""
-        pending = int(self._ledger.counts(self.id).get("pending", 0))
-        if pending:
-            warnings.warn(
-                f"job {self.id} is still running: {pending:,} of {self._record['n_rows']:,} "
-                f"rows are pending, so {what} shows only what has finished so far. "
-                "job.wait() blocks until every row is done.",
-                JobRunningWarning,
-                stacklevel=3,
-            )
+        return _merge.to_parquet(
+            self._ctx, target, data, columns=columns, verify=verify, merge=self.merge
+        )
 
     def output_columns(self) -> list[str]:
         """The columns ``merge`` adds: ``{output}`` (or one per field of a structured
         response_format), ``{output}_status``, ``{output}_error`` (and ``{output}_raw``,
         the reply as received, with a response_format), and ``{output}_model`` for a job
         that escalates (a cascade, or after :meth:`escalate`)."""
-        return output_columns(self.output, self.spec.response_format, staged=self.staged)
+        return self._ctx.output_columns()
 
     def failed(self) -> pd.DataFrame:
         """The merged rows that did not succeed (failed, expired or cancelled); while the
         job runs, a warning says these are only the failures so far."""
-        from . import engines, frames
-
-        if engines.kind_of(self._data):  # Dask or Spark: filtered lazily, on the workers
-            return engines.failed(self, self._data)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", JobRunningWarning)  # warned once, below
-            if self._data is None:
-                merged = self.results()
-                bad = merged["status"].isin(["failed", "expired", "cancelled"])
-                self._warn_if_running("failed()")
-                return merged[bad]
-            merged = _merge.merge_job(self, self._data, verify=True, native=False)
-        self._warn_if_running("failed()")
-        bad = merged[f"{self.output}_status"].isin(["failed", "expired", "cancelled"])
-        return frames.rows(self._data, merged, self.output_columns(), bad.to_numpy())
+        if engines.kind_of(self._ctx.data):  # Dask or Spark: filtered lazily, on the workers
+            return engines.failed(self._ctx, self._ctx.data)
+        return _merge.failed_rows(self._ctx)
 
     def resubmit_failed(self, **overrides: Any) -> BatchJob:
         """Send again only the rows that ended ``failed`` or ``expired``, as new batches.
@@ -1028,42 +682,10 @@ class BatchJob:
         ``where="failed"``). Returns this job, which now also follows the new batches.
         """
         with self._lock:
-            state = self._ledger.row_state(self.id)
-            leaders = state.is_leader
-            bad = (state.status == rowstore.FAILED) | (state.status == rowstore.EXPIRED)
-            positions = np.flatnonzero(leaders & bad)
-            if not len(positions):
+            if not _control.requeue_failed(self._ctx, overrides):
                 return self
-            if overrides and (state.stage[positions] > 0).any():
-                raise InputError(
-                    f"some failed rows of job {self.id} failed in an escalation stage, "
-                    "whose parameters resubmit_failed(**overrides) does not change: "
-                    "job.escalate(model=..., where='failed', **overrides) sends them with "
-                    "other parameters. Nothing was sent.",
-                    job_id=self.id,
-                )
-            if overrides:
-                self._apply_overrides(overrides)
-            attempt = int(state.attempt[positions].max()) + 1
-            self._ledger.event(self.id, "resubmit", f"resubmitting {len(positions)} rows")
-            self._ledger.set_job_status(self.id, "running")
-            # It ends again, and says so; collect --finished writes its new results.
-            self._ledger.set_job_time(self.id, "ended_at", None)
-            self._ledger.set_job_time(self.id, "collected_at", None)
             self._logged_done = False
-            self._record["status"] = "running"
-            # Put back to be sent, then sent by the background sender (or the next
-            # refresh): the kernel stays free however many rows failed.
-            stages = state.stage[positions].copy()
-            for stage in np.unique(stages):  # each row again in the stage it failed in
-                self._ledger.requeue(self.id, positions[stages == stage], attempt, int(stage))
             self._send_error = None
-            n = self._rows_in_attempt(attempt)
-            self._notes.append(
-                Note(self.clock(), "resubmit", f"resubmitted {n:,} failed or expired rows "
-                     f"(attempt {attempt}); only those are sent and paid for again",
-                     attempt=attempt)
-            )  # fmt: skip
         self.start_sending(daemon=self._daemon_sender())
         self._notify(self.snapshot())
         return self
@@ -1087,46 +709,20 @@ class BatchJob:
         that the job has ended (escalate after ``job.wait()``) and chose at least one
         row. See :mod:`nbbatch.escalate`.
         """
-        from . import escalate as _escalate
-
         with self._lock:
-            self._check_can_escalate()
-            _escalate.start_stage(self, model, where, overrides, automatic=False)
+            self.refresh()  # an escalation starts from the job's final answers
+            _escalate.check_can_escalate(self._ctx, sending=self.sending)
+            if _escalate.start_stage(self._ctx, model, where, overrides, automatic=False):
+                self._send_stage()
+        self._notify(self.snapshot())
         return self
 
-    def _check_can_escalate(self) -> None:
-        """An escalation starts from a job that has ended, not cancelled: rows still
-        pending would otherwise be chosen (or not) on answers that are not in yet."""
-        self.refresh()
-        if self._record.get("status") == "cancelled":
-            raise InputError(
-                f"job {self.id} was cancelled; submit a new job instead of escalating it.",
-                job_id=self.id,
-            )
-        pending = int(self._ledger.counts(self.id).get("pending", 0))
-        if pending or self.sending:
-            raise InputError(
-                f"job {self.id} is still running ({pending:,} rows pending): escalate once it "
-                "has ended (job.wait()), so the rows are chosen on their final answers. "
-                "Nothing was sent.",
-                job_id=self.id,
-            )
-
-    def _apply_overrides(self, overrides: dict[str, Any]) -> None:
-        """Change request parameters for the batches sent from now on; checked as
-        ``submit`` checks them, before anything is sent."""
-        spec = dict(self._record["spec"])
-        for key, value in overrides.items():
-            if key in spec and key != "params":
-                spec[key] = value
-            else:
-                spec["params"] = {**spec["params"], key: value}
-        checked = RequestSpec(**spec)
-        self._provider.validate(checked)
-        if checked.model != self.model:
-            self._provider.check_model(checked.model)
-        self._record["spec"] = spec
-        self._ledger.set_job_spec(self.id, spec)
+    def _send_stage(self) -> None:
+        """A stage started (by hand or by a cascade) with rows put back to be sent: the
+        job runs again, and the background sender sends them."""
+        self._logged_done = False
+        self._send_error = None
+        self.start_sending(daemon=self._daemon_sender())
 
     # -- display ----------------------------------------------------------------------------
     def __repr__(self) -> str:

@@ -27,7 +27,7 @@ from .checks import ContextLimit
 from .providers.base import is_embeddings
 
 if TYPE_CHECKING:
-    from .job import BatchJob
+    from .context import JobContext
 
 #: How many differing rows a MergeError shows.
 SHOWN = 2
@@ -35,7 +35,7 @@ SHOWN = 2
 VERIFY_ROWS = 131_072
 
 
-def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) -> Any:
+def merge_job(ctx: JobContext, data: Any, *, verify: bool, native: bool = True) -> Any:
     """``data`` plus the job's result columns: find each row's position in the job (by
     position, or by label), check it still renders the request sent for it, warn while
     the job runs, and add the columns (see :meth:`BatchJob.merge`). The result is of
@@ -46,66 +46,66 @@ def merge_job(job: BatchJob, data: Any, *, verify: bool, native: bool = True) ->
     # Only the columns the check reads become pandas: the result columns are joined to
     # ``data`` itself (frames.like), so its other columns, often most of its bytes
     # (a million reviews), are never converted.
-    used = _prompt.parse(job._record["template"]).columns
-    id_column = job._record.get("id_column")
+    used = _prompt.parse(ctx.record["template"]).columns
+    id_column = ctx.record.get("id_column")
     df = frames.to_pandas(frames.select(data, [*used, id_column]))
     frame = df.to_frame() if isinstance(df, pd.Series) else df
-    clash = [n for n in job.output_columns() if n in (frame.columns if names is None else names)]
+    clash = [n for n in ctx.output_columns() if n in (frame.columns if names is None else names)]
     if clash:
         raise MergeError(
             f"the DataFrame already has column(s) {clash}; drop them first or submit with "
             "another output= name.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
-    state = job._ledger.row_state(job.id)
+    state = ctx.ledger.row_state(ctx.id)
     take = align(
         _plan.row_keys(frame[id_column] if id_column else frame.index),
         state.manifest.column("key").to_numpy(),
-        job.id,
+        ctx.id,
     )
     if verify:
-        _verify(job, df, state, take)
-    job._warn_if_running("merge()")
+        _verify(ctx, df, state, take)
+    ctx.warn_if_running("merge()")
     out = merged(
         frame,
         state,
         take,
-        job.output,
-        job.spec.response_format,
-        embeddings=is_embeddings(job.endpoint),
+        ctx.output,
+        ctx.spec.response_format,
+        embeddings=is_embeddings(ctx.endpoint),
     )
-    out = with_models(job, out, take)
-    return frames.like(data, out, job.output_columns()) if native else out
+    out = with_models(ctx, out, take)
+    return frames.like(data, out, ctx.output_columns()) if native else out
 
 
-def with_models(job: BatchJob, out: pd.DataFrame, take: np.ndarray) -> pd.DataFrame:
+def with_models(ctx: JobContext, out: pd.DataFrame, take: np.ndarray) -> pd.DataFrame:
     """``out`` with ``{output}_model`` after ``{output}_error``, for a job with
     escalation stages (or a cascade): the model whose answer (or failure) each row
     holds, None for a row pending or never sent. Other jobs' merges are left as they
     were."""
-    if not job.staged:
+    if not ctx.staged:
         return out
-    state = job._ledger.row_state(job.id)
+    state = ctx.ledger.row_state(ctx.id)
     models = np.array(
-        [job.stage_spec_dict(s)["model"] for s in range(len(job.stages) + 1)], dtype=object
+        [ctx.stage_spec_dict(s)["model"] for s in range(len(ctx.stages) + 1)], dtype=object
     )
     rows = state.follow(state.stage)[take]
     status = state.statuses()[take]
     values = models[rows]
     values[(status == rowstore.PENDING) | (status == rowstore.SKIPPED)] = None
-    name = f"{job.output}_model"
-    at = list(out.columns).index(f"{job.output}_error") + 1
+    name = f"{ctx.output}_model"
+    at = list(out.columns).index(f"{ctx.output}_error") + 1
     out.insert(at, name, pd.array(values, dtype="string"))
     return out
 
 
-def sent_hashes(job: BatchJob, state: rowstore.RowState) -> tuple[str, np.ndarray]:
+def sent_hashes(ctx: JobContext, state: rowstore.RowState) -> tuple[str, np.ndarray]:
     """(salt, request hash of every row) to verify rows against: the job's own, or, for
     a job hashed before salts were kept or under another scheme (another polars
     version), its stored prompts hashed again."""
-    salt = job._record.get("salt")
+    salt = ctx.record.get("salt")
     sent = state.manifest.column("request_hash").to_numpy()
-    if salt is None or job._record.get("hash_scheme") != _plan.HASH_SCHEME:
+    if salt is None or ctx.record.get("hash_scheme") != _plan.HASH_SCHEME:
         prompts = state.manifest.column("prompt")
         salt = "nbbatch-verify01"
         sent = np.zeros(len(prompts), dtype=np.uint64)
@@ -116,7 +116,7 @@ def sent_hashes(job: BatchJob, state: rowstore.RowState) -> tuple[str, np.ndarra
 
 
 def _verify(
-    job: BatchJob,
+    ctx: JobContext,
     df: pd.DataFrame | pd.Series,
     state: rowstore.RowState,
     take: np.ndarray,
@@ -125,7 +125,7 @@ def _verify(
     """Check that each row of ``df`` renders the request sent for it (see verify_rows),
     against ``hashes`` (from :func:`sent_hashes`, worked out here when not given)."""
     frame, _ = _plan.as_frame(df)
-    salt, sent = hashes if hashes is not None else sent_hashes(job, state)
+    salt, sent = hashes if hashes is not None else sent_hashes(ctx, state)
     prompts = state.manifest.column("prompt")
 
     def sent_prompts(positions: list[int]) -> list[str | None]:
@@ -133,13 +133,13 @@ def _verify(
 
     verify_rows(
         frame,
-        _prompt.parse(job._record["template"], frame.columns),
-        missing=str(job.policy.get("missing", "skip")),
-        limit=ContextLimit.from_dict(job.policy.get("context")),
+        _prompt.parse(ctx.record["template"], frame.columns),
+        missing=str(ctx.policy.get("missing", "skip")),
+        limit=ContextLimit.from_dict(ctx.policy.get("context")),
         salt=str(salt),
         sent=sent[take],
         sent_prompts=sent_prompts,
-        job_id=job.id,
+        job_id=ctx.id,
     )
 
 
@@ -337,7 +337,7 @@ def _short(text: str | None, width: int = 60) -> str:
 
 
 def write_parquet(
-    job: BatchJob,
+    ctx: JobContext,
     source: Any,
     target: Path,
     *,
@@ -354,14 +354,14 @@ def write_parquet(
 
     from . import frames
 
-    state = job._ledger.row_state(job.id)
+    state = ctx.ledger.row_state(ctx.id)
     if source.n_rows != state.n:
         raise MergeError(
-            f"the data has {source.n_rows:,} rows but job {job.id} was planned from "
+            f"the data has {source.n_rows:,} rows but job {ctx.id} was planned from "
             f"{state.n:,}: the files changed since submit. Pass the files you submitted.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
-    added = job.output_columns()
+    added = ctx.output_columns()
     keep = list(source.columns if columns is None else columns)
     unknown = [c for c in keep if c not in source.columns]
     if unknown:
@@ -369,16 +369,16 @@ def write_parquet(
     clash = [c for c in keep if c in added]
     if clash:
         raise MergeError(f"the data already has column(s) {clash}; leave them out of columns=.")
-    id_column = job._record.get("id_column")
-    template = _prompt.parse(job._record["template"], source.columns)
+    id_column = ctx.record.get("id_column")
+    template = _prompt.parse(ctx.record["template"], source.columns)
     checked = list(dict.fromkeys([*template.columns, *([id_column] if id_column else [])]))
     read = list(dict.fromkeys([*keep, *checked]))
     # Worked out once for the whole job, not per record batch: for ten million rows,
     # each is a pass over every row, which per batch made the write quadratic.
     keys = state.manifest.column("key").to_numpy() if id_column else None
-    hashes = sent_hashes(job, state) if verify else None
+    hashes = sent_hashes(ctx, state) if verify else None
     statuses = state.statuses()
-    schema = _result_schema(job, state, added)
+    schema = _result_schema(ctx, state, added)
 
     def prepared(batch: pa.RecordBatch, offset: int) -> pa.Table:
         """One record batch of the data, checked, with its result columns."""
@@ -387,17 +387,17 @@ def write_parquet(
         frame.index = pd.RangeIndex(take[0], take[-1] + 1) if len(take) else frame.index
         if keys is not None and not np.array_equal(_plan.row_keys(frame[id_column]), keys[take]):
             raise MergeError(
-                f"the rows of the data are not those of job {job.id} (by {id_column!r}, "
+                f"the rows of the data are not those of job {ctx.id} (by {id_column!r}, "
                 f"around row {take[0]:,}): the files changed since submit.",
-                job_id=job.id,
+                job_id=ctx.id,
             )
         if hashes is not None:
-            _verify(job, frame, state, take, hashes)
+            _verify(ctx, frame, state, take, hashes)
         out = merged(
-            frame.iloc[:, :0], state, take, job.output, job.spec.response_format,
-            embeddings=is_embeddings(job.endpoint), statuses=statuses,
+            frame.iloc[:, :0], state, take, ctx.output, ctx.spec.response_format,
+            embeddings=is_embeddings(ctx.endpoint), statuses=statuses,
         )  # fmt: skip
-        out = with_models(job, out, take)
+        out = with_models(ctx, out, take)
         results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
         table = pa.Table.from_batches([batch]).select(keep)
         for name in added:
@@ -421,7 +421,7 @@ def write_parquet(
     return offset
 
 
-def _result_schema(job: BatchJob, state: rowstore.RowState, added: list[str]) -> pa.Schema:
+def _result_schema(ctx: JobContext, state: rowstore.RowState, added: list[str]) -> pa.Schema:
     """The Arrow types of the result columns, from a sample of rows that succeeded and
     some that did not (a column with no value in the sample is text)."""
     status = state.statuses()
@@ -429,14 +429,93 @@ def _result_schema(job: BatchJob, state: rowstore.RowState, added: list[str]) ->
     other = np.flatnonzero(status != rowstore.SUCCEEDED)[:10]
     sample = np.concatenate([good, other])
     out = merged(
-        pd.DataFrame(index=pd.RangeIndex(len(sample))), state, sample, job.output,
-        job.spec.response_format, embeddings=is_embeddings(job.endpoint),
+        pd.DataFrame(index=pd.RangeIndex(len(sample))), state, sample, ctx.output,
+        ctx.spec.response_format, embeddings=is_embeddings(ctx.endpoint),
     )  # fmt: skip
-    out = with_models(job, out, sample)
+    out = with_models(ctx, out, sample)
     table = pa.Table.from_pandas(out[added], preserve_index=False)
     return pa.schema(
         pa.field(f.name, pa.large_string()) if pa.types.is_null(f.type) else f for f in table.schema
     )
+
+
+def results_frame(ctx: JobContext) -> pd.DataFrame:
+    """One row per input row of the job, by position, indexed by custom_id: label,
+    status, output, error, error_type, retryable, batch_id, attempt, token counts, and
+    the stage (and model) each row's result comes from (see ``BatchJob.results``)."""
+    state = ctx.row_state()
+    names = {b["intent"]: b["batch_id"] for b in ctx.ledger.batches(ctx.id)}
+    table = results_table(state, [names.get(key) for key in state.batch_keys])
+    frame = table.to_pandas()
+    frame["retryable"] = pd.Series(table.column("retryable").to_pylist(), dtype=object)
+    if is_embeddings(ctx.endpoint):
+        # A row without a vector (failed, pending) reads back as None or NaN.
+        frame["output"] = (
+            frame["output"].map(lambda v: orjson.loads(v) if isinstance(v, str) else None)
+        ).astype(object)
+    stage = state.follow(state.stage)
+    frame["stage"] = stage
+    frame["model"] = np.array(ctx.models, dtype=object)[stage]
+    return frame.set_index("custom_id")
+
+
+def to_parquet(
+    ctx: JobContext,
+    target: Path,
+    data: Any,
+    *,
+    columns: list[str] | None,
+    verify: bool,
+    merge: Callable[..., Any],
+) -> Path:
+    """Write the merged rows to ``target`` (see ``BatchJob.to_parquet``): data from
+    files or an Arrow dataset record batch by record batch, a table in memory through
+    ``merge`` (the job's). Written to a temporary name, then renamed."""
+    import pyarrow.parquet as pq
+
+    from . import frames
+    from . import stream as _stream
+    from ._files import private_output
+
+    data = data if data is not None else ctx.data
+    source = None
+    if data is not None and frames.streamed(data):
+        source = _stream.Source.of(data)
+    elif data is None and (recorded := ctx.ledger.source(ctx.id)) is not None:
+        source = _stream.Source.recorded(recorded)
+    # A fresh private file, renamed into place (see nbbatch._files).
+    with private_output(target) as tmp:
+        if source is not None:
+            ctx.warn_if_running("to_parquet()")
+            write_parquet(ctx, source, tmp, columns=columns, verify=verify)
+        else:
+            table = frames.as_arrow(merge(data, verify=verify))
+            if columns is not None:
+                table = table.select([*columns, *ctx.output_columns()])
+            pq.write_table(with_row_position(table), tmp)
+    return target
+
+
+def failed_rows(ctx: JobContext) -> pd.DataFrame:
+    """The merged rows that did not succeed (see ``BatchJob.failed``): of the data
+    submitted in this session, else of the results; while the job runs, one warning
+    says these are only the failures so far."""
+    import warnings
+
+    from . import frames
+    from ._errors import JobRunningWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", JobRunningWarning)  # warned once, below
+        if ctx.data is None:
+            merged = results_frame(ctx)
+            bad = merged["status"].isin(["failed", "expired", "cancelled"])
+            ctx.warn_if_running("failed()")
+            return merged[bad]
+        merged = merge_job(ctx, ctx.data, verify=True, native=False)
+    ctx.warn_if_running("failed()")
+    bad = merged[f"{ctx.output}_status"].isin(["failed", "expired", "cancelled"])
+    return frames.rows(ctx.data, merged, ctx.output_columns(), bad.to_numpy())
 
 
 #: The column a written result file gives each row's position in the submitted data.
@@ -465,16 +544,16 @@ def parquet_target(path: Path, job_id: str) -> Path:
     return path
 
 
-def write_results(job: BatchJob, target: Path, *, rows_per_group: int) -> pa.Schema:
+def write_results(ctx: JobContext, target: Path, *, rows_per_group: int) -> pa.Schema:
     """Write every row's result columns (those ``merge`` adds), by position, to the
     Parquet file ``target``, with ``position``, ``key`` and ``request_hash`` beside them,
     in row groups of ``rows_per_group`` rows, so that a partition of a distributed frame
     reads only its own slice (see :mod:`nbbatch.engines`). Returns the file's schema."""
     import pyarrow.parquet as pq
 
-    state = job._ledger.row_state(job.id)
-    added = job.output_columns()
-    schema = _result_schema(job, state, added)
+    state = ctx.ledger.row_state(ctx.id)
+    added = ctx.output_columns()
+    schema = _result_schema(ctx, state, added)
     full = pa.schema(
         [("position", pa.int64()), ("key", pa.uint64()), ("request_hash", pa.uint64()), *schema]
     )
@@ -484,10 +563,10 @@ def write_results(job: BatchJob, target: Path, *, rows_per_group: int) -> pa.Sch
         for start in range(0, state.n, rows_per_group):
             take = np.arange(start, min(state.n, start + rows_per_group))
             out = merged(
-                pd.DataFrame(index=pd.RangeIndex(len(take))), state, take, job.output,
-                job.spec.response_format, embeddings=is_embeddings(job.endpoint),
+                pd.DataFrame(index=pd.RangeIndex(len(take))), state, take, ctx.output,
+                ctx.spec.response_format, embeddings=is_embeddings(ctx.endpoint),
             )  # fmt: skip
-            out = with_models(job, out, take)
+            out = with_models(ctx, out, take)
             results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
             at = pa.array(take)
             table = pa.table(

@@ -35,7 +35,7 @@ from ._errors import InputError
 from .providers.base import ROW_RESULT_SCHEMA, RequestSpec, is_embeddings
 
 if TYPE_CHECKING:
-    from .job import BatchJob
+    from .context import JobContext
 
 #: Stands for the item in the instruction shown once per pack.
 ITEM = "<ITEM>"
@@ -145,15 +145,15 @@ def pack_ids(positions: np.ndarray, size: int) -> pa.Array:
 
 
 def encode(
-    job: BatchJob, positions: np.ndarray, spec: RequestSpec, size: int
+    ctx: JobContext, positions: np.ndarray, spec: RequestSpec, size: int
 ) -> tuple[bytes, pa.Array]:
     """The request lines of the packs of the leaders at ``positions``, and their ids."""
-    state = job._ledger.row_state(job.id)
+    state = ctx.ledger.row_state(ctx.id)
     prompts = state.manifest_column("prompt", positions).to_pylist()
-    prefix, suffix = split_template(str(job._record["template"]))
+    prefix, suffix = split_template(str(ctx.record["template"]))
     ids = pack_ids(positions, size)
     texts = pa.array(pack_prompts(prompts, size, prefix, suffix), pa.large_string())
-    return job._provider.encode(ids, texts, packed_spec(spec, size)), ids
+    return ctx.provider.encode(ids, texts, packed_spec(spec, size)), ids
 
 
 def n_requests(n_rows: int, size: int) -> int:
@@ -279,59 +279,47 @@ def _split(values: list[int], n: int) -> np.ndarray:
     return out
 
 
-def collect(
-    job: BatchJob,
+def packed_results(
     info: Any,
-    raws: list[bytes],
-    intent: str,
+    tables: list[pa.Table],
     spec: RequestSpec,
     positions: np.ndarray,
+    row_ids: pa.Array,
     size: int,
-) -> None:
-    """Record one result per row of an ended batch of packs (``positions``: its rows,
-    in the order they were packed), each row's answer taken from its pack's."""
-    from . import collect as _collect
+) -> tuple[pa.Table, str, bool]:
+    """One result per row of an ended batch of packs (``positions``: its rows, in the
+    order they were packed; ``row_ids`` their custom ids), each row's answer taken from
+    its pack's parsed result ``tables``. Returns the rows' results, the batch's note,
+    and whether that note is worth a warning (packs missing, repeated or unknown, rows
+    left out or answered wrongly)."""
     from . import results as _results
-    from . import rowstore, structured
+    from . import structured
 
-    packed = packed_spec(spec, size)
-    try:
-        tables = [job._provider.parse_results(raw, packed) for raw in raws]
-    except Exception as exc:  # as for unpacked batches: fetched again, nothing recorded
-        raise _collect.unreadable(job, info, exc) from exc
-    ids = pack_ids(positions, size)
     rec = _results.reconcile(
-        ids,
+        pack_ids(positions, size),
         tables,
         batch_failure=info.failure,
         failure_code=info.failure_code,
         unfinished=info.unfinished,
     )
-    state = job._ledger.row_state(job.id)
-    row_ids = state.manifest_column("custom_id", positions)
     is_structured = spec.response_format is not None
     table, wrong = unpack(rec.table, positions, row_ids, size, structured=is_structured)
     if spec.response_format is not None:
         schema = structured.schema_of(spec.response_format)
         table = _results.check_structured(table, schema, set())
-    results = rowstore.result_table(positions, table, _collect._hashes(job, positions, 0))
     note = f"{rec.note(info.batch_id)} (packs of {size}: {len(positions):,} rows)"
     if wrong:
         note += (
             f"; {wrong:,} rows left out or answered wrongly in their pack's answer (sent "
             "again on their own)"
         )
-    job._ledger.record_results(job.id, intent, results, note)
-    if rec.unknown or rec.duplicates or rec.missing or wrong:
-        job._warn(note)
-    if info.failure:
-        job._warn(f"batch {info.batch_id} failed as a whole: {info.failure}")
+    return table, note, bool(rec.unknown or rec.duplicates or rec.missing or wrong)
 
 
-def batch_size(job: BatchJob, intent: str, stage: int) -> int:
+def batch_size(ctx: JobContext, intent: str, stage: int) -> int:
     """Rows per request in the batch recorded as ``intent`` (1: not packed)."""
-    if not job.policy.get("pack"):
+    if not ctx.policy.get("pack"):
         return 1
-    rows = job._ledger.query("SELECT attempt FROM batches WHERE intent = ?", (intent,))
+    rows = ctx.ledger.query("SELECT attempt FROM batches WHERE intent = ?", (intent,))
     attempt = int(rows[0][0]) if rows else 1
-    return size_for(job.policy, stage, attempt)
+    return size_for(ctx.policy, stage, attempt)

@@ -36,9 +36,8 @@ from ._errors import InputError, NbbatchError
 from .checks import ContextLimit
 
 if TYPE_CHECKING:
-    from .job import BatchJob
+    from .context import JobContext
     from .send import Progress
-    from .snapshot import JobSnapshot
 
 #: Streamed tables with at least this many rows are planned in the background.
 BACKGROUND_ROWS = 250_000
@@ -75,75 +74,40 @@ def fingerprint(source: _stream.Source, parts: list[Any]) -> str | None:
     ).hexdigest()
 
 
-def planning(job: BatchJob) -> bool:
+def planning(ctx: JobContext) -> bool:
     """Whether the job has no rows yet: still planning, or it ended while planned
     (failed or cancelled). Its manifest is what says so, for any process."""
-    return not job._ledger.has_rows(job.id)
+    return not ctx.ledger.has_rows(ctx.id)
 
 
-def snapshot(job: BatchJob) -> JobSnapshot:
-    """The snapshot of a job with no rows yet: all pending while planned ("planning
-    3.2M/10M rows" as its sending text), all failed or cancelled if it ended so."""
-    from .snapshot import ROW_STATES, JobSnapshot
-
-    status = str(job._record.get("status"))
-    n = int(job._record["n_rows"])
-    counts = {state: 0 for state in ROW_STATES}
-    counts[{PLANNING: "pending", FAILED: "failed"}.get(status, "cancelled")] = n
-    counts["total"] = n
-    progress = job._sending
-    text = None
-    if status == PLANNING:
-        live = progress is not None and progress.active and progress.to_plan
-        text = progress.text() if live and progress is not None else "planning"
-    return JobSnapshot(
-        job_id=job.id,
-        provider=job.provider,
-        model=job.model,
-        endpoint=job.endpoint,
-        base_url=str(job._record.get("base_url") or ""),
-        n_rows=n,
-        counts=counts,
-        status={PLANNING: "running", FAILED: "failed"}.get(status, "cancelled"),
-        batches=(),
-        created=float(job._record["created"]),
-        now=job.clock(),
-        last_poll=job._last_poll,
-        last_error=f"sending stopped: {failure(job)}" if status == FAILED else job._last_error,
-        notes=tuple(job._notes),
-        sending=text,
-        deadline=job._record.get("deadline"),
-    )
-
-
-def cancel(job: BatchJob) -> bool:
+def cancel(ctx: JobContext) -> bool:
     """Cancel a job that has no rows yet (True); False for one that has them."""
-    if not planning(job):
+    if not planning(ctx):
         return False
-    if job._ledger.job_status(job.id) == PLANNING:
-        job._ledger.end_planning(job.id, "cancelled", "cancelled while its rows were planned")
-    job._record["status"] = job._ledger.job_status(job.id)
+    if ctx.ledger.job_status(ctx.id) == PLANNING:
+        ctx.ledger.end_planning(ctx.id, "cancelled", "cancelled while its rows were planned")
+    ctx.record["status"] = ctx.ledger.job_status(ctx.id)
     return True
 
 
-def source_of(job: BatchJob) -> _stream.Source:
+def source_of(ctx: JobContext) -> _stream.Source:
     """The rows to plan: the data given in this session, else the recorded files."""
     from . import frames
 
-    if job._data is not None and frames.streamed(job._data):
-        return _stream.Source.of(job._data)
-    recorded = job._ledger.source(job.id) or {}
+    if ctx.data is not None and frames.streamed(ctx.data):
+        return _stream.Source.of(ctx.data)
+    recorded = ctx.ledger.source(ctx.id) or {}
     source = _stream.Source.recorded(recorded)
     if source is None:
         raise InputError(
-            f"job {job.id} was being planned from an Arrow dataset in a session that "
+            f"job {ctx.id} was being planned from an Arrow dataset in a session that "
             "ended, so its rows cannot be read again here; submit the data again.",
-            job_id=job.id,
+            job_id=ctx.id,
         )
     return source
 
 
-def run(job: BatchJob, progress: Progress | None, checks: Checks | None) -> bool:
+def run(ctx: JobContext, progress: Progress | None) -> bool:
     """Plan every row of a job recorded with status ``planning``, check them, and move
     the manifest into the ledger (the job is then ``running``, its rows pending).
 
@@ -152,17 +116,17 @@ def run(job: BatchJob, progress: Progress | None, checks: Checks | None) -> bool
     ends the job ``failed`` and raises an :class:`InputError` with the reason; a cancel
     (``progress.cancelled``) ends it ``cancelled``. Either way nothing was sent.
     """
-    ledger = job._ledger
-    if not ledger.take_sending(job.id):
+    ledger = ctx.ledger
+    if not ledger.take_sending(ctx.id):
         return False
     try:
-        status = ledger.job_status(job.id) or PLANNING
-        job._record["status"] = status
+        status = ledger.job_status(ctx.id) or PLANNING
+        ctx.record["status"] = status
         if status == FAILED:
-            raise failure(job)
+            raise failure(ctx)
         if status != PLANNING:
-            return not planning(job)  # planned meanwhile (elsewhere), or cancelled
-        n = int(job._record["n_rows"])
+            return not planning(ctx)  # planned meanwhile (elsewhere), or cancelled
+        n = int(ctx.record["n_rows"])
         if progress is not None:
             progress.planned, progress.to_plan = 0, n
 
@@ -171,37 +135,37 @@ def run(job: BatchJob, progress: Progress | None, checks: Checks | None) -> bool
                 if progress.cancelled:
                     raise _Stopped
                 progress.planned = rows
-                job._progress_changed()
+                ctx.on_progress()
 
         try:
-            _plan(job, advance, checks)
+            _plan(ctx, advance, ctx.plan_checks)
         except _Stopped:
-            ledger.end_planning(job.id, "cancelled", "cancelled while its rows were planned")
-            job._record["status"] = "cancelled"
+            ledger.end_planning(ctx.id, "cancelled", "cancelled while its rows were planned")
+            ctx.record["status"] = "cancelled"
             return False
         except Exception as exc:  # an interrupt leaves it planning, for the next wait()
             message = (
-                f"job {job.id} could not be planned, so nothing was sent: {exc} "
+                f"job {ctx.id} could not be planned, so nothing was sent: {exc} "
                 "(the job has ended failed; fix the data and submit again)"
             )
-            ledger.end_planning(job.id, FAILED, message)
-            job._record["status"] = FAILED
-            raise InputError(message, job_id=job.id) from exc
-        job._record["status"] = "running"
+            ledger.end_planning(ctx.id, FAILED, message)
+            ctx.record["status"] = FAILED
+            raise InputError(message, job_id=ctx.id) from exc
+        ctx.record["status"] = "running"
         if progress is not None:
             progress.planned = n
         return True
     finally:
         if progress is not None:
             progress.to_plan = 0
-        ledger.release_sending(job.id)
+        ledger.release_sending(ctx.id)
 
 
-def _plan(job: BatchJob, advance: Callable[[int], None], checks: Checks | None) -> None:
+def _plan(ctx: JobContext, advance: Callable[[int], None], checks: Checks | None) -> None:
     """Plan the job's rows to a manifest file, check them and record the manifest."""
-    record = job._record
-    ledger = job._ledger
-    source = source_of(job)
+    record = ctx.record
+    ledger = ctx.ledger
+    source = source_of(ctx)
     if source.n_rows != int(record["n_rows"]):
         raise InputError("the data changed since submit (its row count differs)")
     planned = _stream.plan_to_file(
@@ -225,7 +189,7 @@ def _plan(job: BatchJob, advance: Callable[[int], None], checks: Checks | None) 
         planned.discard()
         raise
     try:
-        if not ledger.add_manifest(job.id, target, reuse=bool(record["policy"].get("reuse", True))):
+        if not ledger.add_manifest(ctx.id, target, reuse=bool(record["policy"].get("reuse", True))):
             raise _Stopped  # cancelled while the manifest was written
     finally:
         from .rowstore import leaders_path
@@ -234,11 +198,11 @@ def _plan(job: BatchJob, advance: Callable[[int], None], checks: Checks | None) 
         target.unlink(missing_ok=True)
 
 
-def failure(job: BatchJob) -> NbbatchError:
+def failure(ctx: JobContext) -> NbbatchError:
     """The error of a job whose planning failed, as recorded (for any process)."""
-    summary = orjson.loads(job._ledger.jobs_summary(job.id) or "{}")
-    message = summary.get("error") or f"job {job.id} could not be planned, so nothing was sent"
-    return InputError(str(message), job_id=job.id)
+    summary = orjson.loads(ctx.ledger.jobs_summary(ctx.id) or "{}")
+    message = summary.get("error") or f"job {ctx.id} could not be planned, so nothing was sent"
+    return InputError(str(message), job_id=ctx.id)
 
 
 def longest_fits(planned: _stream.StreamPlan, encode: Callable[..., bytes], limit: int) -> None:

@@ -3,7 +3,9 @@
 The kernel stays free: the thread sleeps on an event between polls (so "refresh now"
 and "stop" take effect at once), backs off as the job's :class:`~nbbatch.job.PollPolicy`
 says, keeps transient errors in the job's snapshots instead of raising them, and holds
-the job only weakly, so a job nobody references any more stops being polled.
+the job only weakly (its ``refresh`` and ``on_error`` methods, through weak references),
+so a job nobody references any more stops being polled. It knows nothing else of the
+job: it is given what to call.
 """
 
 from __future__ import annotations
@@ -11,27 +13,43 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ._errors import NbbatchError
-
-if TYPE_CHECKING:
-    from .job import BatchJob
 
 log = logging.getLogger("nbbatch")
 
 
 class Poller:
-    """Polls one job in a daemon thread; see the module docstring."""
+    """Polls one job in a daemon thread; see the module docstring.
 
-    def __init__(self, job: BatchJob) -> None:
-        self._job = weakref.ref(job)
+    ``refresh`` and ``on_error`` are bound methods of the job (held weakly); ``delays``
+    the waits between polls; ``clock`` the job's clock (it must not hold the job).
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        refresh: Callable[[], Any],
+        on_error: Callable[[BaseException], None],
+        *,
+        delays: Iterator[float],
+        clock: Callable[[], float],
+    ) -> None:
+        self._refresh = weakref.WeakMethod(refresh)
+        self._on_error = weakref.WeakMethod(on_error)
+        self._delays = delays
+        self._clock = clock
+        self.job_id = job_id
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.error: BaseException | None = None  # a non-transient error that ended polling
         self.exiting = False  # set the moment the loop decides to end
+        #: When the next poll is due (seconds since the epoch), None once polling ended.
+        self.next_poll: float | None = None
         self._thread = threading.Thread(
-            target=self._run, name=f"nbbatch-poll-{job.id}", daemon=True
+            target=self._run, name=f"nbbatch-poll-{job_id}", daemon=True
         )
 
     def start(self) -> Poller:
@@ -64,29 +82,28 @@ class Poller:
             self.exiting = True
 
     def _loop(self) -> None:
-        job = self._job()
-        delays = job.polling.delays() if job else iter(())
-        del job
-        for delay in delays:
+        for delay in self._delays:
             if self._stop.is_set():
                 return
-            job = self._job()
-            if job is None:  # nobody holds the job any more
+            refresh = self._refresh()
+            if refresh is None:  # nobody holds the job any more
                 return
             # Known before the refresh, so the snapshot it publishes can say when next.
-            job._next_poll = job.clock() + delay
+            self.next_poll = self._clock() + delay
             try:
-                snap = job.refresh()
+                snap = refresh()
             except NbbatchError as exc:  # not transient: show it and stop
                 self.error = exc
-                log.warning("nbbatch: polling job %s stopped: %s", job.id, exc)
-                job._next_poll = None
-                job._set_poll_error(exc)
+                log.warning("nbbatch: polling job %s stopped: %s", self.job_id, exc)
+                self.next_poll = None
+                on_error = self._on_error()
+                if on_error is not None:
+                    on_error(exc)
                 return
             if snap.finished:
-                job._next_poll = None
+                self.next_poll = None
                 self.exiting = True
                 return
-            del job, snap
+            del refresh, snap
             if self._wake.wait(delay):
                 self._wake.clear()

@@ -108,29 +108,33 @@ def reconcile(
         return result
     absent = sent_ids.filter(pa.array(~seen))
     if len(absent):
-        if unfinished is not None:
-            fill = _failures(
-                absent,
-                unfinished,
-                f"the batch was {unfinished} before this request ran",
-                is_transient(unfinished),
-                status=unfinished,
-            )
-        elif batch_failure is not None:
-            code = failure_code or "batch_failed"
-            fill = _failures(
-                absent, code, batch_failure, is_transient(code) or code == "token_limit_exceeded"
-            )
-        else:
+        fill = _absent(absent, batch_failure, failure_code, unfinished)
+        if unfinished is None and batch_failure is None:
             result.missing = len(absent)
-            fill = _failures(
-                absent,
-                "missing_result",
-                "the provider returned no result line for this request",
-                True,
-            )
         result.table = pa.concat_tables([kept.cast(ROW_RESULT_SCHEMA), fill])
     return result
+
+
+def _absent(
+    absent: pa.Array, batch_failure: str | None, failure_code: str | None, unfinished: str | None
+) -> pa.Table:
+    """Results for the ids sent that got no line: ended as the batch did (stopped early:
+    ``unfinished``; failed as a whole: ``batch_failure``), else ``missing_result``."""
+    if unfinished is not None:
+        return _failures(
+            absent,
+            unfinished,
+            f"the batch was {unfinished} before this request ran",
+            is_transient(unfinished),
+            status=unfinished,
+        )
+    if batch_failure is not None:
+        code = failure_code or "batch_failed"
+        transient = is_transient(code) or code == "token_limit_exceeded"
+        return _failures(absent, code, batch_failure, transient)
+    return _failures(
+        absent, "missing_result", "the provider returned no result line for this request", True
+    )
 
 
 __all__ = ["Reconciled", "reconcile", "check_structured"]

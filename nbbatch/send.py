@@ -4,7 +4,7 @@ For each chunk: take its custom_ids and prompts from the manifest, encode the re
 lines, record an *intent* in the ledger (the chunk's rows and a provisional id), upload
 and create the batch, and confirm the provider's batch id the moment ``create`` returns.
 A process that dies in between leaves the intent, which the job resolves on its next
-refresh (see :meth:`BatchJob._resolve_intent`) without paying twice. Memory is bounded
+refresh (see :func:`resolve_intent`) without paying twice. Memory is bounded
 by the chunk: the lines of one batch exist at a time.
 """
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from . import engines
+from . import engines, rowstore
 from . import pack as _pack
 from . import plan as _plan
 from ._errors import BatchFailedError, NbbatchError, ProviderError
@@ -27,7 +27,7 @@ from .ledger import alive
 from .providers.base import BatchInfo, RequestSpec, http_status
 
 if TYPE_CHECKING:
-    from .job import BatchJob
+    from .context import JobContext
 
 log = logging.getLogger("nbbatch")
 
@@ -81,7 +81,7 @@ def _rows(n: int) -> str:
 
 
 def send_rows(
-    job: BatchJob,
+    ctx: JobContext,
     positions: np.ndarray,
     attempt: int,
     *,
@@ -101,33 +101,23 @@ def send_rows(
     """
     if not len(positions):
         return
-    provider = job._provider
+    provider = ctx.provider
     limit = max(1, min(provider.max_requests, max_requests or provider.max_requests))
-    size = _pack.size_for(job.policy, stage, attempt)  # rows per request (pack=)
+    size = _pack.size_for(ctx.policy, stage, attempt)  # rows per request (pack=)
     progress = progress or Progress()
     progress.rows += len(positions)
     progress.expected += math.ceil(len(positions) / (limit * size))
-    state = job._ledger.row_state(job.id)
-    spec = job.stage_spec(stage)
+    state = ctx.ledger.row_state(ctx.id)
+    spec = ctx.stage_spec(stage)
     # Part names tell chunks apart at the provider (resolve_intent looks them up):
     # an escalation stage's own, so its attempt numbers never meet stage 0's.
     prefix = f"{attempt}" if stage == 0 else f"s{stage}.{attempt}"
     # A frame planned on a cluster's workers (Dask, Spark) comes with its request lines
     # encoded there, one per row: they are taken as they are, not encoded again here.
-    built = engines.prebuilt(job, spec, stage) if size == 1 else None
+    built = engines.prebuilt(ctx, spec, stage) if size == 1 else None
     for start in range(0, len(positions), limit * size):
         block = positions[start : start + limit * size]
-        jsonl = built.lines(block) if built is not None else None
-        if jsonl is not None:
-            ids = block  # one line per row
-        elif size > 1:
-            jsonl, ids = _pack.encode(job, block, spec, size)
-        else:
-            ids = state.manifest_column("custom_id", block)
-            jsonl = provider.encode(ids, state.manifest_column("prompt", block), spec)
-        ends = np.flatnonzero(np.frombuffer(jsonl, dtype=np.uint8) == 0x0A) + 1
-        if len(ends) != len(ids):
-            raise NbbatchError("internal error: one request line per row was not produced")
+        jsonl, ends = _encode_block(ctx, state, block, spec, size, built)
         pieces = list(_plan.chunk_bounds(ends, max_count=limit, max_bytes=provider.max_bytes))
         progress.expected += len(pieces) - 1
         for first, stop in pieces:
@@ -136,29 +126,70 @@ def send_rows(
             begin, end = (int(ends[first - 1]) if first else 0), int(ends[stop - 1])
             # The whole block fits in one batch (the usual case): no copy of its bytes.
             chunk = jsonl if (begin, end) == (0, len(jsonl)) else jsonl[begin:end]
-            k = progress.created + 1
-            try:
-                with lock or threading.RLock():
-                    sent = _send_chunk(
-                        job, block[first * size : stop * size], chunk, attempt,
-                        f"{prefix}:{k}", spec, stage,
-                    )  # fmt: skip
-            except ProviderError:
-                progress.active = False
-                raise
-            if not sent:  # the job was cancelled from another process
-                progress.cancelled = True
-                progress.active = False
-                return
-            progress.created += 1
-            progress.bytes_sent += len(chunk)
-            job._progress_changed()
+            part = f"{prefix}:{progress.created + 1}"
+            rows = block[first * size : stop * size]
+            if not _send_piece(ctx, rows, chunk, attempt, part, spec, stage, progress, lock):
+                return  # the job was cancelled from another process
         del jsonl
     progress.active = False
 
 
+def _encode_block(
+    ctx: JobContext,
+    state: Any,
+    block: np.ndarray,
+    spec: RequestSpec,
+    size: int,
+    built: engines.Prebuilt | None,
+) -> tuple[bytes, np.ndarray]:
+    """The request lines of the leaders at ``block`` (in packs of ``size`` rows when it
+    is more than 1; as ``built`` on a cluster's workers, when they were), and where each
+    line ends."""
+    jsonl = built.lines(block) if built is not None else None
+    if jsonl is not None:
+        ids = block  # one line per row
+    elif size > 1:
+        jsonl, ids = _pack.encode(ctx, block, spec, size)
+    else:
+        ids = state.manifest_column("custom_id", block)
+        jsonl = ctx.provider.encode(ids, state.manifest_column("prompt", block), spec)
+    ends = np.flatnonzero(np.frombuffer(jsonl, dtype=np.uint8) == 0x0A) + 1
+    if len(ends) != len(ids):
+        raise NbbatchError("internal error: one request line per row was not produced")
+    return jsonl, ends
+
+
+def _send_piece(
+    ctx: JobContext,
+    rows: np.ndarray,
+    chunk: bytes,
+    attempt: int,
+    part: str,
+    spec: RequestSpec,
+    stage: int,
+    progress: Progress,
+    lock: threading.RLock | None,
+) -> bool:
+    """Send one chunk as a batch, holding ``lock``, and count it in ``progress``;
+    False when the job was cancelled meanwhile (nothing sent)."""
+    try:
+        with lock or threading.RLock():
+            sent = _send_chunk(ctx, rows, chunk, attempt, part, spec, stage)
+    except ProviderError:
+        progress.active = False
+        raise
+    if not sent:
+        progress.cancelled = True
+        progress.active = False
+        return False
+    progress.created += 1
+    progress.bytes_sent += len(chunk)
+    ctx.on_progress()
+    return True
+
+
 def _send_chunk(
-    job: BatchJob,
+    ctx: JobContext,
     positions: np.ndarray,
     chunk: bytes,
     attempt: int,
@@ -172,18 +203,18 @@ def _send_chunk(
     cancel recorded while the create call was out finds only the intent, so the batch
     it made is cancelled here, the moment it is confirmed.
     """
-    ledger = job._ledger
-    intent = ledger.add_intent(job.id, part, attempt, positions, stage)
+    ledger = ctx.ledger
+    intent = ledger.add_intent(ctx.id, part, attempt, positions, stage)
     if intent is None:
         return False
-    metadata = {"nbbatch_job": job.id, "nbbatch_part": part}
+    metadata = {"nbbatch_job": ctx.id, "nbbatch_part": part}
     try:
-        info = create(job, chunk, spec, metadata)
+        info = create(ctx, chunk, spec, metadata)
     except BatchFailedError as exc:
         # The provider refused this batch's content: sending it again as it is would be
         # refused again, so its rows end failed (retryable once something changes).
-        ledger.drop_intent(job.id, intent, str(exc))
-        exc.job_id = job.id
+        ledger.drop_intent(ctx.id, intent, str(exc))
+        exc.job_id = ctx.id
         raise
     except ProviderError as exc:
         if http_status(exc.__cause__) is None:
@@ -199,53 +230,119 @@ def _send_chunk(
         ledger.abandon_intent(intent)  # an interrupt mid-call: as for no answer
         raise
     ledger.confirm_batch(intent, info.batch_id, info.status, info.raw)
-    job._infos[info.batch_id] = info
-    log.info("job %s: batch %s created with %d requests", job.id, info.batch_id, len(positions))
-    cancel_if_job_cancelled(job, info)
+    ctx.infos[info.batch_id] = info
+    log.info("job %s: batch %s created with %d requests", ctx.id, info.batch_id, len(positions))
+    cancel_if_job_cancelled(ctx, info)
     return True
 
 
-def cancel_if_job_cancelled(job: BatchJob, info: BatchInfo) -> None:
+def cancel_if_job_cancelled(ctx: JobContext, info: BatchInfo) -> None:
     """A batch confirmed after its job was cancelled (elsewhere) is cancelled now."""
-    if job._ledger.job_status(job.id) != "cancelled" or info.ended:
+    if ctx.ledger.job_status(ctx.id) != "cancelled" or info.ended:
         return
-    info = job._provider.cancel(info.batch_id)
-    job._ledger.update_batch(info.batch_id, info.status, info.ended, info.failure, info.raw)
-    job._infos[info.batch_id] = info
-    log.info("job %s: batch %s cancelled as it was confirmed", job.id, info.batch_id)
+    info = ctx.provider.cancel(info.batch_id)
+    ctx.ledger.update_batch(info.batch_id, info.status, info.ended, info.failure, info.raw)
+    ctx.infos[info.batch_id] = info
+    log.info("job %s: batch %s cancelled as it was confirmed", ctx.id, info.batch_id)
 
 
-def create(job: BatchJob, chunk: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
+def create(ctx: JobContext, chunk: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
     """One create call, retried with backoff while the provider says it is busy."""
     delay = 1.0
     for tries in range(1, CREATE_TRIES + 1):
         try:
-            return job._provider.create(chunk, spec, metadata)
+            return ctx.provider.create(chunk, spec, metadata)
         except ProviderError as exc:
             if not exc.transient or tries == CREATE_TRIES:
                 raise
-            job._warn(f"the provider is busy ({exc}); trying again in {delay:.0f} s")
-            job.sleep(delay)
+            ctx.warn(f"the provider is busy ({exc}); trying again in {delay:.0f} s")
+            ctx.sleep(delay)
             delay = min(60.0, delay * 2)
     raise AssertionError("unreachable")
 
 
-def resolve_intent(job: BatchJob, batch: dict[str, Any]) -> None:
+def resolve_intent(ctx: JobContext, batch: dict[str, Any]) -> None:
     """A create call whose outcome was never recorded (its process died, or gave up on
     it): find the batch at the provider (it may exist, and be paid for) or, if there is
     none, put its rows back to be sent."""
     owner = orjson.loads(batch["raw"] or "{}")
-    if alive(owner) and job.clock() - batch["created"] < INTENT_TIMEOUT:
+    if alive(owner) and ctx.clock() - batch["created"] < INTENT_TIMEOUT:
         return  # another live process is still in that create call
-    meta = {"nbbatch_job": job.id, "nbbatch_part": batch["part"]}
-    known = set(job.batch_ids)
+    meta = {"nbbatch_job": ctx.id, "nbbatch_part": batch["part"]}
+    known = {b["batch_id"] for b in ctx.ledger.batches(ctx.id)}
     # A batch of packs holds fewer requests than rows.
-    size = _pack.size_for(job.policy, int(batch.get("stage") or 0), int(batch["attempt"]))
+    size = _pack.size_for(ctx.policy, int(batch.get("stage") or 0), int(batch["attempt"]))
     requests = _pack.n_requests(batch["n_requests"], size)
-    info = job._provider.find_batch(meta, requests, batch["created"], known)
+    info = ctx.provider.find_batch(meta, requests, batch["created"], known)
     if info is not None:
-        job._ledger.confirm_batch(batch["intent"], info.batch_id, info.status, info.raw)
-        job._ledger.event(job.id, "resume", f"found batch {info.batch_id} at the provider")
-        cancel_if_job_cancelled(job, info)
+        ctx.ledger.confirm_batch(batch["intent"], info.batch_id, info.status, info.raw)
+        ctx.ledger.event(ctx.id, "resume", f"found batch {info.batch_id} at the provider")
+        cancel_if_job_cancelled(ctx, info)
     else:
-        job._ledger.release_intent(batch["intent"])
+        ctx.ledger.release_intent(batch["intent"])
+
+
+def unsent(state: rowstore.RowState) -> np.ndarray:
+    """Leaders pending in no batch: not sent yet, or put back to be sent."""
+    leaders = state.is_leader
+    return np.flatnonzero(leaders & (state.status == rowstore.PENDING) & (state.batch < 0))
+
+
+def send_unsent(
+    ctx: JobContext, progress: Progress | None = None, lock: threading.RLock | None = None
+) -> None:
+    """Send the rows pending in no batch: not sent yet (a new job, a process that died
+    before sending them) or put back by ``resubmit_failed`` or a new stage; ``lock``
+    is held around each chunk (see :func:`send_rows`)."""
+    if not len(unsent(ctx.row_state())):
+        return
+    if ctx.cancelled:
+        # Rows put back after a cancel (a create call refused while it was made): they
+        # end cancelled, never sent.
+        cancel_unsent(ctx)
+        return
+    # One sender per job, across processes and job objects: rows another live one is
+    # sending are left to it (so a second session never sends them again).
+    if not ctx.ledger.take_sending(ctx.id):
+        return
+    try:
+        state = ctx.row_state()  # as any sender before us left it
+        positions = unsent(state).astype(np.int32)
+        # Rows go in groups of one (stage, attempt), as one key each. Read now, into
+        # arrays of their own: the state is live, and sending the first group changes
+        # the attempts of its rows (read afterwards, they would be sent twice).
+        keys = (state.stage[positions].astype(np.int64) << 16) | state.attempt[positions]
+        # Usually one group: then no sort, and no copy of millions of positions.
+        single = bool(len(keys)) and bool((keys == keys[0]).all())
+        for key in keys[:1] if single else np.unique(keys):
+            chosen = positions if single else positions[keys == key]
+            send_rows(
+                ctx, chosen, max(1, int(key) & 0xFFFF), progress=progress, lock=lock,
+                stage=int(key) >> 16,
+            )  # fmt: skip
+    finally:
+        ctx.ledger.release_sending(ctx.id)
+
+
+def cancel_unsent(ctx: JobContext) -> None:
+    """Rows that were never sent end ``cancelled``."""
+    positions = unsent(ctx.row_state())
+    if len(positions):
+        table = rowstore.failure_table(
+            positions, "cancelled", "cancelled", "cancelled before it was sent", False
+        )
+        ctx.ledger.record_results(
+            ctx.id, None, table, f"{len(positions):,} unsent requests cancelled"
+        )
+
+
+def stopped_note(ctx: JobContext, error: BaseException | None) -> str:
+    """What stopped sending (``error``), and what sends the rest."""
+    state = ctx.row_state()
+    waiting_rows = np.zeros(state.n, dtype=bool)
+    waiting_rows[unsent(state)] = True
+    waiting = int(state.follow(waiting_rows).sum())
+    return (
+        f"sending stopped: {error}; {waiting:,} rows are not sent yet: "
+        f"job.wait() (or nb.attach({ctx.id!r}) in a new session) sends them"
+    )

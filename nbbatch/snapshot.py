@@ -13,9 +13,19 @@ progress is converted to rows per batch (:attr:`JobSnapshot.ready`); batch lines
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from . import health, pricing
+import numpy as np
+
+from . import _scrub, health, pricing
+from .health import NOTE_KINDS as NOTE_KINDS  # kept with the job's health, named here too
+from .health import Note as Note
+from .health import format_seconds as format_seconds  # where the views look for it
 from .pricing import Cost
+
+if TYPE_CHECKING:
+    from .context import JobContext
+    from .rowstore import RowState
 
 #: Row states, in display order. ``pending`` is the only non-terminal one.
 ROW_STATES = ("succeeded", "failed", "expired", "cancelled", "skipped", "pending")
@@ -102,23 +112,6 @@ class StageView:
         if self.pending:
             text += f", {self.pending:,} pending"
         return text
-
-
-#: Kinds of notes. ``alert``, ``retry``, ``resubmit``, ``cancel`` describe a state and are
-#: current while it lasts; every other kind records an event and is history at once.
-NOTE_KINDS = ("alert", "retry", "resubmit", "cancel", "fallback", "event")
-
-
-@dataclass(frozen=True)
-class Note:
-    """Something the job did or noticed: when (seconds since the epoch), what kind (one of
-    :data:`NOTE_KINDS`), the words, and whether it is still true (``current``) or history."""
-
-    time: float
-    kind: str
-    text: str
-    current: bool = False
-    attempt: int | None = None  # the attempt a retry or resubmission sent
 
 
 @dataclass(frozen=True)
@@ -375,13 +368,238 @@ def models_text(models: list[str]) -> str:
 _ENDED_WORDS = frozenset({"completed", "failed", "expired", "cancelled", "ended"})
 
 
-def format_seconds(seconds: float | None) -> str:
-    """``75`` -> ``'1m 15s'``; None -> ``'-'``."""
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+class ProgressTrail:
+    """Rows done or ready at the provider each time that changed: the ETA's rate. It
+    starts over when progress goes back (a retry put rows back to pending)."""
+
+    def __init__(self) -> None:
+        self.base: int | None = None
+        self.samples: list[tuple[float, int]] = []
+
+    def add(
+        self, counts: dict[str, int], views: tuple[BatchView, ...], now: float
+    ) -> tuple[tuple[float, int], ...]:
+        """Record the progress these counts and batches show at ``now``; the trail."""
+        ready = min(counts["pending"], sum(v.ready for v in views))
+        progress = counts["total"] - counts["pending"] + ready
+        samples = self.samples
+        last = samples[-1][1] if samples else self.base
+        if last is None or progress < last:
+            self.base, self.samples = progress, []
+        elif progress != last:
+            self.samples = [*samples[-29:], (now, progress)]
+        return tuple(self.samples)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What this session knows of a job beyond its ledger: polling times, the last
+    error, how far the background sender is, and the progress trail."""
+
+    trail: ProgressTrail
+    last_poll: float | None = None
+    next_poll: float | None = None
+    last_error: str | None = None
+    sending: str | None = None
+
+
+def build(ctx: JobContext, session: Session) -> JobSnapshot:
+    """The job as its ledger (and this session) has it now: no network call."""
+    # Imported here: escalate brings pandas, whose import hook loads the accessor and
+    # with it the views, which import this module.
+    from . import escalate, planning, rowstore
+
+    if planning.planning(ctx):
+        return planning_snapshot(ctx, session)
+    state = ctx.row_state()
+    raw = state.counts()
+    counts = {state_: int(raw.get(state_, 0)) for state_ in ROW_STATES}
+    counts["total"] = int(ctx.record["n_rows"])
+    batches = ctx.ledger.batches(ctx.id)
+    # A cascade stage this session still starts keeps the job running.
+    stage_due = counts["pending"] == 0 and escalate.stage_due(ctx)
+    status = job_status(ctx, counts, stage_due)
+    staged = ctx.staged
+    batch, realtime = paid_tokens(state, staged=staged)
+    pending_in, pending_out = pending_estimate(ctx, counts["pending"])
+    views = batch_views(ctx, batches, state.per_batch())
+    now = ctx.clock()
+    # Attempts with rows still pending (in a batch not collected, or not sent yet).
+    open_attempts = set(np.unique(state.attempt[state.status == rowstore.PENDING]).tolist())
+    finished = counts["pending"] == 0
+    alert = ctx.alert_text(counts) if (ctx.alert_raised or finished) else None
+    return JobSnapshot(
+        job_id=ctx.id,
+        # "local": an emulator run must never read as spending at the provider.
+        provider="local" if ctx.local else ctx.provider_name,
+        model=ctx.model,
+        endpoint=ctx.endpoint,
+        base_url=str(ctx.record.get("base_url") or ""),
+        n_rows=counts["total"],
+        counts=counts,
+        status=status,
+        batches=views,
+        created=float(ctx.record["created"]),
+        now=now,
+        last_poll=session.last_poll,
+        next_poll=session.next_poll,
+        # Shown by the panel, the console, the CLI and the sidebar: never with a key.
+        last_error=None if session.last_error is None else _scrub.scrub(session.last_error),
+        notes=health.mark_current(ctx.notes, open_attempts, finished, alert, now),
+        progress_samples=session.trail.add(counts, views, now),
+        input_tokens=batch[0],
+        output_tokens=batch[1],
+        cached_tokens=batch[2],
+        realtime_input_tokens=realtime[0],
+        realtime_output_tokens=realtime[1],
+        pending_input_tokens=pending_in,
+        pending_output_tokens=pending_out,
+        reused=int(raw.get("reused", 0)),
+        deduplicated=int(raw.get("deduplicated", 0)),
+        realtime=int(raw.get("realtime", 0)),
+        sending=session.sending,
+        deadline=ctx.record.get("deadline"),
+        stages=stage_views(ctx, state, counts) if staged else (),
+        cascade=tuple((ctx.policy.get("cascade") or {}).get("models") or ()),
+        stage_due=stage_due,
+        failure=escalate.failure(ctx) if status == "failed" else None,
+    )
+
+
+def planning_snapshot(ctx: JobContext, session: Session) -> JobSnapshot:
+    """The snapshot of a job with no rows yet (see :mod:`nbbatch.planning`): all pending
+    while planned ("planning 3.2M/10M rows" as its sending text), all failed or cancelled
+    if it ended so."""
+    from .planning import FAILED, PLANNING, failure
+
+    status = str(ctx.record.get("status"))
+    n = int(ctx.record["n_rows"])
+    counts = {state: 0 for state in ROW_STATES}
+    counts[{PLANNING: "pending", FAILED: "failed"}.get(status, "cancelled")] = n
+    counts["total"] = n
+    text = None
+    if status == PLANNING:
+        live = session.sending is not None and session.sending.startswith("planning")
+        text = session.sending if live else "planning"
+    return JobSnapshot(
+        job_id=ctx.id,
+        provider=ctx.provider_name,
+        model=ctx.model,
+        endpoint=ctx.endpoint,
+        base_url=str(ctx.record.get("base_url") or ""),
+        n_rows=n,
+        counts=counts,
+        status={PLANNING: "running", FAILED: "failed"}.get(status, "cancelled"),
+        batches=(),
+        created=float(ctx.record["created"]),
+        now=ctx.clock(),
+        last_poll=session.last_poll,
+        last_error=f"sending stopped: {failure(ctx)}" if status == FAILED else session.last_error,
+        notes=tuple(ctx.notes),
+        sending=text,
+        deadline=ctx.record.get("deadline"),
+    )
+
+
+def job_status(ctx: JobContext, counts: dict[str, int], stage_due: bool) -> str:
+    """``running`` while rows are pending or a cascade stage is still to start; then
+    ``completed``, or ``cancelled`` / ``failed`` as the job's record says."""
+    if counts["pending"] or stage_due:
+        return "running"
+    recorded = ctx.record.get("status")
+    return str(recorded) if recorded in ("cancelled", "failed") else "completed"
+
+
+def paid_tokens(state: RowState, *, staged: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(batch, real-time) token usage that was paid for: rows sent themselves (not
+    reused from an earlier job, not deduplicated onto another row); in a job that
+    escalates, every stage's (answers a later stage replaced were paid too)."""
+    if staged:
+        stages = list(state.usage_by_stage().values())
+        batch = tuple(sum(p["batch"][i] for p in stages) for i in range(4))
+        realtime = tuple(sum(p["realtime"][i] for p in stages) for i in range(4))
+        return batch, realtime
+    usage = state.usage()
+    return tuple(usage["batch"]), tuple(usage["realtime"])
+
+
+def batch_views(
+    ctx: JobContext, batches: list[dict[str, Any]], per_batch: dict[str, tuple[int, int]]
+) -> tuple[BatchView, ...]:
+    """Each batch as the views show it: its provider requests, its rows still pending
+    and its requests (leaders) that succeeded (from the row store's ``per_batch``), and
+    an escalation's stage and model (named so, not as a retry)."""
+    from . import escalate, pack  # not at the top: see build
+
+    stage_of = escalate.batch_stages(ctx, batches)
+    return tuple(
+        BatchView(
+            b["batch_id"],
+            b["status"],
+            # The provider's requests: a batch of packs (pack=N) has fewer than rows.
+            pack.n_requests(
+                b["n_requests"],
+                pack.size_for(ctx.policy, int(b.get("stage") or 0), int(b["attempt"])),
+            ),
+            b["attempt"],
+            done=int(b["done"] or 0),
+            rows=per_batch.get(b["intent"], (0, 0))[0],
+            succeeded=per_batch.get(b["intent"], (0, 0))[1],
+            **stage_of(b),
+        )
+        for b in batches
+    )
+
+
+def stage_views(ctx: JobContext, state: RowState, counts: dict[str, int]) -> tuple[StageView, ...]:
+    """Each stage started so far: its model, rows, pending rows and tokens paid."""
+    from . import rowstore
+
+    stages = [{"stage": 0, "spec": ctx.record["spec"], "reason": "",
+               "n_rows": counts["total"] - counts["skipped"]}, *ctx.stages]  # fmt: skip
+    usage = state.usage_by_stage()
+    rows_stage = state.follow(state.stage)
+    pending = np.bincount(rows_stage[state.statuses() == rowstore.PENDING], minlength=len(stages))
+    views = []
+    for s in stages:
+        number = int(s["stage"])
+        paid = usage.get(number, {})
+        batch, live = paid.get("batch", (0, 0, 0, 0)), paid.get("realtime", (0, 0, 0, 0))
+        pending_in, pending_out = pending_estimate(ctx, int(pending[number]), s["spec"])
+        views.append(
+            StageView(
+                number,
+                str(s["spec"]["model"]),
+                int(s["n_rows"]),
+                int(pending[number]),
+                s["reason"],
+                batch[0],
+                batch[1],
+                batch[2],
+                batch[3] + live[3],
+                live[0],
+                live[1],
+                pending_in,
+                pending_out,
+            )  # fmt: skip
+        )
+    return tuple(views)
+
+
+def pending_estimate(
+    ctx: JobContext, pending: int, spec: dict[str, Any] | None = None
+) -> tuple[int, int]:
+    """Estimated (input, output) tokens of the rows still pending: 4 characters per
+    token for the prompt, ``max_tokens`` (or 100) for the reply (of ``spec``, a stage's
+    parameters, else the job's). The prompt average is computed once per session."""
+    from . import rowstore
+    from .providers.base import is_embeddings
+
+    if ctx.prompt_tokens is None:
+        n, chars = rowstore.prompt_chars(ctx.row_state())
+        # Packed rows (pack=N) share the system prompt N ways on their first try.
+        system = len(ctx.spec.system or "") / (ctx.policy.get("pack") or 1)
+        ctx.prompt_tokens = (chars / max(n, 1) + system) / 4 + 4
+    max_tokens = (spec or ctx.record["spec"]).get("max_tokens")
+    out = 0 if is_embeddings(ctx.endpoint) else (max_tokens or 100)
+    return int(pending * ctx.prompt_tokens), pending * out

@@ -58,6 +58,21 @@ def response_format(obj: Any) -> dict[str, Any]:
 
     Raises :class:`~nbbatch.InputError` for anything else.
     """
+    schema, name, description = _schema_given(obj)
+    _check_root(schema)
+    copied = copy.deepcopy(schema)
+    strict = _strict(copied, copied)
+    inner_out: dict[str, Any] = {"name": _NAME_OK.sub("_", name)[:64] or _DEFAULT_NAME}
+    if description:
+        inner_out["description"] = description
+    inner_out["schema"] = strict
+    inner_out["strict"] = True
+    return {"type": "json_schema", "json_schema": inner_out}
+
+
+def _schema_given(obj: Any) -> tuple[dict[str, Any], str, str | None]:
+    """(schema, name, description) of what ``response_format=`` was given: a pydantic
+    model class, a wrapped ``json_schema`` response format, or a JSON schema."""
     description: str | None = None
     if _is_pydantic_model(obj):
         schema = obj.model_json_schema()
@@ -89,6 +104,12 @@ def response_format(obj: Any) -> dict[str, Any]:
             + (" (an instance; pass the class itself)" if _is_pydantic_instance(obj) else "")
             + "."
         )
+    return schema, name, description
+
+
+def _check_root(schema: dict[str, Any]) -> None:
+    """Refuse a schema the providers' structured outputs cannot take: not an object with
+    properties at the root, or a reference to another document."""
     root = _resolve(schema, schema)
     if _type_of(root) != "object" or not isinstance(root.get("properties"), Mapping):
         raise InputError(
@@ -105,14 +126,6 @@ def response_format(obj: Any) -> dict[str, Any]:
         raise InputError(
             "response_format's schema has no properties, so there is nothing to ask for."
         )
-    copied = copy.deepcopy(schema)
-    strict = _strict(copied, copied)
-    inner_out: dict[str, Any] = {"name": _NAME_OK.sub("_", name)[:64] or _DEFAULT_NAME}
-    if description:
-        inner_out["description"] = description
-    inner_out["schema"] = strict
-    inner_out["strict"] = True
-    return {"type": "json_schema", "json_schema": inner_out}
 
 
 def schema_of(response_format_dict: Mapping[str, Any]) -> dict[str, Any]:

@@ -656,7 +656,7 @@ def test_a_stored_escalate_when_is_checked_again_by_the_session_that_polls(emu, 
 
 # -- the views name each stage's model; collect writes {output}_model ---------------------------
 def test_a_cascade_is_named_by_its_stages_everywhere_and_collect_writes_its_models(emu, tmp_path):
-    from nbbatch import panel
+    from nbbatch import panel, panelview
 
     from .test_cli import nbbatch as run_cli
 
@@ -682,7 +682,7 @@ def test_a_cascade_is_named_by_its_stages_everywhere_and_collect_writes_its_mode
     # The escalation's batch is stage 2 on its model, not a retry of the first.
     snap = job.snapshot()
     assert [b.label for b in snap.batches] == ["attempt 1", "stage 2 (gpt-4o)"]
-    batches = panel.JobPanel._batches_html(snap)
+    batches = panelview.batches_html(snap)
     assert "stage 2 (gpt-4o))" in batches and "attempt 2" not in batches
     # Every view names both models, in order.
     both = "gpt-4o-mini -> gpt-4o"

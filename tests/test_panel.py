@@ -592,3 +592,37 @@ def test_tints_are_laid_over_the_page_colour_so_stripes_do_not_show_through():
     html = styling.highlight(frame, "out").to_html()
     assert styling.tint(styling.ROW_COLOURS["failed"]) in html
     assert styling.PAGE in styling.tint(styling.ROW_COLOURS["failed"])
+
+
+def test_the_panel_values_are_one_function_of_the_snapshot():
+    """What every part of the panel shows, from a snapshot alone: no job, no widget, no
+    kernel (the panel only copies these values onto its widgets)."""
+    from nbbatch import pricing
+    from nbbatch.panelview import panel_values
+
+    base = dict(
+        job_id="j1", provider="openai", model="gpt-4o-mini", endpoint="/v1/chat/completions",
+        base_url="http://127.0.0.1:9/v1", n_rows=10, batches=(), created=0.0, now=5.0,
+    )  # fmt: skip
+    zero = {s: 0 for s in ("succeeded", "failed", "expired", "cancelled", "skipped")}
+    estimate = (pricing.cost("gpt-4o-mini", 1000, 500, estimated=True), 1000, 500)
+    running = nb.JobSnapshot(counts={**zero, "pending": 10, "total": 10}, status="running", **base)  # type: ignore[arg-type]
+    v = panel_values(running, estimate, confirming=True, at_most=True)
+    assert v.bar_state == "info" and 'data-state="info"' in v.progress
+    assert "nbbatch job j1" in v.header and "via 127.0.0.1" in v.header
+    assert "no provider batch yet" in v.batches
+    assert "not polling" in v.timing and "at most" in v.cost and "estimate" in v.cost
+    assert v.cancel_disabled and not v.stop_confirming  # a cancel waits to be confirmed
+    assert v.resubmit_disabled and v.show_failed_disabled and v.summary == ""
+
+    ended = dataclasses.replace(
+        running,
+        status="completed",
+        counts={**zero, "succeeded": 7, "failed": 3, "pending": 0, "total": 10},
+    )
+    v = panel_values(ended, estimate, confirming=True, showing_failed=True)
+    assert v.bar_state == "warning" and v.stop_confirming and v.cancel_disabled
+    assert v.resubmit_description == "Resubmit failed (3)" and not v.resubmit_disabled
+    assert v.showing_failed and v.show_failed_description == "Hide failed rows"
+    assert "7 of 10 rows succeeded (3 failed)" in v.summary
+    assert v == panel_values(ended, estimate, confirming=True, showing_failed=True)  # pure

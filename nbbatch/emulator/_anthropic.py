@@ -9,7 +9,6 @@ on this server, JSONL results with one ``\\n`` per line, and
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,14 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from . import _models, _responder, _validate_anthropic
+from ._anthropic_replies import (
+    error_json,
+    last_user,
+    message,
+    params_chars,
+    params_problem,
+    structured,
+)
 from ._faults import (
     FAIL_MARKER,
     Fate,
@@ -29,7 +36,7 @@ from ._faults import (
     processing_order,
 )
 from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, iter_lines
-from ._wire import NO_RETRY, ApiError, JSONResponse, new_id, rfc3339, text_of
+from ._wire import NO_RETRY, ApiError, JSONResponse, new_id, rfc3339
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # Service limits (module constants so tests can lower them).
@@ -40,133 +47,6 @@ MAX_BODY_BYTES = 256 * 1024 * 1024
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
-
-
-# =================================================================== messages
-
-
-def params_problem(params: Any, models: Iterable[str] = ()) -> _validate_anthropic.Problem | None:
-    """Why ``params`` would be refused by the Messages API, or None when they are fine
-    (``models``: names served besides the real ones)."""
-    return _validate_anthropic.problem(params, models)
-
-
-def _last_user(params: Mapping[str, Any]) -> str:
-    users = [
-        m for m in params.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"
-    ]
-    return text_of(users[-1].get("content")) if users else ""
-
-
-def _structured(params: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, str | None]:
-    """The schema the reply must follow and, for a forced tool call, the tool's name."""
-    choice = params.get("tool_choice") or {}
-    tools = [t for t in params.get("tools") or [] if isinstance(t, dict) and "input_schema" in t]
-    if isinstance(choice, dict) and choice.get("type") in ("tool", "any") and tools:
-        wanted = choice.get("name")
-        tool = next((t for t in tools if t.get("name") == wanted), None) if wanted else tools[0]
-        if tool is not None:
-            return _validate_anthropic.honoured_schema(tool["input_schema"]), str(tool["name"])
-    fmt = (params.get("output_config") or {}).get("format") or {}
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        return _validate_anthropic.honoured_schema(fmt.get("schema") or {}), None
-    return None, None
-
-
-def _cached_prefix(system: Any) -> str:
-    """System text up to the last block marked with ``cache_control`` ("" if none)."""
-    if not isinstance(system, list):
-        return ""
-    last = max(
-        (i for i, b in enumerate(system) if isinstance(b, dict) and b.get("cache_control")),
-        default=-1,
-    )
-    return text_of(system[: last + 1]) if last >= 0 else ""
-
-
-def _prompt_chars(params: Mapping[str, Any]) -> int:
-    """Characters of prompt text: the system prompt and every message."""
-    system = params.get("system")
-    chars = len(system) if isinstance(system, str) else len(text_of(system))
-    return chars + sum(
-        len(text_of(m.get("content"))) for m in params["messages"] if isinstance(m, dict)
-    )
-
-
-def message(
-    params: Mapping[str, Any],
-    fate: Fate,
-    suffix: str,
-    cache: set[str],
-    tier: str,
-    responder: _responder.Responder | None = None,
-) -> dict[str, Any]:
-    """A Message for ``params``. ``cache`` holds prompt-cache prefixes already written;
-    ``responder`` is the user's own (None: the built-in one; it raises
-    :class:`~._responder.ResponderError` when it fails)."""
-    system = params.get("system")
-    prompt_chars = _prompt_chars(params)
-    cached = _cached_prefix(system)
-    cached_tokens = _responder.count_tokens(len(cached))
-    created = read = 0
-    if cached:
-        if cached in cache:
-            read = cached_tokens
-        else:
-            created = cached_tokens
-            cache.add(cached)
-    schema, tool = _structured(params)
-    stop = params.get("stop_sequences") or ()
-    request = _responder.Request(
-        "anthropic",
-        "/v1/messages",
-        str(params["model"]),
-        _last_user(params),
-        system if isinstance(system, str) else (text_of(system) if system else None),
-        schema,
-        params,
-    )
-    reply = _responder.respond(
-        _last_user(params),
-        fate=fate,
-        schema=schema,
-        max_tokens=params["max_tokens"],
-        stop=[stop] if isinstance(stop, str) else list(stop),
-        responder=responder,
-        request=request,
-    )
-    content: list[dict[str, Any]]
-    if tool is not None:
-        value = reply.value if reply.value is not None else {}
-        if not isinstance(value, dict):
-            value = {"nbbatch_emulator_invalid": value}
-        content = [{"type": "tool_use", "id": f"toolu_{suffix}", "name": tool, "input": value}]
-        stop_reason = "max_tokens" if reply.finish == "length" else "tool_use"
-    else:
-        content = [{"type": "text", "text": reply.text, "citations": None}]
-        stop_reason = {"length": "max_tokens", "stop_sequence": "stop_sequence"}.get(
-            reply.finish, "end_turn"
-        )
-    return {
-        "id": f"msg_{suffix}",
-        "type": "message",
-        "role": "assistant",
-        "model": params["model"],
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": reply.stop_sequence if stop_reason == "stop_sequence" else None,
-        "usage": {
-            "input_tokens": max(0, _responder.count_tokens(prompt_chars) - cached_tokens),
-            "output_tokens": reply.output_tokens,
-            "cache_creation_input_tokens": created,
-            "cache_read_input_tokens": read,
-            "service_tier": tier,
-        },
-    }
-
-
-def _error(type: str, message: str, request_id: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": type, "message": message}, "request_id": request_id}
 
 
 # =================================================================== batches
@@ -213,11 +93,11 @@ class AnthropicBatch(BatchRecord):
                         f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).",
                     )
                 )
-                result = {"type": "errored", "error": _error(kind, text, f"req_{suffix}")}
+                result = {"type": "errored", "error": error_json(kind, text, f"req_{suffix}")}
             elif fate == Fate.TRANSIENT_ERROR:
                 kind = ("api_error", "overloaded_error")[int_hash(self.id, i, "kind") % 2]
                 text = f"Simulated {kind} (nbbatch emulator); retrying the request may succeed."
-                result = {"type": "errored", "error": _error(kind, text, f"req_{suffix}")}
+                result = {"type": "errored", "error": error_json(kind, text, f"req_{suffix}")}
             else:
                 try:
                     msg = message(
@@ -225,7 +105,7 @@ class AnthropicBatch(BatchRecord):
                     )
                     result = {"type": "succeeded", "message": msg}
                 except _responder.ResponderError as exc:
-                    err = _error("invalid_request_error", str(exc), f"req_{suffix}")
+                    err = error_json("invalid_request_error", str(exc), f"req_{suffix}")
                     result = {"type": "errored", "error": err}
             counts[result["type"]] += 1
             if fate == Fate.MISSING and result["type"] == "succeeded":
@@ -279,8 +159,8 @@ def create_batch_sync(store: Store, body: Any, host: str) -> dict[str, Any]:
                 RowInfo(
                     req["custom_id"],
                     0,
-                    _last_user(params) if ok else "",
-                    ok and _structured(params)[0] is not None,
+                    last_user(params) if ok else "",
+                    ok and structured(params)[0] is not None,
                     invalid=not ok,
                 )
             )
@@ -454,7 +334,7 @@ async def create_message(request: Request) -> Response:
     problem = params_problem(params, store.knobs.models)
     if problem is not None:
         raise ApiError(problem.status, problem.message, type=problem.type)
-    text = _last_user(params)
+    text = last_user(params)
     if FAIL_MARKER in text:
         raise ApiError(400, f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).")
     if store.realtime_overloaded("anthropic-realtime", text):
@@ -483,7 +363,7 @@ async def count_tokens(request: Request) -> Response:
     problem = _validate_anthropic.problem(params, store.knobs.models, count_tokens=True)
     if problem is not None:
         raise ApiError(problem.status, problem.message, type=problem.type)
-    return JSONResponse({"input_tokens": _responder.count_tokens(_prompt_chars(params))})
+    return JSONResponse({"input_tokens": _responder.count_tokens(params_chars(params))})
 
 
 # =================================================================== models
@@ -534,7 +414,7 @@ def _not_ok(request: Request, status: int, kind: str, text: str) -> Response:
     # /v1/models is no /v1/messages path, so the server's error handler would answer in
     # OpenAI's shape: answer in Anthropic's here.
     request_id = str(request.scope.get("nbbatch_request_id", ""))
-    return JSONResponse(_error(kind, text, request_id), status_code=status)
+    return JSONResponse(error_json(kind, text, request_id), status_code=status)
 
 
 routes = [

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import hmac
 import os
 import secrets
@@ -45,7 +44,6 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -53,6 +51,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+
+from ._files import write_atomic
+from ._identity import IDENTIFY_PATH as IDENTIFY_PATH
+from ._identity import identity_proof as identity_proof
 
 IDLE_ENV = "NBBATCH_EMULATOR_IDLE_SECONDS"
 #: How long each batch spends in progress (default: the shared timings' 3 s).
@@ -62,8 +64,6 @@ SPEED_ENV = "NBBATCH_EMULATOR_SPEED"
 DEFAULT_IDLE_SECONDS = 4 * 3600.0
 #: How long a starting process may take before we give up on it (the machine may be busy).
 START_TIMEOUT = 60.0
-#: The route that proves an emulator holds its home's key without the key being sent.
-IDENTIFY_PATH = "/nbbatch/identify"
 #: How often the running process checks that its home still exists and names it.
 HOME_CHECK_SECONDS = 1.0
 
@@ -112,13 +112,6 @@ def _seconds(variable: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{variable} must be positive, found {raw!r}")
     return value
-
-
-def identity_proof(token: str, pid: int, port: int, nonce: str) -> str:
-    """What an emulator holding ``token`` answers to the identity challenge ``nonce``:
-    an HMAC bound to its pid and port, so an answer relayed from another port is wrong."""
-    message = f"nbbatch-emulator|{pid}|{port}|{nonce}".encode()
-    return hmac.new(token.encode(), message, hashlib.sha256).hexdigest()
 
 
 def find(home: str | Path) -> Background | None:
@@ -228,19 +221,6 @@ def detach() -> None:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (owner-only) through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def own_folder(folder: Path) -> None:

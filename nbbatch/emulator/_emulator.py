@@ -87,6 +87,21 @@ class Emulator:
         return self._server.port
 
     @property
+    def host(self) -> str:
+        """The address it listens on (requests naming another Host are refused)."""
+        return self._host
+
+    @property
+    def token(self) -> str | None:
+        """The key every request must carry (a background emulator's), else None."""
+        return self._token
+
+    @property
+    def store(self) -> Store:
+        """Its batches, files and uploads (what the routes serve)."""
+        return self._store
+
+    @property
     def knobs(self) -> Knobs:
         """The current timing and fault configuration."""
         return self._store.knobs
@@ -163,7 +178,8 @@ class Emulator:
 
     # ----------------------------------------------------------- used by the server
 
-    def _record(self, method: str, path: str, *, realtime: bool) -> None:
+    def record_request(self, method: str, path: str, *, realtime: bool) -> None:
+        """Count a request the server received (the request log, idle time, stats)."""
         with self._lock:
             self._log.append((method, path))
             self._last_request = time.monotonic()
@@ -171,7 +187,8 @@ class Emulator:
         if realtime:
             self._store.count("realtime_requests")
 
-    def _http_fault(self, method: str, path: str) -> int | None:
+    def http_fault(self, method: str, path: str) -> int | None:
+        """The HTTP error status to simulate for this request, or None (the fault knobs)."""
         with self._lock:
             return self._http_faults.decide(self._store.knobs, method, path)
 

@@ -44,8 +44,20 @@ from ._faults import (
     int_hash,
     processing_order,
 )
+from ._gemini_replies import (
+    EMBED,
+    GENERATE,
+    embed,
+    embed_problem,
+    generate,
+    last_user,
+    problem_of,
+    request_problem,
+    row_text,
+    schema_of,
+)
 from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, StoredFile, iter_lines
-from ._wire import ApiError, JSONResponse, new_id, rfc3339, text_of
+from ._wire import ApiError, JSONResponse, new_id, rfc3339
 
 PREFIX = "/gemini"
 # Service limits (module constants so tests can lower them): 2 GB per file; the batch
@@ -66,8 +78,6 @@ STATUS_NAMES = {
     504: "DEADLINE_EXCEEDED",
 }
 FILE_PURPOSE = "gemini"  # how Gemini files are told apart from OpenAI's in the store
-#: The two kinds of batch: generateContent requests, or embedContent requests.
-GENERATE, EMBED = "generate", "embed"
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
@@ -89,147 +99,6 @@ def _store(request: Request) -> Store:
 def _base(request: Request) -> str:
     host = request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
     return f"http://{host}{PREFIX}"
-
-
-# =================================================================== requests
-
-
-def request_problem(req: Any) -> str | None:
-    """Why a GenerateContentRequest would be refused, or None when it is fine."""
-    return _validate_gemini.request_problem(req)
-
-
-def embed_problem(req: Any, model: str = "") -> str | None:
-    """Why an EmbedContentRequest to ``model`` would be refused, or None when it is fine."""
-    return _validate_gemini.embed_problem(req, model)
-
-
-def problem_of(kind: str, req: Any, model: str = "") -> str | None:
-    """Why a request of a ``kind`` batch (``generate`` or ``embed``) would be refused."""
-    return embed_problem(req, model) if kind == EMBED else request_problem(req)
-
-
-def embed(req: dict[str, Any], model: str = "") -> dict[str, Any]:
-    """The response to one EmbedContentRequest: a deterministic unit vector of the
-    content's text (the same vectors as the OpenAI routes) of the model's full size unless
-    ``outputDimensionality`` shortens it, and its token count."""
-    text = _text(req.get("content"))
-    dims = req.get("outputDimensionality") or req.get("output_dimensionality")
-    vector = _responder.embedding_vector(text, dims or _models.embedding_dimensions(model))
-    # tokenCount is an int64, which Google's JSON writes as a string.
-    return {"embedding": {"values": vector}, "tokenCount": str(_responder.count_tokens(len(text)))}
-
-
-def _text(content: Any) -> str:
-    """The text parts of one Content object, joined."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, dict):
-        return ""
-    return "".join(
-        p.get("text", "") for p in content.get("parts") or [] if isinstance(p, dict)
-    ) or text_of(content.get("parts"))
-
-
-def row_text(kind: str, req: Any) -> str:
-    """The text a request carries for the model (where the fault markers are read)."""
-    if kind == EMBED:
-        return _text(req.get("content")) if isinstance(req, dict) else ""
-    return last_user(req)
-
-
-def last_user(req: Any) -> str:
-    """The text of the last user turn of a request."""
-    if not isinstance(req, dict):
-        return ""
-    turns = [
-        c
-        for c in req.get("contents") or []
-        if isinstance(c, dict) and c.get("role", "user") == "user"
-    ]
-    return _text(turns[-1]) if turns else ""
-
-
-def _config(req: dict[str, Any]) -> dict[str, Any]:
-    config = req.get("generationConfig") or req.get("generation_config") or {}
-    return config if isinstance(config, dict) else {}
-
-
-def _schema(req: Any) -> dict[str, Any] | None:
-    """The schema a structured reply must follow (JSON Schema or the OpenAPI subset)."""
-    if not isinstance(req, dict):
-        return None
-    config = _config(req)
-    for key in ("responseJsonSchema", "response_json_schema", "responseSchema", "response_schema"):
-        schema = config.get(key)
-        if isinstance(schema, dict):
-            return _lower_types(schema)
-    return None
-
-
-def _lower_types(schema: Any) -> Any:
-    """The OpenAPI subset spells types in capitals (``STRING``); JSON Schema does not."""
-    if isinstance(schema, dict):
-        out = {k: _lower_types(v) for k, v in schema.items()}
-        if isinstance(out.get("type"), str):
-            out["type"] = out["type"].lower()
-        return out
-    if isinstance(schema, list):
-        return [_lower_types(v) for v in schema]
-    return schema
-
-
-def generate(
-    req: dict[str, Any],
-    fate: Fate,
-    model: str,
-    suffix: str,
-    responder: _responder.Responder | None = None,
-) -> dict[str, Any]:
-    """A GenerateContentResponse (REST JSON) for one request. ``responder`` is the
-    user's own (None: the built-in one; it raises :class:`~._responder.ResponderError`
-    when it fails)."""
-    config = _config(req)
-    system = req.get("systemInstruction") or req.get("system_instruction")
-    prompt_chars = len(_text(system)) + sum(len(_text(c)) for c in req.get("contents") or [])
-    schema = _schema(req)
-    stop = config.get("stopSequences") or config.get("stop_sequences") or ()
-    request = _responder.Request(
-        "gemini",
-        ":generateContent",
-        model.removeprefix("models/"),
-        last_user(req),
-        _text(system) if system else None,
-        schema,
-        req,
-    )
-    reply = _responder.respond(
-        last_user(req),
-        fate=fate,
-        schema=schema,
-        json_mode=schema is None and config.get("responseMimeType") == "application/json",
-        max_tokens=config.get("maxOutputTokens") or config.get("max_output_tokens"),
-        stop=[stop] if isinstance(stop, str) else list(stop),
-        responder=responder,
-        request=request,
-    )
-    prompt_tokens = _responder.count_tokens(prompt_chars)
-    return {
-        "candidates": [
-            {
-                "content": {"parts": [{"text": reply.text}], "role": "model"},
-                "finishReason": "MAX_TOKENS" if reply.finish == "length" else "STOP",
-                "index": 0,
-            }
-        ],
-        "usageMetadata": {
-            "promptTokenCount": prompt_tokens,
-            "candidatesTokenCount": reply.output_tokens,
-            "totalTokenCount": prompt_tokens + reply.output_tokens,
-        },
-        "modelVersion": model.removeprefix("models/"),
-        "responseId": suffix,
-    }
 
 
 # =================================================================== batches
@@ -477,7 +346,7 @@ def read_input(path: Path, kind: str, model: str = "") -> list[RowInfo]:
         req = row["request"]
         ok = problem_of(kind, req, model) is None
         text = row_text(kind, req) if ok else ""
-        rows.append(RowInfo(key, 0, text, ok and kind == GENERATE and _schema(req) is not None))
+        rows.append(RowInfo(key, 0, text, ok and kind == GENERATE and schema_of(req) is not None))
         if len(rows) > MAX_REQUESTS:
             raise _Unreadable(f"A batch holds at most {MAX_REQUESTS} requests.")
     if not rows:

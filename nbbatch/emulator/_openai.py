@@ -7,10 +7,8 @@ bodies, and output / error JSONL lines ``{id, custom_id, response, error}``.
 
 from __future__ import annotations
 
-import base64
 import shutil
-import struct
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,8 +29,10 @@ from ._faults import (
     int_hash,
     processing_order,
 )
+from ._openai_replies import Answer, answer
 from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, StoredFile, iter_lines
-from ._wire import NO_RETRY, ApiError, JSONResponse, new_id, openai_error_body, text_of
+from ._validate_openai import inspect
+from ._wire import NO_RETRY, ApiError, JSONResponse, new_id
 
 #: The ``endpoint`` values the SDK allows; the emulator serves the first three.
 ENDPOINTS = (
@@ -50,339 +50,18 @@ UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "e
 # Service limits (module constants so tests can lower them).
 MAX_REQUESTS = 50_000
 MAX_INPUT_BYTES = 200 * 1024 * 1024
-MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 MAX_EMBEDDING_INPUTS = 50_000
 MAX_REPORTED_ERRORS = 100
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 DEFAULT_FILE_SECONDS = 30 * 24 * 3600
 
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 CANCELLED_MESSAGE = "This request was not executed because the batch was cancelled."
-SERVER_ERROR_MESSAGE = (
-    "The server had an error while processing your request. Sorry about that! "
-    "(simulated by the nbbatch emulator)"
-)
 
 
 def _store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
-
-
-# =================================================================== request bodies
-
-
-@dataclass(frozen=True)
-class Inspection:
-    """What the emulator needs to know about one request body before running it."""
-
-    last_user: str
-    prompt_chars: int
-    schema: Mapping[str, Any] | None
-    json_mode: bool
-    embedding_inputs: list[str] = field(default_factory=list)
-    system: str | None = None  # system/developer messages or instructions, as text
-    prompt_text: str = ""  # every message in order: what a prefix cache matches on
-
-
-def inspect(endpoint: str, body: Mapping[str, Any]) -> Inspection:
-    """Extract the prompt text and the requested output format from a request body."""
-    if endpoint == "/v1/embeddings":
-        raw = body.get("input")
-        if isinstance(raw, str):
-            inputs = [raw]
-        elif isinstance(raw, list) and raw and all(isinstance(x, int) for x in raw):
-            inputs = [" ".join(map(str, raw))]  # one pre-tokenised input
-        elif isinstance(raw, list):
-            inputs = [x if isinstance(x, str) else " ".join(map(str, x)) for x in raw]
-        else:
-            inputs = []
-        return Inspection(inputs[-1] if inputs else "", sum(map(len, inputs)), None, False, inputs)
-    if endpoint == "/v1/responses":
-        raw = body.get("input")
-        texts: list[tuple[str, str]] = []
-        if isinstance(raw, str):
-            texts.append(("user", raw))
-        elif isinstance(raw, list):
-            for item in raw:
-                if isinstance(item, dict) and "role" in item:
-                    texts.append((str(item["role"]), text_of(item.get("content"))))
-        instructions = body.get("instructions")
-        chars = len(instructions) if isinstance(instructions, str) else 0
-        if isinstance(instructions, str):
-            texts.insert(0, ("instructions", instructions))
-            chars = 0  # counted with the messages below
-        fmt = (body.get("text") or {}).get("format") or {}
-        schema = fmt.get("schema") if fmt.get("type") == "json_schema" else None
-        json_mode = fmt.get("type") == "json_object"
-    else:
-        texts = [
-            (str(m.get("role")), text_of(m.get("content")))
-            for m in body.get("messages") or []
-            if isinstance(m, dict)
-        ]
-        chars = 0
-        fmt = body.get("response_format") or {}
-        schema = None
-        if fmt.get("type") == "json_schema":
-            schema = (fmt.get("json_schema") or {}).get("schema") or {}
-        json_mode = fmt.get("type") == "json_object"
-    users = [t for role, t in texts if role == "user"]
-    chars += sum(len(t) for _, t in texts)
-    system = [t for role, t in texts if role in ("system", "developer", "instructions")]
-    return Inspection(
-        users[-1] if users else "",
-        chars,
-        schema,
-        json_mode,
-        system="\n".join(system) if system else None,
-        prompt_text="".join(f"\x00{role}\x01{t}" for role, t in texts),
-    )
-
-
-@dataclass(frozen=True)
-class Answer:
-    """An endpoint's HTTP status and JSON body for one request, with its token usage."""
-
-    status: int
-    body: dict[str, Any]
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-
-def error_answer(status: int, message: str, type: str, param: str | None = None) -> Answer:
-    return Answer(status, openai_error_body(message, type, param, None))
-
-
-def answer(
-    endpoint: str,
-    body: Any,
-    fate: Fate,
-    created: int,
-    seed_id: str,
-    *,
-    responder: _responder.Responder | None = None,
-    prefix_cache: set[int] | None = None,
-    models: Iterable[str] = (),
-    checked: bool = False,
-) -> Answer:
-    """Run one request against the responder; ``seed_id`` makes the body's ids.
-
-    ``responder`` is the user's own (None: the built-in one). ``prefix_cache`` holds the
-    prompt prefixes already seen (see :func:`cached_prefix_tokens`); None: no caching.
-    The body is checked as the service checks it (``models``: names served besides the
-    real ones) unless ``checked`` says that was done when its batch was created.
-    """
-    if fate == Fate.FAIL or not checked:
-        problem = _validate_openai.problem(endpoint, body, models)
-        if problem is not None:
-            return Answer(
-                problem.status,
-                openai_error_body(problem.message, problem.type, problem.param, problem.code),
-            )
-    if fate == Fate.FAIL:
-        return error_answer(
-            400,
-            f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).",
-            "invalid_request_error",
-        )
-    if fate == Fate.TRANSIENT_ERROR:
-        return error_answer(500, SERVER_ERROR_MESSAGE, "server_error")
-    info = inspect(endpoint, body)
-    suffix = f"{int_hash(seed_id):016x}"
-    if endpoint == "/v1/embeddings":
-        return _embeddings(body, info)
-    request = _responder.Request(
-        "openai", endpoint, str(body["model"]), info.last_user, info.system, info.schema, body
-    )
-    try:
-        if endpoint == "/v1/responses":
-            return _responses(body, info, fate, created, suffix, responder, request, prefix_cache)
-        return _chat(body, info, fate, created, suffix, responder, request, prefix_cache)
-    except _responder.ResponderError as exc:
-        return error_answer(400, str(exc), "invalid_request_error")
-
-
-#: OpenAI caches a prompt's prefix by itself from this many tokens on, in steps of
-#: CACHE_INCREMENT tokens (its prompt-caching guide), and reports the cached part as
-#: ``cached_tokens``.
-CACHE_MIN_TOKENS = 1024
-CACHE_INCREMENT = 128
-
-
-def cached_prefix_tokens(text: str, prompt_tokens: int, seen: set[int] | None) -> int:
-    """Tokens of ``text``'s longest prefix already sent (``seen``), as OpenAI reports them:
-    0 below :data:`CACHE_MIN_TOKENS`, else a multiple of :data:`CACHE_INCREMENT` from it.
-    Records this prompt's prefixes in ``seen`` for the requests after it."""
-    if seen is None or prompt_tokens < CACHE_MIN_TOKENS:
-        return 0
-    hit = 0
-    tokens = CACHE_MIN_TOKENS
-    limit = min(prompt_tokens, len(text) // 4)  # 4 characters per token, as counted
-    while tokens <= limit:
-        key = int_hash(text[: tokens * 4])
-        if key in seen:
-            hit = tokens
-        else:
-            seen.add(key)
-        tokens += CACHE_INCREMENT
-    return hit
-
-
-def _chat(
-    body: dict,
-    info: Inspection,
-    fate: Fate,
-    created: int,
-    suffix: str,
-    responder: _responder.Responder | None,
-    request: _responder.Request,
-    prefix_cache: set[int] | None,
-) -> Answer:
-    stop = body.get("stop") or ()
-    reply = _responder.respond(
-        info.last_user,
-        fate=fate,
-        schema=info.schema,
-        json_mode=info.json_mode,
-        max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
-        stop=[stop] if isinstance(stop, str) else list(stop),
-        responder=responder,
-        request=request,
-    )
-    prompt_tokens = _responder.count_tokens(info.prompt_chars)
-    cached = cached_prefix_tokens(info.prompt_text, prompt_tokens, prefix_cache)
-    result = {
-        "id": f"chatcmpl-{suffix}",
-        "object": "chat.completion",
-        "created": created,
-        "model": body["model"],
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": reply.text,
-                    "refusal": None,
-                    "annotations": [],
-                },
-                "logprobs": None,
-                "finish_reason": "length" if reply.finish == "length" else "stop",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": reply.output_tokens,
-            "total_tokens": prompt_tokens + reply.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
-            "completion_tokens_details": {
-                "reasoning_tokens": 0,
-                "audio_tokens": 0,
-                "accepted_prediction_tokens": 0,
-                "rejected_prediction_tokens": 0,
-            },
-        },
-        "service_tier": "default",
-    }
-    return Answer(200, result, prompt_tokens, reply.output_tokens)
-
-
-def _responses(
-    body: dict,
-    info: Inspection,
-    fate: Fate,
-    created: int,
-    suffix: str,
-    responder: _responder.Responder | None,
-    request: _responder.Request,
-    prefix_cache: set[int] | None,
-) -> Answer:
-    reply = _responder.respond(
-        info.last_user,
-        fate=fate,
-        schema=info.schema,
-        json_mode=info.json_mode,
-        max_tokens=body.get("max_output_tokens"),
-        responder=responder,
-        request=request,
-    )
-    input_tokens = _responder.count_tokens(info.prompt_chars)
-    cached = cached_prefix_tokens(info.prompt_text, input_tokens, prefix_cache)
-    cut = reply.finish == "length"
-    fmt = (body.get("text") or {}).get("format") or {}
-    if fmt.get("type") == "json_schema" and "name" in fmt and "schema" in fmt:
-        fmt = {k: fmt[k] for k in ("type", "name", "schema", "strict", "description") if k in fmt}
-    elif fmt.get("type") != "json_object":
-        fmt = {"type": "text"}
-    result = {
-        "id": f"resp_{suffix}",
-        "object": "response",
-        "created_at": created,
-        "status": "incomplete" if cut else "completed",
-        "completed_at": None if cut else created,
-        "error": None,
-        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
-        "instructions": body.get("instructions")
-        if isinstance(body.get("instructions"), str)
-        else None,
-        "max_output_tokens": body.get("max_output_tokens"),
-        "model": body["model"],
-        "output": [
-            {
-                "id": f"msg_{suffix}",
-                "type": "message",
-                "role": "assistant",
-                "status": "incomplete" if cut else "completed",
-                "content": [
-                    {"type": "output_text", "text": reply.text, "annotations": [], "logprobs": []}
-                ],
-            }
-        ],
-        "parallel_tool_calls": True,
-        "previous_response_id": None,
-        "temperature": 1.0,
-        "text": {"format": fmt},
-        "tool_choice": "auto",
-        "tools": [],
-        "top_p": 1.0,
-        "truncation": "disabled",
-        "usage": {
-            "input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
-            "output_tokens": reply.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": input_tokens + reply.output_tokens,
-        },
-        "metadata": body.get("metadata") or {},
-    }
-    return Answer(200, result, input_tokens, reply.output_tokens)
-
-
-def _embeddings(body: dict, info: Inspection) -> Answer:
-    if not info.embedding_inputs:
-        return error_answer(
-            400, "'input' must be a non-empty string or array.", "invalid_request_error", "input"
-        )
-    # Each model's full size unless ``dimensions`` shortens it (checked with the body).
-    dims = body.get("dimensions") or _models.embedding_dimensions(str(body["model"]))
-    if not isinstance(dims, int) or dims < 1:
-        return error_answer(
-            400, "dimensions must be a positive integer", "invalid_request_error", "dimensions"
-        )
-    as_base64 = body.get("encoding_format") == "base64"
-    data = []
-    for i, text in enumerate(info.embedding_inputs):
-        vector: Any = _responder.embedding_vector(text, dims)
-        if as_base64:
-            vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
-        data.append({"object": "embedding", "index": i, "embedding": vector})
-    tokens = sum(_responder.count_tokens(len(t)) for t in info.embedding_inputs)
-    result = {
-        "object": "list",
-        "data": data,
-        "model": body["model"],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
-    return Answer(200, result, tokens, 0)
 
 
 # =================================================================== files
@@ -662,7 +341,10 @@ class OpenAIBatch(BatchRecord):
 
 
 @dataclass
-class _Validation:
+class Validation:
+    """What checking a batch input file found: each row (marked when its body is refused),
+    the file's errors (at most :data:`MAX_REPORTED_ERRORS`), its model and sizes."""
+
     rows: list[RowInfo] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     model: str | None = None
@@ -674,14 +356,14 @@ class _Validation:
             self.errors.append({"code": code, "message": message, "param": param, "line": line})
 
 
-def validate_input(path: Path, size: int, endpoint: str, models: Iterable[str] = ()) -> _Validation:
+def validate_input(path: Path, size: int, endpoint: str, models: Iterable[str] = ()) -> Validation:
     """Check a batch input file the way the service does; collect per-row data.
 
     A line whose body the service would refuse (a parameter out of range, an unknown
     model, ...) does not fail the file: it is marked, and fails on its own with the
     service's error when the batch runs. ``models``: names served besides the real ones.
     """
-    v = _Validation()
+    v = Validation()
     if size > MAX_INPUT_BYTES:
         v.fail("file_too_large", f"The input file is {size} bytes; the limit is {MAX_INPUT_BYTES}.")
         return v
@@ -693,80 +375,8 @@ def validate_input(path: Path, size: int, endpoint: str, models: Iterable[str] =
             if not line:
                 continue
             count += 1
-            if count > MAX_REQUESTS:
-                continue  # counted below; no need to parse the rest
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                v.fail("invalid_json_line", "This line is not parseable as valid JSON.", lineno)
-                continue
-            if not isinstance(row, dict):
-                v.fail("invalid_json_line", "This line is not a JSON object.", lineno)
-                continue
-            missing = [k for k in ("custom_id", "method", "url", "body") if k not in row]
-            if missing:
-                v.fail(
-                    "missing_required_parameter",
-                    f"Missing required parameter: '{missing[0]}'.",
-                    lineno,
-                    missing[0],
-                )
-                continue
-            cid, body = row["custom_id"], row["body"]
-            if not isinstance(cid, str) or not cid:
-                v.fail(
-                    "invalid_custom_id",
-                    "custom_id must be a non-empty string.",
-                    lineno,
-                    "custom_id",
-                )
-                continue
-            if cid in seen:
-                v.fail(
-                    "duplicate_custom_id",
-                    f"The custom_id '{cid}' is used more than once in this file.",
-                    lineno,
-                    "custom_id",
-                )
-                continue
-            seen.add(cid)
-            if row["method"] != "POST":
-                v.fail("invalid_method", "Only POST is supported.", lineno, "method")
-            if row["url"] != endpoint:
-                v.fail(
-                    "invalid_url",
-                    f"The url '{row['url']}' does not match the batch endpoint '{endpoint}'.",
-                    lineno,
-                    "url",
-                )
-            if not isinstance(body, dict):
-                v.fail("invalid_body", "body must be a JSON object.", lineno, "body")
-                continue
-            model = body.get("model")
-            if not isinstance(model, str):
-                v.fail(
-                    "missing_required_parameter",
-                    "Missing required parameter: 'body.model'.",
-                    lineno,
-                    "body.model",
-                )
-                continue
-            if v.model is None:
-                v.model = model
-            elif model != v.model:
-                v.fail(
-                    "mismatched_model",
-                    f"All requests must use the same model; found '{model}' and '{v.model}'.",
-                    lineno,
-                    "body.model",
-                )
-            if _validate_openai.problem(endpoint, body, models) is not None:
-                v.rows.append(RowInfo(cid, 0, "", False, invalid=True))
-                continue
-            info = inspect(endpoint, body)
-            v.prompt_chars += info.prompt_chars
-            v.embedding_inputs += len(info.embedding_inputs)
-            v.rows.append(RowInfo(cid, 0, info.last_user, info.schema is not None))
+            if count <= MAX_REQUESTS:  # past it, counted only: no need to parse the rest
+                _check_line(v, line, lineno, seen, endpoint, models)
     if count == 0:
         v.fail("empty_file", "The input file is empty.")
     elif count > MAX_REQUESTS:
@@ -778,6 +388,89 @@ def validate_input(path: Path, size: int, endpoint: str, models: Iterable[str] =
             f"the limit is {MAX_EMBEDDING_INPUTS}.",
         )
     return v
+
+
+def _check_line(
+    v: Validation,
+    line: bytes,
+    lineno: int,
+    seen: set[str],
+    endpoint: str,
+    models: Iterable[str],
+) -> None:
+    """Check one line of a batch input file into ``v`` (``seen``: the custom ids so far)."""
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        v.fail("invalid_json_line", "This line is not parseable as valid JSON.", lineno)
+        return
+    if not isinstance(row, dict):
+        v.fail("invalid_json_line", "This line is not a JSON object.", lineno)
+        return
+    missing = [k for k in ("custom_id", "method", "url", "body") if k not in row]
+    if missing:
+        v.fail(
+            "missing_required_parameter",
+            f"Missing required parameter: '{missing[0]}'.",
+            lineno,
+            missing[0],
+        )
+        return
+    cid, body = row["custom_id"], row["body"]
+    if not isinstance(cid, str) or not cid:
+        v.fail(
+            "invalid_custom_id",
+            "custom_id must be a non-empty string.",
+            lineno,
+            "custom_id",
+        )
+        return
+    if cid in seen:
+        v.fail(
+            "duplicate_custom_id",
+            f"The custom_id '{cid}' is used more than once in this file.",
+            lineno,
+            "custom_id",
+        )
+        return
+    seen.add(cid)
+    if row["method"] != "POST":
+        v.fail("invalid_method", "Only POST is supported.", lineno, "method")
+    if row["url"] != endpoint:
+        v.fail(
+            "invalid_url",
+            f"The url '{row['url']}' does not match the batch endpoint '{endpoint}'.",
+            lineno,
+            "url",
+        )
+    if not isinstance(body, dict):
+        v.fail("invalid_body", "body must be a JSON object.", lineno, "body")
+        return
+    model = body.get("model")
+    if not isinstance(model, str):
+        v.fail(
+            "missing_required_parameter",
+            "Missing required parameter: 'body.model'.",
+            lineno,
+            "body.model",
+        )
+        return
+    if v.model is None:
+        v.model = model
+    elif model != v.model:
+        v.fail(
+            "mismatched_model",
+            f"All requests must use the same model; found '{model}' and '{v.model}'.",
+            lineno,
+            "body.model",
+        )
+    if _validate_openai.problem(endpoint, body, models) is not None:
+        v.rows.append(RowInfo(cid, 0, "", False, invalid=True))
+        return
+    info = inspect(endpoint, body)
+    v.prompt_chars += info.prompt_chars
+    v.embedding_inputs += len(info.embedding_inputs)
+    v.rows.append(RowInfo(cid, 0, info.last_user, info.schema is not None))
 
 
 def _check_create_body(store: Store, body: Any) -> StoredFile:

@@ -21,7 +21,6 @@ This module reads the format from the wire only; it imports nothing of the clien
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -104,29 +103,3 @@ def answer(
             value = ["nbbatch emulator: deliberately wrong answer"]
         answers.append({"id": item["id"], "answer": value})
     return {"answers": answers}
-
-
-def respond_item(
-    prompt: str, schema: Mapping[str, Any] | None, responder: Any, request: Any
-) -> Any:
-    """One item's answer, as :func:`._responder.respond` would give the item sent alone:
-    the user's responder (given the request with the item's prompt and schema), else the
-    echo or a value valid against ``schema``."""
-    from . import _responder
-
-    if responder is None or request is None:
-        if schema is None:
-            return _responder.echo_text(prompt)
-        return _responder.schema_instance(schema, prompt)
-    try:
-        value = responder(replace(request, prompt=prompt, schema=schema))
-    except Exception as exc:
-        raise _responder.ResponderError(
-            f"the emulator's responder raised {type(exc).__name__}: {exc}"
-        ) from exc
-    if schema is not None and isinstance(value, str):
-        try:
-            return orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return value  # wrong, as the responder made it: the client sees that
-    return value

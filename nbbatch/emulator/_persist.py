@@ -36,8 +36,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import _anthropic, _gemini, _openai
-from ._background import write_atomic
 from ._faults import Knobs
+from ._files import write_atomic
 from ._state import BatchRecord, Store, StoredFile
 
 # provider -> (batch record class, outcome class)

@@ -36,7 +36,7 @@ import re
 import struct
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -168,9 +168,7 @@ def respond(
     value: Any = None
     packed = None  # several rows in one request: each answered as if sent alone
     if schema is not None and fate != Fate.INVALID_OUTPUT:
-        packed = _packed.answer(
-            prompt, schema, lambda p, s: _packed.respond_item(p, s, responder, request)
-        )
+        packed = _packed.answer(prompt, schema, lambda p, s: respond_item(p, s, responder, request))
     if packed is not None:
         value, text = packed, orjson.dumps(packed).decode()
     elif responder is not None and request is not None and fate != Fate.INVALID_OUTPUT:
@@ -445,3 +443,27 @@ class _Generator:
         fraction = int_hash(self.prompt, path) / 2.0**64
         value = round(low + fraction * (high - low), 2)
         return min(max(value, low), high)
+
+
+def respond_item(
+    prompt: str, schema: Mapping[str, Any] | None, responder: Any, request: Any
+) -> Any:
+    """One item's answer, as :func:`respond` would give the item sent alone:
+    the user's responder (given the request with the item's prompt and schema), else the
+    echo or a value valid against ``schema``."""
+    if responder is None or request is None:
+        if schema is None:
+            return echo_text(prompt)
+        return schema_instance(schema, prompt)
+    try:
+        value = responder(replace(request, prompt=prompt, schema=schema))
+    except Exception as exc:
+        raise ResponderError(
+            f"the emulator's responder raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if schema is not None and isinstance(value, str):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value  # wrong, as the responder made it: the client sees that
+    return value

@@ -36,7 +36,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import _anthropic, _gemini, _openai
-from ._background import IDENTIFY_PATH, identity_proof
+from ._identity import IDENTIFY_PATH, identity_proof
 from ._state import Store
 from ._wire import ApiError, JSONResponse, anthropic_error_body, openai_error_body
 
@@ -149,12 +149,12 @@ class Front:
             )
             await response(scope, receive, send_with_id)
             return
-        if emu._token is not None and path == IDENTIFY_PATH:
+        if emu.token is not None and path == IDENTIFY_PATH:
             await _identify(emu, scope)(scope, receive, send_with_id)
             return
-        emu._record(method, scope["path"], realtime=_is_realtime(method, path))
+        emu.record_request(method, scope["path"], realtime=_is_realtime(method, path))
 
-        status = emu._http_fault(method, path)
+        status = emu.http_fault(method, path)
         if status is not None:
             message = f"Simulated HTTP {status} (nbbatch emulator http_error_rate); retry."
             kind = "rate_limit_error" if status == 429 else None
@@ -218,7 +218,7 @@ def _upload_chunk(emu: Any, method: str, path: str, query: bytes) -> bool:
     if method != "POST" or not _UPLOAD_CHUNK.match(path):
         return False
     upload_id = QueryParams(query).get("upload_id")
-    return bool(upload_id) and upload_id in emu._store.uploads
+    return bool(upload_id) and upload_id in emu.store.uploads
 
 
 def _is_loopback(host: str) -> bool:
@@ -234,7 +234,7 @@ def _refusal(
     emu: Any, method: str, path: str, headers: dict[bytes, bytes], query: bytes
 ) -> tuple[int, str] | None:
     """Why a request is refused before routing (status, message), or None."""
-    host: str = emu._host
+    host: str = emu.host
     if _is_loopback(host):
         port = emu.port
         shown = f"[{host}]" if ":" in host else host
@@ -246,7 +246,7 @@ def _refusal(
                 "emulator answers only requests addressed to its loopback address (a web page "
                 "reaching it under another name is refused). Use its url as the base_url."
             )
-    token: str | None = emu._token
+    token: str | None = emu.token
     if token is None or (method == "GET" and path == IDENTIFY_PATH):
         return None
     expected = token.encode()
@@ -275,7 +275,7 @@ def _identify(emu: Any, scope: Scope) -> Response:
             status_code=400,
         )
     pid = os.getpid()
-    proof = identity_proof(emu._token, pid, emu.port, nonce)
+    proof = identity_proof(emu.token, pid, emu.port, nonce)
     return JSONResponse({"object": "nbbatch.identity", "pid": pid, "proof": proof})
 
 

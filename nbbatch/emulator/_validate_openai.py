@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from openai.types import embedding_create_params
@@ -20,6 +20,7 @@ from openai.types.chat import completion_create_params
 from openai.types.responses import response_create_params
 
 from . import _models
+from ._wire import text_of
 
 
 @dataclass(frozen=True)
@@ -410,3 +411,74 @@ def _embeddings(body: Mapping[str, Any], model: str) -> Problem | None:
             "integer_above_max_value",
         )
     return None
+
+
+# ============================================================ reading a body
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What the emulator needs to know about one request body before running it."""
+
+    last_user: str
+    prompt_chars: int
+    schema: Mapping[str, Any] | None
+    json_mode: bool
+    embedding_inputs: list[str] = field(default_factory=list)
+    system: str | None = None  # system/developer messages or instructions, as text
+    prompt_text: str = ""  # every message in order: what a prefix cache matches on
+
+
+def inspect(endpoint: str, body: Mapping[str, Any]) -> Inspection:
+    """Extract the prompt text and the requested output format from a request body."""
+    if endpoint == "/v1/embeddings":
+        raw = body.get("input")
+        if isinstance(raw, str):
+            inputs = [raw]
+        elif isinstance(raw, list) and raw and all(isinstance(x, int) for x in raw):
+            inputs = [" ".join(map(str, raw))]  # one pre-tokenised input
+        elif isinstance(raw, list):
+            inputs = [x if isinstance(x, str) else " ".join(map(str, x)) for x in raw]
+        else:
+            inputs = []
+        return Inspection(inputs[-1] if inputs else "", sum(map(len, inputs)), None, False, inputs)
+    if endpoint == "/v1/responses":
+        raw = body.get("input")
+        texts: list[tuple[str, str]] = []
+        if isinstance(raw, str):
+            texts.append(("user", raw))
+        elif isinstance(raw, list):
+            for item in raw:
+                if isinstance(item, dict) and "role" in item:
+                    texts.append((str(item["role"]), text_of(item.get("content"))))
+        instructions = body.get("instructions")
+        chars = len(instructions) if isinstance(instructions, str) else 0
+        if isinstance(instructions, str):
+            texts.insert(0, ("instructions", instructions))
+            chars = 0  # counted with the messages below
+        fmt = (body.get("text") or {}).get("format") or {}
+        schema = fmt.get("schema") if fmt.get("type") == "json_schema" else None
+        json_mode = fmt.get("type") == "json_object"
+    else:
+        texts = [
+            (str(m.get("role")), text_of(m.get("content")))
+            for m in body.get("messages") or []
+            if isinstance(m, dict)
+        ]
+        chars = 0
+        fmt = body.get("response_format") or {}
+        schema = None
+        if fmt.get("type") == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema") or {}
+        json_mode = fmt.get("type") == "json_object"
+    users = [t for role, t in texts if role == "user"]
+    chars += sum(len(t) for _, t in texts)
+    system = [t for role, t in texts if role in ("system", "developer", "instructions")]
+    return Inspection(
+        users[-1] if users else "",
+        chars,
+        schema,
+        json_mode,
+        system="\n".join(system) if system else None,
+        prompt_text="".join(f"\x00{role}\x01{t}" for role, t in texts),
+    )

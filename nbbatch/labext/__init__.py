@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The URL prefix of every route, under the server's base_url.
-NAMESPACE = "nbbatch"
+from .namespace import NAMESPACE
+
+__all__ = ["NAMESPACE"]
 
 
 def _jupyter_server_extension_points() -> list[dict[str, str]]:

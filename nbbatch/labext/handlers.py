@@ -32,7 +32,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
 from .._scrub import scrub_json as _scrub_json
-from . import NAMESPACE
+from .namespace import NAMESPACE
 
 JOB_ID = r"(?P<job_id>[A-Za-z0-9_.\-]+)"
 

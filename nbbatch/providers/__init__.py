@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from .._errors import ConfigError
@@ -89,14 +90,9 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
 #: The top module of each official SDK's client classes -> the provider it speaks to.
 _SDK_MODULES = {"openai": "openai", "anthropic": "anthropic", "google.genai": "gemini"}
 
-#: The environment variables a provider's API key is read from, first found wins (the
-#: google-genai SDK itself prefers GOOGLE_API_KEY when both are set).
-KEY_VARIABLES = {
-    "openai": ("OPENAI_API_KEY",),
-    "anthropic": ("ANTHROPIC_API_KEY",),
-    "gemini": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
-}
-
+#: The environment variables a provider's API key is read from (kept with the rest of
+#: what decides which key a job may use, in .credentials).
+from .credentials import KEY_VARIABLES as KEY_VARIABLES  # noqa: E402
 
 #: Google's embedding models whose names do not start with ``gemini``.
 _GEMINI_EMBEDDING_MODELS = ("text-embedding-004", "embedding-001")
@@ -130,6 +126,12 @@ _FAMILIES = {
         *("o1", "o3", "o4", "davinci", "babbage"),
     ),
 }
+
+
+def family_of(model: str) -> str | None:
+    """The provider whose model names ``model`` looks like (by prefix), or None for a
+    name of no known family."""
+    return next((o for o, prefixes in _FAMILIES.items() if model.startswith(prefixes)), None)
 
 
 def _check_family(name: str, client: Any, model: str) -> None:
@@ -296,3 +298,53 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
+
+
+def rebuild_client(record: dict[str, Any], home: Path) -> Any:
+    """A client for a recorded job, with only a key meant for its recorded address (see
+    :mod:`.credentials`); raises :class:`ConfigError` saying what to pass when there is
+    none."""
+    from .._errors import ConfigError
+    from . import credentials
+
+    name = record["provider"]
+    if record.get("backend") == "local":
+        return default_client(name, local=True)
+    base_url = record.get("base_url")
+    credential = record.get("credential")
+    if credential and credential.startswith("env:"):
+        var = credential.removeprefix("env:")
+        value = os.environ.get(var)
+        if not value:
+            raise ConfigError(
+                f"job {record['id']} was submitted with the key in {var}, which is not set "
+                f"now: set {var} again, or pass client= to nb.attach({record['id']!r}, "
+                "client=...).",
+                job_id=record["id"],
+                provider=name,
+            )
+        return _client(name, base_url, var, value)
+    if credential == "client":
+        same = credentials.env_key_matching(name, record.get("key_hash"), home)
+        if same is not None:
+            return _client(name, base_url, *same)
+    elif credential is None and not credentials.is_loopback(base_url):
+        # Recorded before credentials were: the environment's key, at its own address only.
+        origin = credentials.env_origin(name)
+        if origin is not None:
+            var = origin.removeprefix("env:")
+            client = _client(name, None, var, os.environ[var])
+            if base_url_of(client) == base_url:
+                return client
+    if credentials.is_loopback(base_url):
+        return default_client(name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
+    raise ConfigError(credentials.needs_client(record), job_id=record["id"], provider=name)
+
+
+def _client(name: str, base_url: str | None, var: str, value: str) -> Any:
+    """A client sending ``value`` (read from ``var``) to ``base_url``."""
+    from . import credentials
+
+    if var == credentials.ANTHROPIC_TOKEN:
+        return default_client(name, base_url=base_url, token=value)
+    return default_client(name, base_url=base_url, key=value)

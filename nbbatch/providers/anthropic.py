@@ -357,7 +357,41 @@ def _normalise(t: pa.Table) -> pa.Table:
     kind = pc.struct_field(result, "type")
     message = pc.struct_field(result, "message")
     usage = pc.struct_field(message, "usage")
-    status = pc.fill_null(
+    status = _status_of(kind)
+    ok = pc.equal(status, "succeeded")
+    error_type, error_message = _errors_of(ok, kind, pc.struct_field(result, ["error", "error"]))
+    retryable = pa.array(
+        [
+            None if s == "succeeded" else is_transient(e)
+            for s, e in zip(status.to_pylist(), error_type.to_pylist(), strict=True)
+        ],
+        pa.bool_(),
+    )
+    read = pc.fill_null(pc.struct_field(usage, "cache_read_input_tokens"), 0)
+    created = pc.fill_null(pc.struct_field(usage, "cache_creation_input_tokens"), 0)
+    fresh = pc.struct_field(usage, "input_tokens")
+    # Anthropic counts cached input apart from input_tokens; nbbatch's input_tokens is
+    # every input token, with cached_tokens the part read from the cache.
+    input_tokens = pc.add(pc.add(fresh, read), created)
+    return pa.table(
+        [
+            t.column("custom_id").combine_chunks(),
+            status,
+            pc.if_else(ok, _text(pc.struct_field(message, "content")), None),
+            error_type,
+            error_message,
+            retryable,
+            input_tokens,
+            pc.struct_field(usage, "output_tokens"),
+            pc.if_else(pc.is_null(fresh), None, read),
+        ],
+        schema=ROW_RESULT_SCHEMA,
+    )
+
+
+def _status_of(kind: pa.Array) -> pa.Array:
+    """nbbatch's row status for each result ``type`` (anything unknown: failed)."""
+    return pc.fill_null(
         pc.if_else(
             pc.equal(kind, "succeeded"),
             "succeeded",
@@ -373,8 +407,11 @@ def _normalise(t: pa.Table) -> pa.Table:
         ),
         "failed",
     )
-    ok = pc.equal(status, "succeeded")
-    err = pc.struct_field(result, ["error", "error"])
+
+
+def _errors_of(ok: pa.Array, kind: pa.Array, err: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(error type, error message) of each row that did not succeed (null where it did):
+    the error's own, else what an expired or cancelled request means."""
     error_type = pc.if_else(
         ok,
         pa.scalar(None, pa.string()),
@@ -403,33 +440,7 @@ def _normalise(t: pa.Table) -> pa.Table:
             pa.scalar("the provider gave no message", pa.large_string()),
         ),
     )
-    retryable = pa.array(
-        [
-            None if s == "succeeded" else is_transient(e)
-            for s, e in zip(status.to_pylist(), error_type.to_pylist(), strict=True)
-        ],
-        pa.bool_(),
-    )
-    read = pc.fill_null(pc.struct_field(usage, "cache_read_input_tokens"), 0)
-    created = pc.fill_null(pc.struct_field(usage, "cache_creation_input_tokens"), 0)
-    fresh = pc.struct_field(usage, "input_tokens")
-    # Anthropic counts cached input apart from input_tokens; nbbatch's input_tokens is
-    # every input token, with cached_tokens the part read from the cache.
-    input_tokens = pc.add(pc.add(fresh, read), created)
-    return pa.table(
-        [
-            t.column("custom_id").combine_chunks(),
-            status,
-            pc.if_else(ok, _text(pc.struct_field(message, "content")), None),
-            error_type,
-            error_message,
-            retryable,
-            input_tokens,
-            pc.struct_field(usage, "output_tokens"),
-            pc.if_else(pc.is_null(fresh), None, read),
-        ],
-        schema=ROW_RESULT_SCHEMA,
-    )
+    return error_type, error_message
 
 
 def _text(content: pa.Array) -> pa.Array:

@@ -32,14 +32,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from .._errors import ConfigError
-
 #: The key sent to a loopback address when no real key is meant for it: not a secret.
 PLACEHOLDER_KEY = "local-emulator"
 #: The file, beside the ledger, holding the secret that keys the hashes of keys.
 SECRET_FILE = "credential.secret"
 #: Anthropic's SDK also authenticates with a bearer token from this variable.
 ANTHROPIC_TOKEN = "ANTHROPIC_AUTH_TOKEN"
+
+#: The environment variables a provider's API key is read from, first found wins (the
+#: google-genai SDK itself prefers GOOGLE_API_KEY when both are set).
+KEY_VARIABLES = {
+    "openai": ("OPENAI_API_KEY",),
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "gemini": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
+}
 
 
 def is_loopback(url: str | None) -> bool:
@@ -58,8 +64,6 @@ def key_of(client: Any) -> str | None:
 def env_origin(name: str) -> str | None:
     """``env:VAR`` for the variable a client built from the environment takes its key
     from (the first set of the provider's variables), or None when none is set."""
-    from . import KEY_VARIABLES
-
     variables = KEY_VARIABLES[name] + ((ANTHROPIC_TOKEN,) if name == "anthropic" else ())
     var = next((v for v in variables if os.environ.get(v)), None)
     return None if var is None else f"env:{var}"
@@ -98,45 +102,6 @@ def key_hash(provider: Any, home: Path) -> str | None:
     return None if key is None else fingerprint(key, home)
 
 
-def rebuild(record: dict[str, Any], home: Path) -> Any:
-    """A client for a recorded job, with only a key meant for its recorded address;
-    raises :class:`ConfigError` saying what to pass when there is none."""
-    from . import base_url_of, default_client
-
-    name = record["provider"]
-    if record.get("backend") == "local":
-        return default_client(name, local=True)
-    base_url = record.get("base_url")
-    credential = record.get("credential")
-    if credential and credential.startswith("env:"):
-        var = credential.removeprefix("env:")
-        value = os.environ.get(var)
-        if not value:
-            raise ConfigError(
-                f"job {record['id']} was submitted with the key in {var}, which is not set "
-                f"now: set {var} again, or pass client= to nb.attach({record['id']!r}, "
-                "client=...).",
-                job_id=record["id"],
-                provider=name,
-            )
-        return _client(name, base_url, var, value)
-    if credential == "client":
-        same = _env_key_matching(name, record.get("key_hash"), home)
-        if same is not None:
-            return _client(name, base_url, *same)
-    elif credential is None and not is_loopback(base_url):
-        # Recorded before credentials were: the environment's key, at its own address only.
-        origin = env_origin(name)
-        if origin is not None:
-            var = origin.removeprefix("env:")
-            client = _client(name, None, var, os.environ[var])
-            if base_url_of(client) == base_url:
-                return client
-    if is_loopback(base_url):
-        return default_client(name, base_url=base_url, key=PLACEHOLDER_KEY)
-    raise ConfigError(needs_client(record), job_id=record["id"], provider=name)
-
-
 def needs_client(record: dict[str, Any]) -> str:
     """What to do about a job whose key was given on ``client=`` and is not known here."""
     job_id = record["id"]
@@ -149,10 +114,8 @@ def needs_client(record: dict[str, Any]) -> str:
     )
 
 
-def _env_key_matching(name: str, key_hash: str | None, home: Path) -> tuple[str, str] | None:
+def env_key_matching(name: str, key_hash: str | None, home: Path) -> tuple[str, str] | None:
     """(variable, key) of an environment key whose keyed hash is ``key_hash``."""
-    from . import KEY_VARIABLES
-
     if not key_hash:
         return None
     variables = KEY_VARIABLES[name] + ((ANTHROPIC_TOKEN,) if name == "anthropic" else ())
@@ -161,12 +124,3 @@ def _env_key_matching(name: str, key_hash: str | None, home: Path) -> tuple[str,
         if value and hmac.compare_digest(fingerprint(value, home), key_hash):
             return var, value
     return None
-
-
-def _client(name: str, base_url: str | None, var: str, value: str) -> Any:
-    """A client sending ``value`` (read from ``var``) to ``base_url``."""
-    from . import default_client
-
-    if var == ANTHROPIC_TOKEN:
-        return default_client(name, base_url=base_url, token=value)
-    return default_client(name, base_url=base_url, key=value)

@@ -482,43 +482,15 @@ def _normalise(t: pa.Table, endpoint: str) -> pa.Table:
     line_code = pc.struct_field(err, "code")
     line_msg = pc.struct_field(err, "message")
     body_err = pc.struct_field(body, "error")
-    ok = pc.and_kleene(
-        pc.is_null(line_code),
-        pc.and_(pc.greater_equal(status_code, 200), pc.less(status_code, 300)),
-    )
-    ok = pc.fill_null(ok, False)
-
-    status = pc.if_else(
-        ok,
-        "succeeded",
-        pc.if_else(
-            pc.fill_null(pc.equal(line_code, "batch_expired"), False),
-            "expired",
-            pc.if_else(
-                pc.fill_null(pc.equal(line_code, "batch_cancelled"), False), "cancelled", "failed"
-            ),
+    ok = pc.fill_null(
+        pc.and_kleene(
+            pc.is_null(line_code),
+            pc.and_(pc.greater_equal(status_code, 200), pc.less(status_code, 300)),
         ),
+        False,
     )
-    error_type = pc.if_else(
-        ok,
-        pa.scalar(None, pa.string()),
-        pc.coalesce(
-            line_code,
-            pc.struct_field(body_err, "type"),
-            pc.struct_field(body_err, "code"),
-            pc.binary_join_element_wise("http_", pc.cast(status_code, pa.string()), ""),
-            pa.scalar("unknown_error"),
-        ),
-    )
-    error_message = pc.if_else(
-        ok,
-        pa.scalar(None, pa.large_string()),
-        pc.coalesce(
-            pc.cast(line_msg, pa.large_string()),
-            pc.cast(pc.struct_field(body_err, "message"), pa.large_string()),
-            pa.scalar("the provider gave no message", pa.large_string()),
-        ),
-    )
+    status = _status_of(ok, line_code)
+    error_type, error_message = _errors_of(ok, line_code, line_msg, body_err, status_code)
     retryable = pa.array(
         [
             None if s == "succeeded" else is_transient(e, c)
@@ -546,6 +518,54 @@ def _normalise(t: pa.Table, endpoint: str) -> pa.Table:
         ],
         schema=ROW_RESULT_SCHEMA,
     )
+
+
+def _status_of(ok: pa.Array, line_code: pa.Array) -> pa.Array:
+    """nbbatch's row status: succeeded (a 2xx answer), expired or cancelled (the line's
+    error says the batch ended first), else failed."""
+    return pc.if_else(
+        ok,
+        "succeeded",
+        pc.if_else(
+            pc.fill_null(pc.equal(line_code, "batch_expired"), False),
+            "expired",
+            pc.if_else(
+                pc.fill_null(pc.equal(line_code, "batch_cancelled"), False), "cancelled", "failed"
+            ),
+        ),
+    )
+
+
+def _errors_of(
+    ok: pa.Array,
+    line_code: pa.Array,
+    line_msg: pa.Array,
+    body_err: pa.Array,
+    status_code: pa.Array,
+) -> tuple[pa.Array, pa.Array]:
+    """(error type, error message) of each row that did not succeed (null where it did):
+    the line's error, else the body's, else the HTTP status."""
+    error_type = pc.if_else(
+        ok,
+        pa.scalar(None, pa.string()),
+        pc.coalesce(
+            line_code,
+            pc.struct_field(body_err, "type"),
+            pc.struct_field(body_err, "code"),
+            pc.binary_join_element_wise("http_", pc.cast(status_code, pa.string()), ""),
+            pa.scalar("unknown_error"),
+        ),
+    )
+    error_message = pc.if_else(
+        ok,
+        pa.scalar(None, pa.large_string()),
+        pc.coalesce(
+            pc.cast(line_msg, pa.large_string()),
+            pc.cast(pc.struct_field(body_err, "message"), pa.large_string()),
+            pa.scalar("the provider gave no message", pa.large_string()),
+        ),
+    )
+    return error_type, error_message
 
 
 def _output_text(body: pa.Array, endpoint: str) -> pa.Array:

@@ -1,0 +1,275 @@
+"""Answers of the OpenAI endpoints (chat, responses, embeddings), as the service gives them.
+
+One request body in, its HTTP status and JSON body out (with its token usage), through
+the built-in responder or the user's own: used by the real-time routes and by a batch
+as it runs (see :mod:`._openai`). The checks a body must pass first are
+:mod:`._validate_openai`'s.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from . import _models, _responder, _validate_openai
+from ._faults import (
+    FAIL_MARKER,
+    Fate,
+    int_hash,
+)
+from ._validate_openai import Inspection, inspect
+from ._wire import openai_error_body
+
+SERVER_ERROR_MESSAGE = (
+    "The server had an error while processing your request. Sorry about that! "
+    "(simulated by the nbbatch emulator)"
+)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An endpoint's HTTP status and JSON body for one request, with its token usage."""
+
+    status: int
+    body: dict[str, Any]
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def error_answer(status: int, message: str, type: str, param: str | None = None) -> Answer:
+    return Answer(status, openai_error_body(message, type, param, None))
+
+
+def answer(
+    endpoint: str,
+    body: Any,
+    fate: Fate,
+    created: int,
+    seed_id: str,
+    *,
+    responder: _responder.Responder | None = None,
+    prefix_cache: set[int] | None = None,
+    models: Iterable[str] = (),
+    checked: bool = False,
+) -> Answer:
+    """Run one request against the responder; ``seed_id`` makes the body's ids.
+
+    ``responder`` is the user's own (None: the built-in one). ``prefix_cache`` holds the
+    prompt prefixes already seen (see :func:`cached_prefix_tokens`); None: no caching.
+    The body is checked as the service checks it (``models``: names served besides the
+    real ones) unless ``checked`` says that was done when its batch was created.
+    """
+    if fate == Fate.FAIL or not checked:
+        problem = _validate_openai.problem(endpoint, body, models)
+        if problem is not None:
+            return Answer(
+                problem.status,
+                openai_error_body(problem.message, problem.type, problem.param, problem.code),
+            )
+    if fate == Fate.FAIL:
+        return error_answer(
+            400,
+            f"Request rejected by the nbbatch emulator ({FAIL_MARKER}).",
+            "invalid_request_error",
+        )
+    if fate == Fate.TRANSIENT_ERROR:
+        return error_answer(500, SERVER_ERROR_MESSAGE, "server_error")
+    info = inspect(endpoint, body)
+    suffix = f"{int_hash(seed_id):016x}"
+    if endpoint == "/v1/embeddings":
+        return _embeddings(body, info)
+    request = _responder.Request(
+        "openai", endpoint, str(body["model"]), info.last_user, info.system, info.schema, body
+    )
+    try:
+        if endpoint == "/v1/responses":
+            return _responses(body, info, fate, created, suffix, responder, request, prefix_cache)
+        return _chat(body, info, fate, created, suffix, responder, request, prefix_cache)
+    except _responder.ResponderError as exc:
+        return error_answer(400, str(exc), "invalid_request_error")
+
+
+#: OpenAI caches a prompt's prefix by itself from this many tokens on, in steps of
+#: CACHE_INCREMENT tokens (its prompt-caching guide), and reports the cached part as
+#: ``cached_tokens``.
+CACHE_MIN_TOKENS = 1024
+CACHE_INCREMENT = 128
+
+
+def cached_prefix_tokens(text: str, prompt_tokens: int, seen: set[int] | None) -> int:
+    """Tokens of ``text``'s longest prefix already sent (``seen``), as OpenAI reports them:
+    0 below :data:`CACHE_MIN_TOKENS`, else a multiple of :data:`CACHE_INCREMENT` from it.
+    Records this prompt's prefixes in ``seen`` for the requests after it."""
+    if seen is None or prompt_tokens < CACHE_MIN_TOKENS:
+        return 0
+    hit = 0
+    tokens = CACHE_MIN_TOKENS
+    limit = min(prompt_tokens, len(text) // 4)  # 4 characters per token, as counted
+    while tokens <= limit:
+        key = int_hash(text[: tokens * 4])
+        if key in seen:
+            hit = tokens
+        else:
+            seen.add(key)
+        tokens += CACHE_INCREMENT
+    return hit
+
+
+def _chat(
+    body: dict,
+    info: Inspection,
+    fate: Fate,
+    created: int,
+    suffix: str,
+    responder: _responder.Responder | None,
+    request: _responder.Request,
+    prefix_cache: set[int] | None,
+) -> Answer:
+    stop = body.get("stop") or ()
+    reply = _responder.respond(
+        info.last_user,
+        fate=fate,
+        schema=info.schema,
+        json_mode=info.json_mode,
+        max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+        stop=[stop] if isinstance(stop, str) else list(stop),
+        responder=responder,
+        request=request,
+    )
+    prompt_tokens = _responder.count_tokens(info.prompt_chars)
+    cached = cached_prefix_tokens(info.prompt_text, prompt_tokens, prefix_cache)
+    result = {
+        "id": f"chatcmpl-{suffix}",
+        "object": "chat.completion",
+        "created": created,
+        "model": body["model"],
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": reply.text,
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": "length" if reply.finish == "length" else "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": reply.output_tokens,
+            "total_tokens": prompt_tokens + reply.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+    }
+    return Answer(200, result, prompt_tokens, reply.output_tokens)
+
+
+def _responses(
+    body: dict,
+    info: Inspection,
+    fate: Fate,
+    created: int,
+    suffix: str,
+    responder: _responder.Responder | None,
+    request: _responder.Request,
+    prefix_cache: set[int] | None,
+) -> Answer:
+    reply = _responder.respond(
+        info.last_user,
+        fate=fate,
+        schema=info.schema,
+        json_mode=info.json_mode,
+        max_tokens=body.get("max_output_tokens"),
+        responder=responder,
+        request=request,
+    )
+    input_tokens = _responder.count_tokens(info.prompt_chars)
+    cached = cached_prefix_tokens(info.prompt_text, input_tokens, prefix_cache)
+    cut = reply.finish == "length"
+    fmt = (body.get("text") or {}).get("format") or {}
+    if fmt.get("type") == "json_schema" and "name" in fmt and "schema" in fmt:
+        fmt = {k: fmt[k] for k in ("type", "name", "schema", "strict", "description") if k in fmt}
+    elif fmt.get("type") != "json_object":
+        fmt = {"type": "text"}
+    result = {
+        "id": f"resp_{suffix}",
+        "object": "response",
+        "created_at": created,
+        "status": "incomplete" if cut else "completed",
+        "completed_at": None if cut else created,
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
+        "instructions": body.get("instructions")
+        if isinstance(body.get("instructions"), str)
+        else None,
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": body["model"],
+        "output": [
+            {
+                "id": f"msg_{suffix}",
+                "type": "message",
+                "role": "assistant",
+                "status": "incomplete" if cut else "completed",
+                "content": [
+                    {"type": "output_text", "text": reply.text, "annotations": [], "logprobs": []}
+                ],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "temperature": 1.0,
+        "text": {"format": fmt},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+            "output_tokens": reply.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + reply.output_tokens,
+        },
+        "metadata": body.get("metadata") or {},
+    }
+    return Answer(200, result, input_tokens, reply.output_tokens)
+
+
+def _embeddings(body: dict, info: Inspection) -> Answer:
+    if not info.embedding_inputs:
+        return error_answer(
+            400, "'input' must be a non-empty string or array.", "invalid_request_error", "input"
+        )
+    # Each model's full size unless ``dimensions`` shortens it (checked with the body).
+    dims = body.get("dimensions") or _models.embedding_dimensions(str(body["model"]))
+    if not isinstance(dims, int) or dims < 1:
+        return error_answer(
+            400, "dimensions must be a positive integer", "invalid_request_error", "dimensions"
+        )
+    as_base64 = body.get("encoding_format") == "base64"
+    data = []
+    for i, text in enumerate(info.embedding_inputs):
+        vector: Any = _responder.embedding_vector(text, dims)
+        if as_base64:
+            vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+        data.append({"object": "embedding", "index": i, "embedding": vector})
+    tokens = sum(_responder.count_tokens(len(t)) for t in info.embedding_inputs)
+    result = {
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+    return Answer(200, result, tokens, 0)
