@@ -569,13 +569,24 @@ def _distributed(
 
 
 def _file_rows(planned: _stream.StreamPlan, folder: Path, source: dict[str, Any]) -> _Rows:
-    """The rows of a plan written to a file (see :func:`_streamed`)."""
+    """The rows of a plan written to a file (see :func:`_streamed`), its manifest
+    finished into ``folder`` when the job is recorded."""
 
     def manifest() -> Path:
         target = folder / f".manifest-{planned.path.stem}.arrow"
         _stream.finish_manifest(planned, target)
         return target
 
+    return _rows_of(planned, source, manifest)
+
+
+def _rows_of(
+    planned: _stream.StreamPlan,
+    source: dict[str, Any] | None,
+    manifest: Callable[[], Path] | None = None,
+) -> _Rows:
+    """A plan written to a manifest file, as submit and preview use it (``manifest``:
+    what gives the finished file; by default the plan's file as it is)."""
     return _Rows(
         n_rows=planned.n_rows,
         hashes=planned.hashes,
@@ -584,26 +595,10 @@ def _file_rows(planned: _stream.StreamPlan, folder: Path, source: dict[str, Any]
         head=planned.head,
         fingerprint=planned.fingerprint,
         prompts=lambda keep: _stream.sent_prompts(planned, keep),
-        manifest=manifest,
+        manifest=manifest or (lambda: planned.path),
         discard=planned.discard,
         source=source,
         too_long=planned.too_long,
-    )
-
-
-def _rows_of(planned: _stream.StreamPlan, source: _stream.Source | None) -> _Rows:
-    """A plan written to a manifest file, as submit and preview use it."""
-    return _Rows(
-        n_rows=planned.n_rows,
-        hashes=planned.hashes,
-        send_positions=planned.send_positions,
-        first_skip=planned.first_skip,
-        head=planned.head,
-        fingerprint=planned.fingerprint,
-        prompts=lambda keep: _stream.sent_prompts(planned, keep),
-        manifest=lambda: planned.path,
-        discard=planned.discard,
-        source=source.describe() if source is not None else None,
     )
 
 
@@ -638,7 +633,7 @@ def _plan_checks(
     and the budget (of ``pack`` rows a request, see :mod:`nbbatch.pack`)."""
 
     def checks(planned: _stream.StreamPlan, source: _stream.Source) -> None:
-        rows = _rows_of(planned, source)
+        rows = _rows_of(planned, source.describe())
         _check_sendable(rows)
         impl.encode(*rows.head(1), spec)
         _planning.longest_fits(planned, lambda i, p: impl.encode(i, p, spec), impl.max_bytes)
