@@ -141,6 +141,12 @@ def test_an_empty_prompt_is_skipped_with_its_reason(client):
     assert "renders to empty text" in out["response_error"].iloc[2]
     assert "missing value" in out["response_error"].iloc[3]
     assert job.counts["skipped"] == 3 and job.counts["succeeded"] == 1
+    # A skipped row still blank in other whitespace was not sent either way: it merges.
+    assert job.merge(df.replace({"": "\t"}))["response_status"].iloc[1] == "skipped"
+    # One filled in since submit would be sent now: its (missing) answer is not its own.
+    filled = df.replace({"   \n": "now with text"})
+    with pytest.raises(nb.MergeError, match="1 of the 4 rows"):
+        job.merge(filled)
 
 
 # -- a running job says so ------------------------------------------------------------------
