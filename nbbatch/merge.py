@@ -4,7 +4,9 @@
 enough: two frames with a default RangeIndex share every label, and a frame sorted and
 re-indexed since submit keeps the labels but not the rows. So each row found is also
 re-rendered with the job's template and compared, by request hash, with what was sent
-for it (vectorised: one render and one hash pass over the frame).
+for it (vectorised: one render and one hash pass over the frame). The one exception is
+a frame whose Arrow text columns are the very data submitted in this process, rows in
+place: that data cannot have changed (see :class:`plan.Witness`).
 """
 
 from __future__ import annotations
