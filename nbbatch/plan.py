@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -47,11 +48,86 @@ class Plan:
     skip_positions: np.ndarray  # positions of rows not sent
     skip_reasons: list[str]  # why each of those is not sent
     too_long: int = 0  # of those, rows over the model's context window
+    witness: Witness | None = None  # the very text rendered, when it can be told again
 
     @property
     def n_rows(self) -> int:
         """How many input rows the plan covers."""
         return len(self.custom_ids)
+
+
+@dataclass(frozen=True)
+class Witness:
+    """What a plan rendered, kept so that ``merge`` can tell, without rendering every
+    row again, that a frame still holds that very text: the rules it rendered by
+    (the template as parsed, ``missing``, the context window) and a weak reference to
+    the Arrow data of each column the template uses.
+
+    Arrow data never changes: pandas replaces a column's Arrow array when a value is
+    set, or a column sorted or filled, in place or not. So a column whose array is
+    still the one rendered holds the same text, row for row. Columns of Python objects
+    or numpy values can change in place, so none is kept for them (``merge`` renders).
+    Only weak references: a witness keeps no data alive."""
+
+    rules: tuple[_prompt.Template, str, str | None]
+    columns: tuple[weakref.ref[pa.ChunkedArray], ...]
+
+    def holds(self, frame: pd.DataFrame, rules: tuple[_prompt.Template, str, str | None]) -> bool:
+        """Whether ``frame``'s columns are the very data rendered, under ``rules`` (see
+        :func:`witness_rules`)."""
+        if rules != self.rules:
+            return False
+        arrays = _arrow_columns(frame, rules[0].columns)
+        return arrays is not None and all(
+            ref() is array for ref, array in zip(self.columns, arrays, strict=True)
+        )
+
+    @property
+    def alive(self) -> bool:
+        """Whether the data it refers to is still in memory."""
+        return all(ref() is not None for ref in self.columns)
+
+
+def witness_rules(
+    template: _prompt.Template, missing: str, limit: ContextLimit | None
+) -> tuple[_prompt.Template, str, str | None]:
+    """The rules a :class:`Witness` holds for: the rows rendered the same way."""
+    window = None if limit is None else orjson.dumps(limit.as_dict(), option=orjson.OPT_SORT_KEYS)
+    return template, missing, None if window is None else window.decode()
+
+
+def _arrow_columns(frame: pd.DataFrame, names: tuple[str, ...]) -> list[pa.ChunkedArray] | None:
+    """The Arrow data of pandas columns ``names``, or None when one is not Arrow data."""
+    out = []
+    for name in names:
+        if list(frame.columns).count(name) != 1:
+            return None
+        values = frame[name].array
+        data = getattr(values, "_pa_array", None)  # pandas' own field for it
+        if not isinstance(values, pd.arrays.ArrowExtensionArray) or not isinstance(
+            data, pa.ChunkedArray
+        ):
+            return None
+        out.append(data)
+    return out
+
+
+def _witness(
+    frame: pd.DataFrame, template: _prompt.Template, missing: str, limit: ContextLimit | None
+) -> Witness | None:
+    arrays = _arrow_columns(frame, template.columns)
+    if arrays is None:
+        return None
+    return Witness(witness_rules(template, missing, limit), tuple(weakref.ref(a) for a in arrays))
+
+
+#: Witnesses of the plans made in this process, by fingerprint (see :func:`witness`).
+_WITNESSES: dict[str, Witness] = {}
+
+
+def witness(fingerprint: str | None) -> Witness | None:
+    """The witness of the plan with this fingerprint, made in this process, if any."""
+    return None if fingerprint is None else _WITNESSES.get(fingerprint)
 
 
 def as_frame(data: pd.DataFrame | pd.Series) -> tuple[pd.DataFrame, bool]:
@@ -228,6 +304,7 @@ def make_plan(
         skip_positions=skip,
         skip_reasons=reasons,
         too_long=int(over.sum()),
+        witness=_witness(frame, template, missing, limit),
     )
 
 
@@ -351,4 +428,11 @@ def fingerprint(
     h.update(plan.keys.tobytes())
     h.update(hashes.tobytes())
     h.update("\x00".join(plan.custom_ids.to_pylist()).encode())
-    return h.hexdigest()
+    key = h.hexdigest()
+    if plan.witness is not None:
+        # Kept by the fingerprint, which the job records: its request hashes are those
+        # of this very rendering. Witnesses of data no longer alive are let go.
+        for old in [k for k, w in _WITNESSES.items() if not w.alive]:
+            del _WITNESSES[old]
+        _WITNESSES[key] = plan.witness
+    return key

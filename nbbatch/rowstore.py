@@ -432,6 +432,8 @@ class RowState:
             values = _gather(self.results, name, typ, files, rows)
         if name == "error":
             skipped = self.manifest.column("skip_error")
+            if skipped.null_count == len(skipped):  # no row skipped: nothing to add
+                return values
             if positions is not None:
                 skipped = skipped.take(pa.array(positions))
             values = pc.coalesce(values, pc.cast(skipped, typ))
@@ -498,6 +500,17 @@ def _gather(
 ) -> pa.Array:
     """Column ``name`` of the result files at (``files``, ``rows``), null where ``files``
     is -1: taken file by file (each file's own column only), then put in order."""
+    if len(files) and files[0] >= 0 and (files[1:] >= files[:-1]).all():
+        # Each file's rows in one run, the files in order (a whole job merged as it was
+        # sent, a chunk after another): the files' parts joined are the column already.
+        ends = np.flatnonzero(files[1:] != files[:-1]) + 1
+        bounds = [0, *ends.tolist(), len(files)]
+        return pa.concat_arrays(
+            [
+                _take(results[files[a]].column(name), rows[a:b]).cast(typ)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+            ]
+        )
     parts = [pa.nulls(1, typ)]  # position 0: the null for rows without a result
     index = np.zeros(len(files), dtype=np.int64)
     start = 1

@@ -7,6 +7,7 @@ import stat
 import warnings
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 import nbbatch as nb
@@ -66,6 +67,43 @@ def test_merge_refuses_an_edited_column_unless_told(client):
     # A column the template does not use may change freely.
     changed = df.assign(other=[7, 8, 9])
     assert job.merge(changed)["response_status"].eq("succeeded").all()
+
+
+#: Ways to change a frame's text in place, each leaving the index as it was.
+IN_PLACE = {
+    "a cell set": lambda df: df.loc.__setitem__((1, "text"), "BETA"),
+    "a cell set by position": lambda df: df.iloc.__setitem__((2, 0), "GAMMA"),
+    "replaced in place": lambda df: df.replace({"alpha": "ALPHA"}, inplace=True),
+    "updated from another frame": lambda df: df.update(pd.DataFrame({"text": ["Z"]}, index=[0])),
+    "a column recomputed": lambda df: df.__setitem__("text", df["text"].str.upper()),
+    "sorted in place": lambda df: df.sort_values(
+        "text", ascending=False, inplace=True, ignore_index=True
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "dtype", ["str", object, "string[pyarrow]", pd.ArrowDtype(pa.large_string())], ids=str
+)
+def test_merge_finds_a_frame_changed_in_place_since_submit(dtype):
+    # Merging the very frame submitted is fast (its Arrow data is known unchanged), so
+    # every way of changing it in place must still be seen, whatever the column type.
+    df = pd.DataFrame({"text": pd.Series(["alpha", "beta", "gamma"], dtype=dtype)})
+    job = nb.submit(df, PROMPT, model="gpt-4o-mini", provider="local", wait=True,
+                    progress=False, display=False)  # fmt: skip
+    assert job.merge(df)["response"].tolist() == [answer(t) for t in ["alpha", "beta", "gamma"]]
+    for how, change in IN_PLACE.items():
+        edited = df.copy()  # a copy shares the Arrow data it has not changed yet
+        with warnings.catch_warnings():  # pandas 3.1 deprecates inplace=, still there
+            warnings.simplefilter("ignore")
+            change(edited)
+        with pytest.raises(nb.MergeError, match="sorted, re-indexed or edited"):
+            job.merge(edited)
+            pytest.fail(f"{how}: not seen")
+    change = IN_PLACE["a cell set"]
+    change(df)
+    with pytest.raises(nb.MergeError, match="1 of the 3 rows"):
+        job.merge(df)
 
 
 def test_merge_checks_skipped_rows_too(client):
@@ -141,6 +179,12 @@ def test_an_empty_prompt_is_skipped_with_its_reason(client):
     assert "renders to empty text" in out["response_error"].iloc[2]
     assert "missing value" in out["response_error"].iloc[3]
     assert job.counts["skipped"] == 3 and job.counts["succeeded"] == 1
+    # A skipped row still blank in other whitespace was not sent either way: it merges.
+    assert job.merge(df.replace({"": "\t"}))["response_status"].iloc[1] == "skipped"
+    # One filled in since submit would be sent now: its (missing) answer is not its own.
+    filled = df.replace({"   \n": "now with text"})
+    with pytest.raises(nb.MergeError, match="1 of the 4 rows"):
+        job.merge(filled)
 
 
 # -- a running job says so ------------------------------------------------------------------
