@@ -23,7 +23,7 @@ import pyarrow as pa
 from . import checks as _checks
 from . import engines as _engines
 from . import estimate as _estimate_mod
-from . import frames, pricing, rowstore
+from . import frames, pricing
 from . import health as _health
 from . import merge as _merge
 from . import pack as _pack
@@ -513,16 +513,7 @@ def _in_memory(
         ),
         fingerprint=_plan.fingerprint(rows, hashes, salt, *identity, id_column),
         prompts=lambda keep: iter([rows.prompts.filter(pa.array(keep))]),
-        manifest=lambda: rowstore.manifest(
-            rows.custom_ids,
-            rows.keys,
-            rows.labels,
-            rows.prompts,
-            rows.send_positions,
-            rows.skip_positions,
-            rows.skip_reasons,
-            hashes,
-        ),  # fmt: skip
+        manifest=lambda: rows.manifest(hashes),
     )
 
 

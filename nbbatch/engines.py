@@ -210,18 +210,7 @@ def plan_partition(
                 hashes = _plan.request_hashes(rows, work.salt)
                 if first_skip is None and rows.skip_reasons:
                     first_skip = rows.skip_reasons[0]
-                manifest.write_table(
-                    rowstore.manifest(
-                        rows.custom_ids,
-                        rows.keys,
-                        rows.labels,
-                        rows.prompts,
-                        rows.send_positions,
-                        rows.skip_positions,
-                        rows.skip_reasons,
-                        hashes,
-                    )  # fmt: skip
-                )
+                manifest.write_table(rows.manifest(hashes))
                 lines = b""
                 if len(rows.send_positions):
                     ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))

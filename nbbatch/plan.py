@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import prompt as _prompt
+from . import rowstore
 from ._errors import InputError
 from .checks import ContextLimit
 
@@ -54,6 +55,14 @@ class Plan:
     def n_rows(self) -> int:
         """How many input rows the plan covers."""
         return len(self.custom_ids)
+
+    def manifest(self, hashes: np.ndarray) -> pa.Table:
+        """These rows as the job's manifest records them, with each row's request
+        ``hashes`` (see :func:`request_hashes`)."""
+        return rowstore.manifest(
+            self.custom_ids, self.keys, self.labels, self.prompts, self.send_positions,
+            self.skip_positions, self.skip_reasons, hashes,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

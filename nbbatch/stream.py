@@ -245,12 +245,7 @@ def plan_to_file(
                             longest = offset + int(rows.send_positions[at])
                     if first_skip is None and rows.skip_reasons:
                         first_skip = rows.skip_reasons[0]
-                    table = rowstore.manifest(
-                        rows.custom_ids, rows.keys, rows.labels, rows.prompts,
-                        rows.send_positions, rows.skip_positions, rows.skip_reasons,
-                        batch_hashes,
-                    )  # fmt: skip
-                    writer.write_table(table)
+                    writer.write_table(rows.manifest(batch_hashes))
                     digest.update(rows.keys.tobytes())
                     digest.update(batch_hashes.tobytes())
                     digest.update(_joined(rows.custom_ids))
