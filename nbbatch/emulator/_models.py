@@ -189,3 +189,18 @@ DEFAULT_EMBEDDING_DIMENSIONS = 1536
 def embedding_dimensions(model: str) -> int:
     """The full size of an embedding of ``model`` (also the most ``dimensions`` may ask)."""
     return EMBEDDING_DIMENSIONS.get(model.removeprefix("models/"), DEFAULT_EMBEDDING_DIMENSIONS)
+
+
+@functools.lru_cache(maxsize=4096)
+def family(provider: str, model: str) -> str | None:
+    """genai-prices' id of the model ``model`` names (``claude-sonnet-4-0`` for
+    ``claude-sonnet-4-20250514``, ``o3`` for ``o3-2025-04-16``), or None for a name it does
+    not know (names added with ``models=``): the key of the per-model rules in
+    :mod:`._rules`."""
+    for info in _prices_models(provider):
+        if info.id == model:
+            return str(info.id)
+    for info in _prices_models(provider):
+        if info.is_match(model):
+            return str(info.id)
+    return None
