@@ -72,6 +72,11 @@ def main(argv: list[str] | None = None) -> None:
         "$NBBATCH_EMULATOR_MODELS adds more)",
     )
     parser.add_argument(
+        "--gemini-out-of-order",
+        action="store_true",
+        help="answer Gemini batches out of request order, as the service has been seen to",
+    )
+    parser.add_argument(
         "--responder",
         metavar="MODULE:FUNCTION",
         help="answer text and structured requests with FUNCTION(request) -> str | dict",
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         enqueued_token_limit=args.enqueued_token_limit,
         state_dir=args.state_dir,
         models=models,
+        gemini_out_of_order=args.gemini_out_of_order,
         responder=responder,
     )
     print(f"nbbatch emulator serving on {emu.url}", flush=True)

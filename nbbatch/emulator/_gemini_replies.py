@@ -131,6 +131,15 @@ def forced_function(req: Any) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
+def prompt_tokens_of(req: dict[str, Any]) -> int:
+    """The prompt tokens of a GenerateContentRequest: its system instruction and contents
+    (what ``usageMetadata.promptTokenCount`` and countTokens report)."""
+    system = req.get("systemInstruction") or req.get("system_instruction")
+    contents = req.get("contents") or []
+    chars = len(_text(system)) + sum(len(_text(c)) for c in contents if isinstance(c, dict))
+    return _responder.count_tokens(chars)
+
+
 def generate(
     req: dict[str, Any],
     fate: Fate,
@@ -143,7 +152,6 @@ def generate(
     when it fails)."""
     config = _config(req)
     system = req.get("systemInstruction") or req.get("system_instruction")
-    prompt_chars = len(_text(system)) + sum(len(_text(c)) for c in req.get("contents") or [])
     schema = schema_of(req)
     forced = forced_function(req)
     if forced is not None:  # the reply is a call of that function, with valid arguments
@@ -168,7 +176,7 @@ def generate(
         responder=responder,
         request=request,
     )
-    prompt_tokens = _responder.count_tokens(prompt_chars)
+    prompt_tokens = prompt_tokens_of(req)
     part: dict[str, Any] = {"text": reply.text}
     if forced is not None:
         args = reply.value if isinstance(reply.value, dict) else {}
