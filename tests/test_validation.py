@@ -251,6 +251,7 @@ def test_a_temperature_gpt5_refuses_is_refused_before_sending(emu):
     client = openai.OpenAI(base_url=emu.openai_base_url, api_key="k")
     message = refused(client, emu, "temperature=0.2", model="gpt-5-mini", temperature=0.2)
     assert "only the default temperature (1)" in message
+    refused(client, emu, "temperature=0.5", model="o3-2025-04-16", temperature=0.5)
     # The default is sent as asked, and gpt-4.1 takes any temperature.
     for model, temperature in (("gpt-5-mini", 1), ("gpt-4.1", 0.2)):
         job = nb.submit(

@@ -28,7 +28,25 @@ _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 # gpt-5.x models accept it while reasoning is off (``reasoning_effort`` "none", their
 # default), and refuse it with reasoning on (github.com/johny-b/llmcomp/issues/69 for
 # gpt-5.4); the message litellm gives for that rule is in HKUDS/nanobot/issues/370.
-_FIXED_TEMPERATURE = ("gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-5-pro")
+# The o-series refuse it too: o3 with the same ``unsupported_value`` error, o3-mini with
+# "Unsupported parameter: 'temperature' is not supported with this model."
+# (``unsupported_parameter``); both errors are quoted side by side in
+# github.com/BeehiveInnovations/pal-mcp-server/issues/78, the second also in
+# github.com/appatalks/eva-agent/issues/83. o1 and o4-mini are given o3's rule and
+# o1-mini o3-mini's by family: no source found quotes their own errors. Only values
+# other than 1 are refused: whether the service takes an explicit 1 from o3-mini is not
+# published either.
+_FIXED_TEMPERATURE = (
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-5-nano",
+    "gpt-5-pro",
+    "o1",
+    "o3",
+    "o3-pro",
+    "o4-mini",
+)
+_NO_TEMPERATURE = ("o1-mini", "o3-mini")
 
 # Most output tokens one request may ask for, by genai-prices' family id.
 # OpenAI: each model's page, platform.openai.com/docs/models/<id> ("Max output tokens");
@@ -100,6 +118,12 @@ def openai_problem(endpoint: str, body: Mapping[str, Any]) -> tuple[str, str, st
             effort = reasoning_cfg.get("effort") if isinstance(reasoning_cfg, dict) else None
         else:
             effort = body.get("reasoning_effort")
+        if fam in _NO_TEMPERATURE:
+            return (
+                "Unsupported parameter: 'temperature' is not supported with this model.",
+                "temperature",
+                "unsupported_parameter",
+            )
         fixed = fam in _FIXED_TEMPERATURE and "-chat" not in model
         if fixed or (fam.startswith("gpt-5.") and effort not in (None, "none")):
             return (

@@ -143,11 +143,15 @@ def line_schema(endpoint: str, *, errors: bool = True) -> pa.Schema:
     )
 
 
-# The GPT-5 models of August 2025 refuse any temperature but the default 1 with
-# ``unsupported_value`` (the error quoted in github.com/diffbot/code-gpt-docs/issues/445);
-# refused here before anything is sent (the emulator refuses it too). ``max_tokens=`` is
-# always sent as ``max_completion_tokens``, which the reasoning models require.
-_FIXED_TEMPERATURE = re.compile(r"^gpt-5(-mini|-nano|-pro)?(-\d{4}-\d{2}-\d{2})?$")
+# The GPT-5 models of August 2025 and the o-series reasoning models refuse any
+# temperature but the default 1 (``unsupported_value`` / ``unsupported_parameter``, the
+# errors quoted in github.com/diffbot/code-gpt-docs/issues/445 and
+# github.com/BeehiveInnovations/pal-mcp-server/issues/78); refused here before anything
+# is sent (the emulator refuses it too). ``max_tokens=`` is always sent as
+# ``max_completion_tokens``, which the reasoning models require.
+_FIXED_TEMPERATURE = re.compile(
+    r"^(gpt-5(-mini|-nano|-pro)?|o1(-mini)?|o3(-mini|-pro)?|o4-mini)(-\d{4}-\d{2}-\d{2})?$"
+)
 
 
 def _check_model_rules(spec: RequestSpec) -> None:

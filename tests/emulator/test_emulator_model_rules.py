@@ -73,6 +73,10 @@ def test_gpt5_refuses_a_temperature_other_than_the_default(oai: openai.OpenAI) -
     )
     err = _chat(oai, "gpt-5.1", temperature=0.2, reasoning_effort="high")
     assert err.code == "unsupported_value"
+    # The o-series: o3 as GPT-5, o3-mini refusing the parameter itself.
+    assert _chat(oai, "o3", temperature=0.2).code == "unsupported_value"
+    err = _chat(oai, "o3-mini-2025-01-31", temperature=0.2)
+    assert (err.code, err.param) == ("unsupported_parameter", "temperature")
 
 
 def test_openai_refuses_more_output_tokens_than_the_model_has(oai: openai.OpenAI) -> None:
