@@ -69,13 +69,14 @@ OPENAI_OUTPUT_LIMITS: dict[str, int] = {
     "gpt-5-nano": 128_000,
 }
 # Claude: the "Max output" row of platform.claude.com/docs/en/about-claude/models/overview
-# and each model's page (platform.claude.com/docs/en/models/<model>/overview); Sonnet 4's
-# 64,000 is also the figure in the service's own error quoted in
-# github.com/OpenHands/OpenHands/issues/11090.
+# and each model's page (platform.claude.com/docs/en/models/<model>/overview, e.g. Opus
+# 4.6's 128K); Sonnet 4's 64,000 is also the figure in the service's own error quoted in
+# github.com/OpenHands/OpenHands/issues/11090, and Sonnet 4.6's 128,000 is the correction
+# in the Effect-TS @effect/ai-anthropic 4.0.0-beta.106 release notes. Claude 3.7 Sonnet
+# is left out: a beta header raises its limit, which the emulator does not model.
 ANTHROPIC_OUTPUT_LIMITS: dict[str, int] = {
     "claude-3-haiku": 4_096,
     "claude-3-5-haiku-latest": 8_192,
-    "claude-3-7-sonnet-latest": 64_000,
     "claude-sonnet-4-0": 64_000,
     "claude-opus-4-0": 32_000,
     "claude-opus-4-1": 32_000,
@@ -83,7 +84,7 @@ ANTHROPIC_OUTPUT_LIMITS: dict[str, int] = {
     "claude-haiku-4-5": 64_000,
     "claude-opus-4-5": 64_000,
     "claude-opus-4-6": 128_000,
-    "claude-sonnet-4-6": 64_000,
+    "claude-sonnet-4-6": 128_000,
 }
 
 
@@ -132,7 +133,8 @@ def openai_problem(endpoint: str, body: Mapping[str, Any]) -> tuple[str, str, st
                 "temperature",
                 "unsupported_value",
             )
-    limit = OPENAI_OUTPUT_LIMITS.get(fam)
+    # The *-chat GPT-5 variants share gpt-5's genai-prices entry but not its limit.
+    limit = None if "-chat" in model else OPENAI_OUTPUT_LIMITS.get(fam)
     if limit is not None and endpoint == "/v1/chat/completions":
         for key in ("max_completion_tokens", "max_tokens"):
             asked = body.get(key)
