@@ -322,13 +322,11 @@ def test_a_failed_batch_gives_its_reason_to_every_row(emu, monkeypatch):
     job.wait(timeout=30, progress=False)
     (batch_id,) = job.batch_ids
     info = job._provider.retrieve(batch_id)
-    assert info.status == "failed" and info.failure == (
-        "Line 3: each line needs a 'key' and a 'request'."
-    )
+    assert info.status == "failed" and info.failure == ("Line 3: each line needs a 'request'.")
     res = job.results()
     assert res["status"].tolist() == ["failed"] * 3
     assert set(res["error_type"]) == {"batch_failed"} and not res["retryable"].any()
     assert set(job.merge(DF)["response_error"]) == {
-        "batch_failed: Line 3: each line needs a 'key' and a 'request'."
+        "batch_failed: Line 3: each line needs a 'request'."
     }
     assert any("failed as a whole" in w for w in job.snapshot().warnings)

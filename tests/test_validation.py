@@ -245,3 +245,17 @@ def test_max_cost_is_not_checked_against_a_guessed_price():
         with pytest.raises(nb.InputError, match="no price for model"):
             nb.submit(DF, "{text}", model=f"gpt-4o-{name}", client=client, max_cost=1.0)
         assert batches_created(emu) == 0
+
+
+def test_a_temperature_gpt5_refuses_is_refused_before_sending(emu):
+    client = openai.OpenAI(base_url=emu.openai_base_url, api_key="k")
+    message = refused(client, emu, "temperature=0.2", model="gpt-5-mini", temperature=0.2)
+    assert "only the default temperature (1)" in message
+    refused(client, emu, "temperature=0.5", model="o3-2025-04-16", temperature=0.5)
+    # The default is sent as asked, and gpt-4.1 takes any temperature.
+    for model, temperature in (("gpt-5-mini", 1), ("gpt-4.1", 0.2)):
+        job = nb.submit(
+            DF, "{text}", client=client, model=model, temperature=temperature, display=False
+        )
+        job.wait(timeout=30, progress=False)
+        assert job.counts["succeeded"] == len(DF)

@@ -7,11 +7,37 @@ behind ``provider="local"`` (see :mod:`._background`); nbbatch starts it itself.
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 from pathlib import Path
+from typing import Any
 
 from . import _background
 from ._emulator import start
+
+
+def _load_responder(spec: str) -> Any:
+    """The function ``module:function`` names (the module imported as Python would)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise SystemExit(
+            f"--responder {spec!r}: expected module:function, e.g. --responder mytests.fake:answer"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(
+            f"--responder {spec!r}: cannot import {module_name!r} ({exc}); run from the folder "
+            "that holds it or add that folder to PYTHONPATH"
+        ) from exc
+    fn: Any = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise SystemExit(f"--responder {spec!r}: {module_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise SystemExit(f"--responder {spec!r}: {attr!r} is not a function")
+    return fn
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,6 +64,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--enqueued-token-limit", type=int, default=None)
     parser.add_argument(
+        "--models",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME...]",
+        help="model names to serve besides the providers' real ones (repeatable; "
+        "$NBBATCH_EMULATOR_MODELS adds more)",
+    )
+    parser.add_argument(
+        "--gemini-out-of-order",
+        action="store_true",
+        help="answer Gemini batches out of request order, as the service has been seen to",
+    )
+    parser.add_argument(
+        "--responder",
+        metavar="MODULE:FUNCTION",
+        help="answer text and structured requests with FUNCTION(request) -> str | dict",
+    )
+    parser.add_argument(
         "--background",
         action="store_true",
         help="run detached as the background emulator of provider='local' (needs --state-dir; "
@@ -59,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         _background.detach()
         _background.serve(args.state_dir, args.port, idle)
         return
+    models = [n.strip() for arg in args.models for n in arg.split(",") if n.strip()]
+    responder = _load_responder(args.responder) if args.responder else None
     emu = start(
         host=args.host,
         port=args.port,
@@ -76,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         enqueued_token_limit=args.enqueued_token_limit,
         state_dir=args.state_dir,
+        models=models,
+        gemini_out_of_order=args.gemini_out_of_order,
+        responder=responder,
     )
     print(f"nbbatch emulator serving on {emu.url}", flush=True)
     print(f"  OpenAI:    OpenAI(base_url={emu.openai_base_url!r}, api_key='any')", flush=True)

@@ -219,13 +219,25 @@ def _host(request: Request) -> str:
     return request.headers.get("host") or f"{request.url.hostname}:{request.url.port}"
 
 
+def _too_large(limit: int) -> ApiError:
+    """Anthropic's answer to a body over an endpoint's size limit: 413
+    ``request_too_large`` (platform.claude.com/docs/en/api/overview, "Request size
+    limits": Message Batches 256 MB; docs/en/api/errors lists 413 request_too_large)."""
+    return ApiError(
+        413,
+        f"Request exceeds the maximum allowed number of bytes ({limit}).",
+        type="request_too_large",
+        headers=NO_RETRY,
+    )
+
+
 async def _json_body(request: Request, limit: int | None = None) -> Any:
     length = request.headers.get("content-length")
     if limit is not None and length is not None and int(length) > limit:
-        raise ApiError(400, f"The request body is larger than {limit} bytes.", headers=NO_RETRY)
+        raise _too_large(limit)
     raw = await request.body()
     if limit is not None and len(raw) > limit:
-        raise ApiError(400, f"The request body is larger than {limit} bytes.", headers=NO_RETRY)
+        raise _too_large(limit)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -213,6 +213,7 @@ def start(
     seed: int = 0,
     enqueued_token_limit: int | None = None,
     models: Sequence[str] = (),
+    gemini_out_of_order: bool = False,
     clock: Callable[[], float] | None = None,
     state_dir: str | Path | None = None,
     responder: Responder | None = None,
@@ -244,7 +245,10 @@ def start(
     ``clock`` (a callable returning seconds) replaces ``time.monotonic`` to drive time.
     The models endpoints (``GET /v1/models``, ``GET /v1/models/{id}``, both APIs) know
     the real models of each provider and their dated snapshots; ``models`` adds names
-    of one's own (served by both). The batch and real-time endpoints take any model.
+    of one's own (served by all three, as is ``$NBBATCH_EMULATOR_MODELS``, comma-separated);
+    the batch and real-time endpoints refuse other names, per line, as the services do.
+    Gemini batches answer in request order, inline and in their result file, as Google
+    documents; ``gemini_out_of_order`` reorders both as the service has been reported to.
     ``state_dir`` keeps files and batches in that folder, on wall-clock time, so another
     emulator started on the same folder serves them again (what the background emulator
     behind ``provider="local"`` does).
@@ -271,6 +275,7 @@ def start(
         seed=seed,
         enqueued_token_limit=enqueued_token_limit,
         models=tuple(models),
+        gemini_out_of_order=gemini_out_of_order,
     )
     folder = None if state_dir is None else Path(state_dir)
     return Emulator(

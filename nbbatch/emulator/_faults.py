@@ -71,6 +71,9 @@ class Knobs:
     seed: int = 0
     enqueued_token_limit: int | None = None
     models: tuple[str, ...] = ()  # model names served besides the real ones (_models.py)
+    # Gemini answers in request order, as documented; True reorders them as the service
+    # has been seen to (googleapis/python-genai#1909), to test a client that matches by key.
+    gemini_out_of_order: bool = False
 
     def replace(self, **changes: object) -> Knobs:
         """Return a copy with ``changes`` applied, checking names and ranges."""

@@ -52,6 +52,7 @@ from ._gemini_replies import (
     generate,
     last_user,
     problem_of,
+    prompt_tokens_of,
     request_problem,
     row_text,
     schema_of,
@@ -64,6 +65,12 @@ PREFIX = "/gemini"
 # input file limit the docs give.
 MAX_FILE_BYTES = 2 * 1024**3
 MAX_REQUESTS = 100_000
+#: A batch sent inline keeps its whole create request under 20 MB; a larger one goes in
+#: an input file (ai.google.dev/gemini-api/docs/batch-api, "Inline requests"). Over it,
+#: Google's front end answers 400 INVALID_ARGUMENT "Request payload size exceeds the
+#: limit: N bytes." (its wording for every API's payload limit, as quoted in
+#: github.com/quarkiverse/quarkus-langchain4j/issues/1705).
+MAX_INLINE_BYTES = 20 * 1024 * 1024
 #: Google's canonical status name for each HTTP status the emulator sends.
 STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -147,7 +154,8 @@ class GeminiBatch(BatchRecord):
                 continue  # never ran: a stopped batch lists only the rows it ran
             suffix = f"{int_hash(self.id, i):016x}"
             req = row.get("request")
-            line: dict[str, Any] = {"key": row.get("key")}
+            # The line's own fields (its key, if any) come back with its answer.
+            line: dict[str, Any] = {k: v for k, v in row.items() if k != "request"}
             problem = problem_of(self.kind, req, self.model)
             if fate == Fate.FAIL or problem:
                 line["error"] = error_body(
@@ -179,9 +187,16 @@ class GeminiBatch(BatchRecord):
                 continue  # the simulated provider bug: executed, but no line at all
             lines[i] = orjson.dumps(line) + b"\n"
         self.store.release_input(self.input_path)
+        # In request order, as documented ("The responses will be in the same order as the
+        # input requests", ai.google.dev/api/batch-api#GenerateContentBatchOutput), unless
+        # the knob asks for the processing order the service has been reported to return
+        # (googleapis/python-genai#1909).
+        shuffled = self.knobs.gemini_out_of_order
         if self.inline:
+            if shuffled and len(inlined) == self.n:
+                inlined = [inlined[i] for i in self.order]
             return Outcome(None, succeeded, failed, inlined)
-        ran = [i for i in self.order if lines[i]]
+        ran = [i for i in (self.order if shuffled else range(self.n)) if lines[i]]
         if not ran:
             return Outcome(None, succeeded, failed)
         path = self.store.new_path("gemini-output-")
@@ -336,9 +351,15 @@ def read_input(path: Path, kind: str, model: str = "") -> list[RowInfo]:
         except orjson.JSONDecodeError:
             raise _Unreadable(f"Line {lineno} of the input file is not valid JSON.") from None
         if not isinstance(row, dict) or "request" not in row:
-            raise _Unreadable(f"Line {lineno}: each line needs a 'key' and a 'request'.")
+            raise _Unreadable(f"Line {lineno}: each line needs a 'request'.")
         key = row.get("key")
-        if not isinstance(key, str) or not key:
+        if key is None:
+            # The key is optional: the service runs lines that carry other fields instead
+            # and echoes those fields in their answers (a file of such lines is shown in
+            # github.com/googleapis/go-genai/issues/513). The row needs a name of its own
+            # here (fault fates, attempts): one no user key can take.
+            key = f"\x00line {lineno}"
+        elif not isinstance(key, str) or not key:
             raise _Unreadable(f"Line {lineno}: 'key' must be a non-empty string.")
         if key in seen:
             raise _Unreadable(f"Line {lineno}: duplicate key '{key}'.")
@@ -538,8 +559,10 @@ def _model_or_404(store: Store, model: str) -> str:
 # =================================================================== routing
 
 
-async def _json_body(request: Request) -> Any:
+async def _json_body(request: Request, limit: int | None = None) -> Any:
     raw = await request.body()
+    if limit is not None and len(raw) > limit:
+        raise ApiError(400, f"Request payload size exceeds the limit: {limit} bytes.")
     if not raw:
         return {}
     try:
@@ -565,6 +588,7 @@ _PATTERNS: list[tuple[str, re.Pattern[str], str]] = [
         ),
         ("POST", rf"^{_VERSION}/models/(?P<model>[^/:]+):batchEmbedContents$", "embed_now"),
         ("POST", rf"^{_VERSION}/models/(?P<model>[^/:]+):generateContent$", "realtime"),
+        ("POST", rf"^{_VERSION}/models/(?P<model>[^/:]+):countTokens$", "count_tokens"),
         ("GET", rf"^{_VERSION}/models/(?P<model>[^/:]+)$", "get_model"),
         ("GET", rf"^{_VERSION}/models$", "list_models"),
         ("GET", rf"^{_VERSION}/batches$", "list_batches"),
@@ -617,14 +641,14 @@ async def _h_delete_file(request: Request, v: str, id: str) -> Response:
 async def _h_create(request: Request, v: str, model: str) -> Response:
     store = _store(request)
     name = _model_or_404(store, model)  # a batch runs one model: refused at once
-    body = await _json_body(request)
+    body = await _json_body(request, MAX_INLINE_BYTES)
     return JSONResponse(await run_in_threadpool(create_batch_sync, store, name, body))
 
 
 async def _h_create_embeddings(request: Request, v: str, model: str) -> Response:
     store = _store(request)
     name = _model_or_404(store, model)
-    body = await _json_body(request)
+    body = await _json_body(request, MAX_INLINE_BYTES)
     return JSONResponse(await run_in_threadpool(create_batch_sync, store, name, body, EMBED))
 
 
@@ -683,6 +707,23 @@ async def _h_realtime(request: Request, v: str, model: str) -> Response:
         return JSONResponse(generate(req, Fate.OK, name, new_id("", 8), store.responder))
     except _responder.ResponderError as exc:
         raise ApiError(400, str(exc)) from None
+
+
+async def _h_count_tokens(request: Request, v: str, model: str) -> Response:
+    """``models/{model}:countTokens``: ``{"totalTokens"}`` of ``contents`` or of a whole
+    ``generateContentRequest`` (ai.google.dev/api/tokens#method:-models.counttokens), the
+    same number generateContent reports as ``usageMetadata.promptTokenCount``."""
+    store = _store(request)
+    _model_or_404(store, model)
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "Invalid JSON payload received.")
+    req = body.get("generateContentRequest") or body.get("generate_content_request")
+    if req is None:
+        req = {"contents": body.get("contents") or []}
+    if not isinstance(req, dict):
+        raise ApiError(400, "generateContentRequest must be an object.")
+    return JSONResponse({"totalTokens": prompt_tokens_of(req)})
 
 
 async def _h_embed_now(request: Request, v: str, model: str) -> Response:

@@ -102,6 +102,44 @@ def _lower_types(schema: Any) -> Any:
     return schema
 
 
+def _get(d: Any, camel: str, snake: str) -> Any:
+    return (d.get(camel) if camel in d else d.get(snake)) if isinstance(d, dict) else None
+
+
+def forced_function(req: Any) -> tuple[str, dict[str, Any]] | None:
+    """The function a request forces the model to call, with its parameters schema, or
+    None: function-calling mode ``ANY`` makes the model call one of the declared
+    functions (of ``allowedFunctionNames`` when given); the emulator calls the first.
+    (ai.google.dev/gemini-api/docs/function-calling, "Function calling modes".)"""
+    config = _get(
+        _get(req, "toolConfig", "tool_config"), "functionCallingConfig", "function_calling_config"
+    )
+    if str(_get(config, "mode", "mode") or "").upper() != "ANY":
+        return None
+    allowed = _get(config, "allowedFunctionNames", "allowed_function_names") or None
+    for tool in _get(req, "tools", "tools") or []:
+        for decl in _get(tool, "functionDeclarations", "function_declarations") or []:
+            name = _get(decl, "name", "name")
+            if not isinstance(name, str) or (allowed and name not in allowed):
+                continue
+            schema = _get(decl, "parametersJsonSchema", "parameters_json_schema") or _get(
+                decl, "parameters", "parameters"
+            )
+            if not isinstance(schema, dict):
+                schema = {"type": "object", "properties": {}}
+            return name, _lower_types(schema)
+    return None
+
+
+def prompt_tokens_of(req: dict[str, Any]) -> int:
+    """The prompt tokens of a GenerateContentRequest: its system instruction and contents
+    (what ``usageMetadata.promptTokenCount`` and countTokens report)."""
+    system = req.get("systemInstruction") or req.get("system_instruction")
+    contents = req.get("contents") or []
+    chars = len(_text(system)) + sum(len(_text(c)) for c in contents if isinstance(c, dict))
+    return _responder.count_tokens(chars)
+
+
 def generate(
     req: dict[str, Any],
     fate: Fate,
@@ -114,8 +152,10 @@ def generate(
     when it fails)."""
     config = _config(req)
     system = req.get("systemInstruction") or req.get("system_instruction")
-    prompt_chars = len(_text(system)) + sum(len(_text(c)) for c in req.get("contents") or [])
     schema = schema_of(req)
+    forced = forced_function(req)
+    if forced is not None:  # the reply is a call of that function, with valid arguments
+        schema = forced[1]
     stop = config.get("stopSequences") or config.get("stop_sequences") or ()
     request = _responder.Request(
         "gemini",
@@ -136,11 +176,15 @@ def generate(
         responder=responder,
         request=request,
     )
-    prompt_tokens = _responder.count_tokens(prompt_chars)
+    prompt_tokens = prompt_tokens_of(req)
+    part: dict[str, Any] = {"text": reply.text}
+    if forced is not None:
+        args = reply.value if isinstance(reply.value, dict) else {}
+        part = {"functionCall": {"name": forced[0], "args": args}}
     return {
         "candidates": [
             {
-                "content": {"parts": [{"text": reply.text}], "role": "model"},
+                "content": {"parts": [part], "role": "model"},
                 "finishReason": "MAX_TOKENS" if reply.finish == "length" else "STOP",
                 "index": 0,
             }

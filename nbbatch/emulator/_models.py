@@ -1,16 +1,25 @@
 """The models the emulator says it has, per provider, for the models endpoints.
 
-Real model ids of both providers (their aliases and dated snapshots), so that a client
-asking ``models.retrieve("gtp-4o-mini")`` hears what the provider would say: no such
-model. ``start(models=[...])`` adds names of one's own; those are served by both APIs.
-The batch and real-time endpoints refuse a model that is not listed here, as the
-services do (OpenAI and Anthropic per request, Gemini when the batch is created).
+Real model ids of the three providers (their aliases and dated snapshots), so that a
+client asking ``models.retrieve("gtp-4o-mini")`` hears what the provider would say: no
+such model. The list is the table below (ids with their creation dates) joined with the
+models genai-prices knows for each provider: genai-prices is maintained as providers
+ship models, and each of its models carries the rule that recognises the names it goes
+by (``gpt-3.5-turbo-0125``, ``claude-sonnet-4-20250514``, ``gemini-2.0-flash-001``...),
+so documented aliases and dated snapshots are accepted while a typo is not.
+``start(models=[...])``, ``--models`` and ``$NBBATCH_EMULATOR_MODELS`` add names of
+one's own; those are served by every API. The batch and real-time endpoints refuse a
+model that is not known here, as the services do (OpenAI and Anthropic per request,
+Gemini when the batch is created).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -69,21 +78,101 @@ GEMINI: tuple[ModelEntry, ...] = tuple(
 
 #: When models added with ``start(models=...)`` say they were created (2025-01-01).
 ADDED_CREATED = 1735689600
+#: When models known only from genai-prices say they were created: its data has no
+#: release dates, so they all get one (2024-01-01), older than the table's.
+PRICES_CREATED = 1704067200
+
+#: Comma-separated model names every emulator started in this environment also serves.
+MODELS_ENV = "NBBATCH_EMULATOR_MODELS"
+
+#: genai-prices' provider id for each API the emulator serves.
+_PRICES_PROVIDER = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
+#: Name prefixes of the models each API serves: genai-prices' "google" provider also
+#: prices the Claude models Vertex AI resells, which the Gemini API does not serve.
+_SERVED_PREFIXES = {
+    "openai": None,
+    "anthropic": ("claude",),
+    "gemini": ("gemini", "gemma", "text-embedding", "embedding"),
+}
 
 
-def catalogue(provider: str, extra: Iterable[str] = ()) -> list[ModelEntry]:
-    """The models of ``provider`` ("openai", "anthropic" or "gemini"), newest first, then
-    ``extra``."""
+def env_models() -> tuple[str, ...]:
+    """The names ``$NBBATCH_EMULATOR_MODELS`` adds (comma-separated, blanks ignored)."""
+    return tuple(n.strip() for n in os.environ.get(MODELS_ENV, "").split(",") if n.strip())
+
+
+@functools.cache
+def _prices_models(provider: str) -> tuple[Any, ...]:
+    """genai-prices' models of ``provider`` that the API serves, as its ModelInfo objects.
+
+    Ids that are patterns rather than names (fine-tune prefixes such as ``ft:gpt-4o``,
+    ids ending in ``-``) are left out of the list but still recognise the names they
+    match.
+    """
+    from genai_prices.data_snapshot import get_snapshot
+
+    wanted = _PRICES_PROVIDER[provider]
+    prefixes = _SERVED_PREFIXES[provider]
+    for p in get_snapshot().providers:
+        if p.id == wanted:
+            return tuple(m for m in p.models if prefixes is None or m.id.startswith(prefixes))
+    return ()
+
+
+def _listable(model_id: str) -> bool:
+    return not (":" in model_id or model_id.endswith("-") or ".ft-" in model_id)
+
+
+@functools.cache
+def _known(provider: str) -> tuple[ModelEntry, ...]:
+    """The table's models of ``provider`` newest first, then genai-prices' others."""
     table = {"openai": OPENAI, "anthropic": ANTHROPIC, "gemini": GEMINI}[provider]
     known = sorted(table, key=lambda m: -m.created)
     have = {m.id for m in known}
-    added = [ModelEntry(name, ADDED_CREATED, name) for name in extra if name not in have]
+    more = [
+        ModelEntry(m.id, PRICES_CREATED, m.name or m.id)
+        for m in _prices_models(provider)
+        if m.id not in have and _listable(m.id)
+    ]
+    return tuple(known) + tuple(more)
+
+
+def catalogue(provider: str, extra: Iterable[str] = ()) -> list[ModelEntry]:
+    """The models of ``provider`` ("openai", "anthropic" or "gemini"): the table's newest
+    first, then genai-prices' others, then ``extra`` and ``$NBBATCH_EMULATOR_MODELS``."""
+    known = list(_known(provider))
+    have = {m.id for m in known}
+    added: list[ModelEntry] = []
+    for name in (*extra, *env_models()):
+        if name not in have:
+            have.add(name)
+            added.append(ModelEntry(name, ADDED_CREATED, name))
     return known + added
 
 
 def find(provider: str, model: str, extra: Iterable[str] = ()) -> ModelEntry | None:
-    """The entry for ``model``, or None when the provider has no such model."""
-    return next((m for m in catalogue(provider, extra) if m.id == model), None)
+    """The entry for ``model``, or None when the provider has no such model.
+
+    A name that is not listed but that one of genai-prices' models recognises (an alias
+    or a dated snapshot) is found too, under its own name. Called for every batch line,
+    so the answer is cached.
+    """
+    return _find(provider, model, tuple(extra), os.environ.get(MODELS_ENV, ""))
+
+
+@functools.lru_cache(maxsize=4096)
+def _find(provider: str, model: str, extra: tuple[str, ...], env: str) -> ModelEntry | None:
+    for m in _known(provider):
+        if m.id == model:
+            return m
+    if model in extra or model in env_models():
+        return ModelEntry(model, ADDED_CREATED, model)
+    for info in _prices_models(provider):
+        if info.is_match(model):
+            family = next((m for m in _known(provider) if m.id == info.id), None)
+            created = family.created if family else PRICES_CREATED
+            return ModelEntry(model, created, info.name or model)
+    return None
 
 
 #: How many numbers each embedding model returns when the request does not shorten it.
@@ -100,3 +189,18 @@ DEFAULT_EMBEDDING_DIMENSIONS = 1536
 def embedding_dimensions(model: str) -> int:
     """The full size of an embedding of ``model`` (also the most ``dimensions`` may ask)."""
     return EMBEDDING_DIMENSIONS.get(model.removeprefix("models/"), DEFAULT_EMBEDDING_DIMENSIONS)
+
+
+@functools.lru_cache(maxsize=4096)
+def family(provider: str, model: str) -> str | None:
+    """genai-prices' id of the model ``model`` names (``claude-sonnet-4-0`` for
+    ``claude-sonnet-4-20250514``, ``o3`` for ``o3-2025-04-16``), or None for a name it does
+    not know (names added with ``models=``): the key of the per-model rules in
+    :mod:`._rules`."""
+    for info in _prices_models(provider):
+        if info.id == model:
+            return str(info.id)
+    for info in _prices_models(provider):
+        if info.is_match(model):
+            return str(info.id)
+    return None

@@ -128,9 +128,14 @@ async def create_file(request: Request) -> Response:
                 form.get("expires_after[seconds]"),
                 "expires_after",
             )
+        filename = upload.filename or "upload"
+        if purpose == "batch" and not filename.lower().endswith(".jsonl"):
+            # The service's refusal of a batch input not named *.jsonl, as quoted in
+            # github.com/BerriAI/litellm/pull/37527 (type invalid_request_error, no
+            # param or code); the Batch guide asks for a .jsonl file.
+            raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl")
         path = store.new_path("upload-")
         size = await run_in_threadpool(_copy_limited, upload.file, path, MAX_UPLOAD_BYTES)
-        filename = upload.filename or "upload"
     now = int(store.clock.unix(store.now()))
     stored = StoredFile(
         id=new_id("file-"),
@@ -149,7 +154,7 @@ async def create_file(request: Request) -> Response:
 
 def _file_or_404(store: Store, file_id: str) -> StoredFile:
     f = store.get_file(file_id)
-    if f is None:
+    if f is None or f.purpose == "anthropic":  # Anthropic's files are not OpenAI's
         raise ApiError(404, f"No such File object: {file_id}", param="id")
     return f
 
@@ -181,7 +186,11 @@ async def list_files(request: Request) -> Response:
     order = request.query_params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise ApiError(400, "order must be 'asc' or 'desc'.", param="order")
-    files = sorted(store.list_files(), key=lambda f: f.seq, reverse=order == "desc")
+    files = sorted(
+        (f for f in store.list_files() if f.purpose != "anthropic"),  # Anthropic's Files API
+        key=lambda f: f.seq,
+        reverse=order == "desc",
+    )
     purpose = request.query_params.get("purpose")
     if purpose:
         files = [f for f in files if f.purpose == purpose]
@@ -750,6 +759,26 @@ def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
     return handler
 
 
+async def input_tokens(request: Request) -> Response:
+    """``POST /v1/responses/input_tokens``: the input tokens a Responses request would use,
+    the number its reply's ``usage.input_tokens`` reports; the body is a Responses
+    request's (platform.openai.com/docs/api-reference/responses/input-tokens), answered
+    ``{"object": "response.input_tokens", "input_tokens"}``."""
+    store = _store(request)
+    body = await _json_body(request)
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise ApiError(400, "you must provide a model parameter", param="model")
+    if _models.find("openai", model, store.knobs.models) is None:
+        problem = _validate_openai.model_not_found(model)
+        raise ApiError(problem.status, problem.message, code=problem.code)
+    info = inspect("/v1/responses", body)
+    tokens = _responder.count_tokens(info.prompt_chars)
+    return JSONResponse({"object": "response.input_tokens", "input_tokens": tokens})
+
+
 # =================================================================== models
 
 
@@ -792,5 +821,6 @@ routes = [
     Route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
     Route("/v1/chat/completions", _realtime("/v1/chat/completions"), methods=["POST"]),
     Route("/v1/responses", _realtime("/v1/responses"), methods=["POST"]),
+    Route("/v1/responses/input_tokens", input_tokens, methods=["POST"]),
     Route("/v1/embeddings", _realtime("/v1/embeddings"), methods=["POST"]),
 ]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import _models, _responder, _validate_openai
@@ -81,15 +81,116 @@ def answer(
     suffix = f"{int_hash(seed_id):016x}"
     if endpoint == "/v1/embeddings":
         return _embeddings(body, info)
+    tool = forced_tool(endpoint, body)
+    if tool is not None:  # the reply is a call of that tool: its arguments follow its schema
+        info = replace(info, schema=tool[1], json_mode=False)
     request = _responder.Request(
         "openai", endpoint, str(body["model"]), info.last_user, info.system, info.schema, body
     )
     try:
+        if tool is not None:
+            return _tool_call(endpoint, body, info, fate, created, suffix, responder, request, tool)
         if endpoint == "/v1/responses":
             return _responses(body, info, fate, created, suffix, responder, request, prefix_cache)
         return _chat(body, info, fate, created, suffix, responder, request, prefix_cache)
     except _responder.ResponderError as exc:
         return error_answer(400, str(exc), "invalid_request_error")
+
+
+#: The arguments schema of a function declared without ``parameters``.
+EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+def forced_tool(endpoint: str, body: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+    """The function a request forces the model to call, with its parameters schema, or None.
+
+    ``tool_choice`` "required" makes the model call one of the tools (the emulator calls
+    the first function), a named choice that one; "auto" and "none" leave it free, and
+    the emulator then answers in text. Chat declares ``{"type": "function", "function":
+    {"name", "parameters"}}`` and names ``{"type": "function", "function": {"name"}}``;
+    the Responses API flattens both (``{"type": "function", "name", "parameters"}``).
+    (platform.openai.com/docs/guides/function-calling, "Tool choice".)
+    """
+    choice = body.get("tool_choice")
+    tools = body.get("tools")
+    if choice in (None, "auto", "none") or not isinstance(tools, list):
+        return None
+    chat = endpoint == "/v1/chat/completions"
+    functions: list[tuple[str, Mapping[str, Any]]] = []
+    for t in tools:
+        if not isinstance(t, dict) or t.get("type") != "function":
+            continue
+        spec = t.get("function") if chat else t
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            params = spec.get("parameters")
+            functions.append((spec["name"], params if isinstance(params, dict) else {}))
+    if choice == "required":
+        wanted = functions[0][0] if functions else None
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        named = choice.get("function") if chat else choice
+        wanted = named.get("name") if isinstance(named, dict) else None
+    else:
+        return None
+    for name, params in functions:
+        if name == wanted:
+            return name, params or EMPTY_PARAMETERS
+    return None
+
+
+def _tool_call(
+    endpoint: str,
+    body: dict,
+    info: Inspection,
+    fate: Fate,
+    created: int,
+    suffix: str,
+    responder: _responder.Responder | None,
+    request: _responder.Request,
+    tool: tuple[str, Mapping[str, Any]],
+) -> Answer:
+    """The answer of a request that forces a tool call: the call, its arguments valid
+    against the tool's schema (as chat's ``tool_calls`` or a Responses ``function_call``)."""
+    reply = _responder.respond(
+        info.last_user, fate=fate, schema=info.schema, responder=responder, request=request
+    )
+    prompt_tokens = _responder.count_tokens(info.prompt_chars)
+    call_id = f"call_{suffix}"
+    if endpoint == "/v1/responses":
+        result = _responses(body, info, fate, created, suffix, None, request, None).body
+        result["output"] = [
+            {
+                "id": f"fc_{suffix}",
+                "type": "function_call",
+                "status": "completed",
+                "call_id": call_id,
+                "name": tool[0],
+                "arguments": reply.text,
+            }
+        ]
+        result["tool_choice"] = body.get("tool_choice")
+        result["tools"] = body.get("tools") or []
+        result["usage"]["output_tokens"] = reply.output_tokens
+        result["usage"]["total_tokens"] = result["usage"]["input_tokens"] + reply.output_tokens
+        return Answer(200, result, prompt_tokens, reply.output_tokens)
+    result = _chat(body, info, fate, created, suffix, None, request, None).body
+    result["choices"][0]["message"] = {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "annotations": [],
+        "tool_calls": [
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {"name": tool[0], "arguments": reply.text},
+            }
+        ],
+    }
+    result["choices"][0]["finish_reason"] = "tool_calls"
+    usage = result["usage"]
+    usage["completion_tokens"] = reply.output_tokens
+    usage["total_tokens"] = usage["prompt_tokens"] + reply.output_tokens
+    return Answer(200, result, prompt_tokens, reply.output_tokens)
 
 
 #: OpenAI caches a prompt's prefix by itself from this many tokens on, in steps of

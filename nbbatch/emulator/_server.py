@@ -35,7 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import _anthropic, _gemini, _openai
+from . import _anthropic, _anthropic_files, _gemini, _openai
 from ._identity import IDENTIFY_PATH, identity_proof
 from ._state import Store
 from ._wire import ApiError, JSONResponse, anthropic_error_body, openai_error_body
@@ -55,6 +55,7 @@ _ANTHROPIC_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    413: "request_too_large",
     429: "rate_limit_error",
     529: "overloaded_error",
 }
@@ -93,13 +94,15 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
+    anthropic: bool = False,
 ) -> Response:
-    """An error in the wire shape of whichever API ``path`` belongs to."""
+    """An error in the wire shape of whichever API ``path`` belongs to (``anthropic``: a
+    path both APIs have, asked by an Anthropic client)."""
     if is_gemini(path):
         return JSONResponse(
             _gemini.error_body(status, message), status_code=status, headers=headers
         )
-    if is_anthropic(path):
+    if anthropic or is_anthropic(path):
         kind = type if type and type in _ANTHROPIC_TYPES.values() or type == "api_error" else None
         kind = kind or _ANTHROPIC_TYPES.get(status, "api_error")
         body = anthropic_error_body(kind, message, request_id)
@@ -187,8 +190,43 @@ class Front:
             )
             await response(scope, receive, send_with_id)
             return
+        missing = _anthropic_header_problem(path, headers)
+        if missing is not None:
+            response = error_response(path, missing[0], missing[1], request_id, anthropic=True)
+            await response(scope, receive, send_with_id)
+            return
         scope = {**scope, "path": path, "raw_path": path.encode(), "nbbatch_request_id": request_id}
         await self.app(scope, receive, send_with_id)
+
+
+X_API_KEY_REQUIRED = "x-api-key header is required"
+
+
+def _anthropic_header_problem(path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
+    """(status, message) when an Anthropic request lacks a header the service requires.
+
+    Every request to the Anthropic API carries its key and the API version in
+    ``anthropic-version`` (platform.claude.com/docs/en/api/overview, "Authentication";
+    docs/en/api/versioning); without them it answers 401 "x-api-key header is required"
+    or 400 "anthropic-version: header is required" (the messages quoted in
+    n8n-io/n8n#37930 and PipedreamHQ/pipedream#9697). The key goes in ``x-api-key``, or
+    as a bearer token, which is how the official SDK (anthropic 2.x) sends it; a Gemini
+    ``x-goog-api-key`` is not one. The Files API's requests are told from OpenAI's by
+    ``anthropic-version`` itself, so there only the key is checked.
+    """
+    auth = headers.get(b"authorization", b"")
+    has_key = bool(headers.get(b"x-api-key", b"").strip()) or (
+        auth[:7].lower() == b"bearer " and bool(auth[7:].strip())
+    )
+    if path.startswith("/v1/files") and headers.get(b"anthropic-version"):
+        return None if has_key else (401, X_API_KEY_REQUIRED)
+    if not is_anthropic(path):
+        return None
+    if not has_key:
+        return 401, X_API_KEY_REQUIRED
+    if not headers.get(b"anthropic-version", b"").strip():
+        return 400, "anthropic-version: header is required"
+    return None
 
 
 def _presented_keys(headers: dict[bytes, bytes]) -> list[bytes]:
@@ -283,6 +321,11 @@ def _request_id(request: Request) -> str:
     return str(request.scope.get("nbbatch_request_id", ""))
 
 
+def _asked_by_anthropic(request: Request) -> bool:
+    """Whether a request to a path both APIs have comes from an Anthropic client."""
+    return "anthropic-version" in request.headers
+
+
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(
@@ -294,6 +337,7 @@ async def _api_error(request: Request, exc: Exception) -> Response:
         param=exc.param,
         code=exc.code,
         headers=exc.headers,
+        anthropic=_asked_by_anthropic(request),
     )
 
 
@@ -336,6 +380,26 @@ def _by_api(
 def build_app(store: Store) -> Starlette:
     """The starlette application serving both APIs from ``store``."""
     shared = [
+        # Anthropic's Files API shares OpenAI's paths (listed first: they win).
+        Route("/v1/files", _by_api(_openai.create_file, _anthropic_files.upload), methods=["POST"]),
+        Route(
+            "/v1/files", _by_api(_openai.list_files, _anthropic_files.list_files), methods=["GET"]
+        ),
+        Route(
+            "/v1/files/{file_id}",
+            _by_api(_openai.retrieve_file, _anthropic_files.retrieve),
+            methods=["GET"],
+        ),
+        Route(
+            "/v1/files/{file_id}",
+            _by_api(_openai.delete_file, _anthropic_files.delete),
+            methods=["DELETE"],
+        ),
+        Route(
+            "/v1/files/{file_id}/content",
+            _by_api(_openai.file_content, _anthropic_files.download),
+            methods=["GET"],
+        ),
         Route("/v1/models", _by_api(_openai.list_models, _anthropic.list_models), methods=["GET"]),
         Route(
             "/v1/models/{model}",
@@ -344,7 +408,7 @@ def build_app(store: Store) -> Starlette:
         ),
     ]
     app = Starlette(
-        routes=[*_openai.routes, *_anthropic.routes, *_gemini.routes, *shared],
+        routes=[*shared, *_openai.routes, *_anthropic.routes, *_gemini.routes],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash},
     )
     app.state.store = store

@@ -16,7 +16,7 @@ from typing import Any
 
 from anthropic.types import message_count_tokens_params, message_create_params
 
-from . import _models
+from . import _models, _rules
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,9 @@ def problem(
             return Problem("max_tokens: Input should be a valid integer")
         if max_tokens < 1:
             return Problem("max_tokens: Input should be greater than or equal to 1")
+        why = _rules.anthropic_problem(params)
+        if why:
+            return Problem(why)
     why = _messages(params["messages"])
     if why:
         return Problem(why)

@@ -19,7 +19,7 @@ from openai.types import embedding_create_params
 from openai.types.chat import completion_create_params
 from openai.types.responses import response_create_params
 
-from . import _models
+from . import _models, _rules
 from ._wire import text_of
 
 
@@ -167,12 +167,17 @@ def problem(endpoint: str, body: Any, extra_models: Iterable[str] = ()) -> Probl
     if body.get("stream"):
         return Problem(400, "The nbbatch emulator does not stream responses.", "stream")
     if endpoint == "/v1/chat/completions":
-        return _chat(body)
-    if endpoint == "/v1/responses":
-        return _responses(body)
-    if endpoint == "/v1/embeddings":
+        found = _chat(body)
+    elif endpoint == "/v1/responses":
+        found = _responses(body)
+    elif endpoint == "/v1/embeddings":
         return _embeddings(body, model)
-    return None
+    else:
+        return None
+    if found is not None:
+        return found
+    rule = _rules.openai_problem(endpoint, body)
+    return None if rule is None else Problem(400, rule[0], rule[1], rule[2])
 
 
 def _sampling(body: Mapping[str, Any]) -> Problem | None:

@@ -8,6 +8,7 @@ cannot take falls back to orjson line by line.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -142,6 +143,27 @@ def line_schema(endpoint: str, *, errors: bool = True) -> pa.Schema:
     )
 
 
+# The GPT-5 models of August 2025 and the o-series reasoning models refuse any
+# temperature but the default 1 (``unsupported_value`` / ``unsupported_parameter``, the
+# errors quoted in github.com/diffbot/code-gpt-docs/issues/445 and
+# github.com/BeehiveInnovations/pal-mcp-server/issues/78); refused here before anything
+# is sent (the emulator refuses it too). ``max_tokens=`` is always sent as
+# ``max_completion_tokens``, which the reasoning models require.
+_FIXED_TEMPERATURE = re.compile(
+    r"^(gpt-5(-mini|-nano|-pro)?|o1(-mini)?|o3(-mini|-pro)?|o4-mini)(-\d{4}-\d{2}-\d{2})?$"
+)
+
+
+def _check_model_rules(spec: RequestSpec) -> None:
+    temperature = spec.temperature
+    if temperature is not None and temperature != 1 and _FIXED_TEMPERATURE.match(spec.model):
+        raise InputError(
+            f"temperature={temperature!r} is refused by {spec.model}: it takes only the "
+            "default temperature (1). Leave temperature unset, or use a model that takes one "
+            "(gpt-4.1, or gpt-5.1 with reasoning off)."
+        )
+
+
 class OpenAIProvider(Provider):
     """The OpenAI Batch API (also Azure OpenAI, proxies and the emulator, via the client)."""
 
@@ -200,6 +222,7 @@ class OpenAIProvider(Provider):
         if spec.endpoint == "/v1/responses" and spec.response_format is not None:
             owned = {"text": "response_format= (it fills text.format)"}
         _params.check(endpoint, spec.params, {"temperature": spec.temperature}, owned)
+        _check_model_rules(spec)
 
     def find_model(self, model: str) -> bool | list[str] | None:
         """``models.retrieve``, and on a 404 ``models.list`` for the ids there are.

@@ -14,6 +14,9 @@ from emu_helpers import anthropic_client, raw
 from nbbatch import emulator
 from nbbatch.emulator import _anthropic
 
+#: The headers every request to the Anthropic API carries (key and API version).
+ANT = {"x-api-key": "test", "anthropic-version": "2023-06-01"}
+
 
 def req(custom_id: str, prompt: str, **params: Any) -> dict:
     base = {"model": "claude-haiku-4-5", "max_tokens": 1024}
@@ -49,7 +52,7 @@ def test_life_cycle_with_clock(clocked: emulator.Emulator, clock) -> None:
         assert (b.expires_at - b.created_at).total_seconds() == 24 * 3600
         with pytest.raises(anthropic.AnthropicError, match="results_url"):
             list(client.messages.batches.results(b.id))
-        status, _, body = raw(f"{clocked.url}/v1/messages/batches/{b.id}/results")
+        status, _, body = raw(f"{clocked.url}/v1/messages/batches/{b.id}/results", headers=ANT)
         assert status == 400 and body["type"] == "error"
         clock.advance(6)
         mid = client.messages.batches.retrieve(b.id)
@@ -76,7 +79,7 @@ def test_life_cycle_with_clock(clocked: emulator.Emulator, clock) -> None:
         assert "max_tokens" in got["bad-1"].error.error.message
         assert "model" in got["bad-2"].error.error.message
         assert got["fail-3"].error.error.type == "invalid_request_error"
-        status, headers, body = raw(done.results_url)
+        status, headers, body = raw(done.results_url, headers=ANT)
         assert headers["content-type"].startswith("application/x-jsonl")
         assert body.endswith(b"}\n") and b"\n\n" not in body
 
@@ -93,7 +96,7 @@ def test_synchronous_create_errors(emu: emulator.Emulator, ant: anthropic.Anthro
             ant.messages.batches.create(requests=requests)
         assert err.value.type == "invalid_request_error"
         assert err.value.request_id and err.value.request_id.startswith("req_")
-    status, headers, body = raw(f"{emu.url}/v1/messages/batches", "POST", {})
+    status, headers, body = raw(f"{emu.url}/v1/messages/batches", "POST", {}, headers=ANT)
     assert status == 400 and set(body) == {"type", "error", "request_id"}
     assert headers["request-id"] == body["request_id"]
 
@@ -103,8 +106,10 @@ def test_limits(ant: anthropic.Anthropic, monkeypatch) -> None:
     with pytest.raises(anthropic.BadRequestError, match="at most 3"):
         ant.messages.batches.create(requests=[req(f"r{i}", "x") for i in range(4)])
     monkeypatch.setattr(_anthropic, "MAX_BODY_BYTES", 200)
-    with pytest.raises(anthropic.BadRequestError, match="larger than"):
+    with pytest.raises(anthropic.APIStatusError) as info:
         ant.messages.batches.create(requests=[req("r", "x" * 300)])
+    assert info.value.status_code == 413
+    assert info.value.body["error"]["type"] == "request_too_large"  # type: ignore[index]
 
 
 def test_list_pagination(emu: emulator.Emulator, ant: anthropic.Anthropic) -> None:
@@ -254,9 +259,9 @@ def test_auth_and_headers(emu: emulator.Emulator) -> None:
         },
     )
     assert status == 200 and headers["request-id"].startswith("req_")
-    status, _, body = raw(f"{emu.url}/v1/v1/messages/batches")
+    status, _, body = raw(f"{emu.url}/v1/v1/messages/batches", headers=ANT)
     assert status == 200
-    status, _, body = raw(f"{url}/msgbatch_nope")
+    status, _, body = raw(f"{url}/msgbatch_nope", headers=ANT)
     assert status == 404 and body["error"] == {
         "type": "not_found_error",
         "message": "Message batch not found",
