@@ -24,10 +24,12 @@ $(STAMP): $(PY) pyproject.toml
 # The demo installs only nbbatch and its requirements (pandas, pyarrow, the providers'
 # SDKs, ...), with pip's progress shown, and skips the sidebar's npm build
 # (SKIP_JUPYTER_BUILDER, read by hatch-jupyter-builder): the demo runs in a terminal.
+# --no-compile: Python compiles only the modules the demo imports, when it imports them,
+# instead of every module of every package at install time.
 # A later `make test` or `make lab` installs the dev tools and builds the sidebar.
 $(DEMO_STAMP): $(PY) pyproject.toml
 	@echo "==> installing nbbatch and what the demo needs (no dev tools, no sidebar build)"
-	SKIP_JUPYTER_BUILDER=1 $(PY) -m pip install --disable-pip-version-check -e .
+	SKIP_JUPYTER_BUILDER=1 $(PY) -m pip install --disable-pip-version-check --no-compile -e .
 	touch $(DEMO_STAMP)
 
 $(NODE_STAMP): labextension/package.json labextension/package-lock.json
