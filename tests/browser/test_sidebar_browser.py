@@ -146,7 +146,9 @@ def test_sidebar_lists_follows_and_acts_on_jobs(lab: Lab, browser) -> None:
         expect(unpolled).to_have_attribute("data-status", "completed", timeout=30_000)
         expect(unpolled.locator(".nbbatch-job-counts")).to_have_text("4 succeeded")
         # The slow job, polled by its kernel, says when its provider last answered.
-        expect(slow.locator(".nbbatch-job-checked")).to_have_text(re.compile(r"^checked \d+s ago$"))
+        expect(slow.locator(".nbbatch-job-checked")).to_have_text(
+            re.compile(r"^checked \d+[smhd].* ago$")
+        )
         expect(slow.locator(".nbbatch-mark-stale")).to_have_count(0)
         # Every check of the job whose emulator is gone fails: marked, with the reason.
         expect(lost).to_have_attribute("data-status", "running")
@@ -239,6 +241,7 @@ def _check_routes(lab: Lab, job_id: str) -> None:
     assert _status(urllib.request.Request(f"{url}/{job_id}/cancel", data=b"{}")) == 403
     assert _status(urllib.request.Request(f"{url}/{job_id}/collect", data=b"{}")) == 403
     assert _status(f"{url}/{job_id}/failed") == 403
+    assert _status(urllib.request.Request(f"{lab.url}/nbbatch/api/check", data=b"{}")) == 403
     assert _status(urllib.request.Request(url, headers={"Authorization": "token wrong"})) == 403
 
     data = _get(lab, "jobs")
@@ -248,3 +251,9 @@ def _check_routes(lab: Lab, job_id: str) -> None:
                                    "status", "created", "age", "cost", "overdue", "alert",
                                    "attach"}  # fmt: skip
     assert listed[job_id]["counts"]["failed"] == FAILING
+    # With the token, a check answers what it did.
+    check = urllib.request.Request(
+        f"{lab.url}/nbbatch/api/check", data=b"{}", headers={"Authorization": f"token {lab.token}"}
+    )
+    with urllib.request.urlopen(check, timeout=60) as response:
+        assert set(json.load(response)) == {"checked", "failed", "busy"}
