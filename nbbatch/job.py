@@ -400,7 +400,8 @@ class BatchJob:
         with self._lock:
             self._last_error = None
             self._backend_dead = False
-            reached = True  # the provider answered every call of this poll
+            asked = False  # whether this poll asked the provider anything
+            reached = True  # and it answered every call
             # Another process (the Lab sidebar, `nbbatch cancel`) may have cancelled it.
             self._record["status"] = self._ledger.job_status(self.id) or self._record["status"]
             try:
@@ -411,6 +412,7 @@ class BatchJob:
                     self._send_unsent()
                 for batch in self._ledger.batches(self.id):
                     if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
+                        asked = True
                         _collect.poll_batch(self._ctx, batch)
                 if (
                     send
@@ -427,7 +429,7 @@ class BatchJob:
             if self._send_error is not None:
                 self._last_error = self._send_error_note()
             self._last_poll = self.clock()
-            if reached:
+            if asked and reached:  # a job with nothing at the provider was not checked
                 self._record_checked()
             snap = self.snapshot()
         self._log_progress(snap)

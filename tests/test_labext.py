@@ -16,6 +16,7 @@ from nbbatch.labext import handlers, views
 from nbbatch.ledger import default as ledger
 
 from .conftest import openai_client
+from .test_durable import emu_process  # noqa: F401
 
 REVIEWS = pd.DataFrame({"review": [f"review {i}" for i in range(12)]})
 PROMPT = "Classify: {review}"
@@ -204,3 +205,40 @@ def test_a_running_job_nobody_checks_is_stale_and_a_failed_check_says_why(
     assert not views.jobs_view(ledger(), check_errors={job.id: (checked - 1, "old")})["jobs"][0][
         "check_error"
     ]
+
+
+@pytest.mark.slow
+def test_the_sidebar_check_of_a_job_killed_mid_upload_sends_nothing(
+    emu_process: str,  # noqa: F811
+    nbbatch_home: Path,
+    tmp_path: Path,
+) -> None:
+    from nbbatch.labext import checks
+
+    from .conftest import client_for
+    from .test_durable import _Url
+    from .test_kill import _at_provider, _killed_child
+
+    # Killed after two of its five batches were created: 30 rows were never sent.
+    job_id = _killed_child(emu_process, "openai", "between-chunks", "frame", nbbatch_home)
+    client = client_for("openai", _Url(emu_process))
+    assert len(_at_provider(client)) == 2
+    sidebar = checks.Checks()
+    deadline = time.monotonic() + 60
+    while views.job_view(ledger(), job_id)["counts"]["succeeded"] < 20:
+        assert time.monotonic() < deadline, views.job_view(ledger(), job_id)
+        sidebar.check_open(ledger(), fresh=0)
+        time.sleep(0.2)
+    checked = views.job_view(ledger(), job_id)["checked"]
+    # Check again, check now, collect: the rows never sent wait for a kernel to attach.
+    assert sidebar.check_open(ledger(), fresh=0)["checked"] == [job_id]
+    views.refresh(ledger(), job_id)
+    views.collect(ledger(), job_id, str(tmp_path))
+    assert len(_at_provider(client)) == 2
+    listed = views.job_view(ledger(), job_id)
+    assert listed["status"] == "running" and listed["counts"]["pending"] == 30
+    # Nothing is open at the provider, so nothing was asked: the time of the last real
+    # check stays, and the job goes stale, as nothing moves it on by itself.
+    assert listed["checked"] == checked
+    later = views.jobs_view(ledger(), now=checked + views.STALE_AFTER + 1)["jobs"][0]
+    assert later["stale"]
