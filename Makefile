@@ -2,12 +2,15 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# What `make demo` needs: nbbatch and its own requirements, no dev tools, no sidebar build.
+DEMO_STAMP := $(VENV)/.installed-demo
 # The sidebar's TypeScript tools, exactly as labextension/package-lock.json pins them.
 NODE_STAMP := labextension/node_modules/.package-lock.json
 
 .PHONY: demo test lint lint-ts test-ts bench lab clean
 
 $(PY):
+	@echo "==> creating the virtual environment $(VENV)"
 	python3 -m venv $(VENV)
 
 # Re-install when the project's requirements change. The editable install also builds the
@@ -16,7 +19,18 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+# The demo installs only nbbatch and its requirements (pandas, pyarrow, the providers'
+# SDKs, ...), with pip's progress shown, and skips the sidebar's npm build
+# (SKIP_JUPYTER_BUILDER, read by hatch-jupyter-builder): the demo runs in a terminal.
+# --no-compile: Python compiles only the modules the demo imports, when it imports them,
+# instead of every module of every package at install time.
+# A later `make test` or `make lab` installs the dev tools and builds the sidebar.
+$(DEMO_STAMP): $(PY) pyproject.toml
+	@echo "==> installing nbbatch and what the demo needs (no dev tools, no sidebar build)"
+	SKIP_JUPYTER_BUILDER=1 $(PY) -m pip install --disable-pip-version-check --no-compile -e .
+	touch $(DEMO_STAMP)
 
 $(NODE_STAMP): labextension/package.json labextension/package-lock.json
 	cd labextension && npm ci --no-audit --no-fund
@@ -28,7 +42,8 @@ lint-ts: $(NODE_STAMP)
 test-ts: $(NODE_STAMP)
 	cd labextension && npm test
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
+	@echo "==> running the demo (python -m nbbatch.demo)"
 	$(PY) -m nbbatch.demo
 
 test: $(STAMP) lint-ts test-ts

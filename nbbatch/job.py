@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -81,6 +82,9 @@ class PollPolicy:
 #: seconds, so it is polled faster.
 REMOTE_POLLING = PollPolicy(2.0, 30.0)
 LOCAL_POLLING = PollPolicy(0.25, 2.0)
+#: Seconds between two writes of a job's ``checked_at`` (when the provider last answered
+#: for it) by one job object: fresh enough for the sidebar's "checked 12s ago".
+CHECKED_EVERY = 5.0
 
 
 def _weakly(method: Callable[..., None]) -> Callable[..., None]:
@@ -134,6 +138,7 @@ class BatchJob:
         self._listeners: list[Listener] = []
         self.polling = polling or REMOTE_POLLING
         self._last_poll: float | None = None
+        self._checked_written = 0.0  # when _record_checked last wrote (epoch seconds)
         self._next_poll: float | None = None  # while wait() sleeps: when it polls next
         self._last_error: str | None = None
         self._poller: Poller | None = None
@@ -380,9 +385,14 @@ class BatchJob:
         _send.send_unsent(self._ctx, progress, self._lock)
 
     # -- polling ----------------------------------------------------------------------------
-    def refresh(self) -> JobSnapshot:
+    def refresh(self, *, send: bool = True) -> JobSnapshot:
         """Poll every open batch once, collect the ones that ended, retry what the job's
         policy says to retry, and return a snapshot.
+
+        ``send=False`` only looks: it polls and collects the batches already at the
+        provider and never creates one (no unsent rows, no retries, no real-time
+        fallback, no next cascade stage), so nothing new is paid for; the JupyterLab
+        sidebar's checks poll this way.
 
         A transient error (connection refused, 429, 5xx) is kept in the snapshot's
         ``last_error`` and tried again on the next refresh; other errors raise.
@@ -390,19 +400,24 @@ class BatchJob:
         with self._lock:
             self._last_error = None
             self._backend_dead = False
+            asked = False  # whether this poll asked the provider anything
+            reached = True  # and it answered every call
             # Another process (the Lab sidebar, `nbbatch cancel`) may have cancelled it.
             self._record["status"] = self._ledger.job_status(self.id) or self._record["status"]
             try:
                 for batch in self._ledger.batches(self.id):
                     if batch["batch_id"].startswith("intent-"):
-                        _send.resolve_intent(self._ctx, batch)
-                if not self.sending and self._send_error is None:
+                        _send.resolve_intent(self._ctx, batch)  # looks; never creates
+                if send and not self.sending and self._send_error is None:
                     self._send_unsent()
                 for batch in self._ledger.batches(self.id):
                     if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
+                        asked = True
                         _collect.poll_batch(self._ctx, batch)
-                if not _planning.planning(self._ctx) and _collect.after_collect(
-                    self._ctx, sending=self.sending
+                if (
+                    send
+                    and not _planning.planning(self._ctx)
+                    and _collect.after_collect(self._ctx, sending=self.sending)
                 ):
                     self._send_stage()  # a cascade's next stage put rows back to send
             except ProviderError as exc:
@@ -410,13 +425,25 @@ class BatchJob:
                     exc.job_id = self.id
                     raise
                 self._last_error = self._transient_note(exc)
+                reached = False
             if self._send_error is not None:
                 self._last_error = self._send_error_note()
             self._last_poll = self.clock()
+            if asked and reached:  # a job with nothing at the provider was not checked
+                self._record_checked()
             snap = self.snapshot()
         self._log_progress(snap)
         self._notify(snap)
         return snap
+
+    def _record_checked(self) -> None:
+        """Note in the ledger when the provider last answered for this job, for every
+        process to see (the sidebar shows it, and marks a running job nobody checks).
+        At most every ``CHECKED_EVERY`` seconds: a kernel polls much more often."""
+        now = time.time()
+        if now - self._checked_written >= CHECKED_EVERY:
+            self._ledger.set_job_time(self.id, "checked_at", now)
+            self._checked_written = now
 
     def _transient_note(self, exc: ProviderError) -> str:
         """What a transient error means for this job, in ``last_error`` (see

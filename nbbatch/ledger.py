@@ -231,6 +231,13 @@ def m008_credential_origin(db: sqlite3.Connection, files: Path) -> None:
     )
 
 
+@migration
+def m009_sidebar_checked(db: sqlite3.Connection, files: Path) -> None:
+    """When the provider last answered a poll of the job (epoch seconds), from any
+    process: the sidebar shows it and marks a running job nobody has checked lately."""
+    _script(db, "ALTER TABLE jobs ADD COLUMN checked_at REAL;")
+
+
 def _convert_rows(db: sqlite3.Connection, files: Path, job_id: str) -> None:
     """One job of a ledger from before m004: its ``rows`` as Arrow files and changes."""
     import numpy as np
@@ -762,8 +769,9 @@ class Ledger:
             db.execute("UPDATE jobs SET status = ? WHERE id = ?", (status, job_id))
 
     def set_job_time(self, job_id: str, name: str, at: float | None) -> None:
-        """Record when the job ended (``ended_at``) or was collected (``collected_at``)."""
-        if name not in ("ended_at", "collected_at"):
+        """Record when the job ended (``ended_at``), was collected (``collected_at``) or
+        last checked at its provider (``checked_at``)."""
+        if name not in ("ended_at", "collected_at", "checked_at"):
             raise ValueError(f"not a time of a job: {name!r}")
         with self.transaction() as db:
             db.execute(f"UPDATE jobs SET {name} = ? WHERE id = ?", (at, job_id))

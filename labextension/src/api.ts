@@ -65,6 +65,19 @@ export function cancelJob(id: string): Promise<IActionResponse> {
   return post(id, 'cancel');
 }
 
+/** What a check of the running jobs did (see nbbatch/labext/checks.py). */
+export interface ICheckResponse {
+  checked: string[];
+  failed: string[];
+  busy: boolean;
+}
+
+/** Ask the server to check the running jobs nobody checked lately, one at a time
+ * (it polls and collects only; it never sends rows). */
+export function checkOpen(): Promise<ICheckResponse> {
+  return call<ICheckResponse>('check', { method: 'POST', body: '{}' });
+}
+
 /** Poll the provider once. */
 export function refreshJob(id: string): Promise<IActionResponse> {
   return post(id, 'refresh');

@@ -31,6 +31,14 @@ export interface IJob {
   overdue: boolean;
   alert: string | null;
   attach: string;
+  /** When the provider last answered a poll of the job, from any process (epoch s). */
+  checked: number | null;
+  /** Seconds since `checked`, by the server's clock. */
+  checked_age: number | null;
+  /** Why the server's last check of the job failed, if it did. */
+  check_error: string | null;
+  /** Running, but not checked for a long while (or the last check failed). */
+  stale: boolean;
 }
 
 export interface IJobsResponse {
@@ -145,9 +153,12 @@ export function attachCode(job: IJob): string {
   return `import nbbatch as nb\n\njob = ${job.attach}\njob`;
 }
 
-/** Short marks beside the status: overdue, alert, cancelled. */
+/** Short marks beside the status: stale, overdue, alert. */
 export function marks(job: IJob): string[] {
   const out: string[] = [];
+  if (job.stale) {
+    out.push('stale');
+  }
   if (job.overdue) {
     out.push('overdue');
   }
@@ -155,4 +166,32 @@ export function marks(job: IJob): string[] {
     out.push('alert');
   }
   return out;
+}
+
+/** When a running job was last checked at its provider: `checked 12s ago`; empty for
+ * a job that has ended (nothing left to check). */
+export function checkedText(job: IJob): string {
+  if (!isActive(job)) {
+    return '';
+  }
+  return job.checked_age === null ? 'not checked yet' : `checked ${age(job.checked_age)} ago`;
+}
+
+/** The text of a stale job's mark: why its status may be out of date. */
+export function staleText(job: IJob): string {
+  if (job.check_error) {
+    return 'check failed';
+  }
+  return job.checked_age === null ? 'never checked' : `not checked for ${age(job.checked_age)}`;
+}
+
+/** Milliseconds between two checks of the running jobs the sidebar asks the server
+ * for while it is visible (the server polls each job once, one at a time, and leaves
+ * alone a job some kernel checked in the last 30 s). Matches `checks.CHECK_EVERY`. */
+export const CHECK_MS = 60000;
+
+/** Whether to ask the server to check the running jobs now: some job runs, and the
+ * last request (`last`, ms, null for none since the sidebar was shown) is `every` old. */
+export function checkDue(jobs: IJob[], last: number | null, now: number, every = CHECK_MS): boolean {
+  return jobs.some(isActive) && (last === null || now - last >= every);
 }

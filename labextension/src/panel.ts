@@ -1,7 +1,9 @@
 /**
  * The "Batch jobs" sidebar: a view of the ledger. It lists what the server's JSON
  * says, refreshes itself (every 2 s while a job runs, every 5 s otherwise, at once
- * when shown), and changes a job only through the buttons the user presses.
+ * when shown), asks the server to check the running jobs when it is shown and every
+ * minute while visible (poll only: nothing is ever sent from here), and changes a job
+ * only through the buttons the user presses.
  */
 import { Clipboard, Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
@@ -9,6 +11,8 @@ import { Widget } from '@lumino/widgets';
 import * as api from './api';
 import {
   age,
+  checkDue,
+  checkedText,
   countsText,
   done,
   count,
@@ -20,7 +24,8 @@ import {
   IDLE_MS,
   nextDelay,
   originName,
-  segments
+  segments,
+  staleText
 } from './model';
 
 /** What the panel needs from JupyterLab, so it can be built without the app. */
@@ -55,6 +60,9 @@ export class JobsPanel extends Widget {
       this.render();
       this.setMessage(data.jobs.length ? '' : 'No batch jobs in the ledger yet.');
       delay = nextDelay(data.jobs);
+      if (this.isVisible && checkDue(this.jobs, this.lastCheck, Date.now())) {
+        void this.checkOpen();
+      }
     } catch (error) {
       this.setMessage(`Could not list jobs: ${(error as Error).message}`, true);
     }
@@ -69,7 +77,28 @@ export class JobsPanel extends Widget {
   }
 
   protected onAfterShow(): void {
+    this.lastCheck = null; // shown: check the running jobs at once
     void this.refresh();
+  }
+
+  /** Ask the server to check the running jobs (one at a time, poll only), then list
+   * them again. One request at a time from this sidebar. */
+  private async checkOpen(): Promise<void> {
+    if (this.checking) {
+      return;
+    }
+    this.checking = true;
+    this.lastCheck = Date.now();
+    try {
+      const result = await api.checkOpen();
+      if (result.checked.length || result.failed.length) {
+        await this.refresh();
+      }
+    } catch (error) {
+      this.setMessage(`Could not check the running jobs: ${(error as Error).message}`, true);
+    } finally {
+      this.checking = false;
+    }
   }
 
   private tick(): void {
@@ -95,6 +124,9 @@ export class JobsPanel extends Widget {
     const li = el('li', 'nbbatch-job');
     li.dataset.jobId = job.id;
     li.dataset.status = job.status;
+    if (job.stale) {
+      li.dataset.stale = '1'; // its "running" is not confirmed lately: shown greyed
+    }
 
     const head = el('div', 'nbbatch-job-head');
     head.append(
@@ -103,7 +135,17 @@ export class JobsPanel extends Widget {
     );
     for (const mark of marks(job)) {
       const m = el('span', `nbbatch-job-mark nbbatch-mark-${mark}`, mark);
-      m.title = mark === 'alert' ? (job.alert ?? '') : 'a batch is past the 24 h window';
+      if (mark === 'alert') {
+        m.title = job.alert ?? '';
+      } else if (mark === 'stale') {
+        m.textContent = staleText(job);
+        m.title =
+          job.check_error ??
+          'Its status may be out of date: no kernel has polled it lately. ' +
+            'Check now, or attach to it from a notebook.';
+      } else {
+        m.title = 'a batch is past the 24 h window';
+      }
       head.append(m);
     }
     li.append(head);
@@ -120,6 +162,12 @@ export class JobsPanel extends Widget {
       el('span', 'nbbatch-job-rows', `${count(job.rows)} rows`),
       el('span', 'nbbatch-job-age', `${age(job.age)} ago`)
     );
+    const checked = checkedText(job);
+    if (checked) {
+      const c = el('span', 'nbbatch-job-checked', checked);
+      c.title = 'When its provider last answered a poll (from a kernel, the command line or this sidebar)';
+      meta.append(c);
+    }
     li.append(meta);
 
     const bar = el('div', 'nbbatch-job-bar');
@@ -138,6 +186,9 @@ export class JobsPanel extends Widget {
     );
     if (job.alert) {
       li.append(el('div', 'nbbatch-job-alert', job.alert));
+    }
+    if (job.check_error) {
+      li.append(el('div', 'nbbatch-job-check-error', `Last check failed: ${job.check_error}`));
     }
 
     const actions = el('div', 'nbbatch-job-actions');
@@ -258,6 +309,8 @@ export class JobsPanel extends Widget {
   private jobs: IJob[] = [];
   private errors = new Map<string, IFailedResponse>();
   private timer = 0;
+  private checking = false;
+  private lastCheck: number | null = null;
   private message: HTMLElement;
   private list: HTMLElement;
 }

@@ -5,6 +5,9 @@ import { test } from 'node:test';
 import {
   age,
   attachCode,
+  CHECK_MS,
+  checkDue,
+  checkedText,
   count,
   countsText,
   IJob,
@@ -12,7 +15,8 @@ import {
   money,
   nextDelay,
   originName,
-  segments
+  segments,
+  staleText
 } from '../src/model';
 
 function job(over: Partial<IJob> = {}): IJob {
@@ -32,6 +36,10 @@ function job(over: Partial<IJob> = {}): IJob {
     overdue: false,
     alert: null,
     attach: 'nb.attach("nbb-20260101-120000-abcdef")',
+    checked: 1000,
+    checked_age: 12,
+    check_error: null,
+    stale: false,
     ...over
   };
 }
@@ -86,4 +94,30 @@ test('marks, origin and the attach snippet', () => {
   assert.equal(originName(job().origin), 'reviews.ipynb');
   assert.equal(originName(null), '');
   assert.ok(attachCode(job()).includes('job = nb.attach("nbb-20260101-120000-abcdef")'));
+});
+
+test('a running job says when it was last checked; an ended one does not', () => {
+  assert.equal(checkedText(job()), 'checked 12s ago');
+  assert.equal(checkedText(job({ checked: null, checked_age: null })), 'not checked yet');
+  assert.equal(checkedText(job({ status: 'completed' })), '');
+});
+
+test('a stale job is marked first, saying why', () => {
+  const old = job({ stale: true, checked_age: 3 * 3600 + 5 * 60 });
+  assert.deepEqual(marks(old), ['stale']);
+  assert.equal(staleText(old), 'not checked for 3h 05m');
+  assert.equal(staleText(job({ stale: true, checked: null, checked_age: null })), 'never checked');
+  const failed = job({ stale: true, check_error: 'APIConnectionError: Connection refused' });
+  assert.equal(staleText(failed), 'check failed');
+  assert.deepEqual(marks(job({ stale: true, overdue: true })), ['stale', 'overdue']);
+});
+
+test('running jobs are checked when the sidebar shows, then every minute', () => {
+  const t = 1_000_000;
+  assert.equal(checkDue([job()], null, t), true); // just shown
+  assert.equal(checkDue([job()], t, t + CHECK_MS - 1), false);
+  assert.equal(checkDue([job()], t, t + CHECK_MS), true);
+  assert.equal(checkDue([job({ status: 'completed' })], null, t), false); // nothing to check
+  assert.equal(checkDue([], null, t), false);
+  assert.equal(CHECK_MS, 60000);
 });

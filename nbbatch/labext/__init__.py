@@ -8,9 +8,10 @@ Installing nbbatch installs two things that Jupyter finds on its own:
   nbbatch.json``), which serves a small JSON view of the ledger and runs the sidebar's
   actions (cancel, collect) in the server process, where the provider keys are.
 
-The sidebar is a view: listing jobs reads the ledger and never polls a provider; only
-an explicit action (cancel, collect, check now) talks to one. See :mod:`.handlers` for
-the routes and :mod:`.views` for the JSON they return.
+The sidebar is a view: listing jobs reads the ledger and never polls a provider. Its
+checks of the running jobs (:mod:`.checks`, while it is visible) and its actions
+(check now, collect, cancel) talk to one, and none of them sends rows. See
+:mod:`.handlers` for the routes and :mod:`.views` for the JSON they return.
 """
 
 from __future__ import annotations

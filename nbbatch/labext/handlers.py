@@ -4,6 +4,8 @@ authorisation (every handler is an ``APIHandler``, so also XSRF-checked on POST)
 =======  ================================  ===========================================
 GET      ``/nbbatch/api/jobs``             every job (see :mod:`.views` for the schema)
 GET      ``/nbbatch/api/jobs/ID/failed``   the rows that did not succeed, with errors
+POST     ``/nbbatch/api/check``            check the running jobs nobody checked lately,
+                                           one at a time (see :mod:`.checks`)
 POST     ``/nbbatch/api/jobs/ID/refresh``  poll the provider once ("check now")
 POST     ``/nbbatch/api/jobs/ID/cancel``   cancel at the provider
 POST     ``/nbbatch/api/jobs/ID/collect``  results to ``FOLDER/ID.parquet`` (body
@@ -32,6 +34,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
 from .._scrub import scrub_json as _scrub_json
+from .checks import Checks
 from .namespace import NAMESPACE
 
 JOB_ID = r"(?P<job_id>[A-Za-z0-9_.\-]+)"
@@ -50,8 +53,9 @@ class _Handler(APIHandler):
     #: The resource name Jupyter Server's authorizer is asked about.
     auth_resource = NAMESPACE
 
-    def initialize(self, root_dir: str) -> None:
+    def initialize(self, root_dir: str, checks: Checks) -> None:
         self.root_dir = root_dir
+        self.checks = checks
 
     async def _run(self, fn: Callable[[], Any]) -> None:
         from .._errors import InputError, JobNotFoundError, NbbatchError, ProviderError
@@ -91,7 +95,21 @@ class JobsHandler(_Handler):
     async def get(self) -> None:
         from .views import listing
 
-        await self._run(lambda: listing(self.root_dir))
+        await self._run(lambda: listing(self.root_dir, self.checks.errors()))
+
+
+class CheckHandler(_Handler):
+    """``POST``: check the running jobs (poll only, one at a time) that no process has
+    checked lately; the sidebar asks when it opens and while it is visible."""
+
+    @tornado.web.authenticated
+    @authorized
+    async def post(self) -> None:
+        from ..ledger import home
+
+        if not (home() / "ledger.sqlite3").exists():  # nothing to check; create nothing
+            return await self._run(lambda: {"checked": [], "failed": [], "busy": False})
+        await self._run(lambda: self.checks.check_open(self._ledger()))
 
 
 class FailedHandler(_Handler):
@@ -114,7 +132,16 @@ class RefreshHandler(_Handler):
     async def post(self, job_id: str) -> None:
         from .views import refresh
 
-        await self._run(lambda: refresh(self._ledger(), job_id, self.root_dir))
+        def check() -> dict[str, Any]:
+            try:
+                out = refresh(self._ledger(), job_id, self.root_dir)
+            except Exception as exc:
+                self.checks.note(job_id, f"{type(exc).__name__}: {exc}")
+                raise
+            self.checks.note(job_id, out["warning"])
+            return out
+
+        await self._run(check)
 
 
 class CancelHandler(_Handler):
@@ -146,9 +173,10 @@ class CollectHandler(_Handler):
 def routes(base_url: str, root_dir: str) -> list[tuple[str, type, dict[str, Any]]]:
     """The URL patterns, under ``base_url``, each with its handler."""
     api = url_path_join(base_url, NAMESPACE, "api")
-    kwargs = {"root_dir": root_dir}
+    kwargs = {"root_dir": root_dir, "checks": Checks()}  # one Checks for the server
     return [
         (url_path_join(api, "jobs"), JobsHandler, kwargs),
+        (url_path_join(api, "check"), CheckHandler, kwargs),
         (url_path_join(api, "jobs", JOB_ID, "failed"), FailedHandler, kwargs),
         (url_path_join(api, "jobs", JOB_ID, "refresh"), RefreshHandler, kwargs),
         (url_path_join(api, "jobs", JOB_ID, "cancel"), CancelHandler, kwargs),

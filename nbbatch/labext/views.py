@@ -2,7 +2,8 @@
 
 Every function here reads the ledger (SQLite in WAL mode, so a read never blocks a
 kernel writing and sees only committed transactions) and returns plain dicts of
-JSON types. Nothing here talks to a provider.
+JSON types. Only the actions (refresh, cancel, collect) talk to a provider, and none of
+them sends rows.
 
 Schema (``SCHEMA_VERSION``; fields are only ever added)::
 
@@ -12,7 +13,11 @@ Schema (``SCHEMA_VERSION``; fields are only ever added)::
              "status": "running"|"completed"|"cancelled"|"failed"|"unreadable" (a broken
              ledger record: the alert says what to do), "created": <epoch s>,
              "age": <s>, "cost": <dollars|null>, "cost_estimated": bool,
-             "overdue": bool, "alert": str|null, "attach": 'nb.attach("...")'}
+             "overdue": bool, "alert": str|null, "attach": 'nb.attach("...")',
+             "checked": <epoch s>|null (when its provider last answered a poll, from any
+             process), "checked_age": <s>|null, "check_error": str|null (the server's
+             last check failed, see :mod:`.checks`), "stale": bool (running, and no
+             check for ``STALE_AFTER`` seconds, or the last one failed)}
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ SCHEMA_VERSION = 1
 COMPLETION_WINDOW = 24 * 3600.0
 #: Seconds a cancel waits for the provider to confirm before answering.
 CANCEL_SETTLE = 3.0
+#: Seconds after which a running job nobody has checked is marked stale: well past how
+#: often a kernel (30 s at most) or the visible sidebar (``checks.CHECK_EVERY``) polls.
+STALE_AFTER = 600.0
 #: Row counts in the view, in display order.
 COUNTED = ("succeeded", "failed", "expired", "cancelled", "skipped", "pending")
 
@@ -40,8 +48,14 @@ class Conflict(Exception):
     """The action does not apply to the job as it is now (HTTP 409)."""
 
 
-def jobs_view(ledger: Ledger, root_dir: str | None = None, now: float | None = None) -> dict:
-    """Every job in ``ledger``, newest first, as the module docstring's schema."""
+def jobs_view(
+    ledger: Ledger,
+    root_dir: str | None = None,
+    now: float | None = None,
+    check_errors: dict[str, tuple[float, str]] | None = None,
+) -> dict:
+    """Every job in ``ledger``, newest first, as the module docstring's schema;
+    ``check_errors``: the server's failed checks (:meth:`.checks.Checks.errors`)."""
     from .. import api
 
     now = time.time() if now is None else now
@@ -56,7 +70,9 @@ def jobs_view(ledger: Ledger, root_dir: str | None = None, now: float | None = N
         if record is None:  # forgotten between the two reads
             continue
         try:
-            out.append(_job(row, record, oldest_open.get(row["id"]), root_dir, now))
+            job = _job(row, record, oldest_open.get(row["id"]), root_dir, now)
+            _add_checked(job, record, (check_errors or {}).get(row["id"]), now)
+            out.append(job)
         except Exception as exc:  # one broken record must not empty the sidebar
             out.append(_unreadable(row, record, exc, now))
     return {
@@ -67,7 +83,9 @@ def jobs_view(ledger: Ledger, root_dir: str | None = None, now: float | None = N
     }
 
 
-def listing(root_dir: str | None = None) -> dict[str, Any]:
+def listing(
+    root_dir: str | None = None, check_errors: dict[str, tuple[float, str]] | None = None
+) -> dict[str, Any]:
     """:func:`jobs_view` of this process's ledger (``NBBATCH_HOME``, as the kernels the
     server starts use); an empty list, creating nothing, when there is no ledger yet."""
     from ..ledger import default, home
@@ -75,12 +93,17 @@ def listing(root_dir: str | None = None) -> dict[str, Any]:
     path = home() / "ledger.sqlite3"
     if not path.exists():
         return {"version": SCHEMA_VERSION, "now": time.time(), "ledger": str(path), "jobs": []}
-    return jobs_view(default(), root_dir)
+    return jobs_view(default(), root_dir, check_errors=check_errors)
 
 
-def job_view(ledger: Ledger, job_id: str, root_dir: str | None = None) -> dict | None:
+def job_view(
+    ledger: Ledger,
+    job_id: str,
+    root_dir: str | None = None,
+    check_errors: dict[str, tuple[float, str]] | None = None,
+) -> dict | None:
     """One job as in :func:`jobs_view`, or None if the ledger has no such job."""
-    for job in jobs_view(ledger, root_dir)["jobs"]:
+    for job in jobs_view(ledger, root_dir, check_errors=check_errors)["jobs"]:
         if job["id"] == job_id:
             return job
     return None
@@ -123,6 +146,22 @@ def _job(
     }
 
 
+def _add_checked(
+    job: dict[str, Any], record: dict[str, Any], error: tuple[float, str] | None, now: float
+) -> None:
+    """When the job was last checked at its provider, and whether that is too long ago
+    for a running job to be shown as live."""
+    checked = record.get("checked_at")
+    checked = float(checked) if isinstance(checked, int | float) else None
+    # A failure older than the last good check (a kernel polled since) is history.
+    failed = error is not None and (checked is None or error[0] > checked)
+    since = max(checked or 0.0, job["created"])  # a job just submitted is not stale yet
+    job["checked"] = checked
+    job["checked_age"] = None if checked is None else max(0.0, now - checked)
+    job["check_error"] = error[1] if failed and error is not None else None
+    job["stale"] = job["status"] == "running" and (failed or now - since > STALE_AFTER)
+
+
 def _unreadable(
     row: dict[Any, Any], record: dict[str, Any], exc: BaseException, now: float
 ) -> dict[str, Any]:
@@ -148,6 +187,10 @@ def _unreadable(
         "overdue": False,
         "alert": unreadable_text(str(row["id"]), exc),
         "attach": f'nb.attach("{row["id"]}")',
+        "checked": None,
+        "checked_age": None,
+        "check_error": None,
+        "stale": False,
     }
 
 
@@ -227,7 +270,7 @@ def collect(ledger: Ledger, job_id: str, root_dir: str, folder: str = "") -> dic
     if not target_dir.is_dir():
         raise ValueError(f"folder {folder!r} does not exist")
     job = api.attach(job_id)
-    snap = job.refresh()
+    snap = job.refresh(send=False)  # collects what ended; never sends (see refresh)
     frame = cli.results_table(job)
     target = target_dir / f"{job_id}.parquet"
     # A fresh private file (never a guessable name a link could be planted at).
@@ -244,10 +287,12 @@ def collect(ledger: Ledger, job_id: str, root_dir: str, folder: str = "") -> dic
 
 def refresh(ledger: Ledger, job_id: str, root_dir: str | None = None) -> dict[str, Any]:
     """Poll the job's provider once ("check now"): ``{"warning", "job"}``, ``warning``
-    a transient error (the provider unreachable, say) or null."""
+    a transient error (the provider unreachable, say) or null. It only looks, as
+    ``job.refresh(send=False)``: rows not sent yet, retries and a cascade's next stage
+    are sent by a kernel that attaches to the job (``nb.attach``), never from here."""
     from .. import api
 
-    snap = api.attach(job_id).refresh()
+    snap = api.attach(job_id).refresh(send=False)
     return {"warning": snap.last_error, "job": job_view(ledger, job_id, root_dir)}
 
 

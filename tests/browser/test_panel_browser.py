@@ -4,7 +4,8 @@ Runs ``notebooks/panel_demo.ipynb`` (an emulator with a quarter of the rows fail
 once, a submit cell that ends with ``job``, and a cell that only prints a marker) and
 checks, in the rendered page:
 
-1. progress moves with the job: the bar shows rows done at the provider before any is
+1. progress moves with the job (the test drives the emulator's clock, so no check
+   depends on the machine's speed): the bar shows rows done at the provider before any is
    collected, in rows, with thousands separators and no ETA without a measured rate;
 2. nothing stale: no text line under the panel, the failure alert gone and kept as
    history after a successful "Resubmit failed";
@@ -129,6 +130,8 @@ def test_panel_runs_live_in_jupyterlab(lab: Lab, browser) -> None:
         marker = page.locator(".jp-OutputArea-output", has_text="KERNEL-FREE")
         expect(marker).to_be_visible(timeout=20_000)
         assert f"KERNEL-FREE running {ROWS} pending" in marker.inner_text()
+        # The emulator's clock stands still until this test moves it (_set_clock): the
+        # job is still running, however slow the machine, while these are checked.
         expect(panel.locator(".nbbatch-count-pending b")).to_have_text(str(ROWS))
         expect(panel.locator(".nbbatch-cost")).to_contain_text("estimate")
         # The submit cell ends with `job`: one output (the panel), no stale line under it.
@@ -136,7 +139,9 @@ def test_panel_runs_live_in_jupyterlab(lab: Lab, browser) -> None:
         expect(submit_cell.locator(".jp-Cell-outputArea > .jp-OutputArea-child")).to_have_count(1)
         assert "rows done" not in submit_cell.locator(".jp-Cell-outputArea").inner_text()
 
-        # 1. Progress moves during processing, before any row is collected.
+        # 1. Progress moves during processing, before any row is collected: the emulator
+        # halfway through processing (1 s validating, then 3 of 6 s), and held there.
+        _set_clock(lab, "4")
         page.wait_for_function(
             f"() => {{ const b = ({BAR})(); return b && b.ready > 0 && b.done === 0; }}",
             timeout=30_000,
@@ -147,6 +152,7 @@ def test_panel_runs_live_in_jupyterlab(lab: Lab, browser) -> None:
             "at the provider's pace" in panel.locator(".nbbatch-timing").inner_text()
         )
         panel.screenshot(path=str(ARTIFACTS / "panel-processing.png"))
+        _set_clock(lab, "run")  # from here on the emulator runs in real time
 
         # The job ends with the emulator's failures, counted and highlighted.
         page.wait_for_function(f"() => ({BAR})().done === {ROWS}", timeout=40_000)
@@ -225,6 +231,14 @@ def test_panel_runs_live_in_jupyterlab(lab: Lab, browser) -> None:
     finally:
         page.screenshot(path=str(ARTIFACTS / "lab-last.png"))
         page.close()
+
+
+def _set_clock(lab: Lab, value: str) -> None:
+    """Move the notebook's emulator clock (see its ``clock``): seconds after its start, or
+    "run" for real time. Written whole (a rename), so the emulator never reads half."""
+    tmp = lab.root / "emulator-clock.tmp"
+    tmp.write_text(value)
+    tmp.replace(lab.root / "emulator-clock")
 
 
 def _check_export(notebook: Path) -> None:

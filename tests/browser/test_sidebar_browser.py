@@ -12,8 +12,11 @@ in progress for ten minutes). The test checks, in the rendered page and on disk:
    server process;
 4. Collect writes the results as Parquet beside the notebook; Insert puts
    ``nb.attach("...")`` into the notebook;
-5. after the kernel restarts, both jobs are still listed, as they ended;
-6. the routes refuse a request without the server's token.
+5. after the kernel restarts, every job is still listed, as it ended;
+6. the routes refuse a request without the server's token;
+7. a job no kernel polls is checked by the sidebar itself when it is shown (poll only)
+   and moves to completed; each running job says when it was last checked; a job whose
+   check fails (its emulator gone) is marked, with the error.
 
 Screenshots go to ``ARTIFACTS``; the sidebar beside the panel is copied to
 ``docs/sidebar.png`` when ``NBBATCH_UPDATE_DOCS=1`` is set.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -63,6 +67,16 @@ def _ids(page) -> tuple[str, str]:
     return words[1], words[2]
 
 
+def _unpolled_ids(page) -> tuple[str, str]:
+    """The ids of the two jobs no kernel polls, once the first has ended at its emulator."""
+    from playwright.sync_api import expect
+
+    out = page.locator(".jp-OutputArea-output", has_text="UNPOLLED")
+    expect(out).to_be_visible(timeout=90_000)
+    words = out.inner_text().split()
+    return words[1], words[2]
+
+
 def test_sidebar_lists_follows_and_acts_on_jobs(lab: Lab, browser) -> None:
     from playwright.sync_api import expect
 
@@ -93,7 +107,6 @@ def test_sidebar_lists_follows_and_acts_on_jobs(lab: Lab, browser) -> None:
         # The idle sidebar looks every 5 s; a loaded machine may take longer to answer.
         expect(quick).to_be_visible(timeout=30_000)
         expect(slow).to_be_visible(timeout=30_000)
-        expect(sidebar.locator(".nbbatch-job")).to_have_count(2)
         for item, rows in ((quick, ROWS), (slow, SLOW_ROWS)):
             expect(item.locator(".nbbatch-job-origin")).to_have_text(NOTEBOOK)
             expect(item.locator(".nbbatch-job-model")).to_have_text("openai · gpt-4o-mini")
@@ -111,6 +124,7 @@ def test_sidebar_lists_follows_and_acts_on_jobs(lab: Lab, browser) -> None:
         expect(quick.locator(".nbbatch-seg-failed")).to_have_count(1)
         expect(quick.locator(".nbbatch-job-alert")).to_contain_text("above the alert")
         expect(quick.locator(".nbbatch-job-cancel")).to_be_disabled()
+        expect(quick.locator(".nbbatch-job-checked")).to_have_count(0)  # ended: nothing to check
         quick.locator(".nbbatch-job-errors-button").click()
         errors = quick.locator(".nbbatch-job-errors-table tr.nbbatch-error-failed")
         expect(errors).to_have_count(FAILING)
@@ -120,6 +134,31 @@ def test_sidebar_lists_follows_and_acts_on_jobs(lab: Lab, browser) -> None:
         page.screenshot(path=str(ARTIFACTS / "lab-sidebar.png"))
         if os.environ.get("NBBATCH_UPDATE_DOCS"):  # refresh the README's screenshot on demand
             shutil.copy(ARTIFACTS / "lab-sidebar.png", DOCS / "sidebar.png")
+
+        # 7. Jobs no kernel polls. The first has ended at its emulator (the notebook
+        # waited for that); shown again, the sidebar asks the server to check the running
+        # jobs at once, and the server's poll finds it ended and collects it.
+        unpolled_id, lost_id = _unpolled_ids(page)
+        unpolled, lost = _job(page, unpolled_id), _job(page, lost_id)
+        expect(sidebar.locator(".nbbatch-job")).to_have_count(4, timeout=30_000)
+        page.evaluate("window.jupyterapp.shell.collapseLeft()")
+        page.evaluate("window.jupyterapp.commands.execute('nbbatch:show-jobs')")
+        expect(unpolled).to_have_attribute("data-status", "completed", timeout=30_000)
+        expect(unpolled.locator(".nbbatch-job-counts")).to_have_text("4 succeeded")
+        # The slow job, polled by its kernel, says when its provider last answered.
+        expect(slow.locator(".nbbatch-job-checked")).to_have_text(
+            re.compile(r"^checked \d+[smhd].* ago$")
+        )
+        expect(slow.locator(".nbbatch-mark-stale")).to_have_count(0)
+        # Every check of the job whose emulator is gone fails: marked, with the reason.
+        expect(lost).to_have_attribute("data-status", "running")
+        expect(lost.locator(".nbbatch-mark-stale")).to_have_text("check failed", timeout=30_000)
+        expect(lost).to_have_attribute("data-stale", "1")
+        expect(lost.locator(".nbbatch-job-check-error")).to_contain_text("Last check failed")
+        sidebar.screenshot(path=str(ARTIFACTS / "sidebar-checked.png"))
+        listed = {j["id"]: j for j in _get(lab, "jobs")["jobs"]}
+        assert listed[unpolled_id]["checked"] is not None
+        assert listed[lost_id]["stale"] and listed[lost_id]["check_error"]
 
         # 3. Cancel asks first; "Keep running" changes nothing, "Cancel job" cancels.
         slow.locator(".nbbatch-job-cancel").click()
@@ -165,7 +204,7 @@ def test_sidebar_lists_follows_and_acts_on_jobs(lab: Lab, browser) -> None:
         page.evaluate("window.jupyterapp.shell.collapseLeft()")
         page.evaluate("window.jupyterapp.commands.execute('nbbatch:show-jobs')")
         page.wait_for_function(FRESH_LIST, timeout=30_000)
-        expect(sidebar.locator(".nbbatch-job")).to_have_count(2)
+        expect(sidebar.locator(".nbbatch-job")).to_have_count(4)
         expect(quick).to_have_attribute("data-status", "completed")
         expect(slow).to_have_attribute("data-status", "cancelled")
         assert page.locator("text=Error displaying widget").count() == 0
@@ -202,6 +241,7 @@ def _check_routes(lab: Lab, job_id: str) -> None:
     assert _status(urllib.request.Request(f"{url}/{job_id}/cancel", data=b"{}")) == 403
     assert _status(urllib.request.Request(f"{url}/{job_id}/collect", data=b"{}")) == 403
     assert _status(f"{url}/{job_id}/failed") == 403
+    assert _status(urllib.request.Request(f"{lab.url}/nbbatch/api/check", data=b"{}")) == 403
     assert _status(urllib.request.Request(url, headers={"Authorization": "token wrong"})) == 403
 
     data = _get(lab, "jobs")
@@ -211,3 +251,9 @@ def _check_routes(lab: Lab, job_id: str) -> None:
                                    "status", "created", "age", "cost", "overdue", "alert",
                                    "attach"}  # fmt: skip
     assert listed[job_id]["counts"]["failed"] == FAILING
+    # With the token, a check answers what it did.
+    check = urllib.request.Request(
+        f"{lab.url}/nbbatch/api/check", data=b"{}", headers={"Authorization": f"token {lab.token}"}
+    )
+    with urllib.request.urlopen(check, timeout=60) as response:
+        assert set(json.load(response)) == {"checked", "failed", "busy"}
