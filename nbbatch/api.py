@@ -30,6 +30,7 @@ from . import pack as _pack
 from . import plan as _plan
 from . import planning as _planning
 from . import prompt as _prompt
+from . import quota as _quota
 from . import providers as _providers
 from . import stream as _stream
 from . import structured as _structured
@@ -82,6 +83,8 @@ def submit(
     wait: bool = False,
     progress: bool | str = "auto",
     display: bool | str = "auto",
+    queue_limit: int | dict[str, int] | None = None,
+    tier: str | None = None,
     **params: Any,
 ) -> BatchJob:
     """Send one request per row of ``data`` as a provider batch job; returns at once.
@@ -156,6 +159,14 @@ def submit(
     answers keyed by item, is mapped back to the rows. A row the reply leaves out or
     gets wrong is sent again on its own (retries are never packed). Not for embeddings.
 
+    A job bigger than what the account may have queued at once (the provider's batch
+    queue limit) is sent in waves, each sized to the room left, the next as earlier
+    batches end (see :mod:`nbbatch.quota`); a batch refused for that limit is never a
+    row failure. ``queue_limit`` gives the limit (input tokens for OpenAI and Gemini,
+    requests for Anthropic; an int, or a dict by model), ``tier`` the account's usage
+    tier (``"tier-1"`` ... ``"tier-5"``: the provider's published limits); without
+    either the limit is learned from the first refusal and kept in the ledger.
+
     Everything is validated before anything is sent; a job, its rows and each provider
     batch id are written to the ledger as soon as they exist.
     """
@@ -168,6 +179,7 @@ def submit(
         progress=progress, display=display,
     )  # fmt: skip
     _check_policy(fallback, deadline)
+    _quota.check_options(queue_limit, tier)
     models, when, when_fn = _cascade(model, escalate_when)
     engine = _engines.kind_of(data)  # a Dask or Spark frame: planned on its workers
     source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
@@ -221,6 +233,7 @@ def submit(
         job = _same_job(existing, rows, impl, ledger, data, polling, when_fn, checks)
     else:
         policy = _policy(retries, fallback, alert_threshold, missing, models, when, pack, limit)
+        policy.update(_quota.options(queue_limit, tier))
         n_rows = rows.n_rows if rows is not None else source.n_rows if source else 0
         record = _new_record(
             n_rows, impl, spec, output=output, template=prompt, id_column=id_column

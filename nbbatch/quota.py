@@ -119,6 +119,16 @@ def check_options(queue_limit: Any, tier: Any) -> None:
             )
 
 
+def options(queue_limit: Any, tier: Any) -> dict[str, Any]:
+    """``queue_limit=`` and ``tier=`` as the job's policy keeps them (only those given)."""
+    kept: dict[str, Any] = {}
+    if queue_limit is not None:
+        kept["queue_limit"] = queue_limit
+    if tier is not None:
+        kept["tier"] = tier
+    return kept
+
+
 def user_limit(value: Any, model: str) -> int | None:
     """The ``queue_limit=`` figure for ``model`` (an int for every model, or a dict by
     model), or None."""
