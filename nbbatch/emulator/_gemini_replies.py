@@ -54,6 +54,17 @@ def _text(content: Any) -> str:
     ) or text_of(content.get("parts"))
 
 
+def prompt_chars(kind: str, req: Any) -> int:
+    """Characters of input a request carries (system, every turn; an embedding's text),
+    from which its prompt tokens are counted."""
+    if not isinstance(req, dict):
+        return 0
+    if kind == EMBED:
+        return len(_text(req.get("content")))
+    system = req.get("systemInstruction") or req.get("system_instruction")
+    return len(_text(system)) + sum(len(_text(c)) for c in req.get("contents") or [])
+
+
 def row_text(kind: str, req: Any) -> str:
     """The text a request carries for the model (where the fault markers are read)."""
     if kind == EMBED:
@@ -114,7 +125,7 @@ def generate(
     when it fails)."""
     config = _config(req)
     system = req.get("systemInstruction") or req.get("system_instruction")
-    prompt_chars = len(_text(system)) + sum(len(_text(c)) for c in req.get("contents") or [])
+    chars = prompt_chars(GENERATE, req)
     schema = schema_of(req)
     stop = config.get("stopSequences") or config.get("stop_sequences") or ()
     request = _responder.Request(
@@ -136,7 +147,7 @@ def generate(
         responder=responder,
         request=request,
     )
-    prompt_tokens = _responder.count_tokens(prompt_chars)
+    prompt_tokens = _responder.count_tokens(chars)
     return {
         "candidates": [
             {

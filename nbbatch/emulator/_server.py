@@ -93,11 +93,12 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
+    details: list[Any] | None = None,
 ) -> Response:
     """An error in the wire shape of whichever API ``path`` belongs to."""
     if is_gemini(path):
         return JSONResponse(
-            _gemini.error_body(status, message), status_code=status, headers=headers
+            _gemini.error_body(status, message, details), status_code=status, headers=headers
         )
     if is_anthropic(path):
         kind = type if type and type in _ANTHROPIC_TYPES.values() or type == "api_error" else None
@@ -294,6 +295,7 @@ async def _api_error(request: Request, exc: Exception) -> Response:
         param=exc.param,
         code=exc.code,
         headers=exc.headers,
+        details=exc.details,
     )
 
 
