@@ -30,8 +30,8 @@ from . import pack as _pack
 from . import plan as _plan
 from . import planning as _planning
 from . import prompt as _prompt
-from . import quota as _quota
 from . import providers as _providers
+from . import quota as _quota
 from . import stream as _stream
 from . import structured as _structured
 from ._errors import ConfigError, InputError, JobNotFoundError

@@ -78,6 +78,26 @@ class Queue:
     ceiling: int | None = None  # the least queued amount a refusal was seen at
     refused_at: float | None = None  # a refusal the ledger did not see coming
     wave_seconds: float | None = None  # how long a wave took, last seen
+    # A probed limit: what this job tries next, between what was accepted and what
+    # was refused (the ledger keeps only what was accepted: later jobs never overflow).
+    trying: int | None = None
+
+    @property
+    def probing(self) -> bool:
+        """A refusal that stated no limit came with nothing else queued: the limit is
+        somewhere below what was refused, and is found by filling the queue in small
+        batches until the next refusal."""
+        return (
+            self.source == "probe" and self.ceiling is not None and self.limit == self.ceiling - 1
+        )
+
+    @property
+    def piece(self) -> int | None:
+        """The largest batch to send (in the queue's unit): the limit, or a small step
+        while probing."""
+        if self.probing and self.ceiling is not None:
+            return max(1, self.ceiling // 8)
+        return self.cap
 
     @property
     def cap(self) -> int | None:
@@ -85,8 +105,10 @@ class Queue:
         estimates."""
         if self.limit is None:
             return None
-        if self.unit == "requests":
-            return self.limit
+        if self.trying is not None:
+            return self.trying
+        if self.unit == "requests" or self.source == "probe":
+            return self.limit  # exact, or counted in the estimate's own terms
         return max(1, int(self.limit * FILL))
 
 
@@ -169,7 +191,14 @@ def queue(ctx: JobContext, spec: RequestSpec) -> Queue:
     if not known:
         return Queue(limit=None, source=None, **base)
     limit, source = min(known)
-    return Queue(limit=limit, source=source, **base)
+    trying = None
+    ceiling = base["ceiling"]
+    if source == "probe" and ceiling and ceiling > limit * 1.125 and limit != ceiling - 1:
+        # Larger after each accepted wave, halfway to what was refused, but only in a
+        # job that met a refusal already: a later job starts at what was accepted.
+        if ctx.ledger.waves(ctx.id).get("refusals"):
+            trying = (limit + ceiling) // 2
+    return Queue(limit=limit, source=source, trying=trying, **base)
 
 
 def line_units(provider: Provider, spec: RequestSpec, jsonl: bytes, ends: np.ndarray) -> np.ndarray:
@@ -237,7 +266,9 @@ def refused(ctx: JobContext, q: Queue, refusal: Refusal, units: int, in_use: int
     refused when nothing was), in the ledger for every later job of the account."""
     now = ctx.clock()
     asked = in_use + units
-    seen = q.cap is not None and asked <= q.cap  # we thought it fitted
+    # A limit we were told (or were sure of) and still refused: batches this ledger
+    # does not know hold the room, so the next try waits a while.
+    seen = q.cap is not None and asked <= q.cap and q.source != "probe"
     values: dict[str, Any] = {"unit": q.unit, "refused_at": now if seen else None}
     if refusal.limit is not None:
         limit = refusal.limit
@@ -247,11 +278,12 @@ def refused(ctx: JobContext, q: Queue, refusal: Refusal, units: int, in_use: int
             limit = max(1, int(asked * 0.9))
         values.update(limit=limit, source="provider", ceiling=None)
     else:
-        limit = in_use if in_use else max(1, units // 2)
-        if seen and q.limit is not None:
-            limit = min(limit, q.limit)
+        # No limit stated: what was accepted is below it, what was refused above. With
+        # nothing else queued, probe: fill the queue in small batches until refused.
         ceiling = min(asked, q.ceiling) if q.ceiling else asked
-        values.update(limit=limit, source="probe", ceiling=ceiling)
+        proven = q.limit if q.source == "probe" and not q.probing and q.limit else 0
+        limit = max(in_use, proven) or ceiling - 1
+        values.update(limit=max(1, limit), source="probe", ceiling=ceiling)
     ctx.ledger.set_quota_limit(q.key, q.model, **values)
     waves = ctx.ledger.waves(ctx.id)
     waves["refusals"] = int(waves.get("refusals", 0)) + 1
@@ -265,14 +297,15 @@ def refused(ctx: JobContext, q: Queue, refusal: Refusal, units: int, in_use: int
 
 def accepted(ctx: JobContext, q: Queue, in_use: int) -> None:
     """A batch was accepted with ``in_use`` queued (this one included): a probed limit
-    grows to what was accepted, and after a full wave halfway to what was refused."""
-    if q.source != "probe" or q.limit is None:
+    grows to what was accepted (see :attr:`Queue.trying` for how a job tries more)."""
+    if q.source != "probe" or q.limit is None or q.cap is None:
         return
     limit = q.limit
-    if in_use > limit:
+    if q.probing:
+        if in_use >= q.cap - (q.piece or 0):  # filled without a refusal: proven
+            limit = in_use
+    elif in_use > limit:  # a try above the limit was accepted
         limit = in_use
-    elif in_use >= q.limit * 0.9 and q.ceiling and q.ceiling > limit * 1.25:
-        limit = (limit + q.ceiling) // 2
     if limit != q.limit:
         ctx.ledger.set_quota_limit(q.key, q.model, limit=limit)
 

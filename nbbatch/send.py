@@ -130,7 +130,7 @@ def send_rows(
         while first < len(ends):
             if progress.cancelled:
                 return
-            stop = _piece_end(ends, units, first, limit, provider.max_bytes, queue.cap)
+            stop = _piece_end(ends, units, first, limit, provider.max_bytes, queue.piece)
             rest = int(units[first:].sum()) + int(per_row * (len(positions) - start - len(block)))
             allowed = _quota.room(ctx, queue, rest)
             if allowed is not None:
