@@ -401,6 +401,10 @@ class BatchJob:
                 for batch in self._ledger.batches(self.id):
                     if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
                         _collect.poll_batch(self._ctx, batch)
+                if not self.sending and self._send_error is None:
+                    # Batches that just ended made room in the account's queue: the
+                    # next wave goes now, not a poll later (see nbbatch.quota).
+                    self._send_unsent()
                 if not _planning.planning(self._ctx) and _collect.after_collect(
                     self._ctx, sending=self.sending
                 ):

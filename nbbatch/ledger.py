@@ -1039,6 +1039,16 @@ class Ledger:
         with self._lock:
             return _in_use(self._db, key, model)
 
+    def quota_batches(self, key: str, model: str) -> list[tuple[str, str]]:
+        """``(batch_id, job_id)`` of the ledger's open batches in the queue of account
+        ``key`` for ``model`` that the provider confirmed (intents left out)."""
+        rows = self.query(
+            "SELECT batch_id, job_id FROM batches WHERE quota_key = ? AND quota_model = ? "
+            "AND ended = 0 AND batch_id NOT LIKE 'intent-%'",
+            (key, model),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
     def quota_open(self, key: str, model: str) -> list[str]:
         """The statuses of the ledger's open batches in the queue of account ``key``
         for ``model`` (``sending`` for a create call not yet answered)."""

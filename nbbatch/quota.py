@@ -18,7 +18,8 @@ provider's published figure) and what refusals taught (kept in the ledger per ac
 and model, so the next job starts at the right size): the smaller of those. With none
 known a job is sent as if there were no limit, and a refusal is never a row failure:
 its rows go back to be sent in a later wave, and the refusal teaches the limit (stated
-by OpenAI; otherwise probed: what was accepted, growing after each accepted wave).
+by OpenAI; otherwise probed: what was queued when the refusal came, found by filling
+the queue in small batches when nothing was).
 """
 
 from __future__ import annotations
@@ -78,9 +79,6 @@ class Queue:
     ceiling: int | None = None  # the least queued amount a refusal was seen at
     refused_at: float | None = None  # a refusal the ledger did not see coming
     wave_seconds: float | None = None  # how long a wave took, last seen
-    # A probed limit: what this job tries next, between what was accepted and what
-    # was refused (the ledger keeps only what was accepted: later jobs never overflow).
-    trying: int | None = None
 
     @property
     def probing(self) -> bool:
@@ -105,8 +103,6 @@ class Queue:
         estimates."""
         if self.limit is None:
             return None
-        if self.trying is not None:
-            return self.trying
         if self.unit == "requests" or self.source == "probe":
             return self.limit  # exact, or counted in the estimate's own terms
         return max(1, int(self.limit * FILL))
@@ -191,14 +187,7 @@ def queue(ctx: JobContext, spec: RequestSpec) -> Queue:
     if not known:
         return Queue(limit=None, source=None, **base)
     limit, source = min(known)
-    trying = None
-    ceiling = base["ceiling"]
-    if source == "probe" and ceiling and ceiling > limit * 1.125 and limit != ceiling - 1:
-        # Larger after each accepted wave, halfway to what was refused, but only in a
-        # job that met a refusal already: a later job starts at what was accepted.
-        if ctx.ledger.waves(ctx.id).get("refusals"):
-            trying = (limit + ceiling) // 2
-    return Queue(limit=limit, source=source, trying=trying, **base)
+    return Queue(limit=limit, source=source, **base)
 
 
 def line_units(provider: Provider, spec: RequestSpec, jsonl: bytes, ends: np.ndarray) -> np.ndarray:
@@ -235,10 +224,31 @@ def room(ctx: JobContext, q: Queue, rest: int) -> int | None:
         return _unknown_room(ctx, q, rest, in_use)
     if q.refused_at is not None and ctx.clock() - q.refused_at < HOLD_OFF and not in_use:
         return 0  # the room is taken by batches this ledger does not know
+    need = min(rest, max(1, int(q.cap * MIN_SHARE)))
+    if q.cap - in_use < need and _release_ended(ctx, q):
+        in_use = ledger.quota_in_use(q.key, q.model)
     free = q.cap - in_use
-    if free < min(rest, max(1, int(q.cap * MIN_SHARE))):
+    if free < need:
         return 0
     return max(0, free)
+
+
+def _release_ended(ctx: JobContext, q: Queue) -> bool:
+    """Ask the provider about the other jobs' open batches in the queue (a job nobody
+    polls, its kernel gone, must not hold the room for ever): those that ended are
+    recorded so (their own job still collects them). True if any had."""
+    released = False
+    for batch_id, job_id in ctx.ledger.quota_batches(q.key, q.model):
+        if job_id == ctx.id:
+            continue  # this job's own are polled by its refresh
+        try:
+            info = ctx.provider.retrieve(batch_id)
+        except ProviderError:
+            continue  # asked again next time
+        if info.ended:
+            ctx.ledger.update_batch(batch_id, info.status, True, info.failure, info.raw, info.done)
+            released = True
+    return released
 
 
 def _unknown_room(ctx: JobContext, q: Queue, rest: int, in_use: int) -> int | None:
@@ -262,8 +272,9 @@ def _unknown_room(ctx: JobContext, q: Queue, rest: int, in_use: int) -> int | No
 
 def refused(ctx: JobContext, q: Queue, refusal: Refusal, units: int, in_use: int) -> None:
     """Learn from a refusal of a batch of ``units`` while ``in_use`` (others) was
-    queued: the stated limit, else a probe's (what was accepted; half of what was
-    refused when nothing was), in the ledger for every later job of the account."""
+    queued: the stated limit, else a probe's (what was queued then; with nothing
+    queued, the queue is filled in small batches until the next refusal), in the ledger
+    for every later job of the account."""
     now = ctx.clock()
     asked = in_use + units
     # A limit we were told (or were sure of) and still refused: batches this ledger
@@ -281,8 +292,7 @@ def refused(ctx: JobContext, q: Queue, refusal: Refusal, units: int, in_use: int
         # No limit stated: what was accepted is below it, what was refused above. With
         # nothing else queued, probe: fill the queue in small batches until refused.
         ceiling = min(asked, q.ceiling) if q.ceiling else asked
-        proven = q.limit if q.source == "probe" and not q.probing and q.limit else 0
-        limit = max(in_use, proven) or ceiling - 1
+        limit = in_use or ceiling - 1
         values.update(limit=max(1, limit), source="probe", ceiling=ceiling)
     ctx.ledger.set_quota_limit(q.key, q.model, **values)
     waves = ctx.ledger.waves(ctx.id)
@@ -293,21 +303,6 @@ def refused(ctx: JobContext, q: Queue, refusal: Refusal, units: int, in_use: int
         f"wave, within {_amount(limit)} queued {q.unit}",
         "event",
     )
-
-
-def accepted(ctx: JobContext, q: Queue, in_use: int) -> None:
-    """A batch was accepted with ``in_use`` queued (this one included): a probed limit
-    grows to what was accepted (see :attr:`Queue.trying` for how a job tries more)."""
-    if q.source != "probe" or q.limit is None or q.cap is None:
-        return
-    limit = q.limit
-    if q.probing:
-        if in_use >= q.cap - (q.piece or 0):  # filled without a refusal: proven
-            limit = in_use
-    elif in_use > limit:  # a try above the limit was accepted
-        limit = in_use
-    if limit != q.limit:
-        ctx.ledger.set_quota_limit(q.key, q.model, limit=limit)
 
 
 def late_refusal(ctx: JobContext, batch: dict[str, Any], info: BatchInfo, refusal: Refusal) -> None:

@@ -168,8 +168,6 @@ def send_rows(
             if not sent:
                 return  # the job was cancelled from another process
             if queue.limit is not None:
-                in_use = ctx.ledger.quota_in_use(queue.key, queue.model)
-                _quota.accepted(ctx, queue, in_use)
                 if new_wave:
                     left = len(positions) - start - stop * size
                     _quota.wave_started(ctx, queue, per_row, left)
