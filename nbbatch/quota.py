@@ -419,6 +419,16 @@ def view(ledger: Any, job_id: str, waiting: bool, now: float) -> WaveView | None
     )
 
 
+def status_line(ledger: Any, job_id: str, now: float) -> str | None:
+    """The wave line of a running job for views that read the ledger rather than a
+    snapshot (``nbbatch jobs``, the JupyterLab sidebar); None when it was never sent
+    in waves or has nothing left to send."""
+    found = view(ledger, job_id, True, now)
+    if found is None or not ledger.waves(job_id).get("left"):
+        return None
+    return found.line()
+
+
 def plan(total_units: int, limit: int | None, unit: str, wave_seconds: float | None) -> str | None:
     """What the estimate says of waves before sending: e.g. ``3 waves of at most 2M
     queued tokens (about 2h 10m at the last wave's pace)``; None when one wave holds

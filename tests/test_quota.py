@@ -180,3 +180,26 @@ def test_queue_options_are_checked_before_anything_is_sent(oai):
         nb.submit(frame(3), "{text}", model="gpt-4o-mini", client=oai, queue_limit=-5)
     with pytest.raises(nb.InputError, match="tier"):
         nb.submit(frame(3), "{text}", model="gpt-4o-mini", client=oai, tier="gold")
+
+
+def test_nbbatch_jobs_and_the_sidebar_say_it_too():
+    import subprocess
+    import sys
+
+    from nbbatch.labext import views
+
+    with emulator.start(processing_seconds=5.0, enqueued_token_limit=4_000) as server:
+        client = client_for("openai", server)
+        job = nb.submit(frame(), "{text}", model="gpt-4o-mini", client=client,
+                        queue_limit=4_000)  # fmt: skip
+        job.wait_sent()
+        listed = views.job_view(default_ledger(), job.id)
+        assert listed is not None
+        assert listed["quota"].startswith("waiting for quota: wave 1 of 3 — ")
+        assert "queued tokens in use for gpt-4o-mini" in listed["quota"]
+        shown = subprocess.run(
+            [sys.executable, "-m", "nbbatch.cli", "jobs"], capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert f"{job.id}: waiting for quota: wave 1 of 3 — " in shown.stdout
+        job.cancel()

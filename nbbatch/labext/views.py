@@ -42,7 +42,7 @@ class Conflict(Exception):
 
 def jobs_view(ledger: Ledger, root_dir: str | None = None, now: float | None = None) -> dict:
     """Every job in ``ledger``, newest first, as the module docstring's schema."""
-    from .. import api
+    from .. import api, quota
 
     now = time.time() if now is None else now
     table = api.jobs(ledger)  # the public listing: status, counts and cost as nb.jobs()
@@ -56,7 +56,12 @@ def jobs_view(ledger: Ledger, root_dir: str | None = None, now: float | None = N
         if record is None:  # forgotten between the two reads
             continue
         try:
-            out.append(_job(row, record, oldest_open.get(row["id"]), root_dir, now))
+            job = _job(row, record, oldest_open.get(row["id"]), root_dir, now)
+            # Sent in waves under the account's queue limit: which wave, how full.
+            job["quota"] = (
+                quota.status_line(ledger, row["id"], now) if job["status"] == "running" else None
+            )
+            out.append(job)
         except Exception as exc:  # one broken record must not empty the sidebar
             out.append(_unreadable(row, record, exc, now))
     return {
