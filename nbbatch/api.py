@@ -1139,6 +1139,8 @@ def preview(
     missing: str = "skip",
     cache_system: bool = False,
     pack: int | None = None,
+    queue_limit: int | dict[str, int] | None = None,
+    tier: str | None = None,
     **params: Any,
 ) -> Preview:
     """The first ``n`` rendered requests and, for the whole job, the estimated tokens and
@@ -1169,7 +1171,11 @@ def preview(
 
     ``response_format`` is taken as ``submit`` takes it (a pydantic model or a JSON
     schema), so that answers reusable from a structured job are recognised.
+    With a batch queue limit known (``queue_limit=`` or ``tier=`` as ``submit`` takes
+    them, or learned by an earlier job of the account in the ledger), the summary says
+    how many waves the job needs and, from the account's last wave, roughly how long.
     """
+    _quota.check_options(queue_limit, tier)
     _checks.arguments(
         prompt=prompt, n=n, system=system, max_tokens=max_tokens, id_column=id_column,
         endpoint=endpoint, provider=provider, missing=missing, cache_system=cache_system,
@@ -1233,12 +1239,36 @@ def preview(
             note=(est.note + "; " if est.note else "")
             + "answers reusable from earlier jobs not checked (no client or key)",
         )
+    est = _with_waves(est, name, client, address, ledger, model, queue_limit, tier)
     # Tokens per shown row (the estimate above counts distinct requests, not rows).
     shown = _estimate_mod.estimate(prompts, model=model, system=system, endpoint=endpoint)
     table = _estimate_mod.preview_table(ids, prompts, shown.per_row_input, n)
     out = Preview(table, columns=["custom_id", "prompt", "input_tokens"])
     out.estimate = est
     return out
+
+
+def _with_waves(
+    est: _estimate_mod.Estimate,
+    name: str,
+    client: Any,
+    address: str | None,
+    ledger: Ledger | None,
+    model: str,
+    queue_limit: Any,
+    tier: Any,
+) -> _estimate_mod.Estimate:
+    """``est`` with the waves the job needs under the limit known for its account."""
+    cls = _providers.provider_class(name)
+    learned = None
+    if ledger is not None and address is not None and client is not None:
+        account = _quota.account_of(name, address, client, ledger.path.parent)
+        learned = ledger.quota_limit(account, model if cls.quota_per_model else "*")
+    limit = _quota.known_limit(cls, model, queue_limit, tier, learned)
+    total = est.rows if cls.quota_unit == "requests" else est.input_tokens
+    seconds = learned.get("wave_seconds") if learned else None
+    waves = _quota.plan(total, limit, cls.quota_unit, seconds)
+    return dataclasses.replace(est, waves=waves) if waves else est
 
 
 def _address(name: str, client: Any, local: bool) -> str | None:

@@ -112,9 +112,30 @@ def account(ctx: JobContext) -> str:
     """The account a job's batches queue in: its provider, address and key (as a keyed
     fingerprint, never the key)."""
     provider = ctx.provider
-    key = credentials.key_of(provider.client)
-    mark = credentials.fingerprint(key, ctx.ledger.path.parent)[:16] if key else "-"
-    return f"{ctx.provider_name}|{provider.base_url}|{mark}"
+    return account_of(ctx.provider_name, provider.base_url, provider.client, ctx.ledger.path.parent)
+
+
+def account_of(name: str, base_url: str, client: Any, home: Any) -> str:
+    """:func:`account` from its parts: provider ``name``, address, SDK client (its
+    key, fingerprinted with the secret kept in the ledger folder ``home``)."""
+    key = credentials.key_of(client)
+    mark = credentials.fingerprint(key, home)[:16] if key else "-"
+    return f"{name}|{base_url}|{mark}"
+
+
+def known_limit(
+    cls: type[Provider], model: str, queue_limit: Any, tier: Any, learned: dict[str, Any] | None
+) -> int | None:
+    """The limit a job would start with (see :func:`queue`), before it has a context."""
+    given = user_limit(queue_limit, model)
+    if given is not None:
+        return given
+    known = [int(learned["limit"])] if learned and learned.get("limit") else []
+    if tier:
+        published = cls.tier_limit(str(tier), model)
+        if published is not None:
+            known.append(published)
+    return min(known) if known else None
 
 
 def check_options(queue_limit: Any, tier: Any) -> None:
@@ -445,6 +466,9 @@ def plan(total_units: int, limit: int | None, unit: str, wave_seconds: float | N
     if wave_seconds:
         text += f" (about {format_seconds(waves * wave_seconds)} at the last wave's pace)"
     else:
+        # Anthropic: "most batches finishing in less than 1 hour"
+        # (https://platform.claude.com/docs/build-with-claude/batch-processing); every
+        # provider's completion window is 24 h.
         text += " (each wave lasts as long as its batches: often under an hour, at most 24 h)"
     return text
 

@@ -203,3 +203,14 @@ def test_nbbatch_jobs_and_the_sidebar_say_it_too():
         )  # fmt: skip
         assert f"{job.id}: waiting for quota: wave 1 of 3 — " in shown.stdout
         job.cancel()
+
+
+def test_preview_says_how_many_waves_before_sending():
+    df = pd.DataFrame({"text": [f"{i} " + "x" * 400 for i in range(50_000)]})
+    est = nb.preview(df, "{text}", model="gpt-4o-mini", tier="tier-1").estimate
+    # ~5.4M input tokens against OpenAI's published 2M for gpt-4o-mini at tier 1.
+    assert est.waves.startswith("3 waves of at most 2M queued tokens")
+    assert "queue limit    3 waves" in est.summary()
+    est = nb.preview(df, "{text}", model="claude-haiku-4-5", queue_limit=20_000).estimate
+    assert est.waves.startswith("3 waves of at most 20k queued requests")
+    assert nb.preview(df, "{text}", model="gpt-4o-mini").estimate.waves == ""  # none known

@@ -148,7 +148,8 @@ class AnthropicProvider(Provider):
         found = _STATED_LIMIT.search(message)
         return Refusal(message, int(found.group(1).replace(",", "")) if found else None)
 
-    def tier_limit(self, tier: str, model: str) -> int | None:
+    @classmethod
+    def tier_limit(cls, tier: str, model: str) -> int | None:
         """Anthropic's published "Maximum batch requests in processing queue" at usage
         ``tier`` (one figure for all models)."""
         return tier_value(QUEUE_REQUESTS, tier)

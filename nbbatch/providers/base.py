@@ -235,7 +235,8 @@ class Provider(ABC):
         where the provider allows it; never raises."""
         return None
 
-    def tier_limit(self, tier: str, model: str) -> int | None:
+    @classmethod
+    def tier_limit(cls, tier: str, model: str) -> int | None:
         """The queue limit the provider publishes for usage ``tier`` (``"tier-1"`` ...)
         and ``model``, in :attr:`quota_unit`; None when it publishes none."""
         return None

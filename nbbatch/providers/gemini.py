@@ -182,7 +182,8 @@ class GeminiProvider(Provider):
             return None
         return Refusal(str(getattr(cause, "message", None) or cause))
 
-    def tier_limit(self, tier: str, model: str) -> int | None:
+    @classmethod
+    def tier_limit(cls, tier: str, model: str) -> int | None:
         """Gemini's published "Batch enqueued tokens" for ``model`` at usage ``tier``."""
         row = tier_row(QUEUE_TOKENS, model)
         return tier_value(row, tier) if row else None

@@ -193,7 +193,8 @@ class OpenAIProvider(Provider):
         except openai.OpenAIError as exc:  # best effort: the file expires anyway
             log.info("nbbatch: input file %s of a refused batch not deleted: %s", file_id, exc)
 
-    def tier_limit(self, tier: str, model: str) -> int | None:
+    @classmethod
+    def tier_limit(cls, tier: str, model: str) -> int | None:
         """OpenAI's published batch queue limit for ``model`` at usage ``tier``."""
         row = tier_row(QUEUE_TOKENS, model)
         return tier_value(row, tier) if row else None
