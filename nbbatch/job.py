@@ -325,7 +325,9 @@ class BatchJob:
 
     def wait_sent(self, timeout: float | None = None) -> BatchJob:
         """Block until every row is in a batch at the provider (or answered), not until
-        the batches end: after this, ``job.batch_ids`` lists every batch. Raises what
+        the batches end: after this, ``job.batch_ids`` lists every batch. A job bigger
+        than its account's batch queue has only its first wave sent then: the rest
+        waits, unsent, for room (see :mod:`nbbatch.quota`). Raises what
         stopped the sending, or :class:`TimeoutError` after ``timeout`` seconds (the
         sending goes on)."""
         sender = self._sender

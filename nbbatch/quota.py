@@ -255,13 +255,12 @@ def room(ctx: JobContext, q: Queue, rest: int) -> int | None:
 
 
 def _release_ended(ctx: JobContext, q: Queue) -> bool:
-    """Ask the provider about the other jobs' open batches in the queue (a job nobody
-    polls, its kernel gone, must not hold the room for ever): those that ended are
-    recorded so (their own job still collects them). True if any had."""
+    """Ask the provider about the open batches in the queue, before waiting: those that
+    ended are recorded so (their job still collects them), so the next wave goes before
+    the last one's results are downloaded, and a job nobody polls (its kernel gone)
+    never holds the room for ever. True if any had ended."""
     released = False
-    for batch_id, job_id in ctx.ledger.quota_batches(q.key, q.model):
-        if job_id == ctx.id:
-            continue  # this job's own are polled by its refresh
+    for batch_id, _job_id in ctx.ledger.quota_batches(q.key, q.model):
         try:
             info = ctx.provider.retrieve(batch_id)
         except ProviderError:
