@@ -31,6 +31,7 @@ from . import plan as _plan
 from . import planning as _planning
 from . import prompt as _prompt
 from . import providers as _providers
+from . import quota as _quota
 from . import stream as _stream
 from . import structured as _structured
 from ._errors import ConfigError, InputError, JobNotFoundError
@@ -82,6 +83,8 @@ def submit(
     wait: bool = False,
     progress: bool | str = "auto",
     display: bool | str = "auto",
+    queue_limit: int | dict[str, int] | None = None,
+    tier: str | None = None,
     **params: Any,
 ) -> BatchJob:
     """Send one request per row of ``data`` as a provider batch job; returns at once.
@@ -156,6 +159,14 @@ def submit(
     answers keyed by item, is mapped back to the rows. A row the reply leaves out or
     gets wrong is sent again on its own (retries are never packed). Not for embeddings.
 
+    A job bigger than what the account may have queued at once (the provider's batch
+    queue limit) is sent in waves, each sized to the room left, the next as earlier
+    batches end (see :mod:`nbbatch.quota`); a batch refused for that limit is never a
+    row failure. ``queue_limit`` gives the limit (input tokens for OpenAI and Gemini,
+    requests for Anthropic; an int, or a dict by model), ``tier`` the account's usage
+    tier (``"tier-1"`` ... ``"tier-5"``: the provider's published limits); without
+    either the limit is learned from the first refusal and kept in the ledger.
+
     Everything is validated before anything is sent; a job, its rows and each provider
     batch id are written to the ledger as soon as they exist.
     """
@@ -168,6 +179,7 @@ def submit(
         progress=progress, display=display,
     )  # fmt: skip
     _check_policy(fallback, deadline)
+    _quota.check_options(queue_limit, tier)
     models, when, when_fn = _cascade(model, escalate_when)
     engine = _engines.kind_of(data)  # a Dask or Spark frame: planned on its workers
     source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
@@ -221,6 +233,7 @@ def submit(
         job = _same_job(existing, rows, impl, ledger, data, polling, when_fn, checks)
     else:
         policy = _policy(retries, fallback, alert_threshold, missing, models, when, pack, limit)
+        policy.update(_quota.options(queue_limit, tier))
         n_rows = rows.n_rows if rows is not None else source.n_rows if source else 0
         record = _new_record(
             n_rows, impl, spec, output=output, template=prompt, id_column=id_column
@@ -1126,6 +1139,8 @@ def preview(
     missing: str = "skip",
     cache_system: bool = False,
     pack: int | None = None,
+    queue_limit: int | dict[str, int] | None = None,
+    tier: str | None = None,
     **params: Any,
 ) -> Preview:
     """The first ``n`` rendered requests and, for the whole job, the estimated tokens and
@@ -1156,7 +1171,11 @@ def preview(
 
     ``response_format`` is taken as ``submit`` takes it (a pydantic model or a JSON
     schema), so that answers reusable from a structured job are recognised.
+    With a batch queue limit known (``queue_limit=`` or ``tier=`` as ``submit`` takes
+    them, or learned by an earlier job of the account in the ledger), the summary says
+    how many waves the job needs and, from the account's last wave, roughly how long.
     """
+    _quota.check_options(queue_limit, tier)
     _checks.arguments(
         prompt=prompt, n=n, system=system, max_tokens=max_tokens, id_column=id_column,
         endpoint=endpoint, provider=provider, missing=missing, cache_system=cache_system,
@@ -1220,12 +1239,36 @@ def preview(
             note=(est.note + "; " if est.note else "")
             + "answers reusable from earlier jobs not checked (no client or key)",
         )
+    est = _with_waves(est, name, client, address, ledger, model, queue_limit, tier)
     # Tokens per shown row (the estimate above counts distinct requests, not rows).
     shown = _estimate_mod.estimate(prompts, model=model, system=system, endpoint=endpoint)
     table = _estimate_mod.preview_table(ids, prompts, shown.per_row_input, n)
     out = Preview(table, columns=["custom_id", "prompt", "input_tokens"])
     out.estimate = est
     return out
+
+
+def _with_waves(
+    est: _estimate_mod.Estimate,
+    name: str,
+    client: Any,
+    address: str | None,
+    ledger: Ledger | None,
+    model: str,
+    queue_limit: Any,
+    tier: Any,
+) -> _estimate_mod.Estimate:
+    """``est`` with the waves the job needs under the limit known for its account."""
+    cls = _providers.provider_class(name)
+    learned = None
+    if ledger is not None and address is not None and client is not None:
+        account = _quota.account_of(name, address, client, ledger.path.parent)
+        learned = ledger.quota_limit(account, model if cls.quota_per_model else "*")
+    limit = _quota.known_limit(cls, model, queue_limit, tier, learned)
+    total = est.rows if cls.quota_unit == "requests" else est.input_tokens
+    seconds = learned.get("wave_seconds") if learned else None
+    waves = _quota.plan(total, limit, cls.quota_unit, seconds)
+    return dataclasses.replace(est, waves=waves) if waves else est
 
 
 def _address(name: str, client: Any, local: bool) -> str | None:

@@ -88,7 +88,20 @@ def _jobs(args: argparse.Namespace) -> int:
         )
         table["overdue"] = table["overdue"].map({True: "OVERDUE", False: ""})
     print(table.to_string(index=False))
+    _wave_lines(ledger, list(table.loc[table["status"] == "running", "id"]))
     return OK
+
+
+def _wave_lines(ledger: Any, job_ids: list[str]) -> None:
+    """Below the table, for each running job sent in waves, where its waves are."""
+    import time
+
+    from . import quota
+
+    for job_id in job_ids:
+        line = quota.status_line(ledger, job_id, time.time())
+        if line:
+            print(f"{job_id}: {line}")
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import pack as _pack
+from . import quota as _quota
 from . import results as _results
 from . import rowstore
 from . import send as _send
@@ -67,6 +68,12 @@ def poll_batch(ctx: JobContext, batch: dict[str, Any]) -> None:
             # (the Lab server, while a kernel polls) recorded the end, then stopped short
             # of collecting. Collect the ended batch, never the running one remembered.
             seen = provider.retrieve(batch_id)
+        refusal = provider.quota_refusal(info=seen)
+        if refusal is not None:
+            # Refused for the account's queue quota (nothing ran, nothing is paid): its
+            # rows wait for a later wave, never failed.
+            _quota.late_refusal(ctx, batch, seen, refusal)
+            return
         collect(ctx, seen, batch["intent"], int(batch.get("stage") or 0))
     except ProviderError as exc:
         if not local_batch_gone(ctx, exc):

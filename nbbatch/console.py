@@ -36,7 +36,11 @@ def progress_line(snap: JobSnapshot) -> str:
         head += f" ({snap.provider_status})"
         if snap.stages:  # a job that escalates: which stage runs
             head += f" [{snap.stage_lines[len(snap.stages) - 1].split(' (')[0]}]"
-        sent = [b for b in snap.batches if not b.batch_id.startswith("intent-")]
+        sent = [
+            b
+            for b in snap.batches
+            if not b.batch_id.startswith("intent-") and b.status != "refused"
+        ]
         if sent:
             done = sum(b.done for b in sent)
             total = sum(b.n_requests for b in sent)

@@ -272,6 +272,9 @@ class Estimate:
     # A cascade's later stages, each as if every row went on to it: upper bounds (only
     # the rows escalate_when chooses will go).
     later: tuple[Estimate, ...] = ()
+    # The waves the job needs under the account's batch queue limit, when one is known
+    # (see nbbatch.quota.plan): e.g. "6 waves of at most 2M queued tokens (...)".
+    waves: str = ""
 
     @property
     def saving(self) -> float | None:
@@ -312,6 +315,8 @@ class Estimate:
             f"  cost           {cost}",
             f"  prices         {self._prices()}",
         ]
+        if self.waves:
+            lines.append(f"  queue limit    {self.waves}")
         for i, stage in enumerate(self.later, start=2):
             batch = stage.cost.batch
             at_most = "unknown price" if batch is None else f"at most {pricing.money(batch)} batch"

@@ -330,7 +330,9 @@ class BatchJob:
 
     def wait_sent(self, timeout: float | None = None) -> BatchJob:
         """Block until every row is in a batch at the provider (or answered), not until
-        the batches end: after this, ``job.batch_ids`` lists every batch. Raises what
+        the batches end: after this, ``job.batch_ids`` lists every batch. A job bigger
+        than its account's batch queue has only its first wave sent then: the rest
+        waits, unsent, for room (see :mod:`nbbatch.quota`). Raises what
         stopped the sending, or :class:`TimeoutError` after ``timeout`` seconds (the
         sending goes on)."""
         sender = self._sender
@@ -414,6 +416,10 @@ class BatchJob:
                     if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
                         asked = True
                         _collect.poll_batch(self._ctx, batch)
+                if send and not self.sending and self._send_error is None:
+                    # Batches that just ended made room in the account's queue: the
+                    # next wave goes now, not a poll later (see nbbatch.quota).
+                    self._send_unsent()
                 if (
                     send
                     and not _planning.planning(self._ctx)

@@ -25,6 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,35 @@ def m009_sidebar_checked(db: sqlite3.Connection, files: Path) -> None:
     _script(db, "ALTER TABLE jobs ADD COLUMN checked_at REAL;")
 
 
+def m010_quota(db: sqlite3.Connection, files: Path) -> None:
+    """Batch queue quotas (see :mod:`nbbatch.quota`): the limits learned per account
+    (provider, address and key fingerprint: ``key``) and model, what each batch holds
+    of its account's queue (so every job of the ledger counts what the others have in
+    flight), and each job's wave record, which the views render."""
+    _script(
+        db,
+        """
+        CREATE TABLE quota_limits (
+            key TEXT NOT NULL,           -- provider, address and key fingerprint
+            model TEXT NOT NULL,         -- '*' where the queue is shared by all models
+            unit TEXT NOT NULL,          -- tokens | requests
+            queue_limit INTEGER,         -- what may be queued at once (NULL: unknown)
+            source TEXT,                 -- provider | probe
+            ceiling INTEGER,             -- the least queued amount a refusal was seen at
+            refused_at REAL,
+            wave_seconds REAL,           -- how long a full wave took, last seen
+            updated REAL NOT NULL,
+            PRIMARY KEY (key, model)
+        );
+        ALTER TABLE batches ADD COLUMN quota_key TEXT;
+        ALTER TABLE batches ADD COLUMN quota_model TEXT;
+        ALTER TABLE batches ADD COLUMN quota_units INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX batches_quota ON batches(quota_key, quota_model, ended);
+        ALTER TABLE jobs ADD COLUMN waves TEXT;  -- JSON: the job's waves, for the views
+        """,
+    )
+
+
 def _convert_rows(db: sqlite3.Connection, files: Path, job_id: str) -> None:
     """One job of a ledger from before m004: its ``rows`` as Arrow files and changes."""
     import numpy as np
@@ -447,6 +477,36 @@ def home() -> Path:
     """The folder holding the ledger: ``$NBBATCH_HOME`` or the user data directory."""
     env = os.environ.get("NBBATCH_HOME")
     return Path(env) if env else Path(platformdirs.user_data_dir("nbbatch", appauthor=False))
+
+
+@dataclass(frozen=True)
+class QuotaClaim:
+    """What a batch about to be created takes of its account's queue: ``units``
+    (tokens or requests) of the queue of account ``key`` for ``model``, allowed while
+    what is queued stays within ``cap`` (None: no known limit, only counted)."""
+
+    key: str
+    model: str
+    units: int
+    cap: int | None = None
+
+
+class QuotaFull(Exception):
+    """A batch would not fit its account's queue: ``in_use`` is queued already."""
+
+    def __init__(self, in_use: int) -> None:
+        super().__init__(f"the queue holds {in_use:,} already")
+        self.in_use = in_use
+
+
+def _in_use(db: sqlite3.Connection, key: str, model: str) -> int:
+    """What open batches hold of the queue of account ``key`` for ``model``."""
+    (total,) = db.execute(
+        "SELECT COALESCE(SUM(quota_units), 0) FROM batches "
+        "WHERE quota_key = ? AND quota_model = ? AND ended = 0",
+        (key, model),
+    ).fetchone()
+    return int(total)
 
 
 class Ledger:
@@ -875,7 +935,13 @@ class Ledger:
 
     # -- batches -------------------------------------------------------------------------
     def add_intent(
-        self, job_id: str, part: str, attempt: int, positions: Any, stage: int = 0
+        self,
+        job_id: str,
+        part: str,
+        attempt: int,
+        positions: Any,
+        stage: int = 0,
+        claim: QuotaClaim | None = None,
     ) -> str | None:
         """Record, before a create call, that the leaders at ``positions`` are about to
         be sent.
@@ -889,6 +955,12 @@ class Ledger:
         Returns None, recording nothing, if the job was cancelled (by any process): the
         check and the record are one transaction, so a cancel elsewhere either comes
         first and stops this send, or comes after and finds the intent.
+
+        With a ``claim``, the batch holds ``claim.units`` of its account's queue: when
+        what the ledger's open batches already hold (every job's) plus these would pass
+        ``claim.cap``, nothing is recorded and :class:`QuotaFull` is raised. Check and
+        record are one transaction, so two jobs sending at once never both take the
+        last room.
         """
         intent = f"intent-{secrets.token_hex(8)}"
         name = self._write_table(
@@ -899,11 +971,19 @@ class Ledger:
             if status == "cancelled":
                 (self.files / job_id / name).unlink(missing_ok=True)
                 return None
+            if claim is not None and claim.cap is not None:
+                in_use = _in_use(db, claim.key, claim.model)
+                if in_use and in_use + claim.units > claim.cap:
+                    (self.files / job_id / name).unlink(missing_ok=True)
+                    raise QuotaFull(in_use)
             db.execute(
                 "INSERT INTO batches (batch_id, intent, job_id, attempt, created, n_requests, "
-                "status, part, raw, stage) VALUES (?, ?, ?, ?, ?, ?, 'sending', ?, ?, ?)",
+                "status, part, raw, stage, quota_key, quota_model, quota_units) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'sending', ?, ?, ?, ?, ?, ?)",
                 (intent, intent, job_id, attempt, time.time(), len(positions), part,
-                 orjson.dumps(owner()).decode(), stage),
+                 orjson.dumps(owner()).decode(), stage,
+                 claim.key if claim else None, claim.model if claim else None,
+                 claim.units if claim else 0),
             )  # fmt: skip
             _insert_change(
                 db, job_id, "send", intent, attempt, "batch", name, len(positions), stage
@@ -937,6 +1017,97 @@ class Ledger:
                 _insert_change(db, job_id, "send", None, attempt, "batch", file, n, stage)
                 self._event(db, job_id, "resume", f"{intent}: no batch at the provider")
                 self._summarise(db, job_id)
+
+    def refuse_batch(self, batch_id: str, failure: str, raw: dict[str, Any]) -> None:
+        """A batch the provider refused for its queue quota (it ran nothing, nothing is
+        paid): it ends ``refused``, holds no quota, and its rows go back to pending and
+        unsent, to go in a later wave (never failed)."""
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT c.job_id, c.attempt, c.file, c.n, c.stage FROM changes c "
+                "JOIN batches b ON c.batch = b.intent WHERE b.batch_id = ? AND c.kind = 'send' "
+                "ORDER BY c.seq DESC LIMIT 1",
+                (batch_id,),
+            ).fetchone()
+            db.execute(
+                "UPDATE batches SET status = 'refused', ended = 1, collected = 1, failure = ?, "
+                "raw = ?, quota_units = 0 WHERE batch_id = ?",
+                (failure, orjson.dumps(raw).decode(), batch_id),
+            )
+            if row:
+                job_id, attempt, file, n, stage = row
+                _insert_change(db, job_id, "send", None, attempt, "batch", file, n, stage)
+                self._event(db, job_id, "quota", f"batch {batch_id} refused for quota: {failure}")
+                self._summarise(db, job_id)
+
+    def quota_in_use(self, key: str, model: str) -> int:
+        """What the ledger's open batches (every job's, intents included) hold of the
+        queue of account ``key`` for ``model``."""
+        with self._lock:
+            return _in_use(self._db, key, model)
+
+    def quota_batches(self, key: str, model: str) -> list[tuple[str, str]]:
+        """``(batch_id, job_id)`` of the ledger's open batches in the queue of account
+        ``key`` for ``model`` that the provider confirmed (intents left out)."""
+        rows = self.query(
+            "SELECT batch_id, job_id FROM batches WHERE quota_key = ? AND quota_model = ? "
+            "AND ended = 0 AND batch_id NOT LIKE 'intent-%'",
+            (key, model),
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def quota_open(self, key: str, model: str) -> list[str]:
+        """The statuses of the ledger's open batches in the queue of account ``key``
+        for ``model`` (``sending`` for a create call not yet answered)."""
+        rows = self.query(
+            "SELECT status FROM batches WHERE quota_key = ? AND quota_model = ? AND ended = 0",
+            (key, model),
+        )
+        return [str(r[0]) for r in rows]
+
+    def quota_limit(self, key: str, model: str) -> dict[str, Any] | None:
+        """What was learned of the queue limit of account ``key`` for ``model``."""
+        rows = self.query(
+            "SELECT unit, queue_limit, source, ceiling, refused_at, wave_seconds, updated "
+            "FROM quota_limits "
+            "WHERE key = ? AND model = ?",
+            (key, model),
+        )
+        if not rows:
+            return None
+        names = ("unit", "limit", "source", "ceiling", "refused_at", "wave_seconds", "updated")
+        return dict(zip(names, rows[0], strict=True))
+
+    def set_quota_limit(self, key: str, model: str, **values: Any) -> None:
+        """Record what was learned of a queue limit (``unit``, ``limit``, ``source``,
+        ``ceiling``, ``refused_at``, ``wave_seconds``); values not given are kept."""
+        columns = {"unit": "unit", "limit": "queue_limit", "source": "source",
+                   "ceiling": "ceiling", "refused_at": "refused_at",
+                   "wave_seconds": "wave_seconds"}  # fmt: skip
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO quota_limits (key, model, unit, updated) "
+                "VALUES (?, ?, ?, ?)",
+                (key, model, values.get("unit") or "tokens", time.time()),
+            )
+            for name, value in values.items():
+                db.execute(
+                    f"UPDATE quota_limits SET {columns[name]} = ?, updated = ? "
+                    "WHERE key = ? AND model = ?",
+                    (value, time.time(), key, model),
+                )
+
+    def waves(self, job_id: str) -> dict[str, Any]:
+        """The job's wave record (see :mod:`nbbatch.quota`), or {}."""
+        rows = self.query("SELECT waves FROM jobs WHERE id = ?", (job_id,))
+        return dict(orjson.loads(rows[0][0])) if rows and rows[0][0] else {}
+
+    def set_waves(self, job_id: str, waves: dict[str, Any]) -> None:
+        """Replace the job's wave record."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET waves = ? WHERE id = ?", (orjson.dumps(waves).decode(), job_id)
+            )
 
     def take_sending(self, job_id: str) -> bool:
         """Become the job's one sender, unless a live one holds it (False then). The
@@ -1074,7 +1245,8 @@ class Ledger:
         with self._lock:
             cur = self._db.execute(
                 "SELECT batch_id, intent, attempt, created, n_requests, status, ended, collected,"
-                " failure, done, part, raw, stage FROM batches WHERE job_id = ? "
+                " failure, done, part, raw, stage, quota_key, quota_model, quota_units "
+                "FROM batches WHERE job_id = ? "
                 "ORDER BY created, batch_id",
                 (job_id,),
             )

@@ -22,8 +22,9 @@ import orjson
 from . import engines, rowstore
 from . import pack as _pack
 from . import plan as _plan
+from . import quota as _quota
 from ._errors import BatchFailedError, NbbatchError, ProviderError
-from .ledger import alive
+from .ledger import QuotaClaim, QuotaFull, alive
 from .providers.base import BatchInfo, RequestSpec, http_status
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Progress:
     # While a large table is planned first (see nbbatch.planning): rows planned of all.
     planned: int = 0
     to_plan: int = 0
+    waiting: bool = False  # the account's batch queue is full: the rest waits
 
     def text(self) -> str:
         """E.g. ``uploading 7/20 batches (140 MB sent)``; ``building the batches`` before
@@ -115,23 +117,88 @@ def send_rows(
     # A frame planned on a cluster's workers (Dask, Spark) comes with its request lines
     # encoded there, one per row: they are taken as they are, not encoded again here.
     built = engines.prebuilt(ctx, spec, stage) if size == 1 else None
+    # The account's batch queue (see nbbatch.quota): batches sized to the room it has,
+    # the rest left unsent for the next wave when it is full.
+    queue = _quota.queue(ctx, spec)
+    new_wave = True
     for start in range(0, len(positions), limit * size):
         block = positions[start : start + limit * size]
         jsonl, ends = _encode_block(ctx, state, block, spec, size, built)
-        pieces = list(_plan.chunk_bounds(ends, max_count=limit, max_bytes=provider.max_bytes))
-        progress.expected += len(pieces) - 1
-        for first, stop in pieces:
+        units = _quota.line_units(provider, spec, jsonl, ends)
+        per_row = float(units.sum()) / max(1, len(block))
+        first = 0
+        while first < len(ends):
             if progress.cancelled:
                 return
+            stop = _piece_end(ends, units, first, limit, provider.max_bytes, queue.piece)
+            rest = int(units[first:].sum()) + int(per_row * (len(positions) - start - len(block)))
+            allowed = _quota.room(ctx, queue, rest)
+            if allowed is not None:
+                stop = first + max(
+                    1, int(np.searchsorted(np.cumsum(units[first:stop]), allowed, "right"))
+                )
+                if allowed == 0:
+                    _wait_for_room(ctx, progress, per_row, len(positions) - start - first * size)
+                    return
+            if (first, stop) != (0, len(ends)):
+                progress.expected += 1
             begin, end = (int(ends[first - 1]) if first else 0), int(ends[stop - 1])
             # The whole block fits in one batch (the usual case): no copy of its bytes.
             chunk = jsonl if (begin, end) == (0, len(jsonl)) else jsonl[begin:end]
             part = f"{prefix}:{progress.created + 1}"
             rows = block[first * size : stop * size]
-            if not _send_piece(ctx, rows, chunk, attempt, part, spec, stage, progress, lock):
+            claim = _quota.claim(queue, int(units[first:stop].sum()))
+            try:
+                sent = _send_piece(
+                    ctx, rows, chunk, attempt, part, spec, stage, progress, lock, claim
+                )
+            except QuotaFull:  # another job took the room first
+                _wait_for_room(ctx, progress, per_row, len(positions) - start - first * size)
+                return
+            except _quota.QuotaRefused as exc:
+                _quota.refused(
+                    ctx,
+                    queue,
+                    exc.refusal,
+                    claim.units,
+                    ctx.ledger.quota_in_use(queue.key, queue.model),
+                )
+                _wait_for_room(ctx, progress, per_row, len(positions) - start - first * size)
+                return
+            if not sent:
                 return  # the job was cancelled from another process
+            if queue.limit is not None:
+                if new_wave:
+                    left = len(positions) - start - stop * size
+                    _quota.wave_started(ctx, queue, per_row, left)
+                    new_wave = False
+                queue = _quota.queue(ctx, spec)  # what was learned, for the next piece
+            first = stop
         del jsonl
+    if not new_wave:
+        _quota.waves_left(ctx, 0.0, 0)
     progress.active = False
+
+
+def _piece_end(
+    ends: np.ndarray, units: np.ndarray, first: int, count: int, max_bytes: int, cap: int | None
+) -> int:
+    """Where the batch starting at line ``first`` ends: at most ``count`` lines,
+    ``max_bytes`` bytes and (with a queue limit) ``cap`` units, and at least one line."""
+    stop = next(_plan.chunk_bounds(ends[first:] - (int(ends[first - 1]) if first else 0),
+                                   max_count=count, max_bytes=max_bytes))[1] + first  # fmt: skip
+    if cap is not None:
+        fits = int(np.searchsorted(np.cumsum(units[first:stop]), cap, side="right"))
+        stop = first + max(1, min(stop - first, fits))
+    return stop
+
+
+def _wait_for_room(ctx: JobContext, progress: Progress, per_row: float, unsent: int) -> None:
+    """The queue is full: the rest of this pass stays unsent for the next wave."""
+    progress.active = False
+    progress.waiting = True
+    _quota.waves_left(ctx, per_row, unsent)
+    ctx.on_progress()
 
 
 def _encode_block(
@@ -169,12 +236,17 @@ def _send_piece(
     stage: int,
     progress: Progress,
     lock: threading.RLock | None,
+    claim: QuotaClaim | None = None,
 ) -> bool:
     """Send one chunk as a batch, holding ``lock``, and count it in ``progress``;
-    False when the job was cancelled meanwhile (nothing sent)."""
+    False when the job was cancelled meanwhile (nothing sent). A full queue raises
+    :class:`~nbbatch.ledger.QuotaFull` (nothing sent) or
+    :class:`~nbbatch.quota.QuotaRefused` (the provider refused it; its rows unsent)."""
     try:
         with lock or threading.RLock():
-            sent = _send_chunk(ctx, rows, chunk, attempt, part, spec, stage)
+            sent = _send_chunk(ctx, rows, chunk, attempt, part, spec, stage, claim)
+    except _quota.QuotaRefused:
+        raise
     except ProviderError:
         progress.active = False
         raise
@@ -196,6 +268,7 @@ def _send_chunk(
     part: str,
     spec: RequestSpec,
     stage: int = 0,
+    claim: QuotaClaim | None = None,
 ) -> bool:
     """One chunk: intent, create (with retries while the provider is busy), confirm.
 
@@ -204,12 +277,15 @@ def _send_chunk(
     it made is cancelled here, the moment it is confirmed.
     """
     ledger = ctx.ledger
-    intent = ledger.add_intent(ctx.id, part, attempt, positions, stage)
+    intent = ledger.add_intent(ctx.id, part, attempt, positions, stage, claim)
     if intent is None:
         return False
     metadata = {"nbbatch_job": ctx.id, "nbbatch_part": part}
     try:
         info = create(ctx, chunk, spec, metadata)
+    except _quota.QuotaRefused:
+        ledger.release_intent(intent)  # no batch: the rows wait for the next wave
+        raise
     except BatchFailedError as exc:
         # The provider refused this batch's content: sending it again as it is would be
         # refused again, so its rows end failed (retryable once something changes).
@@ -253,6 +329,9 @@ def create(ctx: JobContext, chunk: bytes, spec: RequestSpec, metadata: dict[str,
         try:
             return ctx.provider.create(chunk, spec, metadata)
         except ProviderError as exc:
+            refusal = ctx.provider.quota_refusal(error=exc)
+            if refusal is not None:  # the queue is full: waiting, not retrying, helps
+                raise _quota.QuotaRefused(refusal, exc) from exc
             if not exc.transient or tries == CREATE_TRIES:
                 raise
             ctx.warn(f"the provider is busy ({exc}); trying again in {delay:.0f} s")

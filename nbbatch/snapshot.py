@@ -25,6 +25,7 @@ from .pricing import Cost
 
 if TYPE_CHECKING:
     from .context import JobContext
+    from .quota import WaveView
     from .rowstore import RowState
 
 #: Row states, in display order. ``pending`` is the only non-terminal one.
@@ -159,6 +160,17 @@ class JobSnapshot:
     stage_due: bool = False
     # Why the job ended ``failed`` (a cascade that could not choose its next rows).
     failure: str | None = None
+    # A job sent in waves under its account's batch queue limit (see nbbatch.quota):
+    # which wave, how full the queue is, and the ETA from the waves so far.
+    waves: WaveView | None = None
+
+    @property
+    def quota_line(self) -> str | None:
+        """``waiting for quota: wave 3 of 12 — 1.9M of 2M queued tokens in use for
+        gpt-4o-mini, about 40m to go`` while a job goes in waves; else None."""
+        if self.waves is None or self.finished:
+            return None
+        return self.waves.line()
 
     @property
     def last_model(self) -> str:
@@ -331,6 +343,8 @@ class JobSnapshot:
         words = open_ or [b.status for b in self.batches[-1:]]
         if self.sending:
             words = [self.sending, *words]
+        if self.quota_line:
+            words = [self.quota_line, *words]
         return ", ".join(dict.fromkeys(words)) or "not sent"
 
     @property
@@ -365,7 +379,7 @@ def models_text(models: list[str]) -> str:
     return " -> ".join(shown)
 
 
-_ENDED_WORDS = frozenset({"completed", "failed", "expired", "cancelled", "ended"})
+_ENDED_WORDS = frozenset({"completed", "failed", "expired", "cancelled", "ended", "refused"})
 
 
 class ProgressTrail:
@@ -407,7 +421,8 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
     """The job as its ledger (and this session) has it now: no network call."""
     # Imported here: escalate brings pandas, whose import hook loads the accessor and
     # with it the views, which import this module.
-    from . import escalate, planning, rowstore
+    from . import escalate, planning, quota, rowstore
+    from .send import unsent
 
     if planning.planning(ctx):
         return planning_snapshot(ctx, session)
@@ -463,6 +478,7 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
         cascade=tuple((ctx.policy.get("cascade") or {}).get("models") or ()),
         stage_due=stage_due,
         failure=escalate.failure(ctx) if status == "failed" else None,
+        waves=quota.view(ctx.ledger, ctx.id, bool(len(unsent(state))), now),
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 import nbbatch as nb
 from nbbatch import emulator
 
-from .conftest import model_for, openai_client
+from .conftest import client_for, model_for, openai_client
 
 PROMPT = "Classify: {text}"
 
@@ -208,3 +208,43 @@ def test_an_empty_frame_is_refused_and_nothing_recorded(client):
     with pytest.raises(nb.InputError, match="no rows"):
         nb.submit(pd.DataFrame({"text": []}), PROMPT, model=model_for(client), client=client)
     assert nb.jobs().empty
+
+
+# The same round trips on an account whose batch queue holds a fraction of each job:
+# the jobs go in waves (see nbbatch.quota), and must end exactly as above.
+TIGHT = {"enqueued_token_limit": 60, "anthropic_queue_limit": 8, "gemini_enqueued_token_limit": 60}
+
+
+@pytest.fixture(scope="module")
+def tight_emu():
+    with emulator.start(processing_seconds=0.05, **TIGHT) as server:
+        yield server
+
+
+@pytest.fixture(params=["openai", "anthropic", "gemini"])
+def tight(request, tight_emu):
+    return client_for(request.param, tight_emu)
+
+
+@pytest.mark.parametrize(
+    ("case", "over"),
+    [
+        (test_dataframe_round_trip_keeps_index_columns_and_order, True),  # 4x the queue
+        (test_series_round_trip, False),
+        (test_id_column_names_the_rows_and_aligns_a_reordered_frame, False),
+        (test_a_failing_row_ends_failed_with_its_error_and_the_others_succeed, False),
+    ],
+    ids=lambda f: f.__name__.removeprefix("test_")[:30] if callable(f) else str(f),
+)
+def test_round_trips_at_a_tight_queue_limit(tight, case, over):
+    if case is test_series_round_trip:
+        case(tight, "{comment}")
+    else:
+        case(tight)
+    from nbbatch.ledger import default
+
+    # A job over the queue went in waves: more batches than jobs.
+    ((jobs, batches),) = default().query(
+        "SELECT COUNT(DISTINCT job_id), COUNT(*) FROM batches WHERE status != 'refused'"
+    )
+    assert batches > jobs if over else batches >= jobs

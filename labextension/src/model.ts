@@ -30,6 +30,8 @@ export interface IJob {
   cost_estimated: boolean;
   overdue: boolean;
   alert: string | null;
+  /** Sent in waves under the account's batch queue limit: which wave, how full. */
+  quota?: string | null;
   attach: string;
   /** When the provider last answered a poll of the job, from any process (epoch s). */
   checked: number | null;

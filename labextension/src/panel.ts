@@ -184,6 +184,9 @@ export class JobsPanel extends Widget {
       el('div', 'nbbatch-job-counts', countsText(job)),
       el('div', 'nbbatch-job-cost', money(job.cost, job.cost_estimated))
     );
+    if (job.quota) {
+      li.append(el('div', 'nbbatch-job-quota', job.quota));
+    }
     if (job.alert) {
       li.append(el('div', 'nbbatch-job-alert', job.alert));
     }

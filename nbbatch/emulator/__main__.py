@@ -14,6 +14,7 @@ from typing import Any
 
 from . import _background
 from ._emulator import start
+from ._faults import TIERS
 
 
 def _load_responder(spec: str) -> Any:
@@ -62,7 +63,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-attempts", type=int, default=1, help="-1: every attempt")
     parser.add_argument("--no-shuffle", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--enqueued-token-limit", type=int, default=None)
+    parser.add_argument(
+        "--tier",
+        choices=TIERS,
+        default=None,
+        help="apply each provider's published batch queue limits for this usage tier "
+        "(default: no limits)",
+    )
+    parser.add_argument(
+        "--enqueued-token-limit", type=int, default=None, help="OpenAI: queued tokens per model"
+    )
+    parser.add_argument(
+        "--anthropic-queue-limit", type=int, default=None, help="Anthropic: requests queued"
+    )
+    parser.add_argument(
+        "--anthropic-create-rate", type=int, default=None, help="Anthropic: creates per minute"
+    )
+    parser.add_argument(
+        "--gemini-enqueued-token-limit",
+        type=int,
+        default=None,
+        help="Gemini: queued tokens per model",
+    )
     parser.add_argument(
         "--models",
         action="append",
@@ -120,7 +142,11 @@ def main(argv: list[str] | None = None) -> None:
         fault_attempts=None if args.fault_attempts < 0 else args.fault_attempts,
         shuffle=not args.no_shuffle,
         seed=args.seed,
+        tier=args.tier,
         enqueued_token_limit=args.enqueued_token_limit,
+        anthropic_queue_limit=args.anthropic_queue_limit,
+        anthropic_create_rate=args.anthropic_create_rate,
+        gemini_enqueued_token_limit=args.gemini_enqueued_token_limit,
         state_dir=args.state_dir,
         models=models,
         gemini_out_of_order=args.gemini_out_of_order,

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from . import _models, _responder, _validate_anthropic
+from . import _models, _quotas, _responder, _validate_anthropic
 from ._anthropic_replies import (
     error_json,
     last_user,
@@ -144,8 +144,64 @@ def _check_requests(body: Any) -> list[dict[str, Any]]:
     return requests
 
 
+def _queued(b: BatchRecord, t: float) -> int:
+    """Requests of batch ``b`` still in the processing queue at ``t``: those not yet
+    processed (a cancelled batch's stay until the cancel is done)."""
+    if b.ended_at(t) is not None:
+        return 0
+    upto = t if b.cancel_at is None else min(t, b.cancel_at)
+    return b.n - b.done_rows(upto)
+
+
+def _queue_room_in(store: Store, t: float, wanted: int, limit: int) -> float:
+    """Seconds until ``wanted`` more requests fit in the queue (each batch leaves it as
+    it is processed); when they never fit, until every batch now queued has ended."""
+    batches = [b for b in store.list_batches("anthropic") if b.ended_at(t) is None]
+    ends = sorted(b.processed if b.cancel_done is None else b.cancel_done for b in batches)
+    for end in ends:
+        if sum(_queued(b, end) for b in batches) + wanted <= limit:
+            return end - t
+    return (ends[-1] - t) if ends else 0.0
+
+
+def _check_quotas(store: Store, wanted: int, t: float) -> None:
+    """Refuse a create over the Message Batches API rate or processing-queue limit with
+    429 ``rate_limit_error`` and ``retry-after``, as Anthropic does
+    (https://docs.anthropic.com/en/api/rate-limits: "If you exceed any of the rate
+    limits you will get a 429 error ... along with a retry-after header")."""
+    knobs = store.knobs
+    rate = _quotas.anthropic_create_rate(knobs)
+    if rate is not None:
+        wait = store.anthropic_creates.take(rate, t)
+        if wait > 0:
+            raise ApiError(
+                429,
+                _quotas.anthropic_rate_refusal(rate),
+                type="rate_limit_error",
+                headers={"retry-after": _quotas.retry_after(wait)},
+            )
+    limit = _quotas.anthropic_queue_limit(knobs)
+    if limit is None:
+        return
+    queued = sum(_queued(b, t) for b in store.list_batches("anthropic"))
+    if queued + wanted > limit:
+        raise ApiError(
+            429,
+            _quotas.anthropic_queue_refusal(limit, queued, wanted),
+            type="rate_limit_error",
+            headers={"retry-after": _quotas.retry_after(_queue_room_in(store, t, wanted, limit))},
+        )
+
+
 def create_batch_sync(store: Store, body: Any, host: str) -> dict[str, Any]:
     requests = _check_requests(body)
+    with store.lock:  # the quota checks and the new batch, as one step
+        _check_quotas(store, len(requests), store.now())
+        return _register(store, requests, host)
+
+
+def _register(store: Store, requests: list[dict[str, Any]], host: str) -> dict[str, Any]:
+    """Create the batch of checked ``requests`` (under the store's lock)."""
     knobs = store.knobs
     path = store.new_path("requests-")
     rows: list[RowInfo] = []

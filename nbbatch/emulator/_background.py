@@ -9,7 +9,8 @@ batches of the last one. It exits by itself after a period without requests
 (``NBBATCH_EMULATOR_IDLE_SECONDS``, default four hours). Its batches take the shared
 timings (about 4 s); ``NBBATCH_EMULATOR_SPEED`` divides all of them (tests run it
 fast) and ``NBBATCH_EMULATOR_PROCESSING_SECONDS`` then sets the processing time itself.
-Both variables are read when the process starts.
+``NBBATCH_EMULATOR_TIER`` and ``NBBATCH_EMULATOR_QUOTAS`` give it batch queue quotas
+(see :func:`quotas_from_env`). These variables are read when the process starts.
 
 Files under ``HOME/emulator/`` (a folder only its owner can enter: made 0700, tightened
 to 0700 when found looser, refused when it belongs to another user)::
@@ -61,6 +62,18 @@ IDLE_ENV = "NBBATCH_EMULATOR_IDLE_SECONDS"
 PROCESSING_ENV = "NBBATCH_EMULATOR_PROCESSING_SECONDS"
 #: A factor that divides every stage's time (validating, processing, finalizing).
 SPEED_ENV = "NBBATCH_EMULATOR_SPEED"
+#: A usage tier whose published batch queue limits it applies (``tier-1`` ... ``tier-5``).
+TIER_ENV = "NBBATCH_EMULATOR_TIER"
+#: Explicit queue limits, ``name=value`` pairs separated by commas (the names of
+#: ``nb.emulator.start``: enqueued_token_limit, anthropic_queue_limit,
+#: anthropic_create_rate, gemini_enqueued_token_limit).
+QUOTAS_ENV = "NBBATCH_EMULATOR_QUOTAS"
+QUOTA_NAMES = (
+    "enqueued_token_limit",
+    "anthropic_queue_limit",
+    "anthropic_create_rate",
+    "gemini_enqueued_token_limit",
+)
 DEFAULT_IDLE_SECONDS = 4 * 3600.0
 #: How long a starting process may take before we give up on it (the machine may be busy).
 START_TIMEOUT = 60.0
@@ -112,6 +125,31 @@ def _seconds(variable: str, default: float) -> float:
     if value <= 0:
         raise ValueError(f"{variable} must be positive, found {raw!r}")
     return value
+
+
+def quotas_from_env() -> dict[str, object]:
+    """The queue-quota knobs ``$NBBATCH_EMULATOR_TIER`` and ``$NBBATCH_EMULATOR_QUOTAS``
+    ask for (empty: none), checked so a mistake names the variable and the fix."""
+    knobs: dict[str, object] = {}
+    tier = os.environ.get(TIER_ENV, "").strip()
+    if tier:
+        knobs["tier"] = tier
+    raw = os.environ.get(QUOTAS_ENV, "").strip()
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in QUOTA_NAMES:
+            raise ValueError(
+                f"{QUOTAS_ENV} takes name=value pairs separated by commas, with names among "
+                f"{list(QUOTA_NAMES)}; found {item!r}"
+            )
+        try:
+            knobs[name] = int(value.strip().replace("_", ""))
+        except ValueError:
+            raise ValueError(
+                f"{QUOTAS_ENV}: {name} must be a whole number, found {value!r}"
+            ) from None
+    return knobs
 
 
 def find(home: str | Path) -> Background | None:
@@ -176,10 +214,11 @@ def serve(folder: Path, port: int, idle: float) -> None:
     speed = _seconds(SPEED_ENV, 1.0)  # a positive number, as seconds are
     timings = {name: value / speed for name, value in SHARED_TIMINGS.items()}
     timings["processing_seconds"] = _seconds(PROCESSING_ENV, timings["processing_seconds"])
+    knobs: dict[str, object] = {**timings, **quotas_from_env()}
     try:  # the port it had before, so base_urls recorded by jobs stay valid
-        emu = start(port=port, state_dir=folder, token=token, **timings)  # type: ignore[arg-type]
+        emu = start(port=port, state_dir=folder, token=token, **knobs)  # type: ignore[arg-type]
     except OSError:
-        emu = start(port=0, state_dir=folder, token=token, **timings)  # type: ignore[arg-type]
+        emu = start(port=0, state_dir=folder, token=token, **knobs)  # type: ignore[arg-type]
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:

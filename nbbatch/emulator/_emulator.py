@@ -211,7 +211,11 @@ def start(
     fault_attempts: int | None = 1,
     shuffle: bool = True,
     seed: int = 0,
+    tier: str | None = None,
     enqueued_token_limit: int | None = None,
+    anthropic_queue_limit: int | None = None,
+    anthropic_create_rate: int | None = None,
+    gemini_enqueued_token_limit: int | None = None,
     models: Sequence[str] = (),
     gemini_out_of_order: bool = False,
     clock: Callable[[], float] | None = None,
@@ -241,7 +245,16 @@ def start(
     (None: always), so with the default 1 a faulted row succeeds when it is retried.
     ``http_error_rate`` answers that fraction of ``http_error_methods`` requests with one
     of ``http_error_statuses`` (never more than two in a row for the same request).
-    ``enqueued_token_limit`` fails OpenAI batches over the per-model in-flight token limit.
+    Batch queue quotas (none by default; see :mod:`nbbatch.emulator._quotas`): ``tier``
+    (``"tier-1"`` ... ``"tier-5"``) applies each provider's published limits for that
+    usage tier, per model: OpenAI's enqueued input tokens (a batch over it is created
+    and fails validation with ``token_limit_exceeded``), Anthropic's requests in the
+    processing queue (all models together) and batch creates per minute (429
+    ``rate_limit_error`` with ``retry-after``), Gemini's enqueued tokens (429
+    ``RESOURCE_EXHAUSTED``). ``enqueued_token_limit`` (OpenAI, tokens per model),
+    ``anthropic_queue_limit`` (requests), ``anthropic_create_rate`` (creates per minute)
+    and ``gemini_enqueued_token_limit`` (tokens per model) set one limit explicitly,
+    over the tier's. What is queued is released as each batch ends.
     ``clock`` (a callable returning seconds) replaces ``time.monotonic`` to drive time.
     The models endpoints (``GET /v1/models``, ``GET /v1/models/{id}``, both APIs) know
     the real models of each provider and their dated snapshots; ``models`` adds names
@@ -273,7 +286,11 @@ def start(
         fault_attempts=fault_attempts,
         shuffle=shuffle,
         seed=seed,
+        tier=tier,
         enqueued_token_limit=enqueued_token_limit,
+        anthropic_queue_limit=anthropic_queue_limit,
+        anthropic_create_rate=anthropic_create_rate,
+        gemini_enqueued_token_limit=gemini_enqueued_token_limit,
         models=tuple(models),
         gemini_out_of_order=gemini_out_of_order,
     )

@@ -41,6 +41,9 @@ class Fate(IntEnum):
     TRUNCATE = 6  # succeeded, but cut short (finish_reason "length" / "max_tokens")
 
 
+#: The usage tiers ``tier=`` takes (OpenAI's five; see _quotas.py for the figures).
+TIERS = ("tier-1", "tier-2", "tier-3", "tier-4", "tier-5")
+
 #: Fates after which the row is retried as its next attempt (a FAIL is permanent).
 FAULTS = frozenset(
     {Fate.TRANSIENT_ERROR, Fate.EXPIRE, Fate.MISSING, Fate.INVALID_OUTPUT, Fate.TRUNCATE}
@@ -69,7 +72,13 @@ class Knobs:
     fault_attempts: int | None = 1
     shuffle: bool = True
     seed: int = 0
-    enqueued_token_limit: int | None = None
+    # Batch queue quotas (see _quotas.py): a usage tier's published figures, and
+    # explicit limits that win over them. None everywhere: no limit.
+    tier: str | None = None
+    enqueued_token_limit: int | None = None  # OpenAI input tokens queued, per model
+    anthropic_queue_limit: int | None = None  # Anthropic requests queued, all models
+    anthropic_create_rate: int | None = None  # Anthropic batch creates per minute
+    gemini_enqueued_token_limit: int | None = None  # Gemini input tokens queued, per model
     models: tuple[str, ...] = ()  # model names served besides the real ones (_models.py)
     # Gemini answers in request order, as documented; True reorders them as the service
     # has been seen to (googleapis/python-genai#1909), to test a client that matches by key.
@@ -111,6 +120,19 @@ class Knobs:
             raise ValueError("http_error_statuses must not be empty")
         if self.fault_attempts is not None and self.fault_attempts < 0:
             raise ValueError("fault_attempts must be >= 0 or None")
+        if self.tier is not None and self.tier not in TIERS:
+            raise ValueError(f"tier must be one of {list(TIERS)} or None, got {self.tier!r}")
+        for name in (
+            "enqueued_token_limit",
+            "anthropic_queue_limit",
+            "anthropic_create_rate",
+            "gemini_enqueued_token_limit",
+        ):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         if not all(isinstance(m, str) and m for m in self.models):
             raise ValueError(f"models must be non-empty strings, got {list(self.models)!r}")
 

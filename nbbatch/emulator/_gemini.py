@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from . import _models, _responder, _validate_gemini
+from . import _models, _quotas, _responder, _validate_gemini
 from ._faults import (
     FAIL_MARKER,
     Fate,
@@ -53,6 +53,7 @@ from ._gemini_replies import (
     last_user,
     problem_of,
     prompt_tokens_of,
+    prompt_chars,
     request_problem,
     row_text,
     schema_of,
@@ -87,15 +88,16 @@ STATUS_NAMES = {
 FILE_PURPOSE = "gemini"  # how Gemini files are told apart from OpenAI's in the store
 
 
-def error_body(status: int, message: str) -> dict[str, Any]:
-    """``{"error": {code, message, status}}`` as Google APIs send it."""
-    return {
-        "error": {
-            "code": status,
-            "message": message,
-            "status": STATUS_NAMES.get(status, "INTERNAL" if status >= 500 else "UNKNOWN"),
-        }
+def error_body(status: int, message: str, details: list[Any] | None = None) -> dict[str, Any]:
+    """``{"error": {code, message, status[, details]}}`` as Google APIs send it."""
+    error: dict[str, Any] = {
+        "code": status,
+        "message": message,
+        "status": STATUS_NAMES.get(status, "INTERNAL" if status >= 500 else "UNKNOWN"),
     }
+    if details:
+        error["details"] = details
+    return {"error": error}
 
 
 def _store(request: Request) -> Store:
@@ -132,6 +134,7 @@ class GeminiBatch(BatchRecord):
     kind: str = GENERATE  # or EMBED
     failure: str = ""  # why the input could not be read (an invalid batch ends FAILED)
     inline: bool = False  # requests sent in the create call: answers come back inline
+    est_tokens: int = 0  # input tokens it holds in the model's batch queue until it ends
 
     def generate(self, cut: int | None, reason: str) -> Outcome:
         """Run the rows that got to run; write one line per row that ran."""
@@ -340,10 +343,11 @@ class _Unreadable(Exception):
     """Why a batch's input file cannot be read: the batch will end FAILED."""
 
 
-def read_input(path: Path, kind: str, model: str = "") -> list[RowInfo]:
-    """The rows of an input file (named by their keys), or :class:`_Unreadable` with
-    the first reason."""
+def read_input(path: Path, kind: str, model: str = "") -> tuple[list[RowInfo], int]:
+    """The rows of an input file (named by their keys) and the characters of input they
+    carry, or :class:`_Unreadable` with the first reason."""
     rows: list[RowInfo] = []
+    chars = 0
     seen: set[str] = set()
     for lineno, raw in enumerate(iter_lines(path), 1):
         try:
@@ -365,6 +369,7 @@ def read_input(path: Path, kind: str, model: str = "") -> list[RowInfo]:
             raise _Unreadable(f"Line {lineno}: duplicate key '{key}'.")
         seen.add(key)
         req = row["request"]
+        chars += prompt_chars(kind, req)
         ok = problem_of(kind, req, model) is None
         text = row_text(kind, req) if ok else ""
         rows.append(RowInfo(key, 0, text, ok and kind == GENERATE and schema_of(req) is not None))
@@ -372,7 +377,16 @@ def read_input(path: Path, kind: str, model: str = "") -> list[RowInfo]:
             raise _Unreadable(f"A batch holds at most {MAX_REQUESTS} requests.")
     if not rows:
         raise _Unreadable("The batch input holds no requests.")
-    return rows
+    return rows, chars
+
+
+def _in_flight_tokens(store: Store, model: str, t: float) -> int:
+    """Input tokens of ``model`` in batch jobs that have not ended at ``t``."""
+    return sum(
+        b.est_tokens
+        for b in store.list_batches("gemini")
+        if isinstance(b, GeminiBatch) and b.model == model and b.ended_at(t) is None
+    )
 
 
 def create_batch_sync(store: Store, model: str, body: Any, kind: str = GENERATE) -> dict[str, Any]:
@@ -382,12 +396,37 @@ def create_batch_sync(store: Store, model: str, body: Any, kind: str = GENERATE)
     path, file_name, _size = _input_rows(store, body)
     knobs = store.knobs
     try:
-        rows = read_input(path, kind, model)
+        rows, chars = read_input(path, kind, model)
         failure = ""
     except _Unreadable as exc:
-        rows, failure = [], str(exc)
+        rows, chars, failure = [], 0, str(exc)
+    est_tokens = _responder.count_tokens(chars)
+    with store.lock:  # the quota check and the new batch, as one step
+        t = store.now()
+        limit = _quotas.gemini_limit(knobs, model)
+        if limit is not None and _in_flight_tokens(store, model, t) + est_tokens > limit:
+            # Refused at once, no batch made (googleapis/python-genai#1901).
+            if not file_name:  # the copy of inline requests made for this create
+                path.unlink(missing_ok=True)
+            raise ApiError(429, _quotas.GEMINI_REFUSAL, details=_quotas.GEMINI_REFUSAL_DETAILS)
+        return _register(store, model, body, kind, path, file_name, rows, failure, est_tokens, t)
+
+
+def _register(
+    store: Store,
+    model: str,
+    body: Any,
+    kind: str,
+    path: Path,
+    file_name: str,
+    rows: list[RowInfo],
+    failure: str,
+    est_tokens: int,
+    t: float,
+) -> dict[str, Any]:
+    """Create the batch job (under the store's lock)."""
+    knobs = store.knobs
     fates = store.fates("gemini", rows, knobs)
-    t = store.now()
     batch_id = new_id("", 10)
     started = t + knobs.validating_seconds
     processed = started + knobs.processing_seconds
@@ -412,6 +451,7 @@ def create_batch_sync(store: Store, model: str, body: Any, kind: str = GENERATE)
         failure=failure,
         invalid=bool(failure),
         inline=not file_name,
+        est_tokens=0 if failure else est_tokens,
     )
     store.add_batch("gemini", batch)
     return batch_json(store, batch, t)

@@ -54,6 +54,17 @@ def _text(content: Any) -> str:
     ) or text_of(content.get("parts"))
 
 
+def prompt_chars(kind: str, req: Any) -> int:
+    """Characters of input a request carries (system, every turn; an embedding's text),
+    from which its prompt tokens are counted."""
+    if not isinstance(req, dict):
+        return 0
+    if kind == EMBED:
+        return len(_text(req.get("content")))
+    system = req.get("systemInstruction") or req.get("system_instruction")
+    return len(_text(system)) + sum(len(_text(c)) for c in req.get("contents") or [])
+
+
 def row_text(kind: str, req: Any) -> str:
     """The text a request carries for the model (where the fault markers are read)."""
     if kind == EMBED:
@@ -134,10 +145,7 @@ def forced_function(req: Any) -> tuple[str, dict[str, Any]] | None:
 def prompt_tokens_of(req: dict[str, Any]) -> int:
     """The prompt tokens of a GenerateContentRequest: its system instruction and contents
     (what ``usageMetadata.promptTokenCount`` and countTokens report)."""
-    system = req.get("systemInstruction") or req.get("system_instruction")
-    contents = req.get("contents") or []
-    chars = len(_text(system)) + sum(len(_text(c)) for c in contents if isinstance(c, dict))
-    return _responder.count_tokens(chars)
+    return _responder.count_tokens(prompt_chars(GENERATE, req))
 
 
 def generate(

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from . import _models, _responder, _validate_openai
+from . import _models, _quotas, _responder, _validate_openai
 from ._faults import (
     FAIL_MARKER,
     TRANSIENT_MARKER,
@@ -535,12 +535,13 @@ def _check_create_body(store: Store, body: Any) -> StoredFile:
 
 
 def _in_flight_tokens(store: Store, model: str | None, t: float) -> int:
+    """Input tokens of ``model`` in OpenAI batches that have not ended at ``t`` (a batch
+    holds its tokens until it completes, fails, expires or is cancelled)."""
     total = 0
     for b in store.list_batches("openai"):
         assert isinstance(b, OpenAIBatch)
-        if b.model == model and not b.invalid:
-            if b.phase(t) in ("validating", "in_progress", "finalizing"):
-                total += b.est_tokens
+        if b.model == model and not b.invalid and b.ended_at(t) is None:
+            total += b.est_tokens
     return total
 
 
@@ -549,18 +550,21 @@ def create_batch_sync(store: Store, body: Any) -> dict[str, Any]:
     f = _check_create_body(store, body)
     endpoint = body["endpoint"]
     v = validate_input(f.path, f.bytes, endpoint, store.knobs.models)
+    with store.lock:  # the quota check and the new batch, as one step
+        return _register(store, body, f, v)
+
+
+def _register(store: Store, body: Any, f: StoredFile, v: Validation) -> dict[str, Any]:
+    """Create the batch of a validated input file (under the store's lock)."""
     knobs: Knobs = store.knobs
+    endpoint = body["endpoint"]
     t = store.now()
     est_tokens = _responder.count_tokens(v.prompt_chars)
-    if not v.errors and knobs.enqueued_token_limit is not None:
-        enqueued = _in_flight_tokens(store, v.model, t)
-        if enqueued + est_tokens > knobs.enqueued_token_limit:
-            v.fail(
-                "token_limit_exceeded",
-                f"Enqueued token limit reached for {v.model} in organization org-emulator. "
-                f"Limit: {knobs.enqueued_token_limit:,} enqueued tokens. Please try again once "
-                "some in_progress batches have been completed.",
-            )
+    limit = _quotas.openai_limit(knobs, v.model)
+    # Over the queue limit the batch is still created: it fails validation, as OpenAI's do.
+    if not v.errors and limit is not None:
+        if _in_flight_tokens(store, v.model, t) + est_tokens > limit:
+            v.fail("token_limit_exceeded", _quotas.openai_refusal(v.model, limit))
     output_seconds = DEFAULT_FILE_SECONDS
     if body.get("output_expires_after") is not None:
         oea = body["output_expires_after"]

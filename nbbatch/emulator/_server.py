@@ -95,12 +95,13 @@ def error_response(
     code: str | None = None,
     headers: dict[str, str] | None = None,
     anthropic: bool = False,
+    details: list[Any] | None = None,
 ) -> Response:
     """An error in the wire shape of whichever API ``path`` belongs to (``anthropic``: a
     path both APIs have, asked by an Anthropic client)."""
     if is_gemini(path):
         return JSONResponse(
-            _gemini.error_body(status, message), status_code=status, headers=headers
+            _gemini.error_body(status, message, details), status_code=status, headers=headers
         )
     if anthropic or is_anthropic(path):
         kind = type if type and type in _ANTHROPIC_TYPES.values() or type == "api_error" else None
@@ -338,6 +339,7 @@ async def _api_error(request: Request, exc: Exception) -> Response:
         code=exc.code,
         headers=exc.headers,
         anthropic=_asked_by_anthropic(request),
+        details=exc.details,
     )
 
 

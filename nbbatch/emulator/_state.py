@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ._faults import TRANSIENT_MARKER, Fate, Knobs, RowInfo, assign_fates, faulted
+from ._quotas import CreateRate
 
 WINDOW_SECONDS = 24 * 3600.0
 #: How long "cancelling" lasts when finalizing_seconds is 0, so a cancel is observable.
@@ -223,6 +224,8 @@ class Store:
         # the prefixes real-time OpenAI requests sent (its cache is automatic).
         self.realtime_cache: set[str] = set()
         self.openai_prefixes: set[int] = set()
+        # Anthropic's batch-create rate (a token bucket; see _quotas.py).
+        self.anthropic_creates = CreateRate()
         # The user's own responder (nb.emulator.start(responder=...)); None: built in.
         self.responder: Any = None
         self.counters = {

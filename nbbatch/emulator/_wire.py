@@ -37,8 +37,10 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        details: list[Any] | None = None,
     ) -> None:
         super().__init__(message)
+        self.details = details  # Google's error details (Gemini only)
         self.status = status
         self.message = message
         self.type = type

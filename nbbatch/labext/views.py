@@ -56,7 +56,7 @@ def jobs_view(
 ) -> dict:
     """Every job in ``ledger``, newest first, as the module docstring's schema;
     ``check_errors``: the server's failed checks (:meth:`.checks.Checks.errors`)."""
-    from .. import api
+    from .. import api, quota
 
     now = time.time() if now is None else now
     table = api.jobs(ledger)  # the public listing: status, counts and cost as nb.jobs()
@@ -72,6 +72,10 @@ def jobs_view(
         try:
             job = _job(row, record, oldest_open.get(row["id"]), root_dir, now)
             _add_checked(job, record, (check_errors or {}).get(row["id"]), now)
+            # Sent in waves under the account's queue limit: which wave, how full.
+            job["quota"] = (
+                quota.status_line(ledger, row["id"], now) if job["status"] == "running" else None
+            )
             out.append(job)
         except Exception as exc:  # one broken record must not empty the sidebar
             out.append(_unreadable(row, record, exc, now))

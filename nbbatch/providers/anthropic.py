@@ -7,6 +7,7 @@ kept as the raw bytes received, then normalised with pyarrow's JSON reader.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import anthropic
@@ -20,12 +21,14 @@ from .base import (
     ROW_RESULT_SCHEMA,
     BatchInfo,
     Provider,
+    Refusal,
     RequestSpec,
     empty_results,
     is_transient,
     read_capped,
     sdk_error,
     sdk_kwargs,
+    tier_value,
 )
 
 #: Anthropic requires max_tokens on every request; this is nbbatch's default when the
@@ -95,6 +98,23 @@ LINE_SCHEMA = pa.schema(
 _COMMAS = bytes.maketrans(b"\n", b",")
 
 
+#: "limit of 100,000 batch requests" in a processing-queue refusal.
+_STATED_LIMIT = re.compile(r"limit of\s*([\d,]+)\s*(?:batch )?requests", re.IGNORECASE)
+
+# "Maximum batch requests in processing queue" for usage tiers 1 to 4, shared by all
+# models, from https://docs.anthropic.com/en/api/rate-limits ("Message Batches API
+# Rate Limits"): a request stays in the queue until it has been processed.
+QUEUE_REQUESTS = (100_000, 200_000, 300_000, 500_000)
+
+
+def _error_message(exc: anthropic.APIStatusError) -> str:
+    """The ``error.message`` of an API error's body, else its text."""
+    body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error")
+    inner: dict[str, Any] = error if isinstance(error, dict) else body
+    return str(inner.get("message") or exc.message or exc)
+
+
 class AnthropicProvider(Provider):
     """The Anthropic Message Batches API."""
 
@@ -106,6 +126,33 @@ class AnthropicProvider(Provider):
     max_bytes = 240 * 1024 * 1024
 
     client: anthropic.Anthropic
+
+    # The batch queue: requests not yet processed, all models together; a create over
+    # it is refused at once with 429 ``rate_limit_error``
+    # (https://docs.anthropic.com/en/api/rate-limits, "Message Batches API").
+    quota_unit = "requests"
+    quota_per_model = False
+
+    def quota_refusal(
+        self, *, info: BatchInfo | None = None, error: BaseException | None = None
+    ) -> Refusal | None:
+        """A create refused with 429 for the processing queue (not for the rate of
+        calls, which is retried as any 429): its message names the queue, and the
+        limit when it states one ("limit of 100,000 batch requests")."""
+        cause = getattr(error, "__cause__", None)
+        if not isinstance(cause, anthropic.RateLimitError):
+            return None
+        message = _error_message(cause)
+        if "queue" not in message.lower():
+            return None  # the per-minute rate of batch calls: wait and try again
+        found = _STATED_LIMIT.search(message)
+        return Refusal(message, int(found.group(1).replace(",", "")) if found else None)
+
+    @classmethod
+    def tier_limit(cls, tier: str, model: str) -> int | None:
+        """Anthropic's published "Maximum batch requests in processing queue" at usage
+        ``tier`` (one figure for all models)."""
+        return tier_value(QUEUE_REQUESTS, tier)
 
     # -- requests --------------------------------------------------------------------------
     def params(self, spec: RequestSpec, prompt: Any) -> dict[str, Any]:

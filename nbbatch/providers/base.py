@@ -154,6 +154,40 @@ class BatchInfo:
             )
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """The provider refused a batch because its account's batch queue is full (nothing
+    ran, nothing is paid): ``limit`` is the queue limit when the refusal states it (in
+    the provider's unit, see :attr:`Provider.quota_unit`), ``message`` its words."""
+
+    message: str
+    limit: int | None = None
+
+
+#: The usage tiers ``tier=`` takes: OpenAI numbers five; a provider that publishes fewer
+#: gives its highest to the tiers above it.
+TIERS = ("tier-1", "tier-2", "tier-3", "tier-4", "tier-5")
+
+
+def tier_row(table: dict[str, tuple[int, ...]], model: str) -> tuple[int, ...] | None:
+    """The published figures for ``model`` in ``table``: under its own name or as a
+    dated or preview snapshot of a listed model (``gpt-4o-mini-2024-07-18``), the
+    longest listed name that fits; None when the table does not list it."""
+    name = model.removeprefix("models/")
+    best = ""
+    for key in table:
+        fits = name == key or re.match(re.escape(key) + r"-(\d|preview)", name)
+        if fits and len(key) > len(best):
+            best = key
+    return table[best] if best else None
+
+
+def tier_value(row: tuple[int, ...], tier: str) -> int:
+    """The figure of usage ``tier`` (one of :data:`TIERS`) in a row of published
+    figures, the highest published one for tiers above the row's."""
+    return row[min(TIERS.index(tier), len(row) - 1)]
+
+
 #: What a provider's batch id may look like (every real one does).
 _BATCH_ID = re.compile(r"[A-Za-z0-9_\-:][A-Za-z0-9_.\-:]{0,199}")
 
@@ -171,8 +205,41 @@ class Provider(ABC):
     #: ``local`` (the background emulator); None when unknown. Recorded with a job.
     credential: str | None = None
 
+    #: What the provider's batch queue quota counts: ``"tokens"`` (input tokens queued)
+    #: or ``"requests"``; per model, or for all models together (``quota_per_model``).
+    quota_unit: ClassVar[str] = "tokens"
+    quota_per_model: ClassVar[bool] = True
+    #: A batch over the quota is created and refused later, while it is reviewed
+    #: (OpenAI fails it in validation), rather than refused by the create call.
+    refuses_late: ClassVar[bool] = False
+
     def __init__(self, client: Any) -> None:
         self.client = client  # the official SDK client every call goes through
+
+    def quota_refusal(
+        self, *, info: BatchInfo | None = None, error: BaseException | None = None
+    ) -> Refusal | None:
+        """A :class:`Refusal` when the ended batch ``info``, or the create call's
+        ``error`` (a :class:`ProviderError`, the SDK's error as its cause), says the
+        account's batch queue is full; else None. Providers without a queue quota
+        refuse nothing for it."""
+        return None
+
+    def under_review(self, status: str) -> bool:
+        """Whether a batch in this provider ``status`` may still be refused for the
+        queue quota (see :attr:`refuses_late`)."""
+        return False
+
+    def discard_refused(self, info: BatchInfo) -> None:
+        """Free what a refused batch left behind at the provider (its uploaded input),
+        where the provider allows it; never raises."""
+        return None
+
+    @classmethod
+    def tier_limit(cls, tier: str, model: str) -> int | None:
+        """The queue limit the provider publishes for usage ``tier`` (``"tier-1"`` ...)
+        and ``model``, in :attr:`quota_unit`; None when it publishes none."""
+        return None
 
     @property
     def base_url(self) -> str:

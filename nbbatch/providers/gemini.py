@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import logging
 import time
 import warnings
 from typing import Any
@@ -37,6 +38,7 @@ from .base import (
     ROW_RESULT_SCHEMA,
     BatchInfo,
     Provider,
+    Refusal,
     RequestSpec,
     empty_results,
     failure_row,
@@ -44,6 +46,8 @@ from .base import (
     read_capped,
     reply_settings_set,
     sdk_error,
+    tier_row,
+    tier_value,
 )
 
 #: The default endpoint: text replies (``batches.create``, ``models/M:batchGenerateContent``).
@@ -128,6 +132,29 @@ LINE_SCHEMA = pa.schema(
 )
 
 
+log = logging.getLogger("nbbatch")
+
+# "Batch enqueued tokens" per model for usage tiers 1 to 3 (tokens of all active batch
+# jobs of a model), from https://ai.google.dev/gemini-api/docs/rate-limits ("Batch API
+# rate limits"). Models not listed have no preset.
+QUEUE_TOKENS: dict[str, tuple[int, ...]] = {
+    "gemini-3-pro-preview": (50_000_000, 500_000_000, 1_000_000_000),
+    "gemini-3-flash-preview": (3_000_000, 400_000_000, 500_000_000),
+    "gemini-2.5-pro": (5_000_000, 500_000_000, 1_000_000_000),
+    "gemini-2.5-flash": (3_000_000, 400_000_000, 1_000_000_000),
+    "gemini-2.5-flash-lite": (10_000_000, 500_000_000, 1_000_000_000),
+    "gemini-2.0-flash": (10_000_000, 1_000_000_000, 5_000_000_000),
+    "gemini-2.0-flash-lite": (10_000_000, 1_000_000_000, 5_000_000_000),
+}
+
+
+def _exhausted(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is the API's 429 ``RESOURCE_EXHAUSTED``."""
+    return isinstance(exc, genai_errors.APIError) and (
+        exc.code == 429 or exc.status == "RESOURCE_EXHAUSTED"
+    )
+
+
 class GeminiProvider(Provider):
     """Gemini Batch Mode (the Gemini Developer API, not Vertex AI)."""
 
@@ -139,6 +166,27 @@ class GeminiProvider(Provider):
     max_bytes = 1_900 * 1024 * 1024
 
     client: genai.Client
+
+    # The batch queue: input tokens of the active batch jobs, per model; a create over
+    # it is refused at once with 429 RESOURCE_EXHAUSTED, which states no limit (as
+    # reported in https://github.com/googleapis/python-genai/issues/1901).
+    quota_unit = "tokens"
+    quota_per_model = True
+
+    def quota_refusal(
+        self, *, info: BatchInfo | None = None, error: BaseException | None = None
+    ) -> Refusal | None:
+        """A create refused with 429 ``RESOURCE_EXHAUSTED``."""
+        cause = getattr(error, "__cause__", None)
+        if not _exhausted(cause):
+            return None
+        return Refusal(str(getattr(cause, "message", None) or cause))
+
+    @classmethod
+    def tier_limit(cls, tier: str, model: str) -> int | None:
+        """Gemini's published "Batch enqueued tokens" for ``model`` at usage ``tier``."""
+        row = tier_row(QUEUE_TOKENS, model)
+        return tier_value(row, tier) if row else None
 
     def __init__(self, client: Any) -> None:
         if getattr(client, "vertexai", False):
@@ -270,6 +318,7 @@ class GeminiProvider(Provider):
     # -- batches ---------------------------------------------------------------------------
     def create(self, jsonl: bytes, spec: RequestSpec, metadata: dict[str, str]) -> BatchInfo:
         name = _display_name(metadata)
+        uploaded = None
         try:
             uploaded = self.client.files.upload(
                 file=io.BytesIO(jsonl),
@@ -292,8 +341,17 @@ class GeminiProvider(Provider):
                     config=types.CreateBatchJobConfig(display_name=name),
                 )
         except Exception as exc:
+            if _exhausted(exc) and uploaded is not None:
+                self._delete_file(str(uploaded.name))  # refused: its input is of no use
             raise _provider_error(exc, "creating a batch") from exc
         return _info(job)
+
+    def _delete_file(self, name: str) -> None:
+        """Delete an uploaded file, best effort (it expires after 48 hours anyway)."""
+        try:
+            self.client.files.delete(name=name)
+        except Exception as exc:  # noqa: BLE001 - cleaning up must never fail a send
+            log.info("nbbatch: uploaded file %s not deleted: %s", name, exc)
 
     def retrieve(self, batch_id: str) -> BatchInfo:
         # operations.get rather than batches.get: the same GET batches/<id>, read whole

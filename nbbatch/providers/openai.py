@@ -8,6 +8,7 @@ cannot take falls back to orjson line by line.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -26,6 +27,7 @@ from .base import (
     ROW_RESULT_SCHEMA,
     BatchInfo,
     Provider,
+    Refusal,
     RequestSpec,
     empty_results,
     failure_row,
@@ -34,7 +36,11 @@ from .base import (
     reply_settings_set,
     sdk_error,
     sdk_kwargs,
+    tier_row,
+    tier_value,
 )
+
+log = logging.getLogger("nbbatch")
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -174,6 +180,45 @@ class OpenAIProvider(Provider):
     max_bytes = 190 * 1024 * 1024
 
     client: openai.OpenAI
+
+    # The batch queue: input tokens queued per model; a batch over it is created, then
+    # fails in validation with ``token_limit_exceeded`` and a message stating the limit.
+    quota_unit = "tokens"
+    quota_per_model = True
+    refuses_late = True
+
+    def quota_refusal(
+        self, *, info: BatchInfo | None = None, error: BaseException | None = None
+    ) -> Refusal | None:
+        """A batch that failed validation with ``token_limit_exceeded``; its message
+        states the limit ("... Limit: 2,000,000 enqueued tokens. ...", the shape in
+        https://github.com/openai/openai-python/issues/2084)."""
+        if info is None or info.failure_code != "token_limit_exceeded":
+            return None
+        message = info.failure or ""
+        found = _STATED_LIMIT.search(message)
+        return Refusal(message, int(found.group(1).replace(",", "")) if found else None)
+
+    def under_review(self, status: str) -> bool:
+        """Until validation is over, a batch may still fail for the queue quota."""
+        return status == "validating"
+
+    def discard_refused(self, info: BatchInfo) -> None:
+        """Delete the refused batch's uploaded input file (it counts against the
+        organisation's file storage, and is of no further use)."""
+        file_id = info.raw.get("input_file_id")
+        if not file_id:
+            return
+        try:
+            self.client.files.delete(str(file_id))
+        except openai.OpenAIError as exc:  # best effort: the file expires anyway
+            log.info("nbbatch: input file %s of a refused batch not deleted: %s", file_id, exc)
+
+    @classmethod
+    def tier_limit(cls, tier: str, model: str) -> int | None:
+        """OpenAI's published batch queue limit for ``model`` at usage ``tier``."""
+        row = tier_row(QUEUE_TOKENS, model)
+        return tier_value(row, tier) if row else None
 
     # -- requests --------------------------------------------------------------------------
     def body(self, spec: RequestSpec, prompt: Any) -> dict[str, Any]:
@@ -394,6 +439,25 @@ def _responses_format(response_format: dict[str, Any]) -> dict[str, Any]:
         inner = dict(response_format.get("json_schema", {}))
         return {"type": "json_schema", **inner}
     return response_format
+
+
+#: "Limit: 2,000,000 enqueued tokens" in a ``token_limit_exceeded`` message.
+_STATED_LIMIT = re.compile(r"Limit:\s*([\d,]+)\s*enqueued tokens", re.IGNORECASE)
+
+# The "Batch queue limit" (input tokens queued per model) for usage tiers 1 to 5, from
+# each model's page, e.g. https://developers.openai.com/api/docs/models/gpt-4o-mini
+# ("Rate limits" table); the rate-limits guide says it counts "the total number of input
+# tokens queued for a given model" (https://developers.openai.com/api/docs/guides/
+# rate-limits). Tier 1 of gpt-4o (90,000) and gpt-4o-mini (2,000,000) is also quoted in
+# https://community.openai.com/t/1028595. Models not listed have no preset.
+QUEUE_TOKENS: dict[str, tuple[int, ...]] = {
+    "gpt-4o": (90_000, 1_350_000, 50_000_000, 200_000_000, 5_000_000_000),
+    "gpt-4o-mini": (2_000_000, 20_000_000, 40_000_000, 1_000_000_000, 15_000_000_000),
+    "gpt-4.1": (90_000, 1_350_000, 50_000_000, 200_000_000, 5_000_000_000),
+    "gpt-4.1-mini": (2_000_000, 20_000_000, 40_000_000, 1_000_000_000, 15_000_000_000),
+    "gpt-5-mini": (5_000_000, 20_000_000, 40_000_000, 1_000_000_000, 15_000_000_000),
+    "gpt-5-nano": (2_000_000, 20_000_000, 40_000_000, 1_000_000_000, 15_000_000_000),
+}
 
 
 def _info(batch: Any) -> BatchInfo:

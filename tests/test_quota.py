@@ -1,0 +1,216 @@
+"""Jobs bigger than the account's batch queue go in waves, on every provider, through
+the official SDKs to the emulator's quota models: no row ever fails for capacity."""
+
+from __future__ import annotations
+
+import threading
+
+import pandas as pd
+import pytest
+
+import nbbatch as nb
+from nbbatch import console, emulator, panelview
+from nbbatch.ledger import default as default_ledger
+
+from .conftest import client_for, model_for
+
+PROVIDERS = ["openai", "anthropic", "gemini"]
+ROWS = 300
+#: ~40 tokens a row as the emulator counts them (150 characters, four a token).
+TEXT = "x" * 140
+FAST = nb.PollPolicy(first=0.05, most=0.2)
+
+
+def frame(n: int = ROWS, tag: str = "") -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"row {i:05d}{tag} {TEXT}" for i in range(n)]})
+
+
+def knobs(provider: str, share: float) -> dict[str, int]:
+    """Emulator limits holding ``share`` of a ROWS-row job on ``provider``."""
+    if provider == "anthropic":
+        return {"anthropic_queue_limit": int(ROWS * share)}
+    tokens = int(ROWS * 40 * share)
+    key = "enqueued_token_limit" if provider == "openai" else "gemini_enqueued_token_limit"
+    return {key: tokens}
+
+
+def run(df, client, **kwargs) -> nb.BatchJob:
+    job = nb.submit(df, "{text}", model=model_for(client), client=client, **kwargs)
+    job.polling = FAST
+    return job.wait(timeout=120, progress=False)
+
+
+def refusals(job: nb.BatchJob) -> int:
+    """Refusals for the queue this job met (refused batches and refused creates)."""
+    return int(default_ledger().waves(job.id).get("refusals") or 0)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_job_five_times_over_the_queue_limit_succeeds_in_waves(provider):
+    # Batches last long enough for the queue to fill (a faster one drains between creates).
+    with emulator.start(processing_seconds=0.5, **knobs(provider, 0.2)) as server:
+        client = client_for(provider, server)
+        job = run(frame(), client)
+        assert job.counts["succeeded"] == ROWS
+        assert job.counts["failed"] == 0
+        snap = job.snapshot()
+        accepted = [b for b in snap.batches if b.status != "refused"]
+        assert len(accepted) >= 5  # at least five waves of one batch
+        assert sum(b.n_requests for b in accepted) == ROWS  # every row sent once
+        waves = default_ledger().waves(job.id)
+        assert len(waves["starts"]) >= 5
+        # OpenAI and the emulator's Anthropic state the limit: one refusal teaches it.
+        # Gemini's refusal states none: a second one, while the queue fills in small
+        # batches, finds it (refused creates, nothing paid).
+        assert refusals(job) <= (2 if provider == "gemini" else 1)
+        # Learned for the account: the next job of the ledger is never refused.
+        again = run(frame(tag="b"), client)
+        assert again.counts["succeeded"] == ROWS
+        assert refusals(again) == 0
+        assert not [b for b in again.snapshot().batches if b.status == "refused"]
+
+
+def test_openai_refused_batch_is_cleaned_up_and_its_rows_never_fail(oai):
+    with emulator.start(processing_seconds=0.05, enqueued_token_limit=4_000) as server:
+        client = client_for("openai", server)
+        job = run(frame(), client)
+        refused = [b for b in job.snapshot().batches if b.status == "refused"]
+        assert len(refused) == 1 and refusals(job) == 1
+        # Its input file was deleted at the provider; the accepted batches' are kept.
+        files = {f.id for f in client.files.list()}
+        raw = client.batches.retrieve(refused[0].batch_id)
+        assert raw.input_file_id not in files
+        assert job.counts["succeeded"] == ROWS
+        assert (job.merge()["response_status"] == "succeeded").all()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_known_limit_means_no_refusal_at_all(provider):
+    limit = next(iter(knobs(provider, 0.25).values()))
+    with emulator.start(processing_seconds=0.05, **knobs(provider, 0.25)) as server:
+        job = run(frame(), client_for(provider, server), queue_limit=limit)
+        assert job.counts["succeeded"] == ROWS
+        assert refusals(job) == 0
+        assert len(default_ledger().waves(job.id)["starts"]) >= 3
+
+
+def test_tier_presets_size_the_waves_before_any_refusal():
+    # OpenAI's published tier-1 queue for gpt-4o is 90,000 tokens: a job of ~120k
+    # tokens goes in two waves without a refusal.
+    with emulator.start(processing_seconds=0.05, tier="tier-1") as server:
+        client = client_for("openai", server)
+        df = pd.DataFrame({"text": [f"row {i:05d} " + "y" * 1_590 for i in range(300)]})
+        job = nb.submit(df, "{text}", model="gpt-4o", client=client, tier="tier-1")
+        job.polling = FAST
+        job.wait(timeout=120, progress=False)
+        assert job.counts["succeeded"] == 300
+        assert refusals(job) == 0
+        assert len(default_ledger().waves(job.id)["starts"]) == 2
+
+
+def test_two_jobs_at_once_share_the_queue():
+    with emulator.start(processing_seconds=0.1, enqueued_token_limit=4_000) as server:
+        client = client_for("openai", server)
+        jobs: list[nb.BatchJob] = []
+        submitted = threading.Barrier(2)
+
+        def submit(tag: str) -> None:
+            submitted.wait()
+            jobs.append(
+                nb.submit(frame(tag=tag), "{text}", model="gpt-4o-mini", client=client,
+                          queue_limit=4_000)
+            )  # fmt: skip
+
+        threads = [threading.Thread(target=submit, args=(t,)) for t in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for job in jobs:
+            job.polling = FAST
+        for job in jobs:
+            job.wait(timeout=120, progress=False)
+        for job in jobs:
+            assert job.counts["succeeded"] == ROWS
+            assert refusals(job) == 0
+            assert not [b for b in job.snapshot().batches if b.status == "refused"]
+
+
+def test_a_new_session_attaching_the_job_continues_its_waves():
+    with emulator.start(processing_seconds=0.05, enqueued_token_limit=4_000) as server:
+        client = client_for("openai", server)
+        first = nb.submit(frame(), "{text}", model="gpt-4o-mini", client=client,
+                          queue_limit=4_000)  # fmt: skip
+        first.wait_sent()  # the first wave only: the rest waits for room
+        assert first.counts["pending"] == ROWS
+        assert len(first.batch_ids) == 1
+        # A new session (a new job object from the ledger) takes over and finishes.
+        later = nb.attach(first.id, client=client)
+        later.polling = FAST
+        later.wait(timeout=120, progress=False)
+        assert later.counts["succeeded"] == ROWS
+        assert len(default_ledger().waves(later.id)["starts"]) >= 3
+
+
+def test_the_views_say_which_wave_and_how_full_the_queue_is():
+    with emulator.start(processing_seconds=0.3, enqueued_token_limit=4_000) as server:
+        client = client_for("openai", server)
+        job = nb.submit(frame(), "{text}", model="gpt-4o-mini", client=client,
+                        queue_limit=4_000)  # fmt: skip
+        job.wait_sent()
+        snap = job.refresh()
+        assert snap.waves is not None
+        assert snap.waves.wave == 1 and snap.waves.waves == 3  # ~11.4k tokens, 4k a wave
+        line = snap.quota_line
+        assert line is not None
+        assert line.startswith("waiting for quota: wave 1 of ")
+        assert "of 4,000 queued tokens in use for gpt-4o-mini" in line
+        # Every text view renders the same line from the snapshot.
+        assert line in snap.summary()
+        assert line in console.progress_line(snap)
+        assert line in panelview.plain_text(snap)
+        assert panelview.esc(line) in panelview.counts_html(snap)
+        job.polling = FAST
+        job.wait(timeout=120, progress=False)
+        assert job.snapshot().quota_line is None
+
+
+def test_queue_options_are_checked_before_anything_is_sent(oai):
+    with pytest.raises(nb.InputError, match="queue_limit"):
+        nb.submit(frame(3), "{text}", model="gpt-4o-mini", client=oai, queue_limit=-5)
+    with pytest.raises(nb.InputError, match="tier"):
+        nb.submit(frame(3), "{text}", model="gpt-4o-mini", client=oai, tier="gold")
+
+
+def test_nbbatch_jobs_and_the_sidebar_say_it_too():
+    import subprocess
+    import sys
+
+    from nbbatch.labext import views
+
+    with emulator.start(processing_seconds=5.0, enqueued_token_limit=4_000) as server:
+        client = client_for("openai", server)
+        job = nb.submit(frame(), "{text}", model="gpt-4o-mini", client=client,
+                        queue_limit=4_000)  # fmt: skip
+        job.wait_sent()
+        listed = views.job_view(default_ledger(), job.id)
+        assert listed is not None
+        assert listed["quota"].startswith("waiting for quota: wave 1 of 3 — ")
+        assert "queued tokens in use for gpt-4o-mini" in listed["quota"]
+        shown = subprocess.run(
+            [sys.executable, "-m", "nbbatch.cli", "jobs"], capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert f"{job.id}: waiting for quota: wave 1 of 3 — " in shown.stdout
+        job.cancel()
+
+
+def test_preview_says_how_many_waves_before_sending():
+    df = pd.DataFrame({"text": [f"{i} " + "x" * 400 for i in range(50_000)]})
+    est = nb.preview(df, "{text}", model="gpt-4o-mini", tier="tier-1").estimate
+    # ~5.4M input tokens against OpenAI's published 2M for gpt-4o-mini at tier 1.
+    assert est.waves.startswith("3 waves of at most 2M queued tokens")
+    assert "queue limit    3 waves" in est.summary()
+    est = nb.preview(df, "{text}", model="claude-haiku-4-5", queue_limit=20_000).estimate
+    assert est.waves.startswith("3 waves of at most 20k queued requests")
+    assert nb.preview(df, "{text}", model="gpt-4o-mini").estimate.waves == ""  # none known
