@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -79,6 +80,9 @@ class JobContext:
     #: What submit checks once a table planned in the background is planned (its
     #: budget...): see nbbatch.planning. Set by submit and attach, for this session.
     plan_checks: Callable[..., None] | None = None
+    #: Plans the rows of an in-memory table recorded ``planning`` (set by submit, for
+    #: this session: the rows live here); see nbbatch.planning.
+    planner: Callable[..., Path] | None = None
     #: Called after each chunk is sent, so the views can show the upload's progress.
     on_progress: Callable[[], None] = _nothing
     #: Average prompt tokens per row, for pending estimates (computed once).

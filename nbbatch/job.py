@@ -121,12 +121,19 @@ class BatchJob:
         *,
         escalate_when: Callable[..., Any] | None = None,
         plan_checks: Callable[..., None] | None = None,
+        planner: Callable[..., Path] | None = None,
     ) -> None:
         # What the stages work on (see nbbatch.context); a cascade's escalate_when, when
         # it is a function, and the checks of a table planned in the background live
         # there for this session only.
         self._ctx = JobContext(
-            record, provider, ledger, data, escalate_when=escalate_when, plan_checks=plan_checks
+            record,
+            provider,
+            ledger,
+            data,
+            escalate_when=escalate_when,
+            plan_checks=plan_checks,
+            planner=planner,
         )
         self._ctx.on_progress = _weakly(self._progress_changed)
         self._record = record
