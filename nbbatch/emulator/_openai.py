@@ -7,6 +7,7 @@ bodies, and output / error JSONL lines ``{id, custom_id, response, error}``.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -718,6 +719,27 @@ async def _json_body(request: Request) -> Any:
         raise ApiError(400, "The request body is not valid JSON.") from None
 
 
+async def _flex_wait(store: Store) -> None:
+    """What flex processing adds to a real-time request: "slower response times and
+    occasional resource unavailability" (https://developers.openai.com/api/docs/guides/
+    flex-processing), the latter a "429 Resource Unavailable" that is not charged. The
+    guide gives only that status and title, so the rest of the error body is ours.
+    Every model is served flex here; the guide says only some offer it, listed on the
+    pricing page."""
+    knobs = store.knobs
+    if knobs.flex_latency_seconds > 0:
+        await asyncio.sleep(knobs.flex_latency_seconds)
+    if store.flex_unavailable():
+        raise ApiError(
+            429,
+            "Resource Unavailable: flex processing has no capacity for this request right "
+            "now; you are not charged for it. Retry later, or send it without "
+            "service_tier='flex'.",
+            type="resource_unavailable",
+            headers={"retry-after-ms": "10"},
+        )
+
+
 def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
     async def handler(request: Request) -> Response:
         store = _store(request)
@@ -747,8 +769,13 @@ def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
                     models=store.knobs.models,
                 )
 
+        flex = isinstance(body, dict) and body.get("service_tier") == "flex"
+        if flex:
+            await _flex_wait(store)
         ans = await run_in_threadpool(run)
         headers = {"retry-after-ms": "10"} if ans.status >= 500 else {}
+        if flex and ans.status == 200 and isinstance(ans.body, dict):
+            ans.body["service_tier"] = "flex"
         return JSONResponse(ans.body, status_code=ans.status, headers=headers)
 
     return handler
