@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import checks as _checks
+from . import deadline as _deadline
 from . import engines as _engines
 from . import estimate as _estimate_mod
 from . import frames, pricing
@@ -77,6 +78,7 @@ def submit(
     fallback: str | None = None,
     alert_threshold: float | None = 0.05,
     deadline: Any = None,
+    on_deadline: str = "wait",
     escalate_when: Any = None,
     pack: int | None = None,
     reuse: bool = True,
@@ -135,6 +137,11 @@ def submit(
     ``deadline`` (a ``datetime.timedelta``, a duration such as ``"6h"`` or ``"1h30m"``,
     or a ``datetime``) is when every row should be done: a job still running then is
     flagged overdue in the panel, the log and ``nbbatch jobs`` / ``nbbatch check``.
+    ``on_deadline`` says what happens then to rows not done: ``"wait"`` (the default)
+    only flags it; ``"flex"`` (OpenAI) and ``"realtime"`` stop sending batches, cancel
+    the open ones (their finished rows keep their results) and send the rest through the
+    real-time API, with flex processing at batch prices or at full price (see
+    :mod:`nbbatch.deadline`).
     The job's start (rows, estimated cost) and end (counts, cost, duration) are logged
     at INFO on logger ``nbbatch``, and an end with rows that got no result at WARNING.
 
@@ -170,6 +177,7 @@ def submit(
         progress=progress, display=display,
     )  # fmt: skip
     _check_policy(fallback, deadline)
+    _deadline.check(on_deadline, deadline)
     models, when, when_fn = _cascade(model, escalate_when)
     engine = _engines.kind_of(data)  # a Dask or Spark frame: planned on its workers
     source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
@@ -191,6 +199,7 @@ def submit(
         cache_system=cache_system, params=params,
     )  # fmt: skip
     _check_cascade_columns(data, frame, is_series, when, output, spec)
+    _deadline.check(on_deadline, deadline, impl.name)
     pack = _pack.check(pack, spec)
     # plan: render, hash and deduplicate the rows (into a manifest file for files)
     ledger = _default_ledger()
@@ -239,6 +248,8 @@ def submit(
         job = _same_job(existing, rows, impl, ledger, data, polling, when_fn, checks)
     else:
         policy = _policy(retries, fallback, alert_threshold, missing, models, when, pack, limit)
+        if on_deadline != "wait":
+            policy["on_deadline"] = on_deadline
         n_rows = (
             rows.n_rows if rows is not None else source.n_rows if source else in_memory_rows or 0
         )

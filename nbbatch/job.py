@@ -31,6 +31,7 @@ import pandas as pd
 
 from . import collect as _collect
 from . import control as _control
+from . import deadline as _deadline
 from . import engines, rowstore
 from . import escalate as _escalate
 from . import health as _health
@@ -408,9 +409,11 @@ class BatchJob:
                 for batch in self._ledger.batches(self.id):
                     if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
                         _collect.poll_batch(self._ctx, batch)
-                if not _planning.planning(self._ctx) and _collect.after_collect(
-                    self._ctx, sending=self.sending
-                ):
+                if _planning.planning(self._ctx):
+                    pass
+                elif _deadline.rerouting(self._ctx):
+                    _deadline.reroute(self._ctx)  # past the deadline: the rest another way
+                elif _collect.after_collect(self._ctx, sending=self.sending):
                     self._send_stage()  # a cascade's next stage put rows back to send
             except ProviderError as exc:
                 if not exc.transient:

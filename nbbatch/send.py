@@ -121,7 +121,7 @@ def send_rows(
         pieces = list(_plan.chunk_bounds(ends, max_count=limit, max_bytes=provider.max_bytes))
         progress.expected += len(pieces) - 1
         for first, stop in pieces:
-            if progress.cancelled:
+            if progress.cancelled or ctx.rerouting:
                 return
             begin, end = (int(ends[first - 1]) if first else 0), int(ends[stop - 1])
             # The whole block fits in one batch (the usual case): no copy of its bytes.
@@ -294,8 +294,8 @@ def send_unsent(
     """Send the rows pending in no batch: not sent yet (a new job, a process that died
     before sending them) or put back by ``resubmit_failed`` or a new stage; ``lock``
     is held around each chunk (see :func:`send_rows`)."""
-    if not len(unsent(ctx.row_state())):
-        return
+    if not len(unsent(ctx.row_state())) or ctx.rerouting:
+        return  # after the deadline the rest go another way (see nbbatch.deadline)
     if ctx.cancelled:
         # Rows put back after a cancel (a create call refused while it was made): they
         # end cancelled, never sent.
