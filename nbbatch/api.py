@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import checks as _checks
 from . import deadline as _deadline
@@ -602,6 +603,7 @@ def _memory_planner(
             rows, impl, spec, models, max_cost, ledger if reuse else None, pack=pack,
             template=prompt,
         )  # fmt: skip
+        _longest_fits(rows, impl, spec)
         existing = None if force else ledger.find_job(rows.fingerprint)
         if existing is not None and existing != job_id:
             raise InputError(
@@ -619,6 +621,27 @@ def _memory_planner(
         return target
 
     return plan
+
+
+def _longest_fits(rows: _Rows, impl: Provider, spec: RequestSpec) -> None:
+    """Raise an InputError when the request of the longest prompt sent would be larger
+    than a provider batch may be: found before anything is sent, not when the chunk
+    holding it is built (see :func:`nbbatch.planning.longest_fits` for files)."""
+    keep = np.ones(len(rows.send_positions), dtype=bool)
+    lengths = [
+        pc.fill_null(pc.binary_length(part), 0).to_numpy(zero_copy_only=False)
+        for part in rows.prompts(keep)
+    ]
+    if not lengths or not sum(len(x) for x in lengths):
+        return
+    longest = int(np.concatenate(lengths).argmax())
+    ids, prompts = rows.head(longest + 1)
+    size = len(impl.encode(ids.slice(longest), prompts.slice(longest), spec))
+    if size > impl.max_bytes:
+        raise InputError(
+            f"a row renders a request of {size:,} bytes, over the provider's batch limit "
+            f"of {impl.max_bytes:,} bytes. Shorten that row's text."
+        )
 
 
 def _streamed(

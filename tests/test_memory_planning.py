@@ -137,3 +137,20 @@ def test_the_same_job_submitted_again_sends_nothing_twice(oai, emu, gated):
     anew = nb.submit(df, PROMPT, model="gpt-4o-mini", client=oai, force=True, reuse=False)
     anew.wait(timeout=60, progress=False)
     assert anew.counts["succeeded"] == 20 and batches_created(emu) > before
+
+
+def test_a_row_over_the_providers_size_limit_fails_the_job_before_anything_is_sent(
+    oai, emu, gated, monkeypatch
+):
+    from nbbatch.providers.openai import OpenAIProvider
+
+    gate, _ = gated
+    gate.set()
+    monkeypatch.setattr(OpenAIProvider, "max_bytes", 4_000)
+    df = _frame(150)
+    df.loc[140, "body"] = "x" * 5_000  # past the first rows submit looks at
+    before = batches_created(emu)
+    job = nb.submit(df, PROMPT, model="gpt-4o-mini", client=oai)
+    with pytest.raises(nb.InputError, match="over the provider's batch limit of 4,000 bytes"):
+        job.wait(timeout=60, progress=False)
+    assert job.snapshot().status == "failed" and batches_created(emu) == before
