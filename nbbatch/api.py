@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import secrets
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -19,8 +20,10 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import checks as _checks
+from . import deadline as _deadline
 from . import engines as _engines
 from . import estimate as _estimate_mod
 from . import frames, pricing
@@ -32,6 +35,7 @@ from . import planning as _planning
 from . import prompt as _prompt
 from . import providers as _providers
 from . import quota as _quota
+from . import rowstore as _rowstore
 from . import stream as _stream
 from . import structured as _structured
 from ._errors import ConfigError, InputError, JobNotFoundError
@@ -76,6 +80,7 @@ def submit(
     fallback: str | None = None,
     alert_threshold: float | None = 0.05,
     deadline: Any = None,
+    on_deadline: str = "wait",
     escalate_when: Any = None,
     pack: int | None = None,
     reuse: bool = True,
@@ -136,6 +141,11 @@ def submit(
     ``deadline`` (a ``datetime.timedelta``, a duration such as ``"6h"`` or ``"1h30m"``,
     or a ``datetime``) is when every row should be done: a job still running then is
     flagged overdue in the panel, the log and ``nbbatch jobs`` / ``nbbatch check``.
+    ``on_deadline`` says what happens then to rows not done: ``"wait"`` (the default)
+    only flags it; ``"flex"`` (OpenAI) and ``"realtime"`` stop sending batches, cancel
+    the open ones (their finished rows keep their results) and send the rest through the
+    real-time API, with flex processing at batch prices or at full price (see
+    :mod:`nbbatch.deadline`).
     The job's start (rows, estimated cost) and end (counts, cost, duration) are logged
     at INFO on logger ``nbbatch``, and an end with rows that got no result at WARNING.
 
@@ -180,10 +190,21 @@ def submit(
     )  # fmt: skip
     _check_policy(fallback, deadline)
     _quota.check_options(queue_limit, tier)
+    _deadline.check(on_deadline, deadline)
     models, when, when_fn = _cascade(model, escalate_when)
     engine = _engines.kind_of(data)  # a Dask or Spark frame: planned on its workers
     source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
-    head = _engines.head(data) if engine else data if source is None else source.head()
+    # A large table held in memory is planned in the background too (its first rows now).
+    in_memory_rows = None if engine or source else _planning.memory_rows(data)
+    head = (
+        _engines.head(data)
+        if engine
+        else source.head()
+        if source is not None
+        else _memory_head(data)
+        if in_memory_rows is not None
+        else data
+    )
     frame, is_series, template, impl, spec, local = _prepare(
         head, prompt, model=models[0], output=output,
         provider=provider, client=client, system=system, max_tokens=max_tokens,
@@ -191,6 +212,7 @@ def submit(
         cache_system=cache_system, params=params,
     )  # fmt: skip
     _check_cascade_columns(data, frame, is_series, when, output, spec)
+    _deadline.check(on_deadline, deadline, impl.name)
     pack = _pack.check(pack, spec)
     # plan: render, hash and deduplicate the rows (into a manifest file for files)
     ledger = _default_ledger()
@@ -210,6 +232,12 @@ def submit(
         assert source is not None
         _check_head(source.head(), template, id_column, missing, impl, spec)
         _check_models(impl, models)
+    elif in_memory_rows is not None:
+        _check_head(frame, template, id_column, missing, impl, spec)
+        _check_models(impl, models)
+        # Its rows are read in the background, so its fingerprint is known only then:
+        # until then it is a job of its own (the planner looks for the same job).
+        later = f"planning-{secrets.token_hex(8)}"
     else:
         if engine:
             rows = _distributed(data, prompt, id_column, missing, salt, impl.name, spec, identity)
@@ -234,7 +262,11 @@ def submit(
     else:
         policy = _policy(retries, fallback, alert_threshold, missing, models, when, pack, limit)
         policy.update(_quota.options(queue_limit, tier))
-        n_rows = rows.n_rows if rows is not None else source.n_rows if source else 0
+        if on_deadline != "wait":
+            policy["on_deadline"] = on_deadline
+        n_rows = (
+            rows.n_rows if rows is not None else source.n_rows if source else in_memory_rows or 0
+        )
         record = _new_record(
             n_rows, impl, spec, output=output, template=prompt, id_column=id_column
         )
@@ -243,9 +275,17 @@ def submit(
             backend="local" if local else None,
             deadline=_health.deadline_at(deadline, record["created"]),
         )  # fmt: skip
+        planner = None
+        if in_memory_rows is not None:
+            data = data.copy(deep=False) if frames.kind_of(data) == frames.PANDAS else data
+            planner = _memory_planner(
+                record["id"], data, prompt, impl, spec, models, ledger,
+                id_column=id_column, missing=missing, salt=salt, identity=identity,
+                limit=limit, max_cost=max_cost, reuse=reuse, force=force, pack=pack,
+            )  # fmt: skip
         job = _record_job(
             record, rows, source, impl, ledger, data, polling, when_fn, checks,
-            reuse=reuse, max_cost=max_cost,
+            reuse=reuse, max_cost=max_cost, planner=planner,
         )  # fmt: skip
     # start: send in the background (or wait here), and show the panel in a notebook
     return _start(job, wait=wait, progress=progress, display=display)
@@ -396,6 +436,7 @@ def _record_job(
     *,
     reuse: bool,
     max_cost: float | None,
+    planner: _planning.Planner | None = None,
 ) -> BatchJob:
     """Write the new job and its manifest to the ledger (rows answered in earlier jobs
     take their results when ``reuse``), or, for a table planned in the background, the
@@ -405,9 +446,9 @@ def _record_job(
         ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
         rows.recorded(ledger.folder(record["id"]))
     else:
-        assert source is not None
         record["policy"].update(reuse=reuse, max_cost=max_cost)  # checked once planned
-        ledger.add_planning_job(record, source.describe())
+        described = source.describe() if source else {"kind": "memory", "rows": record["n_rows"]}
+        ledger.add_planning_job(record, described)
     job = BatchJob(
         ledger.job(record["id"]) or record,
         impl,
@@ -416,6 +457,7 @@ def _record_job(
         polling=polling,
         escalate_when=when_fn,
         plan_checks=checks,
+        planner=planner,
     )
     due = record.get("deadline")
     log.info(
@@ -528,6 +570,91 @@ def _in_memory(
         prompts=lambda keep: iter([rows.prompts.filter(pa.array(keep))]),
         manifest=lambda: rows.manifest(hashes),
     )
+
+
+def _memory_head(data: Any, n: int = 100) -> Any:
+    """The first ``n`` rows of an in-memory table, of the same kind (for the checks
+    submit makes before a table planned in the background is read)."""
+    kind = frames.kind_of(data)
+    if kind == frames.PANDAS:
+        return data.iloc[:n]
+    if kind == frames.ARROW:
+        return data.slice(0, n)
+    return data.head(n)  # polars
+
+
+def _memory_planner(
+    job_id: str,
+    data: Any,
+    prompt: str,
+    impl: Provider,
+    spec: RequestSpec,
+    models: list[str],
+    ledger: Ledger,
+    *,
+    id_column: str | None,
+    missing: str,
+    salt: str,
+    identity: tuple[str, str],
+    limit: _checks.ContextLimit | None,
+    max_cost: float | None,
+    reuse: bool,
+    force: bool,
+    pack: int | None,
+) -> _planning.Planner:
+    """What plans a large in-memory table in the background (see nbbatch.planning):
+    every row planned and checked as :func:`submit` checks a table planned at once, the
+    same job looked for by content, and the manifest written to a file beside the
+    ledger. Any failure raises: the job then ends failed with it, nothing sent."""
+
+    def plan(advance: Callable[[int], None]) -> Path:
+        advance(0)
+        frame, _, template = _parse(data, prompt)
+        rows = _in_memory(frame, template, id_column, missing, salt, identity, limit)
+        del frame
+        _check_before_sending(
+            rows, impl, spec, models, max_cost, ledger if reuse else None, pack=pack,
+            template=prompt,
+        )  # fmt: skip
+        _longest_fits(rows, impl, spec)
+        existing = None if force else ledger.find_job(rows.fingerprint)
+        if existing is not None and existing != job_id:
+            raise InputError(
+                f"this exact job was already submitted as {existing}, so this one sends "
+                f"nothing: follow that one with nb.attach({existing!r}), or submit with "
+                "force=True to send it anew.",
+                job_id=job_id,
+            )
+        ledger.set_fingerprint(job_id, rows.fingerprint)
+        target = ledger.files / f".manifest-{job_id}-{secrets.token_hex(4)}.arrow"
+        manifest = rows.manifest()
+        assert isinstance(manifest, pa.Table)
+        _rowstore.write_table(target, manifest)
+        advance(rows.n_rows)
+        return target
+
+    return plan
+
+
+def _longest_fits(rows: _Rows, impl: Provider, spec: RequestSpec) -> None:
+    """Raise an InputError when the request of the longest prompt sent would be larger
+    than a provider batch may be: found before anything is sent, not when the chunk
+    holding it is built (see :func:`nbbatch.planning.longest_fits` for files)."""
+    keep = np.ones(len(rows.send_positions), dtype=bool)
+    lengths = [
+        pc.fill_null(pc.binary_length(part), 0).to_numpy(zero_copy_only=False)
+        for part in rows.prompts(keep)
+    ]
+    if not lengths or not sum(len(x) for x in lengths):
+        return
+    longest = int(np.concatenate(lengths).argmax())
+    ids, prompts = rows.head(longest + 1)
+    size = len(impl.encode(ids.slice(longest), prompts.slice(longest), spec))
+    if size > impl.max_bytes:
+        raise InputError(
+            f"a row renders a request of {size:,} bytes, over the provider's batch limit "
+            f"of {impl.max_bytes:,} bytes. Shorten that row's text."
+        )
 
 
 def _streamed(

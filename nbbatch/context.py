@@ -18,6 +18,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -79,6 +80,13 @@ class JobContext:
     #: What submit checks once a table planned in the background is planned (its
     #: budget...): see nbbatch.planning. Set by submit and attach, for this session.
     plan_checks: Callable[..., None] | None = None
+    #: Plans the rows of an in-memory table recorded ``planning`` (set by submit, for
+    #: this session: the rows live here); see nbbatch.planning.
+    planner: Callable[..., Path] | None = None
+    #: After the deadline (``on_deadline`` flex/realtime, see nbbatch.deadline): this
+    #: session cancelled the open batches, and sent the unfinished rows.
+    deadline_cancelled: bool = False
+    deadline_sent: bool = False
     #: Called after each chunk is sent, so the views can show the upload's progress.
     on_progress: Callable[[], None] = _nothing
     #: Average prompt tokens per row, for pending estimates (computed once).
@@ -124,6 +132,15 @@ class JobContext:
     def local(self) -> bool:
         """Whether the job runs in nbbatch's background emulator (``provider="local"``)."""
         return self.record.get("backend") == "local"
+
+    @property
+    def rerouting(self) -> bool:
+        """Whether the job's deadline has passed and its unfinished rows go another way
+        (``on_deadline`` flex or realtime, see nbbatch.deadline): nothing more is sent
+        as a batch."""
+        way = self.policy.get("on_deadline", "wait")
+        due = self.record.get("deadline")
+        return way in ("flex", "realtime") and due is not None and self.clock() >= float(due)
 
     @property
     def cancelled(self) -> bool:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from . import collect as _collect
 from . import control as _control
+from . import deadline as _deadline
 from . import engines, rowstore
 from . import escalate as _escalate
 from . import health as _health
@@ -125,12 +126,19 @@ class BatchJob:
         *,
         escalate_when: Callable[..., Any] | None = None,
         plan_checks: Callable[..., None] | None = None,
+        planner: Callable[..., Path] | None = None,
     ) -> None:
         # What the stages work on (see nbbatch.context); a cascade's escalate_when, when
         # it is a function, and the checks of a table planned in the background live
         # there for this session only.
         self._ctx = JobContext(
-            record, provider, ledger, data, escalate_when=escalate_when, plan_checks=plan_checks
+            record,
+            provider,
+            ledger,
+            data,
+            escalate_when=escalate_when,
+            plan_checks=plan_checks,
+            planner=planner,
         )
         self._ctx.on_progress = _weakly(self._progress_changed)
         self._record = record
@@ -420,11 +428,11 @@ class BatchJob:
                     # Batches that just ended made room in the account's queue: the
                     # next wave goes now, not a poll later (see nbbatch.quota).
                     self._send_unsent()
-                if (
-                    send
-                    and not _planning.planning(self._ctx)
-                    and _collect.after_collect(self._ctx, sending=self.sending)
-                ):
+                if not send or _planning.planning(self._ctx):
+                    pass  # ``send=False`` only looks; a table still planning waits
+                elif _deadline.rerouting(self._ctx):
+                    _deadline.reroute(self._ctx)  # past the deadline: the rest another way
+                elif _collect.after_collect(self._ctx, sending=self.sending):
                     self._send_stage()  # a cascade's next stage put rows back to send
             except ProviderError as exc:
                 if not exc.transient:

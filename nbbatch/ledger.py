@@ -809,6 +809,12 @@ class Ledger:
         record["policy"] = orjson.loads(record["policy"] or "{}")
         return record
 
+    def set_fingerprint(self, job_id: str, fingerprint: str) -> None:
+        """Give a job its fingerprint once its rows are known (a table held in memory
+        planned in the background: its rows are only read then)."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET fingerprint = ? WHERE id = ?", (fingerprint, job_id))
+
     def find_job(self, fingerprint: str) -> str | None:
         """The newest job with this fingerprint (same data and request), if any."""
         rows = self.query(

@@ -19,6 +19,14 @@ is planned again from its recorded files by the next session that sends it.
 Such a job is "the same job" for ``submit`` when the same files (path, size,
 modification time) are submitted with the same request (:func:`fingerprint`): telling
 that from the rows' content would mean reading every row first.
+
+A table held in memory (pandas, polars, Arrow) of at least :data:`MEMORY_BACKGROUND_ROWS`
+rows is planned the same way, so ``submit`` returns at once whatever its size: submit
+checks its first rows and records the job ``planning``, and the session's sender runs
+the job's *planner* (``JobContext.planner``, made by submit: render, hash, every check
+of a table planned at once, the same-job check by content) before anything is sent. The
+rows live in that session only, so a job whose planning session ended cannot be planned
+elsewhere: it ends failed, saying to submit the data again.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -41,8 +50,16 @@ if TYPE_CHECKING:
 
 #: Streamed tables with at least this many rows are planned in the background.
 BACKGROUND_ROWS = 250_000
+#: In-memory tables with at least this many rows are planned in the background too:
+#: planning them takes about a second per 100,000 rows on a busy laptop, and submit
+#: should never hold the kernel longer than that.
+MEMORY_BACKGROUND_ROWS = 50_000
 #: The job statuses of a job planned in the background, before it runs.
 PLANNING, FAILED = "planning", "failed"
+
+#: Plans an in-memory table's rows, with every check, to a finished manifest file
+#: (given a function to report rows planned); see JobContext.planner.
+Planner = Callable[[Callable[[int], None]], Path]
 
 #: What ``submit`` checks on a planned table before recording it (given the plan and
 #: its source): rows to send, the request encodes, the size limit, the budget.
@@ -56,6 +73,17 @@ class _Stopped(Exception):
 def in_background(source: _stream.Source) -> bool:
     """Whether a table this large is planned in the background."""
     return source.n_rows >= BACKGROUND_ROWS
+
+
+def memory_rows(data: Any) -> int | None:
+    """The row count of an in-memory table (pandas, polars, Arrow) large enough to be
+    planned in the background, else None (planned in ``submit``)."""
+    from . import frames
+
+    if frames.kind_of(data) not in (frames.PANDAS, frames.POLARS, frames.ARROW):
+        return None
+    n = len(data)
+    return n if n >= MEMORY_BACKGROUND_ROWS else None
 
 
 def fingerprint(source: _stream.Source, parts: list[Any]) -> str | None:
@@ -99,8 +127,9 @@ def source_of(ctx: JobContext) -> _stream.Source:
     recorded = ctx.ledger.source(ctx.id) or {}
     source = _stream.Source.recorded(recorded)
     if source is None:
+        held = "a table held in memory" if recorded.get("kind") == "memory" else "an Arrow dataset"
         raise InputError(
-            f"job {ctx.id} was being planned from an Arrow dataset in a session that "
+            f"job {ctx.id} was being planned from {held} in a session that "
             "ended, so its rows cannot be read again here; submit the data again.",
             job_id=ctx.id,
         )
@@ -165,6 +194,10 @@ def _plan(ctx: JobContext, advance: Callable[[int], None], checks: Checks | None
     """Plan the job's rows to a manifest file, check them and record the manifest."""
     record = ctx.record
     ledger = ctx.ledger
+    if ctx.planner is not None:  # a table held in memory: its planner checks it all
+        target = ctx.planner(advance)
+        _record_manifest(ctx, target)
+        return
     source = source_of(ctx)
     if source.n_rows != int(record["n_rows"]):
         raise InputError("the data changed since submit (its row count differs)")
@@ -188,8 +221,16 @@ def _plan(ctx: JobContext, advance: Callable[[int], None], checks: Checks | None
     except BaseException:
         planned.discard()
         raise
+    _record_manifest(ctx, target)
+
+
+def _record_manifest(ctx: JobContext, target: Path) -> None:
+    """Move a finished manifest file into the ledger: the job has its rows."""
+    ledger = ctx.ledger
     try:
-        if not ledger.add_manifest(ctx.id, target, reuse=bool(record["policy"].get("reuse", True))):
+        if not ledger.add_manifest(
+            ctx.id, target, reuse=bool(ctx.record["policy"].get("reuse", True))
+        ):
             raise _Stopped  # cancelled while the manifest was written
     finally:
         from .rowstore import leaders_path

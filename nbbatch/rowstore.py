@@ -34,8 +34,10 @@ import pyarrow.compute as pc
 STATES = ("pending", "succeeded", "failed", "expired", "cancelled", "skipped")
 PENDING, SUCCEEDED, FAILED, EXPIRED, CANCELLED, SKIPPED = range(len(STATES))
 #: Where a row's current result came from.
-ORIGINS = ("batch", "reused", "realtime")
-BATCH, REUSED, REALTIME = range(len(ORIGINS))
+ORIGINS = ("batch", "reused", "realtime", "flex")
+BATCH, REUSED, REALTIME, FLEX = range(len(ORIGINS))
+#: How each origin is priced: flex processing at batch prices (see nbbatch.deadline).
+PRICED = (((BATCH, FLEX), "batch"), ((REALTIME,), "realtime"))
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -283,11 +285,11 @@ class RowState:
         if len(moved):
             tokens = self._tokens_at(moved)
             for old in np.unique(self.stage[moved]):
-                for code in (BATCH, REALTIME):
-                    mine = (self.stage[moved] == old) & (self.origin[moved] == code)
+                for codes, _ in PRICED:
+                    mine = (self.stage[moved] == old) & np.isin(self.origin[moved], codes)
                     if mine.any():
                         add = np.append(tokens[mine].sum(axis=0), int(mine.sum()))
-                        key_ = (int(old), int(code))
+                        key_ = (int(old), int(codes[0]))
                         self._superseded[key_] = self._superseded.get(key_, 0) + add
         self.stage[positions] = stage
         self.status[positions] = PENDING
@@ -363,8 +365,8 @@ class RowState:
             return out
         tokens = self._tokens_at(answered)
         origin = self.origin[answered]
-        for code, name in ((BATCH, "batch"), (REALTIME, "realtime")):
-            mine = origin == code
+        for codes, name in PRICED:
+            mine = np.isin(origin, codes)
             totals = tokens[mine].sum(axis=0, dtype=np.int64)
             out[name] = (int(totals[0]), int(totals[1]), int(totals[2]), int(mine.sum()))
         return out
@@ -394,13 +396,13 @@ class RowState:
 
         answered = np.flatnonzero(self.ref_file >= 0)
         tokens = self._tokens_at(answered)
-        for code, name in ((BATCH, "batch"), (REALTIME, "realtime")):
+        for codes, name in PRICED:
             for stage in np.unique(self.stage[answered]):
-                mine = (self.origin[answered] == code) & (self.stage[answered] == stage)
+                mine = np.isin(self.origin[answered], codes) & (self.stage[answered] == stage)
                 if mine.any():
                     add(int(stage), name, (*tokens[mine].sum(axis=0), int(mine.sum())))
             for (stage, origin), values in self._superseded.items():
-                if origin == code:
+                if origin == codes[0]:
                     add(stage, name, values)
         return out
 

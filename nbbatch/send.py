@@ -128,7 +128,7 @@ def send_rows(
         per_row = float(units.sum()) / max(1, len(block))
         first = 0
         while first < len(ends):
-            if progress.cancelled:
+            if progress.cancelled or ctx.rerouting:
                 return
             stop = _piece_end(ends, units, first, limit, provider.max_bytes, queue.piece)
             rest = int(units[first:].sum()) + int(per_row * (len(positions) - start - len(block)))
@@ -373,8 +373,8 @@ def send_unsent(
     """Send the rows pending in no batch: not sent yet (a new job, a process that died
     before sending them) or put back by ``resubmit_failed`` or a new stage; ``lock``
     is held around each chunk (see :func:`send_rows`)."""
-    if not len(unsent(ctx.row_state())):
-        return
+    if not len(unsent(ctx.row_state())) or ctx.rerouting:
+        return  # after the deadline the rest go another way (see nbbatch.deadline)
     if ctx.cancelled:
         # Rows put back after a cancel (a create call refused while it was made): they
         # end cancelled, never sent.

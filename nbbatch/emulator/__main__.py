@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         ("invalid-output-rate", 0.0),
         ("truncate-rate", 0.0),
         ("http-error-rate", 0.0),
+        ("flex-latency-seconds", 0.0),
+        ("flex-unavailable-rate", 0.0),
     ):
         parser.add_argument(f"--{name}", type=float, default=default)
     parser.add_argument("--fault-attempts", type=int, default=1, help="-1: every attempt")
@@ -139,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         invalid_output_rate=args.invalid_output_rate,
         truncate_rate=args.truncate_rate,
         http_error_rate=args.http_error_rate,
+        flex_latency_seconds=args.flex_latency_seconds,
+        flex_unavailable_rate=args.flex_unavailable_rate,
         fault_attempts=None if args.fault_attempts < 0 else args.fault_attempts,
         shuffle=not args.no_shuffle,
         seed=args.seed,

@@ -216,6 +216,8 @@ def start(
     anthropic_queue_limit: int | None = None,
     anthropic_create_rate: int | None = None,
     gemini_enqueued_token_limit: int | None = None,
+    flex_latency_seconds: float = 0.0,
+    flex_unavailable_rate: float = 0.0,
     models: Sequence[str] = (),
     gemini_out_of_order: bool = False,
     clock: Callable[[], float] | None = None,
@@ -255,6 +257,9 @@ def start(
     ``anthropic_queue_limit`` (requests), ``anthropic_create_rate`` (creates per minute)
     and ``gemini_enqueued_token_limit`` (tokens per model) set one limit explicitly,
     over the tier's. What is queued is released as each batch ends.
+    OpenAI real-time requests with ``service_tier="flex"`` wait ``flex_latency_seconds``
+    more, and ``flex_unavailable_rate`` of them get 429 "Resource Unavailable" (never
+    more than two in a row); their replies say ``service_tier: "flex"``.
     ``clock`` (a callable returning seconds) replaces ``time.monotonic`` to drive time.
     The models endpoints (``GET /v1/models``, ``GET /v1/models/{id}``, both APIs) know
     the real models of each provider and their dated snapshots; ``models`` adds names
@@ -291,6 +296,8 @@ def start(
         anthropic_queue_limit=anthropic_queue_limit,
         anthropic_create_rate=anthropic_create_rate,
         gemini_enqueued_token_limit=gemini_enqueued_token_limit,
+        flex_latency_seconds=flex_latency_seconds,
+        flex_unavailable_rate=flex_unavailable_rate,
         models=tuple(models),
         gemini_out_of_order=gemini_out_of_order,
     )

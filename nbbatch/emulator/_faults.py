@@ -79,6 +79,10 @@ class Knobs:
     anthropic_queue_limit: int | None = None  # Anthropic requests queued, all models
     anthropic_create_rate: int | None = None  # Anthropic batch creates per minute
     gemini_enqueued_token_limit: int | None = None  # Gemini input tokens queued, per model
+    # OpenAI flex processing (real-time requests with service_tier="flex"): extra
+    # latency, and the fraction answered 429 Resource Unavailable.
+    flex_latency_seconds: float = 0.0
+    flex_unavailable_rate: float = 0.0
     models: tuple[str, ...] = ()  # model names served besides the real ones (_models.py)
     # Gemini answers in request order, as documented; True reorders them as the service
     # has been seen to (googleapis/python-genai#1909), to test a client that matches by key.
@@ -109,10 +113,15 @@ class Knobs:
 
     def check(self) -> None:
         """Raise ValueError when a knob is out of range."""
-        for name in ("validating_seconds", "processing_seconds", "finalizing_seconds"):
+        for name in (
+            "validating_seconds",
+            "processing_seconds",
+            "finalizing_seconds",
+            "flex_latency_seconds",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in (*ROW_FAULTS, "http_error_rate"):
+        for name in (*ROW_FAULTS, "http_error_rate", "flex_unavailable_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")

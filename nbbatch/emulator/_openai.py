@@ -7,6 +7,7 @@ bodies, and output / error JSONL lines ``{id, custom_id, response, error}``.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -550,12 +551,15 @@ def create_batch_sync(store: Store, body: Any) -> dict[str, Any]:
     f = _check_create_body(store, body)
     endpoint = body["endpoint"]
     v = validate_input(f.path, f.bytes, endpoint, store.knobs.models)
+    if _quotas.openai_limit(store.knobs, v.model) is None:
+        return _register(store, body, f, v)  # no quota: creates need not wait on others
     with store.lock:  # the quota check and the new batch, as one step
         return _register(store, body, f, v)
 
 
 def _register(store: Store, body: Any, f: StoredFile, v: Validation) -> dict[str, Any]:
-    """Create the batch of a validated input file (under the store's lock)."""
+    """Create the batch of a validated input file (under the store's lock when a quota
+    applies)."""
     knobs: Knobs = store.knobs
     endpoint = body["endpoint"]
     t = store.now()
@@ -727,6 +731,27 @@ async def _json_body(request: Request) -> Any:
         raise ApiError(400, "The request body is not valid JSON.") from None
 
 
+async def _flex_wait(store: Store) -> None:
+    """What flex processing adds to a real-time request: "slower response times and
+    occasional resource unavailability" (https://developers.openai.com/api/docs/guides/
+    flex-processing), the latter a "429 Resource Unavailable" that is not charged. The
+    guide gives only that status and title, so the rest of the error body is ours.
+    Every model is served flex here; the guide says only some offer it, listed on the
+    pricing page."""
+    knobs = store.knobs
+    if knobs.flex_latency_seconds > 0:
+        await asyncio.sleep(knobs.flex_latency_seconds)
+    if store.flex_unavailable():
+        raise ApiError(
+            429,
+            "Resource Unavailable: flex processing has no capacity for this request right "
+            "now; you are not charged for it. Retry later, or send it without "
+            "service_tier='flex'.",
+            type="resource_unavailable",
+            headers={"retry-after-ms": "10"},
+        )
+
+
 def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
     async def handler(request: Request) -> Response:
         store = _store(request)
@@ -756,8 +781,13 @@ def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
                     models=store.knobs.models,
                 )
 
+        flex = isinstance(body, dict) and body.get("service_tier") == "flex"
+        if flex:
+            await _flex_wait(store)
         ans = await run_in_threadpool(run)
         headers = {"retry-after-ms": "10"} if ans.status >= 500 else {}
+        if flex and ans.status == 200 and isinstance(ans.body, dict):
+            ans.body["service_tier"] = "flex"
         return JSONResponse(ans.body, status_code=ans.status, headers=headers)
 
     return handler

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._faults import TRANSIENT_MARKER, Fate, Knobs, RowInfo, assign_fates, faulted
+from ._faults import TRANSIENT_MARKER, Fate, Knobs, RowInfo, assign_fates, faulted, unit_hash
 from ._quotas import CreateRate
 
 WINDOW_SECONDS = 24 * 3600.0
@@ -226,6 +226,9 @@ class Store:
         self.openai_prefixes: set[int] = set()
         # Anthropic's batch-create rate (a token bucket; see _quotas.py).
         self.anthropic_creates = CreateRate()
+        # Flex requests seen, and how many in a row were refused (see flex_unavailable).
+        self._flex_seen = 0
+        self._flex_streak = 0
         # The user's own responder (nb.emulator.start(responder=...)); None: built in.
         self.responder: Any = None
         self.counters = {
@@ -365,6 +368,22 @@ class Store:
         attempt = self.attempts(kind, [text])[0]
         self.record_faults(kind, [text], [attempt], [attempt == 1])
         return attempt == 1
+
+    def flex_unavailable(self) -> bool:
+        """Whether this flex request is refused for capacity (``flex_unavailable_rate``,
+        decided by hash of the seed and the request's number; never more than two in a
+        row, so a client retrying as the SDKs do gets through)."""
+        with self.lock:
+            knobs = self.knobs
+            if knobs.flex_unavailable_rate <= 0:
+                return False
+            self._flex_seen += 1
+            refused = (
+                self._flex_streak < 2
+                and unit_hash(knobs.seed, "flex", self._flex_seen) < knobs.flex_unavailable_rate
+            )
+            self._flex_streak = self._flex_streak + 1 if refused else 0
+            return refused
 
     def fates(self, provider: str, rows: list[RowInfo], knobs: Knobs) -> bytearray:
         """Each request's fate in a new batch: its attempt (how many batches in a row

@@ -272,3 +272,22 @@ def test_cli_takes_a_tier() -> None:
 
     with pytest.raises(SystemExit):
         main(["--tier", "tier-9"])
+
+
+def test_the_background_emulator_applies_the_quotas_of_its_environment(
+    nbbatch_home, monkeypatch
+) -> None:
+    import time
+
+    monkeypatch.setenv(_background.QUOTAS_ENV, "enqueued_token_limit=5")
+    running = emulator.background(nbbatch_home)
+    client = openai.OpenAI(base_url=running.url + "/v1", api_key=running.token, max_retries=0)
+    with client:
+        batch = _openai_batch(client, _rows(2, 40))  # 20 tokens, over the 5 allowed
+        deadline = time.monotonic() + 60
+        while (batch := client.batches.retrieve(batch.id)).status == "validating":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert batch.status == "failed"
+        assert batch.errors is not None and batch.errors.data is not None
+        assert batch.errors.data[0].code == "token_limit_exceeded"

@@ -1,0 +1,150 @@
+"""A deadline that means something: rows not done by it go another way.
+
+``submit(deadline=..., on_deadline=...)``: with ``"wait"`` (the default) a deadline only
+marks a job overdue (see :mod:`nbbatch.health`). With ``"flex"`` or ``"realtime"``,
+once it has passed:
+
+1. nothing more is sent as a batch (the sender stops before its next chunk);
+2. the job's open batches are cancelled; the rows they finished keep their results,
+   as for any cancel;
+3. once every batch is collected, the rows still unfinished (never sent, cancelled,
+   expired, or failed for a reason another try can fix) are sent through the provider's
+   real-time API: with ``"flex"``, OpenAI's flex processing (``service_tier="flex"``:
+   billed at batch prices, slower, sometimes refused with 429, which is retried), with
+   ``"realtime"`` at the full price. They are recorded with origin ``flex`` or
+   ``realtime``, and the note says what they cost beside the other way.
+
+Each is a function of the job's :class:`~nbbatch.context.JobContext`, run by the job's
+poll (see :meth:`nbbatch.job.BatchJob.refresh`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow.compute as pc
+
+from . import rowstore
+from ._errors import InputError, ProviderError
+
+if TYPE_CHECKING:
+    from .context import JobContext
+
+#: What ``on_deadline`` takes.
+CHOICES = ("wait", "flex", "realtime")
+#: Providers whose real-time API offers flex processing at batch prices.
+FLEX_PROVIDERS = ("openai",)
+
+
+def check(on_deadline: Any, deadline: Any, provider: str | None = None) -> None:
+    """Refuse an ``on_deadline`` that cannot work, before anything else is looked at."""
+    if on_deadline not in CHOICES:
+        raise InputError(f"on_deadline must be one of {list(CHOICES)}, found {on_deadline!r}.")
+    if on_deadline != "wait" and deadline is None:
+        raise InputError(
+            f"on_deadline={on_deadline!r} says what to do at the deadline, but no deadline "
+            "was given: add deadline='6h' (or a timedelta or datetime)."
+        )
+    if on_deadline == "flex" and provider is not None and provider not in FLEX_PROVIDERS:
+        raise InputError(
+            f"on_deadline='flex' needs OpenAI's flex processing; {provider} has none. "
+            "Use on_deadline='realtime' (full price) or 'wait'."
+        )
+
+
+def rerouting(ctx: JobContext) -> bool:
+    """Whether the job's deadline has passed and its rows now go another way (the
+    sender checks the same, ``JobContext.rerouting``, before each batch)."""
+    return ctx.rerouting
+
+
+def reroute(ctx: JobContext) -> None:
+    """After the deadline: cancel open batches, then, once all are collected, send the
+    unfinished rows through the real-time API (flex or full price), once a session."""
+    if ctx.cancelled or ctx.deadline_sent:
+        return
+    batches = ctx.ledger.batches(ctx.id)
+    open_batches = [
+        b for b in batches if not b["ended"] and not b["batch_id"].startswith("intent-")
+    ]
+    if open_batches and not ctx.deadline_cancelled:
+        for batch in open_batches:
+            try:
+                info = ctx.provider.cancel(batch["batch_id"])
+            except ProviderError as exc:
+                if not exc.transient:
+                    raise
+                return  # tried again on the next poll
+            ctx.ledger.update_batch(info.batch_id, info.status, info.ended, info.failure, info.raw)
+        ctx.deadline_cancelled = True
+        ctx.warn(
+            f"deadline reached: cancelling {len(open_batches)} open batches; rows they "
+            f"finished keep their results, the rest go {_way(ctx)}"
+        )
+    if any(not b["collected"] for b in ctx.ledger.batches(ctx.id)):
+        return  # the cancelled batches' finished rows first
+    state = ctx.row_state()
+    positions = unfinished(state)
+    ctx.deadline_sent = True
+    if not len(positions):
+        return
+    _send_now(ctx, state, positions)
+
+
+def unfinished(state: rowstore.RowState) -> np.ndarray:
+    """Leaders not done: never sent, cancelled, expired, or failed for a reason another
+    try can fix."""
+    leaders = state.is_leader
+    status = state.status
+    waiting = (status == rowstore.PENDING) & (state.batch < 0)
+    stopped = (status == rowstore.CANCELLED) | (status == rowstore.EXPIRED)
+    fixable = (status == rowstore.FAILED) & (state.retryable == 1)
+    return np.flatnonzero(leaders & (waiting | stopped | fixable))
+
+
+def _way(ctx: JobContext) -> str:
+    if ctx.policy.get("on_deadline") == "flex":
+        return "through OpenAI flex processing (batch prices)"
+    return "through the real-time API (full price)"
+
+
+def _send_now(ctx: JobContext, state: rowstore.RowState, positions: np.ndarray) -> None:
+    """Send the rows at ``positions`` through the real-time API, each on its stage's
+    model, and record what came back; say what they cost beside the other way."""
+    from . import pricing, realtime
+    from .collect import hashes, realtime_checked
+    from .providers.base import RequestSpec
+
+    flex = ctx.policy.get("on_deadline") == "flex"
+    origin = "flex" if flex else "realtime"
+    ctx.warn(f"deadline reached: sending {len(positions):,} unfinished rows {_way(ctx)}")
+    stages = state.stage[positions].copy()
+    tokens = np.zeros(2, dtype=np.int64)
+    for stage in np.unique(stages):
+        mine = positions[stages == stage]
+        spec = ctx.stage_spec(int(stage))
+        if flex:
+            spec = RequestSpec(
+                **{**spec.as_dict(), "params": {**spec.params, "service_tier": "flex"}}
+            )
+        ids = state.manifest_column("custom_id", mine)
+        prompts = state.manifest_column("prompt", mine)
+        table = realtime.run(ctx.provider, ids, prompts, spec, with_truncated=True)
+        table = realtime_checked(table, spec)
+        where = pc.index_in(table.column("custom_id"), value_set=ids).to_numpy(zero_copy_only=False)
+        results = rowstore.result_table(mine[where], table, hashes(ctx, mine, int(stage))[where])
+        ctx.ledger.record_results(
+            ctx.id, None, results, f"results sent after the deadline ({origin}) recorded",
+            origin=origin,
+        )  # fmt: skip
+        for i, column in enumerate(("input_tokens", "output_tokens")):
+            tokens[i] += int(pc.sum(pc.fill_null(table.column(column), 0)).as_py() or 0)
+    cost = pricing.cost(ctx.model, int(tokens[0]), int(tokens[1]), estimated=False)
+    if cost.batch is not None and cost.realtime is not None:
+        paid, other = (cost.batch, cost.realtime) if flex else (cost.realtime, cost.batch)
+        ctx.warn(
+            f"{len(positions):,} rows sent after the deadline cost {pricing.money(paid)} "
+            f"{'with flex' if flex else 'in real time'}; "
+            f"{'real time' if flex else 'flex or a batch'} would have cost {pricing.money(other)}"
+        )

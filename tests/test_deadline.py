@@ -1,0 +1,106 @@
+"""A deadline that means something: with ``on_deadline="flex"`` or ``"realtime"``, rows
+not done when it arrives stop waiting for their batch and go through the real-time API
+(OpenAI flex processing at batch prices, or full price); with ``"wait"`` nothing
+changes. Every row still ends in exactly one terminal state."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import openai
+import pytest
+
+import nbbatch as nb
+from nbbatch import emulator
+
+from .conftest import anthropic_client, openai_client
+
+PROMPT = "Summarise: {body}"
+
+
+def _frame(n: int):
+    import pandas as pd
+
+    return pd.DataFrame({"body": [f"row {i}" for i in range(n)]})
+
+
+@pytest.fixture
+def slow():
+    """An emulator whose batches would take ten minutes; flex answers are sometimes
+    refused (and retried)."""
+    with emulator.start(processing_seconds=600, flex_unavailable_rate=0.3) as emu:
+        yield emu
+
+
+def _texts(job) -> str:
+    return "\n".join(note.text for note in job.snapshot().notes)
+
+
+def test_rows_not_done_at_the_deadline_go_through_flex_at_batch_prices(slow):
+    client = openai_client(slow)
+    df = _frame(12)
+    job = nb.submit(df, PROMPT, model="gpt-5-mini", client=client,
+                    deadline=dt.timedelta(seconds=2), on_deadline="flex")  # fmt: skip
+    job.wait(timeout=120, progress=False)
+    assert job.counts["succeeded"] == 12 and job.counts["pending"] == 0
+    out = job.merge(df)
+    assert out["response"].tolist() == [
+        emulator.echo_text(PROMPT.format(body=b)) for b in df["body"]
+    ]
+    assert slow.stats()["realtime_requests"] >= 12  # each row once, refusals retried
+    notes = _texts(job)
+    if slow.stats()["openai_batches_created"]:  # sent before the deadline: cancelled at it
+        assert "deadline reached: cancelling 1 open batches" in notes
+    assert "deadline reached: sending 12 unfinished rows through OpenAI flex processing" in notes
+    # Flex is billed at batch prices: the job's batch cost is what the rows cost.
+    assert "with flex; real time would have cost" in notes
+    cost = job.cost
+    assert cost.batch is not None and cost.realtime is not None and cost.batch < cost.realtime
+
+
+def test_realtime_on_deadline_pays_full_price(slow):
+    client = anthropic_client(slow)
+    job = nb.submit(_frame(6), PROMPT, model="claude-haiku-4-5", client=client,
+                    deadline=dt.timedelta(seconds=2), on_deadline="realtime")  # fmt: skip
+    job.wait(timeout=120, progress=False)
+    assert job.counts["succeeded"] == 6 and job.counts["realtime"] == 6
+    assert "through the real-time API (full price)" in _texts(job)
+
+
+def test_wait_on_deadline_keeps_waiting_for_the_batch(slow):
+    client = openai_client(slow)
+    job = nb.submit(_frame(4), PROMPT, model="gpt-5-mini", client=client,
+                    deadline=dt.timedelta(seconds=1))  # fmt: skip
+    with pytest.raises(TimeoutError):
+        job.wait(timeout=4, progress=False)  # the batch takes ten minutes: still waiting
+    assert job.counts["pending"] == 4 and slow.stats()["realtime_requests"] == 0
+    job.cancel()
+
+
+def test_on_deadline_is_checked_at_submit(oai):
+    with pytest.raises(nb.InputError, match="on_deadline must be one of"):
+        nb.submit(_frame(2), PROMPT, model="gpt-4o-mini", client=oai, deadline="1h",
+                  on_deadline="later")  # fmt: skip
+    with pytest.raises(nb.InputError, match="no deadline was given"):
+        nb.submit(_frame(2), PROMPT, model="gpt-4o-mini", client=oai, on_deadline="flex")
+    with emulator.start() as emu:
+        with pytest.raises(nb.InputError, match="flex processing"):
+            nb.submit(_frame(2), PROMPT, model="claude-haiku-4-5", client=anthropic_client(emu),
+                      deadline="1h", on_deadline="flex")  # fmt: skip
+    assert isinstance(oai, openai.OpenAI)
+
+
+def test_rows_a_cancelled_batch_finished_keep_their_results_and_are_not_sent_again():
+    # Batches take 3 s; the deadline comes about half way through the first one.
+    with emulator.start(processing_seconds=3) as emu:
+        df = _frame(40)
+        job = nb.submit(df, PROMPT, model="gpt-5-mini", client=openai_client(emu),
+                        deadline=dt.timedelta(seconds=1.5), on_deadline="flex")  # fmt: skip
+        job.wait(timeout=120, progress=False)
+        assert job.counts["succeeded"] == 40 and job.counts["total"] == 40
+        sent_late = emu.stats()["realtime_requests"]
+        assert f"sending {sent_late} unfinished rows" in _texts(job)  # each once, no more
+        out = job.merge(df)
+        assert out["response"].tolist() == [
+            emulator.echo_text(PROMPT.format(body=b)) for b in df["body"]
+        ]

@@ -1,0 +1,156 @@
+"""A large table held in memory (pandas, polars, Arrow) is planned in the background,
+as Parquet files are: submit returns before its rows are read, a problem only all the
+rows show ends the job failed with nothing sent, bad arguments still raise at submit,
+and the rows come back complete and on their own rows."""
+
+from __future__ import annotations
+
+import threading
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+
+import nbbatch as nb
+from nbbatch import api, emulator, planning
+
+from .conftest import batches_created, model_for
+
+PROMPT = "Summarise: {body}"
+
+
+def _frame(n: int, *, duplicate: bool = False) -> pd.DataFrame:
+    ids = [f"t{i}" for i in range(n)]
+    if duplicate:
+        ids[-1] = "t3"  # past the first 100 rows submit looks at: found once planned
+    return pd.DataFrame(
+        {"ticket": ids, "body": [f"row {i}" if i % 4 else "same" for i in range(n)]}
+    )
+
+
+@pytest.fixture
+def gated(monkeypatch):
+    """Tables of 10 rows or more held in memory are planned in the background, and the
+    planner waits for ``gate`` before it reads the rows; ``started`` says it got there."""
+    monkeypatch.setattr(planning, "MEMORY_BACKGROUND_ROWS", 10)
+    gate, started = threading.Event(), threading.Event()
+    plan_now = api._in_memory
+
+    def held(*args, **kwargs):
+        started.set()
+        assert gate.wait(60)
+        return plan_now(*args, **kwargs)
+
+    monkeypatch.setattr(api, "_in_memory", held)
+    yield gate, started
+    gate.set()
+
+
+def test_submit_returns_before_the_rows_are_read_and_every_row_comes_back(client, emu, gated):
+    gate, started = gated
+    df = _frame(30)
+    before = batches_created(emu)
+    job = nb.submit(df, PROMPT, model=model_for(client), client=client, id_column="ticket")
+    assert started.wait(30)  # submit returned; the sender is planning the rows
+    snap = job.snapshot()
+    assert snap.sending is not None and snap.sending.startswith("planning")
+    assert snap.counts["pending"] == 30
+    assert batches_created(emu) == before  # nothing sent while planning
+    gate.set()
+    job.wait(timeout=60, progress=False)
+    assert job.counts["succeeded"] == 30 and job.counts["deduplicated"] > 0
+    out = job.merge(df)
+    assert out["ticket"].tolist() == df["ticket"].tolist()
+    assert out["response"].tolist() == [
+        emulator.echo_text(PROMPT.format(body=b)) for b in df["body"]
+    ]
+
+
+@pytest.mark.parametrize("kind", ["polars", "arrow"])
+def test_polars_and_arrow_tables_are_planned_in_the_background_too(oai, gated, kind):
+    gate, started = gated
+    df = _frame(12)
+    data = pl.from_pandas(df) if kind == "polars" else pa.Table.from_pandas(df)
+    job = nb.submit(data, PROMPT, model="gpt-4o-mini", client=oai, id_column="ticket")
+    assert started.wait(30)
+    gate.set()
+    job.wait(timeout=60, progress=False)
+    assert job.counts["succeeded"] == 12
+    merged = nb.frames.to_pandas(job.merge(data))
+    assert merged["response"].tolist() == [
+        emulator.echo_text(PROMPT.format(body=b)) for b in df["body"]
+    ]
+
+
+def test_a_problem_all_rows_show_ends_the_job_failed_with_nothing_sent(client, emu, gated):
+    gate, _ = gated
+    gate.set()
+    before = batches_created(emu)
+    job = nb.submit(
+        _frame(150, duplicate=True), PROMPT, model=model_for(client), client=client,
+        id_column="ticket",
+    )  # fmt: skip
+    for _ in range(2):  # raised by every wait()
+        with pytest.raises(
+            nb.InputError, match=r"could not be planned, so nothing was sent.*duplicated values"
+        ):
+            job.wait(timeout=60, progress=False)
+    snap = job.snapshot()
+    assert snap.status == "failed" and snap.counts["failed"] == 150 == snap.counts["total"]
+    assert nb.jobs()["status"].tolist() == ["failed"]
+    assert batches_created(emu) == before
+
+
+def test_the_budget_is_checked_before_anything_is_sent(oai, emu, gated):
+    gate, _ = gated
+    gate.set()
+    before = batches_created(emu)
+    job = nb.submit(_frame(20), PROMPT, model="gpt-4o-mini", client=oai, max_cost=1e-9)
+    with pytest.raises(nb.InputError, match="is above max_cost"):
+        job.wait(timeout=60, progress=False)
+    assert batches_created(emu) == before
+
+
+def test_bad_arguments_still_raise_at_submit(oai, gated):
+    gate, started = gated
+    with pytest.raises(nb.TemplateError, match="nope"):
+        nb.submit(_frame(20), "Summarise: {nope}", model="gpt-4o-mini", client=oai)
+    with pytest.raises(nb.TemplateError):
+        nb.submit(_frame(20), "Summarise: {body", model="gpt-4o-mini", client=oai)
+    with pytest.raises(nb.InputError, match="missing_id"):
+        nb.submit(_frame(20), PROMPT, model="gpt-4o-mini", client=oai, id_column="missing_id")
+    assert not started.is_set() and nb.jobs().empty
+
+
+def test_the_same_job_submitted_again_sends_nothing_twice(oai, emu, gated):
+    gate, _ = gated
+    gate.set()
+    df = _frame(20)
+    first = nb.submit(df, PROMPT, model="gpt-4o-mini", client=oai)
+    first.wait(timeout=60, progress=False)
+    before = batches_created(emu)
+    again = nb.submit(df, PROMPT, model="gpt-4o-mini", client=oai)
+    with pytest.raises(nb.InputError, match=f"already submitted as {first.id}"):
+        again.wait(timeout=60, progress=False)
+    assert batches_created(emu) == before
+    anew = nb.submit(df, PROMPT, model="gpt-4o-mini", client=oai, force=True, reuse=False)
+    anew.wait(timeout=60, progress=False)
+    assert anew.counts["succeeded"] == 20 and batches_created(emu) > before
+
+
+def test_a_row_over_the_providers_size_limit_fails_the_job_before_anything_is_sent(
+    oai, emu, gated, monkeypatch
+):
+    from nbbatch.providers.openai import OpenAIProvider
+
+    gate, _ = gated
+    gate.set()
+    monkeypatch.setattr(OpenAIProvider, "max_bytes", 4_000)
+    df = _frame(150)
+    df.loc[140, "body"] = "x" * 5_000  # past the first rows submit looks at
+    before = batches_created(emu)
+    job = nb.submit(df, PROMPT, model="gpt-4o-mini", client=oai)
+    with pytest.raises(nb.InputError, match="over the provider's batch limit of 4,000 bytes"):
+        job.wait(timeout=60, progress=False)
+    assert job.snapshot().status == "failed" and batches_created(emu) == before
