@@ -239,6 +239,7 @@ def m009_sidebar_checked(db: sqlite3.Connection, files: Path) -> None:
     _script(db, "ALTER TABLE jobs ADD COLUMN checked_at REAL;")
 
 
+@migration
 def m010_quota(db: sqlite3.Connection, files: Path) -> None:
     """Batch queue quotas (see :mod:`nbbatch.quota`): the limits learned per account
     (provider, address and key fingerprint: ``key``) and model, what each batch holds
