@@ -434,6 +434,26 @@ def result_models(results: pd.DataFrame) -> pd.Series:
     return pd.Series(pd.array(values, dtype="string"))
 
 
+def result_lineage(results: pd.DataFrame) -> dict[str, Any]:
+    """The lineage columns (``model``, ``prompt_hash``, ``batch_id``, ``attempt``) from
+    :meth:`~nbbatch.BatchJob.results`, as ``merge(lineage=True)`` gives them: missing
+    where a row is pending or was never sent (``batch_id`` also for an answer that came
+    from no batch; ``attempt`` only for a row never sent)."""
+    status = results["status"].to_numpy(dtype=object)
+    unsent = np.isin(status, ["pending", "skipped"])
+    out: dict[str, Any] = {"model": result_models(results)}
+    hashes = results["prompt_hash"].to_numpy(dtype=object).copy()
+    hashes[unsent] = None
+    out["prompt_hash"] = pd.Series(pd.array(hashes, dtype="string"))
+    batch = results["batch_id"].to_numpy(dtype=object).copy()
+    batch[unsent | (results["origin"].to_numpy(dtype=object) != "batch")] = None
+    out["batch_id"] = pd.Series(pd.array(batch, dtype="string"))
+    attempt = pd.array(results["attempt"].to_numpy().astype("int64"), dtype="Int64")
+    attempt[status == "skipped"] = pd.NA
+    out["attempt"] = pd.Series(attempt)
+    return out
+
+
 def job_models(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
     """Each stage's model in order, for a job of the ledger: a cascade's models (those
     to come included), and the models of stages started by hand after them."""

@@ -588,7 +588,10 @@ class BatchJob:
     # -- results ----------------------------------------------------------------------------
     def results(self) -> pd.DataFrame:
         """One row per input row, by position, indexed by custom_id: label, status,
-        output, error, error_type, retryable, batch_id, attempt and token counts."""
+        output, error, error_type, retryable, token counts, and the row's lineage:
+        ``batch_id`` (the provider's batch), ``attempt`` (1 for the first send),
+        ``stage``, ``model`` and ``prompt_hash`` (the version of template, system prompt
+        and response_format its answer was asked with)."""
         return _merge.results_frame(self._ctx)
 
     def prompt_chars(self) -> tuple[int, int]:
@@ -597,7 +600,7 @@ class BatchJob:
             return 0, 0  # no rows planned yet
         return rowstore.prompt_chars(self._ledger.row_state(self.id))
 
-    def merge(self, df: Any = None, *, verify: bool = True) -> Any:
+    def merge(self, df: Any = None, *, verify: bool = True, lineage: bool = False) -> Any:
         """``df`` plus ``{output}``, ``{output}_status`` and ``{output}_error`` columns,
         as the same kind of table it is (pandas, a polars DataFrame or LazyFrame, a pyarrow
         Table).
@@ -613,6 +616,10 @@ class BatchJob:
         are not finished yet. A Dask or Spark frame comes back as a lazy frame of its
         kind, its partitions as submitted, each finding its rows by position and checked
         when it is computed (see :mod:`nbbatch.engines`).
+
+        ``lineage=True`` adds, after ``{output}_error``, where each answer comes from:
+        ``{output}_model``, ``{output}_prompt_hash``, ``{output}_batch_id`` and
+        ``{output}_attempt`` (what :meth:`to_parquet` writes by default).
         """
         if df is None:
             if self._ctx.data is None:
@@ -623,8 +630,8 @@ class BatchJob:
                 )
             df = self._ctx.data
         if engines.kind_of(df):  # Dask or Spark: merged lazily, partition by partition
-            return engines.merge(self._ctx, df, verify=verify)
-        return _merge.merge_job(self._ctx, df, verify=verify)
+            return engines.merge(self._ctx, df, verify=verify, lineage=lineage)
+        return _merge.merge_job(self._ctx, df, verify=verify, lineage=lineage)
 
     def to_parquet(
         self,
@@ -633,6 +640,7 @@ class BatchJob:
         *,
         columns: list[str] | None = None,
         verify: bool = True,
+        lineage: bool = True,
     ) -> Path:
         """Write the merged rows to a Parquet file at ``path`` and return it: the input
         columns named in ``columns`` (all of them by default) and the columns ``merge``
@@ -646,21 +654,27 @@ class BatchJob:
         a table in memory start with a ``row`` column, their position in the data
         (0-based), which tells apart rows whose index labels repeat. For a Dask or Spark
         frame, ``path`` is a folder of Parquet files written by the workers, partition
-        by partition."""
+        by partition. Each row carries its lineage (``merge(lineage=True)``'s columns:
+        model, prompt version hash, batch id, attempt), so a file read months later
+        still says what produced each answer; ``lineage=False`` leaves them out."""
         data = data if data is not None else self._ctx.data
         if engines.kind_of(data):  # a folder of files, written by the workers
-            return engines.to_parquet(self._ctx, data, path, columns=columns, verify=verify)
+            return engines.to_parquet(
+                self._ctx, data, path, columns=columns, verify=verify, lineage=lineage
+            )
         target = _merge.parquet_target(Path(path), self.id)
         return _merge.to_parquet(
-            self._ctx, target, data, columns=columns, verify=verify, merge=self.merge
-        )
+            self._ctx, target, data, columns=columns, verify=verify, merge=self.merge,
+            lineage=lineage,
+        )  # fmt: skip
 
-    def output_columns(self) -> list[str]:
+    def output_columns(self, lineage: bool = False) -> list[str]:
         """The columns ``merge`` adds: ``{output}`` (or one per field of a structured
         response_format), ``{output}_status``, ``{output}_error`` (and ``{output}_raw``,
         the reply as received, with a response_format), and ``{output}_model`` for a job
-        that escalates (a cascade, or after :meth:`escalate`)."""
-        return self._ctx.output_columns()
+        that escalates (a cascade, or after :meth:`escalate`). With ``lineage``: those
+        of ``merge(lineage=True)`` and ``to_parquet``."""
+        return self._ctx.output_columns(lineage)
 
     def failed(self) -> pd.DataFrame:
         """The merged rows that did not succeed (failed, expired or cancelled); while the
