@@ -33,7 +33,7 @@ from ._imports import when_imported
 
 if TYPE_CHECKING:
     from . import emulator, pricing
-    from .api import Preview, attach, jobs, ledger_path, preview, submit, try_now
+    from .api import Preview, attach, compare, jobs, ledger_path, preview, submit, try_now
     from .job import BatchJob, PollPolicy
     from .snapshot import JobSnapshot
     from .styling import highlight
@@ -50,6 +50,7 @@ _scrub.install_log_filter(logging.getLogger("nbbatch"))
 _LAZY = {
     "Preview": "api",
     "attach": "api",
+    "compare": "api",
     "jobs": "api",
     "ledger_path": "api",
     "preview": "api",
@@ -96,6 +97,7 @@ __all__ = [
     "ProviderError",
     "TemplateError",
     "attach",
+    "compare",
     "emulator",
     "highlight",
     "jobs",

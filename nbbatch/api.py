@@ -13,7 +13,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import orjson
@@ -50,6 +50,9 @@ from .ledger import home as _ledger_home
 from .pricing import money
 from .providers import credentials as _credentials
 from .providers.base import Provider, RequestSpec, is_embeddings
+
+if TYPE_CHECKING:
+    from .comparison import Comparison
 
 log = logging.getLogger("nbbatch")
 
@@ -1341,3 +1344,16 @@ def _merge_table(
     ).items():
         out[name] = column
     return out
+
+
+def compare(before: BatchJob, after: BatchJob) -> Comparison:
+    """Job ``before`` against job ``after`` over the same rows (a re-run, a new prompt
+    version, another model): the changed rows, per-field churn and distribution shift,
+    cost and time side by side, and what changed in lineage. The same as
+    ``before.compare(after)``; see :meth:`BatchJob.compare`."""
+    if not isinstance(before, BatchJob):
+        raise InputError(
+            f"compare() takes two jobs (nb.attach(job_id) gives one), found "
+            f"{type(before).__name__}."
+        )
+    return before.compare(after)

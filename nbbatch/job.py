@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -45,6 +45,9 @@ from .poller import Poller
 from .pricing import Cost
 from .providers.base import Provider, RequestSpec
 from .snapshot import JobSnapshot
+
+if TYPE_CHECKING:
+    from .comparison import Comparison
 
 __all__ = [
     "LOCAL_POLLING",
@@ -667,6 +670,23 @@ class BatchJob:
             self._ctx, target, data, columns=columns, verify=verify, merge=self.merge,
             lineage=lineage,
         )  # fmt: skip
+
+    def compare(self, other: BatchJob) -> Comparison:
+        """This job (before) against ``other`` (after) over the same rows: a re-run, a
+        new prompt version, another model. Returns a :class:`~nbbatch.comparison.Comparison`:
+        ``.changed`` (the rows whose answer differs, each field before and after),
+        per-field churn and distribution shift (``.summary()``), cost and time side by
+        side, and what changed in lineage (model, prompt version). Rows are matched by
+        the ``id_column`` or index label each job recorded; jobs over different rows
+        raise :class:`~nbbatch.InputError`. See :mod:`nbbatch.comparison`."""
+        from .comparison import compare as compare_jobs
+
+        if not isinstance(other, BatchJob):
+            raise InputError(
+                f"compare() takes another job (nb.attach(job_id) gives one), found "
+                f"{type(other).__name__}."
+            )
+        return compare_jobs(self._ctx, other._ctx, (self.cost, other.cost))
 
     def output_columns(self, lineage: bool = False) -> list[str]:
         """The columns ``merge`` adds: ``{output}`` (or one per field of a structured
