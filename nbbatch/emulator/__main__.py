@@ -12,6 +12,14 @@ from pathlib import Path
 
 from . import _background
 from ._emulator import start
+from ._quality import QUALITY_ENV, parse_quality
+
+
+def _quality_arg(text: str) -> dict[str, float]:
+    try:
+        return parse_quality(text)
+    except ValueError as exc:  # argparse shows this message with the usage
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,6 +45,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-shuffle", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--enqueued-token-limit", type=int, default=None)
+    parser.add_argument(
+        "--quality",
+        type=_quality_arg,
+        default=None,
+        metavar="MODEL=SHARE,...",
+        help="each model's share of rows that agree with the built-in answers, e.g. "
+        "gpt-4o-mini=0.88,gpt-4o=0.97 (the rest get another allowed answer); with "
+        f"--background: ${QUALITY_ENV}",
+    )
     parser.add_argument(
         "--background",
         action="store_true",
@@ -76,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         enqueued_token_limit=args.enqueued_token_limit,
         state_dir=args.state_dir,
+        quality=args.quality,
     )
     print(f"nbbatch emulator serving on {emu.url}", flush=True)
     print(f"  OpenAI:    OpenAI(base_url={emu.openai_base_url!r}, api_key='any')", flush=True)

@@ -6,10 +6,11 @@ own (``python -m nbbatch.emulator --background``), started on first use and shar
 every kernel that uses the same home. Its files and batches are kept under
 ``HOME/emulator/`` (see :mod:`._persist`), so even a new emulator process serves the
 batches of the last one. It exits by itself after a period without requests
-(``NBBATCH_EMULATOR_IDLE_SECONDS``, default four hours). Its batches take the shared
-timings (about 4 s); ``NBBATCH_EMULATOR_SPEED`` divides all of them (tests run it
-fast) and ``NBBATCH_EMULATOR_PROCESSING_SECONDS`` then sets the processing time itself.
-Both variables are read when the process starts.
+(``NBBATCH_EMULATOR_IDLE_SECONDS``, default four hours). ``NBBATCH_EMULATOR_QUALITY``
+(``gpt-4o-mini=0.88,gpt-4o=0.97``) gives models different quality (see :mod:`._quality`).
+Its batches take the shared timings (about 4 s); ``NBBATCH_EMULATOR_SPEED`` divides all
+of them (tests run it fast) and ``NBBATCH_EMULATOR_PROCESSING_SECONDS`` then sets the
+processing time itself. These variables are read when the process starts.
 
 Files under ``HOME/emulator/`` (a folder only its owner can enter: made 0700, tightened
 to 0700 when found looser, refused when it belongs to another user)::
@@ -55,6 +56,7 @@ import orjson
 from ._files import write_atomic
 from ._identity import IDENTIFY_PATH as IDENTIFY_PATH
 from ._identity import identity_proof as identity_proof
+from ._quality import QUALITY_ENV, parse_quality
 
 IDLE_ENV = "NBBATCH_EMULATOR_IDLE_SECONDS"
 #: How long each batch spends in progress (default: the shared timings' 3 s).
@@ -101,6 +103,18 @@ def idle_seconds() -> float:
     return _seconds(IDLE_ENV, DEFAULT_IDLE_SECONDS)
 
 
+def env_quality() -> dict[str, float] | None:
+    """Each model's quality from ``$NBBATCH_EMULATOR_QUALITY`` (``gpt-4o-mini=0.88,...``),
+    None when it is unset; ValueError naming the variable when it is malformed."""
+    raw = os.environ.get(QUALITY_ENV)
+    if not raw:
+        return None
+    try:
+        return parse_quality(raw)
+    except ValueError as exc:
+        raise ValueError(f"{QUALITY_ENV}: {exc}") from None
+
+
 def _seconds(variable: str, default: float) -> float:
     raw = os.environ.get(variable)
     if not raw:
@@ -132,6 +146,7 @@ def background(home: str | Path) -> Background:
     found = _find_in(folder)
     if found is not None:
         return found
+    env_quality()  # a malformed quality fails here, not in the detached process
     with _locked(folder):
         found = _find_in(folder)  # another process may have started it while we waited
         if found is not None:
@@ -176,10 +191,11 @@ def serve(folder: Path, port: int, idle: float) -> None:
     speed = _seconds(SPEED_ENV, 1.0)  # a positive number, as seconds are
     timings = {name: value / speed for name, value in SHARED_TIMINGS.items()}
     timings["processing_seconds"] = _seconds(PROCESSING_ENV, timings["processing_seconds"])
+    quality = env_quality()
     try:  # the port it had before, so base_urls recorded by jobs stay valid
-        emu = start(port=port, state_dir=folder, token=token, **timings)  # type: ignore[arg-type]
+        emu = start(port=port, state_dir=folder, token=token, quality=quality, **timings)  # type: ignore[arg-type]
     except OSError:
-        emu = start(port=0, state_dir=folder, token=token, **timings)  # type: ignore[arg-type]
+        emu = start(port=0, state_dir=folder, token=token, quality=quality, **timings)  # type: ignore[arg-type]
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
