@@ -34,6 +34,7 @@ from . import providers as _providers
 from . import stream as _stream
 from . import structured as _structured
 from ._errors import ConfigError, InputError, JobNotFoundError
+from .calibrate import PILOT_ROWS
 from .console import in_notebook
 from .job import (
     LOCAL_POLLING,
@@ -52,6 +53,7 @@ from .providers import credentials as _credentials
 from .providers.base import Provider, RequestSpec, is_embeddings
 
 if TYPE_CHECKING:
+    from .calibrate import Calibration
     from .comparison import Comparison
 
 log = logging.getLogger("nbbatch")
@@ -79,6 +81,10 @@ def submit(
     alert_threshold: float | None = 0.05,
     deadline: Any = None,
     escalate_when: Any = None,
+    target: float | None = None,
+    score: str | None = None,
+    pilot: int = PILOT_ROWS,
+    pilot_seed: int = 0,
     pack: int | None = None,
     reuse: bool = True,
     force: bool = False,
@@ -149,6 +155,15 @@ def submit(
     ``{output}_model``; ``max_cost`` checks the first stage in full plus every later
     stage as if it took every row (an upper bound).
 
+    ``escalate_when="auto"`` calibrates a two-model cascade to a quality ``target``
+    (e.g. ``0.95``) on a numeric ``score`` field of the structured output (e.g.
+    ``score="confidence"``): a seeded sample of ``pilot`` rows (``pilot_seed``) of a
+    pandas DataFrame runs first on both models (submit waits for it), and the cascade
+    escalates the rows scored below the threshold that keeps the small model's answers
+    on the rows not escalated in agreement with the large model's on at least
+    ``target`` of the pilot, escalating as few as possible. The threshold and what it
+    expects are in ``job.calibration`` and the job's notes (see :mod:`nbbatch.calibrate`).
+
     ``wait=True`` blocks until every row is terminal. In a notebook (``display="auto"``)
     the live panel appears and polling runs in the background, so the kernel stays free;
     ``progress`` prints text progress while waiting (``"auto"``: outside a notebook).
@@ -171,6 +186,24 @@ def submit(
         progress=progress, display=display,
     )  # fmt: skip
     _check_policy(fallback, deadline)
+    calibration = None
+    if isinstance(escalate_when, str) and escalate_when == "auto":
+        calibration = _calibrated(
+            data, prompt, models=model, target=target, score=score, pilot=pilot,
+            pilot_seed=pilot_seed, output=output, response_format=response_format,
+            options=dict(
+                provider=provider, client=client, system=system, max_tokens=max_tokens,
+                temperature=temperature, id_column=id_column, endpoint=endpoint,
+                missing=missing, cache_system=cache_system, retries=retries,
+                fallback=fallback, reuse=reuse, **params,
+            ),
+        )  # fmt: skip
+        escalate_when = calibration.expression(output)
+    elif target is not None or score is not None:
+        raise InputError(
+            "target= and score= calibrate a cascade: pass them with escalate_when='auto' "
+            "and model=[small, large]."
+        )
     models, when, when_fn = _cascade(model, escalate_when)
     engine = _engines.kind_of(data)  # a Dask or Spark frame: planned on its workers
     source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
@@ -224,6 +257,8 @@ def submit(
         job = _same_job(existing, rows, impl, ledger, data, polling, when_fn, checks)
     else:
         policy = _policy(retries, fallback, alert_threshold, missing, models, when, pack, limit)
+        if calibration is not None:
+            policy["cascade"]["calibration"] = calibration.as_dict()
         n_rows = rows.n_rows if rows is not None else source.n_rows if source else 0
         record = _new_record(
             n_rows, impl, spec, output=output, template=prompt, id_column=id_column
@@ -432,6 +467,73 @@ def _start(job: BatchJob, *, wait: bool, progress: bool | str, display: bool | s
     if shown:
         _show(job)
     return job
+
+
+def _calibrated(
+    data: Any,
+    prompt: str,
+    *,
+    models: Any,
+    target: Any,
+    score: Any,
+    pilot: Any,
+    pilot_seed: int,
+    output: str,
+    response_format: Any,
+    options: dict[str, Any],
+) -> Calibration:
+    """Run a calibrated cascade's pilot (a seeded sample of ``data`` on both models, as
+    two jobs, waited for) and choose its threshold (see :mod:`nbbatch.calibrate`)."""
+    from . import calibrate
+
+    calibrate.check_arguments(models, response_format, score, target, pilot)
+    if not isinstance(data, pd.DataFrame):
+        raise InputError(
+            "escalate_when='auto' samples its pilot from a pandas DataFrame; found "
+            f"{type(data).__name__}. Pass a pandas DataFrame (e.g. .to_pandas()), or give "
+            "escalate_when an expression with a threshold of your own."
+        )
+    small_model, large_model = models
+    sample = data if len(data) <= pilot else data.sample(n=pilot, random_state=pilot_seed)
+    jobs = [
+        submit(
+            sample,
+            prompt,
+            model=m,
+            output=output,
+            response_format=response_format,
+            display=False,
+            progress=False,
+            **options,
+        )  # fmt: skip
+        for m in (small_model, large_model)
+    ]
+    for job in jobs:
+        job.wait(progress=False)
+    small, large = (job.merge(sample) for job in jobs)
+    status_small = small[f"{output}_status"].to_numpy(dtype=object)
+    status_large = large[f"{output}_status"].to_numpy(dtype=object)
+    measured = (status_large == "succeeded") & (status_small != "skipped")
+    fields = [
+        f
+        for f in _structured.columns_of(
+            _structured.schema_of(_structured.response_format(response_format))
+        )
+        if f != score
+    ]
+    agree = calibrate.agreement_mask(small, large, fields)
+    scores = pd.to_numeric(small[score], errors="coerce").to_numpy(dtype=float)
+    threshold, agreement, escalated, reached = calibrate.pick_threshold(
+        scores[measured], agree[measured], (status_small != "succeeded")[measured], float(target)
+    )
+    calibration = calibrate.Calibration(
+        score=str(score), target=float(target), threshold=threshold,
+        expected_agreement=agreement, expected_escalation=escalated,
+        pilot_rows=int(measured.sum()), reached=reached,
+        pilot_jobs=tuple(job.id for job in jobs),
+    )  # fmt: skip
+    log.info("nbbatch: %s", calibration.text())
+    return calibration
 
 
 def _cascade(model: Any, escalate_when: Any) -> tuple[list[str], str | None, Any]:
@@ -1165,7 +1267,9 @@ def preview(
         endpoint=endpoint, provider=provider, missing=missing, cache_system=cache_system,
         expected_output_tokens=expected_output_tokens,
     )  # fmt: skip
-    models, _, _ = _cascade(model, escalate_when)
+    # A calibrated cascade's threshold is not known before its pilot: any row may go on.
+    auto = isinstance(escalate_when, str) and escalate_when == "auto"
+    models, _, _ = _cascade(model, "failed" if auto else escalate_when)
     model = models[0]
     engine = _engines.kind_of(data)
     source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None

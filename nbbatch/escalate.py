@@ -362,10 +362,30 @@ def cascade_next(ctx: JobContext) -> int:
         )
         return 0
     try:
-        return start_stage(ctx, models[done + 1], when, {}, automatic=True)
+        rows = start_stage(ctx, models[done + 1], when, {}, automatic=True)
+        check_calibration(ctx, cascade, done, rows)
+        return rows
     except InputError as exc:
         _fail(ctx, done + 2, models[done + 1], when, exc)
         return 0
+
+
+def check_calibration(ctx: JobContext, cascade: dict[str, Any], done: int, rows: int) -> None:
+    """For a calibrated cascade (``escalate_when="auto"``) whose second stage just
+    started with ``rows`` rows: a note comparing the share escalated with the pilot's
+    expectation (an alert when it is off by more than the pilot's error allows)."""
+    from .calibrate import Calibration, realised_note
+
+    kept = cascade.get("calibration")
+    if not kept or done != 0:
+        return
+    counts = ctx.ledger.counts(ctx.id)
+    answered = sum(int(counts.get(k, 0)) for k in ("succeeded", "failed", "expired"))
+    text, off = realised_note(Calibration.from_dict(kept), rows, answered)
+    if text and off:
+        ctx.warn(text, "alert")
+    elif text:
+        ctx.note("event", text)
 
 
 #: The ledger's status of a job whose cascade stopped in error, and its event kind.

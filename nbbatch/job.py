@@ -47,6 +47,7 @@ from .providers.base import Provider, RequestSpec
 from .snapshot import JobSnapshot
 
 if TYPE_CHECKING:
+    from .calibrate import Calibration
     from .comparison import Comparison
 
 __all__ = [
@@ -148,6 +149,9 @@ class BatchJob:
         self._sender: threading.Thread | None = None
         self._sending: _send.Progress | None = None
         self._send_error: BaseException | None = None
+        calibration = self.calibration
+        if calibration is not None:  # what a calibrated cascade expects, in its notes
+            self._ctx.note("event", calibration.text())
 
     # Injected so tests can run a 24-hour batch in milliseconds.
     @property
@@ -210,6 +214,15 @@ class BatchJob:
         """How many stages the job has or will have: a cascade's models, or the stages
         started so far (1 for a job never escalated)."""
         return self._ctx.planned_stages
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """A calibrated cascade's threshold and what its pilot expects (see
+        :mod:`nbbatch.calibrate`); None for any other job."""
+        from .calibrate import Calibration
+
+        kept = (self._ctx.policy.get("cascade") or {}).get("calibration")
+        return None if kept is None else Calibration.from_dict(kept)
 
     @property
     def staged(self) -> bool:
