@@ -2,11 +2,13 @@
 
 ``nb.submit(df, prompt, model=["gpt-4o-mini", "gpt-4o"], response_format=Review,
 escalate_when="auto", target=0.95, score="confidence")`` first runs a pilot: a seeded
-sample of the rows (``pilot=500`` rows by default) on both models, as two small jobs.
+sample of the rows (``pilot=1000`` rows by default) on both models, as two small jobs.
 On the pilot, a row *agrees* when the small model's answer equals the large model's in
 every output field but the score. :func:`pick_threshold` then chooses the threshold on
 the score that escalates as few rows as possible while the rows it keeps on the small
-model agree with the large model on at least ``target`` of them; the cascade escalates
+model agree with the large model on at least ``target`` of them (by the lower end of a
+half-standard-error interval, so the pilot's luck carries over less to the table);
+the cascade escalates
 the rows scored below it (and the rows the small model failed). The chosen threshold,
 the expected agreement on the rows kept and the expected escalation share are kept in
 the job's policy (``job.calibration``), noted and logged before the job is sent, and,
@@ -32,7 +34,13 @@ import numpy as np
 from ._errors import InputError
 
 #: Rows of the pilot, by default.
-PILOT_ROWS = 500
+PILOT_ROWS = 1000
+#: The kept rows' agreement must clear the target by this many standard errors (the
+#: lower end of a Wilson interval, about 69% one-sided): choosing the lowest threshold
+#: whose measured agreement just reaches the target picks the pilot's luckiest cut,
+#: and the whole table then falls short of it. More (1.0) overshoots the target and
+#: escalates far more rows where agreement flattens near it; see the README's figures.
+Z = 0.5
 #: The realised escalation share may differ from the pilot's by this many standard
 #: errors (of a share measured on the pilot) before a note says so; and at least by
 #: MIN_GAP.
@@ -142,7 +150,10 @@ def pick_threshold(
     are ignored).
 
     Rows scored at or above the threshold are kept; the threshold kept is the lowest
-    (the fewest rows escalated) whose kept rows agree on at least ``target`` of them.
+    (the fewest rows escalated) whose kept rows agree on at least ``target`` of them,
+    by the lower end of their agreement's interval (:data:`Z` standard errors), so a
+    lucky pilot does not set a threshold the whole table misses. The agreement
+    returned is the measured one.
     Rows with equal scores go together. When none reaches the target, every row is
     escalated (the threshold is above every score)."""
     scores = np.asarray(scores, dtype=float)
@@ -159,7 +170,8 @@ def pick_threshold(
     counts = np.arange(1, len(s) + 1)
     # A cut is only possible after the last row of a run of equal scores.
     ends = np.flatnonzero(np.append(s[1:] != s[:-1], True)) if len(s) else np.array([], int)
-    good = ends[kept_agree[ends] / counts[ends] >= target]
+    lower = wilson_lower(kept_agree[ends], counts[ends], Z)
+    good = ends[lower >= target]
     if not len(good):
         top = float(s[0]) if len(s) else 0.0
         return _above(top), 1.0, 1.0, False
@@ -168,6 +180,16 @@ def pick_threshold(
     agreement = float(kept_agree[k] / counts[k])
     escalated = (n - (k + 1)) / n
     return threshold, agreement, escalated, True
+
+
+def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
+    """The lower end of the Wilson score interval of ``successes`` out of ``n``."""
+    n = np.asarray(n, dtype=float)
+    p = np.asarray(successes, dtype=float) / n
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return np.asarray((centre - spread) / (1 + z2 / n))
 
 
 def _above(value: float) -> float:

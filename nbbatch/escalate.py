@@ -379,8 +379,10 @@ def check_calibration(ctx: JobContext, cascade: dict[str, Any], done: int, rows:
     kept = cascade.get("calibration")
     if not kept or done != 0:
         return
+    # The rows escalated are pending again now: the rows the first stage answered are
+    # those that ended plus them.
     counts = ctx.ledger.counts(ctx.id)
-    answered = sum(int(counts.get(k, 0)) for k in ("succeeded", "failed", "expired"))
+    answered = rows + sum(int(counts.get(k, 0)) for k in ("succeeded", "failed", "expired"))
     text, off = realised_note(Calibration.from_dict(kept), rows, answered)
     if text and off:
         ctx.warn(text, "alert")

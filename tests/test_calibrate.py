@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import nbbatch as nb
 from nbbatch import emulator
-from nbbatch.calibrate import Calibration, pick_threshold, realised_note
+from nbbatch.calibrate import Calibration, Z, pick_threshold, realised_note, wilson_lower
 
 from .conftest import client_for
 
@@ -147,19 +147,22 @@ def test_the_threshold_meets_the_target_with_the_fewest_rows_escalated(rows, tar
     threshold, agreement, escalated, reached = pick_threshold(scores, agree, failed, target)
     kept = ~failed & (scores >= threshold)
     assert escalated == pytest.approx(1 - kept.sum() / len(rows))
+
+    def meets(rows: np.ndarray) -> bool:
+        return wilson_lower(agree[rows].sum(), rows.sum(), Z) >= target
+
     if reached:
-        assert kept.any() and agree[kept].mean() >= target
+        assert kept.any() and agree[kept].mean() >= target and meets(kept)
         assert agreement == pytest.approx(agree[kept].mean())
         # No lower threshold (more rows kept) also meets the target.
         for t in np.unique(scores[~failed]):
             more = ~failed & (scores >= t)
             if more.sum() > kept.sum():
-                assert agree[more].mean() < target
+                assert not meets(more)
     else:
         assert not kept.any()
         for t in np.unique(scores[~failed]):
-            some = ~failed & (scores >= t)
-            assert agree[some].mean() < target
+            assert not meets(~failed & (scores >= t))
 
 
 def test_the_realised_share_note_says_when_it_is_off():
