@@ -14,6 +14,9 @@ the expected agreement on the rows kept and the expected escalation share are ke
 the job's policy (``job.calibration``), noted and logged before the job is sent, and,
 when the cascade starts its second stage, the share it escalates is checked against the
 expected one (a note when it is off by more than the pilot's sampling error allows).
+Once the cascade has ended, the job's answers on the pilot's rows are compared with the
+large model's pilot answers (:func:`sample_note`): they should agree as the pilot
+expected, unless the models answered differently the second time.
 
 The pilot's answers are not paid twice on the small model: the job's identical requests
 take them (the ledger's reuse), unless ``reuse=False`` or ``pack=`` is given.
@@ -27,11 +30,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._errors import InputError
+
+if TYPE_CHECKING:
+    from .context import JobContext
 
 #: Rows of the pilot, by default.
 PILOT_ROWS = 1000
@@ -237,3 +243,67 @@ def realised_note(calibration: Calibration, escalated: int, answered: int) -> tu
             f"agreement of {calibration.expected_agreement:.1%} is uncertain"
         )
     return text, off
+
+
+#: The pilot rows' realised agreement may differ from the expected one by this much
+#: before a note says so (the same rows, answered again: only a model answering
+#: differently the second time moves it).
+SAMPLE_GAP = 0.01
+_SAMPLE_HEAD = "calibrated cascade: on the pilot's rows"
+
+
+def sample_note(ctx: JobContext, calibration: Calibration) -> tuple[str, bool] | None:
+    """Once a calibrated cascade has ended: how its answers on the pilot's rows agree
+    with the large model's pilot answers, against what the pilot expected (every pilot
+    row, escalated or not), and whether that is off by more than :data:`SAMPLE_GAP`.
+    None when the pilot's job is no longer in the ledger, or its rows cannot be matched."""
+    import pandas as pd
+
+    from . import merge, rowstore
+
+    if len(calibration.pilot_jobs) < 2 or ctx.ledger.job(calibration.pilot_jobs[1]) is None:
+        return None
+    pilot = ctx.ledger.row_state(calibration.pilot_jobs[1])
+    state = ctx.row_state()
+    index = pd.Index(state.manifest.column("key").to_numpy())
+    if not index.is_unique:
+        return None
+    take = index.get_indexer(pilot.manifest.column("key").to_numpy())
+    found = np.flatnonzero(take >= 0)
+    rf = ctx.spec.response_format
+    mine = merge.merged(
+        pd.DataFrame(index=pd.RangeIndex(len(found))), state, take[found], ctx.output, rf
+    )
+    theirs = merge.merged(
+        pd.DataFrame(index=pd.RangeIndex(len(found))), pilot, found, ctx.output, rf
+    )
+    status = f"{ctx.output}_status"
+    both = (mine[status].to_numpy(dtype=object) == rowstore.STATES[rowstore.SUCCEEDED]) & (
+        theirs[status].to_numpy(dtype=object) == rowstore.STATES[rowstore.SUCCEEDED]
+    )
+    if not both.any():
+        return None
+    from . import structured
+
+    fields = [
+        f for f in structured.columns_of(structured.schema_of(rf or {})) if f != calibration.score
+    ]
+    agree = agreement_mask(mine[both], theirs[both], fields)
+    realised = float(agree.mean())
+    expected = calibration.expected_overall
+    off = abs(realised - expected) > SAMPLE_GAP
+    text = (
+        f"{_SAMPLE_HEAD} ({int(both.sum()):,}) the job's answers agree with the large "
+        f"model's pilot answers on {realised:.1%}; the pilot expected {expected:.1%}"
+    )
+    if off:
+        text += (
+            ": the models answered these rows differently the second time (a sampling "
+            "temperature?), so the threshold was chosen on answers the job did not get"
+        )
+    return text, off
+
+
+def noted_sample(ctx: JobContext) -> bool:
+    """Whether this session noted the pilot rows' realised agreement already."""
+    return any(n.text.startswith(_SAMPLE_HEAD) for n in ctx.notes)

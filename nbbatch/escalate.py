@@ -352,6 +352,7 @@ def cascade_next(ctx: JobContext) -> int:
     models = list(cascade["models"])
     done = len(ctx.stages)
     if done + 1 >= len(models):
+        check_calibration_end(ctx, cascade)
         return 0
     when = _cascade_when(ctx)
     if when is None:
@@ -387,6 +388,25 @@ def check_calibration(ctx: JobContext, cascade: dict[str, Any], done: int, rows:
     if text and off:
         ctx.warn(text, "alert")
     elif text:
+        ctx.note("event", text)
+
+
+def check_calibration_end(ctx: JobContext, cascade: dict[str, Any]) -> None:
+    """For a calibrated cascade that has ended: a note (once a session) on its answers
+    on the pilot's rows against the large model's pilot answers (an alert when they
+    agree otherwise than the pilot expected)."""
+    from .calibrate import Calibration, noted_sample, sample_note
+
+    kept = cascade.get("calibration")
+    if not kept or noted_sample(ctx):
+        return
+    found = sample_note(ctx, Calibration.from_dict(kept))
+    if found is None:
+        return
+    text, off = found
+    if off:
+        ctx.warn(text, "alert")
+    else:
         ctx.note("event", text)
 
 

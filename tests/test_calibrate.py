@@ -74,6 +74,11 @@ def test_auto_picks_a_threshold_that_meets_the_target_and_escalates_the_rest(ser
     assert (out.loc[kept, "confidence"] >= cal.threshold).all()
     notes = [n.text for n in job.snapshot().notes]
     assert any("rows escalated" in t and "the pilot expected" in t for t in notes)
+    assert not any("may not represent" in t for t in notes)  # as the pilot said
+    # The pilot's rows, answered again where escalated, agree as the pilot expected.
+    sample = [t for t in notes if t.startswith("calibrated cascade: on the pilot's rows")]
+    assert len(sample) == 1 and f"expected {cal.expected_overall:.1%}" in sample[0]
+    assert "differently" not in sample[0]
     # The pilot's small-model answers were not paid again: every pilot row kept on the
     # small model is the pilot's answer, reused.
     assert job.counts["reused"] == round(120 * (1 - cal.expected_escalation))
@@ -171,3 +176,26 @@ def test_the_realised_share_note_says_when_it_is_off():
     assert not off and "20.5%" in text and "20.0%" in text
     text, off = realised_note(cal, 4_000, 10_000)
     assert off and "may not represent" in text
+
+
+def test_a_large_model_answering_the_pilot_rows_differently_later_is_said():
+    seen: dict[str, int] = {}
+
+    def fickle(request: emulator.Request) -> dict:
+        answer = responder(request)
+        if request.model == "gpt-4o":
+            seen[request.prompt] = seen.get(request.prompt, 0) + 1
+            if seen[request.prompt] > 1:  # the second time: another label
+                answer["label"] = LABELS[(LABELS.index(answer["label"]) + 1) % 3]
+        return answer
+
+    quality = {"gpt-4o-mini": 0.7}
+    with emulator.start(processing_seconds=0.02, responder=fickle, quality=quality) as server:
+        job = nb.submit(
+            data(200), "Review {i}", model=["gpt-4o-mini", "gpt-4o"], response_format=SCHEMA,
+            escalate_when="auto", target=0.95, score="confidence", pilot=100,
+            client=client_for("openai", server), display=False,
+        )  # fmt: skip
+        job.wait(timeout=180, progress=False)
+    alerts = [n.text for n in job.snapshot().notes if n.kind == "alert"]
+    assert any("pilot's rows" in t and "differently the second time" in t for t in alerts)
