@@ -199,7 +199,7 @@ def calibrated_main(argv: list[str]) -> None:
         job = nb.submit(
             df, "{review}", model=[SMALL, LARGE], response_format=SCHEMA, output="sentiment",
             client=client, max_tokens=50, escalate_when="auto", target=args.target,
-            score="confidence", pilot=args.pilot, pilot_seed=args.seed, display=False,
+            score="confidence", pilot_rows=args.pilot, pilot_seed=args.seed, display=False,
         )  # fmt: skip
         calibration = job.calibration
         assert calibration is not None

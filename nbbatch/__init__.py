@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from . import emulator, pricing
     from .api import Preview, attach, compare, jobs, ledger_path, preview, submit, try_now
     from .job import BatchJob, PollPolicy
+    from .piloting import Pilot, Setting, pilot
     from .snapshot import JobSnapshot
     from .styling import highlight
 
@@ -59,6 +60,9 @@ _LAZY = {
     "BatchJob": "job",
     "PollPolicy": "job",
     "JobSnapshot": "snapshot",
+    "Pilot": "piloting",
+    "Setting": "piloting",
+    "pilot": "piloting",
     "highlight": "styling",
     "emulator": "emulator",
     "pricing": "pricing",
@@ -92,7 +96,9 @@ __all__ = [
     "JobSnapshot",
     "MergeError",
     "NbbatchError",
+    "Pilot",
     "PollPolicy",
+    "Setting",
     "Preview",
     "ProviderError",
     "TemplateError",
@@ -102,6 +108,7 @@ __all__ = [
     "highlight",
     "jobs",
     "ledger_path",
+    "pilot",
     "preview",
     "pricing",
     "submit",

@@ -83,7 +83,7 @@ def submit(
     escalate_when: Any = None,
     target: float | None = None,
     score: str | None = None,
-    pilot: int = PILOT_ROWS,
+    pilot_rows: int = PILOT_ROWS,
     pilot_seed: int = 0,
     pack: int | None = None,
     reuse: bool = True,
@@ -157,7 +157,7 @@ def submit(
 
     ``escalate_when="auto"`` calibrates a two-model cascade to a quality ``target``
     (e.g. ``0.95``) on a numeric ``score`` field of the structured output (e.g.
-    ``score="confidence"``): a seeded sample of ``pilot`` rows (``pilot_seed``) of a
+    ``score="confidence"``): a seeded sample of ``pilot_rows`` rows (``pilot_seed``) of a
     pandas DataFrame runs first on both models (submit waits for it), and the cascade
     escalates the rows scored below the threshold that keeps the small model's answers
     on the rows not escalated in agreement with the large model's on at least
@@ -189,7 +189,7 @@ def submit(
     calibration = None
     if isinstance(escalate_when, str) and escalate_when == "auto":
         calibration = _calibrated(
-            data, prompt, models=model, target=target, score=score, pilot=pilot,
+            data, prompt, models=model, target=target, score=score, pilot_rows=pilot_rows,
             pilot_seed=pilot_seed, output=output, response_format=response_format,
             options=dict(
                 provider=provider, client=client, system=system, max_tokens=max_tokens,
@@ -476,7 +476,7 @@ def _calibrated(
     models: Any,
     target: Any,
     score: Any,
-    pilot: Any,
+    pilot_rows: Any,
     pilot_seed: int,
     output: str,
     response_format: Any,
@@ -486,7 +486,7 @@ def _calibrated(
     two jobs, waited for) and choose its threshold (see :mod:`nbbatch.calibrate`)."""
     from . import calibrate
 
-    calibrate.check_arguments(models, response_format, score, target, pilot)
+    calibrate.check_arguments(models, response_format, score, target, pilot_rows)
     if not isinstance(data, pd.DataFrame):
         raise InputError(
             "escalate_when='auto' samples its pilot from a pandas DataFrame; found "
@@ -494,7 +494,7 @@ def _calibrated(
             "escalate_when an expression with a threshold of your own."
         )
     small_model, large_model = models
-    sample = data if len(data) <= pilot else data.sample(n=pilot, random_state=pilot_seed)
+    sample = data if len(data) <= pilot_rows else data.sample(n=pilot_rows, random_state=pilot_seed)
     jobs = [
         submit(
             sample,

@@ -2,7 +2,7 @@
 
 ``nb.submit(df, prompt, model=["gpt-4o-mini", "gpt-4o"], response_format=Review,
 escalate_when="auto", target=0.95, score="confidence")`` first runs a pilot: a seeded
-sample of the rows (``pilot=1000`` rows by default) on both models, as two small jobs.
+sample of the rows (``pilot_rows=1000`` by default) on both models, as two small jobs.
 On the pilot, a row *agrees* when the small model's answer equals the large model's in
 every output field but the score. :func:`pick_threshold` then chooses the threshold on
 the score that escalates as few rows as possible while the rows it keeps on the small
@@ -103,7 +103,9 @@ class Calibration:
         return cls(**values)
 
 
-def check_arguments(models: Any, response_format: Any, score: Any, target: Any, pilot: Any) -> None:
+def check_arguments(
+    models: Any, response_format: Any, score: Any, target: Any, pilot_rows: Any
+) -> None:
     """Refuse, before anything is sent, a calibrated cascade that cannot be run."""
     if not isinstance(models, list | tuple) or len(models) != 2:
         raise InputError(
@@ -115,8 +117,10 @@ def check_arguments(models: Any, response_format: Any, score: Any, target: Any, 
             "escalate_when='auto' needs target=, the agreement with the large model to keep "
             f"on the rows not escalated, a share between 0 and 1 (e.g. 0.95); found {target!r}."
         )
-    if isinstance(pilot, bool) or not isinstance(pilot, int) or pilot < 20:
-        raise InputError(f"pilot= is the number of sample rows (20 or more); found {pilot!r}.")
+    if isinstance(pilot_rows, bool) or not isinstance(pilot_rows, int) or pilot_rows < 20:
+        raise InputError(
+            f"pilot_rows= is the number of sample rows (20 or more); found {pilot_rows!r}."
+        )
     if score == "logprobs":
         raise InputError(
             "score='logprobs' is not supported: nbbatch does not ask the provider for token "
@@ -239,7 +243,7 @@ def realised_note(calibration: Calibration, escalated: int, answered: int) -> tu
     if off:
         text += (
             f", more than {allowed:.1%} off: the pilot's sample may not represent these rows "
-            "(a larger pilot=, or a stratified sample, would say more), so the expected "
+            "(a larger pilot_rows=, or a stratified sample, would say more), so the expected "
             f"agreement of {calibration.expected_agreement:.1%} is uncertain"
         )
     return text, off

@@ -53,7 +53,7 @@ def test_auto_picks_a_threshold_that_meets_the_target_and_escalates_the_rest(ser
     df = data(300)
     job = nb.submit(
         df, "Review {i}", model=["gpt-4o-mini", "gpt-4o"], response_format=SCHEMA,
-        escalate_when="auto", target=0.95, score="confidence", pilot=120,
+        escalate_when="auto", target=0.95, score="confidence", pilot_rows=120,
         client=client_for("openai", server), display=False,
     )  # fmt: skip
     cal = job.calibration
@@ -193,7 +193,7 @@ def test_a_large_model_answering_the_pilot_rows_differently_later_is_said():
     with emulator.start(processing_seconds=0.02, responder=fickle, quality=quality) as server:
         job = nb.submit(
             data(200), "Review {i}", model=["gpt-4o-mini", "gpt-4o"], response_format=SCHEMA,
-            escalate_when="auto", target=0.95, score="confidence", pilot=100,
+            escalate_when="auto", target=0.95, score="confidence", pilot_rows=100,
             client=client_for("openai", server), display=False,
         )  # fmt: skip
         job.wait(timeout=180, progress=False)

@@ -174,3 +174,18 @@ def test_label_counts_and_chi2_of_identical_columns(values):
     assert sum(shift.before.values()) == sum(x is not None for x in values)
     assert shift.before == shift.after
     assert shift.value is None or shift.value == pytest.approx(0.0)
+
+
+def test_the_html_shows_a_churn_chart_when_matplotlib_is_installed(server):
+    pytest.importorskip("matplotlib")
+    import base64
+
+    df = rows(6)
+    c = run(server, df, response_format=SCHEMA).compare(
+        run(server, df, model="gpt-4o", response_format=SCHEMA)
+    )
+    png = compare_mod.churn_chart(c)
+    assert png is not None and base64.b64decode(png).startswith(b"\x89PNG")
+    assert '<img alt="churn per field"' in c._repr_html_()
+    bundle = c._repr_mimebundle_()
+    assert bundle["text/plain"] == repr(c) and "text/html" in bundle
