@@ -259,6 +259,8 @@ def submit(
         policy = _policy(retries, fallback, alert_threshold, missing, models, when, pack, limit)
         if calibration is not None:
             policy["cascade"]["calibration"] = calibration.as_dict()
+            # Its stage on the large model takes the pilot's answers of that model.
+            policy["cascade"]["reuse"] = reuse
         n_rows = rows.n_rows if rows is not None else source.n_rows if source else 0
         record = _new_record(
             n_rows, impl, spec, output=output, template=prompt, id_column=id_column

@@ -18,8 +18,10 @@ Once the cascade has ended, the job's answers on the pilot's rows are compared w
 large model's pilot answers (:func:`sample_note`): they should agree as the pilot
 expected, unless the models answered differently the second time.
 
-The pilot's answers are not paid twice on the small model: the job's identical requests
-take them (the ledger's reuse), unless ``reuse=False`` or ``pack=`` is given.
+No pilot row is paid twice: the job's identical requests take the small model's pilot
+answers (the ledger's reuse), and its stage on the large model the large model's (see
+:func:`nbbatch.escalate.reuse_answers`), unless ``reuse=False`` (or ``pack=``, for the
+small model).
 
 Only a numeric field of the structured output can be the score. OpenAI's token
 log-probabilities (``score="logprobs"``) are refused: nbbatch does not ask for them,

@@ -312,6 +312,8 @@ def start_stage(
             job_id=ctx.id,
         )
     head = f"stage {number + 1} of {max(total, number + 1)}"
+    if rows and (ctx.policy.get("cascade") or {}).get("reuse"):
+        reuse_answers(ctx, leaders, number)
     if rows:
         # Current while the stage's first attempt has rows pending (see nbbatch.notes).
         text = f"{head}: {rows:,} rows on {model} ({describe(where)})"
@@ -320,6 +322,33 @@ def start_stage(
     else:
         ctx.note("event", f"{head}: no row to send on {model} ({describe(where)})")
     return rows
+
+
+def reuse_answers(ctx: JobContext, leaders: np.ndarray, stage: int) -> int:
+    """Give the ``leaders`` just put back in ``stage`` the answers of identical requests
+    (this stage's parameters, the same prompt) that succeeded in earlier jobs, as
+    ``reused`` results, so they are not sent (and paid) again: a calibrated cascade's
+    pilot rows escalated to the model the pilot already ran them on. Returns how many."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .collect import hashes
+
+    wanted = hashes(ctx, leaders, stage)
+    if not len(wanted) or not wanted.any():
+        return 0
+    answers = ctx.ledger.answers(wanted)
+    if answers.num_rows == 0:
+        return 0
+    where = pc.index_in(pa.array(wanted, pa.uint64()), value_set=answers.column("request_hash"))
+    found = where.is_valid().to_numpy(zero_copy_only=False)
+    table = answers.take(where.filter(pa.array(found)))
+    table = table.set_column(0, "position", pa.array(leaders[found], pa.int64()))
+    n = int(found.sum())
+    ctx.ledger.record_results(
+        ctx.id, None, table, f"stage {stage}: {n} rows answered in earlier jobs reused", "reused"
+    )
+    return n
 
 
 def _cascade_when(ctx: JobContext) -> Where | None:
@@ -380,10 +409,12 @@ def check_calibration(ctx: JobContext, cascade: dict[str, Any], done: int, rows:
     kept = cascade.get("calibration")
     if not kept or done != 0:
         return
-    # The rows escalated are pending again now: the rows the first stage answered are
-    # those that ended plus them.
+    # Every row sent was answered by the first stage (the cascade goes on once it has
+    # ended): the rows escalated are pending again now, or answered (reused) already.
     counts = ctx.ledger.counts(ctx.id)
-    answered = rows + sum(int(counts.get(k, 0)) for k in ("succeeded", "failed", "expired"))
+    answered = sum(
+        int(counts.get(k, 0)) for k in rowstore.STATES if k not in ("skipped", "cancelled")
+    )
     text, off = realised_note(Calibration.from_dict(kept), rows, answered)
     if text and off:
         ctx.warn(text, "alert")

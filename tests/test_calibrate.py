@@ -75,13 +75,17 @@ def test_auto_picks_a_threshold_that_meets_the_target_and_escalates_the_rest(ser
     notes = [n.text for n in job.snapshot().notes]
     assert any("rows escalated" in t and "the pilot expected" in t for t in notes)
     assert not any("may not represent" in t for t in notes)  # as the pilot said
+    assert any(" of 300 rows escalated" in t for t in notes)
     # The pilot's rows, answered again where escalated, agree as the pilot expected.
     sample = [t for t in notes if t.startswith("calibrated cascade: on the pilot's rows")]
     assert len(sample) == 1 and f"expected {cal.expected_overall:.1%}" in sample[0]
     assert "differently" not in sample[0]
-    # The pilot's small-model answers were not paid again: every pilot row kept on the
-    # small model is the pilot's answer, reused.
-    assert job.counts["reused"] == round(120 * (1 - cal.expected_escalation))
+    # No pilot row was paid twice: those kept on the small model take the small pilot's
+    # answers, those escalated the large pilot's (the pilot's rows all answered).
+    assert job.counts["reused"] == 120
+    results = job.results()
+    assert (results["origin"] == "reused").sum() == 120
+    assert set(results.loc[results["origin"] == "reused", "model"]) == {"gpt-4o-mini", "gpt-4o"}
     again = nb.attach(job.id)
     assert again.calibration == cal
 
@@ -179,6 +183,7 @@ def test_the_realised_share_note_says_when_it_is_off():
 
 
 def test_a_large_model_answering_the_pilot_rows_differently_later_is_said():
+    """With reuse=False the pilot's rows are asked again, and answered otherwise."""
     seen: dict[str, int] = {}
 
     def fickle(request: emulator.Request) -> dict:
@@ -194,8 +199,9 @@ def test_a_large_model_answering_the_pilot_rows_differently_later_is_said():
         job = nb.submit(
             data(200), "Review {i}", model=["gpt-4o-mini", "gpt-4o"], response_format=SCHEMA,
             escalate_when="auto", target=0.95, score="confidence", pilot_rows=100,
-            client=client_for("openai", server), display=False,
+            client=client_for("openai", server), display=False, reuse=False,
         )  # fmt: skip
         job.wait(timeout=180, progress=False)
+    assert job.counts["reused"] == 0  # reuse=False: the pilot's rows are asked again
     alerts = [n.text for n in job.snapshot().notes if n.kind == "alert"]
     assert any("pilot's rows" in t and "differently the second time" in t for t in alerts)
