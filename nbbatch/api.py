@@ -1228,6 +1228,10 @@ def preview(
     expected_output_tokens: int | None = None,
     response_format: Any = None,
     escalate_when: Any = None,
+    target: float | None = None,
+    score: str | None = None,
+    pilot_rows: int = PILOT_ROWS,
+    pilot_seed: int = 0,
     id_column: str | None = None,
     endpoint: str | None = None,
     missing: str = "skip",
@@ -1257,6 +1261,9 @@ def preview(
     For a cascade (``model=[...]``, as ``submit`` takes it) the first stage is
     estimated in full and each later stage as if every row went on to it, an upper
     bound the summary states as such (``.estimate.later``, ``.estimate.upper_bound``).
+    A calibrated one (``escalate_when="auto"``, with ``target``, ``score``,
+    ``pilot_rows`` and ``pilot_seed`` as ``submit`` takes them: accepted, not used) is
+    estimated the same way; its pilot is not counted.
 
     With ``pack=N`` (as ``submit`` takes it) the rows shown are the first packed
     requests, and the estimate counts requests of N rows, beside the cost unpacked.

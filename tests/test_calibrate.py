@@ -205,3 +205,12 @@ def test_a_large_model_answering_the_pilot_rows_differently_later_is_said():
     assert job.counts["reused"] == 0  # reuse=False: the pilot's rows are asked again
     alerts = [n.text for n in job.snapshot().notes if n.kind == "alert"]
     assert any("pilot's rows" in t and "differently the second time" in t for t in alerts)
+
+
+def test_preview_takes_a_calibrated_cascade_as_submit_does():
+    df = data(5)
+    shown = nb.preview(
+        df, "Review {i}", model=["gpt-4o-mini", "gpt-4o"], response_format=SCHEMA,
+        escalate_when="auto", target=0.95, score="confidence", pilot_rows=100, provider="local",
+    )  # fmt: skip
+    assert shown.estimate.upper_bound  # every row as if escalated: nothing sent to know more
