@@ -332,11 +332,14 @@ def reuse_answers(ctx: JobContext, leaders: np.ndarray, stage: int) -> int:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .collect import hashes
+    from . import plan
 
-    wanted = hashes(ctx, leaders, stage)
-    if not len(wanted) or not wanted.any():
+    # This stage's request hashes of the leaders' prompts, as collect records them.
+    salt = ctx.stage_salt(stage)
+    if salt is None or not len(leaders):
         return 0
+    prompts = ctx.ledger.row_state(ctx.id).manifest_column("prompt", leaders)
+    wanted = plan.prompt_hashes(prompts, salt)
     answers = ctx.ledger.answers(wanted)
     if answers.num_rows == 0:
         return 0
