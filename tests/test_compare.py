@@ -189,3 +189,35 @@ def test_the_html_shows_a_churn_chart_when_matplotlib_is_installed(server):
     assert '<img alt="churn per field"' in c._repr_html_()
     bundle = c._repr_mimebundle_()
     assert bundle["text/plain"] == repr(c) and "text/html" in bundle
+
+
+# -- matching rows, whatever their labels ---------------------------------------------------
+def _side(job_id, keys, id_column=None):
+    """What match_rows reads of a job: its id, id_column and row keys (no emulator can
+    give rows of arbitrary labels faster)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pyarrow as pa
+
+    manifest = pa.table({"key": pa.array(np.asarray(keys, dtype=np.uint64))})
+    ctx = SimpleNamespace(id=job_id, record={"id_column": id_column})
+    return ctx, SimpleNamespace(manifest=manifest)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), unique=True, max_size=50), st.randoms())
+def test_rows_in_any_order_match_by_key_and_other_rows_are_refused(keys, random):
+
+    shuffled = list(keys)
+    random.shuffle(shuffled)
+    before, after = _side("a", keys), _side("b", shuffled)
+    take, _ = compare_mod.match_rows(before[0], before[1], after[0], after[1])
+    assert [shuffled[t] for t in take] == keys
+    if keys:
+        fewer = _side("b", shuffled[1:])
+        with pytest.raises(nb.InputError, match="different rows"):
+            compare_mod.match_rows(before[0], before[1], fewer[0], fewer[1])
+        repeated = _side("b", [*keys, keys[0]])
+        with pytest.raises(nb.InputError, match="repeated labels|different rows"):
+            compare_mod.match_rows(before[0], before[1], repeated[0], repeated[1])
