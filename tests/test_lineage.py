@@ -116,3 +116,16 @@ def test_a_frame_holding_a_lineage_column_is_refused_before_merging(oai, existin
     with pytest.raises(nb.MergeError, match=existing):
         job.merge(df.assign(**{existing: 1}), lineage=True)
     assert existing in job.merge(df.assign(**{existing: 1})).columns  # no clash without
+
+
+def test_an_answer_from_the_real_time_fallback_names_no_batch(oai, tmp_path):
+    df = pd.DataFrame({"text": ["a", f"{emulator.TRANSIENT_MARKER} b"]})
+    job = _job(oai, df, retries=0, fallback="realtime")
+    results = job.results()
+    assert results["origin"].tolist() == ["batch", "realtime"]
+    out = job.merge(lineage=True)
+    assert out["response_status"].tolist() == ["succeeded", "succeeded"]
+    assert values(out["response_batch_id"]) == [job.batch_ids[0], None]
+    assert values(out["response_model"]) == ["gpt-4o-mini", "gpt-4o-mini"]
+    written = pq.read_table(job.to_parquet(tmp_path / "out.parquet")).to_pandas()
+    assert values(written["response_batch_id"]) == [job.batch_ids[0], None]
