@@ -606,8 +606,10 @@ class BatchJob:
         """One row per input row, by position, indexed by custom_id: label, status,
         output, error, error_type, retryable, token counts, and the row's lineage:
         ``batch_id`` (the provider's batch), ``attempt`` (1 for the first send),
-        ``stage``, ``model`` and ``prompt_hash`` (the version of template, system prompt
-        and response_format its answer was asked with)."""
+        ``origin`` (``batch``, ``realtime`` for the real-time fallback, ``reused`` from an
+        earlier job's identical request), ``stage``, ``model`` and ``prompt_hash`` (the
+        version of template, system prompt and response_format its answer was asked
+        with)."""
         return _merge.results_frame(self._ctx)
 
     def prompt_chars(self) -> tuple[int, int]:
