@@ -15,6 +15,16 @@ prefix caching (it applies in real time too) and without it. The goal is a fract
 10% or less.
 
     python benchmarks/bench_cascade.py [--rows 10000] [--escalate 0.1] [--models SMALL LARGE]
+
+With ``--calibrated``: a cascade calibrated to a target (``escalate_when="auto"``) on an
+emulator whose models differ in quality (``gpt-4o-mini`` agrees with the keyword
+responder on 88% of rows, ``gpt-4o`` on 97%; 10% of reviews have no keyword, and a lower
+confidence): on 20,000 rows, its agreement with the
+large model on the rows it does not escalate should be within 2 points of the target,
+at no more than 40% of what every row on the large model costs (both at batch prices;
+the pilot's two small jobs counted in the cascade's cost).
+
+    python benchmarks/bench_cascade.py --calibrated [--rows 20000] [--target 0.95]
 """
 
 from __future__ import annotations
@@ -147,5 +157,104 @@ def main() -> None:
     sys.exit(0 if cost.batch / baseline <= 0.10 else 1)
 
 
+def calibrated_main(argv: list[str]) -> None:
+    """``--calibrated``: a cascade calibrated to a target (``escalate_when="auto"``) on an
+    emulator whose models differ in quality; its agreement with the large model and its
+    cost beside every row on the large model, each figure beside its target."""
+    parser = argparse.ArgumentParser(description="the calibrated cascade (issue #18)")
+    parser.add_argument("--calibrated", action="store_true")
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--target", type=float, default=0.95)
+    parser.add_argument("--pilot", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vague", type=float, default=0.1, help="share of reviews with no keyword")
+    parser.add_argument("--quality", nargs=2, type=float, default=[0.88, 0.97],
+                        metavar=("SMALL", "LARGE"))  # fmt: skip
+    args = parser.parse_args(argv)
+
+    os.environ["NBBATCH_HOME"] = tempfile.mkdtemp(prefix="nbbatch-bench-calibrated-")
+    import openai
+
+    import nbbatch as nb
+    from nbbatch import emulator, pricing
+
+    df = reviews(args.rows, 0.0, args.vague, seed=args.seed)
+    keywords = emulator.keyword_responder(LABELS, default="neutral")
+
+    def responder(request: emulator.Request) -> dict:
+        """The keyword label, with a confidence spread over 0.55-0.99 (0.3-0.7 for a
+        review with no keyword) by a hash of the review: the quality knob lowers it
+        where a model disagrees."""
+        import zlib
+
+        label = keywords(emulator.Request(**{**request.__dict__, "schema": None}))
+        u = zlib.crc32(request.prompt.encode()) / 2**32
+        vague = not any(w in request.prompt for ws in LABELS.values() for w in ws)
+        return {"label": label, "confidence": round(0.3 + 0.4 * u if vague else 0.55 + 0.44 * u, 4)}
+
+    quality = {SMALL: args.quality[0], LARGE: args.quality[1]}
+    started = time.perf_counter()
+    with emulator.start(processing_seconds=0.5, responder=responder, quality=quality) as emu:
+        client = openai.OpenAI(base_url=emu.openai_base_url, api_key="local", max_retries=5)
+        job = nb.submit(
+            df, "{review}", model=[SMALL, LARGE], response_format=SCHEMA, output="sentiment",
+            client=client, max_tokens=50, escalate_when="auto", target=args.target,
+            score="confidence", pilot_rows=args.pilot, pilot_seed=args.seed, display=False,
+        )  # fmt: skip
+        calibration = job.calibration
+        assert calibration is not None
+        job.wait(progress=False)
+        # The reference: every row on the large model (sent anew, nothing reused).
+        every = nb.submit(
+            df, "{review}", model=LARGE, response_format=SCHEMA, output="sentiment",
+            client=client, max_tokens=50, reuse=False, display=False,
+        )  # fmt: skip
+        every.wait(progress=False)
+        pilots = [nb.attach(j, client=client) for j in calibration.pilot_jobs]
+        client.close()
+    took = time.perf_counter() - started
+
+    out = job.merge(df)
+    ref = every.merge(df)
+    kept = out["sentiment_model"].eq(SMALL).to_numpy()
+    same = (out["label"] == ref["label"]).to_numpy()
+    escalated = 1 - kept.mean()
+    agree_kept = same[kept].mean()
+    agree_all = same.mean()
+    cost_cascade = job.cost.batch or 0.0
+    cost_pilot = sum(p.cost.batch or 0.0 for p in pilots)
+    cost_every = every.cost.batch or 0.0
+    fraction = (cost_cascade + cost_pilot) / cost_every
+    n = len(df)
+    notes = [note.text for note in job.snapshot().notes if "calibrated cascade" in note.text]
+
+    print(f"calibrated cascade {SMALL} -> {LARGE} on the emulator: {n:,} rows "
+          f"({args.vague:.0%} without a keyword), quality "
+          f"{SMALL} {args.quality[0]}, {LARGE} {args.quality[1]}, pilot {args.pilot} rows, "
+          f"target {args.target:.0%}; {took:.1f} s")  # fmt: skip
+    for text in notes:
+        print(f"  note: {text}")
+    ok_agree = abs(agree_kept - args.target) <= 0.02
+    ok_cost = fraction <= 0.40
+    print(f"  agreement with {LARGE} on the rows not escalated: {agree_kept:.2%} "
+          f"(target {args.target:.0%} +/- 2 points: {'met' if ok_agree else 'NOT met'}; "
+          f"the pilot expected {calibration.expected_agreement:.2%})")  # fmt: skip
+    print(f"  agreement with {LARGE} on every row:           {agree_all:.2%} "
+          f"(escalated rows carry {LARGE}'s answer; pilot expected "
+          f"{calibration.expected_overall:.2%})")  # fmt: skip
+    print(f"  escalated: {escalated:.1%} of rows (pilot expected "
+          f"{calibration.expected_escalation:.1%}); threshold confidence < "
+          f"{calibration.threshold:.4g}")  # fmt: skip
+    print(f"  cost: cascade {pricing.money(cost_cascade)} + pilot {pricing.money(cost_pilot)} "
+          f"= {pricing.money(cost_cascade + cost_pilot)} vs every row on {LARGE} "
+          f"{pricing.money(cost_every)} (batch prices): {fraction:.1%} "
+          f"(target <= 40%: {'met' if ok_cost else 'NOT met'})")  # fmt: skip
+    print(f"  prices: {pricing.source()}")
+    sys.exit(0 if ok_agree and ok_cost else 1)
+
+
 if __name__ == "__main__":
-    main()
+    if "--calibrated" in sys.argv[1:]:
+        calibrated_main(sys.argv[1:])
+    else:
+        main()

@@ -33,8 +33,9 @@ from ._imports import when_imported
 
 if TYPE_CHECKING:
     from . import emulator, pricing
-    from .api import Preview, attach, jobs, ledger_path, preview, submit, try_now
+    from .api import Preview, attach, compare, jobs, ledger_path, preview, submit, try_now
     from .job import BatchJob, PollPolicy
+    from .piloting import Pilot, Setting, pilot
     from .snapshot import JobSnapshot
     from .styling import highlight
 
@@ -50,6 +51,7 @@ _scrub.install_log_filter(logging.getLogger("nbbatch"))
 _LAZY = {
     "Preview": "api",
     "attach": "api",
+    "compare": "api",
     "jobs": "api",
     "ledger_path": "api",
     "preview": "api",
@@ -58,6 +60,9 @@ _LAZY = {
     "BatchJob": "job",
     "PollPolicy": "job",
     "JobSnapshot": "snapshot",
+    "Pilot": "piloting",
+    "Setting": "piloting",
+    "pilot": "piloting",
     "highlight": "styling",
     "emulator": "emulator",
     "pricing": "pricing",
@@ -91,15 +96,19 @@ __all__ = [
     "JobSnapshot",
     "MergeError",
     "NbbatchError",
+    "Pilot",
     "PollPolicy",
+    "Setting",
     "Preview",
     "ProviderError",
     "TemplateError",
     "attach",
+    "compare",
     "emulator",
     "highlight",
     "jobs",
     "ledger_path",
+    "pilot",
     "preview",
     "pricing",
     "submit",

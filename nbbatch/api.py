@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import orjson
@@ -39,6 +39,7 @@ from . import rowstore as _rowstore
 from . import stream as _stream
 from . import structured as _structured
 from ._errors import ConfigError, InputError, JobNotFoundError
+from .calibrate import PILOT_ROWS
 from .console import in_notebook
 from .job import (
     LOCAL_POLLING,
@@ -55,6 +56,10 @@ from .ledger import home as _ledger_home
 from .pricing import money
 from .providers import credentials as _credentials
 from .providers.base import Provider, RequestSpec, is_embeddings
+
+if TYPE_CHECKING:
+    from .calibrate import Calibration
+    from .comparison import Comparison
 
 log = logging.getLogger("nbbatch")
 
@@ -82,6 +87,10 @@ def submit(
     deadline: Any = None,
     on_deadline: str = "wait",
     escalate_when: Any = None,
+    target: float | None = None,
+    score: str | None = None,
+    pilot_rows: int = PILOT_ROWS,
+    pilot_seed: int = 0,
     pack: int | None = None,
     reuse: bool = True,
     force: bool = False,
@@ -159,6 +168,15 @@ def submit(
     ``{output}_model``; ``max_cost`` checks the first stage in full plus every later
     stage as if it took every row (an upper bound).
 
+    ``escalate_when="auto"`` calibrates a two-model cascade to a quality ``target``
+    (e.g. ``0.95``) on a numeric ``score`` field of the structured output (e.g.
+    ``score="confidence"``): a seeded sample of ``pilot_rows`` rows (``pilot_seed``) of a
+    pandas DataFrame runs first on both models (submit waits for it), and the cascade
+    escalates the rows scored below the threshold that keeps the small model's answers
+    on the rows not escalated in agreement with the large model's on at least
+    ``target`` of the pilot, escalating as few as possible. The threshold and what it
+    expects are in ``job.calibration`` and the job's notes (see :mod:`nbbatch.calibrate`).
+
     ``wait=True`` blocks until every row is terminal. In a notebook (``display="auto"``)
     the live panel appears and polling runs in the background, so the kernel stays free;
     ``progress`` prints text progress while waiting (``"auto"``: outside a notebook).
@@ -191,6 +209,24 @@ def submit(
     _check_policy(fallback, deadline)
     _quota.check_options(queue_limit, tier)
     _deadline.check(on_deadline, deadline)
+    calibration = None
+    if isinstance(escalate_when, str) and escalate_when == "auto":
+        calibration = _calibrated(
+            data, prompt, models=model, target=target, score=score, pilot_rows=pilot_rows,
+            pilot_seed=pilot_seed, output=output, response_format=response_format,
+            options=dict(
+                provider=provider, client=client, system=system, max_tokens=max_tokens,
+                temperature=temperature, id_column=id_column, endpoint=endpoint,
+                missing=missing, cache_system=cache_system, retries=retries,
+                fallback=fallback, reuse=reuse, **params,
+            ),
+        )  # fmt: skip
+        escalate_when = calibration.expression(output)
+    elif target is not None or score is not None:
+        raise InputError(
+            "target= and score= calibrate a cascade: pass them with escalate_when='auto' "
+            "and model=[small, large]."
+        )
     models, when, when_fn = _cascade(model, escalate_when)
     engine = _engines.kind_of(data)  # a Dask or Spark frame: planned on its workers
     source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
@@ -264,6 +300,10 @@ def submit(
         policy.update(_quota.options(queue_limit, tier))
         if on_deadline != "wait":
             policy["on_deadline"] = on_deadline
+        if calibration is not None:
+            policy["cascade"]["calibration"] = calibration.as_dict()
+            # Its stage on the large model takes the pilot's answers of that model.
+            policy["cascade"]["reuse"] = reuse
         n_rows = (
             rows.n_rows if rows is not None else source.n_rows if source else in_memory_rows or 0
         )
@@ -484,6 +524,73 @@ def _start(job: BatchJob, *, wait: bool, progress: bool | str, display: bool | s
     if shown:
         _show(job)
     return job
+
+
+def _calibrated(
+    data: Any,
+    prompt: str,
+    *,
+    models: Any,
+    target: Any,
+    score: Any,
+    pilot_rows: Any,
+    pilot_seed: int,
+    output: str,
+    response_format: Any,
+    options: dict[str, Any],
+) -> Calibration:
+    """Run a calibrated cascade's pilot (a seeded sample of ``data`` on both models, as
+    two jobs, waited for) and choose its threshold (see :mod:`nbbatch.calibrate`)."""
+    from . import calibrate
+
+    calibrate.check_arguments(models, response_format, score, target, pilot_rows)
+    if not isinstance(data, pd.DataFrame):
+        raise InputError(
+            "escalate_when='auto' samples its pilot from a pandas DataFrame; found "
+            f"{type(data).__name__}. Pass a pandas DataFrame (e.g. .to_pandas()), or give "
+            "escalate_when an expression with a threshold of your own."
+        )
+    small_model, large_model = models
+    sample = data if len(data) <= pilot_rows else data.sample(n=pilot_rows, random_state=pilot_seed)
+    jobs = [
+        submit(
+            sample,
+            prompt,
+            model=m,
+            output=output,
+            response_format=response_format,
+            display=False,
+            progress=False,
+            **options,
+        )  # fmt: skip
+        for m in (small_model, large_model)
+    ]
+    for job in jobs:
+        job.wait(progress=False)
+    small, large = (job.merge(sample) for job in jobs)
+    status_small = small[f"{output}_status"].to_numpy(dtype=object)
+    status_large = large[f"{output}_status"].to_numpy(dtype=object)
+    measured = (status_large == "succeeded") & (status_small != "skipped")
+    fields = [
+        f
+        for f in _structured.columns_of(
+            _structured.schema_of(_structured.response_format(response_format))
+        )
+        if f != score
+    ]
+    agree = calibrate.agreement_mask(small, large, fields)
+    scores = pd.to_numeric(small[score], errors="coerce").to_numpy(dtype=float)
+    threshold, agreement, escalated, reached = calibrate.pick_threshold(
+        scores[measured], agree[measured], (status_small != "succeeded")[measured], float(target)
+    )
+    calibration = calibrate.Calibration(
+        score=str(score), target=float(target), threshold=threshold,
+        expected_agreement=agreement, expected_escalation=escalated,
+        pilot_rows=int(measured.sum()), reached=reached,
+        pilot_jobs=tuple(job.id for job in jobs),
+    )  # fmt: skip
+    log.info("nbbatch: %s", calibration.text())
+    return calibration
 
 
 def _cascade(model: Any, escalate_when: Any) -> tuple[list[str], str | None, Any]:
@@ -1261,6 +1368,10 @@ def preview(
     expected_output_tokens: int | None = None,
     response_format: Any = None,
     escalate_when: Any = None,
+    target: float | None = None,
+    score: str | None = None,
+    pilot_rows: int = PILOT_ROWS,
+    pilot_seed: int = 0,
     id_column: str | None = None,
     endpoint: str | None = None,
     missing: str = "skip",
@@ -1292,6 +1403,9 @@ def preview(
     For a cascade (``model=[...]``, as ``submit`` takes it) the first stage is
     estimated in full and each later stage as if every row went on to it, an upper
     bound the summary states as such (``.estimate.later``, ``.estimate.upper_bound``).
+    A calibrated one (``escalate_when="auto"``, with ``target``, ``score``,
+    ``pilot_rows`` and ``pilot_seed`` as ``submit`` takes them: accepted, not used) is
+    estimated the same way; its pilot is not counted.
 
     With ``pack=N`` (as ``submit`` takes it) the rows shown are the first packed
     requests, and the estimate counts requests of N rows, beside the cost unpacked.
@@ -1308,7 +1422,9 @@ def preview(
         endpoint=endpoint, provider=provider, missing=missing, cache_system=cache_system,
         expected_output_tokens=expected_output_tokens,
     )  # fmt: skip
-    models, _, _ = _cascade(model, escalate_when)
+    # A calibrated cascade's threshold is not known before its pilot: any row may go on.
+    auto = isinstance(escalate_when, str) and escalate_when == "auto"
+    models, _, _ = _cascade(model, "failed" if auto else escalate_when)
     model = models[0]
     engine = _engines.kind_of(data)
     source = _stream.Source.of(data) if engine is None and frames.streamed(data) else None
@@ -1511,3 +1627,16 @@ def _merge_table(
     ).items():
         out[name] = column
     return out
+
+
+def compare(before: BatchJob, after: BatchJob) -> Comparison:
+    """Job ``before`` against job ``after`` over the same rows (a re-run, a new prompt
+    version, another model): the changed rows, per-field churn and distribution shift,
+    cost and time side by side, and what changed in lineage. The same as
+    ``before.compare(after)``; see :meth:`BatchJob.compare`."""
+    if not isinstance(before, BatchJob):
+        raise InputError(
+            f"compare() takes two jobs (nb.attach(job_id) gives one), found "
+            f"{type(before).__name__}."
+        )
+    return before.compare(after)

@@ -174,7 +174,8 @@ def results_table(job: BatchJob) -> pd.DataFrame:
     """What ``collect`` writes, one line per input row in input order: the row's id (the
     job's ``id_column``, else ``id`` for the index label), ``row``, its position in the
     submitted data (0-based: index labels may repeat, positions do not), then the
-    columns ``merge`` adds (see :meth:`BatchJob.output_columns`)."""
+    columns ``merge(lineage=True)`` adds, as ``to_parquet`` writes them (see
+    :meth:`BatchJob.output_columns`)."""
     import numpy as np
     import pandas as pd
 
@@ -196,13 +197,12 @@ def results_table(job: BatchJob) -> pd.DataFrame:
     )
     for name, column in columns.items():
         out[name] = column
-    if job.staged:
-        # A job that escalates: the model that gave each row's result, as merge() says.
-        from . import escalate as _escalate
+    # Each row's lineage, as merge(lineage=True) and to_parquet give it.
+    from . import escalate as _escalate
 
-        name = f"{job.output}_model"
-        out.insert(list(out.columns).index(f"{job.output}_error") + 1, name,
-                   _escalate.result_models(rows))  # fmt: skip
+    at = list(out.columns).index(f"{job.output}_error") + 1
+    for offset, (name, values) in enumerate(_escalate.result_lineage(rows).items()):
+        out.insert(at + offset, f"{job.output}_{name}", values)
     return out
 
 

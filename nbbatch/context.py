@@ -38,12 +38,25 @@ def is_loopback(url: str | None) -> bool:
     return (urlparse(url or "").hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
+#: The lineage columns (after ``{output}_model``) that ``to_parquet`` and ``collect``
+#: write, and ``merge(lineage=True)`` adds: see :func:`nbbatch.merge.lineage_values`.
+LINEAGE = ("prompt_hash", "batch_id", "attempt")
+
+
 def output_columns(
-    output: str, response_format: dict[str, Any] | None, *, staged: bool = False
+    output: str,
+    response_format: dict[str, Any] | None,
+    *,
+    staged: bool = False,
+    lineage: bool = False,
 ) -> list[str]:
     """The columns ``merge`` adds for this output name and response_format (and
-    ``{output}_model`` for a job with escalation stages or a cascade)."""
-    model = [f"{output}_model"] if staged else []
+    ``{output}_model`` for a job with escalation stages or a cascade); with ``lineage``,
+    ``{output}_model`` whatever the job, then ``{output}_prompt_hash``,
+    ``{output}_batch_id`` and ``{output}_attempt``."""
+    model = [f"{output}_model"] if staged or lineage else []
+    if lineage:
+        model += [f"{output}_{name}" for name in LINEAGE]
     if response_format is None:
         return [output, f"{output}_status", f"{output}_error", *model]
     from . import structured
@@ -195,9 +208,22 @@ class JobContext:
         stage = state.stage[positions]
         return np.asarray(state.attempt[positions] - first[stage] + 1)
 
-    def output_columns(self) -> list[str]:
-        """The columns ``merge`` adds for this job."""
-        return output_columns(self.output, self.spec.response_format, staged=self.staged)
+    def output_columns(self, lineage: bool = False) -> list[str]:
+        """The columns ``merge`` adds for this job (with ``lineage``: see
+        :func:`output_columns`)."""
+        return output_columns(
+            self.output, self.spec.response_format, staged=self.staged, lineage=lineage
+        )
+
+    def prompt_hashes(self) -> list[str]:
+        """The prompt version hash of each stage started so far, stage 0 first (see
+        :func:`nbbatch.plan.prompt_version`)."""
+        from .plan import prompt_version
+
+        template = str(self.record["template"])
+        return [
+            prompt_version(template, self.stage_spec_dict(s)) for s in range(len(self.stages) + 1)
+        ]
 
     # -- rows ----------------------------------------------------------------------------------
     def row_state(self) -> rowstore.RowState:

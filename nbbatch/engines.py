@@ -581,9 +581,10 @@ class MergeWork:
     verify: bool
 
 
-def merge(ctx: JobContext, data: Any, *, verify: bool = True) -> Any:
-    """``data`` (the Dask or Spark frame submitted) plus the job's result columns, of the
-    same kind, built lazily partition by partition (see :meth:`BatchJob.merge`)."""
+def merge(ctx: JobContext, data: Any, *, verify: bool = True, lineage: bool = False) -> Any:
+    """``data`` (the Dask or Spark frame submitted) plus the job's result columns (with
+    ``lineage``, its lineage columns too), of the same kind, built lazily partition by
+    partition (see :meth:`BatchJob.merge`)."""
     from . import merge as _merge
 
     kind = kind_of(data)
@@ -602,7 +603,7 @@ def merge(ctx: JobContext, data: Any, *, verify: bool = True) -> Any:
             f"{len(counts)}: pass the frame you submitted, partitioned as it was.",
             job_id=ctx.id,
         )
-    clash = [c for c in ctx.output_columns() if c in columns_of(data)]
+    clash = [c for c in ctx.output_columns(lineage) if c in columns_of(data)]
     if clash:
         raise MergeError(
             f"the DataFrame already has column(s) {clash}; drop them first or submit with "
@@ -613,12 +614,12 @@ def merge(ctx: JobContext, data: Any, *, verify: bool = True) -> Any:
     folder = staging_root(ctx.ledger.folder(ctx.id))
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"results-{ctx.id}-{secrets.token_hex(4)}.parquet"
-    schema = _merge.write_results(ctx, target, rows_per_group=RESULT_ROWS)
+    schema = _merge.write_results(ctx, target, rows_per_group=RESULT_ROWS, lineage=lineage)
     work = MergeWork(
         job_id=ctx.id,
         results=str(target),
         offsets=np.concatenate([[0], np.cumsum(counts)]).tolist(),
-        added=ctx.output_columns(),
+        added=ctx.output_columns(lineage),
         template=ctx.record["template"],
         missing=str(ctx.policy.get("missing", "skip")),
         salt=ctx.record.get("salt"),
@@ -744,13 +745,14 @@ def failed(ctx: JobContext, data: Any) -> Any:
 
 def to_parquet(
     ctx: JobContext, data: Any, path: str | os.PathLike[str], *, columns: list[str] | None,
-    verify: bool,
+    verify: bool, lineage: bool = True,
 ) -> Path:  # fmt: skip
     """Write the merged frame as a folder of Parquet files, one per partition, from the
-    workers (Dask's ``to_parquet``, Spark's ``write.parquet``); return the folder."""
-    out = merge(ctx, data, verify=verify)
+    workers (Dask's ``to_parquet``, Spark's ``write.parquet``), with the lineage columns
+    unless ``lineage=False``; return the folder."""
+    out = merge(ctx, data, verify=verify, lineage=lineage)
     if columns is not None:
-        keep = [*columns, *ctx.output_columns()]
+        keep = [*columns, *ctx.output_columns(lineage)]
         out = out[keep] if kind_of(data) == DASK else out.select(*keep)
     target = Path(path)
     if kind_of(data) == DASK:

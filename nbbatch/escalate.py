@@ -312,6 +312,8 @@ def start_stage(
             job_id=ctx.id,
         )
     head = f"stage {number + 1} of {max(total, number + 1)}"
+    if rows and (ctx.policy.get("cascade") or {}).get("reuse"):
+        reuse_answers(ctx, leaders, number)
     if rows:
         # Current while the stage's first attempt has rows pending (see nbbatch.notes).
         text = f"{head}: {rows:,} rows on {model} ({describe(where)})"
@@ -320,6 +322,36 @@ def start_stage(
     else:
         ctx.note("event", f"{head}: no row to send on {model} ({describe(where)})")
     return rows
+
+
+def reuse_answers(ctx: JobContext, leaders: np.ndarray, stage: int) -> int:
+    """Give the ``leaders`` just put back in ``stage`` the answers of identical requests
+    (this stage's parameters, the same prompt) that succeeded in earlier jobs, as
+    ``reused`` results, so they are not sent (and paid) again: a calibrated cascade's
+    pilot rows escalated to the model the pilot already ran them on. Returns how many."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from . import plan
+
+    # This stage's request hashes of the leaders' prompts, as collect records them.
+    salt = ctx.stage_salt(stage)
+    if salt is None or not len(leaders):
+        return 0
+    prompts = ctx.ledger.row_state(ctx.id).manifest_column("prompt", leaders)
+    wanted = plan.prompt_hashes(prompts, salt)
+    answers = ctx.ledger.answers(wanted)
+    if answers.num_rows == 0:
+        return 0
+    where = pc.index_in(pa.array(wanted, pa.uint64()), value_set=answers.column("request_hash"))
+    found = where.is_valid().to_numpy(zero_copy_only=False)
+    table = answers.take(where.filter(pa.array(found)))
+    table = table.set_column(0, "position", pa.array(leaders[found], pa.int64()))
+    n = int(found.sum())
+    ctx.ledger.record_results(
+        ctx.id, None, table, f"stage {stage}: {n} rows answered in earlier jobs reused", "reused"
+    )
+    return n
 
 
 def _cascade_when(ctx: JobContext) -> Where | None:
@@ -352,6 +384,7 @@ def cascade_next(ctx: JobContext) -> int:
     models = list(cascade["models"])
     done = len(ctx.stages)
     if done + 1 >= len(models):
+        check_calibration_end(ctx, cascade)
         return 0
     when = _cascade_when(ctx)
     if when is None:
@@ -362,10 +395,53 @@ def cascade_next(ctx: JobContext) -> int:
         )
         return 0
     try:
-        return start_stage(ctx, models[done + 1], when, {}, automatic=True)
+        rows = start_stage(ctx, models[done + 1], when, {}, automatic=True)
+        check_calibration(ctx, cascade, done, rows)
+        return rows
     except InputError as exc:
         _fail(ctx, done + 2, models[done + 1], when, exc)
         return 0
+
+
+def check_calibration(ctx: JobContext, cascade: dict[str, Any], done: int, rows: int) -> None:
+    """For a calibrated cascade (``escalate_when="auto"``) whose second stage just
+    started with ``rows`` rows: a note comparing the share escalated with the pilot's
+    expectation (an alert when it is off by more than the pilot's error allows)."""
+    from .calibrate import Calibration, realised_note
+
+    kept = cascade.get("calibration")
+    if not kept or done != 0:
+        return
+    # Every row sent was answered by the first stage (the cascade goes on once it has
+    # ended): the rows escalated are pending again now, or answered (reused) already.
+    counts = ctx.ledger.counts(ctx.id)
+    answered = sum(
+        int(counts.get(k, 0)) for k in rowstore.STATES if k not in ("skipped", "cancelled")
+    )
+    text, off = realised_note(Calibration.from_dict(kept), rows, answered)
+    if text and off:
+        ctx.warn(text, "alert")
+    elif text:
+        ctx.note("event", text)
+
+
+def check_calibration_end(ctx: JobContext, cascade: dict[str, Any]) -> None:
+    """For a calibrated cascade that has ended: a note (once a session) on its answers
+    on the pilot's rows against the large model's pilot answers (an alert when they
+    agree otherwise than the pilot expected)."""
+    from .calibrate import Calibration, noted_sample, sample_note
+
+    kept = cascade.get("calibration")
+    if not kept or noted_sample(ctx):
+        return
+    found = sample_note(ctx, Calibration.from_dict(kept))
+    if found is None:
+        return
+    text, off = found
+    if off:
+        ctx.warn(text, "alert")
+    else:
+        ctx.note("event", text)
 
 
 #: The ledger's status of a job whose cascade stopped in error, and its event kind.
@@ -432,6 +508,26 @@ def result_models(results: pd.DataFrame) -> pd.Series:
     values = results["model"].to_numpy(dtype=object).copy()
     values[unsent] = None
     return pd.Series(pd.array(values, dtype="string"))
+
+
+def result_lineage(results: pd.DataFrame) -> dict[str, Any]:
+    """The lineage columns (``model``, ``prompt_hash``, ``batch_id``, ``attempt``) from
+    :meth:`~nbbatch.BatchJob.results`, as ``merge(lineage=True)`` gives them: missing
+    where a row is pending or was never sent (``batch_id`` also for an answer that came
+    from no batch; ``attempt`` only for a row never sent)."""
+    status = results["status"].to_numpy(dtype=object)
+    unsent = np.isin(status, ["pending", "skipped"])
+    out: dict[str, Any] = {"model": result_models(results)}
+    hashes = results["prompt_hash"].to_numpy(dtype=object).copy()
+    hashes[unsent] = None
+    out["prompt_hash"] = pd.Series(pd.array(hashes, dtype="string"))
+    batch = results["batch_id"].to_numpy(dtype=object).copy()
+    batch[unsent | (results["origin"].to_numpy(dtype=object) != "batch")] = None
+    out["batch_id"] = pd.Series(pd.array(batch, dtype="string"))
+    attempt = pd.array(results["attempt"].to_numpy().astype("int64"), dtype="Int64")
+    attempt[status == "skipped"] = pd.NA
+    out["attempt"] = pd.Series(attempt)
+    return out
 
 
 def job_models(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:

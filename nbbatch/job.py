@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,10 @@ from .poller import Poller
 from .pricing import Cost
 from .providers.base import Provider, RequestSpec
 from .snapshot import JobSnapshot
+
+if TYPE_CHECKING:
+    from .calibrate import Calibration
+    from .comparison import Comparison
 
 __all__ = [
     "LOCAL_POLLING",
@@ -158,6 +162,9 @@ class BatchJob:
         self._sender: threading.Thread | None = None
         self._sending: _send.Progress | None = None
         self._send_error: BaseException | None = None
+        calibration = self.calibration
+        if calibration is not None:  # what a calibrated cascade expects, in its notes
+            self._ctx.note("event", calibration.text())
 
     # Injected so tests can run a 24-hour batch in milliseconds.
     @property
@@ -220,6 +227,15 @@ class BatchJob:
         """How many stages the job has or will have: a cascade's models, or the stages
         started so far (1 for a job never escalated)."""
         return self._ctx.planned_stages
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """A calibrated cascade's threshold and what its pilot expects (see
+        :mod:`nbbatch.calibrate`); None for any other job."""
+        from .calibrate import Calibration
+
+        kept = (self._ctx.policy.get("cascade") or {}).get("calibration")
+        return None if kept is None else Calibration.from_dict(kept)
 
     @property
     def staged(self) -> bool:
@@ -629,7 +645,12 @@ class BatchJob:
     # -- results ----------------------------------------------------------------------------
     def results(self) -> pd.DataFrame:
         """One row per input row, by position, indexed by custom_id: label, status,
-        output, error, error_type, retryable, batch_id, attempt and token counts."""
+        output, error, error_type, retryable, token counts, and the row's lineage:
+        ``batch_id`` (the provider's batch), ``attempt`` (1 for the first send),
+        ``origin`` (``batch``, ``realtime`` for the real-time fallback, ``reused`` from an
+        earlier job's identical request), ``stage``, ``model`` and ``prompt_hash`` (the
+        version of template, system prompt and response_format its answer was asked
+        with)."""
         return _merge.results_frame(self._ctx)
 
     def prompt_chars(self) -> tuple[int, int]:
@@ -638,7 +659,7 @@ class BatchJob:
             return 0, 0  # no rows planned yet
         return rowstore.prompt_chars(self._ledger.row_state(self.id))
 
-    def merge(self, df: Any = None, *, verify: bool = True) -> Any:
+    def merge(self, df: Any = None, *, verify: bool = True, lineage: bool = False) -> Any:
         """``df`` plus ``{output}``, ``{output}_status`` and ``{output}_error`` columns,
         as the same kind of table it is (pandas, a polars DataFrame or LazyFrame, a pyarrow
         Table).
@@ -654,6 +675,10 @@ class BatchJob:
         are not finished yet. A Dask or Spark frame comes back as a lazy frame of its
         kind, its partitions as submitted, each finding its rows by position and checked
         when it is computed (see :mod:`nbbatch.engines`).
+
+        ``lineage=True`` adds, after ``{output}_error``, where each answer comes from:
+        ``{output}_model``, ``{output}_prompt_hash``, ``{output}_batch_id`` and
+        ``{output}_attempt`` (what :meth:`to_parquet` writes by default).
         """
         if df is None:
             if self._ctx.data is None:
@@ -664,8 +689,8 @@ class BatchJob:
                 )
             df = self._ctx.data
         if engines.kind_of(df):  # Dask or Spark: merged lazily, partition by partition
-            return engines.merge(self._ctx, df, verify=verify)
-        return _merge.merge_job(self._ctx, df, verify=verify)
+            return engines.merge(self._ctx, df, verify=verify, lineage=lineage)
+        return _merge.merge_job(self._ctx, df, verify=verify, lineage=lineage)
 
     def to_parquet(
         self,
@@ -674,6 +699,7 @@ class BatchJob:
         *,
         columns: list[str] | None = None,
         verify: bool = True,
+        lineage: bool = True,
     ) -> Path:
         """Write the merged rows to a Parquet file at ``path`` and return it: the input
         columns named in ``columns`` (all of them by default) and the columns ``merge``
@@ -687,21 +713,44 @@ class BatchJob:
         a table in memory start with a ``row`` column, their position in the data
         (0-based), which tells apart rows whose index labels repeat. For a Dask or Spark
         frame, ``path`` is a folder of Parquet files written by the workers, partition
-        by partition."""
+        by partition. Each row carries its lineage (``merge(lineage=True)``'s columns:
+        model, prompt version hash, batch id, attempt), so a file read months later
+        still says what produced each answer; ``lineage=False`` leaves them out."""
         data = data if data is not None else self._ctx.data
         if engines.kind_of(data):  # a folder of files, written by the workers
-            return engines.to_parquet(self._ctx, data, path, columns=columns, verify=verify)
+            return engines.to_parquet(
+                self._ctx, data, path, columns=columns, verify=verify, lineage=lineage
+            )
         target = _merge.parquet_target(Path(path), self.id)
         return _merge.to_parquet(
-            self._ctx, target, data, columns=columns, verify=verify, merge=self.merge
-        )
+            self._ctx, target, data, columns=columns, verify=verify, merge=self.merge,
+            lineage=lineage,
+        )  # fmt: skip
 
-    def output_columns(self) -> list[str]:
+    def compare(self, other: BatchJob) -> Comparison:
+        """This job (before) against ``other`` (after) over the same rows: a re-run, a
+        new prompt version, another model. Returns a :class:`~nbbatch.comparison.Comparison`:
+        ``.changed`` (the rows whose answer differs, each field before and after),
+        per-field churn and distribution shift (``.summary()``), cost and time side by
+        side, and what changed in lineage (model, prompt version). Rows are matched by
+        the ``id_column`` or index label each job recorded; jobs over different rows
+        raise :class:`~nbbatch.InputError`. See :mod:`nbbatch.comparison`."""
+        from .comparison import compare as compare_jobs
+
+        if not isinstance(other, BatchJob):
+            raise InputError(
+                f"compare() takes another job (nb.attach(job_id) gives one), found "
+                f"{type(other).__name__}."
+            )
+        return compare_jobs(self._ctx, other._ctx, (self.cost, other.cost))
+
+    def output_columns(self, lineage: bool = False) -> list[str]:
         """The columns ``merge`` adds: ``{output}`` (or one per field of a structured
         response_format), ``{output}_status``, ``{output}_error`` (and ``{output}_raw``,
         the reply as received, with a response_format), and ``{output}_model`` for a job
-        that escalates (a cascade, or after :meth:`escalate`)."""
-        return self._ctx.output_columns()
+        that escalates (a cascade, or after :meth:`escalate`). With ``lineage``: those
+        of ``merge(lineage=True)`` and ``to_parquet``."""
+        return self._ctx.output_columns(lineage)
 
     def failed(self) -> pd.DataFrame:
         """The merged rows that did not succeed (failed, expired or cancelled); while the

@@ -37,11 +37,14 @@ SHOWN = 2
 VERIFY_ROWS = 131_072
 
 
-def merge_job(ctx: JobContext, data: Any, *, verify: bool, native: bool = True) -> Any:
+def merge_job(
+    ctx: JobContext, data: Any, *, verify: bool, native: bool = True, lineage: bool = False
+) -> Any:
     """``data`` plus the job's result columns: find each row's position in the job (by
     position, or by label), check it still renders the request sent for it, warn while
     the job runs, and add the columns (see :meth:`BatchJob.merge`). The result is of
-    ``data``'s own kind (polars for polars...), or pandas with ``native=False``."""
+    ``data``'s own kind (polars for polars...), or pandas with ``native=False``; with
+    ``lineage``, each row's lineage columns too (see :func:`lineage_values`)."""
     from . import frames
 
     names = frames.column_names(data)
@@ -52,7 +55,8 @@ def merge_job(ctx: JobContext, data: Any, *, verify: bool, native: bool = True) 
     id_column = ctx.record.get("id_column")
     df = frames.to_pandas(frames.select(data, [*used, id_column]))
     frame = df.to_frame() if isinstance(df, pd.Series) else df
-    clash = [n for n in ctx.output_columns() if n in (frame.columns if names is None else names)]
+    added = ctx.output_columns(lineage)
+    clash = [n for n in added if n in (frame.columns if names is None else names)]
     if clash:
         raise MergeError(
             f"the DataFrame already has column(s) {clash}; drop them first or submit with "
@@ -76,29 +80,59 @@ def merge_job(ctx: JobContext, data: Any, *, verify: bool, native: bool = True) 
         ctx.spec.response_format,
         embeddings=is_embeddings(ctx.endpoint),
     )
-    out = with_models(ctx, out, take)
-    return frames.like(data, out, ctx.output_columns()) if native else out
+    out = with_models(ctx, out, take, lineage=lineage)
+    return frames.like(data, out, added) if native else out
 
 
-def with_models(ctx: JobContext, out: pd.DataFrame, take: np.ndarray) -> pd.DataFrame:
+def with_models(
+    ctx: JobContext, out: pd.DataFrame, take: np.ndarray, *, lineage: bool = False
+) -> pd.DataFrame:
     """``out`` with ``{output}_model`` after ``{output}_error``, for a job with
     escalation stages (or a cascade): the model whose answer (or failure) each row
     holds, None for a row pending or never sent. Other jobs' merges are left as they
-    were."""
-    if not ctx.staged:
+    were. With ``lineage``, every job gets ``{output}_model``, followed by
+    ``{output}_prompt_hash``, ``{output}_batch_id`` and ``{output}_attempt`` (see
+    :func:`lineage_values`)."""
+    if not ctx.staged and not lineage:
         return out
-    state = ctx.ledger.row_state(ctx.id)
-    models = np.array(
-        [ctx.stage_spec_dict(s)["model"] for s in range(len(ctx.stages) + 1)], dtype=object
-    )
-    rows = state.follow(state.stage)[take]
-    status = state.statuses()[take]
-    values = models[rows]
-    values[(status == rowstore.PENDING) | (status == rowstore.SKIPPED)] = None
-    name = f"{ctx.output}_model"
+    values = lineage_values(ctx, ctx.ledger.row_state(ctx.id), take)
+    if not lineage:
+        values = {"model": values["model"]}
     at = list(out.columns).index(f"{ctx.output}_error") + 1
-    out.insert(at, name, pd.array(values, dtype="string"))
+    for offset, (name, column) in enumerate(values.items()):
+        out.insert(at + offset, f"{ctx.output}_{name}", column)
     return out
+
+
+def lineage_values(ctx: JobContext, state: rowstore.RowState, take: np.ndarray) -> dict[str, Any]:
+    """Where each row's result (at positions ``take``) comes from: ``model`` and
+    ``prompt_hash`` (the version of template, system prompt and response_format, see
+    :func:`nbbatch.plan.prompt_version`) of the stage that answered it, the provider's
+    ``batch_id`` and the ``attempt`` (1 for the first send; later for retries and
+    escalation stages). None where the row has no result yet (pending) or was never
+    sent (skipped); ``batch_id`` is None too for an answer from the real-time fallback
+    or a row reused from an earlier job."""
+    stage = state.follow(state.stage)[take]
+    status = state.statuses()[take]
+    unsent = (status == rowstore.PENDING) | (status == rowstore.SKIPPED)
+    models = np.array(ctx.models, dtype=object)[stage]
+    hashes = np.array(ctx.prompt_hashes(), dtype=object)[stage]
+    models[unsent] = None
+    hashes[unsent] = None
+    names = {b["intent"]: b["batch_id"] for b in ctx.ledger.batches(ctx.id)}
+    batch_names = np.array([*(names.get(k) for k in state.batch_keys), None], dtype=object)
+    batch = state.follow(state.batch)[take]
+    origin = state.follow(state.origin)[take]
+    batch_ids = batch_names[np.where(batch < 0, len(batch_names) - 1, batch)]
+    batch_ids[unsent | (origin != rowstore.BATCH)] = None
+    attempt = pd.array(state.follow(state.attempt)[take].astype(np.int64), dtype="Int64")
+    attempt[status == rowstore.SKIPPED] = pd.NA
+    return {
+        "model": pd.array(models, dtype="string"),
+        "prompt_hash": pd.array(hashes, dtype="string"),
+        "batch_id": pd.array(batch_ids, dtype="string"),
+        "attempt": attempt,
+    }
 
 
 def sent_hashes(ctx: JobContext, state: rowstore.RowState) -> tuple[str, np.ndarray]:
@@ -356,7 +390,8 @@ def _plain(values: Any) -> Any:
 
 def results_table(state: rowstore.RowState, batch_names: list[str | None]) -> pa.Table:
     """Every row's result, by position: custom_id, position, label, status, batch_id,
-    attempt, output, error_type, error, retryable and token counts."""
+    attempt, origin (where the answer came from: ``batch``, ``realtime`` or ``reused``
+    from an earlier job), output, error_type, error, retryable and token counts."""
     n = state.n
     batch = state.follow(state.batch)
     names = pa.array([*batch_names, None], pa.string())
@@ -367,6 +402,7 @@ def results_table(state: rowstore.RowState, batch_names: list[str | None]) -> pa
         "status": pa.array(np.asarray(rowstore.STATES, dtype=object)[state.statuses()]),
         "batch_id": names.take(pa.array(np.where(batch < 0, len(batch_names), batch))),
         "attempt": pa.array(state.follow(state.attempt)),
+        "origin": pa.array(np.asarray(rowstore.ORIGINS, dtype=object)[state.follow(state.origin)]),
     }
     for name in ("output", "error_type", "error", "retryable"):
         columns[name] = state.column(name)
@@ -388,6 +424,7 @@ def write_parquet(
     *,
     columns: list[str] | None,
     verify: bool,
+    lineage: bool = False,
 ) -> int:
     """Write ``source``'s rows (a :class:`stream.Source`: the files the job was planned
     from) with the job's result columns to the Parquet file ``target``, record batch by
@@ -406,7 +443,7 @@ def write_parquet(
             f"{state.n:,}: the files changed since submit. Pass the files you submitted.",
             job_id=ctx.id,
         )
-    added = ctx.output_columns()
+    added = ctx.output_columns(lineage)
     keep = list(source.columns if columns is None else columns)
     unknown = [c for c in keep if c not in source.columns]
     if unknown:
@@ -423,7 +460,7 @@ def write_parquet(
     keys = state.manifest.column("key").to_numpy() if id_column else None
     hashes = sent_hashes(ctx, state) if verify else None
     statuses = state.statuses()
-    schema = _result_schema(ctx, state, added)
+    schema = _result_schema(ctx, state, added, lineage=lineage)
 
     def prepared(batch: pa.RecordBatch, offset: int) -> pa.Table:
         """One record batch of the data, checked, with its result columns."""
@@ -442,7 +479,7 @@ def write_parquet(
             frame.iloc[:, :0], state, take, ctx.output, ctx.spec.response_format,
             embeddings=is_embeddings(ctx.endpoint), statuses=statuses,
         )  # fmt: skip
-        out = with_models(ctx, out, take)
+        out = with_models(ctx, out, take, lineage=lineage)
         results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
         table = pa.Table.from_batches([batch]).select(keep)
         for name in added:
@@ -466,7 +503,9 @@ def write_parquet(
     return offset
 
 
-def _result_schema(ctx: JobContext, state: rowstore.RowState, added: list[str]) -> pa.Schema:
+def _result_schema(
+    ctx: JobContext, state: rowstore.RowState, added: list[str], *, lineage: bool = False
+) -> pa.Schema:
     """The Arrow types of the result columns, from a sample of rows that succeeded and
     some that did not (a column with no value in the sample is text)."""
     status = state.statuses()
@@ -477,7 +516,7 @@ def _result_schema(ctx: JobContext, state: rowstore.RowState, added: list[str]) 
         pd.DataFrame(index=pd.RangeIndex(len(sample))), state, sample, ctx.output,
         ctx.spec.response_format, embeddings=is_embeddings(ctx.endpoint),
     )  # fmt: skip
-    out = with_models(ctx, out, sample)
+    out = with_models(ctx, out, sample, lineage=lineage)
     table = pa.Table.from_pandas(out[added], preserve_index=False)
     return pa.schema(
         pa.field(f.name, pa.large_string()) if pa.types.is_null(f.type) else f for f in table.schema
@@ -487,7 +526,8 @@ def _result_schema(ctx: JobContext, state: rowstore.RowState, added: list[str]) 
 def results_frame(ctx: JobContext) -> pd.DataFrame:
     """One row per input row of the job, by position, indexed by custom_id: label,
     status, output, error, error_type, retryable, batch_id, attempt, token counts, and
-    the stage (and model) each row's result comes from (see ``BatchJob.results``)."""
+    the stage, model and prompt version hash each row's result comes from (see
+    ``BatchJob.results``)."""
     state = ctx.row_state()
     names = {b["intent"]: b["batch_id"] for b in ctx.ledger.batches(ctx.id)}
     table = results_table(state, [names.get(key) for key in state.batch_keys])
@@ -501,6 +541,7 @@ def results_frame(ctx: JobContext) -> pd.DataFrame:
     stage = state.follow(state.stage)
     frame["stage"] = stage
     frame["model"] = np.array(ctx.models, dtype=object)[stage]
+    frame["prompt_hash"] = np.array(ctx.prompt_hashes(), dtype=object)[stage]
     return frame.set_index("custom_id")
 
 
@@ -512,6 +553,7 @@ def to_parquet(
     columns: list[str] | None,
     verify: bool,
     merge: Callable[..., Any],
+    lineage: bool = True,
 ) -> Path:
     """Write the merged rows to ``target`` (see ``BatchJob.to_parquet``): data from
     files or an Arrow dataset record batch by record batch, a table in memory through
@@ -532,11 +574,11 @@ def to_parquet(
     with private_output(target) as tmp:
         if source is not None:
             ctx.warn_if_running("to_parquet()")
-            write_parquet(ctx, source, tmp, columns=columns, verify=verify)
+            write_parquet(ctx, source, tmp, columns=columns, verify=verify, lineage=lineage)
         else:
-            table = frames.as_arrow(merge(data, verify=verify))
+            table = frames.as_arrow(merge(data, verify=verify, lineage=lineage))
             if columns is not None:
-                table = table.select([*columns, *ctx.output_columns()])
+                table = table.select([*columns, *ctx.output_columns(lineage)])
             pq.write_table(with_row_position(table), tmp)
     return target
 
@@ -589,7 +631,9 @@ def parquet_target(path: Path, job_id: str) -> Path:
     return path
 
 
-def write_results(ctx: JobContext, target: Path, *, rows_per_group: int) -> pa.Schema:
+def write_results(
+    ctx: JobContext, target: Path, *, rows_per_group: int, lineage: bool = False
+) -> pa.Schema:
     """Write every row's result columns (those ``merge`` adds), by position, to the
     Parquet file ``target``, with ``position``, ``key`` and ``request_hash`` beside them,
     in row groups of ``rows_per_group`` rows, so that a partition of a distributed frame
@@ -597,8 +641,8 @@ def write_results(ctx: JobContext, target: Path, *, rows_per_group: int) -> pa.S
     import pyarrow.parquet as pq
 
     state = ctx.ledger.row_state(ctx.id)
-    added = ctx.output_columns()
-    schema = _result_schema(ctx, state, added)
+    added = ctx.output_columns(lineage)
+    schema = _result_schema(ctx, state, added, lineage=lineage)
     full = pa.schema(
         [("position", pa.int64()), ("key", pa.uint64()), ("request_hash", pa.uint64()), *schema]
     )
@@ -611,7 +655,7 @@ def write_results(ctx: JobContext, target: Path, *, rows_per_group: int) -> pa.S
                 pd.DataFrame(index=pd.RangeIndex(len(take))), state, take, ctx.output,
                 ctx.spec.response_format, embeddings=is_embeddings(ctx.endpoint),
             )  # fmt: skip
-            out = with_models(ctx, out, take)
+            out = with_models(ctx, out, take, lineage=lineage)
             results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
             at = pa.array(take)
             table = pa.table(

@@ -414,6 +414,16 @@ def spec_hash(spec: dict[str, Any], provider: str, base_url: str) -> str:
     return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
+def prompt_version(template: str, spec: dict[str, Any]) -> str:
+    """A 12-character hash of a prompt's version: the template, the system prompt and
+    the response_format (not the model or the sampling parameters, which lineage names
+    on their own). Two jobs asked the same question when these are equal."""
+    blob = orjson.dumps(
+        [template, spec.get("system"), spec.get("response_format")], option=orjson.OPT_SORT_KEYS
+    )
+    return hashlib.blake2b(blob, digest_size=6).hexdigest()
+
+
 def request_hashes(plan: Plan, salt: str) -> np.ndarray:
     """A 64-bit hash of each row's exact request (0 for rows not sent)."""
     out = np.zeros(plan.n_rows, dtype=np.uint64)

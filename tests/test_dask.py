@@ -157,7 +157,8 @@ def test_dask_to_parquet_writes_a_folder_from_the_workers(cluster, emu, tmp_path
     target = job.to_parquet(tmp_path / "out", columns=["text"])
     back = pd.read_parquet(target)
     assert back["response"].tolist() == expected(df["text"])
-    assert list(back.columns) == ["text", "response", "response_status", "response_error"]
+    assert list(back.columns) == ["text", *job.output_columns(lineage=True)]
+    assert back["response_batch_id"].tolist() == job.results()["batch_id"].tolist()
 
 
 def test_dask_retries_send_the_workers_lines_again_and_failed_stays_lazy(cluster, monkeypatch):

@@ -676,6 +676,7 @@ def test_a_cascade_is_named_by_its_stages_everywhere_and_collect_writes_its_mode
     frame = pd.read_csv(out)
     assert list(frame.columns) == [
         "id", "row", "response", "response_status", "response_error", "response_model",
+        "response_prompt_hash", "response_batch_id", "response_attempt",
     ]  # fmt: skip
     assert frame["response_model"].tolist() == merged["response_model"].tolist()
 

@@ -130,7 +130,7 @@ def test_a_glob_of_parquet_files_is_one_job_and_comes_back_as_parquet(client, tm
     assert merged.column("ticket_id").to_pylist() == ["a1", "a2", "b1", "b2"]
     out = job.to_parquet(tmp_path / "out.parquet", glob, columns=["ticket_id"])
     written = pq.read_table(out)
-    assert written.column_names == ["ticket_id", "response", "response_status", "response_error"]
+    assert written.column_names == ["ticket_id", *job.output_columns(lineage=True)]
     bodies = ["first 😀", 'second "q"', None, "two\nlines"]
     assert written.column("response").to_pylist() == [
         None if b is None else emulator.echo_text(f"Summarise: {b}") for b in bodies

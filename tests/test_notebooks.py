@@ -54,6 +54,7 @@ EXPECTED = [
     "09-polars-and-parquet.ipynb",
     "10-cheap-model-first.ipynb",
     "11-gemini.ipynb",
+    "12-choose-model-and-pack.ipynb",
 ]
 
 
@@ -339,6 +340,27 @@ def claims_cascade(nb: NotebookNode, s: dict[str, Any]) -> None:
     assert "answer_model" in merged and "gpt-4o-mini" in merged
 
 
+def claims_pilot(nb: NotebookNode, s: dict[str, Any]) -> None:
+    assert s == {
+        "settings": ["gpt-4o-mini", "gpt-4o-mini pack=20", "gpt-4o", "gpt-4o pack=20"],
+        "reference": "gpt-4o",
+        "sample rows": 200,
+        "small model agreement in its interval": True,
+        "packing changed no answer": True,
+        "recommended at 0.75": "gpt-4o-mini",
+        "recommended at 0.95": "gpt-4o",
+        "large beats small on human labels": True,
+        "whole table succeeded": 2000,
+        "sample rows not paid again": True,
+    }
+    shown = cell_with(nb, "pilot = nb.pilot(")
+    assert any(WIDGET in o.get("data", {}) for o in shown.outputs)  # the pilot's widget
+    page = html_of(shown)
+    assert page.count("data:image/png;base64,") == 2 and "\u2605" in page
+    assert "target 0.75: gpt-4o-mini" in printed(cell_with(nb, "for target in"))
+    assert "human labels" in printed(cell_with(nb, "checked = nb.pilot("))
+
+
 CLAIMS: dict[str, Callable[[NotebookNode, dict[str, Any]], None]] = {
     "01-quickstart.ipynb": claims_quickstart,
     "02-classify-a-column.ipynb": claims_classify,
@@ -351,6 +373,7 @@ CLAIMS: dict[str, Callable[[NotebookNode, dict[str, Any]], None]] = {
     "09-polars-and-parquet.ipynb": claims_polars,
     "10-cheap-model-first.ipynb": claims_cascade,
     "11-gemini.ipynb": claims_gemini,
+    "12-choose-model-and-pack.ipynb": claims_pilot,
 }
 
 

@@ -63,7 +63,7 @@ def test_files_read_in_batches_make_the_job_the_same_rows_make_in_memory(
     assert job.counts["deduplicated"] > 0  # "same" twice per cycle is sent once
     out = pq.read_table(job.to_parquet(tmp_path / "out.parquet"))  # from the files again
     expected = twin.merge(whole)
-    assert out.column_names == ["ticket", "body", "n", *job.output_columns()]
+    assert out.column_names == ["ticket", "body", "n", *job.output_columns(lineage=True)]
     assert out.column("ticket").to_pylist() == whole["ticket"].tolist()  # each row once
     assert out.column("n").type == pa.int64()  # the input's own types, untouched
     for name in job.output_columns():
@@ -94,7 +94,7 @@ def test_an_arrow_dataset_is_read_in_batches_and_written_back(client, tmp_path, 
     job = nb.submit(dataset, PROMPT, model=model_for(client), client=client, id_column="ticket")
     job.wait(timeout=60, progress=False)
     out = pq.read_table(job.to_parquet(tmp_path / "out.parquet", dataset, columns=["ticket"]))
-    assert out.column_names == ["ticket", *job.output_columns()]
+    assert out.column_names == ["ticket", *job.output_columns(lineage=True)]
     same = job.merge(glob)  # the same rows, from the files, fit in memory
     assert out.column("response").to_pylist() == same.column("response").to_pylist()
 
@@ -164,6 +164,6 @@ def test_collect_to_a_folder_writes_the_files_columns_and_the_results(client, tm
     done = nbbatch("collect", job.id, "--out", str(out_dir))
     assert done.returncode == 0, done.stderr
     written = pq.read_table(out_dir / f"{job.id}.parquet")
-    assert written.column_names == ["ticket", "body", "n", *job.output_columns()]
+    assert written.column_names == ["ticket", "body", "n", *job.output_columns(lineage=True)]
     assert written.column("ticket").to_pylist() == [f"t{f}-{i}" for f in range(2) for i in range(6)]
     assert f"12 rows written to {out_dir / job.id}.parquet" in done.stdout

@@ -16,7 +16,9 @@ The text reply to a last user message ``prompt`` is exactly :func:`echo_text` of
 ``"[nbbatch emulator] echo: " + prompt``; structured replies are valid against their
 schema, with numbers spread over their range and every enum value in use over a few
 dozen rows. ``start(responder=fn)`` answers with ``fn(request) -> str | dict`` instead,
-a test double of one's own (:func:`keyword_responder` is a small one for labels).
+a test double of one's own (:func:`keyword_responder` is a small one for labels);
+``start(quality={"gpt-4o-mini": 0.88})`` makes a model agree with it on that share of
+rows only (:func:`with_quality` gives a responder a quality of its own).
 Embeddings have each model's real size (:func:`embedding_dimensions`: 1536 for
 ``text-embedding-3-small``, 3072 for ``text-embedding-3-large`` and
 ``gemini-embedding-001``) unless the request sets ``dimensions`` /
@@ -37,11 +39,13 @@ from typing import TYPE_CHECKING, Any
 from ._faults import FAIL_MARKER, TRANSIENT_MARKER
 from ._models import DEFAULT_EMBEDDING_DIMENSIONS, embedding_dimensions
 from ._responder import (
+    QualityResponder,
     Request,
     Responder,
     default_responder,
     echo_text,
     keyword_responder,
+    with_quality,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +74,7 @@ __all__ = [
     "DEFAULT_EMBEDDING_DIMENSIONS",
     "Background",
     "FAIL_MARKER",
+    "QualityResponder",
     "Request",
     "Responder",
     "SHARED_TIMINGS",
@@ -83,4 +88,5 @@ __all__ = [
     "shared",
     "start",
     "stop_background",
+    "with_quality",
 ]

@@ -15,6 +15,7 @@ from typing import Any
 from . import _background
 from ._emulator import start
 from ._faults import TIERS
+from ._quality import QUALITY_ENV, parse_quality
 
 
 def _load_responder(spec: str) -> Any:
@@ -39,6 +40,13 @@ def _load_responder(spec: str) -> Any:
     if not callable(fn):
         raise SystemExit(f"--responder {spec!r}: {attr!r} is not a function")
     return fn
+
+
+def _quality_arg(text: str) -> dict[str, float]:
+    try:
+        return parse_quality(text)
+    except ValueError as exc:  # argparse shows this message with the usage
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,6 +114,15 @@ def main(argv: list[str] | None = None) -> None:
         help="answer text and structured requests with FUNCTION(request) -> str | dict",
     )
     parser.add_argument(
+        "--quality",
+        type=_quality_arg,
+        default=None,
+        metavar="MODEL=SHARE,...",
+        help="each model's share of rows that agree with the built-in answers, e.g. "
+        "gpt-4o-mini=0.88,gpt-4o=0.97 (the rest get another allowed answer); with "
+        f"--background: ${QUALITY_ENV}",
+    )
+    parser.add_argument(
         "--background",
         action="store_true",
         help="run detached as the background emulator of provider='local' (needs --state-dir; "
@@ -155,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         models=models,
         gemini_out_of_order=args.gemini_out_of_order,
         responder=responder,
+        quality=args.quality,
     )
     print(f"nbbatch emulator serving on {emu.url}", flush=True)
     print(f"  OpenAI:    OpenAI(base_url={emu.openai_base_url!r}, api_key='any')", flush=True)

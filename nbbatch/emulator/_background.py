@@ -10,7 +10,9 @@ batches of the last one. It exits by itself after a period without requests
 timings (about 4 s); ``NBBATCH_EMULATOR_SPEED`` divides all of them (tests run it
 fast) and ``NBBATCH_EMULATOR_PROCESSING_SECONDS`` then sets the processing time itself.
 ``NBBATCH_EMULATOR_TIER`` and ``NBBATCH_EMULATOR_QUOTAS`` give it batch queue quotas
-(see :func:`quotas_from_env`). These variables are read when the process starts.
+(see :func:`quotas_from_env`). ``NBBATCH_EMULATOR_QUALITY``
+(``gpt-4o-mini=0.88,gpt-4o=0.97``) gives models different quality (see
+:mod:`._quality`). These variables are read when the process starts.
 
 Files under ``HOME/emulator/`` (a folder only its owner can enter: made 0700, tightened
 to 0700 when found looser, refused when it belongs to another user)::
@@ -56,6 +58,7 @@ import orjson
 from ._files import write_atomic
 from ._identity import IDENTIFY_PATH as IDENTIFY_PATH
 from ._identity import identity_proof as identity_proof
+from ._quality import QUALITY_ENV, parse_quality
 
 IDLE_ENV = "NBBATCH_EMULATOR_IDLE_SECONDS"
 #: How long each batch spends in progress (default: the shared timings' 3 s).
@@ -114,6 +117,18 @@ def idle_seconds() -> float:
     return _seconds(IDLE_ENV, DEFAULT_IDLE_SECONDS)
 
 
+def env_quality() -> dict[str, float] | None:
+    """Each model's quality from ``$NBBATCH_EMULATOR_QUALITY`` (``gpt-4o-mini=0.88,...``),
+    None when it is unset; ValueError naming the variable when it is malformed."""
+    raw = os.environ.get(QUALITY_ENV)
+    if not raw:
+        return None
+    try:
+        return parse_quality(raw)
+    except ValueError as exc:
+        raise ValueError(f"{QUALITY_ENV}: {exc}") from None
+
+
 def _seconds(variable: str, default: float) -> float:
     raw = os.environ.get(variable)
     if not raw:
@@ -170,6 +185,7 @@ def background(home: str | Path) -> Background:
     found = _find_in(folder)
     if found is not None:
         return found
+    env_quality()  # a malformed quality fails here, not in the detached process
     with _locked(folder):
         found = _find_in(folder)  # another process may have started it while we waited
         if found is not None:
@@ -214,7 +230,7 @@ def serve(folder: Path, port: int, idle: float) -> None:
     speed = _seconds(SPEED_ENV, 1.0)  # a positive number, as seconds are
     timings = {name: value / speed for name, value in SHARED_TIMINGS.items()}
     timings["processing_seconds"] = _seconds(PROCESSING_ENV, timings["processing_seconds"])
-    knobs: dict[str, object] = {**timings, **quotas_from_env()}
+    knobs: dict[str, object] = {**timings, **quotas_from_env(), "quality": env_quality()}
     try:  # the port it had before, so base_urls recorded by jobs stay valid
         emu = start(port=port, state_dir=folder, token=token, **knobs)  # type: ignore[arg-type]
     except OSError:

@@ -6,14 +6,15 @@ import atexit
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from ._faults import HttpFaults, Knobs
 from ._persist import Persister, SyncAfterRequest
-from ._responder import Responder
+from ._quality import check_quality
+from ._responder import Responder, with_quality
 from ._server import Front, Server, build_app
 from ._state import Store
 
@@ -42,6 +43,7 @@ class Emulator:
         state_dir: Path | None = None,
         responder: Responder | None = None,
         token: str | None = None,
+        quality: Mapping[str, float] | None = None,
     ) -> None:
         self._http_faults = HttpFaults()
         # With a token, every request must present it (see _server.Front).
@@ -60,7 +62,8 @@ class Emulator:
                 raise ValueError("an emulator with a state_dir runs on wall-clock time")
             self._store = Store(knobs, directory=state_dir / "data")
             self._persister = Persister(self._store, state_dir)
-        self._store.responder = responder
+        self._quality = None if quality is None else check_quality(quality)
+        self.responder = responder
         try:
             if self._persister is not None:
                 self._persister.load()
@@ -110,11 +113,28 @@ class Emulator:
     def responder(self) -> Responder | None:
         """The user's responder (None: the built-in echo); set it to change the answers of
         batches generated from then on."""
-        return self._store.responder
+        answer: Responder | None = self._responder
+        return answer
 
     @responder.setter
     def responder(self, fn: Responder | None) -> None:
-        self._store.responder = fn
+        self._responder = fn
+        if self._quality is not None:
+            self._store.responder = with_quality(fn, self._quality, seed=self._store.knobs.seed)
+        else:
+            self._store.responder = fn
+
+    @property
+    def quality(self) -> dict[str, float] | None:
+        """Each model's share of rows that agree with the responder (None: every model
+        agrees always, unless the responder has a quality of its own); set it to change
+        the answers of batches generated from then on."""
+        return None if self._quality is None else dict(self._quality)
+
+    @quality.setter
+    def quality(self, quality: Mapping[str, float] | None) -> None:
+        self._quality = None if quality is None else check_quality(quality)
+        self.responder = self._responder
 
     def configure(self, **knobs: Any) -> None:
         """Change timing/fault knobs (same names as :func:`start`).
@@ -224,6 +244,7 @@ def start(
     state_dir: str | Path | None = None,
     responder: Responder | None = None,
     token: str | None = None,
+    quality: Mapping[str, float] | None = None,
 ) -> Emulator:
     """Start an emulator on ``host``:``port`` (0 picks a free port) and return it.
 
@@ -275,7 +296,17 @@ def start(
     (provider, endpoint, model, prompt, system, schema, body) for each row of a batch and
     each real-time call, so a pipeline can be tested offline against answers of one's
     own; faults apply on top (see :mod:`nbbatch.emulator._responder`).
+    ``quality`` (``{"gpt-4o-mini": 0.88, "gpt-4o": 0.97}``) stands in for models of
+    different quality: each named model gives the responder's answer (or the built-in
+    one) on that share of rows and another allowed answer, with a lower score, on the
+    rest; the rows are chosen by a hash of the row's prompt, the model and ``seed``, so
+    they are the same on every run and in every pack size (see
+    :mod:`nbbatch.emulator._quality`). Models not named always agree. It replaces a
+    quality the responder has of its own (the demo responders of
+    :mod:`nbbatch.datasets` have one).
     """
+    if quality is not None:
+        quality = check_quality(quality)  # a clear error before the server starts
     knobs = Knobs().replace(
         validating_seconds=validating_seconds,
         processing_seconds=processing_seconds,
@@ -310,6 +341,7 @@ def start(
         state_dir=folder,
         responder=responder,
         token=token,
+        quality=quality,
     )
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from . import _packed
+from . import _packed, _quality
 from ._faults import Fate, int_hash
 from ._models import DEFAULT_EMBEDDING_DIMENSIONS
 
@@ -132,6 +132,8 @@ def keyword_responder(
                 )
         return value
 
+    # The allowed plain-text answers: a model of lower quality answers another of them.
+    respond_with_keywords.labels = (*labels, default)  # type: ignore[attr-defined]
     return respond_with_keywords
 
 
@@ -166,12 +168,19 @@ def respond(
     it raises :class:`ResponderError` when it fails.
     """
     value: Any = None
+    # Per-model quality over the built-in answers: applied below, after each of them.
+    builtin = responder if isinstance(responder, QualityResponder) and not responder.inner else None
     packed = None  # several rows in one request: each answered as if sent alone
     if schema is not None and fate != Fate.INVALID_OUTPUT:
         packed = _packed.answer(prompt, schema, lambda p, s: respond_item(p, s, responder, request))
     if packed is not None:
         value, text = packed, orjson.dumps(packed).decode()
-    elif responder is not None and request is not None and fate != Fate.INVALID_OUTPUT:
+    elif (
+        responder is not None
+        and builtin is None
+        and request is not None
+        and fate != Fate.INVALID_OUTPUT
+    ):
         try:
             answer = responder(request)
         except Exception as exc:
@@ -198,12 +207,18 @@ def respond(
             value = invalid_instance(schema, prompt)
         else:
             value = schema_instance(schema, prompt)
+            if builtin is not None and request is not None:
+                value = builtin.apply(replace(request, schema=schema), value)
         text = orjson.dumps(value).decode()
     elif json_mode:
         value = {JSON_MODE_KEY: echo_text(prompt)}
+        if builtin is not None and request is not None:
+            value = builtin.apply(request, value)
         text = orjson.dumps(value).decode()
     else:
         text = echo_text(prompt)
+        if builtin is not None and request is not None:
+            text = builtin.apply(request, text)
     finish, stop_sequence = "stop", None
     hits = [(text.find(s), s) for s in stop if s and s in text]
     if hits:
@@ -467,3 +482,71 @@ def respond_item(
         except orjson.JSONDecodeError:
             return value  # wrong, as the responder made it: the client sees that
     return value
+
+
+# --------------------------------------------------------------------------- quality
+
+
+@dataclass(frozen=True)
+class QualityResponder:
+    """A responder whose answers agree with ``inner``'s (None: the emulator's built-in
+    answers) on each model's share of rows in ``quality``; see the module docstring.
+
+    ``labels`` are the allowed answers of a plain-text reply (a classifier's labels), so
+    a disagreeing plain-text row gets another of them.
+    """
+
+    inner: Any  # Responder | None
+    quality: Mapping[str, float]
+    seed: int = 0
+    labels: tuple[str, ...] = field(default=())
+
+    def __call__(self, request: Any) -> str | dict[str, Any]:
+        answer = default_responder(request) if self.inner is None else self.inner(request)
+        return self.apply(request, answer)
+
+    def share(self, model: str) -> float:
+        """The share of rows on which ``model`` agrees (1.0 for a model not named)."""
+        return self.quality.get(_quality.base_model(model), 1.0)
+
+    def agrees(self, model: str, prompt: str) -> bool:
+        """Whether ``model`` gives the responder's answer to the row ``prompt``."""
+        return _quality.agrees(self.share(model), self.seed, model, prompt)
+
+    def apply(self, request: Any, answer: Any) -> Any:
+        """``answer`` (the responder's) as ``request.model`` gives it for this row."""
+        if self.agrees(request.model, request.prompt):
+            return answer
+        salt = (self.seed, _quality.base_model(request.model), request.prompt)
+        labels = self.labels or tuple(getattr(self.inner, "labels", ()) or ())
+        if isinstance(answer, str) and request.schema is not None:
+            try:
+                value = orjson.loads(answer)
+            except orjson.JSONDecodeError:
+                return answer  # not a value: nothing to disagree with
+            changed = _disagree(value, request.schema, salt)
+            return changed if isinstance(changed, dict) else orjson.dumps(changed).decode()
+        if isinstance(answer, str):
+            return _quality.other_text(answer, {}, salt, "$", labels)
+        return _disagree(answer, request.schema or {}, salt)
+
+
+def with_quality(
+    responder: Any,
+    quality: Mapping[str, float],
+    *,
+    seed: int = 0,
+    labels: Sequence[str] = (),
+) -> QualityResponder:
+    """``responder`` (None: the built-in answers) with per-model quality (see
+    :class:`QualityResponder`). A responder that already has a quality gets this one
+    instead."""
+    if isinstance(responder, QualityResponder):
+        labels = labels or responder.labels
+        responder = responder.inner
+    return QualityResponder(responder, _quality.check_quality(quality), seed, tuple(labels))
+
+
+def _disagree(value: Any, schema: Mapping[str, Any], salt: tuple[Any, ...]) -> Any:
+    gen = _Generator(schema, "")
+    return _quality.disagree(value, schema, salt, lambda node: gen.branch(gen.resolve(node), 0))

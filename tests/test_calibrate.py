@@ -1,0 +1,216 @@
+"""``escalate_when="auto"``: a cascade calibrated to a quality target on a pilot, end to
+end through the OpenAI SDK and an emulator whose models differ in quality; and the
+threshold choice itself, on any scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nbbatch as nb
+from nbbatch import emulator
+from nbbatch.calibrate import Calibration, Z, pick_threshold, realised_note, wilson_lower
+
+from .conftest import client_for
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "required": ["label", "confidence"],
+    "additionalProperties": False,
+}
+LABELS = ["positive", "negative", "neutral"]
+
+
+def truth(i: int) -> str:
+    return LABELS[i % 3]
+
+
+def responder(request: emulator.Request) -> dict:
+    """The true label of row ``i``, with a high confidence (0.85 to 0.99)."""
+    i = int(request.prompt.split()[-1])
+    return {"label": truth(i), "confidence": 0.85 + (i % 15) / 100}
+
+
+@pytest.fixture(scope="module")
+def server():
+    quality = {"gpt-4o-mini": 0.8, "gpt-4o": 1.0}
+    with emulator.start(processing_seconds=0.02, responder=responder, quality=quality) as s:
+        yield s
+
+
+def data(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"i": range(n)}, index=pd.Index([f"r{k}" for k in range(n)]))
+
+
+def test_auto_picks_a_threshold_that_meets_the_target_and_escalates_the_rest(server):
+    df = data(300)
+    job = nb.submit(
+        df, "Review {i}", model=["gpt-4o-mini", "gpt-4o"], response_format=SCHEMA,
+        escalate_when="auto", target=0.95, score="confidence", pilot_rows=120,
+        client=client_for("openai", server), display=False,
+    )  # fmt: skip
+    cal = job.calibration
+    assert isinstance(cal, Calibration) and cal.reached
+    assert cal.pilot_rows == 120 and len(cal.pilot_jobs) == 2
+    assert cal.expected_agreement >= 0.95
+    # The small model disagrees on ~20% of rows, each with a lowered confidence
+    # (at most 0.8 x 0.99): the threshold separates them.
+    assert 0.1 < cal.expected_escalation < 0.35
+    notes = [n.text for n in job.snapshot().notes]
+    assert any("calibrated cascade: escalate confidence <" in t for t in notes)  # shown first
+    job.wait(timeout=180, progress=False)
+    out = job.merge()
+    kept = out["response_model"] == "gpt-4o-mini"
+    agree = (out["label"] == [truth(i) for i in range(300)])[kept].mean()
+    assert agree >= 0.93  # on rows the pilot did not see, too (the large model is truth)
+    assert (out.loc[~kept, "label"] == [truth(i) for i in np.flatnonzero(~kept)]).all()
+    assert (out.loc[kept, "confidence"] >= cal.threshold).all()
+    notes = [n.text for n in job.snapshot().notes]
+    assert any("rows escalated" in t and "the pilot expected" in t for t in notes)
+    assert not any("may not represent" in t for t in notes)  # as the pilot said
+    assert any(" of 300 rows escalated" in t for t in notes)
+    # The pilot's rows, answered again where escalated, agree as the pilot expected.
+    sample = [t for t in notes if t.startswith("calibrated cascade: on the pilot's rows")]
+    assert len(sample) == 1 and f"expected {cal.expected_overall:.1%}" in sample[0]
+    assert "differently" not in sample[0]
+    # No pilot row was paid twice: those kept on the small model take the small pilot's
+    # answers, those escalated the large pilot's (the pilot's rows all answered).
+    assert job.counts["reused"] == 120
+    results = job.results()
+    assert (results["origin"] == "reused").sum() == 120
+    assert set(results.loc[results["origin"] == "reused", "model"]) == {"gpt-4o-mini", "gpt-4o"}
+    again = nb.attach(job.id)
+    assert again.calibration == cal
+
+
+def test_auto_is_refused_clearly_before_anything_is_sent(server):
+    client = client_for("openai", server)
+    df = data(30)
+    base = dict(response_format=SCHEMA, client=client, display=False)
+    cases = [
+        (dict(model=["gpt-4o-mini", "gpt-4o"], target=0.95, score="logprobs"), "logprobs"),
+        (dict(model=["gpt-4o-mini", "gpt-4o"], score="confidence"), "target="),
+        (dict(model=["gpt-4o-mini", "gpt-4o"], target=0.95, score="label"), "numeric"),
+        (dict(model=["gpt-4o-mini", "gpt-4o"], target=0.95, score=None), "score="),
+        (dict(model=["gpt-4o-mini", "gpt-4o", "o3"], target=0.9, score="confidence"), "two"),
+        (dict(model="gpt-4o", target=0.9, score="confidence"), "two models"),
+    ]
+    for kwargs, words in cases:
+        with pytest.raises(nb.InputError, match=words):
+            nb.submit(df, "Review {i}", escalate_when="auto", **{**base, **kwargs})
+    with pytest.raises(nb.InputError, match="pandas DataFrame"):
+        nb.submit(
+            pa_table(df), "Review {i}", model=["gpt-4o-mini", "gpt-4o"], escalate_when="auto",
+            target=0.9, score="confidence", **base,
+        )  # fmt: skip
+    with pytest.raises(nb.InputError, match="escalate_when='auto'"):
+        nb.submit(df, "Review {i}", model=["gpt-4o-mini", "gpt-4o"], target=0.9, **base)
+    with pytest.raises(nb.InputError, match="response_format"):
+        nb.submit(df, "Review {i}", model=["gpt-4o-mini", "gpt-4o"], escalate_when="auto",
+                  target=0.9, score="confidence", client=client, display=False)  # fmt: skip
+    assert nb.jobs().empty  # nothing recorded, nothing sent
+
+
+def pa_table(df: pd.DataFrame):
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df, preserve_index=False)
+
+
+def test_existing_cascade_expressions_still_work_beside_auto(server):
+    df = data(12)
+    job = nb.submit(
+        df, "Review {i}", model=["gpt-4o-mini", "gpt-4o"], response_format=SCHEMA,
+        escalate_when="response_status != 'succeeded' or confidence < 0.85",
+        client=client_for("openai", server), display=False,
+    )  # fmt: skip
+    job.wait(timeout=120, progress=False)
+    assert job.calibration is None
+    out = job.merge()
+    kept = out["response_model"] == "gpt-4o-mini"
+    assert 0 < kept.sum() < 12
+    assert (out.loc[kept, "confidence"] >= 0.85).all()
+
+
+# -- the threshold, on any pilot -------------------------------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0.1, 0.3, 0.5, 0.7, 0.9, 1.0]), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=60,
+    ),
+    st.sampled_from([0.5, 0.8, 0.9, 0.95, 1.0]),
+)
+def test_the_threshold_meets_the_target_with_the_fewest_rows_escalated(rows, target):
+    scores = np.array([r[0] for r in rows])
+    agree = np.array([r[1] for r in rows])
+    failed = np.array([r[2] for r in rows])
+    threshold, agreement, escalated, reached = pick_threshold(scores, agree, failed, target)
+    kept = ~failed & (scores >= threshold)
+    assert escalated == pytest.approx(1 - kept.sum() / len(rows))
+
+    def meets(rows: np.ndarray) -> bool:
+        return wilson_lower(agree[rows].sum(), rows.sum(), Z) >= target
+
+    if reached:
+        assert kept.any() and agree[kept].mean() >= target and meets(kept)
+        assert agreement == pytest.approx(agree[kept].mean())
+        # No lower threshold (more rows kept) also meets the target.
+        for t in np.unique(scores[~failed]):
+            more = ~failed & (scores >= t)
+            if more.sum() > kept.sum():
+                assert not meets(more)
+    else:
+        assert not kept.any()
+        for t in np.unique(scores[~failed]):
+            assert not meets(~failed & (scores >= t))
+
+
+def test_the_realised_share_note_says_when_it_is_off():
+    cal = Calibration("confidence", 0.95, 0.8, 0.96, 0.2, 400, True)
+    text, off = realised_note(cal, 2_050, 10_000)
+    assert not off and "20.5%" in text and "20.0%" in text
+    text, off = realised_note(cal, 4_000, 10_000)
+    assert off and "may not represent" in text
+
+
+def test_a_large_model_answering_the_pilot_rows_differently_later_is_said():
+    """With reuse=False the pilot's rows are asked again, and answered otherwise."""
+    seen: dict[str, int] = {}
+
+    def fickle(request: emulator.Request) -> dict:
+        answer = responder(request)
+        if request.model == "gpt-4o":
+            seen[request.prompt] = seen.get(request.prompt, 0) + 1
+            if seen[request.prompt] > 1:  # the second time: another label
+                answer["label"] = LABELS[(LABELS.index(answer["label"]) + 1) % 3]
+        return answer
+
+    quality = {"gpt-4o-mini": 0.7}
+    with emulator.start(processing_seconds=0.02, responder=fickle, quality=quality) as server:
+        job = nb.submit(
+            data(200), "Review {i}", model=["gpt-4o-mini", "gpt-4o"], response_format=SCHEMA,
+            escalate_when="auto", target=0.95, score="confidence", pilot_rows=100,
+            client=client_for("openai", server), display=False, reuse=False,
+        )  # fmt: skip
+        job.wait(timeout=180, progress=False)
+    assert job.counts["reused"] == 0  # reuse=False: the pilot's rows are asked again
+    alerts = [n.text for n in job.snapshot().notes if n.kind == "alert"]
+    assert any("pilot's rows" in t and "differently the second time" in t for t in alerts)
+
+
+def test_preview_takes_a_calibrated_cascade_as_submit_does():
+    df = data(5)
+    shown = nb.preview(
+        df, "Review {i}", model=["gpt-4o-mini", "gpt-4o"], response_format=SCHEMA,
+        escalate_when="auto", target=0.95, score="confidence", pilot_rows=100, provider="local",
+    )  # fmt: skip
+    assert shown.estimate.upper_bound  # every row as if escalated: nothing sent to know more

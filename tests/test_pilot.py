@@ -1,0 +1,227 @@
+"""``nb.pilot``: every setting on a seeded sample, compared with a reference, the
+cheapest good-enough setting recommended, and the whole table run without paying for
+the sample's rows twice. On the emulator with models of known quality
+(``start(quality=...)``), through ``nb.submit``/``nb.try_now`` and the official SDK."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import openai
+import pandas as pd
+import pydantic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nbbatch as nb
+from nbbatch import agreement, emulator
+from nbbatch.datasets import reviews, sentiment_responder
+
+pytestmark = pytest.mark.slow
+
+QUALITY = {"gpt-4o-mini": 0.8, "gpt-4o": 1.0}
+
+
+class Sentiment(pydantic.BaseModel):
+    label: Literal["positive", "negative", "neutral"]
+    confidence: float = pydantic.Field(ge=0, le=1)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[emulator.Emulator]:
+    with emulator.start(
+        processing_seconds=0.05, responder=sentiment_responder(), quality=QUALITY
+    ) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def client(server: emulator.Emulator) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=server.openai_base_url, api_key="k", timeout=60) as c:
+        yield c
+
+
+def requests_sent(client: openai.OpenAI, job: nb.BatchJob) -> int:
+    """How many requests the provider received in the job's batches."""
+    total = 0
+    for batch_id in job.batch_ids:
+        counts = client.batches.retrieve(batch_id).request_counts
+        assert counts is not None
+        total += counts.total
+    return total
+
+
+def test_settings_compared_with_the_strongest_and_the_cheapest_good_one_recommended(
+    client: openai.OpenAI,
+) -> None:
+    df = reviews(600)
+    p = nb.pilot(df, "{review}", model=["gpt-4o-mini", "gpt-4o"], pack=[1, 10], n=150,
+                 seed=3, response_format=Sentiment, client=client)  # fmt: skip
+    assert [s.name for s in p.settings] == [
+        "gpt-4o-mini", "gpt-4o-mini pack=10", "gpt-4o", "gpt-4o pack=10",
+    ]  # fmt: skip
+    assert len(p.sample) == 150 and p.sample.index.isin(df.index).all()
+    assert p.reference is not None and p.reference.name == "gpt-4o"  # dearest, unpacked
+    t = p.table
+    assert t.loc["gpt-4o", "agreement"] == 1.0 and t.loc["gpt-4o pack=10", "agreement"] == 1.0
+    # The small model agrees on about 80% of rows; its interval holds the share measured
+    # directly, and packing does not change which rows (the emulator's choice is per row).
+    small = p.answers("gpt-4o-mini")
+    large = p.answers("gpt-4o")
+    share = float((small["label"] == large["label"]).mean())
+    assert t.loc["gpt-4o-mini", "agreement"] == pytest.approx(share)
+    assert t.loc["gpt-4o-mini", "agreement_low"] < share < t.loc["gpt-4o-mini", "agreement_high"]
+    assert 0.65 < share < 0.92
+    pd.testing.assert_series_equal(small["label"], p.answers("gpt-4o-mini pack=10")["label"])
+    # Kappa is below agreement (chance agreement taken out) and has an interval.
+    assert t.loc["gpt-4o-mini", "kappa_low"] < t.loc["gpt-4o-mini", "kappa"] < share
+    # Costs: the sample's, and the whole table's projected from it.
+    assert t.loc["gpt-4o-mini", "projected_cost"] == pytest.approx(
+        t.loc["gpt-4o-mini", "sample_cost"] * 600 / 150
+    )
+    assert t.loc["gpt-4o", "projected_cost"] > t.loc["gpt-4o-mini", "projected_cost"]
+    assert t.loc["gpt-4o-mini pack=10", "requests"] == 60
+    # The label's confusion matrix, and the confidence compared as a number.
+    matrix = p.confusion("gpt-4o-mini")
+    assert int(matrix.to_numpy().sum()) == 150
+    assert int(np.trace(matrix.to_numpy())) == round(share * 150)
+    fields = p.fields()
+    assert fields.loc[("gpt-4o-mini", "label"), "kind"] == "label"
+    assert fields.loc[("gpt-4o-mini", "confidence"), "kind"] == "number"
+    assert fields.loc[("gpt-4o-mini", "confidence"), "mean_abs_diff"] > 0
+    assert -1 <= fields.loc[("gpt-4o-mini", "confidence"), "spearman"] <= 1
+    # The cheapest setting whose lower bound clears the target.
+    cheapest_small = t.loc[["gpt-4o-mini", "gpt-4o-mini pack=10"], "projected_cost"].idxmin()
+    assert p.recommend(0.5).name == cheapest_small
+    assert p.recommend(0.95).model == "gpt-4o"
+    assert p.recommend(0.5, metric="kappa").model == "gpt-4o-mini"
+
+
+@pytest.mark.parametrize("pack", [None, 10])
+def test_the_whole_table_reuses_the_sample_answers(client: openai.OpenAI, pack: int | None) -> None:
+    df = reviews(160, seed=21 if pack is None else 22)
+    p = nb.pilot(df, "{review}", model=["gpt-4o-mini", "gpt-4o"], n=40, seed=1, pack=pack,
+                 response_format=Sentiment, client=client)  # fmt: skip
+    chosen = p.recommend(0.5)
+    assert chosen is not None and chosen.model == "gpt-4o-mini" and chosen.pack == pack
+    job = p.submit(df, wait=True, progress=False, display=False)
+    assert job.model == "gpt-4o-mini"
+    assert job.counts["succeeded"] == 160
+    # The sample's rows were answered, not paid again (nor are rows elsewhere in the
+    # table whose review is word for word one of the sample's): only the other distinct
+    # reviews reach the provider.
+    sampled = set(p.sample["review"])
+    assert job.counts["reused"] == int(df["review"].isin(sampled).sum()) >= 40
+    rows_to_send = len(set(df["review"]) - sampled)
+    assert requests_sent(client, job) == -(-rows_to_send // (pack or 1))
+    merged = job.merge(df)
+    sample_answers = p.answers(chosen)["label"]
+    assert (merged.loc[sample_answers.index, "label"] == sample_answers).all()
+
+
+def test_human_labels_stratified_sample_and_plain_text(client: openai.OpenAI) -> None:
+    df = reviews(900, seed=5)
+    prompts = {
+        "short": "Classify: {review}",
+        "long": "Classify the sentiment of this review as positive, negative or neutral:\n{review}",
+    }
+    p = nb.pilot(df, prompts, model="gpt-4o-mini", n=90, stratify="true_sentiment",
+                 truth="true_sentiment", client=client)  # fmt: skip
+    shares = p.sample["true_sentiment"].value_counts(normalize=True)
+    whole = df["true_sentiment"].value_counts(normalize=True)
+    assert (shares - whole).abs().max() < 0.03  # proportions kept
+    assert p.reference is None and p.truth == {"response": "true_sentiment"}
+    assert p.kinds == {"response": "label"}  # plain-text answers with few values
+    assert [s.name for s in p.settings] == ["gpt-4o-mini short", "gpt-4o-mini long"]
+    for name in ("gpt-4o-mini short", "gpt-4o-mini long"):
+        out = p.answers(name)
+        share = float((out["response"] == out["true_sentiment"]).mean())
+        assert p.table.loc[name, "agreement"] == pytest.approx(share)
+    assert "human labels" in repr(p)
+
+
+def test_real_time_pilot(server: emulator.Emulator, client: openai.OpenAI) -> None:
+    before = server.stats().get("realtime_requests", 0)
+    df = reviews(100, seed=8)
+    p = nb.pilot(df, "{review}", model=["gpt-4o-mini", "gpt-4o"], n=20, realtime=True,
+                 response_format=Sentiment, client=client)  # fmt: skip
+    assert server.stats()["realtime_requests"] - before == 40
+    assert p.table.loc["gpt-4o", "agreement"] == 1.0
+    assert p.realtime and "real time" in repr(p)
+
+
+def test_mistakes_are_refused_before_anything_is_sent(
+    server: emulator.Emulator, client: openai.OpenAI
+) -> None:
+    df = reviews(50)
+    before = server.stats()
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"n": 1}, "at least 2"),
+        ({"stratify": "colour"}, "not a column"),
+        ({"truth": "label"}, "truth column 'label'"),
+        ({"pack": [0, 5]}, "whole numbers from 1"),
+        ({"realtime": True, "pack": [1, 5]}, "leave out pack"),
+        ({"wait": True}, "wait= is not taken"),
+        ({"model": [["gpt-4o-mini", "gpt-4o"]]}, "cascade"),
+        ({"reference": "gpt-5"}, "not a setting"),
+    ]
+    for extra, message in cases:
+        kwargs: dict[str, Any] = {"model": ["gpt-4o-mini", "gpt-4o"], "n": 10,
+                                  "client": client, **extra}  # fmt: skip
+        with pytest.raises(nb.InputError, match=message):
+            nb.pilot(df, "{review}", **kwargs)
+    stats = server.stats()
+    # Only "reference" is checked after the sample's jobs: every other mistake sent nothing.
+    assert stats.get("openai_batches_created", 0) - before.get("openai_batches_created", 0) <= 2
+
+
+def test_shown_as_a_widget_html_and_text(client: openai.OpenAI) -> None:
+    df = reviews(300, seed=2)
+    p = nb.pilot(df, "{review}", model=["gpt-4o-mini", "gpt-4o"], n=60, seed=4,
+                 response_format=Sentiment, client=client, target=0.5)  # fmt: skip
+    bundle = p._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    html = bundle["text/html"]
+    assert html.count("data:image/png;base64,") == 2  # the chart and the heatmap
+    assert "\u2605" in html and "agreement [95%]" in html
+    text = bundle["text/plain"]
+    assert "recommended for agreement >= 0.5: gpt-4o-mini" in text
+    assert "Confusion matrix of gpt-4o-mini" in text
+    p.recommend(0.999)
+    assert "no setting" in repr(p) or "recommended for agreement >= 0.999: gpt-4o" in repr(p)
+
+
+# ---------------------------------------------------------------------- the statistics
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(2, 5).flatmap(
+        lambda k: st.tuples(
+            st.just(k),
+            st.lists(
+                st.tuples(st.integers(0, k - 1), st.integers(0, k - 1)), min_size=2, max_size=60
+            ),  # fmt: skip
+        )
+    )
+)
+def test_bootstrap_kappa_is_scikit_learns(case: tuple[int, list[tuple[int, int]]]) -> None:
+    from sklearn.metrics import cohen_kappa_score
+
+    k, pairs = case
+    x = np.array([a for a, _ in pairs])
+    y = np.array([b for _, b in pairs])
+    got = float(agreement.kappa_of_codes(x, y, k=k))
+    if len(set(x) | set(y)) < 2:
+        assert got == 1.0
+        return
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        expected = cohen_kappa_score(x, y)
+    if np.isnan(expected):
+        return
+    assert got == pytest.approx(float(expected), abs=1e-9)
