@@ -311,7 +311,10 @@ class Pilot:
             self.recommended = None
             return None
         cost = ok["projected_cost"].astype(float).fillna(np.inf)
-        order = ok.assign(_cost=cost, _low=-low[ok.index]).sort_values(["_cost", "_low"])
+        # Ties (unknown prices): the model with the lower list price, then the surer one.
+        price = ok["model"].map(_list_price)
+        order = ok.assign(_cost=cost, _price=price, _low=-low[ok.index])
+        order = order.sort_values(["_cost", "_price", "_low"], kind="stable")
         best = self._setting(str(order.index[0]))
         self.recommended = best
         return best
@@ -449,15 +452,14 @@ def _runs_of(runs: list[_Run], setting: Setting) -> _Run:
 
 
 def _realtime(sample: pd.DataFrame, s: Setting, kwargs: dict[str, Any]) -> _Run:
-    from . import api, pricing
+    from . import api
 
     started = time.monotonic()
     out = api.try_now(sample, s.prompt, model=s.model, **kwargs)
     took = time.monotonic() - started
-    cost = None
-    ins, outs = out.get("input_tokens"), out.get("output_tokens")
-    if ins is not None and outs is not None:
-        cost = pricing.cost(s.model, int(ins.sum()), int(outs.sum()), 0, estimated=False).realtime
+    # try_now keeps no token counts: the sample's real-time cost is preview's estimate.
+    asked = {k: v for k, v in kwargs.items() if k not in ("output", "concurrency")}
+    cost = api.preview(sample, s.prompt, model=s.model, **asked).estimate.cost.realtime
     return _Run(s, out, None, cost, took, None)
 
 
@@ -499,8 +501,6 @@ def _truth_fields(truths: dict[str, str], fields: list[str], output: str) -> lis
 def _reference(settings: list[Setting], runs: list[_Run], name: str | None) -> Setting:
     """The named setting, else the strongest: the dearest model (by its price for a
     million input and output tokens), then the smallest pack, then the first prompt."""
-    from . import pricing
-
     if name is not None:
         for s in settings:
             if s.name == name:
@@ -510,8 +510,16 @@ def _reference(settings: list[Setting], runs: list[_Run], name: str | None) -> S
         )
 
     def price(model: str) -> float:
-        value = pricing.cost(model, 1_000_000, 1_000_000, 0, estimated=True).batch
-        return -1.0 if value is None else value
+        value = _list_price(model)
+        return -1.0 if value == np.inf else value  # an unknown price is not the strongest
 
     order = sorted(enumerate(settings), key=lambda p: (-price(p[1].model), p[1].pack or 1, p[0]))
     return order[0][1]
+
+
+def _list_price(model: str) -> float:
+    """Batch dollars for a million input and a million output tokens (inf: unknown)."""
+    from . import pricing
+
+    value = pricing.cost(model, 1_000_000, 1_000_000, 0, estimated=True).batch
+    return np.inf if value is None else float(value)

@@ -151,6 +151,11 @@ def test_real_time_pilot(server: emulator.Emulator, client: openai.OpenAI) -> No
                  response_format=Sentiment, client=client)  # fmt: skip
     assert server.stats()["realtime_requests"] - before == 40
     assert p.table.loc["gpt-4o", "agreement"] == 1.0
+    # The sample's cost at real-time prices (estimated: real-time answers keep no usage).
+    costs = p.table["sample_cost"]
+    assert costs.notna().all() and costs["gpt-4o-mini"] < costs["gpt-4o"]
+    low = p.table.loc["gpt-4o-mini", "agreement_low"]
+    assert p.recommend(float(low)).model == "gpt-4o-mini", p.table  # the cheaper one
     assert p.realtime and "real time" in repr(p)
 
 
@@ -193,6 +198,14 @@ def test_shown_as_a_widget_html_and_text(client: openai.OpenAI) -> None:
     assert "Confusion matrix of gpt-4o-mini" in text
     p.recommend(0.999)
     assert "no setting" in repr(p) or "recommended for agreement >= 0.999: gpt-4o" in repr(p)
+    # The widget's target slider recommends again and redraws.
+    from nbbatch import pilotview
+
+    view = pilotview.widget(p)
+    slider = view.children[2].children[0]
+    slider.value = 0.5
+    assert p.recommended is not None and p.recommended.model == "gpt-4o-mini"
+    assert "\u2605" in view.children[1].value and len(view.children[3].children[0].value) > 0
 
 
 # ---------------------------------------------------------------------- the statistics
@@ -225,3 +238,37 @@ def test_bootstrap_kappa_is_scikit_learns(case: tuple[int, list[tuple[int, int]]
     if np.isnan(expected):
         return
     assert got == pytest.approx(float(expected), abs=1e-9)
+
+
+class Ticket(pydantic.BaseModel):
+    label: Literal["a", "b", "c"]
+    urgent: bool
+    stars: int = pydantic.Field(ge=1, le=5)
+    score: float = pydantic.Field(ge=0, le=1)
+    summary: str = pydantic.Field(max_length=30)
+    tags: list[Literal["x", "y"]]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=60), st.sampled_from(["gpt-4o-mini", "claude-haiku-4-5"]))
+def test_a_disagreeing_answer_is_another_valid_one(prompt: str, model: str) -> None:
+    """Whatever the row, a model that disagrees answers a value valid against the
+    schema, with every label, flag and number changed and a lower score."""
+    import jsonschema
+
+    schema = Ticket.model_json_schema()
+
+    def truth(request: emulator.Request) -> dict[str, Any]:
+        return {"label": "a", "urgent": True, "stars": 3, "score": 0.9,
+                "summary": "the customer wants a refund", "tags": ["x"]}  # fmt: skip
+
+    never = emulator.with_quality(truth, {model: 0.0})
+    request = emulator.Request("openai", "/v1/chat/completions", model, prompt, schema=schema)
+    changed = never(request)
+    assert isinstance(changed, dict)
+    jsonschema.validate(changed, schema)
+    assert changed["label"] != "a" and changed["urgent"] is False and changed["stars"] != 3
+    assert changed["score"] < 0.9 and changed["summary"] != "the customer wants a refund"
+    assert changed["tags"] == ["y"]
+    always = emulator.with_quality(truth, {"some-other-model": 0.0})
+    assert always(request) == truth(request)
