@@ -147,6 +147,8 @@ class _Run:
     cost: float | None  # dollars for the sample
     seconds: float
     max_requests: int | None
+    tokens: int | None = None  # input and output tokens the sample used
+    usage_cost: float | None = None  # those tokens at the batch price (reused rows too)
 
 
 class Pilot:
@@ -229,7 +231,10 @@ class Pilot:
                     "kappa_high": np.nan if kappa is None else kappa.high,
                     "failed": int((run.out[self._status] != "succeeded").sum()),
                     "sample_cost": run.cost,
-                    "projected_cost": None if run.cost is None else run.cost * total / n,
+                    "projected_cost": None
+                    if run.usage_cost is None
+                    else run.usage_cost * total / n,
+                    "projected_tokens": None if run.tokens is None else run.tokens * total // n,
                     "requests": requests,
                     "batches": batches,
                     "sample_seconds": round(run.seconds, 1),
@@ -391,7 +396,7 @@ def pilot(
 
     Waits for every setting's answers, then returns the :class:`Pilot`.
     """
-    from . import api
+    from . import api, pricing
     from .providers import provider_class
 
     for key in _OWN:
@@ -434,7 +439,17 @@ def pilot(
         for s, job, took in zip(settings, jobs, seconds, strict=True):
             max_requests = getattr(provider_class(job.provider), "max_requests", None)
             out = job.merge(sample)
-            runs.append(_Run(s, out, job, job.cost.batch, took, max_requests))
+            # Priced from the usage every row reports (a row reused from an earlier job
+            # reports its usage but costs nothing now), so the projection does not
+            # depend on what the ledger already held.
+            usage = job.results()
+            ins, outs, cached = (
+                int(usage[c].fillna(0).sum())
+                for c in ("input_tokens", "output_tokens", "cached_tokens")
+            )
+            used = ins + outs
+            priced = pricing.cost(s.model, ins, outs, cached, estimated=False).batch
+            runs.append(_Run(s, out, job, job.cost.batch, took, max_requests, used, priced))
 
     fields = _fields(runs[0].out, sample, output)
     if truths:
@@ -459,8 +474,10 @@ def _realtime(sample: pd.DataFrame, s: Setting, kwargs: dict[str, Any]) -> _Run:
     took = time.monotonic() - started
     # try_now keeps no token counts: the sample's real-time cost is preview's estimate.
     asked = {k: v for k, v in kwargs.items() if k not in ("output", "concurrency")}
-    cost = api.preview(sample, s.prompt, model=s.model, **asked).estimate.cost.realtime
-    return _Run(s, out, None, cost, took, None)
+    estimate = api.preview(sample, s.prompt, model=s.model, **asked).estimate
+    tokens = estimate.input_tokens + estimate.output_tokens
+    cost = estimate.cost.realtime
+    return _Run(s, out, None, cost, took, None, tokens, cost)
 
 
 def _fields(out: pd.DataFrame, sample: pd.DataFrame, output: str) -> list[str]:

@@ -80,10 +80,13 @@ def test_settings_compared_with_the_strongest_and_the_cheapest_good_one_recommen
     # Kappa is below agreement (chance agreement taken out) and has an interval.
     assert t.loc["gpt-4o-mini", "kappa_low"] < t.loc["gpt-4o-mini", "kappa"] < share
     # Costs: the sample's, and the whole table's projected from it.
+    # Projected from every row's usage (a duplicate review counts again, though sent
+    # once): about the sample's bill scaled to the table.
     assert t.loc["gpt-4o-mini", "projected_cost"] == pytest.approx(
-        t.loc["gpt-4o-mini", "sample_cost"] * 600 / 150
+        t.loc["gpt-4o-mini", "sample_cost"] * 600 / 150, rel=0.1
     )
     assert t.loc["gpt-4o", "projected_cost"] > t.loc["gpt-4o-mini", "projected_cost"]
+    assert t.loc["gpt-4o-mini", "projected_tokens"] > 600 * 10  # at least 10 tokens a row
     assert t.loc["gpt-4o-mini pack=10", "requests"] == 60
     # The label's confusion matrix, and the confidence compared as a number.
     matrix = p.confusion("gpt-4o-mini")
@@ -108,13 +111,20 @@ def test_the_whole_table_reuses_the_sample_answers(client: openai.OpenAI, pack: 
                  response_format=Sentiment, client=client)  # fmt: skip
     chosen = p.recommend(0.5)
     assert chosen is not None and chosen.model == "gpt-4o-mini" and chosen.pack == pack
+    # A second pilot on an overlapping sample pays only for its new rows, but projects
+    # the same cost per row: the projection is priced from every row's usage.
+    again = nb.pilot(df, "{review}", model=["gpt-4o-mini", "gpt-4o"], n=60, seed=2, pack=pack,
+                     response_format=Sentiment, client=client)  # fmt: skip
+    first, second = p.table.loc[chosen.name], again.table.loc[chosen.name]
+    assert second["sample_cost"] < second["projected_cost"] * 60 / 160
+    assert second["projected_cost"] == pytest.approx(first["projected_cost"], rel=0.2)
     job = p.submit(df, wait=True, progress=False, display=False)
     assert job.model == "gpt-4o-mini"
     assert job.counts["succeeded"] == 160
     # The sample's rows were answered, not paid again (nor are rows elsewhere in the
     # table whose review is word for word one of the sample's): only the other distinct
     # reviews reach the provider.
-    sampled = set(p.sample["review"])
+    sampled = set(p.sample["review"]) | set(again.sample["review"])  # both pilots' rows
     assert job.counts["reused"] == int(df["review"].isin(sampled).sum()) >= 40
     rows_to_send = len(set(df["review"]) - sampled)
     assert requests_sent(client, job) == -(-rows_to_send // (pack or 1))
