@@ -302,7 +302,8 @@ class Pilot:
     def recommend(self, target: float = 0.95, *, metric: str = "agreement") -> Setting | None:
         """The cheapest setting (by projected cost of the whole table; an unknown price
         counts as the dearest) whose ``metric`` has a 95% interval whose lower bound is
-        at least ``target``; None when none does. ``metric`` is ``"agreement"`` (the
+        at least ``target``; the reference when no cheaper one does (None only against
+        human labels, when no setting does). ``metric`` is ``"agreement"`` (the
         share of rows with the reference's answer, Wilson interval) or ``"kappa"`` (the
         first label field's Cohen's kappa, bootstrap interval). Also shown marked."""
         if metric not in ("agreement", "kappa"):
@@ -310,7 +311,9 @@ class Pilot:
         if not 0 <= target <= 1:
             raise InputError(f"target is a share between 0 and 1, found {target!r}.")
         low = self.table[f"{metric}_low"]
-        ok = self.table[low.fillna(-np.inf) >= target]
+        # The reference is the yardstick: it meets any target (its agreement with itself
+        # is no evidence, and at a small n its lower bound would fall short of 1).
+        ok = self.table[(low.fillna(-np.inf) >= target) | self.table["reference"]]
         self.target = target
         if ok.empty:
             self.recommended = None

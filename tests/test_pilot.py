@@ -282,3 +282,37 @@ def test_a_disagreeing_answer_is_another_valid_one(prompt: str, model: str) -> N
     assert changed["tags"] == ["y"]
     always = emulator.with_quality(truth, {"some-other-model": 0.0})
     assert always(request) == truth(request)
+
+
+@pytest.mark.parametrize(
+    ("provider", "models"),
+    [
+        ("anthropic", ["claude-haiku-4-5", "claude-sonnet-4-5"]),
+        ("gemini", ["gemini-2.5-flash-lite", "gemini-2.5-pro"]),
+    ],
+)
+def test_pilot_on_anthropic_and_gemini(provider: str, models: list[str]) -> None:
+    """The pilot goes through submit, so every provider works the same: here the small
+    model is made to disagree on every row."""
+    import anthropic
+    from google import genai
+    from google.genai import types as genai_types
+
+    with emulator.start(
+        processing_seconds=0.05, responder=sentiment_responder(None), quality={models[0]: 0.0}
+    ) as emu:
+        if provider == "anthropic":
+            client: Any = anthropic.Anthropic(base_url=emu.anthropic_base_url, api_key="k")
+        else:
+            options = genai_types.HttpOptions(base_url=emu.gemini_base_url)
+            client = genai.Client(api_key="k", http_options=options)
+        try:
+            p = nb.pilot(reviews(80, seed=9), "{review}", model=models, n=20,
+                         response_format=Sentiment, client=client, max_tokens=200)  # fmt: skip
+        finally:
+            client.close()
+    assert p.reference is not None and p.reference.model == models[1]
+    assert p.table.loc[models[0], "agreement"] == 0.0
+    assert p.table.loc[models[1], "agreement"] == 1.0
+    assert p.recommend(0.9) == p.reference
+    assert p.table["batches"].tolist() == [1, 1]
