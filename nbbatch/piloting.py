@@ -410,6 +410,8 @@ def pilot(
     if realtime and any(s.pack for s in settings):
         raise InputError("pilot: realtime=True sends one row per request; leave out pack=.")
     truths = _truth_columns(truth, frame)
+    if reference is not None:
+        _reference(settings, [], reference)  # a name that is no setting fails now
     sample = sample_of(frame, n, seed, stratify)
     _agreement.optional("scipy.stats")  # a missing extra fails before anything is sent
     _agreement.optional("sklearn.metrics")
