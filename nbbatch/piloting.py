@@ -168,6 +168,7 @@ class Pilot:
         realtime: bool,
         seed: int,
         target: float,
+        queue_tokens: int | None = None,
     ) -> None:
         self.data = data
         self.sample = sample
@@ -179,6 +180,7 @@ class Pilot:
         self._runs = {r.setting: r for r in runs}
         self._kwargs = kwargs
         self.kinds = fields
+        self.queue_tokens = queue_tokens
         self._figures = {r.setting: self._compare(r) for r in runs}
         self.table = self._table()
         self.target = target
@@ -215,6 +217,13 @@ class Pilot:
             n = len(self.sample)
             requests = math.ceil(total / (s.pack or 1))
             batches = math.ceil(requests / run.max_requests) if run.max_requests else None
+            tokens = None if run.tokens is None else run.tokens * total // n
+            # Batches run side by side unless a queue limit holds them back: then the
+            # table goes in waves of at most queue_tokens tokens, each taking about as
+            # long as the sample took.
+            waves = 1
+            if self.queue_tokens and tokens:
+                waves = max(1, math.ceil(tokens / self.queue_tokens))
             rows.append(
                 {
                     "setting": s.name,
@@ -234,10 +243,12 @@ class Pilot:
                     "projected_cost": None
                     if run.usage_cost is None
                     else run.usage_cost * total / n,
-                    "projected_tokens": None if run.tokens is None else run.tokens * total // n,
+                    "projected_tokens": tokens,
                     "requests": requests,
                     "batches": batches,
                     "sample_seconds": round(run.seconds, 1),
+                    "waves": waves,
+                    "projected_seconds": round(waves * run.seconds, 1),
                 }
             )
         return pd.DataFrame(rows).set_index("setting")
@@ -381,6 +392,7 @@ def pilot(
     pack: int | None | Sequence[int | None] = None,
     reference: str | None = None,
     target: float = 0.95,
+    queue_tokens: int | None = None,
     **kwargs: Any,
 ) -> Pilot:
     """Try every setting on a seeded sample of ``data`` and compare them (see the module
@@ -395,7 +407,10 @@ def pilot(
       the setting to compare with;
     - ``realtime=True``: the sample through the real-time API (answers in seconds, at
       real-time prices, not kept in the ledger);
-    - ``target``: the agreement the displayed recommendation must clear.
+    - ``target``: the agreement the displayed recommendation must clear;
+    - ``queue_tokens``: the tokens the provider lets you have queued at once (your
+      tier's batch queue limit for the model), to project the whole table's waves and
+      time; without it every batch is taken to run at once (one wave).
 
     Waits for every setting's answers, then returns the :class:`Pilot`.
     """
@@ -409,6 +424,10 @@ def pilot(
     settings = settings_of(model, pack, prompt)
     if realtime and any(s.pack for s in settings):
         raise InputError("pilot: realtime=True sends one row per request; leave out pack=.")
+    if queue_tokens is not None and (
+        isinstance(queue_tokens, bool) or not isinstance(queue_tokens, int) or queue_tokens < 1
+    ):
+        raise InputError(f"pilot: queue_tokens is a number of tokens, found {queue_tokens!r}.")
     truths = _truth_columns(truth, frame)
     if reference is not None:
         _reference(settings, [], reference)  # a name that is no setting fails now
@@ -464,7 +483,9 @@ def pilot(
     else:
         ref = _reference(settings, runs, reference)
         kinds = {f: _agreement.kind_of(_runs_of(runs, ref).out[f], runs[0].out[f]) for f in fields}
-    return Pilot(frame, sample, runs, ref, truths, kinds, kwargs, realtime, seed, target)
+    return Pilot(
+        frame, sample, runs, ref, truths, kinds, kwargs, realtime, seed, target, queue_tokens
+    )
 
 
 def _runs_of(runs: list[_Run], setting: Setting) -> _Run:

@@ -88,6 +88,7 @@ def test_settings_compared_with_the_strongest_and_the_cheapest_good_one_recommen
     assert t.loc["gpt-4o", "projected_cost"] > t.loc["gpt-4o-mini", "projected_cost"]
     assert t.loc["gpt-4o-mini", "projected_tokens"] > 600 * 10  # at least 10 tokens a row
     assert t.loc["gpt-4o-mini pack=10", "requests"] == 60
+    assert (t["waves"] == 1).all()  # no queue limit given: every batch at once
     # The label's confusion matrix, and the confidence compared as a number.
     matrix = p.confusion("gpt-4o-mini")
     assert int(matrix.to_numpy().sum()) == 150
@@ -208,6 +209,13 @@ def test_shown_as_a_widget_html_and_text(client: openai.OpenAI) -> None:
     assert "Confusion matrix of gpt-4o-mini" in text
     p.recommend(0.999)
     assert "no setting" in repr(p) or "recommended for agreement >= 0.999: gpt-4o" in repr(p)
+    # With a queue limit, the table goes in waves.
+    tokens = int(p.table.loc["gpt-4o", "projected_tokens"])
+    limited = nb.pilot(df, "{review}", model=["gpt-4o-mini", "gpt-4o"], n=60, seed=4,
+                       response_format=Sentiment, client=client,
+                       queue_tokens=tokens // 3)  # fmt: skip
+    assert limited.table.loc["gpt-4o", "waves"] in (3, 4)
+    assert "waves" in repr(limited)
     # The widget's target slider recommends again and redraws.
     from nbbatch import pilotview
 
