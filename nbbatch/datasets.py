@@ -56,26 +56,36 @@ SENTIMENT_KEYWORDS = {
 }
 
 
-def sentiment_responder() -> Any:
+#: How often each model of the demo gives the stand-in's answer (the rest: another label
+#: with a lower confidence; see :func:`nbbatch.emulator.with_quality`). Made up for the
+#: demonstration, not measured: a small model wrong on about one row in eight, a large
+#: one on about one in thirty, so a cascade has something to gain. Other models agree.
+DEMO_QUALITY: dict[str, float] = {"gpt-4o-mini": 0.88, "gpt-4o": 0.97}
+
+
+def sentiment_responder(quality: dict[str, float] | None = DEMO_QUALITY) -> Any:
     """A stand-in for a sentiment model on :func:`reviews`, for the demo and the example
     notebooks on the emulator: ``nb.emulator.start(responder=sentiment_responder())``.
 
     It is not a model: it labels a review ``positive`` or ``negative`` when the review
     uses one of :data:`SENTIMENT_KEYWORDS`, else ``neutral`` (a plain-text request gets
     the label, a structured one the label in its enum field and a ``confidence``), so
-    what a notebook shows looks like a real run. See
-    :func:`nbbatch.emulator.keyword_responder`.
+    what a notebook shows looks like a real run. As the models named in ``quality``
+    (default :data:`DEMO_QUALITY`; None: every model) it gives that label on that share
+    of rows only, and another label with a lower confidence on the rest, so a small and
+    a large model differ as they would. See :func:`nbbatch.emulator.keyword_responder`.
     """
-    from .emulator import keyword_responder
+    from .emulator import keyword_responder, with_quality
 
-    return keyword_responder(SENTIMENT_KEYWORDS, default="neutral")
+    labeller = keyword_responder(SENTIMENT_KEYWORDS, default="neutral")
+    return labeller if quality is None else with_quality(labeller, quality)
 
 
 #: Number words a summarising prompt may ask for ("in five words").
 _COUNTS = {"three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "ten": 10}
 
 
-def demo_responder() -> Any:
+def demo_responder(quality: dict[str, float] | None = DEMO_QUALITY) -> Any:
     """A stand-in for a model on the example notebooks' prompts, on the emulator:
     ``nb.emulator.start(responder=demo_responder())``.
 
@@ -83,11 +93,13 @@ def demo_responder() -> Any:
     label; one that asks to summarise gets the first words of the text after its
     instruction (as many as "in five words" asks, else the first sentence, at most 30
     words); anything else gets the emulator's usual answer. So a notebook's summary
-    column reads like summaries, not like an echo of the prompt.
+    column reads like summaries, not like an echo of the prompt. As the models named in
+    ``quality`` (default :data:`DEMO_QUALITY`; None: every model) it gives that answer
+    on that share of rows only (another label, a shortened summary on the rest).
     """
-    from .emulator import default_responder
+    from .emulator import default_responder, with_quality
 
-    classify = sentiment_responder()
+    classify = sentiment_responder(None)
 
     def respond(request: Any) -> str | dict[str, Any]:
         head, _, body = request.prompt.partition("\n")
@@ -106,7 +118,10 @@ def demo_responder() -> Any:
         summary = " ".join(first[:limit]) + ("…" if len(first) > limit else ".")
         return f"{titles[0]}: {summary}" if titles and limit == 30 else summary
 
-    return respond
+    if quality is None:
+        return respond
+    labels = (*SENTIMENT_KEYWORDS, "neutral")  # a plain-text label disagrees with another
+    return with_quality(respond, quality, labels=labels)
 
 
 def reviews(n: int = 12, *, seed: int = 7) -> pd.DataFrame:

@@ -147,6 +147,8 @@ class _Run:
     cost: float | None  # dollars for the sample
     seconds: float
     max_requests: int | None
+    tokens: int | None = None  # input and output tokens the sample used
+    usage_cost: float | None = None  # those tokens at the batch price (reused rows too)
 
 
 class Pilot:
@@ -166,6 +168,7 @@ class Pilot:
         realtime: bool,
         seed: int,
         target: float,
+        queue_tokens: int | None = None,
     ) -> None:
         self.data = data
         self.sample = sample
@@ -177,6 +180,7 @@ class Pilot:
         self._runs = {r.setting: r for r in runs}
         self._kwargs = kwargs
         self.kinds = fields
+        self.queue_tokens = queue_tokens
         self._figures = {r.setting: self._compare(r) for r in runs}
         self.table = self._table()
         self.target = target
@@ -213,6 +217,13 @@ class Pilot:
             n = len(self.sample)
             requests = math.ceil(total / (s.pack or 1))
             batches = math.ceil(requests / run.max_requests) if run.max_requests else None
+            tokens = None if run.tokens is None else run.tokens * total // n
+            # Batches run side by side unless a queue limit holds them back: then the
+            # table goes in waves of at most queue_tokens tokens, each taking about as
+            # long as the sample took.
+            waves = 1
+            if self.queue_tokens and tokens:
+                waves = max(1, math.ceil(tokens / self.queue_tokens))
             rows.append(
                 {
                     "setting": s.name,
@@ -229,10 +240,15 @@ class Pilot:
                     "kappa_high": np.nan if kappa is None else kappa.high,
                     "failed": int((run.out[self._status] != "succeeded").sum()),
                     "sample_cost": run.cost,
-                    "projected_cost": None if run.cost is None else run.cost * total / n,
+                    "projected_cost": None
+                    if run.usage_cost is None
+                    else run.usage_cost * total / n,
+                    "projected_tokens": tokens,
                     "requests": requests,
                     "batches": batches,
                     "sample_seconds": round(run.seconds, 1),
+                    "waves": waves,
+                    "projected_seconds": round(waves * run.seconds, 1),
                 }
             )
         return pd.DataFrame(rows).set_index("setting")
@@ -297,7 +313,8 @@ class Pilot:
     def recommend(self, target: float = 0.95, *, metric: str = "agreement") -> Setting | None:
         """The cheapest setting (by projected cost of the whole table; an unknown price
         counts as the dearest) whose ``metric`` has a 95% interval whose lower bound is
-        at least ``target``; None when none does. ``metric`` is ``"agreement"`` (the
+        at least ``target``; the reference when no cheaper one does (None only against
+        human labels, when no setting does). ``metric`` is ``"agreement"`` (the
         share of rows with the reference's answer, Wilson interval) or ``"kappa"`` (the
         first label field's Cohen's kappa, bootstrap interval). Also shown marked."""
         if metric not in ("agreement", "kappa"):
@@ -305,13 +322,18 @@ class Pilot:
         if not 0 <= target <= 1:
             raise InputError(f"target is a share between 0 and 1, found {target!r}.")
         low = self.table[f"{metric}_low"]
-        ok = self.table[low.fillna(-np.inf) >= target]
+        # The reference is the yardstick: it meets any target (its agreement with itself
+        # is no evidence, and at a small n its lower bound would fall short of 1).
+        ok = self.table[(low.fillna(-np.inf) >= target) | self.table["reference"]]
         self.target = target
         if ok.empty:
             self.recommended = None
             return None
         cost = ok["projected_cost"].astype(float).fillna(np.inf)
-        order = ok.assign(_cost=cost, _low=-low[ok.index]).sort_values(["_cost", "_low"])
+        # Ties (unknown prices): the model with the lower list price, then the surer one.
+        price = ok["model"].map(_list_price)
+        order = ok.assign(_cost=cost, _price=price, _low=-low[ok.index])
+        order = order.sort_values(["_cost", "_price", "_low"], kind="stable")
         best = self._setting(str(order.index[0]))
         self.recommended = best
         return best
@@ -370,6 +392,7 @@ def pilot(
     pack: int | None | Sequence[int | None] = None,
     reference: str | None = None,
     target: float = 0.95,
+    queue_tokens: int | None = None,
     **kwargs: Any,
 ) -> Pilot:
     """Try every setting on a seeded sample of ``data`` and compare them (see the module
@@ -384,11 +407,14 @@ def pilot(
       the setting to compare with;
     - ``realtime=True``: the sample through the real-time API (answers in seconds, at
       real-time prices, not kept in the ledger);
-    - ``target``: the agreement the displayed recommendation must clear.
+    - ``target``: the agreement the displayed recommendation must clear;
+    - ``queue_tokens``: the tokens the provider lets you have queued at once (your
+      tier's batch queue limit for the model), to project the whole table's waves and
+      time; without it every batch is taken to run at once (one wave).
 
     Waits for every setting's answers, then returns the :class:`Pilot`.
     """
-    from . import api
+    from . import api, pricing
     from .providers import provider_class
 
     for key in _OWN:
@@ -398,7 +424,13 @@ def pilot(
     settings = settings_of(model, pack, prompt)
     if realtime and any(s.pack for s in settings):
         raise InputError("pilot: realtime=True sends one row per request; leave out pack=.")
+    if queue_tokens is not None and (
+        isinstance(queue_tokens, bool) or not isinstance(queue_tokens, int) or queue_tokens < 1
+    ):
+        raise InputError(f"pilot: queue_tokens is a number of tokens, found {queue_tokens!r}.")
     truths = _truth_columns(truth, frame)
+    if reference is not None:
+        _reference(settings, [], reference)  # a name that is no setting fails now
     sample = sample_of(frame, n, seed, stratify)
     _agreement.optional("scipy.stats")  # a missing extra fails before anything is sent
     _agreement.optional("sklearn.metrics")
@@ -431,7 +463,17 @@ def pilot(
         for s, job, took in zip(settings, jobs, seconds, strict=True):
             max_requests = getattr(provider_class(job.provider), "max_requests", None)
             out = job.merge(sample)
-            runs.append(_Run(s, out, job, job.cost.batch, took, max_requests))
+            # Priced from the usage every row reports (a row reused from an earlier job
+            # reports its usage but costs nothing now), so the projection does not
+            # depend on what the ledger already held.
+            usage = job.results()
+            ins, outs, cached = (
+                int(usage[c].fillna(0).sum())
+                for c in ("input_tokens", "output_tokens", "cached_tokens")
+            )
+            used = ins + outs
+            priced = pricing.cost(s.model, ins, outs, cached, estimated=False).batch
+            runs.append(_Run(s, out, job, job.cost.batch, took, max_requests, used, priced))
 
     fields = _fields(runs[0].out, sample, output)
     if truths:
@@ -441,7 +483,9 @@ def pilot(
     else:
         ref = _reference(settings, runs, reference)
         kinds = {f: _agreement.kind_of(_runs_of(runs, ref).out[f], runs[0].out[f]) for f in fields}
-    return Pilot(frame, sample, runs, ref, truths, kinds, kwargs, realtime, seed, target)
+    return Pilot(
+        frame, sample, runs, ref, truths, kinds, kwargs, realtime, seed, target, queue_tokens
+    )
 
 
 def _runs_of(runs: list[_Run], setting: Setting) -> _Run:
@@ -449,16 +493,17 @@ def _runs_of(runs: list[_Run], setting: Setting) -> _Run:
 
 
 def _realtime(sample: pd.DataFrame, s: Setting, kwargs: dict[str, Any]) -> _Run:
-    from . import api, pricing
+    from . import api
 
     started = time.monotonic()
     out = api.try_now(sample, s.prompt, model=s.model, **kwargs)
     took = time.monotonic() - started
-    cost = None
-    ins, outs = out.get("input_tokens"), out.get("output_tokens")
-    if ins is not None and outs is not None:
-        cost = pricing.cost(s.model, int(ins.sum()), int(outs.sum()), 0, estimated=False).realtime
-    return _Run(s, out, None, cost, took, None)
+    # try_now keeps no token counts: the sample's real-time cost is preview's estimate.
+    asked = {k: v for k, v in kwargs.items() if k not in ("output", "concurrency")}
+    estimate = api.preview(sample, s.prompt, model=s.model, **asked).estimate
+    tokens = estimate.input_tokens + estimate.output_tokens
+    cost = estimate.cost.realtime
+    return _Run(s, out, None, cost, took, None, tokens, cost)
 
 
 def _fields(out: pd.DataFrame, sample: pd.DataFrame, output: str) -> list[str]:
@@ -499,8 +544,6 @@ def _truth_fields(truths: dict[str, str], fields: list[str], output: str) -> lis
 def _reference(settings: list[Setting], runs: list[_Run], name: str | None) -> Setting:
     """The named setting, else the strongest: the dearest model (by its price for a
     million input and output tokens), then the smallest pack, then the first prompt."""
-    from . import pricing
-
     if name is not None:
         for s in settings:
             if s.name == name:
@@ -510,8 +553,16 @@ def _reference(settings: list[Setting], runs: list[_Run], name: str | None) -> S
         )
 
     def price(model: str) -> float:
-        value = pricing.cost(model, 1_000_000, 1_000_000, 0, estimated=True).batch
-        return -1.0 if value is None else value
+        value = _list_price(model)
+        return -1.0 if value == np.inf else value  # an unknown price is not the strongest
 
     order = sorted(enumerate(settings), key=lambda p: (-price(p[1].model), p[1].pack or 1, p[0]))
     return order[0][1]
+
+
+def _list_price(model: str) -> float:
+    """Batch dollars for a million input and a million output tokens (inf: unknown)."""
+    from . import pricing
+
+    value = pricing.cost(model, 1_000_000, 1_000_000, 0, estimated=True).batch
+    return np.inf if value is None else float(value)

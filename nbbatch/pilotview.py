@@ -78,6 +78,8 @@ def display_table(p: Pilot) -> pd.DataFrame:
                 "requests": int(r["requests"]),
                 "batches": "" if pd.isna(r["batches"]) else int(r["batches"]),
                 "sample time": f"{r['sample_seconds']:.0f} s",
+                "waves": int(r["waves"]),
+                "projected time": f"{r['projected_seconds']:.0f} s",
             }
         )
     return pd.DataFrame(rows)

@@ -80,11 +80,15 @@ def test_settings_compared_with_the_strongest_and_the_cheapest_good_one_recommen
     # Kappa is below agreement (chance agreement taken out) and has an interval.
     assert t.loc["gpt-4o-mini", "kappa_low"] < t.loc["gpt-4o-mini", "kappa"] < share
     # Costs: the sample's, and the whole table's projected from it.
+    # Projected from every row's usage (a duplicate review counts again, though sent
+    # once): about the sample's bill scaled to the table.
     assert t.loc["gpt-4o-mini", "projected_cost"] == pytest.approx(
-        t.loc["gpt-4o-mini", "sample_cost"] * 600 / 150
+        t.loc["gpt-4o-mini", "sample_cost"] * 600 / 150, rel=0.1
     )
     assert t.loc["gpt-4o", "projected_cost"] > t.loc["gpt-4o-mini", "projected_cost"]
+    assert t.loc["gpt-4o-mini", "projected_tokens"] > 600 * 10  # at least 10 tokens a row
     assert t.loc["gpt-4o-mini pack=10", "requests"] == 60
+    assert (t["waves"] == 1).all()  # no queue limit given: every batch at once
     # The label's confusion matrix, and the confidence compared as a number.
     matrix = p.confusion("gpt-4o-mini")
     assert int(matrix.to_numpy().sum()) == 150
@@ -108,13 +112,20 @@ def test_the_whole_table_reuses_the_sample_answers(client: openai.OpenAI, pack: 
                  response_format=Sentiment, client=client)  # fmt: skip
     chosen = p.recommend(0.5)
     assert chosen is not None and chosen.model == "gpt-4o-mini" and chosen.pack == pack
+    # A second pilot on an overlapping sample pays only for its new rows, but projects
+    # the same cost per row: the projection is priced from every row's usage.
+    again = nb.pilot(df, "{review}", model=["gpt-4o-mini", "gpt-4o"], n=60, seed=2, pack=pack,
+                     response_format=Sentiment, client=client)  # fmt: skip
+    first, second = p.table.loc[chosen.name], again.table.loc[chosen.name]
+    assert second["sample_cost"] < second["projected_cost"] * 60 / 160
+    assert second["projected_cost"] == pytest.approx(first["projected_cost"], rel=0.2)
     job = p.submit(df, wait=True, progress=False, display=False)
     assert job.model == "gpt-4o-mini"
     assert job.counts["succeeded"] == 160
     # The sample's rows were answered, not paid again (nor are rows elsewhere in the
     # table whose review is word for word one of the sample's): only the other distinct
     # reviews reach the provider.
-    sampled = set(p.sample["review"])
+    sampled = set(p.sample["review"]) | set(again.sample["review"])  # both pilots' rows
     assert job.counts["reused"] == int(df["review"].isin(sampled).sum()) >= 40
     rows_to_send = len(set(df["review"]) - sampled)
     assert requests_sent(client, job) == -(-rows_to_send // (pack or 1))
@@ -151,6 +162,11 @@ def test_real_time_pilot(server: emulator.Emulator, client: openai.OpenAI) -> No
                  response_format=Sentiment, client=client)  # fmt: skip
     assert server.stats()["realtime_requests"] - before == 40
     assert p.table.loc["gpt-4o", "agreement"] == 1.0
+    # The sample's cost at real-time prices (estimated: real-time answers keep no usage).
+    costs = p.table["sample_cost"]
+    assert costs.notna().all() and costs["gpt-4o-mini"] < costs["gpt-4o"]
+    low = p.table.loc["gpt-4o-mini", "agreement_low"]
+    assert p.recommend(float(low)).model == "gpt-4o-mini", p.table  # the cheaper one
     assert p.realtime and "real time" in repr(p)
 
 
@@ -175,8 +191,8 @@ def test_mistakes_are_refused_before_anything_is_sent(
         with pytest.raises(nb.InputError, match=message):
             nb.pilot(df, "{review}", **kwargs)
     stats = server.stats()
-    # Only "reference" is checked after the sample's jobs: every other mistake sent nothing.
-    assert stats.get("openai_batches_created", 0) - before.get("openai_batches_created", 0) <= 2
+    assert stats.get("openai_batches_created", 0) == before.get("openai_batches_created", 0)
+    assert stats.get("requests", 0) == before.get("requests", 0)  # not even a models call
 
 
 def test_shown_as_a_widget_html_and_text(client: openai.OpenAI) -> None:
@@ -193,6 +209,21 @@ def test_shown_as_a_widget_html_and_text(client: openai.OpenAI) -> None:
     assert "Confusion matrix of gpt-4o-mini" in text
     p.recommend(0.999)
     assert "no setting" in repr(p) or "recommended for agreement >= 0.999: gpt-4o" in repr(p)
+    # With a queue limit, the table goes in waves.
+    tokens = int(p.table.loc["gpt-4o", "projected_tokens"])
+    limited = nb.pilot(df, "{review}", model=["gpt-4o-mini", "gpt-4o"], n=60, seed=4,
+                       response_format=Sentiment, client=client,
+                       queue_tokens=tokens // 3)  # fmt: skip
+    assert limited.table.loc["gpt-4o", "waves"] in (3, 4)
+    assert "waves" in repr(limited)
+    # The widget's target slider recommends again and redraws.
+    from nbbatch import pilotview
+
+    view = pilotview.widget(p)
+    slider = view.children[2].children[0]
+    slider.value = 0.5
+    assert p.recommended is not None and p.recommended.model == "gpt-4o-mini"
+    assert "\u2605" in view.children[1].value and len(view.children[3].children[0].value) > 0
 
 
 # ---------------------------------------------------------------------- the statistics
@@ -225,3 +256,71 @@ def test_bootstrap_kappa_is_scikit_learns(case: tuple[int, list[tuple[int, int]]
     if np.isnan(expected):
         return
     assert got == pytest.approx(float(expected), abs=1e-9)
+
+
+class Ticket(pydantic.BaseModel):
+    label: Literal["a", "b", "c"]
+    urgent: bool
+    stars: int = pydantic.Field(ge=1, le=5)
+    score: float = pydantic.Field(ge=0, le=1)
+    summary: str = pydantic.Field(max_length=30)
+    tags: list[Literal["x", "y"]]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=60), st.sampled_from(["gpt-4o-mini", "claude-haiku-4-5"]))
+def test_a_disagreeing_answer_is_another_valid_one(prompt: str, model: str) -> None:
+    """Whatever the row, a model that disagrees answers a value valid against the
+    schema, with every label, flag and number changed and a lower score."""
+    import jsonschema
+
+    schema = Ticket.model_json_schema()
+
+    def truth(request: emulator.Request) -> dict[str, Any]:
+        return {"label": "a", "urgent": True, "stars": 3, "score": 0.9,
+                "summary": "the customer wants a refund", "tags": ["x"]}  # fmt: skip
+
+    never = emulator.with_quality(truth, {model: 0.0})
+    request = emulator.Request("openai", "/v1/chat/completions", model, prompt, schema=schema)
+    changed = never(request)
+    assert isinstance(changed, dict)
+    jsonschema.validate(changed, schema)
+    assert changed["label"] != "a" and changed["urgent"] is False and changed["stars"] != 3
+    assert changed["score"] < 0.9 and changed["summary"] != "the customer wants a refund"
+    assert changed["tags"] == ["y"]
+    always = emulator.with_quality(truth, {"some-other-model": 0.0})
+    assert always(request) == truth(request)
+
+
+@pytest.mark.parametrize(
+    ("provider", "models"),
+    [
+        ("anthropic", ["claude-haiku-4-5", "claude-sonnet-4-5"]),
+        ("gemini", ["gemini-2.5-flash-lite", "gemini-2.5-pro"]),
+    ],
+)
+def test_pilot_on_anthropic_and_gemini(provider: str, models: list[str]) -> None:
+    """The pilot goes through submit, so every provider works the same: here the small
+    model is made to disagree on every row."""
+    import anthropic
+    from google import genai
+    from google.genai import types as genai_types
+
+    with emulator.start(
+        processing_seconds=0.05, responder=sentiment_responder(None), quality={models[0]: 0.0}
+    ) as emu:
+        if provider == "anthropic":
+            client: Any = anthropic.Anthropic(base_url=emu.anthropic_base_url, api_key="k")
+        else:
+            options = genai_types.HttpOptions(base_url=emu.gemini_base_url)
+            client = genai.Client(api_key="k", http_options=options)
+        try:
+            p = nb.pilot(reviews(80, seed=9), "{review}", model=models, n=20,
+                         response_format=Sentiment, client=client, max_tokens=200)  # fmt: skip
+        finally:
+            client.close()
+    assert p.reference is not None and p.reference.model == models[1]
+    assert p.table.loc[models[0], "agreement"] == 0.0
+    assert p.table.loc[models[1], "agreement"] == 1.0
+    assert p.recommend(0.9) == p.reference
+    assert p.table["batches"].tolist() == [1, 1]

@@ -143,6 +143,8 @@ class Emulator:
         """
         with self._store.lock:
             self._store.knobs = self._store.knobs.replace(**knobs)
+        if "seed" in knobs:
+            self.responder = self._responder  # the quality's choice of rows follows the seed
 
     @property
     def request_log(self) -> list[tuple[str, str]]:

@@ -155,8 +155,13 @@ def _other_number(
         moved = max(moved, low)
     if high is not None:
         moved = min(moved, high)
-    if integer:
-        return int(round(moved))
+    if integer:  # at least one step away, inside the bounds when they allow it
+        whole = int(round(moved))
+        for candidate in (whole, value + 1, value - 1) if not score else (whole, value - 1):
+            inside = (low is None or candidate >= low) and (high is None or candidate <= high)
+            if candidate != value and inside:
+                return int(candidate)
+        return int(value)
     return round(moved, 2) if round(moved, 2) != value else moved
 
 

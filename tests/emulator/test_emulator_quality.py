@@ -238,3 +238,31 @@ def test_background_emulator_takes_quality_from_the_environment(
                         provider="local", display=False, progress=False, wait=True)  # fmt: skip
         outs[model] = job.merge(df)
     assert (outs["gpt-4o-mini"]["label"] != outs["gpt-4o"]["label"]).all()
+
+
+def test_the_seed_chooses_the_rows() -> None:
+    """Another seed (``start(seed=...)`` or ``configure(seed=...)``) disagrees on other
+    rows; ``with_quality(...).agrees`` says which, as the emulator answers."""
+    prompts = [f"row {i}" for i in range(60)]
+
+    def labels(emu: emulator.Emulator) -> list[str]:
+        with openai.OpenAI(base_url=emu.openai_base_url, api_key="k") as client:
+            return [
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": p}]
+                )
+                .choices[0]
+                .message.content
+                or ""
+                for p in prompts
+            ]
+
+    with emulator.start(responder=responder, quality={"gpt-4o-mini": 0.5}, seed=1) as emu:
+        first = labels(emu)
+        emu.configure(seed=2)
+        second = labels(emu)
+    for seed, got in ((1, first), (2, second)):
+        chooser = emulator.with_quality(responder, {"gpt-4o-mini": 0.5}, seed=seed)
+        expected = [chooser.agrees("gpt-4o-mini", p) for p in prompts]
+        assert [g == truth(p)["label"] for g, p in zip(got, prompts, strict=True)] == expected
+    assert first != second
