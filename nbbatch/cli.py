@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from ._errors import InputError, NbbatchError
+from ._files import names_folder
 
 # The library (pandas, pyarrow, the SDKs) is imported by the commands that need it, so
 # `nbbatch --help` and `--version` answer at once.
@@ -326,13 +327,17 @@ def _collect(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.wait:
         raise InputError("--timeout needs --wait (it says how long to wait).")
     out = Path(args.out) if args.out else None
-    if out is not None:
+    # "--out results/" names a folder, created once the job is found
+    folder = bool(args.out) and names_folder(args.out)
+    if out is not None and not folder:
         _check_out(out)  # before anything else: a bad name should not cost a long wait
     from . import api
     from .ledger import default as _default_ledger
 
     job = api.attach(args.job)
     out = out or Path(f"{job.id}.parquet")
+    if folder:
+        out.mkdir(parents=True, exist_ok=True)
     if out.is_dir():
         out = out / f"{job.id}.parquet"
     code = OK

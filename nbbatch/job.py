@@ -642,7 +642,8 @@ class BatchJob:
         written record batch by record batch, never held whole, so a table larger than
         memory can be written. Every row is checked as :meth:`merge` checks it (pass
         ``verify=False`` to skip that). Written to a temporary name, then renamed.
-        ``path`` may be a folder: the file is then ``<job id>.parquet`` in it. Rows from
+        ``path`` may be a folder: the file is then ``<job id>.parquet`` in it (a path
+        ending in ``/`` is a folder, created if need be). Rows from
         a table in memory start with a ``row`` column, their position in the data
         (0-based), which tells apart rows whose index labels repeat. For a Dask or Spark
         frame, ``path`` is a folder of Parquet files written by the workers, partition
@@ -650,7 +651,7 @@ class BatchJob:
         data = data if data is not None else self._ctx.data
         if engines.kind_of(data):  # a folder of files, written by the workers
             return engines.to_parquet(self._ctx, data, path, columns=columns, verify=verify)
-        target = _merge.parquet_target(Path(path), self.id)
+        target = _merge.parquet_target(path, self.id)
         return _merge.to_parquet(
             self._ctx, target, data, columns=columns, verify=verify, merge=self.merge
         )

@@ -743,9 +743,15 @@ class Ledger:
         return record
 
     def find_job(self, fingerprint: str) -> str | None:
-        """The newest job with this fingerprint (same data and request), if any."""
+        """The newest job with this fingerprint (same data and request), if any.
+
+        A job that ended (failed or cancelled) before anything was sent, such as one
+        refused by ``max_cost`` while its rows were planned in the background, is passed
+        over: it holds nothing to attach to, and its error advises submitting again."""
         rows = self.query(
-            "SELECT id FROM jobs WHERE fingerprint = ? ORDER BY created DESC LIMIT 1",
+            "SELECT id FROM jobs WHERE fingerprint = ? AND NOT (status IN ('failed', "
+            "'cancelled') AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.job_id = jobs.id)) "
+            "ORDER BY created DESC LIMIT 1",
             (fingerprint,),
         )
         return rows[0][0] if rows else None

@@ -11,6 +11,7 @@ place: that data cannot have changed (see :class:`plan.Witness`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,7 @@ from . import plan as _plan
 from . import prompt as _prompt
 from . import rowstore
 from ._errors import InputError, MergeError
+from ._files import names_folder
 from .checks import ContextLimit
 from .providers.base import is_embeddings
 
@@ -576,15 +578,20 @@ def with_row_position(table: pa.Table) -> pa.Table:
     return table.add_column(0, ROW_COLUMN, pa.array(np.arange(table.num_rows), pa.int64()))
 
 
-def parquet_target(path: Path, job_id: str) -> Path:
-    """Where ``to_parquet(path)`` writes: ``<job id>.parquet`` inside a folder, else
-    ``path``; a folder that does not exist is refused before anything is written."""
+def parquet_target(path: str | os.PathLike[str], job_id: str) -> Path:
+    """Where ``to_parquet(path)`` writes: ``<job id>.parquet`` inside a folder (one
+    named with a trailing slash is created), else ``path``; a file whose folder does
+    not exist is refused before anything is written."""
+    if names_folder(path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+    path = Path(path)
     if path.is_dir():
         return path / f"{job_id}.parquet"
     if not path.parent.is_dir():
         raise InputError(
             f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist. "
-            "Create it first, or give another path."
+            "Create it first, give another path, or end the path with '/' to write "
+            f"{job_id}.parquet into a new folder of that name."
         )
     return path
 

@@ -1,0 +1,173 @@
+"""A newcomer's first hour: the traps a first-time user fell into, each driven as that
+user drove it (the public API, the ``nbbatch`` command), on the emulator."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import nbbatch as nb
+from nbbatch import planning, pricing, stream
+
+from .conftest import openai_client
+from .test_cli import nbbatch
+
+PROMPT = "Summarise: {body}"
+
+
+def _files(folder, n_files: int = 2, rows: int = 10) -> str:
+    """A glob of ``n_files`` Parquet files of ``rows`` rows each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in range(n_files):
+        table = pa.table({"body": [f"ticket {f}-{i} about a cold soup" for i in range(rows)]})
+        pq.write_table(table, folder / f"p{f}.parquet")
+    return str(folder / "*.parquet")
+
+
+def _dollars(text: str) -> float:
+    """The amount of a money() string such as ``$0.0133`` or ``-$1,234.50``."""
+    return float(text.replace("$", "").replace(",", ""))
+
+
+@pytest.fixture
+def small_background(monkeypatch):
+    """Tables of 10 rows or more from files are planned in the background, as tables of
+    250,000 rows are (the threshold lowered, so the test is quick)."""
+    monkeypatch.setattr(planning, "BACKGROUND_ROWS", 10)
+    monkeypatch.setattr(stream, "BATCH_ROWS", 7)
+
+
+@pytest.fixture
+def dear_prices(monkeypatch):
+    """gpt-4o-mini priced so that a few rows cost cents, where two decimals mislead."""
+    monkeypatch.setattr(pricing, "_OVERRIDES", {})
+    nb.pricing.set("gpt-4o-mini", input=400.0, output=800.0)
+    nb.pricing.set("gpt-4o", input=1000.0, output=2000.0)
+
+
+# ------------------------------------------------ 1. a job refused before sending
+
+
+def test_a_job_refused_by_max_cost_while_planning_does_not_capture_the_next_submit(
+    emu, tmp_path, small_background
+):
+    client = openai_client(emu)
+    glob = _files(tmp_path / "in")
+    refused = nb.submit(glob, PROMPT, model="gpt-4o-mini", client=client, max_cost=1e-9,
+                        display=False)  # fmt: skip
+    with pytest.raises(nb.InputError, match="raise max_cost"):
+        refused.wait(timeout=60, progress=False)
+    assert nb.attach(refused.id).status == "failed"
+    # As the message advises: the same files, a higher max_cost, submitted again.
+    again = nb.submit(glob, PROMPT, model="gpt-4o-mini", client=client, max_cost=100.0,
+                      display=False)  # fmt: skip
+    assert again.id != refused.id
+    again.wait(timeout=60, progress=False)
+    assert again.counts["succeeded"] == 20
+    # A job that did send something is still found again, not paid for twice.
+    third = nb.submit(glob, PROMPT, model="gpt-4o-mini", client=client, max_cost=100.0,
+                      display=False)  # fmt: skip
+    assert third.id == again.id
+
+
+def test_a_job_cancelled_while_planning_does_not_capture_the_next_submit(
+    emu, tmp_path, small_background, monkeypatch
+):
+    client = openai_client(emu)
+    glob = _files(tmp_path / "in")
+    with monkeypatch.context() as patched:  # the sender never starts: cancelled first
+        patched.setattr(nb.BatchJob, "start_sending", lambda self, daemon=False: None)
+        first = nb.submit(glob, PROMPT, model="gpt-4o-mini", client=client, display=False)
+    first.cancel()
+    assert nb.attach(first.id).status == "cancelled"
+    again = nb.submit(glob, PROMPT, model="gpt-4o-mini", client=client, display=False)
+    assert again.id != first.id
+    assert again.wait(timeout=60, progress=False).counts["succeeded"] == 20
+
+
+# ------------------------------------------------ 2. to_parquet("newdir/")
+
+
+def test_to_parquet_with_a_trailing_slash_writes_into_a_new_folder(emu, tmp_path):
+    data = pd.DataFrame({"body": ["a cold soup", "a warm soup"]})
+    job = nb.submit(data, PROMPT, model="gpt-4o-mini", client=openai_client(emu),
+                    display=False).wait(timeout=60, progress=False)  # fmt: skip
+    written = job.to_parquet(f"{tmp_path}/summaries/")
+    assert written == tmp_path / "summaries" / f"{job.id}.parquet"
+    assert pq.read_table(written).column("response_status").to_pylist() == ["succeeded"] * 2
+    # Without the slash, a missing folder is still refused, and the message says how.
+    with pytest.raises(nb.InputError, match="end the path with '/'"):
+        job.to_parquet(tmp_path / "missing" / "out.parquet")
+    # The command line reads "--out DIR/" the same way.
+    result = nbbatch("collect", job.id, "--out", f"{tmp_path}/from-cli/")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "from-cli" / f"{job.id}.parquet").is_file()
+
+
+# ------------------------------------------------ 8. three significant digits
+
+
+@given(st.floats(min_value=1e-9, max_value=1e6, allow_nan=False))
+@example(0.0133)
+@example(0.0999999)
+def test_money_keeps_three_significant_digits(dollars):
+    text = nb.pricing.money(dollars)
+    assert "e" not in text.lower() and text.startswith("$")
+    assert abs(_dollars(text) - dollars) <= 0.005 * dollars
+
+
+def test_money_reads_as_the_issue_asks():
+    assert [nb.pricing.money(x) for x in (0.0133, 0.0248, 0.0096, 0.25, 12.345, 0)] == [
+        "$0.0133", "$0.0248", "$0.0096", "$0.25", "$12.35", "$0.00",
+    ]  # fmt: skip
+
+
+def test_costs_show_three_significant_digits_in_errors_costs_and_the_cli(emu, dear_prices):
+    client = openai_client(emu)
+    data = pd.DataFrame({"body": [f"soup number {i}" for i in range(3)]})
+    estimate = nb.preview(data, PROMPT, model="gpt-4o-mini", client=client).estimate
+    batch = estimate.cost.batch
+    assert batch is not None and 0.01 < batch < 1  # where two decimals mislead
+    with pytest.raises(nb.InputError) as refused:
+        nb.submit(data, PROMPT, model="gpt-4o-mini", client=client, max_cost=batch * 0.9,
+                  display=False)  # fmt: skip
+    shown = re.search(r"The estimated batch cost, (\$[\d.,]+),", str(refused.value))
+    assert shown, refused.value
+    assert abs(_dollars(shown.group(1)) - batch) <= 0.005 * batch
+    assert f"max_cost={nb.pricing.money(batch * 0.9)}" in str(refused.value)
+    assert nb.pricing.money(batch) in estimate.summary()
+
+    # A cascade's breakdown: every stage's cost to three digits.
+    job = nb.submit(data, PROMPT, model=["gpt-4o-mini", "gpt-4o"], client=client,
+                    escalate_when="response_status == 'succeeded'", display=False)  # fmt: skip
+    job.wait(timeout=60, progress=False)
+    cost = job.cost
+    text = str(cost)
+    for model, dollars in cost.per_model:
+        assert dollars is not None and dollars >= 0.01
+        part = re.search(rf"{re.escape(model)} (\$[\d.,]+)", text)
+        assert part, text
+        assert abs(_dollars(part.group(1)) - dollars) <= 0.005 * dollars, text
+
+
+def test_the_cli_lists_costs_to_three_significant_digits(emu):
+    # Real prices, in the command's own process: gpt-4o for 200 rows costs cents.
+    data = pd.DataFrame({"body": [f"soup number {i} was cold and late" for i in range(200)]})
+    job = nb.submit(data, PROMPT, model="gpt-4o", client=openai_client(emu), display=False)
+    job.wait(timeout=120, progress=False)
+    paid = job.cost.batch
+    assert paid is not None and 0.01 < paid < 1
+    listed = nbbatch("jobs")
+    assert listed.returncode == 0, listed.stderr
+    (line,) = [line for line in listed.stdout.splitlines() if line.startswith(job.id)]
+    shown = re.search(r"(\$[\d.,]+)\s*$", line)
+    assert shown, line
+    assert abs(_dollars(shown.group(1)) - paid) <= 0.005 * paid, line
+    status = nbbatch("status", job.id)
+    assert nb.pricing.money(paid) in status.stdout, status.stdout
