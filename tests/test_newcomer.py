@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import nbbatch as nb
 from nbbatch import planning, pricing, stream
+from nbbatch.labext import views
 
 from .conftest import openai_client
 from .test_cli import nbbatch
@@ -154,6 +155,10 @@ def test_costs_show_three_significant_digits_in_errors_costs_and_the_cli(emu, de
         part = re.search(rf"{re.escape(model)} (\$[\d.,]+)", text)
         assert part, text
         assert abs(_dollars(part.group(1)) - dollars) <= 0.005 * dollars, text
+    # The sidebar's JSON carries the same text, from the same function.
+    (listed,) = [j for j in views.listing()["jobs"] if j["id"] == job.id]
+    assert listed["cost_text"] == nb.pricing.money(listed["cost"])
+    assert 0.01 <= listed["cost"] < 1
 
 
 def test_the_cli_lists_costs_to_three_significant_digits(emu):
