@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -232,6 +233,11 @@ def _collect_finished(args: argparse.Namespace) -> int:
         raise InputError("--finished needs --out-dir DIR: the folder to write the files in.")
     folder = Path(args.out_dir)
     suffix = args.format if args.format.startswith(".") else f".{args.format}"
+    if not folder.is_dir():
+        raise InputError(
+            f"cannot write to --out-dir {str(folder)!r}: that folder does not exist. Create "
+            f"it first (`mkdir -p {folder}`), or choose another --out-dir."
+        )
     _check_out(folder / f"job{suffix}")
     ledger = _default_ledger()
     written = 0
@@ -363,7 +369,7 @@ def _collect(args: argparse.Namespace) -> int:
     if out.suffix.lower() == ".parquet" and source.get("kind") == "parquet":
         # A job planned from Parquet files: their columns and the results, written
         # batch by batch from the files, as large as they are.
-        job.to_parquet(out)
+        job.to_parquet(out, verify=not args.no_verify)
         rows = job.counts["total"]
     else:
         frame = results_table(job)
@@ -432,6 +438,17 @@ _SHELL_ADVICE = (
     ("job.resubmit_failed()", "nb.attach({q}).resubmit_failed() in Python"),
     ("job.failed()", "`nbbatch collect {job}` (or nb.attach({q}).failed() in Python)"),
     (" (or nb.jobs())", ""),
+    # A MergeError of `collect` on Parquet files edited since submit (the advice
+    # merge.verify_rows gives, word for word).
+    ("rows given to merge()", "rows of the data"),
+    ("The frame was probably sorted, re-indexed or edited since submit. Pass the "
+     "DataFrame you submitted (or a subset of it with the same index); if you changed a "
+     "column on purpose, call merge(df, verify=False).",
+     "The files were probably edited, replaced or re-ordered since submit. Put back the "
+     "files you submitted; if you changed a column on purpose, "
+     "`nbbatch collect {job} --no-verify` writes them anyway (each answer on the row at "
+     "its position), or `nbbatch collect {job} --out {job}.csv` writes the answers alone, "
+     "without the files' columns."),
 )  # fmt: skip
 
 
@@ -512,6 +529,13 @@ def parser() -> argparse.ArgumentParser:
         "finished one to --out-dir as JOB.parquet (each job once: the ledger records it); "
         "for cron",
     )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="for a job submitted from Parquet files: write their rows with the results even "
+        "if the files changed since submit (each answer goes to the row at its position), "
+        "instead of refusing",
+    )
     p.add_argument("--out-dir", metavar="DIR", help="with --finished: the folder to write to")
     p.add_argument(
         "--format",
@@ -561,7 +585,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (listed in ``nbbatch --help``)."""
     args = parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        sys.stdout.flush()  # here, so a closed pipe is caught below, not at exit
+        return code
+    except BrokenPipeError:
+        # `nbbatch jobs | head`: the reader had what it wanted. Quietly, as `ls | head`;
+        # stdout is pointed at /dev/null so Python's own flush at exit does not fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return OK
     except NbbatchError as exc:
         _say(str(exc), getattr(args, "job", None) or exc.job_id)
         return ERROR

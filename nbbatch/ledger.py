@@ -810,11 +810,17 @@ class Ledger:
 
     def _not_planned(self, job_id: str) -> None:
         """Raise the error for a job that has no rows yet (see :mod:`nbbatch.planning`)."""
-        from ._errors import InputError, NbbatchError
+        from ._errors import InputError, JobNotFoundError, NbbatchError
 
         record = self.job(job_id)
-        if record is None:
-            return  # no such job: reading its manifest says so
+        if record is None:  # forgotten (by this process or another), or never here
+            raise JobNotFoundError(
+                f"job {job_id} is not in the ledger at {self.path}: it was forgotten "
+                "(job.forget() or `nbbatch forget`), which removed its rows and result "
+                "files, so there is nothing to merge or read. Submit the data again to get "
+                "answers; nb.jobs() lists the jobs the ledger holds.",
+                job_id=job_id,
+            )
         status = record.get("status")
         if status == "planning":
             raise NbbatchError(

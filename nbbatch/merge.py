@@ -226,8 +226,8 @@ def verify_rows(
     rendered, _ = _plan.render_rows(frame.iloc[shown], template, missing=missing)
     send = _sendable(rendered, template, limit)
     lines = [
-        f"  row {frame.index[pos]!r}: sent {_short(old)}, now "
-        f"{_short(rendered[i].as_py() if send[i] else None)}"
+        f"  row {frame.index[pos]!r}: "
+        + _where_they_differ(old, rendered[i].as_py() if send[i] else None)
         for i, (pos, old) in enumerate(zip(shown, before, strict=True))
     ]
     raise MergeError(
@@ -375,6 +375,26 @@ def results_table(state: rowstore.RowState, batch_names: list[str | None]) -> pa
     for name in ("input_tokens", "output_tokens", "cached_tokens"):
         columns[name] = state.column(name)
     return pa.table(columns)
+
+
+def _where_they_differ(sent: str | None, now: str | None, width: int = 60) -> str:
+    """``sent ..., now ...`` for one row, each cut to the same window around the first
+    character where they differ, so that a change past the first ``width`` characters
+    still shows (two texts cut to the same prefix would look equal)."""
+    if sent is None or now is None:
+        return f"sent {_short(sent, width)}, now {_short(now, width)}"
+    at = next(
+        (i for i, (a, b) in enumerate(zip(sent, now, strict=False)) if a != b),
+        min(len(sent), len(now)),
+    )
+    start = max(0, at - width // 3)
+
+    def window(text: str) -> str:
+        piece = text[start : start + width]
+        return repr(("…" if start else "") + piece + ("…" if start + width < len(text) else ""))
+
+    where = f" (they differ from character {at + 1})" if start else ""
+    return f"sent {window(sent)}, now {window(now)}{where}"
 
 
 def _short(text: str | None, width: int = 60) -> str:

@@ -3,7 +3,10 @@ user drove it (the public API, the ``nbbatch`` command), on the emulator."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import pandas as pd
 import pyarrow as pa
@@ -176,3 +179,103 @@ def test_the_cli_lists_costs_to_three_significant_digits(emu):
     assert abs(_dollars(shown.group(1)) - paid) <= 0.005 * paid, line
     status = nbbatch("status", job.id)
     assert nb.pricing.money(paid) in status.stdout, status.stdout
+
+
+# ------------------------------------------------ 9. messages
+
+
+def test_a_merge_error_shows_where_sent_and_now_differ(emu):
+    head = "A long review that starts the same way for many words before it says "
+    data = pd.DataFrame({"body": [head + "the soup was cold.", head + "the bread was fine."]})
+    job = nb.submit(data, PROMPT, model="gpt-4o-mini", client=openai_client(emu),
+                    display=False).wait(timeout=60, progress=False)  # fmt: skip
+    edited = data.copy()
+    edited.loc[0, "body"] = head + "the soup was HOT."
+    with pytest.raises(nb.MergeError) as refused:
+        job.merge(edited)
+    (line,) = [ln for ln in str(refused.value).splitlines() if ln.startswith("  row 0:")]
+    sent, now = line.split(", now ")
+    assert "cold" in sent and "HOT" in now, line
+    assert "cold" not in now and "HOT" not in sent
+
+
+def test_merge_after_forget_says_the_job_was_forgotten(emu):
+    data = pd.DataFrame({"body": ["a cold soup"]})
+    job = nb.submit(data, PROMPT, model="gpt-4o-mini", client=openai_client(emu),
+                    display=False).wait(timeout=60, progress=False)  # fmt: skip
+    job.forget()
+    for call in (lambda: job.merge(data), job.results, job.failed):
+        with pytest.raises(nb.JobNotFoundError, match="forgotten"):
+            call()
+
+
+def test_collect_on_edited_parquet_files_gives_advice_a_shell_user_can_follow(emu, tmp_path):
+    glob = _files(tmp_path / "in", n_files=1, rows=4)
+    job = nb.submit(glob, PROMPT, model="gpt-4o-mini", client=openai_client(emu),
+                    display=False).wait(timeout=60, progress=False)  # fmt: skip
+    edited = pq.read_table(tmp_path / "in" / "p0.parquet").to_pydict()
+    edited["body"][2] = "someone edited this row"
+    pq.write_table(pa.table(edited), tmp_path / "in" / "p0.parquet")
+    refused = nbbatch("collect", job.id, "--out", str(tmp_path / "out.parquet"))
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+    assert "verify=False" not in refused.stderr and "merge(" not in refused.stderr
+    assert f"`nbbatch collect {job.id} --no-verify`" in refused.stderr, refused.stderr
+    written = nbbatch("collect", job.id, "--out", str(tmp_path / "out.parquet"), "--no-verify")
+    assert written.returncode == 0, written.stderr
+    assert pq.read_table(tmp_path / "out.parquet").column("body")[2].as_py() == edited["body"][2]
+
+
+def test_cli_jobs_into_a_closed_pipe_exits_quietly(emu):
+    for i in range(3):
+        nb.submit(pd.DataFrame({"body": [f"soup {i}"]}), PROMPT, model="gpt-4o-mini",
+                  client=openai_client(emu), display=False)  # fmt: skip
+    # `nbbatch jobs | head -1` when head has gone before the listing is written: the
+    # reading end is closed before the command writes anything.
+    command = subprocess.Popen(
+        [sys.executable, "-m", "nbbatch.cli", "jobs"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env=dict(os.environ),
+    )  # fmt: skip
+    assert command.stdout is not None and command.stderr is not None
+    command.stdout.close()
+    error = command.stderr.read().decode()
+    command.stderr.close()
+    assert command.wait(timeout=120) == 0, error
+    assert error == ""
+
+
+def test_collect_out_dir_on_a_missing_folder_names_out_dir(tmp_path):
+    result = nbbatch("collect", "--finished", "--out-dir", str(tmp_path / "nope"))
+    assert result.returncode == 1
+    assert "--out-dir" in result.stderr and "--out." not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_job_run_by_nbconvert_names_its_notebook_as_origin(tmp_path):
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell(
+            "import pandas as pd\n"
+            "import nbbatch as nb\n"
+            "with nb.emulator.start(processing_seconds=0.05) as emu:\n"
+            "    import openai\n"
+            "    client = openai.OpenAI(base_url=emu.openai_base_url, api_key='test')\n"
+            "    job = nb.submit(pd.DataFrame({'body': ['soup']}), 'Summarise: {body}',\n"
+            "                    model='gpt-4o-mini', client=client, wait=True, display=False)\n"
+            "    client.close()\n"
+        )
+    ]
+    (tmp_path / "work").mkdir()
+    path = tmp_path / "work" / "reviews.ipynb"
+    nbformat.write(notebook, path)
+    run = subprocess.run(
+        [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+         "--output", "done.ipynb", "work/reviews.ipynb"],
+        cwd=tmp_path, capture_output=True, text=True, env=dict(os.environ), timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    (listed,) = views.listing(root_dir=str(tmp_path))["jobs"]
+    assert listed["origin"] == "work/reviews.ipynb"
