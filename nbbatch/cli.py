@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .health import Problem
     from .job import BatchJob
     from .ledger import Ledger
+    from .snapshot import JobSnapshot
 
 #: Exit codes, as ``nbbatch --help`` lists them.
 OK, ERROR, USAGE, RUNNING, UNREACHABLE, ATTENTION = 0, 1, 2, 3, 4, 5
@@ -97,7 +98,7 @@ def _status(args: argparse.Namespace) -> int:
     from . import api
 
     job = api.attach(args.job)
-    snap = job.refresh()
+    snap = _poll(job, send=args.send)
     if snap.last_error:
         # Polling retries these quietly in a notebook; a command must say so and fail.
         _say(snap.last_error, job.id)
@@ -113,7 +114,26 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  error: {snap.failure}")
     for w in snap.warnings:
         print(f"  note: {_for_shell(w, job.id)}")
+    waiting = None if args.send else job.waiting_to_send()
+    if waiting:
+        print(
+            f"  waiting: {waiting}; nothing was sent. `nbbatch status {job.id} --send` "
+            "sends them (and pays for them)."
+        )
     return OK
+
+
+def _poll(job: BatchJob, *, send: bool) -> JobSnapshot:
+    """Poll ``job`` once. Without ``send`` nothing is sent (see ``refresh(send=False)``);
+    with it, what the job sends now (rows an upload left, retries, the real-time
+    fallback, a cascade's next stage) is said on stderr first: a command never pays
+    without a word."""
+    if not send:
+        return job.refresh(send=False)
+    waiting = job.waiting_to_send()
+    if waiting:
+        _say(f"job {job.id}: sending {waiting} (they are paid for)", job.id)
+    return job.refresh()
 
 
 #: Result file formats by suffix, as ``collect --out`` accepts them.
@@ -207,15 +227,16 @@ def _ids(labels: pd.Series) -> pd.Series:
     return labels
 
 
-def _refreshed(job_id: str) -> tuple[BatchJob | None, str | None]:
-    """The job, polled once if it has rows pending, or the reason it could not be."""
+def _refreshed(job_id: str, *, send: bool) -> tuple[BatchJob | None, str | None]:
+    """The job, polled once if it has rows pending (see :func:`_poll`), or the reason it
+    could not be."""
     from . import api
 
     try:
         job = api.attach(job_id)
         if job.snapshot().finished:
             return job, None
-        snap = job.refresh()
+        snap = _poll(job, send=send)
     except NbbatchError as exc:
         return None, str(exc)
     return job, snap.last_error
@@ -245,7 +266,8 @@ def _collect_finished(args: argparse.Namespace) -> int:
         if record.get("collected_at") is not None:
             continue
         try:
-            job, problem = _refreshed(record["id"])
+            # Cron carries each job on, as a kernel would (announced): retries included.
+            job, problem = _refreshed(record["id"], send=True)
             if job is None or not job.snapshot().finished:
                 if problem:  # said, not fatal: the next run tries again
                     _say(f"{record['id']} not collected: {problem}", record["id"])
@@ -300,7 +322,7 @@ def _job_problems(ledger: Ledger, record: dict[str, Any], *, poll: bool) -> list
     job_id = record["id"]
     found = []
     if poll and record["summary"].get("counts", {}).get("pending"):
-        _, problem = _refreshed(job_id)
+        _, problem = _refreshed(job_id, send=False)  # a check never sends
         if problem:
             found.append(health.Problem(job_id, "unreachable", problem))
     record = ledger.job(job_id) or record
@@ -348,6 +370,9 @@ def _collect(args: argparse.Namespace) -> int:
         out = out / f"{job.id}.parquet"
     code = OK
     if args.wait:
+        waiting = job.waiting_to_send()
+        if waiting:
+            _say(f"job {job.id}: sending {waiting} (they are paid for)", job.id)
         try:
             job.wait(args.timeout, progress=True)
         except TimeoutError:
@@ -361,10 +386,16 @@ def _collect(args: argparse.Namespace) -> int:
             code = RUNNING
         snap = job.snapshot()
     else:
-        snap = job.refresh()
+        snap = _poll(job, send=False)  # writes what is there; --wait carries the job on
         if snap.last_error:
             _say(snap.last_error, job.id)
             code = UNREACHABLE
+        elif job.waiting_to_send():
+            _say(
+                f"job {job.id}: {job.waiting_to_send()}; nothing was sent. `nbbatch collect "
+                f"{job.id} --wait` sends them and waits for their answers.",
+                job.id,
+            )
     source = _default_ledger().source(job.id) or {}
     if out.suffix.lower() == ".parquet" and source.get("kind") == "parquet":
         # A job planned from Parquet files: their columns and the results, written
@@ -487,12 +518,20 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_jobs)
     p = sub.add_parser(
         "status",
-        help="poll a job once and print its state",
-        description="Poll a job's open batches once and print its state.",
+        help="poll a job once and print its state (never sends without --send)",
+        description="Poll a job's open batches once and print its state. Nothing is sent\n"
+        "(nothing paid for): rows waiting to be sent are listed, and --send sends them.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("job", metavar="JOB", help=JOB_HELP)
+    p.add_argument(
+        "--send",
+        action="store_true",
+        help="also send what the job has waiting (rows an interrupted upload left, "
+        "retries, the real-time fallback, a cascade's next stage), saying what; without "
+        "it, status only polls and never sends or pays",
+    )
     p.set_defaults(run=_status)
     p = sub.add_parser(
         "collect",

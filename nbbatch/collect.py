@@ -337,6 +337,37 @@ def after_collect(ctx: JobContext, *, sending: bool = False) -> int:
     return escalate.cascade_next(ctx)
 
 
+def waiting_to_send(ctx: JobContext) -> str | None:
+    """What a refresh that sends would send now, in words ("1,200 rows not sent yet"),
+    or None: for a refresh that only polls (``job.refresh(send=False)``, ``nbbatch
+    status``) to say what it left alone. Follows :func:`after_collect`'s order."""
+    status = ctx.ledger.job_status(ctx.id)
+    if status == "planning":
+        return f"{int(ctx.record['n_rows']):,} rows still to be planned and sent"
+    if status == "cancelled" or not ctx.ledger.has_rows(ctx.id):
+        return None
+    state = ctx.ledger.row_state(ctx.id)
+    waiting = len(unsent(state))
+    if waiting:
+        return f"{waiting:,} {'row' if waiting == 1 else 'rows'} not sent yet"
+    if any(not b["collected"] for b in ctx.ledger.batches(ctx.id)):
+        return None  # retries and later stages wait for the open batches
+    failing = retryable_failures(state)
+    if len(failing):
+        due = failing[ctx.tries(state, failing) <= int(ctx.policy.get("retries", 0))]
+        kinds = state.column("error_type", due).to_numpy(zero_copy_only=False)
+        retry = int((kinds != "not_sent").sum()) if len(due) else 0
+        if retry:
+            return f"{retry:,} failed {'row' if retry == 1 else 'rows'} to retry"
+        if ctx.policy.get("fallback") == "realtime":
+            return f"{len(failing):,} failing rows for the real-time fallback (full price)"
+    from . import escalate
+
+    if escalate.stage_due(ctx):
+        return "the cascade's next stage"
+    return None
+
+
 def _retry(
     ctx: JobContext,
     state: rowstore.RowState,

@@ -380,9 +380,14 @@ class BatchJob:
         _send.send_unsent(self._ctx, progress, self._lock)
 
     # -- polling ----------------------------------------------------------------------------
-    def refresh(self) -> JobSnapshot:
+    def refresh(self, *, send: bool = True) -> JobSnapshot:
         """Poll every open batch once, collect the ones that ended, retry what the job's
         policy says to retry, and return a snapshot.
+
+        ``send=False`` only polls and collects: nothing is sent or paid for (rows not
+        sent yet, retries, the real-time fallback and a cascade's next stage wait for a
+        refresh that sends); :meth:`waiting_to_send` says what waits. ``nbbatch status``
+        polls this way.
 
         A transient error (connection refused, 429, 5xx) is kept in the snapshot's
         ``last_error`` and tried again on the next refresh; other errors raise.
@@ -396,13 +401,15 @@ class BatchJob:
                 for batch in self._ledger.batches(self.id):
                     if batch["batch_id"].startswith("intent-"):
                         _send.resolve_intent(self._ctx, batch)
-                if not self.sending and self._send_error is None:
+                if send and not self.sending and self._send_error is None:
                     self._send_unsent()
                 for batch in self._ledger.batches(self.id):
                     if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
                         _collect.poll_batch(self._ctx, batch)
-                if not _planning.planning(self._ctx) and _collect.after_collect(
-                    self._ctx, sending=self.sending
+                if (
+                    send
+                    and not _planning.planning(self._ctx)
+                    and _collect.after_collect(self._ctx, sending=self.sending)
                 ):
                     self._send_stage()  # a cascade's next stage put rows back to send
             except ProviderError as exc:
@@ -417,6 +424,12 @@ class BatchJob:
         self._log_progress(snap)
         self._notify(snap)
         return snap
+
+    def waiting_to_send(self) -> str | None:
+        """What the next refresh that sends would send, in words (``"1,200 rows not sent
+        yet"``, ``"12 failed rows to retry"``), or None when nothing waits."""
+        with self._lock:
+            return _collect.waiting_to_send(self._ctx)
 
     def _transient_note(self, exc: ProviderError) -> str:
         """What a transient error means for this job, in ``last_error`` (see

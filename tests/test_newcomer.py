@@ -19,7 +19,7 @@ import nbbatch as nb
 from nbbatch import planning, pricing, stream
 from nbbatch.labext import views
 
-from .conftest import openai_client
+from .conftest import batches_created, openai_client
 from .test_cli import nbbatch
 
 PROMPT = "Summarise: {body}"
@@ -279,3 +279,37 @@ def test_a_job_run_by_nbconvert_names_its_notebook_as_origin(tmp_path):
     assert run.returncode == 0, run.stderr
     (listed,) = views.listing(root_dir=str(tmp_path))["jobs"]
     assert listed["origin"] == "work/reviews.ipynb"
+
+
+# ------------------------------------------------ 4. status never sends silently
+
+
+def test_status_never_sends_and_status_send_says_what_it_sends(emu, monkeypatch, tmp_path):
+    data = pd.DataFrame({"body": [f"soup {i}" for i in range(20)]})
+    with monkeypatch.context() as patched:  # the kernel dies before its upload starts
+        patched.setattr(nb.BatchJob, "start_sending", lambda self, daemon=False: None)
+        job = nb.submit(data, PROMPT, model="gpt-4o-mini", client=openai_client(emu),
+                        display=False)  # fmt: skip
+    before = batches_created(emu)
+    polled = nbbatch("status", job.id)
+    assert polled.returncode == 0, polled.stderr
+    assert batches_created(emu) == before  # nothing sent, nothing paid
+    assert "20 rows not sent yet; nothing was sent" in polled.stdout, polled.stdout
+    assert f"`nbbatch status {job.id} --send`" in polled.stdout
+    collected = nbbatch("collect", job.id, "--out", str(tmp_path / "x.csv"))
+    assert collected.returncode == 3, collected.stderr  # rows pending, written as they are
+    assert "nothing was sent" in collected.stderr
+    assert batches_created(emu) == before  # collect without --wait sends nothing either
+    assert nbbatch("check").returncode in (0, 5) and batches_created(emu) == before
+
+    sent = nbbatch("status", job.id, "--send")
+    assert sent.returncode == 0, sent.stderr
+    assert f"job {job.id}: sending 20 rows not sent yet (they are paid for)" in sent.stderr
+    assert batches_created(emu) == before + 1
+    assert nb.attach(job.id).wait(timeout=60, progress=False).counts["succeeded"] == 20
+    assert "waiting" not in nbbatch("status", job.id).stdout
+
+
+def test_status_help_says_it_never_sends_without_send():
+    helped = nbbatch("status", "--help")
+    assert "--send" in helped.stdout and "never sends" in helped.stdout
