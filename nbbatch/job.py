@@ -503,32 +503,53 @@ class BatchJob:
 
         unsubscribe = console.attach(self, progress)
         try:
-            start = self.clock()
-            for delay in self.polling.delays():
-                snap = self.refresh()
-                error = self._send_error
-                if error is not None and not self.sending:
-                    self._send_error = None  # raised once; the next wait() sends again
-                    if isinstance(error, NbbatchError):
-                        error.job_id = self.id
-                    raise error
-                if snap.finished:
-                    _escalate.raise_if_failed(self._ctx, snap)
-                    return self
-                if timeout is not None and self.clock() - start + delay > timeout:
-                    raise TimeoutError(self._timeout_message(snap, timeout))
-                self._next_poll = self.clock() + delay
-                sender = self._sender
-                if sender is not None and sender.is_alive():
-                    # Batches already created are collected while later ones upload;
-                    # between polls, wait on the sender itself (it reports each chunk).
-                    sender.join(delay)
-                else:
-                    self.sleep(delay)
-                self._next_poll = None
-            raise AssertionError("unreachable")
+            return self._wait(timeout)
+        except KeyboardInterrupt:
+            # Ctrl-C (or a notebook's "interrupt") stops the waiting, not the job: say so
+            # in one line, not through the stack of whatever call it landed in.
+            self._next_poll = None
+            raise KeyboardInterrupt(self._interrupted()) from None
         finally:
             unsubscribe()
+
+    def _interrupted(self) -> str:
+        """What a Ctrl-C in :meth:`wait` leaves behind, and how to carry on. An upload in
+        progress stops after the batch it is on (no batch is half-made: see
+        :mod:`nbbatch.send`); the next wait() sends the rest."""
+        if self._sending is not None and self.sending:
+            self._sending.stopped = True
+        return (
+            f"stopped waiting for job {self.id}; {self.whereabouts()}. Wait again with "
+            f"job.wait(), or nb.attach({self.id!r}).wait() in a new session "
+            f"(`nbbatch status {self.id}` from a shell); rows not uploaded yet are sent then."
+        )
+
+    def _wait(self, timeout: float | None) -> BatchJob:
+        """The polling loop of :meth:`wait`."""
+        start = self.clock()
+        for delay in self.polling.delays():
+            snap = self.refresh()
+            error = self._send_error
+            if error is not None and not self.sending:
+                self._send_error = None  # raised once; the next wait() sends again
+                if isinstance(error, NbbatchError):
+                    error.job_id = self.id
+                raise error
+            if snap.finished:
+                _escalate.raise_if_failed(self._ctx, snap)
+                return self
+            if timeout is not None and self.clock() - start + delay > timeout:
+                raise TimeoutError(self._timeout_message(snap, timeout))
+            self._next_poll = self.clock() + delay
+            sender = self._sender
+            if sender is not None and sender.is_alive():
+                # Batches already created are collected while later ones upload;
+                # between polls, wait on the sender itself (it reports each chunk).
+                sender.join(delay)
+            else:
+                self.sleep(delay)
+            self._next_poll = None
+        raise AssertionError("unreachable")
 
     def cancel(self) -> JobSnapshot:
         """Ask the provider to cancel every open batch. Rows already finished keep their

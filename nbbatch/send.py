@@ -49,6 +49,9 @@ class Progress:
     rows: int = 0  # requests in this sending pass
     active: bool = True
     cancelled: bool = False  # set by job.cancel(): send no further chunk
+    # Set by a Ctrl-C in job.wait(): send no further chunk (nor plan further); the job
+    # is not cancelled, and the next wait() sends the rest.
+    stopped: bool = False
     # While a large table is planned first (see nbbatch.planning): rows planned of all.
     planned: int = 0
     to_plan: int = 0
@@ -121,7 +124,7 @@ def send_rows(
         pieces = list(_plan.chunk_bounds(ends, max_count=limit, max_bytes=provider.max_bytes))
         progress.expected += len(pieces) - 1
         for first, stop in pieces:
-            if progress.cancelled:
+            if progress.cancelled or progress.stopped:
                 return
             begin, end = (int(ends[first - 1]) if first else 0), int(ends[stop - 1])
             # The whole block fits in one batch (the usual case): no copy of its bytes.

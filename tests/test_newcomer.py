@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -313,3 +314,45 @@ def test_status_never_sends_and_status_send_says_what_it_sends(emu, monkeypatch,
 def test_status_help_says_it_never_sends_without_send():
     helped = nbbatch("status", "--help")
     assert "--send" in helped.stdout and "never sends" in helped.stdout
+
+
+# ------------------------------------------------ 7. Ctrl-C in job.wait()
+
+WAITING_SCRIPT = """
+import pandas as pd
+import nbbatch as nb
+
+with nb.emulator.start(processing_seconds=600.0) as emu:
+    import openai
+
+    client = openai.OpenAI(base_url=emu.openai_base_url, api_key="test")
+    job = nb.submit(pd.DataFrame({"body": ["a", "b"]}), "Summarise: {body}",
+                    model="gpt-4o-mini", client=client, display=False)
+    print(job.id, flush=True)
+    job.wait(progress=True)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_wait_stops_at_once_and_says_how_to_carry_on(tmp_path):
+    script = tmp_path / "wait.py"
+    script.write_text(WAITING_SCRIPT)
+    waiting = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=dict(os.environ),
+    )  # fmt: skip
+    assert waiting.stdout is not None and waiting.stderr is not None
+    job_id = waiting.stdout.readline().strip()
+    first = waiting.stderr.readline()  # wait() has printed its first progress line
+    assert job_id in first, first
+    waiting.send_signal(signal.SIGINT)
+    # The batch runs for ten minutes: the script ends long before, on the interrupt.
+    _, error = waiting.communicate(timeout=300)
+    assert waiting.returncode != 0
+    assert f"KeyboardInterrupt: stopped waiting for job {job_id}; it goes on at the provider" in (
+        error
+    ), error
+    assert f"nb.attach('{job_id}').wait()" in error
+    assert len(error.splitlines()) < 15, error  # a few lines, not the stack of a poll
+    # The job did go on: it is there to attach to, its batch still open.
+    assert nb.attach(job_id).batch_ids
