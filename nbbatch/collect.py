@@ -1,6 +1,7 @@
 """Collecting: poll a job's open batches, read the ended ones, and apply its failure policy.
 
-A batch that ended is downloaded once (its raw files are kept beside the ledger), parsed
+A batch that ended is downloaded once (its raw files are kept beside the ledger until
+its results are recorded, then removed: the parsed results are the record), parsed
 into Arrow by the provider, reconciled against the leaders it was sent (every one gets
 exactly one result; unknown and repeated lines are reported, never merged), checked
 against the schema when one was asked for, and recorded as one result file. Once no
@@ -186,9 +187,9 @@ def collect(ctx: JobContext, info: BatchInfo, intent: str, stage: int = 0) -> No
     note = rec.note(info.batch_id)
     results = rowstore.result_table(positions[where], table, hashes(ctx, positions, stage)[where])
     ctx.ledger.record_results(ctx.id, intent, results, note)
-    # Only now is the download known to be readable: until then a new poll fetches it
-    # again rather than reusing a broken copy forever.
-    ctx.ledger.write_file(ctx.id, f"{info.batch_id}.complete", b"")
+    # The parsed results are the record now: the raw download is not kept twice (a
+    # poll before this point fetches it again rather than reuse a broken copy).
+    forget_result_files(ctx, info)
     if rec.unknown or rec.duplicates or rec.missing:
         ctx.warn(note)
     if info.failure:
@@ -216,6 +217,7 @@ def collect_packs(
     table, note, warn = _pack.packed_results(info, tables, spec, positions, row_ids, size)
     results = rowstore.result_table(positions, table, hashes(ctx, positions, 0))
     ctx.ledger.record_results(ctx.id, intent, results, note)
+    forget_result_files(ctx, info)  # recorded: the raw download is not kept twice
     if warn:
         ctx.warn(note)
     if info.failure:
@@ -244,10 +246,10 @@ RESULT_BYTES_BASE = 64 << 20
 
 
 def read_result_files(ctx: JobContext, info: BatchInfo, n_requests: int = 0) -> list[bytes]:
-    """The batch's raw result files: from disk if downloaded and read before, else
-    downloaded (at most :data:`RESULT_BYTES_PER_REQUEST` per request sent, plus
-    :data:`RESULT_BYTES_BASE`) and kept, each written atomically. The ``.complete`` mark
-    is written by :func:`collect` once they were parsed."""
+    """The batch's raw result files: from disk if an earlier release kept them with its
+    ``.complete`` mark, else downloaded (at most :data:`RESULT_BYTES_PER_REQUEST` per
+    request sent, plus :data:`RESULT_BYTES_BASE`) and kept, each written atomically,
+    until :func:`collect` has recorded what they hold."""
     if not info.ended:
         raise NbbatchError(f"internal error: batch {info.batch_id} read before it ended")
     folder = ctx.ledger.files / ctx.id

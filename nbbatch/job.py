@@ -599,7 +599,9 @@ class BatchJob:
         return "it goes on at the provider"
 
     def forget(self, *, force: bool = False) -> None:
-        """Remove the job from the ledger: its rows, batches, events and result files.
+        """Remove the job from the ledger: its rows, batches, events and result files,
+        and for a ``provider="local"`` job its ended batches and files in the background
+        emulator.
 
         Afterwards ``nb.attach(job.id)`` raises :class:`JobNotFoundError`, ``nb.jobs()``
         no longer lists it, and this object should not be used. A job whose backend can
@@ -617,6 +619,7 @@ class BatchJob:
                     pass  # what is open is judged from the ledger below
                 _control.check_forgettable(self._ctx, backend_dead=self._backend_dead)
             self.stop_polling()
+            _control.drop_local_copy(self._ctx)  # the background emulator's copy too
             self._ledger.forget_job(self.id)
 
     # -- results ----------------------------------------------------------------------------

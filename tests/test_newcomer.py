@@ -356,3 +356,41 @@ def test_ctrl_c_in_wait_stops_at_once_and_says_how_to_carry_on(tmp_path):
     assert len(error.splitlines()) < 15, error  # a few lines, not the stack of a poll
     # The job did go on: it is there to attach to, its batch still open.
     assert nb.attach(job_id).batch_ids
+
+
+# ------------------------------------------------ 5. disk, and the label of a local job
+
+
+def _bytes_under(folder) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-haiku-4-5", "gemini-2.5-flash"])
+def test_forget_removes_a_local_jobs_emulator_files_and_no_raw_copy_is_kept(
+    model, nbbatch_home, monkeypatch
+):
+    monkeypatch.setenv("NBBATCH_EMULATOR_PROCESSING_SECONDS", "0.05")
+    data = pd.DataFrame({"body": [f"a cold soup, review {i} " * 20 for i in range(50)]})
+    job = nb.submit(data, PROMPT, model=model, provider="local", display=False)
+    job.wait(timeout=120, progress=False)
+    assert job.counts["succeeded"] == 50
+    # The results are recorded once, parsed: the raw download is not kept beside them.
+    assert not list((nbbatch_home / "files" / job.id).glob("*.jsonl"))
+    stored = nbbatch_home / "emulator" / "data"
+    assert _bytes_under(stored) > 50 * 400  # requests and results, in the emulator
+    nb.attach(job.id).forget()
+    assert _bytes_under(stored) == 0, sorted(stored.iterdir())
+    assert not (nbbatch_home / "files" / job.id).exists()
+
+
+def test_a_local_job_reads_local_while_planned_and_after_attach(
+    tmp_path, small_background, monkeypatch
+):
+    glob = _files(tmp_path / "in")
+    with monkeypatch.context() as patched:  # still planning when looked at
+        patched.setattr(nb.BatchJob, "start_sending", lambda self, daemon=False: None)
+        job = nb.submit(glob, PROMPT, model="gpt-4o-mini", provider="local", display=False)
+    assert job.snapshot().sending == "planning"
+    assert "[local gpt-4o-mini]" in repr(job)
+    assert "[local gpt-4o-mini]" in repr(nb.attach(job.id))

@@ -226,6 +226,15 @@ class AnthropicProvider(Provider):
         except anthropic.AnthropicError as exc:
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
 
+    def delete_batch(self, info: BatchInfo) -> None:
+        # DELETE /v1/messages/batches/{id}: an ended batch, its requests and results.
+        try:
+            self.client.messages.batches.delete(info.batch_id)
+        except anthropic.NotFoundError:
+            return  # deleted already
+        except anthropic.AnthropicError as exc:
+            raise _provider_error(exc, f"deleting batch {info.batch_id}") from exc
+
     def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
         if not info.raw.get("results_url"):
             return []

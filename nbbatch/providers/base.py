@@ -301,6 +301,13 @@ class Provider(ABC):
         With ``max_bytes``, a download is stopped as soon as the files together pass
         it (:func:`read_capped`) rather than read whole into memory."""
 
+    def delete_batch(self, info: BatchInfo) -> None:  # noqa: B027 - optional, no-op default
+        """Remove what the provider keeps of an ended batch: its input and result files,
+        and the batch itself where the API can delete one. Used when a job on nbbatch's
+        background emulator is forgotten, so its copy goes too. A provider with no such
+        calls keeps them; raises :class:`ProviderError` when a call fails."""
+        return None
+
     @abstractmethod
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
         """Normalise one raw result file into a :data:`ROW_RESULT_SCHEMA` table."""

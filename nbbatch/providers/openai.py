@@ -286,6 +286,20 @@ class OpenAIProvider(Provider):
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
         return None
 
+    def delete_batch(self, info: BatchInfo) -> None:
+        # The Batch API has no call to delete a batch; its files can be deleted
+        # (DELETE /v1/files/{file_id}), the input, output and error file alike.
+        for key in ("input_file_id", "output_file_id", "error_file_id"):
+            file_id = info.raw.get(key)
+            if not file_id:
+                continue
+            try:
+                self.client.files.delete(file_id)
+            except openai.NotFoundError:
+                continue  # deleted already
+            except openai.OpenAIError as exc:
+                raise _provider_error(exc, f"deleting file {file_id}") from exc
+
     def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
         files: list[bytes] = []
         for key in ("output_file_id", "error_file_id"):
