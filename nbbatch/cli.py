@@ -456,6 +456,34 @@ def _forget(args: argparse.Namespace) -> int:
     return OK
 
 
+def _clean(args: argparse.Namespace) -> int:
+    """Remove (or with --dry-run only count) what no job needs: see :mod:`nbbatch.clean`."""
+    from . import clean
+    from .ledger import default as _default_ledger
+
+    ledger = _default_ledger()
+    before = clean.emulator_bytes(ledger)
+    found = clean.survey(ledger)
+    if not found:
+        print(f"nothing to clean under {ledger.files.parent}")
+    elif args.dry_run:
+        print(f"would remove, under {ledger.files.parent}:")
+        for kind in found:
+            print(f"  {kind.line()}")
+        print("  (run `nbbatch clean` without --dry-run to remove them)")
+    else:
+        freed = clean.remove(found)
+        for kind in found:
+            print(f"removed {kind.line()}")
+        freed += max(0, before - clean.emulator_bytes(ledger))
+        print(f"freed {clean.human_bytes(freed)}")
+    print(
+        f"the background emulator's folder holds {clean.human_bytes(clean.emulator_bytes(ledger))}"
+        " (batches of the jobs in the ledger; `nbbatch forget JOB` removes a job's)"
+    )
+    return OK
+
+
 #: The library's advice in Python, as a shell user does it: the commands that do the same,
 #: else the Python to run (``{job}`` is the job's id). Longest phrases first.
 _SHELL_ADVICE = (
@@ -617,6 +645,17 @@ def parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="forget it even if some of its batches can still run"
     )
     p.set_defaults(run=_forget)
+    p = sub.add_parser(
+        "clean",
+        help="remove files no job needs (--dry-run: only say how many bytes)",
+        description="Remove what no job in the ledger needs: folders of jobs no longer in the\n"
+        "ledger, raw result files kept beside recorded results, temporary files of processes\n"
+        "that died, and ended batches in the background emulator (provider='local') that no\n"
+        "job refers to. A job's own files are never touched: `nbbatch forget JOB` removes\n"
+        "those.",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only list what would go, and its size")
+    p.set_defaults(run=_clean)
     return top
 
 

@@ -394,3 +394,41 @@ def test_a_local_job_reads_local_while_planned_and_after_attach(
     assert job.snapshot().sending == "planning"
     assert "[local gpt-4o-mini]" in repr(job)
     assert "[local gpt-4o-mini]" in repr(nb.attach(job.id))
+
+
+@pytest.mark.slow
+def test_clean_removes_only_what_no_job_needs_and_dry_run_says_how_much(nbbatch_home, monkeypatch):
+    monkeypatch.setenv("NBBATCH_EMULATOR_PROCESSING_SECONDS", "0.05")
+    data = pd.DataFrame({"body": [f"a cold soup, review {i} " * 20 for i in range(40)]})
+    kept = nb.submit(data, PROMPT, model="gpt-4o-mini", provider="local", display=False)
+    kept.wait(timeout=120, progress=False)
+    gone = nb.submit(data, "Translate: {body}", model="claude-haiku-4-5", provider="local",
+                     display=False).wait(timeout=120, progress=False)  # fmt: skip
+    # What earlier releases left behind: a job dropped from the ledger with its
+    # emulator batches still there and its folder on disk, and a raw download kept
+    # beside recorded results.
+    leftover = nbbatch_home / "files" / gone.id
+    gone._ledger.forget_job(gone.id)
+    leftover.mkdir(parents=True)
+    (leftover / "manifest.arrow").write_bytes(b"x" * 5000)
+    (batch_id,) = kept.batch_ids
+    raw = nbbatch_home / "files" / kept.id / f"{batch_id}.0.jsonl"
+    raw.write_bytes(b"y" * 7000)
+    emulator_before = _bytes_under(nbbatch_home / "emulator" / "data")
+
+    dry = nbbatch("clean", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "1 folders of jobs no longer in the ledger: 5.0 kB" in dry.stdout, dry.stdout
+    assert "1 raw result files of batches whose results are recorded: 7.0 kB" in dry.stdout
+    assert "1 ended batches in the background emulator that no job refers to" in dry.stdout
+    assert leftover.exists() and raw.exists()  # a dry run removes nothing
+    assert _bytes_under(nbbatch_home / "emulator" / "data") == emulator_before
+
+    done = nbbatch("clean")
+    assert done.returncode == 0, done.stderr
+    assert "freed" in done.stdout
+    assert not leftover.exists() and not raw.exists()
+    assert _bytes_under(nbbatch_home / "emulator" / "data") < emulator_before
+    # The job the ledger holds is whole: its answers merge, its batch is still there.
+    assert nb.attach(kept.id).merge(data)["response_status"].eq("succeeded").all()
+    assert "nothing to clean" in nbbatch("clean", "--dry-run").stdout

@@ -7,6 +7,7 @@ kept as the raw bytes received, then normalised with pyarrow's JSON reader.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -225,6 +226,13 @@ class AnthropicProvider(Provider):
             return found
         except anthropic.AnthropicError as exc:
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
+
+    def list_batches(self) -> Iterator[BatchInfo]:
+        try:
+            for batch in self.client.messages.batches.list(limit=100):  # the SDK pages on
+                yield _info(batch)
+        except anthropic.AnthropicError as exc:
+            raise _provider_error(exc, "listing batches") from exc
 
     def delete_batch(self, info: BatchInfo) -> None:
         # DELETE /v1/messages/batches/{id}: an ended batch, its requests and results.

@@ -21,7 +21,7 @@ import difflib
 import io
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -333,6 +333,13 @@ class GeminiProvider(Provider):
         except Exception as exc:
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
         return None
+
+    def list_batches(self) -> Iterator[BatchInfo]:
+        try:
+            for job in self.client.batches.list(config=types.ListBatchJobsConfig(page_size=100)):
+                yield _info(job)
+        except Exception as exc:
+            raise _provider_error(exc, "listing batches") from exc
 
     def delete_batch(self, info: BatchInfo) -> None:
         # batches.delete and files.delete: the batch, its requests file and its

@@ -8,6 +8,7 @@ cannot take falls back to orjson line by line.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -285,6 +286,13 @@ class OpenAIProvider(Provider):
         except openai.OpenAIError as exc:
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
         return None
+
+    def list_batches(self) -> Iterator[BatchInfo]:
+        try:
+            for batch in self.client.batches.list(limit=100):  # the SDK pages on
+                yield _info(batch)
+        except openai.OpenAIError as exc:
+            raise _provider_error(exc, "listing batches") from exc
 
     def delete_batch(self, info: BatchInfo) -> None:
         # The Batch API has no call to delete a batch; its files can be deleted
