@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -432,3 +433,49 @@ def test_clean_removes_only_what_no_job_needs_and_dry_run_says_how_much(nbbatch_
     # The job the ledger holds is whole: its answers merge, its batch is still there.
     assert nb.attach(kept.id).merge(data)["response_status"].eq("succeeded").all()
     assert "nothing to clean" in nbbatch("clean", "--dry-run").stdout
+
+
+# ------------------------------------------------ 3. Spark without PYSPARK_PYTHON
+
+SPARK_SCRIPT = """
+import pandas as pd
+from pyspark.sql import SparkSession
+
+import nbbatch as nb
+
+# As a newcomer starts: no PYSPARK_PYTHON, so Spark would run `python3` from the PATH.
+spark = (SparkSession.builder.master("local[1]").appName("newcomer")
+         .config("spark.ui.enabled", "false").getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+frame = spark.createDataFrame(pd.DataFrame({"body": ["a cold soup", "a warm soup"]}))
+with nb.emulator.start(processing_seconds=0.05) as emu:
+    import openai
+
+    client = openai.OpenAI(base_url=emu.openai_base_url, api_key="test")
+    job = nb.submit(frame, "Summarise: {body}", model="gpt-4o-mini", client=client,
+                    wait=True, display=False)
+    print("counts", job.counts["succeeded"], flush=True)
+    client.close()
+spark.stop()
+"""
+
+
+@pytest.mark.slow
+def test_a_spark_frame_in_local_mode_needs_no_pyspark_python(tmp_path):
+    pytest.importorskip("pyspark")
+    if shutil.which("java") is None and "JAVA_HOME" not in os.environ:
+        pytest.skip("Spark needs Java 17")
+    # A `python3` first on the PATH that cannot import nbbatch's dependencies, as the
+    # system Python beside a virtual environment often cannot.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text("#!/bin/sh\nexec /usr/bin/env -i /bin/false\n")
+    (bin_dir / "python3").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "PYSPARK_PYTHON"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    script = tmp_path / "spark_job.py"
+    script.write_text(SPARK_SCRIPT)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=env, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "counts 2" in run.stdout
