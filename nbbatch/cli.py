@@ -322,9 +322,14 @@ def _job_problems(ledger: Ledger, record: dict[str, Any], *, poll: bool) -> list
     job_id = record["id"]
     found = []
     if poll and record["summary"].get("counts", {}).get("pending"):
-        _, problem = _refreshed(job_id, send=False)  # a check never sends
+        job, problem = _refreshed(job_id, send=False)  # a check never sends
         if problem:
             found.append(health.Problem(job_id, "unreachable", problem))
+        elif job is not None and (waiting := job.waiting_to_send()):
+            # What a kernel would have sent and nothing now sends (an upload killed
+            # midway): said, with the command that sends it.
+            send = f"`nbbatch status {job_id} --send` sends them"
+            found.append(health.Problem(job_id, "waiting", f"{waiting}; nothing was sent: {send}"))
     record = ledger.job(job_id) or record
     counts = ledger.counts(job_id)
     missing = 0
@@ -617,7 +622,8 @@ def parser() -> argparse.ArgumentParser:
         description="Poll every running job once, then print one line per job that needs\n"
         "attention: overdue (rows pending after its deadline), failure rate above its\n"
         "alert threshold, incomplete (rows sent that got no result), errored (a batch\n"
-        "failed as a whole), unreachable, or unreadable (a broken ledger record). Prints\n"
+        "failed as a whole), unreachable, waiting (rows to send that nothing sends: a check\n"
+        "never sends), or unreadable (a broken ledger record). Prints\n"
         "nothing and exits 0 when all is well,\n"
         "so cron mails only trouble; exits 5 when a job needs attention.",
         epilog=EPILOG,

@@ -302,7 +302,9 @@ def test_status_never_sends_and_status_send_says_what_it_sends(emu, monkeypatch,
     assert collected.returncode == 3, collected.stderr  # rows pending, written as they are
     assert "nothing was sent" in collected.stderr
     assert batches_created(emu) == before  # collect without --wait sends nothing either
-    assert nbbatch("check").returncode in (0, 5) and batches_created(emu) == before
+    checked = nbbatch("check")
+    assert checked.returncode == 5 and batches_created(emu) == before  # flagged, not sent
+    assert f"{job.id} waiting: 20 rows not sent yet; nothing was sent" in checked.stdout
 
     sent = nbbatch("status", job.id, "--send")
     assert sent.returncode == 0, sent.stderr
