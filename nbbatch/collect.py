@@ -344,6 +344,8 @@ def waiting_to_send(ctx: JobContext) -> str | None:
     or None: for a refresh that only polls (``job.refresh(send=False)``, ``nbbatch
     status``) to say what it left alone. Follows :func:`after_collect`'s order."""
     status = ctx.ledger.job_status(ctx.id)
+    if ctx.ledger.sending_elsewhere(ctx.id):
+        return None  # another live process (a kernel) is sending them now
     if status == "planning":
         return f"{int(ctx.record['n_rows']):,} rows still to be planned and sent"
     if status == "cancelled" or not ctx.ledger.has_rows(ctx.id):

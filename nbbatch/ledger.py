@@ -957,6 +957,13 @@ class Ledger:
             )
         return True
 
+    def sending_elsewhere(self, job_id: str) -> bool:
+        """Whether a live sender other than this process holds the job (see
+        :meth:`take_sending`): its rows not sent yet are being sent."""
+        rows = self.query("SELECT sender FROM jobs WHERE id = ?", (job_id,))
+        holder = orjson.loads(rows[0][0]) if rows and rows[0][0] else None
+        return holder is not None and holder.get("pid") != owner()["pid"] and alive(holder)
+
     def release_sending(self, job_id: str) -> None:
         """Give up being the job's sender (see :meth:`take_sending`)."""
         with self.transaction() as db:

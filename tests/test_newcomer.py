@@ -481,3 +481,51 @@ def test_a_spark_frame_in_local_mode_needs_no_pyspark_python(tmp_path):
                          env=env, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert "counts 2" in run.stdout
+
+
+UPLOADING_SCRIPT = """
+import time
+import pandas as pd
+import nbbatch as nb
+from nbbatch.providers.openai import OpenAIProvider
+
+OpenAIProvider.max_requests = 1  # one row a batch: the second waits for the first
+
+with nb.emulator.start(processing_seconds=600.0) as emu:
+    import openai
+
+    client = openai.OpenAI(base_url=emu.openai_base_url, api_key="test")
+    create = client.files.create
+
+    def slow_upload(*args, **kwargs):  # the upload of a big batch, still going
+        print("uploading", flush=True)
+        time.sleep(600)
+        return create(*args, **kwargs)
+
+    client.files.create = slow_upload
+    job = nb.submit(pd.DataFrame({"body": ["a", "b"]}), "Summarise: {body}",
+                    model="gpt-4o-mini", client=client, display=False)
+    print(job.id, flush=True)
+    job.wait_sent()
+"""
+
+
+@pytest.mark.slow
+def test_status_does_not_call_rows_a_live_kernel_is_uploading_waiting(tmp_path):
+    script = tmp_path / "upload.py"
+    script.write_text(UPLOADING_SCRIPT)
+    uploading = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                                 text=True, env=dict(os.environ))  # fmt: skip
+    try:
+        assert uploading.stdout is not None
+        lines = [uploading.stdout.readline().strip() for _ in range(2)]
+        (job_id,) = [line for line in lines if line.startswith("nbb-")]
+        polled = nbbatch("status", job_id)
+        assert polled.returncode == 0, polled.stderr
+        assert "waiting" not in polled.stdout, polled.stdout
+        assert f"{job_id} waiting" not in nbbatch("check").stdout
+    finally:
+        uploading.kill()
+        uploading.wait(timeout=60)
+        if uploading.stdout is not None:
+            uploading.stdout.close()
