@@ -95,7 +95,7 @@ def human_bytes(n: int) -> str:
 
 def _orphan_folders(ledger: Ledger, jobs: set[str]) -> Found:
     paths = [p for p in sorted(ledger.files.glob("nbb-*")) if p.is_dir() and p.name not in jobs]
-    return _found("folders of jobs no longer in the ledger", paths)
+    return _found(("folder", "folders"), "of jobs no longer in the ledger", paths)
 
 
 def _raw_results(ledger: Ledger, jobs: set[str]) -> Found:
@@ -106,7 +106,9 @@ def _raw_results(ledger: Ledger, jobs: set[str]) -> Found:
             if batch["collected"]:
                 paths += folder.glob(f"{batch['batch_id']}.*.jsonl")
                 paths += folder.glob(f"{batch['batch_id']}.complete")
-    return _found("raw result files of batches whose results are recorded", paths)
+    return _found(
+        ("raw result file", "raw result files"), "of batches whose results are recorded", paths
+    )
 
 
 def _stale(ledger: Ledger) -> Found:
@@ -117,7 +119,9 @@ def _stale(ledger: Ledger) -> Found:
         for p in ledger.files.glob(pattern)
         if now - p.stat().st_mtime > STALE_SECONDS
     ]
-    return _found("temporary files left by processes that died", sorted(set(paths)))
+    return _found(
+        ("temporary file", "temporary files"), "left by processes that died", sorted(set(paths))
+    )
 
 
 def _emulator_batches(ledger: Ledger, jobs: set[str]) -> Found:
@@ -125,7 +129,7 @@ def _emulator_batches(ledger: Ledger, jobs: set[str]) -> Found:
     Looked for only when the emulator has a folder here (it is started to answer)."""
     from . import providers
 
-    kind = Found("ended batches in the background emulator that no job refers to")
+    kind = Found("in the background emulator that no job refers to")
     if not (ledger.files.parent / "emulator").is_dir():
         return kind
     known = {str(b["batch_id"]) for job_id in jobs for b in ledger.batches(job_id)}
@@ -134,12 +138,15 @@ def _emulator_batches(ledger: Ledger, jobs: set[str]) -> Found:
         for info in impl.list_batches():
             if info.ended and info.batch_id not in known:
                 kind.batches.append((impl, info))
-    kind.what = f"{len(kind.batches):,} {kind.what}"
+    n = len(kind.batches)
+    kind.what = f"{n:,} ended {'batch' if n == 1 else 'batches'} {kind.what}"
     return kind
 
 
-def _found(what: str, paths: list[Path]) -> Found:
-    return Found(f"{len(paths):,} {what}", paths, size=sum(_size(p) for p in paths))
+def _found(noun: tuple[str, str], rest: str, paths: list[Path]) -> Found:
+    """``paths`` as a :class:`Found`: "2 folders of ...", "1 folder of ..."."""
+    what = f"{len(paths):,} {noun[0] if len(paths) == 1 else noun[1]} {rest}"
+    return Found(what, paths, size=sum(_size(p) for p in paths))
 
 
 def _size(path: Path) -> int:

@@ -421,9 +421,9 @@ def test_clean_removes_only_what_no_job_needs_and_dry_run_says_how_much(nbbatch_
 
     dry = nbbatch("clean", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "1 folders of jobs no longer in the ledger: 5.0 kB" in dry.stdout, dry.stdout
-    assert "1 raw result files of batches whose results are recorded: 7.0 kB" in dry.stdout
-    assert "1 ended batches in the background emulator that no job refers to" in dry.stdout
+    assert "1 folder of jobs no longer in the ledger: 5.0 kB" in dry.stdout, dry.stdout
+    assert "1 raw result file of batches whose results are recorded: 7.0 kB" in dry.stdout
+    assert "1 ended batch in the background emulator that no job refers to" in dry.stdout
     assert leftover.exists() and raw.exists()  # a dry run removes nothing
     assert _bytes_under(nbbatch_home / "emulator" / "data") == emulator_before
 
