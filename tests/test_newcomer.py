@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pyarrow as pa
@@ -529,3 +530,45 @@ def test_status_does_not_call_rows_a_live_kernel_is_uploading_waiting(tmp_path):
         uploading.wait(timeout=60)
         if uploading.stdout is not None:
             uploading.stdout.close()
+
+
+KERNEL_CELL = """
+import pandas as pd
+import nbbatch as nb
+import openai
+
+emu = nb.emulator.start(processing_seconds=600.0)
+client = openai.OpenAI(base_url=emu.openai_base_url, api_key="test")
+job = nb.submit(pd.DataFrame({"body": ["a", "b"]}), "Summarise: {body}",
+                model="gpt-4o-mini", client=client, display=False)
+print(job.id, flush=True)
+job.wait()
+"""
+
+
+@pytest.mark.slow
+def test_interrupting_the_kernel_in_wait_stops_waiting_with_one_line():
+    from jupyter_client.manager import start_new_kernel
+
+    manager, kernel = start_new_kernel(kernel_name="python3", env=dict(os.environ))
+    try:
+        msg_id = kernel.execute(KERNEL_CELL)
+        job_id = None
+        while job_id is None:  # the job id is printed just before wait() starts
+            msg = kernel.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                job_id = msg["content"]["text"].strip()
+        time.sleep(1.0)  # inside wait(), between polls
+        manager.interrupt_kernel()
+        reply = kernel.get_shell_msg(timeout=120)
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert reply["content"]["evalue"].startswith(f"stopped waiting for job {job_id}")
+        assert f"nb.attach('{job_id}').wait()" in reply["content"]["evalue"]
+        # The kernel is free again and the job is still there, running.
+        kernel.execute("print(nb.attach(job.id).status)")
+        status = kernel.get_shell_msg(timeout=120)
+        assert status["content"]["status"] == "ok"
+    finally:
+        kernel.stop_channels()
+        manager.shutdown_kernel(now=True)
