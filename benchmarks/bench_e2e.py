@@ -145,12 +145,20 @@ def _run_nbbatch(df: Any, provider: str, url: str, handwritten: Any) -> tuple[di
         "merge": merge,
         "emulator_busy": _busy(job, client, provider),
         "batches": len(job.batch_ids),
-        # The raw result files nbbatch keeps: the bytes the provider returned.
-        "result_bytes": sum(
-            p.stat().st_size for p in (nb.ledger_path().parent / "files").glob("*/*.jsonl")
-        ),
+        "result_bytes": result_bytes(job),
     }
     return figures, total, ok
+
+
+def result_bytes(job: Any) -> int:
+    """The bytes of the result files the provider returned for ``job``'s batches, read
+    again from the provider after the timings (nbbatch keeps only what it parsed)."""
+    provider = job._ctx.provider
+    return sum(
+        len(raw)
+        for batch_id in job.batch_ids
+        for raw in provider.fetch_results(provider.retrieve(batch_id))
+    )
 
 
 def _busy(job: Any, client: Any, provider: str) -> float:

@@ -43,7 +43,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_e2e import AnonPeak, _busy, _reset_peak, _status, _write_bytes  # noqa: E402
+from bench_e2e import (  # noqa: E402
+    AnonPeak,
+    _busy,
+    _reset_peak,
+    _status,
+    _write_bytes,
+    result_bytes,
+)
 
 PROMPT = "Classify this {product} review: {review}"
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
@@ -124,12 +131,11 @@ def child(mode: str, data: str, provider: str, url: str, out: str) -> dict[str, 
     os.sync()
     disk = _write_bytes() - written
     # What the job moved: request lines uploaded (as its sender counted them) and the
-    # result files the provider returned (kept beside the ledger).
+    # result files the provider returned (read again from it: nbbatch keeps only what
+    # it parsed).
     sending = getattr(job, "_sending", None)
     request_bytes = int(getattr(sending, "bytes_sent", 0) or 0)
-    result_bytes = sum(
-        p.stat().st_size for p in (nb.ledger_path().parent / "files").glob("*/*.jsonl")
-    )
+    returned = result_bytes(job)
     # The same write by hand, in this process after the job: the floor nbbatch's is
     # measured against (read the rows, add a column, write Parquet; no check).
     t2 = time.perf_counter()
@@ -140,7 +146,7 @@ def child(mode: str, data: str, provider: str, url: str, out: str) -> dict[str, 
     by_hand = time.perf_counter() - t2
     return {
         "request_bytes": request_bytes,
-        "result_bytes": result_bytes,
+        "result_bytes": returned,
         "write_by_hand": by_hand,
         "rows": job.counts["total"],
         "succeeded": job.counts["succeeded"],

@@ -22,6 +22,13 @@ PRIVATE = 0o600
 _umask_lock = threading.Lock()
 
 
+def names_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is written as a folder: it ends in a slash (or the system's
+    separator), as ``"summaries/"`` does, whether or not the folder exists yet."""
+    text = os.fspath(path)
+    return text.endswith(tuple(sep for sep in ("/", os.sep, os.altsep) if sep))
+
+
 def umask() -> int:
     """This process's umask (read from /proc where it can be, else set and put back)."""
     try:

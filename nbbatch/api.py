@@ -1148,14 +1148,48 @@ def _new_record(
 def _origin() -> str | None:
     """The notebook or script submitting, as the ledger records it for the JupyterLab
     sidebar: Jupyter Server gives each notebook's kernel the notebook's path in
-    ``JPY_SESSION_NAME``; a script is ``sys.argv[0]``; None when neither says."""
+    ``JPY_SESSION_NAME``; a kernel started by ``jupyter nbconvert --execute`` or
+    papermill is told no path, so the notebook is looked for on the command line of the
+    process that started it (:func:`_kernel_notebook`); a script is ``sys.argv[0]``;
+    None when nothing says (never the kernel's own ``ipykernel_launcher.py``)."""
     session = os.environ.get("JPY_SESSION_NAME")
     if session:
         return session
     script = sys.argv[0] if sys.argv else ""
+    if "ipykernel" in os.path.basename(script) or "ipykernel" in Path(script).parts:
+        return _kernel_notebook()
     if script.endswith(".py") and os.path.isfile(script):
         return os.path.abspath(script)
     return None
+
+
+#: Options of nbconvert and papermill whose value is a notebook written, not run.
+_OUTPUT_FLAGS = ("--output", "-o", "--output-dir", "--output_dir")
+
+
+def _kernel_notebook() -> str | None:
+    """The notebook a kernel without ``JPY_SESSION_NAME`` runs: the one ``.ipynb`` file
+    named on its parent's command line (``jupyter nbconvert --execute x.ipynb``,
+    ``papermill in.ipynb out.ipynb`` names the one it reads first), read from Linux's
+    ``/proc``; else the only notebook in the kernel's working folder (nbclient starts a
+    kernel in the notebook's folder); else None."""
+    parent = os.environ.get("JPY_PARENT_PID") or str(os.getppid())
+    try:
+        args = Path(f"/proc/{int(parent)}/cmdline").read_bytes().split(b"\0")
+        cwd = os.readlink(f"/proc/{int(parent)}/cwd")
+    except (OSError, ValueError):
+        args, cwd = [], os.getcwd()
+    words = [a.decode(errors="replace") for a in args]
+    # The notebook read, not the one written: `--output done.ipynb` names the latter.
+    named = [
+        w
+        for before, w in zip(["", *words], words, strict=False)
+        if w.endswith(".ipynb") and not w.startswith("-") and before not in _OUTPUT_FLAGS
+    ]
+    if named:
+        return os.path.abspath(os.path.join(cwd, named[0]))
+    here = sorted(Path.cwd().glob("*.ipynb"))
+    return str(here[0].resolve()) if len(here) == 1 else None
 
 
 def attach(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from ._errors import InputError, NbbatchError
+from ._files import names_folder
 
 # The library (pandas, pyarrow, the SDKs) is imported by the commands that need it, so
 # `nbbatch --help` and `--version` answer at once.
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from .health import Problem
     from .job import BatchJob
     from .ledger import Ledger
+    from .snapshot import JobSnapshot
 
 #: Exit codes, as ``nbbatch --help`` lists them.
 OK, ERROR, USAGE, RUNNING, UNREACHABLE, ATTENTION = 0, 1, 2, 3, 4, 5
@@ -108,7 +111,7 @@ def _status(args: argparse.Namespace) -> int:
     from . import api
 
     job = api.attach(args.job)
-    snap = job.refresh()
+    snap = _poll(job, send=args.send)
     if snap.last_error:
         # Polling retries these quietly in a notebook; a command must say so and fail.
         _say(snap.last_error, job.id)
@@ -124,7 +127,26 @@ def _status(args: argparse.Namespace) -> int:
         print(f"  error: {snap.failure}")
     for w in snap.warnings:
         print(f"  note: {_for_shell(w, job.id)}")
+    waiting = None if args.send else job.waiting_to_send()
+    if waiting:
+        print(
+            f"  waiting: {waiting}; nothing was sent. `nbbatch status {job.id} --send` "
+            "sends them (and pays for them)."
+        )
     return OK
+
+
+def _poll(job: BatchJob, *, send: bool) -> JobSnapshot:
+    """Poll ``job`` once. Without ``send`` nothing is sent (see ``refresh(send=False)``);
+    with it, what the job sends now (rows an upload left, retries, the real-time
+    fallback, a cascade's next stage) is said on stderr first: a command never pays
+    without a word."""
+    if not send:
+        return job.refresh(send=False)
+    waiting = job.waiting_to_send()
+    if waiting:
+        _say(f"job {job.id}: sending {waiting} (they are paid for)", job.id)
+    return job.refresh()
 
 
 #: Result file formats by suffix, as ``collect --out`` accepts them.
@@ -218,15 +240,16 @@ def _ids(labels: pd.Series) -> pd.Series:
     return labels
 
 
-def _refreshed(job_id: str) -> tuple[BatchJob | None, str | None]:
-    """The job, polled once if it has rows pending, or the reason it could not be."""
+def _refreshed(job_id: str, *, send: bool) -> tuple[BatchJob | None, str | None]:
+    """The job, polled once if it has rows pending (see :func:`_poll`), or the reason it
+    could not be."""
     from . import api
 
     try:
         job = api.attach(job_id)
         if job.snapshot().finished:
             return job, None
-        snap = job.refresh()
+        snap = _poll(job, send=send)
     except NbbatchError as exc:
         return None, str(exc)
     return job, snap.last_error
@@ -244,6 +267,11 @@ def _collect_finished(args: argparse.Namespace) -> int:
         raise InputError("--finished needs --out-dir DIR: the folder to write the files in.")
     folder = Path(args.out_dir)
     suffix = args.format if args.format.startswith(".") else f".{args.format}"
+    if not folder.is_dir():
+        raise InputError(
+            f"cannot write to --out-dir {str(folder)!r}: that folder does not exist. Create "
+            f"it first (`mkdir -p {folder}`), or choose another --out-dir."
+        )
     _check_out(folder / f"job{suffix}")
     ledger = _default_ledger()
     written = 0
@@ -251,7 +279,8 @@ def _collect_finished(args: argparse.Namespace) -> int:
         if record.get("collected_at") is not None:
             continue
         try:
-            job, problem = _refreshed(record["id"])
+            # Cron carries each job on, as a kernel would (announced): retries included.
+            job, problem = _refreshed(record["id"], send=True)
             if job is None or not job.snapshot().finished:
                 if problem:  # said, not fatal: the next run tries again
                     _say(f"{record['id']} not collected: {problem}", record["id"])
@@ -306,9 +335,14 @@ def _job_problems(ledger: Ledger, record: dict[str, Any], *, poll: bool) -> list
     job_id = record["id"]
     found = []
     if poll and record["summary"].get("counts", {}).get("pending"):
-        _, problem = _refreshed(job_id)
+        job, problem = _refreshed(job_id, send=False)  # a check never sends
         if problem:
             found.append(health.Problem(job_id, "unreachable", problem))
+        elif job is not None and (waiting := job.waiting_to_send()):
+            # What a kernel would have sent and nothing now sends (an upload killed
+            # midway): said, with the command that sends it.
+            send = f"`nbbatch status {job_id} --send` sends them"
+            found.append(health.Problem(job_id, "waiting", f"{waiting}; nothing was sent: {send}"))
     record = ledger.job(job_id) or record
     counts = ledger.counts(job_id)
     missing = 0
@@ -339,17 +373,24 @@ def _collect(args: argparse.Namespace) -> int:
     if args.timeout is not None and not args.wait:
         raise InputError("--timeout needs --wait (it says how long to wait).")
     out = Path(args.out) if args.out else None
-    if out is not None:
+    # "--out results/" names a folder, created once the job is found
+    folder = bool(args.out) and names_folder(args.out)
+    if out is not None and not folder:
         _check_out(out)  # before anything else: a bad name should not cost a long wait
     from . import api
     from .ledger import default as _default_ledger
 
     job = api.attach(args.job)
     out = out or Path(f"{job.id}.parquet")
+    if folder:
+        out.mkdir(parents=True, exist_ok=True)
     if out.is_dir():
         out = out / f"{job.id}.parquet"
     code = OK
     if args.wait:
+        waiting = job.waiting_to_send()
+        if waiting:
+            _say(f"job {job.id}: sending {waiting} (they are paid for)", job.id)
         try:
             job.wait(args.timeout, progress=True)
         except TimeoutError:
@@ -363,15 +404,21 @@ def _collect(args: argparse.Namespace) -> int:
             code = RUNNING
         snap = job.snapshot()
     else:
-        snap = job.refresh()
+        snap = _poll(job, send=False)  # writes what is there; --wait carries the job on
         if snap.last_error:
             _say(snap.last_error, job.id)
             code = UNREACHABLE
+        elif job.waiting_to_send():
+            _say(
+                f"job {job.id}: {job.waiting_to_send()}; nothing was sent. `nbbatch collect "
+                f"{job.id} --wait` sends them and waits for their answers.",
+                job.id,
+            )
     source = _default_ledger().source(job.id) or {}
     if out.suffix.lower() == ".parquet" and source.get("kind") == "parquet":
         # A job planned from Parquet files: their columns and the results, written
         # batch by batch from the files, as large as they are.
-        job.to_parquet(out)
+        job.to_parquet(out, verify=not args.no_verify)
         rows = job.counts["total"]
     else:
         frame = results_table(job)
@@ -427,6 +474,34 @@ def _forget(args: argparse.Namespace) -> int:
     return OK
 
 
+def _clean(args: argparse.Namespace) -> int:
+    """Remove (or with --dry-run only count) what no job needs: see :mod:`nbbatch.clean`."""
+    from . import clean
+    from .ledger import default as _default_ledger
+
+    ledger = _default_ledger()
+    before = clean.emulator_bytes(ledger)
+    found = clean.survey(ledger)
+    if not found:
+        print(f"nothing to clean under {ledger.files.parent}")
+    elif args.dry_run:
+        print(f"would remove, under {ledger.files.parent}:")
+        for kind in found:
+            print(f"  {kind.line()}")
+        print("  (run `nbbatch clean` without --dry-run to remove them)")
+    else:
+        freed = clean.remove(found)
+        for kind in found:
+            print(f"removed {kind.line()}")
+        freed += max(0, before - clean.emulator_bytes(ledger))
+        print(f"freed {clean.human_bytes(freed)}")
+    print(
+        f"the background emulator's folder holds {clean.human_bytes(clean.emulator_bytes(ledger))}"
+        " (batches of the jobs in the ledger; `nbbatch forget JOB` removes a job's)"
+    )
+    return OK
+
+
 #: The library's advice in Python, as a shell user does it: the commands that do the same,
 #: else the Python to run (``{job}`` is the job's id). Longest phrases first.
 _SHELL_ADVICE = (
@@ -440,6 +515,17 @@ _SHELL_ADVICE = (
     ("job.resubmit_failed()", "nb.attach({q}).resubmit_failed() in Python"),
     ("job.failed()", "`nbbatch collect {job}` (or nb.attach({q}).failed() in Python)"),
     (" (or nb.jobs())", ""),
+    # A MergeError of `collect` on Parquet files edited since submit (the advice
+    # merge.verify_rows gives, word for word).
+    ("rows given to merge()", "rows of the data"),
+    ("The frame was probably sorted, re-indexed or edited since submit. Pass the "
+     "DataFrame you submitted (or a subset of it with the same index); if you changed a "
+     "column on purpose, call merge(df, verify=False).",
+     "The files were probably edited, replaced or re-ordered since submit. Put back the "
+     "files you submitted; if you changed a column on purpose, "
+     "`nbbatch collect {job} --no-verify` writes them anyway (each answer on the row at "
+     "its position), or `nbbatch collect {job} --out {job}.csv` writes the answers alone, "
+     "without the files' columns."),
 )  # fmt: skip
 
 
@@ -478,12 +564,20 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_jobs)
     p = sub.add_parser(
         "status",
-        help="poll a job once and print its state",
-        description="Poll a job's open batches once and print its state.",
+        help="poll a job once and print its state (never sends without --send)",
+        description="Poll a job's open batches once and print its state. Nothing is sent\n"
+        "(nothing paid for): rows waiting to be sent are listed, and --send sends them.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("job", metavar="JOB", help=JOB_HELP)
+    p.add_argument(
+        "--send",
+        action="store_true",
+        help="also send what the job has waiting (rows an interrupted upload left, "
+        "retries, the real-time fallback, a cascade's next stage), saying what; without "
+        "it, status only polls and never sends or pays",
+    )
     p.set_defaults(run=_status)
     p = sub.add_parser(
         "collect",
@@ -520,6 +614,13 @@ def parser() -> argparse.ArgumentParser:
         "finished one to --out-dir as JOB.parquet (each job once: the ledger records it); "
         "for cron",
     )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="for a job submitted from Parquet files: write their rows with the results even "
+        "if the files changed since submit (each answer goes to the row at its position), "
+        "instead of refusing",
+    )
     p.add_argument("--out-dir", metavar="DIR", help="with --finished: the folder to write to")
     p.add_argument(
         "--format",
@@ -534,7 +635,8 @@ def parser() -> argparse.ArgumentParser:
         description="Poll every running job once, then print one line per job that needs\n"
         "attention: overdue (rows pending after its deadline), failure rate above its\n"
         "alert threshold, incomplete (rows sent that got no result), errored (a batch\n"
-        "failed as a whole), unreachable, or unreadable (a broken ledger record). Prints\n"
+        "failed as a whole), unreachable, waiting (rows to send that nothing sends: a check\n"
+        "never sends), or unreadable (a broken ledger record). Prints\n"
         "nothing and exits 0 when all is well,\n"
         "so cron mails only trouble; exits 5 when a job needs attention.",
         epilog=EPILOG,
@@ -562,6 +664,17 @@ def parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="forget it even if some of its batches can still run"
     )
     p.set_defaults(run=_forget)
+    p = sub.add_parser(
+        "clean",
+        help="remove files no job needs (--dry-run: only say how many bytes)",
+        description="Remove what no job in the ledger needs: folders of jobs no longer in the\n"
+        "ledger, raw result files kept beside recorded results, temporary files of processes\n"
+        "that died, and ended batches in the background emulator (provider='local') that no\n"
+        "job refers to. A job's own files are never touched: `nbbatch forget JOB` removes\n"
+        "those.",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only list what would go, and its size")
+    p.set_defaults(run=_clean)
     return top
 
 
@@ -569,7 +682,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (listed in ``nbbatch --help``)."""
     args = parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        sys.stdout.flush()  # here, so a closed pipe is caught below, not at exit
+        return code
+    except BrokenPipeError:
+        # `nbbatch jobs | head`: the reader had what it wanted. Quietly, as `ls | head`;
+        # stdout is pointed at /dev/null so Python's own flush at exit does not fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return OK
     except NbbatchError as exc:
         _say(str(exc), getattr(args, "job", None) or exc.job_id)
         return ERROR

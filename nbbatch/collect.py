@@ -1,6 +1,7 @@
 """Collecting: poll a job's open batches, read the ended ones, and apply its failure policy.
 
-A batch that ended is downloaded once (its raw files are kept beside the ledger), parsed
+A batch that ended is downloaded once (its raw files are kept beside the ledger until
+its results are recorded, then removed: the parsed results are the record), parsed
 into Arrow by the provider, reconciled against the leaders it was sent (every one gets
 exactly one result; unknown and repeated lines are reported, never merged), checked
 against the schema when one was asked for, and recorded as one result file. Once no
@@ -193,9 +194,9 @@ def collect(ctx: JobContext, info: BatchInfo, intent: str, stage: int = 0) -> No
     note = rec.note(info.batch_id)
     results = rowstore.result_table(positions[where], table, hashes(ctx, positions, stage)[where])
     ctx.ledger.record_results(ctx.id, intent, results, note)
-    # Only now is the download known to be readable: until then a new poll fetches it
-    # again rather than reusing a broken copy forever.
-    ctx.ledger.write_file(ctx.id, f"{info.batch_id}.complete", b"")
+    # The parsed results are the record now: the raw download is not kept twice (a
+    # poll before this point fetches it again rather than reuse a broken copy).
+    forget_result_files(ctx, info)
     if rec.unknown or rec.duplicates or rec.missing:
         ctx.warn(note)
     if info.failure:
@@ -223,6 +224,7 @@ def collect_packs(
     table, note, warn = _pack.packed_results(info, tables, spec, positions, row_ids, size)
     results = rowstore.result_table(positions, table, hashes(ctx, positions, 0))
     ctx.ledger.record_results(ctx.id, intent, results, note)
+    forget_result_files(ctx, info)  # recorded: the raw download is not kept twice
     if warn:
         ctx.warn(note)
     if info.failure:
@@ -251,10 +253,10 @@ RESULT_BYTES_BASE = 64 << 20
 
 
 def read_result_files(ctx: JobContext, info: BatchInfo, n_requests: int = 0) -> list[bytes]:
-    """The batch's raw result files: from disk if downloaded and read before, else
-    downloaded (at most :data:`RESULT_BYTES_PER_REQUEST` per request sent, plus
-    :data:`RESULT_BYTES_BASE`) and kept, each written atomically. The ``.complete`` mark
-    is written by :func:`collect` once they were parsed."""
+    """The batch's raw result files: from disk if an earlier release kept them with its
+    ``.complete`` mark, else downloaded (at most :data:`RESULT_BYTES_PER_REQUEST` per
+    request sent, plus :data:`RESULT_BYTES_BASE`) and kept, each written atomically,
+    until :func:`collect` has recorded what they hold."""
     if not info.ended:
         raise NbbatchError(f"internal error: batch {info.batch_id} read before it ended")
     folder = ctx.ledger.files / ctx.id
@@ -342,6 +344,39 @@ def after_collect(ctx: JobContext, *, sending: bool = False) -> int:
     from . import escalate
 
     return escalate.cascade_next(ctx)
+
+
+def waiting_to_send(ctx: JobContext) -> str | None:
+    """What a refresh that sends would send now, in words ("1,200 rows not sent yet"),
+    or None: for a refresh that only polls (``job.refresh(send=False)``, ``nbbatch
+    status``) to say what it left alone. Follows :func:`after_collect`'s order."""
+    status = ctx.ledger.job_status(ctx.id)
+    if ctx.ledger.sending_elsewhere(ctx.id):
+        return None  # another live process (a kernel) is sending them now
+    if status == "planning":
+        return f"{int(ctx.record['n_rows']):,} rows still to be planned and sent"
+    if status == "cancelled" or not ctx.ledger.has_rows(ctx.id):
+        return None
+    state = ctx.ledger.row_state(ctx.id)
+    waiting = len(unsent(state))
+    if waiting:
+        return f"{waiting:,} {'row' if waiting == 1 else 'rows'} not sent yet"
+    if any(not b["collected"] for b in ctx.ledger.batches(ctx.id)):
+        return None  # retries and later stages wait for the open batches
+    failing = retryable_failures(state)
+    if len(failing):
+        due = failing[ctx.tries(state, failing) <= int(ctx.policy.get("retries", 0))]
+        kinds = state.column("error_type", due).to_numpy(zero_copy_only=False)
+        retry = int((kinds != "not_sent").sum()) if len(due) else 0
+        if retry:
+            return f"{retry:,} failed {'row' if retry == 1 else 'rows'} to retry"
+        if ctx.policy.get("fallback") == "realtime":
+            return f"{len(failing):,} failing rows for the real-time fallback (full price)"
+    from . import escalate
+
+    if escalate.stage_due(ctx):
+        return "the cascade's next stage"
+    return None
 
 
 def _retry(

@@ -8,6 +8,7 @@ views.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +17,8 @@ from . import rowstore
 from . import send as _send
 from ._errors import InputError, NbbatchError, ProviderError
 from .providers.base import RequestSpec
+
+log = logging.getLogger("nbbatch")
 
 if TYPE_CHECKING:
     from .context import JobContext
@@ -70,6 +73,28 @@ def check_forgettable(ctx: JobContext, *, backend_dead: bool) -> None:
         job_id=ctx.id,
         provider=ctx.provider_name,
     )
+
+
+def drop_local_copy(ctx: JobContext) -> int:
+    """For a job on nbbatch's background emulator (``provider="local"``): delete its
+    ended batches and their files there, so that forgetting the job frees that disk too
+    (the emulator otherwise keeps them 30 days). Returns how many batches went; one that
+    cannot be deleted now is logged and left (``nbbatch clean`` finds it later)."""
+    if not ctx.local:
+        return 0  # a real provider's files are the account's business, not nbbatch's
+    dropped = 0
+    for batch in ctx.ledger.batches(ctx.id):
+        if batch["batch_id"].startswith("intent-"):
+            continue
+        try:
+            info = ctx.provider.retrieve(batch["batch_id"])
+            if info.ended:  # one still running (forget(force=True)) is left to end
+                ctx.provider.delete_batch(info)
+                dropped += 1
+        except ProviderError as exc:
+            log.warning("nbbatch job %s: batch %s not deleted from the local emulator: %s",
+                        ctx.id, batch["batch_id"], exc)  # fmt: skip
+    return dropped
 
 
 def requeue_failed(ctx: JobContext, overrides: dict[str, Any]) -> int:

@@ -458,6 +458,7 @@ class _Spark:
     """Planning passes over a PySpark DataFrame (``mapInArrow``)."""
 
     def __init__(self, data: Any, used: list[str]) -> None:
+        spark_python(data)
         self.frame = data.select(*used)
 
     def counts(self, id_column: str | None) -> list[tuple[int, bool]]:
@@ -469,7 +470,12 @@ class _Spark:
                 rows, valid = rows + n, valid and ok
             yield pa.RecordBatch.from_pydict({"part": [part], "rows": [rows], "valid": [valid]})
 
-        got = self.frame.mapInArrow(count, "part long, rows long, valid boolean").collect()
+        try:  # the first pass on the workers: where a worker without nbbatch shows
+            got = self.frame.mapInArrow(count, "part long, rows long, valid boolean").collect()
+        except Exception as exc:
+            if "No module named" not in str(exc):
+                raise
+            raise InputError(_NO_NBBATCH_ON_WORKERS) from exc
         by_part = {int(r["part"]): (int(r["rows"]), bool(r["valid"])) for r in got}
         return [by_part[p] for p in range(len(by_part))]
 
@@ -481,6 +487,34 @@ class _Spark:
 
         got = self.frame.mapInArrow(run, "summary string").collect()
         return [orjson.loads(r["summary"]) for r in got]
+
+
+_NO_NBBATCH_ON_WORKERS = (
+    "Spark's workers could not import nbbatch (or pandas, pyarrow): they run the Python "
+    "that PYSPARK_PYTHON names, else `python3` on their PATH, not necessarily this "
+    "notebook's. Set PYSPARK_PYTHON to a Python that has nbbatch installed (on a "
+    "cluster: install nbbatch on every worker) before the SparkSession is created, e.g. "
+    "os.environ['PYSPARK_PYTHON'] = sys.executable on one machine."
+)
+
+
+def spark_python(data: Any) -> None:
+    """Make Spark's local workers run this Python, which can import nbbatch.
+
+    Spark starts its Python workers with ``PYSPARK_PYTHON``, else ``python3`` from the
+    PATH, which in a virtual environment or a conda kernel is often another Python
+    without nbbatch (or pandas): every task then fails with ``No module named ...``. In
+    local mode (``master`` ``local[...]``: the workers are on this machine) with
+    ``PYSPARK_PYTHON`` unset, this interpreter is used, as the notebook's user meant.
+    A cluster's workers are left as configured; if they cannot import nbbatch the first
+    pass says what to set (:data:`_NO_NBBATCH_ON_WORKERS`)."""
+    context = data.sparkSession.sparkContext
+    if os.environ.get("PYSPARK_PYTHON") or not str(context.master).startswith("local"):
+        return
+    # Functions wrapped from now on (mapInArrow) carry the context's pythonExec; the
+    # variable is for contexts made later in this process.
+    context.pythonExec = sys.executable
+    os.environ["PYSPARK_PYTHON"] = sys.executable
 
 
 def _spark_partition() -> int:
@@ -703,6 +737,7 @@ def _spark_merge(data: Any, work: MergeWork, added: pa.Schema) -> Any:
     from pyspark.sql.pandas.types import from_arrow_schema
     from pyspark.sql.types import StructType
 
+    spark_python(data)  # a new session (a restarted kernel) merging a local job
     out_schema = StructType([*data.schema.fields, *from_arrow_schema(_plain_strings(added)).fields])
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

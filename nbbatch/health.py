@@ -118,7 +118,8 @@ def missing_results(state: Any) -> int:
 @dataclass(frozen=True)
 class Problem:
     """One reason a job needs attention: ``kind`` is ``overdue``, ``failure_rate``,
-    ``incomplete``, ``errored``, ``unreachable`` or ``unreadable`` (its ledger record is broken)."""
+    ``incomplete``, ``errored``, ``unreachable``, ``waiting`` (rows to send that nothing
+    sends) or ``unreadable`` (its ledger record is broken)."""
 
     job_id: str
     kind: str

@@ -417,7 +417,8 @@ class BatchJob:
 
         ``send=False`` only looks: it polls and collects the batches already at the
         provider and never creates one (no unsent rows, no retries, no real-time
-        fallback, no next cascade stage), so nothing new is paid for; the JupyterLab
+        fallback, no next cascade stage), so nothing new is paid for;
+        :meth:`waiting_to_send` says what waits. ``nbbatch status`` and the JupyterLab
         sidebar's checks poll this way.
 
         A transient error (connection refused, 429, 5xx) is kept in the snapshot's
@@ -474,6 +475,12 @@ class BatchJob:
         if now - self._checked_written >= CHECKED_EVERY:
             self._ledger.set_job_time(self.id, "checked_at", now)
             self._checked_written = now
+
+    def waiting_to_send(self) -> str | None:
+        """What the next refresh that sends would send, in words (``"1,200 rows not sent
+        yet"``, ``"12 failed rows to retry"``), or None when nothing waits."""
+        with self._lock:
+            return _collect.waiting_to_send(self._ctx)
 
     def _transient_note(self, exc: ProviderError) -> str:
         """What a transient error means for this job, in ``last_error`` (see
@@ -547,32 +554,53 @@ class BatchJob:
 
         unsubscribe = console.attach(self, progress)
         try:
-            start = self.clock()
-            for delay in self.polling.delays():
-                snap = self.refresh()
-                error = self._send_error
-                if error is not None and not self.sending:
-                    self._send_error = None  # raised once; the next wait() sends again
-                    if isinstance(error, NbbatchError):
-                        error.job_id = self.id
-                    raise error
-                if snap.finished:
-                    _escalate.raise_if_failed(self._ctx, snap)
-                    return self
-                if timeout is not None and self.clock() - start + delay > timeout:
-                    raise TimeoutError(self._timeout_message(snap, timeout))
-                self._next_poll = self.clock() + delay
-                sender = self._sender
-                if sender is not None and sender.is_alive():
-                    # Batches already created are collected while later ones upload;
-                    # between polls, wait on the sender itself (it reports each chunk).
-                    sender.join(delay)
-                else:
-                    self.sleep(delay)
-                self._next_poll = None
-            raise AssertionError("unreachable")
+            return self._wait(timeout)
+        except KeyboardInterrupt:
+            # Ctrl-C (or a notebook's "interrupt") stops the waiting, not the job: say so
+            # in one line, not through the stack of whatever call it landed in.
+            self._next_poll = None
+            raise KeyboardInterrupt(self._interrupted()) from None
         finally:
             unsubscribe()
+
+    def _interrupted(self) -> str:
+        """What a Ctrl-C in :meth:`wait` leaves behind, and how to carry on. An upload in
+        progress stops after the batch it is on (no batch is half-made: see
+        :mod:`nbbatch.send`); the next wait() sends the rest."""
+        if self._sending is not None and self.sending:
+            self._sending.stopped = True
+        return (
+            f"stopped waiting for job {self.id}; {self.whereabouts()}. Wait again with "
+            f"job.wait(), or nb.attach({self.id!r}).wait() in a new session "
+            f"(`nbbatch status {self.id}` from a shell); rows not uploaded yet are sent then."
+        )
+
+    def _wait(self, timeout: float | None) -> BatchJob:
+        """The polling loop of :meth:`wait`."""
+        start = self.clock()
+        for delay in self.polling.delays():
+            snap = self.refresh()
+            error = self._send_error
+            if error is not None and not self.sending:
+                self._send_error = None  # raised once; the next wait() sends again
+                if isinstance(error, NbbatchError):
+                    error.job_id = self.id
+                raise error
+            if snap.finished:
+                _escalate.raise_if_failed(self._ctx, snap)
+                return self
+            if timeout is not None and self.clock() - start + delay > timeout:
+                raise TimeoutError(self._timeout_message(snap, timeout))
+            self._next_poll = self.clock() + delay
+            sender = self._sender
+            if sender is not None and sender.is_alive():
+                # Batches already created are collected while later ones upload;
+                # between polls, wait on the sender itself (it reports each chunk).
+                sender.join(delay)
+            else:
+                self.sleep(delay)
+            self._next_poll = None
+        raise AssertionError("unreachable")
 
     def cancel(self) -> JobSnapshot:
         """Ask the provider to cancel every open batch. Rows already finished keep their
@@ -622,7 +650,9 @@ class BatchJob:
         return "it goes on at the provider"
 
     def forget(self, *, force: bool = False) -> None:
-        """Remove the job from the ledger: its rows, batches, events and result files.
+        """Remove the job from the ledger: its rows, batches, events and result files,
+        and for a ``provider="local"`` job its ended batches and files in the background
+        emulator.
 
         Afterwards ``nb.attach(job.id)`` raises :class:`JobNotFoundError`, ``nb.jobs()``
         no longer lists it, and this object should not be used. A job whose backend can
@@ -640,6 +670,7 @@ class BatchJob:
                     pass  # what is open is judged from the ledger below
                 _control.check_forgettable(self._ctx, backend_dead=self._backend_dead)
             self.stop_polling()
+            _control.drop_local_copy(self._ctx)  # the background emulator's copy too
             self._ledger.forget_job(self.id)
 
     # -- results ----------------------------------------------------------------------------
@@ -709,7 +740,8 @@ class BatchJob:
         written record batch by record batch, never held whole, so a table larger than
         memory can be written. Every row is checked as :meth:`merge` checks it (pass
         ``verify=False`` to skip that). Written to a temporary name, then renamed.
-        ``path`` may be a folder: the file is then ``<job id>.parquet`` in it. Rows from
+        ``path`` may be a folder: the file is then ``<job id>.parquet`` in it (a path
+        ending in ``/`` is a folder, created if need be). Rows from
         a table in memory start with a ``row`` column, their position in the data
         (0-based), which tells apart rows whose index labels repeat. For a Dask or Spark
         frame, ``path`` is a folder of Parquet files written by the workers, partition
@@ -721,7 +753,7 @@ class BatchJob:
             return engines.to_parquet(
                 self._ctx, data, path, columns=columns, verify=verify, lineage=lineage
             )
-        target = _merge.parquet_target(Path(path), self.id)
+        target = _merge.parquet_target(path, self.id)
         return _merge.to_parquet(
             self._ctx, target, data, columns=columns, verify=verify, merge=self.merge,
             lineage=lineage,

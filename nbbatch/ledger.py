@@ -817,9 +817,15 @@ class Ledger:
             db.execute("UPDATE jobs SET fingerprint = ? WHERE id = ?", (fingerprint, job_id))
 
     def find_job(self, fingerprint: str) -> str | None:
-        """The newest job with this fingerprint (same data and request), if any."""
+        """The newest job with this fingerprint (same data and request), if any.
+
+        A job that ended (failed or cancelled) before anything was sent, such as one
+        refused by ``max_cost`` while its rows were planned in the background, is passed
+        over: it holds nothing to attach to, and its error advises submitting again."""
         rows = self.query(
-            "SELECT id FROM jobs WHERE fingerprint = ? ORDER BY created DESC LIMIT 1",
+            "SELECT id FROM jobs WHERE fingerprint = ? AND NOT (status IN ('failed', "
+            "'cancelled') AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.job_id = jobs.id)) "
+            "ORDER BY created DESC LIMIT 1",
             (fingerprint,),
         )
         return rows[0][0] if rows else None
@@ -879,11 +885,17 @@ class Ledger:
 
     def _not_planned(self, job_id: str) -> None:
         """Raise the error for a job that has no rows yet (see :mod:`nbbatch.planning`)."""
-        from ._errors import InputError, NbbatchError
+        from ._errors import InputError, JobNotFoundError, NbbatchError
 
         record = self.job(job_id)
-        if record is None:
-            return  # no such job: reading its manifest says so
+        if record is None:  # forgotten (by this process or another), or never here
+            raise JobNotFoundError(
+                f"job {job_id} is not in the ledger at {self.path}: it was forgotten "
+                "(job.forget() or `nbbatch forget`), which removed its rows and result "
+                "files, so there is nothing to merge or read. Submit the data again to get "
+                "answers; nb.jobs() lists the jobs the ledger holds.",
+                job_id=job_id,
+            )
         status = record.get("status")
         if status == "planning":
             raise NbbatchError(
@@ -1130,6 +1142,13 @@ class Ledger:
                 "UPDATE jobs SET sender = ? WHERE id = ?", (orjson.dumps(me).decode(), job_id)
             )
         return True
+
+    def sending_elsewhere(self, job_id: str) -> bool:
+        """Whether a live sender other than this process holds the job (see
+        :meth:`take_sending`): its rows not sent yet are being sent."""
+        rows = self.query("SELECT sender FROM jobs WHERE id = ?", (job_id,))
+        holder = orjson.loads(rows[0][0]) if rows and rows[0][0] else None
+        return holder is not None and holder.get("pid") != owner()["pid"] and alive(holder)
 
     def release_sending(self, job_id: str) -> None:
         """Give up being the job's sender (see :meth:`take_sending`)."""

@@ -11,6 +11,7 @@ place: that data cannot have changed (see :class:`plan.Witness`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,7 @@ from . import plan as _plan
 from . import prompt as _prompt
 from . import rowstore
 from ._errors import InputError, MergeError
+from ._files import names_folder
 from .checks import ContextLimit
 from .providers.base import is_embeddings
 
@@ -258,8 +260,8 @@ def verify_rows(
     rendered, _ = _plan.render_rows(frame.iloc[shown], template, missing=missing)
     send = _sendable(rendered, template, limit)
     lines = [
-        f"  row {frame.index[pos]!r}: sent {_short(old)}, now "
-        f"{_short(rendered[i].as_py() if send[i] else None)}"
+        f"  row {frame.index[pos]!r}: "
+        + _where_they_differ(old, rendered[i].as_py() if send[i] else None)
         for i, (pos, old) in enumerate(zip(shown, before, strict=True))
     ]
     raise MergeError(
@@ -409,6 +411,26 @@ def results_table(state: rowstore.RowState, batch_names: list[str | None]) -> pa
     for name in ("input_tokens", "output_tokens", "cached_tokens"):
         columns[name] = state.column(name)
     return pa.table(columns)
+
+
+def _where_they_differ(sent: str | None, now: str | None, width: int = 60) -> str:
+    """``sent ..., now ...`` for one row, each cut to the same window around the first
+    character where they differ, so that a change past the first ``width`` characters
+    still shows (two texts cut to the same prefix would look equal)."""
+    if sent is None or now is None:
+        return f"sent {_short(sent, width)}, now {_short(now, width)}"
+    at = next(
+        (i for i, (a, b) in enumerate(zip(sent, now, strict=False)) if a != b),
+        min(len(sent), len(now)),
+    )
+    start = max(0, at - width // 3)
+
+    def window(text: str) -> str:
+        piece = text[start : start + width]
+        return repr(("…" if start else "") + piece + ("…" if start + width < len(text) else ""))
+
+    where = f" (they differ from character {at + 1})" if start else ""
+    return f"sent {window(sent)}, now {window(now)}{where}"
 
 
 def _short(text: str | None, width: int = 60) -> str:
@@ -618,15 +640,20 @@ def with_row_position(table: pa.Table) -> pa.Table:
     return table.add_column(0, ROW_COLUMN, pa.array(np.arange(table.num_rows), pa.int64()))
 
 
-def parquet_target(path: Path, job_id: str) -> Path:
-    """Where ``to_parquet(path)`` writes: ``<job id>.parquet`` inside a folder, else
-    ``path``; a folder that does not exist is refused before anything is written."""
+def parquet_target(path: str | os.PathLike[str], job_id: str) -> Path:
+    """Where ``to_parquet(path)`` writes: ``<job id>.parquet`` inside a folder (one
+    named with a trailing slash is created), else ``path``; a file whose folder does
+    not exist is refused before anything is written."""
+    if names_folder(path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+    path = Path(path)
     if path.is_dir():
         return path / f"{job_id}.parquet"
     if not path.parent.is_dir():
         raise InputError(
             f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist. "
-            "Create it first, or give another path."
+            "Create it first, give another path, or end the path with '/' to write "
+            f"{job_id}.parquet into a new folder of that name."
         )
     return path
 

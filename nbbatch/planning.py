@@ -70,6 +70,12 @@ class _Stopped(Exception):
     """The job was cancelled while its rows were planned."""
 
 
+class _Paused(BaseException):
+    """Planning stopped by a Ctrl-C in ``job.wait()``: the job stays ``planning``, and
+    the next sender plans it again (a BaseException, as an interrupt is, so it is not
+    taken for a failure)."""
+
+
 def in_background(source: _stream.Source) -> bool:
     """Whether a table this large is planned in the background."""
     return source.n_rows >= BACKGROUND_ROWS
@@ -163,6 +169,8 @@ def run(ctx: JobContext, progress: Progress | None) -> bool:
             if progress is not None:
                 if progress.cancelled:
                     raise _Stopped
+                if progress.stopped:
+                    raise _Paused
                 progress.planned = rows
                 ctx.on_progress()
 
@@ -172,6 +180,8 @@ def run(ctx: JobContext, progress: Progress | None) -> bool:
             ledger.end_planning(ctx.id, "cancelled", "cancelled while its rows were planned")
             ctx.record["status"] = "cancelled"
             return False
+        except _Paused:
+            return False  # still planning: the next wait() (or nb.attach) plans it
         except Exception as exc:  # an interrupt leaves it planning, for the next wait()
             message = (
                 f"job {ctx.id} could not be planned, so nothing was sent: {exc} "

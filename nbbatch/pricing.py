@@ -205,12 +205,18 @@ class Cost:
 
 
 def money(dollars: float) -> str:
-    """Dollars for people: cents from one cent up, else enough decimals to show three
-    significant digits (never scientific notation)."""
-    if dollars == 0 or abs(dollars) >= 0.01:
-        return f"${dollars:,.2f}"
-    decimals = 2 - math.floor(math.log10(abs(dollars)))
-    return f"${dollars:.{decimals}f}"
+    """Dollars for people, the one way every view, message and command writes a cost:
+    three significant digits below a dollar, trailing zeros dropped down to cents
+    ($0.0133, $0.0096, $0.25, $0.0000077), cents from a dollar up ($12.34, $1,234.56),
+    never scientific notation. Two decimals alone would show $0.0133 as "$0.01"."""
+    sign = "-" if dollars < 0 else ""
+    size = float(f"{abs(dollars):.3g}")  # rounded first, so 0.09999 is $0.10, not $0.1000
+    if size == 0 or size >= 1:
+        return f"{sign}${abs(dollars):,.2f}"
+    decimals = 2 - math.floor(math.log10(size))
+    text = f"{size:.{decimals}f}".rstrip("0")
+    whole, _, cents = text.partition(".")
+    return f"{sign}${whole}.{cents.ljust(2, '0')}"
 
 
 def cost(

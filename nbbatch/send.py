@@ -50,6 +50,9 @@ class Progress:
     rows: int = 0  # requests in this sending pass
     active: bool = True
     cancelled: bool = False  # set by job.cancel(): send no further chunk
+    # Set by a Ctrl-C in job.wait(): send no further chunk (nor plan further); the job
+    # is not cancelled, and the next wait() sends the rest.
+    stopped: bool = False
     # While a large table is planned first (see nbbatch.planning): rows planned of all.
     planned: int = 0
     to_plan: int = 0
@@ -128,7 +131,7 @@ def send_rows(
         per_row = float(units.sum()) / max(1, len(block))
         first = 0
         while first < len(ends):
-            if progress.cancelled or ctx.rerouting:
+            if progress.cancelled or progress.stopped or ctx.rerouting:
                 return
             stop = _piece_end(ends, units, first, limit, provider.max_bytes, queue.piece)
             rest = int(units[first:].sum()) + int(per_row * (len(positions) - start - len(block)))

@@ -499,7 +499,7 @@ def planning_snapshot(ctx: JobContext, session: Session) -> JobSnapshot:
         text = session.sending if live else "planning"
     return JobSnapshot(
         job_id=ctx.id,
-        provider=ctx.provider_name,
+        provider="local" if ctx.local else ctx.provider_name,  # as once planned
         model=ctx.model,
         endpoint=ctx.endpoint,
         base_url=str(ctx.record.get("base_url") or ""),

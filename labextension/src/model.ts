@@ -28,6 +28,8 @@ export interface IJob {
   age: number;
   cost: number | null;
   cost_estimated: boolean;
+  /** The cost as the server writes it (three significant digits), when given. */
+  cost_text?: string;
   overdue: boolean;
   alert: string | null;
   /** Sent in waves under the account's batch queue limit: which wave, how full. */
@@ -116,14 +118,29 @@ export function age(seconds: number): string {
   return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
 }
 
-/** Dollars as the panel writes them; `unknown price` for a model with no price. */
-export function money(dollars: number | null, estimated: boolean): string {
+/** Dollars as the panel writes them; `unknown price` for a model with no price. The
+ * server's own text (`text`, written by the function every nbbatch view uses) wins;
+ * without it, three significant digits below a dollar and cents from a dollar up. */
+export function money(dollars: number | null, estimated: boolean, text?: string): string {
   if (dollars === null) {
     return 'unknown price';
   }
-  const digits = dollars !== 0 && Math.abs(dollars) < 0.01 ? 4 : 2;
-  const text = `$${dollars.toFixed(digits)}`;
-  return estimated ? `${text} so far` : text;
+  const shown = text ?? dollarsText(dollars);
+  return estimated ? `${shown} so far` : shown;
+}
+
+function dollarsText(dollars: number): string {
+  const size = Math.abs(dollars);
+  const sign = dollars < 0 ? '-' : '';
+  if (size === 0 || size >= 1) {
+    return `${sign}$${size.toFixed(2)}`;
+  }
+  const rounded = Number(size.toPrecision(3));
+  const decimals = 2 - Math.floor(Math.log10(rounded));
+  let digits = rounded.toFixed(Math.max(2, decimals)).replace(/0+$/, '');
+  const cents = digits.split('.')[1] ?? '';
+  digits = cents.length < 2 ? digits + '0'.repeat(2 - cents.length) : digits;
+  return `${sign}$${digits}`;
 }
 
 /** The notebook or script a job came from, short: its file name. */

@@ -182,7 +182,7 @@ export class JobsPanel extends Widget {
     li.append(bar);
     li.append(
       el('div', 'nbbatch-job-counts', countsText(job)),
-      el('div', 'nbbatch-job-cost', money(job.cost, job.cost_estimated))
+      el('div', 'nbbatch-job-cost', money(job.cost, job.cost_estimated, job.cost_text))
     );
     if (job.quota) {
       li.append(el('div', 'nbbatch-job-quota', job.quota));

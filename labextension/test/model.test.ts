@@ -70,6 +70,11 @@ test('counts and money read like the panel', () => {
   assert.equal(money(0.0012, true), '$0.0012 so far');
   assert.equal(money(12.5, false), '$12.50');
   assert.equal(money(null, false), 'unknown price');
+  // Three significant digits, as nbbatch.pricing.money writes them.
+  assert.equal(money(0.0133, false), '$0.0133');
+  assert.equal(money(0.0096, false), '$0.0096');
+  assert.equal(money(0.25, false), '$0.25');
+  assert.equal(money(0.0133, true, '$0.0133'), '$0.0133 so far');
 });
 
 test('ages are short', () => {

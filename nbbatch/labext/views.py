@@ -13,6 +13,7 @@ Schema (``SCHEMA_VERSION``; fields are only ever added)::
              "status": "running"|"completed"|"cancelled"|"failed"|"unreadable" (a broken
              ledger record: the alert says what to do), "created": <epoch s>,
              "age": <s>, "cost": <dollars|null>, "cost_estimated": bool,
+             "cost_text": "$0.0133"|"unknown price" (as every view writes it),
              "overdue": bool, "alert": str|null, "attach": 'nb.attach("...")',
              "checked": <epoch s>|null (when its provider last answered a poll, from any
              process), "checked_age": <s>|null, "check_error": str|null (the server's
@@ -121,6 +122,7 @@ def _job(
     now: float,
 ) -> dict[str, Any]:
     from ..notes import alert_text
+    from ..pricing import money
 
     counts = {state: int(row[state]) for state in COUNTED}
     created = float(record["created"])
@@ -141,6 +143,9 @@ def _job(
         # Dollars paid so far (from reported usage); null for a model with no known price.
         "cost": None if math.isnan(cost) else round(cost, 6),
         "cost_estimated": running,
+        # Written by the one function every view and message uses, so the sidebar reads
+        # $0.0133 as the panel and `nbbatch jobs` do.
+        "cost_text": "unknown price" if math.isnan(cost) else money(cost),
         # Past the deadline given to submit (as nb.jobs() and nbbatch check say), or, with
         # none, a batch still open after the providers' 24-hour completion window.
         "overdue": bool(row.get("overdue"))
@@ -188,6 +193,7 @@ def _unreadable(
         "age": max(0.0, now - created),
         "cost": None,
         "cost_estimated": False,
+        "cost_text": "unknown price",
         "overdue": False,
         "alert": unreadable_text(str(row["id"]), exc),
         "attach": f'nb.attach("{row["id"]}")',

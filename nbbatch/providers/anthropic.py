@@ -8,6 +8,7 @@ kept as the raw bytes received, then normalised with pyarrow's JSON reader.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -272,6 +273,22 @@ class AnthropicProvider(Provider):
             return found
         except anthropic.AnthropicError as exc:
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
+
+    def list_batches(self) -> Iterator[BatchInfo]:
+        try:
+            for batch in self.client.messages.batches.list(limit=100):  # the SDK pages on
+                yield _info(batch)
+        except anthropic.AnthropicError as exc:
+            raise _provider_error(exc, "listing batches") from exc
+
+    def delete_batch(self, info: BatchInfo) -> None:
+        # DELETE /v1/messages/batches/{id}: an ended batch, its requests and results.
+        try:
+            self.client.messages.batches.delete(info.batch_id)
+        except anthropic.NotFoundError:
+            return  # deleted already
+        except anthropic.AnthropicError as exc:
+            raise _provider_error(exc, f"deleting batch {info.batch_id}") from exc
 
     def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
         if not info.raw.get("results_url"):

@@ -11,7 +11,7 @@ import difflib
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -367,6 +367,19 @@ class Provider(ABC):
 
         With ``max_bytes``, a download is stopped as soon as the files together pass
         it (:func:`read_capped`) rather than read whole into memory."""
+
+    def list_batches(self) -> Iterator[BatchInfo]:
+        """Every batch the account (or emulator) holds, newest first, for ``nbbatch
+        clean`` to find the background emulator's batches no job refers to. A provider
+        without a listing yields none."""
+        return iter(())
+
+    def delete_batch(self, info: BatchInfo) -> None:  # noqa: B027 - optional, no-op default
+        """Remove what the provider keeps of an ended batch: its input and result files,
+        and the batch itself where the API can delete one. Used when a job on nbbatch's
+        background emulator is forgotten, so its copy goes too. A provider with no such
+        calls keeps them; raises :class:`ProviderError` when a call fails."""
+        return None
 
     @abstractmethod
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:

@@ -22,6 +22,7 @@ import io
 import logging
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
@@ -391,6 +392,30 @@ class GeminiProvider(Provider):
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
         return None
 
+    def list_batches(self) -> Iterator[BatchInfo]:
+        try:
+            for job in self.client.batches.list(config=types.ListBatchJobsConfig(page_size=100)):
+                yield _info(job)
+        except Exception as exc:
+            raise _provider_error(exc, "listing batches") from exc
+
+    def delete_batch(self, info: BatchInfo) -> None:
+        # batches.delete and files.delete: the batch, its requests file and its
+        # responses file.
+        files = [(info.raw.get(key) or {}).get("file_name") for key in ("src", "dest")]
+        calls: list[tuple[Callable[..., Any], str]] = [
+            (self.client.batches.delete, _name(info.batch_id))
+        ]
+        calls += [(self.client.files.delete, str(name)) for name in files if name]
+        for delete, name in calls:
+            try:
+                delete(name=name)
+            except genai_errors.ClientError as exc:
+                if exc.code != 404:  # 404: deleted already
+                    raise _provider_error(exc, f"deleting {name}") from exc
+            except Exception as exc:
+                raise _provider_error(exc, f"deleting {name}") from exc
+
     def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
         file_name = (info.raw.get("dest") or {}).get("file_name")
         if not file_name:
@@ -568,7 +593,8 @@ class BatchOperation(pydantic.BaseModel, types.Operation):
     def job(self) -> types.BatchJob:
         """The SDK's ``BatchJob`` for this operation, mapped as ``batches.get`` maps it
         (``BATCH_STATE_*`` becomes ``JOB_STATE_*``, ``output.responsesFile`` the
-        ``dest.file_name``), plus the operation's error."""
+        ``dest.file_name``, ``inputConfig.fileName`` the ``src.file_name``), plus the
+        operation's error."""
         meta = self.metadata or {}
         output = meta.get("output") or {}
         error = self.error or meta.get("error")
@@ -581,6 +607,11 @@ class BatchOperation(pydantic.BaseModel, types.Operation):
             update_time=meta.get("updateTime"),
             end_time=meta.get("endTime"),
             model=meta.get("model"),
+            # The requests file, as batches.get maps inputConfig (deleted with the batch
+            # when a local job is forgotten).
+            src=types.BatchJobSource(file_name=source["fileName"])
+            if (source := meta.get("inputConfig") or {}).get("fileName")
+            else None,
             dest=types.BatchJobDestination(file_name=output["responsesFile"])
             if output.get("responsesFile")
             else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -353,6 +354,27 @@ class OpenAIProvider(Provider):
         except openai.OpenAIError as exc:
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
         return None
+
+    def list_batches(self) -> Iterator[BatchInfo]:
+        try:
+            for batch in self.client.batches.list(limit=100):  # the SDK pages on
+                yield _info(batch)
+        except openai.OpenAIError as exc:
+            raise _provider_error(exc, "listing batches") from exc
+
+    def delete_batch(self, info: BatchInfo) -> None:
+        # The Batch API has no call to delete a batch; its files can be deleted
+        # (DELETE /v1/files/{file_id}), the input, output and error file alike.
+        for key in ("input_file_id", "output_file_id", "error_file_id"):
+            file_id = info.raw.get(key)
+            if not file_id:
+                continue
+            try:
+                self.client.files.delete(file_id)
+            except openai.NotFoundError:
+                continue  # deleted already
+            except openai.OpenAIError as exc:
+                raise _provider_error(exc, f"deleting file {file_id}") from exc
 
     def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
         files: list[bytes] = []
