@@ -321,5 +321,5 @@ def cancel(ledger: Ledger, job_id: str, root_dir: str | None = None) -> dict[str
     deadline = time.monotonic() + CANCEL_SETTLE
     while not snap.finished and not snap.last_error and time.monotonic() < deadline:
         time.sleep(0.25)
-        snap = job.refresh()
+        snap = job.refresh(send=False)  # a cancelled job sends nothing more
     return {"warning": snap.last_error, "job": job_view(ledger, job_id, root_dir)}
