@@ -170,6 +170,9 @@ class Provider(ABC):
     #: Where the client's key came from: ``env:VAR``, ``client`` (given on client=) or
     #: ``local`` (the background emulator); None when unknown. Recorded with a job.
     credential: str | None = None
+    #: Where the key came from when ``credential`` says where the job went instead (a
+    #: loopback job's ``loopback:...``): ``env:VAR`` or ``client``, for messages only.
+    key_origin: str | None = None
 
     def __init__(self, client: Any) -> None:
         self.client = client  # the official SDK client every call goes through
@@ -231,7 +234,7 @@ class Provider(ABC):
 
     def key_source(self) -> str:
         """Where this provider's key came from, in words, for an error message."""
-        credential = self.credential or ""
+        credential = self.key_origin or self.credential or ""
         if credential.startswith("env:"):
             return f"the key in {credential.removeprefix('env:')}"
         if credential == "client":
@@ -250,7 +253,7 @@ class Provider(ABC):
                 provider=self.name,
                 transient=True,
             )
-        credential = self.credential or ""
+        credential = self.key_origin or self.credential or ""
         if credential.startswith("env:"):
             fix = f"set {credential.removeprefix('env:')} to a valid key, or pass client=..."
         elif credential == "client":
