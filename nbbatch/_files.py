@@ -60,3 +60,16 @@ def private_output(target: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def private_tree(folder: Path) -> None:
+    """Make ``folder`` and every folder under it 0700 and every file 0600 (what a
+    library wrote with the process's umask), never following a link."""
+    os.chmod(folder, 0o700, follow_symlinks=False)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, PRIVATE)

@@ -584,6 +584,8 @@ class BatchJob:
                 _control.check_forgettable(self._ctx, backend_dead=self._backend_dead)
             self.stop_polling()
             self._ledger.forget_job(self.id)
+            # A Dask/Spark merge's results file, when it is in NBBATCH_STAGING.
+            engines.forget_staged(self.id, self._ledger.files / self.id)
 
     # -- results ----------------------------------------------------------------------------
     def results(self) -> pd.DataFrame:
