@@ -207,13 +207,17 @@ def collect_packs(
     """Record one result per row of an ended batch of packs (``submit(pack=N)``;
     ``positions``: its rows, in the order they were packed), each row's answer taken
     from its pack's (see :func:`nbbatch.pack.packed_results`)."""
-    packed = _pack.packed_spec(spec, size)
+    secret = ctx.policy.get("pack_secret")  # the item ids and checks, when it has one
+    packed = _pack.packed_spec(spec, size, checked=bool(secret))
     try:
         tables = [ctx.provider.parse_results(raw, packed) for raw in raws]
     except Exception as exc:  # as for unpacked batches: fetched again, nothing recorded
         raise unreadable(ctx, info, exc) from exc
     row_ids = ctx.row_state().manifest_column("custom_id", positions)
-    table, note, warn = _pack.packed_results(info, tables, spec, positions, row_ids, size)
+    texts = _pack.item_texts(ctx, positions) if secret else None
+    table, note, warn = _pack.packed_results(
+        info, tables, spec, positions, row_ids, size, secret=secret, texts=texts
+    )
     results = rowstore.result_table(positions, table, hashes(ctx, positions, 0))
     ctx.ledger.record_results(ctx.id, intent, results, note)
     if warn:
