@@ -23,7 +23,6 @@ import pytest
 
 import nbbatch as nb
 from nbbatch import emulator
-from nbbatch._errors import ConfigError
 from nbbatch.emulator import FAIL_MARKER, _background
 
 NOBODY = 65534
@@ -126,9 +125,10 @@ def test_a_squatter_on_a_dead_emulators_port_gets_no_key(nbbatch_home, monkeypat
         # The old handle polls: refused before anything is sent.
         with pytest.raises(Exception, match="loopback backend .* is gone"):
             job.refresh()
-        # A new handle (nb.attach; the command line and the sidebar rebuild it alike).
-        with pytest.raises(ConfigError, match="is gone.*client="):
-            nb.attach(job.id)
+        # A new handle (nb.attach; the command line and the sidebar rebuild it alike)
+        # opens, and says so as soon as it would ask the backend anything.
+        with pytest.raises(nb.NbbatchError, match=rf"is gone.*nb.attach\('{job.id}', client="):
+            nb.attach(job.id).refresh()
     assert seen == [b""]
 
 

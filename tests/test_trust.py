@@ -130,10 +130,10 @@ def test_the_env_key_never_reaches_whoever_binds_a_dead_private_emulators_port(
         # all, and each way in says so and asks for client=.
         status = _cli("status", job.id)  # cron's poll
         assert status.returncode != 0 and "is gone" in status.stderr
-        with pytest.raises(nb.ConfigError, match="is gone"):
+        with pytest.raises(nb.NbbatchError, match="is gone"):
             views.refresh(ledger(), job.id)  # the sidebar's "check now"
-        with pytest.raises(nb.ConfigError, match=r"is gone.*client="):
-            nb.attach(job.id)
+        with pytest.raises(nb.NbbatchError, match=r"is gone.*client="):
+            nb.attach(job.id).refresh()
         assert listener.seen == []
     finally:
         listener.close()
@@ -338,15 +338,15 @@ def test_one_wrong_typed_line_fails_only_its_row(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = _submitted(client, retries=0)
-    fetch = job._provider.fetch_results
+    download = job._provider.download_results
 
-    def hostile(info: Any, **kwargs: Any) -> list[bytes]:
+    def hostile(info: Any, sink: Any, **kwargs: Any) -> None:
         # The emulator writes only well-formed lines: one is swapped for a bad one here.
-        files = fetch(info, **kwargs)
-        first, _, rest = files[0].partition(b"\n")
-        return [b'{"custom_id": 5, "key": 5}\n' + rest, *files[1:]]
+        download(info, sink, **kwargs)
+        first, _, rest = sink.paths[0].read_bytes().partition(b"\n")
+        sink.paths[0].write_bytes(b'{"custom_id": 5, "key": 5}\n' + rest)
 
-    monkeypatch.setattr(job._provider, "fetch_results", hostile)
+    monkeypatch.setattr(job._provider, "download_results", hostile)
     snap = job.wait(timeout=60, progress=False).snapshot()
     assert snap.counts["succeeded"] == 2 and snap.counts["failed"] == 1
     (bad,) = views.failed_view(ledger(), job.id)["rows"]
@@ -359,13 +359,15 @@ def test_a_result_file_that_cannot_be_read_is_downloaded_again(
 ) -> None:
     job = _submitted(openai_client(emu))
     provider = job._provider
-    fetch, parse = provider.fetch_results, provider.parse_results
+    download, parse = provider.download_results, provider.parse_results
     downloads: list[int] = []
 
-    def truncated_once(info: Any, **kwargs: Any) -> list[bytes]:
-        files = fetch(info, **kwargs)
+    def truncated_once(info: Any, sink: Any, **kwargs: Any) -> None:
+        download(info, sink, **kwargs)
         downloads.append(1)
-        return [files[0][: len(files[0]) // 2]] if len(downloads) == 1 else files
+        if len(downloads) == 1:
+            whole = sink.paths[0].read_bytes()
+            sink.paths[0].write_bytes(whole[: len(whole) // 2])
 
     def parse_whole_files_only(raw: bytes, spec: Any) -> Any:
         # A parser that cannot make sense of half a file (as a provider's might not).
@@ -373,7 +375,7 @@ def test_a_result_file_that_cannot_be_read_is_downloaded_again(
             raise ValueError("the file ends in the middle of a line")
         return parse(raw, spec)
 
-    monkeypatch.setattr(provider, "fetch_results", truncated_once)
+    monkeypatch.setattr(provider, "download_results", truncated_once)
     monkeypatch.setattr(provider, "parse_results", parse_whole_files_only)
     while not job._ledger.batches(job.id)[0]["ended"]:
         snap = job.refresh()

@@ -336,11 +336,13 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
     if credentials.is_loopback(base_url):
         # Never an environment key, and only while the listener is the one sent to; a
         # job recorded before listeners were cannot tell, so it needs client= too.
+        # When it is gone, the job still opens (its results are in the ledger) but every
+        # request is refused before it is sent, with the message that asks for client=.
         assert base_url is not None
+        raw = default_client(name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
         if credential and loopback.same_listener(credential, base_url):
-            raw = default_client(name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
             return loopback.for_record(raw, base_url, credential)
-        raise ConfigError(loopback.gone(base_url, record["id"]), job_id=record["id"], provider=name)
+        return loopback.refusing(raw, base_url, record["id"], credential or "")
     if credential and credential.startswith("env:"):
         var = credential.removeprefix("env:")
         value = os.environ.get(var)

@@ -235,6 +235,13 @@ def for_record(client: Any, url: str, credential: str) -> Any:
     return guarded(client, listener_check(url, recorded), credential)
 
 
+def refusing(client: Any, url: str, job_id: str, credential: str) -> Any:
+    """A client for a recorded job whose loopback listener is gone: every request to it
+    is answered by nbbatch with the message that says so and asks for ``client=``."""
+    message = gone(url, job_id)
+    return guarded(client, lambda request: message, credential)
+
+
 def _transport_of(client: Any) -> httpx2.BaseTransport | None:
     """The httpx2 transport an SDK client sends through (its connection pool), if it
     has one nbbatch can share."""
