@@ -73,3 +73,24 @@ def private_tree(folder: Path) -> None:
             path = os.path.join(root, name)
             if not os.path.islink(path):
                 os.chmod(path, PRIVATE)
+
+
+def private_dirs(folder: str | os.PathLike[str]) -> Path:
+    """Make ``folder`` and each missing folder above it owner-only (0700), whatever the
+    umask (``mkdir(parents=True)`` makes the parents with the umask's mode: 0777 under
+    umask 000). Folders that exist are left as they are."""
+    folder = Path(folder)
+    missing = []
+    at = folder
+    while not at.exists():
+        missing.append(at)
+        if at.parent == at:
+            break
+        at = at.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by another process
+        os.chmod(path, 0o700)
+    return folder

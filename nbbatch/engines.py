@@ -427,7 +427,7 @@ def _assemble(
     keys = np.zeros(n, dtype=np.uint64) if id_column else None
     digest = hashlib.sha256(orjson.dumps(["engine", *fingerprint_of, id_column, n]))
     path = folder / f".plan-{secrets.token_hex(6)}.arrow"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     offset = 0
     try:
         with pa.OSFile(str(path), "wb") as sink:
