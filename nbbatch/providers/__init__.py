@@ -337,12 +337,11 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
         # Never an environment key, and only while the listener is the one sent to; a
         # job recorded before listeners were cannot tell, so it needs client= too.
         # When it is gone, the job still opens (its results are in the ledger) but every
-        # request is refused before it is sent, with the message that asks for client=.
+        # request to another listener is refused before it is sent, with the message
+        # that asks for client=.
         assert base_url is not None
         raw = default_client(name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
-        if credential and loopback.same_listener(credential, base_url):
-            return loopback.for_record(raw, base_url, credential)
-        return loopback.refusing(raw, base_url, record["id"], credential or "")
+        return loopback.for_record(raw, base_url, credential, record["id"])
     if credential and credential.startswith("env:"):
         var = credential.removeprefix("env:")
         value = os.environ.get(var)

@@ -90,29 +90,26 @@ def gone(url: str, job_id: str | None = None) -> str:
     )
 
 
-def same_listener(credential: str | None, url: str) -> bool:
-    """Whether the listener at ``url`` is the one recorded in ``credential`` at submit."""
-    if not credential or not credential.startswith(PREFIX):
-        return False
-    recorded = credential.removeprefix(PREFIX)
-    return bool(recorded) and listener(port_of(url)) == recorded
-
-
 class Guard(httpx2.BaseTransport):
     """An httpx2 transport that asks ``check`` before each request to a loopback host
     and answers 403 itself with the reason ``check`` gives for refusing it."""
 
     def __init__(
-        self, check: Callable[[httpx2.Request], str | None], inner: httpx2.BaseTransport | None
+        self, check: Callable[[httpx2.Request], str | None], owner: httpx2.Client | None
     ) -> None:
         self._check = check
         # The client's own transport when it has one: its connections stay in its pool,
-        # closed when that client is closed.
-        self._owns = inner is None
-        self._inner = inner if inner is not None else httpx2.HTTPTransport()
+        # and once its owner is closed nothing more is sent through it (as the owner
+        # itself would refuse), so no connection outlives the client it belongs to.
+        inner = getattr(owner, "_transport", None)
+        self._owner = owner if isinstance(inner, httpx2.BaseTransport) else None
+        self._owns = self._owner is None
+        self._inner = inner if isinstance(inner, httpx2.BaseTransport) else httpx2.HTTPTransport()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send ``request`` if ``check`` allows it (it may also rewrite it)."""
+        if self._owner is not None and self._owner.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
         if is_loopback(str(request.url)):
             refusal = self._check(request)
             if refusal is not None:
@@ -151,16 +148,26 @@ def _refused(request: httpx2.Request, message: str) -> httpx2.Response:
     return httpx2.Response(403, json=body, request=request)
 
 
-def listener_check(url: str, recorded: str | None) -> Callable[[httpx2.Request], str | None]:
+def listener_check(
+    url: str, recorded: str | None, *, at_submit: bool, job_id: str | None = None
+) -> Callable[[httpx2.Request], str | None]:
     """A check that lets a request through only while the listener on ``url``'s port is
-    the socket ``recorded`` at submit (None: this system cannot tell, trust it)."""
+    the socket ``recorded`` at submit. When no one listens, the request fails as a
+    refused connection would, without being sent. When this system cannot tell who
+    listens (no ``/proc``), only the client made at submit (``at_submit``) trusts it."""
     port = port_of(url)
 
     def check(request: httpx2.Request) -> str | None:
-        if recorded is None or (request.url.port or port) != port:
-            return None if recorded is None else gone(url)
+        if (request.url.port or port) != port:
+            return gone(url, job_id)
         now = listener(port)
-        return None if now is None or now == recorded else gone(url)
+        if now == "":
+            # Refused here, as the system would refuse the connection: sent on, the
+            # request could reach a process that takes the port in the meantime.
+            raise httpx2.ConnectError(f"nothing listens on port {port}", request=request)
+        if now is None or recorded is None:
+            return None if at_submit else gone(url, job_id)
+        return None if now == recorded else gone(url, job_id)
 
     return check
 
@@ -191,7 +198,7 @@ def guarded(client: Any, check: Callable[[httpx2.Request], str | None], credenti
     """A copy of SDK ``client`` whose requests pass ``check`` first (``credential``: what
     a job made with it records, see :func:`credential_of`)."""
     http = _ClosingClient(
-        transport=Guard(check, _transport_of(client)),
+        transport=Guard(check, _http_of(client)),
         trust_env=False,  # never through a proxy: it would see the key
         timeout=httpx2.Timeout(600.0, connect=10.0),
         follow_redirects=False,
@@ -224,32 +231,28 @@ def guard(client: Any, url: str) -> tuple[Any, str]:
     if known is not None:
         return client, known
     credential = credential_for(url)
-    recorded = listener(port_of(url))
-    return guarded(client, listener_check(url, recorded), credential), credential
+    check = listener_check(url, listener(port_of(url)), at_submit=True)
+    return guarded(client, check, credential), credential
 
 
-def for_record(client: Any, url: str, credential: str) -> Any:
-    """A client (holding no real key) for a recorded job at loopback ``url``, guarded by
-    the listener recorded at submit."""
-    recorded = credential.removeprefix(PREFIX)
-    return guarded(client, listener_check(url, recorded), credential)
+def for_record(client: Any, url: str, credential: str | None, job_id: str) -> Any:
+    """A client (holding no real key) for recorded job ``job_id`` at loopback ``url``,
+    guarded by the listener recorded at submit: none recorded (a job from before
+    listeners were recorded, or from a system without ``/proc``) matches no listener."""
+    recorded = None
+    if credential and credential.startswith(PREFIX):
+        recorded = credential.removeprefix(PREFIX) or None
+    check = listener_check(url, recorded, at_submit=False, job_id=job_id)
+    return guarded(client, check, credential or PREFIX)
 
 
-def refusing(client: Any, url: str, job_id: str, credential: str) -> Any:
-    """A client for a recorded job whose loopback listener is gone: every request to it
-    is answered by nbbatch with the message that says so and asks for ``client=``."""
-    message = gone(url, job_id)
-    return guarded(client, lambda request: message, credential)
-
-
-def _transport_of(client: Any) -> httpx2.BaseTransport | None:
-    """The httpx2 transport an SDK client sends through (its connection pool), if it
-    has one nbbatch can share."""
+def _http_of(client: Any) -> httpx2.Client | None:
+    """The httpx2 client an SDK client sends through (its connection pool), if nbbatch
+    can share it."""
     http = getattr(client, "_client", None)  # openai, anthropic
     if http is None:  # google.genai
         http = getattr(getattr(client, "_api_client", None), "_httpx_client", None)
-    transport = getattr(http, "_transport", None)
-    return transport if isinstance(transport, httpx2.BaseTransport) else None
+    return http if isinstance(http, httpx2.Client) else None
 
 
 def _genai_parts(client: Any) -> tuple[str | None, Any] | None:
