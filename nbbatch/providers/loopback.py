@@ -16,8 +16,9 @@ the home's background emulator (``provider="local"``)
 any other loopback listener (``nb.emulator.start()``, a local proxy)
     its listening socket must be the one that listened when the job was submitted: the
     same socket inode and owner, read from ``/proc/net/tcp`` (Linux). A process that
-    took the port after the first one exited has another socket, so it gets nothing.
-    Where ``/proc`` is not there, the client made at submit trusts the address for its
+    took the port after the first one exited has another socket, so it gets nothing;
+    a port no one listens on fails as a refused connection, unsent. Where ``/proc``
+    is not there, the client made at submit trusts the address for its
     own life only; a job rebuilt later (``nb.attach``, the command line, the sidebar)
     then needs ``client=``.
 
