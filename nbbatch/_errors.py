@@ -29,10 +29,15 @@ class NbbatchError(Exception):
     def __init__(
         self, message: str, *, job_id: str | None = None, provider: str | None = None
     ) -> None:
-        from ._scrub import scrub
+        import sys
+
+        from ._scrub import scrub, scrub_chain
 
         # An SDK's error text, quoted in ours, can carry the key it was given.
         super().__init__(scrub(message))
+        # So can the SDK's error itself, chained under ours (``raise ... from exc``, or
+        # raised while handling it): a traceback shows it, and a notebook keeps it.
+        scrub_chain(sys.exc_info()[1])
         self.job_id = job_id
         self.provider = provider
 

@@ -67,3 +67,37 @@ def private_output(target: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def private_tree(folder: Path) -> None:
+    """Make ``folder`` and every folder under it 0700 and every file 0600 (what a
+    library wrote with the process's umask), never following a link."""
+    os.chmod(folder, 0o700, follow_symlinks=False)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o700, follow_symlinks=False)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, PRIVATE)
+
+
+def private_dirs(folder: str | os.PathLike[str]) -> Path:
+    """Make ``folder`` and each missing folder above it owner-only (0700), whatever the
+    umask (``mkdir(parents=True)`` makes the parents with the umask's mode: 0777 under
+    umask 000). Folders that exist are left as they are."""
+    folder = Path(folder)
+    missing = []
+    at = folder
+    while not at.exists():
+        missing.append(at)
+        if at.parent == at:
+            break
+        at = at.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by another process
+        os.chmod(path, 0o700)
+    return folder

@@ -93,3 +93,26 @@ def install_log_filter(logger: logging.Logger) -> None:
     """Scrub every record logged on ``logger`` (once; repeated calls do nothing)."""
     if not any(isinstance(f, ScrubFilter) for f in logger.filters):
         logger.addFilter(ScrubFilter())
+
+
+def scrub_chain(exc: BaseException | None) -> None:
+    """Scrub, in place, the messages of ``exc`` and of every exception chained to it
+    (``__cause__``, ``__context__``): a notebook shows the whole chain under an error of
+    ours, and saves it with the notebook, so an SDK error quoting a key must not be
+    there as it came."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        try:
+            current.args = tuple(scrub(a) if isinstance(a, str) else a for a in current.args)
+            for name in ("message", "body"):  # the SDKs keep the error text there too
+                value = getattr(current, name, None)
+                if isinstance(value, str | dict | list):
+                    setattr(current, name, scrub_json(value))
+        except Exception:  # an exception type that refuses: its text stays, ours is clean
+            pass
+        todo += [current.__cause__, current.__context__]

@@ -460,6 +460,8 @@ def _policy(
         policy["cascade"] = {"models": models, "when": when}
     if pack:
         policy["pack"] = pack
+        # The secret the pack's item ids are made from: no row's text can name them.
+        policy["pack_secret"] = _pack.new_secret()
     return policy
 
 
@@ -1034,7 +1036,7 @@ def _packed_estimate(
 ) -> _estimate_mod.Estimate:
     """:func:`_estimate` for a job sent in packs of ``pack`` rows (its first try), with
     what the same requests cost ``unpacked`` in its note."""
-    packed = _pack.packed_spec(spec, pack)
+    packed = _pack.packed_spec(spec, pack, checked=True)
     prefix, suffix = _pack.split_template(template)
     expected = kwargs.pop("expected_output_tokens", None)
     per_pack = None if expected is None else expected * pack

@@ -152,12 +152,38 @@ def _poll(job: BatchJob, *, send: bool) -> JobSnapshot:
 #: Result file formats by suffix, as ``collect --out`` accepts them.
 WRITERS: dict[str, Callable[[pd.DataFrame, Path], Any]] = {
     ".parquet": lambda f, p: f.to_parquet(p, index=False),
-    ".csv": lambda f, p: f.to_csv(p, index=False),
+    ".csv": lambda f, p: inert_cells(f).to_csv(p, index=False),
     ".jsonl": lambda f, p: f.to_json(p, orient="records", lines=True, force_ascii=False),
     ".ndjson": lambda f, p: f.to_json(p, orient="records", lines=True, force_ascii=False),
     ".json": lambda f, p: f.to_json(p, orient="records", force_ascii=False),
-    ".xlsx": lambda f, p: f.to_excel(p, index=False),
+    ".xlsx": lambda f, p: inert_cells(f).to_excel(p, index=False),
 }
+
+#: A text cell starting with one of these is taken for a formula by spreadsheets (OWASP
+#: ASVS 5.0 requirement 1.2.10, https://asvs.emil.hemdal.se/1.2.10, names = + - @, tab
+#: and NUL; a carriage return is added as some spreadsheets skip it before a formula).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\0")
+
+
+def inert_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every text cell that a spreadsheet would run as a formula (a
+    model's answer, or a row's own text, starting with ``=``, ``+``, ``-``, ``@``...)
+    prefixed with a single quote, which spreadsheets take as "this is text"."""
+    out = frame.copy(deep=False)
+    for name in out.columns:
+        column = out[name]
+        if column.dtype.kind in "biufcmM":  # numbers, booleans, times: no text in them
+            continue
+
+        def inert(value: Any) -> Any:
+            if isinstance(value, str) and value.startswith(FORMULA_START):
+                return "'" + value
+            return value
+
+        out[name] = column.map(inert)
+    return out
+
+
 FORMATS = ".parquet, .csv, .jsonl (or .ndjson), .json or .xlsx"
 
 

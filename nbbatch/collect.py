@@ -11,8 +11,13 @@ real-time API (``fallback="realtime"``), then the failure-rate alert is raised.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -215,13 +220,17 @@ def collect_packs(
     """Record one result per row of an ended batch of packs (``submit(pack=N)``;
     ``positions``: its rows, in the order they were packed), each row's answer taken
     from its pack's (see :func:`nbbatch.pack.packed_results`)."""
-    packed = _pack.packed_spec(spec, size)
+    secret = ctx.policy.get("pack_secret")  # the item ids and checks, when it has one
+    packed = _pack.packed_spec(spec, size, checked=bool(secret))
     try:
         tables = [ctx.provider.parse_results(raw, packed) for raw in raws]
     except Exception as exc:  # as for unpacked batches: fetched again, nothing recorded
         raise unreadable(ctx, info, exc) from exc
     row_ids = ctx.row_state().manifest_column("custom_id", positions)
-    table, note, warn = _pack.packed_results(info, tables, spec, positions, row_ids, size)
+    texts = _pack.item_texts(ctx, positions) if secret else None
+    table, note, warn = _pack.packed_results(
+        info, tables, spec, positions, row_ids, size, secret=secret, texts=texts
+    )
     results = rowstore.result_table(positions, table, hashes(ctx, positions, 0))
     ctx.ledger.record_results(ctx.id, intent, results, note)
     forget_result_files(ctx, info)  # recorded: the raw download is not kept twice
@@ -266,13 +275,42 @@ def read_result_files(ctx: JobContext, info: BatchInfo, n_requests: int = 0) -> 
     forget_result_files(ctx, info)  # a broken earlier download, not to be mixed in
     # Sized by what was sent, not by what the provider says the batch holds.
     cap = RESULT_BYTES_BASE + RESULT_BYTES_PER_REQUEST * max(n_requests or info.total, 1)
-    raws = ctx.provider.fetch_results(info, max_bytes=cap)
-    if sum(len(raw) for raw in raws) > cap:  # a provider that could not stream it
-        raise too_large(ctx, info, cap)
-    for i, raw in enumerate(raws):
-        # A cache (the parsed results are the record, flushed to disk): not synced.
-        ctx.ledger.write_file(ctx.id, f"{info.batch_id}.{i}.jsonl", raw, sync=False)
-    return raws
+    # Written to disk as it arrives (the files are kept: the parsed results are the
+    # record, so they are a cache, not synced), never held whole in memory meanwhile.
+    sink = ResultSink(ctx.ledger.folder(ctx.id), info.batch_id)
+    try:
+        ctx.provider.download_results(info, sink, max_bytes=cap)
+        if sink.size > cap:  # a provider that could not stream it
+            raise too_large(ctx, info, cap)
+    except BaseException:
+        forget_result_files(ctx, info)
+        raise
+    return [path.read_bytes() for path in sink.paths]
+
+
+class ResultSink:
+    """Where a provider writes a batch's raw result files: ``BATCH.<i>.jsonl`` in the
+    job's folder, each 0600, under a temporary name until it is whole."""
+
+    def __init__(self, folder: Path, batch_id: str) -> None:
+        self.folder, self.batch_id = folder, batch_id
+        self.paths: list[Path] = []
+        self.size = 0
+
+    @contextlib.contextmanager
+    def new(self) -> Iterator[BinaryIO]:
+        """A new result file to write; in place once the block ends without error."""
+        target = self.folder / f"{self.batch_id}.{len(self.paths)}.jsonl"
+        tmp = self.folder / f".{target.name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield out
+                self.size += out.tell()
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.paths.append(target)
 
 
 def forget_result_files(ctx: JobContext, info: BatchInfo) -> None:

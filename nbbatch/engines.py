@@ -33,6 +33,7 @@ they made.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -50,7 +51,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import frames, rowstore
+from . import _files, frames, rowstore
 from . import plan as _plan
 from . import prompt as _prompt
 from . import stream as _stream
@@ -59,6 +60,8 @@ from .providers.base import RequestSpec
 
 if TYPE_CHECKING:
     from .context import JobContext
+
+log = logging.getLogger("nbbatch")
 
 DASK, SPARK = "dask", "spark"
 #: Where workers and the driver exchange files, when not beside the ledger.
@@ -104,9 +107,55 @@ def head(data: Any, n: int = 5) -> pd.DataFrame:
 
 
 def staging_root(default: Path) -> Path:
-    """The folder where workers write their files: ``NBBATCH_STAGING`` or ``default``."""
+    """The folder where workers write their files: ``NBBATCH_STAGING`` or ``default``.
+
+    ``NBBATCH_STAGING`` must be this user's own folder that no one else may write (made
+    0700 if missing): its owner, or anyone who may write it, could read the prompts and
+    rewrite the answers ``merge()`` returns. Raises :class:`InputError` otherwise."""
     root = os.environ.get(STAGING_ENV)
-    return Path(root) if root else default
+    if not root:
+        return default
+    path = Path(root).expanduser()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = path.stat()
+    if st.st_uid != os.getuid():
+        raise InputError(
+            f"{STAGING_ENV}={root} belongs to another user (uid {st.st_uid}), who could read "
+            "the prompts and rewrite the answers merge() returns; nothing was sent. Set "
+            f"{STAGING_ENV} to a folder of your own (mkdir -m 700 ...)."
+        )
+    if st.st_mode & 0o022:
+        raise InputError(
+            f"{STAGING_ENV}={root} may be written by others (mode {st.st_mode & 0o777:o}), "
+            "who could replace the files the workers write and so the answers merge() "
+            f"returns; nothing was sent. Make it yours alone (chmod 700 {root}) or set "
+            f"{STAGING_ENV} to a folder of your own."
+        )
+    return path
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` empty, mode 0600, never through a link (a writer then opens it)."""
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+
+
+def file_digest(path: Path) -> list[Any]:
+    """``[size, sha256]`` of the file at ``path``."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return [size, digest.hexdigest()]
+
+
+def _changed(path: Path) -> str:
+    return (
+        f"the file {path} is not the one the worker wrote (its size or SHA-256 differs): "
+        "someone changed it in the staging folder; nothing of it was used. Submit again, "
+        f"with {STAGING_ENV} a folder of your own."
+    )
 
 
 @dataclass(frozen=True)
@@ -135,9 +184,16 @@ class Planned:
         """Move the workers' request files into the job's folder (they are sent from
         there, also after a restart), then drop the staging folder."""
         target = job_folder / "requests"
-        target.mkdir(parents=True, exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True, mode=0o700)
+        digests = self.source.get("digests", {})
         for name in self.source["requests"]:
             shutil.move(str(self.staging / name), str(target / name))
+            # Checked once moved: in the job's folder no one else can change it any more.
+            # One that changed is dropped, and the driver encodes those rows itself from
+            # the checked manifest (as for a job whose files were never moved in).
+            if file_digest(target / name) != digests.get(name):
+                (target / name).unlink()
+                log.warning("%s; the driver encodes its rows itself", _changed(self.staging / name))
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def discard(self) -> None:
@@ -190,6 +246,8 @@ def plan_partition(
     n = 0
     first_skip = None
     try:
+        for t in tmp:
+            _private_file(t)
         with (
             pa.OSFile(str(tmp[0]), "wb") as msink,
             pa.ipc.new_file(msink, rowstore.MANIFEST_SCHEMA) as manifest,
@@ -219,6 +277,9 @@ def plan_partition(
                     pa.table([_per_row(lines, rows.send_positions, rows.n_rows)], REQUEST_SCHEMA)
                 )
                 n += rows.n_rows
+        # What the driver checks before it uses them (it gets this through the engine,
+        # not through the shared folder).
+        digests = {name: file_digest(t) for t, name in zip(tmp, names, strict=True)}
         for t, name in zip(tmp, names, strict=True):
             os.replace(t, folder / name)
     finally:
@@ -230,6 +291,7 @@ def plan_partition(
         "first_skip": first_skip,
         "scheme": _plan.HASH_SCHEME,
         "worker": _worker_name(),
+        "digests": digests,
     }
 
 
@@ -278,9 +340,11 @@ def plan(
     used = list(
         dict.fromkeys([*_prompt.parse(template).columns, *([id_column] if id_column else [])])
     )
-    _sweep(staging_root(folder))
-    staging = staging_root(folder) / f".staging-{secrets.token_hex(6)}"
+    root = staging_root(folder)
+    _sweep(root)
+    staging = root / f".staging-{secrets.token_hex(6)}"
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging.chmod(0o700)  # whatever the umask
     planned = None
     try:
         engine = _Dask(data, used) if kind == DASK else _Spark(data, used)
@@ -301,6 +365,7 @@ def plan(
             "partitions": [rows for rows, _ in counts],
             "workers": sorted({s["worker"] for s in summaries}),
             "requests": [f"requests-{s['part']:06d}.arrow" for s in summaries],
+            "digests": {name: digest for s in summaries for name, digest in s["digests"].items()},
             "provider": provider,
             "spec": orjson.loads(orjson.dumps(spec.as_dict())),
         }
@@ -362,14 +427,20 @@ def _assemble(
     keys = np.zeros(n, dtype=np.uint64) if id_column else None
     digest = hashlib.sha256(orjson.dumps(["engine", *fingerprint_of, id_column, n]))
     path = folder / f".plan-{secrets.token_hex(6)}.arrow"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     offset = 0
     try:
         with pa.OSFile(str(path), "wb") as sink:
             with pa.ipc.new_file(sink, rowstore.MANIFEST_SCHEMA) as writer:
                 for s in summaries:
-                    piece = staging / f"plan-{s['part']:06d}.arrow"
-                    for batch in rowstore.read_batches(piece):
+                    name = f"plan-{s['part']:06d}.arrow"
+                    piece = staging / name
+                    # Read once, checked, then parsed from memory: what is used is what
+                    # the worker wrote, whatever happens to the file meanwhile.
+                    data = piece.read_bytes()
+                    if [len(data), hashlib.sha256(data).hexdigest()] != s["digests"][name]:
+                        raise InputError(_changed(piece))
+                    for batch in _batches_of(data):
                         stop = offset + batch.num_rows
                         hashes[offset:stop] = batch.column("request_hash").to_numpy()
                         sent[offset:stop] = (
@@ -404,6 +475,13 @@ def _assemble(
         first_skip=next((s["first_skip"] for s in summaries if s["first_skip"]), None),
         fingerprint=digest.hexdigest(),
     )
+
+
+def _batches_of(data: bytes) -> Iterator[pa.RecordBatch]:
+    """The record batches of an Arrow IPC file held in memory."""
+    reader = pa.ipc.open_file(pa.BufferReader(data))
+    for i in range(reader.num_record_batches):
+        yield reader.get_batch(i)
 
 
 def _label_of(path: Path, keys: np.ndarray, key: np.uint64) -> str:
@@ -605,6 +683,7 @@ class MergeWork:
 
     job_id: str
     results: str  # the results Parquet file
+    digest: list[Any]  # its [size, sha256], checked before a worker reads it
     offsets: list[int]
     added: list[str]
     template: str
@@ -646,12 +725,21 @@ def merge(ctx: JobContext, data: Any, *, verify: bool = True, lineage: bool = Fa
         )
     ctx.warn_if_running("merge()")
     folder = staging_root(ctx.ledger.folder(ctx.id))
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"results-{ctx.id}-{secrets.token_hex(4)}.parquet"
-    schema = _merge.write_results(ctx, target, rows_per_group=RESULT_ROWS, lineage=lineage)
+    # One results file a job (0600): a new merge replaces the last one, and frames
+    # merged earlier then say so rather than read other answers; forget() removes it.
+    target = results_path(folder, ctx.id)
+    tmp = folder / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    _private_file(tmp)
+    try:
+        schema = _merge.write_results(ctx, tmp, rows_per_group=RESULT_ROWS, lineage=lineage)
+        digest = file_digest(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
     work = MergeWork(
         job_id=ctx.id,
         results=str(target),
+        digest=digest,
         offsets=np.concatenate([[0], np.cumsum(counts)]).tolist(),
         added=ctx.output_columns(lineage),
         template=ctx.record["template"],
@@ -671,6 +759,47 @@ def merge(ctx: JobContext, data: Any, *, verify: bool = True, lineage: bool = Fa
     return _spark_merge(data, work, added)
 
 
+def results_path(folder: Path, job_id: str) -> Path:
+    """Where a Dask/Spark merge of job ``job_id`` puts its results file in ``folder``."""
+    return folder / f"results-{job_id}.parquet"
+
+
+def forget_staged(job_id: str, default: Path) -> None:
+    """Remove what a job left in the staging folder (its merge results file)."""
+    try:
+        root = staging_root(default)
+    except InputError:
+        return  # a staging folder not ours: nothing of ours is in it to remove
+    results_path(root, job_id).unlink(missing_ok=True)
+
+
+#: Results files this worker process checked: (path, inode, mtime, size) -> digest.
+_checked: dict[tuple[str, int, int, int], list[Any]] = {}
+_checked_lock = threading.Lock()
+
+
+def _check_results(work: MergeWork) -> None:
+    """Refuse a results file that is not the one the driver wrote: another owner, open
+    to others, or another size or SHA-256 (hashed once per worker process and file)."""
+    path = Path(work.results)
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise MergeError(_changed(path), job_id=work.job_id)
+    key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    with _checked_lock:
+        known = _checked.get(key)
+    if known is None:
+        known = file_digest(path)
+        with _checked_lock:
+            _checked[key] = known
+    if known != work.digest:
+        raise MergeError(
+            f"the results file of job {work.job_id} changed since this frame was merged "
+            "(a later merge() replaced it, or someone changed it): merge again.",
+            job_id=work.job_id,
+        )
+
+
 def merge_partition(work: MergeWork, part: int, frame: pd.DataFrame) -> pa.Table:
     """The result columns (``work.added``, an Arrow table) for partition ``part``
     (``frame``, whole), read from its slice of the results file and checked against
@@ -682,6 +811,7 @@ def merge_partition(work: MergeWork, part: int, frame: pd.DataFrame) -> pa.Table
     lo, hi = work.offsets[part], work.offsets[part + 1]
     if not Path(work.results).exists():
         raise MergeError(_unshared("results file", Path(work.results)), job_id=work.job_id)
+    _check_results(work)
     if len(frame) != hi - lo:
         raise MergeError(
             f"partition {part} has {len(frame):,} rows but had {hi - lo:,} when job "
@@ -794,4 +924,8 @@ def to_parquet(
         out.to_parquet(str(target), write_index=False)
     else:
         out.write.mode("overwrite").parquet(str(target))
+    # The engines write with the process's umask: make the folder and its files private
+    # like every other result file (the files are written on this machine or a shared
+    # mount this process can reach).
+    _files.private_tree(target)
     return target

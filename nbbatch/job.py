@@ -672,6 +672,8 @@ class BatchJob:
             self.stop_polling()
             _control.drop_local_copy(self._ctx)  # the background emulator's copy too
             self._ledger.forget_job(self.id)
+            # A Dask/Spark merge's results file, when it is in NBBATCH_STAGING.
+            engines.forget_staged(self.id, self._ledger.files / self.id)
 
     # -- results ----------------------------------------------------------------------------
     def results(self) -> pd.DataFrame:

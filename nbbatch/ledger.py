@@ -22,7 +22,6 @@ import socket
 import sqlite3
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ import orjson
 import platformdirs
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from . import _files
 
 Migration = Callable[[sqlite3.Connection, Path], None]
 MIGRATIONS: list[Migration] = []
@@ -441,18 +442,19 @@ def _script(db: sqlite3.Connection, sql: str) -> None:
 
 def _owner_only(path: Path, mode: int) -> None:
     """Tighten ``path`` to ``mode`` when others can read it (a folder made by hand, or by
-    an older release); warn instead when it belongs to someone else."""
+    an older release); refuse it when it belongs to someone else, who could read the
+    prompts and results in it and rewrite what the ledger says."""
     st = path.stat()
-    if st.st_mode & 0o077 == 0:
-        return
-    if st.st_uid == os.getuid():
+    if st.st_uid != os.getuid():
+        from ._errors import ConfigError
+
+        raise ConfigError(
+            f"{path} belongs to another user (uid {st.st_uid}); the ledger holds prompts, "
+            "results and what was paid, which its owner could read and rewrite. Set "
+            "NBBATCH_HOME to a folder of your own."
+        )
+    if st.st_mode & 0o077:
         path.chmod(mode)
-        return
-    warnings.warn(
-        f"{path} can be read by other users and is not yours to tighten; the ledger holds "
-        "prompts and results. Ask its owner to run: chmod go-rwx " + str(path),
-        stacklevel=3,
-    )
 
 
 def owner() -> dict[str, Any]:
@@ -516,7 +518,7 @@ class Ledger:
 
     def __init__(self, path: Path | None = None) -> None:
         folder = (path.parent if path else home()).expanduser()
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _files.private_dirs(folder)  # and the folders above it it makes, under any umask
         self.path = path or folder / "ledger.sqlite3"
         self.files = folder / "files"
         self.files.mkdir(exist_ok=True, mode=0o700)

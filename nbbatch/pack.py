@@ -7,9 +7,20 @@ sent once per pack: the system prompt, and the template's literal text before it
 first placeholder and after its last one, shown with :data:`ITEM` where the per-row
 part goes. The per-row part (the rendered prompt without that prefix and suffix) is an
 *item*, and the items go as a JSON list (so no row's text can pass for another item or
-for the instructions), each with a short id ("1", "2", ...). The reply is asked for
-through the provider's structured outputs: ``{"answers": [{"id": ..., "answer": ...}]}``,
-the answer being text or, with ``response_format``, one object of the user's schema.
+for the instructions), each with a short random id: an HMAC of the pack and the item's
+place under a secret kept with the job (``policy["pack_secret"]``), so no row's text can
+name another row's id, yet collecting finds the ids again. The reply is asked for
+through the provider's structured outputs:
+``{"answers": [{"id": ..., "check": ..., "answer": ...}]}``, the answer being text or,
+with ``response_format``, one object of the user's schema, and ``check`` the item's
+first words (:func:`first_words`), which nbbatch compares with the item the id names: an
+answer put under another item's id (swapped answers) fails the check, and its row goes
+again on its own. (Jobs packed before ids were random keep "1", "2", ... and no check.)
+
+Packing puts rows side by side in one request, so one row's text can still sway the
+model's answers to the others (it sees them all); the ids and checks catch answers
+that land on the wrong row, not a model persuaded to answer another item differently.
+Rows from untrusted sources that must not influence each other are not to be packed.
 
 Which rows a pack holds is not stored: a batch's rows are its intent's positions, in
 order, cut into runs of N, so collecting recomputes the packs exactly. Each row's
@@ -23,7 +34,10 @@ are the pack's), so ``job.cost`` is what was billed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import math
+import secrets
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,11 +65,24 @@ GUIDE = (
 )
 #: The error type of a row the pack's answer left out or got wrong (retried unpacked).
 PACK_MISSING = "missing_from_pack"
+#: What a pack with checks asks of the model (see :func:`first_words`).
+GUIDE_CHECKED = (
+    "Each item below is a separate request: answer each one exactly as you would if it "
+    f"had been sent alone (with {ITEM} in the instruction above, if any, replaced by the "
+    'item\'s text). Reply with a JSON object {"answers": [{"id": "<the item\'s id>", '
+    '"check": "<the first five words of the item\'s text, copied exactly>", '
+    '"answer": <your answer to that item>}, ...]}: one entry per item, every id exactly '
+    "once.\nItems (JSON):\n"
+)
+#: Words of an item's text its answer's check repeats, and the most characters kept.
+CHECK_WORDS, CHECK_CHARS = 5, 60
 #: Largest pack: beyond it one reply would be too long to be reliable.
 MAX_PACK = 500
 #: Output tokens a pack's request may use per item, beyond the row's ``max_tokens``:
 #: the item's id and the JSON around its answer.
 ITEM_OVERHEAD_TOKENS = 16
+#: And for its check (five words, at most 60 characters).
+CHECK_TOKENS = 16
 
 
 def check(pack: Any, spec: RequestSpec) -> int | None:
@@ -92,9 +119,41 @@ def split_template(template: str) -> tuple[str, str]:
     return parsed.pieces[0], parsed.pieces[-1]
 
 
-def packed_spec(spec: RequestSpec, size: int) -> RequestSpec:
+def first_words(text: str) -> str:
+    """An item's check: its first five words (at most 60 characters)."""
+    return " ".join(text.split()[:CHECK_WORDS])[:CHECK_CHARS]
+
+
+def _same_check(given: str, text: str) -> bool:
+    """Whether a check ``given`` in an answer is that of item ``text`` (case and spacing
+    aside: a model may not copy those exactly)."""
+    want = " ".join(first_words(text).casefold().split())
+    got = " ".join(given.casefold().split())
+    return got == want or (len(want) >= CHECK_CHARS - 5 and got.startswith(want[:40]))
+
+
+def new_secret() -> str:
+    """A job's pack secret, from which its item ids are made."""
+    return secrets.token_hex(16)
+
+
+def item_ids(secret: str | None, pack_id: str, n: int) -> list[str]:
+    """The ids of the ``n`` items of pack ``pack_id``: random-looking and unguessable
+    without ``secret``, distinct within the pack ("1", "2", ... without a secret)."""
+    if not secret:
+        return [str(j + 1) for j in range(n)]
+    out: list[str] = []
+    for j in range(n):
+        tag = hmac.new(secret.encode(), f"{pack_id}|{j}".encode(), hashlib.sha256)
+        value = tag.hexdigest()[:10]
+        out.append(value if value not in out else f"{value}{j}")
+    return out
+
+
+def packed_spec(spec: RequestSpec, size: int, *, checked: bool = False) -> RequestSpec:
     """The request parameters of a pack of ``size`` rows: the answers' schema as its
-    structured output, and room for ``size`` answers when ``max_tokens`` is set."""
+    structured output (with each answer's ``check`` when ``checked``), and room for
+    ``size`` answers when ``max_tokens`` is set."""
     from . import structured
 
     answer: dict[str, Any] = {"type": "string"}
@@ -104,10 +163,13 @@ def packed_spec(spec: RequestSpec, size: int) -> RequestSpec:
         # References (#/$defs/...) stay valid with the definitions at the root.
         defs = schema.pop("$defs", None) or {}
         answer = schema
+    # The check before the answer: the model writes which item it answers first.
+    fields = ["id", "check", "answer"] if checked else ["id", "answer"]
+    props = {"id": {"type": "string"}, "check": {"type": "string"}, "answer": answer}
     item = {
         "type": "object",
-        "properties": {"id": {"type": "string"}, "answer": answer},
-        "required": ["id", "answer"],
+        "properties": {name: props[name] for name in fields},
+        "required": fields,
         "additionalProperties": False,
     }
     root: dict[str, Any] = {
@@ -122,20 +184,47 @@ def packed_spec(spec: RequestSpec, size: int) -> RequestSpec:
                                                   "strict": True}}  # fmt: skip
     max_tokens = spec.max_tokens
     if max_tokens is not None:
-        max_tokens = size * (max_tokens + ITEM_OVERHEAD_TOKENS)
+        overhead = ITEM_OVERHEAD_TOKENS + (CHECK_TOKENS if checked else 0)
+        max_tokens = size * (max_tokens + overhead)
     return dataclasses.replace(spec, response_format=fmt, max_tokens=max_tokens)
 
 
-def pack_prompts(prompts: list[str], size: int, prefix: str, suffix: str) -> list[str]:
-    """The prompt of each pack of ``size`` rows, in order (the last may be shorter)."""
+def items_of(prompts: list[str], prefix: str, suffix: str) -> list[str]:
+    """Each row's item: its prompt without the template's shared prefix and suffix."""
     cut = len(suffix)
-    items = [p[len(prefix) : len(p) - cut if cut else None] for p in prompts]
+    return [p[len(prefix) : len(p) - cut if cut else None] for p in prompts]
+
+
+def pack_prompts(
+    prompts: list[str],
+    size: int,
+    prefix: str,
+    suffix: str,
+    ids: list[list[str]] | None = None,
+) -> list[str]:
+    """The prompt of each pack of ``size`` rows, in order (the last may be shorter);
+    ``ids``: each pack's item ids (random ones when not given), with checks asked for."""
+    items = items_of(prompts, prefix, suffix)
     head = f"{prefix}{ITEM}{suffix}\n" if prefix or suffix else ""
     out = []
-    for start in range(0, len(items), size):
-        listed = [{"id": str(i + 1), "text": t} for i, t in enumerate(items[start : start + size])]
-        out.append(head + MARK + GUIDE + orjson.dumps(listed).decode())
+    for k, start in enumerate(range(0, len(items), size)):
+        chunk = items[start : start + size]
+        names = ids[k] if ids is not None else item_ids(new_secret(), "preview", len(chunk))
+        checked = not all(n == str(j + 1) for j, n in enumerate(names))
+        listed = [{"id": n, "text": t} for n, t in zip(names, chunk, strict=True)]
+        guide = GUIDE_CHECKED if checked else GUIDE
+        out.append(head + MARK + guide + orjson.dumps(listed).decode())
     return out
+
+
+def pack_item_ids(secret: str | None, positions: np.ndarray, size: int) -> list[list[str]]:
+    """The item ids of each pack of the rows at ``positions`` (see :func:`item_ids`)."""
+    names = pack_ids(positions, size).to_pylist()
+    n = len(positions)
+    return [
+        item_ids(secret, name, min(size, n - start))
+        for name, start in zip(names, range(0, n, size), strict=True)
+    ]
 
 
 def pack_ids(positions: np.ndarray, size: int) -> pa.Array:
@@ -152,8 +241,18 @@ def encode(
     prompts = state.manifest_column("prompt", positions).to_pylist()
     prefix, suffix = split_template(str(ctx.record["template"]))
     ids = pack_ids(positions, size)
-    texts = pa.array(pack_prompts(prompts, size, prefix, suffix), pa.large_string())
-    return ctx.provider.encode(ids, texts, packed_spec(spec, size)), ids
+    secret = ctx.policy.get("pack_secret")
+    names = pack_item_ids(secret, positions, size)
+    texts = pa.array(pack_prompts(prompts, size, prefix, suffix, names), pa.large_string())
+    packed = packed_spec(spec, size, checked=bool(secret))
+    return ctx.provider.encode(ids, texts, packed), ids
+
+
+def item_texts(ctx: JobContext, positions: np.ndarray) -> list[str]:
+    """The items of the rows at ``positions`` as they were packed (to verify checks)."""
+    prompts = ctx.ledger.row_state(ctx.id).manifest_column("prompt", positions).to_pylist()
+    prefix, suffix = split_template(str(ctx.record["template"]))
+    return items_of(prompts, prefix, suffix)
 
 
 def n_requests(n_rows: int, size: int) -> int:
@@ -165,17 +264,27 @@ def n_requests(n_rows: int, size: int) -> int:
 
 
 def unpack(
-    packs: pa.Table, positions: np.ndarray, row_ids: pa.Array, size: int, *, structured: bool
+    packs: pa.Table,
+    positions: np.ndarray,
+    row_ids: pa.Array,
+    size: int,
+    *,
+    structured: bool,
+    secret: str | None = None,
+    texts: list[str] | None = None,
 ) -> tuple[pa.Table, int]:
     """Per-row results from one result line per pack (``packs``: a line for every pack
     id, in any order, as :func:`results.reconcile` gives them; ``positions`` and
-    ``row_ids``: the rows' positions and custom_ids in the order they were packed).
+    ``row_ids``: the rows' positions and custom_ids in the order they were packed;
+    ``secret``: the job's pack secret, and ``texts`` the rows' items, whose checks each
+    answer must carry when there is one).
 
     Returns the rows' results (ROW_RESULT_SCHEMA) and how many rows the answers left
     out or got wrong. A failed pack fails each of its rows the same way."""
     by_id = {cid: i for i, cid in enumerate(packs.column("custom_id").to_pylist())}
     cols = {name: packs.column(name).to_pylist() for name in ROW_RESULT_SCHEMA.names}
     names = pack_ids(positions, size).to_pylist()
+    ids = pack_item_ids(secret, positions, size)
     n = len(row_ids)
     status: list[str] = [""] * n
     output: list[str | None] = [None] * n
@@ -195,7 +304,8 @@ def unpack(
                 status[r], etype[r] = cols["status"][i], cols["error_type"][i]
                 message[r], retry[r] = cols["error_message"][i], cols["retryable"][i]
             continue
-        answers, why = _answers(cols["output"][i], len(rows), structured)
+        checks = None if not secret or texts is None else [texts[r] for r in rows]
+        answers, why = _answers(cols["output"][i], ids[k], structured, checks)
         answered = []
         for j, r in enumerate(rows):
             value = answers.get(j)
@@ -230,10 +340,13 @@ def unpack(
 
 
 def _answers(
-    text: str | None, n: int, structured: bool
+    text: str | None, ids: list[str], structured: bool, checks: list[str] | None = None
 ) -> tuple[dict[int, str | tuple[None, str]], str]:
     """Each item's answer (index -> the answer as a row's output text, or (None, why) for
-    an answer that is there but wrong), and why the items without one have none."""
+    an answer that is there but wrong), and why the items without one have none.
+    ``ids``: the pack's item ids in order; ``checks``: the items' texts, whose first
+    words each answer's ``check`` must repeat (None: no checks)."""
+    place = {name: j for j, name in enumerate(ids)}
     missing = "the pack's answer has no entry for this row; it is sent again on its own"
     try:
         value = orjson.loads(text or "")
@@ -248,16 +361,21 @@ def _answers(
         if not isinstance(entry, dict) or "answer" not in entry:
             continue
         key = entry.get("id")
-        try:
-            j = int(key) - 1 if isinstance(key, str | int) and not isinstance(key, bool) else -1
-        except ValueError:
-            continue
-        if not 0 <= j < n:
+        if isinstance(key, int) and not isinstance(key, bool):
+            key = str(key)
+        j = place.get(key) if isinstance(key, str) else None
+        if j is None:  # an id not in this pack (made up, or named by a row's text)
             continue
         if j in seen:  # answered twice: which one is meant is unknown
             out[j] = (None, "the pack's answer has two entries for this row; sent again")
             continue
         seen.add(j)
+        if checks is not None:
+            check = entry.get("check")
+            if not isinstance(check, str) or not _same_check(check, checks[j]):
+                out[j] = (None, "the pack's answer for this row carries another item's check "
+                                "(answers swapped or misplaced); sent again")  # fmt: skip
+                continue
         answer = entry["answer"]
         if structured and isinstance(answer, dict):
             out[j] = orjson.dumps(answer).decode()
@@ -286,6 +404,9 @@ def packed_results(
     positions: np.ndarray,
     row_ids: pa.Array,
     size: int,
+    *,
+    secret: str | None = None,
+    texts: list[str] | None = None,
 ) -> tuple[pa.Table, str, bool]:
     """One result per row of an ended batch of packs (``positions``: its rows, in the
     order they were packed; ``row_ids`` their custom ids), each row's answer taken from
@@ -303,7 +424,9 @@ def packed_results(
         unfinished=info.unfinished,
     )
     is_structured = spec.response_format is not None
-    table, wrong = unpack(rec.table, positions, row_ids, size, structured=is_structured)
+    table, wrong = unpack(
+        rec.table, positions, row_ids, size, structured=is_structured, secret=secret, texts=texts
+    )
     if spec.response_format is not None:
         schema = structured.schema_of(spec.response_format)
         table = _results.check_structured(table, schema, set())

@@ -217,7 +217,7 @@ def plan_to_file(
     longest, longest_bytes = -1, -1
     digest = hashlib.sha256(orjson.dumps(["stream", *fingerprint_of, id_column, n]))
     path = folder / f".plan-{secrets.token_hex(6)}.arrow"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     offset = 0
     try:
         with pa.OSFile(str(path), "wb") as sink:

@@ -89,10 +89,10 @@ def test_a_second_handle_collects_a_cancel_with_fresh_batch_state(provider, monk
             time.sleep(0.05)  # until it has seen the batch running
         server = nb.attach(kernel.id, client=client)
 
-        def lost(info, **_):  # the emulator cannot drop one download on demand
+        def lost(info, *_, **__):  # the emulator cannot drop one download on demand
             raise nb.ProviderError("connection reset while downloading", transient=True)
 
-        monkeypatch.setattr(server._provider, "fetch_results", lost)
+        monkeypatch.setattr(server._provider, "download_results", lost)
         server.cancel()
         deadline = time.monotonic() + 30
         while not server._ledger.batches(server.id)[0]["ended"]:

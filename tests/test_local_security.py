@@ -277,7 +277,8 @@ def test_a_squatter_on_the_recorded_port_never_receives_the_key(nbbatch_home, ru
         assert _background.find(nbbatch_home) is None
         fresh = emulator.background(nbbatch_home)  # a real one, elsewhere
         token = running.token
-        assert fresh.port != running.port and fresh.token == token
+        # A new process has a new key: one a stranger learned before is no use now.
+        assert fresh.port != running.port and fresh.token != token
         df = pd.DataFrame({"text": ["a"]})
         nb.submit(df, "{text}", model="gpt-4o-mini", provider="local").wait_sent()
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -246,9 +247,13 @@ def test_preview_shows_the_packed_request(emu):
     # The instruction once, the item standing in for each row's own part.
     assert first["prompt"].startswith("Summarise: <ITEM>\nBe brief.\n")
     assert first["prompt"].count("Summarise:") == 1
-    assert (
-        '[{"id":"1","text":"text of row 0"},{"id":"2","text":"text of row 1"},' in first["prompt"]
+    # Each item under a random id of its own, and each answer asked to repeat its check.
+    assert re.search(
+        r'\[\{"id":"[0-9a-f]{10}","text":"text of row 0"\},\{"id":"[0-9a-f]{10}","text":'
+        r'"text of row 1"\},',
+        first["prompt"],
     )
+    assert '"check"' in first["prompt"]
     assert "text of row 3" in shown.iloc[1]["prompt"]
 
 

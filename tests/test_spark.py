@@ -137,6 +137,9 @@ def test_spark_merge_refuses_changed_rows_and_to_parquet_writes_a_folder(spark, 
     assert sorted(job.results().index) == sorted(rids)  # named by id_column
 
     target = job.to_parquet(tmp_path / "out", columns=["text"])
+    # Private like every result file nbbatch writes, whatever Spark's own modes.
+    assert target.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in target.rglob("*") if p.is_file())
     back = pd.read_parquet(target)
     assert sorted(back["response"]) == sorted(expected(df["text"]))
     assert back["response"].tolist() == expected(back["text"])

@@ -22,14 +22,16 @@ to 0700 when found looser, refused when it belongs to another user)::
                    the identity challenge at that url
     secret         the home's random key (0600): the emulator answers only requests that
                    carry it, so other users of the machine cannot reach its files and
-                   batches; kept across restarts, so clients made earlier stay valid
+                   batches; a new one each time a process starts (nbbatch's clients
+                   take it per request, see nbbatch.providers.loopback)
     lock           taken while a process is being started, so two kernels start one
     emulator.log   the process's output (errors only)
     data/ files/ batches/   its saved state
 
 Before a client sends the key it checks that the listener is its own emulator: it asks
 ``GET /nbbatch/identify?nonce=N`` and expects an HMAC of the nonce, pid and port under the
-key, so a stranger listening on a recorded port learns nothing. The process exits soon
+key, so a stranger listening on a recorded port learns nothing. nbbatch's clients do so
+before every request, not once when they are made. The process exits soon
 after its ``server.json`` disappears (the home was removed) or names another process.
 
 The caller passes the home folder: the emulator knows nothing of the ledger.
@@ -309,6 +311,21 @@ def read_secret(folder: Path, *, create: bool = False) -> str | None:
     return token or None
 
 
+def rotate_secret(folder: Path) -> str:
+    """Replace the home's key with a new random one (0600, atomically) and return it."""
+    value = secrets.token_urlsafe(32)
+    temporary = folder / f".secret.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(value)
+        os.replace(temporary, folder / "secret")
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return value
+
+
 def _read_own(path: Path) -> bytes | None:
     """The bytes of ``path`` if it is a regular file of this user that others cannot
     read or write (never through a symlink), else None."""
@@ -334,7 +351,10 @@ def _find_in(folder: Path) -> Background | None:
 
 
 def _spawn(folder: Path) -> Background:
-    read_secret(folder, create=True)  # before the process starts: it serves with this key
+    # A new key for each process, made before it starts (it serves with this one): a key
+    # that reached a stranger once (a squatter on the port of a process that exited) is
+    # no use against this one. nbbatch's own clients take the key as it is now.
+    rotate_secret(folder)
     old = _read_info(folder)
     _remove_info(folder, old.pid if old else None)
     port = old.port if old is not None else 0

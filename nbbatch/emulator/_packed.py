@@ -3,7 +3,9 @@
 A client may put several rows in one request (nbbatch's ``submit(..., pack=N)``): the
 last user message holds an optional instruction in which ``<ITEM>`` stands for one
 item, then the line ``=== nbbatch pack ===``, a guide, ``Items (JSON):`` and a JSON list
-of ``{"id", "text"}`` items; the schema asked for is ``{"answers": [{"id", "answer"}]}``.
+of ``{"id", "text"}`` items; the schema asked for is ``{"answers": [{"id", "answer"}]}``,
+or ``{"answers": [{"id", "check", "answer"}]}`` where the guide asks each answer to
+repeat its item's first five words as ``check``, which the emulator then does.
 The emulator answers each item as it would answer that item sent alone (the instruction
 with the item in place of ``<ITEM>``, through the same responder, the user's own
 included), so a packed job gets the answers an unpacked one would.
@@ -13,7 +15,9 @@ answers, so only that row fails, once sent alone, as it would unpacked.
 An item whose text holds :data:`DROP_MARKER` is left out of the answers, and one holding
 :data:`WRONG_MARKER` is answered with a value of the wrong type: the stand-ins for a
 model that skips or garbles an item, so a client's retry path can be tested. (Sent on
-their own, such rows are answered normally.)
+their own, such rows are answered normally.) An item holding :data:`SWAP_MARKER` gets
+the id of the item after it, and that item its id, with each answer and check kept:
+the stand-in for a model that mixes up which answer is whose.
 
 This module reads the format from the wire only; it imports nothing of the client.
 """
@@ -32,6 +36,10 @@ ITEMS_LINE = "Items (JSON):\n"
 DROP_MARKER = "[[emulator:pack-drop]]"
 #: Marker that makes the emulator answer an item with a value of the wrong type.
 WRONG_MARKER = "[[emulator:pack-wrong]]"
+#: Marker that makes the emulator swap the ids of an item and the next one.
+SWAP_MARKER = "[[emulator:pack-swap]]"
+#: Words of an item a check repeats, and the most characters kept (as the guide asks).
+CHECK_WORDS, CHECK_CHARS = 5, 60
 
 
 def item_schema(schema: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -42,7 +50,10 @@ def item_schema(schema: Mapping[str, Any]) -> Mapping[str, Any] | None:
         return None
     items = props["answers"].get("items") if isinstance(props["answers"], Mapping) else None
     inner = items.get("properties") if isinstance(items, Mapping) else None
-    if not isinstance(inner, Mapping) or set(inner) != {"id", "answer"}:
+    if not isinstance(inner, Mapping) or set(inner) not in (
+        {"id", "answer"},
+        {"id", "check", "answer"},
+    ):
         return None
     answer = inner["answer"]
     if not isinstance(answer, Mapping):
@@ -89,6 +100,7 @@ def answer(
         return None
     prefix, suffix, items = parts
     text_only = inner.get("type") == "string"
+    checked = "check" in schema["properties"]["answers"]["items"]["properties"]
     answers = []
     for item in items:
         if DROP_MARKER in item["text"]:
@@ -101,5 +113,15 @@ def answer(
             continue
         if WRONG_MARKER in item["text"]:
             value = ["nbbatch emulator: deliberately wrong answer"]
-        answers.append({"id": item["id"], "answer": value})
+        entry = {"id": item["id"], "answer": value}
+        if checked:
+            words = " ".join(item["text"].split()[:CHECK_WORDS])[:CHECK_CHARS]
+            entry = {"id": item["id"], "check": words, "answer": value}
+        answers.append(entry)
+    for k, item in enumerate(items[:-1]):
+        if SWAP_MARKER in item["text"]:
+            ids = {e["id"]: e for e in answers}
+            mine, theirs = ids.get(item["id"]), ids.get(items[k + 1]["id"])
+            if mine is not None and theirs is not None:
+                mine["id"], theirs["id"] = theirs["id"], mine["id"]
     return {"answers": answers}

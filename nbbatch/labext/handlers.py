@@ -12,10 +12,11 @@ POST     ``/nbbatch/api/jobs/ID/collect``  results to ``FOLDER/ID.parquet`` (bod
                                            ``{"folder": "path/under/root"}``)
 =======  ================================  ===========================================
 
-Errors are ``{"error": "..."}`` with 400 (bad request), 404 (no such job), 409 (the
-action does not apply now, e.g. cancelling a finished job, or the library refused it,
-e.g. no key for the job's provider) or 502 (the provider
-refused or could not be reached). Actions run in the server process, with the server's
+Errors are ``{"error": "..."}`` with 400 (bad request, e.g. ``?limit=x`` or a target
+that is a folder), 404 (no such job), 409 (the action does not apply now, e.g.
+cancelling a finished job, or the library or the server's disk refused it, e.g. no key
+for the job's provider) or 502 (the provider refused, answered something that is not
+its API's JSON, or could not be reached). Actions run in the server process, with the server's
 environment (its API keys), in a worker thread so the server stays responsive; no
 key ever goes into a response (error texts are scrubbed of the keys in the server's
 environment and of anything shaped like one).
@@ -71,6 +72,8 @@ class _Handler(APIHandler):
             return self._error(502, exc)
         except (NbbatchError, Conflict) as exc:
             return self._error(409, exc)
+        except OSError as exc:  # the server's disk refused (a file in the way, no room)
+            return self._error(409, exc)
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         # Every text of the answer (warnings, errors of rows) is scrubbed of keys.
@@ -120,7 +123,13 @@ class FailedHandler(_Handler):
     async def get(self, job_id: str) -> None:
         from .views import failed_view
 
-        limit = int(self.get_query_argument("limit", "100"))
+        raw = self.get_query_argument("limit", "100")
+        try:
+            limit = int(raw)
+        except ValueError:
+            return self._error(
+                400, ValueError(f"limit must be a whole number of rows, found {raw[:40]!r}")
+            )
         await self._run(lambda: failed_view(self._ledger(), job_id, max(1, min(limit, 1000))))
 
 

@@ -279,10 +279,15 @@ def collect(ledger: Ledger, job_id: str, root_dir: str, folder: str = "") -> dic
         raise ValueError(f"folder {folder!r} is outside the server's root")
     if not target_dir.is_dir():
         raise ValueError(f"folder {folder!r} does not exist")
+    target = target_dir / f"{job_id}.parquet"
+    if target.is_dir():  # os.replace cannot put a file there
+        raise ValueError(
+            f"{target.relative_to(root).as_posix()} is a folder; rename or remove it, or "
+            "collect into another folder"
+        )
     job = api.attach(job_id)
     snap = job.refresh(send=False)  # collects what ended; never sends (see refresh)
     frame = cli.results_table(job)
-    target = target_dir / f"{job_id}.parquet"
     # A fresh private file (never a guessable name a link could be planted at).
     with private_output(target) as tmp:
         frame.to_parquet(tmp, index=False)

@@ -155,7 +155,7 @@ def default_endpoint(name: str) -> str:
 def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     """Build the provider ``name`` around ``client`` (or a default client)."""
     from .._scrub import remember
-    from . import credentials
+    from . import credentials, loopback
 
     cls = provider_class(name)
     given = client
@@ -163,15 +163,25 @@ def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
         client = default_client(name, local=local)
     else:
         remember(credentials.key_of(client))  # never quoted in a message of ours
-    impl = cls(sync_client(client))
+    client = sync_client(client)
     # Where the key came from, for the ledger: later polls use only a key meant for
     # this address (see .credentials).
+    credential: str | None
     if local:
-        impl.credential = "local"
+        credential = "local"
     elif given is not None:
-        impl.credential = "client"
+        credential = "client"
     else:
-        impl.credential = credentials.env_origin(name)
+        credential = credentials.env_origin(name)
+    url = base_url_of(client)
+    origin = credential
+    if not local and credentials.is_loopback(url):
+        # Every request checks first that the listener is still the one sent to, and the
+        # job is recorded as a loopback one: no environment key is ever sent there later.
+        client, credential = loopback.guard(client, url)
+    impl = cls(client)
+    impl.credential = credential
+    impl.key_origin = origin
     return impl
 
 
@@ -202,16 +212,7 @@ def default_client(
         from .. import emulator
         from ..ledger import home
 
-        # The background emulator of this ledger home, a process of its own, so local
-        # jobs outlive the kernel like real ones (started now if it does not run).
-        emu = emulator.background(home())
-        base_url = {
-            "openai": emu.openai_base_url,
-            "anthropic": emu.anthropic_base_url,
-            "gemini": emu.gemini_base_url,
-        }[name]
-        # Its home's key: it answers no one else (find() checked it is ours first).
-        key = emu.token
+        return _local_client(name, emulator.background(home()), home())
     elif token is not None:
         key = None
     elif key is None:
@@ -241,6 +242,26 @@ def default_client(
             _CLIENTS[cache_key] = anthropic.Anthropic(
                 api_key=key, auth_token=token, base_url=base_url
             )
+    return _CLIENTS[cache_key]
+
+
+def _local_client(name: str, emu: Any, where: Path) -> Any:
+    """A client for the background emulator of home ``where`` (running as ``emu``).
+
+    It holds a placeholder, not the home's key: its guard puts the key on each request
+    only after the emulator answering now proved it holds it, and sends the request to
+    the port it answers on now (see .loopback)."""
+    from . import credentials, loopback
+
+    cache_key = (name, f"local:{where}", None)
+    if cache_key not in _CLIENTS:
+        base_url = {
+            "openai": emu.openai_base_url,
+            "anthropic": emu.anthropic_base_url,
+            "gemini": emu.gemini_base_url,
+        }[name]
+        raw = default_client(name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
+        _CLIENTS[cache_key] = loopback.guarded(raw, loopback.home_check(where), "local")
     return _CLIENTS[cache_key]
 
 
@@ -305,13 +326,22 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
     :mod:`.credentials`); raises :class:`ConfigError` saying what to pass when there is
     none."""
     from .._errors import ConfigError
-    from . import credentials
+    from . import credentials, loopback
 
     name = record["provider"]
     if record.get("backend") == "local":
         return default_client(name, local=True)
     base_url = record.get("base_url")
     credential = record.get("credential")
+    if credentials.is_loopback(base_url):
+        # Never an environment key, and only while the listener is the one sent to; a
+        # job recorded before listeners were cannot tell, so it needs client= too.
+        # When it is gone, the job still opens (its results are in the ledger) but every
+        # request to another listener is refused before it is sent, with the message
+        # that asks for client=.
+        assert base_url is not None
+        raw = default_client(name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
+        return loopback.for_record(raw, base_url, credential, record["id"])
     if credential and credential.startswith("env:"):
         var = credential.removeprefix("env:")
         value = os.environ.get(var)
@@ -336,8 +366,6 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
             client = _client(name, None, var, os.environ[var])
             if base_url_of(client) == base_url:
                 return client
-    if credentials.is_loopback(base_url):
-        return default_client(name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
     raise ConfigError(credentials.needs_client(record), job_id=record["id"], provider=name)
 
 

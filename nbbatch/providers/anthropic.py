@@ -24,6 +24,7 @@ from .base import (
     Provider,
     Refusal,
     RequestSpec,
+    copy_capped,
     empty_results,
     is_transient,
     read_capped,
@@ -203,7 +204,7 @@ class AnthropicProvider(Provider):
         except anthropic.APIStatusError as exc:
             if exc.status_code not in (404, 405):
                 raise _provider_error(exc, f"looking up model {model!r}") from exc
-        except anthropic.AnthropicError as exc:
+        except (anthropic.AnthropicError, ValueError) as exc:
             raise _provider_error(exc, f"looking up model {model!r}") from exc
         # A 404 can mean "no such model" or "no such route" (a proxy): the list tells.
         try:
@@ -212,7 +213,7 @@ class AnthropicProvider(Provider):
             if exc.status_code in (404, 405):
                 return None
             raise _provider_error(exc, "listing models") from exc
-        except anthropic.AnthropicError as exc:
+        except (anthropic.AnthropicError, ValueError) as exc:
             raise _provider_error(exc, "listing models") from exc
         return True if model in ids else ids
 
@@ -239,14 +240,14 @@ class AnthropicProvider(Provider):
                 content=body,
                 options={"headers": {"Content-Type": "application/json"}},
             )
-        except anthropic.AnthropicError as exc:
+        except (anthropic.AnthropicError, ValueError) as exc:
             raise _provider_error(exc, "creating a batch") from exc
         return _info(batch)
 
     def retrieve(self, batch_id: str) -> BatchInfo:
         try:
             return _info(self.client.messages.batches.retrieve(batch_id))
-        except anthropic.AnthropicError as exc:
+        except (anthropic.AnthropicError, ValueError) as exc:
             raise _provider_error(exc, f"reading batch {batch_id}") from exc
 
     def cancel(self, batch_id: str) -> BatchInfo:
@@ -254,7 +255,7 @@ class AnthropicProvider(Provider):
             return _info(self.client.messages.batches.cancel(batch_id))
         except anthropic.BadRequestError:  # already ended: nothing to cancel
             return self.retrieve(batch_id)
-        except anthropic.AnthropicError as exc:
+        except (anthropic.AnthropicError, ValueError) as exc:
             raise _provider_error(exc, f"cancelling batch {batch_id}") from exc
 
     def find_batch(
@@ -271,7 +272,7 @@ class AnthropicProvider(Provider):
                 if batch.id not in known and info.total == n_requests:
                     found = info
             return found
-        except anthropic.AnthropicError as exc:
+        except (anthropic.AnthropicError, ValueError) as exc:
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
 
     def list_batches(self) -> Iterator[BatchInfo]:
@@ -302,9 +303,28 @@ class AnthropicProvider(Provider):
                 )
             finally:
                 stream.close()
-        except anthropic.AnthropicError as exc:
+        except (anthropic.AnthropicError, ValueError) as exc:
             raise _provider_error(exc, f"downloading results of {info.batch_id}") from exc
         return [raw]
+
+    def download_results(self, info: BatchInfo, sink: Any, *, max_bytes: int | None) -> None:
+        if not info.raw.get("results_url"):
+            return
+        try:
+            stream = self.client.messages.batches.results(info.batch_id)
+            try:
+                # Streamed to disk as received: never more than a chunk of it in memory.
+                with sink.new() as out:
+                    copy_capped(
+                        stream.http_response.iter_bytes(),
+                        out,
+                        max_bytes,
+                        f"the results of {info.batch_id}",
+                    )
+            finally:
+                stream.close()
+        except (anthropic.AnthropicError, ValueError) as exc:
+            raise _provider_error(exc, f"downloading results of {info.batch_id}") from exc
 
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
         return parse_lines(raw)
@@ -396,7 +416,7 @@ def _info(batch: Any) -> BatchInfo:
     )
 
 
-def _provider_error(exc: anthropic.AnthropicError, doing: str) -> ProviderError:
+def _provider_error(exc: anthropic.AnthropicError | ValueError, doing: str) -> ProviderError:
     return sdk_error(
         exc,
         doing,

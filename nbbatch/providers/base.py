@@ -13,7 +13,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import pyarrow as pa
 
@@ -204,6 +204,9 @@ class Provider(ABC):
     #: Where the client's key came from: ``env:VAR``, ``client`` (given on client=) or
     #: ``local`` (the background emulator); None when unknown. Recorded with a job.
     credential: str | None = None
+    #: Where the key came from when ``credential`` says where the job went instead (a
+    #: loopback job's ``loopback:...``): ``env:VAR`` or ``client``, for messages only.
+    key_origin: str | None = None
 
     #: What the provider's batch queue quota counts: ``"tokens"`` (input tokens queued)
     #: or ``"requests"``; per model, or for all models together (``quota_per_model``).
@@ -298,7 +301,7 @@ class Provider(ABC):
 
     def key_source(self) -> str:
         """Where this provider's key came from, in words, for an error message."""
-        credential = self.credential or ""
+        credential = self.key_origin or self.credential or ""
         if credential.startswith("env:"):
             return f"the key in {credential.removeprefix('env:')}"
         if credential == "client":
@@ -317,7 +320,7 @@ class Provider(ABC):
                 provider=self.name,
                 transient=True,
             )
-        credential = self.credential or ""
+        credential = self.key_origin or self.credential or ""
         if credential.startswith("env:"):
             fix = f"set {credential.removeprefix('env:')} to a valid key, or pass client=..."
         elif credential == "client":
@@ -381,6 +384,16 @@ class Provider(ABC):
         calls keeps them; raises :class:`ProviderError` when a call fails."""
         return None
 
+    def download_results(self, info: BatchInfo, sink: Any, *, max_bytes: int | None) -> None:
+        """Write the raw result files of an ended batch into ``sink``: each file through
+        ``with sink.new() as fh: fh.write(...)``, refused with :class:`BatchFailedError`
+        once the files together pass ``max_bytes``. Providers whose SDK can stream a
+        download write it chunk by chunk (:func:`copy_capped`), so a file is never held
+        whole in memory; this default writes what :meth:`fetch_results` returns."""
+        for raw in self.fetch_results(info, max_bytes=max_bytes):
+            with sink.new() as fh:
+                fh.write(raw)
+
     @abstractmethod
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
         """Normalise one raw result file into a :data:`ROW_RESULT_SCHEMA` table."""
@@ -417,6 +430,23 @@ def read_capped(chunks: Iterable[bytes], max_bytes: int | None, what: str) -> by
             )
         parts.append(chunk)
     return b"".join(parts)
+
+
+def copy_capped(chunks: Iterable[bytes], out: IO[bytes], max_bytes: int | None, what: str) -> int:
+    """Write a download to ``out`` chunk by chunk, refused with :class:`BatchFailedError`
+    as soon as it passes ``max_bytes`` (as :func:`read_capped`, never holding more than
+    one chunk); returns the bytes written."""
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if max_bytes is not None and size > max_bytes:
+            raise BatchFailedError(
+                f"{what} is larger than {max_bytes:,} bytes, more than any reply to the "
+                "requests sent could be; nothing was recorded from it. The endpoint is "
+                "broken or not the provider: check the job's address."
+            )
+        out.write(chunk)
+    return size
 
 
 def empty_results() -> pa.Table:
@@ -479,6 +509,16 @@ def sdk_error(
     """
     status = http_status(exc)
     transient = unreachable or (status is not None and (status in (408, 409, 429) or status >= 500))
+    if isinstance(exc, ValueError) and status is None:
+        # The SDK could not read the answer (not JSON, or not the API's shape): a proxy's
+        # error page or a broken endpoint, which may answer properly next time.
+        return ProviderError(
+            f"{label} answered with something that is not its API's JSON while {doing} "
+            f"({type(exc).__name__}: {exc}); nothing was recorded from it, and it is asked "
+            "again on the next poll. Check the job's address if it goes on.",
+            provider=provider,
+            transient=True,
+        )
     if unreachable:
         url = getattr(getattr(exc, "request", None), "url", "the provider")
         message = f"could not reach {label} at {url} while {doing}: {exc}"

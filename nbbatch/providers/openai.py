@@ -30,6 +30,7 @@ from .base import (
     Provider,
     Refusal,
     RequestSpec,
+    copy_capped,
     empty_results,
     failure_row,
     is_transient,
@@ -283,7 +284,7 @@ class OpenAIProvider(Provider):
         except openai.APIStatusError as exc:
             if exc.status_code not in (404, 405):
                 raise _provider_error(exc, f"looking up model {model!r}") from exc
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, ValueError) as exc:
             raise _provider_error(exc, f"looking up model {model!r}") from exc
         # A 404 can mean "no such model" or "no such route" (a proxy): the list tells.
         try:
@@ -292,7 +293,7 @@ class OpenAIProvider(Provider):
             if exc.status_code in (404, 405):
                 return None
             raise _provider_error(exc, "listing models") from exc
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, ValueError) as exc:
             raise _provider_error(exc, "listing models") from exc
         return True if model in ids else ids
 
@@ -322,14 +323,14 @@ class OpenAIProvider(Provider):
                 completion_window="24h",
                 metadata=metadata,
             )
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, ValueError) as exc:
             raise _provider_error(exc, "creating a batch") from exc
         return _info(batch)
 
     def retrieve(self, batch_id: str) -> BatchInfo:
         try:
             return _info(self.client.batches.retrieve(batch_id))
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, ValueError) as exc:
             raise _provider_error(exc, f"reading batch {batch_id}") from exc
 
     def cancel(self, batch_id: str) -> BatchInfo:
@@ -337,7 +338,7 @@ class OpenAIProvider(Provider):
             return _info(self.client.batches.cancel(batch_id))
         except openai.ConflictError:  # already ended: nothing to cancel
             return self.retrieve(batch_id)
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, ValueError) as exc:
             raise _provider_error(exc, f"cancelling batch {batch_id}") from exc
 
     def find_batch(
@@ -351,7 +352,7 @@ class OpenAIProvider(Provider):
                 meta = batch.metadata or {}
                 if batch.id not in known and all(meta.get(k) == v for k, v in metadata.items()):
                     return _info(batch)
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, ValueError) as exc:
             raise _provider_error(exc, "looking for an unrecorded batch") from exc
         return None
 
@@ -386,9 +387,25 @@ class OpenAIProvider(Provider):
                     # Streamed, so a file past the cap is refused before it is all read.
                     with self.client.files.with_streaming_response.content(file_id) as resp:
                         files.append(read_capped(resp.iter_bytes(), left, f"file {file_id}"))
-                except openai.OpenAIError as exc:
+                except (openai.OpenAIError, ValueError) as exc:
                     raise _provider_error(exc, f"downloading file {file_id}") from exc
         return files
+
+    def download_results(self, info: BatchInfo, sink: Any, *, max_bytes: int | None) -> None:
+        written = 0
+        for key in ("output_file_id", "error_file_id"):
+            file_id = info.raw.get(key)
+            if file_id:
+                left = None if max_bytes is None else max_bytes - written
+                try:
+                    # Streamed to disk: never more than a chunk of it in memory.
+                    with (
+                        self.client.files.with_streaming_response.content(file_id) as resp,
+                        sink.new() as out,
+                    ):
+                        written += copy_capped(resp.iter_bytes(), out, left, f"file {file_id}")
+                except (openai.OpenAIError, ValueError) as exc:
+                    raise _provider_error(exc, f"downloading file {file_id}") from exc
 
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
         return parse_lines(raw, spec.endpoint)
@@ -511,7 +528,7 @@ def _info(batch: Any) -> BatchInfo:
     )
 
 
-def _provider_error(exc: openai.OpenAIError, doing: str) -> ProviderError:
+def _provider_error(exc: openai.OpenAIError | ValueError, doing: str) -> ProviderError:
     return sdk_error(
         exc,
         doing,

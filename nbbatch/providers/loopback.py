@@ -1,0 +1,264 @@
+"""Keys and prompts reach a loopback listener only after it proves it is the job's own.
+
+Any local process can listen on a loopback port once its owner has let it go, so an
+address such as ``http://127.0.0.1:8765`` says nothing about who answers there now. A
+client nbbatch uses for a loopback address therefore sends through a guard
+(:class:`Guard`, an ``httpx2`` transport) that checks, before every request, that the
+listener is still the one the job was sent to, and answers the request itself with a
+403 naming the fix when it is not (the SDK then raises its own error, unretried):
+
+the home's background emulator (``provider="local"``)
+    it proves it holds the home's key with the identity challenge (an HMAC of a fresh
+    nonce, its pid and its port, see :mod:`nbbatch.emulator._identity`); the key itself
+    is put on the request only then, and the request goes to the port the emulator
+    answers on now. The SDK client holds a placeholder, never the key, and the key
+    changes each time the emulator starts, so a key learned once is no use later.
+any other loopback listener (``nb.emulator.start()``, a local proxy)
+    its listening socket must be the one that listened when the job was submitted: the
+    same socket inode and owner, read from ``/proc/net/tcp`` (Linux). A process that
+    took the port after the first one exited has another socket, so it gets nothing;
+    a port no one listens on fails as a refused connection, unsent. Where ``/proc``
+    is not there, the client made at submit trusts the address for its
+    own life only; a job rebuilt later (``nb.attach``, the command line, the sidebar)
+    then needs ``client=``.
+
+A job on a loopback address is recorded with credential ``loopback:<listener>`` and no
+key hash: nbbatch never sends an environment key there later, whatever key the client
+had at submit (an ``openai.OpenAI(base_url=...)`` made without ``api_key`` takes
+``OPENAI_API_KEY``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx2
+
+from .credentials import is_loopback
+
+#: Credentials of jobs on a loopback address other than the background emulator.
+PREFIX = "loopback:"
+#: The headers an SDK puts its key in (OpenAI bearer, Anthropic, Google).
+_KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
+#: Clients already behind a guard (made by nbbatch) -> the credential to record for
+#: them, so none is wrapped twice.
+_GUARDED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def listener(port: int) -> str | None:
+    """Who listens on TCP ``port`` now: ``uid:inode`` of each listening socket, sorted
+    and joined ("" when none listens), or None when this system has no ``/proc/net``."""
+    found: list[str] = []
+    readable = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for line in lines:
+            fields = line.split()
+            # sl local_address rem_address st tx rx tr retrnsmt uid timeout inode
+            if len(fields) < 10 or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            if int(fields[1].rpartition(":")[2], 16) == port:
+                found.append(f"{fields[7]}:{fields[9]}")
+    return ",".join(sorted(found)) if readable else None
+
+
+def port_of(url: str) -> int:
+    """The port ``url`` reaches (its scheme's default when it names none)."""
+    parsed = urlparse(url)
+    return parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def credential_for(url: str) -> str:
+    """What to record for a job sent to loopback ``url``: who listens there now."""
+    return PREFIX + (listener(port_of(url)) or "")
+
+
+def gone(url: str, job_id: str | None = None) -> str:
+    """The message for a loopback listener that is not the one a job was sent to."""
+    where = f"nb.attach({job_id!r}, client=...)" if job_id else "nb.attach(job_id, client=...)"
+    return (
+        f"the loopback backend at {url} is gone: whatever listens there now is not the "
+        "process the job was sent to, so nbbatch sends it neither a key nor a prompt. If "
+        f"you started it again yourself, pass a client for it: {where}."
+    )
+
+
+class Guard(httpx2.BaseTransport):
+    """An httpx2 transport that asks ``check`` before each request to a loopback host
+    and answers 403 itself with the reason ``check`` gives for refusing it."""
+
+    def __init__(
+        self, check: Callable[[httpx2.Request], str | None], owner: httpx2.Client | None
+    ) -> None:
+        self._check = check
+        # The client's own transport when it has one: its connections stay in its pool,
+        # and once its owner is closed nothing more is sent through it (as the owner
+        # itself would refuse), so no connection outlives the client it belongs to.
+        inner = getattr(owner, "_transport", None)
+        self._owner = owner if isinstance(inner, httpx2.BaseTransport) else None
+        self._owns = self._owner is None
+        self._inner = inner if isinstance(inner, httpx2.BaseTransport) else httpx2.HTTPTransport()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        """Send ``request`` if ``check`` allows it (it may also rewrite it)."""
+        if self._owner is not None and self._owner.is_closed:
+            raise RuntimeError("Cannot send a request, as the client has been closed.")
+        if is_loopback(str(request.url)):
+            refusal = self._check(request)
+            if refusal is not None:
+                return _refused(request, refusal)
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        """Close the connections of the inner transport, if it is the guard's own."""
+        if self._owns:
+            self._inner.close()
+
+
+class _ClosingClient(httpx2.Client):
+    """An httpx2 client that closes its connections when it is dropped (the SDKs close
+    only the clients they made themselves)."""
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # at interpreter exit, or closed already
+            pass
+
+
+def _refused(request: httpx2.Request, message: str) -> httpx2.Response:
+    # One body every SDK reads its message from (OpenAI and Gemini read error.message,
+    # Anthropic error.message under type "error").
+    body = {
+        "type": "error",
+        "error": {
+            "type": "permission_error",
+            "code": 403,
+            "status": "PERMISSION_DENIED",
+            "message": message,
+        },
+    }
+    return httpx2.Response(403, json=body, request=request)
+
+
+def listener_check(
+    url: str, recorded: str | None, *, at_submit: bool, job_id: str | None = None
+) -> Callable[[httpx2.Request], str | None]:
+    """A check that lets a request through only while the listener on ``url``'s port is
+    the socket ``recorded`` at submit. When no one listens, the request fails as a
+    refused connection would, without being sent. When this system cannot tell who
+    listens (no ``/proc``), only the client made at submit (``at_submit``) trusts it."""
+    port = port_of(url)
+
+    def check(request: httpx2.Request) -> str | None:
+        if (request.url.port or port) != port:
+            return gone(url, job_id)
+        now = listener(port)
+        if now == "":
+            # Refused here, as the system would refuse the connection: sent on, the
+            # request could reach a process that takes the port in the meantime.
+            raise httpx2.ConnectError(f"nothing listens on port {port}", request=request)
+        if now is None or recorded is None:
+            return None if at_submit else gone(url, job_id)
+        return None if now == recorded else gone(url, job_id)
+
+    return check
+
+
+def home_check(home: Path) -> Callable[[httpx2.Request], str | None]:
+    """A check that sends each request to the home's background emulator as it answers
+    now (started if it does not run), with its key, once it proved it holds that key."""
+
+    def check(request: httpx2.Request) -> str | None:
+        from .. import emulator
+
+        try:
+            emu = emulator.background(home)  # find() ran the identity challenge
+        except Exception as error:  # not startable: said, and tried again next time
+            return f"nbbatch's background emulator could not be started: {error}"
+        request.url = request.url.copy_with(host="127.0.0.1", port=emu.port)
+        request.headers["host"] = f"127.0.0.1:{emu.port}"
+        for name in _KEY_HEADERS:
+            if name in request.headers:
+                bearer = name == "authorization"
+                request.headers[name] = f"Bearer {emu.token}" if bearer else emu.token
+        return None
+
+    return check
+
+
+def guarded(client: Any, check: Callable[[httpx2.Request], str | None], credential: str) -> Any:
+    """A copy of SDK ``client`` whose requests pass ``check`` first (``credential``: what
+    a job made with it records, see :func:`credential_of`)."""
+    http = _ClosingClient(
+        transport=Guard(check, _http_of(client)),
+        trust_env=False,  # never through a proxy: it would see the key
+        timeout=httpx2.Timeout(600.0, connect=10.0),
+        follow_redirects=False,
+    )
+    genai = _genai_parts(client)
+    if genai is not None:
+        from google import genai as google_genai
+
+        key, options = genai
+        options = options.model_copy(update={"httpx_client": http})
+        copy = google_genai.Client(api_key=key, http_options=options)
+    else:
+        copy = client.with_options(http_client=http)
+    _GUARDED[copy] = credential
+    return copy
+
+
+def credential_of(client: Any) -> str | None:
+    """The credential of a client :func:`guarded` made, else None."""
+    try:
+        return _GUARDED.get(client)
+    except TypeError:  # not weakly referable: not one of ours
+        return None
+
+
+def guard(client: Any, url: str) -> tuple[Any, str]:
+    """``client`` (for loopback ``url``) behind a guard bound to who listens there now,
+    and the credential to record; a client already guarded is returned as it is."""
+    known = credential_of(client)
+    if known is not None:
+        return client, known
+    credential = credential_for(url)
+    check = listener_check(url, listener(port_of(url)), at_submit=True)
+    return guarded(client, check, credential), credential
+
+
+def for_record(client: Any, url: str, credential: str | None, job_id: str) -> Any:
+    """A client (holding no real key) for recorded job ``job_id`` at loopback ``url``,
+    guarded by the listener recorded at submit: none recorded (a job from before
+    listeners were recorded, or from a system without ``/proc``) matches no listener."""
+    recorded = None
+    if credential and credential.startswith(PREFIX):
+        recorded = credential.removeprefix(PREFIX) or None
+    check = listener_check(url, recorded, at_submit=False, job_id=job_id)
+    return guarded(client, check, credential or PREFIX)
+
+
+def _http_of(client: Any) -> httpx2.Client | None:
+    """The httpx2 client an SDK client sends through (its connection pool), if nbbatch
+    can share it."""
+    http = getattr(client, "_client", None)  # openai, anthropic
+    if http is None:  # google.genai
+        http = getattr(getattr(client, "_api_client", None), "_httpx_client", None)
+    return http if isinstance(http, httpx2.Client) else None
+
+
+def _genai_parts(client: Any) -> tuple[str | None, Any] | None:
+    inner = getattr(client, "_api_client", None)
+    options = getattr(inner, "_http_options", None)
+    if inner is None or options is None or not hasattr(options, "model_copy"):
+        return None
+    return getattr(inner, "api_key", None), options
