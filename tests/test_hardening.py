@@ -98,6 +98,27 @@ def test_csv_export_cells_never_start_a_formula(emu_formulas, tmp_path):
     assert answers == ['\'=HYPERLINK("http://x.example")', "'+1+1", "'@SUM(A1)", "'-2"]
 
 
+def test_xlsx_export_cells_never_start_a_formula(emu_formulas, tmp_path):
+    openpyxl = pytest.importorskip("openpyxl")  # in the dev extra: CI always has it
+    df = pd.DataFrame({"text": ["a", "b", "c", "d"]})
+    job = nb.submit(df, "{text}", model="gpt-4o-mini", client=openai_client(emu_formulas))
+    job.wait(timeout=60, progress=False)
+    out = tmp_path / "results.xlsx"
+    run = subprocess.run(
+        [sys.executable, "-m", "nbbatch.cli", "collect", job.id, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    sheet = openpyxl.load_workbook(out).active
+    cells = [cell for row in sheet.iter_rows() for cell in row]
+    # A formula cell is what a spreadsheet would run: none, and every text kept as text.
+    assert not [c.coordinate for c in cells if c.data_type == "f"]
+    answers = pd.read_excel(out)["response"].tolist()
+    assert answers == ['\'=HYPERLINK("http://x.example")', "'+1+1", "'@SUM(A1)", "'-2"]
+
+
 @pytest.fixture
 def emu_formulas() -> Iterator[emulator.Emulator]:
     """An emulator whose answers a spreadsheet would take for formulas."""
