@@ -59,9 +59,9 @@ CHARS_PER_TOKEN = 4
 class QuotaRefused(ProviderError):
     """The provider refused a create call because the account's queue is full."""
 
-    def __init__(self, refusal: Refusal, cause: ProviderError) -> None:
+    def __init__(self, refusal: Refusal, provider: str | None = None) -> None:
         super().__init__(
-            f"the batch queue is full: {refusal.message}", provider=cause.provider, transient=True
+            f"the batch queue is full: {refusal.message}", provider=provider, transient=True
         )
         self.refusal = refusal
 

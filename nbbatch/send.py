@@ -306,6 +306,13 @@ def _send_chunk(
         ledger.abandon_intent(intent)  # an interrupt mid-call: as for no answer
         raise
     ledger.confirm_batch(intent, info.batch_id, info.status, info.raw)
+    refusal = ctx.provider.quota_refusal(info=info) if info.ended else None
+    if refusal is not None:
+        # Created and refused at once for the account's queue (no validation time):
+        # its rows wait, unsent, for room, as for a refusal seen on a later poll.
+        ledger.refuse_batch(info.batch_id, refusal.message, info.raw)
+        ctx.provider.discard_refused(info)
+        raise _quota.QuotaRefused(refusal, ctx.provider_name)
     ctx.infos[info.batch_id] = info
     log.info("job %s: batch %s created with %d requests", ctx.id, info.batch_id, len(positions))
     cancel_if_job_cancelled(ctx, info)
@@ -331,7 +338,7 @@ def create(ctx: JobContext, chunk: bytes, spec: RequestSpec, metadata: dict[str,
         except ProviderError as exc:
             refusal = ctx.provider.quota_refusal(error=exc)
             if refusal is not None:  # the queue is full: waiting, not retrying, helps
-                raise _quota.QuotaRefused(refusal, exc) from exc
+                raise _quota.QuotaRefused(refusal, exc.provider) from exc
             if not exc.transient or tries == CREATE_TRIES:
                 raise
             ctx.warn(f"the provider is busy ({exc}); trying again in {delay:.0f} s")
