@@ -59,9 +59,9 @@ CHARS_PER_TOKEN = 4
 class QuotaRefused(ProviderError):
     """The provider refused a create call because the account's queue is full."""
 
-    def __init__(self, refusal: Refusal, cause: ProviderError) -> None:
+    def __init__(self, refusal: Refusal, provider: str | None = None) -> None:
         super().__init__(
-            f"the batch queue is full: {refusal.message}", provider=cause.provider, transient=True
+            f"the batch queue is full: {refusal.message}", provider=provider, transient=True
         )
         self.refusal = refusal
 
@@ -346,14 +346,23 @@ def late_refusal(ctx: JobContext, batch: dict[str, Any], info: BatchInfo, refusa
 
 
 # -- waves, for the views --------------------------------------------------------------------
-def wave_started(ctx: JobContext, q: Queue, per_unit: float, unsent_rows: int) -> None:
-    """A new wave's first batch was accepted: record it (with what is left to send, for
-    the count of waves) and how long the last wave took."""
+def batch_sent(ctx: JobContext, q: Queue, units: int, per_unit: float, unsent_rows: int) -> None:
+    """A batch of ``units`` was accepted into a limited queue: record it in the job's
+    waves (one that would not fit the last wave with it starts a new one), with what
+    is left to send
+    (for the count of waves) and how long the last wave took."""
     now = ctx.clock()
     waves = ctx.ledger.waves(ctx.id)
-    starts = [*waves.get("starts", []), now]
+    starts = list(waves.get("starts", []))
+    in_wave = int(waves.get("in_wave", 0))  # sent since the wave started
+    if not starts or in_wave + units > (q.cap or 1):  # it would not fit the last wave
+        starts.append(now)
+        in_wave = 0
+        if len(starts) >= 2:
+            ctx.ledger.set_quota_limit(q.key, q.model, wave_seconds=starts[-1] - starts[-2])
     waves.update(
         starts=starts,
+        in_wave=in_wave + units,
         model=q.label,
         unit=q.unit,
         limit=q.limit,
@@ -364,8 +373,6 @@ def wave_started(ctx: JobContext, q: Queue, per_unit: float, unsent_rows: int) -
         cap=q.cap,
     )
     ctx.ledger.set_waves(ctx.id, waves)
-    if len(starts) >= 2:
-        ctx.ledger.set_quota_limit(q.key, q.model, wave_seconds=starts[-1] - starts[-2])
 
 
 def waves_left(ctx: JobContext, per_unit: float, unsent_rows: int) -> None:

@@ -34,6 +34,9 @@ log = logging.getLogger("nbbatch")
 
 #: How many times one create call is tried while the provider answers 429/5xx.
 CREATE_TRIES = 4
+#: Refusals for the account's batch queue one sending pass takes before it leaves the
+#: rest for the next refresh (each teaches the limit; more means others fill the queue).
+MAX_REFUSALS = 3
 #: After this many seconds an unconfirmed create call is presumed dead even if the
 #: process that made it still runs (the SDKs time a call out after 600 s).
 INTENT_TIMEOUT = 660.0
@@ -123,7 +126,8 @@ def send_rows(
     # The account's batch queue (see nbbatch.quota): batches sized to the room it has,
     # the rest left unsent for the next wave when it is full.
     queue = _quota.queue(ctx, spec)
-    new_wave = True
+    waved = False  # a batch went into a limited queue in this pass
+    refusals = 0
     for start in range(0, len(positions), limit * size):
         block = positions[start : start + limit * size]
         jsonl, ends = _encode_block(ctx, state, block, spec, size, built)
@@ -136,13 +140,12 @@ def send_rows(
             stop = _piece_end(ends, units, first, limit, provider.max_bytes, queue.piece)
             rest = int(units[first:].sum()) + int(per_row * (len(positions) - start - len(block)))
             allowed = _quota.room(ctx, queue, rest)
-            if allowed is not None:
-                stop = first + max(
-                    1, int(np.searchsorted(np.cumsum(units[first:stop]), allowed, "right"))
-                )
-                if allowed == 0:
-                    _wait_for_room(ctx, progress, per_row, len(positions) - start - first * size)
-                    return
+            if allowed == 0 or refusals > MAX_REFUSALS:
+                _wait_for_room(ctx, progress, per_row, len(positions) - start - first * size)
+                return
+            if allowed is not None:  # as much as fits the room left
+                fits = int(np.searchsorted(np.cumsum(units[first:stop]), allowed, "right"))
+                stop = first + max(1, fits)
             if (first, stop) != (0, len(ends)):
                 progress.expected += 1
             begin, end = (int(ends[first - 1]) if first else 0), int(ends[stop - 1])
@@ -159,26 +162,23 @@ def send_rows(
                 _wait_for_room(ctx, progress, per_row, len(positions) - start - first * size)
                 return
             except _quota.QuotaRefused as exc:
-                _quota.refused(
-                    ctx,
-                    queue,
-                    exc.refusal,
-                    claim.units,
-                    ctx.ledger.quota_in_use(queue.key, queue.model),
-                )
-                _wait_for_room(ctx, progress, per_row, len(positions) - start - first * size)
-                return
+                # Learn the limit, then size the next batch to it at once (room() says
+                # when to wait instead).
+                in_use = ctx.ledger.quota_in_use(queue.key, queue.model)
+                _quota.refused(ctx, queue, exc.refusal, claim.units, in_use)
+                queue = _quota.queue(ctx, spec)
+                refusals += 1
+                continue
             if not sent:
                 return  # the job was cancelled from another process
             if queue.limit is not None:
-                if new_wave:
-                    left = len(positions) - start - stop * size
-                    _quota.wave_started(ctx, queue, per_row, left)
-                    new_wave = False
+                left = len(positions) - start - stop * size
+                _quota.batch_sent(ctx, queue, claim.units, per_row, left)
+                waved = True
                 queue = _quota.queue(ctx, spec)  # what was learned, for the next piece
             first = stop
         del jsonl
-    if not new_wave:
+    if waved:
         _quota.waves_left(ctx, 0.0, 0)
     progress.active = False
 
@@ -309,6 +309,13 @@ def _send_chunk(
         ledger.abandon_intent(intent)  # an interrupt mid-call: as for no answer
         raise
     ledger.confirm_batch(intent, info.batch_id, info.status, info.raw)
+    refusal = ctx.provider.quota_refusal(info=info) if info.ended else None
+    if refusal is not None:
+        # Created and refused at once for the account's queue (no validation time):
+        # its rows wait, unsent, for room, as for a refusal seen on a later poll.
+        ledger.refuse_batch(info.batch_id, refusal.message, info.raw)
+        ctx.provider.discard_refused(info)
+        raise _quota.QuotaRefused(refusal, ctx.provider_name)
     ctx.infos[info.batch_id] = info
     log.info("job %s: batch %s created with %d requests", ctx.id, info.batch_id, len(positions))
     cancel_if_job_cancelled(ctx, info)
@@ -334,7 +341,7 @@ def create(ctx: JobContext, chunk: bytes, spec: RequestSpec, metadata: dict[str,
         except ProviderError as exc:
             refusal = ctx.provider.quota_refusal(error=exc)
             if refusal is not None:  # the queue is full: waiting, not retrying, helps
-                raise _quota.QuotaRefused(refusal, exc) from exc
+                raise _quota.QuotaRefused(refusal, exc.provider) from exc
             if not exc.transient or tries == CREATE_TRIES:
                 raise
             ctx.warn(f"the provider is busy ({exc}); trying again in {delay:.0f} s")

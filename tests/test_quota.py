@@ -137,7 +137,8 @@ def test_two_jobs_at_once_share_the_queue():
 
 
 def test_a_new_session_attaching_the_job_continues_its_waves():
-    with emulator.start(processing_seconds=0.05, enqueued_token_limit=4_000) as server:
+    # Batches long enough that the first wave still runs when wait_sent() returns.
+    with emulator.start(processing_seconds=3.0, enqueued_token_limit=4_000) as server:
         client = client_for("openai", server)
         first = nb.submit(frame(), "{text}", model="gpt-4o-mini", client=client,
                           queue_limit=4_000)  # fmt: skip
@@ -153,7 +154,7 @@ def test_a_new_session_attaching_the_job_continues_its_waves():
 
 
 def test_the_views_say_which_wave_and_how_full_the_queue_is():
-    with emulator.start(processing_seconds=0.3, enqueued_token_limit=4_000) as server:
+    with emulator.start(processing_seconds=3.0, enqueued_token_limit=4_000) as server:
         client = client_for("openai", server)
         job = nb.submit(frame(), "{text}", model="gpt-4o-mini", client=client,
                         queue_limit=4_000)  # fmt: skip
