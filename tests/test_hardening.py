@@ -79,11 +79,11 @@ def test_no_key_in_the_chained_sdk_error_of_a_traceback():
     assert CLIENT_KEY not in json.dumps(sdk[0].body)
 
 
-def test_csv_export_cells_never_start_a_formula(emu_formulas, tmp_path):
+def _collect_formulas(server: emulator.Emulator, out: Path) -> None:
+    """Collect a job whose answers a spreadsheet would take for formulas into ``out``."""
     df = pd.DataFrame({"text": ["a", "b", "c", "d"]})
-    job = nb.submit(df, "{text}", model="gpt-4o-mini", client=openai_client(emu_formulas))
+    job = nb.submit(df, "{text}", model="gpt-4o-mini", client=openai_client(server))
     job.wait(timeout=60, progress=False)
-    out = tmp_path / "results.csv"
     run = subprocess.run(
         [sys.executable, "-m", "nbbatch.cli", "collect", job.id, "--out", str(out)],
         capture_output=True,
@@ -91,32 +91,28 @@ def test_csv_export_cells_never_start_a_formula(emu_formulas, tmp_path):
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
+
+
+INERT = ['\'=HYPERLINK("http://x.example")', "'+1+1", "'@SUM(A1)", "'-2"]
+
+
+def test_csv_export_cells_never_start_a_formula(emu_formulas, tmp_path):
+    out = tmp_path / "results.csv"
+    _collect_formulas(emu_formulas, out)
     with out.open(newline="") as fh:
         cells = [cell for row in csv.reader(fh) for cell in row]
     assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")]
-    answers = pd.read_csv(out)["response"].tolist()
-    assert answers == ['\'=HYPERLINK("http://x.example")', "'+1+1", "'@SUM(A1)", "'-2"]
+    assert pd.read_csv(out)["response"].tolist() == INERT
 
 
 def test_xlsx_export_cells_never_start_a_formula(emu_formulas, tmp_path):
     openpyxl = pytest.importorskip("openpyxl")  # in the dev extra: CI always has it
-    df = pd.DataFrame({"text": ["a", "b", "c", "d"]})
-    job = nb.submit(df, "{text}", model="gpt-4o-mini", client=openai_client(emu_formulas))
-    job.wait(timeout=60, progress=False)
     out = tmp_path / "results.xlsx"
-    run = subprocess.run(
-        [sys.executable, "-m", "nbbatch.cli", "collect", job.id, "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
+    _collect_formulas(emu_formulas, out)
     sheet = openpyxl.load_workbook(out).active
-    cells = [cell for row in sheet.iter_rows() for cell in row]
     # A formula cell is what a spreadsheet would run: none, and every text kept as text.
-    assert not [c.coordinate for c in cells if c.data_type == "f"]
-    answers = pd.read_excel(out)["response"].tolist()
-    assert answers == ['\'=HYPERLINK("http://x.example")', "'+1+1", "'@SUM(A1)", "'-2"]
+    assert not [c.coordinate for row in sheet.iter_rows() for c in row if c.data_type == "f"]
+    assert pd.read_excel(out)["response"].tolist() == INERT
 
 
 @pytest.fixture

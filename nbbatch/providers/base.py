@@ -8,6 +8,7 @@ lines into the common row-result table (:data:`ROW_RESULT_SCHEMA`).
 from __future__ import annotations
 
 import difflib
+import io
 import logging
 import re
 from abc import ABC, abstractmethod
@@ -418,24 +419,15 @@ def read_capped(chunks: Iterable[bytes], max_bytes: int | None, what: str) -> by
     """The bytes of a download, refused with :class:`BatchFailedError` as soon as they
     pass ``max_bytes``: a result larger than any reply to what was sent comes from a
     broken or hostile endpoint, and must not fill the memory first."""
-    parts: list[bytes] = []
-    size = 0
-    for chunk in chunks:
-        size += len(chunk)
-        if max_bytes is not None and size > max_bytes:
-            raise BatchFailedError(
-                f"{what} is larger than {max_bytes:,} bytes, more than any reply to the "
-                "requests sent could be; nothing was recorded from it. The endpoint is "
-                "broken or not the provider: check the job's address."
-            )
-        parts.append(chunk)
-    return b"".join(parts)
+    out = io.BytesIO()
+    copy_capped(chunks, out, max_bytes, what)
+    return out.getvalue()
 
 
 def copy_capped(chunks: Iterable[bytes], out: IO[bytes], max_bytes: int | None, what: str) -> int:
     """Write a download to ``out`` chunk by chunk, refused with :class:`BatchFailedError`
-    as soon as it passes ``max_bytes`` (as :func:`read_capped`, never holding more than
-    one chunk); returns the bytes written."""
+    as soon as it passes ``max_bytes`` (never holding more than one chunk); returns the
+    bytes written."""
     size = 0
     for chunk in chunks:
         size += len(chunk)
