@@ -33,6 +33,13 @@ else:
 
 PROMPT = "Classify: {text}"
 
+
+def queue_template(prompts) -> bool:
+    """The one line with an empty prompt that the batch queue's token estimate encodes
+    to learn what every line carries besides its prompt (nbbatch.quota): not a row's."""
+    return prompts.to_pylist() == [""]
+
+
 pytestmark = pytest.mark.filterwarnings(
     # the cluster's own shutdown and port choices are not ours to fix
     "ignore::DeprecationWarning",
@@ -74,7 +81,8 @@ def test_dask_frame_is_planned_on_the_workers_and_merged_back_lazily(
     real = OpenAIProvider.encode
 
     def counted(self, ids, prompts, spec):
-        encoded.append(len(ids))
+        if not queue_template(prompts):
+            encoded.append(len(ids))
         return real(self, ids, prompts, spec)
 
     with monkeypatch.context() as patch:
@@ -170,7 +178,8 @@ def test_dask_retries_send_the_workers_lines_again_and_failed_stays_lazy(cluster
     real = OpenAIProvider.encode
 
     def counted(self, ids, prompts, spec):
-        encoded.append(len(ids))
+        if not queue_template(prompts):
+            encoded.append(len(ids))
         return real(self, ids, prompts, spec)
 
     # An emulator of its own: the transient marker fails a custom_id's first attempt.
@@ -213,7 +222,8 @@ def test_a_dask_job_recorded_but_not_sent_is_sent_by_a_new_session_from_the_ledg
     real = OpenAIProvider.encode
 
     def counted(self, ids, prompts, spec):
-        encoded.append(len(ids))
+        if not queue_template(prompts):
+            encoded.append(len(ids))
         return real(self, ids, prompts, spec)
 
     with monkeypatch.context() as patch:

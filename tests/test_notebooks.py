@@ -243,7 +243,17 @@ def claims_polars(nb: NotebookNode, s: dict[str, Any]) -> None:
         "merged kind": "DataFrame",
         "succeeded": 30,
         "parquet rows written": 30,
-        "parquet columns": ["review_id", "summary", "summary_status", "summary_error"],
+        # to_parquet writes each row's lineage after the result columns by default.
+        "parquet columns": [
+            "review_id",
+            "summary",
+            "summary_status",
+            "summary_error",
+            "summary_model",
+            "summary_prompt_hash",
+            "summary_batch_id",
+            "summary_attempt",
+        ],
         "every file row answered": True,
         "catalogue rows written": 40_000,
         "catalogue succeeded": 40_000,
