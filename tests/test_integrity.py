@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 import nbbatch as nb
-from nbbatch import emulator
+from nbbatch import collect, emulator
 
 from .conftest import batches_created, client_for, model_for
 
@@ -251,10 +251,23 @@ def test_result_files_are_owner_only_and_a_loose_home_is_tightened(tmp_path, mon
     home.mkdir(mode=0o755)
     os.chmod(home, 0o755)
     monkeypatch.setenv("NBBATCH_HOME", str(home))
-    run(pd.DataFrame({"text": ["a", "b"]}), client_for("openai", emu))
+    # The raw downloads are streamed to disk and removed once their rows are recorded:
+    # note their modes just before they go, as they lay on disk meanwhile.
+    raw_modes: dict[str, int] = {}
+    forget = collect.forget_result_files
+
+    def noting_forget(ctx, info):
+        for p in (ctx.ledger.files / ctx.id).glob("*.jsonl"):
+            raw_modes[p.name] = stat.S_IMODE(p.stat().st_mode)
+        forget(ctx, info)
+
+    monkeypatch.setattr(collect, "forget_result_files", noting_forget)
+    job = run(pd.DataFrame({"text": ["a", "b"]}), client_for("openai", emu))
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert raw_modes and set(raw_modes.values()) == {0o600}, raw_modes
     files = [p for p in home.rglob("*") if p.is_file()]
-    assert any(p.suffix == ".jsonl" for p in files)
+    assert not [p for p in files if p.suffix == ".jsonl"]  # not kept beside the record
+    assert list((home / "files" / job.id).glob("results-*.arrow"))  # the parsed results
     for p in files:
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
     for p in [p for p in home.rglob("*") if p.is_dir()]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -168,11 +169,34 @@ def _find(provider: str, model: str, extra: tuple[str, ...], env: str) -> ModelE
     if model in extra or model in env_models():
         return ModelEntry(model, ADDED_CREATED, model)
     for info in _prices_models(provider):
-        if info.is_match(model):
+        if _names(info.match, model):
             family = next((m for m in _known(provider) if m.id == info.id), None)
             created = family.created if family else PRICES_CREATED
             return ModelEntry(model, created, info.name or model)
     return None
+
+
+def _names(clause: Any, model: str) -> bool:
+    """Whether genai-prices' match rule ``clause`` recognises ``model`` as a name the
+    service answers to.
+
+    Its prefix rules are made for prices, where any suffix is still the same model, so
+    ``claude-haiku-4-5`` would recognise the typo ``claude-haiku-4-5x``. A service
+    answers only to the prefix itself, to the prefix and a separated suffix (a dated
+    snapshot ``-20251001``, a version after ``@``), or to a date the prefix begins
+    (``claude-sonnet-4-2025`` + ``0514``). The other rules are taken as they are.
+    """
+    if hasattr(clause, "or_"):
+        return any(_names(c, model) for c in clause.or_)
+    if hasattr(clause, "and_"):
+        return all(_names(c, model) for c in clause.and_)
+    prefix = getattr(clause, "starts_with", None)
+    if not isinstance(prefix, str) or not clause.is_match(model):
+        return bool(clause.is_match(model))
+    rest = model[len(prefix) :]
+    if not rest or rest[0] in "-@" or not prefix[-1].isalnum():
+        return True
+    return re.fullmatch(r"(?:.*-)?\d{4}", prefix) is not None and rest[:4].isdigit()
 
 
 #: How many numbers each embedding model returns when the request does not shorten it.

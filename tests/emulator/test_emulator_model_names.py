@@ -60,6 +60,18 @@ def test_anthropic_accepts_current_models_aliases_and_snapshots(ant: anthropic.A
     assert results["typo"].type == "errored"
 
 
+@pytest.mark.parametrize("typo", ["claude-haiku-4-5x", "claude-opus-4-50", "claude-sonnet-4-0b"])
+def test_anthropic_refuses_a_known_name_with_letters_added(
+    ant: anthropic.Anthropic, typo: str
+) -> None:
+    # genai-prices recognises Claude names by prefix (for prices any suffix is the same
+    # model); the service knows only the name itself and its dated snapshots.
+    with pytest.raises(anthropic.NotFoundError):
+        ant.models.retrieve(typo)
+    results = anthropic_batch(ant, [msg("typo", model=typo)])
+    assert results["typo"].type == "errored"
+
+
 def test_gemini_accepts_the_batch_guides_model(emu: emulator.Emulator) -> None:
     g = gemini(emu.gemini_base_url)
     for name in GEMINI_NAMES:
