@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from http import server as http_server
 
+import httpx
 import openai
 import pandas as pd
 import pytest
@@ -99,6 +100,9 @@ def squatter(port: int) -> Iterator[list[bytes]]:
         seen.append(rest)
 
 
+_OPEN: list[httpx.Client] = []  # the httpx clients a test made, to close at its end
+
+
 def _pending_job(emu: emulator.Emulator, how: str, monkeypatch: pytest.MonkeyPatch) -> nb.BatchJob:
     """A job sent to ``emu`` with the environment's real key, not finished yet."""
     monkeypatch.setenv("OPENAI_API_KEY", REAL_KEY)
@@ -106,6 +110,12 @@ def _pending_job(emu: emulator.Emulator, how: str, monkeypatch: pytest.MonkeyPat
     if how == "client without api_key":
         client = openai.OpenAI(base_url=emu.openai_base_url)  # takes OPENAI_API_KEY
         job = nb.submit(df, "{text}", model="gpt-4o-mini", client=client)
+    elif how == "client of the older httpx package":
+        # The SDKs also take an httpx (not httpx2) client: guarded all the same.
+        http = httpx.Client()
+        monkeypatch.setattr(f"{__name__}._OPEN", [*_OPEN, http])  # closed by the test
+        legacy = openai.OpenAI(base_url=emu.openai_base_url, http_client=http)
+        job = nb.submit(df, "{text}", model="gpt-4o-mini", client=legacy)
     else:
         monkeypatch.setenv("OPENAI_BASE_URL", emu.openai_base_url)
         job = nb.submit(df, "{text}", model="gpt-4o-mini")
@@ -115,7 +125,9 @@ def _pending_job(emu: emulator.Emulator, how: str, monkeypatch: pytest.MonkeyPat
     return job
 
 
-@pytest.mark.parametrize("how", ["client without api_key", "OPENAI_BASE_URL"])
+@pytest.mark.parametrize(
+    "how", ["client without api_key", "client of the older httpx package", "OPENAI_BASE_URL"]
+)
 def test_a_squatter_on_a_dead_emulators_port_gets_no_key(nbbatch_home, monkeypatch, how):
     emu = emulator.start(processing_seconds=3600)
     job = _pending_job(emu, how, monkeypatch)
@@ -129,6 +141,8 @@ def test_a_squatter_on_a_dead_emulators_port_gets_no_key(nbbatch_home, monkeypat
         # opens, and says so as soon as it would ask the backend anything.
         with pytest.raises(nb.NbbatchError, match=rf"is gone.*nb.attach\('{job.id}', client="):
             nb.attach(job.id).refresh()
+    for http in _OPEN:
+        http.close()
     assert seen == [b""]
 
 

@@ -30,6 +30,7 @@ had at submit (an ``openai.OpenAI(base_url=...)`` made without ``api_key`` takes
 
 from __future__ import annotations
 
+import sys
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -96,25 +97,38 @@ class Guard(httpx2.BaseTransport):
     and answers 403 itself with the reason ``check`` gives for refusing it."""
 
     def __init__(
-        self, check: Callable[[httpx2.Request], str | None], owner: httpx2.Client | None
+        self,
+        check: Callable[[httpx2.Request], str | None],
+        owner: httpx2.Client | None,
+        http: Any = httpx2,
     ) -> None:
         self._check = check
+        # ``http``: the module the owner's client comes from. The SDKs also take a
+        # client of the older ``httpx`` package; its transport (a proxy, an auth
+        # layer the user set up) must carry the request as it would without nbbatch.
+        self._http = http
         # The client's own transport when it has one: its connections stay in its pool,
         # and once its owner is closed nothing more is sent through it (as the owner
         # itself would refuse), so no connection outlives the client it belongs to.
-        inner = getattr(owner, "_transport", None)
-        self._owner = owner if isinstance(inner, httpx2.BaseTransport) else None
-        self._owns = self._owner is None
-        self._inner = inner if isinstance(inner, httpx2.BaseTransport) else httpx2.HTTPTransport()
+        inner: Any = getattr(owner, "_transport", None)
+        mine = isinstance(inner, http.BaseTransport)
+        self._owner = owner if mine else None
+        self._owns = not mine
+        self._inner: Any = inner if mine else http.HTTPTransport()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send ``request`` if ``check`` allows it (it may also rewrite it)."""
         if self._owner is not None and self._owner.is_closed:
             raise RuntimeError("Cannot send a request, as the client has been closed.")
         if is_loopback(str(request.url)):
-            refusal = self._check(request)
+            try:
+                refusal = self._check(request)
+            except httpx2.ConnectError as exc:
+                if self._http is httpx2:
+                    raise
+                raise self._http.ConnectError(str(exc), request=request) from None
             if refusal is not None:
-                return _refused(request, refusal)
+                return _refused(request, refusal, self._http)
         return self._inner.handle_request(request)
 
     def close(self) -> None:
@@ -134,7 +148,7 @@ class _ClosingClient(httpx2.Client):
             pass
 
 
-def _refused(request: httpx2.Request, message: str) -> httpx2.Response:
+def _refused(request: httpx2.Request, message: str, http: Any = httpx2) -> httpx2.Response:
     # One body every SDK reads its message from (OpenAI and Gemini read error.message,
     # Anthropic error.message under type "error").
     body = {
@@ -146,7 +160,8 @@ def _refused(request: httpx2.Request, message: str) -> httpx2.Response:
             "message": message,
         },
     }
-    return httpx2.Response(403, json=body, request=request)
+    response: httpx2.Response = http.Response(403, json=body, request=request)
+    return response
 
 
 def listener_check(
@@ -198,12 +213,23 @@ def home_check(home: Path) -> Callable[[httpx2.Request], str | None]:
 def guarded(client: Any, check: Callable[[httpx2.Request], str | None], credential: str) -> Any:
     """A copy of SDK ``client`` whose requests pass ``check`` first (``credential``: what
     a job made with it records, see :func:`credential_of`)."""
-    http = _ClosingClient(
-        transport=Guard(check, _http_of(client)),
-        trust_env=False,  # never through a proxy: it would see the key
-        timeout=httpx2.Timeout(600.0, connect=10.0),
-        follow_redirects=False,
-    )
+    legacy = _legacy_http_of(client)
+    http: Any
+    if legacy is not None:  # the user's client of the older httpx package, kept as such
+        module = sys.modules["httpx"]
+        http = module.Client(
+            transport=_LegacyGuard(check, legacy, module),
+            trust_env=False,
+            timeout=module.Timeout(600.0, connect=10.0),
+            follow_redirects=False,
+        )
+    else:
+        http = _ClosingClient(
+            transport=Guard(check, _http_of(client)),
+            trust_env=False,  # never through a proxy: it would see the key
+            timeout=httpx2.Timeout(600.0, connect=10.0),
+            follow_redirects=False,
+        )
     genai = _genai_parts(client)
     if genai is not None:
         from google import genai as google_genai
@@ -254,6 +280,27 @@ def _http_of(client: Any) -> httpx2.Client | None:
     if http is None:  # google.genai
         http = getattr(getattr(client, "_api_client", None), "_httpx_client", None)
     return http if isinstance(http, httpx2.Client) else None
+
+
+def _legacy_http_of(client: Any) -> Any:
+    """The client of the older ``httpx`` package an SDK client sends through, if the
+    user gave it one (the SDKs accept both), else None."""
+    module = sys.modules.get("httpx")
+    http = getattr(client, "_client", None)
+    if module is None or module is httpx2 or isinstance(http, httpx2.Client):
+        return None
+    return http if isinstance(http, module.Client) else None
+
+
+def _legacy_guard_type() -> type:
+    # A Guard that is also a transport of the older httpx package, made only when a
+    # user's client of that package is met (nbbatch never imports it itself).
+    module = sys.modules["httpx"]
+    return type("_LegacyGuard", (Guard, module.BaseTransport), {})
+
+
+def _LegacyGuard(check: Callable[[httpx2.Request], str | None], owner: Any, module: Any) -> Any:
+    return _legacy_guard_type()(check, owner, module)
 
 
 def _genai_parts(client: Any) -> tuple[str | None, Any] | None:
