@@ -248,6 +248,9 @@ def submit(
         cache_system=cache_system, params=params,
     )  # fmt: skip
     _check_cascade_columns(data, frame, is_series, when, output, spec)
+    # The first model's limit was checked with its parameters; a later stage's model
+    # must take max_tokens too, or its stage would fail after the first one was paid.
+    _check_output_limits(impl.name, spec, models[1:])
     _deadline.check(on_deadline, deadline, impl.name)
     pack = _pack.check(pack, spec)
     # plan: render, hash and deduplicate the rows (into a manifest file for files)
@@ -337,6 +340,15 @@ def _check_policy(fallback: Any, deadline: Any) -> None:
     if fallback not in (None, "realtime"):
         raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
     _health.deadline_at(deadline, 0.0)  # a wrong deadline is refused now
+
+
+def _check_output_limits(name: str, spec: RequestSpec, models: list[str]) -> None:
+    """Refuse a ``max_tokens`` above any of ``models``' published output limits (each
+    stage of a cascade): the provider would refuse every row of that stage. Needs no
+    client or key, so ``preview`` checks it as ``submit`` does."""
+    cls = _providers.provider_class(name)
+    for model in models:
+        cls.check_output_limit(dataclasses.replace(spec, model=model))
 
 
 def _check_cascade_columns(
@@ -1481,6 +1493,7 @@ def preview(
         cache_system=cache_system,
         params=params,
     )
+    _check_output_limits(name, spec, models)
     pack = _pack.check(pack, spec)
     address = _address(name, client, local)
     salt = _salt(spec, name, address or "", pack)

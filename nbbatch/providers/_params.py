@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -149,3 +150,40 @@ def check_max_tokens(max_tokens: Any) -> None:
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):
         raise InputError(f"max_tokens must be a positive integer, found {max_tokens!r}.")
+
+
+# ---------------------------------------------------------------- output limits
+
+#: ``-YYYY-MM-DD`` or ``-YYYYMMDD`` at the end of a model name: a dated snapshot, which
+#: has the output limit of the model it is a snapshot of (the same rule as the prices').
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
+
+
+def output_limit(table: Mapping[str, int], model: str) -> int | None:
+    """The most output tokens one request to ``model`` may ask for, from a provider's
+    ``table`` (its published limits, by model name): the name itself first, then the
+    model a dated snapshot belongs to. None when the limit is not known; such a model
+    is not checked (a name merely starting like a known one is not that model)."""
+    model = model.removeprefix("models/")
+    for name in (model, _SNAPSHOT.sub("", model)):
+        if name in table:
+            return table[name]
+    return None
+
+
+def check_output_limit(
+    table: Mapping[str, int], service: str, model: str, max_tokens: int | None
+) -> None:
+    """Refuse ``max_tokens`` above ``model``'s output limit in ``table``, naming the
+    model, its limit and the fix; ``service`` names the provider for people
+    (``"OpenAI"``). The provider refuses such a request with a 400 for every row, after
+    the batch was uploaded and created; so it is refused here, before anything is sent."""
+    limit = output_limit(table, model)
+    if limit is None or max_tokens is None or max_tokens <= limit:
+        return
+    raise InputError(
+        f"max_tokens={max_tokens} is more than {model} can write: its output limit is "
+        f"{limit:,} tokens per request, and {service} would refuse every row; nothing was "
+        f"sent. Use max_tokens={limit} or less, or a model with a larger output limit.",
+        provider=service.lower(),
+    )

@@ -37,6 +37,31 @@ from .base import (
 #: caller does not set one (enough for a paragraph or a small JSON object).
 DEFAULT_MAX_TOKENS = 1024
 
+# Most output tokens one request may ask for (max_tokens), by model: the aliases and the
+# names a dated snapshot reduces to (claude-sonnet-4-20250514 -> claude-sonnet-4). From
+# the "Max output" row of platform.claude.com/docs/en/about-claude/models/overview and
+# each model's page (platform.claude.com/docs/en/models/<model>/overview, e.g. Opus 4.6's
+# 128K); Sonnet 4's 64,000 is also the figure in the service's own error ("max_tokens:
+# N > 64000, which is the maximum allowed number of output tokens for ...") quoted in
+# github.com/OpenHands/OpenHands/issues/11090, and Sonnet 4.6's 128,000 the correction in
+# the Effect-TS @effect/ai-anthropic 4.0.0-beta.106 release notes. Claude 3.7 Sonnet is
+# left out: a beta header raises its limit. A model not listed is not checked.
+OUTPUT_LIMITS: dict[str, int] = {
+    "claude-3-haiku": 4_096,
+    "claude-3-5-haiku": 8_192,
+    "claude-3-5-haiku-latest": 8_192,
+    "claude-sonnet-4": 64_000,
+    "claude-sonnet-4-0": 64_000,
+    "claude-opus-4": 32_000,
+    "claude-opus-4-0": 32_000,
+    "claude-opus-4-1": 32_000,
+    "claude-sonnet-4-5": 64_000,
+    "claude-haiku-4-5": 64_000,
+    "claude-opus-4-5": 64_000,
+    "claude-opus-4-6": 128_000,
+    "claude-sonnet-4-6": 128_000,
+}
+
 #: What a Message Batches request accepts: the SDK's own params type, plus the sampling
 #: parameters the API still takes although the SDK's types no longer declare them.
 PARAMS = _params.Endpoint(
@@ -195,6 +220,14 @@ class AnthropicProvider(Provider):
         if spec.response_format is not None:
             owned = {"output_config": "response_format= (it fills output_config.format)"}
         _params.check(PARAMS, spec.params, {"temperature": spec.temperature}, owned)
+        self.check_output_limit(spec)
+
+    @classmethod
+    def check_output_limit(cls, spec: RequestSpec) -> None:
+        """Over the model's limit the service refuses every row with a 400 ("max_tokens:
+        N > L, which is the maximum allowed number of output tokens for ..."); the
+        default (:data:`DEFAULT_MAX_TOKENS`) is under every listed limit."""
+        _params.check_output_limit(OUTPUT_LIMITS, "Anthropic", spec.model, spec.max_tokens)
 
     def find_model(self, model: str) -> bool | list[str] | None:
         """``models.retrieve``, and on a 404 ``models.list`` for the ids there are."""

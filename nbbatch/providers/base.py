@@ -256,6 +256,14 @@ class Provider(ABC):
         nothing. Providers without checks accept everything here."""
         return None
 
+    @classmethod
+    def check_output_limit(cls, spec: RequestSpec) -> None:
+        """Raise :class:`~nbbatch.InputError` when ``spec.max_tokens`` is above the output
+        limit the provider publishes for ``spec.model`` (it would refuse every row).
+        Needs no client, so ``preview`` checks it too; a model whose limit is not known
+        is not checked, nor is a provider without a table of limits."""
+        return None
+
     def check_model(self, model: str) -> None:
         """Raise :class:`~nbbatch.InputError` when the provider says it has no ``model``.
 

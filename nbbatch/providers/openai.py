@@ -162,6 +162,29 @@ _FIXED_TEMPERATURE = re.compile(
 )
 
 
+# Most output tokens one request may ask for, by model (a dated snapshot has its model's
+# limit unless listed by itself). Each model's page, platform.openai.com/docs/models/<id>,
+# gives it as "Max output tokens"; gpt-4o-2024-05-13 is the snapshot whose page gives
+# 4,096. gpt-3.5-turbo's 4,096 is the figure in the service's own error quoted in
+# github.com/ChatGPTNextWeb/NextChat/issues/3195. A model not listed is not checked.
+OUTPUT_LIMITS: dict[str, int] = {
+    "gpt-3.5-turbo": 4_096,
+    "gpt-4o-2024-05-13": 4_096,
+    "gpt-4o": 16_384,
+    "gpt-4o-mini": 16_384,
+    "gpt-4.1": 32_768,
+    "gpt-4.1-mini": 32_768,
+    "gpt-4.1-nano": 32_768,
+    "o1": 100_000,
+    "o3": 100_000,
+    "o3-mini": 100_000,
+    "o4-mini": 100_000,
+    "gpt-5": 128_000,
+    "gpt-5-mini": 128_000,
+    "gpt-5-nano": 128_000,
+}
+
+
 def _check_model_rules(spec: RequestSpec) -> None:
     temperature = spec.temperature
     if temperature is not None and temperature != 1 and _FIXED_TEMPERATURE.match(spec.model):
@@ -270,6 +293,18 @@ class OpenAIProvider(Provider):
             owned = {"text": "response_format= (it fills text.format)"}
         _params.check(endpoint, spec.params, {"temperature": spec.temperature}, owned)
         _check_model_rules(spec)
+        self.check_output_limit(spec)
+
+    @classmethod
+    def check_output_limit(cls, spec: RequestSpec) -> None:
+        """A chat request over the model's output limit is refused by the service with
+        a 400 ("max_tokens is too large: ... This model supports at most N completion
+        tokens", quoted in the issue cited above :data:`OUTPUT_LIMITS`) for every row.
+        Checked on /v1/chat/completions only: how the Responses API answers a
+        ``max_output_tokens`` over the limit is not published. ``max_tokens=`` is sent
+        as ``max_completion_tokens``, which nbbatch owns, so it is the only value."""
+        if spec.endpoint == "/v1/chat/completions":
+            _params.check_output_limit(OUTPUT_LIMITS, "OpenAI", spec.model, spec.max_tokens)
 
     def find_model(self, model: str) -> bool | list[str] | None:
         """``models.retrieve``, and on a 404 ``models.list`` for the ids there are.
