@@ -248,7 +248,7 @@ def submit(
         cache_system=cache_system, params=params,
     )  # fmt: skip
     _check_cascade_columns(data, frame, is_series, when, output, spec)
-    _deadline.check(on_deadline, deadline, impl.name)
+    _deadline.check(on_deadline, deadline, impl.name, models)
     pack = _pack.check(pack, spec)
     # plan: render, hash and deduplicate the rows (into a manifest file for files)
     ledger = _default_ledger()

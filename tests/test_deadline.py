@@ -39,7 +39,7 @@ def _texts(job) -> str:
 def test_rows_not_done_at_the_deadline_go_through_flex_at_batch_prices(slow):
     client = openai_client(slow)
     df = _frame(12)
-    job = nb.submit(df, PROMPT, model="gpt-5-mini", client=client,
+    job = nb.submit(df, PROMPT, model="o4-mini", client=client,
                     deadline=dt.timedelta(seconds=2), on_deadline="flex")  # fmt: skip
     job.wait(timeout=120, progress=False)
     assert job.counts["succeeded"] == 12 and job.counts["pending"] == 0
@@ -90,11 +90,43 @@ def test_on_deadline_is_checked_at_submit(oai):
     assert isinstance(oai, openai.OpenAI)
 
 
+def test_flex_on_a_model_without_flex_processing_is_refused_at_submit(oai):
+    # gpt-4o-mini has no flex processing: refused before anything is sent, naming the fix.
+    with pytest.raises(nb.InputError, match="on_deadline='realtime'") as info:
+        nb.submit(_frame(2), PROMPT, model="gpt-4o-mini", client=oai, deadline="1h",
+                  on_deadline="flex")  # fmt: skip
+    assert "'gpt-4o-mini' does not offer" in str(info.value)
+    # In a cascade every model must offer it.
+    with pytest.raises(nb.InputError, match="'gpt-4o' does not offer"):
+        nb.submit(_frame(2), PROMPT, model=["o4-mini", "gpt-4o"], client=oai, deadline="1h",
+                  on_deadline="flex", escalate_when="True")  # fmt: skip
+
+
+def test_the_emulator_refuses_flex_on_a_model_without_it():
+    with emulator.start() as emu:
+        client = openai_client(emu)
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                service_tier="flex",
+            )  # fmt: skip
+        assert info.value.status_code == 400
+        body = info.value.body
+        assert isinstance(body, dict) and body["type"] == "invalid_request_error"
+        assert body["param"] == "service_tier"
+        # A dated snapshot of a model with flex is served flex.
+        reply = client.chat.completions.create(
+            model="o4-mini-2025-04-16", messages=[{"role": "user", "content": "hi"}],
+            service_tier="flex",
+        )  # fmt: skip
+        assert reply.service_tier == "flex"
+
+
 def test_rows_a_cancelled_batch_finished_keep_their_results_and_are_not_sent_again():
     # Batches take 3 s; the deadline comes about half way through the first one.
     with emulator.start(processing_seconds=3) as emu:
         df = _frame(40)
-        job = nb.submit(df, PROMPT, model="gpt-5-mini", client=openai_client(emu),
+        job = nb.submit(df, PROMPT, model="o4-mini", client=openai_client(emu),
                         deadline=dt.timedelta(seconds=1.5), on_deadline="flex")  # fmt: skip
         job.wait(timeout=120, progress=False)
         assert job.counts["succeeded"] == 40 and job.counts["total"] == 40
