@@ -136,3 +136,73 @@ def test_rows_a_cancelled_batch_finished_keep_their_results_and_are_not_sent_aga
         assert out["response"].tolist() == [
             emulator.echo_text(PROMPT.format(body=b)) for b in df["body"]
         ]
+
+
+def test_preview_says_what_the_deadline_would_cost_before_sending():
+    df = _frame(20)
+    # Flex: at most the batch price for every row that misses the deadline.
+    flex = nb.preview(df, PROMPT, model="o4-mini", provider="openai", deadline="2h",
+                      on_deadline="flex")  # fmt: skip
+    est = flex.estimate
+    assert est.cost.batch is not None and est.cost.realtime is not None
+    money = nb.pricing.money
+    assert est.deadline == (
+        "2h after submit: rows not done by then go through OpenAI flex processing, at "
+        f"batch prices: at most {money(est.cost.batch)} if all 20 rows go that way, as "
+        f"much as the batch ({money(est.cost.realtime)} in real time)"
+    )
+    assert f"deadline       {est.deadline}" in repr(flex)
+    # Real time: the full price, and how much more than the batch.
+    live = nb.preview(df, PROMPT, model="claude-haiku-4-5", provider="anthropic",
+                      deadline=dt.timedelta(hours=1), on_deadline="realtime").estimate  # fmt: skip
+    assert live.cost.batch is not None and live.cost.realtime is not None
+    assert live.deadline.startswith("1:00:00 after submit: rows not done by then go through "
+                                    "the real-time API, at full price: at most "
+                                    f"{money(live.cost.realtime)} if all 20 rows")  # fmt: skip
+    extra = money(live.cost.realtime - live.cost.batch)
+    assert live.deadline.endswith(f"{extra} more than the batch's {money(live.cost.batch)}")
+    # Wait: only a flag; no deadline: no line.
+    wait = nb.preview(df, PROMPT, model="o4-mini", provider="openai", deadline="2h").estimate
+    assert "only flags the job overdue" in wait.deadline
+    plain = nb.preview(df, PROMPT, model="o4-mini", provider="openai")
+    assert plain.estimate.deadline == "" and "deadline" not in repr(plain).split("\n\n")[0]
+
+
+def test_preview_refuses_a_deadline_submit_would_refuse():
+    with pytest.raises(nb.InputError, match="on_deadline='realtime'"):
+        nb.preview(_frame(2), PROMPT, model="gpt-4o-mini", provider="openai", deadline="2h",
+                   on_deadline="flex")  # fmt: skip
+    with pytest.raises(nb.InputError, match="no deadline was given"):
+        nb.preview(_frame(2), PROMPT, model="o4-mini", provider="openai", on_deadline="flex")
+
+
+def test_the_deadline_acts_at_the_next_poll_that_may_send_not_at_a_sidebar_check(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from nbbatch.labext import views
+    from nbbatch.ledger import default as ledger
+
+    with emulator.start(processing_seconds=600) as emu:
+        job = nb.submit(_frame(5), PROMPT, model="o4-mini", client=openai_client(emu),
+                        deadline=dt.timedelta(seconds=1), on_deadline="realtime")  # fmt: skip
+        job.wait_sent(timeout=60)
+        due = job.snapshot().deadline
+        assert due is not None
+        while time.time() < due + 0.5:
+            time.sleep(0.2)  # no session polls the job as its deadline passes
+        # The sidebar's check (as its "check now") collects what ended but never sends.
+        views.refresh(ledger(), job.id)
+        assert emu.stats()["realtime_requests"] == 0
+        assert job.counts["pending"] == 5
+        # The next poll that may send, from any process, acts on the deadline.
+        run = subprocess.run(
+            [sys.executable, "-m", "nbbatch.cli", "collect", job.id, "--wait",
+             "--out", str(tmp_path / "out.csv")],
+            capture_output=True, text=True, env=dict(os.environ), timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert emu.stats()["realtime_requests"] == 5
+        assert nb.attach(job.id).counts["realtime"] == 5
