@@ -206,3 +206,32 @@ def test_the_deadline_acts_at_the_next_poll_that_may_send_not_at_a_sidebar_check
         assert run.returncode == 0, run.stderr
         assert emu.stats()["realtime_requests"] == 5
         assert nb.attach(job.id).counts["realtime"] == 5
+
+
+def test_cancelling_or_forgetting_a_job_past_its_deadline_sends_nothing():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    with emulator.start(processing_seconds=600) as emu:
+        job = nb.submit(_frame(5), PROMPT, model="o4-mini", client=openai_client(emu),
+                        deadline=dt.timedelta(seconds=1), on_deadline="realtime")  # fmt: skip
+        job.wait_sent(timeout=60)
+        due = job.snapshot().deadline
+        assert due is not None
+        while time.time() < due + 0.5:
+            time.sleep(0.2)
+        # forget() looks at which batches are open without sending, and refuses.
+        with pytest.raises(nb.NbbatchError, match="call job.cancel"):
+            job.forget()
+        assert emu.stats()["realtime_requests"] == 0
+        # `nbbatch cancel` cancels; it does not first pay for the rows past the deadline.
+        run = subprocess.run([sys.executable, "-m", "nbbatch.cli", "cancel", job.id],
+                             capture_output=True, text=True, env=dict(os.environ),
+                             timeout=120)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert emu.stats()["realtime_requests"] == 0
+        from nbbatch.ledger import default as ledger
+
+        assert ledger().job_status(job.id) == "cancelled"
