@@ -161,5 +161,6 @@ def _send_now(ctx: JobContext, state: rowstore.RowState, positions: np.ndarray) 
         ctx.warn(
             f"{len(positions):,} rows sent after the deadline cost {pricing.money(paid)} "
             f"{'with flex' if flex else 'in real time'}; "
-            f"{'real time' if flex else 'flex or a batch'} would have cost {pricing.money(other)}"
+            # A batch's price, not "flex": most providers and models have no flex.
+            f"{'real time' if flex else 'a batch'} would have cost {pricing.money(other)}"
         )

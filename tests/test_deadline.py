@@ -41,8 +41,18 @@ def test_rows_not_done_at_the_deadline_go_through_flex_at_batch_prices(slow):
     df = _frame(12)
     job = nb.submit(df, PROMPT, model="o4-mini", client=client,
                     deadline=dt.timedelta(seconds=2), on_deadline="flex")  # fmt: skip
+    import io
+
+    from nbbatch import panelview
+    from nbbatch.console import ConsoleReporter
+
+    printed = io.StringIO()
+    job.subscribe(ConsoleReporter(printed))
     job.wait(timeout=120, progress=False)
     assert job.counts["succeeded"] == 12 and job.counts["pending"] == 0
+    # The cost beside the other way is in the console's notes and the panel's history.
+    assert "with flex; real time would have cost" in printed.getvalue()
+    assert "with flex; real time would have cost" in panelview.error_html(job.snapshot())
     out = job.merge(df)
     assert out["response"].tolist() == [
         emulator.echo_text(PROMPT.format(body=b)) for b in df["body"]
@@ -65,6 +75,9 @@ def test_realtime_on_deadline_pays_full_price(slow):
     job.wait(timeout=120, progress=False)
     assert job.counts["succeeded"] == 6 and job.counts["realtime"] == 6
     assert "through the real-time API (full price)" in _texts(job)
+    # What they cost beside a batch, in the notes the panel and console show.
+    assert "rows sent after the deadline cost" in _texts(job)
+    assert "in real time; a batch would have cost" in _texts(job)
 
 
 def test_wait_on_deadline_keeps_waiting_for_the_batch(slow):
