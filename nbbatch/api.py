@@ -7,11 +7,13 @@ hand over to the plan, the provider and :class:`~nbbatch.job.BatchJob`.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import os
 import secrets
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -251,7 +253,7 @@ def submit(
     # The first model's limit was checked with its parameters; a later stage's model
     # must take max_tokens too, or its stage would fail after the first one was paid.
     _check_output_limits(impl.name, spec, models[1:])
-    _deadline.check(on_deadline, deadline, impl.name)
+    _deadline.check(on_deadline, deadline, impl.name, models)
     pack = _pack.check(pack, spec)
     # plan: render, hash and deduplicate the rows (into a manifest file for files)
     ledger = _default_ledger()
@@ -1136,7 +1138,6 @@ def _new_record(
     template: str,
     id_column: str | None,
 ) -> dict[str, Any]:
-    import time
 
     return {
         "id": new_job_id(),
@@ -1287,7 +1288,6 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
     (rows still pending after it). ``model`` names each stage's model in order for a
     job that escalates (``gpt-4o-mini -> gpt-4o``); ``status`` is ``failed`` for a
     cascade that could not choose the rows of its next stage."""
-    import time
 
     ledger = ledger or _default_ledger()
     records = ledger.jobs()
@@ -1427,6 +1427,8 @@ def preview(
     pack: int | None = None,
     queue_limit: int | dict[str, int] | None = None,
     tier: str | None = None,
+    deadline: Any = None,
+    on_deadline: str = "wait",
     **params: Any,
 ) -> Preview:
     """The first ``n`` rendered requests and, for the whole job, the estimated tokens and
@@ -1463,8 +1465,14 @@ def preview(
     With a batch queue limit known (``queue_limit=`` or ``tier=`` as ``submit`` takes
     them, or learned by an earlier job of the account in the ledger), the summary says
     how many waves the job needs and, from the account's last wave, roughly how long.
+    With ``deadline`` and ``on_deadline`` (as ``submit`` takes them, and checked as it
+    checks them), the summary says what the deadline would do and, for ``"flex"`` or
+    ``"realtime"``, what the rows not done by then would cost that way at most (every
+    row, if no batch had finished) beside the batch price (``.estimate.deadline``).
     """
     _quota.check_options(queue_limit, tier)
+    _check_policy(None, deadline)
+    _deadline.check(on_deadline, deadline)
     _checks.arguments(
         prompt=prompt, n=n, system=system, max_tokens=max_tokens, id_column=id_column,
         endpoint=endpoint, provider=provider, missing=missing, cache_system=cache_system,
@@ -1479,6 +1487,7 @@ def preview(
     head = _engines.head(data) if engine else data if source is None else source.head()
     frame, _, template = _parse(head, prompt)
     name, local = _providers.infer(provider, client, model)
+    _deadline.check(on_deadline, deadline, name, models)
     endpoint = endpoint or _providers.default_endpoint(name)
     spec = RequestSpec(
         model=model,
@@ -1532,6 +1541,9 @@ def preview(
             + "answers reusable from earlier jobs not checked (no client or key)",
         )
     est = _with_waves(est, name, client, address, ledger, model, queue_limit, tier)
+    if deadline is not None:
+        note = _estimate_mod.deadline_note(est, _deadline_words(deadline), on_deadline)
+        est = dataclasses.replace(est, deadline=note)
     # Tokens per shown row (the estimate above counts distinct requests, not rows).
     shown = _estimate_mod.estimate(prompts, model=model, system=system, endpoint=endpoint)
     table = _estimate_mod.preview_table(ids, prompts, shown.per_row_input, n)
@@ -1561,6 +1573,14 @@ def _with_waves(
     seconds = learned.get("wave_seconds") if learned else None
     waves = _quota.plan(total, limit, cls.quota_unit, seconds)
     return dataclasses.replace(est, waves=waves) if waves else est
+
+
+def _deadline_words(deadline: Any) -> str:
+    """A deadline as the preview says it: a duration counts from submit."""
+    if isinstance(deadline, str | dt.timedelta):
+        return f"{deadline} after submit"
+    due = _health.deadline_at(deadline, time.time())
+    return "at " + _health.when(due) if due is not None else "none"
 
 
 def _address(name: str, client: Any, local: bool) -> str | None:

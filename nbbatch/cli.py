@@ -467,7 +467,9 @@ def _cancel(args: argparse.Namespace) -> int:
     job = api.attach(args.job)
     # Batches that ended at the provider are collected first: a job with nothing left to
     # run is not "cancelled" (its answers are all in), it is done.
-    before = job.refresh()
+    # Without sending: a poll that sends would, past an on_deadline="flex"/"realtime"
+    # deadline, first pay for the unfinished rows the user is cancelling.
+    before = job.refresh(send=False)
     if before.finished and not before.last_error:
         print(f"job {job.id} has already finished; nothing to cancel. {before.summary()}")
         return OK

@@ -20,6 +20,7 @@ poll (see :meth:`nbbatch.job.BatchJob.refresh`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,8 +38,11 @@ CHOICES = ("wait", "flex", "realtime")
 FLEX_PROVIDERS = ("openai",)
 
 
-def check(on_deadline: Any, deadline: Any, provider: str | None = None) -> None:
-    """Refuse an ``on_deadline`` that cannot work, before anything else is looked at."""
+def check(
+    on_deadline: Any, deadline: Any, provider: str | None = None, models: Sequence[str] = ()
+) -> None:
+    """Refuse an ``on_deadline`` that cannot work, before anything is sent: an unknown
+    choice, no deadline, or flex on a provider or model that has no flex processing."""
     if on_deadline not in CHOICES:
         raise InputError(f"on_deadline must be one of {list(CHOICES)}, found {on_deadline!r}.")
     if on_deadline != "wait" and deadline is None:
@@ -51,6 +55,17 @@ def check(on_deadline: Any, deadline: Any, provider: str | None = None) -> None:
             f"on_deadline='flex' needs OpenAI's flex processing; {provider} has none. "
             "Use on_deadline='realtime' (full price) or 'wait'."
         )
+    if on_deadline == "flex" and provider == "openai":
+        from .providers.openai import offers_flex
+
+        for model in models:
+            if not offers_flex(model):
+                raise InputError(
+                    f"on_deadline='flex' needs OpenAI's flex processing, which {model!r} "
+                    "does not offer (OpenAI lists the models that do on its pricing page; "
+                    "o3 and o4-mini among them). Use on_deadline='realtime' (full price) "
+                    "or 'wait', or a model with flex processing."
+                )
 
 
 def rerouting(ctx: JobContext) -> bool:
@@ -146,5 +161,6 @@ def _send_now(ctx: JobContext, state: rowstore.RowState, positions: np.ndarray) 
         ctx.warn(
             f"{len(positions):,} rows sent after the deadline cost {pricing.money(paid)} "
             f"{'with flex' if flex else 'in real time'}; "
-            f"{'real time' if flex else 'flex or a batch'} would have cost {pricing.money(other)}"
+            # A batch's price, not "flex": most providers and models have no flex.
+            f"{'real time' if flex else 'a batch'} would have cost {pricing.money(other)}"
         )

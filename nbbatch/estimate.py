@@ -275,6 +275,9 @@ class Estimate:
     # The waves the job needs under the account's batch queue limit, when one is known
     # (see nbbatch.quota.plan): e.g. "6 waves of at most 2M queued tokens (...)".
     waves: str = ""
+    # What ``deadline=``/``on_deadline=`` would do, and what it could cost (see
+    # :func:`deadline_note`); empty without a deadline.
+    deadline: str = ""
 
     @property
     def saving(self) -> float | None:
@@ -317,6 +320,8 @@ class Estimate:
         ]
         if self.waves:
             lines.append(f"  queue limit    {self.waves}")
+        if self.deadline:
+            lines.append(f"  deadline       {self.deadline}")
         for i, stage in enumerate(self.later, start=2):
             batch = stage.cost.batch
             at_most = "unknown price" if batch is None else f"at most {pricing.money(batch)} batch"
@@ -360,6 +365,37 @@ class Estimate:
             "cache_write_tokens": self.cache_write_tokens,
             "prices": pricing.source(),
         }
+
+
+def deadline_note(est: Estimate, when: str, on_deadline: str) -> str:
+    """What a deadline (``when``, in words) means for a job estimated as ``est``, before
+    it is sent: with ``"flex"`` or ``"realtime"``, what the rows not done by then would
+    cost going that way, at most (every row, if no batch has finished), beside the batch
+    price."""
+    if on_deadline == "wait":
+        return (
+            f"{when}: only flags the job overdue (on_deadline='wait'); nothing is sent another way"
+        )
+    rows = f"{est.rows:,} rows" if est.rows != 1 else "1 row"
+    batch, live = est.cost.batch, est.cost.realtime
+    flex = on_deadline == "flex"
+    way = (
+        "through OpenAI flex processing, at batch prices"
+        if flex
+        else "through the real-time API, at full price"
+    )
+    text = f"{when}: rows not done by then go {way}"
+    if batch is None or live is None:
+        return f"{text} (price unknown for {est.model!r})"
+    if flex:
+        return (
+            f"{text}: at most {pricing.money(batch)} if all {rows} go that way, as much as "
+            f"the batch ({pricing.money(live)} in real time)"
+        )
+    return (
+        f"{text}: at most {pricing.money(live)} if all {rows} go that way, "
+        f"{pricing.money(live - batch)} more than the batch's {pricing.money(batch)}"
+    )
 
 
 def estimate(

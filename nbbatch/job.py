@@ -665,7 +665,7 @@ class BatchJob:
         with self._lock:
             if not force:
                 try:
-                    self.refresh()  # learn which batches are still open, and where
+                    self.refresh(send=False)  # which batches are still open, and where
                 except NbbatchError:
                     pass  # what is open is judged from the ledger below
                 _control.check_forgettable(self._ctx, backend_dead=self._backend_dead)

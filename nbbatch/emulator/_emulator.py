@@ -282,7 +282,9 @@ def start(
     over the tier's. What is queued is released as each batch ends.
     OpenAI real-time requests with ``service_tier="flex"`` wait ``flex_latency_seconds``
     more, and ``flex_unavailable_rate`` of them get 429 "Resource Unavailable" (never
-    more than two in a row); their replies say ``service_tier: "flex"``.
+    more than two in a row); their replies say ``service_tier: "flex"``. A model without
+    flex processing (only o3, o4-mini and the GPT-5.4/5.5/5.6 families have it) gets a 400
+    ``invalid_request_error`` on ``service_tier``.
     ``clock`` (a callable returning seconds) replaces ``time.monotonic`` to drive time.
     The models endpoints (``GET /v1/models``, ``GET /v1/models/{id}``, both APIs) know
     the real models of each provider and their dated snapshots; ``models`` adds names

@@ -228,3 +228,22 @@ def family(provider: str, model: str) -> str | None:
         if info.is_match(model):
             return str(info.id)
     return None
+
+
+# The models OpenAI serves with flex processing (service_tier="flex"). Its flex guide
+# (https://platform.openai.com/docs/guides/flex-processing) named "o3 and o4-mini"; it now
+# points to the pricing page, whose Flex table we could not read. Third-party pages list
+# the GPT-5.4, GPT-5.5 and GPT-5.6 families
+# (https://docs.merge.dev/merge-gateway/features/service-tiers). Kept apart from the
+# client's list (nbbatch.providers.openai) because the emulator imports nothing from it.
+OPENAI_FLEX_MODELS = ("o3", "o4-mini")
+OPENAI_FLEX_FAMILIES = ("gpt-5.4", "gpt-5.5", "gpt-5.6")
+
+
+def offers_flex(model: str) -> bool:
+    """Whether OpenAI serves ``model`` with flex processing (a dated snapshot counts)."""
+    if model in OPENAI_FLEX_MODELS or model in OPENAI_FLEX_FAMILIES:
+        return True
+    if any(re.fullmatch(re.escape(m) + r"-\d{4}-\d{2}-\d{2}", model) for m in OPENAI_FLEX_MODELS):
+        return True
+    return model.startswith(tuple(f + "-" for f in OPENAI_FLEX_FAMILIES))

@@ -736,8 +736,7 @@ async def _flex_wait(store: Store) -> None:
     occasional resource unavailability" (https://developers.openai.com/api/docs/guides/
     flex-processing), the latter a "429 Resource Unavailable" that is not charged. The
     guide gives only that status and title, so the rest of the error body is ours.
-    Every model is served flex here; the guide says only some offer it, listed on the
-    pricing page."""
+    Only the models that offer flex are served it (see :func:`_refuse_flex`)."""
     knobs = store.knobs
     if knobs.flex_latency_seconds > 0:
         await asyncio.sleep(knobs.flex_latency_seconds)
@@ -749,6 +748,21 @@ async def _flex_wait(store: Store) -> None:
             "service_tier='flex'.",
             type="resource_unavailable",
             headers={"retry-after-ms": "10"},
+        )
+
+
+def _refuse_flex(model: Any) -> None:
+    """A model without flex processing is refused with a 400 invalid_request_error, not
+    served at the standard tier (Azure OpenAI's flex guide says so of the same API:
+    https://learn.microsoft.com/azure/foundry/openai/how-to/flex-processing; OpenAI's
+    guide gives no error body, so the message is ours)."""
+    if isinstance(model, str) and not _models.offers_flex(model):
+        raise ApiError(
+            400,
+            f"The model {model!r} does not support service_tier 'flex'. Flex processing "
+            "is offered on some models only (see the pricing page); send the request "
+            "without service_tier, or use a model that offers it.",
+            param="service_tier",
         )
 
 
@@ -783,6 +797,7 @@ def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
 
         flex = isinstance(body, dict) and body.get("service_tier") == "flex"
         if flex:
+            _refuse_flex(body.get("model"))
             await _flex_wait(store)
         ans = await run_in_threadpool(run)
         headers = {"retry-after-ms": "10"} if ans.status >= 500 else {}

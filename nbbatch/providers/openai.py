@@ -185,6 +185,33 @@ OUTPUT_LIMITS: dict[str, int] = {
 }
 
 
+# Flex processing (``service_tier="flex"``, used by ``on_deadline="flex"``) is offered on
+# some models only. OpenAI's flex processing guide
+# (https://platform.openai.com/docs/guides/flex-processing) first said it was "only
+# available for o3 and o4-mini models"; it now says "Supported models are listed on the
+# pricing page", whose Flex table we could not read. The GPT-5.4, GPT-5.5 and GPT-5.6
+# families are listed as offering flex by third-party pages
+# (https://docs.merge.dev/merge-gateway/features/service-tiers,
+# https://testy.cool/blog/tools-tech/flex-inference). Other GPT-5 names (gpt-5, gpt-5-mini,
+# gpt-5.1, gpt-5.2) were not confirmed, so they are not listed: widen this once the pricing
+# page confirms them. A model not listed is refused by the service with a 400
+# invalid_request_error, not served at the standard tier
+# (https://learn.microsoft.com/azure/foundry/openai/how-to/flex-processing).
+FLEX_MODELS = ("o3", "o4-mini")
+#: Families whose every member offers flex (``gpt-5.4``, ``gpt-5.4-mini``, ...).
+FLEX_FAMILIES = ("gpt-5.4", "gpt-5.5", "gpt-5.6")
+
+
+def offers_flex(model: str) -> bool:
+    """Whether OpenAI serves ``model`` with flex processing (``service_tier="flex"``);
+    a dated snapshot (``o3-2025-04-16``) counts as its model."""
+    if model in FLEX_MODELS or model in FLEX_FAMILIES:
+        return True
+    if any(re.fullmatch(re.escape(m) + r"-\d{4}-\d{2}-\d{2}", model) for m in FLEX_MODELS):
+        return True
+    return model.startswith(tuple(f + "-" for f in FLEX_FAMILIES))
+
+
 def _check_model_rules(spec: RequestSpec) -> None:
     temperature = spec.temperature
     if temperature is not None and temperature != 1 and _FIXED_TEMPERATURE.match(spec.model):
