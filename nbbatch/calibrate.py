@@ -2,7 +2,8 @@
 
 ``nb.submit(df, prompt, model=["gpt-4o-mini", "gpt-4o"], response_format=Review,
 escalate_when="auto", target=0.95, score="confidence")`` first runs a pilot: a seeded
-sample of the rows (``pilot_rows=1000`` by default) on both models, as two small jobs.
+sample of the rows (``pilot_rows=1000`` by default, drawn by ``nb.pilot``'s sampler,
+:func:`nbbatch.agreement.sample_of`) on both models, as two small jobs.
 On the pilot, a row *agrees* when the small model's answer equals the large model's in
 every output field but the score. :func:`pick_threshold` then chooses the threshold on
 the score that escalates as few rows as possible while the rows it keeps on the small
