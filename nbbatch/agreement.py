@@ -1,4 +1,5 @@
-"""How well one column of answers agrees with another: the statistics of a pilot.
+"""How well one column of answers agrees with another: the statistics of a pilot (and
+:func:`sample_of`, the seeded sample that a pilot and a calibrated cascade measure).
 
 Every figure comes from a library (scikit-learn for Cohen's kappa and the confusion
 matrix, scipy for the Wilson and bootstrap intervals and Spearman's rank correlation),
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ._errors import ConfigError
+from ._errors import ConfigError, InputError
 
 #: The confidence of every interval.
 LEVEL = 0.95
@@ -229,3 +230,29 @@ def row_agreement(
             same = np.array([str(x) == str(y) for x, y in zip(ref, got, strict=True)])
         agree &= same & setting[f].notna().to_numpy()
     return answered, agree & answered
+
+
+def sample_of(frame: pd.DataFrame, n: int, seed: int, stratify: str | None = None) -> pd.DataFrame:
+    """``n`` rows of ``frame`` drawn with ``seed`` (all of them when it has fewer);
+    with ``stratify``, ``n`` rows in proportion to that column's values (about ``n`` when
+    a value has a single row)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise InputError(f"pilot: n must be a whole number of rows, at least 2, found {n!r}.")
+    if len(frame) <= n:
+        return frame
+    if stratify is None:
+        return frame.sample(n=n, random_state=seed)
+    if stratify not in frame.columns:
+        raise InputError(
+            f"pilot: stratify={stratify!r} is not a column; columns: {list(frame.columns)}."
+        )
+    selection = optional("sklearn.model_selection")
+    labels = frame[stratify].astype(str)  # missing values are a stratum of their own
+    try:  # exactly n rows, each value's share kept (scikit-learn's stratified split)
+        sample, _ = selection.train_test_split(
+            frame, train_size=n, stratify=labels, random_state=seed
+        )
+    except ValueError:  # a value with a single row cannot be split: about n rows instead
+        groups = frame.groupby(labels, group_keys=False, sort=True)
+        sample = groups.sample(frac=n / len(frame), random_state=seed)
+    return sample

@@ -566,8 +566,12 @@ def _calibrated(
             f"{type(data).__name__}. Pass a pandas DataFrame (e.g. .to_pandas()), or give "
             "escalate_when an expression with a threshold of your own."
         )
+    from .agreement import sample_of
+
     small_model, large_model = models
-    sample = data if len(data) <= pilot_rows else data.sample(n=pilot_rows, random_state=pilot_seed)
+    # The same seeded sampler as nb.pilot's (every row when there are no more than
+    # pilot_rows), so a pilot and a calibrated cascade with one seed see the same rows.
+    sample = sample_of(data, pilot_rows, pilot_seed)
     jobs = [
         submit(
             sample,

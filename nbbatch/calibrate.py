@@ -2,7 +2,8 @@
 
 ``nb.submit(df, prompt, model=["gpt-4o-mini", "gpt-4o"], response_format=Review,
 escalate_when="auto", target=0.95, score="confidence")`` first runs a pilot: a seeded
-sample of the rows (``pilot_rows=1000`` by default) on both models, as two small jobs.
+sample of the rows (``pilot_rows=1000`` by default, drawn by ``nb.pilot``'s sampler,
+:func:`nbbatch.agreement.sample_of`) on both models, as two small jobs.
 On the pilot, a row *agrees* when the small model's answer equals the large model's in
 every output field but the score. :func:`pick_threshold` then chooses the threshold on
 the score that escalates as few rows as possible while the rows it keeps on the small
@@ -24,8 +25,8 @@ answers (the ledger's reuse), and its stage on the large model the large model's
 small model).
 
 Only a numeric field of the structured output can be the score. OpenAI's token
-log-probabilities (``score="logprobs"``) are refused: nbbatch does not ask for them,
-and the emulator does not return them.
+log-probabilities (``score="logprobs"``) are refused: nbbatch does not yet keep them as
+a per-row score (the emulator returns them when a chat completion asks).
 """
 
 from __future__ import annotations
@@ -125,9 +126,9 @@ def check_arguments(
         )
     if score == "logprobs":
         raise InputError(
-            "score='logprobs' is not supported: nbbatch does not ask the provider for token "
-            "log-probabilities (and the emulator does not return them). Add a numeric "
-            "confidence field to the response_format and pass score='confidence'."
+            "score='logprobs' is not supported yet: nbbatch does not keep token "
+            "log-probabilities as a per-row score. Add a numeric confidence field to the "
+            "response_format and pass score='confidence'."
         )
     if not isinstance(score, str) or not score.isidentifier():
         raise InputError(

@@ -33,6 +33,7 @@ import pandas as pd
 
 from . import agreement as _agreement
 from ._errors import InputError
+from .agreement import sample_of  # the sampler of a pilot and of a calibrated cascade
 
 #: Keywords of submit that the pilot sets itself.
 _OWN = ("wait", "display", "progress", "escalate_when")
@@ -111,32 +112,6 @@ def settings_of(model: Any, pack: Any, prompt: Any) -> list[Setting]:
         for m, p, (name, text) in itertools.product(models, dict.fromkeys(packs), prompts)
     ]
     return list(dict.fromkeys(out))
-
-
-def sample_of(frame: pd.DataFrame, n: int, seed: int, stratify: str | None = None) -> pd.DataFrame:
-    """``n`` rows of ``frame`` drawn with ``seed`` (all of them when it has fewer);
-    with ``stratify``, ``n`` rows in proportion to that column's values (about ``n`` when
-    a value has a single row)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise InputError(f"pilot: n must be a whole number of rows, at least 2, found {n!r}.")
-    if len(frame) <= n:
-        return frame
-    if stratify is None:
-        return frame.sample(n=n, random_state=seed)
-    if stratify not in frame.columns:
-        raise InputError(
-            f"pilot: stratify={stratify!r} is not a column; columns: {list(frame.columns)}."
-        )
-    selection = _agreement.optional("sklearn.model_selection")
-    labels = frame[stratify].astype(str)  # missing values are a stratum of their own
-    try:  # exactly n rows, each value's share kept (scikit-learn's stratified split)
-        sample, _ = selection.train_test_split(
-            frame, train_size=n, stratify=labels, random_state=seed
-        )
-    except ValueError:  # a value with a single row cannot be split: about n rows instead
-        groups = frame.groupby(labels, group_keys=False, sort=True)
-        sample = groups.sample(frac=n / len(frame), random_state=seed)
-    return sample
 
 
 @dataclass

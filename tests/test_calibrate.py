@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import nbbatch as nb
 from nbbatch import emulator
+from nbbatch.agreement import sample_of
 from nbbatch.calibrate import Calibration, Z, pick_threshold, realised_note, wilson_lower
 
 from .conftest import client_for
@@ -88,6 +89,10 @@ def test_auto_picks_a_threshold_that_meets_the_target_and_escalates_the_rest(ser
     assert set(results.loc[results["origin"] == "reused", "model"]) == {"gpt-4o-mini", "gpt-4o"}
     again = nb.attach(job.id)
     assert again.calibration == cal
+    # The pilot's rows are those nb.pilot's sampler draws with the same seed (one sampler).
+    for pilot_job in cal.pilot_jobs:
+        labels = set(nb.attach(pilot_job).results()["label"])
+        assert labels == set(sample_of(df, 120, 0).index)
 
 
 def test_auto_is_refused_clearly_before_anything_is_sent(server):

@@ -9,6 +9,7 @@ as it runs (see :mod:`._openai`). The checks a body must pass first are
 from __future__ import annotations
 
 import base64
+import math
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -256,7 +257,7 @@ def _chat(
                     "refusal": None,
                     "annotations": [],
                 },
-                "logprobs": None,
+                "logprobs": _logprobs(reply.text, body, responder, request),
                 "finish_reason": "length" if reply.finish == "length" else "stop",
             }
         ],
@@ -275,6 +276,58 @@ def _chat(
         "service_tier": "default",
     }
     return Answer(200, result, prompt_tokens, reply.output_tokens)
+
+
+#: A token's probability on a row the model answers as the responder does (the range,
+#: by a hash of the row and the token), and on a row its quality makes it disagree: the
+#: tokens of such a row are less sure, so a threshold on the answer's probability finds
+#: it (a calibrated cascade with ``score="logprobs"`` has signal to work with).
+SURE = (0.9, 0.999)
+UNSURE = (0.3, 0.75)
+#: Characters of reply text per token, as the emulator counts tokens.
+TOKEN_CHARS = 4
+
+
+def _logprobs(
+    text: str, body: Mapping[str, Any], responder: Any, request: _responder.Request
+) -> dict[str, Any] | None:
+    """Chat's ``choices[].logprobs`` for ``text`` when the request asked for them
+    (``logprobs: true``; ``top_logprobs: N`` adds N alternatives a token), else None.
+
+    The text is cut into tokens of :data:`TOKEN_CHARS` characters. Each token's
+    probability is drawn from :data:`SURE`, or, for every token of a row the model's
+    quality makes disagree (:class:`._responder.QualityResponder`), from
+    :data:`UNSURE`. A packed request is judged as one row (its own prompt)."""
+    if body.get("logprobs") is not True:
+        return None
+    quality = responder if isinstance(responder, _responder.QualityResponder) else None
+    agreed = quality is None or quality.agrees(request.model, request.prompt)
+    low, high = SURE if agreed else UNSURE
+    top = body.get("top_logprobs") or 0
+    content = []
+    for i in range(0, len(text), TOKEN_CHARS):
+        token = text[i : i + TOKEN_CHARS]
+        u = int_hash("logprob", request.model, request.prompt, i) / 2.0**64
+        p = low + (high - low) * u
+        entry: dict[str, Any] = {
+            "token": token,
+            "logprob": math.log(p),
+            "bytes": list(token.encode()),
+        }
+        # The alternatives share what is left of the probability, most likely first.
+        alternatives = [
+            {
+                "token": f"{token}{k}",
+                "logprob": math.log((1 - p) / (2 ** (k + 1))),
+                "bytes": list(f"{token}{k}".encode()),
+            }
+            for k in range(int(top) - 1)
+        ]
+        entry["top_logprobs"] = (
+            [{k: entry[k] for k in ("token", "logprob", "bytes")}, *alternatives] if top else []
+        )
+        content.append(entry)
+    return {"content": content, "refusal": None}
 
 
 def _responses(
