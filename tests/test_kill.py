@@ -164,10 +164,12 @@ def test_an_upload_refused_mid_job_is_the_jobs_error_and_the_rest_is_sent_later(
 
     monkeypatch.setattr(OpenAIProvider, "max_requests", 10)  # 30 rows: 3 chunks
     client = openai.OpenAI(base_url=emu.openai_base_url, api_key="k", max_retries=0)
-    upload = client.files.create
+    # Patched on the class: nbbatch sends through a guarded copy of a loopback client
+    # (see providers/loopback.py), which shares the SDK's classes, not this instance.
+    upload = openai.resources.files.Files.create
     calls = []
 
-    def revoked_after_one(*args, **kwargs):
+    def revoked_after_one(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             request = httpx.Request("POST", emu.openai_base_url + "files")
@@ -175,9 +177,9 @@ def test_an_upload_refused_mid_job_is_the_jobs_error_and_the_rest_is_sent_later(
                 "Incorrect API key provided", response=httpx.Response(401, request=request),
                 body=None,
             )  # fmt: skip
-        return upload(*args, **kwargs)
+        return upload(self, *args, **kwargs)
 
-    monkeypatch.setattr(client.files, "create", revoked_after_one)
+    monkeypatch.setattr(openai.resources.files.Files, "create", revoked_after_one)
     job = nb.submit(frame(30), "{text}", model="gpt-4o-mini", client=client, display=False)
     wait_for(lambda: not job.sending)
     snap = job.refresh()
@@ -207,13 +209,14 @@ def test_a_second_session_never_sends_what_a_live_sender_is_sending(emu, monkeyp
 
     monkeypatch.setattr(OpenAIProvider, "max_requests", 10)  # 50 rows: 5 chunks
     client = openai.OpenAI(base_url=emu.openai_base_url, api_key="k", max_retries=0)
-    upload = client.files.create
+    upload = openai.resources.files.Files.create
 
-    def slow_upload(*args, **kwargs):
+    def slow_upload(self, *args, **kwargs):
         time.sleep(0.3)  # a slow link: the second session looks in mid-upload
-        return upload(*args, **kwargs)
+        return upload(self, *args, **kwargs)
 
-    monkeypatch.setattr(client.files, "create", slow_upload)
+    # On the class: nbbatch sends through a guarded copy of a loopback client.
+    monkeypatch.setattr(openai.resources.files.Files, "create", slow_upload)
     job = nb.submit(frame(ROWS), "{text}", model="gpt-4o-mini", client=client, display=False)
     other = nb.attach(job.id, client=client_for("openai", emu))
     while job.sending:

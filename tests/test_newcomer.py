@@ -496,14 +496,15 @@ with nb.emulator.start(processing_seconds=600.0) as emu:
     import openai
 
     client = openai.OpenAI(base_url=emu.openai_base_url, api_key="test")
-    create = client.files.create
+    create = openai.resources.files.Files.create
 
-    def slow_upload(*args, **kwargs):  # the upload of a big batch, still going
+    def slow_upload(self, *args, **kwargs):  # the upload of a big batch, still going
         print("uploading", flush=True)
         time.sleep(600)
-        return create(*args, **kwargs)
+        return create(self, *args, **kwargs)
 
-    client.files.create = slow_upload
+    # On the class: nbbatch sends through a guarded copy of a loopback client.
+    openai.resources.files.Files.create = slow_upload
     job = nb.submit(pd.DataFrame({"body": ["a", "b"]}), "Summarise: {body}",
                     model="gpt-4o-mini", client=client, display=False)
     print(job.id, flush=True)
