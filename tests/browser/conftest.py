@@ -123,6 +123,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()  # reaped, so no ResourceWarning (turned into an error) at teardown
         log.close()
 
 
