@@ -19,7 +19,11 @@ and model, so the next job starts at the right size): the smaller of those. With
 known a job is sent as if there were no limit, and a refusal is never a row failure:
 its rows go back to be sent in a later wave, and the refusal teaches the limit (stated
 by OpenAI; otherwise probed: what was queued when the refusal came, found by filling
-the queue in small batches when nothing was).
+the queue in small batches when nothing was). A probed limit lies between the largest
+amount the queue was seen to accept and the smallest it refused; while those are far
+apart the next wave tries half way between them (a bisection), so the limit grows
+towards the real one only as far as the last refusal allows, and a refusal never
+comes from growing past an amount already refused.
 """
 
 from __future__ import annotations
@@ -54,6 +58,15 @@ MIN_SHARE = 1 / 8
 HOLD_OFF = 60.0
 #: Characters per token for the estimate (the emulator counts the same way).
 CHARS_PER_TOKEN = 4
+#: While probing (a refusal that stated no limit, with nothing queued), the queue is
+#: filled in batches of this share of the refused amount: the next refusal then lands
+#: within one such batch of the real limit. Smaller means more batches in that one
+#: wave (each create takes a while, and batches may end before the queue is full);
+#: larger, a limit found further below the real one, then raised by bisection.
+PROBE_STEP = 1 / 8
+#: A probed limit within this share below the smallest refused amount is settled: no
+#: more bisection tries (each may cost a refusal) for the few percent left.
+SETTLED = 0.1
 
 
 class QuotaRefused(ProviderError):
@@ -94,8 +107,20 @@ class Queue:
         """The largest batch to send (in the queue's unit): the limit, or a small step
         while probing."""
         if self.probing and self.ceiling is not None:
-            return max(1, self.ceiling // 8)
+            return max(1, int(self.ceiling * PROBE_STEP))
         return self.cap
+
+    @property
+    def bisecting(self) -> bool:
+        """A probed limit (the most the queue was seen to accept) still far below the
+        least it refused: the next waves try half way between them."""
+        return (
+            self.source == "probe"
+            and not self.probing
+            and self.limit is not None
+            and self.ceiling is not None
+            and self.ceiling - 1 > self.limit * (1 + SETTLED)
+        )
 
     @property
     def cap(self) -> int | None:
@@ -103,6 +128,8 @@ class Queue:
         estimates."""
         if self.limit is None:
             return None
+        if self.bisecting and self.ceiling is not None:
+            return (self.limit + self.ceiling) // 2
         if self.unit == "requests" or self.source == "probe":
             return self.limit  # exact, or counted in the estimate's own terms
         return max(1, int(self.limit * FILL))
@@ -246,7 +273,11 @@ def room(ctx: JobContext, q: Queue, rest: int) -> int | None:
     if q.refused_at is not None and ctx.clock() - q.refused_at < HOLD_OFF and not in_use:
         return 0  # the room is taken by batches this ledger does not know
     need = min(rest, max(1, int(q.cap * MIN_SHARE)))
-    if q.cap - in_use < need and _release_ended(ctx, q):
+    # A bisection try counts what is queued now, not what the last poll saw: an amount
+    # accepted above the limit raises it (batch_sent), so it must not include batches
+    # that already ended.
+    stale = q.bisecting and in_use > 0
+    if (q.cap - in_use < need or stale) and _release_ended(ctx, q):
         in_use = ledger.quota_in_use(q.key, q.model)
     free = q.cap - in_use
     if free < need:
@@ -310,9 +341,18 @@ def refused(ctx: JobContext, q: Queue, refusal: Refusal, units: int, in_use: int
         values.update(limit=limit, source="provider", ceiling=None)
     else:
         # No limit stated: what was accepted is below it, what was refused above. With
-        # nothing else queued, probe: fill the queue in small batches until refused.
+        # nothing else queued and nothing accepted before, probe: fill the queue in
+        # small batches until refused.
+        # The refused amount counts what the ledger saw queued (the provider held no
+        # more); what it held and accepted counts only batches still running now, not
+        # those ended since the last poll, or the next waves overshoot the limit.
         ceiling = min(asked, q.ceiling) if q.ceiling else asked
-        limit = in_use or ceiling - 1
+        if in_use and _release_ended(ctx, q):
+            in_use = ctx.ledger.quota_in_use(q.key, q.model)
+        accepted = in_use
+        if q.source == "probe" and not q.probing and q.limit is not None and q.limit < ceiling:
+            accepted = max(accepted, q.limit)  # a bisection try refused: keep what held
+        limit = accepted or ceiling - 1
         values.update(limit=max(1, limit), source="probe", ceiling=ceiling)
     ctx.ledger.set_quota_limit(q.key, q.model, **values)
     waves = ctx.ledger.waves(ctx.id)
@@ -352,6 +392,11 @@ def batch_sent(ctx: JobContext, q: Queue, units: int, per_unit: float, unsent_ro
     is left to send
     (for the count of waves) and how long the last wave took."""
     now = ctx.clock()
+    if q.bisecting and q.limit is not None and q.ceiling is not None:
+        # Accepted above the probed limit: the queue holds at least this much.
+        held = ctx.ledger.quota_in_use(q.key, q.model)
+        if q.limit < held < q.ceiling:
+            ctx.ledger.set_quota_limit(q.key, q.model, limit=held)
     waves = ctx.ledger.waves(ctx.id)
     starts = list(waves.get("starts", []))
     in_wave = int(waves.get("in_wave", 0))  # sent since the wave started
