@@ -563,6 +563,15 @@ class BatchJob:
         finally:
             unsubscribe()
 
+    def _raise_send_error(self) -> None:
+        """Raise, once, the error that stopped the sender thread (once it has stopped)."""
+        error = self._send_error
+        if error is not None and not self.sending:
+            self._send_error = None  # raised once; the next wait() sends again
+            if isinstance(error, NbbatchError):
+                error.job_id = self.id
+            raise error
+
     def _interrupted(self) -> str:
         """What a Ctrl-C in :meth:`wait` leaves behind, and how to carry on. An upload in
         progress stops after the batch it is on (no batch is half-made: see
@@ -580,13 +589,14 @@ class BatchJob:
         start = self.clock()
         for delay in self.polling.delays():
             snap = self.refresh()
-            error = self._send_error
-            if error is not None and not self.sending:
-                self._send_error = None  # raised once; the next wait() sends again
-                if isinstance(error, NbbatchError):
-                    error.job_id = self.id
-                raise error
+            self._raise_send_error()
             if snap.finished:
+                sender = self._sender
+                if sender is not None and sender.is_alive():
+                    # The thread that ended the job (a planner that failed) is about to
+                    # record why: its own error says more than "ended failed".
+                    sender.join(10)
+                    self._raise_send_error()
                 _escalate.raise_if_failed(self._ctx, snap)
                 return self
             if timeout is not None and self.clock() - start + delay > timeout:
