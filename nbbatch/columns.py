@@ -35,6 +35,7 @@ class Role(enum.Enum):
     STATUS = "status"  # the row's state (see nbbatch.states)
     ERROR = "error"  # why it did not succeed
     LINEAGE = "lineage"  # where the answer comes from (model, prompt version, batch...)
+    TIMING = "timing"  # when it came
     RAW = "raw"  # the structured reply as received
 
 
@@ -186,6 +187,31 @@ def _attempt(rows: Rows) -> Any:
     return attempt
 
 
+def _latency(rows: Rows) -> Any:
+    """Seconds from the job's submit to the moment the row's current result was
+    recorded in the ledger (collected from its batch, answered in real time, or reused
+    at submit); missing for a row pending or never sent. A retried or escalated row
+    counts up to its latest result; a batch's results are recorded when a poll finds
+    it ended, so the figure includes up to one poll interval of waiting."""
+    job, state, take = rows._job()
+    at = dict(
+        job.ledger.query(
+            "SELECT file, at FROM changes WHERE job_id = ? AND kind = 'result'", (job.id,)
+        )
+    )
+    # state.results holds the result files in the order they were applied, each with
+    # the path of its file: the file names the change, which says when it was recorded.
+    recorded = np.array(
+        [at.get(r.path.name, np.nan) if r.path is not None else np.nan for r in state.results]
+        + [np.nan],
+        dtype=np.float64,
+    )
+    ref = state.follow(state.ref_file)[take]
+    seconds = recorded[ref] - float(job.record["created"])  # ref -1: the last, nan
+    seconds[rows.unsent] = np.nan
+    return seconds
+
+
 @dataclass(frozen=True)
 class Column:
     """One per-row result column."""
@@ -216,6 +242,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("_prompt_hash", Role.LINEAGE, Has.LINEAGE, "string", _prompt_hash, "prompt_hash"),
     Column("_batch_id", Role.LINEAGE, Has.LINEAGE, "string", _batch_id, "batch_id"),
     Column("_attempt", Role.LINEAGE, Has.LINEAGE, "Int64", _attempt, "attempt"),
+    Column("_latency_s", Role.TIMING, Has.LINEAGE, "Float64", _latency),
     Column("_raw", Role.RAW, Has.STRUCTURED, None, lambda r: r.replies),
 )
 

@@ -5,18 +5,56 @@ same values. Through the OpenAI SDK and the emulator."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 import nbbatch as nb
-from nbbatch import columns, states
+from nbbatch import columns, emulator, states
 from nbbatch.columns import Role
+
+LATENCY = "response_latency_s"
 
 
 def values(column) -> list:
     """A column's values, None for missing ones (pandas gives NA, Parquet None)."""
     return [None if pd.isna(v) else v for v in column]
+
+
+def test_latency_counts_from_submit_to_each_rows_result_on_every_path(oai, tmp_path):
+    df = pd.DataFrame({"text": ["a", f"{emulator.TRANSIENT_MARKER} b", None]})  # None: skipped
+    before = time.time()
+    job = nb.submit(
+        df, "Say {text}", model="gpt-4o-mini", client=oai, display=False, retries=0,
+        fallback="realtime",
+    )  # fmt: skip
+    job.wait(timeout=120, progress=False)
+    after = time.time()
+
+    assert LATENCY not in job.merge().columns  # a lineage column: merge() is unchanged
+    out = job.merge(lineage=True)
+    assert LATENCY in job.output_columns(lineage=True)
+    assert str(out[LATENCY].dtype) == "Float64"
+    batch, realtime, skipped = values(out[LATENCY])
+    assert skipped is None  # never sent: no result, no latency
+    assert 0 <= batch <= after - before
+    # The real-time fallback answered after the batch was collected: later, so longer.
+    assert batch <= realtime <= after - before
+
+    written = pq.read_table(job.to_parquet(tmp_path / "out.parquet")).to_pandas()
+    assert values(written[LATENCY]) == values(out[LATENCY])
+    target = tmp_path / "collected.parquet"
+    run = subprocess.run(
+        [sys.executable, "-m", "nbbatch.cli", "collect", job.id, "--out", str(target)],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert values(pd.read_parquet(target)[LATENCY]) == values(out[LATENCY])
 
 
 def test_every_declared_column_is_added_in_order_with_its_role(oai):
