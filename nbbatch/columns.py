@@ -68,6 +68,7 @@ class Rows:
         self.output, self.response_format = output, response_format
         self.status, self.replies, self.errors = status, replies, errors
         self.job, self.state, self.take = job, state, take
+        self._codes: np.ndarray | None = None
 
     @classmethod
     def of_state(
@@ -100,20 +101,24 @@ class Rows:
         else:  # pandas' own string columns straight from Arrow, no Python object per row
             status, replies = status.to_pandas().array, _plain(replies)
         errors = errors.to_pandas().array
-        return cls(
+        rows = cls(
             output, response_format, status, replies, errors, job=job, state=state, take=take
         )
+        rows._codes = codes[take]  # worked out already: not again for the lineage columns
+        return rows
 
     def _job(self) -> tuple[JobContext, rowstore.RowState, np.ndarray]:
         if self.job is None or self.state is None or self.take is None:
             raise ValueError("internal error: lineage columns need the job's row state")
         return self.job, self.state, self.take
 
-    @cached_property
+    @property
     def codes(self) -> np.ndarray:
         """Each row's state code."""
-        _, state, take = self._job()
-        return state.statuses()[take]
+        if self._codes is None:
+            _, state, take = self._job()
+            self._codes = state.statuses()[take]
+        return self._codes
 
     @cached_property
     def unsent(self) -> np.ndarray:
