@@ -47,7 +47,7 @@ def merge_job(
     position, or by label), check it still renders the request sent for it, warn while
     the job runs, and add the columns (see :meth:`BatchJob.merge`). The result is of
     ``data``'s own kind (polars for polars...), or pandas with ``native=False``; with
-    ``lineage``, each row's lineage columns too (see :func:`lineage_values`)."""
+    ``lineage``, each row's lineage columns too (see :mod:`nbbatch.columns`)."""
     from . import frames
 
     names = frames.column_names(data)
