@@ -38,6 +38,7 @@ from . import prompt as _prompt
 from . import providers as _providers
 from . import quota as _quota
 from . import rowstore as _rowstore
+from . import states as _states
 from . import stream as _stream
 from . import structured as _structured
 from ._errors import ConfigError, InputError, JobNotFoundError
@@ -1302,9 +1303,8 @@ def jobs(ledger: Ledger | None = None) -> pd.DataFrame:
             table.append(_listed(ledger, r, now))
         except Exception as exc:  # one broken record must not hide the others
             table.append(_unreadable(r, exc))
-    columns = ["id", "created", "provider", "model", "rows", "status", "succeeded", "failed",
-               "expired", "cancelled", "skipped", "pending", "cost", "deadline",
-               "overdue"]  # fmt: skip
+    columns = ["id", "created", "provider", "model", "rows", "status", *_states.SHOWN, "cost",
+               "deadline", "overdue"]  # fmt: skip
     return pd.DataFrame(table, columns=columns)
 
 
@@ -1334,7 +1334,7 @@ def _unreadable(record: dict[str, Any], exc: BaseException) -> dict[str, Any]:
         "model": record.get("model"),
         "rows": record.get("n_rows") if isinstance(record.get("n_rows"), int) else 0,
         "status": UNREADABLE,
-        **dict.fromkeys(("succeeded", "failed", "expired", "cancelled", "skipped", "pending"), 0),
+        **dict.fromkeys(_states.SHOWN, 0),
         "cost": float("nan"),
         "deadline": pd.NaT,
         "overdue": False,
@@ -1361,7 +1361,7 @@ def _listed(ledger: Ledger, r: dict[str, Any], now: float) -> dict[str, Any]:
         "model": _models_text(_escalate.job_models(r, stages)) if staged else r["model"],
         "rows": r["n_rows"],
         "status": status,
-        **{s: c.get(s, 0) for s in ("succeeded", "failed", "expired", "cancelled", "skipped")},
+        **{s: c.get(s, 0) for s in _states.TERMINAL},
         "pending": pending,
         "cost": _paid(r["model"], tuple(paid[:3]))
         if "stages" not in r["summary"]

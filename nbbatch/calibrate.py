@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import columns, states
 from ._errors import InputError
 
 if TYPE_CHECKING:
@@ -266,7 +267,7 @@ def sample_note(ctx: JobContext, calibration: Calibration) -> tuple[str, bool] |
     None when the pilot's job is no longer in the ledger, or its rows cannot be matched."""
     import pandas as pd
 
-    from . import merge, rowstore
+    from . import merge
 
     if len(calibration.pilot_jobs) < 2 or ctx.ledger.job(calibration.pilot_jobs[1]) is None:
         return None
@@ -284,9 +285,9 @@ def sample_note(ctx: JobContext, calibration: Calibration) -> tuple[str, bool] |
     theirs = merge.merged(
         pd.DataFrame(index=pd.RangeIndex(len(found))), pilot, found, ctx.output, rf
     )
-    status = f"{ctx.output}_status"
-    both = (mine[status].to_numpy(dtype=object) == rowstore.STATES[rowstore.SUCCEEDED]) & (
-        theirs[status].to_numpy(dtype=object) == rowstore.STATES[rowstore.SUCCEEDED]
+    status = columns.name_of(columns.Role.STATUS, ctx.output)
+    both = (mine[status].to_numpy(dtype=object) == states.SUCCEEDED) & (
+        theirs[status].to_numpy(dtype=object) == states.SUCCEEDED
     )
     if not both.any():
         return None

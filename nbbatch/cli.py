@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, states
 from ._errors import InputError, NbbatchError
 from ._files import names_folder
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .health import Problem
     from .job import BatchJob
     from .ledger import Ledger
+    from .providers.base import Provider
     from .snapshot import JobSnapshot
 
 #: Exit codes, as ``nbbatch --help`` lists them.
@@ -68,7 +69,7 @@ def _jobs(args: argparse.Namespace) -> int:
         return OK
     table["created"] = table["created"].dt.strftime("%Y-%m-%d %H:%M:%S")
     table = table.rename(columns={"created": "created (UTC)"})
-    for column in ("rows", "succeeded", "failed", "expired", "cancelled", "skipped", "pending"):
+    for column in ("rows", *states.SHOWN):
         table[column] = table[column].map("{:,}".format)
     ledger = _default_ledger()
     estimates = {}
@@ -224,34 +225,25 @@ def results_table(job: BatchJob) -> pd.DataFrame:
     submitted data (0-based: index labels may repeat, positions do not), then the
     columns ``merge(lineage=True)`` adds, as ``to_parquet`` writes them (see
     :meth:`BatchJob.output_columns`)."""
+    from typing import cast
+
     import numpy as np
     import pandas as pd
 
     from . import merge as _merge
+    from .context import JobContext
     from .ledger import default as _default_ledger
 
-    rows = job.results()
-    record = _default_ledger().job(job.id) or {}
-    id_name = record.get("id_column") or "id"
-    out = pd.DataFrame({id_name: _ids(rows["label"])})
+    # The job's rows read as merge and to_parquet read them, so the columns are the same;
+    # reading them needs no provider client.
+    ledger = _default_ledger()
+    ctx = JobContext(ledger.job(job.id) or {}, cast("Provider", None), ledger)
+    state = ctx.row_state()
+    id_name = ctx.record.get("id_column") or "id"
+    out = pd.DataFrame({id_name: _ids(state.manifest_column("label").to_pandas())})
     if _merge.ROW_COLUMN != id_name:
         out[_merge.ROW_COLUMN] = np.arange(len(out), dtype=np.int64)
-    columns = _merge.result_columns(
-        job.output,
-        job.spec.response_format,
-        rows["status"].to_numpy(),
-        rows["output"].to_numpy(),
-        rows["error"].to_numpy(),
-    )
-    for name, column in columns.items():
-        out[name] = column
-    # Each row's lineage, as merge(lineage=True) and to_parquet give it.
-    from . import escalate as _escalate
-
-    at = list(out.columns).index(f"{job.output}_error") + 1
-    for offset, (name, values) in enumerate(_escalate.result_lineage(rows).items()):
-        out.insert(at + offset, f"{job.output}_{name}", values)
-    return out
+    return _merge.result_rows(ctx, out, lineage=True)
 
 
 def _ids(labels: pd.Series) -> pd.Series:

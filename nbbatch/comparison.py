@@ -38,7 +38,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from . import rowstore
+from . import columns, rowstore
 from ._errors import InputError
 from .providers.base import is_embeddings
 
@@ -353,7 +353,7 @@ def _answers(ctx: JobContext, state: rowstore.RowState, take: np.ndarray) -> pd.
             ctx.output,
             ctx.spec.response_format,
         )
-    out["_status"] = out[f"{ctx.output}_status"].to_numpy(dtype=object)
+    out["_status"] = out[columns.name_of(columns.Role.STATUS, ctx.output)].to_numpy(dtype=object)
     return out
 
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
+from . import states
 from .snapshot import JobSnapshot, format_seconds
 from .snapshot import rows as _rows
 
@@ -45,11 +46,9 @@ def progress_line(snap: JobSnapshot) -> str:
             done = sum(b.done for b in sent)
             total = sum(b.n_requests for b in sent)
             parts.append(f"{done:,}/{total:,} requests done at the provider")
-    states = [
-        f"{c[s]:,} {s}" for s in ("succeeded", "failed", "expired", "cancelled", "skipped") if c[s]
-    ]
+    ended = [f"{c[s]:,} {s}" for s in states.TERMINAL if c[s]]
     rows = f"{snap.done:,}/{_rows(c['total'])} collected"
-    parts.append(rows + (f" ({', '.join(states)})" if states else ""))
+    parts.append(rows + (f" ({', '.join(ended)})" if ended else ""))
     if not snap.finished and snap.eta is not None:
         parts.append(f"about {format_seconds(snap.eta)} left")
     if snap.overdue:

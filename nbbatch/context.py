@@ -38,11 +38,6 @@ def is_loopback(url: str | None) -> bool:
     return (urlparse(url or "").hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
-#: The lineage columns (after ``{output}_model``) that ``to_parquet`` and ``collect``
-#: write, and ``merge(lineage=True)`` adds: see :func:`nbbatch.merge.lineage_values`.
-LINEAGE = ("prompt_hash", "batch_id", "attempt")
-
-
 def output_columns(
     output: str,
     response_format: dict[str, Any] | None,
@@ -52,17 +47,11 @@ def output_columns(
 ) -> list[str]:
     """The columns ``merge`` adds for this output name and response_format (and
     ``{output}_model`` for a job with escalation stages or a cascade); with ``lineage``,
-    ``{output}_model`` whatever the job, then ``{output}_prompt_hash``,
-    ``{output}_batch_id`` and ``{output}_attempt``."""
-    model = [f"{output}_model"] if staged or lineage else []
-    if lineage:
-        model += [f"{output}_{name}" for name in LINEAGE]
-    if response_format is None:
-        return [output, f"{output}_status", f"{output}_error", *model]
-    from . import structured
+    ``{output}_model`` whatever the job and the other lineage columns (see
+    :mod:`nbbatch.columns`, where each is declared)."""
+    from . import columns
 
-    fields = structured.columns_of(structured.schema_of(response_format))
-    return [*fields, f"{output}_status", f"{output}_error", *model, f"{output}_raw"]
+    return columns.names(output, response_format, staged=staged, lineage=lineage)
 
 
 def _nothing() -> None:

@@ -51,7 +51,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import _files, frames, rowstore
+from . import _files, frames, rowstore, states
+from . import columns as _columns
 from . import plan as _plan
 from . import prompt as _prompt
 from . import stream as _stream
@@ -901,8 +902,8 @@ def failed(ctx: JobContext, data: Any) -> Any:
     """The merged rows of ``data`` that did not succeed (failed, expired or cancelled),
     as a lazy frame of the same kind (see :meth:`BatchJob.failed`)."""
     out = merge(ctx, data)
-    column = f"{ctx.output}_status"
-    bad = ["failed", "expired", "cancelled"]
+    column = _columns.name_of(_columns.Role.STATUS, ctx.output)
+    bad = list(states.NOT_SUCCEEDED)
     if kind_of(data) == DASK:
         return out[out[column].isin(bad)]
     return out.filter(out[column].isin(bad))

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from . import expr as _expr
-from . import rowstore
+from . import rowstore, states
 from ._errors import InputError, NbbatchError
 from .providers.base import is_embeddings
 
@@ -215,17 +215,14 @@ def selection_frame(ctx: JobContext) -> pd.DataFrame:
             return out
         state = ctx.ledger.row_state(ctx.id)
         empty = pd.DataFrame(index=pd.RangeIndex(state.n))
-        return merge.with_models(
-            ctx,
-            merge.merged(
-                empty,
-                state,
-                np.arange(state.n),
-                ctx.output,
-                ctx.spec.response_format,
-                embeddings=is_embeddings(ctx.endpoint),
-            ),
+        return merge.merged(
+            empty,
+            state,
             np.arange(state.n),
+            ctx.output,
+            ctx.spec.response_format,
+            embeddings=is_embeddings(ctx.endpoint),
+            job=ctx,
         )
 
 
@@ -416,7 +413,7 @@ def check_calibration(ctx: JobContext, cascade: dict[str, Any], done: int, rows:
     # ended): the rows escalated are pending again now, or answered (reused) already.
     counts = ctx.ledger.counts(ctx.id)
     answered = sum(
-        int(counts.get(k, 0)) for k in rowstore.STATES if k not in ("skipped", "cancelled")
+        int(counts.get(k, 0)) for k in states.STATES if k not in (states.SKIPPED, states.CANCELLED)
     )
     text, off = realised_note(Calibration.from_dict(kept), rows, answered)
     if text and off:
@@ -499,35 +496,6 @@ def batch_stages(
         return {"stage": stage, "model": model, "retry": int(batch["attempt"]) - first}
 
     return of
-
-
-def result_models(results: pd.DataFrame) -> pd.Series:
-    """``{output}_model`` from :meth:`~nbbatch.BatchJob.results`: the model whose
-    answer (or failure) each row holds; missing for a row pending or never sent."""
-    unsent = results["status"].isin(["pending", "skipped"]).to_numpy()
-    values = results["model"].to_numpy(dtype=object).copy()
-    values[unsent] = None
-    return pd.Series(pd.array(values, dtype="string"))
-
-
-def result_lineage(results: pd.DataFrame) -> dict[str, Any]:
-    """The lineage columns (``model``, ``prompt_hash``, ``batch_id``, ``attempt``) from
-    :meth:`~nbbatch.BatchJob.results`, as ``merge(lineage=True)`` gives them: missing
-    where a row is pending or was never sent (``batch_id`` also for an answer that came
-    from no batch; ``attempt`` only for a row never sent)."""
-    status = results["status"].to_numpy(dtype=object)
-    unsent = np.isin(status, ["pending", "skipped"])
-    out: dict[str, Any] = {"model": result_models(results)}
-    hashes = results["prompt_hash"].to_numpy(dtype=object).copy()
-    hashes[unsent] = None
-    out["prompt_hash"] = pd.Series(pd.array(hashes, dtype="string"))
-    batch = results["batch_id"].to_numpy(dtype=object).copy()
-    batch[unsent | (results["origin"].to_numpy(dtype=object) != "batch")] = None
-    out["batch_id"] = pd.Series(pd.array(batch, dtype="string"))
-    attempt = pd.array(results["attempt"].to_numpy().astype("int64"), dtype="Int64")
-    attempt[status == "skipped"] = pd.NA
-    out["attempt"] = pd.Series(attempt)
-    return out
 
 
 def job_models(record: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import states
 from ._errors import InputError
 
 if TYPE_CHECKING:
@@ -149,12 +150,12 @@ def problems(
     alert = alert_text(dict(counts), threshold)
     if alert:
         found.append(Problem(job_id, "failure_rate", alert))
-    sent = sum(int(counts.get(s, 0)) for s in ("succeeded", "failed", "expired", "cancelled"))
+    sent = sum(int(counts.get(s, 0)) for s in states.SENT)
     if not counts.get("pending"):
         gap = incomplete_text(missing, sent)
         if gap:
             found.append(Problem(job_id, "incomplete", gap))
-    unresolved = int(counts.get("failed", 0)) + int(counts.get("expired", 0))
+    unresolved = sum(int(counts.get(s, 0)) for s in states.RESUBMITTABLE)
     for b in batches if unresolved else ():  # a batch's failure its retries made good is over
         if b.get("failure"):
             found.append(
@@ -204,8 +205,8 @@ def alert_text(counts: dict[str, int], threshold: float | None) -> str | None:
     """The failure-rate alert for these row counts, or None at or below ``threshold``."""
     if threshold is None:
         return None
-    sent = sum(counts.get(s, 0) for s in ("succeeded", "failed", "expired", "cancelled"))
-    bad = counts.get("failed", 0) + counts.get("expired", 0)
+    sent = sum(counts.get(s, 0) for s in states.SENT)
+    bad = sum(counts.get(s, 0) for s in states.RESUBMITTABLE)
     if not sent or bad / sent <= threshold:
         return None
     return (
@@ -238,7 +239,7 @@ def log_progress(
         ctx.id, format_seconds(snap.elapsed), c["succeeded"], c["total"], c["failed"],
         c["expired"], c["cancelled"], c["skipped"], snap.cost,
     )  # fmt: skip
-    sent = sum(c[s] for s in ("succeeded", "failed", "expired", "cancelled"))
+    sent = sum(c[s] for s in states.SENT)
     gap = incomplete_text(missing_results(ctx.row_state()), sent)
     if gap:
         ctx.warn(gap)

@@ -22,9 +22,10 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from . import columns as _columns
 from . import plan as _plan
 from . import prompt as _prompt
-from . import rowstore
+from . import rowstore, states
 from ._errors import InputError, MergeError
 from ._files import names_folder
 from .checks import ContextLimit
@@ -46,7 +47,7 @@ def merge_job(
     position, or by label), check it still renders the request sent for it, warn while
     the job runs, and add the columns (see :meth:`BatchJob.merge`). The result is of
     ``data``'s own kind (polars for polars...), or pandas with ``native=False``; with
-    ``lineage``, each row's lineage columns too (see :func:`lineage_values`)."""
+    ``lineage``, each row's lineage columns too (see :mod:`nbbatch.columns`)."""
     from . import frames
 
     names = frames.column_names(data)
@@ -81,60 +82,10 @@ def merge_job(
         ctx.output,
         ctx.spec.response_format,
         embeddings=is_embeddings(ctx.endpoint),
+        job=ctx,
+        lineage=lineage,
     )
-    out = with_models(ctx, out, take, lineage=lineage)
     return frames.like(data, out, added) if native else out
-
-
-def with_models(
-    ctx: JobContext, out: pd.DataFrame, take: np.ndarray, *, lineage: bool = False
-) -> pd.DataFrame:
-    """``out`` with ``{output}_model`` after ``{output}_error``, for a job with
-    escalation stages (or a cascade): the model whose answer (or failure) each row
-    holds, None for a row pending or never sent. Other jobs' merges are left as they
-    were. With ``lineage``, every job gets ``{output}_model``, followed by
-    ``{output}_prompt_hash``, ``{output}_batch_id`` and ``{output}_attempt`` (see
-    :func:`lineage_values`)."""
-    if not ctx.staged and not lineage:
-        return out
-    values = lineage_values(ctx, ctx.ledger.row_state(ctx.id), take)
-    if not lineage:
-        values = {"model": values["model"]}
-    at = list(out.columns).index(f"{ctx.output}_error") + 1
-    for offset, (name, column) in enumerate(values.items()):
-        out.insert(at + offset, f"{ctx.output}_{name}", column)
-    return out
-
-
-def lineage_values(ctx: JobContext, state: rowstore.RowState, take: np.ndarray) -> dict[str, Any]:
-    """Where each row's result (at positions ``take``) comes from: ``model`` and
-    ``prompt_hash`` (the version of template, system prompt and response_format, see
-    :func:`nbbatch.plan.prompt_version`) of the stage that answered it, the provider's
-    ``batch_id`` and the ``attempt`` (1 for the first send; later for retries and
-    escalation stages). None where the row has no result yet (pending) or was never
-    sent (skipped); ``batch_id`` is None too for an answer from the real-time fallback
-    or a row reused from an earlier job."""
-    stage = state.follow(state.stage)[take]
-    status = state.statuses()[take]
-    unsent = (status == rowstore.PENDING) | (status == rowstore.SKIPPED)
-    models = np.array(ctx.models, dtype=object)[stage]
-    hashes = np.array(ctx.prompt_hashes(), dtype=object)[stage]
-    models[unsent] = None
-    hashes[unsent] = None
-    names = {b["intent"]: b["batch_id"] for b in ctx.ledger.batches(ctx.id)}
-    batch_names = np.array([*(names.get(k) for k in state.batch_keys), None], dtype=object)
-    batch = state.follow(state.batch)[take]
-    origin = state.follow(state.origin)[take]
-    batch_ids = batch_names[np.where(batch < 0, len(batch_names) - 1, batch)]
-    batch_ids[unsent | (origin != rowstore.BATCH)] = None
-    attempt = pd.array(state.follow(state.attempt)[take].astype(np.int64), dtype="Int64")
-    attempt[status == rowstore.SKIPPED] = pd.NA
-    return {
-        "model": pd.array(models, dtype="string"),
-        "prompt_hash": pd.array(hashes, dtype="string"),
-        "batch_id": pd.array(batch_ids, dtype="string"),
-        "attempt": attempt,
-    }
 
 
 def sent_hashes(ctx: JobContext, state: rowstore.RowState) -> tuple[str, np.ndarray]:
@@ -325,28 +276,9 @@ def result_columns(
     replies: np.ndarray,
     errors: np.ndarray,
 ) -> dict[str, Any]:
-    """The columns ``merge`` adds, in order, from aligned per-row arrays: ``{output}``
-    (or one column per field of a structured ``response_format``, the reply parsed),
-    ``{output}_status``, ``{output}_error`` (and ``{output}_raw``, the reply as received,
-    with a ``response_format``)."""
-    columns: dict[str, Any] = {}
-    if response_format is None:
-        columns[output] = replies
-    else:
-        from . import structured
-
-        schema = structured.schema_of(response_format)
-        good = status == "succeeded"
-        parsed = structured.parse_outputs(list(replies[good]), schema)
-        values: list[dict[str, Any] | None] = [None] * len(status)
-        for i, v in zip(np.flatnonzero(good), parsed.values, strict=True):
-            values[i] = v
-        columns.update(structured.to_columns(values, schema))
-    columns[f"{output}_status"] = status
-    columns[f"{output}_error"] = errors
-    if response_format is not None:
-        columns[f"{output}_raw"] = replies
-    return columns
+    """The columns ``merge`` adds, in order, from aligned per-row arrays, for a job
+    without escalation stages or lineage (see :func:`nbbatch.columns.build`)."""
+    return _columns.build(_columns.Rows(output, response_format, status, replies, errors))
 
 
 def merged(
@@ -358,36 +290,24 @@ def merged(
     *,
     embeddings: bool = False,
     statuses: np.ndarray | None = None,
+    job: JobContext | None = None,
+    lineage: bool = False,
 ) -> pd.DataFrame:
     """A copy of ``frame`` with the result columns of the job's rows at ``take`` (one
     position per row of ``frame``, from :func:`align`); ``statuses``: every row's state
-    code, when the caller has them (``state.statuses()``)."""
-    words = pa.array(rowstore.STATES, pa.string())
-    codes = state.statuses() if statuses is None else statuses
-    status: Any = words.take(pa.array(codes[take]))
-    replies: Any = state.column("output", take)
-    errors: Any = state.column("error", take)
-    if embeddings:
-        vectors = np.empty(len(replies), dtype=object)  # one list per row, not a 2-D array
-        for i, v in enumerate(replies.to_pylist()):
-            vectors[i] = None if v is None else orjson.loads(v)
-        replies = vectors
-    if response_format is not None:  # parsed field by field: plain arrays
-        status, replies = status.to_numpy(zero_copy_only=False), _plain(replies)
-    else:  # pandas' own string columns straight from Arrow, no Python object per row
-        status, replies = status.to_pandas().array, _plain(replies)
-    errors = errors.to_pandas().array
+    code, when the caller has them (``state.statuses()``). With the ``job`` (its
+    context), ``{output}_model`` for a job with escalation stages, and with ``lineage``
+    the lineage columns (see :mod:`nbbatch.columns`)."""
+    rows = _columns.Rows.of_state(
+        state, take, output, response_format, embeddings=embeddings, statuses=statuses, job=job
+    )
+    staged = job is not None and job.staged
     # A shallow copy: pandas copies on write, so the caller's frame stays untouched and
     # its columns are not duplicated in memory.
     out = frame.copy(deep=False)
-    for name, column in result_columns(output, response_format, status, replies, errors).items():
+    for name, column in _columns.build(rows, staged=staged, lineage=lineage).items():
         out[name] = column
     return out
-
-
-def _plain(values: Any) -> Any:
-    """An Arrow array as pandas takes it (numpy object arrays pass through)."""
-    return values.to_pandas().array if isinstance(values, pa.Array) else values
 
 
 def results_table(state: rowstore.RowState, batch_names: list[str | None]) -> pa.Table:
@@ -499,9 +419,9 @@ def write_parquet(
             _verify(ctx, frame, state, take, hashes)
         out = merged(
             frame.iloc[:, :0], state, take, ctx.output, ctx.spec.response_format,
-            embeddings=is_embeddings(ctx.endpoint), statuses=statuses,
+            embeddings=is_embeddings(ctx.endpoint), statuses=statuses, job=ctx,
+            lineage=lineage,
         )  # fmt: skip
-        out = with_models(ctx, out, take, lineage=lineage)
         results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
         table = pa.Table.from_batches([batch]).select(keep)
         for name in added:
@@ -536,13 +456,23 @@ def _result_schema(
     sample = np.concatenate([good, other])
     out = merged(
         pd.DataFrame(index=pd.RangeIndex(len(sample))), state, sample, ctx.output,
-        ctx.spec.response_format, embeddings=is_embeddings(ctx.endpoint),
+        ctx.spec.response_format, embeddings=is_embeddings(ctx.endpoint), job=ctx,
+        lineage=lineage,
     )  # fmt: skip
-    out = with_models(ctx, out, sample, lineage=lineage)
     table = pa.Table.from_pandas(out[added], preserve_index=False)
     return pa.schema(
         pa.field(f.name, pa.large_string()) if pa.types.is_null(f.type) else f for f in table.schema
     )
+
+
+def result_rows(ctx: JobContext, frame: pd.DataFrame, *, lineage: bool = False) -> pd.DataFrame:
+    """``frame`` (one row per row of the job, by position) with every row's result
+    columns, as ``merge`` adds them, without the submitted data (the CLI's ``collect``)."""
+    state = ctx.row_state()
+    return merged(
+        frame, state, np.arange(state.n), ctx.output, ctx.spec.response_format,
+        embeddings=is_embeddings(ctx.endpoint), job=ctx, lineage=lineage,
+    )  # fmt: skip
 
 
 def results_frame(ctx: JobContext) -> pd.DataFrame:
@@ -618,12 +548,13 @@ def failed_rows(ctx: JobContext) -> pd.DataFrame:
         warnings.simplefilter("ignore", JobRunningWarning)  # warned once, below
         if ctx.data is None:
             merged = results_frame(ctx)
-            bad = merged["status"].isin(["failed", "expired", "cancelled"])
+            bad = merged["status"].isin(states.NOT_SUCCEEDED)
             ctx.warn_if_running("failed()")
             return merged[bad]
         merged = merge_job(ctx, ctx.data, verify=True, native=False)
     ctx.warn_if_running("failed()")
-    bad = merged[f"{ctx.output}_status"].isin(["failed", "expired", "cancelled"])
+    status = _columns.name_of(_columns.Role.STATUS, ctx.output)
+    bad = merged[status].isin(states.NOT_SUCCEEDED)
     return frames.rows(ctx.data, merged, ctx.output_columns(), bad.to_numpy())
 
 
@@ -680,9 +611,9 @@ def write_results(
             take = np.arange(start, min(state.n, start + rows_per_group))
             out = merged(
                 pd.DataFrame(index=pd.RangeIndex(len(take))), state, take, ctx.output,
-                ctx.spec.response_format, embeddings=is_embeddings(ctx.endpoint),
+                ctx.spec.response_format, embeddings=is_embeddings(ctx.endpoint), job=ctx,
+                lineage=lineage,
             )  # fmt: skip
-            out = with_models(ctx, out, take, lineage=lineage)
             results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
             at = pa.array(take)
             table = pa.table(

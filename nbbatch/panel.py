@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from . import columns, pricing, states, styling
 from . import panelview as view
-from . import pricing, styling
 from ._errors import MergeError
+from .columns import Role
 from .console import in_notebook
 from .providers.base import is_embeddings
 from .snapshot import JobSnapshot
@@ -289,7 +290,7 @@ class JobPanel:
         c = snap.counts
         # The slow part (merging for the preview) first, so the widgets then change
         # together: the bar does not turn green long before the preview appears.
-        final_key = (c["total"], *(c[s] for s in styling.NOT_SUCCEEDED), len(snap.batches))
+        final_key = (c["total"], *(c[s] for s in states.NOT_SUCCEEDED), len(snap.batches))
         preview = None
         if snap.finished and final_key != self._final_key:  # once per ending, not per poll
             try:
@@ -369,7 +370,7 @@ class JobPanel:
         """The end-of-job preview: a few rows (those that did not succeed first) of the
         merged DataFrame, the result columns first, highlighted."""
         frame, status, where = self._merged()
-        bad = frame[status].isin(styling.NOT_SUCCEEDED).to_numpy()
+        bad = frame[status].isin(states.NOT_SUCCEEDED).to_numpy()
         n_bad = int(bad.sum())
         first_bad = np.flatnonzero(bad)[:PREVIEW_FAILED_ROWS]
         others = np.flatnonzero(~bad)[: PREVIEW_ROWS - len(first_bad)]
@@ -389,7 +390,7 @@ class JobPanel:
 
     def _failed_output(self) -> dict[str, Any]:
         frame, status, where = self._merged()
-        frame = frame[frame[status].isin(styling.NOT_SUCCEEDED)]
+        frame = frame[frame[status].isin(states.NOT_SUCCEEDED)]
         result, user = self._result_columns(frame, status)
         note = f"{len(frame):,} rows did not succeed"
         if len(frame) > FAILED_ROWS_SHOWN:
@@ -404,19 +405,23 @@ class JobPanel:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "still running" warnings are for users
             try:
-                return self.job.merge(), f"{self.job.output}_status", "job.merge()"
+                status = columns.name_of(Role.STATUS, self.job.output)
+                return self.job.merge(), status, "job.merge()"
             except MergeError:
-                frame = self.job.results()[["status", "output", "error", "label"]]
-                return frame, "status", "job.results()"
+                names = [columns.name_of(r, None) for r in (Role.STATUS, Role.OUTPUT, Role.ERROR)]
+                frame = self.job.results()[[*names, "label"]]
+                return frame, names[0], "job.results()"
 
     def _result_columns(self, frame: pd.DataFrame, status: str) -> tuple[list[str], list[str]]:
         """(result columns, the user's columns): results first, beside the index; the
         raw structured reply is left to ``job.merge()``."""
-        if status == "status":
-            return ["status", "output", "error"], [c for c in frame.columns if c == "label"]
+        if status == columns.name_of(Role.STATUS, None):  # job.results()
+            names = [columns.name_of(r, None) for r in (Role.STATUS, Role.OUTPUT, Role.ERROR)]
+            return names, [c for c in frame.columns if c == "label"]
+        role = columns.roles(self.job.output, self.job.spec.response_format, lineage=True)
         added = [c for c in self.job.output_columns() if c in frame.columns]
-        result = [c for c in added if not str(c).endswith("_raw")]
-        values = [c for c in result if c not in (status, styling.error_column(frame, status))]
+        result = [c for c in added if role.get(c) is not Role.RAW]
+        values = [c for c in result if role.get(c) not in (Role.STATUS, Role.ERROR)]
         ordered = values + [status] + [c for c in result if c not in values and c != status]
         return ordered, [c for c in frame.columns if c not in added]
 
@@ -525,7 +530,7 @@ def _text_output(text: str) -> dict[str, Any]:
 def _html_output(frame: pd.DataFrame, status: str, note: str, css_class: str) -> dict[str, Any]:
     """An output for an ``Output`` widget, built directly (no display hook), so it works
     from the poller's thread and without a kernel."""
-    output = status[: -len("_status")] if status != "status" else None
+    output = columns.output_of(status)
     table = styling.to_html(frame, output, cell_width=CELL_WIDTH)
     body = (
         f'<div class="{css_class}" style="{view.TEXT} overflow-x: auto; max-width: 100%;">'

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from . import pricing, styling
+from . import pricing, states, styling
 from .pricing import money
 from .snapshot import JobSnapshot, format_seconds
 from .snapshot import rows as count_rows
@@ -43,9 +43,7 @@ COUNT_COLOURS = {
     "total": "rgba(128, 128, 128, 0.18)",
     "ready": "rgba(33, 150, 243, 0.10)",
     "succeeded": "rgba(67, 160, 71, 0.25)",
-    "failed": styling.ROW_COLOURS["failed"],
-    "expired": styling.ROW_COLOURS["expired"],
-    "cancelled": styling.ROW_COLOURS["cancelled"],
+    **{state: styling.ROW_COLOURS[state] for state in states.NOT_SUCCEEDED},
     "skipped": "rgba(128, 128, 128, 0.12)",
     "pending": "rgba(33, 150, 243, 0.20)",
 }
@@ -73,7 +71,7 @@ def bar_style(snap: JobSnapshot) -> str:
         return "danger"
     if not snap.finished:
         return "info"
-    bad = sum(snap.counts[s] for s in styling.NOT_SUCCEEDED)
+    bad = sum(snap.counts[s] for s in states.NOT_SUCCEEDED)
     return "success" if bad == 0 else "warning"
 
 
@@ -117,7 +115,7 @@ def counts_html(snap: JobSnapshot) -> str:
     # Rows only (the user's unit); "ready" is the part of "pending" the provider has
     # already done, to be collected at the batch's end.
     chips = []
-    for state in ("total", "succeeded", "failed", "expired", "cancelled", "skipped", "pending"):
+    for state in ("total", *states.SHOWN):
         n = snap.counts[state]
         dim = " opacity: 0.55;" if n == 0 and state != "total" else ""
         chips.append(chip(state, state, f"{n:,}", dim))
@@ -272,7 +270,7 @@ def summary_html(snap: JobSnapshot) -> str:
             head = f"Done: {count_rows(c['succeeded'])} succeeded, {c['skipped']:,} skipped"
     else:
         head = f"Done: {c['succeeded']:,} of {count_rows(c['total'])} succeeded"
-    bad = [f"{c[s]:,} {s}" for s in (*styling.NOT_SUCCEEDED, "skipped") if c[s]]
+    bad = [f"{c[s]:,} {s}" for s in (*states.NOT_SUCCEEDED, states.SKIPPED) if c[s]]
     tail = f" ({', '.join(bad)})" if bad and not head.endswith("skipped") else ""
     hint = ""
     if snap.resubmittable:
@@ -444,7 +442,7 @@ def panel_values(
     whether a background poller runs, ``confirming`` and ``showing_failed`` the state
     of the Cancel and Show failed rows buttons."""
     c = snap.counts
-    bad = sum(c[s] for s in styling.NOT_SUCCEEDED)
+    bad = sum(c[s] for s in states.NOT_SUCCEEDED)
     showing_failed = showing_failed and bad > 0
     resubmittable = snap.resubmittable
     state = bar_style(snap)

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from . import agreement as _agreement
+from . import columns
 from ._errors import InputError
 from .agreement import sample_of  # the sampler of a pilot and of a calibrated cascade
 
@@ -230,7 +231,7 @@ class Pilot:
 
     @property
     def _status(self) -> str:
-        return f"{self._kwargs.get('output', 'response')}_status"
+        return columns.name_of(columns.Role.STATUS, self._kwargs.get("output", "response"))
 
     def fields(self) -> pd.DataFrame:
         """One row per setting and output field: the figures of its kind (labels:

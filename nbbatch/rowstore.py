@@ -30,8 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-#: Row states and their codes in :class:`RowState` arrays.
-STATES = ("pending", "succeeded", "failed", "expired", "cancelled", "skipped")
+from .states import STATES
+
+#: Row states' codes in :class:`RowState` arrays (the order of :data:`STATES`).
 PENDING, SUCCEEDED, FAILED, EXPIRED, CANCELLED, SKIPPED = range(len(STATES))
 #: Where a row's current result came from.
 ORIGINS = ("batch", "reused", "realtime", "flex")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _scrub, health, pricing
+from . import _scrub, health, pricing, states
 from .health import NOTE_KINDS as NOTE_KINDS  # kept with the job's health, named here too
 from .health import Note as Note
 from .health import format_seconds as format_seconds  # where the views look for it
@@ -29,9 +29,7 @@ if TYPE_CHECKING:
     from .rowstore import RowState
 
 #: Row states, in display order. ``pending`` is the only non-terminal one.
-ROW_STATES = ("succeeded", "failed", "expired", "cancelled", "skipped", "pending")
-#: Rows in these states can be sent again with ``resubmit_failed``.
-RESUBMITTABLE = ("failed", "expired")
+ROW_STATES = states.SHOWN
 
 
 @dataclass(frozen=True)
@@ -350,13 +348,13 @@ class JobSnapshot:
     @property
     def resubmittable(self) -> int:
         """Rows that ``resubmit_failed`` would send again."""
-        return sum(self.counts[s] for s in RESUBMITTABLE)
+        return sum(self.counts[s] for s in states.RESUBMITTABLE)
 
     def summary(self) -> str:
         """One line saying where the job is."""
         c = self.counts
         parts = [f"{c['succeeded']:,} succeeded"]
-        parts += [f"{c[s]:,} {s}" for s in ("failed", "expired", "cancelled", "skipped") if c[s]]
+        parts += [f"{c[s]:,} {s}" for s in (*states.NOT_SUCCEEDED, states.SKIPPED) if c[s]]
         if c["pending"]:
             parts.append(f"{c['pending']:,} pending")
         if self.ready:

@@ -28,16 +28,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from . import states
+from .columns import Role, name_of, output_of
+
 if TYPE_CHECKING:
     from pandas.io.formats.style import Styler
     from pandas.io.formats.style_render import CSSDict
 
 #: Row tint per status. Semi-transparent so light and dark themes both show it.
 ROW_COLOURS: dict[str, str] = {
-    "failed": "rgba(229, 57, 53, 0.22)",
-    "expired": "rgba(255, 160, 0, 0.25)",
-    "cancelled": "rgba(128, 128, 128, 0.25)",
-    "pending": "rgba(33, 150, 243, 0.12)",
+    states.FAILED: "rgba(229, 57, 53, 0.22)",
+    states.EXPIRED: "rgba(255, 160, 0, 0.25)",
+    states.CANCELLED: "rgba(128, 128, 128, 0.25)",
+    states.PENDING: "rgba(33, 150, 243, 0.12)",
 }
 #: Colour of status words and error messages: the theme's text colour (bold), not its red,
 #: which reads below 4.5:1 on a red tint; the tint and the weight make them stand out.
@@ -55,16 +58,15 @@ MAX_ROWS = 60
 SAMPLE_ROWS = 10
 #: Rows that did not succeed shown at most (``job.failed()`` has them all).
 MAX_FAILED_ROWS = 1000
-#: Statuses that count as "did not succeed".
-NOT_SUCCEEDED = ("failed", "expired", "cancelled")
 
 
 def status_column(frame: pd.DataFrame, output: str | None = None) -> str:
     """The column holding each row's status: ``{output}_status`` for a merged frame,
     ``status`` for ``job.results()``; with ``output=None`` the first one found."""
-    candidates = [f"{output}_status"] if output else []
-    candidates += [c for c in frame.columns if isinstance(c, str) and c.endswith("_status")]
-    candidates.append("status")
+    status = Role.STATUS
+    candidates = [name_of(status, output)] if output else []
+    candidates += [c for c in frame.columns if isinstance(c, str) and output_of(c) is not None]
+    candidates.append(name_of(status, None))
     for name in candidates:
         if name in frame.columns:
             return name
@@ -76,7 +78,7 @@ def status_column(frame: pd.DataFrame, output: str | None = None) -> str:
 
 def error_column(frame: pd.DataFrame, status: str) -> str | None:
     """The error column that goes with ``status`` (``x_status`` -> ``x_error``)."""
-    name = status[: -len("status")] + "error"
+    name = name_of(Role.ERROR, output_of(status))
     return name if name in frame.columns else None
 
 
@@ -128,7 +130,7 @@ def contrast(text: str, background: str, *under: str) -> float:
 
 def _error_cells(frame: pd.DataFrame, status: str) -> tuple[np.ndarray, list[int]]:
     """Positions of the rows that did not succeed, and of their status and error columns."""
-    bad = np.flatnonzero(frame[status].isin(NOT_SUCCEEDED).to_numpy())
+    bad = np.flatnonzero(frame[status].isin(states.NOT_SUCCEEDED).to_numpy())
     cols = []
     for name in (status, error_column(frame, status)):
         j = frame.columns.get_loc(name) if name is not None else None
@@ -142,7 +144,7 @@ def shown_rows(frame: pd.DataFrame, status: str, max_rows: int | None = MAX_ROWS
     not succeed (up to :data:`MAX_FAILED_ROWS`) and the first :data:`SAMPLE_ROWS` others."""
     if max_rows is None or len(frame) <= max_rows:
         return np.arange(len(frame))
-    bad = frame[status].isin(NOT_SUCCEEDED).to_numpy()
+    bad = frame[status].isin(states.NOT_SUCCEEDED).to_numpy()
     return np.union1d(np.flatnonzero(bad)[:MAX_FAILED_ROWS], np.flatnonzero(~bad)[:SAMPLE_ROWS])
 
 

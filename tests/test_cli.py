@@ -156,10 +156,8 @@ def test_collect_writes_the_user_facing_columns_in_every_format(done_job, tmp_pa
         assert run.returncode == 0, err
         assert "3 rows written" in out
         frame = readers[suffix](tmp_path / f"results{suffix}")
-        assert list(frame.columns) == [
-            "id", "row", "answer", "answer_status", "answer_error", "answer_model",
-            "answer_prompt_hash", "answer_batch_id", "answer_attempt",
-        ]  # fmt: skip
+        # What merge(lineage=True) and to_parquet add, after the id and the position.
+        assert list(frame.columns) == ["id", "row", *done_job.output_columns(lineage=True)]
         assert frame["id"].tolist() == [10, 20, 30]
         assert frame["answer"].tolist() == merged["answer"].tolist()
         assert frame["answer_status"].tolist() == ["succeeded"] * 3
@@ -181,10 +179,8 @@ def test_collect_names_the_id_column_and_one_column_per_field(emu, tmp_path):
     result = nbbatch("collect", job.id, "--out", str(out))
     assert result.returncode == 0, result.stderr
     frame = pd.read_parquet(out)
-    assert list(frame.columns) == [
-        "sku", "row", "sentiment", "stars", "review_status", "review_error", "review_model",
-        "review_prompt_hash", "review_batch_id", "review_attempt", "review_raw",
-    ]  # fmt: skip
+    assert list(frame.columns) == ["sku", "row", *job.output_columns(lineage=True)]
+    assert job.output_columns()[:2] == ["sentiment", "stars"]  # one column per field
     assert frame["sku"].tolist() == ["007", "A-1"]  # text ids stay text
     merged = job.merge(data)
     assert frame["stars"].tolist() == merged["stars"].tolist()

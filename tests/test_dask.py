@@ -105,7 +105,7 @@ def test_dask_frame_is_planned_on_the_workers_and_merged_back_lazily(
     assert isinstance(out, dd.DataFrame)
     assert out.npartitions == ddf.npartitions
     got = out.compute()
-    assert list(got.columns) == ["text", "stars", "label", "label_status", "label_error"]
+    assert list(got.columns) == ["text", "stars", *job.output_columns()]
     pd.testing.assert_frame_equal(got[["text", "stars"]], ddf.compute())
     assert got["label"].tolist() == expected(df["text"])
     assert (got["label_status"] == "succeeded").all()

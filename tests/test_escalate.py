@@ -674,10 +674,8 @@ def test_a_cascade_is_named_by_its_stages_everywhere_and_collect_writes_its_mode
     result = run_cli("collect", job.id, "--out", str(out))
     assert result.returncode == 0, result.stderr
     frame = pd.read_csv(out)
-    assert list(frame.columns) == [
-        "id", "row", "response", "response_status", "response_error", "response_model",
-        "response_prompt_hash", "response_batch_id", "response_attempt",
-    ]  # fmt: skip
+    assert list(frame.columns) == ["id", "row", *job.output_columns(lineage=True)]
+    assert "response_model" in job.output_columns()  # a cascade names its model without asking
     assert frame["response_model"].tolist() == merged["response_model"].tolist()
 
     # The escalation's batch is stage 2 on its model, not a retry of the first.

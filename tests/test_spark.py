@@ -125,7 +125,7 @@ def test_spark_frame_is_planned_on_the_executors_and_merged_back(spark, emu, mon
     out = job.merge(sdf)
     assert type(out).__name__ == "DataFrame" and hasattr(out, "mapInArrow")
     got = out.toArrow().to_pandas()
-    assert list(got.columns) == ["text", "stars", "label", "label_status", "label_error"]
+    assert list(got.columns) == ["text", "stars", *job.output_columns()]
     pd.testing.assert_frame_equal(got[["text", "stars"]], order)
     assert got["label"].tolist() == expected(got["text"])
     assert (got["label_status"] == "succeeded").all()

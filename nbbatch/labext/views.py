@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from .. import states
+
 if TYPE_CHECKING:
     from ..job import BatchJob
     from ..ledger import Ledger
@@ -42,7 +44,7 @@ CANCEL_SETTLE = 3.0
 #: often a kernel (30 s at most) or the visible sidebar (``checks.CHECK_EVERY``) polls.
 STALE_AFTER = 600.0
 #: Row counts in the view, in display order.
-COUNTED = ("succeeded", "failed", "expired", "cancelled", "skipped", "pending")
+COUNTED = states.SHOWN
 
 
 class Conflict(Exception):
@@ -235,7 +237,7 @@ def failed_view(ledger: Ledger, job_id: str, limit: int = 100) -> dict[str, Any]
     "error"}, ...]}`` (the first ``limit`` of them, in input order). Reads the ledger
     only: a row still pending at the provider is not counted until it is collected."""
     results = _offline(ledger, job_id).results()
-    bad = results[results["status"].isin(["failed", "expired", "cancelled"])]
+    bad = results[results["status"].isin(states.NOT_SUCCEEDED)]
     rows = [
         {
             "id": str(r["label"]),
