@@ -24,14 +24,21 @@ answers (the ledger's reuse), and its stage on the large model the large model's
 :func:`nbbatch.escalate.reuse_answers`), unless ``reuse=False`` (or ``pack=``, for the
 small model).
 
-Only a numeric field of the structured output can be the score. OpenAI's token
-log-probabilities (``score="logprobs"``) are refused: nbbatch does not yet keep them as
-a per-row score (the emulator returns them when a chat completion asks).
+The score is a numeric field of the structured output (``score="confidence"``), or
+OpenAI's token log-probabilities (``score="logprobs"``): every request of the pilot and
+of the job then asks for them (``logprobs: true``), and each row's score is the
+probability of its reply's least likely token, kept as ``{output}_score`` (see
+``providers.base.SCORE_FIELD``). The least likely token rather than the mean
+log-probability: a reply is as unsure as the one token that carries its answer, and a
+mean dilutes that token with the sure ones around it. Refused before anything is sent:
+log-probabilities with ``pack=`` (the items of one packed answer cannot be scored
+apart), on another provider than OpenAI, or on another endpoint than chat completions.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +76,7 @@ class Calibration:
     pilot_rows: int  # pilot rows both models answered (the ones measured)
     reached: bool  # False: no threshold short of escalating every row meets the target
     pilot_jobs: tuple[str, ...] = ()
+    pilot_cost: float | None = None  # what the pilot's two jobs were billed (batch prices)
 
     @property
     def expected_overall(self) -> float:
@@ -77,13 +85,21 @@ class Calibration:
         return 1.0 - (1.0 - self.expected_escalation) * (1.0 - self.expected_agreement)
 
     def expression(self, output: str) -> str:
-        """The ``escalate_when`` expression this calibration stands for."""
+        """The ``escalate_when`` expression this calibration stands for (with
+        log-probabilities, a row without a score is escalated too)."""
+        if self.score == LOGPROBS:
+            column = f"{output}_score"
+            return (
+                f"{output}_status != 'succeeded' or {column} is None or "
+                f"{column} < {self.threshold!r}"
+            )
         return f"{output}_status != 'succeeded' or {self.score} < {self.threshold!r}"
 
     def text(self) -> str:
         """One line for notes, the log and the job's repr."""
+        name = "the answer's least likely token's probability" if self.score == LOGPROBS else None
         head = (
-            f"calibrated cascade: escalate {self.score} < {self.threshold:.4g} "
+            f"calibrated cascade: escalate {name or self.score} < {self.threshold:.4g} "
             f"(target {self.target:.1%}): expected agreement with the large model "
             f"{self.expected_agreement:.1%} on the rows kept, {self.expected_escalation:.1%} "
             f"of rows escalated (pilot of {self.pilot_rows:,} rows)"
@@ -106,10 +122,23 @@ class Calibration:
         return cls(**values)
 
 
+#: ``score=`` for OpenAI's token log-probabilities rather than a field of the answer.
+LOGPROBS = "logprobs"
+
+
 def check_arguments(
-    models: Any, response_format: Any, score: Any, target: Any, pilot_rows: Any
+    models: Any,
+    response_format: Any,
+    score: Any,
+    target: Any,
+    pilot_rows: Any,
+    *,
+    provider: str = "openai",
+    endpoint: str | None = None,
+    pack: Any = None,
 ) -> None:
-    """Refuse, before anything is sent, a calibrated cascade that cannot be run."""
+    """Refuse, before anything is sent, a calibrated cascade that cannot be run
+    (``provider``: the provider's name; ``endpoint`` and ``pack`` as submit has them)."""
     if not isinstance(models, list | tuple) or len(models) != 2:
         raise InputError(
             "escalate_when='auto' calibrates a cascade of two models, cheapest first: "
@@ -124,12 +153,9 @@ def check_arguments(
         raise InputError(
             f"pilot_rows= is the number of sample rows (20 or more); found {pilot_rows!r}."
         )
-    if score == "logprobs":
-        raise InputError(
-            "score='logprobs' is not supported yet: nbbatch does not keep token "
-            "log-probabilities as a per-row score. Add a numeric confidence field to the "
-            "response_format and pass score='confidence'."
-        )
+    if score == LOGPROBS:
+        _check_logprobs(provider, endpoint, pack)
+        return
     if not isinstance(score, str) or not score.isidentifier():
         raise InputError(
             "escalate_when='auto' needs score=, the name of a numeric field of the "
@@ -151,6 +177,93 @@ def check_arguments(
         raise InputError(
             f"score={score!r} must be a numeric top-level field of the response_format; "
             f"its fields are {fields}."
+        )
+
+
+def _check_logprobs(provider: str, endpoint: str | None, pack: Any) -> None:
+    """Refuse ``score="logprobs"`` where the replies cannot carry them."""
+    fix = "or add a numeric confidence field to the response_format and pass score='confidence'"
+    if provider != "openai":
+        # Anthropic's Messages API returns no token log-probabilities (a feature request
+        # its SDK maintainers closed with no plans: github.com/anthropics/
+        # anthropic-sdk-python/issues/392). Gemini has generationConfig.responseLogprobs,
+        # but the Gemini API refuses it on current models ("Logprobs is not enabled for
+        # models/gemini-2.5-flash-lite", github.com/Vela-Research/think-reason-learn/
+        # issues/34; "... for models/gemini-2.5-pro", github.com/mscraftsman/
+        # generative-ai/issues/135), and whether batch mode returns it is not published.
+        raise InputError(
+            f"score='logprobs' needs OpenAI's token log-probabilities; {provider} does not "
+            f"return them in batch. Use an OpenAI model, {fix}."
+        )
+    if endpoint not in (None, "/v1/chat/completions"):
+        raise InputError(
+            "score='logprobs' reads chat completions' token log-probabilities; "
+            f"endpoint={endpoint!r} has none nbbatch reads. Use the default endpoint "
+            f"(/v1/chat/completions), {fix}."
+        )
+    if pack is not None:
+        raise InputError(
+            "score='logprobs' cannot be used with pack=: the items of one packed answer "
+            "share its token log-probabilities and cannot be scored apart. Drop pack=, "
+            f"{fix}."
+        )
+
+
+def check_budget(
+    data: Any,
+    sample: Any,
+    prompt: str,
+    models: list[str],
+    max_cost: float,
+    options: dict[str, Any],
+    *,
+    response_format: Any,
+    pack: Any,
+    preview: Callable[..., Any],
+) -> None:
+    """Refuse, before the pilot is sent, a calibrated cascade whose pilot (its sample on
+    both models) and job (the cascade's upper bound, as ``max_cost`` checks any cascade:
+    its first stage, then every row on the large model) together may cost more than
+    ``max_cost``. With reuse on, the first stage's rows are those the pilot did not
+    answer (its answers are taken, not paid again); without it (or with ``pack=``, or
+    rows whose labels repeat) the whole table. The job itself is checked once more after
+    the pilot, the same way, against what the pilot left of ``max_cost``. ``preview``
+    is ``nb.preview`` (passed in: this module does not import the entry points)."""
+    from .pricing import money
+
+    named: tuple[str, ...] = ("provider", "client", "system", "max_tokens", "temperature")
+    named += ("id_column", "endpoint", "missing", "cache_system")
+    kwargs: dict[str, Any] = {k: options.get(k) for k in named if k in options}
+    params = {k: v for k, v in options.items() if k not in (*named, "retries", "fallback", "reuse")}
+    reuse = options.get("reuse", True) and pack is None and data.index.is_unique
+
+    def upper_bound(rows: Any, model: Any, rows_pack: Any) -> float:
+        if not len(rows):
+            return 0.0
+        est = preview(
+            rows, prompt, model=model, n=1,
+            escalate_when="failed" if isinstance(model, list) else None,
+            response_format=response_format, pack=rows_pack, **kwargs, **params,
+        ).estimate  # fmt: skip
+        if est.upper_bound is None:
+            raise InputError(
+                f"max_cost={max_cost} cannot be checked: nbbatch has no price for model "
+                f"{models[0]!r} or {models[1]!r}. Set one with nb.pricing.set(model, "
+                "input=..., output=...) or drop max_cost."
+            )
+        return float(est.upper_bound)
+
+    pilot = upper_bound(sample, models, None)
+    rest = data[~data.index.isin(sample.index)] if reuse else data
+    # As the job's own check counts it: later stages as if every row went on to them.
+    job = upper_bound(rest, models[0], pack) + upper_bound(data, models[1], None)
+    if pilot + job > max_cost:
+        raise InputError(
+            f"The calibrated cascade's pilot ({len(sample):,} rows on {models[0]} and "
+            f"{models[1]}: {money(pilot)}) and its job (at most {money(job)}, as if every "
+            "row were escalated: an upper bound) "
+            f"come to {money(pilot + job)}, above max_cost={money(max_cost)}; nothing was "
+            "sent. Lower pilot_rows= or max_tokens, send fewer rows, or raise max_cost."
         )
 
 

@@ -215,18 +215,16 @@ def selection_frame(ctx: JobContext) -> pd.DataFrame:
             return out
         state = ctx.ledger.row_state(ctx.id)
         empty = pd.DataFrame(index=pd.RangeIndex(state.n))
-        return merge.with_models(
-            ctx,
-            merge.merged(
-                empty,
-                state,
-                np.arange(state.n),
-                ctx.output,
-                ctx.spec.response_format,
-                embeddings=is_embeddings(ctx.endpoint),
-            ),
-            np.arange(state.n),
+        everyone = np.arange(state.n)
+        columns = merge.merged(
+            empty,
+            state,
+            everyone,
+            ctx.output,
+            ctx.spec.response_format,
+            embeddings=is_embeddings(ctx.endpoint),
         )
+        return merge.with_score(ctx, merge.with_models(ctx, columns, everyone), everyone)
 
 
 def choose(ctx: JobContext, where: Where, spec: dict[str, Any]) -> tuple[np.ndarray, int]:
@@ -548,16 +546,18 @@ def check_when_columns(
     columns: list[Any],
     output: str,
     response_format: dict[str, Any] | None,
+    scored: bool = False,
 ) -> None:
     """Refuse at submit a cascade's ``escalate_when`` expression that names a column the
     merged DataFrame of its first stage will not have: the data's ``columns`` plus the
-    result columns (structured output's fields, ``{output}_status``...). Found now, it
-    costs nothing; found after stage 1, that stage would be paid for nothing."""
+    result columns (structured output's fields, ``{output}_status``, ``{output}_score``
+    when ``scored``...). Found now, it costs nothing; found after stage 1, that stage
+    would be paid for nothing."""
     if when is None or when == FAILED:
         return
     from .context import output_columns
 
-    have = [*columns, *output_columns(output, response_format, staged=True)]
+    have = [*columns, *output_columns(output, response_format, staged=True, scored=scored)]
     _expr.parse(when).check_columns(
         have, "the merged DataFrame (the data's columns and the result columns)"
     )

@@ -82,8 +82,22 @@ def merge_job(
         ctx.spec.response_format,
         embeddings=is_embeddings(ctx.endpoint),
     )
-    out = with_models(ctx, out, take, lineage=lineage)
+    out = with_score(ctx, with_models(ctx, out, take, lineage=lineage), take)
     return frames.like(data, out, added) if native else out
+
+
+def with_score(ctx: JobContext, out: pd.DataFrame, take: np.ndarray) -> pd.DataFrame:
+    """``out`` with ``{output}_score`` right after ``{output}_error``, for a job whose
+    replies carry a score (token log-probabilities asked for: the probability of each
+    reply's least likely token, missing where a row has no reply or no log-probabilities;
+    see ``providers.base.SCORE_FIELD``). Other jobs' merges are left as they were."""
+    if not ctx.scored:
+        return out
+    state = ctx.ledger.row_state(ctx.id)
+    values = state.column(rowstore.SCORE.name, take).to_numpy(zero_copy_only=False)
+    at = list(out.columns).index(f"{ctx.output}_error") + 1
+    out.insert(at, f"{ctx.output}_score", values)
+    return out
 
 
 def with_models(
@@ -501,7 +515,7 @@ def write_parquet(
             frame.iloc[:, :0], state, take, ctx.output, ctx.spec.response_format,
             embeddings=is_embeddings(ctx.endpoint), statuses=statuses,
         )  # fmt: skip
-        out = with_models(ctx, out, take, lineage=lineage)
+        out = with_score(ctx, with_models(ctx, out, take, lineage=lineage), take)
         results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
         table = pa.Table.from_batches([batch]).select(keep)
         for name in added:
@@ -538,7 +552,7 @@ def _result_schema(
         pd.DataFrame(index=pd.RangeIndex(len(sample))), state, sample, ctx.output,
         ctx.spec.response_format, embeddings=is_embeddings(ctx.endpoint),
     )  # fmt: skip
-    out = with_models(ctx, out, sample, lineage=lineage)
+    out = with_score(ctx, with_models(ctx, out, sample, lineage=lineage), sample)
     table = pa.Table.from_pandas(out[added], preserve_index=False)
     return pa.schema(
         pa.field(f.name, pa.large_string()) if pa.types.is_null(f.type) else f for f in table.schema
@@ -682,7 +696,7 @@ def write_results(
                 pd.DataFrame(index=pd.RangeIndex(len(take))), state, take, ctx.output,
                 ctx.spec.response_format, embeddings=is_embeddings(ctx.endpoint),
             )  # fmt: skip
-            out = with_models(ctx, out, take, lineage=lineage)
+            out = with_score(ctx, with_models(ctx, out, take, lineage=lineage), take)
             results = pa.Table.from_pandas(out, preserve_index=False).cast(schema)
             at = pa.array(take)
             table = pa.table(

@@ -100,7 +100,6 @@ def test_auto_is_refused_clearly_before_anything_is_sent(server):
     df = data(30)
     base = dict(response_format=SCHEMA, client=client, display=False)
     cases = [
-        (dict(model=["gpt-4o-mini", "gpt-4o"], target=0.95, score="logprobs"), "logprobs"),
         (dict(model=["gpt-4o-mini", "gpt-4o"], score="confidence"), "target="),
         (dict(model=["gpt-4o-mini", "gpt-4o"], target=0.95, score="label"), "numeric"),
         (dict(model=["gpt-4o-mini", "gpt-4o"], target=0.95, score=None), "score="),
