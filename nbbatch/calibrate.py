@@ -7,9 +7,9 @@ sample of the rows (``pilot_rows=1000`` by default, drawn by ``nb.pilot``'s samp
 On the pilot, a row *agrees* when the small model's answer equals the large model's in
 every output field but the score. :func:`pick_threshold` then chooses the threshold on
 the score that escalates as few rows as possible while the rows it keeps on the small
-model agree with the large model on at least ``target`` of them (by the lower end of a
-half-standard-error interval, so the pilot's luck carries over less to the table);
-the cascade escalates
+model are expected to agree with the large model on at least ``target`` of them (by a
+logistic curve of agreement against the score fitted to every pilot row, so the few
+pilot rows near one cut move it little); the cascade escalates
 the rows scored below it (and the rows the small model failed). The chosen threshold,
 the expected agreement on the rows kept and the expected escalation share are kept in
 the job's policy (``job.calibration``), noted and logged before the job is sent, and,
@@ -51,12 +51,9 @@ if TYPE_CHECKING:
 
 #: Rows of the pilot, by default.
 PILOT_ROWS = 1000
-#: The kept rows' agreement must clear the target by this many standard errors (the
-#: lower end of a Wilson interval, about 69% one-sided): choosing the lowest threshold
-#: whose measured agreement just reaches the target picks the pilot's luckiest cut,
-#: and the whole table then falls short of it. More (1.0) overshoots the target and
-#: escalates far more rows where agreement flattens near it; see the README's figures.
-Z = 0.5
+#: A small ridge on the agreement curve's two coefficients, so a pilot whose rows all
+#: agree (or whose scores separate agreeing rows perfectly) still gives a finite curve.
+RIDGE = 1e-3
 #: The realised escalation share may differ from the pilot's by this many standard
 #: errors (of a share measured on the pilot) before a note says so; and at least by
 #: MIN_GAP.
@@ -276,10 +273,16 @@ def pick_threshold(
     are ignored).
 
     Rows scored at or above the threshold are kept; the threshold kept is the lowest
-    (the fewest rows escalated) whose kept rows agree on at least ``target`` of them,
-    by the lower end of their agreement's interval (:data:`Z` standard errors), so a
-    lucky pilot does not set a threshold the whole table misses. The agreement
-    returned is the measured one.
+    (the fewest rows escalated) whose kept rows are expected to agree on at least
+    ``target`` of them, by the agreement curve :func:`agreement_curve` fits to every
+    pilot row: the expected agreement of the rows kept is the mean of the curve over
+    them. Not the kept rows' measured agreement: where agreement flattens near the
+    target, the lowest cut whose measured agreement reaches it is the pilot's luckiest
+    (the whole table falls short of it), and a cut that must clear it by a margin
+    escalates a tenth more of the rows for a few tenths of a point whenever the pilot's
+    sample is unlucky there. A smooth curve fitted to every row is not moved as much by
+    the few rows near one cut. The agreement returned is the measured one on the rows
+    kept (what the cascade's checks afterwards compare with).
     Rows with equal scores go together. When none reaches the target, every row is
     escalated (the threshold is above every score)."""
     scores = np.asarray(scores, dtype=float)
@@ -296,8 +299,9 @@ def pick_threshold(
     counts = np.arange(1, len(s) + 1)
     # A cut is only possible after the last row of a run of equal scores.
     ends = np.flatnonzero(np.append(s[1:] != s[:-1], True)) if len(s) else np.array([], int)
-    lower = wilson_lower(kept_agree[ends], counts[ends], Z)
-    good = ends[lower >= target]
+    expected = np.cumsum(agreement_curve(s, a)) / counts
+    # A tolerance for rounding: a pilot whose rows all agree expects exactly 1.0.
+    good = ends[expected[ends] >= target - 1e-9]
     if not len(good):
         top = float(s[0]) if len(s) else 0.0
         return _above(top), 1.0, 1.0, False
@@ -308,14 +312,29 @@ def pick_threshold(
     return threshold, agreement, escalated, True
 
 
-def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
-    """The lower end of the Wilson score interval of ``successes`` out of ``n``."""
-    n = np.asarray(n, dtype=float)
-    p = np.asarray(successes, dtype=float) / n
-    z2 = z * z
-    centre = p + z2 / (2 * n)
-    spread = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return np.asarray((centre - spread) / (1 + z2 / n))
+def agreement_curve(scores: np.ndarray, agree: np.ndarray) -> np.ndarray:
+    """Each row's expected agreement given its score: a logistic curve in the score
+    fitted to every row (by Newton's method, with a small :data:`RIDGE`). Two numbers
+    summarise the whole pilot, so the rows near one threshold move it little. Rows
+    whose scores are all equal get the pilot's agreement."""
+    x = np.asarray(scores, dtype=float)
+    y = np.asarray(agree, dtype=float)
+    if not len(x):
+        return x
+    spread = float(x.std())
+    if spread == 0.0 or y.min() == y.max():  # nothing to fit: every row alike
+        return np.full(len(x), y.mean())
+    design = np.column_stack([np.ones(len(x)), (x - x.mean()) / spread])
+    w = np.zeros(2)
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(design @ w)))
+        gradient = design.T @ (y - p) - RIDGE * w
+        hessian = (design.T * (p * (1 - p))) @ design + RIDGE * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        w += step
+        if np.abs(step).max() < 1e-10:
+            break
+    return np.asarray(1.0 / (1.0 + np.exp(-(design @ w))))
 
 
 def _above(value: float) -> float:
