@@ -181,3 +181,29 @@ def test_with_reuse_the_job_does_not_count_the_pilots_rows_again(server):
     # The small model's pilot answers are taken by the job's first stage, not paid again.
     assert figures[True] < figures[False]
     assert nb.jobs().empty
+
+
+def test_the_score_survives_the_real_time_fallback_and_is_written_to_parquet(server, tmp_path):
+    import pyarrow.parquet as pq
+
+    df = pd.DataFrame({"i": [1, 2]}, index=["a", "b"])
+    df["text"] = ["Review 1", f"{emulator.TRANSIENT_MARKER} Review 2"]
+    job = nb.submit(
+        df, "{text}", model="gpt-4o-mini", logprobs=True, retries=0, fallback="realtime",
+        client=client_for("openai", server), display=False,
+    )  # fmt: skip
+    job.wait(timeout=120, progress=False)
+    assert job.results()["origin"].tolist() == ["batch", "realtime"]
+    out = job.merge(df)
+    assert out["response_status"].tolist() == ["succeeded", "succeeded"]
+    score = out["response_score"].to_numpy(dtype=float)
+    assert np.isfinite(score).all() and ((score > 0) & (score <= 1)).all()
+    written = pq.read_table(job.to_parquet(tmp_path / "out.parquet")).to_pandas()
+    assert written["response_score"].to_numpy(dtype=float) == pytest.approx(score)
+    # A job that did not ask for log-probabilities has no score column.
+    plain = nb.submit(
+        df.iloc[:1], "{text}", model="gpt-4o-mini", client=client_for("openai", server),
+        display=False,
+    )  # fmt: skip
+    plain.wait(timeout=120, progress=False)
+    assert "response_score" not in plain.merge(df.iloc[:1]).columns
