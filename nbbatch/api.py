@@ -58,7 +58,7 @@ from .ledger import default as _default_ledger
 from .ledger import home as _ledger_home
 from .pricing import money
 from .providers import credentials as _credentials
-from .providers.base import Provider, RequestSpec, is_embeddings
+from .providers.base import Provider, RequestSpec, is_embeddings, scored
 
 if TYPE_CHECKING:
     from .calibrate import Calibration
@@ -214,10 +214,12 @@ def submit(
     _deadline.check(on_deadline, deadline)
     calibration = None
     if isinstance(escalate_when, str) and escalate_when == "auto":
+        if score == "logprobs":  # every request of the pilot and the job asks for them
+            params = {**params, "logprobs": True}
         calibration = _calibrated(
             data, prompt, models=model, target=target, score=score, pilot_rows=pilot_rows,
             pilot_seed=pilot_seed, output=output, response_format=response_format,
-            options=dict(
+            pack=pack, max_cost=max_cost, options=dict(
                 provider=provider, client=client, system=system, max_tokens=max_tokens,
                 temperature=temperature, id_column=id_column, endpoint=endpoint,
                 missing=missing, cache_system=cache_system, retries=retries,
@@ -225,6 +227,8 @@ def submit(
             ),
         )  # fmt: skip
         escalate_when = calibration.expression(output)
+        if max_cost is not None:  # the job has what the pilot left of the budget
+            max_cost = max(0.0, max_cost - (calibration.pilot_cost or 0.0))
     elif target is not None or score is not None:
         raise InputError(
             "target= and score= calibrate a cascade: pass them with escalate_when='auto' "
@@ -368,7 +372,9 @@ def _check_cascade_columns(
 
     # A Series merges as one column.
     shown_columns = [data.name if data.name is not None else 0] if is_series else frame.columns
-    _escalate.check_when_columns(when, list(shown_columns), output, spec.response_format)
+    _escalate.check_when_columns(
+        when, list(shown_columns), output, spec.response_format, scored(spec)
+    )
 
 
 def _identity(
@@ -554,13 +560,22 @@ def _calibrated(
     pilot_seed: int,
     output: str,
     response_format: Any,
+    pack: Any,
+    max_cost: float | None,
     options: dict[str, Any],
 ) -> Calibration:
     """Run a calibrated cascade's pilot (a seeded sample of ``data`` on both models, as
-    two jobs, waited for) and choose its threshold (see :mod:`nbbatch.calibrate`)."""
+    two jobs, waited for) and choose its threshold (see :mod:`nbbatch.calibrate`).
+    With ``max_cost``, the pilot and the job together are checked against it first."""
     from . import calibrate
 
-    calibrate.check_arguments(models, response_format, score, target, pilot_rows)
+    name = None
+    if isinstance(models, list | tuple) and models and isinstance(models[0], str):
+        name, _ = _providers.infer(options.get("provider"), options.get("client"), models[0])
+    calibrate.check_arguments(
+        models, response_format, score, target, pilot_rows, provider=name or "openai",
+        endpoint=options.get("endpoint"), pack=pack,
+    )  # fmt: skip
     if not isinstance(data, pd.DataFrame):
         raise InputError(
             "escalate_when='auto' samples its pilot from a pandas DataFrame; found "
@@ -573,6 +588,11 @@ def _calibrated(
     # The same seeded sampler as nb.pilot's (every row when there are no more than
     # pilot_rows), so a pilot and a calibrated cascade with one seed see the same rows.
     sample = sample_of(data, pilot_rows, pilot_seed)
+    if max_cost is not None:
+        calibrate.check_budget(
+            data, sample, prompt, list(models), max_cost, options,
+            response_format=response_format, pack=pack, preview=preview,
+        )  # fmt: skip
     jobs = [
         submit(
             sample,
@@ -592,15 +612,20 @@ def _calibrated(
     status_small = small[f"{output}_status"].to_numpy(dtype=object)
     status_large = large[f"{output}_status"].to_numpy(dtype=object)
     measured = (status_large == "succeeded") & (status_small != "skipped")
-    fields = [
-        f
-        for f in _structured.columns_of(
-            _structured.schema_of(_structured.response_format(response_format))
-        )
-        if f != score
-    ]
+    fields = (
+        [output]
+        if response_format is None
+        else [
+            f
+            for f in _structured.columns_of(
+                _structured.schema_of(_structured.response_format(response_format))
+            )
+            if f != score
+        ]
+    )
     agree = calibrate.agreement_mask(small, large, fields)
-    scores = pd.to_numeric(small[score], errors="coerce").to_numpy(dtype=float)
+    column = f"{output}_score" if score == calibrate.LOGPROBS else score
+    scores = pd.to_numeric(small[column], errors="coerce").to_numpy(dtype=float)
     threshold, agreement, escalated, reached = calibrate.pick_threshold(
         scores[measured], agree[measured], (status_small != "succeeded")[measured], float(target)
     )
@@ -609,6 +634,7 @@ def _calibrated(
         expected_agreement=agreement, expected_escalation=escalated,
         pilot_rows=int(measured.sum()), reached=reached,
         pilot_jobs=tuple(job.id for job in jobs),
+        pilot_cost=sum(job.cost.batch or 0.0 for job in jobs),
     )  # fmt: skip
     log.info("nbbatch: %s", calibration.text())
     return calibration

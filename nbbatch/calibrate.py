@@ -7,9 +7,9 @@ sample of the rows (``pilot_rows=1000`` by default, drawn by ``nb.pilot``'s samp
 On the pilot, a row *agrees* when the small model's answer equals the large model's in
 every output field but the score. :func:`pick_threshold` then chooses the threshold on
 the score that escalates as few rows as possible while the rows it keeps on the small
-model agree with the large model on at least ``target`` of them (by the lower end of a
-half-standard-error interval, so the pilot's luck carries over less to the table);
-the cascade escalates
+model are expected to agree with the large model on at least ``target`` of them (by a
+logistic curve of agreement against the score fitted to every pilot row, so the few
+pilot rows near one cut move it little); the cascade escalates
 the rows scored below it (and the rows the small model failed). The chosen threshold,
 the expected agreement on the rows kept and the expected escalation share are kept in
 the job's policy (``job.calibration``), noted and logged before the job is sent, and,
@@ -24,14 +24,21 @@ answers (the ledger's reuse), and its stage on the large model the large model's
 :func:`nbbatch.escalate.reuse_answers`), unless ``reuse=False`` (or ``pack=``, for the
 small model).
 
-Only a numeric field of the structured output can be the score. OpenAI's token
-log-probabilities (``score="logprobs"``) are refused: nbbatch does not yet keep them as
-a per-row score (the emulator returns them when a chat completion asks).
+The score is a numeric field of the structured output (``score="confidence"``), or
+OpenAI's token log-probabilities (``score="logprobs"``): every request of the pilot and
+of the job then asks for them (``logprobs: true``), and each row's score is the
+probability of its reply's least likely token, kept as ``{output}_score`` (see
+``providers.base.SCORE_FIELD``). The least likely token rather than the mean
+log-probability: a reply is as unsure as the one token that carries its answer, and a
+mean dilutes that token with the sure ones around it. Refused before anything is sent:
+log-probabilities with ``pack=`` (the items of one packed answer cannot be scored
+apart), on another provider than OpenAI, or on another endpoint than chat completions.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,12 +52,16 @@ if TYPE_CHECKING:
 
 #: Rows of the pilot, by default.
 PILOT_ROWS = 1000
-#: The kept rows' agreement must clear the target by this many standard errors (the
-#: lower end of a Wilson interval, about 69% one-sided): choosing the lowest threshold
-#: whose measured agreement just reaches the target picks the pilot's luckiest cut,
-#: and the whole table then falls short of it. More (1.0) overshoots the target and
-#: escalates far more rows where agreement flattens near it; see the README's figures.
-Z = 0.5
+#: A small ridge on the agreement curve's two coefficients, so a pilot whose rows all
+#: agree (or whose scores separate agreeing rows perfectly) still gives a finite curve.
+RIDGE = 1e-3
+#: The agreement curve's log-odds are a polynomial in the score, of one degree per
+#: ROWS_PER_DEGREE pilot rows up to MAX_DEGREE (a straight logistic line for a small
+#: pilot; a quartic for the default 1,000 rows). A straight line is biased where
+#: agreement rises steeply over a narrow band of scores (token probabilities): the
+#: kept rows then agreed 2 points under the target on simulated pilots of 1,000 rows.
+MAX_DEGREE = 4
+ROWS_PER_DEGREE = 250
 #: The realised escalation share may differ from the pilot's by this many standard
 #: errors (of a share measured on the pilot) before a note says so; and at least by
 #: MIN_GAP.
@@ -70,6 +81,7 @@ class Calibration:
     pilot_rows: int  # pilot rows both models answered (the ones measured)
     reached: bool  # False: no threshold short of escalating every row meets the target
     pilot_jobs: tuple[str, ...] = ()
+    pilot_cost: float | None = None  # what the pilot's two jobs were billed (batch prices)
 
     @property
     def expected_overall(self) -> float:
@@ -78,13 +90,21 @@ class Calibration:
         return 1.0 - (1.0 - self.expected_escalation) * (1.0 - self.expected_agreement)
 
     def expression(self, output: str) -> str:
-        """The ``escalate_when`` expression this calibration stands for."""
+        """The ``escalate_when`` expression this calibration stands for (with
+        log-probabilities, a row without a score is escalated too)."""
+        if self.score == LOGPROBS:
+            column = f"{output}_score"
+            return (
+                f"{output}_status != 'succeeded' or {column} is None or "
+                f"{column} < {self.threshold!r}"
+            )
         return f"{output}_status != 'succeeded' or {self.score} < {self.threshold!r}"
 
     def text(self) -> str:
         """One line for notes, the log and the job's repr."""
+        name = "the answer's least likely token's probability" if self.score == LOGPROBS else None
         head = (
-            f"calibrated cascade: escalate {self.score} < {self.threshold:.4g} "
+            f"calibrated cascade: escalate {name or self.score} < {self.threshold:.4g} "
             f"(target {self.target:.1%}): expected agreement with the large model "
             f"{self.expected_agreement:.1%} on the rows kept, {self.expected_escalation:.1%} "
             f"of rows escalated (pilot of {self.pilot_rows:,} rows)"
@@ -107,10 +127,23 @@ class Calibration:
         return cls(**values)
 
 
+#: ``score=`` for OpenAI's token log-probabilities rather than a field of the answer.
+LOGPROBS = "logprobs"
+
+
 def check_arguments(
-    models: Any, response_format: Any, score: Any, target: Any, pilot_rows: Any
+    models: Any,
+    response_format: Any,
+    score: Any,
+    target: Any,
+    pilot_rows: Any,
+    *,
+    provider: str = "openai",
+    endpoint: str | None = None,
+    pack: Any = None,
 ) -> None:
-    """Refuse, before anything is sent, a calibrated cascade that cannot be run."""
+    """Refuse, before anything is sent, a calibrated cascade that cannot be run
+    (``provider``: the provider's name; ``endpoint`` and ``pack`` as submit has them)."""
     if not isinstance(models, list | tuple) or len(models) != 2:
         raise InputError(
             "escalate_when='auto' calibrates a cascade of two models, cheapest first: "
@@ -125,12 +158,9 @@ def check_arguments(
         raise InputError(
             f"pilot_rows= is the number of sample rows (20 or more); found {pilot_rows!r}."
         )
-    if score == "logprobs":
-        raise InputError(
-            "score='logprobs' is not supported yet: nbbatch does not keep token "
-            "log-probabilities as a per-row score. Add a numeric confidence field to the "
-            "response_format and pass score='confidence'."
-        )
+    if score == LOGPROBS:
+        _check_logprobs(provider, endpoint, pack)
+        return
     if not isinstance(score, str) or not score.isidentifier():
         raise InputError(
             "escalate_when='auto' needs score=, the name of a numeric field of the "
@@ -155,6 +185,93 @@ def check_arguments(
         )
 
 
+def _check_logprobs(provider: str, endpoint: str | None, pack: Any) -> None:
+    """Refuse ``score="logprobs"`` where the replies cannot carry them."""
+    fix = "or add a numeric confidence field to the response_format and pass score='confidence'"
+    if provider != "openai":
+        # Anthropic's Messages API returns no token log-probabilities (a feature request
+        # its SDK maintainers closed with no plans: github.com/anthropics/
+        # anthropic-sdk-python/issues/392). Gemini has generationConfig.responseLogprobs,
+        # but the Gemini API refuses it on current models ("Logprobs is not enabled for
+        # models/gemini-2.5-flash-lite", github.com/Vela-Research/think-reason-learn/
+        # issues/34; "... for models/gemini-2.5-pro", github.com/mscraftsman/
+        # generative-ai/issues/135), and whether batch mode returns it is not published.
+        raise InputError(
+            f"score='logprobs' needs OpenAI's token log-probabilities; {provider} does not "
+            f"return them in batch. Use an OpenAI model, {fix}."
+        )
+    if endpoint not in (None, "/v1/chat/completions"):
+        raise InputError(
+            "score='logprobs' reads chat completions' token log-probabilities; "
+            f"endpoint={endpoint!r} has none nbbatch reads. Use the default endpoint "
+            f"(/v1/chat/completions), {fix}."
+        )
+    if pack is not None:
+        raise InputError(
+            "score='logprobs' cannot be used with pack=: the items of one packed answer "
+            "share its token log-probabilities and cannot be scored apart. Drop pack=, "
+            f"{fix}."
+        )
+
+
+def check_budget(
+    data: Any,
+    sample: Any,
+    prompt: str,
+    models: list[str],
+    max_cost: float,
+    options: dict[str, Any],
+    *,
+    response_format: Any,
+    pack: Any,
+    preview: Callable[..., Any],
+) -> None:
+    """Refuse, before the pilot is sent, a calibrated cascade whose pilot (its sample on
+    both models) and job (the cascade's upper bound, as ``max_cost`` checks any cascade:
+    its first stage, then every row on the large model) together may cost more than
+    ``max_cost``. With reuse on, the first stage's rows are those the pilot did not
+    answer (its answers are taken, not paid again); without it (or with ``pack=``, or
+    rows whose labels repeat) the whole table. The job itself is checked once more after
+    the pilot, the same way, against what the pilot left of ``max_cost``. ``preview``
+    is ``nb.preview`` (passed in: this module does not import the entry points)."""
+    from .pricing import money
+
+    named: tuple[str, ...] = ("provider", "client", "system", "max_tokens", "temperature")
+    named += ("id_column", "endpoint", "missing", "cache_system")
+    kwargs: dict[str, Any] = {k: options.get(k) for k in named if k in options}
+    params = {k: v for k, v in options.items() if k not in (*named, "retries", "fallback", "reuse")}
+    reuse = options.get("reuse", True) and pack is None and data.index.is_unique
+
+    def upper_bound(rows: Any, model: Any, rows_pack: Any) -> float:
+        if not len(rows):
+            return 0.0
+        est = preview(
+            rows, prompt, model=model, n=1,
+            escalate_when="failed" if isinstance(model, list) else None,
+            response_format=response_format, pack=rows_pack, **kwargs, **params,
+        ).estimate  # fmt: skip
+        if est.upper_bound is None:
+            raise InputError(
+                f"max_cost={max_cost} cannot be checked: nbbatch has no price for model "
+                f"{models[0]!r} or {models[1]!r}. Set one with nb.pricing.set(model, "
+                "input=..., output=...) or drop max_cost."
+            )
+        return float(est.upper_bound)
+
+    pilot = upper_bound(sample, models, None)
+    rest = data[~data.index.isin(sample.index)] if reuse else data
+    # As the job's own check counts it: later stages as if every row went on to them.
+    job = upper_bound(rest, models[0], pack) + upper_bound(data, models[1], None)
+    if pilot + job > max_cost:
+        raise InputError(
+            f"The calibrated cascade's pilot ({len(sample):,} rows on {models[0]} and "
+            f"{models[1]}: {money(pilot)}) and its job (at most {money(job)}, as if every "
+            "row were escalated: an upper bound) "
+            f"come to {money(pilot + job)}, above max_cost={money(max_cost)}; nothing was "
+            "sent. Lower pilot_rows= or max_tokens, send fewer rows, or raise max_cost."
+        )
+
+
 def pick_threshold(
     scores: np.ndarray, agree: np.ndarray, failed: np.ndarray, target: float
 ) -> tuple[float, float, float, bool]:
@@ -164,10 +281,16 @@ def pick_threshold(
     are ignored).
 
     Rows scored at or above the threshold are kept; the threshold kept is the lowest
-    (the fewest rows escalated) whose kept rows agree on at least ``target`` of them,
-    by the lower end of their agreement's interval (:data:`Z` standard errors), so a
-    lucky pilot does not set a threshold the whole table misses. The agreement
-    returned is the measured one.
+    (the fewest rows escalated) whose kept rows are expected to agree on at least
+    ``target`` of them, by the agreement curve :func:`agreement_curve` fits to every
+    pilot row: the expected agreement of the rows kept is the mean of the curve over
+    them. Not the kept rows' measured agreement: where agreement flattens near the
+    target, the lowest cut whose measured agreement reaches it is the pilot's luckiest
+    (the whole table falls short of it), and a cut that must clear it by a margin
+    escalates a tenth more of the rows for a few tenths of a point whenever the pilot's
+    sample is unlucky there. A smooth curve fitted to every row is not moved as much by
+    the few rows near one cut. The agreement returned is the measured one on the rows
+    kept (what the cascade's checks afterwards compare with).
     Rows with equal scores go together. When none reaches the target, every row is
     escalated (the threshold is above every score)."""
     scores = np.asarray(scores, dtype=float)
@@ -184,8 +307,9 @@ def pick_threshold(
     counts = np.arange(1, len(s) + 1)
     # A cut is only possible after the last row of a run of equal scores.
     ends = np.flatnonzero(np.append(s[1:] != s[:-1], True)) if len(s) else np.array([], int)
-    lower = wilson_lower(kept_agree[ends], counts[ends], Z)
-    good = ends[lower >= target]
+    expected = np.cumsum(agreement_curve(s, a)) / counts
+    # A tolerance for rounding: a pilot whose rows all agree expects exactly 1.0.
+    good = ends[expected[ends] >= target - 1e-9]
     if not len(good):
         top = float(s[0]) if len(s) else 0.0
         return _above(top), 1.0, 1.0, False
@@ -196,14 +320,37 @@ def pick_threshold(
     return threshold, agreement, escalated, True
 
 
-def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
-    """The lower end of the Wilson score interval of ``successes`` out of ``n``."""
-    n = np.asarray(n, dtype=float)
-    p = np.asarray(successes, dtype=float) / n
-    z2 = z * z
-    centre = p + z2 / (2 * n)
-    spread = z * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return np.asarray((centre - spread) / (1 + z2 / n))
+def agreement_curve(scores: np.ndarray, agree: np.ndarray) -> np.ndarray:
+    """Each row's expected agreement given its score: a logistic curve whose log-odds
+    are a polynomial of the score (of one degree per :data:`ROWS_PER_DEGREE` rows, up
+    to :data:`MAX_DEGREE`), fitted to every row by Newton's method with a small
+    :data:`RIDGE`. A few numbers summarise the whole pilot, so the rows near one
+    threshold move it little. Rows whose scores or answers are all alike get the
+    pilot's agreement."""
+    x = np.asarray(scores, dtype=float)
+    y = np.asarray(agree, dtype=float)
+    if not len(x):
+        return x
+    spread = float(x.std())
+    if spread == 0.0 or y.min() == y.max():  # nothing to fit: every row alike
+        return np.full(len(x), y.mean())
+    degree = int(min(MAX_DEGREE, max(1, len(x) // ROWS_PER_DEGREE)))
+    z = (x - x.mean()) / spread
+    return _logistic(np.column_stack([z**k for k in range(degree + 1)]), y)
+
+
+def _logistic(design: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The fitted probabilities of a logistic regression of ``y`` on ``design``."""
+    w = np.zeros(design.shape[1])
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(design @ w)))
+        gradient = design.T @ (y - p) - RIDGE * w
+        hessian = (design.T * (p * (1 - p))) @ design + RIDGE * np.eye(len(w))
+        step = np.linalg.solve(hessian, gradient)
+        w += step
+        if np.abs(step).max() < 1e-10:
+            break
+    return np.asarray(1.0 / (1.0 + np.exp(-(design @ w))))
 
 
 def _above(value: float) -> float:

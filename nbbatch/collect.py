@@ -46,7 +46,8 @@ def realtime_checked(table: pa.Table, spec: RequestSpec) -> pa.Table:
     from .providers.base import ROW_RESULT_SCHEMA
 
     cut = set(table.filter(table.column("truncated")).column("custom_id").to_pylist())
-    table = table.select(ROW_RESULT_SCHEMA.names)
+    scores = ["score"] if "score" in table.schema.names else []  # see rowstore.SCORE
+    table = table.select([*ROW_RESULT_SCHEMA.names, *scores])
     if spec.response_format is None:
         return table
     return _results.check_structured(table, structured.schema_of(spec.response_format), cut)

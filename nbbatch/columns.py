@@ -34,6 +34,7 @@ class Role(enum.Enum):
     OUTPUT = "output"  # the answer (one column per field of a structured reply)
     STATUS = "status"  # the row's state (see nbbatch.states)
     ERROR = "error"  # why it did not succeed
+    SCORE = "score"  # how sure the model was of its answer (token log-probabilities)
     LINEAGE = "lineage"  # where the answer comes from (model, prompt version, batch...)
     TIMING = "timing"  # when it came
     RAW = "raw"  # the structured reply as received
@@ -46,6 +47,7 @@ class Has(enum.Enum):
     STAGED = "staged"  # a job with escalation stages or a cascade, or with lineage
     LINEAGE = "lineage"  # merge(lineage=True), to_parquet, collect
     STRUCTURED = "structured"  # a job with a response_format
+    SCORED = "scored"  # a job that asked for token log-probabilities (score="logprobs")
 
 
 class Rows:
@@ -151,6 +153,16 @@ def _output(rows: Rows) -> Any:
     return structured.to_columns(values, schema)
 
 
+def _score(rows: Rows) -> Any:
+    """The probability of the reply's least likely token (see
+    ``providers.base.SCORE_FIELD``); missing where the row has no reply or the reply
+    no log-probabilities."""
+    from . import rowstore
+
+    _, state, take = rows._job()
+    return state.column(rowstore.SCORE.name, take).to_numpy(zero_copy_only=False)
+
+
 def _model(rows: Rows) -> Any:
     """The model of the stage that answered the row."""
     job, _, _ = rows._job()
@@ -243,6 +255,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("", Role.OUTPUT, Has.ALWAYS, None, _output, "output"),
     Column("_status", Role.STATUS, Has.ALWAYS, None, lambda r: r.status, "status"),
     Column("_error", Role.ERROR, Has.ALWAYS, None, lambda r: r.errors, "error"),
+    Column("_score", Role.SCORE, Has.SCORED, "Float64", _score),
     Column("_model", Role.LINEAGE, Has.STAGED, "string", _model, "model"),
     Column("_prompt_hash", Role.LINEAGE, Has.LINEAGE, "string", _prompt_hash, "prompt_hash"),
     Column("_batch_id", Role.LINEAGE, Has.LINEAGE, "string", _batch_id, "batch_id"),
@@ -252,9 +265,10 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 
-def _has(column: Column, structured: bool, staged: bool, lineage: bool) -> bool:
+def _has(column: Column, structured: bool, staged: bool, lineage: bool, scored: bool) -> bool:
     return {
         Has.ALWAYS: True,
+        Has.SCORED: scored,
         Has.STAGED: staged or lineage,
         Has.LINEAGE: lineage,
         Has.STRUCTURED: structured,
@@ -262,14 +276,18 @@ def _has(column: Column, structured: bool, staged: bool, lineage: bool) -> bool:
 
 
 def of_job(
-    response_format: dict[str, Any] | None, *, staged: bool = False, lineage: bool = False
+    response_format: dict[str, Any] | None,
+    *,
+    staged: bool = False,
+    lineage: bool = False,
+    scored: bool = False,
 ) -> list[Column]:
     """The columns a job's results have, in order: the answer, ``_status``, ``_error``;
     ``_model`` for a job with escalation stages or a cascade; with ``lineage``,
     ``_model`` whatever the job and the other lineage and timing columns; ``_raw`` with
-    a ``response_format``."""
+    a ``response_format``; ``_score`` for a ``scored`` job."""
     structured = response_format is not None
-    return [c for c in COLUMNS if _has(c, structured, staged, lineage)]
+    return [c for c in COLUMNS if _has(c, structured, staged, lineage, scored)]
 
 
 def names(
@@ -278,10 +296,11 @@ def names(
     *,
     staged: bool = False,
     lineage: bool = False,
+    scored: bool = False,
 ) -> list[str]:
     """The names of the columns :func:`of_job` lists (a structured reply's fields in
     place of the answer's column)."""
-    return list(roles(output, response_format, staged=staged, lineage=lineage))
+    return list(roles(output, response_format, staged=staged, lineage=lineage, scored=scored))
 
 
 def roles(
@@ -290,10 +309,11 @@ def roles(
     *,
     staged: bool = False,
     lineage: bool = False,
+    scored: bool = False,
 ) -> dict[str, Role]:
     """Each result column's name and role, in order (see :func:`of_job`)."""
     out: dict[str, Role] = {}
-    for column in of_job(response_format, staged=staged, lineage=lineage):
+    for column in of_job(response_format, staged=staged, lineage=lineage, scored=scored):
         if column.role is Role.OUTPUT and response_format is not None:
             from . import structured
 
@@ -304,10 +324,12 @@ def roles(
     return out
 
 
-def build(rows: Rows, *, staged: bool = False, lineage: bool = False) -> dict[str, Any]:
+def build(
+    rows: Rows, *, staged: bool = False, lineage: bool = False, scored: bool = False
+) -> dict[str, Any]:
     """Every result column's values for ``rows``, by name, in order."""
     out: dict[str, Any] = {}
-    for column in of_job(rows.response_format, staged=staged, lineage=lineage):
+    for column in of_job(rows.response_format, staged=staged, lineage=lineage, scored=scored):
         values = column.values(rows)
         if isinstance(values, dict):  # a structured reply's fields
             out.update(values)

@@ -29,6 +29,7 @@ from ._errors import JobRunningWarning, NbbatchError
 from .health import Note
 from .ledger import Ledger
 from .providers.base import BatchInfo, Provider, RequestSpec
+from .providers.base import scored as _scored
 
 log = logging.getLogger("nbbatch")
 
@@ -44,14 +45,16 @@ def output_columns(
     *,
     staged: bool = False,
     lineage: bool = False,
+    scored: bool = False,
 ) -> list[str]:
     """The columns ``merge`` adds for this output name and response_format (and
     ``{output}_model`` for a job with escalation stages or a cascade); with ``lineage``,
-    ``{output}_model`` whatever the job and the other lineage columns (see
-    :mod:`nbbatch.columns`, where each is declared)."""
+    ``{output}_model`` whatever the job and the other lineage columns; a ``scored`` job
+    (token log-probabilities asked for) has ``{output}_score`` after ``{output}_error``
+    (see :mod:`nbbatch.columns`, where each is declared)."""
     from . import columns
 
-    return columns.names(output, response_format, staged=staged, lineage=lineage)
+    return columns.names(output, response_format, staged=staged, lineage=lineage, scored=scored)
 
 
 def _nothing() -> None:
@@ -166,6 +169,12 @@ class JobContext:
         return bool(self.policy.get("cascade")) or bool(self.stages)
 
     @property
+    def scored(self) -> bool:
+        """Whether the job's replies carry a score (``{output}_score``: token
+        log-probabilities asked for, see ``providers.base.scored``)."""
+        return _scored(self.spec)
+
+    @property
     def models(self) -> list[str]:
         """The model of each stage started so far, stage 0 first."""
         return [self.stage_spec_dict(s)["model"] for s in range(len(self.stages) + 1)]
@@ -201,7 +210,11 @@ class JobContext:
         """The columns ``merge`` adds for this job (with ``lineage``: see
         :func:`output_columns`)."""
         return output_columns(
-            self.output, self.spec.response_format, staged=self.staged, lineage=lineage
+            self.output,
+            self.spec.response_format,
+            staged=self.staged,
+            lineage=lineage,
+            scored=self.scored,
         )
 
     def prompt_hashes(self) -> list[str]:

@@ -516,16 +516,18 @@ def check_when_columns(
     columns: list[Any],
     output: str,
     response_format: dict[str, Any] | None,
+    scored: bool = False,
 ) -> None:
     """Refuse at submit a cascade's ``escalate_when`` expression that names a column the
     merged DataFrame of its first stage will not have: the data's ``columns`` plus the
-    result columns (structured output's fields, ``{output}_status``...). Found now, it
-    costs nothing; found after stage 1, that stage would be paid for nothing."""
+    result columns (structured output's fields, ``{output}_status``, ``{output}_score``
+    when ``scored``...). Found now, it costs nothing; found after stage 1, that stage
+    would be paid for nothing."""
     if when is None or when == FAILED:
         return
     from .context import output_columns
 
-    have = [*columns, *output_columns(output, response_format, staged=True)]
+    have = [*columns, *output_columns(output, response_format, staged=True, scored=scored)]
     _expr.parse(when).check_columns(
         have, "the merged DataFrame (the data's columns and the result columns)"
     )

@@ -788,7 +788,8 @@ class Ledger:
             found.append(table.filter(keep))
         if not found:
             return rowstore.RESULT_SCHEMA.empty_table()
-        table = pa.concat_tables(found)
+        # Files with a score and files without (see rowstore.SCORE) join with null scores.
+        table = pa.concat_tables(found, promote_options="default")
         _, first = np.unique(table.column("request_hash").to_numpy(), return_index=True)
         return table.take(pa.array(np.sort(first)))
 

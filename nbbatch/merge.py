@@ -302,10 +302,12 @@ def merged(
         state, take, output, response_format, embeddings=embeddings, statuses=statuses, job=job
     )
     staged = job is not None and job.staged
+    scored = job is not None and job.scored
     # A shallow copy: pandas copies on write, so the caller's frame stays untouched and
     # its columns are not duplicated in memory.
     out = frame.copy(deep=False)
-    for name, column in _columns.build(rows, staged=staged, lineage=lineage).items():
+    built = _columns.build(rows, staged=staged, lineage=lineage, scored=scored)
+    for name, column in built.items():
         out[name] = column
     return out
 

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from ._errors import InputError
-from .providers.base import ROW_RESULT_SCHEMA, Provider, RequestSpec, failure_row
+from .providers.base import ROW_RESULT_SCHEMA, SCORE_FIELD, Provider, RequestSpec, failure_row
 
 #: The row-result schema plus ``truncated``: the reply was cut off at the token limit.
 REALTIME_SCHEMA = ROW_RESULT_SCHEMA.append(pa.field("truncated", pa.bool_()))
@@ -88,6 +88,9 @@ def run(
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    # A reply with a score (see providers.base.SCORE_FIELD) keeps it as the last column.
+    if any(row is not None and SCORE_FIELD.name in row for row in rows):
+        schema = schema.append(SCORE_FIELD)
     # from_pylist ignores the extra "truncated" key when the schema lacks it.
     return pa.Table.from_pylist(rows, schema=schema)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .providers.base import ROW_RESULT_SCHEMA, empty_results, is_transient
+from .providers.base import ROW_RESULT_SCHEMA, SCORE_FIELD, empty_results, is_transient
 
 
 @dataclass
@@ -111,7 +111,11 @@ def reconcile(
         fill = _absent(absent, batch_failure, failure_code, unfinished)
         if unfinished is None and batch_failure is None:
             result.missing = len(absent)
-        result.table = pa.concat_tables([kept.cast(ROW_RESULT_SCHEMA), fill])
+        if SCORE_FIELD.name in kept.schema.names:  # the lines carry a score; absent rows none
+            fill = fill.append_column(SCORE_FIELD, pa.nulls(len(absent), SCORE_FIELD.type))
+            result.table = pa.concat_tables([kept.cast(fill.schema), fill])
+        else:
+            result.table = pa.concat_tables([kept.cast(ROW_RESULT_SCHEMA), fill])
     return result
 
 

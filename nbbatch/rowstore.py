@@ -68,6 +68,10 @@ RESULT_SCHEMA = pa.schema(
         ("request_hash", pa.uint64()),  # so a later job can reuse a success
     ]
 )
+#: An optional last column of a result file: the reply's score (see
+#: ``providers.base.SCORE_FIELD``), kept only by jobs whose replies carry one; a file
+#: without it reads as null scores.
+SCORE = pa.field("score", pa.float64())
 
 
 def write_table(path: Path, table: pa.Table) -> None:
@@ -189,6 +193,9 @@ def result_table(positions: np.ndarray, table: pa.Table, hashes: np.ndarray) -> 
         "cached_tokens": table.column("cached_tokens"),
         "request_hash": pa.array(hashes, pa.uint64()),
     }
+    if SCORE.name in table.schema.names:
+        columns[SCORE.name] = table.column(SCORE.name)
+        return pa.table(columns).cast(RESULT_SCHEMA.append(SCORE))
     return pa.table(columns).cast(RESULT_SCHEMA)
 
 
@@ -427,8 +434,8 @@ class RowState:
         where = self._follow if positions is None else self._follow[positions]
         files = self.ref_file[where]
         rows = self.ref_row[where]
-        typ = RESULT_SCHEMA.field(name).type
-        present = sum(r.present[name] for r in self.results)
+        typ = SCORE.type if name == SCORE.name else RESULT_SCHEMA.field(name).type
+        present = sum(r.present.get(name, 0) for r in self.results)
         if not present:  # e.g. no errors at all: nothing to gather
             values = pa.nulls(len(where), typ)
         else:
@@ -492,10 +499,13 @@ class _Results:
 
     def column(self, name: str) -> pa.ChunkedArray:
         """Column ``name`` (mapped afresh when the table is kept by path)."""
-        if self._table is not None:
-            return self._table.column(name)
-        assert self.path is not None
-        return read_table(self.path).column(name)
+        table = self._table if self._table is not None else None
+        if table is None:
+            assert self.path is not None
+            table = read_table(self.path)
+        if name not in table.schema.names:  # an optional column (the score) it lacks
+            return pa.chunked_array([pa.nulls(self.rows, SCORE.type)])
+        return table.column(name)
 
 
 def _gather(

@@ -65,15 +65,15 @@ def test_every_declared_column_is_added_in_order_with_its_role(oai):
     }
     df = pd.DataFrame({"text": ["good", "bad"]})
     job = nb.submit(df, "Review: {text}", model="gpt-4o-mini", client=oai, display=False,
-                    response_format=schema, output="review")  # fmt: skip
+                    response_format=schema, output="review", logprobs=True)  # fmt: skip
     job.wait(timeout=120, progress=False)
     out = job.merge(lineage=True)
     added = job.output_columns(lineage=True)
     assert list(out.columns) == ["text", *added]
-    roles = columns.roles(job.output, job.spec.response_format, lineage=True)
+    roles = columns.roles(job.output, job.spec.response_format, lineage=True, scored=True)
     assert list(roles) == added
-    # Every declared column shows for a structured job with lineage, fields in place of
-    # the answer's own column.
+    # Every declared column shows for a structured job with lineage that asked for
+    # log-probabilities, fields in place of the answer's own column.
     assert {roles[n] for n in added} == {c.role for c in columns.COLUMNS}
     assert [n for n in added if roles[n] is Role.OUTPUT] == ["sentiment", "stars"]
     assert columns.name_of(Role.STATUS, job.output) == "review_status"

@@ -278,12 +278,16 @@ def _chat(
     return Answer(200, result, prompt_tokens, reply.output_tokens)
 
 
-#: A token's probability on a row the model answers as the responder does (the range,
-#: by a hash of the row and the token), and on a row its quality makes it disagree: the
-#: tokens of such a row are less sure, so a threshold on the answer's probability finds
-#: it (a calibrated cascade with ``score="logprobs"`` has signal to work with).
-SURE = (0.9, 0.999)
-UNSURE = (0.3, 0.75)
+#: The probability of a reply's least sure token (its *answer* token, e.g. the label):
+#: on a row the model answers as the responder does, mostly high (drawn towards the
+#: top of AGREE); on a row its quality makes it disagree, anywhere in DISAGREE. The two
+#: ranges overlap, as a real model's are: a threshold on the answer's probability finds
+#: most disagreeing rows but not all, and escalates some agreeing ones, so a calibrated
+#: cascade with ``score="logprobs"`` has a real trade-off to choose.
+AGREE = (0.5, 0.999)
+DISAGREE = (0.25, 0.85)
+#: Every other token of a reply (punctuation, field names...) is nearly sure.
+SURE = (0.95, 0.9995)
 #: Characters of reply text per token, as the emulator counts tokens.
 TOKEN_CHARS = 4
 
@@ -294,21 +298,30 @@ def _logprobs(
     """Chat's ``choices[].logprobs`` for ``text`` when the request asked for them
     (``logprobs: true``; ``top_logprobs: N`` adds N alternatives a token), else None.
 
-    The text is cut into tokens of :data:`TOKEN_CHARS` characters. Each token's
-    probability is drawn from :data:`SURE`, or, for every token of a row the model's
-    quality makes disagree (:class:`._responder.QualityResponder`), from
-    :data:`UNSURE`. A packed request is judged as one row (its own prompt)."""
+    The text is cut into tokens of :data:`TOKEN_CHARS` characters. One of them (chosen
+    by a hash of the row) is the answer token, whose probability depends on whether the
+    model's quality makes this row disagree (:class:`._responder.QualityResponder`):
+    drawn from :data:`AGREE` (skewed to its top) or :data:`DISAGREE`; every other token's
+    from :data:`SURE`. A packed request is judged as one row (its own prompt)."""
     if body.get("logprobs") is not True:
         return None
     quality = responder if isinstance(responder, _responder.QualityResponder) else None
     agreed = quality is None or quality.agrees(request.model, request.prompt)
-    low, high = SURE if agreed else UNSURE
+    u = int_hash("answer-prob", request.model, request.prompt) / 2.0**64
+    low, high = AGREE if agreed else DISAGREE
+    # Agreeing rows: most near the top of the range (1 - u^2 leans to 1).
+    answer_p = high - (high - low) * u * u if agreed else low + (high - low) * u
+    tokens = max(1, -(-len(text) // TOKEN_CHARS))
+    answer_at = int_hash("answer-token", request.model, request.prompt) % tokens
     top = body.get("top_logprobs") or 0
     content = []
     for i in range(0, len(text), TOKEN_CHARS):
         token = text[i : i + TOKEN_CHARS]
-        u = int_hash("logprob", request.model, request.prompt, i) / 2.0**64
-        p = low + (high - low) * u
+        if i // TOKEN_CHARS == answer_at:
+            p = answer_p
+        else:
+            v = int_hash("logprob", request.model, request.prompt, i) / 2.0**64
+            p = SURE[0] + (SURE[1] - SURE[0]) * v
         entry: dict[str, Any] = {
             "token": token,
             "logprob": math.log(p),

@@ -42,6 +42,18 @@ ROW_RESULT_SCHEMA = pa.schema(
         ("cached_tokens", pa.int64()),
     ]
 )
+#: An optional last column of a provider's results: a per-row score of the reply in
+#: [0, 1] (OpenAI chat with token log-probabilities asked for: the least likely token's
+#: probability); null where a reply has none. Only a provider that returns one adds it.
+SCORE_FIELD = pa.field("score", pa.float64())
+
+
+def scored(spec: RequestSpec) -> bool:
+    """Whether a job's replies carry a score (:data:`SCORE_FIELD`): chat completions
+    asked for token log-probabilities (``logprobs: true``, which ``score="logprobs"``
+    sets)."""
+    return spec.endpoint == "/v1/chat/completions" and spec.params.get("logprobs") is True
+
 
 #: Error types that a retry of the unchanged request can fix, in either provider's words.
 TRANSIENT_ERRORS = frozenset(

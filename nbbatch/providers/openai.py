@@ -9,6 +9,7 @@ cannot take falls back to orjson line by line.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,7 @@ from .._errors import InputError, ProviderError
 from . import _jsonl, _params
 from .base import (
     ROW_RESULT_SCHEMA,
+    SCORE_FIELD,
     BatchInfo,
     Provider,
     Refusal,
@@ -36,6 +38,7 @@ from .base import (
     is_transient,
     read_capped,
     reply_settings_set,
+    scored,
     sdk_error,
     sdk_kwargs,
     tier_row,
@@ -115,14 +118,28 @@ _responses_output = pa.list_(
     )
 )
 _embedding_data = pa.list_(pa.struct([("embedding", pa.list_(pa.float64()))]))
+#: Chat choices with their token log-probabilities (read only when a job asks for them).
+_chat_choices_scored = pa.list_(
+    pa.struct(
+        [
+            ("message", pa.struct([("content", pa.large_string())])),
+            ("finish_reason", pa.string()),
+            (
+                "logprobs",
+                pa.struct([("content", pa.list_(pa.struct([("logprob", pa.float64())])))]),
+            ),
+        ]
+    )
+)
 
 
-def line_schema(endpoint: str, *, errors: bool = True) -> pa.Schema:
+def line_schema(endpoint: str, *, errors: bool = True, scores: bool = False) -> pa.Schema:
     """The part of an output or error file line that nbbatch reads, for one endpoint.
 
     Reading only these fields (the rest is skipped by the parser) is what makes a
     million lines take about a second. ``errors=False`` leaves out the error fields,
     which an output file (all successes) does not need: a quarter faster again.
+    ``scores=True`` reads chat's token log-probabilities too (see :func:`scored`).
     """
     reply: list[tuple[str, pa.DataType]]
     tokens = _chat_tokens
@@ -132,7 +149,7 @@ def line_schema(endpoint: str, *, errors: bool = True) -> pa.Schema:
         reply = [("output", _responses_output), ("status", pa.string())]
         tokens = _responses_tokens
     else:
-        reply = [("choices", _chat_choices)]
+        reply = [("choices", _chat_choices_scored if scores else _chat_choices)]
     if not errors:
         body = pa.struct([*reply, ("usage", pa.struct(tokens))])
         return pa.schema(
@@ -470,7 +487,7 @@ class OpenAIProvider(Provider):
                     raise _provider_error(exc, f"downloading file {file_id}") from exc
 
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
-        return parse_lines(raw, spec.endpoint)
+        return parse_lines(raw, spec.endpoint, scores=scored(spec))
 
     # -- real time ---------------------------------------------------------------------------
     def realtime(self, custom_id: str, prompt: str, spec: RequestSpec) -> dict[str, Any]:
@@ -603,16 +620,50 @@ def _provider_error(exc: openai.OpenAIError | ValueError, doing: str) -> Provide
 
 
 # -- result lines --------------------------------------------------------------------------
-def parse_lines(raw: bytes, endpoint: str = "/v1/chat/completions") -> pa.Table:
-    """Normalise the lines of an output or error file into :data:`ROW_RESULT_SCHEMA`."""
+def parse_lines(
+    raw: bytes, endpoint: str = "/v1/chat/completions", *, scores: bool = False
+) -> pa.Table:
+    """Normalise the lines of an output or error file into :data:`ROW_RESULT_SCHEMA`;
+    with ``scores``, plus :data:`SCORE_FIELD`: each reply's least likely token's
+    probability (see :func:`_scores`)."""
     if not raw or raw.isspace():
-        return empty_results()
+        empty = empty_results()
+        return empty.append_column(SCORE_FIELD, pa.nulls(0, pa.float64())) if scores else empty
     # An output file holds only successes: read it without the error fields first, and
     # only if some line is not a success read it again in full.
-    lean = _jsonl.read_fast(raw, line_schema(endpoint, errors=False))
+    lean = _jsonl.read_fast(raw, line_schema(endpoint, errors=False, scores=scores))
     if lean is not None and lean.num_rows and _all_succeeded(lean):
-        return _succeeded(lean, endpoint)
-    return _normalise(_jsonl.read_lines(raw, line_schema(endpoint)), endpoint)
+        table = _succeeded(lean, endpoint)
+        ok = None
+    else:
+        lean = _jsonl.read_lines(raw, line_schema(endpoint, scores=scores))
+        table = _normalise(lean, endpoint)
+        ok = pc.equal(table.column("status"), "succeeded")
+    if not scores:
+        return table
+    score = _scores(pc.struct_field(lean.column("response").combine_chunks(), "body"))
+    if ok is not None:
+        score = pc.if_else(ok, score, pa.scalar(None, pa.float64()))
+    return table.append_column(SCORE_FIELD, score)
+
+
+def _scores(body: pa.Array) -> pa.Array:
+    """Each chat reply's score: the probability of its least likely token (null without
+    log-probabilities). The minimum, not the mean: a reply is as unsure as its least sure
+    token (the label it chose), and a mean dilutes that one token with the sure ones
+    around it (field names, punctuation), the more so the longer the reply."""
+    choices = pc.struct_field(body, "choices")
+    first = pc.list_element(pc.fill_null(choices, pa.scalar([None], choices.type)), 0)
+    content = pc.struct_field(first, ["logprobs", "content"])
+    lengths = pc.fill_null(pc.list_value_length(content), 0).to_numpy(zero_copy_only=False)
+    flat = pc.struct_field(pc.list_flatten(content), "logprob")
+    values = pc.fill_null(flat, np.nan).to_numpy(zero_copy_only=False).astype(float)
+    out = np.full(len(lengths), np.nan)
+    has = lengths > 0
+    if has.any():
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[has]
+        out[has] = np.exp(np.minimum.reduceat(values, starts))
+    return pa.array(out, pa.float64(), from_pandas=True)
 
 
 def _all_succeeded(t: pa.Table) -> bool:
@@ -817,6 +868,7 @@ def _realtime_row(custom_id: str, reply: Any, endpoint: str) -> dict[str, Any]:
     usage = reply.usage
     truncated = False
     cached = None
+    extra: dict[str, Any] = {}
     if endpoint == "/v1/embeddings":
         # Like a batch line: the first vector as JSON text, no completion tokens.
         text = orjson.dumps(reply.data[0].embedding).decode() if reply.data else None
@@ -835,6 +887,9 @@ def _realtime_row(custom_id: str, reply: Any, endpoint: str) -> dict[str, Any]:
     else:
         choice = reply.choices[0] if reply.choices else None
         text = choice.message.content if choice else None
+        tokens = choice.logprobs.content if choice and choice.logprobs else None
+        if tokens:  # asked for (see scored): the least likely token's probability
+            extra["score"] = math.exp(min(t.logprob for t in tokens))
         truncated = choice is not None and choice.finish_reason == "length"
         input_tokens = usage.prompt_tokens if usage else None
         output_tokens = usage.completion_tokens if usage else None
@@ -851,4 +906,5 @@ def _realtime_row(custom_id: str, reply: Any, endpoint: str) -> dict[str, Any]:
         "output_tokens": output_tokens,
         "cached_tokens": cached,
         "truncated": truncated,
+        **extra,
     }

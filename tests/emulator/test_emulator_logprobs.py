@@ -1,8 +1,9 @@
 """Token log-probabilities on the emulator's chat completions (``logprobs: true``).
 
 Asked for, a reply carries ``choices[].logprobs`` in the real shape; a row the model's
-quality makes disagree has less likely tokens than every row it answers as the
-responder does, so a threshold on the answer's probability can find those rows.
+quality makes disagree has a less likely answer token, on the whole, than a row it
+answers as the responder does, so a threshold on the answer's probability finds most
+of those rows (the two overlap, as a real model's do).
 Driven through the official OpenAI SDK over HTTP, real time and in a batch.
 """
 
@@ -77,8 +78,12 @@ def test_disagreeing_rows_have_less_likely_tokens(client: openai.OpenAI, model: 
         (agree if label == truth(prompt) else disagree).append(min_prob(choice))
     share = {"gpt-4o-mini": 0.88, "gpt-4o": 0.97}[model]
     assert abs(len(agree) / 120 - share) < 0.08
-    assert disagree  # some rows disagree, and each is less sure than any that agrees
-    assert max(disagree) < min(agree)
+    assert disagree  # some rows disagree, and they are less sure on the whole
+    assert all(0.25 <= p <= 0.85 for p in disagree) and all(0.5 <= p < 1 for p in agree)
+    # Most agreeing rows are surer than most disagreeing ones, but the ranges overlap
+    # (as a real model's do): the chance an agreeing row outscores a disagreeing one.
+    wins = sum(a > d for a in agree for d in disagree) / (len(agree) * len(disagree))
+    assert wins > 0.75
 
 
 def test_logprobs_only_when_asked_and_top_logprobs_in_order(client: openai.OpenAI) -> None:
