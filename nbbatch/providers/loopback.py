@@ -44,7 +44,8 @@ from .credentials import is_loopback
 #: Credentials of jobs on a loopback address other than the background emulator.
 PREFIX = "loopback:"
 #: The headers an SDK puts its key in (OpenAI bearer, Anthropic, Google).
-_KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
+#: The headers SDKs carry a key in (Azure OpenAI's key goes in ``api-key``).
+_KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
 #: Clients already behind a guard (made by nbbatch) -> the credential to record for
 #: them, so none is wrapped twice.
 _GUARDED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
@@ -230,15 +231,9 @@ def guarded(client: Any, check: Callable[[httpx2.Request], str | None], credenti
             timeout=httpx2.Timeout(600.0, connect=10.0),
             follow_redirects=False,
         )
-    genai = _genai_parts(client)
-    if genai is not None:
-        from google import genai as google_genai
+    from . import class_of_client
 
-        key, options = genai
-        options = options.model_copy(update={"httpx_client": http})
-        copy = google_genai.Client(api_key=key, http_options=options)
-    else:
-        copy = client.with_options(http_client=http)
+    copy = class_of_client(client).rebind(client, http)
     _GUARDED[copy] = credential
     return copy
 
@@ -301,11 +296,3 @@ def _legacy_guard_type() -> type:
 
 def _LegacyGuard(check: Callable[[httpx2.Request], str | None], owner: Any, module: Any) -> Any:
     return _legacy_guard_type()(check, owner, module)
-
-
-def _genai_parts(client: Any) -> tuple[str | None, Any] | None:
-    inner = getattr(client, "_api_client", None)
-    options = getattr(inner, "_http_options", None)
-    if inner is None or options is None or not hasattr(options, "model_copy"):
-        return None
-    return getattr(inner, "api_key", None), options
