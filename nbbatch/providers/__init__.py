@@ -123,11 +123,10 @@ def by_model_name(model: str) -> str:
 
 def base_url_of(client: Any) -> str:
     """Where an SDK client sends requests (recorded in the ledger; never a key)."""
-    if hasattr(client, "base_url"):
-        return str(client.base_url)
-    options = getattr(getattr(client, "_api_client", None), "_http_options", None)
-    url = getattr(options, "base_url", None)  # google.genai.Client keeps it there
-    return str(url or "https://generativelanguage.googleapis.com/")
+    cls = _class_of_client(client)
+    if cls is not None:
+        return cls.address_of(client)
+    return str(client.base_url)
 
 
 def family_of(model: str) -> str | None:
@@ -188,7 +187,7 @@ def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     return impl
 
 
-_CLIENTS: dict[tuple[str, str | None, str | None, str], Any] = {}
+_CLIENTS: dict[tuple[str, str | None, str | None], Any] = {}
 
 
 def default_client(
@@ -198,15 +197,12 @@ def default_client(
     base_url: str | None = None,
     key: str | None = None,
     token: str | None = None,
-    options: dict[str, Any] | None = None,
 ) -> Any:
     """A client for ``name``: the embedded emulator when ``local``, else from the environment.
 
     ``key`` (or, for Anthropic, a bearer ``token``) is the credential to send, when the
-    caller chose it (see :mod:`.credentials`); ``options`` what else the recorded
-    client had (:meth:`Provider.options_of`, Azure's api_version). Clients are made once
-    per provider, address, key and options and then reused, so jobs share their
-    connection pools.
+    caller chose it (see :mod:`.credentials`). Clients are made once per provider,
+    address and key and then reused, so jobs share their connection pools.
     """
     cls = provider_class(name)
     if local:
@@ -230,13 +226,12 @@ def default_client(
     # for one address is never reused for another.
     variable = cls.base_url_variable
     where = base_url or (os.environ.get(variable) if variable else None) or None
-    extra = options or {}
-    cache_key = (name, where, key or (token and f"token:{token}"), repr(sorted(extra.items())))
+    cache_key = (name, where, key or (token and f"token:{token}"))
     if cache_key not in _CLIENTS:
         if token is not None:
             _CLIENTS[cache_key] = cls.make_token_client(token=token, base_url=base_url)
         else:
-            _CLIENTS[cache_key] = cls.make_client(api_key=key, base_url=base_url, **extra)
+            _CLIENTS[cache_key] = cls.make_client(api_key=key, base_url=base_url)
     return _CLIENTS[cache_key]
 
 
@@ -248,7 +243,7 @@ def _local_client(cls: type[Provider], emu: Any, where: Path) -> Any:
     the port it answers on now (see .loopback)."""
     from . import credentials, loopback
 
-    cache_key = (cls.name, f"local:{where}", None, "")
+    cache_key = (cls.name, f"local:{where}", None)
     if cache_key not in _CLIENTS:
         if cls.emulator_prefix is None:
             raise ConfigError(
@@ -289,7 +284,6 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
     name = record["provider"]
     if record.get("backend") == "local":
         return default_client(name, local=True)
-    options = record.get("provider_options") or {}
     base_url = record.get("base_url")
     credential = record.get("credential")
     if credentials.is_loopback(base_url):
@@ -299,9 +293,7 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
         # request to another listener is refused before it is sent, with the message
         # that asks for client=.
         assert base_url is not None
-        raw = default_client(
-            name, base_url=base_url, key=credentials.PLACEHOLDER_KEY, options=options
-        )
+        raw = default_client(name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
         return loopback.for_record(raw, base_url, credential, record["id"])
     if credential and credential.startswith("env:"):
         var = credential.removeprefix("env:")
@@ -314,24 +306,24 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
                 job_id=record["id"],
                 provider=name,
             )
-        return _client(name, base_url, var, value, options)
+        return _client(name, base_url, var, value)
     if credential == "client":
         same = credentials.env_key_matching(name, record.get("key_hash"), home)
         if same is not None:
-            return _client(name, base_url, *same, options)
+            return _client(name, base_url, *same)
     elif credential is None and not credentials.is_loopback(base_url):
         # Recorded before credentials were: the environment's key, at its own address only.
         origin = credentials.env_origin(name)
         if origin is not None:
             var = origin.removeprefix("env:")
-            client = _client(name, None, var, os.environ[var], options)
+            client = _client(name, None, var, os.environ[var])
             if base_url_of(client) == base_url:
                 return client
     raise ConfigError(credentials.needs_client(record), job_id=record["id"], provider=name)
 
 
-def _client(name: str, base_url: str | None, var: str, value: str, options: dict[str, Any]) -> Any:
+def _client(name: str, base_url: str | None, var: str, value: str) -> Any:
     """A client sending ``value`` (read from ``var``) to ``base_url``."""
     if var in provider_class(name).token_variables:
-        return default_client(name, base_url=base_url, token=value, options=options)
-    return default_client(name, base_url=base_url, key=value, options=options)
+        return default_client(name, base_url=base_url, token=value)
+    return default_client(name, base_url=base_url, key=value)

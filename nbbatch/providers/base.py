@@ -276,19 +276,6 @@ class Provider(ABC):
         return bool(cls.model_prefixes) and model.startswith(cls.model_prefixes)
 
     @classmethod
-    def options_of(cls, client: Any) -> dict[str, Any]:
-        """What besides its address and key a client needs to be made again (recorded
-        with the job, never a secret): Azure's ``api_version``. None by default."""
-        return {}
-
-    @classmethod
-    def client_from_options(
-        cls, options: dict[str, Any], *, api_key: str | None, base_url: str | None
-    ) -> Any:
-        """A client like the one recorded (see :meth:`options_of`)."""
-        return cls.make_client(api_key=api_key, base_url=base_url)
-
-    @classmethod
     def base_model(cls, model: str) -> str:
         """The model ``model`` stands for (an Azure deployment, an alias): what prices,
         limits and context windows are looked up by. By default ``model`` itself."""
@@ -328,7 +315,13 @@ class Provider(ABC):
     @property
     def base_url(self) -> str:
         """Where the client sends requests (recorded in the ledger; never a key)."""
-        return str(self.client.base_url)
+        return type(self).address_of(self.client)
+
+    @classmethod
+    def address_of(cls, client: Any) -> str:
+        """Where SDK ``client`` sends requests, as recorded with a job (never a key):
+        enough, with the key, for :meth:`make_client` to make the same client again."""
+        return str(client.base_url)
 
     def validate(self, spec: RequestSpec) -> None:
         """Raise :class:`~nbbatch.InputError` when the provider would refuse ``spec``'s

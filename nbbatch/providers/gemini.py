@@ -215,6 +215,13 @@ class GeminiProvider(Provider):
         return genai.Client(api_key=inner.api_key, http_options=options)
 
     @classmethod
+    def address_of(cls, client: Any) -> str:
+        """google.genai.Client keeps its address in its API client's options."""
+        options = getattr(getattr(client, "_api_client", None), "_http_options", None)
+        url = getattr(options, "base_url", None)
+        return str(url or "https://generativelanguage.googleapis.com/")
+
+    @classmethod
     def owns_model(cls, model: str) -> bool:
         """``gemini-*``, also as ``models/gemini-*``, and Google's embedding models."""
         return model.removeprefix("models/").startswith(cls.model_prefixes)
@@ -254,13 +261,6 @@ class GeminiProvider(Provider):
                 provider="gemini",
             )
         super().__init__(client)
-
-    @property
-    def base_url(self) -> str:
-        """Where the client sends requests (never a key)."""
-        from . import base_url_of
-
-        return base_url_of(self.client)
 
     # -- requests --------------------------------------------------------------------------
     def generation_config(self, spec: RequestSpec) -> dict[str, Any]:

@@ -318,6 +318,12 @@ class OpenAIProvider(Provider):
         return tier_value(row, tier) if row else None
 
     # -- requests --------------------------------------------------------------------------
+    @classmethod
+    def wire_endpoint(cls, endpoint: str) -> str:
+        """``endpoint`` (``/v1/chat/completions``) as the batch API spells it in a request
+        line's ``url`` and the batch's ``endpoint``."""
+        return endpoint
+
     def body(self, spec: RequestSpec, prompt: Any) -> dict[str, Any]:
         """The request body for one prompt (used with a sentinel for the whole job)."""
         if spec.endpoint == "/v1/embeddings":
@@ -414,7 +420,7 @@ class OpenAIProvider(Provider):
         line = {
             "custom_id": _jsonl.ID_SENTINEL,
             "method": "POST",
-            "url": spec.endpoint,
+            "url": self.wire_endpoint(spec.endpoint),
             "body": self.body(spec, _jsonl.PROMPT_SENTINEL),
         }
         return _jsonl.encode_lines(custom_ids, prompts, line)
@@ -428,7 +434,7 @@ class OpenAIProvider(Provider):
             )
             batch = self.client.batches.create(
                 input_file_id=uploaded.id,
-                endpoint=spec.endpoint,  # type: ignore[arg-type]
+                endpoint=self.wire_endpoint(spec.endpoint),  # type: ignore[arg-type]
                 completion_window="24h",
                 metadata=metadata,
             )
