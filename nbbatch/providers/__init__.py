@@ -269,6 +269,7 @@ def _register_builtin() -> None:
     register(f"{here}.openai:OpenAIProvider", "openai")
     register(f"{here}.anthropic:AnthropicProvider", "anthropic")
     register(f"{here}.gemini:GeminiProvider", "gemini")
+    register(f"{here}.azure:AzureProvider", "azure")
 
 
 _register_builtin()
