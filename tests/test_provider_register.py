@@ -82,6 +82,13 @@ def test_a_registered_providers_key_variable_is_asked_for(registered, monkeypatc
         providers.default_client("proxyco")
 
 
+def test_a_registered_providers_key_is_scrubbed_from_messages(registered, monkeypatch):
+    from nbbatch._scrub import scrub
+
+    monkeypatch.setenv("PROXYCO_API_KEY", "pc-secret-0123456789")
+    assert "pc-secret" not in scrub("refused key pc-secret-0123456789")
+
+
 def test_register_refuses_what_is_not_a_provider():
     with pytest.raises(TypeError, match="Provider subclass"):
         providers.register(object)  # type: ignore[arg-type]

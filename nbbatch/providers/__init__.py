@@ -40,6 +40,9 @@ def register(cls: type[Provider] | str, name: str | None = None) -> None:
     if not (isinstance(cls, type) and issubclass(cls, Provider)):
         raise TypeError(f"register() takes a Provider subclass, got {cls!r}")
     _REGISTRY[name or cls.name] = cls
+    from .._scrub import key_variables
+
+    key_variables(cls.key_variables + cls.token_variables)  # never quoted in a message
 
 
 def provider_class(name: str) -> type[Provider]:
@@ -174,7 +177,7 @@ def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     elif given is not None:
         credential = "client"
     else:
-        credential = credentials.env_origin(name)
+        credential = credentials.env_origin(cls.key_variables + cls.token_variables)
     url = base_url_of(client)
     origin = credential
     if not local and credentials.is_loopback(url):
@@ -309,12 +312,14 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
             )
         return _client(name, base_url, var, value)
     if credential == "client":
-        same = credentials.env_key_matching(name, record.get("key_hash"), home)
+        variables = provider_class(name).key_variables + provider_class(name).token_variables
+        same = credentials.env_key_matching(variables, record.get("key_hash"), home)
         if same is not None:
             return _client(name, base_url, *same)
     elif credential is None and not credentials.is_loopback(base_url):
         # Recorded before credentials were: the environment's key, at its own address only.
-        origin = credentials.env_origin(name)
+        cls = provider_class(name)
+        origin = credentials.env_origin(cls.key_variables + cls.token_variables)
         if origin is not None:
             var = origin.removeprefix("env:")
             client = _client(name, None, var, os.environ[var])

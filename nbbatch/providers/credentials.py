@@ -53,19 +53,9 @@ def key_of(client: Any) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
-def key_variables(name: str) -> tuple[str, ...]:
-    """The environment variables provider ``name``'s key (or bearer token) is read
-    from, first set wins: its class says (:attr:`Provider.key_variables`)."""
-    from . import provider_class
-
-    cls = provider_class(name)
-    return cls.key_variables + cls.token_variables
-
-
-def env_origin(name: str) -> str | None:
+def env_origin(variables: tuple[str, ...]) -> str | None:
     """``env:VAR`` for the variable a client built from the environment takes its key
     from (the first set of the provider's variables), or None when none is set."""
-    variables = key_variables(name)
     var = next((v for v in variables if os.environ.get(v)), None)
     return None if var is None else f"env:{var}"
 
@@ -115,11 +105,13 @@ def needs_client(record: dict[str, Any]) -> str:
     )
 
 
-def env_key_matching(name: str, key_hash: str | None, home: Path) -> tuple[str, str] | None:
+def env_key_matching(
+    variables: tuple[str, ...], key_hash: str | None, home: Path
+) -> tuple[str, str] | None:
     """(variable, key) of an environment key whose keyed hash is ``key_hash``."""
     if not key_hash:
         return None
-    for var in key_variables(name):
+    for var in variables:
         value = os.environ.get(var)
         if value and hmac.compare_digest(fingerprint(value, home), key_hash):
             return var, value
