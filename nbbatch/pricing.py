@@ -26,6 +26,7 @@ import datetime as _dt
 import math
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -134,18 +135,26 @@ def rates_for(provider: str | None, model: str) -> Rates | None:
     return found
 
 
+#: (provider name, model) -> (genai-prices provider id, the model it stands for), or
+#: None for an unknown name: the provider registry's answer (nbbatch.providers sets it
+#: on import, so that pricing imports nothing of it).
+_Registry = Callable[[str, str], "tuple[str | None, str] | None"]
+_registry: list[_Registry] = []
+
+
+def use_registry(lookup: _Registry) -> None:
+    """Ask ``lookup`` which genai-prices table prices a provider's model, and which model
+    a name stands for (the provider registry calls this once)."""
+    _registry[:] = [lookup]
+
+
 def _table_of(provider: str | None, model: str) -> tuple[str | None, str]:
     """(genai-prices provider id, model name to look up) for ``model`` at ``provider``."""
-    if provider is not None:
-        from . import providers
-
-        try:
-            cls = providers.provider_class(provider)
-        except KeyError:
-            cls = None
-        if cls is not None:
-            base = cls.base_model(model).removeprefix("models/")
-            return cls.prices_provider or _provider_id(base), base
+    found = _registry[0](provider, model) if provider is not None and _registry else None
+    if found is not None:
+        table, base = found
+        base = base.removeprefix("models/")
+        return table or _provider_id(base), base
     model = model.removeprefix("models/")  # Gemini's resource name of a model
     return _provider_id(model), model
 

@@ -92,7 +92,10 @@ def _azure_lines(store: Store, file_id: str) -> None:
 async def create_batch(request: Request) -> Response:
     """``POST /openai/batches`` with Azure's endpoint spelling."""
     store: Store = request.app.state.store
-    body: Any = await _openai._json_body(request)
+    try:
+        body: Any = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "The request body is not valid JSON.") from None
     if isinstance(body, dict):
         endpoint = body.get("endpoint")
         if endpoint not in _ENDPOINTS:

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .. import pricing as _pricing
 from .._errors import ConfigError
 from .base import Provider
 
@@ -84,7 +85,7 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
     if client is not None:
         cls = _class_of_client(client)
         if cls is None:
-            known = ", ".join(t.split(":")[-1] for c in classes() for t in c.client_types[:1])
+            known = ", ".join(t.replace(":", ".") for c in classes() for t in c.client_types[:1])
             raise ConfigError(
                 f"client must be an official SDK client ({known}), got {type(client).__name__}."
             )
@@ -183,7 +184,7 @@ def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     if not local and credentials.is_loopback(url):
         # Every request checks first that the listener is still the one sent to, and the
         # job is recorded as a loopback one: no environment key is ever sent there later.
-        client, credential = loopback.guard(client, url)
+        client, credential = loopback.guard(client, url, cls.rebind)
     impl = cls(client)
     impl.credential = credential
     impl.key_origin = origin
@@ -256,7 +257,8 @@ def _local_client(cls: type[Provider], emu: Any, where: Path) -> Any:
             )
         base_url = emu.url + cls.emulator_prefix
         raw = default_client(cls.name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
-        _CLIENTS[cache_key] = loopback.guarded(raw, loopback.home_check(where), "local")
+        check = loopback.home_check(where)
+        _CLIENTS[cache_key] = loopback.guarded(raw, check, "local", cls.rebind)
     return _CLIENTS[cache_key]
 
 
@@ -276,6 +278,18 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
+
+
+def _price_table(name: str, model: str) -> tuple[str | None, str] | None:
+    """(genai-prices provider id, model to look up) for ``model`` at provider ``name``,
+    or None for a name not registered (see :func:`nbbatch.pricing.rates_for`)."""
+    if name not in _REGISTRY:
+        return None
+    cls = provider_class(name)
+    return cls.prices_provider, cls.base_model(model)
+
+
+_pricing.use_registry(_price_table)
 
 
 def rebuild_client(record: dict[str, Any], home: Path) -> Any:
@@ -298,7 +312,8 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
         # that asks for client=.
         assert base_url is not None
         raw = default_client(name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
-        return loopback.for_record(raw, base_url, credential, record["id"])
+        rebind = provider_class(name).rebind
+        return loopback.for_record(raw, base_url, credential, record["id"], rebind)
     if credential and credential.startswith("env:"):
         var = credential.removeprefix("env:")
         value = os.environ.get(var)

@@ -8,8 +8,6 @@ from typing import Any
 import pydantic
 from google.genai import types
 
-from .base import BatchInfo
-
 
 class BatchOperation(pydantic.BaseModel, types.Operation):
     """A batch as the API answers ``GET batches/<id>``: a long-running operation, kept
@@ -55,9 +53,3 @@ class BatchOperation(pydantic.BaseModel, types.Operation):
             if isinstance(error, dict)
             else None,
         )
-
-    def info(self) -> BatchInfo:
-        """nbbatch's picture of the batch, with the service's request counts."""
-        from .gemini import _info
-
-        return _info(self.job(), (self.metadata or {}).get("batchStats"))

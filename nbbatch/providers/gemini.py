@@ -421,7 +421,7 @@ class GeminiProvider(Provider):
             )
         except Exception as exc:
             raise _provider_error(exc, f"reading batch {batch_id}", type(self)) from exc
-        return op.info()
+        return _info(op.job(), (op.metadata or {}).get("batchStats"))
 
     def cancel(self, batch_id: str) -> BatchInfo:
         try:

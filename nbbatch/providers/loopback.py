@@ -211,9 +211,17 @@ def home_check(home: Path) -> Callable[[httpx2.Request], str | None]:
     return check
 
 
-def guarded(client: Any, check: Callable[[httpx2.Request], str | None], credential: str) -> Any:
-    """A copy of SDK ``client`` whose requests pass ``check`` first (``credential``: what
-    a job made with it records, see :func:`credential_of`)."""
+#: How a provider makes a copy of its client sending through another HTTP client
+#: (:meth:`~nbbatch.providers.base.Provider.rebind`).
+Rebind = Callable[[Any, Any], Any]
+
+
+def guarded(
+    client: Any, check: Callable[[httpx2.Request], str | None], credential: str, rebind: Rebind
+) -> Any:
+    """A copy of SDK ``client`` (made by its provider's ``rebind``) whose requests pass
+    ``check`` first (``credential``: what a job made with it records, see
+    :func:`credential_of`)."""
     legacy = _legacy_http_of(client)
     http: Any
     if legacy is not None:  # the user's client of the older httpx package, kept as such
@@ -231,9 +239,7 @@ def guarded(client: Any, check: Callable[[httpx2.Request], str | None], credenti
             timeout=httpx2.Timeout(600.0, connect=10.0),
             follow_redirects=False,
         )
-    from . import class_of_client
-
-    copy = class_of_client(client).rebind(client, http)
+    copy = rebind(client, http)
     _GUARDED[copy] = credential
     return copy
 
@@ -246,7 +252,7 @@ def credential_of(client: Any) -> str | None:
         return None
 
 
-def guard(client: Any, url: str) -> tuple[Any, str]:
+def guard(client: Any, url: str, rebind: Rebind) -> tuple[Any, str]:
     """``client`` (for loopback ``url``) behind a guard bound to who listens there now,
     and the credential to record; a client already guarded is returned as it is."""
     known = credential_of(client)
@@ -254,10 +260,10 @@ def guard(client: Any, url: str) -> tuple[Any, str]:
         return client, known
     credential = credential_for(url)
     check = listener_check(url, listener(port_of(url)), at_submit=True)
-    return guarded(client, check, credential), credential
+    return guarded(client, check, credential, rebind), credential
 
 
-def for_record(client: Any, url: str, credential: str | None, job_id: str) -> Any:
+def for_record(client: Any, url: str, credential: str | None, job_id: str, rebind: Rebind) -> Any:
     """A client (holding no real key) for recorded job ``job_id`` at loopback ``url``,
     guarded by the listener recorded at submit: none recorded (a job from before
     listeners were recorded, or from a system without ``/proc``) matches no listener."""
@@ -265,7 +271,7 @@ def for_record(client: Any, url: str, credential: str | None, job_id: str) -> An
     if credential and credential.startswith(PREFIX):
         recorded = credential.removeprefix(PREFIX) or None
     check = listener_check(url, recorded, at_submit=False, job_id=job_id)
-    return guarded(client, check, credential or PREFIX)
+    return guarded(client, check, credential or PREFIX, rebind)
 
 
 def _http_of(client: Any) -> httpx2.Client | None:
