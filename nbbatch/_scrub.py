@@ -29,6 +29,9 @@ KEY_VARIABLES = (
     "AZURE_OPENAI_API_KEY",
 )
 
+#: Key variables of providers registered later (see nbbatch.providers.register).
+_variables: set[str] = set()
+
 #: What a provider key looks like, masked (``sk-proj-abc***xyz``) or not.
 _KEYISH = (
     (re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*.]{6,}"), "sk-***"),
@@ -49,13 +52,20 @@ def remember(key: str | None) -> None:
             _remembered.add(key)
 
 
+def key_variables(variables: tuple[str, ...]) -> None:
+    """Also scrub the values of these environment variables (a registered provider's)."""
+    with _lock:
+        _variables.update(variables)
+
+
 def scrub(text: str) -> str:
     """``text`` without any API key known to this process or shaped like one."""
     if not text:
         return text
     with _lock:
         secrets = set(_remembered)
-    secrets.update(os.environ.get(v) or "" for v in KEY_VARIABLES)
+        variables = KEY_VARIABLES + tuple(_variables)
+    secrets.update(os.environ.get(v) or "" for v in variables)
     # Longest first, so a key that contains another is removed whole.
     for value in sorted((s for s in secrets if len(s) >= _MIN_SECRET), key=len, reverse=True):
         text = text.replace(value, "***")

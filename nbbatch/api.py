@@ -266,7 +266,7 @@ def submit(
     salt = _salt(spec, impl.name, "local" if local else impl.base_url, pack)
     identity = _identity(output, prompt, models, when, pack)
     # Rows beyond the first model's context window are skipped, not paid for and refused.
-    limit = _checks.ContextLimit.of(models[0], system)
+    limit = _checks.ContextLimit.of(models[0], system, impl.name)
     checks = _plan_checks(
         impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
     )
@@ -409,7 +409,8 @@ def _check_before_sending(
         impl.encode(*rows.head(1), spec)
         _check_models(impl, models)
         if max_cost is not None:
-            _check_budget(rows, spec, max_cost, ledger, models[1:], pack=pack, template=template)
+            _check_budget(rows, spec, max_cost, ledger, models[1:], pack=pack, template=template,
+                          provider=impl.name)  # fmt: skip
     except BaseException:
         rows.discard()
         raise
@@ -923,7 +924,8 @@ def _plan_checks(
         impl.encode(*rows.head(1), spec)
         _planning.longest_fits(planned, lambda i, p: impl.encode(i, p, spec), impl.max_bytes)
         if max_cost is not None:
-            _check_budget(rows, spec, max_cost, ledger, models[1:], pack=pack, template=template)
+            _check_budget(rows, spec, max_cost, ledger, models[1:], pack=pack, template=template,
+                          provider=impl.name)  # fmt: skip
 
     return checks
 
@@ -1133,9 +1135,10 @@ def _check_budget(
     *,
     pack: int | None = None,
     template: str = "",
+    provider: str | None = None,
 ) -> None:
-    est = _estimate(rows, spec, ledger, pack=pack, template=template)
-    est = _with_later(est, rows, spec, later or [])
+    est = _estimate(rows, spec, ledger, pack=pack, template=template, provider=provider)
+    est = _with_later(est, rows, spec, later or [], provider=provider)
     if est.rows == 0 and not est.later:
         return  # everything is reused: nothing will be paid for
     unknown = [e.model for e in (est, *est.later) if e.cost.batch is None]
@@ -1389,7 +1392,7 @@ def _listed(ledger: Ledger, r: dict[str, Any], now: float) -> dict[str, Any]:
         "status": status,
         **{s: c.get(s, 0) for s in _states.TERMINAL},
         "pending": pending,
-        "cost": _paid(r["model"], tuple(paid[:3]))
+        "cost": _paid(r["provider"], r["model"], tuple(paid[:3]))
         if "stages" not in r["summary"]
         else _paid_stages(ledger, r),
         "deadline": pd.Timestamp(r["deadline"], unit="s", tz="UTC")
@@ -1422,13 +1425,15 @@ def _paid_stages(ledger: Ledger, record: dict[str, Any]) -> float:
     models = {0: record["model"]}
     models.update({s["stage"]: s["spec"]["model"] for s in ledger.stages(record["id"])})
     return sum(
-        _paid(models.get(int(stage), record["model"]), tuple(usage["batch"][:3]))
+        _paid(
+            record["provider"], models.get(int(stage), record["model"]), tuple(usage["batch"][:3])
+        )
         for stage, usage in record["summary"]["stages"].items()
     )
 
 
-def _paid(model: str, usage: tuple[int, ...]) -> float:
-    batch = pricing.cost(model, usage[0], usage[1], usage[2], estimated=False).batch
+def _paid(provider: str, model: str, usage: tuple[int, ...]) -> float:
+    batch = pricing.cost(model, *usage[:3], estimated=False, provider=provider).batch
     return float("nan") if batch is None else batch
 
 
@@ -1537,7 +1542,7 @@ def preview(
     address = _address(name, client, local)
     salt = _salt(spec, name, address or "", pack)
     ledger = _default_ledger() if address is not None and ledger_path().exists() else None
-    limit = _checks.ContextLimit.of(model, system)
+    limit = _checks.ContextLimit.of(model, system, name)
     with tempfile.TemporaryDirectory(prefix="nbbatch-preview-") as folder:
         if engine:
             rows = _distributed(
@@ -1551,11 +1556,12 @@ def preview(
             )
         est = _estimate(
             rows, spec, ledger, expected_output_tokens=expected_output_tokens, pack=pack,
-            template=prompt,
+            template=prompt, provider=name,
         )  # fmt: skip
         est = _with_later(
-            est, rows, spec, models[1:], expected_output_tokens=expected_output_tokens
-        )
+            est, rows, spec, models[1:], expected_output_tokens=expected_output_tokens,
+            provider=name,
+        )  # fmt: skip
         ids, prompts = rows.head(n * (pack or 1))
         rows.discard()
     if pack:  # the first packed requests, as they will be sent

@@ -174,11 +174,12 @@ class ContextLimit:
     system_chars: int = 0
 
     @classmethod
-    def of(cls, model: str, system: str | None) -> ContextLimit | None:
-        """The limit of ``model`` (None when nbbatch does not know its window)."""
+    def of(cls, model: str, system: str | None, provider: str | None = None) -> ContextLimit | None:
+        """The limit of ``model`` at ``provider`` (None when nbbatch does not know its
+        window)."""
         from . import pricing
 
-        window = pricing.context_window(model)
+        window = pricing.context_window(model, provider)
         return None if window is None else cls(model, window, len(system or ""))
 
     def tokens_of(self, prompts: pa.Array | pa.ChunkedArray) -> np.ndarray:

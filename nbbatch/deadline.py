@@ -155,7 +155,9 @@ def _send_now(ctx: JobContext, state: rowstore.RowState, positions: np.ndarray) 
         )  # fmt: skip
         for i, column in enumerate(("input_tokens", "output_tokens")):
             tokens[i] += int(pc.sum(pc.fill_null(table.column(column), 0)).as_py() or 0)
-    cost = pricing.cost(ctx.model, int(tokens[0]), int(tokens[1]), estimated=False)
+    cost = pricing.cost(
+        ctx.model, int(tokens[0]), int(tokens[1]), estimated=False, provider=ctx.provider_name
+    )
     if cost.batch is not None and cost.realtime is not None:
         paid, other = (cost.batch, cost.realtime) if flex else (cost.realtime, cost.batch)
         ctx.warn(

@@ -278,6 +278,8 @@ class Estimate:
     # What ``deadline=``/``on_deadline=`` would do, and what it could cost (see
     # :func:`deadline_note`); empty without a deadline.
     deadline: str = ""
+    # The provider it is priced at (see nbbatch.pricing.rates_for); None: by the model.
+    provider: str | None = None
 
     @property
     def saving(self) -> float | None:
@@ -340,7 +342,7 @@ class Estimate:
 
     def _prices(self) -> str:
         """Where the prices come from, and whether the batch price is the 50% rule."""
-        rates = pricing.rates(self.model)
+        rates = pricing.rates_for(self.provider, self.model)
         if rates is None:
             return f"{pricing.source()}, which does not know {self.model!r}"
         if rates.batch_rule:
@@ -408,8 +410,10 @@ def estimate(
     endpoint: str | None = None,
     note: str = "",
     cache_system: bool = False,
+    provider: str | None = None,
 ) -> Estimate:
-    """Estimate the tokens and cost of sending one request per prompt to ``model``.
+    """Estimate the tokens and cost of sending one request per prompt to ``model`` (at
+    ``provider``, which prices it: :func:`nbbatch.pricing.rates_for`).
 
     ``note`` says how the job's rows became these prompts (shown in the summary).
 
@@ -448,6 +452,7 @@ def estimate(
             cached,
             cache_write_tokens=written,
             estimated=True,
+            provider=provider,
         ),
         method=method,
         output_basis=basis,
@@ -456,6 +461,7 @@ def estimate(
         cached_tokens=cached,
         cache_write_tokens=written,
         cache_basis=cache_basis,
+        provider=provider,
     )
 
 
@@ -540,6 +546,7 @@ def combine(parts: list[Estimate], note: str = "") -> Estimate:
             cached,
             cache_write_tokens=written,
             estimated=True,
+            provider=first.provider,
         ),  # fmt: skip
         method=first.method,
         output_basis=first.output_basis,
@@ -548,6 +555,7 @@ def combine(parts: list[Estimate], note: str = "") -> Estimate:
         cached_tokens=cached,
         cache_write_tokens=written,
         cache_basis=first.cache_basis,
+        provider=first.provider,
     )
 
 

@@ -38,7 +38,6 @@ from . import panelview as view
 from ._errors import MergeError
 from .columns import Role
 from .console import in_notebook
-from .providers.base import is_embeddings
 from .snapshot import JobSnapshot
 
 if TYPE_CHECKING:
@@ -48,11 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nbbatch")
 
-#: Output tokens per row assumed for the cost estimate when ``max_tokens`` is not set
-#: (a short answer: a label, a sentence or a few extracted fields).
-OUTPUT_TOKENS_GUESS = 100
-#: Characters per token assumed for the cost estimate before usage is reported.
-CHARS_PER_TOKEN = 4
 #: Rows the end-of-job preview shows: up to PREVIEW_FAILED_ROWS that did not succeed,
 #: then the first others. A panel stays a panel: ``job.merge()`` has every row.
 PREVIEW_ROWS = 5
@@ -101,7 +95,6 @@ class JobPanel:
         self.display_id: str | None = None  # the output this panel keeps up to date
         self._saved: tuple[Any, ...] | None = None  # the state that output last got
         self._saved_at = 0.0
-        self.estimate = self._estimate_cost()  # once per panel, not per poll
         self._build_texts()
         self._build_buttons()
         self._build_tables()
@@ -336,7 +329,6 @@ class JobPanel:
         """What the widgets show for ``snap`` (see :func:`nbbatch.panelview.panel_values`)."""
         return view.panel_values(
             snap,
-            self.estimate,
             at_most=self.job.spec.max_tokens is not None,
             polling_active=self.job.polling_active,
             confirming=self._confirming,
@@ -347,23 +339,10 @@ class JobPanel:
     bar_style = staticmethod(view.bar_style)
 
     # -- cost -------------------------------------------------------------------------------
-    def _estimate_cost(self) -> tuple[pricing.Cost, int, int]:
-        """The whole job's cost before usage is known: input tokens ~ prompt characters
-        / 4 (plus the system prompt per row), output tokens = ``max_tokens`` per row
-        (an upper bound) or :data:`OUTPUT_TOKENS_GUESS`; none for embeddings."""
-        spec = self.job.spec
-        n, chars = self.job.prompt_chars()
-        chars += n * len(spec.system or "")
-        tokens_in = -(-chars // CHARS_PER_TOKEN)
-        per_row = 0 if is_embeddings(spec.endpoint) else spec.max_tokens
-        tokens_out = n * (OUTPUT_TOKENS_GUESS if per_row is None else per_row)
-        est = pricing.cost(spec.model, tokens_in, tokens_out, estimated=True)
-        return est, tokens_in, tokens_out
-
     def cost_figures(self, snap: JobSnapshot) -> tuple[pricing.Cost, int, int]:
         """(cost, input tokens, output tokens) to show for ``snap`` (see
         :func:`nbbatch.panelview.cost_figures`)."""
-        return view.cost_figures(snap, self.estimate)
+        return view.cost_figures(snap)
 
     # -- tables -----------------------------------------------------------------------------
     def _preview_output(self) -> dict[str, Any]:
@@ -499,7 +478,6 @@ class JobPanel:
         with self._lock:
             self._unsubscribe()
             self.job = job
-            self.estimate = self._estimate_cost()
             self._unsubscribe = job.subscribe(self.render)
 
     def _ensure_polling(self) -> None:

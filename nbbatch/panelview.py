@@ -1,7 +1,7 @@
 """What the notebook panel shows, as plain values: one pure function of a snapshot.
 
 :func:`panel_values` turns a :class:`~nbbatch.snapshot.JobSnapshot` (and the few things
-the panel itself knows: its cost estimate, whether a poller runs, which buttons were
+the panel itself knows: whether a poller runs, which buttons were
 pressed) into :class:`PanelValues`, the HTML and the button states of every part. It
 needs no kernel and no widget, so tests call it directly; :class:`nbbatch.panel.JobPanel`
 only copies the values onto its widgets. :func:`plain_text` and :func:`static_html` are
@@ -164,29 +164,17 @@ def timing_html(snap: JobSnapshot, *, polling_active: bool) -> str:
     return f'<div style="{MUTED}{FONT}">{" &middot; ".join(parts)}</div>'
 
 
-def cost_figures(snap: JobSnapshot, estimate: Estimate) -> Estimate:
-    """(cost, input tokens, output tokens) to show for ``snap``.
-
-    Snapshots that carry a ``cost`` (reported usage plus an estimate for pending rows)
-    are shown as they are; otherwise the panel's own whole-job estimate is shown until
-    the job ends, then the reported usage.
-    """
+def cost_figures(snap: JobSnapshot) -> Estimate:
+    """(cost, input tokens, output tokens) to show for ``snap``: its own figures
+    (reported usage plus the estimate for pending rows, priced by provider and model in
+    one place, :func:`nbbatch.pricing.rates_for`)."""
     pending_in = int(getattr(snap, "pending_input_tokens", 0))
     pending_out = int(getattr(snap, "pending_output_tokens", 0))
-    cost = getattr(snap, "cost", None)
-    if isinstance(cost, pricing.Cost):
-        return cost, snap.input_tokens + pending_in, snap.output_tokens + pending_out
-    if snap.finished and snap.input_tokens + snap.output_tokens:
-        real = pricing.cost(
-            snap.model, snap.input_tokens, snap.output_tokens, snap.cached_tokens,
-            estimated=False,
-        )  # fmt: skip
-        return real, snap.input_tokens, snap.output_tokens
-    return estimate
+    return snap.cost, snap.input_tokens + pending_in, snap.output_tokens + pending_out
 
 
-def cost_html(snap: JobSnapshot, estimate: Estimate, *, at_most: bool) -> str:
-    cost, tokens_in, tokens_out = cost_figures(snap, estimate)
+def cost_html(snap: JobSnapshot, *, at_most: bool) -> str:
+    cost, tokens_in, tokens_out = cost_figures(snap)
     label = f'<span style="{MUTED}">Cost:</span> '
     prices = f' <span style="{MUTED}">&middot; prices: {esc(pricing.source())}</span>'
     if cost.batch is None:
@@ -430,15 +418,14 @@ class PanelValues:
 
 def panel_values(
     snap: JobSnapshot,
-    estimate: Estimate,
     *,
     at_most: bool = False,
     polling_active: bool = False,
     confirming: bool = False,
     showing_failed: bool = False,
 ) -> PanelValues:
-    """The panel's values for ``snap``: ``estimate`` is the whole job's cost before usage
-    is known (``at_most``: an upper bound, ``max_tokens`` was set), ``polling_active``
+    """The panel's values for ``snap`` (its cost is the snapshot's; ``at_most``: an
+    upper bound, ``max_tokens`` was set), ``polling_active``
     whether a background poller runs, ``confirming`` and ``showing_failed`` the state
     of the Cancel and Show failed rows buttons."""
     c = snap.counts
@@ -453,7 +440,7 @@ def panel_values(
         counts=counts_html(snap),
         batches=batches_html(snap),
         timing=timing_html(snap, polling_active=polling_active),
-        cost=cost_html(snap, estimate, at_most=at_most),
+        cost=cost_html(snap, at_most=at_most),
         error=error_html(snap),
         summary=summary_html(snap) if snap.finished else "",
         cancel_disabled=snap.finished or confirming,

@@ -448,7 +448,9 @@ def pilot(
                 for c in ("input_tokens", "output_tokens", "cached_tokens")
             )
             used = ins + outs
-            priced = pricing.cost(s.model, ins, outs, cached, estimated=False).batch
+            priced = pricing.cost(
+                s.model, ins, outs, cached, estimated=False, provider=job.provider
+            ).batch
             runs.append(_Run(s, out, job, job.cost.batch, took, max_requests, used, priced))
 
     fields = _fields(runs[0].out, sample, output)

@@ -26,6 +26,7 @@ import datetime as _dt
 import math
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -105,25 +106,62 @@ set = set_price  # noqa: A001 - the name users reach for, inside this module onl
 
 
 def rates(model: str) -> Rates | None:
-    """``model``'s prices (yours from :func:`set_price` first), or None when unknown.
+    """``model``'s prices (yours from :func:`set_price` first), or None when unknown,
+    the provider guessed from the model's name: :func:`rates_for` when it is known."""
+    return rates_for(None, model)
+
+
+def rates_for(provider: str | None, model: str) -> Rates | None:
+    """The prices of ``model`` at provider ``provider`` (a registered name; None: by the
+    model's name), or None when unknown: the one look-up every estimate, snapshot and
+    view uses. The provider's class says which genai-prices table prices it
+    (:attr:`~nbbatch.providers.base.Provider.prices_provider`) and which model a name
+    stands for (:meth:`~nbbatch.providers.base.Provider.base_model`: an Azure
+    deployment is priced as its model). Yours from :func:`set_price` come first, under
+    the name given or the model it stands for.
 
     A dated snapshot (``gpt-4o-mini-2024-07-18``) has its model's price when the data
     does not list it by itself; a name that merely starts like a known model
     (``gpt-4o-mni``) is unknown.
     """
-    model = model.removeprefix("models/")  # Gemini's resource name of a model
-    for name in (model, _SNAPSHOT.sub("", model)):
-        if name in _OVERRIDES:
-            return _OVERRIDES[name]
-    found = _from_data(model)
-    if found is None and _SNAPSHOT.search(model):
-        found = _from_data(_SNAPSHOT.sub("", model))
+    table, base = _table_of(provider, model)
+    for given in dict.fromkeys((model.removeprefix("models/"), base)):
+        for name in (given, _SNAPSHOT.sub("", given)):
+            if name in _OVERRIDES:
+                return _OVERRIDES[name]
+    found = _from_data(base, table)
+    if found is None and _SNAPSHOT.search(base):
+        found = _from_data(_SNAPSHOT.sub("", base), table)
     return found
 
 
-def price_of(model: str) -> tuple[float, float, float] | None:
+#: (provider name, model) -> (genai-prices provider id, the model it stands for), or
+#: None for an unknown name: the provider registry's answer (nbbatch.providers sets it
+#: on import, so that pricing imports nothing of it).
+_Registry = Callable[[str, str], "tuple[str | None, str] | None"]
+_registry: list[_Registry] = []
+
+
+def use_registry(lookup: _Registry) -> None:
+    """Ask ``lookup`` which genai-prices table prices a provider's model, and which model
+    a name stands for (the provider registry calls this once)."""
+    _registry[:] = [lookup]
+
+
+def _table_of(provider: str | None, model: str) -> tuple[str | None, str]:
+    """(genai-prices provider id, model name to look up) for ``model`` at ``provider``."""
+    found = _registry[0](provider, model) if provider is not None and _registry else None
+    if found is not None:
+        table, base = found
+        base = base.removeprefix("models/")
+        return table or _provider_id(base), base
+    model = model.removeprefix("models/")  # Gemini's resource name of a model
+    return _provider_id(model), model
+
+
+def price_of(model: str, provider: str | None = None) -> tuple[float, float, float] | None:
     """(input, cached input, output) real-time dollars per million tokens, or None."""
-    r = rates(model)
+    r = rates_for(provider, model)
     return None if r is None else (r.input, r.cached_input, r.output)
 
 
@@ -144,24 +182,25 @@ _EMBEDDING_WINDOWS = {
 }
 
 
-def context_window(model: str) -> int | None:
-    """The most tokens a request to ``model`` may hold (its context window), from
-    genai-prices' data (a dated snapshot as its model), or None when unknown."""
-    model = model.removeprefix("models/")
+def context_window(model: str, provider: str | None = None) -> int | None:
+    """The most tokens a request to ``model`` (at ``provider``, see :func:`rates_for`)
+    may hold (its context window), from genai-prices' data (a dated snapshot as its
+    model), or None when unknown."""
+    table, model = _table_of(provider, model)
     for name in (model, _SNAPSHOT.sub("", model)):
         if name in _EMBEDDING_WINDOWS:
             return _EMBEDDING_WINDOWS[name]
         with _LOCK:
-            window = _window_cached(name, id(_snapshot()))
+            window = _window_cached(name, table, id(_snapshot()))
         if window is not None:
             return window
     return None
 
 
 @cache
-def _window_cached(model: str, snapshot_id: int) -> int | None:
+def _window_cached(model: str, table: str | None, snapshot_id: int) -> int | None:
     try:
-        _, info = _snapshot().find_provider_model(model, None, _provider_id(model), None)
+        _, info = _snapshot().find_provider_model(model, None, table, None)
     except LookupError:
         return None
     window = getattr(info, "context_window", None)
@@ -227,11 +266,12 @@ def cost(
     *,
     cache_write_tokens: int = 0,
     estimated: bool,
+    provider: str | None = None,
 ) -> Cost:
-    """The cost of this many tokens on ``model``: ``input_tokens`` counts every input
-    token, of which ``cached_tokens`` were read from the prompt cache and
-    ``cache_write_tokens`` written to it."""
-    r = rates(model)
+    """The cost of this many tokens on ``model`` at ``provider`` (see :func:`rates_for`):
+    ``input_tokens`` counts every input token, of which ``cached_tokens`` were read from
+    the prompt cache and ``cache_write_tokens`` written to it."""
+    r = rates_for(provider, model)
     if r is None:
         return Cost(None, None, estimated)
     fresh = max(0, input_tokens - cached_tokens - cache_write_tokens)
@@ -263,10 +303,10 @@ def _snapshot() -> Any:
 
 
 @cache
-def _from_data_cached(model: str, snapshot_id: int) -> Rates | None:
+def _from_data_cached(model: str, table: str | None, snapshot_id: int) -> Rates | None:
     snapshot = _snapshot()
     try:
-        _, info = snapshot.find_provider_model(model, None, _provider_id(model), None)
+        _, info = snapshot.find_provider_model(model, None, table, None)
     except LookupError:
         return None
     now = _dt.datetime.now(_dt.UTC)
@@ -296,9 +336,9 @@ def _from_data_cached(model: str, snapshot_id: int) -> Rates | None:
     return Rates(p_in, p_read, p_write, p_out, b_in, b_read, b_write, b_out, _data_source(), rule)
 
 
-def _from_data(model: str) -> Rates | None:
+def _from_data(model: str, table: str | None) -> Rates | None:
     with _LOCK:
-        return _from_data_cached(model, id(_snapshot()))
+        return _from_data_cached(model, table, id(_snapshot()))
 
 
 def _rate(prices: Any, key: str) -> float | None:

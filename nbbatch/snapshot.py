@@ -87,20 +87,25 @@ class StageView:
     pending_input_tokens: int = 0
     pending_output_tokens: int = 0
 
-    def cost(self, finished: bool) -> Cost:
-        """This stage on its model: batch usage plus pending estimate, and what the
-        real-time fallback paid at full price."""
+    def cost(self, finished: bool, provider: str | None = None) -> Cost:
+        """This stage on its model (at ``provider``): batch usage plus pending estimate,
+        and what the real-time fallback paid at full price."""
         actual = pricing.cost(
             self.model,
             self.input_tokens + self.pending_input_tokens,
             self.output_tokens + self.pending_output_tokens,
             self.cached_tokens,
             estimated=not finished,
+            provider=provider,
         )
         if actual.batch is None or actual.realtime is None or not self.realtime_input_tokens:
             return actual
         extra = pricing.cost(
-            self.model, self.realtime_input_tokens, self.realtime_output_tokens, estimated=False
+            self.model,
+            self.realtime_input_tokens,
+            self.realtime_output_tokens,
+            estimated=False,
+            provider=provider,
         )
         assert extra.realtime is not None
         return Cost(actual.batch + extra.realtime, actual.realtime + extra.realtime, not finished)
@@ -204,11 +209,16 @@ class JobSnapshot:
             self.output_tokens + self.pending_output_tokens,
             self.cached_tokens,
             estimated=not self.finished,
+            provider=self.provider,
         )
         if actual.batch is None or actual.realtime is None or not self.realtime:
             return actual
         extra = pricing.cost(
-            self.model, self.realtime_input_tokens, self.realtime_output_tokens, estimated=False
+            self.model,
+            self.realtime_input_tokens,
+            self.realtime_output_tokens,
+            estimated=False,
+            provider=self.provider,
         )
         assert extra.realtime is not None
         # Fallback rows were paid at the real-time price in both columns.
@@ -221,7 +231,7 @@ class JobSnapshot:
         rows answered in earlier jobs paid again): stage 0's tokens per request (every
         sent row went through it), cached share included, for every row it sent."""
         finished = self.finished
-        per = [(s.model, s.cost(finished)) for s in self.stages]
+        per = [(s.model, s.cost(finished, self.provider)) for s in self.stages]
         batch = None if any(c.batch is None for _, c in per) else sum(c.batch or 0 for _, c in per)
         first = self.stages[0]
         last = self.last_model
@@ -236,6 +246,7 @@ class JobSnapshot:
             + first.pending_output_tokens,
             int(first.cached_tokens * scale),
             estimated=not finished,
+            provider=self.provider,
         )
         return Cost(
             batch,

@@ -39,7 +39,18 @@ PRIVATE_READS_ALLOWED = {
     ("*", "._ipython_display_"),
     # The SDKs keep the headers a client was made with only here; an async client's
     # sync twin must send the same ones (default_headers adds the SDK's own).
-    ("nbbatch.providers", "client._custom_headers"),
+    ("nbbatch.providers.openai", "client._custom_headers"),
+    ("nbbatch.providers.anthropic", "client._custom_headers"),
+    ("nbbatch.providers.azure", "client._custom_headers"),
+    # AzureOpenAI keeps its api-version and Entra ID token only here; the sync twin of an
+    # AsyncAzureOpenAI, and the job's recorded address, need them.
+    ("nbbatch.providers.azure", "client._api_version"),
+    ("nbbatch.providers.azure", "client._azure_ad_token"),
+    ("nbbatch.providers.azure", "client._azure_ad_token_provider"),
+    # google.genai.Client keeps its key and HTTP options on its inner API client: a copy
+    # sending through the loopback guard is made from them.
+    ("nbbatch.providers.gemini", "client._api_client"),
+    ("nbbatch.providers.gemini", "inner._http_options"),
     # A Dask DataFrame's empty frame of its columns and dtypes: what Dask's own docs tell
     # map_partitions callers to start their ``meta=`` from.
     ("nbbatch.engines", "data._meta"),

@@ -253,18 +253,22 @@ def test_unknown_model_shows_unknown_price(emu, monkeypatch):
     # Every model the emulator serves has a price: take this one's away.
     from nbbatch import pricing
 
-    monkeypatch.setattr(pricing, "rates", lambda model: None)
+    monkeypatch.setattr(pricing, "rates_for", lambda provider, model: None)
     df = pd.DataFrame({"text": ["a"]})
     job = nb.submit(df, "{text}", model="gpt-4o-mini", client=openai_client(emu), display=False)
     p = JobPanel(job)
     assert "unknown price" in p.cost.value and "$" not in p.cost.value
 
 
-def test_the_estimate_counts_prompt_characters_and_max_tokens(emu):
+def test_the_panel_shows_the_snapshots_own_cost_figures(emu):
+    """No estimator of its own: the panel's cost is the snapshot's, priced once by
+    (provider, model), so the panel, the sidebar and nb.jobs() agree."""
     job = submit(openai_client(emu), ["x" * 400, "y" * 400], max_tokens=50)
-    cost, tokens_in, tokens_out = JobPanel(job).estimate
-    assert cost.estimated and cost.batch is not None and cost.realtime == 2 * cost.batch
-    assert tokens_in == 200 and tokens_out == 100
+    snap = job.snapshot()
+    cost, tokens_in, tokens_out = JobPanel(job).cost_figures(snap)
+    assert cost == snap.cost and cost.estimated and cost.batch is not None
+    assert tokens_in == snap.input_tokens + snap.pending_input_tokens
+    assert tokens_out == snap.output_tokens + snap.pending_output_tokens
     job.wait(timeout=30, progress=False)
 
 
@@ -598,7 +602,6 @@ def test_tints_are_laid_over_the_page_colour_so_stripes_do_not_show_through():
 def test_the_panel_values_are_one_function_of_the_snapshot():
     """What every part of the panel shows, from a snapshot alone: no job, no widget, no
     kernel (the panel only copies these values onto its widgets)."""
-    from nbbatch import pricing
     from nbbatch.panelview import panel_values
 
     base = dict(
@@ -606,9 +609,8 @@ def test_the_panel_values_are_one_function_of_the_snapshot():
         base_url="http://127.0.0.1:9/v1", n_rows=10, batches=(), created=0.0, now=5.0,
     )  # fmt: skip
     zero = {s: 0 for s in ("succeeded", "failed", "expired", "cancelled", "skipped")}
-    estimate = (pricing.cost("gpt-4o-mini", 1000, 500, estimated=True), 1000, 500)
     running = nb.JobSnapshot(counts={**zero, "pending": 10, "total": 10}, status="running", **base)  # type: ignore[arg-type]
-    v = panel_values(running, estimate, confirming=True, at_most=True)
+    v = panel_values(running, confirming=True, at_most=True)
     assert v.bar_state == "info" and 'data-state="info"' in v.progress
     assert "nbbatch job j1" in v.header and "via 127.0.0.1" in v.header
     assert "no provider batch yet" in v.batches
@@ -621,9 +623,9 @@ def test_the_panel_values_are_one_function_of_the_snapshot():
         status="completed",
         counts={**zero, "succeeded": 7, "failed": 3, "pending": 0, "total": 10},
     )
-    v = panel_values(ended, estimate, confirming=True, showing_failed=True)
+    v = panel_values(ended, confirming=True, showing_failed=True)
     assert v.bar_state == "warning" and v.stop_confirming and v.cancel_disabled
     assert v.resubmit_description == "Resubmit failed (3)" and not v.resubmit_disabled
     assert v.showing_failed and v.show_failed_description == "Hide failed rows"
     assert "7 of 10 rows succeeded (3 failed)" in v.summary
-    assert v == panel_values(ended, estimate, confirming=True, showing_failed=True)  # pure
+    assert v == panel_values(ended, confirming=True, showing_failed=True)  # pure

@@ -35,7 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import _anthropic, _anthropic_files, _gemini, _openai
+from . import _anthropic, _anthropic_files, _azure, _gemini, _openai
 from ._identity import IDENTIFY_PATH, identity_proof
 from ._state import Store
 from ._wire import ApiError, JSONResponse, anthropic_error_body, openai_error_body
@@ -231,12 +231,12 @@ def _anthropic_header_problem(path: str, headers: dict[bytes, bytes]) -> tuple[i
 
 
 def _presented_keys(headers: dict[bytes, bytes]) -> list[bytes]:
-    """The API keys a request carries, in any of the three APIs' headers."""
+    """The API keys a request carries, in any of the APIs' headers (Azure's ``api-key``)."""
     keys = []
     auth = headers.get(b"authorization", b"")
     if auth[:7].lower() == b"bearer " and auth[7:].strip():
         keys.append(auth[7:].strip())
-    for name in (b"x-api-key", b"x-goog-api-key"):
+    for name in (b"x-api-key", b"x-goog-api-key", b"api-key"):
         value = headers.get(name, b"").strip()
         if value:
             keys.append(value)
@@ -410,7 +410,7 @@ def build_app(store: Store) -> Starlette:
         ),
     ]
     app = Starlette(
-        routes=[*shared, *_openai.routes, *_anthropic.routes, *_gemini.routes],
+        routes=[*shared, *_openai.routes, *_anthropic.routes, *_gemini.routes, _azure.mount],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash},
     )
     app.state.store = store

@@ -13,32 +13,37 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
+from .. import pricing as _pricing
 from .._errors import ConfigError
 from .base import Provider
 
 #: name -> the provider class, or its ``"module:Class"`` path until first used
 _REGISTRY: dict[str, type[Provider] | str] = {}
-#: name -> default endpoint, known without importing a class registered by path
-_ENDPOINTS: dict[str, str] = {}
 
 
-def register(name: str, cls: type[Provider] | str, *, default_endpoint: str | None = None) -> None:
-    """Make a provider class available under ``name``.
+def register(cls: type[Provider] | str, name: str | None = None) -> None:
+    """Make a provider class available under its :attr:`~Provider.name`.
 
-    ``cls`` is the class, or its ``"module:Class"`` path to import on first use; a path
-    needs ``default_endpoint`` (the class's own), so choosing an endpoint imports nothing.
+    ``register(MyProvider)`` is all a new provider needs: nbbatch reads everything else
+    (label, SDK client types, key and address variables, model names, prices, the
+    emulator's path) from the class. ``cls`` may also be the class's
+    ``"module:Class"`` path, imported on first use (then ``name`` is needed): the
+    built-in ones are registered so, so that ``import nbbatch`` imports no provider.
     """
     if isinstance(cls, str):
-        if default_endpoint is None:
-            raise ValueError("a provider registered by path needs its default_endpoint")
-        _ENDPOINTS[name] = default_endpoint
-    else:
-        _ENDPOINTS[name] = default_endpoint or cls.default_endpoint
-    _REGISTRY[name] = cls
+        if name is None:
+            raise ValueError("a provider registered by path needs its name")
+        _REGISTRY[name] = cls
+        return
+    if not (isinstance(cls, type) and issubclass(cls, Provider)):
+        raise TypeError(f"register() takes a Provider subclass, got {cls!r}")
+    _REGISTRY[name or cls.name] = cls
+    from .._scrub import key_variables
+
+    key_variables(cls.key_variables + cls.token_variables)  # never quoted in a message
 
 
 def provider_class(name: str) -> type[Provider]:
@@ -56,15 +61,20 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def classes() -> list[type[Provider]]:
+    """The registered provider classes, in the order they were registered (their
+    modules import no SDK until used)."""
+    return [provider_class(name) for name in list(_REGISTRY)]
+
+
 def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
     """The provider name to use, and whether it runs on the embedded emulator.
 
     An explicit ``provider`` wins; else the client's SDK decides; else the model name
     (``claude-*`` is Anthropic, ``gemini-*`` Gemini, anything else OpenAI).
     """
-    by_model = by_model_name(model)
     if provider == "local":
-        return by_model, True
+        return by_model_name(model), True
     if provider is not None:
         if provider not in _REGISTRY:
             raise ConfigError(
@@ -73,83 +83,79 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
             )
         return provider, False
     if client is not None:
-        module = type(client).__module__
-        name = _SDK_MODULES.get(module.split(".")[0]) or _SDK_MODULES.get(
-            ".".join(module.split(".")[:2])
-        )
-        if name in _REGISTRY:
-            _check_family(name, client, model)
-            return name, False
-        raise ConfigError(
-            f"client must be an official SDK client (openai.OpenAI, anthropic.Anthropic or "
-            f"google.genai.Client), got {type(client).__name__}."
-        )
-    return by_model, False
+        cls = _class_of_client(client)
+        if cls is None:
+            known = ", ".join(t.replace(":", ".") for c in classes() for t in c.client_types[:1])
+            raise ConfigError(
+                f"client must be an official SDK client ({known}), got {type(client).__name__}."
+            )
+        _check_family(cls, client, model)
+        return cls.name, False
+    return by_model_name(model), False
 
 
-#: The top module of each official SDK's client classes -> the provider it speaks to.
-_SDK_MODULES = {"openai": "openai", "anthropic": "anthropic", "google.genai": "gemini"}
+def _class_of_client(client: Any) -> type[Provider] | None:
+    """The provider whose SDK client ``client`` is: the one naming the most specific of
+    its classes (``AzureOpenAI`` is an ``OpenAI`` too, and Azure's)."""
+    mro = [f"{k.__module__}:{k.__qualname__}" for k in type(client).__mro__]
+    best: tuple[int, type[Provider]] | None = None
+    for cls in classes():
+        if not cls.owns_client(client):
+            continue
+        depth = min((mro.index(t) for t in cls.client_types if t in mro), default=len(mro))
+        if best is None or depth < best[0]:
+            best = (depth, cls)
+    return None if best is None else best[1]
 
-#: The environment variables a provider's API key is read from (kept with the rest of
-#: what decides which key a job may use, in .credentials).
-from .credentials import KEY_VARIABLES as KEY_VARIABLES  # noqa: E402
 
-#: Google's embedding models whose names do not start with ``gemini``.
-_GEMINI_EMBEDDING_MODELS = ("text-embedding-004", "embedding-001")
+def class_of_client(client: Any) -> type[Provider]:
+    """The provider class of SDK client ``client`` (see :func:`infer`)."""
+    cls = _class_of_client(client)
+    if cls is None:
+        raise ConfigError(f"not an official SDK client nbbatch knows: {type(client).__name__}")
+    return cls
 
 
 def by_model_name(model: str) -> str:
-    """The provider a model name belongs to: ``claude-*`` Anthropic, ``gemini-*`` (or
-    ``models/gemini-*``, or Google's ``text-embedding-004``) Gemini, anything else OpenAI."""
-    if model.startswith("claude"):
-        return "anthropic"
-    if model.removeprefix("models/").startswith(("gemini", *_GEMINI_EMBEDDING_MODELS)):
-        return "gemini"
-    return "openai"
+    """The provider a model name belongs to, by the prefixes its class claims
+    (``claude-*`` Anthropic, ``gemini-*`` Gemini, ...); anything else OpenAI."""
+    owner = family_of(model)
+    if owner is not None:
+        return owner
+    return next((c.name for c in classes() if c.claims_unknown_models), "openai")
 
 
 def base_url_of(client: Any) -> str:
     """Where an SDK client sends requests (recorded in the ledger; never a key)."""
-    if hasattr(client, "base_url"):
-        return str(client.base_url)
-    options = getattr(getattr(client, "_api_client", None), "_http_options", None)
-    url = getattr(options, "base_url", None)  # google.genai.Client keeps it there
-    return str(url or "https://generativelanguage.googleapis.com/")
-
-
-#: Model name prefixes that belong to one provider only.
-_FAMILIES = {
-    "anthropic": ("claude",),
-    "gemini": ("gemini-", "models/gemini-", *_GEMINI_EMBEDDING_MODELS),
-    "openai": (
-        *("gpt-", "chatgpt-", "text-embedding-3", "text-embedding-ada"),
-        *("o1", "o3", "o4", "davinci", "babbage"),
-    ),
-}
+    cls = _class_of_client(client)
+    if cls is not None:
+        return cls.address_of(client)
+    return str(client.base_url)
 
 
 def family_of(model: str) -> str | None:
     """The provider whose model names ``model`` looks like (by prefix), or None for a
     name of no known family."""
-    return next((o for o, prefixes in _FAMILIES.items() if model.startswith(prefixes)), None)
+    return next((c.name for c in classes() if c.owns_model(model)), None)
 
 
-def _check_family(name: str, client: Any, model: str) -> None:
+def _check_family(cls: type[Provider], client: Any, model: str) -> None:
     """A model of one provider with the other provider's client is a mistake."""
-    for owner, prefixes in _FAMILIES.items():
-        if owner != name and model.startswith(prefixes):
-            raise ConfigError(
-                f"model {model!r} is a model of {owner}, but the client is "
-                f"{name}.{type(client).__name__}. Pass a client of {owner} (or no client) "
-                f"for this model, or choose a model of {name}; with a proxy that serves "
-                f"{model!r} through the {name} API, say provider={name!r} explicitly.",
-                provider=name,
-            )
+    owner = family_of(model)
+    if owner is not None and owner != cls.name and not cls.owns_model(model):
+        name = cls.name
+        raise ConfigError(
+            f"model {model!r} is a model of {owner}, but the client is "
+            f"{name}.{type(client).__name__}. Pass a client of {owner} (or no client) "
+            f"for this model, or choose a model of {name}; with a proxy that serves "
+            f"{model!r} through the {name} API, say provider={name!r} explicitly.",
+            provider=name,
+        )
 
 
 def default_endpoint(name: str) -> str:
     """The endpoint a provider's requests go to unless ``endpoint=`` says otherwise."""
-    return _ENDPOINTS[name]
+    return provider_class(name).default_endpoint
 
 
 def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
@@ -163,7 +169,7 @@ def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
         client = default_client(name, local=local)
     else:
         remember(credentials.key_of(client))  # never quoted in a message of ours
-    client = sync_client(client)
+    client = cls.sync_client(client)
     # Where the key came from, for the ledger: later polls use only a key meant for
     # this address (see .credentials).
     credential: str | None
@@ -172,25 +178,19 @@ def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     elif given is not None:
         credential = "client"
     else:
-        credential = credentials.env_origin(name)
+        credential = credentials.env_origin(cls.key_variables + cls.token_variables)
     url = base_url_of(client)
     origin = credential
     if not local and credentials.is_loopback(url):
         # Every request checks first that the listener is still the one sent to, and the
         # job is recorded as a loopback one: no environment key is ever sent there later.
-        client, credential = loopback.guard(client, url)
+        client, credential = loopback.guard(client, url, cls.rebind)
     impl = cls(client)
     impl.credential = credential
     impl.key_origin = origin
     return impl
 
 
-#: The environment variable each SDK reads its address from when given none.
-_BASE_URL_VARIABLES = {
-    "openai": "OPENAI_BASE_URL",
-    "anthropic": "ANTHROPIC_BASE_URL",
-    "gemini": "GOOGLE_GEMINI_BASE_URL",
-}
 _CLIENTS: dict[tuple[str, str | None, str | None], Any] = {}
 
 
@@ -208,44 +208,38 @@ def default_client(
     caller chose it (see :mod:`.credentials`). Clients are made once per provider,
     address and key and then reused, so jobs share their connection pools.
     """
+    cls = provider_class(name)
     if local:
         from .. import emulator
         from ..ledger import home
 
-        return _local_client(name, emulator.background(home()), home())
+        return _local_client(cls, emulator.background(home()), home())
     elif token is not None:
         key = None
     elif key is None:
-        variables = KEY_VARIABLES[name]
-        key = next((os.environ[v] for v in variables if os.environ.get(v)), None)
-        if not key and not (name == "anthropic" and os.environ.get("ANTHROPIC_AUTH_TOKEN")):
-            var = " or ".join(variables)
+        key = next((os.environ[v] for v in cls.key_variables if os.environ.get(v)), None)
+        # A bearer token in the environment is read by the SDK itself (Anthropic's).
+        if not key and not any(os.environ.get(v) for v in cls.token_variables):
             raise ConfigError(
-                f"No {name} API key: set {var}, or pass client=... (an official SDK client), "
-                "or use provider='local' to try it free on the embedded emulator.",
+                f"No {cls.label} API key: set {cls.unknown_key()}, or pass client=... (an "
+                "official SDK client), or use provider='local' to try it free on the "
+                "embedded emulator.",
                 provider=name,
             )
     # Without base_url the SDK reads its address from the environment: a client made
     # for one address is never reused for another.
-    where = base_url or os.environ.get(_BASE_URL_VARIABLES[name]) or None
+    variable = cls.base_url_variable
+    where = base_url or (os.environ.get(variable) if variable else None) or None
     cache_key = (name, where, key or (token and f"token:{token}"))
     if cache_key not in _CLIENTS:
-        if name == "openai":
-            import openai
-
-            _CLIENTS[cache_key] = openai.OpenAI(api_key=key, base_url=base_url)
-        elif name == "gemini":
-            _CLIENTS[cache_key] = _gemini_client(key, base_url)
+        if token is not None:
+            _CLIENTS[cache_key] = cls.make_token_client(token=token, base_url=base_url)
         else:
-            import anthropic
-
-            _CLIENTS[cache_key] = anthropic.Anthropic(
-                api_key=key, auth_token=token, base_url=base_url
-            )
+            _CLIENTS[cache_key] = cls.make_client(api_key=key, base_url=base_url)
     return _CLIENTS[cache_key]
 
 
-def _local_client(name: str, emu: Any, where: Path) -> Any:
+def _local_client(cls: type[Provider], emu: Any, where: Path) -> Any:
     """A client for the background emulator of home ``where`` (running as ``emu``).
 
     It holds a placeholder, not the home's key: its guard puts the key on each request
@@ -253,72 +247,49 @@ def _local_client(name: str, emu: Any, where: Path) -> Any:
     the port it answers on now (see .loopback)."""
     from . import credentials, loopback
 
-    cache_key = (name, f"local:{where}", None)
+    cache_key = (cls.name, f"local:{where}", None)
     if cache_key not in _CLIENTS:
-        base_url = {
-            "openai": emu.openai_base_url,
-            "anthropic": emu.anthropic_base_url,
-            "gemini": emu.gemini_base_url,
-        }[name]
-        raw = default_client(name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
-        _CLIENTS[cache_key] = loopback.guarded(raw, loopback.home_check(where), "local")
+        if cls.emulator_prefix is None:
+            raise ConfigError(
+                f"the embedded emulator does not speak {cls.label}: pass client=... aimed "
+                "at the provider.",
+                provider=cls.name,
+            )
+        base_url = emu.url + cls.emulator_prefix
+        raw = default_client(cls.name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
+        check = loopback.home_check(where)
+        _CLIENTS[cache_key] = loopback.guarded(raw, check, "local", cls.rebind)
     return _CLIENTS[cache_key]
 
 
-def _gemini_client(key: str | None, base_url: str | None) -> Any:
-    from google import genai
-    from google.genai import types
-
-    # Unlike the other SDKs, google-genai retries nothing unless asked: retry what the
-    # others retry (429, 5xx, no answer), three attempts in all.
-    retry = types.HttpRetryOptions(attempts=3, initial_delay=0.5, max_delay=8.0)
-    options = types.HttpOptions(base_url=base_url, retry_options=retry)
-    return genai.Client(api_key=key, http_options=options)
-
-
 def sync_client(client: Any) -> Any:
-    """A synchronous client equivalent to ``client`` (nbbatch polls from a thread)."""
-    # An SDK client exists only once its SDK is imported: never import one just to check.
-    openai = sys.modules.get("openai")
-    anthropic = sys.modules.get("anthropic")
-    genai_client = sys.modules.get("google.genai.client")
-    if genai_client is not None and isinstance(client, genai_client.AsyncClient):
-        raise ConfigError(
-            "pass the google.genai.Client itself, not its .aio client: nbbatch polls from a "
-            "thread and uses the synchronous calls.",
-            provider="gemini",
-        )
-    if openai is not None and isinstance(client, openai.AsyncOpenAI):
-        return openai.OpenAI(
-            api_key=client.api_key,
-            organization=client.organization,
-            project=client.project,
-            base_url=client.base_url,
-            timeout=client.timeout,
-            max_retries=client.max_retries,
-            default_headers=client._custom_headers,
-        )
-    if anthropic is not None and isinstance(client, anthropic.AsyncAnthropic):
-        return anthropic.Anthropic(
-            api_key=client.api_key,
-            auth_token=client.auth_token,
-            base_url=client.base_url,
-            timeout=client.timeout,
-            max_retries=client.max_retries,
-            default_headers=client._custom_headers,
-        )
-    return client
+    """A synchronous client equivalent to ``client`` (nbbatch polls from a thread): the
+    provider whose SDK client it is makes it."""
+    cls = _class_of_client(client)
+    return client if cls is None else cls.sync_client(client)
 
 
 def _register_builtin() -> None:
-    # The endpoints repeat the classes' own; a test checks that they agree.
     here = __name__
-    register("openai", f"{here}.openai:OpenAIProvider", default_endpoint="/v1/chat/completions")
-    register("anthropic", f"{here}.anthropic:AnthropicProvider", default_endpoint="/v1/messages")
-    register("gemini", f"{here}.gemini:GeminiProvider", default_endpoint="generateContent")
+    register(f"{here}.openai:OpenAIProvider", "openai")
+    register(f"{here}.anthropic:AnthropicProvider", "anthropic")
+    register(f"{here}.gemini:GeminiProvider", "gemini")
+    register(f"{here}.azure:AzureProvider", "azure")
 
 
 _register_builtin()
+
+
+def _price_table(name: str, model: str) -> tuple[str | None, str] | None:
+    """(genai-prices provider id, model to look up) for ``model`` at provider ``name``,
+    or None for a name not registered (see :func:`nbbatch.pricing.rates_for`)."""
+    if name not in _REGISTRY:
+        return None
+    cls = provider_class(name)
+    return cls.prices_provider, cls.base_model(model)
+
+
+_pricing.use_registry(_price_table)
 
 
 def rebuild_client(record: dict[str, Any], home: Path) -> Any:
@@ -341,7 +312,8 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
         # that asks for client=.
         assert base_url is not None
         raw = default_client(name, base_url=base_url, key=credentials.PLACEHOLDER_KEY)
-        return loopback.for_record(raw, base_url, credential, record["id"])
+        rebind = provider_class(name).rebind
+        return loopback.for_record(raw, base_url, credential, record["id"], rebind)
     if credential and credential.startswith("env:"):
         var = credential.removeprefix("env:")
         value = os.environ.get(var)
@@ -355,12 +327,14 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
             )
         return _client(name, base_url, var, value)
     if credential == "client":
-        same = credentials.env_key_matching(name, record.get("key_hash"), home)
+        variables = provider_class(name).key_variables + provider_class(name).token_variables
+        same = credentials.env_key_matching(variables, record.get("key_hash"), home)
         if same is not None:
             return _client(name, base_url, *same)
     elif credential is None and not credentials.is_loopback(base_url):
         # Recorded before credentials were: the environment's key, at its own address only.
-        origin = credentials.env_origin(name)
+        cls = provider_class(name)
+        origin = credentials.env_origin(cls.key_variables + cls.token_variables)
         if origin is not None:
             var = origin.removeprefix("env:")
             client = _client(name, None, var, os.environ[var])
@@ -371,8 +345,6 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
 
 def _client(name: str, base_url: str | None, var: str, value: str) -> Any:
     """A client sending ``value`` (read from ``var``) to ``base_url``."""
-    from . import credentials
-
-    if var == credentials.ANTHROPIC_TOKEN:
+    if var in provider_class(name).token_variables:
         return default_client(name, base_url=base_url, token=value)
     return default_client(name, base_url=base_url, key=value)

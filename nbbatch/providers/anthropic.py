@@ -7,17 +7,17 @@ kept as the raw bytes received, then normalised with pyarrow's JSON reader.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import pyarrow as pa
 import pyarrow.compute as pc
-from anthropic.types import message_create_params
 
 from .._errors import InputError, ProviderError
 from . import _jsonl, _params
+from ._lazy import lazy_module
 from .base import (
     ROW_RESULT_SCHEMA,
     BatchInfo,
@@ -32,6 +32,11 @@ from .base import (
     sdk_kwargs,
     tier_value,
 )
+
+if TYPE_CHECKING:
+    import anthropic
+else:  # imported on first use: registering the provider imports no SDK
+    anthropic = lazy_module("anthropic")
 
 #: Anthropic requires max_tokens on every request; this is nbbatch's default when the
 #: caller does not set one (enough for a paragraph or a small JSON object).
@@ -62,20 +67,28 @@ OUTPUT_LIMITS: dict[str, int] = {
     "claude-sonnet-4-6": 128_000,
 }
 
+
 #: What a Message Batches request accepts: the SDK's own params type, plus the sampling
-#: parameters the API still takes although the SDK's types no longer declare them.
-PARAMS = _params.Endpoint(
-    "/v1/messages",
-    message_create_params.MessageCreateParamsNonStreaming,
-    owned={
-        "model": "model=",
-        "messages": "the prompt template",
-        "system": "system=",
-        "max_tokens": "max_tokens=",
-    },
-    ranges={"temperature": (0.0, 1.0), "top_p": (0.0, 1.0), "top_k": (1, None)},
-    extra={"temperature": float, "top_p": float, "top_k": int},
-)
+#: parameters the API still takes although the SDK's types no longer declare them (built
+#: on first use, as it needs the SDK).
+@functools.cache
+def endpoint_params() -> _params.Endpoint:
+    """The Message Batches request's :class:`_params.Endpoint`."""
+    from anthropic.types import message_create_params
+
+    return _params.Endpoint(
+        "/v1/messages",
+        message_create_params.MessageCreateParamsNonStreaming,
+        owned={
+            "model": "model=",
+            "messages": "the prompt template",
+            "system": "system=",
+            "max_tokens": "max_tokens=",
+        },
+        ranges={"temperature": (0.0, 1.0), "top_p": (0.0, 1.0), "top_k": (1, None)},
+        extra={"temperature": float, "top_p": float, "top_k": int},
+    )
+
 
 _content = pa.list_(pa.struct([("type", pa.string()), ("text", pa.large_string())]))
 _usage = pa.struct(
@@ -146,13 +159,45 @@ class AnthropicProvider(Provider):
     """The Anthropic Message Batches API."""
 
     name = "anthropic"
+    label = "Anthropic"
     default_endpoint = "/v1/messages"
+    key_variables = ("ANTHROPIC_API_KEY",)
+    token_variables = ("ANTHROPIC_AUTH_TOKEN",)
+    base_url_variable = "ANTHROPIC_BASE_URL"
+    client_types = ("anthropic:Anthropic", "anthropic:AsyncAnthropic")
+    model_prefixes = ("claude",)
+    prices_provider = "anthropic"
+    emulator_prefix = ""
     # The service allows 100,000 requests and 256 MB per batch; keep a margin (the
     # request body also wraps the lines in {"requests": [...]}).
     max_requests = 100_000
     max_bytes = 240 * 1024 * 1024
 
     client: anthropic.Anthropic
+
+    @classmethod
+    def make_client(cls, *, api_key: str | None, base_url: str | None) -> Any:
+        """An ``anthropic.Anthropic`` client."""
+        return anthropic.Anthropic(api_key=api_key, base_url=base_url)
+
+    @classmethod
+    def make_token_client(cls, *, token: str, base_url: str | None) -> Any:
+        """An ``anthropic.Anthropic`` client sending a bearer token."""
+        return anthropic.Anthropic(api_key=None, auth_token=token, base_url=base_url)
+
+    @classmethod
+    def sync_client(cls, client: Any) -> Any:
+        """``anthropic.Anthropic`` with an ``AsyncAnthropic``'s key, address and settings."""
+        if not isinstance(client, anthropic.AsyncAnthropic):
+            return client
+        return anthropic.Anthropic(
+            api_key=client.api_key,
+            auth_token=client.auth_token,
+            base_url=client.base_url,
+            timeout=client.timeout,
+            max_retries=client.max_retries,
+            default_headers=client._custom_headers,
+        )
 
     # The batch queue: requests not yet processed, all models together; a create over
     # it is refused at once with 429 ``rate_limit_error``
@@ -219,7 +264,7 @@ class AnthropicProvider(Provider):
         owned = {}
         if spec.response_format is not None:
             owned = {"output_config": "response_format= (it fills output_config.format)"}
-        _params.check(PARAMS, spec.params, {"temperature": spec.temperature}, owned)
+        _params.check(endpoint_params(), spec.params, {"temperature": spec.temperature}, owned)
         self.check_output_limit(spec)
 
     @classmethod
@@ -227,7 +272,9 @@ class AnthropicProvider(Provider):
         """Over the model's limit the service refuses every row with a 400 ("max_tokens:
         N > L, which is the maximum allowed number of output tokens for ..."); the
         default (:data:`DEFAULT_MAX_TOKENS`) is under every listed limit."""
-        _params.check_output_limit(OUTPUT_LIMITS, "Anthropic", spec.model, spec.max_tokens)
+        _params.check_output_limit(
+            OUTPUT_LIMITS, cls.label, cls.base_model(spec.model), spec.max_tokens
+        )
 
     def find_model(self, model: str) -> bool | list[str] | None:
         """``models.retrieve``, and on a 404 ``models.list`` for the ids there are."""
@@ -236,18 +283,18 @@ class AnthropicProvider(Provider):
             return True
         except anthropic.APIStatusError as exc:
             if exc.status_code not in (404, 405):
-                raise _provider_error(exc, f"looking up model {model!r}") from exc
+                raise _provider_error(exc, f"looking up model {model!r}", type(self)) from exc
         except (anthropic.AnthropicError, ValueError) as exc:
-            raise _provider_error(exc, f"looking up model {model!r}") from exc
+            raise _provider_error(exc, f"looking up model {model!r}", type(self)) from exc
         # A 404 can mean "no such model" or "no such route" (a proxy): the list tells.
         try:
             ids = [m.id for m in self.client.models.list(limit=1000)]
         except anthropic.APIStatusError as exc:
             if exc.status_code in (404, 405):
                 return None
-            raise _provider_error(exc, "listing models") from exc
+            raise _provider_error(exc, "listing models", type(self)) from exc
         except (anthropic.AnthropicError, ValueError) as exc:
-            raise _provider_error(exc, "listing models") from exc
+            raise _provider_error(exc, "listing models", type(self)) from exc
         return True if model in ids else ids
 
     def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
@@ -274,14 +321,14 @@ class AnthropicProvider(Provider):
                 options={"headers": {"Content-Type": "application/json"}},
             )
         except (anthropic.AnthropicError, ValueError) as exc:
-            raise _provider_error(exc, "creating a batch") from exc
+            raise _provider_error(exc, "creating a batch", type(self)) from exc
         return _info(batch)
 
     def retrieve(self, batch_id: str) -> BatchInfo:
         try:
             return _info(self.client.messages.batches.retrieve(batch_id))
         except (anthropic.AnthropicError, ValueError) as exc:
-            raise _provider_error(exc, f"reading batch {batch_id}") from exc
+            raise _provider_error(exc, f"reading batch {batch_id}", type(self)) from exc
 
     def cancel(self, batch_id: str) -> BatchInfo:
         try:
@@ -289,7 +336,7 @@ class AnthropicProvider(Provider):
         except anthropic.BadRequestError:  # already ended: nothing to cancel
             return self.retrieve(batch_id)
         except (anthropic.AnthropicError, ValueError) as exc:
-            raise _provider_error(exc, f"cancelling batch {batch_id}") from exc
+            raise _provider_error(exc, f"cancelling batch {batch_id}", type(self)) from exc
 
     def find_batch(
         self, metadata: dict[str, str], n_requests: int, since: float, known: set[str]
@@ -306,14 +353,14 @@ class AnthropicProvider(Provider):
                     found = info
             return found
         except (anthropic.AnthropicError, ValueError) as exc:
-            raise _provider_error(exc, "looking for an unrecorded batch") from exc
+            raise _provider_error(exc, "looking for an unrecorded batch", type(self)) from exc
 
     def list_batches(self) -> Iterator[BatchInfo]:
         try:
             for batch in self.client.messages.batches.list(limit=100):  # the SDK pages on
                 yield _info(batch)
         except anthropic.AnthropicError as exc:
-            raise _provider_error(exc, "listing batches") from exc
+            raise _provider_error(exc, "listing batches", type(self)) from exc
 
     def delete_batch(self, info: BatchInfo) -> None:
         # DELETE /v1/messages/batches/{id}: an ended batch, its requests and results.
@@ -322,7 +369,7 @@ class AnthropicProvider(Provider):
         except anthropic.NotFoundError:
             return  # deleted already
         except anthropic.AnthropicError as exc:
-            raise _provider_error(exc, f"deleting batch {info.batch_id}") from exc
+            raise _provider_error(exc, f"deleting batch {info.batch_id}", type(self)) from exc
 
     def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
         if not info.raw.get("results_url"):
@@ -337,7 +384,9 @@ class AnthropicProvider(Provider):
             finally:
                 stream.close()
         except (anthropic.AnthropicError, ValueError) as exc:
-            raise _provider_error(exc, f"downloading results of {info.batch_id}") from exc
+            raise _provider_error(
+                exc, f"downloading results of {info.batch_id}", type(self)
+            ) from exc
         return [raw]
 
     def download_results(self, info: BatchInfo, sink: Any, *, max_bytes: int | None) -> None:
@@ -357,7 +406,9 @@ class AnthropicProvider(Provider):
             finally:
                 stream.close()
         except (anthropic.AnthropicError, ValueError) as exc:
-            raise _provider_error(exc, f"downloading results of {info.batch_id}") from exc
+            raise _provider_error(
+                exc, f"downloading results of {info.batch_id}", type(self)
+            ) from exc
 
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
         return parse_lines(raw)
@@ -382,7 +433,9 @@ class AnthropicProvider(Provider):
                 if isinstance(exc, anthropic.APITimeoutError)
                 else "api_connection_error"
             )
-            return _realtime_row(custom_id, error=(kind, f"could not reach Anthropic: {exc}", True))
+            return _realtime_row(
+                custom_id, error=(kind, f"could not reach {self.label}: {exc}", True)
+            )
         usage = reply.usage
         read = usage.cache_read_input_tokens or 0
         created = usage.cache_creation_input_tokens or 0
@@ -449,13 +502,15 @@ def _info(batch: Any) -> BatchInfo:
     )
 
 
-def _provider_error(exc: anthropic.AnthropicError | ValueError, doing: str) -> ProviderError:
+def _provider_error(
+    exc: anthropic.AnthropicError | ValueError, doing: str, cls: type[Provider] = AnthropicProvider
+) -> ProviderError:
     return sdk_error(
         exc,
         doing,
-        provider="anthropic",
-        label="Anthropic",
-        key_variable="ANTHROPIC_API_KEY",
+        provider=cls.name,
+        label=cls.label,
+        key_variable=cls.unknown_key(),
         unreachable=isinstance(exc, anthropic.APIConnectionError),
         bad_key=isinstance(exc, anthropic.AuthenticationError),
     )

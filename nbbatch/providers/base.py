@@ -208,8 +208,29 @@ _BATCH_ID = re.compile(r"[A-Za-z0-9_\-:][A-Za-z0-9_.\-:]{0,199}")
 class Provider(ABC):
     """One batch API, spoken through its official SDK."""
 
+    #: The registry name (``provider="..."``, recorded with every job).
     name: ClassVar[str]
+    #: The name people know it by, in messages ("OpenAI", "Azure OpenAI").
+    label: ClassVar[str] = ""
     default_endpoint: ClassVar[str]
+    #: The environment variables its API key is read from, first set wins.
+    key_variables: ClassVar[tuple[str, ...]] = ()
+    #: Further variables holding a bearer token instead of a key (Anthropic's).
+    token_variables: ClassVar[tuple[str, ...]] = ()
+    #: The environment variable its SDK reads its address from when given none.
+    base_url_variable: ClassVar[str | None] = None
+    #: ``"module:Class"`` of the SDK clients that speak to it, matched against a client's
+    #: class and its bases by name, so that no SDK is imported to recognise one.
+    client_types: ClassVar[tuple[str, ...]] = ()
+    #: Model names that belong to it alone (by prefix).
+    model_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: Whether a model name no provider claims by prefix is this provider's (OpenAI's).
+    claims_unknown_models: ClassVar[bool] = False
+    #: The genai-prices provider id its prices are read from (None: by the model alone).
+    prices_provider: ClassVar[str | None] = None
+    #: The path under the embedded emulator's address where its variant is served, or
+    #: None when the emulator does not speak it.
+    emulator_prefix: ClassVar[str | None] = None
     #: the provider's limits per batch, less a safety margin
     max_requests: ClassVar[int]
     max_bytes: ClassVar[int]
@@ -231,6 +252,52 @@ class Provider(ABC):
 
     def __init__(self, client: Any) -> None:
         self.client = client  # the official SDK client every call goes through
+
+    # -- identity: what nbbatch needs to know of a provider before it has a client -----
+    @classmethod
+    def make_client(cls, *, api_key: str | None, base_url: str | None) -> Any:
+        """The official SDK client for ``api_key`` at ``base_url`` (None: the SDK's
+        default, which may come from :attr:`base_url_variable`)."""
+        raise NotImplementedError(f"{cls.__name__} cannot make a client: pass client=...")
+
+    @classmethod
+    def make_token_client(cls, *, token: str, base_url: str | None) -> Any:
+        """A client authenticating with a bearer ``token`` (from :attr:`token_variables`)."""
+        raise NotImplementedError(f"{cls.__name__} takes no bearer token")
+
+    @classmethod
+    def sync_client(cls, client: Any) -> Any:
+        """A synchronous client equivalent to ``client`` (nbbatch polls from a thread);
+        by default ``client`` itself."""
+        return client
+
+    @classmethod
+    def rebind(cls, client: Any, http_client: Any) -> Any:
+        """A copy of ``client`` that sends through ``http_client`` (the loopback guard's)."""
+        return client.with_options(http_client=http_client)
+
+    @classmethod
+    def owns_client(cls, client: Any) -> bool:
+        """Whether ``client`` is one of :attr:`client_types` (or a subclass of one)."""
+        names = {f"{k.__module__}:{k.__qualname__}" for k in type(client).__mro__}
+        return any(t in names for t in cls.client_types)
+
+    @classmethod
+    def owns_model(cls, model: str) -> bool:
+        """Whether ``model`` is named like one of this provider's own models."""
+        return bool(cls.model_prefixes) and model.startswith(cls.model_prefixes)
+
+    @classmethod
+    def base_model(cls, model: str) -> str:
+        """The model ``model`` stands for (an Azure deployment, an alias): what prices,
+        limits and context windows are looked up by. By default ``model`` itself."""
+        return model
+
+    @classmethod
+    def unknown_key(cls) -> str:
+        """How to give a key, for a message: the variables, or client=."""
+        variables = cls.key_variables + cls.token_variables
+        return " or ".join(variables) if variables else "the client's key"
 
     def quota_refusal(
         self, *, info: BatchInfo | None = None, error: BaseException | None = None
@@ -260,7 +327,13 @@ class Provider(ABC):
     @property
     def base_url(self) -> str:
         """Where the client sends requests (recorded in the ledger; never a key)."""
-        return str(self.client.base_url)
+        return type(self).address_of(self.client)
+
+    @classmethod
+    def address_of(cls, client: Any) -> str:
+        """Where SDK ``client`` sends requests, as recorded with a job (never a key):
+        enough, with the key, for :meth:`make_client` to make the same client again."""
+        return str(client.base_url)
 
     def validate(self, spec: RequestSpec) -> None:
         """Raise :class:`~nbbatch.InputError` when the provider would refuse ``spec``'s

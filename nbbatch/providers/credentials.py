@@ -39,14 +39,6 @@ SECRET_FILE = "credential.secret"
 #: Anthropic's SDK also authenticates with a bearer token from this variable.
 ANTHROPIC_TOKEN = "ANTHROPIC_AUTH_TOKEN"
 
-#: The environment variables a provider's API key is read from, first found wins (the
-#: google-genai SDK itself prefers GOOGLE_API_KEY when both are set).
-KEY_VARIABLES = {
-    "openai": ("OPENAI_API_KEY",),
-    "anthropic": ("ANTHROPIC_API_KEY",),
-    "gemini": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
-}
-
 
 def is_loopback(url: str | None) -> bool:
     """Whether ``url`` names this machine's loopback interface."""
@@ -61,10 +53,9 @@ def key_of(client: Any) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
-def env_origin(name: str) -> str | None:
+def env_origin(variables: tuple[str, ...]) -> str | None:
     """``env:VAR`` for the variable a client built from the environment takes its key
     from (the first set of the provider's variables), or None when none is set."""
-    variables = KEY_VARIABLES[name] + ((ANTHROPIC_TOKEN,) if name == "anthropic" else ())
     var = next((v for v in variables if os.environ.get(v)), None)
     return None if var is None else f"env:{var}"
 
@@ -114,11 +105,12 @@ def needs_client(record: dict[str, Any]) -> str:
     )
 
 
-def env_key_matching(name: str, key_hash: str | None, home: Path) -> tuple[str, str] | None:
+def env_key_matching(
+    variables: tuple[str, ...], key_hash: str | None, home: Path
+) -> tuple[str, str] | None:
     """(variable, key) of an environment key whose keyed hash is ``key_hash``."""
     if not key_hash:
         return None
-    variables = KEY_VARIABLES[name] + ((ANTHROPIC_TOKEN,) if name == "anthropic" else ())
     for var in variables:
         value = os.environ.get(var)
         if value and hmac.compare_digest(fingerprint(value, home), key_hash):

@@ -18,23 +18,22 @@ operation's ``batchStats`` (progress) and its ``error`` (why a batch failed). Se
 from __future__ import annotations
 
 import difflib
+import functools
 import io
 import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pydantic
-from google import genai
-from google.genai import errors as genai_errors
-from google.genai import types
 
 from .._errors import ConfigError, InputError, ProviderError
 from . import _jsonl
+from ._lazy import lazy_module
 from .base import (
     ROW_RESULT_SCHEMA,
     BatchInfo,
@@ -50,6 +49,15 @@ from .base import (
     tier_row,
     tier_value,
 )
+
+if TYPE_CHECKING:
+    from google import genai
+    from google.genai import errors as genai_errors
+    from google.genai import types
+else:  # imported on first use: registering the provider imports no SDK
+    genai = lazy_module("google.genai")
+    genai_errors = lazy_module("google.genai.errors")
+    types = lazy_module("google.genai.types")
 
 #: The default endpoint: text replies (``batches.create``, ``models/M:batchGenerateContent``).
 ENDPOINT = "generateContent"
@@ -160,13 +168,68 @@ class GeminiProvider(Provider):
     """Gemini Batch Mode (the Gemini Developer API, not Vertex AI)."""
 
     name = "gemini"
+    label = "Gemini"
     default_endpoint = ENDPOINT
+    # The google-genai SDK itself prefers GOOGLE_API_KEY when both are set.
+    key_variables = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
+    base_url_variable = "GOOGLE_GEMINI_BASE_URL"
+    client_types = ("google.genai.client:Client",)
+    # Google's embedding models whose names do not start with ``gemini``, too.
+    model_prefixes = ("gemini", "text-embedding-004", "embedding-001")
+    prices_provider = "google"
+    emulator_prefix = "/gemini"
     # A batch input file may be up to 2 GB; keep a margin. The docs give no request-count
     # limit (only enqueued tokens per model): 100,000 keeps a chunk's memory bounded.
     max_requests = 100_000
     max_bytes = 1_900 * 1024 * 1024
 
     client: genai.Client
+
+    @classmethod
+    def make_client(cls, *, api_key: str | None, base_url: str | None) -> Any:
+        """A ``google.genai.Client`` that retries what the other SDKs retry."""
+        # Unlike the other SDKs, google-genai retries nothing unless asked: retry what
+        # the others retry (429, 5xx, no answer), three attempts in all.
+        retry = types.HttpRetryOptions(attempts=3, initial_delay=0.5, max_delay=8.0)
+        options = types.HttpOptions(base_url=base_url, retry_options=retry)
+        return genai.Client(api_key=api_key, http_options=options)
+
+    @classmethod
+    def sync_client(cls, client: Any) -> Any:
+        """The client itself; its ``.aio`` client is refused (nbbatch polls from a thread)."""
+        if type(client).__name__ == "AsyncClient" and type(client).__module__.startswith(
+            "google.genai"
+        ):
+            raise ConfigError(
+                "pass the google.genai.Client itself, not its .aio client: nbbatch polls "
+                "from a thread and uses the synchronous calls.",
+                provider="gemini",
+            )
+        return client
+
+    @classmethod
+    def rebind(cls, client: Any, http_client: Any) -> Any:
+        """A new ``genai.Client`` with the same key and options (it has no with_options)."""
+        inner = client._api_client
+        options = inner._http_options.model_copy(update={"httpx_client": http_client})
+        return genai.Client(api_key=inner.api_key, http_options=options)
+
+    @classmethod
+    def address_of(cls, client: Any) -> str:
+        """google.genai.Client keeps its address in its API client's options."""
+        options = getattr(getattr(client, "_api_client", None), "_http_options", None)
+        url = getattr(options, "base_url", None)
+        return str(url or "https://generativelanguage.googleapis.com/")
+
+    @classmethod
+    def owns_model(cls, model: str) -> bool:
+        """``gemini-*``, also as ``models/gemini-*``, and Google's embedding models."""
+        return model.removeprefix("models/").startswith(cls.model_prefixes)
+
+    @classmethod
+    def owns_client(cls, client: Any) -> bool:
+        """A ``google.genai.Client``, or its ``.aio`` client (refused by sync_client)."""
+        return type(client).__module__.startswith("google.genai")
 
     # The batch queue: input tokens of the active batch jobs, per model; a create over
     # it is refused at once with 429 RESOURCE_EXHAUSTED, which states no limit (as
@@ -199,18 +262,11 @@ class GeminiProvider(Provider):
             )
         super().__init__(client)
 
-    @property
-    def base_url(self) -> str:
-        """Where the client sends requests (never a key)."""
-        from . import base_url_of
-
-        return base_url_of(self.client)
-
     # -- requests --------------------------------------------------------------------------
     def generation_config(self, spec: RequestSpec) -> dict[str, Any]:
         """The generationConfig fields (snake_case, as the SDK's types name them)."""
         config: dict[str, Any] = {
-            k: v for k, v in spec.params.items() if k not in REQUEST_FIELDS and k in _GEN_FIELDS
+            k: v for k, v in spec.params.items() if k not in REQUEST_FIELDS and k in _gen_fields()
         }
         if spec.max_tokens is not None:
             config["max_output_tokens"] = spec.max_tokens
@@ -257,8 +313,8 @@ class GeminiProvider(Provider):
                 problems.append("stream is not available in a batch: results are never streamed.")
             elif key in OWNED:
                 problems.append(f"{key!r} is set by nbbatch; use {OWNED[key]} instead.")
-            elif key not in _GEN_FIELDS and key not in REQUEST_FIELDS:
-                known = sorted(_GEN_FIELDS | set(REQUEST_FIELDS))
+            elif key not in _gen_fields() and key not in REQUEST_FIELDS:
+                known = sorted(_gen_fields() | set(REQUEST_FIELDS))
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = ""
                 if close:
@@ -299,17 +355,17 @@ class GeminiProvider(Provider):
             return True
         except genai_errors.APIError as exc:
             if exc.code not in (404, 405):
-                raise _provider_error(exc, f"looking up model {model!r}") from exc
+                raise _provider_error(exc, f"looking up model {model!r}", type(self)) from exc
         except Exception as exc:  # transport errors are httpx's, not the SDK's
-            raise _provider_error(exc, f"looking up model {model!r}") from exc
+            raise _provider_error(exc, f"looking up model {model!r}", type(self)) from exc
         try:
             names = [str(m.name).removeprefix("models/") for m in self.client.models.list()]
         except genai_errors.APIError as exc:
             if exc.code in (404, 405):
                 return None
-            raise _provider_error(exc, "listing models") from exc
+            raise _provider_error(exc, "listing models", type(self)) from exc
         except Exception as exc:
-            raise _provider_error(exc, "listing models") from exc
+            raise _provider_error(exc, "listing models", type(self)) from exc
         return True if model.removeprefix("models/") in names else names
 
     def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
@@ -344,7 +400,7 @@ class GeminiProvider(Provider):
         except Exception as exc:
             if _exhausted(exc) and uploaded is not None:
                 self._delete_file(str(uploaded.name))  # refused: its input is of no use
-            raise _provider_error(exc, "creating a batch") from exc
+            raise _provider_error(exc, "creating a batch", type(self)) from exc
         return _info(job)
 
     def _delete_file(self, name: str) -> None:
@@ -358,21 +414,23 @@ class GeminiProvider(Provider):
         # operations.get rather than batches.get: the same GET batches/<id>, read whole
         # (the SDK's BatchJob leaves out batchStats and the error of a failed batch).
         try:
+            from ._gemini_ops import BatchOperation
+
             op = self.client.operations.get(
                 BatchOperation.model_validate({"name": _name(batch_id)})
             )
         except Exception as exc:
-            raise _provider_error(exc, f"reading batch {batch_id}") from exc
-        return op.info()
+            raise _provider_error(exc, f"reading batch {batch_id}", type(self)) from exc
+        return _info(op.job(), (op.metadata or {}).get("batchStats"))
 
     def cancel(self, batch_id: str) -> BatchInfo:
         try:
             self.client.batches.cancel(name=_name(batch_id))  # answers an empty object
         except genai_errors.ClientError as exc:
             if exc.code not in (400, 409):  # already ended: nothing to cancel
-                raise _provider_error(exc, f"cancelling batch {batch_id}") from exc
+                raise _provider_error(exc, f"cancelling batch {batch_id}", type(self)) from exc
         except Exception as exc:
-            raise _provider_error(exc, f"cancelling batch {batch_id}") from exc
+            raise _provider_error(exc, f"cancelling batch {batch_id}", type(self)) from exc
         return self.retrieve(batch_id)
 
     def find_batch(
@@ -389,7 +447,7 @@ class GeminiProvider(Provider):
                 if _id(job) not in known and job.display_name == wanted:
                     return _info(job)
         except Exception as exc:
-            raise _provider_error(exc, "looking for an unrecorded batch") from exc
+            raise _provider_error(exc, "looking for an unrecorded batch", type(self)) from exc
         return None
 
     def list_batches(self) -> Iterator[BatchInfo]:
@@ -397,7 +455,7 @@ class GeminiProvider(Provider):
             for job in self.client.batches.list(config=types.ListBatchJobsConfig(page_size=100)):
                 yield _info(job)
         except Exception as exc:
-            raise _provider_error(exc, "listing batches") from exc
+            raise _provider_error(exc, "listing batches", type(self)) from exc
 
     def delete_batch(self, info: BatchInfo) -> None:
         # batches.delete and files.delete: the batch, its requests file and its
@@ -412,9 +470,9 @@ class GeminiProvider(Provider):
                 delete(name=name)
             except genai_errors.ClientError as exc:
                 if exc.code != 404:  # 404: deleted already
-                    raise _provider_error(exc, f"deleting {name}") from exc
+                    raise _provider_error(exc, f"deleting {name}", type(self)) from exc
             except Exception as exc:
-                raise _provider_error(exc, f"deleting {name}") from exc
+                raise _provider_error(exc, f"deleting {name}", type(self)) from exc
 
     def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
         file_name = (info.raw.get("dest") or {}).get("file_name")
@@ -426,7 +484,7 @@ class GeminiProvider(Provider):
             try:
                 raw = self.client.files.download(file=file_name)
             except Exception as exc:
-                error = _provider_error(exc, f"downloading {file_name}")
+                error = _provider_error(exc, f"downloading {file_name}", type(self))
                 if not error.transient or attempt == DOWNLOAD_ATTEMPTS - 1:
                     raise error from exc
                 time.sleep(0.5 * 2**attempt)
@@ -466,7 +524,7 @@ class GeminiProvider(Provider):
         except Exception as exc:
             if _unreachable(exc):  # no answer: the same request may work later
                 return failure_row(
-                    custom_id, "api_connection_error", f"could not reach Gemini: {exc}", True
+                    custom_id, "api_connection_error", f"could not reach {self.label}: {exc}", True
                 )
             # The SDK refused the request or the reply locally (its own checks).
             return failure_row(custom_id, "sdk_error", f"{type(exc).__name__}: {exc}", False)
@@ -491,7 +549,12 @@ class GeminiProvider(Provider):
         )
 
 
-_GEN_FIELDS = frozenset(types.GenerationConfig.model_fields)
+@functools.cache
+def _gen_fields() -> frozenset[str]:
+    """The fields of the SDK's GenerationConfig (read on first use: it needs the SDK)."""
+    return frozenset(types.GenerationConfig.model_fields)
+
+
 #: Other providers' names for an embedding keyword, and Gemini's.
 _EMBED_ALIASES = {"dimensions": "output_dimensionality", "input_type": "task_type"}
 
@@ -575,56 +638,6 @@ def _schema(response_format: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-class BatchOperation(pydantic.BaseModel, types.Operation):
-    """A batch as the API answers ``GET batches/<id>``: a long-running operation, kept
-    whole. Read through the SDK's public ``client.operations.get(operation)``, which
-    fetches ``GET {operation.name}`` and hands the JSON to :meth:`from_api_response`, so
-    that what ``batches.get`` drops survives: ``metadata.batchStats`` (progress while
-    the batch runs) and the operation's ``error`` (why a batch failed)."""
-
-    # name, metadata, done and error are the fields types.Operation declares.
-    response: dict[str, Any] | None = None
-
-    @classmethod
-    def from_api_response(cls, api_response: Any, is_vertex_ai: bool = False) -> Any:
-        """The operation as received (REST JSON, camelCase)."""
-        return cls.model_validate(api_response)
-
-    def job(self) -> types.BatchJob:
-        """The SDK's ``BatchJob`` for this operation, mapped as ``batches.get`` maps it
-        (``BATCH_STATE_*`` becomes ``JOB_STATE_*``, ``output.responsesFile`` the
-        ``dest.file_name``, ``inputConfig.fileName`` the ``src.file_name``), plus the
-        operation's error."""
-        meta = self.metadata or {}
-        output = meta.get("output") or {}
-        error = self.error or meta.get("error")
-        state = str(meta.get("state") or "BATCH_STATE_UNSPECIFIED")
-        return types.BatchJob(
-            name=self.name or meta.get("name"),
-            display_name=meta.get("displayName"),
-            state=state.replace("BATCH_STATE_", "JOB_STATE_", 1),  # type: ignore[arg-type]
-            create_time=meta.get("createTime"),
-            update_time=meta.get("updateTime"),
-            end_time=meta.get("endTime"),
-            model=meta.get("model"),
-            # The requests file, as batches.get maps inputConfig (deleted with the batch
-            # when a local job is forgotten).
-            src=types.BatchJobSource(file_name=source["fileName"])
-            if (source := meta.get("inputConfig") or {}).get("fileName")
-            else None,
-            dest=types.BatchJobDestination(file_name=output["responsesFile"])
-            if output.get("responsesFile")
-            else None,
-            error=types.JobError(code=error.get("code"), message=error.get("message"))
-            if isinstance(error, dict)
-            else None,
-        )
-
-    def info(self) -> BatchInfo:
-        """nbbatch's picture of the batch, with the service's request counts."""
-        return _info(self.job(), (self.metadata or {}).get("batchStats"))
-
-
 def _count(stats: dict[str, Any], key: str) -> int:
     """An int64 count of ``batchStats`` (JSON sends int64 as a string)."""
     try:
@@ -666,13 +679,15 @@ def _unreachable(exc: Exception) -> bool:
     return any(cls.__name__ == "TransportError" for cls in type(exc).__mro__)
 
 
-def _provider_error(exc: Exception, doing: str) -> ProviderError:
+def _provider_error(
+    exc: Exception, doing: str, cls: type[Provider] = GeminiProvider
+) -> ProviderError:
     return sdk_error(
         exc,
         doing,
-        provider="gemini",
-        label="Gemini",
-        key_variable="GEMINI_API_KEY (or GOOGLE_API_KEY)",
+        provider=cls.name,
+        label=cls.label,
+        key_variable=cls.unknown_key(),
         unreachable=_unreachable(exc),
         bad_key=isinstance(exc, genai_errors.APIError) and exc.code in (401, 403),
     )

@@ -44,7 +44,8 @@ from .credentials import is_loopback
 #: Credentials of jobs on a loopback address other than the background emulator.
 PREFIX = "loopback:"
 #: The headers an SDK puts its key in (OpenAI bearer, Anthropic, Google).
-_KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key")
+#: The headers SDKs carry a key in (Azure OpenAI's key goes in ``api-key``).
+_KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
 #: Clients already behind a guard (made by nbbatch) -> the credential to record for
 #: them, so none is wrapped twice.
 _GUARDED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
@@ -210,9 +211,17 @@ def home_check(home: Path) -> Callable[[httpx2.Request], str | None]:
     return check
 
 
-def guarded(client: Any, check: Callable[[httpx2.Request], str | None], credential: str) -> Any:
-    """A copy of SDK ``client`` whose requests pass ``check`` first (``credential``: what
-    a job made with it records, see :func:`credential_of`)."""
+#: How a provider makes a copy of its client sending through another HTTP client
+#: (:meth:`~nbbatch.providers.base.Provider.rebind`).
+Rebind = Callable[[Any, Any], Any]
+
+
+def guarded(
+    client: Any, check: Callable[[httpx2.Request], str | None], credential: str, rebind: Rebind
+) -> Any:
+    """A copy of SDK ``client`` (made by its provider's ``rebind``) whose requests pass
+    ``check`` first (``credential``: what a job made with it records, see
+    :func:`credential_of`)."""
     legacy = _legacy_http_of(client)
     http: Any
     if legacy is not None:  # the user's client of the older httpx package, kept as such
@@ -230,15 +239,7 @@ def guarded(client: Any, check: Callable[[httpx2.Request], str | None], credenti
             timeout=httpx2.Timeout(600.0, connect=10.0),
             follow_redirects=False,
         )
-    genai = _genai_parts(client)
-    if genai is not None:
-        from google import genai as google_genai
-
-        key, options = genai
-        options = options.model_copy(update={"httpx_client": http})
-        copy = google_genai.Client(api_key=key, http_options=options)
-    else:
-        copy = client.with_options(http_client=http)
+    copy = rebind(client, http)
     _GUARDED[copy] = credential
     return copy
 
@@ -251,7 +252,7 @@ def credential_of(client: Any) -> str | None:
         return None
 
 
-def guard(client: Any, url: str) -> tuple[Any, str]:
+def guard(client: Any, url: str, rebind: Rebind) -> tuple[Any, str]:
     """``client`` (for loopback ``url``) behind a guard bound to who listens there now,
     and the credential to record; a client already guarded is returned as it is."""
     known = credential_of(client)
@@ -259,10 +260,10 @@ def guard(client: Any, url: str) -> tuple[Any, str]:
         return client, known
     credential = credential_for(url)
     check = listener_check(url, listener(port_of(url)), at_submit=True)
-    return guarded(client, check, credential), credential
+    return guarded(client, check, credential, rebind), credential
 
 
-def for_record(client: Any, url: str, credential: str | None, job_id: str) -> Any:
+def for_record(client: Any, url: str, credential: str | None, job_id: str, rebind: Rebind) -> Any:
     """A client (holding no real key) for recorded job ``job_id`` at loopback ``url``,
     guarded by the listener recorded at submit: none recorded (a job from before
     listeners were recorded, or from a system without ``/proc``) matches no listener."""
@@ -270,7 +271,7 @@ def for_record(client: Any, url: str, credential: str | None, job_id: str) -> An
     if credential and credential.startswith(PREFIX):
         recorded = credential.removeprefix(PREFIX) or None
     check = listener_check(url, recorded, at_submit=False, job_id=job_id)
-    return guarded(client, check, credential or PREFIX)
+    return guarded(client, check, credential or PREFIX, rebind)
 
 
 def _http_of(client: Any) -> httpx2.Client | None:
@@ -301,11 +302,3 @@ def _legacy_guard_type() -> type:
 
 def _LegacyGuard(check: Callable[[httpx2.Request], str | None], owner: Any, module: Any) -> Any:
     return _legacy_guard_type()(check, owner, module)
-
-
-def _genai_parts(client: Any) -> tuple[str | None, Any] | None:
-    inner = getattr(client, "_api_client", None)
-    options = getattr(inner, "_http_options", None)
-    if inner is None or options is None or not hasattr(options, "model_copy"):
-        return None
-    return getattr(inner, "api_key", None), options

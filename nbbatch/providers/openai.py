@@ -8,23 +8,21 @@ cannot take falls back to orjson line by line.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import openai
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from openai.types import embedding_create_params
-from openai.types.chat import completion_create_params
-from openai.types.responses import response_create_params
 
 from .._errors import InputError, ProviderError
 from . import _jsonl, _params
+from ._lazy import lazy_module
 from .base import (
     ROW_RESULT_SCHEMA,
     SCORE_FIELD,
@@ -45,6 +43,11 @@ from .base import (
     tier_value,
 )
 
+if TYPE_CHECKING:
+    import openai
+else:  # imported on first use: registering the provider imports no SDK
+    openai = lazy_module("openai")
+
 log = logging.getLogger("nbbatch")
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
@@ -56,37 +59,48 @@ _SAMPLING: dict[str, tuple[float | None, float | None]] = {
     "frequency_penalty": (-2.0, 2.0),
     "presence_penalty": (-2.0, 2.0),
 }
-#: What each endpoint accepts: the SDK's own params type, and the keys nbbatch fills.
-PARAMS = {
-    "/v1/chat/completions": _params.Endpoint(
-        "/v1/chat/completions",
-        completion_create_params.CompletionCreateParamsBase,
-        owned={
-            "model": "model=",
-            "messages": "the prompt template (and system= for a system message)",
-            "max_completion_tokens": "max_tokens=",
-            "response_format": "response_format=",
-        },
-        ranges=_SAMPLING,
-    ),
-    "/v1/responses": _params.Endpoint(
-        "/v1/responses",
-        response_create_params.ResponseCreateParamsBase,
-        owned={
-            "model": "model=",
-            "input": "the prompt template",
-            "instructions": "system=",
-            "max_output_tokens": "max_tokens=",
-        },
-        ranges=_SAMPLING,
-    ),
-    "/v1/embeddings": _params.Endpoint(
-        "/v1/embeddings",
-        embedding_create_params.EmbeddingCreateParams,
-        owned={"model": "model=", "input": "the prompt template"},
-        ranges={},
-    ),
-}
+
+
+#: What each endpoint accepts: the SDK's own params type, and the keys nbbatch fills
+#: (built on first use, as it needs the SDK).
+@functools.cache
+def endpoint_params() -> dict[str, _params.Endpoint]:
+    """Each endpoint's :class:`_params.Endpoint` (the SDK's params type, our own keys)."""
+    from openai.types import embedding_create_params
+    from openai.types.chat import completion_create_params
+    from openai.types.responses import response_create_params
+
+    return {
+        "/v1/chat/completions": _params.Endpoint(
+            "/v1/chat/completions",
+            completion_create_params.CompletionCreateParamsBase,
+            owned={
+                "model": "model=",
+                "messages": "the prompt template (and system= for a system message)",
+                "max_completion_tokens": "max_tokens=",
+                "response_format": "response_format=",
+            },
+            ranges=_SAMPLING,
+        ),
+        "/v1/responses": _params.Endpoint(
+            "/v1/responses",
+            response_create_params.ResponseCreateParamsBase,
+            owned={
+                "model": "model=",
+                "input": "the prompt template",
+                "instructions": "system=",
+                "max_output_tokens": "max_tokens=",
+            },
+            ranges=_SAMPLING,
+        ),
+        "/v1/embeddings": _params.Endpoint(
+            "/v1/embeddings",
+            embedding_create_params.EmbeddingCreateParams,
+            owned={"model": "model=", "input": "the prompt template"},
+            ranges={},
+        ),
+    }
+
 
 _cached = pa.struct([("cached_tokens", pa.int64())])
 # Chat and embeddings count prompt/completion tokens; the Responses API input/output.
@@ -240,15 +254,46 @@ def _check_model_rules(spec: RequestSpec) -> None:
 
 
 class OpenAIProvider(Provider):
-    """The OpenAI Batch API (also Azure OpenAI, proxies and the emulator, via the client)."""
+    """The OpenAI Batch API (also proxies and the emulator, via the client)."""
 
     name = "openai"
+    label = "OpenAI"
     default_endpoint = "/v1/chat/completions"
+    key_variables = ("OPENAI_API_KEY",)
+    base_url_variable = "OPENAI_BASE_URL"
+    client_types = ("openai:OpenAI", "openai:AsyncOpenAI")
+    model_prefixes = (
+        *("gpt-", "chatgpt-", "text-embedding-3", "text-embedding-ada"),
+        *("o1", "o3", "o4", "davinci", "babbage"),
+    )
+    claims_unknown_models = True
+    prices_provider = "openai"
+    emulator_prefix = "/v1"
     # The service allows 50,000 requests and 200 MB per batch; keep a margin.
     max_requests = 50_000
     max_bytes = 190 * 1024 * 1024
 
     client: openai.OpenAI
+
+    @classmethod
+    def make_client(cls, *, api_key: str | None, base_url: str | None) -> Any:
+        """An ``openai.OpenAI`` client."""
+        return openai.OpenAI(api_key=api_key, base_url=base_url)
+
+    @classmethod
+    def sync_client(cls, client: Any) -> Any:
+        """``openai.OpenAI`` with an ``AsyncOpenAI``'s key, address and settings."""
+        if not isinstance(client, openai.AsyncOpenAI):
+            return client
+        return openai.OpenAI(
+            api_key=client.api_key,
+            organization=client.organization,
+            project=client.project,
+            base_url=client.base_url,
+            timeout=client.timeout,
+            max_retries=client.max_retries,
+            default_headers=client._custom_headers,
+        )
 
     # The batch queue: input tokens queued per model; a batch over it is created, then
     # fails in validation with ``token_limit_exceeded`` and a message stating the limit.
@@ -290,6 +335,12 @@ class OpenAIProvider(Provider):
         return tier_value(row, tier) if row else None
 
     # -- requests --------------------------------------------------------------------------
+    @classmethod
+    def wire_endpoint(cls, endpoint: str) -> str:
+        """``endpoint`` (``/v1/chat/completions``) as the batch API spells it in a request
+        line's ``url`` and the batch's ``endpoint``."""
+        return endpoint
+
     def body(self, spec: RequestSpec, prompt: Any) -> dict[str, Any]:
         """The request body for one prompt (used with a sentinel for the whole job)."""
         if spec.endpoint == "/v1/embeddings":
@@ -317,7 +368,7 @@ class OpenAIProvider(Provider):
 
     def validate(self, spec: RequestSpec) -> None:
         """Check ``spec`` against the SDK's params type of its endpoint."""
-        endpoint = PARAMS.get(spec.endpoint)
+        endpoint = endpoint_params().get(spec.endpoint)
         if endpoint is None:
             raise InputError(
                 f"endpoint {spec.endpoint!r} is not supported; use one of {list(ENDPOINTS)}."
@@ -348,7 +399,9 @@ class OpenAIProvider(Provider):
         ``max_output_tokens`` over the limit is not published. ``max_tokens=`` is sent
         as ``max_completion_tokens``, which nbbatch owns, so it is the only value."""
         if spec.endpoint == "/v1/chat/completions":
-            _params.check_output_limit(OUTPUT_LIMITS, "OpenAI", spec.model, spec.max_tokens)
+            _params.check_output_limit(
+                OUTPUT_LIMITS, cls.label, cls.base_model(spec.model), spec.max_tokens
+            )
 
     def find_model(self, model: str) -> bool | list[str] | None:
         """``models.retrieve``, and on a 404 ``models.list`` for the ids there are.
@@ -362,18 +415,18 @@ class OpenAIProvider(Provider):
             return True
         except openai.APIStatusError as exc:
             if exc.status_code not in (404, 405):
-                raise _provider_error(exc, f"looking up model {model!r}") from exc
+                raise _provider_error(exc, f"looking up model {model!r}", type(self)) from exc
         except (openai.OpenAIError, ValueError) as exc:
-            raise _provider_error(exc, f"looking up model {model!r}") from exc
+            raise _provider_error(exc, f"looking up model {model!r}", type(self)) from exc
         # A 404 can mean "no such model" or "no such route" (a proxy): the list tells.
         try:
             ids = [m.id for m in self.client.models.list()]
         except openai.APIStatusError as exc:
             if exc.status_code in (404, 405):
                 return None
-            raise _provider_error(exc, "listing models") from exc
+            raise _provider_error(exc, "listing models", type(self)) from exc
         except (openai.OpenAIError, ValueError) as exc:
-            raise _provider_error(exc, "listing models") from exc
+            raise _provider_error(exc, "listing models", type(self)) from exc
         return True if model in ids else ids
 
     def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
@@ -384,7 +437,7 @@ class OpenAIProvider(Provider):
         line = {
             "custom_id": _jsonl.ID_SENTINEL,
             "method": "POST",
-            "url": spec.endpoint,
+            "url": self.wire_endpoint(spec.endpoint),
             "body": self.body(spec, _jsonl.PROMPT_SENTINEL),
         }
         return _jsonl.encode_lines(custom_ids, prompts, line)
@@ -398,19 +451,19 @@ class OpenAIProvider(Provider):
             )
             batch = self.client.batches.create(
                 input_file_id=uploaded.id,
-                endpoint=spec.endpoint,  # type: ignore[arg-type]
+                endpoint=self.wire_endpoint(spec.endpoint),  # type: ignore[arg-type]
                 completion_window="24h",
                 metadata=metadata,
             )
         except (openai.OpenAIError, ValueError) as exc:
-            raise _provider_error(exc, "creating a batch") from exc
+            raise _provider_error(exc, "creating a batch", type(self)) from exc
         return _info(batch)
 
     def retrieve(self, batch_id: str) -> BatchInfo:
         try:
             return _info(self.client.batches.retrieve(batch_id))
         except (openai.OpenAIError, ValueError) as exc:
-            raise _provider_error(exc, f"reading batch {batch_id}") from exc
+            raise _provider_error(exc, f"reading batch {batch_id}", type(self)) from exc
 
     def cancel(self, batch_id: str) -> BatchInfo:
         try:
@@ -418,7 +471,7 @@ class OpenAIProvider(Provider):
         except openai.ConflictError:  # already ended: nothing to cancel
             return self.retrieve(batch_id)
         except (openai.OpenAIError, ValueError) as exc:
-            raise _provider_error(exc, f"cancelling batch {batch_id}") from exc
+            raise _provider_error(exc, f"cancelling batch {batch_id}", type(self)) from exc
 
     def find_batch(
         self, metadata: dict[str, str], n_requests: int, since: float, known: set[str]
@@ -432,7 +485,7 @@ class OpenAIProvider(Provider):
                 if batch.id not in known and all(meta.get(k) == v for k, v in metadata.items()):
                     return _info(batch)
         except (openai.OpenAIError, ValueError) as exc:
-            raise _provider_error(exc, "looking for an unrecorded batch") from exc
+            raise _provider_error(exc, "looking for an unrecorded batch", type(self)) from exc
         return None
 
     def list_batches(self) -> Iterator[BatchInfo]:
@@ -440,7 +493,7 @@ class OpenAIProvider(Provider):
             for batch in self.client.batches.list(limit=100):  # the SDK pages on
                 yield _info(batch)
         except openai.OpenAIError as exc:
-            raise _provider_error(exc, "listing batches") from exc
+            raise _provider_error(exc, "listing batches", type(self)) from exc
 
     def delete_batch(self, info: BatchInfo) -> None:
         # The Batch API has no call to delete a batch; its files can be deleted
@@ -454,7 +507,7 @@ class OpenAIProvider(Provider):
             except openai.NotFoundError:
                 continue  # deleted already
             except openai.OpenAIError as exc:
-                raise _provider_error(exc, f"deleting file {file_id}") from exc
+                raise _provider_error(exc, f"deleting file {file_id}", type(self)) from exc
 
     def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
         files: list[bytes] = []
@@ -467,7 +520,7 @@ class OpenAIProvider(Provider):
                     with self.client.files.with_streaming_response.content(file_id) as resp:
                         files.append(read_capped(resp.iter_bytes(), left, f"file {file_id}"))
                 except (openai.OpenAIError, ValueError) as exc:
-                    raise _provider_error(exc, f"downloading file {file_id}") from exc
+                    raise _provider_error(exc, f"downloading file {file_id}", type(self)) from exc
         return files
 
     def download_results(self, info: BatchInfo, sink: Any, *, max_bytes: int | None) -> None:
@@ -484,7 +537,7 @@ class OpenAIProvider(Provider):
                     ):
                         written += copy_capped(resp.iter_bytes(), out, left, f"file {file_id}")
                 except (openai.OpenAIError, ValueError) as exc:
-                    raise _provider_error(exc, f"downloading file {file_id}") from exc
+                    raise _provider_error(exc, f"downloading file {file_id}", type(self)) from exc
 
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
         return parse_lines(raw, spec.endpoint, scores=scored(spec))
@@ -523,7 +576,7 @@ class OpenAIProvider(Provider):
                 if isinstance(exc, openai.APITimeoutError)
                 else "api_connection_error"
             )
-            return failure_row(custom_id, kind, f"could not reach OpenAI: {exc}", True)
+            return failure_row(custom_id, kind, f"could not reach {self.label}: {exc}", True)
         return _realtime_row(custom_id, reply, spec.endpoint)
 
     def truncated(self, raw: bytes, spec: RequestSpec) -> pa.Table:
@@ -607,13 +660,15 @@ def _info(batch: Any) -> BatchInfo:
     )
 
 
-def _provider_error(exc: openai.OpenAIError | ValueError, doing: str) -> ProviderError:
+def _provider_error(
+    exc: openai.OpenAIError | ValueError, doing: str, cls: type[Provider] = OpenAIProvider
+) -> ProviderError:
     return sdk_error(
         exc,
         doing,
-        provider="openai",
-        label="OpenAI",
-        key_variable="OPENAI_API_KEY",
+        provider=cls.name,
+        label=cls.label,
+        key_variable=cls.unknown_key(),
         unreachable=isinstance(exc, openai.APIConnectionError),
         bad_key=isinstance(exc, openai.AuthenticationError),
     )
