@@ -40,6 +40,7 @@ PRIVATE_READS_ALLOWED = {
     # The SDKs keep the headers a client was made with only here; an async client's
     # sync twin must send the same ones (default_headers adds the SDK's own).
     ("nbbatch.providers", "client._custom_headers"),
+    ("nbbatch.providers._compat", "client._custom_headers"),
     # A Dask DataFrame's empty frame of its columns and dtypes: what Dask's own docs tell
     # map_partitions callers to start their ``meta=`` from.
     ("nbbatch.engines", "data._meta"),

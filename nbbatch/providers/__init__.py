@@ -88,7 +88,15 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
 
 
 #: The top module of each official SDK's client classes -> the provider it speaks to.
-_SDK_MODULES = {"openai": "openai", "anthropic": "anthropic", "google.genai": "gemini"}
+_SDK_MODULES = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "google.genai": "gemini",
+    # OpenAI-compatible batch services with SDKs of their own (kept until the provider
+    # classes' client_types replace this table).
+    "groq": "groq",
+    "together": "together",
+}
 
 #: The environment variables a provider's API key is read from (kept with the rest of
 #: what decides which key a job may use, in .credentials).
@@ -163,7 +171,7 @@ def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
         client = default_client(name, local=local)
     else:
         remember(credentials.key_of(client))  # never quoted in a message of ours
-    client = sync_client(client)
+    client = getattr(cls, "sync_client", sync_client)(client)
     # Where the key came from, for the ledger: later polls use only a key meant for
     # this address (see .credentials).
     credential: str | None
@@ -190,6 +198,8 @@ _BASE_URL_VARIABLES = {
     "openai": "OPENAI_BASE_URL",
     "anthropic": "ANTHROPIC_BASE_URL",
     "gemini": "GOOGLE_GEMINI_BASE_URL",
+    "groq": "GROQ_BASE_URL",
+    "together": "TOGETHER_BASE_URL",
 }
 _CLIENTS: dict[tuple[str, str | None, str | None], Any] = {}
 
@@ -230,7 +240,10 @@ def default_client(
     where = base_url or os.environ.get(_BASE_URL_VARIABLES[name]) or None
     cache_key = (name, where, key or (token and f"token:{token}"))
     if cache_key not in _CLIENTS:
-        if name == "openai":
+        make = getattr(provider_class(name), "make_client", None)
+        if make is not None:  # a provider that builds its own client (see SEAM)
+            _CLIENTS[cache_key] = make(api_key=key, base_url=base_url)
+        elif name == "openai":
             import openai
 
             _CLIENTS[cache_key] = openai.OpenAI(api_key=key, base_url=base_url)
@@ -316,6 +329,9 @@ def _register_builtin() -> None:
     register("openai", f"{here}.openai:OpenAIProvider", default_endpoint="/v1/chat/completions")
     register("anthropic", f"{here}.anthropic:AnthropicProvider", default_endpoint="/v1/messages")
     register("gemini", f"{here}.gemini:GeminiProvider", default_endpoint="generateContent")
+    chat = "/v1/chat/completions"
+    register("groq", f"{here}.groq:GroqProvider", default_endpoint=chat)
+    register("together", f"{here}.together:TogetherProvider", default_endpoint=chat)
 
 
 _register_builtin()
