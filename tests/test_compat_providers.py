@@ -142,6 +142,17 @@ def test_the_async_clients_become_their_synchronous_twins(emu):
         assert cls.sync_client(twin) is twin
 
 
+def test_another_sdks_client_is_refused_for_them(emu):
+    import openai
+
+    other = openai.OpenAI(api_key="k", base_url=emu.url + "/groq/openai/v1")
+    _OPEN.append(other)
+    with pytest.raises(nb.ConfigError, match=r"groq\.Groq"):
+        nb.submit(
+            pd.DataFrame({"text": ["a"]}), PROMPT, model=GROQ_MODEL, client=other, provider="groq"
+        )
+
+
 def test_the_key_and_address_come_from_the_services_variables(emu, monkeypatch):
     df = pd.DataFrame({"text": ["x"]})
     monkeypatch.delenv("GROQ_API_KEY", raising=False)

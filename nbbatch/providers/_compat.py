@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
-from .._errors import InputError, ProviderError
+from .._errors import ConfigError, InputError, ProviderError
 from .base import BatchInfo, Provider, Refusal, RequestSpec, copy_capped, read_capped, sdk_error
 from .openai import OpenAIProvider
 
@@ -43,11 +43,31 @@ class CompatProvider(OpenAIProvider):
 
     client: Any  # the service's own SDK client, not an openai.OpenAI
 
+    def __init__(self, client: Any) -> None:
+        if type(client).__module__.split(".")[0] != self.sdk_module:
+            # Its errors, batch object and paths are the SDK's own: another SDK's client
+            # (openai.OpenAI at the service's address, say) would be misread.
+            raise ConfigError(
+                f"provider={self.name!r} takes a client of its official SDK "
+                f"({self.sdk_module}.{self.sync_class}), got {type(client).__name__}; pass "
+                f"{self.sdk_module}.{self.sync_class}(api_key=...), or omit client= to use "
+                f"{' or '.join(self.key_variables)}.",
+                provider=self.name,
+            )
+        super().__init__(client)
+
     # -- the seam's class-level shape ------------------------------------------------------
     @classmethod
     def sdk(cls) -> Any:
         """The SDK module, imported on first use (``import nbbatch`` stays fast)."""
-        return importlib.import_module(cls.sdk_module)
+        try:
+            return importlib.import_module(cls.sdk_module)
+        except ImportError as exc:
+            raise ConfigError(
+                f"{cls.label} is reached through its official SDK, which is not installed: "
+                f"pip install 'nbbatch[{cls.name}]' (or pip install {cls.sdk_module}).",
+                provider=cls.name,
+            ) from exc
 
     @classmethod
     def make_client(cls, *, api_key: str | None, base_url: str | None) -> Any:
