@@ -221,3 +221,21 @@ def test_prices_of_the_variants_models_are_in_genai_prices():
     for cls, model in ((GroqProvider, GROQ_MODEL), (TogetherProvider, TOGETHER_MODEL)):
         _, info = snapshot.find_provider_model(model, None, cls.prices_provider, None)
         assert info.id == model
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_cancelled_job_ends_every_row_cancelled_and_none_lost(service):
+    # Nothing finishes in 600 s: every row must end cancelled, by the service's lines
+    # for the requests it never ran (Together: or by the batch's CANCELLED status).
+    with emulator.start(processing_seconds=600.0) as slow:
+        client = client_of(service, slow)
+        df = pd.DataFrame({"text": [f"r{i}" for i in range(6)]})
+        job = nb.submit(df, PROMPT, model=model_of(service), client=client)
+        with pytest.raises(TimeoutError):
+            job.wait(timeout=0.5, progress=False)
+        job.cancel()
+        job.wait(timeout=60, progress=False)
+        assert job.counts["cancelled"] == 6 and job.counts["pending"] == 0
+        assert job.merge()["response_status"].tolist() == ["cancelled"] * 6
+        assert job.status == "cancelled"
+        client.close()
