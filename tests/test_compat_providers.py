@@ -239,3 +239,28 @@ def test_a_cancelled_job_ends_every_row_cancelled_and_none_lost(service):
         assert job.merge()["response_status"].tolist() == ["cancelled"] * 6
         assert job.status == "cancelled"
         client.close()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_batch_whose_create_went_unrecorded_is_found_again(service, emu):
+    # What a resumed job asks when a create call's outcome was never recorded: the
+    # batch of that job part, if the service has it, so its rows are not sent twice.
+    # Together's batches carry no metadata: its input file's name says the part.
+    import time
+
+    import pyarrow as pa
+
+    from nbbatch.providers import build
+    from nbbatch.providers.base import RequestSpec
+
+    provider = build(service, client_of(service, emu))
+    spec = RequestSpec(model=model_of(service), endpoint="/v1/chat/completions")
+    jsonl = provider.encode(pa.array(["a", "b"]), pa.array(["x", "y"]), spec)
+    since = time.time() - 1
+    meta = {"nbbatch_job": f"nbb-find-{service}", "nbbatch_part": "3"}
+    made = provider.create(jsonl, spec, meta)
+    found = provider.find_batch(meta, 2, since, set())
+    assert found is not None and found.batch_id == made.batch_id
+    assert provider.find_batch(meta, 2, since, {made.batch_id}) is None
+    other = {**meta, "nbbatch_part": "4"}
+    assert provider.find_batch(other, 2, since, set()) is None
