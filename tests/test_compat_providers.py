@@ -264,3 +264,44 @@ def test_a_batch_whose_create_went_unrecorded_is_found_again(service, emu):
     assert provider.find_batch(meta, 2, since, {made.batch_id}) is None
     other = {**meta, "nbbatch_part": "4"}
     assert provider.find_batch(other, 2, since, set()) is None
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_attach_rebuilds_the_services_own_client(service):
+    with emulator.start(processing_seconds=1.0) as slow:
+        df = pd.DataFrame({"text": ["p", "q"]})
+        client = client_of(service, slow)
+        job = nb.submit(df, PROMPT, model=model_of(service), client=client)
+        # No client=: rebuilt from the record (the service's SDK, at its address).
+        again = nb.attach(job.id)
+        assert again.provider == service
+        out = again.wait(timeout=60, progress=False).merge(df)
+        expected = [emulator.echo_text(PROMPT.format(text=t)) for t in df["text"]]
+        assert out["response"].tolist() == expected
+        client.close()
+
+
+def test_groq_variant_fails_a_batch_of_a_model_it_does_not_serve(emu):
+    # The emulator's choice where Groq's behaviour is not published: the batch fails
+    # in validation, naming the model (nbbatch itself refuses it before sending).
+    client = client_of("groq", emu)
+    line = {
+        "custom_id": "r1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    }
+    up = client.files.create(
+        file=("in.jsonl", json.dumps(line).encode() + b"\n", "application/jsonl"),
+        purpose="batch",
+    )
+    batch = client.batches.create(
+        input_file_id=up.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    for _ in range(200):
+        batch = client.batches.retrieve(batch.id)
+        if batch.status == "failed":
+            break
+    assert batch.status == "failed"
+    assert batch.errors is not None and batch.errors.data
+    assert batch.errors.data[0].code == "model_not_found"
