@@ -51,6 +51,7 @@ PRIVATE_READS_ALLOWED = {
     # sending through the loopback guard is made from them.
     ("nbbatch.providers.gemini", "client._api_client"),
     ("nbbatch.providers.gemini", "inner._http_options"),
+    ("nbbatch.providers._compat", "client._custom_headers"),
     # A Dask DataFrame's empty frame of its columns and dtypes: what Dask's own docs tell
     # map_partitions callers to start their ``meta=`` from.
     ("nbbatch.engines", "data._meta"),

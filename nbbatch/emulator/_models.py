@@ -87,13 +87,23 @@ PRICES_CREATED = 1704067200
 MODELS_ENV = "NBBATCH_EMULATOR_MODELS"
 
 #: genai-prices' provider id for each API the emulator serves.
-_PRICES_PROVIDER = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
+_PRICES_PROVIDER = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "google",
+    # The OpenAI-compatible services' variants (._groq, ._together) list only
+    # genai-prices' models of theirs: the emulator has no table of its own for them.
+    "groq": "groq",
+    "together": "together",
+}
 #: Name prefixes of the models each API serves: genai-prices' "google" provider also
 #: prices the Claude models Vertex AI resells, which the Gemini API does not serve.
 _SERVED_PREFIXES = {
     "openai": None,
     "anthropic": ("claude",),
     "gemini": ("gemini", "gemma", "text-embedding", "embedding"),
+    "groq": None,
+    "together": None,
 }
 
 
@@ -127,7 +137,7 @@ def _listable(model_id: str) -> bool:
 @functools.cache
 def _known(provider: str) -> tuple[ModelEntry, ...]:
     """The table's models of ``provider`` newest first, then genai-prices' others."""
-    table = {"openai": OPENAI, "anthropic": ANTHROPIC, "gemini": GEMINI}[provider]
+    table = {"openai": OPENAI, "anthropic": ANTHROPIC, "gemini": GEMINI}.get(provider, ())
     known = sorted(table, key=lambda m: -m.created)
     have = {m.id for m in known}
     more = [

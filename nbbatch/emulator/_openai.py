@@ -261,6 +261,8 @@ class OpenAIBatch(BatchRecord):
     errors: list[dict[str, Any]] | None = None
     est_tokens: int = 0
     output_seconds: int = DEFAULT_FILE_SECONDS
+    #: models served besides the real OpenAI ones (an OpenAI-compatible variant's own)
+    extra_models: tuple[str, ...] = ()
 
     def generate(self, cut: int | None, reason: str) -> Outcome:
         """Run every row through the responder and write the output and error files."""
@@ -296,7 +298,7 @@ class OpenAIBatch(BatchRecord):
                     line_id,
                     responder=store.responder,
                     prefix_cache=prefixes,
-                    models=self.knobs.models,
+                    models=(*self.knobs.models, *self.extra_models),
                     checked=True,
                 )
                 if ans.status < 400:
@@ -552,14 +554,23 @@ def create_batch_sync(store: Store, body: Any) -> dict[str, Any]:
     endpoint = body["endpoint"]
     v = validate_input(f.path, f.bytes, endpoint, store.knobs.models)
     if _quotas.openai_limit(store.knobs, v.model) is None:
-        return _register(store, body, f, v)  # no quota: creates need not wait on others
+        return register_batch(store, body, f, v)  # no quota: creates need not wait on others
     with store.lock:  # the quota check and the new batch, as one step
-        return _register(store, body, f, v)
+        return register_batch(store, body, f, v)
 
 
-def _register(store: Store, body: Any, f: StoredFile, v: Validation) -> dict[str, Any]:
+def register_batch(
+    store: Store,
+    body: Any,
+    f: StoredFile,
+    v: Validation,
+    *,
+    kind: str = "openai",
+    extra_models: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Create the batch of a validated input file (under the store's lock when a quota
-    applies)."""
+    applies). ``kind``: the store's name for the API it belongs to (an OpenAI-compatible
+    variant keeps its batches apart), ``extra_models`` the variant's own models."""
     knobs: Knobs = store.knobs
     endpoint = body["endpoint"]
     t = store.now()
@@ -581,7 +592,7 @@ def _register(store: Store, body: Any, f: StoredFile, v: Validation) -> dict[str
     n = 0 if invalid else len(v.rows)
     fates = bytearray()
     if not invalid:
-        fates = store.fates("openai", v.rows, knobs)
+        fates = store.fates(kind, v.rows, knobs)
     batch_id = new_id("batch_")
     started = t + knobs.validating_seconds
     processed = started + knobs.processing_seconds
@@ -601,14 +612,15 @@ def _register(store: Store, body: Any, f: StoredFile, v: Validation) -> dict[str
         endpoint=endpoint,
         input_file_id=f.id,
         input_path=f.path,
-        completion_window="24h",
+        completion_window=str(body.get("completion_window") or "24h"),
         metadata=body.get("metadata"),
         model=v.model,
         errors=v.errors or None,
         est_tokens=0 if invalid else est_tokens,
         output_seconds=output_seconds,
+        extra_models=extra_models,
     )
-    store.add_batch("openai", batch)
+    store.add_batch(kind, batch)
     return batch_json(store, batch, t)
 
 
@@ -658,12 +670,12 @@ def batch_json(store: Store, b: BatchRecord, t: float) -> dict[str, Any]:
 
 async def create_batch(request: Request) -> Response:
     store = _store(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     return JSONResponse(await run_in_threadpool(create_batch_sync, store, body))
 
 
-def _batch_or_404(store: Store, batch_id: str) -> OpenAIBatch:
-    b = store.get_batch("openai", batch_id)
+def batch_or_404(store: Store, batch_id: str, kind: str = "openai") -> OpenAIBatch:
+    b = store.get_batch(kind, batch_id)
     if b is None:
         raise ApiError(404, f"No batch found with id '{batch_id}'.", param="batch_id")
     assert isinstance(b, OpenAIBatch)
@@ -672,13 +684,13 @@ def _batch_or_404(store: Store, batch_id: str) -> OpenAIBatch:
 
 async def retrieve_batch(request: Request) -> Response:
     store = _store(request)
-    b = _batch_or_404(store, request.path_params["batch_id"])
+    b = batch_or_404(store, request.path_params["batch_id"])
     return JSONResponse(await run_in_threadpool(batch_json, store, b, store.now()))
 
 
-def _cancel_sync(store: Store, batch_id: str) -> dict[str, Any]:
+def cancel_sync(store: Store, batch_id: str, kind: str = "openai") -> dict[str, Any]:
     with store.lock:
-        b = _batch_or_404(store, batch_id)
+        b = batch_or_404(store, batch_id, kind)
         t = store.now()
         phase = b.phase(t)
         if phase in ("validating", "in_progress"):
@@ -697,7 +709,7 @@ def _cancel_sync(store: Store, batch_id: str) -> dict[str, Any]:
 async def cancel_batch(request: Request) -> Response:
     store = _store(request)
     return JSONResponse(
-        await run_in_threadpool(_cancel_sync, store, request.path_params["batch_id"])
+        await run_in_threadpool(cancel_sync, store, request.path_params["batch_id"])
     )
 
 
@@ -723,7 +735,7 @@ async def list_batches(request: Request) -> Response:
 # =================================================================== real time
 
 
-async def _json_body(request: Request) -> Any:
+async def json_body(request: Request) -> Any:
     raw = await request.body()
     try:
         return orjson.loads(raw)
@@ -769,7 +781,7 @@ def _refuse_flex(model: Any) -> None:
 def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
     async def handler(request: Request) -> Response:
         store = _store(request)
-        body = await _json_body(request)
+        body = await json_body(request)
         valid = _validate_openai.problem(endpoint, body, store.knobs.models) is None
         info = inspect(endpoint, body) if valid else None
         fate = Fate.OK
@@ -814,7 +826,7 @@ async def input_tokens(request: Request) -> Response:
     request's (platform.openai.com/docs/api-reference/responses/input-tokens), answered
     ``{"object": "response.input_tokens", "input_tokens"}``."""
     store = _store(request)
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     model = body.get("model")

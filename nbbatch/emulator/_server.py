@@ -32,10 +32,10 @@ from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import _anthropic, _anthropic_files, _azure, _gemini, _openai
+from . import _anthropic, _anthropic_files, _azure, _gemini, _groq, _openai, _together
 from ._identity import IDENTIFY_PATH, identity_proof
 from ._state import Store
 from ._wire import ApiError, JSONResponse, anthropic_error_body, openai_error_body
@@ -254,6 +254,8 @@ def _upload_chunk(emu: Any, method: str, path: str, query: bytes) -> bool:
     random bits, given only in answer to a start request that carried the key, and valid
     only until that upload is finalized. Any other id needs the key like every route.
     """
+    if _together.upload_allowed(emu.store, method, path, query):
+        return True  # Together's storage URL: its token is the credential
     if method != "POST" or not _UPLOAD_CHUNK.match(path):
         return False
     upload_id = QueryParams(query).get("upload_id")
@@ -410,7 +412,16 @@ def build_app(store: Store) -> Starlette:
         ),
     ]
     app = Starlette(
-        routes=[*shared, *_openai.routes, *_anthropic.routes, *_gemini.routes, _azure.mount],
+        routes=[
+            *shared,
+            *_openai.routes,
+            *_anthropic.routes,
+            *_gemini.routes,
+            # OpenAI-compatible services, each under its own prefix (see their modules).
+            Mount(_groq.PREFIX + "/openai", routes=_groq.routes),
+            Mount(_together.PREFIX, routes=_together.routes),
+            _azure.mount,
+        ],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash},
     )
     app.state.store = store

@@ -275,6 +275,8 @@ def _register_builtin() -> None:
     register(f"{here}.anthropic:AnthropicProvider", "anthropic")
     register(f"{here}.gemini:GeminiProvider", "gemini")
     register(f"{here}.azure:AzureProvider", "azure")
+    register(f"{here}.groq:GroqProvider", "groq")
+    register(f"{here}.together:TogetherProvider", "together")
 
 
 _register_builtin()

@@ -13,7 +13,7 @@ import logging
 import math
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import orjson
@@ -261,8 +261,8 @@ class OpenAIProvider(Provider):
     default_endpoint = "/v1/chat/completions"
     key_variables = ("OPENAI_API_KEY",)
     base_url_variable = "OPENAI_BASE_URL"
-    client_types = ("openai:OpenAI", "openai:AsyncOpenAI")
-    model_prefixes = (
+    client_types: ClassVar[tuple[str, ...]] = ("openai:OpenAI", "openai:AsyncOpenAI")
+    model_prefixes: ClassVar[tuple[str, ...]] = (
         *("gpt-", "chatgpt-", "text-embedding-3", "text-embedding-ada"),
         *("o1", "o3", "o4", "davinci", "babbage"),
     )
