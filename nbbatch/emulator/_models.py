@@ -77,6 +77,18 @@ GEMINI: tuple[ModelEntry, ...] = tuple(
     + _family("text-embedding-004", [], 1715644800, "Text Embedding 004")
 )
 
+#: Mistral's "-latest" aliases that its batch guide and SDK examples use
+#: (docs.mistral.ai/capabilities/batch: mistral-small-latest, codestral-latest,
+#: ministral-3b-latest; the SDK's examples: mistral-medium-latest, mistral-large-latest).
+#: Their creation dates are not published: they get genai-prices' date (see below).
+MISTRAL_ALIASES = (
+    "mistral-small-latest",
+    "mistral-medium-latest",
+    "mistral-large-latest",
+    "codestral-latest",
+    "ministral-3b-latest",
+)
+
 #: When models added with ``start(models=...)`` say they were created (2025-01-01).
 ADDED_CREATED = 1735689600
 #: When models known only from genai-prices say they were created: its data has no
@@ -87,13 +99,19 @@ PRICES_CREATED = 1704067200
 MODELS_ENV = "NBBATCH_EMULATOR_MODELS"
 
 #: genai-prices' provider id for each API the emulator serves.
-_PRICES_PROVIDER = {"openai": "openai", "anthropic": "anthropic", "gemini": "google"}
+_PRICES_PROVIDER = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "google",
+    "mistral": "mistral",
+}
 #: Name prefixes of the models each API serves: genai-prices' "google" provider also
 #: prices the Claude models Vertex AI resells, which the Gemini API does not serve.
 _SERVED_PREFIXES = {
     "openai": None,
     "anthropic": ("claude",),
     "gemini": ("gemini", "gemma", "text-embedding", "embedding"),
+    "mistral": None,
 }
 
 
@@ -127,7 +145,10 @@ def _listable(model_id: str) -> bool:
 @functools.cache
 def _known(provider: str) -> tuple[ModelEntry, ...]:
     """The table's models of ``provider`` newest first, then genai-prices' others."""
-    table = {"openai": OPENAI, "anthropic": ANTHROPIC, "gemini": GEMINI}[provider]
+    mistral = tuple(ModelEntry(m, PRICES_CREATED, m) for m in MISTRAL_ALIASES)
+    table = {"openai": OPENAI, "anthropic": ANTHROPIC, "gemini": GEMINI, "mistral": mistral}[
+        provider
+    ]
     known = sorted(table, key=lambda m: -m.created)
     have = {m.id for m in known}
     more = [

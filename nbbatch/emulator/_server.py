@@ -35,7 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import _anthropic, _anthropic_files, _gemini, _openai
+from . import _anthropic, _anthropic_files, _gemini, _mistral, _openai
 from ._identity import IDENTIFY_PATH, identity_proof
 from ._state import Store
 from ._wire import ApiError, JSONResponse, anthropic_error_body, openai_error_body
@@ -410,7 +410,7 @@ def build_app(store: Store) -> Starlette:
         ),
     ]
     app = Starlette(
-        routes=[*shared, *_openai.routes, *_anthropic.routes, *_gemini.routes],
+        routes=[*shared, *_openai.routes, *_anthropic.routes, *_gemini.routes, *_mistral.routes],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash},
     )
     app.state.store = store

@@ -81,14 +81,19 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
             _check_family(name, client, model)
             return name, False
         raise ConfigError(
-            f"client must be an official SDK client (openai.OpenAI, anthropic.Anthropic or "
-            f"google.genai.Client), got {type(client).__name__}."
+            f"client must be an official SDK client (openai.OpenAI, anthropic.Anthropic, "
+            f"google.genai.Client or mistralai.client.Mistral), got {type(client).__name__}."
         )
     return by_model, False
 
 
 #: The top module of each official SDK's client classes -> the provider it speaks to.
-_SDK_MODULES = {"openai": "openai", "anthropic": "anthropic", "google.genai": "gemini"}
+_SDK_MODULES = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "google.genai": "gemini",
+    "mistralai": "mistral",
+}
 
 #: The environment variables a provider's API key is read from (kept with the rest of
 #: what decides which key a job may use, in .credentials).
@@ -112,6 +117,10 @@ def base_url_of(client: Any) -> str:
     """Where an SDK client sends requests (recorded in the ledger; never a key)."""
     if hasattr(client, "base_url"):
         return str(client.base_url)
+    if hasattr(client, "sdk_configuration"):  # mistralai's Mistral
+        from .mistral import base_url_of as mistral_url
+
+        return mistral_url(client)
     options = getattr(getattr(client, "_api_client", None), "_http_options", None)
     url = getattr(options, "base_url", None)  # google.genai.Client keeps it there
     return str(url or "https://generativelanguage.googleapis.com/")
@@ -227,7 +236,8 @@ def default_client(
             )
     # Without base_url the SDK reads its address from the environment: a client made
     # for one address is never reused for another.
-    where = base_url or os.environ.get(_BASE_URL_VARIABLES[name]) or None
+    variable = _BASE_URL_VARIABLES.get(name)
+    where = base_url or (os.environ.get(variable) if variable else None) or None
     cache_key = (name, where, key or (token and f"token:{token}"))
     if cache_key not in _CLIENTS:
         if name == "openai":
@@ -236,6 +246,9 @@ def default_client(
             _CLIENTS[cache_key] = openai.OpenAI(api_key=key, base_url=base_url)
         elif name == "gemini":
             _CLIENTS[cache_key] = _gemini_client(key, base_url)
+        elif name == "mistral":
+            cls = provider_class(name)
+            _CLIENTS[cache_key] = cls.make_client(api_key=key, base_url=base_url)  # type: ignore[attr-defined]
         else:
             import anthropic
 
@@ -316,6 +329,7 @@ def _register_builtin() -> None:
     register("openai", f"{here}.openai:OpenAIProvider", default_endpoint="/v1/chat/completions")
     register("anthropic", f"{here}.anthropic:AnthropicProvider", default_endpoint="/v1/messages")
     register("gemini", f"{here}.gemini:GeminiProvider", default_endpoint="generateContent")
+    register("mistral", f"{here}.mistral:MistralProvider", default_endpoint="/v1/chat/completions")
 
 
 _register_builtin()

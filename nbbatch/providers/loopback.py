@@ -237,6 +237,10 @@ def guarded(client: Any, check: Callable[[httpx2.Request], str | None], credenti
         key, options = genai
         options = options.model_copy(update={"httpx_client": http})
         copy = google_genai.Client(api_key=key, http_options=options)
+    elif hasattr(client, "sdk_configuration"):  # mistralai's Mistral: no with_options
+        from .mistral import MistralProvider
+
+        copy = MistralProvider.rebind(client, http)
     else:
         copy = client.with_options(http_client=http)
     _GUARDED[copy] = credential
@@ -277,6 +281,8 @@ def _http_of(client: Any) -> httpx2.Client | None:
     """The httpx2 client an SDK client sends through (its connection pool), if nbbatch
     can share it."""
     http = getattr(client, "_client", None)  # openai, anthropic
+    if http is None:  # mistralai
+        http = getattr(getattr(client, "sdk_configuration", None), "client", None)
     if http is None:  # google.genai
         http = getattr(getattr(client, "_api_client", None), "_httpx_client", None)
     return http if isinstance(http, httpx2.Client) else None
