@@ -247,3 +247,24 @@ def test_one_row_in_real_time_is_normalised_like_a_batch_line(memu):
     refused = provider.realtime("r2", f"bad {emulator.FAIL_MARKER}", spec)
     assert refused["status"] == "failed" and refused["error_type"] == "invalid_request_error"
     assert not refused["retryable"]
+
+
+def test_failed_and_timed_out_rows_are_resubmitted_and_end_succeeded():
+    """A job whose time ran out (TIMEOUT_EXCEEDED) lists only the rows that ran: the
+    others end expired, and with the failed ones go out again in one new job."""
+    df = pd.DataFrame({"text": [f"row {i}" for i in range(40)]})
+    with emulator.start(processing_seconds=0.05, error_rate=0.2, expire_rate=0.1, seed=3) as emu:
+        client = mistral_client(emu)
+        job = nb.submit(df, "{text}", model=MODEL, client=client, retries=0)
+        job.wait(timeout=60, progress=False)
+        first = job.counts
+        assert first["expired"] > 0 and first["failed"] > 0, first
+        assert job.snapshot().batches[0].status == "TIMEOUT_EXCEEDED"
+        retried = job.failed().index.tolist()
+        assert len(retried) == first["expired"] + first["failed"]
+        job.resubmit_failed().wait(timeout=60, progress=False)
+        assert jobs_created(emu) == 2
+        assert job.snapshot().batches[-1].n_requests == len(retried)
+    out = job.merge()
+    assert (out["response_status"] == "succeeded").all()
+    assert out["response"].tolist() == [emulator.echo_text(t) for t in df["text"]]
