@@ -76,6 +76,9 @@ def test_submit_wait_merge_through_the_mistral_sdk(memu):
     assert out["response"].tolist() == [f"[nbbatch emulator] echo: Say {t}" for t in df["text"]]
     results = job.results()
     assert (results["input_tokens"] > 0).all() and (results["output_tokens"] > 0).all()
+    cost = job.snapshot().cost  # priced from genai-prices' Mistral table, at half price
+    assert cost.batch is not None and cost.realtime is not None
+    assert cost.batch == pytest.approx(cost.realtime / 2)
     record = job._ledger.job(job.id)  # what attach rebuilds the client from
     assert record is not None and record["provider"] == "mistral"
     assert record["base_url"] == memu.url + "/mistral"

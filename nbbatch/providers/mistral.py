@@ -387,10 +387,10 @@ def _unreachable(exc: BaseException) -> bool:
 
 def _retries() -> Any:
     """What the SDK retries: nothing unless told (``retry_config`` is unset by default);
-    retry what the other SDKs retry (429, 5xx, no answer) for up to 20 seconds."""
+    retry what the other SDKs retry (429, 5xx, no answer) for up to 10 seconds."""
     from mistralai.client.utils import BackoffStrategy, RetryConfig
 
-    return RetryConfig("backoff", BackoffStrategy(500, 8_000, 2.0, 20_000), True)
+    return RetryConfig("backoff", BackoffStrategy(500, 4_000, 2.0, 10_000), True)
 
 
 def key_of(client: Any) -> str | None:
