@@ -271,3 +271,17 @@ def test_failed_and_timed_out_rows_are_resubmitted_and_end_succeeded():
     out = job.merge()
     assert (out["response_status"] == "succeeded").all()
     assert out["response"].tolist() == [emulator.echo_text(t) for t in df["text"]]
+
+
+def test_a_json_schema_reply_becomes_columns(memu):
+    """The schema goes as ``json_schema.schema`` (the SDK's TypedDict calls it
+    ``schema_definition``, its wire name is ``schema``): not refused as missing."""
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string", "enum": ["spam", "ham"]}},
+        "required": ["label"],
+    }
+    df = pd.DataFrame({"text": ["buy now", "hello"]})
+    client = mistral_client(memu)
+    out = nb.submit(df, "{text}", model=MODEL, client=client, response_format=schema)
+    assert out.wait(timeout=60, progress=False).merge()["label"].isin(["spam", "ham"]).all()

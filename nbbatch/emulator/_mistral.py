@@ -639,6 +639,7 @@ async def retrieve_model(request: Request) -> Response:
 async def chat(request: Request) -> Response:
     """``POST /v1/chat/completions`` in real time."""
     store = _store(request)
+    store.count("realtime_requests")  # the shared front counts only the paths it knows
     body = await _json(request)
     problem = body_problem(body)
     if problem is not None:

@@ -75,6 +75,27 @@ def _endpoint() -> _params.Endpoint:
     )
 
 
+def _check_response_format(response_format: dict[str, Any] | None) -> None:
+    """``response_format`` against the SDK's ``ResponseFormat`` model, by the wire names
+    (its TypedDict names the schema ``schema_definition``; on the wire it is ``schema``,
+    as in OpenAI's shape, which nbbatch builds)."""
+    if response_format is None:
+        return
+    import pydantic
+    from mistralai.client import models
+
+    try:
+        models.ResponseFormat.model_validate(response_format)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(
+            f"response_format is not one Mistral takes: {first['msg']} (at {where}); "
+            "nothing was sent.",
+            provider="mistral",
+        ) from None
+
+
 class MistralProvider(Provider):
     """Mistral's Batch API (``client.batch.jobs``), through ``mistralai.client.Mistral``."""
 
@@ -155,15 +176,10 @@ class MistralProvider(Provider):
 
     def validate(self, spec: RequestSpec) -> None:
         """Check ``spec`` against the SDK's ``ChatCompletionRequestTypedDict``."""
-        if spec.endpoint not in ENDPOINTS:
-            raise InputError(
-                f"endpoint {spec.endpoint!r} is not supported for Mistral; use one of "
-                f"{list(ENDPOINTS)}.",
-                provider=self.name,
-            )
+        self._check_endpoint(spec.endpoint)
         _params.check_max_tokens(spec.max_tokens)
-        values = {"temperature": spec.temperature, "response_format": spec.response_format}
-        _params.check(_endpoint(), spec.params, values)
+        _params.check(_endpoint(), spec.params, {"temperature": spec.temperature})
+        _check_response_format(spec.response_format)
 
     def find_model(self, model: str) -> bool | list[str] | None:
         """``models.retrieve``, and when it says no such model, ``models.list``."""
@@ -193,6 +209,7 @@ class MistralProvider(Provider):
         return True if model in ids else ids
 
     def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
+        self._check_endpoint(spec.endpoint)
         # One line per request: {"custom_id", "body"} (the guide's input format).
         line = {"custom_id": _jsonl.ID_SENTINEL, "body": self.body(spec, _jsonl.PROMPT_SENTINEL)}
         return _jsonl.encode_lines(custom_ids, prompts, line)
@@ -335,6 +352,7 @@ class MistralProvider(Provider):
         """One request through ``client.chat.complete`` with the body a line carries."""
         from mistralai.client import errors
 
+        self._check_endpoint(spec.endpoint)
         body = {"model": spec.model, **self.body(spec, prompt)}
         try:
             reply = self.client.chat.complete(**body)
@@ -354,6 +372,14 @@ class MistralProvider(Provider):
         choice = reply.choices[0] if reply.choices else None
         row["truncated"] = choice is not None and choice.finish_reason == "length"
         return row
+
+    def _check_endpoint(self, endpoint: str) -> None:
+        if endpoint not in ENDPOINTS:
+            raise InputError(
+                f"endpoint {endpoint!r} is not supported for Mistral; use one of "
+                f"{list(ENDPOINTS)}.",
+                provider=self.name,
+            )
 
     # -- errors ------------------------------------------------------------------------
     def _error(self, exc: Exception, doing: str) -> ProviderError:
