@@ -285,3 +285,20 @@ def test_a_json_schema_reply_becomes_columns(memu):
     client = mistral_client(memu)
     out = nb.submit(df, "{text}", model=MODEL, client=client, response_format=schema)
     assert out.wait(timeout=60, progress=False).merge()["label"].isin(["spam", "ham"]).all()
+
+
+@pytest.mark.slow
+def test_a_mistral_job_on_a_stopped_emulator_is_unreachable_and_gets_no_key(monkeypatch):
+    """Attach rebuilds the job's client behind the loopback guard: with the emulator
+    gone, the command says so (exit 4) and MISTRAL_API_KEY is never sent there."""
+    with emulator.start(processing_seconds=600.0) as server:
+        job = nb.submit(pd.DataFrame({"text": ["a"]}), "{text}", model=MODEL,
+                        client=mistral_client(server))  # fmt: skip
+        while job.refresh().sending is not None or not job.batch_ids:
+            time.sleep(0.05)
+        address = server.url.removeprefix("http://")
+    monkeypatch.setenv("MISTRAL_API_KEY", "sk-secret-never-sent")
+    result = nbbatch("status", job.id)
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr and address in result.stderr
+    assert "sk-secret-never-sent" not in result.stderr + result.stdout
