@@ -416,43 +416,58 @@ def _check_create(store: Store, body: Any) -> tuple[StoredFile, str]:
     return f, model
 
 
-def create_job_sync(store: Store, body: Any) -> dict[str, Any]:
-    """``POST /v1/batch/jobs``: check, read the input file, and register the job."""
-    f, model = _check_create(store, body)
-    rows: list[RowInfo] = []
-    problems: dict[int, dict[str, Any]] = {}
-    errors: list[dict[str, Any]] = []
+@dataclass
+class Input:
+    """What reading a job's input file found: each row (marked when its body is refused,
+    with the 422 it gets), and the file's errors (which fail the whole job)."""
+
+    rows: list[RowInfo] = field(default_factory=list)
+    problems: dict[int, dict[str, Any]] = field(default_factory=dict)  # line -> 422 body
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def fail(self, message: str) -> None:
+        self.errors = [{"message": message, "count": 1}]  # the SDK's BatchError
+
+
+def read_input(path: Path, model: str) -> Input:
+    """Check a job's input file line by line (``{"custom_id", "body"}``)."""
+    found = Input()
     seen: set[str] = set()
-    for i, raw in enumerate(iter_lines(f.path)):
+    for i, raw in enumerate(iter_lines(path)):
         if i >= MAX_REQUESTS:
-            errors = [{"message": f"The job has more than {MAX_REQUESTS} requests.", "count": 1}]
-            break
+            found.fail(f"The job has more than {MAX_REQUESTS} requests.")
+            return found
         try:
             row = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            errors = [{"message": f"Line {i + 1} is not valid JSON.", "count": 1}]
-            break
+            found.fail(f"Line {i + 1} is not valid JSON.")
+            return found
         cid = row.get("custom_id") if isinstance(row, dict) else None
         if not isinstance(cid, str) or not cid or cid in seen:
-            errors = [{"message": f"Line {i + 1}: custom_id missing or repeated.", "count": 1}]
-            break
+            found.fail(f"Line {i + 1}: custom_id missing or repeated.")
+            return found
         seen.add(cid)
-        line_body = row.get("body")
-        problem = body_problem(line_body)
-        if problem is None and line_body.get("model") not in (None, model):
-            problem = error_body(
-                f"Invalid model: {line_body.get('model')} (the job's model is {model})",
-                "invalid_model",
-                "1500",
-            )
+        body = row.get("body")
+        problem = body_problem(body)
+        if problem is None and body.get("model") not in (None, model):
+            message = f"Invalid model: {body.get('model')} (the job's model is {model})"
+            problem = error_body(message, "invalid_model", "1500")
         if problem is not None:
-            problems[i] = problem
-            rows.append(RowInfo(cid, 0, "", False, invalid=True))
+            found.problems[i] = problem
+            found.rows.append(RowInfo(cid, 0, "", False, invalid=True))
             continue
-        info = inspect("/v1/chat/completions", {**line_body, "model": model})
-        rows.append(RowInfo(cid, 0, info.last_user, info.schema is not None))
-    if not rows and not errors:
-        errors = [{"message": "The input file is empty.", "count": 1}]
+        info = inspect("/v1/chat/completions", {**body, "model": model})
+        found.rows.append(RowInfo(cid, 0, info.last_user, info.schema is not None))
+    if not found.rows:
+        found.fail("The input file is empty.")
+    return found
+
+
+def create_job_sync(store: Store, body: Any) -> dict[str, Any]:
+    """``POST /v1/batch/jobs``: check, read the input file, and register the job."""
+    f, model = _check_create(store, body)
+    found = read_input(f.path, model)
+    rows, problems, errors = found.rows, found.problems, found.errors
     knobs = store.knobs
     t = store.now()
     invalid = bool(errors)
