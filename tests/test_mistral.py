@@ -302,3 +302,15 @@ def test_a_mistral_job_on_a_stopped_emulator_is_unreachable_and_gets_no_key(monk
     assert result.returncode == 4, result.stderr
     assert "Traceback" not in result.stderr and address in result.stderr
     assert "sk-secret-never-sent" not in result.stderr + result.stdout
+
+
+def test_a_mistral_model_without_a_client_needs_mistrals_key_and_no_local_backend():
+    df = pd.DataFrame({"text": ["a"]})
+    from nbbatch import providers
+
+    assert providers._MISTRAL_MODELS == MistralProvider.model_prefixes  # one list, kept twice
+    with pytest.raises(nb.ConfigError, match="MISTRAL_API_KEY"):
+        nb.submit(df, "{text}", model=MODEL)
+    with pytest.raises(nb.ConfigError, match="nb.emulator.start"):
+        nb.submit(df, "{text}", model=MODEL, provider="local")
+    assert nb.jobs().empty

@@ -64,6 +64,14 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
     """
     by_model = by_model_name(model)
     if provider == "local":
+        if by_model not in _LOCAL:
+            raise ConfigError(
+                f"provider='local' serves OpenAI, Anthropic and Gemini models, not {model!r} "
+                f"({by_model}). Start an emulator and pass a client aimed at its {by_model} "
+                f"routes: emu = nb.emulator.start(); client=... at emu.url + "
+                f"{provider_class(by_model).emulator_prefix!r}.",  # type: ignore[attr-defined]
+                provider=by_model,
+            )
         return by_model, True
     if provider is not None:
         if provider not in _REGISTRY:
@@ -99,15 +107,27 @@ _SDK_MODULES = {
 #: what decides which key a job may use, in .credentials).
 from .credentials import KEY_VARIABLES as KEY_VARIABLES  # noqa: E402
 
+#: The providers ``provider="local"`` serves on the background emulator.
+_LOCAL = ("openai", "anthropic", "gemini")
+#: Mistral's model names (MistralProvider.model_prefixes, kept here so that choosing a
+#: provider by model name imports no provider module).
+_MISTRAL_MODELS = (
+    *("mistral-", "ministral-", "open-mistral", "open-mixtral", "codestral-"),
+    *("magistral-", "pixtral-", "devstral-"),
+)
+
 #: Google's embedding models whose names do not start with ``gemini``.
 _GEMINI_EMBEDDING_MODELS = ("text-embedding-004", "embedding-001")
 
 
 def by_model_name(model: str) -> str:
     """The provider a model name belongs to: ``claude-*`` Anthropic, ``gemini-*`` (or
-    ``models/gemini-*``, or Google's ``text-embedding-004``) Gemini, anything else OpenAI."""
+    ``models/gemini-*``, or Google's ``text-embedding-004``) Gemini, Mistral's names
+    (``mistral-*``, ``codestral-*``, ...) Mistral, anything else OpenAI."""
     if model.startswith("claude"):
         return "anthropic"
+    if model.startswith(_MISTRAL_MODELS):
+        return "mistral"
     if model.removeprefix("models/").startswith(("gemini", *_GEMINI_EMBEDDING_MODELS)):
         return "gemini"
     return "openai"
@@ -229,9 +249,14 @@ def default_client(
         key = next((os.environ[v] for v in variables if os.environ.get(v)), None)
         if not key and not (name == "anthropic" and os.environ.get("ANTHROPIC_AUTH_TOKEN")):
             var = " or ".join(variables)
+            free = (
+                "use provider='local'"
+                if name in _LOCAL
+                else "pass a client aimed at nb.emulator.start()'s url"
+            )
             raise ConfigError(
                 f"No {name} API key: set {var}, or pass client=... (an official SDK client), "
-                "or use provider='local' to try it free on the embedded emulator.",
+                f"or {free} to try it free on the embedded emulator.",
                 provider=name,
             )
     # Without base_url the SDK reads its address from the environment: a client made
