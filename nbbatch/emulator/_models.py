@@ -77,6 +77,18 @@ GEMINI: tuple[ModelEntry, ...] = tuple(
     + _family("text-embedding-004", [], 1715644800, "Text Embedding 004")
 )
 
+#: Mistral's "-latest" aliases that its batch guide and SDK examples use
+#: (docs.mistral.ai/capabilities/batch: mistral-small-latest, codestral-latest,
+#: ministral-3b-latest; the SDK's examples: mistral-medium-latest, mistral-large-latest).
+#: Their creation dates are not published: they get genai-prices' date (see below).
+MISTRAL_ALIASES = (
+    "mistral-small-latest",
+    "mistral-medium-latest",
+    "mistral-large-latest",
+    "codestral-latest",
+    "ministral-3b-latest",
+)
+
 #: When models added with ``start(models=...)`` say they were created (2025-01-01).
 ADDED_CREATED = 1735689600
 #: When models known only from genai-prices say they were created: its data has no
@@ -95,6 +107,7 @@ _PRICES_PROVIDER = {
     # genai-prices' models of theirs: the emulator has no table of its own for them.
     "groq": "groq",
     "together": "together",
+    "mistral": "mistral",
 }
 #: Name prefixes of the models each API serves: genai-prices' "google" provider also
 #: prices the Claude models Vertex AI resells, which the Gemini API does not serve.
@@ -104,6 +117,7 @@ _SERVED_PREFIXES = {
     "gemini": ("gemini", "gemma", "text-embedding", "embedding"),
     "groq": None,
     "together": None,
+    "mistral": None,
 }
 
 
@@ -137,7 +151,9 @@ def _listable(model_id: str) -> bool:
 @functools.cache
 def _known(provider: str) -> tuple[ModelEntry, ...]:
     """The table's models of ``provider`` newest first, then genai-prices' others."""
-    table = {"openai": OPENAI, "anthropic": ANTHROPIC, "gemini": GEMINI}.get(provider, ())
+    mistral = tuple(ModelEntry(m, PRICES_CREATED, m) for m in MISTRAL_ALIASES)
+    tables = {"openai": OPENAI, "anthropic": ANTHROPIC, "gemini": GEMINI, "mistral": mistral}
+    table = tables.get(provider, ())
     known = sorted(table, key=lambda m: -m.created)
     have = {m.id for m in known}
     more = [

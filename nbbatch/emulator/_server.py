@@ -35,7 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import _anthropic, _anthropic_files, _azure, _gemini, _groq, _openai, _together
+from . import _anthropic, _anthropic_files, _azure, _gemini, _groq, _mistral, _openai, _together
 from ._identity import IDENTIFY_PATH, identity_proof
 from ._state import Store
 from ._wire import ApiError, JSONResponse, anthropic_error_body, openai_error_body
@@ -421,6 +421,7 @@ def build_app(store: Store) -> Starlette:
             Mount(_groq.PREFIX + "/openai", routes=_groq.routes),
             Mount(_together.PREFIX, routes=_together.routes),
             _azure.mount,
+            *_mistral.routes,
         ],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash},
     )

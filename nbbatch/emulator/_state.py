@@ -298,8 +298,8 @@ class Store:
                 return False
             in_use = any(
                 getattr(b, "input_path", None) == file.path and b.outcome is None
-                for provider in ("openai", "gemini")
-                for b in self.batches[provider].values()
+                for records in self.batches.values()
+                for b in records.values()
             )
             if in_use:
                 self._pending_unlink.add(file.path)
@@ -319,8 +319,11 @@ class Store:
     def add_batch(self, provider: str, batch: BatchRecord) -> None:
         """Register a new batch and start generating its output in the background."""
         with self.lock:
-            self.batches[provider][batch.id] = batch
-            self.counters[f"{provider}_batches_created"] += 1
+            # A provider not named in __init__ (an emulator variant of its own) gets
+            # its table and counter on its first batch.
+            self.batches.setdefault(provider, {})[batch.id] = batch
+            counter = f"{provider}_batches_created"
+            self.counters[counter] = self.counters.get(counter, 0) + 1
             if not batch.invalid:
                 self._submit(batch, None, "")
 
@@ -328,22 +331,22 @@ class Store:
         """Register a batch saved by an earlier process; output is made again only if
         that process had not finished it."""
         with self.lock:
-            self.batches[provider][batch.id] = batch
+            self.batches.setdefault(provider, {})[batch.id] = batch
             if batch.outcome is None and not batch.invalid:
                 self._submit(batch, None, "")
 
     def get_batch(self, provider: str, batch_id: str) -> BatchRecord | None:
         with self.lock:
-            return self.batches[provider].get(batch_id)
+            return self.batches.get(provider, {}).get(batch_id)
 
     def list_batches(self, provider: str) -> list[BatchRecord]:
         """Batches newest first."""
         with self.lock:
-            return sorted(self.batches[provider].values(), key=lambda b: -b.seq)
+            return sorted(self.batches.get(provider, {}).values(), key=lambda b: -b.seq)
 
     def remove_batch(self, provider: str, batch_id: str) -> BatchRecord | None:
         with self.lock:
-            return self.batches[provider].pop(batch_id, None)
+            return self.batches.get(provider, {}).pop(batch_id, None)
 
     def attempts(self, provider: str, custom_ids: list[str]) -> list[int]:
         """Each custom_id's attempt number: 1 + the number of consecutive batches, up to

@@ -74,7 +74,17 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
     (``claude-*`` is Anthropic, ``gemini-*`` Gemini, anything else OpenAI).
     """
     if provider == "local":
-        return by_model_name(model), True
+        name = by_model_name(model)
+        owner = provider_class(name)
+        if not owner.local_background:
+            raise ConfigError(
+                f"provider='local' serves OpenAI, Anthropic and Gemini models, not {model!r} "
+                f"({owner.label}). Start an emulator and pass a client aimed at its {name} "
+                f"routes: emu = nb.emulator.start(); client=... at emu.url + "
+                f"{owner.emulator_prefix!r}.",
+                provider=name,
+            )
+        return name, True
     if provider is not None:
         if provider not in _REGISTRY:
             raise ConfigError(
@@ -277,6 +287,7 @@ def _register_builtin() -> None:
     register(f"{here}.azure:AzureProvider", "azure")
     register(f"{here}.groq:GroqProvider", "groq")
     register(f"{here}.together:TogetherProvider", "together")
+    register(f"{here}.mistral:MistralProvider", "mistral")
 
 
 _register_builtin()

@@ -168,6 +168,7 @@ class AnthropicProvider(Provider):
     model_prefixes = ("claude",)
     prices_provider = "anthropic"
     emulator_prefix = ""
+    local_background = True
     # The service allows 100,000 requests and 256 MB per batch; keep a margin (the
     # request body also wraps the lines in {"requests": [...]}).
     max_requests = 100_000

@@ -231,6 +231,9 @@ class Provider(ABC):
     #: The path under the embedded emulator's address where its variant is served, or
     #: None when the emulator does not speak it.
     emulator_prefix: ClassVar[str | None] = None
+    #: Whether ``provider="local"`` (nbbatch's background emulator, which keeps its
+    #: batches across its restarts) serves this provider's models.
+    local_background: ClassVar[bool] = False
     #: the provider's limits per batch, less a safety margin
     max_requests: ClassVar[int]
     max_bytes: ClassVar[int]

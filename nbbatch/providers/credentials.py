@@ -50,6 +50,9 @@ def key_of(client: Any) -> str | None:
     key = getattr(client, "api_key", None) or getattr(client, "auth_token", None)
     if key is None:  # google.genai.Client keeps it on its inner API client
         key = getattr(getattr(client, "_api_client", None), "api_key", None)
+    if key is None:  # mistralai's Mistral keeps it in its security settings
+        security = getattr(getattr(client, "sdk_configuration", None), "security", None)
+        key = getattr(security, "api_key", None)
     return key if isinstance(key, str) and key else None
 
 

@@ -178,6 +178,7 @@ class GeminiProvider(Provider):
     model_prefixes = ("gemini", "text-embedding-004", "embedding-001")
     prices_provider = "google"
     emulator_prefix = "/gemini"
+    local_background = True
     # A batch input file may be up to 2 GB; keep a margin. The docs give no request-count
     # limit (only enqueued tokens per model): 100,000 keeps a chunk's memory bounded.
     max_requests = 100_000

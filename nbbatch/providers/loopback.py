@@ -278,6 +278,8 @@ def _http_of(client: Any) -> httpx2.Client | None:
     """The httpx2 client an SDK client sends through (its connection pool), if nbbatch
     can share it."""
     http = getattr(client, "_client", None)  # openai, anthropic
+    if http is None:  # mistralai
+        http = getattr(getattr(client, "sdk_configuration", None), "client", None)
     if http is None:  # google.genai
         http = getattr(getattr(client, "_api_client", None), "_httpx_client", None)
     return http if isinstance(http, httpx2.Client) else None

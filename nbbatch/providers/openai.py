@@ -269,6 +269,7 @@ class OpenAIProvider(Provider):
     claims_unknown_models = True
     prices_provider = "openai"
     emulator_prefix = "/v1"
+    local_background = True
     # The service allows 50,000 requests and 200 MB per batch; keep a margin.
     max_requests = 50_000
     max_bytes = 190 * 1024 * 1024
