@@ -88,7 +88,13 @@ def infer(provider: str | None, client: Any, model: str) -> tuple[str, bool]:
 
 
 #: The top module of each official SDK's client classes -> the provider it speaks to.
-_SDK_MODULES = {"openai": "openai", "anthropic": "anthropic", "google.genai": "gemini"}
+_SDK_MODULES = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "google.genai": "gemini",
+    # Bedrock's "client" is nbbatch's own settings object (bucket, role, boto3 clients).
+    "nbbatch.providers": "bedrock",
+}
 
 #: The environment variables a provider's API key is read from (kept with the rest of
 #: what decides which key a job may use, in .credentials).
@@ -208,6 +214,11 @@ def default_client(
     caller chose it (see :mod:`.credentials`). Clients are made once per provider,
     address and key and then reused, so jobs share their connection pools.
     """
+    if name == "bedrock" and not local:
+        # boto3 reads its own credentials; the address holds bucket, role and region.
+        from .bedrock import BedrockProvider
+
+        return BedrockProvider.make_client(api_key=None, base_url=base_url)
     if local:
         from .. import emulator
         from ..ledger import home
@@ -316,6 +327,7 @@ def _register_builtin() -> None:
     register("openai", f"{here}.openai:OpenAIProvider", default_endpoint="/v1/chat/completions")
     register("anthropic", f"{here}.anthropic:AnthropicProvider", default_endpoint="/v1/messages")
     register("gemini", f"{here}.gemini:GeminiProvider", default_endpoint="generateContent")
+    register("bedrock", f"{here}.bedrock:BedrockProvider", default_endpoint="InvokeModel")
 
 
 _register_builtin()
@@ -333,6 +345,8 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
         return default_client(name, local=True)
     base_url = record.get("base_url")
     credential = record.get("credential")
+    if name == "bedrock" and not credentials.is_loopback(base_url):
+        return default_client(name, base_url=base_url)  # boto3's own credential chain
     if credentials.is_loopback(base_url):
         # Never an environment key, and only while the listener is the one sent to; a
         # job recorded before listeners were cannot tell, so it needs client= too.

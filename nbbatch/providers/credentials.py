@@ -45,6 +45,9 @@ KEY_VARIABLES = {
     "openai": ("OPENAI_API_KEY",),
     "anthropic": ("ANTHROPIC_API_KEY",),
     "gemini": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
+    # boto3 reads AWS credentials itself (this variable, a profile, a role): it only
+    # says where a job's key came from when the environment holds one.
+    "bedrock": ("AWS_ACCESS_KEY_ID",),
 }
 
 

@@ -1,0 +1,196 @@
+"""AWS Bedrock batch inference, end to end: ``nb.submit`` through boto3 to the
+emulator's Bedrock control plane, with the input and output in S3 served by moto's
+S3 server (a real HTTP server on a loopback port), then ``wait`` and ``merge``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pandas as pd
+import pytest
+
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server")
+
+import nbbatch as nb  # noqa: E402
+from nbbatch import emulator  # noqa: E402
+from nbbatch.emulator._faults import TRANSIENT_MARKER  # noqa: E402
+from nbbatch.providers.bedrock import BedrockBatch  # noqa: E402
+
+ROLE = "arn:aws:iam::123456789012:role/nbbatch-batch"
+CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
+KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_url() -> Iterator[str]:
+    """moto's S3 server on a free loopback port, for the module."""
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def bedrock_emu(s3_url: str) -> Iterator[emulator.Emulator]:
+    """An emulator whose Bedrock jobs read and write S3 at moto (and run jobs of any
+    size: the client's own minimum is what the tests check)."""
+    with emulator.start(processing_seconds=0.05, s3_endpoint=s3_url, bedrock_min_records=1) as e:
+        yield e
+
+
+@pytest.fixture
+def aws(s3_url: str, bedrock_emu: emulator.Emulator) -> Iterator[dict[str, Any]]:
+    """boto3 clients aimed at moto (S3) and the emulator (Bedrock), and a fresh bucket."""
+    s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", **KEYS)
+    bedrock = boto3.client(
+        "bedrock", endpoint_url=bedrock_emu.url + "/bedrock", region_name="us-east-1", **KEYS
+    )
+    bucket = f"nbb-{os.urandom(4).hex()}"
+    s3.create_bucket(Bucket=bucket)
+    yield {"s3": s3, "bedrock": bedrock, "bucket": bucket}
+    s3.close()
+    bedrock.close()
+
+
+def settings(aws: dict[str, Any], **kw: Any) -> BedrockBatch:
+    return BedrockBatch(
+        f"s3://{aws['bucket']}/runs", ROLE, "us-east-1", bedrock=aws["bedrock"], s3=aws["s3"], **kw
+    )
+
+
+def reviews(n: int, text: str = "review {i}") -> pd.DataFrame:
+    return pd.DataFrame({"text": [text.format(i=i) for i in range(n)]})
+
+
+def keys(aws: dict[str, Any]) -> list[str]:
+    listed = aws["s3"].list_objects_v2(Bucket=aws["bucket"])
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+def test_submit_wait_merge_through_s3_and_the_bedrock_emulator(aws):
+    data = reviews(120)
+    job = nb.submit(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
+                    client=settings(aws), output="answer", max_tokens=50)  # fmt: skip
+    job.wait(timeout=120, progress=False)
+    out = job.merge(data)
+    assert (out["answer_status"] == "succeeded").all()
+    assert out["answer"].notna().all() and (out["answer"].str.len() > 0).all()
+    # The input went to S3 and Bedrock's output was read back from it.
+    found = keys(aws)
+    assert sum(k.endswith("/input.jsonl") for k in found) == 1
+    assert sum(k.endswith("/input.jsonl.out") for k in found) == 1
+    assert sum(k.endswith("/manifest.json.out") for k in found) == 1
+    # Priced from genai-prices' AWS Bedrock table, at half the on-demand price.
+    assert job.cost.batch is not None and job.cost.batch > 0
+
+
+def test_converse_runs_a_model_that_is_not_anthropic(aws):
+    data = reviews(100)
+    job = nb.submit(data, "Topic of: {text}", model="amazon.nova-lite-v1:0", provider="bedrock",
+                    endpoint="Converse", client=settings(aws), output="topic")  # fmt: skip
+    out = job.wait(timeout=120, progress=False).merge(data)
+    assert (out["topic_status"] == "succeeded").all()
+    assert out["topic"].str.len().gt(0).all()
+
+
+def test_invoke_model_of_a_model_that_is_not_anthropic_is_refused_before_sending(aws):
+    with pytest.raises(nb.InputError, match="endpoint='Converse'"):
+        nb.submit(reviews(100), "{text}", model="amazon.nova-lite-v1:0", provider="bedrock",
+                  client=settings(aws))  # fmt: skip
+    assert keys(aws) == []
+
+
+def test_a_job_below_bedrocks_minimum_is_refused_before_anything_is_sent(aws, bedrock_emu):
+    before = bedrock_emu.stats()["bedrock_batches_created"]
+    with pytest.raises(nb.InputError) as refused:
+        nb.submit(reviews(5), "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
+                  client=settings(aws))  # fmt: skip
+    message = str(refused.value)
+    assert "at least 100 records" in message and "this one has 5" in message
+    assert "provider='anthropic'" in message
+    assert keys(aws) == []  # nothing uploaded
+    assert bedrock_emu.stats()["bedrock_batches_created"] == before
+    assert nb.jobs().empty  # nothing recorded
+
+
+def test_missing_settings_are_named_with_their_fix(monkeypatch, aws):
+    monkeypatch.delenv("NBBATCH_BEDROCK_BUCKET", raising=False)
+    monkeypatch.delenv("NBBATCH_BEDROCK_ROLE_ARN", raising=False)
+    with pytest.raises(nb.ConfigError, match="NBBATCH_BEDROCK_BUCKET"):
+        BedrockBatch(role_arn=ROLE, bedrock=aws["bedrock"], s3=aws["s3"])
+    with pytest.raises(nb.ConfigError, match="NBBATCH_BEDROCK_ROLE_ARN"):
+        BedrockBatch("s3://b/p", bedrock=aws["bedrock"], s3=aws["s3"])
+
+
+def test_a_failed_record_becomes_a_failed_row_and_is_resubmitted(aws):
+    # Two records fail once (a transient error of Bedrock's: errorCode 429 or 500);
+    # with retries=0 they end failed, with the reason, and resubmit_failed sends them
+    # again (this account's quota lets a job of 2 records run: min_records=1).
+    texts = [f"review {i}" for i in range(100)]
+    texts[3] = f"review 3 {TRANSIENT_MARKER}"
+    texts[50] = f"review 50 {TRANSIENT_MARKER}"
+    data = pd.DataFrame({"text": texts})
+    job = nb.submit(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
+                    client=settings(aws, min_records=1), output="answer",
+                    retries=0)  # fmt: skip
+    out = job.wait(timeout=120, progress=False).merge(data)
+    failed = out[out["answer_status"] == "failed"]
+    assert list(failed.index) == [3, 50]
+    assert failed["answer_error"].str.contains("Simulated HTTP").all()
+    assert (out.drop(index=[3, 50])["answer_status"] == "succeeded").all()
+    job.resubmit_failed()
+    out = job.wait(timeout=120, progress=False).merge(data)
+    assert (out["answer_status"] == "succeeded").all()
+
+
+def test_a_retry_below_the_minimum_ends_its_rows_failed_naming_the_minimum(aws):
+    # The automatic retry of a failed record would be a job of 1: refused before it is
+    # sent (wait says why), and the row ends failed with the reason, never lost.
+    texts = [f"review {i}" for i in range(100)]
+    texts[7] = f"review 7 {TRANSIENT_MARKER}"
+    data = pd.DataFrame({"text": texts})
+    job = nb.submit(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
+                    client=settings(aws), output="answer")  # fmt: skip
+    with pytest.raises(nb.BatchFailedError, match="at least 100 records"):
+        job.wait(timeout=120, progress=False)
+    out = job.merge(data)
+    assert len(out) == 100
+    assert out.loc[7, "answer_status"] == "failed"
+    assert "at least 100 records" in out.loc[7, "answer_error"]
+    assert (out.drop(index=[7])["answer_status"] == "succeeded").all()
+
+
+def test_the_cli_attaches_to_a_bedrock_job_from_its_recorded_settings(aws, s3_url, tmp_path):
+    data = reviews(100)
+    job = nb.submit(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
+                    client=settings(aws), output="answer")  # fmt: skip
+    job.wait(timeout=120, progress=False)
+    target = tmp_path / "out.csv"
+    # A new process with no client: bucket, role, region and both endpoints come from
+    # what the job recorded; AWS credentials from the environment, as boto3 reads them.
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    done = subprocess.run(
+        [sys.executable, "-m", "nbbatch.cli", "collect", job.id, "--out", str(target)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "100 rows written" in done.stdout
+    frame = pd.read_csv(target)
+    assert (frame["answer_status"] == "succeeded").all()
+    attached = nb.attach(job.id)
+    assert attached.provider == "bedrock"
