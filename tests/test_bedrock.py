@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -194,3 +195,59 @@ def test_the_cli_attaches_to_a_bedrock_job_from_its_recorded_settings(aws, s3_ur
     assert (frame["answer_status"] == "succeeded").all()
     attached = nb.attach(job.id)
     assert attached.provider == "bedrock"
+
+
+@pytest.fixture
+def faulty(s3_url: str) -> Iterator[emulator.Emulator]:
+    """An emulator that leaves some records out of the output, and is slow enough to
+    stop a job while it runs."""
+    with emulator.start(
+        processing_seconds=3.0, s3_endpoint=s3_url, missing_rate=0.05, bedrock_min_records=1
+    ) as e:
+        yield e
+
+
+def test_a_record_missing_from_the_output_is_a_failed_row_not_a_lost_one(aws, faulty):
+    bedrock = boto3.client(
+        "bedrock", endpoint_url=faulty.url + "/bedrock", region_name="us-east-1", **KEYS
+    )
+    try:
+        client = BedrockBatch(
+            f"s3://{aws['bucket']}/runs", ROLE, "us-east-1", bedrock=bedrock, s3=aws["s3"]
+        )
+        data = reviews(100)
+        job = nb.submit(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
+                        client=client, output="answer", retries=0)  # fmt: skip
+        out = job.wait(timeout=120, progress=False).merge(data)
+        missing = out[out["answer_status"] != "succeeded"]
+        assert len(missing) == 5  # 5% of 100, every one accounted for
+        assert (missing["answer_status"] == "failed").all()
+        assert missing["answer_error"].str.contains("no result").all()
+    finally:
+        bedrock.close()
+
+
+def test_cancel_stops_the_job_and_its_unrun_records_end_cancelled(aws, faulty):
+    bedrock = boto3.client(
+        "bedrock", endpoint_url=faulty.url + "/bedrock", region_name="us-east-1", **KEYS
+    )
+    try:
+        client = BedrockBatch(
+            f"s3://{aws['bucket']}/runs", ROLE, "us-east-1", bedrock=bedrock, s3=aws["s3"]
+        )
+        data = reviews(100)
+        job = nb.submit(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
+                        client=client, output="answer")  # fmt: skip
+        give_up = time.monotonic() + 60  # submit returns at once: wait for the job to exist
+        while not faulty.stats()["bedrock_batches_created"] and time.monotonic() < give_up:
+            time.sleep(0.05)
+        job.cancel()
+        out = job.wait(timeout=120, progress=False).merge(data)
+        statuses = set(out["answer_status"])
+        assert "cancelled" in statuses
+        assert statuses <= {"succeeded", "failed", "cancelled"}
+        assert len(out) == 100
+        listed = bedrock.list_model_invocation_jobs()["invocationJobSummaries"]
+        assert listed[0]["status"] == "Stopped"
+    finally:
+        bedrock.close()
