@@ -17,11 +17,12 @@ import pytest
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
+botocore_exceptions = pytest.importorskip("botocore.exceptions")
 
 import nbbatch as nb  # noqa: E402
 from nbbatch import emulator  # noqa: E402
 from nbbatch.emulator._faults import TRANSIENT_MARKER  # noqa: E402
-from nbbatch.providers.bedrock import BedrockBatch  # noqa: E402
+from nbbatch.providers.bedrock import BedrockBatch, BedrockProvider  # noqa: E402
 
 ROLE = "arn:aws:iam::123456789012:role/nbbatch-batch"
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
@@ -136,6 +137,8 @@ def test_missing_settings_are_named_with_their_fix(monkeypatch, aws):
         BedrockBatch(role_arn=ROLE, bedrock=aws["bedrock"], s3=aws["s3"])
     with pytest.raises(nb.ConfigError, match="NBBATCH_BEDROCK_ROLE_ARN"):
         BedrockBatch("s3://b/p", bedrock=aws["bedrock"], s3=aws["s3"])
+    with pytest.raises(nb.ConfigError, match="an IAM role's ARN"):
+        BedrockBatch("s3://b/p", "my-role", bedrock=aws["bedrock"], s3=aws["s3"])
 
 
 def test_a_failed_record_becomes_a_failed_row_and_is_resubmitted(aws):
@@ -251,3 +254,39 @@ def test_cancel_stops_the_job_and_its_unrun_records_end_cancelled(aws, faulty):
         assert listed[0]["status"] == "Stopped"
     finally:
         bedrock.close()
+
+
+def test_a_job_over_the_record_limit_is_split_evenly_so_no_part_is_below_the_minimum(
+    aws, monkeypatch
+):
+    # With at most 150 records a job, 210 rows would be 150 + 60, and Bedrock runs no
+    # job of 60: they go as 105 + 105 instead. (The limit lowered, as the real 50,000
+    # would take too long to run here.)
+    monkeypatch.setattr(BedrockProvider, "max_requests", 150)
+    data = reviews(210)
+    job = nb.submit(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
+                    client=settings(aws), output="answer")  # fmt: skip
+    out = job.wait(timeout=120, progress=False).merge(data)
+    assert (out["answer_status"] == "succeeded").all()
+    inputs = [k for k in keys(aws) if k.endswith("/input.jsonl")]
+    sizes = sorted(
+        aws["s3"].get_object(Bucket=aws["bucket"], Key=k)["Body"].read().count(b"\n")
+        for k in inputs
+    )
+    assert sizes == [105, 105]
+
+
+def test_the_emulator_answers_bedrock_errors_in_aws_shape(aws):
+    # botocore reads the error type from x-amzn-ErrorType: a ClientError with its code.
+    with pytest.raises(botocore_exceptions.ClientError) as refused:
+        aws["bedrock"].get_model_invocation_job(jobIdentifier="abcdefabcdef")
+    assert refused.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    # A job whose input is not there is created, then fails validation, saying why.
+    made = aws["bedrock"].create_model_invocation_job(
+        jobName="nothing-there", roleArn=ROLE, modelId=CLAUDE,
+        inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{aws['bucket']}/none.jsonl"}},
+        outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{aws['bucket']}/out/"}},
+    )  # fmt: skip
+    job = aws["bedrock"].get_model_invocation_job(jobIdentifier=made["jobArn"])
+    assert job["status"] == "Failed"
+    assert "could not be read" in job["message"]

@@ -256,6 +256,11 @@ class Provider(ABC):
         nothing. Providers without checks accept everything here."""
         return None
 
+    @property
+    def min_requests(self) -> int:
+        """The fewest requests the provider runs in one batch (1: any number)."""
+        return 1
+
     def check_job_size(self, n_requests: int) -> None:
         """Raise :class:`~nbbatch.InputError` when the provider would refuse a job of
         ``n_requests`` requests for its size (Bedrock runs no job below a minimum).

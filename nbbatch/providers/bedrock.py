@@ -90,6 +90,8 @@ ENDED = frozenset({"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expi
 
 #: ``us.anthropic.claude-...``: a cross-Region inference profile of a model.
 _PROFILE = re.compile(r"^(?:us|eu|apac|au|jp|ca|us-gov|global)\.")
+#: What Bedrock takes as a role (botocore: RoleArn).
+_ROLE_ARN = re.compile(r"^arn:aws(-[^:]+)?:iam::([0-9]{12})?:role/.+$")
 #: What a job name may be (botocore: ModelInvocationJobName).
 _JOB_NAME = re.compile(r"[^a-zA-Z0-9+\-.]")
 
@@ -148,6 +150,12 @@ class BedrockBatch:
         if parsed.scheme != "s3" or not parsed.netloc:
             raise ConfigError(
                 f"bucket must look like 's3://my-bucket/prefix', got {bucket!r}.",
+                provider="bedrock",
+            )
+        if not _ROLE_ARN.match(role_arn):
+            raise ConfigError(
+                f"role_arn must be an IAM role's ARN ('arn:aws:iam::123456789012:role/name'), "
+                f"got {role_arn!r}.",
                 provider="bedrock",
             )
         if not isinstance(min_records, int) or min_records < 1:
@@ -361,6 +369,11 @@ class BedrockProvider(Provider):
     def validate(self, spec: RequestSpec) -> None:
         """The invocation type and the model's body can be built (sends nothing)."""
         self.model_input(spec, "")
+
+    @property
+    def min_requests(self) -> int:
+        """Bedrock's per-model minimum of records per job (``BedrockBatch.min_records``)."""
+        return int(self.client.min_records)
 
     def check_job_size(self, n_requests: int) -> None:
         """Refuse a job of fewer records than Bedrock runs (its per-model minimum)."""
