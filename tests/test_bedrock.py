@@ -290,3 +290,45 @@ def test_the_emulator_answers_bedrock_errors_in_aws_shape(aws):
     job = aws["bedrock"].get_model_invocation_job(jobIdentifier=made["jobArn"])
     assert job["status"] == "Failed"
     assert "could not be read" in job["message"]
+
+
+def test_preview_prices_a_bedrock_job_before_anything_is_sent(aws):
+    data = reviews(100)
+    seen = nb.preview(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
+                      client=settings(aws))  # fmt: skip
+    text = str(seen)
+    assert "anthropic_version" in text or "Sentiment of: review 0" in text
+    assert "$" in text  # priced from genai-prices' AWS Bedrock table
+    assert keys(aws) == []
+
+
+def test_a_rebuilt_bedrock_client_sends_nothing_to_a_new_listener_on_the_port(aws, s3_url):
+    first = emulator.start(processing_seconds=600.0, s3_endpoint=s3_url, bedrock_min_records=1)
+    port = first.port
+    bedrock = boto3.client(
+        "bedrock", endpoint_url=first.url + "/bedrock", region_name="us-east-1", **KEYS
+    )
+    try:
+        client = BedrockBatch(
+            f"s3://{aws['bucket']}/runs", ROLE, "us-east-1", bedrock=bedrock, s3=aws["s3"]
+        )
+        job = nb.submit(reviews(100), "Sentiment of: {text}", model=CLAUDE,
+                        provider="bedrock", client=client, output="answer")  # fmt: skip
+        give_up = time.monotonic() + 60
+        while not first.stats()["bedrock_batches_created"] and time.monotonic() < give_up:
+            time.sleep(0.05)
+        first.stop()
+        with emulator.start(port=port, s3_endpoint=s3_url) as second:
+            # Another process rebuilds the client from the record: the listener on the
+            # port is not the one the job was sent to, so nothing is sent to it.
+            done = subprocess.run(
+                [sys.executable, "-m", "nbbatch.cli", "status", job.id],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert "Traceback" not in done.stderr, done.stderr
+            with pytest.raises(nb.ProviderError, match="is gone"):
+                job.refresh()  # this process's own client: guarded the same way
+            assert not [p for _, p in second.request_log if p.startswith("/bedrock")]
+    finally:
+        bedrock.close()
+        first.stop()
