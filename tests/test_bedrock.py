@@ -4,6 +4,7 @@ S3 server (a real HTTP server on a loopback port), then ``wait`` and ``merge``."
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +15,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_hypothesis
+from hypothesis import strategies as st
 
 boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -22,6 +26,7 @@ botocore_exceptions = pytest.importorskip("botocore.exceptions")
 import nbbatch as nb  # noqa: E402
 from nbbatch import emulator  # noqa: E402
 from nbbatch.emulator._faults import TRANSIENT_MARKER  # noqa: E402
+from nbbatch.providers.base import RequestSpec  # noqa: E402
 from nbbatch.providers.bedrock import BedrockBatch, BedrockProvider  # noqa: E402
 
 ROLE = "arn:aws:iam::123456789012:role/nbbatch-batch"
@@ -332,3 +337,42 @@ def test_a_rebuilt_bedrock_client_sends_nothing_to_a_new_listener_on_the_port(aw
     finally:
         bedrock.close()
         first.stop()
+
+
+@settings_hypothesis(max_examples=50, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.from_regex(r"[A-Za-z0-9_-]{1,40}", fullmatch=True), st.text(max_size=200)),
+        min_size=1,
+        max_size=20,
+        unique_by=lambda r: r[0],
+    )
+)
+def test_output_records_of_either_shape_parse_to_their_text_and_id(rows):
+    # Messages (InvokeModel) and Converse outputs, and error records, whatever the ids
+    # and the text: each line is one row, with its id, text and status.
+    lines = []
+    for i, (record_id, text) in enumerate(rows):
+        if i % 3 == 0:
+            out = {"content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                   "usage": {"input_tokens": 3, "output_tokens": 4}}  # fmt: skip
+            lines.append({"recordId": record_id, "modelInput": {}, "modelOutput": out})
+        elif i % 3 == 1:
+            out = {"output": {"message": {"content": [{"text": text}]}}, "stopReason": "end_turn",
+                   "usage": {"inputTokens": 3, "outputTokens": 4}}  # fmt: skip
+            lines.append({"recordId": record_id, "modelInput": {}, "modelOutput": out})
+        else:
+            error = {"errorCode": 500, "errorMessage": text}
+            lines.append({"recordId": record_id, "modelInput": {}, "error": error})
+    raw = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+    spec = RequestSpec(model=CLAUDE, endpoint="InvokeModel")
+    table = BedrockProvider.parse_results(None, raw, spec).to_pylist()  # type: ignore[arg-type]
+    assert [r["custom_id"] for r in table] == [r[0] for r in rows]
+    for i, ((_, text), row) in enumerate(zip(rows, table, strict=True)):
+        if i % 3 == 2:
+            assert row["status"] == "failed"
+            assert row["error_message"] == (text or "Bedrock gave no output for this record")
+            assert row["retryable"] is True
+        else:
+            assert row["status"] == "succeeded" and row["output"] == text
+            assert row["output_tokens"] == 4

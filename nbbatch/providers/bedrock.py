@@ -477,6 +477,7 @@ class BedrockProvider(Provider):
         out = info.raw.get("output_uri")
         if not out:
             return []
+        self.client.check_address()
         parsed = urlparse(out)
         bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
         # Bedrock writes under <output>/<job id>/ (a folder per job).
