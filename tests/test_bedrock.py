@@ -376,3 +376,25 @@ def test_output_records_of_either_shape_parse_to_their_text_and_id(rows):
         else:
             assert row["status"] == "succeeded" and row["output"] == text
             assert row["output_tokens"] == 4
+
+
+def test_a_create_repeated_with_its_client_token_makes_no_second_job(aws, bedrock_emu):
+    # boto3 fills clientRequestToken itself, so a create it sends again after a lost
+    # answer names the same token: Bedrock (and the emulator) make one job of it.
+    lines = b"".join(
+        b'{"recordId":"r%d","modelInput":{"anthropic_version":"bedrock-2023-05-31",'
+        b'"max_tokens":20,"messages":[{"role":"user","content":"hi"}]}}\n' % i
+        for i in range(3)
+    )
+    aws["s3"].put_object(Bucket=aws["bucket"], Key="in.jsonl", Body=lines)
+    ask = dict(
+        jobName=f"once-{os.urandom(3).hex()}", roleArn=ROLE, modelId=CLAUDE,
+        clientRequestToken="token-1-" + os.urandom(3).hex(),
+        inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{aws['bucket']}/in.jsonl"}},
+        outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{aws['bucket']}/out/"}},
+    )  # fmt: skip
+    before = bedrock_emu.stats()["bedrock_batches_created"]
+    first = aws["bedrock"].create_model_invocation_job(**ask)
+    second = aws["bedrock"].create_model_invocation_job(**ask)
+    assert first["jobArn"] == second["jobArn"]
+    assert bedrock_emu.stats()["bedrock_batches_created"] == before + 1

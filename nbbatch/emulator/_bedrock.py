@@ -115,6 +115,7 @@ class BedrockJob(BatchRecord):
     output_uri: str = ""
     input_file: str = "input.jsonl"  # the name its output file is named after
     message: str | None = None  # why validation failed
+    token: str = ""  # clientRequestToken: a create repeated with it makes no second job
     submitted: float = 0.0  # unix time
     published: bool = False
     _publish_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -300,8 +301,15 @@ def create_job_sync(store: Store, body: Any) -> dict[str, Any]:
         raise ApiError(400, f"modelInvocationType {invocation!r} is not InvokeModel or Converse")
     model = str(body["modelId"])
     knobs = store.knobs
+    token = str(body.get("clientRequestToken") or "")
     with store.lock:
-        if any(b.name == body["jobName"] for b in store.list_batches("bedrock")):  # type: ignore[attr-defined]
+        jobs = [b for b in store.list_batches("bedrock") if isinstance(b, BedrockJob)]
+        # "If this token matches a previous request, Amazon Bedrock ignores the request,
+        # but does not return an error" (CreateModelInvocationJob, clientRequestToken).
+        again = next((b for b in jobs if token and b.token == token), None)
+        if again is not None:
+            return {"jobArn": again.arn}
+        if any(b.name == body["jobName"] for b in jobs):
             raise ApiError(409, f"A job named {body['jobName']!r} already exists.")
     records: list[dict[str, Any]] = []
     problem: str | None = None
@@ -363,6 +371,7 @@ def create_job_sync(store: Store, body: Any) -> dict[str, Any]:
         output_uri=target,
         input_file=key.rsplit("/", 1)[-1] or "input.jsonl",
         message=problem,
+        token=token,
         submitted=store.clock.unix(t),
     )
     store.add_batch("bedrock", job)
