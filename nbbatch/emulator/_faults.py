@@ -131,6 +131,8 @@ class Knobs:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
         if not self.http_error_statuses:
             raise ValueError("http_error_statuses must not be empty")
+        if self.bedrock_min_records < 1:
+            raise ValueError(f"bedrock_min_records must be >= 1, got {self.bedrock_min_records!r}")
         if self.fault_attempts is not None and self.fault_attempts < 0:
             raise ValueError("fault_attempts must be >= 0 or None")
         if self.tier is not None and self.tier not in TIERS:
