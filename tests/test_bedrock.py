@@ -398,3 +398,22 @@ def test_a_create_repeated_with_its_client_token_makes_no_second_job(aws, bedroc
     second = aws["bedrock"].create_model_invocation_job(**ask)
     assert first["jobArn"] == second["jobArn"]
     assert bedrock_emu.stats()["bedrock_batches_created"] == before + 1
+
+
+def test_an_unrecorded_create_is_found_again_by_its_part_and_no_other(aws):
+    # A create whose answer was lost is looked for by its job name: this part's only
+    # (part 1:1 is not part 1:10), made since the attempt began, not already known.
+    provider = BedrockProvider(settings(aws, min_records=1))
+    spec = RequestSpec(model=CLAUDE, endpoint="InvokeModel")
+    line = (
+        b'{"recordId":"a","modelInput":{"anthropic_version":"bedrock-2023-05-31",'
+        b'"max_tokens":20,"messages":[{"role":"user","content":"hi"}]}}\n'
+    )
+    since = time.time()
+    job = f"nbb-find-{os.urandom(3).hex()}"
+    ten = provider.create(line, spec, {"nbbatch_job": job, "nbbatch_part": "1:10"})
+    one = provider.create(line, spec, {"nbbatch_job": job, "nbbatch_part": "1:1"})
+    found = provider.find_batch({"nbbatch_job": job, "nbbatch_part": "1:1"}, 1, since, set())
+    assert found is not None and found.batch_id == one.batch_id != ten.batch_id
+    known = {one.batch_id}
+    assert provider.find_batch({"nbbatch_job": job, "nbbatch_part": "1:1"}, 1, since, known) is None

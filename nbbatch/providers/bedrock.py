@@ -465,7 +465,9 @@ class BedrockProvider(Provider):
         found = None
         for job in self._jobs(submitTimeAfter=after, nameContains=stem[:63]):
             info = _info(job)
-            if info.batch_id not in known and str(job.get("jobName", "")).startswith(stem):
+            # The name is the stem and 8 hex digits: part 1:1 is not part 1:10.
+            mine = str(job.get("jobName", "")).rpartition("-")[0] == stem
+            if info.batch_id not in known and mine:
                 found = info
         return found
 
