@@ -417,3 +417,16 @@ def test_an_unrecorded_create_is_found_again_by_its_part_and_no_other(aws):
     assert found is not None and found.batch_id == one.batch_id != ten.batch_id
     known = {one.batch_id}
     assert provider.find_batch({"nbbatch_job": job, "nbbatch_part": "1:1"}, 1, since, known) is None
+
+
+def test_a_real_time_fallback_ends_the_row_failed_saying_bedrock_has_none_here(aws):
+    texts = [f"review {i}" for i in range(100)]
+    texts[9] = f"review 9 {TRANSIENT_MARKER}"
+    data = pd.DataFrame({"text": texts})
+    job = nb.submit(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
+                    client=settings(aws, min_records=1), output="answer", retries=0,
+                    fallback="realtime")  # fmt: skip
+    out = job.wait(timeout=120, progress=False).merge(data)
+    assert out.loc[9, "answer_status"] == "failed"
+    assert "batch inference only" in out.loc[9, "answer_error"]
+    assert (out.drop(index=[9])["answer_status"] == "succeeded").all()

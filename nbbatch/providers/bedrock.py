@@ -51,6 +51,7 @@ from .base import (
     Provider,
     RequestSpec,
     empty_results,
+    failure_row,
     is_transient,
 )
 
@@ -524,6 +525,17 @@ class BedrockProvider(Provider):
         for r in rows:
             r.pop("truncated")
         return pa.Table.from_pylist(rows, schema=ROW_RESULT_SCHEMA)
+
+    def realtime(self, custom_id: str, prompt: str, spec: RequestSpec) -> dict[str, Any]:
+        """Not available: nbbatch does not call Bedrock's runtime API (InvokeModel) yet,
+        so a row sent "in real time" (fallback=, on_deadline=) ends failed saying so."""
+        return failure_row(
+            custom_id,
+            "not_supported",
+            "nbbatch sends Bedrock rows through batch inference only (no real-time "
+            "InvokeModel yet): resubmit them as a batch, or with provider='anthropic'.",
+            False,
+        )
 
     def truncated(self, raw: bytes, spec: RequestSpec) -> pa.Table:
         rows = [_row(line) for line in raw.splitlines() if line.strip()]
