@@ -406,6 +406,7 @@ def _check_before_sending(
     planned into a file is removed when it fails."""
     try:
         _check_sendable(rows)
+        impl.check_job_size(len(rows.send_positions))
         impl.encode(*rows.head(1), spec)
         _check_models(impl, models)
         if max_cost is not None:
@@ -921,6 +922,7 @@ def _plan_checks(
     def checks(planned: _stream.StreamPlan, source: _stream.Source) -> None:
         rows = _rows_of(planned, source.describe())
         _check_sendable(rows)
+        impl.check_job_size(len(rows.send_positions))
         impl.encode(*rows.head(1), spec)
         _planning.longest_fits(planned, lambda i, p: impl.encode(i, p, spec), impl.max_bytes)
         if max_cost is not None:

@@ -282,10 +282,20 @@ def cost(
 # ------------------------------------------------------------------ the genai-prices data
 
 
+#: A Bedrock model id (``anthropic.claude-...-v1:0``), or a cross-Region inference profile
+#: of one (``us.anthropic.claude-...``).
+_BEDROCK_ID = re.compile(
+    r"^(?:(?:us|eu|apac|au|jp|ca|global)\.)?"
+    r"(?:anthropic|amazon|meta|mistral|cohere|ai21|deepseek|qwen|writer|twelvelabs)\.[a-z0-9]"
+)
+
+
 def _provider_id(model: str) -> str | None:
     """The genai-prices provider of a model name, for an unambiguous look-up."""
     name = model.lower()
-    if name.startswith(("claude", "anthropic.")):
+    if _BEDROCK_ID.match(name):
+        return "aws"  # a Bedrock model id: priced from genai-prices' AWS Bedrock table
+    if name.startswith("claude"):
         return "anthropic"
     if name.startswith("gemini"):
         return "google"

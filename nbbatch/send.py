@@ -112,6 +112,11 @@ def send_rows(
     provider = ctx.provider
     limit = max(1, min(provider.max_requests, max_requests or provider.max_requests))
     size = _pack.size_for(ctx.policy, stage, attempt)  # rows per request (pack=)
+    if provider.min_requests > 1:
+        # A provider with a minimum batch size (Bedrock) would refuse a small last
+        # piece (50,050 rows: 50,000 + 50): the same number of batches, evenly filled.
+        requests = math.ceil(len(positions) / size)
+        limit = max(1, math.ceil(requests / math.ceil(requests / limit)))
     progress = progress or Progress()
     progress.rows += len(positions)
     progress.expected += math.ceil(len(positions) / (limit * size))

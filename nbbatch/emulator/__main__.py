@@ -109,6 +109,19 @@ def main(argv: list[str] | None = None) -> None:
         help="answer Gemini batches out of request order, as the service has been seen to",
     )
     parser.add_argument(
+        "--s3-endpoint",
+        default=None,
+        metavar="URL",
+        help="Bedrock: the S3 endpoint its jobs read input from and write output to "
+        "(default $AWS_ENDPOINT_URL_S3)",
+    )
+    parser.add_argument(
+        "--bedrock-min-records",
+        type=int,
+        default=100,
+        help="Bedrock: the fewest records a job runs (its per-model quota's default, 100)",
+    )
+    parser.add_argument(
         "--responder",
         metavar="MODULE:FUNCTION",
         help="answer text and structured requests with FUNCTION(request) -> str | dict",
@@ -171,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         state_dir=args.state_dir,
         models=models,
         gemini_out_of_order=args.gemini_out_of_order,
+        s3_endpoint=args.s3_endpoint,
+        bedrock_min_records=args.bedrock_min_records,
         responder=responder,
         quality=args.quality,
     )
@@ -181,6 +196,9 @@ def main(argv: list[str] | None = None) -> None:
         f"  Gemini:    genai.Client(api_key='any', "
         f"http_options={{'base_url': {emu.gemini_base_url!r}}})",
         flush=True,
+    )
+    print(
+        f"  Bedrock:   boto3.client('bedrock', endpoint_url={emu.url + '/bedrock'!r})", flush=True
     )
     print("Press Ctrl-C to stop.", flush=True)
     try:

@@ -242,6 +242,8 @@ def start(
     flex_unavailable_rate: float = 0.0,
     models: Sequence[str] = (),
     gemini_out_of_order: bool = False,
+    s3_endpoint: str | None = None,
+    bedrock_min_records: int = 100,
     clock: Callable[[], float] | None = None,
     state_dir: str | Path | None = None,
     responder: Responder | None = None,
@@ -292,6 +294,11 @@ def start(
     the batch and real-time endpoints refuse other names, per line, as the services do.
     Gemini batches answer in request order, inline and in their result file, as Google
     documents; ``gemini_out_of_order`` reorders both as the service has been reported to.
+    Bedrock batch inference is served under ``/bedrock`` (a ``boto3.client("bedrock",
+    endpoint_url=emu.url + "/bedrock")``): its jobs read their input from and write
+    their output to S3 at ``s3_endpoint`` (default ``$AWS_ENDPOINT_URL_S3``; a moto
+    server in the tests), and a job of fewer than ``bedrock_min_records`` records fails
+    validation, as Bedrock's per-model minimum (100 by default) makes it.
     ``state_dir`` keeps files and batches in that folder, on wall-clock time, so another
     emulator started on the same folder serves them again (what the background emulator
     behind ``provider="local"`` does).
@@ -335,6 +342,8 @@ def start(
         flex_unavailable_rate=flex_unavailable_rate,
         models=tuple(models),
         gemini_out_of_order=gemini_out_of_order,
+        s3_endpoint=s3_endpoint,
+        bedrock_min_records=bedrock_min_records,
     )
     folder = None if state_dir is None else Path(state_dir)
     return Emulator(

@@ -87,6 +87,10 @@ class Knobs:
     # Gemini answers in request order, as documented; True reorders them as the service
     # has been seen to (googleapis/python-genai#1909), to test a client that matches by key.
     gemini_out_of_order: bool = False
+    # Bedrock batch inference reads its input from and writes its output to S3: the S3
+    # endpoint to use (None: $AWS_ENDPOINT_URL_S3), and the fewest records it runs.
+    s3_endpoint: str | None = None
+    bedrock_min_records: int = 100
 
     def replace(self, **changes: object) -> Knobs:
         """Return a copy with ``changes`` applied, checking names and ranges."""
@@ -127,6 +131,8 @@ class Knobs:
                 raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
         if not self.http_error_statuses:
             raise ValueError("http_error_statuses must not be empty")
+        if self.bedrock_min_records < 1:
+            raise ValueError(f"bedrock_min_records must be >= 1, got {self.bedrock_min_records!r}")
         if self.fault_attempts is not None and self.fault_attempts < 0:
             raise ValueError("fault_attempts must be >= 0 or None")
         if self.tier is not None and self.tier not in TIERS:

@@ -35,7 +35,17 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import _anthropic, _anthropic_files, _azure, _gemini, _groq, _mistral, _openai, _together
+from . import (
+    _anthropic,
+    _anthropic_files,
+    _azure,
+    _bedrock,
+    _gemini,
+    _groq,
+    _mistral,
+    _openai,
+    _together,
+)
 from ._identity import IDENTIFY_PATH, identity_proof
 from ._state import Store
 from ._wire import ApiError, JSONResponse, anthropic_error_body, openai_error_body
@@ -102,6 +112,11 @@ def error_response(
     if is_gemini(path):
         return JSONResponse(
             _gemini.error_body(status, message, details), status_code=status, headers=headers
+        )
+    if _bedrock.is_bedrock(path):
+        body, aws_type = _bedrock.error_body(status, message, type)
+        return JSONResponse(
+            body, status_code=status, headers={**(headers or {}), "x-amzn-ErrorType": aws_type}
         )
     if anthropic or is_anthropic(path):
         kind = type if type and type in _ANTHROPIC_TYPES.values() or type == "api_error" else None
@@ -230,12 +245,20 @@ def _anthropic_header_problem(path: str, headers: dict[bytes, bytes]) -> tuple[i
     return None
 
 
+_SIGV4 = re.compile(rb"^AWS4-HMAC-SHA256 Credential=([^/,\s]+)/")
+
+
 def _presented_keys(headers: dict[bytes, bytes]) -> list[bytes]:
     """The API keys a request carries, in any of the APIs' headers (Azure's ``api-key``)."""
     keys = []
     auth = headers.get(b"authorization", b"")
     if auth[:7].lower() == b"bearer " and auth[7:].strip():
         keys.append(auth[7:].strip())
+    # boto3 signs with SigV4 ("AWS4-HMAC-SHA256 Credential=<access key id>/..."): the
+    # access key id is what it presents (the emulator checks no signature).
+    found = _SIGV4.match(auth)
+    if found:
+        keys.append(found.group(1))
     for name in (b"x-api-key", b"x-goog-api-key", b"api-key"):
         value = headers.get(name, b"").strip()
         if value:
@@ -422,6 +445,7 @@ def build_app(store: Store) -> Starlette:
             Mount(_together.PREFIX, routes=_together.routes),
             _azure.mount,
             *_mistral.routes,
+            *_bedrock.routes,
         ],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _crash},
     )

@@ -215,8 +215,14 @@ class Store:
             "openai": {},
             "anthropic": {},
             "gemini": {},
+            "bedrock": {},
         }
-        self._attempts: dict[str, dict[str, int]] = {"openai": {}, "anthropic": {}, "gemini": {}}
+        self._attempts: dict[str, dict[str, int]] = {
+            "openai": {},
+            "anthropic": {},
+            "gemini": {},
+            "bedrock": {},
+        }
         # Gemini resumable uploads between their start and their finalize.
         self.uploads: dict[str, Any] = {}
         self._pending_unlink: set[Path] = set()
@@ -235,6 +241,7 @@ class Store:
             "openai_batches_created": 0,
             "anthropic_batches_created": 0,
             "gemini_batches_created": 0,
+            "bedrock_batches_created": 0,
             "files_uploaded": 0,
             "requests": 0,
             "realtime_requests": 0,

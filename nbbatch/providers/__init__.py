@@ -288,6 +288,7 @@ def _register_builtin() -> None:
     register(f"{here}.groq:GroqProvider", "groq")
     register(f"{here}.together:TogetherProvider", "together")
     register(f"{here}.mistral:MistralProvider", "mistral")
+    register(f"{here}.bedrock:BedrockProvider", "bedrock")
 
 
 _register_builtin()
@@ -317,6 +318,8 @@ def rebuild_client(record: dict[str, Any], home: Path) -> Any:
         return default_client(name, local=True)
     base_url = record.get("base_url")
     credential = record.get("credential")
+    if name == "bedrock" and not credentials.is_loopback(base_url):
+        return default_client(name, base_url=base_url)  # boto3's own credential chain
     if credentials.is_loopback(base_url):
         # Never an environment key, and only while the listener is the one sent to; a
         # job recorded before listeners were cannot tell, so it needs client= too.

@@ -344,6 +344,17 @@ class Provider(ABC):
         nothing. Providers without checks accept everything here."""
         return None
 
+    @property
+    def min_requests(self) -> int:
+        """The fewest requests the provider runs in one batch (1: any number)."""
+        return 1
+
+    def check_job_size(self, n_requests: int) -> None:
+        """Raise :class:`~nbbatch.InputError` when the provider would refuse a job of
+        ``n_requests`` requests for its size (Bedrock runs no job below a minimum).
+        Sends nothing; providers without a minimum accept any size."""
+        return None
+
     @classmethod
     def check_output_limit(cls, spec: RequestSpec) -> None:
         """Raise :class:`~nbbatch.InputError` when ``spec.max_tokens`` is above the output

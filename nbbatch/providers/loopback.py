@@ -117,6 +117,12 @@ class Guard(httpx2.BaseTransport):
         self._owns = not mine
         self._inner: Any = inner if mine else http.HTTPTransport()
 
+    @property
+    def check(self) -> Callable[[httpx2.Request], str | None]:
+        """The check asked before each request (a client that does not send through
+        httpx2, Bedrock's boto3, asks it itself)."""
+        return self._check
+
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send ``request`` if ``check`` allows it (it may also rewrite it)."""
         if self._owner is not None and self._owner.is_closed:
