@@ -253,6 +253,7 @@ def claims_polars(nb: NotebookNode, s: dict[str, Any]) -> None:
             "summary_prompt_hash",
             "summary_batch_id",
             "summary_attempt",
+            "summary_latency_s",
         ],
         "every file row answered": True,
         "catalogue rows written": 40_000,
