@@ -813,11 +813,24 @@ class Ledger:
         record["policy"] = orjson.loads(record["policy"] or "{}")
         return record
 
-    def set_fingerprint(self, job_id: str, fingerprint: str) -> None:
-        """Give a job its fingerprint once its rows are known (a table held in memory
-        planned in the background: its rows are only read then)."""
+    def claim_fingerprint(
+        self, job_id: str, fingerprint: str, *, force: bool = False
+    ) -> str | None:
+        """Give a job planned in the background its fingerprint, unless another job
+        already has it: that job's id then (nothing changed), else None.
+
+        Looking and recording are one write transaction, so two jobs of the same rows
+        planned at once (two threads, or two processes on this ledger) cannot both
+        miss each other and both send: the second to get here finds the first.
+        ``force`` records the fingerprint whatever other job has it."""
         with self.transaction() as db:
+            if not force:
+                row = db.execute(_SAME_JOB + " AND id != ?" + _NEWEST, (fingerprint, job_id))
+                found = row.fetchone()
+                if found is not None:
+                    return str(found[0])
             db.execute("UPDATE jobs SET fingerprint = ? WHERE id = ?", (fingerprint, job_id))
+        return None
 
     def find_job(self, fingerprint: str) -> str | None:
         """The newest job with this fingerprint (same data and request), if any.
@@ -825,12 +838,7 @@ class Ledger:
         A job that ended (failed or cancelled) before anything was sent, such as one
         refused by ``max_cost`` while its rows were planned in the background, is passed
         over: it holds nothing to attach to, and its error advises submitting again."""
-        rows = self.query(
-            "SELECT id FROM jobs WHERE fingerprint = ? AND NOT (status IN ('failed', "
-            "'cancelled') AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.job_id = jobs.id)) "
-            "ORDER BY created DESC LIMIT 1",
-            (fingerprint,),
-        )
+        rows = self.query(_SAME_JOB + _NEWEST, (fingerprint,))
         return rows[0][0] if rows else None
 
     def job_status(self, job_id: str) -> str | None:
@@ -1323,6 +1331,15 @@ class Ledger:
             self._states.pop(job_id, None)
         shutil.rmtree(self.files / job_id, ignore_errors=True)
         return bool(found)
+
+
+#: The jobs with a fingerprint that a new job of the same rows would be (see
+#: :meth:`Ledger.find_job`): all but those that ended with nothing sent.
+_SAME_JOB = (
+    "SELECT id FROM jobs WHERE fingerprint = ? AND NOT (status IN ('failed', "
+    "'cancelled') AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.job_id = jobs.id))"
+)
+_NEWEST = " ORDER BY created DESC LIMIT 1"
 
 
 def _live_threads() -> set[int]:

@@ -5,7 +5,13 @@ and the rows come back complete and on their own rows."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+import time
+from pathlib import Path
 
 import pandas as pd
 import polars as pl
@@ -154,3 +160,106 @@ def test_a_row_over_the_providers_size_limit_fails_the_job_before_anything_is_se
     with pytest.raises(nb.InputError, match="over the provider's batch limit of 4,000 bytes"):
         job.wait(timeout=60, progress=False)
     assert job.snapshot().status == "failed" and batches_created(emu) == before
+
+
+# -- the same rows submitted twice while both are planned: sent once ------------------------
+def look_together(folder: Path, parties: int = 2) -> None:
+    """Make every job planner (in this process and the others given the same
+    ``folder``) that looks up a same job by its rows' fingerprint wait, after looking,
+    until ``parties`` planners have looked: the worst interleaving of two planners of
+    the same rows, made certain instead of left to the scheduler. Each one waits at
+    most 20 s, so a planner that never looks this way (one that looks and records at
+    once) is only slowed."""
+    from nbbatch.ledger import Ledger
+
+    find = Ledger.find_job
+
+    def looked(self, fingerprint):
+        found = find(self, fingerprint)
+        if not fingerprint.startswith("planning-"):  # submit's own look is not a planner's
+            (folder / f"looked-{os.getpid()}-{threading.get_ident()}").touch()
+            deadline = time.monotonic() + 20
+            while len(list(folder.glob("looked-*"))) < parties and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return found
+
+    Ledger.find_job = looked  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def together(tmp_path, monkeypatch):
+    from nbbatch.ledger import Ledger
+
+    monkeypatch.setattr(Ledger, "find_job", Ledger.find_job)  # restored after the test
+    folder = tmp_path / "planners"
+    folder.mkdir()
+    look_together(folder)
+    return folder
+
+
+def _one_sent_one_pointing_to_it(jobs: list[nb.BatchJob], errors: dict[str, str]) -> None:
+    """One of the jobs sent every row; the other sent nothing and says which one did."""
+    (sent,) = [j for j in jobs if j.id not in errors]
+    (twin,) = [j for j in jobs if j.id in errors]
+    assert sent.counts["succeeded"] == 30
+    assert f"already submitted as {sent.id}" in errors[twin.id]
+    assert twin.snapshot().status == "failed" and twin.counts["failed"] == 30
+
+
+def test_the_same_frame_submitted_twice_while_planned_is_sent_once(oai, emu, gated, together):
+    gate, started = gated
+    df = _frame(30)
+    before = batches_created(emu)
+    jobs = [nb.submit(df, PROMPT, model="gpt-4o-mini", client=oai) for _ in range(2)]
+    assert started.wait(30)
+    gate.set()  # both planners read the rows at once now
+    errors = {}
+    for job in jobs:
+        try:
+            job.wait(timeout=60, progress=False)
+        except nb.InputError as exc:
+            errors[job.id] = str(exc)
+    assert batches_created(emu) - before == 1
+    _one_sent_one_pointing_to_it(jobs, errors)
+
+
+TWIN = """
+    import pathlib, sys, openai, nbbatch as nb
+    from nbbatch import planning
+    from tests.test_memory_planning import PROMPT, _frame, look_together
+    url, folder = sys.argv[1:]
+    planning.MEMORY_BACKGROUND_ROWS = 10
+    look_together(pathlib.Path(folder))
+    client = openai.OpenAI(base_url=url, api_key="k")
+    job = nb.submit(_frame(30), PROMPT, model="gpt-4o-mini", client=client, display=False)
+    print(job.id, flush=True)
+    try:
+        job.wait(timeout=60, progress=False)
+    except nb.InputError as exc:
+        print(exc, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_planning_the_same_frame_on_one_ledger_send_it_once(
+    oai, emu, together, monkeypatch
+):
+    monkeypatch.setattr(planning, "MEMORY_BACKGROUND_ROWS", 10)
+    before = batches_created(emu)
+    other = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(TWIN), emu.openai_base_url, str(together)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    job = nb.submit(_frame(30), PROMPT, model="gpt-4o-mini", client=oai)
+    errors = {}
+    try:
+        job.wait(timeout=60, progress=False)
+    except nb.InputError as exc:
+        errors[job.id] = str(exc)
+    out, err = other.communicate(timeout=120)
+    assert other.returncode == 0, err
+    other_id, *said = out.strip().splitlines()
+    if said:
+        errors[other_id] = said[0]
+    assert batches_created(emu) - before == 1
+    _one_sent_one_pointing_to_it([job, nb.attach(other_id, client=oai)], errors)
