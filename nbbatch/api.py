@@ -546,6 +546,8 @@ def _start(job: BatchJob, *, wait: bool, progress: bool | str, display: bool | s
         job.wait(progress=progress)
         return job
     job.start_sending(daemon=in_notebook())
+    if _deadline.acts(job.policy):
+        job.start_polling()  # so the deadline acts when it arrives, panel or not
     if shown:
         _show(job)
     return job

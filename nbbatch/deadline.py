@@ -15,7 +15,11 @@ once it has passed:
    ``realtime``, and the note says what they cost beside the other way.
 
 Each is a function of the job's :class:`~nbbatch.context.JobContext`, run by the job's
-poll (see :meth:`nbbatch.job.BatchJob.refresh`).
+poll (see :meth:`nbbatch.job.BatchJob.refresh`). A session holding such a job polls it
+in the background from ``submit`` on (with or without the panel), and the poll after
+the deadline is moved to the moment it arrives (:func:`until_due`), so it acts then.
+Nothing acts while no session holds the job: the next that polls it and may send (a
+new session's ``nb.attach(...).wait()``, ``nbbatch collect``) acts at once.
 """
 
 from __future__ import annotations
@@ -68,6 +72,24 @@ def check(
                 )
 
 
+def acts(policy: dict[str, Any]) -> bool:
+    """Whether a job with this policy does something at its deadline (flex or
+    realtime), so a session holding it should poll when it arrives."""
+    return policy.get("on_deadline", "wait") in ("flex", "realtime")
+
+
+def until_due(ctx: JobContext, delay: float) -> float:
+    """``delay`` (seconds to the next poll), shortened so that the poll comes as the
+    deadline arrives when it acts and falls within ``delay``: the rows go another way
+    then, not up to a whole poll interval later."""
+    due = ctx.record.get("deadline")
+    if due is None or not acts(ctx.policy):
+        return delay
+    left = float(due) - ctx.clock()
+    # A moment past it, so that the poll finds it passed.
+    return min(delay, left + 0.05) if left >= 0 else delay
+
+
 def rerouting(ctx: JobContext) -> bool:
     """Whether the job's deadline has passed and its rows now go another way (the
     sender checks the same, ``JobContext.rerouting``, before each batch)."""
@@ -97,6 +119,13 @@ def reroute(ctx: JobContext) -> None:
             f"deadline reached: cancelling {len(open_batches)} open batches; rows they "
             f"finished keep their results, the rest go {_way(ctx)}"
         )
+        # Looked at once more now: those the cancel ended at once are collected, so the
+        # rest go in this poll rather than the next (which may be a while away).
+        from .collect import poll_batch
+
+        for batch in ctx.ledger.batches(ctx.id):
+            if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
+                poll_batch(ctx, batch)
     if any(not b["collected"] for b in ctx.ledger.batches(ctx.id)):
         return  # the cancelled batches' finished rows first
     state = ctx.row_state()

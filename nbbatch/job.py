@@ -520,6 +520,7 @@ class BatchJob:
                     self._set_poll_error,
                     delays=self.polling.delays(),
                     clock=lambda: ctx.clock(),
+                    shorten=lambda delay: _deadline.until_due(ctx, delay),
                 ).start()
             return self._poller
 
@@ -599,6 +600,7 @@ class BatchJob:
                     self._raise_send_error()
                 _escalate.raise_if_failed(self._ctx, snap)
                 return self
+            delay = _deadline.until_due(self._ctx, delay)  # a poll as the deadline arrives
             if timeout is not None and self.clock() - start + delay > timeout:
                 raise TimeoutError(self._timeout_message(snap, timeout))
             self._next_poll = self.clock() + delay

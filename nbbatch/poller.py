@@ -25,7 +25,8 @@ class Poller:
     """Polls one job in a daemon thread; see the module docstring.
 
     ``refresh`` and ``on_error`` are bound methods of the job (held weakly); ``delays``
-    the waits between polls; ``clock`` the job's clock (it must not hold the job).
+    the waits between polls; ``clock`` the job's clock and ``shorten`` what makes a
+    wait shorter for something due sooner (neither may hold the job).
     """
 
     def __init__(
@@ -36,8 +37,10 @@ class Poller:
         *,
         delays: Iterator[float],
         clock: Callable[[], float],
+        shorten: Callable[[float], float] | None = None,
     ) -> None:
         self._refresh = weakref.WeakMethod(refresh)
+        self._shorten = shorten  # a delay, shortened for an event due sooner (a deadline)
         self._on_error = weakref.WeakMethod(on_error)
         self._delays = delays
         self._clock = clock
@@ -88,6 +91,8 @@ class Poller:
             refresh = self._refresh()
             if refresh is None:  # nobody holds the job any more
                 return
+            if self._shorten is not None:
+                delay = self._shorten(delay)
             # Known before the refresh, so the snapshot it publishes can say when next.
             self.next_poll = self._clock() + delay
             try:

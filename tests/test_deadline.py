@@ -201,6 +201,7 @@ def test_the_deadline_acts_at_the_next_poll_that_may_send_not_at_a_sidebar_check
     with emulator.start(processing_seconds=600) as emu:
         job = nb.submit(_frame(5), PROMPT, model="o4-mini", client=openai_client(emu),
                         deadline=dt.timedelta(seconds=1), on_deadline="realtime")  # fmt: skip
+        job.stop_polling()  # this session stops watching it, as a closed kernel would
         job.wait_sent(timeout=60)
         due = job.snapshot().deadline
         assert due is not None
@@ -230,6 +231,7 @@ def test_cancelling_or_forgetting_a_job_past_its_deadline_sends_nothing():
     with emulator.start(processing_seconds=600) as emu:
         job = nb.submit(_frame(5), PROMPT, model="o4-mini", client=openai_client(emu),
                         deadline=dt.timedelta(seconds=1), on_deadline="realtime")  # fmt: skip
+        job.stop_polling()  # this session stops watching it, as a closed kernel would
         job.wait_sent(timeout=60)
         due = job.snapshot().deadline
         assert due is not None
@@ -248,3 +250,31 @@ def test_cancelling_or_forgetting_a_job_past_its_deadline_sends_nothing():
         from nbbatch.ledger import default as ledger
 
         assert ledger().job_status(job.id) == "cancelled"
+
+
+def test_the_session_that_submitted_the_job_acts_when_the_deadline_arrives():
+    import time
+
+    with emulator.start(processing_seconds=600) as emu:
+        # No wait(), no panel (not a notebook): the session polls it in the background.
+        job = nb.submit(_frame(5), PROMPT, model="o4-mini", client=openai_client(emu),
+                        deadline=dt.timedelta(seconds=1), on_deadline="realtime")  # fmt: skip
+        waited = time.monotonic() + 120
+        while emu.stats()["realtime_requests"] < 5 and time.monotonic() < waited:
+            time.sleep(0.1)  # nothing here looks at the job
+        assert emu.stats()["realtime_requests"] == 5
+        job.wait(timeout=60, progress=False)
+        assert job.counts["realtime"] == 5 and job.counts["succeeded"] == 5
+
+
+def test_a_long_poll_interval_still_polls_as_the_deadline_arrives(slow):
+    client = anthropic_client(slow)
+    job = nb.submit(_frame(4), PROMPT, model="claude-haiku-4-5", client=client,
+                    deadline=dt.timedelta(seconds=2), on_deadline="realtime")  # fmt: skip
+    job.stop_polling()
+    # Polls ten minutes apart: the one after the submit's would come long after the
+    # deadline, and wait() would give up at once; it is moved to the deadline instead,
+    # and that poll cancels the batch, collects it and sends the rows.
+    job.polling = nb.PollPolicy(first=600, most=600)
+    job.wait(timeout=120, progress=False)
+    assert job.counts["realtime"] == 4 and job.counts["succeeded"] == 4
