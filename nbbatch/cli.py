@@ -57,12 +57,12 @@ JOB_HELP = "a job id, as `nbbatch jobs` lists it"
 def _jobs(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from . import api
+    from . import _jobs
     from .ledger import default as _default_ledger
     from .pricing import money
 
     pd.set_option("display.width", 200)
-    table = api.jobs()
+    table = _jobs.jobs()
     if table.empty:
         print("no jobs in the ledger")
         return OK
@@ -74,7 +74,7 @@ def _jobs(args: argparse.Namespace) -> int:
     estimates = {}
     for job_id in table.loc[table["status"] == "running", "id"]:
         try:  # the money a running job will cost, not the $0.00 it has paid so far
-            estimates[job_id] = api.estimated_cost(ledger, job_id)
+            estimates[job_id] = _jobs.estimated_cost(ledger, job_id)
         except Exception:  # noqa: BLE001 - a job that cannot be estimated shows what it paid
             continue
     table["cost"] = [
@@ -108,9 +108,9 @@ def _wave_lines(ledger: Any, job_ids: list[str]) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from . import api
+    from . import _jobs
 
-    job = api.attach(args.job)
+    job = _jobs.attach(args.job)
     snap = _poll(job, send=args.send)
     if snap.last_error:
         # Polling retries these quietly in a notebook; a command must say so and fail.
@@ -269,10 +269,10 @@ def _ids(labels: pd.Series) -> pd.Series:
 def _refreshed(job_id: str, *, send: bool) -> tuple[BatchJob | None, str | None]:
     """The job, polled once if it has rows pending (see :func:`_poll`), or the reason it
     could not be."""
-    from . import api
+    from . import _jobs
 
     try:
-        job = api.attach(job_id)
+        job = _jobs.attach(job_id)
         if job.snapshot().finished:
             return job, None
         snap = _poll(job, send=send)
@@ -380,7 +380,7 @@ def _job_problems(ledger: Ledger, record: dict[str, Any], *, poll: bool) -> list
 
 
 def _unreadable(record: dict[str, Any], exc: BaseException) -> str:
-    from .api import unreadable_text
+    from ._jobs import unreadable_text
 
     return unreadable_text(str(record.get("id")), exc)
 
@@ -403,10 +403,10 @@ def _collect(args: argparse.Namespace) -> int:
     folder = bool(args.out) and names_folder(args.out)
     if out is not None and not folder:
         _check_out(out)  # before anything else: a bad name should not cost a long wait
-    from . import api
+    from . import _jobs
     from .ledger import default as _default_ledger
 
-    job = api.attach(args.job)
+    job = _jobs.attach(args.job)
     out = out or Path(f"{job.id}.parquet")
     if folder:
         out.mkdir(parents=True, exist_ok=True)
@@ -462,9 +462,9 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from . import api
+    from . import _jobs
 
-    job = api.attach(args.job)
+    job = _jobs.attach(args.job)
     # Batches that ended at the provider are collected first: a job with nothing left to
     # run is not "cancelled" (its answers are all in), it is done.
     # Without sending: a poll that sends would, past an on_deadline="flex"/"realtime"
@@ -484,12 +484,12 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _forget(args: argparse.Namespace) -> int:
-    from . import api
+    from . import _jobs
     from ._errors import JobNotFoundError
     from .ledger import default as _default_ledger
 
     try:
-        api.attach(args.job).forget(force=args.force)
+        _jobs.attach(args.job).forget(force=args.force)
     except NbbatchError:
         raise  # main() gives its message, advice put as commands
     except Exception:

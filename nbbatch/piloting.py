@@ -321,7 +321,7 @@ class Pilot:
         (``overrides`` change them). The sample's rows are not paid for again: their
         requests already succeeded, so the ledger gives their answers back (not after a
         real-time pilot, whose answers are not kept)."""
-        from . import api
+        from . import _submit
 
         chosen = self._setting(setting) if setting is not None else self.recommended
         if chosen is None:
@@ -332,7 +332,7 @@ class Pilot:
             )
         kwargs = {**self._kwargs, **overrides}
         kwargs.setdefault("pack", chosen.pack)
-        return api.submit(
+        return _submit.submit(
             self.data if data is None else data, chosen.prompt, model=chosen.model, **kwargs
         )
 
@@ -389,7 +389,7 @@ def pilot(
 
     Waits for every setting's answers, then returns the :class:`Pilot`.
     """
-    from . import api, pricing
+    from . import _submit, pricing
     from .providers import provider_class
 
     for key in _OWN:
@@ -416,7 +416,7 @@ def pilot(
     else:
         started = time.monotonic()
         jobs = [
-            api.submit(
+            _submit.submit(
                 sample,
                 s.prompt,
                 model=s.model,
@@ -468,14 +468,14 @@ def _runs_of(runs: list[_Run], setting: Setting) -> _Run:
 
 
 def _realtime(sample: pd.DataFrame, s: Setting, kwargs: dict[str, Any]) -> _Run:
-    from . import api
+    from . import _preview
 
     started = time.monotonic()
-    out = api.try_now(sample, s.prompt, model=s.model, **kwargs)
+    out = _preview.try_now(sample, s.prompt, model=s.model, **kwargs)
     took = time.monotonic() - started
     # try_now keeps no token counts: the sample's real-time cost is preview's estimate.
     asked = {k: v for k, v in kwargs.items() if k not in ("output", "concurrency")}
-    estimate = api.preview(sample, s.prompt, model=s.model, **asked).estimate
+    estimate = _preview.preview(sample, s.prompt, model=s.model, **asked).estimate
     tokens = estimate.input_tokens + estimate.output_tokens
     cost = estimate.cost.realtime
     return _Run(s, out, None, cost, took, None, tokens, cost)

@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbbatch"
 FACES = {
     "nbbatch",
     "nbbatch.job",
-    "nbbatch.api",
+    "nbbatch._submit",
+    "nbbatch._jobs",
     "nbbatch.cli",
     "nbbatch.panel",
     "nbbatch.console",

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 import nbbatch as nb
-from nbbatch import api, emulator, planning
+from nbbatch import _inputs, emulator, planning
 
 from .conftest import batches_created, model_for
 
@@ -35,14 +35,14 @@ def gated(monkeypatch):
     planner waits for ``gate`` before it reads the rows; ``started`` says it got there."""
     monkeypatch.setattr(planning, "MEMORY_BACKGROUND_ROWS", 10)
     gate, started = threading.Event(), threading.Event()
-    plan_now = api._in_memory
+    plan_now = _inputs.in_memory
 
     def held(*args, **kwargs):
         started.set()
         assert gate.wait(60)
         return plan_now(*args, **kwargs)
 
-    monkeypatch.setattr(api, "_in_memory", held)
+    monkeypatch.setattr(_inputs, "in_memory", held)
     yield gate, started
     gate.set()
 

@@ -57,10 +57,10 @@ def jobs_view(
 ) -> dict:
     """Every job in ``ledger``, newest first, as the module docstring's schema;
     ``check_errors``: the server's failed checks (:meth:`.checks.Checks.errors`)."""
-    from .. import api, quota
+    from .. import _jobs, quota
 
     now = time.time() if now is None else now
-    table = api.jobs(ledger)  # the public listing: status, counts and cost as nb.jobs()
+    table = _jobs.jobs(ledger)  # the public listing: status, counts and cost as nb.jobs()
     records = {r["id"]: r for r in ledger.jobs()}
     oldest_open = dict(
         ledger.query("SELECT job_id, MIN(created) FROM batches WHERE ended = 0 GROUP BY job_id")
@@ -176,7 +176,7 @@ def _unreadable(
 ) -> dict[str, Any]:
     """A job whose ledger record cannot be read, as much of it as can be shown, with
     what to do about it as its alert."""
-    from ..api import UNREADABLE, unreadable_text
+    from .._jobs import UNREADABLE, unreadable_text
 
     created = record.get("created")
     created = float(created) if isinstance(created, int | float) else now
@@ -270,7 +270,7 @@ def collect(ledger: Ledger, job_id: str, root_dir: str, folder: str = "") -> dic
     ``<folder>/<job_id>.parquet`` under ``root_dir``, atomically. ``folder`` is relative
     to ``root_dir`` and may not leave it. Returns ``{"path", "rows", "warning", "job"}``;
     ``warning`` is a transient polling error (the file then holds what the ledger had)."""
-    from .. import api, cli
+    from .. import _jobs, cli
     from .._files import private_output
 
     root = Path(root_dir).resolve()
@@ -285,7 +285,7 @@ def collect(ledger: Ledger, job_id: str, root_dir: str, folder: str = "") -> dic
             f"{target.relative_to(root).as_posix()} is a folder; rename or remove it, or "
             "collect into another folder"
         )
-    job = api.attach(job_id)
+    job = _jobs.attach(job_id)
     snap = job.refresh(send=False)  # collects what ended; never sends (see refresh)
     frame = cli.results_table(job)
     # A fresh private file (never a guessable name a link could be planted at).
@@ -305,18 +305,18 @@ def refresh(ledger: Ledger, job_id: str, root_dir: str | None = None) -> dict[st
     a transient error (the provider unreachable, say) or null. It only looks, as
     ``job.refresh(send=False)``: rows not sent yet, retries and a cascade's next stage
     are sent by a kernel that attaches to the job (``nb.attach``), never from here."""
-    from .. import api
+    from .. import _jobs
 
-    snap = api.attach(job_id).refresh(send=False)
+    snap = _jobs.attach(job_id).refresh(send=False)
     return {"warning": snap.last_error, "job": job_view(ledger, job_id, root_dir)}
 
 
 def cancel(ledger: Ledger, job_id: str, root_dir: str | None = None) -> dict[str, Any]:
     """Cancel the job at its provider, as ``job.cancel()`` (rows already finished keep
     their results): ``{"warning", "job"}``."""
-    from .. import api
+    from .. import _jobs
 
-    job = api.attach(job_id)
+    job = _jobs.attach(job_id)
     if job.snapshot().finished:
         raise Conflict(f"job {job_id} has finished: there is nothing left to cancel")
     snap = job.cancel()
