@@ -15,24 +15,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import checks as _checks
-from . import engines as _engines
-from . import estimate as _estimate_mod
-from . import frames
-from . import health as _health
-from . import pack as _pack
-from . import plan as _plan
-from . import planning as _planning
-from . import prompt as _prompt
+from . import _checks, _engines, _health, _pack, _plan, _planning, _prompt, _stream, _structured
+from . import _estimate as _estimate_mod
+from . import _frames as frames
 from . import providers as _providers
-from . import stream as _stream
-from . import structured as _structured
 from ._errors import InputError
+from ._ledger import Ledger
+from ._ledger import default as _default_ledger
 from .job import (
     output_columns,
 )
-from .ledger import Ledger
-from .ledger import default as _default_ledger
 from .pricing import money
 from .providers.base import Provider, RequestSpec
 
@@ -43,7 +35,7 @@ log = logging.getLogger("nbbatch")
 
 
 def check_policy(fallback: Any, deadline: Any) -> None:
-    """The failure policy's arguments :func:`nbbatch.checks.arguments` leaves, refused
+    """The failure policy's arguments :func:`nbbatch._checks.arguments` leaves, refused
     before anything else is looked at."""
     if fallback not in (None, "realtime"):
         raise InputError(f"fallback must be None or 'realtime', found {fallback!r}.")
@@ -62,7 +54,7 @@ def check_output_limits(name: str, spec: RequestSpec, models: list[str]) -> None
 def cascade(model: Any, escalate_when: Any) -> tuple[list[str], str | None, Any]:
     """The models of a submit (one, or a cascade's), and its ``escalate_when`` as the
     ledger keeps it (a string) and as this session keeps it (a function)."""
-    from . import escalate as _escalate
+    from . import _escalate
 
     if isinstance(model, list | tuple):
         models = list(model)
@@ -91,7 +83,7 @@ def cascade(model: Any, escalate_when: Any) -> tuple[list[str], str | None, Any]
 @dataclasses.dataclass
 class Rows:
     """A submit call's planned rows, whether held in memory (a :class:`plan.Plan`) or
-    written batch by batch to a manifest file (:mod:`nbbatch.stream`): what ``submit``
+    written batch by batch to a manifest file (:mod:`nbbatch._stream`): what ``submit``
     and ``preview`` need of them, the same for both."""
 
     n_rows: int
@@ -178,7 +170,7 @@ def distributed(
     identity: tuple[str, str],
     folder: Path | None = None,
 ) -> Rows:
-    """Plan a Dask or Spark frame on its workers (:mod:`nbbatch.engines`), which also
+    """Plan a Dask or Spark frame on its workers (:mod:`nbbatch._engines`), which also
     encode the request lines that sending then uploads; the plan file goes to
     ``folder`` (by default beside the ledger)."""
     folder = folder or _default_ledger().files
@@ -236,7 +228,7 @@ def plan_checks(
 ) -> _planning.Checks:
     """The checks submit makes once a table planned in the background is planned:
     rows to send, the first request encodes, none is over the provider's size limit,
-    and the budget (of ``pack`` rows a request, see :mod:`nbbatch.pack`)."""
+    and the budget (of ``pack`` rows a request, see :mod:`nbbatch._pack`)."""
 
     def checks(planned: _stream.StreamPlan, source: _stream.Source) -> None:
         rows = rows_of(planned, source.describe())

@@ -13,24 +13,22 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 import pandas as pd
 
-from . import health as _health
-from . import planning as _planning
-from . import pricing
+from . import _health, _planning, pricing
 from . import providers as _providers
 from ._errors import InputError, JobNotFoundError
+from ._ledger import Ledger
+from ._ledger import default as _default_ledger
+from ._ledger import home as _ledger_home
 from .job import (
     LOCAL_POLLING,
     REMOTE_POLLING,
     BatchJob,
     is_loopback,
 )
-from .ledger import Ledger
-from .ledger import default as _default_ledger
-from .ledger import home as _ledger_home
 from .providers.base import Provider, RequestSpec
 
 if TYPE_CHECKING:
-    from .comparison import Comparison
+    from ._comparison import Comparison
 from . import _inputs
 
 log = logging.getLogger("nbbatch")
@@ -83,7 +81,7 @@ def attach(
             template=record["template"],
         )  # fmt: skip
     if escalate_when is not None:
-        from . import escalate as _escalate
+        from . import _escalate
 
         if not record["policy"].get("cascade"):
             raise InputError(
@@ -173,7 +171,7 @@ def _listed(ledger: Ledger, r: dict[str, Any], now: float) -> dict[str, Any]:
     pending = c.get("pending", 0)
     ended = r["status"] if r["status"] in ("cancelled", "failed") else "completed"
     status = "running" if pending else ended
-    from . import escalate as _escalate
+    from . import _escalate
     from .snapshot import models_text as _models_text
 
     staged = "stages" in r["summary"] or "cascade" in orjson.loads(r.get("policy") or "{}")

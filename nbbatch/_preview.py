@@ -17,26 +17,28 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from . import checks as _checks
-from . import deadline as _deadline
-from . import engines as _engines
-from . import estimate as _estimate_mod
-from . import frames
-from . import health as _health
-from . import merge as _merge
-from . import pack as _pack
-from . import plan as _plan
+from . import (
+    _checks,
+    _deadline,
+    _engines,
+    _health,
+    _merge,
+    _pack,
+    _plan,
+    _quota,
+    _stream,
+    _structured,
+)
+from . import _estimate as _estimate_mod
+from . import _frames as frames
 from . import providers as _providers
-from . import quota as _quota
-from . import stream as _stream
-from . import structured as _structured
+from ._calibrate import PILOT_ROWS
 from ._errors import ConfigError
-from .calibrate import PILOT_ROWS
+from ._ledger import Ledger
+from ._ledger import default as _default_ledger
 from .job import (
     output_columns,
 )
-from .ledger import Ledger
-from .ledger import default as _default_ledger
 from .providers.base import RequestSpec, is_embeddings
 
 if TYPE_CHECKING:
@@ -283,8 +285,8 @@ def try_now(
     (``df.head(5)``) before paying for all of them at batch price. Real-time calls cost
     the full price; nothing is written to the ledger.
     """
-    from . import realtime
-    from .collect import realtime_checked
+    from . import _realtime as realtime
+    from ._collect import realtime_checked
 
     _checks.arguments(
         prompt=prompt, output=output, system=system, max_tokens=max_tokens,

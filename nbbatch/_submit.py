@@ -22,22 +22,27 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import checks as _checks
-from . import deadline as _deadline
-from . import engines as _engines
-from . import frames
-from . import health as _health
-from . import pack as _pack
-from . import plan as _plan
-from . import planning as _planning
-from . import prompt as _prompt
-from . import quota as _quota
-from . import rowstore as _rowstore
-from . import stream as _stream
-from . import structured as _structured
+from . import (
+    _checks,
+    _deadline,
+    _engines,
+    _health,
+    _pack,
+    _plan,
+    _planning,
+    _prompt,
+    _quota,
+    _rowstore,
+    _stream,
+    _structured,
+)
+from . import _frames as frames
+from ._calibrate import PILOT_ROWS
+from ._console import in_notebook
 from ._errors import InputError
-from .calibrate import PILOT_ROWS
-from .console import in_notebook
+from ._ledger import Ledger
+from ._ledger import default as _default_ledger
+from ._ledger import home as _ledger_home
 from .job import (
     LOCAL_POLLING,
     REMOTE_POLLING,
@@ -46,14 +51,11 @@ from .job import (
     is_loopback,
     new_job_id,
 )
-from .ledger import Ledger
-from .ledger import default as _default_ledger
-from .ledger import home as _ledger_home
 from .providers import credentials as _credentials
 from .providers.base import Provider, RequestSpec
 
 if TYPE_CHECKING:
-    from .calibrate import Calibration
+    from ._calibrate import Calibration
 from . import _inputs
 
 log = logging.getLogger("nbbatch")
@@ -112,9 +114,9 @@ def submit(
     than memory; ``job.to_parquet`` writes their results back the same way. A Dask or
     PySpark DataFrame is planned partition by partition on its cluster's workers, which
     also build the request lines; ``job.merge`` gives back a lazy frame of that kind,
-    merged partition by partition (see :mod:`nbbatch.engines`).
+    merged partition by partition (see :mod:`nbbatch._engines`).
     Files of ``planning.BACKGROUND_ROWS`` rows or more are planned in the background
-    (see :mod:`nbbatch.planning`): a problem only later rows show ends the job
+    (see :mod:`nbbatch._planning`): a problem only later rows show ends the job
     ``failed``, nothing sent, and ``job.wait()`` raises it.
     ``prompt`` is a template whose ``{column}`` placeholders name columns of ``data``
     (with a Series, ``{}`` or the Series' name). Literal braces are ``{{`` and ``}}``.
@@ -149,7 +151,7 @@ def submit(
     only flags it; ``"flex"`` (OpenAI) and ``"realtime"`` stop sending batches, cancel
     the open ones (their finished rows keep their results) and send the rest through the
     real-time API, with flex processing at batch prices or at full price (see
-    :mod:`nbbatch.deadline`).
+    :mod:`nbbatch._deadline`).
     The job's start (rows, estimated cost) and end (counts, cost, duration) are logged
     at INFO on logger ``nbbatch``, and an end with rows that got no result at WARNING.
 
@@ -170,13 +172,13 @@ def submit(
     escalates the rows scored below the threshold that keeps the small model's answers
     on the rows not escalated in agreement with the large model's on at least
     ``target`` of the pilot, escalating as few as possible. The threshold and what it
-    expects are in ``job.calibration`` and the job's notes (see :mod:`nbbatch.calibrate`).
+    expects are in ``job.calibration`` and the job's notes (see :mod:`nbbatch._calibrate`).
 
     ``wait=True`` blocks until every row is terminal. In a notebook (``display="auto"``)
     the live panel appears and polling runs in the background, so the kernel stays free;
     ``progress`` prints text progress while waiting (``"auto"``: outside a notebook).
 
-    ``pack=N`` puts up to N rows in one request (see :mod:`nbbatch.pack`): the system
+    ``pack=N`` puts up to N rows in one request (see :mod:`nbbatch._pack`): the system
     prompt and the template's text around its placeholders are sent once per request,
     each row's own part as an item of a JSON list, and the reply, a structured list of
     answers keyed by item, is mapped back to the rows. A row the reply leaves out or
@@ -184,7 +186,7 @@ def submit(
 
     A job bigger than what the account may have queued at once (the provider's batch
     queue limit) is sent in waves, each sized to the room left, the next as earlier
-    batches end (see :mod:`nbbatch.quota`); a batch refused for that limit is never a
+    batches end (see :mod:`nbbatch._quota`); a batch refused for that limit is never a
     row failure. ``queue_limit`` gives the limit (input tokens for OpenAI and Gemini,
     requests for Anthropic; an int, or a dict by model), ``tier`` the account's usage
     tier (``"tier-1"`` ... ``"tier-5"``: the provider's published limits); without
@@ -258,7 +260,7 @@ def submit(
     checks = _inputs.plan_checks(
         impl, spec, models, max_cost, ledger if reuse else None, pack=pack, template=prompt
     )
-    # A large table from files is planned in the background (see nbbatch.planning): its
+    # A large table from files is planned in the background (see nbbatch._planning): its
     # first rows are checked now, the rest (with the checks below) before anything is sent.
     later = _later(engine, source, [salt, *identity, id_column, missing])
     rows: _inputs.Rows | None = None
@@ -341,7 +343,7 @@ def _check_cascade_columns(
 ) -> None:
     """A cascade's ``escalate_when`` expression refused now, not after the first stage is
     paid for, when it names a column the merged DataFrame will not have."""
-    from . import escalate as _escalate
+    from . import _escalate
 
     # A Series merges as one column.
     shown_columns = [data.name if data.name is not None else 0] if is_series else frame.columns
@@ -396,7 +398,7 @@ def _check_models(impl: Provider, models: list[str]) -> None:
 
 def _later(engine: str | None, source: _stream.Source | None, parts: list[Any]) -> str | None:
     """The fingerprint of a table planned in the background (files large enough, see
-    :mod:`nbbatch.planning`), or None: planned now."""
+    :mod:`nbbatch._planning`), or None: planned now."""
     if engine or source is None or not _planning.in_background(source):
         return None
     return _planning.fingerprint(source, parts)
@@ -536,8 +538,8 @@ def _calibrated(
     options: dict[str, Any],
 ) -> Calibration:
     """Run a calibrated cascade's pilot (a seeded sample of ``data`` on both models, as
-    two jobs, waited for) and choose its threshold (see :mod:`nbbatch.calibrate`)."""
-    from . import calibrate
+    two jobs, waited for) and choose its threshold (see :mod:`nbbatch._calibrate`)."""
+    from . import _calibrate as calibrate
 
     calibrate.check_arguments(models, response_format, score, target, pilot_rows)
     if not isinstance(data, pd.DataFrame):
@@ -546,7 +548,7 @@ def _calibrated(
             f"{type(data).__name__}. Pass a pandas DataFrame (e.g. .to_pandas()), or give "
             "escalate_when an expression with a threshold of your own."
         )
-    from .agreement import sample_of
+    from ._agreement import sample_of
 
     small_model, large_model = models
     # The same seeded sampler as nb.pilot's (every row when there are no more than
@@ -595,7 +597,7 @@ def _calibrated(
 
 def _show(job: BatchJob) -> None:
     """The live panel, polled in the background."""
-    from . import panel
+    from . import _panel as panel
 
     job.start_polling()
     panel.show(job)
@@ -620,7 +622,7 @@ def _memory_planner(
     force: bool,
     pack: int | None,
 ) -> _planning.Planner:
-    """What plans a large in-memory table in the background (see nbbatch.planning):
+    """What plans a large in-memory table in the background (see nbbatch._planning):
     every row planned and checked as :func:`submit` checks a table planned at once, the
     same job looked for by content, and the manifest written to a file beside the
     ledger. Any failure raises: the job then ends failed with it, nothing sent."""
@@ -657,7 +659,7 @@ def _memory_planner(
 def _longest_fits(rows: _inputs.Rows, impl: Provider, spec: RequestSpec) -> None:
     """Raise an InputError when the request of the longest prompt sent would be larger
     than a provider batch may be: found before anything is sent, not when the chunk
-    holding it is built (see :func:`nbbatch.planning.longest_fits` for files)."""
+    holding it is built (see :func:`nbbatch._planning.longest_fits` for files)."""
     keep = np.ones(len(rows.send_positions), dtype=bool)
     lengths = [
         pc.fill_null(pc.binary_length(part), 0).to_numpy(zero_copy_only=False)

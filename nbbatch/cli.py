@@ -23,9 +23,9 @@ from ._files import names_folder
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .health import Problem
+    from ._health import Problem
+    from ._ledger import Ledger
     from .job import BatchJob
-    from .ledger import Ledger
     from .snapshot import JobSnapshot
 
 #: Exit codes, as ``nbbatch --help`` lists them.
@@ -58,7 +58,7 @@ def _jobs(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from . import _jobs
-    from .ledger import default as _default_ledger
+    from ._ledger import default as _default_ledger
     from .pricing import money
 
     pd.set_option("display.width", 200)
@@ -99,7 +99,7 @@ def _wave_lines(ledger: Any, job_ids: list[str]) -> None:
     """Below the table, for each running job sent in waves, where its waves are."""
     import time
 
-    from . import quota
+    from . import _quota as quota
 
     for job_id in job_ids:
         line = quota.status_line(ledger, job_id, time.time())
@@ -227,8 +227,8 @@ def results_table(job: BatchJob) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    from . import merge as _merge
-    from .ledger import default as _default_ledger
+    from . import _merge
+    from ._ledger import default as _default_ledger
 
     rows = job.results()
     record = _default_ledger().job(job.id) or {}
@@ -246,7 +246,7 @@ def results_table(job: BatchJob) -> pd.DataFrame:
     for name, column in columns.items():
         out[name] = column
     # Each row's lineage, as merge(lineage=True) and to_parquet give it.
-    from . import escalate as _escalate
+    from . import _escalate
 
     at = list(out.columns).index(f"{job.output}_error") + 1
     for offset, (name, values) in enumerate(_escalate.result_lineage(rows).items()):
@@ -285,7 +285,7 @@ def _collect_finished(args: argparse.Namespace) -> int:
     """``collect --finished --out-dir DIR``: every finished job not collected yet, once."""
     import time
 
-    from .ledger import default as _default_ledger
+    from ._ledger import default as _default_ledger
 
     if args.job or args.out or args.wait or args.timeout is not None:
         raise InputError("--finished collects every finished job: give no JOB, --out or --wait.")
@@ -335,8 +335,8 @@ def _collect_finished(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """One line per job that needs attention; exit 5 if any does."""
-    from . import health
-    from .ledger import default as _default_ledger
+    from . import _health as health
+    from ._ledger import default as _default_ledger
 
     ledger = _default_ledger()
     found: list[health.Problem] = []
@@ -356,7 +356,7 @@ def _job_problems(ledger: Ledger, record: dict[str, Any], *, poll: bool) -> list
     ``poll``."""
     import time
 
-    from . import health
+    from . import _health as health
 
     job_id = record["id"]
     found = []
@@ -404,7 +404,7 @@ def _collect(args: argparse.Namespace) -> int:
     if out is not None and not folder:
         _check_out(out)  # before anything else: a bad name should not cost a long wait
     from . import _jobs
-    from .ledger import default as _default_ledger
+    from ._ledger import default as _default_ledger
 
     job = _jobs.attach(args.job)
     out = out or Path(f"{job.id}.parquet")
@@ -486,7 +486,7 @@ def _cancel(args: argparse.Namespace) -> int:
 def _forget(args: argparse.Namespace) -> int:
     from . import _jobs
     from ._errors import JobNotFoundError
-    from .ledger import default as _default_ledger
+    from ._ledger import default as _default_ledger
 
     try:
         _jobs.attach(args.job).forget(force=args.force)
@@ -503,9 +503,9 @@ def _forget(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    """Remove (or with --dry-run only count) what no job needs: see :mod:`nbbatch.clean`."""
-    from . import clean
-    from .ledger import default as _default_ledger
+    """Remove (or with --dry-run only count) what no job needs: see :mod:`nbbatch._clean`."""
+    from . import _clean as clean
+    from ._ledger import default as _default_ledger
 
     ledger = _default_ledger()
     before = clean.emulator_bytes(ledger)

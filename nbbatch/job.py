@@ -5,10 +5,10 @@ talk to. Everything it learns (batch ids, statuses, results) is written to the l
 first, so any process can rebuild the same job with :func:`nbbatch.attach`. The job owns
 the background threads (the sender, the poller), calls the stages in order and tells its
 views what happened; it holds none of the stages' logic. Each stage is a function of a
-:class:`~nbbatch.context.JobContext` (the record, ledger, provider and session notes):
-:mod:`nbbatch.send` (chunks, intents, create), :mod:`nbbatch.collect` (poll, download,
-reconcile, retries, fallback), :mod:`nbbatch.escalate` (stages, cascades) and
-:mod:`nbbatch.merge`, over the rows as :mod:`nbbatch.rowstore` keeps them; snapshots are
+:class:`~nbbatch._context.JobContext` (the record, ledger, provider and session notes):
+:mod:`nbbatch._send` (chunks, intents, create), :mod:`nbbatch._collect` (poll, download,
+reconcile, retries, fallback), :mod:`nbbatch._escalate` (stages, cascades) and
+:mod:`nbbatch._merge`, over the rows as :mod:`nbbatch._rowstore` keeps them; snapshots are
 built by :func:`nbbatch.snapshot.build`. Views (the notebook panel, the console
 reporter) subscribe to its snapshots; the job knows nothing of them. See
 docs/architecture.md.
@@ -30,27 +30,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import collect as _collect
-from . import control as _control
-from . import deadline as _deadline
-from . import engines, rowstore
-from . import escalate as _escalate
-from . import health as _health
-from . import merge as _merge
-from . import planning as _planning
-from . import send as _send
+from . import _collect, _control, _deadline, _escalate, _health, _merge, _planning, _send
+from . import _engines as engines
+from . import _rowstore as rowstore
 from . import snapshot as _snapshot
+from ._context import JobContext, is_loopback, output_columns
 from ._errors import InputError, MergeError, NbbatchError, ProviderError
-from .context import JobContext, is_loopback, output_columns
-from .ledger import Ledger
-from .poller import Poller
+from ._ledger import Ledger
+from ._poller import Poller
 from .pricing import Cost
 from .providers.base import Provider, RequestSpec
 from .snapshot import JobSnapshot
 
 if TYPE_CHECKING:
-    from .calibrate import Calibration
-    from .comparison import Comparison
+    from ._calibrate import Calibration
+    from ._comparison import Comparison
 
 __all__ = [
     "LOCAL_POLLING",
@@ -132,7 +126,7 @@ class BatchJob:
         plan_checks: Callable[..., None] | None = None,
         planner: Callable[..., Path] | None = None,
     ) -> None:
-        # What the stages work on (see nbbatch.context); a cascade's escalate_when, when
+        # What the stages work on (see nbbatch._context); a cascade's escalate_when, when
         # it is a function, and the checks of a table planned in the background live
         # there for this session only.
         self._ctx = JobContext(
@@ -231,8 +225,8 @@ class BatchJob:
     @property
     def calibration(self) -> Calibration | None:
         """A calibrated cascade's threshold and what its pilot expects (see
-        :mod:`nbbatch.calibrate`); None for any other job."""
-        from .calibrate import Calibration
+        :mod:`nbbatch._calibrate`); None for any other job."""
+        from ._calibrate import Calibration
 
         kept = (self._ctx.policy.get("cascade") or {}).get("calibration")
         return None if kept is None else Calibration.from_dict(kept)
@@ -335,7 +329,7 @@ class BatchJob:
     # -- sending ----------------------------------------------------------------------------
     def start_sending(self, *, daemon: bool = False) -> None:
         """Build and upload the rows not sent yet in a background thread, chunk by chunk
-        (see :mod:`nbbatch.send`), so the caller gets control back at once. The views
+        (see :mod:`nbbatch._send`), so the caller gets control back at once. The views
         show "uploading k/n batches"; an error that stops it is the job's ``last_error``
         and is raised by the next :meth:`wait`. Idempotent while it runs.
 
@@ -356,7 +350,7 @@ class BatchJob:
         """Block until every row is in a batch at the provider (or answered), not until
         the batches end: after this, ``job.batch_ids`` lists every batch. A job bigger
         than its account's batch queue has only its first wave sent then: the rest
-        waits, unsent, for room (see :mod:`nbbatch.quota`). Raises what
+        waits, unsent, for room (see :mod:`nbbatch._quota`). Raises what
         stopped the sending, or :class:`TimeoutError` after ``timeout`` seconds (the
         sending goes on)."""
         sender = self._sender
@@ -403,9 +397,9 @@ class BatchJob:
         self._notify(self.snapshot())
 
     def _send_unsent(self, progress: _send.Progress | None = None) -> None:
-        """Send the rows pending in no batch (see :func:`nbbatch.send.send_unsent`),
+        """Send the rows pending in no batch (see :func:`nbbatch._send.send_unsent`),
         holding the job's lock around each chunk. A job whose rows are not planned yet
-        is planned first (see :mod:`nbbatch.planning`)."""
+        is planned first (see :mod:`nbbatch._planning`)."""
         if _planning.planning(self._ctx) and not _planning.run(self._ctx, progress):
             return  # planned by another sender, or cancelled while planned
         _send.send_unsent(self._ctx, progress, self._lock)
@@ -443,7 +437,7 @@ class BatchJob:
                         _collect.poll_batch(self._ctx, batch)
                 if send and not self.sending and self._send_error is None:
                     # Batches that just ended made room in the account's queue: the
-                    # next wave goes now, not a poll later (see nbbatch.quota).
+                    # next wave goes now, not a poll later (see nbbatch._quota).
                     self._send_unsent()
                 if not send or _planning.planning(self._ctx):
                     pass  # ``send=False`` only looks; a table still planning waits
@@ -484,7 +478,7 @@ class BatchJob:
 
     def _transient_note(self, exc: ProviderError) -> str:
         """What a transient error means for this job, in ``last_error`` (see
-        :func:`nbbatch.collect.transient_note`)."""
+        :func:`nbbatch._collect.transient_note`)."""
         note, self._backend_dead = _collect.transient_note(self._ctx, exc)
         return note
 
@@ -496,7 +490,7 @@ class BatchJob:
 
     def _log_progress(self, snap: JobSnapshot) -> None:
         """Health signals on logger ``nbbatch`` and in the ledger (see
-        :func:`nbbatch.health.log_progress`): the end once, the deadline once a session."""
+        :func:`nbbatch._health.log_progress`): the end once, the deadline once a session."""
         self._logged_overdue, self._logged_done = _health.log_progress(
             self._ctx, snap, overdue_logged=self._logged_overdue, done_logged=self._logged_done
         )
@@ -550,7 +544,7 @@ class BatchJob:
         line to stderr on each change and at least every 30 s while rows are pending
         (``"auto"``: only outside a notebook, where the panel shows progress instead).
         """
-        from . import console
+        from . import _console as console
 
         unsubscribe = console.attach(self, progress)
         try:
@@ -575,7 +569,7 @@ class BatchJob:
     def _interrupted(self) -> str:
         """What a Ctrl-C in :meth:`wait` leaves behind, and how to carry on. An upload in
         progress stops after the batch it is on (no batch is half-made: see
-        :mod:`nbbatch.send`); the next wait() sends the rest."""
+        :mod:`nbbatch._send`); the next wait() sends the rest."""
         if self._sending is not None and self.sending:
             self._sending.stopped = True
         return (
@@ -636,7 +630,7 @@ class BatchJob:
     def _daemon_sender() -> bool:
         """In a notebook the sender thread is a daemon (a kernel restart must not wait
         for it: the intents make a kill safe); elsewhere a script's exit waits for it."""
-        from .console import in_notebook
+        from ._console import in_notebook
 
         return in_notebook()
 
@@ -717,7 +711,7 @@ class BatchJob:
         column changed on purpose. While the job runs, a warning says that pending rows
         are not finished yet. A Dask or Spark frame comes back as a lazy frame of its
         kind, its partitions as submitted, each finding its rows by position and checked
-        when it is computed (see :mod:`nbbatch.engines`).
+        when it is computed (see :mod:`nbbatch._engines`).
 
         ``lineage=True`` adds, after ``{output}_error``, where each answer comes from:
         ``{output}_model``, ``{output}_prompt_hash``, ``{output}_batch_id`` and
@@ -773,13 +767,13 @@ class BatchJob:
 
     def compare(self, other: BatchJob) -> Comparison:
         """This job (before) against ``other`` (after) over the same rows: a re-run, a
-        new prompt version, another model. Returns a :class:`~nbbatch.comparison.Comparison`:
+        new prompt version, another model. Returns a :class:`~nbbatch._comparison.Comparison`:
         ``.changed`` (the rows whose answer differs, each field before and after),
         per-field churn and distribution shift (``.summary()``), cost and time side by
         side, and what changed in lineage (model, prompt version). Rows are matched by
         the ``id_column`` or index label each job recorded; jobs over different rows
-        raise :class:`~nbbatch.InputError`. See :mod:`nbbatch.comparison`."""
-        from .comparison import compare as compare_jobs
+        raise :class:`~nbbatch.InputError`. See :mod:`nbbatch._comparison`."""
+        from ._comparison import compare as compare_jobs
 
         if not isinstance(other, BatchJob):
             raise InputError(
@@ -832,7 +826,7 @@ class BatchJob:
         ``where`` chooses the rows: ``"failed"`` (rows that ended failed or expired), a
         function of the merged DataFrame giving a boolean mask (``lambda out:
         out["confidence"] < 0.7``), an expression on its columns (``"confidence <
-        0.7"``; parsed by :mod:`nbbatch.expr`, never run as code), or a boolean mask
+        0.7"``; parsed by :mod:`nbbatch._expr`, never run as code), or a boolean mask
         with one value per row, in the merged order. ``merge`` then holds, per row, the
         answer of the last model that answered it, and ``{output}_model`` says which;
         ``job.cost`` prices each stage on its own model. Succeeded rows not chosen are
@@ -841,7 +835,7 @@ class BatchJob:
         Everything is checked before anything is sent: the model (at the provider, and
         of the job's provider), the parameters, ``where`` (its length, its values), and
         that the job has ended (escalate after ``job.wait()``) and chose at least one
-        row. See :mod:`nbbatch.escalate`.
+        row. See :mod:`nbbatch._escalate`.
         """
         with self._lock:
             self.refresh()  # an escalation starts from the job's final answers
@@ -865,13 +859,13 @@ class BatchJob:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """In a notebook: the live panel (and polling) with a ``text/plain`` and a static
         ``text/html`` summary for viewers without widgets; elsewhere the text."""
-        from . import panel
+        from . import _panel as panel
 
         return panel.mimebundle(self)
 
     def _ipython_display_(self) -> None:
-        """IPython shows the job through :func:`nbbatch.panel.display_job`: an output
+        """IPython shows the job through :func:`nbbatch._panel.display_job`: an output
         whose saved text and summary follow the job to its end (a display handle)."""
-        from . import panel
+        from . import _panel as panel
 
         panel.display_job(self)

@@ -7,7 +7,7 @@ and prompts given as lists) as small batch jobs through :func:`nbbatch.submit`
 (``realtime=True``: through the real-time API, :func:`nbbatch.try_now`), and compares
 each setting with a reference: the strongest setting (the most expensive model, then the
 smallest pack, then the first prompt; ``reference=`` names another), or a column of
-human labels (``truth="label"``). The figures are in :mod:`nbbatch.agreement`.
+human labels (``truth="label"``). The figures are in :mod:`nbbatch._agreement`.
 
 :meth:`Pilot.recommend` names the cheapest setting (by the projected cost of the whole
 table) whose agreement with the reference has a 95% interval whose lower bound clears
@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import agreement as _agreement
+from . import _agreement
+from ._agreement import sample_of  # the sampler of a pilot and of a calibrated cascade
 from ._errors import InputError
-from .agreement import sample_of  # the sampler of a pilot and of a calibrated cascade
 
 #: Keywords of submit that the pilot sets itself.
 _OWN = ("wait", "display", "progress", "escalate_when")
@@ -129,7 +129,7 @@ class _Run:
 class Pilot:
     """The outcome of :func:`pilot`: every setting's answers on the sample and how they
     agree with the reference. Shown in a notebook as a table, a chart and a confusion
-    matrix (:mod:`nbbatch.pilotview`); ``str(pilot)`` is the same as text."""
+    matrix (:mod:`nbbatch._pilotview`); ``str(pilot)`` is the same as text."""
 
     def __init__(
         self,
@@ -339,17 +339,17 @@ class Pilot:
     # ----------------------------------------------------------------- display
 
     def __repr__(self) -> str:
-        from . import pilotview
+        from . import _pilotview as pilotview
 
         return pilotview.plain_text(self)
 
     def _repr_html_(self) -> str:
-        from . import pilotview
+        from . import _pilotview as pilotview
 
         return pilotview.static_html(self)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from . import pilotview
+        from . import _pilotview as pilotview
 
         return pilotview.mimebundle(self)
 

@@ -21,8 +21,8 @@ FACES = {
     "nbbatch._submit",
     "nbbatch._jobs",
     "nbbatch.cli",
-    "nbbatch.panel",
-    "nbbatch.console",
+    "nbbatch._panel",
+    "nbbatch._console",
     "nbbatch.labext.views",
 }
 
@@ -43,7 +43,7 @@ PRIVATE_READS_ALLOWED = {
     ("nbbatch.providers", "client._custom_headers"),
     # A Dask DataFrame's empty frame of its columns and dtypes: what Dask's own docs tell
     # map_partitions callers to start their ``meta=`` from.
-    ("nbbatch.engines", "data._meta"),
+    ("nbbatch._engines", "data._meta"),
 }
 
 

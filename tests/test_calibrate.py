@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import nbbatch as nb
 from nbbatch import emulator
-from nbbatch.agreement import sample_of
-from nbbatch.calibrate import Calibration, Z, pick_threshold, realised_note, wilson_lower
+from nbbatch._agreement import sample_of
+from nbbatch._calibrate import Calibration, Z, pick_threshold, realised_note, wilson_lower
 
 from .conftest import client_for
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 import nbbatch as nb
 from nbbatch import emulator
-from nbbatch.console import HEARTBEAT, ConsoleReporter
+from nbbatch._console import HEARTBEAT, ConsoleReporter
 
 from .conftest import openai_client
 

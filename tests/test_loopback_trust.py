@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 
 import nbbatch as nb
+from nbbatch import _ledger as nb_ledger
 from nbbatch import emulator
-from nbbatch import ledger as nb_ledger
 from nbbatch.emulator import FAIL_MARKER, _background
 
 NOBODY = 65534

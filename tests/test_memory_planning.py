@@ -13,7 +13,8 @@ import pyarrow as pa
 import pytest
 
 import nbbatch as nb
-from nbbatch import _inputs, emulator, planning
+from nbbatch import _inputs, emulator
+from nbbatch import _planning as planning
 
 from .conftest import batches_created, model_for
 

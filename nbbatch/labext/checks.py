@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..ledger import Ledger
+    from .._ledger import Ledger
 
 #: Seconds between two checks the sidebar asks for while it is visible: modest, as
 #: each check polls every open batch of each running job once.

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
+    from .._ledger import Ledger
     from ..job import BatchJob
-    from ..ledger import Ledger
     from ..providers.base import Provider
 
 SCHEMA_VERSION = 1
@@ -57,7 +57,8 @@ def jobs_view(
 ) -> dict:
     """Every job in ``ledger``, newest first, as the module docstring's schema;
     ``check_errors``: the server's failed checks (:meth:`.checks.Checks.errors`)."""
-    from .. import _jobs, quota
+    from .. import _jobs
+    from .. import _quota as quota
 
     now = time.time() if now is None else now
     table = _jobs.jobs(ledger)  # the public listing: status, counts and cost as nb.jobs()
@@ -93,7 +94,7 @@ def listing(
 ) -> dict[str, Any]:
     """:func:`jobs_view` of this process's ledger (``NBBATCH_HOME``, as the kernels the
     server starts use); an empty list, creating nothing, when there is no ledger yet."""
-    from ..ledger import default, home
+    from .._ledger import default, home
 
     path = home() / "ledger.sqlite3"
     if not path.exists():
@@ -121,7 +122,7 @@ def _job(
     root_dir: str | None,
     now: float,
 ) -> dict[str, Any]:
-    from ..notes import alert_text
+    from .._health import alert_text
     from ..pricing import money
 
     counts = {state: int(row[state]) for state in COUNTED}

@@ -210,7 +210,7 @@ def default_client(
     """
     if local:
         from .. import emulator
-        from ..ledger import home
+        from .._ledger import home
 
         return _local_client(name, emulator.background(home()), home())
     elif token is not None:

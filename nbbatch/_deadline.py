@@ -1,7 +1,7 @@
 """A deadline that means something: rows not done by it go another way.
 
 ``submit(deadline=..., on_deadline=...)``: with ``"wait"`` (the default) a deadline only
-marks a job overdue (see :mod:`nbbatch.health`). With ``"flex"`` or ``"realtime"``,
+marks a job overdue (see :mod:`nbbatch._health`). With ``"flex"`` or ``"realtime"``,
 once it has passed:
 
 1. nothing more is sent as a batch (the sender stops before its next chunk);
@@ -14,7 +14,7 @@ once it has passed:
    ``"realtime"`` at the full price. They are recorded with origin ``flex`` or
    ``realtime``, and the note says what they cost beside the other way.
 
-Each is a function of the job's :class:`~nbbatch.context.JobContext`, run by the job's
+Each is a function of the job's :class:`~nbbatch._context.JobContext`, run by the job's
 poll (see :meth:`nbbatch.job.BatchJob.refresh`).
 """
 
@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.compute as pc
 
-from . import rowstore
+from . import _rowstore as rowstore
 from ._errors import InputError, ProviderError
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
 
 #: What ``on_deadline`` takes.
 CHOICES = ("wait", "flex", "realtime")
@@ -127,8 +127,9 @@ def _way(ctx: JobContext) -> str:
 def _send_now(ctx: JobContext, state: rowstore.RowState, positions: np.ndarray) -> None:
     """Send the rows at ``positions`` through the real-time API, each on its stage's
     model, and record what came back; say what they cost beside the other way."""
-    from . import pricing, realtime
-    from .collect import hashes, realtime_checked
+    from . import _realtime as realtime
+    from . import pricing
+    from ._collect import hashes, realtime_checked
     from .providers.base import RequestSpec
 
     flex = ctx.policy.get("on_deadline") == "flex"

@@ -22,16 +22,15 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from . import plan as _plan
-from . import prompt as _prompt
-from . import rowstore
+from . import _plan, _prompt
+from . import _rowstore as rowstore
+from ._checks import ContextLimit
 from ._errors import InputError, MergeError
 from ._files import names_folder
-from .checks import ContextLimit
 from .providers.base import is_embeddings
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
 
 #: How many differing rows a MergeError shows.
 SHOWN = 2
@@ -47,7 +46,7 @@ def merge_job(
     the job runs, and add the columns (see :meth:`BatchJob.merge`). The result is of
     ``data``'s own kind (polars for polars...), or pandas with ``native=False``; with
     ``lineage``, each row's lineage columns too (see :func:`lineage_values`)."""
-    from . import frames
+    from . import _frames as frames
 
     names = frames.column_names(data)
     # Only the columns the check reads become pandas: the result columns are joined to
@@ -109,7 +108,7 @@ def with_models(
 def lineage_values(ctx: JobContext, state: rowstore.RowState, take: np.ndarray) -> dict[str, Any]:
     """Where each row's result (at positions ``take``) comes from: ``model`` and
     ``prompt_hash`` (the version of template, system prompt and response_format, see
-    :func:`nbbatch.plan.prompt_version`) of the stage that answered it, the provider's
+    :func:`nbbatch._plan.prompt_version`) of the stage that answered it, the provider's
     ``batch_id`` and the ``attempt`` (1 for the first send; later for retries and
     escalation stages). None where the row has no result yet (pending) or was never
     sent (skipped); ``batch_id`` is None too for an answer from the real-time fallback
@@ -333,7 +332,7 @@ def result_columns(
     if response_format is None:
         columns[output] = replies
     else:
-        from . import structured
+        from . import _structured as structured
 
         schema = structured.schema_of(response_format)
         good = status == "succeeded"
@@ -456,7 +455,7 @@ def write_parquet(
     and, with ``verify``, every row still renders the request sent for it."""
     import pyarrow.parquet as pq
 
-    from . import frames
+    from . import _frames as frames
 
     state = ctx.ledger.row_state(ctx.id)
     if source.n_rows != state.n:
@@ -582,8 +581,8 @@ def to_parquet(
     ``merge`` (the job's). Written to a temporary name, then renamed."""
     import pyarrow.parquet as pq
 
-    from . import frames
-    from . import stream as _stream
+    from . import _frames as frames
+    from . import _stream
     from ._files import private_output
 
     data = data if data is not None else ctx.data
@@ -611,7 +610,7 @@ def failed_rows(ctx: JobContext) -> pd.DataFrame:
     says these are only the failures so far."""
     import warnings
 
-    from . import frames
+    from . import _frames as frames
     from ._errors import JobRunningWarning
 
     with warnings.catch_warnings():
@@ -664,7 +663,7 @@ def write_results(
     """Write every row's result columns (those ``merge`` adds), by position, to the
     Parquet file ``target``, with ``position``, ``key`` and ``request_hash`` beside them,
     in row groups of ``rows_per_group`` rows, so that a partition of a distributed frame
-    reads only its own slice (see :mod:`nbbatch.engines`). Returns the file's schema."""
+    reads only its own slice (see :mod:`nbbatch._engines`). Returns the file's schema."""
     import pyarrow.parquet as pq
 
     state = ctx.ledger.row_state(ctx.id)

@@ -1,7 +1,7 @@
 """What the stages of a job work on: its record, its ledger, its provider, its notes.
 
-A :class:`JobContext` is the part of a job the stages (:mod:`nbbatch.send`,
-:mod:`nbbatch.collect`, :mod:`nbbatch.merge`, :mod:`nbbatch.escalate`) and the snapshot
+A :class:`JobContext` is the part of a job the stages (:mod:`nbbatch._send`,
+:mod:`nbbatch._collect`, :mod:`nbbatch._merge`, :mod:`nbbatch._escalate`) and the snapshot
 (:func:`nbbatch.snapshot.build`) need, and nothing else: no threads, no views, no public
 API. The job (:class:`nbbatch.job.BatchJob`) owns one, hands it to each stage in turn,
 and tells its views what happened. Reads of the job's parameters (its stages, their
@@ -24,10 +24,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from . import health, rowstore
+from . import _health as health
+from . import _rowstore as rowstore
 from ._errors import JobRunningWarning, NbbatchError
-from .health import Note
-from .ledger import Ledger
+from ._health import Note
+from ._ledger import Ledger
 from .providers.base import BatchInfo, Provider, RequestSpec
 
 log = logging.getLogger("nbbatch")
@@ -39,7 +40,7 @@ def is_loopback(url: str | None) -> bool:
 
 
 #: The lineage columns (after ``{output}_model``) that ``to_parquet`` and ``collect``
-#: write, and ``merge(lineage=True)`` adds: see :func:`nbbatch.merge.lineage_values`.
+#: write, and ``merge(lineage=True)`` adds: see :func:`nbbatch._merge.lineage_values`.
 LINEAGE = ("prompt_hash", "batch_id", "attempt")
 
 
@@ -59,7 +60,7 @@ def output_columns(
         model += [f"{output}_{name}" for name in LINEAGE]
     if response_format is None:
         return [output, f"{output}_status", f"{output}_error", *model]
-    from . import structured
+    from . import _structured as structured
 
     fields = structured.columns_of(structured.schema_of(response_format))
     return [*fields, f"{output}_status", f"{output}_error", *model, f"{output}_raw"]
@@ -88,15 +89,15 @@ class JobContext:
     #: The failure-rate alert fired in this session.
     alert_raised: bool = False
     #: A cascade's escalate_when when it is a function: it lives in this session only
-    #: (see nbbatch.escalate); a string one is in the job's policy.
+    #: (see nbbatch._escalate); a string one is in the job's policy.
     escalate_when: Callable[..., Any] | None = None
     #: What submit checks once a table planned in the background is planned (its
-    #: budget...): see nbbatch.planning. Set by submit and attach, for this session.
+    #: budget...): see nbbatch._planning. Set by submit and attach, for this session.
     plan_checks: Callable[..., None] | None = None
     #: Plans the rows of an in-memory table recorded ``planning`` (set by submit, for
-    #: this session: the rows live here); see nbbatch.planning.
+    #: this session: the rows live here); see nbbatch._planning.
     planner: Callable[..., Path] | None = None
-    #: After the deadline (``on_deadline`` flex/realtime, see nbbatch.deadline): this
+    #: After the deadline (``on_deadline`` flex/realtime, see nbbatch._deadline): this
     #: session cancelled the open batches, and sent the unfinished rows.
     deadline_cancelled: bool = False
     deadline_sent: bool = False
@@ -149,7 +150,7 @@ class JobContext:
     @property
     def rerouting(self) -> bool:
         """Whether the job's deadline has passed and its unfinished rows go another way
-        (``on_deadline`` flex or realtime, see nbbatch.deadline): nothing more is sent
+        (``on_deadline`` flex or realtime, see nbbatch._deadline): nothing more is sent
         as a batch."""
         way = self.policy.get("on_deadline", "wait")
         due = self.record.get("deadline")
@@ -217,8 +218,8 @@ class JobContext:
 
     def prompt_hashes(self) -> list[str]:
         """The prompt version hash of each stage started so far, stage 0 first (see
-        :func:`nbbatch.plan.prompt_version`)."""
-        from .plan import prompt_version
+        :func:`nbbatch._plan.prompt_version`)."""
+        from ._plan import prompt_version
 
         template = str(self.record["template"])
         return [
