@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from . import _collect, _control, _deadline, _escalate, _health, _merge, _planning, _send
@@ -160,24 +159,11 @@ class BatchJob:
         if calibration is not None:  # what a calibrated cascade expects, in its notes
             self._ctx.note("event", calibration.text())
 
-    # Injected so tests can run a 24-hour batch in milliseconds.
     @property
-    def clock(self) -> Callable[[], float]:
-        """The job's clock (seconds since the epoch); tests set a fake one."""
-        return self._ctx.clock
-
-    @clock.setter
-    def clock(self, value: Callable[[], float]) -> None:
-        self._ctx.clock = value
-
-    @property
-    def sleep(self) -> Callable[[float], None]:
-        """How the job sleeps between polls; tests set a fake one."""
-        return self._ctx.sleep
-
-    @sleep.setter
-    def sleep(self, value: Callable[[float], None]) -> None:
-        self._ctx.sleep = value
+    def context(self) -> JobContext:
+        """What the stages work on (record, ledger, provider, stage specs, notes, the clock
+        and the sleep): for nbbatch's own modules and tests, not part of the public API."""
+        return self._ctx
 
     # The ledger and the provider, for a test that checks what they hold.
     @property
@@ -217,12 +203,6 @@ class BatchJob:
         return self._ctx.stages
 
     @property
-    def planned_stages(self) -> int:
-        """How many stages the job has or will have: a cascade's models, or the stages
-        started so far (1 for a job never escalated)."""
-        return self._ctx.planned_stages
-
-    @property
     def calibration(self) -> Calibration | None:
         """A calibrated cascade's threshold and what its pilot expects (see
         :mod:`nbbatch._calibrate`); None for any other job."""
@@ -230,29 +210,6 @@ class BatchJob:
 
         kept = (self._ctx.policy.get("cascade") or {}).get("calibration")
         return None if kept is None else Calibration.from_dict(kept)
-
-    @property
-    def staged(self) -> bool:
-        """Whether the job escalates (a cascade, or a stage started): then ``merge``
-        says in ``{output}_model`` which model answered each row."""
-        return self._ctx.staged
-
-    def stage_spec_dict(self, stage: int) -> dict[str, Any]:
-        """The request parameters of ``stage`` as recorded (0: the job's own)."""
-        return self._ctx.stage_spec_dict(stage)
-
-    def stage_spec(self, stage: int) -> RequestSpec:
-        """The request parameters of ``stage`` (0: the job's own, :attr:`spec`)."""
-        return self._ctx.stage_spec(stage)
-
-    def stage_salt(self, stage: int) -> str | None:
-        """The request-hash salt of ``stage``'s parameters (None when not recorded)."""
-        return self._ctx.stage_salt(stage)
-
-    def tries(self, state: rowstore.RowState, positions: np.ndarray) -> np.ndarray:
-        """How many times each leader at ``positions`` was sent in its current stage
-        (its attempt counted from the stage's first): what ``retries`` limits."""
-        return self._ctx.tries(state, positions)
 
     @property
     def endpoint(self) -> str:
@@ -453,7 +410,7 @@ class BatchJob:
                 reached = False
             if self._send_error is not None:
                 self._last_error = self._send_error_note()
-            self._last_poll = self.clock()
+            self._last_poll = self._ctx.clock()
             if asked and reached:  # a job with nothing at the provider was not checked
                 self._record_checked()
             snap = self.snapshot()
@@ -494,11 +451,6 @@ class BatchJob:
         self._logged_overdue, self._logged_done = _health.log_progress(
             self._ctx, snap, overdue_logged=self._logged_overdue, done_logged=self._logged_done
         )
-
-    @property
-    def policy(self) -> dict[str, Any]:
-        """The job's failure policy: ``retries``, ``fallback``, ``alert_threshold``."""
-        return self._ctx.policy
 
     def start_polling(self) -> Poller:
         """Poll in a background thread until every row is terminal (the kernel stays free).
@@ -580,7 +532,7 @@ class BatchJob:
 
     def _wait(self, timeout: float | None) -> BatchJob:
         """The polling loop of :meth:`wait`."""
-        start = self.clock()
+        start = self._ctx.clock()
         for delay in self.polling.delays():
             snap = self.refresh()
             self._raise_send_error()
@@ -593,16 +545,16 @@ class BatchJob:
                     self._raise_send_error()
                 _escalate.raise_if_failed(self._ctx, snap)
                 return self
-            if timeout is not None and self.clock() - start + delay > timeout:
+            if timeout is not None and self._ctx.clock() - start + delay > timeout:
                 raise TimeoutError(self._timeout_message(snap, timeout))
-            self._next_poll = self.clock() + delay
+            self._next_poll = self._ctx.clock() + delay
             sender = self._sender
             if sender is not None and sender.is_alive():
                 # Batches already created are collected while later ones upload;
                 # between polls, wait on the sender itself (it reports each chunk).
                 sender.join(delay)
             else:
-                self.sleep(delay)
+                self._ctx.sleep(delay)
             self._next_poll = None
         raise AssertionError("unreachable")
 

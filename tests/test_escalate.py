@@ -637,7 +637,7 @@ def test_a_stored_escalate_when_is_checked_again_by_the_session_that_polls(emu, 
     )  # fmt: skip
     job.wait_sent()
     marker = tmp_path / "pwned"
-    policy = dict(job.policy)
+    policy = dict(job.context.policy)
     policy["cascade"] = {**policy["cascade"], "when": f"@pd.io.common.os.system('touch {marker}')"}
     import orjson
 
