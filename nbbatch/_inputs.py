@@ -182,6 +182,32 @@ def distributed(
     return dataclasses.replace(rows, discard=done.discard, recorded=done.move_requests)
 
 
+def plan_rows(
+    data: Any,
+    kind: tuple[str | None, _stream.Source | None],
+    frame: pd.DataFrame,
+    prompt: str,
+    template: _prompt.Template,
+    id_column: str | None,
+    missing: str,
+    salt: str,
+    spec: RequestSpec,
+    provider: str,
+    identity: tuple[str, str],
+    folder: Path,
+    limit: _checks.ContextLimit | None,
+) -> Rows:
+    """Plan every row now, the way its kind is planned: a Dask or Spark frame on its
+    workers (``kind``'s engine), files or a dataset a record batch at a time into
+    ``folder`` (``kind``'s source), else ``frame`` in memory."""
+    engine, source = kind
+    if engine:
+        return distributed(data, prompt, id_column, missing, salt, provider, spec, identity, folder)
+    if source is None:
+        return in_memory(frame, template, id_column, missing, salt, identity, limit)
+    return streamed(source, template, id_column, missing, salt, identity, folder, limit)
+
+
 def file_rows(planned: _stream.StreamPlan, folder: Path, source: dict[str, Any]) -> Rows:
     """The rows of a plan written to a file (see :func:`streamed`), its manifest
     finished into ``folder`` when the job is recorded."""

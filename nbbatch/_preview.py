@@ -156,16 +156,10 @@ def preview(
     ledger = _default_ledger() if address is not None and ledger_path().exists() else None
     limit = _checks.ContextLimit.of(model, system)
     with tempfile.TemporaryDirectory(prefix="nbbatch-preview-") as folder:
-        if engine:
-            rows = _inputs.distributed(
-                data, prompt, id_column, missing, salt, name, spec, ("", ""), Path(folder)
-            )
-        elif source is None:
-            rows = _inputs.in_memory(frame, template, id_column, missing, salt, ("", ""), limit)
-        else:
-            rows = _inputs.streamed(
-                source, template, id_column, missing, salt, ("", ""), Path(folder), limit
-            )
+        rows = _inputs.plan_rows(
+            data, (engine, source), frame, prompt, template, id_column, missing, salt, spec,
+            name, ("", ""), Path(folder), limit,
+        )  # fmt: skip
         est = _inputs.estimate(
             rows, spec, ledger, expected_output_tokens=expected_output_tokens, pack=pack,
             template=prompt,
@@ -175,12 +169,8 @@ def preview(
         )
         ids, prompts = rows.head(n * (pack or 1))
         rows.discard()
-    if pack:  # the first packed requests, as they will be sent
-        prefix, suffix = _pack.split_template(prompt)
-        texts = _pack.pack_prompts(prompts.to_pylist(), pack, prefix, suffix)
-        ids = pa.array([f"pack of {len(prompts[i : i + pack])} from row {ids[i]}"
-                        for i in range(0, len(prompts), pack)], pa.string())  # fmt: skip
-        prompts = pa.array(texts, pa.large_string())
+    if pack:
+        ids, prompts = _packed_head(ids, prompts, pack, prompt)
     if address is None:
         est = dataclasses.replace(
             est,
@@ -197,6 +187,16 @@ def preview(
     out = Preview(table, columns=["custom_id", "prompt", "input_tokens"])
     out.estimate = est
     return out
+
+
+def _packed_head(ids: pa.Array, prompts: pa.Array, pack: int, prompt: str) -> tuple[Any, Any]:
+    """The first packed requests, as they will be sent: ``pack`` rows' prompts in one,
+    named by the first row of each."""
+    prefix, suffix = _pack.split_template(prompt)
+    texts = _pack.pack_prompts(prompts.to_pylist(), pack, prefix, suffix)
+    named = pa.array([f"pack of {len(prompts[i : i + pack])} from row {ids[i]}"
+                      for i in range(0, len(prompts), pack)], pa.string())  # fmt: skip
+    return named, pa.array(texts, pa.large_string())
 
 
 def _with_waves(

@@ -275,16 +275,10 @@ def submit(
         # until then it is a job of its own (the planner looks for the same job).
         later = f"planning-{secrets.token_hex(8)}"
     else:
-        if engine:
-            rows = _inputs.distributed(
-                data, prompt, id_column, missing, salt, impl.name, spec, identity
-            )
-        elif source is None:
-            rows = _inputs.in_memory(frame, template, id_column, missing, salt, identity, limit)
-        else:
-            rows = _inputs.streamed(
-                source, template, id_column, missing, salt, identity, ledger.files, limit
-            )
+        rows = _inputs.plan_rows(
+            data, (engine, source), frame, prompt, template, id_column, missing, salt, spec,
+            impl.name, identity, ledger.files, limit,
+        )  # fmt: skip
         # checks: what the provider would refuse, and the budget, before anything is sent
         _check_before_sending(
             rows, impl, spec, models, max_cost, ledger if reuse else None, pack=pack,
