@@ -249,7 +249,7 @@ def test_a_create_refused_as_a_whole_fails_its_rows_as_not_sent(emu, monkeypatch
     client = client_for("anthropic", emu)
     # Provoke the provider: bypass nbbatch's own custom_id rules, so that 70-character
     # ids reach Anthropic, which refuses the whole create call (a 400).
-    monkeypatch.setattr(nb.plan, "make_custom_ids", lambda labels: labels)
+    monkeypatch.setattr(nbbatch._plan, "make_custom_ids", lambda labels: labels)
     df = frame(3).set_axis(["x" * 70 + str(i) for i in range(3)])
     submitted = nb.submit(df, "{text}", model="claude-haiku-4-5", client=client, retries=0)
     # Sending runs in the background: the refusal is the job's error, raised by wait().

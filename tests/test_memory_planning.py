@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 import nbbatch as nb
+from nbbatch import _frames as frames
 from nbbatch import _inputs, emulator
 from nbbatch import _planning as planning
 
@@ -78,7 +79,7 @@ def test_polars_and_arrow_tables_are_planned_in_the_background_too(oai, gated, k
     gate.set()
     job.wait(timeout=60, progress=False)
     assert job.counts["succeeded"] == 12
-    merged = nb.frames.to_pandas(job.merge(data))
+    merged = frames.to_pandas(job.merge(data))
     assert merged["response"].tolist() == [
         emulator.echo_text(PROMPT.format(body=b)) for b in df["body"]
     ]
