@@ -70,7 +70,6 @@ def attach(
         # Only a key meant for the recorded address (or the emulator's placeholder).
         client = _providers.rebuild_client(record, _ledger_home())
     impl = _providers.build(name, client)
-    when_fn = None
     plan_checks = None
     if record["status"] == _planning.PLANNING:  # planned again here if its planner died
         policy = record["policy"]
@@ -80,25 +79,31 @@ def attach(
             ledger if policy.get("reuse", True) else None, pack=policy.get("pack"),
             template=record["template"],
         )  # fmt: skip
-    if escalate_when is not None:
-        from . import _escalate
-
-        if not record["policy"].get("cascade"):
-            raise InputError(
-                f"job {job_id} is not a cascade: escalate_when has nothing to do; use "
-                "job.escalate(model=..., where=...) to send rows on another model."
-            )
-        _, when_fn = _escalate.escalate_when_of(escalate_when)
-        if when_fn is None:
-            raise InputError(
-                "escalate_when given to nb.attach must be a function (a string one is "
-                "kept in the ledger already)."
-            )
+    when_fn = None if escalate_when is None else _escalate_when_again(record, escalate_when)
     polling = LOCAL_POLLING if local else REMOTE_POLLING
     return BatchJob(
         record, impl, ledger, data=data, polling=polling, escalate_when=when_fn,
         plan_checks=plan_checks,
     )  # fmt: skip
+
+
+def _escalate_when_again(record: dict[str, Any], escalate_when: Any) -> Any:
+    """A cascade's ``escalate_when`` function, given again to ``attach`` (a function
+    is not kept in the ledger): refused for a job that is no cascade, or a string."""
+    from . import _escalate
+
+    if not record["policy"].get("cascade"):
+        raise InputError(
+            f"job {record['id']} is not a cascade: escalate_when has nothing to do; use "
+            "job.escalate(model=..., where=...) to send rows on another model."
+        )
+    _, when_fn = _escalate.escalate_when_of(escalate_when)
+    if when_fn is None:
+        raise InputError(
+            "escalate_when given to nb.attach must be a function (a string one is "
+            "kept in the ledger already)."
+        )
+    return when_fn
 
 
 def ledger_path() -> Path:
