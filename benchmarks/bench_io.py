@@ -73,7 +73,8 @@ def make_output(n: int, path: Path) -> None:
 
 # -- the measured steps: each a setup (not measured) and a timed run ------------------------
 def build_fast(n: int, out: str):
-    from nbbatch import plan, prompt
+    from nbbatch import _plan as plan
+    from nbbatch import _prompt as prompt
     from nbbatch.providers.base import RequestSpec
     from nbbatch.providers.openai import OpenAIProvider
 
@@ -113,7 +114,7 @@ def parse_fast(n: int, src: str):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from nbbatch import results
+    from nbbatch import _results as results
     from nbbatch.providers.openai import parse_lines
 
     df = pd.DataFrame({"x": np.arange(n)})

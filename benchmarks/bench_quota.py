@@ -60,7 +60,7 @@ def run(provider: str, rows: int, seconds: float) -> None:
 
     import nbbatch as nb
     from nbbatch import emulator
-    from nbbatch.ledger import default
+    from nbbatch._ledger import default
 
     frames = [
         pd.DataFrame({"text": [f"job {k} row {i:07d} {TEXT}" for i in range(rows)]}) for k in (1, 2)

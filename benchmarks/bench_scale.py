@@ -184,7 +184,7 @@ def _copy_by_hand(glob: str, out: str) -> float:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from nbbatch import frames
+    from nbbatch import _frames as frames
 
     files = frames.parquet_files(glob)
     schema = pq.ParquetFile(files[0]).schema_arrow.append(pa.field("response", pa.string()))

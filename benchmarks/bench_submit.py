@@ -37,7 +37,7 @@ def child(provider: str, rows: int, wait: bool) -> dict[str, Any]:
     import pandas  # noqa: F401  (a notebook has it imported already)
 
     import nbbatch as nb
-    import nbbatch.api  # noqa: F401
+    import nbbatch._submit  # noqa: F401
     from nbbatch import emulator
 
     df = frame(0, rows)

@@ -33,7 +33,9 @@ from ._imports import when_imported
 
 if TYPE_CHECKING:
     from . import emulator, pricing
-    from .api import Preview, attach, compare, jobs, ledger_path, preview, submit, try_now
+    from ._jobs import attach, compare, jobs, ledger_path
+    from ._preview import Preview, preview, try_now
+    from ._submit import submit
     from .job import BatchJob, PollPolicy
     from .piloting import Pilot, Setting, pilot
     from .snapshot import JobSnapshot
@@ -49,14 +51,14 @@ _scrub.install_log_filter(logging.getLogger("nbbatch"))
 
 #: Public name -> the module that defines it (a module itself when the name is one).
 _LAZY = {
-    "Preview": "api",
-    "attach": "api",
-    "compare": "api",
-    "jobs": "api",
-    "ledger_path": "api",
-    "preview": "api",
-    "submit": "api",
-    "try_now": "api",
+    "Preview": "_preview",
+    "attach": "_jobs",
+    "compare": "_jobs",
+    "jobs": "_jobs",
+    "ledger_path": "_jobs",
+    "preview": "_preview",
+    "submit": "_submit",
+    "try_now": "_preview",
     "BatchJob": "job",
     "PollPolicy": "job",
     "JobSnapshot": "snapshot",

@@ -14,14 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-
-def _api() -> Any:
-    # Imported when used, not with this module: pandas' import hook loads this module
-    # while any other module of the package may still be importing pandas itself, so
-    # importing the API here would make the package's import order matter.
-    from . import api
-
-    return api
+# The entry points are imported when used, not with this module: pandas' import hook
+# loads this module while any other module of the package may still be importing pandas
+# itself, so importing them here would make the package's import order matter.
 
 
 class _Accessor:
@@ -30,15 +25,21 @@ class _Accessor:
 
     def submit(self, prompt: str, **kwargs: Any) -> Any:
         """``nb.submit(this, prompt, **kwargs)``; see :func:`nbbatch.submit`."""
-        return _api().submit(self._data, prompt, **kwargs)
+        from ._submit import submit  # when used: see the note above
+
+        return submit(self._data, prompt, **kwargs)
 
     def preview(self, prompt: str, **kwargs: Any) -> Any:
         """``nb.preview(this, prompt, **kwargs)``; see :func:`nbbatch.preview`."""
-        return _api().preview(self._data, prompt, **kwargs)
+        from ._preview import preview
+
+        return preview(self._data, prompt, **kwargs)
 
     def try_now(self, prompt: str, **kwargs: Any) -> Any:
         """``nb.try_now(this, prompt, **kwargs)``; see :func:`nbbatch.try_now`."""
-        return _api().try_now(self._data, prompt, **kwargs)
+        from ._preview import try_now
+
+        return try_now(self._data, prompt, **kwargs)
 
 
 @pd.api.extensions.register_dataframe_accessor("nbbatch")

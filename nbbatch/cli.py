@@ -23,9 +23,9 @@ from ._files import names_folder
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .health import Problem
+    from ._health import Problem
+    from ._ledger import Ledger
     from .job import BatchJob
-    from .ledger import Ledger
     from .providers.base import Provider
     from .snapshot import JobSnapshot
 
@@ -58,12 +58,12 @@ JOB_HELP = "a job id, as `nbbatch jobs` lists it"
 def _jobs(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from . import api
-    from .ledger import default as _default_ledger
+    from . import _jobs
+    from ._ledger import default as _default_ledger
     from .pricing import money
 
     pd.set_option("display.width", 200)
-    table = api.jobs()
+    table = _jobs.jobs()
     if table.empty:
         print("no jobs in the ledger")
         return OK
@@ -75,7 +75,7 @@ def _jobs(args: argparse.Namespace) -> int:
     estimates = {}
     for job_id in table.loc[table["status"] == "running", "id"]:
         try:  # the money a running job will cost, not the $0.00 it has paid so far
-            estimates[job_id] = api.estimated_cost(ledger, job_id)
+            estimates[job_id] = _jobs.estimated_cost(ledger, job_id)
         except Exception:  # noqa: BLE001 - a job that cannot be estimated shows what it paid
             continue
     table["cost"] = [
@@ -100,7 +100,7 @@ def _wave_lines(ledger: Any, job_ids: list[str]) -> None:
     """Below the table, for each running job sent in waves, where its waves are."""
     import time
 
-    from . import quota
+    from . import _quota as quota
 
     for job_id in job_ids:
         line = quota.status_line(ledger, job_id, time.time())
@@ -109,9 +109,9 @@ def _wave_lines(ledger: Any, job_ids: list[str]) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from . import api
+    from . import _jobs
 
-    job = api.attach(args.job)
+    job = _jobs.attach(args.job)
     snap = _poll(job, send=args.send)
     if snap.last_error:
         # Polling retries these quietly in a notebook; a command must say so and fail.
@@ -230,9 +230,9 @@ def results_table(job: BatchJob) -> pd.DataFrame:
     import numpy as np
     import pandas as pd
 
-    from . import merge as _merge
-    from .context import JobContext
-    from .ledger import default as _default_ledger
+    from . import _merge
+    from ._context import JobContext
+    from ._ledger import default as _default_ledger
 
     # The job's rows read as merge and to_parquet read them, so the columns are the same;
     # reading them needs no provider client.
@@ -261,10 +261,10 @@ def _ids(labels: pd.Series) -> pd.Series:
 def _refreshed(job_id: str, *, send: bool) -> tuple[BatchJob | None, str | None]:
     """The job, polled once if it has rows pending (see :func:`_poll`), or the reason it
     could not be."""
-    from . import api
+    from . import _jobs
 
     try:
-        job = api.attach(job_id)
+        job = _jobs.attach(job_id)
         if job.snapshot().finished:
             return job, None
         snap = _poll(job, send=send)
@@ -277,7 +277,7 @@ def _collect_finished(args: argparse.Namespace) -> int:
     """``collect --finished --out-dir DIR``: every finished job not collected yet, once."""
     import time
 
-    from .ledger import default as _default_ledger
+    from ._ledger import default as _default_ledger
 
     if args.job or args.out or args.wait or args.timeout is not None:
         raise InputError("--finished collects every finished job: give no JOB, --out or --wait.")
@@ -327,8 +327,8 @@ def _collect_finished(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     """One line per job that needs attention; exit 5 if any does."""
-    from . import health
-    from .ledger import default as _default_ledger
+    from . import _health as health
+    from ._ledger import default as _default_ledger
 
     ledger = _default_ledger()
     found: list[health.Problem] = []
@@ -348,7 +348,7 @@ def _job_problems(ledger: Ledger, record: dict[str, Any], *, poll: bool) -> list
     ``poll``."""
     import time
 
-    from . import health
+    from . import _health as health
 
     job_id = record["id"]
     found = []
@@ -372,7 +372,7 @@ def _job_problems(ledger: Ledger, record: dict[str, Any], *, poll: bool) -> list
 
 
 def _unreadable(record: dict[str, Any], exc: BaseException) -> str:
-    from .api import unreadable_text
+    from ._jobs import unreadable_text
 
     return unreadable_text(str(record.get("id")), exc)
 
@@ -395,10 +395,10 @@ def _collect(args: argparse.Namespace) -> int:
     folder = bool(args.out) and names_folder(args.out)
     if out is not None and not folder:
         _check_out(out)  # before anything else: a bad name should not cost a long wait
-    from . import api
-    from .ledger import default as _default_ledger
+    from . import _jobs
+    from ._ledger import default as _default_ledger
 
-    job = api.attach(args.job)
+    job = _jobs.attach(args.job)
     out = out or Path(f"{job.id}.parquet")
     if folder:
         out.mkdir(parents=True, exist_ok=True)
@@ -454,9 +454,9 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from . import api
+    from . import _jobs
 
-    job = api.attach(args.job)
+    job = _jobs.attach(args.job)
     # Batches that ended at the provider are collected first: a job with nothing left to
     # run is not "cancelled" (its answers are all in), it is done.
     # Without sending: a poll that sends would, past an on_deadline="flex"/"realtime"
@@ -476,12 +476,12 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _forget(args: argparse.Namespace) -> int:
-    from . import api
+    from . import _jobs
     from ._errors import JobNotFoundError
-    from .ledger import default as _default_ledger
+    from ._ledger import default as _default_ledger
 
     try:
-        api.attach(args.job).forget(force=args.force)
+        _jobs.attach(args.job).forget(force=args.force)
     except NbbatchError:
         raise  # main() gives its message, advice put as commands
     except Exception:
@@ -495,9 +495,9 @@ def _forget(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    """Remove (or with --dry-run only count) what no job needs: see :mod:`nbbatch.clean`."""
-    from . import clean
-    from .ledger import default as _default_ledger
+    """Remove (or with --dry-run only count) what no job needs: see :mod:`nbbatch._clean`."""
+    from . import _clean as clean
+    from ._ledger import default as _default_ledger
 
     ledger = _default_ledger()
     before = clean.emulator_bytes(ledger)

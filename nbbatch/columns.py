@@ -24,8 +24,8 @@ import pandas as pd
 from . import states
 
 if TYPE_CHECKING:
-    from . import rowstore
-    from .context import JobContext
+    from . import _rowstore as rowstore
+    from ._context import JobContext
 
 
 class Role(enum.Enum):
@@ -142,7 +142,7 @@ def _output(rows: Rows) -> Any:
     reply parsed; missing where the row did not succeed)."""
     if rows.response_format is None:
         return rows.replies
-    from . import structured
+    from . import _structured as structured
 
     schema = structured.schema_of(rows.response_format)
     good = np.asarray(rows.status, dtype=object) == states.SUCCEEDED
@@ -157,7 +157,7 @@ def _score(rows: Rows) -> Any:
     """The probability of the reply's least likely token (see
     ``providers.base.SCORE_FIELD``); missing where the row has no reply or the reply
     no log-probabilities."""
-    from . import rowstore
+    from . import _rowstore as rowstore
 
     _, state, take = rows._job()
     return state.column(rowstore.SCORE.name, take).to_numpy(zero_copy_only=False)
@@ -173,7 +173,7 @@ def _model(rows: Rows) -> Any:
 
 def _prompt_hash(rows: Rows) -> Any:
     """The version of template, system prompt and response_format of the stage that
-    answered the row (see :func:`nbbatch.plan.prompt_version`)."""
+    answered the row (see :func:`nbbatch._plan.prompt_version`)."""
     job, _, _ = rows._job()
     hashes = np.array(job.prompt_hashes(), dtype=object)[rows.stage]
     hashes[rows.unsent] = None
@@ -183,7 +183,7 @@ def _prompt_hash(rows: Rows) -> Any:
 def _batch_id(rows: Rows) -> Any:
     """The provider's batch the answer came in; missing for an answer from the
     real-time fallback or reused from an earlier job."""
-    from . import rowstore
+    from . import _rowstore as rowstore
 
     job, state, take = rows._job()
     names = {b["intent"]: b["batch_id"] for b in job.ledger.batches(job.id)}
@@ -315,7 +315,7 @@ def roles(
     out: dict[str, Role] = {}
     for column in of_job(response_format, staged=staged, lineage=lineage, scored=scored):
         if column.role is Role.OUTPUT and response_format is not None:
-            from . import structured
+            from . import _structured as structured
 
             fields = structured.columns_of(structured.schema_of(response_format))
             out.update(dict.fromkeys(fields, Role.OUTPUT))

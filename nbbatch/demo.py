@@ -25,7 +25,7 @@ def main() -> int:
     import openai
 
     import nbbatch as nb
-    from nbbatch.console import ConsoleReporter
+    from nbbatch._console import ConsoleReporter
     from nbbatch.datasets import reviews, sentiment_responder
     from nbbatch.snapshot import rows
 

@@ -5,10 +5,10 @@ talk to. Everything it learns (batch ids, statuses, results) is written to the l
 first, so any process can rebuild the same job with :func:`nbbatch.attach`. The job owns
 the background threads (the sender, the poller), calls the stages in order and tells its
 views what happened; it holds none of the stages' logic. Each stage is a function of a
-:class:`~nbbatch.context.JobContext` (the record, ledger, provider and session notes):
-:mod:`nbbatch.send` (chunks, intents, create), :mod:`nbbatch.collect` (poll, download,
-reconcile, retries, fallback), :mod:`nbbatch.escalate` (stages, cascades) and
-:mod:`nbbatch.merge`, over the rows as :mod:`nbbatch.rowstore` keeps them; snapshots are
+:class:`~nbbatch._context.JobContext` (the record, ledger, provider and session notes):
+:mod:`nbbatch._send` (chunks, intents, create), :mod:`nbbatch._collect` (poll, download,
+reconcile, retries, fallback), :mod:`nbbatch._escalate` (stages, cascades) and
+:mod:`nbbatch._merge`, over the rows as :mod:`nbbatch._rowstore` keeps them; snapshots are
 built by :func:`nbbatch.snapshot.build`. Views (the notebook panel, the console
 reporter) subscribe to its snapshots; the job knows nothing of them. See
 docs/architecture.md.
@@ -27,30 +27,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
-from . import collect as _collect
-from . import control as _control
-from . import deadline as _deadline
-from . import engines, rowstore
-from . import escalate as _escalate
-from . import health as _health
-from . import merge as _merge
-from . import planning as _planning
-from . import send as _send
+from . import _collect, _control, _deadline, _escalate, _health, _merge, _planning, _send
+from . import _engines as engines
+from . import _rowstore as rowstore
 from . import snapshot as _snapshot
+from ._context import JobContext, is_loopback, output_columns
 from ._errors import InputError, MergeError, NbbatchError, ProviderError
-from .context import JobContext, is_loopback, output_columns
-from .ledger import Ledger
-from .poller import Poller
+from ._ledger import Ledger
+from ._poller import Poller
 from .pricing import Cost
 from .providers.base import Provider, RequestSpec
 from .snapshot import JobSnapshot
 
 if TYPE_CHECKING:
-    from .calibrate import Calibration
-    from .comparison import Comparison
+    from ._calibrate import Calibration
+    from ._comparison import Comparison
 
 __all__ = [
     "LOCAL_POLLING",
@@ -132,7 +125,7 @@ class BatchJob:
         plan_checks: Callable[..., None] | None = None,
         planner: Callable[..., Path] | None = None,
     ) -> None:
-        # What the stages work on (see nbbatch.context); a cascade's escalate_when, when
+        # What the stages work on (see nbbatch._context); a cascade's escalate_when, when
         # it is a function, and the checks of a table planned in the background live
         # there for this session only.
         self._ctx = JobContext(
@@ -166,24 +159,11 @@ class BatchJob:
         if calibration is not None:  # what a calibrated cascade expects, in its notes
             self._ctx.note("event", calibration.text())
 
-    # Injected so tests can run a 24-hour batch in milliseconds.
     @property
-    def clock(self) -> Callable[[], float]:
-        """The job's clock (seconds since the epoch); tests set a fake one."""
-        return self._ctx.clock
-
-    @clock.setter
-    def clock(self, value: Callable[[], float]) -> None:
-        self._ctx.clock = value
-
-    @property
-    def sleep(self) -> Callable[[float], None]:
-        """How the job sleeps between polls; tests set a fake one."""
-        return self._ctx.sleep
-
-    @sleep.setter
-    def sleep(self, value: Callable[[float], None]) -> None:
-        self._ctx.sleep = value
+    def context(self) -> JobContext:
+        """What the stages work on (record, ledger, provider, stage specs, notes, the clock
+        and the sleep): for nbbatch's own modules and tests, not part of the public API."""
+        return self._ctx
 
     # The ledger and the provider, for a test that checks what they hold.
     @property
@@ -223,42 +203,13 @@ class BatchJob:
         return self._ctx.stages
 
     @property
-    def planned_stages(self) -> int:
-        """How many stages the job has or will have: a cascade's models, or the stages
-        started so far (1 for a job never escalated)."""
-        return self._ctx.planned_stages
-
-    @property
     def calibration(self) -> Calibration | None:
         """A calibrated cascade's threshold and what its pilot expects (see
-        :mod:`nbbatch.calibrate`); None for any other job."""
-        from .calibrate import Calibration
+        :mod:`nbbatch._calibrate`); None for any other job."""
+        from ._calibrate import Calibration
 
         kept = (self._ctx.policy.get("cascade") or {}).get("calibration")
         return None if kept is None else Calibration.from_dict(kept)
-
-    @property
-    def staged(self) -> bool:
-        """Whether the job escalates (a cascade, or a stage started): then ``merge``
-        says in ``{output}_model`` which model answered each row."""
-        return self._ctx.staged
-
-    def stage_spec_dict(self, stage: int) -> dict[str, Any]:
-        """The request parameters of ``stage`` as recorded (0: the job's own)."""
-        return self._ctx.stage_spec_dict(stage)
-
-    def stage_spec(self, stage: int) -> RequestSpec:
-        """The request parameters of ``stage`` (0: the job's own, :attr:`spec`)."""
-        return self._ctx.stage_spec(stage)
-
-    def stage_salt(self, stage: int) -> str | None:
-        """The request-hash salt of ``stage``'s parameters (None when not recorded)."""
-        return self._ctx.stage_salt(stage)
-
-    def tries(self, state: rowstore.RowState, positions: np.ndarray) -> np.ndarray:
-        """How many times each leader at ``positions`` was sent in its current stage
-        (its attempt counted from the stage's first): what ``retries`` limits."""
-        return self._ctx.tries(state, positions)
 
     @property
     def endpoint(self) -> str:
@@ -335,7 +286,7 @@ class BatchJob:
     # -- sending ----------------------------------------------------------------------------
     def start_sending(self, *, daemon: bool = False) -> None:
         """Build and upload the rows not sent yet in a background thread, chunk by chunk
-        (see :mod:`nbbatch.send`), so the caller gets control back at once. The views
+        (see :mod:`nbbatch._send`), so the caller gets control back at once. The views
         show "uploading k/n batches"; an error that stops it is the job's ``last_error``
         and is raised by the next :meth:`wait`. Idempotent while it runs.
 
@@ -356,7 +307,7 @@ class BatchJob:
         """Block until every row is in a batch at the provider (or answered), not until
         the batches end: after this, ``job.batch_ids`` lists every batch. A job bigger
         than its account's batch queue has only its first wave sent then: the rest
-        waits, unsent, for room (see :mod:`nbbatch.quota`). Raises what
+        waits, unsent, for room (see :mod:`nbbatch._quota`). Raises what
         stopped the sending, or :class:`TimeoutError` after ``timeout`` seconds (the
         sending goes on)."""
         sender = self._sender
@@ -403,9 +354,9 @@ class BatchJob:
         self._notify(self.snapshot())
 
     def _send_unsent(self, progress: _send.Progress | None = None) -> None:
-        """Send the rows pending in no batch (see :func:`nbbatch.send.send_unsent`),
+        """Send the rows pending in no batch (see :func:`nbbatch._send.send_unsent`),
         holding the job's lock around each chunk. A job whose rows are not planned yet
-        is planned first (see :mod:`nbbatch.planning`)."""
+        is planned first (see :mod:`nbbatch._planning`)."""
         if _planning.planning(self._ctx) and not _planning.run(self._ctx, progress):
             return  # planned by another sender, or cancelled while planned
         _send.send_unsent(self._ctx, progress, self._lock)
@@ -443,7 +394,7 @@ class BatchJob:
                         _collect.poll_batch(self._ctx, batch)
                 if send and not self.sending and self._send_error is None:
                     # Batches that just ended made room in the account's queue: the
-                    # next wave goes now, not a poll later (see nbbatch.quota).
+                    # next wave goes now, not a poll later (see nbbatch._quota).
                     self._send_unsent()
                 if not send or _planning.planning(self._ctx):
                     pass  # ``send=False`` only looks; a table still planning waits
@@ -459,7 +410,7 @@ class BatchJob:
                 reached = False
             if self._send_error is not None:
                 self._last_error = self._send_error_note()
-            self._last_poll = self.clock()
+            self._last_poll = self._ctx.clock()
             if asked and reached:  # a job with nothing at the provider was not checked
                 self._record_checked()
             snap = self.snapshot()
@@ -484,7 +435,7 @@ class BatchJob:
 
     def _transient_note(self, exc: ProviderError) -> str:
         """What a transient error means for this job, in ``last_error`` (see
-        :func:`nbbatch.collect.transient_note`)."""
+        :func:`nbbatch._collect.transient_note`)."""
         note, self._backend_dead = _collect.transient_note(self._ctx, exc)
         return note
 
@@ -496,15 +447,10 @@ class BatchJob:
 
     def _log_progress(self, snap: JobSnapshot) -> None:
         """Health signals on logger ``nbbatch`` and in the ledger (see
-        :func:`nbbatch.health.log_progress`): the end once, the deadline once a session."""
+        :func:`nbbatch._health.log_progress`): the end once, the deadline once a session."""
         self._logged_overdue, self._logged_done = _health.log_progress(
             self._ctx, snap, overdue_logged=self._logged_overdue, done_logged=self._logged_done
         )
-
-    @property
-    def policy(self) -> dict[str, Any]:
-        """The job's failure policy: ``retries``, ``fallback``, ``alert_threshold``."""
-        return self._ctx.policy
 
     def start_polling(self) -> Poller:
         """Poll in a background thread until every row is terminal (the kernel stays free).
@@ -551,7 +497,7 @@ class BatchJob:
         line to stderr on each change and at least every 30 s while rows are pending
         (``"auto"``: only outside a notebook, where the panel shows progress instead).
         """
-        from . import console
+        from . import _console as console
 
         unsubscribe = console.attach(self, progress)
         try:
@@ -576,7 +522,7 @@ class BatchJob:
     def _interrupted(self) -> str:
         """What a Ctrl-C in :meth:`wait` leaves behind, and how to carry on. An upload in
         progress stops after the batch it is on (no batch is half-made: see
-        :mod:`nbbatch.send`); the next wait() sends the rest."""
+        :mod:`nbbatch._send`); the next wait() sends the rest."""
         if self._sending is not None and self.sending:
             self._sending.stopped = True
         return (
@@ -587,7 +533,7 @@ class BatchJob:
 
     def _wait(self, timeout: float | None) -> BatchJob:
         """The polling loop of :meth:`wait`."""
-        start = self.clock()
+        start = self._ctx.clock()
         for delay in self.polling.delays():
             snap = self.refresh()
             self._raise_send_error()
@@ -601,16 +547,16 @@ class BatchJob:
                 _escalate.raise_if_failed(self._ctx, snap)
                 return self
             delay = _deadline.until_due(self._ctx, delay)  # a poll as the deadline arrives
-            if timeout is not None and self.clock() - start + delay > timeout:
+            if timeout is not None and self._ctx.clock() - start + delay > timeout:
                 raise TimeoutError(self._timeout_message(snap, timeout))
-            self._next_poll = self.clock() + delay
+            self._next_poll = self._ctx.clock() + delay
             sender = self._sender
             if sender is not None and sender.is_alive():
                 # Batches already created are collected while later ones upload;
                 # between polls, wait on the sender itself (it reports each chunk).
                 sender.join(delay)
             else:
-                self.sleep(delay)
+                self._ctx.sleep(delay)
             self._next_poll = None
         raise AssertionError("unreachable")
 
@@ -638,7 +584,7 @@ class BatchJob:
     def _daemon_sender() -> bool:
         """In a notebook the sender thread is a daemon (a kernel restart must not wait
         for it: the intents make a kill safe); elsewhere a script's exit waits for it."""
-        from .console import in_notebook
+        from ._console import in_notebook
 
         return in_notebook()
 
@@ -719,7 +665,7 @@ class BatchJob:
         column changed on purpose. While the job runs, a warning says that pending rows
         are not finished yet. A Dask or Spark frame comes back as a lazy frame of its
         kind, its partitions as submitted, each finding its rows by position and checked
-        when it is computed (see :mod:`nbbatch.engines`).
+        when it is computed (see :mod:`nbbatch._engines`).
 
         ``lineage=True`` adds, after ``{output}_error``, where each answer comes from:
         ``{output}_model``, ``{output}_prompt_hash``, ``{output}_batch_id`` and
@@ -775,13 +721,13 @@ class BatchJob:
 
     def compare(self, other: BatchJob) -> Comparison:
         """This job (before) against ``other`` (after) over the same rows: a re-run, a
-        new prompt version, another model. Returns a :class:`~nbbatch.comparison.Comparison`:
+        new prompt version, another model. Returns a :class:`~nbbatch._comparison.Comparison`:
         ``.changed`` (the rows whose answer differs, each field before and after),
         per-field churn and distribution shift (``.summary()``), cost and time side by
         side, and what changed in lineage (model, prompt version). Rows are matched by
         the ``id_column`` or index label each job recorded; jobs over different rows
-        raise :class:`~nbbatch.InputError`. See :mod:`nbbatch.comparison`."""
-        from .comparison import compare as compare_jobs
+        raise :class:`~nbbatch.InputError`. See :mod:`nbbatch._comparison`."""
+        from ._comparison import compare as compare_jobs
 
         if not isinstance(other, BatchJob):
             raise InputError(
@@ -834,7 +780,7 @@ class BatchJob:
         ``where`` chooses the rows: ``"failed"`` (rows that ended failed or expired), a
         function of the merged DataFrame giving a boolean mask (``lambda out:
         out["confidence"] < 0.7``), an expression on its columns (``"confidence <
-        0.7"``; parsed by :mod:`nbbatch.expr`, never run as code), or a boolean mask
+        0.7"``; parsed by :mod:`nbbatch._expr`, never run as code), or a boolean mask
         with one value per row, in the merged order. ``merge`` then holds, per row, the
         answer of the last model that answered it, and ``{output}_model`` says which;
         ``job.cost`` prices each stage on its own model. Succeeded rows not chosen are
@@ -843,7 +789,7 @@ class BatchJob:
         Everything is checked before anything is sent: the model (at the provider, and
         of the job's provider), the parameters, ``where`` (its length, its values), and
         that the job has ended (escalate after ``job.wait()``) and chose at least one
-        row. See :mod:`nbbatch.escalate`.
+        row. See :mod:`nbbatch._escalate`.
         """
         with self._lock:
             self.refresh()  # an escalation starts from the job's final answers
@@ -867,13 +813,13 @@ class BatchJob:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         """In a notebook: the live panel (and polling) with a ``text/plain`` and a static
         ``text/html`` summary for viewers without widgets; elsewhere the text."""
-        from . import panel
+        from . import _panel as panel
 
         return panel.mimebundle(self)
 
     def _ipython_display_(self) -> None:
-        """IPython shows the job through :func:`nbbatch.panel.display_job`: an output
+        """IPython shows the job through :func:`nbbatch._panel.display_job`: an output
         whose saved text and summary follow the job to its end (a display handle)."""
-        from . import panel
+        from . import _panel as panel
 
         panel.display_job(self)

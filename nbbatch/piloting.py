@@ -7,7 +7,7 @@ and prompts given as lists) as small batch jobs through :func:`nbbatch.submit`
 (``realtime=True``: through the real-time API, :func:`nbbatch.try_now`), and compares
 each setting with a reference: the strongest setting (the most expensive model, then the
 smallest pack, then the first prompt; ``reference=`` names another), or a column of
-human labels (``truth="label"``). The figures are in :mod:`nbbatch.agreement`.
+human labels (``truth="label"``). The figures are in :mod:`nbbatch._agreement`.
 
 :meth:`Pilot.recommend` names the cheapest setting (by the projected cost of the whole
 table) whose agreement with the reference has a 95% interval whose lower bound clears
@@ -31,10 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import agreement as _agreement
-from . import columns
+from . import _agreement, columns
+from ._agreement import sample_of  # the sampler of a pilot and of a calibrated cascade
 from ._errors import InputError
-from .agreement import sample_of  # the sampler of a pilot and of a calibrated cascade
 
 #: Keywords of submit that the pilot sets itself.
 _OWN = ("wait", "display", "progress", "escalate_when")
@@ -130,7 +129,7 @@ class _Run:
 class Pilot:
     """The outcome of :func:`pilot`: every setting's answers on the sample and how they
     agree with the reference. Shown in a notebook as a table, a chart and a confusion
-    matrix (:mod:`nbbatch.pilotview`); ``str(pilot)`` is the same as text."""
+    matrix (:mod:`nbbatch._pilotview`); ``str(pilot)`` is the same as text."""
 
     def __init__(
         self,
@@ -322,7 +321,7 @@ class Pilot:
         (``overrides`` change them). The sample's rows are not paid for again: their
         requests already succeeded, so the ledger gives their answers back (not after a
         real-time pilot, whose answers are not kept)."""
-        from . import api
+        from . import _submit
 
         chosen = self._setting(setting) if setting is not None else self.recommended
         if chosen is None:
@@ -333,24 +332,24 @@ class Pilot:
             )
         kwargs = {**self._kwargs, **overrides}
         kwargs.setdefault("pack", chosen.pack)
-        return api.submit(
+        return _submit.submit(
             self.data if data is None else data, chosen.prompt, model=chosen.model, **kwargs
         )
 
     # ----------------------------------------------------------------- display
 
     def __repr__(self) -> str:
-        from . import pilotview
+        from . import _pilotview as pilotview
 
         return pilotview.plain_text(self)
 
     def _repr_html_(self) -> str:
-        from . import pilotview
+        from . import _pilotview as pilotview
 
         return pilotview.static_html(self)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from . import pilotview
+        from . import _pilotview as pilotview
 
         return pilotview.mimebundle(self)
 
@@ -390,7 +389,7 @@ def pilot(
 
     Waits for every setting's answers, then returns the :class:`Pilot`.
     """
-    from . import api, pricing
+    from . import _submit, pricing
     from .providers import provider_class
 
     for key in _OWN:
@@ -417,7 +416,7 @@ def pilot(
     else:
         started = time.monotonic()
         jobs = [
-            api.submit(
+            _submit.submit(
                 sample,
                 s.prompt,
                 model=s.model,
@@ -471,14 +470,14 @@ def _runs_of(runs: list[_Run], setting: Setting) -> _Run:
 
 
 def _realtime(sample: pd.DataFrame, s: Setting, kwargs: dict[str, Any]) -> _Run:
-    from . import api
+    from . import _preview
 
     started = time.monotonic()
-    out = api.try_now(sample, s.prompt, model=s.model, **kwargs)
+    out = _preview.try_now(sample, s.prompt, model=s.model, **kwargs)
     took = time.monotonic() - started
     # try_now keeps no token counts: the sample's real-time cost is preview's estimate.
     asked = {k: v for k, v in kwargs.items() if k not in ("output", "concurrency")}
-    estimate = api.preview(sample, s.prompt, model=s.model, **asked).estimate
+    estimate = _preview.preview(sample, s.prompt, model=s.model, **asked).estimate
     tokens = estimate.input_tokens + estimate.output_tokens
     cost = estimate.cost.realtime
     return _Run(s, out, None, cost, took, None, tokens, cost)

@@ -17,16 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import _scrub, health, pricing, states
-from .health import NOTE_KINDS as NOTE_KINDS  # kept with the job's health, named here too
-from .health import Note as Note
-from .health import format_seconds as format_seconds  # where the views look for it
+from . import _health as health
+from . import _scrub, pricing, states
+from ._health import NOTE_KINDS as NOTE_KINDS  # kept with the job's health, named here too
+from ._health import Note as Note
+from ._health import format_seconds as format_seconds  # where the views look for it
 from .pricing import Cost
 
 if TYPE_CHECKING:
-    from .context import JobContext
-    from .quota import WaveView
-    from .rowstore import RowState
+    from ._context import JobContext
+    from ._quota import WaveView
+    from ._rowstore import RowState
 
 #: Row states, in display order. ``pending`` is the only non-terminal one.
 ROW_STATES = states.SHOWN
@@ -163,7 +164,7 @@ class JobSnapshot:
     stage_due: bool = False
     # Why the job ended ``failed`` (a cascade that could not choose its next rows).
     failure: str | None = None
-    # A job sent in waves under its account's batch queue limit (see nbbatch.quota):
+    # A job sent in waves under its account's batch queue limit (see nbbatch._quota):
     # which wave, how full the queue is, and the ETA from the waves so far.
     waves: WaveView | None = None
 
@@ -430,8 +431,11 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
     """The job as its ledger (and this session) has it now: no network call."""
     # Imported here: escalate brings pandas, whose import hook loads the accessor and
     # with it the views, which import this module.
-    from . import escalate, planning, quota, rowstore
-    from .send import unsent
+    from . import _escalate as escalate
+    from . import _planning as planning
+    from . import _quota as quota
+    from . import _rowstore as rowstore
+    from ._send import unsent
 
     if planning.planning(ctx):
         return planning_snapshot(ctx, session)
@@ -492,10 +496,10 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
 
 
 def planning_snapshot(ctx: JobContext, session: Session) -> JobSnapshot:
-    """The snapshot of a job with no rows yet (see :mod:`nbbatch.planning`): all pending
+    """The snapshot of a job with no rows yet (see :mod:`nbbatch._planning`): all pending
     while planned ("planning 3.2M/10M rows" as its sending text), all failed or cancelled
     if it ended so."""
-    from .planning import FAILED, PLANNING, failure
+    from ._planning import FAILED, PLANNING, failure
 
     status = str(ctx.record.get("status"))
     n = int(ctx.record["n_rows"])
@@ -554,7 +558,8 @@ def batch_views(
     """Each batch as the views show it: its provider requests, its rows still pending
     and its requests (leaders) that succeeded (from the row store's ``per_batch``), and
     an escalation's stage and model (named so, not as a retry)."""
-    from . import escalate, pack  # not at the top: see build
+    from . import _escalate as escalate  # not at the top: see build
+    from . import _pack as pack
 
     stage_of = escalate.batch_stages(ctx, batches)
     return tuple(
@@ -578,7 +583,7 @@ def batch_views(
 
 def stage_views(ctx: JobContext, state: RowState, counts: dict[str, int]) -> tuple[StageView, ...]:
     """Each stage started so far: its model, rows, pending rows and tokens paid."""
-    from . import rowstore
+    from . import _rowstore as rowstore
 
     stages = [{"stage": 0, "spec": ctx.record["spec"], "reason": "",
                "n_rows": counts["total"] - counts["skipped"]}, *ctx.stages]  # fmt: skip
@@ -617,7 +622,7 @@ def pending_estimate(
     """Estimated (input, output) tokens of the rows still pending: 4 characters per
     token for the prompt, ``max_tokens`` (or 100) for the reply (of ``spec``, a stage's
     parameters, else the job's). The prompt average is computed once per session."""
-    from . import rowstore
+    from . import _rowstore as rowstore
     from .providers.base import is_embeddings
 
     if ctx.prompt_tokens is None:

@@ -18,10 +18,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nbbatch"
 FACES = {
     "nbbatch",
     "nbbatch.job",
-    "nbbatch.api",
+    "nbbatch._submit",
+    "nbbatch._jobs",
     "nbbatch.cli",
-    "nbbatch.panel",
-    "nbbatch.console",
+    "nbbatch._panel",
+    "nbbatch._console",
     "nbbatch.labext.views",
 }
 
@@ -54,7 +55,7 @@ PRIVATE_READS_ALLOWED = {
     ("nbbatch.providers._compat", "client._custom_headers"),
     # A Dask DataFrame's empty frame of its columns and dtypes: what Dask's own docs tell
     # map_partitions callers to start their ``meta=`` from.
-    ("nbbatch.engines", "data._meta"),
+    ("nbbatch._engines", "data._meta"),
 }
 
 
@@ -334,3 +335,69 @@ def test_every_module_imports_first() -> None:
         if proc.returncode:
             failed.append(f"{name}: {err.decode(errors='replace').strip().splitlines()[-1]}")
     assert not failed, "modules that fail when imported first:\n  " + "\n  ".join(failed)
+
+
+#: The modules of nbbatch/ a user may import by name (see "What is public" in
+#: docs/architecture.md); every other one starts with ``_`` and may change freely.
+PUBLIC_MODULES = {
+    "accessor",
+    "cli",
+    "columns",
+    "datasets",
+    "demo",
+    "emulator",
+    "job",
+    "labext",
+    "piloting",
+    "pricing",
+    "providers",
+    "snapshot",
+    "states",
+    "styling",
+}
+
+
+def test_a_module_not_meant_for_users_is_private() -> None:
+    """A new module of nbbatch/ is private (``_name.py``) unless it is added to the
+    public list, here and in docs/architecture.md."""
+    found = {
+        path.stem if path.is_file() else path.name
+        for path in PACKAGE.iterdir()
+        if (path.suffix == ".py" or (path / "__init__.py").exists())
+        and not path.name.startswith("_")
+    }
+    assert found == PUBLIC_MODULES, (
+        f"public modules not listed: {sorted(found - PUBLIC_MODULES)}; listed but gone: "
+        f"{sorted(PUBLIC_MODULES - found)} (name a module `_x.py` unless users import it)"
+    )
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    part = text[text.index("## What is public") : text.index("## The flow")]
+    assert all(name in part for name in PUBLIC_MODULES), "docs/architecture.md: What is public"
+
+
+def _public_members(path: Path, class_name: str) -> set[str]:
+    """The public methods and properties a class defines in its body."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    [cls] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name]
+    return {
+        n.name
+        for n in cls.body
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and not n.name.startswith("_")
+    }
+
+
+#: Members BatchJob shares with JobContext because a user asks the job for them.
+USER_FACING_SHARED = {"endpoint", "id", "model", "models", "output", "output_columns", "spec",
+                      "stages"}  # fmt: skip
+
+
+def test_the_job_does_not_mirror_its_context() -> None:
+    """BatchJob's public members are what a user calls: the context's own (stage specs,
+    salts, tries, the clock...) are reached through ``job.context``, not forwarded one
+    by one."""
+    job = _public_members(PACKAGE / "job.py", "BatchJob")
+    context = _public_members(PACKAGE / "_context.py", "JobContext")
+    assert job & context <= USER_FACING_SHARED, (
+        f"BatchJob forwards JobContext's {sorted(job & context - USER_FACING_SHARED)}: "
+        "callers inside nbbatch use job.context"
+    )

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import nbbatch as nb
 from nbbatch import emulator
-from nbbatch.agreement import sample_of
-from nbbatch.calibrate import Calibration, agreement_curve, pick_threshold, realised_note
+from nbbatch._agreement import sample_of
+from nbbatch._calibrate import Calibration, agreement_curve, pick_threshold, realised_note
 
 from .conftest import client_for
 

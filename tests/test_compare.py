@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import nbbatch as nb
-from nbbatch import comparison as compare_mod
+from nbbatch import _comparison as compare_mod
 from nbbatch import emulator
 
 from .conftest import client_for

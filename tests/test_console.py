@@ -13,7 +13,7 @@ import pandas as pd
 
 import nbbatch as nb
 from nbbatch import emulator
-from nbbatch.console import HEARTBEAT, ConsoleReporter
+from nbbatch._console import HEARTBEAT, ConsoleReporter
 
 from .conftest import openai_client
 
@@ -38,8 +38,8 @@ def _frame(n: int) -> pd.DataFrame:
 def _job_on(server: emulator.Emulator, n: int, fake: FakeTime) -> nb.BatchJob:
     job = nb.submit(_frame(n), "Say {text}", model="gpt-4o-mini", client=openai_client(server))
     job.wait_sent()  # these tests follow the provider's progress, once uploaded
-    job.clock = fake.now
-    job.sleep = fake.sleep
+    job.context.clock = fake.now
+    job.context.sleep = fake.sleep
     job.polling = nb.PollPolicy(first=5.0, most=5.0)
     return job
 
@@ -85,7 +85,7 @@ def test_no_heartbeat_once_the_job_is_finished(emu):
     fake = FakeTime()
     job = nb.submit(_frame(3), "Say {text}", model="gpt-4o-mini", client=openai_client(emu))
     job.wait(timeout=30, progress=False)
-    job.clock = fake.now
+    job.context.clock = fake.now
     stream = io.StringIO()
     job.subscribe(ConsoleReporter(stream))
     job.refresh()

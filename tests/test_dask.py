@@ -36,7 +36,7 @@ PROMPT = "Classify: {text}"
 
 def queue_template(prompts) -> bool:
     """The one line with an empty prompt that the batch queue's token estimate encodes
-    to learn what every line carries besides its prompt (nbbatch.quota): not a row's."""
+    to learn what every line carries besides its prompt (nbbatch._quota): not a row's."""
     return prompts.to_pylist() == [""]
 
 
@@ -302,7 +302,7 @@ def test_workers_that_cannot_see_the_staging_folder_are_told_how_to_share_it(
 ):
     """Workers on other machines do not see the driver's disk: simulated by moving the
     staging folder away from them, the error names the setting that fixes it."""
-    from nbbatch import engines
+    from nbbatch import _engines as engines
 
     real = engines.Work
 

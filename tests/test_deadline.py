@@ -43,8 +43,8 @@ def test_rows_not_done_at_the_deadline_go_through_flex_at_batch_prices(slow):
                     deadline=dt.timedelta(seconds=2), on_deadline="flex")  # fmt: skip
     import io
 
-    from nbbatch import panelview
-    from nbbatch.console import ConsoleReporter
+    from nbbatch import _panelview as panelview
+    from nbbatch._console import ConsoleReporter
 
     printed = io.StringIO()
     job.subscribe(ConsoleReporter(printed))
@@ -195,8 +195,8 @@ def test_the_deadline_acts_at_the_next_poll_that_may_send_not_at_a_sidebar_check
     import sys
     import time
 
+    from nbbatch._ledger import default as ledger
     from nbbatch.labext import views
-    from nbbatch.ledger import default as ledger
 
     with emulator.start(processing_seconds=600) as emu:
         job = nb.submit(_frame(5), PROMPT, model="o4-mini", client=openai_client(emu),
@@ -247,7 +247,7 @@ def test_cancelling_or_forgetting_a_job_past_its_deadline_sends_nothing():
                              timeout=120)  # fmt: skip
         assert run.returncode == 0, run.stderr
         assert emu.stats()["realtime_requests"] == 0
-        from nbbatch.ledger import default as ledger
+        from nbbatch._ledger import default as ledger
 
         assert ledger().job_status(job.id) == "cancelled"
 

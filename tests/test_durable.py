@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import nbbatch as nb
-import nbbatch.plan
+import nbbatch._plan
 from nbbatch import emulator
 from nbbatch.cli import main as cli
 
@@ -67,7 +67,7 @@ def spawn(script: str, env: dict[str, str]) -> subprocess.Popen[str]:
 
 SUBMIT = """
     import os, sys, openai, anthropic, pandas as pd, nbbatch as nb
-    from nbbatch import ledger
+    from nbbatch import _ledger as ledger
     url, provider, mode = sys.argv[1:] if len(sys.argv) > 1 else os.environ["ARGS"].split()
     if provider == "openai":
         client = openai.OpenAI(base_url=url + "/v1", api_key="k")
@@ -232,7 +232,7 @@ def test_without_retries_the_faults_stay_visible_and_add_up(provider):
 def test_a_batch_refused_for_capacity_waits_for_room_and_never_fails_its_rows():
     # Refused for the account's queue quota (token_limit_exceeded): its rows go back
     # unsent and go in waves sized to the limit the refusal states, even with no
-    # retries allowed (a refusal is not an attempt; see nbbatch.quota).
+    # retries allowed (a refusal is not an attempt; see nbbatch._quota).
     with emulator.start(processing_seconds=0.05, enqueued_token_limit=120) as emu:
         client = client_for("openai", emu)
         df = frame(20, prefix="a longer row of text to use tokens")
@@ -249,7 +249,7 @@ def test_a_create_refused_as_a_whole_fails_its_rows_as_not_sent(emu, monkeypatch
     client = client_for("anthropic", emu)
     # Provoke the provider: bypass nbbatch's own custom_id rules, so that 70-character
     # ids reach Anthropic, which refuses the whole create call (a 400).
-    monkeypatch.setattr(nb.plan, "make_custom_ids", lambda labels: labels)
+    monkeypatch.setattr(nbbatch._plan, "make_custom_ids", lambda labels: labels)
     df = frame(3).set_axis(["x" * 70 + str(i) for i in range(3)])
     submitted = nb.submit(df, "{text}", model="claude-haiku-4-5", client=client, retries=0)
     # Sending runs in the background: the refusal is the job's error, raised by wait().

@@ -134,7 +134,7 @@ def test_a_cascade_escalates_failed_rows_by_itself_and_prices_each_model(provide
     assert 0 < cost.batch < cost.realtime
     assert f"all on {large} in real time" in str(cost)
     # The views say it too: the text the notebook saves and the panel's cost line.
-    from nbbatch import panel
+    from nbbatch import _panel as panel
 
     text = panel.plain_text(snap)
     assert f"stage 1 of 2: 20 rows on {small}" in text
@@ -193,7 +193,7 @@ EMULATOR = """
 
 CHILD = """
     import os, anthropic, openai, pandas as pd, nbbatch as nb
-    from nbbatch import ledger
+    from nbbatch import _ledger as ledger
 
     url, provider, mode = os.environ["ARGS"].split()
     if provider == "openai":
@@ -564,7 +564,7 @@ def test_an_escalate_when_failing_after_stage_1_ends_the_job_failed(emu, when, w
     message = str(raised.value)
     assert words in message and "job.escalate('gpt-4o', where=" in message
     assert job.status == "failed" and job.stages == []
-    from nbbatch import panel
+    from nbbatch import _panel as panel
 
     snap = job.snapshot()
     assert snap.finished and words in (snap.failure or "")
@@ -637,7 +637,7 @@ def test_a_stored_escalate_when_is_checked_again_by_the_session_that_polls(emu, 
     )  # fmt: skip
     job.wait_sent()
     marker = tmp_path / "pwned"
-    policy = dict(job.policy)
+    policy = dict(job.context.policy)
     policy["cascade"] = {**policy["cascade"], "when": f"@pd.io.common.os.system('touch {marker}')"}
     import orjson
 
@@ -656,7 +656,8 @@ def test_a_stored_escalate_when_is_checked_again_by_the_session_that_polls(emu, 
 
 # -- the views name each stage's model; collect writes {output}_model ---------------------------
 def test_a_cascade_is_named_by_its_stages_everywhere_and_collect_writes_its_models(emu, tmp_path):
-    from nbbatch import panel, panelview
+    from nbbatch import _panel as panel
+    from nbbatch import _panelview as panelview
 
     from .test_cli import nbbatch as run_cli
 

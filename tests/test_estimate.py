@@ -20,7 +20,7 @@ import tiktoken.load
 import tiktoken.model
 import tiktoken.registry
 
-from nbbatch import estimate as est
+from nbbatch import _estimate as est
 from nbbatch import pricing
 
 # A tiny tiktoken encoding made here: one token per byte, no merges. Its file lives in a
@@ -111,7 +111,7 @@ def test_import_and_count_make_no_network_call_in_a_fresh_interpreter(tmp_path):
         socket.getaddrinfo = refuse
 
         import nbbatch
-        from nbbatch import estimate, pricing
+        from nbbatch import _estimate as estimate, pricing
 
         models = ["gpt-4o-mini", "gpt-4o", "gpt-5-mini", "text-embedding-3-small",
                   "claude-haiku-4-5", "gpt-3.5-turbo", "o3-mini"]

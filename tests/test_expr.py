@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nbbatch import InputError, expr
+from nbbatch import InputError
+from nbbatch import _expr as expr
 
 FRAME = pd.DataFrame(
     {

@@ -291,7 +291,7 @@ def test_batch_stats_feed_the_done_and_failed_counts_while_the_batch_runs():
         job = nb.submit(df, "{text}", model="gemini-2.5-flash", client=gemini_client(server),
                         retries=0)  # fmt: skip
         job.wait_sent()
-        job.clock = fake.now
+        job.context.clock = fake.now
         (batch_id,) = job.batch_ids
         info = job._provider.retrieve(batch_id)
         assert (info.status, info.total, info.done, info.failed) == ("running", 40, 0, 0)

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 
 import nbbatch as nb
-from nbbatch import cli, emulator, health, panel
+from nbbatch import _health as health
+from nbbatch import _panel as panel
+from nbbatch import cli, emulator
 
 from .conftest import openai_client
 

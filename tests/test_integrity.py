@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 import nbbatch as nb
-from nbbatch import collect, emulator
+from nbbatch import _collect as collect
+from nbbatch import emulator
 
 from .conftest import batches_created, client_for, model_for
 

@@ -26,7 +26,7 @@ ROWS = 50
 
 CHILD = """
     import os, sys, openai, anthropic, pandas as pd, nbbatch as nb
-    from nbbatch import ledger
+    from nbbatch import _ledger as ledger
     from nbbatch.providers.anthropic import AnthropicProvider
     from nbbatch.providers.gemini import GeminiProvider
     from nbbatch.providers.openai import OpenAIProvider
@@ -157,7 +157,7 @@ def test_an_upload_refused_mid_job_is_the_jobs_error_and_the_rest_is_sent_later(
     import httpx
     import openai
 
-    from nbbatch import panel
+    from nbbatch import _panel as panel
     from nbbatch.providers.openai import OpenAIProvider
 
     from .test_panel import wait_for

@@ -12,8 +12,8 @@ import pytest
 
 import nbbatch as nb
 from nbbatch import emulator
+from nbbatch._ledger import default as ledger
 from nbbatch.labext import handlers, views
-from nbbatch.ledger import default as ledger
 
 from .conftest import openai_client
 from .test_durable import emu_process  # noqa: F401

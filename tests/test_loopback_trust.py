@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 import nbbatch as nb
+from nbbatch import _ledger as nb_ledger
 from nbbatch import emulator
 from nbbatch.emulator import FAIL_MARKER, _background
 
@@ -120,7 +121,7 @@ def _pending_job(emu: emulator.Emulator, how: str, monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv("OPENAI_BASE_URL", emu.openai_base_url)
         job = nb.submit(df, "{text}", model="gpt-4o-mini")
     job.wait_sent()
-    record = nb.api._default_ledger().job(job.id)
+    record = nb_ledger.default().job(job.id)
     assert record["credential"].startswith("loopback:") and record["key_hash"] is None
     return job
 

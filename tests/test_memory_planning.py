@@ -19,7 +19,9 @@ import pyarrow as pa
 import pytest
 
 import nbbatch as nb
-from nbbatch import api, emulator, planning
+from nbbatch import _frames as frames
+from nbbatch import _inputs, emulator
+from nbbatch import _planning as planning
 
 from .conftest import batches_created, model_for
 
@@ -41,14 +43,14 @@ def gated(monkeypatch):
     planner waits for ``gate`` before it reads the rows; ``started`` says it got there."""
     monkeypatch.setattr(planning, "MEMORY_BACKGROUND_ROWS", 10)
     gate, started = threading.Event(), threading.Event()
-    plan_now = api._in_memory
+    plan_now = _inputs.in_memory
 
     def held(*args, **kwargs):
         started.set()
         assert gate.wait(60)
         return plan_now(*args, **kwargs)
 
-    monkeypatch.setattr(api, "_in_memory", held)
+    monkeypatch.setattr(_inputs, "in_memory", held)
     yield gate, started
     gate.set()
 
@@ -83,7 +85,7 @@ def test_polars_and_arrow_tables_are_planned_in_the_background_too(oai, gated, k
     gate.set()
     job.wait(timeout=60, progress=False)
     assert job.counts["succeeded"] == 12
-    merged = nb.frames.to_pandas(job.merge(data))
+    merged = frames.to_pandas(job.merge(data))
     assert merged["response"].tolist() == [
         emulator.echo_text(PROMPT.format(body=b)) for b in df["body"]
     ]
@@ -170,7 +172,7 @@ def look_together(folder: Path, parties: int = 2) -> None:
     the same rows, made certain instead of left to the scheduler. Each one waits at
     most 20 s, so a planner that never looks this way (one that looks and records at
     once) is only slowed."""
-    from nbbatch.ledger import Ledger
+    from nbbatch._ledger import Ledger
 
     find = Ledger.find_job
 
@@ -188,7 +190,7 @@ def look_together(folder: Path, parties: int = 2) -> None:
 
 @pytest.fixture
 def together(tmp_path, monkeypatch):
-    from nbbatch.ledger import Ledger
+    from nbbatch._ledger import Ledger
 
     monkeypatch.setattr(Ledger, "find_job", Ledger.find_job)  # restored after the test
     folder = tmp_path / "planners"

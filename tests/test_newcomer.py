@@ -19,7 +19,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import nbbatch as nb
-from nbbatch import planning, pricing, stream
+from nbbatch import _planning as planning
+from nbbatch import _stream as stream
+from nbbatch import pricing
 from nbbatch.labext import views
 
 from .conftest import batches_created, openai_client

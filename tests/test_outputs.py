@@ -12,7 +12,8 @@ import pytest
 from pydantic import BaseModel
 
 import nbbatch as nb
-from nbbatch import emulator, structured
+from nbbatch import _structured as structured
+from nbbatch import emulator
 
 from .conftest import client_for, model_for
 

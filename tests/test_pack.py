@@ -177,7 +177,7 @@ def test_a_pack_answer_that_breaks_the_schema_sends_its_rows_again():
 
 def test_answers_with_wrong_ids_or_twice_the_same_id_fail_just_those_rows():
     # What the emulator never produces: a reply naming rows wrongly. In process.
-    from nbbatch import pack
+    from nbbatch import _pack as pack
     from nbbatch.providers.base import ROW_RESULT_SCHEMA
 
     reply = {"answers": [
@@ -298,7 +298,7 @@ def test_any_rows_in_any_pack_size_map_back_to_their_own_rows(emu, values, size)
 # -- a process killed inside a create call --------------------------------------------------
 CHILD = """
     import os, sys, anthropic, openai, pandas as pd, nbbatch as nb
-    from nbbatch import ledger
+    from nbbatch import _ledger as ledger
     from nbbatch.providers.anthropic import AnthropicProvider
     from nbbatch.providers.openai import OpenAIProvider
 

@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nbbatch as nb
-from nbbatch import emulator, pack
+from nbbatch import _pack as pack
+from nbbatch import emulator
 from nbbatch.providers.base import ROW_RESULT_SCHEMA
 
 from .conftest import client_for

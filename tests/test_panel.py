@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 
 import nbbatch as nb
-from nbbatch import emulator, panel, styling
+from nbbatch import _panel as panel
+from nbbatch import emulator, styling
+from nbbatch._panel import JobPanel
 from nbbatch.job import BatchJob
-from nbbatch.panel import JobPanel
 
 from .conftest import openai_client
 
@@ -602,7 +603,7 @@ def test_tints_are_laid_over_the_page_colour_so_stripes_do_not_show_through():
 def test_the_panel_values_are_one_function_of_the_snapshot():
     """What every part of the panel shows, from a snapshot alone: no job, no widget, no
     kernel (the panel only copies these values onto its widgets)."""
-    from nbbatch.panelview import panel_values
+    from nbbatch._panelview import panel_values
 
     base = dict(
         job_id="j1", provider="openai", model="gpt-4o-mini", endpoint="/v1/chat/completions",

@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nbbatch as nb
-from nbbatch import agreement, emulator
+from nbbatch import _agreement as agreement
+from nbbatch import emulator
 from nbbatch.datasets import reviews, sentiment_responder
 
 pytestmark = pytest.mark.slow
@@ -217,7 +218,7 @@ def test_shown_as_a_widget_html_and_text(client: openai.OpenAI) -> None:
     assert limited.table.loc["gpt-4o", "waves"] in (3, 4)
     assert "waves" in repr(limited)
     # The widget's target slider recommends again and redraws.
-    from nbbatch import pilotview
+    from nbbatch import _pilotview as pilotview
 
     view = pilotview.widget(p)
     slider = view.children[2].children[0]

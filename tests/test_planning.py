@@ -11,7 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import nbbatch as nb
-from nbbatch import console, panel, planning, stream
+from nbbatch import _console as console
+from nbbatch import _panel as panel
+from nbbatch import _planning as planning
+from nbbatch import _stream as stream
 
 from .conftest import model_for
 

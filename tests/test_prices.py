@@ -66,6 +66,6 @@ def test_a_long_shared_instruction_is_cached_by_openai_in_the_estimate_and_the_c
     snap = job.snapshot()
     uncached = pricing.cost(model, snap.input_tokens, snap.output_tokens, estimated=False)
     assert job.cost.batch < uncached.batch
-    from nbbatch.panel import JobPanel
+    from nbbatch._panel import JobPanel
 
     assert f"prices: {pricing.source()}" in JobPanel(job).cost.value

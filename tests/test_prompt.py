@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import nbbatch as nb
-from nbbatch import prompt as P
+from nbbatch import _prompt as P
 
 from .conftest import model_for
 

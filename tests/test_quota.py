@@ -9,8 +9,11 @@ import pandas as pd
 import pytest
 
 import nbbatch as nb
-from nbbatch import console, emulator, panelview, quota
-from nbbatch.ledger import default as default_ledger
+from nbbatch import _console as console
+from nbbatch import _panelview as panelview
+from nbbatch import _quota as quota
+from nbbatch import emulator
+from nbbatch._ledger import default as default_ledger
 
 from .conftest import client_for, model_for
 

@@ -9,7 +9,8 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from nbbatch import InputError, emulator, realtime
+from nbbatch import InputError, emulator
+from nbbatch import _realtime as realtime
 from nbbatch.providers import build, infer
 from nbbatch.providers.base import ROW_RESULT_SCHEMA, RequestSpec
 

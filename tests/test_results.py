@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from nbbatch import results
+from nbbatch import _results as results
 from nbbatch.providers.openai import parse_lines
 
 

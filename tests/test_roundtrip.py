@@ -220,7 +220,7 @@ def test_an_empty_frame_is_refused_and_nothing_recorded(client):
 
 
 # The same round trips on an account whose batch queue holds a fraction of each job:
-# the jobs go in waves (see nbbatch.quota), and must end exactly as above.
+# the jobs go in waves (see nbbatch._quota), and must end exactly as above.
 TIGHT = {"enqueued_token_limit": 60, "anthropic_queue_limit": 8, "gemini_enqueued_token_limit": 60}
 
 
@@ -250,7 +250,7 @@ def test_round_trips_at_a_tight_queue_limit(tight, case, over):
         case(tight, "{comment}")
     else:
         case(tight)
-    from nbbatch.ledger import default
+    from nbbatch._ledger import default
 
     # A job over the queue went in waves: more batches than jobs.
     ((jobs, batches),) = default().query(

@@ -51,7 +51,7 @@ PROMPT = "Classify: {text}"
 
 def queue_template(prompts) -> bool:
     """The one line with an empty prompt that the batch queue's token estimate encodes
-    to learn what every line carries besides its prompt (nbbatch.quota): not a row's."""
+    to learn what every line carries besides its prompt (nbbatch._quota): not a row's."""
     return prompts.to_pylist() == [""]
 
 

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import nbbatch as nb
-from nbbatch import emulator, engines
+from nbbatch import _engines as engines
+from nbbatch import emulator
 
 from .conftest import model_for, openai_client
 

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import nbbatch as nb
-from nbbatch import emulator, stream
+from nbbatch import _stream as stream
+from nbbatch import emulator
 
 from .conftest import model_for
 

@@ -14,8 +14,9 @@ import pyarrow as pa
 import pytest
 from pydantic import BaseModel, Field
 
-from nbbatch import InputError, emulator, realtime
-from nbbatch import structured as st
+from nbbatch import InputError, emulator
+from nbbatch import _realtime as realtime
+from nbbatch import _structured as st
 from nbbatch.providers import build, infer
 from nbbatch.providers.base import RequestSpec
 

@@ -12,8 +12,8 @@ import pytest
 
 import nbbatch as nb
 from nbbatch import emulator
+from nbbatch._ledger import default as default_ledger
 from nbbatch.labext import views
-from nbbatch.ledger import default as default_ledger
 
 from .conftest import openai_client
 from .test_cli import nbbatch

@@ -28,8 +28,8 @@ import pytest
 
 import nbbatch as nb
 from nbbatch import emulator
+from nbbatch._ledger import default as ledger
 from nbbatch.labext import handlers, views
-from nbbatch.ledger import default as ledger
 
 from .conftest import model_for, openai_client
 
@@ -390,7 +390,7 @@ def test_a_result_file_that_cannot_be_read_is_downloaded_again(
 def test_results_larger_than_any_reply_are_refused_before_they_are_kept(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nbbatch import collect
+    from nbbatch import _collect as collect
 
     job = _submitted(client)
     # 3 requests of a few bytes each: far less than any of the emulator's replies.

@@ -16,9 +16,9 @@ import pytest
 
 import nbbatch as nb
 from nbbatch import emulator
-from nbbatch.console import ConsoleReporter
+from nbbatch._console import ConsoleReporter
+from nbbatch._panel import JobPanel
 from nbbatch.labext import views
-from nbbatch.panel import JobPanel
 
 from .conftest import openai_client
 from .test_cli import nbbatch

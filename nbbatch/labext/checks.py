@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..ledger import Ledger
+    from .._ledger import Ledger
 
 #: Seconds between two checks the sidebar asks for while it is visible: modest, as
 #: each check polls every open batch of each running job once.
@@ -85,10 +85,10 @@ def due(ledger: Ledger, before: float) -> list[str]:
 def check_one(job_id: str) -> str | None:
     """Poll one job once without sending anything; the error text, or None when its
     provider answered."""
-    from .. import api
+    from .. import _jobs
 
     try:
-        snap = api.attach(job_id).refresh(send=False)
+        snap = _jobs.attach(job_id).refresh(send=False)
     except Exception as exc:  # no key here, a refusal: shown with the job, never raised
         return f"{type(exc).__name__}: {exc}"
     return snap.last_error

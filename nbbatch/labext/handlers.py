@@ -85,7 +85,7 @@ class _Handler(APIHandler):
         self.finish(json.dumps({"error": scrub(str(exc))}))
 
     def _ledger(self) -> Any:
-        from ..ledger import default
+        from .._ledger import default
 
         return default()
 
@@ -108,7 +108,7 @@ class CheckHandler(_Handler):
     @tornado.web.authenticated
     @authorized
     async def post(self) -> None:
-        from ..ledger import home
+        from .._ledger import home
 
         if not (home() / "ledger.sqlite3").exists():  # nothing to check; create nothing
             return await self._run(lambda: {"checked": [], "failed": [], "busy": False})

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any, cast
 from .. import states
 
 if TYPE_CHECKING:
+    from .._ledger import Ledger
     from ..job import BatchJob
-    from ..ledger import Ledger
     from ..providers.base import Provider
 
 SCHEMA_VERSION = 1
@@ -59,10 +59,11 @@ def jobs_view(
 ) -> dict:
     """Every job in ``ledger``, newest first, as the module docstring's schema;
     ``check_errors``: the server's failed checks (:meth:`.checks.Checks.errors`)."""
-    from .. import api, quota
+    from .. import _jobs
+    from .. import _quota as quota
 
     now = time.time() if now is None else now
-    table = api.jobs(ledger)  # the public listing: status, counts and cost as nb.jobs()
+    table = _jobs.jobs(ledger)  # the public listing: status, counts and cost as nb.jobs()
     records = {r["id"]: r for r in ledger.jobs()}
     oldest_open = dict(
         ledger.query("SELECT job_id, MIN(created) FROM batches WHERE ended = 0 GROUP BY job_id")
@@ -95,7 +96,7 @@ def listing(
 ) -> dict[str, Any]:
     """:func:`jobs_view` of this process's ledger (``NBBATCH_HOME``, as the kernels the
     server starts use); an empty list, creating nothing, when there is no ledger yet."""
-    from ..ledger import default, home
+    from .._ledger import default, home
 
     path = home() / "ledger.sqlite3"
     if not path.exists():
@@ -123,7 +124,7 @@ def _job(
     root_dir: str | None,
     now: float,
 ) -> dict[str, Any]:
-    from ..notes import alert_text
+    from .._health import alert_text
     from ..pricing import money
 
     counts = {state: int(row[state]) for state in COUNTED}
@@ -178,7 +179,7 @@ def _unreadable(
 ) -> dict[str, Any]:
     """A job whose ledger record cannot be read, as much of it as can be shown, with
     what to do about it as its alert."""
-    from ..api import UNREADABLE, unreadable_text
+    from .._jobs import UNREADABLE, unreadable_text
 
     created = record.get("created")
     created = float(created) if isinstance(created, int | float) else now
@@ -272,7 +273,7 @@ def collect(ledger: Ledger, job_id: str, root_dir: str, folder: str = "") -> dic
     ``<folder>/<job_id>.parquet`` under ``root_dir``, atomically. ``folder`` is relative
     to ``root_dir`` and may not leave it. Returns ``{"path", "rows", "warning", "job"}``;
     ``warning`` is a transient polling error (the file then holds what the ledger had)."""
-    from .. import api, cli
+    from .. import _jobs, cli
     from .._files import private_output
 
     root = Path(root_dir).resolve()
@@ -287,7 +288,7 @@ def collect(ledger: Ledger, job_id: str, root_dir: str, folder: str = "") -> dic
             f"{target.relative_to(root).as_posix()} is a folder; rename or remove it, or "
             "collect into another folder"
         )
-    job = api.attach(job_id)
+    job = _jobs.attach(job_id)
     snap = job.refresh(send=False)  # collects what ended; never sends (see refresh)
     frame = cli.results_table(job)
     # A fresh private file (never a guessable name a link could be planted at).
@@ -307,18 +308,18 @@ def refresh(ledger: Ledger, job_id: str, root_dir: str | None = None) -> dict[st
     a transient error (the provider unreachable, say) or null. It only looks, as
     ``job.refresh(send=False)``: rows not sent yet, retries and a cascade's next stage
     are sent by a kernel that attaches to the job (``nb.attach``), never from here."""
-    from .. import api
+    from .. import _jobs
 
-    snap = api.attach(job_id).refresh(send=False)
+    snap = _jobs.attach(job_id).refresh(send=False)
     return {"warning": snap.last_error, "job": job_view(ledger, job_id, root_dir)}
 
 
 def cancel(ledger: Ledger, job_id: str, root_dir: str | None = None) -> dict[str, Any]:
     """Cancel the job at its provider, as ``job.cancel()`` (rows already finished keep
     their results): ``{"warning", "job"}``."""
-    from .. import api
+    from .. import _jobs
 
-    job = api.attach(job_id)
+    job = _jobs.attach(job_id)
     if job.snapshot().finished:
         raise Conflict(f"job {job_id} has finished: there is nothing left to cancel")
     snap = job.cancel()

@@ -221,7 +221,7 @@ def default_client(
     cls = provider_class(name)
     if local:
         from .. import emulator
-        from ..ledger import home
+        from .._ledger import home
 
         return _local_client(cls, emulator.background(home()), home())
     elif token is not None:

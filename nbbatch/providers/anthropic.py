@@ -471,7 +471,7 @@ def _output_format(response_format: dict[str, Any]) -> dict[str, Any]:
     with a 400 (``minimum``, ``maxLength``, ... "is not supported"), so the schema goes
     through the SDK's own ``transform_schema``, as ``messages.parse`` does: unsupported
     keywords move into the description. Replies are still validated against the full
-    schema afterwards (:mod:`nbbatch.structured`).
+    schema afterwards (:mod:`nbbatch._structured`).
     """
     if response_format.get("type") == "json_schema":
         inner = response_format.get("json_schema")

@@ -1,7 +1,7 @@
 """A deadline that means something: rows not done by it go another way.
 
 ``submit(deadline=..., on_deadline=...)``: with ``"wait"`` (the default) a deadline only
-marks a job overdue (see :mod:`nbbatch.health`). With ``"flex"`` or ``"realtime"``,
+marks a job overdue (see :mod:`nbbatch._health`). With ``"flex"`` or ``"realtime"``,
 once it has passed:
 
 1. nothing more is sent as a batch (the sender stops before its next chunk);
@@ -14,7 +14,7 @@ once it has passed:
    ``"realtime"`` at the full price. They are recorded with origin ``flex`` or
    ``realtime``, and the note says what they cost beside the other way.
 
-Each is a function of the job's :class:`~nbbatch.context.JobContext`, run by the job's
+Each is a function of the job's :class:`~nbbatch._context.JobContext`, run by the job's
 poll (see :meth:`nbbatch.job.BatchJob.refresh`). A session holding such a job polls it
 in the background from ``submit`` on (with or without the panel), and the poll after
 the deadline is moved to the moment it arrives (:func:`until_due`), so it acts then.
@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.compute as pc
 
-from . import rowstore
+from . import _rowstore as rowstore
 from ._errors import InputError, ProviderError
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
 
 #: What ``on_deadline`` takes.
 CHOICES = ("wait", "flex", "realtime")
@@ -121,7 +121,7 @@ def reroute(ctx: JobContext) -> None:
         )
         # Looked at once more now: those the cancel ended at once are collected, so the
         # rest go in this poll rather than the next (which may be a while away).
-        from .collect import poll_batch
+        from ._collect import poll_batch
 
         for batch in ctx.ledger.batches(ctx.id):
             if not batch["collected"] and not batch["batch_id"].startswith("intent-"):
@@ -156,8 +156,9 @@ def _way(ctx: JobContext) -> str:
 def _send_now(ctx: JobContext, state: rowstore.RowState, positions: np.ndarray) -> None:
     """Send the rows at ``positions`` through the real-time API, each on its stage's
     model, and record what came back; say what they cost beside the other way."""
-    from . import pricing, realtime
-    from .collect import hashes, realtime_checked
+    from . import _realtime as realtime
+    from . import pricing
+    from ._collect import hashes, realtime_checked
     from .providers.base import RequestSpec
 
     flex = ctx.policy.get("on_deadline") == "flex"

@@ -37,7 +37,7 @@ PENDING, SUCCEEDED, FAILED, EXPIRED, CANCELLED, SKIPPED = range(len(STATES))
 #: Where a row's current result came from.
 ORIGINS = ("batch", "reused", "realtime", "flex")
 BATCH, REUSED, REALTIME, FLEX = range(len(ORIGINS))
-#: How each origin is priced: flex processing at batch prices (see nbbatch.deadline).
+#: How each origin is priced: flex processing at batch prices (see nbbatch._deadline).
 PRICED = (((BATCH, FLEX), "batch"), ((REALTIME,), "realtime"))
 
 MANIFEST_SCHEMA = pa.schema(
@@ -93,7 +93,7 @@ def write_table(path: Path, table: pa.Table) -> None:
 
 def leaders_path(manifest: Path) -> Path:
     """Where the leaders of a manifest planned batch by batch are kept (see
-    :func:`nbbatch.stream.finish_manifest`): beside it, ``<name>.leaders``."""
+    :func:`nbbatch._stream.finish_manifest`): beside it, ``<name>.leaders``."""
     return manifest.with_name(manifest.name + ".leaders")
 
 

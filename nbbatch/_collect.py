@@ -23,18 +23,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import pack as _pack
-from . import quota as _quota
-from . import results as _results
-from . import rowstore
-from . import send as _send
+from . import _pack, _quota, _results, _send
+from . import _rowstore as rowstore
+from ._context import is_loopback
 from ._errors import NbbatchError, ProviderError
-from .context import is_loopback
+from ._send import unsent as unsent  # where the job and the stages look for it
 from .providers.base import BatchInfo, RequestSpec, http_status
-from .send import unsent as unsent  # where the job and the stages look for it
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
 
 log = logging.getLogger("nbbatch")
 
@@ -42,7 +39,7 @@ log = logging.getLogger("nbbatch")
 def realtime_checked(table: pa.Table, spec: RequestSpec) -> pa.Table:
     """A real-time result table (with its ``truncated`` column) in the row-result shape,
     with replies checked against the schema when one was asked for."""
-    from . import structured
+    from . import _structured as structured
     from .providers.base import ROW_RESULT_SCHEMA
 
     cut = set(table.filter(table.column("truncated")).column("custom_id").to_pylist())
@@ -156,7 +153,7 @@ def hashes(ctx: JobContext, positions: np.ndarray, stage: int = 0) -> np.ndarray
     state = ctx.ledger.row_state(ctx.id)
     if stage == 0:
         return state.manifest_column("request_hash", positions).to_numpy()
-    from . import plan
+    from . import _plan as plan
 
     salt = ctx.stage_salt(stage)
     if salt is None or not len(positions):
@@ -220,7 +217,7 @@ def collect_packs(
 ) -> None:
     """Record one result per row of an ended batch of packs (``submit(pack=N)``;
     ``positions``: its rows, in the order they were packed), each row's answer taken
-    from its pack's (see :func:`nbbatch.pack.packed_results`)."""
+    from its pack's (see :func:`nbbatch._pack.packed_results`)."""
     secret = ctx.policy.get("pack_secret")  # the item ids and checks, when it has one
     packed = _pack.packed_spec(spec, size, checked=bool(secret))
     try:
@@ -245,7 +242,7 @@ def _check_structured(
     ctx: JobContext, table: pa.Table, raws: list[bytes], spec: RequestSpec
 ) -> pa.Table:
     """Replies that do not match the schema, or were cut off, fail ``invalid_output``."""
-    from . import structured
+    from . import _structured as structured
 
     assert spec.response_format is not None
     cut: set[str] = set()
@@ -380,7 +377,7 @@ def after_collect(ctx: JobContext, *, sending: bool = False) -> int:
     if policy.get("fallback") == "realtime":
         fallback_realtime(ctx)
     ctx.check_alert()
-    from . import escalate
+    from . import _escalate as escalate
 
     return escalate.cascade_next(ctx)
 
@@ -411,7 +408,7 @@ def waiting_to_send(ctx: JobContext) -> str | None:
             return f"{retry:,} failed {'row' if retry == 1 else 'rows'} to retry"
         if ctx.policy.get("fallback") == "realtime":
             return f"{len(failing):,} failing rows for the real-time fallback (full price)"
-    from . import escalate
+    from . import _escalate as escalate
 
     if escalate.stage_due(ctx):
         return "the cascade's next stage"
@@ -465,7 +462,7 @@ def retryable_failures(state: rowstore.RowState) -> np.ndarray:
 def fallback_realtime(ctx: JobContext) -> None:
     """Send leaders still failing for transient reasons through the real-time API, at
     full price, recorded with origin ``realtime``."""
-    from . import realtime
+    from . import _realtime as realtime
 
     state = ctx.ledger.row_state(ctx.id)
     positions = retryable_failures(state)

@@ -3,7 +3,7 @@
 :func:`panel_values` turns a :class:`~nbbatch.snapshot.JobSnapshot` (and the few things
 the panel itself knows: whether a poller runs, which buttons were
 pressed) into :class:`PanelValues`, the HTML and the button states of every part. It
-needs no kernel and no widget, so tests call it directly; :class:`nbbatch.panel.JobPanel`
+needs no kernel and no widget, so tests call it directly; :class:`nbbatch._panel.JobPanel`
 only copies the values onto its widgets. :func:`plain_text` and :func:`static_html` are
 the same job for viewers without widgets.
 """

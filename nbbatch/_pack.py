@@ -44,12 +44,12 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from . import prompt as _prompt
+from . import _prompt
 from ._errors import InputError
 from .providers.base import ROW_RESULT_SCHEMA, RequestSpec, is_embeddings
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
 
 #: Stands for the item in the instruction shown once per pack.
 ITEM = "<ITEM>"
@@ -154,7 +154,7 @@ def packed_spec(spec: RequestSpec, size: int, *, checked: bool = False) -> Reque
     """The request parameters of a pack of ``size`` rows: the answers' schema as its
     structured output (with each answer's ``check`` when ``checked``), and room for
     ``size`` answers when ``max_tokens`` is set."""
-    from . import structured
+    from . import _structured as structured
 
     answer: dict[str, Any] = {"type": "string"}
     defs: dict[str, Any] = {}
@@ -413,8 +413,8 @@ def packed_results(
     its pack's parsed result ``tables``. Returns the rows' results, the batch's note,
     and whether that note is worth a warning (packs missing, repeated or unknown, rows
     left out or answered wrongly)."""
-    from . import results as _results
-    from . import structured
+    from . import _results
+    from . import _structured as structured
 
     rec = _results.reconcile(
         pack_ids(positions, size),

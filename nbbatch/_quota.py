@@ -37,12 +37,12 @@ import numpy as np
 import pyarrow as pa
 
 from ._errors import InputError, ProviderError
-from .ledger import QuotaClaim
+from ._ledger import QuotaClaim
 from .providers import credentials
 from .providers.base import TIERS, Refusal, RequestSpec
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
     from .providers.base import BatchInfo, Provider
 
 log = logging.getLogger("nbbatch")
@@ -445,7 +445,7 @@ class WaveView:
     def line(self) -> str:
         """E.g. ``waiting for quota: wave 3 of 12 - 1.9M of 2M queued tokens in use
         for gpt-4o-mini, about 45m to go``."""
-        from .health import format_seconds
+        from ._health import format_seconds
 
         head = "waiting for quota" if self.waiting else "sent in waves"
         of = (
@@ -511,7 +511,7 @@ def plan(total_units: int, limit: int | None, unit: str, wave_seconds: float | N
     waves = math.ceil(total_units / cap) if total_units else 1
     if waves <= 1:
         return None
-    from .health import format_seconds
+    from ._health import format_seconds
 
     text = f"{waves} waves of at most {_amount(limit)} queued {unit}"
     if wave_seconds:

@@ -6,7 +6,7 @@ validation, planning and merge as pandas does: they are converted once through A
 (integers stay integers: ``1``, not ``1.0``), with a RangeIndex, so rows are named by
 position or by ``id_column``. ``merge`` then hands the result back as the kind it was
 given. A path or glob of Parquet files and an Arrow dataset are *streamed* (see
-:mod:`nbbatch.stream`): ``submit`` plans them a record batch at a time and
+:mod:`nbbatch._stream`): ``submit`` plans them a record batch at a time and
 ``job.to_parquet`` writes them back the same way; ``merge`` still reads them whole (for
 what fits in memory) and gives a pyarrow Table back.
 """
@@ -61,7 +61,7 @@ def kind_of(data: Any) -> str | None:
 
 
 def streamed(data: Any) -> bool:
-    """Whether ``data`` is read in record batches, never whole (see :mod:`nbbatch.stream`):
+    """Whether ``data`` is read in record batches, never whole (see :mod:`nbbatch._stream`):
     Parquet files and Arrow datasets, which may be larger than memory."""
     return kind_of(data) in (PARQUET, ARROW_DATASET)
 

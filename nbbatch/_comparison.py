@@ -18,7 +18,7 @@ What a :class:`Comparison` holds:
   Kolmogorov-Smirnov for numbers; its p-value when scipy is installed, which nbbatch
   does not require), or exact and normalised match for free text;
 - each job's cost and time (from submit to its last row), and its lineage (models,
-  prompt version hashes, see :func:`nbbatch.plan.prompt_version`), so the comparison
+  prompt version hashes, see :func:`nbbatch._plan.prompt_version`), so the comparison
   says what changed besides the answers.
 
 Its ``text/plain`` repr is a compact table; its HTML adds a small churn chart when
@@ -38,12 +38,13 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from . import columns, rowstore
+from . import _rowstore as rowstore
+from . import columns
 from ._errors import InputError
 from .providers.base import is_embeddings
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
     from .pricing import Cost
 
 #: A string field with at most this many distinct values (in both jobs), and no more
@@ -313,7 +314,7 @@ def shared_fields(before: JobContext, after: JobContext) -> dict[str, tuple[str,
     """The output fields both jobs have: shown name -> (column in before, in after).
     Two structured jobs share the fields of the same name; two text jobs, their output
     (whatever each named it). A structured job and a text one are refused."""
-    from . import structured
+    from . import _structured as structured
 
     rf_b, rf_a = before.spec.response_format, after.spec.response_format
     if rf_b is None and rf_a is None:
@@ -341,7 +342,7 @@ def _answers(ctx: JobContext, state: rowstore.RowState, take: np.ndarray) -> pd.
     """The job's answers at positions ``take``: its result columns and ``_status``."""
     import warnings
 
-    from . import merge
+    from . import _merge as merge
     from ._errors import JobRunningWarning
 
     with warnings.catch_warnings():

@@ -19,16 +19,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from . import engines, rowstore
-from . import pack as _pack
-from . import plan as _plan
-from . import quota as _quota
+from . import _engines as engines
+from . import _pack, _plan, _quota
+from . import _rowstore as rowstore
 from ._errors import BatchFailedError, NbbatchError, ProviderError
-from .ledger import QuotaClaim, QuotaFull, alive
+from ._ledger import QuotaClaim, QuotaFull, alive
 from .providers.base import BatchInfo, RequestSpec, http_status
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
 
 log = logging.getLogger("nbbatch")
 
@@ -56,7 +55,7 @@ class Progress:
     # Set by a Ctrl-C in job.wait(): send no further chunk (nor plan further); the job
     # is not cancelled, and the next wait() sends the rest.
     stopped: bool = False
-    # While a large table is planned first (see nbbatch.planning): rows planned of all.
+    # While a large table is planned first (see nbbatch._planning): rows planned of all.
     planned: int = 0
     to_plan: int = 0
     waiting: bool = False  # the account's batch queue is full: the rest waits
@@ -128,7 +127,7 @@ def send_rows(
     # A frame planned on a cluster's workers (Dask, Spark) comes with its request lines
     # encoded there, one per row: they are taken as they are, not encoded again here.
     built = engines.prebuilt(ctx, spec, stage) if size == 1 else None
-    # The account's batch queue (see nbbatch.quota): batches sized to the room it has,
+    # The account's batch queue (see nbbatch._quota): batches sized to the room it has,
     # the rest left unsent for the next wave when it is full.
     queue = _quota.queue(ctx, spec)
     waved = False  # a batch went into a limited queue in this pass
@@ -248,8 +247,8 @@ def _send_piece(
 ) -> bool:
     """Send one chunk as a batch, holding ``lock``, and count it in ``progress``;
     False when the job was cancelled meanwhile (nothing sent). A full queue raises
-    :class:`~nbbatch.ledger.QuotaFull` (nothing sent) or
-    :class:`~nbbatch.quota.QuotaRefused` (the provider refused it; its rows unsent)."""
+    :class:`~nbbatch._ledger.QuotaFull` (nothing sent) or
+    :class:`~nbbatch._quota.QuotaRefused` (the provider refused it; its rows unsent)."""
     try:
         with lock or threading.RLock():
             sent = _send_chunk(ctx, rows, chunk, attempt, part, spec, stage, claim)
@@ -389,7 +388,7 @@ def send_unsent(
     before sending them) or put back by ``resubmit_failed`` or a new stage; ``lock``
     is held around each chunk (see :func:`send_rows`)."""
     if not len(unsent(ctx.row_state())) or ctx.rerouting:
-        return  # after the deadline the rest go another way (see nbbatch.deadline)
+        return  # after the deadline the rest go another way (see nbbatch._deadline)
     if ctx.cancelled:
         # Rows put back after a cancel (a create call refused while it was made): they
         # end cancelled, never sent.

@@ -1,6 +1,6 @@
 """The live notebook panel of a job: ipywidgets that render the job's snapshots.
 
-The panel is a view, like :mod:`nbbatch.console`: it subscribes to the job, turns each
+The panel is a view, like :mod:`nbbatch._console`: it subscribes to the job, turns each
 :class:`~nbbatch.snapshot.JobSnapshot` into widget values, and its buttons only call the
 job's public methods (``refresh``, ``cancel``, ``resubmit_failed``, ``failed``, ``merge``).
 Snapshots arrive on the background poller's thread; ipywidgets sends trait changes from
@@ -33,11 +33,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from . import _panelview as view
 from . import columns, pricing, states, styling
-from . import panelview as view
+from ._console import in_notebook
 from ._errors import MergeError
 from .columns import Role
-from .console import in_notebook
 from .snapshot import JobSnapshot
 
 if TYPE_CHECKING:
@@ -326,7 +326,7 @@ class JobPanel:
         self._save(snap)
 
     def values(self, snap: JobSnapshot) -> view.PanelValues:
-        """What the widgets show for ``snap`` (see :func:`nbbatch.panelview.panel_values`)."""
+        """What the widgets show for ``snap`` (see :func:`nbbatch._panelview.panel_values`)."""
         return view.panel_values(
             snap,
             at_most=self.job.spec.max_tokens is not None,
@@ -341,7 +341,7 @@ class JobPanel:
     # -- cost -------------------------------------------------------------------------------
     def cost_figures(self, snap: JobSnapshot) -> tuple[pricing.Cost, int, int]:
         """(cost, input tokens, output tokens) to show for ``snap`` (see
-        :func:`nbbatch.panelview.cost_figures`)."""
+        :func:`nbbatch._panelview.cost_figures`)."""
         return view.cost_figures(snap)
 
     # -- tables -----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .ledger import Ledger
+    from ._ledger import Ledger
     from .providers.base import BatchInfo, Provider
 
 log = logging.getLogger("nbbatch")

@@ -39,14 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import prompt as _prompt
-from . import stream as _stream
+from . import _prompt, _stream
+from ._checks import ContextLimit
 from ._errors import InputError, NbbatchError
-from .checks import ContextLimit
 
 if TYPE_CHECKING:
-    from .context import JobContext
-    from .send import Progress
+    from ._context import JobContext
+    from ._send import Progress
 
 #: Streamed tables with at least this many rows are planned in the background.
 BACKGROUND_ROWS = 250_000
@@ -84,7 +83,7 @@ def in_background(source: _stream.Source) -> bool:
 def memory_rows(data: Any) -> int | None:
     """The row count of an in-memory table (pandas, polars, Arrow) large enough to be
     planned in the background, else None (planned in ``submit``)."""
-    from . import frames
+    from . import _frames as frames
 
     if frames.kind_of(data) not in (frames.PANDAS, frames.POLARS, frames.ARROW):
         return None
@@ -126,7 +125,7 @@ def cancel(ctx: JobContext) -> bool:
 
 def source_of(ctx: JobContext) -> _stream.Source:
     """The rows to plan: the data given in this session, else the recorded files."""
-    from . import frames
+    from . import _frames as frames
 
     if ctx.data is not None and frames.streamed(ctx.data):
         return _stream.Source.of(ctx.data)
@@ -243,7 +242,7 @@ def _record_manifest(ctx: JobContext, target: Path) -> None:
         ):
             raise _Stopped  # cancelled while the manifest was written
     finally:
-        from .rowstore import leaders_path
+        from ._rowstore import leaders_path
 
         leaders_path(target).unlink(missing_ok=True)
         target.unlink(missing_ok=True)

@@ -22,17 +22,16 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from . import _plan, _prompt, states
+from . import _rowstore as rowstore
 from . import columns as _columns
-from . import plan as _plan
-from . import prompt as _prompt
-from . import rowstore, states
+from ._checks import ContextLimit
 from ._errors import InputError, MergeError
 from ._files import names_folder
-from .checks import ContextLimit
 from .providers.base import is_embeddings
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
 
 #: How many differing rows a MergeError shows.
 SHOWN = 2
@@ -48,7 +47,7 @@ def merge_job(
     the job runs, and add the columns (see :meth:`BatchJob.merge`). The result is of
     ``data``'s own kind (polars for polars...), or pandas with ``native=False``; with
     ``lineage``, each row's lineage columns too (see :mod:`nbbatch.columns`)."""
-    from . import frames
+    from . import _frames as frames
 
     names = frames.column_names(data)
     # Only the columns the check reads become pandas: the result columns are joined to
@@ -378,7 +377,7 @@ def write_parquet(
     and, with ``verify``, every row still renders the request sent for it."""
     import pyarrow.parquet as pq
 
-    from . import frames
+    from . import _frames as frames
 
     state = ctx.ledger.row_state(ctx.id)
     if source.n_rows != state.n:
@@ -514,8 +513,8 @@ def to_parquet(
     ``merge`` (the job's). Written to a temporary name, then renamed."""
     import pyarrow.parquet as pq
 
-    from . import frames
-    from . import stream as _stream
+    from . import _frames as frames
+    from . import _stream
     from ._files import private_output
 
     data = data if data is not None else ctx.data
@@ -543,7 +542,7 @@ def failed_rows(ctx: JobContext) -> pd.DataFrame:
     says these are only the failures so far."""
     import warnings
 
-    from . import frames
+    from . import _frames as frames
     from ._errors import JobRunningWarning
 
     with warnings.catch_warnings():
@@ -597,7 +596,7 @@ def write_results(
     """Write every row's result columns (those ``merge`` adds), by position, to the
     Parquet file ``target``, with ``position``, ``key`` and ``request_hash`` beside them,
     in row groups of ``rows_per_group`` rows, so that a partition of a distributed frame
-    reads only its own slice (see :mod:`nbbatch.engines`). Returns the file's schema."""
+    reads only its own slice (see :mod:`nbbatch._engines`). Returns the file's schema."""
     import pyarrow.parquet as pq
 
     state = ctx.ledger.row_state(ctx.id)

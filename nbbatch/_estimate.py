@@ -273,7 +273,7 @@ class Estimate:
     # the rows escalate_when chooses will go).
     later: tuple[Estimate, ...] = ()
     # The waves the job needs under the account's batch queue limit, when one is known
-    # (see nbbatch.quota.plan): e.g. "6 waves of at most 2M queued tokens (...)".
+    # (see nbbatch._quota.plan): e.g. "6 waves of at most 2M queued tokens (...)".
     waves: str = ""
     # What ``deadline=``/``on_deadline=`` would do, and what it could cost (see
     # :func:`deadline_note`); empty without a deadline.

@@ -133,7 +133,7 @@ def schema_of(response_format_dict: Mapping[str, Any]) -> dict[str, Any]:
     inner = response_format_dict.get("json_schema")
     if response_format_dict.get("type") != "json_schema" or not isinstance(inner, Mapping):
         raise InputError(
-            "expected a response_format of type 'json_schema' (see nbbatch.structured."
+            "expected a response_format of type 'json_schema' (see nbbatch._structured."
             f"response_format), found type {response_format_dict.get('type')!r}."
         )
     schema = inner.get("schema")

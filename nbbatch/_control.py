@@ -1,6 +1,6 @@
 """What a user's commands do to a job's record: cancel, forget, resubmit, new parameters.
 
-Each is a function of the job's :class:`~nbbatch.context.JobContext` that records the
+Each is a function of the job's :class:`~nbbatch._context.JobContext` that records the
 change in the ledger first (so every process sees it) and says what happened; the job
 (:class:`nbbatch.job.BatchJob`) stops or starts its threads around it and tells its
 views.
@@ -13,22 +13,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import rowstore
-from . import send as _send
+from . import _rowstore as rowstore
+from . import _send
 from ._errors import InputError, NbbatchError, ProviderError
 from .providers.base import RequestSpec
 
 log = logging.getLogger("nbbatch")
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
 
 
 def cancel(ctx: JobContext) -> None:
     """Record the job cancelled, end its unsent rows ``cancelled`` and ask the provider
     to cancel every open batch (a batch the background emulator lost ends
     ``backend_gone``)."""
-    from . import collect as _collect
+    from . import _collect
 
     # Recorded first: a sender in another process (a kernel, while the Lab sidebar
     # cancels) then either sees it before its next chunk and stops, or has recorded

@@ -1,7 +1,7 @@
 """What the stages of a job work on: its record, its ledger, its provider, its notes.
 
-A :class:`JobContext` is the part of a job the stages (:mod:`nbbatch.send`,
-:mod:`nbbatch.collect`, :mod:`nbbatch.merge`, :mod:`nbbatch.escalate`) and the snapshot
+A :class:`JobContext` is the part of a job the stages (:mod:`nbbatch._send`,
+:mod:`nbbatch._collect`, :mod:`nbbatch._merge`, :mod:`nbbatch._escalate`) and the snapshot
 (:func:`nbbatch.snapshot.build`) need, and nothing else: no threads, no views, no public
 API. The job (:class:`nbbatch.job.BatchJob`) owns one, hands it to each stage in turn,
 and tells its views what happened. Reads of the job's parameters (its stages, their
@@ -24,10 +24,11 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from . import health, rowstore
+from . import _health as health
+from . import _rowstore as rowstore
 from ._errors import JobRunningWarning, NbbatchError
-from .health import Note
-from .ledger import Ledger
+from ._health import Note
+from ._ledger import Ledger
 from .providers.base import BatchInfo, Provider, RequestSpec
 from .providers.base import scored as _scored
 
@@ -80,15 +81,15 @@ class JobContext:
     #: The failure-rate alert fired in this session.
     alert_raised: bool = False
     #: A cascade's escalate_when when it is a function: it lives in this session only
-    #: (see nbbatch.escalate); a string one is in the job's policy.
+    #: (see nbbatch._escalate); a string one is in the job's policy.
     escalate_when: Callable[..., Any] | None = None
     #: What submit checks once a table planned in the background is planned (its
-    #: budget...): see nbbatch.planning. Set by submit and attach, for this session.
+    #: budget...): see nbbatch._planning. Set by submit and attach, for this session.
     plan_checks: Callable[..., None] | None = None
     #: Plans the rows of an in-memory table recorded ``planning`` (set by submit, for
-    #: this session: the rows live here); see nbbatch.planning.
+    #: this session: the rows live here); see nbbatch._planning.
     planner: Callable[..., Path] | None = None
-    #: After the deadline (``on_deadline`` flex/realtime, see nbbatch.deadline): this
+    #: After the deadline (``on_deadline`` flex/realtime, see nbbatch._deadline): this
     #: session cancelled the open batches, and sent the unfinished rows.
     deadline_cancelled: bool = False
     deadline_sent: bool = False
@@ -141,7 +142,7 @@ class JobContext:
     @property
     def rerouting(self) -> bool:
         """Whether the job's deadline has passed and its unfinished rows go another way
-        (``on_deadline`` flex or realtime, see nbbatch.deadline): nothing more is sent
+        (``on_deadline`` flex or realtime, see nbbatch._deadline): nothing more is sent
         as a batch."""
         way = self.policy.get("on_deadline", "wait")
         due = self.record.get("deadline")
@@ -219,8 +220,8 @@ class JobContext:
 
     def prompt_hashes(self) -> list[str]:
         """The prompt version hash of each stage started so far, stage 0 first (see
-        :func:`nbbatch.plan.prompt_version`)."""
-        from .plan import prompt_version
+        :func:`nbbatch._plan.prompt_version`)."""
+        from ._plan import prompt_version
 
         template = str(self.record["template"])
         return [

@@ -27,7 +27,7 @@ from . import states
 from ._errors import InputError
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
     from .snapshot import JobSnapshot
 
 log = logging.getLogger("nbbatch")
@@ -101,12 +101,12 @@ def incomplete_text(missing: int, sent: int) -> str | None:
 
 
 def missing_results(state: Any) -> int:
-    """Rows of a job's row state (:class:`nbbatch.rowstore.RowState`) that ended failed
+    """Rows of a job's row state (:class:`nbbatch._rowstore.RowState`) that ended failed
     because the provider returned no result for them."""
     import numpy as np
     import pyarrow.compute as pc
 
-    from . import rowstore
+    from . import _rowstore as rowstore
 
     failed = state.statuses() == rowstore.STATES.index("failed")
     if not failed.any():

@@ -23,10 +23,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import prompt as _prompt
-from . import rowstore
+from . import _prompt
+from . import _rowstore as rowstore
+from ._checks import ContextLimit
 from ._errors import InputError
-from .checks import ContextLimit
 
 #: Both providers accept custom_ids matching this pattern.
 CUSTOM_ID_PATTERN = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

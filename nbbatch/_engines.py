@@ -10,7 +10,7 @@ per partition to a staging folder: the partition's manifest rows and its request
 The driver then only *records and sends*: it appends the manifest pieces into the
 job's manifest (what must hold across partitions, unique ids and which rows share a
 request, is worked out from 16 bytes a row), moves the request files into the job's
-folder, and :mod:`nbbatch.send` uploads the lines the workers built (taking only the
+folder, and :mod:`nbbatch._send` uploads the lines the workers built (taking only the
 rows it sends: duplicates and reused answers are left out, as for pandas).
 
 Rows are named by their position in the frame (partition by partition, row by row),
@@ -51,16 +51,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import _files, frames, rowstore, states
+from . import _files, _plan, _prompt, _stream, states
+from . import _frames as frames
+from . import _rowstore as rowstore
 from . import columns as _columns
-from . import plan as _plan
-from . import prompt as _prompt
-from . import stream as _stream
 from ._errors import InputError, MergeError
 from .providers.base import RequestSpec
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
 
 log = logging.getLogger("nbbatch")
 
@@ -699,7 +698,7 @@ def merge(ctx: JobContext, data: Any, *, verify: bool = True, lineage: bool = Fa
     """``data`` (the Dask or Spark frame submitted) plus the job's result columns (with
     ``lineage``, its lineage columns too), of the same kind, built lazily partition by
     partition (see :meth:`BatchJob.merge`)."""
-    from . import merge as _merge
+    from . import _merge
 
     kind = kind_of(data)
     source = ctx.ledger.source(ctx.id) or {}
@@ -807,7 +806,7 @@ def merge_partition(work: MergeWork, part: int, frame: pd.DataFrame) -> pa.Table
     its rows."""
     import pyarrow.parquet as pq
 
-    from . import merge as _merge
+    from . import _merge
 
     lo, hi = work.offsets[part], work.offsets[part + 1]
     if not Path(work.results).exists():

@@ -151,7 +151,7 @@ def check_structured(table: pa.Table, schema: dict[str, Any], truncated: set[str
     The raw reply stays in ``output`` (merge shows it as ``{output}_raw``); such rows are
     retryable, since another try, or a larger ``max_tokens``, can succeed.
     """
-    from . import structured
+    from . import _structured as structured
 
     status = table.column("status").to_pylist()
     ids = table.column("custom_id").to_pylist()

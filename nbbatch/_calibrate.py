@@ -3,7 +3,7 @@
 ``nb.submit(df, prompt, model=["gpt-4o-mini", "gpt-4o"], response_format=Review,
 escalate_when="auto", target=0.95, score="confidence")`` first runs a pilot: a seeded
 sample of the rows (``pilot_rows=1000`` by default, drawn by ``nb.pilot``'s sampler,
-:func:`nbbatch.agreement.sample_of`) on both models, as two small jobs.
+:func:`nbbatch._agreement.sample_of`) on both models, as two small jobs.
 On the pilot, a row *agrees* when the small model's answer equals the large model's in
 every output field but the score. :func:`pick_threshold` then chooses the threshold on
 the score that escalates as few rows as possible while the rows it keeps on the small
@@ -21,7 +21,7 @@ expected, unless the models answered differently the second time.
 
 No pilot row is paid twice: the job's identical requests take the small model's pilot
 answers (the ledger's reuse), and its stage on the large model the large model's (see
-:func:`nbbatch.escalate.reuse_answers`), unless ``reuse=False`` (or ``pack=``, for the
+:func:`nbbatch._escalate.reuse_answers`), unless ``reuse=False`` (or ``pack=``, for the
 small model).
 
 The score is a numeric field of the structured output (``score="confidence"``), or
@@ -48,7 +48,7 @@ from . import columns, states
 from ._errors import InputError
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
 
 #: Rows of the pilot, by default.
 PILOT_ROWS = 1000
@@ -171,7 +171,7 @@ def check_arguments(
             f"score={score!r} is a field of the structured output: escalate_when='auto' "
             "needs a response_format with that numeric field."
         )
-    from . import structured
+    from . import _structured as structured
 
     schema = structured.schema_of(structured.response_format(response_format))
     node = (schema.get("properties") or {}).get(score)
@@ -414,7 +414,7 @@ def sample_note(ctx: JobContext, calibration: Calibration) -> tuple[str, bool] |
     None when the pilot's job is no longer in the ledger, or its rows cannot be matched."""
     import pandas as pd
 
-    from . import merge
+    from . import _merge as merge
 
     if len(calibration.pilot_jobs) < 2 or ctx.ledger.job(calibration.pilot_jobs[1]) is None:
         return None
@@ -438,7 +438,7 @@ def sample_note(ctx: JobContext, calibration: Calibration) -> tuple[str, bool] |
     )
     if not both.any():
         return None
-    from . import structured
+    from . import _structured as structured
 
     fields = [
         f for f in structured.columns_of(structured.schema_of(rf or {})) if f != calibration.score

@@ -30,11 +30,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import frames, rowstore
-from . import plan as _plan
-from . import prompt as _prompt
+from . import _frames as frames
+from . import _plan, _prompt
+from . import _rowstore as rowstore
+from ._checks import ContextLimit
 from ._errors import InputError
-from .checks import ContextLimit
 
 #: Rows per record batch: large enough for vectorised work, small enough (tens of MB of
 #: text) that a batch never matters to memory.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .agreement import optional
+from ._agreement import optional
 from .pricing import money
 
 if TYPE_CHECKING:

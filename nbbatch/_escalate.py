@@ -3,7 +3,7 @@
 A job starts in stage 0, on its own request parameters. ``job.escalate(model=...,
 where=...)`` starts stage 1, then 2...: the chosen rows are put back to be sent with the
 stage's parameters (the job's, with another ``model`` and any overrides), recorded in the
-ledger first (:meth:`~nbbatch.ledger.Ledger.add_stage`, one transaction), then sent,
+ledger first (:meth:`~nbbatch._ledger.Ledger.add_stage`, one transaction), then sent,
 collected and retried like any other rows. A row's result is that of its latest stage,
 and ``merge`` names the model that gave it in ``{output}_model``. Each stage's tokens are
 priced on its own model; an answer a later stage replaced was paid all the same, and
@@ -22,7 +22,7 @@ result columns, or only the result columns when the job was attached without its
 - ``"failed"``: rows that ended ``failed`` or ``expired``;
 - a function ``fn(merged) -> mask``, e.g. ``lambda out: out["confidence"] < 0.7``;
 - any other string: an expression on its columns, e.g. ``"confidence < 0.7"``, parsed and
-  evaluated by :mod:`nbbatch.expr` (never run as code: only column names, constants,
+  evaluated by :mod:`nbbatch._expr` (never run as code: only column names, constants,
   comparisons, boolean operators and arithmetic), and checked when it is given;
 - a boolean mask (array, list or Series) with one value per row, in the merged order.
 
@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from . import expr as _expr
-from . import rowstore, states
+from . import _expr, states
+from . import _rowstore as rowstore
 from ._errors import InputError, NbbatchError
 from .providers.base import is_embeddings
 
 if TYPE_CHECKING:
-    from .context import JobContext
+    from ._context import JobContext
 
 #: The ``where`` that chooses the rows that ended failed or expired.
 FAILED = "failed"
@@ -203,7 +203,8 @@ def selection_frame(ctx: JobContext) -> pd.DataFrame:
     attached without its data, the result columns alone (by position)."""
     import warnings
 
-    from . import engines, merge
+    from . import _engines as engines
+    from . import _merge as merge
     from ._errors import JobRunningWarning
 
     with warnings.catch_warnings():
@@ -284,7 +285,7 @@ def start_stage(
             f"they were already answered by {model} with these parameters. Nothing was sent.",
             job_id=ctx.id,
         )
-    from . import plan as _plan
+    from . import _plan
 
     state = ctx.ledger.row_state(ctx.id)
     local = ctx.record.get("backend") == "local"
@@ -329,7 +330,7 @@ def reuse_answers(ctx: JobContext, leaders: np.ndarray, stage: int) -> int:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from . import plan
+    from . import _plan as plan
 
     # This stage's request hashes of the leaders' prompts, as collect records them.
     salt = ctx.stage_salt(stage)
@@ -404,7 +405,7 @@ def check_calibration(ctx: JobContext, cascade: dict[str, Any], done: int, rows:
     """For a calibrated cascade (``escalate_when="auto"``) whose second stage just
     started with ``rows`` rows: a note comparing the share escalated with the pilot's
     expectation (an alert when it is off by more than the pilot's error allows)."""
-    from .calibrate import Calibration, realised_note
+    from ._calibrate import Calibration, realised_note
 
     kept = cascade.get("calibration")
     if not kept or done != 0:
@@ -426,7 +427,7 @@ def check_calibration_end(ctx: JobContext, cascade: dict[str, Any]) -> None:
     """For a calibrated cascade that has ended: a note (once a session) on its answers
     on the pilot's rows against the large model's pilot answers (an alert when they
     agree otherwise than the pilot expected)."""
-    from .calibrate import Calibration, noted_sample, sample_note
+    from ._calibrate import Calibration, noted_sample, sample_note
 
     kept = cascade.get("calibration")
     if not kept or noted_sample(ctx):
@@ -525,7 +526,7 @@ def check_when_columns(
     would be paid for nothing."""
     if when is None or when == FAILED:
         return
-    from .context import output_columns
+    from ._context import output_columns
 
     have = [*columns, *output_columns(output, response_format, staged=True, scored=scored)]
     _expr.parse(when).check_columns(

@@ -3,7 +3,7 @@ beside it for each job's rows and results.
 
 Nothing about a job lives only in memory. A provider batch id is written the moment
 ``create`` returns; each job's row manifest, the rows of every chunk sent and the results
-of every batch collected are Arrow files (see :mod:`nbbatch.rowstore`), each written
+of every batch collected are Arrow files (see :mod:`nbbatch._rowstore`), each written
 atomically before SQLite refers to it, so a process killed at any point leaves the old
 state or the new one. Raw result files are kept too, so a new kernel can attach to a job
 and merge again without downloading anything twice. API keys are never written.
@@ -142,7 +142,7 @@ def m003_salt_backend(db: sqlite3.Connection, files: Path) -> None:
 
 @migration
 def m004_rows_to_arrow(db: sqlite3.Connection, files: Path) -> None:
-    """Per-row records leave SQLite for Arrow files (see :mod:`nbbatch.rowstore`):
+    """Per-row records leave SQLite for Arrow files (see :mod:`nbbatch._rowstore`):
     each job's rows become its manifest plus send and result files, listed in order in
     ``changes``; the ``rows`` table goes."""
     _script(
@@ -242,7 +242,7 @@ def m009_sidebar_checked(db: sqlite3.Connection, files: Path) -> None:
 
 @migration
 def m010_quota(db: sqlite3.Connection, files: Path) -> None:
-    """Batch queue quotas (see :mod:`nbbatch.quota`): the limits learned per account
+    """Batch queue quotas (see :mod:`nbbatch._quota`): the limits learned per account
     (provider, address and key fingerprint: ``key``) and model, what each batch holds
     of its account's queue (so every job of the ledger counts what the others have in
     flight), and each job's wave record, which the views render."""
@@ -275,7 +275,7 @@ def _convert_rows(db: sqlite3.Connection, files: Path, job_id: str) -> None:
     import numpy as np
     import pyarrow as pa
 
-    from . import rowstore
+    from . import _rowstore as rowstore
 
     rows = db.execute(
         "SELECT custom_id, key, label, prompt, status, batch_id, attempt, output, error_type, "
@@ -297,7 +297,7 @@ def _convert_rows(db: sqlite3.Connection, files: Path, job_id: str) -> None:
     (salt,) = db.execute("SELECT salt FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if salt is not None and rows:
         # Hashed again the way new jobs hash, so later jobs can reuse these answers.
-        from . import plan
+        from . import _plan as plan
 
         has = np.array([p is not None and s != "skipped" for p, s in zip(prompt, status,
                         strict=True)])  # fmt: skip
@@ -404,7 +404,7 @@ def _replay(
     """The job's row state: ``state`` (or a new one from the manifest) brought up to the
     latest change. ``staged=False`` reads a ``changes`` table from before m007 (while
     m004 converts a ledger), which has no ``stage`` column yet."""
-    from . import rowstore
+    from . import _rowstore as rowstore
 
     folder = files / job_id
     if state is None:
@@ -428,7 +428,7 @@ def _replay(
 
 #: The name of a job's manifest file.
 MANIFEST = "manifest.arrow"
-#: Where a job's rows came from, for tables read from files (see :mod:`nbbatch.stream`).
+#: Where a job's rows came from, for tables read from files (see :mod:`nbbatch._stream`).
 SOURCE = "source.json"
 
 
@@ -593,7 +593,7 @@ class Ledger:
         return target
 
     def _write_table(self, job_id: str, name: str, table: pa.Table) -> str:
-        from . import rowstore
+        from . import _rowstore as rowstore
 
         rowstore.write_table(self.folder(job_id) / name, table)
         return name
@@ -617,7 +617,7 @@ class Ledger:
         reuse: bool = True,
         source: dict[str, Any] | None = None,
     ) -> None:
-        """Record a new job with its row manifest (see :mod:`nbbatch.rowstore`): a table,
+        """Record a new job with its row manifest (see :mod:`nbbatch._rowstore`): a table,
         or a finished manifest file (a table planned batch by batch), moved into place.
         ``source`` says where the rows came from (Parquet files and their row counts),
         kept as ``source.json`` to check them when merging back.
@@ -626,7 +626,7 @@ class Ledger:
         With ``reuse``, rows whose exact request already succeeded in an earlier job take
         that result instead of being sent.
         """
-        from . import rowstore
+        from . import _rowstore as rowstore
 
         leader = None
         if isinstance(manifest, Path):
@@ -673,7 +673,7 @@ class Ledger:
 
     def add_planning_job(self, job: dict[str, Any], source: dict[str, Any]) -> None:
         """Record a job whose rows are planned in the background (status ``planning``,
-        see :mod:`nbbatch.planning`): no manifest yet; ``source`` (its files) is kept
+        see :mod:`nbbatch._planning`): no manifest yet; ``source`` (its files) is kept
         so any session can plan them. :meth:`add_manifest` adds the rows."""
         self.write_file(job["id"], SOURCE, orjson.dumps(source))
         n = int(job["n_rows"])
@@ -705,7 +705,7 @@ class Ledger:
         (moved into place) and make it ``running``, in one transaction with the results
         it reuses from earlier jobs. False, keeping nothing, if it was cancelled
         meanwhile."""
-        from . import rowstore
+        from . import _rowstore as rowstore
 
         target = self.folder(job_id) / MANIFEST
         leaders = rowstore.leaders_path(manifest)
@@ -767,8 +767,8 @@ class Ledger:
     def answers(self, hashes: Any) -> pa.Table:
         """Succeeded results (``rowstore.RESULT_SCHEMA``) in any job for these request
         hashes (uint64), one per hash."""
-        from . import rowstore
-        from .plan import HASH_SCHEME
+        from . import _rowstore as rowstore
+        from ._plan import HASH_SCHEME
 
         wanted = pa.array(hashes, pa.uint64())
         found = []
@@ -895,7 +895,7 @@ class Ledger:
             return state
 
     def _not_planned(self, job_id: str) -> None:
-        """Raise the error for a job that has no rows yet (see :mod:`nbbatch.planning`)."""
+        """Raise the error for a job that has no rows yet (see :mod:`nbbatch._planning`)."""
         from ._errors import InputError, JobNotFoundError, NbbatchError
 
         record = self.job(job_id)
@@ -923,7 +923,7 @@ class Ledger:
 
     def has_rows(self, job_id: str) -> bool:
         """Whether the job has its rows (a manifest): not one still planning, or whose
-        planning failed or was cancelled (see :mod:`nbbatch.planning`)."""
+        planning failed or was cancelled (see :mod:`nbbatch._planning`)."""
         return (self.files / job_id / MANIFEST).exists()
 
     def jobs_summary(self, job_id: str) -> str | None:
@@ -952,7 +952,7 @@ class Ledger:
 
     def sent_positions(self, job_id: str, intent: str) -> Any:
         """The positions of the leaders sent in the batch recorded as ``intent``."""
-        from . import rowstore
+        from . import _rowstore as rowstore
 
         rows = self.query(
             "SELECT file FROM changes WHERE job_id = ? AND kind = 'send' AND batch = ? "
@@ -1128,7 +1128,7 @@ class Ledger:
                 )
 
     def waves(self, job_id: str) -> dict[str, Any]:
-        """The job's wave record (see :mod:`nbbatch.quota`), or {}."""
+        """The job's wave record (see :mod:`nbbatch._quota`), or {}."""
         rows = self.query("SELECT waves FROM jobs WHERE id = ?", (job_id,))
         return dict(orjson.loads(rows[0][0])) if rows and rows[0][0] else {}
 
@@ -1248,7 +1248,7 @@ class Ledger:
     def drop_intent(self, job_id: str, intent: str, reason: str) -> None:
         """The create call was refused for sure: its rows end failed (``not_sent``,
         retryable)."""
-        from . import rowstore
+        from . import _rowstore as rowstore
 
         positions = self.sent_positions(job_id, intent)
         n = len(positions)
