@@ -18,7 +18,7 @@ EXPIRED = "expired"
 CANCELLED = "cancelled"
 SKIPPED = "skipped"
 
-#: Every row state, in the order of the codes :class:`nbbatch.rowstore.RowState` keeps.
+#: Every row state, in the order of the codes :class:`nbbatch._rowstore.RowState` keeps.
 STATES = (PENDING, SUCCEEDED, FAILED, EXPIRED, CANCELLED, SKIPPED)
 #: Ended without an answer: highlighted, returned by ``job.failed()``.
 NOT_SUCCEEDED = (FAILED, EXPIRED, CANCELLED)

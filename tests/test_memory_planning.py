@@ -227,7 +227,7 @@ def test_the_same_frame_submitted_twice_while_planned_is_sent_once(oai, emu, gat
 
 TWIN = """
     import pathlib, sys, openai, nbbatch as nb
-    from nbbatch import planning
+    from nbbatch import _planning as planning
     from tests.test_memory_planning import PROMPT, _frame, look_together
     url, folder = sys.argv[1:]
     planning.MEMORY_BACKGROUND_ROWS = 10
