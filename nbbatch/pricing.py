@@ -124,39 +124,41 @@ def rates_for(provider: str | None, model: str) -> Rates | None:
     does not list it by itself; a name that merely starts like a known model
     (``gpt-4o-mni``) is unknown.
     """
-    table, base = _table_of(provider, model)
+    table, base, share = _table_of(provider, model)
     for given in dict.fromkeys((model.removeprefix("models/"), base)):
         for name in (given, _SNAPSHOT.sub("", given)):
             if name in _OVERRIDES:
                 return _OVERRIDES[name]
-    found = _from_data(base, table)
+    found = _from_data(base, table, share)
     if found is None and _SNAPSHOT.search(base):
-        found = _from_data(_SNAPSHOT.sub("", base), table)
+        found = _from_data(_SNAPSHOT.sub("", base), table, share)
     return found
 
 
 #: (provider name, model) -> (genai-prices provider id, the model it stands for), or
 #: None for an unknown name: the provider registry's answer (nbbatch.providers sets it
 #: on import, so that pricing imports nothing of it).
-_Registry = Callable[[str, str], "tuple[str | None, str] | None"]
+_Registry = Callable[[str, str], "tuple[str | None, str, float] | None"]
 _registry: list[_Registry] = []
 
 
 def use_registry(lookup: _Registry) -> None:
-    """Ask ``lookup`` which genai-prices table prices a provider's model, and which model
-    a name stands for (the provider registry calls this once)."""
+    """Ask ``lookup`` which genai-prices table prices a provider's model, which model a
+    name stands for, and the share of the real-time price a batch costs where the data
+    has no batch rate (the provider registry calls this once)."""
     _registry[:] = [lookup]
 
 
-def _table_of(provider: str | None, model: str) -> tuple[str | None, str]:
-    """(genai-prices provider id, model name to look up) for ``model`` at ``provider``."""
+def _table_of(provider: str | None, model: str) -> tuple[str | None, str, float]:
+    """(genai-prices provider id, model name to look up, batch share of the real-time
+    price where the data has no batch rate) for ``model`` at ``provider``."""
     found = _registry[0](provider, model) if provider is not None and _registry else None
     if found is not None:
-        table, base = found
+        table, base, share = found
         base = base.removeprefix("models/")
-        return table or _provider_id(base), base
+        return table or _provider_id(base), base, share
     model = model.removeprefix("models/")  # Gemini's resource name of a model
-    return _provider_id(model), model
+    return _provider_id(model), model, BATCH_DISCOUNT
 
 
 def price_of(model: str, provider: str | None = None) -> tuple[float, float, float] | None:
@@ -186,7 +188,7 @@ def context_window(model: str, provider: str | None = None) -> int | None:
     """The most tokens a request to ``model`` (at ``provider``, see :func:`rates_for`)
     may hold (its context window), from genai-prices' data (a dated snapshot as its
     model), or None when unknown."""
-    table, model = _table_of(provider, model)
+    table, model, _ = _table_of(provider, model)
     for name in (model, _SNAPSHOT.sub("", model)):
         if name in _EMBEDDING_WINDOWS:
             return _EMBEDDING_WINDOWS[name]
@@ -313,7 +315,9 @@ def _snapshot() -> Any:
 
 
 @cache
-def _from_data_cached(model: str, table: str | None, snapshot_id: int) -> Rates | None:
+def _from_data_cached(
+    model: str, table: str | None, share: float, snapshot_id: int
+) -> Rates | None:
     snapshot = _snapshot()
     try:
         _, info = snapshot.find_provider_model(model, None, table, None)
@@ -333,7 +337,8 @@ def _from_data_cached(model: str, table: str | None, snapshot_id: int) -> Rates 
     p_write = p_in if p_write is None else p_write
     rule = batch.__dict__ == standard.__dict__  # no batch rate in the data
     if rule:
-        b_in, b_read, b_write, b_out = (p * BATCH_DISCOUNT for p in (p_in, p_read, p_write, p_out))
+        # The provider's published rule (half at most; see Provider.batch_price_share).
+        b_in, b_read, b_write, b_out = (p * share for p in (p_in, p_read, p_write, p_out))
     else:
         b_in = _rate(batch, "input_mtok") or p_in
         b_out = _rate(batch, "output_mtok") or p_out
@@ -346,9 +351,9 @@ def _from_data_cached(model: str, table: str | None, snapshot_id: int) -> Rates 
     return Rates(p_in, p_read, p_write, p_out, b_in, b_read, b_write, b_out, _data_source(), rule)
 
 
-def _from_data(model: str, table: str | None) -> Rates | None:
+def _from_data(model: str, table: str | None, share: float = BATCH_DISCOUNT) -> Rates | None:
     with _LOCK:
-        return _from_data_cached(model, table, id(_snapshot()))
+        return _from_data_cached(model, table, share, id(_snapshot()))
 
 
 def _rate(prices: Any, key: str) -> float | None:

@@ -305,3 +305,17 @@ def test_groq_variant_fails_a_batch_of_a_model_it_does_not_serve(emu):
     assert batch.status == "failed"
     assert batch.errors is not None and batch.errors.data
     assert batch.errors.data[0].code == "model_not_found"
+
+
+def test_a_groq_batch_is_priced_at_groqs_own_discount_not_the_half_price_rule(emu):
+    # Groq publishes 25% off for batches: where genai-prices has no Groq batch rate, a
+    # job's batch price is three quarters of real time; Together keeps the half rule.
+    df = pd.DataFrame({"text": ["alpha beta gamma", "delta epsilon"]})
+    for service, share in (("groq", 0.75), ("together", 0.5)):
+        cost = nb.preview(df, PROMPT, model=model_of(service), client=client_of(service, emu))
+        assert cost.estimate.cost.batch == pytest.approx(share * cost.estimate.cost.realtime)
+    rates = nb.pricing.rates_for("groq", GROQ_MODEL)
+    assert rates is not None and rates.batch_rule
+    assert rates.batch_input == pytest.approx(0.75 * rates.input)
+    # A model genai-prices lists a Groq batch rate for is priced from the data.
+    assert not nb.pricing.rates_for("groq", "openai/gpt-oss-20b").batch_rule

@@ -294,13 +294,14 @@ def _register_builtin() -> None:
 _register_builtin()
 
 
-def _price_table(name: str, model: str) -> tuple[str | None, str] | None:
-    """(genai-prices provider id, model to look up) for ``model`` at provider ``name``,
-    or None for a name not registered (see :func:`nbbatch.pricing.rates_for`)."""
+def _price_table(name: str, model: str) -> tuple[str | None, str, float] | None:
+    """(genai-prices provider id, model to look up, batch share of the real-time price)
+    for ``model`` at provider ``name``, or None for a name not registered (see
+    :func:`nbbatch.pricing.rates_for`)."""
     if name not in _REGISTRY:
         return None
     cls = provider_class(name)
-    return cls.prices_provider, cls.base_model(model)
+    return cls.prices_provider, cls.base_model(model), cls.batch_price_share
 
 
 _pricing.use_registry(_price_table)

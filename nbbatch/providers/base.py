@@ -231,6 +231,10 @@ class Provider(ABC):
     #: The path under the embedded emulator's address where its variant is served, or
     #: None when the emulator does not speak it.
     emulator_prefix: ClassVar[str | None] = None
+    #: What a batch costs as a share of the real-time price, for models whose batch
+    #: rate genai-prices does not list: half at OpenAI, Anthropic, Gemini, Mistral and
+    #: Bedrock (their published rule); a provider with another rule says so.
+    batch_price_share: ClassVar[float] = 0.5
     #: Whether ``provider="local"`` (nbbatch's background emulator, which keeps its
     #: batches across its restarts) serves this provider's models.
     local_background: ClassVar[bool] = False
