@@ -616,7 +616,8 @@ class Ledger:
         *,
         reuse: bool = True,
         source: dict[str, Any] | None = None,
-    ) -> None:
+        unless_same: bool = False,
+    ) -> str | None:
         """Record a new job with its row manifest (see :mod:`nbbatch._rowstore`): a table,
         or a finished manifest file (a table planned batch by batch), moved into place.
         ``source`` says where the rows came from (Parquet files and their row counts),
@@ -625,6 +626,12 @@ class Ledger:
         The manifest file is written first, then the job is recorded in one transaction.
         With ``reuse``, rows whose exact request already succeeded in an earlier job take
         that result instead of being sent.
+
+        ``unless_same``: the job is recorded only if no job with its fingerprint is
+        there (see :meth:`find_job`); that job's id is returned otherwise, and nothing of
+        this one kept. The look and the insert are one write transaction, so two
+        submits of the same rows at once (threads, or processes on this ledger) make
+        one job, never two that both send. None when the job was recorded.
         """
         from . import _rowstore as rowstore
 
@@ -644,6 +651,10 @@ class Ledger:
         if reused is not None:
             self._write_table(job["id"], "reused.arrow", reused)
         with self.transaction() as db:
+            twin = _twin(db, job) if unless_same else None
+            if twin is not None:
+                shutil.rmtree(self.files / job["id"], ignore_errors=True)
+                return twin
             db.execute(
                 "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
                 "spec, base_url, n_rows, id_column, status, fingerprint, policy, salt, backend, "
@@ -670,15 +681,24 @@ class Ledger:
             self._event(db, job["id"], "submit", f"job created with {job['n_rows']} rows")
             self._summarise(db, job["id"])
         assert rowstore  # imported for the manifest's schema in type checkers
+        return None
 
-    def add_planning_job(self, job: dict[str, Any], source: dict[str, Any]) -> None:
+    def add_planning_job(
+        self, job: dict[str, Any], source: dict[str, Any], *, unless_same: bool = False
+    ) -> str | None:
         """Record a job whose rows are planned in the background (status ``planning``,
         see :mod:`nbbatch._planning`): no manifest yet; ``source`` (its files) is kept
-        so any session can plan them. :meth:`add_manifest` adds the rows."""
+        so any session can plan them. :meth:`add_manifest` adds the rows.
+        ``unless_same`` as for :meth:`add_job`: the id of the job already there with
+        this fingerprint, found and nothing recorded in one transaction; else None."""
         self.write_file(job["id"], SOURCE, orjson.dumps(source))
         n = int(job["n_rows"])
         summary = {"counts": {"pending": n}, "planning": True}
         with self.transaction() as db:
+            twin = _twin(db, job) if unless_same else None
+            if twin is not None:
+                shutil.rmtree(self.files / job["id"], ignore_errors=True)
+                return twin
             db.execute(
                 "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
                 "spec, base_url, n_rows, id_column, status, fingerprint, policy, salt, backend, "
@@ -699,6 +719,7 @@ class Ledger:
                 },
             )
             self._event(db, job["id"], "submit", f"job created with {n} rows, planning them")
+        return None
 
     def add_manifest(self, job_id: str, manifest: Path, *, reuse: bool = True) -> bool:
         """Give a job recorded with :meth:`add_planning_job` its planned manifest file
@@ -1340,6 +1361,13 @@ _SAME_JOB = (
     "'cancelled') AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.job_id = jobs.id))"
 )
 _NEWEST = " ORDER BY created DESC LIMIT 1"
+
+
+def _twin(db: sqlite3.Connection, job: dict[str, Any]) -> str | None:
+    """Inside a write transaction: the job already there with ``job``'s fingerprint."""
+    found = db.execute(_SAME_JOB + " AND id != ?" + _NEWEST, (job["fingerprint"], job["id"]))
+    row = found.fetchone()
+    return str(row[0]) if row is not None else None
 
 
 def _live_threads() -> set[int]:

@@ -324,9 +324,13 @@ def submit(
                 id_column=id_column, missing=missing, salt=salt, identity=identity,
                 limit=limit, max_cost=max_cost, reuse=reuse, force=force, pack=pack,
             )  # fmt: skip
-        job = _record_job(
+        made = _record_job(
             record, rows, source, impl, ledger, data, polling, when_fn, checks,
-            reuse=reuse, max_cost=max_cost, planner=planner,
+            reuse=reuse, max_cost=max_cost, planner=planner, force=force,
+        )  # fmt: skip
+        # The same job recorded by another submit since the look above: attached.
+        job = made if isinstance(made, BatchJob) else _same_job(
+            made, rows, impl, ledger, data, polling, when_fn, checks
         )  # fmt: skip
     # start: send in the background (or wait here), and show the panel in a notebook
     return _start(job, wait=wait, progress=progress, display=display)
@@ -478,18 +482,29 @@ def _record_job(
     reuse: bool,
     max_cost: float | None,
     planner: _planning.Planner | None = None,
-) -> BatchJob:
+    force: bool = False,
+) -> BatchJob | str:
     """Write the new job and its manifest to the ledger (rows answered in earlier jobs
     take their results when ``reuse``), or, for a table planned in the background, the
-    job alone (its rows, reuse and budget come once planned); log its start."""
+    job alone (its rows, reuse and budget come once planned); log its start.
+
+    Unless ``force``, the ledger records it only if no job with its fingerprint is
+    there, looking and recording in one transaction: two submits of the same rows at
+    once (threads, notebooks, processes) make one job. That job's id is returned then."""
     record.update(hash_scheme=_plan.HASH_SCHEME)
     if rows is not None:
-        ledger.add_job(record, rows.manifest(), reuse=reuse, source=rows.source)
+        twin = ledger.add_job(
+            record, rows.manifest(), reuse=reuse, source=rows.source, unless_same=not force
+        )
+        if twin is not None:
+            return twin
         rows.recorded(ledger.folder(record["id"]))
     else:
         record["policy"].update(reuse=reuse, max_cost=max_cost)  # checked once planned
         described = source.describe() if source else {"kind": "memory", "rows": record["n_rows"]}
-        ledger.add_planning_job(record, described)
+        twin = ledger.add_planning_job(record, described, unless_same=not force)
+        if twin is not None:
+            return twin
     job = BatchJob(
         ledger.job(record["id"]) or record,
         impl,
