@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from . import _pack, _quota, _results, _send
 from . import _rowstore as rowstore
 from ._context import is_loopback
-from ._errors import NbbatchError, ProviderError
+from ._errors import BatchFailedError, NbbatchError, ProviderError
 from ._send import unsent as unsent  # where the job and the stages look for it
 from .providers.base import BatchInfo, RequestSpec, http_status
 
@@ -430,8 +430,7 @@ def _retry(
     capacity = kinds == "token_limit_exceeded"
     sent = 0
     other = failing[~capacity]
-    if len(other):
-        _send.send_rows(ctx, other, attempt, stage=stage)
+    if len(other) and _send_again(ctx, other, attempt, stage):
         sent = ctx.rows_in_attempt(attempt)
         ctx.warn_once(
             f"retrying {sent:,} rows that failed transiently (attempt {attempt})",
@@ -442,7 +441,8 @@ def _retry(
         sizes = {b["intent"]: b["n_requests"] for b in batches}
         keys = [state.batch_keys[i] for i in np.unique(batch_of[capacity])]
         smaller = max(1, min(sizes.get(k, ctx.provider.max_requests) for k in keys) // 2)
-        _send.send_rows(ctx, failing[capacity], attempt, max_requests=smaller, stage=stage)
+        if not _send_again(ctx, failing[capacity], attempt, stage, smaller):
+            return
         ctx.warn(
             f"{ctx.rows_in_attempt(attempt) - sent:,} rows refused for capacity "
             f"(token_limit_exceeded): resending them in batches of at most {smaller} "
@@ -450,6 +450,28 @@ def _retry(
             "retry",
             attempt,
         )
+
+
+def _send_again(
+    ctx: JobContext, positions: np.ndarray, attempt: int, stage: int, most: int | None = None
+) -> bool:
+    """Send the leaders at ``positions`` again as ``attempt`` (in batches of at most
+    ``most`` requests). A batch the provider refuses as a whole (a 400 on its upload or
+    create) is the job's news, not an error of whoever polled: its rows have ended
+    ``failed`` (``not_sent``, with the provider's reason; see ``_send.send_rows``),
+    rows of this pass not reached keep their earlier failure, and the job goes on to
+    its end; ``resubmit_failed()`` sends them again. False after such a refusal."""
+    try:
+        _send.send_rows(ctx, positions, attempt, max_requests=most, stage=stage)
+        return True
+    except BatchFailedError as exc:
+        ctx.warn(
+            f"the provider refused a batch of retried rows ({exc}); they end failed "
+            "(not_sent): job.resubmit_failed() sends them again",
+            "retry",
+            attempt,
+        )
+        return False
 
 
 def retryable_failures(state: rowstore.RowState) -> np.ndarray:

@@ -1,0 +1,60 @@
+"""What the background sender and poller meet never escapes ``job.wait()`` as an
+exception from a background path, and never leaves a row in no terminal state: a batch
+create the provider refuses during an automatic retry is noted on the job, its rows end
+``failed`` with the provider's reason (``not_sent``), ``wait()`` returns the job, and
+``resubmit_failed()`` sends those rows again."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+import nbbatch as nb
+from nbbatch import emulator
+
+from .conftest import batches_created, client_for, model_for
+
+N = 40
+
+
+def _frame() -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"row {i}" for i in range(N)]})
+
+
+def _one_state_each(job: nb.BatchJob) -> None:
+    """Every row is in exactly one terminal state."""
+    counts = job.counts
+    assert counts["pending"] == 0
+    assert sum(v for k, v in counts.items() if k != "total") == counts["total"] == N
+    results = job.results()
+    assert len(results) == N and results["status"].isin(["succeeded", "failed"]).all()
+
+
+def test_a_retry_the_provider_refuses_at_create_ends_its_rows_failed_and_wait_returns(
+    provider,
+):
+    with emulator.start(processing_seconds=0.2, error_rate=0.25, seed=3) as emu:
+        client = client_for(provider, emu)
+        df = _frame()
+        job = nb.submit(df, "{text}", model=model_for(client), client=client, retries=2)
+        job.wait_sent(timeout=60)
+        first = batches_created(emu)
+        # From now on the provider refuses every upload and create (400): the
+        # automatic retry of the rows that failed transiently is refused.
+        emu.configure(http_error_rate=1.0, http_error_methods=("POST",), http_error_statuses=(400,))
+        assert job.wait(timeout=60, progress=False) is job  # no exception
+        assert batches_created(emu) == first  # the retry made no batch
+        _one_state_each(job)
+        assert job.counts["succeeded"] == N - 10 and job.counts["failed"] == 10
+        failed = job.results().query("status == 'failed'")
+        assert (failed["error_type"] == "not_sent").all()
+        assert failed["error"].str.contains("400").all()
+        snap = job.snapshot()
+        assert snap.status == "completed"
+        assert any("refused" in w and "resubmit_failed" in w for w in snap.warnings)
+        # Once the provider takes batches again, resubmit_failed() sends only those rows.
+        emu.configure(http_error_rate=0.0)
+        job.resubmit_failed()
+        job.wait(timeout=60, progress=False)
+        assert job.counts["succeeded"] == N
+        out = job.merge(df)
+        assert out["response"].tolist() == [emulator.echo_text(t) for t in df["text"]]
