@@ -26,7 +26,10 @@ checks its first rows and records the job ``planning``, and the session's sender
 the job's *planner* (``JobContext.planner``, made by submit: render, hash, every check
 of a table planned at once, the same-job check by content) before anything is sent. The
 rows live in that session only, so a job whose planning session ended cannot be planned
-elsewhere: it ends failed, saying to submit the data again.
+elsewhere: it ends failed, saying to submit the data again. When its rows turn out to be
+a job already in the ledger (the same cell run twice, or two notebooks or threads
+submitting the same rows at once, whichever was planned first), the job is dropped, with
+nothing sent, and its session follows that job instead (:class:`SameJob`).
 """
 
 from __future__ import annotations
@@ -67,6 +70,16 @@ Checks = Callable[["_stream.StreamPlan", "_stream.Source"], None]
 
 class _Stopped(Exception):
     """The job was cancelled while its rows were planned."""
+
+
+class SameJob(Exception):
+    """A table held in memory turned out, once planned, to be a job already in the
+    ledger (``job_id``): the same rows and request, submitted by another cell, thread
+    or process, perhaps still being planned there."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
 
 
 class _Paused(BaseException):
@@ -151,7 +164,8 @@ def run(ctx: JobContext, progress: Progress | None) -> bool:
     (``progress.cancelled``) ends it ``cancelled``. Either way nothing was sent.
     """
     ledger = ctx.ledger
-    if not ledger.take_sending(ctx.id):
+    job_id = ctx.id  # the job followed may change (see _follow); its hold is this one's
+    if not ledger.take_sending(job_id):
         return False
     try:
         status = ledger.job_status(ctx.id) or PLANNING
@@ -181,6 +195,9 @@ def run(ctx: JobContext, progress: Progress | None) -> bool:
             return False
         except _Paused:
             return False  # still planning: the next wait() (or nb.attach) plans it
+        except SameJob as same:
+            _follow(ctx, same.job_id)
+            return not planning(ctx)
         except Exception as exc:  # an interrupt leaves it planning, for the next wait()
             message = (
                 f"job {ctx.id} could not be planned, so nothing was sent: {exc} "
@@ -196,7 +213,28 @@ def run(ctx: JobContext, progress: Progress | None) -> bool:
     finally:
         if progress is not None:
             progress.to_plan = 0
-        ledger.release_sending(ctx.id)
+        ledger.release_sending(job_id)
+
+
+def _follow(ctx: JobContext, existing: str) -> None:
+    """This job, planned, is the job ``existing`` (see :class:`SameJob`): it is removed
+    from the ledger (nothing of it was sent) and the session follows ``existing``
+    instead, as ``submit`` attaches to a job it finds at once, so two submits of the
+    same rows make one job whichever was planned first. That job's rows are planned
+    and sent by its own sender; this session only waits for them and merges."""
+    placeholder = ctx.id
+    record = ctx.ledger.job(existing)
+    if record is None:  # forgotten meanwhile: nothing to follow, nothing sent
+        raise InputError(f"job {placeholder} matched job {existing}, which is gone; submit again")
+    ctx.ledger.forget_job(placeholder)
+    ctx.record.clear()
+    ctx.record.update(record)
+    ctx.planner = None  # its rows are that job's, planned by that job's own sender
+    ctx.warn(
+        f"this exact job was already submitted as {existing} (job {placeholder}, the "
+        "same rows, was not kept): following it instead of paying again (submit with "
+        "force=True to send it anew)"
+    )
 
 
 def _plan(ctx: JobContext, advance: Callable[[int], None], checks: Checks | None) -> None:

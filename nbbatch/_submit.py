@@ -681,13 +681,8 @@ def _memory_planner(
         _longest_fits(rows, impl, spec)
         # Looked for and recorded at once: a twin planned meanwhile is found, not missed.
         existing = ledger.claim_fingerprint(job_id, rows.fingerprint, force=force)
-        if existing is not None:
-            raise InputError(
-                f"this exact job was already submitted as {existing}, so this one sends "
-                f"nothing: follow that one with nb.attach({existing!r}), or submit with "
-                "force=True to send it anew.",
-                job_id=job_id,
-            )
+        if existing is not None:  # the session follows that job instead
+            raise _planning.SameJob(existing)
         target = ledger.files / f".manifest-{job_id}-{secrets.token_hex(4)}.arrow"
         manifest = rows.manifest()
         assert isinstance(manifest, pa.Table)
