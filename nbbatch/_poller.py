@@ -97,9 +97,14 @@ class Poller:
             self.next_poll = self._clock() + delay
             try:
                 snap = refresh()
-            except NbbatchError as exc:  # not transient: show it and stop
+            except Exception as exc:  # not transient: show it and stop
+                # Anything else (a full disk, a bug) ends polling the same visible way,
+                # in the job's snapshot, rather than killing the thread unseen.
                 self.error = exc
-                log.warning("nbbatch: polling job %s stopped: %s", self.job_id, exc)
+                log.warning(
+                    "nbbatch: polling job %s stopped: %s", self.job_id, exc,
+                    exc_info=not isinstance(exc, NbbatchError),
+                )  # fmt: skip
                 self.next_poll = None
                 on_error = self._on_error()
                 if on_error is not None:

@@ -58,3 +58,25 @@ def test_a_retry_the_provider_refuses_at_create_ends_its_rows_failed_and_wait_re
         assert job.counts["succeeded"] == N
         out = job.merge(df)
         assert out["response"].tolist() == [emulator.echo_text(t) for t in df["text"]]
+
+
+def test_an_unexpected_error_in_background_polling_is_shown_not_lost(oai, monkeypatch):
+    # What no provider produces (a full disk while a result is recorded): mocked.
+    from nbbatch import _collect
+
+    job = nb.submit(_frame(), "{text}", model="gpt-4o-mini", client=oai)
+    job.wait_sent(timeout=60)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_collect, "poll_batch", full)
+    poller = job.start_polling()
+    poller.join(60)
+    assert not poller.running
+    assert "polling stopped" in (job.snapshot().last_error or "")
+    assert "No space left" in job.snapshot().last_error
+    monkeypatch.undo()
+    job.wait(timeout=60, progress=False)  # the next wait polls again and ends the job
+    _one_state_each(job)
+    assert job.counts["succeeded"] == N
