@@ -34,7 +34,7 @@ from . import _engines as engines
 from . import _rowstore as rowstore
 from . import snapshot as _snapshot
 from ._context import JobContext, is_loopback, output_columns
-from ._errors import InputError, MergeError, NbbatchError, ProviderError
+from ._errors import BatchFailedError, InputError, MergeError, NbbatchError, ProviderError
 from ._ledger import Ledger
 from ._poller import Poller
 from .pricing import Cost
@@ -359,7 +359,26 @@ class BatchJob:
         is planned first (see :mod:`nbbatch._planning`)."""
         if _planning.planning(self._ctx) and not _planning.run(self._ctx, progress):
             return  # planned by another sender, or cancelled while planned
-        _send.send_unsent(self._ctx, progress, self._lock)
+        state = self._ctx.row_state()
+        waiting = _send.unsent(state)
+        # Rows sent before (a cascade's next stage, retries put back, resubmit_failed):
+        # a batch of them refused as a whole is the job's outcome, not an error of this
+        # call. Its rows have ended failed (not_sent, with the reason) and wait() ends
+        # the job normally; a refused first send stays the job's error (see submit).
+        again = bool(len(waiting)) and bool(
+            ((state.stage[waiting] > 0) | (state.attempt[waiting] > 1)).all()
+        )
+        del state, waiting
+        try:
+            _send.send_unsent(self._ctx, progress, self._lock)
+        except BatchFailedError as exc:
+            if not again:
+                raise
+            self._ctx.warn(
+                f"the provider refused a batch of rows sent again ({exc}); they end "
+                "failed (not_sent): job.resubmit_failed() sends them again",
+                "retry",
+            )
 
     # -- polling ----------------------------------------------------------------------------
     def refresh(self, *, send: bool = True) -> JobSnapshot:

@@ -80,3 +80,28 @@ def test_an_unexpected_error_in_background_polling_is_shown_not_lost(oai, monkey
     job.wait(timeout=60, progress=False)  # the next wait polls again and ends the job
     _one_state_each(job)
     assert job.counts["succeeded"] == N
+
+
+def test_a_cascade_stage_the_provider_refuses_ends_its_rows_failed_and_wait_returns():
+    with emulator.start(processing_seconds=0.2, error_rate=0.25, seed=3) as emu:
+        client = client_for("openai", emu)
+        df = _frame()
+        job = nb.submit(
+            df, "{text}", model=["gpt-4o-mini", "gpt-4o"], client=client, retries=0
+        )  # the rows that fail on the first model go to the second, as its stage
+        job.wait_sent(timeout=60)
+        first = batches_created(emu)
+        emu.configure(http_error_rate=1.0, http_error_methods=("POST",), http_error_statuses=(400,))
+        assert job.wait(timeout=60, progress=False) is job  # no exception
+        assert batches_created(emu) == first  # the stage made no batch
+        _one_state_each(job)
+        assert job.counts["failed"] == 10
+        failed = job.results().query("status == 'failed'")
+        assert (failed["error_type"] == "not_sent").all()
+        assert any("refused" in w and "resubmit_failed" in w for w in job.snapshot().warnings)
+        emu.configure(http_error_rate=0.0)
+        job.resubmit_failed()  # on the model of the stage they failed in
+        job.wait(timeout=60, progress=False)
+        assert job.counts["succeeded"] == N
+        out = job.merge(df)
+        assert out["response_model"].value_counts().to_dict() == {"gpt-4o-mini": 30, "gpt-4o": 10}
