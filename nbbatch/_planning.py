@@ -60,8 +60,9 @@ MEMORY_BACKGROUND_ROWS = 50_000
 PLANNING, FAILED = "planning", "failed"
 
 #: Plans an in-memory table's rows, with every check, to a finished manifest file
-#: (given a function to report rows planned); see JobContext.planner.
-Planner = Callable[[Callable[[int], None]], Path]
+#: (given the id of the job planned and a function to report rows planned); see
+#: JobContext.planner.
+Planner = Callable[[str, Callable[[int], None]], Path]
 
 #: What ``submit`` checks on a planned table before recording it (given the plan and
 #: its source): rows to send, the request encodes, the size limit, the budget.
@@ -226,10 +227,18 @@ def _follow(ctx: JobContext, existing: str) -> None:
     record = ctx.ledger.job(existing)
     if record is None:  # forgotten meanwhile: nothing to follow, nothing sent
         raise InputError(f"job {placeholder} matched job {existing}, which is gone; submit again")
+    if not str(ctx.record.get("fingerprint") or "").startswith("planning-"):
+        # Not a job this session made but one it follows (whose planner died), which
+        # others may follow too: never dropped; it ends failed, pointing to the other.
+        raise InputError(
+            f"this exact job was already submitted as {existing}: follow that one with "
+            f"nb.attach({existing!r}), or submit with force=True to send it anew."
+        )
     ctx.ledger.forget_job(placeholder)
     ctx.record.clear()
     ctx.record.update(record)
-    ctx.planner = None  # its rows are that job's, planned by that job's own sender
+    # The planner stays: the rows are that job's too, so if its own session ends before
+    # they are planned, this one plans them for it (its planner takes the job's id).
     ctx.warn(
         f"this exact job was already submitted as {existing} (job {placeholder}, the "
         "same rows, was not kept): following it instead of paying again (submit with "
@@ -242,7 +251,7 @@ def _plan(ctx: JobContext, advance: Callable[[int], None], checks: Checks | None
     record = ctx.record
     ledger = ctx.ledger
     if ctx.planner is not None:  # a table held in memory: its planner checks it all
-        target = ctx.planner(advance)
+        target = ctx.planner(ctx.id, advance)
         _record_manifest(ctx, target)
         return
     source = source_of(ctx)

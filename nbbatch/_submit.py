@@ -320,7 +320,7 @@ def submit(
         if in_memory_rows is not None:
             data = data.copy(deep=False) if frames.kind_of(data) == frames.PANDAS else data
             planner = _memory_planner(
-                record["id"], data, prompt, impl, spec, models, ledger,
+                data, prompt, impl, spec, models, ledger,
                 id_column=id_column, missing=missing, salt=salt, identity=identity,
                 limit=limit, max_cost=max_cost, reuse=reuse, force=force, pack=pack,
             )  # fmt: skip
@@ -646,7 +646,6 @@ def _show(job: BatchJob) -> None:
 
 
 def _memory_planner(
-    job_id: str,
     data: Any,
     prompt: str,
     impl: Provider,
@@ -667,9 +666,10 @@ def _memory_planner(
     """What plans a large in-memory table in the background (see nbbatch._planning):
     every row planned and checked as :func:`submit` checks a table planned at once, the
     same job looked for by content, and the manifest written to a file beside the
-    ledger. Any failure raises: the job then ends failed with it, nothing sent."""
+    ledger, for the job it is given (the one submit made, or the same job this session
+    follows). Any failure raises: the job then ends failed with it, nothing sent."""
 
-    def plan(advance: Callable[[int], None]) -> Path:
+    def plan(job_id: str, advance: Callable[[int], None]) -> Path:
         advance(0)
         frame, _, template = _inputs.parse(data, prompt)
         rows = _inputs.in_memory(frame, template, id_column, missing, salt, identity, limit)

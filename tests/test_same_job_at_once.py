@@ -134,3 +134,46 @@ def test_two_processes_submitting_the_same_rows_at_once_make_one_job(
     out, err = other.communicate(timeout=120)
     assert other.returncode == 0, err
     _sent_once(oai, emu, [job, nb.attach(out.strip().splitlines()[0], client=oai)], before, created)
+
+
+LEADER = """
+    import sys, time, openai, nbbatch as nb
+    from nbbatch import _planning as planning, _rowstore
+    from tests.test_same_job_at_once import PROMPT, frame
+    planning.MEMORY_BACKGROUND_ROWS = 10
+
+    def stuck(*args, **kwargs):  # the rows are planned and claimed; then this session hangs
+        print("claimed", flush=True)
+        time.sleep(600)
+
+    _rowstore.write_table = stuck
+    client = openai.OpenAI(base_url=sys.argv[1], api_key="k")
+    job = nb.submit(frame(), PROMPT, model="gpt-4o-mini", client=client, display=False)
+    job.wait(timeout=600, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_a_session_following_a_job_whose_planner_died_plans_and_sends_it(oai, emu, monkeypatch):
+    monkeypatch.setattr(planning, "MEMORY_BACKGROUND_ROWS", 10)
+    before, created = {b.id for b in oai.batches.list()}, batches_created(emu)
+    leader = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(LEADER), emu.openai_base_url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert leader.stdout is not None and leader.stdout.readline().strip() == "claimed"
+        job = nb.submit(frame(), PROMPT, model="gpt-4o-mini", client=oai)
+        mine = job.id
+        job.wait_sent(timeout=60)  # planned here too: the same rows as the leader's job
+        assert job.id != mine and nb.jobs()["id"].tolist() == [job.id]
+    finally:
+        leader.kill()  # the leader's session dies with its job still planning
+        leader.communicate(timeout=60)
+    job.wait(timeout=60, progress=False)  # this session plans the job for it, and sends it
+    assert job.counts["succeeded"] == N
+    assert batches_created(emu) - created == 1 and requests_sent(oai, before) == N
+    out = job.merge(frame())
+    assert out["response"].tolist() == [
+        nb.emulator.echo_text(f"Summarise: row {i}") for i in range(N)
+    ]
