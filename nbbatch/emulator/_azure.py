@@ -10,6 +10,15 @@ Azure's differences, after learn.microsoft.com/azure/ai-foundry/openai/how-to/ba
   ``/embeddings``), without ``/v1``;
 - a line's ``model`` names a *deployment*. :data:`DEPLOYMENTS` maps a deployment to
   the model it serves; a deployment named like a model serves that model.
+- real time is served per deployment, ``POST /deployments/{deployment}/chat/completions``
+  (and ``/embeddings``) with the same ``api-version`` query and key, the data-plane
+  inference paths of learn.microsoft.com/azure/ai-services/openai/reference ("Chat
+  completions": ``POST {endpoint}/openai/deployments/{deployment-id}/chat/completions
+  ?api-version=2024-10-21``). The deployment in the path, not the body's ``model``,
+  picks the model; an unknown one is Azure's ``404 DeploymentNotFound``.
+- a Microsoft Entra ID token (``Authorization: Bearer <token>``, what ``AzureOpenAI(
+  azure_ad_token_provider=...)`` sends) is accepted in place of the ``api-key`` header
+  (the reference's "Authentication" section names both).
 
 The status and wording of the refusals below are the emulator's own (the pages read do
 not quote Azure's error bodies for them).
@@ -27,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
-from . import _openai
+from . import _models, _openai
 from ._state import Store
 from ._wire import ApiError, JSONResponse
 
@@ -47,10 +56,13 @@ def _checked(handler: Handler) -> Handler:
     """``handler`` behind Azure's checks of the ``api-key`` header and ``api-version``."""
 
     async def checked(request: Request) -> Response:
-        if not request.headers.get("api-key") and not request.headers.get("authorization"):
+        bearer = request.headers.get("authorization", "")
+        token = bearer[7:].strip() if bearer[:7].lower() == "bearer " else ""
+        if not request.headers.get("api-key", "").strip() and not token:
             raise ApiError(
                 401,
-                "Access denied: no api-key header (Azure OpenAI takes the key in 'api-key').",
+                "Access denied: no api-key header and no 'Authorization: Bearer' Microsoft "
+                "Entra ID token (Azure OpenAI takes one or the other).",
                 type="invalid_request_error",
                 code="401",
             )
@@ -109,6 +121,51 @@ async def create_batch(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(_openai.create_batch_sync, store, body))
 
 
+#: Azure's answer for a deployment the resource does not have (its code and message as
+#: the service sends them, quoted in MicrosoftDocs/azure-docs#114013 and
+#: chatboxai/chatbox#861: 404, ``{"error": {"code": "DeploymentNotFound", ...}}``).
+DEPLOYMENT_NOT_FOUND = (
+    "The API deployment for this resource does not exist. If you created the deployment "
+    "within the last 5 minutes, please wait a moment and try again."
+)
+
+
+def _deployed_model(store: Store, deployment: str) -> str:
+    """The model ``deployment`` serves: its entry in :data:`DEPLOYMENTS`, else a model of
+    that name; else the resource has no such deployment."""
+    model = DEPLOYMENTS.get(deployment, deployment)
+    if _models.find("openai", model, store.knobs.models) is None:
+        raise ApiError(404, DEPLOYMENT_NOT_FOUND, type="invalid_request_error",
+                       code="DeploymentNotFound")  # fmt: skip
+    return model
+
+
+def _realtime(endpoint: str) -> Handler:
+    """A real-time request to one deployment, answered as OpenAI's ``endpoint`` answers
+    it for the model the deployment serves (the SDK also names the deployment in the
+    body's ``model``; Azure goes by the path)."""
+    shared = _openai.realtime_handler(endpoint)
+
+    async def handler(request: Request) -> Response:
+        store: Store = request.app.state.store
+        model = _deployed_model(store, request.path_params["deployment"])
+        try:
+            body: Any = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            raise ApiError(400, "The request body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            return await shared(request)  # refused there, as OpenAI refuses it
+        body["model"] = model
+        data = orjson.dumps(body)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": data, "more_body": False}
+
+        return await shared(Request(request.scope, receive))
+
+    return handler
+
+
 _routes = [
     Route("/files", _openai.create_file, methods=["POST"]),
     Route("/files", _openai.list_files, methods=["GET"]),
@@ -119,6 +176,12 @@ _routes = [
     Route("/batches", _openai.list_batches, methods=["GET"]),
     Route("/batches/{batch_id}", _openai.retrieve_batch, methods=["GET"]),
     Route("/batches/{batch_id}/cancel", _openai.cancel_batch, methods=["POST"]),
+    Route(
+        "/deployments/{deployment}/chat/completions",
+        _realtime("/v1/chat/completions"),
+        methods=["POST"],
+    ),
+    Route("/deployments/{deployment}/embeddings", _realtime("/v1/embeddings"), methods=["POST"]),
 ]
 
 #: The variant's mount, one line in the server's route table.

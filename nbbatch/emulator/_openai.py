@@ -820,6 +820,11 @@ def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
     return handler
 
 
+#: The real-time handler for an endpoint, for a variant serving it under its own paths
+#: (Azure's per-deployment routes).
+realtime_handler = _realtime
+
+
 async def input_tokens(request: Request) -> Response:
     """``POST /v1/responses/input_tokens``: the input tokens a Responses request would use,
     the number its reply's ``usage.input_tokens`` reports; the body is a Responses
