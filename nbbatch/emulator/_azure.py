@@ -20,8 +20,13 @@ Azure's differences, after learn.microsoft.com/azure/ai-foundry/openai/how-to/ba
   azure_ad_token_provider=...)`` sends) is accepted in place of the ``api-key`` header
   (the reference's "Authentication" section names both).
 
-The status and wording of the refusals below are the emulator's own (the pages read do
-not quote Azure's error bodies for them).
+- a deployment may have an enqueued-token limit (:data:`ENQUEUED_TOKEN_LIMITS`): the
+  input tokens of its batches that have not ended. A batch over it is created and then
+  fails validation with ``token_limit_exceeded``, its message stating the configured
+  limit, as Azure's do (see :func:`refusal`).
+
+The status and wording of the other refusals below are the emulator's own (the pages
+read do not quote Azure's error bodies for them).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -36,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
-from . import _models, _openai
+from . import _models, _openai, _responder
 from ._state import Store
 from ._wire import ApiError, JSONResponse
 
@@ -45,6 +51,12 @@ from ._wire import ApiError, JSONResponse
 PREFIX = "/azure/openai"
 #: Deployment name -> the model it serves (tests add theirs).
 DEPLOYMENTS: dict[str, str] = {}
+#: Deployment name -> the enqueued-token limit configured for it (none: no limit). On
+#: Azure each global-batch deployment has its own, set when it is deployed.
+ENQUEUED_TOKEN_LIMITS: dict[str, int] = {}
+#: Per store: batch id -> the deployment its lines named (Azure counts the queue per
+#: deployment; the shared batch records know only the model it serves).
+_DEPLOYMENT_OF: WeakKeyDictionary[Store, dict[str, str]] = WeakKeyDictionary()
 #: Azure's spelling of a batch endpoint -> the OpenAI one the shared handlers serve.
 _ENDPOINTS = {"/chat/completions": "/v1/chat/completions", "/embeddings": "/v1/embeddings"}
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?|v1|latest|preview")
@@ -76,13 +88,15 @@ def _checked(handler: Handler) -> Handler:
     return checked
 
 
-def _azure_lines(store: Store, file_id: str) -> None:
+def _azure_lines(store: Store, file_id: str) -> str | None:
     """Rewrite an uploaded input file's lines from Azure's form to OpenAI's (``url``
-    without ``/v1``, a deployment in ``model``), so the shared handlers read it."""
+    without ``/v1``, a deployment in ``model``), so the shared handlers read it; returns
+    the deployment its first line names."""
     f = store.get_file(file_id)
     if f is None:
-        return  # the shared handler answers 404
+        return None  # the shared handler answers 404
     out = bytearray()
+    named: str | None = None
     with store.lock:
         for raw in f.path.read_bytes().splitlines():
             try:
@@ -95,10 +109,63 @@ def _azure_lines(store: Store, file_id: str) -> None:
                 line["url"] = _ENDPOINTS.get(url, url) if isinstance(url, str) else url
                 body = line.get("body")
                 if isinstance(body, dict) and isinstance(body.get("model"), str):
+                    named = named or body["model"]
                     body["model"] = DEPLOYMENTS.get(body["model"], body["model"])
             out += orjson.dumps(line) + b"\n"
         f.path.write_bytes(bytes(out))
         f.bytes = len(out)
+    return named
+
+
+def refusal(deployment: str, limit: int) -> str:
+    """The validation error message of a batch over a deployment's enqueued-token limit,
+    worded as Azure words it (quoted in learn.microsoft.com/en-us/answers/questions/
+    2285577, "Azure OpenAI Batch API - token_limit_exceeded error": "The number of
+    enqueued tokens has surpassed the configured limit of 30K for the deployment
+    'gpt-4.1-batch'. Please either increase the limit or try again once the current
+    jobs have finished.")."""
+    return (
+        f"The number of enqueued tokens has surpassed the configured limit of "
+        f"{_short(limit)} for the deployment '{deployment}'. Please either increase the "
+        "limit or try again once the current jobs have finished."
+    )
+
+
+def _short(n: int) -> str:
+    """``30K``, ``2M``: how Azure states a round limit (else the plain number)."""
+    for size, suffix in ((1_000_000_000, "B"), (1_000_000, "M"), (1_000, "K")):
+        if n >= size and n % size == 0:
+            return f"{n // size}{suffix}"
+    return str(n)
+
+
+def _queued(store: Store, deployment: str) -> int:
+    """Input tokens of the deployment's batches that have not ended (a batch holds its
+    tokens until it completes, fails, expires or is cancelled)."""
+    t = store.now()
+    total = 0
+    for batch_id, named in _DEPLOYMENT_OF.get(store, {}).items():
+        b = store.get_batch("openai", batch_id) if named == deployment else None
+        if isinstance(b, _openai.OpenAIBatch) and not b.invalid and b.ended_at(t) is None:
+            total += b.est_tokens
+    return total
+
+
+def _create_sync(store: Store, body: Any, deployment: str | None) -> dict[str, Any]:
+    """Create the batch; over the deployment's limit it fails validation, as on Azure."""
+    limit = ENQUEUED_TOKEN_LIMITS.get(deployment or "")
+    if deployment is None or limit is None:
+        return _openai.create_batch_sync(store, body)
+
+    def check(v: _openai.Validation) -> None:
+        tokens = _responder.count_tokens(v.prompt_chars)
+        if not v.errors and _queued(store, deployment) + tokens > limit:
+            v.fail("token_limit_exceeded", refusal(deployment, limit))
+
+    with store.lock:  # the count, the new batch and its deployment, as one step
+        made = _openai.create_batch_sync(store, body, check)
+        _DEPLOYMENT_OF.setdefault(store, {})[made["id"]] = deployment
+    return made
 
 
 async def create_batch(request: Request) -> Response:
@@ -117,7 +184,8 @@ async def create_batch(request: Request) -> Response:
                 param="endpoint",
             )
         body["endpoint"] = _ENDPOINTS[endpoint]
-        await run_in_threadpool(_azure_lines, store, str(body.get("input_file_id")))
+        named = await run_in_threadpool(_azure_lines, store, str(body.get("input_file_id")))
+        return JSONResponse(await run_in_threadpool(_create_sync, store, body, named))
     return JSONResponse(await run_in_threadpool(_openai.create_batch_sync, store, body))
 
 

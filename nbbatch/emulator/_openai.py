@@ -548,14 +548,20 @@ def _in_flight_tokens(store: Store, model: str | None, t: float) -> int:
     return total
 
 
-def create_batch_sync(store: Store, body: Any) -> dict[str, Any]:
-    """``POST /batches``: check, validate the input file, and register the batch."""
+def create_batch_sync(
+    store: Store, body: Any, check: Callable[[Validation], None] | None = None
+) -> dict[str, Any]:
+    """``POST /batches``: check, validate the input file, and register the batch.
+    ``check``: a variant's own check of the validated file (Azure's queue quota), run
+    under the store's lock with the registration."""
     f = _check_create_body(store, body)
     endpoint = body["endpoint"]
     v = validate_input(f.path, f.bytes, endpoint, store.knobs.models)
-    if _quotas.openai_limit(store.knobs, v.model) is None:
+    if check is None and _quotas.openai_limit(store.knobs, v.model) is None:
         return register_batch(store, body, f, v)  # no quota: creates need not wait on others
     with store.lock:  # the quota check and the new batch, as one step
+        if check is not None:
+            check(v)
         return register_batch(store, body, f, v)
 
 
