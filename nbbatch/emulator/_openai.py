@@ -784,11 +784,15 @@ def _refuse_flex(model: Any) -> None:
         )
 
 
-def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
+def _realtime(
+    endpoint: str, extra_models: tuple[str, ...] = ()
+) -> Callable[[Request], Awaitable[Response]]:
+    # extra_models: a variant's own model names (Groq's, Together's), taken as known.
     async def handler(request: Request) -> Response:
         store = _store(request)
         body = await json_body(request)
-        valid = _validate_openai.problem(endpoint, body, store.knobs.models) is None
+        models = (*store.knobs.models, *extra_models)
+        valid = _validate_openai.problem(endpoint, body, models) is None
         info = inspect(endpoint, body) if valid else None
         fate = Fate.OK
         if info is not None and FAIL_MARKER in info.last_user:
@@ -810,7 +814,7 @@ def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
                     new_id("rt"),
                     responder=store.responder,
                     prefix_cache=store.openai_prefixes,
-                    models=store.knobs.models,
+                    models=models,
                 )
 
         flex = isinstance(body, dict) and body.get("service_tier") == "flex"
