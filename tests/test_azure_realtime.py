@@ -213,3 +213,20 @@ def test_the_command_line_asks_for_client_for_an_entra_job(emu, deployment, monk
                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert done.returncode != 0
     assert "client=" in done.stderr, done.stderr
+
+
+def test_an_entra_token_in_the_environment_runs_and_attaches_a_job(emu, monkeypatch):
+    """``AZURE_OPENAI_AD_TOKEN`` (the SDK's variable) without a key: the job is sent
+    with the token, records where it came from, and a new session attaches with it."""
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("AZURE_OPENAI_AD_TOKEN", TOKEN)
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", emu.url + "/azure")  # the SDK adds /openai
+    monkeypatch.setenv("OPENAI_API_VERSION", VERSION)
+    monkeypatch.setattr(credentials, "is_loopback", lambda url: False)  # a remote endpoint
+    job = nb.submit(pd.DataFrame({"text": ["a", "b"]}), "{text}", model="gpt-4o-mini",
+                    provider="azure", display=False)  # fmt: skip
+    assert _recorded(job.id, "credential") == "env:AZURE_OPENAI_AD_TOKEN"
+    assert _recorded(job.id, "key_hash") is None
+    again = nb.attach(job.id)
+    assert again.wait(timeout=60, progress=False).counts["succeeded"] == 2
+    _MADE.append(again._ctx.provider.client)

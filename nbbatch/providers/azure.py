@@ -63,6 +63,9 @@ class AzureProvider(OpenAIProvider):
     default_endpoint = "/v1/chat/completions"
     # The SDK reads these when given no key / address / version (openai.lib.azure).
     key_variables = ("AZURE_OPENAI_API_KEY",)
+    # A Microsoft Entra ID token in the environment (the SDK's variable); a key, when
+    # both are set, is what nbbatch sends.
+    token_variables = ("AZURE_OPENAI_AD_TOKEN",)
     base_url_variable = "AZURE_OPENAI_ENDPOINT"
     version_variable = "OPENAI_API_VERSION"
     client_types = ("openai.lib.azure:AzureOpenAI", "openai.lib.azure:AsyncAzureOpenAI")
@@ -139,6 +142,19 @@ class AzureProvider(OpenAIProvider):
     def make_client(cls, *, api_key: str | None, base_url: str | None) -> Any:
         """An ``openai.AzureOpenAI`` client for an address :meth:`address_of` wrote (or,
         with none, from AZURE_OPENAI_ENDPOINT and OPENAI_API_VERSION)."""
+        return openai.AzureOpenAI(api_key=api_key, **cls._where(base_url))
+
+    @classmethod
+    def make_token_client(cls, *, token: str, base_url: str | None) -> Any:
+        """An ``openai.AzureOpenAI`` client sending a Microsoft Entra ID ``token`` (from
+        ``AZURE_OPENAI_AD_TOKEN``, the variable the SDK reads) as ``Authorization:
+        Bearer``, at the same address as :meth:`make_client`."""
+        return openai.AzureOpenAI(azure_ad_token=token, **cls._where(base_url))
+
+    @classmethod
+    def _where(cls, base_url: str | None) -> dict[str, Any]:
+        """``base_url`` and ``api_version`` keywords for an address :meth:`address_of`
+        wrote; with none, the SDK reads AZURE_OPENAI_ENDPOINT."""
         version: str | None = None
         if base_url is not None:
             parts = urlsplit(base_url)
@@ -153,9 +169,9 @@ class AzureProvider(OpenAIProvider):
                 ".openai.azure.com), or pass client=openai.AzureOpenAI(...).",
                 provider=cls.name,
             )
-        if base_url is None:  # the SDK reads AZURE_OPENAI_ENDPOINT
-            return openai.AzureOpenAI(api_key=api_key, api_version=version)
-        return openai.AzureOpenAI(api_key=api_key, base_url=base_url, api_version=version)
+        if base_url is None:
+            return {"api_version": version}
+        return {"base_url": base_url, "api_version": version}
 
     @classmethod
     def sync_client(cls, client: Any) -> Any:
