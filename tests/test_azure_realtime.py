@@ -230,3 +230,12 @@ def test_an_entra_token_in_the_environment_runs_and_attaches_a_job(emu, monkeypa
     again = nb.attach(job.id)
     assert again.wait(timeout=60, progress=False).counts["succeeded"] == 2
     _MADE.append(again._ctx.provider.client)
+
+
+def test_embeddings_in_real_time_through_the_deployment(emu, monkeypatch):
+    monkeypatch.setitem(_azure.DEPLOYMENTS, "my-embed", "text-embedding-3-small")
+    monkeypatch.setitem(AzureProvider.deployments, "my-embed", "text-embedding-3-small")
+    out = nb.try_now(pd.DataFrame({"text": ["a cat", "a dog"]}), "{text}", model="my-embed",
+                     endpoint="/v1/embeddings", client=azure_client(emu))  # fmt: skip
+    assert (out["response_status"] == "succeeded").all()
+    assert out["response"].str.startswith("[").all()  # the vector, as a batch gives it
