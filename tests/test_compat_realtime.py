@@ -97,3 +97,21 @@ def test_the_real_time_fallback_finishes_the_job(service, emu):
     assert (out["response_status"] == "succeeded").all()
     assert job.counts["realtime"] == 1
     assert job.cost.realtime is not None and job.cost.realtime > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("service", SERVICES)
+def test_on_deadline_realtime_sends_the_rows_through_the_services_chat_api(service):
+    import datetime as dt
+
+    with emulator.start(processing_seconds=600) as slow:
+        df = pd.DataFrame({"text": [f"row {i}" for i in range(4)]})
+        job = nb.submit(df, PROMPT, model=model_of(service), client=client_of(service, slow),
+                        deadline=dt.timedelta(seconds=2), on_deadline="realtime",
+                        display=False)  # fmt: skip
+        job.wait(timeout=120, progress=False)
+        assert job.counts["succeeded"] == 4 and job.counts["realtime"] == 4
+        out = job.merge(df)
+        assert out["response"].tolist() == [
+            emulator.echo_text(PROMPT.format(text=t)) for t in df["text"]
+        ]
