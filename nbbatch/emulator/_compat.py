@@ -10,8 +10,11 @@ never list them, and the other way round.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
 
 from . import _models, _openai
 from ._openai import OpenAIBatch
@@ -95,3 +98,24 @@ def _input_file(store: Store, file_id: str, purpose: str) -> StoredFile:
             param="input_file_id",
         )
     return f
+
+
+def realtime(kind: str) -> Callable[[Request], Awaitable[Response]]:
+    """``POST .../v1/chat/completions`` of a variant: answered as OpenAI's real-time chat
+    answers it (the same body, reply and fault markers; both services' chat API is
+    OpenAI's), for the variant's own models only; another is the 404 its API answers."""
+
+    async def handler(request: Request) -> Response:
+        store: Store = request.app.state.store
+        body = await _openai.json_body(request)
+        model = body.get("model") if isinstance(body, dict) else None
+        if isinstance(model, str) and _models.find(kind, model, store.knobs.models) is None:
+            raise ApiError(
+                404,
+                f"The model `{model}` does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+        return await _openai.realtime_handler(CHAT, model_ids(kind))(request)
+
+    return handler

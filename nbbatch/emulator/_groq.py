@@ -127,5 +127,6 @@ routes = [
     Route("/v1/batches/{batch_id}", retrieve_batch, methods=["GET"]),
     Route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/chat/completions", _compat.realtime(KIND), methods=["POST"]),
     Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
 ]

@@ -548,14 +548,20 @@ def _in_flight_tokens(store: Store, model: str | None, t: float) -> int:
     return total
 
 
-def create_batch_sync(store: Store, body: Any) -> dict[str, Any]:
-    """``POST /batches``: check, validate the input file, and register the batch."""
+def create_batch_sync(
+    store: Store, body: Any, check: Callable[[Validation], None] | None = None
+) -> dict[str, Any]:
+    """``POST /batches``: check, validate the input file, and register the batch.
+    ``check``: a variant's own check of the validated file (Azure's queue quota), run
+    under the store's lock with the registration."""
     f = _check_create_body(store, body)
     endpoint = body["endpoint"]
     v = validate_input(f.path, f.bytes, endpoint, store.knobs.models)
-    if _quotas.openai_limit(store.knobs, v.model) is None:
+    if check is None and _quotas.openai_limit(store.knobs, v.model) is None:
         return register_batch(store, body, f, v)  # no quota: creates need not wait on others
     with store.lock:  # the quota check and the new batch, as one step
+        if check is not None:
+            check(v)
         return register_batch(store, body, f, v)
 
 
@@ -778,11 +784,15 @@ def _refuse_flex(model: Any) -> None:
         )
 
 
-def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
+def _realtime(
+    endpoint: str, extra_models: tuple[str, ...] = ()
+) -> Callable[[Request], Awaitable[Response]]:
+    # extra_models: a variant's own model names (Groq's, Together's), taken as known.
     async def handler(request: Request) -> Response:
         store = _store(request)
         body = await json_body(request)
-        valid = _validate_openai.problem(endpoint, body, store.knobs.models) is None
+        models = (*store.knobs.models, *extra_models)
+        valid = _validate_openai.problem(endpoint, body, models) is None
         info = inspect(endpoint, body) if valid else None
         fate = Fate.OK
         if info is not None and FAIL_MARKER in info.last_user:
@@ -804,7 +814,7 @@ def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
                     new_id("rt"),
                     responder=store.responder,
                     prefix_cache=store.openai_prefixes,
-                    models=store.knobs.models,
+                    models=models,
                 )
 
         flex = isinstance(body, dict) and body.get("service_tier") == "flex"
@@ -818,6 +828,11 @@ def _realtime(endpoint: str) -> Callable[[Request], Awaitable[Response]]:
         return JSONResponse(ans.body, status_code=ans.status, headers=headers)
 
     return handler
+
+
+#: The real-time handler for an endpoint, for a variant serving it under its own paths
+#: (Azure's per-deployment routes).
+realtime_handler = _realtime
 
 
 async def input_tokens(request: Request) -> Response:

@@ -19,6 +19,14 @@ output lines are OpenAI's); what differs is served here:
   ``{"job": ..., "warning": null}`` and the list is a bare JSON array;
 - the completion window is 24 hours and "cannot be changed"
   (https://docs.together.ai/docs/inference/batch/overview): any other is refused;
+- an output file's lines are ``{"id": "br_...", "custom_id", "response": {"status_code",
+  "body"}}``: OpenAI's without ``error`` and ``request_id``. That is the shape of a real
+  output file loaded in Together's own cookbook (togethercomputer/together-cookbook,
+  Evals/Batch_Inference_Evals.ipynb, "Step 3": its columns are ``id`` (``br_...``),
+  ``custom_id`` and ``response`` ``{'status_code': 200, 'body': {'choices': ...}}``);
+  the docs say only that output lines carry the ``custom_id`` and come in any order
+  (docs.together.ai/docs/batch-inference, "Retrieving the batch results"). Error-file
+  lines are not shown anywhere we read: they stay OpenAI's;
 - ``GET /v1/models`` is a bare JSON array of ``{id, object, created, type,
   display_name, ...}`` (https://docs.together.ai/reference/models), of genai-prices'
   ``together`` models.
@@ -35,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
@@ -194,6 +203,45 @@ def _file_or_404(store: Store, file_id: str) -> StoredFile:
     return f
 
 
+def _output_lines(raw: bytes) -> bytes:
+    """An output file's OpenAI lines in Together's shape (see the module's docstring)."""
+    out = bytearray()
+    for line in raw.splitlines():
+        row = orjson.loads(line)
+        response = row.get("response") or {}
+        suffix = str(row.get("id", "")).removeprefix("batch_req_")
+        out += orjson.dumps(
+            {
+                "id": f"br_{suffix}",
+                "custom_id": row.get("custom_id"),
+                "response": {
+                    "status_code": response.get("status_code"),
+                    "body": response.get("body"),
+                },
+            }
+        )
+        out += b"\n"
+    return bytes(out)
+
+
+def _is_output(store: Store, f: StoredFile) -> bool:
+    """Whether ``f`` is the output file of one of Together's batches."""
+    if f.purpose != "batch_output" or not f.filename.endswith("_output.jsonl"):
+        return False
+    batch_id = f.filename.removesuffix("_output.jsonl")
+    return any(b.id == batch_id for b in _compat.batches_of(store, KIND))
+
+
+async def file_content(request: Request) -> Response:
+    """``GET /v1/files/{id}/content``: an output file in Together's line shape."""
+    store = _store(request)
+    f = store.get_file(request.path_params["file_id"])
+    if f is None or not _is_output(store, f):
+        return await _openai.file_content(request)
+    data = await run_in_threadpool(lambda: _output_lines(f.path.read_bytes()))
+    return Response(data, media_type="application/octet-stream")
+
+
 async def retrieve_file(request: Request) -> Response:
     return JSONResponse(file_json(_file_or_404(_store(request), request.path_params["file_id"])))
 
@@ -315,10 +363,11 @@ routes = [
     Route("/v1/files/{file_id}/preprocess", preprocess, methods=["POST"]),
     Route("/v1/files/{file_id}", retrieve_file, methods=["GET"]),
     Route("/v1/files/{file_id}", delete_file, methods=["DELETE"]),
-    Route("/v1/files/{file_id}/content", _openai.file_content, methods=["GET"]),
+    Route("/v1/files/{file_id}/content", file_content, methods=["GET"]),
     Route("/v1/batches", create_batch, methods=["POST"]),
     Route("/v1/batches", list_batches, methods=["GET"]),
     Route("/v1/batches/{batch_id}", retrieve_batch, methods=["GET"]),
     Route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
     Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/chat/completions", _compat.realtime(KIND), methods=["POST"]),
 ]

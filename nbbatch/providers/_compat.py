@@ -15,7 +15,18 @@ from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from .._errors import ConfigError, InputError, ProviderError
-from .base import BatchInfo, Provider, Refusal, RequestSpec, copy_capped, read_capped, sdk_error
+from .base import (
+    BatchInfo,
+    Provider,
+    Refusal,
+    RequestSpec,
+    copy_capped,
+    failure_row,
+    is_transient,
+    read_capped,
+    sdk_error,
+    sdk_kwargs,
+)
 from .openai import OpenAIProvider
 
 
@@ -139,8 +150,27 @@ class CompatProvider(OpenAIProvider):
         super().validate(spec)
 
     def realtime(self, custom_id: str, prompt: str, spec: RequestSpec) -> dict[str, Any]:
-        """Not offered for these services (not proven on the emulator)."""
-        raise NotImplementedError(f"{self.label} is used through its batch API only")
+        """One chat request through the SDK's ``chat.completions.create``, with the body a
+        batch line would carry; the reply normalised as a batch output line is."""
+        sdk = self.sdk()
+        body = self.body(spec, prompt)
+        create = self.client.chat.completions.create
+        try:
+            reply = create(**sdk_kwargs(create, body))
+        except sdk.APIStatusError as exc:
+            # The SDKs keep the error object (OpenAI's shape: message, type, code), or
+            # the whole body when it has none.
+            whole = exc.body if isinstance(exc.body, dict) else {}
+            inner = whole.get("error")
+            data: dict[str, Any] = inner if isinstance(inner, dict) else whole
+            kind = str(data.get("type") or data.get("code") or f"http_{exc.status_code}")
+            message = str(data.get("message") or exc.message)
+            return failure_row(custom_id, kind, message, is_transient(kind, exc.status_code))
+        except sdk.APIConnectionError as exc:
+            timeout = isinstance(exc, sdk.APITimeoutError)
+            kind = "timeout_error" if timeout else "api_connection_error"
+            return failure_row(custom_id, kind, f"could not reach {self.label}: {exc}", True)
+        return chat_row(custom_id, reply)
 
     # -- hooks each service fills ------------------------------------------------------------
     def _create(self, jsonl: bytes, spec: RequestSpec, metadata: dict[str, str]) -> Any:
@@ -252,6 +282,28 @@ class CompatProvider(OpenAIProvider):
                     raise self._error(exc, f"downloading file {file_id}") from exc
 
 
+def chat_row(custom_id: str, reply: Any) -> dict[str, Any]:
+    """A chat completion of either SDK in the terms a batch output line is read in (the
+    SDKs' reply types differ in their optional parts, so only the common ones are read)."""
+    choices = getattr(reply, "choices", None) or []
+    choice = choices[0] if choices else None
+    message = getattr(choice, "message", None)
+    usage = getattr(reply, "usage", None)
+    details = getattr(usage, "prompt_tokens_details", None)
+    return {
+        "custom_id": custom_id,
+        "status": "succeeded",
+        "output": getattr(message, "content", None),
+        "error_type": None,
+        "error_message": None,
+        "retryable": None,
+        "input_tokens": getattr(usage, "prompt_tokens", None),
+        "output_tokens": getattr(usage, "completion_tokens", None),
+        "cached_tokens": getattr(details, "cached_tokens", None),
+        "truncated": getattr(choice, "finish_reason", None) == "length",
+    }
+
+
 def part_file_name(metadata: dict[str, str]) -> str:
     """The input file's name for a job part: it names the part, so that a batch whose
     create call went unrecorded can be found again on a service whose batches carry
@@ -261,4 +313,4 @@ def part_file_name(metadata: dict[str, str]) -> str:
     return f"nbbatch-{job}.jsonl" if part is None else f"nbbatch-{job}-p{part}.jsonl"
 
 
-__all__ = ["CompatProvider", "Provider", "part_file_name"]
+__all__ = ["CompatProvider", "Provider", "chat_row", "part_file_name"]

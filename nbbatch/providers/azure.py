@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from .._errors import ConfigError
 from ._lazy import lazy_module
+from .base import BatchInfo, Refusal
 from .openai import OpenAIProvider
 
 if TYPE_CHECKING:
@@ -38,6 +39,10 @@ else:  # imported on first use: registering the provider imports no SDK
 #: Azure batch page above notes that newer models need a newer version than
 #: ``2024-10-21`` (the GA version); which model needs which is not checked here.
 _API_VERSION = re.compile(r"(\d{4}-\d{2}-\d{2}(-preview)?|v1|latest|preview)")
+#: "the configured limit of 30K for the deployment 'gpt-4.1-batch'" in Azure's
+#: ``token_limit_exceeded`` message (see :meth:`AzureProvider.quota_refusal`).
+_STATED_LIMIT = re.compile(r"configured limit of\s*([\d.,]+)\s*([KMB]?)\b", re.IGNORECASE)
+_SCALE = {"": 1, "K": 1_000, "M": 1_000_000, "B": 1_000_000_000}
 #: ``NBBATCH_AZURE_DEPLOYMENTS="my-4o=gpt-4o,cheap=gpt-4o-mini"``: deployments named
 #: otherwise than their model, for processes that did not set them in code.
 DEPLOYMENTS_VARIABLE = "NBBATCH_AZURE_DEPLOYMENTS"
@@ -58,6 +63,9 @@ class AzureProvider(OpenAIProvider):
     default_endpoint = "/v1/chat/completions"
     # The SDK reads these when given no key / address / version (openai.lib.azure).
     key_variables = ("AZURE_OPENAI_API_KEY",)
+    # A Microsoft Entra ID token in the environment (the SDK's variable); a key, when
+    # both are set, is what nbbatch sends.
+    token_variables = ("AZURE_OPENAI_AD_TOKEN",)
     base_url_variable = "AZURE_OPENAI_ENDPOINT"
     version_variable = "OPENAI_API_VERSION"
     client_types = ("openai.lib.azure:AzureOpenAI", "openai.lib.azure:AsyncAzureOpenAI")
@@ -91,6 +99,32 @@ class AzureProvider(OpenAIProvider):
         usage tiers: none is assumed."""
         return None
 
+    # The queue is counted per deployment (``spec.model`` is the deployment): "the
+    # total number of tokens across all enqueued and in-progress batch jobs" of the
+    # deployment, against the limit configured for it (Microsoft's answer in
+    # learn.microsoft.com/en-us/answers/questions/2285577). A batch over it is created
+    # and fails validation with ``token_limit_exceeded``, as OpenAI's; quota_per_model,
+    # under_review and discard_refused are OpenAI's.
+    def quota_refusal(
+        self, *, info: BatchInfo | None = None, error: BaseException | None = None
+    ) -> Refusal | None:
+        """A batch that failed with ``token_limit_exceeded``; Azure's message states the
+        deployment's limit rounded ("...the configured limit of 30K for the deployment
+        'gpt-4.1-batch'. Please either increase the limit or try again once the current
+        jobs have finished.", the page above), OpenAI's wording is read too."""
+        refusal = super().quota_refusal(info=info, error=error)
+        if refusal is None or refusal.limit is not None:
+            return refusal
+        found = _STATED_LIMIT.search(refusal.message)
+        if found is None:
+            return refusal
+        try:
+            amount = float(found.group(1).replace(",", ""))
+        except ValueError:
+            return refusal
+        # "30K" may be a rounded figure: the waves fill a share of it, not all of it.
+        return Refusal(refusal.message, int(amount * _SCALE[found.group(2).upper()]))
+
     @classmethod
     def wire_endpoint(cls, endpoint: str) -> str:
         """``/chat/completions``: Azure's lines and batches name the path without ``/v1``."""
@@ -108,6 +142,19 @@ class AzureProvider(OpenAIProvider):
     def make_client(cls, *, api_key: str | None, base_url: str | None) -> Any:
         """An ``openai.AzureOpenAI`` client for an address :meth:`address_of` wrote (or,
         with none, from AZURE_OPENAI_ENDPOINT and OPENAI_API_VERSION)."""
+        return openai.AzureOpenAI(api_key=api_key, **cls._where(base_url))
+
+    @classmethod
+    def make_token_client(cls, *, token: str, base_url: str | None) -> Any:
+        """An ``openai.AzureOpenAI`` client sending a Microsoft Entra ID ``token`` (from
+        ``AZURE_OPENAI_AD_TOKEN``, the variable the SDK reads) as ``Authorization:
+        Bearer``, at the same address as :meth:`make_client`."""
+        return openai.AzureOpenAI(azure_ad_token=token, **cls._where(base_url))
+
+    @classmethod
+    def _where(cls, base_url: str | None) -> dict[str, Any]:
+        """``base_url`` and ``api_version`` keywords for an address :meth:`address_of`
+        wrote; with none, the SDK reads AZURE_OPENAI_ENDPOINT."""
         version: str | None = None
         if base_url is not None:
             parts = urlsplit(base_url)
@@ -122,9 +169,9 @@ class AzureProvider(OpenAIProvider):
                 ".openai.azure.com), or pass client=openai.AzureOpenAI(...).",
                 provider=cls.name,
             )
-        if base_url is None:  # the SDK reads AZURE_OPENAI_ENDPOINT
-            return openai.AzureOpenAI(api_key=api_key, api_version=version)
-        return openai.AzureOpenAI(api_key=api_key, base_url=base_url, api_version=version)
+        if base_url is None:
+            return {"api_version": version}
+        return {"base_url": base_url, "api_version": version}
 
     @classmethod
     def sync_client(cls, client: Any) -> Any:

@@ -47,6 +47,11 @@ def is_loopback(url: str | None) -> bool:
 
 def key_of(client: Any) -> str | None:
     """The key an official SDK client sends (None when it has none, e.g. Azure AD)."""
+    if getattr(client, "_azure_ad_token_provider", None) or getattr(
+        client, "_azure_ad_token", None
+    ):
+        # A Microsoft Entra ID client sends a token, not its api_key (a stand-in string).
+        return None
     key = getattr(client, "api_key", None) or getattr(client, "auth_token", None)
     if key is None:  # google.genai.Client keeps it on its inner API client
         key = getattr(getattr(client, "_api_client", None), "api_key", None)

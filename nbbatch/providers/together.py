@@ -20,12 +20,16 @@ What differs from OpenAI:
   sent; the models list is ``GET /v1/models``, a JSON array
   (https://docs.together.ai/reference/models), which the 3.x SDK has no method for;
 - the chat body's output limit is ``max_tokens`` (Together's chat API), not OpenAI's
-  ``max_completion_tokens``.
+  ``max_completion_tokens``; real-time requests go through the SDK's
+  ``chat.completions.create`` with the same body.
 
-The output and error lines are read as OpenAI's (``custom_id`` with ``response``
-``{status_code, body}`` or ``error``): Together's manage page says per-request
-failures are in the error file and results are matched by ``custom_id``; the exact
-line shape is not spelled out there, so this is the part least proven against the
+Output lines are ``{"id": "br_...", "custom_id", "response": {"status_code", "body"}}``
+with the chat completion in ``body``: the shape of a real output file loaded in
+Together's own cookbook (togethercomputer/together-cookbook,
+Evals/Batch_Inference_Evals.ipynb, "Step 3"). That is OpenAI's line without ``error``
+and ``request_id``, which the OpenAI parser reads as it is (a missing ``error`` is no
+error). Per-request failures are in the error file (manage page); its line shape is not
+shown in what we read, so it is read as OpenAI's: the part least proven against the
 real service.
 """
 
