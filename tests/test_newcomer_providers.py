@@ -1,0 +1,235 @@
+"""A newcomer's traps (tests/test_newcomer.py), driven again for the providers added
+since: Azure OpenAI, Mistral, Groq and Together, each through its own SDK over HTTP to
+the emulator's variant of that service."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+import groq
+import openai
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import together
+from mistralai.client import Mistral
+
+import nbbatch as nb
+from nbbatch import _planning as planning
+from nbbatch import _stream as stream
+from nbbatch import emulator
+from nbbatch.providers.azure import AzureProvider
+from nbbatch.providers.groq import GroqProvider
+from nbbatch.providers.mistral import MistralProvider
+from nbbatch.providers.together import TogetherProvider
+
+PROMPT = "Summarise: {body}"
+#: Each service: its model, and the emulator's counter of batches created there.
+SERVICES = {
+    "azure": ("gpt-4o-mini", "openai_batches_created"),  # OpenAI's state
+    "mistral": ("mistral-small-latest", "mistral_batches_created"),
+    "groq": ("llama-3.1-8b-instant", "groq_batches_created"),
+    "together": ("meta-llama/Llama-3.3-70B-Instruct-Turbo", "together_batches_created"),
+}
+_OPEN: list[Any] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_clients():
+    yield
+    for client in _OPEN:
+        if isinstance(client, Mistral):
+            client.sdk_configuration.client.close()  # type: ignore[union-attr]
+        else:
+            client.close()
+    _OPEN.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_keys(monkeypatch):
+    for name in ("MISTRAL_API_KEY", "AZURE_OPENAI_API_KEY", "GROQ_API_KEY", "TOGETHER_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def client_of(service: str, server: emulator.Emulator) -> Any:
+    """The service's own SDK client on its routes of ``server``."""
+    client: Any
+    if service == "azure":
+        client = openai.AzureOpenAI(
+            base_url=server.url + AzureProvider.emulator_prefix,
+            api_key="azure-key",
+            api_version="2024-10-21",
+        )
+    elif service == "mistral":
+        client = Mistral(
+            api_key="test-key", server_url=server.url + MistralProvider.emulator_prefix
+        )
+    elif service == "groq":
+        client = groq.Groq(api_key="test-key", base_url=server.url + GroqProvider.emulator_prefix)
+    else:
+        client = together.Together(
+            api_key="test-key", base_url=server.url + str(TogetherProvider.emulator_prefix)
+        )
+    _OPEN.append(client)
+    return client
+
+
+def created(server: emulator.Emulator, service: str) -> int:
+    return int(server.stats().get(SERVICES[service][1], 0))
+
+
+def nbbatch(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``nbbatch ARGS`` in a new process (NBBATCH_HOME inherited)."""
+    return subprocess.run(
+        [sys.executable, "-m", "nbbatch.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
+
+
+def _files(folder, n_files: int = 2, rows: int = 10) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in range(n_files):
+        table = pa.table({"body": [f"ticket {f}-{i} about a cold soup" for i in range(rows)]})
+        pq.write_table(table, folder / f"p{f}.parquet")
+    return str(folder / "*.parquet")
+
+
+@pytest.fixture
+def small_background(monkeypatch):
+    monkeypatch.setattr(planning, "BACKGROUND_ROWS", 10)
+    monkeypatch.setattr(stream, "BATCH_ROWS", 7)
+
+
+@pytest.mark.parametrize("service", ["azure", "mistral"])
+def test_a_job_refused_by_max_cost_does_not_capture_the_next_submit(
+    service, emu, tmp_path, small_background
+):
+    model = SERVICES[service][0]
+    client = client_of(service, emu)
+    glob = _files(tmp_path / "in")
+    refused = nb.submit(glob, PROMPT, model=model, client=client, max_cost=1e-12, display=False)
+    with pytest.raises(nb.InputError, match="raise max_cost"):
+        refused.wait(timeout=60, progress=False)
+    assert nb.attach(refused.id).status == "failed"
+    again = nb.submit(glob, PROMPT, model=model, client=client, max_cost=100.0, display=False)
+    assert again.id != refused.id
+    assert again.wait(timeout=60, progress=False).counts["succeeded"] == 20
+
+
+@pytest.mark.parametrize("service", ["azure", "mistral", "groq"])
+def test_status_check_and_collect_never_send(service, emu, monkeypatch, tmp_path):
+    model = SERVICES[service][0]
+    data = pd.DataFrame({"body": [f"soup {i}" for i in range(20)]})
+    with monkeypatch.context() as patched:  # the kernel dies before its upload starts
+        patched.setattr(nb.BatchJob, "start_sending", lambda self, daemon=False: None)
+        job = nb.submit(data, PROMPT, model=model, client=client_of(service, emu), display=False)
+    before = created(emu, service)
+    polled = nbbatch("status", job.id)
+    assert polled.returncode == 0, polled.stderr
+    assert "20 rows not sent yet; nothing was sent" in polled.stdout, polled.stdout
+    collected = nbbatch("collect", job.id, "--out", str(tmp_path / "x.csv"))
+    assert collected.returncode == 3, collected.stderr
+    checked = nbbatch("check")
+    assert checked.returncode == 5, checked.stdout + checked.stderr
+    assert created(emu, service) == before  # nothing sent by any of the three
+    sent = nbbatch("status", job.id, "--send")
+    assert sent.returncode == 0, sent.stderr
+    assert f"job {job.id}: sending 20 rows not sent yet (they are paid for)" in sent.stderr
+    assert created(emu, service) == before + 1
+    assert nb.attach(job.id).wait(timeout=60, progress=False).counts["succeeded"] == 20
+
+
+@pytest.mark.parametrize("service", ["azure", "mistral", "groq", "together"])
+def test_the_repr_names_the_provider_before_and_after_attach(
+    service, emu, tmp_path, small_background, monkeypatch
+):
+    model = SERVICES[service][0]
+    glob = _files(tmp_path / "in")
+    with monkeypatch.context() as patched:  # still planning when looked at
+        patched.setattr(nb.BatchJob, "start_sending", lambda self, daemon=False: None)
+        job = nb.submit(glob, PROMPT, model=model, client=client_of(service, emu), display=False)
+    assert f"[{service} {model}]" in repr(job)
+    assert f"[{service} {model}]" in repr(nb.attach(job.id))
+
+
+# ------------------------------------------------ 10. the sidebar's own checks
+
+
+@pytest.mark.parametrize("service", ["azure", "mistral"])
+def test_the_sidebar_check_finishes_a_job_of_the_service_and_sends_nothing(service) -> None:
+    """The server extension's sweep (``POST /nbbatch/api/check``) on a job no kernel
+    polls: it is seen to its end, its failed rows are left failed (retries=1 would send
+    them again if the check applied the job's policy), and a check after the emulator
+    is gone marks it with why."""
+    from nbbatch._ledger import default as ledger
+    from nbbatch.labext import checks, views
+
+    model = SERVICES[service][0]
+    data = pd.DataFrame({"body": [f"review {i}" for i in range(12)]})
+    sidebar = checks.Checks()
+    with emulator.start(processing_seconds=0.3, error_rate=0.25, seed=1) as server:
+        job = nb.submit(data, PROMPT, model=model, client=client_of(service, server),
+                        output="label", retries=1, display=False)  # fmt: skip
+        job.wait_sent()
+        assert created(server, service) == 1
+        deadline = time.monotonic() + 60
+        while views.job_view(ledger(), job.id)["status"] == "running":
+            assert time.monotonic() < deadline, views.job_view(ledger(), job.id)
+            swept = sidebar.check_open(ledger(), fresh=0)
+            assert swept["failed"] == [], sidebar.errors()
+            time.sleep(0.2)
+        (listed,) = views.jobs_view(ledger(), check_errors=sidebar.errors())["jobs"]
+        assert listed["provider"] == service and listed["status"] == "completed"
+        assert listed["counts"]["succeeded"] + listed["counts"]["failed"] == 12
+        assert listed["counts"]["failed"] > 0  # the emulator's errors, not retried
+        assert listed["checked"] is not None and not listed["stale"]
+        assert created(server, service) == 1  # only looked: nothing new was created
+
+        # A second job, still running when its service goes away.
+        server.configure(processing_seconds=600.0)
+        running = nb.submit(data.head(2), PROMPT, model=model,
+                            client=client_of(service, server), display=False)  # fmt: skip
+        running.wait_sent()
+        assert running.id in sidebar.check_open(ledger(), fresh=0)["checked"]
+    assert sidebar.check_open(ledger(), fresh=0)["failed"] == [running.id]
+    shown = {j["id"]: j for j in views.jobs_view(ledger(), check_errors=sidebar.errors())["jobs"]}
+    assert shown[running.id]["stale"] and shown[running.id]["check_error"]
+    assert "test-key" not in shown[running.id]["check_error"]
+
+
+# ------------------------------------------------ 8. costs, at Groq's own batch share
+
+
+def test_a_groq_cost_says_its_own_batch_share_to_three_significant_digits(emu) -> None:
+    """Groq's batch price is 75% of its real-time price where genai-prices has no batch
+    rate: the max_cost refusal says that share (not "half"), its advice stands on a
+    line of its own, and every figure keeps three significant digits."""
+    model = SERVICES["groq"][0]
+    client = client_of("groq", emu)
+    data = pd.DataFrame({"body": [f"a cold soup, review {i} " * 12 for i in range(40)]})
+    with pytest.raises(nb.InputError) as refused:
+        nb.submit(data, PROMPT, model=model, client=client, max_cost=1e-9, display=False)
+    text = str(refused.value)
+    assert "no batch rate there: 75% of the real-time price" in text, text
+    assert "half" not in text
+    assert text.splitlines()[-1] == "Lower max_tokens, send fewer rows, or raise max_cost."
+    assert re.search(r"saves \$0\.000\d{3} \(25%\)", text), text
+    job = nb.submit(data, PROMPT, model=model, client=client, display=False)
+    job.wait(timeout=60, progress=False)
+    listed = nbbatch("status", job.id)
+    assert listed.returncode == 0, listed.stderr
+    shown = re.search(r"cost: (\$\S+) batch vs (\$\S+) real time", listed.stdout)
+    assert shown, listed.stdout
+    batch, realtime = shown.groups()
+    for figure in (batch, realtime):  # three significant digits, trailing zeros dropped
+        assert re.fullmatch(r"\$0\.000\d{1,3}", figure), listed.stdout
+    assert float(batch[1:]) / float(realtime[1:]) == pytest.approx(0.75, rel=0.01)
