@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -233,3 +234,43 @@ def test_a_groq_cost_says_its_own_batch_share_to_three_significant_digits(emu) -
     for figure in (batch, realtime):  # three significant digits, trailing zeros dropped
         assert re.fullmatch(r"\$0\.000\d{1,3}", figure), listed.stdout
     assert float(batch[1:]) / float(realtime[1:]) == pytest.approx(0.75, rel=0.01)
+
+
+# ------------------------------------------------ 7. Ctrl-C in job.wait()
+
+WAITING_SCRIPT = """
+import pandas as pd
+from mistralai.client import Mistral
+
+import nbbatch as nb
+
+with nb.emulator.start(processing_seconds=600.0) as emu:
+    client = Mistral(api_key="test-key", server_url=emu.url + "/mistral")
+    job = nb.submit(pd.DataFrame({"body": ["a", "b"]}), "Summarise: {body}",
+                    model="mistral-small-latest", client=client, display=False)
+    print(job.id, flush=True)
+    job.wait(progress=True)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_wait_on_a_mistral_job_stops_at_once(tmp_path) -> None:
+    """The interrupt lands in whatever the Mistral SDK is doing (a poll through its own
+    retrying HTTP client): it still ends the wait in a few lines, the job going on."""
+    script = tmp_path / "wait.py"
+    script.write_text(WAITING_SCRIPT)
+    waiting = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=dict(os.environ),
+    )  # fmt: skip
+    assert waiting.stdout is not None and waiting.stderr is not None
+    job_id = waiting.stdout.readline().strip()
+    first = waiting.stderr.readline()  # wait() has printed its first progress line
+    assert job_id in first, first
+    waiting.send_signal(signal.SIGINT)
+    _, error = waiting.communicate(timeout=300)
+    assert waiting.returncode != 0
+    assert f"KeyboardInterrupt: stopped waiting for job {job_id}" in error, error
+    assert f"nb.attach('{job_id}').wait()" in error
+    assert len(error.splitlines()) < 15, error
+    assert nb.attach(job_id).batch_ids
