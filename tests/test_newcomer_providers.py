@@ -274,3 +274,18 @@ def test_ctrl_c_in_wait_on_a_mistral_job_stops_at_once(tmp_path) -> None:
     assert f"nb.attach('{job_id}').wait()" in error
     assert len(error.splitlines()) < 15, error
     assert nb.attach(job_id).batch_ids
+
+
+# ------------------------------------------------ the command line's help
+
+
+def test_the_help_names_the_key_variables_of_every_provider() -> None:
+    """A shell user reads which variable holds each provider's key from ``nbbatch
+    --help``: every registered provider's, not only the first three."""
+    from nbbatch import providers
+
+    helped = nbbatch("--help")
+    assert helped.returncode == 0, helped.stderr
+    for cls in providers.classes():
+        for variable in cls.key_variables:
+            assert variable in helped.stdout, (cls.name, variable)
