@@ -162,11 +162,33 @@ def test_the_repr_names_the_provider_before_and_after_attach(
     assert f"[{service} {model}]" in repr(nb.attach(job.id))
 
 
+# ------------------------------------------------ 5. disk: forget and clean
+
+
+@pytest.mark.parametrize("service", ["azure", "mistral"])
+def test_forget_leaves_nothing_and_clean_finds_nothing(service, emu, nbbatch_home) -> None:
+    """A finished job keeps no raw result file; forget removes its folder and says, when
+    the job is used again, that it was forgotten; clean then has nothing to remove."""
+    data = pd.DataFrame({"body": [f"soup {i}" for i in range(8)]})
+    job = nb.submit(data, PROMPT, model=SERVICES[service][0], client=client_of(service, emu),
+                    display=False).wait(timeout=60, progress=False)  # fmt: skip
+    folder = nbbatch_home / "files" / job.id
+    assert job.counts["succeeded"] == 8 and not list(folder.glob("*.jsonl"))
+    job.forget()
+    assert not folder.exists()
+    with pytest.raises(nb.JobNotFoundError, match="forgotten"):
+        job.merge(data)
+    cleaned = nbbatch("clean", "--dry-run")
+    assert cleaned.returncode == 0 and "nothing to clean" in cleaned.stdout, cleaned.stdout
+
+
 # ------------------------------------------------ 10. the sidebar's own checks
 
 
 @pytest.mark.parametrize("service", ["azure", "mistral"])
-def test_the_sidebar_check_finishes_a_job_of_the_service_and_sends_nothing(service) -> None:
+def test_the_sidebar_check_finishes_a_job_of_the_service_and_sends_nothing(
+    service, tmp_path
+) -> None:
     """The server extension's sweep (``POST /nbbatch/api/check``) on a job no kernel
     polls: it is seen to its end, its failed rows are left failed (retries=1 would send
     them again if the check applied the job's policy), and a check after the emulator
@@ -193,6 +215,9 @@ def test_the_sidebar_check_finishes_a_job_of_the_service_and_sends_nothing(servi
         assert listed["counts"]["succeeded"] + listed["counts"]["failed"] == 12
         assert listed["counts"]["failed"] > 0  # the emulator's errors, not retried
         assert listed["checked"] is not None and not listed["stale"]
+        # "check now" and "collect" in the sidebar only look and write, too.
+        assert views.refresh(ledger(), job.id)["job"]["counts"]["failed"] > 0
+        views.collect(ledger(), job.id, str(tmp_path))
         assert created(server, service) == 1  # only looked: nothing new was created
 
         # A second job, still running when its service goes away.
