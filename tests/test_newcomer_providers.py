@@ -30,6 +30,8 @@ from nbbatch.providers.groq import GroqProvider
 from nbbatch.providers.mistral import MistralProvider
 from nbbatch.providers.together import TogetherProvider
 
+from .test_bedrock import aws, bedrock_emu, s3_url  # noqa: F401  (the Bedrock fixtures)
+
 PROMPT = "Summarise: {body}"
 #: Each service: its model, and the emulator's counter of batches created there.
 SERVICES = {
@@ -314,3 +316,38 @@ def test_the_help_names_the_key_variables_of_every_provider() -> None:
     for cls in providers.classes():
         for variable in cls.key_variables:
             assert variable in helped.stdout, (cls.name, variable)
+
+
+# ------------------------------------------------ 4. Bedrock: looking never sends
+
+
+@pytest.mark.slow
+def test_status_check_and_collect_never_send_a_bedrock_job(
+    aws,  # noqa: F811
+    bedrock_emu,  # noqa: F811
+    monkeypatch,
+    tmp_path,
+):
+    """Bedrock sends through S3 and a job of its own per batch: a job whose upload
+    never started stays unsent through status, collect and check, until --send."""
+    from . import test_bedrock as bedrock
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    data = bedrock.reviews(100)  # Bedrock's minimum
+    with monkeypatch.context() as patched:  # the kernel dies before its upload starts
+        patched.setattr(nb.BatchJob, "start_sending", lambda self, daemon=False: None)
+        job = nb.submit(data, "Sentiment of: {text}", model=bedrock.CLAUDE, provider="bedrock",
+                        client=bedrock.settings(aws), display=False)  # fmt: skip
+    before = bedrock_emu.stats()["bedrock_batches_created"]
+    polled = nbbatch("status", job.id)
+    assert polled.returncode == 0, polled.stderr
+    assert "100 rows not sent yet; nothing was sent" in polled.stdout, polled.stdout
+    assert nbbatch("collect", job.id, "--out", str(tmp_path / "x.csv")).returncode == 3
+    assert nbbatch("check").returncode == 5
+    assert bedrock_emu.stats()["bedrock_batches_created"] == before
+    assert bedrock.keys(aws) == []  # not even the input file went to S3
+    sent = nbbatch("status", job.id, "--send")
+    assert sent.returncode == 0, sent.stderr
+    assert "sending 100 rows not sent yet (they are paid for)" in sent.stderr
+    assert bedrock_emu.stats()["bedrock_batches_created"] == before + 1
