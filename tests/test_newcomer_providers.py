@@ -351,3 +351,20 @@ def test_status_check_and_collect_never_send_a_bedrock_job(
     assert sent.returncode == 0, sent.stderr
     assert "sending 100 rows not sent yet (they are paid for)" in sent.stderr
     assert bedrock_emu.stats()["bedrock_batches_created"] == before + 1
+
+
+# ------------------------------------------------ 6. `import nbbatch` stays light
+
+
+def test_importing_nbbatch_loads_no_sdk_of_any_provider() -> None:
+    """Each provider imports its SDK on first use: importing nbbatch, its command line
+    and the provider registry loads none of the eight SDKs (nor boto3's botocore)."""
+    sdks = ("openai", "anthropic", "google", "mistralai", "groq", "together", "boto3",
+            "botocore", "httpx", "httpx2")  # fmt: skip
+    code = (
+        "import sys, nbbatch, nbbatch.cli; from nbbatch import providers; providers.classes(); "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sdks!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
