@@ -263,6 +263,24 @@ def test_a_groq_cost_says_its_own_batch_share_to_three_significant_digits(emu) -
     assert float(batch[1:]) / float(realtime[1:]) == pytest.approx(0.75, rel=0.01)
 
 
+def test_a_price_set_for_a_groq_model_is_discounted_as_groq_discounts(emu, monkeypatch):
+    """nb.pricing.set gives a real-time price; a Groq job's batch price is 75% of it,
+    not the half that OpenAI and Anthropic charge."""
+    from nbbatch import pricing
+
+    model = SERVICES["groq"][0]
+    monkeypatch.setattr(pricing, "_OVERRIDES", {})
+    nb.pricing.set(model, input=400.0, output=800.0)
+    groq_rates = pricing.rates_for("groq", model)
+    assert groq_rates is not None and groq_rates.batch_input == pytest.approx(300.0)
+    assert groq_rates.batch_output == pytest.approx(600.0)
+    assert pricing.rates(model).batch_input == pytest.approx(200.0)  # no provider: half
+    data = pd.DataFrame({"body": ["a cold soup"] * 3})
+    with pytest.raises(nb.InputError, match=r"\(25%\)") as refused:
+        nb.submit(data, PROMPT, model=model, client=client_of("groq", emu), max_cost=1e-9)
+    assert "(50%)" not in str(refused.value)
+
+
 # ------------------------------------------------ 7. Ctrl-C in job.wait()
 
 WAITING_SCRIPT = """
