@@ -187,7 +187,7 @@ def test_forget_leaves_nothing_and_clean_finds_nothing(service, emu, nbbatch_hom
 # ------------------------------------------------ 10. the sidebar's own checks
 
 
-@pytest.mark.parametrize("service", ["azure", "mistral"])
+@pytest.mark.parametrize("service", ["azure", "mistral", "groq", "together"])
 def test_the_sidebar_check_finishes_a_job_of_the_service_and_sends_nothing(
     service, tmp_path
 ) -> None:
