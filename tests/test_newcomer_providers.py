@@ -1,6 +1,6 @@
 """A newcomer's traps (tests/test_newcomer.py), driven again for the providers added
-since: Azure OpenAI, Mistral, Groq and Together, each through its own SDK over HTTP to
-the emulator's variant of that service."""
+since: Azure OpenAI, Mistral, Groq, Together and Bedrock, each through its own SDK over
+HTTP to the emulator's variant of that service (Bedrock's S3 at moto's server)."""
 
 from __future__ import annotations
 
