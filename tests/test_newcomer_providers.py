@@ -386,3 +386,20 @@ def test_importing_nbbatch_loads_no_sdk_of_any_provider() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# ------------------------------------------------ a model name nbbatch does not place
+
+
+def test_no_openai_key_names_the_provider_whose_key_is_set(monkeypatch) -> None:
+    """A Groq model's name (``llama-...``) is not one nbbatch places, so it is taken for
+    OpenAI's; a newcomer with only GROQ_API_KEY set is told to say provider='groq'
+    (the variable named, the key never quoted), and nothing is recorded."""
+    monkeypatch.setenv("GROQ_API_KEY", "gsk-never-quoted")
+    data = pd.DataFrame({"body": ["a cold soup"]})
+    with pytest.raises(nb.ConfigError, match="OPENAI_API_KEY") as refused:
+        nb.submit(data, PROMPT, model=SERVICES["groq"][0], display=False)
+    text = str(refused.value)
+    assert "GROQ_API_KEY is set: for a Groq model, pass provider='groq'" in text, text
+    assert "gsk-never-quoted" not in text and "MISTRAL" not in text
+    assert nb.jobs().empty
