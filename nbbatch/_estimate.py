@@ -346,7 +346,11 @@ class Estimate:
         if rates is None:
             return f"{pricing.source()}, which does not know {self.model!r}"
         if rates.batch_rule:
-            return f"{rates.source}; no batch rate there: half the real-time price"
+            # The provider's own share of the real-time price (half for most; Groq's
+            # is 75%): say the share that was applied, not always "half".
+            share = rates.batch_input / rates.input if rates.input else 0.5
+            said = "half" if abs(share - 0.5) < 1e-9 else f"{share:.0%} of"
+            return f"{rates.source}; no batch rate there: {said} the real-time price"
         return rates.source
 
     def __str__(self) -> str:

@@ -497,6 +497,8 @@ def check_budget(
             "the later ones as if every row were escalated: an upper bound),"
         )
         raise InputError(
-            f"{what} is above max_cost={money(max_cost)}; nothing was sent. {est.summary()} "
+            # The estimate is a table of lines: the advice gets a line of its own, not
+            # the end of the table's last line.
+            f"{what} is above max_cost={money(max_cost)}; nothing was sent. {est.summary()}\n"
             "Lower max_tokens, send fewer rows, or raise max_cost."
         )

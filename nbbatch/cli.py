@@ -49,8 +49,10 @@ exit codes:
 
 environment:
   NBBATCH_HOME                        the folder of the ledger
-  OPENAI_API_KEY, ANTHROPIC_API_KEY   API keys for jobs on those providers
-  GEMINI_API_KEY (or GOOGLE_API_KEY)  (jobs on the local emulator need none)"""
+  keys for jobs on each provider      (jobs on an emulator need none)
+    OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY (or GOOGLE_API_KEY),
+    AZURE_OPENAI_API_KEY, MISTRAL_API_KEY, GROQ_API_KEY, TOGETHER_API_KEY,
+    AWS_ACCESS_KEY_ID or AWS_PROFILE (Bedrock: boto3's own chain)"""
 
 JOB_HELP = "a job id, as `nbbatch jobs` lists it"
 

@@ -9,9 +9,10 @@ Upgrading ``genai-prices`` updates the prices.
 
 On top of it, :func:`set_price` (``nb.pricing.set``) sets or overrides a model's
 price; the batch price of a price set that way is half of it, the rule at OpenAI and
-Anthropic. A model neither knows has an unknown price: nbbatch says so rather than show
-a wrong number. Where the data has no batch rate for a model it knows, the batch
-price is half its real-time price (the providers' published rule), and
+Anthropic, or the provider's own share where it publishes another (Groq's: 75%). A
+model neither knows has an unknown price: nbbatch says so rather than show a wrong
+number. Where the data has no batch rate for a model it knows, the batch price is the
+provider's share of its real-time price (half for most: their published rule), and
 :attr:`Rates.batch_rule` says so.
 
 Prices with tiers by prompt length (a higher rate above 200,000 input tokens, say) are
@@ -22,6 +23,7 @@ long is rare; treat every figure as an estimate.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import math
 import re
@@ -84,8 +86,9 @@ def set_price(
     cache_write: float | None = None,
 ) -> None:
     """Set (or override) a model's real-time price in dollars per million tokens; its
-    batch price is half of it. ``cached_input`` (a cache read) and ``cache_write``
-    default to ``input``."""
+    batch price is half of it, or the provider's own share where that differs (a Groq
+    job's is 75% of it: Groq discounts its batches 25%). ``cached_input`` (a cache read)
+    and ``cache_write`` default to ``input``."""
     cached = input if cached_input is None else cached_input
     written = input if cache_write is None else cache_write
     _OVERRIDES[model] = Rates(
@@ -98,6 +101,21 @@ def set_price(
         written * BATCH_DISCOUNT,
         output * BATCH_DISCOUNT,
         source="set with nb.pricing.set",
+    )
+
+
+def _at_share(rates: Rates, share: float) -> Rates:
+    """A price set with :func:`set_price` (batch at half) at the provider's own batch
+    share of the real-time price: a Groq model's batch is 75% of the price set, as
+    Groq discounts 25% (see ``batch_price_share`` on the provider classes)."""
+    if share == BATCH_DISCOUNT:
+        return rates
+    return dataclasses.replace(
+        rates,
+        batch_input=rates.input * share,
+        batch_cached_input=rates.cached_input * share,
+        batch_cache_write=rates.cache_write * share,
+        batch_output=rates.output * share,
     )
 
 
@@ -128,7 +146,7 @@ def rates_for(provider: str | None, model: str) -> Rates | None:
     for given in dict.fromkeys((model.removeprefix("models/"), base)):
         for name in (given, _SNAPSHOT.sub("", given)):
             if name in _OVERRIDES:
-                return _OVERRIDES[name]
+                return _at_share(_OVERRIDES[name], share)
     found = _from_data(base, table, share)
     if found is None and _SNAPSHOT.search(base):
         found = _from_data(_SNAPSHOT.sub("", base), table, share)

@@ -549,6 +549,15 @@ job.wait()
 """
 
 
+def _reply_to(kernel, msg_id: str) -> dict:
+    """The shell reply to request ``msg_id``: other replies on the channel (the
+    kernel_info reply start_new_kernel asked for, with recent ipykernels) are skipped."""
+    while True:
+        reply = kernel.get_shell_msg(timeout=120)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
+
+
 @pytest.mark.slow
 def test_interrupting_the_kernel_in_wait_stops_waiting_with_one_line():
     from jupyter_client.manager import start_new_kernel
@@ -563,14 +572,13 @@ def test_interrupting_the_kernel_in_wait_stops_waiting_with_one_line():
                 job_id = msg["content"]["text"].strip()
         time.sleep(1.0)  # inside wait(), between polls
         manager.interrupt_kernel()
-        reply = kernel.get_shell_msg(timeout=120)
+        reply = _reply_to(kernel, msg_id)
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         assert reply["content"]["evalue"].startswith(f"stopped waiting for job {job_id}")
         assert f"nb.attach('{job_id}').wait()" in reply["content"]["evalue"]
         # The kernel is free again and the job is still there, running.
-        kernel.execute("print(nb.attach(job.id).status)")
-        status = kernel.get_shell_msg(timeout=120)
+        status = _reply_to(kernel, kernel.execute("print(nb.attach(job.id).status)"))
         assert status["content"]["status"] == "ok"
     finally:
         kernel.stop_channels()

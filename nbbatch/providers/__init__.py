@@ -233,7 +233,7 @@ def default_client(
             raise ConfigError(
                 f"No {cls.label} API key: set {cls.unknown_key()}, or pass client=... (an "
                 "official SDK client), or use provider='local' to try it free on the "
-                "embedded emulator.",
+                f"embedded emulator.{_keys_of_others(cls)}",
                 provider=name,
             )
     # Without base_url the SDK reads its address from the environment: a client made
@@ -247,6 +247,20 @@ def default_client(
         else:
             _CLIENTS[cache_key] = cls.make_client(api_key=key, base_url=base_url)
     return _CLIENTS[cache_key]
+
+
+def _keys_of_others(cls: type[Provider]) -> str:
+    """A hint naming the other providers whose key is set: a model name nbbatch does not
+    place (``llama-3.1-8b-instant``) is taken for OpenAI's, and a user with only
+    GROQ_API_KEY set is told to say ``provider='groq'``. Names variables, never keys."""
+    hints = []
+    for other in classes():
+        if other is cls:
+            continue
+        found = next((v for v in other.key_variables if os.environ.get(v)), None)
+        if found is not None:
+            hints.append(f"{found} is set: for a {other.label} model, pass provider={other.name!r}")
+    return f" ({'; '.join(hints)}.)" if hints else ""
 
 
 def _local_client(cls: type[Provider], emu: Any, where: Path) -> Any:
