@@ -422,59 +422,57 @@ def _assemble(
             f"{_plan.HASH_SCHEME}: install the same polars version on the workers."
         )
     n = sum(s["rows"] for s in summaries)
-    hashes = np.zeros(n, dtype=np.uint64)
-    sent = np.zeros(n, dtype=bool)
     keys = np.zeros(n, dtype=np.uint64) if id_column else None
-    digest = hashlib.sha256(orjson.dumps(["engine", *fingerprint_of, id_column, n]))
-    path = folder / f".plan-{secrets.token_hex(6)}.arrow"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    offset = 0
-    try:
-        with pa.OSFile(str(path), "wb") as sink:
-            with pa.ipc.new_file(sink, rowstore.MANIFEST_SCHEMA) as writer:
-                for s in summaries:
-                    name = f"plan-{s['part']:06d}.arrow"
-                    piece = staging / name
-                    # Read once, checked, then parsed from memory: what is used is what
-                    # the worker wrote, whatever happens to the file meanwhile.
-                    data = piece.read_bytes()
-                    if [len(data), hashlib.sha256(data).hexdigest()] != s["digests"][name]:
-                        raise InputError(_changed(piece))
-                    for batch in _batches_of(data):
-                        stop = offset + batch.num_rows
-                        hashes[offset:stop] = batch.column("request_hash").to_numpy()
-                        sent[offset:stop] = (
-                            batch.column("prompt").is_valid().to_numpy(zero_copy_only=False)
-                        )
-                        if keys is not None:
-                            keys[offset:stop] = batch.column("key").to_numpy()
-                        digest.update(batch.column("key").to_numpy().tobytes())
-                        digest.update(hashes[offset:stop].tobytes())
-                        for buf in batch.column("custom_id").buffers()[1:]:
-                            digest.update(buf or b"")
-                        writer.write_batch(batch)
-                        offset = stop
-                    piece.unlink()
-        if keys is not None:
-            unique, seen = np.unique(keys, return_counts=True)
-            if len(unique) < n:
-                raise InputError(
-                    f"id_column {id_column!r} has duplicated values across the partitions "
-                    f"(e.g. {_label_of(path, keys, unique[seen > 1][0])!r}); ids must be "
-                    "unique over the whole frame. Leave id_column unset to name rows by "
-                    "their position."
+    plan = _stream.PlanFile(folder, n, ["engine", *fingerprint_of, id_column, n])
+    with plan:
+        for s in summaries:
+            for batch in _piece_batches(staging, s):
+                start = plan.append(
+                    batch,
+                    batch.column("request_hash").to_numpy(),
+                    batch.column("key").to_numpy(),
+                    [buf or b"" for buf in batch.column("custom_id").buffers()[1:]],
                 )
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return _stream.StreamPlan(
-        path=path,
-        n_rows=n,
-        hashes=hashes,
-        sent=sent,
-        first_skip=next((s["first_skip"] for s in summaries if s["first_skip"]), None),
-        fingerprint=digest.hexdigest(),
-    )
+                stop = start + batch.num_rows
+                plan.sent[start:stop] = (
+                    batch.column("prompt").is_valid().to_numpy(zero_copy_only=False)
+                )
+                if keys is not None:
+                    keys[start:stop] = batch.column("key").to_numpy()
+    if keys is not None:
+        try:
+            _check_unique_keys(plan.path, keys, id_column)
+        except BaseException:
+            plan.discard()
+            raise
+    first_skip = next((s["first_skip"] for s in summaries if s["first_skip"]), None)
+    return plan.result(first_skip)
+
+
+def _piece_batches(staging: Path, summary: dict) -> Iterator[pa.RecordBatch]:
+    """The record batches of one worker's manifest piece, checked against the digest
+    the worker reported; the piece is removed once read."""
+    name = f"plan-{summary['part']:06d}.arrow"
+    piece = staging / name
+    # Read once, checked, then parsed from memory: what is used is what the worker
+    # wrote, whatever happens to the file meanwhile.
+    data = piece.read_bytes()
+    if [len(data), hashlib.sha256(data).hexdigest()] != summary["digests"][name]:
+        raise InputError(_changed(piece))
+    yield from _batches_of(data)
+    piece.unlink()
+
+
+def _check_unique_keys(path: Path, keys: np.ndarray, id_column: str | None) -> None:
+    """Refuse a plan whose ``id_column`` repeats a value across the partitions."""
+    unique, seen = np.unique(keys, return_counts=True)
+    if len(unique) < len(keys):
+        raise InputError(
+            f"id_column {id_column!r} has duplicated values across the partitions "
+            f"(e.g. {_label_of(path, keys, unique[seen > 1][0])!r}); ids must be "
+            "unique over the whole frame. Leave id_column unset to name rows by "
+            "their position."
+        )
 
 
 def _batches_of(data: bytes) -> Iterator[pa.RecordBatch]:
