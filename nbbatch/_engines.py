@@ -257,25 +257,12 @@ def plan_partition(
             for frame in parts:
                 if not len(frame):
                     continue
-                start = offset + n
-                if not work.id_column:
-                    frame = frame.set_axis(pd.RangeIndex(start, start + len(frame)))
-                rows = _plan.make_plan(
-                    frame, template, id_column=work.id_column, missing=work.missing
-                )
-                if not work.as_labels:
-                    rows.custom_ids = _plan.make_custom_ids(rows.labels, start, as_labels=False)
+                rows = _plan_piece(work, template, frame, offset + n)
                 hashes = _plan.request_hashes(rows, work.salt)
                 if first_skip is None and rows.skip_reasons:
                     first_skip = rows.skip_reasons[0]
                 manifest.write_table(rows.manifest(hashes))
-                lines = b""
-                if len(rows.send_positions):
-                    ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
-                    lines = encoder.encode(ids, rows.prompts, work.spec)
-                requests.write_table(
-                    pa.table([_per_row(lines, rows.send_positions, rows.n_rows)], REQUEST_SCHEMA)
-                )
+                requests.write_table(_request_table(rows, encoder, work.spec))
                 n += rows.n_rows
         # What the driver checks before it uses them (it gets this through the engine,
         # not through the shared folder).
@@ -293,6 +280,29 @@ def plan_partition(
         "worker": _worker_name(),
         "digests": digests,
     }
+
+
+def _plan_piece(
+    work: Work, template: _prompt.Template, frame: pd.DataFrame, start: int
+) -> _plan.Plan:
+    """The plan of one piece of a partition, its first row at position ``start`` of the
+    whole frame (rows named by position unless an ``id_column`` names them)."""
+    if not work.id_column:
+        frame = frame.set_axis(pd.RangeIndex(start, start + len(frame)))
+    rows = _plan.make_plan(frame, template, id_column=work.id_column, missing=work.missing)
+    if not work.as_labels:
+        rows.custom_ids = _plan.make_custom_ids(rows.labels, start, as_labels=False)
+    return rows
+
+
+def _request_table(rows: _plan.Plan, encoder: Any, spec: RequestSpec) -> pa.Table:
+    """The request line of each row of ``rows`` (null for a row not sent), encoded by
+    the provider ``encoder``."""
+    lines = b""
+    if len(rows.send_positions):
+        ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
+        lines = encoder.encode(ids, rows.prompts, spec)
+    return pa.table([_per_row(lines, rows.send_positions, rows.n_rows)], REQUEST_SCHEMA)
 
 
 def _per_row(lines: bytes, positions: np.ndarray, n: int) -> pa.Array:
@@ -699,28 +709,7 @@ def merge(ctx: JobContext, data: Any, *, verify: bool = True, lineage: bool = Fa
     from . import _merge
 
     kind = kind_of(data)
-    source = ctx.ledger.source(ctx.id) or {}
-    if source.get("kind") not in (DASK, SPARK):
-        raise MergeError(
-            f"job {ctx.id} was not submitted from a Dask or Spark frame; pass the data you "
-            "submitted.",
-            job_id=ctx.id,
-        )
-    counts = list(source["partitions"])
-    parts = data.npartitions if kind == DASK else data.rdd.getNumPartitions()
-    if parts != len(counts):
-        raise MergeError(
-            f"the frame has {parts} partitions but job {ctx.id} was planned from "
-            f"{len(counts)}: pass the frame you submitted, partitioned as it was.",
-            job_id=ctx.id,
-        )
-    clash = [c for c in ctx.output_columns(lineage) if c in columns_of(data)]
-    if clash:
-        raise MergeError(
-            f"the DataFrame already has column(s) {clash}; drop them first or submit with "
-            "another output= name.",
-            job_id=ctx.id,
-        )
+    counts = _partition_counts(ctx, data, kind, lineage)
     ctx.warn_if_running("merge()")
     folder = staging_root(ctx.ledger.folder(ctx.id))
     # One results file a job (0600): a new merge replaces the last one, and frames
@@ -755,6 +744,35 @@ def merge(ctx: JobContext, data: Any, *, verify: bool = True, lineage: bool = Fa
             meta[name] = empty[name].array
         return data.map_partitions(_dask_merge, work, meta=meta)
     return _spark_merge(data, work, added)
+
+
+def _partition_counts(ctx: JobContext, data: Any, kind: str | None, lineage: bool) -> list[int]:
+    """The rows of each partition the job was planned from, once ``data`` is checked
+    to be a frame that can take its results: submitted as a Dask or Spark frame,
+    partitioned as it was, without the result columns already."""
+    source = ctx.ledger.source(ctx.id) or {}
+    if source.get("kind") not in (DASK, SPARK):
+        raise MergeError(
+            f"job {ctx.id} was not submitted from a Dask or Spark frame; pass the data you "
+            "submitted.",
+            job_id=ctx.id,
+        )
+    counts = list(source["partitions"])
+    parts = data.npartitions if kind == DASK else data.rdd.getNumPartitions()
+    if parts != len(counts):
+        raise MergeError(
+            f"the frame has {parts} partitions but job {ctx.id} was planned from "
+            f"{len(counts)}: pass the frame you submitted, partitioned as it was.",
+            job_id=ctx.id,
+        )
+    clash = [c for c in ctx.output_columns(lineage) if c in columns_of(data)]
+    if clash:
+        raise MergeError(
+            f"the DataFrame already has column(s) {clash}; drop them first or submit with "
+            "another output= name.",
+            job_id=ctx.id,
+        )
+    return counts
 
 
 def results_path(folder: Path, job_id: str) -> Path:
