@@ -7,6 +7,7 @@ kept as the raw bytes received, then normalised with pyarrow's JSON reader.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Iterator
@@ -32,7 +33,6 @@ from .base import (
     look_up_model,
     read_capped,
     retryable_of,
-    sdk_error,
     sdk_kwargs,
     success_row,
     sync_twin,
@@ -363,35 +363,25 @@ class AnthropicProvider(Provider):
     def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
         if not info.raw.get("results_url"):
             return []
-        try:
-            stream = self.client.messages.batches.results(info.batch_id)
-            try:
-                # The raw bytes as received (kept in the ledger folder), decoded once below.
-                raw = read_capped(
-                    stream.http_response.iter_bytes(), max_bytes, f"the results of {info.batch_id}"
-                )
-            finally:
-                stream.close()
-        except (anthropic.AnthropicError, ValueError) as exc:
-            raise _provider_error(
-                exc, f"downloading results of {info.batch_id}", type(self)
-            ) from exc
-        return [raw]
+        with self._results(info) as chunks:
+            # The raw bytes as received (kept in the ledger folder), decoded once below.
+            return [read_capped(chunks, max_bytes, f"the results of {info.batch_id}")]
 
     def download_results(self, info: BatchInfo, sink: Any, *, max_bytes: int | None) -> None:
         if not info.raw.get("results_url"):
             return
+        with self._results(info) as chunks, sink.new() as out:
+            # Streamed to disk as received: never more than a chunk of it in memory.
+            copy_capped(chunks, out, max_bytes, f"the results of {info.batch_id}")
+
+    @contextlib.contextmanager
+    def _results(self, info: BatchInfo) -> Iterator[Iterator[bytes]]:
+        """The chunks of a batch's results as they arrive; the stream is closed after,
+        and an SDK error while reading it becomes ours."""
         try:
             stream = self.client.messages.batches.results(info.batch_id)
             try:
-                # Streamed to disk as received: never more than a chunk of it in memory.
-                with sink.new() as out:
-                    copy_capped(
-                        stream.http_response.iter_bytes(),
-                        out,
-                        max_bytes,
-                        f"the results of {info.batch_id}",
-                    )
+                yield stream.http_response.iter_bytes()
             finally:
                 stream.close()
         except (anthropic.AnthropicError, ValueError) as exc:
@@ -485,12 +475,9 @@ def _info(batch: Any) -> BatchInfo:
 def _provider_error(
     exc: Exception, doing: str, cls: type[Provider] = AnthropicProvider
 ) -> ProviderError:
-    return sdk_error(
+    return cls.wrap_sdk_error(
         exc,
         doing,
-        provider=cls.name,
-        label=cls.label,
-        key_variable=cls.unknown_key(),
         unreachable=isinstance(exc, anthropic.APIConnectionError),
         bad_key=isinstance(exc, anthropic.AuthenticationError),
     )

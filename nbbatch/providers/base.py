@@ -328,6 +328,22 @@ class Provider(ABC):
         variables = cls.key_variables + cls.token_variables
         return " or ".join(variables) if variables else "the client's key"
 
+    @classmethod
+    def wrap_sdk_error(
+        cls, exc: Exception, doing: str, *, unreachable: bool, bad_key: bool
+    ) -> ProviderError:
+        """Our error for an SDK error while ``doing`` (see :func:`sdk_error`), naming this
+        provider and where its key comes from."""
+        return sdk_error(
+            exc,
+            doing,
+            provider=cls.name,
+            label=cls.label,
+            key_variable=cls.unknown_key(),
+            unreachable=unreachable,
+            bad_key=bad_key,
+        )
+
     def quota_refusal(
         self, *, info: BatchInfo | None = None, error: BaseException | None = None
     ) -> Refusal | None:

@@ -47,7 +47,6 @@ from .base import (
     read_capped,
     reply_settings_set,
     retryable_of,
-    sdk_error,
     success_row,
     tier_row,
     tier_value,
@@ -678,12 +677,9 @@ def _unreachable(exc: Exception) -> bool:
 def _provider_error(
     exc: Exception, doing: str, cls: type[Provider] = GeminiProvider
 ) -> ProviderError:
-    return sdk_error(
+    return cls.wrap_sdk_error(
         exc,
         doing,
-        provider=cls.name,
-        label=cls.label,
-        key_variable=cls.unknown_key(),
         unreachable=_unreachable(exc),
         bad_key=isinstance(exc, genai_errors.APIError) and exc.code in (401, 403),
     )

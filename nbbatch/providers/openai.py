@@ -40,7 +40,6 @@ from .base import (
     reply_settings_set,
     retryable_of,
     scored,
-    sdk_error,
     sdk_kwargs,
     success_row,
     sync_twin,
@@ -644,12 +643,9 @@ def _info(batch: Any) -> BatchInfo:
 def _provider_error(
     exc: Exception, doing: str, cls: type[Provider] = OpenAIProvider
 ) -> ProviderError:
-    return sdk_error(
+    return cls.wrap_sdk_error(
         exc,
         doing,
-        provider=cls.name,
-        label=cls.label,
-        key_variable=cls.unknown_key(),
         unreachable=isinstance(exc, openai.APIConnectionError),
         bad_key=isinstance(exc, openai.AuthenticationError),
     )
