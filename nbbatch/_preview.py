@@ -179,9 +179,7 @@ def preview(
             + "answers reusable from earlier jobs not checked (no client or key)",
         )
     est = _with_waves(est, name, client, address, ledger, model, queue_limit, tier)
-    if deadline is not None:
-        note = _estimate_mod.deadline_note(est, _deadline_words(deadline), on_deadline)
-        est = dataclasses.replace(est, deadline=note)
+    est = _with_deadline(est, deadline, on_deadline)
     # Tokens per shown row (the estimate above counts distinct requests, not rows).
     shown = _estimate_mod.estimate(prompts, model=model, system=system, endpoint=endpoint)
     table = _estimate_mod.preview_table(ids, prompts, shown.per_row_input, n)
@@ -221,6 +219,16 @@ def _with_waves(
     seconds = learned.get("wave_seconds") if learned else None
     waves = _quota.plan(total, limit, cls.quota_unit, seconds)
     return dataclasses.replace(est, waves=waves) if waves else est
+
+
+def _with_deadline(
+    est: _estimate_mod.Estimate, deadline: Any, on_deadline: str
+) -> _estimate_mod.Estimate:
+    """``est`` with what the deadline would do (unchanged without one)."""
+    if deadline is None:
+        return est
+    note = _estimate_mod.deadline_note(est, _deadline_words(deadline), on_deadline)
+    return dataclasses.replace(est, deadline=note)
 
 
 def _deadline_words(deadline: Any) -> str:
