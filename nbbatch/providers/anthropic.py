@@ -30,6 +30,7 @@ from .base import (
     empty_results,
     failure_row,
     is_transient,
+    joined_texts,
     look_up_model,
     read_capped,
     retryable_of,
@@ -37,6 +38,7 @@ from .base import (
     success_row,
     sync_twin,
     tier_value,
+    unless_ok,
 )
 
 if TYPE_CHECKING:
@@ -545,33 +547,29 @@ def _status_of(kind: pa.Array) -> pa.Array:
 def _errors_of(ok: pa.Array, kind: pa.Array, err: pa.Array) -> tuple[pa.Array, pa.Array]:
     """(error type, error message) of each row that did not succeed (null where it did):
     the error's own, else what an expired or cancelled request means."""
-    error_type = pc.if_else(
+    error_type = unless_ok(
         ok,
-        pa.scalar(None, pa.string()),
-        pc.coalesce(
-            pc.struct_field(err, "type"),
-            pc.if_else(pc.equal(kind, "expired"), "expired", None),
-            pc.if_else(pc.equal(kind, "canceled"), "canceled", None),
-            pa.scalar("unknown_error"),
-        ),
+        pa.string(),
+        pc.struct_field(err, "type"),
+        pc.if_else(pc.equal(kind, "expired"), "expired", None),
+        pc.if_else(pc.equal(kind, "canceled"), "canceled", None),
+        pa.scalar("unknown_error"),
     )
-    error_message = pc.if_else(
+    error_message = unless_ok(
         ok,
-        pa.scalar(None, pa.large_string()),
-        pc.coalesce(
-            pc.struct_field(err, "message"),
-            pc.if_else(
-                pc.equal(kind, "expired"),
-                pa.scalar("the batch ended before this request ran", pa.large_string()),
-                None,
-            ),
-            pc.if_else(
-                pc.equal(kind, "canceled"),
-                pa.scalar("the batch was cancelled before this request ran", pa.large_string()),
-                None,
-            ),
-            pa.scalar("the provider gave no message", pa.large_string()),
+        pa.large_string(),
+        pc.struct_field(err, "message"),
+        pc.if_else(
+            pc.equal(kind, "expired"),
+            pa.scalar("the batch ended before this request ran", pa.large_string()),
+            None,
         ),
+        pc.if_else(
+            pc.equal(kind, "canceled"),
+            pa.scalar("the batch was cancelled before this request ran", pa.large_string()),
+            None,
+        ),
+        pa.scalar("the provider gave no message", pa.large_string()),
     )
     return error_type, error_message
 
@@ -585,5 +583,4 @@ def _text(content: pa.Array) -> pa.Array:
         pc.fill_null(pc.struct_field(blocks, "text"), ""),
         pa.scalar("", pa.large_string()),
     )
-    per_row = pa.ListArray.from_arrays(content.offsets, texts)
-    return pc.binary_join(per_row, pa.scalar("", pa.large_string()))
+    return joined_texts(content, texts)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .._errors import BatchFailedError, InputError, ProviderError
 
@@ -110,6 +111,21 @@ def is_transient(error_type: str | None, status_code: int | None = None) -> bool
     if status_code is not None and (status_code == 429 or status_code >= 500):
         return True
     return (error_type or "") in TRANSIENT_ERRORS
+
+
+def unless_ok(ok: pa.Array, kind: pa.DataType, *choices: Any) -> pa.Array:
+    """A results column for the rows that did not succeed: null where ``ok``, else the
+    first of ``choices`` (arrays, or scalars as the last resort) that is not null."""
+    return pc.if_else(ok, pa.scalar(None, kind), pc.coalesce(*choices))
+
+
+def joined_texts(lists: pa.Array, texts: pa.Array) -> pa.Array:
+    """Per row, the ``texts`` of its list's items (``texts``: one per item of the
+    flattened ``lists``, "" for an item left out) joined into one string."""
+    # Offsets rebased to 0: flatten starts at the first offset of a sliced array.
+    offsets = pc.subtract(lists.offsets, lists.offsets[0])
+    per_row = pa.ListArray.from_arrays(offsets, texts)
+    return pc.binary_join(per_row, pa.scalar("", pa.large_string()))
 
 
 def retryable_of(

@@ -43,6 +43,7 @@ from .base import (
     empty_results,
     failure_row,
     is_transient,
+    joined_texts,
     look_up_model,
     read_capped,
     reply_settings_set,
@@ -50,6 +51,7 @@ from .base import (
     success_row,
     tier_row,
     tier_value,
+    unless_ok,
 )
 
 if TYPE_CHECKING:
@@ -760,26 +762,22 @@ def _normalise(t: pa.Table) -> pa.Table:
     ok = pc.fill_null(pc.and_(answered, pc.is_null(err)), False)
     status = pc.if_else(ok, "succeeded", "failed")
     code = pc.struct_field(err, "code")
-    error_type = pc.if_else(
+    error_type = unless_ok(
         ok,
-        pa.scalar(None, pa.string()),
-        pc.coalesce(
-            pc.utf8_lower(pc.struct_field(err, "status")),
-            pc.if_else(pc.is_valid(blocked), "prompt_blocked", None),
-            pa.scalar("unknown_error"),
-        ),
+        pa.string(),
+        pc.utf8_lower(pc.struct_field(err, "status")),
+        pc.if_else(pc.is_valid(blocked), "prompt_blocked", None),
+        pa.scalar("unknown_error"),
     )
-    error_message = pc.if_else(
+    error_message = unless_ok(
         ok,
-        pa.scalar(None, pa.large_string()),
-        pc.coalesce(
-            pc.struct_field(err, "message"),
-            pc.cast(
-                pc.binary_join_element_wise("Gemini blocked the prompt: ", blocked, ""),
-                pa.large_string(),
-            ),
-            pa.scalar("the provider gave no message", pa.large_string()),
+        pa.large_string(),
+        pc.struct_field(err, "message"),
+        pc.cast(
+            pc.binary_join_element_wise("Gemini blocked the prompt: ", blocked, ""),
+            pa.large_string(),
         ),
+        pa.scalar("the provider gave no message", pa.large_string()),
     )
     retryable = retryable_of(status, error_type, code)
     usage = pc.struct_field(response, "usageMetadata")
@@ -820,7 +818,4 @@ def _text(first: pa.Array) -> pa.Array:
     texts = pc.if_else(
         thought, pa.scalar("", pa.large_string()), pc.fill_null(pc.struct_field(flat, "text"), "")
     )
-    # Offsets rebased to 0: flatten starts at the first offset of a sliced array.
-    offsets = pc.subtract(parts.offsets, parts.offsets[0])
-    per_row = pa.ListArray.from_arrays(offsets, texts)
-    return pc.binary_join(per_row, pa.scalar("", pa.large_string()))
+    return joined_texts(parts, texts)

@@ -45,6 +45,7 @@ from .base import (
     sync_twin,
     tier_row,
     tier_value,
+    unless_ok,
 )
 
 if TYPE_CHECKING:
@@ -810,25 +811,21 @@ def _errors_of(
 ) -> tuple[pa.Array, pa.Array]:
     """(error type, error message) of each row that did not succeed (null where it did):
     the line's error, else the body's, else the HTTP status."""
-    error_type = pc.if_else(
+    error_type = unless_ok(
         ok,
-        pa.scalar(None, pa.string()),
-        pc.coalesce(
-            line_code,
-            pc.struct_field(body_err, "type"),
-            pc.struct_field(body_err, "code"),
-            pc.binary_join_element_wise("http_", pc.cast(status_code, pa.string()), ""),
-            pa.scalar("unknown_error"),
-        ),
+        pa.string(),
+        line_code,
+        pc.struct_field(body_err, "type"),
+        pc.struct_field(body_err, "code"),
+        pc.binary_join_element_wise("http_", pc.cast(status_code, pa.string()), ""),
+        pa.scalar("unknown_error"),
     )
-    error_message = pc.if_else(
+    error_message = unless_ok(
         ok,
-        pa.scalar(None, pa.large_string()),
-        pc.coalesce(
-            pc.cast(line_msg, pa.large_string()),
-            pc.cast(pc.struct_field(body_err, "message"), pa.large_string()),
-            pa.scalar("the provider gave no message", pa.large_string()),
-        ),
+        pa.large_string(),
+        pc.cast(line_msg, pa.large_string()),
+        pc.cast(pc.struct_field(body_err, "message"), pa.large_string()),
+        pa.scalar("the provider gave no message", pa.large_string()),
     )
     return error_type, error_message
 
