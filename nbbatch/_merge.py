@@ -268,18 +268,6 @@ def _sendable(
     return send
 
 
-def result_columns(
-    output: str,
-    response_format: dict[str, Any] | None,
-    status: np.ndarray,
-    replies: np.ndarray,
-    errors: np.ndarray,
-) -> dict[str, Any]:
-    """The columns ``merge`` adds, in order, from aligned per-row arrays, for a job
-    without escalation stages or lineage (see :func:`nbbatch.columns.build`)."""
-    return _columns.build(_columns.Rows(output, response_format, status, replies, errors))
-
-
 def merged(
     frame: pd.DataFrame,
     state: rowstore.RowState,

@@ -22,12 +22,12 @@ from . import (
     _deadline,
     _engines,
     _health,
-    _merge,
     _pack,
     _plan,
     _quota,
     _stream,
     _structured,
+    columns,
 )
 from . import _estimate as _estimate_mod
 from . import _frames as frames
@@ -347,8 +347,7 @@ def _merge_table(
         vectors[:] = [None if t is None else orjson.loads(t) for t in text]
         text = vectors
     out = frame.copy()
-    for name, column in _merge.result_columns(
-        output, spec.response_format, status, text, error
-    ).items():
+    rows_out = columns.Rows(output, spec.response_format, status, text, error)
+    for name, column in columns.build(rows_out).items():
         out[name] = column
     return out
