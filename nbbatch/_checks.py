@@ -112,27 +112,41 @@ def arguments(
     parameters) are checked later against the SDK's request types; here only what no
     provider could take."""
     given = {k: v for k, v in locals().items() if v is not _UNSET}
+    _request_arguments(given)
+    _job_arguments(given)
+
+
+def _request_arguments(given: dict[str, Any]) -> None:
+    """The arguments that shape the requests: the prompt, the system prompt, the output
+    column, max_tokens, where the requests go and how rows are named or skipped."""
     if "prompt" in given:
-        _text("prompt", prompt, optional=False, example="'Classify: {review}'")
-    if "output" in given and not (isinstance(output, str) and output):
+        _text("prompt", given["prompt"], optional=False, example="'Classify: {review}'")
+    output = given.get("output", "given")
+    if not (isinstance(output, str) and output):
         raise InputError(
             f"output must be a non-empty column name, found {_kind(output)}; "
             "e.g. output='sentiment'."
         )
     if "system" in given:
-        _text("system", system, optional=True, example="'You are a careful annotator.'")
-    if "max_tokens" in given and max_tokens is not None:
+        _text("system", given["system"], optional=True, example="'You are a careful annotator.'")
+    max_tokens = given.get("max_tokens")
+    if max_tokens is not None:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise InputError(
                 f"max_tokens must be a positive integer (or None), found {_kind(max_tokens)}."
             )
     for name in ("id_column", "endpoint", "provider"):
-        if name in given:
-            value = given[name]
-            if value is not None and not (isinstance(value, str) and value):
-                raise InputError(f"{name} must be None or a string, found {_kind(value)}.")
-    if "missing" in given and missing not in ("skip", "empty"):
+        value = given.get(name)
+        if value is not None and not (isinstance(value, str) and value):
+            raise InputError(f"{name} must be None or a string, found {_kind(value)}.")
+    missing = given.get("missing", "skip")
+    if missing not in ("skip", "empty"):
         raise InputError(f"missing must be 'skip' or 'empty', found {_kind(missing)}.")
+
+
+def _job_arguments(given: dict[str, Any]) -> None:
+    """The arguments that say how the job runs: its switches, budget, retries and
+    alert, and the counts a preview takes."""
     for name in ("cache_system", "reuse", "force", "wait"):
         if name in given:
             _flag(name, given[name])
@@ -140,15 +154,17 @@ def arguments(
         if name in given:
             _auto_flag(name, given[name])
     if "max_cost" in given:
-        _number("max_cost (dollars)", max_cost, low=0.0)
+        _number("max_cost (dollars)", given["max_cost"], low=0.0)
     if "retries" in given:
-        _count("retries", retries, low=0, optional=False)
+        _count("retries", given["retries"], low=0, optional=False)
     if "alert_threshold" in given:
-        _number("alert_threshold (a share of the rows)", alert_threshold, low=0.0, high=1.0)
+        _number(
+            "alert_threshold (a share of the rows)", given["alert_threshold"], low=0.0, high=1.0
+        )
     if "n" in given:
-        _count("n", n, low=0, optional=False)
+        _count("n", given["n"], low=0, optional=False)
     if "expected_output_tokens" in given:
-        _count("expected_output_tokens", expected_output_tokens, low=0, optional=True)
+        _count("expected_output_tokens", given["expected_output_tokens"], low=0, optional=True)
 
 
 # ---------------------------------------------------------------- the context window

@@ -257,25 +257,12 @@ def plan_partition(
             for frame in parts:
                 if not len(frame):
                     continue
-                start = offset + n
-                if not work.id_column:
-                    frame = frame.set_axis(pd.RangeIndex(start, start + len(frame)))
-                rows = _plan.make_plan(
-                    frame, template, id_column=work.id_column, missing=work.missing
-                )
-                if not work.as_labels:
-                    rows.custom_ids = _plan.make_custom_ids(rows.labels, start, as_labels=False)
+                rows = _plan_piece(work, template, frame, offset + n)
                 hashes = _plan.request_hashes(rows, work.salt)
                 if first_skip is None and rows.skip_reasons:
                     first_skip = rows.skip_reasons[0]
                 manifest.write_table(rows.manifest(hashes))
-                lines = b""
-                if len(rows.send_positions):
-                    ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
-                    lines = encoder.encode(ids, rows.prompts, work.spec)
-                requests.write_table(
-                    pa.table([_per_row(lines, rows.send_positions, rows.n_rows)], REQUEST_SCHEMA)
-                )
+                requests.write_table(_request_table(rows, encoder, work.spec))
                 n += rows.n_rows
         # What the driver checks before it uses them (it gets this through the engine,
         # not through the shared folder).
@@ -293,6 +280,29 @@ def plan_partition(
         "worker": _worker_name(),
         "digests": digests,
     }
+
+
+def _plan_piece(
+    work: Work, template: _prompt.Template, frame: pd.DataFrame, start: int
+) -> _plan.Plan:
+    """The plan of one piece of a partition, its first row at position ``start`` of the
+    whole frame (rows named by position unless an ``id_column`` names them)."""
+    if not work.id_column:
+        frame = frame.set_axis(pd.RangeIndex(start, start + len(frame)))
+    rows = _plan.make_plan(frame, template, id_column=work.id_column, missing=work.missing)
+    if not work.as_labels:
+        rows.custom_ids = _plan.make_custom_ids(rows.labels, start, as_labels=False)
+    return rows
+
+
+def _request_table(rows: _plan.Plan, encoder: Any, spec: RequestSpec) -> pa.Table:
+    """The request line of each row of ``rows`` (null for a row not sent), encoded by
+    the provider ``encoder``."""
+    lines = b""
+    if len(rows.send_positions):
+        ids = rows.custom_ids.take(pa.array(rows.send_positions, pa.int64()))
+        lines = encoder.encode(ids, rows.prompts, spec)
+    return pa.table([_per_row(lines, rows.send_positions, rows.n_rows)], REQUEST_SCHEMA)
 
 
 def _per_row(lines: bytes, positions: np.ndarray, n: int) -> pa.Array:
@@ -422,59 +432,57 @@ def _assemble(
             f"{_plan.HASH_SCHEME}: install the same polars version on the workers."
         )
     n = sum(s["rows"] for s in summaries)
-    hashes = np.zeros(n, dtype=np.uint64)
-    sent = np.zeros(n, dtype=bool)
     keys = np.zeros(n, dtype=np.uint64) if id_column else None
-    digest = hashlib.sha256(orjson.dumps(["engine", *fingerprint_of, id_column, n]))
-    path = folder / f".plan-{secrets.token_hex(6)}.arrow"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    offset = 0
-    try:
-        with pa.OSFile(str(path), "wb") as sink:
-            with pa.ipc.new_file(sink, rowstore.MANIFEST_SCHEMA) as writer:
-                for s in summaries:
-                    name = f"plan-{s['part']:06d}.arrow"
-                    piece = staging / name
-                    # Read once, checked, then parsed from memory: what is used is what
-                    # the worker wrote, whatever happens to the file meanwhile.
-                    data = piece.read_bytes()
-                    if [len(data), hashlib.sha256(data).hexdigest()] != s["digests"][name]:
-                        raise InputError(_changed(piece))
-                    for batch in _batches_of(data):
-                        stop = offset + batch.num_rows
-                        hashes[offset:stop] = batch.column("request_hash").to_numpy()
-                        sent[offset:stop] = (
-                            batch.column("prompt").is_valid().to_numpy(zero_copy_only=False)
-                        )
-                        if keys is not None:
-                            keys[offset:stop] = batch.column("key").to_numpy()
-                        digest.update(batch.column("key").to_numpy().tobytes())
-                        digest.update(hashes[offset:stop].tobytes())
-                        for buf in batch.column("custom_id").buffers()[1:]:
-                            digest.update(buf or b"")
-                        writer.write_batch(batch)
-                        offset = stop
-                    piece.unlink()
-        if keys is not None:
-            unique, seen = np.unique(keys, return_counts=True)
-            if len(unique) < n:
-                raise InputError(
-                    f"id_column {id_column!r} has duplicated values across the partitions "
-                    f"(e.g. {_label_of(path, keys, unique[seen > 1][0])!r}); ids must be "
-                    "unique over the whole frame. Leave id_column unset to name rows by "
-                    "their position."
+    plan = _stream.PlanFile(folder, n, ["engine", *fingerprint_of, id_column, n])
+    with plan:
+        for s in summaries:
+            for batch in _piece_batches(staging, s):
+                start = plan.append(
+                    batch,
+                    batch.column("request_hash").to_numpy(),
+                    batch.column("key").to_numpy(),
+                    [buf or b"" for buf in batch.column("custom_id").buffers()[1:]],
                 )
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return _stream.StreamPlan(
-        path=path,
-        n_rows=n,
-        hashes=hashes,
-        sent=sent,
-        first_skip=next((s["first_skip"] for s in summaries if s["first_skip"]), None),
-        fingerprint=digest.hexdigest(),
-    )
+                stop = start + batch.num_rows
+                plan.sent[start:stop] = (
+                    batch.column("prompt").is_valid().to_numpy(zero_copy_only=False)
+                )
+                if keys is not None:
+                    keys[start:stop] = batch.column("key").to_numpy()
+    if keys is not None:
+        try:
+            _check_unique_keys(plan.path, keys, id_column)
+        except BaseException:
+            plan.discard()
+            raise
+    first_skip = next((s["first_skip"] for s in summaries if s["first_skip"]), None)
+    return plan.result(first_skip)
+
+
+def _piece_batches(staging: Path, summary: dict) -> Iterator[pa.RecordBatch]:
+    """The record batches of one worker's manifest piece, checked against the digest
+    the worker reported; the piece is removed once read."""
+    name = f"plan-{summary['part']:06d}.arrow"
+    piece = staging / name
+    # Read once, checked, then parsed from memory: what is used is what the worker
+    # wrote, whatever happens to the file meanwhile.
+    data = piece.read_bytes()
+    if [len(data), hashlib.sha256(data).hexdigest()] != summary["digests"][name]:
+        raise InputError(_changed(piece))
+    yield from _batches_of(data)
+    piece.unlink()
+
+
+def _check_unique_keys(path: Path, keys: np.ndarray, id_column: str | None) -> None:
+    """Refuse a plan whose ``id_column`` repeats a value across the partitions."""
+    unique, seen = np.unique(keys, return_counts=True)
+    if len(unique) < len(keys):
+        raise InputError(
+            f"id_column {id_column!r} has duplicated values across the partitions "
+            f"(e.g. {_label_of(path, keys, unique[seen > 1][0])!r}); ids must be "
+            "unique over the whole frame. Leave id_column unset to name rows by "
+            "their position."
+        )
 
 
 def _batches_of(data: bytes) -> Iterator[pa.RecordBatch]:
@@ -701,28 +709,7 @@ def merge(ctx: JobContext, data: Any, *, verify: bool = True, lineage: bool = Fa
     from . import _merge
 
     kind = kind_of(data)
-    source = ctx.ledger.source(ctx.id) or {}
-    if source.get("kind") not in (DASK, SPARK):
-        raise MergeError(
-            f"job {ctx.id} was not submitted from a Dask or Spark frame; pass the data you "
-            "submitted.",
-            job_id=ctx.id,
-        )
-    counts = list(source["partitions"])
-    parts = data.npartitions if kind == DASK else data.rdd.getNumPartitions()
-    if parts != len(counts):
-        raise MergeError(
-            f"the frame has {parts} partitions but job {ctx.id} was planned from "
-            f"{len(counts)}: pass the frame you submitted, partitioned as it was.",
-            job_id=ctx.id,
-        )
-    clash = [c for c in ctx.output_columns(lineage) if c in columns_of(data)]
-    if clash:
-        raise MergeError(
-            f"the DataFrame already has column(s) {clash}; drop them first or submit with "
-            "another output= name.",
-            job_id=ctx.id,
-        )
+    counts = _partition_counts(ctx, data, kind, lineage)
     ctx.warn_if_running("merge()")
     folder = staging_root(ctx.ledger.folder(ctx.id))
     # One results file a job (0600): a new merge replaces the last one, and frames
@@ -757,6 +744,35 @@ def merge(ctx: JobContext, data: Any, *, verify: bool = True, lineage: bool = Fa
             meta[name] = empty[name].array
         return data.map_partitions(_dask_merge, work, meta=meta)
     return _spark_merge(data, work, added)
+
+
+def _partition_counts(ctx: JobContext, data: Any, kind: str | None, lineage: bool) -> list[int]:
+    """The rows of each partition the job was planned from, once ``data`` is checked
+    to be a frame that can take its results: submitted as a Dask or Spark frame,
+    partitioned as it was, without the result columns already."""
+    source = ctx.ledger.source(ctx.id) or {}
+    if source.get("kind") not in (DASK, SPARK):
+        raise MergeError(
+            f"job {ctx.id} was not submitted from a Dask or Spark frame; pass the data you "
+            "submitted.",
+            job_id=ctx.id,
+        )
+    counts = list(source["partitions"])
+    parts = data.npartitions if kind == DASK else data.rdd.getNumPartitions()
+    if parts != len(counts):
+        raise MergeError(
+            f"the frame has {parts} partitions but job {ctx.id} was planned from "
+            f"{len(counts)}: pass the frame you submitted, partitioned as it was.",
+            job_id=ctx.id,
+        )
+    clash = [c for c in ctx.output_columns(lineage) if c in columns_of(data)]
+    if clash:
+        raise MergeError(
+            f"the DataFrame already has column(s) {clash}; drop them first or submit with "
+            "another output= name.",
+            job_id=ctx.id,
+        )
+    return counts
 
 
 def results_path(folder: Path, job_id: str) -> Path:

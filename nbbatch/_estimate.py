@@ -83,6 +83,13 @@ def cacheable_prefix(shared_tokens: int, *, claude: bool) -> int:
 # ----------------------------------------------------------------------- counting tokens
 
 
+def _text_array(texts: Sequence[str | None] | pa.Array) -> pa.Array | pa.ChunkedArray:
+    """``texts`` as an Arrow array of strings (an Arrow array as it is)."""
+    if isinstance(texts, pa.Array | pa.ChunkedArray):
+        return texts
+    return pa.array(texts, pa.large_string())
+
+
 def count_tokens(texts: Sequence[str | None] | pa.Array, model: str) -> tuple[np.ndarray, str]:
     """Tokens of each text for ``model`` and how they were counted.
 
@@ -90,11 +97,7 @@ def count_tokens(texts: Sequence[str | None] | pa.Array, model: str) -> tuple[np
     (tiktoken <encoding>)"`` or an ``"approximate (...)"`` label; see the module
     docstring. Never makes a network call.
     """
-    arr = (
-        texts
-        if isinstance(texts, pa.Array | pa.ChunkedArray)
-        else pa.array(texts, pa.large_string())
-    )
+    arr = _text_array(texts)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     encoding = local_encoding(model)
@@ -429,11 +432,7 @@ def estimate(
     :data:`DEFAULT_OUTPUT_TOKENS` (0 for embeddings). Cache reads and writes of the
     system prompt as the module docstring says (``cache_system``: Claude's opt-in).
     """
-    arr = (
-        prompts
-        if isinstance(prompts, pa.Array | pa.ChunkedArray)
-        else pa.array(prompts, pa.large_string())
-    )
+    arr = _text_array(prompts)
     rows = len(arr)
     embeddings = is_embeddings(endpoint or "") or model.startswith("text-embedding")
     per_row, method = count_tokens(arr, model)

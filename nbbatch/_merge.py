@@ -12,7 +12,7 @@ place: that data cannot have changed (see :class:`plan.Witness`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -268,18 +268,6 @@ def _sendable(
     return send
 
 
-def result_columns(
-    output: str,
-    response_format: dict[str, Any] | None,
-    status: np.ndarray,
-    replies: np.ndarray,
-    errors: np.ndarray,
-) -> dict[str, Any]:
-    """The columns ``merge`` adds, in order, from aligned per-row arrays, for a job
-    without escalation stages or lineage (see :func:`nbbatch.columns.build`)."""
-    return _columns.build(_columns.Rows(output, response_format, status, replies, errors))
-
-
 def merged(
     frame: pd.DataFrame,
     state: rowstore.RowState,
@@ -380,20 +368,9 @@ def write_parquet(
     from . import _frames as frames
 
     state = ctx.ledger.row_state(ctx.id)
-    if source.n_rows != state.n:
-        raise MergeError(
-            f"the data has {source.n_rows:,} rows but job {ctx.id} was planned from "
-            f"{state.n:,}: the files changed since submit. Pass the files you submitted.",
-            job_id=ctx.id,
-        )
     added = ctx.output_columns(lineage)
     keep = list(source.columns if columns is None else columns)
-    unknown = [c for c in keep if c not in source.columns]
-    if unknown:
-        raise MergeError(f"no column(s) {unknown} in the data; columns are {source.columns}.")
-    clash = [c for c in keep if c in added]
-    if clash:
-        raise MergeError(f"the data already has column(s) {clash}; leave them out of columns=.")
+    _check_parquet_source(ctx, source, state.n, keep, added)
     id_column = ctx.record.get("id_column")
     template = _prompt.parse(ctx.record["template"], source.columns)
     checked = list(dict.fromkeys([*template.columns, *([id_column] if id_column else [])]))
@@ -410,12 +387,8 @@ def write_parquet(
         take = np.arange(offset, offset + batch.num_rows)
         frame = frames.from_arrow(pa.Table.from_batches([batch]).select(checked))
         frame.index = pd.RangeIndex(take[0], take[-1] + 1) if len(take) else frame.index
-        if keys is not None and not np.array_equal(_plan.row_keys(frame[id_column]), keys[take]):
-            raise MergeError(
-                f"the rows of the data are not those of job {ctx.id} (by {id_column!r}, "
-                f"around row {take[0]:,}): the files changed since submit.",
-                job_id=ctx.id,
-            )
+        if keys is not None:
+            _check_batch_keys(ctx, frame[id_column], keys[take], take[0])
         if hashes is not None:
             _verify(ctx, frame, state, take, hashes)
         out = merged(
@@ -429,20 +402,61 @@ def write_parquet(
             table = table.append_column(schema.field(name), results.column(name))
         return table
 
-    offset = 0
     with pq.ParquetWriter(target, pa.schema([*source.schema_of(keep), *schema])) as writer:
-        # The next batch is read, checked and merged in a thread while this one is
-        # written: both mostly run in Arrow, outside the GIL, so two cores share them.
-        with ThreadPoolExecutor(1, thread_name_prefix="nbbatch-write") as pool:
-            pending = None
-            for batch in source.batches(read):
-                ahead = pool.submit(prepared, batch, offset)
-                offset += batch.num_rows
-                if pending is not None:
-                    writer.write_table(pending.result())
-                pending = ahead
+        return _write_ahead(writer, source.batches(read), prepared)
+
+
+def _check_parquet_source(
+    ctx: JobContext, source: Any, n_rows: int, keep: list[str], added: list[str]
+) -> None:
+    """Refuse files that are not the job's (another row count), and ``columns=`` that
+    name a column the data lacks or one of the job's result columns."""
+    if source.n_rows != n_rows:
+        raise MergeError(
+            f"the data has {source.n_rows:,} rows but job {ctx.id} was planned from "
+            f"{n_rows:,}: the files changed since submit. Pass the files you submitted.",
+            job_id=ctx.id,
+        )
+    unknown = [c for c in keep if c not in source.columns]
+    if unknown:
+        raise MergeError(f"no column(s) {unknown} in the data; columns are {source.columns}.")
+    clash = [c for c in keep if c in added]
+    if clash:
+        raise MergeError(f"the data already has column(s) {clash}; leave them out of columns=.")
+
+
+def _check_batch_keys(ctx: JobContext, ids: pd.Series, keys: np.ndarray, first: int) -> None:
+    """Refuse a record batch whose ``id_column`` values (``ids``) are not the rows the
+    job planned there (``keys``, from row ``first`` on)."""
+    if not np.array_equal(_plan.row_keys(ids), keys):
+        raise MergeError(
+            f"the rows of the data are not those of job {ctx.id} (by "
+            f"{ctx.record.get('id_column')!r}, around row {first:,}): the files changed "
+            "since submit.",
+            job_id=ctx.id,
+        )
+
+
+def _write_ahead(
+    writer: Any,
+    batches: Iterable[pa.RecordBatch],
+    prepare: Callable[[pa.RecordBatch, int], pa.Table],
+) -> int:
+    """Write ``prepare(batch, offset)`` of each batch in turn (``offset``: the position
+    of its first row); returns the rows read. The next batch is prepared (read, checked
+    and merged) in a thread while this one is written: both mostly run in Arrow,
+    outside the GIL, so two cores share them."""
+    offset = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="nbbatch-write") as pool:
+        pending = None
+        for batch in batches:
+            ahead = pool.submit(prepare, batch, offset)
+            offset += batch.num_rows
             if pending is not None:
                 writer.write_table(pending.result())
+            pending = ahead
+        if pending is not None:
+            writer.write_table(pending.result())
     return offset
 
 

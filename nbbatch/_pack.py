@@ -286,13 +286,7 @@ def unpack(
     names = pack_ids(positions, size).to_pylist()
     ids = pack_item_ids(secret, positions, size)
     n = len(row_ids)
-    status: list[str] = [""] * n
-    output: list[str | None] = [None] * n
-    etype: list[str | None] = [None] * n
-    message: list[str | None] = [None] * n
-    retry: list[bool | None] = [None] * n
-    tokens = np.zeros((n, 3), dtype=np.int64)
-    has_tokens = np.zeros(n, dtype=bool)
+    out = _RowResults(n)
     wrong = 0
     for k, start in enumerate(range(0, n, size)):
         rows = range(start, min(n, start + size))
@@ -300,43 +294,78 @@ def unpack(
         if i is None:  # reconcile gives every pack a line: cannot happen
             raise InputError("internal error: a pack has no result line")
         if cols["status"][i] != "succeeded":
-            for r in rows:
-                status[r], etype[r] = cols["status"][i], cols["error_type"][i]
-                message[r], retry[r] = cols["error_message"][i], cols["retryable"][i]
+            out.fail_as_pack(rows, {name: values[i] for name, values in cols.items()})
             continue
         checks = None if not secret or texts is None else [texts[r] for r in rows]
         answers, why = _answers(cols["output"][i], ids[k], structured, checks)
+        answered = out.answer(rows, answers, why)
+        wrong += len(rows) - len(answered)
+        out.charge(answered or list(rows), [cols[c][i] for c in _TOKEN_COLUMNS])
+    return out.table(row_ids), wrong
+
+
+_TOKEN_COLUMNS = ("input_tokens", "output_tokens", "cached_tokens")
+
+
+class _RowResults:
+    """The per-row result columns :func:`unpack` fills, one pack at a time."""
+
+    def __init__(self, n: int) -> None:
+        self.status: list[str] = [""] * n
+        self.output: list[str | None] = [None] * n
+        self.etype: list[str | None] = [None] * n
+        self.message: list[str | None] = [None] * n
+        self.retry: list[bool | None] = [None] * n
+        self.tokens = np.zeros((n, 3), dtype=np.int64)
+        self.has_tokens = np.zeros(n, dtype=bool)
+
+    def fail_as_pack(self, rows: range, line: dict[str, Any]) -> None:
+        """Each row of a failed pack fails the way its pack's result ``line`` did."""
+        for r in rows:
+            self.status[r], self.etype[r] = line["status"], line["error_type"]
+            self.message[r], self.retry[r] = line["error_message"], line["retryable"]
+
+    def answer(
+        self, rows: range, answers: dict[int, str | tuple[None, str]], why: str
+    ) -> list[int]:
+        """Each row its answer (by item number); a row left out or answered wrongly
+        fails as :data:`PACK_MISSING`, retryable, with the reason found (else ``why``).
+        Returns the rows answered."""
         answered = []
         for j, r in enumerate(rows):
             value = answers.get(j)
             if isinstance(value, str):
-                status[r], output[r] = "succeeded", value
+                self.status[r], self.output[r] = "succeeded", value
                 answered.append(r)
                 continue
-            wrong += 1
-            status[r], etype[r], retry[r] = "failed", PACK_MISSING, True
-            message[r] = value[1] if isinstance(value, tuple) else why
-        paid = [cols[c][i] for c in ("input_tokens", "output_tokens", "cached_tokens")]
+            self.status[r], self.etype[r], self.retry[r] = "failed", PACK_MISSING, True
+            self.message[r] = value[1] if isinstance(value, tuple) else why
+        return answered
+
+    def charge(self, rows: list[int], paid: list[int | None]) -> None:
+        """Split a pack's ``paid`` tokens (input, output, cached; None where not
+        reported) over ``rows``."""
         if any(v is not None for v in paid):
-            share = answered or list(rows)
-            tokens[share] = _split([v or 0 for v in paid], len(share))
-            has_tokens[share] = True
-    table = pa.table(
-        {
-            "custom_id": row_ids.cast(pa.string()),
-            "status": pa.array(status, pa.string()),
-            "output": pa.array(output, pa.large_string()),
-            "error_type": pa.array(etype, pa.string()),
-            "error_message": pa.array(message, pa.large_string()),
-            "retryable": pa.array(retry, pa.bool_()),
-            **{
-                name: pa.array(tokens[:, c], pa.int64(), mask=~has_tokens)
-                for c, name in enumerate(("input_tokens", "output_tokens", "cached_tokens"))
+            self.tokens[rows] = _split([v or 0 for v in paid], len(rows))
+            self.has_tokens[rows] = True
+
+    def table(self, row_ids: pa.Array) -> pa.Table:
+        """The rows' results in ROW_RESULT_SCHEMA, named by ``row_ids``."""
+        return pa.table(
+            {
+                "custom_id": row_ids.cast(pa.string()),
+                "status": pa.array(self.status, pa.string()),
+                "output": pa.array(self.output, pa.large_string()),
+                "error_type": pa.array(self.etype, pa.string()),
+                "error_message": pa.array(self.message, pa.large_string()),
+                "retryable": pa.array(self.retry, pa.bool_()),
+                **{
+                    name: pa.array(self.tokens[:, c], pa.int64(), mask=~self.has_tokens)
+                    for c, name in enumerate(_TOKEN_COLUMNS)
+                },
             },
-        },
-        schema=ROW_RESULT_SCHEMA,
-    )
-    return table, wrong
+            schema=ROW_RESULT_SCHEMA,
+        )
 
 
 def _answers(

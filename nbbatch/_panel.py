@@ -578,14 +578,20 @@ def display_job(job: BatchJob) -> None:
     try:
         show(job)
     except Exception as exc:
-        warnings.warn(
-            f"nbbatch: the live panel could not be shown ({type(exc).__name__}: {exc}); "
-            "showing text instead. Check that ipywidgets is installed in the kernel and "
-            "jupyterlab_widgets in JupyterLab.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        _warn_no_panel(exc)
         display({"text/plain": plain_text(snap)}, raw=True)
+
+
+def _warn_no_panel(exc: Exception) -> None:
+    """Say why the live panel could not be shown (the text is shown instead), pointing
+    at the caller of :func:`display_job` or :func:`mimebundle`."""
+    warnings.warn(
+        f"nbbatch: the live panel could not be shown ({type(exc).__name__}: {exc}); "
+        "showing text instead. Check that ipywidgets is installed in the kernel and "
+        "jupyterlab_widgets in JupyterLab.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def mimebundle(job: BatchJob) -> dict[str, Any]:
@@ -608,13 +614,7 @@ def mimebundle(job: BatchJob) -> dict[str, Any]:
         panel = JobPanel(job)
         bundle = panel._repr_mimebundle_()
     except Exception as exc:
-        warnings.warn(
-            f"nbbatch: the live panel could not be shown ({type(exc).__name__}: {exc}); "
-            "showing text instead. Check that ipywidgets is installed in the kernel and "
-            "jupyterlab_widgets in JupyterLab.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        _warn_no_panel(exc)
         return {"text/plain": text}
     _shown[job.id] = run
     return bundle

@@ -252,26 +252,7 @@ def make_plan(
     """
     if missing not in ("skip", "empty"):
         raise InputError(f"missing must be 'skip' or 'empty', found {missing!r}.")
-    if id_column is not None:
-        if id_column not in frame.columns:
-            raise InputError(
-                f"id_column {id_column!r} is not a column. Columns are: {list(frame.columns)}."
-            )
-        ids = frame[id_column]
-        if ids.isna().any():
-            raise InputError(
-                f"id_column {id_column!r} has missing values; every row needs an id. "
-                "Fill them or leave id_column unset to use the index."
-            )
-        dup = ids[ids.duplicated()]
-        if len(dup):
-            raise InputError(
-                f"id_column {id_column!r} has duplicated values (e.g. {dup.iloc[0]!r}); ids "
-                "must be unique. Leave id_column unset to use the index instead."
-            )
-        source: pd.Index | pd.Series = ids
-    else:
-        source = frame.index
+    source = frame.index if id_column is None else _id_values(frame, id_column)
     labels = label_text(source)
     # A RangeIndex gives unique, valid ids as it is ("0", "1", ...): skip the checks.
     custom_ids = labels if isinstance(source, pd.RangeIndex) else make_custom_ids(labels)
@@ -288,6 +269,50 @@ def make_plan(
         valid &= ~over
     send = np.flatnonzero(valid)
     skip = np.flatnonzero(~valid)
+    return Plan(
+        custom_ids=custom_ids,
+        keys=keys,
+        labels=labels,
+        prompts=rendered.filter(pa.array(valid)) if len(skip) else rendered,
+        send_positions=send,
+        skip_positions=skip,
+        skip_reasons=_skip_reasons(skip, over, tokens, empty, columns, limit),
+        too_long=int(over.sum()),
+        witness=_witness(frame, template, missing, limit),
+    )
+
+
+def _id_values(frame: pd.DataFrame, id_column: str) -> pd.Series:
+    """The ``id_column`` of ``frame``, refused unless it is there, complete and unique."""
+    if id_column not in frame.columns:
+        raise InputError(
+            f"id_column {id_column!r} is not a column. Columns are: {list(frame.columns)}."
+        )
+    ids = frame[id_column]
+    if ids.isna().any():
+        raise InputError(
+            f"id_column {id_column!r} has missing values; every row needs an id. "
+            "Fill them or leave id_column unset to use the index."
+        )
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise InputError(
+            f"id_column {id_column!r} has duplicated values (e.g. {dup.iloc[0]!r}); ids "
+            "must be unique. Leave id_column unset to use the index instead."
+        )
+    return ids
+
+
+def _skip_reasons(
+    skip: np.ndarray,
+    over: np.ndarray,
+    tokens: np.ndarray,
+    empty: np.ndarray,
+    columns: dict[str, pd.Series],
+    limit: ContextLimit | None,
+) -> list[str]:
+    """Why each row at ``skip`` is not sent: over the context window (``over``, by its
+    ``tokens``), an empty prompt, or a missing value in a used column."""
     reasons = []
     for pos in skip:
         if over[pos] and limit is not None:
@@ -304,17 +329,7 @@ def make_plan(
             f"missing value in column(s) {absent}: not sent (submit with missing='empty' to "
             "send empty text instead)"
         )
-    return Plan(
-        custom_ids=custom_ids,
-        keys=keys,
-        labels=labels,
-        prompts=rendered.filter(pa.array(valid)) if len(skip) else rendered,
-        send_positions=send,
-        skip_positions=skip,
-        skip_reasons=reasons,
-        too_long=int(over.sum()),
-        witness=_witness(frame, template, missing, limit),
-    )
+    return reasons
 
 
 def render_rows(

@@ -22,12 +22,12 @@ from . import (
     _deadline,
     _engines,
     _health,
-    _merge,
     _pack,
     _plan,
     _quota,
     _stream,
     _structured,
+    columns,
 )
 from . import _estimate as _estimate_mod
 from . import _frames as frames
@@ -179,9 +179,7 @@ def preview(
             + "answers reusable from earlier jobs not checked (no client or key)",
         )
     est = _with_waves(est, name, client, address, ledger, model, queue_limit, tier)
-    if deadline is not None:
-        note = _estimate_mod.deadline_note(est, _deadline_words(deadline), on_deadline)
-        est = dataclasses.replace(est, deadline=note)
+    est = _with_deadline(est, deadline, on_deadline)
     # Tokens per shown row (the estimate above counts distinct requests, not rows).
     shown = _estimate_mod.estimate(prompts, model=model, system=system, endpoint=endpoint)
     table = _estimate_mod.preview_table(ids, prompts, shown.per_row_input, n)
@@ -221,6 +219,16 @@ def _with_waves(
     seconds = learned.get("wave_seconds") if learned else None
     waves = _quota.plan(total, limit, cls.quota_unit, seconds)
     return dataclasses.replace(est, waves=waves) if waves else est
+
+
+def _with_deadline(
+    est: _estimate_mod.Estimate, deadline: Any, on_deadline: str
+) -> _estimate_mod.Estimate:
+    """``est`` with what the deadline would do (unchanged without one)."""
+    if deadline is None:
+        return est
+    note = _estimate_mod.deadline_note(est, _deadline_words(deadline), on_deadline)
+    return dataclasses.replace(est, deadline=note)
 
 
 def _deadline_words(deadline: Any) -> str:
@@ -339,8 +347,7 @@ def _merge_table(
         vectors[:] = [None if t is None else orjson.loads(t) for t in text]
         text = vectors
     out = frame.copy()
-    for name, column in _merge.result_columns(
-        output, spec.response_format, status, text, error
-    ).items():
+    rows_out = columns.Rows(output, spec.response_format, status, text, error)
+    for name, column in columns.build(rows_out).items():
         out[name] = column
     return out

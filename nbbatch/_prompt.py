@@ -74,35 +74,41 @@ def parse(text: str, columns: Iterable[Any] = ()) -> Template:
             fields.append(field)  # a real column, whatever its name holds
             pieces.append("")
             continue
-        if any(ch in field for ch in "\"' \n\t") or (spec or "").startswith(" "):
-            raise TemplateError(
-                f"{shown} looks like literal text in braces (a JSON example?), not a "
-                "placeholder. Write literal braces doubled: {{ and }}."
-            )
-        if conversion:
-            raise TemplateError(
-                f"Placeholder {shown} uses a conversion (!{conversion}); only plain "
-                f"{{column}} placeholders are allowed. Write {{{field}}} instead."
-            )
-        if spec:
-            raise TemplateError(
-                f"Placeholder {shown} has a format spec (:{spec}); only plain {{column}} "
-                "placeholders are allowed. Format the column in pandas before submitting."
-            )
-        if "." in field or "[" in field:
-            raise TemplateError(
-                f"Placeholder {shown} uses attribute or index access, which templates do "
-                "not allow. Put the value in a column of its own and name that column. "
-                "If you meant literal braces, write {{ and }}."
-            )
-        if field.isdigit():
-            raise TemplateError(
-                f"Placeholder {shown} is positional; name a column instead (or use {{}} "
-                "with a Series)."
-            )
+        _check_placeholder(shown, field, spec, conversion)
         fields.append(field)
         pieces.append("")
     return Template(text=text, pieces=tuple(pieces), fields=tuple(fields))
+
+
+def _check_placeholder(written: str, field: str, spec: str | None, conversion: str | None) -> None:
+    """Refuse a placeholder that is not a plain ``{column}`` (``written`` as the prompt has it),
+    saying what it looks like and what to write instead."""
+    if any(ch in field for ch in "\"' \n\t") or (spec or "").startswith(" "):
+        raise TemplateError(
+            f"{written} looks like literal text in braces (a JSON example?), not a "
+            "placeholder. Write literal braces doubled: {{ and }}."
+        )
+    if conversion:
+        raise TemplateError(
+            f"Placeholder {written} uses a conversion (!{conversion}); only plain "
+            f"{{column}} placeholders are allowed. Write {{{field}}} instead."
+        )
+    if spec:
+        raise TemplateError(
+            f"Placeholder {written} has a format spec (:{spec}); only plain {{column}} "
+            "placeholders are allowed. Format the column in pandas before submitting."
+        )
+    if "." in field or "[" in field:
+        raise TemplateError(
+            f"Placeholder {written} uses attribute or index access, which templates do "
+            "not allow. Put the value in a column of its own and name that column. "
+            "If you meant literal braces, write {{ and }}."
+        )
+    if field.isdigit():
+        raise TemplateError(
+            f"Placeholder {written} is positional; name a column instead (or use {{}} "
+            "with a Series)."
+        )
 
 
 def shown(text: str, limit: int = 60) -> str:

@@ -210,63 +210,121 @@ def plan_to_file(
         )
     columns = list(dict.fromkeys([*template.columns, *([id_column] if id_column else [])]))
     as_labels = _check_ids(source, id_column) if id_column else True
-    hashes = np.zeros(n, dtype=np.uint64)
-    sent = np.zeros(n, dtype=bool)
+    plan = PlanFile(folder, n, ["stream", *fingerprint_of, id_column, n])
     first_skip = None
     too_long = 0
     longest, longest_bytes = -1, -1
-    digest = hashlib.sha256(orjson.dumps(["stream", *fingerprint_of, id_column, n]))
-    path = folder / f".plan-{secrets.token_hex(6)}.arrow"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    offset = 0
-    try:
-        with pa.OSFile(str(path), "wb") as sink:
-            with pa.ipc.new_file(sink, rowstore.MANIFEST_SCHEMA) as writer:
-                for frame in source.frames(columns):
-                    rows = _plan.make_plan(
-                        frame, template, id_column=id_column, missing=missing, limit=limit
-                    )
-                    if not as_labels:
-                        rows.custom_ids = _plan.make_custom_ids(
-                            rows.labels, offset, as_labels=False
-                        )
-                    stop = offset + rows.n_rows
-                    if stop > n:
-                        raise InputError("the data changed while it was read; submit again.")
-                    batch_hashes = _plan.request_hashes(rows, salt)
-                    hashes[offset:stop] = batch_hashes
-                    sent[offset + rows.send_positions] = True
-                    too_long += rows.too_long
-                    if len(rows.prompts):
-                        sizes = pc.binary_length(rows.prompts).to_numpy(zero_copy_only=False)
-                        at = int(np.argmax(sizes))
-                        if sizes[at] > longest_bytes:
-                            longest_bytes = int(sizes[at])
-                            longest = offset + int(rows.send_positions[at])
-                    if first_skip is None and rows.skip_reasons:
-                        first_skip = rows.skip_reasons[0]
-                    writer.write_table(rows.manifest(batch_hashes))
-                    digest.update(rows.keys.tobytes())
-                    digest.update(batch_hashes.tobytes())
-                    digest.update(_joined(rows.custom_ids))
-                    offset = stop
-                    if progress is not None:
-                        progress(offset)
-        if offset != n:
+    with plan:
+        for frame in source.frames(columns):
+            rows = _plan.make_plan(
+                frame, template, id_column=id_column, missing=missing, limit=limit
+            )
+            if not as_labels:
+                rows.custom_ids = _plan.make_custom_ids(rows.labels, plan.offset, as_labels=False)
+            hashes = _plan.request_hashes(rows, salt)
+            ids = _joined(rows.custom_ids)
+            start = plan.append(rows.manifest(hashes), hashes, rows.keys, [ids])
+            plan.sent[start + rows.send_positions] = True
+            too_long += rows.too_long
+            size, at = _longest_prompt(rows)
+            if size > longest_bytes:
+                longest_bytes, longest = size, start + at
+            if first_skip is None and rows.skip_reasons:
+                first_skip = rows.skip_reasons[0]
+            if progress is not None:
+                progress(plan.offset)
+    return plan.result(first_skip, too_long=too_long, longest=longest)
+
+
+def _longest_prompt(rows: _plan.Plan) -> tuple[int, int]:
+    """The size in bytes of the longest prompt of ``rows`` and the position of its row
+    ((-1, -1) when none is sent)."""
+    if not len(rows.prompts):
+        return -1, -1
+    sizes = pc.binary_length(rows.prompts).to_numpy(zero_copy_only=False)
+    at = int(np.argmax(sizes))
+    return int(sizes[at]), int(rows.send_positions[at])
+
+
+class PlanFile:
+    """A plan's manifest file being written in ``folder``, piece by piece, with every
+    row's request hash and sent flag, and the fingerprint over the ``fingerprint_of``
+    values and each row's key, request hash and custom_id.
+
+    Used as a context manager: the file is open inside the ``with`` block and removed
+    if the block raises or leaves rows of the ``n`` announced unwritten.
+    """
+
+    def __init__(self, folder: Path, n: int, fingerprint_of: list[Any]) -> None:
+        self.n = n
+        self.hashes = np.zeros(n, dtype=np.uint64)
+        self.sent = np.zeros(n, dtype=bool)
+        self.offset = 0  # rows written so far
+        self.digest = hashlib.sha256(orjson.dumps(fingerprint_of))
+        self.path = folder / f".plan-{secrets.token_hex(6)}.arrow"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def __enter__(self) -> PlanFile:
+        try:
+            self._sink = pa.OSFile(str(self.path), "wb")
+            self._writer = pa.ipc.new_file(self._sink, rowstore.MANIFEST_SCHEMA)
+        except BaseException:
+            self.discard()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            try:
+                self._writer.close()
+            finally:
+                self._sink.close()
+            if kind is None and self.offset != self.n:
+                raise InputError("the data changed while it was read; submit again.")
+        except BaseException:
+            self.discard()
+            raise
+        if kind is not None:
+            self.discard()
+
+    def append(
+        self,
+        piece: pa.Table | pa.RecordBatch,
+        hashes: np.ndarray,
+        keys: np.ndarray,
+        id_bytes: list[bytes],
+    ) -> int:
+        """Write the next manifest ``piece``: its rows' request ``hashes`` and ``keys``,
+        and ``id_bytes``, the bytes of their custom_ids the fingerprint covers. Returns
+        the position of its first row in the plan."""
+        start = self.offset
+        stop = start + piece.num_rows
+        if stop > self.n:
             raise InputError("the data changed while it was read; submit again.")
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    return StreamPlan(
-        path=path,
-        n_rows=n,
-        hashes=hashes,
-        sent=sent,
-        first_skip=first_skip,
-        fingerprint=digest.hexdigest(),
-        too_long=too_long,
-        longest=longest,
-    )
+        self.hashes[start:stop] = hashes
+        self._writer.write(piece)
+        self.digest.update(keys.tobytes())
+        self.digest.update(self.hashes[start:stop].tobytes())
+        for part in id_bytes:
+            self.digest.update(part)
+        self.offset = stop
+        return start
+
+    def discard(self) -> None:
+        """Remove the file (its plan is refused)."""
+        self.path.unlink(missing_ok=True)
+
+    def result(self, first_skip: str | None, **known: Any) -> StreamPlan:
+        """The written plan (``known``: the :class:`StreamPlan` figures the caller kept)."""
+        return StreamPlan(
+            path=self.path,
+            n_rows=self.n,
+            hashes=self.hashes,
+            sent=self.sent,
+            first_skip=first_skip,
+            fingerprint=self.digest.hexdigest(),
+            **known,
+        )
 
 
 def _joined(values: pa.Array) -> bytes:

@@ -189,6 +189,23 @@ def _strict(node: Any, root: dict[str, Any], refs: tuple[str, ...] = ()) -> Any:
             return {"$ref": ref}
         siblings = {k: v for k, v in node.items() if k != "$ref"}
         return _strict({**copy.deepcopy(target), **siblings}, root, (*refs, ref))
+    _strict_object(node, root, refs)
+    for key in ("items", "not", "if", "then", "else", "contains"):
+        if isinstance(node.get(key), dict):
+            node[key] = _strict(node[key], root, refs)
+    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
+        if isinstance(node.get(key), list):
+            node[key] = [_strict(v, root, refs) for v in node[key]]
+    if "default" in node and node["default"] is None:
+        # A null default says nothing once the field is nullable (the SDK drops it too).
+        del node["default"]
+    return node
+
+
+def _strict_object(node: dict[str, Any], root: dict[str, Any], refs: tuple[str, ...]) -> None:
+    """The object part of :func:`_strict`: its properties made strict (optional ones
+    nullable), all of them required and no others allowed; an object strict mode
+    cannot express (free-form, or open to extra properties) refused."""
     props = node.get("properties")
     kind = node.get("type")
     is_object = kind == "object" or (isinstance(kind, list) and "object" in kind)
@@ -214,16 +231,6 @@ def _strict(node: Any, root: dict[str, Any], refs: tuple[str, ...] = ()) -> Any:
         }
         node["required"] = list(props)
         node["additionalProperties"] = False
-    for key in ("items", "not", "if", "then", "else", "contains"):
-        if isinstance(node.get(key), dict):
-            node[key] = _strict(node[key], root, refs)
-    for key in ("anyOf", "oneOf", "allOf", "prefixItems"):
-        if isinstance(node.get(key), list):
-            node[key] = [_strict(v, root, refs) for v in node[key]]
-    if "default" in node and node["default"] is None:
-        # A null default says nothing once the field is nullable (the SDK drops it too).
-        del node["default"]
-    return node
 
 
 def _nullable(node: Any) -> Any:

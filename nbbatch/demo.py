@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from .pricing import Cost
 
 
 def main() -> int:
@@ -67,17 +71,23 @@ def main() -> int:
         job.resubmit_failed().wait(progress=False)
         out = job.merge()
 
+    _show_outcome(out, job.counts, job.cost)
+    return 0 if job.counts["succeeded"] == len(df) else 1
+
+
+def _show_outcome(out: pd.DataFrame, counts: dict[str, int], cost: Cost) -> None:
+    """Print the merged frame, the job's counts and what batch pricing saved."""
+    from nbbatch import pricing
+
     print("\nMerged DataFrame (labels from a keyword responder standing in for the model):\n")
     print(out[["product", "true_sentiment", "sentiment", "sentiment_status"]].to_string())
-    print(f"\nCounts: {job.counts}")
-    cost = job.cost
+    print(f"\nCounts: {counts}")
     if cost.batch is not None and cost.saving is not None:
         print(
-            f"Cost: {nb.pricing.money(cost.batch)} at the batch price, "
-            f"{nb.pricing.money(cost.realtime or 0)} in real time: saved "
-            f"{nb.pricing.money(cost.saving)} (prices: {nb.pricing.source()})"
+            f"Cost: {pricing.money(cost.batch)} at the batch price, "
+            f"{pricing.money(cost.realtime or 0)} in real time: saved "
+            f"{pricing.money(cost.saving)} (prices: {pricing.source()})"
         )
-    return 0 if job.counts["succeeded"] == len(df) else 1
 
 
 if __name__ == "__main__":

@@ -68,6 +68,34 @@ class BatchView:
         return self.rows * min(self.done, self.n_requests) // self.n_requests
 
 
+def usage_cost(
+    model: str,
+    provider: str | None,
+    finished: bool,
+    paid: tuple[int, int, int],
+    pending: tuple[int, int],
+    fallback: tuple[int, int] | None,
+) -> Cost:
+    """Batch cost vs real time on ``model`` (at ``provider``): the tokens ``paid`` at
+    batch price (input, output, cached input) plus the ``pending`` rows' estimate
+    (input, output), and the real-time ``fallback``'s tokens (input, output; None when
+    it answered no row) at full price in both columns; estimated until ``finished``."""
+    actual = pricing.cost(
+        model,
+        paid[0] + pending[0],
+        paid[1] + pending[1],
+        paid[2],
+        estimated=not finished,
+        provider=provider,
+    )
+    if actual.batch is None or actual.realtime is None or fallback is None:
+        return actual
+    extra = pricing.cost(model, fallback[0], fallback[1], estimated=False, provider=provider)
+    assert extra.realtime is not None
+    # Fallback rows were paid at the real-time price in both columns.
+    return Cost(actual.batch + extra.realtime, actual.realtime + extra.realtime, actual.estimated)
+
+
 @dataclass(frozen=True)
 class StageView:
     """One stage of a job that escalates (stage 0: the job's own model), as the views
@@ -91,25 +119,15 @@ class StageView:
     def cost(self, finished: bool, provider: str | None = None) -> Cost:
         """This stage on its model (at ``provider``): batch usage plus pending estimate,
         and what the real-time fallback paid at full price."""
-        actual = pricing.cost(
+        fallback = (self.realtime_input_tokens, self.realtime_output_tokens)
+        return usage_cost(
             self.model,
-            self.input_tokens + self.pending_input_tokens,
-            self.output_tokens + self.pending_output_tokens,
-            self.cached_tokens,
-            estimated=not finished,
-            provider=provider,
+            provider,
+            finished,
+            (self.input_tokens, self.output_tokens, self.cached_tokens),
+            (self.pending_input_tokens, self.pending_output_tokens),
+            fallback if self.realtime_input_tokens else None,
         )
-        if actual.batch is None or actual.realtime is None or not self.realtime_input_tokens:
-            return actual
-        extra = pricing.cost(
-            self.model,
-            self.realtime_input_tokens,
-            self.realtime_output_tokens,
-            estimated=False,
-            provider=provider,
-        )
-        assert extra.realtime is not None
-        return Cost(actual.batch + extra.realtime, actual.realtime + extra.realtime, not finished)
 
     def line(self, of: int) -> str:
         """``stage 2 of 2: 312 rows on gpt-4o`` (and how many are pending)."""
@@ -204,27 +222,15 @@ class JobSnapshot:
         escalates, see :meth:`staged_cost`."""
         if self.stages:
             return self.staged_cost()
-        actual = pricing.cost(
+        fallback = (self.realtime_input_tokens, self.realtime_output_tokens)
+        return usage_cost(
             self.model,
-            self.input_tokens + self.pending_input_tokens,
-            self.output_tokens + self.pending_output_tokens,
-            self.cached_tokens,
-            estimated=not self.finished,
-            provider=self.provider,
+            self.provider,
+            self.finished,
+            (self.input_tokens, self.output_tokens, self.cached_tokens),
+            (self.pending_input_tokens, self.pending_output_tokens),
+            fallback if self.realtime else None,
         )
-        if actual.batch is None or actual.realtime is None or not self.realtime:
-            return actual
-        extra = pricing.cost(
-            self.model,
-            self.realtime_input_tokens,
-            self.realtime_output_tokens,
-            estimated=False,
-            provider=self.provider,
-        )
-        assert extra.realtime is not None
-        # Fallback rows were paid at the real-time price in both columns.
-        batch, realtime = actual.batch + extra.realtime, actual.realtime + extra.realtime
-        return Cost(batch, realtime, actual.estimated)
 
     def staged_cost(self) -> Cost:
         """Each stage priced on its own model and added up, against every row on the last
@@ -434,15 +440,13 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
     from . import _escalate as escalate
     from . import _planning as planning
     from . import _quota as quota
-    from . import _rowstore as rowstore
     from ._send import unsent
 
     if planning.planning(ctx):
         return planning_snapshot(ctx, session)
     state = ctx.row_state()
     raw = state.counts()
-    counts = {state_: int(raw.get(state_, 0)) for state_ in ROW_STATES}
-    counts["total"] = int(ctx.record["n_rows"])
+    counts = row_counts(raw, int(ctx.record["n_rows"]))
     batches = ctx.ledger.batches(ctx.id)
     # A cascade stage this session still starts keeps the job running.
     stage_due = counts["pending"] == 0 and escalate.stage_due(ctx)
@@ -452,10 +456,6 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
     pending_in, pending_out = pending_estimate(ctx, counts["pending"])
     views = batch_views(ctx, batches, state.per_batch())
     now = ctx.clock()
-    # Attempts with rows still pending (in a batch not collected, or not sent yet).
-    open_attempts = set(np.unique(state.attempt[state.status == rowstore.PENDING]).tolist())
-    finished = counts["pending"] == 0
-    alert = ctx.alert_text(counts) if (ctx.alert_raised or finished) else None
     return JobSnapshot(
         job_id=ctx.id,
         # "local": an emulator run must never read as spending at the provider.
@@ -473,7 +473,7 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
         next_poll=session.next_poll,
         # Shown by the panel, the console, the CLI and the sidebar: never with a key.
         last_error=None if session.last_error is None else _scrub.scrub(session.last_error),
-        notes=health.mark_current(ctx.notes, open_attempts, finished, alert, now),
+        notes=current_notes(ctx, state, counts, now),
         progress_samples=session.trail.add(counts, views, now),
         input_tokens=batch[0],
         output_tokens=batch[1],
@@ -495,6 +495,26 @@ def build(ctx: JobContext, session: Session) -> JobSnapshot:
     )
 
 
+def row_counts(raw: dict[str, int], n_rows: int) -> dict[str, int]:
+    """The rows in each state of ROW_STATES (0 for a state none is in) and ``total``."""
+    counts = {state: int(raw.get(state, 0)) for state in ROW_STATES}
+    counts["total"] = n_rows
+    return counts
+
+
+def current_notes(
+    ctx: JobContext, state: RowState, counts: dict[str, int], now: float
+) -> tuple[Note, ...]:
+    """The job's notes, those of attempts with rows still pending (in a batch not
+    collected, or not sent yet) marked current, and its cost alert once raised."""
+    from . import _rowstore as rowstore
+
+    open_attempts = set(np.unique(state.attempt[state.status == rowstore.PENDING]).tolist())
+    finished = counts["pending"] == 0
+    alert = ctx.alert_text(counts) if (ctx.alert_raised or finished) else None
+    return health.mark_current(ctx.notes, open_attempts, finished, alert, now)
+
+
 def planning_snapshot(ctx: JobContext, session: Session) -> JobSnapshot:
     """The snapshot of a job with no rows yet (see :mod:`nbbatch._planning`): all pending
     while planned ("planning 3.2M/10M rows" as its sending text), all failed or cancelled
@@ -503,9 +523,7 @@ def planning_snapshot(ctx: JobContext, session: Session) -> JobSnapshot:
 
     status = str(ctx.record.get("status"))
     n = int(ctx.record["n_rows"])
-    counts = {state: 0 for state in ROW_STATES}
-    counts[{PLANNING: "pending", FAILED: "failed"}.get(status, "cancelled")] = n
-    counts["total"] = n
+    counts = row_counts({{PLANNING: "pending", FAILED: "failed"}.get(status, "cancelled"): n}, n)
     text = None
     if status == PLANNING:
         live = session.sending is not None and session.sending.startswith("planning")

@@ -40,8 +40,8 @@ PRIVATE_READS_ALLOWED = {
     ("*", "._ipython_display_"),
     # The SDKs keep the headers a client was made with only here; an async client's
     # sync twin must send the same ones (default_headers adds the SDK's own).
-    ("nbbatch.providers.openai", "client._custom_headers"),
-    ("nbbatch.providers.anthropic", "client._custom_headers"),
+    # (openai's and anthropic's through base.sync_twin)
+    ("nbbatch.providers.base", "client._custom_headers"),
     ("nbbatch.providers.azure", "client._custom_headers"),
     # AzureOpenAI keeps its api-version and Entra ID token only here; the sync twin of an
     # AsyncAzureOpenAI, and the job's recorded address, need them.

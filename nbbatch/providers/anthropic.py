@@ -7,6 +7,7 @@ kept as the raw bytes received, then normalised with pyarrow's JSON reader.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Iterator
@@ -24,13 +25,20 @@ from .base import (
     Provider,
     Refusal,
     RequestSpec,
+    connection_failure,
     copy_capped,
     empty_results,
+    failure_row,
     is_transient,
+    joined_texts,
+    look_up_model,
     read_capped,
-    sdk_error,
+    retryable_of,
     sdk_kwargs,
+    success_row,
+    sync_twin,
     tier_value,
+    unless_ok,
 )
 
 if TYPE_CHECKING:
@@ -191,14 +199,7 @@ class AnthropicProvider(Provider):
         """``anthropic.Anthropic`` with an ``AsyncAnthropic``'s key, address and settings."""
         if not isinstance(client, anthropic.AsyncAnthropic):
             return client
-        return anthropic.Anthropic(
-            api_key=client.api_key,
-            auth_token=client.auth_token,
-            base_url=client.base_url,
-            timeout=client.timeout,
-            max_retries=client.max_retries,
-            default_headers=client._custom_headers,
-        )
+        return sync_twin(anthropic.Anthropic, client, "auth_token")
 
     # The batch queue: requests not yet processed, all models together; a create over
     # it is refused at once with 429 ``rate_limit_error``
@@ -218,8 +219,7 @@ class AnthropicProvider(Provider):
         message = _error_message(cause)
         if "queue" not in message.lower():
             return None  # the per-minute rate of batch calls: wait and try again
-        found = _STATED_LIMIT.search(message)
-        return Refusal(message, int(found.group(1).replace(",", "")) if found else None)
+        return Refusal.stating(message, _STATED_LIMIT)
 
     @classmethod
     def tier_limit(cls, tier: str, model: str) -> int | None:
@@ -279,24 +279,14 @@ class AnthropicProvider(Provider):
 
     def find_model(self, model: str) -> bool | list[str] | None:
         """``models.retrieve``, and on a 404 ``models.list`` for the ids there are."""
-        try:
-            self.client.models.retrieve(model)
-            return True
-        except anthropic.APIStatusError as exc:
-            if exc.status_code not in (404, 405):
-                raise _provider_error(exc, f"looking up model {model!r}", type(self)) from exc
-        except (anthropic.AnthropicError, ValueError) as exc:
-            raise _provider_error(exc, f"looking up model {model!r}", type(self)) from exc
-        # A 404 can mean "no such model" or "no such route" (a proxy): the list tells.
-        try:
-            ids = [m.id for m in self.client.models.list(limit=1000)]
-        except anthropic.APIStatusError as exc:
-            if exc.status_code in (404, 405):
-                return None
-            raise _provider_error(exc, "listing models", type(self)) from exc
-        except (anthropic.AnthropicError, ValueError) as exc:
-            raise _provider_error(exc, "listing models", type(self)) from exc
-        return True if model in ids else ids
+        models = self.client.models
+        return look_up_model(
+            model,
+            retrieve=lambda: models.retrieve(model),
+            list_names=lambda: [m.id for m in models.list(limit=1000)],
+            errors=(anthropic.AnthropicError, ValueError),
+            wrap=lambda exc, doing: _provider_error(exc, doing, type(self)),
+        )
 
     def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
         line = {
@@ -375,35 +365,25 @@ class AnthropicProvider(Provider):
     def fetch_results(self, info: BatchInfo, *, max_bytes: int | None = None) -> list[bytes]:
         if not info.raw.get("results_url"):
             return []
-        try:
-            stream = self.client.messages.batches.results(info.batch_id)
-            try:
-                # The raw bytes as received (kept in the ledger folder), decoded once below.
-                raw = read_capped(
-                    stream.http_response.iter_bytes(), max_bytes, f"the results of {info.batch_id}"
-                )
-            finally:
-                stream.close()
-        except (anthropic.AnthropicError, ValueError) as exc:
-            raise _provider_error(
-                exc, f"downloading results of {info.batch_id}", type(self)
-            ) from exc
-        return [raw]
+        with self._results(info) as chunks:
+            # The raw bytes as received (kept in the ledger folder), decoded once below.
+            return [read_capped(chunks, max_bytes, f"the results of {info.batch_id}")]
 
     def download_results(self, info: BatchInfo, sink: Any, *, max_bytes: int | None) -> None:
         if not info.raw.get("results_url"):
             return
+        with self._results(info) as chunks, sink.new() as out:
+            # Streamed to disk as received: never more than a chunk of it in memory.
+            copy_capped(chunks, out, max_bytes, f"the results of {info.batch_id}")
+
+    @contextlib.contextmanager
+    def _results(self, info: BatchInfo) -> Iterator[Iterator[bytes]]:
+        """The chunks of a batch's results as they arrive; the stream is closed after,
+        and an SDK error while reading it becomes ours."""
         try:
             stream = self.client.messages.batches.results(info.batch_id)
             try:
-                # Streamed to disk as received: never more than a chunk of it in memory.
-                with sink.new() as out:
-                    copy_capped(
-                        stream.http_response.iter_bytes(),
-                        out,
-                        max_bytes,
-                        f"the results of {info.batch_id}",
-                    )
+                yield stream.http_response.iter_bytes()
             finally:
                 stream.close()
         except (anthropic.AnthropicError, ValueError) as exc:
@@ -424,30 +404,21 @@ class AnthropicProvider(Provider):
             reply = create(**sdk_kwargs(create, params))
         except anthropic.APIStatusError as exc:
             kind = str(exc.type or f"http_{exc.status_code}")
-            return _realtime_row(
-                custom_id,
-                error=(kind, exc.api_message or exc.message, is_transient(kind, exc.status_code)),
-            )
+            message = exc.api_message or exc.message
+            return failure_row(custom_id, kind, message, is_transient(kind, exc.status_code))
         except anthropic.APIConnectionError as exc:
-            kind = (
-                "timeout_error"
-                if isinstance(exc, anthropic.APITimeoutError)
-                else "api_connection_error"
-            )
-            return _realtime_row(
-                custom_id, error=(kind, f"could not reach {self.label}: {exc}", True)
-            )
+            return connection_failure(custom_id, exc, anthropic.APITimeoutError, self.label)
         usage = reply.usage
         read = usage.cache_read_input_tokens or 0
         created = usage.cache_creation_input_tokens or 0
-        return _realtime_row(
+        return success_row(
             custom_id,
             # Text blocks joined, as _text does for batch results.
-            output="".join(b.text for b in reply.content if b.type == "text"),
+            "".join(b.text for b in reply.content if b.type == "text"),
             # Every input token, cached ones included, as in _normalise.
-            input_tokens=usage.input_tokens + read + created,
-            output_tokens=usage.output_tokens,
-            cached_tokens=read,
+            usage.input_tokens + read + created,
+            usage.output_tokens,
+            read,
             truncated=reply.stop_reason == "max_tokens",
         )
 
@@ -504,14 +475,11 @@ def _info(batch: Any) -> BatchInfo:
 
 
 def _provider_error(
-    exc: anthropic.AnthropicError | ValueError, doing: str, cls: type[Provider] = AnthropicProvider
+    exc: Exception, doing: str, cls: type[Provider] = AnthropicProvider
 ) -> ProviderError:
-    return sdk_error(
+    return cls.wrap_sdk_error(
         exc,
         doing,
-        provider=cls.name,
-        label=cls.label,
-        key_variable=cls.unknown_key(),
         unreachable=isinstance(exc, anthropic.APIConnectionError),
         bad_key=isinstance(exc, anthropic.AuthenticationError),
     )
@@ -533,13 +501,7 @@ def _normalise(t: pa.Table) -> pa.Table:
     status = _status_of(kind)
     ok = pc.equal(status, "succeeded")
     error_type, error_message = _errors_of(ok, kind, pc.struct_field(result, ["error", "error"]))
-    retryable = pa.array(
-        [
-            None if s == "succeeded" else is_transient(e)
-            for s, e in zip(status.to_pylist(), error_type.to_pylist(), strict=True)
-        ],
-        pa.bool_(),
-    )
+    retryable = retryable_of(status, error_type)
     read = pc.fill_null(pc.struct_field(usage, "cache_read_input_tokens"), 0)
     created = pc.fill_null(pc.struct_field(usage, "cache_creation_input_tokens"), 0)
     fresh = pc.struct_field(usage, "input_tokens")
@@ -585,33 +547,29 @@ def _status_of(kind: pa.Array) -> pa.Array:
 def _errors_of(ok: pa.Array, kind: pa.Array, err: pa.Array) -> tuple[pa.Array, pa.Array]:
     """(error type, error message) of each row that did not succeed (null where it did):
     the error's own, else what an expired or cancelled request means."""
-    error_type = pc.if_else(
+    error_type = unless_ok(
         ok,
-        pa.scalar(None, pa.string()),
-        pc.coalesce(
-            pc.struct_field(err, "type"),
-            pc.if_else(pc.equal(kind, "expired"), "expired", None),
-            pc.if_else(pc.equal(kind, "canceled"), "canceled", None),
-            pa.scalar("unknown_error"),
-        ),
+        pa.string(),
+        pc.struct_field(err, "type"),
+        pc.if_else(pc.equal(kind, "expired"), "expired", None),
+        pc.if_else(pc.equal(kind, "canceled"), "canceled", None),
+        pa.scalar("unknown_error"),
     )
-    error_message = pc.if_else(
+    error_message = unless_ok(
         ok,
-        pa.scalar(None, pa.large_string()),
-        pc.coalesce(
-            pc.struct_field(err, "message"),
-            pc.if_else(
-                pc.equal(kind, "expired"),
-                pa.scalar("the batch ended before this request ran", pa.large_string()),
-                None,
-            ),
-            pc.if_else(
-                pc.equal(kind, "canceled"),
-                pa.scalar("the batch was cancelled before this request ran", pa.large_string()),
-                None,
-            ),
-            pa.scalar("the provider gave no message", pa.large_string()),
+        pa.large_string(),
+        pc.struct_field(err, "message"),
+        pc.if_else(
+            pc.equal(kind, "expired"),
+            pa.scalar("the batch ended before this request ran", pa.large_string()),
+            None,
         ),
+        pc.if_else(
+            pc.equal(kind, "canceled"),
+            pa.scalar("the batch was cancelled before this request ran", pa.large_string()),
+            None,
+        ),
+        pa.scalar("the provider gave no message", pa.large_string()),
     )
     return error_type, error_message
 
@@ -625,32 +583,4 @@ def _text(content: pa.Array) -> pa.Array:
         pc.fill_null(pc.struct_field(blocks, "text"), ""),
         pa.scalar("", pa.large_string()),
     )
-    per_row = pa.ListArray.from_arrays(content.offsets, texts)
-    return pc.binary_join(per_row, pa.scalar("", pa.large_string()))
-
-
-# -- real time -----------------------------------------------------------------------------
-def _realtime_row(
-    custom_id: str,
-    *,
-    output: str | None = None,
-    input_tokens: int | None = None,
-    output_tokens: int | None = None,
-    cached_tokens: int | None = None,
-    truncated: bool = False,
-    error: tuple[str, str, bool] | None = None,
-) -> dict[str, Any]:
-    """One real-time result with the ROW_RESULT_SCHEMA keys (plus ``truncated``);
-    ``error`` is (type, message, retryable) for a failed request."""
-    return {
-        "custom_id": custom_id,
-        "status": "failed" if error else "succeeded",
-        "output": None if error else output,
-        "error_type": error[0] if error else None,
-        "error_message": error[1] if error else None,
-        "retryable": error[2] if error else None,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cached_tokens": cached_tokens,
-        "truncated": truncated,
-    }
+    return joined_texts(content, texts)

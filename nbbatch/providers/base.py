@@ -12,11 +12,12 @@ import io
 import logging
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .._errors import BatchFailedError, InputError, ProviderError
 
@@ -112,6 +113,36 @@ def is_transient(error_type: str | None, status_code: int | None = None) -> bool
     return (error_type or "") in TRANSIENT_ERRORS
 
 
+def unless_ok(ok: pa.Array, kind: pa.DataType, *choices: Any) -> pa.Array:
+    """A results column for the rows that did not succeed: null where ``ok``, else the
+    first of ``choices`` (arrays, or scalars as the last resort) that is not null."""
+    return pc.if_else(ok, pa.scalar(None, kind), pc.coalesce(*choices))
+
+
+def joined_texts(lists: pa.Array, texts: pa.Array) -> pa.Array:
+    """Per row, the ``texts`` of its list's items (``texts``: one per item of the
+    flattened ``lists``, "" for an item left out) joined into one string."""
+    # Offsets rebased to 0: flatten starts at the first offset of a sliced array.
+    offsets = pc.subtract(lists.offsets, lists.offsets[0])
+    per_row = pa.ListArray.from_arrays(offsets, texts)
+    return pc.binary_join(per_row, pa.scalar("", pa.large_string()))
+
+
+def retryable_of(
+    status: pa.Array, error_type: pa.Array, status_code: pa.Array | None = None
+) -> pa.Array:
+    """The ``retryable`` column of a results table: null for a succeeded row, else
+    :func:`is_transient` of its error type (and HTTP status, where the lines carry one)."""
+    codes = [None] * len(status) if status_code is None else status_code.to_pylist()
+    return pa.array(
+        [
+            None if s == "succeeded" else is_transient(e, c)
+            for s, e, c in zip(status.to_pylist(), error_type.to_pylist(), codes, strict=True)
+        ],
+        pa.bool_(),
+    )
+
+
 @dataclass(frozen=True)
 class RequestSpec:
     """Everything about a request that is the same for every row of a job."""
@@ -175,6 +206,13 @@ class Refusal:
 
     message: str
     limit: int | None = None
+
+    @classmethod
+    def stating(cls, message: str, limit_pattern: re.Pattern[str]) -> Refusal:
+        """A refusal whose limit is read from its message: the first group of
+        ``limit_pattern``, digits with thousands commas ("limit of 100,000"), if it matches."""
+        found = limit_pattern.search(message)
+        return cls(message, int(found.group(1).replace(",", "")) if found else None)
 
 
 #: The usage tiers ``tier=`` takes: OpenAI numbers five; a provider that publishes fewer
@@ -305,6 +343,22 @@ class Provider(ABC):
         """How to give a key, for a message: the variables, or client=."""
         variables = cls.key_variables + cls.token_variables
         return " or ".join(variables) if variables else "the client's key"
+
+    @classmethod
+    def wrap_sdk_error(
+        cls, exc: Exception, doing: str, *, unreachable: bool, bad_key: bool
+    ) -> ProviderError:
+        """Our error for an SDK error while ``doing`` (see :func:`sdk_error`), naming this
+        provider and where its key comes from."""
+        return sdk_error(
+            exc,
+            doing,
+            provider=cls.name,
+            label=cls.label,
+            key_variable=cls.unknown_key(),
+            unreachable=unreachable,
+            bad_key=bad_key,
+        )
 
     def quota_refusal(
         self, *, info: BatchInfo | None = None, error: BaseException | None = None
@@ -575,6 +629,82 @@ def sdk_kwargs(method: Any, body: dict[str, Any]) -> dict[str, Any]:
     if extra:
         known["extra_body"] = extra
     return known
+
+
+def sync_twin(sync_type: Any, client: Any, *settings: str) -> Any:
+    """A ``sync_type`` client with an async client's key, address, timeout, retries and
+    headers, plus the named ``settings`` of the SDK's own (``organization``, ...): the
+    openai and anthropic SDKs, generated alike, keep these under the same names."""
+    return sync_type(
+        api_key=client.api_key,
+        **{name: getattr(client, name) for name in settings},
+        base_url=client.base_url,
+        timeout=client.timeout,
+        max_retries=client.max_retries,
+        default_headers=client._custom_headers,
+    )
+
+
+def look_up_model(
+    model: str,
+    *,
+    retrieve: Callable[[], object],
+    list_names: Callable[[], list[str]],
+    errors: tuple[type[Exception], ...],
+    wrap: Callable[[Exception, str], ProviderError],
+    name: str | None = None,
+) -> bool | list[str] | None:
+    """:meth:`Provider.find_model` through an SDK: ``retrieve()`` the model; on a 404 or
+    405, ``list_names()`` tells "no such model" (the names there are) from "no such
+    route" (a proxy without the models API: None). ``errors`` are the SDK's (and the
+    transport's); ``wrap`` turns one into our error; ``name`` is the model as listed
+    when it differs from ``model``."""
+    try:
+        retrieve()
+        return True
+    except errors as exc:
+        if http_status(exc) not in (404, 405):
+            raise wrap(exc, f"looking up model {model!r}") from exc
+    try:
+        names = list_names()
+    except errors as exc:
+        if http_status(exc) in (404, 405):
+            return None
+        raise wrap(exc, "listing models") from exc
+    return True if (model if name is None else name) in names else names
+
+
+def connection_failure(
+    custom_id: str, exc: Exception, timeout_type: type[Exception], label: str
+) -> dict[str, Any]:
+    """A real-time request the SDK got no answer to (worth retrying): its timeout error
+    or another connection error."""
+    kind = "timeout_error" if isinstance(exc, timeout_type) else "api_connection_error"
+    return failure_row(custom_id, kind, f"could not reach {label}: {exc}", True)
+
+
+def success_row(
+    custom_id: str,
+    output: str | None,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    cached_tokens: int | None,
+    *,
+    truncated: bool = False,
+) -> dict[str, Any]:
+    """One succeeded row in :data:`ROW_RESULT_SCHEMA` terms (plus ``truncated``)."""
+    return {
+        "custom_id": custom_id,
+        "status": "succeeded",
+        "output": output,
+        "error_type": None,
+        "error_message": None,
+        "retryable": None,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cached_tokens": cached_tokens,
+        "truncated": truncated,
+    }
 
 
 def failure_row(custom_id: str, kind: str, message: str, retryable: bool) -> dict[str, Any]:

@@ -43,11 +43,15 @@ from .base import (
     empty_results,
     failure_row,
     is_transient,
+    joined_texts,
+    look_up_model,
     read_capped,
     reply_settings_set,
-    sdk_error,
+    retryable_of,
+    success_row,
     tier_row,
     tier_value,
+    unless_ok,
 )
 
 if TYPE_CHECKING:
@@ -351,23 +355,15 @@ class GeminiProvider(Provider):
 
     def find_model(self, model: str) -> bool | list[str] | None:
         """``models.get``; on a 404, ``models.list`` for the names there are."""
-        try:
-            self.client.models.get(model=model)
-            return True
-        except genai_errors.APIError as exc:
-            if exc.code not in (404, 405):
-                raise _provider_error(exc, f"looking up model {model!r}", type(self)) from exc
-        except Exception as exc:  # transport errors are httpx's, not the SDK's
-            raise _provider_error(exc, f"looking up model {model!r}", type(self)) from exc
-        try:
-            names = [str(m.name).removeprefix("models/") for m in self.client.models.list()]
-        except genai_errors.APIError as exc:
-            if exc.code in (404, 405):
-                return None
-            raise _provider_error(exc, "listing models", type(self)) from exc
-        except Exception as exc:
-            raise _provider_error(exc, "listing models", type(self)) from exc
-        return True if model.removeprefix("models/") in names else names
+        models = self.client.models
+        return look_up_model(
+            model,
+            retrieve=lambda: models.get(model=model),
+            list_names=lambda: [str(m.name).removeprefix("models/") for m in models.list()],
+            errors=(Exception,),  # transport errors are httpx's, not the SDK's
+            wrap=lambda exc, doing: _provider_error(exc, doing, type(self)),
+            name=model.removeprefix("models/"),
+        )
 
     def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
         line = {"key": _jsonl.ID_SENTINEL, "request": self.request(spec, _jsonl.PROMPT_SENTINEL)}
@@ -683,12 +679,9 @@ def _unreachable(exc: Exception) -> bool:
 def _provider_error(
     exc: Exception, doing: str, cls: type[Provider] = GeminiProvider
 ) -> ProviderError:
-    return sdk_error(
+    return cls.wrap_sdk_error(
         exc,
         doing,
-        provider=cls.name,
-        label=cls.label,
-        key_variable=cls.unknown_key(),
         unreachable=_unreachable(exc),
         bad_key=isinstance(exc, genai_errors.APIError) and exc.code in (401, 403),
     )
@@ -734,17 +727,8 @@ def _embedding_result(line: dict[str, Any]) -> dict[str, Any]:
         tokens: int | None = int(response["tokenCount"])
     except (KeyError, TypeError, ValueError):
         tokens = None
-    return {
-        "custom_id": line["key"],
-        "status": "succeeded",
-        "output": orjson.dumps(values).decode(),
-        "error_type": None,
-        "error_message": None,
-        "retryable": None,
-        "input_tokens": tokens,
-        "output_tokens": None if tokens is None else 0,
-        "cached_tokens": None if tokens is None else 0,
-    }
+    none_or_0 = None if tokens is None else 0
+    return success_row(line["key"], orjson.dumps(values).decode(), tokens, none_or_0, none_or_0)
 
 
 def _embedding_row(custom_id: str, reply: types.EmbedContentResponse) -> dict[str, Any]:
@@ -778,36 +762,24 @@ def _normalise(t: pa.Table) -> pa.Table:
     ok = pc.fill_null(pc.and_(answered, pc.is_null(err)), False)
     status = pc.if_else(ok, "succeeded", "failed")
     code = pc.struct_field(err, "code")
-    error_type = pc.if_else(
+    error_type = unless_ok(
         ok,
-        pa.scalar(None, pa.string()),
-        pc.coalesce(
-            pc.utf8_lower(pc.struct_field(err, "status")),
-            pc.if_else(pc.is_valid(blocked), "prompt_blocked", None),
-            pa.scalar("unknown_error"),
-        ),
+        pa.string(),
+        pc.utf8_lower(pc.struct_field(err, "status")),
+        pc.if_else(pc.is_valid(blocked), "prompt_blocked", None),
+        pa.scalar("unknown_error"),
     )
-    error_message = pc.if_else(
+    error_message = unless_ok(
         ok,
-        pa.scalar(None, pa.large_string()),
-        pc.coalesce(
-            pc.struct_field(err, "message"),
-            pc.cast(
-                pc.binary_join_element_wise("Gemini blocked the prompt: ", blocked, ""),
-                pa.large_string(),
-            ),
-            pa.scalar("the provider gave no message", pa.large_string()),
+        pa.large_string(),
+        pc.struct_field(err, "message"),
+        pc.cast(
+            pc.binary_join_element_wise("Gemini blocked the prompt: ", blocked, ""),
+            pa.large_string(),
         ),
+        pa.scalar("the provider gave no message", pa.large_string()),
     )
-    retryable = pa.array(
-        [
-            None if s == "succeeded" else is_transient(e, c)
-            for s, e, c in zip(
-                status.to_pylist(), error_type.to_pylist(), code.to_pylist(), strict=True
-            )
-        ],
-        pa.bool_(),
-    )
+    retryable = retryable_of(status, error_type, code)
     usage = pc.struct_field(response, "usageMetadata")
     thoughts = pc.fill_null(pc.struct_field(usage, "thoughtsTokenCount"), 0)
     candidates = pc.struct_field(usage, "candidatesTokenCount")
@@ -846,7 +818,4 @@ def _text(first: pa.Array) -> pa.Array:
     texts = pc.if_else(
         thought, pa.scalar("", pa.large_string()), pc.fill_null(pc.struct_field(flat, "text"), "")
     )
-    # Offsets rebased to 0: flatten starts at the first offset of a sliced array.
-    offsets = pc.subtract(parts.offsets, parts.offsets[0])
-    per_row = pa.ListArray.from_arrays(offsets, texts)
-    return pc.binary_join(per_row, pa.scalar("", pa.large_string()))
+    return joined_texts(parts, texts)

@@ -30,17 +30,22 @@ from .base import (
     Provider,
     Refusal,
     RequestSpec,
+    connection_failure,
     copy_capped,
     empty_results,
     failure_row,
     is_transient,
+    look_up_model,
     read_capped,
     reply_settings_set,
+    retryable_of,
     scored,
-    sdk_error,
     sdk_kwargs,
+    success_row,
+    sync_twin,
     tier_row,
     tier_value,
+    unless_ok,
 )
 
 if TYPE_CHECKING:
@@ -286,15 +291,7 @@ class OpenAIProvider(Provider):
         """``openai.OpenAI`` with an ``AsyncOpenAI``'s key, address and settings."""
         if not isinstance(client, openai.AsyncOpenAI):
             return client
-        return openai.OpenAI(
-            api_key=client.api_key,
-            organization=client.organization,
-            project=client.project,
-            base_url=client.base_url,
-            timeout=client.timeout,
-            max_retries=client.max_retries,
-            default_headers=client._custom_headers,
-        )
+        return sync_twin(openai.OpenAI, client, "organization", "project")
 
     # The batch queue: input tokens queued per model; a batch over it is created, then
     # fails in validation with ``token_limit_exceeded`` and a message stating the limit.
@@ -310,9 +307,7 @@ class OpenAIProvider(Provider):
         https://github.com/openai/openai-python/issues/2084)."""
         if info is None or info.failure_code != "token_limit_exceeded":
             return None
-        message = info.failure or ""
-        found = _STATED_LIMIT.search(message)
-        return Refusal(message, int(found.group(1).replace(",", "")) if found else None)
+        return Refusal.stating(info.failure or "", _STATED_LIMIT)
 
     def under_review(self, status: str) -> bool:
         """Until validation is over, a batch may still fail for the queue quota."""
@@ -411,24 +406,14 @@ class OpenAIProvider(Provider):
         """
         if isinstance(self.client, openai.AzureOpenAI):
             return None
-        try:
-            self.client.models.retrieve(model)
-            return True
-        except openai.APIStatusError as exc:
-            if exc.status_code not in (404, 405):
-                raise _provider_error(exc, f"looking up model {model!r}", type(self)) from exc
-        except (openai.OpenAIError, ValueError) as exc:
-            raise _provider_error(exc, f"looking up model {model!r}", type(self)) from exc
-        # A 404 can mean "no such model" or "no such route" (a proxy): the list tells.
-        try:
-            ids = [m.id for m in self.client.models.list()]
-        except openai.APIStatusError as exc:
-            if exc.status_code in (404, 405):
-                return None
-            raise _provider_error(exc, "listing models", type(self)) from exc
-        except (openai.OpenAIError, ValueError) as exc:
-            raise _provider_error(exc, "listing models", type(self)) from exc
-        return True if model in ids else ids
+        models = self.client.models
+        return look_up_model(
+            model,
+            retrieve=lambda: models.retrieve(model),
+            list_names=lambda: [m.id for m in models.list()],
+            errors=(openai.OpenAIError, ValueError),
+            wrap=lambda exc, doing: _provider_error(exc, doing, type(self)),
+        )
 
     def encode(self, custom_ids: pa.Array, prompts: pa.Array, spec: RequestSpec) -> bytes:
         if spec.endpoint not in ENDPOINTS:
@@ -572,12 +557,7 @@ class OpenAIProvider(Provider):
                 is_transient(kind, exc.status_code),
             )
         except openai.APIConnectionError as exc:
-            kind = (
-                "timeout_error"
-                if isinstance(exc, openai.APITimeoutError)
-                else "api_connection_error"
-            )
-            return failure_row(custom_id, kind, f"could not reach {self.label}: {exc}", True)
+            return connection_failure(custom_id, exc, openai.APITimeoutError, self.label)
         return _realtime_row(custom_id, reply, spec.endpoint)
 
     def truncated(self, raw: bytes, spec: RequestSpec) -> pa.Table:
@@ -662,14 +642,11 @@ def _info(batch: Any) -> BatchInfo:
 
 
 def _provider_error(
-    exc: openai.OpenAIError | ValueError, doing: str, cls: type[Provider] = OpenAIProvider
+    exc: Exception, doing: str, cls: type[Provider] = OpenAIProvider
 ) -> ProviderError:
-    return sdk_error(
+    return cls.wrap_sdk_error(
         exc,
         doing,
-        provider=cls.name,
-        label=cls.label,
-        key_variable=cls.unknown_key(),
         unreachable=isinstance(exc, openai.APIConnectionError),
         bad_key=isinstance(exc, openai.AuthenticationError),
     )
@@ -786,16 +763,10 @@ def _normalise(t: pa.Table, endpoint: str) -> pa.Table:
     )
     status = _status_of(ok, line_code)
     error_type, error_message = _errors_of(ok, line_code, line_msg, body_err, status_code)
-    retryable = pa.array(
-        [
-            None if s == "succeeded" else is_transient(e, c)
-            for s, e, c in zip(
-                status.to_pylist(), error_type.to_pylist(), status_code.to_pylist(), strict=True
-            )
-        ]
+    retryable = (
+        retryable_of(status, error_type, status_code)
         if not pc.all(ok).as_py()
-        else [None] * len(t),
-        pa.bool_(),
+        else pa.nulls(len(t), pa.bool_())
     )
     output = pc.if_else(ok, _output_text(body, endpoint), pa.scalar(None, pa.large_string()))
     input_tokens, output_tokens, cached = _tokens(usage, endpoint)
@@ -840,25 +811,21 @@ def _errors_of(
 ) -> tuple[pa.Array, pa.Array]:
     """(error type, error message) of each row that did not succeed (null where it did):
     the line's error, else the body's, else the HTTP status."""
-    error_type = pc.if_else(
+    error_type = unless_ok(
         ok,
-        pa.scalar(None, pa.string()),
-        pc.coalesce(
-            line_code,
-            pc.struct_field(body_err, "type"),
-            pc.struct_field(body_err, "code"),
-            pc.binary_join_element_wise("http_", pc.cast(status_code, pa.string()), ""),
-            pa.scalar("unknown_error"),
-        ),
+        pa.string(),
+        line_code,
+        pc.struct_field(body_err, "type"),
+        pc.struct_field(body_err, "code"),
+        pc.binary_join_element_wise("http_", pc.cast(status_code, pa.string()), ""),
+        pa.scalar("unknown_error"),
     )
-    error_message = pc.if_else(
+    error_message = unless_ok(
         ok,
-        pa.scalar(None, pa.large_string()),
-        pc.coalesce(
-            pc.cast(line_msg, pa.large_string()),
-            pc.cast(pc.struct_field(body_err, "message"), pa.large_string()),
-            pa.scalar("the provider gave no message", pa.large_string()),
-        ),
+        pa.large_string(),
+        pc.cast(line_msg, pa.large_string()),
+        pc.cast(pc.struct_field(body_err, "message"), pa.large_string()),
+        pa.scalar("the provider gave no message", pa.large_string()),
     )
     return error_type, error_message
 
@@ -951,16 +918,5 @@ def _realtime_row(custom_id: str, reply: Any, endpoint: str) -> dict[str, Any]:
         output_tokens = usage.completion_tokens if usage else None
         if usage and usage.prompt_tokens_details:
             cached = usage.prompt_tokens_details.cached_tokens
-    return {
-        "custom_id": custom_id,
-        "status": "succeeded",
-        "output": text,
-        "error_type": None,
-        "error_message": None,
-        "retryable": None,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cached_tokens": cached,
-        "truncated": truncated,
-        **extra,
-    }
+    row = success_row(custom_id, text, input_tokens, output_tokens, cached, truncated=truncated)
+    return {**row, **extra}
