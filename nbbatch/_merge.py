@@ -274,10 +274,13 @@ def result_columns(
     status: np.ndarray,
     replies: np.ndarray,
     errors: np.ndarray,
+    scores: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The columns ``merge`` adds, in order, from aligned per-row arrays, for a job
-    without escalation stages or lineage (see :func:`nbbatch.columns.build`)."""
-    return _columns.build(_columns.Rows(output, response_format, status, replies, errors))
+    without escalation stages or lineage (see :func:`nbbatch.columns.build`); with
+    ``scores`` (token log-probabilities asked for), ``{output}_score`` too."""
+    rows = _columns.Rows(output, response_format, status, replies, errors, scores=scores)
+    return _columns.build(rows, scored=scores is not None)
 
 
 def merged(
@@ -495,6 +498,9 @@ def results_frame(ctx: JobContext) -> pd.DataFrame:
     frame["stage"] = stage
     frame["model"] = np.array(ctx.models, dtype=object)[stage]
     frame["prompt_hash"] = np.array(ctx.prompt_hashes(), dtype=object)[stage]
+    if ctx.scored:  # the score merge adds as {output}_score (see nbbatch.columns)
+        scores = state.column(rowstore.SCORE.name).to_numpy(zero_copy_only=False)
+        frame["score"] = pd.array(scores, dtype="Float64")
     return frame.set_index("custom_id")
 
 
