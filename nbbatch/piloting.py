@@ -404,8 +404,9 @@ class Pilot:
     def extend(self, n: int | None = None, *, settings: Sequence[str] | None = None) -> Pilot:
         """A sequential extension of the sample: ``n`` more rows (default
         :data:`EXTEND_FACTOR` times the first sample's), drawn with the pilot's seed from
-        the rows not yet sampled, run for the :attr:`inconclusive` settings (or those
-        named in ``settings``) and the reference; the answers already paid for are kept.
+        the rows not yet sampled (at random: a ``stratify=`` column is not kept), run
+        for the :attr:`inconclusive` settings (or those named in ``settings``) and the
+        reference; the answers already paid for are kept.
         Returns a new :class:`Pilot` whose extended settings are measured on the whole,
         larger sample at the next look's level (:func:`look_level`), the other settings
         as before, and whose recommendation is made again at the same target."""
