@@ -193,6 +193,7 @@ class Pilot:
         #: Cheaper settings than the recommended one whose interval straddles the target
         #: (set by :meth:`recommend`): :meth:`extend` runs more rows of them.
         self.inconclusive: list[Setting] = []
+        self._metric = "agreement"  # of the last recommendation
         self.settings = [r.setting for r in runs]
         self.reference = reference
         self.truth = truth
@@ -359,6 +360,7 @@ class Pilot:
         best = self._setting(str(order.index[0]))
         self.recommended = best
         self.inconclusive = self._straddling(best, metric, target)
+        self._metric = metric
         if self.inconclusive:
             warnings.warn(self.inconclusive_text(), stacklevel=2)
         return best
@@ -389,7 +391,8 @@ class Pilot:
         parts = []
         for setting in self.inconclusive:
             name = setting.name
-            cols = ["agreement", "agreement_low", "agreement_high", "rows"]
+            metric = self._metric
+            cols = [metric, f"{metric}_low", f"{metric}_high", "rows"]
             value, low, high, rows = t.loc[name, cols].to_numpy(dtype=float)
             parts.append(f"{name} ({value:.3f} [{low:.3f}, {high:.3f}] on {rows:.0f} rows)")
         chosen = self.recommended.name if self.recommended is not None else "none"
@@ -409,7 +412,9 @@ class Pilot:
         reference; the answers already paid for are kept.
         Returns a new :class:`Pilot` whose extended settings are measured on the whole,
         larger sample at the next look's level (:func:`look_level`), the other settings
-        as before, and whose recommendation is made again at the same target."""
+        as before, and whose recommendation is made again at the same target. (The
+        wider interval is the agreement's; kappa's bootstrap interval stays at 95%, so
+        ``recommend(metric="kappa")`` after an extension has no such bound.)"""
         chosen = (
             [self._setting(name) for name in settings]
             if settings is not None
