@@ -25,12 +25,23 @@ at no more than 40% of what every row on the large model costs (both at batch pr
 the pilot's two small jobs counted in the cascade's cost).
 
     python benchmarks/bench_cascade.py --calibrated [--rows 20000] [--target 0.95]
+
+With ``--seeds 0-9`` (or ``--seeds 0 3 7``), one run a seed, each in a process and a
+ledger of its own (a later seed must not reuse an earlier one's answers), and a table of
+them: the threshold, the pilot's expected agreement with its 95% interval beside the
+agreement measured on the whole job (inside the interval or not), the escalation
+expected and measured, the cost; it exits 0 only when every seed meets both targets.
+The agreement measured is on the rows the cascade keeps on the small model (what the
+target is: escalated rows carry the large model's answer); the table shows the
+agreement on every row too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -167,10 +178,14 @@ def calibrated_main(argv: list[str]) -> None:
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--pilot", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", help="several seeds: 0-9, or 0 3 7")
+    parser.add_argument("--json", action="store_true", help="one line of figures, for --seeds")
     parser.add_argument("--vague", type=float, default=0.1, help="share of reviews with no keyword")
     parser.add_argument("--quality", nargs=2, type=float, default=[0.88, 0.97],
                         metavar=("SMALL", "LARGE"))  # fmt: skip
     args = parser.parse_args(argv)
+    if args.seeds:
+        sys.exit(several_seeds(args))
 
     os.environ["NBBATCH_HOME"] = tempfile.mkdtemp(prefix="nbbatch-bench-calibrated-")
     import openai
@@ -227,6 +242,20 @@ def calibrated_main(argv: list[str]) -> None:
     fraction = (cost_cascade + cost_pilot) / cost_every
     n = len(df)
     notes = [note.text for note in job.snapshot().notes if "calibrated cascade" in note.text]
+    ok_agree = abs(agree_kept - args.target) <= 0.02
+    ok_cost = fraction <= 0.40
+    low, high = calibration.agreement_low, calibration.agreement_high
+    inside = low is not None and high is not None and low <= agree_kept <= high
+    if args.json:
+        print(json.dumps({
+            "seed": args.seed, "threshold": calibration.threshold,
+            "expected": calibration.expected_agreement, "low": low, "high": high,
+            "kept": float(agree_kept), "all": float(agree_all), "inside": bool(inside),
+            "expected_escalation": calibration.expected_escalation,
+            "escalated": float(escalated), "cost": float(fraction),
+            "ok": bool(ok_agree and ok_cost),
+        }))  # fmt: skip
+        sys.exit(0 if ok_agree and ok_cost else 1)
 
     print(f"calibrated cascade {SMALL} -> {LARGE} on the emulator: {n:,} rows "
           f"({args.vague:.0%} without a keyword), quality "
@@ -234,11 +263,10 @@ def calibrated_main(argv: list[str]) -> None:
           f"target {args.target:.0%}; {took:.1f} s")  # fmt: skip
     for text in notes:
         print(f"  note: {text}")
-    ok_agree = abs(agree_kept - args.target) <= 0.02
-    ok_cost = fraction <= 0.40
     print(f"  agreement with {LARGE} on the rows not escalated: {agree_kept:.2%} "
           f"(target {args.target:.0%} +/- 2 points: {'met' if ok_agree else 'NOT met'}; "
-          f"the pilot expected {calibration.expected_agreement:.2%})")  # fmt: skip
+          f"the pilot expected {calibration.expected_agreement:.2%}, 95% interval "
+          f"{low or 0:.2%} to {high or 0:.2%}: {'inside' if inside else 'OUTSIDE'})")  # fmt: skip
     print(f"  agreement with {LARGE} on every row:           {agree_all:.2%} "
           f"(escalated rows carry {LARGE}'s answer; pilot expected "
           f"{calibration.expected_overall:.2%})")  # fmt: skip
@@ -251,6 +279,43 @@ def calibrated_main(argv: list[str]) -> None:
           f"(target <= 40%: {'met' if ok_cost else 'NOT met'})")  # fmt: skip
     print(f"  prices: {pricing.source()}")
     sys.exit(0 if ok_agree and ok_cost else 1)
+
+
+def several_seeds(args: argparse.Namespace) -> int:
+    """``--seeds``: this benchmark once a seed, each in a process of its own, and a
+    table of the runs; 0 when every seed met both targets."""
+    seeds: list[int] = []
+    for part in args.seeds:
+        first, _, last = part.partition("-")
+        seeds += list(range(int(first), int(last or first) + 1))
+    rest = ["--calibrated", "--rows", str(args.rows), "--target", str(args.target)]
+    rest += ["--pilot", str(args.pilot), "--vague", str(args.vague), "--quality"]
+    rest += [str(q) for q in args.quality]
+    head = f"calibrated cascade, {args.rows:,} rows, target {args.target:.0%} (+/- 2 points)"
+    print(f"{head}, cost <= 40% of every row on {LARGE}; pilot {args.pilot} rows")
+    print(
+        "seed  threshold  expected [95% interval]    measured  inside  all rows  "
+        "escalated (expected)  cost   met"
+    )
+    met = 0
+    for seed in seeds:
+        run = subprocess.run(
+            [sys.executable, __file__, *rest, "--seed", str(seed), "--json"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        lines = [x for x in run.stdout.splitlines() if x.startswith("{")]
+        if not lines:
+            print(f"{seed:>4}  failed: {run.stderr.strip().splitlines()[-1:]}")
+            continue
+        r = json.loads(lines[-1])
+        met += r["ok"]
+        print(f"{seed:>4}  {r['threshold']:9.4f}  {r['expected']:7.2%} "
+              f"[{r['low'] or 0:6.2%}, {r['high'] or 0:6.2%}]  {r['kept']:8.2%}  "
+              f"{'yes' if r['inside'] else 'NO':>6}  {r['all']:8.2%}  "
+              f"{r['escalated']:8.1%} ({r['expected_escalation']:5.1%})    "
+              f"{r['cost']:5.1%}  {'ok' if r['ok'] else 'NOT met'}")  # fmt: skip
+    print(f"met on {met} of {len(seeds)} seeds")
+    return 0 if met == len(seeds) else 1
 
 
 if __name__ == "__main__":

@@ -69,12 +69,13 @@ class Interval:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 
-def share_interval(hits: int, n: int) -> Interval:
-    """The share ``hits / n`` with its 95% Wilson score interval (scipy)."""
+def share_interval(hits: int, n: int, level: float = LEVEL) -> Interval:
+    """The share ``hits / n`` with its Wilson score interval (scipy), 95% unless
+    ``level`` says otherwise."""
     if n == 0:
         return Interval(float("nan"), float("nan"), float("nan"))
     stats = optional("scipy.stats", "pilot")
-    ci = stats.binomtest(int(hits), int(n)).proportion_ci(confidence_level=LEVEL, method="wilson")
+    ci = stats.binomtest(int(hits), int(n)).proportion_ci(confidence_level=level, method="wilson")
     return Interval(hits / n, float(ci.low), float(ci.high))
 
 

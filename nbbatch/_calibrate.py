@@ -11,7 +11,8 @@ model are expected to agree with the large model on at least ``target`` of them 
 logistic curve of agreement against the score fitted to every pilot row, so the few
 pilot rows near one cut move it little); the cascade escalates
 the rows scored below it (and the rows the small model failed). The chosen threshold,
-the expected agreement on the rows kept and the expected escalation share are kept in
+the expected agreement on the rows kept (with its 95% interval, see
+:func:`agreement_interval`) and the expected escalation share are kept in
 the job's policy (``job.calibration``), noted and logged before the job is sent, and,
 when the cascade starts its second stage, the share it escalates is checked against the
 expected one (a note when it is off by more than the pilot's sampling error allows).
@@ -82,6 +83,10 @@ class Calibration:
     reached: bool  # False: no threshold short of escalating every row meets the target
     pilot_jobs: tuple[str, ...] = ()
     pilot_cost: float | None = None  # what the pilot's two jobs were billed (batch prices)
+    # The 95% interval of the agreement on the rows kept (see agreement_interval); None
+    # in a job calibrated before it was kept.
+    agreement_low: float | None = None
+    agreement_high: float | None = None
 
     @property
     def expected_overall(self) -> float:
@@ -103,11 +108,15 @@ class Calibration:
     def text(self) -> str:
         """One line for notes, the log and the job's repr."""
         name = "the answer's least likely token's probability" if self.score == LOGPROBS else None
+        interval = ""
+        if self.agreement_low is not None and self.agreement_high is not None:
+            interval = f" (95% interval {self.agreement_low:.1%} to {self.agreement_high:.1%})"
         head = (
             f"calibrated cascade: escalate {name or self.score} < {self.threshold:.4g} "
             f"(target {self.target:.1%}): expected agreement with the large model "
-            f"{self.expected_agreement:.1%} on the rows kept, {self.expected_escalation:.1%} "
-            f"of rows escalated (pilot of {self.pilot_rows:,} rows)"
+            f"{self.expected_agreement:.1%}{interval} on the rows kept, "
+            f"{self.expected_escalation:.1%} of rows escalated (pilot of "
+            f"{self.pilot_rows:,} rows)"
         )
         if not self.reached:
             head += "; no threshold reaches the target, so every row is escalated"
@@ -318,6 +327,32 @@ def pick_threshold(
     agreement = float(kept_agree[k] / counts[k])
     escalated = (n - (k + 1)) / n
     return threshold, agreement, escalated, True
+
+
+#: The normal quantile of a two-sided 95% interval.
+_Z95 = 1.959963984540054
+
+
+def agreement_interval(
+    scores: np.ndarray, agree: np.ndarray, failed: np.ndarray, threshold: float
+) -> tuple[float, float]:
+    """The 95% Wilson score interval of the agreement on the pilot rows a ``threshold``
+    keeps (scored at or above it, not failed): what the rows the whole job keeps are
+    expected to agree on, as far as the pilot's sample can say. The same rows chose the
+    threshold, which makes the interval a little optimistic; the cascade's checks and
+    the benchmark compare what happened with it. (Wilson's closed form, so a cascade
+    needs no scipy: ``_agreement.share_interval`` gives the same figures.)"""
+    scores = np.asarray(scores, dtype=float)
+    ok = ~np.asarray(failed, dtype=bool) & ~np.isnan(scores)
+    kept = ok & (scores >= threshold)
+    n = int(kept.sum())
+    if n == 0:
+        return 0.0, 1.0
+    p = float(np.asarray(agree, dtype=bool)[kept].mean())
+    z2 = _Z95**2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = _Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def agreement_curve(scores: np.ndarray, agree: np.ndarray) -> np.ndarray:

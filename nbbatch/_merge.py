@@ -509,6 +509,9 @@ def results_frame(ctx: JobContext) -> pd.DataFrame:
     frame["stage"] = stage
     frame["model"] = np.array(ctx.models, dtype=object)[stage]
     frame["prompt_hash"] = np.array(ctx.prompt_hashes(), dtype=object)[stage]
+    if ctx.scored:  # the score merge adds as {output}_score (see nbbatch.columns)
+        scores = state.column(rowstore.SCORE.name).to_numpy(zero_copy_only=False)
+        frame["score"] = pd.array(scores, dtype="Float64")
     return frame.set_index("custom_id")
 
 

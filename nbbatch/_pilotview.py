@@ -42,6 +42,9 @@ def _headline(p: Pilot) -> str:
         else f"no setting's agreement clears {p.target:g} at its 95% lower bound"
     )
     kind = "real time" if p.realtime else "batch"
+    if p.inconclusive:  # a cheaper setting the sample cannot decide on
+        names = ", ".join(x.name for x in p.inconclusive)
+        shown += f"; inconclusive: {names} (its interval holds the target; pilot.extend())"
     return (
         f"Pilot on {len(p.sample)} of {len(p.data)} rows ({kind}), compared with "
         f"{_compared_with(p)}; {shown}"
@@ -67,9 +70,9 @@ def display_table(p: Pilot) -> pd.DataFrame:
             {
                 "": mark + (" reference" if r["reference"] else ""),
                 "setting": name,
-                "agreement [95%]": interval(
-                    r["agreement"], r["agreement_low"], r["agreement_high"]
-                ),
+                "agreement [95%]": interval(r["agreement"], r["agreement_low"], r["agreement_high"])
+                # A later look of an extended pilot decides on a wider interval.
+                + ("" if r["level"] == 0.95 else f" at {r['level']:.1%}"),
                 "kappa [95%]": interval(r["kappa"], r["kappa_low"], r["kappa_high"]),
                 "rows": int(r["rows"]),
                 "failed": int(r["failed"]),

@@ -39,7 +39,7 @@ from ._ledger import default as _default_ledger
 from .job import (
     output_columns,
 )
-from .providers.base import RequestSpec, is_embeddings
+from .providers.base import RequestSpec, is_embeddings, scored
 
 if TYPE_CHECKING:
     pass
@@ -316,7 +316,8 @@ def try_now(
     )
     table = realtime_checked(table, spec)
     out = _merge_table(_as_user_frame(data, frame, is_series), rows, table, output, spec)
-    return frames.like(data, out, output_columns(output, spec.response_format))
+    columns = output_columns(output, spec.response_format, scored=scored(spec))
+    return frames.like(data, out, columns)
 
 
 def _as_user_frame(
@@ -346,8 +347,13 @@ def _merge_table(
         vectors = np.empty(n, dtype=object)  # a list per cell, not a 2-D array
         vectors[:] = [None if t is None else orjson.loads(t) for t in text]
         text = vectors
+    scores = None
+    if scored(spec):  # logprobs=True: each reply's score, as a job's merge has it
+        scores = np.full(n, None, dtype=object)
+        if "score" in table.column_names:
+            scores[sent] = table.column("score").to_pylist()
     out = frame.copy()
-    rows_out = columns.Rows(output, spec.response_format, status, text, error)
-    for name, column in columns.build(rows_out).items():
+    rows_out = columns.Rows(output, spec.response_format, status, text, error, scores=scores)
+    for name, column in columns.build(rows_out, scored=scores is not None).items():
         out[name] = column
     return out

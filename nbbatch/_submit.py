@@ -623,15 +623,18 @@ def _calibrated(
     agree = calibrate.agreement_mask(small, large, fields)
     column = f"{output}_score" if score == calibrate.LOGPROBS else score
     scores = pd.to_numeric(small[column], errors="coerce").to_numpy(dtype=float)
+    failed = (status_small != "succeeded")[measured]
     threshold, agreement, escalated, reached = calibrate.pick_threshold(
-        scores[measured], agree[measured], (status_small != "succeeded")[measured], float(target)
+        scores[measured], agree[measured], failed, float(target)
     )
+    low, high = calibrate.agreement_interval(scores[measured], agree[measured], failed, threshold)
     calibration = calibrate.Calibration(
         score=str(score), target=float(target), threshold=threshold,
         expected_agreement=agreement, expected_escalation=escalated,
         pilot_rows=int(measured.sum()), reached=reached,
         pilot_jobs=tuple(job.id for job in jobs),
         pilot_cost=sum(job.cost.batch or 0.0 for job in jobs),
+        agreement_low=low if reached else None, agreement_high=high if reached else None,
     )  # fmt: skip
     log.info("nbbatch: %s", calibration.text())
     return calibration

@@ -66,10 +66,14 @@ class Rows:
         job: JobContext | None = None,
         state: rowstore.RowState | None = None,
         take: np.ndarray | None = None,
+        scores: Any = None,
     ) -> None:
         self.output, self.response_format = output, response_format
         self.status, self.replies, self.errors = status, replies, errors
         self.job, self.state, self.take = job, state, take
+        # Each row's score, for rows that are no job's (the real-time path, try_now);
+        # a job's rows read theirs from the row state.
+        self.scores = scores
         self._codes: np.ndarray | None = None
 
     @classmethod
@@ -159,6 +163,8 @@ def _score(rows: Rows) -> Any:
     no log-probabilities."""
     from . import _rowstore as rowstore
 
+    if rows.scores is not None:
+        return np.asarray(rows.scores, dtype=object)
     _, state, take = rows._job()
     return state.column(rowstore.SCORE.name, take).to_numpy(zero_copy_only=False)
 

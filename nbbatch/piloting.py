@@ -16,6 +16,16 @@ least 95% of rows" is what a target means to most people and what a cascade keep
 kappa's scale moves with how unbalanced the labels are (``metric="kappa"`` uses it).
 :meth:`Pilot.submit` then runs the whole table with that setting; the sample's rows are
 not sent again (the ledger reuses the answer of an identical request that succeeded).
+
+A cheaper setting whose interval straddles the target (its lower bound under it, its
+upper bound above) is neither shown good enough nor shown not to be: the sample is too
+small to say. The recommendation then falls on a dearer setting that is shown good
+enough, and says so (:attr:`Pilot.inconclusive`, a warning, the headline);
+:meth:`Pilot.extend` runs more rows for those settings (and the reference), keeping the
+rows already paid for, and decides again. Looking twice at the data must not make a
+wrong pick likelier, so each later look decides on a wider interval (see
+:func:`look_level`): over every look, the chance of recommending a setting whose true
+agreement is under the target stays under 3.5% (2.5% for a single look).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +48,21 @@ from ._errors import InputError
 
 #: Keywords of submit that the pilot sets itself.
 _OWN = ("wait", "display", "progress", "escalate_when")
+#: An extension runs this many times the rows of the first sample (the whole sample is
+#: then 4 times as large, and an interval about half as wide).
+EXTEND_FACTOR = 3
+
+
+def look_level(look: int) -> float:
+    """The two-sided level of the intervals that decide at ``look`` (1: the first
+    sample). Each look spends a share of the chance of recommending a setting that is
+    in truth under the target (the lower bound's one-sided error): 2.5% at the first
+    (a 95% interval), then 0.5%, 0.25%, ... halving (99%, 99.5%, ...), so that over any
+    number of looks it stays under 3.5% (a union bound: Bonferroni's inequality over
+    the looks)."""
+    if look <= 1:
+        return _agreement.LEVEL
+    return 1.0 - 2 * 0.005 / 2 ** (look - 2)
 
 
 @dataclass(frozen=True)
@@ -125,6 +151,18 @@ class _Run:
     tokens: int | None = None  # input and output tokens the sample used
     usage_cost: float | None = None  # those tokens at the batch price (reused rows too)
 
+    def joined(self, more: _Run) -> _Run:
+        """This run with ``more`` rows of the same setting after its own (an extension)."""
+
+        def plus(a: Any, b: Any) -> Any:
+            return None if a is None or b is None else a + b
+
+        return _Run(
+            self.setting, pd.concat([self.out, more.out]), more.job, plus(self.cost, more.cost),
+            self.seconds + more.seconds, self.max_requests, plus(self.tokens, more.tokens),
+            plus(self.usage_cost, more.usage_cost),
+        )  # fmt: skip
+
 
 class Pilot:
     """The outcome of :func:`pilot`: every setting's answers on the sample and how they
@@ -144,9 +182,18 @@ class Pilot:
         seed: int,
         target: float,
         queue_tokens: int | None = None,
+        looks: dict[Setting, int] | None = None,
     ) -> None:
         self.data = data
         self.sample = sample
+        #: How many looks each setting's figures come from (1: the first sample; an
+        #: extension adds one for the settings it ran more rows of); its interval is at
+        #: :func:`look_level` of it.
+        self.looks = {r.setting: (looks or {}).get(r.setting, 1) for r in runs}
+        #: Cheaper settings than the recommended one whose interval straddles the target
+        #: (set by :meth:`recommend`): :meth:`extend` runs more rows of them.
+        self.inconclusive: list[Setting] = []
+        self._metric = "agreement"  # of the last recommendation
         self.settings = [r.setting for r in runs]
         self.reference = reference
         self.truth = truth
@@ -172,13 +219,17 @@ class Pilot:
     def _compare(self, run: _Run) -> dict[str, Any]:
         ref = self._reference_frame()
         out = run.out
+        if len(out) != len(ref):  # a setting not extended: the first sample's rows
+            ref = ref.iloc[: len(out)]
         answered, agree = _agreement.row_agreement(ref, out, self.kinds)
         per_field = {
             f: _agreement.compare(ref[f], out[f], kind=k, seed=self.seed)
             for f, k in self.kinds.items()
         }
         return {
-            "agreement": _agreement.share_interval(int(agree.sum()), int(answered.sum())),
+            "agreement": _agreement.share_interval(
+                int(agree.sum()), int(answered.sum()), look_level(self.looks[run.setting])
+            ),
             "rows": int(answered.sum()),
             "fields": per_field,
         }
@@ -189,7 +240,7 @@ class Pilot:
         for s, run in self._runs.items():
             fig = self._figures[s]
             kappa = next((f["kappa"] for f in fig["fields"].values() if f["kind"] == "label"), None)
-            n = len(self.sample)
+            n = len(run.out)
             requests = math.ceil(total / (s.pack or 1))
             batches = math.ceil(requests / run.max_requests) if run.max_requests else None
             tokens = None if run.tokens is None else run.tokens * total // n
@@ -210,6 +261,7 @@ class Pilot:
                     "agreement": fig["agreement"].value,
                     "agreement_low": fig["agreement"].low,
                     "agreement_high": fig["agreement"].high,
+                    "level": look_level(self.looks[s]),
                     "kappa": np.nan if kappa is None else kappa.value,
                     "kappa_low": np.nan if kappa is None else kappa.low,
                     "kappa_high": np.nan if kappa is None else kappa.high,
@@ -304,14 +356,112 @@ class Pilot:
         if ok.empty:
             self.recommended = None
             return None
-        cost = ok["projected_cost"].astype(float).fillna(np.inf)
-        # Ties (unknown prices): the model with the lower list price, then the surer one.
-        price = ok["model"].map(_list_price)
-        order = ok.assign(_cost=cost, _price=price, _low=-low[ok.index])
-        order = order.sort_values(["_cost", "_price", "_low"], kind="stable")
+        order = self._cheapest_first(ok, low)
         best = self._setting(str(order.index[0]))
         self.recommended = best
+        self.inconclusive = self._straddling(best, metric, target)
+        self._metric = metric
+        if self.inconclusive:
+            warnings.warn(self.inconclusive_text(), stacklevel=2)
         return best
+
+    def _cheapest_first(self, rows: pd.DataFrame, low: pd.Series) -> pd.DataFrame:
+        cost = rows["projected_cost"].astype(float).fillna(np.inf)
+        # Ties (unknown prices): the model with the lower list price, then the surer one.
+        price = rows["model"].map(_list_price)
+        order = rows.assign(_cost=cost, _price=price, _low=-low[rows.index])
+        return order.sort_values(["_cost", "_price", "_low"], kind="stable")
+
+    def _straddling(self, best: Setting, metric: str, target: float) -> list[Setting]:
+        """The settings cheaper than ``best`` whose interval holds the target: the
+        sample cannot tell whether they are good enough."""
+        t = self.table
+        low, high = t[f"{metric}_low"], t[f"{metric}_high"]
+        order = list(self._cheapest_first(t, low).index)
+        cheaper = order[: order.index(best.name)]
+        return [
+            self._setting(str(name))
+            for name in cheaper
+            if not t.loc[name, "reference"] and low[name] < target <= high[name]
+        ]
+
+    def inconclusive_text(self) -> str:
+        """Why the recommendation may be dearer than it need be, and what to do."""
+        t = self.table
+        parts = []
+        for setting in self.inconclusive:
+            name = setting.name
+            metric = self._metric
+            cols = [metric, f"{metric}_low", f"{metric}_high", "rows"]
+            value, low, high, rows = t.loc[name, cols].to_numpy(dtype=float)
+            parts.append(f"{name} ({value:.3f} [{low:.3f}, {high:.3f}] on {rows:.0f} rows)")
+        chosen = self.recommended.name if self.recommended is not None else "none"
+        return (
+            f"pilot: inconclusive for {', '.join(parts)}: the interval holds the target "
+            f"{self.target:g}, so the sample cannot say whether it is good enough; "
+            f"recommending {chosen}, which is. pilot.extend() runs "
+            f"{EXTEND_FACTOR}x more rows for it and the reference (the rows paid for are "
+            "kept) and decides again."
+        )
+
+    def extend(self, n: int | None = None, *, settings: Sequence[str] | None = None) -> Pilot:
+        """A sequential extension of the sample: ``n`` more rows (default
+        :data:`EXTEND_FACTOR` times the first sample's), drawn with the pilot's seed from
+        the rows not yet sampled (at random: a ``stratify=`` column is not kept), run
+        for the :attr:`inconclusive` settings (or those named in ``settings``) and the
+        reference; the answers already paid for are kept.
+        Returns a new :class:`Pilot` whose extended settings are measured on the whole,
+        larger sample at the next look's level (:func:`look_level`), the other settings
+        as before, and whose recommendation is made again at the same target. (The
+        wider interval is the agreement's; kappa's bootstrap interval stays at 95%, so
+        ``recommend(metric="kappa")`` after an extension has no such bound.)"""
+        chosen = (
+            [self._setting(name) for name in settings]
+            if settings is not None
+            else list(self.inconclusive)
+        )
+        if not chosen:
+            raise InputError(
+                "pilot.extend(): no setting is inconclusive at the target "
+                f"{self.target:g}; name the ones to extend: pilot.extend(settings=[...])."
+            )
+        if self.realtime:
+            raise InputError(
+                "pilot.extend() runs batch jobs; a real-time pilot keeps no answers to "
+                "extend. Run nb.pilot(..., realtime=False) to extend it."
+            )
+        if not self.data.index.is_unique:
+            raise InputError(
+                "pilot.extend() draws rows not yet sampled by their index; the data's index "
+                "has repeated labels. Give it a unique index (df.reset_index())."
+            )
+        extra = EXTEND_FACTOR * len(self.sample) if n is None else n
+        if isinstance(extra, bool) or not isinstance(extra, int) or extra < 1:
+            raise InputError(f"pilot.extend(): n is a number of rows, found {n!r}.")
+        rest = self.data[~self.data.index.isin(self.sample.index)]
+        if rest.empty:
+            raise InputError("pilot.extend(): the sample holds every row of the data already.")
+        behind = [s.name for s in chosen if len(self._runs[s].out) < len(self.sample)]
+        if behind:
+            raise InputError(
+                f"pilot.extend(): {behind} were not run on the rows a later extension added; "
+                "extend them from the pilot they were last measured in."
+            )
+        look = 1 + max(self.looks[s] for s in chosen)
+        more = rest.sample(n=min(extra, len(rest)), random_state=self.seed + 1000 * look)
+        if self.reference is not None and self.reference not in chosen:
+            chosen.append(self.reference)
+        new = {r.setting: r for r in _batch_runs(more, chosen, self._kwargs)}
+        # An extended setting's rows: the sample's, then the new ones; another keeps
+        # the rows it had (a prefix of the sample, which grows at its end).
+        runs = [self._runs[s].joined(new[s]) if s in new else self._runs[s] for s in self.settings]
+        looks = {s: (look if s in new else self.looks[s]) for s in self.settings}
+        kwargs = {**self._kwargs}
+        return Pilot(
+            self.data, pd.concat([self.sample, more]), runs, self.reference, dict(self.truth),
+            self.kinds, kwargs, self.realtime, self.seed, self.target, self.queue_tokens,
+            looks=looks,
+        )  # fmt: skip
 
     def submit(
         self, data: Any = None, setting: Setting | str | None = None, **overrides: Any
@@ -389,9 +539,6 @@ def pilot(
 
     Waits for every setting's answers, then returns the :class:`Pilot`.
     """
-    from . import _submit, pricing
-    from .providers import provider_class
-
     for key in _OWN:
         if key in kwargs:
             raise InputError(f"pilot runs its sample itself: {key}= is not taken.")
@@ -414,43 +561,7 @@ def pilot(
     if realtime:
         runs = [_realtime(sample, s, kwargs) for s in settings]
     else:
-        started = time.monotonic()
-        jobs = [
-            _submit.submit(
-                sample,
-                s.prompt,
-                model=s.model,
-                pack=s.pack,
-                display=False,
-                progress=False,
-                **kwargs,
-            )  # fmt: skip
-            for s in settings
-        ]
-
-        def wait(job: Any) -> float:
-            job.wait(progress=False)
-            return time.monotonic() - started
-
-        with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
-            seconds = list(pool.map(wait, jobs))
-        runs = []
-        for s, job, took in zip(settings, jobs, seconds, strict=True):
-            max_requests = getattr(provider_class(job.provider), "max_requests", None)
-            out = job.merge(sample)
-            # Priced from the usage every row reports (a row reused from an earlier job
-            # reports its usage but costs nothing now), so the projection does not
-            # depend on what the ledger already held.
-            usage = job.results()
-            ins, outs, cached = (
-                int(usage[c].fillna(0).sum())
-                for c in ("input_tokens", "output_tokens", "cached_tokens")
-            )
-            used = ins + outs
-            priced = pricing.cost(
-                s.model, ins, outs, cached, estimated=False, provider=job.provider
-            ).batch
-            runs.append(_Run(s, out, job, job.cost.batch, took, max_requests, used, priced))
+        runs = _batch_runs(sample, settings, kwargs)
 
     fields = _fields(runs[0].out, sample, output)
     if truths:
@@ -463,6 +574,50 @@ def pilot(
     return Pilot(
         frame, sample, runs, ref, truths, kinds, kwargs, realtime, seed, target, queue_tokens
     )
+
+
+def _batch_runs(
+    sample: pd.DataFrame, settings: list[Setting], kwargs: dict[str, Any]
+) -> list[_Run]:
+    """Every setting on ``sample``, as small batch jobs run side by side and waited for."""
+    from . import _submit, pricing
+    from .providers import provider_class
+
+    started = time.monotonic()
+    jobs = [
+        _submit.submit(
+            sample,
+            s.prompt,
+            model=s.model,
+            pack=s.pack,
+            display=False,
+            progress=False,
+            **kwargs,
+        )  # fmt: skip
+        for s in settings
+    ]
+
+    def wait(job: Any) -> float:
+        job.wait(progress=False)
+        return time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs))) as pool:
+        seconds = list(pool.map(wait, jobs))
+    runs = []
+    for s, job, took in zip(settings, jobs, seconds, strict=True):
+        max_requests = getattr(provider_class(job.provider), "max_requests", None)
+        out = job.merge(sample)
+        # Priced from the usage every row reports (a row reused from an earlier job
+        # reports its usage but costs nothing now), so the projection does not
+        # depend on what the ledger already held.
+        usage = job.results()
+        ins, outs, cached = (
+            int(usage[c].fillna(0).sum())
+            for c in ("input_tokens", "output_tokens", "cached_tokens")
+        )
+        priced = pricing.cost(s.model, ins, outs, cached, estimated=False, provider=job.provider)
+        runs.append(_Run(s, out, job, job.cost.batch, took, max_requests, ins + outs, priced.batch))
+    return runs
 
 
 def _runs_of(runs: list[_Run], setting: Setting) -> _Run:

@@ -64,13 +64,19 @@ def test_auto_picks_a_threshold_that_meets_the_target_and_escalates_the_rest(ser
     # The small model disagrees on ~20% of rows, each with a lowered confidence
     # (at most 0.8 x 0.99): the threshold separates them.
     assert 0.1 < cal.expected_escalation < 0.35
+    # The expected agreement comes with its 95% interval (Wilson, on the kept pilot rows),
+    # shown before the job is sent.
+    assert cal.agreement_low is not None and cal.agreement_high is not None
+    assert cal.agreement_low < cal.expected_agreement <= cal.agreement_high <= 1.0
     notes = [n.text for n in job.snapshot().notes]
     assert any("calibrated cascade: escalate confidence <" in t for t in notes)  # shown first
+    assert any(f"(95% interval {cal.agreement_low:.1%} to " in t for t in notes)
     job.wait(timeout=180, progress=False)
     out = job.merge()
     kept = out["response_model"] == "gpt-4o-mini"
     agree = (out["label"] == [truth(i) for i in range(300)])[kept].mean()
     assert agree >= 0.93  # on rows the pilot did not see, too (the large model is truth)
+    assert cal.agreement_low <= agree <= cal.agreement_high  # checked afterwards
     assert (out.loc[~kept, "label"] == [truth(i) for i in np.flatnonzero(~kept)]).all()
     assert (out.loc[kept, "confidence"] >= cal.threshold).all()
     notes = [n.text for n in job.snapshot().notes]
@@ -272,3 +278,21 @@ def test_the_curve_bends_where_agreement_rises_steeply_over_a_narrow_band_of_sco
         )
         realised.append(agree[score >= threshold].mean())
     assert abs(float(np.mean(realised)) - 0.95) < 0.005
+
+
+def test_the_agreement_interval_is_wilsons_on_the_kept_rows():
+    from nbbatch import _agreement
+    from nbbatch._calibrate import agreement_interval
+
+    rng = np.random.default_rng(3)
+    scores = rng.uniform(size=400)
+    agree = rng.uniform(size=400) < 0.6 + 0.4 * scores
+    failed = rng.uniform(size=400) < 0.05
+    kept = ~failed & (scores >= 0.3)
+    low, high = agreement_interval(scores, agree, failed, 0.3)
+    wilson = _agreement.share_interval(int(agree[kept].sum()), int(kept.sum()))
+    assert (low, high) == pytest.approx((wilson.low, wilson.high))
+    # An old calibration (kept before the interval was) still reads and shows.
+    kept_dict = Calibration("confidence", 0.95, 0.8, 0.96, 0.2, 400, True).as_dict()
+    old = Calibration.from_dict({k: v for k, v in kept_dict.items() if "agreement_" not in k})
+    assert old.agreement_low is None and "interval" not in old.text()

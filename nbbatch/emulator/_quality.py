@@ -5,7 +5,10 @@
 model choice (a pilot, a cascade) can be tried offline. Which rows disagree is a
 deterministic function of the row's prompt (the last user message; a packed item's own
 prompt), the model and the seed: a row disagrees on every run, in every pack size, on
-every provider, and a larger quality only adds rows that agree. Models the mapping does
+every provider, and a larger quality only adds rows that agree. Models err on the same
+rows more often than chance, as real ones do (:func:`difficulty`): on half of the rows
+(:data:`SHARED_DIFFICULTY`) every model shares one difficulty, so there a stronger
+model's errors fall among a weaker one's. Models the mapping does
 not name agree always (quality 1.0); a dated snapshot (``gpt-4o-2024-08-06``,
 ``claude-haiku-4-5-20251001``) and Gemini's ``models/`` prefix take their base name's.
 
@@ -82,11 +85,35 @@ def base_model(model: str) -> str:
 # ------------------------------------------------------------------ changing an answer
 
 
+#: The share of rows on which every model has the same difficulty (see :func:`difficulty`).
+#: Models' errors are correlated: over 350 LLMs on shared benchmarks, "larger and more
+#: accurate models have highly correlated errors" and two models that both err pick the
+#: same wrong answer 60% of the time (Kim et al., "Correlated Errors in Large Language
+#: Models", ICML 2025, proceedings.mlr.press/v267/kim25e.html). That paper gives no
+#: share of rows to copy here: half is this emulator's choice. With errors drawn apart
+#: for each model (none shared), a large model's own errors fall evenly over the small
+#: model's scores, and a cascade's agreement on its most confident rows stops rising at
+#: the large model's quality, which no real pair of models of one family shows.
+SHARED_DIFFICULTY = 0.5
+
+
+def difficulty(seed: int, model: str, prompt: str) -> float:
+    """A row's difficulty for ``model``, uniform in [0, 1): a model of quality ``q``
+    agrees on the rows whose difficulty is below ``q``. On :data:`SHARED_DIFFICULTY` of
+    the rows (chosen by the prompt alone) it is the same for every model, so there a
+    model of higher quality errs only where every model of lower quality errs too; on
+    the others each model draws its own. Either way a row is equally likely to be each
+    value, so each model still agrees on its share of rows."""
+    if int_hash("quality-shared", seed, prompt) / 2.0**64 < SHARED_DIFFICULTY:
+        return int_hash("quality", seed, prompt) / 2.0**64
+    return int_hash("quality", seed, base_model(model), prompt) / 2.0**64
+
+
 def agrees(share: float, seed: int, model: str, prompt: str) -> bool:
     """Whether ``model`` of quality ``share`` gives the responder's answer to ``prompt``."""
     if share >= 1.0:
         return True
-    return int_hash("quality", seed, base_model(model), prompt) / 2.0**64 < share
+    return difficulty(seed, model, prompt) < share
 
 
 def disagree(

@@ -266,3 +266,36 @@ def test_the_seed_chooses_the_rows() -> None:
         expected = [chooser.agrees("gpt-4o-mini", p) for p in prompts]
         assert [g == truth(p)["label"] for g, p in zip(got, prompts, strict=True)] == expected
     assert first != second
+
+
+def test_models_err_on_the_same_rows_more_often_than_chance() -> None:
+    """Real models' errors are correlated: a stronger model errs mostly where a weaker
+    one errs too, so a cascade's most confident rows agree more than the large model's
+    quality alone would allow. Each model still agrees on its own share of rows."""
+    quality = {"gpt-4o-mini": 0.8, "gpt-4o": 0.95}
+    prompts = [f"review {i}" for i in range(20_000)]
+    with emulator.start(responder=responder, quality=quality) as emu:
+        with openai.OpenAI(base_url=emu.openai_base_url, api_key="k") as client:
+            sample = prompts[:40]  # the emulator answers as with_quality(...) says
+            for model in quality:
+                got = [
+                    client.chat.completions.create(
+                        model=model, messages=[{"role": "user", "content": p}]
+                    )
+                    .choices[0]
+                    .message.content
+                    for p in sample
+                ]
+                chooser = emulator.with_quality(responder, quality)
+                assert [g == truth(p)["label"] for g, p in zip(got, sample, strict=True)] == [
+                    chooser.agrees(model, p) for p in sample
+                ]
+    chooser = emulator.with_quality(responder, quality)
+    small = pd.Series([chooser.agrees("gpt-4o-mini", p) for p in prompts])
+    large = pd.Series([chooser.agrees("gpt-4o", p) for p in prompts])
+    assert abs(small.mean() - 0.8) < 0.015 and abs(large.mean() - 0.95) < 0.01
+    both_wrong = (~small & ~large).mean()
+    independent = (1 - small.mean()) * (1 - large.mean())  # 1% if drawn apart
+    assert both_wrong > 2 * independent
+    # Where the small model is right, the large one errs less than on average.
+    assert (~large[small]).mean() < 0.8 * (~large).mean()
