@@ -20,7 +20,8 @@ known a job is sent as if there were no limit, and a refusal is never a row fail
 its rows go back to be sent in a later wave, and the refusal teaches the limit.
 
 OpenAI's refusal states the limit. Gemini's states none, and a refusal is the only
-thing the queue says, so a job whose limit is unknown there fills the queue in steps
+thing the queue says, so a job whose limit is unknown there, larger than the smallest
+queue published for its model, fills the queue in steps
 (:func:`fill_room`): the job's batches bring what is queued to a twelfth of the
 job, then to each next wave boundary up, all sent at once, without waiting. On an account
 with room to spare every step is accepted (and the total accepted is kept, so the
@@ -272,7 +273,7 @@ def room(ctx: JobContext, q: Queue, rest: int, step: int = 1, sent: int = 0) -> 
     in_use = ledger.quota_in_use(q.key, q.model)
     if q.cap is None:
         if not states_limit(ctx.provider):
-            return fill_room(sent, sent + rest, step, q.accepted)
+            return _fill_unknown(ctx.provider, q, sent, rest, step)
         return _unknown_room(ctx, q, rest, in_use)
     if q.probing:
         # Refused with nothing of ours queued: fill below the refused amount.
@@ -292,6 +293,17 @@ def states_limit(provider: Provider) -> bool:
     """Whether the provider's refusal for its queue states the limit (OpenAI's does,
     Gemini's does not: see ``quota_limit_stated`` on the provider class)."""
     return bool(getattr(provider, "quota_limit_stated", True))
+
+
+def _fill_unknown(provider: Provider, q: Queue, sent: int, rest: int, step: int) -> int | None:
+    """With no limit known where a refusal states none: a job within the smallest queue
+    the provider publishes for the model (its lowest usage tier) goes at once, as does
+    one for a model without a published figure (every account on a published tier
+    takes it: a guess must not slow it down); a larger one fills the queue in steps."""
+    floor = provider.tier_limit(TIERS[0], q.label)
+    if floor is None or sent + rest <= floor:
+        return None
+    return fill_room(sent, sent + rest, step, q.accepted)
 
 
 def fill_room(sent: int, top: int, step: int, accepted: int | None) -> int:

@@ -37,6 +37,16 @@ def knobs(provider: str, share: float) -> dict[str, int]:
     return {key: tokens}
 
 
+@pytest.fixture
+def small_tier(monkeypatch):
+    """Gemini's smallest published queue (3M tokens at tier 1) as 4,000 tokens: the
+    queue is filled in steps only for a job over it, and a 3M-token job is too big for
+    a test."""
+    from nbbatch.providers.gemini import GeminiProvider
+
+    monkeypatch.setattr(GeminiProvider, "tier_limit", classmethod(lambda cls, tier, model: 4_000))
+
+
 def run(df, client, **kwargs) -> nb.BatchJob:
     job = nb.submit(df, "{text}", model=model_for(client), client=client, **kwargs)
     job.polling = FAST
@@ -49,7 +59,7 @@ def refusals(job: nb.BatchJob) -> int:
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_a_job_five_times_over_the_queue_limit_succeeds_in_waves(provider):
+def test_a_job_five_times_over_the_queue_limit_succeeds_in_waves(provider, small_tier):
     # Batches last long enough for the queue to fill (a faster one drains between creates).
     seconds = 0.5
     with emulator.start(processing_seconds=seconds, **knobs(provider, 0.2)) as server:
@@ -76,7 +86,7 @@ def test_a_job_five_times_over_the_queue_limit_succeeds_in_waves(provider):
         assert not [b for b in again.snapshot().batches if b.status == "refused"]
 
 
-def test_a_probed_gemini_limit_is_what_the_queue_held_and_is_then_kept():
+def test_a_probed_gemini_limit_is_what_the_queue_held_and_is_then_kept(small_tier):
     # Gemini's refusal states no limit: the limit kept is the most the queue held at
     # once (by the provider's creation and end times, so a batch that ended unseen
     # never makes it high), and no job after that is refused.
@@ -95,9 +105,10 @@ def test_a_probed_gemini_limit_is_what_the_queue_held_and_is_then_kept():
             assert refusals(job) == 0
 
 
-def test_a_gemini_account_with_room_gets_the_job_in_a_few_batches_then_one():
-    # No limit known and none at the provider: the queue is filled in at most
-    # FILL_STEPS batches, sent without waiting, none refused; what it took is kept,
+def test_a_gemini_account_with_room_gets_the_job_in_a_few_batches_then_one(small_tier):
+    # No limit known and none at the provider, a job over the smallest published queue:
+    # it is filled in at most FILL_STEPS batches, sent without waiting, none refused;
+    # what it took is kept,
     # so the next job of that size goes in one batch, or two where some of the first
     # job's ended before its last was created (the queue was not seen to hold it all).
     with emulator.start(processing_seconds=5.0) as server:
@@ -109,6 +120,14 @@ def test_a_gemini_account_with_room_gets_the_job_in_a_few_batches_then_one():
         second = run(frame(tag="b"), client)
         assert second.counts["succeeded"] == ROWS
         assert len(second.batch_ids) <= 2
+
+
+def test_a_gemini_job_within_the_smallest_published_queue_goes_at_once():
+    # 12k tokens, far below what any published tier queues: one batch, not steps.
+    with emulator.start(processing_seconds=0.05) as server:
+        job = run(frame(), client_for("gemini", server))
+        assert job.counts["succeeded"] == ROWS
+        assert len(job.batch_ids) == 1
 
 
 def test_openai_refused_batch_is_cleaned_up_and_its_rows_never_fail(oai):
