@@ -134,6 +134,10 @@ def send_rows(
     filling = False  # the queue's limit unknown, batches sized to fill it in steps
     sent_units = 0  # of the queue, in this pass
     refusals = 0
+    if queue.cap is not None and not queue.probing and _quota.room(ctx, queue, len(positions)) == 0:
+        # The queue is full: nothing to encode until a wave ends (every poll asks).
+        _wait_for_room(ctx, progress, None, len(positions))
+        return
     for start in range(0, len(positions), limit * size):
         block = positions[start : start + limit * size]
         jsonl, ends, ids = _encode_block(ctx, state, block, spec, size, built)
@@ -207,11 +211,13 @@ def _piece_end(
     return stop
 
 
-def _wait_for_room(ctx: JobContext, progress: Progress, per_row: float, unsent: int) -> None:
-    """The queue is full: the rest of this pass stays unsent for the next wave."""
+def _wait_for_room(ctx: JobContext, progress: Progress, per_row: float | None, unsent: int) -> None:
+    """The queue is full: the rest of this pass stays unsent for the next wave (what is
+    left to send recorded, given ``per_row``, a row's share of the queue)."""
     progress.active = False
     progress.waiting = True
-    _quota.waves_left(ctx, per_row, unsent)
+    if per_row is not None:
+        _quota.waves_left(ctx, per_row, unsent)
     ctx.on_progress()
 
 
