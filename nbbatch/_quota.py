@@ -19,17 +19,18 @@ and model, so the next job starts at the right size): the smaller of those. With
 known a job is sent as if there were no limit, and a refusal is never a row failure:
 its rows go back to be sent in a later wave, and the refusal teaches the limit.
 
-OpenAI's refusal states the limit. Gemini's states none, and a refusal is the only
-thing the queue says, so a job whose limit is unknown there, larger than the smallest
-queue published for its model, fills the queue in steps
-(:func:`fill_room`): the job's batches bring what is queued to a twelfth of the
-job, then to each next wave boundary up, all sent at once, without waiting. On an account
-with room to spare every step is accepted (and the total accepted is kept, so the
-next job goes in one batch up to it); on a full one the step over the limit is the one
-refused create, and the limit kept is the largest total the queue accepted, counted
-from the batches still running once their statuses are refreshed (so a batch that
-ended unseen never makes it high). Each step is a wave boundary (the job divided by a
-whole number), so the waves that follow are as few as the real limit allows.
+OpenAI's refusal states the limit. Gemini's states none (nor, as far as is published,
+does Anthropic's), and a refusal is the only thing the queue says, so a job whose limit
+is unknown there, larger than the smallest queue published for its model, fills the
+queue in steps (:func:`fill_room`) sent one after the other, without waiting: a twelfth
+of the job, then each next wave boundary (the job divided by 11, 10 ... 1). On an
+account with room to spare every step is accepted (and the most the queue took is kept,
+so the next job sends up to it in one batch); on a full one the step over the limit is
+the one refused create, and the limit kept is the most the queue held at once, counted
+by the provider's own creation and end times of the batches once their statuses are
+refreshed (so a batch that ended unseen never makes it high). Each step is a wave
+boundary, so the waves that follow are as few as the real limit allows, and none is
+refused: they never fill beyond what the queue was seen to hold.
 """
 
 from __future__ import annotations
