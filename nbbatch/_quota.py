@@ -276,9 +276,11 @@ def room(ctx: JobContext, q: Queue, rest: int, step: int = 1, sent: int = 0) -> 
         if not states_limit(ctx.provider):
             return _fill_unknown(ctx.provider, q, sent, rest, step)
         return _unknown_room(ctx, q, rest, in_use)
-    if q.probing:
-        # Refused with nothing of ours queued: fill below the refused amount.
-        return fill_room(sent, min(sent + rest, q.cap), step, None)
+    if q.probing and q.ceiling is not None:
+        # Refused with nothing of ours queued: fill at the boundaries of the refused
+        # amount (the whole job, when that was it), never up to it.
+        step_to = fill_room(sent, min(sent + rest, q.ceiling), step, None)
+        return max(0, min(step_to, q.cap - sent))
     if q.refused_at is not None and ctx.clock() - q.refused_at < HOLD_OFF and not in_use:
         return 0  # the room is taken by batches this ledger does not know
     need = min(rest, max(1, int(q.cap * MIN_SHARE)))
