@@ -17,13 +17,20 @@ The limit comes from ``queue_limit=`` (the user's figure), else from ``tier=`` (
 provider's published figure) and what refusals taught (kept in the ledger per account
 and model, so the next job starts at the right size): the smaller of those. With none
 known a job is sent as if there were no limit, and a refusal is never a row failure:
-its rows go back to be sent in a later wave, and the refusal teaches the limit (stated
-by OpenAI; otherwise probed: what was queued when the refusal came, found by filling
-the queue in small batches when nothing was). A probed limit lies between the largest
-amount the queue was seen to accept and the smallest it refused; while those are far
-apart the next wave tries half way between them (a bisection), so the limit grows
-towards the real one only as far as the last refusal allows, and a refusal never
-comes from growing past an amount already refused.
+its rows go back to be sent in a later wave, and the refusal teaches the limit.
+
+OpenAI's refusal states the limit. Gemini's states none (nor, as far as is published,
+does Anthropic's), and a refusal is the only thing the queue says, so a job whose limit
+is unknown there, larger than the smallest queue published for its model, fills the
+queue in steps (:func:`fill_room`) sent one after the other, without waiting: a twelfth
+of the job, then each next wave boundary (the job divided by 11, 10 ... 1). On an
+account with room to spare every step is accepted (and the most the queue took is kept,
+so the next job sends up to it in one batch); on a full one the step over the limit is
+the one refused create, and the limit kept is the most the queue held at once, counted
+by the provider's own creation and end times of the batches once their statuses are
+refreshed (so a batch that ended unseen never makes it high). Each step is a wave
+boundary, so the waves that follow are as few as the real limit allows, and none is
+refused: they never fill beyond what the queue was seen to hold.
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from ._errors import InputError, ProviderError
@@ -58,15 +67,11 @@ MIN_SHARE = 1 / 8
 HOLD_OFF = 60.0
 #: Characters per token for the estimate (the emulator counts the same way).
 CHARS_PER_TOKEN = 4
-#: While probing (a refusal that stated no limit, with nothing queued), the queue is
-#: filled in batches of this share of the refused amount: the next refusal then lands
-#: within one such batch of the real limit. Smaller means more batches in that one
-#: wave (each create takes a while, and batches may end before the queue is full);
-#: larger, a limit found further below the real one, then raised by bisection.
-PROBE_STEP = 1 / 8
-#: A probed limit within this share below the smallest refused amount is settled: no
-#: more bisection tries (each may cost a refusal) for the few percent left.
-SETTLED = 0.1
+#: With no limit known where a refusal states none (Gemini), the queue is filled in steps
+#: at the job's wave boundaries: a FILL_STEPS-th of the job, then each larger share
+#: (1/(n-1), 1/(n-2) ... the whole job). More steps find the limit of jobs many times
+#: over it in one refusal; fewer send fewer batches to an account with room to spare.
+FILL_STEPS = 12
 
 
 class QuotaRefused(ProviderError):
@@ -92,35 +97,21 @@ class Queue:
     ceiling: int | None = None  # the least queued amount a refusal was seen at
     refused_at: float | None = None  # a refusal the ledger did not see coming
     wave_seconds: float | None = None  # how long a wave took, last seen
+    accepted: int | None = None  # with no limit known: the most the queue took at once
 
     @property
     def probing(self) -> bool:
-        """A refusal that stated no limit came with nothing else queued: the limit is
-        somewhere below what was refused, and is found by filling the queue in small
-        batches until the next refusal."""
+        """A refusal that stated no limit came with nothing of the ledger's queued: the
+        limit is somewhere below what was refused, and is found by filling the queue
+        in steps below that (see :func:`fill_room`) until the next refusal."""
         return (
             self.source == "probe" and self.ceiling is not None and self.limit == self.ceiling - 1
         )
 
     @property
     def piece(self) -> int | None:
-        """The largest batch to send (in the queue's unit): the limit, or a small step
-        while probing."""
-        if self.probing and self.ceiling is not None:
-            return max(1, int(self.ceiling * PROBE_STEP))
+        """The largest batch to send (in the queue's unit): what the queue may hold."""
         return self.cap
-
-    @property
-    def bisecting(self) -> bool:
-        """A probed limit (the most the queue was seen to accept) still far below the
-        least it refused: the next waves try half way between them."""
-        return (
-            self.source == "probe"
-            and not self.probing
-            and self.limit is not None
-            and self.ceiling is not None
-            and self.ceiling - 1 > self.limit * (1 + SETTLED)
-        )
 
     @property
     def cap(self) -> int | None:
@@ -128,8 +119,6 @@ class Queue:
         estimates."""
         if self.limit is None:
             return None
-        if self.bisecting and self.ceiling is not None:
-            return (self.limit + self.ceiling) // 2
         if self.unit == "requests" or self.source == "probe":
             return self.limit  # exact, or counted in the estimate's own terms
         return max(1, int(self.limit * FILL))
@@ -157,7 +146,7 @@ def known_limit(
     given = user_limit(queue_limit, model)
     if given is not None:
         return given
-    known = [int(learned["limit"])] if learned and learned.get("limit") else []
+    known = [int(learned["limit"])] if learned and _learned_limit(learned) else []
     if tier:
         published = cls.tier_limit(str(tier), model)
         if published is not None:
@@ -221,6 +210,7 @@ def queue(ctx: JobContext, spec: RequestSpec) -> Queue:
         "ceiling": learned.get("ceiling"),
         "refused_at": learned.get("refused_at"),
         "wave_seconds": learned.get("wave_seconds"),
+        "accepted": None if _learned_limit(learned) else learned.get("limit"),
     }
     if given is not None:  # the user's figure: they know their account
         return Queue(limit=given, source="queue_limit=", **base)
@@ -230,7 +220,7 @@ def queue(ctx: JobContext, spec: RequestSpec) -> Queue:
         published = provider.tier_limit(str(tier), spec.model)
         if published is not None:
             known.append((published, "tier="))
-    if learned.get("limit"):
+    if _learned_limit(learned):
         known.append((int(learned["limit"]), str(learned.get("source") or "provider")))
     if not known:
         return Queue(limit=None, source=None, **base)
@@ -238,51 +228,104 @@ def queue(ctx: JobContext, spec: RequestSpec) -> Queue:
     return Queue(limit=limit, source=source, **base)
 
 
-def line_units(provider: Provider, spec: RequestSpec, jsonl: bytes, ends: np.ndarray) -> np.ndarray:
+def _learned_limit(learned: dict[str, Any] | None) -> bool:
+    """Whether the ledger's record of a queue holds a limit: not only the most the
+    queue was seen to take at once while no limit was known (source ``accepted``)."""
+    return bool(learned and learned.get("limit") and learned.get("source") != "accepted")
+
+
+def line_units(
+    provider: Provider, spec: RequestSpec, jsonl: bytes, ends: np.ndarray, ids: Any = None
+) -> np.ndarray:
     """What each request line takes of the queue: 1 where the queue counts requests;
     else its input tokens, estimated from the line's bytes less what every line carries
-    besides the prompt (the custom id, model, parameters)."""
+    besides the prompt (the model, parameters) and, given its custom ``ids`` (an Arrow
+    string array), the line's own id. A line's estimate then depends on its prompt
+    alone, as the provider's count does: what one wave was seen to hold means the same
+    in the next, whatever rows and ids it carries."""
     if provider.quota_unit == "requests":
         return np.ones(len(ends), dtype=np.int64)
     sizes = np.diff(np.concatenate(([0], ends))).astype(np.int64)
-    overhead = _overhead(provider, spec, jsonl[: int(ends[0])] if len(ends) else b"")
+    overhead = _overhead(provider, spec)
+    if ids is not None and len(ids) == len(ends):
+        import pyarrow.compute as pc
+
+        # Ids are ASCII (nbbatch makes and checks them): as many bytes in the line.
+        lengths = pc.binary_length(pc.cast(ids, pa.large_string())).to_numpy(zero_copy_only=False)
+        sizes = sizes - (np.asarray(lengths, dtype=np.int64) - 1)
     return np.maximum(1, -(-(sizes - overhead) // CHARS_PER_TOKEN))
 
 
-def _overhead(provider: Provider, spec: RequestSpec, first_line: bytes) -> int:
-    """The bytes of a request line with an empty prompt (and a custom id as long as the
-    first line's): what is not prompt in every line. 0 when it cannot be encoded."""
-    import orjson
-
+def _overhead(provider: Provider, spec: RequestSpec) -> int:
+    """The bytes of a request line with an empty prompt and a one-character custom id:
+    what is not prompt in every line. 0 when it cannot be encoded."""
     try:
-        line = orjson.loads(first_line)
-        custom_id = str(line.get("custom_id") or line.get("key") or "")
-        empty = provider.encode(pa.array([custom_id]), pa.array([""]), spec)
+        empty = provider.encode(pa.array(["0"]), pa.array([""]), spec)
     except Exception:  # noqa: BLE001 - an estimate: count every byte then
         return 0
     return len(empty)
 
 
-def room(ctx: JobContext, q: Queue, rest: int) -> int | None:
+def room(ctx: JobContext, q: Queue, rest: int, step: int = 1, sent: int = 0) -> int | None:
     """How much may be sent now to queue ``q`` (in its unit), with ``rest`` still to
-    send in this pass: None when no limit is known (send as usual), 0 to wait."""
+    send in this pass and ``sent`` sent in it (``step``: a row's share): None when no
+    limit is known and the job goes as usual, 0 to wait."""
     ledger = ctx.ledger
     in_use = ledger.quota_in_use(q.key, q.model)
     if q.cap is None:
+        if not states_limit(ctx.provider):
+            return _fill_unknown(ctx.provider, q, sent, rest, step)
         return _unknown_room(ctx, q, rest, in_use)
+    if q.probing and q.ceiling is not None:
+        # Refused with nothing of ours queued: fill at the boundaries of the refused
+        # amount (the whole job, when that was it), never up to it.
+        step_to = fill_room(sent, min(sent + rest, q.ceiling), step, None)
+        return max(0, min(step_to, q.cap - sent))
     if q.refused_at is not None and ctx.clock() - q.refused_at < HOLD_OFF and not in_use:
         return 0  # the room is taken by batches this ledger does not know
     need = min(rest, max(1, int(q.cap * MIN_SHARE)))
-    # A bisection try counts what is queued now, not what the last poll saw: an amount
-    # accepted above the limit raises it (batch_sent), so it must not include batches
-    # that already ended.
-    stale = q.bisecting and in_use > 0
-    if (q.cap - in_use < need or stale) and _release_ended(ctx, q):
+    if q.cap - in_use < need and _release_ended(ctx, q):
         in_use = ledger.quota_in_use(q.key, q.model)
     free = q.cap - in_use
     if free < need:
         return 0
     return max(0, free)
+
+
+def states_limit(provider: Provider) -> bool:
+    """Whether the provider's refusal for its queue states the limit (OpenAI's does,
+    Gemini's does not: see ``quota_limit_stated`` on the provider class)."""
+    return bool(getattr(provider, "quota_limit_stated", True))
+
+
+def _fill_unknown(provider: Provider, q: Queue, sent: int, rest: int, step: int) -> int | None:
+    """With no limit known where a refusal states none: a job within the smallest queue
+    the provider publishes for the model (its lowest usage tier) goes at once, as does
+    one for a model without a published figure (every account on a published tier
+    takes it: a guess must not slow it down); a larger one fills the queue in steps."""
+    floor = provider.tier_limit(TIERS[0], q.label)
+    if floor is None or sent + rest <= floor:
+        return None
+    return fill_room(sent, sent + rest, step, q.accepted)
+
+
+def fill_room(sent: int, top: int, step: int, accepted: int | None) -> int:
+    """The next step while a queue of unknown limit is filled towards ``top`` (what
+    this pass ``sent`` and has left to send): up to the least of the job's wave
+    boundaries (``top`` divided by 12, 11 ... 1) above ``sent`` by at least a row's
+    ``step``, or at once up to the largest boundary the queue was seen to take
+    (``accepted``, by an earlier job's fill). Sent one after the other without
+    waiting, so a job with room to spare is never slowed (and goes in at most
+    FILL_STEPS batches); a full queue refuses the first step over its limit, and what
+    it held then is the limit kept."""
+    step = max(1, step)
+    bounds = sorted({max(1, top // n) for n in range(1, FILL_STEPS + 1)})
+    above = [b for b in bounds if b - sent >= step] or [top]
+    target = above[0]
+    if accepted:
+        held = [b for b in above if b <= accepted]
+        target = held[-1] if held else target
+    return max(0, target - sent)
 
 
 def _release_ended(ctx: JobContext, q: Queue) -> bool:
@@ -300,6 +343,61 @@ def _release_ended(ctx: JobContext, q: Queue) -> bool:
             ctx.ledger.update_batch(batch_id, info.status, True, info.failure, info.raw, info.done)
             released = True
     return released
+
+
+def _held(ctx: JobContext, q: Queue) -> int:
+    """The most queue ``q`` was seen to hold at once: with the open batches asked about
+    first (a batch that ended since the last poll holds nothing now), the largest total
+    queued when one of the job's batches was accepted, by the provider's own times
+    (:func:`_most_queued`); where those are missing, what still runs (all of it was
+    queued at once, when the last of it was accepted)."""
+    if ctx.ledger.quota_in_use(q.key, q.model):
+        _release_ended(ctx, q)
+    running = ctx.ledger.quota_in_use(q.key, q.model)
+    most = _most_queued(ctx, q)
+    return max(running, most or 0)
+
+
+def _most_queued(ctx: JobContext, q: Queue) -> int | None:
+    """The largest total of queue ``q`` the provider accepted at once, as far as the
+    ledger knows: for each of the job's batches, what was queued when it was created
+    (itself and the batches created before it that had not ended by then, by the
+    provider's creation and end times); None when a batch lacks those times."""
+    rows = ctx.ledger.query(
+        "SELECT rowid, quota_units, ended, raw FROM batches WHERE quota_key = ? AND "
+        "quota_model = ? AND quota_units > 0 AND batch_id NOT LIKE 'intent-%' AND "
+        "(ended = 0 OR job_id = ?) ORDER BY rowid",
+        (q.key, q.model, ctx.id),
+    )
+    spans: list[tuple[int, float, float]] = []  # units, created, ended (inf: running)
+    for _rowid, units, ended, raw in rows:
+        obj = orjson.loads(raw or "{}")
+        start = _time_of(obj, ("create_time", "created_at", "createTime"))
+        end = _time_of(obj, ("end_time", "ended_at", "endTime")) if ended else math.inf
+        if start is None or end is None:
+            return None
+        spans.append((int(units), start, end))
+    most = 0
+    for k, (_units, created, _end) in enumerate(spans):
+        # Created before it (in the ledger's order: one sender creates in turn) and not
+        # ended by then; an end at the same instant counts as ended (the safe side).
+        total = sum(u for u, _c, e in spans[: k + 1] if e > created)
+        most = max(most, total)
+    return most
+
+
+def _time_of(obj: dict[str, Any], names: tuple[str, ...]) -> float | None:
+    """The first of the timestamps ``names`` in a provider's batch object, in seconds."""
+    for name in names:
+        value = obj.get(name)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str) and value:
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                return None
+    return None
 
 
 def _unknown_room(ctx: JobContext, q: Queue, rest: int, in_use: int) -> int | None:
@@ -321,11 +419,21 @@ def _unknown_room(ctx: JobContext, q: Queue, rest: int, in_use: int) -> int | No
     return 0 if reviewing else None
 
 
+def filled(ctx: JobContext, q: Queue) -> None:
+    """A pass that filled a queue of unknown limit (see :func:`fill_room`) sent every
+    row without a refusal: keep the most the queue took at once, so the next job sends
+    up to it in one batch."""
+    held = _held(ctx, q)
+    if held > (q.accepted or 0):
+        ctx.ledger.set_quota_limit(q.key, q.model, unit=q.unit, limit=held, source="accepted")
+
+
 def refused(ctx: JobContext, q: Queue, refusal: Refusal, units: int, in_use: int) -> None:
     """Learn from a refusal of a batch of ``units`` while ``in_use`` (others) was
-    queued: the stated limit, else a probe's (what was queued then; with nothing
-    queued, the queue is filled in small batches until the next refusal), in the ledger
-    for every later job of the account."""
+    queued: the stated limit, else the most the queue was seen to hold (the batches
+    still running, asked about first; with none, the queue is filled in steps below
+    the refused amount until the next refusal), in the ledger for every later job of
+    the account."""
     now = ctx.clock()
     asked = in_use + units
     # A limit we were told (or were sure of) and still refused: batches this ledger
@@ -340,20 +448,20 @@ def refused(ctx: JobContext, q: Queue, refusal: Refusal, units: int, in_use: int
             limit = max(1, int(asked * 0.9))
         values.update(limit=limit, source="provider", ceiling=None)
     else:
-        # No limit stated: what was accepted is below it, what was refused above. With
-        # nothing else queued and nothing accepted before, probe: fill the queue in
-        # small batches until refused.
-        # The refused amount counts what the ledger saw queued (the provider held no
-        # more); what it held and accepted counts only batches still running now, not
-        # those ended since the last poll, or the next waves overshoot the limit.
+        # No limit stated: what was refused is above it, what the queue held below.
+        # What it held counts only batches still running once asked (a batch that
+        # ended unseen held nothing when the refusal came): all of those were queued
+        # at once, when the last was accepted, so the limit is at least that much.
+        held = _held(ctx, q)
         ceiling = min(asked, q.ceiling) if q.ceiling else asked
-        if in_use and _release_ended(ctx, q):
-            in_use = ctx.ledger.quota_in_use(q.key, q.model)
-        accepted = in_use
-        if q.source == "probe" and not q.probing and q.limit is not None and q.limit < ceiling:
-            accepted = max(accepted, q.limit)  # a bisection try refused: keep what held
-        limit = accepted or ceiling - 1
+        known = q.limit if q.source == "probe" and not q.probing else None
+        limit = max(held, q.accepted or 0, known or 0)
+        if limit >= ceiling:
+            limit = held  # others outside the ledger hold part of the queue
+        limit = limit or ceiling - 1  # nothing held: probe below the refused amount
         values.update(limit=max(1, limit), source="probe", ceiling=ceiling)
+        if held:
+            _first_wave(ctx, q, max(1, limit), now)
     ctx.ledger.set_quota_limit(q.key, q.model, **values)
     waves = ctx.ledger.waves(ctx.id)
     waves["refusals"] = int(waves.get("refusals", 0)) + 1
@@ -363,6 +471,19 @@ def refused(ctx: JobContext, q: Queue, refusal: Refusal, units: int, in_use: int
         f"wave, within {_amount(limit)} queued {q.unit}",
         "event",
     )
+
+
+def _first_wave(ctx: JobContext, q: Queue, limit: int, now: float) -> None:
+    """The queue filled before its limit was known: what it holds is the job's first
+    wave, for the views (and ``limit`` what the next waves fill)."""
+    waves = ctx.ledger.waves(ctx.id)
+    if waves.get("starts"):
+        return
+    waves.update(
+        starts=[now], in_wave=limit, model=q.label, unit=q.unit, limit=limit, source="probe",
+        key=q.key, queue=q.model, cap=limit,
+    )  # fmt: skip
+    ctx.ledger.set_waves(ctx.id, waves)
 
 
 def late_refusal(ctx: JobContext, batch: dict[str, Any], info: BatchInfo, refusal: Refusal) -> None:
@@ -392,11 +513,6 @@ def batch_sent(ctx: JobContext, q: Queue, units: int, per_unit: float, unsent_ro
     is left to send
     (for the count of waves) and how long the last wave took."""
     now = ctx.clock()
-    if q.bisecting and q.limit is not None and q.ceiling is not None:
-        # Accepted above the probed limit: the queue holds at least this much.
-        held = ctx.ledger.quota_in_use(q.key, q.model)
-        if q.limit < held < q.ceiling:
-            ctx.ledger.set_quota_limit(q.key, q.model, limit=held)
     waves = ctx.ledger.waves(ctx.id)
     starts = list(waves.get("starts", []))
     in_wave = int(waves.get("in_wave", 0))  # sent since the wave started

@@ -131,11 +131,18 @@ def send_rows(
     # the rest left unsent for the next wave when it is full.
     queue = _quota.queue(ctx, spec)
     waved = False  # a batch went into a limited queue in this pass
+    filling = False  # the queue's limit unknown, batches sized to fill it in steps
+    sent_units = 0  # of the queue, in this pass
     refusals = 0
+    if queue.cap is not None and not queue.probing and _quota.room(ctx, queue, len(positions)) == 0:
+        # The queue is full: nothing to encode until a wave ends (every poll asks).
+        _wait_for_room(ctx, progress, None, len(positions))
+        return
     for start in range(0, len(positions), limit * size):
         block = positions[start : start + limit * size]
-        jsonl, ends = _encode_block(ctx, state, block, spec, size, built)
-        units = _quota.line_units(provider, spec, jsonl, ends)
+        jsonl, ends, ids = _encode_block(ctx, state, block, spec, size, built)
+        units = _quota.line_units(provider, spec, jsonl, ends, ids)
+        del ids
         per_row = float(units.sum()) / max(1, len(block))
         first = 0
         while first < len(ends):
@@ -143,11 +150,12 @@ def send_rows(
                 return
             stop = _piece_end(ends, units, first, limit, provider.max_bytes, queue.piece)
             rest = int(units[first:].sum()) + int(per_row * (len(positions) - start - len(block)))
-            allowed = _quota.room(ctx, queue, rest)
+            allowed = _quota.room(ctx, queue, rest, math.ceil(per_row), sent_units)
             if allowed == 0 or refusals > MAX_REFUSALS:
                 _wait_for_room(ctx, progress, per_row, len(positions) - start - first * size)
                 return
             if allowed is not None:  # as much as fits the room left
+                filling = filling or queue.limit is None
                 fits = int(np.searchsorted(np.cumsum(units[first:stop]), allowed, "right"))
                 stop = first + max(1, fits)
             if (first, stop) != (0, len(ends)):
@@ -175,6 +183,7 @@ def send_rows(
                 continue
             if not sent:
                 return  # the job was cancelled from another process
+            sent_units += claim.units
             if queue.limit is not None:
                 left = len(positions) - start - stop * size
                 _quota.batch_sent(ctx, queue, claim.units, per_row, left)
@@ -184,6 +193,8 @@ def send_rows(
         del jsonl
     if waved:
         _quota.waves_left(ctx, 0.0, 0)
+    if filling and queue.limit is None:
+        _quota.filled(ctx, queue)  # every row went in, none refused: the queue took it
     progress.active = False
 
 
@@ -200,11 +211,13 @@ def _piece_end(
     return stop
 
 
-def _wait_for_room(ctx: JobContext, progress: Progress, per_row: float, unsent: int) -> None:
-    """The queue is full: the rest of this pass stays unsent for the next wave."""
+def _wait_for_room(ctx: JobContext, progress: Progress, per_row: float | None, unsent: int) -> None:
+    """The queue is full: the rest of this pass stays unsent for the next wave (what is
+    left to send recorded, given ``per_row``, a row's share of the queue)."""
     progress.active = False
     progress.waiting = True
-    _quota.waves_left(ctx, per_row, unsent)
+    if per_row is not None:
+        _quota.waves_left(ctx, per_row, unsent)
     ctx.on_progress()
 
 
@@ -215,22 +228,23 @@ def _encode_block(
     spec: RequestSpec,
     size: int,
     built: engines.Prebuilt | None,
-) -> tuple[bytes, np.ndarray]:
+) -> tuple[bytes, np.ndarray, Any]:
     """The request lines of the leaders at ``block`` (in packs of ``size`` rows when it
-    is more than 1; as ``built`` on a cluster's workers, when they were), and where each
-    line ends."""
+    is more than 1; as ``built`` on a cluster's workers, when they were), where each
+    line ends, and the lines' custom ids where they are one a row (else None)."""
     jsonl = built.lines(block) if built is not None else None
+    custom_ids = None
     if jsonl is not None:
         ids = block  # one line per row
     elif size > 1:
         jsonl, ids = _pack.encode(ctx, block, spec, size)
     else:
-        ids = state.manifest_column("custom_id", block)
+        ids = custom_ids = state.manifest_column("custom_id", block)
         jsonl = ctx.provider.encode(ids, state.manifest_column("prompt", block), spec)
     ends = np.flatnonzero(np.frombuffer(jsonl, dtype=np.uint8) == 0x0A) + 1
     if len(ends) != len(ids):
         raise NbbatchError("internal error: one request line per row was not produced")
-    return jsonl, ends
+    return jsonl, ends, custom_ids
 
 
 def _send_piece(

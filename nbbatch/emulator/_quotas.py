@@ -51,7 +51,9 @@ OPENAI_FALLBACK = "gpt-4o-mini"
 # "Maximum requests per minute (RPM)" to the Batches API and "Maximum batch requests in
 # processing queue", from https://docs.anthropic.com/en/api/rate-limits ("Message
 # Batches API Rate Limits"). A batch request stays in the queue "when it has yet to be
-# successfully processed by the model".
+# successfully processed by the model". (A later version of that page names its tiers
+# Start, Build and Scale, with 200,000 / 300,000 / 500,000 queued requests: the same
+# figures as tiers 2-4 here.)
 ANTHROPIC_BATCH_RPM = (50, 1_000, 2_000, 4_000)
 ANTHROPIC_QUEUE_REQUESTS = (100_000, 200_000, 300_000, 500_000)
 
@@ -153,8 +155,11 @@ def anthropic_queue_refusal(limit: int, queued: int, requested: int) -> str:
     """The message of a create refused for Anthropic's processing-queue limit.
 
     Anthropic documents the status, error type and ``retry-after`` header of a rate
-    limit refusal (https://docs.anthropic.com/en/api/rate-limits, /en/api/errors) but
-    not this limit's wording, so the text is our own and states the figures.
+    limit refusal, and that the 429 describes "which rate limit was exceeded"
+    (https://docs.anthropic.com/en/api/rate-limits, /en/api/errors), but not this
+    limit's wording nor whether it states the figure (looked up in Anthropic's docs,
+    its SDK's issues and public code: nothing published), so the text is our own: it
+    names the processing queue, as the client looks for, and states the figures.
     """
     return (
         f"This request would exceed your organization's limit of {limit:,} batch requests "

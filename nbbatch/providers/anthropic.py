@@ -206,6 +206,13 @@ class AnthropicProvider(Provider):
     # (https://docs.anthropic.com/en/api/rate-limits, "Message Batches API").
     quota_unit = "requests"
     quota_per_model = False
+    # The rate-limits page says only that a 429 describes "which rate limit was
+    # exceeded, along with a retry-after header" (https://docs.anthropic.com/en/api/rate-limits);
+    # the wording of a full processing queue is published nowhere, so whether it
+    # states the limit is not known: a job whose limit is unknown fills the queue in
+    # steps (see nbbatch._quota.fill_room), so one refusal finds it either way. A
+    # figure in the message, when there is one, is used at once.
+    quota_limit_stated = False
 
     def quota_refusal(
         self, *, info: BatchInfo | None = None, error: BaseException | None = None

@@ -241,6 +241,9 @@ class GeminiProvider(Provider):
     # reported in https://github.com/googleapis/python-genai/issues/1901).
     quota_unit = "tokens"
     quota_per_model = True
+    #: Its refusal never states the limit: a job whose limit is unknown fills the queue
+    #: in steps (see nbbatch._quota.fill_room), so one refusal finds it.
+    quota_limit_stated = False
 
     def quota_refusal(
         self, *, info: BatchInfo | None = None, error: BaseException | None = None
