@@ -42,7 +42,6 @@ from ._faults import (
     Fate,
     RowInfo,
     int_hash,
-    processing_order,
 )
 from ._gemini_replies import (
     EMBED,
@@ -58,7 +57,7 @@ from ._gemini_replies import (
     row_text,
     schema_of,
 )
-from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, StoredFile, iter_lines
+from ._state import BatchRecord, Store, StoredFile, iter_lines, schedule, write_lines
 from ._wire import ApiError, JSONResponse, new_id, rfc3339
 
 PREFIX = "/gemini"
@@ -139,9 +138,7 @@ class GeminiBatch(BatchRecord):
     def generate(self, cut: int | None, reason: str) -> Outcome:
         """Run the rows that got to run; write one line per row that ran."""
         assert self.store is not None and self.input_path is not None
-        position = [0] * self.n
-        for p, i in enumerate(self.order):
-            position[i] = p
+        stopped = self.stopped(cut)
         lines: list[bytes | None] = [None] * self.n
         inlined: list[dict[str, Any]] = []
         succeeded = failed = 0
@@ -150,7 +147,7 @@ class GeminiBatch(BatchRecord):
                 break
             fate = Fate(self.fates[i])
             row = orjson.loads(raw)
-            if (cut is not None and position[i] >= cut) or fate == Fate.EXPIRE:
+            if stopped[i] or fate == Fate.EXPIRE:
                 if self.inline:  # inline answers are matched by position: keep the slot
                     why = "cancelled" if reason == "cancelled" else "expired"
                     inlined.append(_inline_entry(row, {"error": _never_ran(why)}))
@@ -203,10 +200,7 @@ class GeminiBatch(BatchRecord):
         if not ran:
             return Outcome(None, succeeded, failed)
         path = self.store.new_path("gemini-output-")
-        with path.open("wb") as out:
-            for start in range(0, len(ran), 4096):
-                out.write(b"".join(lines[i] or b"" for i in ran[start : start + 4096]))
-            size = out.tell()
+        size = write_lines(path, ran, lines)
         now = int(self.store.clock.unix(self.processed))
         output = StoredFile(
             id=new_id("gemout"),
@@ -428,20 +422,10 @@ def _register(
     knobs = store.knobs
     fates = store.fates("gemini", rows, knobs)
     batch_id = new_id("", 10)
-    started = t + knobs.validating_seconds
-    processed = started + knobs.processing_seconds
     display = ((body or {}).get("batch") or {}).get("displayName") or batch_id
     batch = GeminiBatch(
-        id=batch_id,
-        seq=store.next_seq(),
-        knobs=knobs,
-        n=len(rows),
-        created=t,
-        started=started,
-        processed=processed,
-        finished=processed + knobs.finalizing_seconds,
+        **schedule(store, batch_id, len(rows), t),
         fates=fates,
-        order=processing_order(len(rows), knobs, batch_id),
         store=store,
         model=model,
         display_name=str(display),
@@ -470,9 +454,7 @@ def _cancel_sync(store: Store, batch_id: str) -> dict[str, Any]:
         t = store.now()
         if b.ended_at(t) is not None:
             raise ApiError(400, f"Batch batches/{batch_id} has already ended.")
-        if b.cancel_at is None:
-            b.cancel_at = t
-            b.cancel_done = t + max(b.knobs.finalizing_seconds, MIN_CANCEL_SECONDS)
+        b.request_cancel(t)
     return {}
 
 

@@ -37,11 +37,11 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from . import _models
-from ._faults import FAIL_MARKER, TRANSIENT_MARKER, Fate, RowInfo, int_hash, processing_order
+from ._faults import FAIL_MARKER, TRANSIENT_MARKER, Fate, RowInfo, int_hash
 from ._openai_replies import answer
-from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, StoredFile, iter_lines
+from ._state import BatchRecord, Store, StoredFile, iter_lines, schedule, write_lines
 from ._validate_openai import inspect
-from ._wire import JSONResponse
+from ._wire import ApiError, JSONResponse, creating, json_body, showing
 
 PREFIX = "/mistral"
 #: The endpoints the SDK's ``APIEndpoint`` names; the emulator serves the first.
@@ -250,9 +250,7 @@ class MistralBatch(BatchRecord):
     def generate(self, cut: int | None, reason: str) -> Outcome:
         """Run every row that ran through the responder; write the output and error files."""
         assert self.store is not None and self.input_path is not None
-        position = [0] * self.n
-        for p, i in enumerate(self.order):
-            position[i] = p
+        stopped = self.stopped(cut)
         lines: list[bytes | None] = [None] * self.n
         failed = bytearray(self.n)
         created = int(self.store.clock.unix(self.started))
@@ -260,7 +258,7 @@ class MistralBatch(BatchRecord):
             if i >= self.n:
                 break
             fate = Fate(self.fates[i])
-            if (cut is not None and position[i] >= cut) or fate in (Fate.EXPIRE, Fate.MISSING):
+            if stopped[i] or fate in (Fate.EXPIRE, Fate.MISSING):
                 continue  # never ran (or the simulated provider bug: ran, no line)
             row = orjson.loads(raw)
             line_id = str(uuid.UUID(int=int_hash(self.id, i) << 64 | int_hash(self.id, -i - 1)))
@@ -296,10 +294,7 @@ class MistralBatch(BatchRecord):
             return None
         assert self.store is not None
         path = self.store.new_path(f"mistral-{kind}-")
-        with path.open("wb") as out:
-            for start in range(0, len(rows), 4096):
-                out.write(b"".join(lines[i] or b"" for i in rows[start : start + 4096]))
-            size = out.tell()
+        size = write_lines(path, rows, lines)
         return StoredFile(
             id=str(uuid.uuid4()),
             filename=f"{self.id}_{kind}.jsonl",
@@ -468,24 +463,12 @@ def create_job_sync(store: Store, body: Any) -> dict[str, Any]:
     f, model = _check_create(store, body)
     found = read_input(f.path, model)
     rows, problems, errors = found.rows, found.problems, found.errors
-    knobs = store.knobs
     t = store.now()
     invalid = bool(errors)
     n = 0 if invalid else len(rows)
-    job_id = str(uuid.uuid4())
-    started = t + knobs.validating_seconds
-    processed = started + knobs.processing_seconds
     job = MistralBatch(
-        id=job_id,
-        seq=store.next_seq(),
-        knobs=knobs,
-        n=n,
-        created=t,
-        started=started,
-        processed=processed,
-        finished=processed + knobs.finalizing_seconds,
-        fates=bytearray() if invalid else store.fates("mistral", rows, knobs),
-        order=processing_order(n, knobs, job_id),
+        **schedule(store, str(uuid.uuid4()), n, t),
+        fates=bytearray() if invalid else store.fates("mistral", rows, store.knobs),
         invalid=invalid,
         store=store,
         endpoint=body["endpoint"],
@@ -550,8 +533,7 @@ def _cancel_sync(store: Store, job_id: str) -> dict[str, Any]:
         t = store.now()
         phase = b.phase(t)
         if phase in ("validating", "in_progress"):
-            b.cancel_at = t
-            b.cancel_done = t + max(b.knobs.finalizing_seconds, MIN_CANCEL_SECONDS)
+            b.request_cancel(t)
         elif phase != "cancelling":
             raise _refuse(400, f"Batch job {job_id} cannot be cancelled: it is {STATUS[phase]}.")
     return job_json(store, b, t)
@@ -571,35 +553,19 @@ def _list_sync(store: Store, page: int, size: int, status: list[str]) -> dict[st
 def _handler(
     fn: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
-    """Answer a :class:`MistralError` in Mistral's shape (not the OpenAI one the shared
-    error handler gives)."""
+    """Answer a :class:`MistralError`, or an :class:`ApiError` of the shared helpers, in
+    Mistral's shape (not the OpenAI one the shared error handler gives)."""
 
     async def handler(request: Request) -> Response:
         try:
             return await fn(request)
         except MistralError as exc:
             return JSONResponse(exc.body, status_code=exc.status)
+        except ApiError as exc:
+            body = error_body(exc.message, exc.type, exc.code)
+            return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     return handler
-
-
-async def _json(request: Request) -> Any:
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise _refuse(400, "The request body is not valid JSON.") from None
-
-
-async def create_job(request: Request) -> Response:
-    store = _store(request)
-    body = await _json(request)
-    return JSONResponse(await run_in_threadpool(create_job_sync, store, body))
-
-
-async def get_job(request: Request) -> Response:
-    store = _store(request)
-    b = _job_or_404(store, request.path_params["job_id"])
-    return JSONResponse(await run_in_threadpool(job_json, store, b, store.now()))
 
 
 async def cancel_job(request: Request) -> Response:
@@ -655,7 +621,7 @@ async def chat(request: Request) -> Response:
     """``POST /v1/chat/completions`` in real time."""
     store = _store(request)
     store.count("realtime_requests")  # the shared front counts only the paths it knows
-    body = await _json(request)
+    body = await json_body(request)
     problem = body_problem(body)
     if problem is not None:
         return JSONResponse(problem, status_code=422)
@@ -688,9 +654,9 @@ routes = [
     _route("/v1/files/{file_id}", retrieve_file, "GET"),
     _route("/v1/files/{file_id}", delete_file, "DELETE"),
     _route("/v1/files/{file_id}/content", download, "GET"),
-    _route("/v1/batch/jobs", create_job, "POST"),
+    _route("/v1/batch/jobs", creating(create_job_sync), "POST"),
     _route("/v1/batch/jobs", list_jobs, "GET"),
-    _route("/v1/batch/jobs/{job_id}", get_job, "GET"),
+    _route("/v1/batch/jobs/{job_id}", showing(_job_or_404, job_json, "job_id"), "GET"),
     _route("/v1/batch/jobs/{job_id}/cancel", cancel_job, "POST"),
     _route("/v1/models", list_models, "GET"),
     _route("/v1/models/{model_id}", retrieve_model, "GET"),

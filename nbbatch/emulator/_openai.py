@@ -25,15 +25,13 @@ from ._faults import (
     FAIL_MARKER,
     TRANSIENT_MARKER,
     Fate,
-    Knobs,
     RowInfo,
     int_hash,
-    processing_order,
 )
 from ._openai_replies import Answer, answer
-from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, StoredFile, iter_lines
+from ._state import BatchRecord, Store, StoredFile, iter_lines, schedule, write_lines
 from ._validate_openai import inspect
-from ._wire import NO_RETRY, ApiError, JSONResponse, new_id
+from ._wire import NO_RETRY, ApiError, JSONResponse, creating, json_body, new_id, showing
 
 #: The ``endpoint`` values the SDK allows; the emulator serves the first three.
 ENDPOINTS = (
@@ -249,6 +247,21 @@ def _usage(input_tokens: int = 0, output_tokens: int = 0) -> dict[str, Any]:
     }
 
 
+def _never_ran(code: str) -> dict[str, Any]:
+    """The line of a row the batch never ran (``code``: "cancelled" or "expired")."""
+    message = CANCELLED_MESSAGE if code == "cancelled" else EXPIRED_MESSAGE
+    return {"response": None, "error": {"code": f"batch_{code}", "message": message}}
+
+
+def _ran(ans: Answer, line_id: str) -> dict[str, Any]:
+    """The line of a row that ran: its endpoint's status and body."""
+    request_id = f"req_{int_hash(line_id, 'request'):016x}"
+    return {
+        "response": {"status_code": ans.status, "request_id": request_id, "body": ans.body},
+        "error": None,
+    }
+
+
 @dataclass(eq=False)
 class OpenAIBatch(BatchRecord):
     store: Store | None = None
@@ -267,13 +280,10 @@ class OpenAIBatch(BatchRecord):
     def generate(self, cut: int | None, reason: str) -> Outcome:
         """Run every row through the responder and write the output and error files."""
         assert self.store is not None and self.input_path is not None
-        store = self.store
-        position = [0] * self.n
-        for p, i in enumerate(self.order):
-            position[i] = p
+        stopped = self.stopped(cut)
         lines: list[bytes | None] = [None] * self.n
         is_error = bytearray(self.n)
-        created = int(store.clock.unix(self.started))
+        created = int(self.store.clock.unix(self.started))
         completed = input_tokens = output_tokens = 0
         prefixes: set[int] = set()  # prompt caching is per batch, in input order
         for i, raw in enumerate(iter_lines(self.input_path)):
@@ -283,39 +293,21 @@ class OpenAIBatch(BatchRecord):
             row = orjson.loads(raw)
             line_id = f"batch_req_{int_hash(self.id, i):016x}"
             line: dict[str, Any] = {"id": line_id, "custom_id": row["custom_id"]}
-            if (cut is not None and position[i] >= cut) or fate == Fate.EXPIRE:
-                code = reason if cut is not None and position[i] >= cut else "expired"
-                message = CANCELLED_MESSAGE if code == "cancelled" else EXPIRED_MESSAGE
-                line["response"] = None
-                line["error"] = {"code": f"batch_{code}", "message": message}
+            if stopped[i] or fate == Fate.EXPIRE:
+                line.update(_never_ran(reason if stopped[i] else "expired"))
                 is_error[i] = 1
             else:
-                ans = answer(
-                    self.endpoint,
-                    row.get("body"),
-                    fate,
-                    created,
-                    line_id,
-                    responder=store.responder,
-                    prefix_cache=prefixes,
-                    models=(*self.knobs.models, *self.extra_models),
-                    checked=True,
-                )
+                ans = self._answer(row.get("body"), fate, created, line_id, prefixes)
                 if ans.status < 400:
                     completed += 1
                     input_tokens += ans.input_tokens
                     output_tokens += ans.output_tokens
                 if fate == Fate.MISSING:
                     continue  # the simulated provider bug: executed, but no line at all
-                line["response"] = {
-                    "status_code": ans.status,
-                    "request_id": f"req_{int_hash(line_id, 'request'):016x}",
-                    "body": ans.body,
-                }
-                line["error"] = None
+                line.update(_ran(ans, line_id))
                 is_error[i] = ans.status >= 400
             lines[i] = orjson.dumps(line) + b"\n"
-        store.release_input(self.input_path)
+        self.store.release_input(self.input_path)
         failed = sum(is_error)
         output = self._write(
             [i for i in self.order if lines[i] and not is_error[i]], lines, "output"
@@ -323,15 +315,29 @@ class OpenAIBatch(BatchRecord):
         errors = self._write([i for i in self.order if lines[i] and is_error[i]], lines, "error")
         return Outcome(output, errors, completed, failed, _usage(input_tokens, output_tokens))
 
+    def _answer(
+        self, body: Any, fate: Fate, created: int, line_id: str, prefixes: set[int]
+    ) -> Answer:
+        """One row's answer (its body was checked when the batch was created)."""
+        assert self.store is not None
+        return answer(
+            self.endpoint,
+            body,
+            fate,
+            created,
+            line_id,
+            responder=self.store.responder,
+            prefix_cache=prefixes,
+            models=(*self.knobs.models, *self.extra_models),
+            checked=True,
+        )
+
     def _write(self, rows: list[int], lines: list[bytes | None], kind: str) -> StoredFile | None:
         if not rows:
             return None
         assert self.store is not None
         path = self.store.new_path(f"{kind}-")
-        with path.open("wb") as out:
-            for start in range(0, len(rows), 4096):
-                out.write(b"".join(lines[i] or b"" for i in rows[start : start + 4096]))
-            size = out.tell()
+        size = write_lines(path, rows, lines)
         now = int(self.store.clock.unix(self.processed))
         return StoredFile(
             id=new_id("file-"),
@@ -571,45 +577,18 @@ def register_batch(
     """Create the batch of a validated input file (under the store's lock when a quota
     applies). ``kind``: the store's name for the API it belongs to (an OpenAI-compatible
     variant keeps its batches apart), ``extra_models`` the variant's own models."""
-    knobs: Knobs = store.knobs
-    endpoint = body["endpoint"]
     t = store.now()
     est_tokens = _responder.count_tokens(v.prompt_chars)
-    limit = _quotas.openai_limit(knobs, v.model)
-    # Over the queue limit the batch is still created: it fails validation, as OpenAI's do.
-    if not v.errors and limit is not None:
-        if _in_flight_tokens(store, v.model, t) + est_tokens > limit:
-            v.fail("token_limit_exceeded", _quotas.openai_refusal(v.model, limit))
-    output_seconds = DEFAULT_FILE_SECONDS
-    if body.get("output_expires_after") is not None:
-        oea = body["output_expires_after"]
-        if not isinstance(oea, dict):
-            raise ApiError(
-                400, "output_expires_after must be an object.", param="output_expires_after"
-            )
-        output_seconds = _expiry(oea.get("anchor"), oea.get("seconds"), "output_expires_after")
+    _check_queue(store, v, est_tokens, t)
+    output_seconds = _output_seconds(body)
     invalid = bool(v.errors)
     n = 0 if invalid else len(v.rows)
-    fates = bytearray()
-    if not invalid:
-        fates = store.fates(kind, v.rows, knobs)
-    batch_id = new_id("batch_")
-    started = t + knobs.validating_seconds
-    processed = started + knobs.processing_seconds
     batch = OpenAIBatch(
-        id=batch_id,
-        seq=store.next_seq(),
-        knobs=knobs,
-        n=n,
-        created=t,
-        started=started,
-        processed=processed,
-        finished=processed + knobs.finalizing_seconds,
-        fates=fates,
-        order=processing_order(n, knobs, batch_id),
+        **schedule(store, new_id("batch_"), n, t),
+        fates=bytearray() if invalid else store.fates(kind, v.rows, store.knobs),
         invalid=invalid,
         store=store,
-        endpoint=endpoint,
+        endpoint=body["endpoint"],
         input_file_id=f.id,
         input_path=f.path,
         completion_window=str(body.get("completion_window") or "24h"),
@@ -622,6 +601,25 @@ def register_batch(
     )
     store.add_batch(kind, batch)
     return batch_json(store, batch, t)
+
+
+def _check_queue(store: Store, v: Validation, est_tokens: int, t: float) -> None:
+    """Fail ``v`` when its tokens would take the model's batch queue over its limit:
+    over it the batch is still created, and fails validation, as OpenAI's do."""
+    limit = _quotas.openai_limit(store.knobs, v.model)
+    if not v.errors and limit is not None:
+        if _in_flight_tokens(store, v.model, t) + est_tokens > limit:
+            v.fail("token_limit_exceeded", _quotas.openai_refusal(v.model, limit))
+
+
+def _output_seconds(body: dict[str, Any]) -> int:
+    """How long the batch's output files live (``output_expires_after``, else 30 days)."""
+    oea = body.get("output_expires_after")
+    if oea is None:
+        return DEFAULT_FILE_SECONDS
+    if not isinstance(oea, dict):
+        raise ApiError(400, "output_expires_after must be an object.", param="output_expires_after")
+    return _expiry(oea.get("anchor"), oea.get("seconds"), "output_expires_after")
 
 
 def batch_json(store: Store, b: BatchRecord, t: float) -> dict[str, Any]:
@@ -668,10 +666,7 @@ def batch_json(store: Store, b: BatchRecord, t: float) -> dict[str, Any]:
     }
 
 
-async def create_batch(request: Request) -> Response:
-    store = _store(request)
-    body = await json_body(request)
-    return JSONResponse(await run_in_threadpool(create_batch_sync, store, body))
+create_batch = creating(create_batch_sync)
 
 
 def batch_or_404(store: Store, batch_id: str, kind: str = "openai") -> OpenAIBatch:
@@ -682,10 +677,7 @@ def batch_or_404(store: Store, batch_id: str, kind: str = "openai") -> OpenAIBat
     return b
 
 
-async def retrieve_batch(request: Request) -> Response:
-    store = _store(request)
-    b = batch_or_404(store, request.path_params["batch_id"])
-    return JSONResponse(await run_in_threadpool(batch_json, store, b, store.now()))
+retrieve_batch = showing(batch_or_404, batch_json, "batch_id")
 
 
 def cancel_sync(store: Store, batch_id: str, kind: str = "openai") -> dict[str, Any]:
@@ -694,8 +686,7 @@ def cancel_sync(store: Store, batch_id: str, kind: str = "openai") -> dict[str, 
         t = store.now()
         phase = b.phase(t)
         if phase in ("validating", "in_progress"):
-            b.cancel_at = t
-            b.cancel_done = t + max(b.knobs.finalizing_seconds, MIN_CANCEL_SECONDS)
+            b.request_cancel(t)
         elif phase != "cancelling":
             raise ApiError(
                 409,
@@ -733,14 +724,6 @@ async def list_batches(request: Request) -> Response:
 
 
 # =================================================================== real time
-
-
-async def json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "The request body is not valid JSON.") from None
 
 
 async def _flex_wait(store: Store) -> None:

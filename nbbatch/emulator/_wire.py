@@ -1,14 +1,21 @@
-"""Small helpers shared by both protocols: JSON responses, ids, API errors, times."""
+"""Small helpers every API shares: JSON requests and responses, ids, API errors, times,
+and the route handlers that only read a request, run a step in a worker thread and
+answer its result."""
 
 from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 from starlette.responses import Response
+
+#: A route's handler.
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class JSONResponse(Response):
@@ -79,3 +86,48 @@ def text_of(content: Any) -> str:
         ]
         return "\n".join(parts)
     return ""
+
+
+def store_of(request: Request) -> Any:
+    """The emulator's store (a :class:`._state.Store`) serving ``request``."""
+    return request.app.state.store
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body's JSON; a body that is not JSON is a 400."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "The request body is not valid JSON.") from None
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body (see :func:`parse_json`)."""
+    return parse_json(await request.body())
+
+
+def creating(make: Callable[[Any, Any], Any]) -> Handler:
+    """The handler of a create request: ``make(store, body)`` (``body``: the request's
+    JSON) runs in a worker thread, as it reads files, and its result is the answer."""
+
+    async def handler(request: Request) -> Response:
+        store = store_of(request)
+        body = await json_body(request)
+        return JSONResponse(await run_in_threadpool(make, store, body))
+
+    return handler
+
+
+def showing(
+    find: Callable[[Any, str], Any], render: Callable[[Any, Any, float], Any], param: str
+) -> Handler:
+    """The handler of a ``GET`` of one batch: ``find(store, <path parameter param>)``
+    looks it up (or raises the API's 404), ``render(store, batch, now)`` is the answer
+    (in a worker thread: a batch that has just ended may wait for its output)."""
+
+    async def handler(request: Request) -> Response:
+        store = store_of(request)
+        batch = find(store, request.path_params[param])
+        return JSONResponse(await run_in_threadpool(render, store, batch, store.now()))
+
+    return handler
