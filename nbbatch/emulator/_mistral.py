@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from . import _models
@@ -41,7 +41,7 @@ from ._faults import FAIL_MARKER, TRANSIENT_MARKER, Fate, RowInfo, int_hash
 from ._openai_replies import answer
 from ._state import BatchRecord, Store, StoredFile, iter_lines, schedule, write_lines
 from ._validate_openai import inspect
-from ._wire import ApiError, JSONResponse, creating, json_body, showing
+from ._wire import ApiError, JSONResponse, creating, downloading, json_body, showing
 
 PREFIX = "/mistral"
 #: The endpoints the SDK's ``APIEndpoint`` names; the emulator serves the first.
@@ -218,9 +218,7 @@ async def delete_file(request: Request) -> Response:
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
 
-async def download(request: Request) -> Response:
-    f = _file_or_404(_store(request), request.path_params["file_id"])
-    return FileResponse(f.path, media_type="application/octet-stream")
+download = downloading(_file_or_404)
 
 
 # =================================================================== batch jobs

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from . import _models, _quotas, _responder, _validate_openai
@@ -31,7 +31,16 @@ from ._faults import (
 from ._openai_replies import Answer, answer
 from ._state import BatchRecord, Store, StoredFile, iter_lines, schedule, write_lines
 from ._validate_openai import inspect
-from ._wire import NO_RETRY, ApiError, JSONResponse, creating, json_body, new_id, showing
+from ._wire import (
+    NO_RETRY,
+    ApiError,
+    JSONResponse,
+    creating,
+    downloading,
+    json_body,
+    new_id,
+    showing,
+)
 
 #: The ``endpoint`` values the SDK allows; the emulator serves the first three.
 ENDPOINTS = (
@@ -218,9 +227,7 @@ async def delete_file(request: Request) -> Response:
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
 
-async def file_content(request: Request) -> Response:
-    f = _file_or_404(_store(request), request.path_params["file_id"])
-    return FileResponse(f.path, media_type="application/octet-stream")
+file_content = downloading(_file_or_404)
 
 
 # =================================================================== batches
@@ -417,41 +424,10 @@ def _check_line(
     models: Iterable[str],
 ) -> None:
     """Check one line of a batch input file into ``v`` (``seen``: the custom ids so far)."""
-    try:
-        row = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        v.fail("invalid_json_line", "This line is not parseable as valid JSON.", lineno)
-        return
-    if not isinstance(row, dict):
-        v.fail("invalid_json_line", "This line is not a JSON object.", lineno)
-        return
-    missing = [k for k in ("custom_id", "method", "url", "body") if k not in row]
-    if missing:
-        v.fail(
-            "missing_required_parameter",
-            f"Missing required parameter: '{missing[0]}'.",
-            lineno,
-            missing[0],
-        )
+    row = _parse_line(v, line, lineno)
+    if row is None or not _check_custom_id(v, row["custom_id"], lineno, seen):
         return
     cid, body = row["custom_id"], row["body"]
-    if not isinstance(cid, str) or not cid:
-        v.fail(
-            "invalid_custom_id",
-            "custom_id must be a non-empty string.",
-            lineno,
-            "custom_id",
-        )
-        return
-    if cid in seen:
-        v.fail(
-            "duplicate_custom_id",
-            f"The custom_id '{cid}' is used more than once in this file.",
-            lineno,
-            "custom_id",
-        )
-        return
-    seen.add(cid)
     if row["method"] != "POST":
         v.fail("invalid_method", "Only POST is supported.", lineno, "method")
     if row["url"] != endpoint:
@@ -464,7 +440,59 @@ def _check_line(
     if not isinstance(body, dict):
         v.fail("invalid_body", "body must be a JSON object.", lineno, "body")
         return
-    model = body.get("model")
+    if not _check_model(v, body.get("model"), lineno):
+        return
+    if _validate_openai.problem(endpoint, body, models) is not None:
+        v.rows.append(RowInfo(cid, 0, "", False, invalid=True))
+        return
+    info = inspect(endpoint, body)
+    v.prompt_chars += info.prompt_chars
+    v.embedding_inputs += len(info.embedding_inputs)
+    v.rows.append(RowInfo(cid, 0, info.last_user, info.schema is not None))
+
+
+def _parse_line(v: Validation, line: bytes, lineno: int) -> dict[str, Any] | None:
+    """The line's JSON object with every field a line needs, or None (``v`` says why)."""
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        v.fail("invalid_json_line", "This line is not parseable as valid JSON.", lineno)
+        return None
+    if not isinstance(row, dict):
+        v.fail("invalid_json_line", "This line is not a JSON object.", lineno)
+        return None
+    missing = [k for k in ("custom_id", "method", "url", "body") if k not in row]
+    if missing:
+        v.fail(
+            "missing_required_parameter",
+            f"Missing required parameter: '{missing[0]}'.",
+            lineno,
+            missing[0],
+        )
+        return None
+    return row
+
+
+def _check_custom_id(v: Validation, cid: Any, lineno: int, seen: set[str]) -> bool:
+    """Whether ``cid`` is a non-empty string not used before in the file (recorded)."""
+    if not isinstance(cid, str) or not cid:
+        v.fail("invalid_custom_id", "custom_id must be a non-empty string.", lineno, "custom_id")
+        return False
+    if cid in seen:
+        v.fail(
+            "duplicate_custom_id",
+            f"The custom_id '{cid}' is used more than once in this file.",
+            lineno,
+            "custom_id",
+        )
+        return False
+    seen.add(cid)
+    return True
+
+
+def _check_model(v: Validation, model: Any, lineno: int) -> bool:
+    """Whether the line names a model (the file's first one is the batch's; another
+    one fails the file, the line still counting)."""
     if not isinstance(model, str):
         v.fail(
             "missing_required_parameter",
@@ -472,7 +500,7 @@ def _check_line(
             lineno,
             "body.model",
         )
-        return
+        return False
     if v.model is None:
         v.model = model
     elif model != v.model:
@@ -482,13 +510,7 @@ def _check_line(
             lineno,
             "body.model",
         )
-    if _validate_openai.problem(endpoint, body, models) is not None:
-        v.rows.append(RowInfo(cid, 0, "", False, invalid=True))
-        return
-    info = inspect(endpoint, body)
-    v.prompt_chars += info.prompt_chars
-    v.embedding_inputs += len(info.embedding_inputs)
-    v.rows.append(RowInfo(cid, 0, info.last_user, info.schema is not None))
+    return True
 
 
 def _check_create_body(store: Store, body: Any) -> StoredFile:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 
 #: A route's handler.
 Handler = Callable[[Request], Awaitable[Response]]
@@ -129,5 +129,16 @@ def showing(
         store = store_of(request)
         batch = find(store, request.path_params[param])
         return JSONResponse(await run_in_threadpool(render, store, batch, store.now()))
+
+    return handler
+
+
+def downloading(find: Callable[[Any, str], Any]) -> Handler:
+    """The handler of a file's content: ``find(store, <path parameter file_id>)`` looks
+    the stored file up (or raises the API's 404); its bytes are the answer."""
+
+    async def handler(request: Request) -> Response:
+        f = find(store_of(request), request.path_params["file_id"])
+        return FileResponse(f.path, media_type="application/octet-stream")
 
     return handler
