@@ -152,33 +152,14 @@ class GeminiBatch(BatchRecord):
                     why = "cancelled" if reason == "cancelled" else "expired"
                     inlined.append(_inline_entry(row, {"error": _never_ran(why)}))
                 continue  # never ran: a stopped batch lists only the rows it ran
-            suffix = f"{int_hash(self.id, i):016x}"
-            req = row.get("request")
             # The line's own fields (its key, if any) come back with its answer.
             line: dict[str, Any] = {k: v for k, v in row.items() if k != "request"}
-            problem = problem_of(self.kind, req, self.model)
-            if fate == Fate.FAIL or problem:
-                line["error"] = error_body(
-                    400, problem or f"Request rejected by the nbbatch emulator ({FAIL_MARKER})."
-                )["error"]
-                failed += 1
-            elif fate == Fate.TRANSIENT_ERROR:
-                status = (500, 503)[int_hash(self.id, i, "kind") % 2]
-                text = "Simulated server error (nbbatch emulator); retrying may succeed."
-                line["error"] = error_body(status, text)["error"]
-                failed += 1
-            elif self.kind == EMBED:
-                assert isinstance(req, dict)
-                line["response"] = embed(req, self.model)
+            answer = self._answer(i, row.get("request"), fate)
+            line.update(answer)
+            if "response" in answer:
                 succeeded += 1
             else:
-                assert isinstance(req, dict)
-                try:
-                    line["response"] = generate(req, fate, self.model, suffix, self.store.responder)
-                    succeeded += 1
-                except _responder.ResponderError as exc:
-                    line["error"] = error_body(400, str(exc))["error"]
-                    failed += 1
+                failed += 1
             if self.inline:
                 # No keys to match by, so the simulated lost line does not apply here.
                 inlined.append(_inline_entry(row, line))
@@ -197,12 +178,38 @@ class GeminiBatch(BatchRecord):
                 inlined = [inlined[i] for i in self.order]
             return Outcome(None, succeeded, failed, inlined)
         ran = [i for i in (self.order if shuffled else range(self.n)) if lines[i]]
+        return Outcome(self._output_file(ran, lines), succeeded, failed)
+
+    def _answer(self, i: int, req: Any, fate: Fate) -> dict[str, Any]:
+        """Row ``i``'s ``{"response"}`` or ``{"error"}`` (a refused request, a fault, or
+        the user's responder failing)."""
+        assert self.store is not None
+        problem = problem_of(self.kind, req, self.model)
+        if fate == Fate.FAIL or problem:
+            text = problem or f"Request rejected by the nbbatch emulator ({FAIL_MARKER})."
+            return {"error": error_body(400, text)["error"]}
+        if fate == Fate.TRANSIENT_ERROR:
+            status = (500, 503)[int_hash(self.id, i, "kind") % 2]
+            text = "Simulated server error (nbbatch emulator); retrying may succeed."
+            return {"error": error_body(status, text)["error"]}
+        assert isinstance(req, dict)
+        if self.kind == EMBED:
+            return {"response": embed(req, self.model)}
+        suffix = f"{int_hash(self.id, i):016x}"
+        try:
+            return {"response": generate(req, fate, self.model, suffix, self.store.responder)}
+        except _responder.ResponderError as exc:
+            return {"error": error_body(400, str(exc))["error"]}
+
+    def _output_file(self, ran: list[int], lines: list[bytes | None]) -> StoredFile | None:
+        """The responses file of the rows that ran (None when none did)."""
         if not ran:
-            return Outcome(None, succeeded, failed)
+            return None
+        assert self.store is not None
         path = self.store.new_path("gemini-output-")
         size = write_lines(path, ran, lines)
         now = int(self.store.clock.unix(self.processed))
-        output = StoredFile(
+        return StoredFile(
             id=new_id("gemout"),
             filename=f"{self.id}-responses.jsonl",
             purpose=FILE_PURPOSE,
@@ -212,7 +219,6 @@ class GeminiBatch(BatchRecord):
             path=path,
             seq=0,
         )
-        return Outcome(output, succeeded, failed)
 
     def accept(self, outcome: Outcome) -> None:
         assert self.store is not None
