@@ -532,19 +532,10 @@ async def _upload(request: Request, version: str) -> Response:
     if "finalize" not in command.split(","):
         return JSONResponse({}, headers={"x-goog-upload-status": "active"})
     del store.uploads[upload_id]
-    now = int(store.clock.unix(store.now()))
-    stored = StoredFile(
-        id=new_id("file", 10),
-        filename=up.display_name or "upload.jsonl",
-        purpose=FILE_PURPOSE,
-        bytes=up.received,
-        created_at=now,
-        expires_at=now + 48 * 3600,
-        path=up.path,
-        seq=store.next_seq(),
+    filename = up.display_name or "upload.jsonl"
+    stored = store.add_upload(
+        new_id("file", 10), filename, FILE_PURPOSE, up.path, up.received, 48 * 3600
     )
-    store.add_file(stored)
-    store.count("files_uploaded")
     return JSONResponse(
         {"file": file_json(stored, _base(request))}, headers={"x-goog-upload-status": "final"}
     )

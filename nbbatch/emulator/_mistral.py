@@ -38,10 +38,20 @@ from starlette.routing import Route
 
 from . import _models
 from ._faults import FAIL_MARKER, TRANSIENT_MARKER, Fate, RowInfo, int_hash
+from ._openai import LinesBatch, Outcome, Run
 from ._openai_replies import answer
-from ._state import BatchRecord, Store, StoredFile, iter_lines, schedule, write_lines
+from ._state import BatchRecord, Store, StoredFile, iter_lines, schedule
 from ._validate_openai import inspect
-from ._wire import ApiError, JSONResponse, creating, downloading, json_body, showing
+from ._wire import (
+    ApiError,
+    JSONResponse,
+    creating,
+    downloading,
+    json_body,
+    listing_models,
+    showing,
+    showing_model,
+)
 
 PREFIX = "/mistral"
 #: The endpoints the SDK's ``APIEndpoint`` names; the emulator serves the first.
@@ -224,56 +234,34 @@ download = downloading(_file_or_404)
 # =================================================================== batch jobs
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a finished job produced."""
-
-    output: StoredFile | None
-    errors: StoredFile | None
-    succeeded: int
-    failed: int
-
-
 @dataclass(eq=False)
-class MistralBatch(BatchRecord):
-    store: Store | None = None
+class MistralBatch(LinesBatch):
     endpoint: str = ""
     model: str = ""
     input_files: list[str] = field(default_factory=list)
-    input_path: Path | None = None
     metadata: dict[str, Any] | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     problems: dict[int, dict[str, Any]] = field(default_factory=dict)  # line -> 422 body
 
-    def generate(self, cut: int | None, reason: str) -> Outcome:
-        """Run every row that ran through the responder; write the output and error files."""
-        assert self.store is not None and self.input_path is not None
-        stopped = self.stopped(cut)
-        lines: list[bytes | None] = [None] * self.n
-        failed = bytearray(self.n)
-        created = int(self.store.clock.unix(self.started))
-        for i, raw in enumerate(iter_lines(self.input_path)):
-            if i >= self.n:
-                break
-            fate = Fate(self.fates[i])
-            if stopped[i] or fate in (Fate.EXPIRE, Fate.MISSING):
-                continue  # never ran (or the simulated provider bug: ran, no line)
-            row = orjson.loads(raw)
-            line_id = str(uuid.UUID(int=int_hash(self.id, i) << 64 | int_hash(self.id, -i - 1)))
-            status, body = self._reply(i, row.get("body") or {}, fate, created, line_id)
-            failed[i] = status >= 400
-            line = {
-                "id": line_id,
-                "custom_id": row["custom_id"],
-                "response": {"status_code": status, "body": body},
-                "error": None if status < 400 else body,
-            }
-            lines[i] = orjson.dumps(line) + b"\n"
-        self.store.release_input(self.input_path)
-        output = self._write([i for i in self.order if lines[i] and not failed[i]], lines, "output")
-        errors = self._write([i for i in self.order if lines[i] and failed[i]], lines, "error")
-        ran = sum(1 for x in lines if x)
-        return Outcome(output, errors, ran - sum(failed), sum(failed))
+    def line(
+        self, i: int, raw: bytes, fate: Fate, stopped: str, run: Run
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """A job stopped early lists only the requests that ran: a row that never ran
+        (or that the simulated provider bug ran without a line) has no line."""
+        if stopped or fate in (Fate.EXPIRE, Fate.MISSING):
+            return None, False
+        row = orjson.loads(raw)
+        line_id = str(uuid.UUID(int=int_hash(self.id, i) << 64 | int_hash(self.id, -i - 1)))
+        status, body = self._reply(i, row.get("body") or {}, fate, run.created, line_id)
+        if status < 400:
+            run.completed += 1
+        line = {
+            "id": line_id,
+            "custom_id": row["custom_id"],
+            "response": {"status_code": status, "body": body},
+            "error": None if status < 400 else body,
+        }
+        return line, status >= 400
 
     def _reply(
         self, i: int, body: dict[str, Any], fate: Fate, created: int, line_id: str
@@ -287,12 +275,8 @@ class MistralBatch(BatchRecord):
             return 500, error_body(SERVER_ERROR, "internal_server_error")
         return chat_reply({**body, "model": self.model}, fate, created, line_id, self.store)
 
-    def _write(self, rows: list[int], lines: list[bytes | None], kind: str) -> StoredFile | None:
-        if not rows:
-            return None
+    def describe(self, kind: str, path: Path, size: int) -> StoredFile:
         assert self.store is not None
-        path = self.store.new_path(f"mistral-{kind}-")
-        size = write_lines(path, rows, lines)
         return StoredFile(
             id=str(uuid.uuid4()),
             filename=f"{self.id}_{kind}.jsonl",
@@ -304,13 +288,11 @@ class MistralBatch(BatchRecord):
             seq=0,
         )
 
-    def accept(self, outcome: Outcome) -> None:
+    def keep(self, f: StoredFile) -> None:
+        """Mistral's files live in their own table."""
         assert self.store is not None
-        for f in (outcome.output, outcome.errors):
-            if f is not None:
-                f.seq = self.store.next_seq()
-                with self.store.lock:
-                    _files(self.store)[f.id] = f
+        with self.store.lock:
+            _files(self.store)[f.id] = f
 
 
 def chat_reply(
@@ -487,7 +469,7 @@ def job_json(store: Store, b: BatchRecord, t: float) -> dict[str, Any]:
     phase = b.phase(t)
     outcome: Outcome | None = store.outcome(b, t)
     if outcome is not None:
-        succeeded, failed = outcome.succeeded, outcome.failed
+        succeeded, failed = outcome.completed, outcome.failed
     else:
         succeeded, failed = b.progress_counts(b.cancel_at if b.cancel_at is not None else t)
     ran = not b.invalid and t >= b.started and (b.cancel_at is None or b.cancel_at >= b.started)
@@ -599,20 +581,13 @@ def model_card(entry: _models.ModelEntry) -> dict[str, Any]:
     }
 
 
-async def list_models(request: Request) -> Response:
-    store = _store(request)
-    data = [model_card(m) for m in _models.catalogue("mistral", store.knobs.models)]
-    return JSONResponse({"object": "list", "data": data})
+def _no_such_model(model: str) -> MistralError:
+    # Status ours (the quoted body is a chat request's, see _unknown_model).
+    return MistralError(404, error_body(f"Invalid model: {model}", "invalid_model", "1500"))
 
 
-async def retrieve_model(request: Request) -> Response:
-    store = _store(request)
-    model = request.path_params["model_id"]
-    entry = _models.find("mistral", model, store.knobs.models)
-    if entry is None:
-        # Status ours (the quoted body is a chat request's, see _unknown_model).
-        raise MistralError(404, error_body(f"Invalid model: {model}", "invalid_model", "1500"))
-    return JSONResponse(model_card(entry))
+list_models = listing_models("mistral", model_card)
+retrieve_model = showing_model("mistral", model_card, "model_id", _no_such_model)
 
 
 async def chat(request: Request) -> Response:

@@ -38,8 +38,10 @@ from ._wire import (
     creating,
     downloading,
     json_body,
+    listing_models,
     new_id,
     showing,
+    showing_model,
 )
 
 #: The ``endpoint`` values the SDK allows; the emulator serves the first three.
@@ -144,19 +146,7 @@ async def create_file(request: Request) -> Response:
             raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl")
         path = store.new_path("upload-")
         size = await run_in_threadpool(_copy_limited, upload.file, path, MAX_UPLOAD_BYTES)
-    now = int(store.clock.unix(store.now()))
-    stored = StoredFile(
-        id=new_id("file-"),
-        filename=filename,
-        purpose=purpose,
-        bytes=size,
-        created_at=now,
-        expires_at=now + lifetime if lifetime else None,
-        path=path,
-        seq=store.next_seq(),
-    )
-    store.add_file(stored)
-    store.count("files_uploaded")
+    stored = store.add_upload(new_id("file-"), filename, purpose, path, size, lifetime)
     return JSONResponse(file_json(stored))
 
 
@@ -269,12 +259,91 @@ def _ran(ans: Answer, line_id: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class Run:
+    """One run of a batch's rows: the replies' unix time, what the rows added up to
+    (those that succeeded, a row the simulated provider bug leaves without a line
+    included, and their tokens) and the prompt prefixes sent so far (prompt caching is
+    per batch, in input order)."""
+
+    created: int
+    completed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    prefixes: set[int] = field(default_factory=set)
+
+
 @dataclass(eq=False)
-class OpenAIBatch(BatchRecord):
+class LinesBatch(BatchRecord):
+    """A batch whose input is a JSONL file of requests and whose results are two JSONL
+    files in processing order, the lines that succeeded and the lines that failed:
+    OpenAI's shape, which its compatible services and Mistral's batch jobs share.
+
+    A subclass says what a row's line is (:meth:`line`), how a results file is named
+    (:meth:`describe`) and where it is kept (:meth:`keep`).
+    """
+
     store: Store | None = None
+    input_path: Path | None = None
+
+    def generate(self, cut: int | None, reason: str) -> Outcome:
+        """Run every row that got to run and write the output and error files."""
+        assert self.store is not None and self.input_path is not None
+        stopped = self.stopped(cut)
+        lines: list[bytes | None] = [None] * self.n
+        is_error = bytearray(self.n)
+        run = Run(int(self.store.clock.unix(self.started)))
+        for i, raw in enumerate(iter_lines(self.input_path)):
+            if i >= self.n:
+                break
+            line, failed = self.line(i, raw, Fate(self.fates[i]), reason if stopped[i] else "", run)
+            if line is not None:
+                lines[i] = orjson.dumps(line) + b"\n"
+                is_error[i] = failed
+        self.store.release_input(self.input_path)
+        output = self._file(
+            [i for i in self.order if lines[i] and not is_error[i]], lines, "output"
+        )
+        errors = self._file([i for i in self.order if lines[i] and is_error[i]], lines, "error")
+        usage = _usage(run.input_tokens, run.output_tokens)
+        return Outcome(output, errors, run.completed, sum(is_error), usage)
+
+    def line(
+        self, i: int, raw: bytes, fate: Fate, stopped: str, run: Run
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """Row ``i``'s result line (None: no line) and whether it goes to the error file;
+        ``stopped``: why the row never ran ("cancelled", "expired"; "" when it was not
+        stopped). Counts what ran in ``run``."""
+        raise NotImplementedError
+
+    def describe(self, kind: str, path: Path, size: int) -> StoredFile:
+        """The stored file of the ``kind`` ("output" or "error") results at ``path``."""
+        raise NotImplementedError
+
+    def keep(self, f: StoredFile) -> None:
+        """Make a results file the API serves."""
+        assert self.store is not None
+        self.store.add_file(f)
+
+    def _file(self, rows: list[int], lines: list[bytes | None], kind: str) -> StoredFile | None:
+        if not rows:
+            return None
+        assert self.store is not None
+        path = self.store.new_path(f"{kind}-")
+        return self.describe(kind, path, write_lines(path, rows, lines))
+
+    def accept(self, outcome: Outcome) -> None:
+        assert self.store is not None
+        for f in (outcome.output, outcome.errors):
+            if f is not None:
+                f.seq = self.store.next_seq()
+                self.keep(f)
+
+
+@dataclass(eq=False)
+class OpenAIBatch(LinesBatch):
     endpoint: str = ""
     input_file_id: str = ""
-    input_path: Path | None = None
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
     model: str | None = None
@@ -284,67 +353,44 @@ class OpenAIBatch(BatchRecord):
     #: models served besides the real OpenAI ones (an OpenAI-compatible variant's own)
     extra_models: tuple[str, ...] = ()
 
-    def generate(self, cut: int | None, reason: str) -> Outcome:
-        """Run every row through the responder and write the output and error files."""
-        assert self.store is not None and self.input_path is not None
-        stopped = self.stopped(cut)
-        lines: list[bytes | None] = [None] * self.n
-        is_error = bytearray(self.n)
-        created = int(self.store.clock.unix(self.started))
-        completed = input_tokens = output_tokens = 0
-        prefixes: set[int] = set()  # prompt caching is per batch, in input order
-        for i, raw in enumerate(iter_lines(self.input_path)):
-            if i >= self.n:
-                break
-            fate = Fate(self.fates[i])
-            row = orjson.loads(raw)
-            line_id = f"batch_req_{int_hash(self.id, i):016x}"
-            line: dict[str, Any] = {"id": line_id, "custom_id": row["custom_id"]}
-            if stopped[i] or fate == Fate.EXPIRE:
-                line.update(_never_ran(reason if stopped[i] else "expired"))
-                is_error[i] = 1
-            else:
-                ans = self._answer(row.get("body"), fate, created, line_id, prefixes)
-                if ans.status < 400:
-                    completed += 1
-                    input_tokens += ans.input_tokens
-                    output_tokens += ans.output_tokens
-                if fate == Fate.MISSING:
-                    continue  # the simulated provider bug: executed, but no line at all
-                line.update(_ran(ans, line_id))
-                is_error[i] = ans.status >= 400
-            lines[i] = orjson.dumps(line) + b"\n"
-        self.store.release_input(self.input_path)
-        failed = sum(is_error)
-        output = self._write(
-            [i for i in self.order if lines[i] and not is_error[i]], lines, "output"
-        )
-        errors = self._write([i for i in self.order if lines[i] and is_error[i]], lines, "error")
-        return Outcome(output, errors, completed, failed, _usage(input_tokens, output_tokens))
+    def line(
+        self, i: int, raw: bytes, fate: Fate, stopped: str, run: Run
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """A row that never ran is an error line (``batch_cancelled`` / ``batch_expired``);
+        one that ran has its endpoint's status and body, in the error file from 400."""
+        row = orjson.loads(raw)
+        line_id = f"batch_req_{int_hash(self.id, i):016x}"
+        line: dict[str, Any] = {"id": line_id, "custom_id": row["custom_id"]}
+        if stopped or fate == Fate.EXPIRE:
+            line.update(_never_ran(stopped or "expired"))
+            return line, True
+        ans = self._answer(row.get("body"), fate, line_id, run)
+        if ans.status < 400:
+            run.completed += 1
+            run.input_tokens += ans.input_tokens
+            run.output_tokens += ans.output_tokens
+        if fate == Fate.MISSING:
+            return None, False  # the simulated provider bug: executed, but no line at all
+        line.update(_ran(ans, line_id))
+        return line, ans.status >= 400
 
-    def _answer(
-        self, body: Any, fate: Fate, created: int, line_id: str, prefixes: set[int]
-    ) -> Answer:
+    def _answer(self, body: Any, fate: Fate, line_id: str, run: Run) -> Answer:
         """One row's answer (its body was checked when the batch was created)."""
         assert self.store is not None
         return answer(
             self.endpoint,
             body,
             fate,
-            created,
+            run.created,
             line_id,
             responder=self.store.responder,
-            prefix_cache=prefixes,
+            prefix_cache=run.prefixes,
             models=(*self.knobs.models, *self.extra_models),
             checked=True,
         )
 
-    def _write(self, rows: list[int], lines: list[bytes | None], kind: str) -> StoredFile | None:
-        if not rows:
-            return None
+    def describe(self, kind: str, path: Path, size: int) -> StoredFile:
         assert self.store is not None
-        path = self.store.new_path(f"{kind}-")
-        size = write_lines(path, rows, lines)
         now = int(self.store.clock.unix(self.processed))
         return StoredFile(
             id=new_id("file-"),
@@ -356,13 +402,6 @@ class OpenAIBatch(BatchRecord):
             path=path,
             seq=0,
         )
-
-    def accept(self, outcome: Outcome) -> None:
-        assert self.store is not None
-        for f in (outcome.output, outcome.errors):
-            if f is not None:
-                f.seq = self.store.next_seq()
-                self.store.add_file(f)
 
 
 @dataclass
@@ -853,26 +892,19 @@ def model_json(entry: _models.ModelEntry) -> dict[str, Any]:
     return {"id": entry.id, "object": "model", "created": entry.created, "owned_by": "system"}
 
 
-async def list_models(request: Request) -> Response:
-    """``GET /v1/models``: every model, in one page."""
-    store = _store(request)
-    data = [model_json(m) for m in _models.catalogue("openai", store.knobs.models)]
-    return JSONResponse({"object": "list", "data": data})
+def _unknown_model(model: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model '{model}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
 
 
-async def retrieve_model(request: Request) -> Response:
-    """``GET /v1/models/{model}``; an unknown model is a 404 ``model_not_found``."""
-    store = _store(request)
-    model = request.path_params["model"]
-    entry = _models.find("openai", model, store.knobs.models)
-    if entry is None:
-        raise ApiError(
-            404,
-            f"The model '{model}' does not exist or you do not have access to it.",
-            param="model",
-            code="model_not_found",
-        )
-    return JSONResponse(model_json(entry))
+#: ``GET /v1/models``: every model, in one page.
+list_models = listing_models("openai", model_json)
+#: ``GET /v1/models/{model}``; an unknown model is a 404 ``model_not_found``.
+retrieve_model = showing_model("openai", model_json, "model", _unknown_model)
 
 
 routes = [

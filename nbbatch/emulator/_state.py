@@ -347,6 +347,32 @@ class Store:
         with self.lock:
             self.files[file.id] = file
 
+    def add_upload(
+        self,
+        file_id: str,
+        filename: str,
+        purpose: str,
+        path: Path,
+        size: int,
+        lifetime: int | None = None,
+    ) -> StoredFile:
+        """Keep a file a client uploaded (its bytes at ``path``), created now and
+        expiring ``lifetime`` seconds later (None: never), and count the upload."""
+        now = int(self.clock.unix(self.now()))
+        stored = StoredFile(
+            id=file_id,
+            filename=filename,
+            purpose=purpose,
+            bytes=size,
+            created_at=now,
+            expires_at=now + lifetime if lifetime else None,
+            path=path,
+            seq=self.next_seq(),
+        )
+        self.add_file(stored)
+        self.count("files_uploaded")
+        return stored
+
     def get_file(self, file_id: str) -> StoredFile | None:
         with self.lock:
             return self.files.get(file_id)

@@ -14,6 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from . import _models
+
 #: A route's handler.
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -140,5 +142,36 @@ def downloading(find: Callable[[Any, str], Any]) -> Handler:
     async def handler(request: Request) -> Response:
         f = find(store_of(request), request.path_params["file_id"])
         return FileResponse(f.path, media_type="application/octet-stream")
+
+    return handler
+
+
+def listing_models(provider: str, render: Callable[[_models.ModelEntry], Any]) -> Handler:
+    """``GET /v1/models`` answered ``{"object": "list", "data": [...]}``, every model of
+    ``provider`` (and the emulator's own) in one page, each as ``render`` makes it: the
+    shape OpenAI, Groq and Mistral share."""
+
+    async def handler(request: Request) -> Response:
+        known = _models.catalogue(provider, store_of(request).knobs.models)
+        return JSONResponse({"object": "list", "data": [render(m) for m in known]})
+
+    return handler
+
+
+def showing_model(
+    provider: str,
+    render: Callable[[_models.ModelEntry], Any],
+    param: str,
+    unknown: Callable[[str], Exception],
+) -> Handler:
+    """``GET /v1/models/{<param>}``: the model as ``render`` makes it; a model
+    ``provider`` does not serve raises the API's ``unknown(model)`` error."""
+
+    async def handler(request: Request) -> Response:
+        model = request.path_params[param]
+        entry = _models.find(provider, model, store_of(request).knobs.models)
+        if entry is None:
+            raise unknown(model)
+        return JSONResponse(render(entry))
 
     return handler
