@@ -34,7 +34,7 @@ from ._faults import (
     RowInfo,
     int_hash,
 )
-from ._state import BatchRecord, Store, iter_lines, schedule, write_lines
+from ._state import BatchRecord, ResultsOutcome, Store, iter_lines, schedule, write_lines
 from ._wire import NO_RETRY, ApiError, JSONResponse, new_id, parse_json, rfc3339
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -51,12 +51,8 @@ def _store(request: Request) -> Store:
 # =================================================================== batches
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a finished Message Batch produced."""
-
-    results: Path
-    counts: dict[str, int]
+#: What a finished Message Batch produced.
+Outcome = ResultsOutcome
 
 
 @dataclass(eq=False)

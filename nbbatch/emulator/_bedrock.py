@@ -38,7 +38,7 @@ from starlette.routing import Route
 from . import _responder
 from ._anthropic_replies import last_user, message, params_problem
 from ._faults import FAIL_MARKER, Fate, RowInfo, int_hash
-from ._state import BatchRecord, Store, iter_lines, schedule, write_lines
+from ._state import BatchRecord, ResultsOutcome, Store, iter_lines, schedule, write_lines
 from ._wire import ApiError, JSONResponse, creating, showing
 
 PREFIX = "/bedrock"
@@ -95,12 +95,8 @@ def _split(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a finished job produced: its output lines (a local file) and counts."""
-
-    results: Path
-    counts: dict[str, int]
+#: What a finished job produced: its output lines (a local file) and counts.
+Outcome = ResultsOutcome
 
 
 @dataclass(eq=False)

@@ -76,6 +76,15 @@ class StoredFile:
     seq: int
 
 
+@dataclass(frozen=True)
+class ResultsOutcome:
+    """What a finished batch whose results are one file (in processing order) produced:
+    that file and its counts by kind (Anthropic's Message Batches and Bedrock's jobs)."""
+
+    results: Path
+    counts: dict[str, int]
+
+
 @dataclass(eq=False)
 class BatchRecord:
     """Provider-neutral part of a batch: timeline, row fates, processing order, output.
