@@ -250,15 +250,6 @@ def _never_ran(code: str) -> dict[str, Any]:
     return {"response": None, "error": {"code": f"batch_{code}", "message": message}}
 
 
-def _ran(ans: Answer, line_id: str) -> dict[str, Any]:
-    """The line of a row that ran: its endpoint's status and body."""
-    request_id = f"req_{int_hash(line_id, 'request'):016x}"
-    return {
-        "response": {"status_code": ans.status, "request_id": request_id, "body": ans.body},
-        "error": None,
-    }
-
-
 @dataclass
 class Run:
     """One run of a batch's rows: the replies' unix time, what the rows added up to
@@ -364,22 +355,10 @@ class OpenAIBatch(LinesBatch):
         if stopped or fate == Fate.EXPIRE:
             line.update(_never_ran(stopped or "expired"))
             return line, True
-        ans = self._answer(row.get("body"), fate, line_id, run)
-        if ans.status < 400:
-            run.completed += 1
-            run.input_tokens += ans.input_tokens
-            run.output_tokens += ans.output_tokens
-        if fate == Fate.MISSING:
-            return None, False  # the simulated provider bug: executed, but no line at all
-        line.update(_ran(ans, line_id))
-        return line, ans.status >= 400
-
-    def _answer(self, body: Any, fate: Fate, line_id: str, run: Run) -> Answer:
-        """One row's answer (its body was checked when the batch was created)."""
         assert self.store is not None
-        return answer(
+        ans = answer(  # its body was checked when the batch was created
             self.endpoint,
-            body,
+            row.get("body"),
             fate,
             run.created,
             line_id,
@@ -388,6 +367,16 @@ class OpenAIBatch(LinesBatch):
             models=(*self.knobs.models, *self.extra_models),
             checked=True,
         )
+        if ans.status < 400:
+            run.completed += 1
+            run.input_tokens += ans.input_tokens
+            run.output_tokens += ans.output_tokens
+        if fate == Fate.MISSING:
+            return None, False  # the simulated provider bug: executed, but no line at all
+        request_id = f"req_{int_hash(line_id, 'request'):016x}"
+        line["response"] = {"status_code": ans.status, "request_id": request_id, "body": ans.body}
+        line["error"] = None
+        return line, ans.status >= 400
 
     def describe(self, kind: str, path: Path, size: int) -> StoredFile:
         assert self.store is not None

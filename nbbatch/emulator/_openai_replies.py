@@ -40,7 +40,7 @@ class Answer:
     output_tokens: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made for every row, and a frozen init is slower
 class _Call:
     """One request being answered: its body and what inspecting it found, its fate, the
     reply's time and id suffix, the responder that writes the text (None: the built-in
