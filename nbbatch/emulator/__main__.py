@@ -50,12 +50,44 @@ def _quality_arg(text: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.background:
+        if args.state_dir is None:
+            parser.error("--background needs --state-dir")
+        idle = args.idle_seconds or _background.idle_seconds()
+        _background.detach()
+        _background.serve(args.state_dir, args.port, idle)
+        return
+    emu = start(**_start_options(args))
+    _print_clients(emu)
+    try:
+        while True:  # time.sleep, unlike a bare Event.wait(), is interrupted by Ctrl-C
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emu.stop()
+
+
+def _parser() -> argparse.ArgumentParser:
+    """The command line: where to serve, the timings and faults, the queue limits, what
+    to answer with, and the background mode."""
     parser = argparse.ArgumentParser(
         prog="python -m nbbatch.emulator",
         description="Serve the nbbatch emulator of the OpenAI, Anthropic and Gemini batch APIs.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    _add_timings_and_faults(parser)
+    _add_limits(parser)
+    _add_answers(parser)
+    _add_background(parser)
+    return parser
+
+
+def _add_timings_and_faults(parser: argparse.ArgumentParser) -> None:
+    """How long a batch's phases last and which faults its rows meet."""
     for name, default in (
         ("validating-seconds", 0.5),
         ("processing-seconds", 3.0),
@@ -73,6 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-attempts", type=int, default=1, help="-1: every attempt")
     parser.add_argument("--no-shuffle", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    """Each provider's batch queue limits."""
     parser.add_argument(
         "--tier",
         choices=TIERS,
@@ -95,6 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="Gemini: queued tokens per model",
     )
+
+
+def _add_answers(parser: argparse.ArgumentParser) -> None:
+    """The models served and how they answer."""
     parser.add_argument(
         "--models",
         action="append",
@@ -135,6 +175,10 @@ def main(argv: list[str] | None = None) -> None:
         "gpt-4o-mini=0.88,gpt-4o=0.97 (the rest get another allowed answer); with "
         f"--background: ${QUALITY_ENV}",
     )
+
+
+def _add_background(parser: argparse.ArgumentParser) -> None:
+    """The detached background emulator of ``provider="local"``."""
     parser.add_argument(
         "--background",
         action="store_true",
@@ -149,17 +193,13 @@ def main(argv: list[str] | None = None) -> None:
         help=f"with --background: exit after this long without a request "
         f"(default: ${_background.IDLE_ENV} or {_background.DEFAULT_IDLE_SECONDS:.0f})",
     )
-    args = parser.parse_args(argv)
-    if args.background:
-        if args.state_dir is None:
-            parser.error("--background needs --state-dir")
-        idle = args.idle_seconds or _background.idle_seconds()
-        _background.detach()
-        _background.serve(args.state_dir, args.port, idle)
-        return
+
+
+def _start_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments of :func:`start` the command line gives."""
     models = [n.strip() for arg in args.models for n in arg.split(",") if n.strip()]
     responder = _load_responder(args.responder) if args.responder else None
-    emu = start(
+    return dict(
         host=args.host,
         port=args.port,
         validating_seconds=args.validating_seconds,
@@ -189,6 +229,10 @@ def main(argv: list[str] | None = None) -> None:
         responder=responder,
         quality=args.quality,
     )
+
+
+def _print_clients(emu: Any) -> None:
+    """How to reach the emulator with each provider's SDK."""
     print(f"nbbatch emulator serving on {emu.url}", flush=True)
     print(f"  OpenAI:    OpenAI(base_url={emu.openai_base_url!r}, api_key='any')", flush=True)
     print(f"  Anthropic: Anthropic(base_url={emu.anthropic_base_url!r}, api_key='any')", flush=True)
@@ -201,13 +245,6 @@ def main(argv: list[str] | None = None) -> None:
         f"  Bedrock:   boto3.client('bedrock', endpoint_url={emu.url + '/bedrock'!r})", flush=True
     )
     print("Press Ctrl-C to stop.", flush=True)
-    try:
-        while True:  # time.sleep, unlike a bare Event.wait(), is interrupted by Ctrl-C
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emu.stop()
 
 
 if __name__ == "__main__":

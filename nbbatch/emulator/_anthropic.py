@@ -33,10 +33,9 @@ from ._faults import (
     Fate,
     RowInfo,
     int_hash,
-    processing_order,
 )
-from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, iter_lines
-from ._wire import NO_RETRY, ApiError, JSONResponse, new_id, rfc3339
+from ._state import BatchRecord, ResultsOutcome, Store, iter_lines, schedule, write_lines
+from ._wire import NO_RETRY, ApiError, JSONResponse, new_id, parse_json, rfc3339
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # Service limits (module constants so tests can lower them).
@@ -52,12 +51,8 @@ def _store(request: Request) -> Store:
 # =================================================================== batches
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a finished Message Batch produced."""
-
-    results: Path
-    counts: dict[str, int]
+#: What a finished Message Batch produced.
+Outcome = ResultsOutcome
 
 
 @dataclass(eq=False)
@@ -68,9 +63,7 @@ class AnthropicBatch(BatchRecord):
     def generate(self, cut: int | None, reason: str) -> Outcome:
         """Write the results JSONL (in processing order) and count the result types."""
         assert self.store is not None and self.requests_path is not None
-        position = [0] * self.n
-        for p, i in enumerate(self.order):
-            position[i] = p
+        stopped = self.stopped(cut)
         lines: list[bytes | None] = [None] * self.n
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
         cache: set[str] = set()  # prompt caching is per batch, in input order
@@ -79,7 +72,7 @@ class AnthropicBatch(BatchRecord):
             request = orjson.loads(raw)
             suffix = f"{int_hash(self.id, i):016x}"
             result: dict[str, Any]
-            if cut is not None and position[i] >= cut:
+            if stopped[i]:
                 result = {"type": "canceled" if reason == "cancelled" else "expired"}
             elif fate == Fate.EXPIRE:
                 result = {"type": "expired"}
@@ -112,9 +105,7 @@ class AnthropicBatch(BatchRecord):
                 continue  # the simulated provider bug: no line at all
             lines[i] = orjson.dumps({"custom_id": request["custom_id"], "result": result}) + b"\n"
         path = self.store.new_path("results-")
-        with path.open("wb") as out:
-            for start in range(0, self.n, 4096):
-                out.write(b"".join(lines[i] or b"" for i in self.order[start : start + 4096]))
+        write_lines(path, self.order, lines)
         return Outcome(path, counts)
 
 
@@ -229,20 +220,10 @@ def _register(store: Store, requests: list[dict[str, Any]], host: str) -> dict[s
             )
     fates = store.fates("anthropic", rows, knobs)
     t = store.now()
-    batch_id = new_id("msgbatch_")
-    started = t + knobs.validating_seconds
-    processed = started + knobs.processing_seconds
     batch = AnthropicBatch(
-        id=batch_id,
-        seq=store.next_seq(),
-        knobs=knobs,
-        n=len(rows),
-        created=t,
-        started=started,
-        processed=processed,
-        finished=processed,  # no finalizing phase on this API
+        # no finalizing phase on this API
+        **schedule(store, new_id("msgbatch_"), len(rows), t, finalizing=False),
         fates=fates,
-        order=processing_order(len(rows), knobs, batch_id),
         store=store,
         requests_path=path,
     )
@@ -301,10 +282,7 @@ async def _json_body(request: Request, limit: int | None = None) -> Any:
     raw = await request.body()
     if limit is not None and len(raw) > limit:
         raise _too_large(limit)
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "The request body is not valid JSON.") from None
+    return parse_json(raw)
 
 
 async def create_batch(request: Request) -> Response:
@@ -358,9 +336,7 @@ def _cancel_sync(store: Store, batch_id: str, host: str) -> dict[str, Any]:
         t = store.now()
         if b.ended_at(t) is not None:
             raise ApiError(400, "Cannot cancel a batch that has already ended.", headers=NO_RETRY)
-        if b.cancel_at is None:
-            b.cancel_at = t
-            b.cancel_done = t + max(b.knobs.finalizing_seconds, MIN_CANCEL_SECONDS)
+        b.request_cancel(t)
     return batch_json(store, b, t, host)
 
 

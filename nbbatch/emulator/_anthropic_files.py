@@ -82,18 +82,7 @@ async def upload(request: Request) -> Response:
         path = store.new_path("anthropic-file-")
         size = await run_in_threadpool(_copy_limited, upload.file, path, MAX_FILE_BYTES)
         filename = upload.filename or "upload"
-    stored = StoredFile(
-        id=_new_id(),
-        filename=filename,
-        purpose=PURPOSE,
-        bytes=size,
-        created_at=int(store.clock.unix(store.now())),
-        expires_at=None,
-        path=path,
-        seq=store.next_seq(),
-    )
-    store.add_file(stored)
-    store.count("files_uploaded")
+    stored = store.add_upload(_new_id(), filename, PURPOSE, path, size)
     return JSONResponse(metadata(stored))
 
 

@@ -76,15 +76,7 @@ def message(
     :class:`~._responder.ResponderError` when it fails)."""
     system = params.get("system")
     prompt_chars = params_chars(params)
-    cached = _cached_prefix(system)
-    cached_tokens = _responder.count_tokens(len(cached))
-    created = read = 0
-    if cached:
-        if cached in cache:
-            read = cached_tokens
-        else:
-            created = cached_tokens
-            cache.add(cached)
+    cached_tokens, created, read = _cache_use(system, cache)
     schema, tool = structured(params)
     stop = params.get("stop_sequences") or ()
     request = _responder.Request(
@@ -105,18 +97,7 @@ def message(
         responder=responder,
         request=request,
     )
-    content: list[dict[str, Any]]
-    if tool is not None:
-        value = reply.value if reply.value is not None else {}
-        if not isinstance(value, dict):
-            value = {"nbbatch_emulator_invalid": value}
-        content = [{"type": "tool_use", "id": f"toolu_{suffix}", "name": tool, "input": value}]
-        stop_reason = "max_tokens" if reply.finish == "length" else "tool_use"
-    else:
-        content = [{"type": "text", "text": reply.text, "citations": None}]
-        stop_reason = {"length": "max_tokens", "stop_sequence": "stop_sequence"}.get(
-            reply.finish, "end_turn"
-        )
+    content, stop_reason = _content(reply, tool, suffix)
     return {
         "id": f"msg_{suffix}",
         "type": "message",
@@ -133,6 +114,38 @@ def message(
             "service_tier": tier,
         },
     }
+
+
+def _cache_use(system: Any, cache: set[str]) -> tuple[int, int, int]:
+    """(tokens of the system prompt's cached prefix, of them written to the cache now,
+    of them read from it): a prefix already in ``cache`` is read, a new one written."""
+    cached = _cached_prefix(system)
+    cached_tokens = _responder.count_tokens(len(cached))
+    if not cached:
+        return cached_tokens, 0, 0
+    if cached in cache:
+        return cached_tokens, 0, cached_tokens
+    cache.add(cached)
+    return cached_tokens, cached_tokens, 0
+
+
+def _content(
+    reply: _responder.Reply, tool: str | None, suffix: str
+) -> tuple[list[dict[str, Any]], str]:
+    """A Message's content and stop reason: the call of the forced ``tool`` (its input
+    the structured value) or the reply's text."""
+    if tool is not None:
+        value = reply.value if reply.value is not None else {}
+        if not isinstance(value, dict):
+            value = {"nbbatch_emulator_invalid": value}
+        call: dict[str, Any] = {"type": "tool_use", "id": f"toolu_{suffix}", "name": tool}
+        call["input"] = value
+        return [call], "max_tokens" if reply.finish == "length" else "tool_use"
+    content: list[dict[str, Any]] = [{"type": "text", "text": reply.text, "citations": None}]
+    stop_reason = {"length": "max_tokens", "stop_sequence": "stop_sequence"}.get(
+        reply.finish, "end_turn"
+    )
+    return content, stop_reason
 
 
 def error_json(type: str, message: str, request_id: str) -> dict[str, Any]:

@@ -37,9 +37,9 @@ from starlette.routing import Route
 
 from . import _responder
 from ._anthropic_replies import last_user, message, params_problem
-from ._faults import FAIL_MARKER, Fate, RowInfo, int_hash, processing_order
-from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, iter_lines
-from ._wire import ApiError, JSONResponse
+from ._faults import FAIL_MARKER, Fate, RowInfo, int_hash
+from ._state import BatchRecord, ResultsOutcome, Store, iter_lines, schedule, write_lines
+from ._wire import ApiError, JSONResponse, creating, showing
 
 PREFIX = "/bedrock"
 #: A made-up account for the ARNs this emulator hands out.
@@ -95,12 +95,8 @@ def _split(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a finished job produced: its output lines (a local file) and counts."""
-
-    results: Path
-    counts: dict[str, int]
+#: What a finished job produced: its output lines (a local file) and counts.
+Outcome = ResultsOutcome
 
 
 @dataclass(eq=False)
@@ -127,16 +123,14 @@ class BedrockJob(BatchRecord):
     def generate(self, cut: int | None, reason: str) -> Outcome:
         """The output lines (in processing order) and the counts."""
         assert self.store is not None and self.records_path is not None
-        position = [0] * self.n
-        for p, i in enumerate(self.order):
-            position[i] = p
+        stopped = self.stopped(cut)
         lines: list[bytes | None] = [None] * self.n
         counts = {"success": 0, "error": 0, "input_tokens": 0, "output_tokens": 0}
         cache: set[str] = set()
         for i, raw in enumerate(iter_lines(self.records_path)):
             fate = Fate(self.fates[i])
             record = orjson.loads(raw)
-            if (cut is not None and position[i] >= cut) or fate == Fate.EXPIRE:
+            if stopped[i] or fate == Fate.EXPIRE:
                 continue  # not reached before the job stopped: no line
             suffix = f"{int_hash(self.id, i):016x}"
             line: dict[str, Any] = {"recordId": record["recordId"], "modelInput": record["body"]}
@@ -170,9 +164,7 @@ class BedrockJob(BatchRecord):
                 continue  # the simulated service bug: a record without a line
             lines[i] = orjson.dumps(line) + b"\n"
         path = self.store.new_path("bedrock-out-")
-        with path.open("wb") as out:
-            for i in self.order:
-                out.write(lines[i] or b"")
+        write_lines(path, self.order, lines)
         return Outcome(path, counts)
 
     def _answer(self, record: dict[str, Any], fate: Fate, suffix: str, cache: set[str]) -> Any:
@@ -280,8 +272,9 @@ def _prepare(
     return out
 
 
-def create_job_sync(store: Store, body: Any) -> dict[str, Any]:
-    """``CreateModelInvocationJob``: checked, its input read from S3, registered."""
+def _check_create(body: Any) -> tuple[str, str, str]:
+    """The synchronous checks of a create request (400 ValidationException); its input
+    and output S3 URIs and its invocation type."""
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     for name in ("jobName", "roleArn", "modelId", "inputDataConfig", "outputDataConfig"):
@@ -299,43 +292,64 @@ def create_job_sync(store: Store, body: Any) -> dict[str, Any]:
     invocation = str(body.get("modelInvocationType") or "InvokeModel")
     if invocation not in ("InvokeModel", "Converse"):
         raise ApiError(400, f"modelInvocationType {invocation!r} is not InvokeModel or Converse")
-    model = str(body["modelId"])
-    knobs = store.knobs
-    token = str(body.get("clientRequestToken") or "")
+    return source, target, invocation
+
+
+def _earlier(store: Store, body: dict[str, Any], token: str) -> BedrockJob | None:
+    """The job an earlier create with the same ``clientRequestToken`` made, if any; a
+    second job of the same name is a 409."""
     with store.lock:
         jobs = [b for b in store.list_batches("bedrock") if isinstance(b, BedrockJob)]
         # "If this token matches a previous request, Amazon Bedrock ignores the request,
         # but does not return an error" (CreateModelInvocationJob, clientRequestToken).
         again = next((b for b in jobs if token and b.token == token), None)
-        if again is not None:
-            return {"jobArn": again.arn}
-        if any(b.name == body["jobName"] for b in jobs):
+        if again is None and any(b.name == body["jobName"] for b in jobs):
             raise ApiError(409, f"A job named {body['jobName']!r} already exists.")
+        return again
+
+
+def _read_records(
+    store: Store, source: str, invocation: str, model: str
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The input records read from S3 and checked, and why the job fails validation
+    (None when it does not): an unreadable input, a bad record, a repeated recordId, or
+    fewer records than Bedrock's minimum."""
     records: list[dict[str, Any]] = []
-    problem: str | None = None
     bucket, key = _split(source)
     try:
         raw = _s3(store).get_object(Bucket=bucket, Key=key)["Body"].read()
     except Exception as exc:
-        raw = b""
-        problem = f"the input at {source} could not be read: {exc}"
-    if problem is None:
-        for i, text in enumerate(x for x in raw.splitlines() if x.strip()):
-            try:
-                records.append(_prepare(orjson.loads(text), i, invocation, model, knobs.models))
-            except (orjson.JSONDecodeError, ValueError) as exc:
-                problem = f"invalid input record: {exc}"
-                break
-        seen: set[str] = set()
-        for r in records:
-            if r["recordId"] in seen:
-                problem = f"recordId {r['recordId']!r} appears more than once"
-            seen.add(r["recordId"])
-        if problem is None and len(records) < knobs.bedrock_min_records:
-            problem = (
-                f"The number of records in the input ({len(records)}) is below the minimum "
-                f"number of records per batch inference job ({knobs.bedrock_min_records})."
-            )
+        return records, f"the input at {source} could not be read: {exc}"
+    problem: str | None = None
+    for i, text in enumerate(x for x in raw.splitlines() if x.strip()):
+        try:
+            records.append(_prepare(orjson.loads(text), i, invocation, model, store.knobs.models))
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            problem = f"invalid input record: {exc}"
+            break
+    seen: set[str] = set()
+    for r in records:
+        if r["recordId"] in seen:
+            problem = f"recordId {r['recordId']!r} appears more than once"
+        seen.add(r["recordId"])
+    minimum = store.knobs.bedrock_min_records
+    if problem is None and len(records) < minimum:
+        problem = (
+            f"The number of records in the input ({len(records)}) is below the minimum "
+            f"number of records per batch inference job ({minimum})."
+        )
+    return records, problem
+
+
+def create_job_sync(store: Store, body: Any) -> dict[str, Any]:
+    """``CreateModelInvocationJob``: checked, its input read from S3, registered."""
+    source, target, invocation = _check_create(body)
+    model = str(body["modelId"])
+    token = str(body.get("clientRequestToken") or "")
+    again = _earlier(store, body, token)
+    if again is not None:
+        return {"jobArn": again.arn}
+    records, problem = _read_records(store, source, invocation, model)
     path = store.new_path("bedrock-in-")
     with path.open("wb") as out:
         for r in records:
@@ -344,22 +358,12 @@ def create_job_sync(store: Store, body: Any) -> dict[str, Any]:
         RowInfo(r["recordId"], 0, r["prompt"] or "", False, invalid=r["problem"] is not None)
         for r in records
     ]
-    fates = store.fates("bedrock", rows, knobs) if rows else bytearray()
+    fates = store.fates("bedrock", rows, store.knobs) if rows else bytearray()
     t = store.now()
-    job_id = os.urandom(6).hex()  # botocore: 12 lowercase letters or digits
-    started = t + knobs.validating_seconds
-    processed = started + knobs.processing_seconds
     job = BedrockJob(
-        id=job_id,
-        seq=store.next_seq(),
-        knobs=knobs,
-        n=len(records),
-        created=t,
-        started=started,
-        processed=processed,
-        finished=processed,
+        # botocore: a job id is 12 lowercase letters or digits; no finalizing step
+        **schedule(store, os.urandom(6).hex(), len(records), t, finalizing=False),
         fates=fates,
-        order=processing_order(len(records), knobs, job_id),
         invalid=problem is not None,
         store=store,
         records_path=path,
@@ -369,7 +373,7 @@ def create_job_sync(store: Store, body: Any) -> dict[str, Any]:
         invocation=invocation,
         input_uri=source,
         output_uri=target,
-        input_file=key.rsplit("/", 1)[-1] or "input.jsonl",
+        input_file=_split(source)[1].rsplit("/", 1)[-1] or "input.jsonl",
         message=problem,
         token=token,
         submitted=store.clock.unix(t),
@@ -439,34 +443,13 @@ def _job_or_404(store: Store, identifier: str) -> BedrockJob:
     return job
 
 
-async def _json_body(request: Request) -> Any:
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "The request body is not valid JSON.") from None
-
-
-async def create_job(request: Request) -> Response:
-    store = _store(request)
-    body = await _json_body(request)
-    return JSONResponse(await run_in_threadpool(create_job_sync, store, body))
-
-
-async def get_job(request: Request) -> Response:
-    store = _store(request)
-    job = _job_or_404(store, request.path_params["job"])
-    return JSONResponse(await run_in_threadpool(job_json, store, job, store.now()))
-
-
 def _stop_sync(store: Store, identifier: str) -> None:
     with store.lock:
         job = _job_or_404(store, identifier)
         t = store.now()
         if job.ended_at(t) is not None or job.invalid:
             raise ApiError(400, f"The job is {_status(store, job, t)} and cannot be stopped.")
-        if job.cancel_at is None:
-            job.cancel_at = t
-            job.cancel_done = t + max(job.knobs.finalizing_seconds, MIN_CANCEL_SECONDS)
+        job.request_cancel(t)
 
 
 async def stop_job(request: Request) -> Response:
@@ -511,8 +494,12 @@ async def list_jobs(request: Request) -> Response:
 
 
 routes = [
-    Route(PREFIX + "/model-invocation-job", create_job, methods=["POST"]),
+    Route(PREFIX + "/model-invocation-job", creating(create_job_sync), methods=["POST"]),
     Route(PREFIX + "/model-invocation-job/{job:path}/stop", stop_job, methods=["POST"]),
-    Route(PREFIX + "/model-invocation-job/{job:path}", get_job, methods=["GET"]),
+    Route(
+        PREFIX + "/model-invocation-job/{job:path}",
+        showing(_job_or_404, job_json, "job"),
+        methods=["GET"],
+    ),
     Route(PREFIX + "/model-invocation-jobs", list_jobs, methods=["GET"]),
 ]

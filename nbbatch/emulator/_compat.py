@@ -45,6 +45,15 @@ def batch_or_404(store: Store, kind: str, batch_id: str) -> OpenAIBatch:
     return _openai.batch_or_404(store, batch_id, kind)
 
 
+def finder(kind: str) -> Callable[[Store, str], OpenAIBatch]:
+    """The lookup of one of the variant's batches by id (see :func:`._wire.showing`)."""
+
+    def find(store: Store, batch_id: str) -> OpenAIBatch:
+        return batch_or_404(store, kind, batch_id)
+
+    return find
+
+
 def model_ids(kind: str) -> tuple[str, ...]:
     """The ids of the variant's own models."""
     return tuple(m.id for m in _models.catalogue(kind))

@@ -42,7 +42,6 @@ from ._faults import (
     Fate,
     RowInfo,
     int_hash,
-    processing_order,
 )
 from ._gemini_replies import (
     EMBED,
@@ -58,7 +57,7 @@ from ._gemini_replies import (
     row_text,
     schema_of,
 )
-from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, StoredFile, iter_lines
+from ._state import BatchRecord, Store, StoredFile, iter_lines, schedule, write_lines
 from ._wire import ApiError, JSONResponse, new_id, rfc3339
 
 PREFIX = "/gemini"
@@ -139,9 +138,7 @@ class GeminiBatch(BatchRecord):
     def generate(self, cut: int | None, reason: str) -> Outcome:
         """Run the rows that got to run; write one line per row that ran."""
         assert self.store is not None and self.input_path is not None
-        position = [0] * self.n
-        for p, i in enumerate(self.order):
-            position[i] = p
+        stopped = self.stopped(cut)
         lines: list[bytes | None] = [None] * self.n
         inlined: list[dict[str, Any]] = []
         succeeded = failed = 0
@@ -150,38 +147,19 @@ class GeminiBatch(BatchRecord):
                 break
             fate = Fate(self.fates[i])
             row = orjson.loads(raw)
-            if (cut is not None and position[i] >= cut) or fate == Fate.EXPIRE:
+            if stopped[i] or fate == Fate.EXPIRE:
                 if self.inline:  # inline answers are matched by position: keep the slot
                     why = "cancelled" if reason == "cancelled" else "expired"
                     inlined.append(_inline_entry(row, {"error": _never_ran(why)}))
                 continue  # never ran: a stopped batch lists only the rows it ran
-            suffix = f"{int_hash(self.id, i):016x}"
-            req = row.get("request")
             # The line's own fields (its key, if any) come back with its answer.
             line: dict[str, Any] = {k: v for k, v in row.items() if k != "request"}
-            problem = problem_of(self.kind, req, self.model)
-            if fate == Fate.FAIL or problem:
-                line["error"] = error_body(
-                    400, problem or f"Request rejected by the nbbatch emulator ({FAIL_MARKER})."
-                )["error"]
-                failed += 1
-            elif fate == Fate.TRANSIENT_ERROR:
-                status = (500, 503)[int_hash(self.id, i, "kind") % 2]
-                text = "Simulated server error (nbbatch emulator); retrying may succeed."
-                line["error"] = error_body(status, text)["error"]
-                failed += 1
-            elif self.kind == EMBED:
-                assert isinstance(req, dict)
-                line["response"] = embed(req, self.model)
+            answer = self._answer(i, row.get("request"), fate)
+            line.update(answer)
+            if "response" in answer:
                 succeeded += 1
             else:
-                assert isinstance(req, dict)
-                try:
-                    line["response"] = generate(req, fate, self.model, suffix, self.store.responder)
-                    succeeded += 1
-                except _responder.ResponderError as exc:
-                    line["error"] = error_body(400, str(exc))["error"]
-                    failed += 1
+                failed += 1
             if self.inline:
                 # No keys to match by, so the simulated lost line does not apply here.
                 inlined.append(_inline_entry(row, line))
@@ -200,15 +178,38 @@ class GeminiBatch(BatchRecord):
                 inlined = [inlined[i] for i in self.order]
             return Outcome(None, succeeded, failed, inlined)
         ran = [i for i in (self.order if shuffled else range(self.n)) if lines[i]]
+        return Outcome(self._output_file(ran, lines), succeeded, failed)
+
+    def _answer(self, i: int, req: Any, fate: Fate) -> dict[str, Any]:
+        """Row ``i``'s ``{"response"}`` or ``{"error"}`` (a refused request, a fault, or
+        the user's responder failing)."""
+        assert self.store is not None
+        problem = problem_of(self.kind, req, self.model)
+        if fate == Fate.FAIL or problem:
+            text = problem or f"Request rejected by the nbbatch emulator ({FAIL_MARKER})."
+            return {"error": error_body(400, text)["error"]}
+        if fate == Fate.TRANSIENT_ERROR:
+            status = (500, 503)[int_hash(self.id, i, "kind") % 2]
+            text = "Simulated server error (nbbatch emulator); retrying may succeed."
+            return {"error": error_body(status, text)["error"]}
+        assert isinstance(req, dict)
+        if self.kind == EMBED:
+            return {"response": embed(req, self.model)}
+        suffix = f"{int_hash(self.id, i):016x}"
+        try:
+            return {"response": generate(req, fate, self.model, suffix, self.store.responder)}
+        except _responder.ResponderError as exc:
+            return {"error": error_body(400, str(exc))["error"]}
+
+    def _output_file(self, ran: list[int], lines: list[bytes | None]) -> StoredFile | None:
+        """The responses file of the rows that ran (None when none did)."""
         if not ran:
-            return Outcome(None, succeeded, failed)
+            return None
+        assert self.store is not None
         path = self.store.new_path("gemini-output-")
-        with path.open("wb") as out:
-            for start in range(0, len(ran), 4096):
-                out.write(b"".join(lines[i] or b"" for i in ran[start : start + 4096]))
-            size = out.tell()
+        size = write_lines(path, ran, lines)
         now = int(self.store.clock.unix(self.processed))
-        output = StoredFile(
+        return StoredFile(
             id=new_id("gemout"),
             filename=f"{self.id}-responses.jsonl",
             purpose=FILE_PURPOSE,
@@ -218,7 +219,6 @@ class GeminiBatch(BatchRecord):
             path=path,
             seq=0,
         )
-        return Outcome(output, succeeded, failed)
 
     def accept(self, outcome: Outcome) -> None:
         assert self.store is not None
@@ -428,20 +428,10 @@ def _register(
     knobs = store.knobs
     fates = store.fates("gemini", rows, knobs)
     batch_id = new_id("", 10)
-    started = t + knobs.validating_seconds
-    processed = started + knobs.processing_seconds
     display = ((body or {}).get("batch") or {}).get("displayName") or batch_id
     batch = GeminiBatch(
-        id=batch_id,
-        seq=store.next_seq(),
-        knobs=knobs,
-        n=len(rows),
-        created=t,
-        started=started,
-        processed=processed,
-        finished=processed + knobs.finalizing_seconds,
+        **schedule(store, batch_id, len(rows), t),
         fates=fates,
-        order=processing_order(len(rows), knobs, batch_id),
         store=store,
         model=model,
         display_name=str(display),
@@ -470,9 +460,7 @@ def _cancel_sync(store: Store, batch_id: str) -> dict[str, Any]:
         t = store.now()
         if b.ended_at(t) is not None:
             raise ApiError(400, f"Batch batches/{batch_id} has already ended.")
-        if b.cancel_at is None:
-            b.cancel_at = t
-            b.cancel_done = t + max(b.knobs.finalizing_seconds, MIN_CANCEL_SECONDS)
+        b.request_cancel(t)
     return {}
 
 
@@ -544,19 +532,10 @@ async def _upload(request: Request, version: str) -> Response:
     if "finalize" not in command.split(","):
         return JSONResponse({}, headers={"x-goog-upload-status": "active"})
     del store.uploads[upload_id]
-    now = int(store.clock.unix(store.now()))
-    stored = StoredFile(
-        id=new_id("file", 10),
-        filename=up.display_name or "upload.jsonl",
-        purpose=FILE_PURPOSE,
-        bytes=up.received,
-        created_at=now,
-        expires_at=now + 48 * 3600,
-        path=up.path,
-        seq=store.next_seq(),
+    filename = up.display_name or "upload.jsonl"
+    stored = store.add_upload(
+        new_id("file", 10), filename, FILE_PURPOSE, up.path, up.received, 48 * 3600
     )
-    store.add_file(stored)
-    store.count("files_uploaded")
     return JSONResponse(
         {"file": file_json(stored, _base(request))}, headers={"x-goog-upload-status": "final"}
     )

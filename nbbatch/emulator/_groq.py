@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import _compat, _models, _openai
-from ._wire import ApiError, JSONResponse
+from ._wire import ApiError, JSONResponse, listing_models, showing, showing_model
 
 #: Where the variant is mounted; the SDK adds ``/openai/v1/...``.
 PREFIX = "/groq"
@@ -66,10 +66,7 @@ async def create_batch(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(run))
 
 
-async def retrieve_batch(request: Request) -> Response:
-    store = _store(request)
-    b = _compat.batch_or_404(store, KIND, request.path_params["batch_id"])
-    return JSONResponse(await run_in_threadpool(_openai.batch_json, store, b, store.now()))
+retrieve_batch = showing(_compat.finder(KIND), _openai.batch_json, "batch_id")
 
 
 async def cancel_batch(request: Request) -> Response:
@@ -96,24 +93,17 @@ def _model_json(entry: _models.ModelEntry) -> dict[str, Any]:
     return {**_openai.model_json(entry), "owned_by": "Groq", "active": True}
 
 
-async def list_models(request: Request) -> Response:
-    store = _store(request)
-    data = [_model_json(m) for m in _models.catalogue(KIND, store.knobs.models)]
-    return JSONResponse({"object": "list", "data": data})
+def _unknown_model(model: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        type="invalid_request_error",
+        code="model_not_found",
+    )
 
 
-async def retrieve_model(request: Request) -> Response:
-    store = _store(request)
-    model = request.path_params["model"]
-    entry = _models.find(KIND, model, store.knobs.models)
-    if entry is None:
-        raise ApiError(
-            404,
-            f"The model `{model}` does not exist or you do not have access to it.",
-            type="invalid_request_error",
-            code="model_not_found",
-        )
-    return JSONResponse(_model_json(entry))
+list_models = listing_models(KIND, _model_json)
+retrieve_model = showing_model(KIND, _model_json, "model", _unknown_model)
 
 
 routes = [

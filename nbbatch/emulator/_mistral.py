@@ -33,15 +33,25 @@ from typing import Any, BinaryIO
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from . import _models
-from ._faults import FAIL_MARKER, TRANSIENT_MARKER, Fate, RowInfo, int_hash, processing_order
+from ._faults import FAIL_MARKER, TRANSIENT_MARKER, Fate, RowInfo, int_hash
+from ._openai import LinesBatch, Outcome, Run
 from ._openai_replies import answer
-from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, StoredFile, iter_lines
+from ._state import BatchRecord, Store, StoredFile, iter_lines, schedule
 from ._validate_openai import inspect
-from ._wire import JSONResponse
+from ._wire import (
+    ApiError,
+    JSONResponse,
+    creating,
+    downloading,
+    json_body,
+    listing_models,
+    showing,
+    showing_model,
+)
 
 PREFIX = "/mistral"
 #: The endpoints the SDK's ``APIEndpoint`` names; the emulator serves the first.
@@ -218,66 +228,40 @@ async def delete_file(request: Request) -> Response:
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
 
-async def download(request: Request) -> Response:
-    f = _file_or_404(_store(request), request.path_params["file_id"])
-    return FileResponse(f.path, media_type="application/octet-stream")
+download = downloading(_file_or_404)
 
 
 # =================================================================== batch jobs
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What a finished job produced."""
-
-    output: StoredFile | None
-    errors: StoredFile | None
-    succeeded: int
-    failed: int
-
-
 @dataclass(eq=False)
-class MistralBatch(BatchRecord):
-    store: Store | None = None
+class MistralBatch(LinesBatch):
     endpoint: str = ""
     model: str = ""
     input_files: list[str] = field(default_factory=list)
-    input_path: Path | None = None
     metadata: dict[str, Any] | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     problems: dict[int, dict[str, Any]] = field(default_factory=dict)  # line -> 422 body
 
-    def generate(self, cut: int | None, reason: str) -> Outcome:
-        """Run every row that ran through the responder; write the output and error files."""
-        assert self.store is not None and self.input_path is not None
-        position = [0] * self.n
-        for p, i in enumerate(self.order):
-            position[i] = p
-        lines: list[bytes | None] = [None] * self.n
-        failed = bytearray(self.n)
-        created = int(self.store.clock.unix(self.started))
-        for i, raw in enumerate(iter_lines(self.input_path)):
-            if i >= self.n:
-                break
-            fate = Fate(self.fates[i])
-            if (cut is not None and position[i] >= cut) or fate in (Fate.EXPIRE, Fate.MISSING):
-                continue  # never ran (or the simulated provider bug: ran, no line)
-            row = orjson.loads(raw)
-            line_id = str(uuid.UUID(int=int_hash(self.id, i) << 64 | int_hash(self.id, -i - 1)))
-            status, body = self._reply(i, row.get("body") or {}, fate, created, line_id)
-            failed[i] = status >= 400
-            line = {
-                "id": line_id,
-                "custom_id": row["custom_id"],
-                "response": {"status_code": status, "body": body},
-                "error": None if status < 400 else body,
-            }
-            lines[i] = orjson.dumps(line) + b"\n"
-        self.store.release_input(self.input_path)
-        output = self._write([i for i in self.order if lines[i] and not failed[i]], lines, "output")
-        errors = self._write([i for i in self.order if lines[i] and failed[i]], lines, "error")
-        ran = sum(1 for x in lines if x)
-        return Outcome(output, errors, ran - sum(failed), sum(failed))
+    def line(
+        self, i: int, raw: bytes, fate: Fate, stopped: str, run: Run
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """A job stopped early lists only the requests that ran: a row that never ran
+        (or that the simulated provider bug ran without a line) has no line."""
+        if stopped or fate in (Fate.EXPIRE, Fate.MISSING):
+            return None, False
+        row = orjson.loads(raw)
+        line_id = str(uuid.UUID(int=int_hash(self.id, i) << 64 | int_hash(self.id, -i - 1)))
+        status, body = self._reply(i, row.get("body") or {}, fate, run.created, line_id)
+        if status < 400:
+            run.completed += 1
+        line = {
+            "id": line_id,
+            "custom_id": row["custom_id"],
+            "response": {"status_code": status, "body": body},
+            "error": None if status < 400 else body,
+        }
+        return line, status >= 400
 
     def _reply(
         self, i: int, body: dict[str, Any], fate: Fate, created: int, line_id: str
@@ -291,15 +275,8 @@ class MistralBatch(BatchRecord):
             return 500, error_body(SERVER_ERROR, "internal_server_error")
         return chat_reply({**body, "model": self.model}, fate, created, line_id, self.store)
 
-    def _write(self, rows: list[int], lines: list[bytes | None], kind: str) -> StoredFile | None:
-        if not rows:
-            return None
+    def describe(self, kind: str, path: Path, size: int) -> StoredFile:
         assert self.store is not None
-        path = self.store.new_path(f"mistral-{kind}-")
-        with path.open("wb") as out:
-            for start in range(0, len(rows), 4096):
-                out.write(b"".join(lines[i] or b"" for i in rows[start : start + 4096]))
-            size = out.tell()
         return StoredFile(
             id=str(uuid.uuid4()),
             filename=f"{self.id}_{kind}.jsonl",
@@ -311,13 +288,11 @@ class MistralBatch(BatchRecord):
             seq=0,
         )
 
-    def accept(self, outcome: Outcome) -> None:
+    def keep(self, f: StoredFile) -> None:
+        """Mistral's files live in their own table."""
         assert self.store is not None
-        for f in (outcome.output, outcome.errors):
-            if f is not None:
-                f.seq = self.store.next_seq()
-                with self.store.lock:
-                    _files(self.store)[f.id] = f
+        with self.store.lock:
+            _files(self.store)[f.id] = f
 
 
 def chat_reply(
@@ -468,24 +443,12 @@ def create_job_sync(store: Store, body: Any) -> dict[str, Any]:
     f, model = _check_create(store, body)
     found = read_input(f.path, model)
     rows, problems, errors = found.rows, found.problems, found.errors
-    knobs = store.knobs
     t = store.now()
     invalid = bool(errors)
     n = 0 if invalid else len(rows)
-    job_id = str(uuid.uuid4())
-    started = t + knobs.validating_seconds
-    processed = started + knobs.processing_seconds
     job = MistralBatch(
-        id=job_id,
-        seq=store.next_seq(),
-        knobs=knobs,
-        n=n,
-        created=t,
-        started=started,
-        processed=processed,
-        finished=processed + knobs.finalizing_seconds,
-        fates=bytearray() if invalid else store.fates("mistral", rows, knobs),
-        order=processing_order(n, knobs, job_id),
+        **schedule(store, str(uuid.uuid4()), n, t),
+        fates=bytearray() if invalid else store.fates("mistral", rows, store.knobs),
         invalid=invalid,
         store=store,
         endpoint=body["endpoint"],
@@ -506,7 +469,7 @@ def job_json(store: Store, b: BatchRecord, t: float) -> dict[str, Any]:
     phase = b.phase(t)
     outcome: Outcome | None = store.outcome(b, t)
     if outcome is not None:
-        succeeded, failed = outcome.succeeded, outcome.failed
+        succeeded, failed = outcome.completed, outcome.failed
     else:
         succeeded, failed = b.progress_counts(b.cancel_at if b.cancel_at is not None else t)
     ran = not b.invalid and t >= b.started and (b.cancel_at is None or b.cancel_at >= b.started)
@@ -550,8 +513,7 @@ def _cancel_sync(store: Store, job_id: str) -> dict[str, Any]:
         t = store.now()
         phase = b.phase(t)
         if phase in ("validating", "in_progress"):
-            b.cancel_at = t
-            b.cancel_done = t + max(b.knobs.finalizing_seconds, MIN_CANCEL_SECONDS)
+            b.request_cancel(t)
         elif phase != "cancelling":
             raise _refuse(400, f"Batch job {job_id} cannot be cancelled: it is {STATUS[phase]}.")
     return job_json(store, b, t)
@@ -571,35 +533,19 @@ def _list_sync(store: Store, page: int, size: int, status: list[str]) -> dict[st
 def _handler(
     fn: Callable[[Request], Awaitable[Response]],
 ) -> Callable[[Request], Awaitable[Response]]:
-    """Answer a :class:`MistralError` in Mistral's shape (not the OpenAI one the shared
-    error handler gives)."""
+    """Answer a :class:`MistralError`, or an :class:`ApiError` of the shared helpers, in
+    Mistral's shape (not the OpenAI one the shared error handler gives)."""
 
     async def handler(request: Request) -> Response:
         try:
             return await fn(request)
         except MistralError as exc:
             return JSONResponse(exc.body, status_code=exc.status)
+        except ApiError as exc:
+            body = error_body(exc.message, exc.type, exc.code)
+            return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     return handler
-
-
-async def _json(request: Request) -> Any:
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError:
-        raise _refuse(400, "The request body is not valid JSON.") from None
-
-
-async def create_job(request: Request) -> Response:
-    store = _store(request)
-    body = await _json(request)
-    return JSONResponse(await run_in_threadpool(create_job_sync, store, body))
-
-
-async def get_job(request: Request) -> Response:
-    store = _store(request)
-    b = _job_or_404(store, request.path_params["job_id"])
-    return JSONResponse(await run_in_threadpool(job_json, store, b, store.now()))
 
 
 async def cancel_job(request: Request) -> Response:
@@ -635,27 +581,20 @@ def model_card(entry: _models.ModelEntry) -> dict[str, Any]:
     }
 
 
-async def list_models(request: Request) -> Response:
-    store = _store(request)
-    data = [model_card(m) for m in _models.catalogue("mistral", store.knobs.models)]
-    return JSONResponse({"object": "list", "data": data})
+def _no_such_model(model: str) -> MistralError:
+    # Status ours (the quoted body is a chat request's, see _unknown_model).
+    return MistralError(404, error_body(f"Invalid model: {model}", "invalid_model", "1500"))
 
 
-async def retrieve_model(request: Request) -> Response:
-    store = _store(request)
-    model = request.path_params["model_id"]
-    entry = _models.find("mistral", model, store.knobs.models)
-    if entry is None:
-        # Status ours (the quoted body is a chat request's, see _unknown_model).
-        raise MistralError(404, error_body(f"Invalid model: {model}", "invalid_model", "1500"))
-    return JSONResponse(model_card(entry))
+list_models = listing_models("mistral", model_card)
+retrieve_model = showing_model("mistral", model_card, "model_id", _no_such_model)
 
 
 async def chat(request: Request) -> Response:
     """``POST /v1/chat/completions`` in real time."""
     store = _store(request)
     store.count("realtime_requests")  # the shared front counts only the paths it knows
-    body = await _json(request)
+    body = await json_body(request)
     problem = body_problem(body)
     if problem is not None:
         return JSONResponse(problem, status_code=422)
@@ -688,9 +627,9 @@ routes = [
     _route("/v1/files/{file_id}", retrieve_file, "GET"),
     _route("/v1/files/{file_id}", delete_file, "DELETE"),
     _route("/v1/files/{file_id}/content", download, "GET"),
-    _route("/v1/batch/jobs", create_job, "POST"),
+    _route("/v1/batch/jobs", creating(create_job_sync), "POST"),
     _route("/v1/batch/jobs", list_jobs, "GET"),
-    _route("/v1/batch/jobs/{job_id}", get_job, "GET"),
+    _route("/v1/batch/jobs/{job_id}", showing(_job_or_404, job_json, "job_id"), "GET"),
     _route("/v1/batch/jobs/{job_id}/cancel", cancel_job, "POST"),
     _route("/v1/models", list_models, "GET"),
     _route("/v1/models/{model_id}", retrieve_model, "GET"),

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from . import _models, _quotas, _responder, _validate_openai
@@ -25,15 +25,24 @@ from ._faults import (
     FAIL_MARKER,
     TRANSIENT_MARKER,
     Fate,
-    Knobs,
     RowInfo,
     int_hash,
-    processing_order,
 )
 from ._openai_replies import Answer, answer
-from ._state import MIN_CANCEL_SECONDS, BatchRecord, Store, StoredFile, iter_lines
+from ._state import BatchRecord, Store, StoredFile, iter_lines, schedule, write_lines
 from ._validate_openai import inspect
-from ._wire import NO_RETRY, ApiError, JSONResponse, new_id
+from ._wire import (
+    NO_RETRY,
+    ApiError,
+    JSONResponse,
+    creating,
+    downloading,
+    json_body,
+    listing_models,
+    new_id,
+    showing,
+    showing_model,
+)
 
 #: The ``endpoint`` values the SDK allows; the emulator serves the first three.
 ENDPOINTS = (
@@ -137,19 +146,7 @@ async def create_file(request: Request) -> Response:
             raise ApiError(400, "Invalid file format for Batch API. Must be .jsonl")
         path = store.new_path("upload-")
         size = await run_in_threadpool(_copy_limited, upload.file, path, MAX_UPLOAD_BYTES)
-    now = int(store.clock.unix(store.now()))
-    stored = StoredFile(
-        id=new_id("file-"),
-        filename=filename,
-        purpose=purpose,
-        bytes=size,
-        created_at=now,
-        expires_at=now + lifetime if lifetime else None,
-        path=path,
-        seq=store.next_seq(),
-    )
-    store.add_file(stored)
-    store.count("files_uploaded")
+    stored = store.add_upload(new_id("file-"), filename, purpose, path, size, lifetime)
     return JSONResponse(file_json(stored))
 
 
@@ -220,9 +217,7 @@ async def delete_file(request: Request) -> Response:
     return JSONResponse({"id": file_id, "object": "file", "deleted": True})
 
 
-async def file_content(request: Request) -> Response:
-    f = _file_or_404(_store(request), request.path_params["file_id"])
-    return FileResponse(f.path, media_type="application/octet-stream")
+file_content = downloading(_file_or_404)
 
 
 # =================================================================== batches
@@ -249,12 +244,97 @@ def _usage(input_tokens: int = 0, output_tokens: int = 0) -> dict[str, Any]:
     }
 
 
+def _never_ran(code: str) -> dict[str, Any]:
+    """The line of a row the batch never ran (``code``: "cancelled" or "expired")."""
+    message = CANCELLED_MESSAGE if code == "cancelled" else EXPIRED_MESSAGE
+    return {"response": None, "error": {"code": f"batch_{code}", "message": message}}
+
+
+@dataclass
+class Run:
+    """One run of a batch's rows: the replies' unix time, what the rows added up to
+    (those that succeeded, a row the simulated provider bug leaves without a line
+    included, and their tokens) and the prompt prefixes sent so far (prompt caching is
+    per batch, in input order)."""
+
+    created: int
+    completed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    prefixes: set[int] = field(default_factory=set)
+
+
 @dataclass(eq=False)
-class OpenAIBatch(BatchRecord):
+class LinesBatch(BatchRecord):
+    """A batch whose input is a JSONL file of requests and whose results are two JSONL
+    files in processing order, the lines that succeeded and the lines that failed:
+    OpenAI's shape, which its compatible services and Mistral's batch jobs share.
+
+    A subclass says what a row's line is (:meth:`line`), how a results file is named
+    (:meth:`describe`) and where it is kept (:meth:`keep`).
+    """
+
     store: Store | None = None
+    input_path: Path | None = None
+
+    def generate(self, cut: int | None, reason: str) -> Outcome:
+        """Run every row that got to run and write the output and error files."""
+        assert self.store is not None and self.input_path is not None
+        stopped = self.stopped(cut)
+        lines: list[bytes | None] = [None] * self.n
+        is_error = bytearray(self.n)
+        run = Run(int(self.store.clock.unix(self.started)))
+        for i, raw in enumerate(iter_lines(self.input_path)):
+            if i >= self.n:
+                break
+            line, failed = self.line(i, raw, Fate(self.fates[i]), reason if stopped[i] else "", run)
+            if line is not None:
+                lines[i] = orjson.dumps(line) + b"\n"
+                is_error[i] = failed
+        self.store.release_input(self.input_path)
+        output = self._file(
+            [i for i in self.order if lines[i] and not is_error[i]], lines, "output"
+        )
+        errors = self._file([i for i in self.order if lines[i] and is_error[i]], lines, "error")
+        usage = _usage(run.input_tokens, run.output_tokens)
+        return Outcome(output, errors, run.completed, sum(is_error), usage)
+
+    def line(
+        self, i: int, raw: bytes, fate: Fate, stopped: str, run: Run
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """Row ``i``'s result line (None: no line) and whether it goes to the error file;
+        ``stopped``: why the row never ran ("cancelled", "expired"; "" when it was not
+        stopped). Counts what ran in ``run``."""
+        raise NotImplementedError
+
+    def describe(self, kind: str, path: Path, size: int) -> StoredFile:
+        """The stored file of the ``kind`` ("output" or "error") results at ``path``."""
+        raise NotImplementedError
+
+    def keep(self, f: StoredFile) -> None:
+        """Make a results file the API serves."""
+        assert self.store is not None
+        self.store.add_file(f)
+
+    def _file(self, rows: list[int], lines: list[bytes | None], kind: str) -> StoredFile | None:
+        if not rows:
+            return None
+        assert self.store is not None
+        path = self.store.new_path(f"{kind}-")
+        return self.describe(kind, path, write_lines(path, rows, lines))
+
+    def accept(self, outcome: Outcome) -> None:
+        assert self.store is not None
+        for f in (outcome.output, outcome.errors):
+            if f is not None:
+                f.seq = self.store.next_seq()
+                self.keep(f)
+
+
+@dataclass(eq=False)
+class OpenAIBatch(LinesBatch):
     endpoint: str = ""
     input_file_id: str = ""
-    input_path: Path | None = None
     completion_window: str = "24h"
     metadata: dict[str, str] | None = None
     model: str | None = None
@@ -264,74 +344,42 @@ class OpenAIBatch(BatchRecord):
     #: models served besides the real OpenAI ones (an OpenAI-compatible variant's own)
     extra_models: tuple[str, ...] = ()
 
-    def generate(self, cut: int | None, reason: str) -> Outcome:
-        """Run every row through the responder and write the output and error files."""
-        assert self.store is not None and self.input_path is not None
-        store = self.store
-        position = [0] * self.n
-        for p, i in enumerate(self.order):
-            position[i] = p
-        lines: list[bytes | None] = [None] * self.n
-        is_error = bytearray(self.n)
-        created = int(store.clock.unix(self.started))
-        completed = input_tokens = output_tokens = 0
-        prefixes: set[int] = set()  # prompt caching is per batch, in input order
-        for i, raw in enumerate(iter_lines(self.input_path)):
-            if i >= self.n:
-                break
-            fate = Fate(self.fates[i])
-            row = orjson.loads(raw)
-            line_id = f"batch_req_{int_hash(self.id, i):016x}"
-            line: dict[str, Any] = {"id": line_id, "custom_id": row["custom_id"]}
-            if (cut is not None and position[i] >= cut) or fate == Fate.EXPIRE:
-                code = reason if cut is not None and position[i] >= cut else "expired"
-                message = CANCELLED_MESSAGE if code == "cancelled" else EXPIRED_MESSAGE
-                line["response"] = None
-                line["error"] = {"code": f"batch_{code}", "message": message}
-                is_error[i] = 1
-            else:
-                ans = answer(
-                    self.endpoint,
-                    row.get("body"),
-                    fate,
-                    created,
-                    line_id,
-                    responder=store.responder,
-                    prefix_cache=prefixes,
-                    models=(*self.knobs.models, *self.extra_models),
-                    checked=True,
-                )
-                if ans.status < 400:
-                    completed += 1
-                    input_tokens += ans.input_tokens
-                    output_tokens += ans.output_tokens
-                if fate == Fate.MISSING:
-                    continue  # the simulated provider bug: executed, but no line at all
-                line["response"] = {
-                    "status_code": ans.status,
-                    "request_id": f"req_{int_hash(line_id, 'request'):016x}",
-                    "body": ans.body,
-                }
-                line["error"] = None
-                is_error[i] = ans.status >= 400
-            lines[i] = orjson.dumps(line) + b"\n"
-        store.release_input(self.input_path)
-        failed = sum(is_error)
-        output = self._write(
-            [i for i in self.order if lines[i] and not is_error[i]], lines, "output"
-        )
-        errors = self._write([i for i in self.order if lines[i] and is_error[i]], lines, "error")
-        return Outcome(output, errors, completed, failed, _usage(input_tokens, output_tokens))
-
-    def _write(self, rows: list[int], lines: list[bytes | None], kind: str) -> StoredFile | None:
-        if not rows:
-            return None
+    def line(
+        self, i: int, raw: bytes, fate: Fate, stopped: str, run: Run
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """A row that never ran is an error line (``batch_cancelled`` / ``batch_expired``);
+        one that ran has its endpoint's status and body, in the error file from 400."""
+        row = orjson.loads(raw)
+        line_id = f"batch_req_{int_hash(self.id, i):016x}"
+        line: dict[str, Any] = {"id": line_id, "custom_id": row["custom_id"]}
+        if stopped or fate == Fate.EXPIRE:
+            line.update(_never_ran(stopped or "expired"))
+            return line, True
         assert self.store is not None
-        path = self.store.new_path(f"{kind}-")
-        with path.open("wb") as out:
-            for start in range(0, len(rows), 4096):
-                out.write(b"".join(lines[i] or b"" for i in rows[start : start + 4096]))
-            size = out.tell()
+        ans = answer(  # its body was checked when the batch was created
+            self.endpoint,
+            row.get("body"),
+            fate,
+            run.created,
+            line_id,
+            responder=self.store.responder,
+            prefix_cache=run.prefixes,
+            models=(*self.knobs.models, *self.extra_models),
+            checked=True,
+        )
+        if ans.status < 400:
+            run.completed += 1
+            run.input_tokens += ans.input_tokens
+            run.output_tokens += ans.output_tokens
+        if fate == Fate.MISSING:
+            return None, False  # the simulated provider bug: executed, but no line at all
+        request_id = f"req_{int_hash(line_id, 'request'):016x}"
+        line["response"] = {"status_code": ans.status, "request_id": request_id, "body": ans.body}
+        line["error"] = None
+        return line, ans.status >= 400
+
+    def describe(self, kind: str, path: Path, size: int) -> StoredFile:
+        assert self.store is not None
         now = int(self.store.clock.unix(self.processed))
         return StoredFile(
             id=new_id("file-"),
@@ -343,13 +391,6 @@ class OpenAIBatch(BatchRecord):
             path=path,
             seq=0,
         )
-
-    def accept(self, outcome: Outcome) -> None:
-        assert self.store is not None
-        for f in (outcome.output, outcome.errors):
-            if f is not None:
-                f.seq = self.store.next_seq()
-                self.store.add_file(f)
 
 
 @dataclass
@@ -411,41 +452,10 @@ def _check_line(
     models: Iterable[str],
 ) -> None:
     """Check one line of a batch input file into ``v`` (``seen``: the custom ids so far)."""
-    try:
-        row = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        v.fail("invalid_json_line", "This line is not parseable as valid JSON.", lineno)
-        return
-    if not isinstance(row, dict):
-        v.fail("invalid_json_line", "This line is not a JSON object.", lineno)
-        return
-    missing = [k for k in ("custom_id", "method", "url", "body") if k not in row]
-    if missing:
-        v.fail(
-            "missing_required_parameter",
-            f"Missing required parameter: '{missing[0]}'.",
-            lineno,
-            missing[0],
-        )
+    row = _parse_line(v, line, lineno)
+    if row is None or not _check_custom_id(v, row["custom_id"], lineno, seen):
         return
     cid, body = row["custom_id"], row["body"]
-    if not isinstance(cid, str) or not cid:
-        v.fail(
-            "invalid_custom_id",
-            "custom_id must be a non-empty string.",
-            lineno,
-            "custom_id",
-        )
-        return
-    if cid in seen:
-        v.fail(
-            "duplicate_custom_id",
-            f"The custom_id '{cid}' is used more than once in this file.",
-            lineno,
-            "custom_id",
-        )
-        return
-    seen.add(cid)
     if row["method"] != "POST":
         v.fail("invalid_method", "Only POST is supported.", lineno, "method")
     if row["url"] != endpoint:
@@ -458,7 +468,59 @@ def _check_line(
     if not isinstance(body, dict):
         v.fail("invalid_body", "body must be a JSON object.", lineno, "body")
         return
-    model = body.get("model")
+    if not _check_model(v, body.get("model"), lineno):
+        return
+    if _validate_openai.problem(endpoint, body, models) is not None:
+        v.rows.append(RowInfo(cid, 0, "", False, invalid=True))
+        return
+    info = inspect(endpoint, body)
+    v.prompt_chars += info.prompt_chars
+    v.embedding_inputs += len(info.embedding_inputs)
+    v.rows.append(RowInfo(cid, 0, info.last_user, info.schema is not None))
+
+
+def _parse_line(v: Validation, line: bytes, lineno: int) -> dict[str, Any] | None:
+    """The line's JSON object with every field a line needs, or None (``v`` says why)."""
+    try:
+        row = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        v.fail("invalid_json_line", "This line is not parseable as valid JSON.", lineno)
+        return None
+    if not isinstance(row, dict):
+        v.fail("invalid_json_line", "This line is not a JSON object.", lineno)
+        return None
+    missing = [k for k in ("custom_id", "method", "url", "body") if k not in row]
+    if missing:
+        v.fail(
+            "missing_required_parameter",
+            f"Missing required parameter: '{missing[0]}'.",
+            lineno,
+            missing[0],
+        )
+        return None
+    return row
+
+
+def _check_custom_id(v: Validation, cid: Any, lineno: int, seen: set[str]) -> bool:
+    """Whether ``cid`` is a non-empty string not used before in the file (recorded)."""
+    if not isinstance(cid, str) or not cid:
+        v.fail("invalid_custom_id", "custom_id must be a non-empty string.", lineno, "custom_id")
+        return False
+    if cid in seen:
+        v.fail(
+            "duplicate_custom_id",
+            f"The custom_id '{cid}' is used more than once in this file.",
+            lineno,
+            "custom_id",
+        )
+        return False
+    seen.add(cid)
+    return True
+
+
+def _check_model(v: Validation, model: Any, lineno: int) -> bool:
+    """Whether the line names a model (the file's first one is the batch's; another
+    one fails the file, the line still counting)."""
     if not isinstance(model, str):
         v.fail(
             "missing_required_parameter",
@@ -466,7 +528,7 @@ def _check_line(
             lineno,
             "body.model",
         )
-        return
+        return False
     if v.model is None:
         v.model = model
     elif model != v.model:
@@ -476,13 +538,7 @@ def _check_line(
             lineno,
             "body.model",
         )
-    if _validate_openai.problem(endpoint, body, models) is not None:
-        v.rows.append(RowInfo(cid, 0, "", False, invalid=True))
-        return
-    info = inspect(endpoint, body)
-    v.prompt_chars += info.prompt_chars
-    v.embedding_inputs += len(info.embedding_inputs)
-    v.rows.append(RowInfo(cid, 0, info.last_user, info.schema is not None))
+    return True
 
 
 def _check_create_body(store: Store, body: Any) -> StoredFile:
@@ -577,45 +633,18 @@ def register_batch(
     """Create the batch of a validated input file (under the store's lock when a quota
     applies). ``kind``: the store's name for the API it belongs to (an OpenAI-compatible
     variant keeps its batches apart), ``extra_models`` the variant's own models."""
-    knobs: Knobs = store.knobs
-    endpoint = body["endpoint"]
     t = store.now()
     est_tokens = _responder.count_tokens(v.prompt_chars)
-    limit = _quotas.openai_limit(knobs, v.model)
-    # Over the queue limit the batch is still created: it fails validation, as OpenAI's do.
-    if not v.errors and limit is not None:
-        if _in_flight_tokens(store, v.model, t) + est_tokens > limit:
-            v.fail("token_limit_exceeded", _quotas.openai_refusal(v.model, limit))
-    output_seconds = DEFAULT_FILE_SECONDS
-    if body.get("output_expires_after") is not None:
-        oea = body["output_expires_after"]
-        if not isinstance(oea, dict):
-            raise ApiError(
-                400, "output_expires_after must be an object.", param="output_expires_after"
-            )
-        output_seconds = _expiry(oea.get("anchor"), oea.get("seconds"), "output_expires_after")
+    _check_queue(store, v, est_tokens, t)
+    output_seconds = _output_seconds(body)
     invalid = bool(v.errors)
     n = 0 if invalid else len(v.rows)
-    fates = bytearray()
-    if not invalid:
-        fates = store.fates(kind, v.rows, knobs)
-    batch_id = new_id("batch_")
-    started = t + knobs.validating_seconds
-    processed = started + knobs.processing_seconds
     batch = OpenAIBatch(
-        id=batch_id,
-        seq=store.next_seq(),
-        knobs=knobs,
-        n=n,
-        created=t,
-        started=started,
-        processed=processed,
-        finished=processed + knobs.finalizing_seconds,
-        fates=fates,
-        order=processing_order(n, knobs, batch_id),
+        **schedule(store, new_id("batch_"), n, t),
+        fates=bytearray() if invalid else store.fates(kind, v.rows, store.knobs),
         invalid=invalid,
         store=store,
-        endpoint=endpoint,
+        endpoint=body["endpoint"],
         input_file_id=f.id,
         input_path=f.path,
         completion_window=str(body.get("completion_window") or "24h"),
@@ -628,6 +657,25 @@ def register_batch(
     )
     store.add_batch(kind, batch)
     return batch_json(store, batch, t)
+
+
+def _check_queue(store: Store, v: Validation, est_tokens: int, t: float) -> None:
+    """Fail ``v`` when its tokens would take the model's batch queue over its limit:
+    over it the batch is still created, and fails validation, as OpenAI's do."""
+    limit = _quotas.openai_limit(store.knobs, v.model)
+    if not v.errors and limit is not None:
+        if _in_flight_tokens(store, v.model, t) + est_tokens > limit:
+            v.fail("token_limit_exceeded", _quotas.openai_refusal(v.model, limit))
+
+
+def _output_seconds(body: dict[str, Any]) -> int:
+    """How long the batch's output files live (``output_expires_after``, else 30 days)."""
+    oea = body.get("output_expires_after")
+    if oea is None:
+        return DEFAULT_FILE_SECONDS
+    if not isinstance(oea, dict):
+        raise ApiError(400, "output_expires_after must be an object.", param="output_expires_after")
+    return _expiry(oea.get("anchor"), oea.get("seconds"), "output_expires_after")
 
 
 def batch_json(store: Store, b: BatchRecord, t: float) -> dict[str, Any]:
@@ -674,10 +722,7 @@ def batch_json(store: Store, b: BatchRecord, t: float) -> dict[str, Any]:
     }
 
 
-async def create_batch(request: Request) -> Response:
-    store = _store(request)
-    body = await json_body(request)
-    return JSONResponse(await run_in_threadpool(create_batch_sync, store, body))
+create_batch = creating(create_batch_sync)
 
 
 def batch_or_404(store: Store, batch_id: str, kind: str = "openai") -> OpenAIBatch:
@@ -688,10 +733,7 @@ def batch_or_404(store: Store, batch_id: str, kind: str = "openai") -> OpenAIBat
     return b
 
 
-async def retrieve_batch(request: Request) -> Response:
-    store = _store(request)
-    b = batch_or_404(store, request.path_params["batch_id"])
-    return JSONResponse(await run_in_threadpool(batch_json, store, b, store.now()))
+retrieve_batch = showing(batch_or_404, batch_json, "batch_id")
 
 
 def cancel_sync(store: Store, batch_id: str, kind: str = "openai") -> dict[str, Any]:
@@ -700,8 +742,7 @@ def cancel_sync(store: Store, batch_id: str, kind: str = "openai") -> dict[str, 
         t = store.now()
         phase = b.phase(t)
         if phase in ("validating", "in_progress"):
-            b.cancel_at = t
-            b.cancel_done = t + max(b.knobs.finalizing_seconds, MIN_CANCEL_SECONDS)
+            b.request_cancel(t)
         elif phase != "cancelling":
             raise ApiError(
                 409,
@@ -739,14 +780,6 @@ async def list_batches(request: Request) -> Response:
 
 
 # =================================================================== real time
-
-
-async def json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "The request body is not valid JSON.") from None
 
 
 async def _flex_wait(store: Store) -> None:
@@ -863,26 +896,19 @@ def model_json(entry: _models.ModelEntry) -> dict[str, Any]:
     return {"id": entry.id, "object": "model", "created": entry.created, "owned_by": "system"}
 
 
-async def list_models(request: Request) -> Response:
-    """``GET /v1/models``: every model, in one page."""
-    store = _store(request)
-    data = [model_json(m) for m in _models.catalogue("openai", store.knobs.models)]
-    return JSONResponse({"object": "list", "data": data})
+def _unknown_model(model: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model '{model}' does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
 
 
-async def retrieve_model(request: Request) -> Response:
-    """``GET /v1/models/{model}``; an unknown model is a 404 ``model_not_found``."""
-    store = _store(request)
-    model = request.path_params["model"]
-    entry = _models.find("openai", model, store.knobs.models)
-    if entry is None:
-        raise ApiError(
-            404,
-            f"The model '{model}' does not exist or you do not have access to it.",
-            param="model",
-            code="model_not_found",
-        )
-    return JSONResponse(model_json(entry))
+#: ``GET /v1/models``: every model, in one page.
+list_models = listing_models("openai", model_json)
+#: ``GET /v1/models/{model}``; an unknown model is a 404 ``model_not_found``.
+retrieve_model = showing_model("openai", model_json, "model", _unknown_model)
 
 
 routes = [

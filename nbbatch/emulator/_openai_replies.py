@@ -40,6 +40,22 @@ class Answer:
     output_tokens: int = 0
 
 
+@dataclass(slots=True)  # not frozen: made for every row, and a frozen init is slower
+class _Call:
+    """One request being answered: its body and what inspecting it found, its fate, the
+    reply's time and id suffix, the responder that writes the text (None: the built-in
+    one), the request as the responder sees it, and the prompt-prefix cache (None: none)."""
+
+    body: dict
+    info: Inspection
+    fate: Fate
+    created: int
+    suffix: str
+    responder: _responder.Responder | None
+    request: _responder.Request
+    prefix_cache: set[int] | None
+
+
 def error_answer(status: int, message: str, type: str, param: str | None = None) -> Answer:
     return Answer(status, openai_error_body(message, type, param, None))
 
@@ -88,12 +104,13 @@ def answer(
     request = _responder.Request(
         "openai", endpoint, str(body["model"]), info.last_user, info.system, info.schema, body
     )
+    call = _Call(body, info, fate, created, suffix, responder, request, prefix_cache)
     try:
         if tool is not None:
-            return _tool_call(endpoint, body, info, fate, created, suffix, responder, request, tool)
+            return _tool_call(endpoint, call, tool)
         if endpoint == "/v1/responses":
-            return _responses(body, info, fate, created, suffix, responder, request, prefix_cache)
-        return _chat(body, info, fate, created, suffix, responder, request, prefix_cache)
+            return _responses(call)
+        return _chat(call)
     except _responder.ResponderError as exc:
         return error_answer(400, str(exc), "invalid_request_error")
 
@@ -138,26 +155,23 @@ def forced_tool(endpoint: str, body: Mapping[str, Any]) -> tuple[str, Mapping[st
     return None
 
 
-def _tool_call(
-    endpoint: str,
-    body: dict,
-    info: Inspection,
-    fate: Fate,
-    created: int,
-    suffix: str,
-    responder: _responder.Responder | None,
-    request: _responder.Request,
-    tool: tuple[str, Mapping[str, Any]],
-) -> Answer:
+def _tool_call(endpoint: str, call: _Call, tool: tuple[str, Mapping[str, Any]]) -> Answer:
     """The answer of a request that forces a tool call: the call, its arguments valid
     against the tool's schema (as chat's ``tool_calls`` or a Responses ``function_call``)."""
+    body, info, suffix = call.body, call.info, call.suffix
     reply = _responder.respond(
-        info.last_user, fate=fate, schema=info.schema, responder=responder, request=request
+        info.last_user,
+        fate=call.fate,
+        schema=info.schema,
+        responder=call.responder,
+        request=call.request,
     )
+    # The reply around the call is the plain one, without the responder or the cache.
+    plain = replace(call, responder=None, prefix_cache=None)
     prompt_tokens = _responder.count_tokens(info.prompt_chars)
     call_id = f"call_{suffix}"
     if endpoint == "/v1/responses":
-        result = _responses(body, info, fate, created, suffix, None, request, None).body
+        result = _responses(plain).body
         result["output"] = [
             {
                 "id": f"fc_{suffix}",
@@ -173,7 +187,7 @@ def _tool_call(
         result["usage"]["output_tokens"] = reply.output_tokens
         result["usage"]["total_tokens"] = result["usage"]["input_tokens"] + reply.output_tokens
         return Answer(200, result, prompt_tokens, reply.output_tokens)
-    result = _chat(body, info, fate, created, suffix, None, request, None).body
+    result = _chat(plain).body
     result["choices"][0]["message"] = {
         "role": "assistant",
         "content": None,
@@ -220,33 +234,25 @@ def cached_prefix_tokens(text: str, prompt_tokens: int, seen: set[int] | None) -
     return hit
 
 
-def _chat(
-    body: dict,
-    info: Inspection,
-    fate: Fate,
-    created: int,
-    suffix: str,
-    responder: _responder.Responder | None,
-    request: _responder.Request,
-    prefix_cache: set[int] | None,
-) -> Answer:
+def _chat(call: _Call) -> Answer:
+    body, info, request = call.body, call.info, call.request
     stop = body.get("stop") or ()
     reply = _responder.respond(
         info.last_user,
-        fate=fate,
+        fate=call.fate,
         schema=info.schema,
         json_mode=info.json_mode,
         max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
         stop=[stop] if isinstance(stop, str) else list(stop),
-        responder=responder,
+        responder=call.responder,
         request=request,
     )
     prompt_tokens = _responder.count_tokens(info.prompt_chars)
-    cached = cached_prefix_tokens(info.prompt_text, prompt_tokens, prefix_cache)
+    cached = cached_prefix_tokens(info.prompt_text, prompt_tokens, call.prefix_cache)
     result = {
-        "id": f"chatcmpl-{suffix}",
+        "id": f"chatcmpl-{call.suffix}",
         "object": "chat.completion",
-        "created": created,
+        "created": call.created,
         "model": body["model"],
         "choices": [
             {
@@ -257,7 +263,7 @@ def _chat(
                     "refusal": None,
                     "annotations": [],
                 },
-                "logprobs": _logprobs(reply.text, body, responder, request),
+                "logprobs": _logprobs(reply.text, body, call.responder, request),
                 "finish_reason": "length" if reply.finish == "length" else "stop",
             }
         ],
@@ -343,44 +349,31 @@ def _logprobs(
     return {"content": content, "refusal": None}
 
 
-def _responses(
-    body: dict,
-    info: Inspection,
-    fate: Fate,
-    created: int,
-    suffix: str,
-    responder: _responder.Responder | None,
-    request: _responder.Request,
-    prefix_cache: set[int] | None,
-) -> Answer:
+def _responses(call: _Call) -> Answer:
+    body, info, suffix, created = call.body, call.info, call.suffix, call.created
     reply = _responder.respond(
         info.last_user,
-        fate=fate,
+        fate=call.fate,
         schema=info.schema,
         json_mode=info.json_mode,
         max_tokens=body.get("max_output_tokens"),
-        responder=responder,
-        request=request,
+        responder=call.responder,
+        request=call.request,
     )
     input_tokens = _responder.count_tokens(info.prompt_chars)
-    cached = cached_prefix_tokens(info.prompt_text, input_tokens, prefix_cache)
+    cached = cached_prefix_tokens(info.prompt_text, input_tokens, call.prefix_cache)
     cut = reply.finish == "length"
-    fmt = (body.get("text") or {}).get("format") or {}
-    if fmt.get("type") == "json_schema" and "name" in fmt and "schema" in fmt:
-        fmt = {k: fmt[k] for k in ("type", "name", "schema", "strict", "description") if k in fmt}
-    elif fmt.get("type") != "json_object":
-        fmt = {"type": "text"}
+    status = "incomplete" if cut else "completed"
+    instructions = body.get("instructions")
     result = {
         "id": f"resp_{suffix}",
         "object": "response",
         "created_at": created,
-        "status": "incomplete" if cut else "completed",
+        "status": status,
         "completed_at": None if cut else created,
         "error": None,
         "incomplete_details": {"reason": "max_output_tokens"} if cut else None,
-        "instructions": body.get("instructions")
-        if isinstance(body.get("instructions"), str)
-        else None,
+        "instructions": instructions if isinstance(instructions, str) else None,
         "max_output_tokens": body.get("max_output_tokens"),
         "model": body["model"],
         "output": [
@@ -388,7 +381,7 @@ def _responses(
                 "id": f"msg_{suffix}",
                 "type": "message",
                 "role": "assistant",
-                "status": "incomplete" if cut else "completed",
+                "status": status,
                 "content": [
                     {"type": "output_text", "text": reply.text, "annotations": [], "logprobs": []}
                 ],
@@ -397,7 +390,7 @@ def _responses(
         "parallel_tool_calls": True,
         "previous_response_id": None,
         "temperature": 1.0,
-        "text": {"format": fmt},
+        "text": {"format": _text_format(body)},
         "tool_choice": "auto",
         "tools": [],
         "top_p": 1.0,
@@ -412,6 +405,17 @@ def _responses(
         "metadata": body.get("metadata") or {},
     }
     return Answer(200, result, input_tokens, reply.output_tokens)
+
+
+def _text_format(body: dict) -> dict[str, Any]:
+    """The ``text.format`` a Responses reply echoes: the request's JSON schema or JSON
+    mode, else plain text."""
+    fmt = (body.get("text") or {}).get("format") or {}
+    if fmt.get("type") == "json_schema" and "name" in fmt and "schema" in fmt:
+        return {k: fmt[k] for k in ("type", "name", "schema", "strict", "description") if k in fmt}
+    if fmt.get("type") != "json_object":
+        return {"type": "text"}
+    return fmt
 
 
 def _embeddings(body: dict, info: Inspection) -> Answer:

@@ -167,8 +167,7 @@ def respond(
     ``responder`` (with the ``request`` it is given) replaces the built-in answers;
     it raises :class:`ResponderError` when it fails.
     """
-    value: Any = None
-    # Per-model quality over the built-in answers: applied below, after each of them.
+    # Per-model quality over the built-in answers: applied after each of them.
     builtin = responder if isinstance(responder, QualityResponder) and not responder.inner else None
     packed = None  # several rows in one request: each answered as if sent alone
     if schema is not None and fate != Fate.INVALID_OUTPUT:
@@ -181,44 +180,72 @@ def respond(
         and request is not None
         and fate != Fate.INVALID_OUTPUT
     ):
+        value, text = _users_answer(responder, request, schema is not None or json_mode)
+    else:
+        value, text = _builtin_answer(prompt, fate, schema, json_mode, builtin, request)
+    return _finish(text, value, fate, max_tokens, stop)
+
+
+def _users_answer(responder: Responder, request: Request, structured: bool) -> tuple[Any, str]:
+    """(value, text) of the user's own responder: a str is the reply (its JSON value
+    when ``structured``, None if it is not JSON), a dict a structured value."""
+    try:
+        answer = responder(request)
+    except Exception as exc:
+        raise ResponderError(
+            f"the emulator's responder raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if isinstance(answer, dict):
+        return answer, orjson.dumps(answer).decode()
+    if not isinstance(answer, str):
+        raise ResponderError(
+            f"the emulator's responder returned {type(answer).__name__}; "
+            "it must return a str (the reply) or a dict (a structured value)"
+        )
+    value = None
+    if structured:
         try:
-            answer = responder(request)
-        except Exception as exc:
-            raise ResponderError(
-                f"the emulator's responder raised {type(exc).__name__}: {exc}"
-            ) from exc
-        if isinstance(answer, str):
-            text = answer
-            if schema is not None or json_mode:
-                try:
-                    value = orjson.loads(text)
-                except orjson.JSONDecodeError:
-                    value = None
-        elif isinstance(answer, dict):
-            value = answer
-            text = orjson.dumps(value).decode()
-        else:
-            raise ResponderError(
-                f"the emulator's responder returned {type(answer).__name__}; "
-                "it must return a str (the reply) or a dict (a structured value)"
-            )
-    elif schema is not None:
+            value = orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            value = None
+    return value, answer
+
+
+def _builtin_answer(
+    prompt: str,
+    fate: Fate,
+    schema: Mapping[str, Any] | None,
+    json_mode: bool,
+    builtin: QualityResponder | None,
+    request: Request | None,
+) -> tuple[Any, str]:
+    """(value, text) of the built-in answers: an instance of ``schema`` (an invalid one
+    for ``INVALID_OUTPUT``), a JSON-mode object, or the echo of the prompt; ``builtin``
+    applies each model's quality to them."""
+    if schema is not None:
         if fate == Fate.INVALID_OUTPUT:
             value = invalid_instance(schema, prompt)
         else:
             value = schema_instance(schema, prompt)
             if builtin is not None and request is not None:
                 value = builtin.apply(replace(request, schema=schema), value)
-        text = orjson.dumps(value).decode()
-    elif json_mode:
+        return value, orjson.dumps(value).decode()
+    if json_mode:
         value = {JSON_MODE_KEY: echo_text(prompt)}
         if builtin is not None and request is not None:
             value = builtin.apply(request, value)
-        text = orjson.dumps(value).decode()
-    else:
-        text = echo_text(prompt)
-        if builtin is not None and request is not None:
-            text = builtin.apply(request, text)
+        return value, orjson.dumps(value).decode()
+    text = echo_text(prompt)
+    if builtin is not None and request is not None:
+        text = builtin.apply(request, text)
+    return None, text
+
+
+def _finish(
+    text: str, value: Any, fate: Fate, max_tokens: int | None, stop: Sequence[str]
+) -> Reply:
+    """The reply as sent: cut at its first stop sequence, in half for ``TRUNCATE``, and
+    to ``max_tokens``; a reply cut for length has no structured value."""
     finish, stop_sequence = "stop", None
     hits = [(text.find(s), s) for s in stop if s and s in text]
     if hits:

@@ -151,68 +151,85 @@ class Front:
             await send(message)
 
         headers = dict(scope.get("headers") or [])
+        query = scope.get("query_string", b"")
         # Refused before anything else (and not counted as activity: a stranger's
         # requests must not keep an idle background emulator alive).
-        refusal = _refusal(emu, method, path, headers, scope.get("query_string", b""))
-        if refusal is not None:
-            status, message = refusal
-            response = error_response(
-                path,
-                status,
-                message,
-                request_id,
-                type=("authentication_error" if status == 401 else "permission_error")
-                if is_anthropic(path)
-                else "invalid_request_error",
-                code="invalid_api_key" if status == 401 else None,
-            )
-            await response(scope, receive, send_with_id)
-            return
-        if emu.token is not None and path == IDENTIFY_PATH:
-            await _identify(emu, scope)(scope, receive, send_with_id)
-            return
-        emu.record_request(method, scope["path"], realtime=_is_realtime(method, path))
-
-        status = emu.http_fault(method, path)
-        if status is not None:
-            message = f"Simulated HTTP {status} (nbbatch emulator http_error_rate); retry."
-            kind = "rate_limit_error" if status == 429 else None
-            if not is_anthropic(path) and status == 429:
-                kind = "requests"
-            response = error_response(
-                path,
-                status,
-                message,
-                request_id,
-                type=kind,
-                code="rate_limit_exceeded" if status == 429 and not is_anthropic(path) else None,
-                headers={"retry-after-ms": "10"},
-            )
-            await response(scope, receive, send_with_id)
-            return
-        # Any key will do here (an emulator with a token was checked above).
-        if not _presented_keys(headers) and not _upload_chunk(
-            emu, method, path, scope.get("query_string", b"")
-        ):
-            response = error_response(
-                path,
-                401,
-                "No API key provided: send 'Authorization: Bearer <key>', 'x-api-key' or "
-                "'x-goog-api-key' "
-                "(the nbbatch emulator accepts any key).",
-                request_id,
-                type="authentication_error" if is_anthropic(path) else "invalid_request_error",
-                code="invalid_api_key",
-            )
-            await response(scope, receive, send_with_id)
-            return
-        missing = _anthropic_header_problem(path, headers)
-        if missing is not None:
-            response = error_response(path, missing[0], missing[1], request_id, anthropic=True)
+        response = _refused(emu, method, path, headers, query, request_id)
+        if response is None and emu.token is not None and path == IDENTIFY_PATH:
+            response = _identify(emu, scope)
+        if response is None:
+            emu.record_request(method, scope["path"], realtime=_is_realtime(method, path))
+            response = _simulated_fault(emu, method, path, request_id)
+        if response is None:
+            response = _unauthenticated(emu, method, path, headers, query, request_id)
+        if response is not None:
             await response(scope, receive, send_with_id)
             return
         scope = {**scope, "path": path, "raw_path": path.encode(), "nbbatch_request_id": request_id}
         await self.app(scope, receive, send_with_id)
+
+
+def _refused(
+    emu: Any, method: str, path: str, headers: dict[bytes, bytes], query: bytes, request_id: str
+) -> Response | None:
+    """The answer to a request refused before routing (see :func:`_refusal`), or None."""
+    refusal = _refusal(emu, method, path, headers, query)
+    if refusal is None:
+        return None
+    status, message = refusal
+    return error_response(
+        path,
+        status,
+        message,
+        request_id,
+        type=("authentication_error" if status == 401 else "permission_error")
+        if is_anthropic(path)
+        else "invalid_request_error",
+        code="invalid_api_key" if status == 401 else None,
+    )
+
+
+def _simulated_fault(emu: Any, method: str, path: str, request_id: str) -> Response | None:
+    """The HTTP error the fault knobs answer this request with, or None."""
+    status = emu.http_fault(method, path)
+    if status is None:
+        return None
+    message = f"Simulated HTTP {status} (nbbatch emulator http_error_rate); retry."
+    kind = "rate_limit_error" if status == 429 else None
+    if not is_anthropic(path) and status == 429:
+        kind = "requests"
+    return error_response(
+        path,
+        status,
+        message,
+        request_id,
+        type=kind,
+        code="rate_limit_exceeded" if status == 429 and not is_anthropic(path) else None,
+        headers={"retry-after-ms": "10"},
+    )
+
+
+def _unauthenticated(
+    emu: Any, method: str, path: str, headers: dict[bytes, bytes], query: bytes, request_id: str
+) -> Response | None:
+    """The 401 of a request without a key (any key will do here: an emulator with a
+    token checked it before), or the error of an Anthropic request without a header
+    the service requires; None when the request may go on."""
+    if not _presented_keys(headers) and not _upload_chunk(emu, method, path, query):
+        return error_response(
+            path,
+            401,
+            "No API key provided: send 'Authorization: Bearer <key>', 'x-api-key' or "
+            "'x-goog-api-key' "
+            "(the nbbatch emulator accepts any key).",
+            request_id,
+            type="authentication_error" if is_anthropic(path) else "invalid_request_error",
+            code="invalid_api_key",
+        )
+    missing = _anthropic_header_problem(path, headers)
+    if missing is not None:
+        return error_response(path, missing[0], missing[1], request_id, anthropic=True)
+    return None
 
 
 X_API_KEY_REQUIRED = "x-api-key header is required"

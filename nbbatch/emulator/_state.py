@@ -20,13 +20,22 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._faults import TRANSIENT_MARKER, Fate, Knobs, RowInfo, assign_fates, faulted, unit_hash
+from ._faults import (
+    TRANSIENT_MARKER,
+    Fate,
+    Knobs,
+    RowInfo,
+    assign_fates,
+    faulted,
+    processing_order,
+    unit_hash,
+)
 from ._quotas import CreateRate
 
 WINDOW_SECONDS = 24 * 3600.0
@@ -65,6 +74,15 @@ class StoredFile:
     expires_at: int | None
     path: Path
     seq: int
+
+
+@dataclass(frozen=True)
+class ResultsOutcome:
+    """What a finished batch whose results are one file (in processing order) produced:
+    that file and its counts by kind (Anthropic's Message Batches and Bedrock's jobs)."""
+
+    results: Path
+    counts: dict[str, int]
 
 
 @dataclass(eq=False)
@@ -178,12 +196,61 @@ class BatchRecord:
         failed = sum(done.count(f) for f in _ERROR_FATES)
         return completed, failed
 
+    def stopped(self, cut: int | None) -> bytearray:
+        """Per row, 1 when a stop after the first ``cut`` rows (in processing order)
+        kept it from running; all 0 when ``cut`` is None (nothing stopped the batch)."""
+        flags = bytearray(self.n)
+        if cut is not None:
+            for i in self.order[cut:]:
+                flags[i] = 1
+        return flags
+
+    def request_cancel(self, t: float) -> None:
+        """Start cancelling at clock time ``t``; a batch already cancelling keeps its
+        first time. It stays "cancelling" for the finalizing time (at least
+        :data:`MIN_CANCEL_SECONDS`, so the state can be seen)."""
+        if self.cancel_at is None:
+            self.cancel_at = t
+            self.cancel_done = t + max(self.knobs.finalizing_seconds, MIN_CANCEL_SECONDS)
+
     def generate(self, cut: int | None, reason: str) -> Any:
         """Build the provider's outcome (files, counts). Implemented by subclasses."""
         raise NotImplementedError
 
     def accept(self, outcome: Any) -> None:
         """Called once with the outcome that became final (e.g. to publish files)."""
+
+
+def schedule(
+    store: Store, batch_id: str, n: int, t: float, *, finalizing: bool = True
+) -> dict[str, Any]:
+    """The provider-neutral fields of a batch of ``n`` rows created at clock time ``t``
+    (every API's batch record takes them): its number in the store, its timeline from the
+    store's knobs (validating, then processing, then finalizing where the API has that
+    step) and the order its rows run in. The caller adds the fates and its own fields."""
+    knobs = store.knobs
+    started = t + knobs.validating_seconds
+    processed = started + knobs.processing_seconds
+    return {
+        "id": batch_id,
+        "seq": store.next_seq(),
+        "knobs": knobs,
+        "n": n,
+        "created": t,
+        "started": started,
+        "processed": processed,
+        "finished": processed + knobs.finalizing_seconds if finalizing else processed,
+        "order": processing_order(n, knobs, batch_id),
+    }
+
+
+def write_lines(path: Path, rows: Sequence[int], lines: Sequence[bytes | None]) -> int:
+    """Write ``lines[i]`` for each ``i`` of ``rows`` in that order (a missing line
+    writes nothing) to ``path``, a few thousand at a time; return the bytes written."""
+    with path.open("wb") as out:
+        for start in range(0, len(rows), 4096):
+            out.write(b"".join(lines[i] or b"" for i in rows[start : start + 4096]))
+        return out.tell()
 
 
 class Store:
@@ -288,6 +355,32 @@ class Store:
     def add_file(self, file: StoredFile) -> None:
         with self.lock:
             self.files[file.id] = file
+
+    def add_upload(
+        self,
+        file_id: str,
+        filename: str,
+        purpose: str,
+        path: Path,
+        size: int,
+        lifetime: int | None = None,
+    ) -> StoredFile:
+        """Keep a file a client uploaded (its bytes at ``path``), created now and
+        expiring ``lifetime`` seconds later (None: never), and count the upload."""
+        now = int(self.clock.unix(self.now()))
+        stored = StoredFile(
+            id=file_id,
+            filename=filename,
+            purpose=purpose,
+            bytes=size,
+            created_at=now,
+            expires_at=now + lifetime if lifetime else None,
+            path=path,
+            seq=self.next_seq(),
+        )
+        self.add_file(stored)
+        self.count("files_uploaded")
+        return stored
 
     def get_file(self, file_id: str) -> StoredFile | None:
         with self.lock:

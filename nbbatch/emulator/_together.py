@@ -52,7 +52,7 @@ from starlette.routing import Route
 
 from . import _compat, _models, _openai
 from ._state import Store, StoredFile
-from ._wire import ApiError, JSONResponse
+from ._wire import ApiError, JSONResponse, showing
 
 PREFIX = "/together"
 KIND = "together"
@@ -180,19 +180,9 @@ async def preprocess(request: Request) -> Response:
         pending = store.uploads.pop(_key(file_id), None)
     if not isinstance(pending, _Pending) or pending.path is None:
         raise ApiError(404, f"No uploaded bytes for file {file_id}.")
-    now = int(store.clock.unix(store.now()))
-    stored = StoredFile(
-        id=file_id,
-        filename=pending.filename,
-        purpose=pending.purpose,
-        bytes=pending.size,
-        created_at=now,
-        expires_at=None,
-        path=pending.path,
-        seq=store.next_seq(),
+    stored = store.add_upload(
+        file_id, pending.filename, pending.purpose, pending.path, pending.size
     )
-    store.add_file(stored)
-    store.count("files_uploaded")
     return JSONResponse(file_json(stored))
 
 
@@ -310,10 +300,7 @@ async def create_batch(request: Request) -> Response:
     return JSONResponse(await run_in_threadpool(run))
 
 
-async def retrieve_batch(request: Request) -> Response:
-    store = _store(request)
-    b = _compat.batch_or_404(store, KIND, request.path_params["batch_id"])
-    return JSONResponse(await run_in_threadpool(batch_json, store, b, store.now()))
+retrieve_batch = showing(_compat.finder(KIND), batch_json, "batch_id")
 
 
 async def cancel_batch(request: Request) -> Response:

@@ -87,37 +87,14 @@ def problem(
         return Problem("model: Input should be a valid string")
     if _models.find("anthropic", model, extra_models) is None:
         return Problem(f"model: {model}", "not_found_error", 404)
-    if not count_tokens:
-        max_tokens = params["max_tokens"]
-        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
-            return Problem("max_tokens: Input should be a valid integer")
-        if max_tokens < 1:
-            return Problem("max_tokens: Input should be greater than or equal to 1")
-        why = _rules.anthropic_problem(params)
-        if why:
-            return Problem(why)
-    why = _messages(params["messages"])
-    if why:
-        return Problem(why)
-    system = params.get("system")
-    if system is not None and not isinstance(system, str | list):
-        return Problem("system: Input should be a valid string")
     why = (
-        _range(params, "temperature", 0, 1)
-        or _range(params, "top_p", 0, 1)
-        or _range(params, "top_k", 0, None)
+        (None if count_tokens else _max_tokens(params))
+        or _messages(params["messages"])
+        or _system(params.get("system"))
+        or _sampling(params, model)
     )
     if why:
         return Problem(why)
-    if (
-        params.get("temperature") is not None
-        and params.get("top_p") is not None
-        and model.startswith(ONE_SAMPLER)
-    ):
-        return Problem(
-            "`temperature` and `top_p` cannot both be specified for this model. "
-            "Please use only one."
-        )
     if params.get("stream"):
         return Problem("stream: the nbbatch emulator does not stream responses")
     stop = params.get("stop_sequences")
@@ -127,6 +104,44 @@ def problem(
         return Problem("stop_sequences: Input should be a valid list of strings")
     why = _thinking(params.get("thinking"), None if count_tokens else params["max_tokens"])
     return Problem(why) if why else _output_config(params.get("output_config"))
+
+
+def _max_tokens(params: Mapping[str, Any]) -> str | None:
+    """A create request's ``max_tokens``: an integer from 1, within the model's limits."""
+    max_tokens = params["max_tokens"]
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        return "max_tokens: Input should be a valid integer"
+    if max_tokens < 1:
+        return "max_tokens: Input should be greater than or equal to 1"
+    return _rules.anthropic_problem(params) or None
+
+
+def _system(system: Any) -> str | None:
+    if system is not None and not isinstance(system, str | list):
+        return "system: Input should be a valid string"
+    return None
+
+
+def _sampling(params: Mapping[str, Any], model: str) -> str | None:
+    """The sampling parameters' ranges; some models take only one of temperature and
+    top_p."""
+    why = (
+        _range(params, "temperature", 0, 1)
+        or _range(params, "top_p", 0, 1)
+        or _range(params, "top_k", 0, None)
+    )
+    if why:
+        return why
+    if (
+        params.get("temperature") is not None
+        and params.get("top_p") is not None
+        and model.startswith(ONE_SAMPLER)
+    ):
+        return (
+            "`temperature` and `top_p` cannot both be specified for this model. "
+            "Please use only one."
+        )
+    return None
 
 
 def _messages(messages: Any) -> str | None:

@@ -84,6 +84,15 @@ def _unknown(d: Mapping[str, Any], known: frozenset[str], where: str) -> str | N
     return None
 
 
+def _request_object(req: Any, kind: str, fields: frozenset[str]) -> str | None:
+    """Why ``req`` is not a ``kind`` object of known ``fields`` (what every request
+    of a batch is checked for first), or None."""
+    if not isinstance(req, dict):
+        article = "an" if kind[0] in "AEIOU" else "a"
+        return f"request: must be {article} {kind} object"
+    return _unknown(req, fields, "request")
+
+
 def model_problem(model: str, extra_models: Iterable[str] = ()) -> str | None:
     """The 404 message for a model the service does not have (None: it has it)."""
     name = model.removeprefix("models/")
@@ -94,9 +103,7 @@ def model_problem(model: str, extra_models: Iterable[str] = ()) -> str | None:
 
 def request_problem(req: Any) -> str | None:
     """Why a GenerateContentRequest would be refused, or None when it is fine."""
-    if not isinstance(req, dict):
-        return "request: must be a GenerateContentRequest object"
-    why = _unknown(req, REQUEST_FIELDS, "request")
+    why = _request_object(req, "GenerateContentRequest", REQUEST_FIELDS)
     if why:
         return why
     contents = req.get("contents")
@@ -166,9 +173,7 @@ def _config_problem(config: Mapping[str, Any]) -> str | None:
 
 def embed_problem(req: Any, model: str = "") -> str | None:
     """Why an EmbedContentRequest would be refused, or None when it is fine."""
-    if not isinstance(req, dict):
-        return "request: must be an EmbedContentRequest object"
-    why = _unknown(req, EMBED_FIELDS, "request")
+    why = _request_object(req, "EmbedContentRequest", EMBED_FIELDS)
     if why:
         return why
     content = req.get("content")

@@ -190,6 +190,23 @@ def _sampling(body: Mapping[str, Any]) -> Problem | None:
 
 def _chat(body: Mapping[str, Any]) -> Problem | None:
     messages = body.get("messages")
+    return (
+        _messages(messages)
+        or _sampling(body)
+        or _number(body, "presence_penalty", -2, 2)
+        or _number(body, "frequency_penalty", -2, 2)
+        or _number(body, "n", 1, 128, integer=True)
+        or _number(body, "max_tokens", 1, None, integer=True)
+        or _number(body, "max_completion_tokens", 1, None, integer=True)
+        or _number(body, "seed", None, None, integer=True)
+        or _stop(body.get("stop"))
+        or _response_format(body.get("response_format"), messages)
+    )
+
+
+def _messages(messages: Any) -> Problem | None:
+    """Chat's ``messages``: a non-empty array of objects, each with a known role and a
+    content (an assistant's may be left out)."""
     if messages is None:
         return _missing("messages")
     if not isinstance(messages, list):
@@ -215,18 +232,11 @@ def _chat(body: Mapping[str, Any]) -> Problem | None:
             return _missing(f"messages[{i}].content")
         if content is not None and not isinstance(content, str | list):
             return _wrong_type(content, "one of a string or array of objects", f"messages[{i}]")
-    problem = (
-        _sampling(body)
-        or _number(body, "presence_penalty", -2, 2)
-        or _number(body, "frequency_penalty", -2, 2)
-        or _number(body, "n", 1, 128, integer=True)
-        or _number(body, "max_tokens", 1, None, integer=True)
-        or _number(body, "max_completion_tokens", 1, None, integer=True)
-        or _number(body, "seed", None, None, integer=True)
-    )
-    if problem:
-        return problem
-    stop = body.get("stop")
+    return None
+
+
+def _stop(stop: Any) -> Problem | None:
+    """Chat's ``stop``: a string or at most four of them."""
     if isinstance(stop, list) and len(stop) > 4:
         return Problem(
             400,
@@ -237,16 +247,31 @@ def _chat(body: Mapping[str, Any]) -> Problem | None:
         )
     if stop is not None and not isinstance(stop, str | list):
         return _wrong_type(stop, "one of a string or array of strings", "stop")
-    fmt = body.get("response_format")
-    if fmt is None:
-        return None
+    return None
+
+
+def _format_type(fmt: Any, param: str) -> Problem | None:
+    """What both APIs check of a structured-output format (chat's ``response_format``,
+    the Responses API's ``text.format``): an object whose ``type`` is a known one."""
     if not isinstance(fmt, dict):
-        return _wrong_type(fmt, "an object", "response_format")
+        return _wrong_type(fmt, "an object", param)
     kind = fmt.get("type")
     if kind is None:
-        return _missing("response_format.type")
+        return _missing(f"{param}.type")
     if kind not in FORMAT_TYPES:
-        return _invalid_value(kind, FORMAT_TYPES, "response_format.type")
+        return _invalid_value(kind, FORMAT_TYPES, f"{param}.type")
+    return None
+
+
+def _response_format(fmt: Any, messages: Any) -> Problem | None:
+    """Chat's ``response_format``: JSON mode wants the word "json" in the messages, a
+    JSON schema the checks of :func:`_json_schema` (``messages`` passed theirs)."""
+    if fmt is None:
+        return None
+    problem = _format_type(fmt, "response_format")
+    if problem:
+        return problem
+    kind = fmt["type"]
     if kind == "json_object" and not _mentions_json(m.get("content") for m in messages):
         return Problem(
             400,
@@ -360,13 +385,10 @@ def _responses(body: Mapping[str, Any]) -> Problem | None:
     fmt = text.get("format")
     if fmt is None:
         return None
-    if not isinstance(fmt, dict):
-        return _wrong_type(fmt, "an object", "text.format")
-    kind = fmt.get("type")
-    if kind is None:
-        return _missing("text.format.type")
-    if kind not in FORMAT_TYPES:
-        return _invalid_value(kind, FORMAT_TYPES, "text.format.type")
+    problem = _format_type(fmt, "text.format")
+    if problem:
+        return problem
+    kind = fmt["type"]
     if kind == "json_object":
         raw = body.get("input")
         items = raw if isinstance(raw, list) else []
