@@ -13,11 +13,13 @@ to S3 (moto's server here), a second loopback address: its death is a case of it
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -267,3 +269,37 @@ def test_a_squatter_on_a_dead_s3_endpoints_port_gets_no_key_and_no_prompt(backen
         squatter.close()
     backend.moto = None
     assert squatter.got == b"", _leaked(squatter.got)
+
+
+def _run_async_client_job(service: str, emu: emulator.Emulator, text: str) -> None:
+    """A job through the service's async SDK client (nbbatch makes a sync one from it)
+    on ``emu``, collected, then polled again from a new handle."""
+    url = emu.url + f"/{service}"
+    if service == "groq":
+        import groq
+
+        client: Any = groq.AsyncGroq(api_key="test-key", base_url=url)
+    else:
+        import together
+
+        client = together.AsyncTogether(api_key="test-key", base_url=url)
+    df = pd.DataFrame({"text": [f"{text} one", f"{text} two"]})
+    job = nb.submit(df, "{text}", model=MODELS[service], client=client)
+    job.wait(timeout=120, progress=False).merge(df)
+    nb.attach(job.id).refresh()
+
+
+@pytest.mark.parametrize("service", ["groq", "together"])
+def test_the_http_clients_nbbatch_opens_are_closed(nbbatch_home, service):
+    # Groq's and Together's SDKs send through the older httpx: the sync client nbbatch
+    # makes from an async one, and the client its loopback guard wraps, are closed by
+    # nbbatch when the job's handle is dropped, never left for the garbage collector to
+    # find with a socket open.
+    with emulator.start(processing_seconds=0.05) as emu:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always", ResourceWarning)
+            for i in range(2):
+                _run_async_client_job(service, emu, f"round {i}")
+                gc.collect()
+    unclosed = [str(w.message) for w in seen if "unclosed" in str(w.message)]
+    assert unclosed == []

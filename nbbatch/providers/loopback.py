@@ -171,15 +171,22 @@ class Guard(httpx2.BaseTransport):
             self._inner.close()
 
 
-class _ClosingClient(httpx2.Client):
-    """An httpx2 client that closes its connections when it is dropped (the SDKs close
-    only the clients they made themselves)."""
+def close_with(owner: Any, http: Any) -> None:
+    """Close ``http`` (an HTTP client nbbatch made, of httpx2 or the older httpx) when
+    ``owner`` is no longer used: the SDKs close only the clients they made themselves.
+    A finalizer, not ``__del__``: it holds ``http`` until it runs, so ``http``'s sockets
+    are never collected (and reported unclosed) before it is closed."""
+    try:
+        weakref.finalize(owner, _close_quietly, http)
+    except TypeError:  # not weakly referable: closed by the garbage collector instead
+        pass
 
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # at interpreter exit, or closed already
-            pass
+
+def _close_quietly(http: Any) -> None:
+    try:
+        http.close()
+    except Exception:  # at interpreter exit, or closed already
+        pass
 
 
 def _refused(request: httpx2.Request, message: str, http: Any = httpx2) -> httpx2.Response:
@@ -269,13 +276,14 @@ def guarded(
             follow_redirects=False,
         )
     else:
-        http = _ClosingClient(
+        http = httpx2.Client(
             transport=Guard(check, _http_of(client)),
             trust_env=False,  # never through a proxy: it would see the key
             timeout=httpx2.Timeout(600.0, connect=10.0),
             follow_redirects=False,
         )
     copy = rebind(client, http)
+    close_with(copy, http)
     _GUARDED[copy] = credential
     return copy
 
