@@ -178,7 +178,8 @@ def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     if client is None:
         client = default_client(name, local=local)
     else:
-        remember(credentials.key_of(client))  # never quoted in a message of ours
+        for secret in credentials.secrets_of(client):
+            remember(secret)  # never quoted in a message of ours
     synced = cls.sync_client(client)
     made = synced is not client  # made here from an async client: nbbatch closes it
     client = synced
