@@ -9,8 +9,11 @@ shows and saves it, and the ledger must not hold any key, token or signature.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import traceback
 from collections.abc import Iterator
@@ -52,7 +55,7 @@ class Echo:
     """Answers every request 401 with a body quoting all of its headers (and for S3 and
     Bedrock, AWS's error shapes with the same text)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.seen: list[str] = []
         outer = self
 
@@ -83,9 +86,10 @@ class Echo:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            port = s.getsockname()[1]
+        if not port:
+            with socket.socket() as s:
+                s.bind((HOST, 0))
+                port = s.getsockname()[1]
         self.url = f"http://{HOST}:{port}"
         self.server = ThreadingHTTPServer((HOST, port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -221,3 +225,54 @@ def test_environment_credentials_and_presigned_urls_are_scrubbed(monkeypatch):
         assert secret not in text
     # What is no secret stays readable.
     assert "/b/o?" in text and "X-Amz-Signature=***" in text
+
+
+#: Each provider's key variable and how to aim it at an emulator from the environment.
+ENV_SETUP = {
+    "groq": ("GROQ_API_KEY", {"GROQ_BASE_URL": "{url}/groq"}),
+    "together": ("TOGETHER_API_KEY", {"TOGETHER_BASE_URL": "{url}/together"}),
+    "azure": (
+        "AZURE_OPENAI_API_KEY",
+        {"AZURE_OPENAI_ENDPOINT": "{url}/azure", "OPENAI_API_VERSION": "2024-10-21"},
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("provider", list(ENV_SETUP))
+def test_the_sidebar_and_the_command_line_never_show_an_echoed_key(
+    nbbatch_home, monkeypatch, provider
+):
+    from nbbatch import emulator
+    from nbbatch.labext import views
+
+    variable, aim = ENV_SETUP[provider]
+    secret = f"{provider}0environment0key0abcdef0123456789"
+    monkeypatch.setenv(variable, secret)
+    df = pd.DataFrame({"text": ["a review", "another review"]})
+    with emulator.start(host=HOST, processing_seconds=600) as emu:
+        for name, value in aim.items():
+            monkeypatch.setenv(name, value.format(url=emu.url))
+        job = nb.submit(df, "{text}", model=MODELS[provider], provider=provider)
+        job.wait_sent()
+        port = emu.port
+    echo = Echo(port)
+    try:
+        try:  # the sidebar's check: a warning, or an error it shows
+            said = json.dumps(views.refresh(ledger(), job.id))
+        except nb.NbbatchError as exc:
+            said = _shown(exc)
+        cli = subprocess.run(
+            [sys.executable, "-m", "nbbatch.cli", "status", job.id],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+            timeout=180,
+        )
+    finally:
+        echo.close()
+    assert secret in " ".join(echo.seen)  # the key meant for this address was sent...
+    assert "rejected" in said and "rejected" in cli.stderr
+    kept = str(ledger().query("SELECT * FROM events")) + str(ledger().jobs())
+    for shown in (said, cli.stdout + cli.stderr, kept):
+        assert secret not in shown  # ...and never shown
