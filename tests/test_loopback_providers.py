@@ -121,9 +121,13 @@ class Backend:
         return f"http://127.0.0.1:{self.s3_port}"
 
     def client(self) -> Any:
-        """The provider's SDK client aimed at the emulator, with no key given."""
+        """The provider's SDK client aimed at the emulator, with no key given (None for
+        a provider aimed at it by its address variable, GROQ_BASE_URL)."""
         url = self.emu.url
         made: Any
+        if self.provider == "groq-env":
+            os.environ["GROQ_BASE_URL"] = url + "/groq"  # restored by the fixture
+            return None
         if self.provider == "azure":
             import openai
 
@@ -176,8 +180,13 @@ def secrets_in_env(nbbatch_home: Any, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _submit(backend: Backend, client: Any, texts: list[str]) -> nb.BatchJob:
     df = pd.DataFrame({"text": texts})
-    extra = {"provider": "bedrock", "max_tokens": 20} if backend.provider == "bedrock" else {}
-    return nb.submit(df, "{text}", model=MODELS[backend.provider], client=client, **extra)
+    extra: dict[str, Any] = {}
+    if backend.provider == "bedrock":
+        extra = {"provider": "bedrock", "max_tokens": 20}
+    elif client is None:
+        extra = {"provider": backend.provider.removesuffix("-env")}
+    model = MODELS[backend.provider.removesuffix("-env")]
+    return nb.submit(df, "{text}", model=model, client=client, **extra)
 
 
 def _jobs(backend: Backend) -> tuple[nb.BatchJob, nb.BatchJob]:
@@ -215,7 +224,11 @@ def _leaked(got: bytes) -> list[str]:
 
 
 @pytest.fixture
-def backend(request: pytest.FixtureRequest, secrets_in_env: None) -> Iterator[Backend]:
+def backend(
+    request: pytest.FixtureRequest, secrets_in_env: None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Backend]:
+    monkeypatch.setenv("GROQ_BASE_URL", "unset")  # whatever it was, put back after
+    monkeypatch.delenv("GROQ_BASE_URL")
     made = Backend(request.param)
     try:
         yield made
@@ -224,7 +237,7 @@ def backend(request: pytest.FixtureRequest, secrets_in_env: None) -> Iterator[Ba
 
 
 @pytest.mark.parametrize(
-    "backend", ["azure", "groq", "together", "mistral", "bedrock"], indirect=True
+    "backend", ["azure", "groq", "groq-env", "together", "mistral", "bedrock"], indirect=True
 )
 def test_a_squatter_on_a_dead_backends_port_gets_no_key_and_no_prompt(backend):
     done, pending = _jobs(backend)
