@@ -316,3 +316,20 @@ def test_the_http_clients_nbbatch_opens_are_closed(nbbatch_home, service):
                 gc.collect()
     unclosed = [str(w.message) for w in seen if "unclosed" in str(w.message)]
     assert unclosed == []
+
+
+def test_a_job_outlives_the_client_it_was_given(nbbatch_home):
+    # mistralai closes the connection pool it made when its client is collected; the
+    # guarded copy nbbatch polls with sends through that pool, so dropping the client
+    # given on client= must not close it under the job.
+    from mistralai.client import Mistral
+
+    with emulator.start(processing_seconds=0.2) as emu:
+        client = Mistral(api_key="test-key", server_url=emu.url + "/mistral")
+        df = pd.DataFrame({"text": ["kept one", "kept two"]})
+        job = nb.submit(df, "{text}", model=MODELS["mistral"], client=client)
+        del client
+        gc.collect()
+        assert job.wait(timeout=120, progress=False).counts["succeeded"] == 2
+        del job
+        gc.collect()

@@ -50,6 +50,8 @@ _KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
 #: Clients already behind a guard (made by nbbatch) -> the credential to record for
 #: them, so none is wrapped twice.
 _GUARDED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+#: Guarded copies -> the client each was made from (kept alive with the copy).
+_ORIGINALS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def listener(port: int) -> str | None:
@@ -285,6 +287,10 @@ def guarded(
     copy = rebind(client, http)
     close_with(copy, http)
     _GUARDED[copy] = credential
+    # The copy sends through the original's connection pool (see Guard), and an SDK
+    # closes the pool it made when its client is collected (mistralai does, from a
+    # finalizer): the original lives as long as the copy, whoever dropped it.
+    _ORIGINALS[copy] = client
     return copy
 
 
