@@ -6,9 +6,12 @@ place (errors, the job's ``last_error``, the ledger's events, the log, the Jupyt
 sidebar's JSON) goes through :func:`scrub` first.
 
 Three kinds of secret are removed: the values of the environment variables a provider
-key is read from, keys this process was handed on a ``client=`` (remembered in memory
-only, see :func:`remember`), and anything shaped like a provider key (OpenAI ``sk-...``,
-Anthropic ``sk-ant-...``, Google ``AIza...``), masked or not.
+key is read from (AWS's secret key and session token, Azure's Entra ID token
+included), keys and tokens this process was handed on a ``client=`` (remembered in
+memory only, see :func:`remember`), and anything shaped like a provider key (OpenAI
+``sk-...``, Anthropic ``sk-ant-...``, Google ``AIza...``, Groq ``gsk_...``, AWS access
+key ids), masked or not, a bearer token or JWT, and AWS request signatures (SigV4
+headers and presigned S3 URLs).
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ KEY_VARIABLES = (
     "GEMINI_API_KEY",
     "GOOGLE_API_KEY",
     "AZURE_OPENAI_API_KEY",
+    # The SDKs of the providers added later read these too (openai.lib.azure reads the
+    # Entra ID token from AZURE_OPENAI_AD_TOKEN; boto3 the AWS keys and session token,
+    # AWS_SECURITY_TOKEN being the older name of the latter).
+    "AZURE_OPENAI_AD_TOKEN",
+    "GROQ_API_KEY",
+    "TOGETHER_API_KEY",
+    "MISTRAL_API_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
 )
 
 #: Key variables of providers registered later (see nbbatch.providers.register).
@@ -36,6 +50,29 @@ _variables: set[str] = set()
 _KEYISH = (
     (re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-*.]{6,}"), "sk-***"),
     (re.compile(r"(?<![A-Za-z0-9])AIza[A-Za-z0-9_\-*.]{8,}"), "AIza***"),
+    # Groq's keys start gsk_ (https://codeslick.dev/learn/groq-api-key-format: "gsk_"
+    # and 52 alphanumerics).
+    (re.compile(r"(?<![A-Za-z0-9])gsk_[A-Za-z0-9_*]{8,}"), "gsk_***"),
+    # AWS access key ids: AKIA long-term, ASIA temporary (STS), ABIA a bearer token
+    # (the "unique identifiers" prefixes of the IAM user guide, as listed in
+    # https://docs.amazonaws.cn/goto/WebAPI/sts-2011-06-15/GetAccessKeyInfo and
+    # hackingthe.cloud's iam-key-identifiers page); 20 characters in all.
+    (re.compile(r"(?<![A-Z0-9])A[KSB]IA[A-Z0-9]{16}(?![A-Z0-9])"), "AKIA***"),
+    # A bearer token in a header an endpoint echoes (Azure's Entra ID tokens, any
+    # proxy's), and a JWT anywhere (Entra ID tokens are JWTs: header.payload.sig).
+    (re.compile(r"(?i)\bBearer\s+(?=\S*[0-9])[A-Za-z0-9._~+/\-]{8,}=*"), "Bearer ***"),
+    (re.compile(r"\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"), "eyJ***"),
+    # AWS Signature Version 4 in an Authorization header (Credential=..., Signature=...)
+    # and in a presigned URL's query (X-Amz-Credential, X-Amz-Signature,
+    # X-Amz-Security-Token), and a session token in its header: a signature is no key,
+    # but it lets whoever holds it replay the request while it is valid.
+    (
+        re.compile(
+            r"(?i)\b(X-Amz-(?:Signature|Credential|Security-Token)\s*[=:]\s*)[^\s&,;\"'<>]+"
+        ),
+        r"\1***",
+    ),
+    (re.compile(r"\b((?:Signature|Credential)=)[^\s&,;\"'<>]+"), r"\1***"),
 )
 #: Shorter values are not replaced: a placeholder such as "k" would mangle every text.
 _MIN_SECRET = 8

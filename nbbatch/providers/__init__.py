@@ -178,8 +178,11 @@ def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     if client is None:
         client = default_client(name, local=local)
     else:
-        remember(credentials.key_of(client))  # never quoted in a message of ours
-    client = cls.sync_client(client)
+        for secret in credentials.secrets_of(client):
+            remember(secret)  # never quoted in a message of ours
+    synced = cls.sync_client(client)
+    made = synced is not client  # made here from an async client: nbbatch closes it
+    client = synced
     # Where the key came from, for the ledger: later polls use only a key meant for
     # this address (see .credentials).
     credential: str | None
@@ -198,6 +201,8 @@ def build(name: str, client: Any = None, *, local: bool = False) -> Provider:
     impl = cls(client)
     impl.credential = credential
     impl.key_origin = origin
+    if made and callable(getattr(synced, "close", None)):
+        loopback.close_with(impl, synced)
     return impl
 
 

@@ -32,11 +32,13 @@ rebuild the same settings (AWS credentials themselves come from boto3's own chai
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import re
 import secrets
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
@@ -176,7 +178,7 @@ class BedrockBatch:
         self.bedrock = bedrock
         self.s3 = s3
         self.region = region or bedrock.meta.region_name
-        #: the loopback guard's check (see :meth:`with_options`), else None
+        #: the loopback guard's check (see :meth:`with_options`, :meth:`guarding`)
         self.guard_check: Any = None
 
     @property
@@ -244,24 +246,22 @@ class BedrockBatch:
         copy.guard_check = getattr(transport, "check", None)
         return copy
 
-    def check_address(self) -> None:
-        """Raise :class:`ProviderError` when the loopback guard refuses the Bedrock
-        endpoint (not the listener the job was sent to, or no one listening)."""
+    @contextlib.contextmanager
+    def guarding(self) -> Iterator[None]:
+        """Within this block, each request of these boto3 clients (each retry too)
+        first passes the loopback guard, if nbbatch set one (:meth:`with_options`):
+        boto3 does not send through httpx, so the guard is asked from boto3's
+        ``before-send`` hook. Outside it, the clients are the user's as they were."""
         if self.guard_check is None:
+            yield
             return
-        import httpx2
-
-        request = httpx2.Request("GET", str(self.bedrock.meta.endpoint_url))
+        for client in (self.bedrock, self.s3):
+            client.meta.events.register("before-send", _guard_request, unique_id=_HOOK_ID)
+        token = _ACTIVE.set(self.guard_check)
         try:
-            refusal = self.guard_check(request)
-        except httpx2.ConnectError as exc:
-            raise ProviderError(
-                f"could not reach Bedrock at {self.bedrock.meta.endpoint_url}: {exc}",
-                provider="bedrock",
-                transient=True,
-            ) from None
-        if refusal is not None:
-            raise ProviderError(refusal, provider="bedrock")
+            yield
+        finally:
+            _ACTIVE.reset(token)
 
     def __repr__(self) -> str:
         return (
@@ -398,42 +398,45 @@ class BedrockProvider(Provider):
             # A part this small (a resubmit of a few failed rows, the tail of a split)
             # would be refused by Bedrock after the upload: refused here instead.
             raise BatchFailedError(_too_few(n, self.client.min_records), provider="bedrock")
-        self.client.check_address()
         name = _job_name(metadata)
         folder = "/".join(p for p in (self.client.prefix, "nbbatch", name) if p)
         key = f"{folder}/input.jsonl"
         bucket = self.client.bucket_name
         try:
-            self.client.s3.put_object(Bucket=bucket, Key=key, Body=jsonl)
+            with self.client.guarding():
+                self.client.s3.put_object(Bucket=bucket, Key=key, Body=jsonl)
         except Exception as exc:
             raise _aws_error(exc, f"uploading the input to s3://{bucket}/{key}") from exc
         tags = [{"key": k, "value": v} for k, v in metadata.items()]
         try:
-            made = self.client.bedrock.create_model_invocation_job(
-                jobName=name,
-                roleArn=self.client.role_arn,
-                modelId=spec.model,
-                modelInvocationType=spec.endpoint,
-                inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/{key}"}},
-                outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/{folder}/out/"}},
-                tags=tags,
-            )
+            with self.client.guarding():
+                made = self.client.bedrock.create_model_invocation_job(
+                    jobName=name,
+                    roleArn=self.client.role_arn,
+                    modelId=spec.model,
+                    modelInvocationType=spec.endpoint,
+                    inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{bucket}/{key}"}},
+                    outputDataConfig={
+                        "s3OutputDataConfig": {"s3Uri": f"s3://{bucket}/{folder}/out/"}
+                    },
+                    tags=tags,
+                )
         except Exception as exc:
             raise _aws_error(exc, "creating a model invocation job") from exc
         return self.retrieve(_job_id(made["jobArn"]))
 
     def retrieve(self, batch_id: str) -> BatchInfo:
-        self.client.check_address()
         try:
-            job = self.client.bedrock.get_model_invocation_job(jobIdentifier=batch_id)
+            with self.client.guarding():
+                job = self.client.bedrock.get_model_invocation_job(jobIdentifier=batch_id)
         except Exception as exc:
             raise _aws_error(exc, f"reading job {batch_id}") from exc
         return _info(job)
 
     def cancel(self, batch_id: str) -> BatchInfo:
-        self.client.check_address()
         try:
-            self.client.bedrock.stop_model_invocation_job(jobIdentifier=batch_id)
+            with self.client.guarding():
+                self.client.bedrock.stop_model_invocation_job(jobIdentifier=batch_id)
         except Exception as exc:
             if _code(exc) not in ("ValidationException", "ConflictException"):
                 raise _aws_error(exc, f"stopping job {batch_id}") from exc
@@ -441,16 +444,16 @@ class BedrockProvider(Provider):
         return self.retrieve(batch_id)
 
     def _jobs(self, **filters: Any) -> Iterator[dict[str, Any]]:
-        self.client.check_address()
         token = None
         try:
             while True:
-                page = self.client.bedrock.list_model_invocation_jobs(
-                    maxResults=100,
-                    sortOrder="Descending",
-                    **filters,
-                    **({"nextToken": token} if token else {}),
-                )
+                with self.client.guarding():
+                    page = self.client.bedrock.list_model_invocation_jobs(
+                        maxResults=100,
+                        sortOrder="Descending",
+                        **filters,
+                        **({"nextToken": token} if token else {}),
+                    )
                 yield from page.get("invocationJobSummaries", [])
                 token = page.get("nextToken")
                 if not token:
@@ -482,42 +485,46 @@ class BedrockProvider(Provider):
         out = info.raw.get("output_uri")
         if not out:
             return []
-        self.client.check_address()
         parsed = urlparse(out)
         bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
         # Bedrock writes under <output>/<job id>/ (a folder per job).
         prefix = f"{prefix.rstrip('/')}/{info.batch_id}/".lstrip("/")
-        s3 = self.client.s3
-        files: list[bytes] = []
-        size = 0
         try:
-            keys: list[str] = []
-            token = None
-            while True:
-                page = s3.list_objects_v2(
-                    Bucket=bucket, Prefix=prefix, **({"ContinuationToken": token} if token else {})
-                )
-                keys += [
-                    o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".jsonl.out")
-                ]
-                if not page.get("IsTruncated"):
-                    break
-                token = page.get("NextContinuationToken")
-            for key in sorted(keys):
-                body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-                size += len(body)
-                if max_bytes is not None and size > max_bytes:
-                    raise BatchFailedError(
-                        f"the output of job {info.batch_id} is larger than {max_bytes:,} "
-                        "bytes, more than any reply to the records sent could be; nothing "
-                        "was recorded from it. Check the bucket's contents.",
-                        provider="bedrock",
-                    )
-                files.append(body)
+            with self.client.guarding():
+                return self._read_outputs(info.batch_id, bucket, prefix, max_bytes)
         except BatchFailedError:
             raise
         except Exception as exc:
             raise _aws_error(exc, f"reading the output of job {info.batch_id}") from exc
+
+    def _read_outputs(
+        self, batch_id: str, bucket: str, prefix: str, max_bytes: int | None
+    ) -> list[bytes]:
+        """The ``.jsonl.out`` objects under ``prefix``, read whole, in key order."""
+        s3 = self.client.s3
+        files: list[bytes] = []
+        size = 0
+        keys: list[str] = []
+        token = None
+        while True:
+            page = s3.list_objects_v2(
+                Bucket=bucket, Prefix=prefix, **({"ContinuationToken": token} if token else {})
+            )
+            keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".jsonl.out")]
+            if not page.get("IsTruncated"):
+                break
+            token = page.get("NextContinuationToken")
+        for key in sorted(keys):
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            size += len(body)
+            if max_bytes is not None and size > max_bytes:
+                raise BatchFailedError(
+                    f"the output of job {batch_id} is larger than {max_bytes:,} "
+                    "bytes, more than any reply to the records sent could be; nothing "
+                    "was recorded from it. Check the bucket's contents.",
+                    provider="bedrock",
+                )
+            files.append(body)
         return files
 
     def parse_results(self, raw: bytes, spec: RequestSpec) -> pa.Table:
@@ -610,9 +617,40 @@ def _code(exc: BaseException) -> str | None:
     return None
 
 
+#: The loopback guard's check for the boto3 calls nbbatch is making now, in this thread
+#: or task (see :meth:`BedrockBatch.guarding`); None outside them.
+_ACTIVE: ContextVar[Any] = ContextVar("nbbatch_bedrock_guard", default=None)
+#: The name the ``before-send`` hook is registered under (once per boto3 client).
+_HOOK_ID = "nbbatch-loopback-guard"
+
+
+def _guard_request(request: Any, **_: Any) -> None:
+    """boto3's ``before-send`` hook: the active loopback check is asked about each request
+    (``request``: botocore's prepared request, signed, not sent yet); a refusal raises
+    instead of sending, so the listener gets neither the signed headers (the access key
+    id, a session token) nor the body (the prompts)."""
+    check = _ACTIVE.get()
+    if check is None:
+        return None
+    import httpx2
+
+    try:
+        refusal = check(httpx2.Request(request.method, request.url))
+    except httpx2.ConnectError as exc:
+        where = urlparse(request.url).netloc
+        raise ProviderError(
+            f"could not reach {where}: {exc}", provider="bedrock", transient=True
+        ) from None
+    if refusal is not None:
+        raise ProviderError(refusal, provider="bedrock")
+    return None
+
+
 def _aws_error(exc: Exception, doing: str) -> ProviderError:
     """Our error for a boto3 error: what we were doing, the AWS code and message, and
     whether the same call may work later (throttling, 5xx, no answer)."""
+    if isinstance(exc, ProviderError):  # the loopback guard's refusal, said as it is
+        return exc
     code = _code(exc)
     response = getattr(exc, "response", None) or {}
     status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")

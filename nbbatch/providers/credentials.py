@@ -61,6 +61,23 @@ def key_of(client: Any) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
+def secrets_of(client: Any) -> list[str]:
+    """Every credential an SDK client holds, to keep out of messages: its key
+    (:func:`key_of`), an Azure OpenAI client's Entra ID token, and the AWS keys and
+    session token of a Bedrock client's boto3 clients."""
+    found = [key_of(client), getattr(client, "_azure_ad_token", None)]
+    for name in ("bedrock", "s3"):  # a BedrockBatch's boto3 clients
+        signer = getattr(getattr(client, name, None), "_request_signer", None)
+        credentials = getattr(signer, "_credentials", None)
+        try:
+            frozen = credentials.get_frozen_credentials() if credentials else None
+        except Exception:  # a provider of credentials that fails now fails later, said
+            frozen = None
+        if frozen is not None:
+            found += [frozen.access_key, frozen.secret_key, frozen.token]
+    return [s for s in found if isinstance(s, str) and s]
+
+
 def env_origin(variables: tuple[str, ...]) -> str | None:
     """``env:VAR`` for the variable a client built from the environment takes its key
     from (the first set of the provider's variables), or None when none is set."""

@@ -15,7 +15,8 @@ the home's background emulator (``provider="local"``)
     changes each time the emulator starts, so a key learned once is no use later.
 any other loopback listener (``nb.emulator.start()``, a local proxy)
     its listening socket must be the one that listened when the job was submitted: the
-    same socket inode and owner, read from ``/proc/net/tcp`` (Linux). A process that
+    same socket inode and owner, read from ``/proc/net/tcp`` (Linux); for a job that
+    also sends to a second loopback address (Bedrock's S3 endpoint), on both ports. A process that
     took the port after the first one exited has another socket, so it gets nothing;
     a port no one listens on fails as a refused connection, unsent. Where ``/proc``
     is not there, the client made at submit trusts the address for its
@@ -35,7 +36,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlparse
 
 import httpx2
 
@@ -49,6 +50,8 @@ _KEY_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "api-key")
 #: Clients already behind a guard (made by nbbatch) -> the credential to record for
 #: them, so none is wrapped twice.
 _GUARDED: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+#: Guarded copies -> the client each was made from (kept alive with the copy).
+_ORIGINALS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def listener(port: int) -> str | None:
@@ -78,9 +81,35 @@ def port_of(url: str) -> int:
     return parsed.port or (443 if parsed.scheme == "https" else 80)
 
 
+def ports_of(url: str) -> list[int]:
+    """The loopback ports a job at ``url`` sends to: ``url``'s own, then those of the
+    loopback addresses its query names (Bedrock's S3 endpoint, ``?s3=http://...``,
+    where the prompts are uploaded and the answers read)."""
+    ports = [port_of(url)]
+    for _, value in parse_qsl(urlparse(url).query):
+        if is_loopback(value) and port_of(value) not in ports:
+            ports.append(port_of(value))
+    return ports
+
+
 def credential_for(url: str) -> str:
-    """What to record for a job sent to loopback ``url``: who listens there now."""
-    return PREFIX + (listener(port_of(url)) or "")
+    """What to record for a job sent to loopback ``url``: who listens there now (on each
+    of its ports after the first, ``|port=listener``)."""
+    main, *more = ports_of(url)
+    extra = "".join(f"|{port}={listener(port) or ''}" for port in more)
+    return PREFIX + (listener(main) or "") + extra
+
+
+def _recorded(url: str, recorded: str | None) -> dict[int, str | None]:
+    """Port -> the listener recorded for it (None: not known) from a credential's body."""
+    main, *more = ports_of(url)
+    first, *rest = (recorded or "").split("|")
+    found = {main: first or None}
+    for item in rest:
+        port, _, who = item.partition("=")
+        if port.isdigit() and int(port) in more:
+            found[int(port)] = who or None
+    return {port: found.get(port) for port in (main, *more)}
 
 
 def gone(url: str, job_id: str | None = None) -> str:
@@ -144,15 +173,22 @@ class Guard(httpx2.BaseTransport):
             self._inner.close()
 
 
-class _ClosingClient(httpx2.Client):
-    """An httpx2 client that closes its connections when it is dropped (the SDKs close
-    only the clients they made themselves)."""
+def close_with(owner: Any, http: Any) -> None:
+    """Close ``http`` (an HTTP client nbbatch made, of httpx2 or the older httpx) when
+    ``owner`` is no longer used: the SDKs close only the clients they made themselves.
+    A finalizer, not ``__del__``: it holds ``http`` until it runs, so ``http``'s sockets
+    are never collected (and reported unclosed) before it is closed."""
+    try:
+        weakref.finalize(owner, _close_quietly, http)
+    except TypeError:  # not weakly referable: closed by the garbage collector instead
+        pass
 
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # at interpreter exit, or closed already
-            pass
+
+def _close_quietly(http: Any) -> None:
+    try:
+        http.close()
+    except Exception:  # at interpreter exit, or closed already
+        pass
 
 
 def _refused(request: httpx2.Request, message: str, http: Any = httpx2) -> httpx2.Response:
@@ -174,23 +210,26 @@ def _refused(request: httpx2.Request, message: str, http: Any = httpx2) -> httpx
 def listener_check(
     url: str, recorded: str | None, *, at_submit: bool, job_id: str | None = None
 ) -> Callable[[httpx2.Request], str | None]:
-    """A check that lets a request through only while the listener on ``url``'s port is
-    the socket ``recorded`` at submit. When no one listens, the request fails as a
-    refused connection would, without being sent. When this system cannot tell who
-    listens (no ``/proc``), only the client made at submit (``at_submit``) trusts it."""
-    port = port_of(url)
+    """A check that lets a request through only while the listener on each of ``url``'s
+    loopback ports (:func:`ports_of`) is the socket ``recorded`` at submit. When no one
+    listens, the request fails as a refused connection would, without being sent. When
+    this system cannot tell who listens (no ``/proc``), only the client made at submit
+    (``at_submit``) trusts it."""
+    expected = _recorded(url, recorded)
+    main = port_of(url)
 
     def check(request: httpx2.Request) -> str | None:
-        if (request.url.port or port) != port:
+        port = request.url.port or main
+        if port not in expected:
             return gone(url, job_id)
         now = listener(port)
         if now == "":
             # Refused here, as the system would refuse the connection: sent on, the
             # request could reach a process that takes the port in the meantime.
             raise httpx2.ConnectError(f"nothing listens on port {port}", request=request)
-        if now is None or recorded is None:
+        if now is None or expected[port] is None:
             return None if at_submit else gone(url, job_id)
-        return None if now == recorded else gone(url, job_id)
+        return None if now == expected[port] else gone(url, job_id)
 
     return check
 
@@ -239,14 +278,19 @@ def guarded(
             follow_redirects=False,
         )
     else:
-        http = _ClosingClient(
+        http = httpx2.Client(
             transport=Guard(check, _http_of(client)),
             trust_env=False,  # never through a proxy: it would see the key
             timeout=httpx2.Timeout(600.0, connect=10.0),
             follow_redirects=False,
         )
     copy = rebind(client, http)
+    close_with(copy, http)
     _GUARDED[copy] = credential
+    # The copy sends through the original's connection pool (see Guard), and an SDK
+    # closes the pool it made when its client is collected (mistralai does, from a
+    # finalizer): the original lives as long as the copy, whoever dropped it.
+    _ORIGINALS[copy] = client
     return copy
 
 
@@ -265,7 +309,7 @@ def guard(client: Any, url: str, rebind: Rebind) -> tuple[Any, str]:
     if known is not None:
         return client, known
     credential = credential_for(url)
-    check = listener_check(url, listener(port_of(url)), at_submit=True)
+    check = listener_check(url, credential.removeprefix(PREFIX), at_submit=True)
     return guarded(client, check, credential, rebind), credential
 
 
@@ -275,7 +319,7 @@ def for_record(client: Any, url: str, credential: str | None, job_id: str, rebin
     listeners were recorded, or from a system without ``/proc``) matches no listener."""
     recorded = None
     if credential and credential.startswith(PREFIX):
-        recorded = credential.removeprefix(PREFIX) or None
+        recorded = credential.removeprefix(PREFIX)
     check = listener_check(url, recorded, at_submit=False, job_id=job_id)
     return guarded(client, check, credential or PREFIX, rebind)
 
