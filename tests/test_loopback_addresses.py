@@ -130,3 +130,23 @@ def test_a_squatter_on_127_0_0_2_gets_no_key_and_no_prompt(nbbatch_home, monkeyp
     text = squatter.got.decode("latin-1")
     assert REAL_KEY not in text and not any(p in text for p in PROMPTS)
     assert squatter.got == b""
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "[::ffff:127.0.0.1]", "localhost."])
+def test_a_recorded_bedrock_job_on_loopback_gets_no_aws_keys(host, monkeypatch):
+    # Rebuilt from a job's recorded address (nb.attach, the command line): at a loopback
+    # address the boto3 clients hold placeholder credentials, never the environment's.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAREALACCESSKEY000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws0real0secret0key")
+    from nbbatch.providers.bedrock import BedrockBatch
+    from nbbatch.providers.credentials import secrets_of
+
+    url = f"http://{host}:8000/bedrock/?bucket=s3://b/p&role=arn:aws:iam::123456789012:role/r"
+    settings = BedrockBatch.from_url(url)
+    try:
+        held = secrets_of(settings)
+        assert "AKIAREALACCESSKEY000" not in held and "aws0real0secret0key" not in held
+        assert "nbbatch-emulator" in held
+    finally:
+        settings.bedrock.close()
+        settings.s3.close()

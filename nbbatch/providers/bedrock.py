@@ -57,6 +57,7 @@ from .base import (
     failure_row,
     is_transient,
 )
+from .credentials import is_loopback
 
 #: The environment variables the settings are read from when not given.
 BUCKET_VARIABLE = "NBBATCH_BEDROCK_BUCKET"
@@ -215,7 +216,7 @@ class BedrockBatch:
         endpoint = urlunparse(parsed._replace(query="", fragment="")).rstrip("/")
         region = query.get("region") or None
         host = parsed.hostname or ""
-        local = host in ("127.0.0.1", "localhost", "::1")
+        local = is_loopback(endpoint)  # every spelling of this machine (127.0.0.2 too)
         keys: dict[str, Any] = {}
         if local:
             keys = {"aws_access_key_id": "nbbatch-emulator", "aws_secret_access_key": "unused"}
