@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -31,13 +30,9 @@ from ._health import Note
 from ._ledger import Ledger
 from .providers.base import BatchInfo, Provider, RequestSpec
 from .providers.base import scored as _scored
+from .providers.credentials import is_loopback as is_loopback
 
 log = logging.getLogger("nbbatch")
-
-
-def is_loopback(url: str | None) -> bool:
-    """Whether ``url`` points at this machine (where only an emulator answers)."""
-    return (urlparse(url or "").hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
 def output_columns(

@@ -102,9 +102,9 @@ def send_rows(
 
     ``lock`` is held around each chunk (intent, create, confirm), so a poll between
     chunks never sees a half-made intent. A create refused as a whole (400) ends that
-    chunk's rows and the rest of this pass ``failed`` (``not_sent``, retryable) and
-    raises; any other error leaves the rows of this chunk and the rest unsent (pending,
-    in no batch) for the next pass, and raises.
+    chunk's rows ``failed`` (``not_sent``, retryable) and raises, leaving the rest of this
+    pass unsent (pending, in no batch) for the next pass (the next ``wait()``); any other
+    error leaves the rows of this chunk and the rest unsent, and raises.
     """
     if not len(positions):
         return

@@ -29,6 +29,7 @@ import nbbatch as nb
 from nbbatch import emulator
 
 from .conftest import openai_client
+from .this_machine import remote_host
 
 NOBODY = 65534
 CLIENT_KEY = "proxy-key-of-ours-0123456789abcdef"
@@ -251,14 +252,17 @@ def env_key(monkeypatch) -> str:
 @pytest.mark.slow
 def test_a_provider_answering_malformed_json_is_a_clear_warning(env_key, jupyter):
     url, token, _ = jupyter
-    # 127.0.0.2 is this machine, but nbbatch takes it for a remote address (a proxy).
-    with emulator.start(host="127.0.0.2", processing_seconds=600.0) as server:
+    # This machine's non-loopback address: nbbatch takes it for a remote one (a proxy).
+    host = remote_host()
+    if host is None:
+        pytest.skip("this machine has no non-loopback address to listen on")
+    with emulator.start(host=host, processing_seconds=600.0) as server:
         client = openai.OpenAI(base_url=server.openai_base_url, api_key=env_key, max_retries=0)
         job = nb.submit(pd.DataFrame({"t": ["a"]}), "{t}", model="gpt-4o-mini", client=client)
         job.wait_sent()
         port = server.port
         client.close()
-    broken = ThreadingHTTPServer(("127.0.0.2", port), _NotJson)
+    broken = ThreadingHTTPServer((host, port), _NotJson)
     threading.Thread(target=broken.serve_forever, daemon=True).start()
     try:
         status, answer = _call(f"{url}/nbbatch/api/jobs/{job.id}/refresh", token, "POST", {})

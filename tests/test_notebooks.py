@@ -357,6 +357,10 @@ def claims_cascade(nb: NotebookNode, s: dict[str, Any]) -> None:
     bars = printed(cell_with(nb, "print(job.cost)"))
     assert "all on gpt-4o in real time" in bars and "\u2588" in bars
     assert "cascade (batch)" in bars and "all on gpt-4o (real time)" in bars
+    # The table shows each cost as the bars (and every view) do: nb.pricing.money.
+    table = html_of(cell_with(nb, "costs.to_frame().style"))
+    shown = re.findall(r"(\$[0-9][0-9,.]*)$", bars, flags=re.MULTILINE)
+    assert len(shown) == 3 and all(f">{money}<" in table for money in shown), (shown, table)
     assert "upper bound" in printed(cell_with(nb, "preview = nb.preview("))
     merged = html_of(cell_with(nb, "out = job.merge(df)"))
     assert "answer_model" in merged and "gpt-4o-mini" in merged
@@ -426,6 +430,16 @@ def test_notebook_is_stored_without_outputs(name: str) -> None:
     if "responder=" in code:
         assert "stand-in for the model" in prose
     assert not re.search(r"\bsk-[\w-]{8,}", json.dumps(notebook)), "an API key pasted in?"
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_notebook_writes_costs_as_every_view_does(name: str) -> None:
+    # A fixed number of decimals ("${:.4f}") shows $0.0000077 as "$0.0000" and $0.25 as
+    # "$0.2500": costs are written by nb.pricing.money, three significant digits.
+    for cell in read(name).cells:
+        if cell.cell_type == "code":
+            fixed = re.findall(r"\$\{[^}]*:[^}]*\.\d+f\}", cell.source)
+            assert not fixed, f"{name} formats a cost with {fixed}: use nb.pricing.money"
 
 
 @pytest.mark.parametrize("name", EXPECTED)

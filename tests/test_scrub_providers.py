@@ -26,9 +26,12 @@ import pytest
 import nbbatch as nb
 from nbbatch._ledger import default as ledger
 
-#: 127.0.0.2 is this machine, but not an address nbbatch takes for an emulator's: the
+from .this_machine import needs_remote_host, remote_host
+
+#: This machine's non-loopback address: not one nbbatch takes for an emulator's, so the
 #: key the user gave goes there, as it would to a remote proxy.
-HOST = "127.0.0.2"
+HOST = remote_host() or "127.0.0.1"
+pytestmark = [needs_remote_host]
 SECRETS = {
     "azure": ["azure0client0key0abcdef0123456789"],
     "azure-entra": ["eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJlMDEyMzQ1Njc4OQ"],

@@ -32,7 +32,10 @@ from nbbatch._ledger import default as ledger
 from nbbatch.labext import handlers, views
 
 from .conftest import model_for, openai_client
+from .this_machine import needs_remote_host, remote_host
 
+#: This machine's non-loopback address (nbbatch takes it for a remote proxy's).
+REMOTE = remote_host() or "127.0.0.1"
 ENV_KEY = "sk-proj-environment0secret0key0123456789"
 CLIENT_KEY = "sk-proj-client0given0key0abcdefghijkl"
 
@@ -140,11 +143,12 @@ def test_the_env_key_never_reaches_whoever_binds_a_dead_private_emulators_port(
 
 
 @pytest.mark.slow
+@needs_remote_host
 def test_a_proxy_job_is_polled_only_with_a_key_meant_for_the_proxy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # 127.0.0.2 is this machine too, but nbbatch takes it for a remote address.
-    job, host, port = _pending_job("127.0.0.2", CLIENT_KEY)
+    # This machine's non-loopback address: nbbatch takes it for a remote one.
+    job, host, port = _pending_job(REMOTE, CLIENT_KEY)
     monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
     listener = Listener(host, port)
     try:
@@ -166,11 +170,12 @@ def test_a_proxy_job_is_polled_only_with_a_key_meant_for_the_proxy(
         listener.close()
 
 
+@needs_remote_host
 def test_a_proxy_job_submitted_with_the_env_key_polls_with_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
-    with emulator.start(host="127.0.0.2", processing_seconds=0.05) as server:
+    with emulator.start(host=REMOTE, processing_seconds=0.05) as server:
         client = openai.OpenAI(base_url=server.openai_base_url, api_key=ENV_KEY)
         job = nb.submit(reviews(), "{text}", model="gpt-4o-mini", client=client)
         job.wait_sent()
@@ -201,10 +206,11 @@ def test_a_job_submitted_with_the_env_key_records_its_variable(
 
 
 @pytest.mark.slow
+@needs_remote_host
 def test_the_sidebars_warning_never_shows_a_key_an_endpoint_echoes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    job, host, port = _pending_job("127.0.0.2", ENV_KEY)
+    job, host, port = _pending_job(REMOTE, ENV_KEY)
     monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)  # the same key: polls may use it
 
     def echo(headers: dict[str, str]) -> dict[str, Any]:

@@ -23,7 +23,9 @@ Azure's differences, after learn.microsoft.com/azure/ai-foundry/openai/how-to/ba
 - a deployment may have an enqueued-token limit (:data:`ENQUEUED_TOKEN_LIMITS`): the
   input tokens of its batches that have not ended. A batch over it is created and then
   fails validation with ``token_limit_exceeded``, its message stating the configured
-  limit, as Azure's do (see :func:`refusal`).
+  limit, as Azure's do (see :func:`refusal`). OpenAI's per-model queue limits
+  (``start(tier=...)``, ``enqueued_token_limit``) are not Azure's: they neither apply to
+  an Azure batch nor count it.
 
 The status and wording of the other refusals below are the emulator's own (the pages
 read do not quote Azure's error bodies for them).
@@ -155,7 +157,7 @@ def _create_sync(store: Store, body: Any, deployment: str | None) -> dict[str, A
     """Create the batch; over the deployment's limit it fails validation, as on Azure."""
     limit = ENQUEUED_TOKEN_LIMITS.get(deployment or "")
     if deployment is None or limit is None:
-        return _openai.create_batch_sync(store, body)
+        return _openai.create_batch_sync(store, body, openai_queue=False)
 
     def check(v: _openai.Validation) -> None:
         tokens = _responder.count_tokens(v.prompt_chars)
@@ -163,7 +165,7 @@ def _create_sync(store: Store, body: Any, deployment: str | None) -> dict[str, A
             v.fail("token_limit_exceeded", refusal(deployment, limit))
 
     with store.lock:  # the count, the new batch and its deployment, as one step
-        made = _openai.create_batch_sync(store, body, check)
+        made = _openai.create_batch_sync(store, body, check, openai_queue=False)
         _DEPLOYMENT_OF.setdefault(store, {})[made["id"]] = deployment
     return made
 
@@ -186,7 +188,7 @@ async def create_batch(request: Request) -> Response:
         body["endpoint"] = _ENDPOINTS[endpoint]
         named = await run_in_threadpool(_azure_lines, store, str(body.get("input_file_id")))
         return JSONResponse(await run_in_threadpool(_create_sync, store, body, named))
-    return JSONResponse(await run_in_threadpool(_openai.create_batch_sync, store, body))
+    return JSONResponse(await run_in_threadpool(_create_sync, store, body, None))
 
 
 #: Azure's answer for a deployment the resource does not have (its code and message as

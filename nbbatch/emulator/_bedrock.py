@@ -21,6 +21,7 @@ the emulator's responder and row faults, as the other APIs are.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -35,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import _responder
+from . import _models, _responder
 from ._anthropic_replies import last_user, message, params_problem
 from ._faults import FAIL_MARKER, Fate, RowInfo, int_hash
 from ._state import BatchRecord, ResultsOutcome, Store, iter_lines, schedule, write_lines
@@ -60,6 +61,50 @@ _JOB_NAME = re.compile(r"^[a-zA-Z0-9]{1,63}(-*[a-zA-Z0-9\+\-\.]){0,63}$")
 _ROLE_ARN = re.compile(r"^arn:aws(-[^:]+)?:iam::([0-9]{12})?:role/.+$")
 _S3_URI = re.compile(r"^s3://[a-z0-9][-.a-z0-9]{1,61}[a-z0-9](?:/[-!_*'().a-z0-9A-Z]+)*/?$")
 _PROFILE = re.compile(r"^(?:us|eu|apac|au|jp|ca|us-gov|global)\.")
+
+
+#: Bedrock's answer to a model id it does not have: 400 ValidationException. The API
+#: reference lists ValidationException ("Input validation failed") among
+#: CreateModelInvocationJob's errors (docs.aws.amazon.com/bedrock/latest/APIReference/
+#: API_CreateModelInvocationJob.html); the wording is the one AWS's knowledge center
+#: quotes for an incorrect model identifier (repost.aws/knowledge-center/
+#: bedrock-validation-exception-errors, for InvokeModel: the batch page quotes none).
+UNKNOWN_MODEL = "The provided model identifier is invalid."
+#: genai-prices groups the models it prices on Bedrock under these prefixes (not
+#: Bedrock's own): ``regional.anthropic.claude-3-haiku-20240307-v1:0`` is the foundation
+#: model ``anthropic.claude-3-haiku-20240307-v1:0``.
+_PRICES_GROUP = re.compile(r"^(?:regional|global)\.")
+
+
+@functools.cache
+def foundation_models() -> tuple[str, ...]:
+    """The foundation model ids the emulator serves on Bedrock: those genai-prices
+    prices on AWS Bedrock (maintained as models ship), without its grouping prefixes."""
+    from genai_prices.data_snapshot import get_snapshot
+
+    found: dict[str, None] = {}
+    for provider in get_snapshot().providers:
+        if provider.id == "aws":
+            for model in provider.models:
+                found[_PRICES_GROUP.sub("", model.id)] = None
+    return tuple(found)
+
+
+def known_model(model: str, extra: tuple[str, ...] = ()) -> bool:
+    """Whether Bedrock (as emulated) has ``model``: a foundation model id, a cross-Region
+    inference profile of one (``us.anthropic...``) or the ARN of either, or a name
+    added with ``start(models=...)``. Other ARNs (custom or provisioned models,
+    application inference profiles) name resources the emulator does not have."""
+    if model in extra:
+        return True
+    name = model
+    if model.startswith("arn:"):
+        kind, _, name = model.partition(":foundation-model/")
+        if not name:
+            kind, _, name = model.partition(":inference-profile/")
+        if not name:
+            return False
+    return _PROFILE.sub("", name) in foundation_models() or name in extra
 
 
 def is_bedrock(path: str) -> bool:
@@ -295,6 +340,18 @@ def _check_create(body: Any) -> tuple[str, str, str]:
     return source, target, invocation
 
 
+def _added(store: Store) -> tuple[str, ...]:
+    """The model names added to this emulator (``start(models=...)``, ``--models``,
+    ``$NBBATCH_EMULATOR_MODELS``)."""
+    return tuple(store.knobs.models) + _models.env_models()
+
+
+def _check_model(store: Store, model: str) -> None:
+    """Refuse a model Bedrock does not have when the job is created, as Bedrock does."""
+    if not known_model(model, _added(store)):
+        raise ApiError(400, UNKNOWN_MODEL)
+
+
 def _earlier(store: Store, body: dict[str, Any], token: str) -> BedrockJob | None:
     """The job an earlier create with the same ``clientRequestToken`` made, if any; a
     second job of the same name is a 409."""
@@ -345,6 +402,7 @@ def create_job_sync(store: Store, body: Any) -> dict[str, Any]:
     """``CreateModelInvocationJob``: checked, its input read from S3, registered."""
     source, target, invocation = _check_create(body)
     model = str(body["modelId"])
+    _check_model(store, model)
     token = str(body.get("clientRequestToken") or "")
     again = _earlier(store, body, token)
     if again is not None:
@@ -493,7 +551,27 @@ async def list_jobs(request: Request) -> Response:
     return JSONResponse(answer)
 
 
+async def list_models(request: Request) -> Response:
+    """``ListFoundationModels`` (``GET /foundation-models``): ``{"modelSummaries"}``, one
+    summary per foundation model (botocore's FoundationModelSummary members that say
+    which model it is)."""
+    store = _store(request)
+    known = foundation_models()
+    ids = list(known) + [m for m in dict.fromkeys(_added(store)) if m not in known]
+    summaries = [
+        {
+            "modelArn": f"arn:aws:bedrock:us-east-1::foundation-model/{model_id}",
+            "modelId": model_id,
+            "modelName": model_id,
+            "providerName": model_id.partition(".")[0] if "." in model_id else "emulator",
+        }
+        for model_id in ids
+    ]
+    return JSONResponse({"modelSummaries": summaries})
+
+
 routes = [
+    Route(PREFIX + "/foundation-models", list_models, methods=["GET"]),
     Route(PREFIX + "/model-invocation-job", creating(create_job_sync), methods=["POST"]),
     Route(PREFIX + "/model-invocation-job/{job:path}/stop", stop_job, methods=["POST"]),
     Route(

@@ -343,6 +343,9 @@ class OpenAIBatch(LinesBatch):
     output_seconds: int = DEFAULT_FILE_SECONDS
     #: models served besides the real OpenAI ones (an OpenAI-compatible variant's own)
     extra_models: tuple[str, ...] = ()
+    #: whether it counts in OpenAI's per-model batch queue: not an Azure OpenAI batch
+    #: (Azure limits each deployment's queue instead) nor a compatible variant's
+    openai_queue: bool = True
 
     def line(
         self, i: int, raw: bytes, fate: Fate, stopped: str, run: Run
@@ -599,26 +602,35 @@ def _in_flight_tokens(store: Store, model: str | None, t: float) -> int:
     total = 0
     for b in store.list_batches("openai"):
         assert isinstance(b, OpenAIBatch)
-        if b.model == model and not b.invalid and b.ended_at(t) is None:
+        if b.model != model or not b.openai_queue:
+            continue
+        if not b.invalid and b.ended_at(t) is None:
             total += b.est_tokens
     return total
 
 
 def create_batch_sync(
-    store: Store, body: Any, check: Callable[[Validation], None] | None = None
+    store: Store,
+    body: Any,
+    check: Callable[[Validation], None] | None = None,
+    *,
+    openai_queue: bool = True,
 ) -> dict[str, Any]:
     """``POST /batches``: check, validate the input file, and register the batch.
     ``check``: a variant's own check of the validated file (Azure's queue quota), run
-    under the store's lock with the registration."""
+    under the store's lock with the registration; ``openai_queue``: whether OpenAI's
+    per-model queue limits apply (not to Azure OpenAI, whose limits are per deployment)."""
     f = _check_create_body(store, body)
     endpoint = body["endpoint"]
     v = validate_input(f.path, f.bytes, endpoint, store.knobs.models)
-    if check is None and _quotas.openai_limit(store.knobs, v.model) is None:
-        return register_batch(store, body, f, v)  # no quota: creates need not wait on others
+    limited = openai_queue and _quotas.openai_limit(store.knobs, v.model) is not None
+    if check is None and not limited:
+        # no quota: creates need not wait on others
+        return register_batch(store, body, f, v, openai_queue=openai_queue)
     with store.lock:  # the quota check and the new batch, as one step
         if check is not None:
             check(v)
-        return register_batch(store, body, f, v)
+        return register_batch(store, body, f, v, openai_queue=openai_queue)
 
 
 def register_batch(
@@ -629,13 +641,18 @@ def register_batch(
     *,
     kind: str = "openai",
     extra_models: tuple[str, ...] = (),
+    openai_queue: bool = True,
 ) -> dict[str, Any]:
     """Create the batch of a validated input file (under the store's lock when a quota
     applies). ``kind``: the store's name for the API it belongs to (an OpenAI-compatible
-    variant keeps its batches apart), ``extra_models`` the variant's own models."""
+    variant keeps its batches apart), ``extra_models`` the variant's own models;
+    ``openai_queue``: whether it counts in, and is checked against, OpenAI's per-model
+    batch queue (``tier=``, ``enqueued_token_limit``): OpenAI's own batches only."""
     t = store.now()
     est_tokens = _responder.count_tokens(v.prompt_chars)
-    _check_queue(store, v, est_tokens, t)
+    openai_queue = openai_queue and kind == "openai"
+    if openai_queue:
+        _check_queue(store, v, est_tokens, t)
     output_seconds = _output_seconds(body)
     invalid = bool(v.errors)
     n = 0 if invalid else len(v.rows)
@@ -654,6 +671,7 @@ def register_batch(
         est_tokens=0 if invalid else est_tokens,
         output_seconds=output_seconds,
         extra_models=extra_models,
+        openai_queue=openai_queue,
     )
     store.add_batch(kind, batch)
     return batch_json(store, batch, t)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import logging
 import os
 import re
 import secrets
@@ -56,6 +57,7 @@ from .base import (
     failure_row,
     is_transient,
 )
+from .credentials import is_loopback
 
 #: The environment variables the settings are read from when not given.
 BUCKET_VARIABLE = "NBBATCH_BEDROCK_BUCKET"
@@ -87,6 +89,8 @@ DEFAULT_MAX_TOKENS = 1024
 #: The two invocation types (botocore's ModelInvocationType enum), used as endpoints.
 INVOKE = "InvokeModel"
 CONVERSE = "Converse"
+
+log = logging.getLogger("nbbatch")
 
 #: Statuses after which a job changes no more (botocore's ModelInvocationJobStatus).
 ENDED = frozenset({"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"})
@@ -212,7 +216,7 @@ class BedrockBatch:
         endpoint = urlunparse(parsed._replace(query="", fragment="")).rstrip("/")
         region = query.get("region") or None
         host = parsed.hostname or ""
-        local = host in ("127.0.0.1", "localhost", "::1")
+        local = is_loopback(endpoint)  # every spelling of this machine (127.0.0.2 too)
         keys: dict[str, Any] = {}
         if local:
             keys = {"aws_access_key_id": "nbbatch-emulator", "aws_secret_access_key": "unused"}
@@ -372,6 +376,30 @@ class BedrockProvider(Provider):
     def validate(self, spec: RequestSpec) -> None:
         """The invocation type and the model's body can be built (sends nothing)."""
         self.model_input(spec, "")
+
+    def find_model(self, model: str) -> bool | list[str] | None:
+        """``ListFoundationModels``: True when the foundation model ``model`` stands for
+        (itself, or the model of a cross-Region inference profile or of an ARN of
+        either) is there, else the ids there are; asked before anything is uploaded,
+        since Bedrock refuses an unknown id only once the input is in S3. Not checked
+        (None) for other ARNs (custom and provisioned models, application inference
+        profiles) nor when the listing is refused (a role without
+        ``bedrock:ListFoundationModels``): the create call still reports a bad id."""
+        name = model.rsplit(":inference-profile/", 1)[-1]
+        name = base_model(name)
+        if name.startswith("arn:"):
+            return None
+        try:
+            with self.client.guarding():
+                listed = self.client.bedrock.list_foundation_models()
+        except Exception as exc:
+            if _code(exc) is None:  # no answer at all (or the loopback guard's refusal)
+                raise _aws_error(exc, f"checking model {model!r}") from exc
+            log.info("nbbatch: model %r not checked: ListFoundationModels: %s", model, exc)
+            return None
+        ids = [m.get("modelId") for m in listed.get("modelSummaries") or []]
+        known = [i for i in ids if isinstance(i, str)]
+        return True if name in known else known
 
     @property
     def min_requests(self) -> int:

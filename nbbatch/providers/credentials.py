@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -41,8 +43,31 @@ ANTHROPIC_TOKEN = "ANTHROPIC_AUTH_TOKEN"
 
 
 def is_loopback(url: str | None) -> bool:
-    """Whether ``url`` names this machine's loopback interface."""
-    return (urlparse(url or "").hostname or "") in ("127.0.0.1", "localhost", "::1")
+    """Whether ``url`` reaches this machine itself: a loopback address in any spelling
+    (all of 127.0.0.0/8, ``::1``, an IPv4-mapped ``::ffff:127.x.y.z``, shorthand such
+    as ``127.1``), the unspecified ``0.0.0.0`` or ``::`` (a connection to either lands
+    on this machine), ``localhost`` and names under ``.localhost`` (RFC 6761 6.3
+    reserves them for loopback), with or without the trailing dot of a fully
+    qualified name.
+
+    Other names are not resolved: this is asked before every request, and what a name
+    resolves to may change between submit and a later poll."""
+    try:
+        host = (urlparse(url or "").hostname or "").rstrip(".")
+    except ValueError:  # not a URL at all: nothing is sent there
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])  # without an IPv6 zone
+    except ValueError:
+        try:  # the shorthand the C resolver accepts too: 127.1, 2130706433, 0x7f000001
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except (OSError, ValueError):
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified
 
 
 def key_of(client: Any) -> str | None:
