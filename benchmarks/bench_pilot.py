@@ -38,18 +38,10 @@ import time
 import warnings
 
 import pandas as pd
+from _common import SENTIMENT_SCHEMA as SCHEMA
 
 SMALL, LARGE = "gpt-4o-mini", "gpt-4o"
 LABELS = ("positive", "negative", "neutral")
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "label": {"type": "string", "enum": list(LABELS)},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-    },
-    "required": ["label", "confidence"],
-    "additionalProperties": False,
-}
 
 
 def responder(request):  # noqa: ANN001, ANN201 - the emulator's test double
