@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 import nbbatch as nb
 from nbbatch import emulator
+from nbbatch.datasets import SENTIMENT_SCHEMA
 
 from .conftest import batch_ids_at, batches_created, client_for, model_for
 from .test_durable import _Url, assert_every_row_terminal_once
@@ -148,15 +149,7 @@ def test_a_cascade_on_structured_confidence_escalates_the_uncertain_rows(emu):
     model."""
     labels = {"positive": ["love", "great"], "negative": ["broken", "awful"]}
     responder = emulator.keyword_responder(labels, default="neutral")
-    schema = {
-        "type": "object",
-        "properties": {
-            "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
-            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        },
-        "required": ["label", "confidence"],
-        "additionalProperties": False,
-    }
+    schema = SENTIMENT_SCHEMA
     reviews = ["love it", "awful, broken", "it is a kettle", "great", "arrived on tuesday",
                "broken lid", "fine I guess", "great, love it"]  # fmt: skip
     df = pd.DataFrame({"review": reviews})
