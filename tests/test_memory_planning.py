@@ -21,9 +21,11 @@ import pytest
 import nbbatch as nb
 from nbbatch import _frames as frames
 from nbbatch import _inputs, emulator
+from nbbatch import _ledger as nb_ledger
 from nbbatch import _planning as planning
 
-from .conftest import batches_created, model_for
+from ._helpers import run_cli
+from .conftest import batches_created, model_for, openai_client
 
 PROMPT = "Summarise: {body}"
 
@@ -89,6 +91,29 @@ def test_polars_and_arrow_tables_are_planned_in_the_background_too(oai, gated, k
     assert merged["response"].tolist() == [
         emulator.echo_text(PROMPT.format(body=b)) for b in df["body"]
     ]
+
+
+def test_a_job_planned_in_the_background_records_its_key_and_a_new_process_polls_it(gated):
+    """The job's record says where its key came from whether its rows were planned at
+    submit or in the background, so ``nbbatch status`` in a new process polls either
+    while it runs (the background's record once left that out, and the poll was
+    refused)."""
+    gate, _ = gated
+    gate.set()
+    with emulator.start(processing_seconds=600) as server:
+        client = openai_client(server)
+        small = nb.submit(_frame(5), PROMPT, model="gpt-4o-mini", client=client)
+        large = nb.submit(_frame(12), PROMPT, model="gpt-4o-mini", client=client)
+        for job in (small, large):
+            job.wait_sent(timeout=60)
+        recorded = {job.id: nb_ledger.default().job(job.id) for job in (small, large)}
+        assert recorded[large.id]["credential"] == recorded[small.id]["credential"]
+        assert recorded[small.id]["credential"] is not None
+        for job in (small, large):
+            polled = run_cli("status", job.id)
+            assert polled.returncode == 0, polled.stderr
+            assert job.id in polled.stdout
+            job.cancel()
 
 
 def test_a_problem_all_rows_show_ends_the_job_failed_with_nothing_sent(client, emu, gated):
