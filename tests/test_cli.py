@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 from urllib.parse import urlparse
 
 import openai
@@ -18,21 +16,10 @@ import pytest
 import nbbatch as nb
 from nbbatch import cli, emulator
 
+from ._helpers import run_cli as nbbatch
 from .conftest import openai_client
 
 HEAVY = ("openai", "anthropic", "uvicorn", "starlette", "ipywidgets", "tiktoken", "polars")
-
-
-def nbbatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``nbbatch ARGS`` in a new process (environment, and so NBBATCH_HOME, inherited)."""
-    return subprocess.run(
-        [sys.executable, "-m", "nbbatch.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=dict(os.environ),
-        timeout=120,
-    )
 
 
 def reviews() -> pd.DataFrame:
