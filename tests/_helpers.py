@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from nbbatch import emulator
@@ -142,3 +149,124 @@ def run_cli(
         env=dict(os.environ if env is None else env),
         timeout=120,
     )
+
+
+class Listener:
+    """Whoever binds an address after nbbatch's emulator there stopped: records the
+    headers of every request and answers ``status`` with ``body(headers)`` (or
+    ``body(headers, path)`` when it takes two arguments) as JSON, or as they are when
+    they are bytes (a proxy's page that is not JSON). ``port`` 0: a free one."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        status: int = 503,
+        body: Callable[..., Any] | None = None,
+    ) -> None:
+        self.seen: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                outer.seen.append(headers)
+                answer = body or (lambda h: {"error": {"message": "no"}})
+                takes_path = answer.__code__.co_argcount == 2
+                reply = answer(headers, self.path) if takes_path else answer(headers)
+                payload = reply if isinstance(reply, bytes) else json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("retry-after-ms", "1")  # the SDKs' retries, quickly
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.port: int = self.server.server_address[1]
+
+    def sent(self, secret: str) -> bool:
+        """Whether any request carried ``secret`` in a header."""
+        return any(secret in value for h in self.seen for value in h.values())
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def interrupted_wait(script: str, folder: Path) -> tuple[str, str]:
+    """Run ``script`` (it prints a job's id, then waits for the job, printing progress)
+    in a new Python process, press Ctrl-C (SIGINT) once it has printed its first
+    progress line, and return (the job's id, what it wrote to stderr) after it exited
+    with an error."""
+    path = folder / "wait.py"
+    path.write_text(script)
+    waiting = subprocess.Popen(
+        [sys.executable, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=dict(os.environ),
+    )  # fmt: skip
+    assert waiting.stdout is not None and waiting.stderr is not None
+    job_id = waiting.stdout.readline().strip()
+    first = waiting.stderr.readline()  # wait() has printed its first progress line
+    assert job_id in first, first
+    waiting.send_signal(signal.SIGINT)
+    _, error = waiting.communicate(timeout=300)
+    assert waiting.returncode != 0
+    return job_id, error
+
+
+class FakeTime:
+    """A clock that only moves when the job sleeps or the test says (the emulator and
+    the job may share it: ``emulator.start(clock=fake.now)``)."""
+
+    def __init__(self) -> None:
+        self.t = 1_800_000_000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def parquet_files(folder: Path, n_files: int = 2, rows: int = 10) -> str:
+    """A glob of ``n_files`` Parquet files of ``rows`` rows each (a column ``body``),
+    written into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in range(n_files):
+        table = pa.table({"body": [f"ticket {f}-{i} about a cold soup" for i in range(rows)]})
+        pq.write_table(table, folder / f"p{f}.parquet")
+    return str(folder / "*.parquet")
+
+
+def look_together(folder: Path, parties: int = 2) -> None:
+    """Make every job planner (in this process and the others given the same
+    ``folder``) that looks up a same job by its rows' fingerprint wait, after looking,
+    until ``parties`` planners have looked: the worst interleaving of two planners of
+    the same rows, made certain instead of left to the scheduler. Each one waits at
+    most 20 s, so a planner that never looks this way (one that looks and records at
+    once) is only slowed."""
+    from nbbatch._ledger import Ledger
+
+    find = Ledger.find_job
+
+    def looked(self, fingerprint):
+        found = find(self, fingerprint)
+        if not fingerprint.startswith("planning-"):  # submit's own look is not a planner's
+            (folder / f"looked-{os.getpid()}-{threading.get_ident()}").touch()
+            deadline = time.monotonic() + 20
+            while len(list(folder.glob("looked-*"))) < parties and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return found
+
+    Ledger.find_job = looked  # type: ignore[method-assign]
