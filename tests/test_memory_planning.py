@@ -5,13 +5,10 @@ and the rows come back complete and on their own rows."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 import threading
-import time
-from pathlib import Path
 
 import pandas as pd
 import polars as pl
@@ -193,40 +190,6 @@ def test_a_row_over_the_providers_size_limit_fails_the_job_before_anything_is_se
 
 
 # -- the same rows submitted twice while both are planned: sent once ------------------------
-def look_together(folder: Path, parties: int = 2) -> None:
-    """Make every job planner (in this process and the others given the same
-    ``folder``) that looks up a same job by its rows' fingerprint wait, after looking,
-    until ``parties`` planners have looked: the worst interleaving of two planners of
-    the same rows, made certain instead of left to the scheduler. Each one waits at
-    most 20 s, so a planner that never looks this way (one that looks and records at
-    once) is only slowed."""
-    from nbbatch._ledger import Ledger
-
-    find = Ledger.find_job
-
-    def looked(self, fingerprint):
-        found = find(self, fingerprint)
-        if not fingerprint.startswith("planning-"):  # submit's own look is not a planner's
-            (folder / f"looked-{os.getpid()}-{threading.get_ident()}").touch()
-            deadline = time.monotonic() + 20
-            while len(list(folder.glob("looked-*"))) < parties and time.monotonic() < deadline:
-                time.sleep(0.02)
-        return found
-
-    Ledger.find_job = looked  # type: ignore[method-assign]
-
-
-@pytest.fixture
-def together(tmp_path, monkeypatch):
-    from nbbatch._ledger import Ledger
-
-    monkeypatch.setattr(Ledger, "find_job", Ledger.find_job)  # restored after the test
-    folder = tmp_path / "planners"
-    folder.mkdir()
-    look_together(folder)
-    return folder
-
-
 def _one_job(jobs: list[nb.BatchJob]) -> None:
     """Both handles follow one job, which sent every row; no other job is kept."""
     assert jobs[0].id == jobs[1].id
@@ -251,7 +214,8 @@ def test_the_same_frame_submitted_twice_while_planned_is_sent_once(oai, emu, gat
 TWIN = """
     import pathlib, sys, openai, nbbatch as nb
     from nbbatch import _planning as planning
-    from tests.test_memory_planning import PROMPT, _frame, look_together
+    from tests._helpers import look_together
+    from tests.test_memory_planning import PROMPT, _frame
     url, folder = sys.argv[1:]
     planning.MEMORY_BACKGROUND_ROWS = 10
     look_together(pathlib.Path(folder))
