@@ -17,7 +17,7 @@ import anthropic
 import jsonschema
 import openai
 import pytest
-from emu_helpers import anthropic_client, chat_line, jsonl, parse_jsonl
+from emu_helpers import anthropic_client, chat_line, jsonl, parse_jsonl, run_openai_batch
 from emu_openapi import check
 from google import genai
 from google.genai import types as genai_types
@@ -34,15 +34,7 @@ def gemini(emu: emulator.Emulator) -> genai.Client:
 
 def openai_batch(oai: openai.OpenAI, rows: list[dict], endpoint: str = "/v1/chat/completions"):
     """Run ``rows`` as one batch; (batch, output lines, error lines) by custom_id."""
-    f = oai.files.create(file=("in.jsonl", jsonl(rows)), purpose="batch")
-    b = oai.batches.create(input_file_id=f.id, endpoint=endpoint, completion_window="24h")
-    deadline = time.monotonic() + 60
-    while b.status not in ("completed", "failed", "expired", "cancelled"):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-        b = oai.batches.retrieve(b.id)
-    out = parse_jsonl(oai.files.content(b.output_file_id).text) if b.output_file_id else []
-    err = parse_jsonl(oai.files.content(b.error_file_id).text) if b.error_file_id else []
+    b, out, err = run_openai_batch(oai, rows, endpoint)
     return b, {x["custom_id"]: x for x in out}, {x["custom_id"]: x for x in err}
 
 
