@@ -90,3 +90,14 @@ def run_openai_batch(
     out = parse_jsonl(client.files.content(b.output_file_id).text) if b.output_file_id else []
     err = parse_jsonl(client.files.content(b.error_file_id).text) if b.error_file_id else []
     return b, out, err
+
+
+def run_message_batch(client: anthropic.Anthropic, requests: list[dict]) -> dict[str, Any]:
+    """Run ``requests`` as one Message Batch to its end: each result by custom_id."""
+    b = client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 60
+    while b.processing_status != "ended":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+        b = client.messages.batches.retrieve(b.id)
+    return {r.custom_id: r.result for r in client.messages.batches.results(b.id)}

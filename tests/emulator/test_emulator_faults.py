@@ -3,10 +3,8 @@ shuffle."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import anthropic
 import jsonschema
 import openai
 import pandas as pd
@@ -17,6 +15,7 @@ from emu_helpers import (
     message_request,
     openai_client,
     raw,
+    run_message_batch,
     run_openai_batch,
 )
 from emu_openapi import check
@@ -30,16 +29,6 @@ SCHEMA = {
     "required": ["label"],
     "additionalProperties": False,
 }
-
-
-def run_anthropic(client: anthropic.Anthropic, requests: list[dict]) -> dict[str, Any]:
-    b = client.messages.batches.create(requests=requests)
-    deadline = time.monotonic() + 10
-    while b.processing_status != "ended":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-        b = client.messages.batches.retrieve(b.id)
-    return {r.custom_id: r.result for r in client.messages.batches.results(b.id)}
 
 
 def rows(n: int, **body: Any) -> list[dict]:
@@ -77,10 +66,10 @@ def test_faults_apply_to_every_job_not_only_the_first() -> None:
         with anthropic_client(emu) as client:
             requests = [message_request(f"r{i}", f"p{i}", max_tokens=20) for i in range(50)]
             for _ in range(2):
-                got = run_anthropic(client, requests)
+                got = run_message_batch(client, requests)
                 errored = [r for r in requests if got[r["custom_id"]].type == "errored"]
                 assert len(errored) == 5
-                again = run_anthropic(client, errored)
+                again = run_message_batch(client, errored)
                 assert {r.type for r in again.values()} == {"succeeded"}
 
 
@@ -179,7 +168,7 @@ def test_anthropic_faults_and_markers() -> None:
                     },
                 }
             )
-            got = run_anthropic(client, requests)
+            got = run_message_batch(client, requests)
             types = [r.type for r in got.values()]
             assert types.count("expired") == 2 and types.count("errored") == 4 + 2
             assert got["t"].error.error.type in ("api_error", "overloaded_error")
@@ -187,7 +176,7 @@ def test_anthropic_faults_and_markers() -> None:
             transient = [r.error.error.type for r in got.values() if r.type == "errored"]
             assert set(transient) <= {"api_error", "overloaded_error", "invalid_request_error"}
             retry = [r for r in requests if got[r["custom_id"]].type != "succeeded"]
-            again = run_anthropic(client, retry)
+            again = run_message_batch(client, retry)
             assert again["t"].type == "succeeded"
             assert again["f"].type == "errored"
             assert [k for k, v in again.items() if v.type != "succeeded"] == ["f"]
@@ -209,7 +198,7 @@ def test_http_error_rate_is_absorbed_by_sdk_retries() -> None:
             b, out, _ = run_openai_batch(client, rows(5))
             assert len(out) == 5
         with anthropic_client(emu) as client:
-            got = run_anthropic(
+            got = run_message_batch(
                 client,
                 [
                     {
