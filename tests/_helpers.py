@@ -270,3 +270,15 @@ def look_together(folder: Path, parties: int = 2) -> None:
         return found
 
     Ledger.find_job = looked  # type: ignore[method-assign]
+
+
+def modules_loaded(imports: str, packages: tuple[str, ...]) -> list[str]:
+    """The modules of ``packages`` a new Python process holds after running
+    ``imports`` (a line of Python), sorted."""
+    code = (
+        f"{imports}; import json, sys; "
+        f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {packages!r})))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return list(json.loads(done.stdout.strip().splitlines()[-1]))

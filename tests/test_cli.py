@@ -16,6 +16,7 @@ import pytest
 import nbbatch as nb
 from nbbatch import cli, emulator
 
+from ._helpers import modules_loaded
 from ._helpers import run_cli as nbbatch
 from .conftest import openai_client
 
@@ -46,13 +47,7 @@ def _plain(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_import_loads_no_sdk_server_or_widgets():
-    code = (
-        "import nbbatch, nbbatch.cli, sys; "
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert modules_loaded("import nbbatch, nbbatch.cli", HEAVY) == []
 
 
 @pytest.mark.parametrize("first", ["pandas", "nbbatch"])

@@ -5,8 +5,6 @@ HTTP to the emulator's variant of that service (Bedrock's S3 at moto's server)."
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -26,7 +24,7 @@ from nbbatch.providers.groq import GroqProvider
 from nbbatch.providers.mistral import MistralProvider
 from nbbatch.providers.together import TogetherProvider
 
-from ._helpers import interrupted_wait
+from ._helpers import interrupted_wait, modules_loaded
 from ._helpers import parquet_files as _files
 from ._helpers import run_cli as nbbatch
 from .test_bedrock import aws, bedrock_emu, s3_url  # noqa: F401  (the Bedrock fixtures)
@@ -347,13 +345,8 @@ def test_importing_nbbatch_loads_no_sdk_of_any_provider() -> None:
     and the provider registry loads none of the eight SDKs (nor boto3's botocore)."""
     sdks = ("openai", "anthropic", "google", "mistralai", "groq", "together", "boto3",
             "botocore", "httpx", "httpx2")  # fmt: skip
-    code = (
-        "import sys, nbbatch, nbbatch.cli; from nbbatch import providers; providers.classes(); "
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sdks!r}))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    imports = "import nbbatch, nbbatch.cli; from nbbatch import providers; providers.classes()"
+    assert modules_loaded(imports, sdks) == []
 
 
 # ------------------------------------------------ a model name nbbatch does not place
