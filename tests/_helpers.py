@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.request
@@ -282,3 +283,16 @@ def modules_loaded(imports: str, packages: tuple[str, ...]) -> list[str]:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return list(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def run_until_killed(script: str, args: str, home: Path) -> str:
+    """Run ``script`` in a new Python process (``ARGS`` and ``NBBATCH_HOME`` set to
+    ``args`` and ``home``) until it kills itself (SIGKILL, status 9, as a crash
+    would); what it printed."""
+    env = {**os.environ, "ARGS": args, "NBBATCH_HOME": str(home)}
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert child.returncode == 9, child.stderr
+    return child.stdout
