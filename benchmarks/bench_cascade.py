@@ -46,56 +46,10 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import pandas as pd
+from _common import LABELS, instruction, reviews
+from _common import SENTIMENT_SCHEMA as SCHEMA
 
 SMALL, LARGE = "gpt-4o-mini", "gpt-4o"
-LABELS = {
-    "positive": ["love", "great", "excellent", "perfect"],
-    "negative": ["broken", "awful", "refund", "leaks"],
-}
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-    },
-    "required": ["label", "confidence"],
-    "additionalProperties": False,
-}
-
-
-def instruction(tokens: int) -> str:
-    """A shared instruction of about ``tokens`` tokens (the emulator counts 4 characters
-    per token): the label definitions a real prompt would spell out."""
-    rule = (
-        "Label the customer review as positive, negative or neutral and say how sure you "
-        "are as a number between 0 and 1. Positive reviews praise the product; negative "
-        "ones report a fault, a return or a refund; neutral ones only describe. "
-    )
-    text = ""
-    while len(text) < tokens * 4:
-        text += rule
-    return text[: tokens * 4]
-
-
-def reviews(n: int, duplicates: float, vague: float, seed: int = 0) -> pd.DataFrame:
-    """``n`` reviews: a share ``duplicates`` repeating an earlier one, and a share
-    ``vague`` of the distinct ones with no keyword (the small model is unsure of them)."""
-    rng = np.random.default_rng(seed)
-    distinct = n - int(round(n * duplicates))
-    words = [w for ws in LABELS.values() for w in ws]
-    unsure = set(rng.choice(distinct, size=int(round(distinct * vague)), replace=False).tolist())
-    texts = []
-    for i in range(distinct):
-        if i in unsure:
-            texts.append(f"Review {i}: it arrived on a weekday in a box, model {i % 97}.")
-        else:
-            texts.append(f"Review {i}: {rng.choice(words)} product, would say so again.")
-    extra = rng.choice(distinct, size=n - distinct, replace=True)
-    rows = texts + [texts[j] for j in extra]
-    order = rng.permutation(n)
-    return pd.DataFrame({"review": [rows[k] for k in order]})
 
 
 def main() -> None:
@@ -114,7 +68,7 @@ def main() -> None:
     import nbbatch as nb
     from nbbatch import emulator, pricing
 
-    df = reviews(args.rows, args.duplicates, args.escalate)
+    df = reviews(args.rows, args.duplicates, vague=args.escalate)
     system = instruction(args.instruction_tokens)
     responder = emulator.keyword_responder(LABELS, default="neutral")
     started = time.perf_counter()
@@ -193,7 +147,7 @@ def calibrated_main(argv: list[str]) -> None:
     import nbbatch as nb
     from nbbatch import emulator, pricing
 
-    df = reviews(args.rows, 0.0, args.vague, seed=args.seed)
+    df = reviews(args.rows, 0.0, vague=args.vague, seed=args.seed)
     keywords = emulator.keyword_responder(LABELS, default="neutral")
 
     def responder(request: emulator.Request) -> dict:

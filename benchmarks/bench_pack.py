@@ -24,8 +24,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import pandas as pd
+from _common import LABELS, instruction, reviews
+from _common import SENTIMENT_SCHEMA as SCHEMA
 
 TARGET = 1 / 3
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
@@ -35,43 +35,6 @@ SETTINGS = {
     "anthropic": ("anthropic", False),
     "anthropic+cache_system": ("anthropic", True),
 }
-LABELS = {
-    "positive": ["love", "great", "excellent", "perfect"],
-    "negative": ["broken", "awful", "refund", "leaks"],
-}
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-    },
-    "required": ["label", "confidence"],
-    "additionalProperties": False,
-}
-
-
-def instruction(tokens: int) -> str:
-    """A shared instruction of about ``tokens`` tokens (4 characters a token)."""
-    rule = (
-        "Label the customer review as positive, negative or neutral and say how sure you "
-        "are as a number between 0 and 1. Positive reviews praise the product; negative "
-        "ones report a fault, a return or a refund; neutral ones only describe. "
-    )
-    return (rule * (tokens * 4 // len(rule) + 1))[: tokens * 4]
-
-
-def reviews(n: int, duplicates: float, seed: int = 0) -> pd.DataFrame:
-    """``n`` short reviews, a share ``duplicates`` of them repeating an earlier one."""
-    rng = np.random.default_rng(seed)
-    distinct = n - int(round(n * duplicates))
-    words = [w for ws in LABELS.values() for w in ws] + ["plain", "ordinary"]
-    texts = [
-        f"Review {i}: {rng.choice(words)} product, would say so again." for i in range(distinct)
-    ]
-    extra = rng.choice(distinct, size=n - distinct, replace=True)
-    rows = texts + [texts[j] for j in extra]
-    order = rng.permutation(n)
-    return pd.DataFrame({"review": [rows[k] for k in order]})
 
 
 def main() -> None:
@@ -90,7 +53,7 @@ def main() -> None:
     import nbbatch as nb
     from nbbatch import emulator, pricing
 
-    df = reviews(args.rows, args.duplicates)
+    df = reviews(args.rows, args.duplicates, plain_words=("plain", "ordinary"))
     system = instruction(args.instruction_tokens)
     responder = emulator.keyword_responder(LABELS, default="neutral")
     print(

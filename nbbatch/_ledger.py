@@ -655,26 +655,7 @@ class Ledger:
             if twin is not None:
                 shutil.rmtree(self.files / job["id"], ignore_errors=True)
                 return twin
-            db.execute(
-                "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
-                "spec, base_url, n_rows, id_column, status, fingerprint, policy, salt, backend, "
-                "hash_scheme, deadline, origin, credential, key_hash) VALUES (:id, :created, "
-                ":provider, :model, :endpoint, :output, :template, :spec, :base_url, :n_rows, "
-                ":id_column, :status, :fingerprint, :policy, :salt, :backend, :hash_scheme, "
-                ":deadline, :origin, :credential, :key_hash)",
-                {
-                    "salt": None,
-                    "backend": None,
-                    "hash_scheme": None,
-                    "deadline": None,
-                    "origin": None,
-                    "credential": None,
-                    "key_hash": None,
-                    **job,
-                    "spec": orjson.dumps(job["spec"]).decode(),
-                    "policy": orjson.dumps(job["policy"]).decode(),
-                },
-            )
+            _insert_job(db, job)
             if reused is not None:
                 _insert_change(db, job["id"], "result", None, 0, "reused", "reused.arrow",
                                reused.num_rows)  # fmt: skip
@@ -699,25 +680,7 @@ class Ledger:
             if twin is not None:
                 shutil.rmtree(self.files / job["id"], ignore_errors=True)
                 return twin
-            db.execute(
-                "INSERT INTO jobs (id, created, provider, model, endpoint, output, template, "
-                "spec, base_url, n_rows, id_column, status, fingerprint, policy, salt, backend, "
-                "hash_scheme, deadline, origin, summary) VALUES (:id, :created, :provider, "
-                ":model, :endpoint, :output, :template, :spec, :base_url, :n_rows, :id_column, "
-                "'planning', :fingerprint, :policy, :salt, :backend, :hash_scheme, :deadline, "
-                ":origin, :summary)",
-                {
-                    "salt": None,
-                    "backend": None,
-                    "hash_scheme": None,
-                    "deadline": None,
-                    "origin": None,
-                    **job,
-                    "spec": orjson.dumps(job["spec"]).decode(),
-                    "policy": orjson.dumps(job["policy"]).decode(),
-                    "summary": orjson.dumps(summary).decode(),
-                },
-            )
+            _insert_job(db, {**job, "status": "planning"}, summary=summary)
             self._event(db, job["id"], "submit", f"job created with {n} rows, planning them")
         return None
 
@@ -1361,6 +1324,35 @@ _SAME_JOB = (
     "'cancelled') AND NOT EXISTS (SELECT 1 FROM batches WHERE batches.job_id = jobs.id))"
 )
 _NEWEST = " ORDER BY created DESC LIMIT 1"
+
+
+_JOB_COLUMNS = (
+    "id", "created", "provider", "model", "endpoint", "output", "template", "spec",
+    "base_url", "n_rows", "id_column", "status", "fingerprint", "policy", "salt", "backend",
+    "hash_scheme", "deadline", "origin", "credential", "key_hash", "summary",
+)  # fmt: skip
+#: The columns a job's record may leave out (recorded before they were, or not known).
+_JOB_OPTIONAL = ("salt", "backend", "hash_scheme", "deadline", "origin", "credential",
+                 "key_hash", "summary")  # fmt: skip
+
+
+def _insert_job(
+    db: sqlite3.Connection, job: dict[str, Any], *, summary: dict[str, Any] | None = None
+) -> None:
+    """Inside a write transaction: insert ``job``'s row into ``jobs``, every column in one
+    place (a job planned in the background and one planned at submit record the same
+    fields, its key's origin among them)."""
+    names = ", ".join(_JOB_COLUMNS)
+    values = ", ".join(f":{c}" for c in _JOB_COLUMNS)
+    row = {
+        **dict.fromkeys(_JOB_OPTIONAL),
+        **job,
+        "spec": orjson.dumps(job["spec"]).decode(),
+        "policy": orjson.dumps(job["policy"]).decode(),
+    }
+    if summary is not None:
+        row["summary"] = orjson.dumps(summary).decode()
+    db.execute(f"INSERT INTO jobs ({names}) VALUES ({values})", row)
 
 
 def _twin(db: sqlite3.Connection, job: dict[str, Any]) -> str | None:

@@ -56,6 +56,20 @@ SENTIMENT_KEYWORDS = {
 }
 
 
+#: A JSON schema of a sentiment label and a confidence between 0 and 1: the structured
+#: output :func:`sentiment_responder` fills (``response_format=SENTIMENT_SCHEMA``), for
+#: the benchmarks and tests that classify :func:`reviews` on the emulator.
+SENTIMENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+    "required": ["label", "confidence"],
+    "additionalProperties": False,
+}
+
+
 #: How often each model of the demo gives the stand-in's answer (the rest: another label
 #: with a lower confidence; see :func:`nbbatch.emulator.with_quality`). Made up for the
 #: demonstration, not measured: a small model wrong on about one row in eight, a large

@@ -145,3 +145,30 @@ def model_for(client) -> str:
     if isinstance(client, genai.Client):
         return "gemini-2.5-flash"
     return "claude-haiku-4-5" if isinstance(client, anthropic.Anthropic) else "gpt-4o-mini"
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    """A local Dask cluster of two worker processes, so what runs on the workers is
+    visibly not the driver and what they write crosses a process boundary."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as c:
+        with distributed.Client(c) as client:
+            yield client
+
+
+@pytest.fixture
+def together(tmp_path, monkeypatch):
+    """Submits (and background planners) of the same rows wait for each other after
+    looking for the same job (see ``look_together``): the folder they meet in."""
+    from nbbatch._ledger import Ledger
+
+    from ._helpers import look_together
+
+    monkeypatch.setattr(Ledger, "find_job", Ledger.find_job)  # restored after the test
+    folder = tmp_path / "lookers"
+    folder.mkdir()
+    look_together(folder)
+    return folder

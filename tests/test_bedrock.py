@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,21 +28,17 @@ from nbbatch.emulator._faults import TRANSIENT_MARKER  # noqa: E402
 from nbbatch.providers.base import RequestSpec  # noqa: E402
 from nbbatch.providers.bedrock import BedrockBatch, BedrockProvider  # noqa: E402
 
+from ._helpers import free_port  # noqa: E402
+
 ROLE = "arn:aws:iam::123456789012:role/nbbatch-batch"
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_url() -> Iterator[str]:
     """moto's S3 server on a free loopback port, for the module."""
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
@@ -216,50 +211,46 @@ def faulty(s3_url: str) -> Iterator[emulator.Emulator]:
         yield e
 
 
-def test_a_record_missing_from_the_output_is_a_failed_row_not_a_lost_one(aws, faulty):
+@pytest.fixture
+def faulty_client(aws, faulty) -> Iterator[BedrockBatch]:
+    """A Bedrock batch client on :func:`faulty`'s control plane and moto's S3."""
     bedrock = boto3.client(
         "bedrock", endpoint_url=faulty.url + "/bedrock", region_name="us-east-1", **KEYS
     )
     try:
-        client = BedrockBatch(
+        yield BedrockBatch(
             f"s3://{aws['bucket']}/runs", ROLE, "us-east-1", bedrock=bedrock, s3=aws["s3"]
         )
-        data = reviews(100)
-        job = nb.submit(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
-                        client=client, output="answer", retries=0)  # fmt: skip
-        out = job.wait(timeout=120, progress=False).merge(data)
-        missing = out[out["answer_status"] != "succeeded"]
-        assert len(missing) == 5  # 5% of 100, every one accounted for
-        assert (missing["answer_status"] == "failed").all()
-        assert missing["answer_error"].str.contains("no result").all()
     finally:
         bedrock.close()
 
 
-def test_cancel_stops_the_job_and_its_unrun_records_end_cancelled(aws, faulty):
-    bedrock = boto3.client(
-        "bedrock", endpoint_url=faulty.url + "/bedrock", region_name="us-east-1", **KEYS
-    )
-    try:
-        client = BedrockBatch(
-            f"s3://{aws['bucket']}/runs", ROLE, "us-east-1", bedrock=bedrock, s3=aws["s3"]
-        )
-        data = reviews(100)
-        job = nb.submit(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
-                        client=client, output="answer")  # fmt: skip
-        give_up = time.monotonic() + 60  # submit returns at once: wait for the job to exist
-        while not faulty.stats()["bedrock_batches_created"] and time.monotonic() < give_up:
-            time.sleep(0.05)
-        job.cancel()
-        out = job.wait(timeout=120, progress=False).merge(data)
-        statuses = set(out["answer_status"])
-        assert "cancelled" in statuses
-        assert statuses <= {"succeeded", "failed", "cancelled"}
-        assert len(out) == 100
-        listed = bedrock.list_model_invocation_jobs()["invocationJobSummaries"]
-        assert listed[0]["status"] == "Stopped"
-    finally:
-        bedrock.close()
+def test_a_record_missing_from_the_output_is_a_failed_row_not_a_lost_one(faulty_client, faulty):
+    data = reviews(100)
+    job = nb.submit(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
+                    client=faulty_client, output="answer", retries=0)  # fmt: skip
+    out = job.wait(timeout=120, progress=False).merge(data)
+    missing = out[out["answer_status"] != "succeeded"]
+    assert len(missing) == 5  # 5% of 100, every one accounted for
+    assert (missing["answer_status"] == "failed").all()
+    assert missing["answer_error"].str.contains("no result").all()
+
+
+def test_cancel_stops_the_job_and_its_unrun_records_end_cancelled(faulty_client, faulty):
+    data = reviews(100)
+    job = nb.submit(data, "Sentiment of: {text}", model=CLAUDE, provider="bedrock",
+                    client=faulty_client, output="answer")  # fmt: skip
+    give_up = time.monotonic() + 60  # submit returns at once: wait for the job to exist
+    while not faulty.stats()["bedrock_batches_created"] and time.monotonic() < give_up:
+        time.sleep(0.05)
+    job.cancel()
+    out = job.wait(timeout=120, progress=False).merge(data)
+    statuses = set(out["answer_status"])
+    assert "cancelled" in statuses
+    assert statuses <= {"succeeded", "failed", "cancelled"}
+    assert len(out) == 100
+    listed = faulty_client.bedrock.list_model_invocation_jobs()["invocationJobSummaries"]
+    assert listed[0]["status"] == "Stopped"
 
 
 def test_a_job_over_the_record_limit_is_split_evenly_so_no_part_is_below_the_minimum(

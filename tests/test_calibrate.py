@@ -14,23 +14,11 @@ import nbbatch as nb
 from nbbatch import emulator
 from nbbatch._agreement import sample_of
 from nbbatch._calibrate import Calibration, agreement_curve, pick_threshold, realised_note
+from nbbatch.datasets import SENTIMENT_SCHEMA as SCHEMA
 
+from ._helpers import LABELS, truth
+from ._helpers import numbered_rows as data
 from .conftest import client_for
-
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-    },
-    "required": ["label", "confidence"],
-    "additionalProperties": False,
-}
-LABELS = ["positive", "negative", "neutral"]
-
-
-def truth(i: int) -> str:
-    return LABELS[i % 3]
 
 
 def responder(request: emulator.Request) -> dict:
@@ -44,10 +32,6 @@ def server():
     quality = {"gpt-4o-mini": 0.8, "gpt-4o": 1.0}
     with emulator.start(processing_seconds=0.02, responder=responder, quality=quality) as s:
         yield s
-
-
-def data(n: int) -> pd.DataFrame:
-    return pd.DataFrame({"i": range(n)}, index=pd.Index([f"r{k}" for k in range(n)]))
 
 
 def test_auto_picks_a_threshold_that_meets_the_target_and_escalates_the_rest(server):

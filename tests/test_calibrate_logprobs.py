@@ -16,20 +16,12 @@ import pytest
 import nbbatch as nb
 from nbbatch import emulator
 
+from ._helpers import LABEL_SCHEMA as SCHEMA
+from ._helpers import numbered_rows as data
+from ._helpers import truth
 from .conftest import batches_created, client_for
 
-SCHEMA = {
-    "type": "object",
-    "properties": {"label": {"type": "string", "enum": ["positive", "negative", "neutral"]}},
-    "required": ["label"],
-    "additionalProperties": False,
-}
-LABELS = ["positive", "negative", "neutral"]
 QUALITY = {"gpt-4o-mini": 0.8, "gpt-4o": 1.0}
-
-
-def truth(i: int) -> str:
-    return LABELS[i % 3]
 
 
 def responder(request: emulator.Request) -> dict:
@@ -40,10 +32,6 @@ def responder(request: emulator.Request) -> dict:
 def server():
     with emulator.start(processing_seconds=0.02, responder=responder, quality=QUALITY) as s:
         yield s
-
-
-def data(n: int) -> pd.DataFrame:
-    return pd.DataFrame({"i": range(n)}, index=pd.Index([f"r{k}" for k in range(n)]))
 
 
 def test_logprobs_give_each_row_a_score_that_is_lower_where_the_model_disagrees(server):

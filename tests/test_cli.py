@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 from urllib.parse import urlparse
 
 import openai
@@ -18,22 +16,12 @@ import pytest
 import nbbatch as nb
 from nbbatch import cli, emulator
 
+from ._helpers import modules_loaded
+from ._helpers import run_cli as nbbatch
 from .conftest import openai_client
 from .this_machine import needs_remote_host, remote_host
 
 HEAVY = ("openai", "anthropic", "uvicorn", "starlette", "ipywidgets", "tiktoken", "polars")
-
-
-def nbbatch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``nbbatch ARGS`` in a new process (environment, and so NBBATCH_HOME, inherited)."""
-    return subprocess.run(
-        [sys.executable, "-m", "nbbatch.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=dict(os.environ),
-        timeout=120,
-    )
 
 
 def reviews() -> pd.DataFrame:
@@ -60,13 +48,7 @@ def _plain(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_import_loads_no_sdk_server_or_widgets():
-    code = (
-        "import nbbatch, nbbatch.cli, sys; "
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert modules_loaded("import nbbatch, nbbatch.cli", HEAVY) == []
 
 
 @pytest.mark.parametrize("first", ["pandas", "nbbatch"])

@@ -5,8 +5,6 @@ same values. Through the OpenAI SDK and the emulator."""
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,8 @@ import pyarrow.parquet as pq
 import nbbatch as nb
 from nbbatch import columns, emulator, states
 from nbbatch.columns import Role
+
+from ._helpers import run_cli
 
 LATENCY = "response_latency_s"
 
@@ -48,11 +48,7 @@ def test_latency_counts_from_submit_to_each_rows_result_on_every_path(oai, tmp_p
     written = pq.read_table(job.to_parquet(tmp_path / "out.parquet")).to_pandas()
     assert values(written[LATENCY]) == values(out[LATENCY])
     target = tmp_path / "collected.parquet"
-    run = subprocess.run(
-        [sys.executable, "-m", "nbbatch.cli", "collect", job.id, "--out", str(target)],
-        capture_output=True,
-        text=True,
-    )
+    run = run_cli("collect", job.id, "--out", str(target))
     assert run.returncode == 0, run.stderr
     assert values(pd.read_parquet(target)[LATENCY]) == values(out[LATENCY])
 

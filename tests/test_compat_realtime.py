@@ -4,51 +4,29 @@ service's own SDK (``chat.completions.create``) over HTTP to the emulator's vari
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
-import groq
 import pandas as pd
 import pytest
-import together
 
 import nbbatch as nb
 from nbbatch import emulator
-from nbbatch.providers.groq import GroqProvider
-from nbbatch.providers.together import TogetherProvider
+
+from .test_compat_providers import (  # noqa: F401  (_close: closes the clients made here)
+    SERVICES,
+    TOGETHER_MODEL,
+    _close,
+    client_of,
+    model_of,
+)
 
 PROMPT = "Classify: {text}"
-GROQ_MODEL = "llama-3.1-8b-instant"
-TOGETHER_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
-SERVICES = ["groq", "together"]
-_OPEN: list[Any] = []
 
 
 @pytest.fixture(scope="module")
 def emu() -> Iterator[emulator.Emulator]:
+    """An emulator of this module's own (its request log read by the tests)."""
     with emulator.start(processing_seconds=0.05) as server:
         yield server
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close() -> Iterator[None]:
-    yield
-    for c in _OPEN:
-        c.close()
-
-
-def client_of(service: str, emu: emulator.Emulator) -> Any:
-    if service == "groq":
-        c: Any = groq.Groq(api_key="test-key", base_url=emu.url + GroqProvider.emulator_prefix)
-    else:
-        c = together.Together(
-            api_key="test-key", base_url=emu.url + str(TogetherProvider.emulator_prefix)
-        )
-    _OPEN.append(c)
-    return c
-
-
-def model_of(service: str) -> str:
-    return GROQ_MODEL if service == "groq" else TOGETHER_MODEL
 
 
 @pytest.mark.parametrize("service", SERVICES)

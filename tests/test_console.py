@@ -15,20 +15,8 @@ import nbbatch as nb
 from nbbatch import emulator
 from nbbatch._console import HEARTBEAT, ConsoleReporter
 
+from ._helpers import FakeTime
 from .conftest import openai_client
-
-
-class FakeTime:
-    """A clock that only moves when the job sleeps."""
-
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 def _frame(n: int) -> pd.DataFrame:

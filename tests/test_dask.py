@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -14,8 +13,9 @@ import pytest
 
 import nbbatch as nb
 from nbbatch import emulator
-from nbbatch.providers.openai import OpenAIProvider
 
+from ._helpers import PROMPT, count_row_encodes
+from ._helpers import echoed as expected
 from .conftest import client_for, model_for, openai_client
 
 # The dev extra installs dask: under CI a missing dask fails the run instead of skipping.
@@ -31,14 +31,6 @@ else:
         "distributed", reason="dask.distributed is not installed (pip install nbbatch[dask])"
     )
 
-PROMPT = "Classify: {text}"
-
-
-def queue_template(prompts) -> bool:
-    """The one line with an empty prompt that the batch queue's token estimate encodes
-    to learn what every line carries besides its prompt (nbbatch._quota): not a row's."""
-    return prompts.to_pylist() == [""]
-
 
 pytestmark = pytest.mark.filterwarnings(
     # the cluster's own shutdown and port choices are not ours to fix
@@ -46,20 +38,6 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore::ResourceWarning",
     "ignore:Port .* is already in use:UserWarning",
 )
-
-
-def expected(texts) -> list[str]:
-    return [emulator.echo_text(PROMPT.format(text=t)) for t in texts]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[distributed.Client]:
-    """Two worker processes, so what runs on the workers is visibly not the driver."""
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as c:
-        with distributed.Client(c) as client:
-            yield client
 
 
 def frame(n: int, parts: int) -> tuple[pd.DataFrame, dd.DataFrame]:
@@ -70,23 +48,15 @@ def frame(n: int, parts: int) -> tuple[pd.DataFrame, dd.DataFrame]:
 
 
 def test_dask_frame_is_planned_on_the_workers_and_merged_back_lazily(
-    cluster, emu, monkeypatch, nbbatch_home
+    dask_cluster, emu, monkeypatch, nbbatch_home
 ):
     df, ddf = frame(300, 4)
     client = openai_client(emu)
 
     # The driver encodes no row's request beyond the one that checks the parameters
     # before anything is planned: the workers' lines are uploaded as they are.
-    encoded: list[int] = []
-    real = OpenAIProvider.encode
-
-    def counted(self, ids, prompts, spec):
-        if not queue_template(prompts):
-            encoded.append(len(ids))
-        return real(self, ids, prompts, spec)
-
     with monkeypatch.context() as patch:
-        patch.setattr(OpenAIProvider, "encode", counted)
+        encoded = count_row_encodes(patch)
         job = nb.submit(ddf, PROMPT, model=model_for(client), client=client, output="label")
         job.wait(timeout=60, progress=False)
     assert encoded == [1]
@@ -119,7 +89,7 @@ def test_dask_frame_is_planned_on_the_workers_and_merged_back_lazily(
     assert again["label"].tolist() == got["label"].tolist()
 
 
-def test_same_dask_submit_twice_pays_once_and_id_column_names_rows(cluster, emu, capsys):
+def test_same_dask_submit_twice_pays_once_and_id_column_names_rows(dask_cluster, emu, capsys):
     df, ddf = frame(60, 3)
     df["rid"] = [f"r{i}" for i in range(60)]
     ddf = dd.from_pandas(df, npartitions=3)
@@ -134,7 +104,7 @@ def test_same_dask_submit_twice_pays_once_and_id_column_names_rows(cluster, emu,
     assert out["response"].tolist() == expected(df["text"])
 
 
-def test_dask_merge_refuses_changed_rows(cluster, emu):
+def test_dask_merge_refuses_changed_rows(dask_cluster, emu):
     df, ddf = frame(40, 2)
     client = openai_client(emu)
     job = nb.submit(ddf, PROMPT, model=model_for(client), client=client)
@@ -148,7 +118,7 @@ def test_dask_merge_refuses_changed_rows(cluster, emu):
         job.merge(dd.from_pandas(df, npartitions=3))
 
 
-def test_dask_duplicate_ids_across_partitions_are_refused(cluster, emu):
+def test_dask_duplicate_ids_across_partitions_are_refused(dask_cluster, emu):
     df = pd.DataFrame({"text": ["a", "b", "c", "d"], "rid": ["x", "y", "x", "z"]})
     ddf = dd.from_pandas(df, npartitions=2)
     client = openai_client(emu)
@@ -157,7 +127,7 @@ def test_dask_duplicate_ids_across_partitions_are_refused(cluster, emu):
     assert nb.jobs().empty
 
 
-def test_dask_to_parquet_writes_a_folder_from_the_workers(cluster, emu, tmp_path):
+def test_dask_to_parquet_writes_a_folder_from_the_workers(dask_cluster, emu, tmp_path):
     df, ddf = frame(50, 2)
     client = openai_client(emu)
     job = nb.submit(ddf, PROMPT, model=model_for(client), client=client)
@@ -169,22 +139,14 @@ def test_dask_to_parquet_writes_a_folder_from_the_workers(cluster, emu, tmp_path
     assert back["response_batch_id"].tolist() == job.results()["batch_id"].tolist()
 
 
-def test_dask_retries_send_the_workers_lines_again_and_failed_stays_lazy(cluster, monkeypatch):
+def test_dask_retries_send_the_workers_lines_again_and_failed_stays_lazy(dask_cluster, monkeypatch):
     df, _ = frame(90, 3)
     df.loc[[4, 40, 80], "text"] = [f"{emulator.TRANSIENT_MARKER} once {i}" for i in (4, 40, 80)]
     df.loc[[10, 70], "text"] = [f"{emulator.FAIL_MARKER} never {i}" for i in (10, 70)]
     ddf = dd.from_pandas(df, npartitions=3)
-    encoded: list[int] = []
-    real = OpenAIProvider.encode
-
-    def counted(self, ids, prompts, spec):
-        if not queue_template(prompts):
-            encoded.append(len(ids))
-        return real(self, ids, prompts, spec)
-
     # An emulator of its own: the transient marker fails a custom_id's first attempt.
     with emulator.start(processing_seconds=0.05) as server, monkeypatch.context() as patch:
-        patch.setattr(OpenAIProvider, "encode", counted)
+        encoded = count_row_encodes(patch)
         client = openai_client(server)
         job = nb.submit(ddf, PROMPT, model=model_for(client), client=client)
         job.wait(timeout=60, progress=False)
@@ -202,7 +164,7 @@ def test_dask_retries_send_the_workers_lines_again_and_failed_stays_lazy(cluster
         assert out.loc[good, "response"].tolist() == expected(df.loc[good, "text"])
 
 
-def test_dask_preview_plans_on_the_workers_and_records_nothing(cluster):
+def test_dask_preview_plans_on_the_workers_and_records_nothing(dask_cluster):
     df, ddf = frame(120, 3)
     shown = nb.preview(ddf, PROMPT, model="gpt-4o-mini", n=3)
     assert shown["custom_id"].tolist() == ["0", "1", "2"]
@@ -212,22 +174,14 @@ def test_dask_preview_plans_on_the_workers_and_records_nothing(cluster):
 
 
 def test_a_dask_job_recorded_but_not_sent_is_sent_by_a_new_session_from_the_ledger(
-    cluster, emu, monkeypatch, nbbatch_home
+    dask_cluster, emu, monkeypatch, nbbatch_home
 ):
     """A kernel that dies after submit recorded the job, before anything was sent: the
     next session finds the workers' request lines through the ledger alone."""
     df, ddf = frame(80, 4)
     client = openai_client(emu)
-    encoded: list[int] = []
-    real = OpenAIProvider.encode
-
-    def counted(self, ids, prompts, spec):
-        if not queue_template(prompts):
-            encoded.append(len(ids))
-        return real(self, ids, prompts, spec)
-
     with monkeypatch.context() as patch:
-        patch.setattr(OpenAIProvider, "encode", counted)
+        encoded = count_row_encodes(patch)
         patch.setattr(nb.BatchJob, "start_sending", lambda self, **kw: None)  # "dies" here
         job_id = nb.submit(ddf, PROMPT, model=model_for(client), client=client).id
         assert nb.attach(job_id, client=client).batch_ids == []
@@ -242,7 +196,7 @@ def test_a_dask_job_recorded_but_not_sent_is_sent_by_a_new_session_from_the_ledg
     assert out["response"].tolist() == expected(df["text"])
 
 
-def test_rows_answered_by_an_earlier_pandas_job_are_reused_not_paid_again(cluster, emu):
+def test_rows_answered_by_an_earlier_pandas_job_are_reused_not_paid_again(dask_cluster, emu):
     df, ddf = frame(45, 3)
     client = openai_client(emu)
     kwargs = dict(model=model_for(client), client=client)
@@ -257,7 +211,7 @@ def test_rows_answered_by_an_earlier_pandas_job_are_reused_not_paid_again(cluste
 
 
 @pytest.mark.parametrize("provider", ["anthropic", "gemini"])
-def test_dask_workers_encode_for_every_provider(cluster, emu, provider):
+def test_dask_workers_encode_for_every_provider(dask_cluster, emu, provider):
     df, ddf = frame(70, 3)
     client = client_for(provider, emu)
     job = nb.submit(ddf, PROMPT, model=model_for(client), client=client, max_tokens=2000)
@@ -268,7 +222,7 @@ def test_dask_workers_encode_for_every_provider(cluster, emu, provider):
     )
 
 
-def test_a_packed_dask_job_maps_every_answer_to_its_own_row(cluster, emu):
+def test_a_packed_dask_job_maps_every_answer_to_its_own_row(dask_cluster, emu):
     """Packs are built by the driver from the workers' manifest (several rows to one
     request), and every row still gets its own answer."""
     df, ddf = frame(64, 4)
@@ -282,7 +236,7 @@ def test_a_packed_dask_job_maps_every_answer_to_its_own_row(cluster, emu):
 
 
 def test_nbbatch_collect_writes_a_dask_jobs_results_without_its_frame(
-    cluster, emu, tmp_path, monkeypatch
+    dask_cluster, emu, tmp_path, monkeypatch
 ):
     from nbbatch import cli
 
@@ -298,7 +252,7 @@ def test_nbbatch_collect_writes_a_dask_jobs_results_without_its_frame(
 
 
 def test_workers_that_cannot_see_the_staging_folder_are_told_how_to_share_it(
-    cluster, emu, monkeypatch, tmp_path
+    dask_cluster, emu, monkeypatch, tmp_path
 ):
     """Workers on other machines do not see the driver's disk: simulated by moving the
     staging folder away from them, the error names the setting that fixes it."""
@@ -319,7 +273,7 @@ def test_workers_that_cannot_see_the_staging_folder_are_told_how_to_share_it(
 
 
 def test_nbbatch_staging_names_the_folder_workers_and_driver_share(
-    cluster, emu, monkeypatch, tmp_path
+    dask_cluster, emu, monkeypatch, tmp_path
 ):
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -334,7 +288,7 @@ def test_nbbatch_staging_names_the_folder_workers_and_driver_share(
     assert out.compute()["response"].tolist() == expected(df["text"])
 
 
-def test_staging_left_by_a_submit_that_died_is_swept_by_the_next(cluster, emu, nbbatch_home):
+def test_staging_left_by_a_submit_that_died_is_swept_by_the_next(dask_cluster, emu, nbbatch_home):
     client = openai_client(emu)
     df, ddf = frame(12, 2)
     nb.submit(ddf, PROMPT, model=model_for(client), client=client).wait(timeout=60)

@@ -13,6 +13,7 @@ import pytest
 import nbbatch as nb
 from nbbatch import emulator
 
+from ._helpers import run_cli
 from .conftest import anthropic_client, openai_client
 
 PROMPT = "Summarise: {body}"
@@ -189,62 +190,49 @@ def test_preview_refuses_a_deadline_submit_would_refuse():
         nb.preview(_frame(2), PROMPT, model="o4-mini", provider="openai", on_deadline="flex")
 
 
-def test_the_deadline_acts_at_the_next_poll_that_may_send_not_at_a_sidebar_check(tmp_path):
-    import os
-    import subprocess
-    import sys
+def _past_its_deadline(emu: emulator.Emulator) -> nb.BatchJob:
+    """A 5-row job sent to ``emu`` with a deadline of one second and on_deadline=
+    "realtime", that no session polls (as after a closed kernel), once the deadline
+    has passed."""
     import time
 
+    job = nb.submit(_frame(5), PROMPT, model="o4-mini", client=openai_client(emu),
+                    deadline=dt.timedelta(seconds=1), on_deadline="realtime")  # fmt: skip
+    job.stop_polling()  # this session stops watching it, as a closed kernel would
+    job.wait_sent(timeout=60)
+    due = job.snapshot().deadline
+    assert due is not None
+    while time.time() < due + 0.5:
+        time.sleep(0.2)
+    return job
+
+
+def test_the_deadline_acts_at_the_next_poll_that_may_send_not_at_a_sidebar_check(tmp_path):
     from nbbatch._ledger import default as ledger
     from nbbatch.labext import views
 
     with emulator.start(processing_seconds=600) as emu:
-        job = nb.submit(_frame(5), PROMPT, model="o4-mini", client=openai_client(emu),
-                        deadline=dt.timedelta(seconds=1), on_deadline="realtime")  # fmt: skip
-        job.stop_polling()  # this session stops watching it, as a closed kernel would
-        job.wait_sent(timeout=60)
-        due = job.snapshot().deadline
-        assert due is not None
-        while time.time() < due + 0.5:
-            time.sleep(0.2)  # no session polls the job as its deadline passes
+        job = _past_its_deadline(emu)  # no session polls the job as its deadline passes
         # The sidebar's check (as its "check now") collects what ended but never sends.
         views.refresh(ledger(), job.id)
         assert emu.stats()["realtime_requests"] == 0
         assert job.counts["pending"] == 5
         # The next poll that may send, from any process, acts on the deadline.
-        run = subprocess.run(
-            [sys.executable, "-m", "nbbatch.cli", "collect", job.id, "--wait",
-             "--out", str(tmp_path / "out.csv")],
-            capture_output=True, text=True, env=dict(os.environ), timeout=120,
-        )  # fmt: skip
+        run = run_cli("collect", job.id, "--wait", "--out", str(tmp_path / "out.csv"))
         assert run.returncode == 0, run.stderr
         assert emu.stats()["realtime_requests"] == 5
         assert nb.attach(job.id).counts["realtime"] == 5
 
 
 def test_cancelling_or_forgetting_a_job_past_its_deadline_sends_nothing():
-    import os
-    import subprocess
-    import sys
-    import time
-
     with emulator.start(processing_seconds=600) as emu:
-        job = nb.submit(_frame(5), PROMPT, model="o4-mini", client=openai_client(emu),
-                        deadline=dt.timedelta(seconds=1), on_deadline="realtime")  # fmt: skip
-        job.stop_polling()  # this session stops watching it, as a closed kernel would
-        job.wait_sent(timeout=60)
-        due = job.snapshot().deadline
-        assert due is not None
-        while time.time() < due + 0.5:
-            time.sleep(0.2)
+        job = _past_its_deadline(emu)
         # forget() looks at which batches are open without sending, and refuses.
         with pytest.raises(nb.NbbatchError, match="call job.cancel"):
             job.forget()
         assert emu.stats()["realtime_requests"] == 0
         # `nbbatch cancel` cancels; it does not first pay for the rows past the deadline.
-        run = subprocess.run([sys.executable, "-m", "nbbatch.cli", "cancel", job.id],
-                             capture_output=True, text=True, env=dict(os.environ),
-                             timeout=120)  # fmt: skip
+        run = run_cli("cancel", job.id)
         assert run.returncode == 0, run.stderr
         assert emu.stats()["realtime_requests"] == 0
         from nbbatch._ledger import default as ledger

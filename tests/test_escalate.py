@@ -8,7 +8,6 @@ the request), which is what "paid" means on a real provider: an answer given.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -24,7 +23,9 @@ from hypothesis import strategies as st
 
 import nbbatch as nb
 from nbbatch import emulator
+from nbbatch.datasets import SENTIMENT_SCHEMA
 
+from ._helpers import run_until_killed
 from .conftest import batch_ids_at, batches_created, client_for, model_for
 from .test_durable import _Url, assert_every_row_terminal_once
 
@@ -148,15 +149,7 @@ def test_a_cascade_on_structured_confidence_escalates_the_uncertain_rows(emu):
     model."""
     labels = {"positive": ["love", "great"], "negative": ["broken", "awful"]}
     responder = emulator.keyword_responder(labels, default="neutral")
-    schema = {
-        "type": "object",
-        "properties": {
-            "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
-            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        },
-        "required": ["label", "confidence"],
-        "additionalProperties": False,
-    }
+    schema = SENTIMENT_SCHEMA
     reviews = ["love it", "awful, broken", "it is a kettle", "great", "arrived on tuesday",
                "broken lid", "fine I guess", "great, love it"]  # fmt: skip
     df = pd.DataFrame({"review": reviews})
@@ -250,13 +243,7 @@ def test_a_cascade_killed_between_its_stages_resumes_after_attach(
     url = emu_with_responder
     small, large = {"openai": ("gpt-4o-mini", "gpt-4o"),
                     "anthropic": ("claude-haiku-4-5", "claude-sonnet-4-5")}[provider]  # fmt: skip
-    env = {**os.environ, "ARGS": f"{url} {provider} {mode}", "NBBATCH_HOME": str(nbbatch_home)}
-    child = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(CHILD)],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
-    assert child.returncode == 9, child.stderr
-    job_id = child.stdout.split()[0]
+    job_id = run_until_killed(CHILD, f"{url} {provider} {mode}", nbbatch_home).split()[0]
     client = client_for(provider, _Url(url))
     at_provider = len(batch_ids_at(client))
 

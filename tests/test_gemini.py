@@ -16,6 +16,7 @@ from nbbatch.providers import build
 from nbbatch.providers.base import RequestSpec
 from nbbatch.providers.gemini import parse_lines
 
+from ._helpers import FakeTime
 from .conftest import batches_created, gemini_client
 
 DF = pd.DataFrame({"text": ["one", "two", "three"]})
@@ -271,19 +272,6 @@ def gemini_client_stub():
 
 
 # -- progress and failure, as the batch operation reports them ------------------------------
-class FakeTime:
-    """A clock that only moves when told (the emulator and the job share it)."""
-
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
-
-
 def test_batch_stats_feed_the_done_and_failed_counts_while_the_batch_runs():
     fake = FakeTime()
     with emulator.start(processing_seconds=100.0, error_rate=0.2, clock=fake.now) as server:

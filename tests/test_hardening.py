@@ -8,17 +8,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import secrets
-import socket
 import subprocess
 import sys
-import threading
-import time
 import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import openai
@@ -28,6 +23,7 @@ import pytest
 import nbbatch as nb
 from nbbatch import emulator
 
+from ._helpers import Listener, jupyter_running
 from .conftest import openai_client
 from .this_machine import remote_host
 
@@ -35,38 +31,19 @@ NOBODY = 65534
 CLIENT_KEY = "proxy-key-of-ours-0123456789abcdef"
 
 
-class _EchoesKey(BaseHTTPRequestHandler):
-    """Refuses every request with a 401 that quotes the key it was sent."""
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        if length:
-            self.rfile.read(length)
-        sent = self.headers.get("authorization", "")
-        body = json.dumps({"error": {"message": f"Incorrect API key provided: {sent}"}}).encode()
-        self.send_response(401)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 def test_no_key_in_the_chained_sdk_error_of_a_traceback():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoesKey)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    def quote_key(headers: dict[str, str]) -> dict:  # a 401 that quotes the key it was sent
+        sent = headers.get("authorization", "")
+        return {"error": {"message": f"Incorrect API key provided: {sent}"}}
+
+    server = Listener("127.0.0.1", 0, status=401, body=quote_key)
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        url = f"http://127.0.0.1:{server.port}/v1"
         with openai.OpenAI(base_url=url, api_key=CLIENT_KEY, max_retries=0) as client:
             with pytest.raises(nb.ProviderError) as raised:
                 nb.submit(pd.DataFrame({"t": ["a"]}), "{t}", model="gpt-4o-mini", client=client)
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
     error: BaseException | None = raised.value
     chain = []
     while error is not None:
@@ -157,45 +134,13 @@ def test_a_ledger_folder_of_another_user_is_refused(monkeypatch, tmp_path):
 # ------------------------------------------------------------------ the sidebar's server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def jupyter(tmp_path) -> Iterator[tuple[str, str, Path]]:
     """Jupyter Server (with nbbatch's extension) on this test's ledger: url, token, root."""
     root = tmp_path / "root"
     root.mkdir()
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}  # fmt: skip
-    cmd = [sys.executable, "-m", "jupyter_server", "--no-browser", f"--port={port}",
-           "--allow-root", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={root}"]  # fmt: skip
-    log = (tmp_path / "server.log").open("wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
-                    break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (
-                    tmp_path / "server.log"
-                ).read_text()[-3000:]
-                time.sleep(0.3)
+    with jupyter_running("jupyter_server", root, tmp_path) as (url, token):
         yield url, token, root
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _call(url: str, token: str, method: str = "GET", body: dict | None = None):
@@ -225,23 +170,6 @@ def test_the_sidebar_answers_bad_requests_with_a_clear_4xx(jupyter, emu):
     assert status == 200 and answer["rows"] == 1
 
 
-class _NotJson(BaseHTTPRequestHandler):
-    """Answers every request 200 with a body that is not JSON (a proxy's error page)."""
-
-    def _answer(self) -> None:
-        body = b"<html>{not json"
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = _answer
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def env_key(monkeypatch) -> str:
     """The environment's OpenAI key, set before the server starts (it polls with it)."""
@@ -262,13 +190,12 @@ def test_a_provider_answering_malformed_json_is_a_clear_warning(env_key, jupyter
         job.wait_sent()
         port = server.port
         client.close()
-    broken = ThreadingHTTPServer((host, port), _NotJson)
-    threading.Thread(target=broken.serve_forever, daemon=True).start()
+    # Whoever answers there now answers 200 with a body that is not JSON (a proxy's page).
+    broken = Listener(host, port, status=200, body=lambda h: b"<html>{not json")
     try:
         status, answer = _call(f"{url}/nbbatch/api/jobs/{job.id}/refresh", token, "POST", {})
     finally:
-        broken.shutdown()
-        broken.server_close()
+        broken.close()
     assert status == 200, answer
     assert "not its API's JSON" in answer["warning"]
 

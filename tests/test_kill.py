@@ -8,10 +8,6 @@ itself (``os._exit``) at the chosen moment, as a crash or ``kill -9`` would.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
@@ -19,6 +15,7 @@ import pytest
 import nbbatch as nb
 from nbbatch import emulator
 
+from ._helpers import run_until_killed
 from .conftest import batch_ids_at, client_for
 from .test_durable import _Url, assert_every_row_terminal_once, emu_process, frame  # noqa: F401
 
@@ -76,14 +73,9 @@ CHILD = """
 
 def _killed_child(url: str, provider: str, mode: str, data: str, home) -> str:
     """Run CHILD in a new process until it kills itself at ``mode``; the job's id."""
-    env = {**os.environ, "ARGS": f"{url} {provider} {mode} {data}", "NBBATCH_HOME": str(home)}
-    child = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(CHILD)],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
-    assert child.returncode == 9, child.stderr
-    assert "finished" not in child.stdout
-    return child.stdout.split()[0]
+    printed = run_until_killed(CHILD, f"{url} {provider} {mode} {data}", home)
+    assert "finished" not in printed
+    return printed.split()[0]
 
 
 def _at_provider(client) -> list[str]:

@@ -4,15 +4,14 @@ the same values on every path. Through the OpenAI SDK and the emulator."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 import nbbatch as nb
 from nbbatch import emulator
+
+from ._helpers import run_cli
 
 LINEAGE = ["model", "prompt_hash", "batch_id", "attempt"]
 
@@ -55,11 +54,7 @@ def test_lineage_is_the_same_in_results_merge_to_parquet_and_collect(oai, tmp_pa
     assert "response_model" not in bare.column_names
 
     target = tmp_path / "collected.parquet"
-    run = subprocess.run(
-        [sys.executable, "-m", "nbbatch.cli", "collect", job.id, "--out", str(target)],
-        capture_output=True,
-        text=True,
-    )
+    run = run_cli("collect", job.id, "--out", str(target))
     assert run.returncode == 0, run.stderr
     collected = pd.read_parquet(target)
     for name in names:

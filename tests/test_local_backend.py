@@ -71,6 +71,16 @@ def wait_dead(pid: int, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def kill_background(home: Path) -> _background.Background:
+    """Kill the background emulator of ``home`` (SIGKILL, as a crash would) and wait
+    until it is gone; what :func:`_background.find` said of it."""
+    first = _background.find(home)
+    assert first is not None
+    os.kill(first.pid, signal.SIGKILL)
+    wait_dead(first.pid)
+    return first
+
+
 def expected() -> list[str]:
     return [emulator.echo_text(PROMPT.format(text=t)) for t in TEXTS]
 
@@ -139,10 +149,7 @@ def test_b_status_cancel_forget_and_collect_from_the_command_line(
 def test_c_a_killed_background_emulator_is_restarted_and_serves_the_job(nbbatch_home, monkeypatch):
     monkeypatch.setenv("NBBATCH_EMULATOR_PROCESSING_SECONDS", "8")
     job_id = submit_and_exit()
-    first = _background.find(nbbatch_home)
-    assert first is not None
-    os.kill(first.pid, signal.SIGKILL)
-    wait_dead(first.pid)
+    first = kill_background(nbbatch_home)
 
     out = python(
         f"""
@@ -162,10 +169,7 @@ def test_c_a_killed_background_emulator_is_restarted_and_serves_the_job(nbbatch_
 def test_c_a_wiped_state_ends_the_job_plainly_and_forget_removes_it(nbbatch_home, monkeypatch):
     monkeypatch.setenv("NBBATCH_EMULATOR_PROCESSING_SECONDS", "120")
     job_id = submit_and_exit()
-    first = _background.find(nbbatch_home)
-    assert first is not None
-    os.kill(first.pid, signal.SIGKILL)
-    wait_dead(first.pid)
+    kill_background(nbbatch_home)
     shutil.rmtree(nbbatch_home / "emulator")
 
     status = cli("status", job_id)
@@ -224,10 +228,7 @@ def test_a_kernel_whose_background_emulator_was_killed_starts_it_again(nbbatch_h
     monkeypatch.setenv("NBBATCH_EMULATOR_PROCESSING_SECONDS", "6")
     df = pd.DataFrame({"text": TEXTS})
     job = nb.submit(df, PROMPT, model="claude-3-5-haiku-latest", provider="local").wait_sent()
-    first = _background.find(nbbatch_home)
-    assert first is not None
-    os.kill(first.pid, signal.SIGKILL)
-    wait_dead(first.pid)
+    first = kill_background(nbbatch_home)
 
     # The next request finds no emulator that proves the home's key: one is started for
     # it (with a new key), and the request goes there, so the poll goes on unhindered.

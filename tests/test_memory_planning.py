@@ -5,13 +5,10 @@ and the rows come back complete and on their own rows."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 import threading
-import time
-from pathlib import Path
 
 import pandas as pd
 import polars as pl
@@ -21,9 +18,11 @@ import pytest
 import nbbatch as nb
 from nbbatch import _frames as frames
 from nbbatch import _inputs, emulator
+from nbbatch import _ledger as nb_ledger
 from nbbatch import _planning as planning
 
-from .conftest import batches_created, model_for
+from ._helpers import run_cli
+from .conftest import batches_created, model_for, openai_client
 
 PROMPT = "Summarise: {body}"
 
@@ -89,6 +88,29 @@ def test_polars_and_arrow_tables_are_planned_in_the_background_too(oai, gated, k
     assert merged["response"].tolist() == [
         emulator.echo_text(PROMPT.format(body=b)) for b in df["body"]
     ]
+
+
+def test_a_job_planned_in_the_background_records_its_key_and_a_new_process_polls_it(gated):
+    """The job's record says where its key came from whether its rows were planned at
+    submit or in the background, so ``nbbatch status`` in a new process polls either
+    while it runs (the background's record once left that out, and the poll was
+    refused)."""
+    gate, _ = gated
+    gate.set()
+    with emulator.start(processing_seconds=600) as server:
+        client = openai_client(server)
+        small = nb.submit(_frame(5), PROMPT, model="gpt-4o-mini", client=client)
+        large = nb.submit(_frame(12), PROMPT, model="gpt-4o-mini", client=client)
+        for job in (small, large):
+            job.wait_sent(timeout=60)
+        recorded = {job.id: nb_ledger.default().job(job.id) for job in (small, large)}
+        assert recorded[large.id]["credential"] == recorded[small.id]["credential"]
+        assert recorded[small.id]["credential"] is not None
+        for job in (small, large):
+            polled = run_cli("status", job.id)
+            assert polled.returncode == 0, polled.stderr
+            assert job.id in polled.stdout
+            job.cancel()
 
 
 def test_a_problem_all_rows_show_ends_the_job_failed_with_nothing_sent(client, emu, gated):
@@ -168,40 +190,6 @@ def test_a_row_over_the_providers_size_limit_fails_the_job_before_anything_is_se
 
 
 # -- the same rows submitted twice while both are planned: sent once ------------------------
-def look_together(folder: Path, parties: int = 2) -> None:
-    """Make every job planner (in this process and the others given the same
-    ``folder``) that looks up a same job by its rows' fingerprint wait, after looking,
-    until ``parties`` planners have looked: the worst interleaving of two planners of
-    the same rows, made certain instead of left to the scheduler. Each one waits at
-    most 20 s, so a planner that never looks this way (one that looks and records at
-    once) is only slowed."""
-    from nbbatch._ledger import Ledger
-
-    find = Ledger.find_job
-
-    def looked(self, fingerprint):
-        found = find(self, fingerprint)
-        if not fingerprint.startswith("planning-"):  # submit's own look is not a planner's
-            (folder / f"looked-{os.getpid()}-{threading.get_ident()}").touch()
-            deadline = time.monotonic() + 20
-            while len(list(folder.glob("looked-*"))) < parties and time.monotonic() < deadline:
-                time.sleep(0.02)
-        return found
-
-    Ledger.find_job = looked  # type: ignore[method-assign]
-
-
-@pytest.fixture
-def together(tmp_path, monkeypatch):
-    from nbbatch._ledger import Ledger
-
-    monkeypatch.setattr(Ledger, "find_job", Ledger.find_job)  # restored after the test
-    folder = tmp_path / "planners"
-    folder.mkdir()
-    look_together(folder)
-    return folder
-
-
 def _one_job(jobs: list[nb.BatchJob]) -> None:
     """Both handles follow one job, which sent every row; no other job is kept."""
     assert jobs[0].id == jobs[1].id
@@ -226,7 +214,8 @@ def test_the_same_frame_submitted_twice_while_planned_is_sent_once(oai, emu, gat
 TWIN = """
     import pathlib, sys, openai, nbbatch as nb
     from nbbatch import _planning as planning
-    from tests.test_memory_planning import PROMPT, _frame, look_together
+    from tests._helpers import look_together
+    from tests.test_memory_planning import PROMPT, _frame
     url, folder = sys.argv[1:]
     planning.MEMORY_BACKGROUND_ROWS = 10
     look_together(pathlib.Path(folder))

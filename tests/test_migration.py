@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+import openai
 import pandas as pd
 import pytest
 
@@ -69,15 +72,24 @@ def test_a_ledger_from_the_previous_release_migrates_and_every_job_attaches(old_
             assert _plain(merged[column]) == _plain(want[column]), (exp["name"], column)
 
 
-def test_a_migrated_job_still_feeds_reuse_and_resubmission(old_home):
-    expected = {j["name"]: j for j in json.loads((FIXTURE / "expected.json").read_text())["jobs"]}
-    first = expected["a"]
-    # The same address as when it was recorded: requests are identical only there.
-    port = urlparse(nb.attach(first["id"])._record["base_url"]).port
-    with emulator.start(processing_seconds=0.05, port=port) as emu:
-        import openai
+def _expected() -> dict[str, dict]:
+    """The fixture ledger's jobs as expected.json records them, by name."""
+    return {j["name"]: j for j in json.loads((FIXTURE / "expected.json").read_text())["jobs"]}
 
-        client = openai.OpenAI(base_url=emu.openai_base_url, api_key="k", max_retries=0)
+
+@contextmanager
+def _client_at_its_address(job: dict) -> Iterator[openai.OpenAI]:
+    """An OpenAI client on an emulator at the address ``job`` was recorded with (its
+    requests are identical only there)."""
+    port = urlparse(nb.attach(job["id"])._record["base_url"]).port
+    with emulator.start(processing_seconds=0.05, port=port) as emu:
+        with openai.OpenAI(base_url=emu.openai_base_url, api_key="k", max_retries=0) as client:
+            yield client
+
+
+def test_a_migrated_job_still_feeds_reuse_and_resubmission(old_home):
+    first = _expected()["a"]
+    with _client_at_its_address(first) as client:
         old = nb.attach(first["id"], client=client)
         assert old.counts["failed"] == 1
         old.resubmit_failed()  # the row failed by the emulator fails again: still one row
@@ -90,7 +102,6 @@ def test_a_migrated_job_still_feeds_reuse_and_resubmission(old_home):
             retries=0, force=True,
         )  # fmt: skip
         again.wait(timeout=30, progress=False)
-        client.close()
     assert again.counts["reused"] == 10
     merged = again.merge(data)
     assert merged["answer"].tolist()[:3] == [r["answer"] for r in first["merged"][:3]]
@@ -99,19 +110,13 @@ def test_a_migrated_job_still_feeds_reuse_and_resubmission(old_home):
 def test_a_migrated_job_can_be_escalated_and_its_old_rows_keep_their_model(old_home):
     """m007 gives every change and batch of an old job stage 0: the job escalates like a
     new one, and merge names each row's model."""
-    expected = {j["name"]: j for j in json.loads((FIXTURE / "expected.json").read_text())["jobs"]}
-    first = expected["a"]
-    port = urlparse(nb.attach(first["id"])._record["base_url"]).port
-    with emulator.start(processing_seconds=0.05, port=port) as emu:
-        import openai
-
-        client = openai.OpenAI(base_url=emu.openai_base_url, api_key="k", max_retries=0)
+    first = _expected()["a"]
+    with _client_at_its_address(first) as client:
         old = nb.attach(first["id"], client=client)
         n = old.counts["total"]
         chosen = [i < 3 for i in range(n)]
         old.escalate(model="gpt-4o", where=chosen)
         old.wait(timeout=30, progress=False)
-        client.close()
     merged = old.merge(_records(first))
     models = merged["answer_model"].tolist()
     succeeded = merged["answer_status"].eq("succeeded").tolist()

@@ -4,9 +4,6 @@ emulator's Mistral variant (``emu.url + "/mistral"``)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -22,6 +19,8 @@ from nbbatch import emulator
 from nbbatch.providers import build
 from nbbatch.providers.base import RequestSpec
 from nbbatch.providers.mistral import MistralProvider, parse_lines
+
+from ._helpers import run_cli as nbbatch
 
 MODEL = "mistral-small-latest"
 _CLIENTS: list[Mistral] = []
@@ -51,17 +50,6 @@ def _no_mistral_key(monkeypatch):
 
 def jobs_created(server: emulator.Emulator) -> int:
     return server.stats().get("mistral_batches_created", 0)
-
-
-def nbbatch(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``nbbatch ARGS`` in a new process (NBBATCH_HOME inherited)."""
-    return subprocess.run(
-        [sys.executable, "-m", "nbbatch.cli", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=120,
-    )
 
 
 def test_submit_wait_merge_through_the_mistral_sdk(memu):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,19 +23,12 @@ from nbbatch import _stream as stream
 from nbbatch import pricing
 from nbbatch.labext import views
 
+from ._helpers import interrupted_wait
+from ._helpers import parquet_files as _files
 from .conftest import batches_created, openai_client
 from .test_cli import nbbatch
 
 PROMPT = "Summarise: {body}"
-
-
-def _files(folder, n_files: int = 2, rows: int = 10) -> str:
-    """A glob of ``n_files`` Parquet files of ``rows`` rows each."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in range(n_files):
-        table = pa.table({"body": [f"ticket {f}-{i} about a cold soup" for i in range(rows)]})
-        pq.write_table(table, folder / f"p{f}.parquet")
-    return str(folder / "*.parquet")
 
 
 def _dollars(text: str) -> float:
@@ -341,20 +333,8 @@ with nb.emulator.start(processing_seconds=600.0) as emu:
 
 @pytest.mark.slow
 def test_ctrl_c_in_wait_stops_at_once_and_says_how_to_carry_on(tmp_path):
-    script = tmp_path / "wait.py"
-    script.write_text(WAITING_SCRIPT)
-    waiting = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=dict(os.environ),
-    )  # fmt: skip
-    assert waiting.stdout is not None and waiting.stderr is not None
-    job_id = waiting.stdout.readline().strip()
-    first = waiting.stderr.readline()  # wait() has printed its first progress line
-    assert job_id in first, first
-    waiting.send_signal(signal.SIGINT)
     # The batch runs for ten minutes: the script ends long before, on the interrupt.
-    _, error = waiting.communicate(timeout=300)
-    assert waiting.returncode != 0
+    job_id, error = interrupted_wait(WAITING_SCRIPT, tmp_path)
     assert f"KeyboardInterrupt: stopped waiting for job {job_id}; it goes on at the provider" in (
         error
     ), error

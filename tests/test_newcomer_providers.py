@@ -4,19 +4,13 @@ HTTP to the emulator's variant of that service (Bedrock's S3 at moto's server)."
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from typing import Any
 
 import groq
 import openai
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import together
 from mistralai.client import Mistral
@@ -30,6 +24,9 @@ from nbbatch.providers.groq import GroqProvider
 from nbbatch.providers.mistral import MistralProvider
 from nbbatch.providers.together import TogetherProvider
 
+from ._helpers import interrupted_wait, modules_loaded
+from ._helpers import parquet_files as _files
+from ._helpers import run_cli as nbbatch
 from .test_bedrock import aws, bedrock_emu, s3_url  # noqa: F401  (the Bedrock fixtures)
 
 PROMPT = "Summarise: {body}"
@@ -85,25 +82,6 @@ def client_of(service: str, server: emulator.Emulator) -> Any:
 
 def created(server: emulator.Emulator, service: str) -> int:
     return int(server.stats().get(SERVICES[service][1], 0))
-
-
-def nbbatch(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``nbbatch ARGS`` in a new process (NBBATCH_HOME inherited)."""
-    return subprocess.run(
-        [sys.executable, "-m", "nbbatch.cli", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=120,
-    )
-
-
-def _files(folder, n_files: int = 2, rows: int = 10) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in range(n_files):
-        table = pa.table({"body": [f"ticket {f}-{i} about a cold soup" for i in range(rows)]})
-        pq.write_table(table, folder / f"p{f}.parquet")
-    return str(folder / "*.parquet")
 
 
 @pytest.fixture
@@ -302,19 +280,7 @@ with nb.emulator.start(processing_seconds=600.0) as emu:
 def test_ctrl_c_in_wait_on_a_mistral_job_stops_at_once(tmp_path) -> None:
     """The interrupt lands in whatever the Mistral SDK is doing (a poll through its own
     retrying HTTP client): it still ends the wait in a few lines, the job going on."""
-    script = tmp_path / "wait.py"
-    script.write_text(WAITING_SCRIPT)
-    waiting = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=dict(os.environ),
-    )  # fmt: skip
-    assert waiting.stdout is not None and waiting.stderr is not None
-    job_id = waiting.stdout.readline().strip()
-    first = waiting.stderr.readline()  # wait() has printed its first progress line
-    assert job_id in first, first
-    waiting.send_signal(signal.SIGINT)
-    _, error = waiting.communicate(timeout=300)
-    assert waiting.returncode != 0
+    job_id, error = interrupted_wait(WAITING_SCRIPT, tmp_path)
     assert f"KeyboardInterrupt: stopped waiting for job {job_id}" in error, error
     assert f"nb.attach('{job_id}').wait()" in error
     assert len(error.splitlines()) < 15, error
@@ -379,13 +345,8 @@ def test_importing_nbbatch_loads_no_sdk_of_any_provider() -> None:
     and the provider registry loads none of the eight SDKs (nor boto3's botocore)."""
     sdks = ("openai", "anthropic", "google", "mistralai", "groq", "together", "boto3",
             "botocore", "httpx", "httpx2")  # fmt: skip
-    code = (
-        "import sys, nbbatch, nbbatch.cli; from nbbatch import providers; providers.classes(); "
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {sdks!r}))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    imports = "import nbbatch, nbbatch.cli; from nbbatch import providers; providers.classes()"
+    assert modules_loaded(imports, sdks) == []
 
 
 # ------------------------------------------------ a model name nbbatch does not place

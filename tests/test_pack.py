@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 import nbbatch as nb
 from nbbatch import emulator
+from nbbatch.datasets import SENTIMENT_SCHEMA as SCHEMA
 
 from .conftest import batch_ids_at, client_for, model_for
 from .test_durable import _Url, emu_process  # noqa: F401
@@ -34,15 +35,6 @@ from .test_durable import _Url, emu_process  # noqa: F401
 TEMPLATE = "Summarise: {text}\nBe brief."
 DROP, WRONG = "[[emulator:pack-drop]]", "[[emulator:pack-wrong]]"
 LABELS = {"positive": ["love", "great"], "negative": ["broke", "refund"]}
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "label": {"type": "string", "enum": ["positive", "negative", "neutral"]},
-        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-    },
-    "required": ["label", "confidence"],
-    "additionalProperties": False,
-}
 
 
 def rows(n: int, duplicates: int = 0) -> pd.DataFrame:

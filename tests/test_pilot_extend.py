@@ -16,15 +16,11 @@ import nbbatch as nb
 from nbbatch import emulator
 from nbbatch.piloting import look_level
 
+from ._helpers import LABEL_SCHEMA as SCHEMA
+from ._helpers import LABELS
+
 pytestmark = pytest.mark.slow
 
-LABELS = ("positive", "negative", "neutral")
-SCHEMA = {
-    "type": "object",
-    "properties": {"label": {"type": "string", "enum": list(LABELS)}},
-    "required": ["label"],
-    "additionalProperties": False,
-}
 SMALL, LARGE = "gpt-4o-mini", "gpt-4o"
 
 

@@ -11,13 +11,9 @@ import pytest
 import nbbatch as nb
 from nbbatch import emulator
 
+from ._helpers import PROMPT
+from ._helpers import echoed as expected
 from .conftest import client_for, model_for, openai_client
-
-PROMPT = "Classify: {text}"
-
-
-def expected(texts) -> list[str]:
-    return [emulator.echo_text(PROMPT.format(text=t)) for t in texts]
 
 
 def run(df, client, **kwargs) -> nb.BatchJob:

@@ -21,7 +21,6 @@ import nbbatch as nb
 from nbbatch import _planning as planning
 
 from .conftest import batches_created
-from .test_memory_planning import look_together
 
 PROMPT = "Summarise: {body}"
 N = 30
@@ -37,18 +36,6 @@ def frame() -> pd.DataFrame:
 def requests_sent(client, before: set[str]) -> int:
     """How many requests the emulator was given in batches not in ``before``."""
     return sum(b.request_counts.total for b in client.batches.list() if b.id not in before)
-
-
-@pytest.fixture
-def together(tmp_path, monkeypatch):
-    """Submits of the same rows wait for each other after looking for the same job."""
-    from nbbatch._ledger import Ledger
-
-    monkeypatch.setattr(Ledger, "find_job", Ledger.find_job)  # restored after the test
-    folder = tmp_path / "lookers"
-    folder.mkdir()
-    look_together(folder)
-    return folder
 
 
 @pytest.fixture
@@ -103,7 +90,7 @@ def test_two_threads_submitting_the_same_rows_at_once_make_one_job(
 OTHER = """
     import pathlib, sys, openai, nbbatch as nb
     from nbbatch import _planning as planning
-    from tests.test_memory_planning import look_together
+    from tests._helpers import look_together
     from tests.test_same_job_at_once import PROMPT, frame
     url, folder, data = sys.argv[1:]
     planning.BACKGROUND_ROWS = 10

@@ -13,15 +13,9 @@ import pytest
 import nbbatch as nb
 from nbbatch import emulator
 
+from ._helpers import LABEL_SCHEMA as SCHEMA
+from ._helpers import LABELS
 from .conftest import client_for
-
-SCHEMA = {
-    "type": "object",
-    "properties": {"label": {"type": "string", "enum": ["positive", "negative", "neutral"]}},
-    "required": ["label"],
-    "additionalProperties": False,
-}
-LABELS = ["positive", "negative", "neutral"]
 
 
 def responder(request: emulator.Request) -> dict:

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pytest
 
 import nbbatch as nb
-from nbbatch import emulator
-from nbbatch.providers.openai import OpenAIProvider
 
+from ._helpers import PROMPT, count_row_encodes
+from ._helpers import echoed as expected
 from .conftest import model_for, openai_client
 
 # The dev extra installs pyspark: under CI a missing pyspark fails the run instead of skipping.
@@ -46,14 +46,6 @@ if (why := _java()) is not None:
         pytest.fail(f"{why} (CI=true: .ci/run installs Java)", pytrace=False)
     pytest.skip(why, allow_module_level=True)
 
-PROMPT = "Classify: {text}"
-
-
-def queue_template(prompts) -> bool:
-    """The one line with an empty prompt that the batch queue's token estimate encodes
-    to learn what every line carries besides its prompt (nbbatch._quota): not a row's."""
-    return prompts.to_pylist() == [""]
-
 
 pytestmark = [
     pytest.mark.slow,  # a Spark session takes ~10 s to start on 2 cores
@@ -63,10 +55,6 @@ pytestmark = [
         "ignore:PySpark does not yet fully support pandas:FutureWarning",
     ),
 ]
-
-
-def expected(texts) -> list[str]:
-    return [emulator.echo_text(PROMPT.format(text=t)) for t in texts]
 
 
 @pytest.fixture(scope="module")
@@ -101,16 +89,8 @@ def test_spark_frame_is_planned_on_the_executors_and_merged_back(spark, emu, mon
     sdf = sdf.cache()
     order = sdf.toArrow().to_pandas()  # the frame's own order, partition by partition
     client = openai_client(emu)
-    encoded: list[int] = []
-    real = OpenAIProvider.encode
-
-    def counted(self, ids, prompts, spec):
-        if not queue_template(prompts):
-            encoded.append(len(ids))
-        return real(self, ids, prompts, spec)
-
     with monkeypatch.context() as patch:
-        patch.setattr(OpenAIProvider, "encode", counted)
+        encoded = count_row_encodes(patch)
         job = nb.submit(sdf, PROMPT, model=model_for(client), client=client, output="label")
         job.wait(timeout=120, progress=False)
     assert encoded == [1]  # the parameters' check; every request line came from Spark

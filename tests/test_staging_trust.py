@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +16,14 @@ import pytest
 
 import nbbatch as nb
 from nbbatch import _engines as engines
-from nbbatch import emulator
 
+from ._helpers import PROMPT
+from ._helpers import echoed as expected
 from .conftest import model_for, openai_client
 
 dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
 
-PROMPT = "Classify: {text}"
 NOBODY = 65534
 pytestmark = pytest.mark.filterwarnings(
     # the cluster's own shutdown and port choices are not ours to fix
@@ -34,23 +33,9 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[distributed.Client]:
-    """Worker processes, so what the workers write crosses a process boundary."""
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as c:
-        with distributed.Client(c) as client:
-            yield client
-
-
 def frame(n: int = 20, parts: int = 2) -> tuple[pd.DataFrame, dd.DataFrame]:
     df = pd.DataFrame({"text": [f"review {i}" for i in range(n)], "stars": np.arange(n) % 5})
     return df, dd.from_pandas(df, npartitions=parts)
-
-
-def expected(texts) -> list[str]:
-    return [emulator.echo_text(PROMPT.format(text=t)) for t in texts]
 
 
 def mode(path: Path) -> int:
@@ -58,7 +43,9 @@ def mode(path: Path) -> int:
 
 
 @pytest.mark.parametrize("how", ["another user's", "group-writable", "world-writable"])
-def test_a_staging_folder_others_may_write_is_refused(cluster, emu, monkeypatch, tmp_path, how):
+def test_a_staging_folder_others_may_write_is_refused(
+    dask_cluster, emu, monkeypatch, tmp_path, how
+):
     if how == "another user's" and os.getuid() != 0:
         pytest.skip("needs root to make a folder of another user")
     shared = tmp_path / "shared"
@@ -76,7 +63,7 @@ def test_a_staging_folder_others_may_write_is_refused(cluster, emu, monkeypatch,
     assert nb.jobs().empty and not list(shared.iterdir())
 
 
-def test_staging_files_are_private_checked_and_removed(cluster, emu, monkeypatch, tmp_path):
+def test_staging_files_are_private_checked_and_removed(dask_cluster, emu, monkeypatch, tmp_path):
     shared = tmp_path / "missing" / "shared"  # made 0700 under any umask
     monkeypatch.setenv("NBBATCH_STAGING", str(shared))
     old = os.umask(0)
@@ -112,7 +99,7 @@ def test_staging_files_are_private_checked_and_removed(cluster, emu, monkeypatch
 
 
 def test_a_worker_file_changed_before_the_driver_reads_it_is_not_used(
-    cluster, emu, monkeypatch, tmp_path
+    dask_cluster, emu, monkeypatch, tmp_path
 ):
     shared = tmp_path / "shared"
     monkeypatch.setenv("NBBATCH_STAGING", str(shared))

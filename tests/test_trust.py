@@ -13,11 +13,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
-import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -31,6 +26,8 @@ from nbbatch import emulator
 from nbbatch._ledger import default as ledger
 from nbbatch.labext import handlers, views
 
+from ._helpers import Listener
+from ._helpers import run_cli as _cli
 from .conftest import model_for, openai_client
 from .this_machine import needs_remote_host, remote_host
 
@@ -44,57 +41,6 @@ def reviews(n: int = 3) -> pd.DataFrame:
     return pd.DataFrame({"text": [f"review {i}" for i in range(n)]})
 
 
-class Listener:
-    """Whoever binds an address after nbbatch's emulator there stopped: records the
-    headers of every request and answers ``status`` with ``body(headers)`` (or
-    ``body(headers, path)`` when it takes two arguments)."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        status: int = 503,
-        body: Callable[..., Any] | None = None,
-    ) -> None:
-        self.seen: list[dict[str, str]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self) -> None:
-                length = int(self.headers.get("content-length") or 0)
-                if length:
-                    self.rfile.read(length)
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                outer.seen.append(headers)
-                answer = body or (lambda h: {"error": {"message": "no"}})
-                takes_path = answer.__code__.co_argcount == 2
-                reply = answer(headers, self.path) if takes_path else answer(headers)
-                payload = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("retry-after-ms", "1")  # the SDKs' retries, quickly
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def sent(self, secret: str) -> bool:
-        """Whether any request carried ``secret`` in a header."""
-        return any(secret in value for h in self.seen for value in h.values())
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def _pending_job(host: str, key: str) -> tuple[nb.BatchJob, str, int]:
     """A job left pending on an emulator at ``host`` that has stopped since, with the
     address it was sent to."""
@@ -106,16 +52,6 @@ def _pending_job(host: str, key: str) -> tuple[nb.BatchJob, str, int]:
         client.close()
     assert url.hostname is not None and url.port is not None
     return job, url.hostname, url.port
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nbbatch.cli", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=120,
-    )
 
 
 # ------------------------------------------------------------ keys and where they go
@@ -288,13 +224,19 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 
 
+def _finished_and_victim(emu: emulator.Emulator, folder: Path) -> tuple[nb.BatchJob, Path]:
+    """A finished 3-row job, and a file in ``folder`` a planted link may point at."""
+    job = nb.submit(reviews(), "{text}", model="gpt-4o-mini", client=openai_client(emu))
+    job.wait(timeout=60, progress=False)
+    victim = folder / "victim.txt"
+    victim.write_text("precious")
+    return job, victim
+
+
 def test_the_sidebars_parquet_is_private_and_never_written_through_a_planted_link(
     emu: emulator.Emulator, tmp_path: Path
 ) -> None:
-    job = nb.submit(reviews(), "{text}", model="gpt-4o-mini", client=openai_client(emu))
-    job.wait(timeout=60, progress=False)
-    victim = tmp_path / "victim.txt"
-    victim.write_text("precious")
+    job, victim = _finished_and_victim(emu, tmp_path)
     # The name the old writer used: guessable from the job id and the server's pid.
     (tmp_path / f".{job.id}.parquet.{os.getpid()}.tmp").symlink_to(victim)
     old = os.umask(0o022)
@@ -311,10 +253,7 @@ def test_the_sidebars_parquet_is_private_and_never_written_through_a_planted_lin
 def test_collect_out_is_private_and_replaces_a_planted_link(
     emu: emulator.Emulator, tmp_path: Path
 ) -> None:
-    job = nb.submit(reviews(), "{text}", model="gpt-4o-mini", client=openai_client(emu))
-    job.wait(timeout=60, progress=False)
-    victim = tmp_path / "victim.txt"
-    victim.write_text("precious")
+    job, victim = _finished_and_victim(emu, tmp_path)
     out = tmp_path / "results.csv"
     out.symlink_to(victim)
     old = os.umask(0o022)  # the usual umask: 0644 files unless nbbatch says otherwise

@@ -29,6 +29,16 @@ def _one_state_each(job: nb.BatchJob) -> None:
     assert len(results) == N and results["status"].isin(["succeeded", "failed"]).all()
 
 
+def _wait_while_every_post_is_refused(job: nb.BatchJob, emu: emulator.Emulator) -> None:
+    """From now on the provider refuses every upload and create (400): ``job.wait()``
+    returns all the same, no batch was made, and every row is in one state."""
+    first = batches_created(emu)
+    emu.configure(http_error_rate=1.0, http_error_methods=("POST",), http_error_statuses=(400,))
+    assert job.wait(timeout=60, progress=False) is job  # no exception
+    assert batches_created(emu) == first  # what would have been sent made no batch
+    _one_state_each(job)
+
+
 def test_a_retry_the_provider_refuses_at_create_ends_its_rows_failed_and_wait_returns(
     provider,
 ):
@@ -37,13 +47,8 @@ def test_a_retry_the_provider_refuses_at_create_ends_its_rows_failed_and_wait_re
         df = _frame()
         job = nb.submit(df, "{text}", model=model_for(client), client=client, retries=2)
         job.wait_sent(timeout=60)
-        first = batches_created(emu)
-        # From now on the provider refuses every upload and create (400): the
-        # automatic retry of the rows that failed transiently is refused.
-        emu.configure(http_error_rate=1.0, http_error_methods=("POST",), http_error_statuses=(400,))
-        assert job.wait(timeout=60, progress=False) is job  # no exception
-        assert batches_created(emu) == first  # the retry made no batch
-        _one_state_each(job)
+        # The automatic retry of the rows that failed transiently is refused.
+        _wait_while_every_post_is_refused(job, emu)
         assert job.counts["succeeded"] == N - 10 and job.counts["failed"] == 10
         failed = job.results().query("status == 'failed'")
         assert (failed["error_type"] == "not_sent").all()
@@ -90,11 +95,7 @@ def test_a_cascade_stage_the_provider_refuses_ends_its_rows_failed_and_wait_retu
             df, "{text}", model=["gpt-4o-mini", "gpt-4o"], client=client, retries=0
         )  # the rows that fail on the first model go to the second, as its stage
         job.wait_sent(timeout=60)
-        first = batches_created(emu)
-        emu.configure(http_error_rate=1.0, http_error_methods=("POST",), http_error_statuses=(400,))
-        assert job.wait(timeout=60, progress=False) is job  # no exception
-        assert batches_created(emu) == first  # the stage made no batch
-        _one_state_each(job)
+        _wait_while_every_post_is_refused(job, emu)  # the stage makes no batch
         assert job.counts["failed"] == 10
         failed = job.results().query("status == 'failed'")
         assert (failed["error_type"] == "not_sent").all()

@@ -14,18 +14,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import secrets
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from .._helpers import jupyter_running
 
 #: Debian's Chromium (``apt-get install chromium``); NBBATCH_CHROMIUM points elsewhere.
 CHROMIUM = os.environ.get("NBBATCH_CHROMIUM", "/usr/bin/chromium")
@@ -65,12 +62,6 @@ class Lab:
         return f"{self.url}/lab/tree/{name}?token={self.token}&reset"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """JupyterLab serving a temporary copy of ``tests/browser/notebooks``."""
@@ -85,46 +76,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     news = settings / "@jupyterlab/apputils-extension/notification.jupyterlab-settings"
     news.parent.mkdir(parents=True)
     news.write_text(json.dumps({"fetchNews": "false"}))
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {
-        **os.environ,
-        "JUPYTER_CONFIG_DIR": str(base / "config"),
-        "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
-        "NBBATCH_HOME": str(base / "nbbatch-home"),  # the kernel's own ledger
-    }
-    cmd = [
-        sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",
-        "--allow-root", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}",
-        f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
+    env = {"NBBATCH_HOME": str(base / "nbbatch-home")}  # the kernel's own ledger
+    args = (
+        "--LabApp.expose_app_in_browser=True",
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         f"--LabApp.workspaces_dir={base / 'workspaces'}",
         f"--LabApp.user_settings_dir={settings}",
-    ]  # fmt: skip
-    log = (base / "lab.log").open("wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"JupyterLab did not start:\n{(base / 'lab.log').read_text()[-3000:]}"
-                    ) from None
-                time.sleep(0.3)
+    )
+    with jupyter_running("jupyter lab", root, base, args=args, env=env, seconds=60) as (url, token):
         yield Lab(url, token, root)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()  # reaped, so no ResourceWarning (turned into an error) at teardown
-        log.close()
 
 
 @pytest.fixture(scope="module")

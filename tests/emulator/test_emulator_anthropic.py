@@ -10,19 +10,13 @@ import anthropic
 import jsonschema
 import pytest
 from emu_helpers import anthropic_client, raw
+from emu_helpers import message_request as req
 
 from nbbatch import emulator
 from nbbatch.emulator import _anthropic
 
 #: The headers every request to the Anthropic API carries (key and API version).
 ANT = {"x-api-key": "test", "anthropic-version": "2023-06-01"}
-
-
-def req(custom_id: str, prompt: str, **params: Any) -> dict:
-    base = {"model": "claude-haiku-4-5", "max_tokens": 1024}
-    base.update(params)
-    base.setdefault("messages", [{"role": "user", "content": prompt}])
-    return {"custom_id": custom_id, "params": base}
 
 
 def wait_ended(client: anthropic.Anthropic, batch_id: str, timeout: float = 10) -> Any:

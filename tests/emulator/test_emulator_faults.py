@@ -3,15 +3,21 @@ shuffle."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import anthropic
 import jsonschema
 import openai
 import pandas as pd
 import pytest
-from emu_helpers import anthropic_client, chat_line, jsonl, openai_client, parse_jsonl, raw
+from emu_helpers import (
+    anthropic_client,
+    chat_line,
+    message_request,
+    openai_client,
+    raw,
+    run_message_batch,
+    run_openai_batch,
+)
 from emu_openapi import check
 
 import nbbatch as nb
@@ -25,31 +31,6 @@ SCHEMA = {
 }
 
 
-def run_openai(client: openai.OpenAI, rows: list[dict]) -> tuple[Any, list[dict], list[dict]]:
-    f = client.files.create(file=("in.jsonl", jsonl(rows)), purpose="batch")
-    b = client.batches.create(
-        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
-    deadline = time.monotonic() + 10
-    while b.status not in ("completed", "expired", "failed", "cancelled"):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-        b = client.batches.retrieve(b.id)
-    out = parse_jsonl(client.files.content(b.output_file_id).text) if b.output_file_id else []
-    err = parse_jsonl(client.files.content(b.error_file_id).text) if b.error_file_id else []
-    return b, out, err
-
-
-def run_anthropic(client: anthropic.Anthropic, requests: list[dict]) -> dict[str, Any]:
-    b = client.messages.batches.create(requests=requests)
-    deadline = time.monotonic() + 10
-    while b.processing_status != "ended":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-        b = client.messages.batches.retrieve(b.id)
-    return {r.custom_id: r.result for r in client.messages.batches.results(b.id)}
-
-
 def rows(n: int, **body: Any) -> list[dict]:
     return [chat_line(f"r{i}", f"prompt {i}", **body) for i in range(n)]
 
@@ -57,7 +38,7 @@ def rows(n: int, **body: Any) -> list[dict]:
 def test_error_rate_exact_and_resubmission_succeeds() -> None:
     with emulator.start(processing_seconds=0.01, error_rate=0.1) as emu:
         with openai_client(emu) as client:
-            b, out, err = run_openai(client, rows(200))
+            b, out, err = run_openai_batch(client, rows(200))
             assert b.status == "completed"
             assert (b.request_counts.completed, b.request_counts.failed) == (180, 20)
             assert len(out) == 180 and len(err) == 20
@@ -66,7 +47,7 @@ def test_error_rate_exact_and_resubmission_succeeds() -> None:
                 assert e["response"]["body"]["error"]["type"] == "server_error"
             failed_ids = {e["custom_id"] for e in err}
             again = [r for r in rows(200) if r["custom_id"] in failed_ids]
-            b2, out2, err2 = run_openai(client, again)
+            b2, out2, err2 = run_openai_batch(client, again)
             assert len(out2) == 20 and not err2 and b2.error_file_id is None
 
 
@@ -74,31 +55,21 @@ def test_faults_apply_to_every_job_not_only_the_first() -> None:
     with emulator.start(processing_seconds=0.01, error_rate=0.1) as emu:
         with openai_client(emu) as client:
             for _ in range(2):  # the same custom_ids again: a new job, faults again
-                _, out, err = run_openai(client, rows(100))
+                _, out, err = run_openai_batch(client, rows(100))
                 assert len(err) == 10 and len(out) == 90
                 failed_ids = {e["custom_id"] for e in err}
                 # ... and the retry of the faulted rows succeeds
-                _, out2, err2 = run_openai(
+                _, out2, err2 = run_openai_batch(
                     client, [r for r in rows(100) if r["custom_id"] in failed_ids]
                 )
                 assert len(out2) == 10 and not err2
         with anthropic_client(emu) as client:
-            requests = [
-                {
-                    "custom_id": f"r{i}",
-                    "params": {
-                        "model": "claude-haiku-4-5",
-                        "max_tokens": 20,
-                        "messages": [{"role": "user", "content": f"p{i}"}],
-                    },
-                }
-                for i in range(50)
-            ]
+            requests = [message_request(f"r{i}", f"p{i}", max_tokens=20) for i in range(50)]
             for _ in range(2):
-                got = run_anthropic(client, requests)
+                got = run_message_batch(client, requests)
                 errored = [r for r in requests if got[r["custom_id"]].type == "errored"]
                 assert len(errored) == 5
-                again = run_anthropic(client, errored)
+                again = run_message_batch(client, errored)
                 assert {r.type for r in again.values()} == {"succeeded"}
 
 
@@ -126,7 +97,7 @@ def test_faults_are_deterministic() -> None:
     for _ in range(2):
         with emulator.start(processing_seconds=0.01, error_rate=0.2, seed=7) as emu:
             with openai_client(emu) as client:
-                _, _, err = run_openai(client, rows(50))
+                _, _, err = run_openai_batch(client, rows(50))
                 picked.append(sorted(e["custom_id"] for e in err))
     assert picked[0] == picked[1] and len(picked[0]) == 10
 
@@ -135,7 +106,7 @@ def test_fault_attempts_none_fails_every_time() -> None:
     with emulator.start(processing_seconds=0.01, error_rate=1.0, fault_attempts=None) as emu:
         with openai_client(emu) as client:
             for _ in range(2):
-                b, out, err = run_openai(client, rows(3))
+                b, out, err = run_openai_batch(client, rows(3))
                 assert len(err) == 3 and not out
 
 
@@ -143,7 +114,7 @@ def test_expire_missing_truncate_invalid_openai() -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA, "strict": True}}
     with emulator.start(processing_seconds=0.01, expire_rate=0.1, missing_rate=0.05) as emu:
         with openai_client(emu) as client:
-            b, out, err = run_openai(client, rows(100))
+            b, out, err = run_openai_batch(client, rows(100))
             assert b.status == "expired" and b.expired_at is not None
             check("Batch", raw(f"{emu.openai_base_url}/batches/{b.id}")[2])
             assert b.finalizing_at is None and b.completed_at is None
@@ -153,7 +124,7 @@ def test_expire_missing_truncate_invalid_openai() -> None:
             assert b.request_counts.completed == 90 and b.request_counts.failed == 10
         emu.configure(expire_rate=0, missing_rate=0, invalid_output_rate=0.5, truncate_rate=0.25)
         with openai_client(emu) as client:
-            b, out, err = run_openai(
+            b, out, err = run_openai_batch(
                 client, [chat_line(f"s{i}", f"p{i}", response_format=fmt) for i in range(20)]
             )
             assert b.status == "completed" and not err
@@ -176,17 +147,7 @@ def test_expire_missing_truncate_invalid_openai() -> None:
 def test_anthropic_faults_and_markers() -> None:
     with emulator.start(processing_seconds=0.01, error_rate=0.2, expire_rate=0.1) as emu:
         with anthropic_client(emu) as client:
-            requests = [
-                {
-                    "custom_id": f"r{i}",
-                    "params": {
-                        "model": "claude-haiku-4-5",
-                        "max_tokens": 50,
-                        "messages": [{"role": "user", "content": f"p{i}"}],
-                    },
-                }
-                for i in range(20)
-            ]
+            requests = [message_request(f"r{i}", f"p{i}", max_tokens=50) for i in range(20)]
             requests.append(
                 {
                     "custom_id": "t",
@@ -207,7 +168,7 @@ def test_anthropic_faults_and_markers() -> None:
                     },
                 }
             )
-            got = run_anthropic(client, requests)
+            got = run_message_batch(client, requests)
             types = [r.type for r in got.values()]
             assert types.count("expired") == 2 and types.count("errored") == 4 + 2
             assert got["t"].error.error.type in ("api_error", "overloaded_error")
@@ -215,7 +176,7 @@ def test_anthropic_faults_and_markers() -> None:
             transient = [r.error.error.type for r in got.values() if r.type == "errored"]
             assert set(transient) <= {"api_error", "overloaded_error", "invalid_request_error"}
             retry = [r for r in requests if got[r["custom_id"]].type != "succeeded"]
-            again = run_anthropic(client, retry)
+            again = run_message_batch(client, retry)
             assert again["t"].type == "succeeded"
             assert again["f"].type == "errored"
             assert [k for k, v in again.items() if v.type != "succeeded"] == ["f"]
@@ -223,10 +184,10 @@ def test_anthropic_faults_and_markers() -> None:
 
 def test_markers_in_openai_batches(emu: emulator.Emulator, oai: openai.OpenAI) -> None:
     batch = [chat_line("t", f"a {emulator.TRANSIENT_MARKER}"), chat_line("f", emulator.FAIL_MARKER)]
-    _, out, err = run_openai(oai, batch)
+    _, out, err = run_openai_batch(oai, batch)
     codes = {e["custom_id"]: e["response"]["status_code"] for e in err}
     assert codes == {"t": 500, "f": 400} and not out
-    _, out, err = run_openai(oai, batch)
+    _, out, err = run_openai_batch(oai, batch)
     assert [o["custom_id"] for o in out] == ["t"]
     assert [e["custom_id"] for e in err] == ["f"]
 
@@ -234,10 +195,10 @@ def test_markers_in_openai_batches(emu: emulator.Emulator, oai: openai.OpenAI) -
 def test_http_error_rate_is_absorbed_by_sdk_retries() -> None:
     with emulator.start(processing_seconds=0.01, http_error_rate=0.5) as emu:
         with openai_client(emu) as client:
-            b, out, _ = run_openai(client, rows(5))
+            b, out, _ = run_openai_batch(client, rows(5))
             assert len(out) == 5
         with anthropic_client(emu) as client:
-            got = run_anthropic(
+            got = run_message_batch(
                 client,
                 [
                     {
@@ -262,12 +223,12 @@ def test_http_error_rate_is_absorbed_by_sdk_retries() -> None:
 
 
 def test_shuffle_reorders_output(emu: emulator.Emulator, oai: openai.OpenAI) -> None:
-    _, out, _ = run_openai(oai, rows(30))
+    _, out, _ = run_openai_batch(oai, rows(30))
     ids = [o["custom_id"] for o in out]
     assert sorted(ids) == sorted(f"r{i}" for i in range(30)) and ids != [f"r{i}" for i in range(30)]
     with emulator.start(processing_seconds=0.01, shuffle=False) as plain:
         with openai_client(plain) as client:
-            _, out, _ = run_openai(client, rows(30))
+            _, out, _ = run_openai_batch(client, rows(30))
     assert [o["custom_id"] for o in out] == [f"r{i}" for i in range(30)]
 
 

@@ -17,7 +17,14 @@ import anthropic
 import jsonschema
 import openai
 import pytest
-from emu_helpers import anthropic_client, chat_line, jsonl, parse_jsonl
+from emu_helpers import (
+    anthropic_client,
+    chat_line,
+    jsonl,
+    parse_jsonl,
+    run_message_batch,
+    run_openai_batch,
+)
 from emu_openapi import check
 from google import genai
 from google.genai import types as genai_types
@@ -34,26 +41,8 @@ def gemini(emu: emulator.Emulator) -> genai.Client:
 
 def openai_batch(oai: openai.OpenAI, rows: list[dict], endpoint: str = "/v1/chat/completions"):
     """Run ``rows`` as one batch; (batch, output lines, error lines) by custom_id."""
-    f = oai.files.create(file=("in.jsonl", jsonl(rows)), purpose="batch")
-    b = oai.batches.create(input_file_id=f.id, endpoint=endpoint, completion_window="24h")
-    deadline = time.monotonic() + 60
-    while b.status not in ("completed", "failed", "expired", "cancelled"):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-        b = oai.batches.retrieve(b.id)
-    out = parse_jsonl(oai.files.content(b.output_file_id).text) if b.output_file_id else []
-    err = parse_jsonl(oai.files.content(b.error_file_id).text) if b.error_file_id else []
+    b, out, err = run_openai_batch(oai, rows, endpoint)
     return b, {x["custom_id"]: x for x in out}, {x["custom_id"]: x for x in err}
-
-
-def anthropic_batch(ant: anthropic.Anthropic, requests: list[dict]) -> dict[str, Any]:
-    b = ant.messages.batches.create(requests=requests)  # type: ignore[arg-type]
-    deadline = time.monotonic() + 60
-    while b.processing_status != "ended":
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-        b = ant.messages.batches.retrieve(b.id)
-    return {r.custom_id: r.result for r in ant.messages.batches.results(b.id)}
 
 
 def msg(custom_id: str, prompt: str = "hi", **params: Any) -> dict[str, Any]:
@@ -189,7 +178,7 @@ def test_embeddings_have_each_models_real_size(emu: emulator.Emulator, oai: open
 def test_anthropic_requests_the_service_refuses_end_errored_alone(
     ant: anthropic.Anthropic,
 ) -> None:
-    got = anthropic_batch(
+    got = run_message_batch(
         ant,
         [
             msg("ok"),
@@ -253,7 +242,7 @@ def test_anthropic_replies_keep_to_bounds_the_sdk_moved_into_descriptions(
     sent = anthropic.transform_schema(schema)
     assert "minimum" not in sent["properties"]["score"]  # the SDK moved it
     fmt = {"format": {"type": "json_schema", "schema": sent}}
-    got = anthropic_batch(
+    got = run_message_batch(
         ant, [msg(f"r{i}", f"review number {i}", output_config=fmt) for i in range(30)]
     )
     for result in got.values():
@@ -288,7 +277,7 @@ def test_every_provider_keeps_to_the_bounds_of_a_pydantic_model(
     sent = anthropic.transform_schema(Review)
     assert "maximum" not in sent["properties"]["score"]  # the SDK moved it
     claude = {"format": {"type": "json_schema", "schema": sent}}
-    got = anthropic_batch(
+    got = run_message_batch(
         ant, [msg(f"r{i}", p, output_config=claude) for i, p in enumerate(prompts)]
     )
     assert all(r.type == "succeeded" for r in got.values()) and len(got) == len(prompts)
