@@ -21,9 +21,9 @@ its rows go back to be sent in a later wave, and the refusal teaches the limit.
 
 OpenAI's refusal states the limit. Gemini's states none (nor, as far as is published,
 does Anthropic's), and a refusal is the only thing the queue says, so a job whose limit
-is unknown there, larger than the smallest queue published for its model, fills the
-queue in steps (:func:`fill_room`) sent one after the other, without waiting: a twelfth
-of the job, then each next wave boundary (the job divided by 11, 10 ... 1). On an
+is unknown there fills the queue in steps (:func:`fill_room`, :func:`_fill_unknown`)
+sent one after the other, without waiting: a twelfth of the job, then each next wave
+boundary (the job divided by 11, 10 ... 1; fewer steps for a job of few rows). On an
 account with room to spare every step is accepted (and the most the queue took is kept,
 so the next job sends up to it in one batch); on a full one the step over the limit is
 the one refused create, and the limit kept is the most the queue held at once, counted
@@ -72,6 +72,11 @@ CHARS_PER_TOKEN = 4
 #: (1/(n-1), 1/(n-2) ... the whole job). More steps find the limit of jobs many times
 #: over it in one refusal; fewer send fewer batches to an account with room to spare.
 FILL_STEPS = 12
+#: A job within the smallest published queue fills in steps of at least this many rows
+#: (so one of fewer than twice that goes at once): enough to find the limit of an
+#: account below every published tier with one refusal, few enough batches for a small
+#: job on an account with room.
+FILL_MIN_ROWS = 1_000
 
 
 class QuotaRefused(ProviderError):
@@ -299,27 +304,37 @@ def states_limit(provider: Provider) -> bool:
 
 
 def _fill_unknown(provider: Provider, q: Queue, sent: int, rest: int, step: int) -> int | None:
-    """With no limit known where a refusal states none: a job within the smallest queue
-    the provider publishes for the model (its lowest usage tier) goes at once, as does
-    one for a model without a published figure (every account on a published tier
-    takes it: a guess must not slow it down); a larger one fills the queue in steps."""
+    """With no limit known where a refusal states none, the queue is filled in steps
+    (see :func:`fill_room`), so that an account below its limit meets one refused
+    create, not two (a job sent at once and refused whole teaches only that the limit
+    is below the job, and the fill that follows meets a second refusal). A job over the
+    smallest queue the provider publishes for the model (its lowest usage tier) fills
+    in FILL_STEPS steps; a smaller one (or one for a model with no published figure) in
+    as many as give each step FILL_MIN_ROWS rows, at most FILL_STEPS: a job of fewer
+    than twice that goes at once (a handful of rows is not cut into a dozen batches).
+    The steps are sent one after the other without waiting, so an account with room is
+    not slowed; what it took is kept, and the next job goes at once up to it."""
     floor = provider.tier_limit(TIERS[0], q.label)
-    if floor is None or sent + rest <= floor:
+    top = sent + rest
+    if floor is not None and top > floor:
+        return fill_room(sent, top, step, q.accepted)
+    steps = min(FILL_STEPS, top // (max(1, step) * FILL_MIN_ROWS))
+    if steps < 2:
         return None
-    return fill_room(sent, sent + rest, step, q.accepted)
+    return fill_room(sent, top, step, q.accepted, steps)
 
 
-def fill_room(sent: int, top: int, step: int, accepted: int | None) -> int:
+def fill_room(sent: int, top: int, step: int, accepted: int | None, steps: int = FILL_STEPS) -> int:
     """The next step while a queue of unknown limit is filled towards ``top`` (what
     this pass ``sent`` and has left to send): up to the least of the job's wave
-    boundaries (``top`` divided by 12, 11 ... 1) above ``sent`` by at least a row's
-    ``step``, or at once up to the largest boundary the queue was seen to take
+    boundaries (``top`` divided by ``steps``, then by one less ... 1) above ``sent`` by
+    at least a row's ``step``, or at once up to the largest boundary the queue was seen to take
     (``accepted``, by an earlier job's fill). Sent one after the other without
     waiting, so a job with room to spare is never slowed (and goes in at most
     FILL_STEPS batches); a full queue refuses the first step over its limit, and what
     it held then is the limit kept."""
     step = max(1, step)
-    bounds = sorted({max(1, top // n) for n in range(1, FILL_STEPS + 1)})
+    bounds = sorted({max(1, top // n) for n in range(1, max(1, steps) + 1)})
     above = [b for b in bounds if b - sent >= step] or [top]
     target = above[0]
     if accepted:
