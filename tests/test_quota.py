@@ -295,3 +295,20 @@ def test_preview_says_how_many_waves_before_sending():
     est = nb.preview(df, "{text}", model="claude-haiku-4-5", queue_limit=20_000).estimate
     assert est.waves.startswith("3 waves of at most 20k queued requests")
     assert nb.preview(df, "{text}", model="gpt-4o-mini").estimate.waves == ""  # none known
+
+
+def test_a_limit_openai_stated_is_filled_whole():
+    # OpenAI's refusal states its limit: the waves fill it whole (no margin for the token
+    # estimate), so a job of exactly five limits goes in five waves, not six, and
+    # nothing more is refused.
+    df = frame()
+    job_tokens = sum(-(-len(text) // 4) for text in df["text"])
+    with emulator.start(processing_seconds=0.3, enqueued_token_limit=job_tokens // 5) as server:
+        client = client_for("openai", server)
+        first = run(df, client)
+        assert first.counts["succeeded"] == ROWS
+        assert refusals(first) == 1
+        again = run(frame(tag="b"), client)
+        assert again.counts["succeeded"] == ROWS
+        assert refusals(again) == 0
+        assert len(default_ledger().waves(again.id)["starts"]) == 5
