@@ -320,15 +320,21 @@ def _fill_unknown(provider: Provider, q: Queue, sent: int, rest: int, step: int)
     create, not two (a job sent at once and refused whole teaches only that the limit
     is below the job, and the fill that follows meets a second refusal). A job over the
     smallest queue the provider publishes for the model (its lowest usage tier) fills
-    in FILL_STEPS steps; a smaller one (or one for a model with no published figure) in
-    as many as give each step FILL_MIN_ROWS rows, at most FILL_STEPS: a job of fewer
-    than twice that goes at once (a handful of rows is not cut into a dozen batches).
+    in FILL_STEPS steps. A smaller one goes at once where every account queues at least
+    that (Anthropic: no account below its tier 1 is published); where accounts below it
+    exist (Gemini's
+    free tier: ``quota_below_tiers`` on the provider class), and for a model with no
+    published figure, it fills in as many steps as give each FILL_MIN_ROWS rows, at
+    most FILL_STEPS: a job of fewer than twice that goes at once (a handful of rows is
+    not cut into a dozen batches).
     The steps are sent one after the other without waiting, so an account with room is
     not slowed; what it took is kept, and the next job goes at once up to it."""
     floor = provider.tier_limit(TIERS[0], q.label)
     top = sent + rest
     if floor is not None and top > floor:
         return fill_room(sent, top, step, q.accepted)
+    if floor is not None and not getattr(provider, "quota_below_tiers", False):
+        return None  # every account queues at least the lowest tier's figure
     steps = min(FILL_STEPS, top // (max(1, step) * FILL_MIN_ROWS))
     if steps < 2:
         return None
