@@ -14,10 +14,9 @@ limit unknown (learned from the provider's refusal), the second on the same acco
 - the time ``submit`` takes to return (target: 1 s);
 - the machine's load average as the job ends (the wall times move with it).
 
-A Gemini job smaller than the smallest queue Google publishes for the model (3M tokens of
-gemini-2.5-flash: the default 20,000 rows are 800k tokens) goes at once, so on the
-emulated account below that tier its first job meets two refused creates; at
-``--rows 200000`` the queue is filled in steps and one refusal finds the limit.
+Gemini's refusal states no limit: its first job fills the queue in steps (a twelfth of
+the job, then each next wave boundary), and the step over the limit is its one refused
+create.
 
 Polling is scaled to the emulator's batch time (every 0.1 s to 0.5 s against batches of
 ``--batch-seconds``), as 30 s polls are to the hours a real batch takes: the figure is

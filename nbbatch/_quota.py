@@ -21,9 +21,9 @@ its rows go back to be sent in a later wave, and the refusal teaches the limit.
 
 OpenAI's refusal states the limit. Gemini's states none (nor, as far as is published,
 does Anthropic's), and a refusal is the only thing the queue says, so a job whose limit
-is unknown there, larger than the smallest queue published for its model, fills the
-queue in steps (:func:`fill_room`) sent one after the other, without waiting: a twelfth
-of the job, then each next wave boundary (the job divided by 11, 10 ... 1). On an
+is unknown there fills the queue in steps (:func:`fill_room`, :func:`_fill_unknown`)
+sent one after the other, without waiting: a twelfth of the job, then each next wave
+boundary (the job divided by 11, 10 ... 1; fewer steps for a job of few rows). On an
 account with room to spare every step is accepted (and the most the queue took is kept,
 so the next job sends up to it in one batch); on a full one the step over the limit is
 the one refused create, and the limit kept is the most the queue held at once, counted
@@ -56,8 +56,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nbbatch")
 
-#: Share of a token limit a wave fills: tokens are estimated from the request bytes
-#: (about four characters a token), never counted as the provider counts them.
+#: Share of a token limit a wave fills, for a figure from ``tier=`` or ``queue_limit=``:
+#: tokens are estimated from the request bytes (about four characters a token), never
+#: counted as the provider counts them. A limit a refusal stated is filled whole (see
+#: :attr:`Queue.cap`).
 FILL = 0.97
 #: A batch smaller than this share of the limit waits for more room, unless it is all
 #: that is left to send: many small batches would crowd the queue.
@@ -72,6 +74,11 @@ CHARS_PER_TOKEN = 4
 #: (1/(n-1), 1/(n-2) ... the whole job). More steps find the limit of jobs many times
 #: over it in one refusal; fewer send fewer batches to an account with room to spare.
 FILL_STEPS = 12
+#: A job within the smallest published queue fills in steps of at least this many rows
+#: (so one of fewer than twice that goes at once): enough to find the limit of an
+#: account below every published tier with one refusal, few enough batches for a small
+#: job on an account with room.
+FILL_MIN_ROWS = 1_000
 
 
 class QuotaRefused(ProviderError):
@@ -116,11 +123,20 @@ class Queue:
     @property
     def cap(self) -> int | None:
         """What the sender lets the queue hold: the limit, less a margin for token
-        estimates."""
+        estimates where the figure was never checked against them."""
         if self.limit is None:
             return None
-        if self.unit == "requests" or self.source == "probe":
-            return self.limit  # exact, or counted in the estimate's own terms
+        # Requests are counted exactly; a probed limit is in the estimate's own terms.
+        # A limit the provider's refusal stated (OpenAI's) is filled whole: should the
+        # estimate run below the provider's count, the wave at it is refused in review
+        # (nothing runs, nothing is paid, its input is deleted) and the limit is learned
+        # again from what was asked (:func:`refused`), once for the account. A margin
+        # would cost a wave (hours) to every job just over a whole number of limits,
+        # and still miss an estimate off by more than it (chars/4 is, for code or other
+        # languages than English). Measured on the emulator at a job of ten limits: 10
+        # waves, not 11.
+        if self.unit == "requests" or self.source in ("probe", "provider"):
+            return self.limit
         return max(1, int(self.limit * FILL))
 
 
@@ -299,27 +315,43 @@ def states_limit(provider: Provider) -> bool:
 
 
 def _fill_unknown(provider: Provider, q: Queue, sent: int, rest: int, step: int) -> int | None:
-    """With no limit known where a refusal states none: a job within the smallest queue
-    the provider publishes for the model (its lowest usage tier) goes at once, as does
-    one for a model without a published figure (every account on a published tier
-    takes it: a guess must not slow it down); a larger one fills the queue in steps."""
+    """With no limit known where a refusal states none, the queue is filled in steps
+    (see :func:`fill_room`), so that an account below its limit meets one refused
+    create, not two (a job sent at once and refused whole teaches only that the limit
+    is below the job, and the fill that follows meets a second refusal). A job over the
+    smallest queue the provider publishes for the model (its lowest usage tier) fills
+    in FILL_STEPS steps. A smaller one goes at once where every account queues at least
+    that (Anthropic: no account below its tier 1 is published); where accounts below it
+    exist (Gemini's
+    free tier: ``quota_below_tiers`` on the provider class), and for a model with no
+    published figure, it fills in as many steps as give each FILL_MIN_ROWS rows, at
+    most FILL_STEPS: a job of fewer than twice that goes at once (a handful of rows is
+    not cut into a dozen batches).
+    The steps are sent one after the other without waiting, so an account with room is
+    not slowed; what it took is kept, and the next job goes at once up to it."""
     floor = provider.tier_limit(TIERS[0], q.label)
-    if floor is None or sent + rest <= floor:
+    top = sent + rest
+    if floor is not None and top > floor:
+        return fill_room(sent, top, step, q.accepted)
+    if floor is not None and not getattr(provider, "quota_below_tiers", False):
+        return None  # every account queues at least the lowest tier's figure
+    steps = min(FILL_STEPS, top // (max(1, step) * FILL_MIN_ROWS))
+    if steps < 2:
         return None
-    return fill_room(sent, sent + rest, step, q.accepted)
+    return fill_room(sent, top, step, q.accepted, steps)
 
 
-def fill_room(sent: int, top: int, step: int, accepted: int | None) -> int:
+def fill_room(sent: int, top: int, step: int, accepted: int | None, steps: int = FILL_STEPS) -> int:
     """The next step while a queue of unknown limit is filled towards ``top`` (what
     this pass ``sent`` and has left to send): up to the least of the job's wave
-    boundaries (``top`` divided by 12, 11 ... 1) above ``sent`` by at least a row's
-    ``step``, or at once up to the largest boundary the queue was seen to take
+    boundaries (``top`` divided by ``steps``, then by one less ... 1) above ``sent`` by
+    at least a row's ``step``, or at once up to the largest boundary the queue was seen to take
     (``accepted``, by an earlier job's fill). Sent one after the other without
     waiting, so a job with room to spare is never slowed (and goes in at most
     FILL_STEPS batches); a full queue refuses the first step over its limit, and what
     it held then is the limit kept."""
     step = max(1, step)
-    bounds = sorted({max(1, top // n) for n in range(1, FILL_STEPS + 1)})
+    bounds = sorted({max(1, top // n) for n in range(1, max(1, steps) + 1)})
     above = [b for b in bounds if b - sent >= step] or [top]
     target = above[0]
     if accepted:
@@ -442,7 +474,7 @@ def refused(ctx: JobContext, q: Queue, refusal: Refusal, units: int, in_use: int
     values: dict[str, Any] = {"unit": q.unit, "refused_at": now if seen else None}
     if refusal.limit is not None:
         limit = refusal.limit
-        if asked <= limit * FILL:
+        if asked <= limit:
             # Our estimate of what was queued runs below the provider's count: keep the
             # limit in our estimate's terms, with room to spare.
             limit = max(1, int(asked * 0.9))

@@ -122,8 +122,28 @@ def test_a_gemini_account_with_room_gets_the_job_in_a_few_batches_then_one(small
         assert len(second.batch_ids) <= 2
 
 
-def test_a_gemini_job_within_the_smallest_published_queue_goes_at_once():
-    # 12k tokens, far below what any published tier queues: one batch, not steps.
+@pytest.mark.slow
+def test_a_gemini_account_below_every_published_tier_meets_one_refusal():
+    # A job smaller than the smallest queue Google publishes for the model (3M tokens),
+    # on an account whose queue holds a fifth of it: the queue is filled in steps all
+    # the same, so the step over the limit is the job's one refused create (sent at
+    # once, the whole job would be refused, and then a step of the fill). Batches last
+    # long enough that the queue does not drain while it is filled.
+    rows = quota.FILL_STEPS * quota.FILL_MIN_ROWS
+    limit = rows * 40 // 5
+    with emulator.start(processing_seconds=3.0, gemini_enqueued_token_limit=limit) as server:
+        client = client_for("gemini", server)
+        first = run(frame(rows, "a"), client)
+        assert first.counts["succeeded"] == rows
+        assert refusals(first) <= 1
+        again = run(frame(rows, "b"), client)
+        assert again.counts["succeeded"] == rows
+        assert refusals(again) == 0
+
+
+def test_a_small_gemini_job_goes_at_once():
+    # 300 rows, 12k tokens: too few rows to cut into steps (fewer than twice
+    # FILL_MIN_ROWS): one batch.
     with emulator.start(processing_seconds=0.05) as server:
         job = run(frame(), client_for("gemini", server))
         assert job.counts["succeeded"] == ROWS
@@ -275,3 +295,20 @@ def test_preview_says_how_many_waves_before_sending():
     est = nb.preview(df, "{text}", model="claude-haiku-4-5", queue_limit=20_000).estimate
     assert est.waves.startswith("3 waves of at most 20k queued requests")
     assert nb.preview(df, "{text}", model="gpt-4o-mini").estimate.waves == ""  # none known
+
+
+def test_a_limit_openai_stated_is_filled_whole():
+    # OpenAI's refusal states its limit: the waves fill it whole (no margin for the token
+    # estimate), so a job of exactly five limits goes in five waves, not six, and
+    # nothing more is refused.
+    df = frame()
+    job_tokens = sum(-(-len(text) // 4) for text in df["text"])
+    with emulator.start(processing_seconds=0.3, enqueued_token_limit=job_tokens // 5) as server:
+        client = client_for("openai", server)
+        first = run(df, client)
+        assert first.counts["succeeded"] == ROWS
+        assert refusals(first) == 1
+        again = run(frame(tag="b"), client)
+        assert again.counts["succeeded"] == ROWS
+        assert refusals(again) == 0
+        assert len(default_ledger().waves(again.id)["starts"]) == 5

@@ -244,6 +244,11 @@ class GeminiProvider(Provider):
     #: Its refusal never states the limit: a job whose limit is unknown fills the queue
     #: in steps (see nbbatch._quota.fill_room), so one refusal finds it.
     quota_limit_stated = False
+    #: Accounts below the lowest published queue exist: Google's usage tiers start with a
+    #: free tier, for which the "Batch API rate limits" table gives no figure
+    #: (https://ai.google.dev/gemini-api/docs/rate-limits), so even a job within tier 1's
+    #: queue fills it in steps (nbbatch._quota._fill_unknown).
+    quota_below_tiers = True
 
     def quota_refusal(
         self, *, info: BatchInfo | None = None, error: BaseException | None = None
