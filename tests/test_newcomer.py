@@ -326,6 +326,7 @@ with nb.emulator.start(processing_seconds=600.0) as emu:
     client = openai.OpenAI(base_url=emu.openai_base_url, api_key="test")
     job = nb.submit(pd.DataFrame({"body": ["a", "b"]}), "Summarise: {body}",
                     model="gpt-4o-mini", client=client, display=False)
+    job.wait_sent()  # its batch exists before the interrupt, however slow the machine
     print(job.id, flush=True)
     job.wait(progress=True)
 """

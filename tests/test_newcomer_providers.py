@@ -271,6 +271,7 @@ with nb.emulator.start(processing_seconds=600.0) as emu:
     client = Mistral(api_key="test-key", server_url=emu.url + "/mistral")
     job = nb.submit(pd.DataFrame({"body": ["a", "b"]}), "Summarise: {body}",
                     model="mistral-small-latest", client=client, display=False)
+    job.wait_sent()  # its batch exists before the interrupt, however slow the machine
     print(job.id, flush=True)
     job.wait(progress=True)
 """
