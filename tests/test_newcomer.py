@@ -545,7 +545,9 @@ def test_interrupting_the_kernel_in_wait_stops_waiting_with_one_line():
 
     manager, kernel = start_new_kernel(kernel_name="python3", env=dict(os.environ))
     try:
-        msg_id = kernel.execute(KERNEL_CELL)
+        # stop_on_error=False: after the cell's error the kernel would otherwise abort
+        # requests that reach it soon after, such as the status check below.
+        msg_id = kernel.execute(KERNEL_CELL, stop_on_error=False)
         job_id = None
         while job_id is None:  # the job id is printed just before wait() starts
             msg = kernel.get_iopub_msg(timeout=120)

@@ -13,10 +13,10 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
-from emu_helpers import anthropic_client, chat_line, openai_client
+from emu_helpers import anthropic_client, chat_line, openai_client, run_message_batch
 from google import genai
 from google.genai import types as genai_types
-from test_emulator_fidelity import anthropic_batch, msg, openai_batch
+from test_emulator_fidelity import msg, openai_batch
 
 from nbbatch import emulator
 
@@ -53,7 +53,7 @@ def test_openai_accepts_current_models_aliases_and_snapshots(
 def test_anthropic_accepts_current_models_aliases_and_snapshots(ant: anthropic.Anthropic) -> None:
     for name in ANTHROPIC_NAMES:
         assert ant.models.retrieve(name).id == name
-    results = anthropic_batch(
+    results = run_message_batch(
         ant, [msg(n, model=n) for n in ANTHROPIC_NAMES] + [msg("typo", model="claude-sonet-4-0")]
     )
     assert all(results[n].type == "succeeded" for n in ANTHROPIC_NAMES)
@@ -68,7 +68,7 @@ def test_anthropic_refuses_a_known_name_with_letters_added(
     # model); the service knows only the name itself and its dated snapshots.
     with pytest.raises(anthropic.NotFoundError):
         ant.models.retrieve(typo)
-    results = anthropic_batch(ant, [msg("typo", model=typo)])
+    results = run_message_batch(ant, [msg("typo", model=typo)])
     assert results["typo"].type == "errored"
 
 

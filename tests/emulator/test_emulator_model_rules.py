@@ -6,8 +6,8 @@ from __future__ import annotations
 import anthropic
 import openai
 import pytest
-from emu_helpers import chat_line
-from test_emulator_fidelity import anthropic_batch, msg, openai_batch
+from emu_helpers import chat_line, run_message_batch
+from test_emulator_fidelity import msg, openai_batch
 
 from nbbatch import emulator
 
@@ -105,7 +105,7 @@ def test_claude_refuses_more_output_tokens_than_the_model_has(
         "max_tokens: 64001 > 64000, which is the maximum allowed number of output tokens "
         "for claude-sonnet-4-20250514"
     )
-    results = anthropic_batch(
+    results = run_message_batch(
         ant,
         [
             msg("over", model="claude-opus-4-1", max_tokens=32_001),
